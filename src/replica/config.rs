@@ -1,0 +1,115 @@
+//! Per-replica settings of the consensus core. Every queue, batch and message has
+//! a bound here, named with its unit.
+
+use crate::ReplicaId;
+
+/// Settings of one [`Replica`](super::Replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// This replica's id (non-zero).
+    pub id: u64,
+    /// The raft group this replica belongs to; carried in every envelope.
+    pub group: u64,
+    /// Ticks a follower waits without hearing from a leader before it campaigns.
+    /// The actual timeout of each term is drawn from `[election_ticks + 1,
+    /// 2 * election_ticks + 1)` by the replica's seeded RNG.
+    pub election_ticks: usize,
+    /// Ticks between leader heartbeats; must be below `election_ticks`.
+    pub heartbeat_ticks: usize,
+    /// Seed of the replica's own RNG (election timeouts). Distinct replicas should
+    /// get distinct seeds; the simulator derives them from its seed.
+    pub seed: u64,
+    /// Upper bound of one append message's entries, in bytes.
+    pub message_bytes_max: u64,
+    /// Append messages in flight to one follower before the leader waits.
+    pub inflight_messages_max: usize,
+    /// Bytes of proposed but uncommitted entries before new proposals are dropped.
+    pub uncommitted_bytes_max: u64,
+    /// Bytes of client commands packed into one log entry.
+    pub entry_bytes_max: usize,
+    /// Largest single command, in bytes.
+    pub command_bytes_max: usize,
+    /// Ticks a proposal or read may wait before it fails with `TimedOut`.
+    pub request_ticks_max: u64,
+    /// Take a snapshot and compact once this many applied entries are held.
+    pub snapshot_entries_min: u64,
+    /// Entries kept behind a snapshot for followers that are only a little behind.
+    pub compaction_entries_retained: u64,
+    /// Client sessions remembered for deduplication (least recently active evicted).
+    pub sessions_max: usize,
+    /// Unacknowledged responses remembered per session.
+    pub session_responses_max: usize,
+    /// A learner is promoted only once it lags the leader's last index by at most
+    /// this many entries.
+    pub promotion_lag_entries_max: u64,
+    /// Serve reads on the leader's lease instead of a ReadIndex round trip. Faster,
+    /// but **unsafe under clock skew**: a leader whose clock runs slow may serve a
+    /// stale read after a new leader was elected. Off by default.
+    pub lease_reads: bool,
+    /// Every this many ticks, a leader outside the preferred datacenters hands
+    /// leadership to a caught-up voter inside them.
+    pub leader_rebalance_ticks: u64,
+    /// Extra election ticks for replicas outside the preferred leader datacenters,
+    /// so that preferred replicas usually win elections.
+    pub election_ticks_extra_unpreferred: usize,
+    /// Datacenters the leader should be in (empty: no preference). Usually
+    /// [`FleetConfig::preferred_leader_datacenters`](crate::FleetConfig).
+    pub preferred_leader_datacenters: Vec<String>,
+}
+
+impl ReplicaConfig {
+    /// Defaults for replica `id` in group 1.
+    pub fn new(id: ReplicaId) -> Self {
+        Self {
+            id,
+            group: 1,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            seed: id.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            message_bytes_max: 1 << 20,
+            inflight_messages_max: 256,
+            uncommitted_bytes_max: 64 << 20,
+            entry_bytes_max: 1 << 20,
+            command_bytes_max: 512 << 10,
+            request_ticks_max: 100,
+            snapshot_entries_min: 10_000,
+            compaction_entries_retained: 1_000,
+            sessions_max: 4096,
+            session_responses_max: 1024,
+            promotion_lag_entries_max: 64,
+            lease_reads: false,
+            leader_rebalance_ticks: 20,
+            election_ticks_extra_unpreferred: 5,
+            preferred_leader_datacenters: Vec::new(),
+        }
+    }
+
+    /// Checks the settings; the message says which one is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("replica id 0 is reserved by raft; number replicas from 1".into());
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
+            return Err(format!(
+                "heartbeat_ticks ({}) must be at least 1 and below election_ticks ({})",
+                self.heartbeat_ticks, self.election_ticks
+            ));
+        }
+        if self.command_bytes_max > self.entry_bytes_max {
+            return Err(format!(
+                "command_bytes_max ({}) must not exceed entry_bytes_max ({})",
+                self.command_bytes_max, self.entry_bytes_max
+            ));
+        }
+        if self.sessions_max == 0 || self.session_responses_max == 0 {
+            return Err("sessions_max and session_responses_max must be at least 1".into());
+        }
+        if self.snapshot_entries_min == 0 {
+            return Err("snapshot_entries_min must be at least 1".into());
+        }
+        if self.request_ticks_max == 0 {
+            return Err("request_ticks_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}

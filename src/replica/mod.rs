@@ -1,0 +1,1085 @@
+//! The consensus core: one replica of a raft group, wrapping raft-rs's
+//! [`RawNode`], sans-IO.
+//!
+//! **What this module never does:** spawn a thread, read a clock, touch a socket or
+//! draw randomness that is not seeded by its [`ReplicaConfig`]. Its inputs are
+//! calls — [`Replica::step`] (a message from a peer), [`Replica::tick`] (one unit
+//! of logical time), [`Replica::propose`], [`Replica::read`],
+//! [`Replica::change_membership`] — and its outputs are collected by
+//! [`Replica::handle_ready`] into an [`Output`]: messages to send and completions
+//! of requests. The runtime (`runtime/`, real threads and clocks) and the
+//! simulator (`sim/`, virtual time) are two drivers of this same code.
+//!
+//! ## The Ready contract (raft-rs), followed in [`Replica::handle_ready`]
+//! 1. messages of `Ready::messages` may be sent at once (a leader's appends may
+//!    go out before its own write, Raft thesis §10.2.1);
+//! 2. a snapshot, then new entries, then the hard state are written to the
+//!    [`LogStore`], followed by **one** [`LogStore::sync`]: the durability point
+//!    for everything proposed during the cycle (group commit);
+//! 3. only then are `Ready::persisted_messages` (votes, append acknowledgements)
+//!    released to the output;
+//! 4. committed entries are applied in log order; `advance` and the light ready
+//!    follow, and `advance_apply` closes the cycle.
+//!
+//! ## Determinism
+//! raft-rs draws its election timeout from the thread RNG. The replica pins that
+//! draw to one value (`max_election_tick = min_election_tick + 1`), and
+//! randomizes the timeout itself by swallowing a number of ticks drawn from its
+//! seeded RNG each time the election clock restarts: the effective timeout is
+//! uniform in `[election_ticks, 2 * election_ticks)` and reproducible from the
+//! seed. Every map here is ordered.
+
+mod config;
+mod error;
+mod logging;
+mod sessions;
+
+use std::collections::BTreeMap;
+
+pub use config::ReplicaConfig;
+pub use error::{ReplicaError, RequestError, StepError};
+
+use protobuf2::Message as _;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use raft::prelude::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
+};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+
+use crate::config::FleetConfig;
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::wire::{self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestBatch, SnapshotPayload};
+use crate::ReplicaId;
+use sessions::Sessions;
+
+/// Identifies one request of a driver, to match its [`Completion`].
+pub type RequestId = u64;
+
+/// Version of [`SnapshotPayload`] this code writes and reads.
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// A change of the fleet's membership, one step at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add a new replica as a learner (it receives the log but does not vote).
+    AddLearner {
+        /// The new replica's id.
+        id: ReplicaId,
+        /// The datacenter it runs in.
+        datacenter: String,
+    },
+    /// Promote a caught-up learner to voter.
+    Promote {
+        /// The learner's id.
+        id: ReplicaId,
+    },
+    /// Remove a replica (voter or learner) from the fleet.
+    Remove {
+        /// The replica's id.
+        id: ReplicaId,
+    },
+}
+
+/// The successful result of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The state machine's response to an applied command.
+    Applied(Vec<u8>),
+    /// The state machine's answer to a linearizable read.
+    Read(Vec<u8>),
+    /// A client session was registered with this id.
+    SessionRegistered(u64),
+    /// A membership change applied; the new voters and learners.
+    MembershipChanged(ConfState),
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The driver's id for the request.
+    pub id: RequestId,
+    /// Its result.
+    pub result: Result<Reply, RequestError>,
+}
+
+/// What one [`Replica::handle_ready`] produced: messages for the transport and
+/// completed requests. Reuse one `Output` across cycles to avoid allocations.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Raft messages to send, each addressed by `Message::to`.
+    pub messages: Vec<Message>,
+    /// Requests that finished.
+    pub completions: Vec<Completion>,
+}
+
+impl Output {
+    /// Empties the output for the next cycle, keeping its capacity.
+    pub fn clear(&mut self) {
+        self.messages.clear();
+        self.completions.clear();
+    }
+}
+
+/// A replica's view of the group, for drivers and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub id: ReplicaId,
+    /// Its role.
+    pub role: StateRole,
+    /// The leader it knows of.
+    pub leader: Option<ReplicaId>,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index known.
+    pub commit: u64,
+    /// Highest applied index.
+    pub applied: u64,
+    /// First index the log store holds.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Voters, ascending.
+    pub voters: Vec<ReplicaId>,
+    /// Learners, ascending.
+    pub learners: Vec<ReplicaId>,
+}
+
+enum InFlightKind {
+    Batch(Vec<RequestId>),
+    Register(RequestId),
+    Membership(RequestId),
+}
+
+struct InFlight {
+    term: u64,
+    deadline_tick: u64,
+    kind: InFlightKind,
+}
+
+struct ReadBatch {
+    deadline_tick: u64,
+    reads: Vec<(RequestId, Vec<u8>)>,
+}
+
+/// One replica of a raft group: raft-rs's `RawNode` plus proposal batching,
+/// client sessions, linearizable reads, snapshots and membership, with no I/O of
+/// its own.
+pub struct Replica<L: LogStore, S: StateMachine> {
+    cfg: ReplicaConfig,
+    raw: RawNode<L>,
+    machine: S,
+    sessions: Sessions,
+    members: BTreeMap<ReplicaId, String>,
+    rng: ChaCha8Rng,
+    ticks: u64,
+    election_skip_ticks: usize,
+    election_skip_armed: bool,
+    batch: Vec<(RequestId, Request)>,
+    batch_bytes: usize,
+    registrations: Vec<RequestId>,
+    in_flight: BTreeMap<u64, InFlight>,
+    reads_queued: Vec<(RequestId, Vec<u8>)>,
+    reads_queued_since_tick: u64,
+    reads_awaiting_index: BTreeMap<u64, ReadBatch>,
+    reads_awaiting_apply: BTreeMap<(u64, u64), ReadBatch>,
+    read_context_next: u64,
+    completions: Vec<Completion>,
+    was_leader: bool,
+    failed: bool,
+    snapshots_taken: u64,
+}
+
+fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>) {
+    let mut fail = |id| {
+        out.push(Completion {
+            id,
+            result: Err(error.clone()),
+        })
+    };
+    match kind {
+        InFlightKind::Batch(ids) => ids.into_iter().for_each(fail),
+        InFlightKind::Register(id) | InFlightKind::Membership(id) => fail(id),
+    }
+}
+
+impl<L: LogStore, S: StateMachine> std::fmt::Debug for Replica<L, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("status", &self.status()).finish()
+    }
+}
+
+fn snapshot_payload(
+    sessions: &Sessions,
+    members: &BTreeMap<ReplicaId, String>,
+    state: Vec<u8>,
+) -> Vec<u8> {
+    let mut p = SnapshotPayload::new();
+    p.format_version = SNAPSHOT_FORMAT_VERSION;
+    p.sessions = sessions.to_wire();
+    p.members = members
+        .iter()
+        .map(|(&id, dc)| {
+            let mut m = Member::new();
+            m.id = id;
+            m.datacenter = dc.clone();
+            m
+        })
+        .collect();
+    p.state = state;
+    wire::encode(&p)
+}
+
+impl<L: LogStore, S: StateMachine> Replica<L, S> {
+    /// Writes the initial state of a new fleet into an empty store: a snapshot at
+    /// index 1 holding the voters, learners, datacenter labels and the state
+    /// machine's initial state. Every initial member runs this with the same
+    /// `fleet`; members added later start from an empty store instead and receive a
+    /// snapshot from the leader.
+    ///
+    /// Returns `false`, writing nothing, if the store already holds a replica's
+    /// state (a restart).
+    pub fn bootstrap(store: &mut L, machine: &S, fleet: &FleetConfig) -> Result<bool, ReplicaError> {
+        let id = 0;
+        fleet.validate().map_err(|e| ReplicaError::Config {
+            id,
+            detail: e.to_string(),
+        })?;
+        let initialized = store.last_index().map_err(|source| ReplicaError::Raft { id, source })? > 0
+            || !store.latest_snapshot().is_empty()
+            || *store.hard_state() != Default::default();
+        if initialized {
+            return Ok(false);
+        }
+        let members: BTreeMap<ReplicaId, String> = fleet
+            .members
+            .iter()
+            .map(|m| (m.id, m.datacenter.clone()))
+            .collect();
+        let sessions = Sessions::new(1, 1);
+        let mut snap = Snapshot::default();
+        snap.data = snapshot_payload(&sessions, &members, machine.snapshot()).into();
+        let meta = snap.mut_metadata();
+        meta.index = 1;
+        meta.term = 1;
+        let cs = meta.mut_conf_state();
+        cs.voters = fleet.voters();
+        cs.learners = fleet.learners();
+        store
+            .apply_snapshot(&snap)
+            .and_then(|()| store.sync())
+            .map_err(|source| ReplicaError::Storage { id, source })?;
+        Ok(true)
+    }
+
+    /// Starts a replica on `store`, restoring the state machine from the store's
+    /// newest snapshot; the committed log after it is re-applied by the first
+    /// Ready cycles.
+    pub fn new(cfg: ReplicaConfig, mut store: L, mut machine: S) -> Result<Self, ReplicaError> {
+        let id = cfg.id;
+        cfg.validate().map_err(|detail| ReplicaError::Config { id, detail })?;
+        let snap = store.latest_snapshot().clone();
+        let snap_index = snap.get_metadata().index;
+        if store.hard_state().commit < snap_index {
+            // A snapshot is committed state by definition.
+            let mut hs = store.hard_state().clone();
+            hs.commit = snap_index;
+            store
+                .set_hard_state(&hs)
+                .and_then(|()| store.sync())
+                .map_err(|source| ReplicaError::Storage { id, source })?;
+        }
+        let mut sessions = Sessions::new(cfg.sessions_max, cfg.session_responses_max);
+        let mut members = BTreeMap::new();
+        if !snap.is_empty() {
+            Self::restore_payload(id, &snap, &mut machine, &mut sessions, &mut members)?;
+        }
+        let raft_cfg = raft::Config {
+            id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: cfg.heartbeat_ticks,
+            applied: snap_index,
+            max_size_per_msg: cfg.message_bytes_max,
+            max_inflight_msgs: cfg.inflight_messages_max,
+            check_quorum: true,
+            pre_vote: true,
+            min_election_tick: cfg.election_ticks,
+            max_election_tick: cfg.election_ticks + 1,
+            read_only_option: if cfg.lease_reads {
+                ReadOnlyOption::LeaseBased
+            } else {
+                ReadOnlyOption::Safe
+            },
+            batch_append: true,
+            max_uncommitted_size: cfg.uncommitted_bytes_max,
+            ..Default::default()
+        };
+        let raw = RawNode::new(&raft_cfg, store, &logging::raft_logger(id))
+            .map_err(|source| ReplicaError::Raft { id, source })?;
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        Ok(Self {
+            sessions,
+            members,
+            rng,
+            raw,
+            machine,
+            ticks: 0,
+            election_skip_ticks: 0,
+            election_skip_armed: false,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            registrations: Vec::new(),
+            in_flight: BTreeMap::new(),
+            reads_queued: Vec::new(),
+            reads_queued_since_tick: 0,
+            reads_awaiting_index: BTreeMap::new(),
+            reads_awaiting_apply: BTreeMap::new(),
+            read_context_next: 1,
+            completions: Vec::new(),
+            was_leader: false,
+            failed: false,
+            snapshots_taken: 0,
+            cfg,
+        })
+    }
+
+    fn restore_payload(
+        id: ReplicaId,
+        snap: &Snapshot,
+        machine: &mut S,
+        sessions: &mut Sessions,
+        members: &mut BTreeMap<ReplicaId, String>,
+    ) -> Result<(), ReplicaError> {
+        let index = snap.get_metadata().index;
+        let bad = |detail: String| ReplicaError::Snapshot { id, index, detail };
+        let payload: SnapshotPayload =
+            wire::decode(&snap.data, "snapshot payload").map_err(|e| bad(e.to_string()))?;
+        if payload.format_version != SNAPSHOT_FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not {SNAPSHOT_FORMAT_VERSION}; upgrade this replica",
+                payload.format_version
+            )));
+        }
+        machine
+            .restore(&payload.state)
+            .map_err(|e| bad(e.to_string()))?;
+        sessions.restore(payload.sessions);
+        *members = payload
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.datacenter))
+            .collect();
+        Ok(())
+    }
+
+    // ---- inputs -------------------------------------------------------------
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        if self.failed {
+            return;
+        }
+        self.ticks += 1;
+        if self.raw.raft.state != StateRole::Leader {
+            // Randomized election timeout from the seeded RNG (see module docs).
+            if self.raw.raft.election_elapsed == 0 {
+                if !self.election_skip_armed {
+                    let extra = if self.in_preferred_datacenter() {
+                        0
+                    } else {
+                        self.cfg.election_ticks_extra_unpreferred
+                    };
+                    self.election_skip_ticks =
+                        self.rng.gen_range(0..self.cfg.election_ticks) + extra;
+                    self.election_skip_armed = true;
+                }
+                if self.election_skip_ticks > 0 {
+                    self.election_skip_ticks -= 1;
+                    self.expire_requests();
+                    return;
+                }
+            }
+            self.election_skip_armed = false;
+        }
+        self.raw.tick();
+        self.expire_requests();
+        if self.cfg.leader_rebalance_ticks > 0
+            && self.ticks % self.cfg.leader_rebalance_ticks == 0
+        {
+            self.rebalance_leader();
+        }
+    }
+
+    /// Steps a message from a peer. Messages that are not for this replica, or that
+    /// raft refuses, are dropped with a [`StepError`]; the replica carries on.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let (id, from) = (self.cfg.id, message.from);
+        let refuse = |reason: String| StepError { id, from, reason };
+        if self.failed {
+            return Err(refuse("replica has failed".into()));
+        }
+        if message.to != id {
+            return Err(refuse(format!("addressed to replica {}", message.to)));
+        }
+        if raft::raw_node::is_local_msg(message.get_msg_type()) {
+            return Err(refuse(format!("local message type {:?} from the network", message.get_msg_type())));
+        }
+        self.raw.step(message).map_err(|e| refuse(e.to_string()))
+    }
+
+    fn check_leader(&self) -> Result<(), RequestError> {
+        if self.failed {
+            return Err(RequestError::Stopped);
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            let leader = self.raw.raft.leader_id;
+            return Err(RequestError::NotLeader {
+                leader: (leader != raft::INVALID_ID).then_some(leader),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a client command. It is packed with the others queued in this cycle
+    /// into one log entry at the next [`Replica::handle_ready`]; its completion
+    /// carries the state machine's response.
+    pub fn propose(&mut self, id: RequestId, request: Request) -> Result<(), RequestError> {
+        self.check_leader()?;
+        if request.command.len() > self.cfg.command_bytes_max {
+            return Err(RequestError::CommandTooLarge {
+                bytes: request.command.len(),
+                limit: self.cfg.command_bytes_max,
+            });
+        }
+        // Rough size of the request inside the batch: payload plus field overhead.
+        let bytes = request.command.len() + 32;
+        if self.batch_bytes + bytes > self.cfg.entry_bytes_max {
+            self.flush_batch();
+        }
+        self.batch_bytes += bytes;
+        self.batch.push((id, request));
+        Ok(())
+    }
+
+    /// Queues the registration of a new client session; the completion carries
+    /// the session id.
+    pub fn register_session(&mut self, id: RequestId) -> Result<(), RequestError> {
+        self.check_leader()?;
+        self.registrations.push(id);
+        Ok(())
+    }
+
+    /// Queues a linearizable read (ReadIndex; or the leader's lease if
+    /// [`ReplicaConfig::lease_reads`]). Reads queued in one cycle share one round
+    /// of heartbeats.
+    pub fn read(&mut self, id: RequestId, query: Vec<u8>) -> Result<(), RequestError> {
+        self.check_leader()?;
+        if self.reads_queued.is_empty() {
+            self.reads_queued_since_tick = self.ticks;
+        }
+        self.reads_queued.push((id, query));
+        Ok(())
+    }
+
+    /// Proposes one membership change.
+    pub fn change_membership(
+        &mut self,
+        id: RequestId,
+        change: MembershipChange,
+    ) -> Result<(), RequestError> {
+        self.check_leader()?;
+        let mut context = ConfChangeContext::new();
+        let single = match &change {
+            MembershipChange::AddLearner { id, datacenter } => {
+                let mut m = Member::new();
+                m.id = *id;
+                m.datacenter = datacenter.clone();
+                context.members.push(m);
+                raft_proto::new_conf_change_single(*id, ConfChangeType::AddLearnerNode)
+            }
+            MembershipChange::Promote { id: learner } => {
+                let last_index = self.raw.raft.raft_log.last_index();
+                let matched = self.raw.raft.prs().get(*learner).map_or(0, |p| p.matched);
+                if matched + self.cfg.promotion_lag_entries_max < last_index {
+                    return Err(RequestError::NotCaughtUp {
+                        id: *learner,
+                        matched,
+                        last_index,
+                    });
+                }
+                raft_proto::new_conf_change_single(*learner, ConfChangeType::AddNode)
+            }
+            MembershipChange::Remove { id: gone } => {
+                if *gone == self.cfg.id {
+                    return Err(RequestError::ConfChangeRejected(
+                        "the leader cannot remove itself; transfer leadership first".into(),
+                    ));
+                }
+                raft_proto::new_conf_change_single(*gone, ConfChangeType::RemoveNode)
+            }
+        };
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        let before = self.raw.raft.raft_log.last_index();
+        match self.raw.propose_conf_change(wire::encode(&context), cc) {
+            Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                if index == before {
+                    return Err(RequestError::Dropped);
+                }
+                self.in_flight.insert(
+                    index,
+                    InFlight {
+                        term: self.raw.raft.term,
+                        deadline_tick: self.ticks + self.cfg.request_ticks_max,
+                        kind: InFlightKind::Membership(id),
+                    },
+                );
+                Ok(())
+            }
+            Err(raft::Error::ProposalDropped) => Err(RequestError::Dropped),
+            Err(e) => Err(RequestError::ConfChangeRejected(e.to_string())),
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (ignored if not leader).
+    pub fn transfer_leader(&mut self, to: ReplicaId) {
+        if !self.failed {
+            self.raw.transfer_leader(to);
+        }
+    }
+
+    /// Tells raft that `to` could not be reached, so the leader probes it instead of
+    /// streaming.
+    pub fn report_unreachable(&mut self, to: ReplicaId) {
+        self.raw.report_unreachable(to);
+    }
+
+    /// Tells raft whether a snapshot sent to `to` arrived.
+    pub fn report_snapshot(&mut self, to: ReplicaId, status: SnapshotStatus) {
+        self.raw.report_snapshot(to, status);
+    }
+
+    // ---- the Ready cycle ------------------------------------------------------
+
+    /// True when [`Replica::handle_ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        if self.failed {
+            return false;
+        }
+        !self.batch.is_empty()
+            || !self.registrations.is_empty()
+            || !self.completions.is_empty()
+            || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
+            || self.raw.has_ready()
+    }
+
+    fn flush_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let mut requests = RequestBatch::new();
+        let mut ids = Vec::with_capacity(batch.len());
+        for (id, request) in batch {
+            ids.push(id);
+            requests.requests.push(request);
+        }
+        let mut payload = EntryPayload::new();
+        payload.kind = Some(entry_payload::Kind::Batch(requests));
+        self.propose_entry(payload, InFlightKind::Batch(ids));
+    }
+
+    fn propose_entry(&mut self, payload: EntryPayload, kind: InFlightKind) {
+        let before = self.raw.raft.raft_log.last_index();
+        let proposed = self.raw.propose(Vec::new(), wire::encode(&payload));
+        let index = self.raw.raft.raft_log.last_index();
+        if proposed.is_ok() && index > before {
+            self.in_flight.insert(
+                index,
+                InFlight {
+                    term: self.raw.raft.term,
+                    deadline_tick: self.ticks + self.cfg.request_ticks_max,
+                    kind,
+                },
+            );
+        } else {
+            // Dropped by raft (leadership transfer under way, uncommitted limit, ...).
+            fail_kind(kind, &RequestError::Dropped, &mut self.completions);
+        }
+    }
+
+    fn flush_proposals(&mut self) {
+        self.flush_batch();
+        for id in std::mem::take(&mut self.registrations) {
+            let mut payload = EntryPayload::new();
+            payload.kind = Some(entry_payload::Kind::RegisterSession(Default::default()));
+            self.propose_entry(payload, InFlightKind::Register(id));
+        }
+        // raft-rs 0.7 silently drops a ReadIndex before the leader has committed an
+        // entry of its own term, so reads wait in the queue until then.
+        if !self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term() {
+            let context = self.read_context_next;
+            self.read_context_next += 1;
+            let reads = std::mem::take(&mut self.reads_queued);
+            self.reads_awaiting_index.insert(
+                context,
+                ReadBatch {
+                    deadline_tick: self.reads_queued_since_tick + self.cfg.request_ticks_max,
+                    reads,
+                },
+            );
+            self.raw.read_index(context.to_be_bytes().to_vec());
+        }
+    }
+
+    /// Runs one Ready cycle (see the module docs for the contract): flushes queued
+    /// proposals and reads into raft, persists with one durability point, applies
+    /// what committed, and appends messages and completions to `out`.
+    ///
+    /// A storage failure stops the replica: every later call fails, pending
+    /// requests complete with [`RequestError::Stopped`], and the error is returned.
+    pub fn handle_ready(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        if self.failed {
+            return Err(ReplicaError::Failed { id: self.cfg.id });
+        }
+        let result = self.ready_cycle(out);
+        if result.is_err() {
+            self.fail_everything(out);
+        }
+        result
+    }
+
+    fn ready_cycle(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        let id = self.cfg.id;
+        let storage = |source| ReplicaError::Storage { id, source };
+        self.flush_proposals();
+        if self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            out.messages.extend(rd.take_messages());
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                self.raw.mut_store().apply_snapshot(&snap).map_err(storage)?;
+                self.install_snapshot(&snap)?;
+            }
+            self.apply_entries(rd.take_committed_entries())?;
+            if !rd.entries().is_empty() {
+                self.raw.mut_store().append(rd.entries()).map_err(storage)?;
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.mut_store().set_hard_state(hs).map_err(storage)?;
+            }
+            // The durability point of this cycle: every entry proposed since the last
+            // cycle, the vote and the term become durable together (group commit).
+            self.raw.mut_store().sync().map_err(storage)?;
+            out.messages.extend(rd.take_persisted_messages());
+            for rs in rd.take_read_states() {
+                self.read_index_ready(rs.index, &rs.request_ctx);
+            }
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                // Not synced here: a lost commit index is relearned from the leader.
+                let mut hs = self.raw.store().hard_state().clone();
+                hs.commit = commit;
+                self.raw.mut_store().set_hard_state(&hs).map_err(storage)?;
+            }
+            out.messages.extend(light.take_messages());
+            self.apply_entries(light.take_committed_entries())?;
+            self.raw.advance_apply();
+        }
+        self.serve_reads();
+        self.notice_role_change();
+        self.maybe_snapshot()?;
+        out.completions.append(&mut self.completions);
+        Ok(())
+    }
+
+    fn fail_everything(&mut self, out: &mut Output) {
+        self.failed = true;
+        let stopped = RequestError::Stopped;
+        for (_, f) in std::mem::take(&mut self.in_flight) {
+            fail_kind(f.kind, &stopped, &mut self.completions);
+        }
+        for (id, _) in std::mem::take(&mut self.batch) {
+            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+        }
+        for id in std::mem::take(&mut self.registrations) {
+            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+        }
+        let reads = std::mem::take(&mut self.reads_queued)
+            .into_iter()
+            .chain(std::mem::take(&mut self.reads_awaiting_index).into_values().flat_map(|b| b.reads))
+            .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values().flat_map(|b| b.reads));
+        for (id, _) in reads {
+            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+        }
+        out.completions.append(&mut self.completions);
+    }
+
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ReplicaError> {
+        Self::restore_payload(
+            self.cfg.id,
+            snap,
+            &mut self.machine,
+            &mut self.sessions,
+            &mut self.members,
+        )?;
+        // Our proposals at or below the snapshot were either applied inside it or
+        // replaced; which one is not known here.
+        let index = snap.get_metadata().index;
+        let covered: Vec<u64> = self.in_flight.range(..=index).map(|(&i, _)| i).collect();
+        for i in covered {
+            if let Some(f) = self.in_flight.remove(&i) {
+                fail_kind(f.kind, &RequestError::TimedOut, &mut self.completions);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
+        for entry in entries {
+            let index = entry.index;
+            let mine = self.in_flight.remove(&index);
+            let mine = match mine {
+                Some(f) if f.term == entry.term => Some(f),
+                Some(f) => {
+                    // Another leader's entry replaced ours at this index.
+                    fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
+                    None
+                }
+                None => None,
+            };
+            match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(index, &entry.data, mine),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(&entry, mine)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, index: u64, data: &[u8], mine: Option<InFlight>) {
+        if data.is_empty() {
+            // The empty entry a new leader appends: nothing to apply.
+            if let Some(f) = mine {
+                fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
+            }
+            return;
+        }
+        let payload: EntryPayload = match wire::decode(data, "log entry payload") {
+            Ok(p) => p,
+            Err(e) => {
+                // Committed bytes every replica sees alike: skip them on all replicas.
+                tracing::error!(replica = self.cfg.id, index, "skipping undecodable committed entry: {e}");
+                if let Some(f) = mine {
+                    fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
+                }
+                return;
+            }
+        };
+        match payload.kind {
+            Some(entry_payload::Kind::Batch(batch)) => {
+                let ids = match mine.map(|f| f.kind) {
+                    Some(InFlightKind::Batch(ids)) if ids.len() == batch.requests.len() => ids,
+                    _ => Vec::new(),
+                };
+                for (k, request) in batch.requests.iter().enumerate() {
+                    let result = self.sessions.apply(index, request, &mut self.machine);
+                    if let Some(&id) = ids.get(k) {
+                        self.completions.push(Completion {
+                            id,
+                            result: result.map(Reply::Applied),
+                        });
+                    }
+                }
+            }
+            Some(entry_payload::Kind::RegisterSession(_)) => {
+                let client = self.sessions.register(index);
+                if let Some(InFlight { kind: InFlightKind::Register(id), .. }) = mine {
+                    self.completions.push(Completion {
+                        id,
+                        result: Ok(Reply::SessionRegistered(client)),
+                    });
+                }
+            }
+            None => {
+                if let Some(f) = mine {
+                    fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
+                }
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, entry: &Entry, mine: Option<InFlight>) -> Result<(), ReplicaError> {
+        let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
+            raft::prelude::ConfChange::parse_from_bytes(&entry.data).map(|c| raft_proto::ConfChangeI::into_v2(c))
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+        };
+        let result = match cc {
+            Ok(cc) => match self.raw.apply_conf_change(&cc) {
+                Ok(cs) => {
+                    self.update_members(&cc, &entry.context);
+                    Ok(Reply::MembershipChanged(cs))
+                }
+                Err(e) => Err(RequestError::ConfChangeRejected(e.to_string())),
+            },
+            Err(e) => Err(RequestError::ConfChangeRejected(format!("undecodable: {e}"))),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(replica = self.cfg.id, index = entry.index, "membership change not applied: {e}");
+        }
+        if let Some(InFlight { kind: InFlightKind::Membership(id), .. }) = mine {
+            self.completions.push(Completion { id, result });
+        }
+        Ok(())
+    }
+
+    fn update_members(&mut self, cc: &ConfChangeV2, context: &[u8]) {
+        let labels: BTreeMap<u64, String> = wire::decode::<ConfChangeContext>(context, "conf change context")
+            .map(|c| c.members.into_iter().map(|m| (m.id, m.datacenter)).collect())
+            .unwrap_or_default();
+        for change in cc.get_changes() {
+            let ConfChangeSingle { node_id, .. } = change;
+            match change.get_change_type() {
+                ConfChangeType::RemoveNode => {
+                    self.members.remove(node_id);
+                }
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(dc) = labels.get(node_id) {
+                        self.members.insert(*node_id, dc.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_index_ready(&mut self, index: u64, context: &[u8]) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+            return;
+        };
+        let context = u64::from_be_bytes(bytes);
+        if let Some(batch) = self.reads_awaiting_index.remove(&context) {
+            self.reads_awaiting_apply.insert((index, context), batch);
+        }
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        while let Some(entry) = self.reads_awaiting_apply.first_entry() {
+            if entry.key().0 > applied {
+                break;
+            }
+            for (id, query) in entry.remove().reads {
+                let answer = self.machine.query(&query);
+                self.completions.push(Completion { id, result: Ok(Reply::Read(answer)) });
+            }
+        }
+    }
+
+    fn notice_role_change(&mut self) {
+        let is_leader = self.raw.raft.state == StateRole::Leader;
+        if self.was_leader && !is_leader {
+            // Reads not yet confirmed by a quorum can no longer be confirmed here.
+            let leader = self.leader();
+            let error = RequestError::NotLeader { leader };
+            let reads = std::mem::take(&mut self.reads_queued)
+                .into_iter()
+                .chain(std::mem::take(&mut self.reads_awaiting_index).into_values().flat_map(|b| b.reads));
+            for (id, _) in reads {
+                self.completions.push(Completion { id, result: Err(error.clone()) });
+            }
+        }
+        self.was_leader = is_leader;
+    }
+
+    fn expire_requests(&mut self) {
+        let now = self.ticks;
+        let expired: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| f.deadline_tick <= now)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in expired {
+            if let Some(f) = self.in_flight.remove(&i) {
+                fail_kind(f.kind, &RequestError::TimedOut, &mut self.completions);
+            }
+        }
+        let timed_out = RequestError::TimedOut;
+        let contexts: Vec<u64> = self
+            .reads_awaiting_index
+            .iter()
+            .filter(|(_, b)| b.deadline_tick <= now)
+            .map(|(&c, _)| c)
+            .collect();
+        for c in contexts {
+            if let Some(b) = self.reads_awaiting_index.remove(&c) {
+                for (id, _) in b.reads {
+                    self.completions.push(Completion { id, result: Err(timed_out.clone()) });
+                }
+            }
+        }
+        if !self.reads_queued.is_empty() && self.reads_queued_since_tick + self.cfg.request_ticks_max <= now {
+            for (id, _) in std::mem::take(&mut self.reads_queued) {
+                self.completions.push(Completion { id, result: Err(timed_out.clone()) });
+            }
+        }
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
+        let id = self.cfg.id;
+        let applied = self.raw.raft.raft_log.applied;
+        let first = self.raw.store().first_index().map_err(|source| ReplicaError::Raft { id, source })?;
+        let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
+        if applied < first || applied - snap_index < self.cfg.snapshot_entries_min {
+            return Ok(());
+        }
+        let term = self.raw.raft.raft_log.term(applied).map_err(|source| ReplicaError::Raft { id, source })?;
+        let mut snap = Snapshot::default();
+        snap.data = snapshot_payload(&self.sessions, &self.members, self.machine.snapshot()).into();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
+        let compact_to = (applied + 1).saturating_sub(self.cfg.compaction_entries_retained).max(first);
+        let store = self.raw.mut_store();
+        store
+            .save_snapshot(&snap)
+            .and_then(|()| store.compact(compact_to))
+            .and_then(|()| store.sync())
+            .map_err(|source| ReplicaError::Storage { id, source })?;
+        self.snapshots_taken += 1;
+        tracing::debug!(replica = id, index = applied, compact_to, "took a snapshot and compacted the log");
+        Ok(())
+    }
+
+    fn in_preferred_datacenter(&self) -> bool {
+        let preferred = &self.cfg.preferred_leader_datacenters;
+        preferred.is_empty()
+            || self
+                .members
+                .get(&self.cfg.id)
+                .is_some_and(|dc| preferred.contains(dc))
+    }
+
+    fn rebalance_leader(&mut self) {
+        if self.raw.raft.state != StateRole::Leader
+            || self.in_preferred_datacenter()
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let last_index = self.raw.raft.raft_log.last_index();
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        let target = self.members.iter().find(|(id, dc)| {
+            **id != self.cfg.id
+                && self.cfg.preferred_leader_datacenters.contains(dc)
+                && voters.contains(**id)
+                && self.raw.raft.prs().get(**id).is_some_and(|p| p.matched == last_index && p.recent_active)
+        });
+        if let Some((&to, dc)) = target {
+            tracing::info!(replica = self.cfg.id, to, datacenter = %dc, "handing leadership to the preferred datacenter");
+            self.raw.transfer_leader(to);
+        }
+    }
+
+    // ---- accessors ----------------------------------------------------------------
+
+    /// This replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.cfg.id
+    }
+
+    /// The group this replica belongs to.
+    pub fn group(&self) -> u64 {
+        self.cfg.group
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    /// True when this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// True once the replica stopped on a storage failure.
+    pub fn has_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// A summary of the replica's state.
+    pub fn status(&self) -> Status {
+        let raft = &self.raw.raft;
+        let cs = raft.prs().conf().to_conf_state();
+        Status {
+            id: self.cfg.id,
+            role: raft.state,
+            leader: self.leader(),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            first_index: raft.raft_log.first_index(),
+            last_index: raft.raft_log.last_index(),
+            voters: sorted(cs.voters),
+            learners: sorted(cs.learners),
+        }
+    }
+
+    /// The datacenter label of every member, by id.
+    pub fn members(&self) -> &BTreeMap<ReplicaId, String> {
+        &self.members
+    }
+
+    /// The state machine (read-only).
+    pub fn state_machine(&self) -> &S {
+        &self.machine
+    }
+
+    /// The log store (read-only).
+    pub fn store(&self) -> &L {
+        self.raw.store()
+    }
+
+    /// Snapshots this replica took of its own state.
+    pub fn snapshots_taken(&self) -> u64 {
+        self.snapshots_taken
+    }
+
+    /// Number of client sessions held.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Ticks since the replica started.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+}
+
+fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
+    ids.sort_unstable();
+    ids
+}
+
+/// Decodes a raft message received from an authenticated peer (protobuf 2; see
+/// `docs/architecture.md` on why only authenticated bytes may reach this decoder).
+pub fn decode_message(bytes: &[u8]) -> Result<Message, wire::DecodeError> {
+    Message::parse_from_bytes(bytes).map_err(|e| wire::DecodeError {
+        what: "raft message",
+        detail: e.to_string(),
+    })
+}
+
+/// Encodes a raft message for a transport.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    message.write_to_bytes().unwrap_or_default()
+}

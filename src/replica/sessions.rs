@@ -1,0 +1,234 @@
+//! Client sessions: the replicated table that makes every command apply at most
+//! once (Raft dissertation §6.3).
+//!
+//! A client first registers a session through the log; its id is the log index of
+//! the registration, so ids are unique and identical on every replica. Each command
+//! carries (client id, sequence, acked_below). The table keeps, per session, the
+//! response of every applied sequence the client has not yet acknowledged; a
+//! retried sequence gets the cached response instead of being applied again. A
+//! command for an unknown (never registered, or evicted) session is rejected, never
+//! applied, so eviction can cost availability but never exactly-once.
+//!
+//! Everything here runs inside `apply`, so it is deterministic: ordered maps only,
+//! eviction by (last active index, id).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::RequestError;
+use crate::state_machine::StateMachine;
+use crate::wire::{CachedResponse, Request, Session as WireSession};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Session {
+    acked_below: u64,
+    last_active_index: u64,
+    responses: BTreeMap<u64, Vec<u8>>,
+}
+
+/// The session table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sessions {
+    by_client: BTreeMap<u64, Session>,
+    by_activity: BTreeSet<(u64, u64)>,
+    sessions_max: usize,
+    responses_max: usize,
+}
+
+impl Sessions {
+    pub(crate) fn new(sessions_max: usize, responses_max: usize) -> Self {
+        debug_assert!(sessions_max > 0 && responses_max > 0);
+        Self {
+            by_client: BTreeMap::new(),
+            by_activity: BTreeSet::new(),
+            sessions_max,
+            responses_max,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    fn touch(&mut self, client_id: u64, index: u64) {
+        if let Some(s) = self.by_client.get_mut(&client_id) {
+            self.by_activity.remove(&(s.last_active_index, client_id));
+            s.last_active_index = index;
+            self.by_activity.insert((index, client_id));
+        }
+    }
+
+    /// Registers a session at log `index`; its id is `index`. Evicts the least
+    /// recently active session when full.
+    pub(crate) fn register(&mut self, index: u64) -> u64 {
+        while self.by_client.len() >= self.sessions_max {
+            let Some(&(at, oldest)) = self.by_activity.iter().next() else {
+                break;
+            };
+            self.by_activity.remove(&(at, oldest));
+            self.by_client.remove(&oldest);
+        }
+        self.by_client.insert(
+            index,
+            Session {
+                acked_below: 1,
+                last_active_index: index,
+                responses: BTreeMap::new(),
+            },
+        );
+        self.by_activity.insert((index, index));
+        debug_assert_eq!(self.by_client.len(), self.by_activity.len());
+        index
+    }
+
+    /// Applies one client command at most once.
+    pub(crate) fn apply<S: StateMachine>(
+        &mut self,
+        index: u64,
+        request: &Request,
+        machine: &mut S,
+    ) -> Result<Vec<u8>, RequestError> {
+        let client_id = request.client_id;
+        if !self.by_client.contains_key(&client_id) {
+            return Err(RequestError::SessionExpired { client_id });
+        }
+        self.touch(client_id, index);
+        let responses_max = self.responses_max;
+        let Some(session) = self.by_client.get_mut(&client_id) else {
+            return Err(RequestError::SessionExpired { client_id });
+        };
+        if request.acked_below > session.acked_below {
+            session.acked_below = request.acked_below;
+            session.responses = session.responses.split_off(&request.acked_below);
+        }
+        if request.sequence < session.acked_below {
+            return Err(RequestError::Stale {
+                client_id,
+                sequence: request.sequence,
+                acked_below: session.acked_below,
+            });
+        }
+        if let Some(cached) = session.responses.get(&request.sequence) {
+            return Ok(cached.clone());
+        }
+        if session.responses.len() >= responses_max {
+            return Err(RequestError::TooManyOutstanding {
+                client_id,
+                limit: responses_max,
+            });
+        }
+        let response = machine.apply(index, &request.command);
+        session.responses.insert(request.sequence, response.clone());
+        Ok(response)
+    }
+
+    pub(crate) fn to_wire(&self) -> Vec<WireSession> {
+        self.by_client
+            .iter()
+            .map(|(&client_id, s)| {
+                let mut w = WireSession::new();
+                w.client_id = client_id;
+                w.acked_below = s.acked_below;
+                w.last_active_index = s.last_active_index;
+                w.responses = s
+                    .responses
+                    .iter()
+                    .map(|(&sequence, response)| {
+                        let mut c = CachedResponse::new();
+                        c.sequence = sequence;
+                        c.response = response.clone();
+                        c
+                    })
+                    .collect();
+                w
+            })
+            .collect()
+    }
+
+    pub(crate) fn restore(&mut self, sessions: Vec<WireSession>) {
+        self.by_client.clear();
+        self.by_activity.clear();
+        for w in sessions {
+            let s = Session {
+                acked_below: w.acked_below,
+                last_active_index: w.last_active_index,
+                responses: w
+                    .responses
+                    .into_iter()
+                    .map(|c| (c.sequence, c.response))
+                    .collect(),
+            };
+            self.by_activity.insert((s.last_active_index, w.client_id));
+            self.by_client.insert(w.client_id, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state_machine::KvStore;
+
+    fn request(client_id: u64, sequence: u64, acked_below: u64, command: Vec<u8>) -> Request {
+        let mut r = Request::new();
+        r.client_id = client_id;
+        r.sequence = sequence;
+        r.acked_below = acked_below;
+        r.command = command;
+        r
+    }
+
+    #[test]
+    fn a_retried_sequence_is_applied_once() {
+        let mut s = Sessions::new(4, 4);
+        let mut kv = KvStore::new();
+        let c = s.register(1);
+        let first = s.apply(2, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv).unwrap();
+        let retry = s.apply(3, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv).unwrap();
+        assert_eq!(first, retry);
+        assert_eq!(KvStore::decode_response(&retry), Ok(None), "the retry saw the cached 'absent' response");
+        let second = s.apply(4, &request(c, 2, 2, KvStore::put("k", "v2")), &mut kv).unwrap();
+        assert_eq!(KvStore::decode_response(&second), Ok(Some(b"v1".to_vec())));
+        assert!(matches!(
+            s.apply(5, &request(c, 1, 2, KvStore::put("k", "v1")), &mut kv),
+            Err(RequestError::Stale { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_or_evicted_sessions_are_rejected_never_applied() {
+        let mut s = Sessions::new(2, 4);
+        let mut kv = KvStore::new();
+        assert!(matches!(
+            s.apply(1, &request(99, 1, 1, KvStore::put("k", "v")), &mut kv),
+            Err(RequestError::SessionExpired { client_id: 99 })
+        ));
+        let a = s.register(1);
+        let b = s.register(2);
+        s.apply(3, &request(a, 1, 1, KvStore::put("a", "1")), &mut kv).unwrap();
+        let c = s.register(4); // evicts b, the least recently active
+        assert_eq!(s.len(), 2);
+        assert!(matches!(
+            s.apply(5, &request(b, 1, 1, KvStore::put("b", "1")), &mut kv),
+            Err(RequestError::SessionExpired { .. })
+        ));
+        assert!(s.apply(6, &request(c, 1, 1, KvStore::put("c", "1")), &mut kv).is_ok());
+        assert!(kv.value(b"b").is_none());
+    }
+
+    #[test]
+    fn outstanding_responses_are_bounded_and_the_table_round_trips() {
+        let mut s = Sessions::new(4, 2);
+        let mut kv = KvStore::new();
+        let c = s.register(1);
+        s.apply(2, &request(c, 1, 1, KvStore::put("a", "1")), &mut kv).unwrap();
+        s.apply(3, &request(c, 2, 1, KvStore::put("b", "1")), &mut kv).unwrap();
+        assert!(matches!(
+            s.apply(4, &request(c, 3, 1, KvStore::put("c", "1")), &mut kv),
+            Err(RequestError::TooManyOutstanding { limit: 2, .. })
+        ));
+        assert!(s.apply(5, &request(c, 3, 3, KvStore::put("c", "1")), &mut kv).is_ok());
+        let mut copy = Sessions::new(4, 2);
+        copy.restore(s.to_wire());
+        assert_eq!(copy, s);
+    }
+}

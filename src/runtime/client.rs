@@ -1,0 +1,445 @@
+//! `Client`: a cloneable handle through which application threads use a fleet of
+//! in-process nodes. It registers a session, numbers every command, finds the
+//! leader, and retries on leader changes and timeouts with the same (session,
+//! sequence) — so a retried command is applied at most once.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use raft::StateRole;
+
+use super::node::{NodeHandle, ResponseSlot};
+use crate::replica::{MembershipChange, Reply, RequestError};
+use crate::wire::Request;
+use crate::ReplicaId;
+
+/// Timeouts of a [`Client`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// How long one call (with all its retries) may take.
+    pub timeout: Duration,
+    /// How long to wait for one node before trying another.
+    pub attempt_timeout: Duration,
+    /// Pause before retrying when no leader is known.
+    pub retry_backoff: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_millis(1500),
+            retry_backoff: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The fleet answered with an error retrying cannot fix.
+    #[error("request rejected: {0}")]
+    Rejected(RequestError),
+    /// No answer in time: no leader, no majority, or every node stopped. A command
+    /// may or may not have been applied.
+    #[error("fleet unavailable: no outcome after {attempts} attempts in {waited:?}{}", match .last { Some(e) => format!(" (last error: {e})"), None => String::new() })]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        waited: Duration,
+        /// The last retryable error seen.
+        last: Option<RequestError>,
+    },
+    /// The fleet's reply did not fit the request (a bug; please report it).
+    #[error("unexpected reply {0}")]
+    UnexpectedReply(String),
+    /// A client needs at least one node.
+    #[error("a client needs at least one node handle")]
+    NoNodes,
+}
+
+fn retryable(e: &RequestError) -> bool {
+    matches!(
+        e,
+        RequestError::NotLeader { .. }
+            | RequestError::Dropped
+            | RequestError::TimedOut
+            | RequestError::Overloaded
+            | RequestError::Stopped
+    )
+}
+
+struct Inner {
+    nodes: Vec<NodeHandle>,
+    session: u64,
+    next_sequence: AtomicU64,
+    outstanding: Mutex<BTreeSet<u64>>,
+    leader: AtomicUsize,
+    cfg: ClientConfig,
+}
+
+/// A cloneable client session on a fleet of nodes. Clones share the session:
+/// commands from any clone are deduplicated together.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.inner.session)
+            .field("nodes", &self.inner.nodes.len())
+            .finish()
+    }
+}
+
+/// Picks the node most likely to lead: the last one that answered, else the one
+/// that says it leads with the highest term, else the leader someone names.
+fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
+    let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
+    if statuses.get(last).is_some_and(|s| s.role == StateRole::Leader) {
+        return last;
+    }
+    if let Some((i, _)) = statuses
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.role == StateRole::Leader && !nodes[*i].is_stopped())
+        .max_by_key(|(_, s)| s.term)
+    {
+        return i;
+    }
+    let named = statuses.iter().filter_map(|s| s.leader).max();
+    named
+        .and_then(|l| nodes.iter().position(|n| n.id() == l))
+        .unwrap_or(last % nodes.len().max(1))
+}
+
+/// A call in progress: which node has it, and the retry state.
+struct Call {
+    started: Instant,
+    deadline: Instant,
+    attempts: u32,
+    last: Option<RequestError>,
+    target: usize,
+    slot: Option<ResponseSlot>,
+}
+
+impl Call {
+    fn new(inner: &Inner) -> Self {
+        let started = Instant::now();
+        Call {
+            started,
+            deadline: started + inner.cfg.timeout,
+            attempts: 0,
+            last: None,
+            target: likely_leader(&inner.nodes, inner.leader.load(Ordering::Relaxed)),
+            slot: None,
+        }
+    }
+
+    fn unavailable(&self) -> ClientError {
+        ClientError::Unavailable {
+            attempts: self.attempts,
+            waited: self.started.elapsed(),
+            last: self.last.clone(),
+        }
+    }
+
+    /// Submits to the current target. `Ok(None)` means submitted.
+    fn submit(
+        &mut self,
+        inner: &Inner,
+        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+    ) -> Result<(), RequestError> {
+        self.attempts += 1;
+        let slot = submit(&inner.nodes[self.target])?;
+        self.slot = Some(slot);
+        Ok(())
+    }
+
+    /// Handles a retryable error: picks the next target and maybe pauses.
+    fn redirect(&mut self, inner: &Inner, error: RequestError, pause: bool) {
+        let n = inner.nodes.len();
+        self.target = match &error {
+            RequestError::NotLeader { leader: Some(l) } => inner
+                .nodes
+                .iter()
+                .position(|h| h.id() == *l)
+                .filter(|&i| i != self.target)
+                .unwrap_or((self.target + 1) % n),
+            _ => {
+                let guess = likely_leader(&inner.nodes, (self.target + 1) % n);
+                if guess == self.target {
+                    (self.target + 1) % n
+                } else {
+                    guess
+                }
+            }
+        };
+        let known_leader = matches!(error, RequestError::NotLeader { leader: Some(_) });
+        self.last = Some(error);
+        self.slot = None;
+        if pause && !known_leader {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            std::thread::sleep(inner.cfg.retry_backoff.min(left));
+        }
+    }
+
+    /// Drives the call to an outcome, blocking.
+    fn finish(
+        mut self,
+        inner: &Inner,
+        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+    ) -> Result<Reply, ClientError> {
+        loop {
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Err(self.unavailable());
+            }
+            let outcome = match self.slot.take() {
+                Some(slot) => {
+                    let wait = (self.deadline - now).min(inner.cfg.attempt_timeout);
+                    slot.wait(wait).unwrap_or(Err(RequestError::TimedOut))
+                }
+                None => match self.submit(inner, submit) {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            match outcome {
+                Ok(reply) => {
+                    inner.leader.store(self.target, Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(e) if retryable(&e) => self.redirect(inner, e, true),
+                Err(e) => return Err(ClientError::Rejected(e)),
+            }
+        }
+    }
+}
+
+/// A command submitted without waiting; poll or wait for its response.
+pub struct PendingCommand {
+    client: Client,
+    request: Request,
+    call: Option<Call>,
+}
+
+impl std::fmt::Debug for PendingCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCommand")
+            .field("sequence", &self.request.sequence)
+            .finish()
+    }
+}
+
+impl PendingCommand {
+    /// The command's sequence number in the session.
+    pub fn sequence(&self) -> u64 {
+        self.request.sequence
+    }
+
+    fn submitter(request: &Request) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + '_ {
+        move |node: &NodeHandle| node.propose(request.clone())
+    }
+
+    /// Checks for the outcome without blocking; re-submits on a retryable error.
+    /// `None` while the command is still under way.
+    pub fn poll(&mut self) -> Option<Result<Vec<u8>, ClientError>> {
+        let inner = Arc::clone(&self.client.inner);
+        let call = self.call.as_mut()?;
+        if Instant::now() >= call.deadline {
+            let e = call.unavailable();
+            return Some(self.done(Err(e)));
+        }
+        let outcome = match &call.slot {
+            Some(slot) => slot.try_take()?,
+            None => {
+                let request = &self.request;
+                let mut submit = Self::submitter(request);
+                match call.submit(&inner, &mut submit) {
+                    Ok(()) => return None,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match outcome {
+            Ok(reply) => {
+                inner.leader.store(call.target, Ordering::Relaxed);
+                Some(self.done(applied(reply)))
+            }
+            Err(e) if retryable(&e) => {
+                call.redirect(&inner, e, false);
+                None
+            }
+            Err(e) => Some(self.done(Err(ClientError::Rejected(e)))),
+        }
+    }
+
+    /// Blocks until the outcome, retrying as needed.
+    pub fn wait(mut self) -> Result<Vec<u8>, ClientError> {
+        let Some(call) = self.call.take() else {
+            return Err(ClientError::UnexpectedReply("command already finished".into()));
+        };
+        let inner = Arc::clone(&self.client.inner);
+        let result = {
+            let mut submit = Self::submitter(&self.request);
+            call.finish(&inner, &mut submit).and_then(applied)
+        };
+        self.done(result)
+    }
+
+    fn done(&mut self, result: Result<Vec<u8>, ClientError>) -> Result<Vec<u8>, ClientError> {
+        self.call = None;
+        self.client.inner.outstanding.lock().remove(&self.request.sequence);
+        result
+    }
+}
+
+impl Drop for PendingCommand {
+    fn drop(&mut self) {
+        if self.call.is_some() {
+            self.client.inner.outstanding.lock().remove(&self.request.sequence);
+        }
+    }
+}
+
+fn applied(reply: Reply) -> Result<Vec<u8>, ClientError> {
+    match reply {
+        Reply::Applied(bytes) => Ok(bytes),
+        other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+    }
+}
+
+impl Client {
+    /// Registers a new session with the fleet of `nodes` (the leader is found
+    /// among them).
+    pub fn connect(nodes: Vec<NodeHandle>, cfg: ClientConfig) -> Result<Client, ClientError> {
+        if nodes.is_empty() {
+            return Err(ClientError::NoNodes);
+        }
+        let mut inner = Inner {
+            nodes,
+            session: 0,
+            next_sequence: AtomicU64::new(1),
+            outstanding: Mutex::new(BTreeSet::new()),
+            leader: AtomicUsize::new(0),
+            cfg,
+        };
+        let reply = Call::new(&inner).finish(&inner, &mut |n| n.register_session())?;
+        match reply {
+            Reply::SessionRegistered(id) => inner.session = id,
+            other => return Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+        Ok(Client {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The session id the fleet issued.
+    pub fn session(&self) -> u64 {
+        self.inner.session
+    }
+
+    /// Submits `command` and returns at once; the response is collected with
+    /// [`PendingCommand::poll`] or [`PendingCommand::wait`].
+    pub fn propose_async(&self, command: impl Into<Vec<u8>>) -> PendingCommand {
+        let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
+        let acked_below = {
+            let mut outstanding = self.inner.outstanding.lock();
+            outstanding.insert(sequence);
+            outstanding.first().copied().unwrap_or(sequence)
+        };
+        let mut request = Request::new();
+        request.client_id = self.inner.session;
+        request.sequence = sequence;
+        request.acked_below = acked_below;
+        request.command = command.into();
+        let mut pending = PendingCommand {
+            client: self.clone(),
+            request,
+            call: Some(Call::new(&self.inner)),
+        };
+        // Submit now; errors are handled by the first poll or wait.
+        if let Some(call) = pending.call.as_mut() {
+            let mut submit = PendingCommand::submitter(&pending.request);
+            if let Err(e) = call.submit(&self.inner, &mut submit) {
+                call.slot = Some(Arc::default());
+                if let Some(slot) = &call.slot {
+                    let _ = slot.fill(Err(e));
+                }
+            }
+        }
+        pending
+    }
+
+    /// Proposes `command` and waits for the state machine's response, retrying on
+    /// leader changes; the command is applied at most once.
+    pub fn propose(&self, command: impl Into<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
+        self.propose_async(command).wait()
+    }
+
+    /// A linearizable read: it observes every command acknowledged before it began.
+    pub fn read(&self, query: impl Into<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
+        let query = query.into();
+        let inner = &self.inner;
+        match Call::new(inner).finish(inner, &mut |n| n.read(query.clone()))? {
+            Reply::Read(bytes) => Ok(bytes),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Applies one membership change through the leader.
+    pub fn change_membership(&self, change: MembershipChange) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        Call::new(inner).finish(inner, &mut |n| n.change_membership(change.clone()))
+    }
+
+    /// Promotes learner `id` once it has caught up, waiting up to the client's
+    /// timeout for it to do so.
+    pub fn promote_when_caught_up(&self, id: ReplicaId) -> Result<Reply, ClientError> {
+        let deadline = Instant::now() + self.inner.cfg.timeout;
+        loop {
+            match self.change_membership(MembershipChange::Promote { id }) {
+                Err(ClientError::Rejected(RequestError::NotCaughtUp { .. }))
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(self.inner.cfg.retry_backoff);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Hands leadership to `to` and waits until `to` reports that it leads.
+    pub fn transfer_leader(&self, to: ReplicaId) -> Result<(), ClientError> {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let mut attempts = 0;
+        let target = inner
+            .nodes
+            .iter()
+            .find(|n| n.id() == to)
+            .ok_or(ClientError::Rejected(RequestError::NotLeader { leader: None }))?;
+        while started.elapsed() < inner.cfg.timeout {
+            if target.status().role == StateRole::Leader {
+                return Ok(());
+            }
+            attempts += 1;
+            let leader = likely_leader(&inner.nodes, inner.leader.load(Ordering::Relaxed));
+            let _ = inner.nodes[leader].transfer_leader(to);
+            std::thread::sleep(inner.cfg.retry_backoff * 5);
+        }
+        Err(ClientError::Unavailable {
+            attempts,
+            waited: started.elapsed(),
+            last: None,
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! The threaded runtime: drives replicas for real, with OS threads, wall-clock
+//! ticks, a durable log store and a transport.
+//!
+//! * [`Node`] runs one [`Replica`](crate::Replica) on its own thread.
+//! * [`NodeHandle`] submits requests to a node and is the node's transport
+//!   [`Inbox`](crate::transport::Inbox).
+//! * [`Client`] is a session on a fleet of nodes: blocking and non-blocking
+//!   proposals, linearizable reads, membership changes, with retries that keep
+//!   every command at most once.
+//!
+//! The shared structures between client threads and node threads ([`Mailbox`],
+//! [`Slot`]) are checked with loom (`tests/loom.rs`).
+
+mod client;
+mod mailbox;
+mod node;
+mod slot;
+mod sync;
+
+pub use client::{Client, ClientConfig, ClientError, PendingCommand};
+pub use mailbox::{Mailbox, PushError};
+pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};
+pub use slot::Slot;

@@ -1,0 +1,360 @@
+//! `Node`: one thread that drives one [`Replica`] for real — wall-clock ticks, the
+//! mailbox, the log store's durability point and the transport.
+//!
+//! The loop: wait for inputs until the next tick is due; drain the whole mailbox
+//! into the replica; tick if due; run Ready cycles until none is left, sending
+//! messages and filling response slots. Everything that arrived during one cycle
+//! is persisted by the next cycle's single `sync` (group commit).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex as StatusLock;
+use raft::prelude::Message;
+
+use super::mailbox::{Mailbox, PushError};
+use super::slot::Slot;
+use crate::replica::{
+    Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
+    RequestError, RequestId, Status,
+};
+use crate::state_machine::StateMachine;
+use crate::storage::LogStore;
+use crate::transport::{Envelope, Inbox, Transport};
+use crate::wire::Request;
+use crate::ReplicaId;
+
+/// Where a request's outcome is delivered.
+pub type ResponseSlot = Arc<Slot<Result<Reply, RequestError>>>;
+
+/// Settings of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The replica's settings.
+    pub replica: ReplicaConfig,
+    /// Wall-clock length of one tick.
+    pub tick_interval: Duration,
+    /// Inputs the mailbox holds before new requests are refused with
+    /// [`RequestError::Overloaded`] (and raft messages dropped).
+    pub mailbox_inputs_max: usize,
+    /// Most ticks run back to back after the thread was delayed (a stall longer
+    /// than this is not replayed tick by tick).
+    pub catch_up_ticks_max: u32,
+}
+
+impl NodeConfig {
+    /// Defaults: 10 ms ticks (so an election timeout of 10 ticks is 100–200 ms).
+    pub fn new(replica: ReplicaConfig) -> Self {
+        Self {
+            replica,
+            tick_interval: Duration::from_millis(10),
+            mailbox_inputs_max: 65_536,
+            catch_up_ticks_max: 10,
+        }
+    }
+}
+
+pub(crate) enum Input {
+    Raft(Message),
+    Propose(Request, ResponseSlot),
+    RegisterSession(ResponseSlot),
+    Read(Vec<u8>, ResponseSlot),
+    Membership(MembershipChange, ResponseSlot),
+    TransferLeader(ReplicaId),
+}
+
+struct Shared {
+    id: ReplicaId,
+    group: u64,
+    mailbox: Mailbox<Input>,
+    status: StatusLock<Status>,
+}
+
+/// A cloneable handle to a running node: submit requests, read its status,
+/// deliver messages to it (it is the node's [`Inbox`]).
+#[derive(Clone)]
+pub struct NodeHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle").field("id", &self.shared.id).finish()
+    }
+}
+
+impl NodeHandle {
+    /// The replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.shared.id
+    }
+
+    /// The replica's status as of its last Ready cycle.
+    pub fn status(&self) -> Status {
+        self.shared.status.lock().clone()
+    }
+
+    /// True once the node stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.mailbox.is_closed()
+    }
+
+    fn submit(&self, input: Input) -> Result<(), RequestError> {
+        self.shared.mailbox.push(input).map_err(|e| match e {
+            PushError::Full(_) => RequestError::Overloaded,
+            PushError::Closed(_) => RequestError::Stopped,
+        })
+    }
+
+    /// Submits a command; its outcome arrives in the returned slot.
+    pub fn propose(&self, request: Request) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.submit(Input::Propose(request, Arc::clone(&slot)))?;
+        Ok(slot)
+    }
+
+    /// Submits a session registration.
+    pub fn register_session(&self) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.submit(Input::RegisterSession(Arc::clone(&slot)))?;
+        Ok(slot)
+    }
+
+    /// Submits a linearizable read.
+    pub fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.submit(Input::Read(query, Arc::clone(&slot)))?;
+        Ok(slot)
+    }
+
+    /// Submits a membership change.
+    pub fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.submit(Input::Membership(change, Arc::clone(&slot)))?;
+        Ok(slot)
+    }
+
+    /// Asks this node, if leader, to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
+        self.submit(Input::TransferLeader(to))
+    }
+}
+
+impl Inbox for NodeHandle {
+    fn deliver(&self, envelope: Envelope) {
+        if envelope.group != self.shared.group {
+            tracing::warn!(replica = self.shared.id, group = envelope.group, "dropping a message for another group");
+            return;
+        }
+        // A full mailbox drops the message; raft retransmits.
+        let _ = self.shared.mailbox.push(Input::Raft(envelope.message));
+    }
+}
+
+/// A replica running on its own thread.
+pub struct Node {
+    handle: NodeHandle,
+    thread: Option<JoinHandle<Result<(), ReplicaError>>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.handle.id()).finish()
+    }
+}
+
+impl Node {
+    /// Starts a replica on `store` with `machine` on a new thread. Bootstrap the
+    /// store first ([`Replica::bootstrap`]) for an initial member; a member added
+    /// later starts from an empty store.
+    pub fn spawn<L: LogStore, S: StateMachine>(
+        cfg: NodeConfig,
+        store: L,
+        machine: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Node, ReplicaError> {
+        let replica = Replica::new(cfg.replica.clone(), store, machine)?;
+        let shared = Arc::new(Shared {
+            id: replica.id(),
+            group: replica.group(),
+            mailbox: Mailbox::new(cfg.mailbox_inputs_max),
+            status: StatusLock::new(replica.status()),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("vaultfleet-node-{}", replica.id()))
+            .spawn(move || run(cfg, replica, &thread_shared, transport.as_ref()))
+            .map_err(|e| ReplicaError::Config {
+                id: shared.id,
+                detail: format!("cannot spawn the node thread: {e}"),
+            })?;
+        Ok(Node {
+            handle: NodeHandle { shared },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle to this node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The replica's id.
+    pub fn id(&self) -> ReplicaId {
+        self.handle.id()
+    }
+
+    /// Stops the node: pending requests complete with [`RequestError::Stopped`],
+    /// the thread exits, and the store is closed. Everything acknowledged before
+    /// is durable already (acknowledgements follow `sync`).
+    pub fn shutdown(mut self) -> Result<(), ReplicaError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), ReplicaError> {
+        for input in self.handle.shared.mailbox.close() {
+            fail_input(input, RequestError::Stopped);
+        }
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(ReplicaError::Failed {
+                    id: self.handle.id(),
+                })
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn fail_input(input: Input, error: RequestError) {
+    match input {
+        Input::Propose(_, slot)
+        | Input::RegisterSession(slot)
+        | Input::Read(_, slot)
+        | Input::Membership(_, slot) => {
+            let _ = slot.fill(Err(error));
+        }
+        Input::Raft(_) | Input::TransferLeader(_) => {}
+    }
+}
+
+struct Driver<'a, L: LogStore, S: StateMachine> {
+    replica: Replica<L, S>,
+    transport: &'a dyn Transport,
+    slots: BTreeMap<RequestId, ResponseSlot>,
+    next_request: RequestId,
+    out: Output,
+}
+
+impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
+    fn accept(&mut self, input: Input) {
+        let id = self.next_request;
+        let (slot, submitted) = match input {
+            Input::Raft(m) => {
+                if let Err(e) = self.replica.step(m) {
+                    tracing::debug!("{e}");
+                }
+                return;
+            }
+            Input::TransferLeader(to) => {
+                self.replica.transfer_leader(to);
+                return;
+            }
+            Input::Propose(request, slot) => (slot, self.replica.propose(id, request)),
+            Input::RegisterSession(slot) => (slot, self.replica.register_session(id)),
+            Input::Read(query, slot) => (slot, self.replica.read(id, query)),
+            Input::Membership(change, slot) => (slot, self.replica.change_membership(id, change)),
+        };
+        match submitted {
+            Ok(()) => {
+                self.next_request += 1;
+                self.slots.insert(id, slot);
+            }
+            Err(e) => {
+                let _ = slot.fill(Err(e));
+            }
+        }
+    }
+
+    fn cycle(&mut self) -> Result<(), ReplicaError> {
+        while self.replica.has_ready() {
+            self.out.clear();
+            let result = self.replica.handle_ready(&mut self.out);
+            let group = self.replica.group();
+            for message in self.out.messages.drain(..) {
+                let to = message.to;
+                if self.transport.send(Envelope { group, message }).is_err() {
+                    self.replica.report_unreachable(to);
+                }
+            }
+            for Completion { id, result } in self.out.completions.drain(..) {
+                if let Some(slot) = self.slots.remove(&id) {
+                    let _ = slot.fill(result);
+                }
+            }
+            result?;
+        }
+        Ok(())
+    }
+}
+
+fn run<L: LogStore, S: StateMachine>(
+    cfg: NodeConfig,
+    replica: Replica<L, S>,
+    shared: &Shared,
+    transport: &dyn Transport,
+) -> Result<(), ReplicaError> {
+    let mut driver = Driver {
+        replica,
+        transport,
+        slots: BTreeMap::new(),
+        next_request: 1,
+        out: Output::default(),
+    };
+    let mut inputs = Vec::new();
+    let mut next_tick = Instant::now() + cfg.tick_interval;
+    let result = loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        if !shared.mailbox.drain(&mut inputs, wait) {
+            break Ok(());
+        }
+        for input in inputs.drain(..) {
+            driver.accept(input);
+        }
+        let now = Instant::now();
+        let mut ticks = 0;
+        while now >= next_tick {
+            if ticks == cfg.catch_up_ticks_max {
+                next_tick = now + cfg.tick_interval;
+                break;
+            }
+            driver.replica.tick();
+            next_tick += cfg.tick_interval;
+            ticks += 1;
+        }
+        if let Err(e) = driver.cycle() {
+            tracing::error!(replica = shared.id, "node stopped: {e}");
+            break Err(e);
+        }
+        let status = driver.replica.status();
+        let mut published = shared.status.lock();
+        if *published != status {
+            *published = status;
+        }
+    };
+    for input in shared.mailbox.close() {
+        fail_input(input, RequestError::Stopped);
+    }
+    for (_, slot) in std::mem::take(&mut driver.slots) {
+        let _ = slot.fill(Err(RequestError::Stopped));
+    }
+    result
+}

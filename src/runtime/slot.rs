@@ -1,0 +1,99 @@
+//! `Slot`: a one-shot response slot. The node thread fills it once; the client
+//! thread waits on it (with a timeout) or polls it.
+//!
+//! Invariants (loom models in `tests/loom.rs`): a value filled is taken exactly
+//! once; a waiter is woken by the fill; a second fill is refused.
+
+use std::time::{Duration, Instant};
+
+use super::sync::{lock, Condvar, Mutex};
+
+/// A value that arrives once.
+pub struct Slot<T> {
+    value: Mutex<SlotState<T>>,
+    filled: Condvar,
+}
+
+enum SlotState<T> {
+    Empty,
+    Full(T),
+    Taken,
+}
+
+impl<T> std::fmt::Debug for Slot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &*lock(&self.value) {
+            SlotState::Empty => "empty",
+            SlotState::Full(_) => "full",
+            SlotState::Taken => "taken",
+        };
+        f.debug_struct("Slot").field("state", &state).finish()
+    }
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Slot<T> {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self {
+            value: Mutex::new(SlotState::Empty),
+            filled: Condvar::new(),
+        }
+    }
+
+    /// Fills the slot; returns the value back if it was filled before.
+    pub fn fill(&self, value: T) -> Result<(), T> {
+        let mut v = lock(&self.value);
+        if !matches!(*v, SlotState::Empty) {
+            return Err(value);
+        }
+        *v = SlotState::Full(value);
+        drop(v);
+        self.filled.notify_all();
+        Ok(())
+    }
+
+    /// Takes the value if it has arrived.
+    pub fn try_take(&self) -> Option<T> {
+        let mut v = lock(&self.value);
+        match std::mem::replace(&mut *v, SlotState::Taken) {
+            SlotState::Full(value) => Some(value),
+            other => {
+                *v = other;
+                None
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the value and takes it.
+    pub fn wait(&self, timeout: Duration) -> Option<T> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut v = lock(&self.value);
+        loop {
+            if let SlotState::Full(_) = *v {
+                if let SlotState::Full(value) = std::mem::replace(&mut *v, SlotState::Taken) {
+                    return Some(value);
+                }
+            }
+            if matches!(*v, SlotState::Taken) {
+                return None;
+            }
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                return None;
+            }
+            v = match self.filled.wait_timeout(v, left) {
+                Ok((guard, _)) => guard,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}

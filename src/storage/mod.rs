@@ -1,0 +1,147 @@
+//! The storage seam: where a replica's raft log, hard state and snapshots live.
+//!
+//! A [`LogStore`] is everything raft-rs's [`raft::Storage`] reads, plus the writes
+//! the replica's Ready loop performs and one explicit durability point,
+//! [`LogStore::sync`]. The durability contract (see `docs/architecture.md`):
+//!
+//! * writes made since the last `sync` may be lost in a crash, **as a whole or as a
+//!   prefix in call order**, never reordered;
+//! * after `sync` returns `Ok`, every earlier write survives a crash;
+//! * the replica never sends a message that depends on a write (a vote, an append
+//!   acknowledgement) before the `sync` that covers it has returned.
+//!
+//! raft-rs calls the [`raft::Storage`] read methods on hot paths (`term`,
+//! `entries`), so every implementation keeps the un-compacted log in memory and
+//! never touches the disk to answer them.
+//!
+//! Implementations: [`MemLog`] (memory only; `sync` is a no-op, so it models a
+//! store that is durable at once) and [`SledLog`] (the embedded default, flushed to
+//! disk by `sync`).
+
+mod mem;
+mod sled_log;
+
+pub use mem::MemLog;
+pub use sled_log::SledLog;
+
+use raft::prelude::{Entry, HardState, Snapshot};
+
+/// What went wrong in a [`LogStore`]. Every variant says what the operator can do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The embedded database failed (I/O error, full disk, ...).
+    #[error("log store database error: {0}; check the disk and the data directory permissions")]
+    Database(#[from] sled::Error),
+    /// Data read back from the store does not decode or breaks an invariant.
+    #[error(
+        "corrupt log store ({what}): {detail}; this replica's store cannot be trusted, \
+         remove the replica and re-add it as a fresh member"
+    )]
+    Corrupt {
+        /// Which record was bad (for example `entry 42`).
+        what: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The directory holds something that is not a vaultfleet log store.
+    #[error("{path} is not a vaultfleet log store (found format {found:?}); point the replica at its own data directory")]
+    ForeignFormat {
+        /// The data directory.
+        path: String,
+        /// The format marker that was found.
+        found: String,
+    },
+    /// An append does not continue the log.
+    #[error("append of entries starting at {first} would leave a gap after the last index {last}")]
+    Gap {
+        /// First index of the rejected entries.
+        first: u64,
+        /// Last index the store holds.
+        last: u64,
+    },
+    /// An append would overwrite entries that are already compacted.
+    #[error("append of entries starting at {first} overwrites compacted entries (first index is {first_index})")]
+    OverwriteCompacted {
+        /// First index of the rejected entries.
+        first: u64,
+        /// First index the store holds.
+        first_index: u64,
+    },
+    /// Entries of one append are not consecutive.
+    #[error("entries to append are not consecutive: index {found} follows {previous}")]
+    NotConsecutive {
+        /// Index of the entry before the gap.
+        previous: u64,
+        /// Index that followed it.
+        found: u64,
+    },
+    /// A snapshot older than what the store already holds.
+    #[error("snapshot at index {index} is older than the store's compacted index {compacted}")]
+    SnapshotOutOfDate {
+        /// Index of the rejected snapshot.
+        index: u64,
+        /// Index the store is compacted to.
+        compacted: u64,
+    },
+    /// A local snapshot at an index the store cannot describe.
+    #[error("cannot save a snapshot at index {index}: the store holds indexes {first_index}..={last_index}")]
+    SnapshotOutOfRange {
+        /// Index of the rejected snapshot.
+        index: u64,
+        /// First index held.
+        first_index: u64,
+        /// Last index held.
+        last_index: u64,
+    },
+    /// Compaction past the newest snapshot would lose the log with nothing to replace it.
+    #[error("cannot compact to {index}: the newest snapshot is at {snapshot_index}, compact at most to {limit}")]
+    CompactPastSnapshot {
+        /// Requested compaction index.
+        index: u64,
+        /// Index of the newest snapshot.
+        snapshot_index: u64,
+        /// The highest allowed compaction index.
+        limit: u64,
+    },
+}
+
+/// The replica's persistent log: raft-rs [`raft::Storage`] reads plus the writes of
+/// the Ready loop and an explicit durability point.
+///
+/// Mutating methods take `&mut self`: the replica owns its store exclusively, so
+/// implementations need no locking.
+pub trait LogStore: raft::Storage + Send + 'static {
+    /// Appends `entries` (consecutive indexes), replacing every held entry at or
+    /// after `entries[0].index`. The first index must be in
+    /// `first_index()..=last_index() + 1`.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
+
+    /// Records the raft hard state (term, vote, commit).
+    fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError>;
+
+    /// Installs a snapshot received from the leader: the whole log is replaced by
+    /// it, and the hard state's commit follows it.
+    ///
+    /// The membership a store reports in `initial_state` is always the newest
+    /// snapshot's: on restart the replica replays the committed log from that
+    /// snapshot, re-applying later membership changes in order (as etcd does).
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+
+    /// Keeps a snapshot the replica took of its own applied state at an index it
+    /// holds; the log is kept (see [`LogStore::compact`]).
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+
+    /// Discards every entry below `compact_index`. It may not pass the newest
+    /// snapshot: `compact_index <= snapshot index + 1`.
+    fn compact(&mut self, compact_index: u64) -> Result<(), StorageError>;
+
+    /// The durability point: returns once every earlier write survives a crash.
+    fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// The newest snapshot held (empty, with index 0, if none).
+    fn latest_snapshot(&self) -> &Snapshot;
+
+    /// The hard state last recorded.
+    fn hard_state(&self) -> &HardState;
+}

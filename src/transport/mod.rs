@@ -1,0 +1,62 @@
+//! The transport seam: how raft messages travel between replicas.
+//!
+//! A [`Transport`] sends an [`Envelope`] to the replica named by its message's
+//! `to` field without blocking; whatever arrives for a replica is handed to that
+//! replica's [`Inbox`] (the runtime's mailbox). Every envelope carries a group id,
+//! so several raft groups can share one transport.
+//!
+//! Security: raft-rs decodes messages with protobuf 2, which has a published
+//! advisory on untrusted input (RUSTSEC-2024-0437). A network transport must
+//! authenticate peers (the planned Noise transport pins the fleet's replica keys)
+//! and only hand bytes from authenticated fleet members to
+//! [`decode_message`](crate::replica::decode_message).
+//!
+//! Implementation: [`ChannelNetwork`], in-process crossbeam channels with optional
+//! per-link delay and cuts, for tests, examples and benchmarks.
+
+mod channel;
+
+pub use channel::{ChannelNetwork, ChannelTransport};
+
+use raft::prelude::Message;
+
+use crate::ReplicaId;
+
+/// A raft message addressed to one replica of one group.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The raft group.
+    pub group: u64,
+    /// The message; `message.to` is the destination replica.
+    pub message: Message,
+}
+
+/// Where a transport delivers what arrives for one replica.
+pub trait Inbox: Send + Sync {
+    /// Hands over an envelope. Must not block; may drop when overloaded (raft
+    /// retransmits).
+    fn deliver(&self, envelope: Envelope);
+}
+
+/// A send that could not be attempted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No route to this replica is known.
+    #[error("no route to replica {0}; register it with the transport")]
+    UnknownPeer(ReplicaId),
+    /// The peer is known but cannot be reached now.
+    #[error("replica {0} is unreachable")]
+    Unreachable(ReplicaId),
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    Closed,
+}
+
+/// Sends raft messages to peers, without blocking.
+pub trait Transport: Send + Sync + 'static {
+    /// Queues `envelope` for `envelope.message.to`. Delivery is not guaranteed
+    /// (raft tolerates loss); an error means the send was not even attempted, and
+    /// the caller reports the peer unreachable to raft.
+    fn send(&self, envelope: Envelope) -> Result<(), TransportError>;
+}

@@ -1,0 +1,171 @@
+//! A threaded test fleet: nodes on MemLog or SledLog in a temporary directory,
+//! connected by a ChannelNetwork, with start / stop / restart per replica.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vaultfleet::replica::{ReplicaConfig, Status};
+use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
+use vaultfleet::{ChannelNetwork, FleetConfig, KvStore, MemLog, MemberSpec, Replica, SledLog};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Mem,
+    Sled,
+}
+
+pub struct Fleet {
+    pub net: ChannelNetwork,
+    pub config: FleetConfig,
+    pub nodes: BTreeMap<u64, Node>,
+    store: Store,
+    dir: tempfile::TempDir,
+    tweak: fn(&mut ReplicaConfig),
+}
+
+fn no_tweak(_: &mut ReplicaConfig) {}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+impl Fleet {
+    pub fn start(members: &[(u64, &str)], store: Store) -> Fleet {
+        Self::start_with(FleetConfig::new(members.iter().map(|&(id, dc)| MemberSpec::voter(id, dc)).collect()), store, no_tweak)
+    }
+
+    pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Fleet {
+        init_tracing();
+        let mut fleet = Fleet {
+            net: ChannelNetwork::new(),
+            config,
+            nodes: BTreeMap::new(),
+            store,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            tweak,
+        };
+        let ids: Vec<u64> = fleet.config.members.iter().map(|m| m.id).collect();
+        for id in ids {
+            fleet.boot(id, true);
+        }
+        fleet
+    }
+
+    pub fn dir_of(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("replica-{id}"))
+    }
+
+    fn node_config(&self, id: u64) -> NodeConfig {
+        let mut rc = ReplicaConfig::new(id);
+        rc.preferred_leader_datacenters = self.config.preferred_leader_datacenters.clone();
+        (self.tweak)(&mut rc);
+        NodeConfig::new(rc)
+    }
+
+    /// Starts replica `id`; `initial` members bootstrap their store from the fleet
+    /// config, others (added later) start empty.
+    pub fn boot(&mut self, id: u64, initial: bool) {
+        let cfg = self.node_config(id);
+        let transport = self.net.transport(id);
+        let node = match self.store {
+            Store::Mem => {
+                let mut log = MemLog::new();
+                if initial {
+                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
+                }
+                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
+            }
+            Store::Sled => {
+                let mut log = SledLog::open(self.dir_of(id)).expect("open sled log");
+                if initial {
+                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
+                }
+                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
+            }
+        };
+        self.net.register(id, std::sync::Arc::new(node.handle()));
+        self.nodes.insert(id, node);
+    }
+
+    pub fn stop(&mut self, id: u64) {
+        self.net.unregister(id);
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().expect("clean shutdown");
+        }
+    }
+
+    /// Restarts a stopped sled replica from its directory.
+    pub fn restart(&mut self, id: u64) {
+        assert!(self.store == Store::Sled, "only sled replicas survive a restart");
+        self.boot(id, true);
+    }
+
+    pub fn handles(&self) -> Vec<NodeHandle> {
+        self.nodes.values().map(Node::handle).collect()
+    }
+
+    pub fn handle(&self, id: u64) -> NodeHandle {
+        self.nodes[&id].handle()
+    }
+
+    pub fn status(&self, id: u64) -> Status {
+        self.nodes[&id].handle().status()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.handles(), ClientConfig::default()).expect("client session")
+    }
+
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Fleet) -> bool) {
+        let start = Instant::now();
+        while !cond(self) {
+            assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for one leader that every running replica agrees on.
+    pub fn wait_leader(&self) -> u64 {
+        let mut leader = 0;
+        self.wait_until("an agreed leader", |f| {
+            let statuses: Vec<Status> = f.nodes.values().map(|n| n.handle().status()).collect();
+            let leaders: Vec<u64> = statuses
+                .iter()
+                .filter(|s| s.role == raft::StateRole::Leader)
+                .map(|s| s.id)
+                .collect();
+            if leaders.len() == 1 && statuses.iter().all(|s| s.leader == Some(leaders[0])) {
+                leader = leaders[0];
+                true
+            } else {
+                false
+            }
+        });
+        leader
+    }
+
+    /// Waits until every running replica applied at least `index`.
+    pub fn wait_applied(&self, index: u64) {
+        self.wait_until("every replica to apply", |f| f.nodes.values().all(|n| n.handle().status().applied >= index));
+    }
+
+    pub fn leader_status(&self) -> Status {
+        let leader = self.wait_leader();
+        self.status(leader)
+    }
+}
+
+pub fn put(client: &Client, key: &str, value: &str) -> Option<Vec<u8>> {
+    KvStore::decode_response(&client.propose(KvStore::put(key, value)).expect("put committed")).expect("kv response")
+}
+
+pub fn get(client: &Client, key: &str) -> Option<Vec<u8>> {
+    KvStore::decode_response(&client.read(KvStore::get(key)).expect("read served")).expect("kv response")
+}
