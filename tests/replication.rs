@@ -127,7 +127,9 @@ fn a_snapshot_brings_a_far_behind_replica_up_to_date() {
     fleet.wait_applied(leader_status.commit);
     let s = fleet.status(behind);
     assert!(s.first_index > behind_last + 1, "the replica caught up from a snapshot, not from entries");
-    // And it serves the state after a leadership hand-over to it.
+    // And it serves the state after a leadership hand-over to it (a new client: the
+    // old one holds the stopped node's handle).
+    let client = fleet.client();
     client.transfer_leader(behind).expect("transfer to the caught-up replica");
     assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
     assert_eq!(get(&client, "early"), Some(b"1".to_vec()));

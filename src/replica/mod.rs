@@ -190,6 +190,7 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     was_leader: bool,
     failed: bool,
     snapshots_taken: u64,
+    snapshot_wanted: bool,
 }
 
 fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>) {
@@ -341,6 +342,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             was_leader: false,
             failed: false,
             snapshots_taken: 0,
+            snapshot_wanted: false,
             cfg,
         })
     }
@@ -501,8 +503,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             MembershipChange::Promote { id: learner } => {
                 let last_index = self.raw.raft.raft_log.last_index();
-                let matched = self.raw.raft.prs().get(*learner).map_or(0, |p| p.matched);
-                if matched + self.cfg.promotion_lag_entries_max < last_index {
+                let progress = self.raw.raft.prs().get(*learner);
+                let matched = progress.map_or(0, |p| p.matched);
+                // Replicate state means the learner acknowledged a matching log;
+                // the lag bound alone would pass trivially on a short log.
+                let replicating = progress.is_some_and(|p| p.state == raft::ProgressState::Replicate);
+                if !replicating || matched + self.cfg.promotion_lag_entries_max < last_index {
                     return Err(RequestError::NotCaughtUp {
                         id: *learner,
                         matched,
@@ -853,6 +859,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     if let Some(dc) = labels.get(node_id) {
                         self.members.insert(*node_id, dc.clone());
                     }
+                    // raft-rs refuses a snapshot whose membership does not name the
+                    // receiver, so a new member needs a snapshot taken after its
+                    // addition: take one at the end of this cycle.
+                    self.snapshot_wanted = true;
                 }
             }
         }
@@ -936,9 +946,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let applied = self.raw.raft.raft_log.applied;
         let first = self.raw.store().first_index().map_err(|source| ReplicaError::Raft { id, source })?;
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
-        if applied < first || applied - snap_index < self.cfg.snapshot_entries_min {
+        let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min;
+        if applied < first.saturating_sub(1) || applied <= snap_index || !(due || self.snapshot_wanted) {
             return Ok(());
         }
+        self.snapshot_wanted = false;
         let term = self.raw.raft.raft_log.term(applied).map_err(|source| ReplicaError::Raft { id, source })?;
         let mut snap = Snapshot::default();
         snap.data = snapshot_payload(&self.sessions, &self.members, self.machine.snapshot()).into();

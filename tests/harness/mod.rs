@@ -126,7 +126,10 @@ impl Fleet {
     pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Fleet) -> bool) {
         let start = Instant::now();
         while !cond(self) {
-            assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
+            if start.elapsed() > WAIT {
+                let statuses: Vec<Status> = self.nodes.values().map(|n| n.handle().status()).collect();
+                panic!("timed out waiting for: {what}; replicas: {statuses:#?}");
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
