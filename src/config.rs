@@ -78,7 +78,9 @@ pub enum ConfigError {
     #[error("replica {0} has an empty datacenter label; name the datacenter it runs in")]
     EmptyDatacenter(u64),
     /// A label longer than [`DATACENTER_BYTES_MAX`].
-    #[error("replica {id}'s datacenter label is {bytes} bytes; the limit is {DATACENTER_BYTES_MAX}")]
+    #[error(
+        "replica {id}'s datacenter label is {bytes} bytes; the limit is {DATACENTER_BYTES_MAX}"
+    )]
     DatacenterTooLong {
         /// The replica.
         id: u64,
@@ -267,7 +269,11 @@ mod tests {
     use super::*;
 
     fn fleet(spec: &[(u64, &str)]) -> FleetConfig {
-        FleetConfig::new(spec.iter().map(|&(id, dc)| MemberSpec::voter(id, dc)).collect())
+        FleetConfig::new(
+            spec.iter()
+                .map(|&(id, dc)| MemberSpec::voter(id, dc))
+                .collect(),
+        )
     }
 
     #[test]
@@ -278,25 +284,43 @@ mod tests {
 
     #[test]
     fn rejects_duplicates_zero_and_missing_voters() {
-        assert_eq!(fleet(&[(1, "a"), (1, "b")]).validate(), Err(ConfigError::DuplicateId(1)));
+        assert_eq!(
+            fleet(&[(1, "a"), (1, "b")]).validate(),
+            Err(ConfigError::DuplicateId(1))
+        );
         assert_eq!(fleet(&[(0, "a")]).validate(), Err(ConfigError::ZeroId));
         assert_eq!(
             FleetConfig::new(vec![MemberSpec::learner(1, "a")]).validate(),
             Err(ConfigError::NoVoters)
         );
         assert_eq!(
-            fleet(&[(1, "a")]).with_preferred_leader_datacenters(["z"]).validate(),
+            fleet(&[(1, "a")])
+                .with_preferred_leader_datacenters(["z"])
+                .validate(),
             Err(ConfigError::PreferredDatacenterHasNoVoter("z".into()))
         );
     }
 
     #[test]
     fn warns_when_a_datacenter_holds_a_majority_or_its_loss_stops_the_fleet() {
-        let w = fleet(&[(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "c")]).validate().unwrap();
-        assert!(matches!(&w[0], ConfigWarning::DatacenterHoldsMajority { datacenter, voters: 3, total: 5 } if datacenter == "a"));
+        let w = fleet(&[(1, "a"), (2, "a"), (3, "a"), (4, "b"), (5, "c")])
+            .validate()
+            .unwrap();
+        assert!(
+            matches!(&w[0], ConfigWarning::DatacenterHoldsMajority { datacenter, voters: 3, total: 5 } if datacenter == "a")
+        );
         assert!(w[0].to_string().contains("losing it stops the fleet"));
-        let w = fleet(&[(1, "a"), (2, "a"), (3, "b"), (4, "b")]).validate().unwrap();
-        assert!(w.iter().any(|w| matches!(w, ConfigWarning::DatacenterLossStopsFleet { remaining: 2, majority: 3, .. })));
+        let w = fleet(&[(1, "a"), (2, "a"), (3, "b"), (4, "b")])
+            .validate()
+            .unwrap();
+        assert!(w.iter().any(|w| matches!(
+            w,
+            ConfigWarning::DatacenterLossStopsFleet {
+                remaining: 2,
+                majority: 3,
+                ..
+            }
+        )));
         assert!(w.contains(&ConfigWarning::EvenVoters(4)));
     }
 }

@@ -1,7 +1,17 @@
-//! # vaultfleet
+#![doc = include_str!("../README.md")]
 //!
-//! Majority-consensus replication of vault state machines across a fleet of HSM
-//! hosts in several datacenters.
+//! ## The design in one page
+//!
+//! * [`replica`] — the sans-IO consensus core. A [`Replica`] never does I/O of
+//!   its own; drivers feed it messages, ticks and requests and carry out what
+//!   [`Replica::handle_ready`] returns.
+//! * [`storage`], [`transport`], [`state_machine`] — the seams, each a trait with
+//!   real implementations.
+//! * [`runtime`] — the threaded driver: [`Node`], [`NodeHandle`], [`Client`].
+//! * Durability: nothing is acknowledged before the [`LogStore::sync`] that makes
+//!   it durable (checked by `tests/durability_contract.rs`).
+//!
+//! `docs/architecture.md` holds the full picture.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,9 +25,9 @@ pub mod wire;
 
 pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};
 pub use replica::{Replica, ReplicaConfig, ReplicaError, RequestError};
+pub use runtime::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeHandle};
 pub use state_machine::{KvStore, StateMachine};
 pub use storage::{LogStore, MemLog, SledLog, StorageError};
-pub use runtime::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeHandle};
 pub use transport::{ChannelNetwork, Transport};
 
 /// A replica's id in its raft group (non-zero).

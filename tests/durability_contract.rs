@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
-use vaultfleet::replica::{Output, Reply, ReplicaConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use vaultfleet::replica::{Output, ReplicaConfig, Reply};
 use vaultfleet::wire::Request;
 use vaultfleet::{FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, StorageError};
 
@@ -32,11 +32,19 @@ struct AuditedLog {
 
 impl AuditedLog {
     fn new(lie: bool) -> Self {
-        Self { live: MemLog::new(), durable: MemLog::new(), lie }
+        Self {
+            live: MemLog::new(),
+            durable: MemLog::new(),
+            lie,
+        }
     }
     /// What survives a crash.
     fn after_crash(&self) -> Self {
-        Self { live: self.durable.clone(), durable: self.durable.clone(), lie: self.lie }
+        Self {
+            live: self.durable.clone(),
+            durable: self.durable.clone(),
+            lie: self.lie,
+        }
     }
 }
 
@@ -44,7 +52,13 @@ impl Storage for AuditedLog {
     fn initial_state(&self) -> raft::Result<RaftState> {
         self.live.initial_state()
     }
-    fn entries(&self, low: u64, high: u64, max: impl Into<Option<u64>>, c: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max: impl Into<Option<u64>>,
+        c: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
         self.live.entries(low, high, max, c)
     }
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -105,22 +119,25 @@ fn config(id: u64, seed: u64) -> ReplicaConfig {
 fn check_message(seed: u64, m: &Message, durable: &MemLog) -> Result<(), String> {
     let hs = LogStore::hard_state(durable);
     match m.get_msg_type() {
-        MessageType::MsgRequestVoteResponse if !m.reject => {
-            if hs.term != m.term || hs.vote != m.to {
-                return Err(format!(
-                    "seed {seed}: replica {} granted its vote to {} in term {} but its durable hard state is term {} vote {}",
-                    m.from, m.to, m.term, hs.term, hs.vote
-                ));
-            }
+        MessageType::MsgRequestVoteResponse
+            if !m.reject && (hs.term != m.term || hs.vote != m.to) =>
+        {
+            return Err(format!(
+                "seed {seed}: replica {} granted its vote to {} in term {} but its durable hard state is term {} vote {}",
+                m.from, m.to, m.term, hs.term, hs.vote
+            ));
         }
-        MessageType::MsgAppendResponse if !m.reject => {
-            let last = durable.last();
-            if last < m.index || hs.term < m.term {
-                return Err(format!(
-                    "seed {seed}: replica {} acknowledged index {} in term {} but only {} (term {}) is durable",
-                    m.from, m.index, m.term, last, hs.term
-                ));
-            }
+        MessageType::MsgAppendResponse
+            if !m.reject && (durable.last() < m.index || hs.term < m.term) =>
+        {
+            return Err(format!(
+                "seed {seed}: replica {} acknowledged index {} in term {} but only {} (term {}) is durable",
+                m.from,
+                m.index,
+                m.term,
+                durable.last(),
+                hs.term
+            ));
         }
         _ => {}
     }
@@ -143,12 +160,19 @@ struct Run {
 
 impl Run {
     fn new(seed: u64, lie: bool) -> Self {
-        let fleet = FleetConfig::new((1..=3).map(|id| MemberSpec::voter(id, format!("dc-{id}"))).collect());
+        let fleet = FleetConfig::new(
+            (1..=3)
+                .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+                .collect(),
+        );
         let mut nodes = BTreeMap::new();
         for id in 1..=3 {
             let mut log = AuditedLog::new(lie);
             Replica::bootstrap(&mut log, &KvStore::new(), &fleet).expect("bootstrap");
-            nodes.insert(id, Replica::new(config(id, seed), log, KvStore::new()).expect("replica"));
+            nodes.insert(
+                id,
+                Replica::new(config(id, seed), log, KvStore::new()).expect("replica"),
+            );
         }
         Run {
             seed,
@@ -167,10 +191,13 @@ impl Run {
 
     fn cycle(&mut self, id: u64) -> Result<(), String> {
         let seed = self.seed;
-        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return Ok(());
+        };
         while node.has_ready() {
             self.out.clear();
-            node.handle_ready(&mut self.out).map_err(|e| format!("seed {seed}: {e}"))?;
+            node.handle_ready(&mut self.out)
+                .map_err(|e| format!("seed {seed}: {e}"))?;
             for m in &self.out.messages {
                 check_message(seed, m, &node.store().durable)?;
             }
@@ -193,7 +220,9 @@ impl Run {
             let term = node.status().term;
             if let Some(other) = self.leaders.insert(term, id) {
                 if other != id {
-                    return Err(format!("seed {seed}: two leaders in term {term}: {other} and {id}"));
+                    return Err(format!(
+                        "seed {seed}: two leaders in term {term}: {other} and {id}"
+                    ));
                 }
             }
         }
@@ -226,7 +255,9 @@ impl Run {
                 }
             }
             80..=91 => {
-                let Some((&leader, _)) = self.nodes.iter().find(|(_, n)| n.is_leader()) else { return Ok(()) };
+                let Some((&leader, _)) = self.nodes.iter().find(|(_, n)| n.is_leader()) else {
+                    return Ok(());
+                };
                 let node = self.nodes.get_mut(&leader).expect("leader exists");
                 let request_id = self.next_request;
                 self.next_request += 1;
@@ -236,7 +267,10 @@ impl Run {
                     }
                     Some(client_id) => {
                         self.sequence += 1;
-                        let (k, v) = (format!("k{}", self.sequence % 17), format!("v{}", self.sequence));
+                        let (k, v) = (
+                            format!("k{}", self.sequence % 17),
+                            format!("v{}", self.sequence),
+                        );
                         let mut r = Request::new();
                         r.client_id = client_id;
                         r.sequence = self.sequence;
@@ -252,8 +286,12 @@ impl Run {
                 // Crash: the replica restarts from what its store made durable.
                 let node = self.nodes.remove(&id).expect("node exists");
                 let store = node.store().after_crash();
-                let restarted = Replica::new(config(id, self.seed ^ self.rng.gen::<u64>()), store, KvStore::new())
-                    .map_err(|e| format!("seed {}: restart of {id} failed: {e}", self.seed))?;
+                let restarted = Replica::new(
+                    config(id, self.seed ^ self.rng.gen::<u64>()),
+                    store,
+                    KvStore::new(),
+                )
+                .map_err(|e| format!("seed {}: restart of {id} failed: {e}", self.seed))?;
                 self.nodes.insert(id, restarted);
             }
             _ => {}
@@ -280,23 +318,39 @@ impl Run {
                 self.cycle(to)?;
             }
             let applied: Vec<u64> = self.nodes.values().map(|n| n.status().applied).collect();
-            let commit = self.nodes.values().map(|n| n.status().commit).max().unwrap_or(0);
+            let commit = self
+                .nodes
+                .values()
+                .map(|n| n.status().commit)
+                .max()
+                .unwrap_or(0);
             if self.nodes.values().any(|n| n.is_leader()) && applied.iter().all(|&a| a == commit) {
-                let states: Vec<&KvStore> = self.nodes.values().map(|n| n.state_machine()).collect();
+                let states: Vec<&KvStore> =
+                    self.nodes.values().map(|n| n.state_machine()).collect();
                 for (k, v) in &self.acknowledged {
                     for (i, s) in states.iter().enumerate() {
                         if s.value(k.as_bytes()).is_none() {
-                            return Err(format!("seed {}: acknowledged write {k}={v} missing on replica {}", self.seed, i + 1));
+                            return Err(format!(
+                                "seed {}: acknowledged write {k}={v} missing on replica {}",
+                                self.seed,
+                                i + 1
+                            ));
                         }
                     }
                 }
                 if states.windows(2).any(|w| w[0] != w[1]) {
-                    return Err(format!("seed {}: replicas applied different states", self.seed));
+                    return Err(format!(
+                        "seed {}: replicas applied different states",
+                        self.seed
+                    ));
                 }
                 return Ok(());
             }
         }
-        Err(format!("seed {}: the healed fleet did not converge", self.seed))
+        Err(format!(
+            "seed {}: the healed fleet did not converge",
+            self.seed
+        ))
     }
 }
 
@@ -307,7 +361,10 @@ fn run(seed: u64, lie: bool, steps: usize) -> Result<usize, String> {
     }
     r.converge()?;
     let terms = r.leaders.len();
-    eprintln!("seed {seed}: {} writes acknowledged, {terms} terms with a leader", r.acknowledged.len());
+    eprintln!(
+        "seed {seed}: {} writes acknowledged, {terms} terms with a leader",
+        r.acknowledged.len()
+    );
     Ok(r.acknowledged.len())
 }
 
@@ -327,11 +384,19 @@ fn votes_and_acknowledgements_are_only_sent_for_durable_state() {
             Err(e) => panic!("{e}\nreproduce with VAULTFLEET_SEED={seed}"),
         }
     }
-    assert!(acknowledged > 0, "the runs acknowledged no writes, so they checked nothing");
+    assert!(
+        acknowledged > 0,
+        "the runs acknowledged no writes, so they checked nothing"
+    );
 }
 
 #[test]
 fn a_store_that_lies_about_sync_is_caught() {
-    let caught = (1..=10).filter(|&seed| run(seed, true, 4_000).is_err()).count();
-    assert!(caught > 0, "no seed caught a store whose sync makes nothing durable");
+    let caught = (1..=10)
+        .filter(|&seed| run(seed, true, 4_000).is_err())
+        .count();
+    assert!(
+        caught > 0,
+        "no seed caught a store whose sync makes nothing durable"
+    );
 }

@@ -73,7 +73,11 @@ fn the_mailbox_never_holds_more_than_its_capacity() {
                 thread::spawn(move || m.push(i).is_ok())
             })
             .collect();
-        let accepted = handles.into_iter().map(|h| h.join().expect("pusher")).filter(|ok| *ok).count();
+        let accepted = handles
+            .into_iter()
+            .map(|h| h.join().expect("pusher"))
+            .filter(|ok| *ok)
+            .count();
         let mut batch = Vec::new();
         mailbox.drain(&mut batch, Duration::ZERO);
         assert_eq!(accepted, 1);

@@ -13,7 +13,13 @@ use vaultfleet::wire::Request;
 use vaultfleet::{FleetConfig, KvStore, MemberSpec};
 
 const THREE: [(u64, &str); 3] = [(1, "dc-a"), (2, "dc-b"), (3, "dc-c")];
-const FIVE_IN_THREE: [(u64, &str); 5] = [(1, "dc-a"), (2, "dc-a"), (3, "dc-b"), (4, "dc-b"), (5, "dc-c")];
+const FIVE_IN_THREE: [(u64, &str); 5] = [
+    (1, "dc-a"),
+    (2, "dc-a"),
+    (3, "dc-b"),
+    (4, "dc-b"),
+    (5, "dc-c"),
+];
 
 #[test]
 fn three_replicas_elect_one_leader_they_all_agree_on() {
@@ -37,7 +43,14 @@ fn commands_replicate_to_every_replica_in_order() {
     let commit = fleet.leader_status().commit;
     fleet.wait_applied(commit);
     for i in 0..200 {
-        assert_eq!(get(&client, &format!("k{i}")).as_deref(), Some(if i == 7 { &b"again"[..] } else { format!("v{i}").into_bytes().leak() }));
+        assert_eq!(
+            get(&client, &format!("k{i}")).as_deref(),
+            Some(if i == 7 {
+                &b"again"[..]
+            } else {
+                format!("v{i}").into_bytes().leak()
+            })
+        );
     }
 }
 
@@ -53,7 +66,11 @@ fn a_new_leader_is_elected_after_the_leader_crashes_and_nothing_acknowledged_is_
     let new = fleet.wait_leader();
     assert_ne!(new, old);
     for i in 0..50 {
-        assert_eq!(get(&client, &format!("k{i}")), Some(b"before".to_vec()), "acknowledged k{i} lost");
+        assert_eq!(
+            get(&client, &format!("k{i}")),
+            Some(b"before".to_vec()),
+            "acknowledged k{i} lost"
+        );
     }
     put(&client, "after", "crash");
     fleet.restart(old);
@@ -91,7 +108,11 @@ fn a_follower_restarted_from_sled_keeps_every_acknowledged_entry() {
     }
     let client = fleet.client();
     for i in 0..150 {
-        assert_eq!(get(&client, &format!("k{i}")), Some(b"v".to_vec()), "acknowledged k{i} lost after restart");
+        assert_eq!(
+            get(&client, &format!("k{i}")),
+            Some(b"v".to_vec()),
+            "acknowledged k{i} lost after restart"
+        );
     }
 }
 
@@ -102,7 +123,12 @@ fn small_snapshots(rc: &mut vaultfleet::ReplicaConfig) {
 
 #[test]
 fn a_snapshot_brings_a_far_behind_replica_up_to_date() {
-    let config = FleetConfig::new(THREE.iter().map(|&(id, dc)| MemberSpec::voter(id, dc)).collect());
+    let config = FleetConfig::new(
+        THREE
+            .iter()
+            .map(|&(id, dc)| MemberSpec::voter(id, dc))
+            .collect(),
+    );
     let mut fleet = Fleet::start_with(config, Store::Sled, small_snapshots);
     let client = fleet.client();
     let leader = fleet.wait_leader();
@@ -115,7 +141,9 @@ fn a_snapshot_brings_a_far_behind_replica_up_to_date() {
     let leader_status = fleet.leader_status();
     let behind_last = {
         let log = vaultfleet::SledLog::open(fleet.dir_of(behind)).expect("reopen");
-        vaultfleet::LogStore::hard_state(&log).commit.max(raft::Storage::last_index(&log).unwrap_or(0))
+        vaultfleet::LogStore::hard_state(&log)
+            .commit
+            .max(raft::Storage::last_index(&log).unwrap_or(0))
     };
     assert!(
         leader_status.first_index > behind_last + 1,
@@ -126,11 +154,16 @@ fn a_snapshot_brings_a_far_behind_replica_up_to_date() {
     fleet.restart(behind);
     fleet.wait_applied(leader_status.commit);
     let s = fleet.status(behind);
-    assert!(s.first_index > behind_last + 1, "the replica caught up from a snapshot, not from entries");
+    assert!(
+        s.first_index > behind_last + 1,
+        "the replica caught up from a snapshot, not from entries"
+    );
     // And it serves the state after a leadership hand-over to it (a new client: the
     // old one holds the stopped node's handle).
     let client = fleet.client();
-    client.transfer_leader(behind).expect("transfer to the caught-up replica");
+    client
+        .transfer_leader(behind)
+        .expect("transfer to the caught-up replica");
     assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
     assert_eq!(get(&client, "early"), Some(b"1".to_vec()));
 }
@@ -146,21 +179,30 @@ fn learner_add_promote_and_voter_removal_while_proposals_flow() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let i = written.load(Ordering::Relaxed);
-                client.propose(KvStore::put(format!("w{i}"), "x")).expect("proposal during membership change");
+                client
+                    .propose(KvStore::put(format!("w{i}"), "x"))
+                    .expect("proposal during membership change");
                 written.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
     fleet.boot(4, false);
     let reply = client
-        .change_membership(MembershipChange::AddLearner { id: 4, datacenter: "dc-d".into() })
+        .change_membership(MembershipChange::AddLearner {
+            id: 4,
+            datacenter: "dc-d".into(),
+        })
         .expect("add learner");
     assert!(matches!(reply, Reply::MembershipChanged(ref cs) if cs.learners.contains(&4)));
     client.promote_when_caught_up(4).expect("promote");
     if fleet.wait_leader() == 3 {
-        client.transfer_leader(1).expect("move leadership off replica 3");
+        client
+            .transfer_leader(1)
+            .expect("move leadership off replica 3");
     }
-    let reply = client.change_membership(MembershipChange::Remove { id: 3 }).expect("remove voter 3");
+    let reply = client
+        .change_membership(MembershipChange::Remove { id: 3 })
+        .expect("remove voter 3");
     match reply {
         Reply::MembershipChanged(cs) => {
             let mut voters = cs.voters.clone();
@@ -171,7 +213,9 @@ fn learner_add_promote_and_voter_removal_while_proposals_flow() {
     }
     fleet.stop(3);
     let before = written.load(Ordering::Relaxed);
-    fleet.wait_until("proposals to keep flowing", |_| written.load(Ordering::Relaxed) > before + 20);
+    fleet.wait_until("proposals to keep flowing", |_| {
+        written.load(Ordering::Relaxed) > before + 20
+    });
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer thread");
     let commit = fleet.leader_status().commit;
@@ -202,7 +246,11 @@ fn a_linearizable_read_after_a_write_sees_it() {
     for i in 0..50 {
         let v = format!("v{i}");
         put(&writer, "key", &v);
-        assert_eq!(get(&reader, "key"), Some(v.into_bytes()), "read {i} missed the acknowledged write");
+        assert_eq!(
+            get(&reader, "key"),
+            Some(v.into_bytes()),
+            "read {i} missed the acknowledged write"
+        );
     }
 }
 
@@ -219,36 +267,68 @@ fn a_retried_command_is_applied_once() {
         r.command = KvStore::put("counter", value);
         r
     };
-    let send = |r: Request| leader.propose(r).expect("submitted").wait(harness::WAIT).expect("answered");
+    let send = |r: Request| {
+        leader
+            .propose(r)
+            .expect("submitted")
+            .wait(harness::WAIT)
+            .expect("answered")
+    };
     let first = send(request(1, "one"));
     let second = send(request(2, "two"));
     let retry = send(request(1, "one"));
-    assert_eq!(first, retry, "the retry returned the first response, from the session table");
-    assert_eq!(first, Ok(Reply::Applied(KvStore::decode_response_bytes(None))));
+    assert_eq!(
+        first, retry,
+        "the retry returned the first response, from the session table"
+    );
+    assert_eq!(
+        first,
+        Ok(Reply::Applied(KvStore::decode_response_bytes(None)))
+    );
     assert!(matches!(second, Ok(Reply::Applied(_))));
-    assert_eq!(get(&client, "counter"), Some(b"two".to_vec()), "the retry was not applied again");
+    assert_eq!(
+        get(&client, "counter"),
+        Some(b"two".to_vec()),
+        "the retry was not applied again"
+    );
     // Once acknowledged, a replay is rejected outright.
     let mut stale = request(1, "one");
     stale.acked_below = 3;
     let replay = send(stale);
-    assert!(matches!(replay, Err(RequestError::Stale { .. })), "{replay:?}");
+    assert!(
+        matches!(replay, Err(RequestError::Stale { .. })),
+        "{replay:?}"
+    );
 }
 
 #[test]
 fn five_replicas_in_three_datacenters_keep_committing_with_one_datacenter_cut_off() {
     let fleet = Fleet::start(&FIVE_IN_THREE, Store::Mem);
-    fleet.net.set_datacenter_delays(&fleet.config, std::time::Duration::ZERO, std::time::Duration::from_millis(2));
+    fleet.net.set_datacenter_delays(
+        &fleet.config,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_millis(2),
+    );
     let client = fleet.client();
     put(&client, "before", "1");
     // Cut off the leader's datacenter: the worst case.
     let leader = fleet.wait_leader();
-    let dc = fleet.config.datacenter_of(leader).unwrap_or("dc-a").to_string();
+    let dc = fleet
+        .config
+        .datacenter_of(leader)
+        .unwrap_or("dc-a")
+        .to_string();
     let cut: Vec<u64> = fleet.config.datacenters()[dc.as_str()].clone();
     fleet.net.isolate(&cut);
     for i in 0..100 {
         put(&client, &format!("k{i}"), "during");
     }
-    let new_leader = fleet.handles().iter().map(|h| h.status()).find(|s| s.role == raft::StateRole::Leader && !cut.contains(&s.id)).map(|s| s.id);
+    let new_leader = fleet
+        .handles()
+        .iter()
+        .map(|h| h.status())
+        .find(|s| s.role == raft::StateRole::Leader && !cut.contains(&s.id))
+        .map(|s| s.id);
     assert!(new_leader.is_some(), "a replica outside {dc} leads");
     assert_eq!(get(&client, "before"), Some(b"1".to_vec()));
     fleet.net.heal();
@@ -258,8 +338,13 @@ fn five_replicas_in_three_datacenters_keep_committing_with_one_datacenter_cut_of
 
 #[test]
 fn leadership_moves_to_a_preferred_datacenter() {
-    let config = FleetConfig::new(FIVE_IN_THREE.iter().map(|&(id, dc)| MemberSpec::voter(id, dc)).collect())
-        .with_preferred_leader_datacenters(["dc-c"]);
+    let config = FleetConfig::new(
+        FIVE_IN_THREE
+            .iter()
+            .map(|&(id, dc)| MemberSpec::voter(id, dc))
+            .collect(),
+    )
+    .with_preferred_leader_datacenters(["dc-c"]);
     let fleet = Fleet::start_with(config, Store::Mem, |_| {});
     let client = fleet.client();
     put(&client, "a", "1");

@@ -10,20 +10,35 @@
 
 use proptest::prelude::*;
 use raft::prelude::{Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, Storage as _};
+use raft::GetEntriesContext;
 use vaultfleet::{LogStore, MemLog, SledLog};
 
 #[derive(Debug, Clone)]
 enum Op {
     /// Append `count` entries starting `back` entries before last+1 (may be invalid).
-    Append { back: u64, count: u64, term_bump: u64, gap: bool },
-    HardState { term: u64, vote: u64, commit: u64 },
+    Append {
+        back: u64,
+        count: u64,
+        term_bump: u64,
+        gap: bool,
+    },
+    HardState {
+        term: u64,
+        vote: u64,
+        commit: u64,
+    },
     /// Save a snapshot `back` entries before the last index.
-    SaveSnapshot { back: u64 },
+    SaveSnapshot {
+        back: u64,
+    },
     /// Compact up to `back` entries before (snapshot index + 1).
-    Compact { back: u64 },
+    Compact {
+        back: u64,
+    },
     /// Install a snapshot `ahead` entries past the last index.
-    InstallSnapshot { ahead: u64 },
+    InstallSnapshot {
+        ahead: u64,
+    },
     Sync,
     /// Sync, close and reopen (durable stores only).
     Reopen,
@@ -96,34 +111,87 @@ fn snapshot(index: u64, term: u64) -> Snapshot {
 }
 
 fn compare<L: LogStore>(store: &L, model: &Model, step: usize) -> Result<(), TestCaseError> {
-    prop_assert_eq!(store.first_index().ok(), Some(model.first()), "first index after step {}", step);
-    prop_assert_eq!(store.last_index().ok(), Some(model.last()), "last index after step {}", step);
+    prop_assert_eq!(
+        store.first_index().ok(),
+        Some(model.first()),
+        "first index after step {}",
+        step
+    );
+    prop_assert_eq!(
+        store.last_index().ok(),
+        Some(model.last()),
+        "last index after step {}",
+        step
+    );
     for i in model.offset.0.saturating_sub(1)..=model.last() + 1 {
-        prop_assert_eq!(store.term(i).ok(), model.term(i), "term({}) after step {}", i, step);
+        prop_assert_eq!(
+            store.term(i).ok(),
+            model.term(i),
+            "term({}) after step {}",
+            i,
+            step
+        );
     }
     if !model.entries.is_empty() {
         let got = store
-            .entries(model.first(), model.last() + 1, None, GetEntriesContext::empty(false))
+            .entries(
+                model.first(),
+                model.last() + 1,
+                None,
+                GetEntriesContext::empty(false),
+            )
             .map_err(|e| TestCaseError::fail(format!("entries: {e}")))?;
-        let got: Vec<(u64, u64, Vec<u8>)> = got.iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
+        let got: Vec<(u64, u64, Vec<u8>)> = got
+            .iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect();
         prop_assert_eq!(&got, &model.entries, "entries after step {}", step);
         // max_size bounds the result but never below one entry.
         let one = store
-            .entries(model.first(), model.last() + 1, Some(0), GetEntriesContext::empty(false))
+            .entries(
+                model.first(),
+                model.last() + 1,
+                Some(0),
+                GetEntriesContext::empty(false),
+            )
             .map_err(|e| TestCaseError::fail(format!("entries: {e}")))?;
         prop_assert_eq!(one.len(), 1);
     }
-    prop_assert!(store.entries(model.first().saturating_sub(1).max(1), model.last() + 1, None, GetEntriesContext::empty(false)).is_err() || model.offset.0 == 0);
+    prop_assert!(
+        store
+            .entries(
+                model.first().saturating_sub(1).max(1),
+                model.last() + 1,
+                None,
+                GetEntriesContext::empty(false)
+            )
+            .is_err()
+            || model.offset.0 == 0
+    );
     let hs = store.hard_state();
-    prop_assert_eq!((hs.term, hs.vote, hs.commit), model.hard_state, "hard state after step {}", step);
+    prop_assert_eq!(
+        (hs.term, hs.vote, hs.commit),
+        model.hard_state,
+        "hard state after step {}",
+        step
+    );
     let snap = store.latest_snapshot().get_metadata();
-    prop_assert_eq!((snap.index, snap.term), model.snapshot, "snapshot after step {}", step);
+    prop_assert_eq!(
+        (snap.index, snap.term),
+        model.snapshot,
+        "snapshot after step {}",
+        step
+    );
     Ok(())
 }
 
 /// Runs `ops` against a store opened by `open` (called again to reopen, when
 /// `durable`), checking it against the model after every step.
-fn conformance<L: LogStore>(ops: &[Op], durable: bool, open: &dyn Fn() -> L) -> Result<(), TestCaseError> {
+fn conformance<L: LogStore>(
+    ops: &[Op],
+    durable: bool,
+    open: &dyn Fn() -> L,
+) -> Result<(), TestCaseError> {
     let mut store = Some(open());
     let mut model = Model::default();
     let mut synced = Model::default();
@@ -131,8 +199,21 @@ fn conformance<L: LogStore>(ops: &[Op], durable: bool, open: &dyn Fn() -> L) -> 
     for (step, op) in ops.iter().enumerate() {
         let s = store.as_mut().expect("store is open");
         match op {
-            Op::Append { back, count, term_bump, gap } => {
-                let start = if *gap { model.last() + 2 } else { (model.last() + 1).saturating_sub(*back).max(1) };
+            Op::Append {
+                back,
+                count,
+                term_bump,
+                gap,
+            } => {
+                // Raft never overwrites a committed entry: start after the commit index.
+                let start = if *gap {
+                    model.last() + 2
+                } else {
+                    (model.last() + 1)
+                        .saturating_sub(*back)
+                        .max(1)
+                        .max(model.hard_state.2 + 1)
+                };
                 let term = model.last_term() + term_bump;
                 let batch: Vec<Entry> = (0..*count)
                     .map(|k| {
@@ -142,25 +223,39 @@ fn conformance<L: LogStore>(ops: &[Op], durable: bool, open: &dyn Fn() -> L) -> 
                     .collect();
                 let valid = start >= model.first() && start <= model.last() + 1;
                 let result = s.append(&batch);
-                prop_assert_eq!(result.is_ok(), valid, "append at {} over {}..={}: {:?}", start, model.first(), model.last(), result);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    valid,
+                    "append at {} over {}..={}: {:?}",
+                    start,
+                    model.first(),
+                    model.last(),
+                    result
+                );
                 if valid {
                     model.entries.truncate((start - model.first()) as usize);
-                    model.entries.extend(batch.iter().map(|e| (e.index, e.term, e.data.to_vec())));
+                    model
+                        .entries
+                        .extend(batch.iter().map(|e| (e.index, e.term, e.data.to_vec())));
                 }
             }
             Op::HardState { term, vote, commit } => {
+                // Raft's commit index never passes the last index it holds.
+                let commit = &(*commit).min(model.last()).max(model.hard_state.2);
                 let mut hs = HardState::default();
                 hs.term = *term;
                 hs.vote = *vote;
                 hs.commit = *commit;
-                s.set_hard_state(&hs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                s.set_hard_state(&hs)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 model.hard_state = (*term, *vote, *commit);
             }
             Op::SaveSnapshot { back } => {
                 let index = model.last().saturating_sub(*back);
                 if index > model.offset.0 && index >= model.snapshot.0 {
                     let term = model.term(index).unwrap_or(0);
-                    s.save_snapshot(&snapshot(index, term)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    s.save_snapshot(&snapshot(index, term))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     model.snapshot = (index, term);
                 }
             }
@@ -168,7 +263,13 @@ fn conformance<L: LogStore>(ops: &[Op], durable: bool, open: &dyn Fn() -> L) -> 
                 let index = (model.snapshot.0 + 1).saturating_sub(*back);
                 let result = s.compact(index);
                 let valid = index <= model.snapshot.0 + 1 && index <= model.last() + 1;
-                prop_assert_eq!(result.is_ok(), valid || index <= model.first(), "compact({}) {:?}", index, result);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    valid || index <= model.first(),
+                    "compact({}) {:?}",
+                    index,
+                    result
+                );
                 if result.is_ok() && index > model.first() {
                     let drop = (index - model.first()) as usize;
                     let last_dropped = model.entries[drop - 1].clone();
@@ -179,7 +280,8 @@ fn conformance<L: LogStore>(ops: &[Op], durable: bool, open: &dyn Fn() -> L) -> 
             Op::InstallSnapshot { ahead } => {
                 let index = model.last() + ahead;
                 let term = model.last_term() + 1;
-                s.apply_snapshot(&snapshot(index, term)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                s.apply_snapshot(&snapshot(index, term))
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
                 model.entries.clear();
                 model.offset = (index, term);
                 model.snapshot = (index, term);

@@ -11,8 +11,10 @@ pub struct ReplicaConfig {
     /// The raft group this replica belongs to; carried in every envelope.
     pub group: u64,
     /// Ticks a follower waits without hearing from a leader before it campaigns.
-    /// The actual timeout of each term is drawn from `[election_ticks + 1,
-    /// 2 * election_ticks + 1)` by the replica's seeded RNG.
+    /// The actual timeout is drawn from `[election_ticks, 2 * election_ticks)`
+    /// (plus `election_ticks_extra_unpreferred` outside the preferred
+    /// datacenters) by the replica's seeded RNG each time the election clock
+    /// restarts.
     pub election_ticks: usize,
     /// Ticks between leader heartbeats; must be below `election_ticks`.
     pub heartbeat_ticks: usize,
@@ -36,8 +38,11 @@ pub struct ReplicaConfig {
     /// Entries kept behind a snapshot for followers that are only a little behind.
     pub compaction_entries_retained: u64,
     /// Client sessions remembered for deduplication (least recently active evicted).
+    /// **Must be equal on every replica of a group**: it changes what `apply`
+    /// does, so replicas with different values would diverge.
     pub sessions_max: usize,
-    /// Unacknowledged responses remembered per session.
+    /// Unacknowledged responses remembered per session. **Must be equal on every
+    /// replica of a group**, like `sessions_max`.
     pub session_responses_max: usize,
     /// A learner is promoted only once it lags the leader's last index by at most
     /// this many entries.

@@ -17,7 +17,9 @@ pub enum RequestError {
     },
     /// The request was not applied (raft dropped the proposal, or the entry carrying
     /// it was replaced by another leader's). Retrying with the same sequence is safe.
-    #[error("the request was dropped before it was committed; retrying with the same sequence is safe")]
+    #[error(
+        "the request was dropped before it was committed; retrying with the same sequence is safe"
+    )]
     Dropped,
     /// No outcome in time. The command may still be applied; retrying with the same
     /// sequence is safe (it is applied at most once).
@@ -60,7 +62,9 @@ pub enum RequestError {
     #[error("membership change rejected: {0}")]
     ConfChangeRejected(String),
     /// A learner that is not yet caught up cannot be promoted.
-    #[error("replica {id} is not caught up ({matched} of {last_index} entries); wait and promote again")]
+    #[error(
+        "replica {id} is not caught up ({matched} of {last_index} entries); wait and promote again"
+    )]
     NotCaughtUp {
         /// The learner.
         id: ReplicaId,

@@ -23,11 +23,16 @@
 //!
 //! ## Determinism
 //! raft-rs draws its election timeout from the thread RNG. The replica pins that
-//! draw to one value (`max_election_tick = min_election_tick + 1`), and
-//! randomizes the timeout itself by swallowing a number of ticks drawn from its
-//! seeded RNG each time the election clock restarts: the effective timeout is
-//! uniform in `[election_ticks, 2 * election_ticks)` and reproducible from the
-//! seed. Every map here is ordered.
+//! draw to one value (`max_election_tick = min_election_tick + 1`; raft-rs's
+//! `set_randomized_election_timeout` asserts the value lies in that range, so it
+//! cannot be overwritten), and randomizes the timeout itself: while no leader is
+//! known, it swallows a number of ticks drawn from its seeded RNG each time the
+//! election clock restarts, so competing candidates back off by different,
+//! reproducible amounts (uniform in `[election_ticks, 2 * election_ticks)`).
+//! Followers of a live leader keep raft's plain clock: raft's lease check
+//! (a follower ignores votes while it heard from a leader within
+//! `election_ticks`) then sees them time out together when the leader dies.
+//! Every map here is ordered.
 
 mod config;
 mod error;
@@ -40,17 +45,20 @@ pub use config::ReplicaConfig;
 pub use error::{ReplicaError, RequestError, StepError};
 
 use protobuf2::Message as _;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use raft::prelude::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
 };
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::config::FleetConfig;
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
-use crate::wire::{self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestBatch, SnapshotPayload};
+use crate::wire::{
+    self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestBatch,
+    SnapshotPayload,
+};
 use crate::ReplicaId;
 use sessions::Sessions;
 
@@ -208,7 +216,9 @@ fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>
 
 impl<L: LogStore, S: StateMachine> std::fmt::Debug for Replica<L, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replica").field("status", &self.status()).finish()
+        f.debug_struct("Replica")
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -242,13 +252,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     ///
     /// Returns `false`, writing nothing, if the store already holds a replica's
     /// state (a restart).
-    pub fn bootstrap(store: &mut L, machine: &S, fleet: &FleetConfig) -> Result<bool, ReplicaError> {
+    pub fn bootstrap(
+        store: &mut L,
+        machine: &S,
+        fleet: &FleetConfig,
+    ) -> Result<bool, ReplicaError> {
         let id = 0;
         fleet.validate().map_err(|e| ReplicaError::Config {
             id,
             detail: e.to_string(),
         })?;
-        let initialized = store.last_index().map_err(|source| ReplicaError::Raft { id, source })? > 0
+        let initialized = store
+            .last_index()
+            .map_err(|source| ReplicaError::Raft { id, source })?
+            > 0
             || !store.latest_snapshot().is_empty()
             || *store.hard_state() != Default::default();
         if initialized {
@@ -260,8 +277,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .map(|m| (m.id, m.datacenter.clone()))
             .collect();
         let sessions = Sessions::new(1, 1);
-        let mut snap = Snapshot::default();
-        snap.data = snapshot_payload(&sessions, &members, machine.snapshot()).into();
+        let mut snap = Snapshot {
+            data: snapshot_payload(&sessions, &members, machine.snapshot()).into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = 1;
         meta.term = 1;
@@ -280,7 +299,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Ready cycles.
     pub fn new(cfg: ReplicaConfig, mut store: L, mut machine: S) -> Result<Self, ReplicaError> {
         let id = cfg.id;
-        cfg.validate().map_err(|detail| ReplicaError::Config { id, detail })?;
+        cfg.validate()
+            .map_err(|detail| ReplicaError::Config { id, detail })?;
         let snap = store.latest_snapshot().clone();
         let snap_index = snap.get_metadata().index;
         if store.hard_state().commit < snap_index {
@@ -384,8 +404,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         }
         self.ticks += 1;
-        if self.raw.raft.state != StateRole::Leader {
-            // Randomized election timeout from the seeded RNG (see module docs).
+        if self.raw.raft.state != StateRole::Leader && self.raw.raft.leader_id == raft::INVALID_ID {
+            // Randomized election timeout from the seeded RNG (see module docs),
+            // only while no leader is known: followers of a live leader keep raft's
+            // own clock, so its lease check sees them time out together and they
+            // grant each other's pre-votes when the leader dies.
             if self.raw.raft.election_elapsed == 0 {
                 if !self.election_skip_armed {
                     let extra = if self.in_preferred_datacenter() {
@@ -407,8 +430,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.raw.tick();
         self.expire_requests();
-        if self.cfg.leader_rebalance_ticks > 0
-            && self.ticks % self.cfg.leader_rebalance_ticks == 0
+        if self.cfg.leader_rebalance_ticks > 0 && self.ticks % self.cfg.leader_rebalance_ticks == 0
         {
             self.rebalance_leader();
         }
@@ -426,7 +448,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Err(refuse(format!("addressed to replica {}", message.to)));
         }
         if raft::raw_node::is_local_msg(message.get_msg_type()) {
-            return Err(refuse(format!("local message type {:?} from the network", message.get_msg_type())));
+            return Err(refuse(format!(
+                "local message type {:?} from the network",
+                message.get_msg_type()
+            )));
         }
         self.raw.step(message).map_err(|e| refuse(e.to_string()))
     }
@@ -507,8 +532,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 let matched = progress.map_or(0, |p| p.matched);
                 // Replicate state means the learner acknowledged a matching log;
                 // the lag bound alone would pass trivially on a short log.
-                let replicating = progress.is_some_and(|p| p.state == raft::ProgressState::Replicate);
-                if !replicating || matched + self.cfg.promotion_lag_entries_max < last_index {
+                let replicating =
+                    progress.is_some_and(|p| p.state == raft::ProgressState::Replicate);
+                if !replicating
+                    || matched.saturating_add(self.cfg.promotion_lag_entries_max) < last_index
+                {
                     return Err(RequestError::NotCaughtUp {
                         id: *learner,
                         matched,
@@ -619,6 +647,28 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn flush_proposals(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            // Leadership was lost after these were queued (a higher-term message in
+            // the same drain). raft-rs would forward them to the new leader and
+            // they could apply although reported failed: refuse them instead.
+            let error = RequestError::NotLeader {
+                leader: self.leader(),
+            };
+            for (id, _) in std::mem::take(&mut self.batch) {
+                self.completions.push(Completion {
+                    id,
+                    result: Err(error.clone()),
+                });
+            }
+            self.batch_bytes = 0;
+            for id in std::mem::take(&mut self.registrations) {
+                self.completions.push(Completion {
+                    id,
+                    result: Err(error.clone()),
+                });
+            }
+            return;
+        }
         self.flush_batch();
         for id in std::mem::take(&mut self.registrations) {
             let mut payload = EntryPayload::new();
@@ -668,7 +718,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out.messages.extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
-                self.raw.mut_store().apply_snapshot(&snap).map_err(storage)?;
+                self.raw
+                    .mut_store()
+                    .apply_snapshot(&snap)
+                    .map_err(storage)?;
                 self.install_snapshot(&snap)?;
             }
             self.apply_entries(rd.take_committed_entries())?;
@@ -710,17 +763,34 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             fail_kind(f.kind, &stopped, &mut self.completions);
         }
         for (id, _) in std::mem::take(&mut self.batch) {
-            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+            self.completions.push(Completion {
+                id,
+                result: Err(stopped.clone()),
+            });
         }
         for id in std::mem::take(&mut self.registrations) {
-            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+            self.completions.push(Completion {
+                id,
+                result: Err(stopped.clone()),
+            });
         }
         let reads = std::mem::take(&mut self.reads_queued)
             .into_iter()
-            .chain(std::mem::take(&mut self.reads_awaiting_index).into_values().flat_map(|b| b.reads))
-            .chain(std::mem::take(&mut self.reads_awaiting_apply).into_values().flat_map(|b| b.reads));
+            .chain(
+                std::mem::take(&mut self.reads_awaiting_index)
+                    .into_values()
+                    .flat_map(|b| b.reads),
+            )
+            .chain(
+                std::mem::take(&mut self.reads_awaiting_apply)
+                    .into_values()
+                    .flat_map(|b| b.reads),
+            );
         for (id, _) in reads {
-            self.completions.push(Completion { id, result: Err(stopped.clone()) });
+            self.completions.push(Completion {
+                id,
+                result: Err(stopped.clone()),
+            });
         }
         out.completions.append(&mut self.completions);
     }
@@ -780,7 +850,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             Ok(p) => p,
             Err(e) => {
                 // Committed bytes every replica sees alike: skip them on all replicas.
-                tracing::error!(replica = self.cfg.id, index, "skipping undecodable committed entry: {e}");
+                tracing::error!(
+                    replica = self.cfg.id,
+                    index,
+                    "skipping undecodable committed entry: {e}"
+                );
                 if let Some(f) = mine {
                     fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
                 }
@@ -805,7 +879,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             Some(entry_payload::Kind::RegisterSession(_)) => {
                 let client = self.sessions.register(index);
-                if let Some(InFlight { kind: InFlightKind::Register(id), .. }) = mine {
+                if let Some(InFlight {
+                    kind: InFlightKind::Register(id),
+                    ..
+                }) = mine
+                {
                     self.completions.push(Completion {
                         id,
                         result: Ok(Reply::SessionRegistered(client)),
@@ -820,9 +898,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry, mine: Option<InFlight>) -> Result<(), ReplicaError> {
+    fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+        mine: Option<InFlight>,
+    ) -> Result<(), ReplicaError> {
         let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
-            raft::prelude::ConfChange::parse_from_bytes(&entry.data).map(|c| raft_proto::ConfChangeI::into_v2(c))
+            raft::prelude::ConfChange::parse_from_bytes(&entry.data)
+                .map(raft_proto::ConfChangeI::into_v2)
         } else {
             ConfChangeV2::parse_from_bytes(&entry.data)
         };
@@ -830,25 +913,56 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             Ok(cc) => match self.raw.apply_conf_change(&cc) {
                 Ok(cs) => {
                     self.update_members(&cc, &entry.context);
+                    let me = self.cfg.id;
+                    let removed = !cs.voters.contains(&me) && !cs.learners.contains(&me);
+                    if removed && self.is_leader() {
+                        // Removed while leading (leadership moved here after the
+                        // removal was proposed): hand over to the most caught-up voter.
+                        let prs = self.raw.raft.prs();
+                        let next = cs
+                            .voters
+                            .iter()
+                            .copied()
+                            .max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
+                        if let Some(next) = next {
+                            self.raw.transfer_leader(next);
+                        }
+                    }
                     Ok(Reply::MembershipChanged(cs))
                 }
                 Err(e) => Err(RequestError::ConfChangeRejected(e.to_string())),
             },
-            Err(e) => Err(RequestError::ConfChangeRejected(format!("undecodable: {e}"))),
+            Err(e) => Err(RequestError::ConfChangeRejected(format!(
+                "undecodable: {e}"
+            ))),
         };
         if let Err(e) = &result {
-            tracing::warn!(replica = self.cfg.id, index = entry.index, "membership change not applied: {e}");
+            tracing::warn!(
+                replica = self.cfg.id,
+                index = entry.index,
+                "membership change not applied: {e}"
+            );
         }
-        if let Some(InFlight { kind: InFlightKind::Membership(id), .. }) = mine {
+        if let Some(InFlight {
+            kind: InFlightKind::Membership(id),
+            ..
+        }) = mine
+        {
             self.completions.push(Completion { id, result });
         }
         Ok(())
     }
 
     fn update_members(&mut self, cc: &ConfChangeV2, context: &[u8]) {
-        let labels: BTreeMap<u64, String> = wire::decode::<ConfChangeContext>(context, "conf change context")
-            .map(|c| c.members.into_iter().map(|m| (m.id, m.datacenter)).collect())
-            .unwrap_or_default();
+        let labels: BTreeMap<u64, String> =
+            wire::decode::<ConfChangeContext>(context, "conf change context")
+                .map(|c| {
+                    c.members
+                        .into_iter()
+                        .map(|m| (m.id, m.datacenter))
+                        .collect()
+                })
+                .unwrap_or_default();
         for change in cc.get_changes() {
             let ConfChangeSingle { node_id, .. } = change;
             match change.get_change_type() {
@@ -886,7 +1000,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             for (id, query) in entry.remove().reads {
                 let answer = self.machine.query(&query);
-                self.completions.push(Completion { id, result: Ok(Reply::Read(answer)) });
+                self.completions.push(Completion {
+                    id,
+                    result: Ok(Reply::Read(answer)),
+                });
             }
         }
     }
@@ -897,11 +1014,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // Reads not yet confirmed by a quorum can no longer be confirmed here.
             let leader = self.leader();
             let error = RequestError::NotLeader { leader };
-            let reads = std::mem::take(&mut self.reads_queued)
-                .into_iter()
-                .chain(std::mem::take(&mut self.reads_awaiting_index).into_values().flat_map(|b| b.reads));
+            let reads = std::mem::take(&mut self.reads_queued).into_iter().chain(
+                std::mem::take(&mut self.reads_awaiting_index)
+                    .into_values()
+                    .flat_map(|b| b.reads),
+            );
             for (id, _) in reads {
-                self.completions.push(Completion { id, result: Err(error.clone()) });
+                self.completions.push(Completion {
+                    id,
+                    result: Err(error.clone()),
+                });
             }
         }
         self.was_leader = is_leader;
@@ -930,13 +1052,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         for c in contexts {
             if let Some(b) = self.reads_awaiting_index.remove(&c) {
                 for (id, _) in b.reads {
-                    self.completions.push(Completion { id, result: Err(timed_out.clone()) });
+                    self.completions.push(Completion {
+                        id,
+                        result: Err(timed_out.clone()),
+                    });
                 }
             }
         }
-        if !self.reads_queued.is_empty() && self.reads_queued_since_tick + self.cfg.request_ticks_max <= now {
+        if !self.reads_queued.is_empty()
+            && self.reads_queued_since_tick + self.cfg.request_ticks_max <= now
+        {
             for (id, _) in std::mem::take(&mut self.reads_queued) {
-                self.completions.push(Completion { id, result: Err(timed_out.clone()) });
+                self.completions.push(Completion {
+                    id,
+                    result: Err(timed_out.clone()),
+                });
             }
         }
     }
@@ -944,21 +1074,37 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
         let id = self.cfg.id;
         let applied = self.raw.raft.raft_log.applied;
-        let first = self.raw.store().first_index().map_err(|source| ReplicaError::Raft { id, source })?;
+        let first = self
+            .raw
+            .store()
+            .first_index()
+            .map_err(|source| ReplicaError::Raft { id, source })?;
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
         let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min;
-        if applied < first.saturating_sub(1) || applied <= snap_index || !(due || self.snapshot_wanted) {
+        if applied < first.saturating_sub(1)
+            || applied <= snap_index
+            || !(due || self.snapshot_wanted)
+        {
             return Ok(());
         }
         self.snapshot_wanted = false;
-        let term = self.raw.raft.raft_log.term(applied).map_err(|source| ReplicaError::Raft { id, source })?;
-        let mut snap = Snapshot::default();
-        snap.data = snapshot_payload(&self.sessions, &self.members, self.machine.snapshot()).into();
+        let term = self
+            .raw
+            .raft
+            .raft_log
+            .term(applied)
+            .map_err(|source| ReplicaError::Raft { id, source })?;
+        let mut snap = Snapshot {
+            data: snapshot_payload(&self.sessions, &self.members, self.machine.snapshot()).into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;
         meta.set_conf_state(self.raw.raft.prs().conf().to_conf_state());
-        let compact_to = (applied + 1).saturating_sub(self.cfg.compaction_entries_retained).max(first);
+        let compact_to = (applied + 1)
+            .saturating_sub(self.cfg.compaction_entries_retained)
+            .max(first);
         let store = self.raw.mut_store();
         store
             .save_snapshot(&snap)
@@ -966,7 +1112,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .and_then(|()| store.sync())
             .map_err(|source| ReplicaError::Storage { id, source })?;
         self.snapshots_taken += 1;
-        tracing::debug!(replica = id, index = applied, compact_to, "took a snapshot and compacted the log");
+        tracing::debug!(
+            replica = id,
+            index = applied,
+            compact_to,
+            "took a snapshot and compacted the log"
+        );
         Ok(())
     }
 
@@ -992,7 +1143,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             **id != self.cfg.id
                 && self.cfg.preferred_leader_datacenters.contains(dc)
                 && voters.contains(**id)
-                && self.raw.raft.prs().get(**id).is_some_and(|p| p.matched == last_index && p.recent_active)
+                && self
+                    .raw
+                    .raft
+                    .prs()
+                    .get(**id)
+                    .is_some_and(|p| p.matched == last_index && p.recent_active)
         });
         if let Some((&to, dc)) = target {
             tracing::info!(replica = self.cfg.id, to, datacenter = %dc, "handing leadership to the preferred datacenter");

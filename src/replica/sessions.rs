@@ -158,7 +158,11 @@ impl Sessions {
                     .collect(),
             };
             self.by_activity.insert((s.last_active_index, w.client_id));
-            self.by_client.insert(w.client_id, s);
+            if let Some(old) = self.by_client.insert(w.client_id, s) {
+                // A duplicate id in the snapshot: keep the last, drop the first's index.
+                self.by_activity
+                    .remove(&(old.last_active_index, w.client_id));
+            }
         }
     }
 }
@@ -182,11 +186,21 @@ mod tests {
         let mut s = Sessions::new(4, 4);
         let mut kv = KvStore::new();
         let c = s.register(1);
-        let first = s.apply(2, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv).unwrap();
-        let retry = s.apply(3, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv).unwrap();
+        let first = s
+            .apply(2, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv)
+            .unwrap();
+        let retry = s
+            .apply(3, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv)
+            .unwrap();
         assert_eq!(first, retry);
-        assert_eq!(KvStore::decode_response(&retry), Ok(None), "the retry saw the cached 'absent' response");
-        let second = s.apply(4, &request(c, 2, 2, KvStore::put("k", "v2")), &mut kv).unwrap();
+        assert_eq!(
+            KvStore::decode_response(&retry),
+            Ok(None),
+            "the retry saw the cached 'absent' response"
+        );
+        let second = s
+            .apply(4, &request(c, 2, 2, KvStore::put("k", "v2")), &mut kv)
+            .unwrap();
         assert_eq!(KvStore::decode_response(&second), Ok(Some(b"v1".to_vec())));
         assert!(matches!(
             s.apply(5, &request(c, 1, 2, KvStore::put("k", "v1")), &mut kv),
@@ -204,14 +218,17 @@ mod tests {
         ));
         let a = s.register(1);
         let b = s.register(2);
-        s.apply(3, &request(a, 1, 1, KvStore::put("a", "1")), &mut kv).unwrap();
+        s.apply(3, &request(a, 1, 1, KvStore::put("a", "1")), &mut kv)
+            .unwrap();
         let c = s.register(4); // evicts b, the least recently active
         assert_eq!(s.len(), 2);
         assert!(matches!(
             s.apply(5, &request(b, 1, 1, KvStore::put("b", "1")), &mut kv),
             Err(RequestError::SessionExpired { .. })
         ));
-        assert!(s.apply(6, &request(c, 1, 1, KvStore::put("c", "1")), &mut kv).is_ok());
+        assert!(s
+            .apply(6, &request(c, 1, 1, KvStore::put("c", "1")), &mut kv)
+            .is_ok());
         assert!(kv.value(b"b").is_none());
     }
 
@@ -220,13 +237,17 @@ mod tests {
         let mut s = Sessions::new(4, 2);
         let mut kv = KvStore::new();
         let c = s.register(1);
-        s.apply(2, &request(c, 1, 1, KvStore::put("a", "1")), &mut kv).unwrap();
-        s.apply(3, &request(c, 2, 1, KvStore::put("b", "1")), &mut kv).unwrap();
+        s.apply(2, &request(c, 1, 1, KvStore::put("a", "1")), &mut kv)
+            .unwrap();
+        s.apply(3, &request(c, 2, 1, KvStore::put("b", "1")), &mut kv)
+            .unwrap();
         assert!(matches!(
             s.apply(4, &request(c, 3, 1, KvStore::put("c", "1")), &mut kv),
             Err(RequestError::TooManyOutstanding { limit: 2, .. })
         ));
-        assert!(s.apply(5, &request(c, 3, 3, KvStore::put("c", "1")), &mut kv).is_ok());
+        assert!(s
+            .apply(5, &request(c, 3, 3, KvStore::put("c", "1")), &mut kv)
+            .is_ok());
         let mut copy = Sessions::new(4, 2);
         copy.restore(s.to_wire());
         assert_eq!(copy, s);

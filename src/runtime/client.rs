@@ -71,6 +71,9 @@ fn retryable(e: &RequestError) -> bool {
             | RequestError::TimedOut
             | RequestError::Overloaded
             | RequestError::Stopped
+            // Not applied; a retry with the same sequence once older responses are
+            // acknowledged keeps the command at most once.
+            | RequestError::TooManyOutstanding { .. }
     )
 }
 
@@ -103,7 +106,10 @@ impl std::fmt::Debug for Client {
 /// that says it leads with the highest term, else the leader someone names.
 fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
     let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
-    if statuses.get(last).is_some_and(|s| s.role == StateRole::Leader) {
+    if statuses
+        .get(last)
+        .is_some_and(|s| s.role == StateRole::Leader)
+    {
         return last;
     }
     if let Some((i, _)) = statuses
@@ -245,7 +251,9 @@ impl PendingCommand {
         self.request.sequence
     }
 
-    fn submitter(request: &Request) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + '_ {
+    fn submitter(
+        request: &Request,
+    ) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + '_ {
         move |node: &NodeHandle| node.propose(request.clone())
     }
 
@@ -285,7 +293,9 @@ impl PendingCommand {
     /// Blocks until the outcome, retrying as needed.
     pub fn wait(mut self) -> Result<Vec<u8>, ClientError> {
         let Some(call) = self.call.take() else {
-            return Err(ClientError::UnexpectedReply("command already finished".into()));
+            return Err(ClientError::UnexpectedReply(
+                "command already finished".into(),
+            ));
         };
         let inner = Arc::clone(&self.client.inner);
         let result = {
@@ -297,7 +307,11 @@ impl PendingCommand {
 
     fn done(&mut self, result: Result<Vec<u8>, ClientError>) -> Result<Vec<u8>, ClientError> {
         self.call = None;
-        self.client.inner.outstanding.lock().remove(&self.request.sequence);
+        self.client
+            .inner
+            .outstanding
+            .lock()
+            .remove(&self.request.sequence);
         result
     }
 }
@@ -305,7 +319,11 @@ impl PendingCommand {
 impl Drop for PendingCommand {
     fn drop(&mut self) {
         if self.call.is_some() {
-            self.client.inner.outstanding.lock().remove(&self.request.sequence);
+            self.client
+                .inner
+                .outstanding
+                .lock()
+                .remove(&self.request.sequence);
         }
     }
 }
@@ -350,11 +368,13 @@ impl Client {
     /// Submits `command` and returns at once; the response is collected with
     /// [`PendingCommand::poll`] or [`PendingCommand::wait`].
     pub fn propose_async(&self, command: impl Into<Vec<u8>>) -> PendingCommand {
-        let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
-        let acked_below = {
+        // Draw the sequence under the lock that publishes it as outstanding, so no
+        // clone computes an `acked_below` past a sequence not yet inserted.
+        let (sequence, acked_below) = {
             let mut outstanding = self.inner.outstanding.lock();
+            let sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
             outstanding.insert(sequence);
-            outstanding.first().copied().unwrap_or(sequence)
+            (sequence, outstanding.first().copied().unwrap_or(sequence))
         };
         let mut request = Request::new();
         request.client_id = self.inner.session;
@@ -426,7 +446,9 @@ impl Client {
             .nodes
             .iter()
             .find(|n| n.id() == to)
-            .ok_or(ClientError::Rejected(RequestError::NotLeader { leader: None }))?;
+            .ok_or(ClientError::Rejected(RequestError::NotLeader {
+                leader: None,
+            }))?;
         while started.elapsed() < inner.cfg.timeout {
             if target.status().role == StateRole::Leader {
                 return Ok(());

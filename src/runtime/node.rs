@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex as StatusLock;
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
+use raft::SnapshotStatus;
 
 use super::mailbox::{Mailbox, PushError};
 use super::slot::Slot;
@@ -81,7 +82,9 @@ pub struct NodeHandle {
 
 impl std::fmt::Debug for NodeHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeHandle").field("id", &self.shared.id).finish()
+        f.debug_struct("NodeHandle")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -130,7 +133,10 @@ impl NodeHandle {
     }
 
     /// Submits a membership change.
-    pub fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<ResponseSlot, RequestError> {
         let slot = ResponseSlot::default();
         self.submit(Input::Membership(change, Arc::clone(&slot)))?;
         Ok(slot)
@@ -145,7 +151,11 @@ impl NodeHandle {
 impl Inbox for NodeHandle {
     fn deliver(&self, envelope: Envelope) {
         if envelope.group != self.shared.group {
-            tracing::warn!(replica = self.shared.id, group = envelope.group, "dropping a message for another group");
+            tracing::warn!(
+                replica = self.shared.id,
+                group = envelope.group,
+                "dropping a message for another group"
+            );
             return;
         }
         // A full mailbox drops the message; raft retransmits.
@@ -161,7 +171,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.handle.id()).finish()
+        f.debug_struct("Node")
+            .field("id", &self.handle.id())
+            .finish()
     }
 }
 
@@ -291,8 +303,20 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
             let group = self.replica.group();
             for message in self.out.messages.drain(..) {
                 let to = message.to;
-                if self.transport.send(Envelope { group, message }).is_err() {
+                let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+                let sent = self.transport.send(Envelope { group, message }).is_ok();
+                if !sent {
                     self.replica.report_unreachable(to);
+                }
+                if snapshot {
+                    // raft pauses a peer it sent a snapshot to until told how the
+                    // send went; a lost snapshot would otherwise stall that peer.
+                    let status = if sent {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    };
+                    self.replica.report_snapshot(to, status);
                 }
             }
             for Completion { id, result } in self.out.completions.drain(..) {
@@ -319,6 +343,18 @@ fn run<L: LogStore, S: StateMachine>(
         next_request: 1,
         out: Output::default(),
     };
+    // If raft-rs panics (its `fatal!` on an impossible state), close the mailbox so
+    // clients fail fast with `Stopped` instead of waiting on a dead node.
+    struct CloseOnExit<'a>(&'a Shared);
+    impl Drop for CloseOnExit<'_> {
+        fn drop(&mut self) {
+            for input in self.0.mailbox.close() {
+                fail_input(input, RequestError::Stopped);
+            }
+        }
+    }
+    let _close_on_exit = CloseOnExit(shared);
+    let catch_up_ticks_max = cfg.catch_up_ticks_max.max(1);
     let mut inputs = Vec::new();
     let mut next_tick = Instant::now() + cfg.tick_interval;
     let result = loop {
@@ -332,7 +368,7 @@ fn run<L: LogStore, S: StateMachine>(
         let now = Instant::now();
         let mut ticks = 0;
         while now >= next_tick {
-            if ticks == cfg.catch_up_ticks_max {
+            if ticks == catch_up_ticks_max {
                 next_tick = now + cfg.tick_interval;
                 break;
             }

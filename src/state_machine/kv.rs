@@ -141,12 +141,18 @@ mod tests {
     #[test]
     fn put_get_delete_and_snapshot_round_trip() {
         let mut kv = KvStore::new();
-        assert_eq!(KvStore::decode_response(&kv.apply(1, &KvStore::put("a", "1"))), Ok(None));
+        assert_eq!(
+            KvStore::decode_response(&kv.apply(1, &KvStore::put("a", "1"))),
+            Ok(None)
+        );
         assert_eq!(
             KvStore::decode_response(&kv.apply(2, &KvStore::put("a", "2"))),
             Ok(Some(b"1".to_vec()))
         );
-        assert_eq!(KvStore::decode_response(&kv.query(&KvStore::get("a"))), Ok(Some(b"2".to_vec())));
+        assert_eq!(
+            KvStore::decode_response(&kv.query(&KvStore::get("a"))),
+            Ok(Some(b"2".to_vec()))
+        );
         let mut copy = KvStore::new();
         copy.restore(&kv.snapshot()).unwrap();
         assert_eq!(copy, kv);

@@ -114,6 +114,24 @@ impl MemLog {
                 ),
             });
         }
+        let last = offset_index
+            .checked_add(entries.len() as u64)
+            .filter(|l| *l < u64::MAX);
+        let Some(last) = last else {
+            return Err(StorageError::Corrupt {
+                what: "log offset".into(),
+                detail: format!("offset {offset_index} leaves no room for the log"),
+            });
+        };
+        if hard_state.commit > last.max(snapshot_index) {
+            return Err(StorageError::Corrupt {
+                what: "hard state".into(),
+                detail: format!(
+                    "commit index {} is past the last index {last}",
+                    hard_state.commit
+                ),
+            });
+        }
         for (i, e) in entries.iter().enumerate() {
             let expected = offset_index + 1 + i as u64;
             if e.index != expected {
@@ -309,7 +327,8 @@ mod tests {
     #[test]
     fn append_overwrites_conflicting_tail_and_rejects_gaps() {
         let mut log = MemLog::new();
-        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]).unwrap();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+            .unwrap();
         log.append(&[entry(2, 2)]).unwrap();
         assert_eq!(log.last(), 2);
         assert_eq!(log.term(2).unwrap(), 2);
@@ -326,7 +345,8 @@ mod tests {
     #[test]
     fn compaction_keeps_the_term_before_the_first_index() {
         let mut log = MemLog::new();
-        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)]).unwrap();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 2)])
+            .unwrap();
         assert!(matches!(
             log.compact(3),
             Err(StorageError::CompactPastSnapshot { .. })

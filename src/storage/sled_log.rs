@@ -120,7 +120,7 @@ impl SledLog {
             None => (0, 0),
         };
         let mut entries = Vec::new();
-        for kv in tree.range(entry_key(offset.0 + 1)..entry_key(u64::MAX)) {
+        for kv in tree.range(entry_key(offset.0.saturating_add(1))..entry_key(u64::MAX)) {
             let (k, v) = kv?;
             let what = format!("entry at key {k:?}");
             let entry: Entry = decode(&v, &what)?;
@@ -239,7 +239,10 @@ impl LogStore for SledLog {
 
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         self.cache.save_snapshot(snapshot)?;
-        self.stage_insert(KEY_SNAPSHOT, encode(snapshot));
+        // The cache keeps the newer of two snapshots; the disk must agree with it.
+        if self.cache.latest_snapshot().get_metadata().index == snapshot.get_metadata().index {
+            self.stage_insert(KEY_SNAPSHOT, encode(snapshot));
+        }
         Ok(())
     }
 
@@ -302,7 +305,9 @@ mod tests {
         let log = SledLog::open(dir.path()).unwrap();
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.hard_state().commit, 2);
-        let got = log.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        let got = log
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(&got[1].data[..], b"b");
     }
 
@@ -311,7 +316,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = sled::open(dir.path()).unwrap();
-            db.open_tree("raft").unwrap().insert(KEY_FORMAT, b"something-else").unwrap();
+            db.open_tree("raft")
+                .unwrap()
+                .insert(KEY_FORMAT, b"something-else")
+                .unwrap();
             db.flush().unwrap();
         }
         assert!(matches!(

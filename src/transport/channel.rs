@@ -92,7 +92,10 @@ impl Drop for DeliveryThread {
 impl std::fmt::Debug for ChannelNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelNetwork")
-            .field("replicas", &self.shared.inboxes.read().keys().collect::<Vec<_>>())
+            .field(
+                "replicas",
+                &self.shared.inboxes.read().keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -162,7 +165,11 @@ impl ChannelNetwork {
         for a in &fleet.members {
             for b in &fleet.members {
                 if a.id < b.id {
-                    let d = if a.datacenter == b.datacenter { intra } else { inter };
+                    let d = if a.datacenter == b.datacenter {
+                        intra
+                    } else {
+                        inter
+                    };
                     self.set_delay(a.id, b.id, d);
                 }
             }
@@ -263,7 +270,9 @@ pub struct ChannelTransport {
 
 impl std::fmt::Debug for ChannelTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelTransport").field("from", &self.from).finish()
+        f.debug_struct("ChannelTransport")
+            .field("from", &self.from)
+            .finish()
     }
 }
 
@@ -302,7 +311,10 @@ mod tests {
         let t1 = net.transport(1);
         t1.send(envelope(1, 2, 7)).unwrap();
         assert_eq!(*inbox.0.lock(), vec![7]);
-        assert_eq!(t1.send(envelope(1, 3, 0)), Err(TransportError::UnknownPeer(3)));
+        assert_eq!(
+            t1.send(envelope(1, 3, 0)),
+            Err(TransportError::UnknownPeer(3))
+        );
         net.cut(1, 2);
         t1.send(envelope(1, 2, 8)).unwrap();
         net.heal();
@@ -312,6 +324,10 @@ mod tests {
         while inbox.0.lock().len() < 2 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(*inbox.0.lock(), vec![7, 9], "the message sent over the cut link is lost");
+        assert_eq!(
+            *inbox.0.lock(),
+            vec![7, 9],
+            "the message sent over the cut link is lost"
+        );
     }
 }

@@ -38,7 +38,16 @@ pub fn init_tracing() {
 
 impl Fleet {
     pub fn start(members: &[(u64, &str)], store: Store) -> Fleet {
-        Self::start_with(FleetConfig::new(members.iter().map(|&(id, dc)| MemberSpec::voter(id, dc)).collect()), store, no_tweak)
+        Self::start_with(
+            FleetConfig::new(
+                members
+                    .iter()
+                    .map(|&(id, dc)| MemberSpec::voter(id, dc))
+                    .collect(),
+            ),
+            store,
+            no_tweak,
+        )
     }
 
     pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Fleet {
@@ -103,7 +112,10 @@ impl Fleet {
 
     /// Restarts a stopped sled replica from its directory.
     pub fn restart(&mut self, id: u64) {
-        assert!(self.store == Store::Sled, "only sled replicas survive a restart");
+        assert!(
+            self.store == Store::Sled,
+            "only sled replicas survive a restart"
+        );
         self.boot(id, true);
     }
 
@@ -127,7 +139,8 @@ impl Fleet {
         let start = Instant::now();
         while !cond(self) {
             if start.elapsed() > WAIT {
-                let statuses: Vec<Status> = self.nodes.values().map(|n| n.handle().status()).collect();
+                let statuses: Vec<Status> =
+                    self.nodes.values().map(|n| n.handle().status()).collect();
                 panic!("timed out waiting for: {what}; replicas: {statuses:#?}");
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -156,7 +169,11 @@ impl Fleet {
 
     /// Waits until every running replica applied at least `index`.
     pub fn wait_applied(&self, index: u64) {
-        self.wait_until("every replica to apply", |f| f.nodes.values().all(|n| n.handle().status().applied >= index));
+        self.wait_until("every replica to apply", |f| {
+            f.nodes
+                .values()
+                .all(|n| n.handle().status().applied >= index)
+        });
     }
 
     pub fn leader_status(&self) -> Status {
@@ -166,9 +183,15 @@ impl Fleet {
 }
 
 pub fn put(client: &Client, key: &str, value: &str) -> Option<Vec<u8>> {
-    KvStore::decode_response(&client.propose(KvStore::put(key, value)).expect("put committed")).expect("kv response")
+    KvStore::decode_response(
+        &client
+            .propose(KvStore::put(key, value))
+            .expect("put committed"),
+    )
+    .expect("kv response")
 }
 
 pub fn get(client: &Client, key: &str) -> Option<Vec<u8>> {
-    KvStore::decode_response(&client.read(KvStore::get(key)).expect("read served")).expect("kv response")
+    KvStore::decode_response(&client.read(KvStore::get(key)).expect("read served"))
+        .expect("kv response")
 }
