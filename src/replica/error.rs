@@ -25,6 +25,11 @@ pub enum RequestError {
     /// sequence is safe (it is applied at most once).
     #[error("timed out waiting for the fleet; the command may still apply, retrying with the same sequence is safe")]
     TimedOut,
+    /// This replica lost leadership before the request's outcome was known. The
+    /// command may still apply (a new leader may commit it); retrying with the same
+    /// sequence is safe.
+    #[error("leadership changed before the outcome was known; the command may still apply, retrying with the same sequence is safe")]
+    LeaderChanged,
     /// The client's session is unknown (never registered, or evicted): the command
     /// was not applied. Register a new session.
     #[error("client session {client_id} is unknown or expired; the command was not applied, register a new session")]

@@ -1011,6 +1011,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn notice_role_change(&mut self) {
         let is_leader = self.raw.raft.state == StateRole::Leader;
         if self.was_leader && !is_leader {
+            // Proposals in flight can no longer be committed by this replica; a new
+            // leader may still commit them. Say so now rather than at the timeout,
+            // so clients fail over at election speed.
+            for (_, f) in std::mem::take(&mut self.in_flight) {
+                fail_kind(f.kind, &RequestError::LeaderChanged, &mut self.completions);
+            }
             // Reads not yet confirmed by a quorum can no longer be confirmed here.
             let leader = self.leader();
             let error = RequestError::NotLeader { leader };

@@ -69,6 +69,7 @@ fn retryable(e: &RequestError) -> bool {
         RequestError::NotLeader { .. }
             | RequestError::Dropped
             | RequestError::TimedOut
+            | RequestError::LeaderChanged
             | RequestError::Overloaded
             | RequestError::Stopped
             // Not applied; a retry with the same sequence once older responses are
