@@ -201,16 +201,22 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshot_wanted: bool,
 }
 
+/// Completes every request in `ids` with `error`.
+fn fail_ids(
+    ids: impl IntoIterator<Item = RequestId>,
+    error: &RequestError,
+    out: &mut Vec<Completion>,
+) {
+    out.extend(ids.into_iter().map(|id| Completion {
+        id,
+        result: Err(error.clone()),
+    }));
+}
+
 fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>) {
-    let mut fail = |id| {
-        out.push(Completion {
-            id,
-            result: Err(error.clone()),
-        })
-    };
     match kind {
-        InFlightKind::Batch(ids) => ids.into_iter().for_each(fail),
-        InFlightKind::Register(id) | InFlightKind::Membership(id) => fail(id),
+        InFlightKind::Batch(ids) => fail_ids(ids, error, out),
+        InFlightKind::Register(id) | InFlightKind::Membership(id) => fail_ids([id], error, out),
     }
 }
 
@@ -654,19 +660,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             let error = RequestError::NotLeader {
                 leader: self.leader(),
             };
-            for (id, _) in std::mem::take(&mut self.batch) {
-                self.completions.push(Completion {
-                    id,
-                    result: Err(error.clone()),
-                });
-            }
+            fail_ids(
+                std::mem::take(&mut self.batch)
+                    .into_iter()
+                    .map(|(id, _)| id),
+                &error,
+                &mut self.completions,
+            );
             self.batch_bytes = 0;
-            for id in std::mem::take(&mut self.registrations) {
-                self.completions.push(Completion {
-                    id,
-                    result: Err(error.clone()),
-                });
-            }
+            fail_ids(
+                std::mem::take(&mut self.registrations),
+                &error,
+                &mut self.completions,
+            );
             return;
         }
         self.flush_batch();
@@ -762,18 +768,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         for (_, f) in std::mem::take(&mut self.in_flight) {
             fail_kind(f.kind, &stopped, &mut self.completions);
         }
-        for (id, _) in std::mem::take(&mut self.batch) {
-            self.completions.push(Completion {
-                id,
-                result: Err(stopped.clone()),
-            });
-        }
-        for id in std::mem::take(&mut self.registrations) {
-            self.completions.push(Completion {
-                id,
-                result: Err(stopped.clone()),
-            });
-        }
+        fail_ids(
+            std::mem::take(&mut self.batch)
+                .into_iter()
+                .map(|(id, _)| id),
+            &stopped,
+            &mut self.completions,
+        );
+        fail_ids(
+            std::mem::take(&mut self.registrations),
+            &stopped,
+            &mut self.completions,
+        );
         let reads = std::mem::take(&mut self.reads_queued)
             .into_iter()
             .chain(
@@ -786,12 +792,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     .into_values()
                     .flat_map(|b| b.reads),
             );
-        for (id, _) in reads {
-            self.completions.push(Completion {
-                id,
-                result: Err(stopped.clone()),
-            });
-        }
+        fail_ids(
+            reads.into_iter().map(|(id, _)| id),
+            &stopped,
+            &mut self.completions,
+        );
         out.completions.append(&mut self.completions);
     }
 
@@ -1025,12 +1030,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     .into_values()
                     .flat_map(|b| b.reads),
             );
-            for (id, _) in reads {
-                self.completions.push(Completion {
-                    id,
-                    result: Err(error.clone()),
-                });
-            }
+            fail_ids(
+                reads.into_iter().map(|(id, _)| id),
+                &error,
+                &mut self.completions,
+            );
         }
         self.was_leader = is_leader;
     }
@@ -1057,23 +1061,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .collect();
         for c in contexts {
             if let Some(b) = self.reads_awaiting_index.remove(&c) {
-                for (id, _) in b.reads {
-                    self.completions.push(Completion {
-                        id,
-                        result: Err(timed_out.clone()),
-                    });
-                }
+                fail_ids(
+                    b.reads.into_iter().map(|(id, _)| id),
+                    &timed_out,
+                    &mut self.completions,
+                );
             }
         }
         if !self.reads_queued.is_empty()
             && self.reads_queued_since_tick + self.cfg.request_ticks_max <= now
         {
-            for (id, _) in std::mem::take(&mut self.reads_queued) {
-                self.completions.push(Completion {
-                    id,
-                    result: Err(timed_out.clone()),
-                });
-            }
+            fail_ids(
+                std::mem::take(&mut self.reads_queued)
+                    .into_iter()
+                    .map(|(id, _)| id),
+                &timed_out,
+                &mut self.completions,
+            );
         }
     }
 
