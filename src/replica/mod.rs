@@ -765,39 +765,41 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn fail_everything(&mut self, out: &mut Output) {
         self.failed = true;
         let stopped = RequestError::Stopped;
-        for (_, f) in std::mem::take(&mut self.in_flight) {
-            fail_kind(f.kind, &stopped, &mut self.completions);
-        }
-        fail_ids(
-            std::mem::take(&mut self.batch)
-                .into_iter()
-                .map(|(id, _)| id),
-            &stopped,
-            &mut self.completions,
-        );
+        self.fail_in_flight(&stopped);
+        let queued = std::mem::take(&mut self.batch)
+            .into_iter()
+            .map(|(id, _)| id);
+        fail_ids(queued, &stopped, &mut self.completions);
         fail_ids(
             std::mem::take(&mut self.registrations),
             &stopped,
             &mut self.completions,
         );
-        let reads = std::mem::take(&mut self.reads_queued)
-            .into_iter()
-            .chain(
-                std::mem::take(&mut self.reads_awaiting_index)
-                    .into_values()
-                    .flat_map(|b| b.reads),
-            )
-            .chain(
-                std::mem::take(&mut self.reads_awaiting_apply)
-                    .into_values()
-                    .flat_map(|b| b.reads),
-            );
-        fail_ids(
-            reads.into_iter().map(|(id, _)| id),
-            &stopped,
-            &mut self.completions,
-        );
+        self.fail_unconfirmed_reads(&stopped);
+        let confirmed = std::mem::take(&mut self.reads_awaiting_apply)
+            .into_values()
+            .flat_map(|b| b.reads)
+            .map(|(id, _)| id);
+        fail_ids(confirmed, &stopped, &mut self.completions);
         out.completions.append(&mut self.completions);
+    }
+
+    /// Fails every proposal in flight with `error`.
+    fn fail_in_flight(&mut self, error: &RequestError) {
+        for (_, f) in std::mem::take(&mut self.in_flight) {
+            fail_kind(f.kind, error, &mut self.completions);
+        }
+    }
+
+    /// Fails every read a quorum has not yet confirmed (queued, or awaiting its
+    /// read index) with `error`.
+    fn fail_unconfirmed_reads(&mut self, error: &RequestError) {
+        let reads = std::mem::take(&mut self.reads_queued).into_iter().chain(
+            std::mem::take(&mut self.reads_awaiting_index)
+                .into_values()
+                .flat_map(|b| b.reads),
+        );
+        fail_ids(reads.map(|(id, _)| id), error, &mut self.completions);
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ReplicaError> {
@@ -1019,22 +1021,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // Proposals in flight can no longer be committed by this replica; a new
             // leader may still commit them. Say so now rather than at the timeout,
             // so clients fail over at election speed.
-            for (_, f) in std::mem::take(&mut self.in_flight) {
-                fail_kind(f.kind, &RequestError::LeaderChanged, &mut self.completions);
-            }
+            self.fail_in_flight(&RequestError::LeaderChanged);
             // Reads not yet confirmed by a quorum can no longer be confirmed here.
-            let leader = self.leader();
-            let error = RequestError::NotLeader { leader };
-            let reads = std::mem::take(&mut self.reads_queued).into_iter().chain(
-                std::mem::take(&mut self.reads_awaiting_index)
-                    .into_values()
-                    .flat_map(|b| b.reads),
-            );
-            fail_ids(
-                reads.into_iter().map(|(id, _)| id),
-                &error,
-                &mut self.completions,
-            );
+            let error = RequestError::NotLeader {
+                leader: self.leader(),
+            };
+            self.fail_unconfirmed_reads(&error);
         }
         self.was_leader = is_leader;
     }
