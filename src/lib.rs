@@ -5,8 +5,8 @@
 //! * [`replica`] — the sans-IO consensus core. A [`Replica`] never does I/O of
 //!   its own; drivers feed it messages, ticks and requests and carry out what
 //!   [`Replica::handle_ready`] returns.
-//! * [`storage`], [`transport`], [`state_machine`] — the seams, each a trait with
-//!   real implementations.
+//! * [`storage`], [`hsm`], [`transport`], [`state_machine`] — the seams, each a
+//!   trait with real implementations; [`Sealed`] keeps the log on an untrusted disk.
 //! * [`runtime`] — the threaded driver: [`Node`], [`NodeHandle`], [`Client`].
 //! * Durability: nothing is acknowledged before the [`LogStore::sync`] that makes
 //!   it durable (checked by `tests/durability_contract.rs`).
@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod hsm;
 pub mod replica;
 pub mod runtime;
 pub mod state_machine;
@@ -27,7 +28,8 @@ pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};
 pub use replica::{Replica, ReplicaConfig, ReplicaError, RequestError};
 pub use runtime::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeHandle};
 pub use state_machine::{KvStore, StateMachine};
-pub use storage::{LogStore, MemLog, SledLog, StorageError};
+pub use hsm::{Hsm, HsmError, SoftHsm};
+pub use storage::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
 pub use transport::{ChannelNetwork, Transport};
 
 /// A replica's id in its raft group (non-zero).

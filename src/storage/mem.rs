@@ -23,6 +23,7 @@ pub struct MemLog {
     offset_index: u64,
     offset_term: u64,
     entries: VecDeque<Entry>,
+    wrapper: Vec<u8>,
 }
 
 impl MemLog {
@@ -97,6 +98,21 @@ impl MemLog {
         Ok(())
     }
 
+    /// Checks that compacting to `compact_index` keeps what raft still needs.
+    pub(crate) fn check_compact(&self, compact_index: u64) -> Result<(), StorageError> {
+        let snapshot_index = self.snapshot.get_metadata().index;
+        if compact_index > self.first()
+            && (compact_index > snapshot_index + 1 || compact_index > self.last() + 1)
+        {
+            return Err(StorageError::CompactPastSnapshot {
+                index: compact_index,
+                snapshot_index,
+                limit: (snapshot_index + 1).min(self.last() + 1),
+            });
+        }
+        Ok(())
+    }
+
     /// Restores a store from parts read back from disk, checking its invariants.
     pub(crate) fn from_parts(
         hard_state: HardState,
@@ -147,6 +163,7 @@ impl MemLog {
             offset_index,
             offset_term,
             entries: entries.into(),
+            wrapper: Vec::new(),
         })
     }
 }
@@ -276,14 +293,7 @@ impl LogStore for MemLog {
         if compact_index <= self.first() {
             return Ok(());
         }
-        let snapshot_index = self.snapshot.get_metadata().index;
-        if compact_index > snapshot_index + 1 || compact_index > self.last() + 1 {
-            return Err(StorageError::CompactPastSnapshot {
-                index: compact_index,
-                snapshot_index,
-                limit: (snapshot_index + 1).min(self.last() + 1),
-            });
-        }
+        self.check_compact(compact_index)?;
         let drop = (compact_index - self.first()) as usize;
         let last_dropped = self.entries.drain(..drop).last();
         if let Some(e) = last_dropped {
@@ -303,6 +313,15 @@ impl LogStore for MemLog {
 
     fn hard_state(&self) -> &HardState {
         &self.hard_state
+    }
+
+    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        self.wrapper = record.to_vec();
+        Ok(())
+    }
+
+    fn wrapper_record(&self) -> &[u8] {
+        &self.wrapper
     }
 }
 

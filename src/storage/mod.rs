@@ -15,14 +15,21 @@
 //! never touches the disk to answer them.
 //!
 //! Implementations: [`MemLog`] (memory only; `sync` is a no-op, so it models a
-//! store that is durable at once) and [`SledLog`] (the embedded default, flushed to
-//! disk by `sync`).
+//! store that is durable at once), [`SledLog`] (the embedded default, flushed to
+//! disk by `sync`) and [`Sealed`], which wraps either and seals everything it
+//! writes with an HSM so an untrusted disk cannot edit, reorder or roll it back
+//! unnoticed (`docs/storage.md`).
 
 mod mem;
+mod sealed;
 mod sled_log;
 
 pub use mem::MemLog;
+pub use sealed::{Sealed, SealedConfig, SealedRecord};
 pub use sled_log::SledLog;
+
+use crate::hsm::HsmError;
+use crate::ReplicaId;
 
 use raft::prelude::{Entry, HardState, Snapshot};
 
@@ -94,6 +101,64 @@ pub enum StorageError {
         /// Last index held.
         last_index: u64,
     },
+    /// The HSM that seals the store failed.
+    #[error("HSM failed: {0}")]
+    Hsm(#[from] HsmError),
+    /// Sealed data on disk failed its check: it was edited, reordered, cut short or
+    /// copied from elsewhere. The store is not served from.
+    #[error(
+        "replica {replica}: tampered log store ({record}): {detail}; this replica's disk \
+         cannot be trusted, remove the replica and re-add it as a fresh member \
+         (new replica id, empty data directory)"
+    )]
+    Tampered {
+        /// The replica whose store it is.
+        replica: ReplicaId,
+        /// Which sealed record failed.
+        record: SealedRecord,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The store is older than the HSM's monotonic counter: the disk was rolled back
+    /// to an earlier image (or replaced by an empty one). Votes and acknowledgements
+    /// this replica gave since then are missing, so it must never vote again.
+    #[error(
+        "replica {replica}: log store was rolled back: it was last written at write \
+         {disk}, but the HSM counter is at {hsm}; this replica must not vote or \
+         acknowledge: remove it from the fleet and re-add it as a fresh member (new \
+         replica id, empty data directory)"
+    )]
+    RolledBack {
+        /// The replica whose store it is.
+        replica: ReplicaId,
+        /// The write counter the newest sealed state on disk carries (0: none).
+        disk: u64,
+        /// The HSM's counter.
+        hsm: u64,
+    },
+    /// The store is more than one write ahead of the HSM's counter: the HSM was
+    /// reset or replaced, or the store was sealed by another HSM's counter.
+    #[error(
+        "replica {replica}: log store is at write {disk} but the HSM counter is only at \
+         {hsm}: the HSM was reset or replaced; attach the HSM this store was sealed with"
+    )]
+    CounterBehind {
+        /// The replica whose store it is.
+        replica: ReplicaId,
+        /// The write counter on disk.
+        disk: u64,
+        /// The HSM's counter.
+        hsm: u64,
+    },
+    /// An earlier write failed, so what is durable is unknown; the store refuses
+    /// further writes until it is reopened (which checks the disk again).
+    #[error("replica {replica}: log store refuses writes after an earlier failure ({cause}); restart the replica")]
+    Poisoned {
+        /// The replica whose store it is.
+        replica: ReplicaId,
+        /// The earlier failure.
+        cause: String,
+    },
     /// Compaction past the newest snapshot would lose the log with nothing to replace it.
     #[error("cannot compact to {index}: the newest snapshot is at {snapshot_index}, compact at most to {limit}")]
     CompactPastSnapshot {
@@ -144,4 +209,12 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// The hard state last recorded.
     fn hard_state(&self) -> &HardState;
+
+    /// Records an opaque record that a wrapping store keeps beside the log (the
+    /// [`Sealed`] store's sealed head). It is written with the same durability as
+    /// every other write: made durable by the next [`LogStore::sync`], as a whole.
+    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError>;
+
+    /// The record last given to [`LogStore::set_wrapper_record`] (empty if none).
+    fn wrapper_record(&self) -> &[u8];
 }

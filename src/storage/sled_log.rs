@@ -9,7 +9,7 @@
 //!
 //! One sled tree holds everything, so a batch is atomic across entries and metadata:
 //! `e` + big-endian index → entry, `m/…` → metadata (format, hard state, snapshot, log
-//! offset).
+//! offset, a wrapping store's record).
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,7 @@ const KEY_FORMAT: &[u8] = b"m/format";
 const KEY_HARD_STATE: &[u8] = b"m/hard_state";
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
 const KEY_OFFSET: &[u8] = b"m/offset";
+const KEY_WRAPPER: &[u8] = b"m/wrapper";
 const ENTRY_PREFIX: u8 = b'e';
 
 fn entry_key(index: u64) -> [u8; 9] {
@@ -122,7 +123,14 @@ impl SledLog {
         let mut entries = Vec::new();
         for kv in tree.range(entry_key(offset.0.saturating_add(1))..entry_key(u64::MAX)) {
             let (k, v) = kv?;
-            let what = format!("entry at key {k:?}");
+            let key_index = k
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let what = match key_index {
+                Some(i) if k.len() == 9 => format!("entry {i}"),
+                _ => format!("entry at key {k:?}"),
+            };
             let entry: Entry = decode(&v, &what)?;
             if k.as_ref() != entry_key(entry.index) {
                 return Err(StorageError::Corrupt {
@@ -132,7 +140,10 @@ impl SledLog {
             }
             entries.push(entry);
         }
-        let cache = MemLog::from_parts(hard_state, snapshot, offset, entries)?;
+        let mut cache = MemLog::from_parts(hard_state, snapshot, offset, entries)?;
+        if let Some(record) = tree.get(KEY_WRAPPER)? {
+            cache.set_wrapper_record(&record)?;
+        }
         Ok(Self {
             path,
             db,
@@ -273,6 +284,15 @@ impl LogStore for SledLog {
 
     fn hard_state(&self) -> &HardState {
         self.cache.hard_state()
+    }
+
+    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        self.stage_insert(KEY_WRAPPER, record.to_vec());
+        self.cache.set_wrapper_record(record)
+    }
+
+    fn wrapper_record(&self) -> &[u8] {
+        self.cache.wrapper_record()
     }
 }
 

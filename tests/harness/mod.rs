@@ -1,4 +1,5 @@
-//! A threaded test fleet: nodes on MemLog or SledLog in a temporary directory,
+//! A threaded test fleet: nodes on MemLog, SledLog or sealed SledLog (one soft HSM
+//! per replica, kept across restarts) in a temporary directory,
 //! connected by a ChannelNetwork, with start / stop / restart per replica.
 #![allow(dead_code)]
 
@@ -8,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use vaultfleet::replica::{ReplicaConfig, Status};
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
-use vaultfleet::{ChannelNetwork, FleetConfig, KvStore, MemLog, MemberSpec, Replica, SledLog};
+use vaultfleet::{
+    ChannelNetwork, FleetConfig, KvStore, MemLog, MemberSpec, Replica, Sealed, SealedConfig,
+    SledLog, SoftHsm,
+};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -16,6 +20,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub enum Store {
     Mem,
     Sled,
+    SealedSled,
 }
 
 pub struct Fleet {
@@ -24,6 +29,7 @@ pub struct Fleet {
     pub nodes: BTreeMap<u64, Node>,
     store: Store,
     dir: tempfile::TempDir,
+    hsms: BTreeMap<u64, SoftHsm>,
     tweak: fn(&mut ReplicaConfig),
 }
 
@@ -58,6 +64,7 @@ impl Fleet {
             nodes: BTreeMap::new(),
             store,
             dir: tempfile::tempdir().expect("temporary directory"),
+            hsms: BTreeMap::new(),
             tweak,
         };
         let ids: Vec<u64> = fleet.config.members.iter().map(|m| m.id).collect();
@@ -98,6 +105,16 @@ impl Fleet {
                 }
                 Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
             }
+            Store::SealedSled => {
+                let hsm = self.hsms.entry(id).or_insert_with(|| SoftHsm::from_seed(id)).clone();
+                let inner = SledLog::open(self.dir_of(id)).expect("open sled log");
+                let mut log = Sealed::open(inner, hsm, SealedConfig::new(cfg.replica.group, id))
+                    .expect("open sealed log");
+                if initial {
+                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
+                }
+                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
+            }
         };
         self.net.register(id, std::sync::Arc::new(node.handle()));
         self.nodes.insert(id, node);
@@ -113,7 +130,7 @@ impl Fleet {
     /// Restarts a stopped sled replica from its directory.
     pub fn restart(&mut self, id: u64) {
         assert!(
-            self.store == Store::Sled,
+            self.store != Store::Mem,
             "only sled replicas survive a restart"
         );
         self.boot(id, true);

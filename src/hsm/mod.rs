@@ -1,0 +1,229 @@
+//! The HSM seam: keys that never leave the hardware, and a monotonic counter.
+//!
+//! Everything vaultfleet trusts a host's HSM with goes through the [`Hsm`] trait:
+//! sealing (AEAD with associated data) of what the host writes to its untrusted
+//! disk, Ed25519 signatures, HMAC-SHA256 (also the sub-key KDF), random bytes, and a
+//! monotonic counter that lets a replica notice that its disk was rolled back.
+//!
+//! Keys are addressed by label and used through a [`KeyHandle`]; no method returns
+//! a private key. Implementations:
+//!
+//! * [`SoftHsm`]: in-process, for tests and the simulator; deterministic when
+//!   built from a seed, optionally kept in a file across restarts. It protects
+//!   nothing against the host it runs on.
+//! * `Pkcs11Hsm` (cargo feature `pkcs11`): any PKCS#11 module through `cryptoki`,
+//!   tested against SoftHSM2.
+//!
+//! Sealed bytes are self-describing for the implementation that made them (an
+//! algorithm byte, the nonce, the ciphertext and the tag); a store sealed by one
+//! implementation is opened with the same one.
+
+mod soft;
+pub use soft::SoftHsm;
+
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
+#[cfg(feature = "pkcs11")]
+pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// What a key is for. One label may name one key of each kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KeyKind {
+    /// A 256-bit AEAD key for [`Hsm::seal`] / [`Hsm::unseal`].
+    Aead,
+    /// An Ed25519 key pair for [`Hsm::sign`] / [`Hsm::public_key`].
+    Signing,
+    /// A 256-bit HMAC-SHA256 key for [`Hsm::mac`] / [`Hsm::derive_subkey`].
+    Mac,
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyKind::Aead => "AEAD",
+            KeyKind::Signing => "Ed25519 signing",
+            KeyKind::Mac => "HMAC",
+        })
+    }
+}
+
+/// A reference to a key held by one [`Hsm`]; meaningless to any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyHandle {
+    kind: KeyKind,
+    slot: u32,
+}
+
+impl KeyHandle {
+    pub(crate) fn new(kind: KeyKind, slot: u32) -> Self {
+        Self { kind, slot }
+    }
+
+    /// What the key is for.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    pub(crate) fn slot(&self) -> usize {
+        self.slot as usize
+    }
+}
+
+/// What went wrong in an HSM. Every variant says what the operator can do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HsmError {
+    /// Sealed bytes failed authentication: they were altered, belong to another key,
+    /// or were sealed with other associated data.
+    #[error("sealed data failed authentication (altered, sealed under another key, or bound to other associated data)")]
+    Unauthentic,
+    /// Sealed bytes do not have the shape this HSM produces.
+    #[error("sealed data is malformed: {0}")]
+    Malformed(String),
+    /// No key of this kind carries this label.
+    #[error("the HSM holds no {kind} key labelled {label:?}; provision it, or point at the HSM that holds it")]
+    NoSuchKey {
+        /// The label looked up.
+        label: String,
+        /// The kind looked up.
+        kind: KeyKind,
+    },
+    /// A handle used with an operation its key does not support, or from another HSM.
+    #[error("key handle is not a {expected} key of this HSM")]
+    WrongKey {
+        /// The kind the operation needs.
+        expected: KeyKind,
+    },
+    /// The HSM does not answer (unplugged, session lost, or switched off by a test).
+    #[error("the HSM is unavailable: {0}; check the device, its module and its session")]
+    Unavailable(String),
+    /// The HSM answered with an error.
+    #[error("the HSM failed: {0}")]
+    Device(String),
+    /// The HSM's own persistent state (a [`SoftHsm`] file, a token object) is unreadable.
+    #[error("the HSM's state is corrupt: {0}; restore the HSM's state, its keys cannot be recovered otherwise")]
+    Corrupt(String),
+    /// A monotonic counter cannot advance further.
+    #[error("counter {0:?} is exhausted")]
+    CounterExhausted(String),
+}
+
+/// A hardware security module as vaultfleet uses it: labelled keys that never
+/// leave it, and monotonic counters.
+///
+/// All methods take `&self`; implementations serialise access themselves, so one
+/// HSM can serve several stores and services of a host.
+pub trait Hsm: Send + Sync + 'static {
+    /// The key of `kind` labelled `label`, generated inside the HSM if it does not
+    /// exist yet.
+    fn key(&self, label: &str, kind: KeyKind) -> Result<KeyHandle, HsmError>;
+
+    /// The key of `kind` labelled `label`, if the HSM holds one.
+    fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError>;
+
+    /// Encrypts and authenticates `plaintext`, binding `aad`. Each call draws a
+    /// fresh nonce inside the HSM. The result is opened by [`Hsm::unseal`].
+    fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError>;
+
+    /// Opens what [`Hsm::seal`] produced with the same key and `aad`; any other
+    /// input is [`HsmError::Unauthentic`] or [`HsmError::Malformed`].
+    fn unseal(
+        &self,
+        key: KeyHandle,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError>;
+
+    /// An Ed25519 signature (RFC 8032, pure) of `message`.
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError>;
+
+    /// The Ed25519 public key of a signing key.
+    fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError>;
+
+    /// HMAC-SHA256 of `data`.
+    fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError>;
+
+    /// Fills `out` with random bytes from the HSM's generator.
+    fn random(&self, out: &mut [u8]) -> Result<(), HsmError>;
+
+    /// The current value of the monotonic counter `label` (0 if it was never
+    /// advanced).
+    fn counter(&self, label: &str) -> Result<u64, HsmError>;
+
+    /// Advances the monotonic counter `label` by one and returns the new value.
+    /// Once this returns, no restart of the host makes the counter go back.
+    fn advance_counter(&self, label: &str) -> Result<u64, HsmError>;
+
+    /// Checks an HMAC-SHA256 tag in constant time.
+    fn verify_mac(&self, key: KeyHandle, data: &[u8], tag: &[u8]) -> Result<bool, HsmError> {
+        let expected = self.mac(key, data)?;
+        Ok(expected.ct_eq(tag).into())
+    }
+
+    /// A 256-bit sub-key for `context`: HMAC-SHA256(key, context), as HKDF-Expand
+    /// with one block. The sub-key leaves the HSM, so use it only where a key in
+    /// host memory is acceptable.
+    fn derive_subkey(
+        &self,
+        key: KeyHandle,
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        let mut info = Vec::with_capacity(context.len() + 1);
+        info.extend_from_slice(context);
+        info.push(1);
+        Ok(Zeroizing::new(self.mac(key, &info)?))
+    }
+}
+
+impl<T: Hsm + ?Sized> Hsm for Arc<T> {
+    fn key(&self, label: &str, kind: KeyKind) -> Result<KeyHandle, HsmError> {
+        (**self).key(label, kind)
+    }
+    fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError> {
+        (**self).find_key(label, kind)
+    }
+    fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        (**self).seal(key, aad, plaintext)
+    }
+    fn unseal(
+        &self,
+        key: KeyHandle,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        (**self).unseal(key, aad, sealed)
+    }
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        (**self).sign(key, message)
+    }
+    fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError> {
+        (**self).public_key(key)
+    }
+    fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        (**self).mac(key, data)
+    }
+    fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
+        (**self).random(out)
+    }
+    fn counter(&self, label: &str) -> Result<u64, HsmError> {
+        (**self).counter(label)
+    }
+    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
+        (**self).advance_counter(label)
+    }
+}
+
+/// Checks an Ed25519 signature made by [`Hsm::sign`] against a public key, outside
+/// any HSM (this is what clients do).
+pub fn verify_signature(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(public_key) else {
+        return false;
+    };
+    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
+        .is_ok()
+}

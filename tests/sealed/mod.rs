@@ -1,0 +1,633 @@
+//! The sealed-store suite, generic over the HSM: every test takes an HSM and a
+//! group id of its own (so tests sharing one PKCS#11 token use distinct key and
+//! counter labels) and works on `Sealed<SledLog, H>` in a temporary directory,
+//! editing the sled database underneath it the way a hostile host would.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::GetEntriesContext;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use vaultfleet::hsm::{Hsm, HsmError, KeyHandle, KeyKind};
+use zeroize::Zeroizing;
+use vaultfleet::storage::SealedRecord;
+use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
+
+pub type Store<H> = Sealed<SledLog, H>;
+
+pub fn entry(index: u64, term: u64, data: &str) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = data.as_bytes().to_vec().into();
+    e
+}
+
+pub fn open<H: Hsm + Clone>(dir: &Path, hsm: &H, group: u64, replica: u64) -> Result<Store<H>, StorageError> {
+    Sealed::open_sled(dir, hsm.clone(), SealedConfig::new(group, replica))
+}
+
+/// A sealed store keeps whole batches when compacting, so it may hold entries
+/// before the model's first index; everything else must match exactly.
+#[track_caller]
+pub fn assert_matches_model(actual: &View, model: &View, what: &str) {
+    assert_eq!(actual.hard_state, model.hard_state, "{what}: hard state");
+    assert_eq!(actual.snapshot, model.snapshot, "{what}: snapshot");
+    assert!(actual.first <= model.first, "{what}: compacted past the model");
+    let skip = (model.first - actual.first) as usize;
+    assert_eq!(&actual.entries[skip.min(actual.entries.len())..], &model.entries[..], "{what}: entries");
+    if skip == 0 {
+        assert_eq!(actual.offset_term, model.offset_term, "{what}: offset term");
+    }
+}
+
+fn hard_state(term: u64, vote: u64, commit: u64) -> HardState {
+    let mut hs = HardState::default();
+    hs.term = term;
+    hs.vote = vote;
+    hs.commit = commit;
+    hs
+}
+
+fn snapshot(index: u64, term: u64, data: &str) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata()
+        .set_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+    s.data = data.as_bytes().to_vec().into();
+    s
+}
+
+/// One Ready cycle's writes, followed by `sync`.
+#[derive(Clone)]
+pub enum Op {
+    Append(Vec<Entry>),
+    HardState(HardState),
+    ApplySnapshot(Snapshot),
+    SaveSnapshot(Snapshot),
+    Compact(u64),
+}
+
+fn batch(first: u64, n: u64, term: u64, tag: &str) -> Vec<Entry> {
+    (first..first + n)
+        .map(|i| entry(i, term, &format!("{tag}-{i}-secret-payload")))
+        .collect()
+}
+
+/// A history touching every kind of write: multi-entry batches, a conflicting
+/// append inside a batch, a local snapshot with compaction through the middle of
+/// a batch, a leader's snapshot replacing the log, and appends after it.
+pub fn history() -> Vec<Vec<Op>> {
+    vec![
+        vec![
+            Op::ApplySnapshot(snapshot(1, 1, "bootstrap")),
+            Op::HardState(hard_state(1, 0, 1)),
+        ],
+        vec![Op::Append(batch(2, 3, 1, "a")), Op::HardState(hard_state(1, 1, 1))],
+        vec![Op::Append(batch(5, 4, 1, "b")), Op::HardState(hard_state(1, 1, 4))],
+        vec![Op::Append(batch(9, 1, 1, "c"))],
+        // A new leader's entries replace 7..=9 (inside batch 5..=8 and all of 9).
+        vec![
+            Op::Append(batch(7, 3, 2, "d")),
+            Op::HardState(hard_state(2, 2, 6)),
+        ],
+        vec![Op::Append(batch(10, 2, 2, "e")), Op::HardState(hard_state(2, 2, 10))],
+        // Snapshot at 6 and compaction through the middle of batch 5..=9.
+        vec![Op::SaveSnapshot(snapshot(6, 1, "state-at-6")), Op::Compact(7)],
+        vec![Op::Append(batch(12, 5, 2, "f")), Op::HardState(hard_state(2, 2, 14))],
+        vec![
+            Op::SaveSnapshot(snapshot(14, 2, "state-at-14")),
+            Op::Compact(15),
+            Op::HardState(hard_state(2, 2, 16)),
+        ],
+        // The leader sends a snapshot far ahead: the whole log is replaced.
+        vec![
+            Op::ApplySnapshot(snapshot(40, 3, "state-at-40")),
+            Op::HardState(hard_state(3, 0, 40)),
+        ],
+        vec![Op::Append(batch(41, 2, 3, "g")), Op::HardState(hard_state(3, 3, 42))],
+        vec![Op::Append(batch(43, 1, 3, "h"))],
+    ]
+}
+
+pub fn apply_ops<S: LogStore>(store: &mut S, ops: &[Op]) -> Result<(), StorageError> {
+    for op in ops {
+        match op {
+            Op::Append(e) => store.append(e)?,
+            Op::HardState(h) => store.set_hard_state(h)?,
+            Op::ApplySnapshot(s) => store.apply_snapshot(s)?,
+            Op::SaveSnapshot(s) => store.save_snapshot(s)?,
+            Op::Compact(i) => store.compact(*i)?,
+        }
+    }
+    Ok(())
+}
+
+/// What a reader can see of a store, for comparison with the model.
+#[derive(Debug, PartialEq)]
+pub struct View {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    entries: Vec<Entry>,
+    first: u64,
+    offset_term: u64,
+}
+
+pub fn view<S: LogStore>(s: &S) -> View {
+    let first = s.first_index().unwrap();
+    let last = s.last_index().unwrap();
+    View {
+        hard_state: s.hard_state().clone(),
+        snapshot: s.latest_snapshot().clone(),
+        entries: if last >= first {
+            s.entries(first, last + 1, None, GetEntriesContext::empty(false))
+                .unwrap()
+        } else {
+            vec![]
+        },
+        first,
+        offset_term: s.term(first - 1).unwrap(),
+    }
+}
+
+/// The model: the same history on a `MemLog`, one view after each cycle.
+pub fn model_views() -> Vec<View> {
+    let mut m = MemLog::new();
+    let mut out = vec![view(&m)];
+    for ops in history() {
+        apply_ops(&mut m, &ops).unwrap();
+        out.push(view(&m));
+    }
+    out
+}
+
+pub fn write_history<H: Hsm + Clone>(dir: &Path, hsm: &H, group: u64, replica: u64, cycles: usize) {
+    let mut s = open(dir, hsm, group, replica).unwrap();
+    for ops in history().iter().take(cycles) {
+        apply_ops(&mut s, ops).unwrap();
+        s.sync().unwrap();
+    }
+}
+
+/// Edits the sled database under a closed store.
+pub fn with_raw_tree(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree("raft").unwrap();
+    edit(&tree);
+    db.flush().unwrap();
+}
+
+pub fn entry_key(index: u64) -> Vec<u8> {
+    let mut k = vec![b'e'];
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn expect_tampered<H: Hsm>(r: Result<Store<H>, StorageError>, replica: u64) -> (SealedRecord, String) {
+    match r {
+        Err(StorageError::Tampered {
+            replica: r,
+            record,
+            detail,
+        }) => {
+            assert_eq!(r, replica, "the error names the replica");
+            (record, detail)
+        }
+        Err(other) => panic!("expected a tampering error, got: {other}"),
+        Ok(_) => panic!("tampered store was opened"),
+    }
+}
+
+// --- the scenarios ---------------------------------------------------------
+
+/// Every cycle of the history survives a reopen, and the disk holds no plain text.
+pub fn round_trip<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let views = model_views();
+    let mut s = open(dir.path(), &hsm, group, 1).unwrap();
+    for (i, ops) in history().iter().enumerate() {
+        apply_ops(&mut s, ops).unwrap();
+        s.sync().unwrap();
+        let live = view(&s);
+        assert_matches_model(&live, &views[i + 1], &format!("live view after cycle {i}"));
+        let counter = s.counter();
+        drop(s);
+        s = open(dir.path(), &hsm, group, 1).unwrap();
+        assert_eq!(view(&s), live, "reopened view after cycle {i}");
+        assert_eq!(s.counter(), counter);
+        assert_eq!(hsm.counter(&SealedConfig::new(group, 1).counter_label).unwrap(), counter);
+    }
+    drop(s);
+    let mut found = Vec::new();
+    scan_for(dir.path(), b"secret-payload", &mut found);
+    scan_for(dir.path(), b"state-at-40", &mut found);
+    assert!(found.is_empty(), "plain text on disk in {found:?}");
+}
+
+fn scan_for(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            scan_for(&e.path(), needle, found);
+        } else {
+            let bytes = std::fs::read(e.path()).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(e.path().display().to_string());
+            }
+        }
+    }
+}
+
+/// A flipped byte in an entry batch, the snapshot, the head, or a clear term.
+pub fn flipped_bytes_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let cases: Vec<(&str, Box<dyn Fn(&sled::Tree)>)> = vec![
+        (
+            "batch payload",
+            Box::new(|t: &sled::Tree| {
+                let key = entry_key(12);
+                let mut v = t.get(&key).unwrap().unwrap().to_vec();
+                let n = v.len();
+                v[n - 20] ^= 0x01;
+                t.insert(key, v).unwrap();
+            }),
+        ),
+        (
+            "snapshot",
+            Box::new(|t: &sled::Tree| {
+                // Field 1 (data, the sealed blob) comes first; flip inside it.
+                let mut v = t.get(b"m/snapshot").unwrap().unwrap().to_vec();
+                v[40] ^= 0x80;
+                t.insert(b"m/snapshot", v).unwrap();
+            }),
+        ),
+        (
+            "head",
+            Box::new(|t: &sled::Tree| {
+                let mut v = t.get(b"m/wrapper").unwrap().unwrap().to_vec();
+                v[30] ^= 0x04;
+                t.insert(b"m/wrapper", v).unwrap();
+            }),
+        ),
+    ];
+    for (i, (what, edit)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = group * 100 + i as u64;
+        write_history(dir.path(), &hsm, group, 1, 8);
+        with_raw_tree(dir.path(), edit);
+        let (record, detail) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+        match what {
+            "batch payload" => assert_eq!(record, SealedRecord::Batch { first: 12, last: 16 }, "{detail}"),
+            "snapshot" => assert_eq!(record, SealedRecord::Snapshot { index: 6 }, "{detail}"),
+            _ => assert_eq!(record, SealedRecord::Head, "{detail}"),
+        }
+    }
+}
+
+/// Two batches swapped; a placeholder's term edited.
+pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group, 1, 6);
+    // Batches now: 2..=4, 5..=6 + 7..=9 (re-sealed as 5..=9), 10..=11.
+    with_raw_tree(dir.path(), |t| {
+        let a = t.get(entry_key(2)).unwrap().unwrap();
+        let b = t.get(entry_key(10)).unwrap().unwrap();
+        t.insert(entry_key(2), b).unwrap();
+        t.insert(entry_key(10), a).unwrap();
+    });
+    let (record, detail) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+    assert_eq!(record, SealedRecord::Container { what: "entry 2".into() }, "{detail}");
+
+    // A subtler swap keeps each record's clear index and term and swaps only the
+    // sealed payloads of two batches.
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group + 2, 1, 6);
+    with_raw_tree(dir.path(), |t| {
+        let mut a: Entry = protobuf2::Message::parse_from_bytes(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
+        let mut b: Entry = protobuf2::Message::parse_from_bytes(&t.get(entry_key(10)).unwrap().unwrap()).unwrap();
+        std::mem::swap(&mut a.data, &mut b.data);
+        t.insert(entry_key(2), protobuf2::Message::write_to_bytes(&a).unwrap()).unwrap();
+        t.insert(entry_key(10), protobuf2::Message::write_to_bytes(&b).unwrap()).unwrap();
+    });
+    let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 2, 1), 1);
+    assert_eq!(record, SealedRecord::Batch { first: 10, last: 11 }, "{detail}");
+
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group + 1, 1, 6);
+    with_raw_tree(dir.path(), |t| {
+        // Placeholder entry 3: raise its term in the clear.
+        let raw = t.get(entry_key(3)).unwrap().unwrap();
+        let mut e: Entry = protobuf2::Message::parse_from_bytes(&raw).unwrap();
+        e.term += 1;
+        t.insert(entry_key(3), protobuf2::Message::write_to_bytes(&e).unwrap())
+            .unwrap();
+    });
+    let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 1, 1), 1);
+    assert_eq!(record, SealedRecord::Entry { index: 3 }, "{detail}");
+}
+
+/// A batch copied from another replica of the group, or from the same replica id
+/// of another group, even where both share one sealing key (so only the bound
+/// associated data tells them apart).
+pub fn foreign_batches_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let shared_key = |g: u64, r: u64| {
+        let mut c = SealedConfig::new(g, r);
+        c.key_label = format!("shared-key-{group}");
+        c
+    };
+    let write = |dir: &Path, cfg: SealedConfig| {
+        let mut s = Sealed::open(SledLog::open(dir).unwrap(), hsm.clone(), cfg).unwrap();
+        for ops in history().iter().take(8) {
+            apply_ops(&mut s, ops).unwrap();
+            s.sync().unwrap();
+        }
+    };
+    for (victim, donor) in [
+        (shared_key(group, 1), shared_key(group, 2)),
+        (shared_key(group + 1, 1), shared_key(group + 2, 1)),
+        (SealedConfig::new(group + 3, 1), SealedConfig::new(group + 3, 2)),
+    ] {
+        let (vd, dd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(vd.path(), victim.clone());
+        write(dd.path(), donor);
+        let stolen = {
+            let db = sled::open(dd.path()).unwrap();
+            db.open_tree("raft").unwrap().get(entry_key(12)).unwrap().unwrap()
+        };
+        with_raw_tree(vd.path(), |t| {
+            t.insert(entry_key(12), stolen).unwrap();
+        });
+        let r = Sealed::open(SledLog::open(vd.path()).unwrap(), hsm.clone(), victim);
+        let (record, detail) = expect_tampered(r, 1);
+        assert_eq!(record, SealedRecord::Batch { first: 12, last: 16 }, "{detail}");
+    }
+}
+
+/// The newest batch removed; a middle batch removed with the later entries moved
+/// down to close the gap; a middle batch removed leaving the gap.
+pub fn truncation_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    // Tail: drop 12..=16 (the newest batch).
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group, 1, 8);
+    with_raw_tree(dir.path(), |t| {
+        for i in 12..=16 {
+            t.remove(entry_key(i)).unwrap();
+        }
+    });
+    let (record, detail) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+    assert_eq!(record, SealedRecord::Entry { index: 12 }, "{detail}");
+
+    // Middle, gap closed: drop 10..=11 and move 12..=16 down to 10..=14.
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group + 1, 1, 8);
+    with_raw_tree(dir.path(), |t| {
+        for i in 10..=16 {
+            let v = t.get(entry_key(i + 2)).unwrap();
+            match v {
+                Some(v) if i + 2 <= 16 => {
+                    let mut e: Entry = protobuf2::Message::parse_from_bytes(&v).unwrap();
+                    e.index = i;
+                    t.insert(entry_key(i), protobuf2::Message::write_to_bytes(&e).unwrap())
+                        .unwrap();
+                }
+                _ => {
+                    t.remove(entry_key(i)).unwrap();
+                }
+            }
+        }
+    });
+    let r = open(dir.path(), &hsm, group + 1, 1);
+    let (record, detail) = expect_tampered(r, 1);
+    assert!(
+        matches!(record, SealedRecord::Entry { .. } | SealedRecord::Batch { .. }),
+        "{record}: {detail}"
+    );
+
+    // Middle, gap left: the inner store itself refuses a log with a hole.
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group + 2, 1, 8);
+    with_raw_tree(dir.path(), |t| {
+        t.remove(entry_key(10)).unwrap();
+        t.remove(entry_key(11)).unwrap();
+    });
+    match open(dir.path(), &hsm, group + 2, 1) {
+        Err(StorageError::Corrupt { .. } | StorageError::Tampered { .. }) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a log with a hole was opened"),
+    }
+}
+
+/// An older copy of the disk, and an empty disk, once the counter moved on.
+pub fn rollback_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let old = dir.path().join("old");
+    let mut s = open(&live, &hsm, group, 1).unwrap();
+    let h = history();
+    for ops in &h[..5] {
+        apply_ops(&mut s, ops).unwrap();
+        s.sync().unwrap();
+    }
+    drop(s);
+    copy_dir(&live, &old);
+    let mut s = open(&live, &hsm, group, 1).unwrap();
+    for ops in &h[5..7] {
+        apply_ops(&mut s, ops).unwrap();
+        s.sync().unwrap();
+    }
+    drop(s);
+    match open(&old, &hsm, group, 1) {
+        Err(StorageError::RolledBack { replica: 1, disk: 5, hsm: 7 }) => {}
+        Err(e) => panic!("expected a rollback error, got {e}"),
+        Ok(_) => panic!("an old disk image was opened"),
+    }
+    let empty = dir.path().join("empty");
+    match open(&empty, &hsm, group, 1) {
+        Err(StorageError::RolledBack { replica: 1, disk: 0, hsm: 7 }) => {}
+        Err(e) => panic!("expected a rollback error, got {e}"),
+        Ok(_) => panic!("an empty disk replaced a written one unnoticed"),
+    }
+    // The live disk still opens, and a fresh member id starts clean.
+    assert!(open(&live, &hsm, group, 1).is_ok());
+    assert!(open(&empty, &hsm, group, 9).is_ok());
+}
+
+/// Where a simulated crash cuts a `sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The process dies before `sync` runs: the staged write never reaches disk.
+    BeforeSync,
+    /// The HSM stops answering when the batch or head is sealed.
+    SealFails,
+    /// The data is durable; the process dies before the counter advances.
+    BeforeCounter,
+    /// The counter advanced; the process dies before `sync` returns.
+    AfterCounter,
+}
+
+const MODE_NORMAL: u8 = 0;
+const MODE_FAIL_SEAL: u8 = 1;
+const MODE_FAIL_BEFORE_ADVANCE: u8 = 2;
+const MODE_FAIL_AFTER_ADVANCE: u8 = 3;
+
+/// An HSM wrapper that cuts a write at a chosen step, as a crash would.
+#[derive(Clone)]
+pub struct FaultHsm<H> {
+    inner: H,
+    mode: Arc<AtomicU8>,
+}
+
+impl<H: Hsm> Hsm for FaultHsm<H> {
+    fn key(&self, label: &str, kind: KeyKind) -> Result<KeyHandle, HsmError> {
+        self.inner.key(label, kind)
+    }
+    fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError> {
+        self.inner.find_key(label, kind)
+    }
+    fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        if self.mode.load(Ordering::SeqCst) == MODE_FAIL_SEAL {
+            return Err(HsmError::Unavailable("cut: seal".into()));
+        }
+        self.inner.seal(key, aad, plaintext)
+    }
+    fn unseal(&self, key: KeyHandle, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        self.inner.unseal(key, aad, sealed)
+    }
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        self.inner.sign(key, message)
+    }
+    fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError> {
+        self.inner.public_key(key)
+    }
+    fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        self.inner.mac(key, data)
+    }
+    fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
+        self.inner.random(out)
+    }
+    fn counter(&self, label: &str) -> Result<u64, HsmError> {
+        self.inner.counter(label)
+    }
+    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
+        match self.mode.load(Ordering::SeqCst) {
+            MODE_FAIL_BEFORE_ADVANCE => Err(HsmError::Unavailable("cut: before advance".into())),
+            MODE_FAIL_AFTER_ADVANCE => {
+                self.inner.advance_counter(label)?;
+                Err(HsmError::Unavailable("cut: after advance".into()))
+            }
+            _ => self.inner.advance_counter(label),
+        }
+    }
+}
+
+/// A crash at every step of every write of the history: reopening never raises a
+/// false alarm and never loses a write whose `sync` returned; the interrupted
+/// write is either wholly there or wholly absent, as the cut point dictates.
+pub fn crash_at_every_step<H: Hsm + Clone>(hsm: H, group: u64) {
+    let views = model_views();
+    let cycles = history().len();
+    let cuts = [Cut::BeforeSync, Cut::SealFails, Cut::BeforeCounter, Cut::AfterCounter];
+    let h = history();
+    let mut case = 0;
+    for crash_at in 0..cycles {
+        for cut in cuts {
+            case += 1;
+            let group = group * 1000 + case;
+            let label = SealedConfig::new(group, 1).counter_label;
+            let dir = tempfile::tempdir().unwrap();
+            let faulty = FaultHsm {
+                inner: hsm.clone(),
+                mode: Arc::new(AtomicU8::new(MODE_NORMAL)),
+            };
+            {
+                let mut s = open(dir.path(), &faulty, group, 1).unwrap();
+                for ops in &h[..crash_at] {
+                    apply_ops(&mut s, ops).unwrap();
+                    s.sync().unwrap();
+                }
+                apply_ops(&mut s, &h[crash_at]).unwrap();
+                let mode = match cut {
+                    Cut::BeforeSync => None,
+                    Cut::SealFails => Some(MODE_FAIL_SEAL),
+                    Cut::BeforeCounter => Some(MODE_FAIL_BEFORE_ADVANCE),
+                    Cut::AfterCounter => Some(MODE_FAIL_AFTER_ADVANCE),
+                };
+                if let Some(mode) = mode {
+                    faulty.mode.store(mode, Ordering::SeqCst);
+                    assert!(s.sync().is_err(), "{cut:?} fails the sync");
+                    faulty.mode.store(MODE_NORMAL, Ordering::SeqCst);
+                    // The store refuses writes until it is reopened.
+                    assert!(matches!(
+                        s.sync(),
+                        Err(StorageError::Poisoned { replica: 1, .. })
+                    ));
+                }
+            }
+            let reopened = open(dir.path(), &hsm, group, 1)
+                .unwrap_or_else(|e| panic!("false alarm after {cut:?} at cycle {crash_at}: {e}"));
+            let expected = match cut {
+                Cut::BeforeSync | Cut::SealFails => crash_at,
+                Cut::BeforeCounter | Cut::AfterCounter => crash_at + 1,
+            };
+            assert_matches_model(
+                &view(&reopened),
+                &views[expected],
+                &format!("state after {cut:?} at cycle {crash_at}"),
+            );
+            assert_eq!(
+                reopened.counter(),
+                hsm.counter(&label).unwrap(),
+                "counter completed after {cut:?} at cycle {crash_at}"
+            );
+            // Life goes on: the rest of the history, one more reopen, no alarm.
+            let mut s = reopened;
+            if expected == crash_at {
+                apply_ops(&mut s, &h[crash_at]).unwrap();
+                s.sync().unwrap();
+            }
+            for ops in &h[crash_at + 1..] {
+                apply_ops(&mut s, ops).unwrap();
+                s.sync().unwrap();
+            }
+            drop(s);
+            let s = open(dir.path(), &hsm, group, 1).unwrap();
+            assert_matches_model(&view(&s), &views[cycles], "after the whole history");
+        }
+    }
+}
+
+/// An HSM that stops answering fails the write, and the store refuses to go on
+/// until reopened; nothing is lost once the HSM is back.
+pub fn hsm_outage_stops_the_store<H: Hsm + Clone>(hsm: H, group: u64, switch: &dyn Fn(bool)) {
+    let dir = tempfile::tempdir().unwrap();
+    let h = history();
+    let mut s = open(dir.path(), &hsm, group, 1).unwrap();
+    for ops in &h[..3] {
+        apply_ops(&mut s, ops).unwrap();
+        s.sync().unwrap();
+    }
+    apply_ops(&mut s, &h[3]).unwrap();
+    switch(false);
+    assert!(matches!(s.sync(), Err(StorageError::Hsm(_))));
+    switch(true);
+    assert!(matches!(s.append(&[]), Err(StorageError::Poisoned { .. })));
+    drop(s);
+    let s = open(dir.path(), &hsm, group, 1).unwrap();
+    assert_matches_model(&view(&s), &model_views()[3], "after the outage");
+}
