@@ -25,10 +25,10 @@ pub mod transport;
 pub mod wire;
 
 pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};
+pub use hsm::{Hsm, HsmError, SoftHsm};
 pub use replica::{Replica, ReplicaConfig, ReplicaError, RequestError};
 pub use runtime::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeHandle};
 pub use state_machine::{KvStore, StateMachine};
-pub use hsm::{Hsm, HsmError, SoftHsm};
 pub use storage::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
 pub use transport::{ChannelNetwork, Transport};
 

@@ -74,9 +74,15 @@ fn three_replica_fleet_on_sealed_sled_survives_a_restart_of_every_replica() {
     fleet.wait_leader();
     let client = fleet.client();
     for i in 0..50 {
-        assert_eq!(get(&client, &format!("k{i}")), Some(format!("v{i}").into_bytes()));
+        assert_eq!(
+            get(&client, &format!("k{i}")),
+            Some(format!("v{i}").into_bytes())
+        );
     }
     for id in [1, 2, 3] {
-        assert_eq!(get(&client, &format!("after-restart-{id}")), Some(b"x".to_vec()));
+        assert_eq!(
+            get(&client, &format!("after-restart-{id}")),
+            Some(b"x".to_vec())
+        );
     }
 }

@@ -189,16 +189,11 @@ impl SoftHsm {
         }
         let sum = Sha256::digest(&body[..]);
         body.extend_from_slice(&sum);
-        write_atomically(path, &body).map_err(|e| {
-            HsmError::Unavailable(format!("cannot write {}: {e}", path.display()))
-        })
+        write_atomically(path, &body)
+            .map_err(|e| HsmError::Unavailable(format!("cannot write {}: {e}", path.display())))
     }
 
-    fn material<'a>(
-        s: &'a State,
-        key: KeyHandle,
-        expected: KeyKind,
-    ) -> Result<&'a SoftKey, HsmError> {
+    fn material(s: &State, key: KeyHandle, expected: KeyKind) -> Result<&SoftKey, HsmError> {
         match s.keys.get(key.slot()) {
             Some(k) if k.kind == expected && key.kind() == expected => Ok(k),
             _ => Err(HsmError::WrongKey { expected }),
@@ -288,8 +283,7 @@ impl Hsm for SoftHsm {
 
     fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError> {
         let s = self.lock()?;
-        Ok(s
-            .by_label
+        Ok(s.by_label
             .get(&(kind, label.to_string()))
             .map(|slot| KeyHandle::new(kind, *slot)))
     }
@@ -352,12 +346,9 @@ impl Hsm for SoftHsm {
     fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
         let s = self.lock()?;
         let k = Self::material(&s, key, KeyKind::Signing)?;
-        let signing = k
-            .signing
-            .as_ref()
-            .ok_or(HsmError::WrongKey {
-                expected: KeyKind::Signing,
-            })?;
+        let signing = k.signing.as_ref().ok_or(HsmError::WrongKey {
+            expected: KeyKind::Signing,
+        })?;
         Ok(signing.sign(message).to_bytes())
     }
 
@@ -474,7 +465,10 @@ mod tests {
             let s = hsm.key("s", KeyKind::Signing).unwrap();
             assert_eq!(hsm.advance_counter("c").unwrap(), 1);
             assert_eq!(hsm.advance_counter("c").unwrap(), 2);
-            (hsm.seal(k, b"ad", b"v").unwrap(), hsm.public_key(s).unwrap())
+            (
+                hsm.seal(k, b"ad", b"v").unwrap(),
+                hsm.public_key(s).unwrap(),
+            )
         };
         let hsm = SoftHsm::open(&path).unwrap();
         let k = hsm.find_key("k", KeyKind::Aead).unwrap().unwrap();

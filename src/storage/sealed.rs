@@ -474,11 +474,7 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
             if h.last > last {
                 return Err(tampered(
                     record,
-                    format!(
-                        "cut short: entries {}..={} are missing",
-                        last + 1,
-                        h.last
-                    ),
+                    format!("cut short: entries {}..={} are missing", last + 1, h.last),
                 ));
             }
             if chain.is_some_and(|c| c != h.prev) {
@@ -493,8 +489,8 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
             let plain = hsm
                 .unseal(key, &ad, &e.data[BATCH_HEADER_LEN..])
                 .map_err(|err| unsealed(record.clone(), err))?;
-            let decoded = decode_batch(&plain, &h)
-                .map_err(|detail| tampered(record.clone(), detail))?;
+            let decoded =
+                decode_batch(&plain, &h).map_err(|detail| tampered(record.clone(), detail))?;
             for (j, d) in decoded.iter().enumerate() {
                 let Some(s) = stored_entries.get(pos + j) else {
                     return Err(tampered(record, "cut short".into()));
@@ -650,10 +646,13 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         let mut plain = Zeroizing::new(Vec::new());
         let mut placeholders = Vec::with_capacity((last - start + 1) as usize);
         for index in start..=last {
-            let e = self.cache.entry(index).ok_or_else(|| StorageError::Corrupt {
-                what: format!("entry {index}"),
-                detail: "missing from the sealed store's cache".into(),
-            })?;
+            let e = self
+                .cache
+                .entry(index)
+                .ok_or_else(|| StorageError::Corrupt {
+                    what: format!("entry {index}"),
+                    detail: "missing from the sealed store's cache".into(),
+                })?;
             let bytes = Zeroizing::new(e.write_to_bytes().unwrap_or_default());
             plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
             plain.extend_from_slice(&bytes);

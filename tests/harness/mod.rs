@@ -106,7 +106,11 @@ impl Fleet {
                 Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
             }
             Store::SealedSled => {
-                let hsm = self.hsms.entry(id).or_insert_with(|| SoftHsm::from_seed(id)).clone();
+                let hsm = self
+                    .hsms
+                    .entry(id)
+                    .or_insert_with(|| SoftHsm::from_seed(id))
+                    .clone();
                 let inner = SledLog::open(self.dir_of(id)).expect("open sled log");
                 let mut log = Sealed::open(inner, hsm, SealedConfig::new(cfg.replica.group, id))
                     .expect("open sealed log");

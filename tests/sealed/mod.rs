@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use vaultfleet::hsm::{Hsm, HsmError, KeyHandle, KeyKind};
-use zeroize::Zeroizing;
 use vaultfleet::storage::SealedRecord;
 use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
+use zeroize::Zeroizing;
 
 pub type Store<H> = Sealed<SledLog, H>;
+
+type Edit = Box<dyn Fn(&sled::Tree)>;
 
 pub fn entry(index: u64, term: u64, data: &str) -> Entry {
     let mut e = Entry::default();
@@ -26,7 +28,12 @@ pub fn entry(index: u64, term: u64, data: &str) -> Entry {
     e
 }
 
-pub fn open<H: Hsm + Clone>(dir: &Path, hsm: &H, group: u64, replica: u64) -> Result<Store<H>, StorageError> {
+pub fn open<H: Hsm + Clone>(
+    dir: &Path,
+    hsm: &H,
+    group: u64,
+    replica: u64,
+) -> Result<Store<H>, StorageError> {
     Sealed::open_sled(dir, hsm.clone(), SealedConfig::new(group, replica))
 }
 
@@ -36,9 +43,16 @@ pub fn open<H: Hsm + Clone>(dir: &Path, hsm: &H, group: u64, replica: u64) -> Re
 pub fn assert_matches_model(actual: &View, model: &View, what: &str) {
     assert_eq!(actual.hard_state, model.hard_state, "{what}: hard state");
     assert_eq!(actual.snapshot, model.snapshot, "{what}: snapshot");
-    assert!(actual.first <= model.first, "{what}: compacted past the model");
+    assert!(
+        actual.first <= model.first,
+        "{what}: compacted past the model"
+    );
     let skip = (model.first - actual.first) as usize;
-    assert_eq!(&actual.entries[skip.min(actual.entries.len())..], &model.entries[..], "{what}: entries");
+    assert_eq!(
+        &actual.entries[skip.min(actual.entries.len())..],
+        &model.entries[..],
+        "{what}: entries"
+    );
     if skip == 0 {
         assert_eq!(actual.offset_term, model.offset_term, "{what}: offset term");
     }
@@ -87,18 +101,33 @@ pub fn history() -> Vec<Vec<Op>> {
             Op::ApplySnapshot(snapshot(1, 1, "bootstrap")),
             Op::HardState(hard_state(1, 0, 1)),
         ],
-        vec![Op::Append(batch(2, 3, 1, "a")), Op::HardState(hard_state(1, 1, 1))],
-        vec![Op::Append(batch(5, 4, 1, "b")), Op::HardState(hard_state(1, 1, 4))],
+        vec![
+            Op::Append(batch(2, 3, 1, "a")),
+            Op::HardState(hard_state(1, 1, 1)),
+        ],
+        vec![
+            Op::Append(batch(5, 4, 1, "b")),
+            Op::HardState(hard_state(1, 1, 4)),
+        ],
         vec![Op::Append(batch(9, 1, 1, "c"))],
         // A new leader's entries replace 7..=9 (inside batch 5..=8 and all of 9).
         vec![
             Op::Append(batch(7, 3, 2, "d")),
             Op::HardState(hard_state(2, 2, 6)),
         ],
-        vec![Op::Append(batch(10, 2, 2, "e")), Op::HardState(hard_state(2, 2, 10))],
+        vec![
+            Op::Append(batch(10, 2, 2, "e")),
+            Op::HardState(hard_state(2, 2, 10)),
+        ],
         // Snapshot at 6 and compaction through the middle of batch 5..=9.
-        vec![Op::SaveSnapshot(snapshot(6, 1, "state-at-6")), Op::Compact(7)],
-        vec![Op::Append(batch(12, 5, 2, "f")), Op::HardState(hard_state(2, 2, 14))],
+        vec![
+            Op::SaveSnapshot(snapshot(6, 1, "state-at-6")),
+            Op::Compact(7),
+        ],
+        vec![
+            Op::Append(batch(12, 5, 2, "f")),
+            Op::HardState(hard_state(2, 2, 14)),
+        ],
         vec![
             Op::SaveSnapshot(snapshot(14, 2, "state-at-14")),
             Op::Compact(15),
@@ -109,7 +138,10 @@ pub fn history() -> Vec<Vec<Op>> {
             Op::ApplySnapshot(snapshot(40, 3, "state-at-40")),
             Op::HardState(hard_state(3, 0, 40)),
         ],
-        vec![Op::Append(batch(41, 2, 3, "g")), Op::HardState(hard_state(3, 3, 42))],
+        vec![
+            Op::Append(batch(41, 2, 3, "g")),
+            Op::HardState(hard_state(3, 3, 42)),
+        ],
         vec![Op::Append(batch(43, 1, 3, "h"))],
     ]
 }
@@ -200,7 +232,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn expect_tampered<H: Hsm>(r: Result<Store<H>, StorageError>, replica: u64) -> (SealedRecord, String) {
+fn expect_tampered<H: Hsm>(
+    r: Result<Store<H>, StorageError>,
+    replica: u64,
+) -> (SealedRecord, String) {
     match r {
         Err(StorageError::Tampered {
             replica: r,
@@ -232,7 +267,11 @@ pub fn round_trip<H: Hsm + Clone>(hsm: H, group: u64) {
         s = open(dir.path(), &hsm, group, 1).unwrap();
         assert_eq!(view(&s), live, "reopened view after cycle {i}");
         assert_eq!(s.counter(), counter);
-        assert_eq!(hsm.counter(&SealedConfig::new(group, 1).counter_label).unwrap(), counter);
+        assert_eq!(
+            hsm.counter(&SealedConfig::new(group, 1).counter_label)
+                .unwrap(),
+            counter
+        );
     }
     drop(s);
     let mut found = Vec::new();
@@ -257,7 +296,7 @@ fn scan_for(dir: &Path, needle: &[u8], found: &mut Vec<String>) {
 
 /// A flipped byte in an entry batch, the snapshot, the head, or a clear term.
 pub fn flipped_bytes_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
-    let cases: Vec<(&str, Box<dyn Fn(&sled::Tree)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "batch payload",
             Box::new(|t: &sled::Tree| {
@@ -293,7 +332,14 @@ pub fn flipped_bytes_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
         with_raw_tree(dir.path(), edit);
         let (record, detail) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
         match what {
-            "batch payload" => assert_eq!(record, SealedRecord::Batch { first: 12, last: 16 }, "{detail}"),
+            "batch payload" => assert_eq!(
+                record,
+                SealedRecord::Batch {
+                    first: 12,
+                    last: 16
+                },
+                "{detail}"
+            ),
             "snapshot" => assert_eq!(record, SealedRecord::Snapshot { index: 6 }, "{detail}"),
             _ => assert_eq!(record, SealedRecord::Head, "{detail}"),
         }
@@ -312,21 +358,44 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
         t.insert(entry_key(10), a).unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
-    assert_eq!(record, SealedRecord::Container { what: "entry 2".into() }, "{detail}");
+    assert_eq!(
+        record,
+        SealedRecord::Container {
+            what: "entry 2".into()
+        },
+        "{detail}"
+    );
 
     // A subtler swap keeps each record's clear index and term and swaps only the
     // sealed payloads of two batches.
     let dir = tempfile::tempdir().unwrap();
     write_history(dir.path(), &hsm, group + 2, 1, 6);
     with_raw_tree(dir.path(), |t| {
-        let mut a: Entry = protobuf2::Message::parse_from_bytes(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
-        let mut b: Entry = protobuf2::Message::parse_from_bytes(&t.get(entry_key(10)).unwrap().unwrap()).unwrap();
+        let mut a: Entry =
+            protobuf2::Message::parse_from_bytes(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
+        let mut b: Entry =
+            protobuf2::Message::parse_from_bytes(&t.get(entry_key(10)).unwrap().unwrap()).unwrap();
         std::mem::swap(&mut a.data, &mut b.data);
-        t.insert(entry_key(2), protobuf2::Message::write_to_bytes(&a).unwrap()).unwrap();
-        t.insert(entry_key(10), protobuf2::Message::write_to_bytes(&b).unwrap()).unwrap();
+        t.insert(
+            entry_key(2),
+            protobuf2::Message::write_to_bytes(&a).unwrap(),
+        )
+        .unwrap();
+        t.insert(
+            entry_key(10),
+            protobuf2::Message::write_to_bytes(&b).unwrap(),
+        )
+        .unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 2, 1), 1);
-    assert_eq!(record, SealedRecord::Batch { first: 10, last: 11 }, "{detail}");
+    assert_eq!(
+        record,
+        SealedRecord::Batch {
+            first: 10,
+            last: 11
+        },
+        "{detail}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write_history(dir.path(), &hsm, group + 1, 1, 6);
@@ -335,8 +404,11 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
         let raw = t.get(entry_key(3)).unwrap().unwrap();
         let mut e: Entry = protobuf2::Message::parse_from_bytes(&raw).unwrap();
         e.term += 1;
-        t.insert(entry_key(3), protobuf2::Message::write_to_bytes(&e).unwrap())
-            .unwrap();
+        t.insert(
+            entry_key(3),
+            protobuf2::Message::write_to_bytes(&e).unwrap(),
+        )
+        .unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 1, 1), 1);
     assert_eq!(record, SealedRecord::Entry { index: 3 }, "{detail}");
@@ -361,21 +433,35 @@ pub fn foreign_batches_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
     for (victim, donor) in [
         (shared_key(group, 1), shared_key(group, 2)),
         (shared_key(group + 1, 1), shared_key(group + 2, 1)),
-        (SealedConfig::new(group + 3, 1), SealedConfig::new(group + 3, 2)),
+        (
+            SealedConfig::new(group + 3, 1),
+            SealedConfig::new(group + 3, 2),
+        ),
     ] {
         let (vd, dd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         write(vd.path(), victim.clone());
         write(dd.path(), donor);
         let stolen = {
             let db = sled::open(dd.path()).unwrap();
-            db.open_tree("raft").unwrap().get(entry_key(12)).unwrap().unwrap()
+            db.open_tree("raft")
+                .unwrap()
+                .get(entry_key(12))
+                .unwrap()
+                .unwrap()
         };
         with_raw_tree(vd.path(), |t| {
             t.insert(entry_key(12), stolen).unwrap();
         });
         let r = Sealed::open(SledLog::open(vd.path()).unwrap(), hsm.clone(), victim);
         let (record, detail) = expect_tampered(r, 1);
-        assert_eq!(record, SealedRecord::Batch { first: 12, last: 16 }, "{detail}");
+        assert_eq!(
+            record,
+            SealedRecord::Batch {
+                first: 12,
+                last: 16
+            },
+            "{detail}"
+        );
     }
 }
 
@@ -403,8 +489,11 @@ pub fn truncation_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
                 Some(v) if i + 2 <= 16 => {
                     let mut e: Entry = protobuf2::Message::parse_from_bytes(&v).unwrap();
                     e.index = i;
-                    t.insert(entry_key(i), protobuf2::Message::write_to_bytes(&e).unwrap())
-                        .unwrap();
+                    t.insert(
+                        entry_key(i),
+                        protobuf2::Message::write_to_bytes(&e).unwrap(),
+                    )
+                    .unwrap();
                 }
                 _ => {
                     t.remove(entry_key(i)).unwrap();
@@ -415,7 +504,10 @@ pub fn truncation_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
     let r = open(dir.path(), &hsm, group + 1, 1);
     let (record, detail) = expect_tampered(r, 1);
     assert!(
-        matches!(record, SealedRecord::Entry { .. } | SealedRecord::Batch { .. }),
+        matches!(
+            record,
+            SealedRecord::Entry { .. } | SealedRecord::Batch { .. }
+        ),
         "{record}: {detail}"
     );
 
@@ -453,13 +545,21 @@ pub fn rollback_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
     }
     drop(s);
     match open(&old, &hsm, group, 1) {
-        Err(StorageError::RolledBack { replica: 1, disk: 5, hsm: 7 }) => {}
+        Err(StorageError::RolledBack {
+            replica: 1,
+            disk: 5,
+            hsm: 7,
+        }) => {}
         Err(e) => panic!("expected a rollback error, got {e}"),
         Ok(_) => panic!("an old disk image was opened"),
     }
     let empty = dir.path().join("empty");
     match open(&empty, &hsm, group, 1) {
-        Err(StorageError::RolledBack { replica: 1, disk: 0, hsm: 7 }) => {}
+        Err(StorageError::RolledBack {
+            replica: 1,
+            disk: 0,
+            hsm: 7,
+        }) => {}
         Err(e) => panic!("expected a rollback error, got {e}"),
         Ok(_) => panic!("an empty disk replaced a written one unnoticed"),
     }
@@ -506,7 +606,12 @@ impl<H: Hsm> Hsm for FaultHsm<H> {
         }
         self.inner.seal(key, aad, plaintext)
     }
-    fn unseal(&self, key: KeyHandle, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    fn unseal(
+        &self,
+        key: KeyHandle,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         self.inner.unseal(key, aad, sealed)
     }
     fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
@@ -542,7 +647,12 @@ impl<H: Hsm> Hsm for FaultHsm<H> {
 pub fn crash_at_every_step<H: Hsm + Clone>(hsm: H, group: u64) {
     let views = model_views();
     let cycles = history().len();
-    let cuts = [Cut::BeforeSync, Cut::SealFails, Cut::BeforeCounter, Cut::AfterCounter];
+    let cuts = [
+        Cut::BeforeSync,
+        Cut::SealFails,
+        Cut::BeforeCounter,
+        Cut::AfterCounter,
+    ];
     let h = history();
     let mut case = 0;
     for crash_at in 0..cycles {

@@ -1,0 +1,541 @@
+//! `Pkcs11Hsm`: any PKCS#11 module through `cryptoki` (tested against SoftHSM2).
+//!
+//! Mechanisms used, all inside the token, with keys created non-extractable and
+//! sensitive:
+//! * sealing: `CKM_AES_GCM` with a 256-bit AES key, a 96-bit IV drawn from the
+//!   token's `C_GenerateRandom` for every call, and a 128-bit tag. Random 96-bit
+//!   IVs keep the chance of a repeat below 2^-32 for up to 2^32 seals per key
+//!   (NIST SP 800-38D); at one seal per batch and per `sync` that is years at a
+//!   thousand writes a second, but a key should be rotated (a new replica id, so
+//!   new labels) well before that;
+//! * signing: `CKM_EDDSA` (pure Ed25519) on a `CKM_EC_EDWARDS_KEY_PAIR_GEN` pair;
+//! * MACs: `CKM_SHA256_HMAC` with a 256-bit generic secret.
+//!
+//! **The counter.** PKCS#11 has no standard monotonic counter that software can
+//! advance (`CKH_MONOTONIC_COUNTER` is a read-only hardware feature whose
+//! increments are vendor-defined). This implementation keeps each counter in a
+//! private, modifiable token data object (`CKO_DATA`, application
+//! `vaultfleet-counter`) that only a logged-in user can create or destroy. Tokens
+//! (SoftHSM2 among them) refuse to modify a data object's value, so an advance
+//! creates an object holding `n + 1` and then destroys the older ones; the counter
+//! reads the largest value present, so a crash between the two steps never makes
+//! it go back. Advances are serialised by this process's lock. What that protects:
+//! the counter lives in the token's storage, not beside the log, so restoring an
+//! old copy of the replica's data directory alone is caught. What it does not:
+//! with SoftHSM2 the token's storage is itself files on the host, so a host that
+//! rolls back the token directory together with the data directory defeats it,
+//! and two processes advancing the same label race. A production HSM's
+//! NVRAM-backed counter (or a counter in the HSM's own firmware) lives in
+//! tamper-resistant storage the host cannot roll back, which is what turns this
+//! check into protection against an operator with the disk. See
+//! `docs/storage.md`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::{AuthPin, Ulong};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+use super::{Hsm, HsmError, KeyHandle, KeyKind};
+
+/// Algorithm byte that starts every sealed blob of this HSM.
+const ALG_AES256_GCM: u8 = 0x02;
+const IV_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const COUNTER_APPLICATION: &[u8] = b"vaultfleet-counter";
+/// DER encoding of the Ed25519 curve OID 1.3.101.112 (RFC 8410).
+const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// Where to find the token and how to log in.
+#[derive(Clone)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (for SoftHSM2 on Debian:
+    /// `/usr/lib/softhsm/libsofthsm2.so`).
+    pub module: PathBuf,
+    /// Label of the token to use.
+    pub token_label: String,
+    /// The user PIN (zeroized on drop, never logged).
+    pub user_pin: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("token_label", &self.token_label)
+            .field("user_pin", &"<redacted>")
+            .finish()
+    }
+}
+
+struct P11Key {
+    kind: KeyKind,
+    /// The secret or private key.
+    private: ObjectHandle,
+    /// The public key of a signing pair.
+    public: Option<ObjectHandle>,
+}
+
+struct Inner {
+    session: Session,
+    keys: Vec<P11Key>,
+    by_label: BTreeMap<(KeyKind, String), u32>,
+}
+
+/// An [`Hsm`] on a PKCS#11 token. Clones share one logged-in session.
+#[derive(Clone)]
+pub struct Pkcs11Hsm {
+    inner: Arc<Mutex<Inner>>,
+    token_label: String,
+    // Kept so the library stays loaded and initialised as long as a clone lives.
+    _context: Pkcs11,
+}
+
+impl std::fmt::Debug for Pkcs11Hsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Hsm")
+            .field("token", &self.token_label)
+            .finish()
+    }
+}
+
+fn device(what: &str, e: CkError) -> HsmError {
+    match e {
+        CkError::Pkcs11(
+            RvError::DeviceRemoved
+            | RvError::DeviceError
+            | RvError::TokenNotPresent
+            | RvError::SessionClosed
+            | RvError::SessionHandleInvalid
+            | RvError::CryptokiNotInitialized,
+            _,
+        ) => HsmError::Unavailable(format!("{what}: {e}")),
+        CkError::LibraryLoading(_) => HsmError::Unavailable(format!("{what}: {e}")),
+        other => HsmError::Device(format!("{what}: {other}")),
+    }
+}
+
+impl Pkcs11Hsm {
+    /// Loads the module, finds the token labelled `token_label` and logs in as
+    /// its user. One process should open one `Pkcs11Hsm` per module and share
+    /// clones of it.
+    pub fn open(config: &Pkcs11Config) -> Result<Self, HsmError> {
+        let context = Pkcs11::new(&config.module).map_err(|e| {
+            HsmError::Unavailable(format!(
+                "cannot load PKCS#11 module {}: {e}",
+                config.module.display()
+            ))
+        })?;
+        match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(device("C_Initialize", e)),
+        }
+        let slots = context
+            .get_slots_with_token()
+            .map_err(|e| device("C_GetSlotList", e))?;
+        let mut found = None;
+        for slot in slots {
+            let info = context
+                .get_token_info(slot)
+                .map_err(|e| device("C_GetTokenInfo", e))?;
+            if info.label().trim_end() == config.token_label {
+                found = Some(slot);
+                break;
+            }
+        }
+        let slot = found.ok_or_else(|| {
+            HsmError::Unavailable(format!(
+                "no token labelled {:?} in {}; initialise it first (softhsm2-util --init-token)",
+                config.token_label,
+                config.module.display()
+            ))
+        })?;
+        let session = context
+            .open_rw_session(slot)
+            .map_err(|e| device("C_OpenSession", e))?;
+        let pin = AuthPin::new(config.user_pin.as_str().into());
+        match session.login(UserType::User, Some(&pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(HsmError::Device(format!(
+                    "the user PIN of token {:?} is wrong",
+                    config.token_label
+                )))
+            }
+            Err(e) => return Err(device("C_Login", e)),
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                session,
+                keys: Vec::new(),
+                by_label: BTreeMap::new(),
+            })),
+            token_label: config.token_label.clone(),
+            _context: context,
+        })
+    }
+
+    fn find(inner: &mut Inner, label: &str, kind: KeyKind) -> Result<Option<u32>, HsmError> {
+        if let Some(slot) = inner.by_label.get(&(kind, label.to_string())) {
+            return Ok(Some(*slot));
+        }
+        let class = match kind {
+            KeyKind::Signing => ObjectClass::PRIVATE_KEY,
+            _ => ObjectClass::SECRET_KEY,
+        };
+        let key_type = match kind {
+            KeyKind::Aead => KeyType::AES,
+            KeyKind::Mac => KeyType::GENERIC_SECRET,
+            KeyKind::Signing => KeyType::EC_EDWARDS,
+        };
+        let template = [
+            Attribute::Class(class),
+            Attribute::KeyType(key_type),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ];
+        let found = inner
+            .session
+            .find_objects(&template)
+            .map_err(|e| device("C_FindObjects", e))?;
+        let Some(&private) = found.first() else {
+            return Ok(None);
+        };
+        let public = if kind == KeyKind::Signing {
+            let pubs = inner
+                .session
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::KeyType(KeyType::EC_EDWARDS),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+                .map_err(|e| device("C_FindObjects", e))?;
+            Some(*pubs.first().ok_or_else(|| {
+                HsmError::Corrupt(format!(
+                    "signing key {label:?} has no public key object on the token"
+                ))
+            })?)
+        } else {
+            None
+        };
+        Ok(Some(Self::remember(inner, label, kind, private, public)))
+    }
+
+    fn remember(
+        inner: &mut Inner,
+        label: &str,
+        kind: KeyKind,
+        private: ObjectHandle,
+        public: Option<ObjectHandle>,
+    ) -> u32 {
+        let slot = inner.keys.len() as u32;
+        inner.keys.push(P11Key {
+            kind,
+            private,
+            public,
+        });
+        inner.by_label.insert((kind, label.to_string()), slot);
+        slot
+    }
+
+    fn generate(inner: &mut Inner, label: &str, kind: KeyKind) -> Result<u32, HsmError> {
+        let l = Attribute::Label(label.as_bytes().to_vec());
+        let secret = |key_type: KeyType, usage: [Attribute; 2]| {
+            let [a, b] = usage;
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(key_type),
+                Attribute::ValueLen(Ulong::new(32)),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                a,
+                b,
+                l.clone(),
+            ]
+        };
+        let (private, public) = match kind {
+            KeyKind::Aead => (
+                inner
+                    .session
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &secret(
+                            KeyType::AES,
+                            [Attribute::Encrypt(true), Attribute::Decrypt(true)],
+                        ),
+                    )
+                    .map_err(|e| device("C_GenerateKey (AES)", e))?,
+                None,
+            ),
+            KeyKind::Mac => (
+                inner
+                    .session
+                    .generate_key(
+                        &Mechanism::GenericSecretKeyGen,
+                        &secret(
+                            KeyType::GENERIC_SECRET,
+                            [Attribute::Sign(true), Attribute::Verify(true)],
+                        ),
+                    )
+                    .map_err(|e| device("C_GenerateKey (HMAC)", e))?,
+                None,
+            ),
+            KeyKind::Signing => {
+                let (public, private) = inner
+                    .session
+                    .generate_key_pair(
+                        &Mechanism::EccEdwardsKeyPairGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(false),
+                            Attribute::Verify(true),
+                            Attribute::EcParams(ED25519_PARAMS.to_vec()),
+                            l.clone(),
+                        ],
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(false),
+                            Attribute::Sign(true),
+                            l.clone(),
+                        ],
+                    )
+                    .map_err(|e| device("C_GenerateKeyPair (Ed25519)", e))?;
+                (private, Some(public))
+            }
+        };
+        Ok(Self::remember(inner, label, kind, private, public))
+    }
+
+    fn handle(inner: &Inner, key: KeyHandle, expected: KeyKind) -> Result<&P11Key, HsmError> {
+        match inner.keys.get(key.slot()) {
+            Some(k) if k.kind == expected && key.kind() == expected => Ok(k),
+            _ => Err(HsmError::WrongKey { expected }),
+        }
+    }
+
+    /// Every token object holding a value of counter `label`, with its value.
+    fn counter_objects(inner: &Inner, label: &str) -> Result<Vec<(ObjectHandle, u64)>, HsmError> {
+        let found = inner
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(COUNTER_APPLICATION.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| device("C_FindObjects (counter)", e))?;
+        let mut out = Vec::with_capacity(found.len());
+        for object in found {
+            let attrs = inner
+                .session
+                .get_attributes(object, &[AttributeType::Value])
+                .map_err(|e| device("C_GetAttributeValue (counter)", e))?;
+            match attrs.first() {
+                Some(Attribute::Value(v)) if v.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(v);
+                    out.push((object, u64::from_be_bytes(b)));
+                }
+                _ => {
+                    return Err(HsmError::Corrupt(format!(
+                        "counter object {label:?} does not hold an 8-byte value"
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Hsm for Pkcs11Hsm {
+    fn key(&self, label: &str, kind: KeyKind) -> Result<KeyHandle, HsmError> {
+        let mut inner = self.inner.lock();
+        let slot = match Self::find(&mut inner, label, kind)? {
+            Some(slot) => slot,
+            None => Self::generate(&mut inner, label, kind)?,
+        };
+        Ok(KeyHandle::new(kind, slot))
+    }
+
+    fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError> {
+        let mut inner = self.inner.lock();
+        Ok(Self::find(&mut inner, label, kind)?.map(|slot| KeyHandle::new(kind, slot)))
+    }
+
+    fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Aead)?;
+        let mut iv = [0u8; IV_LEN];
+        inner
+            .session
+            .generate_random_slice(&mut iv)
+            .map_err(|e| device("C_GenerateRandom", e))?;
+        let mut iv_param = iv;
+        let params = GcmParams::new(&mut iv_param, aad, Ulong::new((TAG_LEN * 8) as _))
+            .map_err(|e| device("GCM parameters", e))?;
+        let ct = inner
+            .session
+            .encrypt(&Mechanism::AesGcm(params), k.private, plaintext)
+            .map_err(|e| device("C_Encrypt (AES-GCM)", e))?;
+        let mut out = Vec::with_capacity(1 + IV_LEN + ct.len());
+        out.push(ALG_AES256_GCM);
+        out.extend_from_slice(&iv);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    fn unseal(
+        &self,
+        key: KeyHandle,
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Aead)?;
+        if sealed.len() < 1 + IV_LEN + TAG_LEN {
+            return Err(HsmError::Malformed(format!(
+                "{} bytes is shorter than IV and tag",
+                sealed.len()
+            )));
+        }
+        if sealed[0] != ALG_AES256_GCM {
+            return Err(HsmError::Malformed(format!(
+                "algorithm byte {:#04x} is not this HSM's AES-256-GCM",
+                sealed[0]
+            )));
+        }
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&sealed[1..1 + IV_LEN]);
+        let params = GcmParams::new(&mut iv, aad, Ulong::new((TAG_LEN * 8) as _))
+            .map_err(|e| device("GCM parameters", e))?;
+        match inner
+            .session
+            .decrypt(&Mechanism::AesGcm(params), k.private, &sealed[1 + IV_LEN..])
+        {
+            Ok(plain) => Ok(Zeroizing::new(plain)),
+            // A failed tag check: SoftHSM2 answers CKR_ENCRYPTED_DATA_INVALID or,
+            // from its OpenSSL back end, CKR_GENERAL_ERROR.
+            Err(CkError::Pkcs11(
+                RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::GeneralError
+                | RvError::FunctionFailed,
+                _,
+            )) => Err(HsmError::Unauthentic),
+            Err(e) => Err(device("C_Decrypt (AES-GCM)", e)),
+        }
+    }
+
+    fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Signing)?;
+        let sig = inner
+            .session
+            .sign(
+                &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                k.private,
+                message,
+            )
+            .map_err(|e| device("C_Sign (EdDSA)", e))?;
+        sig.as_slice()
+            .try_into()
+            .map_err(|_| HsmError::Device(format!("EdDSA signature of {} bytes", sig.len())))
+    }
+
+    fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError> {
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Signing)?;
+        let public = k.public.ok_or(HsmError::WrongKey {
+            expected: KeyKind::Signing,
+        })?;
+        let attrs = inner
+            .session
+            .get_attributes(public, &[AttributeType::EcPoint])
+            .map_err(|e| device("C_GetAttributeValue (EC point)", e))?;
+        let Some(Attribute::EcPoint(point)) = attrs.first() else {
+            return Err(HsmError::Device("token returned no EC point".into()));
+        };
+        // Usually a DER OCTET STRING (04 20 || key); some tokens return the raw key.
+        let raw = match point.as_slice() {
+            [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+            raw if raw.len() == 32 => raw,
+            other => {
+                return Err(HsmError::Device(format!(
+                    "unexpected Ed25519 EC point encoding of {} bytes",
+                    other.len()
+                )))
+            }
+        };
+        raw.try_into()
+            .map_err(|_| HsmError::Device("Ed25519 public key is not 32 bytes".into()))
+    }
+
+    fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError> {
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Mac)?;
+        let tag = inner
+            .session
+            .sign(&Mechanism::Sha256Hmac, k.private, data)
+            .map_err(|e| device("C_Sign (HMAC-SHA256)", e))?;
+        tag.as_slice()
+            .try_into()
+            .map_err(|_| HsmError::Device(format!("HMAC of {} bytes", tag.len())))
+    }
+
+    fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
+        self.inner
+            .lock()
+            .session
+            .generate_random_slice(out)
+            .map_err(|e| device("C_GenerateRandom", e))
+    }
+
+    fn counter(&self, label: &str) -> Result<u64, HsmError> {
+        let inner = self.inner.lock();
+        Ok(Self::counter_objects(&inner, label)?
+            .iter()
+            .map(|(_, v)| *v)
+            .max()
+            .unwrap_or(0))
+    }
+
+    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
+        let inner = self.inner.lock();
+        let objects = Self::counter_objects(&inner, label)?;
+        let old = objects.iter().map(|(_, v)| *v).max().unwrap_or(0);
+        let new = old
+            .checked_add(1)
+            .ok_or_else(|| HsmError::CounterExhausted(label.to_string()))?;
+        // Create the new value first, then remove the old ones: a crash in between
+        // leaves both, and the counter reads the larger.
+        inner
+            .session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(false),
+                Attribute::Application(COUNTER_APPLICATION.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(new.to_be_bytes().to_vec()),
+            ])
+            .map_err(|e| device("C_CreateObject (counter)", e))?;
+        for (object, _) in objects {
+            if let Err(e) = inner.session.destroy_object(object) {
+                tracing::warn!(counter = label, error = %e, "could not remove an old counter object; the counter still reads the newest");
+            }
+        }
+        Ok(new)
+    }
+}

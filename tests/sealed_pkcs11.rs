@@ -1,0 +1,178 @@
+//! The sealed-store suite and the `Hsm` contract against SoftHSM2 over PKCS#11.
+//!
+//! Needs SoftHSM2 (`apt-get install -y softhsm2`); `.ci/run` installs it. The tests
+//! never touch the machine's own tokens: they write a `softhsm2.conf` pointing at
+//! a temporary token directory, set `SOFTHSM2_CONF` for this process and create a
+//! throw-away token with `softhsm2-util --init-token`. Each test uses its own
+//! range of group ids (a test may use its base plus a few), hence its own key and
+//! counter labels on the shared token.
+#![cfg(feature = "pkcs11")]
+
+mod sealed;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind, Pkcs11Config, Pkcs11Hsm};
+use zeroize::Zeroizing;
+
+const MODULE_CANDIDATES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+fn module() -> PathBuf {
+    if let Ok(path) = std::env::var("VAULTFLEET_PKCS11_MODULE") {
+        return PathBuf::from(path);
+    }
+    MODULE_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "SoftHSM2 is not installed (looked in {MODULE_CANDIDATES:?}); install it with \
+                 `apt-get install -y softhsm2` or set VAULTFLEET_PKCS11_MODULE"
+            )
+        })
+}
+
+/// One throw-away token per test process (a PKCS#11 module is initialised once
+/// per process).
+fn hsm() -> Pkcs11Hsm {
+    static HSM: OnceLock<(Pkcs11Hsm, tempfile::TempDir)> = OnceLock::new();
+    HSM.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "vaultfleet-test",
+                "--so-pin",
+                "0000",
+                "--pin",
+                "1234",
+            ])
+            .output()
+            .expect("softhsm2-util runs (apt-get install -y softhsm2)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hsm = Pkcs11Hsm::open(&Pkcs11Config {
+            module: module(),
+            token_label: "vaultfleet-test".into(),
+            user_pin: Zeroizing::new("1234".into()),
+        })
+        .expect("open the SoftHSM2 token");
+        (hsm, dir)
+    })
+    .0
+    .clone()
+}
+
+#[test]
+fn seal_sign_mac_random_and_counter_on_softhsm2() {
+    let hsm = hsm();
+    let k = hsm.key("contract-aead", KeyKind::Aead).unwrap();
+    assert_eq!(
+        hsm.key("contract-aead", KeyKind::Aead).unwrap(),
+        k,
+        "found, not regenerated"
+    );
+    let sealed = hsm.seal(k, b"ad", b"backup key").unwrap();
+    assert_eq!(&hsm.unseal(k, b"ad", &sealed).unwrap()[..], b"backup key");
+    assert!(matches!(
+        hsm.unseal(k, b"other ad", &sealed),
+        Err(HsmError::Unauthentic)
+    ));
+    let mut flipped = sealed.clone();
+    flipped[20] ^= 1;
+    assert!(matches!(
+        hsm.unseal(k, b"ad", &flipped),
+        Err(HsmError::Unauthentic)
+    ));
+    assert_ne!(
+        hsm.seal(k, b"ad", b"backup key").unwrap(),
+        sealed,
+        "fresh IV per seal"
+    );
+
+    let s = hsm.key("contract-sign", KeyKind::Signing).unwrap();
+    let pk = hsm.public_key(s).unwrap();
+    let sig = hsm.sign(s, b"fleet keys").unwrap();
+    assert!(
+        verify_signature(&pk, b"fleet keys", &sig),
+        "SoftHSM2's Ed25519 verifies with dalek"
+    );
+    assert!(!verify_signature(&pk, b"other", &sig));
+
+    let m = hsm.key("contract-mac", KeyKind::Mac).unwrap();
+    let tag = hsm.mac(m, b"data").unwrap();
+    assert!(hsm.verify_mac(m, b"data", &tag).unwrap());
+    assert!(!hsm.verify_mac(m, b"datb", &tag).unwrap());
+    assert!(matches!(hsm.sign(m, b"x"), Err(HsmError::WrongKey { .. })));
+
+    let mut r = [0u8; 32];
+    hsm.random(&mut r).unwrap();
+    assert_ne!(r, [0u8; 32]);
+
+    assert_eq!(hsm.counter("contract-counter").unwrap(), 0);
+    assert_eq!(hsm.advance_counter("contract-counter").unwrap(), 1);
+    assert_eq!(hsm.advance_counter("contract-counter").unwrap(), 2);
+    assert_eq!(hsm.counter("contract-counter").unwrap(), 2);
+    assert!(hsm.find_key("never-made", KeyKind::Aead).unwrap().is_none());
+}
+
+#[test]
+fn round_trip_of_every_kind_of_write_and_no_plain_text_on_disk() {
+    sealed::round_trip(hsm(), 110);
+}
+
+#[test]
+fn a_flipped_byte_is_detected() {
+    sealed::flipped_bytes_are_detected(hsm(), 120);
+}
+
+#[test]
+fn swapped_or_edited_entries_are_detected() {
+    sealed::swapped_and_edited_entries_are_detected(hsm(), 130);
+}
+
+#[test]
+fn a_batch_from_another_replica_or_group_is_detected() {
+    sealed::foreign_batches_are_detected(hsm(), 140);
+}
+
+#[test]
+fn a_truncated_log_is_detected() {
+    sealed::truncation_is_detected(hsm(), 150);
+}
+
+#[test]
+fn an_older_disk_image_is_a_rollback() {
+    sealed::rollback_is_detected(hsm(), 160);
+}
+
+#[test]
+fn a_crash_at_every_step_of_a_write_recovers_without_loss_or_false_alarm() {
+    sealed::crash_at_every_step(hsm(), 170);
+}
