@@ -371,7 +371,7 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         // The snapshot.
         let stored = inner.latest_snapshot();
         let stored_meta = stored.get_metadata();
-        let snapshot = if head.snapshot_index == 0 {
+        let snapshot = if head.snapshot_digest == [0; 32] {
             if stored_meta.index != 0 || !stored.data.is_empty() {
                 return Err(tampered(
                     SealedRecord::Snapshot {

@@ -46,6 +46,31 @@ fn decode<M: protobuf2::Message>(bytes: &[u8], what: &str) -> Result<M, StorageE
     })
 }
 
+/// Opens the sled database. sled's background threads can hold the directory's
+/// file lock for a moment after the last handle is dropped, so a reopen in the
+/// same process (a restart) retries the lock for up to two seconds; a lock held
+/// longer is another live store and is reported.
+fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let result = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            // No background flusher: `sync` flushes explicitly.
+            .flush_every_ms(None)
+            .open();
+        match result {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// A durable [`LogStore`] on the embedded sled database.
 pub struct SledLog {
     path: PathBuf,
@@ -71,10 +96,7 @@ impl SledLog {
     /// un-compacted log into memory and checking it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+        let db = open_db(&path)?;
         let tree = db.open_tree("raft")?;
         let location = path.display().to_string();
         match tree.get(KEY_FORMAT)? {
