@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind, Pkcs11Config, Pkcs11Hsm};
+use vaultfleet::hsm::{verify_signature, Counter, Hsm, HsmError, KeyKind, Pkcs11Config, Pkcs11Hsm};
 use zeroize::Zeroizing;
 
 const MODULE_CANDIDATES: &[&str] = &[
@@ -135,10 +135,23 @@ fn seal_sign_mac_random_and_counter_on_softhsm2() {
     hsm.random(&mut r).unwrap();
     assert_ne!(r, [0u8; 32]);
 
-    assert_eq!(hsm.counter("contract-counter").unwrap(), 0);
-    assert_eq!(hsm.advance_counter("contract-counter").unwrap(), 1);
-    assert_eq!(hsm.advance_counter("contract-counter").unwrap(), 2);
-    assert_eq!(hsm.counter("contract-counter").unwrap(), 2);
+    assert_eq!(hsm.counter("contract-counter").unwrap(), Counter::default());
+    assert_eq!(
+        hsm.advance_counter("contract-counter", &[7; 32]).unwrap(),
+        1
+    );
+    assert_eq!(
+        hsm.advance_counter("contract-counter", &[8; 32]).unwrap(),
+        2
+    );
+    assert_eq!(
+        hsm.counter("contract-counter").unwrap(),
+        Counter {
+            value: 2,
+            binding: [8; 32]
+        },
+        "the newest value and its binding, the old object gone or outranked"
+    );
     assert!(hsm.find_key("never-made", KeyKind::Aead).unwrap().is_none());
 }
 
@@ -175,4 +188,19 @@ fn an_older_disk_image_is_a_rollback() {
 #[test]
 fn a_crash_at_every_step_of_a_write_recovers_without_loss_or_false_alarm() {
     sealed::crash_at_every_step(hsm(), 170);
+}
+
+#[test]
+fn a_forked_image_is_a_rollback() {
+    sealed::fork_is_detected(hsm(), 180);
+}
+
+#[test]
+fn stale_records_put_back_are_detected() {
+    sealed::stale_records_are_detected(hsm(), 190);
+}
+
+#[test]
+fn a_head_from_another_replica_is_detected() {
+    sealed::foreign_head_is_detected(hsm(), 200);
 }

@@ -39,6 +39,41 @@ fn an_older_disk_image_is_a_rollback() {
 }
 
 #[test]
+fn a_forked_image_is_a_rollback() {
+    sealed::fork_is_detected(SoftHsm::from_seed(9), 9);
+}
+
+#[test]
+fn stale_records_put_back_are_detected() {
+    sealed::stale_records_are_detected(SoftHsm::from_seed(10), 10);
+}
+
+#[test]
+fn a_head_from_another_replica_is_detected() {
+    sealed::foreign_head_is_detected(SoftHsm::from_seed(11), 11);
+}
+
+#[test]
+fn damage_to_sleds_own_files_never_panics_nor_serves_bad_data() {
+    let seed = std::env::var("VAULTFLEET_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_f11e);
+    sealed::raw_file_damage_never_serves_bad_data(SoftHsm::from_seed(12), 12, seed);
+}
+
+#[test]
+fn a_store_opened_against_another_hsm_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    sealed::write_history(dir.path(), &SoftHsm::from_seed(13), 13, 1, 3);
+    match sealed::open(dir.path(), &SoftHsm::from_seed(14), 13, 1) {
+        Err(vaultfleet::StorageError::Hsm(vaultfleet::HsmError::NoSuchKey { .. })) => {}
+        Err(e) => panic!("expected a missing key, got {e}"),
+        Ok(_) => panic!("opened with another HSM"),
+    }
+}
+
+#[test]
 fn a_crash_at_every_step_of_a_write_recovers_without_loss_or_false_alarm() {
     sealed::crash_at_every_step(SoftHsm::from_seed(7), 7);
 }

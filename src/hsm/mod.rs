@@ -2,8 +2,10 @@
 //!
 //! Everything vaultfleet trusts a host's HSM with goes through the [`Hsm`] trait:
 //! sealing (AEAD with associated data) of what the host writes to its untrusted
-//! disk, Ed25519 signatures, HMAC-SHA256 (also the sub-key KDF), random bytes, and a
-//! monotonic counter that lets a replica notice that its disk was rolled back.
+//! disk, Ed25519 signatures, HMAC-SHA256 (also the sub-key KDF), random bytes, and
+//! monotonic counters that let a replica notice that its disk was rolled back. A
+//! counter carries a 32-byte binding, replaced atomically with each advance, so a
+//! counter value names one particular write, not just "some write numbered n".
 //!
 //! Keys are addressed by label and used through a [`KeyHandle`]; no method returns
 //! a private key. Implementations:
@@ -50,6 +52,15 @@ impl std::fmt::Display for KeyKind {
             KeyKind::Mac => "HMAC",
         })
     }
+}
+
+/// A monotonic counter's value and the binding stored with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// How many times the counter was advanced (0: never).
+    pub value: u64,
+    /// The binding given to the advance that reached `value` (zeros at 0).
+    pub binding: [u8; 32],
 }
 
 /// A reference to a key held by one [`Hsm`]; meaningless to any other.
@@ -151,13 +162,16 @@ pub trait Hsm: Send + Sync + 'static {
     /// Fills `out` with random bytes from the HSM's generator.
     fn random(&self, out: &mut [u8]) -> Result<(), HsmError>;
 
-    /// The current value of the monotonic counter `label` (0 if it was never
-    /// advanced).
-    fn counter(&self, label: &str) -> Result<u64, HsmError>;
+    /// The monotonic counter `label` and its binding (value 0 and a zero binding
+    /// if it was never advanced).
+    fn counter(&self, label: &str) -> Result<Counter, HsmError>;
 
-    /// Advances the monotonic counter `label` by one and returns the new value.
-    /// Once this returns, no restart of the host makes the counter go back.
-    fn advance_counter(&self, label: &str) -> Result<u64, HsmError>;
+    /// Advances the monotonic counter `label` by one, replacing its binding with
+    /// `binding` in the same atomic step, and returns the new value. Once this
+    /// returns, the counter never reads an older value again, as long as the
+    /// HSM's own storage is not rolled back (see each implementation for what
+    /// that storage is).
+    fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError>;
 
     /// Checks an HMAC-SHA256 tag in constant time.
     fn verify_mac(&self, key: KeyHandle, data: &[u8], tag: &[u8]) -> Result<bool, HsmError> {
@@ -210,11 +224,11 @@ impl<T: Hsm + ?Sized> Hsm for Arc<T> {
     fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
         (**self).random(out)
     }
-    fn counter(&self, label: &str) -> Result<u64, HsmError> {
+    fn counter(&self, label: &str) -> Result<Counter, HsmError> {
         (**self).counter(label)
     }
-    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
-        (**self).advance_counter(label)
+    fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
+        (**self).advance_counter(label, binding)
     }
 }
 

@@ -5,17 +5,19 @@
 //! * sealing: `CKM_AES_GCM` with a 256-bit AES key, a 96-bit IV drawn from the
 //!   token's `C_GenerateRandom` for every call, and a 128-bit tag. Random 96-bit
 //!   IVs keep the chance of a repeat below 2^-32 for up to 2^32 seals per key
-//!   (NIST SP 800-38D); at one seal per batch and per `sync` that is years at a
-//!   thousand writes a second, but a key should be rotated (a new replica id, so
-//!   new labels) well before that;
+//!   (NIST SP 800-38D). A sealed store seals twice per `sync`, so at a thousand
+//!   syncs a second a key reaches 2^32 seals in about 25 days of continuous full
+//!   load: rotate the key (re-add the replica under a new id, hence new labels)
+//!   well before that. The bound is not enforced here (docs/storage.md);
 //! * signing: `CKM_EDDSA` (pure Ed25519) on a `CKM_EC_EDWARDS_KEY_PAIR_GEN` pair;
 //! * MACs: `CKM_SHA256_HMAC` with a 256-bit generic secret.
 //!
 //! **The counter.** PKCS#11 has no standard monotonic counter that software can
 //! advance (`CKH_MONOTONIC_COUNTER` is a read-only hardware feature whose
 //! increments are vendor-defined). This implementation keeps each counter in a
-//! private, modifiable token data object (`CKO_DATA`, application
-//! `vaultfleet-counter`) that only a logged-in user can create or destroy. Tokens
+//! private token data object (`CKO_DATA`, application `vaultfleet-counter`,
+//! value: the 8-byte big-endian count and the 32-byte binding) that only a
+//! logged-in user can create or destroy. Tokens
 //! (SoftHSM2 among them) refuse to modify a data object's value, so an advance
 //! creates an object holding `n + 1` and then destroys the older ones; the counter
 //! reads the largest value present, so a crash between the two steps never makes
@@ -45,7 +47,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-use super::{Hsm, HsmError, KeyHandle, KeyKind};
+use super::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
 
 /// Algorithm byte that starts every sealed blob of this HSM.
 const ALG_AES256_GCM: u8 = 0x02;
@@ -209,6 +211,23 @@ impl Pkcs11Hsm {
         let Some(&private) = found.first() else {
             return Ok(None);
         };
+        // A key someone else created under our label must be as locked down as
+        // the ones we generate.
+        let attrs = inner
+            .session
+            .get_attributes(
+                private,
+                &[AttributeType::Sensitive, AttributeType::Extractable],
+            )
+            .map_err(|e| device("C_GetAttributeValue (key policy)", e))?;
+        let locked = attrs.contains(&Attribute::Sensitive(true))
+            && attrs.contains(&Attribute::Extractable(false));
+        if !locked {
+            return Err(HsmError::Device(format!(
+                "the token's {kind} key {label:?} is extractable or not sensitive; \
+                 replace it with a sensitive, non-extractable key"
+            )));
+        }
         let public = if kind == KeyKind::Signing {
             let pubs = inner
                 .session
@@ -325,8 +344,33 @@ impl Pkcs11Hsm {
         }
     }
 
+    /// Seals and opens a fixed probe under `key`: `Ok` when the token works.
+    fn probe(&self, key: KeyHandle) -> Result<(), HsmError> {
+        const PROBE: &[u8] = b"vaultfleet known-answer probe";
+        let sealed = self.seal(key, PROBE, PROBE)?;
+        let inner = self.inner.lock();
+        let k = Self::handle(&inner, key, KeyKind::Aead)?;
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&sealed[1..1 + IV_LEN]);
+        let params = GcmParams::new(&mut iv, PROBE, Ulong::new((TAG_LEN * 8) as _))
+            .map_err(|e| device("GCM parameters", e))?;
+        let plain = inner
+            .session
+            .decrypt(&Mechanism::AesGcm(params), k.private, &sealed[1 + IV_LEN..])
+            .map_err(|e| device("C_Decrypt (probe)", e))?;
+        if plain != PROBE {
+            return Err(HsmError::Device(
+                "known-answer probe came back wrong".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every token object holding a value of counter `label`, with its value.
-    fn counter_objects(inner: &Inner, label: &str) -> Result<Vec<(ObjectHandle, u64)>, HsmError> {
+    fn counter_objects(
+        inner: &Inner,
+        label: &str,
+    ) -> Result<Vec<(ObjectHandle, Counter)>, HsmError> {
         let found = inner
             .session
             .find_objects(&[
@@ -342,14 +386,22 @@ impl Pkcs11Hsm {
                 .get_attributes(object, &[AttributeType::Value])
                 .map_err(|e| device("C_GetAttributeValue (counter)", e))?;
             match attrs.first() {
-                Some(Attribute::Value(v)) if v.len() == 8 => {
+                Some(Attribute::Value(v)) if v.len() == 40 => {
                     let mut b = [0u8; 8];
-                    b.copy_from_slice(v);
-                    out.push((object, u64::from_be_bytes(b)));
+                    b.copy_from_slice(&v[..8]);
+                    let mut binding = [0u8; 32];
+                    binding.copy_from_slice(&v[8..]);
+                    out.push((
+                        object,
+                        Counter {
+                            value: u64::from_be_bytes(b),
+                            binding,
+                        },
+                    ));
                 }
                 _ => {
                     return Err(HsmError::Corrupt(format!(
-                        "counter object {label:?} does not hold an 8-byte value"
+                        "counter object {label:?} does not hold a 40-byte value"
                     )))
                 }
             }
@@ -384,10 +436,19 @@ impl Hsm for Pkcs11Hsm {
         let mut iv_param = iv;
         let params = GcmParams::new(&mut iv_param, aad, Ulong::new((TAG_LEN * 8) as _))
             .map_err(|e| device("GCM parameters", e))?;
+        let mechanism = Mechanism::AesGcm(params);
         let ct = inner
             .session
-            .encrypt(&Mechanism::AesGcm(params), k.private, plaintext)
+            .encrypt(&mechanism, k.private, plaintext)
             .map_err(|e| device("C_Encrypt (AES-GCM)", e))?;
+        drop(mechanism);
+        // A token may write an IV of its own choosing back into the parameters;
+        // then the blob could never be opened. Refuse rather than store it.
+        if iv_param != iv {
+            return Err(HsmError::Device(
+                "the token replaced the GCM IV it was given; it cannot be used for sealing".into(),
+            ));
+        }
         let mut out = Vec::with_capacity(1 + IV_LEN + ct.len());
         out.push(ALG_AES256_GCM);
         out.extend_from_slice(&iv);
@@ -424,15 +485,21 @@ impl Hsm for Pkcs11Hsm {
             .decrypt(&Mechanism::AesGcm(params), k.private, &sealed[1 + IV_LEN..])
         {
             Ok(plain) => Ok(Zeroizing::new(plain)),
-            // A failed tag check: SoftHSM2 answers CKR_ENCRYPTED_DATA_INVALID or,
-            // from its OpenSSL back end, CKR_GENERAL_ERROR.
             Err(CkError::Pkcs11(
-                RvError::EncryptedDataInvalid
-                | RvError::EncryptedDataLenRange
-                | RvError::GeneralError
-                | RvError::FunctionFailed,
+                RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
                 _,
             )) => Err(HsmError::Unauthentic),
+            // Some tokens (SoftHSM2, from its OpenSSL back end) report a failed tag
+            // check only as a generic failure. Tell tampering from a sick device
+            // with a known-answer probe under the same key: if the token seals and
+            // opens the probe, the input was at fault.
+            Err(e @ CkError::Pkcs11(RvError::GeneralError | RvError::FunctionFailed, _)) => {
+                drop(inner);
+                match self.probe(key) {
+                    Ok(()) => Err(HsmError::Unauthentic),
+                    Err(_) => Err(device("C_Decrypt (AES-GCM)", e)),
+                }
+            }
             Err(e) => Err(device("C_Decrypt (AES-GCM)", e)),
         }
     }
@@ -501,22 +568,24 @@ impl Hsm for Pkcs11Hsm {
             .map_err(|e| device("C_GenerateRandom", e))
     }
 
-    fn counter(&self, label: &str) -> Result<u64, HsmError> {
+    fn counter(&self, label: &str) -> Result<Counter, HsmError> {
         let inner = self.inner.lock();
         Ok(Self::counter_objects(&inner, label)?
             .iter()
-            .map(|(_, v)| *v)
-            .max()
-            .unwrap_or(0))
+            .map(|(_, c)| *c)
+            .max_by_key(|c| c.value)
+            .unwrap_or_default())
     }
 
-    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
+    fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
         let inner = self.inner.lock();
         let objects = Self::counter_objects(&inner, label)?;
-        let old = objects.iter().map(|(_, v)| *v).max().unwrap_or(0);
+        let old = objects.iter().map(|(_, c)| c.value).max().unwrap_or(0);
         let new = old
             .checked_add(1)
             .ok_or_else(|| HsmError::CounterExhausted(label.to_string()))?;
+        let mut value = new.to_be_bytes().to_vec();
+        value.extend_from_slice(binding);
         // Create the new value first, then remove the old ones: a crash in between
         // leaves both, and the counter reads the larger.
         inner
@@ -528,7 +597,7 @@ impl Hsm for Pkcs11Hsm {
                 Attribute::Modifiable(false),
                 Attribute::Application(COUNTER_APPLICATION.to_vec()),
                 Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Value(new.to_be_bytes().to_vec()),
+                Attribute::Value(value),
             ])
             .map_err(|e| device("C_CreateObject (counter)", e))?;
         for (object, _) in objects {

@@ -27,7 +27,7 @@ use rand_chacha::ChaCha20Rng;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Hsm, HsmError, KeyHandle, KeyKind};
+use super::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
 
 /// Algorithm byte that starts every sealed blob of this HSM.
 const ALG_XCHACHA20_POLY1305: u8 = 0x01;
@@ -47,7 +47,7 @@ struct State {
     rng: ChaCha20Rng,
     keys: Vec<SoftKey>,
     by_label: BTreeMap<(KeyKind, String), u32>,
-    counters: BTreeMap<String, u64>,
+    counters: BTreeMap<String, Counter>,
     file: Option<PathBuf>,
     available: bool,
 }
@@ -90,7 +90,7 @@ impl SoftHsm {
         let path = path.as_ref().to_path_buf();
         let hsm = Self::with_rng(ChaCha20Rng::from_entropy(), Some(path.clone()));
         match std::fs::read(&path) {
-            Ok(bytes) => hsm.load(&bytes)?,
+            Ok(bytes) => hsm.load(&Zeroizing::new(bytes))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => hsm.persist(&hsm.state.lock())?,
             Err(e) => {
                 return Err(HsmError::Unavailable(format!(
@@ -157,7 +157,11 @@ impl SoftHsm {
         for _ in 0..counters {
             let label = r.string().ok_or_else(|| corrupt("bad counter label"))?;
             let value = r.u64().ok_or_else(|| corrupt("truncated counter"))?;
-            s.counters.insert(label, value);
+            let binding = r
+                .take(32)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupt("truncated counter binding"))?;
+            s.counters.insert(label, Counter { value, binding });
         }
         if !r.0.is_empty() {
             return Err(corrupt("trailing bytes"));
@@ -169,7 +173,14 @@ impl SoftHsm {
         let Some(path) = &s.file else {
             return Ok(());
         };
-        let mut body = Zeroizing::new(FILE_MAGIC.to_vec());
+        // Sized up front: a reallocation would leave a copy of the keys behind.
+        let size = FILE_MAGIC.len()
+            + 8
+            + s.keys.iter().map(|k| 3 + k.label.len() + 32).sum::<usize>()
+            + s.counters.keys().map(|l| 2 + l.len() + 40).sum::<usize>()
+            + 32;
+        let mut body = Zeroizing::new(Vec::with_capacity(size));
+        body.extend_from_slice(FILE_MAGIC);
         body.extend_from_slice(&(s.keys.len() as u32).to_be_bytes());
         for k in &s.keys {
             body.push(match k.kind {
@@ -182,10 +193,11 @@ impl SoftHsm {
             body.extend_from_slice(&k.secret[..]);
         }
         body.extend_from_slice(&(s.counters.len() as u32).to_be_bytes());
-        for (label, value) in &s.counters {
+        for (label, c) in &s.counters {
             body.extend_from_slice(&(label.len() as u16).to_be_bytes());
             body.extend_from_slice(label.as_bytes());
-            body.extend_from_slice(&value.to_be_bytes());
+            body.extend_from_slice(&c.value.to_be_bytes());
+            body.extend_from_slice(&c.binding);
         }
         let sum = Sha256::digest(&body[..]);
         body.extend_from_slice(&sum);
@@ -377,22 +389,34 @@ impl Hsm for SoftHsm {
         Ok(())
     }
 
-    fn counter(&self, label: &str) -> Result<u64, HsmError> {
-        Ok(self.lock()?.counters.get(label).copied().unwrap_or(0))
+    fn counter(&self, label: &str) -> Result<Counter, HsmError> {
+        Ok(self
+            .lock()?
+            .counters
+            .get(label)
+            .copied()
+            .unwrap_or_default())
     }
 
-    fn advance_counter(&self, label: &str) -> Result<u64, HsmError> {
+    fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
         let mut s = self.lock()?;
-        let old = s.counters.get(label).copied().unwrap_or(0);
-        let new = old
+        let old = s.counters.get(label).copied().unwrap_or_default();
+        let value = old
+            .value
             .checked_add(1)
             .ok_or_else(|| HsmError::CounterExhausted(label.to_string()))?;
-        s.counters.insert(label.to_string(), new);
+        s.counters.insert(
+            label.to_string(),
+            Counter {
+                value,
+                binding: *binding,
+            },
+        );
         if let Err(e) = self.persist(&s) {
             s.counters.insert(label.to_string(), old);
             return Err(e);
         }
-        Ok(new)
+        Ok(value)
     }
 }
 
@@ -463,8 +487,8 @@ mod tests {
             let hsm = SoftHsm::open(&path).unwrap();
             let k = hsm.key("k", KeyKind::Aead).unwrap();
             let s = hsm.key("s", KeyKind::Signing).unwrap();
-            assert_eq!(hsm.advance_counter("c").unwrap(), 1);
-            assert_eq!(hsm.advance_counter("c").unwrap(), 2);
+            assert_eq!(hsm.advance_counter("c", &[1; 32]).unwrap(), 1);
+            assert_eq!(hsm.advance_counter("c", &[2; 32]).unwrap(), 2);
             (
                 hsm.seal(k, b"ad", b"v").unwrap(),
                 hsm.public_key(s).unwrap(),
@@ -475,8 +499,14 @@ mod tests {
         assert_eq!(&hsm.unseal(k, b"ad", &sealed).unwrap()[..], b"v");
         let s = hsm.find_key("s", KeyKind::Signing).unwrap().unwrap();
         assert_eq!(hsm.public_key(s).unwrap(), pk);
-        assert_eq!(hsm.counter("c").unwrap(), 2);
-        assert_eq!(hsm.counter("never").unwrap(), 0);
+        assert_eq!(
+            hsm.counter("c").unwrap(),
+            Counter {
+                value: 2,
+                binding: [2; 32]
+            }
+        );
+        assert_eq!(hsm.counter("never").unwrap(), Counter::default());
 
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[FILE_MAGIC.len() + 5] ^= 1;
@@ -489,10 +519,10 @@ mod tests {
         let hsm = SoftHsm::from_seed(3);
         hsm.set_available(false);
         assert!(matches!(
-            hsm.advance_counter("c"),
+            hsm.advance_counter("c", &[0; 32]),
             Err(HsmError::Unavailable(_))
         ));
         hsm.set_available(true);
-        assert_eq!(hsm.advance_counter("c").unwrap(), 1);
+        assert_eq!(hsm.advance_counter("c", &[0; 32]).unwrap(), 1);
     }
 }

@@ -26,6 +26,7 @@ mod sled_log;
 
 pub use mem::MemLog;
 pub use sealed::{Sealed, SealedConfig, SealedRecord};
+
 pub use sled_log::SledLog;
 
 use crate::hsm::HsmError;
@@ -136,6 +137,22 @@ pub enum StorageError {
         /// The HSM's counter.
         hsm: u64,
     },
+    /// The store's newest write is not the one the HSM's counter is bound to (nor
+    /// the one that follows it): it is a write that was abandoned by a crash and
+    /// replaced later, so the disk was swapped for an image that forked off the
+    /// replica's real history. Treated exactly like a rollback.
+    #[error(
+        "replica {replica}: log store holds a forked write {write}: the HSM counter \
+         is bound to a different write, so this disk image was abandoned and replaced; \
+         this replica must not vote or acknowledge: remove it from the fleet and re-add \
+         it as a fresh member (new replica id, empty data directory)"
+    )]
+    Forked {
+        /// The replica whose store it is.
+        replica: ReplicaId,
+        /// The write counter of the forked head on disk.
+        write: u64,
+    },
     /// The store is more than one write ahead of the HSM's counter: the HSM was
     /// reset or replaced, or the store was sealed by another HSM's counter.
     #[error(
@@ -170,6 +187,15 @@ pub enum StorageError {
         limit: u64,
     },
 }
+
+/// A [`LogStore`] whose [`LogStore::sync`] makes every write since the previous
+/// `sync` durable as a whole or not at all (never a prefix). [`Sealed`] needs it:
+/// it stages sealed batches and then the head that names them, and a prefix
+/// would leave batches the head does not know.
+pub trait AtomicSync: LogStore {}
+
+impl AtomicSync for MemLog {}
+impl AtomicSync for SledLog {}
 
 /// The replica's persistent log: raft-rs [`raft::Storage`] reads plus the writes of
 /// the Ready loop and an explicit durability point.

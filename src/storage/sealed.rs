@@ -17,18 +17,21 @@
 //!   counter, the hard state, the snapshot's digest, the log's offset and end, and
 //!   the digest of the newest batch. Walking the chain from the first batch must
 //!   end at that digest.
-//! * **Rollback.** Each `sync` writes head `n + 1`, makes it durable, then advances
-//!   the HSM's monotonic counter to `n + 1`, and only then returns (so only then
-//!   can the replica acknowledge). On open, a head older than the counter is a
-//!   rollback; a head exactly one ahead is a crash between "durable" and "counter
-//!   advanced", which is completed, not reported.
+//! * **Rollback.** Each `sync` writes head `n + 1` (naming the digest of head `n`),
+//!   makes it durable, then advances the HSM's monotonic counter to `n + 1` with
+//!   the new head's digest as its binding, and only then returns (so only then can
+//!   the replica acknowledge). On open, a head older than the counter is a
+//!   rollback; a head at the counter must be the very head the counter is bound
+//!   to, and a head exactly one ahead (a crash between "durable" and "counter
+//!   advanced", which is completed, not reported) must follow it. A head that
+//!   fails either is a write that was abandoned and later replaced: a fork.
 //!
 //! Every read raft-rs makes is served from a decrypted in-memory copy, so the HSM
 //! is called once per batch and once per `sync`, never on the hot read path.
 //! `docs/storage.md` gives the format, the write order and what each check catches.
 //!
 //! `Sealed` relies on the inner store making each `sync`'s writes durable as a
-//! whole (both [`MemLog`] and `SledLog` do).
+//! whole, which the [`AtomicSync`] bound states ([`MemLog`] and `SledLog` do).
 
 use std::collections::BTreeMap;
 
@@ -38,7 +41,7 @@ use raft::{GetEntriesContext, RaftState, Storage};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use super::{LogStore, MemLog, SledLog, StorageError};
+use super::{AtomicSync, LogStore, MemLog, SledLog, StorageError};
 use crate::hsm::{Hsm, HsmError, KeyHandle, KeyKind};
 use crate::ReplicaId;
 
@@ -184,9 +187,12 @@ struct Head {
     offset_term: u64,
     last_index: u64,
     tail_digest: Digest,
+    /// Digest of the head this one replaces (the binding of the HSM counter at
+    /// `counter - 1`).
+    prev_head: Digest,
 }
 
-const HEAD_LEN: usize = 1 + 8 * 9 + 32 * 2;
+const HEAD_LEN: usize = 1 + 8 * 9 + 32 * 3;
 
 impl Head {
     fn encode(&self) -> Vec<u8> {
@@ -207,6 +213,7 @@ impl Head {
         }
         h.extend_from_slice(&self.snapshot_digest);
         h.extend_from_slice(&self.tail_digest);
+        h.extend_from_slice(&self.prev_head);
         h
     }
 
@@ -227,6 +234,7 @@ impl Head {
             last_index: n(8),
             snapshot_digest: b[73..105].try_into().ok()?,
             tail_digest: b[105..137].try_into().ok()?,
+            prev_head: b[137..169].try_into().ok()?,
         })
     }
 }
@@ -257,6 +265,8 @@ pub struct Sealed<L, H> {
     snapshot_digest: Digest,
     /// The write counter of the newest durable head (equal to the HSM's counter).
     counter: u64,
+    /// Digest of the newest durable head (the binding of the HSM's counter).
+    head_digest: Digest,
     /// Lowest index appended since the last batch was sealed.
     pending_from: Option<u64>,
     /// Something changed since the last durable head.
@@ -276,7 +286,7 @@ impl<L: std::fmt::Debug, H> std::fmt::Debug for Sealed<L, H> {
     }
 }
 
-impl<L: LogStore, H: Hsm> Sealed<L, H> {
+impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
     /// Opens a sealed store over `inner`, checking every sealed record and the
     /// HSM's counter, and completing a counter advance a crash interrupted.
     ///
@@ -293,6 +303,7 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         let replica = cfg.replica;
         let hsm_counter = hsm.counter(&cfg.counter_label)?;
         let record = inner.wrapper_record().to_vec();
+        let head_digest = digest(&record);
         if record.is_empty() {
             let untouched = inner.last_index().unwrap_or(1) == 0
                 && inner.latest_snapshot().get_metadata().index == 0
@@ -306,11 +317,11 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
                         .into(),
                 });
             }
-            if hsm_counter > 0 {
+            if hsm_counter.value > 0 {
                 return Err(StorageError::RolledBack {
                     replica,
                     disk: 0,
-                    hsm: hsm_counter,
+                    hsm: hsm_counter.value,
                 });
             }
             let key = hsm.key(&cfg.key_label, KeyKind::Aead)?;
@@ -324,6 +335,7 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
                 anchor: [0; 32],
                 snapshot_digest: [0; 32],
                 counter: 0,
+                head_digest: [0; 32],
                 pending_from: None,
                 dirty: false,
                 poisoned: None,
@@ -353,18 +365,33 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
             .map_err(|e| unsealed(SealedRecord::Head, e))?;
         let head = Head::decode(&head_plain)
             .ok_or_else(|| tampered(SealedRecord::Head, "malformed head".into()))?;
-        if head.counter < hsm_counter {
+        // The counter names one head: equal counters must carry that head's
+        // digest, and a head one ahead must follow it. Anything else is an
+        // abandoned write that was replaced later (a forked image).
+        let h = hsm_counter.value;
+        if head.counter < h {
             return Err(StorageError::RolledBack {
                 replica,
                 disk: head.counter,
-                hsm: hsm_counter,
+                hsm: h,
             });
         }
-        if head.counter > hsm_counter + 1 {
+        if head.counter > h.saturating_add(1) {
             return Err(StorageError::CounterBehind {
                 replica,
                 disk: head.counter,
-                hsm: hsm_counter,
+                hsm: h,
+            });
+        }
+        let follows = if head.counter == h {
+            head_digest == hsm_counter.binding
+        } else {
+            head.prev_head == hsm_counter.binding
+        };
+        if !follows {
+            return Err(StorageError::Forked {
+                replica,
+                write: head.counter,
             });
         }
 
@@ -544,8 +571,8 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
 
         // Everything checks out. A head one write ahead of the counter is a crash
         // after the data became durable and before the counter advanced: finish it.
-        if head.counter == hsm_counter + 1 {
-            let now = hsm.advance_counter(&cfg.counter_label)?;
+        if Some(head.counter) == h.checked_add(1) {
+            let now = hsm.advance_counter(&cfg.counter_label, &head_digest)?;
             if now != head.counter {
                 return Err(StorageError::CounterBehind {
                     replica,
@@ -569,6 +596,7 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
             anchor: head.tail_digest,
             snapshot_digest: head.snapshot_digest,
             counter: head.counter,
+            head_digest,
             pending_from: None,
             dirty: false,
             poisoned: None,
@@ -643,8 +671,8 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         if last < start {
             return Ok(());
         }
-        let mut plain = Zeroizing::new(Vec::new());
-        let mut placeholders = Vec::with_capacity((last - start + 1) as usize);
+        let mut encoded = Vec::with_capacity((last - start + 1) as usize);
+        let mut total = 0usize;
         for index in start..=last {
             let e = self
                 .cache
@@ -653,14 +681,32 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
                     what: format!("entry {index}"),
                     detail: "missing from the sealed store's cache".into(),
                 })?;
-            let bytes = Zeroizing::new(e.write_to_bytes().unwrap_or_default());
+            let bytes =
+                Zeroizing::new(e.write_to_bytes().map_err(|err| StorageError::Corrupt {
+                    what: format!("entry {index}"),
+                    detail: format!("cannot be encoded for sealing: {err}"),
+                })?);
+            if u32::try_from(bytes.len()).is_err() {
+                return Err(StorageError::Corrupt {
+                    what: format!("entry {index}"),
+                    detail: format!("{} bytes is too large to seal (4 GiB at most)", bytes.len()),
+                });
+            }
+            total += 4 + bytes.len();
+            encoded.push((e.index, e.term, bytes));
+        }
+        // Sized up front so no reallocation leaves a copy of the plaintext behind.
+        let mut plain = Zeroizing::new(Vec::with_capacity(total));
+        let mut placeholders = Vec::with_capacity(encoded.len());
+        for (index, term, bytes) in &encoded {
             plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            plain.extend_from_slice(&bytes);
+            plain.extend_from_slice(bytes);
             let mut p = Entry::default();
-            p.index = e.index;
-            p.term = e.term;
+            p.index = *index;
+            p.term = *term;
             placeholders.push(p);
         }
+        drop(encoded);
         let header = BatchHeader {
             first: start,
             last,
@@ -695,7 +741,15 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         header[0] = FORMAT_VERSION;
         header[1..9].copy_from_slice(&meta.index.to_be_bytes());
         header[9..17].copy_from_slice(&meta.term.to_be_bytes());
-        let plain = Zeroizing::new(snapshot.write_to_bytes().unwrap_or_default());
+        let plain =
+            Zeroizing::new(
+                snapshot
+                    .write_to_bytes()
+                    .map_err(|e| StorageError::Corrupt {
+                        what: format!("snapshot at index {}", meta.index),
+                        detail: format!("cannot be encoded for sealing: {e}"),
+                    })?,
+            );
         let sealed = self
             .hsm
             .seal(self.key, &self.cfg.ad(AD_SNAPSHOT, &header), &plain)?;
@@ -708,7 +762,9 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
         Ok((out, d))
     }
 
-    fn write_head(&mut self) -> Result<(), StorageError> {
+    /// Seals the head of the next write and hands it to the inner store; returns
+    /// its digest.
+    fn write_head(&mut self) -> Result<Digest, StorageError> {
         let hs = self.cache.hard_state();
         let snap = self.cache.latest_snapshot().get_metadata();
         let (offset_index, offset_term) = self.cache.offset();
@@ -724,11 +780,13 @@ impl<L: LogStore, H: Hsm> Sealed<L, H> {
             offset_term,
             last_index: self.cache.last(),
             tail_digest: self.tail_digest(),
+            prev_head: self.head_digest,
         };
         let sealed = self
             .hsm
             .seal(self.key, &self.cfg.ad(AD_HEAD, &[]), &head.encode())?;
-        self.inner.set_wrapper_record(&sealed)
+        self.inner.set_wrapper_record(&sealed)?;
+        Ok(digest(&sealed))
     }
 }
 
@@ -797,7 +855,7 @@ fn raft_corrupt(e: raft::Error) -> StorageError {
     }
 }
 
-impl<L: LogStore, H: Hsm> Storage for Sealed<L, H> {
+impl<L: AtomicSync, H: Hsm> Storage for Sealed<L, H> {
     fn initial_state(&self) -> raft::Result<RaftState> {
         self.cache.initial_state()
     }
@@ -829,7 +887,7 @@ impl<L: LogStore, H: Hsm> Storage for Sealed<L, H> {
     }
 }
 
-impl<L: LogStore, H: Hsm> LogStore for Sealed<L, H> {
+impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         self.check_usable()?;
         self.cache.check_append(entries)?;
@@ -853,6 +911,13 @@ impl<L: LogStore, H: Hsm> LogStore for Sealed<L, H> {
     fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         self.check_usable()?;
         let meta = snapshot.get_metadata();
+        if meta.index == u64::MAX {
+            return Err(StorageError::SnapshotOutOfRange {
+                index: meta.index,
+                first_index: self.cache.first(),
+                last_index: self.cache.last(),
+            });
+        }
         if meta.index < self.cache.offset().0 {
             return Err(StorageError::SnapshotOutOfDate {
                 index: meta.index,
@@ -931,10 +996,10 @@ impl<L: LogStore, H: Hsm> LogStore for Sealed<L, H> {
             }
             // Write order: sealed data and head durable, then the counter, then
             // return (and only then may the replica acknowledge).
-            s.write_head()?;
+            let head = s.write_head()?;
             s.inner.sync()?;
             let expected = s.counter + 1;
-            let now = s.hsm.advance_counter(&s.cfg.counter_label)?;
+            let now = s.hsm.advance_counter(&s.cfg.counter_label, &head)?;
             if now != expected {
                 return Err(StorageError::Hsm(HsmError::Device(format!(
                     "counter {:?} moved to {now}, expected {expected}: another store \
@@ -943,6 +1008,7 @@ impl<L: LogStore, H: Hsm> LogStore for Sealed<L, H> {
                 ))));
             }
             s.counter = now;
+            s.head_digest = head;
             s.dirty = false;
             Ok(())
         })
