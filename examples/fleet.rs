@@ -3,14 +3,18 @@
 //! whole datacenter, carry on, heal, and check every replica converged.
 //!
 //! Run: `cargo run --release --example fleet` (options: `--commands N`,
-//! `--clients C`, `--inter-dc-ms D`).
+//! `--clients C`, `--inter-dc-ms D`, `--store sled|sealed`). `--store sealed`
+//! wraps each replica's sled store in `Sealed`, sealed by its own soft HSM.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig};
-use vaultfleet::{ChannelNetwork, FleetConfig, KvStore, MemberSpec, Replica, SledLog};
+use vaultfleet::{
+    ChannelNetwork, FleetConfig, KvStore, LogStore, MemberSpec, Replica, Sealed, SealedConfig,
+    SledLog, SoftHsm,
+};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -19,6 +23,30 @@ fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn text_arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn spawn<L: LogStore>(
+    mut log: L,
+    id: u64,
+    fleet: &FleetConfig,
+    net: &ChannelNetwork,
+) -> Result<Node, Box<dyn std::error::Error>> {
+    Replica::bootstrap(&mut log, &KvStore::new(), fleet)?;
+    Ok(Node::spawn(
+        NodeConfig::new(ReplicaConfig::new(id)),
+        log,
+        KvStore::new(),
+        net.transport(id),
+    )?)
 }
 
 /// Sends `commands` puts from `clients` threads; returns committed ops/s.
@@ -48,6 +76,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let commands = arg("--commands", 20_000);
     let clients = arg("--clients", 64).max(1);
     let inter_dc = Duration::from_millis(arg("--inter-dc-ms", 5));
+    let store = text_arg("--store", "sled");
+    if store != "sled" && store != "sealed" {
+        return Err(format!("--store must be sled or sealed, not {store:?}").into());
+    }
     let fleet = FleetConfig::new(vec![
         MemberSpec::voter(1, "dc-a"),
         MemberSpec::voter(2, "dc-a"),
@@ -63,19 +95,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     net.set_datacenter_delays(&fleet, Duration::ZERO, inter_dc);
     let mut nodes = Vec::new();
     for m in &fleet.members {
-        let mut log = SledLog::open(dir.path().join(format!("replica-{}", m.id)))?;
-        Replica::bootstrap(&mut log, &KvStore::new(), &fleet)?;
-        let node = Node::spawn(
-            NodeConfig::new(ReplicaConfig::new(m.id)),
-            log,
-            KvStore::new(),
-            net.transport(m.id),
-        )?;
+        let path = dir.path().join(format!("replica-{}", m.id));
+        let node = if store == "sealed" {
+            // One HSM per host; here an in-process soft HSM per replica.
+            let hsm = SoftHsm::new();
+            let log = Sealed::open_sled(
+                path,
+                hsm,
+                SealedConfig::new(ReplicaConfig::new(m.id).group, m.id),
+            )?;
+            spawn(log, m.id, &fleet, &net)?
+        } else {
+            spawn(SledLog::open(path)?, m.id, &fleet, &net)?
+        };
         net.register(m.id, Arc::new(node.handle()));
         nodes.push(node);
     }
     println!(
-        "fleet: 5 replicas in 3 datacenters (dc-a: 1,2  dc-b: 3,4  dc-c: 5), sled stores under {}, {} ms between datacenters",
+        "fleet: 5 replicas in 3 datacenters (dc-a: 1,2  dc-b: 3,4  dc-c: 5), {} stores under {}, {} ms between datacenters",
+        if store == "sealed" { "HSM-sealed sled" } else { "sled" },
         dir.path().display(),
         inter_dc.as_millis()
     );
