@@ -10,35 +10,11 @@
 
 mod sealed;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
-use vaultfleet::hsm::{verify_signature, Counter, Hsm, HsmError, KeyKind, Pkcs11Config, Pkcs11Hsm};
-use zeroize::Zeroizing;
-
-const MODULE_CANDIDATES: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-];
-
-fn module() -> PathBuf {
-    if let Ok(path) = std::env::var("VAULTFLEET_PKCS11_MODULE") {
-        return PathBuf::from(path);
-    }
-    MODULE_CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "SoftHSM2 is not installed (looked in {MODULE_CANDIDATES:?}); install it with \
-                 `apt-get install -y softhsm2` or set VAULTFLEET_PKCS11_MODULE"
-            )
-        })
-}
+use vaultfleet::hsm::{
+    softhsm2_throwaway_token, verify_signature, Counter, Hsm, HsmError, KeyKind, Pkcs11Hsm,
+};
 
 /// One throw-away token per test process (a PKCS#11 module is initialised once
 /// per process).
@@ -46,43 +22,8 @@ fn hsm() -> Pkcs11Hsm {
     static HSM: OnceLock<(Pkcs11Hsm, tempfile::TempDir)> = OnceLock::new();
     HSM.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &conf)
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "vaultfleet-test",
-                "--so-pin",
-                "0000",
-                "--pin",
-                "1234",
-            ])
-            .output()
-            .expect("softhsm2-util runs (apt-get install -y softhsm2)");
-        assert!(
-            out.status.success(),
-            "softhsm2-util --init-token failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hsm = Pkcs11Hsm::open(&Pkcs11Config {
-            module: module(),
-            token_label: "vaultfleet-test".into(),
-            user_pin: Zeroizing::new("1234".into()),
-        })
-        .expect("open the SoftHSM2 token");
+        let hsm = softhsm2_throwaway_token(dir.path(), "vaultfleet-test", "1234")
+            .unwrap_or_else(|e| panic!("{e}"));
         (hsm, dir)
     })
     .0

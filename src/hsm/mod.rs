@@ -26,7 +26,9 @@ pub use soft::SoftHsm;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
 #[cfg(feature = "pkcs11")]
-pub use pkcs11::{Pkcs11Config, Pkcs11Hsm};
+pub use pkcs11::{
+    softhsm2_module, softhsm2_throwaway_token, Pkcs11Config, Pkcs11Hsm, SOFTHSM2_MODULES,
+};
 
 use std::sync::Arc;
 

@@ -608,3 +608,75 @@ impl Hsm for Pkcs11Hsm {
         Ok(new)
     }
 }
+
+/// Where Debian, Ubuntu and source builds put SoftHSM2's PKCS#11 module.
+pub const SOFTHSM2_MODULES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// The SoftHSM2 module: `VAULTFLEET_PKCS11_MODULE` if set, else the first of
+/// [`SOFTHSM2_MODULES`] that exists.
+pub fn softhsm2_module() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("VAULTFLEET_PKCS11_MODULE") {
+        return Some(PathBuf::from(path));
+    }
+    SOFTHSM2_MODULES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Creates a throw-away SoftHSM2 token labelled `label` in `dir` and opens it,
+/// for tests and benchmarks: it writes `dir/softhsm2.conf` pointing at
+/// `dir/tokens`, points this process's `SOFTHSM2_CONF` at it, and runs
+/// `softhsm2-util --init-token` (the security officer PIN is set to `user_pin`
+/// too), so the machine's own tokens are never touched.
+///
+/// Call it once per process, before any other thread uses PKCS#11 (SoftHSM2
+/// reads its configuration once, and a module is initialised once per process).
+pub fn softhsm2_throwaway_token(
+    dir: &std::path::Path,
+    label: &str,
+    user_pin: &str,
+) -> Result<Pkcs11Hsm, HsmError> {
+    let module = softhsm2_module().ok_or_else(|| {
+        HsmError::Unavailable(format!(
+            "SoftHSM2 is not installed (looked in {SOFTHSM2_MODULES:?}); install it with \
+             `apt-get install -y softhsm2` or set VAULTFLEET_PKCS11_MODULE"
+        ))
+    })?;
+    let io = |what: &str, e: std::io::Error| HsmError::Unavailable(format!("{what}: {e}"));
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).map_err(|e| io("creating the token directory", e))?;
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .map_err(|e| io("writing softhsm2.conf", e))?;
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &conf)
+        .args(["--init-token", "--free", "--label", label, "--so-pin"])
+        .arg(user_pin)
+        .args(["--pin", user_pin])
+        .output()
+        .map_err(|e| io("running softhsm2-util (apt-get install -y softhsm2)", e))?;
+    if !out.status.success() {
+        return Err(HsmError::Unavailable(format!(
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Pkcs11Hsm::open(&Pkcs11Config {
+        module,
+        token_label: label.to_string(),
+        user_pin: Zeroizing::new(user_pin.to_string()),
+    })
+}
