@@ -234,6 +234,39 @@ impl<T: Hsm + ?Sized> Hsm for Arc<T> {
     }
 }
 
+/// Frames sealed bytes: algorithm byte, nonce, ciphertext with its tag.
+pub(crate) fn frame(algorithm: u8, nonce: &[u8], ciphertext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + nonce.len() + ciphertext.len());
+    out.push(algorithm);
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(ciphertext);
+    out
+}
+
+/// Splits what [`frame`] made into nonce and ciphertext, checking the algorithm
+/// byte (`name` says which algorithm it stands for) and the minimal length.
+pub(crate) fn unframe<'a>(
+    sealed: &'a [u8],
+    algorithm: u8,
+    name: &str,
+    nonce_len: usize,
+    tag_len: usize,
+) -> Result<(&'a [u8], &'a [u8]), HsmError> {
+    if sealed.len() < 1 + nonce_len + tag_len {
+        return Err(HsmError::Malformed(format!(
+            "{} bytes is shorter than nonce and tag",
+            sealed.len()
+        )));
+    }
+    if sealed[0] != algorithm {
+        return Err(HsmError::Malformed(format!(
+            "algorithm byte {:#04x} is not this HSM's {name}",
+            sealed[0]
+        )));
+    }
+    Ok(sealed[1..].split_at(nonce_len))
+}
+
 /// Checks an Ed25519 signature made by [`Hsm::sign`] against a public key, outside
 /// any HSM (this is what clients do).
 pub fn verify_signature(public_key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {

@@ -449,11 +449,7 @@ impl Hsm for Pkcs11Hsm {
                 "the token replaced the GCM IV it was given; it cannot be used for sealing".into(),
             ));
         }
-        let mut out = Vec::with_capacity(1 + IV_LEN + ct.len());
-        out.push(ALG_AES256_GCM);
-        out.extend_from_slice(&iv);
-        out.extend_from_slice(&ct);
-        Ok(out)
+        Ok(super::frame(ALG_AES256_GCM, &iv, &ct))
     }
 
     fn unseal(
@@ -464,25 +460,14 @@ impl Hsm for Pkcs11Hsm {
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let inner = self.inner.lock();
         let k = Self::handle(&inner, key, KeyKind::Aead)?;
-        if sealed.len() < 1 + IV_LEN + TAG_LEN {
-            return Err(HsmError::Malformed(format!(
-                "{} bytes is shorter than IV and tag",
-                sealed.len()
-            )));
-        }
-        if sealed[0] != ALG_AES256_GCM {
-            return Err(HsmError::Malformed(format!(
-                "algorithm byte {:#04x} is not this HSM's AES-256-GCM",
-                sealed[0]
-            )));
-        }
+        let (nonce, ct) = super::unframe(sealed, ALG_AES256_GCM, "AES-256-GCM", IV_LEN, TAG_LEN)?;
         let mut iv = [0u8; IV_LEN];
-        iv.copy_from_slice(&sealed[1..1 + IV_LEN]);
+        iv.copy_from_slice(nonce);
         let params = GcmParams::new(&mut iv, aad, Ulong::new((TAG_LEN * 8) as _))
             .map_err(|e| device("GCM parameters", e))?;
         match inner
             .session
-            .decrypt(&Mechanism::AesGcm(params), k.private, &sealed[1 + IV_LEN..])
+            .decrypt(&Mechanism::AesGcm(params), k.private, ct)
         {
             Ok(plain) => Ok(Zeroizing::new(plain)),
             Err(CkError::Pkcs11(

@@ -315,11 +315,7 @@ impl Hsm for SoftHsm {
                 },
             )
             .map_err(|_| HsmError::Device("XChaCha20-Poly1305 encryption failed".into()))?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
-        out.push(ALG_XCHACHA20_POLY1305);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        Ok(out)
+        Ok(super::frame(ALG_XCHACHA20_POLY1305, &nonce, &ct))
     }
 
     fn unseal(
@@ -330,27 +326,16 @@ impl Hsm for SoftHsm {
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         let s = self.lock()?;
         let k = Self::material(&s, key, KeyKind::Aead)?;
-        if sealed.len() < 1 + NONCE_LEN + TAG_LEN {
-            return Err(HsmError::Malformed(format!(
-                "{} bytes is shorter than nonce and tag",
-                sealed.len()
-            )));
-        }
-        if sealed[0] != ALG_XCHACHA20_POLY1305 {
-            return Err(HsmError::Malformed(format!(
-                "algorithm byte {:#04x} is not the soft HSM's XChaCha20-Poly1305",
-                sealed[0]
-            )));
-        }
+        let (nonce, ct) = super::unframe(
+            sealed,
+            ALG_XCHACHA20_POLY1305,
+            "XChaCha20-Poly1305",
+            NONCE_LEN,
+            TAG_LEN,
+        )?;
         let cipher = XChaCha20Poly1305::new((&*k.secret).into());
         cipher
-            .decrypt(
-                XNonce::from_slice(&sealed[1..1 + NONCE_LEN]),
-                Payload {
-                    msg: &sealed[1 + NONCE_LEN..],
-                    aad,
-                },
-            )
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
             .map(Zeroizing::new)
             .map_err(|_| HsmError::Unauthentic)
     }
