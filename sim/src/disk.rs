@@ -1,0 +1,295 @@
+//! The simulated disk: a [`LogStore`] whose durable state lives with the simulator,
+//! so a replica can crash (be dropped) and restart from exactly what was durable.
+//!
+//! Writes go to the live view at once and to a pending list; `sync` moves the
+//! pending list to the durable state as one atomic batch, as `SledLog` does. On a
+//! crash the pending batch ends up whole (it reached the disk before `sync`
+//! returned), missing, torn or corrupted; the engine's recovery (checksummed,
+//! committed batches, as sled's) discards a torn or corrupted batch whole, so
+//! after recovery the durable state is always a synced state or that plus the
+//! whole pending batch. The simulator can also flip a bit in durable data, roll
+//! the durable state back to an older image, and switch on deliberate bugs that
+//! the checkers must catch.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::prelude::{Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use vaultfleet::storage::AtomicSync;
+use vaultfleet::{LogStore, MemLog, StorageError};
+
+/// A deliberate defect of the disk, switched on only by the tests that show a
+/// checker catches it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DiskBug {
+    /// A correct disk.
+    #[default]
+    None,
+    /// `sync` returns without making anything durable (acknowledge before persist).
+    LieOnSync,
+    /// A restart forgets the vote of the hard state.
+    ForgetVote,
+}
+
+/// What became of the writes pending at a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashOutcome {
+    /// Nothing was pending.
+    Clean,
+    /// The pending batch reached the disk whole.
+    Whole,
+    /// The pending batch never reached the disk.
+    Missing,
+    /// Part of the pending batch reached the disk; recovery discarded it.
+    Torn,
+    /// The pending batch reached the disk with a corrupt byte; recovery discarded it.
+    Corrupted,
+}
+
+#[derive(Clone, Debug)]
+enum Write {
+    Append(Vec<Entry>),
+    HardState(HardState),
+    ApplySnapshot(Snapshot),
+    SaveSnapshot(Snapshot),
+    Compact(u64),
+    Wrapper(Vec<u8>),
+}
+
+fn apply(m: &mut MemLog, w: &Write) -> Result<(), StorageError> {
+    match w {
+        Write::Append(e) => m.append(e),
+        Write::HardState(h) => m.set_hard_state(h),
+        Write::ApplySnapshot(s) => m.apply_snapshot(s),
+        Write::SaveSnapshot(s) => m.save_snapshot(s),
+        Write::Compact(i) => m.compact(*i),
+        Write::Wrapper(r) => m.set_wrapper_record(r),
+    }
+}
+
+/// The part of a disk that outlives the replica using it.
+#[derive(Debug, Default)]
+pub struct DiskState {
+    durable: MemLog,
+    pending: Vec<Write>,
+    bug: DiskBug,
+}
+
+/// The simulator's handle on one host's disk.
+#[derive(Clone, Debug, Default)]
+pub struct Disk(Arc<Mutex<DiskState>>);
+
+impl Disk {
+    /// An empty disk with `bug` switched on (normally [`DiskBug::None`]).
+    pub fn new(bug: DiskBug) -> Self {
+        Self(Arc::new(Mutex::new(DiskState {
+            bug,
+            ..DiskState::default()
+        })))
+    }
+
+    /// Opens the store a (re)starting replica uses: the durable state.
+    pub fn open(&self) -> SimDisk {
+        let mut s = self.0.lock();
+        s.pending.clear();
+        SimDisk {
+            live: s.durable.clone(),
+            disk: self.clone(),
+        }
+    }
+
+    /// The host crashed: decides what became of the pending writes.
+    pub fn crash(&self, rng: &mut ChaCha8Rng) -> CrashOutcome {
+        let mut s = self.0.lock();
+        let pending = std::mem::take(&mut s.pending);
+        let outcome = if pending.is_empty() {
+            CrashOutcome::Clean
+        } else {
+            match rng.gen_range(0..4) {
+                0 => CrashOutcome::Whole,
+                1 => CrashOutcome::Missing,
+                2 => CrashOutcome::Torn,
+                _ => CrashOutcome::Corrupted,
+            }
+        };
+        if outcome == CrashOutcome::Whole && s.bug != DiskBug::LieOnSync {
+            let mut next = s.durable.clone();
+            if pending.iter().all(|w| apply(&mut next, w).is_ok()) {
+                s.durable = next;
+            }
+        }
+        if s.bug == DiskBug::ForgetVote {
+            let mut hs = s.durable.hard_state().clone();
+            hs.vote = 0;
+            let _ = s.durable.set_hard_state(&hs);
+        }
+        outcome
+    }
+
+    /// A copy of the durable state (an image a hostile host could put back).
+    pub fn image(&self) -> MemLog {
+        self.0.lock().durable.clone()
+    }
+
+    /// Puts an old image back (the host rolls the disk back).
+    pub fn restore(&self, image: MemLog) {
+        let mut s = self.0.lock();
+        s.durable = image;
+        s.pending.clear();
+    }
+
+    /// Flips one bit of one durable record with content (an entry's data, the
+    /// snapshot's data or the wrapper record); returns what was flipped.
+    pub fn flip_bit(&self, rng: &mut ChaCha8Rng) -> Option<String> {
+        let mut s = self.0.lock();
+        let d = &mut s.durable;
+        let first = d.first();
+        let last = d.last();
+        let mut candidates: Vec<u64> = (first..=last)
+            .filter(|i| d.entry(*i).is_some_and(|e| !e.data.is_empty()))
+            .collect();
+        let has_wrapper = !d.wrapper_record().is_empty();
+        let has_snapshot = !d.latest_snapshot().data.is_empty();
+        if has_wrapper {
+            candidates.push(0);
+        }
+        if has_snapshot {
+            candidates.push(u64::MAX);
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = candidates[rng.gen_range(0..candidates.len())];
+        let bit = rng.gen_range(0..8u32);
+        match pick {
+            0 => {
+                let mut w = d.wrapper_record().to_vec();
+                let at = rng.gen_range(0..w.len());
+                w[at] ^= 1 << bit;
+                let _ = d.set_wrapper_record(&w);
+                Some(format!("wrapper record byte {at}"))
+            }
+            u64::MAX => {
+                let mut snap = d.latest_snapshot().clone();
+                let mut data = snap.data.to_vec();
+                let at = rng.gen_range(0..data.len());
+                data[at] ^= 1 << bit;
+                snap.data = data.into();
+                let index = snap.get_metadata().index;
+                let _ = d.save_snapshot(&snap);
+                Some(format!("snapshot at {index} byte {at}"))
+            }
+            index => {
+                let mut tail = d
+                    .entries(index, last + 1, None, GetEntriesContext::empty(false))
+                    .ok()?;
+                let mut data = tail[0].data.to_vec();
+                let at = rng.gen_range(0..data.len());
+                data[at] ^= 1 << bit;
+                tail[0].data = data.into();
+                let _ = d.append(&tail);
+                Some(format!("entry {index} byte {at}"))
+            }
+        }
+    }
+}
+
+/// The [`LogStore`] a simulated replica writes to.
+pub struct SimDisk {
+    live: MemLog,
+    disk: Disk,
+}
+
+impl SimDisk {
+    fn record(&self, w: Write) {
+        self.disk.0.lock().pending.push(w);
+    }
+}
+
+impl Storage for SimDisk {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.live.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.live.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.live.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.live.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.live.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.live.snapshot(request_index, to)
+    }
+}
+
+impl LogStore for SimDisk {
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        self.live.append(entries)?;
+        self.record(Write::Append(entries.to_vec()));
+        Ok(())
+    }
+    fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
+        self.live.set_hard_state(hard_state)?;
+        self.record(Write::HardState(hard_state.clone()));
+        Ok(())
+    }
+    fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.live.apply_snapshot(snapshot)?;
+        self.record(Write::ApplySnapshot(snapshot.clone()));
+        Ok(())
+    }
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.live.save_snapshot(snapshot)?;
+        self.record(Write::SaveSnapshot(snapshot.clone()));
+        Ok(())
+    }
+    fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
+        self.live.compact(compact_index)?;
+        self.record(Write::Compact(compact_index));
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<(), StorageError> {
+        let mut s = self.disk.0.lock();
+        if s.bug == DiskBug::LieOnSync || s.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut s.pending);
+        for w in &pending {
+            apply(&mut s.durable, w).map_err(|e| StorageError::Corrupt {
+                what: "simulated disk".into(),
+                detail: format!("a synced write does not apply to the durable state: {e}"),
+            })?;
+        }
+        Ok(())
+    }
+    fn latest_snapshot(&self) -> &Snapshot {
+        self.live.latest_snapshot()
+    }
+    fn hard_state(&self) -> &HardState {
+        self.live.hard_state()
+    }
+    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
+        self.live.set_wrapper_record(record)?;
+        self.record(Write::Wrapper(record.to_vec()));
+        Ok(())
+    }
+    fn wrapper_record(&self) -> &[u8] {
+        self.live.wrapper_record()
+    }
+}
+
+impl AtomicSync for SimDisk {}

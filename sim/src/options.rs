@@ -1,0 +1,185 @@
+//! What a simulation runs: the fleet's shape, timing, and the fault mix.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::disk::DiskBug;
+
+/// Fault rates. Rates named `*_rate` are probabilities per chaos step (every
+/// 100 ms of virtual time during the safety phase); the network ones are per
+/// message. Zero switches a fault off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// Probability a message is lost.
+    pub drop: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Latency jitter as a fraction of the link's base latency (reorders messages).
+    pub jitter: f64,
+    /// Probability a message is held back by a delay spike (up to a second).
+    pub delay_spike: f64,
+    /// Probability per chaos step that a partition starts (if none is active).
+    pub partition_rate: f64,
+    /// Probability per chaos step that the active partition heals.
+    pub heal_rate: f64,
+    /// Probability per chaos step that a replica crashes (it restarts later).
+    pub crash_rate: f64,
+    /// Largest relative drift of a replica's tick rate (0.2: ±20%).
+    pub clock_drift: f64,
+    /// Probability per chaos step that a replica's clock jumps ahead.
+    pub clock_jump_rate: f64,
+    /// Probability per chaos step that a replica's HSM stops answering for a while.
+    pub hsm_outage_rate: f64,
+    /// Probability per chaos step that a bit of a (crashed) replica's stored data flips.
+    pub bit_flip_rate: f64,
+    /// Probability per chaos step that a (crashed) replica's disk is rolled back.
+    pub rollback_rate: f64,
+}
+
+impl Faults {
+    /// No faults at all: a fair network and replicas that never crash.
+    pub fn none() -> Self {
+        Self {
+            drop: 0.0,
+            duplicate: 0.0,
+            jitter: 0.1,
+            delay_spike: 0.0,
+            partition_rate: 0.0,
+            heal_rate: 1.0,
+            crash_rate: 0.0,
+            clock_drift: 0.0,
+            clock_jump_rate: 0.0,
+            hsm_outage_rate: 0.0,
+            bit_flip_rate: 0.0,
+            rollback_rate: 0.0,
+        }
+    }
+
+    /// Every fault on, at moderate rates.
+    pub fn all() -> Self {
+        Self {
+            drop: 0.02,
+            duplicate: 0.01,
+            jitter: 0.5,
+            delay_spike: 0.002,
+            partition_rate: 0.03,
+            heal_rate: 0.1,
+            crash_rate: 0.02,
+            clock_drift: 0.2,
+            clock_jump_rate: 0.01,
+            hsm_outage_rate: 0.005,
+            bit_flip_rate: 0.003,
+            rollback_rate: 0.003,
+        }
+    }
+
+    /// Swarm testing: each fault is switched on or off by a coin, and gets its
+    /// own rate, so every seed runs a different mix.
+    pub fn swarm(rng: &mut ChaCha8Rng) -> Self {
+        let mut pick = |max: f64| {
+            if rng.gen_bool(0.5) {
+                rng.gen_range(0.0..max)
+            } else {
+                0.0
+            }
+        };
+        Self {
+            drop: pick(0.1),
+            duplicate: pick(0.05),
+            jitter: pick(1.0),
+            delay_spike: pick(0.01),
+            partition_rate: pick(0.1),
+            heal_rate: 0.02 + pick(0.3),
+            crash_rate: pick(0.05),
+            clock_drift: pick(0.5),
+            clock_jump_rate: pick(0.03),
+            hsm_outage_rate: pick(0.02),
+            bit_flip_rate: pick(0.01),
+            rollback_rate: pick(0.01),
+        }
+    }
+}
+
+/// A simulation's settings. [`SimOptions::new`] gives the defaults;
+/// [`SimOptions::swarm`] draws a fleet shape and fault mix from the seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimOptions {
+    /// The seed of the one RNG everything random comes from.
+    pub seed: u64,
+    /// Number of replicas (all voters).
+    pub replicas: usize,
+    /// Number of datacenters they are spread over (round robin).
+    pub datacenters: usize,
+    /// Number of concurrent clients.
+    pub clients: usize,
+    /// Length of the safety phase (faults on), in virtual milliseconds.
+    pub safety_ms: u64,
+    /// Bound on the liveness phase (faults healed), in virtual milliseconds.
+    pub liveness_ms: u64,
+    /// Nominal tick length, in virtual milliseconds.
+    pub tick_ms: u64,
+    /// Election timeout, in ticks.
+    pub election_ticks: usize,
+    /// Heartbeat interval, in ticks.
+    pub heartbeat_ticks: usize,
+    /// Base latency range within a datacenter, in microseconds.
+    pub intra_dc_us: (u64, u64),
+    /// Base latency range between datacenters, in microseconds.
+    pub inter_dc_us: (u64, u64),
+    /// Give each replica's log the HSM-sealed store (`Sealed<_, SoftHsm>`).
+    pub sealed: bool,
+    /// Entries between snapshots (small, so snapshots and compaction happen).
+    pub snapshot_entries: u64,
+    /// The faults.
+    pub faults: Faults,
+    /// A deliberate disk defect, for checker tests only.
+    pub disk_bug: DiskBug,
+    /// Heal the network in the liveness phase (off only to test the liveness checker).
+    pub heal_for_liveness: bool,
+    /// Attempts allowed per key by the built-in workload.
+    pub attempt_limit: u32,
+    /// Keys of the built-in workload.
+    pub keys: u64,
+}
+
+impl SimOptions {
+    /// The defaults: 5 replicas in 3 datacenters, 8 clients, 20 s of faults then
+    /// up to 20 s to converge, sealed stores, every fault on at moderate rates.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            replicas: 5,
+            datacenters: 3,
+            clients: 8,
+            safety_ms: 20_000,
+            liveness_ms: 20_000,
+            tick_ms: 10,
+            election_ticks: 30,
+            heartbeat_ticks: 3,
+            intra_dc_us: (100, 900),
+            inter_dc_us: (10_000, 60_000),
+            sealed: true,
+            snapshot_entries: 200,
+            faults: Faults::all(),
+            disk_bug: DiskBug::None,
+            heal_for_liveness: true,
+            attempt_limit: 10,
+            keys: 16,
+        }
+    }
+
+    /// Swarm testing: the fleet's shape, the workload and the fault mix drawn
+    /// from `seed` (the same seed always draws the same options).
+    pub fn swarm(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5741_524d);
+        let mut o = Self::new(seed);
+        o.replicas = [3, 5, 5, 7][rng.gen_range(0..4)];
+        o.datacenters = rng.gen_range(2..=o.replicas.min(4));
+        o.clients = rng.gen_range(1..=12);
+        o.keys = rng.gen_range(1..=24);
+        o.attempt_limit = rng.gen_range(1..=12);
+        o.snapshot_entries = rng.gen_range(20..=500);
+        o.faults = Faults::swarm(&mut rng);
+        o
+    }
+}
