@@ -1,6 +1,8 @@
 //! The replication core driven by the threaded runtime: elections, replication,
 //! crashes and restarts, snapshots, membership, reads and deduplication.
 //! No test asserts a duration; waits are bounded only to fail instead of hanging.
+// Tests of the threaded runtime use threads and wall-clock waits.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod harness;
 

@@ -32,6 +32,8 @@ pub enum DiskBug {
     LieOnSync,
     /// A restart forgets the vote of the hard state.
     ForgetVote,
+    /// A crash silently corrupts the data of a stored entry (no checksum).
+    SilentCorruption,
 }
 
 /// What became of the writes pending at a crash.
@@ -120,6 +122,28 @@ impl Disk {
             if pending.iter().all(|w| apply(&mut next, w).is_ok()) {
                 s.durable = next;
             }
+        }
+        if s.bug == DiskBug::SilentCorruption {
+            // The last byte of a stored entry: still decodable, another command.
+            let d = &mut s.durable;
+            let (first, last) = (d.first(), d.last());
+            let with_data: Vec<u64> = (first..=last)
+                .filter(|i| d.entry(*i).is_some_and(|e| e.data.len() > 1))
+                .collect();
+            if !with_data.is_empty() {
+                let index = with_data[rng.gen_range(0..with_data.len())];
+                if let Ok(mut tail) =
+                    d.entries(index, last + 1, None, GetEntriesContext::empty(false))
+                {
+                    let mut data = tail[0].data.to_vec();
+                    if let Some(b) = data.last_mut() {
+                        *b ^= 1;
+                    }
+                    tail[0].data = data.into();
+                    let _ = d.append(&tail);
+                }
+            }
+            return outcome;
         }
         if s.bug == DiskBug::ForgetVote {
             let mut hs = s.durable.hard_state().clone();

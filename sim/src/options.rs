@@ -136,6 +136,9 @@ pub struct SimOptions {
     pub disk_bug: DiskBug,
     /// Heal the network in the liveness phase (off only to test the liveness checker).
     pub heal_for_liveness: bool,
+    /// Most replicas disk faults may cost for good (`None`: a minority, so the
+    /// fleet can always recover; more only to show a stall is told from a bug).
+    pub lost_replicas_max: Option<usize>,
     /// Attempts allowed per key by the built-in workload.
     pub attempt_limit: u32,
     /// Keys of the built-in workload.
@@ -163,6 +166,7 @@ impl SimOptions {
             faults: Faults::all(),
             disk_bug: DiskBug::None,
             heal_for_liveness: true,
+            lost_replicas_max: None,
             attempt_limit: 10,
             keys: 16,
         }

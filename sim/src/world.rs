@@ -288,6 +288,7 @@ pub struct Simulation<W: Workload> {
     phase: Phase,
     liveness_deadline: u64,
     violation: Option<Violation>,
+    stall: Option<String>,
     trace: Sha256,
     recent: VecDeque<String>,
     stats: Stats,
@@ -312,7 +313,7 @@ impl<W: Workload> Simulation<W> {
                 .collect(),
         );
         // Per datacenter pair a base latency; per link a little spread.
-        let mut dc_latency = vec![vec![0u64; dcs]; dcs];
+        let mut pair_latency = BTreeMap::new();
         for a in 0..dcs {
             for b in a..dcs {
                 let (lo, hi) = if a == b {
@@ -320,15 +321,14 @@ impl<W: Workload> Simulation<W> {
                 } else {
                     opts.inter_dc_us
                 };
-                let l = rng.gen_range(lo..=hi.max(lo));
-                dc_latency[a][b] = l;
-                dc_latency[b][a] = l;
+                pair_latency.insert((a, b), rng.gen_range(lo..=hi.max(lo)));
             }
         }
+        let dc_latency = |a: usize, b: usize| pair_latency[&(a.min(b), a.max(b))];
         let base_latency = (0..n)
             .map(|a| {
                 (0..n)
-                    .map(|b| dc_latency[a % dcs][b % dcs] + rng.gen_range(0..50))
+                    .map(|b| dc_latency(a % dcs, b % dcs) + rng.gen_range(0..50))
                     .collect()
             })
             .collect();
@@ -389,6 +389,7 @@ impl<W: Workload> Simulation<W> {
             phase: Phase::Safety,
             liveness_deadline: u64::MAX,
             violation: None,
+            stall: None,
             trace: Sha256::new(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
             stats: Stats::default(),
@@ -751,7 +752,19 @@ impl<W: Workload> Simulation<W> {
             self.now = at;
             self.stats.events += 1;
             self.hash_event(&event);
-            self.handle(event);
+            // The shipping code must not panic, whatever the faults: a panic is a
+            // finding, reported with the seed like any other.
+            let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.handle(event);
+            }));
+            if let Err(panic) = handled {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                self.violate("no panic in the replica code", why);
+            }
             if self.violation.is_some() || self.phase == Phase::Done {
                 break;
             }
@@ -760,8 +773,8 @@ impl<W: Workload> Simulation<W> {
                 break;
             }
         }
-        let mut stall = None;
-        if self.violation.is_none() {
+        let mut stall = self.stall.take();
+        if self.violation.is_none() && stall.is_none() {
             stall = self.final_checks();
         }
         Report {
@@ -1165,7 +1178,7 @@ impl<W: Workload> Simulation<W> {
     /// replicas lost for good below a majority.
     fn damage_a_disk(&mut self, rollback: bool) {
         let n = self.hosts.len();
-        let f = (n - 1) / 2;
+        let f = self.opts.lost_replicas_max.unwrap_or((n - 1) / 2);
         let lost = self
             .hosts
             .iter()
@@ -1182,14 +1195,12 @@ impl<W: Workload> Simulation<W> {
         let id = self.hosts[h].id;
         if rollback {
             let current = self.hosts[h].disk.image();
-            let older = self.hosts[h]
-                .images
-                .iter()
-                .rev()
-                .find(|i| i.wrapper_record() != current.wrapper_record() || !self.opts.sealed)
-                .cloned();
-            let Some(older) = older.filter(|o| o.last() != current.last() || self.opts.sealed)
-            else {
+            let differs = |i: &&vaultfleet::MemLog| {
+                i.wrapper_record() != current.wrapper_record()
+                    || i.last() != current.last()
+                    || i.hard_state() != current.hard_state()
+            };
+            let Some(older) = self.hosts[h].images.iter().rev().find(differs).cloned() else {
                 return;
             };
             self.hosts[h].disk.restore(older);
@@ -1322,10 +1333,43 @@ impl<W: Workload> Simulation<W> {
         self.hosts.iter().filter(|h| h.lost.is_some()).count()
     }
 
+    /// The largest set of running replicas that can all reach each other.
+    fn largest_connected(&self) -> usize {
+        let alive = self.alive();
+        let mut seen = BTreeSet::new();
+        let mut best = 0;
+        for &start in &alive {
+            if !seen.insert(start) {
+                continue;
+            }
+            let mut size = 0;
+            let mut stack = vec![start];
+            while let Some(a) = stack.pop() {
+                size += 1;
+                for &b in &alive {
+                    let linked = !self.blocked.contains(&(a, b)) && !self.blocked.contains(&(b, a));
+                    if linked && seen.insert(b) {
+                        stack.push(b);
+                    }
+                }
+            }
+            best = best.max(size);
+        }
+        best
+    }
+
     fn liveness_timeout(&mut self) {
         let n = self.hosts.len();
         if self.lost_count() > (n - 1) / 2 {
             return; // reported as a stall by final_checks
+        }
+        if self.largest_connected() <= n / 2 {
+            let biggest = self.largest_connected();
+            self.stall = Some(format!(
+                "no connected majority after the liveness bound: the largest group of \
+                 running replicas that reach each other has {biggest} of {n}"
+            ));
+            return;
         }
         let pending: Vec<String> = self
             .clients

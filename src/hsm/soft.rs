@@ -72,6 +72,7 @@ impl std::fmt::Debug for SoftHsm {
 
 impl SoftHsm {
     /// An empty HSM in memory, its generator seeded from the operating system.
+    #[allow(clippy::disallowed_methods)] // seeded from the OS on purpose; from_seed is the deterministic one
     pub fn new() -> Self {
         Self::with_rng(ChaCha20Rng::from_entropy(), None)
     }
@@ -86,6 +87,7 @@ impl SoftHsm {
     /// survive a restart of the process. The file holds the keys in the clear; it
     /// stands in for the HSM's own storage and must not sit beside the data it
     /// protects in anything but a test.
+    #[allow(clippy::disallowed_methods)] // seeded from the OS on purpose; from_seed is the deterministic one
     pub fn open(path: impl AsRef<Path>) -> Result<Self, HsmError> {
         let path = path.as_ref().to_path_buf();
         let hsm = Self::with_rng(ChaCha20Rng::from_entropy(), Some(path.clone()));

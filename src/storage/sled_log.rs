@@ -50,6 +50,7 @@ fn decode<M: protobuf2::Message>(bytes: &[u8], what: &str) -> Result<M, StorageE
 /// file lock for a moment after the last handle is dropped, so a reopen in the
 /// same process (a restart) retries the lock for up to two seconds; a lock held
 /// longer is another live store and is reported.
+#[allow(clippy::disallowed_methods)] // waits out sled's lock in wall-clock time
 fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {

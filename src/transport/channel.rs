@@ -2,6 +2,8 @@
 //! benchmarks. Links without delay deliver straight into the receiver's inbox;
 //! delayed links go through one delivery thread fed by a crossbeam channel and
 //! ordered by due time. A cut link drops messages silently, like a partition.
+// The in-process network delays messages on a thread of its own, in wall-clock time.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;

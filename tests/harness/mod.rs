@@ -1,6 +1,8 @@
 //! A threaded test fleet: nodes on MemLog, SledLog or sealed SledLog (one soft HSM
 //! per replica, kept across restarts) in a temporary directory,
 //! connected by a ChannelNetwork, with start / stop / restart per replica.
+// Tests of the threaded runtime wait in wall-clock time.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

@@ -1,0 +1,202 @@
+//! Each checker catches the defect it exists for: the defect is switched on (only
+//! here), seeds are tried until the checker reports it, and the report names the
+//! seed. A checker that never fires within the budget fails its test.
+
+use vaultfleet_sim::{run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation};
+
+/// Runs `make(seed)` for seeds `0..budget` until a run reports a violation of one
+/// of `invariants`; panics (with the seeds tried) if none does.
+fn find(budget: u64, invariants: &[&str], make: impl Fn(u64) -> SimOptions) -> (u64, Report) {
+    for seed in 0..budget {
+        let report = run(make(seed));
+        if let Some(v) = &report.violation {
+            assert!(
+                invariants.contains(&v.invariant),
+                "seed {seed}: expected one of {invariants:?}, got \"{}\": {}",
+                v.invariant,
+                v.detail
+            );
+            eprintln!("seed {seed}: caught \"{}\": {}", v.invariant, v.detail);
+            return (seed, report);
+        }
+    }
+    panic!("no seed in 0..{budget} caught the defect ({invariants:?})");
+}
+
+fn crashy(seed: u64) -> SimOptions {
+    let mut o = SimOptions::new(seed);
+    o.safety_ms = 8_000;
+    o.sealed = false;
+    o.faults = Faults::none();
+    o.faults.crash_rate = 0.3;
+    o.faults.partition_rate = 0.1;
+    o.faults.heal_rate = 0.3;
+    o.faults.drop = 0.02;
+    o
+}
+
+#[test]
+fn acknowledging_before_persisting_is_caught() {
+    find(
+        40,
+        &[
+            "durability",
+            "linearizability",
+            "at most one leader per term",
+            "all replicas apply the same command at the same index",
+            "replicas start",
+            "no panic in the replica code",
+        ],
+        |seed| {
+            let mut o = crashy(seed);
+            o.disk_bug = DiskBug::LieOnSync;
+            o
+        },
+    );
+}
+
+#[test]
+fn forgetting_the_vote_on_restart_is_caught() {
+    find(
+        60,
+        &[
+            "at most one leader per term",
+            "linearizability",
+            "durability",
+            "all replicas apply the same command at the same index",
+        ],
+        |seed| {
+            let mut o = crashy(seed);
+            o.disk_bug = DiskBug::ForgetVote;
+            o.faults.crash_rate = 0.5;
+            o
+        },
+    );
+}
+
+#[test]
+fn a_silently_corrupted_log_is_caught_by_the_apply_checker() {
+    find(
+        40,
+        &["all replicas apply the same command at the same index"],
+        |seed| {
+            let mut o = crashy(seed);
+            o.disk_bug = DiskBug::SilentCorruption;
+            o.snapshot_entries = 100_000; // keep the log, so restarts replay it
+            o
+        },
+    );
+}
+
+#[test]
+fn damaged_storage_that_is_served_is_caught() {
+    // Without the sealed store nothing detects a flipped bit or a rollback.
+    for rollback in [false, true] {
+        find(40, &["damaged storage is detected, never served"], |seed| {
+            let mut o = SimOptions::new(seed);
+            o.safety_ms = 8_000;
+            o.sealed = false;
+            o.faults = Faults::none();
+            o.faults.crash_rate = 0.2;
+            if rollback {
+                o.faults.rollback_rate = 0.2;
+            } else {
+                o.faults.bit_flip_rate = 0.2;
+            }
+            o
+        });
+    }
+}
+
+#[test]
+fn the_sealed_store_refuses_damaged_storage_instead() {
+    let mut refused = 0;
+    for seed in 0..10 {
+        let mut o = SimOptions::new(seed);
+        o.safety_ms = 8_000;
+        o.faults = Faults::none();
+        o.faults.crash_rate = 0.2;
+        o.faults.bit_flip_rate = 0.1;
+        o.faults.rollback_rate = 0.1;
+        let r = run(o);
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        refused += r.stats.replicas_lost;
+    }
+    assert!(refused > 0, "some damage was done and refused");
+}
+
+#[test]
+fn more_accepted_attempts_than_the_limit_is_caught() {
+    let (_, report) = (0..20)
+        .find_map(|seed| {
+            let mut o = SimOptions::new(seed);
+            o.safety_ms = 3_000;
+            o.faults = Faults::none();
+            let mut w = GuessCounter::new(2, 3);
+            w.bug_never_locks = true;
+            let r = Simulation::new(o, w).run();
+            r.violation.is_some().then_some((seed, r))
+        })
+        .expect("a machine that never locks is caught");
+    let v = report.violation.expect("violation");
+    assert_eq!(v.invariant, "the workload's invariant", "{}", v.detail);
+}
+
+#[test]
+fn a_fleet_that_never_heals_fails_the_liveness_check() {
+    find(
+        10,
+        &["liveness: pending operations finish once faults heal"],
+        |seed| {
+            let mut o = SimOptions::new(seed);
+            o.safety_ms = 3_000;
+            o.liveness_ms = 5_000;
+            o.faults = Faults::none();
+            o.faults.drop = 1.0; // every message lost, and the liveness phase keeps it so
+            o.heal_for_liveness = false;
+            o
+        },
+    );
+}
+
+#[test]
+fn losing_the_majority_for_good_is_a_stall_not_a_bug() {
+    let mut stalled = 0;
+    for seed in 0..20 {
+        let mut o = SimOptions::new(seed);
+        o.replicas = 3;
+        o.safety_ms = 8_000;
+        o.liveness_ms = 5_000;
+        o.faults = Faults::none();
+        o.faults.crash_rate = 0.3;
+        o.faults.bit_flip_rate = 0.5;
+        o.lost_replicas_max = Some(3);
+        let r = run(o);
+        assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+        if r.stall.is_some() {
+            stalled += 1;
+        }
+    }
+    assert!(
+        stalled > 0,
+        "some seed lost its majority and was reported as a stall"
+    );
+}
+
+#[test]
+fn a_users_own_replica_invariant_is_checked() {
+    let mut o = SimOptions::new(3);
+    o.safety_ms = 2_000;
+    o.faults = Faults::none();
+    let mut sim = Simulation::new(o, GuessCounter::new(1, 100));
+    sim.check_each_replica(|id, m| {
+        if m.count(0) > 5 {
+            Err(format!("replica {id}: key 0 passed 5 attempts"))
+        } else {
+            Ok(())
+        }
+    });
+    let r = sim.run();
+    let v = r.violation.expect("the user's invariant fires");
+    assert_eq!(v.invariant, "the workload's replica invariant");
+}
