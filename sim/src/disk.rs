@@ -72,12 +72,23 @@ fn apply(m: &mut MemLog, w: &Write) -> Result<(), StorageError> {
     }
 }
 
+/// Where an armed crash cuts the next `sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Before anything reaches the disk: the pending writes' fate is drawn at the crash.
+    BeforeSync,
+    /// Right after the writes became durable, before `sync` returns (so, under a
+    /// sealed store, before the HSM counter advances).
+    AfterSync,
+}
+
 /// The part of a disk that outlives the replica using it.
 #[derive(Debug, Default)]
 pub struct DiskState {
     durable: MemLog,
     pending: Vec<Write>,
     bug: DiskBug,
+    armed: Option<CrashPoint>,
 }
 
 /// The simulator's handle on one host's disk.
@@ -103,9 +114,16 @@ impl Disk {
         }
     }
 
+    /// Makes the next `sync` fail at `point`, as a crash in the middle of a write
+    /// would; the simulator then crashes the host.
+    pub fn arm(&self, point: CrashPoint) {
+        self.0.lock().armed = Some(point);
+    }
+
     /// The host crashed: decides what became of the pending writes.
     pub fn crash(&self, rng: &mut ChaCha8Rng) -> CrashOutcome {
         let mut s = self.0.lock();
+        s.armed = None;
         let pending = std::mem::take(&mut s.pending);
         let outcome = if pending.is_empty() {
             CrashOutcome::Clean
@@ -288,6 +306,13 @@ impl LogStore for SimDisk {
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut s = self.disk.0.lock();
+        let crash = |at: &str| StorageError::Corrupt {
+            what: "simulated disk".into(),
+            detail: format!("simulated crash {at}"),
+        };
+        if s.armed == Some(CrashPoint::BeforeSync) && !s.pending.is_empty() {
+            return Err(crash("before the write reached the disk"));
+        }
         if s.bug == DiskBug::LieOnSync || s.pending.is_empty() {
             return Ok(());
         }
@@ -297,6 +322,9 @@ impl LogStore for SimDisk {
                 what: "simulated disk".into(),
                 detail: format!("a synced write does not apply to the durable state: {e}"),
             })?;
+        }
+        if s.armed == Some(CrashPoint::AfterSync) {
+            return Err(crash("after the write became durable"));
         }
         Ok(())
     }

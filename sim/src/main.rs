@@ -29,6 +29,10 @@ options:
   --drop P --duplicate P --partition P --crash P --hsm-outage P --bit-flip P --rollback P
                           override one fault rate
   --plain                 unsealed stores (no HSM)
+  --election-ticks N --heartbeat-ticks N
+                          raft timing in ticks of 10 ms (defaults 30 and 3)
+  --disk-bug lie-on-sync|forget-vote|silent-corruption
+                          switch on a deliberate disk defect (to watch a checker catch it)
   --trace                 print the last events even when nothing failed";
 
 fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -95,10 +99,22 @@ fn options(args: &[String], seed: u64, swarm: bool) -> Result<SimOptions, String
     if args.iter().any(|a| a == "--plain") {
         o.sealed = false;
     }
+    if let Some(t) = parse(args, "--election-ticks")? {
+        o.election_ticks = t;
+    }
+    if let Some(t) = parse(args, "--heartbeat-ticks")? {
+        o.heartbeat_ticks = t;
+    }
+    o.disk_bug = match value(args, "--disk-bug") {
+        None | Some("none") => DiskBug::None,
+        Some("lie-on-sync") => DiskBug::LieOnSync,
+        Some("forget-vote") => DiskBug::ForgetVote,
+        Some("silent-corruption") => DiskBug::SilentCorruption,
+        Some(other) => return Err(format!("--disk-bug: unknown defect {other:?}")),
+    };
     if o.replicas == 0 || o.datacenters == 0 {
         return Err("--replicas and --datacenters must be at least 1".into());
     }
-    o.disk_bug = DiskBug::None;
     Ok(o)
 }
 

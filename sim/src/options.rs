@@ -24,6 +24,9 @@ pub struct Faults {
     pub heal_rate: f64,
     /// Probability per chaos step that a replica crashes (it restarts later).
     pub crash_rate: f64,
+    /// Probability that a replica crashes right after granting a vote (the worst
+    /// moment for a store that forgets votes).
+    pub crash_after_vote: f64,
     /// Largest relative drift of a replica's tick rate (0.2: ±20%).
     pub clock_drift: f64,
     /// Probability per chaos step that a replica's clock jumps ahead.
@@ -47,6 +50,7 @@ impl Faults {
             partition_rate: 0.0,
             heal_rate: 1.0,
             crash_rate: 0.0,
+            crash_after_vote: 0.0,
             clock_drift: 0.0,
             clock_jump_rate: 0.0,
             hsm_outage_rate: 0.0,
@@ -65,6 +69,7 @@ impl Faults {
             partition_rate: 0.03,
             heal_rate: 0.1,
             crash_rate: 0.02,
+            crash_after_vote: 0.02,
             clock_drift: 0.2,
             clock_jump_rate: 0.01,
             hsm_outage_rate: 0.005,
@@ -91,6 +96,7 @@ impl Faults {
             partition_rate: pick(0.1),
             heal_rate: 0.02 + pick(0.3),
             crash_rate: pick(0.05),
+            crash_after_vote: pick(0.1),
             clock_drift: pick(0.5),
             clock_jump_rate: pick(0.03),
             hsm_outage_rate: pick(0.02),
@@ -126,6 +132,8 @@ pub struct SimOptions {
     pub intra_dc_us: (u64, u64),
     /// Base latency range between datacenters, in microseconds.
     pub inter_dc_us: (u64, u64),
+    /// How long a crashed replica stays down, in virtual milliseconds (a range).
+    pub restart_ms: (u64, u64),
     /// Give each replica's log the HSM-sealed store (`Sealed<_, SoftHsm>`).
     pub sealed: bool,
     /// Entries between snapshots (small, so snapshots and compaction happen).
@@ -161,6 +169,7 @@ impl SimOptions {
             heartbeat_ticks: 3,
             intra_dc_us: (100, 900),
             inter_dc_us: (10_000, 60_000),
+            restart_ms: (200, 3_000),
             sealed: true,
             snapshot_entries: 200,
             faults: Faults::all(),

@@ -17,11 +17,11 @@ use vaultfleet::replica::{Completion, Output, Reply, RequestId};
 use vaultfleet::state_machine::RestoreError;
 use vaultfleet::wire::Request;
 use vaultfleet::{
-    FleetConfig, LogStore, MemberSpec, Replica, ReplicaConfig, RequestError, Sealed, SealedConfig,
-    SoftHsm, StateMachine, StorageError,
+    FleetConfig, Hsm, LogStore, MemberSpec, Replica, ReplicaConfig, RequestError, Sealed,
+    SealedConfig, SoftHsm, StateMachine, StorageError,
 };
 
-use crate::disk::{CrashOutcome, Disk};
+use crate::disk::{CrashOutcome, CrashPoint, Disk};
 use crate::linearizability::{self, Verdict};
 use crate::options::SimOptions;
 use crate::store::SimStore;
@@ -116,7 +116,7 @@ enum Event {
     },
     Deliver {
         to: usize,
-        message: Message,
+        message: Box<Message>,
     },
     ClientArrive {
         host: usize,
@@ -236,8 +236,9 @@ struct Host<M: StateMachine> {
     lost: Option<String>,
     /// Its disk was damaged while it was down: the next open must refuse it.
     damaged: Option<String>,
-    /// Durable images taken at crashes (what a hostile host could put back).
-    images: Vec<vaultfleet::MemLog>,
+    /// Durable images taken at crashes (what a hostile host could put back), with
+    /// the HSM counter when each was taken.
+    images: Vec<(vaultfleet::MemLog, u64)>,
     restart_pending: bool,
     requests: BTreeMap<RequestId, (usize, u64)>,
 }
@@ -289,6 +290,7 @@ pub struct Simulation<W: Workload> {
     liveness_deadline: u64,
     violation: Option<Violation>,
     stall: Option<String>,
+    crash_next: Vec<usize>,
     trace: Sha256,
     recent: VecDeque<String>,
     stats: Stats,
@@ -390,6 +392,7 @@ impl<W: Workload> Simulation<W> {
             liveness_deadline: u64::MAX,
             violation: None,
             stall: None,
+            crash_next: Vec::new(),
             trace: Sha256::new(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
             stats: Stats::default(),
@@ -569,17 +572,27 @@ impl<W: Workload> Simulation<W> {
             self.stats.torn_or_corrupted += 1;
         }
         self.stats.crashes += 1;
+        // Keep an image for a later rollback, with the counter it was taken at
+        // (unknown while the HSM is not answering: then keep none).
         let image = self.hosts[h].disk.image();
-        let images = &mut self.hosts[h].images;
-        if images.len() == 4 {
-            images.remove(0);
+        let counter = if self.opts.sealed {
+            self.hsm_counter(h)
+        } else {
+            Some(0)
+        };
+        if let Some(counter) = counter {
+            let images = &mut self.hosts[h].images;
+            if images.len() == 4 {
+                images.remove(0);
+            }
+            images.push((image, counter));
         }
-        images.push(image);
         self.note(|| format!("replica {id} crashed ({why}); pending writes {outcome:?}"));
         if !self.hosts[h].restart_pending {
             self.hosts[h].restart_pending = true;
             let after = if self.phase == Phase::Safety {
-                self.rng.gen_range(200_000..3_000_000)
+                let (lo, hi) = self.opts.restart_ms;
+                self.rng.gen_range(lo * 1000..=hi.max(lo) * 1000)
             } else {
                 10_000
             };
@@ -612,6 +625,11 @@ impl<W: Workload> Simulation<W> {
                 self.complete(h, completion);
             }
             self.out = out;
+            if let Some(victim) = self.crash_next.pop() {
+                self.crash_next.clear();
+                self.crash_host(victim, "crash right after granting a vote");
+                return;
+            }
         }
         self.check_replica(h);
     }
@@ -696,6 +714,13 @@ impl<W: Workload> Simulation<W> {
             return;
         };
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let vote_granted =
+            message.get_msg_type() == MessageType::MsgRequestVoteResponse && !message.reject;
+        let p = self.opts.faults.crash_after_vote;
+        if vote_granted && self.phase == Phase::Safety && p > 0.0 && self.rng.gen_bool(p) {
+            // The vote leaves; the voter dies right behind it.
+            self.crash_next.push(from);
+        }
         if self.blocked.contains(&(from, to)) {
             if let Some(r) = self.hosts[from].replica.as_mut() {
                 r.report_unreachable(message.to);
@@ -720,11 +745,17 @@ impl<W: Workload> Simulation<W> {
                 again,
                 Event::Deliver {
                     to,
-                    message: message.clone(),
+                    message: Box::new(message.clone()),
                 },
             );
         }
-        self.schedule(delay, Event::Deliver { to, message });
+        self.schedule(
+            delay,
+            Event::Deliver {
+                to,
+                message: Box::new(message),
+            },
+        );
     }
 
     fn client_delay(&mut self) -> u64 {
@@ -855,7 +886,7 @@ impl<W: Workload> Simulation<W> {
                     }
                     return;
                 };
-                let _ = r.step(message);
+                let _ = r.step(*message);
                 if is_snapshot {
                     self.report_snapshot(from, to, SnapshotStatus::Finish);
                 }
@@ -1143,7 +1174,13 @@ impl<W: Workload> Simulation<W> {
         }
         if self.rng.gen_bool(f.crash_rate) {
             let h = self.rng.gen_range(0..n);
-            self.crash_host(h, "crash fault");
+            // A third of crashes strike between events; the others are armed to
+            // cut the replica's next write before or after its data is durable.
+            match self.rng.gen_range(0..3) {
+                0 => self.crash_host(h, "crash fault"),
+                1 => self.hosts[h].disk.arm(CrashPoint::BeforeSync),
+                _ => self.hosts[h].disk.arm(CrashPoint::AfterSync),
+            }
         }
         if self.rng.gen_bool(f.clock_jump_rate) {
             let h = self.rng.gen_range(0..n);
@@ -1195,12 +1232,23 @@ impl<W: Workload> Simulation<W> {
         let id = self.hosts[h].id;
         if rollback {
             let current = self.hosts[h].disk.image();
-            let differs = |i: &&vaultfleet::MemLog| {
-                i.wrapper_record() != current.wrapper_record()
-                    || i.last() != current.last()
-                    || i.hard_state() != current.hard_state()
+            let now = self.hsm_counter(h);
+            let sealed = self.opts.sealed;
+            // Only an image that lacks an acknowledged write is a harmful rollback.
+            // Under a sealed store an image taken at counter c holds head c or
+            // c + 1 (a write durable but not yet counted, never acknowledged); so
+            // it lacks an acknowledged write once the counter reached c + 2. A
+            // plain store cannot tell, so any older differing image will do.
+            let harmful = |(i, c): &&(vaultfleet::MemLog, u64)| {
+                if sealed {
+                    now.is_some_and(|now| c + 2 <= now)
+                } else {
+                    i.wrapper_record() != current.wrapper_record()
+                        || i.last() != current.last()
+                        || i.hard_state() != current.hard_state()
+                }
             };
-            let Some(older) = self.hosts[h].images.iter().rev().find(differs).cloned() else {
+            let Some((older, _)) = self.hosts[h].images.iter().rev().find(harmful).cloned() else {
                 return;
             };
             self.hosts[h].disk.restore(older);
@@ -1212,6 +1260,11 @@ impl<W: Workload> Simulation<W> {
             self.stats.bit_flips += 1;
             self.note(|| format!("bit flipped on replica {id}'s disk: {what}"));
         }
+    }
+
+    fn hsm_counter(&self, h: usize) -> Option<u64> {
+        let label = SealedConfig::new(1, self.hosts[h].id).counter_label;
+        self.hosts[h].hsm.counter(&label).ok().map(|c| c.value)
     }
 
     fn start_partition(&mut self) {
