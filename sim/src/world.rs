@@ -129,10 +129,14 @@ enum Event {
         op: u64,
         result: Result<Reply, RequestError>,
     },
+    /// A client's timer: start the next operation, or (for the current one)
+    /// resend to the chosen replica after a back-off (`resend`), or give up on
+    /// that replica after an attempt timed out (pick another).
     ClientWake {
         client: usize,
         op: u64,
         attempt: u64,
+        resend: bool,
     },
     Chaos,
     Restart {
@@ -410,6 +414,7 @@ impl<W: Workload> Simulation<W> {
                     client: c,
                     op: 0,
                     attempt: 0,
+                    resend: false,
                 },
             );
         }
@@ -841,7 +846,8 @@ impl<W: Workload> Simulation<W> {
                 client,
                 op,
                 attempt,
-            } => (5, *client as u64, *op, *attempt, 0),
+                resend,
+            } => (5, *client as u64, *op, *attempt, *resend as u64),
             Event::Chaos => (6, 0, 0, 0, 0),
             Event::Restart { host } => (7, *host as u64, 0, 0, 0),
             Event::HsmBack { host } => (8, *host as u64, 0, 0, 0),
@@ -903,7 +909,8 @@ impl<W: Workload> Simulation<W> {
                 client,
                 op,
                 attempt,
-            } => self.wake(client, op, attempt),
+                resend,
+            } => self.wake(client, op, attempt, resend),
             Event::Chaos => self.chaos(),
             Event::Restart { host } => {
                 self.hosts[host].restart_pending = false;
@@ -933,7 +940,7 @@ impl<W: Workload> Simulation<W> {
 
     // --- clients ---------------------------------------------------------
 
-    fn wake(&mut self, client: usize, op: u64, attempt: u64) {
+    fn wake(&mut self, client: usize, op: u64, attempt: u64, resend: bool) {
         let c = &self.clients[client];
         if c.op != op || c.attempt != attempt {
             return; // a stale timer
@@ -941,6 +948,9 @@ impl<W: Workload> Simulation<W> {
         match &c.current {
             None => self.start_operation(client),
             Some(p) if self.now >= p.deadline => self.give_up(client),
+            // Back-off over: resend to the replica chosen (a leader hint, or a
+            // random one after an error).
+            Some(_) if resend => self.send_current(client),
             Some(_) => {
                 // No answer in time: try another replica.
                 let n = self.hosts.len();
@@ -1016,6 +1026,7 @@ impl<W: Workload> Simulation<W> {
                 client,
                 op,
                 attempt,
+                resend: false,
             },
         );
     }
@@ -1069,6 +1080,7 @@ impl<W: Workload> Simulation<W> {
                     client,
                     op,
                     attempt,
+                    resend: true,
                 },
             );
         };
@@ -1097,6 +1109,7 @@ impl<W: Workload> Simulation<W> {
                         client,
                         op,
                         attempt,
+                        resend: false,
                     },
                 );
             }
@@ -1153,6 +1166,7 @@ impl<W: Workload> Simulation<W> {
                 client,
                 op,
                 attempt,
+                resend: false,
             },
         );
     }
