@@ -89,6 +89,8 @@ pub struct DiskState {
     pending: Vec<Write>,
     bug: DiskBug,
     armed: Option<CrashPoint>,
+    /// An armed crash cut a `sync` before its writes reached the disk.
+    cut_mid_write: bool,
 }
 
 /// The simulator's handle on one host's disk.
@@ -120,13 +122,23 @@ impl Disk {
         self.0.lock().armed = Some(point);
     }
 
+    /// Takes back an armed crash (faults heal).
+    pub fn disarm(&self) {
+        self.0.lock().armed = None;
+    }
+
     /// The host crashed: decides what became of the pending writes.
     pub fn crash(&self, rng: &mut ChaCha8Rng) -> CrashOutcome {
         let mut s = self.0.lock();
         s.armed = None;
+        let mid_write = std::mem::take(&mut s.cut_mid_write);
         let pending = std::mem::take(&mut s.pending);
         let outcome = if pending.is_empty() {
             CrashOutcome::Clean
+        } else if !mid_write {
+            // Writes never handed to `sync` were only staged: lost whole, as
+            // SledLog's staged batch is.
+            CrashOutcome::Missing
         } else {
             match rng.gen_range(0..4) {
                 0 => CrashOutcome::Whole,
@@ -311,6 +323,7 @@ impl LogStore for SimDisk {
             detail: format!("simulated crash {at}"),
         };
         if s.armed == Some(CrashPoint::BeforeSync) && !s.pending.is_empty() {
+            s.cut_mid_write = true;
             return Err(crash("before the write reached the disk"));
         }
         if s.bug == DiskBug::LieOnSync || s.pending.is_empty() {

@@ -22,10 +22,11 @@ pub enum Verdict {
         /// The key's operations in invocation order.
         operations: Vec<String>,
     },
-    /// The search budget ran out for this key (not a violation).
+    /// No key failed, but the search budget ran out for these (not a violation,
+    /// not a pass either).
     Inconclusive {
-        /// The key.
-        key: u64,
+        /// The keys.
+        keys: Vec<u64>,
     },
 }
 
@@ -40,6 +41,7 @@ pub fn check<W: Workload>(workload: &W, history: &[Record], budget: u64) -> Verd
         }
         by_key.entry(r.op.key).or_default().push(r);
     }
+    let mut inconclusive = Vec::new();
     for (key, mut ops) in by_key {
         ops.sort_by_key(|r| r.invoked);
         match check_key(workload, &ops, budget) {
@@ -61,10 +63,14 @@ pub fn check<W: Workload>(workload: &W, history: &[Record], budget: u64) -> Verd
                         .collect(),
                 }
             }
-            None => return Verdict::Inconclusive { key },
+            None => inconclusive.push(key),
         }
     }
-    Verdict::Linearizable
+    if inconclusive.is_empty() {
+        Verdict::Linearizable
+    } else {
+        Verdict::Inconclusive { keys: inconclusive }
+    }
 }
 
 /// `Some(true)`: linearizable; `Some(false)`: not; `None`: budget spent.

@@ -144,6 +144,9 @@ pub struct SimOptions {
     pub disk_bug: DiskBug,
     /// Heal the network in the liveness phase (off only to test the liveness checker).
     pub heal_for_liveness: bool,
+    /// Damage plain (unsealed) stores too. They cannot detect it, so this only
+    /// serves the test that shows the damaged-storage checker fires.
+    pub damage_unsealed: bool,
     /// Most replicas disk faults may cost for good (`None`: a minority, so the
     /// fleet can always recover; more only to show a stall is told from a bug).
     pub lost_replicas_max: Option<usize>,
@@ -176,6 +179,7 @@ impl SimOptions {
             disk_bug: DiskBug::None,
             heal_for_liveness: true,
             lost_replicas_max: None,
+            damage_unsealed: false,
             attempt_limit: 10,
             keys: 16,
         }

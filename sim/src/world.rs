@@ -94,6 +94,8 @@ pub struct Report {
     pub stats: Stats,
     /// The last events before the end (or the violation), readable.
     pub recent: Vec<String>,
+    /// Keys whose linearizability search ran out of budget (neither passed nor failed).
+    pub inconclusive: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +297,7 @@ pub struct Simulation<W: Workload> {
     violation: Option<Violation>,
     stall: Option<String>,
     crash_next: Vec<usize>,
+    inconclusive: Vec<u64>,
     trace: Sha256,
     recent: VecDeque<String>,
     stats: Stats,
@@ -397,6 +400,7 @@ impl<W: Workload> Simulation<W> {
             violation: None,
             stall: None,
             crash_next: Vec::new(),
+            inconclusive: Vec::new(),
             trace: Sha256::new(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
             stats: Stats::default(),
@@ -419,7 +423,10 @@ impl<W: Workload> Simulation<W> {
             );
         }
         sim.schedule(CHAOS_STEP_US, Event::Chaos);
-        sim.schedule(sim.opts.safety_ms * 1000, Event::StartLiveness);
+        sim.schedule(
+            sim.opts.safety_ms.saturating_mul(1000),
+            Event::StartLiveness,
+        );
         sim
     }
 
@@ -434,7 +441,7 @@ impl<W: Workload> Simulation<W> {
     fn schedule(&mut self, after: u64, event: Event) {
         self.seq += 1;
         self.queue.push(Scheduled {
-            at: self.now + after,
+            at: self.now.saturating_add(after),
             seq: self.seq,
             event,
         });
@@ -525,14 +532,19 @@ impl<W: Workload> Simulation<W> {
                 );
                 self.note(|| format!("replica {id} started"));
             }
-            Err(e) => self.start_failed(h, e.to_string()),
+            Err(e) => {
+                let retry = expected_failure(&e);
+                self.start_failed(h, e.to_string(), retry)
+            }
         }
     }
 
     fn store_refused(&mut self, h: usize, e: StorageError) {
         let id = self.hosts[h].id;
         match e {
-            StorageError::Hsm(_) => self.start_failed(h, e.to_string()),
+            StorageError::Hsm(vaultfleet::HsmError::Unavailable(_)) => {
+                self.start_failed(h, e.to_string(), true)
+            }
             StorageError::Tampered { .. }
             | StorageError::RolledBack { .. }
             | StorageError::Forked { .. }
@@ -551,10 +563,10 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
-    fn start_failed(&mut self, h: usize, why: String) {
+    fn start_failed(&mut self, h: usize, why: String, retry: bool) {
         // An HSM that is not answering: try again later.
         let id = self.hosts[h].id;
-        if why.contains("unavailable") {
+        if retry {
             self.note(|| format!("replica {id} cannot start yet: {why}"));
             if !self.hosts[h].restart_pending {
                 self.hosts[h].restart_pending = true;
@@ -620,7 +632,15 @@ impl<W: Workload> Simulation<W> {
             if let Err(e) = replica.handle_ready(&mut out) {
                 self.out = out;
                 let why = e.to_string();
-                self.crash_host(h, &why);
+                if self.phase == Phase::Safety && expected_failure(&e) {
+                    self.crash_host(h, &why);
+                } else {
+                    let id = self.hosts[h].id;
+                    self.violate(
+                        "replicas only stop for injected faults",
+                        format!("replica {id} failed: {why}"),
+                    );
+                }
                 return;
             }
             for message in out.messages.drain(..) {
@@ -767,10 +787,21 @@ impl<W: Workload> Simulation<W> {
         self.rng.gen_range(200..2_000)
     }
 
+    /// A client request or reply lost on the way (the network's drop rate, in the
+    /// safety phase): the client's timer retries, and the fleet's deduplication
+    /// must keep a retried command from applying twice.
+    fn client_message_lost(&mut self) -> bool {
+        let drop = self.opts.faults.drop;
+        self.phase == Phase::Safety && drop > 0.0 && self.rng.gen_bool(drop)
+    }
+
     fn complete(&mut self, h: usize, completion: Completion) {
         let Some((client, op)) = self.hosts[h].requests.remove(&completion.id) else {
             return;
         };
+        if self.client_message_lost() {
+            return;
+        }
         let delay = self.client_delay();
         self.schedule(
             delay,
@@ -785,6 +816,11 @@ impl<W: Workload> Simulation<W> {
     /// Runs to the end and reports.
     pub fn run(mut self) -> Report {
         while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+            if self.phase == Phase::Liveness && at >= self.liveness_deadline {
+                self.now = self.liveness_deadline;
+                self.liveness_timeout();
+                break;
+            }
             self.now = at;
             self.stats.events += 1;
             self.hash_event(&event);
@@ -804,14 +840,11 @@ impl<W: Workload> Simulation<W> {
             if self.violation.is_some() || self.phase == Phase::Done {
                 break;
             }
-            if self.phase == Phase::Liveness && self.now >= self.liveness_deadline {
-                self.liveness_timeout();
-                break;
-            }
         }
         let mut stall = self.stall.take();
-        if self.violation.is_none() && stall.is_none() {
-            stall = self.final_checks();
+        if self.violation.is_none() {
+            let lost = self.final_checks(stall.is_none());
+            stall = stall.or(lost);
         }
         Report {
             options: self.opts.clone(),
@@ -821,6 +854,7 @@ impl<W: Workload> Simulation<W> {
             trace: hex(&self.trace.clone().finalize()),
             stats: self.stats.clone(),
             recent: self.recent.iter().cloned().collect(),
+            inconclusive: std::mem::take(&mut self.inconclusive),
         }
     }
 
@@ -834,13 +868,22 @@ impl<W: Workload> Simulation<W> {
                 *to as u64,
                 message.from << 8 | message.get_msg_type() as u64,
                 message.term,
-                message.index ^ message.commit << 32 ^ message.entries.len() as u64,
+                message.entries.iter().fold(
+                    message.index ^ message.commit << 32 ^ message.entries.len() as u64,
+                    |h, e| h.rotate_left(5) ^ fnv(&e.data) ^ e.index,
+                ),
             ),
             Event::ClientArrive {
                 host, client, op, ..
             } => (3, *host as u64, *client as u64, *op, 0),
             Event::ClientReply { client, op, result } => {
-                (4, *client as u64, *op, result.is_ok() as u64, 0)
+                let digest = match result {
+                    Ok(Reply::Applied(o) | Reply::Read(o)) => fnv(o),
+                    Ok(Reply::SessionRegistered(s)) => *s,
+                    Ok(Reply::MembershipChanged(_)) => 1,
+                    Err(_) => 0,
+                };
+                (4, *client as u64, *op, result.is_ok() as u64, digest)
             }
             Event::ClientWake {
                 client,
@@ -1011,6 +1054,18 @@ impl<W: Workload> Simulation<W> {
         c.attempt += 1;
         let (op, attempt, host) = (c.op, c.attempt, c.target);
         let delay = self.client_delay();
+        if self.client_message_lost() {
+            self.schedule(
+                CLIENT_ATTEMPT_TIMEOUT_US,
+                Event::ClientWake {
+                    client,
+                    op,
+                    attempt,
+                    resend: false,
+                },
+            );
+            return;
+        }
         self.schedule(
             delay,
             Event::ClientArrive {
@@ -1086,9 +1141,12 @@ impl<W: Workload> Simulation<W> {
         };
         match result {
             Ok(Reply::SessionRegistered(session)) => {
-                let c = &mut self.clients[client];
-                c.session = Some(session);
-                self.send_current(client);
+                // Only the first registration counts: a second session for the
+                // same command would let it apply twice.
+                if self.clients[client].session.is_none() {
+                    self.clients[client].session = Some(session);
+                    self.send_current(client);
+                }
             }
             Ok(Reply::Applied(output) | Reply::Read(output)) => {
                 let Some(p) = self.clients[client].current.take() else {
@@ -1124,9 +1182,10 @@ impl<W: Workload> Simulation<W> {
                 retry_soon(self, false);
             }
             Err(RequestError::SessionExpired { .. }) => {
-                // The command was not applied; a new session carries it.
+                // This attempt was not applied, but an earlier one may have been
+                // before the session was evicted: the outcome is unknown.
                 self.clients[client].session = None;
-                retry_soon(self, false);
+                self.give_up(client);
             }
             Err(
                 RequestError::NotLeader { leader: None }
@@ -1190,10 +1249,12 @@ impl<W: Workload> Simulation<W> {
             let h = self.rng.gen_range(0..n);
             // A third of crashes strike between events; the others are armed to
             // cut the replica's next write before or after its data is durable.
+            let up = self.hosts[h].replica.is_some();
             match self.rng.gen_range(0..3) {
                 0 => self.crash_host(h, "crash fault"),
-                1 => self.hosts[h].disk.arm(CrashPoint::BeforeSync),
-                _ => self.hosts[h].disk.arm(CrashPoint::AfterSync),
+                1 if up => self.hosts[h].disk.arm(CrashPoint::BeforeSync),
+                _ if up => self.hosts[h].disk.arm(CrashPoint::AfterSync),
+                _ => {}
             }
         }
         if self.rng.gen_bool(f.clock_jump_rate) {
@@ -1228,6 +1289,10 @@ impl<W: Workload> Simulation<W> {
     /// Flips a bit in, or rolls back, a down replica's disk, keeping the number of
     /// replicas lost for good below a majority.
     fn damage_a_disk(&mut self, rollback: bool) {
+        if !self.opts.sealed && !self.opts.damage_unsealed {
+            // A plain store cannot detect damage; only the checker's own test asks for it.
+            return;
+        }
         let n = self.hosts.len();
         let f = self.opts.lost_replicas_max.unwrap_or((n - 1) / 2);
         let lost = self
@@ -1340,12 +1405,15 @@ impl<W: Workload> Simulation<W> {
 
     fn start_liveness(&mut self) {
         self.phase = Phase::Liveness;
-        self.liveness_deadline = self.now + self.opts.liveness_ms * 1000;
+        self.liveness_deadline = self
+            .now
+            .saturating_add(self.opts.liveness_ms.saturating_mul(1000));
         self.note(|| "liveness phase: faults healed, no new operations".to_string());
         if self.opts.heal_for_liveness {
             self.heal();
             let tick = self.opts.tick_ms * 1000;
             for h in 0..self.hosts.len() {
+                self.hosts[h].disk.disarm();
                 self.hosts[h].hsm.set_available(true);
                 self.hosts[h].tick_us = tick;
                 if self.hosts[h].replica.is_none() && self.hosts[h].lost.is_none() {
@@ -1472,33 +1540,21 @@ impl<W: Workload> Simulation<W> {
         );
     }
 
-    fn final_checks(&mut self) -> Option<String> {
+    /// The end-of-run checks. The history's own checks (the workload invariant,
+    /// linearizability) always run; durability and convergence only when the
+    /// liveness phase completed (`complete`). Returns a stall, if the majority is
+    /// lost for good.
+    fn final_checks(&mut self, complete: bool) -> Option<String> {
         let n = self.hosts.len();
-        if self.lost_count() > (n - 1) / 2 {
-            return Some(format!(
+        let stall = (self.lost_count() > (n - 1) / 2).then(|| {
+            format!(
                 "{} of {n} replicas lost for good: no majority left, the fleet stalls as it must",
                 self.lost_count()
-            ));
-        }
-        if self.phase != Phase::Done {
-            return None;
-        }
+            )
+        });
         if let Err(detail) = self.workload.check_history(&self.history) {
             self.violate("the workload's invariant", detail);
-            return None;
-        }
-        for h in self.alive() {
-            let Some(r) = self.hosts[h].replica.as_ref() else {
-                continue;
-            };
-            if let Err(detail) = self
-                .workload
-                .check_final(&r.state_machine().inner, &self.history)
-            {
-                let id = self.hosts[h].id;
-                self.violate("durability", format!("replica {id}: {detail}"));
-                return None;
-            }
+            return stall;
         }
         match linearizability::check(&self.workload, &self.history, LINEARIZABILITY_BUDGET) {
             Verdict::Linearizable => {}
@@ -1511,9 +1567,43 @@ impl<W: Workload> Simulation<W> {
                         shown.join("\n    ")
                     ),
                 );
+                return stall;
             }
-            Verdict::Inconclusive { key } => {
-                self.note(|| format!("linearizability of key {key} inconclusive (budget spent)"));
+            Verdict::Inconclusive { keys } => {
+                let k = keys.clone();
+                self.note(|| format!("linearizability inconclusive for keys {k:?} (budget spent)"));
+                self.inconclusive = keys;
+            }
+        }
+        if !complete || stall.is_some() || self.phase != Phase::Done {
+            return stall;
+        }
+        let mut converged: Option<(u64, Vec<u8>)> = None;
+        for h in self.alive() {
+            let Some(r) = self.hosts[h].replica.as_ref() else {
+                continue;
+            };
+            let id = self.hosts[h].id;
+            let machine = &r.state_machine().inner;
+            if let Err(detail) = self.workload.check_final(machine, &self.history) {
+                self.violate("durability", format!("replica {id}: {detail}"));
+                return None;
+            }
+            // Every converged replica must hold the same state, byte for byte.
+            let state = machine.snapshot();
+            match &converged {
+                Some((first, s)) if *s != state => {
+                    let first = *first;
+                    self.violate(
+                        "converged replicas hold the same state",
+                        format!(
+                            "replicas {first} and {id} applied the same log to different states"
+                        ),
+                    );
+                    return None;
+                }
+                Some(_) => {}
+                None => converged = Some((id, state)),
             }
         }
         None
@@ -1524,6 +1614,21 @@ impl<W: Workload> Simulation<W> {
     /// The client-visible history so far.
     pub fn history(&self) -> &[Record] {
         &self.history
+    }
+}
+
+/// A replica stopped for a reason the simulator injected: an armed crash in the
+/// simulated disk, or an HSM switched off.
+fn expected_failure(e: &vaultfleet::ReplicaError) -> bool {
+    match e {
+        vaultfleet::ReplicaError::Storage { source, .. } => match source {
+            StorageError::Hsm(vaultfleet::HsmError::Unavailable(_)) => true,
+            StorageError::Corrupt { what, detail } => {
+                what == "simulated disk" && detail.starts_with("simulated crash")
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 

@@ -60,7 +60,7 @@ fn acknowledging_before_persisting_is_caught() {
 #[test]
 fn forgetting_the_vote_on_restart_is_caught() {
     find(
-        300,
+        2000,
         &[
             "at most one leader per term",
             "linearizability",
@@ -112,6 +112,7 @@ fn damaged_storage_that_is_served_is_caught() {
             let mut o = SimOptions::new(seed);
             o.safety_ms = 8_000;
             o.sealed = false;
+            o.damage_unsealed = true;
             o.faults = Faults::none();
             o.faults.crash_rate = 0.2;
             if rollback {

@@ -9,12 +9,13 @@ fn a_bounded_swarm_finds_no_violation() {
     let seeds: u64 = std::env::var("VAULTFLEET_SWARM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(400);
     let mut stalls = 0;
     for seed in 0..seeds {
         let mut o = SimOptions::swarm(seed);
         o.safety_ms = 10_000;
-        let r = run(o);
+        let r = std::panic::catch_unwind(|| run(o))
+            .unwrap_or_else(|_| panic!("seed {seed}: the simulator panicked"));
         if let Some(v) = &r.violation {
             panic!(
                 "seed {seed} broke \"{}\": {}\nlast events:\n  {}\nreproduce: cargo run --release -p vaultfleet-sim -- run --seed {seed} --swarm --seconds 10",
