@@ -20,6 +20,7 @@
 //! writes with an HSM so an untrusted disk cannot edit, reorder or roll it back
 //! unnoticed (`docs/storage.md`).
 
+pub mod codec;
 mod mem;
 mod sealed;
 mod sled_log;

@@ -7,6 +7,10 @@
 //! never relied on: a crash before `sync` loses the whole pending batch, never part
 //! of it.
 //!
+//! Records are encoded by [`codec`](super::codec), a strict layout of our own, not
+//! protobuf: the disk is untrusted, and nothing read back from it reaches the
+//! protobuf 2 decoder.
+//!
 //! One sled tree holds everything, so a batch is atomic across entries and metadata:
 //! `e` + big-endian index → entry, `m/…` → metadata (format, hard state, snapshot, log
 //! offset, a wrapping store's record).
@@ -16,9 +20,9 @@ use std::path::{Path, PathBuf};
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
-use super::{LogStore, MemLog, StorageError};
+use super::{codec, LogStore, MemLog, StorageError};
 
-const FORMAT: &[u8] = b"vaultfleet-sled-log-v1";
+const FORMAT: &[u8] = b"vaultfleet-sled-log-v2";
 const KEY_FORMAT: &[u8] = b"m/format";
 const KEY_HARD_STATE: &[u8] = b"m/hard_state";
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
@@ -31,19 +35,6 @@ fn entry_key(index: u64) -> [u8; 9] {
     k[0] = ENTRY_PREFIX;
     k[1..].copy_from_slice(&index.to_be_bytes());
     k
-}
-
-fn encode<M: protobuf2::Message>(m: &M) -> Vec<u8> {
-    // Encoding a well-formed in-memory message into a Vec cannot fail; an error
-    // here would be a bug in protobuf, not bad input.
-    m.write_to_bytes().unwrap_or_default()
-}
-
-fn decode<M: protobuf2::Message>(bytes: &[u8], what: &str) -> Result<M, StorageError> {
-    M::parse_from_bytes(bytes).map_err(|e| StorageError::Corrupt {
-        what: what.to_string(),
-        detail: format!("does not decode: {e}"),
-    })
 }
 
 /// Opens the sled database. sled's background threads can hold the directory's
@@ -120,11 +111,11 @@ impl SledLog {
             }
         }
         let hard_state = match tree.get(KEY_HARD_STATE)? {
-            Some(b) => decode::<HardState>(&b, "hard state")?,
+            Some(b) => codec::decode_hard_state(&b)?,
             None => HardState::default(),
         };
         let snapshot = match tree.get(KEY_SNAPSHOT)? {
-            Some(b) => decode::<Snapshot>(&b, "snapshot")?,
+            Some(b) => codec::decode_snapshot(&b)?,
             None => Snapshot::default(),
         };
         let offset = match tree.get(KEY_OFFSET)? {
@@ -154,7 +145,7 @@ impl SledLog {
                 Some(i) if k.len() == 9 => format!("entry {i}"),
                 _ => format!("entry at key {k:?}"),
             };
-            let entry: Entry = decode(&v, &what)?;
+            let entry: Entry = codec::decode_entry(&v, &what)?;
             if k.as_ref() != entry_key(entry.index) {
                 return Err(StorageError::Corrupt {
                     what,
@@ -248,13 +239,13 @@ impl LogStore for SledLog {
             self.stage_remove(&entry_key(index));
         }
         for e in entries {
-            self.stage_insert(&entry_key(e.index), encode(e));
+            self.stage_insert(&entry_key(e.index), codec::encode_entry(e));
         }
         self.cache.append(entries)
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
-        self.stage_insert(KEY_HARD_STATE, encode(hard_state));
+        self.stage_insert(KEY_HARD_STATE, codec::encode_hard_state(hard_state));
         self.cache.set_hard_state(hard_state)
     }
 
@@ -264,10 +255,10 @@ impl LogStore for SledLog {
         for index in first..=last {
             self.stage_remove(&entry_key(index));
         }
-        self.stage_insert(KEY_SNAPSHOT, encode(snapshot));
+        self.stage_insert(KEY_SNAPSHOT, codec::encode_snapshot(snapshot));
         self.stage_offset();
         let hs = self.cache.hard_state().clone();
-        self.stage_insert(KEY_HARD_STATE, encode(&hs));
+        self.stage_insert(KEY_HARD_STATE, codec::encode_hard_state(&hs));
         Ok(())
     }
 
@@ -275,7 +266,7 @@ impl LogStore for SledLog {
         self.cache.save_snapshot(snapshot)?;
         // The cache keeps the newer of two snapshots; the disk must agree with it.
         if self.cache.latest_snapshot().get_metadata().index == snapshot.get_metadata().index {
-            self.stage_insert(KEY_SNAPSHOT, encode(snapshot));
+            self.stage_insert(KEY_SNAPSHOT, codec::encode_snapshot(snapshot));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use vaultfleet::hsm::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
-use vaultfleet::storage::SealedRecord;
+use vaultfleet::storage::{codec, SealedRecord};
 use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
 use zeroize::Zeroizing;
 
@@ -373,20 +373,12 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
     write_history(dir.path(), &hsm, group + 2, 1, 6);
     with_raw_tree(dir.path(), |t| {
         let mut a: Entry =
-            protobuf2::Message::parse_from_bytes(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
+            codec::decode_entry(&t.get(entry_key(2)).unwrap().unwrap(), "test").unwrap();
         let mut b: Entry =
-            protobuf2::Message::parse_from_bytes(&t.get(entry_key(10)).unwrap().unwrap()).unwrap();
+            codec::decode_entry(&t.get(entry_key(10)).unwrap().unwrap(), "test").unwrap();
         std::mem::swap(&mut a.data, &mut b.data);
-        t.insert(
-            entry_key(2),
-            protobuf2::Message::write_to_bytes(&a).unwrap(),
-        )
-        .unwrap();
-        t.insert(
-            entry_key(10),
-            protobuf2::Message::write_to_bytes(&b).unwrap(),
-        )
-        .unwrap();
+        t.insert(entry_key(2), codec::encode_entry(&a)).unwrap();
+        t.insert(entry_key(10), codec::encode_entry(&b)).unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 2, 1), 1);
     assert_eq!(
@@ -403,13 +395,9 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
     with_raw_tree(dir.path(), |t| {
         // Placeholder entry 3: raise its term in the clear.
         let raw = t.get(entry_key(3)).unwrap().unwrap();
-        let mut e: Entry = protobuf2::Message::parse_from_bytes(&raw).unwrap();
+        let mut e: Entry = codec::decode_entry(&raw, "test").unwrap();
         e.term += 1;
-        t.insert(
-            entry_key(3),
-            protobuf2::Message::write_to_bytes(&e).unwrap(),
-        )
-        .unwrap();
+        t.insert(entry_key(3), codec::encode_entry(&e)).unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 1, 1), 1);
     assert_eq!(record, SealedRecord::Entry { index: 3 }, "{detail}");
@@ -488,13 +476,9 @@ pub fn truncation_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
             let v = t.get(entry_key(i + 2)).unwrap();
             match v {
                 Some(v) if i + 2 <= 16 => {
-                    let mut e: Entry = protobuf2::Message::parse_from_bytes(&v).unwrap();
+                    let mut e: Entry = codec::decode_entry(&v, "test").unwrap();
                     e.index = i;
-                    t.insert(
-                        entry_key(i),
-                        protobuf2::Message::write_to_bytes(&e).unwrap(),
-                    )
-                    .unwrap();
+                    t.insert(entry_key(i), codec::encode_entry(&e)).unwrap();
                 }
                 _ => {
                     t.remove(entry_key(i)).unwrap();
