@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage};
+use raft::Storage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vaultfleet::replica::{Output, ReplicaConfig, Reply};
@@ -49,30 +49,7 @@ impl AuditedLog {
 }
 
 impl Storage for AuditedLog {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.live.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max: impl Into<Option<u64>>,
-        c: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.live.entries(low, high, max, c)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.live.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.live.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.live.last_index()
-    }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.live.snapshot(request_index, to)
-    }
+    vaultfleet::storage_reads_from!(live);
 }
 
 impl LogStore for AuditedLog {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use raft::prelude::{Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage};
+use raft::{GetEntriesContext, Storage};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vaultfleet::storage::AtomicSync;
@@ -264,30 +264,7 @@ impl SimDisk {
 }
 
 impl Storage for SimDisk {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.live.initial_state()
-    }
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.live.entries(low, high, max_size, context)
-    }
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.live.term(idx)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.live.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.live.last_index()
-    }
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.live.snapshot(request_index, to)
-    }
+    vaultfleet::storage_reads_from!(live);
 }
 
 impl LogStore for SimDisk {

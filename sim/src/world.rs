@@ -1003,6 +1003,23 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
+    /// Starts a new attempt of `client` and wakes it after `after` µs: to resend
+    /// to its chosen replica (`resend`), or else to move on.
+    fn wake_later(&mut self, client: usize, after: u64, resend: bool) {
+        let c = &mut self.clients[client];
+        c.attempt += 1;
+        let (op, attempt) = (c.op, c.attempt);
+        self.schedule(
+            after,
+            Event::ClientWake {
+                client,
+                op,
+                attempt,
+                resend,
+            },
+        );
+    }
+
     fn start_operation(&mut self, client: usize) {
         if self.phase != Phase::Safety {
             return;
@@ -1125,19 +1142,8 @@ impl<W: Workload> Simulation<W> {
                 let n = sim.hosts.len();
                 sim.clients[client].target = sim.rng.gen_range(0..n);
             }
-            let c = &mut sim.clients[client];
-            c.attempt += 1;
-            let (op, attempt) = (c.op, c.attempt);
             let backoff = sim.rng.gen_range(10_000..100_000);
-            sim.schedule(
-                backoff,
-                Event::ClientWake {
-                    client,
-                    op,
-                    attempt,
-                    resend: true,
-                },
-            );
+            sim.wake_later(client, backoff, true);
         };
         match result {
             Ok(Reply::SessionRegistered(session)) => {
@@ -1157,19 +1163,8 @@ impl<W: Workload> Simulation<W> {
                 rec.completed = Some(self.order);
                 rec.output = Some(output);
                 self.stats.ops_completed += 1;
-                let c = &mut self.clients[client];
-                c.attempt += 1;
-                let (op, attempt) = (c.op, c.attempt);
                 let think = self.rng.gen_range(0..50_000);
-                self.schedule(
-                    think,
-                    Event::ClientWake {
-                        client,
-                        op,
-                        attempt,
-                        resend: false,
-                    },
-                );
+                self.wake_later(client, think, false);
             }
             Ok(Reply::MembershipChanged(_)) => {}
             Err(RequestError::NotLeader { leader: Some(l) }) => {
@@ -1216,18 +1211,7 @@ impl<W: Workload> Simulation<W> {
                 format!("client {client} gave up on {what} during the liveness phase"),
             );
         }
-        let c = &mut self.clients[client];
-        c.attempt += 1;
-        let (op, attempt) = (c.op, c.attempt);
-        self.schedule(
-            1_000,
-            Event::ClientWake {
-                client,
-                op,
-                attempt,
-                resend: false,
-            },
-        );
+        self.wake_later(client, 1_000, false);
     }
 
     // --- faults ----------------------------------------------------------

@@ -189,6 +189,60 @@ pub enum StorageError {
     },
 }
 
+#[doc(hidden)]
+pub use raft as __raft;
+
+/// Implements raft-rs's [`raft::Storage`] reads by delegating each one to a field
+/// that implements it (normally the store's in-memory [`MemLog`] view), inside an
+/// `impl raft::Storage for ...` block:
+///
+/// ```
+/// use vaultfleet::MemLog;
+///
+/// struct MyStore {
+///     cache: MemLog,
+/// }
+///
+/// impl raft::Storage for MyStore {
+///     vaultfleet::storage_reads_from!(cache);
+/// }
+/// ```
+#[macro_export]
+macro_rules! storage_reads_from {
+    ($field:ident) => {
+        fn initial_state(
+            &self,
+        ) -> $crate::storage::__raft::Result<$crate::storage::__raft::RaftState> {
+            self.$field.initial_state()
+        }
+        fn entries(
+            &self,
+            low: u64,
+            high: u64,
+            max_size: impl Into<Option<u64>>,
+            context: $crate::storage::__raft::GetEntriesContext,
+        ) -> $crate::storage::__raft::Result<Vec<$crate::storage::__raft::prelude::Entry>> {
+            self.$field.entries(low, high, max_size, context)
+        }
+        fn term(&self, idx: u64) -> $crate::storage::__raft::Result<u64> {
+            self.$field.term(idx)
+        }
+        fn first_index(&self) -> $crate::storage::__raft::Result<u64> {
+            self.$field.first_index()
+        }
+        fn last_index(&self) -> $crate::storage::__raft::Result<u64> {
+            self.$field.last_index()
+        }
+        fn snapshot(
+            &self,
+            request_index: u64,
+            to: u64,
+        ) -> $crate::storage::__raft::Result<$crate::storage::__raft::prelude::Snapshot> {
+            self.$field.snapshot(request_index, to)
+        }
+    };
+}
+
 /// A [`LogStore`] whose [`LogStore::sync`] makes every write since the previous
 /// `sync` durable as a whole or not at all (never a prefix). [`Sealed`] needs it:
 /// it stages sealed batches and then the head that names them, and a prefix

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 
 use protobuf2::Message as _;
 use raft::prelude::{Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage};
+use raft::{GetEntriesContext, Storage};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -856,35 +856,7 @@ fn raft_corrupt(e: raft::Error) -> StorageError {
 }
 
 impl<L: AtomicSync, H: Hsm> Storage for Sealed<L, H> {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.cache.initial_state()
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.cache.entries(low, high, max_size, context)
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.cache.term(idx)
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        self.cache.first_index()
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        self.cache.last_index()
-    }
-
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.cache.snapshot(request_index, to)
-    }
+    crate::storage_reads_from!(cache);
 }
 
 impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use raft::prelude::{Entry, HardState, Snapshot};
-use raft::{GetEntriesContext, RaftState, Storage};
+use raft::Storage;
 
 use super::{codec, LogStore, MemLog, StorageError};
 
@@ -198,35 +198,7 @@ impl SledLog {
 }
 
 impl Storage for SledLog {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.cache.initial_state()
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        self.cache.entries(low, high, max_size, context)
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.cache.term(idx)
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        self.cache.first_index()
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        self.cache.last_index()
-    }
-
-    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.cache.snapshot(request_index, to)
-    }
+    crate::storage_reads_from!(cache);
 }
 
 impl LogStore for SledLog {
@@ -340,7 +312,7 @@ mod tests {
         assert_eq!(log.last_index().unwrap(), 2);
         assert_eq!(log.hard_state().commit, 2);
         let got = log
-            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .entries(1, 3, None, raft::GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(&got[1].data[..], b"b");
     }
