@@ -1071,27 +1071,18 @@ impl<W: Workload> Simulation<W> {
         c.attempt += 1;
         let (op, attempt, host) = (c.op, c.attempt, c.target);
         let delay = self.client_delay();
-        if self.client_message_lost() {
+        if !self.client_message_lost() {
             self.schedule(
-                CLIENT_ATTEMPT_TIMEOUT_US,
-                Event::ClientWake {
+                delay,
+                Event::ClientArrive {
+                    host,
                     client,
                     op,
-                    attempt,
-                    resend: false,
+                    request,
                 },
             );
-            return;
         }
-        self.schedule(
-            delay,
-            Event::ClientArrive {
-                host,
-                client,
-                op,
-                request,
-            },
-        );
+        // Without an answer in time, the client tries another replica.
         self.schedule(
             CLIENT_ATTEMPT_TIMEOUT_US,
             Event::ClientWake {
