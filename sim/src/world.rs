@@ -799,18 +799,16 @@ impl<W: Workload> Simulation<W> {
         let Some((client, op)) = self.hosts[h].requests.remove(&completion.id) else {
             return;
         };
+        self.reply_to(client, op, completion.result);
+    }
+
+    /// Sends a replica's answer back to a client, over the (lossy) network.
+    fn reply_to(&mut self, client: usize, op: u64, result: Result<Reply, RequestError>) {
         if self.client_message_lost() {
             return;
         }
         let delay = self.client_delay();
-        self.schedule(
-            delay,
-            Event::ClientReply {
-                client,
-                op,
-                result: completion.result,
-            },
-        );
+        self.schedule(delay, Event::ClientReply { client, op, result });
     }
 
     /// Runs to the end and reports.
@@ -1110,17 +1108,7 @@ impl<W: Workload> Simulation<W> {
                 self.hosts[h].requests.insert(id, (client, op));
                 self.pump(h);
             }
-            Err(e) => {
-                let delay = self.client_delay();
-                self.schedule(
-                    delay,
-                    Event::ClientReply {
-                        client,
-                        op,
-                        result: Err(e),
-                    },
-                );
-            }
+            Err(e) => self.reply_to(client, op, Err(e)),
         }
     }
 
