@@ -205,9 +205,26 @@ pub fn write_history<H: Hsm + Clone>(dir: &Path, hsm: &H, group: u64, replica: u
     }
 }
 
+/// Opens a closed store's sled database directly. sled's background threads can
+/// hold the directory's lock for a moment after the store is dropped, so this
+/// retries the lock, as `SledLog::open` does.
+#[allow(clippy::disallowed_methods)] // waits out sled's lock in wall-clock time
+pub fn raw_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    }
+}
+
 /// Edits the sled database under a closed store.
 pub fn with_raw_tree(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir).unwrap();
+    let db = raw_db(dir);
     let tree = db.open_tree("raft").unwrap();
     edit(&tree);
     db.flush().unwrap();
@@ -431,7 +448,7 @@ pub fn foreign_batches_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
         write(vd.path(), victim.clone());
         write(dd.path(), donor);
         let stolen = {
-            let db = sled::open(dd.path()).unwrap();
+            let db = raw_db(dd.path());
             db.open_tree("raft")
                 .unwrap()
                 .get(entry_key(12))
@@ -829,7 +846,7 @@ pub fn stale_records_are_detected<H: Hsm + Clone>(hsm: H, group: u64) {
         }
     }
     let old_value = |key: &[u8]| {
-        let db = sled::open(&old).unwrap();
+        let db = raw_db(&old);
         db.open_tree("raft").unwrap().get(key).unwrap().unwrap()
     };
     let (old_head, old_snapshot, old_batch) = (
@@ -916,7 +933,7 @@ pub fn foreign_head_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
         }
     }
     let donor = {
-        let db = sled::open(b.path()).unwrap();
+        let db = raw_db(b.path());
         db.open_tree("raft")
             .unwrap()
             .get(b"m/wrapper")
