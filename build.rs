@@ -5,6 +5,7 @@ fn main() {
         .pure()
         .includes(["proto"])
         .input("proto/vaultfleet.proto")
+        .input("proto/vault.proto")
         .cargo_out_dir("protos")
         .run_from_script();
 }

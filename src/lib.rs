@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+pub mod vault;
 pub mod wire;
 
 pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};

@@ -9,6 +9,11 @@ mod generated {
 
 pub use generated::vaultfleet::*;
 
+/// The Backup Key Vault's messages (`proto/vault.proto`).
+pub mod vault {
+    pub use super::generated::vault::*;
+}
+
 /// Bytes that should hold a vaultfleet message did not decode.
 #[derive(Debug, thiserror::Error)]
 #[error("malformed {what}: {detail}")]

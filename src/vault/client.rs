@@ -1,0 +1,723 @@
+//! `VaultClient`: the user's side of the vault. The recovery code never leaves
+//! it; the fleet only ever sees OPAQUE messages. Every reply must carry a valid
+//! signature of a pinned replica over the exact request it answers, or it is
+//! refused.
+//!
+//! [`ClientRegistrationFlow`] and [`ClientLoginFlow`] are the sans-IO OPAQUE
+//! steps; the simulator's vault workload drives them directly.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use opaque_ke::{
+    ClientLogin, ClientLoginFinishParameters, ClientRegistration,
+    ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
+};
+use parking_lot::Mutex;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use zeroize::Zeroizing;
+
+use super::keys::VaultPublicKeys;
+use super::machine::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
+use super::server::{reply_signed_bytes, sha256, transport_aad, transport_key};
+use super::service::VaultEndpoint;
+use super::{Suite, OPAQUE_CONTEXT};
+use crate::hsm::verify_signature;
+use crate::wire;
+use crate::wire::vault::{
+    vault_client_request, VaultClientRequest, VaultLoginFinish, VaultLoginPurpose, VaultLoginStart,
+    VaultRegisterFinish, VaultRegisterStart, VaultReply, VaultReplyBody, VaultReplyStatus,
+    VaultRequestId,
+};
+use crate::ReplicaId;
+
+/// Why a vault client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultClientError {
+    /// The recovery code is wrong; the attempt is spent.
+    #[error("wrong recovery code: {attempts_left} attempts left{}", if *.attempts_left == 0 { " (the record has been erased)" } else { "" })]
+    WrongCode {
+        /// Attempts left after this one; 0 means the record is now erased.
+        attempts_left: u32,
+    },
+    /// The record was erased after its last attempt; nothing can recover it.
+    #[error("locked: the record was erased after its last attempt and cannot be recovered or registered again")]
+    Locked,
+    /// No record for this user (never registered, or deleted).
+    #[error("not registered: the vault holds no record for this user")]
+    NotRegistered,
+    /// A record exists; replace it with `reregister`, which needs the current code.
+    #[error(
+        "already registered: re-register with the current recovery code to replace the record"
+    )]
+    AlreadyRegistered,
+    /// No service gave an answer the step could rely on in time (no leader, no
+    /// majority, every service unreachable). The step may or may not have taken
+    /// effect; retrying is safe.
+    #[error("fleet unavailable: {detail}")]
+    Unavailable {
+        /// What the last service said, or that none answered.
+        detail: String,
+    },
+    /// A reply failed verification (bad signature, unknown replica, not for our
+    /// request): an intermediary, or a misconfigured fleet key.
+    #[error("reply from replica {replica} refused: {detail}")]
+    BadReply {
+        /// The replica the reply claims to come from.
+        replica: ReplicaId,
+        /// What failed.
+        detail: String,
+    },
+    /// The fleet refused the request as malformed.
+    #[error("request refused by the fleet: {0}")]
+    Rejected(String),
+    /// The arguments are out of bounds.
+    #[error("invalid argument: {0}")]
+    InvalidInput(String),
+    /// The OPAQUE exchange failed for another reason than a wrong code.
+    #[error("OPAQUE protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Argon2id parameters of the key-stretching step. They are part of the
+/// deployment: registration and every recovery must use the same ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KsfParams {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl KsfParams {
+    /// OWASP's Argon2id recommendation (19 MiB, 2 passes, 1 lane): the default.
+    pub const RECOMMENDED: KsfParams = KsfParams {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    /// 64 KiB and one pass: for tests and simulations only, where thousands of
+    /// logins run on one core. Never deploy it: it makes offline guessing cheap.
+    pub const TESTS_ONLY: KsfParams = KsfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn argon2(&self) -> Result<Argon2<'static>, VaultClientError> {
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| VaultClientError::InvalidInput(format!("Argon2 parameters: {e}")))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
+    }
+}
+
+impl Default for KsfParams {
+    fn default() -> Self {
+        Self::RECOMMENDED
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> VaultClientError {
+    VaultClientError::Protocol(e.to_string())
+}
+
+/// A registration in progress, on the client (sans-IO).
+pub struct ClientRegistrationFlow {
+    state: ClientRegistration<Suite>,
+    request: Vec<u8>,
+}
+
+impl ClientRegistrationFlow {
+    /// Blinds `code`; send [`ClientRegistrationFlow::request`] to the fleet.
+    pub fn start<R: RngCore + rand::CryptoRng>(
+        rng: &mut R,
+        code: &[u8],
+    ) -> Result<Self, VaultClientError> {
+        let start = ClientRegistration::<Suite>::start(rng, code).map_err(protocol)?;
+        Ok(Self {
+            request: start.message.serialize().to_vec(),
+            state: start.state,
+        })
+    }
+
+    /// The OPAQUE registration request.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// Completes the registration with the fleet's response: the upload to send.
+    pub fn finish<R: RngCore + rand::CryptoRng>(
+        self,
+        rng: &mut R,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<Vec<u8>, VaultClientError> {
+        let response = RegistrationResponse::<Suite>::deserialize(response).map_err(protocol)?;
+        let argon = ksf.argon2()?;
+        let done = self
+            .state
+            .finish(
+                rng,
+                code,
+                response,
+                ClientRegistrationFinishParameters::new(Default::default(), Some(&argon)),
+            )
+            .map_err(protocol)?;
+        Ok(done.message.serialize().to_vec())
+    }
+}
+
+/// A login in progress, on the client (sans-IO). It can be finished against
+/// several responses to the same credential request (a retry to another service
+/// after a crash), each time from the same state.
+pub struct ClientLoginFlow {
+    state: ClientLogin<Suite>,
+    request: Vec<u8>,
+}
+
+impl ClientLoginFlow {
+    /// Blinds `code`; send [`ClientLoginFlow::request`] to the fleet.
+    pub fn start<R: RngCore + rand::CryptoRng>(
+        rng: &mut R,
+        code: &[u8],
+    ) -> Result<Self, VaultClientError> {
+        let start = ClientLogin::<Suite>::start(rng, code).map_err(protocol)?;
+        Ok(Self {
+            request: start.message.serialize().to_vec(),
+            state: start.state,
+        })
+    }
+
+    /// The OPAQUE credential request.
+    pub fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// Opens the fleet's credential response with `code`. `Ok` holds the
+    /// finalization to send and the session key; `Err(None)` means the code is
+    /// wrong (or the response was not made for this request).
+    pub fn finish<R: RngCore + rand::CryptoRng>(
+        &self,
+        rng: &mut R,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), Option<VaultClientError>> {
+        let response =
+            CredentialResponse::<Suite>::deserialize(response).map_err(|e| Some(protocol(e)))?;
+        let argon = ksf.argon2().map_err(Some)?;
+        let done = self
+            .state
+            .clone()
+            .finish(
+                rng,
+                code,
+                response,
+                ClientLoginFinishParameters::new(
+                    Some(OPAQUE_CONTEXT),
+                    Default::default(),
+                    Some(&argon),
+                ),
+            )
+            .map_err(|e| match e {
+                opaque_ke::errors::ProtocolError::InvalidLoginError => None,
+                other => Some(protocol(other)),
+            })?;
+        Ok((
+            done.message.serialize().to_vec(),
+            Zeroizing::new(done.session_key.to_vec()),
+        ))
+    }
+}
+
+/// Decrypts a secret the fleet sent under the OPAQUE session key.
+pub(crate) fn decrypt_secret(
+    session_key: &[u8],
+    request_digest: &[u8],
+    user: &[u8],
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, VaultClientError> {
+    if nonce.len() != 24 {
+        return Err(protocol("secret nonce must be 24 bytes"));
+    }
+    let key = transport_key(session_key);
+    let aead = XChaCha20Poly1305::new(key.as_ref().into());
+    let aad = transport_aad(request_digest, user);
+    aead.decrypt(
+        XNonce::from_slice(nonce),
+        Payload {
+            msg: ciphertext,
+            aad: &aad,
+        },
+    )
+    .map(Zeroizing::new)
+    .map_err(|_| protocol("the recovered secret does not decrypt under the session key"))
+}
+
+/// Retries of a [`VaultClient`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VaultClientConfig {
+    /// The key-stretching parameters (the deployment's).
+    pub ksf: KsfParams,
+    /// Passes over the services per step before giving up.
+    pub rounds: u32,
+    /// Pause between passes.
+    pub backoff: Duration,
+    /// Fresh logins a `recover` may start when a login is lost mid-way (its
+    /// service went down after answering).
+    pub login_restarts: u32,
+}
+
+impl Default for VaultClientConfig {
+    fn default() -> Self {
+        Self {
+            ksf: KsfParams::RECOMMENDED,
+            rounds: 3,
+            backoff: Duration::from_millis(100),
+            login_restarts: 3,
+        }
+    }
+}
+
+/// A user's client of the Backup Key Vault.
+pub struct VaultClient {
+    endpoints: Vec<Arc<dyn VaultEndpoint>>,
+    keys: VaultPublicKeys,
+    client_id: u64,
+    sequence: AtomicU64,
+    preferred: AtomicUsize,
+    rng: Mutex<ChaCha20Rng>,
+    cfg: VaultClientConfig,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient")
+            .field("client_id", &self.client_id)
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A step's verified reply and the endpoint that gave it.
+struct Answer {
+    endpoint: usize,
+    body: VaultReplyBody,
+    digest: [u8; 32],
+}
+
+impl VaultClient {
+    /// A client of the services `endpoints`, trusting replies signed by the
+    /// replicas in `keys`. Its randomness comes from the operating system.
+    #[allow(clippy::disallowed_types)] // the client's one OS-seeded RNG
+    pub fn new(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        keys: VaultPublicKeys,
+        cfg: VaultClientConfig,
+    ) -> Self {
+        Self::with_rng(
+            endpoints,
+            keys,
+            cfg,
+            ChaCha20Rng::from_rng(rand::rngs::OsRng)
+                .unwrap_or_else(|_| ChaCha20Rng::from_seed([0; 32])),
+        )
+    }
+
+    /// As [`VaultClient::new`], with randomness from `seed` (tests, simulations).
+    pub fn with_seed(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        keys: VaultPublicKeys,
+        cfg: VaultClientConfig,
+        seed: u64,
+    ) -> Self {
+        Self::with_rng(endpoints, keys, cfg, ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    fn with_rng(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        keys: VaultPublicKeys,
+        cfg: VaultClientConfig,
+        mut rng: ChaCha20Rng,
+    ) -> Self {
+        let client_id = rng.next_u64();
+        Self {
+            endpoints,
+            keys,
+            client_id,
+            sequence: AtomicU64::new(1),
+            preferred: AtomicUsize::new(0),
+            rng: Mutex::new(rng),
+            cfg,
+        }
+    }
+
+    fn next_id(&self) -> VaultRequestId {
+        let mut id = VaultRequestId::new();
+        id.client = self.client_id;
+        id.sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        id
+    }
+
+    fn verify(
+        &self,
+        endpoint: &dyn VaultEndpoint,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<VaultReplyBody, VaultClientError> {
+        let replica = endpoint.replica();
+        let bad = |detail: &str| VaultClientError::BadReply {
+            replica,
+            detail: detail.to_string(),
+        };
+        let reply: VaultReply =
+            wire::decode(bytes, "vault reply").map_err(|e| bad(&e.to_string()))?;
+        let key = self
+            .keys
+            .replicas
+            .get(&replica)
+            .ok_or_else(|| bad("no pinned response key for this replica"))?;
+        let signature: [u8; 64] = reply
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("signature is not 64 bytes"))?;
+        if !verify_signature(
+            key,
+            &reply_signed_bytes(self.keys.group, &reply.body),
+            &signature,
+        ) {
+            return Err(bad(
+                "signature does not verify under the replica's response key",
+            ));
+        }
+        let body: VaultReplyBody =
+            wire::decode(&reply.body, "vault reply body").map_err(|e| bad(&e.to_string()))?;
+        if body.replica != replica {
+            return Err(bad("signed by a replica other than the one asked"));
+        }
+        if body.request_digest.as_slice() != digest.as_slice() {
+            return Err(bad("the reply answers another request"));
+        }
+        Ok(body)
+    }
+
+    /// Sends `request` (the same bytes on every retry) to `only` or, when `None`,
+    /// to the services in turn until one gives a verified answer that is not
+    /// "unavailable".
+    #[allow(clippy::disallowed_methods)] // the client backs off on the host's clock
+    fn send(
+        &self,
+        request: &VaultClientRequest,
+        only: Option<usize>,
+    ) -> Result<Answer, VaultClientError> {
+        let bytes = wire::encode(request);
+        let digest = sha256(&bytes);
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Err(VaultClientError::Unavailable {
+                detail: "the client has no vault service to ask".into(),
+            });
+        }
+        let mut last = VaultClientError::Unavailable {
+            detail: "no service answered".into(),
+        };
+        let start = self.preferred.load(Ordering::Relaxed);
+        for round in 0..self.cfg.rounds.max(1) {
+            if round > 0 {
+                std::thread::sleep(self.cfg.backoff);
+            }
+            let targets: Vec<usize> = match only {
+                Some(i) => vec![i],
+                None => (0..n).map(|k| (start + k) % n).collect(),
+            };
+            for i in targets {
+                let endpoint = self.endpoints[i].as_ref();
+                let raw = match endpoint.call(&bytes) {
+                    Ok(raw) => raw,
+                    Err(e) => {
+                        last = VaultClientError::Unavailable {
+                            detail: e.to_string(),
+                        };
+                        continue;
+                    }
+                };
+                let body = match self.verify(endpoint, &raw, &digest) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
+                if body
+                    .status
+                    .enum_value_or(VaultReplyStatus::REPLY_UNAVAILABLE)
+                    == VaultReplyStatus::REPLY_UNAVAILABLE
+                {
+                    last = VaultClientError::Unavailable {
+                        detail: body.detail,
+                    };
+                    continue;
+                }
+                if only.is_none() {
+                    self.preferred.store(i, Ordering::Relaxed);
+                }
+                return Ok(Answer {
+                    endpoint: i,
+                    body,
+                    digest,
+                });
+            }
+        }
+        Err(last)
+    }
+
+    fn request(&self, op: vault_client_request::Op) -> VaultClientRequest {
+        let mut r = VaultClientRequest::new();
+        r.request = Some(self.next_id()).into();
+        r.op = Some(op);
+        r
+    }
+
+    /// Registers `user` with `secret`, protected by `code`, allowing
+    /// [`DEFAULT_MAX_ATTEMPTS`] wrong guesses. Returns the registration generation.
+    pub fn register(
+        &self,
+        user: &[u8],
+        code: &[u8],
+        secret: &[u8],
+    ) -> Result<u64, VaultClientError> {
+        self.register_with_limit(user, code, secret, DEFAULT_MAX_ATTEMPTS)
+    }
+
+    /// Registers `user` allowing `max_attempts` (1 to 255) wrong guesses.
+    pub fn register_with_limit(
+        &self,
+        user: &[u8],
+        code: &[u8],
+        secret: &[u8],
+        max_attempts: u32,
+    ) -> Result<u64, VaultClientError> {
+        check_args(user, secret, max_attempts)?;
+        let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), code)?;
+        let mut start = VaultRegisterStart::new();
+        start.user = user.to_vec();
+        start.registration_request = flow.request().to_vec();
+        let a = self.send(
+            &self.request(vault_client_request::Op::RegisterStart(start)),
+            None,
+        )?;
+        expect_ok(&a.body)?;
+        let upload = flow.finish(
+            &mut *self.rng.lock(),
+            code,
+            &a.body.registration_response,
+            &self.cfg.ksf,
+        )?;
+        let mut finish = VaultRegisterFinish::new();
+        finish.user = user.to_vec();
+        finish.registration_upload = upload;
+        finish.credential_nonce = a.body.credential_nonce;
+        finish.secret = secret.to_vec();
+        finish.max_attempts = max_attempts;
+        let a = self.send(
+            &self.request(vault_client_request::Op::RegisterFinish(finish)),
+            None,
+        )?;
+        expect_ok(&a.body)?;
+        Ok(a.body.generation)
+    }
+
+    /// Runs a login for `user` with `code` up to the finalization: returns the
+    /// answer to the finalization, the session key and the finalization's digest.
+    fn login(
+        &self,
+        user: &[u8],
+        code: &[u8],
+        purpose: VaultLoginPurpose,
+        registration_request: &[u8],
+    ) -> Result<(Answer, Zeroizing<Vec<u8>>), VaultClientError> {
+        if user.is_empty() || user.len() > USER_ID_MAX {
+            return Err(VaultClientError::InvalidInput(format!(
+                "user id must be 1..={USER_ID_MAX} bytes"
+            )));
+        }
+        let mut last = VaultClientError::Unavailable {
+            detail: "no login completed".into(),
+        };
+        for _ in 0..self.cfg.login_restarts.max(1) {
+            // One credential request and one request id per login: re-sending them
+            // after a lost reply gets the same attempt back, never a second one.
+            let flow = ClientLoginFlow::start(&mut *self.rng.lock(), code)?;
+            let mut start = VaultLoginStart::new();
+            start.user = user.to_vec();
+            start.credential_request = flow.request().to_vec();
+            let start = self.request(vault_client_request::Op::LoginStart(start));
+            for _ in 0..self.cfg.login_restarts.max(1) {
+                let a = self.send(&start, None)?;
+                expect_ok(&a.body)?;
+                let (finalization, session_key) = match flow.finish(
+                    &mut *self.rng.lock(),
+                    code,
+                    &a.body.credential_response,
+                    &self.cfg.ksf,
+                ) {
+                    Ok(x) => x,
+                    Err(None) => {
+                        return Err(VaultClientError::WrongCode {
+                            attempts_left: a.body.attempts_left,
+                        })
+                    }
+                    Err(Some(e)) => return Err(e),
+                };
+                let mut finish = VaultLoginFinish::new();
+                finish.login = a.body.login;
+                finish.credential_finalization = finalization;
+                finish.purpose = purpose.into();
+                finish.registration_request = registration_request.to_vec();
+                let finish = self.request(vault_client_request::Op::LoginFinish(finish));
+                match self.send(&finish, Some(a.endpoint)) {
+                    Ok(f) => match f
+                        .body
+                        .status
+                        .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
+                    {
+                        // The login is gone (its service restarted, or it expired):
+                        // ask again with the same request, which spends nothing.
+                        VaultReplyStatus::REPLY_LOGIN_UNKNOWN => {
+                            last = VaultClientError::Unavailable {
+                                detail: f.body.detail.clone(),
+                            };
+                            continue;
+                        }
+                        _ => return Ok((f, session_key)),
+                    },
+                    Err(e @ VaultClientError::Unavailable { .. }) => {
+                        last = e;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // The same request no longer yields a login (its attempt was concluded
+            // by a reply we never got): start a fresh login.
+        }
+        Err(last)
+    }
+
+    /// Recovers `user`'s secret with `code`. A wrong code spends one attempt; the
+    /// right one forgives the attempts spent before it.
+    pub fn recover(
+        &self,
+        user: &[u8],
+        code: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, VaultClientError> {
+        let (a, session_key) = self.login(user, code, VaultLoginPurpose::VAULT_RECOVER, &[])?;
+        expect_ok(&a.body)?;
+        decrypt_secret(
+            &session_key,
+            &a.digest,
+            user,
+            &a.body.secret_nonce,
+            &a.body.encrypted_secret,
+        )
+    }
+
+    /// Deletes `user`'s record; needs the current code (one attempt is spent
+    /// if it is wrong).
+    pub fn delete(&self, user: &[u8], code: &[u8]) -> Result<(), VaultClientError> {
+        let (a, _) = self.login(user, code, VaultLoginPurpose::VAULT_DELETE, &[])?;
+        expect_ok(&a.body)
+    }
+
+    /// Replaces `user`'s record with a new code and secret; needs the current
+    /// code. Returns the new generation.
+    pub fn reregister(
+        &self,
+        user: &[u8],
+        old_code: &[u8],
+        new_code: &[u8],
+        new_secret: &[u8],
+        max_attempts: u32,
+    ) -> Result<u64, VaultClientError> {
+        check_args(user, new_secret, max_attempts)?;
+        let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), new_code)?;
+        let (a, _) = self.login(
+            user,
+            old_code,
+            VaultLoginPurpose::VAULT_REREGISTER_START,
+            flow.request(),
+        )?;
+        expect_ok(&a.body)?;
+        let upload = flow.finish(
+            &mut *self.rng.lock(),
+            new_code,
+            &a.body.registration_response,
+            &self.cfg.ksf,
+        )?;
+        let mut finish = VaultRegisterFinish::new();
+        finish.user = user.to_vec();
+        finish.registration_upload = upload;
+        finish.credential_nonce = a.body.credential_nonce;
+        finish.secret = new_secret.to_vec();
+        finish.max_attempts = max_attempts;
+        finish.login = a.body.login;
+        let f = self.send(
+            &self.request(vault_client_request::Op::RegisterFinish(finish)),
+            Some(a.endpoint),
+        )?;
+        expect_ok(&f.body)?;
+        Ok(f.body.generation)
+    }
+}
+
+fn check_args(user: &[u8], secret: &[u8], max_attempts: u32) -> Result<(), VaultClientError> {
+    if user.is_empty() || user.len() > USER_ID_MAX {
+        return Err(VaultClientError::InvalidInput(format!(
+            "user id must be 1..={USER_ID_MAX} bytes"
+        )));
+    }
+    if secret.is_empty() || secret.len() > SECRET_MAX {
+        return Err(VaultClientError::InvalidInput(format!(
+            "secret must be 1..={SECRET_MAX} bytes"
+        )));
+    }
+    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
+        return Err(VaultClientError::InvalidInput(format!(
+            "max_attempts {max_attempts} is outside 1..={MAX_ATTEMPTS_LIMIT}"
+        )));
+    }
+    Ok(())
+}
+
+/// Maps a verified reply's status to the client's error.
+fn expect_ok(b: &VaultReplyBody) -> Result<(), VaultClientError> {
+    match b.status.enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST) {
+        VaultReplyStatus::REPLY_OK => Ok(()),
+        VaultReplyStatus::REPLY_NOT_REGISTERED => Err(VaultClientError::NotRegistered),
+        VaultReplyStatus::REPLY_LOCKED => Err(VaultClientError::Locked),
+        VaultReplyStatus::REPLY_ALREADY_REGISTERED => Err(VaultClientError::AlreadyRegistered),
+        VaultReplyStatus::REPLY_LOGIN_FAILED => Err(VaultClientError::WrongCode {
+            attempts_left: b.attempts_left,
+        }),
+        VaultReplyStatus::REPLY_UNAVAILABLE | VaultReplyStatus::REPLY_LOGIN_UNKNOWN => {
+            Err(VaultClientError::Unavailable {
+                detail: b.detail.clone(),
+            })
+        }
+        VaultReplyStatus::REPLY_BAD_REQUEST | VaultReplyStatus::REPLY_REQUEST_REUSED => {
+            Err(VaultClientError::Rejected(b.detail.clone()))
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The vault's keys: the OPAQUE server setup (OPRF seed and server key pair),
+//! the record key that seals users' secrets, and each replica's response-signing
+//! key. All of them belong to the fleet's HSM "security world": every HSM of the
+//! fleet holds the same record key and can open the same sealed server setup, as
+//! the HSMs of a production fleet share keys through the vendor's key-sharing
+//! ceremony.
+
+use std::collections::BTreeMap;
+
+use opaque_ke::ServerSetup;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use zeroize::Zeroizing;
+
+use super::server::VaultError;
+use super::Suite;
+use crate::hsm::{Hsm, KeyHandle, KeyKind};
+use crate::ReplicaId;
+
+const SETUP_LABEL: &str = "vault/opaque-setup";
+const SETUP_AAD: &[u8] = b"vaultfleet/vault/opaque-setup/v1";
+pub(crate) const RECORD_LABEL: &str = "vault/record";
+
+pub(crate) fn response_label(replica: ReplicaId) -> String {
+    format!("vault/response/{replica}")
+}
+
+/// A ChaCha20 RNG seeded with 32 bytes from the HSM: every random value the vault
+/// draws (OPAQUE nonces and ephemerals, credential nonces) comes from the HSM.
+pub(crate) fn hsm_rng<H: Hsm>(hsm: &H) -> Result<ChaCha20Rng, VaultError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    hsm.random(seed.as_mut())?;
+    Ok(ChaCha20Rng::from_seed(*seed))
+}
+
+/// One replica's view of the vault's keys: the opened OPAQUE server setup and
+/// handles to the HSM-held record and response keys.
+pub struct VaultKeys<H: Hsm> {
+    pub(crate) hsm: H,
+    pub(crate) setup: ServerSetup<Suite>,
+    pub(crate) record_key: KeyHandle,
+    pub(crate) response_key: KeyHandle,
+    pub(crate) replica: ReplicaId,
+    pub(crate) group: u64,
+}
+
+impl<H: Hsm> std::fmt::Debug for VaultKeys<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultKeys")
+            .field("replica", &self.replica)
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: Hsm> VaultKeys<H> {
+    /// Creates the fleet's OPAQUE server setup (once per fleet, at the key
+    /// ceremony) from HSM randomness and returns it sealed under the HSM's setup
+    /// key. Keep the sealed bytes with the fleet's configuration; they are useless
+    /// without the HSM.
+    pub fn provision(hsm: &H) -> Result<Vec<u8>, VaultError> {
+        let mut rng = hsm_rng(hsm)?;
+        let setup = ServerSetup::<Suite>::new(&mut rng);
+        let bytes = Zeroizing::new(setup.serialize().to_vec());
+        let key = hsm.key(SETUP_LABEL, KeyKind::Aead)?;
+        hsm.key(RECORD_LABEL, KeyKind::Aead)?;
+        Ok(hsm.seal(key, SETUP_AAD, &bytes)?)
+    }
+
+    /// Opens the sealed server setup for replica `replica` of raft group `group`
+    /// and makes sure its response key exists.
+    pub fn open(
+        hsm: H,
+        sealed_setup: &[u8],
+        group: u64,
+        replica: ReplicaId,
+    ) -> Result<Self, VaultError> {
+        let key = hsm
+            .find_key(SETUP_LABEL, KeyKind::Aead)?
+            .ok_or_else(|| VaultError::Keys(format!(
+                "the HSM holds no {SETUP_LABEL:?} key: provision the vault on this HSM's security world first"
+            )))?;
+        let bytes = hsm.unseal(key, SETUP_AAD, sealed_setup)?;
+        let setup = ServerSetup::<Suite>::deserialize(&bytes).map_err(|e| {
+            VaultError::Keys(format!(
+                "the sealed OPAQUE server setup does not decode: {e}"
+            ))
+        })?;
+        let record_key = hsm.key(RECORD_LABEL, KeyKind::Aead)?;
+        let response_key = hsm.key(&response_label(replica), KeyKind::Signing)?;
+        Ok(Self {
+            hsm,
+            setup,
+            record_key,
+            response_key,
+            replica,
+            group,
+        })
+    }
+
+    /// This replica's response-signing public key.
+    pub fn response_public_key(&self) -> Result<[u8; 32], VaultError> {
+        Ok(self.hsm.public_key(self.response_key)?)
+    }
+
+    /// The replica these keys answer for.
+    pub fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+}
+
+/// What a client pins to talk to a fleet: the raft group and each replica's
+/// response-signing public key. (Issue 7's validation bundles deliver these
+/// over the air; until then the application ships them.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaultPublicKeys {
+    /// The fleet's raft group id.
+    pub group: u64,
+    /// Response-signing public key of each replica.
+    pub replicas: BTreeMap<ReplicaId, [u8; 32]>,
+}

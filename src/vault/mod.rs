@@ -1,0 +1,50 @@
+//! The Backup Key Vault: a user's backup key released only to whoever knows the
+//! recovery code, with at most `max_attempts` wrong guesses (10 by default)
+//! enforced by the fleet through consensus.
+//!
+//! Three parts, as WhatsApp's HSM Backup Key Vault is built:
+//!
+//! * [`BackupVault`], the replicated [`StateMachine`](crate::StateMachine): OPAQUE
+//!   records, secrets sealed under the fleet's HSM record key, and the guess
+//!   counters. Deterministic: it draws no randomness and sees no secret in clear.
+//! * [`VaultService`], beside each node: runs the server side of OPAQUE
+//!   (`opaque-ke`, Ristretto255 + triple-DH + Argon2id), proposes each step through
+//!   consensus, and signs every reply with its replica's response key. A login is
+//!   answered only after the command spending its attempt has committed.
+//!   [`VaultServer`] is its sans-IO core, which the simulator drives too.
+//! * [`VaultClient`]: `register`, `recover`, `reregister`, `delete`, with typed
+//!   errors ([`VaultClientError`]); it checks every reply's signature and never
+//!   sends the recovery code anywhere.
+//!
+//! `docs/protocol.md` has the message flow and what each party learns;
+//! `docs/threat-model.md` what each attacker can and cannot do.
+
+mod client;
+mod keys;
+mod machine;
+mod server;
+mod service;
+
+pub use client::{
+    ClientLoginFlow, ClientRegistrationFlow, KsfParams, VaultClient, VaultClientConfig,
+    VaultClientError,
+};
+pub use keys::{VaultKeys, VaultPublicKeys};
+pub use machine::{
+    BackupVault, UserView, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX,
+};
+pub use server::{PendingLogin, VaultError, VaultServer};
+pub use service::{VaultEndpoint, VaultService, VaultServiceConfig};
+
+/// The OPAQUE cipher suite of the vault (RFC 9807's Ristretto255 / SHA-512
+/// configuration, with Argon2id as the key-stretching function).
+pub struct Suite;
+
+impl opaque_ke::CipherSuite for Suite {
+    type OprfCs = opaque_ke::Ristretto255;
+    type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2::Sha512>;
+    type Ksf = argon2::Argon2<'static>;
+}
+
+/// The OPAQUE context string both sides bind into the key exchange.
+pub(crate) const OPAQUE_CONTEXT: &[u8] = b"vaultfleet backup key vault v1";
