@@ -203,40 +203,50 @@ impl ClientLoginFlow {
         &self.request
     }
 
-    /// Opens the fleet's credential response with `code`. `Ok` holds the
-    /// finalization to send and the session key; `Err(None)` means the code is
-    /// wrong (or the response was not made for this request).
+    /// Opens the fleet's credential response with `code`. `Ok(None)` means the
+    /// code is wrong (or the response was not made for this request).
     pub fn finish<R: RngCore + rand::CryptoRng>(
         &self,
         rng: &mut R,
         code: &[u8],
         response: &[u8],
         ksf: &KsfParams,
-    ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), Option<VaultClientError>> {
-        let response =
-            CredentialResponse::<Suite>::deserialize(response).map_err(|e| Some(protocol(e)))?;
-        let argon = ksf.argon2().map_err(Some)?;
-        let done = self
-            .state
-            .clone()
-            .finish(
-                rng,
-                code,
-                response,
-                ClientLoginFinishParameters::new(
-                    Some(OPAQUE_CONTEXT),
-                    Default::default(),
-                    Some(&argon),
-                ),
-            )
-            .map_err(|e| match e {
-                opaque_ke::errors::ProtocolError::InvalidLoginError => None,
-                other => Some(protocol(other)),
-            })?;
-        Ok((
-            done.message.serialize().to_vec(),
-            Zeroizing::new(done.session_key.to_vec()),
-        ))
+    ) -> Result<Option<LoginOpened>, VaultClientError> {
+        let response = CredentialResponse::<Suite>::deserialize(response).map_err(protocol)?;
+        let argon = ksf.argon2()?;
+        let finished = self.state.clone().finish(
+            rng,
+            code,
+            response,
+            ClientLoginFinishParameters::new(
+                Some(OPAQUE_CONTEXT),
+                Default::default(),
+                Some(&argon),
+            ),
+        );
+        let done = match finished {
+            Ok(done) => done,
+            Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => return Ok(None),
+            Err(other) => return Err(protocol(other)),
+        };
+        Ok(Some(LoginOpened {
+            finalization: done.message.serialize().to_vec(),
+            session_key: Zeroizing::new(done.session_key.to_vec()),
+        }))
+    }
+}
+
+/// A credential response opened with the right code.
+pub struct LoginOpened {
+    /// The OPAQUE finalization to send to the service that answered.
+    pub finalization: Vec<u8>,
+    /// The OPAQUE session key (shared with that service only).
+    pub session_key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for LoginOpened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginOpened").finish_non_exhaustive()
     }
 }
 
@@ -567,19 +577,20 @@ impl VaultClient {
             for _ in 0..self.cfg.login_restarts.max(1) {
                 let a = self.send(&start, None)?;
                 expect_ok(&a.body)?;
-                let (finalization, session_key) = match flow.finish(
+                let opened = flow.finish(
                     &mut *self.rng.lock(),
                     code,
                     &a.body.credential_response,
                     &self.cfg.ksf,
-                ) {
-                    Ok(x) => x,
-                    Err(None) => {
-                        return Err(VaultClientError::WrongCode {
-                            attempts_left: a.body.attempts_left,
-                        })
-                    }
-                    Err(Some(e)) => return Err(e),
+                )?;
+                let Some(LoginOpened {
+                    finalization,
+                    session_key,
+                }) = opened
+                else {
+                    return Err(VaultClientError::WrongCode {
+                        attempts_left: a.body.attempts_left,
+                    });
                 };
                 let mut finish = VaultLoginFinish::new();
                 finish.login = a.body.login;

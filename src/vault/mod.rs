@@ -26,15 +26,15 @@ mod server;
 mod service;
 
 pub use client::{
-    ClientLoginFlow, ClientRegistrationFlow, KsfParams, VaultClient, VaultClientConfig,
-    VaultClientError,
+    ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient,
+    VaultClientConfig, VaultClientError,
 };
 pub use keys::{VaultKeys, VaultPublicKeys};
 pub use machine::{
     BackupVault, UserView, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX,
 };
 pub use server::{PendingLogin, VaultError, VaultServer};
-pub use service::{VaultEndpoint, VaultService, VaultServiceConfig};
+pub use service::{Unreachable, VaultEndpoint, VaultService, VaultServiceConfig};
 
 /// The OPAQUE cipher suite of the vault (RFC 9807's Ristretto255 / SHA-512
 /// configuration, with Argon2id as the key-stretching function).

@@ -171,11 +171,16 @@ impl<H: Hsm> VaultService<H> {
         self.logins.lock().pending.len()
     }
 
-    fn propose(&self, command: Vec<u8>) -> Result<VaultOutcome, VaultReplyBody> {
-        let bytes = self.client.propose(command).map_err(|e| unavailable(&e))?;
+    /// Proposes `command` and waits for its committed outcome; the error is the
+    /// reply to give when the fleet did not commit it.
+    fn propose(&self, command: Vec<u8>) -> Result<VaultOutcome, Box<VaultReplyBody>> {
+        let bytes = self
+            .client
+            .propose(command)
+            .map_err(|e| Box::new(unavailable(&e)))?;
         decode_outcome(&bytes).map_err(|e| {
             tracing::error!("vault service: {e}");
-            body(VaultReplyStatus::REPLY_UNAVAILABLE, e.to_string())
+            Box::new(body(VaultReplyStatus::REPLY_UNAVAILABLE, e.to_string()))
         })
     }
 
@@ -304,7 +309,7 @@ impl<H: Hsm> VaultService<H> {
         match command {
             Ok(c) => match self.propose(c) {
                 Ok(o) => from_outcome(&o),
-                Err(b) => b,
+                Err(b) => *b,
             },
             Err(e) => server_error(&e),
         }
@@ -324,7 +329,7 @@ impl<H: Hsm> VaultService<H> {
         // record leaves this service.
         let o = match self.propose(command) {
             Ok(o) => o,
-            Err(b) => return b,
+            Err(b) => return *b,
         };
         if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
             return from_outcome(&o);
@@ -415,7 +420,7 @@ impl<H: Hsm> VaultService<H> {
                     Ok(o) => from_outcome(&o),
                     Err(b) => {
                         self.logins.lock().pending.insert(x.login, (at, login));
-                        b
+                        *b
                     }
                 }
             }
@@ -426,7 +431,7 @@ impl<H: Hsm> VaultService<H> {
                     Err(b) => {
                         // Let the client retry its finalization.
                         self.logins.lock().pending.insert(x.login, (at, login));
-                        return b;
+                        return *b;
                     }
                 };
                 if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {

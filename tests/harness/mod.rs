@@ -11,12 +11,20 @@ use std::time::{Duration, Instant};
 
 use vaultfleet::replica::{ReplicaConfig, Status};
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
+use vaultfleet::vault::BackupVault;
 use vaultfleet::{
-    ChannelNetwork, FleetConfig, KvStore, MemLog, MemberSpec, Replica, Sealed, SealedConfig,
-    SledLog, SoftHsm,
+    ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
+    SealedConfig, SledLog, SoftHsm,
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The state machine the fleet replicates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    Kv,
+    Vault,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Store {
@@ -30,12 +38,13 @@ pub struct Fleet {
     pub config: FleetConfig,
     pub nodes: BTreeMap<u64, Node>,
     store: Store,
+    pub machine: Machine,
     dir: tempfile::TempDir,
     hsms: BTreeMap<u64, SoftHsm>,
     tweak: fn(&mut ReplicaConfig),
 }
 
-fn no_tweak(_: &mut ReplicaConfig) {}
+pub fn no_tweak(_: &mut ReplicaConfig) {}
 
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
@@ -59,12 +68,22 @@ impl Fleet {
     }
 
     pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Fleet {
+        Self::start_machine(config, store, tweak, Machine::Kv)
+    }
+
+    pub fn start_machine(
+        config: FleetConfig,
+        store: Store,
+        tweak: fn(&mut ReplicaConfig),
+        machine: Machine,
+    ) -> Fleet {
         init_tracing();
         let mut fleet = Fleet {
             net: ChannelNetwork::new(),
             config,
             nodes: BTreeMap::new(),
             store,
+            machine,
             dir: tempfile::tempdir().expect("temporary directory"),
             hsms: BTreeMap::new(),
             tweak,
@@ -90,22 +109,11 @@ impl Fleet {
     /// Starts replica `id`; `initial` members bootstrap their store from the fleet
     /// config, others (added later) start empty.
     pub fn boot(&mut self, id: u64, initial: bool) {
-        let cfg = self.node_config(id);
-        let transport = self.net.transport(id);
         let node = match self.store {
-            Store::Mem => {
-                let mut log = MemLog::new();
-                if initial {
-                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
-                }
-                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
-            }
+            Store::Mem => self.spawn(id, MemLog::new(), initial),
             Store::Sled => {
-                let mut log = SledLog::open(self.dir_of(id)).expect("open sled log");
-                if initial {
-                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
-                }
-                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
+                let log = SledLog::open(self.dir_of(id)).expect("open sled log");
+                self.spawn(id, log, initial)
             }
             Store::SealedSled => {
                 let hsm = self
@@ -114,16 +122,34 @@ impl Fleet {
                     .or_insert_with(|| SoftHsm::from_seed(id))
                     .clone();
                 let inner = SledLog::open(self.dir_of(id)).expect("open sled log");
-                let mut log = Sealed::open(inner, hsm, SealedConfig::new(cfg.replica.group, id))
+                let group = self.node_config(id).replica.group;
+                let log = Sealed::open(inner, hsm, SealedConfig::new(group, id))
                     .expect("open sealed log");
+                self.spawn(id, log, initial)
+            }
+        };
+        self.net.register(id, std::sync::Arc::new(node.handle()));
+        self.nodes.insert(id, node);
+    }
+
+    fn spawn<L: LogStore>(&self, id: u64, mut log: L, initial: bool) -> Node {
+        let cfg = self.node_config(id);
+        let transport = self.net.transport(id);
+        match self.machine {
+            Machine::Kv => {
                 if initial {
                     Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
                 }
                 Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
             }
-        };
-        self.net.register(id, std::sync::Arc::new(node.handle()));
-        self.nodes.insert(id, node);
+            Machine::Vault => {
+                if initial {
+                    Replica::bootstrap(&mut log, &BackupVault::new(), &self.config)
+                        .expect("bootstrap");
+                }
+                Node::spawn(cfg, log, BackupVault::new(), transport).expect("spawn")
+            }
+        }
     }
 
     pub fn stop(&mut self, id: u64) {

@@ -1,0 +1,568 @@
+//! The Backup Key Vault end to end: a threaded fleet running `BackupVault`, a
+//! `VaultService` beside every node, and `VaultClient`s speaking OPAQUE to them.
+// Tests of the threaded runtime run client threads in wall-clock time.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use harness::{no_tweak, Fleet, Machine, Store};
+use vaultfleet::runtime::{Client, ClientConfig};
+use vaultfleet::vault::{
+    BackupVault, ClientLoginFlow, KsfParams, UserView, VaultClient, VaultClientConfig,
+    VaultClientError, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer, VaultService,
+    VaultServiceConfig,
+};
+use vaultfleet::wire::vault::{
+    vault_client_request, VaultClientRequest, VaultLoginStart, VaultReply, VaultReplyBody,
+    VaultReplyStatus, VaultRequestId,
+};
+use vaultfleet::{FleetConfig, MemberSpec, SoftHsm};
+
+type Service = VaultService<SoftHsm>;
+
+const CODE: &[u8] = b"correct horse battery staple";
+const WRONG: &[u8] = b"wrong horse";
+const SECRET: &[u8] = b"backup-key:7d0f1e9a4b8c2d3e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708";
+
+struct VaultFleet {
+    fleet: Fleet,
+    /// The fleet's HSM security world: every service's HSM holds its keys.
+    world: SoftHsm,
+    sealed_setup: Vec<u8>,
+    services: BTreeMap<u64, Arc<Service>>,
+    keys: VaultPublicKeys,
+}
+
+impl VaultFleet {
+    fn start(n: u64, store: Store) -> VaultFleet {
+        let dcs = ["dc-a", "dc-b", "dc-c"];
+        let config = FleetConfig::new(
+            (1..=n)
+                .map(|id| MemberSpec::voter(id, dcs[(id as usize - 1) % dcs.len()]))
+                .collect(),
+        );
+        let fleet = Fleet::start_machine(config, store, no_tweak, Machine::Vault);
+        fleet.wait_leader();
+        let world = SoftHsm::from_seed(0x0076_6175_6c74);
+        let sealed_setup = VaultKeys::provision(&world).expect("provision the vault keys");
+        let mut vf = VaultFleet {
+            fleet,
+            world,
+            sealed_setup,
+            services: BTreeMap::new(),
+            keys: VaultPublicKeys {
+                group: 1,
+                replicas: BTreeMap::new(),
+            },
+        };
+        for id in 1..=n {
+            vf.start_service(id);
+        }
+        vf
+    }
+
+    fn start_service(&mut self, id: u64) {
+        let keys =
+            VaultKeys::open(self.world.clone(), &self.sealed_setup, 1, id).expect("open keys");
+        self.keys
+            .replicas
+            .insert(id, keys.response_public_key().expect("response key"));
+        let service = VaultService::start(
+            VaultServer::new(keys),
+            self.fleet.handles(),
+            VaultServiceConfig::default(),
+        )
+        .expect("service session");
+        self.services.insert(id, Arc::new(service));
+    }
+
+    fn endpoints(&self) -> Vec<Arc<dyn VaultEndpoint>> {
+        self.services
+            .values()
+            .map(|s| Arc::clone(s) as Arc<dyn VaultEndpoint>)
+            .collect()
+    }
+
+    fn client(&self, seed: u64) -> VaultClient {
+        self.client_of(self.endpoints(), seed)
+    }
+
+    fn client_of(&self, endpoints: Vec<Arc<dyn VaultEndpoint>>, seed: u64) -> VaultClient {
+        VaultClient::with_seed(endpoints, self.keys.clone(), cfg(), seed)
+    }
+
+    /// `user`'s state, read linearizably through the leader.
+    fn view(&self, user: &[u8]) -> Option<UserView> {
+        let bytes = self
+            .fleet
+            .client()
+            .read(BackupVault::query_user(user))
+            .expect("read");
+        decode_view(&bytes)
+    }
+}
+
+fn decode_view(bytes: &[u8]) -> Option<UserView> {
+    use vaultfleet::wire::vault::{VaultOutcome, VaultStatus};
+    let o: VaultOutcome = vaultfleet::wire::decode(bytes, "outcome").expect("outcome");
+    match o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) {
+        VaultStatus::VAULT_OK => Some(UserView::Registered {
+            generation: o.generation,
+            attempts_left: o.attempts_left,
+            max_attempts: 0,
+        }),
+        VaultStatus::VAULT_LOCKED => Some(UserView::Locked {
+            generation: o.generation,
+        }),
+        _ => None,
+    }
+}
+
+fn attempts_left(vf: &VaultFleet, user: &[u8]) -> u32 {
+    match vf.view(user) {
+        Some(UserView::Registered { attempts_left, .. }) => attempts_left,
+        other => panic!(
+            "{} is not registered: {other:?}",
+            String::from_utf8_lossy(user)
+        ),
+    }
+}
+
+fn cfg() -> VaultClientConfig {
+    VaultClientConfig {
+        ksf: KsfParams::TESTS_ONLY,
+        backoff: Duration::from_millis(20),
+        ..VaultClientConfig::default()
+    }
+}
+
+#[test]
+fn register_and_recover() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    let client = vf.client(1);
+    assert_eq!(client.register(b"alice", CODE, SECRET), Ok(1));
+    assert_eq!(
+        client.recover(b"alice", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+    // Another device of the same user (a new client) recovers too.
+    let phone = vf.client(2);
+    assert_eq!(
+        phone.recover(b"alice", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+    assert_eq!(attempts_left(&vf, b"alice"), 10);
+    assert_eq!(
+        client.recover(b"bob", CODE),
+        Err(VaultClientError::NotRegistered)
+    );
+    assert_eq!(
+        client.register(b"alice", b"attacker's code", b"attacker's key"),
+        Err(VaultClientError::AlreadyRegistered),
+        "an existing record is never overwritten without its code"
+    );
+    assert_eq!(
+        client.recover(b"alice", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+}
+
+#[test]
+fn ten_wrong_codes_then_the_right_one_is_locked() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    let client = vf.client(3);
+    client.register(b"carol", CODE, SECRET).expect("register");
+    for left in (0..10).rev() {
+        assert_eq!(
+            client.recover(b"carol", WRONG),
+            Err(VaultClientError::WrongCode {
+                attempts_left: left
+            })
+        );
+    }
+    assert_eq!(
+        client.recover(b"carol", CODE),
+        Err(VaultClientError::Locked)
+    );
+    assert_eq!(vf.view(b"carol"), Some(UserView::Locked { generation: 1 }));
+    // Locked for good: no re-registration, no delete, no re-registration with the code.
+    assert_eq!(
+        client.register(b"carol", CODE, SECRET),
+        Err(VaultClientError::Locked)
+    );
+    assert_eq!(client.delete(b"carol", CODE), Err(VaultClientError::Locked));
+    assert_eq!(
+        client.reregister(b"carol", CODE, b"new", SECRET, 10),
+        Err(VaultClientError::Locked)
+    );
+}
+
+#[test]
+fn the_right_code_after_nine_wrong_ones_succeeds_and_resets() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    let client = vf.client(4);
+    client.register(b"dave", CODE, SECRET).expect("register");
+    for left in (1..10).rev() {
+        assert_eq!(
+            client.recover(b"dave", WRONG),
+            Err(VaultClientError::WrongCode {
+                attempts_left: left
+            })
+        );
+    }
+    assert_eq!(
+        client.recover(b"dave", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+    assert_eq!(attempts_left(&vf, b"dave"), 10);
+    assert_eq!(
+        client.recover(b"dave", WRONG),
+        Err(VaultClientError::WrongCode { attempts_left: 9 })
+    );
+    // The limit is the registration's: one attempt, and the last one may still succeed.
+    client
+        .register_with_limit(b"erin", CODE, SECRET, 1)
+        .expect("register");
+    assert_eq!(
+        client.recover(b"erin", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+    assert_eq!(attempts_left(&vf, b"erin"), 1);
+    assert_eq!(
+        client.recover(b"erin", WRONG),
+        Err(VaultClientError::WrongCode { attempts_left: 0 })
+    );
+    assert_eq!(client.recover(b"erin", CODE), Err(VaultClientError::Locked));
+}
+
+fn login_start(user: &[u8], flow: &ClientLoginFlow, sequence: u64) -> Vec<u8> {
+    let mut start = VaultLoginStart::new();
+    start.user = user.to_vec();
+    start.credential_request = flow.request().to_vec();
+    let mut id = VaultRequestId::new();
+    id.client = 77;
+    id.sequence = sequence;
+    let mut r = VaultClientRequest::new();
+    r.request = Some(id).into();
+    r.op = Some(vault_client_request::Op::LoginStart(start));
+    vaultfleet::wire::encode(&r)
+}
+
+fn body(reply: &[u8]) -> VaultReplyBody {
+    let r: VaultReply = vaultfleet::wire::decode(reply, "reply").expect("reply");
+    vaultfleet::wire::decode(&r.body, "body").expect("body")
+}
+
+#[test]
+fn a_retried_consume_does_not_spend_twice() {
+    use rand::SeedableRng;
+    let vf = VaultFleet::start(3, Store::Mem);
+    vf.client(5)
+        .register(b"frank", CODE, SECRET)
+        .expect("register");
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+    let flow = ClientLoginFlow::start(&mut rng, WRONG).expect("login");
+    let request = login_start(b"frank", &flow, 1);
+    // The same request delivered to every service (a client retrying after lost
+    // replies): one attempt, one ticket.
+    let answers: Vec<VaultReplyBody> = vf
+        .services
+        .values()
+        .map(|s| body(&s.call(&request).expect("service up")))
+        .collect();
+    for a in &answers {
+        assert_eq!(a.attempts_left, 9, "{a:?}");
+    }
+    assert_eq!(attempts_left(&vf, b"frank"), 9);
+    // The same request id with another credential request (another guess) is refused.
+    let other = ClientLoginFlow::start(&mut rng, b"another guess").expect("login");
+    let reused = body(
+        &vf.services[&1]
+            .call(&login_start(b"frank", &other, 1))
+            .expect("up"),
+    );
+    assert_eq!(
+        reused.status.enum_value_or(VaultReplyStatus::REPLY_OK),
+        VaultReplyStatus::REPLY_REQUEST_REUSED,
+        "{reused:?}"
+    );
+    assert!(
+        reused.credential_response.is_empty(),
+        "no OPAQUE answer for a reused id"
+    );
+    assert_eq!(attempts_left(&vf, b"frank"), 9);
+}
+
+#[test]
+fn a_leader_crash_between_consume_and_response_gives_no_extra_attempt() {
+    let mut vf = VaultFleet::start(5, Store::Sled);
+    let client = vf.client(6);
+    client.register(b"grace", CODE, SECRET).expect("register");
+    let leader = vf.fleet.wait_leader();
+    // The leader's service commits the consume of a guess ...
+    let keys = VaultKeys::open(vf.world.clone(), &vf.sealed_setup, 1, leader).expect("keys");
+    let server = VaultServer::new(keys);
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(6);
+    let flow = ClientLoginFlow::start(&mut rng, WRONG).expect("login");
+    let mut id = VaultRequestId::new();
+    id.client = 99;
+    id.sequence = 1;
+    let consume = server
+        .consume_command(&id, b"grace", flow.request())
+        .expect("command");
+    let session =
+        Client::connect(vec![vf.fleet.handle(leader)], ClientConfig::default()).expect("session");
+    session.propose(consume).expect("consume commits");
+    // ... and its host dies before the OPAQUE response leaves it.
+    vf.services[&leader].stop();
+    vf.fleet.stop(leader);
+    vf.services.remove(&leader);
+    let survivors = vf.client(7);
+    assert_eq!(
+        survivors.recover(b"grace", WRONG),
+        Err(VaultClientError::WrongCode { attempts_left: 8 }),
+        "the crashed leader's committed attempt stays spent"
+    );
+    // A host that crashes after answering a login, before the finalization: the
+    // client asks another service with the same request, which spends nothing.
+    let flaky = vf.services.values().next().expect("a service").clone();
+    let mut endpoints: Vec<Arc<dyn VaultEndpoint>> =
+        vec![Arc::new(CrashBeforeFinish { inner: flaky })];
+    endpoints.extend(vf.endpoints().into_iter().skip(1));
+    let client = vf.client_of(endpoints, 8);
+    assert_eq!(
+        client.recover(b"grace", CODE).expect("recover").as_slice(),
+        SECRET
+    );
+    assert_eq!(attempts_left(&vf, b"grace"), 10);
+    vf.fleet.restart(leader);
+    vf.start_service(leader);
+    assert_eq!(
+        vf.client(9)
+            .recover(b"grace", CODE)
+            .expect("recover")
+            .as_slice(),
+        SECRET
+    );
+}
+
+/// A service whose host dies right after it answered a login start.
+struct CrashBeforeFinish {
+    inner: Arc<Service>,
+}
+
+impl VaultEndpoint for CrashBeforeFinish {
+    fn replica(&self) -> u64 {
+        self.inner.replica()
+    }
+
+    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet::vault::Unreachable> {
+        let r: VaultClientRequest = vaultfleet::wire::decode(request, "request").expect("request");
+        if matches!(r.op, Some(vault_client_request::Op::LoginFinish(_))) {
+            self.inner.stop();
+        }
+        self.inner.call(request)
+    }
+}
+
+#[test]
+fn parallel_recoveries_each_spend_their_own_attempt() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    vf.client(10)
+        .register(b"heidi", CODE, SECRET)
+        .expect("register");
+    let vf = Arc::new(vf);
+    let wrong: Vec<_> = (0..4)
+        .map(|t| {
+            let vf = Arc::clone(&vf);
+            std::thread::spawn(move || vf.client(100 + t).recover(b"heidi", WRONG))
+        })
+        .collect();
+    let mut left: Vec<u32> = wrong
+        .into_iter()
+        .map(|t| match t.join().expect("thread") {
+            Err(VaultClientError::WrongCode { attempts_left }) => attempts_left,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        vec![6, 7, 8, 9],
+        "four guesses at once spend four attempts"
+    );
+    assert_eq!(attempts_left(&vf, b"heidi"), 6);
+    let right: Vec<_> = (0..3)
+        .map(|t| {
+            let vf = Arc::clone(&vf);
+            std::thread::spawn(move || vf.client(200 + t).recover(b"heidi", CODE))
+        })
+        .collect();
+    for t in right {
+        assert_eq!(
+            t.join().expect("thread").expect("recover").as_slice(),
+            SECRET
+        );
+    }
+    assert_eq!(attempts_left(&vf, b"heidi"), 10);
+}
+
+#[test]
+fn reregistration_and_delete_need_the_current_code() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    let client = vf.client(11);
+    client.register(b"ivan", CODE, SECRET).expect("register");
+    assert_eq!(
+        client.reregister(b"ivan", WRONG, b"new code", b"new secret", 5),
+        Err(VaultClientError::WrongCode { attempts_left: 9 })
+    );
+    assert_eq!(
+        client.delete(b"ivan", WRONG),
+        Err(VaultClientError::WrongCode { attempts_left: 8 })
+    );
+    assert_eq!(
+        client.reregister(b"ivan", CODE, b"new code", b"new secret", 5),
+        Ok(2)
+    );
+    assert_eq!(
+        client.recover(b"ivan", CODE),
+        Err(VaultClientError::WrongCode { attempts_left: 4 })
+    );
+    assert_eq!(
+        client
+            .recover(b"ivan", b"new code")
+            .expect("recover")
+            .as_slice(),
+        b"new secret"
+    );
+    assert_eq!(client.delete(b"ivan", b"new code"), Ok(()));
+    assert_eq!(
+        client.recover(b"ivan", b"new code"),
+        Err(VaultClientError::NotRegistered)
+    );
+    assert_eq!(client.register(b"ivan", CODE, SECRET), Ok(3));
+}
+
+/// An intermediary that alters every reply.
+struct Tamper {
+    inner: Arc<Service>,
+}
+
+impl VaultEndpoint for Tamper {
+    fn replica(&self) -> u64 {
+        self.inner.replica()
+    }
+
+    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet::vault::Unreachable> {
+        let mut reply = self.inner.call(request)?;
+        if let Some(b) = reply.get_mut(12) {
+            *b ^= 1;
+        }
+        Ok(reply)
+    }
+}
+
+#[test]
+fn replies_not_signed_by_a_pinned_replica_are_refused() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    vf.client(12)
+        .register(b"judy", CODE, SECRET)
+        .expect("register");
+    let tampered: Vec<Arc<dyn VaultEndpoint>> = vf
+        .services
+        .values()
+        .map(|s| {
+            Arc::new(Tamper {
+                inner: Arc::clone(s),
+            }) as Arc<dyn VaultEndpoint>
+        })
+        .collect();
+    let client = vf.client_of(tampered, 13);
+    assert!(
+        matches!(
+            client.recover(b"judy", CODE),
+            Err(VaultClientError::BadReply { .. })
+        ),
+        "altered replies are refused"
+    );
+    let mut wrong_keys = vf.keys.clone();
+    for k in wrong_keys.replicas.values_mut() {
+        k[0] ^= 1;
+    }
+    let client = VaultClient::with_seed(vf.endpoints(), wrong_keys, cfg(), 14);
+    assert!(matches!(
+        client.register(b"mallory", CODE, SECRET),
+        Err(VaultClientError::BadReply { .. })
+    ));
+}
+
+fn scan(dir: &std::path::Path, needles: &[&[u8]]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                for n in needles {
+                    if bytes.windows(n.len()).any(|w| w == *n) {
+                        found.push(format!(
+                            "{} holds {:?}",
+                            path.display(),
+                            String::from_utf8_lossy(n)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn neither_the_secret_nor_the_code_is_ever_in_plain_text_on_disk() {
+    for store in [Store::Sled, Store::SealedSled] {
+        let mut vf = VaultFleet::start(3, store);
+        let client = vf.client(15);
+        client.register(b"ken", CODE, SECRET).expect("register");
+        assert_eq!(
+            client.recover(b"ken", WRONG),
+            Err(VaultClientError::WrongCode { attempts_left: 9 })
+        );
+        assert_eq!(
+            client.recover(b"ken", CODE).expect("recover").as_slice(),
+            SECRET
+        );
+        let ids: Vec<u64> = vf.fleet.nodes.keys().copied().collect();
+        for id in ids {
+            vf.services[&id].stop();
+            vf.fleet.stop(id);
+        }
+        let found = scan(
+            vf.fleet.dir_of(1).parent().expect("fleet dir"),
+            &[SECRET, &SECRET[..16], CODE],
+        );
+        assert!(found.is_empty(), "plain text on disk: {found:?}");
+        // The files are the real thing: the fleet restarts from them and recovers.
+        for id in 1..=3 {
+            vf.fleet.restart(id);
+        }
+        vf.fleet.wait_leader();
+        vf.services.clear();
+        for id in 1..=3 {
+            vf.start_service(id);
+        }
+        assert_eq!(
+            vf.client(16)
+                .recover(b"ken", CODE)
+                .expect("recover")
+                .as_slice(),
+            SECRET
+        );
+    }
+}
