@@ -62,18 +62,28 @@ pub mod disk;
 pub mod linearizability;
 mod options;
 mod store;
+pub mod vault;
 pub mod workload;
 mod world;
 
 pub use disk::DiskBug;
-pub use options::{Faults, SimOptions};
+pub use options::{Faults, SimOptions, WorkloadKind};
 pub use store::SimStore;
+pub use vault::VaultWorkload;
 pub use workload::{CounterMachine, GuessCounter, OpKind, Operation, Record, Workload};
 pub use world::{ExtraCheck, Report, Simulation, Stats, Violation};
 
-/// Runs the built-in guess-counter workload with `opts` (its key count and
-/// attempt limit come from the options).
+/// Runs the built-in workload `opts.workload` (its key count and attempt limit
+/// come from the options).
 pub fn run(opts: SimOptions) -> Report {
-    let workload = GuessCounter::new(opts.keys, opts.attempt_limit);
-    Simulation::new(opts, workload).run()
+    match opts.workload {
+        WorkloadKind::Vault => {
+            let workload = VaultWorkload::new(opts.keys, opts.attempt_limit, opts.seed);
+            Simulation::new(opts, workload).run()
+        }
+        WorkloadKind::Counter => {
+            let workload = GuessCounter::new(opts.keys, opts.attempt_limit);
+            Simulation::new(opts, workload).run()
+        }
+    }
 }

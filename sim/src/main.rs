@@ -12,7 +12,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use vaultfleet_sim::{run, DiskBug, Faults, Report, SimOptions};
+use vaultfleet_sim::{run, DiskBug, Faults, Report, SimOptions, WorkloadKind};
 
 const USAGE: &str = "usage:
   vaultfleet-sim run --seed S [options]      one simulation; prints a summary, last line seed=S ... trace=<hex>
@@ -29,6 +29,10 @@ options:
   --drop P --duplicate P --jitter F --delay-spike P --partition P --heal P --crash P
   --crash-after-vote P --clock-drift F --clock-jump P --hsm-outage P --bit-flip P --rollback P
                           override one fault rate (0 switches it off)
+  --workload vault|counter
+                          the Backup Key Vault with real OPAQUE logins (default), or the bare
+                          guess counter with a linearizability model (swarm draws one per seed)
+  --users N --attempts A  users (keys) and attempts per registration (defaults 16 and 10)
   --plain                 unsealed stores (no HSM)
   --election-ticks N --heartbeat-ticks N
                           raft timing in ticks of 10 ms (defaults 30 and 3)
@@ -102,6 +106,21 @@ fn options(args: &[String], seed: u64, swarm: bool) -> Result<SimOptions, String
             }
             *slot = p;
         }
+    }
+    match value(args, "--workload") {
+        None => {}
+        Some("vault") => o.workload = WorkloadKind::Vault,
+        Some("counter") => o.workload = WorkloadKind::Counter,
+        Some(other) => return Err(format!("--workload: expected vault or counter, not {other:?}")),
+    }
+    if let Some(u) = parse(args, "--users")? {
+        o.keys = u;
+    }
+    if let Some(a) = parse(args, "--attempts")? {
+        o.attempt_limit = a;
+    }
+    if o.keys == 0 || o.attempt_limit == 0 || o.attempt_limit > 255 {
+        return Err("--users must be at least 1 and --attempts within 1..=255".into());
     }
     if args.iter().any(|a| a == "--plain") {
         o.sealed = false;
@@ -221,7 +240,7 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     let wall = start.elapsed().as_secs_f64();
     let s = &report.stats;
     println!(
-        "fleet: {} replicas in {} datacenters, {} clients, {} stores",
+        "fleet: {} replicas in {} datacenters, {} clients, {} stores, {} workload ({} users/keys, {} attempts)",
         report.options.replicas,
         report.options.datacenters,
         report.options.clients,
@@ -229,7 +248,13 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
             "sealed"
         } else {
             "plain"
-        }
+        },
+        match report.options.workload {
+            WorkloadKind::Vault => "vault",
+            WorkloadKind::Counter => "guess-counter",
+        },
+        report.options.keys,
+        report.options.attempt_limit
     );
     println!(
         "faults: {} crashes ({} with torn or corrupted pending writes), {} partitions, {} HSM outages, {} clock jumps, {} bit flips, {} rollbacks; {} replicas refused their damaged store",

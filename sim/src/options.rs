@@ -150,10 +150,22 @@ pub struct SimOptions {
     /// Most replicas disk faults may cost for good (`None`: a minority, so the
     /// fleet can always recover; more only to show a stall is told from a bug).
     pub lost_replicas_max: Option<usize>,
-    /// Attempts allowed per key by the built-in workload.
+    /// Attempts allowed per key (per user) by the built-in workloads.
     pub attempt_limit: u32,
-    /// Keys of the built-in workload.
+    /// Keys (users) of the built-in workloads.
     pub keys: u64,
+    /// Which built-in workload [`crate::run`] runs.
+    pub workload: WorkloadKind,
+}
+
+/// The built-in workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// The Backup Key Vault with real OPAQUE logins ([`crate::VaultWorkload`]).
+    Vault,
+    /// The bare guess counter ([`crate::GuessCounter`]), with a sequential model
+    /// for the linearizability checker.
+    Counter,
 }
 
 impl SimOptions {
@@ -182,6 +194,7 @@ impl SimOptions {
             damage_unsealed: false,
             attempt_limit: 10,
             keys: 16,
+            workload: WorkloadKind::Vault,
         }
     }
 
@@ -195,6 +208,11 @@ impl SimOptions {
         o.clients = rng.gen_range(1..=12);
         o.keys = rng.gen_range(1..=24);
         o.attempt_limit = rng.gen_range(1..=12);
+        o.workload = if rng.gen_bool(0.5) {
+            WorkloadKind::Vault
+        } else {
+            WorkloadKind::Counter
+        };
         o.snapshot_entries = rng.gen_range(20..=500);
         o.faults = Faults::swarm(&mut rng);
         o

@@ -75,6 +75,12 @@ pub trait Workload {
         output: Option<&[u8]>,
     ) -> Option<Self::Model>;
 
+    /// Sees the outcome of client `client`'s operation `op`: its output, or
+    /// `None` when the client gave up on it (unknown outcome). Multi-step
+    /// protocols (the vault's login, then reset) chain their next step here; the
+    /// client's next [`Workload::next_operation`] returns it.
+    fn observe(&mut self, _client: usize, _op: &Operation, _output: Option<&[u8]>) {}
+
     /// The workload's own invariant over the whole history.
     fn check_history(&self, _history: &[Record]) -> Result<(), String> {
         Ok(())

@@ -1138,6 +1138,7 @@ impl<W: Workload> Simulation<W> {
                     return;
                 };
                 self.order += 1;
+                self.workload.observe(client, &p.op, Some(&output));
                 let rec = &mut self.history[p.record];
                 rec.completed = Some(self.order);
                 rec.output = Some(output);
@@ -1183,6 +1184,7 @@ impl<W: Workload> Simulation<W> {
             return;
         };
         self.stats.ops_unknown += 1;
+        self.workload.observe(client, &p.op, None);
         if self.phase == Phase::Liveness {
             let what = self.workload.describe(&p.op, None);
             self.violate(

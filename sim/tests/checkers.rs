@@ -2,7 +2,15 @@
 //! here), seeds are tried until the checker reports it, and the report names the
 //! seed. A checker that never fires within the budget fails its test.
 
-use vaultfleet_sim::{run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation};
+use vaultfleet::state_machine::RestoreError;
+use vaultfleet::vault::BackupVault;
+use vaultfleet::wire::vault::{vault_command, VaultCommand, VaultOutcome, VaultReset};
+use vaultfleet::StateMachine;
+use vaultfleet_sim::workload::{Operation, Record, Workload};
+use vaultfleet_sim::{
+    run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation, VaultWorkload,
+    WorkloadKind,
+};
 
 /// Runs `make(seed)` for seeds `0..budget` until a run reports a violation of one
 /// of `invariants`; panics (with the seeds tried) if none does.
@@ -23,8 +31,11 @@ fn find(budget: u64, invariants: &[&str], make: impl Fn(u64) -> SimOptions) -> (
     panic!("no seed in 0..{budget} caught the defect ({invariants:?})");
 }
 
+/// Crash-heavy runs of the guess counter, whose sequential model lets the
+/// linearizability checker see lost or reordered writes.
 fn crashy(seed: u64) -> SimOptions {
     let mut o = SimOptions::new(seed);
+    o.workload = WorkloadKind::Counter;
     o.safety_ms = 8_000;
     o.sealed = false;
     o.faults = Faults::none();
@@ -216,4 +227,86 @@ fn a_users_own_replica_invariant_is_checked() {
     let r = sim.run();
     let v = r.violation.expect("the user's invariant fires");
     assert_eq!(v.invariant, "the workload's replica invariant");
+}
+
+/// A vault that quietly gives back an attempt whenever a user is down to their
+/// last one: the reset the consensus rules reserve for a proven login, applied
+/// without one.
+struct RefundingVault(BackupVault);
+
+impl StateMachine for RefundingVault {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let out = self.0.apply(index, command);
+        let parsed: Option<VaultOutcome> = vaultfleet::wire::decode(&out, "outcome").ok();
+        let consume: Option<VaultCommand> = vaultfleet::wire::decode(command, "command").ok();
+        if let (Some(o), Some(c)) = (parsed, consume) {
+            if matches!(c.op, Some(vault_command::Op::Consume(_))) && o.attempts_left == 1 {
+                let mut reset = VaultReset::new();
+                reset.ticket = o.ticket;
+                reset.generation = o.generation;
+                let mut r = VaultCommand::new();
+                r.user = c.user;
+                r.op = Some(vault_command::Op::Reset(reset));
+                self.0.apply(index, &vaultfleet::wire::encode(&r));
+            }
+        }
+        out
+    }
+    fn query(&self, q: &[u8]) -> Vec<u8> {
+        self.0.query(q)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, s: &[u8]) -> Result<(), RestoreError> {
+        self.0.restore(s)
+    }
+}
+
+/// The real vault workload, run over the refunding machine.
+struct Refunding(VaultWorkload);
+
+impl Workload for Refunding {
+    type Machine = RefundingVault;
+    type Model = ();
+    fn machine(&self) -> RefundingVault {
+        RefundingVault(BackupVault::new())
+    }
+    fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
+        self.0.next_operation(client, rng)
+    }
+    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
+        self.0.observe(client, op, output)
+    }
+    fn step(&self, s: &(), op: &Operation, output: Option<&[u8]>) -> Option<()> {
+        self.0.step(s, op, output)
+    }
+    fn check_history(&self, history: &[Record]) -> Result<(), String> {
+        self.0.check_history(history)
+    }
+    fn check_final(&self, m: &RefundingVault, history: &[Record]) -> Result<(), String> {
+        self.0.check_final(&m.0, history)
+    }
+}
+
+#[test]
+fn a_vault_that_gives_back_attempts_is_caught() {
+    let (seed, report) = (0..20)
+        .find_map(|seed| {
+            let mut o = SimOptions::new(seed);
+            o.safety_ms = 5_000;
+            o.faults = Faults::none();
+            let r = Simulation::new(o, Refunding(VaultWorkload::new(2, 3, seed))).run();
+            r.violation.is_some().then_some((seed, r))
+        })
+        .expect("refunded attempts are caught");
+    let v = report.violation.expect("violation");
+    assert_eq!(v.invariant, "the workload's invariant", "seed {seed}: {}", v.detail);
+    assert!(v.detail.contains("attempts answered"), "seed {seed}: {}", v.detail);
+    // And the honest vault passes the same runs.
+    let mut o = SimOptions::new(seed);
+    o.safety_ms = 5_000;
+    o.faults = Faults::none();
+    let r = Simulation::new(o, VaultWorkload::new(2, 3, seed)).run();
+    assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
 }

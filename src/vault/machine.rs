@@ -470,10 +470,11 @@ impl BackupVault {
 
 impl StateMachine for BackupVault {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        let o = match wire::decode::<VaultCommand>(command, "vault command") {
+        let mut o = match wire::decode::<VaultCommand>(command, "vault command") {
             Ok(c) => self.apply_command(index, c),
             Err(e) => outcome(VaultStatus::VAULT_MALFORMED, e.to_string()),
         };
+        o.applied_at = index;
         wire::encode(&o)
     }
 

@@ -1,0 +1,488 @@
+//! The vault workload: simulated users register a backup key, recover it with
+//! right and wrong codes, and delete it, through the real [`BackupVault`] and the
+//! real OPAQUE flows of [`VaultServer`] and [`ClientLoginFlow`], with every
+//! message subject to the simulator's faults.
+//!
+//! Each simulated client plays a user's device and the vault service it talks
+//! to: the OPAQUE computations happen around the commands the client proposes
+//! (`consume`, then `reset` or `delete`), exactly as `VaultService` does them
+//! around consensus. Randomness comes from a seeded RNG and a seeded soft HSM, so
+//! runs stay reproducible.
+//!
+//! Invariants, checked over the whole run:
+//!
+//! * **Guess limit.** Per user and registration, the attempts the fleet answered
+//!   between two successful recoveries (in ticket order: a success at ticket `t`
+//!   forgives every attempt up to `t`) never exceed `max_attempts`, under every
+//!   fault.
+//! * **Locked means locked.** Once an attempt erased a record, no recovery of that
+//!   registration succeeds unless it is the erasing attempt's own (which puts the
+//!   record back), and no success yields anything but the registered secret.
+//! * **Codes.** The right code always opens the fleet's answer; a wrong code never does.
+//! * **Durability and recoverability.** In the converged fleet, every user whose
+//!   registration was acknowledged is still registered (or was deleted, or is
+//!   locked), and a registered user's secret is recoverable with the right code:
+//!   the checker runs a full recovery against a copy of the converged state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
+use vaultfleet::vault::{
+    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, PendingLogin,
+    UserView, VaultKeys, VaultServer,
+};
+use vaultfleet::wire::vault::{
+    vault_command, VaultCommand, VaultOutcome, VaultRequestId, VaultStatus,
+};
+use vaultfleet::{SoftHsm, StateMachine};
+
+use crate::workload::{OpKind, Operation, Record, Workload};
+
+const KSF: KsfParams = KsfParams::TESTS_ONLY;
+
+fn user_id(key: u64) -> Vec<u8> {
+    format!("user-{key}").into_bytes()
+}
+
+fn code(key: u64) -> Vec<u8> {
+    format!("recovery code of user {key}").into_bytes()
+}
+
+fn secret(key: u64) -> Vec<u8> {
+    format!("backup key of user {key}").into_bytes()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Purpose {
+    Recover,
+    Delete,
+}
+
+/// Where one simulated client is in its current flow.
+enum Step {
+    Idle,
+    Registering,
+    Login {
+        flow: ClientLoginFlow,
+        right: bool,
+        purpose: Purpose,
+    },
+    /// The follow-up of a proven login, proposed next.
+    Queued {
+        op: Operation,
+        login: PendingLogin,
+        purpose: Purpose,
+    },
+    Finishing {
+        login: PendingLogin,
+        purpose: Purpose,
+    },
+}
+
+/// What the run established, per user and registration generation.
+#[derive(Default, Debug)]
+struct Facts {
+    /// Attempts the fleet answered (consume committed with OK): tickets.
+    answered: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// Tickets of recoveries that succeeded, or whose reset may have committed.
+    forgiving: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// Recoveries whose success was observed: (applied at, ticket).
+    succeeded: BTreeMap<(u64, u64), BTreeSet<(u64, u64)>>,
+    /// The attempt that erased each registration.
+    erased: BTreeMap<(u64, u64), u64>,
+    /// Users whose registration was acknowledged.
+    registered: BTreeSet<u64>,
+    /// Users a delete may have reached.
+    deletes: BTreeSet<u64>,
+    /// Broken expectations seen while the run went on.
+    errors: Vec<String>,
+}
+
+/// The Backup Key Vault as a simulator workload.
+pub struct VaultWorkload {
+    /// Users (the linearizability checker's keys).
+    pub users: u64,
+    /// Attempts each registration allows.
+    pub max_attempts: u32,
+    server: VaultServer<SoftHsm>,
+    rng: ChaCha20Rng,
+    steps: Vec<Step>,
+    sequences: Vec<u64>,
+    facts: Facts,
+}
+
+impl std::fmt::Debug for VaultWorkload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultWorkload")
+            .field("users", &self.users)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<VaultOutcome> {
+    vaultfleet::wire::decode(bytes, "vault outcome").ok()
+}
+
+fn status(o: &VaultOutcome) -> VaultStatus {
+    o.status.enum_value_or(VaultStatus::VAULT_MALFORMED)
+}
+
+impl VaultWorkload {
+    /// `users` users allowing `max_attempts` (1 to 255) attempts each; `seed`
+    /// seeds the fleet's soft HSM and the clients' OPAQUE randomness.
+    pub fn new(users: u64, max_attempts: u32, seed: u64) -> Self {
+        let hsm = SoftHsm::from_seed(seed ^ 0x7661_756c_7400_0000);
+        let sealed = VaultKeys::provision(&hsm).unwrap_or_default();
+        let keys = VaultKeys::open(hsm, &sealed, 1, 1)
+            .unwrap_or_else(|e| panic!("a fresh soft HSM opens its own vault keys: {e}"));
+        Self {
+            users: users.max(1),
+            max_attempts: max_attempts.clamp(1, 255),
+            server: VaultServer::new(keys),
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            steps: Vec::new(),
+            sequences: Vec::new(),
+            facts: Facts::default(),
+        }
+    }
+
+    fn request_id(&mut self, client: usize) -> VaultRequestId {
+        if self.sequences.len() <= client {
+            self.sequences.resize(client + 1, 0);
+        }
+        self.sequences[client] += 1;
+        let mut id = VaultRequestId::new();
+        id.client = client as u64 + 1;
+        id.sequence = self.sequences[client];
+        id
+    }
+
+    fn set(&mut self, client: usize, step: Step) {
+        while self.steps.len() <= client {
+            self.steps.push(Step::Idle);
+        }
+        self.steps[client] = step;
+    }
+
+    fn take(&mut self, client: usize) -> Step {
+        match self.steps.get_mut(client) {
+            Some(s) => std::mem::replace(s, Step::Idle),
+            None => Step::Idle,
+        }
+    }
+
+    fn register_op(&mut self, client: usize, key: u64) -> Option<Operation> {
+        let user = user_id(key);
+        let flow = ClientRegistrationFlow::start(&mut self.rng, &code(key)).ok()?;
+        let (response, nonce) = self.server.registration_start(&user, flow.request()).ok()?;
+        let upload = flow.finish(&mut self.rng, &code(key), &response, &KSF).ok()?;
+        let id = self.request_id(client);
+        let command = self
+            .server
+            .register_command(&id, &user, &upload, &nonce, &secret(key), self.max_attempts)
+            .ok()?;
+        self.set(client, Step::Registering);
+        Some(Operation {
+            key,
+            kind: OpKind::Command(command),
+        })
+    }
+
+    fn login_op(&mut self, client: usize, key: u64, right: bool, purpose: Purpose) -> Option<Operation> {
+        let guess = if right {
+            code(key)
+        } else {
+            format!("guess {} for user {key}", self.rng.gen::<u32>()).into_bytes()
+        };
+        let flow = ClientLoginFlow::start(&mut self.rng, &guess).ok()?;
+        let id = self.request_id(client);
+        let command = self.server.consume_command(&id, &user_id(key), flow.request()).ok()?;
+        self.set(client, Step::Login { flow, right, purpose });
+        Some(Operation {
+            key,
+            kind: OpKind::Command(command),
+        })
+    }
+
+    /// The consume committed: answer it as the service would, and open the answer
+    /// as the client would.
+    fn on_consumed(&mut self, client: usize, key: u64, o: VaultOutcome, flow: ClientLoginFlow, right: bool, purpose: Purpose) {
+        let user = user_id(key);
+        let Some(record) = o.record.clone().into_option() else {
+            self.facts.errors.push(format!("user {key}: a consume answered OK without its record"));
+            return;
+        };
+        let generation = record.generation;
+        self.facts.answered.entry((key, generation)).or_default().insert(o.ticket);
+        if o.erased {
+            self.facts.erased.insert((key, generation), o.ticket);
+        }
+        let (login, response) = match self.server.login_respond(&user, flow.request(), o.ticket, record, o.erased) {
+            Ok(x) => x,
+            Err(e) => {
+                self.facts.errors.push(format!("user {key}: the service cannot answer a committed attempt: {e}"));
+                return;
+            }
+        };
+        let guess = if right { code(key) } else { Vec::new() };
+        let opened = if right {
+            flow.finish(&mut self.rng, &guess, &response, &KSF)
+        } else {
+            // A wrong guess: any code but the right one.
+            flow.finish(&mut self.rng, b"not the code", &response, &KSF)
+        };
+        match (right, opened) {
+            (true, Ok(Some(LoginOpened { finalization, .. }))) => {
+                if self.server.login_finish(&login, &finalization).is_err() {
+                    self.facts.errors.push(format!("user {key}: the service refused a correct finalization"));
+                    return;
+                }
+                let id = self.request_id(client);
+                let command = match purpose {
+                    Purpose::Recover => self.server.reset_command(&id, &login),
+                    Purpose::Delete => self.server.delete_command(&id, &login),
+                };
+                let op = Operation {
+                    key,
+                    kind: OpKind::Command(command),
+                };
+                self.set(client, Step::Queued { op, login, purpose });
+            }
+            (true, _) => self.facts.errors.push(format!(
+                "user {key}: the right code did not open the fleet's answer to ticket {}",
+                o.ticket
+            )),
+            (false, Ok(Some(_))) => self.facts.errors.push(format!(
+                "user {key}: a wrong code opened the fleet's answer to ticket {}",
+                o.ticket
+            )),
+            (false, _) => {}
+        }
+    }
+
+    fn on_finished(&mut self, key: u64, login: PendingLogin, purpose: Purpose, output: Option<&[u8]>) {
+        let g = (key, login.generation);
+        let outcome = output.and_then(decode);
+        match (purpose, outcome) {
+            (Purpose::Recover, None) => {
+                self.facts.forgiving.entry(g).or_default().insert(login.ticket);
+            }
+            (Purpose::Recover, Some(o)) if status(&o) == VaultStatus::VAULT_OK => {
+                self.facts.forgiving.entry(g).or_default().insert(login.ticket);
+                self.facts
+                    .succeeded
+                    .entry(g)
+                    .or_default()
+                    .insert((o.applied_at, login.ticket));
+                let record = o.record.into_option().unwrap_or(login.record);
+                match self.server.open_secret(&user_id(key), &record) {
+                    Ok(s) if s.as_slice() == secret(key).as_slice() => {}
+                    Ok(_) => self.facts.errors.push(format!("user {key}: a recovery yielded another secret")),
+                    Err(e) => self.facts.errors.push(format!("user {key}: a recovered record's secret does not open: {e}")),
+                }
+            }
+            (Purpose::Recover, Some(_)) => {}
+            (Purpose::Delete, _) => {
+                self.facts.deletes.insert(key);
+            }
+        }
+    }
+}
+
+impl Workload for VaultWorkload {
+    type Machine = BackupVault;
+    // The vault's own invariants (above) replace a sequential model: attempt
+    // tickets are log indexes, which no model can predict. The guess counter's
+    // linearizability is checked by the `GuessCounter` workload.
+    type Model = ();
+
+    fn machine(&self) -> BackupVault {
+        BackupVault::new()
+    }
+
+    fn next_operation(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Operation {
+        if let Step::Queued { op, login, purpose } = self.take(client) {
+            self.set(client, Step::Finishing { login, purpose });
+            return op;
+        }
+        loop {
+            let key = rng.gen_range(0..self.users);
+            let roll = rng.gen_range(0..100);
+            let op = match roll {
+                0..=14 => self.register_op(client, key),
+                15..=49 => self.login_op(client, key, true, Purpose::Recover),
+                50..=89 => self.login_op(client, key, false, Purpose::Recover),
+                90..=92 => self.login_op(client, key, true, Purpose::Delete),
+                _ => {
+                    self.set(client, Step::Idle);
+                    Some(Operation {
+                        key,
+                        kind: OpKind::Read(BackupVault::query_user(&user_id(key))),
+                    })
+                }
+            };
+            if let Some(op) = op {
+                return op;
+            }
+        }
+    }
+
+    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
+        let key = op.key;
+        match self.take(client) {
+            Step::Registering => {
+                if output.and_then(decode).is_some_and(|o| status(&o) == VaultStatus::VAULT_OK) {
+                    self.facts.registered.insert(key);
+                }
+            }
+            Step::Login { flow, right, purpose } => {
+                if let Some(o) = output.and_then(decode) {
+                    if status(&o) == VaultStatus::VAULT_OK {
+                        self.on_consumed(client, key, o, flow, right, purpose);
+                    }
+                }
+            }
+            Step::Finishing { login, purpose } => self.on_finished(key, login, purpose, output),
+            Step::Queued { .. } | Step::Idle => {}
+        }
+    }
+
+    fn step(&self, _state: &(), _op: &Operation, _output: Option<&[u8]>) -> Option<()> {
+        Some(())
+    }
+
+    fn check_history(&self, _history: &[Record]) -> Result<(), String> {
+        let f = &self.facts;
+        if let Some(e) = f.errors.first() {
+            return Err(e.clone());
+        }
+        for (g, answered) in &f.answered {
+            let empty = BTreeSet::new();
+            let forgiving = f.forgiving.get(g).unwrap_or(&empty);
+            // Attempts between consecutive forgiveness points were all spent at
+            // once when the last of them was answered.
+            let mut from: u64 = 0;
+            for &to in forgiving.iter().chain(std::iter::once(&u64::MAX)) {
+                let n = answered.range(from.saturating_add(1)..=to).count();
+                if n > self.max_attempts as usize {
+                    return Err(format!(
+                        "user {} (registration {}): {n} attempts answered between successes \
+                         at tickets {from} and {to}; the limit is {}",
+                        g.0, g.1, self.max_attempts
+                    ));
+                }
+                from = to;
+            }
+        }
+        for (g, &erased_at) in &f.erased {
+            // Only the erasing attempt's own login may bring the record back; until
+            // it does, no recovery applied after the erase may succeed.
+            let reinstated = f.forgiving.get(g).is_some_and(|s| s.contains(&erased_at));
+            if reinstated {
+                continue;
+            }
+            let empty = BTreeSet::new();
+            let succeeded = f.succeeded.get(g).unwrap_or(&empty);
+            if let Some((at, t)) = succeeded.iter().find(|(at, _)| *at > erased_at) {
+                return Err(format!(
+                    "user {} (registration {}): the record was erased at index {erased_at}, \
+                     yet the recovery of ticket {t}, applied at {at}, yielded its secret",
+                    g.0, g.1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_final(&self, machine: &BackupVault, _history: &[Record]) -> Result<(), String> {
+        for &key in &self.facts.registered {
+            let user = user_id(key);
+            match machine.user(&user) {
+                None => {
+                    return Err(format!(
+                        "user {key}: an acknowledged registration is missing from the converged fleet"
+                    ))
+                }
+                Some(UserView::Deleted { .. }) if !self.facts.deletes.contains(&key) => {
+                    return Err(format!("user {key}: deleted, but no delete was ever issued"))
+                }
+                Some(UserView::Registered { .. }) => {
+                    // Recover it for real against a copy of the converged state.
+                    let mut copy = machine.clone();
+                    recover_on(&self.server, &mut copy, key).map_err(|e| {
+                        format!("user {key}: registered, yet not recoverable with the right code: {e}")
+                    })?;
+                }
+                Some(UserView::Deleted { .. } | UserView::Locked { .. }) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, op: &Operation, output: Option<&[u8]>) -> String {
+        let what = match &op.kind {
+            OpKind::Read(_) => "status".to_string(),
+            OpKind::Command(c) => match vaultfleet::wire::decode::<VaultCommand>(c, "command") {
+                Ok(c) => match c.op {
+                    Some(vault_command::Op::Register(_)) => "register".into(),
+                    Some(vault_command::Op::Consume(_)) => "consume".into(),
+                    Some(vault_command::Op::Reset(r)) => format!("reset(ticket {})", r.ticket),
+                    Some(vault_command::Op::Delete(d)) => format!("delete(ticket {})", d.ticket),
+                    Some(vault_command::Op::Replace(_)) => "replace".into(),
+                    _ => "?".into(),
+                },
+                Err(_) => "?".into(),
+            },
+        };
+        let out = match output.and_then(decode) {
+            None => "unknown".to_string(),
+            Some(o) => format!(
+                "{:?} ticket {} left {} gen {}{}",
+                status(&o),
+                o.ticket,
+                o.attempts_left,
+                o.generation,
+                if o.erased { " erased" } else { "" }
+            ),
+        };
+        format!("{what}(user {}) -> {out}", op.key)
+    }
+}
+
+/// A whole recovery with the right code against `machine` directly.
+fn recover_on(server: &VaultServer<SoftHsm>, machine: &mut BackupVault, key: u64) -> Result<(), String> {
+    let user = user_id(key);
+    let mut rng = ChaCha20Rng::seed_from_u64(key);
+    let flow = ClientLoginFlow::start(&mut rng, &code(key)).map_err(|e| e.to_string())?;
+    let mut id = VaultRequestId::new();
+    id.client = u64::MAX;
+    id.sequence = 1;
+    let index = u64::MAX / 2;
+    let consume = server.consume_command(&id, &user, flow.request()).map_err(|e| e.to_string())?;
+    let o = decode(&machine.apply(index, &consume)).ok_or("undecodable outcome")?;
+    if status(&o) != VaultStatus::VAULT_OK {
+        return Err(format!("consume answered {:?}: {}", status(&o), o.detail));
+    }
+    let record = o.record.clone().into_option().ok_or("no record")?;
+    let (login, response) = server
+        .login_respond(&user, flow.request(), o.ticket, record, o.erased)
+        .map_err(|e| e.to_string())?;
+    let opened = flow
+        .finish(&mut rng, &code(key), &response, &KSF)
+        .map_err(|e| e.to_string())?
+        .ok_or("the right code did not open the answer")?;
+    server.login_finish(&login, &opened.finalization).map_err(|e| e.to_string())?;
+    id.sequence = 2;
+    let reset = decode(&machine.apply(index + 1, &server.reset_command(&id, &login))).ok_or("undecodable")?;
+    if status(&reset) != VaultStatus::VAULT_OK {
+        return Err(format!("reset answered {:?}: {}", status(&reset), reset.detail));
+    }
+    let record = reset.record.into_option().ok_or("no record")?;
+    let s = server.open_secret(&user, &record).map_err(|e| e.to_string())?;
+    if s.as_slice() != secret(key).as_slice() {
+        return Err("another secret came back".into());
+    }
+    Ok(())
+}
