@@ -111,7 +111,11 @@ fn options(args: &[String], seed: u64, swarm: bool) -> Result<SimOptions, String
         None => {}
         Some("vault") => o.workload = WorkloadKind::Vault,
         Some("counter") => o.workload = WorkloadKind::Counter,
-        Some(other) => return Err(format!("--workload: expected vault or counter, not {other:?}")),
+        Some(other) => {
+            return Err(format!(
+                "--workload: expected vault or counter, not {other:?}"
+            ))
+        }
     }
     if let Some(u) = parse(args, "--users")? {
         o.keys = u;

@@ -177,7 +177,9 @@ impl VaultWorkload {
         let user = user_id(key);
         let flow = ClientRegistrationFlow::start(&mut self.rng, &code(key)).ok()?;
         let (response, nonce) = self.server.registration_start(&user, flow.request()).ok()?;
-        let upload = flow.finish(&mut self.rng, &code(key), &response, &KSF).ok()?;
+        let upload = flow
+            .finish(&mut self.rng, &code(key), &response, &KSF)
+            .ok()?;
         let id = self.request_id(client);
         let command = self
             .server
@@ -190,7 +192,13 @@ impl VaultWorkload {
         })
     }
 
-    fn login_op(&mut self, client: usize, key: u64, right: bool, purpose: Purpose) -> Option<Operation> {
+    fn login_op(
+        &mut self,
+        client: usize,
+        key: u64,
+        right: bool,
+        purpose: Purpose,
+    ) -> Option<Operation> {
         let guess = if right {
             code(key)
         } else {
@@ -198,8 +206,18 @@ impl VaultWorkload {
         };
         let flow = ClientLoginFlow::start(&mut self.rng, &guess).ok()?;
         let id = self.request_id(client);
-        let command = self.server.consume_command(&id, &user_id(key), flow.request()).ok()?;
-        self.set(client, Step::Login { flow, right, purpose });
+        let command = self
+            .server
+            .consume_command(&id, &user_id(key), flow.request())
+            .ok()?;
+        self.set(
+            client,
+            Step::Login {
+                flow,
+                right,
+                purpose,
+            },
+        );
         Some(Operation {
             key,
             kind: OpKind::Command(command),
@@ -208,24 +226,44 @@ impl VaultWorkload {
 
     /// The consume committed: answer it as the service would, and open the answer
     /// as the client would.
-    fn on_consumed(&mut self, client: usize, key: u64, o: VaultOutcome, flow: ClientLoginFlow, right: bool, purpose: Purpose) {
+    fn on_consumed(
+        &mut self,
+        client: usize,
+        key: u64,
+        o: VaultOutcome,
+        flow: ClientLoginFlow,
+        right: bool,
+        purpose: Purpose,
+    ) {
         let user = user_id(key);
         let Some(record) = o.record.clone().into_option() else {
-            self.facts.errors.push(format!("user {key}: a consume answered OK without its record"));
+            self.facts.errors.push(format!(
+                "user {key}: a consume answered OK without its record"
+            ));
             return;
         };
         let generation = record.generation;
-        self.facts.answered.entry((key, generation)).or_default().insert(o.ticket);
+        self.facts
+            .answered
+            .entry((key, generation))
+            .or_default()
+            .insert(o.ticket);
         if o.erased {
             self.facts.erased.insert((key, generation), o.ticket);
         }
-        let (login, response) = match self.server.login_respond(&user, flow.request(), o.ticket, record, o.erased) {
-            Ok(x) => x,
-            Err(e) => {
-                self.facts.errors.push(format!("user {key}: the service cannot answer a committed attempt: {e}"));
-                return;
-            }
-        };
+        let (login, response) =
+            match self
+                .server
+                .login_respond(&user, flow.request(), o.ticket, record, o.erased)
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    self.facts.errors.push(format!(
+                        "user {key}: the service cannot answer a committed attempt: {e}"
+                    ));
+                    return;
+                }
+            };
         let guess = if right { code(key) } else { Vec::new() };
         let opened = if right {
             flow.finish(&mut self.rng, &guess, &response, &KSF)
@@ -236,7 +274,9 @@ impl VaultWorkload {
         match (right, opened) {
             (true, Ok(Some(LoginOpened { finalization, .. }))) => {
                 if self.server.login_finish(&login, &finalization).is_err() {
-                    self.facts.errors.push(format!("user {key}: the service refused a correct finalization"));
+                    self.facts.errors.push(format!(
+                        "user {key}: the service refused a correct finalization"
+                    ));
                     return;
                 }
                 let id = self.request_id(client);
@@ -262,15 +302,29 @@ impl VaultWorkload {
         }
     }
 
-    fn on_finished(&mut self, key: u64, login: PendingLogin, purpose: Purpose, output: Option<&[u8]>) {
+    fn on_finished(
+        &mut self,
+        key: u64,
+        login: PendingLogin,
+        purpose: Purpose,
+        output: Option<&[u8]>,
+    ) {
         let g = (key, login.generation);
         let outcome = output.and_then(decode);
         match (purpose, outcome) {
             (Purpose::Recover, None) => {
-                self.facts.forgiving.entry(g).or_default().insert(login.ticket);
+                self.facts
+                    .forgiving
+                    .entry(g)
+                    .or_default()
+                    .insert(login.ticket);
             }
             (Purpose::Recover, Some(o)) if status(&o) == VaultStatus::VAULT_OK => {
-                self.facts.forgiving.entry(g).or_default().insert(login.ticket);
+                self.facts
+                    .forgiving
+                    .entry(g)
+                    .or_default()
+                    .insert(login.ticket);
                 self.facts
                     .succeeded
                     .entry(g)
@@ -279,8 +333,13 @@ impl VaultWorkload {
                 let record = o.record.into_option().unwrap_or(login.record);
                 match self.server.open_secret(&user_id(key), &record) {
                     Ok(s) if s.as_slice() == secret(key).as_slice() => {}
-                    Ok(_) => self.facts.errors.push(format!("user {key}: a recovery yielded another secret")),
-                    Err(e) => self.facts.errors.push(format!("user {key}: a recovered record's secret does not open: {e}")),
+                    Ok(_) => self
+                        .facts
+                        .errors
+                        .push(format!("user {key}: a recovery yielded another secret")),
+                    Err(e) => self.facts.errors.push(format!(
+                        "user {key}: a recovered record's secret does not open: {e}"
+                    )),
                 }
             }
             (Purpose::Recover, Some(_)) => {}
@@ -333,11 +392,18 @@ impl Workload for VaultWorkload {
         let key = op.key;
         match self.take(client) {
             Step::Registering => {
-                if output.and_then(decode).is_some_and(|o| status(&o) == VaultStatus::VAULT_OK) {
+                if output
+                    .and_then(decode)
+                    .is_some_and(|o| status(&o) == VaultStatus::VAULT_OK)
+                {
                     self.facts.registered.insert(key);
                 }
             }
-            Step::Login { flow, right, purpose } => {
+            Step::Login {
+                flow,
+                right,
+                purpose,
+            } => {
                 if let Some(o) = output.and_then(decode) {
                     if status(&o) == VaultStatus::VAULT_OK {
                         self.on_consumed(client, key, o, flow, right, purpose);
@@ -399,20 +465,21 @@ impl Workload for VaultWorkload {
     fn check_final(&self, machine: &BackupVault, _history: &[Record]) -> Result<(), String> {
         for &key in &self.facts.registered {
             let user = user_id(key);
+            let missing = "an acknowledged registration is missing from the converged fleet";
             match machine.user(&user) {
-                None => {
-                    return Err(format!(
-                        "user {key}: an acknowledged registration is missing from the converged fleet"
-                    ))
-                }
+                None => return Err(format!("user {key}: {missing}")),
                 Some(UserView::Deleted { .. }) if !self.facts.deletes.contains(&key) => {
-                    return Err(format!("user {key}: deleted, but no delete was ever issued"))
+                    return Err(format!(
+                        "user {key}: deleted, but no delete was ever issued"
+                    ))
                 }
                 Some(UserView::Registered { .. }) => {
                     // Recover it for real against a copy of the converged state.
                     let mut copy = machine.clone();
                     recover_on(&self.server, &mut copy, key).map_err(|e| {
-                        format!("user {key}: registered, yet not recoverable with the right code: {e}")
+                        format!(
+                            "user {key}: registered, yet not recoverable with the right code: {e}"
+                        )
                     })?;
                 }
                 Some(UserView::Deleted { .. } | UserView::Locked { .. }) => {}
@@ -452,7 +519,11 @@ impl Workload for VaultWorkload {
 }
 
 /// A whole recovery with the right code against `machine` directly.
-fn recover_on(server: &VaultServer<SoftHsm>, machine: &mut BackupVault, key: u64) -> Result<(), String> {
+fn recover_on(
+    server: &VaultServer<SoftHsm>,
+    machine: &mut BackupVault,
+    key: u64,
+) -> Result<(), String> {
     let user = user_id(key);
     let mut rng = ChaCha20Rng::seed_from_u64(key);
     let flow = ClientLoginFlow::start(&mut rng, &code(key)).map_err(|e| e.to_string())?;
@@ -460,7 +531,9 @@ fn recover_on(server: &VaultServer<SoftHsm>, machine: &mut BackupVault, key: u64
     id.client = u64::MAX;
     id.sequence = 1;
     let index = u64::MAX / 2;
-    let consume = server.consume_command(&id, &user, flow.request()).map_err(|e| e.to_string())?;
+    let consume = server
+        .consume_command(&id, &user, flow.request())
+        .map_err(|e| e.to_string())?;
     let o = decode(&machine.apply(index, &consume)).ok_or("undecodable outcome")?;
     if status(&o) != VaultStatus::VAULT_OK {
         return Err(format!("consume answered {:?}: {}", status(&o), o.detail));
@@ -473,14 +546,23 @@ fn recover_on(server: &VaultServer<SoftHsm>, machine: &mut BackupVault, key: u64
         .finish(&mut rng, &code(key), &response, &KSF)
         .map_err(|e| e.to_string())?
         .ok_or("the right code did not open the answer")?;
-    server.login_finish(&login, &opened.finalization).map_err(|e| e.to_string())?;
+    server
+        .login_finish(&login, &opened.finalization)
+        .map_err(|e| e.to_string())?;
     id.sequence = 2;
-    let reset = decode(&machine.apply(index + 1, &server.reset_command(&id, &login))).ok_or("undecodable")?;
+    let reset = decode(&machine.apply(index + 1, &server.reset_command(&id, &login)))
+        .ok_or("undecodable")?;
     if status(&reset) != VaultStatus::VAULT_OK {
-        return Err(format!("reset answered {:?}: {}", status(&reset), reset.detail));
+        return Err(format!(
+            "reset answered {:?}: {}",
+            status(&reset),
+            reset.detail
+        ));
     }
     let record = reset.record.into_option().ok_or("no record")?;
-    let s = server.open_secret(&user, &record).map_err(|e| e.to_string())?;
+    let s = server
+        .open_secret(&user, &record)
+        .map_err(|e| e.to_string())?;
     if s.as_slice() != secret(key).as_slice() {
         return Err("another secret came back".into());
     }

@@ -8,8 +8,7 @@ use vaultfleet::wire::vault::{vault_command, VaultCommand, VaultOutcome, VaultRe
 use vaultfleet::StateMachine;
 use vaultfleet_sim::workload::{Operation, Record, Workload};
 use vaultfleet_sim::{
-    run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation, VaultWorkload,
-    WorkloadKind,
+    run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation, VaultWorkload, WorkloadKind,
 };
 
 /// Runs `make(seed)` for seeds `0..budget` until a run reports a violation of one
@@ -301,8 +300,16 @@ fn a_vault_that_gives_back_attempts_is_caught() {
         })
         .expect("refunded attempts are caught");
     let v = report.violation.expect("violation");
-    assert_eq!(v.invariant, "the workload's invariant", "seed {seed}: {}", v.detail);
-    assert!(v.detail.contains("attempts answered"), "seed {seed}: {}", v.detail);
+    assert_eq!(
+        v.invariant, "the workload's invariant",
+        "seed {seed}: {}",
+        v.detail
+    );
+    assert!(
+        v.detail.contains("attempts answered"),
+        "seed {seed}: {}",
+        v.detail
+    );
     // And the honest vault passes the same runs.
     let mut o = SimOptions::new(seed);
     o.safety_ms = 5_000;
