@@ -566,3 +566,103 @@ fn neither_the_secret_nor_the_code_is_ever_in_plain_text_on_disk() {
         );
     }
 }
+
+#[test]
+fn a_registration_must_use_a_nonce_the_fleet_drew() {
+    use rand::SeedableRng;
+    use vaultfleet::vault::{ClientRegistrationFlow, KsfParams};
+    use vaultfleet::wire::vault::{VaultRegisterFinish, VaultRegisterStart};
+    let vf = VaultFleet::start(3, Store::Mem);
+    let service = &vf.services[&1];
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
+    let request = |sequence: u64, op: vault_client_request::Op| {
+        let mut id = VaultRequestId::new();
+        id.client = 5;
+        id.sequence = sequence;
+        let mut r = VaultClientRequest::new();
+        r.request = Some(id).into();
+        r.op = Some(op);
+        vaultfleet::wire::encode(&r)
+    };
+    let flow = ClientRegistrationFlow::start(&mut rng, CODE).expect("flow");
+    let mut start = VaultRegisterStart::new();
+    start.user = b"oscar".to_vec();
+    start.registration_request = flow.request().to_vec();
+    let started = body(
+        &service
+            .call(&request(1, vault_client_request::Op::RegisterStart(start)))
+            .expect("up"),
+    );
+    let upload = flow
+        .finish(
+            &mut rng,
+            CODE,
+            &started.registration_response,
+            &KsfParams::TESTS_ONLY,
+        )
+        .expect("upload");
+    let finish = |nonce: Vec<u8>, user: &[u8]| {
+        let mut f = VaultRegisterFinish::new();
+        f.user = user.to_vec();
+        f.registration_upload = upload.clone();
+        f.credential_nonce = nonce;
+        f.nonce_tag = started.nonce_tag.clone();
+        f.secret = SECRET.to_vec();
+        f.max_attempts = 10;
+        vault_client_request::Op::RegisterFinish(f)
+    };
+    let status = |b: VaultReplyBody| b.status.enum_value_or(VaultReplyStatus::REPLY_OK);
+    // A nonce the client chose, or the fleet's nonce for another user: refused.
+    let mut chosen = started.credential_nonce.clone();
+    chosen[0] ^= 1;
+    let r = body(
+        &service
+            .call(&request(2, finish(chosen, b"oscar")))
+            .expect("up"),
+    );
+    assert_eq!(status(r), VaultReplyStatus::REPLY_BAD_REQUEST);
+    let r = body(
+        &service
+            .call(&request(
+                3,
+                finish(started.credential_nonce.clone(), b"trudy"),
+            ))
+            .expect("up"),
+    );
+    assert_eq!(status(r), VaultReplyStatus::REPLY_BAD_REQUEST);
+    let r = body(
+        &service
+            .call(&request(
+                4,
+                finish(started.credential_nonce.clone(), b"oscar"),
+            ))
+            .expect("up"),
+    );
+    assert_eq!(status(r), VaultReplyStatus::REPLY_OK);
+    assert_eq!(
+        vf.client(18)
+            .recover(b"oscar", CODE)
+            .expect("recover")
+            .as_slice(),
+        SECRET
+    );
+}
+
+#[test]
+fn the_right_code_on_the_last_attempt_may_delete() {
+    let vf = VaultFleet::start(3, Store::Mem);
+    let client = vf.client(19);
+    client
+        .register_with_limit(b"peggy", CODE, SECRET, 2)
+        .expect("register");
+    assert_eq!(
+        client.recover(b"peggy", WRONG),
+        Err(VaultClientError::WrongCode { attempts_left: 1 })
+    );
+    assert_eq!(client.delete(b"peggy", CODE), Ok(()));
+    assert_eq!(
+        client.recover(b"peggy", CODE),
+        Err(VaultClientError::NotRegistered)
+    );
+    assert_eq!(client.register(b"peggy", CODE, SECRET), Ok(2));
+}

@@ -28,9 +28,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
+use sha2::{Digest, Sha256};
 use vaultfleet::vault::{
     BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, PendingLogin,
-    UserView, VaultKeys, VaultServer,
+    RegistrationNonce, UserView, VaultKeys, VaultServer,
 };
 use vaultfleet::wire::vault::{
     vault_command, VaultCommand, VaultOutcome, VaultRequestId, VaultStatus,
@@ -59,14 +60,29 @@ enum Purpose {
     Delete,
 }
 
+/// A login in flight: the client's OPAQUE state and what it is trying.
+struct Attempt {
+    flow: ClientLoginFlow,
+    guess: Vec<u8>,
+    right: bool,
+    purpose: Purpose,
+}
+
 /// Where one simulated client is in its current flow.
 enum Step {
     Idle,
     Registering,
-    Login {
-        flow: ClientLoginFlow,
-        right: bool,
-        purpose: Purpose,
+    Login(Attempt),
+    /// The same consume proposed again (a client re-sending its request through
+    /// another service): it must return the same ticket and spend nothing.
+    Duplicate {
+        op: Operation,
+        ticket: u64,
+        then: Box<Step>,
+    },
+    Redelivering {
+        ticket: u64,
+        then: Box<Step>,
     },
     /// The follow-up of a proven login, proposed next.
     Queued {
@@ -85,6 +101,10 @@ enum Step {
 struct Facts {
     /// Attempts the fleet answered (consume committed with OK): tickets.
     answered: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// The credential request each answered ticket was spent for.
+    ticket_requests: BTreeMap<(u64, u64), [u8; 32]>,
+    /// Re-delivered consumes that correctly got their first ticket back.
+    redelivered: u64,
     /// Tickets of recoveries that succeeded, or whose reset may have committed.
     forgiving: BTreeMap<(u64, u64), BTreeSet<u64>>,
     /// Recoveries whose success was observed: (applied at, ticket).
@@ -176,10 +196,14 @@ impl VaultWorkload {
     fn register_op(&mut self, client: usize, key: u64) -> Option<Operation> {
         let user = user_id(key);
         let flow = ClientRegistrationFlow::start(&mut self.rng, &code(key)).ok()?;
-        let (response, nonce) = self.server.registration_start(&user, flow.request()).ok()?;
+        let started = self.server.registration_start(&user, flow.request()).ok()?;
         let upload = flow
-            .finish(&mut self.rng, &code(key), &response, &KSF)
+            .finish(&mut self.rng, &code(key), &started.response, &KSF)
             .ok()?;
+        let nonce = RegistrationNonce {
+            nonce: &started.nonce,
+            tag: &started.tag,
+        };
         let id = self.request_id(client);
         let command = self
             .server
@@ -212,11 +236,12 @@ impl VaultWorkload {
             .ok()?;
         self.set(
             client,
-            Step::Login {
+            Step::Login(Attempt {
                 flow,
+                guess,
                 right,
                 purpose,
-            },
+            }),
         );
         Some(Operation {
             key,
@@ -231,10 +256,15 @@ impl VaultWorkload {
         client: usize,
         key: u64,
         o: VaultOutcome,
-        flow: ClientLoginFlow,
-        right: bool,
-        purpose: Purpose,
+        consume: &Operation,
+        attempt: Attempt,
     ) {
+        let Attempt {
+            flow,
+            guess,
+            right,
+            purpose,
+        } = attempt;
         let user = user_id(key);
         let Some(record) = o.record.clone().into_option() else {
             self.facts.errors.push(format!(
@@ -248,6 +278,15 @@ impl VaultWorkload {
             .entry((key, generation))
             .or_default()
             .insert(o.ticket);
+        let request: [u8; 32] = Sha256::digest(flow.request()).into();
+        if let Some(other) = self.facts.ticket_requests.insert((key, o.ticket), request) {
+            if other != request {
+                self.facts.errors.push(format!(
+                    "user {key}: ticket {} was given to two different guesses",
+                    o.ticket
+                ));
+            }
+        }
         if o.erased {
             self.facts.erased.insert((key, generation), o.ticket);
         }
@@ -264,12 +303,20 @@ impl VaultWorkload {
                     return;
                 }
             };
-        let guess = if right { code(key) } else { Vec::new() };
-        let opened = if right {
-            flow.finish(&mut self.rng, &guess, &response, &KSF)
-        } else {
-            // A wrong guess: any code but the right one.
-            flow.finish(&mut self.rng, b"not the code", &response, &KSF)
+        let opened = flow.finish(&mut self.rng, &guess, &response, &KSF);
+        // Now and then the same consume is re-delivered (the client re-sends its
+        // request through another service): it must get this ticket back.
+        let redeliver = self.rng.gen_bool(0.1) && !o.erased;
+        let then = |step: Step| {
+            if redeliver {
+                Step::Duplicate {
+                    op: consume.clone(),
+                    ticket: o.ticket,
+                    then: Box::new(step),
+                }
+            } else {
+                step
+            }
         };
         match (right, opened) {
             (true, Ok(Some(LoginOpened { finalization, .. }))) => {
@@ -288,7 +335,7 @@ impl VaultWorkload {
                     key,
                     kind: OpKind::Command(command),
                 };
-                self.set(client, Step::Queued { op, login, purpose });
+                self.set(client, then(Step::Queued { op, login, purpose }));
             }
             (true, _) => self.facts.errors.push(format!(
                 "user {key}: the right code did not open the fleet's answer to ticket {}",
@@ -298,7 +345,7 @@ impl VaultWorkload {
                 "user {key}: a wrong code opened the fleet's answer to ticket {}",
                 o.ticket
             )),
-            (false, _) => {}
+            (false, _) => self.set(client, then(Step::Idle)),
         }
     }
 
@@ -309,7 +356,7 @@ impl VaultWorkload {
         purpose: Purpose,
         output: Option<&[u8]>,
     ) {
-        let g = (key, login.generation);
+        let g = (key, login.generation());
         let outcome = output.and_then(decode);
         match (purpose, outcome) {
             (Purpose::Recover, None) => {
@@ -317,20 +364,23 @@ impl VaultWorkload {
                     .forgiving
                     .entry(g)
                     .or_default()
-                    .insert(login.ticket);
+                    .insert(login.ticket());
             }
             (Purpose::Recover, Some(o)) if status(&o) == VaultStatus::VAULT_OK => {
                 self.facts
                     .forgiving
                     .entry(g)
                     .or_default()
-                    .insert(login.ticket);
+                    .insert(login.ticket());
                 self.facts
                     .succeeded
                     .entry(g)
                     .or_default()
-                    .insert((o.applied_at, login.ticket));
-                let record = o.record.into_option().unwrap_or(login.record);
+                    .insert((o.applied_at, login.ticket()));
+                let record = o
+                    .record
+                    .into_option()
+                    .unwrap_or_else(|| login.record().clone());
                 match self.server.open_secret(&user_id(key), &record) {
                     Ok(s) if s.as_slice() == secret(key).as_slice() => {}
                     Ok(_) => self
@@ -362,13 +412,25 @@ impl Workload for VaultWorkload {
     }
 
     fn next_operation(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Operation {
-        if let Step::Queued { op, login, purpose } = self.take(client) {
-            self.set(client, Step::Finishing { login, purpose });
-            return op;
+        match self.take(client) {
+            Step::Queued { op, login, purpose } => {
+                self.set(client, Step::Finishing { login, purpose });
+                return op;
+            }
+            Step::Duplicate { op, ticket, then } => {
+                self.set(client, Step::Redelivering { ticket, then });
+                return op;
+            }
+            _ => {}
         }
         loop {
             let key = rng.gen_range(0..self.users);
-            let roll = rng.gen_range(0..100);
+            let mut roll = rng.gen_range(0..100);
+            // Every fourth user is under attack: almost only wrong guesses, so
+            // records reach their limit and the erase paths run.
+            if key % 4 == 3 && (15..=49).contains(&roll) && rng.gen_bool(0.9) {
+                roll = 50;
+            }
             let op = match roll {
                 0..=14 => self.register_op(client, key),
                 15..=49 => self.login_op(client, key, true, Purpose::Recover),
@@ -399,19 +461,31 @@ impl Workload for VaultWorkload {
                     self.facts.registered.insert(key);
                 }
             }
-            Step::Login {
-                flow,
-                right,
-                purpose,
-            } => {
+            Step::Login(attempt) => {
                 if let Some(o) = output.and_then(decode) {
                     if status(&o) == VaultStatus::VAULT_OK {
-                        self.on_consumed(client, key, o, flow, right, purpose);
+                        self.on_consumed(client, key, o, op, attempt);
                     }
                 }
             }
+            Step::Redelivering { ticket, then } => {
+                if let Some(o) = output.and_then(decode) {
+                    if status(&o) == VaultStatus::VAULT_OK {
+                        if o.ticket == ticket {
+                            self.facts.redelivered += 1;
+                        } else {
+                            self.facts.errors.push(format!(
+                                "user {key}: a re-delivered consume spent ticket {} instead of \
+                                 returning ticket {ticket}",
+                                o.ticket
+                            ));
+                        }
+                    }
+                }
+                self.set(client, *then);
+            }
             Step::Finishing { login, purpose } => self.on_finished(key, login, purpose, output),
-            Step::Queued { .. } | Step::Idle => {}
+            Step::Queued { .. } | Step::Duplicate { .. } | Step::Idle => {}
         }
     }
 

@@ -20,7 +20,7 @@ use opaque_ke::{
 use parking_lot::Mutex;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::keys::VaultPublicKeys;
 use super::machine::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
@@ -432,7 +432,8 @@ impl VaultClient {
         request: &VaultClientRequest,
         only: Option<usize>,
     ) -> Result<Answer, VaultClientError> {
-        let bytes = wire::encode(request);
+        // The bytes may carry a secret (registration): wiped when sent.
+        let bytes = Zeroizing::new(wire::encode(request));
         let digest = sha256(&bytes);
         let n = self.endpoints.len();
         if n == 0 {
@@ -493,6 +494,20 @@ impl VaultClient {
         Err(last)
     }
 
+    /// Sends a registration's upload and secret, then wipes the secret.
+    fn send_registration(
+        &self,
+        finish: VaultRegisterFinish,
+        only: Option<usize>,
+    ) -> Result<Answer, VaultClientError> {
+        let mut request = self.request(vault_client_request::Op::RegisterFinish(finish));
+        let answer = self.send(&request, only);
+        if let Some(vault_client_request::Op::RegisterFinish(f)) = request.op.as_mut() {
+            f.secret.zeroize();
+        }
+        answer
+    }
+
     fn request(&self, op: vault_client_request::Op) -> VaultClientRequest {
         let mut r = VaultClientRequest::new();
         r.request = Some(self.next_id()).into();
@@ -539,12 +554,10 @@ impl VaultClient {
         finish.user = user.to_vec();
         finish.registration_upload = upload;
         finish.credential_nonce = a.body.credential_nonce;
+        finish.nonce_tag = a.body.nonce_tag;
         finish.secret = secret.to_vec();
         finish.max_attempts = max_attempts;
-        let a = self.send(
-            &self.request(vault_client_request::Op::RegisterFinish(finish)),
-            None,
-        )?;
+        let a = self.send_registration(finish, None)?;
         expect_ok(&a.body)?;
         Ok(a.body.generation)
     }
@@ -576,6 +589,18 @@ impl VaultClient {
             let start = self.request(vault_client_request::Op::LoginStart(start));
             for _ in 0..self.cfg.login_restarts.max(1) {
                 let a = self.send(&start, None)?;
+                if a.body
+                    .status
+                    .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
+                    == VaultReplyStatus::REPLY_LOGIN_UNKNOWN
+                {
+                    // This request's attempt was concluded by a reply we never
+                    // got: start a fresh login.
+                    last = VaultClientError::Unavailable {
+                        detail: a.body.detail.clone(),
+                    };
+                    break;
+                }
                 expect_ok(&a.body)?;
                 let opened = flow.finish(
                     &mut *self.rng.lock(),
@@ -681,13 +706,11 @@ impl VaultClient {
         finish.user = user.to_vec();
         finish.registration_upload = upload;
         finish.credential_nonce = a.body.credential_nonce;
+        finish.nonce_tag = a.body.nonce_tag;
         finish.secret = new_secret.to_vec();
         finish.max_attempts = max_attempts;
         finish.login = a.body.login;
-        let f = self.send(
-            &self.request(vault_client_request::Op::RegisterFinish(finish)),
-            Some(a.endpoint),
-        )?;
+        let f = self.send_registration(finish, Some(a.endpoint))?;
         expect_ok(&f.body)?;
         Ok(f.body.generation)
     }

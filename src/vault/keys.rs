@@ -20,6 +20,7 @@ use crate::ReplicaId;
 const SETUP_LABEL: &str = "vault/opaque-setup";
 const SETUP_AAD: &[u8] = b"vaultfleet/vault/opaque-setup/v1";
 pub(crate) const RECORD_LABEL: &str = "vault/record";
+pub(crate) const REGISTRATION_LABEL: &str = "vault/registration";
 
 pub(crate) fn response_label(replica: ReplicaId) -> String {
     format!("vault/response/{replica}")
@@ -39,6 +40,7 @@ pub struct VaultKeys<H: Hsm> {
     pub(crate) hsm: H,
     pub(crate) setup: ServerSetup<Suite>,
     pub(crate) record_key: KeyHandle,
+    pub(crate) registration_key: KeyHandle,
     pub(crate) response_key: KeyHandle,
     pub(crate) replica: ReplicaId,
     pub(crate) group: u64,
@@ -64,6 +66,7 @@ impl<H: Hsm> VaultKeys<H> {
         let bytes = Zeroizing::new(setup.serialize().to_vec());
         let key = hsm.key(SETUP_LABEL, KeyKind::Aead)?;
         hsm.key(RECORD_LABEL, KeyKind::Aead)?;
+        hsm.key(REGISTRATION_LABEL, KeyKind::Mac)?;
         Ok(hsm.seal(key, SETUP_AAD, &bytes)?)
     }
 
@@ -87,11 +90,13 @@ impl<H: Hsm> VaultKeys<H> {
             ))
         })?;
         let record_key = hsm.key(RECORD_LABEL, KeyKind::Aead)?;
+        let registration_key = hsm.key(REGISTRATION_LABEL, KeyKind::Mac)?;
         let response_key = hsm.key(&response_label(replica), KeyKind::Signing)?;
         Ok(Self {
             hsm,
             setup,
             record_key,
+            registration_key,
             response_key,
             replica,
             group,

@@ -48,8 +48,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 pub const USER_ID_MAX: usize = 256;
 /// The longest secret a user may store, in bytes.
 pub const SECRET_MAX: usize = 1024;
-/// Consumes remembered per user for de-duplication (beyond the spent ones).
+/// Concluded consumes remembered per user for de-duplication; consumes whose
+/// ticket is still spent are always remembered.
 const SEEN_MAX: usize = 64;
+/// Registrations (credential nonces) remembered per user; a user who has
+/// registered this many times must use a new user id.
+const REGISTRATIONS_MAX: usize = 1024;
 /// Upper bound on a stored record field (OPAQUE record, sealed secret).
 const FIELD_MAX: usize = 4096;
 
@@ -85,6 +89,7 @@ struct User {
     locked_ticket: u64,
     locked_digest: Vec<u8>,
     seen: Vec<VaultSeen>,
+    used_nonces: Vec<Vec<u8>>,
 }
 
 /// The replicated Backup Key Vault (see the module documentation for its rules).
@@ -196,7 +201,12 @@ impl BackupVault {
                 format!("user id must be 1..={USER_ID_MAX} bytes"),
             );
         }
-        let request = c.request.clone().into_option().unwrap_or_default();
+        let Some(request) = c.request.clone().into_option() else {
+            return outcome(
+                VaultStatus::VAULT_MALFORMED,
+                "vault command without a request id",
+            );
+        };
         let user = c.user;
         match c.op {
             Some(vault_command::Op::Register(r)) => self.register(index, user, r),
@@ -207,10 +217,19 @@ impl BackupVault {
                 self.reset(&user, x.ticket, x.generation, x.reinstate.into_option())
             }
             Some(vault_command::Op::Replace(x)) => match x.record.into_option() {
-                Some(r) => self.replace(index, &user, x.ticket, x.generation, r),
+                Some(r) => self.replace(
+                    index,
+                    &user,
+                    x.ticket,
+                    x.generation,
+                    r,
+                    x.reinstate.into_option(),
+                ),
                 None => outcome(VaultStatus::VAULT_MALFORMED, "replace without a record"),
             },
-            Some(vault_command::Op::Delete(x)) => self.delete(&user, x.ticket, x.generation),
+            Some(vault_command::Op::Delete(x)) => {
+                self.delete(&user, x.ticket, x.generation, x.reinstate.into_option())
+            }
             None => outcome(
                 VaultStatus::VAULT_MALFORMED,
                 "vault command has no operation",
@@ -245,14 +264,46 @@ impl BackupVault {
             o.attempts_left = attempts_left(rec);
             return o;
         }
-        u.generation += 1;
-        let rec = new_record(r, u.generation, index);
+        match Self::new_generation(u, r, index) {
+            Ok(o) => o,
+            Err(o) => o,
+        }
+    }
+
+    /// Installs `r` as the user's next generation, unless its credential nonce
+    /// was registered before (a replayed registration).
+    fn new_generation(
+        u: &mut User,
+        r: VaultRegister,
+        index: u64,
+    ) -> Result<VaultOutcome, VaultOutcome> {
+        let nonce_digest = Sha256::digest(&r.credential_nonce).to_vec();
+        if u.used_nonces.contains(&nonce_digest) {
+            return Err(outcome(
+                VaultStatus::VAULT_REQUEST_REUSED,
+                "this registration was used before (a replay): start a new registration",
+            ));
+        }
+        if u.used_nonces.len() >= REGISTRATIONS_MAX {
+            return Err(outcome(
+                VaultStatus::VAULT_MALFORMED,
+                format!("this user id has registered {REGISTRATIONS_MAX} times; use a new user id"),
+            ));
+        }
+        let Some(generation) = u.generation.checked_add(1) else {
+            return Err(outcome(
+                VaultStatus::VAULT_MALFORMED,
+                "generation exhausted",
+            ));
+        };
+        u.generation = generation;
+        u.used_nonces.push(nonce_digest);
+        let rec = new_record(r, generation, index);
         let mut o = outcome(VaultStatus::VAULT_OK, "");
         o.generation = rec.generation;
         o.attempts_left = attempts_left(&rec);
         u.record = Some(rec);
-        u.seen.clear();
-        o
+        Ok(o)
     }
 
     fn consume(
@@ -294,7 +345,9 @@ impl BackupVault {
                     o.ticket = seen.ticket;
                     o.attempts_left = attempts_left(r);
                     o.generation = r.generation;
-                    o.record = Some(r.clone()).into();
+                    let mut login = r.clone();
+                    login.sealed_secret.clear();
+                    o.record = Some(login).into();
                     o
                 }
                 Some(_) => outcome(
@@ -321,22 +374,34 @@ impl BackupVault {
         seen.ticket = index;
         seen.generation = r.generation;
         u.seen.push(seen);
-        if u.seen.len() > SEEN_MAX {
-            let drop = u.seen.len() - SEEN_MAX;
-            u.seen.drain(..drop);
+        // Forget the oldest concluded consumes beyond SEEN_MAX; a consume whose
+        // ticket is still spent is always remembered (at most max_attempts).
+        while u.seen.len() > SEEN_MAX + r.spent.len() {
+            match u.seen.iter().position(|s| !r.spent.contains(&s.ticket)) {
+                Some(i) => {
+                    u.seen.remove(i);
+                }
+                None => break,
+            }
         }
         let mut o = outcome(VaultStatus::VAULT_OK, "");
         o.ticket = index;
         o.attempts_left = attempts_left(r);
         o.generation = r.generation;
-        o.record = Some(r.clone()).into();
         if o.attempts_left == 0 {
-            // The last attempt: erase in this same command.
+            // The last attempt: erase in this same command. The record goes to the
+            // proposing service only, for this attempt's login to put it back.
             let erased = u.record.take().unwrap_or_default();
             u.locked = true;
             u.locked_ticket = index;
             u.locked_digest = record_digest(&erased).to_vec();
+            o.record = Some(erased).into();
             o.erased = true;
+        } else {
+            // What a login needs, without the sealed secret.
+            let mut login = r.clone();
+            login.sealed_secret.clear();
+            o.record = Some(login).into();
         }
         o
     }
@@ -352,29 +417,15 @@ impl BackupVault {
             return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
         };
         if u.locked {
-            let ok = u.generation == generation
-                && u.locked_ticket == ticket
-                && reinstate
-                    .as_ref()
-                    .is_some_and(|r| record_digest(r).as_slice() == u.locked_digest.as_slice());
-            if !ok {
-                return outcome(
-                    VaultStatus::VAULT_LOCKED,
-                    "the record was erased after its last attempt",
-                );
+            if let Err(o) = Self::reinstate(u, ticket, generation, reinstate) {
+                return o;
             }
-            let mut r = reinstate.unwrap_or_default();
-            r.spent.clear();
-            r.forgiven_through = ticket;
-            u.locked = false;
-            u.locked_ticket = 0;
-            u.locked_digest.clear();
+            let r = u.record.as_ref().cloned().unwrap_or_default();
             let mut o = outcome(VaultStatus::VAULT_OK, "reinstated");
             o.ticket = ticket;
             o.generation = r.generation;
             o.attempts_left = attempts_left(&r);
-            o.record = Some(r.clone()).into();
-            u.record = Some(r);
+            o.record = Some(r).into();
             return o;
         }
         let Some(r) = u.record.as_mut() else {
@@ -401,15 +452,56 @@ impl BackupVault {
         o
     }
 
+    /// Puts back the record erased by `ticket`'s consume, if `record` is exactly
+    /// it: the erasing attempt's login proved the code. Every attempt is forgiven.
+    fn reinstate(
+        u: &mut User,
+        ticket: u64,
+        generation: u64,
+        record: Option<VaultRecord>,
+    ) -> Result<(), VaultOutcome> {
+        let locked = || {
+            outcome(
+                VaultStatus::VAULT_LOCKED,
+                "the record was erased after its last attempt",
+            )
+        };
+        let Some(mut r) = record else {
+            return Err(locked());
+        };
+        if !u.locked
+            || u.generation != generation
+            || r.generation != generation
+            || u.locked_ticket != ticket
+            || record_digest(&r).as_slice() != u.locked_digest.as_slice()
+        {
+            return Err(locked());
+        }
+        r.spent.clear();
+        r.forgiven_through = ticket;
+        u.locked = false;
+        u.locked_ticket = 0;
+        u.locked_digest.clear();
+        u.record = Some(r);
+        Ok(())
+    }
+
     /// The record `ticket` may act on as the authority of a proven login: the
-    /// ticket must be spent and not forgiven in the current generation.
+    /// ticket must be spent and not forgiven in the current generation, or be
+    /// the attempt that erased the record (which `reinstate` then puts back).
     fn authorised(
         u: &mut User,
         ticket: u64,
         generation: u64,
-    ) -> Result<&mut VaultRecord, VaultOutcome> {
+        reinstate: Option<VaultRecord>,
+    ) -> Result<(), VaultOutcome> {
         if u.locked {
-            return Err(outcome(VaultStatus::VAULT_LOCKED, "record erased"));
+            Self::reinstate(u, ticket, generation, reinstate)?;
+            // The erasing attempt is the authority; keep it spent for the caller.
+            if let Some(r) = u.record.as_mut() {
+                r.spent.push(ticket);
+            }
+            return Ok(());
         }
         let Some(r) = u.record.as_mut() else {
             return Err(outcome(
@@ -423,7 +515,7 @@ impl BackupVault {
                 "the login does not authorise this (used already, or for another registration)",
             ));
         }
-        Ok(r)
+        Ok(())
     }
 
     fn replace(
@@ -433,6 +525,7 @@ impl BackupVault {
         ticket: u64,
         generation: u64,
         new: VaultRegister,
+        reinstate: Option<VaultRecord>,
     ) -> VaultOutcome {
         if let Err(e) = check_register(&new) {
             return outcome(VaultStatus::VAULT_MALFORMED, e);
@@ -440,28 +533,42 @@ impl BackupVault {
         let Some(u) = self.users.get_mut(user) else {
             return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
         };
-        if let Err(o) = Self::authorised(u, ticket, generation) {
+        // Check the nonce before touching anything: a refused replace must leave
+        // the user exactly as it was.
+        let nonce_digest = Sha256::digest(&new.credential_nonce).to_vec();
+        if u.used_nonces.contains(&nonce_digest) {
+            return outcome(
+                VaultStatus::VAULT_REQUEST_REUSED,
+                "this registration was used before (a replay): start a new registration",
+            );
+        }
+        let before = u.clone();
+        if let Err(o) = Self::authorised(u, ticket, generation, reinstate) {
             return o;
         }
-        u.generation += 1;
-        let rec = new_record(new, u.generation, index);
-        let mut o = outcome(VaultStatus::VAULT_OK, "");
-        o.generation = rec.generation;
-        o.attempts_left = attempts_left(&rec);
-        u.record = Some(rec);
-        u.seen.clear();
-        o
+        match Self::new_generation(u, new, index) {
+            Ok(o) => o,
+            Err(o) => {
+                *u = before;
+                o
+            }
+        }
     }
 
-    fn delete(&mut self, user: &[u8], ticket: u64, generation: u64) -> VaultOutcome {
+    fn delete(
+        &mut self,
+        user: &[u8],
+        ticket: u64,
+        generation: u64,
+        reinstate: Option<VaultRecord>,
+    ) -> VaultOutcome {
         let Some(u) = self.users.get_mut(user) else {
             return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
         };
-        if let Err(o) = Self::authorised(u, ticket, generation) {
+        if let Err(o) = Self::authorised(u, ticket, generation, reinstate) {
             return o;
         }
         u.record = None;
-        u.seen.clear();
         let mut o = outcome(VaultStatus::VAULT_OK, "deleted");
         o.generation = u.generation;
         o
@@ -519,6 +626,7 @@ impl StateMachine for BackupVault {
                 w.locked_ticket = u.locked_ticket;
                 w.locked_digest = u.locked_digest.clone();
                 w.seen = u.seen.clone();
+                w.used_nonces = u.used_nonces.clone();
                 w
             })
             .collect();
@@ -542,11 +650,30 @@ impl StateMachine for BackupVault {
                 locked_ticket: w.locked_ticket,
                 locked_digest: w.locked_digest,
                 seen: w.seen,
+                used_nonces: w.used_nonces,
             };
             if u.locked && u.record.is_some() {
                 return Err(RestoreError(
                     "vault snapshot holds a locked user with a record".into(),
                 ));
+            }
+            if let Some(r) = &u.record {
+                if r.generation != u.generation
+                    || r.spent.len() > r.max_attempts as usize
+                    || r.max_attempts == 0
+                    || r.max_attempts > MAX_ATTEMPTS_LIMIT
+                    || r.opaque_record.len() > FIELD_MAX
+                    || r.sealed_secret.len() > FIELD_MAX
+                {
+                    return Err(RestoreError(
+                        "vault snapshot holds an inconsistent record".into(),
+                    ));
+                }
+            }
+            if u.seen.len() > SEEN_MAX + MAX_ATTEMPTS_LIMIT as usize + 1
+                || u.used_nonces.len() > REGISTRATIONS_MAX
+            {
+                return Err(RestoreError("vault snapshot holds oversized tables".into()));
             }
             if users.insert(w.user, u).is_some() {
                 return Err(RestoreError("vault snapshot lists a user twice".into()));
@@ -768,6 +895,7 @@ mod tests {
             (VaultStatus::VAULT_OK, 2, 5)
         );
         // The ticket is used up, and belongs to generation 1 anyway.
+        x.record = Some(reg(5, 4)).into();
         let o =
             decode_outcome(&v.apply(13, &cmd("alice", id(2, 4), vault_command::Op::Replace(x))))
                 .unwrap();
@@ -786,6 +914,82 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 3));
+    }
+
+    #[test]
+    fn a_replayed_registration_never_comes_back_after_a_delete() {
+        let mut v = registered(3);
+        consume(&mut v, 10, "alice", id(2, 1), 1);
+        let mut d = VaultDelete::new();
+        d.ticket = 10;
+        d.generation = 1;
+        let o = decode_outcome(&v.apply(11, &cmd("alice", id(2, 2), vault_command::Op::Delete(d))))
+            .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_OK);
+        // The old registration's bytes, replayed: refused, the user stays deleted.
+        let o = decode_outcome(&v.apply(
+            12,
+            &cmd("alice", id(1, 1), vault_command::Op::Register(reg(3, 1))),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_REQUEST_REUSED);
+        assert_eq!(v.user(b"alice"), Some(UserView::Deleted { generation: 1 }));
+    }
+
+    #[test]
+    fn the_last_attempts_login_may_also_delete_or_replace() {
+        for replace in [false, true] {
+            let mut v = registered(1);
+            let o = consume(&mut v, 10, "alice", id(2, 1), 1);
+            assert!(o.erased);
+            let record = o.record.clone().unwrap();
+            let op = if replace {
+                let mut x = VaultReplace::new();
+                x.ticket = 10;
+                x.generation = 1;
+                x.record = Some(reg(5, 2)).into();
+                x.reinstate = Some(record).into();
+                vault_command::Op::Replace(x)
+            } else {
+                let mut x = VaultDelete::new();
+                x.ticket = 10;
+                x.generation = 1;
+                x.reinstate = Some(record).into();
+                vault_command::Op::Delete(x)
+            };
+            let o = decode_outcome(&v.apply(11, &cmd("alice", id(2, 2), op))).unwrap();
+            assert_eq!(status(&o), VaultStatus::VAULT_OK);
+            let expected = if replace {
+                UserView::Registered {
+                    generation: 2,
+                    attempts_left: 5,
+                    max_attempts: 5,
+                }
+            } else {
+                UserView::Deleted { generation: 1 }
+            };
+            assert_eq!(v.user(b"alice"), Some(expected));
+        }
+    }
+
+    #[test]
+    fn a_command_without_a_request_id_is_refused() {
+        let mut v = registered(3);
+        let mut c = VaultCommand::new();
+        c.user = b"alice".to_vec();
+        let mut x = VaultConsume::new();
+        x.request_digest = vec![1; 32];
+        c.op = Some(vault_command::Op::Consume(x));
+        let o = decode_outcome(&v.apply(5, &wire::encode(&c))).unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
+        assert_eq!(
+            v.user(b"alice"),
+            Some(UserView::Registered {
+                generation: 1,
+                attempts_left: 3,
+                max_attempts: 3
+            })
+        );
     }
 
     #[test]

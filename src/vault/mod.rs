@@ -33,7 +33,7 @@ pub use keys::{VaultKeys, VaultPublicKeys};
 pub use machine::{
     BackupVault, UserView, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX,
 };
-pub use server::{PendingLogin, VaultError, VaultServer};
+pub use server::{PendingLogin, RegistrationNonce, RegistrationStarted, VaultError, VaultServer};
 pub use service::{Unreachable, VaultEndpoint, VaultService, VaultServiceConfig};
 
 /// The OPAQUE cipher suite of the vault (RFC 9807's Ristretto255 / SHA-512

@@ -84,6 +84,17 @@ fn secret_aad(group: u64, user: &[u8], opaque_record: &[u8], nonce: &[u8]) -> Ve
     aad
 }
 
+/// What the registration MAC covers: the fleet, the user and the nonce.
+fn nonce_mac_input(group: u64, user: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + user.len());
+    m.extend_from_slice(b"vaultfleet/vault/credential-nonce/v1");
+    m.extend_from_slice(&group.to_be_bytes());
+    m.extend_from_slice(&(user.len() as u16).to_be_bytes());
+    m.extend_from_slice(user);
+    m.extend_from_slice(nonce);
+    m
+}
+
 /// The key that carries a recovered secret to the client, derived from the OPAQUE
 /// session key (which only the client and this server know).
 pub(crate) fn transport_key(session_key: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -137,18 +148,52 @@ fn command(request: &VaultRequestId, user: &[u8], op: vault_command::Op) -> Vec<
 /// A login whose attempt has been spent and whose OPAQUE response was sent: the
 /// server's half of the key exchange, waiting for the client's finalization.
 pub struct PendingLogin {
+    user: Vec<u8>,
+    ticket: u64,
+    generation: u64,
+    record: VaultRecord,
+    erased: bool,
+    state: ServerLogin<Suite>,
+}
+
+impl PendingLogin {
     /// The user logging in.
-    pub user: Vec<u8>,
+    pub fn user(&self) -> &[u8] {
+        &self.user
+    }
+
     /// The spent attempt's ticket.
-    pub ticket: u64,
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
     /// The registration generation the attempt was counted against.
-    pub generation: u64,
-    /// The record as the consume returned it.
-    pub record: VaultRecord,
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The record as the consume returned it (without the sealed secret, unless
+    /// the consume erased it).
+    pub fn record(&self) -> &VaultRecord {
+        &self.record
+    }
+
     /// True when the consume erased the record (its last attempt): a successful
     /// login must carry the record back.
-    pub erased: bool,
-    state: ServerLogin<Suite>,
+    pub fn erased(&self) -> bool {
+        self.erased
+    }
+
+    /// Attempts left after this login's attempt.
+    pub fn attempts_left(&self) -> u32 {
+        self.record
+            .max_attempts
+            .saturating_sub(self.record.spent.len() as u32)
+    }
+
+    fn reinstate(&self) -> Option<VaultRecord> {
+        self.erased.then(|| self.record.clone())
+    }
 }
 
 impl std::fmt::Debug for PendingLogin {
@@ -159,6 +204,26 @@ impl std::fmt::Debug for PendingLogin {
             .field("erased", &self.erased)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`VaultServer::registration_start`] returns to the client.
+#[derive(Debug, Clone)]
+pub struct RegistrationStarted {
+    /// The OPAQUE registration response.
+    pub response: Vec<u8>,
+    /// The credential nonce the fleet drew for this registration.
+    pub nonce: [u8; 32],
+    /// The HSM's MAC over (fleet, user, nonce).
+    pub tag: [u8; 32],
+}
+
+/// A credential nonce and its tag, as the client sends them back.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistrationNonce<'a> {
+    /// The nonce.
+    pub nonce: &'a [u8],
+    /// Its tag.
+    pub tag: &'a [u8],
 }
 
 /// The server side of the vault's OPAQUE flows for one replica (sans-IO).
@@ -196,13 +261,14 @@ impl<H: Hsm> VaultServer<H> {
     }
 
     /// Registration, first message: evaluates the OPRF under a fresh credential
-    /// nonce. Returns the OPAQUE registration response and the nonce (the client
-    /// sends it back with its upload). Nothing is stored.
+    /// nonce. Returns the OPAQUE registration response, the nonce and the HSM's
+    /// MAC over (user, nonce); the client sends both back with its upload, which
+    /// proves the fleet drew the nonce. Nothing is stored.
     pub fn registration_start(
         &self,
         user: &[u8],
         request: &[u8],
-    ) -> Result<(Vec<u8>, [u8; 32]), VaultError> {
+    ) -> Result<RegistrationStarted, VaultError> {
         check_user(user)?;
         let request = RegistrationRequest::<Suite>::deserialize(request)
             .map_err(|e| invalid("OPAQUE registration request", e))?;
@@ -214,18 +280,38 @@ impl<H: Hsm> VaultServer<H> {
             &credential_identifier(user, &nonce),
         )
         .map_err(|e| invalid("OPAQUE registration request", e))?;
-        Ok((start.message.serialize().to_vec(), nonce))
+        let tag = self.keys.hsm.mac(
+            self.keys.registration_key,
+            &nonce_mac_input(self.keys.group, user, &nonce),
+        )?;
+        Ok(RegistrationStarted {
+            response: start.message.serialize().to_vec(),
+            nonce,
+            tag,
+        })
     }
 
     fn sealed_registration(
         &self,
         user: &[u8],
         upload: &[u8],
-        nonce: &[u8],
+        nonce: &RegistrationNonce<'_>,
         secret: &[u8],
         max_attempts: u32,
     ) -> Result<VaultRegister, VaultError> {
         check_user(user)?;
+        let RegistrationNonce { nonce, tag } = *nonce;
+        let genuine = self.keys.hsm.verify_mac(
+            self.keys.registration_key,
+            &nonce_mac_input(self.keys.group, user, nonce),
+            tag,
+        )?;
+        if !genuine {
+            return Err(invalid(
+                "credential nonce",
+                "not drawn by this fleet for this user (its tag does not verify)",
+            ));
+        }
         if secret.is_empty() || secret.len() > SECRET_MAX {
             return Err(invalid("secret", format!("must be 1..={SECRET_MAX} bytes")));
         }
@@ -263,7 +349,7 @@ impl<H: Hsm> VaultServer<H> {
         request: &VaultRequestId,
         user: &[u8],
         upload: &[u8],
-        nonce: &[u8],
+        nonce: &RegistrationNonce<'_>,
         secret: &[u8],
         max_attempts: u32,
     ) -> Result<Vec<u8>, VaultError> {
@@ -278,7 +364,7 @@ impl<H: Hsm> VaultServer<H> {
         request: &VaultRequestId,
         login: &PendingLogin,
         upload: &[u8],
-        nonce: &[u8],
+        nonce: &RegistrationNonce<'_>,
         secret: &[u8],
         max_attempts: u32,
     ) -> Result<Vec<u8>, VaultError> {
@@ -287,6 +373,7 @@ impl<H: Hsm> VaultServer<H> {
         x.ticket = login.ticket;
         x.generation = login.generation;
         x.record = Some(r).into();
+        x.reinstate = login.reinstate().into();
         Ok(command(request, &login.user, vault_command::Op::Replace(x)))
     }
 
@@ -345,7 +432,8 @@ impl<H: Hsm> VaultServer<H> {
     }
 
     /// Login, client's finalization: the OPAQUE session key if the client proved
-    /// the code. Consumes the login state: one finalization per login.
+    /// the code. The caller must drop the login after one finalization, whatever
+    /// its result (`VaultService` removes it from its table first).
     pub fn login_finish(
         &self,
         login: &PendingLogin,
@@ -373,9 +461,7 @@ impl<H: Hsm> VaultServer<H> {
         let mut x = VaultReset::new();
         x.ticket = login.ticket;
         x.generation = login.generation;
-        if login.erased {
-            x.reinstate = Some(login.record.clone()).into();
-        }
+        x.reinstate = login.reinstate().into();
         command(request, &login.user, vault_command::Op::Reset(x))
     }
 
@@ -384,6 +470,7 @@ impl<H: Hsm> VaultServer<H> {
         let mut x = VaultDelete::new();
         x.ticket = login.ticket;
         x.generation = login.generation;
+        x.reinstate = login.reinstate().into();
         command(request, &login.user, vault_command::Op::Delete(x))
     }
 

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use zeroize::Zeroize;
 
 use super::machine::decode_outcome;
-use super::server::{sha256, PendingLogin, VaultError, VaultServer};
+use super::server::{sha256, PendingLogin, RegistrationNonce, VaultError, VaultServer};
 use crate::hsm::Hsm;
 use crate::runtime::{Client, ClientConfig, ClientError};
 use crate::wire::vault::{
@@ -249,10 +250,11 @@ impl<H: Hsm> VaultService<H> {
                     .server
                     .registration_start(&x.user, &x.registration_request)
                 {
-                    Ok((response, nonce)) => {
+                    Ok(started) => {
                         let mut b = body(VaultReplyStatus::REPLY_OK, "");
-                        b.registration_response = response;
-                        b.credential_nonce = nonce.to_vec();
+                        b.registration_response = started.response;
+                        b.credential_nonce = started.nonce.to_vec();
+                        b.nonce_tag = started.tag.to_vec();
                         b
                     }
                     Err(e) => server_error(&e),
@@ -273,45 +275,69 @@ impl<H: Hsm> VaultService<H> {
     fn register_finish(
         &self,
         id: &VaultRequestId,
-        x: crate::wire::vault::VaultRegisterFinish,
+        mut x: crate::wire::vault::VaultRegisterFinish,
     ) -> VaultReplyBody {
-        let command = if x.login == 0 {
-            self.server.register_command(
+        let reply = self.register_finish_inner(id, &x);
+        x.secret.zeroize();
+        reply
+    }
+
+    fn register_finish_inner(
+        &self,
+        id: &VaultRequestId,
+        x: &crate::wire::vault::VaultRegisterFinish,
+    ) -> VaultReplyBody {
+        let nonce = RegistrationNonce {
+            nonce: &x.credential_nonce,
+            tag: &x.nonce_tag,
+        };
+        if x.login == 0 {
+            return match self.server.register_command(
                 id,
                 &x.user,
                 &x.registration_upload,
-                &x.credential_nonce,
+                &nonce,
                 &x.secret,
                 x.max_attempts,
-            )
-        } else {
-            let Some((_, login)) = self.logins.lock().proven.remove(&x.login) else {
-                return body(
-                    VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
-                    "no proven login with this id here (expired, used, or another service's): log in again",
-                );
+            ) {
+                Ok(c) => match self.propose(c) {
+                    Ok(o) => from_outcome(&o),
+                    Err(b) => *b,
+                },
+                Err(e) => server_error(&e),
             };
-            if login.user != x.user {
-                return body(
-                    VaultReplyStatus::REPLY_BAD_REQUEST,
-                    "the login is for another user",
-                );
-            }
-            self.server.replace_command(
-                id,
-                &login,
-                &x.registration_upload,
-                &x.credential_nonce,
-                &x.secret,
-                x.max_attempts,
-            )
+        }
+        let Some((at, login)) = self.logins.lock().proven.remove(&x.login) else {
+            return body(
+                VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
+                "no proven login with this id here (expired, used, or another service's): log in again",
+            );
         };
-        match command {
-            Ok(c) => match self.propose(c) {
-                Ok(o) => from_outcome(&o),
-                Err(b) => *b,
-            },
-            Err(e) => server_error(&e),
+        if login.user() != x.user.as_slice() {
+            return body(
+                VaultReplyStatus::REPLY_BAD_REQUEST,
+                "the login is for another user",
+            );
+        }
+        let command = self.server.replace_command(
+            id,
+            &login,
+            &x.registration_upload,
+            &nonce,
+            &x.secret,
+            x.max_attempts,
+        );
+        let reply = match command {
+            Ok(c) => self.propose(c).map(|o| from_outcome(&o)),
+            Err(e) => Ok(server_error(&e)),
+        };
+        match reply {
+            Ok(b) => b,
+            Err(b) => {
+                // Not committed (or not known to be): the client may retry.
+                self.logins.lock().proven.insert(x.login, (at, login));
+                *b
+            }
         }
     }
 
@@ -381,11 +407,8 @@ impl<H: Hsm> VaultService<H> {
             Err(e) => {
                 // The attempt stays spent.
                 let mut b = server_error(&e);
-                b.attempts_left = login
-                    .record
-                    .max_attempts
-                    .saturating_sub(login.record.spent.len() as u32);
-                b.generation = login.generation;
+                b.attempts_left = login.attempts_left();
+                b.generation = login.generation();
                 return b;
             }
         };
@@ -394,10 +417,10 @@ impl<H: Hsm> VaultService<H> {
             VaultLoginPurpose::VAULT_REREGISTER_START => {
                 match self
                     .server
-                    .registration_start(&login.user, &x.registration_request)
+                    .registration_start(login.user(), &x.registration_request)
                 {
-                    Ok((response, nonce)) => {
-                        let generation = login.generation;
+                    Ok(started) => {
+                        let generation = login.generation();
                         Self::keep(
                             &mut self.logins.lock().proven,
                             x.login,
@@ -405,8 +428,9 @@ impl<H: Hsm> VaultService<H> {
                             self.cfg.logins_max,
                         );
                         let mut b = body(VaultReplyStatus::REPLY_OK, "");
-                        b.registration_response = response;
-                        b.credential_nonce = nonce.to_vec();
+                        b.registration_response = started.response;
+                        b.credential_nonce = started.nonce.to_vec();
+                        b.nonce_tag = started.tag.to_vec();
                         b.login = x.login;
                         b.generation = generation;
                         b
@@ -437,19 +461,20 @@ impl<H: Hsm> VaultService<H> {
                 if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
                     return from_outcome(&o);
                 }
-                let record = o
-                    .record
-                    .clone()
-                    .into_option()
-                    .unwrap_or_else(|| login.record.clone());
-                let secret = match self.server.open_secret(&login.user, &record) {
+                let Some(record) = o.record.clone().into_option() else {
+                    return body(
+                        VaultReplyStatus::REPLY_UNAVAILABLE,
+                        "reset outcome without a record",
+                    );
+                };
+                let secret = match self.server.open_secret(login.user(), &record) {
                     Ok(s) => s,
                     Err(e) => return server_error(&e),
                 };
                 let mut b = from_outcome(&o);
                 match self
                     .server
-                    .encrypt_for_client(&session_key, digest, &login.user, &secret)
+                    .encrypt_for_client(&session_key, digest, login.user(), &secret)
                 {
                     Ok((nonce, ct)) => {
                         b.secret_nonce = nonce;
