@@ -8,6 +8,10 @@
 //! * [`storage`], [`hsm`], [`transport`], [`state_machine`] — the seams, each a
 //!   trait with real implementations; [`Sealed`] keeps the log on an untrusted disk.
 //! * [`runtime`] — the threaded driver: [`Node`], [`NodeHandle`], [`Client`].
+//! * [`vault`] — the Backup Key Vault: [`vault::BackupVault`] (the replicated
+//!   guess counters and sealed secrets), [`vault::VaultService`] (OPAQUE beside
+//!   each node; an attempt is committed before it is answered) and
+//!   [`vault::VaultClient`].
 //! * Durability: nothing is acknowledged before the [`LogStore::sync`] that makes
 //!   it durable (checked by `tests/durability_contract.rs`).
 //!
