@@ -245,6 +245,7 @@ impl StateMachine for RefundingVault {
                 reset.generation = o.generation;
                 let mut r = VaultCommand::new();
                 r.user = c.user;
+                r.request = c.request;
                 r.op = Some(vault_command::Op::Reset(reset));
                 self.0.apply(index, &vaultfleet::wire::encode(&r));
             }
