@@ -2,6 +2,37 @@
 //! SoftHSM2 token for the PKCS#11 cases.
 
 use raft::prelude::Entry;
+use vaultfleet::state_machine::RestoreError;
+use vaultfleet::StateMachine;
+
+/// A state machine that keeps no data: `apply` counts and answers nothing. It is
+/// what openraft's benchmark replicates ("a state machine with no data"), so the
+/// two measure the same thing: consensus, sessions, log and transport. The
+/// `KvStore` runs measure a real map on top.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Noop {
+    applied: u64,
+}
+
+impl StateMachine for Noop {
+    fn apply(&mut self, _index: u64, _command: &[u8]) -> Vec<u8> {
+        self.applied += 1;
+        Vec::new()
+    }
+    fn query(&self, _query: &[u8]) -> Vec<u8> {
+        self.applied.to_be_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.applied.to_be_bytes().to_vec()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let bytes: [u8; 8] = snapshot
+            .try_into()
+            .map_err(|_| RestoreError("a noop snapshot is 8 bytes".into()))?;
+        self.applied = u64::from_be_bytes(bytes);
+        Ok(())
+    }
+}
 
 /// `count` entries from `first`, each carrying `payload` bytes.
 pub fn entries(first: u64, count: usize, term: u64, payload: usize) -> Vec<Entry> {

@@ -18,20 +18,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vaultfleet::replica::ReplicaConfig;
-use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig};
+use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, Notify, PendingCommand};
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
     SealedConfig, SledLog, SoftHsm,
 };
+use vaultfleet_bench::Noop;
 
 const USAGE: &str =
-    "usage: vaultfleet-bench [-c CLIENTS] [-n OPERATIONS] [-m MEMBERS] [-b IN_FLIGHT]
-                        [--payload BYTES] [--store mem|sled|sealed-sled|sealed-pkcs11] [--json]
+    "usage: vaultfleet-bench [-c CLIENTS] [-n OPERATIONS] [-m MEMBERS] [-b IN_FLIGHT] [--threads T]
+                        [--payload BYTES] [--machine noop|kv] [--store mem|sled|sealed-sled|sealed-pkcs11] [--json]
   -c  concurrent clients, each with its own session (default 256)
   -n  total operations (default 100k)
   -m  members: 1, 3, 5 or 7 (default 3)
-  -b  commands each client keeps in flight (default 1)
+  -b  commands each client keeps in flight (default 1); the leader batches
+      everything that arrives in one Ready cycle into one proposal
+  --threads  driver threads the clients are spread over (default 1)
   --payload  bytes per put (default 64)
+  --machine  noop (a state machine with no data, as openraft's benchmark; the
+             default) or kv (KvStore: every put inserted into an ordered map)
   --store    mem (durable at once, as openraft's benchmark store), sled (fsync per
              Ready cycle), sealed-sled (sled sealed by a soft HSM), sealed-pkcs11
              (sled sealed by SoftHSM2 over PKCS#11)
@@ -42,6 +47,8 @@ struct Options {
     ops: u64,
     members: u64,
     in_flight: u64,
+    threads: u64,
+    machine: String,
     payload: usize,
     store: String,
     json: bool,
@@ -65,6 +72,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         ops: 100_000,
         members: 3,
         in_flight: 1,
+        threads: 1,
+        machine: "noop".into(),
         payload: 64,
         store: "mem".into(),
         json: false,
@@ -80,8 +89,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "-n" => o.ops = size(value()?)?,
             "-m" => o.members = size(value()?)?,
             "-b" => o.in_flight = size(value()?)?,
+            "--threads" => o.threads = size(value()?)?,
             "--payload" => o.payload = size(value()?)? as usize,
             "--store" => o.store = value()?.clone(),
+            "--machine" => o.machine = value()?.clone(),
             "--json" => {
                 o.json = true;
                 i += 1;
@@ -92,11 +103,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
         i += 2;
     }
+    if !matches!(o.machine.as_str(), "noop" | "kv") {
+        return Err(format!("--machine {:?}: expected noop or kv", o.machine));
+    }
     if !matches!(o.members, 1 | 3 | 5 | 7) {
         return Err("-m must be 1, 3, 5 or 7".into());
     }
-    if o.clients == 0 || o.ops == 0 || o.in_flight == 0 {
-        return Err("-c, -n and -b must be at least 1".into());
+    if o.clients == 0 || o.ops == 0 || o.in_flight == 0 || o.threads == 0 {
+        return Err("-c, -n, -b and --threads must be at least 1".into());
     }
     if !matches!(
         o.store.as_str(),
@@ -115,15 +129,18 @@ fn spawn<L: LogStore>(
     id: u64,
     fleet: &FleetConfig,
     net: &ChannelNetwork,
+    machine: &str,
 ) -> Result<Node, String> {
-    Replica::bootstrap(&mut log, &KvStore::new(), fleet).map_err(|e| e.to_string())?;
-    Node::spawn(
-        NodeConfig::new(ReplicaConfig::new(id)),
-        log,
-        KvStore::new(),
-        net.transport(id),
-    )
-    .map_err(|e| e.to_string())
+    let cfg = NodeConfig::new(ReplicaConfig::new(id));
+    let transport = net.transport(id);
+    let spawned = if machine == "kv" {
+        Replica::bootstrap(&mut log, &KvStore::new(), fleet).map_err(|e| e.to_string())?;
+        Node::spawn(cfg, log, KvStore::new(), transport)
+    } else {
+        Replica::bootstrap(&mut log, &Noop::default(), fleet).map_err(|e| e.to_string())?;
+        Node::spawn(cfg, log, Noop::default(), transport)
+    };
+    spawned.map_err(|e| e.to_string())
 }
 
 /// CPU seconds of this process (user + system), from /proc.
@@ -142,6 +159,87 @@ fn peak_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// One command in flight: which client sent it, and since when.
+struct InFlight {
+    client: usize,
+    pending: Option<PendingCommand>,
+    started: Instant,
+}
+
+/// Drives `clients` (index, session) until each has committed `per_client`
+/// puts, keeping `in_flight` of each outstanding. Returns every latency in µs.
+fn drive(
+    clients: Vec<(u64, Client)>,
+    per_client: u64,
+    in_flight: u64,
+    payload: &[u8],
+    done: &AtomicU64,
+) -> Result<Vec<u32>, String> {
+    let (tx, rx) = crossbeam_channel::unbounded::<usize>();
+    let mut latencies = Vec::with_capacity(clients.len() * per_client as usize);
+    let mut sent = vec![0u64; clients.len()];
+    let mut slots: Vec<InFlight> = Vec::new();
+    let mut notifiers: Vec<Notify> = Vec::new();
+    let put = |c: usize, i: u64| KvStore::put(format!("{}/{i}", clients[c].0), payload.to_vec());
+    for c in 0..clients.len() {
+        for _ in 0..in_flight.min(per_client) {
+            let slot = slots.len();
+            let tx = tx.clone();
+            let notify: Notify = Arc::new(move || {
+                let _ = tx.send(slot);
+            });
+            let pending = clients[c]
+                .1
+                .propose_notify(put(c, sent[c]), Arc::clone(&notify));
+            sent[c] += 1;
+            notifiers.push(notify);
+            slots.push(InFlight {
+                client: c,
+                pending: Some(pending),
+                started: Instant::now(),
+            });
+        }
+    }
+    let mut live = slots.len();
+    let mut ready = Vec::new();
+    while live > 0 {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(i) => ready.push(i),
+            // Nothing arrived: poll everything (a retry may be due).
+            Err(_) => ready.extend(0..slots.len()),
+        }
+        ready.extend(rx.try_iter());
+        for i in ready.drain(..) {
+            let s = &mut slots[i];
+            let Some(p) = s.pending.as_mut() else {
+                continue;
+            };
+            match p.poll() {
+                None => continue,
+                Some(Err(e)) => return Err(format!("client {}: {e}", clients[s.client].0)),
+                Some(Ok(_)) => {}
+            }
+            let us = s.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            latencies.push(us);
+            done.fetch_add(1, Ordering::Relaxed);
+            let c = s.client;
+            if sent[c] < per_client {
+                s.pending = Some(
+                    clients[c]
+                        .1
+                        .propose_notify(put(c, sent[c]), Arc::clone(&notifiers[i])),
+                );
+                s.started = Instant::now();
+                sent[c] += 1;
+            } else {
+                s.pending = None;
+                live -= 1;
+            }
+        }
+    }
+    Ok(latencies)
 }
 
 fn main() -> ExitCode {
@@ -170,17 +268,18 @@ fn run(o: &Options) -> Result<(), String> {
     for id in 1..=o.members {
         let path = dir.path().join(format!("replica-{id}"));
         let node = match o.store.as_str() {
-            "mem" => spawn(MemLog::new(), id, &fleet, &net)?,
+            "mem" => spawn(MemLog::new(), id, &fleet, &net, &o.machine)?,
             "sled" => spawn(
                 SledLog::open(&path).map_err(|e| e.to_string())?,
                 id,
                 &fleet,
                 &net,
+                &o.machine,
             )?,
             "sealed-sled" => {
                 let log = Sealed::open_sled(&path, SoftHsm::new(), SealedConfig::new(1, id))
                     .map_err(|e| e.to_string())?;
-                spawn(log, id, &fleet, &net)?
+                spawn(log, id, &fleet, &net, &o.machine)?
             }
             _ => {
                 #[cfg(feature = "pkcs11")]
@@ -191,7 +290,7 @@ fn run(o: &Options) -> Result<(), String> {
                     let hsm = token.as_ref().map(|(h, _)| h.clone()).ok_or("no token")?;
                     let log = Sealed::open_sled(&path, hsm, SealedConfig::new(1, id))
                         .map_err(|e| e.to_string())?;
-                    spawn(log, id, &fleet, &net)?
+                    spawn(log, id, &fleet, &net, &o.machine)?
                 }
                 #[cfg(not(feature = "pkcs11"))]
                 return Err("--store sealed-pkcs11 needs the pkcs11 feature".into());
@@ -238,37 +337,21 @@ fn run(o: &Options) -> Result<(), String> {
         })
     });
     let payload = vec![b'v'; o.payload];
-    let workers: Vec<_> = clients
+    // Clients are spread over a few driver threads; each driver keeps `in_flight`
+    // commands per client outstanding and sleeps until a node fills a response
+    // slot (one wake-up per batch of completions, not one per command).
+    let threads = o.threads.min(o.clients) as usize;
+    let mut shares: Vec<Vec<(u64, Client)>> = (0..threads).map(|_| Vec::new()).collect();
+    for (c, client) in clients.into_iter().enumerate() {
+        shares[c % threads].push((c as u64, client));
+    }
+    let workers: Vec<_> = shares
         .into_iter()
-        .enumerate()
-        .map(|(c, client)| {
+        .map(|share| {
             let done = Arc::clone(&done);
             let payload = payload.clone();
             let in_flight = o.in_flight;
-            std::thread::spawn(move || -> Result<Vec<u32>, String> {
-                let mut latencies = Vec::with_capacity(per_client as usize);
-                let mut i = 0;
-                while i < per_client {
-                    let batch = in_flight.min(per_client - i);
-                    let t = Instant::now();
-                    let pending: Vec<_> = (0..batch)
-                        .map(|k| {
-                            client.propose_async(KvStore::put(
-                                format!("{c}/{}", i + k),
-                                payload.clone(),
-                            ))
-                        })
-                        .collect();
-                    for p in pending {
-                        p.wait().map_err(|e| e.to_string())?;
-                    }
-                    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
-                    latencies.extend(std::iter::repeat_n(us, batch as usize));
-                    done.fetch_add(batch, Ordering::Relaxed);
-                    i += batch;
-                }
-                Ok(latencies)
-            })
+            std::thread::spawn(move || drive(share, per_client, in_flight, &payload, &done))
         })
         .collect();
     let mut latencies = Vec::with_capacity(total as usize);
@@ -289,17 +372,17 @@ fn run(o: &Options) -> Result<(), String> {
     let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
     if o.json {
         println!(
-            "{{\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
-            o.store, o.members, o.clients, o.in_flight, o.payload,
+            "{{\"machine\":\"{}\",\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
+            o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("null".into(), |c| format!("{c:.2}")),
             peak.map_or("null".into(), |m| format!("{m:.1}")),
         );
     } else {
-        println!("| store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| machine | store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
-            o.store, o.members, o.clients, o.in_flight, o.payload,
+            "| {} | {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
+            o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("?".into(), |c| format!("{c:.2}")),
             peak.map_or("?".into(), |m| format!("{m:.1}")),
         );

@@ -10,9 +10,11 @@
 //! applied, so eviction can cost availability but never exactly-once.
 //!
 //! Everything here runs inside `apply`, so it is deterministic: ordered maps only,
-//! eviction by (last active index, id).
+//! eviction by (last active index, id). Eviction scans the table, which only
+//! happens when a registration finds it full; the per-command path touches one
+//! session and its response cache only.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::RequestError;
 use crate::state_machine::StateMachine;
@@ -29,7 +31,6 @@ struct Session {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sessions {
     by_client: BTreeMap<u64, Session>,
-    by_activity: BTreeSet<(u64, u64)>,
     sessions_max: usize,
     responses_max: usize,
 }
@@ -39,7 +40,6 @@ impl Sessions {
         debug_assert!(sessions_max > 0 && responses_max > 0);
         Self {
             by_client: BTreeMap::new(),
-            by_activity: BTreeSet::new(),
             sessions_max,
             responses_max,
         }
@@ -49,22 +49,18 @@ impl Sessions {
         self.by_client.len()
     }
 
-    fn touch(&mut self, client_id: u64, index: u64) {
-        if let Some(s) = self.by_client.get_mut(&client_id) {
-            self.by_activity.remove(&(s.last_active_index, client_id));
-            s.last_active_index = index;
-            self.by_activity.insert((index, client_id));
-        }
-    }
-
     /// Registers a session at log `index`; its id is `index`. Evicts the least
     /// recently active session when full.
     pub(crate) fn register(&mut self, index: u64) -> u64 {
         while self.by_client.len() >= self.sessions_max {
-            let Some(&(at, oldest)) = self.by_activity.iter().next() else {
+            let Some(oldest) = self
+                .by_client
+                .iter()
+                .min_by_key(|(&id, s)| (s.last_active_index, id))
+                .map(|(&id, _)| id)
+            else {
                 break;
             };
-            self.by_activity.remove(&(at, oldest));
             self.by_client.remove(&oldest);
         }
         self.by_client.insert(
@@ -75,8 +71,6 @@ impl Sessions {
                 responses: BTreeMap::new(),
             },
         );
-        self.by_activity.insert((index, index));
-        debug_assert_eq!(self.by_client.len(), self.by_activity.len());
         index
     }
 
@@ -88,17 +82,20 @@ impl Sessions {
         machine: &mut S,
     ) -> Result<Vec<u8>, RequestError> {
         let client_id = request.client_id;
-        if !self.by_client.contains_key(&client_id) {
-            return Err(RequestError::SessionExpired { client_id });
-        }
-        self.touch(client_id, index);
         let responses_max = self.responses_max;
         let Some(session) = self.by_client.get_mut(&client_id) else {
             return Err(RequestError::SessionExpired { client_id });
         };
+        session.last_active_index = index;
         if request.acked_below > session.acked_below {
             session.acked_below = request.acked_below;
-            session.responses = session.responses.split_off(&request.acked_below);
+            while session
+                .responses
+                .first_key_value()
+                .is_some_and(|(&sequence, _)| sequence < request.acked_below)
+            {
+                session.responses.pop_first();
+            }
         }
         if request.sequence < session.acked_below {
             return Err(RequestError::Stale {
@@ -146,7 +143,6 @@ impl Sessions {
 
     pub(crate) fn restore(&mut self, sessions: Vec<WireSession>) {
         self.by_client.clear();
-        self.by_activity.clear();
         for w in sessions {
             let s = Session {
                 acked_below: w.acked_below,
@@ -157,12 +153,8 @@ impl Sessions {
                     .map(|c| (c.sequence, c.response))
                     .collect(),
             };
-            self.by_activity.insert((s.last_active_index, w.client_id));
-            if let Some(old) = self.by_client.insert(w.client_id, s) {
-                // A duplicate id in the snapshot: keep the last, drop the first's index.
-                self.by_activity
-                    .remove(&(old.last_active_index, w.client_id));
-            }
+            // A duplicate id in the snapshot: the last one wins.
+            self.by_client.insert(w.client_id, s);
         }
     }
 }

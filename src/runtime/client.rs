@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use raft::StateRole;
 
 use super::node::{NodeHandle, ResponseSlot};
+use super::slot::{Notify, Slot};
 use crate::replica::{MembershipChange, Reply, RequestError};
 use crate::wire::Request;
 use crate::ReplicaId;
@@ -106,13 +107,14 @@ impl std::fmt::Debug for Client {
 /// Picks the node most likely to lead: the last one that answered, else the one
 /// that says it leads with the highest term, else the leader someone names.
 fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
-    let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
-    if statuses
+    // The common case, checked without reading every node's status.
+    if nodes
         .get(last)
-        .is_some_and(|s| s.role == StateRole::Leader)
+        .is_some_and(|n| n.role() == StateRole::Leader)
     {
         return last;
     }
+    let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
     if let Some((i, _)) = statuses
         .iter()
         .enumerate()
@@ -236,6 +238,7 @@ pub struct PendingCommand {
     client: Client,
     request: Request,
     call: Option<Call>,
+    notify: Option<Notify>,
 }
 
 impl std::fmt::Debug for PendingCommand {
@@ -252,10 +255,18 @@ impl PendingCommand {
         self.request.sequence
     }
 
-    fn submitter(
-        request: &Request,
-    ) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + '_ {
-        move |node: &NodeHandle| node.propose(request.clone())
+    fn submitter<'a>(
+        request: &'a Request,
+        notify: &'a Option<Notify>,
+    ) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + 'a {
+        move |node: &NodeHandle| match notify {
+            None => node.propose(request.clone()),
+            Some(n) => {
+                let slot: ResponseSlot = Arc::new(Slot::with_notify(Arc::clone(n)));
+                node.propose_into(request.clone(), Arc::clone(&slot))?;
+                Ok(slot)
+            }
+        }
     }
 
     /// Checks for the outcome without blocking; re-submits on a retryable error.
@@ -270,8 +281,7 @@ impl PendingCommand {
         let outcome = match &call.slot {
             Some(slot) => slot.try_take()?,
             None => {
-                let request = &self.request;
-                let mut submit = Self::submitter(request);
+                let mut submit = Self::submitter(&self.request, &self.notify);
                 match call.submit(&inner, &mut submit) {
                     Ok(()) => return None,
                     Err(e) => Err(e),
@@ -300,7 +310,7 @@ impl PendingCommand {
         };
         let inner = Arc::clone(&self.client.inner);
         let result = {
-            let mut submit = Self::submitter(&self.request);
+            let mut submit = Self::submitter(&self.request, &self.notify);
             call.finish(&inner, &mut submit).and_then(applied)
         };
         self.done(result)
@@ -369,6 +379,18 @@ impl Client {
     /// Submits `command` and returns at once; the response is collected with
     /// [`PendingCommand::poll`] or [`PendingCommand::wait`].
     pub fn propose_async(&self, command: impl Into<Vec<u8>>) -> PendingCommand {
+        self.propose_pending(command.into(), None)
+    }
+
+    /// As [`Client::propose_async`], and calls `notify` whenever an answer (or a
+    /// retryable error) for the command arrives, so one thread can drive many
+    /// pending commands: wait for notifications, then [`PendingCommand::poll`]
+    /// the command they name.
+    pub fn propose_notify(&self, command: impl Into<Vec<u8>>, notify: Notify) -> PendingCommand {
+        self.propose_pending(command.into(), Some(notify))
+    }
+
+    fn propose_pending(&self, command: Vec<u8>, notify: Option<Notify>) -> PendingCommand {
         // Draw the sequence under the lock that publishes it as outstanding, so no
         // clone computes an `acked_below` past a sequence not yet inserted.
         let (sequence, acked_below) = {
@@ -381,20 +403,23 @@ impl Client {
         request.client_id = self.inner.session;
         request.sequence = sequence;
         request.acked_below = acked_below;
-        request.command = command.into();
+        request.command = command;
         let mut pending = PendingCommand {
             client: self.clone(),
             request,
             call: Some(Call::new(&self.inner)),
+            notify,
         };
         // Submit now; errors are handled by the first poll or wait.
         if let Some(call) = pending.call.as_mut() {
-            let mut submit = PendingCommand::submitter(&pending.request);
+            let mut submit = PendingCommand::submitter(&pending.request, &pending.notify);
             if let Err(e) = call.submit(&self.inner, &mut submit) {
-                call.slot = Some(Arc::default());
-                if let Some(slot) = &call.slot {
-                    let _ = slot.fill(Err(e));
-                }
+                let slot: ResponseSlot = match &pending.notify {
+                    Some(n) => Arc::new(Slot::with_notify(Arc::clone(n))),
+                    None => Arc::default(),
+                };
+                let _ = slot.fill(Err(e));
+                call.slot = Some(slot);
             }
         }
         pending

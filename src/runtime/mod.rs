@@ -22,4 +22,4 @@ mod sync;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
 pub use mailbox::{Mailbox, PushError};
 pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};
-pub use slot::Slot;
+pub use slot::{Notify, Slot};

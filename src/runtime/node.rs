@@ -99,6 +99,11 @@ impl NodeHandle {
         self.shared.status.lock().clone()
     }
 
+    /// The replica's role as of its last Ready cycle (cheaper than `status`).
+    pub fn role(&self) -> raft::StateRole {
+        self.shared.status.lock().role
+    }
+
     /// True once the node stopped.
     pub fn is_stopped(&self) -> bool {
         self.shared.mailbox.is_closed()
@@ -114,8 +119,14 @@ impl NodeHandle {
     /// Submits a command; its outcome arrives in the returned slot.
     pub fn propose(&self, request: Request) -> Result<ResponseSlot, RequestError> {
         let slot = ResponseSlot::default();
-        self.submit(Input::Propose(request, Arc::clone(&slot)))?;
+        self.propose_into(request, Arc::clone(&slot))?;
         Ok(slot)
+    }
+
+    /// Submits a command whose outcome goes to `slot` (one made with
+    /// [`Slot::with_notify`](super::Slot::with_notify), say).
+    pub fn propose_into(&self, request: Request, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(Input::Propose(request, slot))
     }
 
     /// Submits a session registration.

@@ -4,14 +4,27 @@
 //! Invariants (loom models in `tests/loom.rs`): a value filled is taken exactly
 //! once; a waiter is woken by the fill; a second fill is refused.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::sync::{lock, Condvar, Mutex};
 
+/// Called once a slot is filled: lets one thread wait for many slots (a
+/// benchmark driver, an event loop) instead of one thread per slot.
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
 /// A value that arrives once.
 pub struct Slot<T> {
-    value: Mutex<SlotState<T>>,
+    value: Mutex<Inner<T>>,
     filled: Condvar,
+    notify: Option<Notify>,
+}
+
+struct Inner<T> {
+    state: SlotState<T>,
+    /// Threads blocked in `wait`: a fill only signals the condvar when there is
+    /// one (signalling costs a system call even when nobody waits).
+    waiters: u32,
 }
 
 enum SlotState<T> {
@@ -22,7 +35,7 @@ enum SlotState<T> {
 
 impl<T> std::fmt::Debug for Slot<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &*lock(&self.value) {
+        let state = match &lock(&self.value).state {
             SlotState::Empty => "empty",
             SlotState::Full(_) => "full",
             SlotState::Taken => "taken",
@@ -40,31 +53,50 @@ impl<T> Default for Slot<T> {
 impl<T> Slot<T> {
     /// An empty slot.
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty slot that calls `notify` once it is filled.
+    pub fn with_notify(notify: Notify) -> Self {
+        Self::build(Some(notify))
+    }
+
+    fn build(notify: Option<Notify>) -> Self {
         Self {
-            value: Mutex::new(SlotState::Empty),
+            value: Mutex::new(Inner {
+                state: SlotState::Empty,
+                waiters: 0,
+            }),
             filled: Condvar::new(),
+            notify,
         }
     }
 
     /// Fills the slot; returns the value back if it was filled before.
     pub fn fill(&self, value: T) -> Result<(), T> {
         let mut v = lock(&self.value);
-        if !matches!(*v, SlotState::Empty) {
+        if !matches!(v.state, SlotState::Empty) {
             return Err(value);
         }
-        *v = SlotState::Full(value);
+        v.state = SlotState::Full(value);
+        let waiters = v.waiters;
         drop(v);
-        self.filled.notify_all();
+        if waiters > 0 {
+            self.filled.notify_all();
+        }
+        if let Some(notify) = &self.notify {
+            notify();
+        }
         Ok(())
     }
 
     /// Takes the value if it has arrived.
     pub fn try_take(&self) -> Option<T> {
         let mut v = lock(&self.value);
-        match std::mem::replace(&mut *v, SlotState::Taken) {
+        match std::mem::replace(&mut v.state, SlotState::Taken) {
             SlotState::Full(value) => Some(value),
             other => {
-                *v = other;
+                v.state = other;
                 None
             }
         }
@@ -75,12 +107,12 @@ impl<T> Slot<T> {
         let deadline = Instant::now().checked_add(timeout);
         let mut v = lock(&self.value);
         loop {
-            if let SlotState::Full(_) = *v {
-                if let SlotState::Full(value) = std::mem::replace(&mut *v, SlotState::Taken) {
+            if let SlotState::Full(_) = v.state {
+                if let SlotState::Full(value) = std::mem::replace(&mut v.state, SlotState::Taken) {
                     return Some(value);
                 }
             }
-            if matches!(*v, SlotState::Taken) {
+            if matches!(v.state, SlotState::Taken) {
                 return None;
             }
             let left = match deadline {
@@ -90,10 +122,12 @@ impl<T> Slot<T> {
             if left.is_zero() {
                 return None;
             }
+            v.waiters += 1;
             v = match self.filled.wait_timeout(v, left) {
                 Ok((guard, _)) => guard,
                 Err(e) => e.into_inner().0,
             };
+            v.waiters -= 1;
         }
     }
 }
