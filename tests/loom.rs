@@ -101,3 +101,30 @@ fn a_filled_slot_wakes_its_waiter_and_is_taken_once() {
         filler.join().expect("filler");
     });
 }
+
+#[test]
+fn a_notifying_slot_calls_back_after_its_value_is_in_place() {
+    use loom::sync::atomic::{AtomicBool, Ordering};
+    loom::model(|| {
+        let notified = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&notified);
+        let slot = Arc::new(Slot::with_notify(std::sync::Arc::new(move || {
+            flag.store(true, Ordering::Release);
+        })));
+        let filler = {
+            let s = Arc::clone(&slot);
+            thread::spawn(move || {
+                assert!(s.fill(7u32).is_ok());
+            })
+        };
+        while !notified.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        assert_eq!(
+            slot.try_take(),
+            Some(7),
+            "notified means the value is there"
+        );
+        filler.join().expect("filler");
+    });
+}

@@ -204,11 +204,17 @@ fn drive(
     }
     let mut live = slots.len();
     let mut ready = Vec::new();
+    // Every 20 ms, poll everything whatever arrived: a retry the node refused at
+    // once produces no notification.
+    let sweep_every = Duration::from_millis(20);
+    let mut next_sweep = Instant::now() + sweep_every;
     while live > 0 {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(i) => ready.push(i),
-            // Nothing arrived: poll everything (a retry may be due).
-            Err(_) => ready.extend(0..slots.len()),
+        let now = Instant::now();
+        if now >= next_sweep {
+            ready.extend(0..slots.len());
+            next_sweep = now + sweep_every;
+        } else if let Ok(i) = rx.recv_timeout(next_sweep - now) {
+            ready.push(i);
         }
         ready.extend(rx.try_iter());
         for i in ready.drain(..) {

@@ -110,7 +110,7 @@ fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
     // The common case, checked without reading every node's status.
     if nodes
         .get(last)
-        .is_some_and(|n| n.role() == StateRole::Leader)
+        .is_some_and(|n| n.role() == StateRole::Leader && !n.is_stopped())
     {
         return last;
     }
@@ -295,7 +295,21 @@ impl PendingCommand {
             }
             Err(e) if retryable(&e) => {
                 call.redirect(&inner, e, false);
-                None
+                // Resubmit to the next target at once, so a caller that waits for
+                // notifications is notified again. If that fails too, the next
+                // poll (a caller's timer) tries again.
+                let resubmitted = {
+                    let mut submit = Self::submitter(&self.request, &self.notify);
+                    call.submit(&inner, &mut submit)
+                };
+                match resubmitted {
+                    Ok(()) => None,
+                    Err(e) if retryable(&e) => {
+                        call.redirect(&inner, e, false);
+                        None
+                    }
+                    Err(e) => Some(self.done(Err(ClientError::Rejected(e)))),
+                }
             }
             Err(e) => Some(self.done(Err(ClientError::Rejected(e)))),
         }
@@ -386,6 +400,11 @@ impl Client {
     /// retryable error) for the command arrives, so one thread can drive many
     /// pending commands: wait for notifications, then [`PendingCommand::poll`]
     /// the command they name.
+    ///
+    /// `notify` runs on the node's thread: it must be quick and must not block
+    /// (sending on an unbounded channel, unparking a thread). A resubmission the
+    /// node refused at once (overloaded, stopped) produces no notification, so
+    /// also poll every pending command on a timer (tens of milliseconds).
     pub fn propose_notify(&self, command: impl Into<Vec<u8>>, notify: Notify) -> PendingCommand {
         self.propose_pending(command.into(), Some(notify))
     }

@@ -85,7 +85,9 @@ impl<T> Slot<T> {
             self.filled.notify_all();
         }
         if let Some(notify) = &self.notify {
-            notify();
+            // A panicking callback must not unwind through the node's thread (it
+            // may run while that thread already unwinds, failing its slots).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| notify()));
         }
         Ok(())
     }
