@@ -64,6 +64,11 @@ pub struct Checkpoint {
     pub extensions: Vec<String>,
 }
 
+/// A decimal number as C2SP writes it: digits only, no sign, no leading zero.
+fn canonical_decimal(l: &str) -> bool {
+    !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && (l == "0" || !l.starts_with('0'))
+}
+
 fn valid_line(l: &str) -> bool {
     !l.is_empty() && !l.contains('\n') && l.chars().all(|c| !c.is_control())
 }
@@ -96,7 +101,7 @@ impl Checkpoint {
             .ok_or_else(|| malformed("missing origin"))?;
         let size = lines
             .next()
-            .filter(|l| !l.starts_with('+') && !(l.len() > 1 && l.starts_with('0')))
+            .filter(|l| canonical_decimal(l))
             .and_then(|l| l.parse::<u64>().ok())
             .ok_or_else(|| malformed("tree size must be a decimal number without leading zeros"))?;
         let root = lines
