@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod fleet;
 pub mod hsm;
 pub mod replica;
 pub mod runtime;

@@ -6,11 +6,17 @@
 //! * [`note`]: C2SP signed notes, tlog checkpoints and `cosignature/v1`, so
 //!   third-party witnesses can cosign the log's checkpoints.
 //!
-//! The witness, the validation bundles and `FleetVerifier` build on these
-//! (issue 7, in progress).
+//! * [`witness`]: the witness (rules persisted before it signs, per-namespace
+//!   logs, checkpoints) and the operator's countersignature.
+//! * [`bundle`]: the validation bundle a vault reply carries, and
+//!   [`FleetVerifier`], the client's check of every link.
 
+pub mod bundle;
 pub mod merkle;
 pub mod note;
+pub mod witness;
 
+pub use bundle::{Bundle, BundleError, FleetVerifier, WitnessKey};
 pub use merkle::{MerkleTree, ProofError};
 pub use note::{Checkpoint, NoteError, NoteSignature, NoteVerifier, SignedNote};
+pub use witness::{Statement, Witness, WitnessError, WitnessKeySpec, Witnessed};

@@ -1,0 +1,533 @@
+//! The validation bundle and the client's check of it.
+//!
+//! A bundle is everything a client with no fleet keys needs to trust a fleet:
+//! the fleet artifact, the witness's signature on (namespace, time, epoch,
+//! digest), the operator's countersignature on exactly that witness signature,
+//! and an inclusion proof of the witness's statement in a checkpoint of the
+//! witness's log. [`FleetVerifier`], pinned only to the witness's and the
+//! operator's public keys, checks every link in order and names the first one
+//! that breaks. It never accepts an epoch older than the one before the newest it
+//! has accepted (the previous fleet keeps serving during a rotation), and can
+//! persist the newest epoch it accepted.
+
+use std::path::{Path, PathBuf};
+
+use super::merkle::{leaf_hash, verify_inclusion, Hash};
+use super::note::{Checkpoint, NoteVerifier, SignedNote};
+use super::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed};
+use crate::fleet::FleetArtifact;
+use crate::hsm::verify_signature;
+use crate::ReplicaId;
+
+const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
+const FIELD_MAX: usize = 1 << 20;
+
+/// A fleet's validation bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    /// The fleet artifact's canonical encoding.
+    pub artifact: Vec<u8>,
+    /// The digest the witness signed (must be the artifact's).
+    pub digest: [u8; 32],
+    /// The operator's log.
+    pub namespace: String,
+    /// When the witness signed.
+    pub timestamp: u64,
+    /// The epoch the witness signed.
+    pub epoch: u64,
+    /// The witness key that signed.
+    pub witness_key: String,
+    /// The witness's signature.
+    pub witness_signature: [u8; 64],
+    /// The operator's countersignature on the witness's signature.
+    pub countersignature: [u8; 64],
+    /// The statement's index in the witness's log.
+    pub leaf_index: u64,
+    /// Its inclusion proof against the checkpoint.
+    pub inclusion: Vec<Hash>,
+    /// The witness-signed checkpoint (a C2SP signed note).
+    pub checkpoint: String,
+}
+
+/// The first broken link of a bundle. Every one means: refuse the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// The bytes are not a bundle.
+    #[error("malformed bundle: {0}")]
+    Malformed(String),
+    /// The artifact does not decode.
+    #[error("malformed fleet artifact: {0}")]
+    Artifact(String),
+    /// The artifact's digest is not the digest that was signed.
+    #[error("the fleet artifact's digest is not the one the witness signed")]
+    DigestMismatch,
+    /// The bundle is for another operator log.
+    #[error("bundle for namespace {got:?}, this client trusts {want:?}")]
+    Namespace {
+        /// In the bundle.
+        got: String,
+        /// Pinned.
+        want: String,
+    },
+    /// Signed by a witness key the client does not pin.
+    #[error("witness key {0:?} is not pinned")]
+    UnknownWitnessKey(String),
+    /// The witness key signed before its `not_before`.
+    #[error("witness key {key:?} signed at {timestamp}, before its not_before {not_before}")]
+    WitnessKeyNotYetValid {
+        /// The key.
+        key: String,
+        /// When it signed.
+        timestamp: u64,
+        /// When it became valid.
+        not_before: u64,
+    },
+    /// The witness signature does not verify.
+    #[error("the witness signature does not verify")]
+    WitnessSignature,
+    /// The operator's countersignature is not on this witness signature.
+    #[error("the operator's countersignature does not verify over this witness signature")]
+    Countersignature,
+    /// The checkpoint does not parse or is not signed by the witness key.
+    #[error("checkpoint refused: {0}")]
+    Checkpoint(String),
+    /// The statement is not in the checkpointed log.
+    #[error("the inclusion proof does not place the statement in the checkpoint: {0}")]
+    Inclusion(String),
+    /// The artifact's epoch is not the witnessed epoch.
+    #[error("artifact epoch {artifact} differs from the witnessed epoch {witnessed}")]
+    EpochMismatch {
+        /// In the artifact.
+        artifact: u64,
+        /// Witnessed.
+        witnessed: u64,
+    },
+    /// An older fleet than the client already moved past.
+    #[error("epoch {got} is older than allowed (newest accepted {newest}; the previous epoch still serves)")]
+    EpochRollback {
+        /// In the bundle.
+        got: u64,
+        /// Newest accepted.
+        newest: u64,
+    },
+    /// Another digest for an epoch the client already accepted.
+    #[error("epoch {0} was accepted with another digest: the log equivocates")]
+    Equivocation(u64),
+    /// Outside the artifact's validity window.
+    #[error("the fleet artifact is valid in [{not_before}, {not_after}), not at {now}")]
+    Expired {
+        /// Valid from.
+        not_before: u64,
+        /// Valid until.
+        not_after: u64,
+        /// Now.
+        now: u64,
+    },
+    /// The answering replica is not in the fleet.
+    #[error("replica {0} is not in the fleet artifact")]
+    ReplicaNotInBundle(ReplicaId),
+    /// The reply is not signed by that replica's response key.
+    #[error("the reply is not signed by replica {0}'s response key from the bundle")]
+    ReplySignature(ReplicaId),
+    /// The newest-epoch file could not be kept.
+    #[error("verifier state {path}: {detail}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+fn malformed(s: impl Into<String>) -> BundleError {
+    BundleError::Malformed(s.into())
+}
+
+impl Bundle {
+    /// Assembles a bundle from a witnessed artifact, the operator's
+    /// countersignature and a checkpoint with the inclusion proof.
+    pub fn assemble(
+        artifact: Vec<u8>,
+        witnessed: &Witnessed,
+        countersignature: [u8; 64],
+        inclusion: Vec<Hash>,
+        checkpoint: &SignedNote,
+    ) -> Self {
+        Self {
+            artifact,
+            digest: witnessed.statement.digest,
+            namespace: witnessed.statement.namespace.clone(),
+            timestamp: witnessed.statement.timestamp,
+            epoch: witnessed.statement.epoch,
+            witness_key: witnessed.key.clone(),
+            witness_signature: witnessed.signature,
+            countersignature,
+            leaf_index: witnessed.leaf_index,
+            inclusion,
+            checkpoint: checkpoint.encode(),
+        }
+    }
+
+    fn statement(&self) -> Statement {
+        Statement {
+            namespace: self.namespace.clone(),
+            timestamp: self.timestamp,
+            epoch: self.epoch,
+            digest: self.digest,
+        }
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        put(&mut out, &self.artifact);
+        out.extend_from_slice(&self.digest);
+        put(&mut out, self.namespace.as_bytes());
+        out.extend_from_slice(&self.timestamp.to_be_bytes());
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        put(&mut out, self.witness_key.as_bytes());
+        out.extend_from_slice(&self.witness_signature);
+        out.extend_from_slice(&self.countersignature);
+        out.extend_from_slice(&self.leaf_index.to_be_bytes());
+        out.extend_from_slice(&(self.inclusion.len() as u32).to_be_bytes());
+        for h in &self.inclusion {
+            out.extend_from_slice(h);
+        }
+        put(&mut out, self.checkpoint.as_bytes());
+        out
+    }
+
+    /// Decodes [`Bundle::encode`]'s output; anything else is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
+        let mut r = Reader(bytes);
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(malformed("not a vaultfleet bundle (v1)"));
+        }
+        let artifact = r.bytes()?.to_vec();
+        let digest = r.array::<32>()?;
+        let namespace = r.text()?;
+        let timestamp = r.u64()?;
+        let epoch = r.u64()?;
+        let witness_key = r.text()?;
+        let witness_signature = r.array::<64>()?;
+        let countersignature = r.array::<64>()?;
+        let leaf_index = r.u64()?;
+        let n = u32::from_be_bytes(r.array::<4>()?) as usize;
+        if n > 64 {
+            return Err(malformed("inclusion proof longer than 64 hashes"));
+        }
+        let mut inclusion = Vec::with_capacity(n);
+        for _ in 0..n {
+            inclusion.push(r.array::<32>()?);
+        }
+        let checkpoint = r.text()?;
+        if !r.0.is_empty() {
+            return Err(malformed("trailing bytes"));
+        }
+        Ok(Self {
+            artifact,
+            digest,
+            namespace,
+            timestamp,
+            epoch,
+            witness_key,
+            witness_signature,
+            countersignature,
+            leaf_index,
+            inclusion,
+            checkpoint,
+        })
+    }
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BundleError> {
+        if self.0.len() < n {
+            return Err(malformed("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BundleError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u64(&mut self) -> Result<u64, BundleError> {
+        Ok(u64::from_be_bytes(self.array::<8>()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], BundleError> {
+        let n = u32::from_be_bytes(self.array::<4>()?) as usize;
+        if n > FIELD_MAX {
+            return Err(malformed("field over 1 MiB"));
+        }
+        self.take(n)
+    }
+    fn text(&mut self) -> Result<String, BundleError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| malformed("text is not UTF-8"))
+    }
+}
+
+/// A pinned witness key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessKey {
+    /// Its name.
+    pub name: String,
+    /// Its Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// When it may start signing.
+    pub not_before: u64,
+}
+
+/// The client's check of bundles, pinned to the witness's and the operator's
+/// keys only.
+#[derive(Debug, Clone)]
+pub struct FleetVerifier {
+    namespace: String,
+    witness_keys: Vec<WitnessKey>,
+    operator_key: [u8; 32],
+    current: Option<(u64, [u8; 32])>,
+    previous: Option<(u64, [u8; 32])>,
+    state: Option<PathBuf>,
+}
+
+impl FleetVerifier {
+    /// A verifier for `namespace`, trusting `witness_keys` and `operator_key`.
+    pub fn new(namespace: &str, witness_keys: Vec<WitnessKey>, operator_key: [u8; 32]) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            witness_keys,
+            operator_key,
+            current: None,
+            previous: None,
+            state: None,
+        }
+    }
+
+    /// Keeps the newest accepted epoch (and its digest) in `path`, loading it now.
+    pub fn persist_to(mut self, path: impl AsRef<Path>) -> Result<Self, BundleError> {
+        let path = path.as_ref().to_path_buf();
+        let state_err = |detail: String| BundleError::State {
+            path: path.clone(),
+            detail,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let mut it = text.split_whitespace();
+                let epoch = it.next().and_then(|e| e.parse::<u64>().ok());
+                let digest = it.next().and_then(|d| {
+                    let b = (0..32)
+                        .map(|i| u8::from_str_radix(d.get(2 * i..2 * i + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()?;
+                    <[u8; 32]>::try_from(b.as_slice()).ok()
+                });
+                match (epoch, digest) {
+                    (Some(e), Some(d)) => self.current = Some((e, d)),
+                    _ => {
+                        return Err(state_err(
+                            "unreadable; delete it only if you trust the next bundle".into(),
+                        ))
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(state_err(e.to_string())),
+        }
+        self.state = Some(path);
+        Ok(self)
+    }
+
+    /// The newest epoch accepted.
+    pub fn newest_epoch(&self) -> Option<u64> {
+        self.current.map(|(e, _)| e)
+    }
+
+    /// Checks `bundle` for a reply from `replica` at time `now`, in this order:
+    /// decoding, the artifact's digest, the namespace, the witness key and its
+    /// `not_before`, the witness signature, the countersignature, the
+    /// checkpoint's signature, the inclusion proof, the epoch (never back), the
+    /// validity window, and the replica. Accepting moves the verifier forward.
+    pub fn verify(
+        &mut self,
+        bundle: &[u8],
+        now: u64,
+        replica: ReplicaId,
+    ) -> Result<FleetArtifact, BundleError> {
+        let b = Bundle::decode(bundle)?;
+        let artifact =
+            FleetArtifact::decode(&b.artifact).map_err(|e| BundleError::Artifact(e.to_string()))?;
+        let digest = artifact
+            .digest()
+            .map_err(|e| BundleError::Artifact(e.to_string()))?;
+        if digest != b.digest {
+            return Err(BundleError::DigestMismatch);
+        }
+        if b.namespace != self.namespace {
+            return Err(BundleError::Namespace {
+                got: b.namespace.clone(),
+                want: self.namespace.clone(),
+            });
+        }
+        let key = self
+            .witness_keys
+            .iter()
+            .find(|k| k.name == b.witness_key)
+            .ok_or_else(|| BundleError::UnknownWitnessKey(b.witness_key.clone()))?;
+        if b.timestamp < key.not_before {
+            return Err(BundleError::WitnessKeyNotYetValid {
+                key: key.name.clone(),
+                timestamp: b.timestamp,
+                not_before: key.not_before,
+            });
+        }
+        let statement = b.statement();
+        if !verify_signature(
+            &key.public_key,
+            &statement.signed_bytes(),
+            &b.witness_signature,
+        ) {
+            return Err(BundleError::WitnessSignature);
+        }
+        if !verify_countersignature(
+            &self.operator_key,
+            &b.witness_key,
+            &b.witness_signature,
+            &b.countersignature,
+        ) {
+            return Err(BundleError::Countersignature);
+        }
+        let note =
+            SignedNote::parse(&b.checkpoint).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+        let verifier = NoteVerifier::ed25519(&key.name, key.public_key)
+            .map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+        // Any pinned witness key valid at the checkpoint may have signed it.
+        let signed = verifier.verify(&note).is_ok()
+            || self.witness_keys.iter().any(|k| {
+                NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&note).is_ok())
+            });
+        if !signed {
+            return Err(BundleError::Checkpoint(
+                "not signed by a pinned witness key".into(),
+            ));
+        }
+        let checkpoint =
+            Checkpoint::parse(&note.text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+        if checkpoint.origin != self.namespace {
+            return Err(BundleError::Checkpoint(format!(
+                "checkpoint of log {:?}, not {:?}",
+                checkpoint.origin, self.namespace
+            )));
+        }
+        let leaf = leaf_hash(&leaf_bytes(
+            &statement,
+            &b.witness_key,
+            &b.witness_signature,
+        ));
+        verify_inclusion(
+            &leaf,
+            b.leaf_index,
+            checkpoint.size,
+            &b.inclusion,
+            &checkpoint.root,
+        )
+        .map_err(|e| BundleError::Inclusion(e.to_string()))?;
+        if artifact.epoch != b.epoch {
+            return Err(BundleError::EpochMismatch {
+                artifact: artifact.epoch,
+                witnessed: b.epoch,
+            });
+        }
+        match (self.current, self.previous) {
+            (Some((e, d)), _) if b.epoch == e && d != digest => {
+                return Err(BundleError::Equivocation(e))
+            }
+            (_, Some((e, d))) if b.epoch == e && d != digest => {
+                return Err(BundleError::Equivocation(e))
+            }
+            (Some((e, _)), prev)
+                if b.epoch < e
+                    && !(b.epoch + 1 == e && prev.is_none_or(|(pe, _)| pe == b.epoch)) =>
+            {
+                return Err(BundleError::EpochRollback {
+                    got: b.epoch,
+                    newest: e,
+                })
+            }
+            _ => {}
+        }
+        if now < artifact.not_before || now >= artifact.not_after {
+            return Err(BundleError::Expired {
+                not_before: artifact.not_before,
+                not_after: artifact.not_after,
+                now,
+            });
+        }
+        if artifact.replica(replica).is_none() {
+            return Err(BundleError::ReplicaNotInBundle(replica));
+        }
+        match self.current {
+            Some((e, _)) if b.epoch < e => {
+                self.previous = Some((b.epoch, digest));
+            }
+            Some((e, _)) if b.epoch == e => {}
+            current => {
+                self.previous = current;
+                self.current = Some((b.epoch, digest));
+                self.save()?;
+            }
+        }
+        Ok(artifact)
+    }
+
+    fn save(&self) -> Result<(), BundleError> {
+        let (Some(path), Some((epoch, digest))) = (&self.state, self.current) else {
+            return Ok(());
+        };
+        let text = format!(
+            "{epoch} {}\n",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| BundleError::State {
+            path: path.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Checks that a vault reply's `signed` bytes carry `signature` by `replica`'s
+    /// response key in the accepted `artifact`.
+    pub fn verify_reply(
+        artifact: &FleetArtifact,
+        replica: ReplicaId,
+        signed: &[u8],
+        signature: &[u8; 64],
+    ) -> Result<(), BundleError> {
+        let r = artifact
+            .replica(replica)
+            .ok_or(BundleError::ReplicaNotInBundle(replica))?;
+        if verify_signature(&r.response_key, signed, signature) {
+            Ok(())
+        } else {
+            Err(BundleError::ReplySignature(replica))
+        }
+    }
+}

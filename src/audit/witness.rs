@@ -1,0 +1,452 @@
+//! The witness: it signs (namespace, timestamp, epoch, digest) for an operator's
+//! fleet-key log, under rules it enforces and persists before any signature is
+//! returned, and it keeps every statement it signed in an RFC 6962 log with C2SP
+//! checkpoints. The operator then countersigns the witness's signature bytes with
+//! its own HSM-held key.
+//!
+//! Rules, per namespace: the first epoch is 1 and each next one is exactly one
+//! more; a digest is never signed twice; an epoch is never signed twice. The
+//! state is written to a file (temporary file, fsync, rename, directory fsync)
+//! before a signature leaves [`Witness::sign`], so a crash can never leave a
+//! signature the log does not hold.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::merkle::{Hash, MerkleTree};
+use super::note::{sign_note, Checkpoint, NoteError, SignedNote};
+use crate::hsm::{verify_signature, Hsm, HsmError, KeyKind};
+
+/// A witness signing key: its name (as in notes), HSM label and the first
+/// moment it may sign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessKeySpec {
+    /// Name in signatures and notes (also the key's HSM label suffix).
+    pub name: String,
+    /// Seconds since the Unix epoch from which the key signs.
+    pub not_before: u64,
+}
+
+/// What the witness signed, exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The operator's log.
+    pub namespace: String,
+    /// When (seconds since the Unix epoch).
+    pub timestamp: u64,
+    /// The fleet epoch.
+    pub epoch: u64,
+    /// The fleet artifact's digest.
+    pub digest: [u8; 32],
+}
+
+impl Statement {
+    /// The bytes the witness signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(96 + self.namespace.len());
+        m.extend_from_slice(b"vaultfleet/witness-statement/v1\n");
+        m.push(self.namespace.len() as u8);
+        m.extend_from_slice(self.namespace.as_bytes());
+        m.extend_from_slice(&self.timestamp.to_be_bytes());
+        m.extend_from_slice(&self.epoch.to_be_bytes());
+        m.extend_from_slice(&self.digest);
+        m
+    }
+}
+
+/// A witness signature on a statement, and where the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witnessed {
+    /// The statement.
+    pub statement: Statement,
+    /// The witness key's name.
+    pub key: String,
+    /// Ed25519 over [`Statement::signed_bytes`].
+    pub signature: [u8; 64],
+    /// The statement's leaf index in the namespace's log.
+    pub leaf_index: u64,
+}
+
+/// The log leaf of a witnessed statement: the statement, the key name, the
+/// signature.
+pub fn leaf_bytes(statement: &Statement, key: &str, signature: &[u8; 64]) -> Vec<u8> {
+    let mut leaf = statement.signed_bytes();
+    leaf.push(key.len() as u8);
+    leaf.extend_from_slice(key.as_bytes());
+    leaf.extend_from_slice(signature);
+    leaf
+}
+
+/// The witness refused, or could not keep its state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WitnessError {
+    /// Epochs go up by exactly one.
+    #[error("namespace {namespace:?}: epoch {got} refused, the next epoch is {want}")]
+    EpochOutOfOrder {
+        /// The namespace.
+        namespace: String,
+        /// Epoch asked for.
+        got: u64,
+        /// The only epoch it would sign.
+        want: u64,
+    },
+    /// The epoch was signed already (a second digest for it is equivocation).
+    #[error("namespace {namespace:?}: epoch {epoch} was signed already; never twice")]
+    EpochSigned {
+        /// The namespace.
+        namespace: String,
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The digest was signed already.
+    #[error("namespace {namespace:?}: this digest was signed already (epoch {epoch}); digests are never reused")]
+    DigestReused {
+        /// The namespace.
+        namespace: String,
+        /// The epoch it was signed for.
+        epoch: u64,
+    },
+    /// No key may sign at this time.
+    #[error("no witness key is valid at {0} (all have a later not_before)")]
+    NoKey(u64),
+    /// A name or namespace outside the allowed characters.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// The HSM failed.
+    #[error("witness HSM: {0}")]
+    Hsm(#[from] HsmError),
+    /// The state file could not be written or read.
+    #[error("witness state {path}: {detail}")]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A checkpoint could not be signed.
+    #[error("checkpoint: {0}")]
+    Note(#[from] NoteError),
+}
+
+#[derive(Debug, Clone, Default)]
+struct Log {
+    entries: Vec<Witnessed>,
+    tree: MerkleTree,
+}
+
+/// The witness: an HSM with its signing keys, and its per-namespace logs.
+pub struct Witness<H: Hsm> {
+    hsm: H,
+    keys: Vec<WitnessKeySpec>,
+    logs: BTreeMap<String, Log>,
+    path: PathBuf,
+}
+
+impl<H: Hsm> std::fmt::Debug for Witness<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Witness")
+            .field("keys", &self.keys)
+            .field("namespaces", &self.logs.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn key_label(name: &str) -> String {
+    format!("witness/{name}")
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl<H: Hsm> Witness<H> {
+    /// Opens (or creates) the witness whose state lives at `path`, with signing
+    /// keys `keys` in `hsm` (created on first use).
+    pub fn open(
+        hsm: H,
+        keys: Vec<WitnessKeySpec>,
+        path: impl AsRef<Path>,
+    ) -> Result<Self, WitnessError> {
+        if keys.is_empty() || keys.iter().any(|k| !valid_name(&k.name)) {
+            return Err(WitnessError::Invalid(
+                "a witness needs named keys ([A-Za-z0-9._-/])".into(),
+            ));
+        }
+        for k in &keys {
+            hsm.key(&key_label(&k.name), KeyKind::Signing)?;
+        }
+        let path = path.as_ref().to_path_buf();
+        let mut w = Self {
+            hsm,
+            keys,
+            logs: BTreeMap::new(),
+            path,
+        };
+        w.load()?;
+        Ok(w)
+    }
+
+    fn state_error(&self, detail: impl Into<String>) -> WitnessError {
+        WitnessError::State {
+            path: self.path.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn load(&mut self) -> Result<(), WitnessError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.state_error(e.to_string())),
+        };
+        for (n, line) in text.lines().enumerate() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let parsed = (|| {
+                let [ns, epoch, digest, ts, key, sig] = f.as_slice() else {
+                    return None;
+                };
+                Some(Witnessed {
+                    statement: Statement {
+                        namespace: ns.to_string(),
+                        timestamp: ts.parse().ok()?,
+                        epoch: epoch.parse().ok()?,
+                        digest: unhex::<32>(digest)?,
+                    },
+                    key: key.to_string(),
+                    signature: unhex::<64>(sig)?,
+                    leaf_index: 0,
+                })
+            })();
+            let Some(mut w) = parsed else {
+                return Err(self.state_error(format!("line {} is malformed", n + 1)));
+            };
+            self.check_rules(&w.statement)
+                .map_err(|e| self.state_error(format!("line {} breaks the rules: {e}", n + 1)))?;
+            let log = self.logs.entry(w.statement.namespace.clone()).or_default();
+            w.leaf_index = log.tree.size();
+            log.tree
+                .append(&leaf_bytes(&w.statement, &w.key, &w.signature));
+            log.entries.push(w);
+        }
+        Ok(())
+    }
+
+    fn persist(&self, extra: &Witnessed) -> Result<(), WitnessError> {
+        let mut text = String::new();
+        for w in self
+            .logs
+            .values()
+            .flat_map(|l| &l.entries)
+            .chain(std::iter::once(extra))
+        {
+            let s = &w.statement;
+            text.push_str(&format!(
+                "{} {} {} {} {} {}\n",
+                s.namespace,
+                s.epoch,
+                hex(&s.digest),
+                s.timestamp,
+                w.key,
+                hex(&w.signature)
+            ));
+        }
+        let tmp = self.path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| self.state_error(e.to_string()))
+    }
+
+    fn check_rules(&self, s: &Statement) -> Result<(), WitnessError> {
+        if !valid_name(&s.namespace) {
+            return Err(WitnessError::Invalid(format!(
+                "namespace {:?}",
+                s.namespace
+            )));
+        }
+        let entries: &[Witnessed] = self.logs.get(&s.namespace).map_or(&[], |l| &l.entries);
+        if let Some(w) = entries.iter().find(|w| w.statement.digest == s.digest) {
+            return Err(WitnessError::DigestReused {
+                namespace: s.namespace.clone(),
+                epoch: w.statement.epoch,
+            });
+        }
+        if entries.iter().any(|w| w.statement.epoch == s.epoch) {
+            return Err(WitnessError::EpochSigned {
+                namespace: s.namespace.clone(),
+                epoch: s.epoch,
+            });
+        }
+        let want = entries.last().map_or(1, |w| w.statement.epoch + 1);
+        if s.epoch != want {
+            return Err(WitnessError::EpochOutOfOrder {
+                namespace: s.namespace.clone(),
+                got: s.epoch,
+                want,
+            });
+        }
+        Ok(())
+    }
+
+    /// The key that signs at `timestamp`: the one with the latest `not_before`
+    /// not after it.
+    fn key_at(&self, timestamp: u64) -> Result<&WitnessKeySpec, WitnessError> {
+        self.keys
+            .iter()
+            .filter(|k| k.not_before <= timestamp)
+            .max_by_key(|k| k.not_before)
+            .ok_or(WitnessError::NoKey(timestamp))
+    }
+
+    /// Signs `digest` as `namespace`'s `epoch` at `timestamp`, if the rules allow;
+    /// the signature is durable in the log before it is returned.
+    pub fn sign(
+        &mut self,
+        namespace: &str,
+        epoch: u64,
+        digest: [u8; 32],
+        timestamp: u64,
+    ) -> Result<Witnessed, WitnessError> {
+        let statement = Statement {
+            namespace: namespace.to_string(),
+            timestamp,
+            epoch,
+            digest,
+        };
+        self.check_rules(&statement)?;
+        let key = self.key_at(timestamp)?.name.clone();
+        let handle = self.hsm.key(&key_label(&key), KeyKind::Signing)?;
+        let signature = self.hsm.sign(handle, &statement.signed_bytes())?;
+        let leaf_index = self.logs.get(namespace).map_or(0, |l| l.tree.size());
+        let witnessed = Witnessed {
+            statement,
+            key,
+            signature,
+            leaf_index,
+        };
+        self.persist(&witnessed)?;
+        let log = self.logs.entry(namespace.to_string()).or_default();
+        log.tree.append(&leaf_bytes(
+            &witnessed.statement,
+            &witnessed.key,
+            &witnessed.signature,
+        ));
+        log.entries.push(witnessed.clone());
+        Ok(witnessed)
+    }
+
+    /// The public key of witness key `name`.
+    pub fn public_key(&self, name: &str) -> Result<[u8; 32], WitnessError> {
+        let h = self.hsm.key(&key_label(name), KeyKind::Signing)?;
+        Ok(self.hsm.public_key(h)?)
+    }
+
+    /// The key specs.
+    pub fn keys(&self) -> &[WitnessKeySpec] {
+        &self.keys
+    }
+
+    /// Everything signed in `namespace`, in log order.
+    pub fn entries(&self, namespace: &str) -> &[Witnessed] {
+        self.logs.get(namespace).map_or(&[], |l| &l.entries)
+    }
+
+    /// `namespace`'s log.
+    pub fn tree(&self, namespace: &str) -> Option<&MerkleTree> {
+        self.logs.get(namespace).map(|l| &l.tree)
+    }
+
+    /// A checkpoint of `namespace`'s log, signed by the key valid at `timestamp`.
+    pub fn checkpoint(&self, namespace: &str, timestamp: u64) -> Result<SignedNote, WitnessError> {
+        let tree = self
+            .logs
+            .get(namespace)
+            .map(|l| l.tree.clone())
+            .unwrap_or_default();
+        let cp = Checkpoint {
+            origin: namespace.to_string(),
+            size: tree.size(),
+            root: tree.root(),
+            extensions: vec![],
+        };
+        let text = cp.body();
+        let key = self.key_at(timestamp)?.name.clone();
+        let handle = self.hsm.key(&key_label(&key), KeyKind::Signing)?;
+        let sig = sign_note(&self.hsm, handle, &key, &text)?;
+        Ok(SignedNote {
+            text,
+            signatures: vec![sig],
+        })
+    }
+}
+
+/// What the operator countersigns: the witness key's name and signature bytes.
+pub fn countersigned_bytes(witness_key: &str, witness_signature: &[u8; 64]) -> Vec<u8> {
+    let mut m = b"vaultfleet/operator-countersign/v1\n".to_vec();
+    m.push(witness_key.len() as u8);
+    m.extend_from_slice(witness_key.as_bytes());
+    m.extend_from_slice(witness_signature);
+    m
+}
+
+/// The operator countersigns a witness signature with its HSM key `label`.
+pub fn countersign<H: Hsm>(
+    hsm: &H,
+    label: &str,
+    witnessed: &Witnessed,
+) -> Result<[u8; 64], HsmError> {
+    let key = hsm.key(label, KeyKind::Signing)?;
+    hsm.sign(
+        key,
+        &countersigned_bytes(&witnessed.key, &witnessed.signature),
+    )
+}
+
+/// Checks an operator countersignature.
+pub fn verify_countersignature(
+    operator_key: &[u8; 32],
+    witness_key: &str,
+    witness_signature: &[u8; 64],
+    countersignature: &[u8; 64],
+) -> bool {
+    verify_signature(
+        operator_key,
+        &countersigned_bytes(witness_key, witness_signature),
+        countersignature,
+    )
+}
+
+/// Base64 of a hash, as checkpoints write them.
+pub fn b64(h: &Hash) -> String {
+    B64.encode(h)
+}
