@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::ReplicaId;
 
+pub mod evidence;
+
 const MAGIC: &[u8] = b"vaultfleet/fleet-artifact";
 /// The encoding's version.
 pub const VERSION: u8 = 1;

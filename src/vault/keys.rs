@@ -108,6 +108,15 @@ impl<H: Hsm> VaultKeys<H> {
         Ok(self.hsm.public_key(self.response_key)?)
     }
 
+    /// The OPAQUE server public key (Ristretto255, 32 bytes) clients will see.
+    pub fn opaque_public_key(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let bytes = self.setup.keypair().public().serialize();
+        let n = bytes.len().min(32);
+        out[..n].copy_from_slice(&bytes[..n]);
+        out
+    }
+
     /// The replica these keys answer for.
     pub fn replica(&self) -> ReplicaId {
         self.replica
