@@ -666,3 +666,137 @@ fn the_right_code_on_the_last_attempt_may_delete() {
     );
     assert_eq!(client.register(b"peggy", CODE, SECRET), Ok(2));
 }
+
+mod over_the_air {
+    use super::*;
+    use vaultfleet::audit::witness::countersign;
+    use vaultfleet::audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+    use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet::hsm::{Hsm, KeyKind};
+
+    const NS: &str = "example.vault.fleet_keys.v1";
+    const NOW: u64 = 1_800_000_000;
+
+    /// The fleet's artifact for `epoch`, from the services' real keys.
+    fn artifact(vf: &VaultFleet, epoch: u64) -> FleetArtifact {
+        let replicas = vf
+            .keys
+            .replicas
+            .iter()
+            .map(|(&id, key)| ReplicaKeys {
+                id,
+                datacenter: ["dc-a", "dc-b", "dc-c"][(id as usize - 1) % 3].into(),
+                response_key: *key,
+                transport_key: [id as u8; 32],
+                opaque_key: VaultKeys::open(vf.world.clone(), &vf.sealed_setup, 1, id)
+                    .unwrap()
+                    .opaque_public_key(),
+            })
+            .collect::<Vec<_>>();
+        FleetArtifact {
+            fleet_id: "test-fleet".into(),
+            epoch,
+            voters: replicas.iter().map(|r| r.id).collect(),
+            replicas,
+            learners: vec![],
+            not_before: NOW - 10,
+            not_after: NOW + 86_400,
+        }
+    }
+
+    #[test]
+    fn a_client_pinned_only_to_witness_and_operator_trusts_the_fleet_through_bundles() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = Witness::open(
+            authority.clone(),
+            vec![WitnessKeySpec {
+                name: "witness".into(),
+                not_before: 0,
+            }],
+            dir.path().join("witness"),
+        )
+        .unwrap();
+        let publish = |witness: &mut Witness<SoftHsm>, a: &FleetArtifact| {
+            let w = witness.sign(NS, a.epoch, a.digest().unwrap(), NOW).unwrap();
+            let cs = countersign(&authority, "operator", &w).unwrap();
+            let tree = witness.tree(NS).unwrap();
+            let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
+            let cp = witness.checkpoint(NS, NOW).unwrap();
+            Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp).encode()
+        };
+        let e1 = publish(&mut witness, &artifact(&vf, 1));
+        let operator = authority
+            .public_key(authority.key("operator", KeyKind::Signing).unwrap())
+            .unwrap();
+        let verifier = FleetVerifier::new(
+            NS,
+            vec![WitnessKey {
+                name: "witness".into(),
+                public_key: witness.public_key("witness").unwrap(),
+                not_before: 0,
+            }],
+            operator,
+        );
+        let client = VaultClient::with_verifier(
+            vf.endpoints(),
+            1,
+            verifier.clone(),
+            Arc::new(|| NOW),
+            cfg(),
+            31,
+        );
+        // No bundle served yet: the client refuses every reply.
+        assert!(matches!(
+            client.register(b"quinn", CODE, SECRET),
+            Err(VaultClientError::BadReply { .. })
+        ));
+        for s in vf.services.values() {
+            s.serve_bundle(e1.clone());
+        }
+        assert_eq!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
+        assert_eq!(client.fleet_epoch(), Some(1));
+        // Rotation: the fleet serves epoch 2; the client moves forward.
+        let e2 = publish(&mut witness, &artifact(&vf, 2));
+        for s in vf.services.values() {
+            s.serve_bundle(e2.clone());
+        }
+        assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
+        assert_eq!(client.fleet_epoch(), Some(2));
+        // A bundle from a witness the client does not pin: refused.
+        let rogue_dir = tempfile::tempdir().unwrap();
+        let mut rogue = Witness::open(
+            SoftHsm::from_seed(5),
+            vec![WitnessKeySpec {
+                name: "witness".into(),
+                not_before: 0,
+            }],
+            rogue_dir.path().join("w"),
+        )
+        .unwrap();
+        let forged = {
+            let a = artifact(&vf, 3);
+            let w = rogue.sign(NS, 1, a.digest().unwrap(), NOW).unwrap();
+            let tree = rogue.tree(NS).unwrap();
+            let proof = tree.inclusion_proof(0, 1).unwrap();
+            Bundle::assemble(
+                a.encode().unwrap(),
+                &w,
+                [0; 64],
+                proof,
+                &rogue.checkpoint(NS, NOW).unwrap(),
+            )
+            .encode()
+        };
+        for s in vf.services.values() {
+            s.serve_bundle(forged.clone());
+        }
+        assert!(matches!(
+            client.recover(b"quinn", CODE),
+            Err(VaultClientError::BadReply { .. })
+        ));
+        let _ = verifier;
+    }
+}

@@ -27,6 +27,7 @@ use super::machine::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_
 use super::server::{reply_signed_bytes, sha256, transport_aad, transport_key};
 use super::service::VaultEndpoint;
 use super::{Suite, OPAQUE_CONTEXT};
+use crate::audit::FleetVerifier;
 use crate::hsm::verify_signature;
 use crate::wire;
 use crate::wire::vault::{
@@ -300,10 +301,31 @@ impl Default for VaultClientConfig {
     }
 }
 
+/// How a client decides which replica keys to trust.
+enum Trust {
+    /// Response keys pinned by the application.
+    Pinned(VaultPublicKeys),
+    /// Keys from validation bundles checked against the witness and operator.
+    Bundles {
+        group: u64,
+        verifier: Mutex<FleetVerifier>,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    },
+}
+
+impl Trust {
+    fn group(&self) -> u64 {
+        match self {
+            Trust::Pinned(k) => k.group,
+            Trust::Bundles { group, .. } => *group,
+        }
+    }
+}
+
 /// A user's client of the Backup Key Vault.
 pub struct VaultClient {
     endpoints: Vec<Arc<dyn VaultEndpoint>>,
-    keys: VaultPublicKeys,
+    trust: Trust,
     client_id: u64,
     sequence: AtomicU64,
     preferred: AtomicUsize,
@@ -359,12 +381,54 @@ impl VaultClient {
         endpoints: Vec<Arc<dyn VaultEndpoint>>,
         keys: VaultPublicKeys,
         cfg: VaultClientConfig,
+        rng: ChaCha20Rng,
+    ) -> Self {
+        Self::build(endpoints, Trust::Pinned(keys), cfg, rng)
+    }
+
+    /// A client that pins no fleet key at all: every reply must carry a
+    /// validation bundle that `verifier` (pinned to the witness and the operator)
+    /// accepts at the time `clock` gives, and the reply must be signed by the
+    /// answering replica's response key from that bundle. `group` is the fleet's
+    /// raft group. Randomness from `seed`.
+    pub fn with_verifier(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        group: u64,
+        verifier: FleetVerifier,
+        clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+        cfg: VaultClientConfig,
+        seed: u64,
+    ) -> Self {
+        Self::build(
+            endpoints,
+            Trust::Bundles {
+                group,
+                verifier: Mutex::new(verifier),
+                clock,
+            },
+            cfg,
+            ChaCha20Rng::seed_from_u64(seed),
+        )
+    }
+
+    /// The newest fleet epoch this client has accepted (bundle mode).
+    pub fn fleet_epoch(&self) -> Option<u64> {
+        match &self.trust {
+            Trust::Bundles { verifier, .. } => verifier.lock().newest_epoch(),
+            Trust::Pinned(_) => None,
+        }
+    }
+
+    fn build(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        trust: Trust,
+        cfg: VaultClientConfig,
         mut rng: ChaCha20Rng,
     ) -> Self {
         let client_id = rng.next_u64();
         Self {
             endpoints,
-            keys,
+            trust,
             client_id,
             sequence: AtomicU64::new(1),
             preferred: AtomicUsize::new(0),
@@ -393,19 +457,35 @@ impl VaultClient {
         };
         let reply: VaultReply =
             wire::decode(bytes, "vault reply").map_err(|e| bad(&e.to_string()))?;
-        let key = self
-            .keys
-            .replicas
-            .get(&replica)
-            .ok_or_else(|| bad("no pinned response key for this replica"))?;
+        let key = match &self.trust {
+            Trust::Pinned(keys) => *keys
+                .replicas
+                .get(&replica)
+                .ok_or_else(|| bad("no pinned response key for this replica"))?,
+            Trust::Bundles {
+                verifier, clock, ..
+            } => {
+                if reply.bundle.is_empty() {
+                    return Err(bad("no validation bundle in the reply"));
+                }
+                let artifact = verifier
+                    .lock()
+                    .verify(&reply.bundle, clock(), replica)
+                    .map_err(|e| bad(&format!("validation bundle refused: {e}")))?;
+                artifact
+                    .replica(replica)
+                    .map(|r| r.response_key)
+                    .ok_or_else(|| bad("replica not in the fleet"))?
+            }
+        };
         let signature: [u8; 64] = reply
             .signature
             .as_slice()
             .try_into()
             .map_err(|_| bad("signature is not 64 bytes"))?;
         if !verify_signature(
-            key,
-            &reply_signed_bytes(self.keys.group, &reply.body),
+            &key,
+            &reply_signed_bytes(self.trust.group(), &reply.body),
             &signature,
         ) {
             return Err(bad(

@@ -524,7 +524,16 @@ impl<H: Hsm> VaultServer<H> {
     }
 
     /// Signs a reply body with this replica's response key.
-    pub fn sign(&self, mut body: VaultReplyBody) -> Result<Vec<u8>, VaultError> {
+    pub fn sign(&self, body: VaultReplyBody) -> Result<Vec<u8>, VaultError> {
+        self.sign_with_bundle(body, &[])
+    }
+
+    /// Signs a reply body and attaches the fleet's validation bundle.
+    pub fn sign_with_bundle(
+        &self,
+        mut body: VaultReplyBody,
+        bundle: &[u8],
+    ) -> Result<Vec<u8>, VaultError> {
         body.replica = self.keys.replica;
         let body = wire::encode(&body);
         let signature = self.keys.hsm.sign(
@@ -534,6 +543,7 @@ impl<H: Hsm> VaultServer<H> {
         let mut reply = VaultReply::new();
         reply.body = body;
         reply.signature = signature.to_vec();
+        reply.bundle = bundle.to_vec();
         Ok(wire::encode(&reply))
     }
 }

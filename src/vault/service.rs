@@ -81,6 +81,7 @@ pub struct VaultService<H: Hsm> {
     logins: Mutex<Logins>,
     cfg: VaultServiceConfig,
     stopped: AtomicBool,
+    bundle: Mutex<Vec<u8>>,
 }
 
 impl<H: Hsm> std::fmt::Debug for VaultService<H> {
@@ -155,6 +156,7 @@ impl<H: Hsm> VaultService<H> {
             }),
             cfg,
             stopped: AtomicBool::new(false),
+            bundle: Mutex::new(Vec::new()),
         })
     }
 
@@ -165,6 +167,13 @@ impl<H: Hsm> VaultService<H> {
         let mut l = self.logins.lock();
         l.pending.clear();
         l.proven.clear();
+    }
+
+    /// Attaches the fleet's validation bundle (`audit::Bundle` encoding) to every
+    /// reply from now on, so clients that pin only the witness and the operator
+    /// can check the replies. Call it again at each fleet rotation.
+    pub fn serve_bundle(&self, bundle: Vec<u8>) {
+        *self.bundle.lock() = bundle;
     }
 
     /// Logins awaiting their finalization.
@@ -231,7 +240,8 @@ impl<H: Hsm> VaultService<H> {
             Err(e) => body(VaultReplyStatus::REPLY_BAD_REQUEST, e.to_string()),
         };
         reply.request_digest = digest.to_vec();
-        match self.server.sign(reply) {
+        let bundle = self.bundle.lock().clone();
+        match self.server.sign_with_bundle(reply, &bundle) {
             Ok(signed) => signed,
             Err(e) => {
                 // Without a signature the client will refuse the reply and retry.
