@@ -742,7 +742,7 @@ mod over_the_air {
         let client = VaultClient::with_verifier(
             vf.endpoints(),
             1,
-            verifier.clone(),
+            verifier,
             Arc::new(|| NOW),
             cfg(),
             31,
@@ -797,6 +797,5 @@ mod over_the_air {
             client.recover(b"quinn", CODE),
             Err(VaultClientError::BadReply { .. })
         ));
-        let _ = verifier;
     }
 }
