@@ -739,14 +739,8 @@ mod over_the_air {
             }],
             operator,
         );
-        let client = VaultClient::with_verifier(
-            vf.endpoints(),
-            1,
-            verifier,
-            Arc::new(|| NOW),
-            cfg(),
-            31,
-        );
+        let client =
+            VaultClient::with_verifier(vf.endpoints(), 1, verifier, Arc::new(|| NOW), cfg(), 31);
         // No bundle served yet: the client refuses every reply.
         assert!(matches!(
             client.register(b"quinn", CODE, SECRET),
