@@ -84,3 +84,74 @@ proptest! {
         prop_assert_eq!(Checkpoint::parse(&cp.body()).unwrap(), cp);
     }
 }
+
+mod encodings {
+    use proptest::prelude::*;
+    use vaultfleet::audit::Bundle;
+    use vaultfleet::fleet::evidence::Evidence;
+    use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
+
+    fn artifact() -> impl Strategy<Value = FleetArtifact> {
+        (
+            "[a-z]{1,20}",
+            1u64..1000,
+            proptest::collection::btree_set(1u64..50, 1..8),
+            any::<[u8; 32]>(),
+            0u64..1_000_000,
+            1u64..1_000_000,
+        )
+            .prop_map(|(fleet_id, epoch, ids, key, not_before, span)| {
+                let ids: Vec<u64> = ids.into_iter().collect();
+                let replicas = ids
+                    .iter()
+                    .map(|&id| ReplicaKeys {
+                        id,
+                        datacenter: format!("dc-{}", id % 3),
+                        response_key: key,
+                        transport_key: [id as u8; 32],
+                        opaque_key: key,
+                    })
+                    .collect();
+                let (voters, learners) = ids.split_at(ids.len().div_ceil(2));
+                FleetArtifact {
+                    fleet_id,
+                    epoch,
+                    replicas,
+                    voters: voters.to_vec(),
+                    learners: learners.to_vec(),
+                    not_before,
+                    not_after: not_before + span,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn artifacts_round_trip_and_have_one_encoding(a in artifact()) {
+            let bytes = a.encode().unwrap();
+            let back = FleetArtifact::decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &a);
+            prop_assert_eq!(back.encode().unwrap(), bytes);
+        }
+
+        #[test]
+        fn artifact_bundle_and_evidence_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = FleetArtifact::decode(&bytes);
+            if let Ok(b) = Bundle::decode(&bytes) {
+                prop_assert_eq!(Bundle::decode(&b.encode()).unwrap(), b);
+            }
+            if let Ok(e) = Evidence::decode(&bytes) {
+                prop_assert_eq!(Evidence::decode(&e.encode()).unwrap(), e);
+            }
+        }
+
+        #[test]
+        fn decoders_refuse_prefixed_garbage_of_a_real_artifact(a in artifact(), cut in any::<prop::sample::Index>()) {
+            let bytes = a.encode().unwrap();
+            let cut = cut.index(bytes.len());
+            prop_assert!(FleetArtifact::decode(&bytes[..cut]).is_err());
+        }
+    }
+}
