@@ -390,3 +390,50 @@ fn the_operator_countersigns_with_a_key_held_by_softhsm2() {
     let mut v = w.verifier();
     assert_eq!(v.verify(&bundle.encode(), T0, 1).unwrap().epoch, 1);
 }
+
+#[test]
+fn a_retired_witness_key_and_a_forked_log_are_refused() {
+    // witness-2026 retires when witness-2027 starts (T0 + 200 days).
+    let mut w = world();
+    let a = artifact(1, 0);
+    let late = T0 + 300 * DAY;
+    let witnessed = w.witness.sign(NS, 1, a.digest().unwrap(), late).unwrap();
+    assert_eq!(
+        witnessed.key, "witness-2027",
+        "the witness signs with the current key"
+    );
+    let mut v = w.verifier();
+    let mut forged = w.bundle(
+        &a,
+        &witnessed,
+        countersign(&w.hsm, "operator/countersign", &witnessed).unwrap(),
+        late,
+    );
+    // Re-sign the same statement with the retired key, as a thief of it would.
+    let old_key = w.hsm.key("witness/witness-2026", KeyKind::Signing).unwrap();
+    let statement = vaultfleet::audit::Statement {
+        namespace: NS.into(),
+        timestamp: late,
+        epoch: 1,
+        digest: a.digest().unwrap(),
+    };
+    forged.witness_key = "witness-2026".into();
+    forged.witness_signature = w.hsm.sign(old_key, &statement.signed_bytes()).unwrap();
+    assert!(matches!(
+        v.verify(&forged.encode(), late, 1),
+        Err(BundleError::WitnessKeyRetired { .. })
+    ));
+
+    // Two witnesses with the same keys that diverge at epoch 1: the verifier
+    // that saw one log's checkpoint refuses the other's at the same size.
+    let mut honest = world();
+    let mut fork = world();
+    let b1 = honest.publish(&artifact(1, 0), T0);
+    let f1 = fork.publish(&artifact(1, 9), T0);
+    let mut v = honest.verifier();
+    v.verify(&b1.encode(), T0, 1).unwrap();
+    assert!(matches!(
+        v.verify(&f1.encode(), T0, 1),
+        Err(BundleError::ForkedLog { size: 1 }) | Err(BundleError::Equivocation(1))
+    ));
+}

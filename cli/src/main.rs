@@ -123,10 +123,15 @@ fn witness_keys(args: &[String]) -> Vec<WitnessKeySpec> {
         if args[i] == "--key" {
             if let Some(spec) = args.get(i + 1) {
                 let (name, nb) = spec.split_once('@').unwrap_or((spec, "0"));
-                keys.push(WitnessKeySpec {
-                    name: name.to_string(),
-                    not_before: nb.parse().unwrap_or(0),
-                });
+                match nb.parse() {
+                    Ok(not_before) => keys.push(WitnessKeySpec {
+                        name: name.to_string(),
+                        not_before,
+                    }),
+                    Err(_) => eprintln!(
+                        "warning: --key {spec:?}: not_before is not a number; key ignored"
+                    ),
+                }
             }
             i += 1;
         }
@@ -318,10 +323,13 @@ fn witness_sign(args: &[String]) -> Res<()> {
         .map_err(|e| format!("the witness refused: {e}"))?;
     let cp = w.checkpoint(ns, time).map_err(|e| e.to_string())?;
     let size = w.tree(ns).map_or(0, |t| t.size());
-    write(
-        &dir.join("checkpoints").join(format!("{ns}-{size:06}.txt")),
-        cp.encode().as_bytes(),
-    )?;
+    // Never overwrite a published checkpoint: a second root for a size is
+    // evidence of a fork and must stay visible.
+    let root = vaultfleet::audit::Checkpoint::parse(&cp.text)
+        .map_err(|e| e.to_string())?
+        .root;
+    let name = format!("{ns}-{size:012}-{}.txt", &hex(&root)[..16]);
+    write(&dir.join("checkpoints").join(name), cp.encode().as_bytes())?;
     println!(
         "witnessed {ns} epoch {} as leaf {} with key {}; checkpoint size {size}",
         signed.statement.epoch, signed.leaf_index, signed.key
@@ -474,8 +482,8 @@ fn read_pins(path: &Path) -> Res<Pins> {
             _ => return Err(format!("pins: unknown line {line:?}")),
         }
     }
-    if p.namespace.is_empty() || p.witness.is_empty() {
-        return Err("pins need a namespace and at least one witness key".into());
+    if p.namespace.is_empty() || p.witness.is_empty() || p.audit.threshold == 0 {
+        return Err("pins need a namespace, at least one witness key and a threshold".into());
     }
     Ok(p)
 }
@@ -539,28 +547,40 @@ fn audit_verify(args: &[String]) -> Res<bool> {
 }
 
 fn audit_log(args: &[String]) -> Res<bool> {
+    use vaultfleet::audit::{Checkpoint, MerkleTree, NoteVerifier, SignedNote};
     let pins = read_pins(Path::new(need(args, "--pins")?))?;
     let ns = opt(args, "--namespace")
         .unwrap_or(&pins.namespace)
         .to_string();
     let wdir = PathBuf::from(need(args, "--witness-dir")?);
-    let w = open_witness(&wdir, &[])?;
+    // The log as the witness publishes it; read without its HSM.
+    let text = std::fs::read_to_string(wdir.join("witness.state")).map_err(|e| e.to_string())?;
+    let entries = vaultfleet::audit::witness::parse_log(&text)?;
     let mut all = true;
-    let mut tree = vaultfleet::audit::MerkleTree::new();
-    for e in w.entries(&ns) {
+    let mut tree = MerkleTree::new();
+    let mut last_epoch = 0;
+    for e in entries.iter().filter(|e| e.statement.namespace == ns) {
         let key = pins.witness.iter().find(|k| k.name == e.key);
-        let ok = key.is_some_and(|k| {
+        let signed = key.is_some_and(|k| {
             e.statement.timestamp >= k.not_before
                 && verify_signature(&k.public_key, &e.statement.signed_bytes(), &e.signature)
         });
+        let in_order = e.statement.epoch == last_epoch + 1;
+        last_epoch = e.statement.epoch;
         all &= report(
-            ok,
+            signed && in_order,
             &format!("epoch {} (leaf {})", e.statement.epoch, e.leaf_index),
             &format!(
-                "digest {} signed by {} at {}",
+                "digest {} signed by {} at {}{}{}",
                 &hex(&e.statement.digest)[..16],
                 e.key,
-                e.statement.timestamp
+                e.statement.timestamp,
+                if signed {
+                    ""
+                } else {
+                    "; SIGNATURE DOES NOT VERIFY under the pinned key"
+                },
+                if in_order { "" } else { "; EPOCH OUT OF ORDER" }
             ),
         );
         tree.append(&vaultfleet::audit::witness::leaf_bytes(
@@ -569,8 +589,9 @@ fn audit_log(args: &[String]) -> Res<bool> {
             &e.signature,
         ));
     }
-    // Every published checkpoint: signed, and consistent with the next one.
-    let mut files: Vec<PathBuf> = std::fs::read_dir(wdir.join("checkpoints"))
+    // Checkpoints: the witness's published ones, plus any collected elsewhere
+    // (from clients, mirrors, or the bundles in evidence files: --evidence FILE).
+    let mut notes: Vec<(String, String)> = std::fs::read_dir(wdir.join("checkpoints"))
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
@@ -579,58 +600,83 @@ fn audit_log(args: &[String]) -> Res<bool> {
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with(&format!("{ns}-")))
                 })
+                .filter_map(|p| Some((p.display().to_string(), std::fs::read_to_string(&p).ok()?)))
                 .collect()
         })
         .unwrap_or_default();
-    files.sort();
-    let mut previous: Option<vaultfleet::audit::Checkpoint> = None;
-    for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| e.to_string())?;
-        let parsed = vaultfleet::audit::SignedNote::parse(&text)
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--evidence" {
+            let path = args.get(i + 1).ok_or("--evidence FILE")?;
+            let e = Evidence::decode(&read(Path::new(path))?).map_err(|e| e.to_string())?;
+            let b = Bundle::decode(&e.bundle).map_err(|e| e.to_string())?;
+            notes.push((format!("bundle in {path}"), b.checkpoint));
+            i += 1;
+        }
+        i += 1;
+    }
+    let mut seen: Vec<(Checkpoint, String)> = Vec::new();
+    for (source, text) in notes {
+        let parsed = SignedNote::parse(&text)
             .map_err(|e| e.to_string())
             .and_then(|n| {
                 let signed = pins.witness.iter().any(|k| {
-                    vaultfleet::audit::NoteVerifier::ed25519(&k.name, k.public_key)
-                        .is_ok_and(|v| v.verify(&n).is_ok())
+                    NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&n).is_ok())
                 });
                 if !signed {
                     return Err("not signed by a pinned witness key".to_string());
                 }
-                vaultfleet::audit::Checkpoint::parse(&n.text).map_err(|e| e.to_string())
+                Checkpoint::parse(&n.text).map_err(|e| e.to_string())
             });
-        let cp = match parsed {
-            Ok(cp) => cp,
-            Err(e) => {
-                all &= report(false, &format!("checkpoint {}", f.display()), &e);
-                continue;
-            }
-        };
-        let matches_log = tree.root_at(cp.size).ok() == Some(cp.root);
-        all &= report(
-            matches_log,
-            &format!("checkpoint size {}", cp.size),
-            if matches_log {
-                "signed, and its root is the log's"
-            } else {
-                "its root is not the log's at that size"
-            },
-        );
-        if let Some(prev) = &previous {
-            let proof = tree
-                .consistency_proof(prev.size, cp.size)
-                .map_err(|e| e.to_string())?;
-            let ok = verify_consistency(prev.size, cp.size, &proof, &prev.root, &cp.root).is_ok();
+        match parsed {
+            Ok(cp) if cp.origin == ns => seen.push((cp, source)),
+            Ok(_) => {}
+            Err(e) => all &= report(false, &format!("checkpoint {source}"), &e),
+        }
+    }
+    seen.sort_by_key(|(cp, _)| cp.size);
+    for w in seen.windows(2) {
+        if w[0].0.size == w[1].0.size && w[0].0.root != w[1].0.root {
             all &= report(
-                ok,
-                &format!("consistency {} -> {}", prev.size, cp.size),
-                if ok {
-                    "the later checkpoint extends the earlier one"
-                } else {
-                    "the log was rewritten between them"
-                },
+                false,
+                &format!("checkpoints of size {}", w[0].0.size),
+                &format!(
+                    "two different roots ({} and {}): the log forked",
+                    w[0].1, w[1].1
+                ),
             );
         }
-        previous = Some(cp);
+    }
+    seen.dedup_by(|a, b| a.0 == b.0);
+    for (cp, source) in &seen {
+        let ok = tree.root_at(cp.size).ok() == Some(cp.root);
+        all &= report(
+            ok,
+            &format!("checkpoint size {} ({source})", cp.size),
+            if ok {
+                "signed, and the log has exactly this root at this size"
+            } else {
+                "the log no longer has this root at this size: it was rewritten"
+            },
+        );
+    }
+    for w in seen.windows(2) {
+        let (a, b) = (&w[0].0, &w[1].0);
+        if a.size == b.size {
+            continue;
+        }
+        let ok = tree
+            .consistency_proof(a.size, b.size)
+            .is_ok_and(|p| verify_consistency(a.size, b.size, &p, &a.root, &b.root).is_ok());
+        all &= report(
+            ok,
+            &format!("consistency {} -> {}", a.size, b.size),
+            if ok {
+                "the later checkpoint extends the earlier one"
+            } else {
+                "not an extension: the log was rewritten between them"
+            },
+        );
     }
     println!("{}", if all { "log verified" } else { "log REFUSED" });
     Ok(all)

@@ -121,7 +121,18 @@ fn two_epochs_witnessed_countersigned_assembled_and_audited() {
         report.contains("every check passed") && !report.contains("[FAIL]"),
         "{report}"
     );
-    let log = ok(&["audit", "log", "--witness-dir", &witness, "--pins", &pins]);
+    let log = ok(&[
+        "audit",
+        "log",
+        "--witness-dir",
+        &witness,
+        "--pins",
+        &pins,
+        "--evidence",
+        &p(dir, "evidence-1.bin"),
+        "--evidence",
+        &p(dir, "evidence-2.bin"),
+    ]);
     assert!(
         log.contains("consistency 1 -> 2") && log.contains("log verified"),
         "{log}"
@@ -168,6 +179,96 @@ fn two_epochs_witnessed_countersigned_assembled_and_audited() {
         !success && text.contains("[FAIL] validation bundle"),
         "{text}"
     );
+    // A witness whose state was rolled back to epoch 1 signs another epoch 2:
+    // its bundle verifies on its own, but the log walk sees the fork.
+    let fork = dir.join("witness-fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    for f in ["witness.hsm", "keys.txt"] {
+        std::fs::copy(dir.join("witness").join(f), fork.join(f)).unwrap();
+    }
+    let state = std::fs::read_to_string(dir.join("witness/witness.state")).unwrap();
+    std::fs::write(
+        fork.join("witness.state"),
+        state.lines().next().unwrap().to_string() + "\n",
+    )
+    .unwrap();
+    let fleet_b = p(dir, "fleet-b");
+    ok(&[
+        "fleet",
+        "create",
+        "--dir",
+        &fleet_b,
+        "--fleet-id",
+        "example",
+        "--epoch",
+        "2",
+        "--replicas",
+        "1:dc-a,2:dc-b,3:dc-c",
+        "--not-before",
+        "1800000000",
+    ]);
+    ok(&[
+        "witness",
+        "sign",
+        "--dir",
+        &fork.display().to_string(),
+        "--namespace",
+        NS,
+        "--artifact",
+        &p(dir, "fleet-b/epoch-2/artifact.bin"),
+        "--time",
+        "1800000250",
+    ]);
+    std::fs::copy(
+        dir.join("fleet/operator.hsm"),
+        dir.join("fleet-b/operator.hsm"),
+    )
+    .unwrap();
+    ok(&[
+        "operator",
+        "countersign",
+        "--dir",
+        &fleet_b,
+        "--epoch",
+        "2",
+        "--witness-dir",
+        &fork.display().to_string(),
+        "--namespace",
+        NS,
+    ]);
+    ok(&[
+        "evidence",
+        "assemble",
+        "--dir",
+        &fleet_b,
+        "--epoch",
+        "2",
+        "--witness-dir",
+        &fork.display().to_string(),
+        "--namespace",
+        NS,
+        "--out",
+        &p(dir, "forked.bin"),
+        "--time",
+        "1800000250",
+    ]);
+    let (success, text) = run(&[
+        "audit",
+        "log",
+        "--witness-dir",
+        &witness,
+        "--pins",
+        &pins,
+        "--evidence",
+        &p(dir, "evidence-2.bin"),
+        "--evidence",
+        &p(dir, "forked.bin"),
+    ]);
+    assert!(
+        !success && text.contains("forked"),
+        "the fork went unnoticed:\n{text}"
+    );
+
     // The witness will not sign epoch 1 again, nor reuse a digest.
     let (success, text) = run(&[
         "witness",

@@ -83,6 +83,23 @@ pub enum BundleError {
         /// When it became valid.
         not_before: u64,
     },
+    /// The witness key signed after its successor took over.
+    #[error("witness key {key:?} signed at {timestamp}, after it retired at {retired}")]
+    WitnessKeyRetired {
+        /// The key.
+        key: String,
+        /// When it signed.
+        timestamp: u64,
+        /// When the next key took over.
+        retired: u64,
+    },
+    /// Two checkpoints of the same size with different roots: the witness's
+    /// log forked.
+    #[error("the witness log forked: two different roots for size {size}")]
+    ForkedLog {
+        /// The size.
+        size: u64,
+    },
     /// The witness signature does not verify.
     #[error("the witness signature does not verify")]
     WitnessSignature,
@@ -297,7 +314,26 @@ pub struct FleetVerifier {
     operator_key: [u8; 32],
     current: Option<(u64, [u8; 32])>,
     previous: Option<(u64, [u8; 32])>,
+    /// Checkpoints (size, root) accepted so far: a second root for a size is a
+    /// forked log.
+    checkpoints: Vec<(u64, Hash)>,
     state: Option<PathBuf>,
+}
+
+/// Checkpoints a verifier remembers to catch a forked log.
+const CHECKPOINTS_KEPT: usize = 64;
+
+/// A bundle that passed [`FleetVerifier::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The fleet.
+    pub artifact: FleetArtifact,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Its digest.
+    pub digest: [u8; 32],
+    /// The checkpoint (size, root) it was proven against.
+    pub checkpoint: (u64, Hash),
 }
 
 impl FleetVerifier {
@@ -309,6 +345,7 @@ impl FleetVerifier {
             operator_key,
             current: None,
             previous: None,
+            checkpoints: Vec::new(),
             state: None,
         }
     }
@@ -322,22 +359,30 @@ impl FleetVerifier {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let mut it = text.split_whitespace();
-                let epoch = it.next().and_then(|e| e.parse::<u64>().ok());
-                let digest = it.next().and_then(|d| {
+                let hash = |d: &str| -> Option<[u8; 32]> {
                     let b = (0..32)
                         .map(|i| u8::from_str_radix(d.get(2 * i..2 * i + 2)?, 16).ok())
                         .collect::<Option<Vec<u8>>>()?;
                     <[u8; 32]>::try_from(b.as_slice()).ok()
-                });
-                match (epoch, digest) {
-                    (Some(e), Some(d)) => self.current = Some((e, d)),
-                    _ => {
-                        return Err(state_err(
-                            "unreadable; delete it only if you trust the next bundle".into(),
-                        ))
+                };
+                for line in text.lines() {
+                    let f: Vec<&str> = line.split(' ').collect();
+                    let parsed = match f.as_slice() {
+                        [tag, n, d] => n.parse::<u64>().ok().zip(hash(d)).map(|v| (*tag, v)),
+                        _ => None,
+                    };
+                    match parsed {
+                        Some(("current", v)) => self.current = Some(v),
+                        Some(("previous", v)) => self.previous = Some(v),
+                        Some(("checkpoint", v)) => self.checkpoints.push(v),
+                        _ => {
+                            return Err(state_err(format!(
+                                "line {line:?} is unreadable; delete the file only if you trust the next bundle"
+                            )))
+                        }
                     }
                 }
+                self.checkpoints.sort_unstable();
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(state_err(e.to_string())),
@@ -351,17 +396,33 @@ impl FleetVerifier {
         self.current.map(|(e, _)| e)
     }
 
-    /// Checks `bundle` for a reply from `replica` at time `now`, in this order:
-    /// decoding, the artifact's digest, the namespace, the witness key and its
-    /// `not_before`, the witness signature, the countersignature, the
-    /// checkpoint's signature, the inclusion proof, the epoch (never back), the
-    /// validity window, and the replica. Accepting moves the verifier forward.
+    /// Checks `bundle` for a reply from `replica` at time `now` and, if every
+    /// link holds, accepts it (moves the verifier forward). Use
+    /// [`FleetVerifier::check`] and [`FleetVerifier::accept`] separately to accept
+    /// only once the reply the bundle came with has verified too.
     pub fn verify(
         &mut self,
         bundle: &[u8],
         now: u64,
         replica: ReplicaId,
     ) -> Result<FleetArtifact, BundleError> {
+        let accepted = self.check(bundle, now, replica)?;
+        self.accept(&accepted)?;
+        Ok(accepted.artifact)
+    }
+
+    /// Checks `bundle` without changing the verifier, in this order: decoding,
+    /// the artifact's digest, the namespace, the witness key and its validity
+    /// window, the witness signature, the countersignature, the checkpoint's
+    /// signature and its agreement with every checkpoint seen before, the
+    /// inclusion proof, the epoch (never back), the artifact's validity window,
+    /// and the replica.
+    pub fn check(
+        &self,
+        bundle: &[u8],
+        now: u64,
+        replica: ReplicaId,
+    ) -> Result<Accepted, BundleError> {
         let b = Bundle::decode(bundle)?;
         let artifact =
             FleetArtifact::decode(&b.artifact).map_err(|e| BundleError::Artifact(e.to_string()))?;
@@ -388,6 +449,23 @@ impl FleetVerifier {
                 timestamp: b.timestamp,
                 not_before: key.not_before,
             });
+        }
+        // A key retires when the next one starts: a statement dated after that is
+        // a retired (possibly stolen) key at work.
+        if let Some(next) = self
+            .witness_keys
+            .iter()
+            .map(|k| k.not_before)
+            .filter(|&nb| nb > key.not_before)
+            .min()
+        {
+            if b.timestamp >= next {
+                return Err(BundleError::WitnessKeyRetired {
+                    key: key.name.clone(),
+                    timestamp: b.timestamp,
+                    retired: next,
+                });
+            }
         }
         let statement = b.statement();
         if !verify_signature(
@@ -426,6 +504,17 @@ impl FleetVerifier {
                 "checkpoint of log {:?}, not {:?}",
                 checkpoint.origin, self.namespace
             )));
+        }
+        if let Some((_, root)) = self
+            .checkpoints
+            .iter()
+            .find(|(size, _)| *size == checkpoint.size)
+        {
+            if *root != checkpoint.root {
+                return Err(BundleError::ForkedLog {
+                    size: checkpoint.size,
+                });
+            }
         }
         let leaf = leaf_hash(&leaf_bytes(
             &statement,
@@ -474,38 +563,63 @@ impl FleetVerifier {
         if artifact.replica(replica).is_none() {
             return Err(BundleError::ReplicaNotInBundle(replica));
         }
-        match self.current {
-            Some((e, _)) if b.epoch < e => {
-                self.previous = Some((b.epoch, digest));
-            }
-            Some((e, _)) if b.epoch == e => {}
+        Ok(Accepted {
+            artifact,
+            epoch: b.epoch,
+            digest,
+            checkpoint: (checkpoint.size, checkpoint.root),
+        })
+    }
+
+    /// Moves the verifier forward to a checked bundle: the state file (if any) is
+    /// written before memory changes, so a restart never goes back.
+    pub fn accept(&mut self, a: &Accepted) -> Result<(), BundleError> {
+        let mut next = self.clone();
+        match next.current {
+            Some((e, _)) if a.epoch < e => next.previous = Some((a.epoch, a.digest)),
+            Some((e, _)) if a.epoch == e => {}
             current => {
-                self.previous = current;
-                self.current = Some((b.epoch, digest));
-                self.save()?;
+                next.previous = current;
+                next.current = Some((a.epoch, a.digest));
             }
         }
-        Ok(artifact)
+        if !next.checkpoints.contains(&a.checkpoint) {
+            next.checkpoints.push(a.checkpoint);
+            next.checkpoints.sort_unstable();
+            if next.checkpoints.len() > CHECKPOINTS_KEPT {
+                next.checkpoints.remove(0);
+            }
+        }
+        next.save()?;
+        *self = next;
+        Ok(())
     }
 
     fn save(&self) -> Result<(), BundleError> {
-        let (Some(path), Some((epoch, digest))) = (&self.state, self.current) else {
+        let Some(path) = &self.state else {
             return Ok(());
         };
-        let text = format!(
-            "{epoch} {}\n",
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let hexs = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut text = String::new();
+        for (tag, v) in [("current", self.current), ("previous", self.previous)] {
+            if let Some((e, d)) = v {
+                text.push_str(&format!("{tag} {e} {}\n", hexs(&d)));
+            }
+        }
+        for (size, root) in &self.checkpoints {
+            text.push_str(&format!("checkpoint {size} {}\n", hexs(root)));
+        }
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             use std::io::Write as _;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
         };
         write().map_err(|e| BundleError::State {
             path: path.clone(),

@@ -16,7 +16,7 @@ pub mod merkle;
 pub mod note;
 pub mod witness;
 
-pub use bundle::{Bundle, BundleError, FleetVerifier, WitnessKey};
+pub use bundle::{Accepted, Bundle, BundleError, FleetVerifier, WitnessKey};
 pub use merkle::{MerkleTree, ProofError};
 pub use note::{Checkpoint, NoteError, NoteSignature, NoteVerifier, SignedNote};
 pub use witness::{Statement, Witness, WitnessError, WitnessKeySpec, Witnessed};

@@ -145,6 +145,37 @@ pub struct Witness<H: Hsm> {
     keys: Vec<WitnessKeySpec>,
     logs: BTreeMap<String, Log>,
     path: PathBuf,
+    /// A write of the state failed: the file may hold more than memory does, so
+    /// this instance signs nothing more (reopen it).
+    poisoned: bool,
+    _lock: LockFile,
+}
+
+/// An exclusive lock on a witness's state, held while it is open: two witness
+/// processes on one state could each sign an epoch and each keep its own log.
+struct LockFile(PathBuf);
+
+impl LockFile {
+    fn acquire(path: PathBuf) -> Result<Self, WitnessError> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| WitnessError::State {
+                path: path.clone(),
+                detail: format!(
+                    "cannot take the witness lock ({e}); another witness process runs on this state, \
+                     or one crashed: remove the file only after making sure none runs"
+                ),
+            })?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl<H: Hsm> std::fmt::Debug for Witness<H> {
@@ -199,11 +230,14 @@ impl<H: Hsm> Witness<H> {
             hsm.key(&key_label(&k.name), KeyKind::Signing)?;
         }
         let path = path.as_ref().to_path_buf();
+        let lock = LockFile::acquire(path.with_extension("lock"))?;
         let mut w = Self {
             hsm,
             keys,
             logs: BTreeMap::new(),
             path,
+            poisoned: false,
+            _lock: lock,
         };
         w.load()?;
         Ok(w)
@@ -222,29 +256,25 @@ impl<H: Hsm> Witness<H> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(self.state_error(e.to_string())),
         };
-        for (n, line) in text.lines().enumerate() {
-            let f: Vec<&str> = line.split(' ').collect();
-            let parsed = (|| {
-                let [ns, epoch, digest, ts, key, sig] = f.as_slice() else {
-                    return None;
-                };
-                Some(Witnessed {
-                    statement: Statement {
-                        namespace: ns.to_string(),
-                        timestamp: ts.parse().ok()?,
-                        epoch: epoch.parse().ok()?,
-                        digest: unhex::<32>(digest)?,
-                    },
-                    key: key.to_string(),
-                    signature: unhex::<64>(sig)?,
-                    leaf_index: 0,
-                })
-            })();
-            let Some(mut w) = parsed else {
-                return Err(self.state_error(format!("line {} is malformed", n + 1)));
-            };
+        let entries = parse_log(&text).map_err(|e| self.state_error(e))?;
+        for (n, mut w) in entries.into_iter().enumerate() {
             self.check_rules(&w.statement)
                 .map_err(|e| self.state_error(format!("line {} breaks the rules: {e}", n + 1)))?;
+            let signed = self.keys.iter().any(|k| k.name == w.key)
+                && self
+                    .hsm
+                    .key(&key_label(&w.key), KeyKind::Signing)
+                    .and_then(|h| self.hsm.public_key(h))
+                    .is_ok_and(|pk| {
+                        verify_signature(&pk, &w.statement.signed_bytes(), &w.signature)
+                    });
+            if !signed {
+                return Err(self.state_error(format!(
+                    "line {} is not signed by this witness's key {:?}",
+                    n + 1,
+                    w.key
+                )));
+            }
             let log = self.logs.entry(w.statement.namespace.clone()).or_default();
             w.leaf_index = log.tree.size();
             log.tree
@@ -307,6 +337,14 @@ impl<H: Hsm> Witness<H> {
                 epoch: s.epoch,
             });
         }
+        if let Some(last) = entries.last() {
+            if s.timestamp < last.statement.timestamp {
+                return Err(WitnessError::Invalid(format!(
+                    "timestamp {} is before the last statement's {}: the witness's time never goes back",
+                    s.timestamp, last.statement.timestamp
+                )));
+            }
+        }
         let want = entries.last().map_or(1, |w| w.statement.epoch + 1);
         if s.epoch != want {
             return Err(WitnessError::EpochOutOfOrder {
@@ -343,6 +381,9 @@ impl<H: Hsm> Witness<H> {
             epoch,
             digest,
         };
+        if self.poisoned {
+            return Err(self.state_error("an earlier write failed; reopen the witness"));
+        }
         self.check_rules(&statement)?;
         let key = self.key_at(timestamp)?.name.clone();
         let handle = self.hsm.key(&key_label(&key), KeyKind::Signing)?;
@@ -354,7 +395,12 @@ impl<H: Hsm> Witness<H> {
             signature,
             leaf_index,
         };
-        self.persist(&witnessed)?;
+        // If persisting fails after the rename, the entry may be on disk though not
+        // in memory: this instance refuses to sign again until reopened.
+        if let Err(e) = self.persist(&witnessed) {
+            self.poisoned = true;
+            return Err(e);
+        }
         let log = self.logs.entry(namespace.to_string()).or_default();
         log.tree.append(&leaf_bytes(
             &witnessed.statement,
@@ -408,6 +454,45 @@ impl<H: Hsm> Witness<H> {
             signatures: vec![sig],
         })
     }
+}
+
+/// Parses a witness's log file (its state, which is also the log it publishes):
+/// one line per signed statement, `namespace epoch digest timestamp key
+/// signature`, in signing order. Only the shape is checked here; an auditor
+/// checks the signatures against the keys it pins (`vaultfleet audit log`).
+pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, String> {
+    let mut out = Vec::new();
+    let mut next_index: BTreeMap<String, u64> = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let parsed = (|| {
+            let [ns, epoch, digest, ts, key, sig] = f.as_slice() else {
+                return None;
+            };
+            Some(Witnessed {
+                statement: Statement {
+                    namespace: ns.to_string(),
+                    timestamp: ts.parse().ok()?,
+                    epoch: epoch.parse().ok()?,
+                    digest: unhex::<32>(digest)?,
+                },
+                key: key.to_string(),
+                signature: unhex::<64>(sig)?,
+                leaf_index: 0,
+            })
+        })();
+        let Some(mut w) = parsed else {
+            return Err(format!("line {} is malformed", n + 1));
+        };
+        if !valid_name(&w.statement.namespace) || !valid_name(&w.key) {
+            return Err(format!("line {} has an invalid name", n + 1));
+        }
+        let index = next_index.entry(w.statement.namespace.clone()).or_insert(0);
+        w.leaf_index = *index;
+        *index += 1;
+        out.push(w);
+    }
+    Ok(out)
 }
 
 /// What the operator countersigns: the witness key's name and signature bytes.

@@ -60,7 +60,8 @@ pub struct Attestation {
 }
 
 impl Attestation {
-    /// What the device key signs: the artifact digest and this replica's keys.
+    /// What the device key signs: the artifact digest and this replica's id,
+    /// datacenter and keys.
     pub fn signed_bytes(
         artifact_digest: &[u8; 32],
         replica: &super::ReplicaKeys,
@@ -69,6 +70,8 @@ impl Attestation {
         let mut m = b"vaultfleet/hsm-attestation/v1\n".to_vec();
         m.extend_from_slice(artifact_digest);
         m.extend_from_slice(&replica.id.to_be_bytes());
+        m.extend_from_slice(&(replica.datacenter.len() as u32).to_be_bytes());
+        m.extend_from_slice(replica.datacenter.as_bytes());
         m.extend_from_slice(&replica.response_key);
         m.extend_from_slice(&replica.transport_key);
         m.extend_from_slice(&replica.opaque_key);
@@ -334,6 +337,43 @@ pub fn audit_deployment(
             return steps;
         }
     };
+    // One attestation per replica, from distinct devices: one HSM holding
+    // several replicas' keys would hold a quorum.
+    let mut devices: Vec<[u8; 32]> = Vec::new();
+    let extra = evidence
+        .attestations
+        .iter()
+        .filter(|a| artifact.replica(a.replica).is_none())
+        .count();
+    let mut ids: Vec<u64> = evidence.attestations.iter().map(|a| a.replica).collect();
+    ids.sort_unstable();
+    let duplicated = ids.windows(2).any(|w| w[0] == w[1]);
+    steps.push(Step {
+        what: "attestation list".into(),
+        outcome: if extra > 0 || duplicated {
+            Err(format!(
+                "{extra} attestations for replicas not in the fleet, duplicates: {duplicated}"
+            ))
+        } else {
+            Ok(format!(
+                "{} attestations, one per replica",
+                evidence.attestations.len()
+            ))
+        },
+    });
+    let mut fw_ids: Vec<u64> = evidence
+        .ceremony
+        .firmware
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    fw_ids.sort_unstable();
+    if fw_ids.windows(2).any(|w| w[0] == w[1]) {
+        steps.push(Step {
+            what: "ceremony firmware list".into(),
+            outcome: Err("a replica's firmware is listed twice".into()),
+        });
+    }
     for r in &artifact.replicas {
         let what = format!("attestation of replica {} ({})", r.id, r.datacenter);
         let outcome = (|| {
@@ -374,6 +414,10 @@ pub fn audit_deployment(
                 .iter()
                 .find(|(id, _)| *id == r.id)
                 .map(|(_, f)| f);
+            if devices.contains(&a.certificate.device_key) {
+                return Err("this device already attested another replica".into());
+            }
+            devices.push(a.certificate.device_key);
             if ceremony_fw != Some(&a.firmware) {
                 return Err("firmware hash differs from the ceremony record".into());
             }
@@ -393,11 +437,19 @@ pub fn audit_deployment(
         let msg = c.signed_bytes();
         let mut good: Vec<&str> = Vec::new();
         let mut bad: Vec<String> = Vec::new();
+        let mut keys_used: Vec<[u8; 32]> = Vec::new();
         for (name, sig) in &c.signatures {
             match pins.officers.iter().find(|(n, _)| n == name) {
                 _ if good.contains(&name.as_str()) => bad.push(format!("{name} signed twice")),
                 None => bad.push(format!("{name} is not a pinned officer")),
-                Some((_, key)) if verify_signature(key, &msg, sig) => good.push(name),
+                // Two names pinned to one key are one officer.
+                Some((_, key)) if keys_used.contains(key) => {
+                    bad.push(format!("{name} shares a key with another officer"))
+                }
+                Some((_, key)) if verify_signature(key, &msg, sig) => {
+                    keys_used.push(*key);
+                    good.push(name)
+                }
                 Some(_) => bad.push(format!("{name}'s signature does not verify")),
             }
         }

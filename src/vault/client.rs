@@ -308,7 +308,7 @@ enum Trust {
     /// Keys from validation bundles checked against the witness and operator.
     Bundles {
         group: u64,
-        verifier: Mutex<FleetVerifier>,
+        verifier: Box<Mutex<FleetVerifier>>,
         clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     },
 }
@@ -403,7 +403,7 @@ impl VaultClient {
             endpoints,
             Trust::Bundles {
                 group,
-                verifier: Mutex::new(verifier),
+                verifier: Box::new(Mutex::new(verifier)),
                 clock,
             },
             cfg,
@@ -457,6 +457,7 @@ impl VaultClient {
         };
         let reply: VaultReply =
             wire::decode(bytes, "vault reply").map_err(|e| bad(&e.to_string()))?;
+        let mut pending = None;
         let key = match &self.trust {
             Trust::Pinned(keys) => *keys
                 .replicas
@@ -468,14 +469,19 @@ impl VaultClient {
                 if reply.bundle.is_empty() {
                     return Err(bad("no validation bundle in the reply"));
                 }
-                let artifact = verifier
+                // Checked now, accepted only once the reply itself verified: a
+                // valid newer bundle on a forged reply must not move the client.
+                let accepted = verifier
                     .lock()
-                    .verify(&reply.bundle, clock(), replica)
+                    .check(&reply.bundle, clock(), replica)
                     .map_err(|e| bad(&format!("validation bundle refused: {e}")))?;
-                artifact
+                let key = accepted
+                    .artifact
                     .replica(replica)
                     .map(|r| r.response_key)
-                    .ok_or_else(|| bad("replica not in the fleet"))?
+                    .ok_or_else(|| bad("replica not in the fleet"))?;
+                pending = Some(accepted);
+                key
             }
         };
         let signature: [u8; 64] = reply
@@ -499,6 +505,12 @@ impl VaultClient {
         }
         if body.request_digest.as_slice() != digest.as_slice() {
             return Err(bad("the reply answers another request"));
+        }
+        if let (Some(accepted), Trust::Bundles { verifier, .. }) = (pending, &self.trust) {
+            verifier
+                .lock()
+                .accept(&accepted)
+                .map_err(|e| bad(&format!("cannot keep the accepted fleet epoch: {e}")))?;
         }
         Ok(body)
     }
