@@ -17,6 +17,7 @@ use super::note::{Checkpoint, NoteVerifier, SignedNote};
 use super::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed};
 use crate::fleet::FleetArtifact;
 use crate::hsm::verify_signature;
+use crate::wire::bytes::{put, ByteReader};
 use crate::ReplicaId;
 
 const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
@@ -217,29 +218,29 @@ impl Bundle {
 
     /// Decodes [`Bundle::encode`]'s output; anything else is an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
-        let mut r = Reader(bytes);
-        if r.take(MAGIC.len())? != MAGIC {
+        let mut r = ByteReader::new(bytes);
+        if r.take(MAGIC.len()).map_err(malformed)? != MAGIC {
             return Err(malformed("not a vaultfleet bundle (v1)"));
         }
-        let artifact = r.bytes()?.to_vec();
-        let digest = r.array::<32>()?;
-        let namespace = r.text()?;
-        let timestamp = r.u64()?;
-        let epoch = r.u64()?;
-        let witness_key = r.text()?;
-        let witness_signature = r.array::<64>()?;
-        let countersignature = r.array::<64>()?;
-        let leaf_index = r.u64()?;
-        let n = u32::from_be_bytes(r.array::<4>()?) as usize;
+        let artifact = r.bytes(FIELD_MAX).map_err(malformed)?.to_vec();
+        let digest = r.array::<32>().map_err(malformed)?;
+        let namespace = r.text(FIELD_MAX).map_err(malformed)?;
+        let timestamp = r.u64().map_err(malformed)?;
+        let epoch = r.u64().map_err(malformed)?;
+        let witness_key = r.text(FIELD_MAX).map_err(malformed)?;
+        let witness_signature = r.array::<64>().map_err(malformed)?;
+        let countersignature = r.array::<64>().map_err(malformed)?;
+        let leaf_index = r.u64().map_err(malformed)?;
+        let n = u32::from_be_bytes(r.array::<4>().map_err(malformed)?) as usize;
         if n > 64 {
             return Err(malformed("inclusion proof longer than 64 hashes"));
         }
         let mut inclusion = Vec::with_capacity(n);
         for _ in 0..n {
-            inclusion.push(r.array::<32>()?);
+            inclusion.push(r.array::<32>().map_err(malformed)?);
         }
-        let checkpoint = r.text()?;
-        if !r.0.is_empty() {
+        let checkpoint = r.text(FIELD_MAX).map_err(malformed)?;
+        if !r.is_empty() {
             return Err(malformed("trailing bytes"));
         }
         Ok(Self {
@@ -255,42 +256,6 @@ impl Bundle {
             inclusion,
             checkpoint,
         })
-    }
-}
-
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BundleError> {
-        if self.0.len() < n {
-            return Err(malformed("truncated"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], BundleError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-    fn u64(&mut self) -> Result<u64, BundleError> {
-        Ok(u64::from_be_bytes(self.array::<8>()?))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], BundleError> {
-        let n = u32::from_be_bytes(self.array::<4>()?) as usize;
-        if n > FIELD_MAX {
-            return Err(malformed("field over 1 MiB"));
-        }
-        self.take(n)
-    }
-    fn text(&mut self) -> Result<String, BundleError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| malformed("text is not UTF-8"))
     }
 }
 

@@ -18,9 +18,12 @@ use sha2::{Digest, Sha256};
 
 use super::FleetArtifact;
 use crate::hsm::{verify_signature, Hsm, HsmError, KeyHandle};
+use crate::wire::bytes::{put, ByteReader};
 use crate::ReplicaId;
 
 const MAGIC: &[u8] = b"vaultfleet/evidence/v1";
+const FIELD_MAX: usize = 1 << 20;
+const LIST_MAX: usize = 4096;
 
 /// A vendor root's certificate of a device key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,11 +127,6 @@ pub struct Evidence {
 #[error("malformed evidence: {0}")]
 pub struct EvidenceError(pub String);
 
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
 impl Evidence {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
@@ -162,41 +160,47 @@ impl Evidence {
 
     /// Decodes [`Evidence::encode`]'s output.
     pub fn decode(bytes: &[u8]) -> Result<Self, EvidenceError> {
-        let mut r = Reader(bytes);
-        if r.take(MAGIC.len())? != MAGIC {
+        let mut r = ByteReader::new(bytes);
+        if r.take(MAGIC.len()).map_err(EvidenceError)? != MAGIC {
             return Err(EvidenceError(
                 "not vaultfleet deployment evidence (v1)".into(),
             ));
         }
-        let bundle = r.bytes()?.to_vec();
-        let n = r.count()?;
+        let bundle = r.bytes(FIELD_MAX).map_err(EvidenceError)?.to_vec();
+        let n = r.count(LIST_MAX).map_err(EvidenceError)?;
         let mut attestations = Vec::with_capacity(n);
         for _ in 0..n {
             attestations.push(Attestation {
-                replica: r.u64()?,
-                firmware: r.array()?,
+                replica: r.u64().map_err(EvidenceError)?,
+                firmware: r.array().map_err(EvidenceError)?,
                 certificate: DeviceCertificate {
-                    vendor: r.text()?,
-                    device: r.text()?,
-                    device_key: r.array()?,
-                    signature: r.array()?,
+                    vendor: r.text(FIELD_MAX).map_err(EvidenceError)?,
+                    device: r.text(FIELD_MAX).map_err(EvidenceError)?,
+                    device_key: r.array().map_err(EvidenceError)?,
+                    signature: r.array().map_err(EvidenceError)?,
                 },
-                signature: r.array()?,
+                signature: r.array().map_err(EvidenceError)?,
             });
         }
-        let artifact_digest = r.array()?;
-        let threshold = r.array::<1>()?[0];
-        let n = r.count()?;
+        let artifact_digest = r.array().map_err(EvidenceError)?;
+        let threshold = r.array::<1>().map_err(EvidenceError)?[0];
+        let n = r.count(LIST_MAX).map_err(EvidenceError)?;
         let mut firmware = Vec::with_capacity(n);
         for _ in 0..n {
-            firmware.push((r.u64()?, r.array()?));
+            firmware.push((
+                r.u64().map_err(EvidenceError)?,
+                r.array().map_err(EvidenceError)?,
+            ));
         }
-        let n = r.count()?;
+        let n = r.count(LIST_MAX).map_err(EvidenceError)?;
         let mut signatures = Vec::with_capacity(n);
         for _ in 0..n {
-            signatures.push((r.text()?, r.array()?));
+            signatures.push((
+                r.text(FIELD_MAX).map_err(EvidenceError)?,
+                r.array().map_err(EvidenceError)?,
+            ));
         }
-        if !r.0.is_empty() {
+        if !r.is_empty() {
             return Err(EvidenceError("trailing bytes".into()));
         }
         Ok(Self {
@@ -209,45 +213,6 @@ impl Evidence {
                 signatures,
             },
         })
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], EvidenceError> {
-        if self.0.len() < n {
-            return Err(EvidenceError("truncated".into()));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], EvidenceError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-    fn u64(&mut self) -> Result<u64, EvidenceError> {
-        Ok(u64::from_be_bytes(self.array()?))
-    }
-    fn count(&mut self) -> Result<usize, EvidenceError> {
-        let n = u32::from_be_bytes(self.array()?) as usize;
-        if n > 4096 {
-            return Err(EvidenceError("list longer than 4096".into()));
-        }
-        Ok(n)
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], EvidenceError> {
-        let n = u32::from_be_bytes(self.array()?) as usize;
-        if n > 1 << 20 {
-            return Err(EvidenceError("field over 1 MiB".into()));
-        }
-        self.take(n)
-    }
-    fn text(&mut self) -> Result<String, EvidenceError> {
-        String::from_utf8(self.bytes()?.to_vec())
-            .map_err(|_| EvidenceError("text is not UTF-8".into()))
     }
 }
 

@@ -10,6 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::wire::bytes::ByteReader;
 use crate::ReplicaId;
 
 pub mod evidence;
@@ -151,39 +152,39 @@ impl FleetArtifact {
 
     /// Decodes a canonical encoding (and nothing else).
     pub fn decode(bytes: &[u8]) -> Result<Self, ArtifactError> {
-        let mut r = Reader(bytes);
-        if r.take(MAGIC.len())? != MAGIC {
+        let mut r = ByteReader::new(bytes);
+        if r.take(MAGIC.len()).map_err(err)? != MAGIC {
             return Err(err("not a vaultfleet fleet artifact"));
         }
-        let version = r.u8()?;
+        let version = r.u8().map_err(err)?;
         if version != VERSION {
             return Err(err(format!(
                 "encoding version {version}; this build reads {VERSION}"
             )));
         }
-        let fleet_id = r.text()?;
-        let epoch = r.u64()?;
-        let not_before = r.u64()?;
-        let not_after = r.u64()?;
-        let n = r.u8()? as usize;
+        let fleet_id = r.short_text().map_err(err)?;
+        let epoch = r.u64().map_err(err)?;
+        let not_before = r.u64().map_err(err)?;
+        let not_after = r.u64().map_err(err)?;
+        let n = r.u8().map_err(err)? as usize;
         let mut replicas = Vec::with_capacity(n);
         for _ in 0..n {
             replicas.push(ReplicaKeys {
-                id: r.u64()?,
-                datacenter: r.text()?,
-                response_key: r.key()?,
-                transport_key: r.key()?,
-                opaque_key: r.key()?,
+                id: r.u64().map_err(err)?,
+                datacenter: r.short_text().map_err(err)?,
+                response_key: r.array().map_err(err)?,
+                transport_key: r.array().map_err(err)?,
+                opaque_key: r.array().map_err(err)?,
             });
         }
         let mut lists = [Vec::new(), Vec::new()];
         for list in &mut lists {
-            let n = r.u8()? as usize;
+            let n = r.u8().map_err(err)? as usize;
             for _ in 0..n {
-                list.push(r.u64()?);
+                list.push(r.u64().map_err(err)?);
             }
         }
-        if !r.0.is_empty() {
+        if !r.is_empty() {
             return Err(err("trailing bytes after the artifact"));
         }
         let [voters, learners] = lists;
@@ -209,34 +210,4 @@ impl FleetArtifact {
 fn put_text(out: &mut Vec<u8>, s: &str) {
     out.push(s.len() as u8);
     out.extend_from_slice(s.as_bytes());
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ArtifactError> {
-        if self.0.len() < n {
-            return Err(err("truncated artifact"));
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, ArtifactError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, ArtifactError> {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(b))
-    }
-    fn key(&mut self) -> Result<[u8; 32], ArtifactError> {
-        let mut b = [0u8; 32];
-        b.copy_from_slice(self.take(32)?);
-        Ok(b)
-    }
-    fn text(&mut self) -> Result<String, ArtifactError> {
-        let n = self.u8()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| err("text is not UTF-8"))
-    }
 }

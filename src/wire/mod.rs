@@ -7,6 +7,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 }
 
+pub(crate) mod bytes;
+
 pub use generated::vaultfleet::*;
 
 /// The Backup Key Vault's messages (`proto/vault.proto`).
