@@ -180,6 +180,10 @@ impl SignedNote {
         if note.len() > NOTE_MAX {
             return Err(malformed(format!("note over {NOTE_MAX} bytes")));
         }
+        // C2SP signed-note: no ASCII control characters other than newline.
+        if note.chars().any(|c| c.is_ascii_control() && c != '\n') {
+            return Err(malformed("control characters other than newline"));
+        }
         let split = note
             .rfind("\n\n")
             .ok_or_else(|| malformed("no blank line before the signatures"))?;
@@ -287,7 +291,7 @@ impl NoteVerifier {
         let mut pk = [0u8; 32];
         pk.copy_from_slice(&key[1..]);
         let v = Self::new(name, key[0], pk)?;
-        if hex(&v.key_hash()) != hash {
+        if !hex(&v.key_hash()).eq_ignore_ascii_case(hash) {
             return Err(malformed("verifier key hash does not match the key"));
         }
         if v.alg != ALG_ED25519 && v.alg != ALG_COSIGNATURE_V1 {
@@ -312,6 +316,10 @@ impl NoteVerifier {
                     let mut t = [0u8; 8];
                     t.copy_from_slice(&sig.payload[..8]);
                     let timestamp = u64::from_be_bytes(t);
+                    // C2SP tlog-cosignature: timestamps above 2^63-1 are invalid.
+                    if timestamp > i64::MAX as u64 {
+                        return Err(NoteError::BadSignature(self.name.clone()));
+                    }
                     let mut s = [0u8; 64];
                     s.copy_from_slice(&sig.payload[8..]);
                     if verify_signature(
@@ -374,6 +382,9 @@ pub fn cosign<H: Hsm>(
     checkpoint_text: &str,
     timestamp: u64,
 ) -> Result<NoteSignature, NoteError> {
+    if timestamp > i64::MAX as u64 {
+        return Err(malformed("cosignature timestamps are at most 2^63-1"));
+    }
     let public_key = hsm.public_key(key)?;
     let v = NoteVerifier::cosignature(name, public_key)?;
     let signature = hsm.sign(key, &cosigned_message(timestamp, checkpoint_text))?;
@@ -454,6 +465,7 @@ mod tests {
         ] {
             assert!(SignedNote::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(SignedNote::parse("text\u{7}\n\n\u{2014} name AAAAAAA=\n").is_err());
         for bad in [
             "o\n01\nAAAA\n",
             "o\n1\nnot base64\n",
