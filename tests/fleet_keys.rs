@@ -437,3 +437,21 @@ fn a_retired_witness_key_and_a_forked_log_are_refused() {
         Err(BundleError::ForkedLog { size: 1 }) | Err(BundleError::Equivocation(1))
     ));
 }
+
+#[test]
+fn an_accepted_bundle_seen_again_still_faces_the_time_and_replica_checks() {
+    let mut w = world();
+    let good = w.publish(&artifact(1, 0), T0).encode();
+    let mut v = w.verifier();
+    v.verify(&good, T0, 1).unwrap();
+    // The same bytes again: signatures are not re-checked, the rest is.
+    assert!(matches!(
+        v.verify(&good, T0 + 400 * DAY, 1),
+        Err(BundleError::Expired { .. })
+    ));
+    assert_eq!(
+        v.verify(&good, T0, 9),
+        Err(BundleError::ReplicaNotInBundle(9))
+    );
+    assert_eq!(v.verify(&good, T0, 2).unwrap().epoch, 1);
+}

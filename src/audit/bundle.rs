@@ -19,6 +19,7 @@ use crate::fleet::FleetArtifact;
 use crate::hsm::verify_signature;
 use crate::wire::bytes::{put, ByteReader};
 use crate::ReplicaId;
+use sha2::Digest as _;
 
 const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
 const FIELD_MAX: usize = 1 << 20;
@@ -282,6 +283,8 @@ pub struct FleetVerifier {
     /// Checkpoints (size, root) accepted so far: a second root for a size is a
     /// forked log.
     checkpoints: Vec<(u64, Hash)>,
+    /// The last bundle accepted.
+    last: Option<Accepted>,
     state: Option<PathBuf>,
 }
 
@@ -299,6 +302,9 @@ pub struct Accepted {
     pub digest: [u8; 32],
     /// The checkpoint (size, root) it was proven against.
     pub checkpoint: (u64, Hash),
+    /// SHA-256 of the bundle's bytes: the same bytes seen again need only the
+    /// checks that depend on the time, the replica and the verifier's epochs.
+    pub bundle_hash: [u8; 32],
 }
 
 impl FleetVerifier {
@@ -311,6 +317,7 @@ impl FleetVerifier {
             current: None,
             previous: None,
             checkpoints: Vec::new(),
+            last: None,
             state: None,
         }
     }
@@ -388,6 +395,11 @@ impl FleetVerifier {
         now: u64,
         replica: ReplicaId,
     ) -> Result<Accepted, BundleError> {
+        let bundle_hash: [u8; 32] = sha2::Sha256::digest(bundle).into();
+        if let Some(last) = self.last.as_ref().filter(|l| l.bundle_hash == bundle_hash) {
+            // Every signature and proof of these exact bytes held already.
+            return self.admit(last.clone(), now, replica);
+        }
         let b = Bundle::decode(bundle)?;
         let artifact =
             FleetArtifact::decode(&b.artifact).map_err(|e| BundleError::Artifact(e.to_string()))?;
@@ -500,19 +512,35 @@ impl FleetVerifier {
                 witnessed: b.epoch,
             });
         }
+        self.admit(
+            Accepted {
+                artifact,
+                epoch: b.epoch,
+                digest,
+                checkpoint: (checkpoint.size, checkpoint.root),
+                bundle_hash,
+            },
+            now,
+            replica,
+        )
+    }
+
+    /// The checks of a verified bundle that depend on the verifier's epochs, the
+    /// time and the answering replica.
+    fn admit(&self, a: Accepted, now: u64, replica: ReplicaId) -> Result<Accepted, BundleError> {
+        let (epoch, digest, artifact) = (a.epoch, a.digest, &a.artifact);
         match (self.current, self.previous) {
-            (Some((e, d)), _) if b.epoch == e && d != digest => {
+            (Some((e, d)), _) if epoch == e && d != digest => {
                 return Err(BundleError::Equivocation(e))
             }
-            (_, Some((e, d))) if b.epoch == e && d != digest => {
+            (_, Some((e, d))) if epoch == e && d != digest => {
                 return Err(BundleError::Equivocation(e))
             }
             (Some((e, _)), prev)
-                if b.epoch < e
-                    && !(b.epoch + 1 == e && prev.is_none_or(|(pe, _)| pe == b.epoch)) =>
+                if epoch < e && !(epoch + 1 == e && prev.is_none_or(|(pe, _)| pe == epoch)) =>
             {
                 return Err(BundleError::EpochRollback {
-                    got: b.epoch,
+                    got: epoch,
                     newest: e,
                 })
             }
@@ -528,12 +556,7 @@ impl FleetVerifier {
         if artifact.replica(replica).is_none() {
             return Err(BundleError::ReplicaNotInBundle(replica));
         }
-        Ok(Accepted {
-            artifact,
-            epoch: b.epoch,
-            digest,
-            checkpoint: (checkpoint.size, checkpoint.root),
-        })
+        Ok(a)
     }
 
     /// Moves the verifier forward to a checked bundle: the state file (if any) is
@@ -555,7 +578,13 @@ impl FleetVerifier {
                 next.checkpoints.remove(0);
             }
         }
-        next.save()?;
+        // Most replies carry the bundle already accepted: write only on change.
+        let changed = (next.current, next.previous, &next.checkpoints)
+            != (self.current, self.previous, &self.checkpoints);
+        if changed {
+            next.save()?;
+        }
+        next.last = Some(a.clone());
         *self = next;
         Ok(())
     }
