@@ -8,10 +8,13 @@
 //! * [`storage`], [`hsm`], [`transport`], [`state_machine`] — the seams, each a
 //!   trait with real implementations; [`Sealed`] keeps the log on an untrusted disk.
 //! * [`runtime`] — the threaded driver: [`Node`], [`NodeHandle`], [`Client`].
-//! * [`vault`] — the Backup Key Vault: [`vault::BackupVault`] (the replicated
-//!   guess counters and sealed secrets), [`vault::VaultService`] (OPAQUE beside
-//!   each node; an attempt is committed before it is answered) and
-//!   [`vault::VaultClient`].
+//! * [`wire`] — the engine's own messages and the strict byte reader every
+//!   hand-written encoding goes through.
+//!
+//! This crate is the engine: it replicates any [`StateMachine`] and pulls in no
+//! PAKE, no Argon2 and no audit code. The Backup Key Vault lives in
+//! `vaultfleet-vault`, the fleet keys and the witness's log in `vaultfleet-audit`;
+//! they build on this crate, never the reverse.
 //! * Durability: nothing is acknowledged before the [`LogStore::sync`] that makes
 //!   it durable (checked by `tests/durability_contract.rs`).
 //!
@@ -19,16 +22,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod audit;
 pub mod config;
-pub mod fleet;
 pub mod hsm;
 pub mod replica;
 pub mod runtime;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
-pub mod vault;
 pub mod wire;
 
 pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};

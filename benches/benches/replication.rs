@@ -24,14 +24,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::SeedableRng;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
-use vaultfleet::vault::{
+use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftHsm, StateMachine};
+use vaultfleet_bench::Noop;
+use vaultfleet_vault::wire::{VaultOutcome, VaultRequestId};
+use vaultfleet_vault::{
     BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce,
     VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer,
     VaultService, VaultServiceConfig,
 };
-use vaultfleet::wire::vault::{VaultOutcome, VaultRequestId};
-use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftHsm, StateMachine};
-use vaultfleet_bench::Noop;
 
 struct Fleet {
     nodes: Vec<Node>,

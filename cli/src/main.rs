@@ -23,16 +23,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vaultfleet::audit::merkle::verify_consistency;
-use vaultfleet::audit::witness::countersign;
-use vaultfleet::audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
-use vaultfleet::fleet::evidence::{
+use vaultfleet::hsm::{verify_signature, Hsm, KeyKind};
+use vaultfleet::SoftHsm;
+use vaultfleet_audit::fleet::evidence::{
     attest, audit_deployment, certify_device, AuditPins, Ceremony, Evidence,
 };
-use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
-use vaultfleet::hsm::{verify_signature, Hsm, KeyKind};
-use vaultfleet::vault::VaultKeys;
-use vaultfleet::SoftHsm;
+use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::merkle::verify_consistency;
+use vaultfleet_audit::witness::countersign;
+use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+use vaultfleet_vault::VaultKeys;
 
 const USAGE: &str = "usage: vaultfleet <fleet create|witness sign|operator countersign|evidence assemble|audit pins|audit verify|audit log|audit diff> [options]
 (see the crate documentation or docs/audit.md for each command's options)";
@@ -325,7 +325,7 @@ fn witness_sign(args: &[String]) -> Res<()> {
     let size = w.tree(ns).map_or(0, |t| t.size());
     // Never overwrite a published checkpoint: a second root for a size is
     // evidence of a fork and must stay visible.
-    let root = vaultfleet::audit::Checkpoint::parse(&cp.text)
+    let root = vaultfleet_audit::Checkpoint::parse(&cp.text)
         .map_err(|e| e.to_string())?
         .root;
     let name = format!("{ns}-{size:012}-{}.txt", &hex(&root)[..16]);
@@ -547,7 +547,7 @@ fn audit_verify(args: &[String]) -> Res<bool> {
 }
 
 fn audit_log(args: &[String]) -> Res<bool> {
-    use vaultfleet::audit::{Checkpoint, MerkleTree, NoteVerifier, SignedNote};
+    use vaultfleet_audit::{Checkpoint, MerkleTree, NoteVerifier, SignedNote};
     let pins = read_pins(Path::new(need(args, "--pins")?))?;
     let ns = opt(args, "--namespace")
         .unwrap_or(&pins.namespace)
@@ -555,7 +555,7 @@ fn audit_log(args: &[String]) -> Res<bool> {
     let wdir = PathBuf::from(need(args, "--witness-dir")?);
     // The log as the witness publishes it; read without its HSM.
     let text = std::fs::read_to_string(wdir.join("witness.state")).map_err(|e| e.to_string())?;
-    let entries = vaultfleet::audit::witness::parse_log(&text)?;
+    let entries = vaultfleet_audit::witness::parse_log(&text)?;
     let mut all = true;
     let mut tree = MerkleTree::new();
     let mut last_epoch = 0;
@@ -583,7 +583,7 @@ fn audit_log(args: &[String]) -> Res<bool> {
                 if in_order { "" } else { "; EPOCH OUT OF ORDER" }
             ),
         );
-        tree.append(&vaultfleet::audit::witness::leaf_bytes(
+        tree.append(&vaultfleet_audit::witness::leaf_bytes(
             &e.statement,
             &e.key,
             &e.signature,

@@ -4,10 +4,10 @@
 //! panic; what they accept re-encodes to the same text).
 
 use proptest::prelude::*;
-use vaultfleet::audit::merkle::{verify_consistency, verify_inclusion, MerkleTree};
-use vaultfleet::audit::{Checkpoint, SignedNote};
-use vaultfleet::vault::BackupVault;
 use vaultfleet::StateMachine;
+use vaultfleet_audit::merkle::{verify_consistency, verify_inclusion, MerkleTree};
+use vaultfleet_audit::{Checkpoint, SignedNote};
+use vaultfleet_vault::BackupVault;
 
 fn tree(size: u64) -> MerkleTree {
     let mut t = MerkleTree::new();
@@ -87,9 +87,9 @@ proptest! {
 
 mod encodings {
     use proptest::prelude::*;
-    use vaultfleet::audit::Bundle;
-    use vaultfleet::fleet::evidence::Evidence;
-    use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::fleet::evidence::Evidence;
+    use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::Bundle;
 
     fn artifact() -> impl Strategy<Value = FleetArtifact> {
         (

@@ -29,14 +29,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use sha2::{Digest, Sha256};
-use vaultfleet::vault::{
+use vaultfleet::{SoftHsm, StateMachine};
+use vaultfleet_vault::wire::{
+    vault_command, VaultCommand, VaultOutcome, VaultRequestId, VaultStatus,
+};
+use vaultfleet_vault::{
     BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, PendingLogin,
     RegistrationNonce, UserView, VaultKeys, VaultServer,
 };
-use vaultfleet::wire::vault::{
-    vault_command, VaultCommand, VaultOutcome, VaultRequestId, VaultStatus,
-};
-use vaultfleet::{SoftHsm, StateMachine};
 
 use crate::workload::{OpKind, Operation, Record, Workload};
 

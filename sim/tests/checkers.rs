@@ -3,13 +3,13 @@
 //! seed. A checker that never fires within the budget fails its test.
 
 use vaultfleet::state_machine::RestoreError;
-use vaultfleet::vault::BackupVault;
-use vaultfleet::wire::vault::{vault_command, VaultCommand, VaultOutcome, VaultReset};
 use vaultfleet::StateMachine;
 use vaultfleet_sim::workload::{Operation, Record, Workload};
 use vaultfleet_sim::{
     run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation, VaultWorkload, WorkloadKind,
 };
+use vaultfleet_vault::wire::{vault_command, VaultCommand, VaultOutcome, VaultReset};
+use vaultfleet_vault::BackupVault;
 
 /// Runs `make(seed)` for seeds `0..budget` until a run reports a violation of one
 /// of `invariants`; panics (with the seeds tried) if none does.

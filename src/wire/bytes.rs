@@ -4,19 +4,21 @@
 //! names what was cut short, never a panic.
 
 /// Reads fields off the front of a byte slice.
-pub(crate) struct ByteReader<'a>(&'a [u8]);
+pub struct ByteReader<'a>(&'a [u8]);
 
 impl<'a> ByteReader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    /// A reader over `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Self {
         Self(bytes)
     }
 
     /// True once every byte was read (a decoder refuses trailing bytes).
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.0.len() < n {
             return Err(format!(
                 "truncated: {n} bytes wanted, {} left",
@@ -28,26 +30,30 @@ impl<'a> ByteReader<'a> {
         Ok(a)
     }
 
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    /// The next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, String> {
+    /// One byte.
+    pub fn u8(&mut self) -> Result<u8, String> {
         Ok(self.array::<1>()?[0])
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, String> {
+    /// A big-endian u32.
+    pub fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, String> {
+    /// A big-endian u64.
+    pub fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// A `u32`-length-prefixed field of at most `max` bytes.
-    pub(crate) fn bytes(&mut self, max: usize) -> Result<&'a [u8], String> {
+    pub fn bytes(&mut self, max: usize) -> Result<&'a [u8], String> {
         let n = self.u32()? as usize;
         if n > max {
             return Err(format!("field of {n} bytes, at most {max} allowed"));
@@ -56,18 +62,18 @@ impl<'a> ByteReader<'a> {
     }
 
     /// A `u32`-length-prefixed UTF-8 string of at most `max` bytes.
-    pub(crate) fn text(&mut self, max: usize) -> Result<String, String> {
+    pub fn text(&mut self, max: usize) -> Result<String, String> {
         String::from_utf8(self.bytes(max)?.to_vec()).map_err(|_| "text is not UTF-8".to_string())
     }
 
     /// A `u8`-length-prefixed UTF-8 string.
-    pub(crate) fn short_text(&mut self) -> Result<String, String> {
+    pub fn short_text(&mut self) -> Result<String, String> {
         let n = self.u8()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "text is not UTF-8".to_string())
     }
 
     /// A `u32` count of at most `max` items.
-    pub(crate) fn count(&mut self, max: usize) -> Result<usize, String> {
+    pub fn count(&mut self, max: usize) -> Result<usize, String> {
         let n = self.u32()? as usize;
         if n > max {
             return Err(format!("list of {n} items, at most {max} allowed"));
@@ -77,7 +83,7 @@ impl<'a> ByteReader<'a> {
 }
 
 /// Appends a `u32`-length-prefixed field.
-pub(crate) fn put(out: &mut Vec<u8>, b: &[u8]) {
+pub fn put(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_be_bytes());
     out.extend_from_slice(b);
 }

@@ -7,14 +7,9 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 }
 
-pub(crate) mod bytes;
+pub mod bytes;
 
 pub use generated::vaultfleet::*;
-
-/// The Backup Key Vault's messages (`proto/vault.proto`).
-pub mod vault {
-    pub use super::generated::vault::*;
-}
 
 /// Bytes that should hold a vaultfleet message did not decode.
 #[derive(Debug, thiserror::Error)]

@@ -11,20 +11,12 @@ use std::time::{Duration, Instant};
 
 use vaultfleet::replica::{ReplicaConfig, Status};
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
-use vaultfleet::vault::BackupVault;
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
-    SealedConfig, SledLog, SoftHsm,
+    SealedConfig, SledLog, SoftHsm, StateMachine,
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
-
-/// The state machine the fleet replicates.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Machine {
-    Kv,
-    Vault,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Store {
@@ -33,12 +25,14 @@ pub enum Store {
     SealedSled,
 }
 
-pub struct Fleet {
+/// A fleet replicating `M` (the kv store unless a test names another machine).
+pub struct Fleet<M: StateMachine = KvStore> {
     pub net: ChannelNetwork,
     pub config: FleetConfig,
     pub nodes: BTreeMap<u64, Node>,
     store: Store,
-    pub machine: Machine,
+    /// Makes each replica's (empty) state machine.
+    make: fn() -> M,
     dir: tempfile::TempDir,
     hsms: BTreeMap<u64, SoftHsm>,
     tweak: fn(&mut ReplicaConfig),
@@ -53,7 +47,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-impl Fleet {
+impl Fleet<KvStore> {
     pub fn start(members: &[(u64, &str)], store: Store) -> Fleet {
         Self::start_with(
             FleetConfig::new(
@@ -67,23 +61,25 @@ impl Fleet {
         )
     }
 
-    pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Fleet {
-        Self::start_machine(config, store, tweak, Machine::Kv)
+    pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Self {
+        Fleet::start_machine(config, store, tweak, KvStore::new)
     }
+}
 
+impl<M: StateMachine> Fleet<M> {
     pub fn start_machine(
         config: FleetConfig,
         store: Store,
         tweak: fn(&mut ReplicaConfig),
-        machine: Machine,
-    ) -> Fleet {
+        make: fn() -> M,
+    ) -> Self {
         init_tracing();
         let mut fleet = Fleet {
             net: ChannelNetwork::new(),
             config,
             nodes: BTreeMap::new(),
             store,
-            machine,
+            make,
             dir: tempfile::tempdir().expect("temporary directory"),
             hsms: BTreeMap::new(),
             tweak,
@@ -135,21 +131,10 @@ impl Fleet {
     fn spawn<L: LogStore>(&self, id: u64, mut log: L, initial: bool) -> Node {
         let cfg = self.node_config(id);
         let transport = self.net.transport(id);
-        match self.machine {
-            Machine::Kv => {
-                if initial {
-                    Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
-                }
-                Node::spawn(cfg, log, KvStore::new(), transport).expect("spawn")
-            }
-            Machine::Vault => {
-                if initial {
-                    Replica::bootstrap(&mut log, &BackupVault::new(), &self.config)
-                        .expect("bootstrap");
-                }
-                Node::spawn(cfg, log, BackupVault::new(), transport).expect("spawn")
-            }
+        if initial {
+            Replica::bootstrap(&mut log, &(self.make)(), &self.config).expect("bootstrap");
         }
+        Node::spawn(cfg, log, (self.make)(), transport).expect("spawn")
     }
 
     pub fn stop(&mut self, id: u64) {
@@ -184,7 +169,7 @@ impl Fleet {
         Client::connect(self.handles(), ClientConfig::default()).expect("client session")
     }
 
-    pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Fleet) -> bool) {
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
         let start = Instant::now();
         while !cond(self) {
             if start.elapsed() > WAIT {

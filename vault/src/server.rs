@@ -19,13 +19,13 @@ use zeroize::Zeroizing;
 use super::keys::{hsm_rng, VaultKeys};
 use super::machine::{SECRET_MAX, USER_ID_MAX};
 use super::{Suite, OPAQUE_CONTEXT};
-use crate::hsm::{Hsm, HsmError};
 use crate::wire;
-use crate::wire::vault::{
+use crate::wire::{
     vault_command, VaultCommand, VaultConsume, VaultDelete, VaultRecord, VaultRegister,
     VaultReplace, VaultReply, VaultReplyBody, VaultRequestId, VaultReset,
 };
-use crate::ReplicaId;
+use vaultfleet::hsm::{Hsm, HsmError};
+use vaultfleet::ReplicaId;
 
 /// What went wrong on the server side of the vault.
 #[derive(Debug, thiserror::Error)]

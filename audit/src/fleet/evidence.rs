@@ -17,9 +17,9 @@
 use sha2::{Digest, Sha256};
 
 use super::FleetArtifact;
-use crate::hsm::{verify_signature, Hsm, HsmError, KeyHandle};
-use crate::wire::bytes::{put, ByteReader};
-use crate::ReplicaId;
+use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyHandle};
+use vaultfleet::wire::bytes::{put, ByteReader};
+use vaultfleet::ReplicaId;
 
 const MAGIC: &[u8] = b"vaultfleet/evidence/v1";
 const FIELD_MAX: usize = 1 << 20;

@@ -1,10 +1,10 @@
-//! The Backup Key Vault: a user's backup key released only to whoever knows the
+//! `vaultfleet-vault`, the Backup Key Vault: a user's backup key released only to whoever knows the
 //! recovery code, with at most `max_attempts` wrong guesses (10 by default)
 //! enforced by the fleet through consensus.
 //!
 //! Three parts, as WhatsApp's HSM Backup Key Vault is built:
 //!
-//! * [`BackupVault`], the replicated [`StateMachine`](crate::StateMachine): OPAQUE
+//! * [`BackupVault`], the replicated [`StateMachine`](vaultfleet::StateMachine): OPAQUE
 //!   records, secrets sealed under the fleet's HSM record key, and the guess
 //!   counters. Deterministic: it draws no randomness and sees no secret in clear.
 //! * [`VaultService`], beside each node: runs the server side of OPAQUE
@@ -19,11 +19,16 @@
 //! `docs/protocol.md` has the message flow and what each party learns;
 //! `docs/threat-model.md` what each attacker can and cannot do.
 
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 mod client;
 mod keys;
 mod machine;
 mod server;
 mod service;
+pub mod wire;
 
 pub use client::{
     ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient,

@@ -17,14 +17,14 @@ use zeroize::Zeroize;
 
 use super::machine::decode_outcome;
 use super::server::{sha256, PendingLogin, RegistrationNonce, VaultError, VaultServer};
-use crate::hsm::Hsm;
-use crate::runtime::{Client, ClientConfig, ClientError};
-use crate::wire::vault::{
+use crate::wire::{self};
+use crate::wire::{
     vault_client_request, VaultClientRequest, VaultLoginPurpose, VaultOutcome, VaultReplyBody,
     VaultReplyStatus, VaultRequestId, VaultStatus,
 };
-use crate::wire::{self};
-use crate::{NodeHandle, ReplicaId};
+use vaultfleet::hsm::Hsm;
+use vaultfleet::runtime::{Client, ClientConfig, ClientError};
+use vaultfleet::{NodeHandle, ReplicaId};
 
 /// The service at the other end could not be reached (its host is down, or it
 /// was stopped). The request may or may not have had an effect.
@@ -285,7 +285,7 @@ impl<H: Hsm> VaultService<H> {
     fn register_finish(
         &self,
         id: &VaultRequestId,
-        mut x: crate::wire::vault::VaultRegisterFinish,
+        mut x: crate::wire::VaultRegisterFinish,
     ) -> VaultReplyBody {
         let reply = self.register_finish_inner(id, &x);
         x.secret.zeroize();
@@ -295,7 +295,7 @@ impl<H: Hsm> VaultService<H> {
     fn register_finish_inner(
         &self,
         id: &VaultRequestId,
-        x: &crate::wire::vault::VaultRegisterFinish,
+        x: &crate::wire::VaultRegisterFinish,
     ) -> VaultReplyBody {
         let nonce = RegistrationNonce {
             nonce: &x.credential_nonce,
@@ -403,7 +403,7 @@ impl<H: Hsm> VaultService<H> {
     fn login_finish(
         &self,
         id: &VaultRequestId,
-        x: crate::wire::vault::VaultLoginFinish,
+        x: crate::wire::VaultLoginFinish,
         digest: &[u8; 32],
     ) -> VaultReplyBody {
         let Some((at, login)) = self.logins.lock().pending.remove(&x.login) else {

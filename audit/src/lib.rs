@@ -1,6 +1,9 @@
-//! The audit layer: an append-only, publicly checkable log of everything the
-//! fleet's witness signs.
+//! `vaultfleet-audit`: the fleet's keys and the append-only, publicly checkable
+//! log of everything the fleet's witness signs. It builds on the engine
+//! (`vaultfleet`, for the [`Hsm`](vaultfleet::hsm::Hsm) seam) and never on the vault.
 //!
+//! * [`fleet`]: the fleet artifact (one per epoch: every replica's keys, the
+//!   quorum, a validity window) and the deployment evidence an auditor checks.
 //! * [`merkle`]: RFC 6962 Merkle trees with inclusion and consistency proofs,
 //!   checked against the transparency-dev test vectors.
 //! * [`note`]: C2SP signed notes, tlog checkpoints and `cosignature/v1`, so
@@ -11,7 +14,11 @@
 //! * [`bundle`]: the validation bundle a vault reply carries, and
 //!   [`FleetVerifier`], the client's check of every link.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
 pub mod bundle;
+pub mod fleet;
 pub mod merkle;
 pub mod note;
 pub mod witness;

@@ -6,7 +6,7 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::Value;
-use vaultfleet::audit::merkle::{verify_consistency, verify_inclusion, Hash, MerkleTree};
+use vaultfleet_audit::merkle::{verify_consistency, verify_inclusion, Hash, MerkleTree};
 
 /// The eight leaves of the RFC 6962 reference tree the vectors are built on.
 const LEAVES: [&[u8]; 8] = [
@@ -75,7 +75,7 @@ fn inclusion_vectors() {
         let want_err = v["wantErr"].as_bool().expect("wantErr");
         let verdict = match (hash(&v["leafHash"]), hash(&v["root"]), proof(&v["proof"])) {
             (Some(leaf), Some(root), Some(p)) => verify_inclusion(&leaf, index, size, &p, &root),
-            _ => Err(vaultfleet::audit::ProofError::RootMismatch),
+            _ => Err(vaultfleet_audit::ProofError::RootMismatch),
         };
         assert_eq!(verdict.is_err(), want_err, "{name}: {verdict:?}");
         if !want_err {
@@ -102,7 +102,7 @@ fn consistency_vectors() {
         let want_err = v["wantErr"].as_bool().expect("wantErr");
         let verdict = match (hash(&v["root1"]), hash(&v["root2"]), proof(&v["proof"])) {
             (Some(r1), Some(r2), Some(p)) => verify_consistency(first, second, &p, &r1, &r2),
-            _ => Err(vaultfleet::audit::ProofError::RootMismatch),
+            _ => Err(vaultfleet_audit::ProofError::RootMismatch),
         };
         assert_eq!(verdict.is_err(), want_err, "{name}: {verdict:?}");
         if !want_err {

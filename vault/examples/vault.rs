@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
-use vaultfleet::vault::{
+use vaultfleet::{ChannelNetwork, FleetConfig, MemberSpec, Replica, Sealed, SealedConfig, SoftHsm};
+use vaultfleet_vault::{
     BackupVault, KsfParams, Unreachable, VaultClient, VaultClientConfig, VaultClientError,
     VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer, VaultService, VaultServiceConfig,
 };
-use vaultfleet::{ChannelNetwork, FleetConfig, MemberSpec, Replica, Sealed, SealedConfig, SoftHsm};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();

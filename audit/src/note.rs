@@ -12,8 +12,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-use super::merkle::Hash;
-use crate::hsm::{verify_signature, Hsm, HsmError, KeyHandle};
+use crate::merkle::Hash;
+use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyHandle};
 
 /// The signature algorithm byte of Ed25519 note signatures.
 pub const ALG_ED25519: u8 = 0x01;
@@ -400,7 +400,7 @@ pub fn cosign<H: Hsm>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hsm::{KeyKind, SoftHsm};
+    use vaultfleet::hsm::{KeyKind, SoftHsm};
 
     #[test]
     fn a_checkpoint_is_signed_cosigned_and_verified_and_edits_are_caught() {

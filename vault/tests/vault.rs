@@ -3,24 +3,25 @@
 // Tests of the threaded runtime run client threads in wall-clock time.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+#[path = "../../tests/harness/mod.rs"]
 mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use harness::{no_tweak, Fleet, Machine, Store};
+use harness::{no_tweak, Fleet, Store};
 use vaultfleet::runtime::{Client, ClientConfig};
-use vaultfleet::vault::{
+use vaultfleet::{FleetConfig, MemberSpec, SoftHsm};
+use vaultfleet_vault::wire::{
+    vault_client_request, VaultClientRequest, VaultLoginStart, VaultReply, VaultReplyBody,
+    VaultReplyStatus, VaultRequestId,
+};
+use vaultfleet_vault::{
     BackupVault, ClientLoginFlow, KsfParams, UserView, VaultClient, VaultClientConfig,
     VaultClientError, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer, VaultService,
     VaultServiceConfig,
 };
-use vaultfleet::wire::vault::{
-    vault_client_request, VaultClientRequest, VaultLoginStart, VaultReply, VaultReplyBody,
-    VaultReplyStatus, VaultRequestId,
-};
-use vaultfleet::{FleetConfig, MemberSpec, SoftHsm};
 
 type Service = VaultService<SoftHsm>;
 
@@ -29,7 +30,7 @@ const WRONG: &[u8] = b"wrong horse";
 const SECRET: &[u8] = b"backup-key:7d0f1e9a4b8c2d3e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708";
 
 struct VaultFleet {
-    fleet: Fleet,
+    fleet: Fleet<BackupVault>,
     /// The fleet's HSM security world: every service's HSM holds its keys.
     world: SoftHsm,
     sealed_setup: Vec<u8>,
@@ -45,7 +46,7 @@ impl VaultFleet {
                 .map(|id| MemberSpec::voter(id, dcs[(id as usize - 1) % dcs.len()]))
                 .collect(),
         );
-        let fleet = Fleet::start_machine(config, store, no_tweak, Machine::Vault);
+        let fleet = Fleet::start_machine(config, store, no_tweak, BackupVault::new);
         fleet.wait_leader();
         let world = SoftHsm::from_seed(0x0076_6175_6c74);
         let sealed_setup = VaultKeys::provision(&world).expect("provision the vault keys");
@@ -107,7 +108,7 @@ impl VaultFleet {
 }
 
 fn decode_view(bytes: &[u8]) -> Option<UserView> {
-    use vaultfleet::wire::vault::{VaultOutcome, VaultStatus};
+    use vaultfleet_vault::wire::{VaultOutcome, VaultStatus};
     let o: VaultOutcome = vaultfleet::wire::decode(bytes, "outcome").expect("outcome");
     match o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) {
         VaultStatus::VAULT_OK => Some(UserView::Registered {
@@ -360,7 +361,7 @@ impl VaultEndpoint for CrashBeforeFinish {
         self.inner.replica()
     }
 
-    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet::vault::Unreachable> {
+    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
         let r: VaultClientRequest = vaultfleet::wire::decode(request, "request").expect("request");
         if matches!(r.op, Some(vault_client_request::Op::LoginFinish(_))) {
             self.inner.stop();
@@ -457,7 +458,7 @@ impl VaultEndpoint for Tamper {
         self.inner.replica()
     }
 
-    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet::vault::Unreachable> {
+    fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
         let mut reply = self.inner.call(request)?;
         if let Some(b) = reply.get_mut(12) {
             *b ^= 1;
@@ -570,8 +571,8 @@ fn neither_the_secret_nor_the_code_is_ever_in_plain_text_on_disk() {
 #[test]
 fn a_registration_must_use_a_nonce_the_fleet_drew() {
     use rand::SeedableRng;
-    use vaultfleet::vault::{ClientRegistrationFlow, KsfParams};
-    use vaultfleet::wire::vault::{VaultRegisterFinish, VaultRegisterStart};
+    use vaultfleet_vault::wire::{VaultRegisterFinish, VaultRegisterStart};
+    use vaultfleet_vault::{ClientRegistrationFlow, KsfParams};
     let vf = VaultFleet::start(3, Store::Mem);
     let service = &vf.services[&1];
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(17);
@@ -669,10 +670,10 @@ fn the_right_code_on_the_last_attempt_may_delete() {
 
 mod over_the_air {
     use super::*;
-    use vaultfleet::audit::witness::countersign;
-    use vaultfleet::audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
-    use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
     use vaultfleet::hsm::{Hsm, KeyKind};
+    use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::witness::countersign;
+    use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
 
     const NS: &str = "example.vault.fleet_keys.v1";
     const NOW: u64 = 1_800_000_000;

@@ -12,14 +12,14 @@
 
 use std::path::{Path, PathBuf};
 
-use super::merkle::{leaf_hash, verify_inclusion, Hash};
-use super::note::{Checkpoint, NoteVerifier, SignedNote};
-use super::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed};
 use crate::fleet::FleetArtifact;
-use crate::hsm::verify_signature;
-use crate::wire::bytes::{put, ByteReader};
-use crate::ReplicaId;
+use crate::merkle::{leaf_hash, verify_inclusion, Hash};
+use crate::note::{Checkpoint, NoteVerifier, SignedNote};
+use crate::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed};
 use sha2::Digest as _;
+use vaultfleet::hsm::verify_signature;
+use vaultfleet::wire::bytes::{put, ByteReader};
+use vaultfleet::ReplicaId;
 
 const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
 const FIELD_MAX: usize = 1 << 20;

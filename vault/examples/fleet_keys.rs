@@ -13,20 +13,20 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use vaultfleet::audit::witness::countersign;
-use vaultfleet::audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
-use vaultfleet::fleet::evidence::{
-    attest, audit_deployment, certify_device, AuditPins, Ceremony, Evidence,
-};
-use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
-use vaultfleet::vault::{
+use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftHsm};
+use vaultfleet_audit::fleet::evidence::{
+    attest, audit_deployment, certify_device, AuditPins, Ceremony, Evidence,
+};
+use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::witness::countersign;
+use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+use vaultfleet_vault::{
     BackupVault, KsfParams, VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys, VaultServer,
     VaultService, VaultServiceConfig,
 };
-use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftHsm};
 
 const NS: &str = "example.vault.fleet_keys.v1";
 

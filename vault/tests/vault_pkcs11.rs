@@ -6,12 +6,12 @@
 
 use rand::SeedableRng;
 use vaultfleet::hsm::{softhsm2_throwaway_token, verify_signature};
-use vaultfleet::vault::{
+use vaultfleet::StateMachine;
+use vaultfleet_vault::wire::{VaultOutcome, VaultReply, VaultReplyBody, VaultRequestId};
+use vaultfleet_vault::{
     BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserView,
     VaultKeys, VaultServer,
 };
-use vaultfleet::wire::vault::{VaultOutcome, VaultReply, VaultReplyBody, VaultRequestId};
-use vaultfleet::StateMachine;
 
 const KSF: KsfParams = KsfParams::TESTS_ONLY;
 

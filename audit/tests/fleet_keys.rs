@@ -2,15 +2,15 @@
 //! the witness's rules, the operator's countersignature, and `FleetVerifier`
 //! refusing every broken link with its own error.
 
-use vaultfleet::audit::merkle::verify_consistency;
-use vaultfleet::audit::witness::countersign;
-use vaultfleet::audit::{
+use vaultfleet::hsm::{Hsm, KeyKind};
+use vaultfleet::SoftHsm;
+use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::merkle::verify_consistency;
+use vaultfleet_audit::witness::countersign;
+use vaultfleet_audit::{
     Bundle, BundleError, Checkpoint, FleetVerifier, SignedNote, Witness, WitnessError, WitnessKey,
     WitnessKeySpec,
 };
-use vaultfleet::fleet::{FleetArtifact, ReplicaKeys};
-use vaultfleet::hsm::{Hsm, KeyKind};
-use vaultfleet::SoftHsm;
 
 const NS: &str = "example.vault.fleet_keys.v1";
 const T0: u64 = 1_800_000_000;
@@ -117,7 +117,7 @@ impl World {
     fn bundle(
         &self,
         a: &FleetArtifact,
-        w: &vaultfleet::audit::Witnessed,
+        w: &vaultfleet_audit::Witnessed,
         cs: [u8; 64],
         at: u64,
     ) -> Bundle {
@@ -411,7 +411,7 @@ fn a_retired_witness_key_and_a_forked_log_are_refused() {
     );
     // Re-sign the same statement with the retired key, as a thief of it would.
     let old_key = w.hsm.key("witness/witness-2026", KeyKind::Signing).unwrap();
-    let statement = vaultfleet::audit::Statement {
+    let statement = vaultfleet_audit::Statement {
         namespace: NS.into(),
         timestamp: late,
         epoch: 1,

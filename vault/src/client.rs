@@ -27,15 +27,15 @@ use super::machine::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_
 use super::server::{reply_signed_bytes, sha256, transport_aad, transport_key};
 use super::service::VaultEndpoint;
 use super::{Suite, OPAQUE_CONTEXT};
-use crate::audit::FleetVerifier;
-use crate::hsm::verify_signature;
 use crate::wire;
-use crate::wire::vault::{
+use crate::wire::{
     vault_client_request, VaultClientRequest, VaultLoginFinish, VaultLoginPurpose, VaultLoginStart,
     VaultRegisterFinish, VaultRegisterStart, VaultReply, VaultReplyBody, VaultReplyStatus,
     VaultRequestId,
 };
-use crate::ReplicaId;
+use vaultfleet::hsm::verify_signature;
+use vaultfleet::ReplicaId;
+use vaultfleet_audit::FleetVerifier;
 
 /// Why a vault client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use super::server::VaultError;
 use super::Suite;
-use crate::hsm::{Hsm, KeyHandle, KeyKind};
-use crate::ReplicaId;
+use vaultfleet::hsm::{Hsm, KeyHandle, KeyKind};
+use vaultfleet::ReplicaId;
 
 const SETUP_LABEL: &str = "vault/opaque-setup";
 const SETUP_AAD: &[u8] = b"vaultfleet/vault/opaque-setup/v1";

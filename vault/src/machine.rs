@@ -33,12 +33,12 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::state_machine::{RestoreError, StateMachine};
-use crate::wire::vault::{
+use crate::wire::{self};
+use crate::wire::{
     vault_command, VaultCommand, VaultOutcome, VaultRecord, VaultRegister, VaultRequestId,
     VaultSeen, VaultSnapshot, VaultStatus, VaultUserState,
 };
-use crate::wire::{self};
+use vaultfleet::state_machine::{RestoreError, StateMachine};
 
 /// The most attempts a registration may allow.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 255;
@@ -692,7 +692,7 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<VaultOutcome, wire::DecodeE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::vault::{VaultConsume, VaultDelete, VaultReplace, VaultReset};
+    use crate::wire::{VaultConsume, VaultDelete, VaultReplace, VaultReset};
 
     fn id(client: u64, sequence: u64) -> VaultRequestId {
         let mut r = VaultRequestId::new();

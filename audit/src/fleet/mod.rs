@@ -10,8 +10,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::wire::bytes::ByteReader;
-use crate::ReplicaId;
+use vaultfleet::wire::bytes::ByteReader;
+use vaultfleet::ReplicaId;
 
 pub mod evidence;
 

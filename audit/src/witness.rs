@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::merkle::{Hash, MerkleTree};
-use super::note::{sign_note, Checkpoint, NoteError, SignedNote};
-use crate::hsm::{verify_signature, Hsm, HsmError, KeyKind};
+use crate::merkle::{Hash, MerkleTree};
+use crate::note::{sign_note, Checkpoint, NoteError, SignedNote};
+use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind};
 
 /// A witness signing key: its name (as in notes), HSM label and the first
 /// moment it may sign.
