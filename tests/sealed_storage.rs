@@ -34,6 +34,11 @@ fn a_truncated_log_is_detected() {
 }
 
 #[test]
+fn an_old_version_byte_in_a_current_store_is_tampering() {
+    sealed::old_version_byte_in_a_current_store_is_tampering(SoftHsm::from_seed(13), 13);
+}
+
+#[test]
 fn an_older_disk_image_is_a_rollback() {
     sealed::rollback_is_detected(SoftHsm::from_seed(6), 6);
 }

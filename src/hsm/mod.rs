@@ -27,7 +27,8 @@ pub use soft::SoftHsm;
 mod pkcs11;
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{
-    softhsm2_module, softhsm2_throwaway_token, Pkcs11Config, Pkcs11Hsm, SOFTHSM2_MODULES,
+    softhsm2_module, softhsm2_throwaway_token, Pkcs11Config, Pkcs11Hsm, SoftHsm2Setup,
+    SOFTHSM2_MODULES,
 };
 
 use std::sync::Arc;
@@ -87,8 +88,13 @@ impl KeyHandle {
     }
 }
 
-/// What went wrong in an HSM. Every variant says what the operator can do.
-#[derive(Debug, thiserror::Error)]
+/// The failure a device or its library reported (a PKCS#11 return value, an I/O
+/// error), kept as a typed source so a caller can inspect it.
+pub type DeviceCause = Arc<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong in an HSM. Every variant says what the operator can do; the
+/// device's own error, where there is one, is the [`source`](std::error::Error::source).
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HsmError {
     /// Sealed bytes failed authentication: they were altered, belong to another key,
@@ -97,7 +103,7 @@ pub enum HsmError {
     Unauthentic,
     /// Sealed bytes do not have the shape this HSM produces.
     #[error("sealed data is malformed: {0}")]
-    Malformed(String),
+    Malformed(SealShape),
     /// No key of this kind carries this label.
     #[error("the HSM holds no {kind} key labelled {label:?}; provision it, or point at the HSM that holds it")]
     NoSuchKey {
@@ -112,18 +118,151 @@ pub enum HsmError {
         /// The kind the operation needs.
         expected: KeyKind,
     },
-    /// The HSM does not answer (unplugged, session lost, or switched off by a test).
-    #[error("the HSM is unavailable: {0}; check the device, its module and its session")]
-    Unavailable(String),
-    /// The HSM answered with an error.
-    #[error("the HSM failed: {0}")]
-    Device(String),
-    /// The HSM's own persistent state (a [`SoftHsm`] file, a token object) is unreadable.
+    /// The HSM does not answer (unplugged, session lost, module missing, or
+    /// switched off by a test).
+    #[error("the HSM is unavailable ({operation}); check the device, its module and its session")]
+    Unavailable {
+        /// What was being done.
+        operation: &'static str,
+        /// The device's or the system's own error, if it gave one.
+        #[source]
+        cause: Option<DeviceCause>,
+    },
+    /// The HSM answered an operation with an error.
+    #[error("the HSM failed ({operation})")]
+    Device {
+        /// The operation that failed (a PKCS#11 function, say).
+        operation: &'static str,
+        /// The device's own error.
+        #[source]
+        cause: DeviceCause,
+    },
+    /// The PKCS#11 module cannot be loaded.
+    #[error("cannot load the PKCS#11 module {}; check the path and that the vendor's library is installed", module.display())]
+    ModuleUnloadable {
+        /// The module's path.
+        module: std::path::PathBuf,
+        /// The loader's error.
+        #[source]
+        cause: DeviceCause,
+    },
+    /// The PKCS#11 module has no token with this label.
+    #[error("no token labelled {token:?} in {}; initialise it first (softhsm2-util --init-token, or the vendor's tool)", module.display())]
+    NoToken {
+        /// The label looked for.
+        token: String,
+        /// The module searched.
+        module: std::path::PathBuf,
+    },
+    /// The HSM answered, but with something vaultfleet must not use.
+    #[error("the HSM cannot be used: {0}")]
+    Unusable(DeviceFault),
+    /// The HSM's own persistent state (a token object) is not what vaultfleet wrote.
     #[error("the HSM's state is corrupt: {0}; restore the HSM's state, its keys cannot be recovered otherwise")]
-    Corrupt(String),
+    Corrupt(StateCorruption),
+    /// The HSM's own persistent state (a [`SoftHsm`] file) does not decode: torn,
+    /// edited, or not the HSM's state at all.
+    #[error("the HSM's state does not decode: {0}; restore the HSM's state, its keys cannot be recovered otherwise")]
+    StateUnreadable(#[source] crate::codec::DecodeError),
+    /// The HSM's state cannot be recorded (a label or a count beyond the limits of
+    /// its persistent format).
+    #[error("the HSM cannot record its state: {0}")]
+    StateUnwritable(#[source] crate::codec::EncodeError),
     /// A monotonic counter cannot advance further.
-    #[error("counter {0:?} is exhausted")]
-    CounterExhausted(String),
+    #[error(
+        "counter {label:?} is exhausted; provision a new counter and rejoin as a fresh member"
+    )]
+    CounterExhausted {
+        /// The counter's label.
+        label: String,
+    },
+}
+
+/// How sealed bytes differ from what this HSM produces.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealShape {
+    /// Shorter than the algorithm byte, the nonce and the tag together.
+    #[error("{len} bytes is shorter than the {min} bytes of algorithm, nonce and tag")]
+    Short {
+        /// The length given.
+        len: usize,
+        /// The least a sealed value of this HSM can be.
+        min: usize,
+    },
+    /// The algorithm byte names another algorithm.
+    #[error("algorithm byte {found:#04x} is not this HSM's {expected}")]
+    Algorithm {
+        /// The byte found.
+        found: u8,
+        /// The algorithm this HSM seals with.
+        expected: &'static str,
+    },
+}
+
+/// An answer of the HSM that vaultfleet refuses to work with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceFault {
+    /// The token refused the user PIN.
+    #[error("the user PIN of token {token:?} is wrong; check the PIN file or variable")]
+    WrongPin {
+        /// The token's label.
+        token: String,
+    },
+    /// A secret key on the token could leave it.
+    #[error("the token's {kind} key {label:?} is extractable or not sensitive; replace it with a sensitive, non-extractable key")]
+    KeyExtractable {
+        /// The key's label.
+        label: String,
+        /// The key's kind.
+        kind: KeyKind,
+    },
+    /// Sealing a fixed value and opening it again did not give the value back.
+    #[error("a known-answer probe came back wrong; the token's AES-GCM is not usable")]
+    KnownAnswerWrong,
+    /// The token replaced the GCM IV it was given.
+    #[error("the token replaced the GCM IV it was given; it cannot be used for sealing")]
+    IvReplaced,
+    /// An output of the wrong length.
+    #[error("the token returned {len} bytes for {what}, {expected} expected")]
+    OutputLength {
+        /// Which output.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+        /// The length it must have.
+        expected: usize,
+    },
+    /// A signing key's public half is missing or unreadable.
+    #[error("the token returned no usable Ed25519 public key (EC point of {len} bytes)")]
+    PublicKeyEncoding {
+        /// The length of the EC point the token returned (0 if none).
+        len: usize,
+    },
+    /// A software primitive refused its input (a key of the wrong length, say).
+    #[error("{0} failed")]
+    Primitive(&'static str),
+}
+
+/// Persistent HSM state that is not what vaultfleet wrote.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateCorruption {
+    /// A signing key has no public-key object beside it.
+    #[error("signing key {label:?} has no public key object on the token")]
+    MissingPublicKey {
+        /// The key's label.
+        label: String,
+    },
+    /// A counter object holds a value of the wrong shape.
+    #[error("counter object {label:?} does not hold a {expected}-byte value")]
+    CounterValue {
+        /// The counter's label.
+        label: String,
+        /// The length a counter value has.
+        expected: usize,
+    },
 }
 
 /// A hardware security module as vaultfleet uses it: labelled keys that never
@@ -248,21 +387,21 @@ pub(crate) fn frame(algorithm: u8, nonce: &[u8], ciphertext: &[u8]) -> Vec<u8> {
 pub(crate) fn unframe<'a>(
     sealed: &'a [u8],
     algorithm: u8,
-    name: &str,
+    name: &'static str,
     nonce_len: usize,
     tag_len: usize,
 ) -> Result<(&'a [u8], &'a [u8]), HsmError> {
     if sealed.len() < 1 + nonce_len + tag_len {
-        return Err(HsmError::Malformed(format!(
-            "{} bytes is shorter than nonce and tag",
-            sealed.len()
-        )));
+        return Err(HsmError::Malformed(SealShape::Short {
+            len: sealed.len(),
+            min: 1 + nonce_len + tag_len,
+        }));
     }
     if sealed[0] != algorithm {
-        return Err(HsmError::Malformed(format!(
-            "algorithm byte {:#04x} is not this HSM's {name}",
-            sealed[0]
-        )));
+        return Err(HsmError::Malformed(SealShape::Algorithm {
+            found: sealed[0],
+            expected: name,
+        }));
     }
     Ok(sealed[1..].split_at(nonce_len))
 }

@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-use super::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
+use super::{Counter, DeviceFault, Hsm, HsmError, KeyHandle, KeyKind, StateCorruption};
 
 /// Algorithm byte that starts every sealed blob of this HSM.
 const ALG_AES256_GCM: u8 = 0x02;
@@ -110,7 +110,7 @@ impl std::fmt::Debug for Pkcs11Hsm {
     }
 }
 
-fn device(what: &str, e: CkError) -> HsmError {
+fn device(what: &'static str, e: CkError) -> HsmError {
     match e {
         CkError::Pkcs11(
             RvError::DeviceRemoved
@@ -120,9 +120,18 @@ fn device(what: &str, e: CkError) -> HsmError {
             | RvError::SessionHandleInvalid
             | RvError::CryptokiNotInitialized,
             _,
-        ) => HsmError::Unavailable(format!("{what}: {e}")),
-        CkError::LibraryLoading(_) => HsmError::Unavailable(format!("{what}: {e}")),
-        other => HsmError::Device(format!("{what}: {other}")),
+        ) => HsmError::Unavailable {
+            operation: what,
+            cause: Some(Arc::new(e)),
+        },
+        CkError::LibraryLoading(_) => HsmError::Unavailable {
+            operation: what,
+            cause: Some(Arc::new(e)),
+        },
+        other => HsmError::Device {
+            operation: what,
+            cause: Arc::new(other),
+        },
     }
 }
 
@@ -131,11 +140,9 @@ impl Pkcs11Hsm {
     /// its user. One process should open one `Pkcs11Hsm` per module and share
     /// clones of it.
     pub fn open(config: &Pkcs11Config) -> Result<Self, HsmError> {
-        let context = Pkcs11::new(&config.module).map_err(|e| {
-            HsmError::Unavailable(format!(
-                "cannot load PKCS#11 module {}: {e}",
-                config.module.display()
-            ))
+        let context = Pkcs11::new(&config.module).map_err(|e| HsmError::ModuleUnloadable {
+            module: config.module.clone(),
+            cause: Arc::new(e),
         })?;
         match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -154,12 +161,9 @@ impl Pkcs11Hsm {
                 break;
             }
         }
-        let slot = found.ok_or_else(|| {
-            HsmError::Unavailable(format!(
-                "no token labelled {:?} in {}; initialise it first (softhsm2-util --init-token)",
-                config.token_label,
-                config.module.display()
-            ))
+        let slot = found.ok_or_else(|| HsmError::NoToken {
+            token: config.token_label.clone(),
+            module: config.module.clone(),
         })?;
         let session = context
             .open_rw_session(slot)
@@ -168,10 +172,9 @@ impl Pkcs11Hsm {
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(HsmError::Device(format!(
-                    "the user PIN of token {:?} is wrong",
-                    config.token_label
-                )))
+                return Err(HsmError::Unusable(DeviceFault::WrongPin {
+                    token: config.token_label.clone(),
+                }))
             }
             Err(e) => return Err(device("C_Login", e)),
         }
@@ -223,10 +226,10 @@ impl Pkcs11Hsm {
         let locked = attrs.contains(&Attribute::Sensitive(true))
             && attrs.contains(&Attribute::Extractable(false));
         if !locked {
-            return Err(HsmError::Device(format!(
-                "the token's {kind} key {label:?} is extractable or not sensitive; \
-                 replace it with a sensitive, non-extractable key"
-            )));
+            return Err(HsmError::Unusable(DeviceFault::KeyExtractable {
+                label: label.to_string(),
+                kind,
+            }));
         }
         let public = if kind == KeyKind::Signing {
             let pubs = inner
@@ -238,9 +241,9 @@ impl Pkcs11Hsm {
                 ])
                 .map_err(|e| device("C_FindObjects", e))?;
             Some(*pubs.first().ok_or_else(|| {
-                HsmError::Corrupt(format!(
-                    "signing key {label:?} has no public key object on the token"
-                ))
+                HsmError::Corrupt(StateCorruption::MissingPublicKey {
+                    label: label.to_string(),
+                })
             })?)
         } else {
             None
@@ -359,9 +362,7 @@ impl Pkcs11Hsm {
             .decrypt(&Mechanism::AesGcm(params), k.private, &sealed[1 + IV_LEN..])
             .map_err(|e| device("C_Decrypt (probe)", e))?;
         if plain != PROBE {
-            return Err(HsmError::Device(
-                "known-answer probe came back wrong".into(),
-            ));
+            return Err(HsmError::Unusable(DeviceFault::KnownAnswerWrong));
         }
         Ok(())
     }
@@ -400,9 +401,10 @@ impl Pkcs11Hsm {
                     ));
                 }
                 _ => {
-                    return Err(HsmError::Corrupt(format!(
-                        "counter object {label:?} does not hold a 40-byte value"
-                    )))
+                    return Err(HsmError::Corrupt(StateCorruption::CounterValue {
+                        label: label.to_string(),
+                        expected: 40,
+                    }))
                 }
             }
         }
@@ -445,9 +447,7 @@ impl Hsm for Pkcs11Hsm {
         // A token may write an IV of its own choosing back into the parameters;
         // then the blob could never be opened. Refuse rather than store it.
         if iv_param != iv {
-            return Err(HsmError::Device(
-                "the token replaced the GCM IV it was given; it cannot be used for sealing".into(),
-            ));
+            return Err(HsmError::Unusable(DeviceFault::IvReplaced));
         }
         Ok(super::frame(ALG_AES256_GCM, &iv, &ct))
     }
@@ -500,9 +500,13 @@ impl Hsm for Pkcs11Hsm {
                 message,
             )
             .map_err(|e| device("C_Sign (EdDSA)", e))?;
-        sig.as_slice()
-            .try_into()
-            .map_err(|_| HsmError::Device(format!("EdDSA signature of {} bytes", sig.len())))
+        sig.as_slice().try_into().map_err(|_| {
+            HsmError::Unusable(DeviceFault::OutputLength {
+                what: "an EdDSA signature",
+                len: sig.len(),
+                expected: 64,
+            })
+        })
     }
 
     fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError> {
@@ -516,21 +520,22 @@ impl Hsm for Pkcs11Hsm {
             .get_attributes(public, &[AttributeType::EcPoint])
             .map_err(|e| device("C_GetAttributeValue (EC point)", e))?;
         let Some(Attribute::EcPoint(point)) = attrs.first() else {
-            return Err(HsmError::Device("token returned no EC point".into()));
+            return Err(HsmError::Unusable(DeviceFault::PublicKeyEncoding {
+                len: 0,
+            }));
         };
         // Usually a DER OCTET STRING (04 20 || key); some tokens return the raw key.
         let raw = match point.as_slice() {
             [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
             raw if raw.len() == 32 => raw,
             other => {
-                return Err(HsmError::Device(format!(
-                    "unexpected Ed25519 EC point encoding of {} bytes",
-                    other.len()
-                )))
+                return Err(HsmError::Unusable(DeviceFault::PublicKeyEncoding {
+                    len: other.len(),
+                }))
             }
         };
         raw.try_into()
-            .map_err(|_| HsmError::Device("Ed25519 public key is not 32 bytes".into()))
+            .map_err(|_| HsmError::Unusable(DeviceFault::PublicKeyEncoding { len: raw.len() }))
     }
 
     fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError> {
@@ -540,9 +545,13 @@ impl Hsm for Pkcs11Hsm {
             .session
             .sign(&Mechanism::Sha256Hmac, k.private, data)
             .map_err(|e| device("C_Sign (HMAC-SHA256)", e))?;
-        tag.as_slice()
-            .try_into()
-            .map_err(|_| HsmError::Device(format!("HMAC of {} bytes", tag.len())))
+        tag.as_slice().try_into().map_err(|_| {
+            HsmError::Unusable(DeviceFault::OutputLength {
+                what: "an HMAC-SHA256 tag",
+                len: tag.len(),
+                expected: 32,
+            })
+        })
     }
 
     fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
@@ -568,7 +577,9 @@ impl Hsm for Pkcs11Hsm {
         let old = objects.iter().map(|(_, c)| c.value).max().unwrap_or(0);
         let new = old
             .checked_add(1)
-            .ok_or_else(|| HsmError::CounterExhausted(label.to_string()))?;
+            .ok_or_else(|| HsmError::CounterExhausted {
+                label: label.to_string(),
+            })?;
         let mut value = new.to_be_bytes().to_vec();
         value.extend_from_slice(binding);
         // Create the new value first, then remove the old ones: a crash in between
@@ -592,6 +603,24 @@ impl Hsm for Pkcs11Hsm {
         }
         Ok(new)
     }
+}
+
+/// Why a throw-away SoftHSM2 token could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SoftHsm2Setup {
+    /// No SoftHSM2 module in the usual places.
+    #[error("SoftHSM2 is not installed (looked in {looked:?}); install it with `apt-get install -y softhsm2` or set VAULTFLEET_PKCS11_MODULE")]
+    NotInstalled {
+        /// The paths looked in.
+        looked: &'static [&'static str],
+    },
+    /// `softhsm2-util --init-token` failed; its own words are kept.
+    #[error("softhsm2-util --init-token failed: {stderr}")]
+    InitToken {
+        /// What the tool printed on stderr.
+        stderr: String,
+    },
 }
 
 /// Where Debian, Ubuntu and source builds put SoftHSM2's PKCS#11 module.
@@ -627,13 +656,16 @@ pub fn softhsm2_throwaway_token(
     label: &str,
     user_pin: &str,
 ) -> Result<Pkcs11Hsm, HsmError> {
-    let module = softhsm2_module().ok_or_else(|| {
-        HsmError::Unavailable(format!(
-            "SoftHSM2 is not installed (looked in {SOFTHSM2_MODULES:?}); install it with \
-             `apt-get install -y softhsm2` or set VAULTFLEET_PKCS11_MODULE"
-        ))
+    let module = softhsm2_module().ok_or_else(|| HsmError::Unavailable {
+        operation: "finding SoftHSM2",
+        cause: Some(Arc::new(SoftHsm2Setup::NotInstalled {
+            looked: SOFTHSM2_MODULES,
+        })),
     })?;
-    let io = |what: &str, e: std::io::Error| HsmError::Unavailable(format!("{what}: {e}"));
+    let io = |what: &'static str, e: std::io::Error| HsmError::Unavailable {
+        operation: what,
+        cause: Some(Arc::new(e)),
+    };
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).map_err(|e| io("creating the token directory", e))?;
     let conf = dir.join("softhsm2.conf");
@@ -654,10 +686,12 @@ pub fn softhsm2_throwaway_token(
         .output()
         .map_err(|e| io("running softhsm2-util (apt-get install -y softhsm2)", e))?;
     if !out.status.success() {
-        return Err(HsmError::Unavailable(format!(
-            "softhsm2-util --init-token failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(HsmError::Unavailable {
+            operation: "initialising a SoftHSM2 token",
+            cause: Some(Arc::new(SoftHsm2Setup::InitToken {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })),
+        });
     }
     Pkcs11Hsm::open(&Pkcs11Config {
         module,

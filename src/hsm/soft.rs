@@ -11,6 +11,13 @@
 //! * signing is Ed25519 (`ed25519-dalek`), MACs are HMAC-SHA256;
 //! * the counter file is replaced atomically (write, fsync, rename, fsync the
 //!   directory) before [`Hsm::advance_counter`] returns.
+//!
+//! The file is written and read with the engine's [`codec`](crate::codec):
+//! the marker `vaultfleet-softhsm-v1\n`, a `u32` key count, each key (kind byte,
+//! `u16`-length-prefixed label, 32-byte secret), a `u32` counter count, each
+//! counter (`u16`-length-prefixed label, `u64` value, 32-byte binding), and the
+//! SHA-256 of everything before it. The layout is the one earlier builds wrote,
+//! so their files still open.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,16 +31,27 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use sha2::digest::typenum::Unsigned as _;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
+use super::{Counter, DeviceFault, Hsm, HsmError, KeyHandle, KeyKind};
+use crate::codec::{DecodeError, EncodeError, Prefix, Reader, Writer};
 
 /// Algorithm byte that starts every sealed blob of this HSM.
 const ALG_XCHACHA20_POLY1305: u8 = 0x01;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const FILE_MAGIC: &[u8] = b"vaultfleet-softhsm-v1\n";
+const SECRET_LEN: usize = 32;
+const CHECKSUM_LEN: usize = 32;
+const BINDING_LEN: usize = 32;
+/// The most keys, and the most counters, one soft HSM file holds.
+const FILE_ENTRIES_MAX: usize = 1 << 20;
+/// The longest key or counter label (its prefix is a `u16`).
+const LABEL_BYTES_MAX: usize = Prefix::U16.max();
+const _: () = assert!(<Sha256 as sha2::digest::OutputSizeUser>::OutputSize::USIZE == CHECKSUM_LEN);
+const _: () = assert!(FILE_ENTRIES_MAX <= Prefix::U32.max());
 
 struct SoftKey {
     label: String,
@@ -95,10 +113,10 @@ impl SoftHsm {
             Ok(bytes) => hsm.load(&Zeroizing::new(bytes))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => hsm.persist(&hsm.state.lock())?,
             Err(e) => {
-                return Err(HsmError::Unavailable(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
+                return Err(HsmError::Unavailable {
+                    operation: "reading the soft HSM file",
+                    cause: Some(Arc::new(e)),
+                })
             }
         }
         Ok(hsm)
@@ -126,48 +144,21 @@ impl SoftHsm {
     fn lock(&self) -> Result<parking_lot::MutexGuard<'_, State>, HsmError> {
         let s = self.state.lock();
         if !s.available {
-            return Err(HsmError::Unavailable("soft HSM switched off".into()));
+            return Err(HsmError::Unavailable {
+                operation: "the soft HSM is switched off",
+                cause: None,
+            });
         }
         Ok(s)
     }
 
     fn load(&self, bytes: &[u8]) -> Result<(), HsmError> {
-        let corrupt = |what: &str| HsmError::Corrupt(format!("soft HSM file: {what}"));
-        if bytes.len() < FILE_MAGIC.len() + 32 || !bytes.starts_with(FILE_MAGIC) {
-            return Err(corrupt("not a soft HSM file"));
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if Sha256::digest(body).as_slice() != sum {
-            return Err(corrupt("checksum mismatch (torn or edited)"));
-        }
-        let mut r = Reader(&body[FILE_MAGIC.len()..]);
+        let (keys, counters) = decode_file(bytes).map_err(HsmError::StateUnreadable)?;
         let mut s = self.state.lock();
-        let keys = r.u32().ok_or_else(|| corrupt("truncated key count"))?;
-        for _ in 0..keys {
-            let kind = match r.u8() {
-                Some(0) => KeyKind::Aead,
-                Some(1) => KeyKind::Signing,
-                Some(2) => KeyKind::Mac,
-                _ => return Err(corrupt("bad key kind")),
-            };
-            let label = r.string().ok_or_else(|| corrupt("bad key label"))?;
-            let mut secret = Zeroizing::new([0u8; 32]);
-            secret.copy_from_slice(r.take(32).ok_or_else(|| corrupt("truncated key"))?);
+        for (label, kind, secret) in keys {
             insert_key(&mut s, label, kind, secret);
         }
-        let counters = r.u32().ok_or_else(|| corrupt("truncated counter count"))?;
-        for _ in 0..counters {
-            let label = r.string().ok_or_else(|| corrupt("bad counter label"))?;
-            let value = r.u64().ok_or_else(|| corrupt("truncated counter"))?;
-            let binding = r
-                .take(32)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| corrupt("truncated counter binding"))?;
-            s.counters.insert(label, Counter { value, binding });
-        }
-        if !r.0.is_empty() {
-            return Err(corrupt("trailing bytes"));
-        }
+        s.counters.extend(counters);
         Ok(())
     }
 
@@ -175,36 +166,11 @@ impl SoftHsm {
         let Some(path) = &s.file else {
             return Ok(());
         };
-        // Sized up front: a reallocation would leave a copy of the keys behind.
-        let size = FILE_MAGIC.len()
-            + 8
-            + s.keys.iter().map(|k| 3 + k.label.len() + 32).sum::<usize>()
-            + s.counters.keys().map(|l| 2 + l.len() + 40).sum::<usize>()
-            + 32;
-        let mut body = Zeroizing::new(Vec::with_capacity(size));
-        body.extend_from_slice(FILE_MAGIC);
-        body.extend_from_slice(&(s.keys.len() as u32).to_be_bytes());
-        for k in &s.keys {
-            body.push(match k.kind {
-                KeyKind::Aead => 0,
-                KeyKind::Signing => 1,
-                KeyKind::Mac => 2,
-            });
-            body.extend_from_slice(&(k.label.len() as u16).to_be_bytes());
-            body.extend_from_slice(k.label.as_bytes());
-            body.extend_from_slice(&k.secret[..]);
-        }
-        body.extend_from_slice(&(s.counters.len() as u32).to_be_bytes());
-        for (label, c) in &s.counters {
-            body.extend_from_slice(&(label.len() as u16).to_be_bytes());
-            body.extend_from_slice(label.as_bytes());
-            body.extend_from_slice(&c.value.to_be_bytes());
-            body.extend_from_slice(&c.binding);
-        }
-        let sum = Sha256::digest(&body[..]);
-        body.extend_from_slice(&sum);
-        write_atomically(path, &body)
-            .map_err(|e| HsmError::Unavailable(format!("cannot write {}: {e}", path.display())))
+        let body = encode_file(s)?;
+        write_atomically(path, &body).map_err(|e| HsmError::Unavailable {
+            operation: "writing the soft HSM file",
+            cause: Some(Arc::new(e)),
+        })
     }
 
     fn material(s: &State, key: KeyHandle, expected: KeyKind) -> Result<&SoftKey, HsmError> {
@@ -248,34 +214,128 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-struct Reader<'a>(&'a [u8]);
+fn kind_byte(kind: KeyKind) -> u8 {
+    match kind {
+        KeyKind::Aead => 0,
+        KeyKind::Signing => 1,
+        KeyKind::Mac => 2,
+    }
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
+/// The file's bytes: body then its checksum. The buffer is sized up front (a
+/// reallocation would leave a copy of the keys behind) and zeroized on drop,
+/// on the error path too.
+fn encode_file(s: &State) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    let size = FILE_MAGIC.len()
+        + 4
+        + s.keys
+            .iter()
+            .map(|k| 1 + 2 + k.label.len() + SECRET_LEN)
+            .sum::<usize>()
+        + 4
+        + s.counters
+            .keys()
+            .map(|l| 2 + l.len() + 8 + BINDING_LEN)
+            .sum::<usize>()
+        + CHECKSUM_LEN;
+    let mut w = Writer::with_capacity(size);
+    let written = write_body(&mut w, s);
+    let mut body = Zeroizing::new(w.into_vec());
+    written.map_err(HsmError::StateUnwritable)?;
+    let sum = Sha256::digest(&body[..]);
+    body.extend_from_slice(&sum);
+    debug_assert_eq!(body.len(), size, "the file was sized exactly");
+    Ok(body)
+}
+
+fn write_body(w: &mut Writer, s: &State) -> Result<(), EncodeError> {
+    w.raw(FILE_MAGIC);
+    w.count(FILE_ENTRIES_MAX, s.keys.len(), "soft HSM key count")?;
+    for k in &s.keys {
+        w.u8(kind_byte(k.kind));
+        w.prefixed(
+            Prefix::U16,
+            LABEL_BYTES_MAX,
+            k.label.as_bytes(),
+            "soft HSM key label",
+        )?;
+        w.raw(&k.secret[..]);
     }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
+    w.count(FILE_ENTRIES_MAX, s.counters.len(), "soft HSM counter count")?;
+    for (label, c) in &s.counters {
+        w.prefixed(
+            Prefix::U16,
+            LABEL_BYTES_MAX,
+            label.as_bytes(),
+            "soft HSM counter label",
+        )?;
+        w.u64(c.value).raw(&c.binding);
     }
-    fn u32(&mut self) -> Option<u32> {
-        self.take(4)
-            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default()))
+    Ok(())
+}
+
+type FileKeys = Vec<(String, KeyKind, Zeroizing<[u8; SECRET_LEN]>)>;
+
+/// Reads what [`encode_file`] wrote: the checksum first, then the body strictly.
+fn decode_file(bytes: &[u8]) -> Result<(FileKeys, BTreeMap<String, Counter>), DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.magic(FILE_MAGIC, "soft HSM file marker")?;
+    // The marker, then at least the checksum: checked before any slicing, so no
+    // length is trusted to the checksum's say-so.
+    let Some(body_len) = bytes
+        .len()
+        .checked_sub(CHECKSUM_LEN)
+        .filter(|&n| n >= FILE_MAGIC.len())
+    else {
+        return Err(DecodeError::Truncated {
+            what: "soft HSM file checksum",
+            wanted: FILE_MAGIC.len() + CHECKSUM_LEN,
+            left: bytes.len(),
+        });
+    };
+    let (body, sum) = bytes.split_at(body_len);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err(DecodeError::Invalid {
+            what: "soft HSM file checksum (the file is torn or was edited)",
+        });
     }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
+    let mut r = Reader::new(&body[FILE_MAGIC.len()..]);
+    let n = r.count(FILE_ENTRIES_MAX, "soft HSM key count")?;
+    let mut keys = Vec::with_capacity(n.min(r.left()));
+    for _ in 0..n {
+        let kind = match r.u8("soft HSM key kind")? {
+            0 => KeyKind::Aead,
+            1 => KeyKind::Signing,
+            2 => KeyKind::Mac,
+            found => {
+                return Err(DecodeError::UnknownValue {
+                    what: "soft HSM key kind",
+                    found: found.into(),
+                })
+            }
+        };
+        let label = label(&mut r, "soft HSM key label")?;
+        let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
+        secret.copy_from_slice(r.take(SECRET_LEN, "soft HSM key secret")?);
+        keys.push((label, kind, secret));
     }
-    fn string(&mut self) -> Option<String> {
-        let len = self
-            .take(2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)?;
-        String::from_utf8(self.take(len)?.to_vec()).ok()
+    let n = r.count(FILE_ENTRIES_MAX, "soft HSM counter count")?;
+    let mut counters = BTreeMap::new();
+    for _ in 0..n {
+        let label = label(&mut r, "soft HSM counter label")?;
+        let value = r.u64("soft HSM counter value")?;
+        let binding = r.array("soft HSM counter binding")?;
+        counters.insert(label, Counter { value, binding });
     }
+    r.expect_empty("soft HSM file")?;
+    Ok((keys, counters))
+}
+
+fn label(r: &mut Reader<'_>, what: &'static str) -> Result<String, DecodeError> {
+    let bytes = r.prefixed(Prefix::U16, LABEL_BYTES_MAX, what)?;
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| DecodeError::Invalid { what })
 }
 
 impl Hsm for SoftHsm {
@@ -316,7 +376,9 @@ impl Hsm for SoftHsm {
                     aad,
                 },
             )
-            .map_err(|_| HsmError::Device("XChaCha20-Poly1305 encryption failed".into()))?;
+            .map_err(|_| {
+                HsmError::Unusable(DeviceFault::Primitive("XChaCha20-Poly1305 encryption"))
+            })?;
         Ok(super::frame(ALG_XCHACHA20_POLY1305, &nonce, &ct))
     }
 
@@ -366,7 +428,7 @@ impl Hsm for SoftHsm {
         let s = self.lock()?;
         let k = Self::material(&s, key, KeyKind::Mac)?;
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&k.secret[..])
-            .map_err(|_| HsmError::Device("HMAC key of bad length".into()))?;
+            .map_err(|_| HsmError::Unusable(DeviceFault::Primitive("HMAC-SHA256 keying")))?;
         m.update(data);
         Ok(m.finalize().into_bytes().into())
     }
@@ -391,7 +453,9 @@ impl Hsm for SoftHsm {
         let value = old
             .value
             .checked_add(1)
-            .ok_or_else(|| HsmError::CounterExhausted(label.to_string()))?;
+            .ok_or_else(|| HsmError::CounterExhausted {
+                label: label.to_string(),
+            })?;
         s.counters.insert(
             label.to_string(),
             Counter {
@@ -498,7 +562,63 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[FILE_MAGIC.len() + 5] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(SoftHsm::open(&path), Err(HsmError::Corrupt(_))));
+        assert!(matches!(
+            SoftHsm::open(&path),
+            Err(HsmError::StateUnreadable(DecodeError::Invalid { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_file_is_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsm");
+        {
+            let hsm = SoftHsm::open(&path).unwrap();
+            hsm.key("k", KeyKind::Mac).unwrap();
+            hsm.advance_counter("c", &[3; 32]).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        // Same layout as earlier builds: marker, one key, one counter, checksum.
+        assert_eq!(
+            bytes.len(),
+            FILE_MAGIC.len() + 4 + (1 + 2 + 1 + 32) + 4 + (2 + 1 + 8 + 32) + 32
+        );
+        // Every cut is refused, never a panic (the checksum, then the layout).
+        for cut in 0..bytes.len() {
+            assert!(decode_file(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // A body that breaks the layout under a valid checksum is refused by field.
+        let mut body = bytes[..bytes.len() - 32].to_vec();
+        body[FILE_MAGIC.len() + 4] = 9;
+        let sum = Sha256::digest(&body);
+        body.extend_from_slice(&sum);
+        assert!(matches!(
+            decode_file(&body),
+            Err(DecodeError::UnknownValue {
+                what: "soft HSM key kind",
+                found: 9
+            })
+        ));
+        let mut trailing = bytes[..bytes.len() - 32].to_vec();
+        trailing.push(0);
+        let sum = Sha256::digest(&trailing);
+        trailing.extend_from_slice(&sum);
+        assert!(matches!(
+            decode_file(&trailing),
+            Err(DecodeError::TrailingBytes { left: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_label_too_long_for_the_file_is_refused_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsm::open(dir.path().join("hsm")).unwrap();
+        let long = "x".repeat(LABEL_BYTES_MAX + 1);
+        assert!(matches!(
+            hsm.key(&long, KeyKind::Aead),
+            Err(HsmError::StateUnwritable(EncodeError::TooLong { .. }))
+        ));
+        assert_eq!(hsm.find_key(&long, KeyKind::Aead).unwrap(), None);
     }
 
     #[test]
@@ -507,7 +627,7 @@ mod tests {
         hsm.set_available(false);
         assert!(matches!(
             hsm.advance_counter("c", &[0; 32]),
-            Err(HsmError::Unavailable(_))
+            Err(HsmError::Unavailable { .. })
         ));
         hsm.set_available(true);
         assert_eq!(hsm.advance_counter("c", &[0; 32]).unwrap(), 1);

@@ -1,255 +1,291 @@
-//! The on-disk encoding of `SledLog`'s records: entries, hard state, snapshots.
+//! The encodings of raft's records (entries, hard state, snapshots) on the
+//! engine's [`codec`](crate::codec), for [`SledLog`](super::SledLog)'s values and
+//! the plaintext of [`Sealed`](super::Sealed)'s records.
 //!
-//! A small fixed layout of our own (big-endian integers, length-prefixed byte
-//! strings, a version byte), parsed strictly: every length is checked against what
-//! is left, nothing is trailing, and any defect is a typed [`StorageError::Corrupt`].
-//! It replaces protobuf 2 for bytes read back from an untrusted disk, whose decoder
-//! has a known stack-overflow advisory (see `docs/architecture.md` §8).
+//! Big-endian integers, `u32`-length-prefixed byte strings with a maximum per
+//! field, read strictly: every length is checked against what is left, nothing
+//! is trailing, and any defect is a typed [`DecodeError`]. It replaces protobuf 2
+//! for bytes read back from an untrusted disk, whose decoder has a known
+//! stack-overflow advisory (see `docs/architecture.md` §8).
+//!
+//! A stored record is [`RECORD_VERSION`] followed by the record's encoding
+//! ([`encode_record`], [`decode_record`]). Version 1 (before the one codec)
+//! used `u64` length prefixes; it is not read.
 
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
 
-use super::StorageError;
+use crate::codec::{Codec, DecodeError, EncodeError, Prefix, Reader, Writer};
 
-const VERSION: u8 = 1;
+/// The version byte in front of every stored record.
+pub const RECORD_VERSION: u8 = 2;
 
-struct Writer(Vec<u8>);
+/// The most bytes of an entry's data, or of its context.
+pub const ENTRY_FIELD_BYTES_MAX: usize = Prefix::U32.max();
 
-impl Writer {
-    fn new(capacity: usize) -> Self {
-        let mut v = Vec::with_capacity(capacity + 1);
-        v.push(VERSION);
-        Self(v)
-    }
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_be_bytes());
-    }
-    fn bytes(&mut self, b: &[u8]) {
-        self.u64(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn ids(&mut self, ids: &[u64]) {
-        self.u64(ids.len() as u64);
-        for id in ids {
-            self.u64(*id);
-        }
-    }
+/// The most bytes of a snapshot's data.
+pub const SNAPSHOT_BYTES_MAX: usize = Prefix::U32.max();
+
+/// The most replica ids in one list of a membership (voters, learners, ...).
+pub const CONF_IDS_MAX: usize = 1 << 16;
+
+/// The fixed part of an encoded entry: type, term, index, two length prefixes
+/// and the `sync_log` flag.
+const ENTRY_FIXED_BYTES: usize = 1 + 8 + 8 + 4 + 4 + 1;
+const _: () = assert!(ENTRY_FIXED_BYTES == 26);
+const _: () = assert!(CONF_IDS_MAX <= Prefix::U32.max());
+
+/// The exact length of `e`'s encoding (without a record version byte), so a
+/// buffer holding secrets can be sized once and never reallocated.
+pub fn entry_len(e: &Entry) -> usize {
+    ENTRY_FIXED_BYTES + e.data.len() + e.context.len()
 }
 
-struct Reader<'a> {
-    rest: &'a [u8],
-    what: &'a str,
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8], what: &'a str) -> Result<Self, StorageError> {
-        let mut r = Self { rest: bytes, what };
-        match r.u8()? {
-            VERSION => Ok(r),
-            v => Err(r.corrupt(format!("unknown record version {v}"))),
-        }
-    }
-    fn corrupt(&self, detail: String) -> StorageError {
-        StorageError::Corrupt {
-            what: self.what.to_string(),
-            detail,
-        }
-    }
-    fn take(&mut self, n: usize) -> Result<&'a [u8], StorageError> {
-        if self.rest.len() < n {
-            return Err(self.corrupt(format!(
-                "truncated: {n} more bytes expected, {} left",
-                self.rest.len()
-            )));
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, StorageError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u64(&mut self) -> Result<u64, StorageError> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn len(&mut self, unit: usize) -> Result<usize, StorageError> {
-        let n = self.u64()?;
-        // A length must fit what is left before anything is allocated for it.
-        match usize::try_from(n).ok().and_then(|n| n.checked_mul(unit)) {
-            Some(bytes) if bytes <= self.rest.len() => Ok(n as usize),
-            _ => Err(self.corrupt(format!(
-                "a length of {n} does not fit the {} bytes left",
-                self.rest.len()
-            ))),
-        }
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], StorageError> {
-        let n = self.len(1)?;
-        self.take(n)
-    }
-    fn ids(&mut self) -> Result<Vec<u64>, StorageError> {
-        let n = self.len(8)?;
-        (0..n).map(|_| self.u64()).collect()
-    }
-    fn bool(&mut self) -> Result<bool, StorageError> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            b => Err(self.corrupt(format!("{b} is not a boolean"))),
-        }
-    }
-    fn finish(self) -> Result<(), StorageError> {
-        if self.rest.is_empty() {
-            Ok(())
-        } else {
-            Err(self.corrupt(format!("{} trailing bytes", self.rest.len())))
-        }
-    }
-}
-
-/// Encodes a log entry.
-pub fn encode_entry(e: &Entry) -> Vec<u8> {
-    let mut w = Writer::new(8 * 4 + 2 + e.data.len() + e.context.len());
-    w.u8(e.get_entry_type() as u8);
-    w.u64(e.term);
-    w.u64(e.index);
-    w.bytes(&e.data);
-    w.bytes(&e.context);
-    w.u8(e.sync_log as u8);
-    w.0
-}
-
-/// Decodes what [`encode_entry`] wrote.
-pub fn decode_entry(bytes: &[u8], what: &str) -> Result<Entry, StorageError> {
-    let mut r = Reader::new(bytes, what)?;
-    let mut e = Entry::default();
-    e.set_entry_type(match r.u8()? {
-        0 => EntryType::EntryNormal,
-        1 => EntryType::EntryConfChange,
-        2 => EntryType::EntryConfChangeV2,
-        t => return Err(r.corrupt(format!("unknown entry type {t}"))),
-    });
-    e.term = r.u64()?;
-    e.index = r.u64()?;
-    e.data = r.bytes()?.to_vec().into();
-    e.context = r.bytes()?.to_vec().into();
-    e.sync_log = r.bool()?;
-    r.finish()?;
-    Ok(e)
-}
-
-/// Encodes a hard state.
-pub fn encode_hard_state(h: &HardState) -> Vec<u8> {
-    let mut w = Writer::new(24);
-    w.u64(h.term);
-    w.u64(h.vote);
-    w.u64(h.commit);
-    w.0
-}
-
-/// Decodes what [`encode_hard_state`] wrote.
-pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, StorageError> {
-    let mut r = Reader::new(bytes, "hard state")?;
-    let mut h = HardState::default();
-    h.term = r.u64()?;
-    h.vote = r.u64()?;
-    h.commit = r.u64()?;
-    r.finish()?;
-    Ok(h)
-}
-
-/// Encodes a snapshot (metadata and data).
-pub fn encode_snapshot(s: &Snapshot) -> Vec<u8> {
-    let meta = s.get_metadata();
-    let cs = meta.get_conf_state();
+/// The exact length of `s`'s encoding (without a record version byte).
+pub fn snapshot_len(s: &Snapshot) -> usize {
+    let cs = s.get_metadata().get_conf_state();
     let ids =
         cs.voters.len() + cs.learners.len() + cs.voters_outgoing.len() + cs.learners_next.len();
-    let mut w = Writer::new(8 * (6 + ids) + 1 + s.data.len());
-    w.u64(meta.index);
-    w.u64(meta.term);
-    w.ids(&cs.voters);
-    w.ids(&cs.learners);
-    w.ids(&cs.voters_outgoing);
-    w.ids(&cs.learners_next);
-    w.u8(cs.auto_leave as u8);
-    w.bytes(&s.data);
-    w.0
+    8 + 8 + 4 * 4 + 8 * ids + 1 + 4 + s.data.len()
 }
 
-/// Decodes what [`encode_snapshot`] wrote.
-pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, StorageError> {
-    let mut r = Reader::new(bytes, "snapshot")?;
-    let mut s = Snapshot::default();
-    let index = r.u64()?;
-    let term = r.u64()?;
-    let mut cs = ConfState::default();
-    cs.voters = r.ids()?;
-    cs.learners = r.ids()?;
-    cs.voters_outgoing = r.ids()?;
-    cs.learners_next = r.ids()?;
-    cs.auto_leave = r.bool()?;
-    let data = r.bytes()?.to_vec();
-    r.finish()?;
-    let meta = s.mut_metadata();
-    meta.index = index;
-    meta.term = term;
-    meta.set_conf_state(cs);
-    s.data = data.into();
-    Ok(s)
+impl Codec<'_> for Entry {
+    const WHAT: &'static str = "entry";
+
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(self.get_entry_type() as u8)
+            .u64(self.term)
+            .u64(self.index);
+        w.bytes(ENTRY_FIELD_BYTES_MAX, &self.data, "entry data")?;
+        w.bytes(ENTRY_FIELD_BYTES_MAX, &self.context, "entry context")?;
+        w.bool(self.sync_log);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut e = Entry::default();
+        e.set_entry_type(match r.u8("entry type")? {
+            0 => EntryType::EntryNormal,
+            1 => EntryType::EntryConfChange,
+            2 => EntryType::EntryConfChangeV2,
+            found => {
+                return Err(DecodeError::UnknownValue {
+                    what: "entry type",
+                    found: found.into(),
+                })
+            }
+        });
+        e.term = r.u64("entry term")?;
+        e.index = r.u64("entry index")?;
+        e.data = r
+            .bytes(ENTRY_FIELD_BYTES_MAX, "entry data")?
+            .to_vec()
+            .into();
+        e.context = r
+            .bytes(ENTRY_FIELD_BYTES_MAX, "entry context")?
+            .to_vec()
+            .into();
+        e.sync_log = r.bool("entry sync_log flag")?;
+        Ok(e)
+    }
+}
+
+impl Codec<'_> for HardState {
+    const WHAT: &'static str = "hard state";
+
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u64(self.term).u64(self.vote).u64(self.commit);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let mut h = HardState::default();
+        h.term = r.u64("hard state term")?;
+        h.vote = r.u64("hard state vote")?;
+        h.commit = r.u64("hard state commit")?;
+        Ok(h)
+    }
+}
+
+fn write_ids(w: &mut Writer, ids: &[u64], what: &'static str) -> Result<(), EncodeError> {
+    w.count(CONF_IDS_MAX, ids.len(), what)?;
+    for id in ids {
+        w.u64(*id);
+    }
+    Ok(())
+}
+
+fn read_ids(r: &mut Reader<'_>, what: &'static str) -> Result<Vec<u64>, DecodeError> {
+    let n = r.count(CONF_IDS_MAX, what)?;
+    let mut ids = Vec::with_capacity(n.min(r.left() / 8));
+    for _ in 0..n {
+        ids.push(r.u64(what)?);
+    }
+    Ok(ids)
+}
+
+impl Codec<'_> for Snapshot {
+    const WHAT: &'static str = "snapshot";
+
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        let meta = self.get_metadata();
+        let cs = meta.get_conf_state();
+        w.u64(meta.index).u64(meta.term);
+        write_ids(w, &cs.voters, "snapshot voters")?;
+        write_ids(w, &cs.learners, "snapshot learners")?;
+        write_ids(w, &cs.voters_outgoing, "snapshot outgoing voters")?;
+        write_ids(w, &cs.learners_next, "snapshot next learners")?;
+        w.bool(cs.auto_leave);
+        w.bytes(SNAPSHOT_BYTES_MAX, &self.data, "snapshot data")?;
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let index = r.u64("snapshot index")?;
+        let term = r.u64("snapshot term")?;
+        let mut cs = ConfState::default();
+        cs.voters = read_ids(r, "snapshot voters")?;
+        cs.learners = read_ids(r, "snapshot learners")?;
+        cs.voters_outgoing = read_ids(r, "snapshot outgoing voters")?;
+        cs.learners_next = read_ids(r, "snapshot next learners")?;
+        cs.auto_leave = r.bool("snapshot auto_leave flag")?;
+        let data = r.bytes(SNAPSHOT_BYTES_MAX, "snapshot data")?.to_vec();
+        let mut s = Snapshot::default();
+        let meta = s.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(cs);
+        s.data = data.into();
+        Ok(s)
+    }
+}
+
+/// [`RECORD_VERSION`] followed by `value`'s encoding.
+pub fn encode_record<'a, T: Codec<'a>>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::new();
+    w.u8(RECORD_VERSION);
+    value.encode(&mut w)?;
+    Ok(w.into_vec())
+}
+
+/// Decodes what [`encode_record`] wrote, refusing another version and trailing
+/// bytes.
+pub fn decode_record<'a, T: Codec<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    let mut r = Reader::new(bytes);
+    r.version(RECORD_VERSION, T::WHAT)?;
+    let value = T::read(&mut r)?;
+    r.expect_empty(T::WHAT)?;
+    Ok(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_round_trip() {
+    fn entry() -> Entry {
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChangeV2);
         e.term = 3;
         e.index = 9;
         e.data = b"data".to_vec().into();
         e.context = b"ctx".to_vec().into();
-        assert_eq!(decode_entry(&encode_entry(&e), "e").unwrap(), e);
-        let mut h = HardState::default();
-        h.term = 1;
-        h.vote = 2;
-        h.commit = 3;
-        assert_eq!(decode_hard_state(&encode_hard_state(&h)).unwrap(), h);
+        e.sync_log = true;
+        e
+    }
+
+    fn snapshot() -> Snapshot {
         let mut s = Snapshot::default();
         s.mut_metadata().index = 40;
         s.mut_metadata().term = 2;
         s.mut_metadata()
             .set_conf_state(ConfState::from((vec![1, 2, 3], vec![4])));
         s.data = b"state".to_vec().into();
-        assert_eq!(decode_snapshot(&encode_snapshot(&s)).unwrap(), s);
+        s
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let e = entry();
+        let bytes = encode_record(&e).unwrap();
+        assert_eq!(bytes.len(), 1 + entry_len(&e));
+        assert_eq!(decode_record::<Entry>(&bytes).unwrap(), e);
+        let mut h = HardState::default();
+        h.term = 1;
+        h.vote = 2;
+        h.commit = 3;
+        assert_eq!(
+            decode_record::<HardState>(&encode_record(&h).unwrap()).unwrap(),
+            h
+        );
+        let s = snapshot();
+        assert_eq!(encode_record(&s).unwrap().len(), 1 + snapshot_len(&s));
+        assert_eq!(
+            decode_record::<Snapshot>(&encode_record(&s).unwrap()).unwrap(),
+            s
+        );
     }
 
     #[test]
     fn every_truncation_and_extension_is_refused_without_panic() {
-        let mut e = Entry::default();
-        e.term = 3;
-        e.index = 9;
+        let mut e = entry();
         e.data = vec![7; 40].into();
-        let bytes = encode_entry(&e);
+        let bytes = encode_record(&e).unwrap();
         for cut in 0..bytes.len() {
-            assert!(decode_entry(&bytes[..cut], "e").is_err(), "cut at {cut}");
+            assert!(
+                decode_record::<Entry>(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
+        for s in [snapshot(), Snapshot::default()] {
+            let bytes = encode_record(&s).unwrap();
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_record::<Snapshot>(&bytes[..cut]).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        let bytes = encode_record(&e).unwrap();
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode_entry(&longer, "e").is_err());
+        assert_eq!(
+            decode_record::<Entry>(&longer),
+            Err(DecodeError::TrailingBytes {
+                what: "entry",
+                left: 1
+            })
+        );
         // A huge length is refused before anything is allocated for it.
         let mut huge = bytes.clone();
-        huge[18..26].copy_from_slice(&u64::MAX.to_be_bytes());
-        assert!(decode_entry(&huge, "e").is_err());
-        let snap = encode_snapshot(&Snapshot::default());
-        for cut in 0..snap.len() {
-            assert!(decode_snapshot(&snap[..cut]).is_err());
-        }
+        huge[18..22].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_record::<Entry>(&huge),
+            Err(DecodeError::Truncated {
+                what: "entry data",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_old_record_version_is_refused() {
+        let mut bytes = encode_record(&entry()).unwrap();
+        bytes[0] = 1;
+        assert_eq!(
+            decode_record::<Entry>(&bytes),
+            Err(DecodeError::Version {
+                what: "entry",
+                found: 1,
+                expected: RECORD_VERSION
+            })
+        );
+        bytes[0] = RECORD_VERSION;
+        bytes[1] = 9;
+        assert_eq!(
+            decode_record::<Entry>(&bytes),
+            Err(DecodeError::UnknownValue {
+                what: "entry type",
+                found: 9
+            })
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
-use super::{LogStore, StorageError};
+use super::{Corruption, LogStore, StorageError, StoredRecord, WrapperRecord};
 
 /// An in-memory [`LogStore`]: fast, not persistent; `sync` is a no-op.
 #[derive(Debug, Default, Clone)]
@@ -123,38 +123,44 @@ impl MemLog {
         let (offset_index, offset_term) = offset;
         let snapshot_index = snapshot.get_metadata().index;
         if snapshot_index != 0 && offset_index > snapshot_index {
-            return Err(StorageError::Corrupt {
-                what: "log offset".into(),
-                detail: format!(
-                    "log is compacted to {offset_index}, past the newest snapshot at {snapshot_index}"
-                ),
-            });
+            return Err(StorageError::corrupt(
+                StoredRecord::Offset,
+                Corruption::CompactedPastSnapshot {
+                    offset: offset_index,
+                    snapshot: snapshot_index,
+                },
+            ));
         }
         let last = offset_index
             .checked_add(entries.len() as u64)
             .filter(|l| *l < u64::MAX);
         let Some(last) = last else {
-            return Err(StorageError::Corrupt {
-                what: "log offset".into(),
-                detail: format!("offset {offset_index} leaves no room for the log"),
-            });
+            return Err(StorageError::corrupt(
+                StoredRecord::Offset,
+                Corruption::NoRoomForLog {
+                    offset: offset_index,
+                },
+            ));
         };
         if hard_state.commit > last.max(snapshot_index) {
-            return Err(StorageError::Corrupt {
-                what: "hard state".into(),
-                detail: format!(
-                    "commit index {} is past the last index {last}",
-                    hard_state.commit
-                ),
-            });
+            return Err(StorageError::corrupt(
+                StoredRecord::HardState,
+                Corruption::CommitPastLast {
+                    commit: hard_state.commit,
+                    last,
+                },
+            ));
         }
         for (i, e) in entries.iter().enumerate() {
             let expected = offset_index + 1 + i as u64;
             if e.index != expected {
-                return Err(StorageError::Corrupt {
-                    what: format!("entry {expected}"),
-                    detail: format!("found index {} where {expected} belongs", e.index),
-                });
+                return Err(StorageError::corrupt(
+                    StoredRecord::Entry { index: expected },
+                    Corruption::WrongIndex {
+                        found: e.index,
+                        expected,
+                    },
+                ));
             }
         }
         Ok(Self {
@@ -249,6 +255,9 @@ impl LogStore for MemLog {
         let keep = (head.index - self.first()) as usize;
         self.entries.truncate(keep);
         self.entries.extend(entries.iter().cloned());
+        // The store's last index covers exactly what was appended.
+        debug_assert_eq!(self.last(), entries[entries.len() - 1].index);
+        debug_assert_eq!(self.entries.front().map(|e| e.index), Some(self.first()));
         Ok(())
     }
 
@@ -314,7 +323,9 @@ impl LogStore for MemLog {
     fn hard_state(&self) -> &HardState {
         &self.hard_state
     }
+}
 
+impl WrapperRecord for MemLog {
     fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.wrapper = record.to_vec();
         Ok(())

@@ -21,173 +21,17 @@
 //! unnoticed (`docs/storage.md`).
 
 pub mod codec;
+mod error;
 mod mem;
 mod sealed;
 mod sled_log;
 
+pub use error::{Corruption, SealedRecord, StorageError, StoredRecord, Tampering};
 pub use mem::MemLog;
-pub use sealed::{Sealed, SealedConfig, SealedRecord};
-
+pub use sealed::{Sealed, SealedConfig};
 pub use sled_log::SledLog;
 
-use crate::hsm::HsmError;
-use crate::ReplicaId;
-
 use raft::prelude::{Entry, HardState, Snapshot};
-
-/// What went wrong in a [`LogStore`]. Every variant says what the operator can do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    /// The embedded database failed (I/O error, full disk, ...).
-    #[error("log store database error: {0}; check the disk and the data directory permissions")]
-    Database(#[from] sled::Error),
-    /// Data read back from the store does not decode or breaks an invariant.
-    #[error(
-        "corrupt log store ({what}): {detail}; this replica's store cannot be trusted, \
-         remove the replica and re-add it as a fresh member"
-    )]
-    Corrupt {
-        /// Which record was bad (for example `entry 42`).
-        what: String,
-        /// What was wrong with it.
-        detail: String,
-    },
-    /// The directory holds something that is not a vaultfleet log store.
-    #[error("{path} is not a vaultfleet log store (found format {found:?}); point the replica at its own data directory")]
-    ForeignFormat {
-        /// The data directory.
-        path: String,
-        /// The format marker that was found.
-        found: String,
-    },
-    /// An append does not continue the log.
-    #[error("append of entries starting at {first} would leave a gap after the last index {last}")]
-    Gap {
-        /// First index of the rejected entries.
-        first: u64,
-        /// Last index the store holds.
-        last: u64,
-    },
-    /// An append would overwrite entries that are already compacted.
-    #[error("append of entries starting at {first} overwrites compacted entries (first index is {first_index})")]
-    OverwriteCompacted {
-        /// First index of the rejected entries.
-        first: u64,
-        /// First index the store holds.
-        first_index: u64,
-    },
-    /// Entries of one append are not consecutive.
-    #[error("entries to append are not consecutive: index {found} follows {previous}")]
-    NotConsecutive {
-        /// Index of the entry before the gap.
-        previous: u64,
-        /// Index that followed it.
-        found: u64,
-    },
-    /// A snapshot older than what the store already holds.
-    #[error("snapshot at index {index} is older than the store's compacted index {compacted}")]
-    SnapshotOutOfDate {
-        /// Index of the rejected snapshot.
-        index: u64,
-        /// Index the store is compacted to.
-        compacted: u64,
-    },
-    /// A local snapshot at an index the store cannot describe.
-    #[error("cannot save a snapshot at index {index}: the store holds indexes {first_index}..={last_index}")]
-    SnapshotOutOfRange {
-        /// Index of the rejected snapshot.
-        index: u64,
-        /// First index held.
-        first_index: u64,
-        /// Last index held.
-        last_index: u64,
-    },
-    /// The HSM that seals the store failed.
-    #[error("HSM failed: {0}")]
-    Hsm(#[from] HsmError),
-    /// Sealed data on disk failed its check: it was edited, reordered, cut short or
-    /// copied from elsewhere. The store is not served from.
-    #[error(
-        "replica {replica}: tampered log store ({record}): {detail}; this replica's disk \
-         cannot be trusted, remove the replica and re-add it as a fresh member \
-         (new replica id, empty data directory)"
-    )]
-    Tampered {
-        /// The replica whose store it is.
-        replica: ReplicaId,
-        /// Which sealed record failed.
-        record: SealedRecord,
-        /// What was wrong with it.
-        detail: String,
-    },
-    /// The store is older than the HSM's monotonic counter: the disk was rolled back
-    /// to an earlier image (or replaced by an empty one). Votes and acknowledgements
-    /// this replica gave since then are missing, so it must never vote again.
-    #[error(
-        "replica {replica}: log store was rolled back: it was last written at write \
-         {disk}, but the HSM counter is at {hsm}; this replica must not vote or \
-         acknowledge: remove it from the fleet and re-add it as a fresh member (new \
-         replica id, empty data directory)"
-    )]
-    RolledBack {
-        /// The replica whose store it is.
-        replica: ReplicaId,
-        /// The write counter the newest sealed state on disk carries (0: none).
-        disk: u64,
-        /// The HSM's counter.
-        hsm: u64,
-    },
-    /// The store's newest write is not the one the HSM's counter is bound to (nor
-    /// the one that follows it): it is a write that was abandoned by a crash and
-    /// replaced later, so the disk was swapped for an image that forked off the
-    /// replica's real history. Treated exactly like a rollback.
-    #[error(
-        "replica {replica}: log store holds a forked write {write}: the HSM counter \
-         is bound to a different write, so this disk image was abandoned and replaced; \
-         this replica must not vote or acknowledge: remove it from the fleet and re-add \
-         it as a fresh member (new replica id, empty data directory)"
-    )]
-    Forked {
-        /// The replica whose store it is.
-        replica: ReplicaId,
-        /// The write counter of the forked head on disk.
-        write: u64,
-    },
-    /// The store is more than one write ahead of the HSM's counter: the HSM was
-    /// reset or replaced, or the store was sealed by another HSM's counter.
-    #[error(
-        "replica {replica}: log store is at write {disk} but the HSM counter is only at \
-         {hsm}: the HSM was reset or replaced; attach the HSM this store was sealed with"
-    )]
-    CounterBehind {
-        /// The replica whose store it is.
-        replica: ReplicaId,
-        /// The write counter on disk.
-        disk: u64,
-        /// The HSM's counter.
-        hsm: u64,
-    },
-    /// An earlier write failed, so what is durable is unknown; the store refuses
-    /// further writes until it is reopened (which checks the disk again).
-    #[error("replica {replica}: log store refuses writes after an earlier failure ({cause}); restart the replica")]
-    Poisoned {
-        /// The replica whose store it is.
-        replica: ReplicaId,
-        /// The earlier failure.
-        cause: String,
-    },
-    /// Compaction past the newest snapshot would lose the log with nothing to replace it.
-    #[error("cannot compact to {index}: the newest snapshot is at {snapshot_index}, compact at most to {limit}")]
-    CompactPastSnapshot {
-        /// Requested compaction index.
-        index: u64,
-        /// Index of the newest snapshot.
-        snapshot_index: u64,
-        /// The highest allowed compaction index.
-        limit: u64,
-    },
-}
 
 #[doc(hidden)]
 pub use raft as __raft;
@@ -290,12 +134,17 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// The hard state last recorded.
     fn hard_state(&self) -> &HardState;
+}
 
-    /// Records an opaque record that a wrapping store keeps beside the log (the
-    /// [`Sealed`] store's sealed head). It is written with the same durability as
-    /// every other write: made durable by the next [`LogStore::sync`], as a whole.
+/// A [`LogStore`] that keeps one opaque record beside the log for a store that
+/// wraps it: [`Sealed`] keeps its sealed head there. Only wrapping stores need
+/// it, so it is not part of [`LogStore`]; [`MemLog`] and [`SledLog`] implement it.
+pub trait WrapperRecord: LogStore {
+    /// Records the wrapping store's record, replacing the previous one. It is
+    /// written with the same durability as every other write: made durable by the
+    /// next [`LogStore::sync`], together with the writes before it.
     fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError>;
 
-    /// The record last given to [`LogStore::set_wrapper_record`] (empty if none).
+    /// The record last given to [`WrapperRecord::set_wrapper_record`] (empty if none).
     fn wrapper_record(&self) -> &[u8];
 }

@@ -31,71 +31,56 @@
 //! `docs/storage.md` gives the format, the write order and what each check catches.
 //!
 //! `Sealed` relies on the inner store making each `sync`'s writes durable as a
-//! whole, which the [`AtomicSync`] bound states ([`MemLog`] and `SledLog` do).
+//! whole, which the [`AtomicSync`] bound states, and on a place for its head beside
+//! the log, which the [`WrapperRecord`] bound states ([`MemLog`] and `SledLog` offer
+//! both).
+//!
+//! Every record is written and read with the engine's [`codec`](crate::codec), and
+//! every associated data is built by [`labeled`]. Format 2 (this build) replaced the
+//! protobuf encoding of sealed entries and snapshots and the plain concatenation of
+//! associated data. A record whose clear version byte is not this format's is
+//! [`StorageError::Tampered`]: the byte is not authenticated, so an old version
+//! there can only be an edit inside a store whose container says it is current.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use protobuf2::Message as _;
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage};
+use sha2::digest::typenum::Unsigned as _;
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
-use super::{AtomicSync, LogStore, MemLog, SledLog, StorageError};
-use crate::hsm::{Hsm, HsmError, KeyHandle, KeyKind};
+use super::codec::{entry_len, snapshot_len};
+use super::{
+    AtomicSync, Corruption, LogStore, MemLog, SealedRecord, SledLog, StorageError, StoredRecord,
+    Tampering, WrapperRecord,
+};
+use crate::codec::{labeled, Codec, DecodeError, EncodeError, Prefix, Reader, Writer};
+use crate::hsm::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
 use crate::ReplicaId;
 
-const FORMAT_VERSION: u8 = 1;
-const AD_BATCH: &[u8] = b"vaultfleet/sealed-log/batch/v1";
-const AD_SNAPSHOT: &[u8] = b"vaultfleet/sealed-log/snapshot/v1";
-const AD_HEAD: &[u8] = b"vaultfleet/sealed-log/head/v1";
+/// The format of every sealed record this build writes and reads.
+const FORMAT_VERSION: u8 = 2;
+const AD_BATCH: &[u8] = b"vaultfleet/sealed-log/batch/v2";
+const AD_SNAPSHOT: &[u8] = b"vaultfleet/sealed-log/snapshot/v2";
+const AD_HEAD: &[u8] = b"vaultfleet/sealed-log/head/v2";
 
-type Digest = [u8; 32];
+const DIGEST_LEN: usize = 32;
+type Digest = [u8; DIGEST_LEN];
+const _: () = assert!(<Sha256 as sha2::digest::OutputSizeUser>::OutputSize::USIZE == DIGEST_LEN);
 
-/// Which sealed record a [`StorageError::Tampered`] is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SealedRecord {
-    /// The sealed head (the description of the whole durable state).
-    Head,
-    /// The hard state (term, vote, commit).
-    HardState,
-    /// The snapshot at this index.
-    Snapshot {
-        /// Index of the snapshot.
-        index: u64,
-    },
-    /// The batch sealing entries `first..=last`.
-    Batch {
-        /// First index of the batch.
-        first: u64,
-        /// Last index of the batch.
-        last: u64,
-    },
-    /// The entry at this index.
-    Entry {
-        /// Index of the entry.
-        index: u64,
-    },
-    /// A record the inner store itself could not read back (its own structural
-    /// checks failed before any seal was checked).
-    Container {
-        /// What the inner store reported as unreadable.
-        what: String,
-    },
-}
+/// The most entries one sealed batch holds (its count is a `u32`).
+const BATCH_ENTRIES_MAX: usize = Prefix::U32.max();
 
-impl std::fmt::Display for SealedRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SealedRecord::Head => f.write_str("sealed head"),
-            SealedRecord::HardState => f.write_str("hard state"),
-            SealedRecord::Snapshot { index } => write!(f, "snapshot at index {index}"),
-            SealedRecord::Batch { first, last } => write!(f, "batch of entries {first}..={last}"),
-            SealedRecord::Entry { index } => write!(f, "entry {index}"),
-            SealedRecord::Container { what } => write!(f, "inner store's {what}"),
-        }
-    }
-}
+/// Clear batch header: version, first, last, last term, previous batch's digest.
+const BATCH_HEADER_LEN: usize = 1 + 8 * 3 + DIGEST_LEN;
+/// Clear snapshot header: version, index, term.
+const SNAPSHOT_HEADER_LEN: usize = 1 + 8 * 2;
+/// Head plaintext: nine integers and three digests.
+const HEAD_LEN: usize = 8 * 9 + DIGEST_LEN * 3;
+// The clear headers and the head are small, fixed-size records.
+const _: () = assert!(BATCH_HEADER_LEN == 57 && SNAPSHOT_HEADER_LEN == 17 && HEAD_LEN == 168);
 
 /// Where a [`Sealed`] store's key and counter live in the HSM, and whose store it is.
 #[derive(Clone, Debug)]
@@ -122,13 +107,16 @@ impl SealedConfig {
         }
     }
 
-    fn ad(&self, domain: &[u8], header: &[u8]) -> Vec<u8> {
-        let mut ad = Vec::with_capacity(domain.len() + 16 + header.len());
-        ad.extend_from_slice(domain);
-        ad.extend_from_slice(&self.group.to_be_bytes());
-        ad.extend_from_slice(&self.replica.to_be_bytes());
-        ad.extend_from_slice(header);
-        ad
+    /// The associated data of a record of kind `label` with clear `header`.
+    fn ad(&self, label: &'static [u8], header: &[u8]) -> Vec<u8> {
+        labeled(
+            label,
+            &[
+                &self.group.to_be_bytes(),
+                &self.replica.to_be_bytes(),
+                header,
+            ],
+        )
     }
 }
 
@@ -140,6 +128,7 @@ struct BatchMeta {
 }
 
 /// The clear header in front of a sealed batch (also part of its associated data).
+#[derive(Debug, PartialEq, Eq)]
 struct BatchHeader {
     first: u64,
     last: u64,
@@ -147,30 +136,69 @@ struct BatchHeader {
     prev: Digest,
 }
 
-const BATCH_HEADER_LEN: usize = 1 + 8 * 3 + 32;
+impl Codec<'_> for BatchHeader {
+    const WHAT: &'static str = "batch header";
 
-impl BatchHeader {
-    fn encode(&self) -> [u8; BATCH_HEADER_LEN] {
-        let mut h = [0u8; BATCH_HEADER_LEN];
-        h[0] = FORMAT_VERSION;
-        h[1..9].copy_from_slice(&self.first.to_be_bytes());
-        h[9..17].copy_from_slice(&self.last.to_be_bytes());
-        h[17..25].copy_from_slice(&self.last_term.to_be_bytes());
-        h[25..].copy_from_slice(&self.prev);
-        h
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(FORMAT_VERSION)
+            .u64(self.first)
+            .u64(self.last)
+            .u64(self.last_term)
+            .raw(&self.prev);
+        Ok(())
     }
 
-    fn decode(blob: &[u8]) -> Option<Self> {
-        if blob.len() < BATCH_HEADER_LEN || blob[0] != FORMAT_VERSION {
-            return None;
-        }
-        Some(Self {
-            first: be64(&blob[1..9]),
-            last: be64(&blob[9..17]),
-            last_term: be64(&blob[17..25]),
-            prev: blob[25..BATCH_HEADER_LEN].try_into().ok()?,
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version(FORMAT_VERSION, "batch header")?;
+        Ok(Self {
+            first: r.u64("batch first index")?,
+            last: r.u64("batch last index")?,
+            last_term: r.u64("batch last term")?,
+            prev: r.array("batch chain digest")?,
         })
     }
+}
+
+/// The clear header in front of a sealed snapshot (also part of its associated data).
+struct SnapshotHeader {
+    index: u64,
+    term: u64,
+}
+
+impl Codec<'_> for SnapshotHeader {
+    const WHAT: &'static str = "snapshot header";
+
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u8(FORMAT_VERSION).u64(self.index).u64(self.term);
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        r.version(FORMAT_VERSION, "snapshot header")?;
+        Ok(Self {
+            index: r.u64("snapshot index")?,
+            term: r.u64("snapshot term")?,
+        })
+    }
+}
+
+/// Splits a sealed record into its clear header `T`, the header's bytes (the
+/// associated data binds them) and the sealed part.
+fn split_sealed<'a, T: Codec<'a>>(blob: &'a [u8]) -> Result<(T, &'a [u8], &'a [u8]), DecodeError> {
+    let mut r = Reader::new(blob);
+    let header = T::read(&mut r)?;
+    let (clear, sealed) = blob.split_at(blob.len() - r.left());
+    Ok((header, clear, sealed))
+}
+
+/// A clear header in front of `sealed`.
+fn join_sealed<'a, T: Codec<'a>>(header: &T, capacity: usize, sealed: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(capacity + sealed.len());
+    // Fixed-width fields only: encoding a header cannot fail.
+    let _ = header.encode(&mut w);
+    debug_assert_eq!(w.len(), capacity);
+    w.raw(sealed);
+    w.into_vec()
 }
 
 /// The sealed description of everything durable, written on every `sync`.
@@ -192,61 +220,58 @@ struct Head {
     prev_head: Digest,
 }
 
-const HEAD_LEN: usize = 1 + 8 * 9 + 32 * 3;
+impl Codec<'_> for Head {
+    const WHAT: &'static str = "sealed head";
 
-impl Head {
-    fn encode(&self) -> Vec<u8> {
-        let mut h = Vec::with_capacity(HEAD_LEN);
-        h.push(FORMAT_VERSION);
-        for v in [
-            self.counter,
-            self.term,
-            self.vote,
-            self.commit,
-            self.snapshot_index,
-            self.snapshot_term,
-            self.offset_index,
-            self.offset_term,
-            self.last_index,
-        ] {
-            h.extend_from_slice(&v.to_be_bytes());
-        }
-        h.extend_from_slice(&self.snapshot_digest);
-        h.extend_from_slice(&self.tail_digest);
-        h.extend_from_slice(&self.prev_head);
-        h
+    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+        w.u64(self.counter)
+            .u64(self.term)
+            .u64(self.vote)
+            .u64(self.commit)
+            .u64(self.snapshot_index)
+            .u64(self.snapshot_term)
+            .u64(self.offset_index)
+            .u64(self.offset_term)
+            .u64(self.last_index)
+            .raw(&self.snapshot_digest)
+            .raw(&self.tail_digest)
+            .raw(&self.prev_head);
+        Ok(())
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != HEAD_LEN || b[0] != FORMAT_VERSION {
-            return None;
-        }
-        let n = |i: usize| be64(&b[1 + 8 * i..9 + 8 * i]);
-        Some(Self {
-            counter: n(0),
-            term: n(1),
-            vote: n(2),
-            commit: n(3),
-            snapshot_index: n(4),
-            snapshot_term: n(5),
-            offset_index: n(6),
-            offset_term: n(7),
-            last_index: n(8),
-            snapshot_digest: b[73..105].try_into().ok()?,
-            tail_digest: b[105..137].try_into().ok()?,
-            prev_head: b[137..169].try_into().ok()?,
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            counter: r.u64("head counter")?,
+            term: r.u64("head term")?,
+            vote: r.u64("head vote")?,
+            commit: r.u64("head commit")?,
+            snapshot_index: r.u64("head snapshot index")?,
+            snapshot_term: r.u64("head snapshot term")?,
+            offset_index: r.u64("head offset index")?,
+            offset_term: r.u64("head offset term")?,
+            last_index: r.u64("head last index")?,
+            snapshot_digest: r.array("head snapshot digest")?,
+            tail_digest: r.array("head tail digest")?,
+            prev_head: r.array("head previous head digest")?,
         })
     }
 }
 
-fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
-}
-
 fn digest(blob: &[u8]) -> Digest {
     Sha256::digest(blob).into()
+}
+
+/// A sealed record that does not decode is tampering, whatever its version byte
+/// says: that byte travels in clear, so an attacker with the disk could set it to
+/// an old version to pass an edit off as an old format. The format of a whole
+/// store is decided once, by its container (the sled store's marker), and a
+/// record of another version inside a store of this format can only be an edit.
+fn undecodable(replica: ReplicaId, record: SealedRecord, e: DecodeError) -> StorageError {
+    StorageError::Tampered {
+        replica,
+        record,
+        cause: Tampering::Decode(e),
+    }
 }
 
 /// A [`LogStore`] whose every durable byte is sealed by an [`Hsm`]; see the module
@@ -271,7 +296,8 @@ pub struct Sealed<L, H> {
     pending_from: Option<u64>,
     /// Something changed since the last durable head.
     dirty: bool,
-    poisoned: Option<String>,
+    /// The failure after which the store refuses writes.
+    poisoned: Option<Arc<StorageError>>,
 }
 
 impl<L: std::fmt::Debug, H> std::fmt::Debug for Sealed<L, H> {
@@ -286,89 +312,69 @@ impl<L: std::fmt::Debug, H> std::fmt::Debug for Sealed<L, H> {
     }
 }
 
-impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
-    /// Opens a sealed store over `inner`, checking every sealed record and the
-    /// HSM's counter, and completing a counter advance a crash interrupted.
-    ///
-    /// An empty inner store starts a new sealed store (its key is generated in the
-    /// HSM if missing) — unless the HSM's counter shows that this replica's store
-    /// was written before, which is a rollback to an empty disk.
-    ///
-    /// # Errors
-    /// [`StorageError::Tampered`] names the first record that fails its check,
-    /// [`StorageError::RolledBack`] an image older than the counter,
-    /// [`StorageError::CounterBehind`] a counter that is behind the disk, and
-    /// [`StorageError::Hsm`] an HSM that does not answer or lacks the key.
-    pub fn open(inner: L, hsm: H, cfg: SealedConfig) -> Result<Self, StorageError> {
-        let replica = cfg.replica;
-        let hsm_counter = hsm.counter(&cfg.counter_label)?;
-        let record = inner.wrapper_record().to_vec();
-        let head_digest = digest(&record);
-        if record.is_empty() {
-            let untouched = inner.last_index().unwrap_or(1) == 0
-                && inner.latest_snapshot().get_metadata().index == 0
-                && *inner.hard_state() == HardState::default();
-            if !untouched {
-                return Err(StorageError::Tampered {
-                    replica,
-                    record: SealedRecord::Head,
-                    detail: "the store holds a log but no sealed head: it was not written \
-                             by a sealed store, or its head was removed"
-                        .into(),
-                });
-            }
-            if hsm_counter.value > 0 {
-                return Err(StorageError::RolledBack {
-                    replica,
-                    disk: 0,
-                    hsm: hsm_counter.value,
-                });
-            }
-            let key = hsm.key(&cfg.key_label, KeyKind::Aead)?;
-            return Ok(Self {
-                inner,
-                hsm,
-                cfg,
-                key,
-                cache: MemLog::new(),
-                batches: BTreeMap::new(),
-                anchor: [0; 32],
-                snapshot_digest: [0; 32],
-                counter: 0,
-                head_digest: [0; 32],
-                pending_from: None,
-                dirty: false,
-                poisoned: None,
-            });
-        }
-        let key = hsm
-            .find_key(&cfg.key_label, KeyKind::Aead)?
-            .ok_or_else(|| HsmError::NoSuchKey {
-                label: cfg.key_label.clone(),
-                kind: KeyKind::Aead,
-            })?;
-        let tampered = |record: SealedRecord, detail: String| StorageError::Tampered {
-            replica,
-            record,
-            detail,
-        };
-        let unsealed = |record: SealedRecord, e: HsmError| match e {
-            HsmError::Unauthentic | HsmError::Malformed(_) => tampered(
-                record,
-                format!("{e}: edited, or sealed for another replica or group"),
-            ),
-            other => StorageError::Hsm(other),
-        };
+/// The log as [`Opening::verify_log`] found it: every batch unsealed, chained and
+/// matching the sealed head.
+struct VerifiedLog {
+    /// Index and term of the entry before the first.
+    offset: (u64, u64),
+    entries: Vec<Entry>,
+    batches: BTreeMap<u64, BatchMeta>,
+}
 
-        let head_plain = hsm
-            .unseal(key, &cfg.ad(AD_HEAD, &[]), &record)
-            .map_err(|e| unsealed(SealedRecord::Head, e))?;
-        let head = Head::decode(&head_plain)
-            .ok_or_else(|| tampered(SealedRecord::Head, "malformed head".into()))?;
-        // The counter names one head: equal counters must carry that head's
-        // digest, and a head one ahead must follow it. Anything else is an
-        // abandoned write that was replaced later (a forked image).
-        let h = hsm_counter.value;
+/// The checks [`Sealed::open`] runs on a store that holds a head, in order.
+struct Opening<'a, H> {
+    hsm: &'a H,
+    key: KeyHandle,
+    cfg: &'a SealedConfig,
+}
+
+impl<H: Hsm> Opening<'_, H> {
+    fn tampered(&self, record: SealedRecord, cause: Tampering) -> StorageError {
+        StorageError::Tampered {
+            replica: self.cfg.replica,
+            record,
+            cause,
+        }
+    }
+
+    /// A seal that does not open is tampering; an HSM that does not answer is not.
+    fn unsealed(&self, record: SealedRecord, e: HsmError) -> StorageError {
+        match e {
+            HsmError::Unauthentic | HsmError::Malformed(_) => {
+                self.tampered(record, Tampering::Unsealed(e))
+            }
+            other => StorageError::Hsm(other),
+        }
+    }
+
+    fn undecodable(&self, record: SealedRecord, e: DecodeError) -> StorageError {
+        undecodable(self.cfg.replica, record, e)
+    }
+
+    /// Step 1: unseal and decode the head.
+    fn read_head(&self, record: &[u8]) -> Result<Head, StorageError> {
+        let mut r = Reader::new(record);
+        r.version(FORMAT_VERSION, "sealed head")
+            .map_err(|e| self.undecodable(SealedRecord::Head, e))?;
+        let plain = self
+            .hsm
+            .unseal(self.key, &self.cfg.ad(AD_HEAD, &[]), r.rest())
+            .map_err(|e| self.unsealed(SealedRecord::Head, e))?;
+        Head::from_bytes(&plain).map_err(|e| self.undecodable(SealedRecord::Head, e))
+    }
+
+    /// Step 2: the head against the HSM's counter. The counter names one head:
+    /// equal counters must carry that head's digest, and a head one ahead must
+    /// follow it. Anything else is an abandoned write that was replaced later (a
+    /// forked image), or a rollback, or a counter that is behind.
+    fn check_counter(
+        &self,
+        head: &Head,
+        head_digest: &Digest,
+        hsm: Counter,
+    ) -> Result<(), StorageError> {
+        let replica = self.cfg.replica;
+        let h = hsm.value;
         if head.counter < h {
             return Err(StorageError::RolledBack {
                 replica,
@@ -384,9 +390,9 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
             });
         }
         let follows = if head.counter == h {
-            head_digest == hsm_counter.binding
+            *head_digest == hsm.binding
         } else {
-            head.prev_head == hsm_counter.binding
+            head.prev_head == hsm.binding
         };
         if !follows {
             return Err(StorageError::Forked {
@@ -394,199 +400,298 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
                 write: head.counter,
             });
         }
+        Ok(())
+    }
 
-        // The snapshot.
+    /// Step 3: the stored snapshot must be the one the head names, and unseal.
+    fn verify_snapshot(
+        &self,
+        inner: &impl LogStore,
+        head: &Head,
+    ) -> Result<Snapshot, StorageError> {
         let stored = inner.latest_snapshot();
         let stored_meta = stored.get_metadata();
-        let snapshot = if head.snapshot_digest == [0; 32] {
+        if head.snapshot_digest == [0; DIGEST_LEN] {
             if stored_meta.index != 0 || !stored.data.is_empty() {
-                return Err(tampered(
+                return Err(self.tampered(
                     SealedRecord::Snapshot {
                         index: stored_meta.index,
                     },
-                    "the sealed head names no snapshot, but the store holds one".into(),
+                    Tampering::UnexpectedSnapshot,
                 ));
             }
-            Snapshot::default()
-        } else {
-            let record = SealedRecord::Snapshot {
-                index: head.snapshot_index,
-            };
-            if digest(&stored.data) != head.snapshot_digest {
-                return Err(tampered(
-                    record,
-                    format!(
-                        "the stored snapshot (index {}) is not the one the sealed head names: \
-                         replaced, edited or rolled back",
-                        stored_meta.index
-                    ),
-                ));
-            }
-            let plain = open_snapshot(&hsm, key, &cfg, &stored.data)
-                .map_err(|e| unsealed(record.clone(), e))?;
-            let snapshot = Snapshot::parse_from_bytes(&plain)
-                .map_err(|e| tampered(record.clone(), format!("does not decode: {e}")))?;
-            if snapshot.get_metadata() != stored_meta
-                || stored_meta.index != head.snapshot_index
-                || stored_meta.term != head.snapshot_term
-            {
-                return Err(tampered(
-                    record,
-                    "the clear metadata differs from the sealed one".into(),
-                ));
-            }
-            snapshot
+            return Ok(Snapshot::default());
+        }
+        let record = SealedRecord::Snapshot {
+            index: head.snapshot_index,
         };
+        if digest(&stored.data) != head.snapshot_digest {
+            return Err(self.tampered(
+                record,
+                Tampering::SnapshotReplaced {
+                    stored_index: stored_meta.index,
+                },
+            ));
+        }
+        let (header, clear, sealed) = split_sealed::<SnapshotHeader>(&stored.data)
+            .map_err(|e| self.undecodable(record.clone(), e))?;
+        let plain = self
+            .hsm
+            .unseal(self.key, &self.cfg.ad(AD_SNAPSHOT, clear), sealed)
+            .map_err(|e| self.unsealed(record.clone(), e))?;
+        let snapshot =
+            Snapshot::from_bytes(&plain).map_err(|e| self.undecodable(record.clone(), e))?;
+        if snapshot.get_metadata() != stored_meta
+            || stored_meta.index != head.snapshot_index
+            || stored_meta.term != head.snapshot_term
+            || header.index != head.snapshot_index
+            || header.term != head.snapshot_term
+        {
+            return Err(self.tampered(record, Tampering::MetadataMismatch));
+        }
+        Ok(snapshot)
+    }
 
-        // The log: offset and end against the head, then every batch in order.
-        let first = inner.first_index().map_err(raft_corrupt)?;
-        let last = inner.last_index().map_err(raft_corrupt)?;
-        let offset_term = inner.term(first - 1).map_err(raft_corrupt)?;
-        if first - 1 != head.offset_index || offset_term != head.offset_term {
-            return Err(tampered(
+    /// Step 4a: the log's offset and end must be the head's. Returns the first
+    /// and last index and the offset's term.
+    fn log_bounds(
+        &self,
+        inner: &impl LogStore,
+        head: &Head,
+    ) -> Result<(u64, u64, u64), StorageError> {
+        let read = |e: raft::Error| {
+            StorageError::corrupt(StoredRecord::Log, Corruption::Read(Arc::new(e)))
+        };
+        let first = inner.first_index().map_err(read)?;
+        let last = inner.last_index().map_err(read)?;
+        let offset_index = first.saturating_sub(1);
+        let offset_term = inner.term(offset_index).map_err(read)?;
+        if offset_index != head.offset_index || offset_term != head.offset_term {
+            return Err(self.tampered(
                 SealedRecord::Entry { index: first },
-                format!(
-                    "the log starts after ({}, term {offset_term}) but the sealed head says \
-                     after ({}, term {}): entries were removed or added at the front",
-                    first - 1,
-                    head.offset_index,
-                    head.offset_term
-                ),
+                Tampering::FrontMoved {
+                    found_index: offset_index,
+                    found_term: offset_term,
+                    sealed_index: head.offset_index,
+                    sealed_term: head.offset_term,
+                },
             ));
         }
         if last != head.last_index {
-            let index = last.min(head.last_index) + 1;
-            return Err(tampered(
-                SealedRecord::Entry { index },
-                format!(
-                    "the log ends at {last} but the sealed head says {}: the log was cut \
-                     short or extended",
-                    head.last_index
-                ),
+            return Err(self.tampered(
+                SealedRecord::Entry {
+                    index: last.min(head.last_index) + 1,
+                },
+                Tampering::EndMoved {
+                    found: last,
+                    sealed: head.last_index,
+                },
             ));
         }
-        let stored_entries = if last >= first {
+        Ok((first, last, offset_term))
+    }
+
+    /// Step 4: every batch of the log, in order, unsealed and chained, ending at
+    /// the batch the head names.
+    fn verify_log(&self, inner: &impl LogStore, head: &Head) -> Result<VerifiedLog, StorageError> {
+        let (first, last, offset_term) = self.log_bounds(inner, head)?;
+        let stored = if last >= first {
             inner
                 .entries(first, last + 1, None, GetEntriesContext::empty(false))
-                .map_err(raft_corrupt)?
+                .map_err(|e| {
+                    StorageError::corrupt(StoredRecord::Log, Corruption::Read(Arc::new(e)))
+                })?
         } else {
             Vec::new()
         };
-        let mut batches = BTreeMap::new();
-        let mut entries = Vec::with_capacity(stored_entries.len());
+        let mut log = VerifiedLog {
+            offset: (first - 1, offset_term),
+            entries: Vec::with_capacity(stored.len()),
+            batches: BTreeMap::new(),
+        };
         let mut chain: Option<Digest> = None;
-        let mut pos = 0;
-        while pos < stored_entries.len() {
-            let e = &stored_entries[pos];
-            let Some(h) = BatchHeader::decode(&e.data) else {
-                return Err(tampered(
-                    SealedRecord::Entry { index: e.index },
-                    if e.data.is_empty() {
-                        "the entry is not covered by any sealed batch".into()
-                    } else {
-                        "malformed batch header".into()
-                    },
-                ));
-            };
-            let record = SealedRecord::Batch {
-                first: h.first,
-                last: h.last,
-            };
-            if h.first != e.index || h.last < h.first {
-                return Err(tampered(
-                    record,
-                    format!("found at index {}: moved or spliced", e.index),
-                ));
-            }
-            if h.last > last {
-                return Err(tampered(
-                    record,
-                    format!("cut short: entries {}..={} are missing", last + 1, h.last),
-                ));
-            }
-            if chain.is_some_and(|c| c != h.prev) {
-                return Err(tampered(
-                    record,
-                    "does not chain to the batch before it: a batch between them was \
-                     removed, replaced or reordered"
-                        .into(),
-                ));
-            }
-            let ad = cfg.ad(AD_BATCH, &e.data[..BATCH_HEADER_LEN]);
-            let plain = hsm
-                .unseal(key, &ad, &e.data[BATCH_HEADER_LEN..])
-                .map_err(|err| unsealed(record.clone(), err))?;
-            let decoded =
-                decode_batch(&plain, &h).map_err(|detail| tampered(record.clone(), detail))?;
-            for (j, d) in decoded.iter().enumerate() {
-                let Some(s) = stored_entries.get(pos + j) else {
-                    return Err(tampered(record, "cut short".into()));
-                };
-                if s.index != d.index || s.term != d.term || (j > 0 && !s.data.is_empty()) {
-                    return Err(tampered(
-                        SealedRecord::Entry { index: d.index },
-                        "the stored entry differs from the sealed batch (index, term or \
-                         placeholder edited)"
-                            .into(),
-                    ));
-                }
-            }
-            let d = digest(&e.data);
-            batches.insert(
-                h.first,
-                BatchMeta {
-                    last: h.last,
-                    prev: h.prev,
-                    digest: d,
+        while log.entries.len() < stored.len() {
+            let (header, meta, entries) =
+                self.verify_batch(&stored[log.entries.len()..], last, chain)?;
+            chain = Some(meta.digest);
+            log.batches.insert(header.first, meta);
+            log.entries.extend(entries);
+        }
+        if let Some(tail) = chain.filter(|tail| *tail != head.tail_digest) {
+            debug_assert_ne!(tail, head.tail_digest);
+            let (first, meta) = log
+                .batches
+                .iter()
+                .next_back()
+                .map(|(f, m)| (*f, *m))
+                .unzip();
+            return Err(self.tampered(
+                SealedRecord::Batch {
+                    first: first.unwrap_or(0),
+                    last: meta.map_or(0, |m| m.last),
                 },
-            );
-            chain = Some(d);
-            pos += decoded.len();
-            entries.extend(decoded);
+                Tampering::TailReplaced,
+            ));
         }
-        if let Some(tail) = chain {
-            if tail != head.tail_digest {
-                let (first, meta) = batches.iter().next_back().map(|(f, m)| (*f, *m)).unzip();
-                return Err(tampered(
-                    SealedRecord::Batch {
-                        first: first.unwrap_or(0),
-                        last: meta.map(|m| m.last).unwrap_or(0),
+        Ok(log)
+    }
+
+    /// Step 4b: the batch stored in `stored[0]` (whose placeholders follow it):
+    /// where it sits, its chain link, its seal, and its entries against the
+    /// placeholders. `last` is the log's last index, `chain` the digest of the
+    /// batch before it.
+    fn verify_batch(
+        &self,
+        stored: &[Entry],
+        last: u64,
+        chain: Option<Digest>,
+    ) -> Result<(BatchHeader, BatchMeta, Vec<Entry>), StorageError> {
+        let e = &stored[0];
+        if e.data.is_empty() {
+            return Err(self.tampered(SealedRecord::Entry { index: e.index }, Tampering::Uncovered));
+        }
+        let (h, clear, sealed) = split_sealed::<BatchHeader>(&e.data)
+            .map_err(|err| self.undecodable(SealedRecord::Entry { index: e.index }, err))?;
+        let record = SealedRecord::Batch {
+            first: h.first,
+            last: h.last,
+        };
+        if h.first != e.index || h.last < h.first {
+            return Err(self.tampered(record, Tampering::Moved { at: e.index }));
+        }
+        if h.last > last {
+            return Err(self.tampered(
+                record,
+                Tampering::CutShort {
+                    from: last + 1,
+                    to: h.last,
+                },
+            ));
+        }
+        if chain.is_some_and(|c| c != h.prev) {
+            return Err(self.tampered(record, Tampering::BrokenChain));
+        }
+        let plain = self
+            .hsm
+            .unseal(self.key, &self.cfg.ad(AD_BATCH, clear), sealed)
+            .map_err(|err| self.unsealed(record.clone(), err))?;
+        let entries = decode_batch(&plain, &h).map_err(|cause| match cause {
+            Tampering::Decode(e) => self.undecodable(record.clone(), e),
+            cause => self.tampered(record.clone(), cause),
+        })?;
+        for (j, d) in entries.iter().enumerate() {
+            let Some(s) = stored.get(j) else {
+                return Err(self.tampered(
+                    record,
+                    Tampering::CutShort {
+                        from: d.index,
+                        to: h.last,
                     },
-                    "the newest batch is not the one the sealed head names: replaced by \
-                     an older or foreign batch"
-                        .into(),
+                ));
+            };
+            if s.index != d.index || s.term != d.term || (j > 0 && !s.data.is_empty()) {
+                return Err(self.tampered(
+                    SealedRecord::Entry { index: d.index },
+                    Tampering::PlaceholderEdited,
                 ));
             }
         }
+        let meta = BatchMeta {
+            last: h.last,
+            prev: h.prev,
+            digest: digest(&e.data),
+        };
+        Ok((h, meta, entries))
+    }
 
+    /// Step 5: the decrypted view, from the head's hard state and what was verified.
+    fn rebuild_cache(
+        &self,
+        head: &Head,
+        snapshot: Snapshot,
+        log: VerifiedLog,
+    ) -> Result<MemLog, StorageError> {
         let mut hard_state = HardState::default();
         hard_state.term = head.term;
         hard_state.vote = head.vote;
         hard_state.commit = head.commit;
-        let cache = MemLog::from_parts(hard_state, snapshot, (first - 1, offset_term), entries)
-            .map_err(|e| match e {
-                StorageError::Corrupt { detail, .. } => tampered(SealedRecord::HardState, detail),
-                other => other,
-            })?;
-
-        // Everything checks out. A head one write ahead of the counter is a crash
-        // after the data became durable and before the counter advanced: finish it.
-        if Some(head.counter) == h.checked_add(1) {
-            let now = hsm.advance_counter(&cfg.counter_label, &head_digest)?;
-            if now != head.counter {
-                return Err(StorageError::CounterBehind {
-                    replica,
-                    disk: head.counter,
-                    hsm: now,
-                });
+        MemLog::from_parts(hard_state, snapshot, log.offset, log.entries).map_err(|e| match e {
+            StorageError::Corrupt { cause, .. } => {
+                self.tampered(SealedRecord::HardState, Tampering::Container(cause))
             }
-            tracing::info!(
-                replica,
-                counter = now,
-                "completed the counter advance of a write interrupted by a crash"
-            );
+            other => other,
+        })
+    }
+
+    /// Step 6: a head one write ahead of the counter is a crash after the data
+    /// became durable and before the counter advanced: finish it.
+    fn complete_counter_advance(
+        &self,
+        head: &Head,
+        head_digest: &Digest,
+        hsm_counter: u64,
+    ) -> Result<(), StorageError> {
+        if Some(head.counter) != hsm_counter.checked_add(1) {
+            debug_assert_eq!(head.counter, hsm_counter);
+            return Ok(());
         }
-        Ok(Self {
+        let now = self
+            .hsm
+            .advance_counter(&self.cfg.counter_label, head_digest)?;
+        if now != head.counter {
+            return Err(StorageError::CounterBehind {
+                replica: self.cfg.replica,
+                disk: head.counter,
+                hsm: now,
+            });
+        }
+        tracing::info!(
+            replica = self.cfg.replica,
+            counter = now,
+            "completed the counter advance of a write interrupted by a crash"
+        );
+        Ok(())
+    }
+}
+
+impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
+    /// Opens a sealed store over `inner`, checking every sealed record and the
+    /// HSM's counter, and completing a counter advance a crash interrupted.
+    ///
+    /// An empty inner store starts a new sealed store (its key is generated in the
+    /// HSM if missing) — unless the HSM's counter shows that this replica's store
+    /// was written before, which is a rollback to an empty disk.
+    ///
+    /// # Errors
+    /// [`StorageError::Tampered`] names the first record that fails its check,
+    /// [`StorageError::RolledBack`] an image older than the counter,
+    /// [`StorageError::CounterBehind`] a counter that is behind the disk,
+    /// [`StorageError::Hsm`] an HSM that does not answer or lacks the key.
+    pub fn open(inner: L, hsm: H, cfg: SealedConfig) -> Result<Self, StorageError> {
+        let hsm_counter = hsm.counter(&cfg.counter_label)?;
+        if inner.wrapper_record().is_empty() {
+            return Self::open_new(inner, hsm, cfg, hsm_counter.value);
+        }
+        let key = hsm
+            .find_key(&cfg.key_label, KeyKind::Aead)?
+            .ok_or_else(|| HsmError::NoSuchKey {
+                label: cfg.key_label.clone(),
+                kind: KeyKind::Aead,
+            })?;
+        let opening = Opening {
+            hsm: &hsm,
+            key,
+            cfg: &cfg,
+        };
+        let head_digest = digest(inner.wrapper_record());
+        let head = opening.read_head(inner.wrapper_record())?;
+        opening.check_counter(&head, &head_digest, hsm_counter)?;
+        let snapshot = opening.verify_snapshot(&inner, &head)?;
+        let mut log = opening.verify_log(&inner, &head)?;
+        let batches = std::mem::take(&mut log.batches);
+        let cache = opening.rebuild_cache(&head, snapshot, log)?;
+        opening.complete_counter_advance(&head, &head_digest, hsm_counter.value)?;
+        let store = Self {
             inner,
             hsm,
             cfg,
@@ -597,6 +702,51 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
             snapshot_digest: head.snapshot_digest,
             counter: head.counter,
             head_digest,
+            pending_from: None,
+            dirty: false,
+            poisoned: None,
+        };
+        store.assert_invariants();
+        Ok(store)
+    }
+
+    /// Starts a new sealed store over an inner store that holds no head: it must
+    /// hold nothing else either, and the HSM's counter must never have moved.
+    fn open_new(
+        inner: L,
+        hsm: H,
+        cfg: SealedConfig,
+        hsm_counter: u64,
+    ) -> Result<Self, StorageError> {
+        let untouched = inner.last_index().unwrap_or(1) == 0
+            && inner.latest_snapshot().get_metadata().index == 0
+            && *inner.hard_state() == HardState::default();
+        if !untouched {
+            return Err(StorageError::Tampered {
+                replica: cfg.replica,
+                record: SealedRecord::Head,
+                cause: Tampering::NoHead,
+            });
+        }
+        if hsm_counter > 0 {
+            return Err(StorageError::RolledBack {
+                replica: cfg.replica,
+                disk: 0,
+                hsm: hsm_counter,
+            });
+        }
+        let key = hsm.key(&cfg.key_label, KeyKind::Aead)?;
+        Ok(Self {
+            inner,
+            hsm,
+            cfg,
+            key,
+            cache: MemLog::new(),
+            batches: BTreeMap::new(),
+            anchor: [0; DIGEST_LEN],
+            snapshot_digest: [0; DIGEST_LEN],
+            counter: 0,
+            head_digest: [0; DIGEST_LEN],
             pending_from: None,
             dirty: false,
             poisoned: None,
@@ -623,11 +773,46 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
         &self.cache
     }
 
+    /// The store's invariants, checked in debug builds (the simulator runs with
+    /// them): the batches cover the decrypted log exactly and form one chain, and
+    /// the durable head is the one the counter is bound to.
+    fn assert_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        // Head/counter pair: a store that was ever written holds the head whose
+        // digest its counter's binding names (until the next write stages another).
+        debug_assert_eq!(self.counter == 0, self.head_digest == [0; DIGEST_LEN]);
+        if !self.dirty && self.counter > 0 {
+            debug_assert_eq!(digest(self.inner.wrapper_record()), self.head_digest);
+        }
+        if self.pending_from.is_some() {
+            return;
+        }
+        // Batches: consecutive, chained, and ending at the store's last index.
+        let mut expected_first = self.cache.first();
+        let mut prev = None;
+        for (&first, meta) in &self.batches {
+            debug_assert_eq!(first, expected_first, "batches are consecutive");
+            debug_assert!(meta.last >= first);
+            if let Some(p) = prev {
+                debug_assert_eq!(meta.prev, p, "batches are chained");
+            }
+            prev = Some(meta.digest);
+            expected_first = meta.last + 1;
+        }
+        debug_assert_eq!(
+            expected_first,
+            self.cache.last() + 1,
+            "the batches cover the store's last index"
+        );
+    }
+
     fn check_usable(&self) -> Result<(), StorageError> {
         match &self.poisoned {
             Some(cause) => Err(StorageError::Poisoned {
                 replica: self.cfg.replica,
-                cause: cause.clone(),
+                cause: Arc::clone(cause),
             }),
             None => Ok(()),
         }
@@ -642,7 +827,7 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
         self.check_usable()?;
         let result = step(self);
         if let Err(e) = &result {
-            self.poisoned = Some(e.to_string());
+            self.poisoned = Some(Arc::new(e.clone()));
         }
         result
     }
@@ -652,6 +837,40 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
             .values()
             .next_back()
             .map_or(self.anchor, |m| m.digest)
+    }
+
+    /// The plaintext of a batch of entries `start..=last` of the cache: a `u32`
+    /// count, then each entry. Sized up front, so no reallocation leaves a copy
+    /// of the plaintext behind.
+    fn batch_plaintext(&self, start: u64, last: u64) -> Result<Zeroizing<Vec<u8>>, StorageError> {
+        let entry = |index: u64| {
+            self.cache.entry(index).ok_or(StorageError::Corrupt {
+                record: StoredRecord::Entry { index },
+                cause: Corruption::Missing,
+            })
+        };
+        let mut size = 4;
+        for index in start..=last {
+            size += entry_len(entry(index)?);
+        }
+        // Held in `Zeroizing`: a failed entry still wipes the plaintext written so far.
+        let mut w = Zeroizing::new(Writer::with_capacity(size));
+        let count = (last - start + 1) as usize;
+        w.count(BATCH_ENTRIES_MAX, count, "batch entry count")
+            .map_err(|source| StorageError::Encode {
+                record: StoredRecord::Entry { index: start },
+                source,
+            })?;
+        for index in start..=last {
+            entry(index)?
+                .encode(&mut w)
+                .map_err(|source| StorageError::Encode {
+                    record: StoredRecord::Entry { index },
+                    source,
+                })?;
+        }
+        debug_assert_eq!(w.len(), size, "the batch plaintext was sized exactly");
+        Ok(Zeroizing::new(w.take_vec()))
     }
 
     /// Seals the entries appended since the last batch as one batch and hands it to
@@ -671,56 +890,32 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
         if last < start {
             return Ok(());
         }
-        let mut encoded = Vec::with_capacity((last - start + 1) as usize);
-        let mut total = 0usize;
-        for index in start..=last {
-            let e = self
-                .cache
-                .entry(index)
-                .ok_or_else(|| StorageError::Corrupt {
-                    what: format!("entry {index}"),
-                    detail: "missing from the sealed store's cache".into(),
-                })?;
-            let bytes =
-                Zeroizing::new(e.write_to_bytes().map_err(|err| StorageError::Corrupt {
-                    what: format!("entry {index}"),
-                    detail: format!("cannot be encoded for sealing: {err}"),
-                })?);
-            if u32::try_from(bytes.len()).is_err() {
-                return Err(StorageError::Corrupt {
-                    what: format!("entry {index}"),
-                    detail: format!("{} bytes is too large to seal (4 GiB at most)", bytes.len()),
-                });
-            }
-            total += 4 + bytes.len();
-            encoded.push((e.index, e.term, bytes));
-        }
-        // Sized up front so no reallocation leaves a copy of the plaintext behind.
-        let mut plain = Zeroizing::new(Vec::with_capacity(total));
-        let mut placeholders = Vec::with_capacity(encoded.len());
-        for (index, term, bytes) in &encoded {
-            plain.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            plain.extend_from_slice(bytes);
-            let mut p = Entry::default();
-            p.index = *index;
-            p.term = *term;
-            placeholders.push(p);
-        }
-        drop(encoded);
+        let plain = self.batch_plaintext(start, last)?;
+        let placeholders: Vec<Entry> = (start..=last)
+            .filter_map(|index| self.cache.entry(index))
+            .map(|e| {
+                let mut p = Entry::default();
+                p.index = e.index;
+                p.term = e.term;
+                p
+            })
+            .collect();
+        debug_assert_eq!(placeholders.len() as u64, last - start + 1);
         let header = BatchHeader {
             first: start,
             last,
             last_term: placeholders.last().map_or(0, |e| e.term),
             prev,
-        }
-        .encode();
+        };
+        let mut clear = Writer::with_capacity(BATCH_HEADER_LEN);
+        // Fixed-width fields only: encoding a header cannot fail.
+        let _ = header.encode(&mut clear);
         let sealed = self
             .hsm
-            .seal(self.key, &self.cfg.ad(AD_BATCH, &header), &plain)?;
-        let mut blob = Vec::with_capacity(header.len() + sealed.len());
-        blob.extend_from_slice(&header);
-        blob.extend_from_slice(&sealed);
+            .seal(self.key, &self.cfg.ad(AD_BATCH, clear.as_slice()), &plain)?;
+        let blob = join_sealed(&header, BATCH_HEADER_LEN, &sealed);
         let d = digest(&blob);
+        let mut placeholders = placeholders;
         placeholders[0].data = blob.into();
         self.inner.append(&placeholders)?;
         self.batches.insert(
@@ -732,29 +927,36 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
             },
         );
         self.dirty = true;
+        self.assert_invariants();
         Ok(())
     }
 
     fn seal_snapshot(&self, snapshot: &Snapshot) -> Result<(Snapshot, Digest), StorageError> {
         let meta = snapshot.get_metadata();
-        let mut header = [0u8; 17];
-        header[0] = FORMAT_VERSION;
-        header[1..9].copy_from_slice(&meta.index.to_be_bytes());
-        header[9..17].copy_from_slice(&meta.term.to_be_bytes());
-        let plain =
-            Zeroizing::new(
-                snapshot
-                    .write_to_bytes()
-                    .map_err(|e| StorageError::Corrupt {
-                        what: format!("snapshot at index {}", meta.index),
-                        detail: format!("cannot be encoded for sealing: {e}"),
-                    })?,
-            );
-        let sealed = self
-            .hsm
-            .seal(self.key, &self.cfg.ad(AD_SNAPSHOT, &header), &plain)?;
-        let mut blob = header.to_vec();
-        blob.extend_from_slice(&sealed);
+        let header = SnapshotHeader {
+            index: meta.index,
+            term: meta.term,
+        };
+        let mut clear = Writer::with_capacity(SNAPSHOT_HEADER_LEN);
+        // Fixed-width fields only: encoding a header cannot fail.
+        let _ = header.encode(&mut clear);
+        let size = snapshot_len(snapshot);
+        // Held in `Zeroizing`: a failed encode still wipes what was written.
+        let mut w = Zeroizing::new(Writer::with_capacity(size));
+        snapshot
+            .encode(&mut w)
+            .map_err(|source| StorageError::Encode {
+                record: StoredRecord::Snapshot,
+                source,
+            })?;
+        debug_assert_eq!(w.len(), size, "the snapshot plaintext was sized exactly");
+        let plain = Zeroizing::new(w.take_vec());
+        let sealed = self.hsm.seal(
+            self.key,
+            &self.cfg.ad(AD_SNAPSHOT, clear.as_slice()),
+            &plain,
+        )?;
+        let blob = join_sealed(&header, SNAPSHOT_HEADER_LEN, &sealed);
         let d = digest(&blob);
         let mut out = Snapshot::default();
         out.set_metadata(meta.clone());
@@ -782,11 +984,18 @@ impl<L: AtomicSync, H: Hsm> Sealed<L, H> {
             tail_digest: self.tail_digest(),
             prev_head: self.head_digest,
         };
+        let mut plain = Writer::with_capacity(HEAD_LEN);
+        // Fixed-width fields only: encoding the head cannot fail.
+        let _ = head.encode(&mut plain);
+        debug_assert_eq!(plain.len(), HEAD_LEN);
         let sealed = self
             .hsm
-            .seal(self.key, &self.cfg.ad(AD_HEAD, &[]), &head.encode())?;
-        self.inner.set_wrapper_record(&sealed)?;
-        Ok(digest(&sealed))
+            .seal(self.key, &self.cfg.ad(AD_HEAD, &[]), plain.as_slice())?;
+        let mut record = Writer::with_capacity(1 + sealed.len());
+        record.u8(FORMAT_VERSION).raw(&sealed);
+        let record = record.into_vec();
+        self.inner.set_wrapper_record(&record)?;
+        Ok(digest(&record))
     }
 }
 
@@ -799,11 +1008,14 @@ impl<H: Hsm> Sealed<SledLog, H> {
         hsm: H,
         cfg: SealedConfig,
     ) -> Result<Self, StorageError> {
+        // The sled marker is not authenticated: an `OldFormat` or `ForeignFormat`
+        // from it is passed on as such (an honest upgrade meets it), and the
+        // message says that an edited marker looks the same.
         let inner = SledLog::open(path).map_err(|e| match e {
-            StorageError::Corrupt { what, detail } => StorageError::Tampered {
+            StorageError::Corrupt { record, cause } => StorageError::Tampered {
                 replica: cfg.replica,
-                record: SealedRecord::Container { what },
-                detail,
+                record: SealedRecord::Container { record },
+                cause: Tampering::Container(cause),
             },
             other => other,
         })?;
@@ -811,55 +1023,39 @@ impl<H: Hsm> Sealed<SledLog, H> {
     }
 }
 
-fn open_snapshot<H: Hsm>(
-    hsm: &H,
-    key: KeyHandle,
-    cfg: &SealedConfig,
-    blob: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-    if blob.len() < 17 || blob[0] != FORMAT_VERSION {
-        return Err(HsmError::Malformed("bad snapshot header".into()));
+/// The entries a batch's plaintext holds, checked against its header.
+fn decode_batch(plain: &[u8], h: &BatchHeader) -> Result<Vec<Entry>, Tampering> {
+    let mut r = Reader::new(plain);
+    let n = r
+        .count(BATCH_ENTRIES_MAX, "batch entry count")
+        .map_err(Tampering::Decode)?;
+    if Some(n as u64) != (h.last - h.first).checked_add(1) {
+        return Err(Tampering::HeaderMismatch);
     }
-    hsm.unseal(key, &cfg.ad(AD_SNAPSHOT, &blob[..17]), &blob[17..])
-}
-
-fn decode_batch(plain: &[u8], h: &BatchHeader) -> Result<Vec<Entry>, String> {
-    let mut out = Vec::new();
-    let mut rest = plain;
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err("truncated entry length".into());
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let body = rest
-            .get(4..4 + len)
-            .ok_or_else(|| "truncated entry".to_string())?;
-        let e = Entry::parse_from_bytes(body).map_err(|e| format!("entry does not decode: {e}"))?;
-        let expected = h.first + out.len() as u64;
+    let mut out = Vec::with_capacity(n.min(r.left()));
+    for i in 0..n as u64 {
+        let e = Entry::read(&mut r).map_err(Tampering::Decode)?;
+        let expected = h.first + i;
         if e.index != expected {
-            return Err(format!("holds index {} where {expected} belongs", e.index));
+            return Err(Tampering::WrongIndex {
+                found: e.index,
+                expected,
+            });
         }
         out.push(e);
-        rest = &rest[4 + len..];
     }
+    r.expect_empty("sealed batch").map_err(Tampering::Decode)?;
     match out.last() {
         Some(l) if l.index == h.last && l.term == h.last_term => Ok(out),
-        _ => Err("the sealed entries do not match the batch header".into()),
+        _ => Err(Tampering::HeaderMismatch),
     }
 }
 
-fn raft_corrupt(e: raft::Error) -> StorageError {
-    StorageError::Corrupt {
-        what: "inner log store".into(),
-        detail: e.to_string(),
-    }
-}
-
-impl<L: AtomicSync, H: Hsm> Storage for Sealed<L, H> {
+impl<L: AtomicSync + WrapperRecord, H: Hsm> Storage for Sealed<L, H> {
     crate::storage_reads_from!(cache);
 }
 
-impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
+impl<L: AtomicSync + WrapperRecord, H: Hsm> LogStore for Sealed<L, H> {
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         self.check_usable()?;
         self.cache.check_append(entries)?;
@@ -905,6 +1101,7 @@ impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
             s.anchor = d;
             s.snapshot_digest = d;
             s.dirty = true;
+            s.assert_invariants();
             Ok(())
         })
     }
@@ -956,6 +1153,7 @@ impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
                 }
             }
             s.dirty = true;
+            s.assert_invariants();
             Ok(())
         })
     }
@@ -973,15 +1171,17 @@ impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
             let expected = s.counter + 1;
             let now = s.hsm.advance_counter(&s.cfg.counter_label, &head)?;
             if now != expected {
-                return Err(StorageError::Hsm(HsmError::Device(format!(
-                    "counter {:?} moved to {now}, expected {expected}: another store \
-                     shares this counter label",
-                    s.cfg.counter_label
-                ))));
+                return Err(StorageError::CounterShared {
+                    replica: s.cfg.replica,
+                    label: s.cfg.counter_label.clone(),
+                    now,
+                    expected,
+                });
             }
             s.counter = now;
             s.head_digest = head;
             s.dirty = false;
+            s.assert_invariants();
             Ok(())
         })
     }
@@ -992,16 +1192,5 @@ impl<L: AtomicSync, H: Hsm> LogStore for Sealed<L, H> {
 
     fn hard_state(&self) -> &HardState {
         self.cache.hard_state()
-    }
-
-    fn set_wrapper_record(&mut self, _record: &[u8]) -> Result<(), StorageError> {
-        Err(StorageError::Corrupt {
-            what: "wrapper record".into(),
-            detail: "a sealed store cannot itself be wrapped; wrap the inner store".into(),
-        })
-    }
-
-    fn wrapper_record(&self) -> &[u8] {
-        &[]
     }
 }

@@ -13,28 +13,118 @@
 //!
 //! One sled tree holds everything, so a batch is atomic across entries and metadata:
 //! `e` + big-endian index → entry, `m/…` → metadata (format, hard state, snapshot, log
-//! offset, a wrapping store's record).
+//! offset, a wrapping store's record). Keys and values are read with the engine's
+//! [`codec`](crate::codec) too.
+//!
+//! Format 3 (`vaultfleet-sled-log-v3`) stores records in the one codec's layout
+//! (`u32` length prefixes); formats 1 and 2 are refused with
+//! [`StorageError::OldFormat`].
 
 use std::path::{Path, PathBuf};
 
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::Storage;
 
-use super::{codec, LogStore, MemLog, StorageError};
+use super::{codec, Corruption, LogStore, MemLog, StorageError, StoredRecord, WrapperRecord};
+use crate::codec::{Codec, Reader, Writer};
 
-const FORMAT: &[u8] = b"vaultfleet-sled-log-v2";
+/// The format this build reads and writes.
+const FORMAT_VERSION: u8 = 3;
+/// The format marker's text before the version number.
+const FORMAT_PREFIX: &[u8] = b"vaultfleet-sled-log-v";
+const FORMAT: &[u8] = b"vaultfleet-sled-log-v3";
+const _: () = assert!(FORMAT.len() == FORMAT_PREFIX.len() + 1);
+const _: () = assert!(FORMAT[FORMAT.len() - 1] == b'0' + FORMAT_VERSION);
 const KEY_FORMAT: &[u8] = b"m/format";
 const KEY_HARD_STATE: &[u8] = b"m/hard_state";
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
 const KEY_OFFSET: &[u8] = b"m/offset";
 const KEY_WRAPPER: &[u8] = b"m/wrapper";
 const ENTRY_PREFIX: u8 = b'e';
+const ENTRY_KEY_LEN: usize = 1 + 8;
+const OFFSET_LEN: usize = 8 + 8;
 
-fn entry_key(index: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = ENTRY_PREFIX;
-    k[1..].copy_from_slice(&index.to_be_bytes());
+fn entry_key(index: u64) -> [u8; ENTRY_KEY_LEN] {
+    let mut w = Writer::with_capacity(ENTRY_KEY_LEN);
+    w.u8(ENTRY_PREFIX).u64(index);
+    let mut k = [0u8; ENTRY_KEY_LEN];
+    k.copy_from_slice(w.as_slice());
     k
+}
+
+/// The index an entry key names.
+fn entry_key_index(key: &[u8]) -> Result<u64, StorageError> {
+    let mut r = Reader::new(key);
+    let index = (|| {
+        r.magic(&[ENTRY_PREFIX], "entry key prefix")?;
+        let index = r.u64("entry key index")?;
+        r.expect_empty("entry key")?;
+        Ok(index)
+    })();
+    index.map_err(|e: crate::codec::DecodeError| StorageError::corrupt(StoredRecord::EntryKey, e))
+}
+
+fn encode_offset((index, term): (u64, u64)) -> Vec<u8> {
+    let mut w = Writer::with_capacity(OFFSET_LEN);
+    w.u64(index).u64(term);
+    debug_assert_eq!(w.len(), OFFSET_LEN);
+    w.into_vec()
+}
+
+fn decode_offset(bytes: &[u8]) -> Result<(u64, u64), StorageError> {
+    let mut r = Reader::new(bytes);
+    let offset = (|| {
+        let index = r.u64("log offset index")?;
+        let term = r.u64("log offset term")?;
+        r.expect_empty("log offset")?;
+        Ok((index, term))
+    })();
+    offset.map_err(|e: crate::codec::DecodeError| StorageError::corrupt(StoredRecord::Offset, e))
+}
+
+fn encode<'a, T: Codec<'a>>(value: &T, record: StoredRecord) -> Result<Vec<u8>, StorageError> {
+    codec::encode_record(value).map_err(|source| StorageError::Encode { record, source })
+}
+
+fn decode<'a, T: Codec<'a>>(bytes: &'a [u8], record: StoredRecord) -> Result<T, StorageError> {
+    codec::decode_record(bytes).map_err(|e| StorageError::corrupt(record, e))
+}
+
+/// Checks the format marker, or writes it into an empty tree.
+fn check_format(db: &sled::Db, tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
+    match tree.get(KEY_FORMAT).map_err(StorageError::backend)? {
+        Some(found) if found.as_ref() == FORMAT => Ok(()),
+        Some(found) => {
+            let old = found
+                .strip_prefix(FORMAT_PREFIX)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<u8>().ok())
+                .filter(|v| *v < FORMAT_VERSION);
+            Err(match old {
+                Some(found) => StorageError::OldFormat {
+                    what: "sled log store",
+                    found,
+                    current: FORMAT_VERSION,
+                },
+                None => StorageError::ForeignFormat {
+                    path: path.to_path_buf(),
+                    found: Some(found.to_vec()),
+                },
+            })
+        }
+        None => {
+            if tree.iter().next().is_some() {
+                return Err(StorageError::ForeignFormat {
+                    path: path.to_path_buf(),
+                    found: None,
+                });
+            }
+            tree.insert(KEY_FORMAT, FORMAT)
+                .map_err(StorageError::backend)?;
+            db.flush().map_err(StorageError::backend)?;
+            Ok(())
+        }
+    }
 }
 
 /// Opens the sled database. sled's background threads can hold the directory's
@@ -58,7 +148,7 @@ fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            other => return Ok(other?),
+            other => return other.map_err(StorageError::backend),
         }
     }
 }
@@ -89,73 +179,40 @@ impl SledLog {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StorageError> {
         let path = path.as_ref().to_path_buf();
         let db = open_db(&path)?;
-        let tree = db.open_tree("raft")?;
-        let location = path.display().to_string();
-        match tree.get(KEY_FORMAT)? {
-            Some(found) if found.as_ref() == FORMAT => {}
-            Some(found) => {
-                return Err(StorageError::ForeignFormat {
-                    path: location,
-                    found: String::from_utf8_lossy(&found).into_owned(),
-                })
-            }
-            None => {
-                if tree.iter().next().is_some() {
-                    return Err(StorageError::ForeignFormat {
-                        path: location,
-                        found: "<no format marker>".into(),
-                    });
-                }
-                tree.insert(KEY_FORMAT, FORMAT)?;
-                db.flush()?;
-            }
-        }
-        let hard_state = match tree.get(KEY_HARD_STATE)? {
-            Some(b) => codec::decode_hard_state(&b)?,
+        let tree = db.open_tree("raft").map_err(StorageError::backend)?;
+        check_format(&db, &tree, &path)?;
+        let get = |key: &[u8]| tree.get(key).map_err(StorageError::backend);
+        let hard_state = match get(KEY_HARD_STATE)? {
+            Some(b) => decode(&b, StoredRecord::HardState)?,
             None => HardState::default(),
         };
-        let snapshot = match tree.get(KEY_SNAPSHOT)? {
-            Some(b) => codec::decode_snapshot(&b)?,
+        let snapshot = match get(KEY_SNAPSHOT)? {
+            Some(b) => decode(&b, StoredRecord::Snapshot)?,
             None => Snapshot::default(),
         };
-        let offset = match tree.get(KEY_OFFSET)? {
-            Some(b) if b.len() == 16 => {
-                let mut i = [0u8; 8];
-                let mut t = [0u8; 8];
-                i.copy_from_slice(&b[..8]);
-                t.copy_from_slice(&b[8..]);
-                (u64::from_be_bytes(i), u64::from_be_bytes(t))
-            }
-            Some(b) => {
-                return Err(StorageError::Corrupt {
-                    what: "log offset".into(),
-                    detail: format!("expected 16 bytes, found {}", b.len()),
-                })
-            }
+        let offset = match get(KEY_OFFSET)? {
+            Some(b) => decode_offset(&b)?,
             None => (0, 0),
         };
         let mut entries = Vec::new();
         for kv in tree.range(entry_key(offset.0.saturating_add(1))..entry_key(u64::MAX)) {
-            let (k, v) = kv?;
-            let key_index = k
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            let what = match key_index {
-                Some(i) if k.len() == 9 => format!("entry {i}"),
-                _ => format!("entry at key {k:?}"),
-            };
-            let entry: Entry = codec::decode_entry(&v, &what)?;
-            if k.as_ref() != entry_key(entry.index) {
-                return Err(StorageError::Corrupt {
-                    what,
-                    detail: format!("holds entry {}", entry.index),
-                });
+            let (k, v) = kv.map_err(StorageError::backend)?;
+            let index = entry_key_index(&k)?;
+            let record = StoredRecord::Entry { index };
+            let entry: Entry = decode(&v, record)?;
+            if entry.index != index {
+                return Err(StorageError::corrupt(
+                    record,
+                    Corruption::WrongIndex {
+                        found: entry.index,
+                        expected: index,
+                    },
+                ));
             }
             entries.push(entry);
         }
         let mut cache = MemLog::from_parts(hard_state, snapshot, offset, entries)?;
-        if let Some(record) = tree.get(KEY_WRAPPER)? {
+        if let Some(record) = get(KEY_WRAPPER)? {
             cache.set_wrapper_record(&record)?;
         }
         Ok(Self {
@@ -189,11 +246,8 @@ impl SledLog {
     }
 
     fn stage_offset(&mut self) {
-        let (i, t) = self.cache.offset();
-        let mut v = Vec::with_capacity(16);
-        v.extend_from_slice(&i.to_be_bytes());
-        v.extend_from_slice(&t.to_be_bytes());
-        self.stage_insert(KEY_OFFSET, v);
+        let offset = encode_offset(self.cache.offset());
+        self.stage_insert(KEY_OFFSET, offset);
     }
 }
 
@@ -207,38 +261,46 @@ impl LogStore for SledLog {
         let Some(tail) = entries.last() else {
             return Ok(());
         };
+        // Encoded first: a refused encoding leaves nothing staged.
+        let encoded = entries
+            .iter()
+            .map(|e| Ok((e.index, encode(e, StoredRecord::Entry { index: e.index })?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
         for index in tail.index + 1..=self.cache.last() {
             self.stage_remove(&entry_key(index));
         }
-        for e in entries {
-            self.stage_insert(&entry_key(e.index), codec::encode_entry(e));
+        for (index, value) in encoded {
+            self.stage_insert(&entry_key(index), value);
         }
         self.cache.append(entries)
     }
 
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
-        self.stage_insert(KEY_HARD_STATE, codec::encode_hard_state(hard_state));
+        let value = encode(hard_state, StoredRecord::HardState)?;
+        self.stage_insert(KEY_HARD_STATE, value);
         self.cache.set_hard_state(hard_state)
     }
 
     fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let (first, last) = (self.cache.first(), self.cache.last());
+        let value = encode(snapshot, StoredRecord::Snapshot)?;
         self.cache.apply_snapshot(snapshot)?;
         for index in first..=last {
             self.stage_remove(&entry_key(index));
         }
-        self.stage_insert(KEY_SNAPSHOT, codec::encode_snapshot(snapshot));
+        self.stage_insert(KEY_SNAPSHOT, value);
         self.stage_offset();
-        let hs = self.cache.hard_state().clone();
-        self.stage_insert(KEY_HARD_STATE, codec::encode_hard_state(&hs));
+        let hs = encode(self.cache.hard_state(), StoredRecord::HardState)?;
+        self.stage_insert(KEY_HARD_STATE, hs);
         Ok(())
     }
 
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let value = encode(snapshot, StoredRecord::Snapshot)?;
         self.cache.save_snapshot(snapshot)?;
         // The cache keeps the newer of two snapshots; the disk must agree with it.
         if self.cache.latest_snapshot().get_metadata().index == snapshot.get_metadata().index {
-            self.stage_insert(KEY_SNAPSHOT, codec::encode_snapshot(snapshot));
+            self.stage_insert(KEY_SNAPSHOT, value);
         }
         Ok(())
     }
@@ -259,8 +321,10 @@ impl LogStore for SledLog {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_writes = 0;
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(StorageError::backend)?;
+        self.db.flush().map_err(StorageError::backend)?;
         Ok(())
     }
 
@@ -271,7 +335,9 @@ impl LogStore for SledLog {
     fn hard_state(&self) -> &HardState {
         self.cache.hard_state()
     }
+}
 
+impl WrapperRecord for SledLog {
     fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.stage_insert(KEY_WRAPPER, record.to_vec());
         self.cache.set_wrapper_record(record)
@@ -335,6 +401,32 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_an_older_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("raft")
+                .unwrap()
+                .insert(KEY_FORMAT, b"vaultfleet-sled-log-v2")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledLog::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::OldFormat {
+                    found: 2,
+                    current: FORMAT_VERSION,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("written by an older vaultfleet"));
+    }
+
+    #[test]
     fn a_corrupt_entry_is_reported_not_served() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -345,6 +437,15 @@ mod tests {
             log.db.flush().unwrap();
         }
         let err = SledLog::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                StorageError::Corrupt {
+                    record: StoredRecord::Entry { index: 1 },
+                    cause: Corruption::Decode(_),
+                }
+            ),
+            "{err}"
+        );
     }
 }

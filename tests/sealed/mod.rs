@@ -11,8 +11,9 @@ use raft::GetEntriesContext;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use vaultfleet::codec::DecodeError;
 use vaultfleet::hsm::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
-use vaultfleet::storage::{codec, SealedRecord};
+use vaultfleet::storage::{codec, SealedRecord, StoredRecord, Tampering};
 use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig, SledLog, StorageError};
 use zeroize::Zeroizing;
 
@@ -252,15 +253,15 @@ fn copy_dir(from: &Path, to: &Path) {
 fn expect_tampered<H: Hsm>(
     r: Result<Store<H>, StorageError>,
     replica: u64,
-) -> (SealedRecord, String) {
+) -> (SealedRecord, Tampering) {
     match r {
         Err(StorageError::Tampered {
             replica: r,
             record,
-            detail,
+            cause,
         }) => {
             assert_eq!(r, replica, "the error names the replica");
-            (record, detail)
+            (record, cause)
         }
         Err(other) => panic!("expected a tampering error, got: {other}"),
         Ok(_) => panic!("tampered store was opened"),
@@ -379,7 +380,7 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
     assert_eq!(
         record,
         SealedRecord::Container {
-            what: "entry 2".into()
+            record: StoredRecord::Entry { index: 2 }
         },
         "{detail}"
     );
@@ -390,12 +391,14 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
     write_history(dir.path(), &hsm, group + 2, 1, 6);
     with_raw_tree(dir.path(), |t| {
         let mut a: Entry =
-            codec::decode_entry(&t.get(entry_key(2)).unwrap().unwrap(), "test").unwrap();
+            codec::decode_record::<Entry>(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
         let mut b: Entry =
-            codec::decode_entry(&t.get(entry_key(10)).unwrap().unwrap(), "test").unwrap();
+            codec::decode_record::<Entry>(&t.get(entry_key(10)).unwrap().unwrap()).unwrap();
         std::mem::swap(&mut a.data, &mut b.data);
-        t.insert(entry_key(2), codec::encode_entry(&a)).unwrap();
-        t.insert(entry_key(10), codec::encode_entry(&b)).unwrap();
+        t.insert(entry_key(2), codec::encode_record(&a).unwrap())
+            .unwrap();
+        t.insert(entry_key(10), codec::encode_record(&b).unwrap())
+            .unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 2, 1), 1);
     assert_eq!(
@@ -412,12 +415,53 @@ pub fn swapped_and_edited_entries_are_detected<H: Hsm + Clone>(hsm: H, group: u6
     with_raw_tree(dir.path(), |t| {
         // Placeholder entry 3: raise its term in the clear.
         let raw = t.get(entry_key(3)).unwrap().unwrap();
-        let mut e: Entry = codec::decode_entry(&raw, "test").unwrap();
+        let mut e: Entry = codec::decode_record::<Entry>(&raw).unwrap();
         e.term += 1;
-        t.insert(entry_key(3), codec::encode_entry(&e)).unwrap();
+        t.insert(entry_key(3), codec::encode_record(&e).unwrap())
+            .unwrap();
     });
     let (record, detail) = expect_tampered(open(dir.path(), &hsm, group + 1, 1), 1);
     assert_eq!(record, SealedRecord::Entry { index: 3 }, "{detail}");
+}
+
+/// A sealed record whose clear version byte was set to an older format (1:
+/// protobuf entries, associated data without length prefixes) inside a store whose
+/// container says it is current is tampering: the byte is not authenticated, and an
+/// attacker must not be able to pass an edit off as an old format.
+pub fn old_version_byte_in_a_current_store_is_tampering<H: Hsm + Clone>(hsm: H, group: u64) {
+    for (g, record) in [(group, "batch"), (group + 1, "head")] {
+        let dir = tempfile::tempdir().unwrap();
+        write_history(dir.path(), &hsm, g, 1, 6);
+        with_raw_tree(dir.path(), |t| match record {
+            "batch" => {
+                let mut e =
+                    codec::decode_record::<Entry>(&t.get(entry_key(2)).unwrap().unwrap()).unwrap();
+                let mut data = e.data.to_vec();
+                data[0] = 1;
+                e.data = data.into();
+                t.insert(entry_key(2), codec::encode_record(&e).unwrap())
+                    .unwrap();
+            }
+            _ => {
+                let mut head = t.get(b"m/wrapper").unwrap().unwrap().to_vec();
+                head[0] = 1;
+                t.insert(b"m/wrapper", head).unwrap();
+            }
+        });
+        match open(dir.path(), &hsm, g, 1) {
+            Err(StorageError::Tampered {
+                cause:
+                    Tampering::Decode(DecodeError::Version {
+                        found: 1,
+                        expected: 2,
+                        ..
+                    }),
+                ..
+            }) => {}
+            Err(other) => panic!("{record}: expected tampering (version byte), got: {other}"),
+            Ok(_) => panic!("{record}: a store with an edited version byte was opened"),
+        }
+    }
 }
 
 /// A batch copied from another replica of the group, or from the same replica id
@@ -493,9 +537,10 @@ pub fn truncation_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
             let v = t.get(entry_key(i + 2)).unwrap();
             match v {
                 Some(v) if i + 2 <= 16 => {
-                    let mut e: Entry = codec::decode_entry(&v, "test").unwrap();
+                    let mut e: Entry = codec::decode_record::<Entry>(&v).unwrap();
                     e.index = i;
-                    t.insert(entry_key(i), codec::encode_entry(&e)).unwrap();
+                    t.insert(entry_key(i), codec::encode_record(&e).unwrap())
+                        .unwrap();
                 }
                 _ => {
                     t.remove(entry_key(i)).unwrap();
@@ -604,7 +649,10 @@ impl<H: Hsm> Hsm for FaultHsm<H> {
     }
     fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
         if self.mode.load(Ordering::SeqCst) == MODE_FAIL_SEAL {
-            return Err(HsmError::Unavailable("cut: seal".into()));
+            return Err(HsmError::Unavailable {
+                operation: "cut: seal",
+                cause: None,
+            });
         }
         self.inner.seal(key, aad, plaintext)
     }
@@ -633,10 +681,16 @@ impl<H: Hsm> Hsm for FaultHsm<H> {
     }
     fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
         match self.mode.load(Ordering::SeqCst) {
-            MODE_FAIL_BEFORE_ADVANCE => Err(HsmError::Unavailable("cut: before advance".into())),
+            MODE_FAIL_BEFORE_ADVANCE => Err(HsmError::Unavailable {
+                operation: "cut: before advance",
+                cause: None,
+            }),
             MODE_FAIL_AFTER_ADVANCE => {
                 self.inner.advance_counter(label, binding)?;
-                Err(HsmError::Unavailable("cut: after advance".into()))
+                Err(HsmError::Unavailable {
+                    operation: "cut: after advance",
+                    cause: None,
+                })
             }
             _ => self.inner.advance_counter(label, binding),
         }
