@@ -8,8 +8,9 @@
 //! * [`storage`], [`hsm`], [`transport`], [`state_machine`] — the seams, each a
 //!   trait with real implementations; [`Sealed`] keeps the log on an untrusted disk.
 //! * [`runtime`] — the threaded driver: [`Node`], [`NodeHandle`], [`Client`].
-//! * [`wire`] — the engine's own messages and the strict byte reader every
-//!   hand-written encoding goes through.
+//! * [`wire`] — the engine's own protobuf messages; [`codec`] — the one strict
+//!   reader/writer every hand-written encoding goes through, and [`codec::labeled`]
+//!   for every MAC, AEAD associated data and signature input.
 //!
 //! This crate is the engine: it replicates any [`StateMachine`] and pulls in no
 //! PAKE, no Argon2 and no audit code. The Backup Key Vault lives in
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod config;
 pub mod hsm;
 pub mod replica;

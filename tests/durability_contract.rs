@@ -68,12 +68,6 @@ impl LogStore for AuditedLog {
     fn compact(&mut self, i: u64) -> Result<(), StorageError> {
         self.live.compact(i)
     }
-    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
-        self.live.set_wrapper_record(record)
-    }
-    fn wrapper_record(&self) -> &[u8] {
-        self.live.wrapper_record()
-    }
     fn sync(&mut self) -> Result<(), StorageError> {
         if !self.lie {
             self.durable = self.live.clone();

@@ -89,32 +89,90 @@ impl ReplicaConfig {
         }
     }
 
-    /// Checks the settings; the message says which one is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the settings; the error says which one is wrong.
+    pub fn validate(&self) -> Result<(), ReplicaConfigError> {
         if self.id == 0 {
-            return Err("replica id 0 is reserved by raft; number replicas from 1".into());
+            return Err(ReplicaConfigError::ZeroId);
         }
         if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks {
-            return Err(format!(
-                "heartbeat_ticks ({}) must be at least 1 and below election_ticks ({})",
-                self.heartbeat_ticks, self.election_ticks
-            ));
+            return Err(ReplicaConfigError::HeartbeatTicks {
+                heartbeat_ticks: self.heartbeat_ticks,
+                election_ticks: self.election_ticks,
+            });
+        }
+        if self.entry_bytes_max > ENTRY_BYTES_LIMIT {
+            return Err(ReplicaConfigError::EntryBytesAboveLimit {
+                entry_bytes_max: self.entry_bytes_max,
+            });
         }
         if self.command_bytes_max > self.entry_bytes_max {
-            return Err(format!(
-                "command_bytes_max ({}) must not exceed entry_bytes_max ({})",
-                self.command_bytes_max, self.entry_bytes_max
-            ));
+            return Err(ReplicaConfigError::CommandAboveEntry {
+                command_bytes_max: self.command_bytes_max,
+                entry_bytes_max: self.entry_bytes_max,
+            });
         }
         if self.sessions_max == 0 || self.session_responses_max == 0 {
-            return Err("sessions_max and session_responses_max must be at least 1".into());
+            return Err(ReplicaConfigError::Zero {
+                setting: "sessions_max and session_responses_max",
+            });
         }
         if self.snapshot_entries_min == 0 {
-            return Err("snapshot_entries_min must be at least 1".into());
+            return Err(ReplicaConfigError::Zero {
+                setting: "snapshot_entries_min",
+            });
         }
         if self.request_ticks_max == 0 {
-            return Err("request_ticks_max must be at least 1".into());
+            return Err(ReplicaConfigError::Zero {
+                setting: "request_ticks_max",
+            });
         }
         Ok(())
     }
+}
+
+/// The largest `entry_bytes_max` [`ReplicaConfig::validate`] accepts: 256 MiB.
+/// A batch is packed up to `entry_bytes_max` counting each request's command and
+/// a fixed overhead, so the encoded batch stays well below protobuf's
+/// [`MESSAGE_BYTES_MAX`](crate::wire::MESSAGE_BYTES_MAX) and always encodes.
+pub const ENTRY_BYTES_LIMIT: usize = 256 << 20;
+
+// A batch's encoding is at most about three times `entry_bytes_max` (each request
+// adds at most ~48 bytes of field overhead for its 32 counted bytes).
+const _: () = assert!(3 * (ENTRY_BYTES_LIMIT as u64) < crate::wire::MESSAGE_BYTES_MAX);
+
+/// A [`ReplicaConfig`] setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaConfigError {
+    /// Replica id 0 is reserved by raft.
+    #[error("replica id 0 is reserved by raft; number replicas from 1")]
+    ZeroId,
+    /// The heartbeat must be at least one tick and shorter than the election timeout.
+    #[error("heartbeat_ticks ({heartbeat_ticks}) must be at least 1 and below election_ticks ({election_ticks})")]
+    HeartbeatTicks {
+        /// The heartbeat setting.
+        heartbeat_ticks: usize,
+        /// The election setting.
+        election_ticks: usize,
+    },
+    /// One command must fit into one entry.
+    #[error("command_bytes_max ({command_bytes_max}) must not exceed entry_bytes_max ({entry_bytes_max})")]
+    CommandAboveEntry {
+        /// The command limit.
+        command_bytes_max: usize,
+        /// The entry limit.
+        entry_bytes_max: usize,
+    },
+    /// Entries above [`ENTRY_BYTES_LIMIT`] could fail to encode.
+    #[error("entry_bytes_max ({entry_bytes_max}) exceeds the limit of {ENTRY_BYTES_LIMIT} bytes")]
+    EntryBytesAboveLimit {
+        /// The entry limit.
+        entry_bytes_max: usize,
+    },
+    /// A setting that must be at least 1 is 0.
+    #[error("{setting} must be at least 1")]
+    Zero {
+        /// The setting (or settings) at fault.
+        setting: &'static str,
+    },
 }

@@ -1,7 +1,16 @@
 //! Errors of the consensus core: why one request failed ([`RequestError`], the
-//! caller may retry), and why the replica itself stopped ([`ReplicaError`]).
+//! caller may retry), why the replica itself stopped ([`ReplicaError`]), and why
+//! one peer message was dropped ([`StepError`]). Causes nest as typed values.
 
+use std::sync::Arc;
+
+use raft::prelude::MessageType;
+
+use super::config::ReplicaConfigError;
+use crate::config::ConfigError;
+use crate::state_machine::RestoreError;
 use crate::storage::StorageError;
+use crate::wire::{DecodeError, EncodeError};
 use crate::ReplicaId;
 
 /// Why one proposal, read or membership change failed. Each variant says whether
@@ -63,9 +72,9 @@ pub enum RequestError {
         /// The limit.
         limit: usize,
     },
-    /// A membership change raft refused.
+    /// A membership change refused, by this replica or by raft.
     #[error("membership change rejected: {0}")]
-    ConfChangeRejected(String),
+    ConfChangeRejected(ConfChangeRejection),
     /// A learner that is not yet caught up cannot be promoted.
     #[error(
         "replica {id} is not caught up ({matched} of {last_index} entries); wait and promote again"
@@ -85,6 +94,43 @@ pub enum RequestError {
     #[error("replica stopped; use another replica")]
     Stopped,
 }
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfChangeRejection {
+    /// The leader was asked to remove itself.
+    #[error("the leader cannot remove itself; transfer leadership first")]
+    RemovesLeader,
+    /// The new member's datacenter label is longer than
+    /// [`DATACENTER_BYTES_MAX`](crate::config::DATACENTER_BYTES_MAX).
+    #[error(
+        "the datacenter label is {bytes} bytes; the limit is {}",
+        crate::config::DATACENTER_BYTES_MAX
+    )]
+    DatacenterTooLong {
+        /// The label's length.
+        bytes: usize,
+    },
+    /// raft-rs refused the change (for example a second change while one is
+    /// pending, or one that leaves no voter).
+    #[error("raft refused it: {0}")]
+    Raft(#[source] Arc<raft::Error>),
+}
+
+impl PartialEq for ConfChangeRejection {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::RemovesLeader, Self::RemovesLeader) => true,
+            (Self::DatacenterTooLong { bytes: a }, Self::DatacenterTooLong { bytes: b }) => a == b,
+            (Self::Raft(a), Self::Raft(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+// raft::Error's equality compares its variants and their fields: reflexive.
+impl Eq for ConfChangeRejection {}
 
 /// A failure that stops the replica. The replica must not be used afterwards.
 #[derive(Debug, thiserror::Error)]
@@ -108,29 +154,102 @@ pub enum ReplicaError {
         #[source]
         source: raft::Error,
     },
-    /// A snapshot's payload could not be decoded or restored.
-    #[error("replica {id}: snapshot at index {index} cannot be restored: {detail}")]
+    /// A snapshot could not be taken, decoded or restored.
+    #[error("replica {id}: snapshot at index {index}: {source}")]
     Snapshot {
         /// The replica.
         id: ReplicaId,
         /// The snapshot's index.
         index: u64,
         /// What was wrong.
-        detail: String,
+        #[source]
+        source: SnapshotError,
     },
-    /// Settings that cannot work.
-    #[error("replica {id}: invalid configuration: {detail}")]
+    /// A committed log entry this replica cannot apply. Every replica applies the
+    /// same committed log, so applying past it could diverge: the replica stops
+    /// instead. Restore it from a healthy replica's snapshot.
+    #[error("replica {id}: committed entry {index} is corrupt, applying stopped: {source}")]
+    CorruptEntry {
+        /// The replica.
+        id: ReplicaId,
+        /// The entry's index.
+        index: u64,
+        /// What was wrong.
+        #[source]
+        source: CorruptEntry,
+    },
+    /// Replica settings that cannot work.
+    #[error("replica {id}: invalid configuration: {source}")]
     Config {
         /// The replica.
         id: ReplicaId,
+        /// The setting at fault.
+        #[source]
+        source: ReplicaConfigError,
+    },
+    /// A fleet configuration that cannot work (given to [`Replica::bootstrap`](super::Replica::bootstrap)).
+    #[error("invalid fleet configuration: {source}")]
+    Fleet {
         /// What was wrong.
-        detail: String,
+        #[source]
+        source: ConfigError,
+    },
+    /// The driver could not start its thread.
+    #[error("replica {id}: cannot spawn the node thread: {source}")]
+    Spawn {
+        /// The replica.
+        id: ReplicaId,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// The replica already failed earlier and was used again.
     #[error("replica {id} already failed and must be rebuilt")]
     Failed {
         /// The replica.
         id: ReplicaId,
+    },
+}
+
+/// What was wrong with a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The snapshot's envelope did not decode.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// The envelope was written by a build with another format version.
+    #[error("format version {found} is not {supported}; upgrade this replica")]
+    Version {
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The state machine refused its part.
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+    /// The snapshot could not be encoded (it exceeds protobuf's size limit).
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Why a committed entry cannot be applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptEntry {
+    /// A membership change entry whose change does not decode.
+    #[error("{0}")]
+    ConfChange(DecodeError),
+    /// A membership change entry whose context (the new members' datacenter
+    /// labels) does not decode.
+    #[error("{0}")]
+    ConfChangeContext(DecodeError),
+    /// A membership change adds a member its context gives no datacenter label.
+    #[error("membership change adds replica {member} without a datacenter label")]
+    MissingLabel {
+        /// The member added.
+        member: ReplicaId,
     },
 }
 
@@ -144,5 +263,27 @@ pub struct StepError {
     /// The sender.
     pub from: ReplicaId,
     /// Why it was dropped.
-    pub reason: String,
+    #[source]
+    pub reason: StepRefusal,
+}
+
+/// Why a peer message was dropped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StepRefusal {
+    /// The replica stopped earlier.
+    #[error("the replica has failed")]
+    Failed,
+    /// The message is addressed to another replica.
+    #[error("it is addressed to replica {to}")]
+    Misaddressed {
+        /// The addressee.
+        to: ReplicaId,
+    },
+    /// A raft-local message type (such as `MsgHup`) came from the network.
+    #[error("local message type {0:?} from the network")]
+    LocalMessage(MessageType),
+    /// raft-rs refused the message.
+    #[error("raft refused it: {0}")]
+    Raft(#[source] raft::Error),
 }

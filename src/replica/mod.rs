@@ -41,8 +41,11 @@ mod sessions;
 
 use std::collections::BTreeMap;
 
-pub use config::ReplicaConfig;
-pub use error::{ReplicaError, RequestError, StepError};
+pub use config::{ReplicaConfig, ReplicaConfigError, ENTRY_BYTES_LIMIT};
+pub use error::{
+    ConfChangeRejection, CorruptEntry, ReplicaError, RequestError, SnapshotError, StepError,
+    StepRefusal,
+};
 
 use protobuf2::Message as _;
 use raft::prelude::{
@@ -52,7 +55,7 @@ use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::FleetConfig;
+use crate::config::{FleetConfig, DATACENTER_BYTES_MAX, MEMBERS_MAX};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::wire::{
@@ -67,6 +70,16 @@ pub type RequestId = u64;
 
 /// Version of [`SnapshotPayload`] this code writes and reads.
 const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+// 0 is protobuf's default: an envelope without a version must never pass as one.
+const _: () = assert!(SNAPSHOT_FORMAT_VERSION > 0);
+// A conf-change context names at most every member with its label (plus a few
+// bytes of field overhead each): far below what protobuf encodes, so
+// `wire::encode_bounded` holds for it.
+const _: () =
+    assert!(((MEMBERS_MAX * (DATACENTER_BYTES_MAX + 32)) as u64) < wire::MESSAGE_BYTES_MAX);
+// Read contexts travel as the 8 big-endian bytes of a u64.
+const READ_CONTEXT_BYTES: usize = 8;
+const _: () = assert!(READ_CONTEXT_BYTES == std::mem::size_of::<u64>());
 
 /// A change of the fleet's membership, one step at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,8 +168,16 @@ pub struct Status {
     pub learners: Vec<ReplicaId>,
 }
 
+/// A client command in flight: the driver's id, and the session key under which
+/// its response is cached once applied.
+struct Batched {
+    id: RequestId,
+    client_id: u64,
+    sequence: u64,
+}
+
 enum InFlightKind {
-    Batch(Vec<RequestId>),
+    Batch(Vec<Batched>),
     Register(RequestId),
     Membership(RequestId),
 }
@@ -199,6 +220,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     failed: bool,
     snapshots_taken: u64,
     snapshot_wanted: bool,
+    /// The last index applied to the state machine (or restored from a snapshot):
+    /// entries apply consecutively after it.
+    applied_index: u64,
 }
 
 /// Completes every request in `ids` with `error`.
@@ -215,7 +239,7 @@ fn fail_ids(
 
 fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>) {
     match kind {
-        InFlightKind::Batch(ids) => fail_ids(ids, error, out),
+        InFlightKind::Batch(requests) => fail_ids(requests.into_iter().map(|b| b.id), error, out),
         InFlightKind::Register(id) | InFlightKind::Membership(id) => fail_ids([id], error, out),
     }
 }
@@ -232,7 +256,7 @@ fn snapshot_payload(
     sessions: &Sessions,
     members: &BTreeMap<ReplicaId, String>,
     state: Vec<u8>,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, wire::EncodeError> {
     let mut p = SnapshotPayload::new();
     p.format_version = SNAPSHOT_FORMAT_VERSION;
     p.sessions = sessions.to_wire();
@@ -264,10 +288,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         fleet: &FleetConfig,
     ) -> Result<bool, ReplicaError> {
         let id = 0;
-        fleet.validate().map_err(|e| ReplicaError::Config {
-            id,
-            detail: e.to_string(),
-        })?;
+        fleet
+            .validate()
+            .map_err(|source| ReplicaError::Fleet { source })?;
         let initialized = store
             .last_index()
             .map_err(|source| ReplicaError::Raft { id, source })?
@@ -283,8 +306,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .map(|m| (m.id, m.datacenter.clone()))
             .collect();
         let sessions = Sessions::new(1, 1);
+        let data = snapshot_payload(&sessions, &members, machine.snapshot()).map_err(|e| {
+            ReplicaError::Snapshot {
+                id,
+                index: 1,
+                source: e.into(),
+            }
+        })?;
         let mut snap = Snapshot {
-            data: snapshot_payload(&sessions, &members, machine.snapshot()).into(),
+            data: data.into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();
@@ -306,7 +336,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn new(cfg: ReplicaConfig, mut store: L, mut machine: S) -> Result<Self, ReplicaError> {
         let id = cfg.id;
         cfg.validate()
-            .map_err(|detail| ReplicaError::Config { id, detail })?;
+            .map_err(|source| ReplicaError::Config { id, source })?;
         let snap = store.latest_snapshot().clone();
         let snap_index = snap.get_metadata().index;
         if store.hard_state().commit < snap_index {
@@ -369,6 +399,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             failed: false,
             snapshots_taken: 0,
             snapshot_wanted: false,
+            applied_index: snap_index,
             cfg,
         })
     }
@@ -381,18 +412,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         members: &mut BTreeMap<ReplicaId, String>,
     ) -> Result<(), ReplicaError> {
         let index = snap.get_metadata().index;
-        let bad = |detail: String| ReplicaError::Snapshot { id, index, detail };
+        let bad = |source: SnapshotError| ReplicaError::Snapshot { id, index, source };
         let payload: SnapshotPayload =
-            wire::decode(&snap.data, "snapshot payload").map_err(|e| bad(e.to_string()))?;
+            wire::decode(&snap.data, "snapshot payload").map_err(|e| bad(e.into()))?;
         if payload.format_version != SNAPSHOT_FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {} is not {SNAPSHOT_FORMAT_VERSION}; upgrade this replica",
-                payload.format_version
-            )));
+            return Err(bad(SnapshotError::Version {
+                found: payload.format_version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            }));
         }
-        machine
-            .restore(&payload.state)
-            .map_err(|e| bad(e.to_string()))?;
+        machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
         sessions.restore(payload.sessions);
         *members = payload
             .members
@@ -446,20 +475,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// raft refuses, are dropped with a [`StepError`]; the replica carries on.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let (id, from) = (self.cfg.id, message.from);
-        let refuse = |reason: String| StepError { id, from, reason };
+        let refuse = |reason: StepRefusal| StepError { id, from, reason };
         if self.failed {
-            return Err(refuse("replica has failed".into()));
+            return Err(refuse(StepRefusal::Failed));
         }
         if message.to != id {
-            return Err(refuse(format!("addressed to replica {}", message.to)));
+            return Err(refuse(StepRefusal::Misaddressed { to: message.to }));
         }
         if raft::raw_node::is_local_msg(message.get_msg_type()) {
-            return Err(refuse(format!(
-                "local message type {:?} from the network",
-                message.get_msg_type()
-            )));
+            return Err(refuse(StepRefusal::LocalMessage(message.get_msg_type())));
         }
-        self.raw.step(message).map_err(|e| refuse(e.to_string()))
+        self.raw
+            .step(message)
+            .map_err(|e| refuse(StepRefusal::Raft(e)))
     }
 
     fn check_leader(&self) -> Result<(), RequestError> {
@@ -479,6 +507,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// into one log entry at the next [`Replica::handle_ready`]; its completion
     /// carries the state machine's response.
     pub fn propose(&mut self, id: RequestId, request: Request) -> Result<(), RequestError> {
+        debug_assert!(self.batch_bytes <= self.cfg.entry_bytes_max + self.cfg.command_bytes_max);
         self.check_leader()?;
         if request.command.len() > self.cfg.command_bytes_max {
             return Err(RequestError::CommandTooLarge {
@@ -526,6 +555,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut context = ConfChangeContext::new();
         let single = match &change {
             MembershipChange::AddLearner { id, datacenter } => {
+                if datacenter.len() > DATACENTER_BYTES_MAX {
+                    return Err(RequestError::ConfChangeRejected(
+                        ConfChangeRejection::DatacenterTooLong {
+                            bytes: datacenter.len(),
+                        },
+                    ));
+                }
                 let mut m = Member::new();
                 m.id = *id;
                 m.datacenter = datacenter.clone();
@@ -554,7 +590,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             MembershipChange::Remove { id: gone } => {
                 if *gone == self.cfg.id {
                     return Err(RequestError::ConfChangeRejected(
-                        "the leader cannot remove itself; transfer leadership first".into(),
+                        ConfChangeRejection::RemovesLeader,
                     ));
                 }
                 raft_proto::new_conf_change_single(*gone, ConfChangeType::RemoveNode)
@@ -563,7 +599,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut cc = ConfChangeV2::default();
         cc.set_changes(vec![single].into());
         let before = self.raw.raft.raft_log.last_index();
-        match self.raw.propose_conf_change(wire::encode(&context), cc) {
+        // One member of at most DATACENTER_BYTES_MAX label bytes: far below the
+        // encoder's limit.
+        match self
+            .raw
+            .propose_conf_change(wire::encode_bounded(&context), cc)
+        {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
                 if index == before {
@@ -580,7 +621,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 Ok(())
             }
             Err(raft::Error::ProposalDropped) => Err(RequestError::Dropped),
-            Err(e) => Err(RequestError::ConfChangeRejected(e.to_string())),
+            Err(e) => Err(RequestError::ConfChangeRejected(ConfChangeRejection::Raft(
+                e.into(),
+            ))),
         }
     }
 
@@ -625,7 +668,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut requests = RequestBatch::new();
         let mut ids = Vec::with_capacity(batch.len());
         for (id, request) in batch {
-            ids.push(id);
+            ids.push(Batched {
+                id,
+                client_id: request.client_id,
+                sequence: request.sequence,
+            });
             requests.requests.push(request);
         }
         let mut payload = EntryPayload::new();
@@ -635,7 +682,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     fn propose_entry(&mut self, payload: EntryPayload, kind: InFlightKind) {
         let before = self.raw.raft.raft_log.last_index();
-        let proposed = self.raw.propose(Vec::new(), wire::encode(&payload));
+        // A batch is bounded by entry_bytes_max <= ENTRY_BYTES_LIMIT (validated),
+        // far below the encoder's limit.
+        let proposed = self.raw.propose(Vec::new(), wire::encode_bounded(&payload));
         let index = self.raw.raft.raft_log.last_index();
         if proposed.is_ok() && index > before {
             self.in_flight.insert(
@@ -718,6 +767,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn ready_cycle(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
         let id = self.cfg.id;
         let storage = |source| ReplicaError::Storage { id, source };
+        let commit_before = self.raw.raft.raft_log.committed;
+        debug_assert!(self.applied_index <= commit_before);
+        debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
         self.flush_proposals();
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
@@ -731,8 +783,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 self.install_snapshot(&snap)?;
             }
             self.apply_entries(rd.take_committed_entries())?;
-            if !rd.entries().is_empty() {
+            if let Some(last) = rd.entries().last().map(|e| e.index) {
                 self.raw.mut_store().append(rd.entries()).map_err(storage)?;
+                // Appending truncates a conflicting tail: the store ends where the
+                // appended entries end.
+                debug_assert_eq!(raft::Storage::last_index(self.raw.store()).ok(), Some(last));
             }
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().set_hard_state(hs).map_err(storage)?;
@@ -754,7 +809,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out.messages.extend(light.take_messages());
             self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
+            debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
         }
+        debug_assert!(
+            self.raw.raft.raft_log.committed >= commit_before,
+            "the commit index moved back"
+        );
+        debug_assert!(self.applied_index <= self.raw.raft.raft_log.committed);
         self.serve_reads();
         self.notice_role_change();
         self.maybe_snapshot()?;
@@ -803,6 +864,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ReplicaError> {
+        // raft-rs hands over only snapshots beyond what this replica committed.
+        debug_assert!(snap.get_metadata().index > self.applied_index);
         Self::restore_payload(
             self.cfg.id,
             snap,
@@ -811,20 +874,44 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             &mut self.members,
         )?;
         // Our proposals at or below the snapshot were either applied inside it or
-        // replaced; which one is not known here.
+        // replaced by another leader's entries. A client command that was applied
+        // left its response in the restored session table (keyed by its session and
+        // sequence, so it is the answer whoever proposed it): answer with it. For
+        // anything else the outcome is unknown here: `TimedOut` says it may have
+        // applied and that a retry with the same sequence is safe.
         let index = snap.get_metadata().index;
         let covered: Vec<u64> = self.in_flight.range(..=index).map(|(&i, _)| i).collect();
         for i in covered {
-            if let Some(f) = self.in_flight.remove(&i) {
-                fail_kind(f.kind, &RequestError::TimedOut, &mut self.completions);
+            let Some(f) = self.in_flight.remove(&i) else {
+                continue;
+            };
+            match f.kind {
+                InFlightKind::Batch(requests) => {
+                    for b in requests {
+                        let result = match self.sessions.cached_response(b.client_id, b.sequence) {
+                            Some(response) => Ok(Reply::Applied(response.to_vec())),
+                            None => Err(RequestError::TimedOut),
+                        };
+                        self.completions.push(Completion { id: b.id, result });
+                    }
+                }
+                kind => fail_kind(kind, &RequestError::TimedOut, &mut self.completions),
             }
         }
+        debug_assert!(self.in_flight.range(..=index).next().is_none());
+        self.applied_index = index;
         Ok(())
     }
 
     fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
         for entry in entries {
             let index = entry.index;
+            debug_assert_eq!(
+                index,
+                self.applied_index + 1,
+                "committed entries apply consecutively"
+            );
+            self.applied_index = index;
             let mine = self.in_flight.remove(&index);
             let mine = match mine {
                 Some(f) if f.term == entry.term => Some(f),
@@ -872,13 +959,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             Some(entry_payload::Kind::Batch(batch)) => {
                 let ids = match mine.map(|f| f.kind) {
                     Some(InFlightKind::Batch(ids)) if ids.len() == batch.requests.len() => ids,
-                    _ => Vec::new(),
+                    Some(kind) => {
+                        // Same index and term as our proposal, so the same entry:
+                        // a mismatch is a bug, never an input.
+                        debug_assert!(false, "entry {index} does not match its in-flight proposal");
+                        fail_kind(kind, &RequestError::Dropped, &mut self.completions);
+                        Vec::new()
+                    }
+                    None => Vec::new(),
                 };
                 for (k, request) in batch.requests.iter().enumerate() {
                     let result = self.sessions.apply(index, request, &mut self.machine);
-                    if let Some(&id) = ids.get(k) {
+                    if let Some(b) = ids.get(k) {
+                        debug_assert_eq!(
+                            (b.client_id, b.sequence),
+                            (request.client_id, request.sequence)
+                        );
                         self.completions.push(Completion {
-                            id,
+                            id: b.id,
                             result: result.map(Reply::Applied),
                         });
                     }
@@ -905,50 +1003,60 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
+    /// Applies a committed membership change. A change or context that does not
+    /// decode is a corrupt log: the replica stops rather than apply a membership
+    /// (and datacenter labels) that could differ from the other replicas'.
     fn apply_conf_change(
         &mut self,
         entry: &Entry,
         mine: Option<InFlight>,
     ) -> Result<(), ReplicaError> {
+        let id = self.cfg.id;
+        let index = entry.index;
+        let corrupt = |source: CorruptEntry| ReplicaError::CorruptEntry { id, index, source };
+        let undecodable = |e: protobuf2::ProtobufError| {
+            corrupt(CorruptEntry::ConfChange(wire::DecodeError {
+                what: "conf change",
+                source: e.into(),
+            }))
+        };
         let cc = if entry.get_entry_type() == EntryType::EntryConfChange {
             raft::prelude::ConfChange::parse_from_bytes(&entry.data)
                 .map(raft_proto::ConfChangeI::into_v2)
+                .map_err(undecodable)?
         } else {
-            ConfChangeV2::parse_from_bytes(&entry.data)
+            ConfChangeV2::parse_from_bytes(&entry.data).map_err(undecodable)?
         };
-        let result = match cc {
-            Ok(cc) => match self.raw.apply_conf_change(&cc) {
-                Ok(cs) => {
-                    self.update_members(&cc, &entry.context);
-                    let me = self.cfg.id;
-                    let removed = !cs.voters.contains(&me) && !cs.learners.contains(&me);
-                    if removed && self.is_leader() {
-                        // Removed while leading (leadership moved here after the
-                        // removal was proposed): hand over to the most caught-up voter.
-                        let prs = self.raw.raft.prs();
-                        let next = cs
-                            .voters
-                            .iter()
-                            .copied()
-                            .max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
-                        if let Some(next) = next {
-                            self.raw.transfer_leader(next);
-                        }
+        let labels = self
+            .conf_change_labels(&cc, &entry.context)
+            .map_err(corrupt)?;
+        let result = match self.raw.apply_conf_change(&cc) {
+            Ok(cs) => {
+                self.update_members(&cc, labels);
+                let me = self.cfg.id;
+                let removed = !cs.voters.contains(&me) && !cs.learners.contains(&me);
+                if removed && self.is_leader() {
+                    // Removed while leading (leadership moved here after the
+                    // removal was proposed): hand over to the most caught-up voter.
+                    let prs = self.raw.raft.prs();
+                    let next = cs
+                        .voters
+                        .iter()
+                        .copied()
+                        .max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
+                    if let Some(next) = next {
+                        self.raw.transfer_leader(next);
                     }
-                    Ok(Reply::MembershipChanged(cs))
                 }
-                Err(e) => Err(RequestError::ConfChangeRejected(e.to_string())),
-            },
-            Err(e) => Err(RequestError::ConfChangeRejected(format!(
-                "undecodable: {e}"
+                Ok(Reply::MembershipChanged(cs))
+            }
+            // raft refuses the same committed change alike on every replica.
+            Err(e) => Err(RequestError::ConfChangeRejected(ConfChangeRejection::Raft(
+                e.into(),
             ))),
         };
         if let Err(e) = &result {
-            tracing::warn!(
-                replica = self.cfg.id,
-                index = entry.index,
-                "membership change not applied: {e}"
-            );
+            tracing::warn!(replica = id, index, "membership change not applied: {e}");
         }
         if let Some(InFlight {
             kind: InFlightKind::Membership(id),
@@ -960,16 +1068,33 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
-    fn update_members(&mut self, cc: &ConfChangeV2, context: &[u8]) {
-        let labels: BTreeMap<u64, String> =
+    /// The datacenter labels a committed change's context gives its new members.
+    /// Every learner added must be labelled (`change_membership` always does).
+    fn conf_change_labels(
+        &self,
+        cc: &ConfChangeV2,
+        context: &[u8],
+    ) -> Result<BTreeMap<ReplicaId, String>, CorruptEntry> {
+        let labels: BTreeMap<ReplicaId, String> =
             wire::decode::<ConfChangeContext>(context, "conf change context")
-                .map(|c| {
-                    c.members
-                        .into_iter()
-                        .map(|m| (m.id, m.datacenter))
-                        .collect()
-                })
-                .unwrap_or_default();
+                .map_err(CorruptEntry::ConfChangeContext)?
+                .members
+                .into_iter()
+                .map(|m| (m.id, m.datacenter))
+                .collect();
+        for change in cc.get_changes() {
+            let member = change.node_id;
+            if change.get_change_type() == ConfChangeType::AddLearnerNode
+                && !labels.contains_key(&member)
+                && !self.members.contains_key(&member)
+            {
+                return Err(CorruptEntry::MissingLabel { member });
+            }
+        }
+        Ok(labels)
+    }
+
+    fn update_members(&mut self, cc: &ConfChangeV2, labels: BTreeMap<ReplicaId, String>) {
         for change in cc.get_changes() {
             let ConfChangeSingle { node_id, .. } = change;
             match change.get_change_type() {
@@ -990,7 +1115,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn read_index_ready(&mut self, index: u64, context: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(context) else {
+        let Ok(bytes) = <[u8; READ_CONTEXT_BYTES]>::try_from(context) else {
             return;
         };
         let context = u64::from_be_bytes(bytes);
@@ -1096,8 +1221,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .raft_log
             .term(applied)
             .map_err(|source| ReplicaError::Raft { id, source })?;
+        let data = snapshot_payload(&self.sessions, &self.members, self.machine.snapshot())
+            .map_err(|e| ReplicaError::Snapshot {
+                id,
+                index: applied,
+                source: e.into(),
+            })?;
         let mut snap = Snapshot {
-            data: snapshot_payload(&self.sessions, &self.members, self.machine.snapshot()).into(),
+            data: data.into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();
@@ -1245,11 +1376,16 @@ fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
 pub fn decode_message(bytes: &[u8]) -> Result<Message, wire::DecodeError> {
     Message::parse_from_bytes(bytes).map_err(|e| wire::DecodeError {
         what: "raft message",
-        detail: e.to_string(),
+        source: e.into(),
     })
 }
 
-/// Encodes a raft message for a transport.
-pub fn encode_message(message: &Message) -> Vec<u8> {
-    message.write_to_bytes().unwrap_or_default()
+/// Encodes a raft message for a transport. It fails only for a message above
+/// protobuf's size limit ([`wire::MESSAGE_BYTES_MAX`]); appends are bounded by
+/// [`ReplicaConfig::message_bytes_max`], but a snapshot travels whole.
+pub fn encode_message(message: &Message) -> Result<Vec<u8>, wire::EncodeError> {
+    message.write_to_bytes().map_err(|e| wire::EncodeError {
+        what: "raft message",
+        source: e.into(),
+    })
 }

@@ -63,7 +63,7 @@ impl Sessions {
             };
             self.by_client.remove(&oldest);
         }
-        self.by_client.insert(
+        let previous = self.by_client.insert(
             index,
             Session {
                 acked_below: 1,
@@ -71,6 +71,9 @@ impl Sessions {
                 responses: BTreeMap::new(),
             },
         );
+        // Ids are log indexes, applied once each.
+        debug_assert!(previous.is_none(), "session {index} registered twice");
+        debug_assert!(self.by_client.len() <= self.sessions_max);
         index
     }
 
@@ -115,7 +118,22 @@ impl Sessions {
         }
         let response = machine.apply(index, &request.command);
         session.responses.insert(request.sequence, response.clone());
+        debug_assert!(session.responses.len() <= responses_max);
+        debug_assert!(session
+            .responses
+            .first_key_value()
+            .is_none_or(|(&sequence, _)| sequence >= session.acked_below));
         Ok(response)
+    }
+
+    /// The cached response of an applied command the client has not yet
+    /// acknowledged.
+    pub(crate) fn cached_response(&self, client_id: u64, sequence: u64) -> Option<&[u8]> {
+        self.by_client
+            .get(&client_id)?
+            .responses
+            .get(&sequence)
+            .map(Vec::as_slice)
     }
 
     pub(crate) fn to_wire(&self) -> Vec<WireSession> {
@@ -186,14 +204,17 @@ mod tests {
             .unwrap();
         assert_eq!(first, retry);
         assert_eq!(
-            KvStore::decode_response(&retry),
-            Ok(None),
+            KvStore::decode_response(&retry).ok(),
+            Some(None),
             "the retry saw the cached 'absent' response"
         );
         let second = s
             .apply(4, &request(c, 2, 2, KvStore::put("k", "v2")), &mut kv)
             .unwrap();
-        assert_eq!(KvStore::decode_response(&second), Ok(Some(b"v1".to_vec())));
+        assert_eq!(
+            KvStore::decode_response(&second).ok(),
+            Some(Some(b"v1".to_vec()))
+        );
         assert!(matches!(
             s.apply(5, &request(c, 1, 2, KvStore::put("k", "v1")), &mut kv),
             Err(RequestError::Stale { .. })

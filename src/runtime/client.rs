@@ -57,8 +57,16 @@ pub enum ClientError {
         last: Option<RequestError>,
     },
     /// The fleet's reply did not fit the request (a bug; please report it).
-    #[error("unexpected reply {0}")]
-    UnexpectedReply(String),
+    #[error("unexpected reply: expected {expected}, got {got} (a bug; please report it)")]
+    UnexpectedReply {
+        /// The kind of reply the request calls for.
+        expected: &'static str,
+        /// The kind of reply that came.
+        got: &'static str,
+    },
+    /// [`PendingCommand::wait`] was called on a command that already finished.
+    #[error("the command already finished; its outcome was returned before")]
+    AlreadyFinished,
     /// A client needs at least one node.
     #[error("a client needs at least one node handle")]
     NoNodes,
@@ -318,9 +326,7 @@ impl PendingCommand {
     /// Blocks until the outcome, retrying as needed.
     pub fn wait(mut self) -> Result<Vec<u8>, ClientError> {
         let Some(call) = self.call.take() else {
-            return Err(ClientError::UnexpectedReply(
-                "command already finished".into(),
-            ));
+            return Err(ClientError::AlreadyFinished);
         };
         let inner = Arc::clone(&self.client.inner);
         let result = {
@@ -356,8 +362,18 @@ impl Drop for PendingCommand {
 fn applied(reply: Reply) -> Result<Vec<u8>, ClientError> {
     match reply {
         Reply::Applied(bytes) => Ok(bytes),
-        other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        other => Err(unexpected("an applied command's response", &other)),
     }
+}
+
+fn unexpected(expected: &'static str, got: &Reply) -> ClientError {
+    let got = match got {
+        Reply::Applied(_) => "an applied command's response",
+        Reply::Read(_) => "a read's answer",
+        Reply::SessionRegistered(_) => "a session registration",
+        Reply::MembershipChanged(_) => "a membership change",
+    };
+    ClientError::UnexpectedReply { expected, got }
 }
 
 impl Client {
@@ -378,7 +394,7 @@ impl Client {
         let reply = Call::new(&inner).finish(&inner, &mut |n| n.register_session())?;
         match reply {
             Reply::SessionRegistered(id) => inner.session = id,
-            other => return Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => return Err(unexpected("a session registration", &other)),
         }
         Ok(Client {
             inner: Arc::new(inner),
@@ -456,7 +472,7 @@ impl Client {
         let inner = &self.inner;
         match Call::new(inner).finish(inner, &mut |n| n.read(query.clone()))? {
             Reply::Read(bytes) => Ok(bytes),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(unexpected("a read's answer", &other)),
         }
     }
 

@@ -209,9 +209,9 @@ impl Node {
         let thread = std::thread::Builder::new()
             .name(format!("vaultfleet-node-{}", replica.id()))
             .spawn(move || run(cfg, replica, &thread_shared, transport.as_ref()))
-            .map_err(|e| ReplicaError::Config {
+            .map_err(|source| ReplicaError::Spawn {
                 id: shared.id,
-                detail: format!("cannot spawn the node thread: {e}"),
+                source,
             })?;
         Ok(Node {
             handle: NodeHandle { shared },

@@ -8,7 +8,9 @@
 
 mod kv;
 
-pub use kv::KvStore;
+use crate::wire::DecodeError;
+
+pub use kv::{KvError, KvStore};
 
 /// A replicated, deterministic state machine.
 ///
@@ -33,7 +35,36 @@ pub trait StateMachine: Send + 'static {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
 }
 
-/// A snapshot could not be restored.
+/// A snapshot could not be restored. Implementors of
+/// [`StateMachine::restore`] build it from typed parts, never from an error's text.
+///
+/// ```
+/// use vaultfleet::state_machine::RestoreError;
+/// let short = RestoreError::Malformed { what: "counter snapshot is not 8 bytes" };
+/// assert!(short.to_string().contains("not 8 bytes"));
+/// ```
 #[derive(Debug, thiserror::Error)]
-#[error("state machine snapshot rejected: {0}")]
-pub struct RestoreError(pub String);
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The snapshot's bytes do not have the shape the machine writes; `what` says
+    /// which part was wrong.
+    #[error("state machine snapshot is malformed: {what}")]
+    Malformed {
+        /// What was wrong, as static text.
+        what: &'static str,
+    },
+    /// A protocol buffer in the snapshot did not decode.
+    #[error("state machine snapshot did not decode: {0}")]
+    Decode(#[from] DecodeError),
+    /// The snapshot was written in a format version this build does not read.
+    #[error("state machine snapshot has format version {found}; this build reads version {supported}: upgrade this replica")]
+    Version {
+        /// The version found in the snapshot.
+        found: u64,
+        /// The version this build reads.
+        supported: u64,
+    },
+    /// Any other reason, kept as a typed cause.
+    #[error("state machine snapshot rejected: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

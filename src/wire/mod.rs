@@ -1,35 +1,83 @@
 //! vaultfleet's own wire and disk messages, generated from `proto/vaultfleet.proto`
-//! by pure-Rust protobuf 3 codegen, plus the helpers that decode them with typed
-//! errors. raft-rs's own messages (`eraftpb`, protobuf 2) are not defined here.
+//! by pure-Rust protobuf 3 codegen, plus the helpers that encode and decode them
+//! with typed errors. raft-rs's own messages (`eraftpb`, protobuf 2) are not
+//! defined here; their decoder's error is nested the same way.
 
 #[allow(missing_docs, clippy::all, clippy::pedantic, unused_qualifications)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/protos/mod.rs"));
 }
 
-pub mod bytes;
-
 pub use generated::vaultfleet::*;
 
-/// Bytes that should hold a vaultfleet message did not decode.
+/// Largest encoding protobuf writes or reads: 2 GiB - 1 (protobuf's own limit).
+/// Encoding a larger message is the only way [`encode`] fails for the proto3
+/// messages of this crate (they have no required fields).
+pub const MESSAGE_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Bytes that should hold a message did not decode.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed {what}: {detail}")]
+#[error("malformed {what}: {source}")]
 pub struct DecodeError {
     /// Which message was expected.
     pub what: &'static str,
     /// What the decoder reported.
-    pub detail: String,
+    #[source]
+    pub source: ProtobufError,
+}
+
+/// The protobuf library's error behind a [`DecodeError`] or [`EncodeError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtobufError {
+    /// protobuf 3, which encodes vaultfleet's own messages.
+    #[error(transparent)]
+    Protobuf(#[from] protobuf::Error),
+    /// protobuf 2, which raft-rs 0.7 uses for its messages (`eraftpb`).
+    #[error(transparent)]
+    Raft(#[from] protobuf2::ProtobufError),
+}
+
+/// A message could not be encoded: it is larger than [`MESSAGE_BYTES_MAX`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot encode {what}: {source}; keep messages below {MESSAGE_BYTES_MAX} bytes")]
+pub struct EncodeError {
+    /// Which message was being encoded.
+    pub what: &'static str,
+    /// What the encoder reported.
+    #[source]
+    pub source: ProtobufError,
 }
 
 /// Decodes `bytes` as message `M`, naming `what` in the error.
 pub fn decode<M: protobuf::Message>(bytes: &[u8], what: &'static str) -> Result<M, DecodeError> {
     M::parse_from_bytes(bytes).map_err(|e| DecodeError {
         what,
-        detail: e.to_string(),
+        source: e.into(),
     })
 }
 
-/// Encodes a message. Encoding an in-memory message into a `Vec` does not fail.
-pub fn encode<M: protobuf::Message>(message: &M) -> Vec<u8> {
-    message.write_to_bytes().unwrap_or_default()
+/// Encodes a message. It fails only for a message larger than
+/// [`MESSAGE_BYTES_MAX`]; the error names the message type.
+pub fn encode<M: protobuf::Message>(message: &M) -> Result<Vec<u8>, EncodeError> {
+    message.write_to_bytes().map_err(|e| EncodeError {
+        what: M::NAME,
+        source: e.into(),
+    })
+}
+
+/// Encodes a message whose size the caller's limits keep far below
+/// [`MESSAGE_BYTES_MAX`] (a state machine's response, a batch bounded by
+/// `entry_bytes_max`, a conf-change context bounded by
+/// [`DATACENTER_BYTES_MAX`](crate::config::DATACENTER_BYTES_MAX)), for callers
+/// that have no error path, such as [`StateMachine::apply`](crate::StateMachine::apply).
+///
+/// # Panics
+/// If the message is larger than [`MESSAGE_BYTES_MAX`] after all: the caller's
+/// bound was broken, a bug. It never returns empty bytes in place of a message.
+pub fn encode_bounded<M: protobuf::Message>(message: &M) -> Vec<u8> {
+    match encode(message) {
+        Ok(bytes) => bytes,
+        Err(e) => panic!("a message bounded by the engine's limits failed to encode: {e}"),
+    }
 }

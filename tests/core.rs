@@ -1,0 +1,379 @@
+//! Targeted tests of the replica core on the deterministic [`Network`] harness:
+//! paths that otherwise only the randomized simulator reaches, walked one message
+//! at a time (reads across a change of leader, proposals covered by snapshots,
+//! corrupt committed entries).
+
+mod core_harness;
+
+use core_harness::{kv_value, Network};
+use protobuf2::Message as _;
+use raft::prelude::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use vaultfleet::replica::{CorruptEntry, Reply};
+use vaultfleet::wire::{self, ConfChangeContext};
+use vaultfleet::{KvStore, LogStore, ReplicaConfig, ReplicaError, RequestError};
+
+/// Snapshots after a few entries, keeping one entry behind them, so a replica
+/// that misses a handful of entries must be sent a snapshot.
+fn small_snapshots(cfg: &mut ReplicaConfig) {
+    cfg.snapshot_entries_min = 4;
+    cfg.compaction_entries_retained = 1;
+}
+
+/// Writes through `leader` with session `client` until `leader` has compacted its
+/// log past `index` (so a replica missing `index` needs a snapshot). Sequences
+/// start at `sequence_first`; each write acknowledges the previous one.
+fn write_until_compacted_past(net: &mut Network, leader: u64, client: u64, index: u64) {
+    for sequence in 1..=64 {
+        let command = KvStore::put(format!("filler-{sequence}"), "x");
+        let request = net
+            .propose(leader, client, sequence, sequence, command)
+            .expect("propose on the leader");
+        net.settle();
+        assert!(matches!(net.take(request), Some(Ok(Reply::Applied(_)))));
+        if net.status(leader).first_index > index + 1 {
+            return;
+        }
+    }
+    panic!("replica {leader} never compacted past index {index}");
+}
+
+/// Ticks the replicas `ids` until one of them leads in a term above `term`, and
+/// stops at that moment: before the new leader has sent anything or committed an
+/// entry of its term.
+fn elect_without_committing(net: &mut Network, ids: &[u64], term: u64) -> u64 {
+    let leader_among = |net: &Network| {
+        ids.iter()
+            .copied()
+            .find(|&id| net.replica(id).is_leader() && net.status(id).term > term)
+    };
+    for _ in 0..core_harness::ELECTION_TICKS_MAX {
+        for &id in ids {
+            net.tick(id);
+        }
+        if net.run_until(|n| leader_among(n).is_some()) {
+            return leader_among(net).expect("a leader");
+        }
+    }
+    panic!("no leader among {ids:?}");
+}
+
+#[test]
+fn a_read_waits_until_the_new_leader_commits_an_entry_of_its_own_term() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    let client = net.register(1);
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+    assert_eq!(kv_value(&net.take(put).unwrap()), None);
+
+    // Replica 1 is cut off; 2 and 3 elect a leader and stop right there.
+    net.isolate(1);
+    let leader = elect_without_committing(&mut net, &[2, 3], term);
+    let other = if leader == 2 { 3 } else { 2 };
+    let read = net.read(leader, KvStore::get("k")).unwrap();
+
+    // The new leader's first entry goes out, but nothing is acknowledged yet: the
+    // read must wait (raft-rs 0.7 would silently drop a ReadIndex now).
+    net.drop_in_flight();
+    net.cycle(leader);
+    for _ in 0..3 {
+        net.tick(leader);
+        net.cycle(leader);
+    }
+    let s = net.status(leader);
+    assert!(
+        s.commit < s.last_index,
+        "the new leader committed nothing yet"
+    );
+    assert!(
+        !net.completed(read),
+        "a read answered before the leader committed in its term"
+    );
+
+    // Once the follower acknowledges, the leader commits in its term and the
+    // read is confirmed and served, seeing the write of the previous term.
+    net.deliver_where(|m| m.from == leader && m.to == other);
+    net.settle();
+    assert_eq!(net.status(leader).term, s.term, "still the same leader");
+    assert_eq!(
+        kv_value(&net.take(read).expect("read served")),
+        Some(b"v1".to_vec())
+    );
+}
+
+#[test]
+fn unconfirmed_reads_fail_with_not_leader_when_leadership_is_lost() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    let client = net.register(1);
+    net.propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+
+    // A read whose ReadIndex heartbeats are lost, and one queued while the
+    // leader is already cut off: neither is confirmed by a quorum.
+    let awaiting_index = net.read(1, KvStore::get("k")).unwrap();
+    net.cycle(1);
+    net.drop_in_flight();
+    net.isolate(1);
+    let queued = net.read(1, KvStore::get("k")).unwrap();
+    net.cycle(1);
+    let leader = net.elect_among(&[2, 3], term);
+    assert!(!net.completed(awaiting_index) && !net.completed(queued));
+
+    // The old leader hears from the new one, steps down, and fails both reads
+    // at once, naming the new leader (not at their timeout, not with a value).
+    net.recover();
+    for _ in 0..2 {
+        net.tick(leader);
+    }
+    net.settle();
+    assert!(!net.replica(1).is_leader());
+    let expected = Some(Err(RequestError::NotLeader {
+        leader: Some(leader),
+    }));
+    assert_eq!(net.take(awaiting_index), expected);
+    assert_eq!(net.take(queued), expected);
+}
+
+#[test]
+fn a_leader_cut_off_from_its_majority_stops_serving_reads() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    net.propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+
+    net.isolate(1);
+    let read = net.read(1, KvStore::get("k")).unwrap();
+    // check_quorum: without hearing from a majority for an election timeout, the
+    // leader steps down, failing the read it could not confirm.
+    let election_ticks = ReplicaConfig::new(1).election_ticks;
+    for _ in 0..2 * election_ticks {
+        net.tick(1);
+        net.cycle(1);
+    }
+    assert!(
+        !net.replica(1).is_leader(),
+        "still leading without a majority"
+    );
+    assert!(matches!(
+        net.take(read),
+        Some(Err(RequestError::NotLeader { .. }))
+    ));
+    assert!(matches!(
+        net.read(1, KvStore::get("k")),
+        Err(RequestError::NotLeader { .. })
+    ));
+}
+
+#[test]
+fn a_proposer_that_loses_leadership_before_a_snapshot_covers_its_proposal_says_it_may_have_applied()
+{
+    let mut net = Network::new(&[1, 2, 3], small_snapshots);
+    let term = net.elect(1);
+    let client = net.register(1);
+    let filler = net.register(1);
+
+    // Replica 1 proposes, its appends reach 2 and 3, but it hears nothing back.
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.cycle(1);
+    let put_index = net.status(1).last_index;
+    net.deliver_where(|m| m.from == 1);
+    net.isolate(1);
+    net.cycle_all();
+    let leader = net.elect_among(&[2, 3], term);
+    assert_eq!(
+        net.replica(leader).state_machine().value(b"k"),
+        Some(&b"v1"[..])
+    );
+    write_until_compacted_past(&mut net, leader, filler, put_index);
+
+    // Back on the network, replica 1 steps down and catches up by snapshot.
+    net.recover();
+    net.tick_all(4);
+    assert!(!net.replica(1).is_leader());
+    assert!(
+        net.status(1).first_index > put_index,
+        "caught up by snapshot"
+    );
+    assert_eq!(net.replica(1).state_machine().value(b"k"), Some(&b"v1"[..]));
+    // It answered "may still apply", never "dropped" (the command did apply).
+    assert_eq!(net.take(put), Some(Err(RequestError::LeaderChanged)));
+    // A retry with the same sequence gets the first apply's response: applied once.
+    let retry = net
+        .propose(leader, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+    assert_eq!(kv_value(&net.take(retry).unwrap()), None);
+}
+
+#[test]
+fn a_follower_that_learns_a_command_from_a_snapshot_answers_its_retry_once_leader() {
+    let mut net = Network::new(&[1, 2, 3], small_snapshots);
+    net.elect(1);
+    let client = net.register(1);
+    let filler = net.register(1);
+    net.isolate(3);
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+    let put_index = net.status(1).last_index;
+    assert_eq!(kv_value(&net.take(put).unwrap()), None);
+    write_until_compacted_past(&mut net, 1, filler, put_index);
+
+    net.recover();
+    net.tick_all(4);
+    assert!(
+        net.status(3).first_index > put_index,
+        "replica 3 never held the entry; it learned it from a snapshot"
+    );
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    net.tick_all(2);
+    assert!(net.replica(3).is_leader());
+
+    // The retry is answered from the session table the snapshot carried: the
+    // first apply's response ("absent"), not a second apply ("was v1").
+    let retry = net
+        .propose(3, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.settle();
+    assert_eq!(kv_value(&net.take(retry).unwrap()), None);
+    let next = net
+        .propose(3, client, 2, 2, KvStore::put("k", "v2"))
+        .unwrap();
+    net.settle();
+    assert_eq!(kv_value(&net.take(next).unwrap()), Some(b"v1".to_vec()));
+}
+
+#[test]
+fn a_leader_that_installs_a_snapshot_covering_its_proposal_answers_it_from_the_snapshot() {
+    let mut net = Network::new(&[1, 2, 3], small_snapshots);
+    let term = net.elect(1);
+    let client = net.register(1);
+    let filler = net.register(1);
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v1"))
+        .unwrap();
+    net.cycle(1);
+    let put_index = net.status(1).last_index;
+    net.deliver_where(|m| m.from == 1);
+    net.isolate(1);
+    net.cycle_all();
+    let leader = net.elect_among(&[2, 3], term);
+    write_until_compacted_past(&mut net, leader, filler, put_index);
+
+    // The new leader's snapshot reaches replica 1 while it still believes it
+    // leads with the proposal in flight: the first message it hears of the new
+    // term, stepped in the same Ready cycle as its loss of leadership.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.from = leader;
+    m.to = 1;
+    m.term = net.status(leader).term;
+    m.set_snapshot(net.replica(leader).store().latest_snapshot().clone());
+    assert!(net.replica(1).is_leader());
+    net.replica_mut(1).step(m).expect("step the snapshot");
+    net.cycle(1);
+    assert!(net.failures.is_empty());
+    assert_eq!(
+        net.take(put),
+        Some(Ok(Reply::Applied(KvStore::decode_response_bytes(None)))),
+        "answered with the response the snapshot's session table holds"
+    );
+}
+
+/// Steps into replica 2 an append from leader 1 carrying a committed
+/// membership change (add learner 4) with `context`, and returns the failure.
+fn commit_conf_change_with_context(context: Vec<u8>) -> (Network, u64, Option<ReplicaError>) {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    let last = net.status(2).last_index;
+    assert_eq!(net.status(2).applied, last);
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(
+        vec![raft_proto::new_conf_change_single(
+            4,
+            ConfChangeType::AddLearnerNode,
+        )]
+        .into(),
+    );
+    let mut entry = Entry::default();
+    entry.set_entry_type(EntryType::EntryConfChangeV2);
+    entry.index = last + 1;
+    entry.term = term;
+    entry.data = cc.write_to_bytes().unwrap().into();
+    entry.context = context.into();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppend);
+    m.from = 1;
+    m.to = 2;
+    m.term = term;
+    m.index = last;
+    m.log_term = raft::Storage::term(net.replica(2).store(), last).unwrap();
+    m.commit = last + 1;
+    m.set_entries(vec![entry].into());
+    net.replica_mut(2).step(m).expect("step the append");
+    net.cycle(2);
+    let failure = net.failures.remove(&2);
+    (net, last, failure)
+}
+
+#[test]
+fn a_committed_membership_change_with_a_malformed_context_stops_the_replica() {
+    let (net, last, failure) = commit_conf_change_with_context(b"\xff\xff\xff".to_vec());
+    assert!(
+        matches!(
+            failure,
+            Some(ReplicaError::CorruptEntry { id: 2, index, source: CorruptEntry::ConfChangeContext(_) })
+                if index == last + 1
+        ),
+        "{failure:?}"
+    );
+    let replica = net.replica(2);
+    assert!(
+        replica.has_failed(),
+        "the replica must stop, not apply past it"
+    );
+    assert_eq!(replica.status().applied, last, "the change was not applied");
+    assert!(!replica.members().contains_key(&4));
+    assert_eq!(replica.status().learners, Vec::<u64>::new());
+}
+
+#[test]
+fn a_committed_learner_addition_without_a_label_stops_the_replica() {
+    let empty = wire::encode(&ConfChangeContext::new()).unwrap();
+    let (net, _, failure) = commit_conf_change_with_context(empty);
+    assert!(
+        matches!(
+            failure,
+            Some(ReplicaError::CorruptEntry {
+                source: CorruptEntry::MissingLabel { member: 4 },
+                ..
+            })
+        ),
+        "{failure:?}"
+    );
+    assert!(net.replica(2).has_failed());
+}
+
+#[test]
+fn a_well_formed_committed_learner_addition_applies_with_its_label() {
+    let mut context = ConfChangeContext::new();
+    let mut m = wire::Member::new();
+    m.id = 4;
+    m.datacenter = "dc-4".into();
+    context.members.push(m);
+    let (net, _, failure) = commit_conf_change_with_context(wire::encode(&context).unwrap());
+    assert!(failure.is_none(), "{failure:?}");
+    let replica = net.replica(2);
+    assert_eq!(replica.members().get(&4).map(String::as_str), Some("dc-4"));
+    assert_eq!(replica.status().learners, vec![4]);
+}
