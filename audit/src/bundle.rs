@@ -12,17 +12,20 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fleet::FleetArtifact;
-use crate::merkle::{leaf_hash, verify_inclusion, Hash};
-use crate::note::{Checkpoint, NoteVerifier, SignedNote};
-use crate::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed};
+use crate::fleet::{ArtifactError, FleetArtifact};
+use crate::merkle::{leaf_hash, verify_inclusion, Hash, ProofError};
+use crate::note::{Checkpoint, NoteError, NoteVerifier, SignedNote};
+use crate::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed, NAME_BYTES_MAX};
 use sha2::Digest as _;
+use vaultfleet::codec::{DecodeError, EncodeError, Reader, Writer};
 use vaultfleet::hsm::verify_signature;
-use vaultfleet::wire::bytes::{put, ByteReader};
 use vaultfleet::ReplicaId;
 
 const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
-const FIELD_MAX: usize = 1 << 20;
+/// Longest byte field of a bundle (the artifact, the checkpoint).
+pub const FIELD_BYTES_MAX: usize = 1 << 20;
+/// Most hashes in an inclusion proof (a proof in a tree of 2^64 leaves has 64).
+pub const INCLUSION_HASHES_MAX: usize = 64;
 
 /// A fleet's validation bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +55,21 @@ pub struct Bundle {
 }
 
 /// The first broken link of a bundle. Every one means: refuse the session.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
-    /// The bytes are not a bundle.
+    /// The bytes do not start with the bundle's magic string.
+    #[error("not a vaultfleet bundle (v1): its magic bytes differ")]
+    NotABundle,
+    /// The bytes do not decode as a bundle.
     #[error("malformed bundle: {0}")]
-    Malformed(String),
+    Malformed(#[from] DecodeError),
+    /// A field of the bundle is too long to have been signed.
+    #[error("the bundle's statement does not encode: {0}")]
+    Encode(#[from] EncodeError),
     /// The artifact does not decode.
-    #[error("malformed fleet artifact: {0}")]
-    Artifact(String),
+    #[error("fleet artifact refused: {0}")]
+    Artifact(#[source] ArtifactError),
     /// The artifact's digest is not the digest that was signed.
     #[error("the fleet artifact's digest is not the one the witness signed")]
     DigestMismatch,
@@ -108,12 +117,24 @@ pub enum BundleError {
     /// The operator's countersignature is not on this witness signature.
     #[error("the operator's countersignature does not verify over this witness signature")]
     Countersignature,
-    /// The checkpoint does not parse or is not signed by the witness key.
+    /// The checkpoint is not a well-formed signed note or checkpoint, or the
+    /// witness key's name cannot sign notes.
     #[error("checkpoint refused: {0}")]
-    Checkpoint(String),
+    Checkpoint(#[source] NoteError),
+    /// The checkpoint carries no valid signature by a pinned witness key.
+    #[error("checkpoint refused: not signed by a pinned witness key")]
+    CheckpointUnsigned,
+    /// The checkpoint is of another log.
+    #[error("checkpoint of log {got:?}, this client trusts {want:?}")]
+    CheckpointOrigin {
+        /// The checkpoint's origin line.
+        got: String,
+        /// The pinned namespace.
+        want: String,
+    },
     /// The statement is not in the checkpointed log.
     #[error("the inclusion proof does not place the statement in the checkpoint: {0}")]
-    Inclusion(String),
+    Inclusion(#[source] ProofError),
     /// The artifact's epoch is not the witnessed epoch.
     #[error("artifact epoch {artifact} differs from the witnessed epoch {witnessed}")]
     EpochMismatch {
@@ -149,18 +170,23 @@ pub enum BundleError {
     /// The reply is not signed by that replica's response key.
     #[error("the reply is not signed by replica {0}'s response key from the bundle")]
     ReplySignature(ReplicaId),
-    /// The newest-epoch file could not be kept.
-    #[error("verifier state {path}: {detail}")]
+    /// The verifier's state file could not be read or written.
+    #[error("verifier state {path}: {source}")]
     State {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        detail: String,
+        /// What the file system reported.
+        #[source]
+        source: std::io::Error,
     },
-}
-
-fn malformed(s: impl Into<String>) -> BundleError {
-    BundleError::Malformed(s.into())
+    /// A line of the verifier's state file does not parse.
+    #[error("verifier state {path}: line {line} is unreadable; delete the file only if you trust the next bundle")]
+    StateUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+    },
 }
 
 impl Bundle {
@@ -197,53 +223,58 @@ impl Bundle {
         }
     }
 
-    /// The canonical encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        put(&mut out, &self.artifact);
-        out.extend_from_slice(&self.digest);
-        put(&mut out, self.namespace.as_bytes());
-        out.extend_from_slice(&self.timestamp.to_be_bytes());
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        put(&mut out, self.witness_key.as_bytes());
-        out.extend_from_slice(&self.witness_signature);
-        out.extend_from_slice(&self.countersignature);
-        out.extend_from_slice(&self.leaf_index.to_be_bytes());
-        out.extend_from_slice(&(self.inclusion.len() as u32).to_be_bytes());
+    /// The canonical encoding: the magic string, the artifact (`u32` length),
+    /// the digest, the namespace (`u32` length), timestamp and epoch (`u64`),
+    /// the witness key's name (`u32` length), the witness signature, the
+    /// countersignature, the leaf index (`u64`), a `u32` count of inclusion
+    /// hashes and the hashes, and the checkpoint note (`u32` length).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut w = Writer::from_vec(MAGIC.to_vec());
+        w.bytes(FIELD_BYTES_MAX, &self.artifact, "bundle artifact")?
+            .raw(&self.digest)
+            .text(NAME_BYTES_MAX, &self.namespace, "bundle namespace")?
+            .u64(self.timestamp)
+            .u64(self.epoch)
+            .text(NAME_BYTES_MAX, &self.witness_key, "bundle witness key")?
+            .raw(&self.witness_signature)
+            .raw(&self.countersignature)
+            .u64(self.leaf_index)
+            .count(
+                INCLUSION_HASHES_MAX,
+                self.inclusion.len(),
+                "inclusion proof",
+            )?;
         for h in &self.inclusion {
-            out.extend_from_slice(h);
+            w.raw(h);
         }
-        put(&mut out, self.checkpoint.as_bytes());
-        out
+        w.text(FIELD_BYTES_MAX, &self.checkpoint, "bundle checkpoint")?;
+        Ok(w.into_vec())
     }
 
     /// Decodes [`Bundle::encode`]'s output; anything else is an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, BundleError> {
-        let mut r = ByteReader::new(bytes);
-        if r.take(MAGIC.len()).map_err(malformed)? != MAGIC {
-            return Err(malformed("not a vaultfleet bundle (v1)"));
+        let mut r = Reader::new(bytes);
+        if r.take(MAGIC.len(), "bundle magic")? != MAGIC {
+            return Err(BundleError::NotABundle);
         }
-        let artifact = r.bytes(FIELD_MAX).map_err(malformed)?.to_vec();
-        let digest = r.array::<32>().map_err(malformed)?;
-        let namespace = r.text(FIELD_MAX).map_err(malformed)?;
-        let timestamp = r.u64().map_err(malformed)?;
-        let epoch = r.u64().map_err(malformed)?;
-        let witness_key = r.text(FIELD_MAX).map_err(malformed)?;
-        let witness_signature = r.array::<64>().map_err(malformed)?;
-        let countersignature = r.array::<64>().map_err(malformed)?;
-        let leaf_index = r.u64().map_err(malformed)?;
-        let n = u32::from_be_bytes(r.array::<4>().map_err(malformed)?) as usize;
-        if n > 64 {
-            return Err(malformed("inclusion proof longer than 64 hashes"));
-        }
+        let artifact = r.bytes(FIELD_BYTES_MAX, "bundle artifact")?.to_vec();
+        let digest = r.array("bundle digest")?;
+        // A witness signs names of at most NAME_BYTES_MAX bytes: a longer one
+        // was never signed.
+        let namespace = r.text(NAME_BYTES_MAX, "bundle namespace")?.to_owned();
+        let timestamp = r.u64("bundle timestamp")?;
+        let epoch = r.u64("bundle epoch")?;
+        let witness_key = r.text(NAME_BYTES_MAX, "bundle witness key")?.to_owned();
+        let witness_signature = r.array("witness signature")?;
+        let countersignature = r.array("countersignature")?;
+        let leaf_index = r.u64("leaf index")?;
+        let n = r.count(INCLUSION_HASHES_MAX, "inclusion proof")?;
         let mut inclusion = Vec::with_capacity(n);
         for _ in 0..n {
-            inclusion.push(r.array::<32>().map_err(malformed)?);
+            inclusion.push(r.array("inclusion proof hash")?);
         }
-        let checkpoint = r.text(FIELD_MAX).map_err(malformed)?;
-        if !r.is_empty() {
-            return Err(malformed("trailing bytes"));
-        }
+        let checkpoint = r.text(FIELD_BYTES_MAX, "bundle checkpoint")?.to_owned();
+        r.expect_empty("bundle")?;
         Ok(Self {
             artifact,
             digest,
@@ -325,10 +356,6 @@ impl FleetVerifier {
     /// Keeps the newest accepted epoch (and its digest) in `path`, loading it now.
     pub fn persist_to(mut self, path: impl AsRef<Path>) -> Result<Self, BundleError> {
         let path = path.as_ref().to_path_buf();
-        let state_err = |detail: String| BundleError::State {
-            path: path.clone(),
-            detail,
-        };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let hash = |d: &str| -> Option<[u8; 32]> {
@@ -337,7 +364,7 @@ impl FleetVerifier {
                         .collect::<Option<Vec<u8>>>()?;
                     <[u8; 32]>::try_from(b.as_slice()).ok()
                 };
-                for line in text.lines() {
+                for (n, line) in text.lines().enumerate() {
                     let f: Vec<&str> = line.split(' ').collect();
                     let parsed = match f.as_slice() {
                         [tag, n, d] => n.parse::<u64>().ok().zip(hash(d)).map(|v| (*tag, v)),
@@ -347,17 +374,13 @@ impl FleetVerifier {
                         Some(("current", v)) => self.current = Some(v),
                         Some(("previous", v)) => self.previous = Some(v),
                         Some(("checkpoint", v)) => self.checkpoints.push(v),
-                        _ => {
-                            return Err(state_err(format!(
-                                "line {line:?} is unreadable; delete the file only if you trust the next bundle"
-                            )))
-                        }
+                        _ => return Err(BundleError::StateUnreadable { path, line: n + 1 }),
                     }
                 }
                 self.checkpoints.sort_unstable();
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(state_err(e.to_string())),
+            Err(source) => return Err(BundleError::State { path, source }),
         }
         self.state = Some(path);
         Ok(self)
@@ -401,11 +424,8 @@ impl FleetVerifier {
             return self.admit(last.clone(), now, replica);
         }
         let b = Bundle::decode(bundle)?;
-        let artifact =
-            FleetArtifact::decode(&b.artifact).map_err(|e| BundleError::Artifact(e.to_string()))?;
-        let digest = artifact
-            .digest()
-            .map_err(|e| BundleError::Artifact(e.to_string()))?;
+        let artifact = FleetArtifact::decode(&b.artifact).map_err(BundleError::Artifact)?;
+        let digest = artifact.digest().map_err(BundleError::Artifact)?;
         if digest != b.digest {
             return Err(BundleError::DigestMismatch);
         }
@@ -447,7 +467,7 @@ impl FleetVerifier {
         let statement = b.statement();
         if !verify_signature(
             &key.public_key,
-            &statement.signed_bytes(),
+            &statement.signed_bytes()?,
             &b.witness_signature,
         ) {
             return Err(BundleError::WitnessSignature);
@@ -460,27 +480,23 @@ impl FleetVerifier {
         ) {
             return Err(BundleError::Countersignature);
         }
-        let note =
-            SignedNote::parse(&b.checkpoint).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
-        let verifier = NoteVerifier::ed25519(&key.name, key.public_key)
-            .map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+        let note = SignedNote::parse(&b.checkpoint).map_err(BundleError::Checkpoint)?;
+        let verifier =
+            NoteVerifier::ed25519(&key.name, key.public_key).map_err(BundleError::Checkpoint)?;
         // Any pinned witness key valid at the checkpoint may have signed it.
         let signed = verifier.verify(&note).is_ok()
             || self.witness_keys.iter().any(|k| {
                 NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&note).is_ok())
             });
         if !signed {
-            return Err(BundleError::Checkpoint(
-                "not signed by a pinned witness key".into(),
-            ));
+            return Err(BundleError::CheckpointUnsigned);
         }
-        let checkpoint =
-            Checkpoint::parse(&note.text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+        let checkpoint = Checkpoint::parse(&note.text).map_err(BundleError::Checkpoint)?;
         if checkpoint.origin != self.namespace {
-            return Err(BundleError::Checkpoint(format!(
-                "checkpoint of log {:?}, not {:?}",
-                checkpoint.origin, self.namespace
-            )));
+            return Err(BundleError::CheckpointOrigin {
+                got: checkpoint.origin,
+                want: self.namespace.clone(),
+            });
         }
         if let Some((_, root)) = self
             .checkpoints
@@ -497,7 +513,7 @@ impl FleetVerifier {
             &statement,
             &b.witness_key,
             &b.witness_signature,
-        ));
+        )?);
         verify_inclusion(
             &leaf,
             b.leaf_index,
@@ -505,7 +521,7 @@ impl FleetVerifier {
             &b.inclusion,
             &checkpoint.root,
         )
-        .map_err(|e| BundleError::Inclusion(e.to_string()))?;
+        .map_err(BundleError::Inclusion)?;
         if artifact.epoch != b.epoch {
             return Err(BundleError::EpochMismatch {
                 artifact: artifact.epoch,
@@ -615,9 +631,9 @@ impl FleetVerifier {
             }
             Ok(())
         };
-        write().map_err(|e| BundleError::State {
+        write().map_err(|source| BundleError::State {
             path: path.clone(),
-            detail: e.to_string(),
+            source,
         })
     }
 

@@ -24,6 +24,9 @@ pub mod note;
 pub mod witness;
 
 pub use bundle::{Accepted, Bundle, BundleError, FleetVerifier, WitnessKey};
+pub use fleet::{ArtifactError, ArtifactRule, FleetArtifact};
 pub use merkle::{MerkleTree, ProofError};
 pub use note::{Checkpoint, NoteError, NoteSignature, NoteVerifier, SignedNote};
-pub use witness::{Statement, Witness, WitnessError, WitnessKeySpec, Witnessed};
+pub use witness::{
+    CountersignError, LogError, Statement, Witness, WitnessError, WitnessKeySpec, Witnessed,
+};

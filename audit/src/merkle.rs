@@ -15,9 +15,30 @@ pub type Hash = [u8; 32];
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProofError {
-    /// The index is not in a tree of that size, or the sizes are out of order.
-    #[error("invalid position: {0}")]
-    Position(String),
+    /// The leaf index is not in a tree of that size.
+    #[error("leaf {index} is not in a tree of size {size}")]
+    IndexBeyondSize {
+        /// The leaf index.
+        index: u64,
+        /// The tree size.
+        size: u64,
+    },
+    /// A consistency proof between sizes in the wrong order.
+    #[error("first size {first} above second size {second}: a log only grows")]
+    SizesOutOfOrder {
+        /// The older tree's size.
+        first: u64,
+        /// The newer tree's size.
+        second: u64,
+    },
+    /// A proof asked of a tree for a size beyond the leaves it holds.
+    #[error("tree size {size} beyond the {held} leaves held")]
+    SizeBeyondTree {
+        /// The size asked for.
+        size: u64,
+        /// The leaves the tree holds.
+        held: u64,
+    },
     /// The proof has the wrong number of hashes for these sizes.
     #[error("proof has {got} hashes, {want} expected")]
     Length {
@@ -150,10 +171,10 @@ impl MerkleTree {
 
     fn checked_size(&self, size: u64) -> Result<usize, ProofError> {
         if size > self.size() {
-            return Err(ProofError::Position(format!(
-                "tree size {size} beyond the {} leaves held",
-                self.size()
-            )));
+            return Err(ProofError::SizeBeyondTree {
+                size,
+                held: self.size(),
+            });
         }
         Ok(size as usize)
     }
@@ -162,9 +183,7 @@ impl MerkleTree {
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
         let n = self.checked_size(size)?;
         if index >= size {
-            return Err(ProofError::Position(format!(
-                "leaf {index} is not in a tree of size {size}"
-            )));
+            return Err(ProofError::IndexBeyondSize { index, size });
         }
         let mut out = Vec::new();
         path(index as usize, &self.leaves[..n], &mut out);
@@ -175,9 +194,7 @@ impl MerkleTree {
     pub fn consistency_proof(&self, first: u64, second: u64) -> Result<Vec<Hash>, ProofError> {
         let n = self.checked_size(second)?;
         if first > second {
-            return Err(ProofError::Position(format!(
-                "first size {first} above second size {second}"
-            )));
+            return Err(ProofError::SizesOutOfOrder { first, second });
         }
         let mut out = Vec::new();
         if first > 0 && first < second {
@@ -197,9 +214,7 @@ pub fn verify_inclusion(
     root: &Hash,
 ) -> Result<(), ProofError> {
     if index >= size {
-        return Err(ProofError::Position(format!(
-            "leaf {index} is not in a tree of size {size}"
-        )));
+        return Err(ProofError::IndexBeyondSize { index, size });
     }
     let (mut fn_, mut sn) = (index, size - 1);
     let mut r = *leaf;
@@ -244,9 +259,7 @@ pub fn verify_consistency(
     second_root: &Hash,
 ) -> Result<(), ProofError> {
     if first > second {
-        return Err(ProofError::Position(format!(
-            "first size {first} above second size {second}"
-        )));
+        return Err(ProofError::SizesOutOfOrder { first, second });
     }
     if first == second {
         if !proof.is_empty() {
@@ -337,7 +350,10 @@ mod tests {
                 if !p.is_empty() {
                     let mut bad = p.clone();
                     bad[0][0] ^= 1;
-                    assert!(verify_inclusion(&leaf, index, size, &bad, &r).is_err());
+                    assert_eq!(
+                        verify_inclusion(&leaf, index, size, &bad, &r),
+                        Err(ProofError::RootMismatch)
+                    );
                 }
                 if index + 1 < size {
                     assert!(verify_inclusion(&leaf, index + 1, size, &p, &r).is_err());
@@ -350,7 +366,10 @@ mod tests {
                 if first > 0 && first < size {
                     let mut wrong = r1;
                     wrong[5] ^= 0x80;
-                    assert!(verify_consistency(first, size, &p, &wrong, &r).is_err());
+                    assert_eq!(
+                        verify_consistency(first, size, &p, &wrong, &r),
+                        Err(ProofError::RootMismatch)
+                    );
                 }
             }
         }
@@ -359,10 +378,38 @@ mod tests {
     #[test]
     fn hostile_sizes_are_errors_not_panics() {
         let h = [0u8; 32];
-        assert!(verify_inclusion(&h, u64::MAX, u64::MAX, &[h; 70], &h).is_err());
-        assert!(verify_inclusion(&h, 0, 0, &[], &h).is_err());
-        assert!(verify_consistency(u64::MAX, u64::MAX - 1, &[h], &h, &h).is_err());
-        assert!(verify_consistency(u64::MAX - 1, u64::MAX, &[h; 130], &h, &h).is_err());
-        assert!(MerkleTree::new().inclusion_proof(0, 1).is_err());
+        assert_eq!(
+            verify_inclusion(&h, u64::MAX, u64::MAX, &[h; 70], &h),
+            Err(ProofError::IndexBeyondSize {
+                index: u64::MAX,
+                size: u64::MAX
+            })
+        );
+        assert_eq!(
+            verify_inclusion(&h, 0, 0, &[], &h),
+            Err(ProofError::IndexBeyondSize { index: 0, size: 0 })
+        );
+        assert_eq!(
+            verify_consistency(u64::MAX, u64::MAX - 1, &[h], &h, &h),
+            Err(ProofError::SizesOutOfOrder {
+                first: u64::MAX,
+                second: u64::MAX - 1
+            })
+        );
+        assert!(matches!(
+            verify_consistency(u64::MAX - 1, u64::MAX, &[h; 130], &h, &h),
+            Err(ProofError::Length { got: 130, .. })
+        ));
+        assert_eq!(
+            MerkleTree::new().inclusion_proof(0, 1),
+            Err(ProofError::SizeBeyondTree { size: 1, held: 0 })
+        );
+        assert_eq!(
+            MerkleTree::new().consistency_proof(1, 0),
+            Err(ProofError::SizesOutOfOrder {
+                first: 1,
+                second: 0
+            })
+        );
     }
 }

@@ -24,12 +24,24 @@ const DASH: &str = "\u{2014} ";
 pub const NOTE_MAX: usize = 64 * 1024;
 
 /// A malformed or unverifiable note or checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NoteError {
-    /// The text is not a well-formed note or checkpoint.
+    /// The text breaks the signed-note or checkpoint grammar; the context names
+    /// the rule it breaks.
     #[error("malformed note: {0}")]
-    Malformed(String),
+    Malformed(&'static str),
+    /// The note is longer than [`NOTE_MAX`].
+    #[error("note of {len} bytes, at most {max} are accepted")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The most accepted.
+        max: usize,
+    },
+    /// A key name is empty or holds whitespace, a control character or `+`.
+    #[error("invalid key name {0:?}: key names have no whitespace, control characters or '+'")]
+    InvalidKeyName(String),
     /// No signature line from the expected key.
     #[error("no signature by {0:?} on the note")]
     Unsigned(String),
@@ -38,17 +50,11 @@ pub enum NoteError {
     BadSignature(String),
     /// The signer's HSM failed.
     #[error("signing failed: {0}")]
-    Hsm(String),
+    Hsm(#[from] HsmError),
 }
 
-impl From<HsmError> for NoteError {
-    fn from(e: HsmError) -> Self {
-        NoteError::Hsm(e.to_string())
-    }
-}
-
-fn malformed(s: impl Into<String>) -> NoteError {
-    NoteError::Malformed(s.into())
+fn malformed(what: &'static str) -> NoteError {
+    NoteError::Malformed(what)
 }
 
 /// A log's checkpoint: its origin, size and root hash (plus extension lines).
@@ -178,7 +184,10 @@ impl SignedNote {
     /// Parses a note's text form.
     pub fn parse(note: &str) -> Result<Self, NoteError> {
         if note.len() > NOTE_MAX {
-            return Err(malformed(format!("note over {NOTE_MAX} bytes")));
+            return Err(NoteError::TooLong {
+                len: note.len(),
+                max: NOTE_MAX,
+            });
         }
         // C2SP signed-note: no ASCII control characters other than newline.
         if note.chars().any(|c| c.is_ascii_control() && c != '\n') {
@@ -201,7 +210,7 @@ impl SignedNote {
                 .split_once(' ')
                 .ok_or_else(|| malformed("a signature line is `— name signature`"))?;
             if !valid_name(name) {
-                return Err(malformed(format!("invalid key name {name:?}")));
+                return Err(NoteError::InvalidKeyName(name.to_string()));
             }
             let bytes = B64
                 .decode(b64)
@@ -253,7 +262,7 @@ impl NoteVerifier {
 
     fn new(name: &str, alg: u8, public_key: [u8; 32]) -> Result<Self, NoteError> {
         if !valid_name(name) {
-            return Err(malformed(format!("invalid key name {name:?}")));
+            return Err(NoteError::InvalidKeyName(name.to_string()));
         }
         Ok(Self {
             name: name.to_string(),
@@ -434,8 +443,8 @@ mod tests {
         let witness =
             NoteVerifier::cosignature("witness.example", hsm.public_key(witness_key).unwrap())
                 .unwrap();
-        assert_eq!(log.verify(&parsed), Ok(None));
-        assert_eq!(witness.verify(&parsed), Ok(Some(1_700_000_000)));
+        assert!(matches!(log.verify(&parsed), Ok(None)));
+        assert!(matches!(witness.verify(&parsed), Ok(Some(1_700_000_000))));
         assert_eq!(NoteVerifier::parse_vkey(&log.vkey()).unwrap(), log);
         // An edited size is caught by both.
         let edited = encoded.replacen("\n3\n", "\n4\n", 1);
@@ -463,9 +472,24 @@ mod tests {
             "text\n\n\u{2014} name !!!\n",
             "text\n\n\u{2014} name AAAA\n",
         ] {
-            assert!(SignedNote::parse(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(SignedNote::parse(bad), Err(NoteError::Malformed(_))),
+                "{bad:?}"
+            );
         }
-        assert!(SignedNote::parse("text\u{7}\n\n\u{2014} name AAAAAAA=\n").is_err());
+        assert!(matches!(
+            SignedNote::parse("text\u{7}\n\n\u{2014} name AAAAAAA=\n"),
+            Err(NoteError::Malformed(_))
+        ));
+        assert!(matches!(
+            SignedNote::parse("text\n\n\u{2014} na+me AAAAAAA=\n"),
+            Err(NoteError::InvalidKeyName(name)) if name == "na+me"
+        ));
+        let long = format!("{}\n\n\u{2014} name AAAAAAA=\n", "x".repeat(NOTE_MAX));
+        assert!(matches!(
+            SignedNote::parse(&long),
+            Err(NoteError::TooLong { max: NOTE_MAX, .. })
+        ));
         for bad in [
             "o\n01\nAAAA\n",
             "o\n1\nnot base64\n",
@@ -473,7 +497,10 @@ mod tests {
             "o\n1\n",
             "\n1\nAA==\n",
         ] {
-            assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(Checkpoint::parse(bad), Err(NoteError::Malformed(_))),
+                "{bad:?}"
+            );
         }
     }
 }

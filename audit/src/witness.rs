@@ -19,7 +19,20 @@ use base64::Engine as _;
 
 use crate::merkle::{Hash, MerkleTree};
 use crate::note::{sign_note, Checkpoint, NoteError, SignedNote};
+use vaultfleet::codec::{EncodeError, Writer};
 use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind};
+
+/// Longest namespace or witness key name, in bytes (signed inputs carry their
+/// length in one byte).
+pub const NAME_BYTES_MAX: usize = 255;
+
+// The signed inputs below (statement, log leaf, countersignature) are built with
+// the codec's `Writer`, not with `vaultfleet::codec::labeled`: they predate that
+// helper, and every statement already witnessed, logged and countersigned must
+// still verify, so their bytes stay exactly as they were: a newline-terminated
+// label, `u8`-length-prefixed names, fixed-width fields as they are.
+const STATEMENT_LABEL: &[u8] = b"vaultfleet/witness-statement/v1\n";
+const COUNTERSIGN_LABEL: &[u8] = b"vaultfleet/operator-countersign/v1\n";
 
 /// A witness signing key: its name (as in notes), HSM label and the first
 /// moment it may sign.
@@ -45,16 +58,16 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The bytes the witness signs.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        let mut m = Vec::with_capacity(96 + self.namespace.len());
-        m.extend_from_slice(b"vaultfleet/witness-statement/v1\n");
-        m.push(self.namespace.len() as u8);
-        m.extend_from_slice(self.namespace.as_bytes());
-        m.extend_from_slice(&self.timestamp.to_be_bytes());
-        m.extend_from_slice(&self.epoch.to_be_bytes());
-        m.extend_from_slice(&self.digest);
-        m
+    /// The bytes the witness signs. A namespace longer than
+    /// [`NAME_BYTES_MAX`] does not encode.
+    pub fn signed_bytes(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut w = Writer::with_capacity(STATEMENT_LABEL.len() + 1 + self.namespace.len() + 48);
+        w.raw(STATEMENT_LABEL)
+            .short_text(&self.namespace, "statement namespace")?
+            .u64(self.timestamp)
+            .u64(self.epoch)
+            .raw(&self.digest);
+        Ok(w.into_vec())
     }
 }
 
@@ -71,14 +84,16 @@ pub struct Witnessed {
     pub leaf_index: u64,
 }
 
-/// The log leaf of a witnessed statement: the statement, the key name, the
-/// signature.
-pub fn leaf_bytes(statement: &Statement, key: &str, signature: &[u8; 64]) -> Vec<u8> {
-    let mut leaf = statement.signed_bytes();
-    leaf.push(key.len() as u8);
-    leaf.extend_from_slice(key.as_bytes());
-    leaf.extend_from_slice(signature);
-    leaf
+/// The log leaf of a witnessed statement: the statement, the key name (`u8`
+/// length), the signature.
+pub fn leaf_bytes(
+    statement: &Statement,
+    key: &str,
+    signature: &[u8; 64],
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::from_vec(statement.signed_bytes()?);
+    w.short_text(key, "witness key name")?.raw(signature);
+    Ok(w.into_vec())
 }
 
 /// The witness refused, or could not keep its state.
@@ -114,23 +129,115 @@ pub enum WitnessError {
     /// No key may sign at this time.
     #[error("no witness key is valid at {0} (all have a later not_before)")]
     NoKey(u64),
-    /// A name or namespace outside the allowed characters.
-    #[error("invalid input: {0}")]
-    Invalid(String),
+    /// No keys, or a key name outside the allowed characters.
+    #[error("a witness needs at least one key, each named with 1..=255 of [A-Za-z0-9._-/]")]
+    InvalidKeys,
+    /// A namespace outside the allowed characters.
+    #[error("invalid namespace {0:?}: use 1..=255 of [A-Za-z0-9._-/]")]
+    InvalidNamespace(String),
+    /// A statement dated before the last one of its namespace.
+    #[error("namespace {namespace:?}: timestamp {timestamp} is before the last statement's {last}: the witness's time never goes back")]
+    TimeWentBack {
+        /// The namespace.
+        namespace: String,
+        /// The statement's timestamp.
+        timestamp: u64,
+        /// The last statement's timestamp.
+        last: u64,
+    },
     /// The HSM failed.
     #[error("witness HSM: {0}")]
     Hsm(#[from] HsmError),
-    /// The state file could not be written or read.
-    #[error("witness state {path}: {detail}")]
+    /// The state file could not be read or written.
+    #[error("witness state {path}: {source}")]
     State {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        detail: String,
+        /// What the file system reported.
+        #[source]
+        source: std::io::Error,
     },
+    /// The state's lock file could not be created.
+    #[error("cannot take the witness lock {path} ({source}); another witness process runs on this state, or one crashed: remove the file only after making sure none runs")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the file system reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file does not parse.
+    #[error("witness state {path}: {source}")]
+    Log {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: LogError,
+    },
+    /// A statement in the state file breaks the witness's rules.
+    #[error("witness state {path}: line {line} breaks the rules: {source}")]
+    LogBreaksRules {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// The rule it breaks.
+        #[source]
+        source: Box<WitnessError>,
+    },
+    /// A statement in the state file is not signed by this witness's key.
+    #[error("witness state {path}: line {line} is not signed by this witness's key {key:?}")]
+    LogNotSigned {
+        /// The file.
+        path: PathBuf,
+        /// The line (from 1).
+        line: usize,
+        /// The key it names.
+        key: String,
+    },
+    /// A write of the state failed earlier: the file may hold more than memory.
+    #[error("witness state {path}: an earlier write failed; reopen the witness")]
+    Poisoned {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A statement does not encode (a name longer than [`NAME_BYTES_MAX`]).
+    #[error("the statement does not encode: {0}")]
+    Encode(#[from] EncodeError),
     /// A checkpoint could not be signed.
     #[error("checkpoint: {0}")]
     Note(#[from] NoteError),
+}
+
+/// A witness log file (its state) that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A line is not `namespace epoch digest timestamp key signature`.
+    #[error("line {line} is not `namespace epoch digest timestamp key signature`")]
+    Malformed {
+        /// The line (from 1).
+        line: usize,
+    },
+    /// A line's namespace or key name is outside [A-Za-z0-9._-/] or too long.
+    #[error("line {line} has an invalid namespace or key name")]
+    InvalidName {
+        /// The line (from 1).
+        line: usize,
+    },
+}
+
+/// The operator's countersignature could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CountersignError {
+    /// The witness key's name is too long to be countersigned.
+    #[error("the countersigned bytes do not encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// The operator's HSM failed.
+    #[error("operator HSM: {0}")]
+    Hsm(#[from] HsmError),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -161,12 +268,9 @@ impl LockFile {
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| WitnessError::State {
+            .map_err(|source| WitnessError::Locked {
                 path: path.clone(),
-                detail: format!(
-                    "cannot take the witness lock ({e}); another witness process runs on this state, \
-                     or one crashed: remove the file only after making sure none runs"
-                ),
+                source,
             })?;
         Ok(Self(path))
     }
@@ -193,7 +297,7 @@ fn key_label(name: &str) -> String {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 255
+        && s.len() <= NAME_BYTES_MAX
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
 }
@@ -222,9 +326,7 @@ impl<H: Hsm> Witness<H> {
         path: impl AsRef<Path>,
     ) -> Result<Self, WitnessError> {
         if keys.is_empty() || keys.iter().any(|k| !valid_name(&k.name)) {
-            return Err(WitnessError::Invalid(
-                "a witness needs named keys ([A-Za-z0-9._-/])".into(),
-            ));
+            return Err(WitnessError::InvalidKeys);
         }
         for k in &keys {
             hsm.key(&key_label(&k.name), KeyKind::Signing)?;
@@ -243,10 +345,10 @@ impl<H: Hsm> Witness<H> {
         Ok(w)
     }
 
-    fn state_error(&self, detail: impl Into<String>) -> WitnessError {
+    fn state_error(&self, source: std::io::Error) -> WitnessError {
         WitnessError::State {
             path: self.path.clone(),
-            detail: detail.into(),
+            source,
         }
     }
 
@@ -254,31 +356,40 @@ impl<H: Hsm> Witness<H> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(self.state_error(e.to_string())),
+            Err(e) => return Err(self.state_error(e)),
         };
-        let entries = parse_log(&text).map_err(|e| self.state_error(e))?;
+        let entries = parse_log(&text).map_err(|source| WitnessError::Log {
+            path: self.path.clone(),
+            source,
+        })?;
         for (n, mut w) in entries.into_iter().enumerate() {
             self.check_rules(&w.statement)
-                .map_err(|e| self.state_error(format!("line {} breaks the rules: {e}", n + 1)))?;
+                .map_err(|e| WitnessError::LogBreaksRules {
+                    path: self.path.clone(),
+                    line: n + 1,
+                    source: Box::new(e),
+                })?;
             let signed = self.keys.iter().any(|k| k.name == w.key)
                 && self
                     .hsm
                     .key(&key_label(&w.key), KeyKind::Signing)
                     .and_then(|h| self.hsm.public_key(h))
                     .is_ok_and(|pk| {
-                        verify_signature(&pk, &w.statement.signed_bytes(), &w.signature)
+                        w.statement
+                            .signed_bytes()
+                            .is_ok_and(|m| verify_signature(&pk, &m, &w.signature))
                     });
             if !signed {
-                return Err(self.state_error(format!(
-                    "line {} is not signed by this witness's key {:?}",
-                    n + 1,
-                    w.key
-                )));
+                return Err(WitnessError::LogNotSigned {
+                    path: self.path.clone(),
+                    line: n + 1,
+                    key: w.key,
+                });
             }
             let log = self.logs.entry(w.statement.namespace.clone()).or_default();
             w.leaf_index = log.tree.size();
             log.tree
-                .append(&leaf_bytes(&w.statement, &w.key, &w.signature));
+                .append(&leaf_bytes(&w.statement, &w.key, &w.signature)?);
             log.entries.push(w);
         }
         Ok(())
@@ -314,15 +425,12 @@ impl<H: Hsm> Witness<H> {
             }
             Ok(())
         };
-        write().map_err(|e| self.state_error(e.to_string()))
+        write().map_err(|e| self.state_error(e))
     }
 
     fn check_rules(&self, s: &Statement) -> Result<(), WitnessError> {
         if !valid_name(&s.namespace) {
-            return Err(WitnessError::Invalid(format!(
-                "namespace {:?}",
-                s.namespace
-            )));
+            return Err(WitnessError::InvalidNamespace(s.namespace.clone()));
         }
         let entries: &[Witnessed] = self.logs.get(&s.namespace).map_or(&[], |l| &l.entries);
         if let Some(w) = entries.iter().find(|w| w.statement.digest == s.digest) {
@@ -339,10 +447,11 @@ impl<H: Hsm> Witness<H> {
         }
         if let Some(last) = entries.last() {
             if s.timestamp < last.statement.timestamp {
-                return Err(WitnessError::Invalid(format!(
-                    "timestamp {} is before the last statement's {}: the witness's time never goes back",
-                    s.timestamp, last.statement.timestamp
-                )));
+                return Err(WitnessError::TimeWentBack {
+                    namespace: s.namespace.clone(),
+                    timestamp: s.timestamp,
+                    last: last.statement.timestamp,
+                });
             }
         }
         let want = entries.last().map_or(1, |w| w.statement.epoch + 1);
@@ -382,12 +491,14 @@ impl<H: Hsm> Witness<H> {
             digest,
         };
         if self.poisoned {
-            return Err(self.state_error("an earlier write failed; reopen the witness"));
+            return Err(WitnessError::Poisoned {
+                path: self.path.clone(),
+            });
         }
         self.check_rules(&statement)?;
         let key = self.key_at(timestamp)?.name.clone();
         let handle = self.hsm.key(&key_label(&key), KeyKind::Signing)?;
-        let signature = self.hsm.sign(handle, &statement.signed_bytes())?;
+        let signature = self.hsm.sign(handle, &statement.signed_bytes()?)?;
         let leaf_index = self.logs.get(namespace).map_or(0, |l| l.tree.size());
         let witnessed = Witnessed {
             statement,
@@ -406,7 +517,7 @@ impl<H: Hsm> Witness<H> {
             &witnessed.statement,
             &witnessed.key,
             &witnessed.signature,
-        ));
+        )?);
         log.entries.push(witnessed.clone());
         Ok(witnessed)
     }
@@ -460,7 +571,7 @@ impl<H: Hsm> Witness<H> {
 /// one line per signed statement, `namespace epoch digest timestamp key
 /// signature`, in signing order. Only the shape is checked here; an auditor
 /// checks the signatures against the keys it pins (`vaultfleet audit log`).
-pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, String> {
+pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, LogError> {
     let mut out = Vec::new();
     let mut next_index: BTreeMap<String, u64> = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
@@ -482,10 +593,10 @@ pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, String> {
             })
         })();
         let Some(mut w) = parsed else {
-            return Err(format!("line {} is malformed", n + 1));
+            return Err(LogError::Malformed { line: n + 1 });
         };
         if !valid_name(&w.statement.namespace) || !valid_name(&w.key) {
-            return Err(format!("line {} has an invalid name", n + 1));
+            return Err(LogError::InvalidName { line: n + 1 });
         }
         let index = next_index.entry(w.statement.namespace.clone()).or_insert(0);
         w.leaf_index = *index;
@@ -495,13 +606,16 @@ pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, String> {
     Ok(out)
 }
 
-/// What the operator countersigns: the witness key's name and signature bytes.
-pub fn countersigned_bytes(witness_key: &str, witness_signature: &[u8; 64]) -> Vec<u8> {
-    let mut m = b"vaultfleet/operator-countersign/v1\n".to_vec();
-    m.push(witness_key.len() as u8);
-    m.extend_from_slice(witness_key.as_bytes());
-    m.extend_from_slice(witness_signature);
-    m
+/// What the operator countersigns: the witness key's name (`u8` length) and
+/// signature bytes. A name longer than [`NAME_BYTES_MAX`] does not encode.
+pub fn countersigned_bytes(
+    witness_key: &str,
+    witness_signature: &[u8; 64],
+) -> Result<Vec<u8>, EncodeError> {
+    let mut w = Writer::from_vec(COUNTERSIGN_LABEL.to_vec());
+    w.short_text(witness_key, "countersigned witness key name")?
+        .raw(witness_signature);
+    Ok(w.into_vec())
 }
 
 /// The operator countersigns a witness signature with its HSM key `label`.
@@ -509,26 +623,22 @@ pub fn countersign<H: Hsm>(
     hsm: &H,
     label: &str,
     witnessed: &Witnessed,
-) -> Result<[u8; 64], HsmError> {
+) -> Result<[u8; 64], CountersignError> {
     let key = hsm.key(label, KeyKind::Signing)?;
-    hsm.sign(
-        key,
-        &countersigned_bytes(&witnessed.key, &witnessed.signature),
-    )
+    let message = countersigned_bytes(&witnessed.key, &witnessed.signature)?;
+    Ok(hsm.sign(key, &message)?)
 }
 
-/// Checks an operator countersignature.
+/// Checks an operator countersignature. A witness key name that does not
+/// encode was never countersigned: false.
 pub fn verify_countersignature(
     operator_key: &[u8; 32],
     witness_key: &str,
     witness_signature: &[u8; 64],
     countersignature: &[u8; 64],
 ) -> bool {
-    verify_signature(
-        operator_key,
-        &countersigned_bytes(witness_key, witness_signature),
-        countersignature,
-    )
+    countersigned_bytes(witness_key, witness_signature)
+        .is_ok_and(|m| verify_signature(operator_key, &m, countersignature))
 }
 
 /// Base64 of a hash, as checkpoints write them.

@@ -2,14 +2,15 @@
 //! the witness's rules, the operator's countersignature, and `FleetVerifier`
 //! refusing every broken link with its own error.
 
+use vaultfleet::codec::DecodeError;
 use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::SoftHsm;
-use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::fleet::{ArtifactError, ArtifactRule, FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::merkle::verify_consistency;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{
-    Bundle, BundleError, Checkpoint, FleetVerifier, SignedNote, Witness, WitnessError, WitnessKey,
-    WitnessKeySpec,
+    Bundle, BundleError, Checkpoint, FleetVerifier, LogError, ProofError, SignedNote, Witness,
+    WitnessError, WitnessKey, WitnessKeySpec,
 };
 
 const NS: &str = "example.vault.fleet_keys.v1";
@@ -64,13 +65,52 @@ fn the_artifact_encoding_is_pinned_by_golden_vectors() {
     // Non-canonical spellings are refused.
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert!(FleetArtifact::decode(&trailing).is_err());
+    assert!(matches!(
+        FleetArtifact::decode(&trailing),
+        Err(ArtifactError::Decode(DecodeError::TrailingBytes {
+            left: 1,
+            ..
+        }))
+    ));
     let mut unsorted = a.clone();
     unsorted.replicas.swap(0, 1);
-    assert!(unsorted.encode().is_err());
+    assert!(matches!(
+        unsorted.encode(),
+        Err(ArtifactError::Rule(ArtifactRule::ReplicaIds))
+    ));
     for cut in 0..bytes.len() {
-        assert!(FleetArtifact::decode(&bytes[..cut]).is_err());
+        assert!(
+            matches!(
+                FleetArtifact::decode(&bytes[..cut]),
+                Err(ArtifactError::Decode(DecodeError::Truncated { .. }))
+            ),
+            "cut at {cut}"
+        );
     }
+    let mut other = bytes.clone();
+    other[0] ^= 1;
+    assert!(matches!(
+        FleetArtifact::decode(&other),
+        Err(ArtifactError::NotAnArtifact)
+    ));
+    let mut newer = bytes.clone();
+    newer[25] = 2;
+    assert!(matches!(
+        FleetArtifact::decode(&newer),
+        Err(ArtifactError::Decode(DecodeError::Version {
+            found: 2,
+            expected: 1,
+            ..
+        }))
+    ));
+    // A decoded artifact breaking a rule: epoch 0 (bytes 40..48 after the
+    // magic, version and 14-byte fleet id).
+    let mut zero = bytes.clone();
+    zero[40..48].copy_from_slice(&0u64.to_be_bytes());
+    assert!(matches!(
+        FleetArtifact::decode(&zero),
+        Err(ArtifactError::Rule(ArtifactRule::EpochZero))
+    ));
 }
 
 struct World {
@@ -81,8 +121,12 @@ struct World {
 }
 
 fn world() -> World {
+    world_with_seed(77)
+}
+
+fn world_with_seed(seed: u64) -> World {
     let dir = tempfile::tempdir().unwrap();
-    let hsm = SoftHsm::from_seed(77);
+    let hsm = SoftHsm::from_seed(seed);
     let keys = vec![
         WitnessKeySpec {
             name: "witness-2026".into(),
@@ -149,16 +193,30 @@ fn a_good_bundle_is_accepted_and_rotation_moves_forward_never_back() {
     let e2 = w.publish(&artifact(2, 9), T0 + DAY);
     let e3 = w.publish(&artifact(3, 20), T0 + 2 * DAY);
     let mut v = w.verifier();
-    assert_eq!(v.verify(&e1.encode(), T0 + 10, 3).unwrap().epoch, 1);
-    assert_eq!(v.verify(&e2.encode(), T0 + DAY, 1).unwrap().epoch, 2);
-    // The previous fleet still serves during the rotation.
-    assert_eq!(v.verify(&e1.encode(), T0 + DAY, 1).unwrap().epoch, 1);
-    assert_eq!(v.verify(&e3.encode(), T0 + 3 * DAY, 1).unwrap().epoch, 3);
-    // Two epochs back: a replay.
     assert_eq!(
-        v.verify(&e1.encode(), T0 + 3 * DAY, 1),
-        Err(BundleError::EpochRollback { got: 1, newest: 3 })
+        v.verify(&e1.encode().unwrap(), T0 + 10, 3).unwrap().epoch,
+        1
     );
+    assert_eq!(
+        v.verify(&e2.encode().unwrap(), T0 + DAY, 1).unwrap().epoch,
+        2
+    );
+    // The previous fleet still serves during the rotation.
+    assert_eq!(
+        v.verify(&e1.encode().unwrap(), T0 + DAY, 1).unwrap().epoch,
+        1
+    );
+    assert_eq!(
+        v.verify(&e3.encode().unwrap(), T0 + 3 * DAY, 1)
+            .unwrap()
+            .epoch,
+        3
+    );
+    // Two epochs back: a replay.
+    assert!(matches!(
+        v.verify(&e1.encode().unwrap(), T0 + 3 * DAY, 1),
+        Err(BundleError::EpochRollback { got: 1, newest: 3 })
+    ));
     assert_eq!(v.newest_epoch(), Some(3));
 }
 
@@ -169,22 +227,20 @@ fn every_broken_link_has_its_own_error() {
     let good = w.publish(&a, T0);
     let mut v = w.verifier();
     let check = |v: &mut FleetVerifier, b: &Bundle, replica: u64, now: u64| {
-        v.verify(&b.encode(), now, replica)
+        v.verify(&b.encode().unwrap(), now, replica)
     };
 
     let mut b = good.clone();
     b.witness_signature[0] ^= 1;
-    assert_eq!(
-        check(&mut v, &b, 1, T0),
-        Err(BundleError::WitnessSignature),
+    assert!(
+        matches!(check(&mut v, &b, 1, T0), Err(BundleError::WitnessSignature)),
         "forged witness signature"
     );
 
     let mut b = good.clone();
     b.countersignature[10] ^= 1;
-    assert_eq!(
-        check(&mut v, &b, 1, T0),
-        Err(BundleError::Countersignature),
+    assert!(
+        matches!(check(&mut v, &b, 1, T0), Err(BundleError::Countersignature)),
         "forged countersignature"
     );
 
@@ -195,36 +251,42 @@ fn every_broken_link_has_its_own_error() {
         .unwrap();
     let mut b = good.clone();
     b.countersignature = countersign(&w.hsm, "operator/countersign", &other).unwrap();
-    assert_eq!(
-        check(&mut v, &b, 1, T0),
-        Err(BundleError::Countersignature),
+    assert!(
+        matches!(check(&mut v, &b, 1, T0), Err(BundleError::Countersignature)),
         "countersignature over another witness signature"
     );
 
     let mut b = good.clone();
     b.artifact = artifact(1, 1).encode().unwrap();
-    assert_eq!(
-        check(&mut v, &b, 1, T0),
-        Err(BundleError::DigestMismatch),
+    assert!(
+        matches!(check(&mut v, &b, 1, T0), Err(BundleError::DigestMismatch)),
         "digest mismatch"
     );
 
     let mut b = good.clone();
     b.leaf_index += 1;
     assert!(
-        matches!(check(&mut v, &b, 1, T0), Err(BundleError::Inclusion(_))),
+        matches!(
+            check(&mut v, &b, 1, T0),
+            Err(BundleError::Inclusion(ProofError::IndexBeyondSize {
+                index: 1,
+                size: 1
+            }))
+        ),
         "wrong inclusion proof"
     );
     let mut b = good.clone();
     b.inclusion.push([0; 32]);
     assert!(matches!(
         check(&mut v, &b, 1, T0),
-        Err(BundleError::Inclusion(_))
+        Err(BundleError::Inclusion(ProofError::Length { got: 1, .. }))
     ));
 
-    assert_eq!(
-        check(&mut v, &good, 9, T0),
-        Err(BundleError::ReplicaNotInBundle(9)),
+    assert!(
+        matches!(
+            check(&mut v, &good, 9, T0),
+            Err(BundleError::ReplicaNotInBundle(9))
+        ),
         "replica not in the bundle"
     );
     assert!(
@@ -260,12 +322,51 @@ fn every_broken_link_has_its_own_error() {
 
     assert!(matches!(
         v.verify(b"garbage", T0, 1),
-        Err(BundleError::Malformed(_))
+        Err(BundleError::Malformed(DecodeError::Truncated {
+            what: "bundle magic",
+            ..
+        }))
     ));
-    let enc = good.encode();
+    assert!(matches!(
+        v.verify(&[b'x'; 64], T0, 1),
+        Err(BundleError::NotABundle)
+    ));
+    let enc = good.encode().unwrap();
     for cut in (0..enc.len()).step_by(7) {
-        assert!(v.verify(&enc[..cut], T0, 1).is_err());
+        assert!(matches!(
+            v.verify(&enc[..cut], T0, 1),
+            Err(BundleError::Malformed(DecodeError::Truncated { .. }))
+        ));
     }
+    let mut b = good.clone();
+    b.artifact[0] ^= 1;
+    assert!(matches!(
+        check(&mut v, &b, 1, T0),
+        Err(BundleError::Artifact(ArtifactError::NotAnArtifact))
+    ));
+    let mut b = good.clone();
+    b.checkpoint = "not a note".into();
+    assert!(matches!(
+        check(&mut v, &b, 1, T0),
+        Err(BundleError::Checkpoint(
+            vaultfleet_audit::NoteError::Malformed(_)
+        ))
+    ));
+    // A checkpoint of another log, signed by the pinned witness key.
+    let mut b = good.clone();
+    b.checkpoint = w.witness.checkpoint("another.log", T0).unwrap().encode();
+    assert!(matches!(
+        check(&mut v, &b, 1, T0),
+        Err(BundleError::CheckpointOrigin { got, .. }) if got == "another.log"
+    ));
+    // A checkpoint signed by a key the client does not pin.
+    let stranger = world_with_seed(78);
+    let mut b = good.clone();
+    b.checkpoint = stranger.witness.checkpoint(NS, T0).unwrap().encode();
+    assert!(matches!(
+        check(&mut v, &b, 1, T0),
+        Err(BundleError::CheckpointUnsigned)
+    ));
     // And the untouched bundle passes.
     assert_eq!(check(&mut v, &good, 1, T0).unwrap().epoch, 1);
 }
@@ -348,15 +449,15 @@ fn the_newest_epoch_survives_a_client_restart() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("newest");
     let mut v = w.verifier().persist_to(&state).unwrap();
-    v.verify(&e3.encode(), T0 + 2, 1).unwrap();
+    v.verify(&e3.encode().unwrap(), T0 + 2, 1).unwrap();
     let mut v = w.verifier().persist_to(&state).unwrap();
     assert_eq!(v.newest_epoch(), Some(3));
     assert!(matches!(
-        v.verify(&e1.encode(), T0 + 2, 1),
+        v.verify(&e1.encode().unwrap(), T0 + 2, 1),
         Err(BundleError::EpochRollback { .. })
     ));
     assert_eq!(
-        v.verify(&e2.encode(), T0 + 2, 1).unwrap().epoch,
+        v.verify(&e2.encode().unwrap(), T0 + 2, 1).unwrap().epoch,
         2,
         "the previous epoch still serves"
     );
@@ -381,14 +482,16 @@ fn the_operator_countersigns_with_a_key_held_by_softhsm2() {
         .unwrap();
     let bundle = w.bundle(&a, &witnessed, cs, T0);
     let mut v = w.verifier();
-    assert_eq!(
-        v.verify(&bundle.encode(), T0, 1),
-        Err(BundleError::Countersignature),
+    assert!(
+        matches!(
+            v.verify(&bundle.encode().unwrap(), T0, 1),
+            Err(BundleError::Countersignature)
+        ),
         "the soft operator key is not the token's"
     );
     w.operator_key = op_key;
     let mut v = w.verifier();
-    assert_eq!(v.verify(&bundle.encode(), T0, 1).unwrap().epoch, 1);
+    assert_eq!(v.verify(&bundle.encode().unwrap(), T0, 1).unwrap().epoch, 1);
 }
 
 #[test]
@@ -418,9 +521,12 @@ fn a_retired_witness_key_and_a_forked_log_are_refused() {
         digest: a.digest().unwrap(),
     };
     forged.witness_key = "witness-2026".into();
-    forged.witness_signature = w.hsm.sign(old_key, &statement.signed_bytes()).unwrap();
+    forged.witness_signature = w
+        .hsm
+        .sign(old_key, &statement.signed_bytes().unwrap())
+        .unwrap();
     assert!(matches!(
-        v.verify(&forged.encode(), late, 1),
+        v.verify(&forged.encode().unwrap(), late, 1),
         Err(BundleError::WitnessKeyRetired { .. })
     ));
 
@@ -431,17 +537,18 @@ fn a_retired_witness_key_and_a_forked_log_are_refused() {
     let b1 = honest.publish(&artifact(1, 0), T0);
     let f1 = fork.publish(&artifact(1, 9), T0);
     let mut v = honest.verifier();
-    v.verify(&b1.encode(), T0, 1).unwrap();
+    v.verify(&b1.encode().unwrap(), T0, 1).unwrap();
+    // The second root for size 1 is caught before the epoch's second digest.
     assert!(matches!(
-        v.verify(&f1.encode(), T0, 1),
-        Err(BundleError::ForkedLog { size: 1 }) | Err(BundleError::Equivocation(1))
+        v.verify(&f1.encode().unwrap(), T0, 1),
+        Err(BundleError::ForkedLog { size: 1 })
     ));
 }
 
 #[test]
 fn an_accepted_bundle_seen_again_still_faces_the_time_and_replica_checks() {
     let mut w = world();
-    let good = w.publish(&artifact(1, 0), T0).encode();
+    let good = w.publish(&artifact(1, 0), T0).encode().unwrap();
     let mut v = w.verifier();
     v.verify(&good, T0, 1).unwrap();
     // The same bytes again: signatures are not re-checked, the rest is.
@@ -449,9 +556,89 @@ fn an_accepted_bundle_seen_again_still_faces_the_time_and_replica_checks() {
         v.verify(&good, T0 + 400 * DAY, 1),
         Err(BundleError::Expired { .. })
     ));
-    assert_eq!(
+    assert!(matches!(
         v.verify(&good, T0, 9),
         Err(BundleError::ReplicaNotInBundle(9))
-    );
+    ));
     assert_eq!(v.verify(&good, T0, 2).unwrap().epoch, 1);
+}
+
+#[test]
+fn the_witness_names_what_it_refuses_and_what_is_wrong_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    let hsm = SoftHsm::from_seed(6);
+    let keys = vec![WitnessKeySpec {
+        name: "w".into(),
+        not_before: 0,
+    }];
+    assert!(matches!(
+        Witness::open(hsm.clone(), vec![], &path),
+        Err(WitnessError::InvalidKeys)
+    ));
+    let mut w = Witness::open(hsm.clone(), keys.clone(), &path).unwrap();
+    assert!(
+        matches!(
+            Witness::open(hsm.clone(), keys.clone(), &path),
+            Err(WitnessError::Locked { .. })
+        ),
+        "a second witness on the same state"
+    );
+    let d1 = artifact(1, 0).digest().unwrap();
+    let d2 = artifact(2, 1).digest().unwrap();
+    assert!(matches!(
+        w.sign("bad namespace", 1, d1, T0),
+        Err(WitnessError::InvalidNamespace(ns)) if ns == "bad namespace"
+    ));
+    w.sign(NS, 1, d1, T0).unwrap();
+    assert!(matches!(
+        w.sign(NS, 2, d2, T0 - 1),
+        Err(WitnessError::TimeWentBack { timestamp, last: T0, .. }) if timestamp == T0 - 1
+    ));
+    drop(w);
+
+    // A state file edited by hand: a line cut short, then a line whose
+    // signature is another one's.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}{NS} 2\n")).unwrap();
+    assert!(matches!(
+        Witness::open(hsm.clone(), keys.clone(), &path),
+        Err(WitnessError::Log {
+            source: LogError::Malformed { line: 2 },
+            ..
+        })
+    ));
+    let forged = text.replacen(
+        &format!("{NS} 1 "),
+        &format!("{NS} 1 {} ", "00".repeat(32)),
+        1,
+    );
+    let forged = forged.replacen(&format!(" {} ", hex(&d1)), " ", 1);
+    std::fs::write(&path, &forged).unwrap();
+    assert!(matches!(
+        Witness::open(hsm.clone(), keys.clone(), &path),
+        Err(WitnessError::LogNotSigned { line: 1, .. })
+    ));
+    std::fs::write(&path, format!("{text}{text}")).unwrap();
+    assert!(matches!(
+        Witness::open(hsm, keys, &path),
+        Err(WitnessError::LogBreaksRules { line: 2, source, .. })
+            if matches!(*source, WitnessError::DigestReused { epoch: 1, .. })
+    ));
+}
+
+#[test]
+fn an_unreadable_verifier_state_is_refused_by_line() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("newest");
+    std::fs::write(&state, format!("current 1 {}\nnonsense\n", "ab".repeat(32))).unwrap();
+    assert!(matches!(
+        w.verifier().persist_to(&state),
+        Err(BundleError::StateUnreadable { line: 2, .. })
+    ));
+    assert!(matches!(
+        w.verifier().persist_to(dir.path()),
+        Err(BundleError::State { source, .. }) if source.kind() != std::io::ErrorKind::NotFound
+    ));
 }

@@ -87,8 +87,9 @@ proptest! {
 
 mod encodings {
     use proptest::prelude::*;
+    use vaultfleet::codec::DecodeError;
     use vaultfleet_audit::fleet::evidence::Evidence;
-    use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::fleet::{ArtifactError, FleetArtifact, ReplicaKeys};
     use vaultfleet_audit::Bundle;
 
     fn artifact() -> impl Strategy<Value = FleetArtifact> {
@@ -137,13 +138,25 @@ mod encodings {
         }
 
         #[test]
-        fn artifact_bundle_and_evidence_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let _ = FleetArtifact::decode(&bytes);
+        fn artifact_bundle_and_evidence_decoders_never_panic(
+            magic in prop::sample::select(vec![
+                &b""[..],
+                b"vaultfleet/fleet-artifact\x01",
+                b"vaultfleet/bundle/v1",
+                b"vaultfleet/evidence/v1",
+            ]),
+            tail in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            // Past the magic string too, so the field decoders see the input.
+            let bytes = [magic, &tail].concat();
+            if let Ok(a) = FleetArtifact::decode(&bytes) {
+                prop_assert_eq!(a.encode().unwrap(), bytes.clone());
+            }
             if let Ok(b) = Bundle::decode(&bytes) {
-                prop_assert_eq!(Bundle::decode(&b.encode()).unwrap(), b);
+                prop_assert_eq!(b.encode().unwrap(), bytes.clone());
             }
             if let Ok(e) = Evidence::decode(&bytes) {
-                prop_assert_eq!(Evidence::decode(&e.encode()).unwrap(), e);
+                prop_assert_eq!(e.encode().unwrap(), bytes);
             }
         }
 
@@ -151,7 +164,11 @@ mod encodings {
         fn decoders_refuse_prefixed_garbage_of_a_real_artifact(a in artifact(), cut in any::<prop::sample::Index>()) {
             let bytes = a.encode().unwrap();
             let cut = cut.index(bytes.len());
-            prop_assert!(FleetArtifact::decode(&bytes[..cut]).is_err());
+            let truncated = matches!(
+                FleetArtifact::decode(&bytes[..cut]),
+                Err(ArtifactError::Decode(DecodeError::Truncated { .. }))
+            );
+            prop_assert!(truncated, "cut at {}", cut);
         }
     }
 }

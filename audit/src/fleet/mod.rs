@@ -10,7 +10,7 @@
 
 use sha2::{Digest, Sha256};
 
-use vaultfleet::wire::bytes::ByteReader;
+use vaultfleet::codec::{DecodeError, EncodeError, Prefix, Reader, Writer};
 use vaultfleet::ReplicaId;
 
 pub mod evidence;
@@ -18,8 +18,13 @@ pub mod evidence;
 const MAGIC: &[u8] = b"vaultfleet/fleet-artifact";
 /// The encoding's version.
 pub const VERSION: u8 = 1;
-const REPLICAS_MAX: usize = 255;
-const TEXT_MAX: usize = 255;
+/// Most replicas in one artifact (the count is one byte).
+pub const REPLICAS_MAX: usize = 255;
+/// Longest fleet id or datacenter label, in bytes (the length is one byte).
+pub const TEXT_BYTES_MAX: usize = 255;
+
+const _: () = assert!(REPLICAS_MAX <= Prefix::U8.max());
+const _: () = assert!(TEXT_BYTES_MAX <= Prefix::U8.max());
 
 /// One replica's entry in a fleet artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,11 +62,51 @@ pub struct FleetArtifact {
 
 /// An artifact that does not encode or decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("fleet artifact: {0}")]
-pub struct ArtifactError(pub String);
+#[non_exhaustive]
+pub enum ArtifactError {
+    /// The bytes do not start with the artifact's magic string.
+    #[error("not a vaultfleet fleet artifact (its magic bytes differ)")]
+    NotAnArtifact,
+    /// The bytes do not decode (cut short, trailing bytes, a version this build
+    /// does not read, text that is not UTF-8).
+    #[error("malformed fleet artifact: {0}")]
+    Decode(#[from] DecodeError),
+    /// A field does not fit its encoding.
+    #[error("fleet artifact does not encode: {0}")]
+    Encode(#[from] EncodeError),
+    /// The artifact breaks a rule its one-encoding-per-fleet property relies on.
+    #[error("invalid fleet artifact: {0}")]
+    Rule(#[from] ArtifactRule),
+}
 
-fn err(s: impl Into<String>) -> ArtifactError {
-    ArtifactError(s.into())
+/// The rule of [`FleetArtifact::validate`] an artifact breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArtifactRule {
+    /// The fleet id is empty or too long.
+    #[error("the fleet id must be 1..={} bytes", TEXT_BYTES_MAX)]
+    FleetIdLength,
+    /// Epoch 0.
+    #[error("epochs start at 1")]
+    EpochZero,
+    /// No replicas, or too many.
+    #[error("a fleet has 1..={} replicas", REPLICAS_MAX)]
+    ReplicaCount,
+    /// Replica ids are zero, repeated or out of order.
+    #[error("replica ids must be non-zero, unique and ascending")]
+    ReplicaIds,
+    /// A datacenter label is empty or too long.
+    #[error("datacenter labels must be 1..={} bytes", TEXT_BYTES_MAX)]
+    DatacenterLength,
+    /// No voter, or voters or learners repeated or out of order.
+    #[error("voters (at least one) and learners must be unique and ascending")]
+    MemberOrder,
+    /// A voter or learner is not a replica of the artifact, or is both.
+    #[error("voters and learners must be disjoint replicas of the artifact")]
+    Membership,
+    /// `not_before` is not before `not_after`.
+    #[error("not_before must be before not_after")]
+    ValidityWindow,
 }
 
 fn strictly_ascending(ids: &[u64]) -> bool {
@@ -70,36 +115,32 @@ fn strictly_ascending(ids: &[u64]) -> bool {
 
 impl FleetArtifact {
     /// Checks the rules the encoding relies on.
-    pub fn validate(&self) -> Result<(), ArtifactError> {
-        if self.fleet_id.is_empty() || self.fleet_id.len() > TEXT_MAX {
-            return Err(err(format!("fleet id must be 1..={TEXT_MAX} bytes")));
+    pub fn validate(&self) -> Result<(), ArtifactRule> {
+        if self.fleet_id.is_empty() || self.fleet_id.len() > TEXT_BYTES_MAX {
+            return Err(ArtifactRule::FleetIdLength);
         }
         if self.epoch == 0 {
-            return Err(err("epochs start at 1"));
+            return Err(ArtifactRule::EpochZero);
         }
         if self.replicas.is_empty() || self.replicas.len() > REPLICAS_MAX {
-            return Err(err(format!("a fleet has 1..={REPLICAS_MAX} replicas")));
+            return Err(ArtifactRule::ReplicaCount);
         }
         let ids: Vec<u64> = self.replicas.iter().map(|r| r.id).collect();
         if !strictly_ascending(&ids) || ids.contains(&0) {
-            return Err(err("replica ids must be non-zero, unique and ascending"));
+            return Err(ArtifactRule::ReplicaIds);
         }
         if self
             .replicas
             .iter()
-            .any(|r| r.datacenter.is_empty() || r.datacenter.len() > TEXT_MAX)
+            .any(|r| r.datacenter.is_empty() || r.datacenter.len() > TEXT_BYTES_MAX)
         {
-            return Err(err(format!(
-                "datacenter labels must be 1..={TEXT_MAX} bytes"
-            )));
+            return Err(ArtifactRule::DatacenterLength);
         }
         if self.voters.is_empty()
             || !strictly_ascending(&self.voters)
             || !strictly_ascending(&self.learners)
         {
-            return Err(err(
-                "voters (at least one) and learners must be unique and ascending",
-            ));
+            return Err(ArtifactRule::MemberOrder);
         }
         if self
             .voters
@@ -108,41 +149,40 @@ impl FleetArtifact {
             .any(|id| !ids.contains(id))
             || self.voters.iter().any(|v| self.learners.contains(v))
         {
-            return Err(err(
-                "voters and learners are disjoint replicas of the artifact",
-            ));
+            return Err(ArtifactRule::Membership);
         }
         if self.not_before >= self.not_after {
-            return Err(err("not_before must be before not_after"));
+            return Err(ArtifactRule::ValidityWindow);
         }
         Ok(())
     }
 
-    /// The canonical encoding.
+    /// The canonical encoding: the magic string, the version byte, the fleet id
+    /// (`u8` length), epoch, `not_before`, `not_after` (`u64` each), a `u8`
+    /// replica count and each replica (id, `u8`-length datacenter, the three
+    /// 32-byte keys), then a `u8` count and the ids of the voters, then of the
+    /// learners.
     pub fn encode(&self) -> Result<Vec<u8>, ArtifactError> {
         self.validate()?;
-        let mut out = Vec::with_capacity(64 + self.replicas.len() * 120);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        put_text(&mut out, &self.fleet_id);
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out.extend_from_slice(&self.not_before.to_be_bytes());
-        out.extend_from_slice(&self.not_after.to_be_bytes());
-        out.push(self.replicas.len() as u8);
+        let mut w = Writer::with_capacity(64 + self.replicas.len() * 120);
+        w.raw(MAGIC).u8(VERSION);
+        w.short_text(&self.fleet_id, "fleet id")?;
+        w.u64(self.epoch).u64(self.not_before).u64(self.not_after);
+        w.length(Prefix::U8, REPLICAS_MAX, self.replicas.len(), "replicas")?;
         for r in &self.replicas {
-            out.extend_from_slice(&r.id.to_be_bytes());
-            put_text(&mut out, &r.datacenter);
-            out.extend_from_slice(&r.response_key);
-            out.extend_from_slice(&r.transport_key);
-            out.extend_from_slice(&r.opaque_key);
+            w.u64(r.id);
+            w.short_text(&r.datacenter, "datacenter")?;
+            w.raw(&r.response_key)
+                .raw(&r.transport_key)
+                .raw(&r.opaque_key);
         }
-        for ids in [&self.voters, &self.learners] {
-            out.push(ids.len() as u8);
-            for id in ids {
-                out.extend_from_slice(&id.to_be_bytes());
+        for (ids, what) in [(&self.voters, "voters"), (&self.learners, "learners")] {
+            w.length(Prefix::U8, REPLICAS_MAX, ids.len(), what)?;
+            for &id in ids {
+                w.u64(id);
             }
         }
-        Ok(out)
+        Ok(w.into_vec())
     }
 
     /// SHA-256 of the canonical encoding: what the witness and operator sign.
@@ -152,41 +192,35 @@ impl FleetArtifact {
 
     /// Decodes a canonical encoding (and nothing else).
     pub fn decode(bytes: &[u8]) -> Result<Self, ArtifactError> {
-        let mut r = ByteReader::new(bytes);
-        if r.take(MAGIC.len()).map_err(err)? != MAGIC {
-            return Err(err("not a vaultfleet fleet artifact"));
+        let mut r = Reader::new(bytes);
+        if r.take(MAGIC.len(), "fleet artifact magic")? != MAGIC {
+            return Err(ArtifactError::NotAnArtifact);
         }
-        let version = r.u8().map_err(err)?;
-        if version != VERSION {
-            return Err(err(format!(
-                "encoding version {version}; this build reads {VERSION}"
-            )));
-        }
-        let fleet_id = r.short_text().map_err(err)?;
-        let epoch = r.u64().map_err(err)?;
-        let not_before = r.u64().map_err(err)?;
-        let not_after = r.u64().map_err(err)?;
-        let n = r.u8().map_err(err)? as usize;
+        r.version(VERSION, "fleet artifact")?;
+        let fleet_id = r.short_text("fleet id")?.to_owned();
+        let epoch = r.u64("epoch")?;
+        let not_before = r.u64("not_before")?;
+        let not_after = r.u64("not_after")?;
+        let n = usize::from(r.u8("replica count")?);
         let mut replicas = Vec::with_capacity(n);
         for _ in 0..n {
             replicas.push(ReplicaKeys {
-                id: r.u64().map_err(err)?,
-                datacenter: r.short_text().map_err(err)?,
-                response_key: r.array().map_err(err)?,
-                transport_key: r.array().map_err(err)?,
-                opaque_key: r.array().map_err(err)?,
+                id: r.u64("replica id")?,
+                datacenter: r.short_text("datacenter")?.to_owned(),
+                response_key: r.array("response key")?,
+                transport_key: r.array("transport key")?,
+                opaque_key: r.array("OPAQUE key")?,
             });
         }
         let mut lists = [Vec::new(), Vec::new()];
-        for list in &mut lists {
-            let n = r.u8().map_err(err)? as usize;
+        for (list, what) in lists.iter_mut().zip(["voter", "learner"]) {
+            let n = usize::from(r.u8(what)?);
+            list.reserve(n);
             for _ in 0..n {
-                list.push(r.u64().map_err(err)?);
+                list.push(r.u64(what)?);
             }
         }
-        if !r.is_empty() {
-            return Err(err("trailing bytes after the artifact"));
-        }
+        r.expect_empty("fleet artifact")?;
         let [voters, learners] = lists;
         let a = Self {
             fleet_id,
@@ -205,9 +239,4 @@ impl FleetArtifact {
     pub fn replica(&self, id: ReplicaId) -> Option<&ReplicaKeys> {
         self.replicas.iter().find(|r| r.id == id)
     }
-}
-
-fn put_text(out: &mut Vec<u8>, s: &str) {
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
 }
