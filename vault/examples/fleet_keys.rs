@@ -11,7 +11,10 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+use clap::Parser;
 
 use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::replica::ReplicaConfig;
@@ -34,10 +37,31 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Fleet keys over the air, end to end on one machine: two epochs witnessed,
+/// countersigned, served, followed by a pinned client, and audited.
+#[derive(Debug, Parser)]
+#[command(name = "fleet_keys")]
+struct Options {
+    /// Where the keys, the witness and the evidence are written (default: a
+    /// `vaultfleet-fleet-keys` folder in the temporary directory).
+    out_dir: Option<PathBuf>,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args()
-        .nth(1)
-        .map(std::path::PathBuf::from)
+    let options = Options::parse();
+    init_tracing();
+    let out = options
+        .out_dir
         .unwrap_or_else(|| std::env::temp_dir().join("vaultfleet-fleet-keys"));
     std::fs::create_dir_all(&out)?;
     let now = std::time::SystemTime::now()
@@ -134,7 +158,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 proof,
                 &witness.checkpoint(NS, now)?,
             )
-            .encode();
+            .encode()?;
             let fw = [7u8; 32];
             let mut attestations = Vec::new();
             for r in &a.replicas {
@@ -155,7 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 threshold: 2,
                 signatures: vec![],
             };
-            let msg = ceremony.signed_bytes();
+            let msg = ceremony.signed_bytes()?;
             for (i, o) in officers.iter().enumerate() {
                 let k = o.key("officer", KeyKind::Signing)?;
                 ceremony
@@ -209,8 +233,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Deployment evidence for both epochs, and the auditor's pins.
-    std::fs::write(out.join("evidence-1.bin"), evidence1.encode())?;
-    std::fs::write(out.join("evidence-2.bin"), evidence2.encode())?;
+    std::fs::write(out.join("evidence-1.bin"), evidence1.encode()?)?;
+    std::fs::write(out.join("evidence-2.bin"), evidence2.encode()?)?;
     let mut pins = format!(
         "namespace {NS}\nwitness witness-1 0 {}\noperator {}\nvendor example-vendor {}\n",
         hex(&witness_key.public_key),

@@ -4,7 +4,7 @@
 //! attempts, a whole datacenter is cut off, and recovery goes on.
 //!
 //! Run: `cargo run --release --example vault` (options: `--users N`,
-//! `--inter-dc-ms D`, `--ksf recommended|tests-only`).
+//! `--inter-dc-ms D`, `--ksf recommended|tests-only`; `--help` lists them).
 // The example runs the threaded runtime and measures it in wall-clock time.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -13,21 +13,50 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, ValueEnum};
+
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
+use vaultfleet::NodeHandle;
 use vaultfleet::{ChannelNetwork, FleetConfig, MemberSpec, Replica, Sealed, SealedConfig, SoftHsm};
 use vaultfleet_vault::{
     BackupVault, KsfParams, Unreachable, VaultClient, VaultClientConfig, VaultClientError,
     VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer, VaultService, VaultServiceConfig,
 };
 
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
+/// The Backup Key Vault on a fleet of 5 replicas in 3 datacenters, each on
+/// HSM-sealed sled storage.
+#[derive(Debug, Parser)]
+#[command(name = "vault")]
+struct Options {
+    /// Users registering a backup key (at least 4).
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    users: usize,
+    /// One-way delay between datacenters, in milliseconds.
+    #[arg(long, value_name = "D", default_value_t = 5)]
+    inter_dc_ms: u64,
+    /// The key-stretching function's cost: recommended, or tests-only (fast, weak).
+    #[arg(long, value_enum, default_value_t = Ksf::Recommended)]
+    ksf: Ksf,
+}
+
+/// The key-stretching function's cost.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Ksf {
+    /// The recommended Argon2 parameters.
+    Recommended,
+    /// Fast and weak parameters, for tests only.
+    TestsOnly,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A vault service as clients reach it: over a network that can be cut.
@@ -66,16 +95,46 @@ fn step<T: std::fmt::Debug>(
     r
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let users: usize = arg("--users", "6").parse()?;
-    let users = users.max(4);
-    let inter_dc = Duration::from_millis(arg("--inter-dc-ms", "5").parse()?);
-    let ksf = match arg("--ksf", "recommended").as_str() {
-        "recommended" => KsfParams::RECOMMENDED,
-        "tests-only" => KsfParams::TESTS_ONLY,
-        other => {
-            return Err(format!("--ksf must be recommended or tests-only, not {other:?}").into())
-        }
+type Error = Box<dyn std::error::Error>;
+
+/// The running demo: the fleet's nodes on HSM-sealed sled, the services as
+/// clients reach them, one client, and the users.
+struct Demo {
+    fleet: FleetConfig,
+    dir: tempfile::TempDir,
+    net: ChannelNetwork,
+    nodes: Vec<Node>,
+    handles: Vec<NodeHandle>,
+    endpoints: Vec<Arc<Reachable>>,
+    client: VaultClient,
+    names: Vec<String>,
+}
+
+fn code(u: &str) -> String {
+    format!("recovery code of {u}")
+}
+
+fn secret(u: &str) -> String {
+    format!("backup key of {u}: {:x}", u.len() * 0x9e37_79b9)
+}
+
+fn main() -> Result<(), Error> {
+    let options = Options::parse();
+    init_tracing();
+    let demo = start(&options)?;
+    register_and_recover(&demo)?;
+    attacker_guesses(&demo)?;
+    cut_off_a_datacenter(&demo)?;
+    heal(&demo)?;
+    scan_disks(demo)
+}
+
+/// Starts 5 replicas in 3 datacenters, a vault service beside each, and a client.
+fn start(options: &Options) -> Result<Demo, Error> {
+    let inter_dc = Duration::from_millis(options.inter_dc_ms);
+    let ksf = match options.ksf {
+        Ksf::Recommended => KsfParams::RECOMMENDED,
+        Ksf::TestsOnly => KsfParams::TESTS_ONLY,
     };
     let fleet = FleetConfig::new(vec![
         MemberSpec::voter(1, "dc-a"),
@@ -150,20 +209,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..VaultClientConfig::default()
     };
     let client = VaultClient::new(as_endpoints, pinned, cfg);
+    let names = (0..options.users.max(4))
+        .map(|i| format!("user-{i:02}"))
+        .collect();
+    Ok(Demo {
+        fleet,
+        dir,
+        net,
+        nodes,
+        handles,
+        endpoints,
+        client,
+        names,
+    })
+}
 
-    let names: Vec<String> = (0..users).map(|i| format!("user-{i:02}")).collect();
-    let code = |u: &str| format!("recovery code of {u}");
-    let secret = |u: &str| format!("backup key of {u}: {:x}", u.len() * 0x9e37_79b9);
-
+/// 1 and 2: every user registers; right and wrong codes.
+fn register_and_recover(demo: &Demo) -> Result<(), Error> {
+    let client = &demo.client;
     println!("\n1. registration");
-    for u in &names {
+    for u in &demo.names {
         step(&format!("register {u}"), || {
             client.register(u.as_bytes(), code(u).as_bytes(), secret(u).as_bytes())
         })?;
     }
 
     println!("\n2. recovery with right and wrong codes");
-    let (alice, bob, carol) = (&names[0], &names[1], &names[2]);
+    let (alice, bob) = (&demo.names[0], &demo.names[1]);
     let got = step(&format!("{alice} recovers with the right code"), || {
         client.recover(alice.as_bytes(), code(alice).as_bytes())
     })?;
@@ -176,7 +248,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     step(&format!("{bob} gets it right (counter back to 10)"), || {
         client.recover(bob.as_bytes(), code(bob).as_bytes())
     })?;
+    Ok(())
+}
 
+/// 3: an attacker spends every attempt on one user; the record is erased.
+fn attacker_guesses(demo: &Demo) -> Result<(), Error> {
+    let (client, carol) = (&demo.client, &demo.names[2]);
     println!("\n3. an attacker guesses {carol}'s code");
     let mut guesses = 0;
     loop {
@@ -191,15 +268,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let r = step(&format!("{carol} with the RIGHT code afterwards"), || {
         client.recover(carol.as_bytes(), code(carol).as_bytes())
     });
-    assert_eq!(r.err(), Some(VaultClientError::Locked));
+    assert!(matches!(r, Err(VaultClientError::Locked)), "{r:?}");
+    Ok(())
+}
 
+/// 4: the leader's datacenter is cut off; the others go on.
+fn cut_off_a_datacenter(demo: &Demo) -> Result<(), Error> {
+    let (client, names) = (&demo.client, &demo.names);
+    let (alice, bob) = (&names[0], &names[1]);
     println!("\n4. a datacenter is cut off");
-    let leader = handles.iter().find_map(|h| h.status().leader).unwrap_or(1);
-    let dc = fleet.datacenter_of(leader).unwrap_or("dc-a").to_string();
-    let cut = fleet.datacenters()[dc.as_str()].clone();
+    let leader = demo
+        .handles
+        .iter()
+        .find_map(|h| h.status().leader)
+        .unwrap_or(1);
+    let dc = demo
+        .fleet
+        .datacenter_of(leader)
+        .unwrap_or("dc-a")
+        .to_string();
+    let cut = demo.fleet.datacenters()[dc.as_str()].clone();
     println!("  cutting off {dc} (replicas {cut:?}, with the leader {leader}): its hosts are unreachable to peers and clients");
-    net.isolate(&cut);
-    for e in &endpoints {
+    demo.net.isolate(&cut);
+    for e in &demo.endpoints {
         if cut.contains(&e.replica()) {
             e.up.store(false, Ordering::SeqCst);
         }
@@ -222,45 +313,60 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     step(&format!("{alice} deletes her record"), || {
         client.delete(alice.as_bytes(), code(alice).as_bytes())
     })?;
+    Ok(())
+}
 
+/// 5: the network heals and every replica catches up.
+fn heal(demo: &Demo) -> Result<(), Error> {
+    let client = &demo.client;
+    let (alice, bob) = (&demo.names[0], &demo.names[1]);
     println!("\n5. healed");
-    net.heal();
-    for e in &endpoints {
+    demo.net.heal();
+    for e in &demo.endpoints {
         e.up.store(true, Ordering::SeqCst);
     }
     let r = step(&format!("{alice} after deleting"), || {
         client.recover(alice.as_bytes(), code(alice).as_bytes())
     });
-    assert_eq!(r.err(), Some(VaultClientError::NotRegistered));
+    assert!(matches!(r, Err(VaultClientError::NotRegistered)), "{r:?}");
     step(&format!("{bob} recovers"), || {
         client.recover(bob.as_bytes(), code(bob).as_bytes())
     })?;
-    let commit = handles.iter().map(|h| h.status().commit).max().unwrap_or(0);
+    let commit = demo
+        .handles
+        .iter()
+        .map(|h| h.status().commit)
+        .max()
+        .unwrap_or(0);
     let healed_at = Instant::now();
-    while handles.iter().any(|h| h.status().applied < commit) {
+    while demo.handles.iter().any(|h| h.status().applied < commit) {
         if healed_at.elapsed() > Duration::from_secs(30) {
             return Err("replicas did not catch up after healing".into());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for h in &handles {
+    for h in &demo.handles {
         let s = h.status();
         println!(
             "  replica {} ({}): {:?}, term {}, applied {}",
             s.id,
-            fleet.datacenter_of(s.id).unwrap_or("?"),
+            demo.fleet.datacenter_of(s.id).unwrap_or("?"),
             s.role,
             s.term,
             s.applied
         );
     }
-    for node in nodes {
+    Ok(())
+}
+
+/// Stops the fleet and looks at its disks as an attacker would.
+fn scan_disks(demo: Demo) -> Result<(), Error> {
+    for node in demo.nodes {
         node.shutdown()?;
     }
-    // What an attacker with the disks would find.
     let mut files = 0;
     let mut leaks = Vec::new();
-    let mut stack = vec![dir.path().to_path_buf()];
+    let mut stack = vec![demo.dir.path().to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)?.flatten() {
             let path = entry.path();
@@ -270,7 +376,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             files += 1;
             let bytes = std::fs::read(&path)?;
-            for u in &names {
+            for u in &demo.names {
                 for needle in [secret(u), code(u), u.clone()] {
                     if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                         leaks.push(format!("{} holds {needle:?}", path.display()));
@@ -279,12 +385,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    if leaks.is_empty() {
-        println!(
-            "\ndisks: {files} files scanned; no secret, recovery code or user id in plain text"
-        );
-    } else {
+    if !leaks.is_empty() {
         return Err(format!("plain text on disk: {leaks:?}").into());
     }
+    println!("\ndisks: {files} files scanned; no secret, recovery code or user id in plain text");
     Ok(())
 }

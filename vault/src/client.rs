@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
     ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
@@ -22,69 +20,24 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::keys::VaultPublicKeys;
-use super::machine::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
-use super::server::{reply_signed_bytes, sha256, transport_aad, transport_key};
-use super::service::VaultEndpoint;
-use super::{Suite, OPAQUE_CONTEXT};
+use crate::crypto::{open_from_fleet, reply_signed_bytes, sha256};
+use crate::error::{
+    InvalidInput, ProtocolFailure, Rejection, ReplyError, Unavailability, VaultClientError,
+};
+use crate::keys::VaultPublicKeys;
+use crate::limits::DEFAULT_MAX_ATTEMPTS;
+use crate::service::VaultEndpoint;
+use crate::user_id::UserId;
 use crate::wire;
 use crate::wire::{
     vault_client_request, VaultClientRequest, VaultLoginFinish, VaultLoginPurpose, VaultLoginStart,
     VaultRegisterFinish, VaultRegisterStart, VaultReply, VaultReplyBody, VaultReplyStatus,
     VaultRequestId,
 };
+use crate::{Suite, OPAQUE_CONTEXT};
 use vaultfleet::hsm::verify_signature;
 use vaultfleet::ReplicaId;
-use vaultfleet_audit::FleetVerifier;
-
-/// Why a vault client call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum VaultClientError {
-    /// The recovery code is wrong; the attempt is spent.
-    #[error("wrong recovery code: {attempts_left} attempts left{}", if *.attempts_left == 0 { " (the record has been erased)" } else { "" })]
-    WrongCode {
-        /// Attempts left after this one; 0 means the record is now erased.
-        attempts_left: u32,
-    },
-    /// The record was erased after its last attempt; nothing can recover it.
-    #[error("locked: the record was erased after its last attempt and cannot be recovered or registered again")]
-    Locked,
-    /// No record for this user (never registered, or deleted).
-    #[error("not registered: the vault holds no record for this user")]
-    NotRegistered,
-    /// A record exists; replace it with `reregister`, which needs the current code.
-    #[error(
-        "already registered: re-register with the current recovery code to replace the record"
-    )]
-    AlreadyRegistered,
-    /// No service gave an answer the step could rely on in time (no leader, no
-    /// majority, every service unreachable). The step may or may not have taken
-    /// effect; retrying is safe.
-    #[error("fleet unavailable: {detail}")]
-    Unavailable {
-        /// What the last service said, or that none answered.
-        detail: String,
-    },
-    /// A reply failed verification (bad signature, unknown replica, not for our
-    /// request): an intermediary, or a misconfigured fleet key.
-    #[error("reply from replica {replica} refused: {detail}")]
-    BadReply {
-        /// The replica the reply claims to come from.
-        replica: ReplicaId,
-        /// What failed.
-        detail: String,
-    },
-    /// The fleet refused the request as malformed.
-    #[error("request refused by the fleet: {0}")]
-    Rejected(String),
-    /// The arguments are out of bounds.
-    #[error("invalid argument: {0}")]
-    InvalidInput(String),
-    /// The OPAQUE exchange failed for another reason than a wrong code.
-    #[error("OPAQUE protocol error: {0}")]
-    Protocol(String),
-}
+use vaultfleet_audit::{Accepted, FleetVerifier};
 
 /// Argon2id parameters of the key-stretching step. They are part of the
 /// deployment: registration and every recovery must use the same ones.
@@ -116,7 +69,7 @@ impl KsfParams {
 
     fn argon2(&self) -> Result<Argon2<'static>, VaultClientError> {
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
-            .map_err(|e| VaultClientError::InvalidInput(format!("Argon2 parameters: {e}")))?;
+            .map_err(VaultClientError::KsfParams)?;
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 }
@@ -127,8 +80,8 @@ impl Default for KsfParams {
     }
 }
 
-fn protocol(e: impl std::fmt::Display) -> VaultClientError {
-    VaultClientError::Protocol(e.to_string())
+fn protocol(e: opaque_ke::errors::ProtocolError) -> VaultClientError {
+    VaultClientError::Protocol(ProtocolFailure::Opaque(e))
 }
 
 /// A registration in progress, on the client (sans-IO).
@@ -249,31 +202,6 @@ impl std::fmt::Debug for LoginOpened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginOpened").finish_non_exhaustive()
     }
-}
-
-/// Decrypts a secret the fleet sent under the OPAQUE session key.
-pub(crate) fn decrypt_secret(
-    session_key: &[u8],
-    request_digest: &[u8],
-    user: &[u8],
-    nonce: &[u8],
-    ciphertext: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, VaultClientError> {
-    if nonce.len() != 24 {
-        return Err(protocol("secret nonce must be 24 bytes"));
-    }
-    let key = transport_key(session_key);
-    let aead = XChaCha20Poly1305::new(key.as_ref().into());
-    let aad = transport_aad(request_digest, user);
-    aead.decrypt(
-        XNonce::from_slice(nonce),
-        Payload {
-            msg: ciphertext,
-            aad: &aad,
-        },
-    )
-    .map(Zeroizing::new)
-    .map_err(|_| protocol("the recovered secret does not decrypt under the session key"))
 }
 
 /// Retries of a [`VaultClient`].
@@ -444,6 +372,41 @@ impl VaultClient {
         id
     }
 
+    /// The response key `reply` must be signed with: the pinned one, or the one
+    /// of a bundle that verifies (returned too, to accept once the reply does).
+    fn reply_key(
+        &self,
+        replica: ReplicaId,
+        reply: &VaultReply,
+    ) -> Result<([u8; 32], Option<Accepted>), ReplyError> {
+        match &self.trust {
+            Trust::Pinned(keys) => keys
+                .replicas
+                .get(&replica)
+                .map(|key| (*key, None))
+                .ok_or(ReplyError::UnknownReplica),
+            Trust::Bundles {
+                verifier, clock, ..
+            } => {
+                if reply.bundle.is_empty() {
+                    return Err(ReplyError::NoBundle);
+                }
+                // Checked now, accepted only once the reply itself verified: a
+                // valid newer bundle on a forged reply must not move the client.
+                let accepted = verifier
+                    .lock()
+                    .check(&reply.bundle, clock(), replica)
+                    .map_err(ReplyError::Bundle)?;
+                let key = accepted
+                    .artifact
+                    .replica(replica)
+                    .map(|r| r.response_key)
+                    .ok_or(ReplyError::NotInFleet)?;
+                Ok((key, Some(accepted)))
+            }
+        }
+    }
+
     fn verify(
         &self,
         endpoint: &dyn VaultEndpoint,
@@ -451,66 +414,42 @@ impl VaultClient {
         digest: &[u8; 32],
     ) -> Result<VaultReplyBody, VaultClientError> {
         let replica = endpoint.replica();
-        let bad = |detail: &str| VaultClientError::BadReply {
-            replica,
-            detail: detail.to_string(),
-        };
-        let reply: VaultReply =
-            wire::decode(bytes, "vault reply").map_err(|e| bad(&e.to_string()))?;
-        let mut pending = None;
-        let key = match &self.trust {
-            Trust::Pinned(keys) => *keys
-                .replicas
-                .get(&replica)
-                .ok_or_else(|| bad("no pinned response key for this replica"))?,
-            Trust::Bundles {
-                verifier, clock, ..
-            } => {
-                if reply.bundle.is_empty() {
-                    return Err(bad("no validation bundle in the reply"));
-                }
-                // Checked now, accepted only once the reply itself verified: a
-                // valid newer bundle on a forged reply must not move the client.
-                let accepted = verifier
-                    .lock()
-                    .check(&reply.bundle, clock(), replica)
-                    .map_err(|e| bad(&format!("validation bundle refused: {e}")))?;
-                let key = accepted
-                    .artifact
-                    .replica(replica)
-                    .map(|r| r.response_key)
-                    .ok_or_else(|| bad("replica not in the fleet"))?;
-                pending = Some(accepted);
-                key
-            }
-        };
+        self.verify_reply(replica, bytes, digest)
+            .map_err(|cause| VaultClientError::BadReply { replica, cause })
+    }
+
+    fn verify_reply(
+        &self,
+        replica: ReplicaId,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<VaultReplyBody, ReplyError> {
+        let reply: VaultReply = wire::decode(bytes, "vault reply")?;
+        let (key, pending) = self.reply_key(replica, &reply)?;
         let signature: [u8; 64] = reply
             .signature
             .as_slice()
             .try_into()
-            .map_err(|_| bad("signature is not 64 bytes"))?;
+            .map_err(|_| ReplyError::SignatureLength)?;
         if !verify_signature(
             &key,
             &reply_signed_bytes(self.trust.group(), &reply.body),
             &signature,
         ) {
-            return Err(bad(
-                "signature does not verify under the replica's response key",
-            ));
+            return Err(ReplyError::Signature);
         }
-        let body: VaultReplyBody =
-            wire::decode(&reply.body, "vault reply body").map_err(|e| bad(&e.to_string()))?;
+        let body: VaultReplyBody = wire::decode(&reply.body, "vault reply body")?;
         if body.replica != replica {
-            return Err(bad("signed by a replica other than the one asked"));
+            return Err(ReplyError::OtherReplica);
         }
         if body.request_digest.as_slice() != digest.as_slice() {
-            return Err(bad("the reply answers another request"));
+            return Err(ReplyError::OtherRequest);
         }
         if let (Some(accepted), Trust::Bundles { verifier, .. }) = (pending, &self.trust) {
             verifier
                 .lock()
                 .accept(&accepted)
-                .map_err(|e| bad(&format!("cannot keep the accepted fleet epoch: {e}")))?;
+                .map_err(ReplyError::AcceptEpoch)?;
         }
         Ok(body)
     }
@@ -525,17 +464,13 @@ impl VaultClient {
         only: Option<usize>,
     ) -> Result<Answer, VaultClientError> {
         // The bytes may carry a secret (registration): wiped when sent.
-        let bytes = Zeroizing::new(wire::encode(request));
+        let bytes = Zeroizing::new(wire::encode_bounded(request));
         let digest = sha256(&bytes);
         let n = self.endpoints.len();
         if n == 0 {
-            return Err(VaultClientError::Unavailable {
-                detail: "the client has no vault service to ask".into(),
-            });
+            return Err(VaultClientError::Unavailable(Unavailability::NoService));
         }
-        let mut last = VaultClientError::Unavailable {
-            detail: "no service answered".into(),
-        };
+        let mut last = VaultClientError::Unavailable(Unavailability::NotAsked);
         let start = self.preferred.load(Ordering::Relaxed);
         for round in 0..self.cfg.rounds.max(1) {
             if round > 0 {
@@ -546,44 +481,47 @@ impl VaultClient {
                 None => (0..n).map(|k| (start + k) % n).collect(),
             };
             for i in targets {
-                let endpoint = self.endpoints[i].as_ref();
-                let raw = match endpoint.call(&bytes) {
-                    Ok(raw) => raw,
-                    Err(e) => {
-                        last = VaultClientError::Unavailable {
-                            detail: e.to_string(),
-                        };
-                        continue;
+                match self.ask(i, &bytes, &digest) {
+                    Ok(body) => {
+                        if only.is_none() {
+                            self.preferred.store(i, Ordering::Relaxed);
+                        }
+                        return Ok(Answer {
+                            endpoint: i,
+                            body,
+                            digest,
+                        });
                     }
-                };
-                let body = match self.verify(endpoint, &raw, &digest) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        last = e;
-                        continue;
-                    }
-                };
-                if body
-                    .status
-                    .enum_value_or(VaultReplyStatus::REPLY_UNAVAILABLE)
-                    == VaultReplyStatus::REPLY_UNAVAILABLE
-                {
-                    last = VaultClientError::Unavailable {
-                        detail: body.detail,
-                    };
-                    continue;
+                    Err(e) => last = e,
                 }
-                if only.is_none() {
-                    self.preferred.store(i, Ordering::Relaxed);
-                }
-                return Ok(Answer {
-                    endpoint: i,
-                    body,
-                    digest,
-                });
             }
         }
         Err(last)
+    }
+
+    /// Asks endpoint `i` once: its verified reply, unless it is "unavailable".
+    fn ask(
+        &self,
+        i: usize,
+        bytes: &[u8],
+        digest: &[u8; 32],
+    ) -> Result<VaultReplyBody, VaultClientError> {
+        let endpoint = self.endpoints[i].as_ref();
+        let raw = endpoint
+            .call(bytes)
+            .map_err(|e| VaultClientError::Unavailable(e.into()))?;
+        let body = self.verify(endpoint, &raw, digest)?;
+        if body
+            .status
+            .enum_value_or(VaultReplyStatus::REPLY_UNAVAILABLE)
+            == VaultReplyStatus::REPLY_UNAVAILABLE
+        {
+            return Err(VaultClientError::Unavailable(Unavailability::Service {
+                replica: body.replica,
+                detail: body.detail,
+            }));
+        }
+        Ok(body)
     }
 
     /// Sends a registration's upload and secret, then wipes the secret.
@@ -626,10 +564,11 @@ impl VaultClient {
         secret: &[u8],
         max_attempts: u32,
     ) -> Result<u64, VaultClientError> {
-        check_args(user, secret, max_attempts)?;
+        let user = UserId::new(user)?;
+        InvalidInput::check_registration(secret, max_attempts)?;
         let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), code)?;
         let mut start = VaultRegisterStart::new();
-        start.user = user.to_vec();
+        start.user = user.as_bytes().to_vec();
         start.registration_request = flow.request().to_vec();
         let a = self.send(
             &self.request(vault_client_request::Op::RegisterStart(start)),
@@ -643,7 +582,7 @@ impl VaultClient {
             &self.cfg.ksf,
         )?;
         let mut finish = VaultRegisterFinish::new();
-        finish.user = user.to_vec();
+        finish.user = user.as_bytes().to_vec();
         finish.registration_upload = upload;
         finish.credential_nonce = a.body.credential_nonce;
         finish.nonce_tag = a.body.nonce_tag;
@@ -655,93 +594,93 @@ impl VaultClient {
     }
 
     /// Runs a login for `user` with `code` up to the finalization: returns the
-    /// answer to the finalization, the session key and the finalization's digest.
+    /// answer to the finalization and the session key.
     fn login(
         &self,
-        user: &[u8],
+        user: &UserId,
         code: &[u8],
         purpose: VaultLoginPurpose,
         registration_request: &[u8],
     ) -> Result<(Answer, Zeroizing<Vec<u8>>), VaultClientError> {
-        if user.is_empty() || user.len() > USER_ID_MAX {
-            return Err(VaultClientError::InvalidInput(format!(
-                "user id must be 1..={USER_ID_MAX} bytes"
-            )));
-        }
-        let mut last = VaultClientError::Unavailable {
-            detail: "no login completed".into(),
-        };
+        let mut last = VaultClientError::Unavailable(Unavailability::NotAsked);
         for _ in 0..self.cfg.login_restarts.max(1) {
             // One credential request and one request id per login: re-sending them
             // after a lost reply gets the same attempt back, never a second one.
             let flow = ClientLoginFlow::start(&mut *self.rng.lock(), code)?;
             let mut start = VaultLoginStart::new();
-            start.user = user.to_vec();
+            start.user = user.as_bytes().to_vec();
             start.credential_request = flow.request().to_vec();
             let start = self.request(vault_client_request::Op::LoginStart(start));
-            for _ in 0..self.cfg.login_restarts.max(1) {
-                let a = self.send(&start, None)?;
-                if a.body
-                    .status
-                    .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
-                    == VaultReplyStatus::REPLY_LOGIN_UNKNOWN
-                {
-                    // This request's attempt was concluded by a reply we never
-                    // got: start a fresh login.
-                    last = VaultClientError::Unavailable {
-                        detail: a.body.detail.clone(),
-                    };
-                    break;
-                }
-                expect_ok(&a.body)?;
-                let opened = flow.finish(
-                    &mut *self.rng.lock(),
-                    code,
-                    &a.body.credential_response,
-                    &self.cfg.ksf,
-                )?;
-                let Some(LoginOpened {
-                    finalization,
-                    session_key,
-                }) = opened
-                else {
-                    return Err(VaultClientError::WrongCode {
-                        attempts_left: a.body.attempts_left,
-                    });
-                };
-                let mut finish = VaultLoginFinish::new();
-                finish.login = a.body.login;
-                finish.credential_finalization = finalization;
-                finish.purpose = purpose.into();
-                finish.registration_request = registration_request.to_vec();
-                let finish = self.request(vault_client_request::Op::LoginFinish(finish));
-                match self.send(&finish, Some(a.endpoint)) {
-                    Ok(f) => match f
-                        .body
-                        .status
-                        .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
-                    {
-                        // The login is gone (its service restarted, or it expired):
-                        // ask again with the same request, which spends nothing.
-                        VaultReplyStatus::REPLY_LOGIN_UNKNOWN => {
-                            last = VaultClientError::Unavailable {
-                                detail: f.body.detail.clone(),
-                            };
-                            continue;
-                        }
-                        _ => return Ok((f, session_key)),
-                    },
-                    Err(e @ VaultClientError::Unavailable { .. }) => {
-                        last = e;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
+            let login = LoginAttempt {
+                flow: &flow,
+                start: &start,
+                code,
+                purpose,
+                registration_request,
+            };
+            match self.login_attempt(&login)? {
+                LoginStep::Done(answer, session_key) => return Ok((*answer, session_key)),
+                // The same request no longer yields a login (its attempt was
+                // concluded by a reply we never got): start a fresh login.
+                LoginStep::Restart(e) => last = e,
             }
-            // The same request no longer yields a login (its attempt was concluded
-            // by a reply we never got): start a fresh login.
         }
         Err(last)
+    }
+
+    /// One login's credential request, sent (again) until its finalization is
+    /// answered, or until it no longer yields a login.
+    fn login_attempt(&self, login: &LoginAttempt<'_>) -> Result<LoginStep, VaultClientError> {
+        let mut last = VaultClientError::Unavailable(Unavailability::NotAsked);
+        for _ in 0..self.cfg.login_restarts.max(1) {
+            let a = self.send(login.start, None)?;
+            if a.body
+                .status
+                .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
+                == VaultReplyStatus::REPLY_LOGIN_UNKNOWN
+            {
+                // This request's attempt was concluded by a reply we never
+                // got: start a fresh login.
+                return Ok(LoginStep::Restart(login_lost(&a.body)));
+            }
+            expect_ok(&a.body)?;
+            let opened = login.flow.finish(
+                &mut *self.rng.lock(),
+                login.code,
+                &a.body.credential_response,
+                &self.cfg.ksf,
+            )?;
+            let Some(LoginOpened {
+                finalization,
+                session_key,
+            }) = opened
+            else {
+                return Err(VaultClientError::WrongCode {
+                    attempts_left: a.body.attempts_left,
+                });
+            };
+            let mut finish = VaultLoginFinish::new();
+            finish.login = a.body.login;
+            finish.credential_finalization = finalization;
+            finish.purpose = login.purpose.into();
+            finish.registration_request = login.registration_request.to_vec();
+            let finish = self.request(vault_client_request::Op::LoginFinish(finish));
+            match self.send(&finish, Some(a.endpoint)) {
+                Ok(f) => match f
+                    .body
+                    .status
+                    .enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST)
+                {
+                    // The login is gone (its service restarted, or it expired):
+                    // ask again with the same request, which spends nothing.
+                    VaultReplyStatus::REPLY_LOGIN_UNKNOWN => last = login_lost(&f.body),
+                    _ => return Ok(LoginStep::Done(Box::new(f), session_key)),
+                },
+                Err(e @ VaultClientError::Unavailable(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(LoginStep::Restart(last))
     }
 
     /// Recovers `user`'s secret with `code`. A wrong code spends one attempt; the
@@ -751,21 +690,23 @@ impl VaultClient {
         user: &[u8],
         code: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultClientError> {
-        let (a, session_key) = self.login(user, code, VaultLoginPurpose::VAULT_RECOVER, &[])?;
+        let user = UserId::new(user)?;
+        let (a, session_key) = self.login(&user, code, VaultLoginPurpose::VAULT_RECOVER, &[])?;
         expect_ok(&a.body)?;
-        decrypt_secret(
+        Ok(open_from_fleet(
             &session_key,
             &a.digest,
-            user,
+            &user,
             &a.body.secret_nonce,
             &a.body.encrypted_secret,
-        )
+        )?)
     }
 
     /// Deletes `user`'s record; needs the current code (one attempt is spent
     /// if it is wrong).
     pub fn delete(&self, user: &[u8], code: &[u8]) -> Result<(), VaultClientError> {
-        let (a, _) = self.login(user, code, VaultLoginPurpose::VAULT_DELETE, &[])?;
+        let user = UserId::new(user)?;
+        let (a, _) = self.login(&user, code, VaultLoginPurpose::VAULT_DELETE, &[])?;
         expect_ok(&a.body)
     }
 
@@ -779,10 +720,11 @@ impl VaultClient {
         new_secret: &[u8],
         max_attempts: u32,
     ) -> Result<u64, VaultClientError> {
-        check_args(user, new_secret, max_attempts)?;
+        let user = UserId::new(user)?;
+        InvalidInput::check_registration(new_secret, max_attempts)?;
         let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), new_code)?;
         let (a, _) = self.login(
-            user,
+            &user,
             old_code,
             VaultLoginPurpose::VAULT_REREGISTER_START,
             flow.request(),
@@ -795,7 +737,7 @@ impl VaultClient {
             &self.cfg.ksf,
         )?;
         let mut finish = VaultRegisterFinish::new();
-        finish.user = user.to_vec();
+        finish.user = user.as_bytes().to_vec();
         finish.registration_upload = upload;
         finish.credential_nonce = a.body.credential_nonce;
         finish.nonce_tag = a.body.nonce_tag;
@@ -808,27 +750,36 @@ impl VaultClient {
     }
 }
 
-fn check_args(user: &[u8], secret: &[u8], max_attempts: u32) -> Result<(), VaultClientError> {
-    if user.is_empty() || user.len() > USER_ID_MAX {
-        return Err(VaultClientError::InvalidInput(format!(
-            "user id must be 1..={USER_ID_MAX} bytes"
-        )));
-    }
-    if secret.is_empty() || secret.len() > SECRET_MAX {
-        return Err(VaultClientError::InvalidInput(format!(
-            "secret must be 1..={SECRET_MAX} bytes"
-        )));
-    }
-    if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
-        return Err(VaultClientError::InvalidInput(format!(
-            "max_attempts {max_attempts} is outside 1..={MAX_ATTEMPTS_LIMIT}"
-        )));
-    }
-    Ok(())
+/// What one login sends, and what it needs to open the answer.
+struct LoginAttempt<'a> {
+    flow: &'a ClientLoginFlow,
+    start: &'a VaultClientRequest,
+    code: &'a [u8],
+    purpose: VaultLoginPurpose,
+    registration_request: &'a [u8],
+}
+
+/// How one login ended.
+enum LoginStep {
+    /// The finalization was answered (whatever the answer): it and the session key.
+    Done(Box<Answer>, Zeroizing<Vec<u8>>),
+    /// The login was lost; a fresh one may succeed.
+    Restart(VaultClientError),
+}
+
+fn login_lost(b: &VaultReplyBody) -> VaultClientError {
+    VaultClientError::Unavailable(Unavailability::LoginLost {
+        replica: b.replica,
+        detail: b.detail.clone(),
+    })
 }
 
 /// Maps a verified reply's status to the client's error.
 fn expect_ok(b: &VaultReplyBody) -> Result<(), VaultClientError> {
+    let rejected = |reason| VaultClientError::Rejected {
+        reason,
+        detail: b.detail.clone(),
+    };
     match b.status.enum_value_or(VaultReplyStatus::REPLY_BAD_REQUEST) {
         VaultReplyStatus::REPLY_OK => Ok(()),
         VaultReplyStatus::REPLY_NOT_REGISTERED => Err(VaultClientError::NotRegistered),
@@ -837,13 +788,14 @@ fn expect_ok(b: &VaultReplyBody) -> Result<(), VaultClientError> {
         VaultReplyStatus::REPLY_LOGIN_FAILED => Err(VaultClientError::WrongCode {
             attempts_left: b.attempts_left,
         }),
-        VaultReplyStatus::REPLY_UNAVAILABLE | VaultReplyStatus::REPLY_LOGIN_UNKNOWN => {
-            Err(VaultClientError::Unavailable {
+        VaultReplyStatus::REPLY_LOGIN_UNKNOWN => Err(login_lost(b)),
+        VaultReplyStatus::REPLY_UNAVAILABLE => {
+            Err(VaultClientError::Unavailable(Unavailability::Service {
+                replica: b.replica,
                 detail: b.detail.clone(),
-            })
+            }))
         }
-        VaultReplyStatus::REPLY_BAD_REQUEST | VaultReplyStatus::REPLY_REQUEST_REUSED => {
-            Err(VaultClientError::Rejected(b.detail.clone()))
-        }
+        VaultReplyStatus::REPLY_BAD_REQUEST => Err(rejected(Rejection::BadRequest)),
+        VaultReplyStatus::REPLY_REQUEST_REUSED => Err(rejected(Rejection::RequestReused)),
     }
 }

@@ -8,12 +8,11 @@
 use std::collections::BTreeMap;
 
 use opaque_ke::ServerSetup;
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
-use super::server::VaultError;
-use super::Suite;
+use crate::crypto::hsm_rng;
+use crate::error::{KeysError, VaultError};
+use crate::Suite;
 use vaultfleet::hsm::{Hsm, KeyHandle, KeyKind};
 use vaultfleet::ReplicaId;
 
@@ -24,14 +23,6 @@ pub(crate) const REGISTRATION_LABEL: &str = "vault/registration";
 
 pub(crate) fn response_label(replica: ReplicaId) -> String {
     format!("vault/response/{replica}")
-}
-
-/// A ChaCha20 RNG seeded with 32 bytes from the HSM: every random value the vault
-/// draws (OPAQUE nonces and ephemerals, credential nonces) comes from the HSM.
-pub(crate) fn hsm_rng<H: Hsm>(hsm: &H) -> Result<ChaCha20Rng, VaultError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hsm.random(seed.as_mut())?;
-    Ok(ChaCha20Rng::from_seed(*seed))
 }
 
 /// One replica's view of the vault's keys: the opened OPAQUE server setup and
@@ -80,15 +71,10 @@ impl<H: Hsm> VaultKeys<H> {
     ) -> Result<Self, VaultError> {
         let key = hsm
             .find_key(SETUP_LABEL, KeyKind::Aead)?
-            .ok_or_else(|| VaultError::Keys(format!(
-                "the HSM holds no {SETUP_LABEL:?} key: provision the vault on this HSM's security world first"
-            )))?;
+            .ok_or(KeysError::SetupKeyMissing { label: SETUP_LABEL })?;
         let bytes = hsm.unseal(key, SETUP_AAD, sealed_setup)?;
-        let setup = ServerSetup::<Suite>::deserialize(&bytes).map_err(|e| {
-            VaultError::Keys(format!(
-                "the sealed OPAQUE server setup does not decode: {e}"
-            ))
-        })?;
+        let setup =
+            ServerSetup::<Suite>::deserialize(&bytes).map_err(KeysError::SetupUndecodable)?;
         let record_key = hsm.key(RECORD_LABEL, KeyKind::Aead)?;
         let registration_key = hsm.key(REGISTRATION_LABEL, KeyKind::Mac)?;
         let response_key = hsm.key(&response_label(replica), KeyKind::Signing)?;

@@ -13,8 +13,15 @@
 //!   answered only after the command spending its attempt has committed.
 //!   [`VaultServer`] is its sans-IO core, which the simulator drives too.
 //! * [`VaultClient`]: `register`, `recover`, `reregister`, `delete`, with typed
-//!   errors ([`VaultClientError`]); it checks every reply's signature and never
-//!   sends the recovery code anywhere.
+//!   errors ([`VaultClientError`], which keeps each cause as a typed value: a
+//!   refused reply's [`ReplyError`], and within it the bundle's `BundleError`);
+//!   it checks every reply's signature and never sends the recovery code anywhere.
+//!
+//! A [`UserId`] is checked against its bounds once, where it is built; the
+//! server, the service and the machine take it as checked. Errors live in one
+//! module, the cryptographic constructions (what each MAC, AEAD and signature
+//! covers) in another, so keys, server and client depend on them and not on
+//! each other.
 //!
 //! `docs/protocol.md` has the message flow and what each party learns;
 //! `docs/threat-model.md` what each attacker can and cannot do.
@@ -24,22 +31,29 @@
 #![warn(missing_docs)]
 
 mod client;
+mod crypto;
+mod error;
 mod keys;
+mod limits;
 mod machine;
 mod server;
 mod service;
+mod user_id;
 pub mod wire;
 
 pub use client::{
-    ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient,
-    VaultClientConfig, VaultClientError,
+    ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
+};
+pub use error::{
+    InvalidInput, KeysError, ProtocolFailure, RecordError, Rejection, ReplyError, Unavailability,
+    Unreachable, VaultClientError, VaultError,
 };
 pub use keys::{VaultKeys, VaultPublicKeys};
-pub use machine::{
-    BackupVault, UserView, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX,
-};
-pub use server::{PendingLogin, RegistrationNonce, RegistrationStarted, VaultError, VaultServer};
-pub use service::{Unreachable, VaultEndpoint, VaultService, VaultServiceConfig};
+pub use limits::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
+pub use machine::{BackupVault, UserView};
+pub use server::{PendingLogin, RegistrationNonce, RegistrationStarted, VaultServer};
+pub use service::{VaultEndpoint, VaultService, VaultServiceConfig};
+pub use user_id::{InvalidUserId, UserId};
 
 /// The OPAQUE cipher suite of the vault (RFC 9807's Ristretto255 / SHA-512
 /// configuration, with Argon2id as the key-stretching function).

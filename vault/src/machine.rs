@@ -5,7 +5,9 @@
 //! never sees a recovery code, a session key or a plain-text secret, and it draws
 //! no randomness: every random value (OPAQUE nonces, the credential nonce, AEAD
 //! nonces) is drawn by the [`VaultService`](super::VaultService) before the command
-//! is proposed, so `apply` is a pure function of the log.
+//! is proposed, so `apply` is a pure function of the log. Its outcomes carry only
+//! this crate's own text, never a dependency's error message, so every build
+//! answers the same bytes.
 //!
 //! The rules, each applied atomically by one committed command:
 //!
@@ -29,25 +31,22 @@
 //!   registered, or deleted). A locked user stays locked: re-registering to get a
 //!   fresh counter is exactly the attack that must be impossible.
 
+mod user;
+
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::limits::{MAX_ATTEMPTS_LIMIT, USER_ID_MAX};
+use crate::user_id::UserId;
 use crate::wire::{self};
 use crate::wire::{
     vault_command, VaultCommand, VaultOutcome, VaultRecord, VaultRegister, VaultRequestId,
-    VaultSeen, VaultSnapshot, VaultStatus, VaultUserState,
+    VaultSeen, VaultSnapshot, VaultStatus,
 };
+use user::{record_digest, Standing, UserState};
 use vaultfleet::state_machine::{RestoreError, StateMachine};
 
-/// The most attempts a registration may allow.
-pub const MAX_ATTEMPTS_LIMIT: u32 = 255;
-/// The attempts a registration allows unless it asks otherwise.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
-/// The longest user id, in bytes.
-pub const USER_ID_MAX: usize = 256;
-/// The longest secret a user may store, in bytes.
-pub const SECRET_MAX: usize = 1024;
 /// Concluded consumes remembered per user for de-duplication; consumes whose
 /// ticket is still spent are always remembered.
 const SEEN_MAX: usize = 64;
@@ -56,6 +55,10 @@ const SEEN_MAX: usize = 64;
 const REGISTRATIONS_MAX: usize = 1024;
 /// Upper bound on a stored record field (OPAQUE record, sealed secret).
 const FIELD_MAX: usize = 4096;
+/// The length of a consume's request digest (SHA-256), in bytes.
+const REQUEST_DIGEST_BYTES: usize = 32;
+/// The length of a credential nonce, in bytes.
+const CREDENTIAL_NONCE_BYTES: usize = 32;
 
 /// What the vault knows about one user, as [`BackupVault::user`] shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,35 +84,41 @@ pub enum UserView {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-struct User {
-    record: Option<VaultRecord>,
-    generation: u64,
-    locked: bool,
-    locked_ticket: u64,
-    locked_digest: Vec<u8>,
-    seen: Vec<VaultSeen>,
-    used_nonces: Vec<Vec<u8>>,
+/// Why a command is refused as malformed. Its text is the outcome's detail:
+/// this crate's own words, the same in every build (never a dependency's error
+/// text, which could differ between replicas running different builds).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+enum Malformed {
+    #[error("vault command does not decode")]
+    Undecodable,
+    #[error("user id must be 1..={USER_ID_MAX} bytes")]
+    UserId,
+    #[error("vault command without a request id")]
+    NoRequestId,
+    #[error("vault command has no operation")]
+    NoOperation,
+    #[error("replace without a record")]
+    ReplaceWithoutRecord,
+    #[error("max_attempts {0} is outside 1..={MAX_ATTEMPTS_LIMIT}")]
+    MaxAttempts(u32),
+    #[error(
+        "a registration needs an OPAQUE record, a sealed secret and a 32-byte credential nonce"
+    )]
+    RegistrationIncomplete,
+    #[error("a registration field exceeds {FIELD_MAX} bytes")]
+    FieldTooLong,
+    #[error("request digest must be 32 bytes")]
+    DigestLength,
+    #[error("this user id has registered {REGISTRATIONS_MAX} times; use a new user id")]
+    TooManyRegistrations,
+    #[error("generation exhausted")]
+    GenerationExhausted,
 }
 
 /// The replicated Backup Key Vault (see the module documentation for its rules).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackupVault {
-    users: BTreeMap<Vec<u8>, User>,
-}
-
-/// The digest that ties an erased record to the ticket that may reinstate it.
-pub(crate) fn record_digest(r: &VaultRecord) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"vaultfleet/vault/record/v1");
-    for field in [&r.opaque_record, &r.sealed_secret, &r.credential_nonce] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field);
-    }
-    h.update(r.max_attempts.to_be_bytes());
-    h.update(r.generation.to_be_bytes());
-    h.update(r.registered_at.to_be_bytes());
-    h.finalize().into()
+    users: BTreeMap<UserId, UserState>,
 }
 
 fn outcome(status: VaultStatus, detail: impl Into<String>) -> VaultOutcome {
@@ -119,25 +128,39 @@ fn outcome(status: VaultStatus, detail: impl Into<String>) -> VaultOutcome {
     o
 }
 
+fn malformed(why: Malformed) -> VaultOutcome {
+    outcome(VaultStatus::VAULT_MALFORMED, why.to_string())
+}
+
+fn not_registered() -> VaultOutcome {
+    outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user")
+}
+
 fn attempts_left(r: &VaultRecord) -> u32 {
     r.max_attempts.saturating_sub(r.spent.len() as u32)
 }
 
-fn check_register(r: &VaultRegister) -> Result<(), String> {
+/// The outcome of a step that acted on `r`: status OK, its generation and the
+/// attempts left.
+fn ok_with(r: &VaultRecord, detail: &'static str) -> VaultOutcome {
+    let mut o = outcome(VaultStatus::VAULT_OK, detail);
+    o.generation = r.generation;
+    o.attempts_left = attempts_left(r);
+    o
+}
+
+fn check_register(r: &VaultRegister) -> Result<(), Malformed> {
     if r.max_attempts == 0 || r.max_attempts > MAX_ATTEMPTS_LIMIT {
-        return Err(format!(
-            "max_attempts {} is outside 1..={MAX_ATTEMPTS_LIMIT}",
-            r.max_attempts
-        ));
+        return Err(Malformed::MaxAttempts(r.max_attempts));
     }
-    if r.opaque_record.is_empty() || r.sealed_secret.is_empty() || r.credential_nonce.len() != 32 {
-        return Err(
-            "a registration needs an OPAQUE record, a sealed secret and a 32-byte credential nonce"
-                .into(),
-        );
+    if r.opaque_record.is_empty()
+        || r.sealed_secret.is_empty()
+        || r.credential_nonce.len() != CREDENTIAL_NONCE_BYTES
+    {
+        return Err(Malformed::RegistrationIncomplete);
     }
     if r.opaque_record.len() > FIELD_MAX || r.sealed_secret.len() > FIELD_MAX {
-        return Err(format!("a registration field exceeds {FIELD_MAX} bytes"));
+        return Err(Malformed::FieldTooLong);
     }
     Ok(())
 }
@@ -153,6 +176,21 @@ fn new_record(r: VaultRegister, generation: u64, index: u64) -> VaultRecord {
     rec
 }
 
+/// What a login needs of `r`: all of it but the sealed secret.
+fn login_view(r: &VaultRecord) -> VaultRecord {
+    let mut login = r.clone();
+    login.sealed_secret.clear();
+    login
+}
+
+/// The outcome for a user who is not registered: locked or deleted.
+fn unregistered(standing: &Standing, locked_detail: &'static str) -> VaultOutcome {
+    match standing {
+        Standing::Locked { .. } => outcome(VaultStatus::VAULT_LOCKED, locked_detail),
+        Standing::Registered { .. } | Standing::Deleted { .. } => not_registered(),
+    }
+}
+
 impl BackupVault {
     /// An empty vault.
     pub fn new() -> Self {
@@ -163,17 +201,17 @@ impl BackupVault {
     /// through [`BackupVault::query_user`] and the log).
     pub fn user(&self, user: &[u8]) -> Option<UserView> {
         let u = self.users.get(user)?;
-        Some(match (&u.record, u.locked) {
-            (Some(r), _) => UserView::Registered {
-                generation: r.generation,
-                attempts_left: attempts_left(r),
-                max_attempts: r.max_attempts,
+        Some(match &u.standing {
+            Standing::Registered { record } => UserView::Registered {
+                generation: record.generation,
+                attempts_left: attempts_left(record),
+                max_attempts: record.max_attempts,
             },
-            (None, true) => UserView::Locked {
-                generation: u.generation,
+            Standing::Locked { generation, .. } => UserView::Locked {
+                generation: *generation,
             },
-            (None, false) => UserView::Deleted {
-                generation: u.generation,
+            Standing::Deleted { generation } => UserView::Deleted {
+                generation: *generation,
             },
         })
     }
@@ -195,23 +233,16 @@ impl BackupVault {
     }
 
     fn apply_command(&mut self, index: u64, c: VaultCommand) -> VaultOutcome {
-        if c.user.is_empty() || c.user.len() > USER_ID_MAX {
-            return outcome(
-                VaultStatus::VAULT_MALFORMED,
-                format!("user id must be 1..={USER_ID_MAX} bytes"),
-            );
-        }
-        let Some(request) = c.request.clone().into_option() else {
-            return outcome(
-                VaultStatus::VAULT_MALFORMED,
-                "vault command without a request id",
-            );
+        let Ok(user) = UserId::new(c.user) else {
+            return malformed(Malformed::UserId);
         };
-        let user = c.user;
+        let Some(request) = c.request.into_option() else {
+            return malformed(Malformed::NoRequestId);
+        };
         match c.op {
             Some(vault_command::Op::Register(r)) => self.register(index, user, r),
             Some(vault_command::Op::Consume(x)) => {
-                self.consume(index, user, request, x.request_digest)
+                self.consume(index, &user, request, x.request_digest)
             }
             Some(vault_command::Op::Reset(x)) => {
                 self.reset(&user, x.ticket, x.generation, x.reinstate.into_option())
@@ -220,60 +251,64 @@ impl BackupVault {
                 Some(r) => self.replace(
                     index,
                     &user,
-                    x.ticket,
-                    x.generation,
+                    Authority {
+                        ticket: x.ticket,
+                        generation: x.generation,
+                        reinstate: x.reinstate.into_option(),
+                    },
                     r,
-                    x.reinstate.into_option(),
                 ),
-                None => outcome(VaultStatus::VAULT_MALFORMED, "replace without a record"),
+                None => malformed(Malformed::ReplaceWithoutRecord),
             },
-            Some(vault_command::Op::Delete(x)) => {
-                self.delete(&user, x.ticket, x.generation, x.reinstate.into_option())
-            }
-            None => outcome(
-                VaultStatus::VAULT_MALFORMED,
-                "vault command has no operation",
+            Some(vault_command::Op::Delete(x)) => self.delete(
+                &user,
+                Authority {
+                    ticket: x.ticket,
+                    generation: x.generation,
+                    reinstate: x.reinstate.into_option(),
+                },
             ),
+            None => malformed(Malformed::NoOperation),
         }
     }
 
-    fn register(&mut self, index: u64, user: Vec<u8>, r: VaultRegister) -> VaultOutcome {
+    fn register(&mut self, index: u64, user: UserId, r: VaultRegister) -> VaultOutcome {
         if let Err(e) = check_register(&r) {
-            return outcome(VaultStatus::VAULT_MALFORMED, e);
+            return malformed(e);
         }
         let u = self.users.entry(user).or_default();
-        if u.locked {
-            return outcome(
+        match &u.standing {
+            Standing::Locked { .. } => outcome(
                 VaultStatus::VAULT_LOCKED,
                 "this user's record was erased after its last attempt; it cannot be registered again",
-            );
-        }
-        if let Some(rec) = &u.record {
-            if rec.opaque_record == r.opaque_record && rec.credential_nonce == r.credential_nonce {
+            ),
+            Standing::Registered { record }
+                if record.opaque_record == r.opaque_record
+                    && record.credential_nonce == r.credential_nonce =>
+            {
                 // The same registration delivered again (a retry): it succeeded.
-                let mut o = outcome(VaultStatus::VAULT_OK, "already applied");
-                o.generation = rec.generation;
-                o.attempts_left = attempts_left(rec);
-                return o;
+                ok_with(record, "already applied")
             }
-            let mut o = outcome(
-                VaultStatus::VAULT_ALREADY_REGISTERED,
-                "already registered: re-register through a login with the current code",
-            );
-            o.generation = rec.generation;
-            o.attempts_left = attempts_left(rec);
-            return o;
-        }
-        match Self::new_generation(u, r, index) {
-            Ok(o) => o,
-            Err(o) => o,
+            Standing::Registered { record } => {
+                let mut o = outcome(
+                    VaultStatus::VAULT_ALREADY_REGISTERED,
+                    "already registered: re-register through a login with the current code",
+                );
+                o.generation = record.generation;
+                o.attempts_left = attempts_left(record);
+                o
+            }
+            Standing::Deleted { .. } => match Self::new_generation(u, r, index) {
+                Ok(o) => o,
+                Err(o) => o,
+            },
         }
     }
 
     /// Installs `r` as the user's next generation, unless its credential nonce
     /// was registered before (a replayed registration).
     fn new_generation(
-        u: &mut User,
+        u: &mut UserState,
         r: VaultRegister,
         index: u64,
     ) -> Result<VaultOutcome, VaultOutcome> {
@@ -285,44 +320,31 @@ impl BackupVault {
             ));
         }
         if u.used_nonces.len() >= REGISTRATIONS_MAX {
-            return Err(outcome(
-                VaultStatus::VAULT_MALFORMED,
-                format!("this user id has registered {REGISTRATIONS_MAX} times; use a new user id"),
-            ));
+            return Err(malformed(Malformed::TooManyRegistrations));
         }
-        let Some(generation) = u.generation.checked_add(1) else {
-            return Err(outcome(
-                VaultStatus::VAULT_MALFORMED,
-                "generation exhausted",
-            ));
+        let Some(generation) = u.standing.generation().checked_add(1) else {
+            return Err(malformed(Malformed::GenerationExhausted));
         };
-        u.generation = generation;
         u.used_nonces.push(nonce_digest);
-        let rec = new_record(r, generation, index);
-        let mut o = outcome(VaultStatus::VAULT_OK, "");
-        o.generation = rec.generation;
-        o.attempts_left = attempts_left(&rec);
-        u.record = Some(rec);
+        let record = new_record(r, generation, index);
+        let o = ok_with(&record, "");
+        u.standing = Standing::Registered { record };
         Ok(o)
     }
 
     fn consume(
         &mut self,
         index: u64,
-        user: Vec<u8>,
+        user: &UserId,
         request: VaultRequestId,
         digest: Vec<u8>,
     ) -> VaultOutcome {
-        if digest.len() != 32 {
-            return outcome(
-                VaultStatus::VAULT_MALFORMED,
-                "request digest must be 32 bytes",
-            );
+        if digest.len() != REQUEST_DIGEST_BYTES {
+            return malformed(Malformed::DigestLength);
         }
-        let Some(u) = self.users.get_mut(&user) else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
+        let Some(u) = self.users.get_mut(user) else {
+            return not_registered();
         };
-        // A re-delivered consume: same ticket, nothing spent.
         let repeat = u
             .seen
             .iter()
@@ -332,40 +354,52 @@ impl BackupVault {
                     .is_some_and(|r| r.client == request.client && r.sequence == request.sequence)
             })
             .cloned();
-        if let Some(seen) = repeat {
-            if seen.request_digest != digest {
-                return outcome(
-                    VaultStatus::VAULT_REQUEST_REUSED,
-                    "this request id was used for another credential request",
-                );
-            }
-            return match &u.record {
-                Some(r) if r.generation == seen.generation && r.spent.contains(&seen.ticket) => {
-                    let mut o = outcome(VaultStatus::VAULT_OK, "");
-                    o.ticket = seen.ticket;
-                    o.attempts_left = attempts_left(r);
-                    o.generation = r.generation;
-                    let mut login = r.clone();
-                    login.sealed_secret.clear();
-                    o.record = Some(login).into();
-                    o
-                }
-                Some(_) => outcome(
-                    VaultStatus::VAULT_BAD_TICKET,
-                    "this attempt was already concluded; start a new login",
-                ),
-                None if u.locked => outcome(VaultStatus::VAULT_LOCKED, "record erased"),
-                None => outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user"),
-            };
+        match repeat {
+            Some(seen) => Self::consume_again(u, &seen, &digest),
+            None => Self::spend(u, index, request, digest),
         }
-        if u.locked {
+    }
+
+    /// A re-delivered consume: the same ticket, nothing spent.
+    fn consume_again(u: &UserState, seen: &VaultSeen, digest: &[u8]) -> VaultOutcome {
+        if seen.request_digest != digest {
             return outcome(
-                VaultStatus::VAULT_LOCKED,
-                "the record was erased after its last attempt",
+                VaultStatus::VAULT_REQUEST_REUSED,
+                "this request id was used for another credential request",
             );
         }
-        let Some(r) = u.record.as_mut() else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
+        match &u.standing {
+            Standing::Registered { record: r }
+                if r.generation == seen.generation && r.spent.contains(&seen.ticket) =>
+            {
+                let mut o = ok_with(r, "");
+                o.ticket = seen.ticket;
+                o.record = Some(login_view(r)).into();
+                o
+            }
+            Standing::Registered { .. } => outcome(
+                VaultStatus::VAULT_BAD_TICKET,
+                "this attempt was already concluded; start a new login",
+            ),
+            standing => unregistered(standing, "record erased"),
+        }
+    }
+
+    /// A new consume: spends one attempt at ticket `index`, and erases the
+    /// record if it was the last.
+    fn spend(
+        u: &mut UserState,
+        index: u64,
+        request: VaultRequestId,
+        digest: Vec<u8>,
+    ) -> VaultOutcome {
+        let UserState {
+            standing,
+            seen: seen_table,
+            ..
+        } = u;
+        let Standing::Registered { record: r } = standing else {
+            return unregistered(standing, "the record was erased after its last attempt");
         };
         r.spent.push(index);
         let mut seen = VaultSeen::new();
@@ -373,89 +407,81 @@ impl BackupVault {
         seen.request_digest = digest;
         seen.ticket = index;
         seen.generation = r.generation;
-        u.seen.push(seen);
+        seen_table.push(seen);
         // Forget the oldest concluded consumes beyond SEEN_MAX; a consume whose
         // ticket is still spent is always remembered (at most max_attempts).
-        while u.seen.len() > SEEN_MAX + r.spent.len() {
-            match u.seen.iter().position(|s| !r.spent.contains(&s.ticket)) {
+        while seen_table.len() > SEEN_MAX + r.spent.len() {
+            match seen_table.iter().position(|s| !r.spent.contains(&s.ticket)) {
                 Some(i) => {
-                    u.seen.remove(i);
+                    seen_table.remove(i);
                 }
                 None => break,
             }
         }
-        let mut o = outcome(VaultStatus::VAULT_OK, "");
+        let mut o = ok_with(r, "");
         o.ticket = index;
-        o.attempts_left = attempts_left(r);
-        o.generation = r.generation;
         if o.attempts_left == 0 {
             // The last attempt: erase in this same command. The record goes to the
             // proposing service only, for this attempt's login to put it back.
-            let erased = u.record.take().unwrap_or_default();
-            u.locked = true;
-            u.locked_ticket = index;
-            u.locked_digest = record_digest(&erased).to_vec();
-            o.record = Some(erased).into();
+            o.record = standing.erase(index).into();
             o.erased = true;
+            debug_assert!(matches!(standing, Standing::Locked { ticket, .. } if *ticket == index));
         } else {
-            // What a login needs, without the sealed secret.
-            let mut login = r.clone();
-            login.sealed_secret.clear();
-            o.record = Some(login).into();
+            o.record = Some(login_view(r)).into();
         }
         o
     }
 
     fn reset(
         &mut self,
-        user: &[u8],
+        user: &UserId,
         ticket: u64,
         generation: u64,
         reinstate: Option<VaultRecord>,
     ) -> VaultOutcome {
         let Some(u) = self.users.get_mut(user) else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
+            return not_registered();
         };
-        if u.locked {
-            if let Err(o) = Self::reinstate(u, ticket, generation, reinstate) {
-                return o;
+        match &mut u.standing {
+            Standing::Locked { .. } => {
+                if let Err(o) = Self::reinstate(u, ticket, generation, reinstate) {
+                    return o;
+                }
+                let Standing::Registered { record: r } = &u.standing else {
+                    return not_registered();
+                };
+                let mut o = ok_with(r, "reinstated");
+                o.ticket = ticket;
+                o.record = Some(r.clone()).into();
+                o
             }
-            let r = u.record.as_ref().cloned().unwrap_or_default();
-            let mut o = outcome(VaultStatus::VAULT_OK, "reinstated");
-            o.ticket = ticket;
-            o.generation = r.generation;
-            o.attempts_left = attempts_left(&r);
-            o.record = Some(r).into();
-            return o;
+            Standing::Deleted { .. } => not_registered(),
+            Standing::Registered { record: r } => {
+                if r.generation != generation {
+                    return outcome(
+                        VaultStatus::VAULT_BAD_TICKET,
+                        "the login was for an earlier registration",
+                    );
+                }
+                if r.spent.contains(&ticket) {
+                    r.spent.retain(|&t| t > ticket);
+                    r.forgiven_through = r.forgiven_through.max(ticket);
+                } else if ticket > r.forgiven_through || ticket < r.registered_at {
+                    return outcome(VaultStatus::VAULT_BAD_TICKET, "no such attempt");
+                }
+                // else: already forgiven (a duplicate); nothing changes.
+                let mut o = ok_with(r, "");
+                o.ticket = ticket;
+                o.record = Some(r.clone()).into();
+                o
+            }
         }
-        let Some(r) = u.record.as_mut() else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
-        };
-        if r.generation != generation {
-            return outcome(
-                VaultStatus::VAULT_BAD_TICKET,
-                "the login was for an earlier registration",
-            );
-        }
-        if r.spent.contains(&ticket) {
-            r.spent.retain(|&t| t > ticket);
-            r.forgiven_through = r.forgiven_through.max(ticket);
-        } else if ticket > r.forgiven_through || ticket < r.registered_at {
-            return outcome(VaultStatus::VAULT_BAD_TICKET, "no such attempt");
-        }
-        // else: already forgiven (a duplicate); nothing changes.
-        let mut o = outcome(VaultStatus::VAULT_OK, "");
-        o.ticket = ticket;
-        o.generation = r.generation;
-        o.attempts_left = attempts_left(r);
-        o.record = Some(r.clone()).into();
-        o
     }
 
     /// Puts back the record erased by `ticket`'s consume, if `record` is exactly
     /// it: the erasing attempt's login proved the code. Every attempt is forgiven.
     fn reinstate(
-        u: &mut User,
+        u: &mut UserState,
         ticket: u64,
         generation: u64,
         record: Option<VaultRecord>,
@@ -469,69 +495,71 @@ impl BackupVault {
         let Some(mut r) = record else {
             return Err(locked());
         };
-        if !u.locked
-            || u.generation != generation
+        let Standing::Locked {
+            generation: locked_generation,
+            ticket: locked_ticket,
+            digest,
+        } = &u.standing
+        else {
+            return Err(locked());
+        };
+        if *locked_generation != generation
             || r.generation != generation
-            || u.locked_ticket != ticket
-            || record_digest(&r).as_slice() != u.locked_digest.as_slice()
+            || *locked_ticket != ticket
+            || record_digest(&r) != *digest
         {
             return Err(locked());
         }
         r.spent.clear();
         r.forgiven_through = ticket;
-        u.locked = false;
-        u.locked_ticket = 0;
-        u.locked_digest.clear();
-        u.record = Some(r);
+        u.standing = Standing::Registered { record: r };
         Ok(())
     }
 
-    /// The record `ticket` may act on as the authority of a proven login: the
-    /// ticket must be spent and not forgiven in the current generation, or be
-    /// the attempt that erased the record (which `reinstate` then puts back).
-    fn authorised(
-        u: &mut User,
-        ticket: u64,
-        generation: u64,
-        reinstate: Option<VaultRecord>,
-    ) -> Result<(), VaultOutcome> {
-        if u.locked {
-            Self::reinstate(u, ticket, generation, reinstate)?;
-            // The erasing attempt is the authority; keep it spent for the caller.
-            if let Some(r) = u.record.as_mut() {
-                r.spent.push(ticket);
+    /// The record `authority.ticket` may act on as the authority of a proven
+    /// login: the ticket must be spent and not forgiven in the current
+    /// generation, or be the attempt that erased the record (which `reinstate`
+    /// then puts back).
+    fn authorised(u: &mut UserState, authority: Authority) -> Result<(), VaultOutcome> {
+        let Authority {
+            ticket,
+            generation,
+            reinstate,
+        } = authority;
+        match &u.standing {
+            Standing::Locked { .. } => {
+                Self::reinstate(u, ticket, generation, reinstate)?;
+                // The erasing attempt is the authority; keep it spent for the caller.
+                if let Standing::Registered { record } = &mut u.standing {
+                    record.spent.push(ticket);
+                }
+                Ok(())
             }
-            return Ok(());
+            Standing::Deleted { .. } => Err(not_registered()),
+            Standing::Registered { record: r } => {
+                if r.generation != generation || !r.spent.contains(&ticket) {
+                    return Err(outcome(
+                        VaultStatus::VAULT_BAD_TICKET,
+                        "the login does not authorise this (used already, or for another registration)",
+                    ));
+                }
+                Ok(())
+            }
         }
-        let Some(r) = u.record.as_mut() else {
-            return Err(outcome(
-                VaultStatus::VAULT_NOT_REGISTERED,
-                "no record for this user",
-            ));
-        };
-        if r.generation != generation || !r.spent.contains(&ticket) {
-            return Err(outcome(
-                VaultStatus::VAULT_BAD_TICKET,
-                "the login does not authorise this (used already, or for another registration)",
-            ));
-        }
-        Ok(())
     }
 
     fn replace(
         &mut self,
         index: u64,
-        user: &[u8],
-        ticket: u64,
-        generation: u64,
+        user: &UserId,
+        authority: Authority,
         new: VaultRegister,
-        reinstate: Option<VaultRecord>,
     ) -> VaultOutcome {
         if let Err(e) = check_register(&new) {
-            return outcome(VaultStatus::VAULT_MALFORMED, e);
+            return malformed(e);
         }
         let Some(u) = self.users.get_mut(user) else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
+            return not_registered();
         };
         // Check the nonce before touching anything: a refused replace must leave
         // the user exactly as it was.
@@ -543,7 +571,7 @@ impl BackupVault {
             );
         }
         let before = u.clone();
-        if let Err(o) = Self::authorised(u, ticket, generation, reinstate) {
+        if let Err(o) = Self::authorised(u, authority) {
             return o;
         }
         match Self::new_generation(u, new, index) {
@@ -555,39 +583,42 @@ impl BackupVault {
         }
     }
 
-    fn delete(
-        &mut self,
-        user: &[u8],
-        ticket: u64,
-        generation: u64,
-        reinstate: Option<VaultRecord>,
-    ) -> VaultOutcome {
+    fn delete(&mut self, user: &UserId, authority: Authority) -> VaultOutcome {
         let Some(u) = self.users.get_mut(user) else {
-            return outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user");
+            return not_registered();
         };
-        if let Err(o) = Self::authorised(u, ticket, generation, reinstate) {
+        if let Err(o) = Self::authorised(u, authority) {
             return o;
         }
-        u.record = None;
+        let generation = u.standing.generation();
+        u.standing = Standing::Deleted { generation };
         let mut o = outcome(VaultStatus::VAULT_OK, "deleted");
-        o.generation = u.generation;
+        o.generation = generation;
         o
     }
+}
+
+/// What a replace or delete presents as its authority: a proven login's ticket
+/// in a generation, and the erased record when that ticket was the last attempt.
+struct Authority {
+    ticket: u64,
+    generation: u64,
+    reinstate: Option<VaultRecord>,
 }
 
 impl StateMachine for BackupVault {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
         let mut o = match wire::decode::<VaultCommand>(command, "vault command") {
             Ok(c) => self.apply_command(index, c),
-            Err(e) => outcome(VaultStatus::VAULT_MALFORMED, e.to_string()),
+            Err(_) => malformed(Malformed::Undecodable),
         };
         o.applied_at = index;
-        wire::encode(&o)
+        wire::encode_bounded(&o)
     }
 
     fn query(&self, query: &[u8]) -> Vec<u8> {
         let o = match self.user(query) {
-            None => outcome(VaultStatus::VAULT_NOT_REGISTERED, "no record for this user"),
+            None => not_registered(),
             Some(UserView::Registered {
                 generation,
                 attempts_left,
@@ -609,7 +640,7 @@ impl StateMachine for BackupVault {
                 o
             }
         };
-        wire::encode(&o)
+        wire::encode_bounded(&o)
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -617,66 +648,20 @@ impl StateMachine for BackupVault {
         s.users = self
             .users
             .iter()
-            .map(|(name, u)| {
-                let mut w = VaultUserState::new();
-                w.user = name.clone();
-                w.record = u.record.clone().into();
-                w.generation = u.generation;
-                w.locked = u.locked;
-                w.locked_ticket = u.locked_ticket;
-                w.locked_digest = u.locked_digest.clone();
-                w.seen = u.seen.clone();
-                w.used_nonces = u.used_nonces.clone();
-                w
-            })
+            .map(|(user, state)| state.to_wire(user))
             .collect();
-        wire::encode(&s)
+        wire::encode_bounded(&s)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let s: VaultSnapshot =
-            wire::decode(snapshot, "vault snapshot").map_err(|e| RestoreError(e.to_string()))?;
+        let s: VaultSnapshot = wire::decode(snapshot, "vault snapshot")?;
         let mut users = BTreeMap::new();
         for w in s.users {
-            if w.user.is_empty() || w.user.len() > USER_ID_MAX {
-                return Err(RestoreError(
-                    "vault snapshot holds an invalid user id".into(),
-                ));
-            }
-            let u = User {
-                record: w.record.into_option(),
-                generation: w.generation,
-                locked: w.locked,
-                locked_ticket: w.locked_ticket,
-                locked_digest: w.locked_digest,
-                seen: w.seen,
-                used_nonces: w.used_nonces,
-            };
-            if u.locked && u.record.is_some() {
-                return Err(RestoreError(
-                    "vault snapshot holds a locked user with a record".into(),
-                ));
-            }
-            if let Some(r) = &u.record {
-                if r.generation != u.generation
-                    || r.spent.len() > r.max_attempts as usize
-                    || r.max_attempts == 0
-                    || r.max_attempts > MAX_ATTEMPTS_LIMIT
-                    || r.opaque_record.len() > FIELD_MAX
-                    || r.sealed_secret.len() > FIELD_MAX
-                {
-                    return Err(RestoreError(
-                        "vault snapshot holds an inconsistent record".into(),
-                    ));
-                }
-            }
-            if u.seen.len() > SEEN_MAX + MAX_ATTEMPTS_LIMIT as usize + 1
-                || u.used_nonces.len() > REGISTRATIONS_MAX
-            {
-                return Err(RestoreError("vault snapshot holds oversized tables".into()));
-            }
-            if users.insert(w.user, u).is_some() {
-                return Err(RestoreError("vault snapshot lists a user twice".into()));
+            let (user, state) = UserState::from_wire(w)?;
+            if users.insert(user, state).is_some() {
+                return Err(RestoreError::Malformed {
+                    what: "vault snapshot lists a user twice",
+                });
             }
         }
         self.users = users;
@@ -692,7 +677,7 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<VaultOutcome, wire::DecodeE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{VaultConsume, VaultDelete, VaultReplace, VaultReset};
+    use crate::wire::{VaultConsume, VaultDelete, VaultReplace, VaultReset, VaultUserState};
 
     fn id(client: u64, sequence: u64) -> VaultRequestId {
         let mut r = VaultRequestId::new();
@@ -715,7 +700,7 @@ mod tests {
         c.user = user.as_bytes().to_vec();
         c.request = Some(request).into();
         c.op = Some(op);
-        wire::encode(&c)
+        wire::encode_bounded(&c)
     }
 
     fn consume(
@@ -980,7 +965,7 @@ mod tests {
         let mut x = VaultConsume::new();
         x.request_digest = vec![1; 32];
         c.op = Some(vault_command::Op::Consume(x));
-        let o = decode_outcome(&v.apply(5, &wire::encode(&c))).unwrap();
+        let o = decode_outcome(&v.apply(5, &wire::encode_bounded(&c))).unwrap();
         assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
         assert_eq!(
             v.user(b"alice"),
@@ -1015,6 +1000,100 @@ mod tests {
             .unwrap();
             assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
         }
+    }
+
+    fn delete_cmd(ticket: u64, generation: u64) -> vault_command::Op {
+        let mut d = VaultDelete::new();
+        d.ticket = ticket;
+        d.generation = generation;
+        vault_command::Op::Delete(d)
+    }
+
+    #[test]
+    fn the_snapshot_keeps_its_format() {
+        // alice: locked by her last attempt; bob: deleted; carol: registered.
+        let mut v = registered(1);
+        let erased = consume(&mut v, 10, "alice", id(2, 1), 1);
+        v.apply(
+            11,
+            &cmd("bob", id(3, 1), vault_command::Op::Register(reg(3, 2))),
+        );
+        consume(&mut v, 12, "bob", id(3, 2), 2);
+        v.apply(13, &cmd("bob", id(3, 3), delete_cmd(12, 1)));
+        v.apply(
+            14,
+            &cmd("carol", id(4, 1), vault_command::Op::Register(reg(3, 3))),
+        );
+        let s: VaultSnapshot = wire::decode(&v.snapshot(), "vault snapshot").unwrap();
+        let users: Vec<_> = s.users.iter().map(|u| u.user.as_slice()).collect();
+        assert_eq!(users, [&b"alice"[..], b"bob", b"carol"]);
+        let (alice, bob, carol) = (&s.users[0], &s.users[1], &s.users[2]);
+        let erased = erased.record.into_option().unwrap();
+        assert!(alice.record.is_none() && alice.locked);
+        assert_eq!(
+            (
+                alice.generation,
+                alice.locked_ticket,
+                alice.locked_digest.clone()
+            ),
+            (1, 10, record_digest(&erased).to_vec())
+        );
+        assert!(bob.record.is_none() && !bob.locked);
+        assert_eq!((bob.generation, bob.locked_ticket), (1, 0));
+        assert!(bob.locked_digest.is_empty());
+        assert_eq!(bob.used_nonces.len(), 1);
+        let record = carol.record.as_ref().unwrap();
+        assert_eq!((carol.generation, record.generation), (1, 1));
+        assert!(!carol.locked && carol.locked_ticket == 0 && carol.locked_digest.is_empty());
+        let mut copy = BackupVault::new();
+        copy.restore(&v.snapshot()).unwrap();
+        assert_eq!(copy, v);
+        assert_eq!(copy.snapshot(), v.snapshot());
+    }
+
+    #[test]
+    fn a_snapshot_holding_an_impossible_user_is_refused() {
+        let mut v = registered(1);
+        consume(&mut v, 10, "alice", id(2, 1), 1);
+        let good: VaultSnapshot = wire::decode(&v.snapshot(), "vault snapshot").unwrap();
+        let tamper = |f: &dyn Fn(&mut VaultUserState)| {
+            let mut s = good.clone();
+            f(&mut s.users[0]);
+            BackupVault::new().restore(&wire::encode_bounded(&s))
+        };
+        assert!(tamper(&|_| {}).is_ok());
+        let refused: [&dyn Fn(&mut VaultUserState); 5] = [
+            &|u| u.record = Some(reg_record()).into(),
+            &|u| u.locked_digest.truncate(31),
+            &|u| u.locked = false,
+            &|u| u.user.clear(),
+            &|u| u.user = vec![b'x'; USER_ID_MAX + 1],
+        ];
+        for f in refused {
+            assert!(matches!(tamper(f), Err(RestoreError::Malformed { .. })));
+        }
+    }
+
+    fn reg_record() -> VaultRecord {
+        let r = reg(1, 1);
+        new_record(r, 1, 1)
+    }
+
+    #[test]
+    fn an_undecodable_command_gets_this_crates_own_words() {
+        let mut v = BackupVault::new();
+        let o = decode_outcome(&v.apply(3, b"\xff\xff\xff")).unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
+        assert_eq!(o.detail, "vault command does not decode");
+        assert_eq!(o.applied_at, 3);
+        let long = cmd(
+            &"x".repeat(USER_ID_MAX + 1),
+            id(1, 1),
+            vault_command::Op::Register(reg(3, 1)),
+        );
+        let o = decode_outcome(&v.apply(4, &long)).unwrap();
+        assert_eq!(o.detail, format!("user id must be 1..={USER_ID_MAX} bytes"));
+        assert!(v.is_empty());
     }
 
     #[test]

@@ -6,149 +6,56 @@
 //! threaded runtime, the simulator's vault workload over virtual time. All its
 //! randomness comes from the HSM.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use hmac::{Hmac, Mac};
 use opaque_ke::{
     CredentialFinalization, CredentialRequest, RegistrationRequest, RegistrationUpload,
     ServerLogin, ServerLoginParameters, ServerRegistration,
 };
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::keys::{hsm_rng, VaultKeys};
-use super::machine::{SECRET_MAX, USER_ID_MAX};
-use super::{Suite, OPAQUE_CONTEXT};
+use crate::crypto::{
+    credential_identifier, hsm_rng, nonce_mac_input, reply_signed_bytes, seal_for_client,
+    secret_aad, sha256, TRANSPORT_NONCE_BYTES,
+};
+use crate::error::{InvalidInput, RecordError, VaultError};
+use crate::keys::VaultKeys;
+use crate::user_id::UserId;
 use crate::wire;
 use crate::wire::{
     vault_command, VaultCommand, VaultConsume, VaultDelete, VaultRecord, VaultRegister,
     VaultReplace, VaultReply, VaultReplyBody, VaultRequestId, VaultReset,
 };
+use crate::{Suite, OPAQUE_CONTEXT};
 use vaultfleet::hsm::{Hsm, HsmError};
 use vaultfleet::ReplicaId;
 
-/// What went wrong on the server side of the vault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum VaultError {
-    /// The HSM refused or failed.
-    #[error("vault HSM operation failed: {0}")]
-    Hsm(#[from] HsmError),
-    /// The vault's keys are missing or unusable.
-    #[error("vault keys: {0}")]
-    Keys(String),
-    /// A client message did not decode or is out of bounds.
-    #[error("invalid {what}: {detail}")]
-    Invalid {
-        /// Which message or field.
-        what: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-    /// The client's OPAQUE finalization did not verify: it does not know the code,
-    /// or the messages were tampered with.
-    #[error("the OPAQUE login did not verify")]
-    LoginFailed,
-    /// A stored record or sealed secret does not open (tampered state, or another
-    /// fleet's record key).
-    #[error("stored vault record unusable: {0}")]
-    Record(String),
+/// The credential nonce's length, in bytes.
+const CREDENTIAL_NONCE_BYTES: usize = 32;
+
+fn opaque(message: &'static str) -> impl FnOnce(opaque_ke::errors::ProtocolError) -> VaultError {
+    move |source| VaultError::Invalid(InvalidInput::Opaque { message, source })
 }
 
-fn invalid(what: &'static str, detail: impl std::fmt::Display) -> VaultError {
-    VaultError::Invalid {
-        what,
-        detail: detail.to_string(),
-    }
-}
-
-/// The OPAQUE credential identifier of one registration: the user id and the
-/// registration's random nonce, so the OPRF key differs per registration.
-fn credential_identifier(user: &[u8], nonce: &[u8]) -> Vec<u8> {
-    let mut id = Vec::with_capacity(16 + user.len() + nonce.len());
-    id.extend_from_slice(b"vaultfleet/v1");
-    id.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    id.extend_from_slice(user);
-    id.extend_from_slice(nonce);
-    id
-}
-
-fn secret_aad(group: u64, user: &[u8], opaque_record: &[u8], nonce: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(96 + user.len());
-    aad.extend_from_slice(b"vaultfleet/vault/secret/v1");
-    aad.extend_from_slice(&group.to_be_bytes());
-    aad.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    aad.extend_from_slice(user);
-    aad.extend_from_slice(&Sha256::digest(opaque_record));
-    aad.extend_from_slice(nonce);
-    aad
-}
-
-/// What the registration MAC covers: the fleet, the user and the nonce.
-fn nonce_mac_input(group: u64, user: &[u8], nonce: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64 + user.len());
-    m.extend_from_slice(b"vaultfleet/vault/credential-nonce/v1");
-    m.extend_from_slice(&group.to_be_bytes());
-    m.extend_from_slice(&(user.len() as u16).to_be_bytes());
-    m.extend_from_slice(user);
-    m.extend_from_slice(nonce);
-    m
-}
-
-/// The key that carries a recovered secret to the client, derived from the OPAQUE
-/// session key (which only the client and this server know).
-pub(crate) fn transport_key(session_key: &[u8]) -> Zeroizing<[u8; 32]> {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(session_key)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(b"vaultfleet/vault/secret-transport/v1");
-    Zeroizing::new(mac.finalize().into_bytes().into())
-}
-
-/// The associated data of a secret in transit: the request it answers and the user.
-pub(crate) fn transport_aad(request_digest: &[u8], user: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(64 + user.len());
-    aad.extend_from_slice(b"vaultfleet/vault/secret-transport/v1");
-    aad.extend_from_slice(request_digest);
-    aad.extend_from_slice(user);
-    aad
-}
-
-/// What a reply signature covers.
-pub(crate) fn reply_signed_bytes(group: u64, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(40 + body.len());
-    m.extend_from_slice(b"vaultfleet/vault/reply/v1");
-    m.extend_from_slice(&group.to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
-
-/// SHA-256, the digest of requests and credential requests.
-pub(crate) fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-fn check_user(user: &[u8]) -> Result<(), VaultError> {
-    if user.is_empty() || user.len() > USER_ID_MAX {
-        return Err(invalid(
-            "user id",
-            format!("must be 1..={USER_ID_MAX} bytes"),
-        ));
+/// Checks what a registration asks for against the vault's limits.
+fn check_registration(secret: &[u8], max_attempts: u32, nonce: &[u8]) -> Result<(), InvalidInput> {
+    InvalidInput::check_registration(secret, max_attempts)?;
+    if nonce.len() != CREDENTIAL_NONCE_BYTES {
+        return Err(InvalidInput::NonceLength { bytes: nonce.len() });
     }
     Ok(())
 }
 
-fn command(request: &VaultRequestId, user: &[u8], op: vault_command::Op) -> Vec<u8> {
+fn command(request: &VaultRequestId, user: &UserId, op: vault_command::Op) -> Vec<u8> {
     let mut c = VaultCommand::new();
-    c.user = user.to_vec();
+    c.user = user.as_bytes().to_vec();
     c.request = Some(request.clone()).into();
     c.op = Some(op);
-    wire::encode(&c)
+    wire::encode_bounded(&c)
 }
 
 /// A login whose attempt has been spent and whose OPAQUE response was sent: the
 /// server's half of the key exchange, waiting for the client's finalization.
 pub struct PendingLogin {
-    user: Vec<u8>,
+    user: UserId,
     ticket: u64,
     generation: u64,
     record: VaultRecord,
@@ -158,7 +65,7 @@ pub struct PendingLogin {
 
 impl PendingLogin {
     /// The user logging in.
-    pub fn user(&self) -> &[u8] {
+    pub fn user(&self) -> &UserId {
         &self.user
     }
 
@@ -266,12 +173,11 @@ impl<H: Hsm> VaultServer<H> {
     /// proves the fleet drew the nonce. Nothing is stored.
     pub fn registration_start(
         &self,
-        user: &[u8],
+        user: &UserId,
         request: &[u8],
     ) -> Result<RegistrationStarted, VaultError> {
-        check_user(user)?;
         let request = RegistrationRequest::<Suite>::deserialize(request)
-            .map_err(|e| invalid("OPAQUE registration request", e))?;
+            .map_err(opaque("OPAQUE registration request"))?;
         let mut nonce = [0u8; 32];
         self.keys.hsm.random(&mut nonce)?;
         let start = ServerRegistration::<Suite>::start(
@@ -279,7 +185,7 @@ impl<H: Hsm> VaultServer<H> {
             request,
             &credential_identifier(user, &nonce),
         )
-        .map_err(|e| invalid("OPAQUE registration request", e))?;
+        .map_err(opaque("OPAQUE registration request"))?;
         let tag = self.keys.hsm.mac(
             self.keys.registration_key,
             &nonce_mac_input(self.keys.group, user, &nonce),
@@ -293,13 +199,12 @@ impl<H: Hsm> VaultServer<H> {
 
     fn sealed_registration(
         &self,
-        user: &[u8],
+        user: &UserId,
         upload: &[u8],
         nonce: &RegistrationNonce<'_>,
         secret: &[u8],
         max_attempts: u32,
     ) -> Result<VaultRegister, VaultError> {
-        check_user(user)?;
         let RegistrationNonce { nonce, tag } = *nonce;
         let genuine = self.keys.hsm.verify_mac(
             self.keys.registration_key,
@@ -307,28 +212,11 @@ impl<H: Hsm> VaultServer<H> {
             tag,
         )?;
         if !genuine {
-            return Err(invalid(
-                "credential nonce",
-                "not drawn by this fleet for this user (its tag does not verify)",
-            ));
+            return Err(InvalidInput::NonceNotGenuine.into());
         }
-        if secret.is_empty() || secret.len() > SECRET_MAX {
-            return Err(invalid("secret", format!("must be 1..={SECRET_MAX} bytes")));
-        }
-        if max_attempts == 0 || max_attempts > super::MAX_ATTEMPTS_LIMIT {
-            return Err(invalid(
-                "max_attempts",
-                format!(
-                    "{max_attempts} is outside 1..={}",
-                    super::MAX_ATTEMPTS_LIMIT
-                ),
-            ));
-        }
-        if nonce.len() != 32 {
-            return Err(invalid("credential nonce", "must be 32 bytes"));
-        }
+        check_registration(secret, max_attempts, nonce)?;
         let upload = RegistrationUpload::<Suite>::deserialize(upload)
-            .map_err(|e| invalid("OPAQUE registration upload", e))?;
+            .map_err(opaque("OPAQUE registration upload"))?;
         let record = ServerRegistration::<Suite>::finish(upload)
             .serialize()
             .to_vec();
@@ -347,7 +235,7 @@ impl<H: Hsm> VaultServer<H> {
     pub fn register_command(
         &self,
         request: &VaultRequestId,
-        user: &[u8],
+        user: &UserId,
         upload: &[u8],
         nonce: &RegistrationNonce<'_>,
         secret: &[u8],
@@ -382,12 +270,11 @@ impl<H: Hsm> VaultServer<H> {
     pub fn consume_command(
         &self,
         request: &VaultRequestId,
-        user: &[u8],
+        user: &UserId,
         credential_request: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
-        check_user(user)?;
         CredentialRequest::<Suite>::deserialize(credential_request)
-            .map_err(|e| invalid("OPAQUE credential request", e))?;
+            .map_err(opaque("OPAQUE credential request"))?;
         let mut x = VaultConsume::new();
         x.request_digest = sha256(credential_request).to_vec();
         Ok(command(request, user, vault_command::Op::Consume(x)))
@@ -397,16 +284,16 @@ impl<H: Hsm> VaultServer<H> {
     /// `record`, and the login state kept until the client finishes.
     pub fn login_respond(
         &self,
-        user: &[u8],
+        user: &UserId,
         credential_request: &[u8],
         ticket: u64,
         record: VaultRecord,
         erased: bool,
     ) -> Result<(PendingLogin, Vec<u8>), VaultError> {
         let request = CredentialRequest::<Suite>::deserialize(credential_request)
-            .map_err(|e| invalid("OPAQUE credential request", e))?;
+            .map_err(opaque("OPAQUE credential request"))?;
         let password_file = ServerRegistration::<Suite>::deserialize(&record.opaque_record)
-            .map_err(|e| VaultError::Record(format!("OPAQUE record does not decode: {e}")))?;
+            .map_err(RecordError::OpaqueRecord)?;
         let mut rng = hsm_rng(&self.keys.hsm)?;
         let start = ServerLogin::start(
             &mut rng,
@@ -419,9 +306,9 @@ impl<H: Hsm> VaultServer<H> {
                 ..Default::default()
             },
         )
-        .map_err(|e| invalid("OPAQUE credential request", e))?;
+        .map_err(opaque("OPAQUE credential request"))?;
         let login = PendingLogin {
-            user: user.to_vec(),
+            user: user.clone(),
             ticket,
             generation: record.generation,
             record,
@@ -477,7 +364,7 @@ impl<H: Hsm> VaultServer<H> {
     /// Opens the secret sealed in `record`, for `user`.
     pub fn open_secret(
         &self,
-        user: &[u8],
+        user: &UserId,
         record: &VaultRecord,
     ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         let aad = secret_aad(
@@ -491,7 +378,7 @@ impl<H: Hsm> VaultServer<H> {
             .unseal(self.keys.record_key, &aad, &record.sealed_secret)
             .map_err(|e| match e {
                 HsmError::Unauthentic | HsmError::Malformed(_) => {
-                    VaultError::Record(format!("sealed secret does not open: {e}"))
+                    VaultError::Record(RecordError::SealedSecret(e))
                 }
                 other => VaultError::Hsm(other),
             })
@@ -503,23 +390,13 @@ impl<H: Hsm> VaultServer<H> {
         &self,
         session_key: &[u8],
         request_digest: &[u8],
-        user: &[u8],
+        user: &UserId,
         secret: &[u8],
     ) -> Result<(Vec<u8>, Vec<u8>), VaultError> {
-        let key = transport_key(session_key);
-        let mut nonce = [0u8; 24];
+        let mut nonce = [0u8; TRANSPORT_NONCE_BYTES];
         self.keys.hsm.random(&mut nonce)?;
-        let aead = XChaCha20Poly1305::new(key.as_ref().into());
-        let aad = transport_aad(request_digest, user);
-        let ct = aead
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| VaultError::Keys("XChaCha20-Poly1305 refused to encrypt".into()))?;
+        let ct = seal_for_client(session_key, request_digest, user, &nonce, secret)
+            .ok_or(VaultError::Encrypt)?;
         Ok((nonce.to_vec(), ct))
     }
 
@@ -535,7 +412,7 @@ impl<H: Hsm> VaultServer<H> {
         bundle: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
         body.replica = self.keys.replica;
-        let body = wire::encode(&body);
+        let body = wire::encode_bounded(&body);
         let signature = self.keys.hsm.sign(
             self.keys.response_key,
             &reply_signed_bytes(self.keys.group, &body),
@@ -544,6 +421,6 @@ impl<H: Hsm> VaultServer<H> {
         reply.body = body;
         reply.signature = signature.to_vec();
         reply.bundle = bundle.to_vec();
-        Ok(wire::encode(&reply))
+        Ok(wire::encode_bounded(&reply))
     }
 }

@@ -15,25 +15,19 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use zeroize::Zeroize;
 
-use super::machine::decode_outcome;
-use super::server::{sha256, PendingLogin, RegistrationNonce, VaultError, VaultServer};
+use crate::crypto::sha256;
+use crate::error::{Unreachable, VaultError};
+use crate::machine::decode_outcome;
+use crate::server::{PendingLogin, RegistrationNonce, VaultServer};
+use crate::user_id::{InvalidUserId, UserId};
 use crate::wire::{self};
 use crate::wire::{
-    vault_client_request, VaultClientRequest, VaultLoginPurpose, VaultOutcome, VaultReplyBody,
-    VaultReplyStatus, VaultRequestId, VaultStatus,
+    vault_client_request, VaultClientRequest, VaultLoginFinish, VaultLoginPurpose, VaultOutcome,
+    VaultRegisterFinish, VaultReplyBody, VaultReplyStatus, VaultRequestId, VaultStatus,
 };
 use vaultfleet::hsm::Hsm;
 use vaultfleet::runtime::{Client, ClientConfig, ClientError};
 use vaultfleet::{NodeHandle, ReplicaId};
-
-/// The service at the other end could not be reached (its host is down, or it
-/// was stopped). The request may or may not have had an effect.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("vault service of replica {replica} unreachable")]
-pub struct Unreachable {
-    /// The replica whose service did not answer.
-    pub replica: ReplicaId,
-}
 
 /// Something a [`VaultClient`](super::VaultClient) can send requests to: a
 /// [`VaultService`] in process, or a network stub in front of one.
@@ -75,6 +69,9 @@ struct Logins {
 }
 
 /// The vault's server for one replica, over the threaded runtime.
+///
+/// Every reply's `detail` is text of this crate, the same in every build:
+/// never a dependency's error message (those go to the log).
 pub struct VaultService<H: Hsm> {
     server: VaultServer<H>,
     client: Client,
@@ -121,21 +118,38 @@ fn from_outcome(o: &VaultOutcome) -> VaultReplyBody {
 }
 
 fn unavailable(e: &ClientError) -> VaultReplyBody {
+    tracing::warn!("vault service: the fleet did not commit a step: {e}");
     body(
         VaultReplyStatus::REPLY_UNAVAILABLE,
-        format!("the fleet did not commit the step: {e}"),
+        "the fleet did not commit the step",
     )
 }
 
+/// The reply for a server-side error: a stable detail per kind of error; the
+/// error itself, with its causes, goes to the log.
 fn server_error(e: &VaultError) -> VaultReplyBody {
     match e {
-        VaultError::Invalid { .. } => body(VaultReplyStatus::REPLY_BAD_REQUEST, e.to_string()),
-        VaultError::LoginFailed => body(VaultReplyStatus::REPLY_LOGIN_FAILED, e.to_string()),
+        VaultError::Invalid(invalid) => {
+            tracing::debug!("vault service: request refused: {e}");
+            body(VaultReplyStatus::REPLY_BAD_REQUEST, invalid.reply_detail())
+        }
+        VaultError::LoginFailed => body(
+            VaultReplyStatus::REPLY_LOGIN_FAILED,
+            "the OPAQUE login did not verify",
+        ),
         _ => {
             tracing::error!("vault service: {e}");
-            body(VaultReplyStatus::REPLY_UNAVAILABLE, e.to_string())
+            body(
+                VaultReplyStatus::REPLY_UNAVAILABLE,
+                "the vault service failed (HSM or keys); see its log",
+            )
         }
     }
+}
+
+/// The reply to a client message whose user id is out of bounds.
+fn bad_user_id(e: InvalidUserId) -> VaultReplyBody {
+    server_error(&e.into())
 }
 
 impl<H: Hsm> VaultService<H> {
@@ -190,7 +204,10 @@ impl<H: Hsm> VaultService<H> {
             .map_err(|e| Box::new(unavailable(&e)))?;
         decode_outcome(&bytes).map_err(|e| {
             tracing::error!("vault service: {e}");
-            Box::new(body(VaultReplyStatus::REPLY_UNAVAILABLE, e.to_string()))
+            Box::new(body(
+                VaultReplyStatus::REPLY_UNAVAILABLE,
+                "the fleet's outcome does not decode",
+            ))
         })
     }
 
@@ -237,7 +254,13 @@ impl<H: Hsm> VaultService<H> {
         let digest = sha256(request);
         let mut reply = match wire::decode::<VaultClientRequest>(request, "vault request") {
             Ok(r) => self.dispatch(r, &digest),
-            Err(e) => body(VaultReplyStatus::REPLY_BAD_REQUEST, e.to_string()),
+            Err(e) => {
+                tracing::debug!("vault service: {e}");
+                body(
+                    VaultReplyStatus::REPLY_BAD_REQUEST,
+                    "the request does not decode",
+                )
+            }
         };
         reply.request_digest = digest.to_vec();
         let bundle = self.bundle.lock().clone();
@@ -254,26 +277,17 @@ impl<H: Hsm> VaultService<H> {
     fn dispatch(&self, r: VaultClientRequest, digest: &[u8; 32]) -> VaultReplyBody {
         self.expire();
         let id = r.request.clone().into_option().unwrap_or_default();
+        // A user id is checked once, here, where it enters the service.
         match r.op {
-            Some(vault_client_request::Op::RegisterStart(x)) => {
-                match self
-                    .server
-                    .registration_start(&x.user, &x.registration_request)
-                {
-                    Ok(started) => {
-                        let mut b = body(VaultReplyStatus::REPLY_OK, "");
-                        b.registration_response = started.response;
-                        b.credential_nonce = started.nonce.to_vec();
-                        b.nonce_tag = started.tag.to_vec();
-                        b
-                    }
-                    Err(e) => server_error(&e),
-                }
-            }
+            Some(vault_client_request::Op::RegisterStart(x)) => match UserId::new(x.user) {
+                Ok(user) => self.register_start(&user, &x.registration_request),
+                Err(e) => bad_user_id(e),
+            },
             Some(vault_client_request::Op::RegisterFinish(x)) => self.register_finish(&id, x),
-            Some(vault_client_request::Op::LoginStart(x)) => {
-                self.login_start(&id, &x.user, &x.credential_request)
-            }
+            Some(vault_client_request::Op::LoginStart(x)) => match UserId::new(x.user) {
+                Ok(user) => self.login_start(&id, &user, &x.credential_request),
+                Err(e) => bad_user_id(e),
+            },
             Some(vault_client_request::Op::LoginFinish(x)) => self.login_finish(&id, x, digest),
             None => body(
                 VaultReplyStatus::REPLY_BAD_REQUEST,
@@ -282,12 +296,24 @@ impl<H: Hsm> VaultService<H> {
         }
     }
 
-    fn register_finish(
-        &self,
-        id: &VaultRequestId,
-        mut x: crate::wire::VaultRegisterFinish,
-    ) -> VaultReplyBody {
-        let reply = self.register_finish_inner(id, &x);
+    fn register_start(&self, user: &UserId, registration_request: &[u8]) -> VaultReplyBody {
+        match self.server.registration_start(user, registration_request) {
+            Ok(started) => {
+                let mut b = body(VaultReplyStatus::REPLY_OK, "");
+                b.registration_response = started.response;
+                b.credential_nonce = started.nonce.to_vec();
+                b.nonce_tag = started.tag.to_vec();
+                b
+            }
+            Err(e) => server_error(&e),
+        }
+    }
+
+    fn register_finish(&self, id: &VaultRequestId, mut x: VaultRegisterFinish) -> VaultReplyBody {
+        let reply = match UserId::new(x.user.as_slice()) {
+            Ok(user) => self.register_finish_inner(id, &user, &x),
+            Err(e) => bad_user_id(e),
+        };
         x.secret.zeroize();
         reply
     }
@@ -295,7 +321,8 @@ impl<H: Hsm> VaultService<H> {
     fn register_finish_inner(
         &self,
         id: &VaultRequestId,
-        x: &crate::wire::VaultRegisterFinish,
+        user: &UserId,
+        x: &VaultRegisterFinish,
     ) -> VaultReplyBody {
         let nonce = RegistrationNonce {
             nonce: &x.credential_nonce,
@@ -304,7 +331,7 @@ impl<H: Hsm> VaultService<H> {
         if x.login == 0 {
             return match self.server.register_command(
                 id,
-                &x.user,
+                user,
                 &x.registration_upload,
                 &nonce,
                 &x.secret,
@@ -323,7 +350,7 @@ impl<H: Hsm> VaultService<H> {
                 "no proven login with this id here (expired, used, or another service's): log in again",
             );
         };
-        if login.user() != x.user.as_slice() {
+        if login.user() != user {
             return body(
                 VaultReplyStatus::REPLY_BAD_REQUEST,
                 "the login is for another user",
@@ -354,7 +381,7 @@ impl<H: Hsm> VaultService<H> {
     fn login_start(
         &self,
         id: &VaultRequestId,
-        user: &[u8],
+        user: &UserId,
         credential_request: &[u8],
     ) -> VaultReplyBody {
         let command = match self.server.consume_command(id, user, credential_request) {
@@ -403,7 +430,7 @@ impl<H: Hsm> VaultService<H> {
     fn login_finish(
         &self,
         id: &VaultRequestId,
-        x: crate::wire::VaultLoginFinish,
+        x: VaultLoginFinish,
         digest: &[u8; 32],
     ) -> VaultReplyBody {
         let Some((at, login)) = self.logins.lock().pending.remove(&x.login) else {
@@ -422,80 +449,120 @@ impl<H: Hsm> VaultService<H> {
                 return b;
             }
         };
-        let purpose = x.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER);
-        match purpose {
+        let proven = ProvenLogin {
+            id: x.login,
+            at,
+            login,
+        };
+        match x.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER) {
             VaultLoginPurpose::VAULT_REREGISTER_START => {
-                match self
-                    .server
-                    .registration_start(login.user(), &x.registration_request)
-                {
-                    Ok(started) => {
-                        let generation = login.generation();
-                        Self::keep(
-                            &mut self.logins.lock().proven,
-                            x.login,
-                            login,
-                            self.cfg.logins_max,
-                        );
-                        let mut b = body(VaultReplyStatus::REPLY_OK, "");
-                        b.registration_response = started.response;
-                        b.credential_nonce = started.nonce.to_vec();
-                        b.nonce_tag = started.tag.to_vec();
-                        b.login = x.login;
-                        b.generation = generation;
-                        b
-                    }
-                    Err(e) => server_error(&e),
-                }
+                self.reregister_start(proven, &x.registration_request)
             }
-            VaultLoginPurpose::VAULT_DELETE => {
-                let c = self.server.delete_command(id, &login);
-                match self.propose(c) {
-                    Ok(o) => from_outcome(&o),
-                    Err(b) => {
-                        self.logins.lock().pending.insert(x.login, (at, login));
-                        *b
-                    }
-                }
-            }
-            VaultLoginPurpose::VAULT_RECOVER => {
-                let c = self.server.reset_command(id, &login);
-                let o = match self.propose(c) {
-                    Ok(o) => o,
-                    Err(b) => {
-                        // Let the client retry its finalization.
-                        self.logins.lock().pending.insert(x.login, (at, login));
-                        return *b;
-                    }
-                };
-                if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
-                    return from_outcome(&o);
-                }
-                let Some(record) = o.record.clone().into_option() else {
-                    return body(
-                        VaultReplyStatus::REPLY_UNAVAILABLE,
-                        "reset outcome without a record",
-                    );
-                };
-                let secret = match self.server.open_secret(login.user(), &record) {
-                    Ok(s) => s,
-                    Err(e) => return server_error(&e),
-                };
-                let mut b = from_outcome(&o);
-                match self
-                    .server
-                    .encrypt_for_client(&session_key, digest, login.user(), &secret)
-                {
-                    Ok((nonce, ct)) => {
-                        b.secret_nonce = nonce;
-                        b.encrypted_secret = ct;
-                        b
-                    }
-                    Err(e) => server_error(&e),
-                }
+            VaultLoginPurpose::VAULT_DELETE => self.delete(id, proven),
+            VaultLoginPurpose::VAULT_RECOVER => self.recover(id, proven, &session_key, digest),
+        }
+    }
+
+    /// A proven login for a re-registration: the new registration's first
+    /// answer; the login waits among the proven ones for the upload.
+    fn reregister_start(&self, proven: ProvenLogin, registration_request: &[u8]) -> VaultReplyBody {
+        let ProvenLogin { id, login, .. } = proven;
+        let started = match self
+            .server
+            .registration_start(login.user(), registration_request)
+        {
+            Ok(started) => started,
+            Err(e) => return server_error(&e),
+        };
+        let generation = login.generation();
+        Self::keep(
+            &mut self.logins.lock().proven,
+            id,
+            login,
+            self.cfg.logins_max,
+        );
+        let mut b = body(VaultReplyStatus::REPLY_OK, "");
+        b.registration_response = started.response;
+        b.credential_nonce = started.nonce.to_vec();
+        b.nonce_tag = started.tag.to_vec();
+        b.login = id;
+        b.generation = generation;
+        b
+    }
+
+    /// A proven login for a delete: proposes it.
+    fn delete(&self, request: &VaultRequestId, proven: ProvenLogin) -> VaultReplyBody {
+        let c = self.server.delete_command(request, &proven.login);
+        match self.propose(c) {
+            Ok(o) => from_outcome(&o),
+            Err(b) => {
+                self.restore_pending(proven);
+                *b
             }
         }
     }
+
+    /// A proven login for a recovery: forgives its attempts, then sends the
+    /// secret encrypted under the login's session key.
+    fn recover(
+        &self,
+        request: &VaultRequestId,
+        proven: ProvenLogin,
+        session_key: &[u8],
+        digest: &[u8; 32],
+    ) -> VaultReplyBody {
+        let c = self.server.reset_command(request, &proven.login);
+        let o = match self.propose(c) {
+            Ok(o) => o,
+            Err(b) => {
+                // Let the client retry its finalization.
+                self.restore_pending(proven);
+                return *b;
+            }
+        };
+        if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
+            return from_outcome(&o);
+        }
+        let Some(record) = o.record.clone().into_option() else {
+            return body(
+                VaultReplyStatus::REPLY_UNAVAILABLE,
+                "reset outcome without a record",
+            );
+        };
+        let user = proven.login.user();
+        let secret = match self.server.open_secret(user, &record) {
+            Ok(s) => s,
+            Err(e) => return server_error(&e),
+        };
+        let mut b = from_outcome(&o);
+        match self
+            .server
+            .encrypt_for_client(session_key, digest, user, &secret)
+        {
+            Ok((nonce, ct)) => {
+                b.secret_nonce = nonce;
+                b.encrypted_secret = ct;
+                b
+            }
+            Err(e) => server_error(&e),
+        }
+    }
+
+    /// Puts a login back among those awaiting their finalization (its step was
+    /// not committed, so the client may retry it).
+    fn restore_pending(&self, proven: ProvenLogin) {
+        self.logins
+            .lock()
+            .pending
+            .insert(proven.id, (proven.at, proven.login));
+    }
+}
+
+/// A login whose finalization verified, as its purpose's step gets it.
+struct ProvenLogin {
+    id: u64,
+    at: Instant,
+    login: PendingLogin,
 }
 
 impl<H: Hsm> VaultEndpoint for VaultService<H> {

@@ -8,4 +8,4 @@ mod generated {
 }
 
 pub use generated::vault::*;
-pub use vaultfleet::wire::{decode, encode, DecodeError};
+pub use vaultfleet::wire::{decode, encode, encode_bounded, DecodeError};

@@ -18,12 +18,30 @@ use vaultfleet_vault::wire::{
     VaultReplyStatus, VaultRequestId,
 };
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, KsfParams, UserView, VaultClient, VaultClientConfig,
-    VaultClientError, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer, VaultService,
-    VaultServiceConfig,
+    BackupVault, ClientLoginFlow, InvalidInput, InvalidUserId, KsfParams, ReplyError, UserId,
+    UserView, VaultClient, VaultClientConfig, VaultClientError, VaultEndpoint, VaultKeys,
+    VaultPublicKeys, VaultServer, VaultService, VaultServiceConfig,
 };
 
 type Service = VaultService<SoftHsm>;
+
+/// Asserts that `$value` matches `$pattern`, showing the value when it does not
+/// (`VaultClientError` nests typed causes that are not `PartialEq`).
+macro_rules! assert_matches {
+    ($value:expr, $pattern:pat $(if $guard:expr)? $(,)?) => {
+        assert_matches!($value, $pattern $(if $guard)?, "")
+    };
+    ($value:expr, $pattern:pat $(if $guard:expr)?, $($message:tt)+) => {
+        match $value {
+            $pattern $(if $guard)? => {}
+            other => panic!(
+                "{other:?} does not match {}: {}",
+                stringify!($pattern $(if $guard)?),
+                format_args!($($message)+)
+            ),
+        }
+    };
+}
 
 const CODE: &[u8] = b"correct horse battery staple";
 const WRONG: &[u8] = b"wrong horse";
@@ -145,7 +163,7 @@ fn cfg() -> VaultClientConfig {
 fn register_and_recover() {
     let vf = VaultFleet::start(3, Store::Mem);
     let client = vf.client(1);
-    assert_eq!(client.register(b"alice", CODE, SECRET), Ok(1));
+    assert_matches!(client.register(b"alice", CODE, SECRET), Ok(1));
     assert_eq!(
         client.recover(b"alice", CODE).expect("recover").as_slice(),
         SECRET
@@ -157,11 +175,11 @@ fn register_and_recover() {
         SECRET
     );
     assert_eq!(attempts_left(&vf, b"alice"), 10);
-    assert_eq!(
+    assert_matches!(
         client.recover(b"bob", CODE),
         Err(VaultClientError::NotRegistered)
     );
-    assert_eq!(
+    assert_matches!(
         client.register(b"alice", b"attacker's code", b"attacker's key"),
         Err(VaultClientError::AlreadyRegistered),
         "an existing record is never overwritten without its code"
@@ -178,25 +196,23 @@ fn ten_wrong_codes_then_the_right_one_is_locked() {
     let client = vf.client(3);
     client.register(b"carol", CODE, SECRET).expect("register");
     for left in (0..10).rev() {
-        assert_eq!(
+        assert_matches!(
             client.recover(b"carol", WRONG),
-            Err(VaultClientError::WrongCode {
-                attempts_left: left
-            })
+            Err(VaultClientError::WrongCode { attempts_left }) if attempts_left == left
         );
     }
-    assert_eq!(
+    assert_matches!(
         client.recover(b"carol", CODE),
         Err(VaultClientError::Locked)
     );
     assert_eq!(vf.view(b"carol"), Some(UserView::Locked { generation: 1 }));
     // Locked for good: no re-registration, no delete, no re-registration with the code.
-    assert_eq!(
+    assert_matches!(
         client.register(b"carol", CODE, SECRET),
         Err(VaultClientError::Locked)
     );
-    assert_eq!(client.delete(b"carol", CODE), Err(VaultClientError::Locked));
-    assert_eq!(
+    assert_matches!(client.delete(b"carol", CODE), Err(VaultClientError::Locked));
+    assert_matches!(
         client.reregister(b"carol", CODE, b"new", SECRET, 10),
         Err(VaultClientError::Locked)
     );
@@ -208,11 +224,9 @@ fn the_right_code_after_nine_wrong_ones_succeeds_and_resets() {
     let client = vf.client(4);
     client.register(b"dave", CODE, SECRET).expect("register");
     for left in (1..10).rev() {
-        assert_eq!(
+        assert_matches!(
             client.recover(b"dave", WRONG),
-            Err(VaultClientError::WrongCode {
-                attempts_left: left
-            })
+            Err(VaultClientError::WrongCode { attempts_left }) if attempts_left == left
         );
     }
     assert_eq!(
@@ -220,7 +234,7 @@ fn the_right_code_after_nine_wrong_ones_succeeds_and_resets() {
         SECRET
     );
     assert_eq!(attempts_left(&vf, b"dave"), 10);
-    assert_eq!(
+    assert_matches!(
         client.recover(b"dave", WRONG),
         Err(VaultClientError::WrongCode { attempts_left: 9 })
     );
@@ -233,11 +247,11 @@ fn the_right_code_after_nine_wrong_ones_succeeds_and_resets() {
         SECRET
     );
     assert_eq!(attempts_left(&vf, b"erin"), 1);
-    assert_eq!(
+    assert_matches!(
         client.recover(b"erin", WRONG),
         Err(VaultClientError::WrongCode { attempts_left: 0 })
     );
-    assert_eq!(client.recover(b"erin", CODE), Err(VaultClientError::Locked));
+    assert_matches!(client.recover(b"erin", CODE), Err(VaultClientError::Locked));
 }
 
 fn login_start(user: &[u8], flow: &ClientLoginFlow, sequence: u64) -> Vec<u8> {
@@ -250,12 +264,68 @@ fn login_start(user: &[u8], flow: &ClientLoginFlow, sequence: u64) -> Vec<u8> {
     let mut r = VaultClientRequest::new();
     r.request = Some(id).into();
     r.op = Some(vault_client_request::Op::LoginStart(start));
-    vaultfleet::wire::encode(&r)
+    vaultfleet::wire::encode_bounded(&r)
 }
 
 fn body(reply: &[u8]) -> VaultReplyBody {
     let r: VaultReply = vaultfleet::wire::decode(reply, "reply").expect("reply");
     vaultfleet::wire::decode(&r.body, "body").expect("body")
+}
+
+#[test]
+fn refusals_carry_the_vaults_own_words_and_typed_client_errors() {
+    use rand::SeedableRng;
+    let vf = VaultFleet::start(3, Store::Mem);
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let flow = ClientLoginFlow::start(&mut rng, CODE).expect("login");
+    // A user id out of bounds, and an OPAQUE message that does not decode: the
+    // reply's detail is stable text, never opaque-ke's or protobuf's wording.
+    let long = body(
+        &vf.services[&1]
+            .call(&login_start(&[b'u'; 257], &flow, 1))
+            .expect("service up"),
+    );
+    assert_eq!(
+        (long.status.enum_value(), long.detail.as_str()),
+        (Ok(VaultReplyStatus::REPLY_BAD_REQUEST), "invalid user id")
+    );
+    let mut garbage = VaultLoginStart::new();
+    garbage.user = b"trent".to_vec();
+    garbage.credential_request = vec![0xff; 7];
+    let mut r = VaultClientRequest::new();
+    r.op = Some(vault_client_request::Op::LoginStart(garbage));
+    let refused = body(
+        &vf.services[&1]
+            .call(&vaultfleet::wire::encode_bounded(&r))
+            .expect("service up"),
+    );
+    assert_eq!(
+        (refused.status.enum_value(), refused.detail.as_str()),
+        (
+            Ok(VaultReplyStatus::REPLY_BAD_REQUEST),
+            "OPAQUE credential request"
+        )
+    );
+    let undecodable = body(&vf.services[&1].call(b"\xff\xff").expect("service up"));
+    assert_eq!(undecodable.detail, "the request does not decode");
+    // The client checks its arguments once, with typed errors.
+    let client = vf.client(9);
+    assert_matches!(
+        client.recover(b"", CODE),
+        Err(VaultClientError::InvalidInput(InvalidInput::UserId(
+            InvalidUserId { bytes: 0 }
+        )))
+    );
+    assert_matches!(
+        client.register_with_limit(b"trent", CODE, SECRET, 0),
+        Err(VaultClientError::InvalidInput(InvalidInput::MaxAttempts(0)))
+    );
+    assert_matches!(
+        client.register(b"trent", CODE, &[]),
+        Err(VaultClientError::InvalidInput(InvalidInput::Secret {
+            bytes: 0
+        }))
+    );
 }
 
 #[test]
@@ -313,7 +383,11 @@ fn a_leader_crash_between_consume_and_response_gives_no_extra_attempt() {
     id.client = 99;
     id.sequence = 1;
     let consume = server
-        .consume_command(&id, b"grace", flow.request())
+        .consume_command(
+            &id,
+            &UserId::new(b"grace".as_slice()).expect("user id"),
+            flow.request(),
+        )
         .expect("command");
     let session =
         Client::connect(vec![vf.fleet.handle(leader)], ClientConfig::default()).expect("session");
@@ -323,7 +397,7 @@ fn a_leader_crash_between_consume_and_response_gives_no_extra_attempt() {
     vf.fleet.stop(leader);
     vf.services.remove(&leader);
     let survivors = vf.client(7);
-    assert_eq!(
+    assert_matches!(
         survivors.recover(b"grace", WRONG),
         Err(VaultClientError::WrongCode { attempts_left: 8 }),
         "the crashed leader's committed attempt stays spent"
@@ -417,19 +491,19 @@ fn reregistration_and_delete_need_the_current_code() {
     let vf = VaultFleet::start(3, Store::Mem);
     let client = vf.client(11);
     client.register(b"ivan", CODE, SECRET).expect("register");
-    assert_eq!(
+    assert_matches!(
         client.reregister(b"ivan", WRONG, b"new code", b"new secret", 5),
         Err(VaultClientError::WrongCode { attempts_left: 9 })
     );
-    assert_eq!(
+    assert_matches!(
         client.delete(b"ivan", WRONG),
         Err(VaultClientError::WrongCode { attempts_left: 8 })
     );
-    assert_eq!(
+    assert_matches!(
         client.reregister(b"ivan", CODE, b"new code", b"new secret", 5),
         Ok(2)
     );
-    assert_eq!(
+    assert_matches!(
         client.recover(b"ivan", CODE),
         Err(VaultClientError::WrongCode { attempts_left: 4 })
     );
@@ -440,12 +514,12 @@ fn reregistration_and_delete_need_the_current_code() {
             .as_slice(),
         b"new secret"
     );
-    assert_eq!(client.delete(b"ivan", b"new code"), Ok(()));
-    assert_eq!(
+    assert_matches!(client.delete(b"ivan", b"new code"), Ok(()));
+    assert_matches!(
         client.recover(b"ivan", b"new code"),
         Err(VaultClientError::NotRegistered)
     );
-    assert_eq!(client.register(b"ivan", CODE, SECRET), Ok(3));
+    assert_matches!(client.register(b"ivan", CODE, SECRET), Ok(3));
 }
 
 /// An intermediary that alters every reply.
@@ -497,7 +571,10 @@ fn replies_not_signed_by_a_pinned_replica_are_refused() {
     let client = VaultClient::with_seed(vf.endpoints(), wrong_keys, cfg(), 14);
     assert!(matches!(
         client.register(b"mallory", CODE, SECRET),
-        Err(VaultClientError::BadReply { .. })
+        Err(VaultClientError::BadReply {
+            cause: ReplyError::Signature,
+            ..
+        })
     ));
 }
 
@@ -531,7 +608,7 @@ fn neither_the_secret_nor_the_code_is_ever_in_plain_text_on_disk() {
         let mut vf = VaultFleet::start(3, store);
         let client = vf.client(15);
         client.register(b"ken", CODE, SECRET).expect("register");
-        assert_eq!(
+        assert_matches!(
             client.recover(b"ken", WRONG),
             Err(VaultClientError::WrongCode { attempts_left: 9 })
         );
@@ -583,7 +660,7 @@ fn a_registration_must_use_a_nonce_the_fleet_drew() {
         let mut r = VaultClientRequest::new();
         r.request = Some(id).into();
         r.op = Some(op);
-        vaultfleet::wire::encode(&r)
+        vaultfleet::wire::encode_bounded(&r)
     };
     let flow = ClientRegistrationFlow::start(&mut rng, CODE).expect("flow");
     let mut start = VaultRegisterStart::new();
@@ -656,16 +733,16 @@ fn the_right_code_on_the_last_attempt_may_delete() {
     client
         .register_with_limit(b"peggy", CODE, SECRET, 2)
         .expect("register");
-    assert_eq!(
+    assert_matches!(
         client.recover(b"peggy", WRONG),
         Err(VaultClientError::WrongCode { attempts_left: 1 })
     );
-    assert_eq!(client.delete(b"peggy", CODE), Ok(()));
-    assert_eq!(
+    assert_matches!(client.delete(b"peggy", CODE), Ok(()));
+    assert_matches!(
         client.recover(b"peggy", CODE),
         Err(VaultClientError::NotRegistered)
     );
-    assert_eq!(client.register(b"peggy", CODE, SECRET), Ok(2));
+    assert_matches!(client.register(b"peggy", CODE, SECRET), Ok(2));
 }
 
 mod over_the_air {
@@ -725,7 +802,9 @@ mod over_the_air {
             let tree = witness.tree(NS).unwrap();
             let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
             let cp = witness.checkpoint(NS, NOW).unwrap();
-            Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp).encode()
+            Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp)
+                .encode()
+                .unwrap()
         };
         let e1 = publish(&mut witness, &artifact(&vf, 1));
         let operator = authority
@@ -745,12 +824,15 @@ mod over_the_air {
         // No bundle served yet: the client refuses every reply.
         assert!(matches!(
             client.register(b"quinn", CODE, SECRET),
-            Err(VaultClientError::BadReply { .. })
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::NoBundle,
+                ..
+            })
         ));
         for s in vf.services.values() {
             s.serve_bundle(e1.clone());
         }
-        assert_eq!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
         assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
         assert_eq!(client.fleet_epoch(), Some(1));
         // Rotation: the fleet serves epoch 2; the client moves forward.
@@ -784,13 +866,18 @@ mod over_the_air {
                 &rogue.checkpoint(NS, NOW).unwrap(),
             )
             .encode()
+            .unwrap()
         };
         for s in vf.services.values() {
             s.serve_bundle(forged.clone());
         }
+        // The bundle's own typed error is kept as the cause.
         assert!(matches!(
             client.recover(b"quinn", CODE),
-            Err(VaultClientError::BadReply { .. })
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::Bundle(_),
+                ..
+            })
         ));
     }
 }

@@ -9,8 +9,8 @@ use vaultfleet::hsm::{softhsm2_throwaway_token, verify_signature};
 use vaultfleet::StateMachine;
 use vaultfleet_vault::wire::{VaultOutcome, VaultReply, VaultReplyBody, VaultRequestId};
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserView,
-    VaultKeys, VaultServer,
+    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserId,
+    UserView, VaultKeys, VaultServer,
 };
 
 const KSF: KsfParams = KsfParams::TESTS_ONLY;
@@ -38,7 +38,7 @@ fn the_vault_runs_on_keys_held_by_softhsm2() {
     let mut vault = BackupVault::new();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let (user, code, secret) = (
-        b"victor".as_slice(),
+        &UserId::new(b"victor".as_slice()).expect("user id"),
         b"right code".as_slice(),
         b"key".as_slice(),
     );
@@ -101,7 +101,7 @@ fn the_vault_runs_on_keys_held_by_softhsm2() {
         }
     }
     assert_eq!(
-        vault.user(user),
+        vault.user(user.as_bytes()),
         Some(UserView::Registered {
             generation: 1,
             attempts_left: 2,
