@@ -3,13 +3,15 @@
 //! whole datacenter, carry on, heal, and check every replica converged.
 //!
 //! Run: `cargo run --release --example fleet` (options: `--commands N`,
-//! `--clients C`, `--inter-dc-ms D`, `--store sled|sealed`). `--store sealed`
+//! `--clients C`, `--inter-dc-ms D`, `--store sled|sealed`; `--help` lists them). `--store sealed`
 //! wraps each replica's sled store in `Sealed`, sealed by its own soft HSM.
 // The example runs the threaded runtime and measures it in wall-clock time.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
 
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig};
@@ -18,22 +20,42 @@ use vaultfleet::{
     SledLog, SoftHsm,
 };
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+/// A fleet of 5 replicas in 3 datacenters on sled: stream commands, cut off the
+/// leader's datacenter, carry on, heal, and check every replica converged.
+#[derive(Debug, Parser)]
+#[command(name = "fleet")]
+struct Options {
+    /// Commands streamed in each phase.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    commands: u64,
+    /// Concurrent client threads.
+    #[arg(long, value_name = "C", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
+    /// One-way delay between datacenters, in milliseconds.
+    #[arg(long, value_name = "D", default_value_t = 5)]
+    inter_dc_ms: u64,
+    /// Each replica's store: sled, or sled sealed by its own soft HSM.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
+    store: StoreKind,
 }
 
-fn text_arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
+/// Each replica's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    /// Plain sled.
+    Sled,
+    /// Sled wrapped in `Sealed`, sealed by the replica's own soft HSM.
+    Sealed,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn spawn<L: LogStore>(
@@ -75,13 +97,11 @@ fn stream(client: &Client, phase: &str, commands: u64, clients: u64) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let commands = arg("--commands", 20_000);
-    let clients = arg("--clients", 64).max(1);
-    let inter_dc = Duration::from_millis(arg("--inter-dc-ms", 5));
-    let store = text_arg("--store", "sled");
-    if store != "sled" && store != "sealed" {
-        return Err(format!("--store must be sled or sealed, not {store:?}").into());
-    }
+    let options = Options::parse();
+    init_tracing();
+    let (commands, clients) = (options.commands, options.clients);
+    let inter_dc = Duration::from_millis(options.inter_dc_ms);
+    let store = options.store;
     let fleet = FleetConfig::new(vec![
         MemberSpec::voter(1, "dc-a"),
         MemberSpec::voter(2, "dc-a"),
@@ -98,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for m in &fleet.members {
         let path = dir.path().join(format!("replica-{}", m.id));
-        let node = if store == "sealed" {
+        let node = if store == StoreKind::Sealed {
             // One HSM per host; here an in-process soft HSM per replica.
             let hsm = SoftHsm::new();
             let log = Sealed::open_sled(
@@ -115,7 +135,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "fleet: 5 replicas in 3 datacenters (dc-a: 1,2  dc-b: 3,4  dc-c: 5), {} stores under {}, {} ms between datacenters",
-        if store == "sealed" { "HSM-sealed sled" } else { "sled" },
+        if store == StoreKind::Sealed { "HSM-sealed sled" } else { "sled" },
         dir.path().display(),
         inter_dc.as_millis()
     );

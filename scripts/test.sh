@@ -43,6 +43,16 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
+# The layers are crates: the engine must not compile the vault's PAKE, its KSF,
+# or any crate above it (docs/architecture.md, section 1).
+engine_deps=$(cargo tree -p vaultfleet -e normal --prefix none)
+for forbidden in opaque-ke argon2 voprf vaultfleet-audit vaultfleet-vault vaultfleet-net; do
+    if grep -q "^$forbidden v" <<<"$engine_deps"; then
+        echo "scripts/test.sh: the engine (vaultfleet) depends on $forbidden; see docs/architecture.md" >&2
+        exit 1
+    fi
+done
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features

@@ -28,7 +28,7 @@ use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftH
 use vaultfleet_bench::Noop;
 use vaultfleet_vault::wire::{VaultOutcome, VaultRequestId};
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce,
+    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserId,
     VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer,
     VaultService, VaultServiceConfig,
 };
@@ -114,10 +114,11 @@ fn vault(c: &mut Criterion) {
     let ksf = KsfParams::TESTS_ONLY;
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let (user, code) = (b"bench-user".as_slice(), b"bench code".as_slice());
+    let user_id = UserId::new(user).expect("user id");
     let mut vault = BackupVault::new();
     let flow = ClientRegistrationFlow::start(&mut rng, code).expect("flow");
     let started = server
-        .registration_start(user, flow.request())
+        .registration_start(&user_id, flow.request())
         .expect("start");
     let upload = flow
         .finish(&mut rng, code, &started.response, &ksf)
@@ -132,7 +133,7 @@ fn vault(c: &mut Criterion) {
     vault.apply(
         1,
         &server
-            .register_command(&id, user, &upload, &nonce, b"secret", 255)
+            .register_command(&id, &user_id, &upload, &nonce, b"secret", 255)
             .expect("register"),
     );
     let mut index = 2;
@@ -142,12 +143,12 @@ fn vault(c: &mut Criterion) {
             index += 1;
             let login = ClientLoginFlow::start(&mut rng, code).expect("login");
             let consume = server
-                .consume_command(&id, user, login.request())
+                .consume_command(&id, &user_id, login.request())
                 .expect("consume");
             let o = outcome(&vault.apply(index, &consume));
             let (pending, response) = server
                 .login_respond(
-                    user,
+                    &user_id,
                     login.request(),
                     o.ticket,
                     o.record.clone().unwrap(),

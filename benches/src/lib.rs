@@ -26,9 +26,9 @@ impl StateMachine for Noop {
         self.applied.to_be_bytes().to_vec()
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let bytes: [u8; 8] = snapshot
-            .try_into()
-            .map_err(|_| RestoreError("a noop snapshot is 8 bytes".into()))?;
+        let bytes: [u8; 8] = snapshot.try_into().map_err(|_| RestoreError::Malformed {
+            what: "a noop snapshot is not 8 bytes",
+        })?;
         self.applied = u64::from_be_bytes(bytes);
         Ok(())
     }

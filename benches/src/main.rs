@@ -7,7 +7,8 @@
 //!
 //! Every operation is a `KvStore` put committed by a majority and applied (through
 //! the threaded runtime: `Node`, `Client`, the in-process `ChannelNetwork`). The last
-//! line is `ops/s=<n> ns/op=<n> p50_us=<n> p99_us=<n>` for scripts.
+//! line is `ops/s=<n> ns/op=<n> p50_us=<n> p99_us=<n>` for scripts. `--help`
+//! lists every knob; logs go to stderr, filtered by `RUST_LOG`.
 // A benchmark measures wall-clock time on real threads.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -17,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, Notify, PendingCommand};
 use vaultfleet::{
@@ -25,32 +28,41 @@ use vaultfleet::{
 };
 use vaultfleet_bench::Noop;
 
-const USAGE: &str =
-    "usage: vaultfleet-bench [-c CLIENTS] [-n OPERATIONS] [-m MEMBERS] [-b IN_FLIGHT] [--threads T]
-                        [--payload BYTES] [--machine noop|kv] [--store mem|sled|sealed-sled|sealed-pkcs11] [--json]
-  -c  concurrent clients, each with its own session (default 256)
-  -n  total operations (default 100k)
-  -m  members: 1, 3, 5 or 7 (default 3)
-  -b  commands each client keeps in flight (default 1); the leader batches
-      everything that arrives in one Ready cycle into one proposal
-  --threads  driver threads the clients are spread over (default 1)
-  --payload  bytes per put (default 64)
-  --machine  noop (a state machine with no data, as openraft's benchmark; the
-             default) or kv (KvStore: every put inserted into an ordered map)
-  --store    mem (durable at once, as openraft's benchmark store), sled (fsync per
-             Ready cycle), sealed-sled (sled sealed by a soft HSM), sealed-pkcs11
-             (sled sealed by SoftHSM2 over PKCS#11)
-sizes take suffixes: 2m, 4k";
-
+/// Replication throughput of an in-process fleet, with the knobs of openraft's
+/// benchmark. Sizes take suffixes: 2m, 4k.
+#[derive(Debug, Parser)]
+#[command(name = "vaultfleet-bench", version)]
 struct Options {
+    /// Concurrent clients, each with its own session.
+    #[arg(short = 'c', value_name = "CLIENTS", default_value = "256", value_parser = count)]
     clients: u64,
+    /// Total operations.
+    #[arg(short = 'n', value_name = "OPERATIONS", default_value = "100k", value_parser = count)]
     ops: u64,
+    /// Members: 1, 3, 5 or 7.
+    #[arg(short = 'm', value_name = "MEMBERS", default_value = "3", value_parser = members)]
     members: u64,
+    /// Commands each client keeps in flight; the leader batches everything that
+    /// arrives in one Ready cycle into one proposal.
+    #[arg(short = 'b', value_name = "IN_FLIGHT", default_value = "1", value_parser = count)]
     in_flight: u64,
+    /// Driver threads the clients are spread over.
+    #[arg(long, value_name = "T", default_value = "1", value_parser = count)]
     threads: u64,
-    machine: String,
+    /// Bytes per put.
+    #[arg(long, value_name = "BYTES", default_value = "64", value_parser = bytes)]
     payload: usize,
+    /// noop (a state machine with no data, as openraft's benchmark) or kv
+    /// (KvStore: every put inserted into an ordered map).
+    #[arg(long, default_value = "noop", value_parser = ["noop", "kv"])]
+    machine: String,
+    /// mem (durable at once, as openraft's benchmark store), sled (fsync per
+    /// Ready cycle), sealed-sled (sled sealed by a soft HSM), sealed-pkcs11 (sled
+    /// sealed by SoftHSM2 over PKCS#11).
+    #[arg(long, default_value = "mem", value_parser = ["mem", "sled", "sealed-sled", "sealed-pkcs11"])]
     store: String,
+    /// One line of JSON instead of the table.
+    #[arg(long)]
     json: bool,
 }
 
@@ -66,62 +78,33 @@ fn size(v: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{v:?} is not a size (examples: 256, 4k, 2m)"))
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        clients: 256,
-        ops: 100_000,
-        members: 3,
-        in_flight: 1,
-        threads: 1,
-        machine: "noop".into(),
-        payload: 64,
-        store: "mem".into(),
-        json: false,
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let value = || {
-            args.get(i + 1)
-                .ok_or_else(|| format!("{} needs a value\n{USAGE}", args[i]))
-        };
-        match args[i].as_str() {
-            "-c" => o.clients = size(value()?)?,
-            "-n" => o.ops = size(value()?)?,
-            "-m" => o.members = size(value()?)?,
-            "-b" => o.in_flight = size(value()?)?,
-            "--threads" => o.threads = size(value()?)?,
-            "--payload" => o.payload = size(value()?)? as usize,
-            "--store" => o.store = value()?.clone(),
-            "--machine" => o.machine = value()?.clone(),
-            "--json" => {
-                o.json = true;
-                i += 1;
-                continue;
-            }
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
-        }
-        i += 2;
+/// A size of at least 1.
+fn count(v: &str) -> Result<u64, String> {
+    match size(v)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
     }
-    if !matches!(o.machine.as_str(), "noop" | "kv") {
-        return Err(format!("--machine {:?}: expected noop or kv", o.machine));
+}
+
+fn members(v: &str) -> Result<u64, String> {
+    match size(v)? {
+        n @ (1 | 3 | 5 | 7) => Ok(n),
+        _ => Err("must be 1, 3, 5 or 7".into()),
     }
-    if !matches!(o.members, 1 | 3 | 5 | 7) {
-        return Err("-m must be 1, 3, 5 or 7".into());
-    }
-    if o.clients == 0 || o.ops == 0 || o.in_flight == 0 || o.threads == 0 {
-        return Err("-c, -n, -b and --threads must be at least 1".into());
-    }
-    if !matches!(
-        o.store.as_str(),
-        "mem" | "sled" | "sealed-sled" | "sealed-pkcs11"
-    ) {
-        return Err(format!(
-            "--store {:?}: expected mem, sled, sealed-sled or sealed-pkcs11",
-            o.store
-        ));
-    }
-    Ok(o)
+}
+
+fn bytes(v: &str) -> Result<usize, String> {
+    usize::try_from(size(v)?).map_err(|_| format!("{v:?} is too large"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn spawn<L: LogStore>(
@@ -249,8 +232,9 @@ fn drive(
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse(&args).and_then(|o| run(&o)) {
+    let options = Options::parse();
+    init_tracing();
+    match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

@@ -11,52 +11,274 @@
 //! vaultfleet audit diff evidence-1.bin evidence-2.bin
 //! ```
 //!
-//! Keys live in soft HSMs kept in files (`*.hsm`) under the directories given:
-//! the fleet's security world, one HSM per replica (its device attestation key
-//! and transport key), a stand-in vendor root, the ceremony officers, the
-//! operator's countersigning key, and the witness. A production deployment
-//! points the same flow at real HSMs through the `Hsm` trait; docs/audit.md says
-//! what each stand-in replaces.
+//! Every subcommand has `--help`. Keys live in soft HSMs kept in files (`*.hsm`)
+//! under the directories given: the fleet's security world, one HSM per replica
+//! (its device attestation key and transport key), a stand-in vendor root, the
+//! ceremony officers, the operator's countersigning key, and the witness. A
+//! production deployment points the same flow at real HSMs through the `Hsm`
+//! trait; docs/audit.md says what each stand-in replaces.
+//!
+//! Exit codes: 0 done (or every audit check passed), 1 an audit refused, 2 an
+//! error (printed with its chain of causes) or a usage error. Logs go to stderr,
+//! filtered by `RUST_LOG` (warnings and errors when unset).
 // A command-line tool reads the wall clock for timestamps.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod error;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
 use vaultfleet::hsm::{verify_signature, Hsm, KeyKind};
 use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::{
-    attest, audit_deployment, certify_device, AuditPins, Ceremony, Evidence,
+    attest, audit_deployment, certify_device, Attestation, AuditPins, Ceremony, Evidence,
 };
 use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::merkle::verify_consistency;
 use vaultfleet_audit::witness::countersign;
-use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+use vaultfleet_audit::{
+    Bundle, Checkpoint, FleetVerifier, MerkleTree, NoteVerifier, SignedNote, Witness, WitnessKey,
+    WitnessKeySpec,
+};
 use vaultfleet_vault::VaultKeys;
 
-const USAGE: &str = "usage: vaultfleet <fleet create|witness sign|operator countersign|evidence assemble|audit pins|audit verify|audit log|audit diff> [options]
-(see the crate documentation or docs/audit.md for each command's options)";
+use error::{CliError, PinsError};
 
-type Res<T> = Result<T, String>;
+type Res<T> = Result<T, CliError>;
 
-fn opt<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+/// Create and witness fleet keys, assemble deployment evidence, and audit it.
+#[derive(Debug, Parser)]
+#[command(name = "vaultfleet", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn need<'a>(args: &'a [String], name: &str) -> Res<&'a str> {
-    opt(args, name).ok_or_else(|| format!("missing {name}\n{USAGE}"))
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The fleet's keys and artifacts.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// The transparency witness.
+    #[command(subcommand)]
+    Witness(WitnessCommand),
+    /// The operator's countersignature.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Deployment evidence.
+    #[command(subcommand)]
+    Evidence(EvidenceCommand),
+    /// What an auditor runs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
 }
 
-fn num(args: &[String], name: &str, default: Option<u64>) -> Res<u64> {
-    match opt(args, name) {
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("{name}: {v:?} is not a number")),
-        None => default.ok_or_else(|| format!("missing {name}")),
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Create (or extend) a fleet's security world and write an epoch's artifact,
+    /// attestations and key ceremony.
+    Create(FleetCreate),
+}
+
+#[derive(Debug, Subcommand)]
+enum WitnessCommand {
+    /// Witness an epoch's artifact: log it, sign it, publish a checkpoint.
+    Sign(WitnessSign),
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Countersign the witness's signature on an epoch.
+    Countersign(OperatorCountersign),
+}
+
+#[derive(Debug, Subcommand)]
+enum EvidenceCommand {
+    /// Assemble an epoch's validation bundle and deployment evidence.
+    Assemble(EvidenceAssemble),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write the keys an auditor pins.
+    Pins(AuditPinsArgs),
+    /// Verify deployment evidence against the pins (exit 1 if a check fails).
+    Verify(AuditVerify),
+    /// Verify the witness's whole log and every checkpoint (exit 1 if one fails).
+    Log(AuditLog),
+    /// Show what changed between two artifacts (or evidence files).
+    Diff(AuditDiff),
+}
+
+#[derive(Debug, Args)]
+struct FleetCreate {
+    /// The fleet's folder (its HSM files and epochs).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The fleet's name.
+    #[arg(long)]
+    fleet_id: String,
+    /// The epoch to create.
+    #[arg(long)]
+    epoch: u64,
+    /// Start of validity, Unix seconds (default now).
+    #[arg(long, value_name = "T")]
+    not_before: Option<u64>,
+    /// Days of validity.
+    #[arg(long, default_value_t = 365)]
+    days: u64,
+    /// The replicas, `ID:DATACENTER,...`.
+    #[arg(long, value_name = "ID:DC,...", value_parser = replica_list)]
+    replicas: ReplicaList,
+}
+
+#[derive(Debug, Args)]
+struct WitnessSign {
+    /// The witness's folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The log's namespace.
+    #[arg(long)]
+    namespace: String,
+    /// The epoch's `artifact.bin`.
+    #[arg(long)]
+    artifact: PathBuf,
+    /// Time of the signature, Unix seconds (default now).
+    #[arg(long, value_name = "T")]
+    time: Option<u64>,
+    /// The witness's signing keys, `NAME[@NOT_BEFORE]`, repeatable; replaces the
+    /// saved list (default: the saved list, or `witness-1`).
+    #[arg(long = "key", value_name = "NAME[@NOT_BEFORE]", value_parser = witness_key)]
+    keys: Vec<WitnessKeySpec>,
+}
+
+#[derive(Debug, Args)]
+struct OperatorCountersign {
+    /// The fleet's folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The epoch.
+    #[arg(long)]
+    epoch: u64,
+    /// The witness's folder.
+    #[arg(long)]
+    witness_dir: PathBuf,
+    /// The log's namespace.
+    #[arg(long)]
+    namespace: String,
+}
+
+#[derive(Debug, Args)]
+struct EvidenceAssemble {
+    /// The fleet's folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The epoch.
+    #[arg(long)]
+    epoch: u64,
+    /// The witness's folder.
+    #[arg(long)]
+    witness_dir: PathBuf,
+    /// The log's namespace.
+    #[arg(long)]
+    namespace: String,
+    /// Time of the checkpoint, Unix seconds (default now).
+    #[arg(long, value_name = "T")]
+    time: Option<u64>,
+    /// Where to write the evidence.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AuditPinsArgs {
+    /// The fleet's folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The witness's folder.
+    #[arg(long)]
+    witness_dir: PathBuf,
+    /// The log's namespace.
+    #[arg(long)]
+    namespace: String,
+    /// Where to write the pins.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AuditVerify {
+    /// The deployment evidence.
+    evidence: PathBuf,
+    /// The pinned keys.
+    #[arg(long)]
+    pins: PathBuf,
+    /// The replica whose reply carried the bundle (default: the artifact's first).
+    #[arg(long)]
+    replica: Option<u64>,
+    /// The time to verify at, Unix seconds (default now).
+    #[arg(long, value_name = "T")]
+    now: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct AuditLog {
+    /// The witness's folder (its published log and checkpoints; no HSM needed).
+    #[arg(long)]
+    witness_dir: PathBuf,
+    /// The log's namespace (default: the pins').
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The pinned keys.
+    #[arg(long)]
+    pins: PathBuf,
+    /// An evidence file whose bundle's checkpoint to check too; repeatable.
+    #[arg(long = "evidence", value_name = "FILE")]
+    evidence: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AuditDiff {
+    /// The earlier artifact or evidence.
+    a: PathBuf,
+    /// The later artifact or evidence.
+    b: PathBuf,
+}
+
+/// `ID:DATACENTER` pairs.
+#[derive(Clone, Debug)]
+struct ReplicaList(Vec<(u64, String)>);
+
+fn replica_list(s: &str) -> Result<ReplicaList, String> {
+    s.split(',')
+        .map(|spec| {
+            let (id, dc) = spec
+                .split_once(':')
+                .filter(|(_, dc)| !dc.is_empty())
+                .ok_or_else(|| format!("{spec:?} is not ID:DATACENTER"))?;
+            let id = id
+                .parse()
+                .map_err(|_| format!("replica id {id:?} is not a number"))?;
+            Ok((id, dc.to_string()))
+        })
+        .collect::<Result<_, String>>()
+        .map(ReplicaList)
+}
+
+fn witness_key(spec: &str) -> Result<WitnessKeySpec, String> {
+    let (name, nb) = spec.split_once('@').unwrap_or((spec, "0"));
+    if name.is_empty() {
+        return Err("the key needs a name".into());
     }
+    let not_before = nb
+        .parse()
+        .map_err(|_| format!("not_before {nb:?} is not a number"))?;
+    Ok(WitnessKeySpec {
+        name: name.to_string(),
+        not_before,
+    })
 }
 
 fn now() -> u64 {
@@ -69,37 +291,42 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn unhex32(s: &str) -> Res<[u8; 32]> {
-    let bytes: Option<Vec<u8>> = (0..s.len() / 2)
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..32)
         .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
-    bytes
-        .filter(|_| s.len() == 64)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| format!("{s:?} is not 32 bytes of hex"))
+    bytes?.try_into().ok()
 }
 
 fn hsm(path: &Path) -> Res<SoftHsm> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(CliError::io(d))?;
     }
-    SoftHsm::open(path).map_err(|e| format!("{}: {e}", path.display()))
+    SoftHsm::open(path).map_err(|source| CliError::HsmFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn read(path: &Path) -> Res<Vec<u8>> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::read(path).map_err(CliError::io(path))
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Res<()> {
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(CliError::io(d))?;
     }
-    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::write(path, bytes).map_err(CliError::io(path))
 }
 
 fn public(h: &SoftHsm, label: &str) -> Res<[u8; 32]> {
-    let k = h.key(label, KeyKind::Signing).map_err(|e| e.to_string())?;
-    h.public_key(k).map_err(|e| e.to_string())
+    let k = h
+        .key(label, KeyKind::Signing)
+        .map_err(CliError::hsm("find a signing key"))?;
+    h.public_key(k).map_err(CliError::hsm("read a public key"))
 }
 
 /// The firmware hash an attestation reports: SoftHSM2's library when installed,
@@ -116,189 +343,200 @@ const OFFICERS: usize = 3;
 const THRESHOLD: u8 = 2;
 const VENDOR: &str = "softhsm-vendor-root";
 
-fn witness_keys(args: &[String]) -> Vec<WitnessKeySpec> {
-    let mut keys = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--key" {
-            if let Some(spec) = args.get(i + 1) {
-                let (name, nb) = spec.split_once('@').unwrap_or((spec, "0"));
-                match nb.parse() {
-                    Ok(not_before) => keys.push(WitnessKeySpec {
-                        name: name.to_string(),
-                        not_before,
-                    }),
-                    Err(_) => eprintln!(
-                        "warning: --key {spec:?}: not_before is not a number; key ignored"
-                    ),
-                }
-            }
-            i += 1;
-        }
-        i += 1;
-    }
-    if keys.is_empty() {
-        keys.push(WitnessKeySpec {
-            name: "witness-1".into(),
-            not_before: 0,
-        });
-    }
-    keys
-}
-
-fn open_witness(dir: &Path, args: &[String]) -> Res<Witness<SoftHsm>> {
+/// The witness's key list: `keys` when given (saved for the next runs), else the
+/// saved list, else `witness-1` from time 0.
+fn witness_key_list(dir: &Path, keys: &[WitnessKeySpec]) -> Res<Vec<WitnessKeySpec>> {
     let keys_file = dir.join("keys.txt");
-    let keys = if args.iter().any(|a| a == "--key") {
-        let keys = witness_keys(args);
+    if !keys.is_empty() {
         let text: String = keys
             .iter()
             .map(|k| format!("{} {}\n", k.name, k.not_before))
             .collect();
         write(&keys_file, text.as_bytes())?;
-        keys
-    } else if let Ok(text) = std::fs::read_to_string(&keys_file) {
-        text.lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, t)| WitnessKeySpec {
-                name: n.into(),
-                not_before: t.parse().unwrap_or(0),
+        return Ok(keys.to_vec());
+    }
+    match std::fs::read_to_string(&keys_file) {
+        Ok(text) => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                l.split_once(' ')
+                    .and_then(|(n, t)| {
+                        Some(WitnessKeySpec {
+                            name: n.into(),
+                            not_before: t.trim().parse().ok()?,
+                        })
+                    })
+                    .ok_or_else(|| CliError::KeysFile {
+                        path: keys_file.clone(),
+                        line: i + 1,
+                    })
             })
-            .collect()
-    } else {
-        let keys = witness_keys(&[]);
-        write(&keys_file, b"witness-1 0\n")?;
-        keys
-    };
-    Witness::open(
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write(&keys_file, b"witness-1 0\n")?;
+            Ok(vec![WitnessKeySpec {
+                name: "witness-1".into(),
+                not_before: 0,
+            }])
+        }
+        Err(e) => Err(CliError::io(keys_file)(e)),
+    }
+}
+
+fn open_witness(dir: &Path, keys: &[WitnessKeySpec]) -> Res<Witness<SoftHsm>> {
+    let keys = witness_key_list(dir, keys)?;
+    Ok(Witness::open(
         hsm(&dir.join("witness.hsm"))?,
         keys,
         dir.join("witness.state"),
-    )
-    .map_err(|e| e.to_string())
+    )?)
 }
 
-fn fleet_create(args: &[String]) -> Res<()> {
-    let dir = PathBuf::from(need(args, "--dir")?);
-    let fleet_id = need(args, "--fleet-id")?;
-    let epoch = num(args, "--epoch", None)?;
-    let not_before = num(args, "--not-before", Some(now()))?;
-    let days = num(args, "--days", Some(365))?;
-    let world = hsm(&dir.join("world.hsm"))?;
+/// Replica `id`'s X25519 transport public key: its secret is drawn from the
+/// replica's HSM once and kept sealed by it (for the planned Noise transport).
+fn transport_key(dir: &Path, id: u64) -> Res<[u8; 32]> {
+    let rh = hsm(&dir.join(format!("replica-{id}.hsm")))?;
+    let seal_key = rh
+        .key("transport/seal", KeyKind::Aead)
+        .map_err(CliError::hsm("find the transport sealing key"))?;
+    let tpath = dir.join(format!("replica-{id}.transport"));
+    let secret: [u8; 32] = match std::fs::read(&tpath) {
+        Ok(sealed) => rh
+            .unseal(seal_key, b"x25519", &sealed)
+            .map_err(CliError::hsm("unseal the transport key"))?
+            .get(..32)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(CliError::TransportKey { path: tpath })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut s = [0u8; 32];
+            rh.random(&mut s)
+                .map_err(CliError::hsm("draw the transport key"))?;
+            let sealed = rh
+                .seal(seal_key, b"x25519", &s)
+                .map_err(CliError::hsm("seal the transport key"))?;
+            write(&tpath, &sealed)?;
+            s
+        }
+        Err(e) => return Err(CliError::io(tpath)(e)),
+    };
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
+    Ok(public.to_bytes())
+}
+
+/// The keys of every replica in `replicas`, from the security world `world`.
+fn replica_keys(dir: &Path, world: &SoftHsm, replicas: &ReplicaList) -> Res<Vec<ReplicaKeys>> {
     let sealed_path = dir.join("opaque-setup.sealed");
     let sealed = match std::fs::read(&sealed_path) {
         Ok(s) => s,
-        Err(_) => {
-            let s = VaultKeys::provision(&world).map_err(|e| e.to_string())?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = VaultKeys::provision(world).map_err(CliError::VaultKeys)?;
             write(&sealed_path, &s)?;
             s
         }
+        Err(e) => return Err(CliError::io(sealed_path)(e)),
     };
-    let mut replicas = Vec::new();
-    for spec in need(args, "--replicas")?.split(',') {
-        let (id, dc) = spec
-            .split_once(':')
-            .ok_or("--replicas is id:datacenter,...")?;
-        let id: u64 = id.parse().map_err(|_| format!("replica id {id:?}"))?;
-        let keys = VaultKeys::open(world.clone(), &sealed, 1, id).map_err(|e| e.to_string())?;
-        // The replica's transport key: an X25519 secret drawn from its HSM, kept
-        // sealed by it for the (planned) Noise transport.
-        let rh = hsm(&dir.join(format!("replica-{id}.hsm")))?;
-        let seal_key = rh
-            .key("transport/seal", KeyKind::Aead)
-            .map_err(|e| e.to_string())?;
-        let tpath = dir.join(format!("replica-{id}.transport"));
-        let secret = match std::fs::read(&tpath) {
-            Ok(sealed) => rh
-                .unseal(seal_key, b"x25519", &sealed)
-                .map_err(|e| e.to_string())?
-                .to_vec(),
-            Err(_) => {
-                let mut s = [0u8; 32];
-                rh.random(&mut s).map_err(|e| e.to_string())?;
-                write(
-                    &tpath,
-                    &rh.seal(seal_key, b"x25519", &s)
-                        .map_err(|e| e.to_string())?,
-                )?;
-                s.to_vec()
-            }
-        };
-        let mut sk = [0u8; 32];
-        sk.copy_from_slice(&secret[..32]);
-        let transport = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(sk));
-        replicas.push(ReplicaKeys {
-            id,
-            datacenter: dc.to_string(),
-            response_key: keys.response_public_key().map_err(|e| e.to_string())?,
-            transport_key: transport.to_bytes(),
+    let mut out = Vec::new();
+    for (id, dc) in &replicas.0 {
+        let keys = VaultKeys::open(world.clone(), &sealed, 1, *id).map_err(CliError::VaultKeys)?;
+        out.push(ReplicaKeys {
+            id: *id,
+            datacenter: dc.clone(),
+            response_key: keys.response_public_key().map_err(CliError::VaultKeys)?,
+            transport_key: transport_key(dir, *id)?,
             opaque_key: keys.opaque_public_key(),
         });
     }
-    replicas.sort_by_key(|r| r.id);
-    let voters = replicas.iter().map(|r| r.id).collect();
-    let artifact = FleetArtifact {
-        fleet_id: fleet_id.to_string(),
-        epoch,
-        replicas,
-        voters,
-        learners: vec![],
-        not_before,
-        not_after: not_before + days * 86_400,
-    };
-    let bytes = artifact.encode().map_err(|e| e.to_string())?;
-    let edir = dir.join(format!("epoch-{epoch}"));
-    write(&edir.join("artifact.bin"), &bytes)?;
-    let digest = artifact.digest().map_err(|e| e.to_string())?;
-    // Each HSM attests its replica's keys with a device key its vendor certified.
+    out.sort_by_key(|r| r.id);
+    Ok(out)
+}
+
+/// Each replica's HSM attests its keys with a device key its vendor certified.
+fn attestations(dir: &Path, artifact: &FleetArtifact, fw: [u8; 32]) -> Res<Vec<Attestation>> {
     let vendor = hsm(&dir.join("vendor.hsm"))?;
     let root = vendor
         .key("vendor/root", KeyKind::Signing)
-        .map_err(|e| e.to_string())?;
-    let fw = firmware();
+        .map_err(CliError::hsm("find the vendor root key"))?;
     let mut attestations = Vec::new();
     for r in &artifact.replicas {
+        let failed = |source| CliError::Attestation {
+            replica: r.id,
+            source,
+        };
         let rh = hsm(&dir.join(format!("replica-{}.hsm", r.id)))?;
         let device = rh
             .key("device/attestation", KeyKind::Signing)
-            .map_err(|e| e.to_string())?;
-        let device_key = rh.public_key(device).map_err(|e| e.to_string())?;
-        let cert = certify_device(
-            &vendor,
-            root,
-            VENDOR,
-            &format!("softhsm2 replica-{}", r.id),
-            device_key,
-        )
-        .map_err(|e| e.to_string())?;
-        attestations
-            .push(attest(&rh, device, cert, &artifact, r.id, fw).map_err(|e| e.to_string())?);
+            .map_err(CliError::hsm("find the device attestation key"))?;
+        let device_key = rh
+            .public_key(device)
+            .map_err(CliError::hsm("read the device attestation key"))?;
+        let name = format!("softhsm2 replica-{}", r.id);
+        let cert = certify_device(&vendor, root, VENDOR, &name, device_key).map_err(failed)?;
+        attestations.push(attest(&rh, device, cert, artifact, r.id, fw).map_err(failed)?);
     }
-    // The key ceremony: the officers sign the digest and the firmware hashes.
+    Ok(attestations)
+}
+
+/// The key ceremony: the officers sign the artifact's digest and the firmware hashes.
+fn ceremony(dir: &Path, artifact: &FleetArtifact, fw: [u8; 32]) -> Res<Ceremony> {
     let mut ceremony = Ceremony {
-        artifact_digest: digest,
+        artifact_digest: artifact.digest()?,
         firmware: artifact.replicas.iter().map(|r| (r.id, fw)).collect(),
         threshold: THRESHOLD,
         signatures: Vec::new(),
     };
-    let msg = ceremony.signed_bytes();
+    let msg = ceremony
+        .signed_bytes()
+        .map_err(CliError::encode("the ceremony statement"))?;
     for i in 1..=OFFICERS {
         let oh = hsm(&dir.join(format!("officer-{i}.hsm")))?;
         let k = oh
             .key("officer", KeyKind::Signing)
-            .map_err(|e| e.to_string())?;
-        ceremony.signatures.push((
-            format!("officer-{i}"),
-            oh.sign(k, &msg).map_err(|e| e.to_string())?,
-        ));
+            .map_err(CliError::hsm("find an officer's key"))?;
+        let signature = oh
+            .sign(k, &msg)
+            .map_err(CliError::hsm("sign as an officer"))?;
+        ceremony
+            .signatures
+            .push((format!("officer-{i}"), signature));
     }
+    Ok(ceremony)
+}
+
+fn fleet_create(a: &FleetCreate) -> Res<()> {
+    let dir = &a.dir;
+    let world = hsm(&dir.join("world.hsm"))?;
+    let replicas = replica_keys(dir, &world, &a.replicas)?;
+    let voters = replicas.iter().map(|r| r.id).collect();
+    let not_before = a.not_before.unwrap_or_else(now);
+    let artifact = FleetArtifact {
+        fleet_id: a.fleet_id.clone(),
+        epoch: a.epoch,
+        replicas,
+        voters,
+        learners: vec![],
+        not_before,
+        not_after: not_before.saturating_add(a.days.saturating_mul(86_400)),
+    };
+    let bytes = artifact.encode()?;
+    let edir = dir.join(format!("epoch-{}", a.epoch));
+    write(&edir.join("artifact.bin"), &bytes)?;
+    let digest = artifact.digest()?;
+    let fw = firmware();
     let partial = Evidence {
         bundle: Vec::new(),
-        attestations,
-        ceremony,
+        attestations: attestations(dir, &artifact, fw)?,
+        ceremony: ceremony(dir, &artifact, fw)?,
     };
-    write(&edir.join("deployment.bin"), &partial.encode())?;
+    let encoded = partial
+        .encode()
+        .map_err(CliError::encode("the deployment evidence"))?;
+    write(&edir.join("deployment.bin"), &encoded)?;
     println!(
-        "fleet {fleet_id} epoch {epoch}: {} replicas, digest {}",
+        "fleet {} epoch {}: {} replicas, digest {}",
+        a.fleet_id,
+        a.epoch,
         artifact.replicas.len(),
         hex(&digest)
     );
@@ -306,30 +544,24 @@ fn fleet_create(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn witness_sign(args: &[String]) -> Res<()> {
-    let dir = PathBuf::from(need(args, "--dir")?);
-    let ns = need(args, "--namespace")?;
-    let artifact = FleetArtifact::decode(&read(Path::new(need(args, "--artifact")?))?)
-        .map_err(|e| e.to_string())?;
-    let time = num(args, "--time", Some(now()))?;
-    let mut w = open_witness(&dir, args)?;
+fn witness_sign(a: &WitnessSign) -> Res<()> {
+    let ns = &a.namespace;
+    let artifact = FleetArtifact::decode(&read(&a.artifact)?)?;
+    let time = a.time.unwrap_or_else(now);
+    let mut w = open_witness(&a.dir, &a.keys)?;
     let signed = w
-        .sign(
-            ns,
-            artifact.epoch,
-            artifact.digest().map_err(|e| e.to_string())?,
-            time,
-        )
-        .map_err(|e| format!("the witness refused: {e}"))?;
-    let cp = w.checkpoint(ns, time).map_err(|e| e.to_string())?;
+        .sign(ns, artifact.epoch, artifact.digest()?, time)
+        .map_err(CliError::WitnessRefused)?;
+    let cp = w.checkpoint(ns, time)?;
     let size = w.tree(ns).map_or(0, |t| t.size());
     // Never overwrite a published checkpoint: a second root for a size is
     // evidence of a fork and must stay visible.
-    let root = vaultfleet_audit::Checkpoint::parse(&cp.text)
-        .map_err(|e| e.to_string())?
-        .root;
+    let root = Checkpoint::parse(&cp.text)?.root;
     let name = format!("{ns}-{size:012}-{}.txt", &hex(&root)[..16]);
-    write(&dir.join("checkpoints").join(name), cp.encode().as_bytes())?;
+    write(
+        &a.dir.join("checkpoints").join(name),
+        cp.encode().as_bytes(),
+    )?;
     println!(
         "witnessed {ns} epoch {} as leaf {} with key {}; checkpoint size {size}",
         signed.statement.epoch, signed.leaf_index, signed.key
@@ -337,28 +569,27 @@ fn witness_sign(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn operator_countersign(args: &[String]) -> Res<()> {
-    let dir = PathBuf::from(need(args, "--dir")?);
-    let epoch = num(args, "--epoch", None)?;
-    let ns = need(args, "--namespace")?;
-    let w = open_witness(Path::new(need(args, "--witness-dir")?), &[])?;
-    let artifact = FleetArtifact::decode(&read(&dir.join(format!("epoch-{epoch}/artifact.bin")))?)
-        .map_err(|e| e.to_string())?;
-    let digest = artifact.digest().map_err(|e| e.to_string())?;
+fn operator_countersign(a: &OperatorCountersign) -> Res<()> {
+    let (epoch, ns) = (a.epoch, &a.namespace);
+    let w = open_witness(&a.witness_dir, &[])?;
+    let artifact =
+        FleetArtifact::decode(&read(&a.dir.join(format!("epoch-{epoch}/artifact.bin")))?)?;
+    let digest = artifact.digest()?;
     let entry = w
         .entries(ns)
         .iter()
         .find(|e| e.statement.epoch == epoch)
-        .ok_or_else(|| format!("the witness has not signed epoch {epoch} of {ns}"))?;
+        .ok_or_else(|| CliError::NotWitnessed {
+            epoch,
+            namespace: ns.clone(),
+        })?;
     if entry.statement.digest != digest {
-        return Err(
-            "the witness signed another digest for this epoch: refusing to countersign".into(),
-        );
+        return Err(CliError::DigestMismatch { epoch });
     }
-    let op = hsm(&dir.join("operator.hsm"))?;
-    let cs = countersign(&op, "operator/countersign", entry).map_err(|e| e.to_string())?;
+    let op = hsm(&a.dir.join("operator.hsm"))?;
+    let cs = countersign(&op, "operator/countersign", entry)?;
     write(
-        &dir.join(format!("epoch-{epoch}/countersignature.bin")),
+        &a.dir.join(format!("epoch-{epoch}/countersignature.bin")),
         &cs,
     )?;
     println!(
@@ -368,49 +599,59 @@ fn operator_countersign(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn evidence_assemble(args: &[String]) -> Res<()> {
-    let dir = PathBuf::from(need(args, "--dir")?);
-    let epoch = num(args, "--epoch", None)?;
-    let ns = need(args, "--namespace")?;
-    let time = num(args, "--time", Some(now()))?;
-    let wdir = PathBuf::from(need(args, "--witness-dir")?);
-    let w = open_witness(&wdir, &[])?;
-    let edir = dir.join(format!("epoch-{epoch}"));
+fn evidence_assemble(a: &EvidenceAssemble) -> Res<()> {
+    let (epoch, ns) = (a.epoch, &a.namespace);
+    let time = a.time.unwrap_or_else(now);
+    let w = open_witness(&a.witness_dir, &[])?;
+    let edir = a.dir.join(format!("epoch-{epoch}"));
     let artifact = read(&edir.join("artifact.bin"))?;
-    let cs: [u8; 64] = read(&edir.join("countersignature.bin"))?
+    let cs_path = edir.join("countersignature.bin");
+    let cs: [u8; 64] = read(&cs_path)?
         .try_into()
-        .map_err(|_| "countersignature.bin is not 64 bytes")?;
+        .map_err(|_| CliError::Countersignature { path: cs_path })?;
     let entry = w
         .entries(ns)
         .iter()
         .find(|e| e.statement.epoch == epoch)
-        .ok_or_else(|| format!("the witness has not signed epoch {epoch} of {ns}"))?;
-    let tree = w.tree(ns).ok_or("empty log")?;
-    let proof = tree
-        .inclusion_proof(entry.leaf_index, tree.size())
-        .map_err(|e| e.to_string())?;
-    let cp = w.checkpoint(ns, time).map_err(|e| e.to_string())?;
+        .ok_or_else(|| CliError::NotWitnessed {
+            epoch,
+            namespace: ns.clone(),
+        })?;
+    let tree = w.tree(ns).ok_or_else(|| CliError::EmptyLog {
+        namespace: ns.clone(),
+    })?;
+    let proof = tree.inclusion_proof(entry.leaf_index, tree.size())?;
+    let cp = w.checkpoint(ns, time)?;
     let bundle = Bundle::assemble(artifact, entry, cs, proof, &cp);
-    let mut evidence =
-        Evidence::decode(&read(&edir.join("deployment.bin"))?).map_err(|e| e.to_string())?;
-    evidence.bundle = bundle.encode();
-    let out = PathBuf::from(need(args, "--out")?);
-    write(&out, &evidence.encode())?;
+    let mut evidence = read_evidence(&edir.join("deployment.bin"))?;
+    evidence.bundle = bundle
+        .encode()
+        .map_err(CliError::encode("the validation bundle"))?;
+    let encoded = evidence
+        .encode()
+        .map_err(CliError::encode("the deployment evidence"))?;
+    write(&a.out, &encoded)?;
     println!(
         "wrote {} (epoch {epoch}, checkpoint size {})",
-        out.display(),
+        a.out.display(),
         tree.size()
     );
     Ok(())
 }
 
-fn audit_pins(args: &[String]) -> Res<()> {
-    let dir = PathBuf::from(need(args, "--dir")?);
-    let ns = need(args, "--namespace")?;
-    let w = open_witness(Path::new(need(args, "--witness-dir")?), &[])?;
-    let mut text = format!("namespace {ns}\n");
+fn read_evidence(path: &Path) -> Res<Evidence> {
+    Evidence::decode(&read(path)?).map_err(|source| CliError::Evidence {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn audit_pins(a: &AuditPinsArgs) -> Res<()> {
+    let dir = &a.dir;
+    let w = open_witness(&a.witness_dir, &[])?;
+    let mut text = format!("namespace {}\n", a.namespace);
     for k in w.keys() {
-        let pk = w.public_key(&k.name).map_err(|e| e.to_string())?;
+        let pk = w.public_key(&k.name)?;
         text.push_str(&format!(
             "witness {} {} {}\n",
             k.name,
@@ -418,32 +659,19 @@ fn audit_pins(args: &[String]) -> Res<()> {
             hex(&pk)
         ));
     }
-    text.push_str(&format!(
-        "operator {}\n",
-        hex(&public(
-            &hsm(&dir.join("operator.hsm"))?,
-            "operator/countersign"
-        )?)
-    ));
-    text.push_str(&format!(
-        "vendor {VENDOR} {}\n",
-        hex(&public(&hsm(&dir.join("vendor.hsm"))?, "vendor/root")?)
-    ));
+    let operator = public(&hsm(&dir.join("operator.hsm"))?, "operator/countersign")?;
+    text.push_str(&format!("operator {}\n", hex(&operator)));
+    let vendor = public(&hsm(&dir.join("vendor.hsm"))?, "vendor/root")?;
+    text.push_str(&format!("vendor {VENDOR} {}\n", hex(&vendor)));
     for i in 1..=OFFICERS {
-        text.push_str(&format!(
-            "officer officer-{i} {}\n",
-            hex(&public(
-                &hsm(&dir.join(format!("officer-{i}.hsm")))?,
-                "officer"
-            )?)
-        ));
+        let officer = public(&hsm(&dir.join(format!("officer-{i}.hsm")))?, "officer")?;
+        text.push_str(&format!("officer officer-{i} {}\n", hex(&officer)));
     }
     text.push_str(&format!("threshold {THRESHOLD}\n"));
-    let out = PathBuf::from(need(args, "--out")?);
-    write(&out, text.as_bytes())?;
+    write(&a.out, text.as_bytes())?;
     println!(
         "wrote {}: the keys an auditor pins (publish them out of band)",
-        out.display()
+        a.out.display()
     );
     Ok(())
 }
@@ -456,34 +684,45 @@ struct Pins {
 }
 
 fn read_pins(path: &Path) -> Res<Pins> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
+    parse_pins(&text).map_err(|source| CliError::Pins {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_pins(text: &str) -> Result<Pins, PinsError> {
     let mut p = Pins {
         namespace: String::new(),
         witness: Vec::new(),
         operator: [0; 32],
         audit: AuditPins::default(),
     };
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let key = |s: &str| unhex32(s).ok_or(PinsError::BadKey { line: line_no });
+        let number = |source| PinsError::NotANumber {
+            line: line_no,
+            source,
+        };
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["namespace", ns] => p.namespace = ns.to_string(),
-            ["witness", name, nb, key] => p.witness.push(WitnessKey {
+            ["witness", name, nb, k] => p.witness.push(WitnessKey {
                 name: name.to_string(),
-                not_before: nb.parse().map_err(|_| format!("pins: {line:?}"))?,
-                public_key: unhex32(key)?,
+                not_before: nb.parse().map_err(number)?,
+                public_key: key(k)?,
             }),
-            ["operator", key] => p.operator = unhex32(key)?,
-            ["vendor", name, key] => p.audit.vendor_roots.push((name.to_string(), unhex32(key)?)),
-            ["officer", name, key] => p.audit.officers.push((name.to_string(), unhex32(key)?)),
-            ["threshold", n] => {
-                p.audit.threshold = n.parse().map_err(|_| format!("pins: {line:?}"))?
-            }
+            ["operator", k] => p.operator = key(k)?,
+            ["vendor", name, k] => p.audit.vendor_roots.push((name.to_string(), key(k)?)),
+            ["officer", name, k] => p.audit.officers.push((name.to_string(), key(k)?)),
+            ["threshold", n] => p.audit.threshold = n.parse().map_err(number)?,
             [] => {}
-            _ => return Err(format!("pins: unknown line {line:?}")),
+            _ => return Err(PinsError::UnknownLine { line: line_no }),
         }
     }
     if p.namespace.is_empty() || p.witness.is_empty() || p.audit.threshold == 0 {
-        return Err("pins need a namespace, at least one witness key and a threshold".into());
+        return Err(PinsError::Incomplete);
     }
     Ok(p)
 }
@@ -493,11 +732,10 @@ fn report(ok: bool, what: &str, detail: &str) -> bool {
     ok
 }
 
-fn audit_verify(args: &[String]) -> Res<bool> {
-    let path = args.first().ok_or("audit verify EVIDENCE --pins PINS")?;
-    let pins = read_pins(Path::new(need(args, "--pins")?))?;
-    let now = num(args, "--now", Some(now()))?;
-    let evidence = match Evidence::decode(&read(Path::new(path))?) {
+fn audit_verify(a: &AuditVerify) -> Res<bool> {
+    let pins = read_pins(&a.pins)?;
+    let now = a.now.unwrap_or_else(now);
+    let evidence = match Evidence::decode(&read(&a.evidence)?) {
         Ok(e) => e,
         Err(e) => return Ok(report(false, "decode evidence", &e.to_string())),
     };
@@ -511,15 +749,14 @@ fn audit_verify(args: &[String]) -> Res<bool> {
         ),
     );
     let mut verifier = FleetVerifier::new(&pins.namespace, pins.witness.clone(), pins.operator);
-    let artifact = match FleetArtifact::decode(
-        &Bundle::decode(&evidence.bundle)
-            .map_err(|e| e.to_string())?
-            .artifact,
-    ) {
+    let artifact = match FleetArtifact::decode(&Bundle::decode(&evidence.bundle)?.artifact) {
         Ok(a) => a,
         Err(e) => return Ok(report(false, "fleet artifact", &e.to_string())),
     };
-    let replica = num(args, "--replica", Some(artifact.replicas[0].id))?;
+    let replica = match a.replica {
+        Some(r) => r,
+        None => artifact.replicas.first().ok_or(CliError::NoReplica)?.id,
+    };
     match verifier.verify(&evidence.bundle, now, replica) {
         Ok(a) => {
             all &= report(true, "validation bundle", &format!(
@@ -532,7 +769,7 @@ fn audit_verify(args: &[String]) -> Res<bool> {
     for step in audit_deployment(&evidence, &artifact, &pins.audit) {
         all &= match &step.outcome {
             Ok(d) => report(true, &step.what, d),
-            Err(e) => report(false, &step.what, e),
+            Err(e) => report(false, &step.what, &e.to_string()),
         };
     }
     println!(
@@ -546,16 +783,15 @@ fn audit_verify(args: &[String]) -> Res<bool> {
     Ok(all)
 }
 
-fn audit_log(args: &[String]) -> Res<bool> {
-    use vaultfleet_audit::{Checkpoint, MerkleTree, NoteVerifier, SignedNote};
-    let pins = read_pins(Path::new(need(args, "--pins")?))?;
-    let ns = opt(args, "--namespace")
-        .unwrap_or(&pins.namespace)
-        .to_string();
-    let wdir = PathBuf::from(need(args, "--witness-dir")?);
-    // The log as the witness publishes it; read without its HSM.
-    let text = std::fs::read_to_string(wdir.join("witness.state")).map_err(|e| e.to_string())?;
-    let entries = vaultfleet_audit::witness::parse_log(&text)?;
+/// Replays the witness's published log of `ns`: every entry signed by a pinned
+/// key, epochs in order. Returns the rebuilt tree and whether every entry passed.
+fn audit_log_entries(wdir: &Path, ns: &str, pins: &Pins) -> Res<(MerkleTree, bool)> {
+    let state = wdir.join("witness.state");
+    let text = std::fs::read_to_string(&state).map_err(CliError::io(&state))?;
+    let entries = vaultfleet_audit::witness::parse_log(&text).map_err(|source| CliError::Log {
+        path: state,
+        source,
+    })?;
     let mut all = true;
     let mut tree = MerkleTree::new();
     let mut last_epoch = 0;
@@ -563,7 +799,9 @@ fn audit_log(args: &[String]) -> Res<bool> {
         let key = pins.witness.iter().find(|k| k.name == e.key);
         let signed = key.is_some_and(|k| {
             e.statement.timestamp >= k.not_before
-                && verify_signature(&k.public_key, &e.statement.signed_bytes(), &e.signature)
+                && e.statement
+                    .signed_bytes()
+                    .is_ok_and(|m| verify_signature(&k.public_key, &m, &e.signature))
         });
         let in_order = e.statement.epoch == last_epoch + 1;
         last_epoch = e.statement.epoch;
@@ -583,14 +821,16 @@ fn audit_log(args: &[String]) -> Res<bool> {
                 if in_order { "" } else { "; EPOCH OUT OF ORDER" }
             ),
         );
-        tree.append(&vaultfleet_audit::witness::leaf_bytes(
-            &e.statement,
-            &e.key,
-            &e.signature,
-        ));
+        let leaf = vaultfleet_audit::witness::leaf_bytes(&e.statement, &e.key, &e.signature)
+            .map_err(CliError::encode("a log leaf"))?;
+        tree.append(&leaf);
     }
-    // Checkpoints: the witness's published ones, plus any collected elsewhere
-    // (from clients, mirrors, or the bundles in evidence files: --evidence FILE).
+    Ok((tree, all))
+}
+
+/// Checkpoints of `ns`: the witness's published ones, plus any collected
+/// elsewhere (from clients, mirrors, or the bundles in evidence files).
+fn collect_checkpoints(wdir: &Path, ns: &str, evidence: &[PathBuf]) -> Res<Vec<(String, String)>> {
     let mut notes: Vec<(String, String)> = std::fs::read_dir(wdir.join("checkpoints"))
         .map(|d| {
             d.flatten()
@@ -604,36 +844,31 @@ fn audit_log(args: &[String]) -> Res<bool> {
                 .collect()
         })
         .unwrap_or_default();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--evidence" {
-            let path = args.get(i + 1).ok_or("--evidence FILE")?;
-            let e = Evidence::decode(&read(Path::new(path))?).map_err(|e| e.to_string())?;
-            let b = Bundle::decode(&e.bundle).map_err(|e| e.to_string())?;
-            notes.push((format!("bundle in {path}"), b.checkpoint));
-            i += 1;
-        }
-        i += 1;
+    for path in evidence {
+        let e = read_evidence(path)?;
+        let b = Bundle::decode(&e.bundle)?;
+        notes.push((format!("bundle in {}", path.display()), b.checkpoint));
     }
-    let mut seen: Vec<(Checkpoint, String)> = Vec::new();
-    for (source, text) in notes {
-        let parsed = SignedNote::parse(&text)
-            .map_err(|e| e.to_string())
-            .and_then(|n| {
-                let signed = pins.witness.iter().any(|k| {
-                    NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&n).is_ok())
-                });
-                if !signed {
-                    return Err("not signed by a pinned witness key".to_string());
-                }
-                Checkpoint::parse(&n.text).map_err(|e| e.to_string())
-            });
-        match parsed {
-            Ok(cp) if cp.origin == ns => seen.push((cp, source)),
-            Ok(_) => {}
-            Err(e) => all &= report(false, &format!("checkpoint {source}"), &e),
-        }
+    Ok(notes)
+}
+
+/// Parses `text` as a checkpoint signed by a pinned witness key.
+fn pinned_checkpoint(text: &str, pins: &Pins) -> Result<Checkpoint, String> {
+    let n = SignedNote::parse(text).map_err(|e| e.to_string())?;
+    let signed = pins
+        .witness
+        .iter()
+        .any(|k| NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&n).is_ok()));
+    if !signed {
+        return Err("not signed by a pinned witness key".to_string());
     }
+    Checkpoint::parse(&n.text).map_err(|e| e.to_string())
+}
+
+/// Checks every checkpoint against the rebuilt `tree`: no two roots for one size,
+/// each root the log's at its size, each later one an extension of the earlier.
+fn check_checkpoints(mut seen: Vec<(Checkpoint, String)>, tree: &MerkleTree) -> bool {
+    let mut all = true;
     seen.sort_by_key(|(cp, _)| cp.size);
     for w in seen.windows(2) {
         if w[0].0.size == w[1].0.size && w[0].0.root != w[1].0.root {
@@ -678,6 +913,26 @@ fn audit_log(args: &[String]) -> Res<bool> {
             },
         );
     }
+    all
+}
+
+fn audit_log(a: &AuditLog) -> Res<bool> {
+    let pins = read_pins(&a.pins)?;
+    let ns = a
+        .namespace
+        .clone()
+        .unwrap_or_else(|| pins.namespace.clone());
+    // The log as the witness publishes it; read without its HSM.
+    let (tree, mut all) = audit_log_entries(&a.witness_dir, &ns, &pins)?;
+    let mut seen: Vec<(Checkpoint, String)> = Vec::new();
+    for (source, text) in collect_checkpoints(&a.witness_dir, &ns, &a.evidence)? {
+        match pinned_checkpoint(&text, &pins) {
+            Ok(cp) if cp.origin == ns => seen.push((cp, source)),
+            Ok(_) => {}
+            Err(e) => all &= report(false, &format!("checkpoint {source}"), &e),
+        }
+    }
+    all &= check_checkpoints(seen, &tree);
     println!("{}", if all { "log verified" } else { "log REFUSED" });
     Ok(all)
 }
@@ -687,17 +942,48 @@ fn artifact_of(path: &Path) -> Res<FleetArtifact> {
     if let Ok(a) = FleetArtifact::decode(&bytes) {
         return Ok(a);
     }
-    let e = Evidence::decode(&bytes)
-        .map_err(|e| format!("{}: neither an artifact nor evidence: {e}", path.display()))?;
-    let b = Bundle::decode(&e.bundle).map_err(|e| e.to_string())?;
-    FleetArtifact::decode(&b.artifact).map_err(|e| e.to_string())
+    let e = Evidence::decode(&bytes).map_err(|source| CliError::NotAnArtifact {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let b = Bundle::decode(&e.bundle)?;
+    Ok(FleetArtifact::decode(&b.artifact)?)
 }
 
-fn audit_diff(args: &[String]) -> Res<()> {
-    let (Some(a), Some(b)) = (args.first(), args.get(1)) else {
-        return Err("audit diff A B".into());
-    };
-    let (a, b) = (artifact_of(Path::new(a))?, artifact_of(Path::new(b))?);
+fn diff_replicas(a: &FleetArtifact, b: &FleetArtifact, say: &mut impl FnMut(String)) {
+    for r in &a.replicas {
+        let Some(n) = b.replica(r.id) else {
+            say(format!("replica {} ({}) removed", r.id, r.datacenter));
+            continue;
+        };
+        if n.datacenter != r.datacenter {
+            say(format!(
+                "replica {} moved {} -> {}",
+                r.id, r.datacenter, n.datacenter
+            ));
+        }
+        for (what, x, y) in [
+            ("response key", r.response_key, n.response_key),
+            ("transport key", r.transport_key, n.transport_key),
+            ("OPAQUE key", r.opaque_key, n.opaque_key),
+        ] {
+            if x != y {
+                say(format!(
+                    "replica {} {what} {}… -> {}…",
+                    r.id,
+                    &hex(&x)[..12],
+                    &hex(&y)[..12]
+                ));
+            }
+        }
+    }
+    for r in b.replicas.iter().filter(|r| a.replica(r.id).is_none()) {
+        say(format!("replica {} ({}) added", r.id, r.datacenter));
+    }
+}
+
+fn audit_diff(args: &AuditDiff) -> Res<()> {
+    let (a, b) = (artifact_of(&args.a)?, artifact_of(&args.b)?);
     println!(
         "fleet {} epoch {} -> fleet {} epoch {}",
         a.fleet_id, a.epoch, b.fleet_id, b.epoch
@@ -710,36 +996,7 @@ fn audit_diff(args: &[String]) -> Res<()> {
     if a.fleet_id != b.fleet_id {
         say(format!("fleet id {:?} -> {:?}", a.fleet_id, b.fleet_id));
     }
-    for r in &a.replicas {
-        match b.replica(r.id) {
-            None => say(format!("replica {} ({}) removed", r.id, r.datacenter)),
-            Some(n) => {
-                if n.datacenter != r.datacenter {
-                    say(format!(
-                        "replica {} moved {} -> {}",
-                        r.id, r.datacenter, n.datacenter
-                    ));
-                }
-                for (what, x, y) in [
-                    ("response key", r.response_key, n.response_key),
-                    ("transport key", r.transport_key, n.transport_key),
-                    ("OPAQUE key", r.opaque_key, n.opaque_key),
-                ] {
-                    if x != y {
-                        say(format!(
-                            "replica {} {what} {}… -> {}…",
-                            r.id,
-                            &hex(&x)[..12],
-                            &hex(&y)[..12]
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    for r in b.replicas.iter().filter(|r| a.replica(r.id).is_none()) {
-        say(format!("replica {} ({}) added", r.id, r.datacenter));
-    }
+    diff_replicas(&a, &b, &mut say);
     if a.voters != b.voters {
         say(format!("voters {:?} -> {:?}", a.voters, b.voters));
     }
@@ -758,31 +1015,55 @@ fn audit_diff(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = match args.as_slice() {
-        [a, b, rest @ ..] => (format!("{a} {b}"), rest),
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
+/// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints `e` and each of its causes, one a line, skipping a cause whose text the
+/// line before already shows.
+fn print_error(e: &CliError) {
+    let mut shown = e.to_string();
+    eprintln!("error: {shown}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
         }
-    };
-    let result = match cmd.as_str() {
-        "fleet create" => fleet_create(rest).map(|()| true),
-        "witness sign" => witness_sign(rest).map(|()| true),
-        "operator countersign" => operator_countersign(rest).map(|()| true),
-        "evidence assemble" => evidence_assemble(rest).map(|()| true),
-        "audit pins" => audit_pins(rest).map(|()| true),
-        "audit verify" => audit_verify(rest),
-        "audit log" => audit_log(rest),
-        "audit diff" => audit_diff(rest).map(|()| true),
-        _ => Err(USAGE.to_string()),
-    };
-    match result {
+        shown = text;
+        cause = c.source();
+    }
+}
+
+fn run(command: &Command) -> Res<bool> {
+    match command {
+        Command::Fleet(FleetCommand::Create(a)) => fleet_create(a).map(|()| true),
+        Command::Witness(WitnessCommand::Sign(a)) => witness_sign(a).map(|()| true),
+        Command::Operator(OperatorCommand::Countersign(a)) => {
+            operator_countersign(a).map(|()| true)
+        }
+        Command::Evidence(EvidenceCommand::Assemble(a)) => evidence_assemble(a).map(|()| true),
+        Command::Audit(AuditCommand::Pins(a)) => audit_pins(a).map(|()| true),
+        Command::Audit(AuditCommand::Verify(a)) => audit_verify(a),
+        Command::Audit(AuditCommand::Log(a)) => audit_log(a),
+        Command::Audit(AuditCommand::Diff(a)) => audit_diff(a).map(|()| true),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(&cli.command) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             ExitCode::from(2)
         }
     }

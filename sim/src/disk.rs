@@ -18,7 +18,7 @@ use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use vaultfleet::storage::AtomicSync;
+use vaultfleet::storage::{AtomicSync, WrapperRecord};
 use vaultfleet::{LogStore, MemLog, StorageError};
 
 /// A deliberate defect of the disk, switched on only by the tests that show a
@@ -71,6 +71,22 @@ fn apply(m: &mut MemLog, w: &Write) -> Result<(), StorageError> {
         Write::Wrapper(r) => m.set_wrapper_record(r),
     }
 }
+
+/// The failure an armed crash makes the simulated disk's `sync` return (as the
+/// store's backend error), so the simulator can tell it from a real failure.
+#[derive(Debug)]
+pub struct SimulatedCrash {
+    /// Where the crash cut the write.
+    pub at: &'static str,
+}
+
+impl std::fmt::Display for SimulatedCrash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "simulated crash {}", self.at)
+    }
+}
+
+impl std::error::Error for SimulatedCrash {}
 
 /// Where an armed crash cuts the next `sync`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,10 +311,7 @@ impl LogStore for SimDisk {
     }
     fn sync(&mut self) -> Result<(), StorageError> {
         let mut s = self.disk.0.lock();
-        let crash = |at: &str| StorageError::Corrupt {
-            what: "simulated disk".into(),
-            detail: format!("simulated crash {at}"),
-        };
+        let crash = |at: &'static str| StorageError::backend(SimulatedCrash { at });
         if s.armed == Some(CrashPoint::BeforeSync) && !s.pending.is_empty() {
             s.cut_mid_write = true;
             return Err(crash("before the write reached the disk"));
@@ -308,10 +321,7 @@ impl LogStore for SimDisk {
         }
         let pending = std::mem::take(&mut s.pending);
         for w in &pending {
-            apply(&mut s.durable, w).map_err(|e| StorageError::Corrupt {
-                what: "simulated disk".into(),
-                detail: format!("a synced write does not apply to the durable state: {e}"),
-            })?;
+            apply(&mut s.durable, w).map_err(StorageError::backend)?;
         }
         if s.armed == Some(CrashPoint::AfterSync) {
             return Err(crash("after the write became durable"));
@@ -324,6 +334,9 @@ impl LogStore for SimDisk {
     fn hard_state(&self) -> &HardState {
         self.live.hard_state()
     }
+}
+
+impl WrapperRecord for SimDisk {
     fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
         self.live.set_wrapper_record(record)?;
         self.record(Write::Wrapper(record.to_vec()));

@@ -4,148 +4,348 @@
 //! cargo run --release -p vaultfleet-sim -- run --seed 7
 //! cargo run --release -p vaultfleet-sim -- swarm --seeds 0..1000
 //! ```
+//!
+//! Every subcommand has `--help`. Logs go to stderr, filtered by `RUST_LOG`
+//! (off by default: the injected faults make the replica code warn by design);
+//! stdout carries the summary and its `trace=<hash>` line only.
 // The command line measures wall-clock speed and draws a progress bar; the
 // simulation itself never reads a clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::io::{IsTerminal, Write};
+use std::ops::Range;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use vaultfleet_sim::{run, DiskBug, Faults, Report, SimOptions, WorkloadKind};
 
-const USAGE: &str = "usage:
-  vaultfleet-sim run --seed S [options]      one simulation; prints a summary, last line seed=S ... trace=<hex>
-  vaultfleet-sim swarm --seeds A..B [options] many seeds, each with its own fleet shape and fault mix;
-                                              stops at the first violation with the command that reproduces it
-options:
-  --swarm                 (run) draw the fleet shape and faults from the seed, as swarm does
-  --replicas N            replicas (default 5)
-  --datacenters D         datacenters (default 3)
-  --clients C             concurrent clients (default 8)
-  --seconds T             virtual seconds of the safety phase (default 20)
-  --liveness-seconds L    bound on the liveness phase (default 20)
-  --faults none|all       fault mix when not --swarm (default all)
-  --drop P --duplicate P --jitter F --delay-spike P --partition P --heal P --crash P
-  --crash-after-vote P --clock-drift F --clock-jump P --hsm-outage P --bit-flip P --rollback P
-                          override one fault rate (0 switches it off)
-  --workload vault|counter
-                          the Backup Key Vault with real OPAQUE logins (default), or the bare
-                          guess counter with a linearizability model (swarm draws one per seed)
-  --users N --attempts A  users (keys) and attempts per registration (defaults 16 and 10)
-  --plain                 unsealed stores (no HSM)
-  --election-ticks N --heartbeat-ticks N
-                          raft timing in ticks of 10 ms (defaults 30 and 3)
-  --disk-bug lie-on-sync|forget-vote|silent-corruption
-                          switch on a deliberate disk defect, on plain stores (to watch a checker catch it)
-  --trace                 print the last events even when nothing failed";
-
-fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
+/// The deterministic multi-datacenter simulator of a vaultfleet fleet.
+#[derive(Debug, Parser)]
+#[command(name = "vaultfleet-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String> {
-    match value(args, name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}: cannot parse {v:?}")),
-    }
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One simulation; prints a summary, last line `seed=S ... trace=<hex>`.
+    Run(RunArgs),
+    /// Many seeds, each with its own fleet shape and fault mix; stops at the
+    /// first violation with the command that reproduces it.
+    Swarm(SwarmArgs),
 }
 
-fn options(args: &[String], seed: u64, swarm: bool) -> Result<SimOptions, String> {
-    let mut o = if swarm {
-        SimOptions::swarm(seed)
-    } else {
-        SimOptions::new(seed)
-    };
-    if let Some(n) = parse(args, "--replicas")? {
-        o.replicas = n;
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The seed of the run's one RNG.
+    #[arg(long, value_name = "S")]
+    seed: u64,
+    /// Draw the fleet shape and faults from the seed, as swarm does.
+    #[arg(long)]
+    swarm: bool,
+    /// Print the last events even when nothing failed.
+    #[arg(long)]
+    trace: bool,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+#[derive(Debug, Args)]
+struct SwarmArgs {
+    /// The seeds to run, `A..B` (B excluded).
+    #[arg(long, value_name = "A..B", value_parser = seed_range)]
+    seeds: Range<u64>,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+/// A fault mix when not `--swarm`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FaultMix {
+    /// No faults at all.
+    None,
+    /// Every fault at its default rate.
+    All,
+}
+
+/// The workload the clients run.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WorkloadArg {
+    /// The Backup Key Vault with real OPAQUE logins.
+    Vault,
+    /// The bare guess counter with a linearizability model.
+    Counter,
+}
+
+/// A deliberate disk defect.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DiskBugArg {
+    /// A correct disk.
+    None,
+    /// `sync` returns without making anything durable.
+    LieOnSync,
+    /// A restart forgets the vote.
+    ForgetVote,
+    /// A crash silently corrupts a stored entry.
+    SilentCorruption,
+}
+
+/// The options `run` and `swarm` share. Each one left out keeps the default (or,
+/// under `--swarm` and in `swarm`, what the seed draws).
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Replicas (default 5).
+    #[arg(long, value_name = "N")]
+    replicas: Option<usize>,
+    /// Datacenters (default 3).
+    #[arg(long, value_name = "D")]
+    datacenters: Option<usize>,
+    /// Concurrent clients (default 8).
+    #[arg(long, value_name = "C")]
+    clients: Option<usize>,
+    /// Virtual seconds of the safety phase (default 20).
+    #[arg(long, value_name = "T")]
+    seconds: Option<f64>,
+    /// Bound on the liveness phase, in virtual seconds (default 20).
+    #[arg(long, value_name = "L")]
+    liveness_seconds: Option<f64>,
+    /// Fault mix when not --swarm (default all).
+    #[arg(long, value_enum)]
+    faults: Option<FaultMix>,
+    /// Rate of message drops (0 switches it off).
+    #[arg(long, value_name = "P", value_parser = probability)]
+    drop: Option<f64>,
+    /// Rate of duplicated messages.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    duplicate: Option<f64>,
+    /// Jitter, as a fraction of a link's latency.
+    #[arg(long, value_name = "F", value_parser = probability)]
+    jitter: Option<f64>,
+    /// Rate of delay spikes.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    delay_spike: Option<f64>,
+    /// Rate of partitions, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    partition: Option<f64>,
+    /// Rate of healing a partition, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    heal: Option<f64>,
+    /// Rate of crashes, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    crash: Option<f64>,
+    /// Rate of a voter crashing right after granting its vote.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    crash_after_vote: Option<f64>,
+    /// Clock drift, as a fraction of the tick.
+    #[arg(long, value_name = "F", value_parser = probability)]
+    clock_drift: Option<f64>,
+    /// Rate of clock jumps, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    clock_jump: Option<f64>,
+    /// Rate of HSM outages, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    hsm_outage: Option<f64>,
+    /// Rate of bit flips in a down replica's disk, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    bit_flip: Option<f64>,
+    /// Rate of rollbacks of a down replica's disk, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    rollback: Option<f64>,
+    /// The Backup Key Vault with real OPAQUE logins (default), or the bare guess
+    /// counter with a linearizability model (swarm draws one per seed).
+    #[arg(long, value_enum)]
+    workload: Option<WorkloadArg>,
+    /// Users (keys) (default 16).
+    #[arg(long, value_name = "N")]
+    users: Option<u64>,
+    /// Attempts per registration, 1..=255 (default 10).
+    #[arg(long, value_name = "A")]
+    attempts: Option<u32>,
+    /// Unsealed stores (no HSM).
+    #[arg(long)]
+    plain: bool,
+    /// Raft election timeout in ticks of 10 ms (default 30).
+    #[arg(long, value_name = "N")]
+    election_ticks: Option<usize>,
+    /// Raft heartbeat interval in ticks of 10 ms (default 3).
+    #[arg(long, value_name = "N")]
+    heartbeat_ticks: Option<usize>,
+    /// Switch on a deliberate disk defect, on plain stores (to watch a checker
+    /// catch it).
+    #[arg(long, value_enum)]
+    disk_bug: Option<DiskBugArg>,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{p} is not a probability"));
     }
-    if let Some(d) = parse(args, "--datacenters")? {
-        o.datacenters = d;
+    Ok(p)
+}
+
+fn seed_range(s: &str) -> Result<Range<u64>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected A..B, not {s:?}"))?;
+    let a: u64 = a.parse().map_err(|_| format!("bad start {a:?}"))?;
+    let b: u64 = b.parse().map_err(|_| format!("bad end {b:?}"))?;
+    if b <= a {
+        return Err("the range is empty".into());
     }
-    if let Some(c) = parse(args, "--clients")? {
-        o.clients = c;
+    Ok(a..b)
+}
+
+impl SimArgs {
+    /// The options for `seed`, or why the combination is refused.
+    fn options(&self, seed: u64, swarm: bool) -> Result<SimOptions, String> {
+        let mut o = if swarm {
+            SimOptions::swarm(seed)
+        } else {
+            SimOptions::new(seed)
+        };
+        self.apply_fleet(&mut o);
+        self.apply_faults(&mut o.faults);
+        if let Some(w) = self.workload {
+            o.workload = match w {
+                WorkloadArg::Vault => WorkloadKind::Vault,
+                WorkloadArg::Counter => WorkloadKind::Counter,
+            };
+        }
+        if let Some(u) = self.users {
+            o.keys = u;
+        }
+        if let Some(a) = self.attempts {
+            o.attempt_limit = a;
+        }
+        if let Some(bug) = self.disk_bug {
+            o.disk_bug = match bug {
+                DiskBugArg::None => DiskBug::None,
+                DiskBugArg::LieOnSync => DiskBug::LieOnSync,
+                DiskBugArg::ForgetVote => DiskBug::ForgetVote,
+                DiskBugArg::SilentCorruption => DiskBug::SilentCorruption,
+            };
+        } else {
+            o.disk_bug = DiskBug::None;
+        }
+        if o.disk_bug != DiskBug::None {
+            // The defects live below the sealed store's view (it keeps the vote in its
+            // sealed head, and refuses a disk that lies): watch them on plain stores.
+            o.sealed = false;
+        }
+        validate(&o)?;
+        Ok(o)
     }
-    if let Some(t) = parse::<f64>(args, "--seconds")? {
-        o.safety_ms = (t * 1000.0) as u64;
+
+    fn apply_fleet(&self, o: &mut SimOptions) {
+        if let Some(n) = self.replicas {
+            o.replicas = n;
+        }
+        if let Some(d) = self.datacenters {
+            o.datacenters = d;
+        }
+        if let Some(c) = self.clients {
+            o.clients = c;
+        }
+        if let Some(t) = self.seconds {
+            o.safety_ms = (t * 1000.0) as u64;
+        }
+        if let Some(t) = self.liveness_seconds {
+            o.liveness_ms = (t * 1000.0) as u64;
+        }
+        if self.plain {
+            o.sealed = false;
+        }
+        if let Some(t) = self.election_ticks {
+            o.election_ticks = t;
+        }
+        if let Some(t) = self.heartbeat_ticks {
+            o.heartbeat_ticks = t;
+        }
     }
-    if let Some(t) = parse::<f64>(args, "--liveness-seconds")? {
-        o.liveness_ms = (t * 1000.0) as u64;
-    }
-    match value(args, "--faults") {
-        None => {}
-        Some("none") => o.faults = Faults::none(),
-        Some("all") => o.faults = Faults::all(),
-        Some(other) => return Err(format!("--faults: expected none or all, not {other:?}")),
-    }
-    let f = &mut o.faults;
-    for (name, slot) in [
-        ("--drop", &mut f.drop),
-        ("--duplicate", &mut f.duplicate),
-        ("--jitter", &mut f.jitter),
-        ("--delay-spike", &mut f.delay_spike),
-        ("--partition", &mut f.partition_rate),
-        ("--heal", &mut f.heal_rate),
-        ("--crash", &mut f.crash_rate),
-        ("--crash-after-vote", &mut f.crash_after_vote),
-        ("--clock-drift", &mut f.clock_drift),
-        ("--clock-jump", &mut f.clock_jump_rate),
-        ("--hsm-outage", &mut f.hsm_outage_rate),
-        ("--bit-flip", &mut f.bit_flip_rate),
-        ("--rollback", &mut f.rollback_rate),
-    ] {
-        if let Some(p) = parse::<f64>(args, name)? {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(format!("{name}: {p} is not a probability"));
+
+    fn apply_faults(&self, f: &mut Faults) {
+        match self.faults {
+            None => {}
+            Some(FaultMix::None) => *f = Faults::none(),
+            Some(FaultMix::All) => *f = Faults::all(),
+        }
+        for (value, slot) in [
+            (self.drop, &mut f.drop),
+            (self.duplicate, &mut f.duplicate),
+            (self.jitter, &mut f.jitter),
+            (self.delay_spike, &mut f.delay_spike),
+            (self.partition, &mut f.partition_rate),
+            (self.heal, &mut f.heal_rate),
+            (self.crash, &mut f.crash_rate),
+            (self.crash_after_vote, &mut f.crash_after_vote),
+            (self.clock_drift, &mut f.clock_drift),
+            (self.clock_jump, &mut f.clock_jump_rate),
+            (self.hsm_outage, &mut f.hsm_outage_rate),
+            (self.bit_flip, &mut f.bit_flip_rate),
+            (self.rollback, &mut f.rollback_rate),
+        ] {
+            if let Some(p) = value {
+                *slot = p;
             }
-            *slot = p;
         }
     }
-    match value(args, "--workload") {
-        None => {}
-        Some("vault") => o.workload = WorkloadKind::Vault,
-        Some("counter") => o.workload = WorkloadKind::Counter,
-        Some(other) => {
-            return Err(format!(
-                "--workload: expected vault or counter, not {other:?}"
-            ))
+
+    /// The flags given, as a command line (for the reproduce line).
+    fn to_args(&self) -> String {
+        fn num(v: Option<impl ToString>) -> Option<String> {
+            v.map(|v| v.to_string())
         }
+        fn name(v: Option<impl ValueEnum>) -> Option<String> {
+            v.and_then(|v| v.to_possible_value())
+                .map(|v| v.get_name().to_string())
+        }
+        let flags = [
+            ("replicas", num(self.replicas)),
+            ("datacenters", num(self.datacenters)),
+            ("clients", num(self.clients)),
+            ("seconds", num(self.seconds)),
+            ("liveness-seconds", num(self.liveness_seconds)),
+            ("faults", name(self.faults)),
+            ("drop", num(self.drop)),
+            ("duplicate", num(self.duplicate)),
+            ("jitter", num(self.jitter)),
+            ("delay-spike", num(self.delay_spike)),
+            ("partition", num(self.partition)),
+            ("heal", num(self.heal)),
+            ("crash", num(self.crash)),
+            ("crash-after-vote", num(self.crash_after_vote)),
+            ("clock-drift", num(self.clock_drift)),
+            ("clock-jump", num(self.clock_jump)),
+            ("hsm-outage", num(self.hsm_outage)),
+            ("bit-flip", num(self.bit_flip)),
+            ("rollback", num(self.rollback)),
+            ("workload", name(self.workload)),
+            ("users", num(self.users)),
+            ("attempts", num(self.attempts)),
+            ("election-ticks", num(self.election_ticks)),
+            ("heartbeat-ticks", num(self.heartbeat_ticks)),
+            ("disk-bug", name(self.disk_bug)),
+        ];
+        let mut s = String::new();
+        for (flag, value) in flags {
+            if let Some(v) = value {
+                s.push_str(&format!(" --{flag} {v}"));
+            }
+        }
+        if self.plain {
+            s.push_str(" --plain");
+        }
+        s
     }
-    if let Some(u) = parse(args, "--users")? {
-        o.keys = u;
-    }
-    if let Some(a) = parse(args, "--attempts")? {
-        o.attempt_limit = a;
-    }
+}
+
+fn validate(o: &SimOptions) -> Result<(), String> {
     if o.keys == 0 || o.attempt_limit == 0 || o.attempt_limit > 255 {
         return Err("--users must be at least 1 and --attempts within 1..=255".into());
-    }
-    if args.iter().any(|a| a == "--plain") {
-        o.sealed = false;
-    }
-    if let Some(t) = parse(args, "--election-ticks")? {
-        o.election_ticks = t;
-    }
-    if let Some(t) = parse(args, "--heartbeat-ticks")? {
-        o.heartbeat_ticks = t;
-    }
-    o.disk_bug = match value(args, "--disk-bug") {
-        None | Some("none") => DiskBug::None,
-        Some("lie-on-sync") => DiskBug::LieOnSync,
-        Some("forget-vote") => DiskBug::ForgetVote,
-        Some("silent-corruption") => DiskBug::SilentCorruption,
-        Some(other) => return Err(format!("--disk-bug: unknown defect {other:?}")),
-    };
-    if o.disk_bug != DiskBug::None {
-        // The defects live below the sealed store's view (it keeps the vote in its
-        // sealed head, and refuses a disk that lies): watch them on plain stores.
-        o.sealed = false;
     }
     if o.heartbeat_ticks == 0 || o.heartbeat_ticks >= o.election_ticks {
         return Err("--heartbeat-ticks must be at least 1 and below --election-ticks".into());
@@ -159,7 +359,17 @@ fn options(args: &[String], seed: u64, swarm: bool) -> Result<SimOptions, String
     if o.replicas == 0 || o.datacenters == 0 {
         return Err("--replicas and --datacenters must be at least 1".into());
     }
-    Ok(o)
+    Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (off when unset).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn summary(r: &Report, wall: f64) -> String {
@@ -199,49 +409,29 @@ fn print_failure(r: &Report, command: &str) {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("run") => cmd_run(&args),
-        Some("swarm") => cmd_swarm(&args),
-        _ => Err(USAGE.to_string()),
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match &cli.command {
+        Command::Run(args) => cmd_run(args),
+        Command::Swarm(args) => cmd_swarm(args),
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(2)
-        }
+        // A combination of flags the simulator refuses: a usage error.
+        Err(e) => Cli::command().error(ErrorKind::ValueValidation, e).exit(),
     }
 }
 
-fn reproduce(seed: u64, args: &[String], swarm: bool) -> String {
+fn reproduce(seed: u64, sim: &SimArgs, swarm: bool) -> String {
     let mut cmd = format!("cargo run --release -p vaultfleet-sim -- run --seed {seed}");
     if swarm {
         cmd.push_str(" --swarm");
     }
-    let mut i = 1;
-    while i < args.len() {
-        let a = &args[i];
-        if a == "--seed" || a == "--seeds" {
-            i += 2;
-            continue;
-        }
-        if a != "--swarm" && a != "--trace" {
-            cmd.push(' ');
-            cmd.push_str(a);
-        }
-        i += 1;
-    }
+    cmd.push_str(&sim.to_args());
     cmd
 }
 
-fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
-    let seed = parse(args, "--seed")?.ok_or("run needs --seed S")?;
-    let swarm = args.iter().any(|a| a == "--swarm");
-    let opts = options(args, seed, swarm)?;
-    let start = Instant::now();
-    let report = run(opts);
-    let wall = start.elapsed().as_secs_f64();
+fn print_run(report: &Report) {
     let s = &report.stats;
     println!(
         "fleet: {} replicas in {} datacenters, {} clients, {} stores, {} workload ({} users/keys, {} attempts)",
@@ -277,12 +467,20 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
             report.inconclusive
         );
     }
+}
+
+fn cmd_run(args: &RunArgs) -> Result<ExitCode, String> {
+    let opts = args.sim.options(args.seed, args.swarm)?;
+    let start = Instant::now();
+    let report = run(opts);
+    let wall = start.elapsed().as_secs_f64();
+    print_run(&report);
     let failed = report.violation.is_some();
     if failed {
-        print_failure(&report, &reproduce(seed, args, swarm));
+        print_failure(&report, &reproduce(args.seed, &args.sim, args.swarm));
     } else {
         println!("ok: every checker passed");
-        if args.iter().any(|a| a == "--trace") {
+        if args.trace {
             for e in &report.recent {
                 println!("  {e}");
             }
@@ -296,29 +494,32 @@ fn cmd_run(args: &[String]) -> Result<ExitCode, String> {
     })
 }
 
-fn cmd_swarm(args: &[String]) -> Result<ExitCode, String> {
-    let range = value(args, "--seeds").ok_or("swarm needs --seeds A..B")?;
-    let (a, b) = range
-        .split_once("..")
-        .ok_or_else(|| format!("--seeds: expected A..B, not {range:?}"))?;
-    let (a, b): (u64, u64) = (
-        a.parse().map_err(|_| format!("--seeds: bad start {a:?}"))?,
-        b.parse().map_err(|_| format!("--seeds: bad end {b:?}"))?,
+/// Redraws the swarm's progress bar on stderr.
+fn progress(done: u64, total: u64, sim_us: u64, start: Instant) {
+    let width = 30;
+    let filled = (done * width / total) as usize;
+    eprint!(
+        "\r[{}{}] {done}/{total} seeds, {:.0}x real time   ",
+        "#".repeat(filled),
+        " ".repeat(width as usize - filled),
+        sim_us as f64 / 1e6 / start.elapsed().as_secs_f64().max(1e-9)
     );
-    if b <= a {
-        return Err("--seeds: the range is empty".into());
-    }
+    let _ = std::io::stderr().flush();
+}
+
+fn cmd_swarm(args: &SwarmArgs) -> Result<ExitCode, String> {
+    let (a, b) = (args.seeds.start, args.seeds.end);
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let (mut sim_us, mut stalls, mut inconclusive) = (0u64, 0u64, 0u64);
     for seed in a..b {
-        let opts = options(args, seed, true)?;
+        let opts = args.sim.options(seed, true)?;
         let Ok(report) = std::panic::catch_unwind(|| run(opts)) else {
             if tty {
                 eprintln!();
             }
             println!("seed {seed} of {a}..{b} panicked in the simulator itself");
-            println!("reproduce: {}", reproduce(seed, args, true));
+            println!("reproduce: {}", reproduce(seed, &args.sim, true));
             return Ok(ExitCode::FAILURE);
         };
         if !report.inconclusive.is_empty() {
@@ -333,21 +534,11 @@ fn cmd_swarm(args: &[String]) -> Result<ExitCode, String> {
                 eprintln!();
             }
             println!("seed {seed} of {a}..{b} failed");
-            print_failure(&report, &reproduce(seed, args, true));
+            print_failure(&report, &reproduce(seed, &args.sim, true));
             return Ok(ExitCode::FAILURE);
         }
-        let done = seed - a + 1;
         if tty {
-            let total = b - a;
-            let width = 30;
-            let filled = (done * width / total) as usize;
-            eprint!(
-                "\r[{}{}] {done}/{total} seeds, {:.0}x real time   ",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled),
-                sim_us as f64 / 1e6 / start.elapsed().as_secs_f64().max(1e-9)
-            );
-            let _ = std::io::stderr().flush();
+            progress(seed - a + 1, b - a, sim_us, start);
         }
     }
     if tty {

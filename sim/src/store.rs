@@ -77,10 +77,4 @@ impl LogStore for SimStore {
     fn hard_state(&self) -> &HardState {
         each!(self, s => s.hard_state())
     }
-    fn set_wrapper_record(&mut self, record: &[u8]) -> Result<(), StorageError> {
-        each!(self, s => s.set_wrapper_record(record))
-    }
-    fn wrapper_record(&self) -> &[u8] {
-        each!(self, s => s.wrapper_record())
-    }
 }

@@ -35,15 +35,15 @@ use vaultfleet_vault::wire::{
 };
 use vaultfleet_vault::{
     BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, PendingLogin,
-    RegistrationNonce, UserView, VaultKeys, VaultServer,
+    RegistrationNonce, UserId, UserView, VaultKeys, VaultServer,
 };
 
 use crate::workload::{OpKind, Operation, Record, Workload};
 
 const KSF: KsfParams = KsfParams::TESTS_ONLY;
 
-fn user_id(key: u64) -> Vec<u8> {
-    format!("user-{key}").into_bytes()
+fn user_id(key: u64) -> UserId {
+    UserId::new(format!("user-{key}")).expect("user-<u64> is within the user id bounds")
 }
 
 fn code(key: u64) -> Vec<u8> {
@@ -440,7 +440,7 @@ impl Workload for VaultWorkload {
                     self.set(client, Step::Idle);
                     Some(Operation {
                         key,
-                        kind: OpKind::Read(BackupVault::query_user(&user_id(key))),
+                        kind: OpKind::Read(BackupVault::query_user(user_id(key).as_bytes())),
                     })
                 }
             };
@@ -540,7 +540,7 @@ impl Workload for VaultWorkload {
         for &key in &self.facts.registered {
             let user = user_id(key);
             let missing = "an acknowledged registration is missing from the converged fleet";
-            match machine.user(&user) {
+            match machine.user(user.as_bytes()) {
                 None => return Err(format!("user {key}: {missing}")),
                 Some(UserView::Deleted { .. }) if !self.facts.deletes.contains(&key) => {
                     return Err(format!(

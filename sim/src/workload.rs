@@ -167,10 +167,9 @@ impl StateMachine for CounterMachine {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         if snapshot.len() % 12 != 0 {
-            return Err(RestoreError(format!(
-                "counter snapshot of {} bytes is not a whole number of 12-byte records",
-                snapshot.len()
-            )));
+            return Err(RestoreError::Malformed {
+                what: "counter snapshot is not a whole number of 12-byte records",
+            });
         }
         self.counts = snapshot
             .chunks_exact(12)

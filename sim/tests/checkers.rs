@@ -247,7 +247,7 @@ impl StateMachine for RefundingVault {
                 r.user = c.user;
                 r.request = c.request;
                 r.op = Some(vault_command::Op::Reset(reset));
-                self.0.apply(index, &vaultfleet::wire::encode(&r));
+                self.0.apply(index, &vaultfleet::wire::encode_bounded(&r));
             }
         }
         out

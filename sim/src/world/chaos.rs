@@ -1,0 +1,128 @@
+//! The fault schedule of the safety phase: every [`CHAOS_STEP_US`] it draws
+//! partitions and heals, crashes (between events or armed at the next write),
+//! clock jumps, HSM outages, bit flips and disk rollbacks, each at its rate in
+//! [`Faults`](crate::Faults).
+
+use rand::Rng;
+use vaultfleet::storage::WrapperRecord;
+use vaultfleet::LogStore;
+
+use super::events::Event;
+use super::network::Partition;
+use super::{Phase, Simulation};
+use crate::disk::CrashPoint;
+use crate::workload::Workload;
+
+/// Virtual time between two draws of the fault schedule, in µs.
+pub(super) const CHAOS_STEP_US: u64 = 100_000;
+
+impl<W: Workload> Simulation<W> {
+    pub(super) fn chaos(&mut self) {
+        if self.phase != Phase::Safety {
+            return;
+        }
+        self.schedule(CHAOS_STEP_US, Event::Chaos);
+        let f = self.opts.faults.clone();
+        let n = self.hosts.len();
+        if matches!(self.partition, Partition::None) && self.rng.gen_bool(f.partition_rate) {
+            self.start_partition();
+        }
+        if matches!(self.partition, Partition::Active) && self.rng.gen_bool(f.heal_rate.min(1.0)) {
+            self.schedule(0, Event::Heal);
+        }
+        if self.rng.gen_bool(f.crash_rate) {
+            let h = self.rng.gen_range(0..n);
+            // A third of crashes strike between events; the others are armed to
+            // cut the replica's next write before or after its data is durable.
+            let up = self.hosts[h].replica.is_some();
+            match self.rng.gen_range(0..3) {
+                0 => self.crash_host(h, "crash fault"),
+                1 if up => self.hosts[h].disk.arm(CrashPoint::BeforeSync),
+                _ if up => self.hosts[h].disk.arm(CrashPoint::AfterSync),
+                _ => {}
+            }
+        }
+        if self.rng.gen_bool(f.clock_jump_rate) {
+            let h = self.rng.gen_range(0..n);
+            let jump = self.rng.gen_range(1..=self.opts.election_ticks as u64);
+            if let Some(r) = self.hosts[h].replica.as_mut() {
+                for _ in 0..jump {
+                    r.tick();
+                }
+                self.stats.clock_jumps += 1;
+                let id = self.hosts[h].id;
+                self.note(|| format!("clock of replica {id} jumps {jump} ticks"));
+                self.pump(h);
+            }
+        }
+        if self.rng.gen_bool(f.hsm_outage_rate) {
+            let h = self.rng.gen_range(0..n);
+            self.hosts[h].hsm.set_available(false);
+            self.stats.hsm_outages += 1;
+            let id = self.hosts[h].id;
+            self.note(|| format!("HSM of replica {id} stops answering"));
+            let back = self.rng.gen_range(100_000..2_000_000);
+            self.schedule(back, Event::HsmBack { host: h });
+        }
+        let lossy = f.bit_flip_rate > 0.0 && self.rng.gen_bool(f.bit_flip_rate);
+        let rollback = f.rollback_rate > 0.0 && self.rng.gen_bool(f.rollback_rate);
+        if lossy || rollback {
+            self.damage_a_disk(rollback);
+        }
+    }
+
+    /// Flips a bit in, or rolls back, a down replica's disk, keeping the number of
+    /// replicas lost for good below a majority.
+    pub(super) fn damage_a_disk(&mut self, rollback: bool) {
+        if !self.opts.sealed && !self.opts.damage_unsealed {
+            // A plain store cannot detect damage; only the checker's own test asks for it.
+            return;
+        }
+        let n = self.hosts.len();
+        let f = self.opts.lost_replicas_max.unwrap_or((n - 1) / 2);
+        let lost = self
+            .hosts
+            .iter()
+            .filter(|h| h.lost.is_some() || h.damaged.is_some())
+            .count();
+        if lost >= f {
+            return;
+        }
+        let h = self.rng.gen_range(0..n);
+        if self.hosts[h].lost.is_some() || self.hosts[h].damaged.is_some() {
+            return;
+        }
+        self.crash_host(h, "crash before its disk is damaged");
+        let id = self.hosts[h].id;
+        if rollback {
+            let current = self.hosts[h].disk.image();
+            let now = self.hsm_counter(h);
+            let sealed = self.opts.sealed;
+            // Only an image that lacks an acknowledged write is a harmful rollback.
+            // Under a sealed store an image taken at counter c holds head c or
+            // c + 1 (a write durable but not yet counted, never acknowledged); so
+            // it lacks an acknowledged write once the counter reached c + 2. A
+            // plain store cannot tell, so any older differing image will do.
+            let harmful = |(i, c): &&(vaultfleet::MemLog, u64)| {
+                if sealed {
+                    now.is_some_and(|now| c + 2 <= now)
+                } else {
+                    i.wrapper_record() != current.wrapper_record()
+                        || i.last() != current.last()
+                        || i.hard_state() != current.hard_state()
+                }
+            };
+            let Some((older, _)) = self.hosts[h].images.iter().rev().find(harmful).cloned() else {
+                return;
+            };
+            self.hosts[h].disk.restore(older);
+            self.hosts[h].damaged = Some("a rollback of its disk to an older image".into());
+            self.stats.rollbacks += 1;
+            self.note(|| format!("disk of replica {id} rolled back to an older image"));
+        } else if let Some(what) = self.hosts[h].disk.flip_bit(&mut self.rng) {
+            self.hosts[h].damaged = Some(format!("a bit flip in {what}"));
+            self.stats.bit_flips += 1;
+            self.note(|| format!("bit flipped on replica {id}'s disk: {what}"));
+        }
+    }
+}

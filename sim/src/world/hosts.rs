@@ -1,0 +1,349 @@
+//! The hosts: each replica's disk, soft HSM and clock; starting a replica from
+//! its store, crashing it, and pumping its output into the network and to the
+//! clients.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use vaultfleet::replica::RequestId;
+use vaultfleet::state_machine::RestoreError;
+use vaultfleet::{
+    Hsm, Replica, ReplicaConfig, Sealed, SealedConfig, SoftHsm, StateMachine, StorageError,
+};
+
+use super::events::Event;
+use super::{Phase, Simulation};
+use crate::disk::{CrashOutcome, Disk};
+use crate::options::SimOptions;
+use crate::store::SimStore;
+use crate::workload::Workload;
+
+/// One applied command, as a replica's state machine saw it.
+pub(in crate::world) struct Applied {
+    pub(in crate::world) host: u64,
+    pub(in crate::world) index: u64,
+    pub(in crate::world) position: u32,
+    pub(in crate::world) digest: u64,
+}
+
+/// Wraps the workload's machine to record every apply for the checkers.
+pub(super) struct Recorder<M> {
+    pub(super) inner: M,
+    pub(super) host: u64,
+    pub(super) last_index: u64,
+    pub(super) position: u32,
+    pub(super) log: Arc<Mutex<Vec<Applied>>>,
+}
+
+pub(in crate::world) fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl<M: StateMachine> StateMachine for Recorder<M> {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        if index == self.last_index {
+            self.position += 1;
+        } else {
+            self.last_index = index;
+            self.position = 0;
+        }
+        self.log.lock().push(Applied {
+            host: self.host,
+            index,
+            position: self.position,
+            digest: fnv(command),
+        });
+        self.inner.apply(index, command)
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.inner.query(query)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.inner.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.last_index = 0;
+        self.inner.restore(snapshot)
+    }
+}
+
+pub(in crate::world) struct Host<M: StateMachine> {
+    pub(in crate::world) id: u64,
+    pub(in crate::world) dc: usize,
+    pub(in crate::world) replica: Option<Replica<SimStore, Recorder<M>>>,
+    pub(in crate::world) disk: Disk,
+    pub(in crate::world) hsm: SoftHsm,
+    pub(in crate::world) tick_us: u64,
+    pub(in crate::world) generation: u64,
+    /// Lost for good (its store was refused, as it had to be).
+    pub(in crate::world) lost: Option<String>,
+    /// Its disk was damaged while it was down: the next open must refuse it.
+    pub(in crate::world) damaged: Option<String>,
+    /// Durable images taken at crashes (what a hostile host could put back), with
+    /// the HSM counter when each was taken.
+    pub(in crate::world) images: Vec<(vaultfleet::MemLog, u64)>,
+    pub(in crate::world) restart_pending: bool,
+    pub(in crate::world) requests: BTreeMap<RequestId, (usize, u64)>,
+}
+
+impl<W: Workload> Simulation<W> {
+    pub(super) fn replica_config(&mut self, h: usize) -> ReplicaConfig {
+        let mut rc = ReplicaConfig::new(self.hosts[h].id);
+        rc.seed = self.rng.gen();
+        rc.election_ticks = self.opts.election_ticks;
+        rc.heartbeat_ticks = self.opts.heartbeat_ticks;
+        rc.snapshot_entries_min = self.opts.snapshot_entries;
+        rc.compaction_entries_retained = self.opts.snapshot_entries / 4;
+        rc.request_ticks_max = 300;
+        rc
+    }
+
+    pub(super) fn start_host(&mut self, h: usize, initial: bool) {
+        if self.hosts[h].lost.is_some() || self.hosts[h].replica.is_some() {
+            return;
+        }
+        let id = self.hosts[h].id;
+        let disk = self.hosts[h].disk.open();
+        let store = if self.opts.sealed {
+            let cfg = SealedConfig::new(1, id);
+            match Sealed::open(disk, self.hosts[h].hsm.clone(), cfg) {
+                Ok(s) => SimStore::Sealed(Box::new(s)),
+                Err(e) => return self.store_refused(h, e),
+            }
+        } else {
+            SimStore::Plain(disk)
+        };
+        if self.opened_damaged_store(h) {
+            return;
+        }
+        let mut store = store;
+        let machine = Recorder {
+            inner: self.workload.machine(),
+            host: id,
+            last_index: 0,
+            position: 0,
+            log: self.apply_log.clone(),
+        };
+        if initial {
+            if let Err(e) = Replica::bootstrap(&mut store, &machine, &self.fleet) {
+                return self.violate("replicas start", format!("bootstrap of {id}: {e}"));
+            }
+        }
+        let cfg = self.replica_config(h);
+        match Replica::new(cfg, store, machine) {
+            Ok(r) => {
+                self.hosts[h].replica = Some(r);
+                self.hosts[h].generation += 1;
+                self.hosts[h].restart_pending = false;
+                let g = self.hosts[h].generation;
+                let first = self.rng.gen_range(0..self.hosts[h].tick_us);
+                self.schedule(
+                    first,
+                    Event::Tick {
+                        host: h,
+                        generation: g,
+                    },
+                );
+                self.note(|| format!("replica {id} started"));
+            }
+            Err(e) => {
+                let retry = expected_failure(&e);
+                self.start_failed(h, e.to_string(), retry)
+            }
+        }
+    }
+
+    pub(super) fn start_failed(&mut self, h: usize, why: String, retry: bool) {
+        // An HSM that is not answering: try again later.
+        let id = self.hosts[h].id;
+        if retry {
+            self.note(|| format!("replica {id} cannot start yet: {why}"));
+            if !self.hosts[h].restart_pending {
+                self.hosts[h].restart_pending = true;
+                self.schedule(200_000, Event::Restart { host: h });
+            }
+        } else {
+            self.violate("replicas start", format!("replica {id}: {why}"));
+        }
+    }
+
+    pub(super) fn crash_host(&mut self, h: usize, why: &str) {
+        if self.hosts[h].replica.take().is_none() {
+            return;
+        }
+        let id = self.hosts[h].id;
+        self.hosts[h].generation += 1;
+        self.hosts[h].requests.clear();
+        let outcome = self.hosts[h].disk.crash(&mut self.rng);
+        if matches!(outcome, CrashOutcome::Torn | CrashOutcome::Corrupted) {
+            self.stats.torn_or_corrupted += 1;
+        }
+        self.stats.crashes += 1;
+        // Keep an image for a later rollback, with the counter it was taken at
+        // (unknown while the HSM is not answering: then keep none).
+        let image = self.hosts[h].disk.image();
+        let counter = if self.opts.sealed {
+            self.hsm_counter(h)
+        } else {
+            Some(0)
+        };
+        if let Some(counter) = counter {
+            let images = &mut self.hosts[h].images;
+            if images.len() == 4 {
+                images.remove(0);
+            }
+            images.push((image, counter));
+        }
+        self.note(|| format!("replica {id} crashed ({why}); pending writes {outcome:?}"));
+        if !self.hosts[h].restart_pending {
+            self.hosts[h].restart_pending = true;
+            let after = if self.phase == Phase::Safety {
+                let (lo, hi) = self.opts.restart_ms;
+                self.rng.gen_range(lo * 1000..=hi.max(lo) * 1000)
+            } else {
+                10_000
+            };
+            self.schedule(after, Event::Restart { host: h });
+        }
+    }
+
+    /// Runs `handle_ready` until the replica has nothing more to do, routing its
+    /// messages and completions, then runs the checkers that look at replicas.
+    pub(super) fn pump(&mut self, h: usize) {
+        loop {
+            let Some(replica) = self.hosts[h].replica.as_mut() else {
+                return;
+            };
+            if !replica.has_ready() {
+                break;
+            }
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            if let Err(e) = replica.handle_ready(&mut out) {
+                self.out = out;
+                let why = e.to_string();
+                if self.phase == Phase::Safety && expected_failure(&e) {
+                    self.crash_host(h, &why);
+                } else {
+                    let id = self.hosts[h].id;
+                    self.violate(
+                        "replicas only stop for injected faults",
+                        format!("replica {id} failed: {why}"),
+                    );
+                }
+                return;
+            }
+            for message in out.messages.drain(..) {
+                self.send(h, message);
+            }
+            for completion in out.completions.drain(..) {
+                self.complete(h, completion);
+            }
+            self.out = out;
+            if let Some(victim) = self.crash_next.pop() {
+                self.crash_next.clear();
+                self.crash_host(victim, "crash right after granting a vote");
+                return;
+            }
+        }
+        self.check_replica(h);
+    }
+
+    /// A tick of host `host`'s clock (ignored when it belongs to an earlier
+    /// generation of its replica).
+    pub(super) fn on_tick(&mut self, host: usize, generation: u64) {
+        if self.hosts[host].generation != generation {
+            return;
+        }
+        let Some(r) = self.hosts[host].replica.as_mut() else {
+            return;
+        };
+        r.tick();
+        let mut next = self.hosts[host].tick_us;
+        let drift = self.opts.faults.clock_drift;
+        if self.phase == Phase::Safety && drift > 0.0 {
+            // Uneven ticks: each one a little early or late.
+            let spread = (next as f64 * drift / 2.0) as u64;
+            next = next - spread.min(next - 1) + self.rng.gen_range(0..=2 * spread);
+        }
+        self.schedule(next.max(1), Event::Tick { host, generation });
+        self.pump(host);
+    }
+
+    /// The restart timer of host `host` went off.
+    pub(super) fn on_restart(&mut self, host: usize) {
+        self.hosts[host].restart_pending = false;
+        if self.phase != Phase::Safety {
+            self.hosts[host].hsm.set_available(true);
+        }
+        self.start_host(host, false);
+    }
+
+    /// Host `host`'s HSM answers again after an outage.
+    pub(super) fn on_hsm_back(&mut self, host: usize) {
+        self.hosts[host].hsm.set_available(true);
+        let id = self.hosts[host].id;
+        self.note(|| format!("HSM of replica {id} answers again"));
+    }
+
+    pub(super) fn hsm_counter(&self, h: usize) -> Option<u64> {
+        let label = SealedConfig::new(1, self.hosts[h].id).counter_label;
+        self.hosts[h].hsm.counter(&label).ok().map(|c| c.value)
+    }
+}
+
+/// A replica stopped for a reason the simulator injected: an armed crash in the
+/// simulated disk, or an HSM switched off.
+pub(super) fn expected_failure(e: &vaultfleet::ReplicaError) -> bool {
+    match e {
+        vaultfleet::ReplicaError::Storage { source, .. } => match source {
+            StorageError::Hsm(vaultfleet::HsmError::Unavailable { .. }) => true,
+            StorageError::Backend(cause) => cause.is::<crate::disk::SimulatedCrash>(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The `n` hosts of a fleet over `dcs` datacenters, each with its disk, its soft
+/// HSM (seeded from `rng`) and its clock rate. Draws from `rng` in a fixed order.
+pub(super) fn build<M: StateMachine>(
+    opts: &SimOptions,
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    dcs: usize,
+) -> Vec<Host<M>> {
+    let tick = opts.tick_ms * 1000;
+    let mut hosts = Vec::with_capacity(n);
+    for i in 0..n {
+        let drift = opts.faults.clock_drift;
+        let factor = if drift > 0.0 {
+            rng.gen_range(1.0 - drift..1.0 + drift)
+        } else {
+            1.0
+        };
+        hosts.push(Host {
+            id: i as u64 + 1,
+            dc: i % dcs,
+            replica: None,
+            disk: Disk::new(opts.disk_bug),
+            hsm: SoftHsm::from_seed(rng.gen()),
+            tick_us: ((tick as f64) * factor).max(1.0) as u64,
+            generation: 0,
+            lost: None,
+            damaged: None,
+            images: Vec::new(),
+            restart_pending: false,
+            requests: BTreeMap::new(),
+        });
+    }
+    hosts
+}

@@ -1,0 +1,114 @@
+//! The `vaultfleet-sim` command line: `--help` for every subcommand; a misspelled
+//! flag, a malformed value or a refused combination is a usage error (exit 2),
+//! never silently the default run; a failing run's reproduce line carries the
+//! flags it ran with.
+
+use std::process::{Command, Output};
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vaultfleet-sim"))
+        .args(args)
+        .output()
+        .expect("run vaultfleet-sim")
+}
+
+fn usage_error(args: &[&str], needle: &str) {
+    let out = sim(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stdout}{stderr}");
+    assert!(stdout.is_empty(), "{args:?} ran anyway: {stdout}");
+    assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: no {needle:?} in {stderr}"
+    );
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [&["--help"][..], &["run", "--help"], &["swarm", "--help"]] {
+        let out = sim(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}");
+        assert!(stdout.contains("Usage:"), "{args:?}: {stdout}");
+    }
+    let help = String::from_utf8_lossy(&sim(&["run", "--help"]).stdout).into_owned();
+    for flag in [
+        "--seed",
+        "--swarm",
+        "--replicas",
+        "--crash-after-vote",
+        "--disk-bug",
+        "--trace",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}");
+    }
+}
+
+#[test]
+fn bad_flags_are_usage_errors_not_the_default_run() {
+    usage_error(&["run", "--seed", "7", "--replica", "3"], "--replicas");
+    usage_error(&["run", "--replicas", "3"], "--seed");
+    usage_error(&["run", "--seed", "seven"], "--seed");
+    usage_error(&["run", "--seed", "7", "--drop", "1.5"], "probability");
+    usage_error(&["run", "--seed", "7", "--workload", "kv"], "counter");
+    usage_error(&["run", "--seed", "7", "--disk-bug", "lie"], "lie-on-sync");
+    usage_error(
+        &["run", "--seed", "7", "--heartbeat-ticks", "40"],
+        "--election-ticks",
+    );
+    usage_error(&["run", "--seed", "7", "--attempts", "0"], "--attempts");
+    usage_error(&["swarm", "--seeds", "5..3"], "empty");
+    usage_error(&["swarm", "--seeds", "0-10"], "A..B");
+    usage_error(&["swarm", "--seeds", "0..2", "--trace"], "--trace");
+    usage_error(&["walk"], "walk");
+}
+
+#[test]
+fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
+    let ok = sim(&[
+        "run",
+        "--seed",
+        "3",
+        "--workload",
+        "counter",
+        "--seconds",
+        "1",
+        "--clients",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("seed=3 ") && last.contains(" trace="),
+        "{last}"
+    );
+
+    // A deliberate disk defect the checkers catch (seed 2 fails within 7 s).
+    let failed = sim(&[
+        "run",
+        "--seed",
+        "2",
+        "--plain",
+        "--disk-bug",
+        "silent-corruption",
+        "--seconds",
+        "10",
+    ]);
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert_eq!(failed.status.code(), Some(1), "{stdout}");
+    let reproduce = stdout
+        .lines()
+        .find(|l| l.starts_with("reproduce: "))
+        .unwrap_or_else(|| panic!("no reproduce line in {stdout}"));
+    for part in [
+        "run --seed 2",
+        "--seconds 10",
+        "--disk-bug silent-corruption",
+        "--plain",
+    ] {
+        assert!(reproduce.contains(part), "{reproduce} lacks {part}");
+    }
+}
