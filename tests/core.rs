@@ -9,8 +9,9 @@ use core_harness::{kv_value, Network};
 use protobuf2::Message as _;
 use raft::prelude::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
 use vaultfleet::replica::{CorruptEntry, Reply};
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::wire::{self, ConfChangeContext};
-use vaultfleet::{KvStore, LogStore, ReplicaConfig, ReplicaError, RequestError};
+use vaultfleet::{KvStore, LogStore, ReplicaConfig, ReplicaError, RequestError, StateMachine};
 
 /// Snapshots after a few entries, keeping one entry behind them, so a replica
 /// that misses a handful of entries must be sent a snapshot.
@@ -376,4 +377,89 @@ fn a_well_formed_committed_learner_addition_applies_with_its_label() {
     let replica = net.replica(2);
     assert_eq!(replica.members().get(&4).map(String::as_str), Some("dc-4"));
     assert_eq!(replica.status().learners, vec![4]);
+}
+
+/// Set while [`Unsnapshottable`] cannot capture its state.
+static SNAPSHOTS_FAIL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A [`KvStore`] whose snapshot fails while [`SNAPSHOTS_FAIL`] is set: a state
+/// that has outgrown what one snapshot can hold. Only the test below uses it.
+#[derive(Default)]
+struct Unsnapshottable(KvStore);
+
+impl StateMachine for Unsnapshottable {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.apply(index, command)
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.0.query(query)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
+        if SNAPSHOTS_FAIL.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CaptureError::Other("the state outgrew one snapshot".into()));
+        }
+        self.0.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.0.restore(snapshot)
+    }
+}
+
+#[test]
+fn a_state_machine_that_cannot_snapshot_leaves_the_log_uncompacted_and_the_fleet_running() {
+    let mut net = Network::with_machine(&[1, 2, 3], small_snapshots, Unsnapshottable::default);
+    let leader = 1;
+    net.elect(leader);
+    let client = net.register(leader);
+    let first_before: Vec<u64> = net
+        .ids()
+        .iter()
+        .map(|&id| net.status(id).first_index)
+        .collect();
+    SNAPSHOTS_FAIL.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut sequence = 0;
+    let mut write = |net: &mut Network<Unsnapshottable>, n: u64| {
+        for _ in 0..n {
+            sequence += 1;
+            let command = KvStore::put(format!("key-{sequence}"), "v");
+            let request = net
+                .propose(leader, client, sequence, sequence, command)
+                .expect("propose on the leader");
+            net.settle();
+            assert!(
+                matches!(net.take(request), Some(Ok(Reply::Applied(_)))),
+                "write {sequence} was not applied"
+            );
+        }
+    };
+    write(&mut net, 24);
+    assert!(
+        net.failures.is_empty(),
+        "a replica stopped: {:?}",
+        net.failures
+    );
+    for (&id, &before) in net.ids().iter().zip(&first_before) {
+        let r = net.replica(id);
+        assert!(
+            r.snapshots_failed() >= 1,
+            "replica {id} never tried to snapshot"
+        );
+        assert_eq!(
+            net.status(id).first_index,
+            before,
+            "replica {id} compacted its log without a snapshot"
+        );
+    }
+    // The failure is retried, not hammered: at most once per `snapshot_entries_min`.
+    let failed = net.replica(leader).snapshots_failed();
+    assert!(failed <= 24 / 4 + 1, "{failed} attempts for 24 entries");
+    // Once the machine can capture its state again, the log is compacted.
+    SNAPSHOTS_FAIL.store(false, std::sync::atomic::Ordering::SeqCst);
+    write(&mut net, 8);
+    for (&id, &before) in net.ids().iter().zip(&first_before) {
+        assert!(
+            net.status(id).first_index > before,
+            "replica {id} did not compact once snapshots worked again"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! SoftHSM2 token for the PKCS#11 cases.
 
 use raft::prelude::Entry;
-use vaultfleet::state_machine::RestoreError;
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::StateMachine;
 
 /// A state machine that keeps no data: `apply` counts and answers nothing. It is
@@ -22,8 +22,8 @@ impl StateMachine for Noop {
     fn query(&self, _query: &[u8]) -> Vec<u8> {
         self.applied.to_be_bytes().to_vec()
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.applied.to_be_bytes().to_vec()
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
+        Ok(self.applied.to_be_bytes().to_vec())
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let bytes: [u8; 8] = snapshot.try_into().map_err(|_| RestoreError::Malformed {

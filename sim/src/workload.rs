@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use vaultfleet::state_machine::RestoreError;
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::StateMachine;
 
 /// A command (through the log) or a read (linearizable, not logged).
@@ -156,13 +156,13 @@ impl StateMachine for CounterMachine {
             .unwrap_or_default()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
         let mut out = Vec::with_capacity(self.counts.len() * 12);
         for (k, c) in &self.counts {
             out.extend_from_slice(&k.to_be_bytes());
             out.extend_from_slice(&c.to_be_bytes());
         }
-        out
+        Ok(out)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {

@@ -2,7 +2,7 @@
 //! here), seeds are tried until the checker reports it, and the report names the
 //! seed. A checker that never fires within the budget fails its test.
 
-use vaultfleet::state_machine::RestoreError;
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::StateMachine;
 use vaultfleet_sim::workload::{Operation, Record, Workload};
 use vaultfleet_sim::{
@@ -255,7 +255,7 @@ impl StateMachine for RefundingVault {
     fn query(&self, q: &[u8]) -> Vec<u8> {
         self.0.query(q)
     }
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
         self.0.snapshot()
     }
     fn restore(&mut self, s: &[u8]) -> Result<(), RestoreError> {

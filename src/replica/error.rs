@@ -8,7 +8,7 @@ use raft::prelude::MessageType;
 
 use super::config::ReplicaConfigError;
 use crate::config::ConfigError;
-use crate::state_machine::RestoreError;
+use crate::state_machine::{CaptureError, RestoreError};
 use crate::storage::StorageError;
 use crate::wire::{DecodeError, EncodeError};
 use crate::ReplicaId;
@@ -232,6 +232,9 @@ pub enum SnapshotError {
     /// The snapshot could not be encoded (it exceeds protobuf's size limit).
     #[error("{0}")]
     Encode(#[from] EncodeError),
+    /// The state machine could not capture its state.
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
 }
 
 /// Why a committed entry cannot be applied.

@@ -219,6 +219,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     was_leader: bool,
     failed: bool,
     snapshots_taken: u64,
+    /// Snapshots the state machine could not capture (see [`Replica::snapshots_failed`]).
+    snapshots_failed: u64,
+    /// After a failed snapshot, the applied index before which none is tried again.
+    snapshot_retry_after: u64,
     snapshot_wanted: bool,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
@@ -306,13 +310,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .map(|m| (m.id, m.datacenter.clone()))
             .collect();
         let sessions = Sessions::new(1, 1);
-        let data = snapshot_payload(&sessions, &members, machine.snapshot()).map_err(|e| {
-            ReplicaError::Snapshot {
+        let data = machine
+            .snapshot()
+            .map_err(SnapshotError::from)
+            .and_then(|state| {
+                snapshot_payload(&sessions, &members, state).map_err(SnapshotError::from)
+            })
+            .map_err(|source| ReplicaError::Snapshot {
                 id,
                 index: 1,
-                source: e.into(),
-            }
-        })?;
+                source,
+            })?;
         let mut snap = Snapshot {
             data: data.into(),
             ..Default::default()
@@ -398,6 +406,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             was_leader: false,
             failed: false,
             snapshots_taken: 0,
+            snapshots_failed: 0,
+            snapshot_retry_after: 0,
             snapshot_wanted: false,
             applied_index: snap_index,
             cfg,
@@ -1207,7 +1217,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .first_index()
             .map_err(|source| ReplicaError::Raft { id, source })?;
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
-        let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min;
+        let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min
+            && applied >= self.snapshot_retry_after;
         if applied < first.saturating_sub(1)
             || applied <= snap_index
             || !(due || self.snapshot_wanted)
@@ -1221,12 +1232,31 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .raft_log
             .term(applied)
             .map_err(|source| ReplicaError::Raft { id, source })?;
-        let data = snapshot_payload(&self.sessions, &self.members, self.machine.snapshot())
-            .map_err(|e| ReplicaError::Snapshot {
-                id,
-                index: applied,
-                source: e.into(),
-            })?;
+        let captured = self
+            .machine
+            .snapshot()
+            .map_err(SnapshotError::from)
+            .and_then(|state| {
+                snapshot_payload(&self.sessions, &self.members, state).map_err(SnapshotError::from)
+            });
+        let data = match captured {
+            Ok(data) => data,
+            Err(error) => {
+                // Every replica applies the same state, so every replica fails here
+                // alike: stopping would stop the fleet. Run on, uncompacted, and try
+                // again once another `snapshot_entries_min` entries are applied.
+                self.snapshots_failed += 1;
+                self.snapshot_retry_after = applied.saturating_add(self.cfg.snapshot_entries_min);
+                tracing::error!(
+                    replica = id,
+                    index = applied,
+                    failures = self.snapshots_failed,
+                    %error,
+                    "cannot take a snapshot; the log is not compacted until one succeeds"
+                );
+                return Ok(());
+            }
+        };
         let mut snap = Snapshot {
             data: data.into(),
             ..Default::default()
@@ -1353,6 +1383,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Snapshots this replica took of its own state.
     pub fn snapshots_taken(&self) -> u64 {
         self.snapshots_taken
+    }
+
+    /// How many times the state machine could not capture a snapshot
+    /// ([`StateMachine::snapshot`] failed). The replica runs on without compacting
+    /// its log; a rising count is an alarm: the state has outgrown one snapshot.
+    pub fn snapshots_failed(&self) -> u64 {
+        self.snapshots_failed
     }
 
     /// Number of client sessions held.

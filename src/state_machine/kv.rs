@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{RestoreError, StateMachine};
+use super::{CaptureError, RestoreError, StateMachine};
 use crate::wire::{
     self, kv_command, DecodeError, KvCommand, KvDelete, KvGet, KvPut, KvResponse, KvSnapshot,
 };
@@ -29,8 +29,9 @@ pub enum KvError {
 /// deterministic).
 ///
 /// An example machine: its snapshot is one protocol buffer, so it holds at most
-/// [`wire::MESSAGE_BYTES_MAX`] bytes of keys and values in all
-/// ([`StateMachine::snapshot`] has no error path and panics above that).
+/// [`wire::MESSAGE_BYTES_MAX`] bytes of keys and values in all (above that
+/// [`StateMachine::snapshot`] fails with [`CaptureError::Encode`], and the
+/// replica runs on without compacting its log).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KvStore {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -155,7 +156,7 @@ impl StateMachine for KvStore {
         }
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
         let mut s = KvSnapshot::new();
         s.entries = self
             .map
@@ -167,7 +168,7 @@ impl StateMachine for KvStore {
                 p
             })
             .collect();
-        wire::encode_bounded(&s)
+        Ok(wire::encode(&s)?)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
@@ -197,7 +198,7 @@ mod tests {
             Some(Some(b"2".to_vec()))
         );
         let mut copy = KvStore::new();
-        copy.restore(&kv.snapshot()).unwrap();
+        copy.restore(&kv.snapshot().unwrap()).unwrap();
         assert_eq!(copy, kv);
         kv.apply(3, &KvStore::delete("a"));
         assert!(kv.is_empty());

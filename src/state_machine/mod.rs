@@ -8,7 +8,7 @@
 
 mod kv;
 
-use crate::wire::DecodeError;
+use crate::wire::{DecodeError, EncodeError};
 
 pub use kv::{KvError, KvStore};
 
@@ -29,10 +29,27 @@ pub trait StateMachine: Send + 'static {
     fn query(&self, query: &[u8]) -> Vec<u8>;
 
     /// Serialises the whole state.
-    fn snapshot(&self) -> Vec<u8>;
+    ///
+    /// A machine that cannot (its state has outgrown what one snapshot can hold,
+    /// say) returns a [`CaptureError`]: the replica then keeps running on its
+    /// uncompacted log, counts the failure and tries again later. It never stops
+    /// for it, and it never stores an empty or partial snapshot in its place.
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError>;
 
     /// Replaces the whole state with one produced by [`StateMachine::snapshot`].
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
+}
+
+/// The state could not be captured in a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CaptureError {
+    /// The state does not fit in one snapshot: shard it across groups.
+    #[error("the state does not fit in one snapshot ({0}); shard it across groups")]
+    Encode(#[from] EncodeError),
+    /// Any other reason, kept as a typed cause.
+    #[error("the state could not be captured: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A snapshot could not be restored. Implementors of

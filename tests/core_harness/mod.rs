@@ -12,6 +12,7 @@ use vaultfleet::replica::{Completion, Output, Reply, RequestId, Status};
 use vaultfleet::wire::Request;
 use vaultfleet::{
     FleetConfig, KvStore, MemLog, MemberSpec, Replica, ReplicaConfig, ReplicaError, RequestError,
+    StateMachine,
 };
 
 use raft::prelude::Message;
@@ -22,12 +23,12 @@ pub const SETTLE_ROUNDS_MAX: usize = 1_000;
 pub const ELECTION_TICKS_MAX: usize = 200;
 
 /// The replica type under test.
-pub type CoreReplica = Replica<MemLog, KvStore>;
+pub type CoreReplica<M = KvStore> = Replica<MemLog, M>;
 
 /// Replicas, the messages in flight between them, and the links that are cut.
-pub struct Network {
+pub struct Network<M: StateMachine = KvStore> {
     /// The replicas, by id.
-    pub replicas: BTreeMap<u64, CoreReplica>,
+    pub replicas: BTreeMap<u64, CoreReplica<M>>,
     /// Messages sent and not yet delivered or dropped, in send order.
     pub in_flight: VecDeque<Message>,
     /// Directed links (from, to) that lose every message.
@@ -51,28 +52,38 @@ pub fn test_config(id: u64) -> ReplicaConfig {
     cfg
 }
 
-impl Network {
-    /// A new fleet of voters `ids` (one datacenter each), bootstrapped and started
-    /// with `configure` applied to each replica's settings.
+impl Network<KvStore> {
+    /// A new fleet of voters `ids` (one datacenter each) replicating a
+    /// [`KvStore`], bootstrapped and started with `configure` applied to each
+    /// replica's settings.
     pub fn new(ids: &[u64], configure: impl Fn(&mut ReplicaConfig)) -> Self {
+        Network::with_machine(ids, configure, KvStore::new)
+    }
+}
+
+impl<M: StateMachine> Network<M> {
+    /// A new fleet of voters `ids` replicating the machine `make` builds.
+    pub fn with_machine(
+        ids: &[u64],
+        configure: impl Fn(&mut ReplicaConfig),
+        make: fn() -> M,
+    ) -> Self {
         let fleet = FleetConfig::new(
             ids.iter()
                 .map(|&id| MemberSpec::voter(id, format!("dc-{id}")))
                 .collect(),
         );
-        let replicas =
-            ids.iter()
-                .map(|&id| {
-                    let mut store = MemLog::new();
-                    assert!(
-                        Replica::bootstrap(&mut store, &KvStore::new(), &fleet).expect("bootstrap")
-                    );
-                    let mut cfg = test_config(id);
-                    configure(&mut cfg);
-                    let replica = Replica::new(cfg, store, KvStore::new()).expect("start replica");
-                    (id, replica)
-                })
-                .collect();
+        let replicas = ids
+            .iter()
+            .map(|&id| {
+                let mut store = MemLog::new();
+                assert!(Replica::bootstrap(&mut store, &make(), &fleet).expect("bootstrap"));
+                let mut cfg = test_config(id);
+                configure(&mut cfg);
+                let replica = Replica::new(cfg, store, make()).expect("start replica");
+                (id, replica)
+            })
+            .collect();
         Self {
             replicas,
             in_flight: VecDeque::new(),
@@ -85,12 +96,12 @@ impl Network {
     }
 
     /// Replica `id`.
-    pub fn replica(&self, id: u64) -> &CoreReplica {
+    pub fn replica(&self, id: u64) -> &CoreReplica<M> {
         &self.replicas[&id]
     }
 
     /// Replica `id`, mutably (to call `propose`, `read`, `step` directly).
-    pub fn replica_mut(&mut self, id: u64) -> &mut CoreReplica {
+    pub fn replica_mut(&mut self, id: u64) -> &mut CoreReplica<M> {
         self.replicas.get_mut(&id).expect("no such replica")
     }
 
@@ -207,7 +218,7 @@ impl Network {
 
     /// Like [`Network::settle`], but stops as soon as `done` holds (checked after
     /// every delivery and cycle), leaving the rest in flight.
-    pub fn run_until(&mut self, done: impl Fn(&Network) -> bool) -> bool {
+    pub fn run_until(&mut self, done: impl Fn(&Self) -> bool) -> bool {
         for _ in 0..SETTLE_ROUNDS_MAX {
             if done(self) {
                 return true;

@@ -45,7 +45,7 @@ use crate::wire::{
     VaultSeen, VaultSnapshot, VaultStatus,
 };
 use user::{record_digest, Standing, UserState};
-use vaultfleet::state_machine::{RestoreError, StateMachine};
+use vaultfleet::state_machine::{CaptureError, RestoreError, StateMachine};
 
 /// Concluded consumes remembered per user for de-duplication; consumes whose
 /// ticket is still spent are always remembered.
@@ -643,14 +643,16 @@ impl StateMachine for BackupVault {
         wire::encode_bounded(&o)
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
         let mut s = VaultSnapshot::new();
         s.users = self
             .users
             .iter()
             .map(|(user, state)| state.to_wire(user))
             .collect();
-        wire::encode_bounded(&s)
+        // Nothing bounds the number of users, so a vault can outgrow one protocol
+        // buffer (2 GiB): that is an error the replica survives, never a panic.
+        Ok(wire::encode(&s)?)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
@@ -768,7 +770,10 @@ mod tests {
         );
         assert_eq!(v.user(b"alice"), Some(UserView::Locked { generation: 1 }));
         assert!(
-            !v.snapshot().windows(48).any(|w| w == [0xfe; 48].as_slice()),
+            !v.snapshot()
+                .unwrap()
+                .windows(48)
+                .any(|w| w == [0xfe; 48].as_slice()),
             "the sealed secret is gone from the state"
         );
         let o = consume(&mut v, 13, "alice", id(2, 13), 13);
@@ -1024,7 +1029,7 @@ mod tests {
             14,
             &cmd("carol", id(4, 1), vault_command::Op::Register(reg(3, 3))),
         );
-        let s: VaultSnapshot = wire::decode(&v.snapshot(), "vault snapshot").unwrap();
+        let s: VaultSnapshot = wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap();
         let users: Vec<_> = s.users.iter().map(|u| u.user.as_slice()).collect();
         assert_eq!(users, [&b"alice"[..], b"bob", b"carol"]);
         let (alice, bob, carol) = (&s.users[0], &s.users[1], &s.users[2]);
@@ -1046,16 +1051,16 @@ mod tests {
         assert_eq!((carol.generation, record.generation), (1, 1));
         assert!(!carol.locked && carol.locked_ticket == 0 && carol.locked_digest.is_empty());
         let mut copy = BackupVault::new();
-        copy.restore(&v.snapshot()).unwrap();
+        copy.restore(&v.snapshot().unwrap()).unwrap();
         assert_eq!(copy, v);
-        assert_eq!(copy.snapshot(), v.snapshot());
+        assert_eq!(copy.snapshot().unwrap(), v.snapshot().unwrap());
     }
 
     #[test]
     fn a_snapshot_holding_an_impossible_user_is_refused() {
         let mut v = registered(1);
         consume(&mut v, 10, "alice", id(2, 1), 1);
-        let good: VaultSnapshot = wire::decode(&v.snapshot(), "vault snapshot").unwrap();
+        let good: VaultSnapshot = wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap();
         let tamper = |f: &dyn Fn(&mut VaultUserState)| {
             let mut s = good.clone();
             f(&mut s.users[0]);
@@ -1101,7 +1106,7 @@ mod tests {
         let mut v = registered(4);
         consume(&mut v, 10, "alice", id(2, 1), 1);
         let mut copy = BackupVault::new();
-        copy.restore(&v.snapshot()).unwrap();
+        copy.restore(&v.snapshot().unwrap()).unwrap();
         assert_eq!(copy, v);
         let o = decode_outcome(&v.apply(11, b"\xff\xff\xff")).unwrap();
         assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use vaultfleet::replica::RequestId;
-use vaultfleet::state_machine::RestoreError;
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{
     Hsm, Replica, ReplicaConfig, Sealed, SealedConfig, SoftHsm, StateMachine, StorageError,
 };
@@ -66,7 +66,7 @@ impl<M: StateMachine> StateMachine for Recorder<M> {
     fn query(&self, query: &[u8]) -> Vec<u8> {
         self.inner.query(query)
     }
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
         self.inner.snapshot()
     }
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {

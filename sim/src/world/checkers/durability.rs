@@ -22,7 +22,16 @@ impl<W: Workload> Simulation<W> {
                 return;
             }
             // Every converged replica must hold the same state, byte for byte.
-            let state = machine.snapshot();
+            let state = match machine.snapshot() {
+                Ok(state) => state,
+                Err(e) => {
+                    self.violate(
+                        "converged replicas hold the same state",
+                        format!("replica {id} cannot capture its state: {e}"),
+                    );
+                    return;
+                }
+            };
             match &converged {
                 Some((first, s)) if *s != state => {
                     let first = *first;
