@@ -256,7 +256,8 @@ pub enum CorruptEntry {
     },
 }
 
-/// A message the replica refused to step (it is logged and dropped; the replica
+/// A message the replica refused to step (it is logged and dropped, counted in
+/// [`Replica::messages_refused`](super::Replica::messages_refused); the replica
 /// carries on).
 #[derive(Debug, thiserror::Error)]
 #[error("replica {id} dropped a message from {from}: {reason}")]
@@ -289,4 +290,195 @@ pub enum StepRefusal {
     /// raft-rs refused the message.
     #[error("raft refused it: {0}")]
     Raft(#[source] raft::Error),
+    /// The sender id is 0 (raft's "no node") or this replica's own.
+    #[error("its sender id {from} is not a peer's")]
+    BadSender {
+        /// The sender id the message carries.
+        from: ReplicaId,
+    },
+    /// A message type replicas of this fleet never send to each other (they
+    /// never forward proposals or reads: both are served by the leader only).
+    #[error("message type {0:?} is never sent between replicas of this fleet")]
+    NeverSent(MessageType),
+    /// A message without a term: raft-rs would treat it as local and skip every
+    /// term check.
+    #[error("{0:?} without a term")]
+    NoTerm(MessageType),
+    /// A term or index above [`INDEX_MAX`](super::INDEX_MAX), where raft-rs's
+    /// index arithmetic could overflow.
+    #[error("{field} = {value} exceeds the limit of {}", super::INDEX_MAX)]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// A term more than [`TERM_JUMP_MAX`](super::TERM_JUMP_MAX) above this
+    /// replica's.
+    #[error(
+        "term {term} is more than {} above this replica's term {current}",
+        super::TERM_JUMP_MAX
+    )]
+    TermJump {
+        /// The message's term.
+        term: u64,
+        /// This replica's term.
+        current: u64,
+    },
+    /// A follower asks for a snapshot; replicas of this fleet never do.
+    #[error("it requests a snapshot at index {index}; replicas of this fleet never do")]
+    SnapshotRequested {
+        /// The requested index.
+        index: u64,
+    },
+    /// An append, heartbeat or snapshot at the current term from a replica
+    /// other than that term's leader.
+    #[error("it acts as leader of term {term}, whose leader is replica {leader}")]
+    SecondLeader {
+        /// The term.
+        term: u64,
+        /// The leader this replica knows for it.
+        leader: ReplicaId,
+    },
+    /// An append anchored on an entry without a term (index above 0 with log
+    /// term 0, which matches any index beyond the log), or on a log term above
+    /// the message's term.
+    #[error("append anchored at index {index} with log term {log_term} (message term {term})")]
+    AnchorTerm {
+        /// The anchor index.
+        index: u64,
+        /// The anchor's log term.
+        log_term: u64,
+        /// The message's term.
+        term: u64,
+    },
+    /// An append whose entries do not follow its anchor one by one.
+    #[error("entry {position} of the append has index {found}, expected {expected}")]
+    EntriesNotConsecutive {
+        /// Position of the entry in the message.
+        position: usize,
+        /// The index it must have.
+        expected: u64,
+        /// The index it has.
+        found: u64,
+    },
+    /// An appended entry whose term is 0, below the term before it, or above
+    /// the message's term.
+    #[error("entry {index} has term {term}, outside [{min}, {max}]")]
+    EntryTerm {
+        /// The entry's index.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// The lowest term it may have.
+        min: u64,
+        /// The highest term it may have.
+        max: u64,
+    },
+    /// An appended membership change that would stop the replica once
+    /// committed, because it does not decode.
+    #[error("entry {index} is a membership change that does not decode: {source}")]
+    EntryMalformed {
+        /// The entry's index.
+        index: u64,
+        /// What does not decode.
+        #[source]
+        source: CorruptEntry,
+    },
+    /// A forwarded leadership transfer reached a replica that does not lead
+    /// (raft-rs would forward it once more, which it forbids).
+    #[error("a forwarded leadership transfer reached a replica that does not lead")]
+    TransferNotLeader,
+    /// A heartbeat commit index beyond this replica's log.
+    #[error("commit index {commit} is beyond the last log index {last_index}")]
+    CommitBeyondLog {
+        /// The commit index sent.
+        commit: u64,
+        /// This replica's last index.
+        last_index: u64,
+    },
+    /// An append acknowledgement beyond the leader's own log.
+    #[error("it acknowledges index {index}, beyond the leader's last index {last_index}")]
+    AckBeyondLog {
+        /// The acknowledged index.
+        index: u64,
+        /// The leader's last index.
+        last_index: u64,
+    },
+    /// A snapshot at index 0, of term 0, or of a term above the message's.
+    #[error("snapshot at index {index} of term {term} in a message of term {message_term}")]
+    SnapshotMetadata {
+        /// The snapshot's index.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// The message's term.
+        message_term: u64,
+    },
+    /// A snapshot more than [`INDEX_JUMP_MAX`](super::INDEX_JUMP_MAX) beyond
+    /// this replica's last index.
+    #[error(
+        "snapshot at index {index} is more than {} beyond the last index {last_index}",
+        super::INDEX_JUMP_MAX
+    )]
+    SnapshotIndexJump {
+        /// The snapshot's index.
+        index: u64,
+        /// This replica's last index.
+        last_index: u64,
+    },
+    /// A snapshot at this replica's commit index with another term than the
+    /// committed entry's.
+    #[error(
+        "snapshot at committed index {index} has term {term}, the committed entry {committed_term}"
+    )]
+    SnapshotConflictsWithCommit {
+        /// The snapshot's (and the commit) index.
+        index: u64,
+        /// The snapshot's term.
+        term: u64,
+        /// The committed entry's term.
+        committed_term: u64,
+    },
+    /// A snapshot whose membership raft-rs cannot restore.
+    #[error("snapshot membership: {defect}")]
+    SnapshotConfState {
+        /// What is wrong with it.
+        #[source]
+        defect: ConfStateDefect,
+    },
+    /// A snapshot whose payload this replica could not install.
+    #[error("snapshot payload: {source}")]
+    SnapshotPayload {
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+}
+
+/// What is wrong with a snapshot's membership.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfStateDefect {
+    /// It names no voter.
+    #[error("no voters")]
+    NoVoters,
+    /// It names replica 0.
+    #[error("it names replica 0")]
+    ZeroId,
+    /// It names a replica twice.
+    #[error("it names replica {id} twice")]
+    Duplicate {
+        /// The replica.
+        id: ReplicaId,
+    },
+    /// A joint configuration; this fleet changes membership one step at a time.
+    #[error("a joint configuration; this fleet never enters one")]
+    Joint,
+    /// More members than [`MEMBERS_MAX`](crate::config::MEMBERS_MAX).
+    #[error("{count} members exceed the limit of {}", crate::config::MEMBERS_MAX)]
+    TooMany {
+        /// How many it names.
+        count: usize,
+    },
 }

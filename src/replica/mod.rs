@@ -36,6 +36,7 @@
 
 mod config;
 mod error;
+mod intake;
 mod logging;
 mod sessions;
 
@@ -43,9 +44,10 @@ use std::collections::BTreeMap;
 
 pub use config::{ReplicaConfig, ReplicaConfigError, ENTRY_BYTES_LIMIT};
 pub use error::{
-    ConfChangeRejection, CorruptEntry, ReplicaError, RequestError, SnapshotError, StepError,
-    StepRefusal,
+    ConfChangeRejection, ConfStateDefect, CorruptEntry, ReplicaError, RequestError, SnapshotError,
+    StepError, StepRefusal,
 };
+pub use intake::{INDEX_JUMP_MAX, INDEX_MAX, TERM_JUMP_MAX};
 
 use protobuf2::Message as _;
 use raft::prelude::{
@@ -221,6 +223,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshots_taken: u64,
     /// Snapshots the state machine could not capture (see [`Replica::snapshots_failed`]).
     snapshots_failed: u64,
+    /// Peer messages refused by [`Replica::step`] (see [`Replica::messages_refused`]).
+    messages_refused: u64,
     /// After a failed snapshot, the applied index before which none is tried again.
     snapshot_retry_after: u64,
     snapshot_wanted: bool,
@@ -407,6 +411,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             failed: false,
             snapshots_taken: 0,
             snapshots_failed: 0,
+            messages_refused: 0,
             snapshot_retry_after: 0,
             snapshot_wanted: false,
             applied_index: snap_index,
@@ -481,23 +486,32 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Steps a message from a peer. Messages that are not for this replica, or that
-    /// raft refuses, are dropped with a [`StepError`]; the replica carries on.
+    /// Steps a message from a peer. Messages that are not for this replica, that
+    /// fail the intake checks (every field that could drive raft-rs into a panic
+    /// or this replica into a stop is checked first against its own log, term,
+    /// commit and membership; see `docs/threat-model.md`), or that raft refuses
+    /// are dropped with a [`StepError`] and counted in
+    /// [`Replica::messages_refused`]; the replica carries on.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let (id, from) = (self.cfg.id, message.from);
-        let refuse = |reason: StepRefusal| StepError { id, from, reason };
+        self.step_checked(message).map_err(|reason| {
+            self.messages_refused += 1;
+            StepError { id, from, reason }
+        })
+    }
+
+    fn step_checked(&mut self, message: Message) -> Result<(), StepRefusal> {
         if self.failed {
-            return Err(refuse(StepRefusal::Failed));
+            return Err(StepRefusal::Failed);
         }
-        if message.to != id {
-            return Err(refuse(StepRefusal::Misaddressed { to: message.to }));
+        if message.to != self.cfg.id {
+            return Err(StepRefusal::Misaddressed { to: message.to });
         }
         if raft::raw_node::is_local_msg(message.get_msg_type()) {
-            return Err(refuse(StepRefusal::LocalMessage(message.get_msg_type())));
+            return Err(StepRefusal::LocalMessage(message.get_msg_type()));
         }
-        self.raw
-            .step(message)
-            .map_err(|e| refuse(StepRefusal::Raft(e)))
+        intake::check(&self.raw.raft, &message)?;
+        self.raw.step(message).map_err(StepRefusal::Raft)
     }
 
     fn check_leader(&self) -> Result<(), RequestError> {
@@ -1390,6 +1404,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// its log; a rising count is an alarm: the state has outgrown one snapshot.
     pub fn snapshots_failed(&self) -> u64 {
         self.snapshots_failed
+    }
+
+    /// Peer messages [`Replica::step`] refused since the replica started (for any
+    /// [`StepRefusal`]). Honest peers send none that are refused, except after
+    /// this replica failed or across a change of membership: a rising count is an
+    /// alarm that a peer misbehaves.
+    pub fn messages_refused(&self) -> u64 {
+        self.messages_refused
     }
 
     /// Number of client sessions held.

@@ -1,0 +1,583 @@
+//! Issue 13, finding 8: one bad peer message must not stop a replica. One test
+//! per row of the "hostile peer" table of `docs/threat-model.md`: a compromised
+//! member sends a well-formed raft message whose fields would drive raft-rs 0.7
+//! (or this replica's apply path) into a `fatal!`, a panic or a stop; the
+//! replica refuses it with its typed [`StepRefusal`], counts it, and the fleet
+//! still commits afterwards with the target applying the new entry.
+
+mod core_harness;
+
+use core_harness::Network;
+use protobuf2::Message as _;
+use raft::prelude::{
+    ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::StateRole;
+use vaultfleet::replica::{ConfStateDefect, CorruptEntry, Reply, StepRefusal};
+use vaultfleet::{KvStore, LogStore};
+
+/// A fleet of three led by replica 1 that committed one write; returns the
+/// fleet, the leader's term and the client session.
+fn fleet() -> (Network, u64, u64) {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    let client = net.register(1);
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v0"))
+        .unwrap();
+    net.settle();
+    assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+    (net, term, client)
+}
+
+fn message(kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e
+}
+
+/// A snapshot message from `from` to `to` at `index`/`term` whose membership is
+/// the fleet's and whose payload is one `to` can install (its own bootstrap
+/// snapshot's).
+fn snapshot_message(net: &Network, from: u64, to: u64, term: u64, index: u64) -> Message {
+    let mut snap = Snapshot::default();
+    snap.data = net.replica(to).store().latest_snapshot().data.clone();
+    let meta = snap.mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    let mut cs = ConfState::default();
+    cs.voters = vec![1, 2, 3];
+    meta.set_conf_state(cs);
+    let mut m = message(MessageType::MsgSnapshot, from, to, term);
+    m.set_snapshot(snap);
+    m
+}
+
+/// The term of the entry at `index` in replica `id`'s log.
+fn log_term(net: &Network, id: u64, index: u64) -> u64 {
+    raft::Storage::term(net.replica(id).store(), index).expect("term of a stored index")
+}
+
+/// Steps `m` into `target` and checks it is refused as `expected` says, that
+/// the refusal is counted, and that the fleet still commits a write that
+/// `target` applies.
+fn assert_refused_and_fleet_commits(
+    net: &mut Network,
+    client: u64,
+    target: u64,
+    m: Message,
+    expected: impl Fn(&StepRefusal) -> bool,
+) {
+    let refused_before = net.replica(target).messages_refused();
+    let outcome = net.replica_mut(target).step(m);
+    match &outcome {
+        Err(e) if expected(&e.reason) => {}
+        other => panic!("expected a typed refusal, got {other:?}"),
+    }
+    assert_eq!(
+        net.replica(target).messages_refused(),
+        refused_before + 1,
+        "the refusal was not counted"
+    );
+    // The replica keeps working: a new write commits everywhere, the target
+    // applies it, and nothing stopped.
+    net.settle();
+    let leader = match net
+        .ids()
+        .into_iter()
+        .find(|&id| net.replica(id).is_leader())
+    {
+        Some(leader) => leader,
+        None => {
+            net.elect(1);
+            1
+        }
+    };
+    let put = net
+        .propose(leader, client, 2, 2, KvStore::put("k", "v1"))
+        .expect("propose after the hostile message");
+    net.settle();
+    assert!(
+        matches!(net.take(put), Some(Ok(Reply::Applied(_)))),
+        "the fleet did not commit after the hostile message"
+    );
+    let leader_commit = net.status(leader).commit;
+    assert!(
+        net.failures.is_empty(),
+        "a replica stopped: {:?}",
+        net.failures
+    );
+    assert!(!net.replica(target).has_failed());
+    assert_eq!(
+        net.status(target).applied,
+        leader_commit,
+        "replica {target} did not apply the write"
+    );
+}
+
+#[test]
+fn finding_8_heartbeat_commit_beyond_log_is_refused() {
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgHeartbeat, 1, 2, term);
+    m.commit = last + 100;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::CommitBeyondLog { commit, last_index } if *commit == last + 100 && *last_index == last),
+    );
+}
+
+#[test]
+fn finding_8_append_anchored_on_termless_index_is_refused() {
+    // Log term 0 matches any index beyond the log: raft-rs would commit up to it.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = last + 5;
+    m.log_term = 0;
+    m.commit = last + 5;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::AnchorTerm { index, log_term: 0, .. } if *index == last + 5),
+    );
+}
+
+#[test]
+fn finding_8_append_with_gapped_entries_is_refused() {
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = last;
+    m.log_term = log_term(&net, 2, last);
+    m.commit = last;
+    m.set_entries(vec![entry(last + 1, term), entry(last + 3, term)].into());
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::EntriesNotConsecutive { position: 1, expected, found } if *expected == last + 2 && *found == last + 3),
+    );
+}
+
+#[test]
+fn finding_8_append_conflicting_with_committed_entries_is_refused() {
+    // Anchored at the commit index, but its entry rewrites the committed entry
+    // there with another term: raft-rs's maybe_append is fatal on it.
+    let (mut net, term, client) = fleet();
+    let committed = net.status(2).commit;
+    assert_eq!(log_term(&net, 2, committed), term);
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = committed;
+    m.log_term = term;
+    m.commit = committed;
+    m.set_entries(vec![entry(committed, 1)].into());
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::EntriesNotConsecutive { position: 0, found, .. } if *found == committed),
+    );
+}
+
+#[test]
+fn finding_8_append_with_termless_entry_is_refused() {
+    // An entry of term 0 beyond the log "matches" (term 0 is what raft-rs reads
+    // there), so raft-rs would take it as present and commit past its log.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = last;
+    m.log_term = log_term(&net, 2, last);
+    m.commit = last + 1;
+    m.set_entries(vec![entry(last + 1, 0)].into());
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::EntryTerm { index, term: 0, .. } if *index == last + 1),
+    );
+}
+
+#[test]
+fn finding_8_append_with_undecodable_membership_change_is_refused() {
+    // Committed, it would stop the replica on a CorruptEntry.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(
+        vec![raft_proto::new_conf_change_single(
+            4,
+            ConfChangeType::AddLearnerNode,
+        )]
+        .into(),
+    );
+    let mut e = entry(last + 1, term);
+    e.set_entry_type(EntryType::EntryConfChangeV2);
+    e.data = cc.write_to_bytes().unwrap().into();
+    e.context = b"\xff\xff\xff".to_vec().into();
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = last;
+    m.log_term = log_term(&net, 2, last);
+    m.commit = last + 1;
+    m.set_entries(vec![e].into());
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::EntryMalformed { index, source: CorruptEntry::ConfChangeContext(_) } if *index == last + 1),
+    );
+}
+
+#[test]
+fn finding_8_snapshot_with_termless_metadata_is_refused() {
+    // Term 0 "matches" beyond the log: raft-rs would fast-forward its commit there.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let m = snapshot_message(&net, 1, 2, term, last + 5);
+    let mut m = m;
+    m.mut_snapshot().mut_metadata().term = 0;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::SnapshotMetadata { term: 0, index, .. } if *index == last + 5),
+    );
+}
+
+#[test]
+fn finding_8_snapshot_index_overflow_is_refused() {
+    // raft-rs sets its unstable offset to the snapshot index plus one.
+    let (mut net, term, client) = fleet();
+    let m = snapshot_message(&net, 1, 2, term, u64::MAX);
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::OutOfRange {
+                field: "snapshot index",
+                value: u64::MAX
+            }
+        )
+    });
+}
+
+#[test]
+fn finding_8_snapshot_conflicting_with_commit_is_refused() {
+    // At the commit index but of another term: raft-rs would restore it over
+    // the applied state (the replica's install asserts it is past what it applied).
+    let (mut net, term, client) = fleet();
+    let committed = net.status(2).commit;
+    assert_eq!(net.status(2).applied, committed);
+    let m = snapshot_message(&net, 1, 2, term, committed);
+    let mut m = m;
+    m.mut_snapshot().mut_metadata().term = 1;
+    assert!(term > 1);
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::SnapshotConflictsWithCommit { index, term: 1, committed_term } if *index == committed && *committed_term == term),
+    );
+}
+
+#[test]
+fn finding_8_snapshot_with_unrestorable_membership_is_refused() {
+    // Replica 3 both voter and learner: raft-rs's restore demotes it, its
+    // round-trip check then fails (`fatal!("invalid restore")`).
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = snapshot_message(&net, 1, 2, term, last + 5);
+    m.mut_snapshot()
+        .mut_metadata()
+        .mut_conf_state()
+        .learners
+        .push(3);
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::SnapshotConfState {
+                defect: ConfStateDefect::Duplicate { id: 3 }
+            }
+        )
+    });
+}
+
+#[test]
+fn finding_8_snapshot_with_joint_membership_is_refused() {
+    // auto_leave without outgoing voters does not round-trip either.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = snapshot_message(&net, 1, 2, term, last + 5);
+    m.mut_snapshot().mut_metadata().mut_conf_state().auto_leave = true;
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::SnapshotConfState {
+                defect: ConfStateDefect::Joint
+            }
+        )
+    });
+}
+
+#[test]
+fn finding_8_snapshot_with_undecodable_payload_is_refused() {
+    // Installed, it would stop the replica on a ReplicaError::Snapshot.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = snapshot_message(&net, 1, 2, term, last + 5);
+    m.mut_snapshot().data = b"\xff\xff\xff".to_vec().into();
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::SnapshotPayload { .. })
+    });
+}
+
+#[test]
+fn finding_8_empty_proposal_from_a_peer_is_refused() {
+    // raft-rs: fatal!("stepped empty MsgProp") on the leader.
+    let (mut net, _, client) = fleet();
+    let m = message(MessageType::MsgPropose, 2, 1, 0);
+    assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
+        matches!(r, StepRefusal::NeverSent(MessageType::MsgPropose))
+    });
+}
+
+#[test]
+fn finding_8_read_index_without_context_is_refused() {
+    // raft-rs indexes `m.entries[0]` of a ReadIndex on the leader.
+    let (mut net, _, client) = fleet();
+    let m = message(MessageType::MsgReadIndex, 2, 1, 0);
+    assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
+        matches!(r, StepRefusal::NeverSent(MessageType::MsgReadIndex))
+    });
+}
+
+#[test]
+fn finding_8_termless_read_index_response_is_refused() {
+    // Term 0 skips raft-rs's term checks; its commit check then matches term 0
+    // beyond the log and commits past it.
+    let (mut net, _, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgReadIndexResp, 1, 2, 0);
+    m.index = last + 5;
+    m.set_entries(vec![entry(0, 0)].into());
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::NeverSent(MessageType::MsgReadIndexResp))
+    });
+}
+
+#[test]
+fn finding_8_termless_heartbeat_to_a_candidate_is_refused() {
+    // Term 0 skips raft-rs's term checks, and a candidate asserts that a
+    // heartbeat carries its own term.
+    let (mut net, term, client) = fleet();
+    net.isolate(3);
+    for _ in 0..core_harness::ELECTION_TICKS_MAX {
+        if net.status(3).role != StateRole::Follower {
+            break;
+        }
+        net.tick(3);
+        net.cycle(3);
+    }
+    assert_ne!(
+        net.status(3).role,
+        StateRole::Follower,
+        "3 never campaigned"
+    );
+    assert!(net.status(3).term >= term);
+    let m = message(MessageType::MsgHeartbeat, 1, 3, 0);
+    let refused_before = net.replica(3).messages_refused();
+    let outcome = net.replica_mut(3).step(m);
+    assert!(
+        matches!(&outcome, Err(e) if matches!(e.reason, StepRefusal::NoTerm(MessageType::MsgHeartbeat))),
+        "{outcome:?}"
+    );
+    assert_eq!(net.replica(3).messages_refused(), refused_before + 1);
+    net.drop_in_flight();
+    net.recover();
+    // Pre-vote keeps the isolated candidate from disturbing the leader.
+    net.settle();
+    net.tick_all(20);
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        3,
+        message(MessageType::MsgHeartbeat, 1, 3, 0),
+        |r| matches!(r, StepRefusal::NoTerm(_)),
+    );
+}
+
+#[test]
+fn finding_8_snapshot_request_from_a_peer_is_refused() {
+    // The leader would look up a snapshot at the requested index; with a store
+    // that answers anything but "temporarily unavailable", raft-rs is fatal.
+    let (mut net, term, client) = fleet();
+    let mut m = message(MessageType::MsgAppendResponse, 2, 1, term);
+    m.reject = true;
+    m.index = net.status(1).last_index;
+    m.request_snapshot = 1;
+    assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
+        matches!(r, StepRefusal::SnapshotRequested { index: 1 })
+    });
+}
+
+#[test]
+fn finding_8_append_acknowledgement_beyond_leader_log_is_refused() {
+    // The leader would record the follower as holding entries that do not exist
+    // (and pass it as caught up for promotion or leadership transfer).
+    let (mut net, term, client) = fleet();
+    let last = net.status(1).last_index;
+    let mut m = message(MessageType::MsgAppendResponse, 2, 1, term);
+    m.index = last + 1_000;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        1,
+        m,
+        |r| matches!(r, StepRefusal::AckBeyondLog { index, last_index } if *index == last + 1_000 && *last_index == last),
+    );
+}
+
+#[test]
+fn finding_8_second_leader_in_a_term_is_refused() {
+    // Replica 3 claims to lead replica 1's term; it could fast-forward 2's
+    // commit over entries the real leader never committed.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut m = message(MessageType::MsgHeartbeat, 3, 2, term);
+    m.commit = last;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::SecondLeader { leader: 1, term: t } if *t == term),
+    );
+    assert_eq!(net.status(2).leader, Some(1));
+}
+
+#[test]
+fn finding_8_message_from_sender_zero_or_self_is_refused() {
+    // Sender 0 is raft-rs's "local": a read index from it would be served as
+    // the leader's own read.
+    let (mut net, term, client) = fleet();
+    let mut m = message(MessageType::MsgHeartbeatResponse, 0, 1, term);
+    m.commit = 1;
+    assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
+        matches!(r, StepRefusal::BadSender { from: 0 })
+    });
+    let mut m = message(MessageType::MsgAppendResponse, 1, 1, term);
+    m.index = 1;
+    let refused = net.replica(1).messages_refused();
+    let outcome = net.replica_mut(1).step(m);
+    assert!(
+        matches!(&outcome, Err(e) if matches!(e.reason, StepRefusal::BadSender { from: 1 })),
+        "{outcome:?}"
+    );
+    assert_eq!(net.replica(1).messages_refused(), refused + 1);
+}
+
+#[test]
+fn finding_8_term_jump_is_refused() {
+    // One message could otherwise move the fleet's term to the top of the
+    // range, where honest terms would soon be refused or overflow.
+    let (mut net, term, client) = fleet();
+    let mut m = message(
+        MessageType::MsgHeartbeatResponse,
+        2,
+        1,
+        term + (1 << 20) + 1,
+    );
+    m.commit = 1;
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        1,
+        m,
+        |r| matches!(r, StepRefusal::TermJump { current, .. } if *current == term),
+    );
+    assert_eq!(net.status(1).term, term, "the term did not move");
+}
+
+#[test]
+fn finding_8_leadership_transfer_to_a_follower_is_refused() {
+    // A follower forwards it to its leader; raft-rs's send is fatal on a
+    // forwarded message that already carries a term.
+    let (mut net, term, client) = fleet();
+    let m = message(MessageType::MsgTransferLeader, 3, 2, term);
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::TransferNotLeader)
+    });
+}
+
+#[test]
+fn finding_8_snapshot_index_jump_is_refused() {
+    // One snapshot at the top of the index range would leave the replica
+    // refusing every honest append after it.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let m = snapshot_message(&net, 1, 2, term, last + (1 << 48) + 1);
+    assert_refused_and_fleet_commits(
+        &mut net,
+        client,
+        2,
+        m,
+        |r| matches!(r, StepRefusal::SnapshotIndexJump { last_index, .. } if *last_index == last),
+    );
+    assert_eq!(net.status(2).last_index, net.status(1).last_index);
+}
+
+#[test]
+fn finding_8_append_adding_an_unlabelled_learner_is_refused() {
+    // Committed, it would stop the replica on CorruptEntry::MissingLabel.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(
+        vec![raft_proto::new_conf_change_single(
+            4,
+            ConfChangeType::AddLearnerNode,
+        )]
+        .into(),
+    );
+    let mut e = entry(last + 1, term);
+    e.set_entry_type(EntryType::EntryConfChangeV2);
+    e.data = cc.write_to_bytes().unwrap().into();
+    e.context = vaultfleet::wire::encode(&vaultfleet::wire::ConfChangeContext::new())
+        .unwrap()
+        .into();
+    let mut m = message(MessageType::MsgAppend, 1, 2, term);
+    m.index = last;
+    m.log_term = log_term(&net, 2, last);
+    m.commit = last + 1;
+    m.set_entries(vec![e].into());
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::EntryMalformed {
+                source: CorruptEntry::MissingLabel { member: 4 },
+                ..
+            }
+        )
+    });
+}
