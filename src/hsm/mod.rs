@@ -27,8 +27,8 @@ pub use soft::SoftHsm;
 mod pkcs11;
 #[cfg(feature = "pkcs11")]
 pub use pkcs11::{
-    softhsm2_module, softhsm2_throwaway_token, Pkcs11Config, Pkcs11Hsm, SoftHsm2Setup,
-    SOFTHSM2_MODULES,
+    softhsm2_module, softhsm2_throwaway_token, HardwareCounter, Pkcs11Config, Pkcs11Hsm,
+    Pkcs11Limits, SoftHsm2Setup, SOFTHSM2_MODULES,
 };
 
 use std::sync::Arc;
@@ -176,6 +176,15 @@ pub enum HsmError {
         /// The counter's label.
         label: String,
     },
+    /// An AEAD key made as many seals as its nonces allow (random 96-bit IVs:
+    /// 2^32 per key); sealing more would risk a repeated nonce.
+    #[error("AEAD key {label:?} made its {limit} seals, the most its random nonces allow; rotate it: re-add the replica under a new id, hence new key labels")]
+    SealLimitReached {
+        /// The key's label.
+        label: String,
+        /// The bound it reached.
+        limit: u64,
+    },
 }
 
 /// How sealed bytes differ from what this HSM produces.
@@ -243,6 +252,14 @@ pub enum DeviceFault {
     /// A software primitive refused its input (a key of the wrong length, say).
     #[error("{0} failed")]
     Primitive(&'static str),
+    /// The token did not keep a counter floor object non-destroyable
+    /// (`CKA_DESTROYABLE = false` ignored), so the counter would not stop a
+    /// holder of the user PIN from rolling it back.
+    #[error("the token ignored CKA_DESTROYABLE=false on a floor object of counter {label:?}; it cannot protect the counter (SoftHSM2 needs 2.5 or later)")]
+    CounterFloorDestroyable {
+        /// The counter's label.
+        label: String,
+    },
 }
 
 /// Persistent HSM state that is not what vaultfleet wrote.
@@ -254,6 +271,37 @@ pub enum StateCorruption {
     MissingPublicKey {
         /// The key's label.
         label: String,
+    },
+    /// A hardware counter reads a value for which the token holds no binding
+    /// (its object was destroyed).
+    #[error(
+        "hardware counter {label:?} reads {value}, and the token holds no binding for that value"
+    )]
+    CounterBindingMissing {
+        /// The counter's label.
+        label: String,
+        /// The hardware counter's value.
+        value: u64,
+    },
+    /// The token holds two different bindings for a hardware counter's value
+    /// (one was forged).
+    #[error("the token holds different bindings for value {value} of hardware counter {label:?}")]
+    CounterBindingAmbiguous {
+        /// The counter's label.
+        label: String,
+        /// The hardware counter's value.
+        value: u64,
+    },
+    /// A hardware counter did not step by exactly one (another writer, or a
+    /// counter that is not what `HardwareCounter` requires).
+    #[error("hardware counter {label:?} stepped to {found}, {expected} expected")]
+    HardwareCounterStep {
+        /// The counter's label.
+        label: String,
+        /// The value one step on.
+        expected: u64,
+        /// The value it reported.
+        found: u64,
     },
     /// A counter object holds a value of the wrong shape.
     #[error("counter object {label:?} does not hold a {expected}-byte value")]

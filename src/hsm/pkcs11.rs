@@ -4,35 +4,52 @@
 //! sensitive:
 //! * sealing: `CKM_AES_GCM` with a 256-bit AES key, a 96-bit IV drawn from the
 //!   token's `C_GenerateRandom` for every call, and a 128-bit tag. Random 96-bit
-//!   IVs keep the chance of a repeat below 2^-32 for up to 2^32 seals per key
-//!   (NIST SP 800-38D). A sealed store seals twice per `sync`, so at a thousand
-//!   syncs a second a key reaches 2^32 seals in about 25 days of continuous full
-//!   load: rotate the key (re-add the replica under a new id, hence new labels)
-//!   well before that. The bound is not enforced here (docs/storage.md);
+//!   IVs keep the chance of a repeat below 2^-32 only up to 2^32 seals per key
+//!   (NIST SP 800-38D §8.3), so that bound is enforced: every AEAD key has a
+//!   durable seal count on the token (a `CKO_DATA` object, application
+//!   `vaultfleet-seal-count`, reserved ahead in blocks so a seal costs no token
+//!   write), and a key that reached [`Pkcs11Limits::seals_per_key`] seals no more
+//!   ([`HsmError::SealLimitReached`]): rotate it by re-adding the replica under a
+//!   new id (hence new labels);
 //! * signing: `CKM_EDDSA` (pure Ed25519) on a `CKM_EC_EDWARDS_KEY_PAIR_GEN` pair;
 //! * MACs: `CKM_SHA256_HMAC` with a 256-bit generic secret.
 //!
-//! **The counter.** PKCS#11 has no standard monotonic counter that software can
-//! advance (`CKH_MONOTONIC_COUNTER` is a read-only hardware feature whose
-//! increments are vendor-defined). This implementation keeps each counter in a
-//! private token data object (`CKO_DATA`, application `vaultfleet-counter`,
-//! value: the 8-byte big-endian count and the 32-byte binding) that only a
-//! logged-in user can create or destroy. Tokens
-//! (SoftHSM2 among them) refuse to modify a data object's value, so an advance
-//! creates an object holding `n + 1` and then destroys the older ones; the counter
-//! reads the largest value present, so a crash between the two steps never makes
-//! it go back. Advances are serialised by this process's lock. What that protects:
-//! the counter lives in the token's storage, not beside the log, so restoring an
-//! old copy of the replica's data directory alone is caught. What it does not:
-//! with SoftHSM2 the token's storage is itself files on the host, so a host that
-//! rolls back the token directory together with the data directory defeats it,
-//! and two processes advancing the same label race. A production HSM's
-//! NVRAM-backed counter (or a counter in the HSM's own firmware) lives in
-//! tamper-resistant storage the host cannot roll back, which is what turns this
-//! check into protection against an operator with the disk. See
-//! `docs/storage.md`.
+//! **The counter.** A counter is kept in private token data objects (`CKO_DATA`,
+//! application `vaultfleet-counter`, value: the 8-byte big-endian count and the
+//! 32-byte binding), none of them modifiable, and reads as the largest value
+//! present. An advance creates an object holding `n + 1`, then destroys the older
+//! destroyable ones, so a crash between the two steps never makes it go back.
+//! Every [`Pkcs11Limits::counter_floor_every`]-th value is a *floor*: an object
+//! created with `CKA_DESTROYABLE = false` (checked after creation; a token that
+//! ignores the attribute is refused). Anyone holding the user PIN can destroy the
+//! destroyable objects and create one naming an older head, but cannot remove a
+//! floor, so the counter never reads below the latest floor: a rollback is caught
+//! unless it goes back fewer than `counter_floor_every` syncs (the rollback window,
+//! docs/storage.md). Floors are never destroyed, so the token holds one object
+//! per `counter_floor_every` advances, plus at most a few destroyable ones: the
+//! count grows, slowly, with the number of syncs, and the window and the growth
+//! are the trade-off that setting makes.
+//!
+//! PKCS#11's `CKH_MONOTONIC_COUNTER` is not used: the standard defines it as a
+//! read-only hardware feature that increases when read, by a vendor-defined step,
+//! so software can neither advance it once per write nor bind a head to it, and a
+//! PIN holder can read it as often as it likes. A vendor counter that software
+//! advances by one (an NVRAM counter in the HSM's firmware) replaces the floors
+//! through [`HardwareCounter`]: the value is the hardware's and token objects
+//! keep only its binding. No real device implements it here; its tests use a
+//! test double (docs/storage.md).
+//!
+//! Advances are serialised by this process's lock. What this protects: the
+//! counter lives in the token's storage, not beside the log, so restoring an old
+//! copy of the replica's data directory alone is caught, and so is destroying
+//! and recreating counter objects, beyond the window. What it does not: with
+//! SoftHSM2 the token's storage is itself files on the host, so a host that rolls
+//! back the token directory together with the data directory defeats it, and two
+//! processes advancing the same label race. A production HSM keeps its objects in
+//! tamper-resistant storage the host cannot roll back. See `docs/storage.md`.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -54,6 +71,9 @@ const ALG_AES256_GCM: u8 = 0x02;
 const IV_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const COUNTER_APPLICATION: &[u8] = b"vaultfleet-counter";
+const SEAL_COUNT_APPLICATION: &[u8] = b"vaultfleet-seal-count";
+/// Bytes of a counter object's value: the count and the binding.
+const COUNTER_VALUE_LEN: usize = 8 + 32;
 /// DER encoding of the Ed25519 curve OID 1.3.101.112 (RFC 8410).
 const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 
@@ -67,6 +87,50 @@ pub struct Pkcs11Config {
     pub token_label: String,
     /// The user PIN (zeroized on drop, never logged).
     pub user_pin: Zeroizing<String>,
+    /// The counter's rollback window and the AES-GCM seal bound.
+    pub limits: Pkcs11Limits,
+}
+
+/// The bounds a [`Pkcs11Hsm`] keeps. The defaults suit production; tests lower
+/// them to reach a bound quickly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Pkcs11Limits {
+    /// Every this-many-th counter value is a non-destroyable floor object. A PIN
+    /// holder who destroys and recreates counter objects can roll a store back by
+    /// at most `counter_floor_every - 1` syncs; the token keeps one floor object
+    /// per this many advances. 1 makes every advance a floor (no window, one
+    /// object per sync).
+    pub counter_floor_every: NonZeroU64,
+    /// The most seals one AES-GCM key makes (random 96-bit IVs: 2^32, NIST SP
+    /// 800-38D §8.3). Counted durably on the token.
+    pub seals_per_key: u64,
+    /// How many seals one durable reservation covers: a token write every this
+    /// many seals. After a restart the unused rest of a reservation counts as
+    /// spent.
+    pub seal_reservation: NonZeroU64,
+}
+
+impl Pkcs11Limits {
+    /// A floor every 4096 advances: at a hundred syncs a second, a window of
+    /// about 40 seconds and some 2,100 floor objects a day.
+    pub const DEFAULT_FLOOR_EVERY: u64 = 4096;
+    /// 2^32 seals per key.
+    pub const DEFAULT_SEALS_PER_KEY: u64 = 1 << 32;
+    /// A durable reservation every 65,536 seals.
+    pub const DEFAULT_SEAL_RESERVATION: u64 = 1 << 16;
+}
+
+impl Default for Pkcs11Limits {
+    fn default() -> Self {
+        Self {
+            counter_floor_every: NonZeroU64::new(Self::DEFAULT_FLOOR_EVERY)
+                .unwrap_or(NonZeroU64::MIN),
+            seals_per_key: Self::DEFAULT_SEALS_PER_KEY,
+            seal_reservation: NonZeroU64::new(Self::DEFAULT_SEAL_RESERVATION)
+                .unwrap_or(NonZeroU64::MIN),
+        }
+    }
 }
 
 impl std::fmt::Debug for Pkcs11Config {
@@ -75,16 +139,35 @@ impl std::fmt::Debug for Pkcs11Config {
             .field("module", &self.module)
             .field("token_label", &self.token_label)
             .field("user_pin", &"<redacted>")
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 struct P11Key {
     kind: KeyKind,
+    label: String,
     /// The secret or private key.
     private: ObjectHandle,
     /// The public key of a signing pair.
     public: Option<ObjectHandle>,
+    /// Seals made and reserved under an AEAD key, once read from the token.
+    seals: Option<SealBudget>,
+}
+
+/// An AEAD key's seal count: `used` seals made (or reserved by an earlier
+/// process), `reserved` recorded durably on the token; `used <= reserved`.
+#[derive(Clone, Copy, Debug)]
+struct SealBudget {
+    used: u64,
+    reserved: u64,
+}
+
+/// One counter object on the token.
+struct CounterObject {
+    handle: ObjectHandle,
+    counter: Counter,
+    destroyable: bool,
 }
 
 struct Inner {
@@ -98,6 +181,9 @@ struct Inner {
 pub struct Pkcs11Hsm {
     inner: Arc<Mutex<Inner>>,
     token_label: String,
+    limits: Pkcs11Limits,
+    /// The HSM's own counters, where it has some that software advances by one.
+    hardware_counter: Option<Arc<dyn HardwareCounter>>,
     // Kept so the library stays loaded and initialised as long as a clone lives.
     _context: Pkcs11,
 }
@@ -106,8 +192,28 @@ impl std::fmt::Debug for Pkcs11Hsm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pkcs11Hsm")
             .field("token", &self.token_label)
+            .field("limits", &self.limits)
+            .field("hardware_counter", &self.hardware_counter.is_some())
             .finish()
     }
+}
+
+/// Monotonic counters kept by the HSM's firmware or NVRAM, which software
+/// advances by exactly one and nobody, the PIN holder included, can set back.
+/// PKCS#11 has no standard interface for this (`CKH_MONOTONIC_COUNTER` increases
+/// when read, by a vendor-defined step); vendors expose it through extensions,
+/// and a TPM's NV counters are one. With one, [`Pkcs11Hsm`] takes a counter's
+/// value from the hardware and keeps only the binding in token objects: no
+/// rollback window and at most two objects per counter
+/// ([`Pkcs11Hsm::with_hardware_counter`]).
+///
+/// Each label must name its own hardware counter, reading 0 before its first
+/// advance.
+pub trait HardwareCounter: Send + Sync + 'static {
+    /// The value of counter `label` (0 if never advanced).
+    fn read(&self, label: &str) -> Result<u64, HsmError>;
+    /// Advances counter `label` by one and returns the new value.
+    fn increment(&self, label: &str) -> Result<u64, HsmError>;
 }
 
 fn device(what: &'static str, e: CkError) -> HsmError {
@@ -185,8 +291,30 @@ impl Pkcs11Hsm {
                 by_label: BTreeMap::new(),
             })),
             token_label: config.token_label.clone(),
+            limits: config.limits,
+            hardware_counter: None,
             _context: context,
         })
+    }
+
+    /// This handle with other limits (clones made from it share the session,
+    /// the keys' seal counts and the counters, and keep their own limits).
+    pub fn with_limits(mut self, limits: Pkcs11Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// This handle with counters whose values come from the HSM's own hardware
+    /// counters (clones made from it keep them). Token objects then carry only
+    /// the bindings, and floors are not needed.
+    pub fn with_hardware_counter(mut self, counter: Arc<dyn HardwareCounter>) -> Self {
+        self.hardware_counter = Some(counter);
+        self
+    }
+
+    /// The limits this handle keeps.
+    pub fn limits(&self) -> Pkcs11Limits {
+        self.limits
     }
 
     fn find(inner: &mut Inner, label: &str, kind: KeyKind) -> Result<Option<u32>, HsmError> {
@@ -261,8 +389,10 @@ impl Pkcs11Hsm {
         let slot = inner.keys.len() as u32;
         inner.keys.push(P11Key {
             kind,
+            label: label.to_string(),
             private,
             public,
+            seals: None,
         });
         inner.by_label.insert((kind, label.to_string()), slot);
         slot
@@ -367,11 +497,10 @@ impl Pkcs11Hsm {
         Ok(())
     }
 
-    /// Every token object holding a value of counter `label`, with its value.
-    fn counter_objects(
-        inner: &Inner,
-        label: &str,
-    ) -> Result<Vec<(ObjectHandle, Counter)>, HsmError> {
+    /// Every token object holding a value of counter `label`, with its value and
+    /// whether it can be destroyed (a token that does not report
+    /// `CKA_DESTROYABLE` is taken to allow it).
+    fn counter_objects(inner: &Inner, label: &str) -> Result<Vec<CounterObject>, HsmError> {
         let found = inner
             .session
             .find_objects(&[
@@ -381,34 +510,212 @@ impl Pkcs11Hsm {
             ])
             .map_err(|e| device("C_FindObjects (counter)", e))?;
         let mut out = Vec::with_capacity(found.len());
-        for object in found {
+        for handle in found {
             let attrs = inner
                 .session
-                .get_attributes(object, &[AttributeType::Value])
+                .get_attributes(handle, &[AttributeType::Value, AttributeType::Destroyable])
                 .map_err(|e| device("C_GetAttributeValue (counter)", e))?;
-            match attrs.first() {
-                Some(Attribute::Value(v)) if v.len() == 40 => {
+            let value = attrs.iter().find_map(|a| match a {
+                Attribute::Value(v) => Some(v.as_slice()),
+                _ => None,
+            });
+            let destroyable = !attrs.contains(&Attribute::Destroyable(false));
+            match value {
+                Some(v) if v.len() == COUNTER_VALUE_LEN => {
+                    let (count, bound) = v.split_at(8);
                     let mut b = [0u8; 8];
-                    b.copy_from_slice(&v[..8]);
+                    b.copy_from_slice(count);
                     let mut binding = [0u8; 32];
-                    binding.copy_from_slice(&v[8..]);
-                    out.push((
-                        object,
-                        Counter {
+                    binding.copy_from_slice(bound);
+                    out.push(CounterObject {
+                        handle,
+                        counter: Counter {
                             value: u64::from_be_bytes(b),
                             binding,
                         },
-                    ));
+                        destroyable,
+                    });
                 }
                 _ => {
                     return Err(HsmError::Corrupt(StateCorruption::CounterValue {
                         label: label.to_string(),
-                        expected: 40,
+                        expected: COUNTER_VALUE_LEN,
                     }))
                 }
             }
         }
         Ok(out)
+    }
+
+    /// The seal-count reservations recorded for the AEAD key `label`.
+    fn seal_count_objects(
+        inner: &Inner,
+        label: &str,
+    ) -> Result<Vec<(ObjectHandle, u64)>, HsmError> {
+        let found = inner
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(SEAL_COUNT_APPLICATION.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .map_err(|e| device("C_FindObjects (seal count)", e))?;
+        let mut out = Vec::with_capacity(found.len());
+        for handle in found {
+            let attrs = inner
+                .session
+                .get_attributes(handle, &[AttributeType::Value])
+                .map_err(|e| device("C_GetAttributeValue (seal count)", e))?;
+            match attrs.first() {
+                Some(Attribute::Value(v)) if v.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(v);
+                    out.push((handle, u64::from_be_bytes(b)));
+                }
+                _ => {
+                    return Err(HsmError::Corrupt(StateCorruption::CounterValue {
+                        label: label.to_string(),
+                        expected: 8,
+                    }))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The binding the token holds for hardware counter value `value`: exactly
+    /// one, or all alike, of the objects carrying that value.
+    fn binding_of(objects: &[CounterObject], label: &str, value: u64) -> Result<Counter, HsmError> {
+        if value == 0 {
+            return Ok(Counter::default());
+        }
+        let mut found = objects.iter().filter(|o| o.counter.value == value);
+        let Some(first) = found.next() else {
+            return Err(HsmError::Corrupt(StateCorruption::CounterBindingMissing {
+                label: label.to_string(),
+                value,
+            }));
+        };
+        if found.any(|o| o.counter.binding != first.counter.binding) {
+            return Err(HsmError::Corrupt(
+                StateCorruption::CounterBindingAmbiguous {
+                    label: label.to_string(),
+                    value,
+                },
+            ));
+        }
+        Ok(first.counter)
+    }
+
+    /// An advance with a hardware counter: the binding for `value + 1` first (a
+    /// crash then leaves the counter where it was, its own binding still there),
+    /// then the hardware step, then the other objects go.
+    fn advance_hardware(
+        inner: &Inner,
+        hardware: &dyn HardwareCounter,
+        objects: &[CounterObject],
+        label: &str,
+        binding: &[u8; 32],
+    ) -> Result<u64, HsmError> {
+        let new =
+            hardware
+                .read(label)?
+                .checked_add(1)
+                .ok_or_else(|| HsmError::CounterExhausted {
+                    label: label.to_string(),
+                })?;
+        let mut value = new.to_be_bytes().to_vec();
+        value.extend_from_slice(binding);
+        let created = inner
+            .session
+            .create_object(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Modifiable(false),
+                Attribute::Application(COUNTER_APPLICATION.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Value(value),
+            ])
+            .map_err(|e| device("C_CreateObject (counter binding)", e))?;
+        let now = hardware.increment(label)?;
+        if now != new {
+            return Err(HsmError::Corrupt(StateCorruption::HardwareCounterStep {
+                label: label.to_string(),
+                expected: new,
+                found: now,
+            }));
+        }
+        for object in objects.iter().filter(|o| o.handle != created) {
+            if let Err(e) = inner.session.destroy_object(object.handle) {
+                tracing::warn!(counter = label, error = %e, "could not remove an old counter binding; the counter reads the hardware's value");
+            }
+        }
+        Ok(new)
+    }
+
+    /// Counts one seal under the AEAD key in `slot`, first recording a new
+    /// reservation on the token when the current one is spent. Refuses once the
+    /// key made `limits.seals_per_key` seals. A seal is counted before it is
+    /// made, so a failed seal still counts (the bound errs on the safe side).
+    fn spend_seal(inner: &mut Inner, slot: usize, limits: &Pkcs11Limits) -> Result<(), HsmError> {
+        let Some(key) = inner.keys.get(slot) else {
+            return Err(HsmError::WrongKey {
+                expected: KeyKind::Aead,
+            });
+        };
+        let label = key.label.clone();
+        let mut budget = match key.seals {
+            Some(b) => b,
+            None => {
+                // What an earlier process reserved may all have been used.
+                let reserved = Self::seal_count_objects(inner, &label)?
+                    .iter()
+                    .map(|(_, n)| *n)
+                    .max()
+                    .unwrap_or(0);
+                SealBudget {
+                    used: reserved,
+                    reserved,
+                }
+            }
+        };
+        if budget.used >= limits.seals_per_key {
+            inner.keys[slot].seals = Some(budget);
+            return Err(HsmError::SealLimitReached {
+                label,
+                limit: limits.seals_per_key,
+            });
+        }
+        if budget.used >= budget.reserved {
+            let old = Self::seal_count_objects(inner, &label)?;
+            let next = budget
+                .used
+                .saturating_add(limits.seal_reservation.get())
+                .min(limits.seals_per_key);
+            inner
+                .session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(true),
+                    Attribute::Private(true),
+                    Attribute::Modifiable(false),
+                    Attribute::Application(SEAL_COUNT_APPLICATION.to_vec()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Value(next.to_be_bytes().to_vec()),
+                ])
+                .map_err(|e| device("C_CreateObject (seal count)", e))?;
+            for (object, _) in old {
+                if let Err(e) = inner.session.destroy_object(object) {
+                    tracing::warn!(key = %label, error = %e, "could not remove an old seal-count object; the count still reads the largest");
+                }
+            }
+            budget.reserved = next;
+        }
+        debug_assert!(budget.used < budget.reserved);
+        budget.used += 1;
+        inner.keys[slot].seals = Some(budget);
+        Ok(())
     }
 }
 
@@ -428,7 +735,9 @@ impl Hsm for Pkcs11Hsm {
     }
 
     fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        Self::handle(&inner, key, KeyKind::Aead)?;
+        Self::spend_seal(&mut inner, key.slot(), &self.limits)?;
         let k = Self::handle(&inner, key, KeyKind::Aead)?;
         let mut iv = [0u8; IV_LEN];
         inner
@@ -564,9 +873,14 @@ impl Hsm for Pkcs11Hsm {
 
     fn counter(&self, label: &str) -> Result<Counter, HsmError> {
         let inner = self.inner.lock();
-        Ok(Self::counter_objects(&inner, label)?
+        let objects = Self::counter_objects(&inner, label)?;
+        if let Some(hardware) = &self.hardware_counter {
+            let value = hardware.read(label)?;
+            return Self::binding_of(&objects, label, value);
+        }
+        Ok(objects
             .iter()
-            .map(|(_, c)| *c)
+            .map(|o| o.counter)
             .max_by_key(|c| c.value)
             .unwrap_or_default())
     }
@@ -574,30 +888,49 @@ impl Hsm for Pkcs11Hsm {
     fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
         let inner = self.inner.lock();
         let objects = Self::counter_objects(&inner, label)?;
-        let old = objects.iter().map(|(_, c)| c.value).max().unwrap_or(0);
+        if let Some(hardware) = &self.hardware_counter {
+            return Self::advance_hardware(&inner, hardware.as_ref(), &objects, label, binding);
+        }
+        let old = objects.iter().map(|o| o.counter.value).max().unwrap_or(0);
         let new = old
             .checked_add(1)
             .ok_or_else(|| HsmError::CounterExhausted {
                 label: label.to_string(),
             })?;
+        let floor = new % self.limits.counter_floor_every.get() == 0;
         let mut value = new.to_be_bytes().to_vec();
         value.extend_from_slice(binding);
         // Create the new value first, then remove the old ones: a crash in between
         // leaves both, and the counter reads the larger.
-        inner
+        let created = inner
             .session
             .create_object(&[
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(true),
                 Attribute::Private(true),
                 Attribute::Modifiable(false),
+                Attribute::Destroyable(!floor),
                 Attribute::Application(COUNTER_APPLICATION.to_vec()),
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Value(value),
             ])
             .map_err(|e| device("C_CreateObject (counter)", e))?;
-        for (object, _) in objects {
-            if let Err(e) = inner.session.destroy_object(object) {
+        if floor {
+            // A token that accepts the template but ignores the attribute would
+            // leave the window open: refuse it. (The new value stands: it is the
+            // counter's true value; only its protection is missing.)
+            let attrs = inner
+                .session
+                .get_attributes(created, &[AttributeType::Destroyable])
+                .map_err(|e| device("C_GetAttributeValue (counter floor)", e))?;
+            if !attrs.contains(&Attribute::Destroyable(false)) {
+                return Err(HsmError::Unusable(DeviceFault::CounterFloorDestroyable {
+                    label: label.to_string(),
+                }));
+            }
+        }
+        for object in objects.iter().filter(|o| o.destroyable) {
+            if let Err(e) = inner.session.destroy_object(object.handle) {
                 tracing::warn!(counter = label, error = %e, "could not remove an old counter object; the counter still reads the newest");
             }
         }
@@ -697,5 +1030,6 @@ pub fn softhsm2_throwaway_token(
         module,
         token_label: label.to_string(),
         user_pin: Zeroizing::new(user_pin.to_string()),
+        limits: Pkcs11Limits::default(),
     })
 }
