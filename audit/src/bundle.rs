@@ -7,14 +7,20 @@
 //! witness's log. [`FleetVerifier`], pinned only to the witness's and the
 //! operator's public keys, checks every link in order and names the first one
 //! that breaks. It never accepts an epoch older than the one before the newest it
-//! has accepted (the previous fleet keeps serving during a rotation), and can
-//! persist the newest epoch it accepted.
+//! has accepted (the previous fleet keeps serving during a rotation), nor one
+//! retired early ([`EpochRetirement`]); it holds every witness key to its
+//! validity window at the verifier's own time, not only at the time a statement
+//! claims; it keeps the newest checkpoint it accepted and refuses one that a
+//! [`ConsistencyProof`] does not show to be the same log; and it can persist all
+//! of that.
 
 use std::path::{Path, PathBuf};
 
+use crate::consistency::ConsistencyProof;
 use crate::fleet::{ArtifactError, FleetArtifact};
-use crate::merkle::{leaf_hash, verify_inclusion, Hash, ProofError};
+use crate::merkle::{leaf_hash, verify_consistency, verify_inclusion, Hash, ProofError};
 use crate::note::{Checkpoint, NoteError, NoteVerifier, SignedNote};
+use crate::retirement::EpochRetirement;
 use crate::witness::{leaf_bytes, verify_countersignature, Statement, Witnessed, NAME_BYTES_MAX};
 use sha2::Digest as _;
 use vaultfleet::codec::{DecodeError, EncodeError, Reader, Writer};
@@ -103,6 +109,98 @@ pub enum BundleError {
         timestamp: u64,
         /// When the next key took over.
         retired: u64,
+    },
+    /// The witness key's successor started before the verifier's own time: the
+    /// key is retired, whatever date its statement claims (a stolen retired key
+    /// backdating a statement).
+    #[error("witness key {key:?} retired at {retired}; it is {now} now")]
+    WitnessKeyRetiredAt {
+        /// The key.
+        key: String,
+        /// When the next key took over.
+        retired: u64,
+        /// The verifier's time.
+        now: u64,
+    },
+    /// The witness key's `not_before` is still in the verifier's future: it may
+    /// not sign yet, whatever date its statement claims.
+    #[error("witness key {key:?} is valid from {not_before}; it is {now} now")]
+    WitnessKeyNotYetValidAt {
+        /// The key.
+        key: String,
+        /// When it becomes valid.
+        not_before: u64,
+        /// The verifier's time.
+        now: u64,
+    },
+    /// The checkpoint is signed only by pinned keys that are not valid at the
+    /// verifier's time (retired, or not yet valid).
+    #[error("the checkpoint is signed by witness key {key:?}, valid in [{not_before}, {}), not at {now}", retired.map_or_else(|| "-".to_string(), |r| r.to_string()))]
+    CheckpointKeyNotCurrent {
+        /// The key that signed it.
+        key: String,
+        /// When it became valid.
+        not_before: u64,
+        /// When its successor took over, if one is pinned.
+        retired: Option<u64>,
+        /// The verifier's time.
+        now: u64,
+    },
+    /// The epoch was retired early by a witnessed, countersigned retirement.
+    #[error("epoch {epoch} is retired (every epoch through {retired_through} was retired early)")]
+    EpochRetired {
+        /// In the bundle.
+        epoch: u64,
+        /// The newest retired epoch.
+        retired_through: u64,
+    },
+    /// An epoch retirement does not decode.
+    #[error("malformed epoch retirement: {0}")]
+    RetirementMalformed(#[source] DecodeError),
+    /// The verifier requires consistency proofs and the bundle's checkpoint
+    /// differs in size from the last one it accepted, with no proof.
+    #[error("no consistency proof between the last accepted checkpoint (size {from}) and this one (size {to})")]
+    NoConsistencyProof {
+        /// The smaller size.
+        from: u64,
+        /// The larger size.
+        to: u64,
+    },
+    /// The consistency proof does not decode.
+    #[error("malformed consistency proof: {0}")]
+    ConsistencyProofMalformed(#[source] DecodeError),
+    /// The consistency proof is between other sizes than the two checkpoints'.
+    #[error("the consistency proof is from size {got_from} to {got_to}, sizes {from} to {to} were needed")]
+    ConsistencyProofSizes {
+        /// The proof's smaller size.
+        got_from: u64,
+        /// The proof's larger size.
+        got_to: u64,
+        /// The smaller checkpoint's size.
+        from: u64,
+        /// The larger checkpoint's size.
+        to: u64,
+    },
+    /// The bundle's checkpoint and the last one accepted are not two sizes of
+    /// one append-only log: the witness's log forked (or the proof is wrong).
+    #[error("the checkpoints of sizes {from} and {to} are not one log: {source}")]
+    NotAnExtension {
+        /// The smaller size.
+        from: u64,
+        /// The larger size.
+        to: u64,
+        /// Why the proof fails.
+        #[source]
+        source: ProofError,
+    },
+    /// Another bundle moved the verifier's newest checkpoint between this one's
+    /// check and its acceptance: check it again.
+    #[error("checked against the checkpoint of size {checked_against:?}, the newest is now size {newest}: check again")]
+    StaleCheck {
+        /// The newest checkpoint's size at the check.
+        checked_against: Option<u64>,
+        /// The newest checkpoint's size now.
+        newest: u64,
     },
     /// Two checkpoints of the same size with different roots: the witness's
     /// log forked.
@@ -298,7 +396,8 @@ pub struct WitnessKey {
     pub name: String,
     /// Its Ed25519 public key.
     pub public_key: [u8; 32],
-    /// When it may start signing.
+    /// When it may start signing. It retires when the next pinned key's
+    /// `not_before` arrives.
     pub not_before: u64,
 }
 
@@ -311,9 +410,14 @@ pub struct FleetVerifier {
     operator_key: [u8; 32],
     current: Option<(u64, [u8; 32])>,
     previous: Option<(u64, [u8; 32])>,
-    /// Checkpoints (size, root) accepted so far: a second root for a size is a
-    /// forked log.
+    /// Checkpoints (size, root) accepted so far, ascending: a second root for a
+    /// size is a forked log, and the last one is the newest (the "head") every
+    /// later checkpoint must be consistent with.
     checkpoints: Vec<(u64, Hash)>,
+    /// Every epoch up to this one was retired early.
+    retired_through: Option<u64>,
+    /// Refuse a checkpoint of another size than the head's without a proof.
+    require_consistency: bool,
     /// The last bundle accepted.
     last: Option<Accepted>,
     state: Option<PathBuf>,
@@ -333,6 +437,13 @@ pub struct Accepted {
     pub digest: [u8; 32],
     /// The checkpoint (size, root) it was proven against.
     pub checkpoint: (u64, Hash),
+    /// The witness key that signed the statement.
+    pub witness_key: String,
+    /// The pinned witness key whose signature on the checkpoint verified.
+    pub checkpoint_key: String,
+    /// The verifier's newest checkpoint when the bundle was checked: the
+    /// bundle's checkpoint was proven consistent with it.
+    pub extends: Option<(u64, Hash)>,
     /// SHA-256 of the bundle's bytes: the same bytes seen again need only the
     /// checks that depend on the time, the replica and the verifier's epochs.
     pub bundle_hash: [u8; 32],
@@ -340,6 +451,10 @@ pub struct Accepted {
 
 impl FleetVerifier {
     /// A verifier for `namespace`, trusting `witness_keys` and `operator_key`.
+    ///
+    /// It accepts a checkpoint of a new size without a consistency proof (only
+    /// equal sizes are compared) until [`FleetVerifier::require_consistency_proofs`]
+    /// is called: the vault's replies do not carry proofs yet.
     pub fn new(namespace: &str, witness_keys: Vec<WitnessKey>, operator_key: [u8; 32]) -> Self {
         Self {
             namespace: namespace.to_string(),
@@ -348,12 +463,23 @@ impl FleetVerifier {
             current: None,
             previous: None,
             checkpoints: Vec::new(),
+            retired_through: None,
+            require_consistency: false,
             last: None,
             state: None,
         }
     }
 
-    /// Keeps the newest accepted epoch (and its digest) in `path`, loading it now.
+    /// Refuses every checkpoint whose size differs from the newest accepted one
+    /// unless a consistency proof shows both are one log
+    /// ([`BundleError::NoConsistencyProof`]).
+    pub fn require_consistency_proofs(mut self) -> Self {
+        self.require_consistency = true;
+        self
+    }
+
+    /// Keeps the newest accepted epoch (and its digest), the checkpoints and
+    /// any early retirement in `path`, loading them now.
     pub fn persist_to(mut self, path: impl AsRef<Path>) -> Result<Self, BundleError> {
         let path = path.as_ref().to_path_buf();
         match std::fs::read_to_string(&path) {
@@ -366,6 +492,15 @@ impl FleetVerifier {
                 };
                 for (n, line) in text.lines().enumerate() {
                     let f: Vec<&str> = line.split(' ').collect();
+                    let unreadable = || BundleError::StateUnreadable {
+                        path: path.clone(),
+                        line: n + 1,
+                    };
+                    if let ["retired", e] = f.as_slice() {
+                        let e = e.parse::<u64>().map_err(|_| unreadable())?;
+                        self.retired_through = self.retired_through.max(Some(e));
+                        continue;
+                    }
                     let parsed = match f.as_slice() {
                         [tag, n, d] => n.parse::<u64>().ok().zip(hash(d)).map(|v| (*tag, v)),
                         _ => None,
@@ -374,7 +509,7 @@ impl FleetVerifier {
                         Some(("current", v)) => self.current = Some(v),
                         Some(("previous", v)) => self.previous = Some(v),
                         Some(("checkpoint", v)) => self.checkpoints.push(v),
-                        _ => return Err(BundleError::StateUnreadable { path, line: n + 1 }),
+                        _ => return Err(unreadable()),
                     }
                 }
                 self.checkpoints.sort_unstable();
@@ -391,6 +526,22 @@ impl FleetVerifier {
         self.current.map(|(e, _)| e)
     }
 
+    /// The newest checkpoint (size, root) accepted: a request carries its size,
+    /// and the reply a consistency proof from it to the bundle's checkpoint.
+    pub fn last_checkpoint(&self) -> Option<(u64, Hash)> {
+        self.checkpoints.last().copied()
+    }
+
+    /// The size of [`FleetVerifier::last_checkpoint`].
+    pub fn last_checkpoint_size(&self) -> Option<u64> {
+        self.last_checkpoint().map(|(size, _)| size)
+    }
+
+    /// The newest epoch retired early, if any.
+    pub fn retired_through(&self) -> Option<u64> {
+        self.retired_through
+    }
+
     /// Checks `bundle` for a reply from `replica` at time `now` and, if every
     /// link holds, accepts it (moves the verifier forward). Use
     /// [`FleetVerifier::check`] and [`FleetVerifier::accept`] separately to accept
@@ -401,26 +552,186 @@ impl FleetVerifier {
         now: u64,
         replica: ReplicaId,
     ) -> Result<FleetArtifact, BundleError> {
-        let accepted = self.check(bundle, now, replica)?;
+        self.verify_with_proof(bundle, None, now, replica)
+    }
+
+    /// [`FleetVerifier::verify`] with the consistency proof the reply carried.
+    pub fn verify_with_proof(
+        &mut self,
+        bundle: &[u8],
+        consistency: Option<&[u8]>,
+        now: u64,
+        replica: ReplicaId,
+    ) -> Result<FleetArtifact, BundleError> {
+        let accepted = self.check_with_proof(bundle, consistency, now, replica)?;
         self.accept(&accepted)?;
         Ok(accepted.artifact)
     }
 
-    /// Checks `bundle` without changing the verifier, in this order: decoding,
-    /// the artifact's digest, the namespace, the witness key and its validity
-    /// window, the witness signature, the countersignature, the checkpoint's
-    /// signature and its agreement with every checkpoint seen before, the
-    /// inclusion proof, the epoch (never back), the artifact's validity window,
-    /// and the replica.
+    /// [`FleetVerifier::check_with_proof`] without a consistency proof.
     pub fn check(
         &self,
         bundle: &[u8],
         now: u64,
         replica: ReplicaId,
     ) -> Result<Accepted, BundleError> {
+        self.check_with_proof(bundle, None, now, replica)
+    }
+
+    fn key(&self, name: &str) -> Result<&WitnessKey, BundleError> {
+        self.witness_keys
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| BundleError::UnknownWitnessKey(name.to_string()))
+    }
+
+    /// When `key` retires: when the next pinned key starts.
+    fn retirement(&self, key: &WitnessKey) -> Option<u64> {
+        self.witness_keys
+            .iter()
+            .map(|k| k.not_before)
+            .filter(|&nb| nb > key.not_before)
+            .min()
+    }
+
+    fn valid_at(&self, key: &WitnessKey, t: u64) -> bool {
+        t >= key.not_before && self.retirement(key).is_none_or(|r| t < r)
+    }
+
+    /// `key` at the time its statement claims: not before its `not_before`,
+    /// and not once its successor started.
+    fn key_at_claimed_time(&self, key: &WitnessKey, timestamp: u64) -> Result<(), BundleError> {
+        if timestamp < key.not_before {
+            return Err(BundleError::WitnessKeyNotYetValid {
+                key: key.name.clone(),
+                timestamp,
+                not_before: key.not_before,
+            });
+        }
+        // A key retires when the next one starts: a statement dated after that is
+        // a retired (possibly stolen) key at work.
+        if let Some(retired) = self.retirement(key).filter(|&r| timestamp >= r) {
+            return Err(BundleError::WitnessKeyRetired {
+                key: key.name.clone(),
+                timestamp,
+                retired,
+            });
+        }
+        Ok(())
+    }
+
+    /// `key` at the verifier's own time.
+    fn key_window_now(&self, key: &WitnessKey, now: u64) -> Result<(), BundleError> {
+        if now < key.not_before {
+            return Err(BundleError::WitnessKeyNotYetValidAt {
+                key: key.name.clone(),
+                not_before: key.not_before,
+                now,
+            });
+        }
+        if let Some(retired) = self.retirement(key).filter(|&r| now >= r) {
+            return Err(BundleError::WitnessKeyRetiredAt {
+                key: key.name.clone(),
+                retired,
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's signer at the verifier's time.
+    fn checkpoint_key_window(&self, name: &str, now: u64) -> Result<(), BundleError> {
+        let key = self.key(name)?;
+        if self.valid_at(key, now) {
+            return Ok(());
+        }
+        Err(BundleError::CheckpointKeyNotCurrent {
+            key: key.name.clone(),
+            not_before: key.not_before,
+            retired: self.retirement(key),
+            now,
+        })
+    }
+
+    /// The pinned key that signed `note`, preferring one valid at `now`.
+    fn checkpoint_signer(&self, note: &SignedNote, now: u64) -> Result<String, BundleError> {
+        let signers: Vec<&WitnessKey> = self
+            .witness_keys
+            .iter()
+            .filter(|k| {
+                NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(note).is_ok())
+            })
+            .collect();
+        signers
+            .iter()
+            .find(|k| self.valid_at(k, now))
+            .or(signers.first())
+            .map(|k| k.name.clone())
+            .ok_or(BundleError::CheckpointUnsigned)
+    }
+
+    /// Whether the checkpoint (`size`, `root`) and the newest accepted one are
+    /// one log: equal, or linked by `consistency` (in whichever order their
+    /// sizes fall). With no newest one yet, the first checkpoint is trusted as
+    /// it comes (its signature and the inclusion proof still hold).
+    fn extends_head(
+        &self,
+        size: u64,
+        root: &Hash,
+        consistency: Option<&[u8]>,
+    ) -> Result<(), BundleError> {
+        let Some((head_size, head_root)) = self.last_checkpoint() else {
+            return Ok(());
+        };
+        if (size, *root) == (head_size, head_root) {
+            return Ok(());
+        }
+        let (from, to, from_root, to_root) = if size >= head_size {
+            (head_size, size, head_root, *root)
+        } else {
+            (size, head_size, *root, head_root)
+        };
+        let Some(bytes) = consistency else {
+            return if self.require_consistency {
+                Err(BundleError::NoConsistencyProof { from, to })
+            } else {
+                Ok(())
+            };
+        };
+        let proof =
+            ConsistencyProof::decode(bytes).map_err(BundleError::ConsistencyProofMalformed)?;
+        if (proof.from_size, proof.to_size) != (from, to) {
+            return Err(BundleError::ConsistencyProofSizes {
+                got_from: proof.from_size,
+                got_to: proof.to_size,
+                from,
+                to,
+            });
+        }
+        verify_consistency(from, to, &proof.hashes, &from_root, &to_root)
+            .map_err(|source| BundleError::NotAnExtension { from, to, source })
+    }
+
+    /// Checks `bundle` without changing the verifier, in this order: decoding,
+    /// the artifact's digest, the namespace, the witness key and its validity
+    /// window at the statement's time, the witness signature, the
+    /// countersignature, the checkpoint's signature, its agreement with every
+    /// checkpoint seen before and its consistency (`consistency`, the proof the
+    /// reply carried) with the newest one, the inclusion proof, the epoch
+    /// (never back, never retired), the artifact's validity window, both witness
+    /// keys at the verifier's time `now`, and the replica.
+    pub fn check_with_proof(
+        &self,
+        bundle: &[u8],
+        consistency: Option<&[u8]>,
+        now: u64,
+        replica: ReplicaId,
+    ) -> Result<Accepted, BundleError> {
         let bundle_hash: [u8; 32] = sha2::Sha256::digest(bundle).into();
         if let Some(last) = self.last.as_ref().filter(|l| l.bundle_hash == bundle_hash) {
-            // Every signature and proof of these exact bytes held already.
+            // Every signature and proof of these exact bytes held already, and
+            // its checkpoint is consistent with the newest (it is the newest, or
+            // was proven a prefix of it, which has not moved since).
             return self.admit(last.clone(), now, replica);
         }
         let b = Bundle::decode(bundle)?;
@@ -435,35 +746,10 @@ impl FleetVerifier {
                 want: self.namespace.clone(),
             });
         }
-        let key = self
-            .witness_keys
-            .iter()
-            .find(|k| k.name == b.witness_key)
-            .ok_or_else(|| BundleError::UnknownWitnessKey(b.witness_key.clone()))?;
-        if b.timestamp < key.not_before {
-            return Err(BundleError::WitnessKeyNotYetValid {
-                key: key.name.clone(),
-                timestamp: b.timestamp,
-                not_before: key.not_before,
-            });
-        }
-        // A key retires when the next one starts: a statement dated after that is
-        // a retired (possibly stolen) key at work.
-        if let Some(next) = self
-            .witness_keys
-            .iter()
-            .map(|k| k.not_before)
-            .filter(|&nb| nb > key.not_before)
-            .min()
-        {
-            if b.timestamp >= next {
-                return Err(BundleError::WitnessKeyRetired {
-                    key: key.name.clone(),
-                    timestamp: b.timestamp,
-                    retired: next,
-                });
-            }
-        }
+        let key = self.key(&b.witness_key)?;
+        // The key at the statement's own time here; at the verifier's time (a
+        // backdated statement of a retired key) in `admit`.
+        self.key_at_claimed_time(key, b.timestamp)?;
         let statement = b.statement();
         if !verify_signature(
             &key.public_key,
@@ -481,16 +767,11 @@ impl FleetVerifier {
             return Err(BundleError::Countersignature);
         }
         let note = SignedNote::parse(&b.checkpoint).map_err(BundleError::Checkpoint)?;
-        let verifier =
-            NoteVerifier::ed25519(&key.name, key.public_key).map_err(BundleError::Checkpoint)?;
-        // Any pinned witness key valid at the checkpoint may have signed it.
-        let signed = verifier.verify(&note).is_ok()
-            || self.witness_keys.iter().any(|k| {
-                NoteVerifier::ed25519(&k.name, k.public_key).is_ok_and(|v| v.verify(&note).is_ok())
-            });
-        if !signed {
-            return Err(BundleError::CheckpointUnsigned);
-        }
+        // The statement's key name must be able to sign notes at all.
+        NoteVerifier::ed25519(&key.name, key.public_key).map_err(BundleError::Checkpoint)?;
+        // Any pinned witness key may have signed it; its validity at `now` is
+        // checked with the other time-dependent checks.
+        let checkpoint_key = self.checkpoint_signer(&note, now)?;
         let checkpoint = Checkpoint::parse(&note.text).map_err(BundleError::Checkpoint)?;
         if checkpoint.origin != self.namespace {
             return Err(BundleError::CheckpointOrigin {
@@ -509,6 +790,7 @@ impl FleetVerifier {
                 });
             }
         }
+        self.extends_head(checkpoint.size, &checkpoint.root, consistency)?;
         let leaf = leaf_hash(&leaf_bytes(
             &statement,
             &b.witness_key,
@@ -534,6 +816,9 @@ impl FleetVerifier {
                 epoch: b.epoch,
                 digest,
                 checkpoint: (checkpoint.size, checkpoint.root),
+                witness_key: b.witness_key,
+                checkpoint_key,
+                extends: None,
                 bundle_hash,
             },
             now,
@@ -541,9 +826,14 @@ impl FleetVerifier {
         )
     }
 
-    /// The checks of a verified bundle that depend on the verifier's epochs, the
-    /// time and the answering replica.
-    fn admit(&self, a: Accepted, now: u64, replica: ReplicaId) -> Result<Accepted, BundleError> {
+    /// The checks of a verified bundle that depend on the verifier's epochs and
+    /// checkpoints, the time and the answering replica.
+    fn admit(
+        &self,
+        mut a: Accepted,
+        now: u64,
+        replica: ReplicaId,
+    ) -> Result<Accepted, BundleError> {
         let (epoch, digest, artifact) = (a.epoch, a.digest, &a.artifact);
         match (self.current, self.previous) {
             (Some((e, d)), _) if epoch == e && d != digest => {
@@ -562,6 +852,12 @@ impl FleetVerifier {
             }
             _ => {}
         }
+        if let Some(retired_through) = self.retired_through.filter(|&r| epoch <= r) {
+            return Err(BundleError::EpochRetired {
+                epoch,
+                retired_through,
+            });
+        }
         if now < artifact.not_before || now >= artifact.not_after {
             return Err(BundleError::Expired {
                 not_before: artifact.not_before,
@@ -569,15 +865,25 @@ impl FleetVerifier {
                 now,
             });
         }
+        self.key_window_now(self.key(&a.witness_key)?, now)?;
+        self.checkpoint_key_window(&a.checkpoint_key, now)?;
         if artifact.replica(replica).is_none() {
             return Err(BundleError::ReplicaNotInBundle(replica));
         }
+        a.extends = self.last_checkpoint();
         Ok(a)
     }
 
     /// Moves the verifier forward to a checked bundle: the state file (if any) is
     /// written before memory changes, so a restart never goes back.
     pub fn accept(&mut self, a: &Accepted) -> Result<(), BundleError> {
+        let head = self.last_checkpoint();
+        if head != a.extends && head != Some(a.checkpoint) {
+            return Err(BundleError::StaleCheck {
+                checked_against: a.extends.map(|(size, _)| size),
+                newest: head.map_or(0, |(size, _)| size),
+            });
+        }
         let mut next = self.clone();
         match next.current {
             Some((e, _)) if a.epoch < e => next.previous = Some((a.epoch, a.digest)),
@@ -605,6 +911,38 @@ impl FleetVerifier {
         Ok(())
     }
 
+    /// Applies a witnessed, countersigned early retirement ([`EpochRetirement`])
+    /// at time `now`: from then on every epoch up to its `retired_through` is
+    /// refused ([`BundleError::EpochRetired`]), across restarts if the verifier
+    /// persists. Its witness key must be pinned and valid both at the
+    /// retirement's time and at `now`. Returns the newest retired epoch.
+    pub fn retire(&mut self, retirement: &[u8], now: u64) -> Result<u64, BundleError> {
+        let r = EpochRetirement::decode(retirement).map_err(BundleError::RetirementMalformed)?;
+        if r.namespace != self.namespace {
+            return Err(BundleError::Namespace {
+                got: r.namespace,
+                want: self.namespace.clone(),
+            });
+        }
+        let key = self.key(&r.witness_key)?;
+        self.key_at_claimed_time(key, r.timestamp)?;
+        self.key_window_now(key, now)?;
+        if !r.witness_signature_holds(&key.public_key) {
+            return Err(BundleError::WitnessSignature);
+        }
+        if !r.countersignature_holds(&self.operator_key) {
+            return Err(BundleError::Countersignature);
+        }
+        let through = self.retired_through.max(Some(r.retired_through));
+        if through != self.retired_through {
+            let mut next = self.clone();
+            next.retired_through = through;
+            next.save()?;
+            *self = next;
+        }
+        Ok(self.retired_through.unwrap_or(r.retired_through))
+    }
+
     fn save(&self) -> Result<(), BundleError> {
         let Some(path) = &self.state else {
             return Ok(());
@@ -618,6 +956,9 @@ impl FleetVerifier {
         }
         for (size, root) in &self.checkpoints {
             text.push_str(&format!("checkpoint {size} {}\n", hexs(root)));
+        }
+        if let Some(e) = self.retired_through {
+            text.push_str(&format!("retired {e}\n"));
         }
         let tmp = path.with_extension("tmp");
         let write = || -> std::io::Result<()> {

@@ -9,6 +9,9 @@
 //! * [`note`]: C2SP signed notes, tlog checkpoints and `cosignature/v1`, so
 //!   third-party witnesses can cosign the log's checkpoints.
 //!
+//! * [`consistency`]: the wire form of a consistency proof a reply carries from
+//!   the checkpoint a client last accepted.
+//! * [`retirement`]: a witnessed, countersigned early retirement of epochs.
 //! * [`witness`]: the witness (rules persisted before it signs, per-namespace
 //!   logs, checkpoints) and the operator's countersignature.
 //! * [`bundle`]: the validation bundle a vault reply carries, and
@@ -18,15 +21,19 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod consistency;
 pub mod fleet;
 pub mod merkle;
 pub mod note;
+pub mod retirement;
 pub mod witness;
 
 pub use bundle::{Accepted, Bundle, BundleError, FleetVerifier, WitnessKey};
+pub use consistency::ConsistencyProof;
 pub use fleet::{ArtifactError, ArtifactRule, FleetArtifact};
 pub use merkle::{MerkleTree, ProofError};
 pub use note::{Checkpoint, NoteError, NoteSignature, NoteVerifier, SignedNote};
+pub use retirement::EpochRetirement;
 pub use witness::{
     CountersignError, LogError, Statement, Witness, WitnessError, WitnessKeySpec, Witnessed,
 };

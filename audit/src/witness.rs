@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use crate::merkle::{Hash, MerkleTree};
+use crate::consistency::ConsistencyProof;
+use crate::merkle::{Hash, MerkleTree, ProofError};
 use crate::note::{sign_note, Checkpoint, NoteError, SignedNote};
+use crate::retirement::EpochRetirement;
 use vaultfleet::codec::{EncodeError, Writer};
 use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind};
 
@@ -208,6 +210,19 @@ pub enum WitnessError {
     /// A checkpoint could not be signed.
     #[error("checkpoint: {0}")]
     Note(#[from] NoteError),
+    /// A consistency proof was asked for sizes the log cannot prove.
+    #[error("consistency proof: {0}")]
+    Proof(#[from] ProofError),
+    /// A retirement of epochs the witness never signed (or of epoch 0).
+    #[error("namespace {namespace:?}: cannot retire through epoch {retired_through}, the last signed epoch is {last}")]
+    RetiresUnsignedEpoch {
+        /// The namespace.
+        namespace: String,
+        /// The epoch asked to retire through.
+        retired_through: u64,
+        /// The last epoch signed (0: none).
+        last: u64,
+    },
 }
 
 /// A witness log file (its state) that does not parse.
@@ -541,6 +556,69 @@ impl<H: Hsm> Witness<H> {
     /// `namespace`'s log.
     pub fn tree(&self, namespace: &str) -> Option<&MerkleTree> {
         self.logs.get(namespace).map(|l| &l.tree)
+    }
+
+    /// The consistency proof of `namespace`'s log between sizes `a` and `b` (in
+    /// either order): what a reply carries from the size a client last
+    /// accepted to the size of the checkpoint it is sent.
+    pub fn consistency_proof(
+        &self,
+        namespace: &str,
+        a: u64,
+        b: u64,
+    ) -> Result<ConsistencyProof, WitnessError> {
+        let empty = MerkleTree::new();
+        let tree = self.logs.get(namespace).map_or(&empty, |l| &l.tree);
+        Ok(ConsistencyProof::between(tree, a, b)?)
+    }
+
+    /// Signs the early retirement of every epoch up to `retired_through` in
+    /// `namespace` at `timestamp`, with the key valid then. Only epochs it signed
+    /// can be retired, and its time never goes back. The operator then
+    /// countersigns it ([`EpochRetirement::countersign`]).
+    pub fn sign_retirement(
+        &self,
+        namespace: &str,
+        retired_through: u64,
+        timestamp: u64,
+    ) -> Result<EpochRetirement, WitnessError> {
+        if !valid_name(namespace) {
+            return Err(WitnessError::InvalidNamespace(namespace.to_string()));
+        }
+        let last = self
+            .entries(namespace)
+            .last()
+            .map(|w| &w.statement)
+            .cloned();
+        let last_epoch = last.as_ref().map_or(0, |s| s.epoch);
+        if retired_through == 0 || retired_through > last_epoch {
+            return Err(WitnessError::RetiresUnsignedEpoch {
+                namespace: namespace.to_string(),
+                retired_through,
+                last: last_epoch,
+            });
+        }
+        if let Some(s) = last.filter(|s| timestamp < s.timestamp) {
+            return Err(WitnessError::TimeWentBack {
+                namespace: namespace.to_string(),
+                timestamp,
+                last: s.timestamp,
+            });
+        }
+        let key = self.key_at(timestamp)?.name.clone();
+        let handle = self.hsm.key(&key_label(&key), KeyKind::Signing)?;
+        let witness_signature = self.hsm.sign(
+            handle,
+            &EpochRetirement::signed_bytes(namespace, timestamp, retired_through),
+        )?;
+        Ok(EpochRetirement {
+            namespace: namespace.to_string(),
+            timestamp,
+            retired_through,
+            witness_key: key,
+            witness_signature,
+            countersignature: [0; 64],
+        })
     }
 
     /// A checkpoint of `namespace`'s log, signed by the key valid at `timestamp`.

@@ -9,8 +9,8 @@ use vaultfleet_audit::fleet::{ArtifactError, ArtifactRule, FleetArtifact, Replic
 use vaultfleet_audit::merkle::verify_consistency;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{
-    Bundle, BundleError, Checkpoint, FleetVerifier, LogError, ProofError, SignedNote, Witness,
-    WitnessError, WitnessKey, WitnessKeySpec,
+    Bundle, BundleError, Checkpoint, ConsistencyProof, EpochRetirement, FleetVerifier, LogError,
+    ProofError, SignedNote, Witness, WitnessError, WitnessKey, WitnessKeySpec,
 };
 
 const NS: &str = "example.vault.fleet_keys.v1";
@@ -433,7 +433,10 @@ fn a_log_that_equivocates_fails_the_consistency_check() {
     let tree = honest.witness.tree(NS).unwrap();
     let new = tree.root();
     let proof = tree.consistency_proof(old.size, tree.size()).unwrap();
-    assert!(verify_consistency(old.size, tree.size(), &proof, &old.root, &new).is_err());
+    assert_eq!(
+        verify_consistency(old.size, tree.size(), &proof, &old.root, &new),
+        Err(ProofError::RootMismatch)
+    );
     // While the honest history is consistent with itself.
     let honest_old = tree.root_at(2).unwrap();
     let p = tree.consistency_proof(2, 3).unwrap();
@@ -641,4 +644,405 @@ fn an_unreadable_verifier_state_is_refused_by_line() {
         w.verifier().persist_to(dir.path()),
         Err(BundleError::State { source, .. }) if source.kind() != std::io::ErrorKind::NotFound
     ));
+}
+
+/// witness-2026 retires when witness-2027 starts.
+const RETIRED: u64 = T0 + 200 * DAY;
+
+impl World {
+    /// A countersigned bundle of `a` witnessed at `signed_at`, with a checkpoint
+    /// signed by the key valid at `checkpoint_at`.
+    fn publish_with_checkpoint(
+        &mut self,
+        a: &FleetArtifact,
+        signed_at: u64,
+        checkpoint_at: u64,
+    ) -> Vec<u8> {
+        let w = self
+            .witness
+            .sign(NS, a.epoch, a.digest().unwrap(), signed_at)
+            .unwrap();
+        let cs = countersign(&self.hsm, "operator/countersign", &w).unwrap();
+        self.bundle(a, &w, cs, checkpoint_at).encode().unwrap()
+    }
+
+    fn proof(&self, a: u64, b: u64) -> Vec<u8> {
+        self.witness
+            .consistency_proof(NS, a, b)
+            .unwrap()
+            .encode()
+            .unwrap()
+    }
+
+    fn retirement(&self, through: u64, at: u64) -> Vec<u8> {
+        let mut r = self.witness.sign_retirement(NS, through, at).unwrap();
+        r.countersign(&self.hsm, "operator/countersign").unwrap();
+        r.encode().unwrap()
+    }
+}
+
+#[test]
+fn finding_4_a_backdated_statement_of_a_retired_witness_key_is_refused_at_the_verifiers_time() {
+    // A thief of witness-2026 (and of nothing current) keeps its own log: it
+    // signs epochs dated before the key retired, checkpoints them with the same
+    // key, and has the operator countersign (or replays its countersignatures).
+    let mut thief = world();
+    let _e1 = thief.publish_with_checkpoint(&artifact(1, 0), T0, T0);
+    let e2 = thief.publish_with_checkpoint(&artifact(2, 66), T0 + 100 * DAY, T0 + 100 * DAY);
+    let now = T0 + 300 * DAY;
+    assert!(
+        matches!(
+            w_verify(&thief, &e2, now),
+            Err(BundleError::WitnessKeyRetiredAt { key, retired: RETIRED, now: n })
+                if key == "witness-2026" && n == now
+        ),
+        "a statement dated before retirement, seen after it"
+    );
+    // Before the successor starts the same bundle is good: it is the time.
+    assert_eq!(w_verify(&thief, &e2, RETIRED - 1).unwrap().epoch, 2);
+
+    // A genuine statement of the old key, checkpointed by the current key: the
+    // statement's key alone is refused.
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), T0, now);
+    assert!(matches!(
+        w_verify(&w, &b, now),
+        Err(BundleError::WitnessKeyRetiredAt { key, .. }) if key == "witness-2026"
+    ));
+
+    // Bytes accepted before the retirement face it when seen again after it.
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), T0, T0);
+    let mut v = w.verifier();
+    v.verify(&b, RETIRED - 1, 1).unwrap();
+    assert!(matches!(
+        v.verify(&b, RETIRED, 1),
+        Err(BundleError::WitnessKeyRetiredAt {
+            retired: RETIRED,
+            ..
+        })
+    ));
+}
+
+fn w_verify(w: &World, bundle: &[u8], now: u64) -> Result<FleetArtifact, BundleError> {
+    w.verifier().verify(bundle, now, 1)
+}
+
+#[test]
+fn finding_4_a_witness_key_may_not_sign_before_the_verifiers_time_reaches_it() {
+    // Dated after witness-2027's not_before, seen before it (checkpointed by the
+    // current key, so only the statement's key is out of its window).
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), T0 + 250 * DAY, T0);
+    let now = T0 + 100 * DAY;
+    assert!(matches!(
+        w_verify(&w, &b, now),
+        Err(BundleError::WitnessKeyNotYetValidAt { key, not_before: RETIRED, now: n })
+            if key == "witness-2027" && n == now
+    ));
+    // Once its time comes, the statement holds (with a checkpoint by the key
+    // current then).
+    let witnessed = w.witness.entries(NS)[0].clone();
+    let cs = countersign(&w.hsm, "operator/countersign", &witnessed).unwrap();
+    let b = w.bundle(&artifact(1, 0), &witnessed, cs, RETIRED);
+    assert_eq!(
+        w_verify(&w, &b.encode().unwrap(), RETIRED).unwrap().epoch,
+        1
+    );
+}
+
+#[test]
+fn finding_4_a_checkpoint_signed_by_a_key_outside_its_window_is_refused() {
+    // The statement by the current key, the checkpoint only by the retired one.
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), T0 + 250 * DAY, T0);
+    let now = T0 + 300 * DAY;
+    assert!(matches!(
+        w_verify(&w, &b, now),
+        Err(BundleError::CheckpointKeyNotCurrent { key, not_before: 0, retired: Some(RETIRED), now: n })
+            if key == "witness-2026" && n == now
+    ));
+    // The checkpoint by a key that starts in the verifier's future.
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), T0, T0 + 250 * DAY);
+    assert!(matches!(
+        w_verify(&w, &b, T0 + DAY),
+        Err(BundleError::CheckpointKeyNotCurrent { key, not_before: RETIRED, retired: None, .. })
+            if key == "witness-2027"
+    ));
+    assert_eq!(w_verify(&w, &b, RETIRED - 1).unwrap_err().to_string(), {
+        format!("the checkpoint is signed by witness key \"witness-2027\", valid in [{RETIRED}, -), not at {}", RETIRED - 1)
+    });
+}
+
+/// An honest witness at epochs 1 and 2 and a copy of it rolled back to epoch 1
+/// that then signed another epoch 2 and an epoch 3: the fork exists at every
+/// size above 1.
+fn honest_and_rolled_back() -> (World, World, [Vec<u8>; 2], Vec<u8>) {
+    let mut honest = world();
+    let mut forked = world();
+    let e1 = honest.publish(&artifact(1, 0), T0).encode().unwrap();
+    forked.publish(&artifact(1, 0), T0);
+    let e2 = honest.publish(&artifact(2, 1), T0 + 1).encode().unwrap();
+    forked.publish(&artifact(2, 2), T0 + 1);
+    let f3 = forked.publish(&artifact(3, 3), T0 + 2).encode().unwrap();
+    (honest, forked, [e1, e2], f3)
+}
+
+#[test]
+fn finding_5_a_checkpoint_that_does_not_extend_the_last_accepted_one_is_refused() {
+    let (mut honest, forked, [e1, e2], f3) = honest_and_rolled_back();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("verifier");
+    let mut v = honest
+        .verifier()
+        .require_consistency_proofs()
+        .persist_to(&state)
+        .unwrap();
+    assert_eq!(v.last_checkpoint_size(), None);
+    v.verify(&e1, T0 + 2, 1).unwrap();
+    assert_eq!(v.last_checkpoint_size(), Some(1));
+    let p12 = honest.proof(1, 2);
+    v.verify_with_proof(&e2, Some(&p12), T0 + 2, 1).unwrap();
+    assert_eq!(v.last_checkpoint_size(), Some(2));
+    // The forked log's epoch 3, with the forked witness's own (internally
+    // valid) proof from the size the client knows: not an extension. A
+    // restarted client knows it too.
+    let mut v = honest
+        .verifier()
+        .require_consistency_proofs()
+        .persist_to(&state)
+        .unwrap();
+    let fp23 = forked.proof(2, 3);
+    assert!(matches!(
+        v.verify_with_proof(&f3, Some(&fp23), T0 + 2, 1),
+        Err(BundleError::NotAnExtension {
+            from: 2,
+            to: 3,
+            source: ProofError::RootMismatch
+        })
+    ));
+    // The honest epoch 3 extends it.
+    let e3 = honest.publish(&artifact(3, 4), T0 + 3).encode().unwrap();
+    let p23 = honest.proof(2, 3);
+    assert_eq!(
+        v.verify_with_proof(&e3, Some(&p23), T0 + 3, 1)
+            .unwrap()
+            .epoch,
+        3
+    );
+    assert_eq!(v.last_checkpoint_size(), Some(3));
+    // A replica still on epoch 2 serves an older checkpoint: proven a prefix of
+    // the newest, accepted, and the newest stays.
+    assert_eq!(
+        v.verify_with_proof(&e2, Some(&p23), T0 + 3, 1)
+            .unwrap()
+            .epoch,
+        2
+    );
+    assert_eq!(v.last_checkpoint_size(), Some(3));
+}
+
+#[test]
+fn finding_5_each_missing_or_wrong_consistency_proof_has_its_own_error() {
+    let (honest, _forked, [e1, e2], _) = honest_and_rolled_back();
+    let mut v = honest.verifier().require_consistency_proofs();
+    v.verify(&e1, T0 + 2, 1).unwrap();
+    assert!(matches!(
+        v.verify(&e2, T0 + 2, 1),
+        Err(BundleError::NoConsistencyProof { from: 1, to: 2 })
+    ));
+    assert!(matches!(
+        v.verify_with_proof(&e2, Some(b"garbage"), T0 + 2, 1),
+        Err(BundleError::ConsistencyProofMalformed(_))
+    ));
+    let p02 = honest.proof(0, 2);
+    assert!(matches!(
+        v.verify_with_proof(&e2, Some(&p02), T0 + 2, 1),
+        Err(BundleError::ConsistencyProofSizes {
+            got_from: 0,
+            got_to: 2,
+            from: 1,
+            to: 2
+        })
+    ));
+    let mut p12 = honest.witness.consistency_proof(NS, 1, 2).unwrap();
+    p12.hashes[0][0] ^= 1;
+    assert!(matches!(
+        v.verify_with_proof(&e2, Some(&p12.encode().unwrap()), T0 + 2, 1),
+        Err(BundleError::NotAnExtension {
+            from: 1,
+            to: 2,
+            source: ProofError::RootMismatch
+        })
+    ));
+    // A verifier not yet requiring proofs (the vault's replies carry none yet)
+    // takes a new size as it comes.
+    let mut lenient = honest.verifier();
+    lenient.verify(&e1, T0 + 2, 1).unwrap();
+    assert_eq!(lenient.verify(&e2, T0 + 2, 1).unwrap().epoch, 2);
+    // The proof's wire form round-trips.
+    let p = honest.witness.consistency_proof(NS, 2, 1).unwrap();
+    assert_eq!((p.from_size, p.to_size), (1, 2));
+    assert_eq!(ConsistencyProof::decode(&p.encode().unwrap()).unwrap(), p);
+}
+
+#[test]
+fn finding_5_a_check_made_against_an_older_newest_checkpoint_is_not_accepted() {
+    let (mut honest, _forked, [e1, e2], _) = honest_and_rolled_back();
+    let e3 = honest.publish(&artifact(3, 4), T0 + 3).encode().unwrap();
+    let mut v = honest.verifier().require_consistency_proofs();
+    v.verify(&e1, T0 + 3, 1).unwrap();
+    // Two replies checked while the newest checkpoint is size 1, accepted in
+    // turn: the second was proven against a checkpoint no longer the newest.
+    let a2 = v
+        .check_with_proof(&e2, Some(&honest.proof(1, 2)), T0 + 3, 1)
+        .unwrap();
+    let a3 = v
+        .check_with_proof(&e3, Some(&honest.proof(1, 3)), T0 + 3, 1)
+        .unwrap();
+    v.accept(&a3).unwrap();
+    assert!(matches!(
+        v.accept(&a2),
+        Err(BundleError::StaleCheck {
+            checked_against: Some(1),
+            newest: 3
+        })
+    ));
+    assert_eq!(v.newest_epoch(), Some(3));
+}
+
+#[test]
+fn finding_low_an_epoch_retired_early_is_refused_before_its_not_after() {
+    let mut w = world();
+    let e1 = w.publish(&artifact(1, 0), T0).encode().unwrap();
+    let e2 = w.publish(&artifact(2, 1), T0 + 1).encode().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("verifier");
+    let mut v = w.verifier().persist_to(&state).unwrap();
+    v.verify(&e2, T0 + 2, 1).unwrap();
+    assert_eq!(
+        v.verify(&e1, T0 + 2, 1).unwrap().epoch,
+        1,
+        "the previous epoch serves until it is retired"
+    );
+    let retirement = w.retirement(1, T0 + 2);
+    assert_eq!(v.retire(&retirement, T0 + 2).unwrap(), 1);
+    assert_eq!(v.retired_through(), Some(1));
+    assert!(matches!(
+        v.verify(&e1, T0 + 2, 1),
+        Err(BundleError::EpochRetired {
+            epoch: 1,
+            retired_through: 1
+        })
+    ));
+    assert_eq!(v.verify(&e2, T0 + 2, 1).unwrap().epoch, 2);
+    // Across a restart, too.
+    let mut v = w.verifier().persist_to(&state).unwrap();
+    assert_eq!(v.retired_through(), Some(1));
+    assert!(matches!(
+        v.verify(&e1, T0 + 2, 1),
+        Err(BundleError::EpochRetired { epoch: 1, .. })
+    ));
+}
+
+#[test]
+fn finding_low_an_epoch_retirement_must_be_witnessed_and_countersigned() {
+    let mut w = world();
+    w.publish(&artifact(1, 0), T0);
+    let good = EpochRetirement::decode(&w.retirement(1, T0 + 1)).unwrap();
+    let mut v = w.verifier();
+    let refuse =
+        |v: &mut FleetVerifier, r: &EpochRetirement| v.retire(&r.encode().unwrap(), T0 + 1);
+
+    let mut r = good.clone();
+    r.countersignature = [0; 64];
+    assert!(
+        matches!(refuse(&mut v, &r), Err(BundleError::Countersignature)),
+        "no operator"
+    );
+    let mut r = good.clone();
+    r.witness_signature[3] ^= 1;
+    assert!(
+        matches!(refuse(&mut v, &r), Err(BundleError::WitnessSignature)),
+        "forged witness"
+    );
+    let mut r = good.clone();
+    r.retired_through = 5;
+    assert!(
+        matches!(refuse(&mut v, &r), Err(BundleError::WitnessSignature)),
+        "edited epoch"
+    );
+    let mut r = good.clone();
+    r.namespace = "another.log".into();
+    assert!(matches!(
+        refuse(&mut v, &r),
+        Err(BundleError::Namespace { .. })
+    ));
+    let mut r = good.clone();
+    r.witness_key = "stranger".into();
+    assert!(
+        matches!(refuse(&mut v, &r), Err(BundleError::UnknownWitnessKey(k)) if k == "stranger")
+    );
+    // A countersignature of a fleet statement is not one of a retirement.
+    let witnessed = &w.witness.entries(NS)[0];
+    let mut r = good.clone();
+    r.countersignature = countersign(&w.hsm, "operator/countersign", witnessed).unwrap();
+    assert!(matches!(
+        refuse(&mut v, &r),
+        Err(BundleError::Countersignature)
+    ));
+    // The retirement's witness key is held to its window at the verifier's time.
+    assert!(matches!(
+        v.retire(&good.encode().unwrap(), RETIRED),
+        Err(BundleError::WitnessKeyRetiredAt { .. })
+    ));
+    assert!(matches!(
+        v.retire(b"vaultfleet/epoch-retirement", T0 + 1),
+        Err(BundleError::RetirementMalformed(
+            DecodeError::Truncated { .. }
+        ))
+    ));
+    assert_eq!(
+        v.retired_through(),
+        None,
+        "nothing refused moved the verifier"
+    );
+    assert_eq!(refuse(&mut v, &good).unwrap(), 1);
+    // The witness retires only epochs it signed.
+    assert!(matches!(
+        w.witness.sign_retirement(NS, 2, T0 + 1),
+        Err(WitnessError::RetiresUnsignedEpoch {
+            retired_through: 2,
+            last: 1,
+            ..
+        })
+    ));
+    assert!(matches!(
+        w.witness.sign_retirement(NS, 0, T0 + 1),
+        Err(WitnessError::RetiresUnsignedEpoch {
+            retired_through: 0,
+            ..
+        })
+    ));
+    assert!(matches!(
+        w.witness.sign_retirement(NS, 1, T0 - 1),
+        Err(WitnessError::TimeWentBack { .. })
+    ));
+}
+
+#[test]
+fn a_retirement_with_any_byte_changed_is_refused() {
+    let mut w = world();
+    w.publish(&artifact(1, 0), T0);
+    w.publish(&artifact(2, 1), T0 + 1);
+    let good = w.retirement(1, T0 + 1);
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        let mut v = w.verifier();
+        assert!(v.retire(&bad, T0 + 1).is_err(), "byte {i} changed");
+        assert_eq!(v.retired_through(), None, "byte {i} changed");
+    }
+    assert_eq!(w.verifier().retire(&good, T0 + 1).unwrap(), 1);
 }

@@ -1,7 +1,9 @@
 //! Golden vectors for every signed encoding besides the artifact (whose vectors
 //! are in `fleet_keys.rs`): the witness statement, the log leaf, the operator's
 //! countersigned bytes, the vendor certificate, the HSM attestation, the key
-//! ceremony record, the deployment evidence and the validation bundle.
+//! ceremony record, the deployment evidence and the validation bundle; and the
+//! encodings added since (the epoch retirement and the consistency proof), whose
+//! vectors come from an independent re-implementation of their documented layout.
 //!
 //! The expected SHA-256 values were computed by an independent re-implementation
 //! of the byte layouts as they were before the encodings moved onto
@@ -12,7 +14,7 @@ use sha2::{Digest, Sha256};
 use vaultfleet_audit::fleet::evidence::{Attestation, Ceremony, DeviceCertificate, Evidence};
 use vaultfleet_audit::fleet::ReplicaKeys;
 use vaultfleet_audit::witness::{countersigned_bytes, leaf_bytes};
-use vaultfleet_audit::{Bundle, Statement};
+use vaultfleet_audit::{Bundle, ConsistencyProof, EpochRetirement, Statement};
 
 const NS: &str = "example.vault.fleet_keys.v1";
 const T0: u64 = 1_800_000_000;
@@ -167,4 +169,49 @@ fn names_too_long_to_sign_do_not_encode() {
         leaf_bytes(&statement(), &"k".repeat(300), &[0; 64]),
         Err(EncodeError::TooLong { len: 300, .. })
     ));
+}
+
+#[test]
+fn epoch_retirement_and_consistency_proof_encodings_are_pinned() {
+    pinned(
+        "retirement witness bytes",
+        &EpochRetirement::signed_bytes(NS, T0, 2),
+        121,
+        "592b355c8f67a90e7e38f1275671625624aea9060d5f0c82bed0a794ede01c7f",
+    );
+    pinned(
+        "retirement countersigned bytes",
+        &EpochRetirement::countersigned_bytes("witness-2026", &[0x22; 64]),
+        147,
+        "b5f0a782abf4dcafc2498cc1954d2a656e8ac2586d6963bb09fdeb195cb5515f",
+    );
+    let retirement = EpochRetirement {
+        namespace: NS.into(),
+        timestamp: T0,
+        retired_through: 2,
+        witness_key: "witness-2026".into(),
+        witness_signature: [0x22; 64],
+        countersignature: [0x33; 64],
+    };
+    let bytes = retirement.encode().unwrap();
+    pinned(
+        "epoch retirement",
+        &bytes,
+        213,
+        "9b826d044379de148a00b725370d67d68ad5e10ab6de413492fdc10b2f463008",
+    );
+    assert_eq!(EpochRetirement::decode(&bytes).unwrap(), retirement);
+    let proof = ConsistencyProof {
+        from_size: 3,
+        to_size: 7,
+        hashes: vec![[1; 32], [2; 32], [3; 32]],
+    };
+    let bytes = proof.encode().unwrap();
+    pinned(
+        "consistency proof",
+        &bytes,
+        142,
+        "962cd734224ead78617e06ba46695712622b3aa5941dddf5d9f528c70a0ee07b",
+    );
+    assert_eq!(ConsistencyProof::decode(&bytes).unwrap(), proof);
 }
