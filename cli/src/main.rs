@@ -43,6 +43,7 @@ use vaultfleet_audit::{
     WitnessKeySpec,
 };
 use vaultfleet_vault::VaultKeys;
+use zeroize::Zeroizing;
 
 use error::{CliError, PinsError};
 
@@ -402,26 +403,33 @@ fn transport_key(dir: &Path, id: u64) -> Res<[u8; 32]> {
         .key("transport/seal", KeyKind::Aead)
         .map_err(CliError::hsm("find the transport sealing key"))?;
     let tpath = dir.join(format!("replica-{id}.transport"));
-    let secret: [u8; 32] = match std::fs::read(&tpath) {
-        Ok(sealed) => rh
-            .unseal(seal_key, b"x25519", &sealed)
-            .map_err(CliError::hsm("unseal the transport key"))?
-            .get(..32)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(CliError::TransportKey { path: tpath })?,
+    // The secret lives only in wiped memory: `Zeroizing` here, and x25519-dalek's
+    // `StaticSecret` (built with its `zeroize` feature) wipes itself on drop.
+    let secret: Zeroizing<[u8; 32]> = match std::fs::read(&tpath) {
+        Ok(sealed) => {
+            let plain = rh
+                .unseal(seal_key, b"x25519", &sealed)
+                .map_err(CliError::hsm("unseal the transport key"))?;
+            let mut s = Zeroizing::new([0u8; 32]);
+            match plain.get(..32) {
+                Some(bytes) if plain.len() == 32 => s.copy_from_slice(bytes),
+                _ => return Err(CliError::TransportKey { path: tpath }),
+            }
+            s
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut s = [0u8; 32];
-            rh.random(&mut s)
+            let mut s = Zeroizing::new([0u8; 32]);
+            rh.random(s.as_mut_slice())
                 .map_err(CliError::hsm("draw the transport key"))?;
             let sealed = rh
-                .seal(seal_key, b"x25519", &s)
+                .seal(seal_key, b"x25519", s.as_slice())
                 .map_err(CliError::hsm("seal the transport key"))?;
             write(&tpath, &sealed)?;
             s
         }
         Err(e) => return Err(CliError::io(tpath)(e)),
     };
-    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*secret));
     Ok(public.to_bytes())
 }
 
