@@ -21,16 +21,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rand::SeedableRng;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
 use vaultfleet::{ChannelNetwork, FleetConfig, MemLog, MemberSpec, Replica, SoftHsm, StateMachine};
 use vaultfleet_bench::Noop;
-use vaultfleet_vault::wire::{VaultOutcome, VaultRequestId};
+use vaultfleet_vault::wire::{
+    vault_client_request, VaultClientRequest, VaultLoginFinish, VaultOutcome, VaultRequestId,
+};
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserId,
-    VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys, VaultPublicKeys, VaultServer,
-    VaultService, VaultServiceConfig,
+    authenticate_request, BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams,
+    Registration, UserId, VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys,
+    VaultPublicKeys, VaultServer, VaultService, VaultServiceConfig,
 };
 
 struct Fleet {
@@ -112,28 +113,40 @@ fn vault(c: &mut Criterion) {
     let sealed = VaultKeys::provision(&hsm).expect("provision");
     let server = VaultServer::new(VaultKeys::open(hsm.clone(), &sealed, 1, 1).expect("keys"));
     let ksf = KsfParams::TESTS_ONLY;
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
     let (user, code) = (b"bench-user".as_slice(), b"bench code".as_slice());
     let user_id = UserId::new(user).expect("user id");
     let mut vault = BackupVault::new();
-    let flow = ClientRegistrationFlow::start(&mut rng, code).expect("flow");
+    let flow = ClientRegistrationFlow::start(code).expect("flow");
     let started = server
-        .registration_start(&user_id, flow.request())
+        .registration_start(
+            &user_id,
+            flow.request(),
+            &vaultfleet_vault::RegistrationTerms {
+                max_attempts: 255,
+                secret_digest: &vaultfleet_vault::registration_secret_digest(&user_id, b"secret"),
+                issued_generation: 0,
+            },
+        )
         .expect("start");
-    let upload = flow
-        .finish(&mut rng, code, &started.response, &ksf)
-        .expect("upload");
-    let nonce = RegistrationNonce {
-        nonce: &started.nonce,
-        tag: &started.tag,
-    };
+    let upload = flow.finish(code, &started.response, &ksf).expect("upload");
     let mut id = VaultRequestId::new();
     id.client = 1;
     id.sequence = 1;
     vault.apply(
         1,
         &server
-            .register_command(&id, &user_id, &upload, &nonce, b"secret", 255)
+            .register_command(
+                &id,
+                &user_id,
+                &Registration {
+                    upload: &upload,
+                    nonce: &started.nonce,
+                    tag: &started.tag,
+                    secret: b"secret",
+                    max_attempts: 255,
+                    issued_generation: started.issued_generation,
+                },
+            )
             .expect("register"),
     );
     let mut index = 2;
@@ -141,7 +154,7 @@ fn vault(c: &mut Criterion) {
         b.iter(|| {
             id.sequence += 1;
             index += 1;
-            let login = ClientLoginFlow::start(&mut rng, code).expect("login");
+            let login = ClientLoginFlow::start(code).expect("login");
             let consume = server
                 .consume_command(&id, &user_id, login.request())
                 .expect("consume");
@@ -156,16 +169,20 @@ fn vault(c: &mut Criterion) {
                 )
                 .expect("respond");
             let opened = login
-                .finish(&mut rng, code, &response, &ksf)
+                .finish(code, &response, &ksf)
                 .expect("finish")
                 .expect("right code");
-            server
-                .login_finish(&pending, &opened.finalization)
-                .expect("proven");
             // Forgive it, so the record never runs out of attempts.
             index += 1;
             id.sequence += 1;
-            vault.apply(index, &server.reset_command(&id, &pending));
+            let mut finish = VaultLoginFinish::new();
+            finish.credential_finalization = opened.finalization.clone();
+            let mut request = VaultClientRequest::new();
+            request.request = Some(id.clone()).into();
+            request.op = Some(vault_client_request::Op::LoginFinish(finish));
+            authenticate_request(1, &user_id, &opened.session_key, &mut request);
+            let verified = server.login_finish(&pending, &request).expect("proven");
+            vault.apply(index, &server.reset_command(&verified).expect("reset"));
         })
     });
 
@@ -194,7 +211,7 @@ fn vault(c: &mut Criterion) {
         ksf,
         ..VaultClientConfig::default()
     };
-    let client = VaultClient::with_seed(services, pinned, cfg, 2);
+    let client = VaultClient::new(services, pinned, cfg).expect("the OS RNG");
     client.register(user, code, b"secret").expect("register");
     g.bench_function("recover_on_fleet", |b| {
         b.iter(|| client.recover(user, code).expect("recover"))

@@ -14,7 +14,9 @@
 //! * **Guess limit.** Per user and registration, the attempts the fleet answered
 //!   between two successful recoveries (in ticket order: a success at ticket `t`
 //!   forgives every attempt up to `t`) never exceed `max_attempts`, under every
-//!   fault.
+//!   fault. A reset whose outcome the client never learnt counts as a success
+//!   only once an outcome shows the record forgiven through exactly its ticket
+//!   (proof that it committed); otherwise it forgives nothing.
 //! * **Locked means locked.** Once an attempt erased a record, no recovery of that
 //!   registration succeeds unless it is the erasing attempt's own (which puts the
 //!   record back), and no success yields anything but the registered secret.
@@ -31,11 +33,13 @@ use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use sha2::{Digest, Sha256};
 use vaultfleet::{SoftHsm, StateMachine};
 use vaultfleet_vault::wire::{
-    vault_command, VaultCommand, VaultOutcome, VaultRequestId, VaultStatus,
+    vault_client_request, vault_command, VaultClientRequest, VaultCommand, VaultLoginFinish,
+    VaultLoginPurpose, VaultOutcome, VaultRequestId, VaultStatus,
 };
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, PendingLogin,
-    RegistrationNonce, UserId, UserView, VaultKeys, VaultServer,
+    authenticate_request, registration_secret_digest, BackupVault, ClientLoginFlow,
+    ClientRegistrationFlow, KsfParams, LoginOpened, Registration, RegistrationTerms, UserId,
+    UserView, VaultError, VaultKeys, VaultServer, VerifiedLogin,
 };
 
 use crate::workload::{OpKind, Operation, Record, Workload};
@@ -87,11 +91,11 @@ enum Step {
     /// The follow-up of a proven login, proposed next.
     Queued {
         op: Operation,
-        login: PendingLogin,
+        login: VerifiedLogin,
         purpose: Purpose,
     },
     Finishing {
-        login: PendingLogin,
+        login: VerifiedLogin,
         purpose: Purpose,
     },
 }
@@ -105,8 +109,15 @@ struct Facts {
     ticket_requests: BTreeMap<(u64, u64), [u8; 32]>,
     /// Re-delivered consumes that correctly got their first ticket back.
     redelivered: u64,
-    /// Tickets of recoveries that succeeded, or whose reset may have committed.
+    /// Tickets of recoveries whose reset is known to have committed.
     forgiving: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// Tickets of recoveries whose reset's outcome is unknown: forgiveness only
+    /// once some outcome shows the record forgiven through exactly that ticket.
+    uncertain: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// Every `forgiven_through` an outcome showed, per user and generation. Only
+    /// the command of ticket `t`'s own login sets it to exactly `t`, so seeing `t`
+    /// proves that command committed.
+    forgiven_seen: BTreeMap<(u64, u64), BTreeSet<u64>>,
     /// Recoveries whose success was observed: (applied at, ticket).
     succeeded: BTreeMap<(u64, u64), BTreeSet<(u64, u64)>>,
     /// The attempt that erased each registration.
@@ -119,6 +130,43 @@ struct Facts {
     errors: Vec<String>,
 }
 
+impl Facts {
+    /// A recovery's reset at `ticket`: forgiveness if it is known to have
+    /// committed, else uncertain until an outcome proves it did.
+    fn note_reset(&mut self, g: (u64, u64), ticket: u64, committed: bool) {
+        let set = if committed {
+            &mut self.forgiving
+        } else {
+            &mut self.uncertain
+        };
+        set.entry(g).or_default().insert(ticket);
+    }
+
+    /// Notes what an outcome shows about `key`'s record.
+    fn saw(&mut self, key: u64, o: &VaultOutcome) {
+        if let Some(r) = o.record.as_ref() {
+            self.forgiven_seen
+                .entry((key, r.generation))
+                .or_default()
+                .insert(r.forgiven_through);
+        }
+    }
+
+    /// The forgiveness points: known resets, and uncertain ones proven committed.
+    fn forgiveness(&self) -> BTreeMap<(u64, u64), BTreeSet<u64>> {
+        let mut all = self.forgiving.clone();
+        for (g, tickets) in &self.uncertain {
+            let seen = self.forgiven_seen.get(g);
+            for t in tickets {
+                if seen.is_some_and(|s| s.contains(t)) {
+                    all.entry(*g).or_default().insert(*t);
+                }
+            }
+        }
+        all
+    }
+}
+
 /// The Backup Key Vault as a simulator workload.
 pub struct VaultWorkload {
     /// Users (the linearizability checker's keys).
@@ -127,6 +175,9 @@ pub struct VaultWorkload {
     pub max_attempts: u32,
     server: VaultServer<SoftHsm>,
     rng: ChaCha20Rng,
+    /// The latest registration generation seen per user: what a registration
+    /// is issued at (as `VaultService` reads it from the fleet).
+    generations: BTreeMap<u64, u64>,
     steps: Vec<Step>,
     sequences: Vec<u64>,
     facts: Facts,
@@ -162,6 +213,7 @@ impl VaultWorkload {
             max_attempts: max_attempts.clamp(1, 255),
             server: VaultServer::new(keys),
             rng: ChaCha20Rng::seed_from_u64(seed),
+            generations: BTreeMap::new(),
             steps: Vec::new(),
             sequences: Vec::new(),
             facts: Facts::default(),
@@ -195,19 +247,40 @@ impl VaultWorkload {
 
     fn register_op(&mut self, client: usize, key: u64) -> Option<Operation> {
         let user = user_id(key);
-        let flow = ClientRegistrationFlow::start(&mut self.rng, &code(key)).ok()?;
-        let started = self.server.registration_start(&user, flow.request()).ok()?;
-        let upload = flow
-            .finish(&mut self.rng, &code(key), &started.response, &KSF)
-            .ok()?;
-        let nonce = RegistrationNonce {
-            nonce: &started.nonce,
-            tag: &started.tag,
+        let flow =
+            ClientRegistrationFlow::start_with_insecure_rng(&mut self.rng, &code(key)).ok()?;
+        let digest = registration_secret_digest(&user, &secret(key));
+        // Issued at the latest generation this run saw: if a delete committed
+        // unseen since, the fleet refuses it as stale, as it must.
+        let issued_generation = self.generations.get(&key).copied().unwrap_or(0);
+        let terms = RegistrationTerms {
+            max_attempts: self.max_attempts,
+            secret_digest: &digest,
+            issued_generation,
         };
+        let started = self
+            .server
+            .registration_start(&user, flow.request(), &terms)
+            .ok()?;
+        let upload = flow
+            .finish_with_insecure_rng(&mut self.rng, &code(key), &started.response, &KSF)
+            .ok()?;
         let id = self.request_id(client);
+        let secret = secret(key);
         let command = self
             .server
-            .register_command(&id, &user, &upload, &nonce, &secret(key), self.max_attempts)
+            .register_command(
+                &id,
+                &user,
+                &Registration {
+                    upload: &upload,
+                    nonce: &started.nonce,
+                    tag: &started.tag,
+                    secret: &secret,
+                    max_attempts: self.max_attempts,
+                    issued_generation: started.issued_generation,
+                },
+            )
             .ok()?;
         self.set(client, Step::Registering);
         Some(Operation {
@@ -228,7 +301,7 @@ impl VaultWorkload {
         } else {
             format!("guess {} for user {key}", self.rng.gen::<u32>()).into_bytes()
         };
-        let flow = ClientLoginFlow::start(&mut self.rng, &guess).ok()?;
+        let flow = ClientLoginFlow::start_with_insecure_rng(&mut self.rng, &guess).ok()?;
         let id = self.request_id(client);
         let command = self
             .server
@@ -303,7 +376,7 @@ impl VaultWorkload {
                     return;
                 }
             };
-        let opened = flow.finish(&mut self.rng, &guess, &response, &KSF);
+        let opened = flow.finish_with_insecure_rng(&mut self.rng, &guess, &response, &KSF);
         // Now and then the same consume is re-delivered (the client re-sends its
         // request through another service): it must get this ticket back.
         let redeliver = self.rng.gen_bool(0.1) && !o.erased;
@@ -319,17 +392,53 @@ impl VaultWorkload {
             }
         };
         match (right, opened) {
-            (true, Ok(Some(LoginOpened { finalization, .. }))) => {
-                if self.server.login_finish(&login, &finalization).is_err() {
-                    self.facts.errors.push(format!(
-                        "user {key}: the service refused a correct finalization"
-                    ));
-                    return;
-                }
+            (true, Ok(Some(opened))) => {
                 let id = self.request_id(client);
+                let finish = finish_request(&self.server, &user, id, &opened, purpose);
+                // A network attacker now and then rewrites the finish on its way
+                // (another purpose, another request id): it must not verify.
+                if self.rng.gen_bool(0.1) {
+                    let mut forged = finish.clone();
+                    if self.rng.gen_bool(0.5) {
+                        if let Some(vault_client_request::Op::LoginFinish(f)) = forged.op.as_mut() {
+                            f.purpose = match purpose {
+                                Purpose::Recover => VaultLoginPurpose::VAULT_DELETE,
+                                Purpose::Delete => VaultLoginPurpose::VAULT_RECOVER,
+                            }
+                            .into();
+                        }
+                    } else if let Some(r) = forged.request.as_mut() {
+                        r.sequence ^= 1;
+                    }
+                    match self.server.login_finish(&login, &forged) {
+                        Err(VaultError::IntentNotAuthentic) => {}
+                        other => self.facts.errors.push(format!(
+                            "user {key}: an altered login finish was not refused as \
+                             unauthentic: {other:?}"
+                        )),
+                    }
+                }
+                let login = match self.server.login_finish(&login, &finish) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        self.facts.errors.push(format!(
+                            "user {key}: the service refused a correct finalization: {e}"
+                        ));
+                        return;
+                    }
+                };
                 let command = match purpose {
-                    Purpose::Recover => self.server.reset_command(&id, &login),
-                    Purpose::Delete => self.server.delete_command(&id, &login),
+                    Purpose::Recover => self.server.reset_command(&login),
+                    Purpose::Delete => self.server.delete_command(&login),
+                };
+                let command = match command {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.facts.errors.push(format!(
+                            "user {key}: a verified login cannot build its command: {e}"
+                        ));
+                        return;
+                    }
                 };
                 let op = Operation {
                     key,
@@ -352,26 +461,16 @@ impl VaultWorkload {
     fn on_finished(
         &mut self,
         key: u64,
-        login: PendingLogin,
+        login: VerifiedLogin,
         purpose: Purpose,
         output: Option<&[u8]>,
     ) {
         let g = (key, login.generation());
         let outcome = output.and_then(decode);
         match (purpose, outcome) {
-            (Purpose::Recover, None) => {
-                self.facts
-                    .forgiving
-                    .entry(g)
-                    .or_default()
-                    .insert(login.ticket());
-            }
+            (Purpose::Recover, None) => self.facts.note_reset(g, login.ticket(), false),
             (Purpose::Recover, Some(o)) if status(&o) == VaultStatus::VAULT_OK => {
-                self.facts
-                    .forgiving
-                    .entry(g)
-                    .or_default()
-                    .insert(login.ticket());
+                self.facts.note_reset(g, login.ticket(), true);
                 self.facts
                     .succeeded
                     .entry(g)
@@ -452,6 +551,11 @@ impl Workload for VaultWorkload {
 
     fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
         let key = op.key;
+        if let Some(o) = output.and_then(decode) {
+            self.facts.saw(key, &o);
+            let g = self.generations.entry(key).or_insert(0);
+            *g = (*g).max(o.generation);
+        }
         match self.take(client) {
             Step::Registering => {
                 if output
@@ -498,42 +602,7 @@ impl Workload for VaultWorkload {
         if let Some(e) = f.errors.first() {
             return Err(e.clone());
         }
-        for (g, answered) in &f.answered {
-            let empty = BTreeSet::new();
-            let forgiving = f.forgiving.get(g).unwrap_or(&empty);
-            // Attempts between consecutive forgiveness points were all spent at
-            // once when the last of them was answered.
-            let mut from: u64 = 0;
-            for &to in forgiving.iter().chain(std::iter::once(&u64::MAX)) {
-                let n = answered.range(from.saturating_add(1)..=to).count();
-                if n > self.max_attempts as usize {
-                    return Err(format!(
-                        "user {} (registration {}): {n} attempts answered between successes \
-                         at tickets {from} and {to}; the limit is {}",
-                        g.0, g.1, self.max_attempts
-                    ));
-                }
-                from = to;
-            }
-        }
-        for (g, &erased_at) in &f.erased {
-            // Only the erasing attempt's own login may bring the record back; until
-            // it does, no recovery applied after the erase may succeed.
-            let reinstated = f.forgiving.get(g).is_some_and(|s| s.contains(&erased_at));
-            if reinstated {
-                continue;
-            }
-            let empty = BTreeSet::new();
-            let succeeded = f.succeeded.get(g).unwrap_or(&empty);
-            if let Some((at, t)) = succeeded.iter().find(|(at, _)| *at > erased_at) {
-                return Err(format!(
-                    "user {} (registration {}): the record was erased at index {erased_at}, \
-                     yet the recovery of ticket {t}, applied at {at}, yielded its secret",
-                    g.0, g.1
-                ));
-            }
-        }
-        Ok(())
+        check_guess_limit(f, self.max_attempts)
     }
 
     fn check_final(&self, machine: &BackupVault, _history: &[Record]) -> Result<(), String> {
@@ -592,6 +661,74 @@ impl Workload for VaultWorkload {
     }
 }
 
+/// The guess-limit and locked-means-locked oracles over what the run observed.
+fn check_guess_limit(f: &Facts, max_attempts: u32) -> Result<(), String> {
+    let forgiveness = f.forgiveness();
+    for (g, answered) in &f.answered {
+        let empty = BTreeSet::new();
+        let forgiving = forgiveness.get(g).unwrap_or(&empty);
+        // Attempts between consecutive forgiveness points were all spent at
+        // once when the last of them was answered.
+        let mut from: u64 = 0;
+        for &to in forgiving.iter().chain(std::iter::once(&u64::MAX)) {
+            let n = answered.range(from.saturating_add(1)..=to).count();
+            if n > max_attempts as usize {
+                return Err(format!(
+                    "user {} (registration {}): {n} attempts answered between successes \
+                         at tickets {from} and {to}; the limit is {}",
+                    g.0, g.1, max_attempts
+                ));
+            }
+            from = to;
+        }
+    }
+    for (g, &erased_at) in &f.erased {
+        // Only the erasing attempt's own login may bring the record back; until
+        // it does, no recovery applied after the erase may succeed.
+        let reinstated = forgiveness.get(g).is_some_and(|s| s.contains(&erased_at));
+        if reinstated {
+            continue;
+        }
+        let empty = BTreeSet::new();
+        let succeeded = f.succeeded.get(g).unwrap_or(&empty);
+        if let Some((at, t)) = succeeded.iter().find(|(at, _)| *at > erased_at) {
+            return Err(format!(
+                "user {} (registration {}): the record was erased at index {erased_at}, \
+                     yet the recovery of ticket {t}, applied at {at}, yielded its secret",
+                g.0, g.1
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn finish_purpose(purpose: Purpose) -> VaultLoginPurpose {
+    match purpose {
+        Purpose::Recover => VaultLoginPurpose::VAULT_RECOVER,
+        Purpose::Delete => VaultLoginPurpose::VAULT_DELETE,
+    }
+}
+
+/// The client's `LoginFinish` for `opened`, authenticated to its session as
+/// `VaultClient` sends it (the simulator has no login ids: the login is held
+/// by the client itself).
+fn finish_request(
+    server: &VaultServer<SoftHsm>,
+    user: &UserId,
+    id: VaultRequestId,
+    opened: &LoginOpened,
+    purpose: Purpose,
+) -> VaultClientRequest {
+    let mut f = VaultLoginFinish::new();
+    f.credential_finalization = opened.finalization.clone();
+    f.purpose = finish_purpose(purpose).into();
+    let mut r = VaultClientRequest::new();
+    r.request = Some(id).into();
+    r.op = Some(vault_client_request::Op::LoginFinish(f));
+    authenticate_request(server.group(), user, &opened.session_key, &mut r);
+    r
+}
+
 /// A whole recovery with the right code against `machine` directly.
 fn recover_on(
     server: &VaultServer<SoftHsm>,
@@ -600,7 +737,8 @@ fn recover_on(
 ) -> Result<(), String> {
     let user = user_id(key);
     let mut rng = ChaCha20Rng::seed_from_u64(key);
-    let flow = ClientLoginFlow::start(&mut rng, &code(key)).map_err(|e| e.to_string())?;
+    let flow = ClientLoginFlow::start_with_insecure_rng(&mut rng, &code(key))
+        .map_err(|e| e.to_string())?;
     let mut id = VaultRequestId::new();
     id.client = u64::MAX;
     id.sequence = 1;
@@ -617,15 +755,16 @@ fn recover_on(
         .login_respond(&user, flow.request(), o.ticket, record, o.erased)
         .map_err(|e| e.to_string())?;
     let opened = flow
-        .finish(&mut rng, &code(key), &response, &KSF)
+        .finish_with_insecure_rng(&mut rng, &code(key), &response, &KSF)
         .map_err(|e| e.to_string())?
         .ok_or("the right code did not open the answer")?;
-    server
-        .login_finish(&login, &opened.finalization)
-        .map_err(|e| e.to_string())?;
     id.sequence = 2;
-    let reset = decode(&machine.apply(index + 1, &server.reset_command(&id, &login)))
-        .ok_or("undecodable")?;
+    let finish = finish_request(server, &user, id, &opened, Purpose::Recover);
+    let login = server
+        .login_finish(&login, &finish)
+        .map_err(|e| e.to_string())?;
+    let reset = server.reset_command(&login).map_err(|e| e.to_string())?;
+    let reset = decode(&machine.apply(index + 1, &reset)).ok_or("undecodable")?;
     if status(&reset) != VaultStatus::VAULT_OK {
         return Err(format!(
             "reset answered {:?}: {}",
@@ -641,4 +780,45 @@ fn recover_on(
         return Err("another secret came back".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vaultfleet_vault::wire::VaultRecord;
+
+    #[test]
+    fn finding_low_sim_oracle_counts_only_resets_known_to_have_committed() {
+        // A limit of 2; attempts at tickets 10..=13; the recovery of ticket 11
+        // sent its reset, whose outcome the client never learnt.
+        let g = (1, 1);
+        let mut f = Facts::default();
+        f.answered.insert(g, [10, 11, 12, 13].into_iter().collect());
+        f.note_reset(g, 11, false);
+        assert!(
+            check_guess_limit(&f, 2).is_err(),
+            "four attempts and no reset known to have committed: over the limit of 2"
+        );
+        // An outcome showing the record forgiven through exactly 11 proves that
+        // reset committed: two attempts on each side of it.
+        let mut r = VaultRecord::new();
+        r.generation = 1;
+        r.forgiven_through = 11;
+        let mut o = VaultOutcome::new();
+        o.record = Some(r).into();
+        f.saw(1, &o);
+        assert_eq!(check_guess_limit(&f, 2), Ok(()));
+        // Forgiven through another ticket proves nothing about 11's reset.
+        let mut f2 = Facts::default();
+        f2.answered
+            .insert(g, [10, 11, 12, 13].into_iter().collect());
+        f2.note_reset(g, 11, false);
+        let mut r = VaultRecord::new();
+        r.generation = 1;
+        r.forgiven_through = 9;
+        let mut o = VaultOutcome::new();
+        o.record = Some(r).into();
+        f2.saw(1, &o);
+        assert!(check_guess_limit(&f2, 2).is_err());
+    }
 }

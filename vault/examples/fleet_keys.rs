@@ -214,7 +214,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ksf: KsfParams::RECOMMENDED,
         ..Default::default()
     };
-    let client = VaultClient::with_verifier(endpoints, 1, verifier, Arc::new(move || now), cfg, 7);
+    let client = VaultClient::with_verifier(endpoints, 1, verifier, Arc::new(move || now), cfg)?;
     client.register(b"alice", b"alice's code", b"alice's backup key")?;
     println!(
         "client (no fleet keys pinned) registered alice; the fleet it trusts is epoch {:?}",

@@ -208,7 +208,7 @@ fn start(options: &Options) -> Result<Demo, Error> {
         ksf,
         ..VaultClientConfig::default()
     };
-    let client = VaultClient::new(as_endpoints, pinned, cfg);
+    let client = VaultClient::new(as_endpoints, pinned, cfg)?;
     let names = (0..options.users.max(4))
         .map(|i| format!("user-{i:02}"))
         .collect();

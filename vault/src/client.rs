@@ -16,13 +16,16 @@ use opaque_ke::{
     ClientRegistrationFinishParameters, CredentialResponse, RegistrationResponse,
 };
 use parking_lot::Mutex;
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::crypto::{open_from_fleet, reply_signed_bytes, sha256};
+use crate::crypto::{
+    authenticate_request, open_from_fleet, registration_secret_digest, reply_signed_bytes, sha256,
+    KeyErasingRng,
+};
 use crate::error::{
-    InvalidInput, ProtocolFailure, Rejection, ReplyError, Unavailability, VaultClientError,
+    InvalidInput, Mismatch, ProtocolFailure, Rejection, ReplyError, Unavailability,
+    VaultClientError,
 };
 use crate::keys::VaultPublicKeys;
 use crate::limits::DEFAULT_MAX_ATTEMPTS;
@@ -84,6 +87,12 @@ fn protocol(e: opaque_ke::errors::ProtocolError) -> VaultClientError {
     VaultClientError::Protocol(ProtocolFailure::Opaque(e))
 }
 
+/// Randomness for a client flow: the operating system's, through the
+/// key-erasing RNG; its failure is an error, never a fixed seed.
+fn os_rng() -> Result<KeyErasingRng, VaultClientError> {
+    KeyErasingRng::from_os().map_err(VaultClientError::Randomness)
+}
+
 /// A registration in progress, on the client (sans-IO).
 pub struct ClientRegistrationFlow {
     state: ClientRegistration<Suite>,
@@ -91,8 +100,27 @@ pub struct ClientRegistrationFlow {
 }
 
 impl ClientRegistrationFlow {
-    /// Blinds `code`; send [`ClientRegistrationFlow::request`] to the fleet.
-    pub fn start<R: RngCore + rand::CryptoRng>(
+    /// Blinds `code` with randomness from the operating system; send
+    /// [`ClientRegistrationFlow::request`] to the fleet.
+    pub fn start(code: &[u8]) -> Result<Self, VaultClientError> {
+        Self::start_from(&mut os_rng()?, code)
+    }
+
+    /// As [`ClientRegistrationFlow::start`], with randomness from `rng`.
+    ///
+    /// INSECURE unless `rng` is a CSPRNG seeded from the operating system: a
+    /// known seed gives the blind, and with it an offline dictionary attack on
+    /// the code. Only for deterministic tests and the simulator, behind the
+    /// `insecure-seeded-rng` feature.
+    #[cfg(feature = "insecure-seeded-rng")]
+    pub fn start_with_insecure_rng<R: RngCore + rand::CryptoRng>(
+        rng: &mut R,
+        code: &[u8],
+    ) -> Result<Self, VaultClientError> {
+        Self::start_from(rng, code)
+    }
+
+    pub(crate) fn start_from<R: RngCore + rand::CryptoRng>(
         rng: &mut R,
         code: &[u8],
     ) -> Result<Self, VaultClientError> {
@@ -108,8 +136,32 @@ impl ClientRegistrationFlow {
         &self.request
     }
 
-    /// Completes the registration with the fleet's response: the upload to send.
-    pub fn finish<R: RngCore + rand::CryptoRng>(
+    /// Completes the registration with the fleet's response, with randomness
+    /// from the operating system: the upload to send.
+    pub fn finish(
+        self,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<Vec<u8>, VaultClientError> {
+        self.finish_from(&mut os_rng()?, code, response, ksf)
+    }
+
+    /// As [`ClientRegistrationFlow::finish`], with randomness from `rng`
+    /// (INSECURE unless it is an OS-seeded CSPRNG; see
+    /// [`ClientRegistrationFlow::start_with_insecure_rng`]).
+    #[cfg(feature = "insecure-seeded-rng")]
+    pub fn finish_with_insecure_rng<R: RngCore + rand::CryptoRng>(
+        self,
+        rng: &mut R,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<Vec<u8>, VaultClientError> {
+        self.finish_from(rng, code, response, ksf)
+    }
+
+    pub(crate) fn finish_from<R: RngCore + rand::CryptoRng>(
         self,
         rng: &mut R,
         code: &[u8],
@@ -118,7 +170,7 @@ impl ClientRegistrationFlow {
     ) -> Result<Vec<u8>, VaultClientError> {
         let response = RegistrationResponse::<Suite>::deserialize(response).map_err(protocol)?;
         let argon = ksf.argon2()?;
-        let done = self
+        let mut done = self
             .state
             .finish(
                 rng,
@@ -127,6 +179,8 @@ impl ClientRegistrationFlow {
                 ClientRegistrationFinishParameters::new(Default::default(), Some(&argon)),
             )
             .map_err(protocol)?;
+        // The export key is not used: wipe it rather than leave it to the allocator.
+        done.export_key.as_mut_slice().zeroize();
         Ok(done.message.serialize().to_vec())
     }
 }
@@ -140,8 +194,27 @@ pub struct ClientLoginFlow {
 }
 
 impl ClientLoginFlow {
-    /// Blinds `code`; send [`ClientLoginFlow::request`] to the fleet.
-    pub fn start<R: RngCore + rand::CryptoRng>(
+    /// Blinds `code` with randomness from the operating system; send
+    /// [`ClientLoginFlow::request`] to the fleet.
+    pub fn start(code: &[u8]) -> Result<Self, VaultClientError> {
+        Self::start_from(&mut os_rng()?, code)
+    }
+
+    /// As [`ClientLoginFlow::start`], with randomness from `rng`.
+    ///
+    /// INSECURE unless `rng` is a CSPRNG seeded from the operating system: a
+    /// known seed gives the blind, and with it an offline dictionary attack on
+    /// the code from one captured message. Only for deterministic tests and the
+    /// simulator, behind the `insecure-seeded-rng` feature.
+    #[cfg(feature = "insecure-seeded-rng")]
+    pub fn start_with_insecure_rng<R: RngCore + rand::CryptoRng>(
+        rng: &mut R,
+        code: &[u8],
+    ) -> Result<Self, VaultClientError> {
+        Self::start_from(rng, code)
+    }
+
+    pub(crate) fn start_from<R: RngCore + rand::CryptoRng>(
         rng: &mut R,
         code: &[u8],
     ) -> Result<Self, VaultClientError> {
@@ -157,9 +230,33 @@ impl ClientLoginFlow {
         &self.request
     }
 
-    /// Opens the fleet's credential response with `code`. `Ok(None)` means the
-    /// code is wrong (or the response was not made for this request).
-    pub fn finish<R: RngCore + rand::CryptoRng>(
+    /// Opens the fleet's credential response with `code`, with randomness from
+    /// the operating system. `Ok(None)` means the code is wrong (or the
+    /// response was not made for this request).
+    pub fn finish(
+        &self,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<Option<LoginOpened>, VaultClientError> {
+        self.finish_from(&mut os_rng()?, code, response, ksf)
+    }
+
+    /// As [`ClientLoginFlow::finish`], with randomness from `rng` (INSECURE
+    /// unless it is an OS-seeded CSPRNG; see
+    /// [`ClientLoginFlow::start_with_insecure_rng`]).
+    #[cfg(feature = "insecure-seeded-rng")]
+    pub fn finish_with_insecure_rng<R: RngCore + rand::CryptoRng>(
+        &self,
+        rng: &mut R,
+        code: &[u8],
+        response: &[u8],
+        ksf: &KsfParams,
+    ) -> Result<Option<LoginOpened>, VaultClientError> {
+        self.finish_from(rng, code, response, ksf)
+    }
+
+    pub(crate) fn finish_from<R: RngCore + rand::CryptoRng>(
         &self,
         rng: &mut R,
         code: &[u8],
@@ -178,15 +275,18 @@ impl ClientLoginFlow {
                 Some(&argon),
             ),
         );
-        let done = match finished {
+        let mut done = match finished {
             Ok(done) => done,
             Err(opaque_ke::errors::ProtocolError::InvalidLoginError) => return Ok(None),
             Err(other) => return Err(protocol(other)),
         };
-        Ok(Some(LoginOpened {
+        let opened = LoginOpened {
             finalization: done.message.serialize().to_vec(),
             session_key: Zeroizing::new(done.session_key.to_vec()),
-        }))
+        };
+        done.session_key.as_mut_slice().zeroize();
+        done.export_key.as_mut_slice().zeroize();
+        Ok(Some(opened))
     }
 }
 
@@ -257,7 +357,7 @@ pub struct VaultClient {
     client_id: u64,
     sequence: AtomicU64,
     preferred: AtomicUsize,
-    rng: Mutex<ChaCha20Rng>,
+    rng: Mutex<KeyErasingRng>,
     cfg: VaultClientConfig,
 }
 
@@ -279,54 +379,30 @@ struct Answer {
 
 impl VaultClient {
     /// A client of the services `endpoints`, trusting replies signed by the
-    /// replicas in `keys`. Its randomness comes from the operating system.
-    #[allow(clippy::disallowed_types)] // the client's one OS-seeded RNG
+    /// replicas in `keys`. Its randomness (OPAQUE blinds, its client id) comes
+    /// from the operating system; if that fails, so does this (there is no
+    /// seeded client: a known seed gives the blind, and with it an offline
+    /// dictionary attack on the code from one captured message).
     pub fn new(
         endpoints: Vec<Arc<dyn VaultEndpoint>>,
         keys: VaultPublicKeys,
         cfg: VaultClientConfig,
-    ) -> Self {
-        Self::with_rng(
-            endpoints,
-            keys,
-            cfg,
-            ChaCha20Rng::from_rng(rand::rngs::OsRng)
-                .unwrap_or_else(|_| ChaCha20Rng::from_seed([0; 32])),
-        )
-    }
-
-    /// As [`VaultClient::new`], with randomness from `seed` (tests, simulations).
-    pub fn with_seed(
-        endpoints: Vec<Arc<dyn VaultEndpoint>>,
-        keys: VaultPublicKeys,
-        cfg: VaultClientConfig,
-        seed: u64,
-    ) -> Self {
-        Self::with_rng(endpoints, keys, cfg, ChaCha20Rng::seed_from_u64(seed))
-    }
-
-    fn with_rng(
-        endpoints: Vec<Arc<dyn VaultEndpoint>>,
-        keys: VaultPublicKeys,
-        cfg: VaultClientConfig,
-        rng: ChaCha20Rng,
-    ) -> Self {
-        Self::build(endpoints, Trust::Pinned(keys), cfg, rng)
+    ) -> Result<Self, VaultClientError> {
+        Self::build(endpoints, Trust::Pinned(keys), cfg)
     }
 
     /// A client that pins no fleet key at all: every reply must carry a
     /// validation bundle that `verifier` (pinned to the witness and the operator)
     /// accepts at the time `clock` gives, and the reply must be signed by the
     /// answering replica's response key from that bundle. `group` is the fleet's
-    /// raft group. Randomness from `seed`.
+    /// raft group. Randomness from the operating system, as for [`VaultClient::new`].
     pub fn with_verifier(
         endpoints: Vec<Arc<dyn VaultEndpoint>>,
         group: u64,
         verifier: FleetVerifier,
         clock: Arc<dyn Fn() -> u64 + Send + Sync>,
         cfg: VaultClientConfig,
-        seed: u64,
-    ) -> Self {
+    ) -> Result<Self, VaultClientError> {
         Self::build(
             endpoints,
             Trust::Bundles {
@@ -335,7 +411,6 @@ impl VaultClient {
                 clock,
             },
             cfg,
-            ChaCha20Rng::seed_from_u64(seed),
         )
     }
 
@@ -351,10 +426,11 @@ impl VaultClient {
         endpoints: Vec<Arc<dyn VaultEndpoint>>,
         trust: Trust,
         cfg: VaultClientConfig,
-        mut rng: ChaCha20Rng,
-    ) -> Self {
-        let client_id = rng.next_u64();
-        Self {
+    ) -> Result<Self, VaultClientError> {
+        let mut rng = KeyErasingRng::from_os().map_err(VaultClientError::Randomness)?;
+        // Never 0: a request id of client 0 would look like a missing one.
+        let client_id = rng.next_u64().max(1);
+        Ok(Self {
             endpoints,
             trust,
             client_id,
@@ -362,7 +438,7 @@ impl VaultClient {
             preferred: AtomicUsize::new(0),
             rng: Mutex::new(rng),
             cfg,
-        }
+        })
     }
 
     fn next_id(&self) -> VaultRequestId {
@@ -511,11 +587,12 @@ impl VaultClient {
             .call(bytes)
             .map_err(|e| VaultClientError::Unavailable(e.into()))?;
         let body = self.verify(endpoint, &raw, digest)?;
-        if body
-            .status
-            .enum_value_or(VaultReplyStatus::REPLY_UNAVAILABLE)
-            == VaultReplyStatus::REPLY_UNAVAILABLE
-        {
+        // "Unavailable" and "busy" (nothing was done): ask another service.
+        if matches!(
+            body.status
+                .enum_value_or(VaultReplyStatus::REPLY_UNAVAILABLE),
+            VaultReplyStatus::REPLY_UNAVAILABLE | VaultReplyStatus::REPLY_BUSY
+        ) {
             return Err(VaultClientError::Unavailable(Unavailability::Service {
                 replica: body.replica,
                 detail: body.detail,
@@ -524,13 +601,13 @@ impl VaultClient {
         Ok(body)
     }
 
-    /// Sends a registration's upload and secret, then wipes the secret.
+    /// Sends a registration's upload and secret (`request`, a `RegisterFinish`),
+    /// then wipes the secret.
     fn send_registration(
         &self,
-        finish: VaultRegisterFinish,
+        mut request: VaultClientRequest,
         only: Option<usize>,
     ) -> Result<Answer, VaultClientError> {
-        let mut request = self.request(vault_client_request::Op::RegisterFinish(finish));
         let answer = self.send(&request, only);
         if let Some(vault_client_request::Op::RegisterFinish(f)) = request.op.as_mut() {
             f.secret.zeroize();
@@ -566,21 +643,26 @@ impl VaultClient {
     ) -> Result<u64, VaultClientError> {
         let user = UserId::new(user)?;
         InvalidInput::check_registration(secret, max_attempts)?;
-        let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), code)?;
+        let flow = ClientRegistrationFlow::start_from(&mut *self.rng.lock(), code)?;
         let mut start = VaultRegisterStart::new();
         start.user = user.as_bytes().to_vec();
         start.registration_request = flow.request().to_vec();
+        // The limit and the secret's digest go in the first message, whose
+        // signed reply carries the fleet's tag binding them to the nonce.
+        start.max_attempts = max_attempts;
+        start.secret_digest = registration_secret_digest(&user, secret).to_vec();
         let a = self.send(
             &self.request(vault_client_request::Op::RegisterStart(start)),
             None,
         )?;
         expect_ok(&a.body)?;
-        let upload = flow.finish(
+        let upload = flow.finish_from(
             &mut *self.rng.lock(),
             code,
             &a.body.registration_response,
             &self.cfg.ksf,
         )?;
+        let tag = a.body.nonce_tag.clone();
         let mut finish = VaultRegisterFinish::new();
         finish.user = user.as_bytes().to_vec();
         finish.registration_upload = upload;
@@ -588,8 +670,12 @@ impl VaultClient {
         finish.nonce_tag = a.body.nonce_tag;
         finish.secret = secret.to_vec();
         finish.max_attempts = max_attempts;
-        let a = self.send_registration(finish, None)?;
+        // The generation the fleet issued the nonce at (its tag covers it).
+        finish.issued_generation = a.body.generation;
+        let request = self.request(vault_client_request::Op::RegisterFinish(finish));
+        let a = self.send_registration(request, None)?;
         expect_ok(&a.body)?;
+        confirm_registration(&a.body, max_attempts, &tag)?;
         Ok(a.body.generation)
     }
 
@@ -600,23 +686,24 @@ impl VaultClient {
         user: &UserId,
         code: &[u8],
         purpose: VaultLoginPurpose,
-        registration_request: &[u8],
+        registration: Option<NewRegistration<'_>>,
     ) -> Result<(Answer, Zeroizing<Vec<u8>>), VaultClientError> {
         let mut last = VaultClientError::Unavailable(Unavailability::NotAsked);
         for _ in 0..self.cfg.login_restarts.max(1) {
             // One credential request and one request id per login: re-sending them
             // after a lost reply gets the same attempt back, never a second one.
-            let flow = ClientLoginFlow::start(&mut *self.rng.lock(), code)?;
+            let flow = ClientLoginFlow::start_from(&mut *self.rng.lock(), code)?;
             let mut start = VaultLoginStart::new();
             start.user = user.as_bytes().to_vec();
             start.credential_request = flow.request().to_vec();
             let start = self.request(vault_client_request::Op::LoginStart(start));
             let login = LoginAttempt {
+                user,
                 flow: &flow,
                 start: &start,
                 code,
                 purpose,
-                registration_request,
+                registration,
             };
             match self.login_attempt(&login)? {
                 LoginStep::Done(answer, session_key) => return Ok((*answer, session_key)),
@@ -644,7 +731,7 @@ impl VaultClient {
                 return Ok(LoginStep::Restart(login_lost(&a.body)));
             }
             expect_ok(&a.body)?;
-            let opened = login.flow.finish(
+            let opened = login.flow.finish_from(
                 &mut *self.rng.lock(),
                 login.code,
                 &a.body.credential_response,
@@ -663,8 +750,15 @@ impl VaultClient {
             finish.login = a.body.login;
             finish.credential_finalization = finalization;
             finish.purpose = login.purpose.into();
-            finish.registration_request = login.registration_request.to_vec();
-            let finish = self.request(vault_client_request::Op::LoginFinish(finish));
+            if let Some(r) = &login.registration {
+                finish.registration_request = r.request.to_vec();
+                finish.max_attempts = r.max_attempts;
+                finish.secret_digest = r.secret_digest.to_vec();
+            }
+            // Every byte of the request (what the fleet is to do, and its request
+            // id), authenticated to the session that proved the code.
+            let mut finish = self.request(vault_client_request::Op::LoginFinish(finish));
+            authenticate_request(self.trust.group(), login.user, &session_key, &mut finish);
             match self.send(&finish, Some(a.endpoint)) {
                 Ok(f) => match f
                     .body
@@ -674,6 +768,9 @@ impl VaultClient {
                     // The login is gone (its service restarted, or it expired):
                     // ask again with the same request, which spends nothing.
                     VaultReplyStatus::REPLY_LOGIN_UNKNOWN => last = login_lost(&f.body),
+                    VaultReplyStatus::REPLY_OK if f.body.purpose != login.purpose.into() => {
+                        return Err(VaultClientError::NotConfirmed(Mismatch::Purpose))
+                    }
                     _ => return Ok(LoginStep::Done(Box::new(f), session_key)),
                 },
                 Err(e @ VaultClientError::Unavailable(_)) => last = e,
@@ -691,7 +788,7 @@ impl VaultClient {
         code: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, VaultClientError> {
         let user = UserId::new(user)?;
-        let (a, session_key) = self.login(&user, code, VaultLoginPurpose::VAULT_RECOVER, &[])?;
+        let (a, session_key) = self.login(&user, code, VaultLoginPurpose::VAULT_RECOVER, None)?;
         expect_ok(&a.body)?;
         Ok(open_from_fleet(
             &session_key,
@@ -706,7 +803,7 @@ impl VaultClient {
     /// if it is wrong).
     pub fn delete(&self, user: &[u8], code: &[u8]) -> Result<(), VaultClientError> {
         let user = UserId::new(user)?;
-        let (a, _) = self.login(&user, code, VaultLoginPurpose::VAULT_DELETE, &[])?;
+        let (a, _) = self.login(&user, code, VaultLoginPurpose::VAULT_DELETE, None)?;
         expect_ok(&a.body)
     }
 
@@ -722,15 +819,22 @@ impl VaultClient {
     ) -> Result<u64, VaultClientError> {
         let user = UserId::new(user)?;
         InvalidInput::check_registration(new_secret, max_attempts)?;
-        let flow = ClientRegistrationFlow::start(&mut *self.rng.lock(), new_code)?;
-        let (a, _) = self.login(
+        let flow = ClientRegistrationFlow::start_from(&mut *self.rng.lock(), new_code)?;
+        let secret_digest = registration_secret_digest(&user, new_secret);
+        let (a, session_key) = self.login(
             &user,
             old_code,
             VaultLoginPurpose::VAULT_REREGISTER_START,
-            flow.request(),
+            Some(NewRegistration {
+                request: flow.request(),
+                max_attempts,
+                secret_digest: &secret_digest,
+            }),
         )?;
         expect_ok(&a.body)?;
-        let upload = flow.finish(
+        let login_generation = a.body.generation;
+        let tag = a.body.nonce_tag.clone();
+        let upload = flow.finish_from(
             &mut *self.rng.lock(),
             new_code,
             &a.body.registration_response,
@@ -744,19 +848,59 @@ impl VaultClient {
         finish.secret = new_secret.to_vec();
         finish.max_attempts = max_attempts;
         finish.login = a.body.login;
-        let f = self.send_registration(finish, Some(a.endpoint))?;
+        finish.issued_generation = login_generation;
+        let mut request = self.request(vault_client_request::Op::RegisterFinish(finish));
+        authenticate_request(self.trust.group(), &user, &session_key, &mut request);
+        let f = self.send_registration(request, Some(a.endpoint))?;
         expect_ok(&f.body)?;
+        confirm_registration(&f.body, max_attempts, &tag)?;
+        if f.body.generation <= login_generation {
+            return Err(VaultClientError::NotConfirmed(Mismatch::Generation {
+                new: f.body.generation,
+                login: login_generation,
+            }));
+        }
         Ok(f.body.generation)
     }
 }
 
+/// What a re-registration's login asks for besides the login: the new
+/// registration's OPAQUE request, limit and secret digest.
+#[derive(Clone, Copy)]
+struct NewRegistration<'a> {
+    request: &'a [u8],
+    max_attempts: u32,
+    secret_digest: &'a [u8],
+}
+
+/// Checks that a registration's signed reply reports the record this client
+/// asked for: its limit, and the tag the fleet gave this registration's nonce
+/// (which binds the limit and the secret's digest).
+fn confirm_registration(
+    b: &VaultReplyBody,
+    max_attempts: u32,
+    tag: &[u8],
+) -> Result<(), VaultClientError> {
+    if b.max_attempts != max_attempts {
+        return Err(VaultClientError::NotConfirmed(Mismatch::MaxAttempts {
+            stored: b.max_attempts,
+            asked: max_attempts,
+        }));
+    }
+    if b.registration_tag.as_slice() != tag {
+        return Err(VaultClientError::NotConfirmed(Mismatch::Registration));
+    }
+    Ok(())
+}
+
 /// What one login sends, and what it needs to open the answer.
 struct LoginAttempt<'a> {
+    user: &'a UserId,
     flow: &'a ClientLoginFlow,
     start: &'a VaultClientRequest,
     code: &'a [u8],
     purpose: VaultLoginPurpose,
-    registration_request: &'a [u8],
+    registration: Option<NewRegistration<'a>>,
 }
 
 /// How one login ended.
@@ -797,5 +941,18 @@ fn expect_ok(b: &VaultReplyBody) -> Result<(), VaultClientError> {
         }
         VaultReplyStatus::REPLY_BAD_REQUEST => Err(rejected(Rejection::BadRequest)),
         VaultReplyStatus::REPLY_REQUEST_REUSED => Err(rejected(Rejection::RequestReused)),
+        VaultReplyStatus::REPLY_REGISTRATION_CONFLICT => {
+            Err(VaultClientError::RegistrationConflict)
+        }
+        VaultReplyStatus::REPLY_INTENT_NOT_AUTHENTIC => {
+            Err(rejected(Rejection::IntentNotAuthentic))
+        }
+        VaultReplyStatus::REPLY_REGISTRATION_STALE => Err(rejected(Rejection::RegistrationStale)),
+        VaultReplyStatus::REPLY_BUSY => {
+            Err(VaultClientError::Unavailable(Unavailability::Service {
+                replica: b.replica,
+                detail: b.detail.clone(),
+            }))
+        }
     }
 }

@@ -46,6 +46,19 @@ pub enum VaultError {
     /// The AEAD refused to encrypt a recovered secret for the client.
     #[error("XChaCha20-Poly1305 refused to encrypt the secret for the client")]
     Encrypt,
+    /// A proven login's request (its purpose, its new registration) does not
+    /// carry a valid intent tag under the login's session key: altered on the way.
+    #[error("the request's intent tag does not verify under the login's session key")]
+    IntentNotAuthentic,
+    /// A command was asked of a verified login whose authenticated purpose is
+    /// another (a recovery's login cannot delete, and so on).
+    #[error("the login's authenticated purpose is {verified:?}, this step needs {needed:?}")]
+    PurposeMismatch {
+        /// The purpose the login's finish was authenticated with.
+        verified: crate::wire::VaultLoginPurpose,
+        /// The purpose the step needs.
+        needed: crate::wire::VaultLoginPurpose,
+    },
 }
 
 impl From<InvalidUserId> for VaultError {
@@ -100,6 +113,24 @@ pub enum InvalidInput {
         "the credential nonce was not drawn by this fleet for this user (its tag does not verify)"
     )]
     NonceNotGenuine,
+    /// The announced secret digest is not 32 bytes.
+    #[error("the secret digest must be 32 bytes, this one has {bytes}")]
+    SecretDigestLength {
+        /// The digest's length, in bytes.
+        bytes: usize,
+    },
+    /// The request carries no request id.
+    #[error("the request has no request id")]
+    NoRequestId,
+    /// The request is not the operation this step takes.
+    #[error("the request is not the operation this step takes")]
+    UnexpectedOperation,
+    /// The login finish names no known purpose.
+    #[error("unknown login purpose")]
+    UnknownPurpose,
+    /// A re-registration names another user than its login's.
+    #[error("the login is for another user")]
+    LoginOfAnotherUser,
     /// An OPAQUE message does not decode or does not fit the server's setup.
     #[error("invalid {message}: {source}")]
     Opaque {
@@ -136,6 +167,11 @@ impl InvalidInput {
             InvalidInput::MaxAttempts(_) => "invalid max_attempts",
             InvalidInput::NonceLength { .. } => "invalid credential nonce length",
             InvalidInput::NonceNotGenuine => "credential nonce not drawn by this fleet",
+            InvalidInput::SecretDigestLength { .. } => "invalid secret digest length",
+            InvalidInput::NoRequestId => "request has no request id",
+            InvalidInput::UnexpectedOperation => "unexpected operation",
+            InvalidInput::UnknownPurpose => "unknown login purpose",
+            InvalidInput::LoginOfAnotherUser => "the login is for another user",
             InvalidInput::Opaque { message, .. } => message,
         }
     }
@@ -208,6 +244,47 @@ pub enum VaultClientError {
     /// than a wrong code.
     #[error("protocol error: {0}")]
     Protocol(#[from] ProtocolFailure),
+    /// The operating system's random number generator failed; the client never
+    /// falls back to a fixed seed.
+    #[error("the operating system's random number generator failed: {0}")]
+    Randomness(#[source] rand::Error),
+    /// A registration with this nonce or record is stored with other fields than
+    /// this client asked for (a rewritten registration): it did not succeed.
+    #[error("the fleet holds this registration with other fields (altered on the way)")]
+    RegistrationConflict,
+    /// A signed reply says the fleet did or stored something else than this
+    /// client asked for (another purpose, limit or registration).
+    #[error("the fleet's reply does not confirm what was asked: {0}")]
+    NotConfirmed(#[source] Mismatch),
+}
+
+/// What a signed reply reported differently from what the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The stored attempt limit.
+    #[error("the stored limit is {stored}, this client asked for {asked}")]
+    MaxAttempts {
+        /// What the reply says is stored.
+        stored: u32,
+        /// What the client asked for.
+        asked: u32,
+    },
+    /// The stored registration tag (limit and secret digest, as the fleet's HSM
+    /// bound them at the start) is not the one this registration was given.
+    #[error("the stored registration is not the one this client started")]
+    Registration,
+    /// The login's purpose the fleet acted on.
+    #[error("the fleet acted on another purpose than the login's")]
+    Purpose,
+    /// The generation a re-registration reports is not after the login's.
+    #[error("the new generation {new} is not after the login's {login}")]
+    Generation {
+        /// The reported generation.
+        new: u64,
+        /// The generation of the login that authorised it.
+        login: u64,
+    },
 }
 
 impl From<InvalidUserId> for VaultClientError {
@@ -257,6 +334,12 @@ pub enum Rejection {
     /// The request id was used before for another request, or the registration
     /// was used before (a replay).
     RequestReused,
+    /// The request's intent tag did not verify under its login's session: it was
+    /// altered on the way.
+    IntentNotAuthentic,
+    /// The registration was issued before the user's latest delete or replace
+    /// (stale, or replayed): start a new one.
+    RegistrationStale,
 }
 
 /// Why a reply was refused.

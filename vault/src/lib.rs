@@ -44,14 +44,17 @@ pub mod wire;
 pub use client::{
     ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
 };
+pub use crypto::{authenticate_request, registration_secret_digest};
 pub use error::{
-    InvalidInput, KeysError, ProtocolFailure, RecordError, Rejection, ReplyError, Unavailability,
-    Unreachable, VaultClientError, VaultError,
+    InvalidInput, KeysError, Mismatch, ProtocolFailure, RecordError, Rejection, ReplyError,
+    Unavailability, Unreachable, VaultClientError, VaultError,
 };
 pub use keys::{VaultKeys, VaultPublicKeys};
 pub use limits::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
 pub use machine::{BackupVault, UserView};
-pub use server::{PendingLogin, RegistrationNonce, RegistrationStarted, VaultServer};
+pub use server::{
+    PendingLogin, Registration, RegistrationStarted, RegistrationTerms, VaultServer, VerifiedLogin,
+};
 pub use service::{VaultEndpoint, VaultService, VaultServiceConfig};
 pub use user_id::{InvalidUserId, UserId};
 

@@ -59,6 +59,8 @@ const FIELD_MAX: usize = 4096;
 const REQUEST_DIGEST_BYTES: usize = 32;
 /// The length of a credential nonce, in bytes.
 const CREDENTIAL_NONCE_BYTES: usize = 32;
+/// The longest registration tag (an HMAC-SHA256), in bytes.
+const REGISTRATION_TAG_MAX: usize = 32;
 
 /// What the vault knows about one user, as [`BackupVault::user`] shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +148,17 @@ fn ok_with(r: &VaultRecord, detail: &'static str) -> VaultOutcome {
     let mut o = outcome(VaultStatus::VAULT_OK, detail);
     o.generation = r.generation;
     o.attempts_left = attempts_left(r);
+    o.max_attempts = r.max_attempts;
+    o.registration_tag = r.registration_tag.clone();
     o
+}
+
+/// True when `r` is exactly the registration that `record` stores (a retry).
+fn same_registration(record: &VaultRecord, r: &VaultRegister) -> bool {
+    record.opaque_record == r.opaque_record
+        && record.credential_nonce == r.credential_nonce
+        && record.max_attempts == r.max_attempts
+        && record.registration_tag == r.registration_tag
 }
 
 fn check_register(r: &VaultRegister) -> Result<(), Malformed> {
@@ -159,7 +171,10 @@ fn check_register(r: &VaultRegister) -> Result<(), Malformed> {
     {
         return Err(Malformed::RegistrationIncomplete);
     }
-    if r.opaque_record.len() > FIELD_MAX || r.sealed_secret.len() > FIELD_MAX {
+    if r.opaque_record.len() > FIELD_MAX
+        || r.sealed_secret.len() > FIELD_MAX
+        || r.registration_tag.len() > REGISTRATION_TAG_MAX
+    {
         return Err(Malformed::FieldTooLong);
     }
     Ok(())
@@ -171,6 +186,7 @@ fn new_record(r: VaultRegister, generation: u64, index: u64) -> VaultRecord {
     rec.sealed_secret = r.sealed_secret;
     rec.credential_nonce = r.credential_nonce;
     rec.max_attempts = r.max_attempts;
+    rec.registration_tag = r.registration_tag;
     rec.generation = generation;
     rec.registered_at = index;
     rec
@@ -181,6 +197,17 @@ fn login_view(r: &VaultRecord) -> VaultRecord {
     let mut login = r.clone();
     login.sealed_secret.clear();
     login
+}
+
+/// The outcome for a registration issued at generation `issued` applied to a
+/// user now at `now`: a delete or replace came between (or it is a replay).
+fn stale(issued: u64, now: u64) -> VaultOutcome {
+    let mut o = outcome(
+        VaultStatus::VAULT_REGISTRATION_STALE,
+        "this registration was issued before the user's latest delete or replace: start a new registration",
+    );
+    o.generation = now.max(issued);
+    o
 }
 
 /// The outcome for a user who is not registered: locked or deleted.
@@ -282,12 +309,26 @@ impl BackupVault {
                 VaultStatus::VAULT_LOCKED,
                 "this user's record was erased after its last attempt; it cannot be registered again",
             ),
-            Standing::Registered { record }
-                if record.opaque_record == r.opaque_record
-                    && record.credential_nonce == r.credential_nonce =>
-            {
+            Standing::Registered { record } if same_registration(record, &r) => {
                 // The same registration delivered again (a retry): it succeeded.
                 ok_with(record, "already applied")
+            }
+            Standing::Registered { record }
+                if record.opaque_record == r.opaque_record
+                    || record.credential_nonce == r.credential_nonce =>
+            {
+                // This registration's record or nonce with another limit, secret
+                // or record: one of the two was altered on the way. Never "the
+                // same registration again", which would report the altered one
+                // as the client's success.
+                let mut o = outcome(
+                    VaultStatus::VAULT_REGISTRATION_CONFLICT,
+                    "this registration is stored with other fields (altered on the way)",
+                );
+                o.generation = record.generation;
+                o.max_attempts = record.max_attempts;
+                o.registration_tag = record.registration_tag.clone();
+                o
             }
             Standing::Registered { record } => {
                 let mut o = outcome(
@@ -298,10 +339,17 @@ impl BackupVault {
                 o.attempts_left = attempts_left(record);
                 o
             }
-            Standing::Deleted { .. } => match Self::new_generation(u, r, index) {
-                Ok(o) => o,
-                Err(o) => o,
-            },
+            Standing::Deleted { generation } => {
+                if let Some(issued) = r.issued_generation {
+                    if issued != *generation {
+                        return stale(issued, *generation);
+                    }
+                }
+                match Self::new_generation(u, r, index) {
+                    Ok(o) => o,
+                    Err(o) => o,
+                }
+            }
         }
     }
 
@@ -569,6 +617,13 @@ impl BackupVault {
                 VaultStatus::VAULT_REQUEST_REUSED,
                 "this registration was used before (a replay): start a new registration",
             );
+        }
+        // The registration was issued for this login's generation: a stale one
+        // (issued before a later delete or replace) is refused.
+        if let Some(issued) = new.issued_generation {
+            if issued != authority.generation {
+                return stale(issued, authority.generation);
+            }
         }
         let before = u.clone();
         if let Err(o) = Self::authorised(u, authority) {
@@ -907,6 +962,68 @@ mod tests {
     }
 
     #[test]
+    fn review_f1_a_registration_issued_before_a_delete_or_replace_is_stale() {
+        // Issued at generation 0 (a withheld first registration), never applied.
+        let mut withheld = reg(10, 7);
+        withheld.issued_generation = Some(0);
+        // The client's retry registered generation 1; the user then deleted it.
+        let mut v = BackupVault::new();
+        let mut retry = reg(10, 1);
+        retry.issued_generation = Some(0);
+        let o = decode_outcome(&v.apply(
+            1,
+            &cmd("alice", id(1, 1), vault_command::Op::Register(retry)),
+        ))
+        .unwrap();
+        assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 1));
+        consume(&mut v, 10, "alice", id(2, 1), 1);
+        let mut d = VaultDelete::new();
+        d.ticket = 10;
+        d.generation = 1;
+        let o = decode_outcome(&v.apply(11, &cmd("alice", id(2, 2), vault_command::Op::Delete(d))))
+            .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_OK);
+        // The withheld registration, replayed after the delete: stale.
+        let o = decode_outcome(&v.apply(
+            12,
+            &cmd("alice", id(9, 1), vault_command::Op::Register(withheld)),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_REGISTRATION_STALE, "{o:?}");
+        assert_eq!(v.user(b"alice"), Some(UserView::Deleted { generation: 1 }));
+        // One issued at the current generation applies.
+        let mut fresh = reg(10, 8);
+        fresh.issued_generation = Some(1);
+        let o = decode_outcome(&v.apply(
+            13,
+            &cmd("alice", id(3, 1), vault_command::Op::Register(fresh)),
+        ))
+        .unwrap();
+        assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 2));
+        // A replace issued for another generation than its login's: stale.
+        consume(&mut v, 14, "alice", id(3, 2), 2);
+        let mut x = VaultReplace::new();
+        x.ticket = 14;
+        x.generation = 2;
+        let mut old = reg(10, 9);
+        old.issued_generation = Some(1);
+        x.record = Some(old).into();
+        let o = decode_outcome(&v.apply(
+            15,
+            &cmd("alice", id(3, 3), vault_command::Op::Replace(x.clone())),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_REGISTRATION_STALE, "{o:?}");
+        let mut current = reg(10, 10);
+        current.issued_generation = Some(2);
+        x.record = Some(current).into();
+        let o =
+            decode_outcome(&v.apply(16, &cmd("alice", id(3, 4), vault_command::Op::Replace(x))))
+                .unwrap();
+        assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 3));
+    }
+
+    #[test]
     fn a_replayed_registration_never_comes_back_after_a_delete() {
         let mut v = registered(3);
         consume(&mut v, 10, "alice", id(2, 1), 1);
@@ -1005,6 +1122,63 @@ mod tests {
             .unwrap();
             assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
         }
+    }
+
+    #[test]
+    fn finding_1_a_registration_redelivered_with_other_fields_is_a_conflict() {
+        let mut v = BackupVault::new();
+        let mut first = reg(3, 1);
+        first.registration_tag = vec![0x11; 32];
+        let o = decode_outcome(&v.apply(
+            1,
+            &cmd(
+                "alice",
+                id(1, 1),
+                vault_command::Op::Register(first.clone()),
+            ),
+        ))
+        .unwrap();
+        assert_eq!((status(&o), o.max_attempts), (VaultStatus::VAULT_OK, 3));
+        let mut limit = first.clone();
+        limit.max_attempts = 255;
+        let mut secret = first.clone();
+        secret.registration_tag = vec![0x22; 32];
+        secret.sealed_secret = vec![0x33; 48];
+        let mut record = first.clone();
+        record.opaque_record = vec![0x44; 64];
+        for (i, altered) in [limit, secret, record].into_iter().enumerate() {
+            let o = decode_outcome(&v.apply(
+                2 + i as u64,
+                &cmd("alice", id(1, 2), vault_command::Op::Register(altered)),
+            ))
+            .unwrap();
+            assert_eq!(
+                status(&o),
+                VaultStatus::VAULT_REGISTRATION_CONFLICT,
+                "case {i}: {o:?}"
+            );
+            assert_eq!(o.max_attempts, 3, "the outcome says what is stored");
+        }
+        // The very same registration again (a retry, re-sealed): already applied.
+        let mut again = first.clone();
+        again.sealed_secret = vec![0x55; 48];
+        let o = decode_outcome(&v.apply(
+            9,
+            &cmd("alice", id(1, 3), vault_command::Op::Register(again)),
+        ))
+        .unwrap();
+        assert_eq!(
+            (status(&o), o.max_attempts, o.registration_tag.clone()),
+            (VaultStatus::VAULT_OK, 3, vec![0x11; 32])
+        );
+        assert_eq!(
+            v.user(b"alice"),
+            Some(UserView::Registered {
+                generation: 1,
+                attempts_left: 3,
+                max_attempts: 3
+            })
+        );
     }
 
     fn delete_cmd(ticket: u64, generation: u64) -> vault_command::Op {

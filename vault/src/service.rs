@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use zeroize::Zeroize;
 
-use crate::crypto::sha256;
+use crate::crypto::{request_is_authentic, sha256};
 use crate::error::{Unreachable, VaultError};
-use crate::machine::decode_outcome;
-use crate::server::{PendingLogin, RegistrationNonce, VaultServer};
+use crate::machine::{decode_outcome, BackupVault};
+use crate::server::{PendingLogin, Registration, RegistrationTerms, VaultServer, VerifiedLogin};
 use crate::user_id::{InvalidUserId, UserId};
 use crate::wire::{self};
 use crate::wire::{
@@ -42,9 +42,12 @@ pub trait VaultEndpoint: Send + Sync {
 /// Limits of a [`VaultService`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VaultServiceConfig {
-    /// Logins awaiting the client's finalization kept at most (the oldest is
-    /// dropped beyond it; its attempt stays spent).
+    /// Logins kept at most between their start and their finish (or a
+    /// re-registration's upload). Beyond it a new login is refused *before* its
+    /// attempt is spent; no login is ever evicted to make room.
     pub logins_max: usize,
+    /// Logins of one user kept at most (refused beyond it, before spending).
+    pub logins_per_user_max: usize,
     /// How long a login may await its finalization.
     pub login_ttl: Duration,
     /// The runtime client session the service proposes through.
@@ -55,17 +58,80 @@ impl Default for VaultServiceConfig {
     fn default() -> Self {
         Self {
             logins_max: 10_000,
+            logins_per_user_max: 8,
             login_ttl: Duration::from_secs(60),
             client: ClientConfig::default(),
         }
     }
 }
 
+/// A login the service keeps between two client messages.
+struct Held {
+    at: Instant,
+    login: PendingLogin,
+    /// The `LoginStart` request id it answers.
+    request: (u64, u64),
+    /// The OPAQUE credential response sent for it: a re-delivered `LoginStart`
+    /// (same request id, so the fleet gives the same attempt back) gets it
+    /// again, and no second login.
+    response: Vec<u8>,
+    /// After a verified `VAULT_REREGISTER_START` finish: the login, awaiting
+    /// the new registration's upload (its session key authenticates it).
+    proven: Option<VerifiedLogin>,
+}
+
+/// Where a login is filed besides its id: its user and its `LoginStart`'s
+/// request id (client, sequence). Not the ticket: the engine applies the
+/// commands of one batch at one log index, so two logins can share a ticket.
+type LoginKey = (UserId, u64, u64);
+
+fn login_key(user: &UserId, request: (u64, u64)) -> LoginKey {
+    (user.clone(), request.0, request.1)
+}
+
+/// The logins kept, by login id and by (user, request id): one per consume.
+#[derive(Default)]
 struct Logins {
-    /// Awaiting the client's finalization.
-    pending: BTreeMap<u64, (Instant, PendingLogin)>,
-    /// Proven, awaiting the new registration of a re-registration.
-    proven: BTreeMap<u64, (Instant, PendingLogin)>,
+    by_id: BTreeMap<u64, Held>,
+    by_request: BTreeMap<LoginKey, u64>,
+}
+
+impl Logins {
+    fn of_user(&self, user: &UserId) -> usize {
+        self.by_request
+            .range(login_key(user, (0, 0))..=login_key(user, (u64::MAX, u64::MAX)))
+            .count()
+    }
+
+    fn insert(&mut self, id: u64, held: Held) {
+        self.by_request
+            .insert(login_key(held.login.user(), held.request), id);
+        self.by_id.insert(id, held);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Held> {
+        let held = self.by_id.remove(&id)?;
+        self.by_request
+            .remove(&login_key(held.login.user(), held.request));
+        Some(held)
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Held) -> bool) {
+        let gone: Vec<u64> = self
+            .by_id
+            .iter()
+            .filter(|(_, h)| !keep(h))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_id.clear();
+        self.by_request.clear();
+    }
 }
 
 /// The vault's server for one replica, over the threaded runtime.
@@ -107,6 +173,8 @@ fn outcome_status(o: &VaultOutcome) -> VaultReplyStatus {
         VaultStatus::VAULT_REQUEST_REUSED => VaultReplyStatus::REPLY_REQUEST_REUSED,
         VaultStatus::VAULT_BAD_TICKET => VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
         VaultStatus::VAULT_MALFORMED => VaultReplyStatus::REPLY_BAD_REQUEST,
+        VaultStatus::VAULT_REGISTRATION_CONFLICT => VaultReplyStatus::REPLY_REGISTRATION_CONFLICT,
+        VaultStatus::VAULT_REGISTRATION_STALE => VaultReplyStatus::REPLY_REGISTRATION_STALE,
     }
 }
 
@@ -114,6 +182,8 @@ fn from_outcome(o: &VaultOutcome) -> VaultReplyBody {
     let mut b = body(outcome_status(o), o.detail.clone());
     b.attempts_left = o.attempts_left;
     b.generation = o.generation;
+    b.max_attempts = o.max_attempts;
+    b.registration_tag = o.registration_tag.clone();
     b
 }
 
@@ -122,6 +192,13 @@ fn unavailable(e: &ClientError) -> VaultReplyBody {
     body(
         VaultReplyStatus::REPLY_UNAVAILABLE,
         "the fleet did not commit the step",
+    )
+}
+
+fn login_unknown() -> VaultReplyBody {
+    body(
+        VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
+        "no login with this id here (expired, finished, or another service's): start again",
     )
 }
 
@@ -137,6 +214,20 @@ fn server_error(e: &VaultError) -> VaultReplyBody {
             VaultReplyStatus::REPLY_LOGIN_FAILED,
             "the OPAQUE login did not verify",
         ),
+        VaultError::IntentNotAuthentic => {
+            tracing::warn!("vault service: {e}");
+            body(
+                VaultReplyStatus::REPLY_INTENT_NOT_AUTHENTIC,
+                "the request's intent tag does not verify under its login's session",
+            )
+        }
+        VaultError::PurposeMismatch { .. } => {
+            tracing::warn!("vault service: {e}");
+            body(
+                VaultReplyStatus::REPLY_BAD_REQUEST,
+                "the login was authenticated for another purpose",
+            )
+        }
         _ => {
             tracing::error!("vault service: {e}");
             body(
@@ -164,10 +255,7 @@ impl<H: Hsm> VaultService<H> {
         Ok(Self {
             server,
             client,
-            logins: Mutex::new(Logins {
-                pending: BTreeMap::new(),
-                proven: BTreeMap::new(),
-            }),
+            logins: Mutex::new(Logins::default()),
             cfg,
             stopped: AtomicBool::new(false),
             bundle: Mutex::new(Vec::new()),
@@ -178,9 +266,7 @@ impl<H: Hsm> VaultService<H> {
     /// and logins awaiting finalization are forgotten. Their attempts stay spent.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        let mut l = self.logins.lock();
-        l.pending.clear();
-        l.proven.clear();
+        self.logins.lock().clear();
     }
 
     /// Attaches the fleet's validation bundle (`audit::Bundle` encoding) to every
@@ -190,9 +276,9 @@ impl<H: Hsm> VaultService<H> {
         *self.bundle.lock() = bundle;
     }
 
-    /// Logins awaiting their finalization.
+    /// Logins kept (awaiting their finalization, or a re-registration's upload).
     pub fn pending_logins(&self) -> usize {
-        self.logins.lock().pending.len()
+        self.logins.lock().by_id.len()
     }
 
     /// Proposes `command` and waits for its committed outcome; the error is the
@@ -224,28 +310,12 @@ impl<H: Hsm> VaultService<H> {
         Instant::now()
     }
 
-    fn keep(
-        map: &mut BTreeMap<u64, (Instant, PendingLogin)>,
-        id: u64,
-        login: PendingLogin,
-        max: usize,
-    ) {
-        while map.len() >= max.max(1) {
-            let oldest = map.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| *k);
-            match oldest {
-                Some(k) => map.remove(&k),
-                None => break,
-            };
-        }
-        map.insert(id, (Self::now(), login));
-    }
-
     fn expire(&self) {
         let now = Self::now();
         let ttl = self.cfg.login_ttl;
-        let mut l = self.logins.lock();
-        l.pending.retain(|_, (at, _)| now.duration_since(*at) < ttl);
-        l.proven.retain(|_, (at, _)| now.duration_since(*at) < ttl);
+        self.logins
+            .lock()
+            .retain(|h| now.duration_since(h.at) < ttl);
     }
 
     /// Handles one encoded `VaultClientRequest` and returns the encoded signed
@@ -253,7 +323,13 @@ impl<H: Hsm> VaultService<H> {
     pub fn handle(&self, request: &[u8]) -> Vec<u8> {
         let digest = sha256(request);
         let mut reply = match wire::decode::<VaultClientRequest>(request, "vault request") {
-            Ok(r) => self.dispatch(r, &digest),
+            Ok(mut r) => {
+                let reply = self.dispatch(&r, &digest);
+                if let Some(vault_client_request::Op::RegisterFinish(x)) = r.op.as_mut() {
+                    x.secret.zeroize();
+                }
+                reply
+            }
             Err(e) => {
                 tracing::debug!("vault service: {e}");
                 body(
@@ -274,21 +350,33 @@ impl<H: Hsm> VaultService<H> {
         }
     }
 
-    fn dispatch(&self, r: VaultClientRequest, digest: &[u8; 32]) -> VaultReplyBody {
+    fn dispatch(&self, r: &VaultClientRequest, digest: &[u8; 32]) -> VaultReplyBody {
         self.expire();
-        let id = r.request.clone().into_option().unwrap_or_default();
+        // Every request names its (client, sequence): the fleet deduplicates
+        // by it, so a missing one is refused, never taken as (0, 0).
+        let Some(id) = r.request.as_ref() else {
+            return body(
+                VaultReplyStatus::REPLY_BAD_REQUEST,
+                "request has no request id",
+            );
+        };
         // A user id is checked once, here, where it enters the service.
-        match r.op {
-            Some(vault_client_request::Op::RegisterStart(x)) => match UserId::new(x.user) {
-                Ok(user) => self.register_start(&user, &x.registration_request),
+        match r.op.as_ref() {
+            Some(vault_client_request::Op::RegisterStart(x)) => match UserId::new(&x.user[..]) {
+                Ok(user) => self.register_start(&user, &x.registration_request, x),
                 Err(e) => bad_user_id(e),
             },
-            Some(vault_client_request::Op::RegisterFinish(x)) => self.register_finish(&id, x),
-            Some(vault_client_request::Op::LoginStart(x)) => match UserId::new(x.user) {
-                Ok(user) => self.login_start(&id, &user, &x.credential_request),
+            Some(vault_client_request::Op::RegisterFinish(x)) => {
+                match UserId::new(x.user.as_slice()) {
+                    Ok(user) => self.register_finish(r, id, &user, x),
+                    Err(e) => bad_user_id(e),
+                }
+            }
+            Some(vault_client_request::Op::LoginStart(x)) => match UserId::new(&x.user[..]) {
+                Ok(user) => self.login_start(id, &user, &x.credential_request),
                 Err(e) => bad_user_id(e),
             },
-            Some(vault_client_request::Op::LoginFinish(x)) => self.login_finish(&id, x, digest),
+            Some(vault_client_request::Op::LoginFinish(x)) => self.login_finish(r, x, digest),
             None => body(
                 VaultReplyStatus::REPLY_BAD_REQUEST,
                 "request has no operation",
@@ -296,47 +384,62 @@ impl<H: Hsm> VaultService<H> {
         }
     }
 
-    fn register_start(&self, user: &UserId, registration_request: &[u8]) -> VaultReplyBody {
-        match self.server.registration_start(user, registration_request) {
+    fn register_start(
+        &self,
+        user: &UserId,
+        registration_request: &[u8],
+        x: &crate::wire::VaultRegisterStart,
+    ) -> VaultReplyBody {
+        // The generation the registration is issued at, read through the log
+        // (linearizable): it binds into the nonce tag, and the fleet applies the
+        // registration only while the user is still deleted at it.
+        let read = match self.client.read(BackupVault::query_user(user.as_bytes())) {
+            Ok(bytes) => bytes,
+            Err(e) => return unavailable(&e),
+        };
+        let issued_generation = match decode_outcome(&read) {
+            Ok(o) => o.generation,
+            Err(e) => {
+                tracing::error!("vault service: {e}");
+                return body(
+                    VaultReplyStatus::REPLY_UNAVAILABLE,
+                    "the fleet's answer does not decode",
+                );
+            }
+        };
+        let terms = RegistrationTerms {
+            max_attempts: x.max_attempts,
+            secret_digest: &x.secret_digest,
+            issued_generation,
+        };
+        match self
+            .server
+            .registration_start(user, registration_request, &terms)
+        {
             Ok(started) => {
                 let mut b = body(VaultReplyStatus::REPLY_OK, "");
                 b.registration_response = started.response;
                 b.credential_nonce = started.nonce.to_vec();
                 b.nonce_tag = started.tag.to_vec();
+                b.generation = started.issued_generation;
                 b
             }
             Err(e) => server_error(&e),
         }
     }
 
-    fn register_finish(&self, id: &VaultRequestId, mut x: VaultRegisterFinish) -> VaultReplyBody {
-        let reply = match UserId::new(x.user.as_slice()) {
-            Ok(user) => self.register_finish_inner(id, &user, &x),
-            Err(e) => bad_user_id(e),
-        };
-        x.secret.zeroize();
-        reply
-    }
-
-    fn register_finish_inner(
+    fn register_finish(
         &self,
+        request: &VaultClientRequest,
         id: &VaultRequestId,
         user: &UserId,
         x: &VaultRegisterFinish,
     ) -> VaultReplyBody {
-        let nonce = RegistrationNonce {
-            nonce: &x.credential_nonce,
-            tag: &x.nonce_tag,
-        };
         if x.login == 0 {
-            return match self.server.register_command(
-                id,
-                user,
-                &x.registration_upload,
-                &nonce,
-                &x.secret,
-                x.max_attempts,
-            ) {
+            return match self
+                .server
+                .register_command(id, user, &Registration::of_finish(x))
+            {
                 Ok(c) => match self.propose(c) {
                     Ok(o) => from_outcome(&o),
                     Err(b) => *b,
@@ -344,35 +447,46 @@ impl<H: Hsm> VaultService<H> {
                 Err(e) => server_error(&e),
             };
         }
-        let Some((at, login)) = self.logins.lock().proven.remove(&x.login) else {
-            return body(
-                VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
-                "no proven login with this id here (expired, used, or another service's): log in again",
-            );
+        // Every check that does not need the HSM runs under the lock, before the
+        // login leaves the table: an altered copy leaves it for the genuine one.
+        let held = {
+            let mut l = self.logins.lock();
+            let Some(proven) = l.by_id.get(&x.login).and_then(|h| h.proven.as_ref()) else {
+                return login_unknown();
+            };
+            if proven.user() != user {
+                return body(
+                    VaultReplyStatus::REPLY_BAD_REQUEST,
+                    "the login is for another user",
+                );
+            }
+            // The replacement is authorised by the login's session, not by its
+            // id (which travels in clear): every byte must carry its intent tag.
+            if !request_is_authentic(
+                self.server.group(),
+                proven.user(),
+                proven.session_key(),
+                request,
+            ) {
+                return server_error(&VaultError::IntentNotAuthentic);
+            }
+            match l.remove(x.login) {
+                Some(h) => h,
+                None => return login_unknown(),
+            }
         };
-        if login.user() != user {
-            return body(
-                VaultReplyStatus::REPLY_BAD_REQUEST,
-                "the login is for another user",
-            );
-        }
-        let command = self.server.replace_command(
-            id,
-            &login,
-            &x.registration_upload,
-            &nonce,
-            &x.secret,
-            x.max_attempts,
-        );
-        let reply = match command {
+        let Some(proven) = held.proven.as_ref() else {
+            return login_unknown();
+        };
+        let reply = match self.server.replace_command(request, proven) {
             Ok(c) => self.propose(c).map(|o| from_outcome(&o)),
-            Err(e) => Ok(server_error(&e)),
+            Err(e) => Err(Box::new(server_error(&e))),
         };
         match reply {
             Ok(b) => b,
             Err(b) => {
-                // Not committed (or not known to be): the client may retry.
-                self.logins.lock().proven.insert(x.login, (at, login));
+                // Not committed (or not known to be): keep the login for a retry.
+                self.logins.lock().insert(x.login, held);
                 *b
             }
         }
@@ -388,6 +502,20 @@ impl<H: Hsm> VaultService<H> {
             Ok(c) => c,
             Err(e) => return server_error(&e),
         };
+        // Room is checked before the attempt is spent: a full table refuses new
+        // logins, and never evicts one (its attempt is spent and its client may
+        // still finish it).
+        {
+            let l = self.logins.lock();
+            if l.by_id.len() >= self.cfg.logins_max.max(1)
+                || l.of_user(user) >= self.cfg.logins_per_user_max.max(1)
+            {
+                return body(
+                    VaultReplyStatus::REPLY_BUSY,
+                    "too many logins await their finalization here; nothing was spent: try later",
+                );
+            }
+        }
         // The attempt is spent, durably, before anything that depends on the
         // record leaves this service.
         let o = match self.propose(command) {
@@ -396,6 +524,10 @@ impl<H: Hsm> VaultService<H> {
         };
         if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
             return from_outcome(&o);
+        }
+        let request = (id.client, id.sequence);
+        if let Some(b) = self.login_again(user, request, &o) {
+            return b;
         }
         let Some(record) = o.record.clone().into_option() else {
             return body(
@@ -415,72 +547,105 @@ impl<H: Hsm> VaultService<H> {
             Ok(l) => l,
             Err(e) => return server_error(&e),
         };
-        Self::keep(
-            &mut self.logins.lock().pending,
-            login_id,
-            login,
-            self.cfg.logins_max,
-        );
+        {
+            let mut l = self.logins.lock();
+            // A copy of the same request may have won the race.
+            if let Some(b) = Self::held_reply(&l, user, request, &o) {
+                return b;
+            }
+            l.insert(
+                login_id,
+                Held {
+                    at: Self::now(),
+                    request,
+                    login,
+                    response: response.clone(),
+                    proven: None,
+                },
+            );
+        }
         let mut b = from_outcome(&o);
         b.credential_response = response;
         b.login = login_id;
         b
     }
 
-    fn login_finish(
+    /// A re-delivered `LoginStart` (same request id: its consume got the same
+    /// attempt back, nothing spent): the login already kept for it, answered
+    /// again as it was, and no second login.
+    fn login_again(
         &self,
-        id: &VaultRequestId,
-        x: VaultLoginFinish,
-        digest: &[u8; 32],
-    ) -> VaultReplyBody {
-        let Some((at, login)) = self.logins.lock().pending.remove(&x.login) else {
-            return body(
-                VaultReplyStatus::REPLY_LOGIN_UNKNOWN,
-                "no login awaiting finalization with this id here (expired, finished, or another service's): start again",
-            );
-        };
-        let session_key = match self.server.login_finish(&login, &x.credential_finalization) {
-            Ok(k) => k,
-            Err(e) => {
-                // The attempt stays spent.
-                let mut b = server_error(&e);
-                b.attempts_left = login.attempts_left();
-                b.generation = login.generation();
-                return b;
-            }
-        };
-        let proven = ProvenLogin {
-            id: x.login,
-            at,
-            login,
-        };
-        match x.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER) {
-            VaultLoginPurpose::VAULT_REREGISTER_START => {
-                self.reregister_start(proven, &x.registration_request)
-            }
-            VaultLoginPurpose::VAULT_DELETE => self.delete(id, proven),
-            VaultLoginPurpose::VAULT_RECOVER => self.recover(id, proven, &session_key, digest),
-        }
+        user: &UserId,
+        request: (u64, u64),
+        o: &VaultOutcome,
+    ) -> Option<VaultReplyBody> {
+        Self::held_reply(&self.logins.lock(), user, request, o)
     }
 
-    /// A proven login for a re-registration: the new registration's first
-    /// answer; the login waits among the proven ones for the upload.
-    fn reregister_start(&self, proven: ProvenLogin, registration_request: &[u8]) -> VaultReplyBody {
-        let ProvenLogin { id, login, .. } = proven;
-        let started = match self
-            .server
-            .registration_start(login.user(), registration_request)
-        {
+    fn held_reply(
+        l: &Logins,
+        user: &UserId,
+        request: (u64, u64),
+        o: &VaultOutcome,
+    ) -> Option<VaultReplyBody> {
+        let id = *l.by_request.get(&login_key(user, request))?;
+        let held = l.by_id.get(&id)?;
+        let mut b = from_outcome(o);
+        b.credential_response = held.response.clone();
+        b.login = id;
+        Some(b)
+    }
+
+    fn login_finish(
+        &self,
+        request: &VaultClientRequest,
+        x: &VaultLoginFinish,
+        digest: &[u8; 32],
+    ) -> VaultReplyBody {
+        // Verified under the lock, without taking the login out: a finish that
+        // does not verify (a wrong code, an altered copy) leaves the login for
+        // the client's genuine one.
+        let verified = {
+            let l = self.logins.lock();
+            let Some(held) = l.by_id.get(&x.login) else {
+                return login_unknown();
+            };
+            match self.server.login_finish(&held.login, request) {
+                Ok(v) => v,
+                Err(e) => {
+                    let mut b = server_error(&e);
+                    b.attempts_left = held.login.attempts_left();
+                    b.generation = held.login.generation();
+                    return b;
+                }
+            }
+        };
+        let purpose = verified.purpose();
+        let mut b = match purpose {
+            VaultLoginPurpose::VAULT_REREGISTER_START => self.reregister_start(x.login, verified),
+            VaultLoginPurpose::VAULT_DELETE => self.conclude(x.login, verified, None),
+            VaultLoginPurpose::VAULT_RECOVER => self.conclude(x.login, verified, Some(digest)),
+        };
+        b.purpose = purpose.into();
+        b
+    }
+
+    /// A verified login for a re-registration: the new registration's first
+    /// answer; the login stays, proven, for the upload.
+    fn reregister_start(&self, id: u64, login: VerifiedLogin) -> VaultReplyBody {
+        let started = match self.server.reregistration_start(&login) {
             Ok(started) => started,
             Err(e) => return server_error(&e),
         };
         let generation = login.generation();
-        Self::keep(
-            &mut self.logins.lock().proven,
-            id,
-            login,
-            self.cfg.logins_max,
-        );
+        {
+            let mut l = self.logins.lock();
+            let Some(held) = l.by_id.get_mut(&id) else {
+                return login_unknown();
+            };
+            held.at = Self::now();
+            held.proven = Some(login);
+        }
         let mut b = body(VaultReplyStatus::REPLY_OK, "");
         b.registration_response = started.response;
         b.credential_nonce = started.nonce.to_vec();
@@ -490,35 +655,36 @@ impl<H: Hsm> VaultService<H> {
         b
     }
 
-    /// A proven login for a delete: proposes it.
-    fn delete(&self, request: &VaultRequestId, proven: ProvenLogin) -> VaultReplyBody {
-        let c = self.server.delete_command(request, &proven.login);
-        match self.propose(c) {
-            Ok(o) => from_outcome(&o),
-            Err(b) => {
-                self.restore_pending(proven);
-                *b
-            }
-        }
-    }
-
-    /// A proven login for a recovery: forgives its attempts, then sends the
-    /// secret encrypted under the login's session key.
-    fn recover(
+    /// A verified login for a recovery (`digest` of its request, for the
+    /// secret's transport) or a delete (`None`): proposes its command; a step not
+    /// committed puts the login back for the client's retry.
+    fn conclude(
         &self,
-        request: &VaultRequestId,
-        proven: ProvenLogin,
-        session_key: &[u8],
-        digest: &[u8; 32],
+        id: u64,
+        login: VerifiedLogin,
+        recover: Option<&[u8; 32]>,
     ) -> VaultReplyBody {
-        let c = self.server.reset_command(request, &proven.login);
-        let o = match self.propose(c) {
+        let command = match recover {
+            Some(_) => self.server.reset_command(&login),
+            None => self.server.delete_command(&login),
+        };
+        let command = match command {
+            Ok(c) => c,
+            Err(e) => return server_error(&e),
+        };
+        let Some(held) = self.logins.lock().remove(id) else {
+            // Another copy of this finish took it first.
+            return login_unknown();
+        };
+        let o = match self.propose(command) {
             Ok(o) => o,
             Err(b) => {
-                // Let the client retry its finalization.
-                self.restore_pending(proven);
+                self.logins.lock().insert(id, held);
                 return *b;
             }
+        };
+        let Some(digest) = recover else {
+            return from_outcome(&o);
         };
         if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) != VaultStatus::VAULT_OK {
             return from_outcome(&o);
@@ -529,16 +695,12 @@ impl<H: Hsm> VaultService<H> {
                 "reset outcome without a record",
             );
         };
-        let user = proven.login.user();
-        let secret = match self.server.open_secret(user, &record) {
+        let secret = match self.server.open_secret(login.user(), &record) {
             Ok(s) => s,
             Err(e) => return server_error(&e),
         };
         let mut b = from_outcome(&o);
-        match self
-            .server
-            .encrypt_for_client(session_key, digest, user, &secret)
-        {
+        match self.server.encrypt_for_client(&login, digest, &secret) {
             Ok((nonce, ct)) => {
                 b.secret_nonce = nonce;
                 b.encrypted_secret = ct;
@@ -547,22 +709,6 @@ impl<H: Hsm> VaultService<H> {
             Err(e) => server_error(&e),
         }
     }
-
-    /// Puts a login back among those awaiting their finalization (its step was
-    /// not committed, so the client may retry it).
-    fn restore_pending(&self, proven: ProvenLogin) {
-        self.logins
-            .lock()
-            .pending
-            .insert(proven.id, (proven.at, proven.login));
-    }
-}
-
-/// A login whose finalization verified, as its purpose's step gets it.
-struct ProvenLogin {
-    id: u64,
-    at: Instant,
-    login: PendingLogin,
 }
 
 impl<H: Hsm> VaultEndpoint for VaultService<H> {

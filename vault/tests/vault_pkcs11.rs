@@ -7,10 +7,14 @@
 use rand::SeedableRng;
 use vaultfleet::hsm::{softhsm2_throwaway_token, verify_signature};
 use vaultfleet::StateMachine;
-use vaultfleet_vault::wire::{VaultOutcome, VaultReply, VaultReplyBody, VaultRequestId};
+use vaultfleet_vault::wire::{
+    vault_client_request, VaultClientRequest, VaultLoginFinish, VaultOutcome, VaultReply,
+    VaultReplyBody, VaultRequestId,
+};
 use vaultfleet_vault::{
-    BackupVault, ClientLoginFlow, ClientRegistrationFlow, KsfParams, RegistrationNonce, UserId,
-    UserView, VaultKeys, VaultServer,
+    authenticate_request, registration_secret_digest, BackupVault, ClientLoginFlow,
+    ClientRegistrationFlow, KsfParams, Registration, RegistrationTerms, UserId, UserView,
+    VaultKeys, VaultServer,
 };
 
 const KSF: KsfParams = KsfParams::TESTS_ONLY;
@@ -43,19 +47,35 @@ fn the_vault_runs_on_keys_held_by_softhsm2() {
         b"key".as_slice(),
     );
 
-    let flow = ClientRegistrationFlow::start(&mut rng, code).expect("flow");
+    let flow = ClientRegistrationFlow::start_with_insecure_rng(&mut rng, code).expect("flow");
+    let digest = registration_secret_digest(user, secret);
     let started = server
-        .registration_start(user, flow.request())
+        .registration_start(
+            user,
+            flow.request(),
+            &RegistrationTerms {
+                max_attempts: 2,
+                secret_digest: &digest,
+                issued_generation: 0,
+            },
+        )
         .expect("start");
     let upload = flow
-        .finish(&mut rng, code, &started.response, &KSF)
+        .finish_with_insecure_rng(&mut rng, code, &started.response, &KSF)
         .expect("upload");
-    let nonce = RegistrationNonce {
-        nonce: &started.nonce,
-        tag: &started.tag,
-    };
     let register = server
-        .register_command(&id(1), user, &upload, &nonce, secret, 2)
+        .register_command(
+            &id(1),
+            user,
+            &Registration {
+                upload: &upload,
+                nonce: &started.nonce,
+                tag: &started.tag,
+                secret,
+                max_attempts: 2,
+                issued_generation: started.issued_generation,
+            },
+        )
         .expect("register command");
     assert!(
         !register.windows(secret.len()).any(|w| w == secret),
@@ -64,7 +84,7 @@ fn the_vault_runs_on_keys_held_by_softhsm2() {
     vault.apply(1, &register);
 
     for (index, guess, right) in [(2, b"wrong".as_slice(), false), (3, code, true)] {
-        let login = ClientLoginFlow::start(&mut rng, guess).expect("login");
+        let login = ClientLoginFlow::start_with_insecure_rng(&mut rng, guess).expect("login");
         let consume = server
             .consume_command(&id(index), user, login.request())
             .expect("consume");
@@ -79,16 +99,20 @@ fn the_vault_runs_on_keys_held_by_softhsm2() {
             )
             .expect("respond");
         let opened = login
-            .finish(&mut rng, guess, &response, &KSF)
+            .finish_with_insecure_rng(&mut rng, guess, &response, &KSF)
             .expect("finish");
         assert_eq!(opened.is_some(), right);
         if let Some(opened) = opened {
-            server
-                .login_finish(&pending, &opened.finalization)
-                .expect("proven");
+            let mut finish = VaultLoginFinish::new();
+            finish.credential_finalization = opened.finalization.clone();
+            let mut request = VaultClientRequest::new();
+            request.request = Some(id(index + 10)).into();
+            request.op = Some(vault_client_request::Op::LoginFinish(finish));
+            authenticate_request(1, user, &opened.session_key, &mut request);
+            let verified = server.login_finish(&pending, &request).expect("proven");
             let reset = outcome(&vault.apply(
                 index * 10 + 1,
-                &server.reset_command(&id(index + 10), &pending),
+                &server.reset_command(&verified).expect("reset command"),
             ));
             let record = reset.record.into_option().expect("record");
             assert_eq!(

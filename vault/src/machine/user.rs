@@ -96,6 +96,11 @@ pub(super) fn record_digest(r: &VaultRecord) -> [u8; RECORD_DIGEST_BYTES] {
     h.update(r.max_attempts.to_be_bytes());
     h.update(r.generation.to_be_bytes());
     h.update(r.registered_at.to_be_bytes());
+    // Records of earlier builds have no tag; their digests are unchanged.
+    if !r.registration_tag.is_empty() {
+        h.update((r.registration_tag.len() as u64).to_be_bytes());
+        h.update(&r.registration_tag);
+    }
     h.finalize().into()
 }
 
@@ -142,6 +147,7 @@ impl UserState {
                     || record.max_attempts > MAX_ATTEMPTS_LIMIT
                     || record.opaque_record.len() > FIELD_MAX
                     || record.sealed_secret.len() > FIELD_MAX
+                    || record.registration_tag.len() > 32
                 {
                     return Err(malformed("vault snapshot holds an inconsistent record"));
                 }
