@@ -510,3 +510,47 @@ fn a_state_machine_that_cannot_snapshot_leaves_the_log_uncompacted_and_the_fleet
         );
     }
 }
+
+#[test]
+fn review_a_membership_beyond_members_max_is_refused_by_the_leader() {
+    // Intake refuses every snapshot whose membership exceeds MEMBERS_MAX, so a
+    // change that grew the fleet past it would leave every new member, and every
+    // follower that needs a snapshot, stranded. The leader refuses the change.
+    use vaultfleet::config::MEMBERS_MAX;
+    use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    // Request ids far above the harness's own, which count from 1.
+    let mut request = 1_000_000;
+    let mut learner = 100;
+    let refused = loop {
+        request += 1;
+        learner += 1;
+        let change = MembershipChange::AddLearner {
+            id: learner,
+            datacenter: format!("dc-{learner}"),
+        };
+        match net.replica_mut(1).change_membership(request, change) {
+            Ok(()) => net.settle(),
+            Err(e) => break e,
+        }
+        assert!(
+            learner < 100 + MEMBERS_MAX as u64,
+            "no refusal at the limit"
+        );
+    };
+    let members = {
+        let s = net.status(1);
+        s.voters.len() + s.learners.len()
+    };
+    assert_eq!(members, MEMBERS_MAX, "the fleet grew to exactly the limit");
+    assert!(
+        matches!(
+            refused,
+            RequestError::ConfChangeRejected(ConfChangeRejection::TooManyMembers { members: m })
+                if m == MEMBERS_MAX
+        ),
+        "{refused:?}"
+    );
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+}

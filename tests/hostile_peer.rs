@@ -498,25 +498,76 @@ fn finding_8_message_from_sender_zero_or_self_is_refused() {
 }
 
 #[test]
-fn finding_8_term_jump_is_refused() {
-    // One message could otherwise move the fleet's term to the top of the
-    // range, where honest terms would soon be refused or overflow.
+fn review_a_far_higher_term_is_adopted_not_refused() {
+    // A relative bound on term jumps partitioned replicas whose terms drifted
+    // apart (two messages from a hostile peer sufficed, and a member added at
+    // term 0 to an old fleet could never join). A higher term is adopted, as
+    // raft requires, and the fleet carries on.
     let (mut net, term, client) = fleet();
-    let mut m = message(
-        MessageType::MsgHeartbeatResponse,
-        2,
-        1,
-        term + (1 << 20) + 1,
+    let far = term + (1 << 21);
+    let m = message(MessageType::MsgHeartbeatResponse, 2, 1, far);
+    net.replica_mut(1)
+        .step(m)
+        .expect("a far higher term is adopted, not refused");
+    assert_eq!(
+        net.status(1).term,
+        far,
+        "the leader adopted the higher term"
     );
-    m.commit = 1;
-    assert_refused_and_fleet_commits(
-        &mut net,
-        client,
-        1,
-        m,
-        |r| matches!(r, StepRefusal::TermJump { current, .. } if *current == term),
+    let leader = net.elect_among(&[1, 2, 3], far);
+    let put = net
+        .propose(leader, client, 2, 2, KvStore::put("k", "v1"))
+        .expect("propose after the term moved");
+    net.settle();
+    assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+}
+
+#[test]
+fn review_a_forged_pre_vote_does_not_commit_entries_the_fleet_never_committed() {
+    // raft-rs commits a vote message's `commit` when its `commit_term` matches
+    // the local log (`maybe_commit_by_vote`): a forged pre-vote would make a
+    // follower apply entries that were only appended, never committed.
+    let (mut net, term, client) = fleet();
+    net.propose(1, client, 2, 2, KvStore::put("k", "uncommitted"))
+        .unwrap();
+    // The leader sends the entry; only replica 2 receives it, and its ack is lost.
+    net.cycle(1);
+    net.deliver_where(|m| m.to == 2 && m.get_msg_type() == MessageType::MsgAppend);
+    net.cycle(2);
+    net.drop_in_flight();
+    let before = net.status(2);
+    assert!(
+        before.last_index > before.commit,
+        "replica 2 holds an uncommitted entry"
     );
-    assert_eq!(net.status(1).term, term, "the term did not move");
+    let mut m = message(MessageType::MsgRequestPreVote, 3, 2, term + 1);
+    m.context = b"CampaignTransfer".to_vec().into();
+    m.commit = before.last_index;
+    m.commit_term = log_term(&net, 2, before.last_index);
+    net.replica_mut(2)
+        .step(m)
+        .expect("a pre-vote is stepped (its commit fields dropped)");
+    net.cycle(2);
+    assert_eq!(
+        net.status(2).commit,
+        before.commit,
+        "a pre-vote moved replica 2's commit index"
+    );
+}
+
+#[test]
+fn review_timeout_now_from_a_replica_that_is_not_the_leader_is_refused() {
+    // MsgTimeoutNow makes a voter campaign at once, skipping pre-vote and every
+    // lease check: from anyone but the leader it would depose the leader at will.
+    let (mut net, term, client) = fleet();
+    let m = message(MessageType::MsgTimeoutNow, 3, 2, term);
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::TimeoutNowNotFromLeader { from: 3, leader: 1 }
+        )
+    });
+    assert_eq!(net.status(2).term, term, "replica 2 did not campaign");
 }
 
 #[test]

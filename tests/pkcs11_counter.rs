@@ -492,3 +492,58 @@ fn hardware_counter_keeps_one_object_and_survives_a_cut_advance() {
     );
     assert_eq!(counter_objects(&attacker, label), 1);
 }
+
+/// Review finding: a session that never logged in can still create *public*
+/// objects. One planted under a counter's label, with the largest value, must not
+/// exhaust, move or fork the counter: only private token objects count.
+#[test]
+fn review_a_public_object_planted_without_the_pin_does_not_move_the_counter() {
+    let hsm = hsm();
+    let label = "planted-public";
+    let before = hsm.advance_counter(label, &[7; 32]).unwrap();
+    let mut value = u64::MAX.to_be_bytes().to_vec();
+    value.extend_from_slice(&[9; 32]);
+    let mut planted = counter_template(label);
+    planted.extend([
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Value(value),
+    ]);
+    attacker().create_object(&planted).unwrap();
+    let counter = hsm.counter(label).unwrap();
+    assert_eq!(counter.value, before, "a public object moved the counter");
+    assert_eq!(counter.binding, [7; 32]);
+    assert_eq!(hsm.advance_counter(label, &[8; 32]).unwrap(), before + 1);
+}
+
+/// Review finding: a second key object under a key's label (planted, or left
+/// by a failed ceremony) is refused by name, never silently one of the two.
+#[test]
+fn review_two_keys_under_one_label_are_refused() {
+    let hsm = hsm();
+    let label = "twice";
+    hsm.key(label, KeyKind::Aead).unwrap();
+    let mut second = vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(cryptoki::object::KeyType::AES),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+    ];
+    second.push(Attribute::Value(vec![0x42; 32]));
+    attacker().create_object(&second).unwrap();
+    let fresh = reopen();
+    assert!(
+        matches!(
+            fresh.find_key(label, KeyKind::Aead),
+            Err(HsmError::Corrupt(
+                vaultfleet::hsm::StateCorruption::Ambiguous { count: 2, .. }
+            ))
+        ),
+        "two keys under one label were not refused"
+    );
+}

@@ -130,6 +130,18 @@ fn hostile_message(rng: &mut Rng, net: &Network, to: u64, may_lead: bool) -> Mes
     if leads && !may_lead {
         m.term = s.term.saturating_sub(1 + rng.below(2));
     }
+    // A member that does not lead also does not burn the term space: one
+    // message with a term near INDEX_MAX is adopted (raft adopts every higher
+    // term, and a relative bound would partition honest replicas), after which
+    // no election fits under the limit. That availability attack by a
+    // compromised member is open (docs/threat-model.md); this storm keeps its
+    // terms within 2^20 of the target's, or beyond the limit (refused).
+    if !may_lead
+        && m.term > s.term.saturating_add(1 << 20)
+        && m.term <= vaultfleet::replica::INDEX_MAX
+    {
+        m.term = vaultfleet::replica::INDEX_MAX + 1;
+    }
     let anchor = match rng.below(3) {
         0 => s.commit,
         1 => s.last_index,

@@ -303,6 +303,14 @@ pub enum StateCorruption {
         /// The value it reported.
         found: u64,
     },
+    /// More than one object answers to a label that must name one: a plant.
+    #[error("{count} objects carry the label {label:?}, which must name one; remove the ones vaultfleet did not create")]
+    Ambiguous {
+        /// The label.
+        label: String,
+        /// How many objects carry it.
+        count: usize,
+    },
     /// A counter object holds a value of the wrong shape.
     #[error("counter object {label:?} does not hold a {expected}-byte value")]
     CounterValue {

@@ -330,15 +330,25 @@ impl Pkcs11Hsm {
             KeyKind::Mac => KeyType::GENERIC_SECRET,
             KeyKind::Signing => KeyType::EC_EDWARDS,
         };
+        // Private token objects only: a session that never logged in can create
+        // public objects, and one planted under our label must not be picked.
         let template = [
             Attribute::Class(class),
             Attribute::KeyType(key_type),
             Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Token(true),
+            Attribute::Private(true),
         ];
         let found = inner
             .session
             .find_objects(&template)
             .map_err(|e| device("C_FindObjects", e))?;
+        if found.len() > 1 {
+            return Err(HsmError::Corrupt(StateCorruption::Ambiguous {
+                label: label.to_string(),
+                count: found.len(),
+            }));
+        }
         let Some(&private) = found.first() else {
             return Ok(None);
         };
@@ -366,8 +376,17 @@ impl Pkcs11Hsm {
                     Attribute::Class(ObjectClass::PUBLIC_KEY),
                     Attribute::KeyType(KeyType::EC_EDWARDS),
                     Attribute::Label(label.as_bytes().to_vec()),
+                    Attribute::Token(true),
                 ])
                 .map_err(|e| device("C_FindObjects", e))?;
+            // Public key objects are readable and creatable without the PIN: a
+            // second one under our label is a plant, never a choice.
+            if pubs.len() > 1 {
+                return Err(HsmError::Corrupt(StateCorruption::Ambiguous {
+                    label: label.to_string(),
+                    count: pubs.len(),
+                }));
+            }
             Some(*pubs.first().ok_or_else(|| {
                 HsmError::Corrupt(StateCorruption::MissingPublicKey {
                     label: label.to_string(),
@@ -507,6 +526,10 @@ impl Pkcs11Hsm {
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Application(COUNTER_APPLICATION.to_vec()),
                 Attribute::Label(label.as_bytes().to_vec()),
+                // Only private token objects: a session without the PIN can
+                // create public ones, and must not move (or exhaust) the counter.
+                Attribute::Token(true),
+                Attribute::Private(true),
             ])
             .map_err(|e| device("C_FindObjects (counter)", e))?;
         let mut out = Vec::with_capacity(found.len());
@@ -558,6 +581,8 @@ impl Pkcs11Hsm {
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Application(SEAL_COUNT_APPLICATION.to_vec()),
                 Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Token(true),
+                Attribute::Private(true),
             ])
             .map_err(|e| device("C_FindObjects (seal count)", e))?;
         let mut out = Vec::with_capacity(found.len());

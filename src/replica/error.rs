@@ -112,6 +112,15 @@ pub enum ConfChangeRejection {
         /// The label's length.
         bytes: usize,
     },
+    /// The fleet already has [`MEMBERS_MAX`](crate::config::MEMBERS_MAX) members.
+    #[error(
+        "the fleet has {members} members, the most it may have is {}",
+        crate::config::MEMBERS_MAX
+    )]
+    TooManyMembers {
+        /// The members (voters and learners) now.
+        members: usize,
+    },
     /// raft-rs refused the change (for example a second change while one is
     /// pending, or one that leaves no voter).
     #[error("raft refused it: {0}")]
@@ -123,6 +132,7 @@ impl PartialEq for ConfChangeRejection {
         match (self, other) {
             (Self::RemovesLeader, Self::RemovesLeader) => true,
             (Self::DatacenterTooLong { bytes: a }, Self::DatacenterTooLong { bytes: b }) => a == b,
+            (Self::TooManyMembers { members: a }, Self::TooManyMembers { members: b }) => a == b,
             (Self::Raft(a), Self::Raft(b)) => a == b,
             _ => false,
         }
@@ -313,17 +323,14 @@ pub enum StepRefusal {
         /// Its value.
         value: u64,
     },
-    /// A term more than [`TERM_JUMP_MAX`](super::TERM_JUMP_MAX) above this
-    /// replica's.
-    #[error(
-        "term {term} is more than {} above this replica's term {current}",
-        super::TERM_JUMP_MAX
-    )]
-    TermJump {
-        /// The message's term.
-        term: u64,
-        /// This replica's term.
-        current: u64,
+    /// A `MsgTimeoutNow` (campaign now, skipping pre-vote and leases) from a
+    /// replica that is not this replica's leader in its current term.
+    #[error("MsgTimeoutNow from replica {from}, which is not the current leader ({leader})")]
+    TimeoutNowNotFromLeader {
+        /// The sender.
+        from: u64,
+        /// The leader this replica follows (0: none).
+        leader: u64,
     },
     /// A follower asks for a snapshot; replicas of this fleet never do.
     #[error("it requests a snapshot at index {index}; replicas of this fleet never do")]

@@ -40,15 +40,6 @@ pub const INDEX_MAX: u64 = 1 << 62;
 /// entries is 89 years at 100,000 entries a second.
 pub const INDEX_JUMP_MAX: u64 = 1 << 48;
 
-/// How far above this replica's term a peer message's term may be. Every
-/// message with a higher term moves this replica to it, so without a bound one
-/// message could push the fleet's term to [`INDEX_MAX`], past which honest
-/// messages would be refused (and near `u64::MAX` raft-rs's `term + 1` would
-/// overflow). An honest peer is ahead by at most the elections this replica
-/// missed: 2^20 of them is weeks of back-to-back failed elections, while a
-/// hostile peer needs 2^42 accepted messages to reach [`INDEX_MAX`].
-pub const TERM_JUMP_MAX: u64 = 1 << 20;
-
 /// Checks `m`, a message from a peer addressed to this replica, before it is
 /// stepped into `raft`.
 pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepRefusal> {
@@ -68,12 +59,11 @@ pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepR
         return Err(StepRefusal::NoTerm(kind));
     }
     check_ranges(m)?;
-    if m.term > raft.term.saturating_add(TERM_JUMP_MAX) {
-        return Err(StepRefusal::TermJump {
-            term: m.term,
-            current: raft.term,
-        });
-    }
+    // No bound on how far a term may be ahead of this replica's own: a relative
+    // bound partitions replicas whose terms drifted apart (a member added at term
+    // 0 to an old fleet, or two replicas a hostile peer pushed apart), and they
+    // could never talk again. A higher term is adopted, as raft requires; only
+    // the absolute INDEX_MAX above keeps raft-rs's arithmetic from overflowing.
     if m.request_snapshot != INVALID_INDEX {
         return Err(StepRefusal::SnapshotRequested {
             index: m.request_snapshot,
@@ -98,6 +88,17 @@ pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepR
         MessageType::MsgSnapshot => {
             check_single_leader(raft, m)?;
             check_snapshot(raft, m.term, m.get_snapshot())
+        }
+        // Only the leader of this replica's current term may tell it to campaign
+        // at once: raft-rs skips pre-vote and every lease check for it, so from
+        // anyone else it would depose the leader at will.
+        MessageType::MsgTimeoutNow
+            if m.term != raft.term || raft.leader_id == INVALID_ID || m.from != raft.leader_id =>
+        {
+            Err(StepRefusal::TimeoutNowNotFromLeader {
+                from: m.from,
+                leader: raft.leader_id,
+            })
         }
         // A follower re-forwards a transfer to its leader, and raft-rs's send is
         // fatal on a forwarded message that already carries a term.

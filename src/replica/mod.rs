@@ -47,7 +47,7 @@ pub use error::{
     ConfChangeRejection, ConfStateDefect, CorruptEntry, ReplicaError, RequestError, SnapshotError,
     StepError, StepRefusal,
 };
-pub use intake::{INDEX_JUMP_MAX, INDEX_MAX, TERM_JUMP_MAX};
+pub use intake::{INDEX_JUMP_MAX, INDEX_MAX};
 
 use protobuf2::Message as _;
 use raft::prelude::{
@@ -511,6 +511,22 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Err(StepRefusal::LocalMessage(message.get_msg_type()));
         }
         intake::check(&self.raw.raft, &message)?;
+        let mut message = message;
+        // raft-rs commits `commit` on a vote or pre-vote message (and their
+        // responses) whenever its term matches `commit_term` in the local log
+        // (`maybe_commit_by_vote`): one forged pre-vote would make a follower
+        // commit and apply entries the fleet never committed. The optimisation
+        // only shortens catching up after an election; drop it.
+        if matches!(
+            message.get_msg_type(),
+            raft::prelude::MessageType::MsgRequestVote
+                | raft::prelude::MessageType::MsgRequestPreVote
+                | raft::prelude::MessageType::MsgRequestVoteResponse
+                | raft::prelude::MessageType::MsgRequestPreVoteResponse
+        ) {
+            message.commit = 0;
+            message.commit_term = 0;
+        }
         self.raw.step(message).map_err(StepRefusal::Raft)
     }
 
@@ -579,6 +595,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut context = ConfChangeContext::new();
         let single = match &change {
             MembershipChange::AddLearner { id, datacenter } => {
+                let cs = self.raw.raft.prs().conf().to_conf_state();
+                let members = cs.voters.len() + cs.learners.len();
+                if members >= MEMBERS_MAX {
+                    // Every snapshot of a larger membership would be refused on
+                    // intake (`ConfStateDefect::TooMany`): refuse the change instead.
+                    return Err(RequestError::ConfChangeRejected(
+                        ConfChangeRejection::TooManyMembers { members },
+                    ));
+                }
                 if datacenter.len() > DATACENTER_BYTES_MAX {
                     return Err(RequestError::ConfChangeRejected(
                         ConfChangeRejection::DatacenterTooLong {
