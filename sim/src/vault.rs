@@ -14,12 +14,17 @@
 //! * **Guess limit.** Per user and registration, the attempts the fleet answered
 //!   between two successful recoveries (in ticket order: a success at ticket `t`
 //!   forgives every attempt up to `t`) never exceed `max_attempts`, under every
-//!   fault. A reset whose outcome the client never learnt counts as a success
+//!   fault. Attempts are counted per (ticket, credential request), so two
+//!   guesses given one ticket count twice (and are reported as such). A reset whose outcome the client never learnt counts as a success
 //!   only once an outcome shows the record forgiven through exactly its ticket
 //!   (proof that it committed); otherwise it forgives nothing.
 //! * **Locked means locked.** Once an attempt erased a record, no recovery of that
 //!   registration succeeds unless it is the erasing attempt's own (which puts the
 //!   record back), and no success yields anything but the registered secret.
+//! * **Tickets.** Each answered guess has its own ticket, and tickets follow the
+//!   log: a consume applied at a later index has a greater ticket. Concurrent
+//!   clients put several consumes of one user into one batched entry (one log
+//!   index), which is where tickets once were shared.
 //! * **Codes.** The right code always opens the fleet's answer; a wrong code never does.
 //! * **Durability and recoverability.** In the converged fleet, every user whose
 //!   registration was acknowledged is still registered (or was deleted, or is
@@ -31,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use sha2::{Digest, Sha256};
+use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{SoftHsm, StateMachine};
 use vaultfleet_vault::wire::{
     vault_client_request, vault_command, VaultClientRequest, VaultCommand, VaultLoginFinish,
@@ -100,11 +106,20 @@ enum Step {
     },
 }
 
+/// One user's answered tickets, by the log index they were applied at.
+type TicketsByIndex = BTreeMap<u64, BTreeSet<u64>>;
+/// Answered attempts of one registration: (ticket, SHA-256 of the credential
+/// request).
+type Attempts = BTreeSet<(u64, [u8; 32])>;
+
 /// What the run established, per user and registration generation.
 #[derive(Default, Debug)]
 struct Facts {
-    /// Attempts the fleet answered (consume committed with OK): tickets.
-    answered: BTreeMap<(u64, u64), BTreeSet<u64>>,
+    /// Attempts the fleet answered (consume committed with OK): (ticket, SHA-256
+    /// of the credential request), so a ticket given to two guesses counts twice.
+    answered: BTreeMap<(u64, u64), Attempts>,
+    /// Per user, the tickets answered at each log index (`applied_at`).
+    tickets_at: BTreeMap<u64, TicketsByIndex>,
     /// The credential request each answered ticket was spent for.
     ticket_requests: BTreeMap<(u64, u64), [u8; 32]>,
     /// Re-delivered consumes that correctly got their first ticket back.
@@ -120,8 +135,8 @@ struct Facts {
     forgiven_seen: BTreeMap<(u64, u64), BTreeSet<u64>>,
     /// Recoveries whose success was observed: (applied at, ticket).
     succeeded: BTreeMap<(u64, u64), BTreeSet<(u64, u64)>>,
-    /// The attempt that erased each registration.
-    erased: BTreeMap<(u64, u64), u64>,
+    /// The attempt that erased each registration: (ticket, applied at).
+    erased: BTreeMap<(u64, u64), (u64, u64)>,
     /// Users whose registration was acknowledged.
     registered: BTreeSet<u64>,
     /// Users a delete may have reached.
@@ -167,12 +182,59 @@ impl Facts {
     }
 }
 
+/// The [`BackupVault`] as the engine drives it when it batches. The engine
+/// applies every command of one log entry at that entry's index, in order; the
+/// simulated replicas commit one command per entry, so this machine shows the
+/// vault `per_entry` consecutive entries as one index (`index.div_ceil(per_entry)`):
+/// the vault sees exactly the calls a batching leader would make. (A "batch"
+/// may here straddle a snapshot, which the engine never does: a harder case.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchedVault {
+    vault: BackupVault,
+    per_entry: u64,
+}
+
+impl BatchedVault {
+    /// A vault shown `per_entry` (at least 1) log entries per index.
+    pub fn new(per_entry: u64) -> Self {
+        Self {
+            vault: BackupVault::new(),
+            per_entry: per_entry.max(1),
+        }
+    }
+
+    /// The vault inside.
+    pub fn vault(&self) -> &BackupVault {
+        &self.vault
+    }
+}
+
+impl StateMachine for BatchedVault {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.vault.apply(index.div_ceil(self.per_entry), command)
+    }
+
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.vault.query(query)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
+        self.vault.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.vault.restore(snapshot)
+    }
+}
+
 /// The Backup Key Vault as a simulator workload.
 pub struct VaultWorkload {
     /// Users (the linearizability checker's keys).
     pub users: u64,
     /// Attempts each registration allows.
     pub max_attempts: u32,
+    /// Log entries the vault is shown as one batched index ([`BatchedVault`]).
+    pub per_entry: u64,
     server: VaultServer<SoftHsm>,
     rng: ChaCha20Rng,
     /// The latest registration generation seen per user: what a registration
@@ -188,6 +250,7 @@ impl std::fmt::Debug for VaultWorkload {
         f.debug_struct("VaultWorkload")
             .field("users", &self.users)
             .field("max_attempts", &self.max_attempts)
+            .field("per_entry", &self.per_entry)
             .finish_non_exhaustive()
     }
 }
@@ -202,17 +265,20 @@ fn status(o: &VaultOutcome) -> VaultStatus {
 
 impl VaultWorkload {
     /// `users` users allowing `max_attempts` (1 to 255) attempts each; `seed`
-    /// seeds the fleet's soft HSM and the clients' OPAQUE randomness.
+    /// seeds the fleet's soft HSM, the clients' OPAQUE randomness and how many
+    /// entries the vault sees batched at one index (1 to 4).
     pub fn new(users: u64, max_attempts: u32, seed: u64) -> Self {
         let hsm = SoftHsm::from_seed(seed ^ 0x7661_756c_7400_0000);
         let sealed = VaultKeys::provision(&hsm).unwrap_or_default();
         let keys = VaultKeys::open(hsm, &sealed, 1, 1)
             .unwrap_or_else(|e| panic!("a fresh soft HSM opens its own vault keys: {e}"));
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
         Self {
             users: users.max(1),
             max_attempts: max_attempts.clamp(1, 255),
+            per_entry: rng.gen_range(1..=4),
             server: VaultServer::new(keys),
-            rng: ChaCha20Rng::seed_from_u64(seed),
+            rng,
             generations: BTreeMap::new(),
             steps: Vec::new(),
             sequences: Vec::new(),
@@ -346,12 +412,19 @@ impl VaultWorkload {
             return;
         };
         let generation = record.generation;
+        let request: [u8; 32] = Sha256::digest(flow.request()).into();
         self.facts
             .answered
             .entry((key, generation))
             .or_default()
+            .insert((o.ticket, request));
+        self.facts
+            .tickets_at
+            .entry(key)
+            .or_default()
+            .entry(o.applied_at)
+            .or_default()
             .insert(o.ticket);
-        let request: [u8; 32] = Sha256::digest(flow.request()).into();
         if let Some(other) = self.facts.ticket_requests.insert((key, o.ticket), request) {
             if other != request {
                 self.facts.errors.push(format!(
@@ -361,7 +434,9 @@ impl VaultWorkload {
             }
         }
         if o.erased {
-            self.facts.erased.insert((key, generation), o.ticket);
+            self.facts
+                .erased
+                .insert((key, generation), (o.ticket, o.applied_at));
         }
         let (login, response) =
             match self
@@ -500,14 +575,15 @@ impl VaultWorkload {
 }
 
 impl Workload for VaultWorkload {
-    type Machine = BackupVault;
+    type Machine = BatchedVault;
     // The vault's own invariants (above) replace a sequential model: attempt
-    // tickets are log indexes, which no model can predict. The guess counter's
+    // tickets come from the vault's ticket clock, which runs with the log's
+    // batching, which no model can predict. The guess counter's
     // linearizability is checked by the `GuessCounter` workload.
     type Model = ();
 
-    fn machine(&self) -> BackupVault {
-        BackupVault::new()
+    fn machine(&self) -> BatchedVault {
+        BatchedVault::new(self.per_entry)
     }
 
     fn next_operation(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Operation {
@@ -605,7 +681,8 @@ impl Workload for VaultWorkload {
         check_guess_limit(f, self.max_attempts)
     }
 
-    fn check_final(&self, machine: &BackupVault, _history: &[Record]) -> Result<(), String> {
+    fn check_final(&self, machine: &BatchedVault, _history: &[Record]) -> Result<(), String> {
+        let machine = machine.vault();
         for &key in &self.facts.registered {
             let user = user_id(key);
             let missing = "an acknowledged registration is missing from the converged fleet";
@@ -671,7 +748,9 @@ fn check_guess_limit(f: &Facts, max_attempts: u32) -> Result<(), String> {
         // once when the last of them was answered.
         let mut from: u64 = 0;
         for &to in forgiving.iter().chain(std::iter::once(&u64::MAX)) {
-            let n = answered.range(from.saturating_add(1)..=to).count();
+            let n = answered
+                .range((from.saturating_add(1), [0; 32])..=(to, [0xff; 32]))
+                .count();
             if n > max_attempts as usize {
                 return Err(format!(
                     "user {} (registration {}): {n} attempts answered between successes \
@@ -682,10 +761,10 @@ fn check_guess_limit(f: &Facts, max_attempts: u32) -> Result<(), String> {
             from = to;
         }
     }
-    for (g, &erased_at) in &f.erased {
+    for (g, &(erasing, erased_at)) in &f.erased {
         // Only the erasing attempt's own login may bring the record back; until
         // it does, no recovery applied after the erase may succeed.
-        let reinstated = forgiveness.get(g).is_some_and(|s| s.contains(&erased_at));
+        let reinstated = forgiveness.get(g).is_some_and(|s| s.contains(&erasing));
         if reinstated {
             continue;
         }
@@ -697,6 +776,29 @@ fn check_guess_limit(f: &Facts, max_attempts: u32) -> Result<(), String> {
                      yet the recovery of ticket {t}, applied at {at}, yielded its secret",
                 g.0, g.1
             ));
+        }
+    }
+    check_ticket_order(f)
+}
+
+/// Tickets follow the log: every ticket answered at an index is greater than
+/// every ticket answered at a lower index (for the same user; tickets are
+/// unique across users too, but the run only sees each user's).
+fn check_ticket_order(f: &Facts) -> Result<(), String> {
+    for (key, by_index) in &f.tickets_at {
+        let mut before: Option<(u64, u64)> = None;
+        for (&at, tickets) in by_index {
+            let (Some(&low), Some(&high)) = (tickets.first(), tickets.last()) else {
+                continue;
+            };
+            if let Some((prev_at, prev_high)) = before {
+                if low <= prev_high {
+                    return Err(format!(
+                        "user {key}: ticket {low} answered at index {at} is not after                          ticket {prev_high} answered at index {prev_at}"
+                    ));
+                }
+            }
+            before = Some((at, high));
         }
     }
     Ok(())
@@ -787,13 +889,50 @@ mod tests {
     use super::*;
     use vaultfleet_vault::wire::VaultRecord;
 
+    /// One answered attempt per ticket, each with its own credential request.
+    fn attempts(tickets: &[u64]) -> Attempts {
+        tickets.iter().map(|&t| (t, [t as u8; 32])).collect()
+    }
+
+    #[test]
+    fn finding_tickets_sim_oracle_counts_two_guesses_on_one_ticket_twice() {
+        // A limit of 2; a ticket shared by two guesses (as when tickets were log
+        // indexes and one entry held both) plus one more: three attempts.
+        let g = (1, 1);
+        let mut f = Facts::default();
+        let mut answered = attempts(&[10, 11]);
+        answered.insert((10, [0xee; 32]));
+        f.answered.insert(g, answered);
+        let e = check_guess_limit(&f, 2).expect_err("three guesses, a limit of 2");
+        assert!(e.contains("3 attempts answered"), "{e}");
+        // Distinct tickets, one per guess, pass.
+        f.answered.insert(g, attempts(&[10, 11]));
+        assert_eq!(check_guess_limit(&f, 2), Ok(()));
+    }
+
+    #[test]
+    fn finding_tickets_sim_oracle_wants_tickets_in_log_order() {
+        let mut f = Facts::default();
+        let at = f.tickets_at.entry(7).or_default();
+        at.insert(10, [10, 11].into_iter().collect());
+        at.insert(11, [12].into_iter().collect());
+        assert_eq!(check_guess_limit(&f, 10), Ok(()));
+        // A later index with a ticket not after the earlier index's: refused.
+        f.tickets_at
+            .entry(7)
+            .or_default()
+            .insert(12, [11].into_iter().collect());
+        let e = check_guess_limit(&f, 10).expect_err("out of log order");
+        assert!(e.contains("is not after"), "{e}");
+    }
+
     #[test]
     fn finding_low_sim_oracle_counts_only_resets_known_to_have_committed() {
         // A limit of 2; attempts at tickets 10..=13; the recovery of ticket 11
         // sent its reset, whose outcome the client never learnt.
         let g = (1, 1);
         let mut f = Facts::default();
-        f.answered.insert(g, [10, 11, 12, 13].into_iter().collect());
+        f.answered.insert(g, attempts(&[10, 11, 12, 13]));
         f.note_reset(g, 11, false);
         assert!(
             check_guess_limit(&f, 2).is_err(),
@@ -810,8 +949,7 @@ mod tests {
         assert_eq!(check_guess_limit(&f, 2), Ok(()));
         // Forgiven through another ticket proves nothing about 11's reset.
         let mut f2 = Facts::default();
-        f2.answered
-            .insert(g, [10, 11, 12, 13].into_iter().collect());
+        f2.answered.insert(g, attempts(&[10, 11, 12, 13]));
         f2.note_reset(g, 11, false);
         let mut r = VaultRecord::new();
         r.generation = 1;

@@ -4,12 +4,12 @@
 
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::StateMachine;
+use vaultfleet_sim::vault::BatchedVault;
 use vaultfleet_sim::workload::{Operation, Record, Workload};
 use vaultfleet_sim::{
     run, DiskBug, Faults, GuessCounter, Report, SimOptions, Simulation, VaultWorkload, WorkloadKind,
 };
 use vaultfleet_vault::wire::{vault_command, VaultCommand, VaultOutcome, VaultReset};
-use vaultfleet_vault::BackupVault;
 
 /// Runs `make(seed)` for seeds `0..budget` until a run reports a violation of one
 /// of `invariants`; panics (with the seeds tried) if none does.
@@ -231,7 +231,7 @@ fn a_users_own_replica_invariant_is_checked() {
 /// A vault that quietly gives back an attempt whenever a user is down to their
 /// last one: the reset the consensus rules reserve for a proven login, applied
 /// without one.
-struct RefundingVault(BackupVault);
+struct RefundingVault(BatchedVault);
 
 impl StateMachine for RefundingVault {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
@@ -270,7 +270,7 @@ impl Workload for Refunding {
     type Machine = RefundingVault;
     type Model = ();
     fn machine(&self) -> RefundingVault {
-        RefundingVault(BackupVault::new())
+        RefundingVault(BatchedVault::new(self.0.per_entry))
     }
     fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
         self.0.next_operation(client, rng)
@@ -316,5 +316,91 @@ fn a_vault_that_gives_back_attempts_is_caught() {
     o.safety_ms = 5_000;
     o.faults = Faults::none();
     let r = Simulation::new(o, VaultWorkload::new(2, 3, seed)).run();
+    assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
+}
+
+/// A vault whose consumes answer the log index as their ticket, as tickets were
+/// before issue 13's follow-up: every consume of one batched entry shares it
+/// (the index the vault is shown, which [`BatchedVault`] batches).
+struct IndexTicketVault(BatchedVault);
+
+impl StateMachine for IndexTicketVault {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let out = self.0.apply(index, command);
+        let parsed: Option<VaultOutcome> = vaultfleet::wire::decode(&out, "outcome").ok();
+        let consume: Option<VaultCommand> = vaultfleet::wire::decode(command, "command").ok();
+        match (parsed, consume) {
+            (Some(mut o), Some(c)) if matches!(c.op, Some(vault_command::Op::Consume(_))) => {
+                o.ticket = o.applied_at;
+                vaultfleet::wire::encode_bounded(&o)
+            }
+            _ => out,
+        }
+    }
+    fn query(&self, q: &[u8]) -> Vec<u8> {
+        self.0.query(q)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, CaptureError> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, s: &[u8]) -> Result<(), RestoreError> {
+        self.0.restore(s)
+    }
+}
+
+/// The real vault workload, run over the index-ticket machine.
+struct IndexTickets(VaultWorkload);
+
+impl Workload for IndexTickets {
+    type Machine = IndexTicketVault;
+    type Model = ();
+    fn machine(&self) -> IndexTicketVault {
+        IndexTicketVault(BatchedVault::new(self.0.per_entry))
+    }
+    fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
+        self.0.next_operation(client, rng)
+    }
+    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
+        self.0.observe(client, op, output)
+    }
+    fn step(&self, s: &(), op: &Operation, output: Option<&[u8]>) -> Option<()> {
+        self.0.step(s, op, output)
+    }
+    fn check_history(&self, history: &[Record]) -> Result<(), String> {
+        self.0.check_history(history)
+    }
+    fn check_final(&self, m: &IndexTicketVault, history: &[Record]) -> Result<(), String> {
+        self.0.check_final(&m.0, history)
+    }
+}
+
+#[test]
+fn finding_tickets_sim_batches_consumes_and_catches_shared_tickets() {
+    // One user, many concurrent clients: consumes of that user share entries.
+    let options = |seed: u64| {
+        let mut o = SimOptions::new(seed);
+        o.safety_ms = 5_000;
+        o.clients = 12;
+        o.faults = Faults::none();
+        o
+    };
+    let (seed, report) = (0..20)
+        .find_map(|seed| {
+            let r =
+                Simulation::new(options(seed), IndexTickets(VaultWorkload::new(1, 10, seed))).run();
+            r.violation
+                .as_ref()
+                .is_some_and(|v| v.detail.contains("given to two different guesses"))
+                .then_some((seed, r))
+        })
+        .expect("a batch of one user's consumes sharing a ticket is caught");
+    let v = report.violation.expect("violation");
+    assert_eq!(
+        v.invariant, "the workload's invariant",
+        "seed {seed}: {}",
+        v.detail
+    );
+    // And the real vault, whose tickets are its own, passes the same run.
+    let r = Simulation::new(options(seed), VaultWorkload::new(1, 10, seed)).run();
     assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
 }

@@ -151,7 +151,7 @@ pub(crate) enum RegistrationKind {
     First,
     /// A re-registration authorised by the proven login of attempt `ticket`.
     Replace {
-        /// The authorising login's ticket (its consume's log index).
+        /// The authorising login's ticket (its consume's, from the vault's ticket clock).
         ticket: u64,
     },
 }

@@ -12,8 +12,9 @@
 //! The rules, each applied atomically by one committed command:
 //!
 //! * **consume** spends one attempt and returns the record it was counted
-//!   against; only then may a service answer a login. The attempt's *ticket* is
-//!   the log index of the consume. A consume re-delivered with the same request id
+//!   against; only then may a service answer a login. The attempt gets a
+//!   *ticket* from the vault's ticket clock (below): unique, and ordered as the
+//!   consumes are in the log. A consume re-delivered with the same request id
 //!   and the same credential request gets the same ticket and spends nothing; the
 //!   same request id with another credential request is refused.
 //! * The consume that spends the **last** attempt erases the record (OPAQUE record
@@ -30,6 +31,19 @@
 //! * **register** only creates a record for a user who has none (never
 //!   registered, or deleted). A locked user stays locked: re-registering to get a
 //!   fresh counter is exactly the attack that must be impossible.
+//!
+//! **Tickets.** The engine applies every command of one batched log entry at
+//! the same index, so a ticket cannot be the log index: two consumes of one
+//! batch would share it, and a `reset` of the right login would forgive a wrong
+//! guess batched with it. The vault keeps a clock, the last ticket it issued;
+//! each consume and each registration takes the next value, `max(last + 1,
+//! index)`. Every replica applies the same commands in the same order, so every
+//! replica issues the same tickets. A record's `registered_at` and
+//! `forgiven_through` are values of the same clock. Tickets of earlier builds
+//! were plain log indexes: a new ticket is at least its command's index, so it
+//! is greater than every ticket issued at a lower index, and new tickets only
+//! appear at indexes above the old ones (the snapshot carries the clock; one of
+//! an earlier build has none, and the greatest ticket it holds stands in).
 
 mod user;
 
@@ -45,6 +59,7 @@ use crate::wire::{
     VaultSeen, VaultSnapshot, VaultStatus,
 };
 use user::{record_digest, Standing, UserState};
+use vaultfleet::replica::INDEX_MAX;
 use vaultfleet::state_machine::{CaptureError, RestoreError, StateMachine};
 
 /// Concluded consumes remembered per user for de-duplication; consumes whose
@@ -61,6 +76,13 @@ const REQUEST_DIGEST_BYTES: usize = 32;
 const CREDENTIAL_NONCE_BYTES: usize = 32;
 /// The longest registration tag (an HMAC-SHA256), in bytes.
 const REGISTRATION_TAG_MAX: usize = 32;
+
+// The ticket clock takes `max(last + 1, index)`, and the engine's indexes stop
+// at INDEX_MAX: at least 2^63 tickets remain above the largest index, centuries
+// of consumes at any rate a fleet commits. Beyond u64::MAX the vault refuses
+// (`Malformed::TicketsExhausted`), never wraps. No bound on commands per entry is
+// needed: a batch's commands each take their own value.
+const _: () = assert!(INDEX_MAX <= u64::MAX / 2);
 
 /// What the vault knows about one user, as [`BackupVault::user`] shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,12 +137,27 @@ enum Malformed {
     TooManyRegistrations,
     #[error("generation exhausted")]
     GenerationExhausted,
+    #[error("the vault's ticket clock is exhausted")]
+    TicketsExhausted,
 }
 
 /// The replicated Backup Key Vault (see the module documentation for its rules).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackupVault {
     users: BTreeMap<UserId, UserState>,
+    /// The ticket clock: the last ticket issued (to a consume or a
+    /// registration), 0 before the first (see the module documentation).
+    last_ticket: u64,
+}
+
+/// The ticket the clock issues next for a command applied at `index`: unique,
+/// after every ticket issued so far, and at least `index` (so after every
+/// ticket of an earlier build, which were log indexes). `None` when the clock
+/// is exhausted: the command is refused, the clock never wraps.
+fn next_ticket(last_ticket: u64, index: u64) -> Option<u64> {
+    let next = last_ticket.checked_add(1)?.max(index);
+    debug_assert!(next > last_ticket && next >= index);
+    Some(next)
 }
 
 fn outcome(status: VaultStatus, detail: impl Into<String>) -> VaultOutcome {
@@ -180,7 +217,7 @@ fn check_register(r: &VaultRegister) -> Result<(), Malformed> {
     Ok(())
 }
 
-fn new_record(r: VaultRegister, generation: u64, index: u64) -> VaultRecord {
+fn new_record(r: VaultRegister, generation: u64, registered_at: u64) -> VaultRecord {
     let mut rec = VaultRecord::new();
     rec.opaque_record = r.opaque_record;
     rec.sealed_secret = r.sealed_secret;
@@ -188,7 +225,7 @@ fn new_record(r: VaultRegister, generation: u64, index: u64) -> VaultRecord {
     rec.max_attempts = r.max_attempts;
     rec.registration_tag = r.registration_tag;
     rec.generation = generation;
-    rec.registered_at = index;
+    rec.registered_at = registered_at;
     rec
 }
 
@@ -303,6 +340,7 @@ impl BackupVault {
         if let Err(e) = check_register(&r) {
             return malformed(e);
         }
+        let last_ticket = self.last_ticket;
         let u = self.users.entry(user).or_default();
         match &u.standing {
             Standing::Locked { .. } => outcome(
@@ -345,20 +383,27 @@ impl BackupVault {
                         return stale(issued, *generation);
                     }
                 }
-                match Self::new_generation(u, r, index) {
-                    Ok(o) => o,
+                let Some(ticket) = next_ticket(last_ticket, index) else {
+                    return malformed(Malformed::TicketsExhausted);
+                };
+                match Self::new_generation(u, r, ticket) {
+                    Ok(o) => {
+                        self.last_ticket = ticket;
+                        o
+                    }
                     Err(o) => o,
                 }
             }
         }
     }
 
-    /// Installs `r` as the user's next generation, unless its credential nonce
-    /// was registered before (a replayed registration).
+    /// Installs `r` as the user's next generation, registered at clock value
+    /// `ticket` (the caller advances the clock to it on success), unless its
+    /// credential nonce was registered before (a replayed registration).
     fn new_generation(
         u: &mut UserState,
         r: VaultRegister,
-        index: u64,
+        ticket: u64,
     ) -> Result<VaultOutcome, VaultOutcome> {
         let nonce_digest = Sha256::digest(&r.credential_nonce).to_vec();
         if u.used_nonces.contains(&nonce_digest) {
@@ -374,7 +419,7 @@ impl BackupVault {
             return Err(malformed(Malformed::GenerationExhausted));
         };
         u.used_nonces.push(nonce_digest);
-        let record = new_record(r, generation, index);
+        let record = new_record(r, generation, ticket);
         let o = ok_with(&record, "");
         u.standing = Standing::Registered { record };
         Ok(o)
@@ -393,6 +438,9 @@ impl BackupVault {
         let Some(u) = self.users.get_mut(user) else {
             return not_registered();
         };
+        let Some(ticket) = next_ticket(self.last_ticket, index) else {
+            return malformed(Malformed::TicketsExhausted);
+        };
         let repeat = u
             .seen
             .iter()
@@ -404,7 +452,13 @@ impl BackupVault {
             .cloned();
         match repeat {
             Some(seen) => Self::consume_again(u, &seen, &digest),
-            None => Self::spend(u, index, request, digest),
+            None => {
+                let (o, spent) = Self::spend(u, ticket, request, digest);
+                if spent {
+                    self.last_ticket = ticket;
+                }
+                o
+            }
         }
     }
 
@@ -433,27 +487,32 @@ impl BackupVault {
         }
     }
 
-    /// A new consume: spends one attempt at ticket `index`, and erases the
-    /// record if it was the last.
+    /// A new consume: spends one attempt at `ticket` (the clock's next value),
+    /// and erases the record if it was the last. True when it spent `ticket`
+    /// (the caller then advances the clock to it).
     fn spend(
         u: &mut UserState,
-        index: u64,
+        ticket: u64,
         request: VaultRequestId,
         digest: Vec<u8>,
-    ) -> VaultOutcome {
+    ) -> (VaultOutcome, bool) {
         let UserState {
             standing,
             seen: seen_table,
             ..
         } = u;
         let Standing::Registered { record: r } = standing else {
-            return unregistered(standing, "the record was erased after its last attempt");
+            let o = unregistered(standing, "the record was erased after its last attempt");
+            return (o, false);
         };
-        r.spent.push(index);
+        // The clock only moves forward, so a fresh ticket is in no table yet.
+        debug_assert!(r.spent.iter().all(|&t| t < ticket));
+        debug_assert!(seen_table.iter().all(|s| s.ticket < ticket));
+        r.spent.push(ticket);
         let mut seen = VaultSeen::new();
         seen.request = Some(request).into();
         seen.request_digest = digest;
-        seen.ticket = index;
+        seen.ticket = ticket;
         seen.generation = r.generation;
         seen_table.push(seen);
         // Forget the oldest concluded consumes beyond SEEN_MAX; a consume whose
@@ -467,17 +526,17 @@ impl BackupVault {
             }
         }
         let mut o = ok_with(r, "");
-        o.ticket = index;
+        o.ticket = ticket;
         if o.attempts_left == 0 {
             // The last attempt: erase in this same command. The record goes to the
             // proposing service only, for this attempt's login to put it back.
-            o.record = standing.erase(index).into();
+            o.record = standing.erase(ticket).into();
             o.erased = true;
-            debug_assert!(matches!(standing, Standing::Locked { ticket, .. } if *ticket == index));
+            debug_assert!(matches!(standing, Standing::Locked { ticket: t, .. } if *t == ticket));
         } else {
             o.record = Some(login_view(r)).into();
         }
-        o
+        (o, true)
     }
 
     fn reset(
@@ -606,6 +665,9 @@ impl BackupVault {
         if let Err(e) = check_register(&new) {
             return malformed(e);
         }
+        let Some(ticket) = next_ticket(self.last_ticket, index) else {
+            return malformed(Malformed::TicketsExhausted);
+        };
         let Some(u) = self.users.get_mut(user) else {
             return not_registered();
         };
@@ -629,8 +691,11 @@ impl BackupVault {
         if let Err(o) = Self::authorised(u, authority) {
             return o;
         }
-        match Self::new_generation(u, new, index) {
-            Ok(o) => o,
+        match Self::new_generation(u, new, ticket) {
+            Ok(o) => {
+                self.last_ticket = ticket;
+                o
+            }
             Err(o) => {
                 *u = before;
                 o
@@ -705,6 +770,7 @@ impl StateMachine for BackupVault {
             .iter()
             .map(|(user, state)| state.to_wire(user))
             .collect();
+        s.last_ticket = Some(self.last_ticket);
         // Nothing bounds the number of users, so a vault can outgrow one protocol
         // buffer (2 GiB): that is an error the replica survives, never a panic.
         Ok(wire::encode(&s)?)
@@ -713,15 +779,31 @@ impl StateMachine for BackupVault {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let s: VaultSnapshot = wire::decode(snapshot, "vault snapshot")?;
         let mut users = BTreeMap::new();
+        let mut greatest = 0;
         for w in s.users {
             let (user, state) = UserState::from_wire(w)?;
+            greatest = greatest.max(state.greatest_ticket());
             if users.insert(user, state).is_some() {
                 return Err(RestoreError::Malformed {
                     what: "vault snapshot lists a user twice",
                 });
             }
         }
+        // The clock must be at or after every ticket the state holds, or it would
+        // issue one of them again. A snapshot of an earlier build has no clock:
+        // its tickets were log indexes, at most the snapshot's index, and every
+        // later apply has a greater index, which the clock then takes.
+        let last_ticket = match s.last_ticket {
+            Some(clock) if clock < greatest => {
+                return Err(RestoreError::Malformed {
+                    what: "vault snapshot holds a ticket after its ticket clock",
+                })
+            }
+            Some(clock) => clock,
+            None => greatest,
+        };
         self.users = users;
+        self.last_ticket = last_ticket;
         Ok(())
     }
 }
@@ -1273,6 +1355,182 @@ mod tests {
         let o = decode_outcome(&v.apply(4, &long)).unwrap();
         assert_eq!(o.detail, format!("user id must be 1..={USER_ID_MAX} bytes"));
         assert!(v.is_empty());
+    }
+
+    fn left(v: &BackupVault, user: &[u8]) -> u32 {
+        match v.user(user) {
+            Some(UserView::Registered { attempts_left, .. }) => attempts_left,
+            other => panic!("not registered: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn finding_tickets_1_two_consumes_at_the_same_index_get_different_tickets() {
+        // The engine applies every command of one batched entry at one index.
+        let mut v = registered(10);
+        v.apply(
+            2,
+            &cmd("bob", id(5, 1), vault_command::Op::Register(reg(10, 2))),
+        );
+        let a = consume(&mut v, 10, "alice", id(2, 1), 1);
+        let b = consume(&mut v, 10, "alice", id(3, 1), 2);
+        let c = consume(&mut v, 10, "bob", id(4, 1), 3);
+        for o in [&a, &b, &c] {
+            assert_eq!(status(o), VaultStatus::VAULT_OK, "{o:?}");
+            assert_eq!(o.applied_at, 10);
+        }
+        assert_ne!(
+            a.ticket, b.ticket,
+            "two attempts of one batch share a ticket"
+        );
+        assert_ne!(a.ticket, c.ticket);
+        assert_ne!(b.ticket, c.ticket);
+        assert_eq!(left(&v, b"alice"), 8);
+        // Each is de-duplicated on its own ticket.
+        let again = consume(&mut v, 11, "alice", id(2, 1), 1);
+        assert_eq!(
+            (status(&again), again.ticket),
+            (VaultStatus::VAULT_OK, a.ticket)
+        );
+        let again = consume(&mut v, 11, "alice", id(3, 1), 2);
+        assert_eq!(
+            (status(&again), again.ticket),
+            (VaultStatus::VAULT_OK, b.ticket)
+        );
+        assert_eq!(left(&v, b"alice"), 8);
+    }
+
+    #[test]
+    fn finding_tickets_2_a_guess_batched_after_the_right_login_stays_spent_after_its_reset() {
+        let mut v = registered(4);
+        // One entry: the user's right login, then the attacker's wrong guess.
+        let right = consume(&mut v, 10, "alice", id(2, 1), 1);
+        let wrong = consume(&mut v, 10, "alice", id(66, 1), 2);
+        assert_eq!(
+            (status(&right), status(&wrong)),
+            (VaultStatus::VAULT_OK, VaultStatus::VAULT_OK)
+        );
+        assert_eq!(left(&v, b"alice"), 2);
+        // The right login's reset forgives its own attempt, not the guess after it.
+        let o = reset(&mut v, 11, "alice", right.ticket, 1, None);
+        assert_eq!(status(&o), VaultStatus::VAULT_OK, "{o:?}");
+        assert_eq!(o.attempts_left, 3, "the batched wrong guess was refunded");
+        assert_eq!(left(&v, b"alice"), 3);
+        let record = o.record.into_option().unwrap();
+        assert_eq!(record.spent, vec![wrong.ticket]);
+        assert_eq!(record.forgiven_through, right.ticket);
+        // Replayed, the reset still forgives nothing more.
+        let o = reset(&mut v, 12, "alice", right.ticket, 1, None);
+        assert_eq!((status(&o), o.attempts_left), (VaultStatus::VAULT_OK, 3));
+        // A guess batched before the right login is ordered before it: forgiven.
+        let before = consume(&mut v, 13, "alice", id(66, 2), 3);
+        let right = consume(&mut v, 13, "alice", id(2, 2), 4);
+        assert!(before.ticket < right.ticket);
+        assert_eq!(left(&v, b"alice"), 1);
+        // Its reset forgives every attempt up to it: the old guess too.
+        let o = reset(&mut v, 14, "alice", right.ticket, 1, None);
+        assert_eq!((status(&o), o.attempts_left), (VaultStatus::VAULT_OK, 4));
+    }
+
+    #[test]
+    fn finding_tickets_3_tickets_are_ordered_across_indexes_and_builds() {
+        let mut v = registered(10);
+        // Five consumes in one entry run the clock past the next index.
+        let batch: Vec<u64> = (0..5)
+            .map(|k| consume(&mut v, 10, "alice", id(2, k + 1), k as u8).ticket)
+            .collect();
+        let next = consume(&mut v, 11, "alice", id(3, 1), 9).ticket;
+        let later = consume(&mut v, 40, "alice", id(3, 2), 10).ticket;
+        let mut all = batch.clone();
+        all.extend([next, later]);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+        assert!(
+            batch[0] >= 10 && later >= 40,
+            "a ticket is at least its index"
+        );
+        // A registration takes a clock value too: attempts of the new
+        // generation are after it, attempts before it are no attempt of it.
+        let before = consume(&mut v, 41, "alice", id(3, 3), 11).ticket;
+        let o = decode_outcome(&v.apply(
+            41,
+            &cmd("carol", id(4, 1), vault_command::Op::Register(reg(3, 4))),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_OK);
+        let first = consume(&mut v, 41, "carol", id(4, 2), 12).ticket;
+        assert!(before < first);
+        let o = reset(&mut v, 42, "carol", before, 1, None);
+        assert_eq!(status(&o), VaultStatus::VAULT_BAD_TICKET, "{o:?}");
+        // Across an upgrade: the state of an earlier build holds tickets that
+        // are log indexes (here 20, at most the snapshot's index) and no clock.
+        let mut old = VaultSnapshot::new();
+        let mut u = VaultUserState::new();
+        u.user = b"dave".to_vec();
+        u.generation = 1;
+        let mut r = new_record(reg(5, 5), 1, 5);
+        r.spent = vec![20];
+        u.record = Some(r).into();
+        old.users.push(u);
+        let mut upgraded = BackupVault::new();
+        upgraded.restore(&wire::encode_bounded(&old)).unwrap();
+        let new = consume(&mut upgraded, 21, "dave", id(5, 1), 1).ticket;
+        assert!(new > 20);
+        // The new login's reset forgives the old build's earlier attempt.
+        let o = reset(&mut upgraded, 22, "dave", new, 1, None);
+        assert_eq!((status(&o), o.attempts_left), (VaultStatus::VAULT_OK, 5));
+    }
+
+    #[test]
+    fn finding_tickets_4_snapshot_and_restore_keep_tickets_unique() {
+        let mut v = registered(10);
+        let issued: Vec<u64> = (0..3)
+            .map(|k| consume(&mut v, 10, "alice", id(2, k + 1), k as u8).ticket)
+            .collect();
+        let bytes = v.snapshot().unwrap();
+        let mut copy = BackupVault::new();
+        copy.restore(&bytes).unwrap();
+        assert_eq!(copy, v);
+        // The next entry's index (11) is below the clock (12): the restored
+        // clock, not the index, keeps the next ticket new, alike on both.
+        let a = consume(&mut v, 11, "alice", id(3, 1), 7);
+        let b = consume(&mut copy, 11, "alice", id(3, 1), 7);
+        assert_eq!(a, b);
+        assert!(
+            issued.iter().all(|&t| t < a.ticket),
+            "{issued:?} {}",
+            a.ticket
+        );
+        assert_eq!(copy, v);
+        // A snapshot whose clock is behind a ticket it holds is refused.
+        let mut s: VaultSnapshot = wire::decode(&bytes, "vault snapshot").unwrap();
+        s.last_ticket = Some(issued[2] - 1);
+        assert!(matches!(
+            BackupVault::new().restore(&wire::encode_bounded(&s)),
+            Err(RestoreError::Malformed { .. })
+        ));
+        // One without a clock (an earlier build's) takes its greatest ticket.
+        s.last_ticket = None;
+        let mut old = BackupVault::new();
+        old.restore(&wire::encode_bounded(&s)).unwrap();
+        let o = consume(&mut old, 11, "alice", id(3, 1), 7);
+        assert!(issued.iter().all(|&t| t < o.ticket));
+    }
+
+    #[test]
+    fn an_exhausted_ticket_clock_refuses_and_never_wraps() {
+        let mut v = registered(10);
+        v.last_ticket = u64::MAX;
+        let o = consume(&mut v, 10, "alice", id(2, 1), 1);
+        assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
+        assert_eq!(o.detail, Malformed::TicketsExhausted.to_string());
+        assert_eq!(left(&v, b"alice"), 10);
+        let o = decode_outcome(&v.apply(
+            11,
+            &cmd("bob", id(3, 1), vault_command::Op::Register(reg(3, 2))),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED);
+        assert_eq!(v.last_ticket, u64::MAX);
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl VerifiedLogin {
         &self.user
     }
 
-    /// The login's ticket (its consume's log index).
+    /// The login's ticket (its consume's, from the vault's ticket clock).
     pub fn ticket(&self) -> u64 {
         self.ticket
     }

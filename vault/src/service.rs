@@ -81,8 +81,8 @@ struct Held {
 }
 
 /// Where a login is filed besides its id: its user and its `LoginStart`'s
-/// request id (client, sequence). Not the ticket: the engine applies the
-/// commands of one batch at one log index, so two logins can share a ticket.
+/// request id (client, sequence), which it knows before the consume commits.
+/// Tickets are unique too (the vault's ticket clock), but only once committed.
 type LoginKey = (UserId, u64, u64);
 
 fn login_key(user: &UserId, request: (u64, u64)) -> LoginKey {

@@ -22,7 +22,7 @@ pub(super) enum Standing {
         /// The OPAQUE record, the sealed secret and the attempt counter.
         record: VaultRecord,
     },
-    /// The record was erased by the consume at log index `ticket`, its last
+    /// The record was erased by the consume of `ticket`, its last
     /// attempt; only that attempt's login can put it back, with the very record
     /// whose digest is `digest`.
     Locked {
@@ -127,6 +127,28 @@ impl UserState {
         w.seen = self.seen.clone();
         w.used_nonces = self.used_nonces.clone();
         w
+    }
+
+    /// The greatest ticket (or clock value) this user's state holds: spent,
+    /// forgiven through, registered at, seen, or the erasing one.
+    pub(super) fn greatest_ticket(&self) -> u64 {
+        let standing = match &self.standing {
+            Standing::Registered { record } => record
+                .spent
+                .iter()
+                .copied()
+                .chain([record.registered_at, record.forgiven_through])
+                .max()
+                .unwrap_or(0),
+            Standing::Locked { ticket, .. } => *ticket,
+            Standing::Deleted { .. } => 0,
+        };
+        self.seen
+            .iter()
+            .map(|s| s.ticket)
+            .chain([standing])
+            .max()
+            .unwrap_or(0)
     }
 
     /// A user from its snapshot form, checked: the snapshot came from another
