@@ -1,8 +1,9 @@
 //! Fleet keys over the air, end to end on one machine: two fleet epochs are
 //! created from a running vault fleet's keys, witnessed and countersigned; the
-//! fleet serves replies carrying the bundle; a client that pins only the witness
-//! and the operator registers and recovers; the fleet rotates to epoch 2 and the
-//! client follows; deployment evidence is written for both epochs and audited.
+//! fleet serves replies carrying the bundle (and a consistency proof from the
+//! checkpoint each request names); a client that pins only the witness and the
+//! operator registers and recovers; the fleet rotates to epoch 2 and the client
+//! follows, checking that the new checkpoint extends the one it accepted; deployment evidence is written for both epochs and audited.
 //!
 //! Run: `cargo run --release --example fleet_keys -- [OUT_DIR]`. Then audit the
 //! written evidence with the CLI, as the example prints:
@@ -27,8 +28,8 @@ use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
 use vaultfleet_vault::{
-    BackupVault, KsfParams, VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys, VaultServer,
-    VaultService, VaultServiceConfig,
+    BackupVault, BundleSource, KsfParams, VaultClient, VaultClientConfig, VaultEndpoint, VaultKeys,
+    VaultServer, VaultService, VaultServiceConfig,
 };
 
 const NS: &str = "example.vault.fleet_keys.v1";
@@ -146,11 +147,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         not_after: now + 30 * 86_400,
     };
     let mut publish =
-        |a: &FleetArtifact| -> Result<(Vec<u8>, Evidence), Box<dyn std::error::Error>> {
+        |a: &FleetArtifact| -> Result<(BundleSource, Evidence), Box<dyn std::error::Error>> {
             let witnessed = witness.sign(NS, a.epoch, a.digest()?, now)?;
             let cs = countersign(&operator, "operator/countersign", &witnessed)?;
             let tree = witness.tree(NS).ok_or("empty log")?;
             let proof = tree.inclusion_proof(witnessed.leaf_index, tree.size())?;
+            // The witness's log travels with the bundle: replies prove from it
+            // that the checkpoint extends the one each client last accepted.
+            let log = tree.clone();
             let bundle = Bundle::assemble(
                 a.encode()?,
                 &witnessed,
@@ -187,7 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .push((format!("officer-{}", i + 1), o.sign(k, &msg)?));
             }
             Ok((
-                bundle.clone(),
+                BundleSource::new(bundle.clone(), log)?,
                 Evidence {
                     bundle,
                     attestations,
@@ -202,7 +206,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         hex(&artifact(1).digest()?)
     );
     for s in &services {
-        s.serve_bundle(bundle1.clone());
+        s.serve(bundle1.clone());
     }
     // The client pins only the witness's and the operator's keys.
     let verifier = FleetVerifier::new(NS, vec![witness_key.clone()], operator_key);
@@ -223,7 +227,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (bundle2, evidence2) = publish(&artifact(2))?;
     for s in &services {
-        s.serve_bundle(bundle2.clone());
+        s.serve(bundle2.clone());
     }
     let secret = client.recover(b"alice", b"alice's code")?;
     println!(

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use rand::RngCore;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::bundle_source::RETIREMENTS_MAX;
 use crate::crypto::{
     authenticate_request, open_from_fleet, registration_secret_digest, reply_signed_bytes, sha256,
     KeyErasingRng,
@@ -40,7 +41,7 @@ use crate::wire::{
 use crate::{Suite, OPAQUE_CONTEXT};
 use vaultfleet::hsm::verify_signature;
 use vaultfleet::ReplicaId;
-use vaultfleet_audit::{Accepted, FleetVerifier};
+use vaultfleet_audit::{Accepted, BundleError, FleetVerifier};
 
 /// Argon2id parameters of the key-stretching step. They are part of the
 /// deployment: registration and every recovery must use the same ones.
@@ -396,6 +397,13 @@ impl VaultClient {
     /// accepts at the time `clock` gives, and the reply must be signed by the
     /// answering replica's response key from that bundle. `group` is the fleet's
     /// raft group. Randomness from the operating system, as for [`VaultClient::new`].
+    ///
+    /// The verifier is switched to
+    /// [`FleetVerifier::require_consistency_proofs`]: each request names the
+    /// size of the newest checkpoint it accepted, and a reply whose bundle's
+    /// checkpoint is of another size must carry a consistency proof from it,
+    /// so a forked (rolled-back) witness log is refused. Epoch retirements a
+    /// reply carries are applied before its bundle is checked.
     pub fn with_verifier(
         endpoints: Vec<Arc<dyn VaultEndpoint>>,
         group: u64,
@@ -407,7 +415,7 @@ impl VaultClient {
             endpoints,
             Trust::Bundles {
                 group,
-                verifier: Box::new(Mutex::new(verifier)),
+                verifier: Box::new(Mutex::new(verifier.require_consistency_proofs())),
                 clock,
             },
             cfg,
@@ -467,19 +475,61 @@ impl VaultClient {
                 if reply.bundle.is_empty() {
                     return Err(ReplyError::NoBundle);
                 }
+                if reply.retirements.len() > RETIREMENTS_MAX {
+                    return Err(ReplyError::TooManyRetirements {
+                        count: reply.retirements.len(),
+                        max: RETIREMENTS_MAX,
+                    });
+                }
+                let now = clock();
+                let mut verifier = verifier.lock();
+                // Retirements first, even before the reply verifies: each is
+                // signed by the witness and countersigned by the operator, and
+                // only ever narrows what this client accepts.
+                for r in &reply.retirements {
+                    verifier.retire(r, now).map_err(ReplyError::Retirement)?;
+                }
                 // Checked now, accepted only once the reply itself verified: a
                 // valid newer bundle on a forged reply must not move the client.
                 let accepted = verifier
-                    .lock()
-                    .check(&reply.bundle, clock(), replica)
+                    .check_with_proof(&reply.bundle, consistency_proof(reply), now, replica)
                     .map_err(ReplyError::Bundle)?;
-                let key = accepted
-                    .artifact
-                    .replica(replica)
-                    .map(|r| r.response_key)
-                    .ok_or(ReplyError::NotInFleet)?;
+                let key = response_key(&accepted, replica)?;
                 Ok((key, Some(accepted)))
             }
+        }
+    }
+
+    /// Moves the verifier forward to `accepted`, the check of `reply`'s bundle
+    /// whose response key `key` verified the reply. If another reply moved the
+    /// verifier's newest checkpoint since the check ([`BundleError::StaleCheck`]),
+    /// the bundle is checked once more against the new one (under the same lock,
+    /// so it cannot go stale twice) and must give the same response key.
+    fn accept(
+        &self,
+        replica: ReplicaId,
+        reply: &VaultReply,
+        key: &[u8; 32],
+        accepted: &Accepted,
+    ) -> Result<(), ReplyError> {
+        let Trust::Bundles {
+            verifier, clock, ..
+        } = &self.trust
+        else {
+            return Ok(());
+        };
+        let mut verifier = verifier.lock();
+        match verifier.accept(accepted) {
+            Err(BundleError::StaleCheck { .. }) => {
+                let again = verifier
+                    .check_with_proof(&reply.bundle, consistency_proof(reply), clock(), replica)
+                    .map_err(ReplyError::Bundle)?;
+                if response_key(&again, replica)? != *key {
+                    return Err(ReplyError::Signature);
+                }
+                verifier.accept(&again).map_err(ReplyError::AcceptEpoch)
+            }
+            other => other.map_err(ReplyError::AcceptEpoch),
         }
     }
 
@@ -521,11 +571,8 @@ impl VaultClient {
         if body.request_digest.as_slice() != digest.as_slice() {
             return Err(ReplyError::OtherRequest);
         }
-        if let (Some(accepted), Trust::Bundles { verifier, .. }) = (pending, &self.trust) {
-            verifier
-                .lock()
-                .accept(&accepted)
-                .map_err(ReplyError::AcceptEpoch)?;
+        if let Some(accepted) = pending {
+            self.accept(replica, &reply, &key, &accepted)?;
         }
         Ok(body)
     }
@@ -615,9 +662,16 @@ impl VaultClient {
         answer
     }
 
+    /// A request for `op` with a fresh request id and, in bundle mode, the size
+    /// of the newest checkpoint accepted (inside the request's bytes, so the
+    /// signed reply and any intent tag cover it): the reply's consistency proof
+    /// starts there.
     fn request(&self, op: vault_client_request::Op) -> VaultClientRequest {
         let mut r = VaultClientRequest::new();
         r.request = Some(self.next_id()).into();
+        if let Trust::Bundles { verifier, .. } = &self.trust {
+            r.known_checkpoint_size = verifier.lock().last_checkpoint_size();
+        }
         r.op = Some(op);
         r
     }
@@ -862,6 +916,20 @@ impl VaultClient {
         }
         Ok(f.body.generation)
     }
+}
+
+/// The consistency proof a reply carries, if any.
+fn consistency_proof(reply: &VaultReply) -> Option<&[u8]> {
+    Some(reply.consistency_proof.as_slice()).filter(|p| !p.is_empty())
+}
+
+/// `replica`'s response key in an accepted bundle's fleet.
+fn response_key(accepted: &Accepted, replica: ReplicaId) -> Result<[u8; 32], ReplyError> {
+    accepted
+        .artifact
+        .replica(replica)
+        .map(|r| r.response_key)
+        .ok_or(ReplyError::NotInFleet)
 }
 
 /// What a re-registration's login asks for besides the login: the new

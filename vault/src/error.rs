@@ -8,7 +8,7 @@ use opaque_ke::errors::ProtocolError;
 use vaultfleet::hsm::HsmError;
 use vaultfleet::wire::DecodeError;
 use vaultfleet::ReplicaId;
-use vaultfleet_audit::BundleError;
+use vaultfleet_audit::{BundleError, NoteError};
 
 use crate::limits::{MAX_ATTEMPTS_LIMIT, SECRET_MAX};
 use crate::user_id::InvalidUserId;
@@ -373,9 +373,59 @@ pub enum ReplyError {
     /// The reply answers another request.
     #[error("the reply answers another request")]
     OtherRequest,
-    /// The bundle verified but the client could not keep its fleet epoch.
+    /// The bundle verified but the client could not keep its fleet epoch
+    /// (including a [`BundleError::StaleCheck`] that a re-check did not clear).
     #[error("cannot keep the accepted fleet epoch: {0}")]
     AcceptEpoch(#[source] BundleError),
+    /// The reply carries more epoch retirements than a reply may.
+    #[error("the reply carries {count} epoch retirements, at most {max} are read")]
+    TooManyRetirements {
+        /// In the reply.
+        count: usize,
+        /// [`RETIREMENTS_MAX`](crate::RETIREMENTS_MAX).
+        max: usize,
+    },
+    /// An epoch retirement the reply carries does not verify (bundle mode).
+    #[error("epoch retirement refused: {0}")]
+    Retirement(#[source] BundleError),
+}
+
+/// Why a [`BundleSource`](crate::BundleSource) cannot be built: the bundle and
+/// the witness log it is handed are not what a client would accept together.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleSourceError {
+    /// The bundle does not decode.
+    #[error("the bundle does not decode: {0}")]
+    Bundle(#[source] BundleError),
+    /// The bundle's checkpoint is not a signed note carrying a checkpoint.
+    #[error("the bundle's checkpoint does not parse: {0}")]
+    Checkpoint(#[source] NoteError),
+    /// The witness log handed over is shorter than the bundle's checkpoint.
+    #[error("the bundle's checkpoint has size {size}, the log handed over only {held} leaves")]
+    LogTooShort {
+        /// The checkpoint's size.
+        size: u64,
+        /// The log's size.
+        held: u64,
+    },
+    /// The witness log handed over is not the log the checkpoint signs.
+    #[error("the log's root at size {size} is not the bundle's checkpoint root")]
+    NotTheCheckpointedLog {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// An epoch retirement does not decode.
+    #[error("an epoch retirement does not decode: {0}")]
+    Retirement(#[source] vaultfleet::codec::DecodeError),
+    /// More retirements than a reply may carry.
+    #[error("{count} epoch retirements, a reply carries at most {max}")]
+    TooManyRetirements {
+        /// Handed over.
+        count: usize,
+        /// [`RETIREMENTS_MAX`](crate::RETIREMENTS_MAX).
+        max: usize,
+    },
 }
 
 /// The OPAQUE exchange or the secret's transport failed for another reason

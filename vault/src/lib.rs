@@ -11,7 +11,10 @@
 //!   (`opaque-ke`, Ristretto255 + triple-DH + Argon2id), proposes each step through
 //!   consensus, and signs every reply with its replica's response key. A login is
 //!   answered only after the command spending its attempt has committed.
-//!   [`VaultServer`] is its sans-IO core, which the simulator drives too.
+//!   [`VaultServer`] is its sans-IO core, which the simulator drives too. A
+//!   [`BundleSource`] gives it what replies carry for clients that trust the
+//!   fleet through bundles: the bundle, a consistency proof from the
+//!   checkpoint the client last accepted, and early epoch retirements.
 //! * [`VaultClient`]: `register`, `recover`, `reregister`, `delete`, with typed
 //!   errors ([`VaultClientError`], which keeps each cause as a typed value: a
 //!   refused reply's [`ReplyError`], and within it the bundle's `BundleError`);
@@ -30,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bundle_source;
 mod client;
 mod crypto;
 mod error;
@@ -41,13 +45,14 @@ mod service;
 mod user_id;
 pub mod wire;
 
+pub use bundle_source::{BundleSource, ReplyExtras, RETIREMENTS_MAX};
 pub use client::{
     ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
 };
 pub use crypto::{authenticate_request, registration_secret_digest};
 pub use error::{
-    InvalidInput, KeysError, Mismatch, ProtocolFailure, RecordError, Rejection, ReplyError,
-    Unavailability, Unreachable, VaultClientError, VaultError,
+    BundleSourceError, InvalidInput, KeysError, Mismatch, ProtocolFailure, RecordError, Rejection,
+    ReplyError, Unavailability, Unreachable, VaultClientError, VaultError,
 };
 pub use keys::{VaultKeys, VaultPublicKeys};
 pub use limits::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};

@@ -12,6 +12,7 @@ use opaque_ke::{
 };
 use zeroize::Zeroizing;
 
+use crate::bundle_source::ReplyExtras;
 use crate::crypto::{
     credential_identifier, hsm_rng, nonce_mac_input, registration_secret_digest,
     reply_signed_bytes, request_is_authentic, seal_for_client, secret_aad, sha256, NonceBinding,
@@ -665,14 +666,18 @@ impl<H: Hsm> VaultServer<H> {
 
     /// Signs a reply body with this replica's response key.
     pub fn sign(&self, body: VaultReplyBody) -> Result<Vec<u8>, VaultError> {
-        self.sign_with_bundle(body, &[])
+        self.sign_with(body, &ReplyExtras::default())
     }
 
-    /// Signs a reply body and attaches the fleet's validation bundle.
-    pub fn sign_with_bundle(
+    /// Signs a reply body and attaches `extras` outside the signed body: the
+    /// fleet's validation bundle, the consistency proof for the request's
+    /// `known_checkpoint_size` and early epoch retirements (see
+    /// [`BundleSource::extras`](crate::BundleSource::extras)). Each
+    /// authenticates itself against witness-signed data.
+    pub fn sign_with(
         &self,
         mut body: VaultReplyBody,
-        bundle: &[u8],
+        extras: &ReplyExtras,
     ) -> Result<Vec<u8>, VaultError> {
         body.replica = self.keys.replica;
         let body = wire::encode_bounded(&body);
@@ -683,7 +688,9 @@ impl<H: Hsm> VaultServer<H> {
         let mut reply = VaultReply::new();
         reply.body = body;
         reply.signature = signature.to_vec();
-        reply.bundle = bundle.to_vec();
+        reply.bundle = extras.bundle.clone();
+        reply.consistency_proof = extras.consistency_proof.clone();
+        reply.retirements = extras.retirements.clone();
         Ok(wire::encode_bounded(&reply))
     }
 }

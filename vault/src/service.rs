@@ -10,11 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use zeroize::Zeroize;
 
+use crate::bundle_source::{BundleSource, ReplyExtras};
 use crate::crypto::{request_is_authentic, sha256};
 use crate::error::{Unreachable, VaultError};
 use crate::machine::{decode_outcome, BackupVault};
@@ -144,7 +146,8 @@ pub struct VaultService<H: Hsm> {
     logins: Mutex<Logins>,
     cfg: VaultServiceConfig,
     stopped: AtomicBool,
-    bundle: Mutex<Vec<u8>>,
+    /// What replies carry for clients that trust the fleet through bundles.
+    bundles: Mutex<Option<Arc<BundleSource>>>,
 }
 
 impl<H: Hsm> std::fmt::Debug for VaultService<H> {
@@ -258,7 +261,7 @@ impl<H: Hsm> VaultService<H> {
             logins: Mutex::new(Logins::default()),
             cfg,
             stopped: AtomicBool::new(false),
-            bundle: Mutex::new(Vec::new()),
+            bundles: Mutex::new(None),
         })
     }
 
@@ -269,11 +272,13 @@ impl<H: Hsm> VaultService<H> {
         self.logins.lock().clear();
     }
 
-    /// Attaches the fleet's validation bundle (`audit::Bundle` encoding) to every
-    /// reply from now on, so clients that pin only the witness and the operator
-    /// can check the replies. Call it again at each fleet rotation.
-    pub fn serve_bundle(&self, bundle: Vec<u8>) {
-        *self.bundle.lock() = bundle;
+    /// Attaches `source`'s validation bundle to every reply from now on, with
+    /// the consistency proof from the checkpoint size each request names and
+    /// the source's epoch retirements, so clients that pin only the witness and
+    /// the operator can check the replies and that the witness's log did not
+    /// fork. Call it again at each fleet rotation (or retirement).
+    pub fn serve(&self, source: BundleSource) {
+        *self.bundles.lock() = Some(Arc::new(source));
     }
 
     /// Logins kept (awaiting their finalization, or a re-registration's upload).
@@ -322,8 +327,10 @@ impl<H: Hsm> VaultService<H> {
     /// `VaultReply`. Never panics on what a client sends.
     pub fn handle(&self, request: &[u8]) -> Vec<u8> {
         let digest = sha256(request);
+        let mut known_checkpoint_size = None;
         let mut reply = match wire::decode::<VaultClientRequest>(request, "vault request") {
             Ok(mut r) => {
+                known_checkpoint_size = r.known_checkpoint_size;
                 let reply = self.dispatch(&r, &digest);
                 if let Some(vault_client_request::Op::RegisterFinish(x)) = r.op.as_mut() {
                     x.secret.zeroize();
@@ -339,8 +346,9 @@ impl<H: Hsm> VaultService<H> {
             }
         };
         reply.request_digest = digest.to_vec();
-        let bundle = self.bundle.lock().clone();
-        match self.server.sign_with_bundle(reply, &bundle) {
+        let source = self.bundles.lock().clone();
+        let extras = source.map_or_else(ReplyExtras::default, |s| s.extras(known_checkpoint_size));
+        match self.server.sign_with(reply, &extras) {
             Ok(signed) => signed,
             Err(e) => {
                 // Without a signature the client will refuse the reply and retry.

@@ -760,10 +760,262 @@ mod over_the_air {
     use vaultfleet::hsm::{Hsm, KeyKind};
     use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
     use vaultfleet_audit::witness::countersign;
-    use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+    use vaultfleet_audit::{
+        Bundle, BundleError, ConsistencyProof, FleetVerifier, Witness, WitnessKey, WitnessKeySpec,
+    };
+    use vaultfleet_vault::BundleSource;
 
     const NS: &str = "example.vault.fleet_keys.v1";
     const NOW: u64 = 1_800_000_000;
+
+    /// The witness signs `a` at `NOW`, the operator countersigns, and the
+    /// services are handed the bundle with the witness's whole log.
+    fn publish(
+        witness: &mut Witness<SoftHsm>,
+        authority: &SoftHsm,
+        a: &FleetArtifact,
+    ) -> BundleSource {
+        let w = witness.sign(NS, a.epoch, a.digest().unwrap(), NOW).unwrap();
+        let cs = countersign(authority, "operator", &w).unwrap();
+        let tree = witness.tree(NS).unwrap();
+        let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
+        let cp = witness.checkpoint(NS, NOW).unwrap();
+        let bundle = Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp)
+            .encode()
+            .unwrap();
+        BundleSource::new(bundle, tree.clone()).expect("the log is the checkpointed one")
+    }
+
+    fn open_witness(authority: &SoftHsm, path: &std::path::Path) -> Witness<SoftHsm> {
+        Witness::open(
+            authority.clone(),
+            vec![WitnessKeySpec {
+                name: "witness".into(),
+                not_before: 0,
+            }],
+            path,
+        )
+        .unwrap()
+    }
+
+    /// A client of `endpoints` pinned only to `witness`'s and the operator's keys.
+    fn bundle_client(
+        endpoints: Vec<Arc<dyn VaultEndpoint>>,
+        witness: &Witness<SoftHsm>,
+        authority: &SoftHsm,
+    ) -> VaultClient {
+        let operator = authority
+            .public_key(authority.key("operator", KeyKind::Signing).unwrap())
+            .unwrap();
+        let verifier = FleetVerifier::new(
+            NS,
+            vec![WitnessKey {
+                name: "witness".into(),
+                public_key: witness.public_key("witness").unwrap(),
+                not_before: 0,
+            }],
+            operator,
+        );
+        VaultClient::with_verifier(endpoints, 1, verifier, Arc::new(|| NOW), cfg())
+            .expect("the OS RNG")
+    }
+
+    fn serve(vf: &VaultFleet, source: &BundleSource) {
+        for s in vf.services.values() {
+            s.serve(source.clone());
+        }
+    }
+
+    /// Between a client and one service: records each request's
+    /// `known_checkpoint_size` with the consistency proof its reply carried,
+    /// and (as a network attacker may) strips the proof when told to.
+    struct Tap {
+        inner: Arc<Service>,
+        strip_proof: bool,
+        seen: std::sync::Mutex<Vec<(Option<u64>, Vec<u8>)>>,
+    }
+
+    impl VaultEndpoint for Tap {
+        fn replica(&self) -> u64 {
+            self.inner.replica()
+        }
+
+        fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
+            let r: VaultClientRequest = vaultfleet::wire::decode(request, "request").unwrap();
+            let raw = self.inner.call(request)?;
+            let mut reply: VaultReply = vaultfleet::wire::decode(&raw, "reply").unwrap();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((r.known_checkpoint_size, reply.consistency_proof.clone()));
+            if !self.strip_proof {
+                return Ok(raw);
+            }
+            reply.consistency_proof.clear();
+            Ok(vaultfleet::wire::encode_bounded(&reply))
+        }
+    }
+
+    fn taps(vf: &VaultFleet, strip_proof: bool) -> Vec<Arc<Tap>> {
+        vf.services
+            .values()
+            .map(|s| {
+                Arc::new(Tap {
+                    inner: Arc::clone(s),
+                    strip_proof,
+                    seen: std::sync::Mutex::new(Vec::new()),
+                })
+            })
+            .collect()
+    }
+
+    fn tap_endpoints(taps: &[Arc<Tap>]) -> Vec<Arc<dyn VaultEndpoint>> {
+        taps.iter()
+            .map(|t| Arc::clone(t) as Arc<dyn VaultEndpoint>)
+            .collect()
+    }
+
+    /// Issue 13, finding 5: a witness rolled back to an older state forks its
+    /// log; a client that accepted checkpoint 2 of the honest log is sent a
+    /// checkpoint of size 3 of the fork, with the fork's own (internally valid)
+    /// consistency proof. Its root at size 2 is not the client's: refused.
+    #[test]
+    fn finding_5_a_checkpoint_of_a_forked_witness_log_is_refused() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        // The witness's state as it was at size 1, restored later (a rollback).
+        std::fs::copy(dir.path().join("witness"), dir.path().join("forked")).unwrap();
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        let client = bundle_client(vf.endpoints(), &witness, &authority);
+        serve(&vf, &e1);
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        serve(&vf, &e2);
+        assert_matches!(client.register(b"rita", CODE, SECRET), Ok(1));
+        assert_eq!(client.fleet_epoch(), Some(2));
+
+        let mut forked = open_witness(&authority, &dir.path().join("forked"));
+        let mut other = artifact(&vf, 2);
+        other.not_after -= 1;
+        publish(&mut forked, &authority, &other);
+        let e3 = publish(&mut forked, &authority, &artifact(&vf, 3));
+        assert_eq!(e3.checkpoint_size(), 3);
+        serve(&vf, &e3);
+        assert_matches!(
+            client.register(b"sam", CODE, SECRET),
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::Bundle(BundleError::NotAnExtension { from: 2, to: 3, .. }),
+                ..
+            })
+        );
+        assert_eq!(client.fleet_epoch(), Some(2));
+    }
+
+    /// Finding 5: each request names the size of the checkpoint the client last
+    /// accepted, each reply proves its checkpoint extends it, and the client
+    /// follows the honest log through two rotations.
+    #[test]
+    fn finding_5_the_honest_extension_is_accepted_with_its_proof() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        let taps = taps(&vf, false);
+        let client = bundle_client(tap_endpoints(&taps), &witness, &authority);
+        serve(&vf, &e1);
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        let seen = |taps: &[Arc<Tap>]| -> Vec<(Option<u64>, Vec<u8>)> {
+            taps.iter()
+                .flat_map(|t| std::mem::take(&mut *t.seen.lock().unwrap()))
+                .collect()
+        };
+        // The first request knows no checkpoint; then size 1, needing no proof.
+        let first = seen(&taps);
+        assert_eq!(first[0], (None, vec![]));
+        assert!(first[1..].iter().all(|s| *s == (Some(1), vec![])));
+        for epoch in 2..=3 {
+            let e = publish(&mut witness, &authority, &artifact(&vf, epoch));
+            serve(&vf, &e);
+            assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
+            assert_eq!(client.fleet_epoch(), Some(epoch));
+            let seen = seen(&taps);
+            let (known, proof) = &seen[0];
+            assert_eq!(*known, Some(epoch - 1));
+            let proof = ConsistencyProof::decode(proof).expect("a consistency proof");
+            assert_eq!((proof.from_size, proof.to_size), (epoch - 1, epoch));
+            assert!(seen[1..].iter().all(|s| *s == (Some(epoch), vec![])));
+        }
+    }
+
+    /// Finding 5: once the client holds a checkpoint, a reply whose bundle is
+    /// of a newer checkpoint and that carries no proof (stripped on the way) is
+    /// refused.
+    #[test]
+    fn finding_5_a_reply_without_its_proof_is_refused_once_the_client_has_a_checkpoint() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        let taps = taps(&vf, true);
+        let client = bundle_client(tap_endpoints(&taps), &witness, &authority);
+        serve(&vf, &e1);
+        // No checkpoint yet, or the same one: no proof is needed.
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        serve(&vf, &e2);
+        assert_matches!(
+            client.register(b"rita", CODE, SECRET),
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::Bundle(BundleError::NoConsistencyProof { from: 1, to: 2 }),
+                ..
+            })
+        );
+        assert_eq!(client.fleet_epoch(), Some(1));
+    }
+
+    /// Finding 5 and the low "retire an epoch early": a reply carries the
+    /// operator's witnessed retirement of epoch 1; afterwards a reply with the
+    /// epoch-1 bundle (a replica still on it, or a replayed reply), which the
+    /// client would otherwise take as the previous epoch, is refused.
+    #[test]
+    fn finding_5_an_early_retired_epoch_delivered_in_a_reply_is_refused_afterwards() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        let client = bundle_client(vf.endpoints(), &witness, &authority);
+        serve(&vf, &e1);
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        let mut retirement = witness.sign_retirement(NS, 1, NOW).unwrap();
+        retirement.countersign(&authority, "operator").unwrap();
+        let e2 = e2
+            .with_retirements(vec![retirement.encode().unwrap()])
+            .unwrap();
+        serve(&vf, &e2);
+        assert_matches!(client.register(b"rita", CODE, SECRET), Ok(1));
+        assert_eq!(client.fleet_epoch(), Some(2));
+        // Epoch 1's bundle, served with the current log (so its proof back from
+        // size 2 holds): only the retirement stands in its way.
+        let late =
+            BundleSource::new(e1.bundle().to_vec(), witness.tree(NS).unwrap().clone()).unwrap();
+        serve(&vf, &late);
+        assert_matches!(
+            client.register(b"sam", CODE, SECRET),
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::Bundle(BundleError::EpochRetired {
+                    epoch: 1,
+                    retired_through: 1
+                }),
+                ..
+            })
+        );
+    }
 
     /// The fleet's artifact for `epoch`, from the services' real keys.
     fn artifact(vf: &VaultFleet, epoch: u64) -> FleetArtifact {
@@ -806,16 +1058,8 @@ mod over_the_air {
             dir.path().join("witness"),
         )
         .unwrap();
-        let publish = |witness: &mut Witness<SoftHsm>, a: &FleetArtifact| {
-            let w = witness.sign(NS, a.epoch, a.digest().unwrap(), NOW).unwrap();
-            let cs = countersign(&authority, "operator", &w).unwrap();
-            let tree = witness.tree(NS).unwrap();
-            let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
-            let cp = witness.checkpoint(NS, NOW).unwrap();
-            Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp)
-                .encode()
-                .unwrap()
-        };
+        let publish =
+            |witness: &mut Witness<SoftHsm>, a: &FleetArtifact| publish(witness, &authority, a);
         let e1 = publish(&mut witness, &artifact(&vf, 1));
         let operator = authority
             .public_key(authority.key("operator", KeyKind::Signing).unwrap())
@@ -841,7 +1085,7 @@ mod over_the_air {
             })
         ));
         for s in vf.services.values() {
-            s.serve_bundle(e1.clone());
+            s.serve(e1.clone());
         }
         assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
         assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
@@ -849,7 +1093,7 @@ mod over_the_air {
         // Rotation: the fleet serves epoch 2; the client moves forward.
         let e2 = publish(&mut witness, &artifact(&vf, 2));
         for s in vf.services.values() {
-            s.serve_bundle(e2.clone());
+            s.serve(e2.clone());
         }
         assert_eq!(client.recover(b"quinn", CODE).unwrap().as_slice(), SECRET);
         assert_eq!(client.fleet_epoch(), Some(2));
@@ -864,7 +1108,7 @@ mod over_the_air {
             rogue_dir.path().join("w"),
         )
         .unwrap();
-        let forged = {
+        let forged_bundle = {
             let a = artifact(&vf, 3);
             let w = rogue.sign(NS, 1, a.digest().unwrap(), NOW).unwrap();
             let tree = rogue.tree(NS).unwrap();
@@ -879,8 +1123,9 @@ mod over_the_air {
             .encode()
             .unwrap()
         };
+        let forged = BundleSource::new(forged_bundle, rogue.tree(NS).unwrap().clone()).unwrap();
         for s in vf.services.values() {
-            s.serve_bundle(forged.clone());
+            s.serve(forged.clone());
         }
         // The bundle's own typed error is kept as the cause.
         assert!(matches!(
@@ -1430,6 +1675,9 @@ mod tampering_harness {
             ],
         ),
         ("VaultRequestId", &["client", "sequence"]),
+        // The envelope's own scalar fields; its message fields are the entries
+        // above.
+        ("VaultClientRequest", &["known_checkpoint_size"]),
     ];
 
     /// A first registration's upload is authenticated by nothing the fleet can
@@ -1448,6 +1696,7 @@ mod tampering_harness {
             VaultLoginStart::descriptor(),
             VaultLoginFinish::descriptor(),
             VaultRequestId::descriptor(),
+            VaultClientRequest::descriptor(),
         ];
         for d in descriptors {
             let listed = FIELDS
@@ -1456,7 +1705,19 @@ mod tampering_harness {
                 .map(|(_, f)| f.to_vec())
                 .unwrap_or_default();
             let mut listed: Vec<&str> = listed;
-            let mut actual: Vec<String> = d.fields().map(|f| f.name().to_string()).collect();
+            // A message-typed field is covered by its own message's entry.
+            let mut actual: Vec<String> = d
+                .fields()
+                .filter(|f| {
+                    !matches!(
+                        f.runtime_field_type(),
+                        protobuf::reflect::RuntimeFieldType::Singular(
+                            protobuf::reflect::RuntimeType::Message(_)
+                        )
+                    )
+                })
+                .map(|f| f.name().to_string())
+                .collect();
             listed.sort_unstable();
             actual.sort_unstable();
             assert_eq!(
@@ -1513,9 +1774,14 @@ mod tampering_harness {
                 _ => "",
             };
             let target = self.message == name
+                || self.message == "VaultClientRequest"
                 || (self.message == "VaultRequestId" && name == "VaultLoginStart");
             if !target || (self.once && self.done.swap(true, Ordering::SeqCst)) {
                 return self.inner.call(request);
+            }
+            if self.message == "VaultClientRequest" {
+                tamper(&mut r, self.field);
+                return self.inner.call(&vaultfleet::wire::encode_bounded(&r));
             }
             let m: &mut dyn MessageDyn = match (&mut r.op, self.message) {
                 (_, "VaultRequestId") => r.request.mut_or_insert_default(),
