@@ -406,7 +406,27 @@ impl<H: Hsm> VaultService<H> {
             Err(e) => return unavailable(&e),
         };
         let issued_generation = match decode_outcome(&read) {
-            Ok(o) => o.generation,
+            // Only a deleted (or never registered) user may start a registration:
+            // a tag issued while the user is registered or locked would bind a
+            // generation the user can return to by deleting, and a finish
+            // withheld from then could be replayed after the delete (found by the
+            // tampering harness, `finding_r1_*`).
+            Ok(o) if o.status.enum_value() == Ok(VaultStatus::VAULT_NOT_REGISTERED) => o.generation,
+            Ok(o) if o.status.enum_value() == Ok(VaultStatus::VAULT_LOCKED) => {
+                return body(
+                    VaultReplyStatus::REPLY_LOCKED,
+                    "this user's record was erased after its last attempt; it cannot be registered again",
+                );
+            }
+            Ok(o) => {
+                let mut b = body(
+                    VaultReplyStatus::REPLY_ALREADY_REGISTERED,
+                    "already registered: re-register through a login with the current code",
+                );
+                b.generation = o.generation;
+                b.attempts_left = o.attempts_left;
+                return b;
+            }
             Err(e) => {
                 tracing::error!("vault service: {e}");
                 return body(
