@@ -228,10 +228,60 @@ fn a_users_own_replica_invariant_is_checked() {
     assert_eq!(v.invariant, "the workload's replica invariant");
 }
 
+/// A vault machine with a planted bug, around the real (batched) vault.
+trait PlantedVault: StateMachine {
+    /// The buggy machine around `vault`.
+    fn over(vault: BatchedVault) -> Self;
+    /// The real vault inside.
+    fn vault(&self) -> &BatchedVault;
+}
+
+/// The real vault workload (its operations and checkers), run over a machine
+/// with a planted bug: the checkers must catch it.
+struct Planted<M>(VaultWorkload, std::marker::PhantomData<M>);
+
+impl<M> Planted<M> {
+    fn new(workload: VaultWorkload) -> Self {
+        Self(workload, std::marker::PhantomData)
+    }
+}
+
+impl<M: PlantedVault> Workload for Planted<M> {
+    type Machine = M;
+    type Model = ();
+    fn machine(&self) -> M {
+        M::over(BatchedVault::new(self.0.per_entry))
+    }
+    fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
+        self.0.next_operation(client, rng)
+    }
+    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
+        self.0.observe(client, op, output)
+    }
+    fn step(&self, s: &(), op: &Operation, output: Option<&[u8]>) -> Option<()> {
+        self.0.step(s, op, output)
+    }
+    fn check_history(&self, history: &[Record]) -> Result<(), String> {
+        self.0.check_history(history)
+    }
+    fn check_final(&self, m: &M, history: &[Record]) -> Result<(), String> {
+        self.0.check_final(m.vault(), history)
+    }
+}
+
 /// A vault that quietly gives back an attempt whenever a user is down to their
 /// last one: the reset the consensus rules reserve for a proven login, applied
 /// without one.
 struct RefundingVault(BatchedVault);
+
+impl PlantedVault for RefundingVault {
+    fn over(vault: BatchedVault) -> Self {
+        Self(vault)
+    }
+    fn vault(&self) -> &BatchedVault {
+        &self.0
+    }
+}
 
 impl StateMachine for RefundingVault {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
@@ -263,32 +313,6 @@ impl StateMachine for RefundingVault {
     }
 }
 
-/// The real vault workload, run over the refunding machine.
-struct Refunding(VaultWorkload);
-
-impl Workload for Refunding {
-    type Machine = RefundingVault;
-    type Model = ();
-    fn machine(&self) -> RefundingVault {
-        RefundingVault(BatchedVault::new(self.0.per_entry))
-    }
-    fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
-        self.0.next_operation(client, rng)
-    }
-    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
-        self.0.observe(client, op, output)
-    }
-    fn step(&self, s: &(), op: &Operation, output: Option<&[u8]>) -> Option<()> {
-        self.0.step(s, op, output)
-    }
-    fn check_history(&self, history: &[Record]) -> Result<(), String> {
-        self.0.check_history(history)
-    }
-    fn check_final(&self, m: &RefundingVault, history: &[Record]) -> Result<(), String> {
-        self.0.check_final(&m.0, history)
-    }
-}
-
 #[test]
 fn a_vault_that_gives_back_attempts_is_caught() {
     let (seed, report) = (0..20)
@@ -296,7 +320,11 @@ fn a_vault_that_gives_back_attempts_is_caught() {
             let mut o = SimOptions::new(seed);
             o.safety_ms = 5_000;
             o.faults = Faults::none();
-            let r = Simulation::new(o, Refunding(VaultWorkload::new(2, 3, seed))).run();
+            let r = Simulation::new(
+                o,
+                Planted::<RefundingVault>::new(VaultWorkload::new(2, 3, seed)),
+            )
+            .run();
             r.violation.is_some().then_some((seed, r))
         })
         .expect("refunded attempts are caught");
@@ -324,6 +352,15 @@ fn a_vault_that_gives_back_attempts_is_caught() {
 /// (the index the vault is shown, which [`BatchedVault`] batches).
 struct IndexTicketVault(BatchedVault);
 
+impl PlantedVault for IndexTicketVault {
+    fn over(vault: BatchedVault) -> Self {
+        Self(vault)
+    }
+    fn vault(&self) -> &BatchedVault {
+        &self.0
+    }
+}
+
 impl StateMachine for IndexTicketVault {
     fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
         let out = self.0.apply(index, command);
@@ -348,32 +385,6 @@ impl StateMachine for IndexTicketVault {
     }
 }
 
-/// The real vault workload, run over the index-ticket machine.
-struct IndexTickets(VaultWorkload);
-
-impl Workload for IndexTickets {
-    type Machine = IndexTicketVault;
-    type Model = ();
-    fn machine(&self) -> IndexTicketVault {
-        IndexTicketVault(BatchedVault::new(self.0.per_entry))
-    }
-    fn next_operation(&mut self, client: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Operation {
-        self.0.next_operation(client, rng)
-    }
-    fn observe(&mut self, client: usize, op: &Operation, output: Option<&[u8]>) {
-        self.0.observe(client, op, output)
-    }
-    fn step(&self, s: &(), op: &Operation, output: Option<&[u8]>) -> Option<()> {
-        self.0.step(s, op, output)
-    }
-    fn check_history(&self, history: &[Record]) -> Result<(), String> {
-        self.0.check_history(history)
-    }
-    fn check_final(&self, m: &IndexTicketVault, history: &[Record]) -> Result<(), String> {
-        self.0.check_final(&m.0, history)
-    }
-}
-
 #[test]
 fn finding_tickets_sim_batches_consumes_and_catches_shared_tickets() {
     // One user, many concurrent clients: consumes of that user share entries.
@@ -386,8 +397,11 @@ fn finding_tickets_sim_batches_consumes_and_catches_shared_tickets() {
     };
     let (seed, report) = (0..20)
         .find_map(|seed| {
-            let r =
-                Simulation::new(options(seed), IndexTickets(VaultWorkload::new(1, 10, seed))).run();
+            let r = Simulation::new(
+                options(seed),
+                Planted::<IndexTicketVault>::new(VaultWorkload::new(1, 10, seed)),
+            )
+            .run();
             r.violation
                 .as_ref()
                 .is_some_and(|v| v.detail.contains("given to two different guesses"))

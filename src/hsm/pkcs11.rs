@@ -516,22 +516,37 @@ impl Pkcs11Hsm {
         Ok(())
     }
 
+    /// The private token data objects of `application` labelled `label`. Only
+    /// private token objects count: a session without the PIN can create public
+    /// ones, and they must not move, exhaust or fork anything of ours.
+    fn private_data_objects(
+        inner: &Inner,
+        application: &[u8],
+        label: &str,
+        operation: &'static str,
+    ) -> Result<Vec<ObjectHandle>, HsmError> {
+        inner
+            .session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Application(application.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Token(true),
+                Attribute::Private(true),
+            ])
+            .map_err(|e| device(operation, e))
+    }
+
     /// Every token object holding a value of counter `label`, with its value and
     /// whether it can be destroyed (a token that does not report
     /// `CKA_DESTROYABLE` is taken to allow it).
     fn counter_objects(inner: &Inner, label: &str) -> Result<Vec<CounterObject>, HsmError> {
-        let found = inner
-            .session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Application(COUNTER_APPLICATION.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                // Only private token objects: a session without the PIN can
-                // create public ones, and must not move (or exhaust) the counter.
-                Attribute::Token(true),
-                Attribute::Private(true),
-            ])
-            .map_err(|e| device("C_FindObjects (counter)", e))?;
+        let found = Self::private_data_objects(
+            inner,
+            COUNTER_APPLICATION,
+            label,
+            "C_FindObjects (counter)",
+        )?;
         let mut out = Vec::with_capacity(found.len());
         for handle in found {
             let attrs = inner
@@ -575,16 +590,12 @@ impl Pkcs11Hsm {
         inner: &Inner,
         label: &str,
     ) -> Result<Vec<(ObjectHandle, u64)>, HsmError> {
-        let found = inner
-            .session
-            .find_objects(&[
-                Attribute::Class(ObjectClass::DATA),
-                Attribute::Application(SEAL_COUNT_APPLICATION.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Token(true),
-                Attribute::Private(true),
-            ])
-            .map_err(|e| device("C_FindObjects (seal count)", e))?;
+        let found = Self::private_data_objects(
+            inner,
+            SEAL_COUNT_APPLICATION,
+            label,
+            "C_FindObjects (seal count)",
+        )?;
         let mut out = Vec::with_capacity(found.len());
         for handle in found {
             let attrs = inner
