@@ -25,7 +25,7 @@ use crate::crypto::{
     KeyErasingRng,
 };
 use crate::error::{
-    InvalidInput, Mismatch, ProtocolFailure, Rejection, ReplyError, Unavailability,
+    InvalidInput, Mismatch, ProtocolFailure, Rejection, ReplyError, Unavailability, Uncertain,
     VaultClientError,
 };
 use crate::keys::VaultPublicKeys;
@@ -827,6 +827,17 @@ impl VaultClient {
                     }
                     _ => return Ok(LoginStep::Done(Box::new(f), session_key)),
                 },
+                // A delete may still be applied from a copy delivered late:
+                // say so, rather than start another login that would report
+                // the user's standing as if nothing had been sent.
+                Err(e @ (VaultClientError::Unavailable(_) | VaultClientError::BadReply { .. }))
+                    if login.purpose == VaultLoginPurpose::VAULT_DELETE =>
+                {
+                    return Err(VaultClientError::OutcomeUnknown {
+                        operation: Uncertain::Delete,
+                        cause: Box::new(e),
+                    })
+                }
                 Err(e @ VaultClientError::Unavailable(_)) => last = e,
                 Err(e) => return Err(e),
             }
@@ -905,7 +916,16 @@ impl VaultClient {
         finish.issued_generation = login_generation;
         let mut request = self.request(vault_client_request::Op::RegisterFinish(finish));
         authenticate_request(self.trust.group(), &user, &session_key, &mut request);
-        let f = self.send_registration(request, Some(a.endpoint))?;
+        let f = match self.send_registration(request, Some(a.endpoint)) {
+            Ok(f) => f,
+            Err(e @ (VaultClientError::Unavailable(_) | VaultClientError::BadReply { .. })) => {
+                return Err(VaultClientError::OutcomeUnknown {
+                    operation: Uncertain::Reregistration,
+                    cause: Box::new(e),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         expect_ok(&f.body)?;
         confirm_registration(&f.body, max_attempts, &tag)?;
         if f.body.generation <= login_generation {

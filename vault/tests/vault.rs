@@ -1898,7 +1898,7 @@ mod review {
     use vaultfleet_vault::wire::{VaultLoginFinish, VaultLoginPurpose, VaultRegisterFinish};
     use vaultfleet_vault::{
         authenticate_request, registration_secret_digest, ClientRegistrationFlow, LoginOpened,
-        Rejection,
+        Rejection, Uncertain,
     };
 
     /// The seed of every seeded flow below; printed by each assertion.
@@ -2378,5 +2378,124 @@ mod review {
         assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
         assert!(!b.encrypted_secret.is_empty());
         assert_eq!(attempts_left(&vf, b"vic"), 10, "forgiven");
+    }
+
+    /// Withholds (captures, answers nothing to) every finish that changes the
+    /// fleet's record (a delete's login finish, a re-registration's upload)
+    /// while `withhold` is set; passes everything else on.
+    struct FinishWithholder {
+        inner: Arc<Service>,
+        withhold: AtomicBool,
+        captured: Mutex<Vec<Vec<u8>>>,
+    }
+
+    impl VaultEndpoint for FinishWithholder {
+        fn replica(&self) -> u64 {
+            self.inner.replica()
+        }
+
+        fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
+            let r: VaultClientRequest =
+                vaultfleet::wire::decode(request, "request").expect("request");
+            let changes_the_record = match &r.op {
+                Some(vault_client_request::Op::LoginFinish(f)) => {
+                    f.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER)
+                        == VaultLoginPurpose::VAULT_DELETE
+                }
+                Some(vault_client_request::Op::RegisterFinish(f)) => f.login != 0,
+                _ => false,
+            };
+            if self.withhold.load(Ordering::SeqCst) && changes_the_record {
+                self.captured.lock().unwrap().push(request.to_vec());
+                return Err(vaultfleet_vault::Unreachable {
+                    replica: self.inner.replica(),
+                });
+            }
+            self.inner.call(request)
+        }
+    }
+
+    fn withholding(vf: &VaultFleet) -> Arc<FinishWithholder> {
+        Arc::new(FinishWithholder {
+            inner: Arc::clone(&vf.services[&1]),
+            withhold: AtomicBool::new(true),
+            captured: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Finding R2 (the tampering harness): a delete whose finish an attacker
+    /// held back was reported as failed, then applied when the attacker let it
+    /// through (within the login's life). The client now says the outcome is
+    /// unknown, and the same finish delivered again learns the committed
+    /// outcome (it was "no such login" before), never applied twice.
+    #[test]
+    fn finding_r2_a_withheld_delete_is_of_unknown_outcome_and_a_repeat_learns_it() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let w = withholding(&vf);
+        let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
+        client.register(b"rita", CODE, SECRET).expect("register");
+        let e = client.delete(b"rita", CODE).expect_err("withheld");
+        assert_matches!(
+            e,
+            VaultClientError::OutcomeUnknown {
+                operation: Uncertain::Delete,
+                ..
+            }
+        );
+        assert!(vf.view(b"rita").is_some(), "nothing delivered yet");
+        // The attacker lets the first withheld finish through, late.
+        let captured = w.captured.lock().unwrap().clone();
+        let first = body(&vf.services[&1].call(&captured[0]).expect("up"));
+        assert_eq!(status(&first), VaultReplyStatus::REPLY_OK, "{first:?}");
+        assert_eq!(vf.view(b"rita"), None, "the late delete applied");
+        // The same finish again: the committed outcome, not "no such login".
+        let again = body(&vf.services[&1].call(&captured[0]).expect("up"));
+        assert_eq!(status(&again), VaultReplyStatus::REPLY_OK, "{again:?}");
+        assert_eq!(again.purpose, first.purpose);
+        assert_eq!(again.generation, first.generation);
+    }
+
+    /// Finding R2 for a re-registration's upload: withheld, it is of unknown
+    /// outcome (it was reported as plain unavailability before), and a late
+    /// delivery followed by a repeat applies once.
+    #[test]
+    fn finding_r2_a_withheld_reregistration_is_of_unknown_outcome_and_applies_once() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let w = withholding(&vf);
+        let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
+        assert_eq!(client.register(b"ravi", CODE, SECRET).expect("register"), 1);
+        let e = client
+            .reregister(b"ravi", CODE, b"new code", b"new secret", 5)
+            .expect_err("withheld");
+        assert_matches!(
+            e,
+            VaultClientError::OutcomeUnknown {
+                operation: Uncertain::Reregistration,
+                ..
+            }
+        );
+        let captured = w.captured.lock().unwrap().clone();
+        assert!(!captured.is_empty());
+        for _ in 0..2 {
+            let b = body(&vf.services[&1].call(&captured[0]).expect("up"));
+            assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
+            assert_eq!(b.generation, 2, "applied once: {b:?}");
+        }
+        assert_matches!(
+            vf.view(b"ravi"),
+            Some(UserView::Registered {
+                generation: 2,
+                attempts_left: 5,
+                ..
+            })
+        );
+        w.withhold.store(false, Ordering::SeqCst);
+        assert_eq!(
+            client
+                .recover(b"ravi", b"new code")
+                .expect("new code")
+                .as_slice(),
+            b"new secret"
+        );
     }
 }
