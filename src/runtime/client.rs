@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use raft::StateRole;
 
+use super::api::NodeApi;
 use super::node::{NodeHandle, ResponseSlot};
 use super::slot::{Notify, Slot};
 use crate::replica::{MembershipChange, Reply, RequestError};
@@ -88,7 +89,7 @@ fn retryable(e: &RequestError) -> bool {
 }
 
 struct Inner {
-    nodes: Vec<NodeHandle>,
+    nodes: Vec<Arc<dyn NodeApi>>,
     session: u64,
     next_sequence: AtomicU64,
     outstanding: Mutex<BTreeSet<u64>>,
@@ -114,7 +115,7 @@ impl std::fmt::Debug for Client {
 
 /// Picks the node most likely to lead: the last one that answered, else the one
 /// that says it leads with the highest term, else the leader someone names.
-fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
+fn likely_leader(nodes: &[Arc<dyn NodeApi>], last: usize) -> usize {
     // The common case, checked without reading every node's status.
     if nodes
         .get(last)
@@ -122,7 +123,7 @@ fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
     {
         return last;
     }
-    let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
+    let statuses: Vec<_> = nodes.iter().map(|n| n.status()).collect();
     if let Some((i, _)) = statuses
         .iter()
         .enumerate()
@@ -172,10 +173,10 @@ impl Call {
     fn submit(
         &mut self,
         inner: &Inner,
-        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+        submit: &mut dyn FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError>,
     ) -> Result<(), RequestError> {
         self.attempts += 1;
-        let slot = submit(&inner.nodes[self.target])?;
+        let slot = submit(inner.nodes[self.target].as_ref())?;
         self.slot = Some(slot);
         Ok(())
     }
@@ -212,7 +213,7 @@ impl Call {
     fn finish(
         mut self,
         inner: &Inner,
-        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+        submit: &mut dyn FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError>,
     ) -> Result<Reply, ClientError> {
         loop {
             let now = Instant::now();
@@ -266,9 +267,13 @@ impl PendingCommand {
     fn submitter<'a>(
         request: &'a Request,
         notify: &'a Option<Notify>,
-    ) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + 'a {
-        move |node: &NodeHandle| match notify {
-            None => node.propose(request.clone()),
+    ) -> impl FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError> + 'a {
+        move |node: &dyn NodeApi| match notify {
+            None => {
+                let slot = ResponseSlot::default();
+                node.propose_into(request.clone(), Arc::clone(&slot))?;
+                Ok(slot)
+            }
             Some(n) => {
                 let slot: ResponseSlot = Arc::new(Slot::with_notify(Arc::clone(n)));
                 node.propose_into(request.clone(), Arc::clone(&slot))?;
@@ -380,6 +385,20 @@ impl Client {
     /// Registers a new session with the fleet of `nodes` (the leader is found
     /// among them).
     pub fn connect(nodes: Vec<NodeHandle>, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let nodes = nodes
+            .into_iter()
+            .map(|n| Arc::new(n) as Arc<dyn NodeApi>)
+            .collect();
+        Self::connect_to(nodes, cfg)
+    }
+
+    /// Registers a new session with the fleet of `nodes`, reached in any way
+    /// (in process, or over a network crate's client protocol): the same leader
+    /// finding, retries and at-most-once session as [`Client::connect`].
+    pub fn connect_to(
+        nodes: Vec<Arc<dyn NodeApi>>,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
         if nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }

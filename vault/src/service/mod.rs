@@ -97,12 +97,25 @@ impl<H: Hsm> VaultService<H> {
         cfg: VaultServiceConfig,
     ) -> Result<Self, ClientError> {
         let client = Client::connect(nodes, cfg.client)?;
-        Ok(Self {
+        Ok(Self::with_client(server, client, cfg))
+    }
+
+    /// A service for `server`'s replica proposing through `client`, a session
+    /// on the fleet however its nodes are reached (in process, or remote nodes
+    /// of a network crate, so a service on a follower's host proposes through
+    /// the leader). `cfg.client` is not used: `client` has its own.
+    #[allow(clippy::disallowed_methods)] // logins expire by the host's clock
+    pub fn with_client(
+        server: crate::server::VaultServer<H>,
+        client: Client,
+        cfg: VaultServiceConfig,
+    ) -> Self {
+        Self {
             core: ServiceCore::new(server, cfg.limits()),
             client,
             stopped: AtomicBool::new(false),
             started: Instant::now(),
-        })
+        }
     }
 
     /// Stops answering (as when the host goes down): every call is unreachable
