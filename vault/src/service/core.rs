@@ -418,7 +418,7 @@ impl<H: Hsm> ServiceCore<H> {
             },
             Some(vault_client_request::Op::RegisterFinish(x)) => {
                 match UserId::new(x.user.as_slice()) {
-                    Ok(user) => self.register_finish(r, id, &user, x, digest, now),
+                    Ok(user) => self.register_finish(r, id, &user, x, digest),
                     Err(e) => bad_user_id(e).into(),
                 }
             }
@@ -576,7 +576,6 @@ impl<H: Hsm> ServiceCore<H> {
         user: &UserId,
         x: &VaultRegisterFinish,
         digest: &[u8; 32],
-        now: Duration,
     ) -> Next {
         if x.login == 0 {
             return match self
@@ -588,47 +587,59 @@ impl<H: Hsm> ServiceCore<H> {
             };
         }
         // Every check that does not need the HSM runs under the lock, before the
-        // login is marked: an altered copy leaves it for the genuine one.
+        // login is marked: an altered copy leaves it for the genuine one. The
+        // command is built (HSM work) outside the lock, with the proven login
+        // taken out while it is marked committing (nothing else may use it).
+        let proven = {
+            let mut l = self.logins.lock();
+            if let Some(b) = l.concluded_reply(x.login, digest) {
+                // The same upload again (a retry, or a copy held back): what
+                // was committed for it, never a second replacement.
+                return b.clone().into();
+            }
+            if l.is_committing(x.login, digest) {
+                return committing().into();
+            }
+            let Some(proven) = l.get(x.login).and_then(|h| h.proven.as_ref()) else {
+                return login_unknown().into();
+            };
+            if proven.user() != user {
+                return body(
+                    VaultReplyStatus::REPLY_BAD_REQUEST,
+                    "the login is for another user",
+                )
+                .into();
+            }
+            // The replacement is authorised by the login's session, not by its
+            // id (which travels in clear): every byte must carry its intent tag.
+            if !request_is_authentic(
+                self.server.group(),
+                proven.user(),
+                proven.session_key(),
+                request,
+            ) {
+                return server_error(&VaultError::IntentNotAuthentic).into();
+            }
+            if !l.begin_commit(x.login, *digest) {
+                return committing().into();
+            }
+            match l.get_mut(x.login).and_then(|h| h.proven.take()) {
+                Some(p) => p,
+                None => return login_unknown().into(),
+            }
+        };
+        let command = self.server.replace_command(request, &proven);
         let mut l = self.logins.lock();
-        if let Some(b) = l.concluded_reply(x.login, digest) {
-            // The same upload again (a retry, or a copy held back): what was
-            // committed for it, never a second replacement.
-            return b.clone().into();
+        if let Some(h) = l.get_mut(x.login) {
+            h.proven = Some(proven);
         }
-        if l.is_committing(x.login, digest) {
-            return committing().into();
+        match command {
+            Ok(c) => Next::Fleet(Stage::Replace { login: x.login }, FleetStep::Propose(c)),
+            Err(e) => {
+                l.abort_commit(x.login);
+                server_error(&e).into()
+            }
         }
-        let Some(proven) = l.get(x.login).and_then(|h| h.proven.as_ref()) else {
-            return login_unknown().into();
-        };
-        if proven.user() != user {
-            return body(
-                VaultReplyStatus::REPLY_BAD_REQUEST,
-                "the login is for another user",
-            )
-            .into();
-        }
-        // The replacement is authorised by the login's session, not by its
-        // id (which travels in clear): every byte must carry its intent tag.
-        if !request_is_authentic(
-            self.server.group(),
-            proven.user(),
-            proven.session_key(),
-            request,
-        ) {
-            return server_error(&VaultError::IntentNotAuthentic).into();
-        }
-        let command = match self.server.replace_command(request, proven) {
-            Ok(c) => c,
-            Err(e) => return server_error(&e).into(),
-        };
-        if !l.begin_commit(x.login, *digest, now) {
-            return committing().into();
-        }
-        Next::Fleet(
-            Stage::Replace { login: x.login },
-            FleetStep::Propose(command),
-        )
     }
 
     fn login_start(&self, id: &VaultRequestId, user: UserId, credential_request: &[u8]) -> Next {
@@ -715,6 +726,7 @@ impl<H: Hsm> ServiceCore<H> {
                     login,
                     response: response.clone(),
                     proven: None,
+                    proven_reply: None,
                     committing: None,
                 },
             );
@@ -770,6 +782,13 @@ impl<H: Hsm> ServiceCore<H> {
             let Some(held) = l.get(x.login) else {
                 return login_unknown().into();
             };
+            if let Some((d, reply)) = &held.proven_reply {
+                if d == digest {
+                    // The same re-registration finish again: the same answer
+                    // (the same nonce and tag), nothing drawn twice.
+                    return reply.clone().into();
+                }
+            }
             if held.committing.is_some() || held.proven.is_some() {
                 // Another finish of this login is being committed, or this
                 // login was proven for a re-registration and awaits its upload.
@@ -788,11 +807,11 @@ impl<H: Hsm> ServiceCore<H> {
         let purpose = verified.purpose();
         let next = match purpose {
             VaultLoginPurpose::VAULT_REREGISTER_START => {
-                self.reregister_start(x.login, verified, now).into()
+                self.reregister_start(x.login, verified, digest, now).into()
             }
-            VaultLoginPurpose::VAULT_DELETE => self.conclude(x.login, verified, None, digest, now),
+            VaultLoginPurpose::VAULT_DELETE => self.conclude(x.login, verified, None, digest),
             VaultLoginPurpose::VAULT_RECOVER => {
-                self.conclude(x.login, verified, Some(*digest), digest, now)
+                self.conclude(x.login, verified, Some(*digest), digest)
             }
         };
         match next {
@@ -806,30 +825,44 @@ impl<H: Hsm> ServiceCore<H> {
 
     /// A verified login for a re-registration: the new registration's first
     /// answer; the login stays, proven, for the upload.
-    fn reregister_start(&self, id: u64, login: VerifiedLogin, now: Duration) -> VaultReplyBody {
+    fn reregister_start(
+        &self,
+        id: u64,
+        login: VerifiedLogin,
+        digest: &[u8; 32],
+        now: Duration,
+    ) -> VaultReplyBody {
         let started = match self.server.reregistration_start(&login) {
             Ok(started) => started,
             Err(e) => return server_error(&e),
         };
-        let generation = login.generation();
-        {
-            let mut l = self.logins.lock();
-            let Some(held) = l.get_mut(id) else {
-                return login_unknown();
-            };
-            if held.proven.is_some() || held.committing.is_some() {
-                // A copy of this finish won the race.
-                return login_unknown();
-            }
-            held.at = now;
-            held.proven = Some(login);
-        }
         let mut b = body(VaultReplyStatus::REPLY_OK, "");
         b.registration_response = started.response;
         b.credential_nonce = started.nonce.to_vec();
         b.nonce_tag = started.tag.to_vec();
         b.login = id;
-        b.generation = generation;
+        b.generation = login.generation();
+        b.purpose = VaultLoginPurpose::VAULT_REREGISTER_START.into();
+        let mut l = self.logins.lock();
+        let Some(held) = l.get_mut(id) else {
+            return login_unknown();
+        };
+        if let Some((d, reply)) = &held.proven_reply {
+            // A copy of this finish won the race: its answer, if it is the same
+            // finish (this one's nonce is dropped unused).
+            return if d == digest {
+                reply.clone()
+            } else {
+                login_unknown()
+            };
+        }
+        if held.proven.is_some() || held.committing.is_some() {
+            return login_unknown();
+        }
+        // The upload is awaited from now: the login lives `login_ttl` more.
+        held.at = now;
+        held.proven = Some(login);
+        held.proven_reply = Some((*digest, b.clone()));
         b
     }
 
@@ -842,7 +875,6 @@ impl<H: Hsm> ServiceCore<H> {
         login: VerifiedLogin,
         recover: Option<[u8; 32]>,
         digest: &[u8; 32],
-        now: Duration,
     ) -> Next {
         let command = match recover {
             Some(_) => self.server.reset_command(&login),
@@ -852,9 +884,17 @@ impl<H: Hsm> ServiceCore<H> {
             Ok(c) => c,
             Err(e) => return server_error(&e).into(),
         };
-        if !self.logins.lock().begin_commit(id, *digest, now) {
-            // Another copy of a finish of this login took it first.
-            return login_unknown().into();
+        {
+            let mut l = self.logins.lock();
+            if !l.begin_commit(id, *digest) {
+                // A copy of this same finish took it first: ask again for its
+                // outcome; another finish of this login finds no login.
+                return if l.is_committing(id, digest) {
+                    committing().into()
+                } else {
+                    login_unknown().into()
+                };
+            }
         }
         Next::Fleet(
             Stage::Conclude {

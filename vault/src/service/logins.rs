@@ -22,6 +22,9 @@ pub(super) struct Held {
     /// After a verified `VAULT_REREGISTER_START` finish: the login, awaiting
     /// the new registration's upload (its session key authenticates it).
     pub(super) proven: Option<VerifiedLogin>,
+    /// The digest of that finish and the reply it got: the same finish again
+    /// (a retry after a lost reply, or a copy delivered first) gets it again.
+    pub(super) proven_reply: Option<([u8; 32], VaultReplyBody)>,
     /// The digest of the finish whose command is being committed now: a copy
     /// of it is told to ask again, anything else finds no login.
     pub(super) committing: Option<[u8; 32]>,
@@ -85,13 +88,14 @@ impl Logins {
         self.by_id.insert(id, held);
     }
 
-    /// Marks login `id` as committing the finish of `digest` from `now`; false
-    /// if it is already committing one.
-    pub(super) fn begin_commit(&mut self, id: u64, digest: [u8; 32], now: Duration) -> bool {
+    /// Marks login `id` as committing the finish of `digest`; false if it is
+    /// already committing one (or is gone). The login keeps its time: marking
+    /// it never extends its life, so a finish cannot be kept pending past
+    /// `login_ttl` by re-delivering it.
+    pub(super) fn begin_commit(&mut self, id: u64, digest: [u8; 32]) -> bool {
         match self.by_id.get_mut(&id) {
             Some(h) if h.committing.is_none() => {
                 h.committing = Some(digest);
-                h.at = now;
                 true
             }
             _ => false,
@@ -158,8 +162,8 @@ impl Logins {
     }
 
     /// Forgets what is older than `ttl` at `now`. A login being committed
-    /// expires too, `ttl` after its commit began (its driver may have given up
-    /// on the step); a commit that ends after that still answers its client.
+    /// expires too (its driver may have given up on the step); a commit that
+    /// ends after that still answers its client.
     pub(super) fn expire(&mut self, now: Duration, ttl: Duration) {
         let alive = |at: Duration| now.saturating_sub(at) < ttl;
         let gone: Vec<u64> = self

@@ -6,6 +6,8 @@
 
 mod core;
 mod logins;
+#[cfg(test)]
+mod tests;
 
 pub use self::core::{Call, FleetStep, LoginLimits, NotCommitted, Progress, ServiceCore};
 
