@@ -7,12 +7,13 @@
 //!
 //! Security: raft-rs decodes messages with protobuf 2, which has a published
 //! advisory on untrusted input (RUSTSEC-2024-0437). A network transport must
-//! authenticate peers (the planned Noise transport pins the fleet's replica keys)
-//! and only hand bytes from authenticated fleet members to
+//! authenticate peers and only hand bytes from authenticated fleet members to
 //! [`decode_message`](crate::replica::decode_message).
 //!
-//! Implementation: [`ChannelNetwork`], in-process crossbeam channels with optional
-//! per-link delay and cuts, for tests, examples and benchmarks.
+//! Implementations: [`ChannelNetwork`], in-process crossbeam channels with optional
+//! per-link delay and cuts, for tests, examples and benchmarks; and the
+//! `vaultfleet-net` crate's TCP + Noise transport, which pins the fleet's keys
+//! (`docs/network.md`).
 
 mod channel;
 
@@ -51,6 +52,20 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Closed,
+    /// The message is larger than one transport frame may be (a network transport
+    /// bounds its frames; a snapshot must then travel in chunks). The caller
+    /// treats it like an unreachable peer; raft retries later.
+    #[error(
+        "a message of {bytes} bytes for replica {to} is above the frame limit of {bytes_max} bytes"
+    )]
+    TooLarge {
+        /// The destination replica.
+        to: ReplicaId,
+        /// The encoded message's size.
+        bytes: usize,
+        /// The transport's frame limit.
+        bytes_max: usize,
+    },
 }
 
 /// Sends raft messages to peers, without blocking.
