@@ -68,10 +68,37 @@ pub enum TransportError {
     },
 }
 
+/// How the send of a snapshot message ended, as its transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSent {
+    /// Every byte was handed to the peer's connection (written out).
+    Written,
+    /// The send failed (connection lost, peer gone, refused): raft sends again.
+    Failed,
+}
+
+/// Called once, from any thread, when a snapshot's send has ended. It must not
+/// block (the node's implementation hands the outcome to its own thread).
+pub type SnapshotDone = Box<dyn FnOnce(SnapshotSent) + Send>;
+
 /// Sends raft messages to peers, without blocking.
 pub trait Transport: Send + Sync + 'static {
     /// Queues `envelope` for `envelope.message.to`. Delivery is not guaranteed
     /// (raft tolerates loss); an error means the send was not even attempted, and
     /// the caller reports the peer unreachable to raft.
     fn send(&self, envelope: Envelope) -> Result<(), TransportError>;
+
+    /// Queues a snapshot message and reports through `done` when it has been
+    /// written out or has failed: raft holds back a peer it sent a snapshot to
+    /// until it hears which, so a transport that sends in the background (in
+    /// chunks, say) reports at the end, not when it queued. An `Err` means
+    /// nothing was queued and `done` is never called (the caller reports the
+    /// failure). The default sends with [`Transport::send`] and reports
+    /// `Written` at once, which is right for a transport that delivers whole
+    /// messages in the call.
+    fn send_snapshot(&self, envelope: Envelope, done: SnapshotDone) -> Result<(), TransportError> {
+        self.send(envelope)?;
+        done(SnapshotSent::Written);
+        Ok(())
+    }
 }
