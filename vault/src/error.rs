@@ -419,9 +419,6 @@ pub enum ReplyError {
         /// [`RETIREMENTS_MAX`](crate::RETIREMENTS_MAX).
         max: usize,
     },
-    /// An epoch retirement the reply carries does not verify (bundle mode).
-    #[error("epoch retirement refused: {0}")]
-    Retirement(#[source] BundleError),
 }
 
 /// Why a [`BundleSource`](crate::BundleSource) cannot be built: the bundle and

@@ -48,9 +48,10 @@ pub mod wire;
 
 pub use bundle_source::{BundleSource, ReplyExtras, RETIREMENTS_MAX};
 pub use client::{
-    ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
+    verify_pinned_reply, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened,
+    VaultClient, VaultClientConfig,
 };
-pub use crypto::{authenticate_request, registration_secret_digest};
+pub use crypto::{authenticate_request, open_recovered_secret, registration_secret_digest};
 pub use error::{
     BundleSourceError, InvalidInput, KeysError, Mismatch, ProtocolFailure, RecordError, Rejection,
     ReplyError, Unavailability, Uncertain, Unreachable, VaultClientError, VaultError,

@@ -1017,6 +1017,37 @@ mod over_the_air {
         );
     }
 
+    /// Review of issue 13 (Low): a retirement that does not verify (one the
+    /// operator never countersigned here; one signed by a witness key since
+    /// rotated out fails the same way) made the client refuse the whole reply, so one stale
+    /// retirement in a `BundleSource` failed every honest reply. It is now
+    /// skipped (the network can strip retirements anyway), and not applied.
+    #[test]
+    fn review_low_a_retirement_that_does_not_verify_is_skipped_not_fatal() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        let client = bundle_client(vf.endpoints(), &witness, &authority);
+        serve(&vf, &e1);
+        assert_matches!(client.register(b"tess", CODE, SECRET), Ok(1));
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        // Witnessed but never countersigned by the operator.
+        let uncountersigned = witness.sign_retirement(NS, 1, NOW).unwrap();
+        let e2 = e2
+            .with_retirements(vec![uncountersigned.encode().unwrap()])
+            .unwrap();
+        serve(&vf, &e2);
+        assert_matches!(client.register(b"uma", CODE, SECRET), Ok(1));
+        assert_eq!(client.fleet_epoch(), Some(2));
+        // Neither retirement applied: epoch 1 is still within its window.
+        let late =
+            BundleSource::new(e1.bundle().to_vec(), witness.tree(NS).unwrap().clone()).unwrap();
+        serve(&vf, &late);
+        assert_matches!(client.register(b"vera", CODE, SECRET), Ok(1));
+    }
+
     /// The fleet's artifact for `epoch`, from the services' real keys.
     fn artifact(vf: &VaultFleet, epoch: u64) -> FleetArtifact {
         let replicas = vf
@@ -1985,11 +2016,12 @@ mod review {
         r
     }
 
-    /// Withholds (captures, and answers nothing to) every `RegisterFinish`
-    /// while `withhold` is set; passes everything else on.
+    /// Withholds (captures, and answers nothing to) every request `holds`
+    /// picks while `withhold` is set; passes everything else on.
     struct Withholder {
         inner: Arc<Service>,
         withhold: AtomicBool,
+        holds: fn(&VaultClientRequest) -> bool,
         captured: Mutex<Vec<Vec<u8>>>,
     }
 
@@ -2001,9 +2033,7 @@ mod review {
         fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
             let r: VaultClientRequest =
                 vaultfleet::wire::decode(request, "request").expect("request");
-            if self.withhold.load(Ordering::SeqCst)
-                && matches!(r.op, Some(vault_client_request::Op::RegisterFinish(_)))
-            {
+            if self.withhold.load(Ordering::SeqCst) && (self.holds)(&r) {
                 self.captured.lock().unwrap().push(request.to_vec());
                 return Err(vaultfleet_vault::Unreachable {
                     replica: self.inner.replica(),
@@ -2013,14 +2043,38 @@ mod review {
         }
     }
 
+    /// A withholder in front of replica 1's service, on from the start.
+    fn withholding(vf: &VaultFleet, holds: fn(&VaultClientRequest) -> bool) -> Arc<Withholder> {
+        Arc::new(Withholder {
+            inner: Arc::clone(&vf.services[&1]),
+            withhold: AtomicBool::new(true),
+            holds,
+            captured: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Every `RegisterFinish`.
+    fn register_finishes(r: &VaultClientRequest) -> bool {
+        matches!(r.op, Some(vault_client_request::Op::RegisterFinish(_)))
+    }
+
+    /// Every finish that changes the fleet's record: a delete's login finish, a
+    /// re-registration's upload.
+    fn record_changes(r: &VaultClientRequest) -> bool {
+        match &r.op {
+            Some(vault_client_request::Op::LoginFinish(f)) => {
+                f.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER)
+                    == VaultLoginPurpose::VAULT_DELETE
+            }
+            Some(vault_client_request::Op::RegisterFinish(f)) => f.login != 0,
+            _ => false,
+        }
+    }
+
     #[test]
     fn review_f1_a_withheld_registration_replayed_after_a_delete_is_stale() {
         let vf = VaultFleet::start(3, Store::Mem);
-        let withholder = Arc::new(Withholder {
-            inner: Arc::clone(&vf.services[&1]),
-            withhold: AtomicBool::new(true),
-            captured: Mutex::new(Vec::new()),
-        });
+        let withholder = withholding(&vf, register_finishes);
         let client = vf.client_of(vec![Arc::clone(&withholder) as Arc<dyn VaultEndpoint>]);
         // The first registration's finish never arrives: the client errors.
         assert_matches!(
@@ -2380,49 +2434,6 @@ mod review {
         assert_eq!(attempts_left(&vf, b"vic"), 10, "forgiven");
     }
 
-    /// Withholds (captures, answers nothing to) every finish that changes the
-    /// fleet's record (a delete's login finish, a re-registration's upload)
-    /// while `withhold` is set; passes everything else on.
-    struct FinishWithholder {
-        inner: Arc<Service>,
-        withhold: AtomicBool,
-        captured: Mutex<Vec<Vec<u8>>>,
-    }
-
-    impl VaultEndpoint for FinishWithholder {
-        fn replica(&self) -> u64 {
-            self.inner.replica()
-        }
-
-        fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
-            let r: VaultClientRequest =
-                vaultfleet::wire::decode(request, "request").expect("request");
-            let changes_the_record = match &r.op {
-                Some(vault_client_request::Op::LoginFinish(f)) => {
-                    f.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER)
-                        == VaultLoginPurpose::VAULT_DELETE
-                }
-                Some(vault_client_request::Op::RegisterFinish(f)) => f.login != 0,
-                _ => false,
-            };
-            if self.withhold.load(Ordering::SeqCst) && changes_the_record {
-                self.captured.lock().unwrap().push(request.to_vec());
-                return Err(vaultfleet_vault::Unreachable {
-                    replica: self.inner.replica(),
-                });
-            }
-            self.inner.call(request)
-        }
-    }
-
-    fn withholding(vf: &VaultFleet) -> Arc<FinishWithholder> {
-        Arc::new(FinishWithholder {
-            inner: Arc::clone(&vf.services[&1]),
-            withhold: AtomicBool::new(true),
-            captured: Mutex::new(Vec::new()),
-        })
-    }
-
     /// Finding R2 (the tampering harness): a delete whose finish an attacker
     /// held back was reported as failed, then applied when the attacker let it
     /// through (within the login's life). The client now says the outcome is
@@ -2431,7 +2442,7 @@ mod review {
     #[test]
     fn finding_r2_a_withheld_delete_is_of_unknown_outcome_and_a_repeat_learns_it() {
         let vf = VaultFleet::start(3, Store::Mem);
-        let w = withholding(&vf);
+        let w = withholding(&vf, record_changes);
         let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
         client.register(b"rita", CODE, SECRET).expect("register");
         let e = client.delete(b"rita", CODE).expect_err("withheld");
@@ -2461,7 +2472,7 @@ mod review {
     #[test]
     fn finding_r2_a_withheld_reregistration_is_of_unknown_outcome_and_applies_once() {
         let vf = VaultFleet::start(3, Store::Mem);
-        let w = withholding(&vf);
+        let w = withholding(&vf, record_changes);
         let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
         assert_eq!(client.register(b"ravi", CODE, SECRET).expect("register"), 1);
         let e = client
