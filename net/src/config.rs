@@ -48,6 +48,14 @@ pub struct NetConfig {
     pub inbound_connections_max: usize,
     /// Worker threads of the runtime the transport starts for itself.
     pub worker_threads: usize,
+    /// Client requests one client connection may have in flight (submitted
+    /// to a node, reply not yet written); beyond it a request is answered
+    /// `Overloaded` at once. At most 2^20 are used.
+    pub client_in_flight_max: usize,
+    /// Longest a served client request waits for its node's answer before it
+    /// is answered `TimedOut` (the node answers far sooner: its own request
+    /// timeout is a few election timeouts).
+    pub client_request_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -67,6 +75,8 @@ impl Default for NetConfig {
             backoff_max: Duration::from_secs(2),
             inbound_connections_max: 256,
             worker_threads: 2,
+            client_in_flight_max: 256,
+            client_request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -88,6 +98,7 @@ impl NetConfig {
             ("batch_bytes_max", self.batch_bytes_max),
             ("inbound_connections_max", self.inbound_connections_max),
             ("worker_threads", self.worker_threads),
+            ("client_in_flight_max", self.client_in_flight_max),
         ];
         for (what, value) in counts {
             if value == 0 {
@@ -101,6 +112,7 @@ impl NetConfig {
             ("keepalive_interval", self.keepalive_interval),
             ("idle_timeout", self.idle_timeout),
             ("backoff_min", self.backoff_min),
+            ("client_request_timeout", self.client_request_timeout),
         ];
         for (what, value) in durations {
             if value.is_zero() {

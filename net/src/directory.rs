@@ -3,11 +3,17 @@
 //! and holds this process's own replica ids and private key, the fleet id and the
 //! protocol version (both bound into every handshake's prologue).
 //!
+//! It also holds the static keys of the client processes allowed to send client
+//! requests (`docs/network.md`, "Remote clients"). A client process has a
+//! directory of its own, made with [`PeerDirectory::client`]: no local replica,
+//! the fleet's replicas pinned as usual (they are what it dials).
+//!
 //! An engine user fills it by hand; the vault layer will fill it from the accepted
 //! fleet artifact's transport keys. Invariants kept by every constructor and
 //! mutator: no replica id is 0; every local id that is also listed is pinned to
 //! this process's own key; all replicas pinned to one key (one process) share one
-//! address, so a key names exactly one place to dial.
+//! address, so a key names exactly one place to dial; a key is a peer key or a
+//! client key, never both, and this process's own key is neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -46,6 +52,8 @@ pub struct PeerDirectory {
     local_ids: BTreeSet<ReplicaId>,
     secret: StaticSecret,
     peers: BTreeMap<ReplicaId, PeerEntry>,
+    clients: BTreeSet<PublicKey>,
+    client_process: bool,
 }
 
 impl PeerDirectory {
@@ -81,7 +89,67 @@ impl PeerDirectory {
             local_ids,
             secret,
             peers: BTreeMap::new(),
+            clients: BTreeSet::new(),
+            client_process: false,
         })
+    }
+
+    /// The directory of a *client* process of fleet `fleet_id`, proving
+    /// `secret`: it hosts no replica and says so in its handshakes; pin the
+    /// fleet's replicas (the nodes it dials) with [`insert`](Self::insert). The
+    /// nodes' directories must list its key with
+    /// [`allow_client`](Self::allow_client). A transport cannot be started
+    /// with it.
+    pub fn client(
+        fleet_id: impl Into<String>,
+        secret: StaticSecret,
+    ) -> Result<Self, DirectoryError> {
+        let fleet_id = fleet_id.into();
+        if fleet_id.is_empty() || fleet_id.len() > FLEET_ID_BYTES_MAX {
+            return Err(DirectoryError::FleetIdLength {
+                len: fleet_id.len(),
+            });
+        }
+        Ok(Self {
+            fleet_id,
+            protocol_version: PROTOCOL_VERSION,
+            local_ids: BTreeSet::new(),
+            secret,
+            peers: BTreeMap::new(),
+            clients: BTreeSet::new(),
+            client_process: true,
+        })
+    }
+
+    /// True for a client process's directory (made with [`client`](Self::client)).
+    pub fn is_client(&self) -> bool {
+        self.client_process
+    }
+
+    /// Allows the client process proving `key` to send client requests. A key
+    /// pinned to a replica, or this process's own key, cannot be a client's.
+    pub fn allow_client(&mut self, key: PublicKey) -> Result<(), DirectoryError> {
+        if key == self.secret.public_key() || self.peers.values().any(|e| e.public_key == key) {
+            return Err(DirectoryError::KeyRoleConflict { key });
+        }
+        self.clients.insert(key);
+        Ok(())
+    }
+
+    /// Withdraws a client key; returns whether it was allowed. Connections
+    /// authenticated with it close when the directory is updated.
+    pub fn remove_client(&mut self, key: &PublicKey) -> bool {
+        self.clients.remove(key)
+    }
+
+    /// True if `key` is an allowed client key.
+    pub fn is_pinned_client(&self, key: &PublicKey) -> bool {
+        self.clients.contains(key)
+    }
+
+    /// Every allowed client key.
+    pub fn clients(&self) -> impl Iterator<Item = &PublicKey> {
+        self.clients.iter()
     }
 
     /// The same directory speaking another protocol version (tests of version
@@ -106,6 +174,11 @@ impl PeerDirectory {
             return Err(DirectoryError::LocalKeyMismatch {
                 id,
                 pinned: entry.public_key,
+            });
+        }
+        if self.clients.contains(&entry.public_key) {
+            return Err(DirectoryError::KeyRoleConflict {
+                key: entry.public_key,
             });
         }
         if let Some((&other, _)) = self.peers.iter().find(|(&o, e)| {
@@ -189,6 +262,7 @@ impl PeerDirectory {
         if next.fleet_id != self.fleet_id
             || next.protocol_version != self.protocol_version
             || next.secret.public_key() != self.secret.public_key()
+            || next.client_process != self.client_process
         {
             return Err(DirectoryError::IdentityChanged);
         }
@@ -240,6 +314,33 @@ mod tests {
         assert_eq!(
             PeerDirectory::new("f", [], own.clone()).err(),
             Some(DirectoryError::NoLocalIds)
+        );
+        let client = StaticSecret::generate().unwrap().public_key();
+        assert_eq!(
+            dir.allow_client(other),
+            Err(DirectoryError::KeyRoleConflict { key: other }),
+            "a peer key is never a client key"
+        );
+        assert_eq!(
+            dir.allow_client(own.public_key()),
+            Err(DirectoryError::KeyRoleConflict {
+                key: own.public_key()
+            })
+        );
+        dir.allow_client(client).unwrap();
+        assert!(dir.is_pinned_client(&client) && !dir.is_pinned_peer(&client));
+        assert_eq!(
+            dir.insert(4, entry(4, client)),
+            Err(DirectoryError::KeyRoleConflict { key: client }),
+            "a client key is never a peer key"
+        );
+        assert!(dir.remove_client(&client));
+        assert!(!dir.is_pinned_client(&client));
+        let as_client = PeerDirectory::client("fleet", own.clone()).unwrap();
+        assert!(as_client.is_client() && as_client.local_ids().is_empty());
+        assert_eq!(
+            dir.check_update(&as_client),
+            Err(DirectoryError::IdentityChanged)
         );
         let renamed = PeerDirectory::new("other fleet", [1], own).unwrap();
         assert_eq!(

@@ -77,6 +77,17 @@ pub enum DirectoryError {
         /// The other.
         second: ReplicaId,
     },
+    /// A key given two roles: pinned to a replica and allowed as a client's, or
+    /// this process's own key allowed as a client's.
+    #[error("key {key} cannot be both a peer's (or this process's) and a client's")]
+    KeyRoleConflict {
+        /// The key.
+        key: PublicKey,
+    },
+    /// A client process's directory was given to a transport (a client hosts
+    /// no replica and does not listen).
+    #[error("a client process's directory cannot start a transport")]
+    ClientDirectory,
     /// An update changed this process's own key or fleet (a new process, not an update).
     #[error("a directory update may not change this process's key, fleet id or protocol version")]
     IdentityChanged,
@@ -244,6 +255,18 @@ pub enum HandshakeError {
         /// Theirs.
         theirs: u32,
     },
+    /// The hello claims another role than the one the key is pinned for: a
+    /// client key speaking as a peer, a peer key speaking as a client, or a
+    /// responder that does not answer as a peer.
+    #[error("key {key} is pinned as a {pinned} but its hello says {claimed}")]
+    RoleMismatch {
+        /// The key.
+        key: PublicKey,
+        /// The role the directory pins it to.
+        pinned: crate::handshake::Role,
+        /// The role its hello claims.
+        claimed: crate::handshake::Role,
+    },
     /// The peer claims a replica id not pinned to its key.
     #[error("the peer claims replica {0}, which is not pinned to its key")]
     ClaimNotPinned(ReplicaId),
@@ -285,6 +308,10 @@ pub enum ConnectionError {
     /// The peer's key was dropped from the directory (a new fleet epoch).
     #[error("the peer's key was dropped from the directory")]
     KeyDropped,
+    /// A client kept sending requests while its replies piled up unread
+    /// (`client_in_flight_max` replies waiting, and more refusals to write).
+    #[error("the client sends requests without reading its replies")]
+    RepliesNotRead,
     /// The transport is shutting down.
     #[error("the transport is shutting down")]
     Shutdown,

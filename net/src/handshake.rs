@@ -12,6 +12,10 @@
 //! it up in the directory *before* decoding its payload: an unpinned key is
 //! refused and the connection closed. A peer of another fleet or protocol
 //! version has another prologue, so the first message does not even decrypt.
+//! The hello also states the sender's [`Role`]: the responder looks the key up
+//! as a peer key or as a client key, and refuses a hello claiming the other
+//! role (a client key is never accepted as a peer, nor a peer key as a client).
+//!
 //! The payloads carry only a [`Hello`]; no application data rides in the
 //! handshake, so a replayed first message (which IK cannot detect) yields its
 //! replayer nothing: finishing the handshake needs the initiator's ephemeral and
@@ -29,7 +33,7 @@ use vaultfleet::ReplicaId;
 use crate::directory::PeerDirectory;
 use crate::error::HandshakeError;
 use crate::keys::PublicKey;
-use crate::wire::hello::Hello;
+use crate::wire::hello::{Hello, HelloRole};
 use crate::wire::record::{put_record, NOISE_MESSAGE_BYTES_MAX};
 
 /// The Noise protocol name: IK, X25519, ChaCha20-Poly1305, BLAKE2s.
@@ -50,14 +54,35 @@ pub fn prologue(directory: &PeerDirectory) -> Vec<u8> {
     )
 }
 
+/// What the other end of a session is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A process hosting replicas: raft frames.
+    Peer,
+    /// A client process: client requests (`docs/network.md`, "Remote clients").
+    Client,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Peer => "peer",
+            Role::Client => "client",
+        })
+    }
+}
+
 /// An authenticated session: the Noise transport state and who the peer is.
 pub struct Session {
     /// The Noise transport state (both directions' ciphers and nonces).
     pub noise: snow::TransportState,
     /// The static key the peer proved.
     pub remote_key: PublicKey,
-    /// The replica ids the peer claimed, each checked to be pinned to its key.
+    /// The replica ids the peer claimed, each checked to be pinned to its key
+    /// (none for a client).
     pub remote_ids: BTreeSet<ReplicaId>,
+    /// The role the peer's key is pinned for, and its hello claimed.
+    pub role: Role,
 }
 
 impl std::fmt::Debug for Session {
@@ -65,6 +90,7 @@ impl std::fmt::Debug for Session {
         f.debug_struct("Session")
             .field("remote_key", &self.remote_key)
             .field("remote_ids", &self.remote_ids)
+            .field("role", &self.role)
             .finish_non_exhaustive()
     }
 }
@@ -101,11 +127,12 @@ async fn write_record<W: AsyncWrite + Unpin>(
     writer.write_all(&out).await.map_err(HandshakeError::Io)
 }
 
-/// Checks a peer's hello against the directory: same version, and every claimed
-/// id pinned to the key the peer proved.
+/// Checks a peer's hello against the directory: same version, the role the
+/// key is pinned for, and every claimed id pinned to the key the peer proved.
 fn check_hello(
     directory: &PeerDirectory,
     key: PublicKey,
+    pinned: Role,
     payload: &[u8],
 ) -> Result<BTreeSet<ReplicaId>, HandshakeError> {
     let hello = Hello::decode(payload).map_err(HandshakeError::Hello)?;
@@ -115,20 +142,44 @@ fn check_hello(
             theirs: hello.version,
         });
     }
-    if let Some(&id) = hello
-        .ids
+    let ids = match (pinned, hello.role) {
+        (Role::Peer, HelloRole::Peer { ids }) => ids,
+        (Role::Client, HelloRole::Client) => return Ok(BTreeSet::new()),
+        (pinned, HelloRole::Peer { .. }) => {
+            return Err(HandshakeError::RoleMismatch {
+                key,
+                pinned,
+                claimed: Role::Peer,
+            })
+        }
+        (pinned, HelloRole::Client) => {
+            return Err(HandshakeError::RoleMismatch {
+                key,
+                pinned,
+                claimed: Role::Client,
+            })
+        }
+    };
+    if let Some(&id) = ids
         .iter()
         .find(|&&id| directory.key_of(id) != Some(key) || directory.is_local(id))
     {
         return Err(HandshakeError::ClaimNotPinned(id));
     }
-    Ok(hello.ids)
+    Ok(ids)
 }
 
 fn own_hello(directory: &PeerDirectory) -> Vec<u8> {
+    let role = if directory.is_client() {
+        HelloRole::Client
+    } else {
+        HelloRole::Peer {
+            ids: directory.local_ids().clone(),
+        }
+    };
     Hello {
         version: directory.protocol_version(),
-        ids: directory.local_ids().clone(),
+        role,
     }
     .encode()
 }
@@ -178,17 +229,20 @@ where
             found,
         });
     }
-    let remote_ids = check_hello(directory, remote, &payload[..n])?;
+    // Only a peer process answers a handshake.
+    let remote_ids = check_hello(directory, remote, Role::Peer, &payload[..n])?;
     let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
     Ok(Session {
         noise,
         remote_key: remote,
         remote_ids,
+        role: Role::Peer,
     })
 }
 
 /// Runs the responder's side: refuses any initiator whose static key is not
-/// pinned to a peer replica, before decoding anything it sent.
+/// pinned to a peer replica or allowed as a client, before decoding anything
+/// it sent, and one whose hello claims the other role.
 pub async fn respond<R, W>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     writer: &mut W,
@@ -213,11 +267,16 @@ where
         .get_remote_static()
         .and_then(PublicKey::from_slice)
         .unwrap_or(PublicKey::from_bytes([0; 32]));
-    // The pin check comes before the payload is decoded.
-    if !directory.is_pinned_peer(&key) {
+    // The pin check comes before the payload is decoded; the pin says which
+    // role the key may take.
+    let role = if directory.is_pinned_peer(&key) {
+        Role::Peer
+    } else if directory.is_pinned_client(&key) {
+        Role::Client
+    } else {
         return Err(HandshakeError::UnpinnedKey(key));
-    }
-    let remote_ids = check_hello(directory, key, &payload[..n])?;
+    };
+    let remote_ids = check_hello(directory, key, role, &payload[..n])?;
     let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
     let n = hs
         .write_message(&own_hello(directory), &mut message)
@@ -228,5 +287,6 @@ where
         noise,
         remote_key: key,
         remote_ids,
+        role,
     })
 }

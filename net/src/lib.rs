@@ -52,6 +52,14 @@
 //!   reaches an inbox; `link`: the bounded queue and reconnecting dialer of one
 //!   peer process; [`NetTransport`]: the listener and the engine-facing handle.
 //! * [`NetStats`]: every refusal and drop is counted.
+//! * Remote clients: a client process proves a key the nodes' directories
+//!   allow as a *client* key ([`PeerDirectory::allow_client`]; its own
+//!   directory is a [`PeerDirectory::client`]) and speaks the client frames of
+//!   [`wire::client`] over the same listener and handshake. The node side
+//!   (`server`) answers through the engine's `NodeApi` of the nodes registered
+//!   with [`NetTransport::serve_clients`]; the client side is [`remote`]:
+//!   a [`RemoteNode`] per node, and [`RemoteClient::session`] for an engine
+//!   `Client` over them.
 //!
 //! `docs/network.md` is the full manual: the wire format, what each check
 //! defends against, and every limit and timeout with its default.
@@ -76,6 +84,8 @@ pub mod error;
 pub mod handshake;
 pub mod keys;
 mod link;
+pub mod remote;
+mod server;
 pub mod stats;
 mod transport;
 pub mod wire;
@@ -88,6 +98,8 @@ pub use directory::{PeerDirectory, PeerEntry, PROTOCOL_VERSION};
 pub use error::{
     ConfigError, ConnectionError, DirectoryError, HandshakeError, KeyError, NetError, SendError,
 };
+pub use handshake::Role;
 pub use keys::{PublicKey, StaticSecret};
+pub use remote::{RemoteClient, RemoteConfig, RemoteError, RemoteNode};
 pub use stats::NetStats;
 pub use transport::NetTransport;

@@ -71,6 +71,20 @@ pub struct NetStats {
     pub sends_refused_too_large: u64,
     /// Sends refused because the destination is not in the directory.
     pub sends_refused_unknown_peer: u64,
+    /// Client connections whose handshake succeeded (an allowed client key).
+    pub client_connections_accepted: u64,
+    /// Handshakes refused because the hello claimed another role than the key is pinned for (a client key as a peer, a peer key as a client).
+    pub handshakes_refused_role: u64,
+    /// Client requests received and decoded.
+    pub client_requests: u64,
+    /// Client requests answered `Overloaded` because the connection had `client_in_flight_max` in flight.
+    pub client_requests_overloaded: u64,
+    /// Client requests for a (group, replica) not served here.
+    pub client_requests_unknown_node: u64,
+    /// Client requests answered `TimedOut` after `client_request_timeout`.
+    pub client_requests_timed_out: u64,
+    /// Client replies written.
+    pub client_replies: u64,
 }
 
 /// The live counters.
@@ -108,6 +122,13 @@ pub(crate) struct Counters {
     pub sends_refused_peer_down: AtomicU64,
     pub sends_refused_too_large: AtomicU64,
     pub sends_refused_unknown_peer: AtomicU64,
+    pub client_connections_accepted: AtomicU64,
+    pub handshakes_refused_role: AtomicU64,
+    pub client_requests: AtomicU64,
+    pub client_requests_overloaded: AtomicU64,
+    pub client_requests_unknown_node: AtomicU64,
+    pub client_requests_timed_out: AtomicU64,
+    pub client_replies: AtomicU64,
 }
 
 impl Counters {
@@ -161,6 +182,13 @@ impl Counters {
             sends_refused_peer_down: self.sends_refused_peer_down.load(Ordering::Relaxed),
             sends_refused_too_large: self.sends_refused_too_large.load(Ordering::Relaxed),
             sends_refused_unknown_peer: self.sends_refused_unknown_peer.load(Ordering::Relaxed),
+            client_connections_accepted: self.client_connections_accepted.load(Ordering::Relaxed),
+            handshakes_refused_role: self.handshakes_refused_role.load(Ordering::Relaxed),
+            client_requests: self.client_requests.load(Ordering::Relaxed),
+            client_requests_overloaded: self.client_requests_overloaded.load(Ordering::Relaxed),
+            client_requests_unknown_node: self.client_requests_unknown_node.load(Ordering::Relaxed),
+            client_requests_timed_out: self.client_requests_timed_out.load(Ordering::Relaxed),
+            client_replies: self.client_replies.load(Ordering::Relaxed),
         }
     }
 }

@@ -19,14 +19,15 @@ use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use vaultfleet::replica::encode_message;
+use vaultfleet::runtime::NodeApi;
 use vaultfleet::transport::{Envelope, Inbox, Transport, TransportError};
 use vaultfleet::ReplicaId;
 
 use crate::config::NetConfig;
 use crate::connection;
 use crate::directory::PeerDirectory;
-use crate::error::{ConnectionError, HandshakeError, NetError, SendError};
-use crate::handshake::respond;
+use crate::error::{ConnectionError, DirectoryError, HandshakeError, NetError, SendError};
+use crate::handshake::{respond, Role};
 use crate::keys::PublicKey;
 use crate::link::{self, PeerLink};
 use crate::stats::{Counters, NetStats};
@@ -37,6 +38,9 @@ use crate::wire::record::record_codec;
 const LISTENER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 type Routes = BTreeMap<u64, BTreeMap<ReplicaId, Arc<dyn Inbox>>>;
+
+/// The nodes served to clients, by (group, replica).
+type Served = BTreeMap<(u64, ReplicaId), Arc<dyn NodeApi>>;
 
 /// Why no inbox was found for a frame.
 pub(crate) enum RouteMiss {
@@ -52,6 +56,7 @@ pub(crate) struct Shared {
     directory: RwLock<Arc<PeerDirectory>>,
     pub directory_changed: watch::Sender<u64>,
     routes: RwLock<Routes>,
+    served: RwLock<Served>,
     links: Mutex<BTreeMap<PublicKey, Arc<PeerLink>>>,
     pub counters: Counters,
     pub cancel: CancellationToken,
@@ -69,6 +74,11 @@ impl Shared {
         let routes = self.routes.read();
         let replicas = routes.get(&group).ok_or(RouteMiss::Group)?;
         replicas.get(&to).cloned().ok_or(RouteMiss::Replica)
+    }
+
+    /// The node serving clients as replica `replica` of `group`.
+    pub fn served(&self, group: u64, replica: ReplicaId) -> Option<Arc<dyn NodeApi>> {
+        self.served.read().get(&(group, replica)).cloned()
     }
 
     /// Removes `link` from the map if it is still the one there.
@@ -159,6 +169,9 @@ impl NetTransport {
         directory: PeerDirectory,
         config: NetConfig,
     ) -> Result<Self, NetError> {
+        if directory.is_client() {
+            return Err(NetError::Directory(DirectoryError::ClientDirectory));
+        }
         let address = config.listen_address;
         let listen = |source| NetError::Listen { address, source };
         let std_listener = std::net::TcpListener::bind(address).map_err(listen)?;
@@ -174,6 +187,7 @@ impl NetTransport {
             directory: RwLock::new(Arc::new(directory)),
             directory_changed,
             routes: RwLock::new(BTreeMap::new()),
+            served: RwLock::new(BTreeMap::new()),
             links: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
@@ -250,6 +264,29 @@ impl NetTransport {
                 routes.remove(&group);
             }
         }
+    }
+
+    /// Serves client requests for `node` (replica `node.id()` of `group`,
+    /// one of the directory's local ids) to client processes whose keys the
+    /// directory allows ([`PeerDirectory::allow_client`]); replaces an earlier
+    /// one. `docs/network.md`, "Remote clients", describes the protocol.
+    pub fn serve_clients(&self, group: u64, node: Arc<dyn NodeApi>) -> Result<(), NetError> {
+        let replica = node.id();
+        if !self.inner.shared.directory().is_local(replica) {
+            return Err(NetError::NotLocal(replica));
+        }
+        self.inner
+            .shared
+            .served
+            .write()
+            .insert((group, replica), node);
+        Ok(())
+    }
+
+    /// Stops serving clients for replica `replica` of `group` (its requests
+    /// are then answered "unknown node").
+    pub fn stop_serving_clients(&self, group: u64, replica: ReplicaId) {
+        self.inner.shared.served.write().remove(&(group, replica));
     }
 
     /// The counters.
@@ -387,6 +424,9 @@ async fn serve_inbound(
             if matches!(e, HandshakeError::UnpinnedKey(_)) {
                 Counters::bump(&c.handshakes_refused_unpinned);
                 tracing::warn!(%address, error = %e, "refused a peer");
+            } else if matches!(e, HandshakeError::RoleMismatch { .. }) {
+                Counters::bump(&c.handshakes_refused_role);
+                tracing::warn!(%address, error = %e, "refused a key speaking in another role");
             } else {
                 Counters::bump(&c.handshakes_failed);
                 tracing::info!(%address, error = %e, "inbound handshake failed");
@@ -395,8 +435,15 @@ async fn serve_inbound(
         }
         Ok(Ok(session)) => session,
     };
-    Counters::bump(&c.connections_accepted);
     let key = session.remote_key;
+    if session.role == Role::Client {
+        Counters::bump(&c.client_connections_accepted);
+        tracing::debug!(%address, client = %key, "accepted a client");
+        let reason = crate::server::run(Arc::clone(&shared), reader, write, session).await;
+        record_close(&shared, key, &reason);
+        return;
+    }
+    Counters::bump(&c.connections_accepted);
     tracing::debug!(%address, peer = %key, ids = ?session.remote_ids, "accepted");
     let reason = connection::run(Arc::clone(&shared), reader, write, session, None).await;
     record_close(&shared, key, &reason);

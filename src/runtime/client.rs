@@ -4,8 +4,11 @@
 //! sequence) — so a retried command is applied at most once.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -71,6 +74,22 @@ pub enum ClientError {
     /// A client needs at least one node.
     #[error("a client needs at least one node handle")]
     NoNodes,
+}
+
+/// `pause` jittered uniformly over `[pause / 2, pause * 3 / 2]`, drawn from the
+/// operating system's random source: clients that lost their leader together
+/// (an election, a killed leader's process) do not retry in lock step. The
+/// mean stays `pause`. This is the runtime (never a simulated run), so OS
+/// randomness is fine here.
+fn jittered(pause: Duration) -> Duration {
+    use rand::Rng;
+    let nanos = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
+    if nanos < 2 {
+        return pause;
+    }
+    let low = nanos / 2;
+    let high = nanos.saturating_add(nanos / 2);
+    Duration::from_nanos(rand::rngs::OsRng.gen_range(low..=high))
 }
 
 fn retryable(e: &RequestError) -> bool {
@@ -205,7 +224,7 @@ impl Call {
         self.slot = None;
         if pause && !known_leader {
             let left = self.deadline.saturating_duration_since(Instant::now());
-            std::thread::sleep(inner.cfg.retry_backoff.min(left));
+            std::thread::sleep(jittered(inner.cfg.retry_backoff).min(left));
         }
     }
 
@@ -364,6 +383,57 @@ impl Drop for PendingCommand {
     }
 }
 
+/// A proposal as a [`Future`]: what [`Client::propose_future`] returns.
+///
+/// Runtime-agnostic (no tokio): the command's slots are made with a notify that
+/// wakes the stored [`Waker`]; each poll takes the outcome if it arrived, follows
+/// a `NotLeader` hint or re-submits a retryable error with the same sequence
+/// (as [`PendingCommand::poll`] does), and checks the call's deadline.
+struct ProposeFuture {
+    pending: PendingCommand,
+    waker: Arc<Mutex<Option<Waker>>>,
+}
+
+impl Future for ProposeFuture {
+    type Output = Result<Vec<u8>, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.pending.call.is_none() {
+            return Poll::Ready(Err(ClientError::AlreadyFinished));
+        }
+        // Store the waker before looking at the slot: a fill in between wakes it.
+        *this.waker.lock() = Some(cx.waker().clone());
+        if let Some(result) = this.pending.poll() {
+            return Poll::Ready(result);
+        }
+        // A re-submission the node refused at once left no slot to notify us:
+        // ask to be polled again after a jittered pause.
+        if this.pending.call.as_ref().is_some_and(|c| c.slot.is_none()) {
+            let pause = jittered(this.pending.client.inner.cfg.retry_backoff);
+            wake_after(pause, cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Wakes `waker` after `pause`, from a short-lived thread of its own (the
+/// engine has no timer of its own and does not depend on an async runtime; this
+/// only runs when a node refused a re-submission at once). If no thread can be
+/// started, wakes at once: the executor polls again.
+fn wake_after(pause: Duration, waker: Waker) {
+    let waker_again = waker.clone();
+    let spawned = std::thread::Builder::new()
+        .name("vaultfleet-client-retry".into())
+        .spawn(move || {
+            std::thread::sleep(pause);
+            waker.wake();
+        });
+    if spawned.is_err() {
+        waker_again.wake();
+    }
+}
+
 fn applied(reply: Reply) -> Result<Vec<u8>, ClientError> {
     match reply {
         Reply::Applied(bytes) => Ok(bytes),
@@ -479,6 +549,41 @@ impl Client {
         pending
     }
 
+    /// Proposes `command` as a [`Future`] that resolves to the state machine's
+    /// response: the async counterpart of [`Client::propose`], with the same
+    /// leader finding, `NotLeader` hints, retries with the same sequence and
+    /// at-most-once session. It needs no particular async runtime.
+    ///
+    /// The command is submitted at once (as [`Client::propose_async`] does);
+    /// the future is woken when an answer arrives. A retryable answer
+    /// (`NotLeader`, a lost connection, `Overloaded`) is re-submitted to the
+    /// next node during the poll it wakes; a re-submission refused at once is
+    /// tried again on a poll after a jittered `retry_backoff`.
+    ///
+    /// Timeouts: every poll checks the client's `timeout` and resolves to
+    /// [`ClientError::Unavailable`] once it has passed, but nothing polls an
+    /// idle future at its deadline, and `attempt_timeout` (abandon a silent
+    /// node for another) is not applied. Wrap the future in your runtime's
+    /// timeout (`tokio::time::timeout(cfg.timeout, ...)`) for a hard bound, or
+    /// poll it on a timer.
+    pub fn propose_future(
+        &self,
+        command: impl Into<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send + 'static {
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let cell = Arc::clone(&waker);
+        let notify: Notify = Arc::new(move || {
+            let waker = cell.lock().take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        ProposeFuture {
+            pending: self.propose_pending(command.into(), Some(notify)),
+            waker,
+        }
+    }
+
     /// Proposes `command` and waits for the state machine's response, retrying on
     /// leader changes; the command is applied at most once.
     pub fn propose(&self, command: impl Into<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
@@ -543,5 +648,25 @@ impl Client {
             waited: started.elapsed(),
             last: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_are_jittered_around_the_backoff() {
+        let pause = Duration::from_millis(20);
+        let draws: BTreeSet<Duration> = (0..64).map(|_| jittered(pause)).collect();
+        assert!(
+            draws.iter().all(|d| *d >= pause / 2 && *d <= pause * 3 / 2),
+            "{draws:?}"
+        );
+        assert!(
+            draws.len() > 32,
+            "clients do not pause in lock step: {draws:?}"
+        );
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }

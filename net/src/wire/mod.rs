@@ -7,7 +7,9 @@
 //!   frames, each a `u32` length, a kind byte and, for raft, the clear header
 //!   (group, from, to) and the raft message. A frame may span several records.
 //! * [`hello`]: the only payload a handshake message carries.
+//! * [`client`]: the frames of a client connection (requests and replies).
 
+pub mod client;
 pub mod frame;
 pub mod hello;
 pub mod record;
