@@ -82,14 +82,24 @@ pub enum ClientError {
 /// mean stays `pause`. This is the runtime (never a simulated run), so OS
 /// randomness is fine here.
 fn jittered(pause: Duration) -> Duration {
-    use rand::Rng;
+    use rand::RngCore;
     let nanos = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
     if nanos < 2 {
         return pause;
     }
+    // Never a panic: if the OS source fails, the pause is not jittered.
+    let mut draw = [0u8; 8];
+    if rand::rngs::OsRng.try_fill_bytes(&mut draw).is_err() {
+        return pause;
+    }
     let low = nanos / 2;
     let high = nanos.saturating_add(nanos / 2);
-    Duration::from_nanos(rand::rngs::OsRng.gen_range(low..=high))
+    let draw = u64::from_le_bytes(draw);
+    let offset = match (high - low).checked_add(1) {
+        Some(values) => draw % values,
+        None => draw,
+    };
+    Duration::from_nanos(low + offset)
 }
 
 fn retryable(e: &RequestError) -> bool {
@@ -392,6 +402,9 @@ impl Drop for PendingCommand {
 struct ProposeFuture {
     pending: PendingCommand,
     waker: Arc<Mutex<Option<Waker>>>,
+    /// When a wake-up for a re-submission is due, if one is scheduled: polls
+    /// before it schedule none (one timer entry per future at a time).
+    retry_at: Option<Instant>,
 }
 
 impl Future for ProposeFuture {
@@ -408,29 +421,17 @@ impl Future for ProposeFuture {
             return Poll::Ready(result);
         }
         // A re-submission the node refused at once left no slot to notify us:
-        // ask to be polled again after a jittered pause.
+        // ask to be polled again after a jittered pause (once: an earlier poll
+        // may have asked already).
         if this.pending.call.as_ref().is_some_and(|c| c.slot.is_none()) {
-            let pause = jittered(this.pending.client.inner.cfg.retry_backoff);
-            wake_after(pause, cx.waker().clone());
+            let now = Instant::now();
+            if this.retry_at.is_none_or(|at| now >= at) {
+                let at = now + jittered(this.pending.client.inner.cfg.retry_backoff);
+                this.retry_at = Some(at);
+                super::timer::wake_at(at, cx.waker().clone());
+            }
         }
         Poll::Pending
-    }
-}
-
-/// Wakes `waker` after `pause`, from a short-lived thread of its own (the
-/// engine has no timer of its own and does not depend on an async runtime; this
-/// only runs when a node refused a re-submission at once). If no thread can be
-/// started, wakes at once: the executor polls again.
-fn wake_after(pause: Duration, waker: Waker) {
-    let waker_again = waker.clone();
-    let spawned = std::thread::Builder::new()
-        .name("vaultfleet-client-retry".into())
-        .spawn(move || {
-            std::thread::sleep(pause);
-            waker.wake();
-        });
-    if spawned.is_err() {
-        waker_again.wake();
     }
 }
 
@@ -581,6 +582,7 @@ impl Client {
         ProposeFuture {
             pending: self.propose_pending(command.into(), Some(notify)),
             waker,
+            retry_at: None,
         }
     }
 

@@ -21,6 +21,7 @@ mod mailbox;
 mod node;
 mod slot;
 mod sync;
+mod timer;
 
 pub use api::NodeApi;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
