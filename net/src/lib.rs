@@ -84,6 +84,7 @@ pub mod error;
 pub mod handshake;
 pub mod keys;
 mod link;
+pub mod open;
 pub mod remote;
 mod server;
 pub mod stats;
@@ -100,6 +101,7 @@ pub use error::{
 };
 pub use handshake::Role;
 pub use keys::{PublicKey, StaticSecret};
+pub use open::{ChannelId, OpenConnection, OpenServer};
 pub use remote::{RemoteClient, RemoteConfig, RemoteError, RemoteNode};
 pub use stats::NetStats;
 pub use transport::NetTransport;

@@ -41,6 +41,8 @@ mod error;
 mod keys;
 mod limits;
 mod machine;
+mod peers;
+mod remote;
 mod server;
 mod service;
 mod user_id;
@@ -59,6 +61,11 @@ pub use error::{
 pub use keys::{VaultKeys, VaultPublicKeys};
 pub use limits::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
 pub use machine::{BackupVault, UserView};
+pub use peers::{peer_directory, PeersError};
+pub use remote::{
+    BundleTrust, RemoteVaultEndpoint, RemoteVaultError, ServerTrust, VaultListener,
+    VAULT_CHANNEL_LABEL,
+};
 pub use server::{
     PendingLogin, Registration, RegistrationStarted, RegistrationTerms, VaultServer, VerifiedLogin,
 };
