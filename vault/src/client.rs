@@ -360,6 +360,9 @@ pub struct VaultClient {
     preferred: AtomicUsize,
     rng: Mutex<KeyErasingRng>,
     cfg: VaultClientConfig,
+    /// The handshake trust of remote endpoints, kept in step with this
+    /// client's retirements ([`VaultClient::keep_in_step`]).
+    handshake: Option<Arc<crate::remote::BundleTrust>>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -446,7 +449,19 @@ impl VaultClient {
             preferred: AtomicUsize::new(0),
             rng: Mutex::new(rng),
             cfg,
+            handshake: None,
         })
+    }
+
+    /// Keeps `trust`, the handshake check of this client's
+    /// [`RemoteVaultEndpoint`](crate::RemoteVaultEndpoint)s, in step with the
+    /// client: every epoch retirement a reply carries is applied to it too, so
+    /// a transport key of a retired epoch is refused at the next handshake
+    /// (and connections checked before are not reused), not only in replies.
+    /// Give it the same pins as the client's verifier.
+    pub fn keep_in_step(mut self, trust: Arc<crate::remote::BundleTrust>) -> Self {
+        self.handshake = Some(trust);
+        self
     }
 
     fn next_id(&self) -> VaultRequestId {
@@ -493,6 +508,11 @@ impl VaultClient {
                 for r in &reply.retirements {
                     if let Err(e) = verifier.retire(r, now) {
                         tracing::warn!(replica, "vault client: an epoch retirement skipped: {e}");
+                    }
+                    if let Some(trust) = &self.handshake {
+                        if let Err(e) = trust.retire(r) {
+                            tracing::debug!(replica, "vault client: handshake trust: {e}");
+                        }
                     }
                 }
                 // Checked now, accepted only once the reply itself verified: a

@@ -72,6 +72,15 @@ pub enum RemoteVaultError {
         /// The key the server proved.
         proved: PublicKey,
     },
+    /// The handshake's bundle verifies, but its artifact names another fleet
+    /// than the one this endpoint was built for: nothing was sent.
+    #[error("replica {replica}'s handshake bundle is of another fleet than {fleet_id}")]
+    OtherFleet {
+        /// The replica.
+        replica: ReplicaId,
+        /// The fleet this endpoint was built for.
+        fleet_id: String,
+    },
     /// A channel id that cannot be built (a fleet id of the wrong length).
     #[error("invalid channel for fleet id")]
     ChannelId(#[source] ChannelError),
@@ -88,6 +97,8 @@ enum Refusal {
     Bundle(#[source] BundleError),
     #[error("the proved key is not the replica's transport key in the bundle")]
     NotListed,
+    #[error("the bundle's artifact is of another fleet than the channel's")]
+    OtherFleet,
 }
 
 /// The bundle check of the handshake, shared by every endpoint of one client:
@@ -96,6 +107,9 @@ enum Refusal {
 pub struct BundleTrust {
     verifier: Mutex<FleetVerifier>,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Moves whenever what this trust accepts narrows (an epoch accepted, an
+    /// epoch retired): kept connections checked before it are not reused.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for BundleTrust {
@@ -118,7 +132,35 @@ impl BundleTrust {
         Arc::new(Self {
             verifier: Mutex::new(verifier),
             clock,
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Applies an early epoch retirement (witnessed and countersigned) to the
+    /// handshake check. A [`VaultClient`](crate::VaultClient) kept in step with
+    /// this trust ([`VaultClient::keep_in_step`](crate::VaultClient::keep_in_step))
+    /// calls it for every retirement a reply carries, so a retired epoch's
+    /// transport keys are refused at the next handshake too, and connections
+    /// checked before are not reused. Returns the epoch retired through.
+    pub fn retire(&self, retirement: &[u8]) -> Result<u64, BundleError> {
+        let now = (self.clock)();
+        let mut verifier = self.verifier.lock();
+        let before = verifier.retired_through();
+        let through = verifier.retire(retirement, now)?;
+        if verifier.retired_through() != before {
+            self.narrowed();
+        }
+        Ok(through)
+    }
+
+    /// What this trust accepts has narrowed: kept connections are checked again.
+    fn narrowed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The newest epoch a handshake bundle moved this trust to.
@@ -129,12 +171,23 @@ impl BundleTrust {
     /// Checks a handshake: `payload` must be a bundle that verifies for
     /// `replica` now, listing `proved` as its transport key. Only then is the
     /// bundle accepted (the epoch moves forward, never back).
-    fn check(&self, replica: ReplicaId, proved: &[u8; 32], payload: &[u8]) -> Result<(), Refusal> {
+    fn check(
+        &self,
+        fleet_id: &str,
+        replica: ReplicaId,
+        proved: &[u8; 32],
+        payload: &[u8],
+    ) -> Result<(), Refusal> {
         let now = (self.clock)();
         let mut verifier = self.verifier.lock();
         let accepted = verifier
             .check(payload, now, replica)
             .map_err(Refusal::Bundle)?;
+        // The channel's fleet id is public (anyone can compute the prologue):
+        // the fleet is bound by the signed artifact, which must name it.
+        if accepted.artifact.fleet_id != fleet_id {
+            return Err(Refusal::OtherFleet);
+        }
         let listed = accepted
             .artifact
             .replica(replica)
@@ -143,7 +196,12 @@ impl BundleTrust {
         if listed != *proved {
             return Err(Refusal::NotListed);
         }
-        verifier.accept(&accepted).map_err(Refusal::Bundle)
+        let before = verifier.newest_epoch();
+        verifier.accept(&accepted).map_err(Refusal::Bundle)?;
+        if verifier.newest_epoch() != before {
+            self.narrowed();
+        }
+        Ok(())
     }
 }
 
@@ -167,11 +225,24 @@ pub struct RemoteVaultEndpoint {
     channel: ChannelId,
     trust: ServerTrust,
     config: OpenClientConfig,
-    /// Idle connections and when they were last used.
-    idle: Mutex<Vec<(OpenConnection, Instant)>>,
+    fleet_id: String,
+    /// Idle connections, each with when it was last used, when its handshake
+    /// was checked, and the trust's generation it was checked at.
+    idle: Mutex<Vec<Kept>>,
     /// Idle connections older than this are not reused (the server closes idle
     /// ones; keep this below its `idle_timeout`).
     reuse_within: Duration,
+    /// No connection is used longer than this after its handshake: a rotation
+    /// reaches a busy client through a fresh handshake within it.
+    checked_within: Duration,
+}
+
+/// A connection kept for reuse.
+struct Kept {
+    conn: OpenConnection,
+    used: Instant,
+    checked: Instant,
+    generation: u64,
 }
 
 impl std::fmt::Debug for RemoteVaultEndpoint {
@@ -202,8 +273,10 @@ impl RemoteVaultEndpoint {
             channel,
             trust,
             config,
+            fleet_id: fleet_id.to_string(),
             idle: Mutex::new(Vec::new()),
             reuse_within: Duration::from_secs(10),
+            checked_within: Duration::from_secs(60),
         })
     }
 
@@ -211,13 +284,30 @@ impl RemoteVaultEndpoint {
     /// anything: the typed reason a server is not trusted. The connection is
     /// kept for the next request.
     pub fn connect(&self) -> Result<(), RemoteVaultError> {
-        let conn = self.open()?;
-        self.put_back(conn);
+        let (conn, checked, generation) = self.open()?;
+        self.put_back(conn, checked, generation);
         Ok(())
     }
 
-    fn open(&self) -> Result<OpenConnection, RemoteVaultError> {
+    fn trust_generation(&self) -> u64 {
+        match &self.trust {
+            ServerTrust::Pinned(_) => 0,
+            ServerTrust::Bundles(trust) => trust.generation(),
+        }
+    }
+
+    /// A fresh, checked connection, with when it was checked and the trust's
+    /// generation before the check.
+    #[allow(clippy::disallowed_methods)] // connection reuse runs on the host's clock
+    fn open(&self) -> Result<(OpenConnection, Instant, u64), RemoteVaultError> {
+        let generation = self.trust_generation();
+        let checked = Instant::now();
+        self.handshake().map(|conn| (conn, checked, generation))
+    }
+
+    fn handshake(&self) -> Result<OpenConnection, RemoteVaultError> {
         let replica = self.replica;
+        let fleet_id = self.fleet_id.as_str();
         let result = match &self.trust {
             ServerTrust::Pinned(key) => OpenConnection::connect(
                 self.address,
@@ -232,7 +322,7 @@ impl RemoteVaultEndpoint {
                 &self.channel,
                 ServerKey::Prove,
                 &self.config,
-                |proved: &[u8; 32], payload: &[u8]| trust.check(replica, proved, payload),
+                |proved: &[u8; 32], payload: &[u8]| trust.check(fleet_id, replica, proved, payload),
             ),
         };
         result.map_err(|e| match e {
@@ -248,6 +338,13 @@ impl RemoteVaultEndpoint {
                 replica,
                 proved: key,
             },
+            ConnectError::Refused {
+                cause: Refusal::OtherFleet,
+                ..
+            } => RemoteVaultError::OtherFleet {
+                replica,
+                fleet_id: self.fleet_id.clone(),
+            },
         })
     }
 
@@ -258,18 +355,30 @@ impl RemoteVaultEndpoint {
     }
 
     #[allow(clippy::disallowed_methods)] // connection reuse runs on the host's clock
-    fn put_back(&self, conn: OpenConnection) {
+    fn put_back(&self, conn: OpenConnection, checked: Instant, generation: u64) {
         let mut idle = self.idle.lock();
         if idle.len() < IDLE_CONNECTIONS_MAX {
-            idle.push((conn, Instant::now()));
+            idle.push(Kept {
+                conn,
+                used: Instant::now(),
+                checked,
+                generation,
+            });
         }
     }
 
-    fn reusable(&self) -> Option<OpenConnection> {
+    /// A kept connection still fit for use: used recently (the server has not
+    /// closed it), checked recently, and checked under what the trust accepts
+    /// now (no epoch accepted or retired since its handshake).
+    fn reusable(&self) -> Option<Kept> {
+        let generation = self.trust_generation();
         let mut idle = self.idle.lock();
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < self.reuse_within {
-                return Some(conn);
+        while let Some(kept) = idle.pop() {
+            if kept.used.elapsed() < self.reuse_within
+                && kept.checked.elapsed() < self.checked_within
+                && kept.generation == generation
+            {
+                return Some(kept);
             }
         }
         None
@@ -282,14 +391,20 @@ impl RemoteVaultEndpoint {
     /// failure (a timeout, a refused frame) is returned at once.
     pub fn call_remote(&self, request: &[u8]) -> Result<Vec<u8>, RemoteVaultError> {
         let replica = self.replica;
-        if let Some(mut conn) = self.reusable() {
+        if let Some(Kept {
+            mut conn,
+            checked,
+            generation,
+            ..
+        }) = self.reusable()
+        {
             match conn.call(request) {
                 Ok(reply) => {
-                    self.put_back(conn);
+                    self.put_back(conn, checked, generation);
                     return Ok(reply);
                 }
                 Err(source @ (ChannelError::Busy | ChannelError::Unavailable)) => {
-                    self.put_back(conn);
+                    self.put_back(conn, checked, generation);
                     return Err(RemoteVaultError::Channel { replica, source });
                 }
                 // Closed while kept (the server's idle timeout): once more, fresh.
@@ -299,15 +414,15 @@ impl RemoteVaultEndpoint {
                 Err(source) => return Err(RemoteVaultError::Channel { replica, source }),
             }
         }
-        let mut conn = self.open()?;
+        let (mut conn, checked, generation) = self.open()?;
         match conn.call(request) {
             Ok(reply) => {
-                self.put_back(conn);
+                self.put_back(conn, checked, generation);
                 Ok(reply)
             }
             Err(source) => {
                 if matches!(source, ChannelError::Busy | ChannelError::Unavailable) {
-                    self.put_back(conn);
+                    self.put_back(conn, checked, generation);
                 }
                 Err(RemoteVaultError::Channel { replica, source })
             }

@@ -623,3 +623,74 @@ fn a_client_with_pinned_keys_runs_nk() {
     let stats = rf.listeners[&1].stats();
     assert!(stats.handshakes_failed >= 1, "{stats:?}");
 }
+
+/// Review of the vault channel, H1: the handshake's trust never learnt of early
+/// retirements (they arrive in replies, and only the client's own verifier
+/// applied them), so a transport key of a retired epoch (a compromised host's,
+/// say) still received the user's bytes until the epoch's `not_after`. A client
+/// kept in step hands every retirement to the handshake trust: the retired
+/// epoch's key gets no request.
+#[test]
+fn review_h1_a_retired_epochs_transport_key_receives_no_request() {
+    let mut rf = RemoteFleet::start(3);
+    // Epoch 1 lists, for replica 1, a key the attacker holds (a host it
+    // compromised); epoch 2 lists the honest listener's key and retires 1.
+    let stolen = StaticSecret::generate().unwrap();
+    let listed = BTreeMap::from([(1, *stolen.public_key().as_bytes())]);
+    let e1 = rf.artifact(1, &listed);
+    let e1_source = rf.publish(&e1);
+    let keys = VaultKeys::open(rf.world.clone(), &rf.sealed_setup, 1, 1).unwrap();
+    let attacker = VaultListener::start(
+        Arc::new(
+            VaultService::start(
+                VaultServer::new(keys),
+                rf.fleet.handles(),
+                VaultServiceConfig::default(),
+            )
+            .expect("service session"),
+        ),
+        FLEET,
+        stolen,
+        OpenServerConfig::new("127.0.0.1:0".parse().unwrap()),
+    )
+    .expect("listen");
+    attacker.serve(e1_source).unwrap();
+    let trust = rf.trust();
+    let honest = rf.bundle_endpoints(&trust, &[2, 3], |id| rf.listeners[&id].local_addr());
+    let client = rf.bundle_client(honest).keep_in_step(Arc::clone(&trust));
+    assert_matches!(client.register(USER, CODE, SECRET), Ok(1));
+    let e2 = rf.artifact(2, &BTreeMap::new());
+    let e2_source = rf.publish(&e2);
+    let mut retirement = rf.witness.sign_retirement(NS, 1, NOW).unwrap();
+    retirement.countersign(&rf.authority, "operator").unwrap();
+    let e2_source = e2_source
+        .with_retirements(vec![retirement.encode().unwrap()])
+        .unwrap();
+    for l in rf.listeners.values() {
+        l.serve(e2_source.clone()).unwrap();
+    }
+    // A reply carries the retirement: the client, and its handshake trust, take it.
+    assert_eq!(client.recover(USER, CODE).unwrap().as_slice(), SECRET);
+    // The attacker answers for replica 1 with epoch 1's bundle and key.
+    let to_attacker = bundle_endpoint(&trust, 1, attacker.local_addr());
+    assert_matches!(
+        to_attacker.connect(),
+        Err(RemoteVaultError::Bundle {
+            replica: 1,
+            source: BundleError::EpochRetired { .. }
+        })
+    );
+    let victim = rf
+        .bundle_client(vec![to_attacker as Arc<dyn VaultEndpoint>])
+        .keep_in_step(Arc::clone(&trust));
+    assert!(client_fails(&victim));
+    assert_eq!(
+        attacker.stats().requests_received,
+        0,
+        "nothing of the user's"
+    );
+}
+
+fn client_fails(client: &VaultClient) -> bool {
+    client.recover(USER, CODE).is_err()
+}

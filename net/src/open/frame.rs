@@ -92,7 +92,10 @@ impl Assembler {
                     return Err(ChannelError::FrameSize { len, max: self.max });
                 }
                 self.buf.clear();
-                self.buf.reserve(len.min(NOISE_MESSAGE_BYTES_MAX));
+                // The whole frame at once (its length is checked): the buffer is
+                // never reallocated, so no copy of its plaintext is freed
+                // unwiped (only the final buffer is wiped on drop).
+                self.buf.reserve_exact(len);
                 self.buf.extend_from_slice(rest);
                 self.need = Some(len);
                 len

@@ -481,7 +481,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
                     }
                     Ok(None) => (Status::Unavailable, Vec::new()),
                     Err(e) => {
-                        tracing::error!("open channel: a handler failed: {e}");
+                        // Only the kind: a panic's message may quote request data.
+                        let kind = if e.is_panic() {
+                            "panicked"
+                        } else {
+                            "was cancelled"
+                        };
+                        tracing::error!("open channel: a handler {kind}");
                         (Status::Unavailable, Vec::new())
                     }
                 }
