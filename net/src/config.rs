@@ -6,7 +6,32 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::ConfigError;
-use crate::wire::frame::{FRAME_BODY_BYTES_MIN, FRAME_BYTES_LIMIT};
+use crate::wire::frame::{FRAME_BODY_BYTES_MIN, FRAME_BYTES_LIMIT, RAFT_HEADER_BYTES};
+
+/// Bytes a raft message adds around one entry's data (its own fields, the
+/// entry's term, index, type and context), rounded well up.
+pub const ENTRY_MESSAGE_OVERHEAD_BYTES: usize = 1024;
+
+/// The encoding of one entry of `entry_bytes_max` is at most about three times
+/// that (`src/replica/config.rs`: each request adds at most ~48 bytes of fields
+/// for its 32 counted bytes).
+pub const ENTRY_ENCODING_FACTOR: usize = 3;
+
+/// Largest `queue_frames_max` (tokio's channels panic above their own maximum).
+pub const QUEUE_FRAMES_LIMIT: usize = 1 << 20;
+
+/// Largest `inbound_connections_max` and `handshakes_max`.
+pub const CONNECTIONS_LIMIT: usize = 1 << 16;
+
+/// Largest `snapshot_bytes_max`: 4 GiB.
+pub const SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
+
+/// The smallest `frame_bytes_max` that carries one entry of `entry_bytes_max`.
+pub fn frame_bytes_for_entry(entry_bytes_max: usize) -> usize {
+    entry_bytes_max
+        .saturating_mul(ENTRY_ENCODING_FACTOR)
+        .saturating_add(ENTRY_MESSAGE_OVERHEAD_BYTES + RAFT_HEADER_BYTES)
+}
 
 /// Settings of a [`NetTransport`](crate::NetTransport).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +45,28 @@ pub struct NetConfig {
     ///
     /// Keep it above the largest append the replicas send: raft-rs fills an
     /// append up to `ReplicaConfig::message_bytes_max` of entries (1 MiB by
-    /// default) plus protobuf framing, so the default is twice that. A snapshot
-    /// travels as one message today and is refused above this limit: snapshots
-    /// must be chunked (`docs/network.md`).
+    /// default) plus protobuf framing, but always sends at least one entry, so
+    /// it must carry one largest entry: [`start`](crate::NetTransport::start)
+    /// refuses a limit below [`frame_bytes_for_entry`]`(entry_bytes_max)`
+    /// (4 MiB by default). Snapshots travel in chunks of at most
+    /// `snapshot_chunk_bytes`, whatever their size. Peers exchange their limits
+    /// in the handshake and each sends with the smaller of the two.
     pub frame_bytes_max: usize,
+    /// The replicas' `ReplicaConfig::entry_bytes_max` (1 MiB by default): the
+    /// largest log entry the engine packs. Every append carries at least one
+    /// entry, so `frame_bytes_max` must hold one encoded entry of this size
+    /// (about three times it, plus overhead).
+    pub entry_bytes_max: usize,
+    /// Bytes of snapshot data per chunk frame (at most the frame limit less
+    /// the chunk header; the smaller is used).
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot (the encoded raft message) sent or reassembled, in
+    /// bytes; a larger one is refused. Each inbound connection buffers at most
+    /// this much of snapshots in flight.
+    pub snapshot_bytes_max: u64,
+    /// A snapshot being reassembled with no chunk for this long is dropped
+    /// (the leader sends it again).
+    pub snapshot_chunk_timeout: Duration,
     /// Frames queued for one peer process before sends are refused.
     pub queue_frames_max: usize,
     /// Bytes queued for one peer process before sends are refused.
@@ -44,8 +87,22 @@ pub struct NetConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay (jittered).
     pub backoff_max: Duration,
-    /// Inbound connections (handshaking or established) held at once.
+    /// Authenticated inbound connections (peers and clients) held at once.
+    /// A connection counts as authenticated once its first transport record
+    /// decrypted, within `handshake_timeout` of its accept.
     pub inbound_connections_max: usize,
+    /// Inbound connections still in their handshake (not yet authenticated)
+    /// held at once: a separate, small pool, so unauthenticated connections
+    /// cannot take the slots of authenticated ones.
+    pub handshakes_max: usize,
+    /// Handshaking inbound connections from one source IP address held at once.
+    pub handshakes_per_ip_max: usize,
+    /// Authenticated inbound connections per peer key; a newer one closes the
+    /// oldest (a restarted peer reconnects at once).
+    pub connections_per_peer_key_max: usize,
+    /// Authenticated inbound connections per client key; a newer one closes
+    /// the oldest.
+    pub connections_per_client_key_max: usize,
     /// Worker threads of the runtime the transport starts for itself.
     pub worker_threads: usize,
     /// Client requests one client connection may have in flight (submitted
@@ -62,7 +119,11 @@ impl Default for NetConfig {
     fn default() -> Self {
         Self {
             listen_address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            frame_bytes_max: 2 << 20,
+            frame_bytes_max: 4 << 20,
+            entry_bytes_max: 1 << 20,
+            snapshot_chunk_bytes: 256 << 10,
+            snapshot_bytes_max: 1 << 30,
+            snapshot_chunk_timeout: Duration::from_secs(30),
             queue_frames_max: 4096,
             queue_bytes_max: 16 << 20,
             batch_bytes_max: 256 << 10,
@@ -74,6 +135,10 @@ impl Default for NetConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             inbound_connections_max: 256,
+            handshakes_max: 64,
+            handshakes_per_ip_max: 8,
+            connections_per_peer_key_max: 2,
+            connections_per_client_key_max: 16,
             worker_threads: 2,
             client_in_flight_max: 256,
             client_request_timeout: Duration::from_secs(30),
@@ -97,6 +162,18 @@ impl NetConfig {
             ("queue_bytes_max", self.queue_bytes_max),
             ("batch_bytes_max", self.batch_bytes_max),
             ("inbound_connections_max", self.inbound_connections_max),
+            ("handshakes_max", self.handshakes_max),
+            ("handshakes_per_ip_max", self.handshakes_per_ip_max),
+            (
+                "connections_per_peer_key_max",
+                self.connections_per_peer_key_max,
+            ),
+            (
+                "connections_per_client_key_max",
+                self.connections_per_client_key_max,
+            ),
+            ("entry_bytes_max", self.entry_bytes_max),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("worker_threads", self.worker_threads),
             ("client_in_flight_max", self.client_in_flight_max),
         ];
@@ -113,6 +190,7 @@ impl NetConfig {
             ("idle_timeout", self.idle_timeout),
             ("backoff_min", self.backoff_min),
             ("client_request_timeout", self.client_request_timeout),
+            ("snapshot_chunk_timeout", self.snapshot_chunk_timeout),
         ];
         for (what, value) in durations {
             if value.is_zero() {
@@ -124,6 +202,53 @@ impl NetConfig {
                 value: self.frame_bytes_max,
                 min: FRAME_BODY_BYTES_MIN,
                 max: FRAME_BYTES_LIMIT,
+            });
+        }
+        let limits = [
+            (
+                "queue_frames_max",
+                self.queue_frames_max,
+                QUEUE_FRAMES_LIMIT,
+            ),
+            (
+                "inbound_connections_max",
+                self.inbound_connections_max,
+                CONNECTIONS_LIMIT,
+            ),
+            ("handshakes_max", self.handshakes_max, CONNECTIONS_LIMIT),
+            (
+                "handshakes_per_ip_max",
+                self.handshakes_per_ip_max,
+                CONNECTIONS_LIMIT,
+            ),
+            (
+                "connections_per_peer_key_max",
+                self.connections_per_peer_key_max,
+                CONNECTIONS_LIMIT,
+            ),
+            (
+                "connections_per_client_key_max",
+                self.connections_per_client_key_max,
+                CONNECTIONS_LIMIT,
+            ),
+        ];
+        for (what, value, max) in limits {
+            if value > max {
+                return Err(ConfigError::AboveLimit { what, value, max });
+            }
+        }
+        if self.snapshot_bytes_max == 0 || self.snapshot_bytes_max > SNAPSHOT_BYTES_LIMIT {
+            return Err(ConfigError::SnapshotBytes {
+                value: self.snapshot_bytes_max,
+                max: SNAPSHOT_BYTES_LIMIT,
+            });
+        }
+        let required = frame_bytes_for_entry(self.entry_bytes_max);
+        if self.frame_bytes_max < required {
+            return Err(ConfigError::FrameBelowEntry {
+                frame_bytes_max: self.frame_bytes_max,
+                entry_bytes_max: self.entry_bytes_max,
+                required,
             });
         }
         if self.queue_bytes_max < self.frame_bytes_max {

@@ -13,6 +13,14 @@
 //!
 //! A record that does not decrypt, a frame above the limit or a frame that does
 //! not decode closes the connection (the stream cannot be trusted after it).
+//!
+//! Snapshot chunks pass checks 1 to 3 on their header, then go to the
+//! connection's [`Reassembler`]; a whole snapshot passes 4 and 5 (and must be
+//! a `MsgSnapshot` with the chunks' index and term) before it is delivered.
+//!
+//! The writer checks cancellation and directory updates before anything else
+//! (`biased`), and re-checks the directory's generation right before sealing
+//! each batch: nothing queued is written to a key the directory dropped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,21 +28,27 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use raft::prelude::MessageType;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
 use vaultfleet::replica::decode_message;
-use vaultfleet::transport::Envelope;
+use vaultfleet::transport::{Envelope, SnapshotSent};
 
 use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::keys::PublicKey;
-use crate::link::Queue;
+use crate::link::{OutSnapshot, Queue};
+use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
 use crate::transport::{RouteMiss, Shared};
-use crate::wire::frame::{encode_keepalive, AssembleError, Frame, FrameAssembler};
+use crate::wire::frame::{
+    encode_keepalive, AssembleError, ChunkHeader, Frame, FrameAssembler, RaftHeader,
+    FRAME_LENGTH_BYTES,
+};
 use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
 /// The read half as a stream of records.
@@ -44,21 +58,29 @@ type Noise = Arc<Mutex<snow::TransportState>>;
 
 /// Runs the connection until it fails or is closed; returns why it ended.
 /// `queue` is the peer's outbound queue (outbound connections); an inbound
-/// connection writes keepalives only.
+/// connection writes keepalives only. `cancel` closes this connection alone
+/// (a newer one with the same key replaced it) or, as a child of the
+/// transport's token, every connection. `first` is plaintext already read and
+/// decrypted (an inbound connection's first record).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     reader: RecordReader,
     mut writer: OwnedWriteHalf,
     session: Session,
     mut queue: Option<&mut Queue>,
+    cancel: CancellationToken,
+    first: Vec<u8>,
 ) -> ConnectionError {
     let key = session.remote_key;
+    let own_limit = shared.config.frame_bytes_max;
+    let send_limit = own_limit.min(session.frame_bytes_max);
     let noise: Noise = Arc::new(Mutex::new(session.noise));
     let mut reader_task = shared.runtime.spawn(read_loop(
         Arc::clone(&shared),
         reader,
         Arc::clone(&noise),
         key,
+        first,
     ));
     let config = &shared.config;
     let mut directory = shared.directory_changed.subscribe();
@@ -69,44 +91,90 @@ pub(crate) async fn run(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_write = Instant::now();
     let mut batch = BytesMut::new();
+    let mut finished: Vec<OutSnapshot> = Vec::new();
     // The handshake checked a snapshot of the directory; an update may have
     // landed since, before `directory` subscribed. Check once more now: later
     // updates wake the `changed` branch below.
-    let still_pinned = shared.directory().is_pinned_peer(&key);
+    let mut still_pinned = shared.directory().is_pinned_peer(&key);
+    // The initiator speaks first: the responder counts the connection as
+    // established only once a transport record from it decrypts.
+    if still_pinned && queue.is_some() {
+        if let Err(e) = write_batch(&shared, &mut writer, &noise, &encode_keepalive(), 0).await {
+            reader_task.abort();
+            return e;
+        }
+    }
     let reason = loop {
         if !still_pinned {
             Counters::bump(&shared.counters.connections_closed_key_dropped);
             break ConnectionError::KeyDropped;
         }
+        let link = queue.as_deref().map(|q| Arc::clone(q.link()));
         tokio::select! {
-            _ = shared.cancel.cancelled() => break ConnectionError::Shutdown,
-            ended = &mut reader_task => {
-                break ended.unwrap_or(ConnectionError::Shutdown);
+            biased;
+            _ = cancel.cancelled() => {
+                break if shared.cancel.is_cancelled() {
+                    ConnectionError::Shutdown
+                } else {
+                    ConnectionError::Replaced
+                };
             }
             changed = directory.changed() => {
                 if changed.is_err() {
                     break ConnectionError::Shutdown;
                 }
-                if !shared.directory().is_pinned_peer(&key) {
-                    Counters::bump(&shared.counters.connections_closed_key_dropped);
-                    break ConnectionError::KeyDropped;
-                }
+                still_pinned = shared.directory().is_pinned_peer(&key);
+            }
+            ended = &mut reader_task => {
+                break ended.unwrap_or(ConnectionError::Shutdown);
             }
             first = next_queued(&mut queue) => {
                 let Some(first) = first else { break ConnectionError::Shutdown };
                 batch.clear();
-                batch.extend_from_slice(&first);
-                let mut frames = 1;
+                let mut frames = push_frame(&shared, &mut batch, &first, send_limit);
                 if let Some(q) = queue.as_deref_mut() {
                     while batch.len() < config.batch_bytes_max {
                         let Some(next) = q.try_recv() else { break };
-                        batch.extend_from_slice(&next);
-                        frames += 1;
+                        frames += push_frame(&shared, &mut batch, &next, send_limit);
+                    }
+                }
+                if let Some(link) = &link {
+                    push_chunks(&shared, link, &mut batch, &mut finished, send_limit);
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                // A directory update that landed while this batch was gathered
+                // (or while the last write was blocked) is seen before sealing.
+                if directory.has_changed().unwrap_or(true) {
+                    still_pinned = shared.directory().is_pinned_peer(&key);
+                    if !still_pinned {
+                        continue;
                     }
                 }
                 if let Err(e) = write_batch(&shared, &mut writer, &noise, &batch, frames).await {
                     break e;
                 }
+                report_written(&shared, &mut finished);
+                last_write = Instant::now();
+            }
+            () = snapshot_pending(&link) => {
+                batch.clear();
+                let Some(link) = &link else { continue };
+                push_chunks(&shared, link, &mut batch, &mut finished, send_limit);
+                if batch.is_empty() {
+                    continue;
+                }
+                if directory.has_changed().unwrap_or(true) {
+                    still_pinned = shared.directory().is_pinned_peer(&key);
+                    if !still_pinned {
+                        continue;
+                    }
+                }
+                if let Err(e) = write_batch(&shared, &mut writer, &noise, &batch, 0).await {
+                    break e;
+                }
+                report_written(&shared, &mut finished);
                 last_write = Instant::now();
             }
             _ = keepalive.tick() => {
@@ -119,9 +187,63 @@ pub(crate) async fn run(
             }
         }
     };
+    // Snapshots whose last chunk was gathered but not written: failed (the
+    // others are failed by the link when it sees the connection end).
+    for mut snapshot in finished.drain(..) {
+        Counters::bump(&shared.counters.snapshots_send_failed);
+        snapshot.finish(SnapshotSent::Failed);
+    }
     reader_task.abort();
     let _ = timeout(Duration::from_millis(100), writer.shutdown()).await;
     reason
+}
+
+/// Appends a queued frame to `batch` if its body fits the connection's send
+/// limit (the peer's limit may be below the one it was queued under); returns
+/// the raft frames appended.
+fn push_frame(shared: &Shared, batch: &mut BytesMut, frame: &[u8], send_limit: usize) -> u64 {
+    if frame.len() - FRAME_LENGTH_BYTES > send_limit {
+        Counters::bump(&shared.counters.frames_dropped_above_peer_limit);
+        return 0;
+    }
+    batch.extend_from_slice(frame);
+    1
+}
+
+/// Appends snapshot chunks to `batch` up to `batch_bytes_max`; a snapshot
+/// whose last chunk went in moves to `finished`.
+fn push_chunks(
+    shared: &Shared,
+    link: &crate::link::PeerLink,
+    batch: &mut BytesMut,
+    finished: &mut Vec<OutSnapshot>,
+    send_limit: usize,
+) {
+    while batch.len() < shared.config.batch_bytes_max {
+        let Some((chunk, last)) = link.next_chunk(send_limit) else {
+            break;
+        };
+        batch.extend_from_slice(&chunk);
+        Counters::bump(&shared.counters.snapshot_chunks_sent);
+        if let Some(snapshot) = last {
+            finished.push(snapshot);
+        }
+    }
+}
+
+/// Reports the snapshots whose last chunk was just written.
+fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
+    for mut snapshot in finished.drain(..) {
+        Counters::bump(&shared.counters.snapshots_sent);
+        snapshot.finish(SnapshotSent::Written);
+    }
+}
+
+async fn snapshot_pending(link: &Option<Arc<crate::link::PeerLink>>) {
+    match link {
+        Some(link) => link.snapshot_pending().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_queued(queue: &mut Option<&mut Queue>) -> Option<bytes::Bytes> {
@@ -162,10 +284,23 @@ async fn read_loop(
     mut reader: RecordReader,
     noise: Noise,
     key: PublicKey,
+    first: Vec<u8>,
 ) -> ConnectionError {
     let mut assembler = FrameAssembler::new(shared.config.frame_bytes_max);
+    let mut snapshots = Reassembler::new(
+        shared.config.snapshot_bytes_max,
+        shared.config.snapshot_chunk_timeout,
+    );
     let mut plaintext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let mut pending = Some(first);
     loop {
+        if let Some(first) = pending.take() {
+            assembler.push(&first);
+            if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots) {
+                return e;
+            }
+            continue;
+        }
         let record = match timeout(shared.config.idle_timeout, reader.next()).await {
             Err(_) => {
                 Counters::bump(&shared.counters.connections_closed_idle);
@@ -185,34 +320,48 @@ async fn read_loop(
             }
         };
         assembler.push(&plaintext[..n]);
-        loop {
-            let body = match assembler.next_frame() {
-                Ok(None) => break,
-                Ok(Some(body)) => body,
-                Err(e) => {
-                    Counters::bump(&shared.counters.connections_closed_protocol);
-                    return match e {
-                        AssembleError::TooLarge { len } => {
-                            Counters::bump(&shared.counters.frames_oversize);
-                            ConnectionError::FrameTooLarge {
-                                len,
-                                max: shared.config.frame_bytes_max,
-                            }
-                        }
-                        AssembleError::Empty => {
-                            Counters::bump(&shared.counters.frames_malformed);
-                            ConnectionError::Frame(DecodeError::Invalid {
-                                what: "empty frame",
-                            })
-                        }
-                    };
-                }
-            };
-            if let Err(e) = accept_frame(&shared, key, &body) {
-                Counters::bump(&shared.counters.frames_malformed);
+        if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots) {
+            return e;
+        }
+        let expired = snapshots.expire(Instant::now());
+        Counters::add(&shared.counters.snapshots_abandoned, expired);
+    }
+}
+
+/// Takes every whole frame out of `assembler` and handles it.
+fn drain_frames(
+    shared: &Shared,
+    key: PublicKey,
+    assembler: &mut FrameAssembler,
+    snapshots: &mut Reassembler,
+) -> Result<(), ConnectionError> {
+    loop {
+        let body = match assembler.next_frame() {
+            Ok(None) => return Ok(()),
+            Ok(Some(body)) => body,
+            Err(e) => {
                 Counters::bump(&shared.counters.connections_closed_protocol);
-                return ConnectionError::Frame(e);
+                return Err(match e {
+                    AssembleError::TooLarge { len } => {
+                        Counters::bump(&shared.counters.frames_oversize);
+                        ConnectionError::FrameTooLarge {
+                            len,
+                            max: shared.config.frame_bytes_max,
+                        }
+                    }
+                    AssembleError::Empty => {
+                        Counters::bump(&shared.counters.frames_malformed);
+                        ConnectionError::Frame(DecodeError::Invalid {
+                            what: "empty frame",
+                        })
+                    }
+                });
             }
+        };
+        if let Err(e) = accept_frame(shared, key, &body, snapshots) {
+            Counters::bump(&shared.counters.frames_malformed);
+            Counters::bump(&shared.counters.connections_closed_protocol);
+            return Err(ConnectionError::Frame(e));
         }
     }
 }
@@ -220,7 +369,12 @@ async fn read_loop(
 /// Checks one frame from the peer proving `key` and delivers it if it passes.
 /// A header that does not decode is an error (the connection closes); a frame
 /// that fails a check is dropped and counted.
-fn accept_frame(shared: &Shared, key: PublicKey, body: &[u8]) -> Result<(), DecodeError> {
+fn accept_frame(
+    shared: &Shared,
+    key: PublicKey,
+    body: &[u8],
+    snapshots: &mut Reassembler,
+) -> Result<(), DecodeError> {
     let c = &shared.counters;
     let (header, payload) = match Frame::decode(body)? {
         Frame::Keepalive => {
@@ -228,31 +382,14 @@ fn accept_frame(shared: &Shared, key: PublicKey, body: &[u8]) -> Result<(), Deco
             return Ok(());
         }
         Frame::Raft { header, payload } => (header, payload),
+        Frame::SnapshotChunk { header, data } => {
+            accept_chunk(shared, key, header, data, snapshots);
+            return Ok(());
+        }
     };
     Counters::bump(&c.frames_received);
-    let directory = shared.directory();
-    if directory.key_of(header.from) != Some(key) || directory.is_local(header.from) {
-        Counters::bump(&c.frames_dropped_forged_from);
-        tracing::debug!(peer = %key, from = header.from, "dropped a frame whose sender is not the authenticated peer");
+    let Some(inbox) = check_header(shared, key, header) else {
         return Ok(());
-    }
-    if !directory.is_local(header.to) {
-        Counters::bump(&c.frames_refused_unknown_replica);
-        tracing::debug!(peer = %key, to = header.to, "refused a frame for a replica not hosted here");
-        return Ok(());
-    }
-    let inbox = match shared.route(header.group, header.to) {
-        Ok(inbox) => inbox,
-        Err(RouteMiss::Group) => {
-            Counters::bump(&c.frames_refused_unknown_group);
-            tracing::debug!(peer = %key, group = header.group, "refused a frame for a group not hosted here");
-            return Ok(());
-        }
-        Err(RouteMiss::Replica) => {
-            Counters::bump(&c.frames_refused_unknown_replica);
-            tracing::debug!(peer = %key, group = header.group, to = header.to, "refused a frame for a replica without an inbox");
-            return Ok(());
-        }
     };
     let message = match decode_message(payload) {
         Ok(message) => message,
@@ -273,4 +410,93 @@ fn accept_frame(shared: &Shared, key: PublicKey, body: &[u8]) -> Result<(), Deco
     });
     Counters::bump(&c.frames_delivered);
     Ok(())
+}
+
+/// Buffers one snapshot chunk after the header checks; decodes, checks and
+/// delivers the snapshot once whole.
+fn accept_chunk(
+    shared: &Shared,
+    key: PublicKey,
+    header: ChunkHeader,
+    data: &[u8],
+    snapshots: &mut Reassembler,
+) {
+    let c = &shared.counters;
+    Counters::bump(&c.snapshot_chunks_received);
+    let Some(inbox) = check_header(shared, key, header.raft) else {
+        return;
+    };
+    let bytes = match snapshots.push(Instant::now(), header, data) {
+        Chunk::Incomplete { abandoned } => {
+            Counters::add(&c.snapshots_abandoned, abandoned);
+            return;
+        }
+        Chunk::Refused(why) => {
+            Counters::bump(&c.snapshot_chunks_refused);
+            tracing::debug!(peer = %key, ?why, "refused a snapshot chunk");
+            return;
+        }
+        Chunk::Complete { bytes, abandoned } => {
+            Counters::add(&c.snapshots_abandoned, abandoned);
+            bytes
+        }
+    };
+    let message = match decode_message(&bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            Counters::bump(&c.snapshots_dropped);
+            tracing::debug!(peer = %key, error = %e, "dropped a reassembled snapshot that is not a raft message");
+            return;
+        }
+    };
+    let metadata = message.get_snapshot().get_metadata();
+    if message.get_msg_type() != MessageType::MsgSnapshot
+        || message.from != header.raft.from
+        || message.to != header.raft.to
+        || metadata.index != header.index
+        || metadata.term != header.term
+    {
+        Counters::bump(&c.snapshots_dropped);
+        tracing::debug!(peer = %key, "dropped a reassembled snapshot that differs from its chunks' header");
+        return;
+    }
+    inbox.deliver(Envelope {
+        group: header.raft.group,
+        message,
+    });
+    Counters::bump(&c.snapshots_received);
+}
+
+/// Checks 1 to 3 on a raft or chunk header: the inbox to deliver to, or
+/// `None` (counted) when the frame is to be dropped.
+fn check_header(
+    shared: &Shared,
+    key: PublicKey,
+    header: RaftHeader,
+) -> Option<Arc<dyn vaultfleet::transport::Inbox>> {
+    let c = &shared.counters;
+    let directory = shared.directory();
+    if directory.key_of(header.from) != Some(key) || directory.is_local(header.from) {
+        Counters::bump(&c.frames_dropped_forged_from);
+        tracing::debug!(peer = %key, from = header.from, "dropped a frame whose sender is not the authenticated peer");
+        return None;
+    }
+    if !directory.is_local(header.to) {
+        Counters::bump(&c.frames_refused_unknown_replica);
+        tracing::debug!(peer = %key, to = header.to, "refused a frame for a replica not hosted here");
+        return None;
+    }
+    match shared.route(header.group, header.to) {
+        Ok(inbox) => Some(inbox),
+        Err(RouteMiss::Group) => {
+            Counters::bump(&c.frames_refused_unknown_group);
+            tracing::debug!(peer = %key, group = header.group, "refused a frame for a group not hosted here");
+            None
+        }
+        Err(RouteMiss::Replica) => {
+            Counters::bump(&c.frames_refused_unknown_replica);
+            tracing::debug!(peer = %key, group = header.group, to = header.to, "refused a frame for a replica without an inbox");
+            None
+        }
+    }
 }

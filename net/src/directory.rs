@@ -25,7 +25,8 @@ use crate::keys::{PublicKey, StaticSecret};
 use crate::wire::hello::HELLO_IDS_MAX;
 
 /// The protocol version this build speaks (bound into the handshake prologue).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added the frame limit to the handshake's hello.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Longest fleet id, in bytes (the fleet artifact's limit for text).
 pub const FLEET_ID_BYTES_MAX: usize = 255;
@@ -176,6 +177,12 @@ impl PeerDirectory {
                 pinned: entry.public_key,
             });
         }
+        if !self.client_process
+            && !self.local_ids.contains(&id)
+            && entry.public_key == self.secret.public_key()
+        {
+            return Err(DirectoryError::ForeignIdOnOwnKey { id });
+        }
         if self.clients.contains(&entry.public_key) {
             return Err(DirectoryError::KeyRoleConflict {
                 key: entry.public_key,
@@ -295,6 +302,11 @@ mod tests {
             })
         );
         dir.insert(1, entry(1, own.public_key())).unwrap();
+        assert_eq!(
+            dir.insert(5, entry(1, own.public_key())),
+            Err(DirectoryError::ForeignIdOnOwnKey { id: 5 }),
+            "a replica this process does not host cannot be pinned to its key"
+        );
         dir.insert(2, entry(2, other)).unwrap();
         assert!(matches!(
             dir.insert(3, entry(3, other)),

@@ -67,6 +67,15 @@ pub enum DirectoryError {
         /// The key the directory pins it to.
         pinned: PublicKey,
     },
+    /// A replica this process does not host is pinned to this process's own
+    /// key: its frames could only come from this process itself, which never
+    /// dials itself. (A client process's directory is exempt: it hosts no
+    /// replica and receives no raft frame.)
+    #[error("replica {id} is not hosted here but pinned to this process's own key")]
+    ForeignIdOnOwnKey {
+        /// The replica.
+        id: ReplicaId,
+    },
     /// Two replicas pinned to one key (one process) are given different addresses.
     #[error("replicas {first} and {second} share key {key} but not an address")]
     AddressConflict {
@@ -123,6 +132,36 @@ pub enum ConfigError {
     /// The backoff bounds are reversed.
     #[error("backoff_min must not be above backoff_max")]
     Backoff,
+    /// A count is above what the transport can allocate (tokio's channels
+    /// and semaphores panic above their own maximum).
+    #[error("{what} is {value}; at most {max}")]
+    AboveLimit {
+        /// The setting.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+    /// The snapshot limit is zero or above the hard cap.
+    #[error("snapshot_bytes_max is {value}; it must lie in 1..={max}")]
+    SnapshotBytes {
+        /// The value given.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
+    /// The frame limit cannot carry one largest log entry: an append always
+    /// carries at least one entry, so such an entry could never be sent.
+    #[error("frame_bytes_max is {frame_bytes_max}; one entry of entry_bytes_max {entry_bytes_max} needs {required}")]
+    FrameBelowEntry {
+        /// The frame limit given.
+        frame_bytes_max: usize,
+        /// The entry limit given.
+        entry_bytes_max: usize,
+        /// The smallest frame limit that carries such an entry.
+        required: usize,
+    },
 }
 
 /// Starting or reconfiguring a transport failed.
@@ -267,7 +306,9 @@ pub enum HandshakeError {
         /// The role its hello claims.
         claimed: crate::handshake::Role,
     },
-    /// The peer claims a replica id not pinned to its key.
+    /// The peer claims a replica id not pinned to its key. No longer
+    /// produced: such claims are ignored and counted (`hello_claims_ignored`),
+    /// per-frame `from` checks bind ids to keys.
     #[error("the peer claims replica {0}, which is not pinned to its key")]
     ClaimNotPinned(ReplicaId),
 }
@@ -312,6 +353,10 @@ pub enum ConnectionError {
     /// (`client_in_flight_max` replies waiting, and more refusals to write).
     #[error("the client sends requests without reading its replies")]
     RepliesNotRead,
+    /// A newer connection authenticated with the same key replaced this one
+    /// (`connections_per_peer_key_max`, `connections_per_client_key_max`).
+    #[error("a newer connection with the same key replaced this one")]
+    Replaced,
     /// The transport is shutting down.
     #[error("the transport is shutting down")]
     Shutdown,

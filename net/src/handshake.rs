@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! prologue = labeled("vaultfleet-net/handshake/v1", [protocol version (u32 BE), fleet id])
-//! -> e, es, s, ss  + payload: Hello { version, initiator's replica ids }
-//! <- e, ee, se     + payload: Hello { version, responder's replica ids }
+//! -> e, es, s, ss  + payload: Hello { version, frame limit, initiator's replica ids }
+//! <- e, ee, se     + payload: Hello { version, frame limit, responder's replica ids }
 //! ```
 //!
 //! The initiator knows the responder's static key from the directory (IK). The
@@ -15,6 +15,10 @@
 //! The hello also states the sender's [`Role`]: the responder looks the key up
 //! as a peer key or as a client key, and refuses a hello claiming the other
 //! role (a client key is never accepted as a peer, nor a peer key as a client).
+//!
+//! A claimed replica id that is not pinned to the proved key is ignored (and
+//! counted by the caller): frames are bound to keys by their per-frame `from`
+//! check, so a stale or unknown claim refuses nothing else the peer hosts.
 //!
 //! The payloads carry only a [`Hello`]; no application data rides in the
 //! handshake, so a replayed first message (which IK cannot detect) yields its
@@ -78,9 +82,14 @@ pub struct Session {
     pub noise: snow::TransportState,
     /// The static key the peer proved.
     pub remote_key: PublicKey,
-    /// The replica ids the peer claimed, each checked to be pinned to its key
-    /// (none for a client).
+    /// The replica ids the peer claimed that are pinned to its key (none for
+    /// a client).
     pub remote_ids: BTreeSet<ReplicaId>,
+    /// Claimed ids ignored because they are not pinned to the peer's key.
+    pub claims_ignored: usize,
+    /// The largest frame body the peer accepts: send at most
+    /// `min(own limit, this)`.
+    pub frame_bytes_max: usize,
     /// The role the peer's key is pinned for, and its hello claimed.
     pub role: Role,
 }
@@ -91,6 +100,7 @@ impl std::fmt::Debug for Session {
             .field("remote_key", &self.remote_key)
             .field("remote_ids", &self.remote_ids)
             .field("role", &self.role)
+            .field("frame_bytes_max", &self.frame_bytes_max)
             .finish_non_exhaustive()
     }
 }
@@ -127,14 +137,22 @@ async fn write_record<W: AsyncWrite + Unpin>(
     writer.write_all(&out).await.map_err(HandshakeError::Io)
 }
 
+/// What a checked hello says.
+struct Checked {
+    ids: BTreeSet<ReplicaId>,
+    claims_ignored: usize,
+    frame_bytes_max: usize,
+}
+
 /// Checks a peer's hello against the directory: same version, the role the
-/// key is pinned for, and every claimed id pinned to the key the peer proved.
+/// key is pinned for; keeps the claimed ids pinned to the key the peer proved
+/// and counts the others (ignored).
 fn check_hello(
     directory: &PeerDirectory,
     key: PublicKey,
     pinned: Role,
     payload: &[u8],
-) -> Result<BTreeSet<ReplicaId>, HandshakeError> {
+) -> Result<Checked, HandshakeError> {
     let hello = Hello::decode(payload).map_err(HandshakeError::Hello)?;
     if hello.version != directory.protocol_version() {
         return Err(HandshakeError::Version {
@@ -142,9 +160,16 @@ fn check_hello(
             theirs: hello.version,
         });
     }
-    let ids = match (pinned, hello.role) {
+    let frame_bytes_max = usize::try_from(hello.frame_bytes_max).unwrap_or(usize::MAX);
+    let claimed = match (pinned, hello.role) {
         (Role::Peer, HelloRole::Peer { ids }) => ids,
-        (Role::Client, HelloRole::Client) => return Ok(BTreeSet::new()),
+        (Role::Client, HelloRole::Client) => {
+            return Ok(Checked {
+                ids: BTreeSet::new(),
+                claims_ignored: 0,
+                frame_bytes_max,
+            })
+        }
         (pinned, HelloRole::Peer { .. }) => {
             return Err(HandshakeError::RoleMismatch {
                 key,
@@ -160,16 +185,19 @@ fn check_hello(
             })
         }
     };
-    if let Some(&id) = ids
-        .iter()
-        .find(|&&id| directory.key_of(id) != Some(key) || directory.is_local(id))
-    {
-        return Err(HandshakeError::ClaimNotPinned(id));
-    }
-    Ok(ids)
+    let claimed_count = claimed.len();
+    let ids: BTreeSet<ReplicaId> = claimed
+        .into_iter()
+        .filter(|&id| directory.key_of(id) == Some(key) && !directory.is_local(id))
+        .collect();
+    Ok(Checked {
+        claims_ignored: claimed_count - ids.len(),
+        ids,
+        frame_bytes_max,
+    })
 }
 
-fn own_hello(directory: &PeerDirectory) -> Vec<u8> {
+fn own_hello(directory: &PeerDirectory, frame_bytes_max: usize) -> Vec<u8> {
     let role = if directory.is_client() {
         HelloRole::Client
     } else {
@@ -179,17 +207,20 @@ fn own_hello(directory: &PeerDirectory) -> Vec<u8> {
     };
     Hello {
         version: directory.protocol_version(),
+        frame_bytes_max: u32::try_from(frame_bytes_max).unwrap_or(u32::MAX),
         role,
     }
     .encode()
 }
 
-/// Runs the initiator's side against the process pinned to `remote`.
+/// Runs the initiator's side against the process pinned to `remote`,
+/// announcing `frame_bytes_max` (the largest frame body this side accepts).
 pub async fn initiate<R, W>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     writer: &mut W,
     directory: &PeerDirectory,
     remote: PublicKey,
+    frame_bytes_max: usize,
     mut transcript: Option<&mut Transcript>,
 ) -> Result<Session, HandshakeError>
 where
@@ -205,7 +236,7 @@ where
         .map_err(HandshakeError::Noise)?;
     let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
     let n = hs
-        .write_message(&own_hello(directory), &mut message)
+        .write_message(&own_hello(directory, frame_bytes_max), &mut message)
         .map_err(HandshakeError::Noise)?;
     write_record(writer, &message[..n]).await?;
     if let Some(t) = transcript.as_deref_mut() {
@@ -230,23 +261,27 @@ where
         });
     }
     // Only a peer process answers a handshake.
-    let remote_ids = check_hello(directory, remote, Role::Peer, &payload[..n])?;
+    let checked = check_hello(directory, remote, Role::Peer, &payload[..n])?;
     let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
     Ok(Session {
         noise,
         remote_key: remote,
-        remote_ids,
+        remote_ids: checked.ids,
+        claims_ignored: checked.claims_ignored,
+        frame_bytes_max: checked.frame_bytes_max,
         role: Role::Peer,
     })
 }
 
 /// Runs the responder's side: refuses any initiator whose static key is not
 /// pinned to a peer replica or allowed as a client, before decoding anything
-/// it sent, and one whose hello claims the other role.
+/// it sent, and one whose hello claims the other role. Announces
+/// `frame_bytes_max` (the largest frame body this side accepts).
 pub async fn respond<R, W>(
     reader: &mut FramedRead<R, LengthDelimitedCodec>,
     writer: &mut W,
     directory: &PeerDirectory,
+    frame_bytes_max: usize,
 ) -> Result<Session, HandshakeError>
 where
     R: AsyncRead + Unpin,
@@ -276,17 +311,19 @@ where
     } else {
         return Err(HandshakeError::UnpinnedKey(key));
     };
-    let remote_ids = check_hello(directory, key, role, &payload[..n])?;
+    let checked = check_hello(directory, key, role, &payload[..n])?;
     let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
     let n = hs
-        .write_message(&own_hello(directory), &mut message)
+        .write_message(&own_hello(directory, frame_bytes_max), &mut message)
         .map_err(HandshakeError::Noise)?;
     write_record(writer, &message[..n]).await?;
     let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
     Ok(Session {
         noise,
         remote_key: key,
-        remote_ids,
+        remote_ids: checked.ids,
+        claims_ignored: checked.claims_ignored,
+        frame_bytes_max: checked.frame_bytes_max,
         role,
     })
 }

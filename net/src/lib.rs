@@ -51,6 +51,13 @@
 //! * `connection`: the checks every inbound frame passes before its raft message
 //!   reaches an inbox; `link`: the bounded queue and reconnecting dialer of one
 //!   peer process; [`NetTransport`]: the listener and the engine-facing handle.
+//! * Snapshots travel in chunk frames (`Transport::send_snapshot`): encoded
+//!   once, cut by the connection's writer, reported `Written` only once the
+//!   last chunk reached the socket; the receiver reassembles them within
+//!   `snapshot_bytes_max` before one whole `MsgSnapshot` is decoded.
+//! * Inbound connections handshake in a small pool of their own (capped per
+//!   source address) and count as established only once a transport record
+//!   decrypts; each key keeps at most its newest few connections.
 //! * [`NetStats`]: every refusal and drop is counted.
 //! * Remote clients: a client process proves a key the nodes' directories
 //!   allow as a *client* key ([`PeerDirectory::allow_client`]; its own
@@ -87,6 +94,7 @@ mod link;
 pub mod open;
 pub mod remote;
 mod server;
+mod snapshot;
 pub mod stats;
 mod transport;
 pub mod wire;

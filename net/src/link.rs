@@ -6,15 +6,25 @@
 //!
 //! One link per peer *process* (per pinned key), whatever the number of groups
 //! and replica ids it hosts.
+//!
+//! Snapshots do not go through the frame queue: each is encoded once and held
+//! whole in the link's snapshot list (at most [`SNAPSHOTS_QUEUED_MAX`]), and the
+//! connection's writer cuts it into chunk frames as it writes, interleaved with
+//! queued frames. Its `done` is called with `Written` once the last chunk was
+//! written to the socket, with `Failed` when the connection fails or the link
+//! closes first.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::{timeout, Instant};
 use tokio_util::codec::FramedRead;
+use vaultfleet::transport::{SnapshotDone, SnapshotSent};
 use vaultfleet::ReplicaId;
 
 use crate::backoff::Backoff;
@@ -25,7 +35,42 @@ use crate::handshake::{initiate, Session};
 use crate::keys::PublicKey;
 use crate::stats::Counters;
 use crate::transport::{record_close, Shared};
+use crate::wire::frame::{encode_chunk, ChunkHeader, CHUNK_HEADER_BYTES};
 use crate::wire::record::record_codec;
+
+/// Snapshots waiting or being written to one peer process at once (raft sends
+/// one per follower at a time; a process may host several followers).
+pub(crate) const SNAPSHOTS_QUEUED_MAX: usize = 16;
+
+/// A snapshot on its way out: its encoding, how far it was written, and who
+/// hears how it ended.
+pub(crate) struct OutSnapshot {
+    /// The chunk header; `offset` is where the next chunk starts.
+    pub header: ChunkHeader,
+    /// The encoded `MsgSnapshot`.
+    pub bytes: Bytes,
+    /// Data bytes per chunk (before the frame limit is applied).
+    pub chunk_bytes: usize,
+    /// Called once with the outcome.
+    pub done: Option<SnapshotDone>,
+}
+
+impl OutSnapshot {
+    /// Reports the outcome (once).
+    pub fn finish(&mut self, sent: SnapshotSent) {
+        if let Some(done) = self.done.take() {
+            done(sent);
+        }
+    }
+}
+
+impl Drop for OutSnapshot {
+    fn drop(&mut self) {
+        // Dropped without a report (a task cancelled mid-write): raft must
+        // still hear, or it holds the follower back.
+        self.finish(SnapshotSent::Failed);
+    }
+}
 
 const CONNECTING: u8 = 0;
 const CONNECTED: u8 = 1;
@@ -39,6 +84,19 @@ pub(crate) struct PeerLink {
     tx: mpsc::Sender<Bytes>,
     queued_bytes: AtomicUsize,
     state: AtomicU8,
+    /// The frame limit the peer announced in its last handshake (0: unknown).
+    peer_frame_bytes_max: AtomicUsize,
+    snapshots: Mutex<VecDeque<OutSnapshot>>,
+    snapshot_ready: Notify,
+}
+
+impl std::fmt::Debug for OutSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutSnapshot")
+            .field("header", &self.header)
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PeerLink {
@@ -49,6 +107,76 @@ impl PeerLink {
 
     fn set_state(&self, state: u8) {
         self.state.store(state, Ordering::Release);
+    }
+
+    /// The largest frame body to send: `own`, or the peer's announced limit
+    /// if that is smaller.
+    pub fn frame_limit(&self, own: usize) -> usize {
+        match self.peer_frame_bytes_max.load(Ordering::Acquire) {
+            0 => own,
+            peer => own.min(peer),
+        }
+    }
+
+    /// Queues a snapshot without blocking. On `Err` its `done` is dropped
+    /// uncalled (the caller reports the failure itself).
+    pub fn enqueue_snapshot(
+        &self,
+        mut snapshot: OutSnapshot,
+        to: ReplicaId,
+    ) -> Result<(), SendError> {
+        let mut snapshots = self.snapshots.lock();
+        if snapshots.len() >= SNAPSHOTS_QUEUED_MAX {
+            snapshot.done = None;
+            return Err(SendError::QueueFull(to));
+        }
+        snapshots.push_back(snapshot);
+        drop(snapshots);
+        self.snapshot_ready.notify_one();
+        Ok(())
+    }
+
+    /// True if a snapshot waits to be written.
+    fn has_snapshot(&self) -> bool {
+        !self.snapshots.lock().is_empty()
+    }
+
+    /// Waits until a snapshot waits to be written.
+    pub async fn snapshot_pending(&self) {
+        loop {
+            if self.has_snapshot() {
+                return;
+            }
+            self.snapshot_ready.notified().await;
+        }
+    }
+
+    /// The next chunk frame of the first snapshot waiting, with at most
+    /// `frame_limit` bytes of body; with it the snapshot itself when this is
+    /// its last chunk (report it once the chunk is written).
+    pub fn next_chunk(&self, frame_limit: usize) -> Option<(Bytes, Option<OutSnapshot>)> {
+        let mut snapshots = self.snapshots.lock();
+        let snapshot = snapshots.front_mut()?;
+        let total = snapshot.bytes.len();
+        let start = usize::try_from(snapshot.header.offset).unwrap_or(total);
+        let room = frame_limit.saturating_sub(CHUNK_HEADER_BYTES).max(1);
+        let end = total.min(start + snapshot.chunk_bytes.min(room));
+        let frame = encode_chunk(snapshot.header, &snapshot.bytes[start..end]);
+        snapshot.header.offset = end as u64;
+        if end < total {
+            return Some((frame, None));
+        }
+        Some((frame, snapshots.pop_front()))
+    }
+
+    /// Reports every waiting snapshot failed; returns how many.
+    pub fn fail_snapshots(&self) -> u64 {
+        let failed: Vec<OutSnapshot> = self.snapshots.lock().drain(..).collect();
+        let n = failed.len() as u64;
+        for mut snapshot in failed {
+            snapshot.finish(SnapshotSent::Failed);
+        }
+        n
     }
 
     /// Queues `frame` for replica `to` without blocking.
@@ -85,6 +213,11 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// The link this queue belongs to.
+    pub fn link(&self) -> &Arc<PeerLink> {
+        &self.link
+    }
+
     fn took(&self, frame: &Bytes) {
         self.link
             .queued_bytes
@@ -123,6 +256,9 @@ pub(crate) fn spawn(shared: &Arc<Shared>, key: PublicKey) -> Arc<PeerLink> {
         tx,
         queued_bytes: AtomicUsize::new(0),
         state: AtomicU8::new(CONNECTING),
+        peer_frame_bytes_max: AtomicUsize::new(0),
+        snapshots: Mutex::new(VecDeque::new()),
+        snapshot_ready: Notify::new(),
     });
     let queue = Queue {
         rx,
@@ -153,6 +289,12 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
         match attempt {
             Ok((reader, writer, session)) => {
                 Counters::bump(&shared.counters.connections_dialed);
+                Counters::add(
+                    &shared.counters.hello_claims_ignored,
+                    session.claims_ignored as u64,
+                );
+                link.peer_frame_bytes_max
+                    .store(session.frame_bytes_max, Ordering::Release);
                 link.set_state(CONNECTED);
                 tracing::debug!(peer = %link.key, %address, "connected");
                 let started = Instant::now();
@@ -162,6 +304,8 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
                     writer,
                     session,
                     Some(&mut queue),
+                    shared.cancel.child_token(),
+                    Vec::new(),
                 )
                 .await;
                 record_close(&shared, link.key, &reason);
@@ -180,6 +324,10 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
         link.set_state(BACKOFF);
         let dropped = queue.drain();
         Counters::add(&shared.counters.frames_dropped_on_disconnect, dropped);
+        Counters::add(
+            &shared.counters.snapshots_send_failed,
+            link.fail_snapshots(),
+        );
         let delay = backoff.next();
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -189,6 +337,10 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
     link.set_state(CLOSED);
     let dropped = queue.drain();
     Counters::add(&shared.counters.frames_dropped_on_disconnect, dropped);
+    Counters::add(
+        &shared.counters.snapshots_send_failed,
+        link.fail_snapshots(),
+    );
     shared.forget_link(&link);
 }
 
@@ -209,7 +361,14 @@ async fn dial(
     let mut reader = FramedRead::new(read, record_codec());
     let session = timeout(
         shared.config.handshake_timeout,
-        initiate(&mut reader, &mut write, directory, key, None),
+        initiate(
+            &mut reader,
+            &mut write,
+            directory,
+            key,
+            shared.config.frame_bytes_max,
+            None,
+        ),
     )
     .await
     .map_err(|_| HandshakeError::Timeout)??;

@@ -610,7 +610,14 @@ async fn dial(
     let mut reader = FramedRead::new(read, record_codec());
     let session = timeout(
         net.handshake_timeout,
-        initiate(&mut reader, &mut write, directory, key, None),
+        initiate(
+            &mut reader,
+            &mut write,
+            directory,
+            key,
+            net.frame_bytes_max,
+            None,
+        ),
     )
     .await
     .map_err(|_| HandshakeError::Timeout)??;

@@ -84,6 +84,26 @@ pub(crate) async fn write_sealed(
 /// every whole frame body to `on_frame`; returns why it ended. A record that
 /// does not decrypt, a frame above `frame_bytes_max` or an empty frame ends it.
 pub(crate) async fn read_frames(
+    reader: RecordReader,
+    noise: Noise,
+    frame_bytes_max: usize,
+    idle_timeout: Duration,
+    on_frame: impl FnMut(Bytes) -> Result<(), ConnectionError>,
+) -> ConnectionError {
+    read_frames_after(
+        Vec::new(),
+        reader,
+        noise,
+        frame_bytes_max,
+        idle_timeout,
+        on_frame,
+    )
+    .await
+}
+
+/// [`read_frames`], starting with `first`: plaintext already decrypted.
+pub(crate) async fn read_frames_after(
+    first: Vec<u8>,
     mut reader: RecordReader,
     noise: Noise,
     frame_bytes_max: usize,
@@ -92,7 +112,15 @@ pub(crate) async fn read_frames(
 ) -> ConnectionError {
     let mut assembler = FrameAssembler::new(frame_bytes_max);
     let mut plaintext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let mut pending = Some(first);
     loop {
+        if let Some(first) = pending.take() {
+            assembler.push(&first);
+            if let Some(e) = take_frames(&mut assembler, frame_bytes_max, &mut on_frame) {
+                return e;
+            }
+            continue;
+        }
         let record = match timeout(idle_timeout, reader.next()).await {
             Err(_) => return ConnectionError::Idle,
             Ok(None) => return ConnectionError::PeerClosed,
@@ -105,25 +133,37 @@ pub(crate) async fn read_frames(
             Err(e) => return ConnectionError::Decrypt(e),
         };
         assembler.push(&plaintext[..n]);
-        loop {
-            match assembler.next_frame() {
-                Ok(None) => break,
-                Ok(Some(body)) => {
-                    if let Err(e) = on_frame(body) {
-                        return e;
-                    }
+        if let Some(e) = take_frames(&mut assembler, frame_bytes_max, &mut on_frame) {
+            return e;
+        }
+    }
+}
+
+/// Hands every whole frame in `assembler` to `on_frame`; the error that ends
+/// the connection, if any.
+fn take_frames(
+    assembler: &mut FrameAssembler,
+    frame_bytes_max: usize,
+    on_frame: &mut impl FnMut(Bytes) -> Result<(), ConnectionError>,
+) -> Option<ConnectionError> {
+    loop {
+        match assembler.next_frame() {
+            Ok(None) => return None,
+            Ok(Some(body)) => {
+                if let Err(e) = on_frame(body) {
+                    return Some(e);
                 }
-                Err(AssembleError::TooLarge { len }) => {
-                    return ConnectionError::FrameTooLarge {
-                        len,
-                        max: frame_bytes_max,
-                    }
-                }
-                Err(AssembleError::Empty) => {
-                    return ConnectionError::Frame(DecodeError::Invalid {
-                        what: "empty frame",
-                    })
-                }
+            }
+            Err(AssembleError::TooLarge { len }) => {
+                return Some(ConnectionError::FrameTooLarge {
+                    len,
+                    max: frame_bytes_max,
+                })
+            }
+            Err(AssembleError::Empty) => {
+                return Some(ConnectionError::Frame(DecodeError::Invalid {
+                    what: "empty frame",
+                }))
             }
         }
     }
@@ -152,20 +192,26 @@ fn count_violation(shared: &Shared, reason: &ConnectionError) {
 }
 
 /// Serves one authenticated client connection until it fails or closes;
-/// returns why it ended.
+/// returns why it ended. `connection` closes it alone (a newer connection of
+/// the same key replaced it) or, as a child of the transport's token, with
+/// every other; `first` is plaintext already decrypted (its first record).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     reader: RecordReader,
     mut writer: OwnedWriteHalf,
     session: Session,
+    connection: CancellationToken,
+    first: Vec<u8>,
 ) -> ConnectionError {
     let key = session.remote_key;
+    // Replies are bounded by the smaller of our frame limit and the client's.
+    let reply_limit = shared.config.frame_bytes_max.min(session.frame_bytes_max);
     let noise: Noise = Arc::new(Mutex::new(session.noise));
     let config = shared.config.clone();
     let in_flight_max = config.client_in_flight_max.min(CLIENT_IN_FLIGHT_LIMIT);
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
     let (replies, mut outgoing) = mpsc::channel::<Outgoing>(in_flight_max + REFUSALS_QUEUED_MAX);
-    let cancel = shared.cancel.child_token();
+    let cancel = connection.child_token();
     let mut reader_task = {
         let shared = Arc::clone(&shared);
         let noise = Arc::clone(&noise);
@@ -178,8 +224,10 @@ pub(crate) async fn run(
                 in_flight,
                 replies,
                 cancel,
+                reply_limit,
             };
-            read_frames(
+            read_frames_after(
+                first,
                 reader,
                 noise,
                 config.frame_bytes_max,
@@ -205,7 +253,14 @@ pub(crate) async fn run(
             break ConnectionError::KeyDropped;
         }
         tokio::select! {
-            _ = shared.cancel.cancelled() => break ConnectionError::Shutdown,
+            biased;
+            _ = connection.cancelled() => {
+                break if shared.cancel.is_cancelled() {
+                    ConnectionError::Shutdown
+                } else {
+                    ConnectionError::Replaced
+                };
+            }
             ended = &mut reader_task => break ended.unwrap_or(ConnectionError::Shutdown),
             changed = directory.changed() => {
                 if changed.is_err() {
@@ -267,6 +322,8 @@ struct Dispatch {
     in_flight: Arc<Semaphore>,
     replies: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
+    /// Largest reply frame body to write (ours and the client's limit).
+    reply_limit: usize,
 }
 
 impl Dispatch {
@@ -343,6 +400,7 @@ impl Dispatch {
             permit,
             self.replies.clone(),
             self.cancel.clone(),
+            self.reply_limit,
         ));
         Ok(())
     }
@@ -355,7 +413,7 @@ impl Dispatch {
         outcome: ClientOutcome,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), ConnectionError> {
-        let frame = reply_frame(&self.shared, correlation, Some(node), outcome);
+        let frame = reply_frame(self.reply_limit, correlation, Some(node), outcome);
         self.replies
             .try_send((frame, Some(permit)))
             .map_err(|_| ConnectionError::RepliesNotRead)
@@ -368,7 +426,7 @@ impl Dispatch {
         node: Option<&dyn NodeApi>,
         outcome: ClientOutcome,
     ) -> Result<(), ConnectionError> {
-        let frame = reply_frame(&self.shared, correlation, node, outcome);
+        let frame = reply_frame(self.reply_limit, correlation, node, outcome);
         self.replies
             .try_send((frame, None))
             .map_err(|_| ConnectionError::RepliesNotRead)
@@ -380,7 +438,7 @@ impl Dispatch {
 /// is replaced by `CommandTooLarge` naming its size: the client's frame limit
 /// would refuse it and close the connection.
 fn reply_frame(
-    shared: &Shared,
+    limit: usize,
     correlation: u64,
     node: Option<&dyn NodeApi>,
     outcome: ClientOutcome,
@@ -391,7 +449,6 @@ fn reply_frame(
         status,
         outcome,
     };
-    let limit = shared.config.frame_bytes_max;
     match encode_reply(&reply) {
         Ok(frame) if frame.len() - FRAME_LENGTH_BYTES <= limit => frame,
         encoded => {
@@ -423,6 +480,7 @@ async fn answer(
     permit: OwnedSemaphorePermit,
     replies: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
+    reply_limit: usize,
 ) {
     let limit = shared.config.client_request_timeout;
     let outcome = tokio::select! {
@@ -439,7 +497,7 @@ async fn answer(
         Ok(reply) => ClientOutcome::Reply(reply),
         Err(e) => ClientOutcome::Error(e),
     };
-    let frame = reply_frame(&shared, correlation, Some(node.as_ref()), outcome);
+    let frame = reply_frame(reply_limit, correlation, Some(node.as_ref()), outcome);
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = replies.send((frame, Some(permit))) => {}

@@ -85,6 +85,34 @@ pub struct NetStats {
     pub client_requests_timed_out: u64,
     /// Client replies written.
     pub client_replies: u64,
+    /// Inbound connections refused because `handshakes_max` connections were in their handshake.
+    pub handshakes_refused_limit: u64,
+    /// Inbound connections refused because their source IP had `handshakes_per_ip_max` connections in their handshake.
+    pub handshakes_refused_ip_limit: u64,
+    /// Inbound handshakes whose initiator sent no transport record that decrypts within `handshake_timeout` of the accept (a replayed first message, a silent peer): never counted as established.
+    pub handshakes_unconfirmed: u64,
+    /// Authenticated inbound connections closed because a newer one with the same key replaced them (`connections_per_peer_key_max`, `connections_per_client_key_max`).
+    pub connections_replaced: u64,
+    /// Replica ids claimed in a handshake that are not pinned to the peer's key, ignored.
+    pub hello_claims_ignored: u64,
+    /// Queued frames dropped because they exceed the frame limit the peer announced in its handshake.
+    pub frames_dropped_above_peer_limit: u64,
+    /// Snapshots whose last chunk was written to the socket (reported `Written`).
+    pub snapshots_sent: u64,
+    /// Snapshots reported `Failed`: their connection failed or their link closed first.
+    pub snapshots_send_failed: u64,
+    /// Snapshot chunk frames written.
+    pub snapshot_chunks_sent: u64,
+    /// Snapshot chunk frames received.
+    pub snapshot_chunks_received: u64,
+    /// Snapshot chunks refused (order, offset, total or the `snapshot_bytes_max` budget); their partial snapshot is dropped.
+    pub snapshot_chunks_refused: u64,
+    /// Partial snapshots dropped because a new one replaced them or no chunk came within `snapshot_chunk_timeout`.
+    pub snapshots_abandoned: u64,
+    /// Reassembled snapshots that passed every check and were delivered.
+    pub snapshots_received: u64,
+    /// Reassembled snapshots dropped: not a raft `MsgSnapshot`, or `from`, `to`, index or term differ from the chunks' header.
+    pub snapshots_dropped: u64,
 }
 
 /// The live counters.
@@ -129,6 +157,20 @@ pub(crate) struct Counters {
     pub client_requests_unknown_node: AtomicU64,
     pub client_requests_timed_out: AtomicU64,
     pub client_replies: AtomicU64,
+    pub handshakes_refused_limit: AtomicU64,
+    pub handshakes_refused_ip_limit: AtomicU64,
+    pub handshakes_unconfirmed: AtomicU64,
+    pub connections_replaced: AtomicU64,
+    pub hello_claims_ignored: AtomicU64,
+    pub frames_dropped_above_peer_limit: AtomicU64,
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_send_failed: AtomicU64,
+    pub snapshot_chunks_sent: AtomicU64,
+    pub snapshot_chunks_received: AtomicU64,
+    pub snapshot_chunks_refused: AtomicU64,
+    pub snapshots_abandoned: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    pub snapshots_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -189,6 +231,22 @@ impl Counters {
             client_requests_unknown_node: self.client_requests_unknown_node.load(Ordering::Relaxed),
             client_requests_timed_out: self.client_requests_timed_out.load(Ordering::Relaxed),
             client_replies: self.client_replies.load(Ordering::Relaxed),
+            handshakes_refused_limit: self.handshakes_refused_limit.load(Ordering::Relaxed),
+            handshakes_refused_ip_limit: self.handshakes_refused_ip_limit.load(Ordering::Relaxed),
+            handshakes_unconfirmed: self.handshakes_unconfirmed.load(Ordering::Relaxed),
+            connections_replaced: self.connections_replaced.load(Ordering::Relaxed),
+            hello_claims_ignored: self.hello_claims_ignored.load(Ordering::Relaxed),
+            frames_dropped_above_peer_limit: self
+                .frames_dropped_above_peer_limit
+                .load(Ordering::Relaxed),
+            snapshots_sent: self.snapshots_sent.load(Ordering::Relaxed),
+            snapshots_send_failed: self.snapshots_send_failed.load(Ordering::Relaxed),
+            snapshot_chunks_sent: self.snapshot_chunks_sent.load(Ordering::Relaxed),
+            snapshot_chunks_received: self.snapshot_chunks_received.load(Ordering::Relaxed),
+            snapshot_chunks_refused: self.snapshot_chunks_refused.load(Ordering::Relaxed),
+            snapshots_abandoned: self.snapshots_abandoned.load(Ordering::Relaxed),
+            snapshots_received: self.snapshots_received.load(Ordering::Relaxed),
+            snapshots_dropped: self.snapshots_dropped.load(Ordering::Relaxed),
         }
     }
 }

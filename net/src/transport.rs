@@ -5,22 +5,38 @@
 //! bounded queue without blocking. Everything else runs on a tokio runtime the
 //! transport owns (or one it was given): one listener per process, one task per
 //! inbound connection, one task per peer process for outbound messages.
+//!
+//! Inbound connections pass two pools: a small one while they handshake
+//! (`handshakes_max`, at most `handshakes_per_ip_max` per source IP), then,
+//! once the initiator's first transport record decrypted within
+//! `handshake_timeout` of the accept, the established pool
+//! (`inbound_connections_max`), with at most `connections_per_peer_key_max`
+//! (or `_client_key_max`) per key: a newer connection closes the oldest.
+//! A replayed first handshake message therefore never leaves the first pool,
+//! and cannot evict the genuine connection of its key.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use protobuf2::Message as _;
+use raft::prelude::MessageType;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::timeout;
+use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use vaultfleet::replica::encode_message;
 use vaultfleet::runtime::NodeApi;
-use vaultfleet::transport::{Envelope, Inbox, Transport, TransportError};
+use vaultfleet::transport::{
+    Envelope, Inbox, SnapshotDone, SnapshotSent, Transport, TransportError,
+};
 use vaultfleet::ReplicaId;
 
 use crate::config::NetConfig;
@@ -29,10 +45,10 @@ use crate::directory::PeerDirectory;
 use crate::error::{ConnectionError, DirectoryError, HandshakeError, NetError, SendError};
 use crate::handshake::{respond, Role};
 use crate::keys::PublicKey;
-use crate::link::{self, PeerLink};
+use crate::link::{self, OutSnapshot, PeerLink};
 use crate::stats::{Counters, NetStats};
-use crate::wire::frame::{encode_raft, RaftHeader, RAFT_HEADER_BYTES};
-use crate::wire::record::record_codec;
+use crate::wire::frame::{encode_raft, ChunkHeader, RaftHeader, RAFT_HEADER_BYTES};
+use crate::wire::record::{record_codec, NOISE_MESSAGE_BYTES_MAX};
 
 /// How long [`NetTransport::shutdown`] waits for the listener to close.
 const LISTENER_CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -58,6 +74,11 @@ pub(crate) struct Shared {
     routes: RwLock<Routes>,
     served: RwLock<Served>,
     links: Mutex<BTreeMap<PublicKey, Arc<PeerLink>>>,
+    /// Handshaking inbound connections per source IP.
+    handshakes_by_ip: Mutex<BTreeMap<IpAddr, usize>>,
+    /// Established inbound connections per key, oldest first.
+    inbound_by_key: Mutex<BTreeMap<PublicKey, VecDeque<(u64, CancellationToken)>>>,
+    next_connection: AtomicU64,
     pub counters: Counters,
     pub cancel: CancellationToken,
     pub runtime: Handle,
@@ -189,6 +210,9 @@ impl NetTransport {
             routes: RwLock::new(BTreeMap::new()),
             served: RwLock::new(BTreeMap::new()),
             links: Mutex::new(BTreeMap::new()),
+            handshakes_by_ip: Mutex::new(BTreeMap::new()),
+            inbound_by_key: Mutex::new(BTreeMap::new()),
+            next_connection: AtomicU64::new(0),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             runtime: handle.clone(),
@@ -289,6 +313,12 @@ impl NetTransport {
         self.inner.shared.served.write().remove(&(group, replica));
     }
 
+    /// The runtime the transport's tasks run on (tests hold its worker).
+    #[cfg(test)]
+    pub(crate) fn runtime_handle(&self) -> Handle {
+        self.inner.shared.runtime.clone()
+    }
+
     /// The counters.
     pub fn stats(&self) -> NetStats {
         self.inner.shared.counters.snapshot()
@@ -306,7 +336,12 @@ impl NetTransport {
     }
 
     /// Queues `envelope` for its destination without blocking, or says why not.
+    /// A `MsgSnapshot` goes the way of [`try_send_snapshot`](Self::try_send_snapshot),
+    /// its outcome unreported.
     pub fn try_send(&self, envelope: Envelope) -> Result<(), SendError> {
+        if envelope.message.get_msg_type() == MessageType::MsgSnapshot {
+            return self.try_send_snapshot(envelope, Box::new(|_| {}));
+        }
         let shared = &self.inner.shared;
         if shared.cancel.is_cancelled() {
             return Err(SendError::Closed);
@@ -334,19 +369,98 @@ impl NetTransport {
             Counters::bump(&c.sends_refused_peer_down);
             return Err(SendError::PeerDown(to));
         }
-        let payload = encode_message(&envelope.message).map_err(SendError::Encode)?;
-        let bytes = RAFT_HEADER_BYTES + payload.len();
-        let bytes_max = shared.config.frame_bytes_max;
+        // Sized before it is encoded: a message above the frame limit (the
+        // smaller of ours and the one the peer announced) is never encoded.
+        let size = usize::try_from(envelope.message.compute_size()).unwrap_or(usize::MAX);
+        let bytes = RAFT_HEADER_BYTES.saturating_add(size);
+        let bytes_max = link.frame_limit(shared.config.frame_bytes_max);
         if bytes > bytes_max {
             Counters::bump(&c.sends_refused_too_large);
+            tracing::debug!(
+                to,
+                bytes,
+                bytes_max,
+                kind = ?envelope.message.get_msg_type(),
+                "refused a message above the frame limit"
+            );
             return Err(SendError::TooLarge {
                 to,
                 bytes,
                 bytes_max,
             });
         }
+        let payload = encode_message(&envelope.message).map_err(SendError::Encode)?;
         let frame = encode_raft(RaftHeader { group, from, to }, &payload);
         link.enqueue(frame, to, shared.config.queue_bytes_max)
+            .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))
+    }
+
+    /// Queues a snapshot message for its destination without blocking: it is
+    /// encoded once here (on the caller's thread), then written in chunk frames
+    /// of at most `snapshot_chunk_bytes` (and the frame limit) by the peer's
+    /// connection, interleaved with its other frames. `done` hears `Written`
+    /// once the last chunk was written to the socket, `Failed` if the
+    /// connection fails or the link drops it first. On `Err` nothing was
+    /// queued and `done` is never called.
+    pub fn try_send_snapshot(
+        &self,
+        envelope: Envelope,
+        done: SnapshotDone,
+    ) -> Result<(), SendError> {
+        let shared = &self.inner.shared;
+        if shared.cancel.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        let c = &shared.counters;
+        let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
+        let directory = shared.directory();
+        if !directory.is_local(from) {
+            return Err(SendError::NotLocal(from));
+        }
+        if directory.is_local(to) {
+            let inbox = shared
+                .route(group, to)
+                .map_err(|_| SendError::UnknownPeer(to))?;
+            inbox.deliver(envelope);
+            Counters::bump(&c.frames_delivered_local);
+            done(SnapshotSent::Written);
+            return Ok(());
+        }
+        let Some(key) = directory.key_of(to) else {
+            Counters::bump(&c.sends_refused_unknown_peer);
+            return Err(SendError::UnknownPeer(to));
+        };
+        let link = self.link_to(key);
+        if link.is_down() {
+            Counters::bump(&c.sends_refused_peer_down);
+            return Err(SendError::PeerDown(to));
+        }
+        let bytes_max = shared.config.snapshot_bytes_max;
+        let size = u64::from(envelope.message.compute_size());
+        if size > bytes_max {
+            Counters::bump(&c.sends_refused_too_large);
+            return Err(SendError::TooLarge {
+                to,
+                bytes: usize::try_from(size).unwrap_or(usize::MAX),
+                bytes_max: usize::try_from(bytes_max).unwrap_or(usize::MAX),
+            });
+        }
+        let metadata = envelope.message.get_snapshot().get_metadata();
+        let (index, term) = (metadata.index, metadata.term);
+        let payload = encode_message(&envelope.message).map_err(SendError::Encode)?;
+        let snapshot = OutSnapshot {
+            header: ChunkHeader {
+                raft: RaftHeader { group, from, to },
+                index,
+                term,
+                offset: 0,
+                total: payload.len() as u64,
+            },
+            bytes: payload.into(),
+            chunk_bytes: shared.config.snapshot_chunk_bytes,
+            done: Some(done),
+        };
+        link.enqueue_snapshot(snapshot, to)
             .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))
     }
 
@@ -361,6 +475,11 @@ impl Transport for NetTransport {
     fn send(&self, envelope: Envelope) -> Result<(), TransportError> {
         self.try_send(envelope).map_err(TransportError::from)
     }
+
+    fn send_snapshot(&self, envelope: Envelope, done: SnapshotDone) -> Result<(), TransportError> {
+        self.try_send_snapshot(envelope, done)
+            .map_err(TransportError::from)
+    }
 }
 
 async fn accept_loop(
@@ -368,27 +487,35 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     _closed: std::sync::mpsc::Sender<()>,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.inbound_connections_max));
+    let handshakes = Arc::new(Semaphore::new(shared.config.handshakes_max));
+    let established = Arc::new(Semaphore::new(shared.config.inbound_connections_max));
     loop {
         let accepted = tokio::select! {
             _ = shared.cancel.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, address)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(permit) => {
-                    shared.runtime.spawn(serve_inbound(
-                        Arc::clone(&shared),
-                        stream,
-                        address,
-                        permit,
-                    ));
-                }
-                Err(_) => {
-                    Counters::bump(&shared.counters.inbound_refused_limit);
-                    tracing::warn!(%address, "refused a connection: inbound_connections_max reached");
-                }
-            },
+            Ok((stream, address)) => {
+                // Refusals are counted, and logged at debug only: a flood
+                // must not flood the logs too.
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    Counters::bump(&shared.counters.handshakes_refused_limit);
+                    tracing::debug!(%address, "refused a connection: handshakes_max reached");
+                    continue;
+                };
+                let Some(ip) = IpGuard::take(&shared, address.ip()) else {
+                    Counters::bump(&shared.counters.handshakes_refused_ip_limit);
+                    tracing::debug!(%address, "refused a connection: handshakes_per_ip_max reached");
+                    continue;
+                };
+                shared.runtime.spawn(serve_inbound(
+                    Arc::clone(&shared),
+                    stream,
+                    address,
+                    (permit, ip),
+                    Arc::clone(&established),
+                ));
+            }
             Err(e) => {
                 // Out of file descriptors, say: wait a little rather than spin.
                 tracing::warn!(error = %e, "accept failed");
@@ -399,22 +526,100 @@ async fn accept_loop(
     drop(listener);
 }
 
+/// One handshaking connection counted against its source IP.
+struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpGuard {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let mut by_ip = shared.handshakes_by_ip.lock();
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= shared.config.handshakes_per_ip_max {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut by_ip = self.shared.handshakes_by_ip.lock();
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One established connection registered under its key.
+struct KeyGuard {
+    shared: Arc<Shared>,
+    key: PublicKey,
+    id: u64,
+}
+
+impl KeyGuard {
+    /// Registers a connection of `key`, closing the oldest ones beyond `max`.
+    fn register(shared: &Arc<Shared>, key: PublicKey, max: usize) -> (Self, CancellationToken) {
+        let cancel = shared.cancel.child_token();
+        let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let mut by_key = shared.inbound_by_key.lock();
+        let connections = by_key.entry(key).or_default();
+        connections.push_back((id, cancel.clone()));
+        while connections.len() > max {
+            if let Some((_, oldest)) = connections.pop_front() {
+                Counters::bump(&shared.counters.connections_replaced);
+                oldest.cancel();
+            }
+        }
+        let guard = Self {
+            shared: Arc::clone(shared),
+            key,
+            id,
+        };
+        (guard, cancel)
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        let mut by_key = self.shared.inbound_by_key.lock();
+        if let Some(connections) = by_key.get_mut(&self.key) {
+            connections.retain(|(id, _)| *id != self.id);
+            if connections.is_empty() {
+                by_key.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn serve_inbound(
     shared: Arc<Shared>,
     stream: TcpStream,
     address: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    handshaking: (OwnedSemaphorePermit, IpGuard),
+    established: Arc<Semaphore>,
 ) {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut reader = FramedRead::new(read, record_codec());
     let directory = shared.directory();
     let c = &shared.counters;
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let own_limit = shared.config.frame_bytes_max;
     let handshake = tokio::select! {
         _ = shared.cancel.cancelled() => return,
-        h = timeout(shared.config.handshake_timeout, respond(&mut reader, &mut write, &directory)) => h,
+        h = timeout_at(deadline, respond(&mut reader, &mut write, &directory, own_limit)) => h,
     };
-    let session = match handshake {
+    let mut session = match handshake {
         Err(_) => {
             Counters::bump(&c.handshakes_timed_out);
             tracing::debug!(%address, "inbound handshake timed out");
@@ -423,28 +628,82 @@ async fn serve_inbound(
         Ok(Err(e)) => {
             if matches!(e, HandshakeError::UnpinnedKey(_)) {
                 Counters::bump(&c.handshakes_refused_unpinned);
-                tracing::warn!(%address, error = %e, "refused a peer");
+                tracing::debug!(%address, error = %e, "refused a peer");
             } else if matches!(e, HandshakeError::RoleMismatch { .. }) {
                 Counters::bump(&c.handshakes_refused_role);
-                tracing::warn!(%address, error = %e, "refused a key speaking in another role");
+                tracing::debug!(%address, error = %e, "refused a key speaking in another role");
             } else {
                 Counters::bump(&c.handshakes_failed);
-                tracing::info!(%address, error = %e, "inbound handshake failed");
+                tracing::debug!(%address, error = %e, "inbound handshake failed");
             }
             return;
         }
         Ok(Ok(session)) => session,
     };
+    // Established only once the initiator's first transport record decrypts,
+    // still within the handshake's deadline: a replayed first handshake
+    // message (which IK cannot detect) never gets this far.
+    let first = tokio::select! {
+        _ = shared.cancel.cancelled() => return,
+        r = timeout_at(deadline, reader.next()) => r,
+    };
+    let record = match first {
+        Ok(Some(Ok(record))) => record,
+        Err(_) | Ok(None) | Ok(Some(Err(_))) => {
+            Counters::bump(&c.handshakes_unconfirmed);
+            tracing::debug!(%address, "no transport record followed the handshake in time");
+            return;
+        }
+    };
+    let mut plaintext = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let n = match session.noise.read_message(&record, &mut plaintext) {
+        Ok(n) => n,
+        Err(e) => {
+            Counters::bump(&c.records_undecryptable);
+            Counters::bump(&c.handshakes_unconfirmed);
+            tracing::debug!(%address, error = %e, "the first transport record did not decrypt");
+            return;
+        }
+    };
+    plaintext.truncate(n);
+    drop(handshaking);
+    let Ok(_permit) = established.try_acquire_owned() else {
+        Counters::bump(&c.inbound_refused_limit);
+        tracing::debug!(%address, "refused a connection: inbound_connections_max reached");
+        return;
+    };
     let key = session.remote_key;
+    Counters::add(&c.hello_claims_ignored, session.claims_ignored as u64);
     if session.role == Role::Client {
+        let (_guard, cancel) =
+            KeyGuard::register(&shared, key, shared.config.connections_per_client_key_max);
         Counters::bump(&c.client_connections_accepted);
         tracing::debug!(%address, client = %key, "accepted a client");
-        let reason = crate::server::run(Arc::clone(&shared), reader, write, session).await;
+        let reason = crate::server::run(
+            Arc::clone(&shared),
+            reader,
+            write,
+            session,
+            cancel,
+            plaintext,
+        )
+        .await;
         record_close(&shared, key, &reason);
         return;
     }
+    let (_guard, cancel) =
+        KeyGuard::register(&shared, key, shared.config.connections_per_peer_key_max);
     Counters::bump(&c.connections_accepted);
     tracing::debug!(%address, peer = %key, ids = ?session.remote_ids, "accepted");
-    let reason = connection::run(Arc::clone(&shared), reader, write, session, None).await;
+    let reason = connection::run(
+        Arc::clone(&shared),
+        reader,
+        write,
+        session,
+        None,
+        cancel,
+        plaintext,
+    )
+    .await;
     record_close(&shared, key, &reason);
 }

@@ -31,17 +31,42 @@ struct TcpFleet {
     addresses: BTreeMap<u64, SocketAddr>,
     processes: BTreeMap<u64, Process>,
     dir: tempfile::TempDir,
+    /// Small frames (64 KiB), entries and appends, and frequent snapshots.
+    small: bool,
 }
 
-fn net_config(address: SocketAddr) -> NetConfig {
+/// The frame limit of a `small` fleet.
+const SMALL_FRAME_BYTES: usize = 64 << 10;
+
+fn net_config(address: SocketAddr, small: bool) -> NetConfig {
     let mut c = NetConfig::new(address);
     c.worker_threads = 1;
     c.backoff_max = Duration::from_millis(200);
+    if small {
+        c.frame_bytes_max = SMALL_FRAME_BYTES;
+        c.entry_bytes_max = 16 << 10;
+    }
+    c
+}
+
+fn replica_config(id: u64, small: bool) -> ReplicaConfig {
+    let mut c = ReplicaConfig::new(id);
+    if small {
+        c.entry_bytes_max = 16 << 10;
+        c.command_bytes_max = 12 << 10;
+        c.message_bytes_max = 16 << 10;
+        c.snapshot_entries_min = 50;
+        c.compaction_entries_retained = 5;
+    }
     c
 }
 
 impl TcpFleet {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(small: bool) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -58,14 +83,17 @@ impl TcpFleet {
             addresses: BTreeMap::new(),
             processes: BTreeMap::new(),
             dir: tempfile::tempdir().expect("temporary directory"),
+            small,
         };
         // Each process binds a free port first; the directory then pins them all.
         for &(id, _) in &MEMBERS {
             let secret = StaticSecret::generate().expect("key");
             let own = PeerDirectory::new(FLEET, [id], secret.clone()).expect("directory");
-            let transport =
-                NetTransport::start(own, net_config(SocketAddr::from(([127, 0, 0, 1], 0))))
-                    .expect("transport");
+            let transport = NetTransport::start(
+                own,
+                net_config(SocketAddr::from(([127, 0, 0, 1], 0)), small),
+            )
+            .expect("transport");
             fleet.addresses.insert(id, transport.local_addr());
             fleet.secrets.insert(id, secret);
             fleet.processes.insert(
@@ -115,7 +143,7 @@ impl TcpFleet {
         let process = self.processes.get_mut(&id).expect("process");
         let transport = Arc::new(process.transport.clone());
         let node = Node::spawn(
-            NodeConfig::new(ReplicaConfig::new(id)),
+            NodeConfig::new(replica_config(id, self.small)),
             log,
             KvStore::new(),
             transport,
@@ -139,8 +167,11 @@ impl TcpFleet {
 
     /// Starts replica `id` again from its disk, on the same address and key.
     fn restart(&mut self, id: u64) {
-        let transport = NetTransport::start(self.directory(id), net_config(self.addresses[&id]))
-            .expect("transport on the same port");
+        let transport = NetTransport::start(
+            self.directory(id),
+            net_config(self.addresses[&id], self.small),
+        )
+        .expect("transport on the same port");
         self.processes.insert(
             id,
             Process {
@@ -278,6 +309,45 @@ fn three_replicas_over_tcp_elect_a_leader_commit_and_a_restarted_replica_catches
             .any(|&id| fleet.processes[&id].transport.stats().connections_dialed >= 2),
         "a survivor reconnected to the restarted process"
     );
+    for &(id, _) in &MEMBERS {
+        fleet.kill(id);
+    }
+}
+
+#[test]
+fn review_net_3_a_far_behind_replica_catches_up_through_a_chunked_snapshot_above_the_frame_limit() {
+    let mut fleet = TcpFleet::start_with(true);
+    let leader = fleet.wait_leader();
+    let victim = MEMBERS
+        .iter()
+        .map(|&(id, _)| id)
+        .find(|&id| id != leader)
+        .expect("a follower");
+    fleet.kill(victim);
+    // More than 1 MiB of state while the victim is away; the leader compacts
+    // its log past it, so only a snapshot (about 20 frame limits) can bring it back.
+    let client = fleet.client();
+    let value = "v".repeat(8 << 10);
+    for i in 0..160 {
+        put(&client, &format!("k{i}"), &value);
+    }
+    let leader = fleet.wait_leader();
+    fleet.restart(victim);
+    let commit = fleet.status(leader).commit;
+    fleet.wait_until("the far-behind replica catches up", |f| {
+        f.status(victim).applied >= commit
+    });
+    let sender = fleet.processes[&leader].transport.stats();
+    let receiver = fleet.processes[&victim].transport.stats();
+    assert!(receiver.snapshots_received >= 1, "{receiver:#?}");
+    assert!(
+        sender.snapshots_sent >= 1 && sender.snapshot_chunks_sent > 16,
+        "more than a megabyte in chunks of at most 64 KiB: {sender:#?}"
+    );
+    assert_eq!(receiver.snapshot_chunks_refused, 0, "{receiver:#?}");
+    assert_eq!(receiver.frames_oversize, 0);
+    let client = fleet.client();
+    assert_eq!(get(&client, "k0").map(|v| v.len()), Some(8 << 10));
     for &(id, _) in &MEMBERS {
         fleet.kill(id);
     }

@@ -379,7 +379,16 @@ async fn raw_connect(
         .map_err(HandshakeError::Io)?;
     let (read, mut writer) = stream.into_split();
     let mut reader = FramedRead::new(read, record_codec());
-    let session = initiate(&mut reader, &mut writer, directory, server, None).await?;
+    let frame_bytes_max = vaultfleet_net::NetConfig::default().frame_bytes_max;
+    let session = initiate(
+        &mut reader,
+        &mut writer,
+        directory,
+        server,
+        frame_bytes_max,
+        None,
+    )
+    .await?;
     Ok(RawClient {
         reader,
         writer,

@@ -161,7 +161,10 @@ fn a_raft_message_whose_own_from_or_to_differ_from_the_header_is_dropped() {
 
 #[test]
 fn an_oversize_frame_or_a_garbage_handshake_closes_that_connection_only() {
-    let scene = Scene::new(|c| c.frame_bytes_max = 64 << 10);
+    let scene = Scene::new(|c| {
+        c.frame_bytes_max = 64 << 10;
+        c.entry_bytes_max = 16 << 10;
+    });
     let mut bad = scene.connect_peer();
     let mut good = scene.connect_peer();
     scene.runtime.block_on(async {
@@ -259,14 +262,21 @@ fn a_dropped_key_closes_its_connection_and_a_silent_peer_is_closed_as_idle() {
         c.keepalive_interval = Duration::from_millis(50);
         c.idle_timeout = Duration::from_millis(300);
     });
-    // A pinned peer that completes the handshake, then sends nothing at all.
+    // A pinned peer that completes the handshake, proves its session with one
+    // keepalive (so it is established), then sends nothing at all.
     let mut silent = scene.connect_peer();
+    scene
+        .runtime
+        .block_on(silent.send_plaintext(&crate::wire::frame::encode_keepalive()));
     assert!(scene.runtime.block_on(silent.closed_by_responder()));
     wait_until("the idle close", || {
         scene.transport.stats().connections_closed_idle >= 1
     });
 
     let mut peer = scene.connect_peer();
+    scene
+        .runtime
+        .block_on(peer.send_plaintext(&crate::wire::frame::encode_keepalive()));
     let mut directory = (*scene.transport.directory()).clone();
     directory.remove(2);
     scene.transport.update_directory(directory).unwrap();
@@ -299,6 +309,7 @@ fn a_full_queue_returns_unreachable_without_blocking_and_oversize_is_refused() {
     let mut config = loopback_config();
     config.queue_frames_max = 4;
     config.frame_bytes_max = 64 << 10;
+    config.entry_bytes_max = 16 << 10;
     config.handshake_timeout = Duration::from_secs(30);
     config.connect_timeout = Duration::from_secs(30);
     let mut directory = PeerDirectory::new(FLEET, [1], own).unwrap();

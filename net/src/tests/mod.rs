@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod attacks;
+mod review;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -175,6 +176,7 @@ impl RawPeer {
                 &mut writer,
                 directory,
                 responder.public_key(),
+                crate::NetConfig::default().frame_bytes_max,
                 Some(&mut transcript),
             ),
         )

@@ -5,7 +5,13 @@
 //! body: u8 kind
 //!   kind 1, raft:      u64 group, u64 from, u64 to, raft message (protobuf 2, the rest)
 //!   kind 2, keepalive: nothing
+//!   kind 5, snapshot chunk: u64 group, u64 from, u64 to, u64 snapshot index,
+//!                     u64 snapshot term, u64 offset, u64 total, data (the rest, non-empty)
 //! ```
+//!
+//! A snapshot (a `MsgSnapshot` raft message, encoded once) travels as chunk
+//! frames of consecutive byte ranges `[offset, offset + data)` of its
+//! encoding, `total` bytes in all; the receiver decodes it only once whole.
 //!
 //! The header is decoded (by the engine's strict [`Reader`]) and checked before a
 //! single byte of the raft message is (the checks are listed in `docs/network.md`).
@@ -18,13 +24,34 @@ use vaultfleet::ReplicaId;
 pub const FRAME_LENGTH_BYTES: usize = 4;
 /// Bytes of a raft frame's body before the raft message: kind, group, from, to.
 pub const RAFT_HEADER_BYTES: usize = 1 + 8 + 8 + 8;
-/// Smallest `frame_bytes_max` a configuration may set (a raft header and a byte).
-pub const FRAME_BODY_BYTES_MIN: usize = RAFT_HEADER_BYTES + 1;
+/// Smallest frame limit a configuration may set or a peer may announce (a
+/// snapshot chunk header and a byte: every kind of frame then fits).
+pub const FRAME_BODY_BYTES_MIN: usize = CHUNK_HEADER_BYTES + 1;
 /// Hard cap on `frame_bytes_max`, in bytes.
 pub const FRAME_BYTES_LIMIT: usize = 16 << 20;
 
+/// Bytes of a snapshot chunk frame's body before its data.
+pub const CHUNK_HEADER_BYTES: usize = 1 + 8 * 7;
+
 const KIND_RAFT: u8 = 1;
 const KIND_KEEPALIVE: u8 = 2;
+// Kinds 3 and 4 are the client protocol's (`wire::client`).
+const KIND_SNAPSHOT_CHUNK: u8 = 5;
+
+/// The clear header of a snapshot chunk frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Group, sender and receiver, checked as a raft frame's.
+    pub raft: RaftHeader,
+    /// The snapshot's index (its metadata's).
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    /// Where this chunk's data starts in the encoded message.
+    pub offset: u64,
+    /// The encoded message's length.
+    pub total: u64,
+}
 
 /// The clear header of a raft frame, inside the encryption.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +76,13 @@ pub enum Frame<'a> {
     },
     /// A keepalive: proof that the peer is alive and reading keys.
     Keepalive,
+    /// One chunk of a snapshot message.
+    SnapshotChunk {
+        /// Its header.
+        header: ChunkHeader,
+        /// Its bytes of the encoded message.
+        data: &'a [u8],
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -71,6 +105,27 @@ impl<'a> Frame<'a> {
                 r.expect_empty("keepalive frame")?;
                 Ok(Frame::Keepalive)
             }
+            KIND_SNAPSHOT_CHUNK => {
+                let raft = RaftHeader {
+                    group: r.u64("chunk group")?,
+                    from: r.u64("chunk from")?,
+                    to: r.u64("chunk to")?,
+                };
+                let header = ChunkHeader {
+                    raft,
+                    index: r.u64("chunk snapshot index")?,
+                    term: r.u64("chunk snapshot term")?,
+                    offset: r.u64("chunk offset")?,
+                    total: r.u64("chunk total")?,
+                };
+                let data = r.rest();
+                if data.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "empty snapshot chunk",
+                    });
+                }
+                Ok(Frame::SnapshotChunk { header, data })
+            }
             other => Err(DecodeError::UnknownValue {
                 what: "frame kind",
                 found: other.into(),
@@ -92,6 +147,25 @@ pub fn encode_raft(header: RaftHeader, payload: &[u8]) -> Bytes {
     out.put_u64(header.from);
     out.put_u64(header.to);
     out.put_slice(payload);
+    out.freeze()
+}
+
+/// A snapshot chunk frame, length prefix included. The caller keeps
+/// `CHUNK_HEADER_BYTES + data.len()` within the frame limit.
+pub fn encode_chunk(header: ChunkHeader, data: &[u8]) -> Bytes {
+    let body = CHUNK_HEADER_BYTES + data.len();
+    debug_assert!(body <= FRAME_BYTES_LIMIT && !data.is_empty());
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + body);
+    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
+    out.put_u8(KIND_SNAPSHOT_CHUNK);
+    out.put_u64(header.raft.group);
+    out.put_u64(header.raft.from);
+    out.put_u64(header.raft.to);
+    out.put_u64(header.index);
+    out.put_u64(header.term);
+    out.put_u64(header.offset);
+    out.put_u64(header.total);
+    out.put_slice(data);
     out.freeze()
 }
 
@@ -219,6 +293,26 @@ mod tests {
         assert!(matches!(
             Frame::decode(&[KIND_RAFT, 0, 0]),
             Err(DecodeError::Truncated { .. })
+        ));
+        let chunk = ChunkHeader {
+            raft: header,
+            index: 10,
+            term: 2,
+            offset: 5,
+            total: 9,
+        };
+        let frame = encode_chunk(chunk, b"abcd");
+        assert_eq!(
+            Frame::decode(&frame[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::SnapshotChunk {
+                header: chunk,
+                data: b"abcd"
+            }
+        );
+        let empty = encode_chunk(chunk, b"x");
+        assert!(matches!(
+            Frame::decode(&empty[FRAME_LENGTH_BYTES..empty.len() - 1]),
+            Err(DecodeError::Invalid { .. })
         ));
     }
 }

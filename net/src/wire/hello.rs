@@ -1,20 +1,27 @@
-//! The handshake payload: the sender's protocol version, its role (a peer
-//! process hosting replicas, or a client process) and, for a peer, the replica
-//! ids it claims to host; nothing else. Decoded strictly (known role, sorted,
+//! The handshake payload: the sender's protocol version, the largest frame it
+//! accepts, its role (a peer process hosting replicas, or a client process)
+//! and, for a peer, the replica ids it claims to host; nothing else. Decoded strictly (known role, sorted,
 //! distinct, non-zero ids, no trailing bytes) and only after the sender's static
 //! key was found pinned in the directory, which also says which role that key
 //! may take (`docs/network.md`, "Remote clients").
 //!
 //! ```text
-//! u32 protocol version, u8 role
+//! u32 protocol version (2), u32 frame_bytes_max, u8 role
 //!   role 1, peer:   u32 id count (1..=HELLO_IDS_MAX), u64 id × count
 //!   role 2, client: nothing
 //! ```
+//!
+//! Version 1 had no frame limit; the version is bound in the prologue too, so
+//! a version-1 process never gets as far as this decoder. The frame limit must
+//! lie in `FRAME_BODY_BYTES_MIN..=FRAME_BYTES_LIMIT`; each side then sends
+//! frames of at most the smaller of the two limits.
 
 use std::collections::BTreeSet;
 
 use vaultfleet::codec::{DecodeError, Reader};
 use vaultfleet::ReplicaId;
+
+use crate::wire::frame::{FRAME_BODY_BYTES_MIN, FRAME_BYTES_LIMIT};
 
 /// Most replica ids one process claims in a handshake.
 pub const HELLO_IDS_MAX: usize = 1024;
@@ -39,6 +46,8 @@ pub enum HelloRole {
 pub struct Hello {
     /// The sender's protocol version.
     pub version: u32,
+    /// The largest frame body the sender accepts, in bytes.
+    pub frame_bytes_max: u32,
     /// The sender's role.
     pub role: HelloRole,
 }
@@ -46,8 +55,9 @@ pub struct Hello {
 impl Hello {
     /// The encoding (ids in ascending order).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9);
+        let mut out = Vec::with_capacity(13);
         out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.frame_bytes_max.to_be_bytes());
         match &self.role {
             HelloRole::Peer { ids } => {
                 debug_assert!(!ids.is_empty() && ids.len() <= HELLO_IDS_MAX);
@@ -68,6 +78,13 @@ impl Hello {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u32("hello version")?;
+        let frame_bytes_max = r.u32("hello frame limit")?;
+        let limit = usize::try_from(frame_bytes_max).unwrap_or(usize::MAX);
+        if !(FRAME_BODY_BYTES_MIN..=FRAME_BYTES_LIMIT).contains(&limit) {
+            return Err(DecodeError::Invalid {
+                what: "hello frame limit outside the allowed range",
+            });
+        }
         let role = match r.u8("hello role")? {
             ROLE_PEER => {
                 let count = r.count(HELLO_IDS_MAX, "hello id count")?;
@@ -99,7 +116,11 @@ impl Hello {
             }
         };
         r.expect_empty("hello")?;
-        Ok(Self { version, role })
+        Ok(Self {
+            version,
+            frame_bytes_max,
+            role,
+        })
     }
 }
 
@@ -110,7 +131,8 @@ mod tests {
     #[test]
     fn a_hello_round_trips_and_anything_else_is_refused() {
         let hello = Hello {
-            version: 1,
+            version: 2,
+            frame_bytes_max: 1 << 20,
             role: HelloRole::Peer {
                 ids: [3, 9].into_iter().collect(),
             },
@@ -124,36 +146,47 @@ mod tests {
             Err(DecodeError::TrailingBytes { .. })
         ));
         let mut swapped = bytes.clone();
-        swapped[9..17].copy_from_slice(&9u64.to_be_bytes());
-        swapped[17..25].copy_from_slice(&3u64.to_be_bytes());
+        swapped[13..21].copy_from_slice(&9u64.to_be_bytes());
+        swapped[21..29].copy_from_slice(&3u64.to_be_bytes());
         assert!(matches!(
             Hello::decode(&swapped),
             Err(DecodeError::Invalid { .. })
         ));
-        let none = [0, 0, 0, 1, ROLE_PEER, 0, 0, 0, 0];
+        let none = [0, 0, 0, 2, 0, 1, 0, 0, ROLE_PEER, 0, 0, 0, 0];
         assert!(matches!(
             Hello::decode(&none),
             Err(DecodeError::Invalid { .. })
         ));
-        let huge = [0, 0, 0, 1, ROLE_PEER, 0xff, 0xff, 0xff, 0xff];
+        let huge = [0, 0, 0, 2, 0, 1, 0, 0, ROLE_PEER, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(
             Hello::decode(&huge),
             Err(DecodeError::TooLong { .. })
         ));
         let client = Hello {
-            version: 1,
+            version: 2,
+            frame_bytes_max: 1 << 16,
             role: HelloRole::Client,
         };
         let bytes = client.encode();
-        assert_eq!(bytes, [0, 0, 0, 1, ROLE_CLIENT]);
+        assert_eq!(bytes, [0, 0, 0, 2, 0, 1, 0, 0, ROLE_CLIENT]);
         assert_eq!(Hello::decode(&bytes), Ok(client));
         assert!(matches!(
-            Hello::decode(&[0, 0, 0, 1, ROLE_CLIENT, 0]),
+            Hello::decode(&[0, 0, 0, 2, 0, 1, 0, 0, ROLE_CLIENT, 0]),
             Err(DecodeError::TrailingBytes { .. })
         ));
         assert!(matches!(
-            Hello::decode(&[0, 0, 0, 1, 7]),
+            Hello::decode(&[0, 0, 0, 2, 0, 1, 0, 0, 7]),
             Err(DecodeError::UnknownValue { found: 7, .. })
         ));
+        // A frame limit outside the range any configuration allows.
+        for limit in [0u32, 1, u32::MAX] {
+            let mut bytes = vec![0, 0, 0, 2];
+            bytes.extend_from_slice(&limit.to_be_bytes());
+            bytes.push(ROLE_CLIENT);
+            assert!(
+                matches!(Hello::decode(&bytes), Err(DecodeError::Invalid { .. })),
+                "{limit}"
+            );
+        }
     }
 }
