@@ -822,7 +822,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.flush_proposals();
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
-            out.messages.extend(rd.take_messages());
+            let limit = self.cfg.message_bytes_max;
+            out.messages
+                .extend(split_appends(rd.take_messages(), limit));
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 self.raw
@@ -855,7 +857,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 hs.commit = commit;
                 self.raw.mut_store().set_hard_state(&hs).map_err(storage)?;
             }
-            out.messages.extend(light.take_messages());
+            out.messages
+                .extend(split_appends(light.take_messages(), limit));
             self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
             debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
@@ -1478,6 +1481,64 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, wire::DecodeError> {
     })
 }
 
+/// raft-rs 0.7 with `batch_append` merges appends to one peer queued in one
+/// Ready without re-applying `max_size_per_msg`, so one append can carry far
+/// more than [`ReplicaConfig::message_bytes_max`] (a network transport then
+/// refuses it as too large). This splits every append above `bytes_max` (or
+/// [`MESSAGE_ENTRIES_MAX`] entries) into consecutive appends: each after the
+/// first starts where the previous one ended (its `index` and `log_term` are
+/// the previous part's last entry), and all carry the original commit, which a
+/// follower caps at the last entry it holds. A single entry above the bound
+/// travels alone.
+fn split_appends(messages: Vec<Message>, bytes_max: u64) -> Vec<Message> {
+    use protobuf2::Message as _;
+    let mut out = Vec::with_capacity(messages.len());
+    for mut m in messages {
+        let entries_bytes: u64 = m
+            .entries
+            .iter()
+            .map(|e| u64::from(e.compute_size()) + 6)
+            .sum();
+        if m.get_msg_type() != raft::prelude::MessageType::MsgAppend
+            || (entries_bytes <= bytes_max && m.entries.len() <= MESSAGE_ENTRIES_MAX)
+        {
+            out.push(m);
+            continue;
+        }
+        let entries: Vec<Entry> = m.take_entries().into();
+        let (mut index, mut log_term) = (m.index, m.log_term);
+        let mut part: Vec<Entry> = Vec::new();
+        let mut part_bytes = 0u64;
+        let flush =
+            |part: &mut Vec<Entry>, index: &mut u64, log_term: &mut u64, out: &mut Vec<Message>| {
+                let Some(last) = part.last() else {
+                    return;
+                };
+                let (last_index, last_term) = (last.index, last.term);
+                let mut piece = m.clone();
+                piece.index = *index;
+                piece.log_term = *log_term;
+                piece.set_entries(std::mem::take(part).into());
+                out.push(piece);
+                *index = last_index;
+                *log_term = last_term;
+            };
+        for e in entries {
+            let bytes = u64::from(e.compute_size()) + 6;
+            if !part.is_empty()
+                && (part_bytes + bytes > bytes_max || part.len() >= MESSAGE_ENTRIES_MAX)
+            {
+                flush(&mut part, &mut index, &mut log_term, &mut out);
+                part_bytes = 0;
+            }
+            part_bytes += bytes;
+            part.push(e);
+        }
+        flush(&mut part, &mut index, &mut log_term, &mut out);
+    }
+    out
+}
+
 /// Log entries one raft message may carry when it is decoded by
 /// [`decode_message`]. This engine writes one entry per batch of commands, and
 /// appends are bounded in bytes ([`ReplicaConfig::message_bytes_max`], 1 MiB
@@ -1541,4 +1602,73 @@ pub fn encode_message(message: &Message) -> Result<Vec<u8>, wire::EncodeError> {
         what: "raft message",
         source: e.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::prelude::MessageType;
+
+    fn entry(index: u64, term: u64, bytes: usize) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![7u8; bytes].into();
+        e
+    }
+
+    /// raft-rs merges appends queued in one Ready without re-applying its size
+    /// bound (seen at 98 KiB against a 64 KiB transport frame by the network
+    /// transport's review): every append leaves the replica within
+    /// `message_bytes_max`, as consecutive appends a follower accepts in order.
+    #[test]
+    fn merged_appends_are_split_into_consecutive_appends_within_the_bound() {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.to = 2;
+        m.term = 3;
+        m.index = 10;
+        m.log_term = 2;
+        m.commit = 17;
+        m.set_entries(
+            (11..=17)
+                .map(|i| entry(i, 3, 100))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let mut other = Message::default();
+        other.set_msg_type(MessageType::MsgHeartbeat);
+        let parts = split_appends(vec![m, other.clone()], 250);
+        assert_eq!(parts.last(), Some(&other), "other messages pass unchanged");
+        let appends = &parts[..parts.len() - 1];
+        assert!(appends.len() >= 3, "{} parts", appends.len());
+        let (mut index, mut log_term) = (10, 2);
+        let mut next = 11;
+        for p in appends {
+            assert_eq!(
+                (p.index, p.log_term, p.commit, p.term),
+                (index, log_term, 17, 3)
+            );
+            let bytes: u64 = p
+                .entries
+                .iter()
+                .map(|e| u64::from(protobuf2::Message::compute_size(e)) + 6)
+                .sum();
+            assert!(bytes <= 250, "{bytes}");
+            for e in p.entries.iter() {
+                assert_eq!(e.index, next);
+                next += 1;
+            }
+            let last = p.entries.last().expect("a part is never empty");
+            (index, log_term) = (last.index, last.term);
+        }
+        assert_eq!(next, 18, "every entry, once, in order");
+        // A single entry above the bound travels alone.
+        let mut big = Message::default();
+        big.set_msg_type(MessageType::MsgAppend);
+        big.set_entries(vec![entry(1, 1, 1000), entry(2, 1, 10)].into());
+        let parts = split_appends(vec![big], 250);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].entries.len(), 1);
+    }
 }
