@@ -23,6 +23,14 @@ pub const QUEUE_FRAMES_LIMIT: usize = 1 << 20;
 /// Largest `inbound_connections_max` and `handshakes_max`.
 pub const CONNECTIONS_LIMIT: usize = 1 << 16;
 
+/// Largest `client_in_flight_total_max` (client requests in flight in one
+/// process).
+pub const CLIENT_IN_FLIGHT_TOTAL_LIMIT: usize = 1 << 20;
+
+/// Largest client byte budget (`client_bytes_in_flight_max`,
+/// `client_bytes_in_flight_total_max`): 64 GiB.
+pub const CLIENT_BYTES_LIMIT: usize = 1 << 36;
+
 /// Largest `snapshot_bytes_max`: 4 GiB.
 pub const SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
 
@@ -87,7 +95,8 @@ pub struct NetConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay (jittered).
     pub backoff_max: Duration,
-    /// Authenticated inbound connections (peers and clients) held at once.
+    /// Authenticated inbound *peer* connections held at once (client
+    /// connections have their own pool, `client_connections_max`).
     /// A connection counts as authenticated once its first transport record
     /// decrypted, within `handshake_timeout` of its accept.
     pub inbound_connections_max: usize,
@@ -109,6 +118,24 @@ pub struct NetConfig {
     /// to a node, reply not yet written); beyond it a request is answered
     /// `Overloaded` at once. At most 2^20 are used.
     pub client_in_flight_max: usize,
+    /// Client requests in flight in this whole process, across every client
+    /// connection (each also bounded by `client_in_flight_max`); beyond it a
+    /// request is answered `Overloaded` at once. Keep it well below the
+    /// nodes' mailbox (`NodeConfig::mailbox_inputs_max`, 65,536), so client
+    /// traffic cannot crowd raft's own messages out of it.
+    pub client_in_flight_total_max: usize,
+    /// Bytes of client request frames (commands, queries) one client
+    /// connection may have in flight; beyond it a request is answered
+    /// `Overloaded` at once. At least `frame_bytes_max`.
+    pub client_bytes_in_flight_max: usize,
+    /// Bytes of client request frames in flight in this whole process,
+    /// across every client connection; beyond it `Overloaded`. At least
+    /// `client_bytes_in_flight_max`.
+    pub client_bytes_in_flight_total_max: usize,
+    /// Authenticated client connections held at once, in a pool of their own:
+    /// client connections never take the `inbound_connections_max` slots
+    /// that peers need. Beyond it a new client connection is refused.
+    pub client_connections_max: usize,
     /// Longest a served client request waits for its node's answer before it
     /// is answered `TimedOut` (the node answers far sooner: its own request
     /// timeout is a few election timeouts).
@@ -141,6 +168,10 @@ impl Default for NetConfig {
             connections_per_client_key_max: 16,
             worker_threads: 2,
             client_in_flight_max: 256,
+            client_in_flight_total_max: 4096,
+            client_bytes_in_flight_max: 16 << 20,
+            client_bytes_in_flight_total_max: 64 << 20,
+            client_connections_max: 64,
             client_request_timeout: Duration::from_secs(30),
         }
     }
@@ -176,6 +207,19 @@ impl NetConfig {
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("worker_threads", self.worker_threads),
             ("client_in_flight_max", self.client_in_flight_max),
+            (
+                "client_in_flight_total_max",
+                self.client_in_flight_total_max,
+            ),
+            (
+                "client_bytes_in_flight_max",
+                self.client_bytes_in_flight_max,
+            ),
+            (
+                "client_bytes_in_flight_total_max",
+                self.client_bytes_in_flight_total_max,
+            ),
+            ("client_connections_max", self.client_connections_max),
         ];
         for (what, value) in counts {
             if value == 0 {
@@ -231,6 +275,26 @@ impl NetConfig {
                 self.connections_per_client_key_max,
                 CONNECTIONS_LIMIT,
             ),
+            (
+                "client_connections_max",
+                self.client_connections_max,
+                CONNECTIONS_LIMIT,
+            ),
+            (
+                "client_in_flight_total_max",
+                self.client_in_flight_total_max,
+                CLIENT_IN_FLIGHT_TOTAL_LIMIT,
+            ),
+            (
+                "client_bytes_in_flight_max",
+                self.client_bytes_in_flight_max,
+                CLIENT_BYTES_LIMIT,
+            ),
+            (
+                "client_bytes_in_flight_total_max",
+                self.client_bytes_in_flight_total_max,
+                CLIENT_BYTES_LIMIT,
+            ),
         ];
         for (what, value, max) in limits {
             if value > max {
@@ -249,6 +313,15 @@ impl NetConfig {
                 frame_bytes_max: self.frame_bytes_max,
                 entry_bytes_max: self.entry_bytes_max,
                 required,
+            });
+        }
+        if self.client_bytes_in_flight_max < self.frame_bytes_max
+            || self.client_bytes_in_flight_total_max < self.client_bytes_in_flight_max
+        {
+            return Err(ConfigError::ClientBytes {
+                per_connection: self.client_bytes_in_flight_max,
+                total: self.client_bytes_in_flight_total_max,
+                frame_bytes_max: self.frame_bytes_max,
             });
         }
         if self.queue_bytes_max < self.frame_bytes_max {
@@ -300,5 +373,16 @@ mod tests {
         let mut c = NetConfig::default();
         c.backoff_min = c.backoff_max * 2;
         assert_eq!(c.validate(), Err(ConfigError::Backoff));
+        let mut c = NetConfig::default();
+        c.client_bytes_in_flight_max = c.frame_bytes_max - 1;
+        assert!(matches!(c.validate(), Err(ConfigError::ClientBytes { .. })));
+        let mut c = NetConfig::default();
+        c.client_bytes_in_flight_total_max = c.client_bytes_in_flight_max - 1;
+        assert!(matches!(c.validate(), Err(ConfigError::ClientBytes { .. })));
+        let default = NetConfig::default();
+        assert!(
+            default.client_in_flight_total_max <= 65_536 / 8,
+            "client requests stay well below the node's mailbox"
+        );
     }
 }

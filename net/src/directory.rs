@@ -25,14 +25,39 @@ use crate::keys::{PublicKey, StaticSecret};
 use crate::wire::hello::HELLO_IDS_MAX;
 
 /// The protocol version this build speaks (bound into the handshake prologue).
-/// Version 2 added the frame limit to the handshake's hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 2 added the frame limit to the handshake's hello; version 3 the
+/// client-protocol errors `Forbidden` and `ReplyTooLarge` (client roles).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Longest fleet id, in bytes (the fleet artifact's limit for text).
 pub const FLEET_ID_BYTES_MAX: usize = 255;
 
 /// Longest datacenter label, in bytes.
 pub const DATACENTER_BYTES_MAX: usize = 255;
+
+/// What an allowed client key may ask of the fleet's nodes.
+///
+/// A client key is a replica-host credential (`docs/network.md`, "Remote
+/// clients"): give it only to the fleet's own service processes, never to user
+/// devices. Every role may propose any state-machine command, read, register
+/// sessions and ask for a node's status; only [`Admin`](Self::Admin) may change
+/// membership or transfer leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ClientRole {
+    /// Proposals, reads, session registrations and status requests.
+    Service,
+    /// Everything a service may do, plus membership changes and leadership
+    /// transfers.
+    Admin,
+}
+
+impl ClientRole {
+    /// True if this role may change membership and transfer leadership.
+    pub fn is_admin(self) -> bool {
+        matches!(self, ClientRole::Admin)
+    }
+}
 
 /// Where a replica lives and which key its process proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +78,7 @@ pub struct PeerDirectory {
     local_ids: BTreeSet<ReplicaId>,
     secret: StaticSecret,
     peers: BTreeMap<ReplicaId, PeerEntry>,
-    clients: BTreeSet<PublicKey>,
+    clients: BTreeMap<PublicKey, ClientRole>,
     client_process: bool,
 }
 
@@ -90,7 +115,7 @@ impl PeerDirectory {
             local_ids,
             secret,
             peers: BTreeMap::new(),
-            clients: BTreeSet::new(),
+            clients: BTreeMap::new(),
             client_process: false,
         })
     }
@@ -117,7 +142,7 @@ impl PeerDirectory {
             local_ids: BTreeSet::new(),
             secret,
             peers: BTreeMap::new(),
-            clients: BTreeSet::new(),
+            clients: BTreeMap::new(),
             client_process: true,
         })
     }
@@ -127,30 +152,48 @@ impl PeerDirectory {
         self.client_process
     }
 
-    /// Allows the client process proving `key` to send client requests. A key
-    /// pinned to a replica, or this process's own key, cannot be a client's.
+    /// Allows the client process proving `key` to send client requests, as a
+    /// [`ClientRole::Service`] (no membership changes, no leadership
+    /// transfers). A key pinned to a replica, or this process's own key,
+    /// cannot be a client's.
     pub fn allow_client(&mut self, key: PublicKey) -> Result<(), DirectoryError> {
+        self.allow_client_as(key, ClientRole::Service)
+    }
+
+    /// Allows the client process proving `key` to send client requests in
+    /// `role` (replacing its earlier role). A key pinned to a replica, or this
+    /// process's own key, cannot be a client's.
+    pub fn allow_client_as(
+        &mut self,
+        key: PublicKey,
+        role: ClientRole,
+    ) -> Result<(), DirectoryError> {
         if key == self.secret.public_key() || self.peers.values().any(|e| e.public_key == key) {
             return Err(DirectoryError::KeyRoleConflict { key });
         }
-        self.clients.insert(key);
+        self.clients.insert(key, role);
         Ok(())
     }
 
     /// Withdraws a client key; returns whether it was allowed. Connections
     /// authenticated with it close when the directory is updated.
     pub fn remove_client(&mut self, key: &PublicKey) -> bool {
-        self.clients.remove(key)
+        self.clients.remove(key).is_some()
     }
 
     /// True if `key` is an allowed client key.
     pub fn is_pinned_client(&self, key: &PublicKey) -> bool {
-        self.clients.contains(key)
+        self.clients.contains_key(key)
+    }
+
+    /// The role of client key `key`, if it is allowed.
+    pub fn client_role(&self, key: &PublicKey) -> Option<ClientRole> {
+        self.clients.get(key).copied()
     }
 
     /// Every allowed client key.
     pub fn clients(&self) -> impl Iterator<Item = &PublicKey> {
-        self.clients.iter()
+        self.clients.keys()
     }
 
     /// The same directory speaking another protocol version (tests of version
@@ -183,7 +226,7 @@ impl PeerDirectory {
         {
             return Err(DirectoryError::ForeignIdOnOwnKey { id });
         }
-        if self.clients.contains(&entry.public_key) {
+        if self.clients.contains_key(&entry.public_key) {
             return Err(DirectoryError::KeyRoleConflict {
                 key: entry.public_key,
             });
@@ -341,6 +384,14 @@ mod tests {
         );
         dir.allow_client(client).unwrap();
         assert!(dir.is_pinned_client(&client) && !dir.is_pinned_peer(&client));
+        assert_eq!(dir.client_role(&client), Some(ClientRole::Service));
+        dir.allow_client_as(client, ClientRole::Admin).unwrap();
+        assert_eq!(dir.client_role(&client), Some(ClientRole::Admin));
+        assert_eq!(
+            dir.allow_client_as(other, ClientRole::Admin),
+            Err(DirectoryError::KeyRoleConflict { key: other }),
+            "a peer key is never an admin client key either"
+        );
         assert_eq!(
             dir.insert(4, entry(4, client)),
             Err(DirectoryError::KeyRoleConflict { key: client }),

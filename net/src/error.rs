@@ -162,6 +162,18 @@ pub enum ConfigError {
         /// The smallest frame limit that carries such an entry.
         required: usize,
     },
+    /// A client byte budget cannot hold one largest request: the
+    /// per-connection budget must hold one frame of `frame_bytes_max`, and
+    /// the process-wide one the per-connection one.
+    #[error("client_bytes_in_flight_max ({per_connection}) must be at least frame_bytes_max ({frame_bytes_max}), and client_bytes_in_flight_total_max ({total}) at least client_bytes_in_flight_max")]
+    ClientBytes {
+        /// The per-connection budget given.
+        per_connection: usize,
+        /// The process-wide budget given.
+        total: usize,
+        /// The frame limit given.
+        frame_bytes_max: usize,
+    },
 }
 
 /// Starting or reconfiguring a transport failed.

@@ -103,7 +103,7 @@ pub mod wire;
 mod tests;
 
 pub use config::NetConfig;
-pub use directory::{PeerDirectory, PeerEntry, PROTOCOL_VERSION};
+pub use directory::{ClientRole, PeerDirectory, PeerEntry, PROTOCOL_VERSION};
 pub use error::{
     ConfigError, ConnectionError, DirectoryError, HandshakeError, KeyError, NetError, SendError,
 };

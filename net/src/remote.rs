@@ -32,6 +32,12 @@
 //! `TimedOut` (the command may or may not have been applied; the client retries
 //! it elsewhere with the same sequence, which applies it at most once).
 //!
+//! A node refuses a membership change or a leadership transfer from a client
+//! key without the admin role (`PeerDirectory::allow_client_as(key,
+//! ClientRole::Admin)`) with `Forbidden`; a reply too large for the frame
+//! limit arrives as `ReplyTooLarge` (the request WAS carried out). Both are
+//! typed [`RequestError`]s the engine client does not retry.
+//!
 //! The node's [`Status`] is cached: every reply carries the node's status, and
 //! the connection asks for it every `status_interval`; while the connection is
 //! down the cache says "follower, no known leader".
@@ -284,6 +290,7 @@ impl RemoteClient {
             next_correlation: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            admin_refused: AtomicBool::new(false),
             cancel: shared.cancel.child_token(),
         });
         shared
@@ -333,6 +340,9 @@ struct NodeState {
     next_correlation: AtomicU64,
     connections: AtomicU64,
     closed: AtomicBool,
+    /// The node refused an administrative request `Forbidden` on the current
+    /// connection (reset on every connect: the directory may have changed).
+    admin_refused: AtomicBool,
     cancel: CancellationToken,
 }
 
@@ -381,6 +391,13 @@ impl NodeState {
                 );
             }
             None => {}
+        }
+        if matches!(outcome, ClientOutcome::Error(RequestError::Forbidden)) {
+            self.admin_refused.store(true, Ordering::Release);
+            tracing::warn!(
+                replica = self.id,
+                "the node refused an administrative request: this client key is not an admin key"
+            );
         }
         let slot = self.pending.lock().slots.remove(&correlation);
         let Some(slot) = slot else {
@@ -496,12 +513,6 @@ impl RemoteNode {
         }
         Ok(())
     }
-
-    fn submit_slot(&self, op: ClientOp) -> Result<ResponseSlot, RequestError> {
-        let slot = ResponseSlot::default();
-        self.submit(op, Some(Arc::clone(&slot)))?;
-        Ok(slot)
-    }
 }
 
 impl NodeApi for RemoteNode {
@@ -521,19 +532,30 @@ impl NodeApi for RemoteNode {
         self.submit(ClientOp::Propose(request), Some(slot))
     }
 
-    fn register_session(&self) -> Result<ResponseSlot, RequestError> {
-        self.submit_slot(ClientOp::RegisterSession)
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(ClientOp::RegisterSession, Some(slot))
     }
 
-    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
-        self.submit_slot(ClientOp::Read(query))
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(ClientOp::Read(query), Some(slot))
     }
 
-    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
-        self.submit_slot(ClientOp::ChangeMembership(change))
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.submit(ClientOp::ChangeMembership(change), Some(slot))
     }
 
+    /// Fire and forget, as in process: the node's answer is not awaited. Once
+    /// the node refused an administrative request with `Forbidden` (this
+    /// client key lacks the admin role), later transfers on this connection
+    /// fail at once with `Forbidden`.
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
+        if self.state.admin_refused.load(Ordering::Acquire) {
+            return Err(RequestError::Forbidden);
+        }
         self.submit(ClientOp::TransferLeader(to), None)
     }
 }
@@ -568,6 +590,7 @@ async fn node_loop(shared: Arc<Shared>, state: Arc<NodeState>, mut queue: mpsc::
         match attempt {
             Ok((reader, writer, session)) => {
                 state.connections.fetch_add(1, Ordering::Relaxed);
+                state.admin_refused.store(false, Ordering::Release);
                 state.pending.lock().connected = true;
                 tracing::debug!(replica = state.id, %address, "client connected");
                 let started = Instant::now();

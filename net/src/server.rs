@@ -3,18 +3,29 @@
 //! submits each to the local node serving its (group, replica) through
 //! [`NodeApi`], and writes the reply when the node's response slot fills.
 //!
-//! Nothing here blocks a tokio worker: a proposal's slot is made with
-//! [`Slot::with_notify`], whose notify (run on the node thread) fires a oneshot
-//! the request's task awaits. `NodeApi`'s other calls return slots without a
-//! notify, so their tasks poll the slot with a growing pause (1 to 16 ms):
-//! never `Slot::wait`.
+//! Nothing here blocks a tokio worker, and nothing polls: every request's slot
+//! is made with [`Slot::with_notify`] (through `NodeApi`'s `*_into` calls),
+//! whose notify (run on the node thread) fires a oneshot the request's task
+//! awaits; never `Slot::wait`.
 //!
-//! Bounds: at most `client_in_flight_max` requests per connection are
-//! submitted and unanswered (each holds a permit until its reply is written);
-//! beyond it a request is answered `Overloaded` at once. Immediate replies that
-//! cannot even be queued (a client sending without reading) close the
-//! connection. Every request task ends with the connection, and after
-//! `client_request_timeout` at the latest (answered `TimedOut`).
+//! Checks before a request reaches the node, each answered at once:
+//! - a membership change or a leadership transfer from a key without the
+//!   [`ClientRole::Admin`](crate::ClientRole::Admin) role: `Forbidden`;
+//! - a command above the node's `command_bytes_max`: `CommandTooLarge`;
+//! - beyond `client_in_flight_max` requests on this connection, beyond
+//!   `client_in_flight_total_max` in the whole process, or beyond either byte
+//!   budget (`client_bytes_in_flight_max` per connection,
+//!   `client_bytes_in_flight_total_max` per process, counting request frames):
+//!   `Overloaded`. A request holds its permits until its reply is written, so
+//!   client traffic never holds more than those bounds of the node's mailbox
+//!   and of this process's memory.
+//!
+//! Immediate replies that cannot even be queued (a client sending without
+//! reading) close the connection. Every request task ends with the
+//! connection, and after `client_request_timeout` at the latest (answered
+//! `TimedOut`). Client connections have their own pool
+//! (`client_connections_max`, [`ClientBudget::admit`]), so they never take the
+//! slots peers need.
 //!
 //! A follower answers `NotLeader { leader }` (it does not forward): the client
 //! knows every node's address from its own directory and follows the hint.
@@ -33,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
 use vaultfleet::replica::{Reply, RequestError};
 use vaultfleet::runtime::{NodeApi, ResponseSlot, Slot};
+
+use crate::config::NetConfig;
 
 use crate::connection::RecordReader;
 use crate::error::ConnectionError;
@@ -56,12 +69,58 @@ const REFUSALS_QUEUED_MAX: usize = 64;
 /// would refuse above its own maximum).
 pub(crate) const CLIENT_IN_FLIGHT_LIMIT: usize = 1 << 20;
 
-/// The pauses between polls of a slot that has no notify.
-const POLL_PAUSE_MIN: Duration = Duration::from_millis(1);
-const POLL_PAUSE_MAX: Duration = Duration::from_millis(16);
+/// A reply ready to write, with the in-flight permits it releases once written.
+type Outgoing = (Vec<u8>, Option<InFlight>);
 
-/// A reply ready to write, with the in-flight permit it releases once written.
-type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+/// The client-serving bounds shared by every client connection of one process
+/// (one per transport).
+pub(crate) struct ClientBudget {
+    /// Authenticated client connections (`client_connections_max`).
+    connections: Arc<Semaphore>,
+    /// Client requests in flight (`client_in_flight_total_max`).
+    requests: Arc<Semaphore>,
+    /// Bytes of client request frames in flight
+    /// (`client_bytes_in_flight_total_max`).
+    bytes: Arc<Semaphore>,
+}
+
+impl ClientBudget {
+    /// The budget `config` sets (validated: every bound within tokio's).
+    pub(crate) fn new(config: &NetConfig) -> Self {
+        let permits = |n: usize| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS)));
+        Self {
+            connections: permits(config.client_connections_max),
+            requests: permits(config.client_in_flight_total_max),
+            bytes: permits(config.client_bytes_in_flight_total_max),
+        }
+    }
+
+    /// A slot for one authenticated client connection, held for its life;
+    /// `None` once `client_connections_max` are open (peers' slots are
+    /// another pool: `inbound_connections_max`).
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.connections).try_acquire_owned().ok()
+    }
+}
+
+/// What one request in flight holds, released when its reply is written (or
+/// dropped with the connection).
+pub(crate) struct InFlight {
+    _connection: OwnedSemaphorePermit,
+    _process: OwnedSemaphorePermit,
+    _connection_bytes: OwnedSemaphorePermit,
+    _process_bytes: OwnedSemaphorePermit,
+}
+
+/// Why a request got no in-flight permits.
+enum Refused {
+    /// `client_in_flight_max` on this connection.
+    Connection,
+    /// `client_in_flight_total_max` in the process.
+    Process,
+    /// A byte budget.
+    Bytes,
+}
 
 /// Seals `plaintext` (whole frames) into records and writes them with one
 /// write, within `write_timeout`. Returns the bytes written.
@@ -210,6 +269,11 @@ pub(crate) async fn run(
     let config = shared.config.clone();
     let in_flight_max = config.client_in_flight_max.min(CLIENT_IN_FLIGHT_LIMIT);
     let in_flight = Arc::new(Semaphore::new(in_flight_max));
+    let bytes_in_flight = Arc::new(Semaphore::new(
+        config
+            .client_bytes_in_flight_max
+            .min(Semaphore::MAX_PERMITS),
+    ));
     let (replies, mut outgoing) = mpsc::channel::<Outgoing>(in_flight_max + REFUSALS_QUEUED_MAX);
     let cancel = connection.child_token();
     let mut reader_task = {
@@ -222,6 +286,7 @@ pub(crate) async fn run(
                 shared: Arc::clone(&shared),
                 key,
                 in_flight,
+                bytes_in_flight,
                 replies,
                 cancel,
                 reply_limit,
@@ -320,6 +385,8 @@ struct Dispatch {
     shared: Arc<Shared>,
     key: PublicKey,
     in_flight: Arc<Semaphore>,
+    /// Bytes of request frames in flight on this connection.
+    bytes_in_flight: Arc<Semaphore>,
     replies: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
     /// Largest reply frame body to write (ours and the client's limit).
@@ -349,14 +416,51 @@ impl Dispatch {
             tracing::debug!(client = %self.key, group = request.group, replica = request.replica, "a client request for a node not served here");
             return self.now(correlation, None, ClientOutcome::UnknownNode);
         };
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            Counters::bump(&c.client_requests_overloaded);
-            return self.now(
-                correlation,
-                Some(node.as_ref()),
-                ClientOutcome::Error(RequestError::Overloaded),
-            );
+        // Administrative requests need an admin key (H2 of the client review).
+        if matches!(
+            request.op,
+            ClientOp::ChangeMembership(_) | ClientOp::TransferLeader(_)
+        ) {
+            let role = self.shared.directory().client_role(&self.key);
+            if !role.is_some_and(|r| r.is_admin()) {
+                Counters::bump(&c.client_requests_forbidden);
+                tracing::debug!(client = %self.key, ?role, "an administrative request from a key without the admin role");
+                return self.now(
+                    correlation,
+                    Some(node.as_ref()),
+                    ClientOutcome::Error(RequestError::Forbidden),
+                );
+            }
+        }
+        // A command the node would refuse never reaches its mailbox.
+        if let (ClientOp::Propose(command), Some(limit)) = (&request.op, node.command_bytes_max()) {
+            let bytes = command.command.len();
+            if bytes > limit {
+                Counters::bump(&c.client_requests_too_large);
+                return self.now(
+                    correlation,
+                    Some(node.as_ref()),
+                    ClientOutcome::Error(RequestError::CommandTooLarge { bytes, limit }),
+                );
+            }
+        }
+        let permit = match self.permits(body.len()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                Counters::bump(&c.client_requests_overloaded);
+                match refused {
+                    Refused::Connection => {}
+                    Refused::Process => Counters::bump(&c.client_requests_overloaded_process),
+                    Refused::Bytes => Counters::bump(&c.client_requests_overloaded_bytes),
+                }
+                return self.now(
+                    correlation,
+                    Some(node.as_ref()),
+                    ClientOutcome::Error(RequestError::Overloaded),
+                );
+            }
         };
+        let (slot, wake) = notify_slot();
         let submitted = match request.op {
             ClientOp::Status => {
                 return self.queue(correlation, node.as_ref(), ClientOutcome::Done, permit)
@@ -368,29 +472,16 @@ impl Dispatch {
                 };
                 return self.queue(correlation, node.as_ref(), outcome, permit);
             }
-            ClientOp::Propose(command) => {
-                let (fired, wake) = oneshot::channel::<()>();
-                let fired = Mutex::new(Some(fired));
-                let slot: ResponseSlot = Arc::new(Slot::with_notify(Arc::new(move || {
-                    if let Some(fired) = fired.lock().take() {
-                        let _ = fired.send(());
-                    }
-                })));
-                node.propose_into(command, Arc::clone(&slot))
-                    .map(|()| (slot, Some(wake)))
-            }
-            ClientOp::RegisterSession => node.register_session().map(|slot| (slot, None)),
-            ClientOp::Read(query) => node.read(query).map(|slot| (slot, None)),
+            ClientOp::Propose(command) => node.propose_into(command, Arc::clone(&slot)),
+            ClientOp::RegisterSession => node.register_session_into(Arc::clone(&slot)),
+            ClientOp::Read(query) => node.read_into(query, Arc::clone(&slot)),
             ClientOp::ChangeMembership(change) => {
-                node.change_membership(change).map(|slot| (slot, None))
+                node.change_membership_into(change, Arc::clone(&slot))
             }
         };
-        let (slot, wake) = match submitted {
-            Ok(submitted) => submitted,
-            Err(e) => {
-                return self.queue(correlation, node.as_ref(), ClientOutcome::Error(e), permit)
-            }
-        };
+        if let Err(e) = submitted {
+            return self.queue(correlation, node.as_ref(), ClientOutcome::Error(e), permit);
+        }
         self.shared.runtime.spawn(answer(
             Arc::clone(&self.shared),
             node,
@@ -405,15 +496,47 @@ impl Dispatch {
         Ok(())
     }
 
+    /// Takes the permits of one request of `bytes`: one of this connection's
+    /// and one of the process's requests, and `bytes` of both byte budgets.
+    fn permits(&self, bytes: usize) -> Result<InFlight, Refused> {
+        let budget = &self.shared.clients;
+        let connection = Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Connection)?;
+        let process = Arc::clone(&budget.requests)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Process)?;
+        // A frame body is at most FRAME_BYTES_LIMIT (16 MiB): it fits a u32.
+        let n = u32::try_from(bytes.max(1)).map_err(|_| Refused::Bytes)?;
+        let connection_bytes = Arc::clone(&self.bytes_in_flight)
+            .try_acquire_many_owned(n)
+            .map_err(|_| Refused::Bytes)?;
+        let process_bytes = Arc::clone(&budget.bytes)
+            .try_acquire_many_owned(n)
+            .map_err(|_| Refused::Bytes)?;
+        Ok(InFlight {
+            _connection: connection,
+            _process: process,
+            _connection_bytes: connection_bytes,
+            _process_bytes: process_bytes,
+        })
+    }
+
     /// Queues a reply that holds an in-flight permit.
     fn queue(
         &self,
         correlation: u64,
         node: &dyn NodeApi,
         outcome: ClientOutcome,
-        permit: OwnedSemaphorePermit,
+        permit: InFlight,
     ) -> Result<(), ConnectionError> {
-        let frame = reply_frame(self.reply_limit, correlation, Some(node), outcome);
+        let frame = reply_frame(
+            &self.shared,
+            self.reply_limit,
+            correlation,
+            Some(node),
+            outcome,
+        );
         self.replies
             .try_send((frame, Some(permit)))
             .map_err(|_| ConnectionError::RepliesNotRead)
@@ -426,18 +549,34 @@ impl Dispatch {
         node: Option<&dyn NodeApi>,
         outcome: ClientOutcome,
     ) -> Result<(), ConnectionError> {
-        let frame = reply_frame(self.reply_limit, correlation, node, outcome);
+        let frame = reply_frame(&self.shared, self.reply_limit, correlation, node, outcome);
         self.replies
             .try_send((frame, None))
             .map_err(|_| ConnectionError::RepliesNotRead)
     }
 }
 
+/// A response slot whose notify fires the returned oneshot once it is filled.
+fn notify_slot() -> (ResponseSlot, oneshot::Receiver<()>) {
+    let (fired, wake) = oneshot::channel::<()>();
+    let fired = Mutex::new(Some(fired));
+    let slot: ResponseSlot = Arc::new(Slot::with_notify(Arc::new(move || {
+        if let Some(fired) = fired.lock().take() {
+            let _ = fired.send(());
+        }
+    })));
+    (slot, wake)
+}
+
 /// Encodes a reply with the node's current status. A reply that cannot be
-/// encoded within the frame limit (a response larger than `frame_bytes_max`)
-/// is replaced by `CommandTooLarge` naming its size: the client's frame limit
-/// would refuse it and close the connection.
+/// encoded within the frame limit (a response or a read answer larger than
+/// the smaller of the node's and the client's `frame_bytes_max`) would be
+/// refused by the client and close the connection, so it is replaced by
+/// `ReplyTooLarge { bytes, limit }`: the request WAS carried out (a proposal
+/// applied, at most once), only its reply does not fit; the client must not
+/// take it for "not applied" (`CommandTooLarge` would say that).
 fn reply_frame(
+    shared: &Shared,
     limit: usize,
     correlation: u64,
     node: Option<&dyn NodeApi>,
@@ -453,13 +592,14 @@ fn reply_frame(
         Ok(frame) if frame.len() - FRAME_LENGTH_BYTES <= limit => frame,
         encoded => {
             let bytes = encoded.map_or(usize::MAX, |f| f.len() - FRAME_LENGTH_BYTES);
-            tracing::warn!(
+            Counters::bump(&shared.counters.client_replies_too_large);
+            tracing::debug!(
                 bytes,
                 limit,
-                "a reply is above the frame limit; answering CommandTooLarge"
+                "a reply is above the frame limit; answering ReplyTooLarge"
             );
             let refusal = ClientReply {
-                outcome: ClientOutcome::Error(RequestError::CommandTooLarge { bytes, limit }),
+                outcome: ClientOutcome::Error(RequestError::ReplyTooLarge { bytes, limit }),
                 ..reply
             };
             // A status and an error are a few hundred bytes: far below any
@@ -476,8 +616,8 @@ async fn answer(
     node: Arc<dyn NodeApi>,
     correlation: u64,
     slot: ResponseSlot,
-    wake: Option<oneshot::Receiver<()>>,
-    permit: OwnedSemaphorePermit,
+    wake: oneshot::Receiver<()>,
+    permit: InFlight,
     replies: mpsc::Sender<Outgoing>,
     cancel: CancellationToken,
     reply_limit: usize,
@@ -497,33 +637,25 @@ async fn answer(
         Ok(reply) => ClientOutcome::Reply(reply),
         Err(e) => ClientOutcome::Error(e),
     };
-    let frame = reply_frame(reply_limit, correlation, Some(node.as_ref()), outcome);
+    let frame = reply_frame(
+        &shared,
+        reply_limit,
+        correlation,
+        Some(node.as_ref()),
+        outcome,
+    );
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = replies.send((frame, Some(permit))) => {}
     }
 }
 
-/// The slot's value: after its notify fired, or by polling a slot that has none.
+/// The slot's value, once its notify fired.
 async fn outcome_of(
     slot: &ResponseSlot,
-    wake: Option<oneshot::Receiver<()>>,
+    wake: oneshot::Receiver<()>,
 ) -> Result<Reply, RequestError> {
-    if let Some(wake) = wake {
-        // An error means the slot was dropped unfilled: the outcome is unknown.
-        let _ = wake.await;
-        return slot.try_take().unwrap_or(Err(RequestError::TimedOut));
-    }
-    let mut pause = POLL_PAUSE_MIN;
-    loop {
-        if let Some(outcome) = slot.try_take() {
-            return outcome;
-        }
-        if Arc::strong_count(slot) == 1 {
-            // The node let go of the slot: filled just now, or never.
-            return slot.try_take().unwrap_or(Err(RequestError::TimedOut));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(POLL_PAUSE_MAX);
-    }
+    // An error means the slot was dropped unfilled: the outcome is unknown.
+    let _ = wake.await;
+    slot.try_take().unwrap_or(Err(RequestError::TimedOut))
 }

@@ -77,7 +77,7 @@ pub struct NetStats {
     pub handshakes_refused_role: u64,
     /// Client requests received and decoded.
     pub client_requests: u64,
-    /// Client requests answered `Overloaded` because the connection had `client_in_flight_max` in flight.
+    /// Client requests answered `Overloaded`: the connection had `client_in_flight_max` in flight, or a process-wide or byte bound was reached (counted apart below).
     pub client_requests_overloaded: u64,
     /// Client requests for a (group, replica) not served here.
     pub client_requests_unknown_node: u64,
@@ -113,6 +113,18 @@ pub struct NetStats {
     pub snapshots_received: u64,
     /// Reassembled snapshots dropped: not a raft `MsgSnapshot`, or `from`, `to`, index or term differ from the chunks' header.
     pub snapshots_dropped: u64,
+    /// Client requests refused `Forbidden`: a membership change or a leadership transfer from a client key without the admin role.
+    pub client_requests_forbidden: u64,
+    /// Client requests answered `Overloaded` because the process had `client_in_flight_total_max` in flight (also counted in `client_requests_overloaded`).
+    pub client_requests_overloaded_process: u64,
+    /// Client requests answered `Overloaded` because the connection's or the process's byte budget (`client_bytes_in_flight_max`, `client_bytes_in_flight_total_max`) was spent (also counted in `client_requests_overloaded`).
+    pub client_requests_overloaded_bytes: u64,
+    /// Client proposals refused `CommandTooLarge` by the server, above the node's `command_bytes_max`, without reaching the node.
+    pub client_requests_too_large: u64,
+    /// Client replies above the frame limit, answered `ReplyTooLarge` (the request was carried out: a proposal applied).
+    pub client_replies_too_large: u64,
+    /// Client connections refused because `client_connections_max` client connections were open.
+    pub client_connections_refused_limit: u64,
 }
 
 /// The live counters.
@@ -171,6 +183,12 @@ pub(crate) struct Counters {
     pub snapshots_abandoned: AtomicU64,
     pub snapshots_received: AtomicU64,
     pub snapshots_dropped: AtomicU64,
+    pub client_requests_forbidden: AtomicU64,
+    pub client_requests_overloaded_process: AtomicU64,
+    pub client_requests_overloaded_bytes: AtomicU64,
+    pub client_requests_too_large: AtomicU64,
+    pub client_replies_too_large: AtomicU64,
+    pub client_connections_refused_limit: AtomicU64,
 }
 
 impl Counters {
@@ -247,6 +265,18 @@ impl Counters {
             snapshots_abandoned: self.snapshots_abandoned.load(Ordering::Relaxed),
             snapshots_received: self.snapshots_received.load(Ordering::Relaxed),
             snapshots_dropped: self.snapshots_dropped.load(Ordering::Relaxed),
+            client_requests_forbidden: self.client_requests_forbidden.load(Ordering::Relaxed),
+            client_requests_overloaded_process: self
+                .client_requests_overloaded_process
+                .load(Ordering::Relaxed),
+            client_requests_overloaded_bytes: self
+                .client_requests_overloaded_bytes
+                .load(Ordering::Relaxed),
+            client_requests_too_large: self.client_requests_too_large.load(Ordering::Relaxed),
+            client_replies_too_large: self.client_replies_too_large.load(Ordering::Relaxed),
+            client_connections_refused_limit: self
+                .client_connections_refused_limit
+                .load(Ordering::Relaxed),
         }
     }
 }

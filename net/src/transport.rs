@@ -10,7 +10,8 @@
 //! (`handshakes_max`, at most `handshakes_per_ip_max` per source IP), then,
 //! once the initiator's first transport record decrypted within
 //! `handshake_timeout` of the accept, the established pool
-//! (`inbound_connections_max`), with at most `connections_per_peer_key_max`
+//! (`inbound_connections_max` for peers, `client_connections_max` for
+//! clients), with at most `connections_per_peer_key_max`
 //! (or `_client_key_max`) per key: a newer connection closes the oldest.
 //! A replayed first handshake message therefore never leaves the first pool,
 //! and cannot evict the genuine connection of its key.
@@ -79,6 +80,9 @@ pub(crate) struct Shared {
     /// Established inbound connections per key, oldest first.
     inbound_by_key: Mutex<BTreeMap<PublicKey, VecDeque<(u64, CancellationToken)>>>,
     next_connection: AtomicU64,
+    /// The client connections' own pool and the process-wide bounds on their
+    /// requests in flight (`crate::server`).
+    pub clients: crate::server::ClientBudget,
     pub counters: Counters,
     pub cancel: CancellationToken,
     pub runtime: Handle,
@@ -203,8 +207,10 @@ impl NetTransport {
             tokio::net::TcpListener::from_std(std_listener).map_err(listen)?
         };
         let (directory_changed, _) = watch::channel(0);
+        let clients = crate::server::ClientBudget::new(&config);
         let shared = Arc::new(Shared {
             config,
+            clients,
             directory: RwLock::new(Arc::new(directory)),
             directory_changed,
             routes: RwLock::new(BTreeMap::new()),
@@ -667,10 +673,21 @@ async fn serve_inbound(
     };
     plaintext.truncate(n);
     drop(handshaking);
-    let Ok(_permit) = established.try_acquire_owned() else {
-        Counters::bump(&c.inbound_refused_limit);
-        tracing::debug!(%address, "refused a connection: inbound_connections_max reached");
-        return;
+    // Clients have a pool of their own: they never take the slots peers need.
+    let _permit = if session.role == Role::Client {
+        let Some(permit) = shared.clients.admit() else {
+            Counters::bump(&c.client_connections_refused_limit);
+            tracing::debug!(%address, "refused a client: client_connections_max reached");
+            return;
+        };
+        permit
+    } else {
+        let Ok(permit) = established.try_acquire_owned() else {
+            Counters::bump(&c.inbound_refused_limit);
+            tracing::debug!(%address, "refused a connection: inbound_connections_max reached");
+            return;
+        };
+        permit
     };
     let key = session.remote_key;
     Counters::add(&c.hello_claims_ignored, session.claims_ignored as u64);

@@ -100,17 +100,20 @@ impl NodeApi for StaleLeaderClaim {
         relay(inner, slot, Arc::clone(&self.hints));
         Ok(())
     }
-    fn register_session(&self) -> Result<ResponseSlot, RequestError> {
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
         let inner = self.inner.register_session()?;
-        let outer = ResponseSlot::default();
-        relay(inner, Arc::clone(&outer), Arc::clone(&self.hints));
-        Ok(outer)
+        relay(inner, slot, Arc::clone(&self.hints));
+        Ok(())
     }
-    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
-        self.inner.read(query)
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.inner.read_into(query, slot)
     }
-    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
-        self.inner.change_membership(change)
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.inner.change_membership_into(change, slot)
     }
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
         self.inner.transfer_leader(to)
@@ -147,14 +150,18 @@ impl NodeApi for DropFirstReply {
         });
         Ok(())
     }
-    fn register_session(&self) -> Result<ResponseSlot, RequestError> {
-        self.inner.register_session()
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.inner.register_session_into(slot)
     }
-    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
-        self.inner.read(query)
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.inner.read_into(query, slot)
     }
-    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
-        self.inner.change_membership(change)
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.inner.change_membership_into(change, slot)
     }
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
         self.inner.transfer_leader(to)
@@ -189,7 +196,9 @@ fn block_on<F: Future>(future: F) -> F::Output {
 #[test]
 fn a_remote_session_follows_hints_retries_once_transfers_and_changes_membership() {
     let client_secret = StaticSecret::generate().expect("client key");
-    let mut fleet = TcpFleet::start(vec![client_secret.public_key()], KvStore::new);
+    // An admin key: this session transfers leadership and changes membership.
+    let mut fleet =
+        TcpFleet::start_with_roles(vec![], vec![client_secret.public_key()], KvStore::new);
     let leader = fleet.wait_leader();
     let remote = RemoteClient::start(
         fleet.client_directory(client_secret.clone()),

@@ -93,6 +93,24 @@ pub enum RequestError {
     /// The replica stopped (shut down, or failed on its storage).
     #[error("replica stopped; use another replica")]
     Stopped,
+    /// The caller's credential does not allow this request: a remote client
+    /// key without the admin role asked for a membership change or a
+    /// leadership transfer (`vaultfleet-net`'s client roles). Not carried out;
+    /// a retry gets the same answer.
+    #[error("this client is not allowed to change membership or transfer leadership (an admin client key is required)")]
+    Forbidden,
+    /// The request WAS carried out (a proposal applied, at most once; a read
+    /// answered) but its reply of `bytes` is larger than the connection that
+    /// would carry it allows (`limit`, a remote client's frame limit). Do not
+    /// treat the command as not applied; a retry with the same sequence gets
+    /// the same (too large) cached response.
+    #[error("the request was carried out (a proposal applied), but its reply of {bytes} bytes exceeds the connection's limit of {limit} bytes")]
+    ReplyTooLarge {
+        /// The reply's encoded size.
+        bytes: usize,
+        /// The largest reply the connection carries.
+        limit: usize,
+    },
 }
 
 /// Why a membership change was refused.

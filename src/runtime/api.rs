@@ -3,6 +3,8 @@
 //! another process (over its authenticated client protocol), so the client's
 //! leader finding, retries and at-most-once sessions are the same code for both.
 
+use std::sync::Arc;
+
 use raft::StateRole;
 
 use super::node::{NodeHandle, ResponseSlot};
@@ -27,12 +29,47 @@ pub trait NodeApi: Send + Sync + 'static {
     fn is_stopped(&self) -> bool;
     /// Submits a command whose outcome goes to `slot`.
     fn propose_into(&self, request: Request, slot: ResponseSlot) -> Result<(), RequestError>;
-    /// Submits a session registration.
-    fn register_session(&self) -> Result<ResponseSlot, RequestError>;
-    /// Submits a linearizable read.
-    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError>;
-    /// Submits a membership change.
-    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError>;
+    /// Submits a session registration whose outcome goes to `slot` (one made
+    /// with [`Slot::with_notify`](super::Slot::with_notify), say, so that an
+    /// async caller is woken instead of polling).
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError>;
+    /// Submits a linearizable read whose outcome goes to `slot`.
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError>;
+    /// Submits a membership change whose outcome goes to `slot`.
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError>;
+    /// Submits a session registration; its outcome arrives in the returned
+    /// slot (no notify: [`register_session_into`](Self::register_session_into)).
+    fn register_session(&self) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.register_session_into(Arc::clone(&slot))?;
+        Ok(slot)
+    }
+    /// Submits a linearizable read ([`read_into`](Self::read_into) with a
+    /// fresh slot).
+    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.read_into(query, Arc::clone(&slot))?;
+        Ok(slot)
+    }
+    /// Submits a membership change
+    /// ([`change_membership_into`](Self::change_membership_into) with a fresh
+    /// slot).
+    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.change_membership_into(change, Arc::clone(&slot))?;
+        Ok(slot)
+    }
+    /// The largest command this node accepts
+    /// (`ReplicaConfig::command_bytes_max`), if known here: a server in front
+    /// of the node refuses a larger one with `CommandTooLarge` without
+    /// submitting it. `None` (the default) when only the node itself knows.
+    fn command_bytes_max(&self) -> Option<usize> {
+        None
+    }
     /// Asks this node, if leader, to hand leadership to `to`.
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError>;
 }
@@ -58,16 +95,24 @@ impl NodeApi for NodeHandle {
         NodeHandle::propose_into(self, request, slot)
     }
 
-    fn register_session(&self) -> Result<ResponseSlot, RequestError> {
-        NodeHandle::register_session(self)
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        NodeHandle::register_session_into(self, slot)
     }
 
-    fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
-        NodeHandle::read(self, query)
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        NodeHandle::read_into(self, query, slot)
     }
 
-    fn change_membership(&self, change: MembershipChange) -> Result<ResponseSlot, RequestError> {
-        NodeHandle::change_membership(self, change)
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        NodeHandle::change_membership_into(self, change, slot)
+    }
+
+    fn command_bytes_max(&self) -> Option<usize> {
+        Some(NodeHandle::command_bytes_max(self))
     }
 
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {

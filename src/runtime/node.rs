@@ -73,6 +73,8 @@ struct Shared {
     group: u64,
     mailbox: Mailbox<Input>,
     status: StatusLock<Status>,
+    /// The replica's `command_bytes_max` (fixed at spawn).
+    command_bytes_max: usize,
     /// Snapshot outcomes that found the mailbox full: never lost (raft holds
     /// the peer back until it hears one), taken by the node on its next turn.
     snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
@@ -146,15 +148,26 @@ impl NodeHandle {
     /// Submits a session registration.
     pub fn register_session(&self) -> Result<ResponseSlot, RequestError> {
         let slot = ResponseSlot::default();
-        self.submit(Input::RegisterSession(Arc::clone(&slot)))?;
+        self.register_session_into(Arc::clone(&slot))?;
         Ok(slot)
+    }
+
+    /// Submits a session registration whose outcome goes to `slot` (one made
+    /// with [`Slot::with_notify`](super::Slot::with_notify), say).
+    pub fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(Input::RegisterSession(slot))
     }
 
     /// Submits a linearizable read.
     pub fn read(&self, query: Vec<u8>) -> Result<ResponseSlot, RequestError> {
         let slot = ResponseSlot::default();
-        self.submit(Input::Read(query, Arc::clone(&slot)))?;
+        self.read_into(query, Arc::clone(&slot))?;
         Ok(slot)
+    }
+
+    /// Submits a linearizable read whose outcome goes to `slot`.
+    pub fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(Input::Read(query, slot))
     }
 
     /// Submits a membership change.
@@ -163,8 +176,24 @@ impl NodeHandle {
         change: MembershipChange,
     ) -> Result<ResponseSlot, RequestError> {
         let slot = ResponseSlot::default();
-        self.submit(Input::Membership(change, Arc::clone(&slot)))?;
+        self.change_membership_into(change, Arc::clone(&slot))?;
         Ok(slot)
+    }
+
+    /// Submits a membership change whose outcome goes to `slot`.
+    pub fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.submit(Input::Membership(change, slot))
+    }
+
+    /// The largest command the replica accepts (its
+    /// `ReplicaConfig::command_bytes_max`): a larger one is refused with
+    /// [`RequestError::CommandTooLarge`].
+    pub fn command_bytes_max(&self) -> usize {
+        self.shared.command_bytes_max
     }
 
     /// Asks this node, if leader, to hand leadership to `to`.
@@ -218,6 +247,7 @@ impl Node {
             group: replica.group(),
             mailbox: Mailbox::new(cfg.mailbox_inputs_max),
             status: StatusLock::new(replica.status()),
+            command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
         });
         let thread_shared = Arc::clone(&shared);

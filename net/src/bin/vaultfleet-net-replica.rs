@@ -17,13 +17,14 @@
 //! fleet <fleet id>
 //! group <raft group>                                      (optional, default 1)
 //! replica <id> <address> <datacenter> <public key, 64 hex digits>
-//! client <public key, 64 hex digits>
+//! client <public key, 64 hex digits> [admin]
 //! ```
 //!
 //! Every `replica` line is a voter of the bootstrap configuration (every
 //! process must list the same ids and datacenters; the addresses may differ,
 //! e.g. a fault-injecting proxy's listener per pair). `client` lines are the
-//! keys allowed to open remote sessions. The key file holds this process's
+//! keys allowed to open remote sessions; `admin` also lets that key change
+//! membership and transfer leadership. The key file holds this process's
 //! X25519 static secret as 64 hex digits and must not be readable by group or
 //! others (mode 0600).
 // A process's main loop waits on wall-clock time and owns its threads.
@@ -40,7 +41,9 @@ use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
 use vaultfleet::{FleetConfig, KvStore, MemberSpec, Replica, ReplicaId, SledLog};
 use vaultfleet_net::keys::KEY_BYTES;
-use vaultfleet_net::{NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, StaticSecret};
+use vaultfleet_net::{
+    ClientRole, NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, StaticSecret,
+};
 use zeroize::Zeroizing;
 
 /// The peers file's format, shown by `--help`.
@@ -49,9 +52,10 @@ The peers file, one item per line (# starts a comment):
   fleet <fleet id>
   group <raft group>                                  (optional, default 1)
   replica <id> <ip:port> <datacenter> <public key: 64 hex digits>
-  client <public key: 64 hex digits>
+  client <public key: 64 hex digits> [admin]
 Every replica line is a voter of the bootstrap configuration; client lines are
-the keys allowed to open remote sessions. Logs go to stderr (RUST_LOG).";
+the keys allowed to open remote sessions (admin: also membership changes and
+leadership transfers). Logs go to stderr (RUST_LOG).";
 
 /// One replica of a vaultfleet fleet in its own process, over TCP + Noise.
 ///
@@ -142,7 +146,7 @@ struct Peers {
     fleet: String,
     group: u64,
     members: Vec<Member>,
-    clients: Vec<PublicKey>,
+    clients: Vec<(PublicKey, ClientRole)>,
 }
 
 fn parse_key(text: &str) -> Option<[u8; KEY_BYTES]> {
@@ -194,15 +198,18 @@ fn read_peers(path: &Path) -> Result<Peers, StartError> {
                     },
                 });
             }
-            ["client", key] => {
+            ["client", key, role @ ..] => {
                 let key = parse_key(key).ok_or_else(|| bad("the key is not 64 hex digits"))?;
-                clients.push(PublicKey::from_bytes(key));
+                let role = match role {
+                    [] => ClientRole::Service,
+                    ["admin"] => ClientRole::Admin,
+                    _ => return Err(bad("expected `client KEY` or `client KEY admin`")),
+                };
+                clients.push((PublicKey::from_bytes(key), role));
             }
-            _ => {
-                return Err(bad(
-                    "expected `fleet ID`, `group N`, `replica ID ADDR DC KEY` or `client KEY`",
-                ))
-            }
+            _ => return Err(bad(
+                "expected `fleet ID`, `group N`, `replica ID ADDR DC KEY` or `client KEY [admin]`",
+            )),
         }
     }
     let fleet = fleet.ok_or_else(|| StartError::PeersFile {
@@ -275,8 +282,8 @@ fn run(o: &Options) -> Result<Stop, StartError> {
     for m in &peers.members {
         directory.insert(m.id, m.entry.clone())?;
     }
-    for key in &peers.clients {
-        directory.allow_client(*key)?;
+    for &(key, role) in &peers.clients {
+        directory.allow_client_as(key, role)?;
     }
     let fleet = FleetConfig::new(
         peers

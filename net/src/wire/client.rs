@@ -19,7 +19,10 @@
 //!   kind 4 reply:     u64 correlation ‖ u8 has status ‖ [status] ‖ u8 outcome ‖ outcome fields
 //!     outcome 1 reply:        u8 reply (1 applied: bytes; 2 read: bytes; 3 session: u64;
 //!                             4 membership: conf state)
-//!     outcome 2 error:        request error (tag and fields, below)
+//!     outcome 2 error:        request error (tag and fields: the engine's
+//!                             RequestError; 13 forbidden: the key's role does
+//!                             not allow the op; 14 reply too large: u64 bytes ‖
+//!                             u64 limit, the request WAS carried out)
 //!     outcome 3 done:         (nothing: a transfer submitted, a status answered)
 //!     outcome 4 unknown node: (nothing: no such (group, replica) is served here)
 //! bytes = u32 length ‖ that many bytes; ids and counters are u64, big-endian
@@ -531,6 +534,12 @@ fn write_error(w: &mut Writer, e: &RequestError) -> Result<(), EncodeError> {
         RequestError::Overloaded => {
             w.u8(11);
         }
+        RequestError::Forbidden => {
+            w.u8(13);
+        }
+        RequestError::ReplyTooLarge { bytes, limit } => {
+            w.u8(14).u64(size(*bytes)).u64(size(*limit));
+        }
         _ => {
             w.u8(12);
         }
@@ -592,6 +601,11 @@ fn read_error(r: &mut Reader<'_>) -> Result<RequestError, DecodeError> {
         },
         11 => RequestError::Overloaded,
         12 => RequestError::Stopped,
+        13 => RequestError::Forbidden,
+        14 => RequestError::ReplyTooLarge {
+            bytes: read_size(r, "reply size")?,
+            limit: read_size(r, "reply limit")?,
+        },
         other => {
             return Err(DecodeError::UnknownValue {
                 what: "request error",
@@ -691,6 +705,11 @@ mod tests {
             }),
             ClientOutcome::Error(RequestError::Overloaded),
             ClientOutcome::Error(RequestError::Stopped),
+            ClientOutcome::Error(RequestError::Forbidden),
+            ClientOutcome::Error(RequestError::ReplyTooLarge {
+                bytes: 5 << 20,
+                limit: 4 << 20,
+            }),
             ClientOutcome::Done,
             ClientOutcome::UnknownNode,
         ];

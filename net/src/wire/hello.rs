@@ -6,7 +6,7 @@
 //! may take (`docs/network.md`, "Remote clients").
 //!
 //! ```text
-//! u32 protocol version (2), u32 frame_bytes_max, u8 role
+//! u32 protocol version (`PROTOCOL_VERSION`), u32 frame_bytes_max, u8 role
 //!   role 1, peer:   u32 id count (1..=HELLO_IDS_MAX), u64 id × count
 //!   role 2, client: nothing
 //! ```

@@ -14,7 +14,8 @@ use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
 use vaultfleet::{FleetConfig, MemberSpec, Replica, SledLog, StateMachine};
 use vaultfleet_net::{
-    NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, RemoteConfig, StaticSecret,
+    ClientRole, NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, RemoteConfig,
+    StaticSecret,
 };
 
 pub const GROUP: u64 = 1;
@@ -32,6 +33,8 @@ pub struct TcpFleet<M: StateMachine> {
     pub secrets: BTreeMap<u64, StaticSecret>,
     pub addresses: BTreeMap<u64, SocketAddr>,
     pub clients: Vec<PublicKey>,
+    /// Client keys allowed with the admin role (membership, transfers).
+    pub admins: Vec<PublicKey>,
     pub processes: BTreeMap<u64, Process>,
     pub machine: fn() -> M,
     pub dir: tempfile::TempDir,
@@ -56,8 +59,20 @@ pub fn remote_config() -> RemoteConfig {
 }
 
 impl<M: StateMachine> TcpFleet<M> {
-    /// Starts the fleet; every node allows the client keys `clients`.
+    /// Starts the fleet; every node allows the client keys `clients` (as
+    /// services: no membership changes, no leadership transfers).
     pub fn start(clients: Vec<PublicKey>, machine: fn() -> M) -> Self {
+        Self::start_with_roles(clients, Vec::new(), machine)
+    }
+
+    /// Starts the fleet; every node allows `services` as service client keys
+    /// and `admins` as admin client keys.
+    pub fn start_with_roles(
+        services: Vec<PublicKey>,
+        admins: Vec<PublicKey>,
+        machine: fn() -> M,
+    ) -> Self {
+        let clients = services;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -73,6 +88,7 @@ impl<M: StateMachine> TcpFleet<M> {
             secrets: BTreeMap::new(),
             addresses: BTreeMap::new(),
             clients,
+            admins,
             processes: BTreeMap::new(),
             machine,
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -125,6 +141,10 @@ impl<M: StateMachine> TcpFleet<M> {
         self.pin_members(&mut d);
         for key in &self.clients {
             d.allow_client(*key).expect("client key");
+        }
+        for key in &self.admins {
+            d.allow_client_as(*key, ClientRole::Admin)
+                .expect("admin client key");
         }
         d
     }

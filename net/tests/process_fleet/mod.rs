@@ -173,7 +173,8 @@ impl ProcessFleet {
             ));
         }
         peers.push_str(&format!(
-            "client {}\n",
+            // An admin key: the tests move leadership through it.
+            "client {} admin\n",
             hex(self.client_secret.public_key().as_bytes())
         ));
         std::fs::write(self.tmp.path().join(format!("peers-{id}")), peers).expect("peers file");
