@@ -1335,6 +1335,150 @@ mod tests {
         }
     }
 
+    /// Restores `good` with its one user changed by `f` (mutation tests of
+    /// `UserState::from_wire`): `Ok` when the vault takes it.
+    fn restore_tampered(
+        good: &VaultSnapshot,
+        f: impl FnOnce(&mut VaultUserState),
+    ) -> Result<(), RestoreError> {
+        let mut s = good.clone();
+        f(&mut s.users[0]);
+        BackupVault::new().restore(&wire::encode_bounded(&s))
+    }
+
+    /// The snapshot of a vault holding one registered user ("alice", limit 3).
+    fn registered_snapshot() -> VaultSnapshot {
+        let v = registered(3);
+        wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap()
+    }
+
+    fn refused(r: Result<(), RestoreError>) -> bool {
+        matches!(r, Err(RestoreError::Malformed { .. }))
+    }
+
+    fn record_of(u: &mut VaultUserState) -> &mut VaultRecord {
+        u.record.as_mut().unwrap()
+    }
+
+    #[test]
+    fn mutant_user_from_wire_refuses_each_inconsistent_record_field_alone() {
+        let good = registered_snapshot();
+        assert!(restore_tampered(&good, |_| {}).is_ok());
+        // Each inconsistency alone is refused.
+        let bad: [(&str, &dyn Fn(&mut VaultUserState)); 9] = [
+            ("generation", &|u| u.generation += 1),
+            ("record generation", &|u| record_of(u).generation += 1),
+            ("spent beyond limit", &|u| record_of(u).spent = vec![1, 1, 1, 1]),
+            ("zero limit", &|u| record_of(u).max_attempts = 0),
+            ("limit too high", &|u| {
+                record_of(u).max_attempts = MAX_ATTEMPTS_LIMIT + 1;
+            }),
+            ("long record", &|u| {
+                record_of(u).opaque_record = vec![1; FIELD_MAX + 1];
+            }),
+            ("long secret", &|u| {
+                record_of(u).sealed_secret = vec![1; FIELD_MAX + 1];
+            }),
+            ("long tag", &|u| {
+                record_of(u).registration_tag = vec![1; REGISTRATION_TAG_MAX + 1];
+            }),
+            ("registered with a lock ticket", &|u| u.locked_ticket = 1),
+        ];
+        for (what, f) in bad {
+            assert!(refused(restore_tampered(&good, f)), "{what} restored");
+        }
+    }
+
+    #[test]
+    fn mutant_user_from_wire_takes_every_record_field_at_its_limit() {
+        let good = registered_snapshot();
+        let at_limit: [(&str, &dyn Fn(&mut VaultUserState)); 6] = [
+            ("every attempt spent", &|u| record_of(u).spent = vec![1, 1, 1]),
+            ("the highest limit", &|u| {
+                record_of(u).max_attempts = MAX_ATTEMPTS_LIMIT;
+            }),
+            ("the longest record", &|u| {
+                record_of(u).opaque_record = vec![1; FIELD_MAX];
+            }),
+            ("the longest secret", &|u| {
+                record_of(u).sealed_secret = vec![1; FIELD_MAX];
+            }),
+            ("the longest tag", &|u| {
+                record_of(u).registration_tag = vec![1; REGISTRATION_TAG_MAX];
+            }),
+            ("a limit of one", &|u| record_of(u).max_attempts = 1),
+        ];
+        for (what, f) in at_limit {
+            assert!(restore_tampered(&good, f).is_ok(), "{what} refused");
+        }
+    }
+
+    #[test]
+    fn mutant_user_from_wire_refuses_lock_fields_of_a_user_not_locked() {
+        // bob: registered, then deleted (no record, not locked).
+        let mut v = BackupVault::new();
+        v.apply(1, &cmd("bob", id(3, 1), vault_command::Op::Register(reg(3, 2))));
+        consume(&mut v, 2, "bob", id(3, 2), 2);
+        let o = decode_outcome(&v.apply(3, &cmd("bob", id(3, 3), delete_cmd(2, 1)))).unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_OK);
+        let deleted: VaultSnapshot = wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap();
+        assert!(restore_tampered(&deleted, |_| {}).is_ok());
+        assert!(refused(restore_tampered(&deleted, |u| u.locked_ticket = 2)));
+        assert!(refused(restore_tampered(&deleted, |u| {
+            u.locked_digest = vec![0; 32];
+        })));
+        let mut copy = BackupVault::new();
+        copy.restore(&v.snapshot().unwrap()).unwrap();
+        assert_eq!(copy.user(b"bob"), Some(UserView::Deleted { generation: 1 }));
+    }
+
+    #[test]
+    fn mutant_user_from_wire_bounds_the_seen_and_nonce_tables_exactly() {
+        let good = registered_snapshot();
+        let seen_max = SEEN_MAX + MAX_ATTEMPTS_LIMIT as usize + 1;
+        let seen = |n: usize| {
+            move |u: &mut VaultUserState| {
+                let mut s = VaultSeen::new();
+                s.ticket = 1;
+                s.generation = 1;
+                u.seen = vec![s; n];
+            }
+        };
+        assert!(restore_tampered(&good, seen(seen_max)).is_ok());
+        assert!(refused(restore_tampered(&good, seen(seen_max + 1))));
+        let nonces = |n: usize| move |u: &mut VaultUserState| u.used_nonces = vec![vec![7; 32]; n];
+        assert!(restore_tampered(&good, nonces(REGISTRATIONS_MAX)).is_ok());
+        assert!(refused(restore_tampered(&good, nonces(REGISTRATIONS_MAX + 1))));
+    }
+
+    #[test]
+    fn mutant_user_greatest_ticket_holds_the_clock_back() {
+        // Each place a ticket can sit in a user's state: the clock may not be
+        // behind it.
+        let good = registered_snapshot();
+        let behind = |f: &dyn Fn(&mut VaultUserState)| {
+            let mut s = good.clone();
+            f(&mut s.users[0]);
+            s.last_ticket = Some(99);
+            let at = BackupVault::new().restore(&wire::encode_bounded(&s));
+            s.last_ticket = Some(98);
+            (at.is_ok(), refused(BackupVault::new().restore(&wire::encode_bounded(&s))))
+        };
+        let places: [(&str, &dyn Fn(&mut VaultUserState)); 4] = [
+            ("spent", &|u| record_of(u).spent = vec![99]),
+            ("registered at", &|u| record_of(u).registered_at = 99),
+            ("forgiven through", &|u| record_of(u).forgiven_through = 99),
+            ("seen", &|u| {
+                let mut s = VaultSeen::new();
+                s.ticket = 99;
+                u.seen = vec![s];
+            }),
+        ];
+        for (what, f) in places {
+            assert_eq!(behind(f), (true, true), "a ticket {what}");
+        }
+    }
+
     fn reg_record() -> VaultRecord {
         let r = reg(1, 1);
         new_record(r, 1, 1)
