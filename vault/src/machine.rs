@@ -1479,6 +1479,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn mutant_machine_every_command_for_an_unknown_user_is_not_registered() {
+        let mut v = registered(3);
+        let unknown = |o: &VaultOutcome| status(o) == VaultStatus::VAULT_NOT_REGISTERED;
+        assert!(unknown(&consume(&mut v, 10, "bob", id(2, 1), 1)));
+        assert!(unknown(&reset(&mut v, 11, "bob", 10, 1, None)));
+        let o = decode_outcome(&v.apply(12, &cmd("bob", id(2, 2), delete_cmd(10, 1)))).unwrap();
+        assert!(unknown(&o));
+        let mut x = VaultReplace::new();
+        x.ticket = 10;
+        x.generation = 1;
+        x.record = Some(reg(3, 9)).into();
+        let o = decode_outcome(&v.apply(13, &cmd("bob", id(2, 3), vault_command::Op::Replace(x))))
+            .unwrap();
+        assert!(unknown(&o));
+        let o = decode_outcome(&v.query(&BackupVault::query_user(b"bob"))).unwrap();
+        assert!(unknown(&o));
+        assert_eq!(v.user(b"bob"), None);
+    }
+
     fn reg_record() -> VaultRecord {
         let r = reg(1, 1);
         new_record(r, 1, 1)
