@@ -1214,3 +1214,47 @@ fn mutant_bundle_save_persists_to_a_bare_file_name() {
     let v = w.verifier().persist_to(&name).unwrap();
     assert_eq!(v.newest_epoch(), Some(1));
 }
+
+#[test]
+fn mutant_bundle_accept_keeps_exactly_checkpoints_kept_for_the_fork_check() {
+    // 65 checkpoints accepted (sizes 1..=65): the newest 64 are kept, so a
+    // second root for size 2 is a fork, and one for size 1 is no longer known.
+    let mut w = world();
+    let mut v = w.verifier();
+    for epoch in 1..=65u64 {
+        let b = w.publish(&artifact(epoch, epoch as u8), T0 + epoch);
+        v.verify(&b.encode().unwrap(), T0 + 100, 1).unwrap();
+    }
+    assert_eq!(v.last_checkpoint_size(), Some(65));
+    // A witness with the same keys, rolled back to nothing, signs another
+    // epoch 1 and 2: its checkpoints of sizes 1 and 2 have other roots.
+    let mut forked = world();
+    let f1 = forked.publish(&artifact(1, 200), T0 + 1);
+    let f2 = forked.publish(&artifact(2, 201), T0 + 2);
+    assert!(matches!(
+        v.verify(&f2.encode().unwrap(), T0 + 100, 1),
+        Err(BundleError::ForkedLog { size: 2 })
+    ));
+    // Size 1 was dropped: only the epoch shows this one is old.
+    assert!(matches!(
+        v.verify(&f1.encode().unwrap(), T0 + 100, 1),
+        Err(BundleError::EpochRollback { got: 1, newest: 65 })
+    ));
+}
+
+#[test]
+fn mutant_witness_load_refuses_a_state_it_cannot_read() {
+    // Not found is a new witness; any other read error is not: a witness that
+    // started afresh over a state it failed to read could sign an epoch twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+    let keys = vec![WitnessKeySpec {
+        name: "w".into(),
+        not_before: 0,
+    }];
+    assert!(matches!(
+        Witness::open(SoftHsm::from_seed(5), keys, &path),
+        Err(WitnessError::State { path: p, .. }) if p == path
+    ));
+}
