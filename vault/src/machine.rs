@@ -1335,6 +1335,11 @@ mod tests {
         }
     }
 
+    /// A named edit of a user's snapshot form (mutation tests).
+    type UserEdit<'a> = (&'a str, &'a dyn Fn(&mut VaultUserState));
+    /// An edit of a registration (mutation tests).
+    type RegisterEdit<'a> = &'a dyn Fn(&mut VaultRegister);
+
     /// Restores `good` with its one user changed by `f` (mutation tests of
     /// `UserState::from_wire`): `Ok` when the vault takes it.
     fn restore_tampered(
@@ -1365,7 +1370,7 @@ mod tests {
         let good = registered_snapshot();
         assert!(restore_tampered(&good, |_| {}).is_ok());
         // Each inconsistency alone is refused.
-        let bad: [(&str, &dyn Fn(&mut VaultUserState)); 9] = [
+        let bad: [UserEdit<'_>; 9] = [
             ("generation", &|u| u.generation += 1),
             ("record generation", &|u| record_of(u).generation += 1),
             ("spent beyond limit", &|u| {
@@ -1394,7 +1399,7 @@ mod tests {
     #[test]
     fn mutant_user_from_wire_takes_every_record_field_at_its_limit() {
         let good = registered_snapshot();
-        let at_limit: [(&str, &dyn Fn(&mut VaultUserState)); 6] = [
+        let at_limit: [UserEdit<'_>; 6] = [
             ("every attempt spent", &|u| {
                 record_of(u).spent = vec![1, 1, 1]
             }),
@@ -1478,7 +1483,7 @@ mod tests {
                 refused(BackupVault::new().restore(&wire::encode_bounded(&s))),
             )
         };
-        let places: [(&str, &dyn Fn(&mut VaultUserState)); 4] = [
+        let places: [UserEdit<'_>; 4] = [
             ("spent", &|u| record_of(u).spent = vec![99]),
             ("registered at", &|u| record_of(u).registered_at = 99),
             ("forgiven through", &|u| record_of(u).forgiven_through = 99),
@@ -1528,7 +1533,7 @@ mod tests {
 
     #[test]
     fn mutant_machine_check_register_refuses_each_bad_field_alone() {
-        let bad: [(&str, &dyn Fn(&mut VaultRegister), &str); 10] = [
+        let bad: [(&str, RegisterEdit<'_>, &str); 10] = [
             ("no limit", &|r| r.max_attempts = 0, "max_attempts 0"),
             (
                 "limit too high",
@@ -1592,7 +1597,7 @@ mod tests {
 
     #[test]
     fn mutant_machine_check_register_takes_each_field_at_its_limit() {
-        let at_limit: [(&str, &dyn Fn(&mut VaultRegister)); 5] = [
+        let at_limit: [(&str, RegisterEdit<'_>); 5] = [
             ("highest limit", &|r| r.max_attempts = MAX_ATTEMPTS_LIMIT),
             ("longest record", &|r| r.opaque_record = vec![1; FIELD_MAX]),
             ("longest secret", &|r| r.sealed_secret = vec![1; FIELD_MAX]),
