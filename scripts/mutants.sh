@@ -37,6 +37,7 @@ fi
 # tests behave the same.
 export CARGO_PROFILE_DEV_DEBUG=0
 out=target/mutants
+mkdir -p "$out"
 failed=()
 
 # The surviving mutants argued equivalent in docs/threat-model.md.
