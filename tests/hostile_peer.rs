@@ -632,3 +632,44 @@ fn finding_8_append_adding_an_unlabelled_learner_is_refused() {
         )
     });
 }
+
+/// Issue 14's review: protobuf 2 decodes each log entry into ~100 bytes, and an
+/// entry can be 2 bytes on the wire (`3a 00`), so a 2 MiB frame from an
+/// authenticated peer decoded to 100 MiB. `decode_message` counts entries on the
+/// wire bytes first and refuses more than `MESSAGE_ENTRIES_MAX`.
+#[test]
+fn review_net_2_a_message_of_countless_empty_entries_is_refused_before_decoding() {
+    use vaultfleet::replica::{decode_message, encode_message, MESSAGE_ENTRIES_MAX};
+    use vaultfleet::wire::ProtobufError;
+    let mut m = message(MessageType::MsgAppend, 1, 2, 5);
+    m.index = 7;
+    let mut bytes = encode_message(&m).expect("encode");
+    for _ in 0..=MESSAGE_ENTRIES_MAX {
+        bytes.extend_from_slice(&[0x3a, 0x00]);
+    }
+    let e = decode_message(&bytes).expect_err("too many entries");
+    assert!(
+        matches!(
+            e.source,
+            ProtobufError::TooManyEntries { entries, max }
+                if entries == MESSAGE_ENTRIES_MAX + 1 && max == MESSAGE_ENTRIES_MAX
+        ),
+        "{e}"
+    );
+    // At the bound it decodes, and an honest append round-trips.
+    bytes.truncate(bytes.len() - 2);
+    let decoded = decode_message(&bytes).expect("at the bound");
+    assert_eq!(decoded.entries.len(), MESSAGE_ENTRIES_MAX);
+    let mut honest = message(MessageType::MsgAppend, 1, 2, 5);
+    honest.entries = (1..=3)
+        .map(|i| {
+            let mut e = Entry::default();
+            e.term = 5;
+            e.index = i;
+            e.data = b"a command".to_vec().into();
+            e
+        })
+        .collect();
+    let back = decode_message(&encode_message(&honest).expect("encode")).expect("decode");
+    assert_eq!(back, honest);
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use harness::{get, put, Fleet, Store};
 use vaultfleet::replica::{MembershipChange, Reply, RequestError};
+use vaultfleet::transport::{Envelope, SnapshotDone, SnapshotSent, Transport, TransportError};
 use vaultfleet::wire::Request;
 use vaultfleet::{FleetConfig, KvStore, MemberSpec};
 
@@ -168,6 +169,84 @@ fn a_snapshot_brings_a_far_behind_replica_up_to_date() {
         .expect("transfer to the caught-up replica");
     assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
     assert_eq!(get(&client, "early"), Some(b"1".to_vec()));
+}
+
+/// A transport that sends snapshots in the background, as a network transport
+/// sending in chunks does: each one's first send fails (reported `Failed`
+/// later, nothing delivered), the next is delivered and reported `Written`
+/// later, from another thread.
+struct BackgroundSnapshots {
+    inner: Arc<dyn Transport>,
+    failed_once: AtomicBool,
+    reports: Arc<AtomicU64>,
+}
+
+impl Transport for BackgroundSnapshots {
+    fn send(&self, envelope: Envelope) -> Result<(), TransportError> {
+        self.inner.send(envelope)
+    }
+
+    fn send_snapshot(&self, envelope: Envelope, done: SnapshotDone) -> Result<(), TransportError> {
+        let fail = !self.failed_once.swap(true, Ordering::SeqCst);
+        let inner = Arc::clone(&self.inner);
+        let reports = Arc::clone(&self.reports);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if fail {
+                done(SnapshotSent::Failed);
+            } else {
+                let sent = match inner.send(envelope) {
+                    Ok(()) => SnapshotSent::Written,
+                    Err(_) => SnapshotSent::Failed,
+                };
+                done(sent);
+            }
+            reports.fetch_add(1, Ordering::SeqCst);
+        });
+        Ok(())
+    }
+}
+
+/// Issue 14: a transport reports a snapshot's outcome when the send has ended,
+/// not when it was queued; the node hands it to raft through its mailbox, so a
+/// failed send is retried and a written one lets the peer go on.
+#[test]
+fn a_snapshot_reported_later_by_its_transport_still_brings_a_replica_up() {
+    let config = FleetConfig::new(
+        THREE
+            .iter()
+            .map(|&(id, dc)| MemberSpec::voter(id, dc))
+            .collect(),
+    );
+    let reports = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&reports);
+    let wrap: harness::Wrap = Arc::new(move |_, inner| {
+        Arc::new(BackgroundSnapshots {
+            inner,
+            failed_once: AtomicBool::new(false),
+            reports: Arc::clone(&counted),
+        })
+    });
+    let mut fleet = Fleet::start_wrapped(config, Store::Sled, small_snapshots, wrap);
+    let client = fleet.client();
+    let leader = fleet.wait_leader();
+    let behind = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    put(&client, "early", "1");
+    fleet.stop(behind);
+    for i in 0..400 {
+        put(&client, &format!("k{i}"), "v");
+    }
+    // The leader compacted past the stopped replica: only a snapshot brings it up.
+    fleet.restart(behind);
+    let commit = fleet.leader_status().commit;
+    fleet.wait_applied(commit);
+    assert!(
+        reports.load(Ordering::SeqCst) >= 2,
+        "the first snapshot failed and a second one was written"
+    );
+    let client = fleet.client();
+    client.transfer_leader(behind).expect("transfer");
+    assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
 }
 
 #[test]

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Every operation is a `KvStore` put committed by a majority and applied (through
-//! the threaded runtime: `Node`, `Client`, the in-process `ChannelNetwork`). The last
+//! the threaded runtime: `Node`, `Client`, the in-process `ChannelNetwork`; with
+//! `--transport tcp`, each replica is its own `vaultfleet-net-replica` process
+//! and every client a remote session over TCP + Noise). The last
 //! line is `ops/s=<n> ns/op=<n> p50_us=<n> p99_us=<n>` for scripts. `--help`
 //! lists every knob; logs go to stderr, filtered by `RUST_LOG`.
 // A benchmark measures wall-clock time on real threads.
@@ -28,8 +30,11 @@ use vaultfleet::{
 };
 use vaultfleet_bench::Noop;
 
-/// Replication throughput of an in-process fleet, with the knobs of openraft's
-/// benchmark. Sizes take suffixes: 2m, 4k.
+mod tcp;
+
+/// Replication throughput of a fleet (in process, or one process per replica
+/// over TCP with --transport tcp), with the knobs of openraft's benchmark.
+/// Sizes take suffixes: 2m, 4k.
 #[derive(Debug, Parser)]
 #[command(name = "vaultfleet-bench", version)]
 struct Options {
@@ -61,6 +66,17 @@ struct Options {
     /// sealed by SoftHSM2 over PKCS#11).
     #[arg(long, default_value = "mem", value_parser = ["mem", "sled", "sealed-sled", "sealed-pkcs11"])]
     store: String,
+    /// in-process (every replica a thread, the in-process ChannelNetwork) or
+    /// tcp (every replica its own vaultfleet-net-replica process on loopback,
+    /// over TCP + Noise; clients are remote sessions). tcp runs the replica
+    /// binary's SledLog and KvStore: pass --store sled --machine kv.
+    #[arg(long, default_value = "in-process", value_parser = ["in-process", "tcp"])]
+    transport: String,
+    /// The vaultfleet-net-replica binary for --transport tcp (default: next to
+    /// this executable; build it with `cargo build --release -p vaultfleet-net
+    /// --bin vaultfleet-net-replica`).
+    #[arg(long, value_name = "PATH")]
+    replica_bin: Option<std::path::PathBuf>,
     /// One line of JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -126,22 +142,33 @@ fn spawn<L: LogStore>(
     spawned.map_err(|e| e.to_string())
 }
 
-/// CPU seconds of this process (user + system), from /proc.
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// CPU seconds (user + system) of this process and of `children`, from /proc.
+fn cpu_seconds(children: &[String]) -> Option<f64> {
+    let mut total = tcp::cpu_seconds_of("self")?;
+    for pid in children {
+        total += tcp::cpu_seconds_of(pid)?;
+    }
+    Some(total)
 }
 
-/// Peak resident memory of this process in MiB, from /proc.
-fn peak_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+/// Peak resident memory of this process and of `children` (summed) in MiB,
+/// from /proc.
+fn peak_mib(children: &[String]) -> Option<f64> {
+    let mut total = tcp::peak_mib_of("self")?;
+    for pid in children {
+        total += tcp::peak_mib_of(pid)?;
+    }
+    Some(total)
+}
+
+/// What an in-process fleet's nodes need kept alive (their directory, network
+/// and token).
+type Keep = Vec<Box<dyn std::any::Any>>;
+
+/// The replicas: threads of this process, or processes of their own.
+enum Fleet {
+    InProcess(Vec<Node>, Keep),
+    Tcp(tcp::TcpFleet),
 }
 
 /// One command in flight: which client sent it, and since when.
@@ -245,6 +272,49 @@ fn main() -> ExitCode {
 
 fn run(o: &Options) -> Result<(), String> {
     let dcs = ["dc-a", "dc-b", "dc-c"];
+    let cfg = ClientConfig {
+        timeout: Duration::from_secs(60),
+        ..ClientConfig::default()
+    };
+    let (fleet, clients) = if o.transport == "tcp" {
+        if o.store != "sled" || o.machine != "kv" {
+            return Err(
+                "--transport tcp runs vaultfleet-net-replica (SledLog, KvStore): pass --store sled --machine kv"
+                    .into(),
+            );
+        }
+        let binary = tcp::replica_binary(o.replica_bin.as_deref())?;
+        let connections = (o.clients * o.in_flight).div_ceil(tcp::IN_FLIGHT_PER_CONNECTION);
+        let fleet = tcp::TcpFleet::start(&binary, o.members, &dcs, connections)?;
+        let clients = fleet.clients(o.clients, cfg)?;
+        (Fleet::Tcp(fleet), clients)
+    } else {
+        let (nodes, keep) = in_process(o, &dcs)?;
+        let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
+        let clients: Vec<Client> = (0..o.clients)
+            .map(|_| Client::connect(handles.clone(), cfg).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        (Fleet::InProcess(nodes, keep), clients)
+    };
+    let children: Vec<String> = match &fleet {
+        Fleet::Tcp(f) => f.pids().iter().map(u32::to_string).collect(),
+        Fleet::InProcess(..) => Vec::new(),
+    };
+    measure(o, clients, &children)?;
+    match fleet {
+        Fleet::InProcess(nodes, keep) => {
+            for node in nodes {
+                let _ = node.shutdown();
+            }
+            drop(keep);
+        }
+        Fleet::Tcp(fleet) => fleet.shutdown()?,
+    }
+    Ok(())
+}
+
+/// Starts the in-process fleet; returns its nodes and what must outlive them.
+fn in_process(o: &Options, dcs: &[&str]) -> Result<(Vec<Node>, Keep), String> {
     let fleet = FleetConfig::new(
         (1..=o.members)
             .map(|id| MemberSpec::voter(id, dcs[(id as usize - 1) % 3]))
@@ -289,14 +359,16 @@ fn run(o: &Options) -> Result<(), String> {
         net.register(id, Arc::new(node.handle()));
         nodes.push(node);
     }
-    let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
-    let cfg = ClientConfig {
-        timeout: Duration::from_secs(60),
-        ..ClientConfig::default()
-    };
-    let clients: Vec<Client> = (0..o.clients)
-        .map(|_| Client::connect(handles.clone(), cfg).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    // The directory, the network and the token live as long as the nodes.
+    let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(dir), Box::new(net)];
+    #[cfg(feature = "pkcs11")]
+    keep.push(Box::new(token));
+    Ok((nodes, keep))
+}
+
+/// Runs the workload on `clients` and prints the figures (CPU and peak memory
+/// include the replica processes `children`).
+fn measure(o: &Options, clients: Vec<Client>, children: &[String]) -> Result<(), String> {
     // Warm up: a leader, sessions registered.
     clients[0]
         .propose(KvStore::put("warm-up", "x"))
@@ -305,7 +377,7 @@ fn run(o: &Options) -> Result<(), String> {
     let done = Arc::new(AtomicU64::new(0));
     let per_client = o.ops.div_ceil(o.clients);
     let total = per_client * o.clients;
-    let cpu0 = cpu_seconds();
+    let cpu0 = cpu_seconds(children);
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal() && !o.json;
     let reporter = progress.then(|| {
@@ -353,8 +425,8 @@ fn run(o: &Options) -> Result<(), String> {
         done.store(total, Ordering::Relaxed);
         let _ = r.join();
     }
-    let cpu = cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
-    let peak = peak_mib();
+    let cpu = cpu_seconds(children).zip(cpu0).map(|(a, b)| a - b);
+    let peak = peak_mib(children);
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     let ops_s = total as f64 / wall;
@@ -362,23 +434,20 @@ fn run(o: &Options) -> Result<(), String> {
     let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
     if o.json {
         println!(
-            "{{\"machine\":\"{}\",\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
-            o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
+            "{{\"transport\":\"{}\",\"machine\":\"{}\",\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
+            o.transport, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("null".into(), |c| format!("{c:.2}")),
             peak.map_or("null".into(), |m| format!("{m:.1}")),
         );
     } else {
-        println!("| machine | store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| transport | machine | store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
-            o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
+            "| {} | {} | {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
+            o.transport, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("?".into(), |c| format!("{c:.2}")),
             peak.map_or("?".into(), |m| format!("{m:.1}")),
         );
-    }
-    for node in nodes {
-        let _ = node.shutdown();
     }
     println!("ops/s={ops_s:.0} ns/op={ns_op:.0} p50_us={p50} p99_us={p99}");
     Ok(())

@@ -78,7 +78,12 @@ pub use world::{ExtraCheck, Report, Simulation, Stats, Violation};
 pub fn run(opts: SimOptions) -> Report {
     match opts.workload {
         WorkloadKind::Vault => {
-            let workload = VaultWorkload::new(opts.keys, opts.attempt_limit, opts.seed);
+            let workload = VaultWorkload::with_services(
+                opts.keys,
+                opts.attempt_limit,
+                opts.seed,
+                opts.replicas,
+            );
             Simulation::new(opts, workload).run()
         }
         WorkloadKind::Counter => {

@@ -64,6 +64,11 @@ pub trait Workload {
     /// Client `client`'s next operation.
     fn next_operation(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Operation;
 
+    /// The simulation's virtual time, in microseconds, given before every
+    /// [`Workload::next_operation`] and [`Workload::observe`]: for workloads
+    /// that run a clock of their own (the vault's service cores).
+    fn clock(&mut self, _now_us: u64) {}
+
     /// One step of the sequential model: the state after `op` when its response
     /// was `output`, or `None` if `output` is impossible in `state`. `output` is
     /// `None` for an operation whose outcome is unknown: return the state as if

@@ -126,6 +126,16 @@ impl ReplicaConfig {
                 setting: "request_ticks_max",
             });
         }
+        // Every entry with data is at least 8 bytes on the wire, so an append
+        // filled to `message_bytes_max` carries at most that / 8 entries: keep
+        // it within what `decode_message` accepts from a peer.
+        let message_bytes_limit = (crate::replica::MESSAGE_ENTRIES_MAX as u64) * 8;
+        if self.message_bytes_max > message_bytes_limit {
+            return Err(ReplicaConfigError::MessageBytesAboveLimit {
+                message_bytes_max: self.message_bytes_max,
+                limit: message_bytes_limit,
+            });
+        }
         Ok(())
     }
 }
@@ -168,6 +178,14 @@ pub enum ReplicaConfigError {
     EntryBytesAboveLimit {
         /// The entry limit.
         entry_bytes_max: usize,
+    },
+    /// Appends this large could carry more entries than a peer decodes.
+    #[error("message_bytes_max ({message_bytes_max}) exceeds the limit of {limit} bytes (8 × MESSAGE_ENTRIES_MAX)")]
+    MessageBytesAboveLimit {
+        /// The setting.
+        message_bytes_max: u64,
+        /// The largest accepted.
+        limit: u64,
     },
     /// A setting that must be at least 1 is 0.
     #[error("{setting} must be at least 1")]

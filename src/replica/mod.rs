@@ -1458,10 +1458,79 @@ fn sorted(mut ids: Vec<u64>) -> Vec<u64> {
 /// Decodes a raft message received from an authenticated peer (protobuf 2; see
 /// `docs/architecture.md` on why only authenticated bytes may reach this decoder).
 pub fn decode_message(bytes: &[u8]) -> Result<Message, wire::DecodeError> {
+    // protobuf 2 allocates ~100 bytes per entry, and an entry can be 2 bytes on
+    // the wire: count them first, without allocating, so an authenticated but
+    // hostile peer cannot turn a 2 MiB frame into 100 MiB (issue 14's review).
+    if let Some(entries) = count_entries(bytes) {
+        if entries > MESSAGE_ENTRIES_MAX {
+            return Err(wire::DecodeError {
+                what: "raft message",
+                source: wire::ProtobufError::TooManyEntries {
+                    entries,
+                    max: MESSAGE_ENTRIES_MAX,
+                },
+            });
+        }
+    }
     Message::parse_from_bytes(bytes).map_err(|e| wire::DecodeError {
         what: "raft message",
         source: e.into(),
     })
+}
+
+/// Log entries one raft message may carry when it is decoded by
+/// [`decode_message`]. This engine writes one entry per batch of commands, and
+/// appends are bounded in bytes ([`ReplicaConfig::message_bytes_max`], 1 MiB
+/// by default, at most 8 × this, which [`ReplicaConfig::validate`] checks): an
+/// entry with data is at least 8 bytes on the wire, so an honest append never
+/// carries more. At the bound a message decodes to at most ~14 MiB of entries.
+pub const MESSAGE_ENTRIES_MAX: usize = 131_072;
+
+/// The number of `entries` fields (field 7 of `eraftpb.Message`) in `bytes`,
+/// counted on the wire format without allocating, stopping just past
+/// [`MESSAGE_ENTRIES_MAX`]; `None` when the bytes are not a well-formed field
+/// sequence (the decoder then reports why).
+fn count_entries(bytes: &[u8]) -> Option<usize> {
+    const ENTRIES_FIELD: u64 = 7;
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *bytes.get(*at)?;
+            *at += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let mut at = 0;
+    let mut entries = 0;
+    while at < bytes.len() {
+        let key = varint(bytes, &mut at)?;
+        match key & 7 {
+            0 => {
+                varint(bytes, &mut at)?;
+            }
+            1 => at = at.checked_add(8)?,
+            2 => {
+                let len = usize::try_from(varint(bytes, &mut at)?).ok()?;
+                at = at.checked_add(len)?;
+                if key >> 3 == ENTRIES_FIELD {
+                    entries += 1;
+                    if entries > MESSAGE_ENTRIES_MAX {
+                        return Some(entries);
+                    }
+                }
+            }
+            5 => at = at.checked_add(4)?,
+            _ => return None,
+        }
+        if at > bytes.len() {
+            return None;
+        }
+    }
+    Some(entries)
 }
 
 /// Encodes a raft message for a transport. It fails only for a message above

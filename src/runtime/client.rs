@@ -4,13 +4,17 @@
 //! sequence) — so a retried command is applied at most once.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use raft::StateRole;
 
+use super::api::NodeApi;
 use super::node::{NodeHandle, ResponseSlot};
 use super::slot::{Notify, Slot};
 use crate::replica::{MembershipChange, Reply, RequestError};
@@ -72,6 +76,32 @@ pub enum ClientError {
     NoNodes,
 }
 
+/// `pause` jittered uniformly over `[pause / 2, pause * 3 / 2]`, drawn from the
+/// operating system's random source: clients that lost their leader together
+/// (an election, a killed leader's process) do not retry in lock step. The
+/// mean stays `pause`. This is the runtime (never a simulated run), so OS
+/// randomness is fine here.
+fn jittered(pause: Duration) -> Duration {
+    use rand::RngCore;
+    let nanos = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
+    if nanos < 2 {
+        return pause;
+    }
+    // Never a panic: if the OS source fails, the pause is not jittered.
+    let mut draw = [0u8; 8];
+    if rand::rngs::OsRng.try_fill_bytes(&mut draw).is_err() {
+        return pause;
+    }
+    let low = nanos / 2;
+    let high = nanos.saturating_add(nanos / 2);
+    let draw = u64::from_le_bytes(draw);
+    let offset = match (high - low).checked_add(1) {
+        Some(values) => draw % values,
+        None => draw,
+    };
+    Duration::from_nanos(low + offset)
+}
+
 fn retryable(e: &RequestError) -> bool {
     matches!(
         e,
@@ -88,7 +118,7 @@ fn retryable(e: &RequestError) -> bool {
 }
 
 struct Inner {
-    nodes: Vec<NodeHandle>,
+    nodes: Vec<Arc<dyn NodeApi>>,
     session: u64,
     next_sequence: AtomicU64,
     outstanding: Mutex<BTreeSet<u64>>,
@@ -114,7 +144,7 @@ impl std::fmt::Debug for Client {
 
 /// Picks the node most likely to lead: the last one that answered, else the one
 /// that says it leads with the highest term, else the leader someone names.
-fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
+fn likely_leader(nodes: &[Arc<dyn NodeApi>], last: usize) -> usize {
     // The common case, checked without reading every node's status.
     if nodes
         .get(last)
@@ -122,7 +152,7 @@ fn likely_leader(nodes: &[NodeHandle], last: usize) -> usize {
     {
         return last;
     }
-    let statuses: Vec<_> = nodes.iter().map(NodeHandle::status).collect();
+    let statuses: Vec<_> = nodes.iter().map(|n| n.status()).collect();
     if let Some((i, _)) = statuses
         .iter()
         .enumerate()
@@ -172,10 +202,10 @@ impl Call {
     fn submit(
         &mut self,
         inner: &Inner,
-        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+        submit: &mut dyn FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError>,
     ) -> Result<(), RequestError> {
         self.attempts += 1;
-        let slot = submit(&inner.nodes[self.target])?;
+        let slot = submit(inner.nodes[self.target].as_ref())?;
         self.slot = Some(slot);
         Ok(())
     }
@@ -204,7 +234,7 @@ impl Call {
         self.slot = None;
         if pause && !known_leader {
             let left = self.deadline.saturating_duration_since(Instant::now());
-            std::thread::sleep(inner.cfg.retry_backoff.min(left));
+            std::thread::sleep(jittered(inner.cfg.retry_backoff).min(left));
         }
     }
 
@@ -212,7 +242,7 @@ impl Call {
     fn finish(
         mut self,
         inner: &Inner,
-        submit: &mut dyn FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError>,
+        submit: &mut dyn FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError>,
     ) -> Result<Reply, ClientError> {
         loop {
             let now = Instant::now();
@@ -266,9 +296,13 @@ impl PendingCommand {
     fn submitter<'a>(
         request: &'a Request,
         notify: &'a Option<Notify>,
-    ) -> impl FnMut(&NodeHandle) -> Result<ResponseSlot, RequestError> + 'a {
-        move |node: &NodeHandle| match notify {
-            None => node.propose(request.clone()),
+    ) -> impl FnMut(&dyn NodeApi) -> Result<ResponseSlot, RequestError> + 'a {
+        move |node: &dyn NodeApi| match notify {
+            None => {
+                let slot = ResponseSlot::default();
+                node.propose_into(request.clone(), Arc::clone(&slot))?;
+                Ok(slot)
+            }
             Some(n) => {
                 let slot: ResponseSlot = Arc::new(Slot::with_notify(Arc::clone(n)));
                 node.propose_into(request.clone(), Arc::clone(&slot))?;
@@ -359,6 +393,48 @@ impl Drop for PendingCommand {
     }
 }
 
+/// A proposal as a [`Future`]: what [`Client::propose_future`] returns.
+///
+/// Runtime-agnostic (no tokio): the command's slots are made with a notify that
+/// wakes the stored [`Waker`]; each poll takes the outcome if it arrived, follows
+/// a `NotLeader` hint or re-submits a retryable error with the same sequence
+/// (as [`PendingCommand::poll`] does), and checks the call's deadline.
+struct ProposeFuture {
+    pending: PendingCommand,
+    waker: Arc<Mutex<Option<Waker>>>,
+    /// When a wake-up for a re-submission is due, if one is scheduled: polls
+    /// before it schedule none (one timer entry per future at a time).
+    retry_at: Option<Instant>,
+}
+
+impl Future for ProposeFuture {
+    type Output = Result<Vec<u8>, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if this.pending.call.is_none() {
+            return Poll::Ready(Err(ClientError::AlreadyFinished));
+        }
+        // Store the waker before looking at the slot: a fill in between wakes it.
+        *this.waker.lock() = Some(cx.waker().clone());
+        if let Some(result) = this.pending.poll() {
+            return Poll::Ready(result);
+        }
+        // A re-submission the node refused at once left no slot to notify us:
+        // ask to be polled again after a jittered pause (once: an earlier poll
+        // may have asked already).
+        if this.pending.call.as_ref().is_some_and(|c| c.slot.is_none()) {
+            let now = Instant::now();
+            if this.retry_at.is_none_or(|at| now >= at) {
+                let at = now + jittered(this.pending.client.inner.cfg.retry_backoff);
+                this.retry_at = Some(at);
+                super::timer::wake_at(at, cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
 fn applied(reply: Reply) -> Result<Vec<u8>, ClientError> {
     match reply {
         Reply::Applied(bytes) => Ok(bytes),
@@ -380,6 +456,20 @@ impl Client {
     /// Registers a new session with the fleet of `nodes` (the leader is found
     /// among them).
     pub fn connect(nodes: Vec<NodeHandle>, cfg: ClientConfig) -> Result<Client, ClientError> {
+        let nodes = nodes
+            .into_iter()
+            .map(|n| Arc::new(n) as Arc<dyn NodeApi>)
+            .collect();
+        Self::connect_to(nodes, cfg)
+    }
+
+    /// Registers a new session with the fleet of `nodes`, reached in any way
+    /// (in process, or over a network crate's client protocol): the same leader
+    /// finding, retries and at-most-once session as [`Client::connect`].
+    pub fn connect_to(
+        nodes: Vec<Arc<dyn NodeApi>>,
+        cfg: ClientConfig,
+    ) -> Result<Client, ClientError> {
         if nodes.is_empty() {
             return Err(ClientError::NoNodes);
         }
@@ -460,6 +550,42 @@ impl Client {
         pending
     }
 
+    /// Proposes `command` as a [`Future`] that resolves to the state machine's
+    /// response: the async counterpart of [`Client::propose`], with the same
+    /// leader finding, `NotLeader` hints, retries with the same sequence and
+    /// at-most-once session. It needs no particular async runtime.
+    ///
+    /// The command is submitted at once (as [`Client::propose_async`] does);
+    /// the future is woken when an answer arrives. A retryable answer
+    /// (`NotLeader`, a lost connection, `Overloaded`) is re-submitted to the
+    /// next node during the poll it wakes; a re-submission refused at once is
+    /// tried again on a poll after a jittered `retry_backoff`.
+    ///
+    /// Timeouts: every poll checks the client's `timeout` and resolves to
+    /// [`ClientError::Unavailable`] once it has passed, but nothing polls an
+    /// idle future at its deadline, and `attempt_timeout` (abandon a silent
+    /// node for another) is not applied. Wrap the future in your runtime's
+    /// timeout (`tokio::time::timeout(cfg.timeout, ...)`) for a hard bound, or
+    /// poll it on a timer.
+    pub fn propose_future(
+        &self,
+        command: impl Into<Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send + 'static {
+        let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let cell = Arc::clone(&waker);
+        let notify: Notify = Arc::new(move || {
+            let waker = cell.lock().take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        });
+        ProposeFuture {
+            pending: self.propose_pending(command.into(), Some(notify)),
+            waker,
+            retry_at: None,
+        }
+    }
+
     /// Proposes `command` and waits for the state machine's response, retrying on
     /// leader changes; the command is applied at most once.
     pub fn propose(&self, command: impl Into<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
@@ -524,5 +650,25 @@ impl Client {
             waited: started.elapsed(),
             last: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_are_jittered_around_the_backoff() {
+        let pause = Duration::from_millis(20);
+        let draws: BTreeSet<Duration> = (0..64).map(|_| jittered(pause)).collect();
+        assert!(
+            draws.iter().all(|d| *d >= pause / 2 && *d <= pause * 3 / 2),
+            "{draws:?}"
+        );
+        assert!(
+            draws.len() > 32,
+            "clients do not pause in lock step: {draws:?}"
+        );
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -4,6 +4,8 @@
 //! * [`Node`] runs one [`Replica`](crate::Replica) on its own thread.
 //! * [`NodeHandle`] submits requests to a node and is the node's transport
 //!   [`Inbox`](crate::transport::Inbox).
+//! * [`NodeApi`] is how a client reaches one node: a `NodeHandle` in process,
+//!   or a network crate's remote node.
 //! * [`Client`] is a session on a fleet of nodes: blocking and non-blocking
 //!   proposals, linearizable reads, membership changes, with retries that keep
 //!   every command at most once.
@@ -13,12 +15,15 @@
 // The runtime is the threaded, wall-clock driver: clocks, threads and sleeps are its job.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod api;
 mod client;
 mod mailbox;
 mod node;
 mod slot;
 mod sync;
+mod timer;
 
+pub use api::NodeApi;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
 pub use mailbox::{Mailbox, PushError};
 pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};

@@ -23,7 +23,7 @@ use crate::replica::{
 };
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
-use crate::transport::{Envelope, Inbox, Transport};
+use crate::transport::{Envelope, Inbox, SnapshotDone, SnapshotSent, Transport};
 use crate::wire::Request;
 use crate::ReplicaId;
 
@@ -64,6 +64,8 @@ pub(crate) enum Input {
     Read(Vec<u8>, ResponseSlot),
     Membership(MembershipChange, ResponseSlot),
     TransferLeader(ReplicaId),
+    /// How the send of a snapshot to a peer ended (from its transport).
+    SnapshotSent(ReplicaId, SnapshotSent),
 }
 
 struct Shared {
@@ -71,6 +73,18 @@ struct Shared {
     group: u64,
     mailbox: Mailbox<Input>,
     status: StatusLock<Status>,
+    /// Snapshot outcomes that found the mailbox full: never lost (raft holds
+    /// the peer back until it hears one), taken by the node on its next turn.
+    snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
+}
+
+impl Shared {
+    fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
+        match self.mailbox.push(Input::SnapshotSent(to, sent)) {
+            Ok(()) | Err(PushError::Closed(_)) => {}
+            Err(PushError::Full(_)) => self.snapshot_reports.lock().push((to, sent)),
+        }
+    }
 }
 
 /// A cloneable handle to a running node: submit requests, read its status,
@@ -204,6 +218,7 @@ impl Node {
             group: replica.group(),
             mailbox: Mailbox::new(cfg.mailbox_inputs_max),
             status: StatusLock::new(replica.status()),
+            snapshot_reports: parking_lot::Mutex::new(Vec::new()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -265,13 +280,14 @@ fn fail_input(input: Input, error: RequestError) {
         | Input::Membership(_, slot) => {
             let _ = slot.fill(Err(error));
         }
-        Input::Raft(_) | Input::TransferLeader(_) => {}
+        Input::Raft(_) | Input::TransferLeader(_) | Input::SnapshotSent(..) => {}
     }
 }
 
 struct Driver<'a, L: LogStore, S: StateMachine> {
     replica: Replica<L, S>,
     transport: &'a dyn Transport,
+    shared: Arc<Shared>,
     slots: BTreeMap<RequestId, ResponseSlot>,
     next_request: RequestId,
     out: Output,
@@ -289,6 +305,14 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
             }
             Input::TransferLeader(to) => {
                 self.replica.transfer_leader(to);
+                return;
+            }
+            Input::SnapshotSent(to, sent) => {
+                let status = match sent {
+                    SnapshotSent::Written => SnapshotStatus::Finish,
+                    SnapshotSent::Failed => SnapshotStatus::Failure,
+                };
+                self.replica.report_snapshot(to, status);
                 return;
             }
             Input::Propose(request, slot) => (slot, self.replica.propose(id, request)),
@@ -314,20 +338,19 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
             let group = self.replica.group();
             for message in self.out.messages.drain(..) {
                 let to = message.to;
-                let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-                let sent = self.transport.send(Envelope { group, message }).is_ok();
-                if !sent {
-                    self.replica.report_unreachable(to);
-                }
-                if snapshot {
+                let envelope = Envelope { group, message };
+                if envelope.message.get_msg_type() == MessageType::MsgSnapshot {
                     // raft pauses a peer it sent a snapshot to until told how the
-                    // send went; a lost snapshot would otherwise stall that peer.
-                    let status = if sent {
-                        SnapshotStatus::Finish
-                    } else {
-                        SnapshotStatus::Failure
-                    };
-                    self.replica.report_snapshot(to, status);
+                    // send went: the transport says, once it has written it out
+                    // (or failed), through the node's mailbox.
+                    let shared = Arc::clone(&self.shared);
+                    let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, sent));
+                    if self.transport.send_snapshot(envelope, done).is_err() {
+                        self.replica.report_unreachable(to);
+                        self.replica.report_snapshot(to, SnapshotStatus::Failure);
+                    }
+                } else if self.transport.send(envelope).is_err() {
+                    self.replica.report_unreachable(to);
                 }
             }
             for Completion { id, result } in self.out.completions.drain(..) {
@@ -344,12 +367,13 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
 fn run<L: LogStore, S: StateMachine>(
     cfg: NodeConfig,
     replica: Replica<L, S>,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     transport: &dyn Transport,
 ) -> Result<(), ReplicaError> {
     let mut driver = Driver {
         replica,
         transport,
+        shared: Arc::clone(shared),
         slots: BTreeMap::new(),
         next_request: 1,
         out: Output::default(),
@@ -364,7 +388,7 @@ fn run<L: LogStore, S: StateMachine>(
             }
         }
     }
-    let _close_on_exit = CloseOnExit(shared);
+    let _close_on_exit = CloseOnExit(shared.as_ref());
     let catch_up_ticks_max = cfg.catch_up_ticks_max.max(1);
     let mut inputs = Vec::new();
     let mut next_tick = Instant::now() + cfg.tick_interval;
@@ -375,6 +399,10 @@ fn run<L: LogStore, S: StateMachine>(
         }
         for input in inputs.drain(..) {
             driver.accept(input);
+        }
+        let late = std::mem::take(&mut *shared.snapshot_reports.lock());
+        for (to, sent) in late {
+            driver.accept(Input::SnapshotSent(to, sent));
         }
         let now = Instant::now();
         let mut ticks = 0;

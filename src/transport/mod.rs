@@ -7,12 +7,13 @@
 //!
 //! Security: raft-rs decodes messages with protobuf 2, which has a published
 //! advisory on untrusted input (RUSTSEC-2024-0437). A network transport must
-//! authenticate peers (the planned Noise transport pins the fleet's replica keys)
-//! and only hand bytes from authenticated fleet members to
+//! authenticate peers and only hand bytes from authenticated fleet members to
 //! [`decode_message`](crate::replica::decode_message).
 //!
-//! Implementation: [`ChannelNetwork`], in-process crossbeam channels with optional
-//! per-link delay and cuts, for tests, examples and benchmarks.
+//! Implementations: [`ChannelNetwork`], in-process crossbeam channels with optional
+//! per-link delay and cuts, for tests, examples and benchmarks; and the
+//! `vaultfleet-net` crate's TCP + Noise transport, which pins the fleet's keys
+//! (`docs/network.md`).
 
 mod channel;
 
@@ -51,7 +52,34 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Closed,
+    /// The message is larger than one transport frame may be (a network transport
+    /// bounds its frames; a snapshot must then travel in chunks). The caller
+    /// treats it like an unreachable peer; raft retries later.
+    #[error(
+        "a message of {bytes} bytes for replica {to} is above the frame limit of {bytes_max} bytes"
+    )]
+    TooLarge {
+        /// The destination replica.
+        to: ReplicaId,
+        /// The encoded message's size.
+        bytes: usize,
+        /// The transport's frame limit.
+        bytes_max: usize,
+    },
 }
+
+/// How the send of a snapshot message ended, as its transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotSent {
+    /// Every byte was handed to the peer's connection (written out).
+    Written,
+    /// The send failed (connection lost, peer gone, refused): raft sends again.
+    Failed,
+}
+
+/// Called once, from any thread, when a snapshot's send has ended. It must not
+/// block (the node's implementation hands the outcome to its own thread).
+pub type SnapshotDone = Box<dyn FnOnce(SnapshotSent) + Send>;
 
 /// Sends raft messages to peers, without blocking.
 pub trait Transport: Send + Sync + 'static {
@@ -59,4 +87,18 @@ pub trait Transport: Send + Sync + 'static {
     /// (raft tolerates loss); an error means the send was not even attempted, and
     /// the caller reports the peer unreachable to raft.
     fn send(&self, envelope: Envelope) -> Result<(), TransportError>;
+
+    /// Queues a snapshot message and reports through `done` when it has been
+    /// written out or has failed: raft holds back a peer it sent a snapshot to
+    /// until it hears which, so a transport that sends in the background (in
+    /// chunks, say) reports at the end, not when it queued. An `Err` means
+    /// nothing was queued and `done` is never called (the caller reports the
+    /// failure). The default sends with [`Transport::send`] and reports
+    /// `Written` at once, which is right for a transport that delivers whole
+    /// messages in the call.
+    fn send_snapshot(&self, envelope: Envelope, done: SnapshotDone) -> Result<(), TransportError> {
+        self.send(envelope)?;
+        done(SnapshotSent::Written);
+        Ok(())
+    }
 }

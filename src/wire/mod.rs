@@ -36,6 +36,16 @@ pub enum ProtobufError {
     /// protobuf 2, which raft-rs 0.7 uses for its messages (`eraftpb`).
     #[error(transparent)]
     Raft(#[from] protobuf2::ProtobufError),
+    /// A bound of ours, checked on the wire bytes before the library decodes:
+    /// a raft message carrying more log entries than any this engine sends
+    /// (each tiny entry costs ~100 bytes decoded for 2 on the wire).
+    #[error("{entries} or more log entries in one message; at most {max} are accepted")]
+    TooManyEntries {
+        /// Entries counted (the count stops just past the bound).
+        entries: usize,
+        /// [`MESSAGE_ENTRIES_MAX`](crate::replica::MESSAGE_ENTRIES_MAX).
+        max: usize,
+    },
 }
 
 /// A message could not be encoded: it is larger than [`MESSAGE_BYTES_MAX`].

@@ -7,10 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vaultfleet::replica::{ReplicaConfig, Status};
 use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
+use vaultfleet::transport::Transport;
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
     SealedConfig, SledLog, SoftHsm, StateMachine,
@@ -36,7 +38,12 @@ pub struct Fleet<M: StateMachine = KvStore> {
     dir: tempfile::TempDir,
     hsms: BTreeMap<u64, SoftHsm>,
     tweak: fn(&mut ReplicaConfig),
+    /// Wraps each node's transport (a test's fault or probe), if set.
+    wrap: Option<Wrap>,
 }
+
+/// Wraps replica `id`'s transport.
+pub type Wrap = Arc<dyn Fn(u64, Arc<dyn Transport>) -> Arc<dyn Transport> + Send + Sync>;
 
 pub fn no_tweak(_: &mut ReplicaConfig) {}
 
@@ -64,6 +71,16 @@ impl Fleet<KvStore> {
     pub fn start_with(config: FleetConfig, store: Store, tweak: fn(&mut ReplicaConfig)) -> Self {
         Fleet::start_machine(config, store, tweak, KvStore::new)
     }
+
+    /// As [`Fleet::start_with`], every node's transport wrapped by `wrap`.
+    pub fn start_wrapped(
+        config: FleetConfig,
+        store: Store,
+        tweak: fn(&mut ReplicaConfig),
+        wrap: Wrap,
+    ) -> Self {
+        Fleet::start_inner(config, store, tweak, KvStore::new, Some(wrap))
+    }
 }
 
 impl<M: StateMachine> Fleet<M> {
@@ -72,6 +89,16 @@ impl<M: StateMachine> Fleet<M> {
         store: Store,
         tweak: fn(&mut ReplicaConfig),
         make: fn() -> M,
+    ) -> Self {
+        Self::start_inner(config, store, tweak, make, None)
+    }
+
+    fn start_inner(
+        config: FleetConfig,
+        store: Store,
+        tweak: fn(&mut ReplicaConfig),
+        make: fn() -> M,
+        wrap: Option<Wrap>,
     ) -> Self {
         init_tracing();
         let mut fleet = Fleet {
@@ -83,6 +110,7 @@ impl<M: StateMachine> Fleet<M> {
             dir: tempfile::tempdir().expect("temporary directory"),
             hsms: BTreeMap::new(),
             tweak,
+            wrap,
         };
         let ids: Vec<u64> = fleet.config.members.iter().map(|m| m.id).collect();
         for id in ids {
@@ -130,7 +158,11 @@ impl<M: StateMachine> Fleet<M> {
 
     fn spawn<L: LogStore>(&self, id: u64, mut log: L, initial: bool) -> Node {
         let cfg = self.node_config(id);
-        let transport = self.net.transport(id);
+        let transport: Arc<dyn Transport> = self.net.transport(id);
+        let transport = match &self.wrap {
+            Some(wrap) => wrap(id, transport),
+            None => transport,
+        };
         if initial {
             Replica::bootstrap(&mut log, &(self.make)(), &self.config).expect("bootstrap");
         }

@@ -21,11 +21,11 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::bundle_source::RETIREMENTS_MAX;
 use crate::crypto::{
-    authenticate_request, open_from_fleet, registration_secret_digest, reply_signed_bytes, sha256,
-    KeyErasingRng,
+    authenticate_request, open_recovered_secret, registration_secret_digest, reply_signed_bytes,
+    sha256, KeyErasingRng,
 };
 use crate::error::{
-    InvalidInput, Mismatch, ProtocolFailure, Rejection, ReplyError, Unavailability,
+    InvalidInput, Mismatch, ProtocolFailure, Rejection, ReplyError, Unavailability, Uncertain,
     VaultClientError,
 };
 use crate::keys::VaultPublicKeys;
@@ -360,6 +360,9 @@ pub struct VaultClient {
     preferred: AtomicUsize,
     rng: Mutex<KeyErasingRng>,
     cfg: VaultClientConfig,
+    /// The handshake trust of remote endpoints, kept in step with this
+    /// client's retirements ([`VaultClient::keep_in_step`]).
+    handshake: Option<Arc<crate::remote::BundleTrust>>,
 }
 
 impl std::fmt::Debug for VaultClient {
@@ -446,7 +449,19 @@ impl VaultClient {
             preferred: AtomicUsize::new(0),
             rng: Mutex::new(rng),
             cfg,
+            handshake: None,
         })
+    }
+
+    /// Keeps `trust`, the handshake check of this client's
+    /// [`RemoteVaultEndpoint`](crate::RemoteVaultEndpoint)s, in step with the
+    /// client: every epoch retirement a reply carries is applied to it too, so
+    /// a transport key of a retired epoch is refused at the next handshake
+    /// (and connections checked before are not reused), not only in replies.
+    /// Give it the same pins as the client's verifier.
+    pub fn keep_in_step(mut self, trust: Arc<crate::remote::BundleTrust>) -> Self {
+        self.handshake = Some(trust);
+        self
     }
 
     fn next_id(&self) -> VaultRequestId {
@@ -485,9 +500,20 @@ impl VaultClient {
                 let mut verifier = verifier.lock();
                 // Retirements first, even before the reply verifies: each is
                 // signed by the witness and countersigned by the operator, and
-                // only ever narrows what this client accepts.
+                // only ever narrows what this client accepts. One that does not
+                // verify (signed by a witness key since rotated out, say) is
+                // skipped, not fatal: the network can strip retirements anyway,
+                // so refusing the reply for it would protect nothing and would
+                // let one stale retirement fail every honest reply.
                 for r in &reply.retirements {
-                    verifier.retire(r, now).map_err(ReplyError::Retirement)?;
+                    if let Err(e) = verifier.retire(r, now) {
+                        tracing::warn!(replica, "vault client: an epoch retirement skipped: {e}");
+                    }
+                    if let Some(trust) = &self.handshake {
+                        if let Err(e) = trust.retire(r) {
+                            tracing::debug!(replica, "vault client: handshake trust: {e}");
+                        }
+                    }
                 }
                 // Checked now, accepted only once the reply itself verified: a
                 // valid newer bundle on a forged reply must not move the client.
@@ -552,25 +578,7 @@ impl VaultClient {
     ) -> Result<VaultReplyBody, ReplyError> {
         let reply: VaultReply = wire::decode(bytes, "vault reply")?;
         let (key, pending) = self.reply_key(replica, &reply)?;
-        let signature: [u8; 64] = reply
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| ReplyError::SignatureLength)?;
-        if !verify_signature(
-            &key,
-            &reply_signed_bytes(self.trust.group(), &reply.body),
-            &signature,
-        ) {
-            return Err(ReplyError::Signature);
-        }
-        let body: VaultReplyBody = wire::decode(&reply.body, "vault reply body")?;
-        if body.replica != replica {
-            return Err(ReplyError::OtherReplica);
-        }
-        if body.request_digest.as_slice() != digest.as_slice() {
-            return Err(ReplyError::OtherRequest);
-        }
+        let body = check_signed_reply(self.trust.group(), &key, replica, &reply, digest)?;
         if let Some(accepted) = pending {
             self.accept(replica, &reply, &key, &accepted)?;
         }
@@ -742,6 +750,31 @@ impl VaultClient {
         purpose: VaultLoginPurpose,
         registration: Option<NewRegistration<'_>>,
     ) -> Result<(Answer, Zeroizing<Vec<u8>>), VaultClientError> {
+        let finish_sent = std::cell::Cell::new(false);
+        match self.login_restarting(user, code, purpose, registration, &finish_sent) {
+            // A delete whose finish was sent, then found the user deleted on a
+            // fresh login (its service restarted, or forgot the concluded
+            // finish): the first finish may be what deleted it.
+            Err(e @ VaultClientError::NotRegistered)
+                if purpose == VaultLoginPurpose::VAULT_DELETE && finish_sent.get() =>
+            {
+                Err(VaultClientError::OutcomeUnknown {
+                    operation: Uncertain::Delete,
+                    cause: Box::new(e),
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn login_restarting(
+        &self,
+        user: &UserId,
+        code: &[u8],
+        purpose: VaultLoginPurpose,
+        registration: Option<NewRegistration<'_>>,
+        finish_sent: &std::cell::Cell<bool>,
+    ) -> Result<(Answer, Zeroizing<Vec<u8>>), VaultClientError> {
         let mut last = VaultClientError::Unavailable(Unavailability::NotAsked);
         for _ in 0..self.cfg.login_restarts.max(1) {
             // One credential request and one request id per login: re-sending them
@@ -758,6 +791,7 @@ impl VaultClient {
                 code,
                 purpose,
                 registration,
+                finish_sent,
             };
             match self.login_attempt(&login)? {
                 LoginStep::Done(answer, session_key) => return Ok((*answer, session_key)),
@@ -813,6 +847,7 @@ impl VaultClient {
             // id), authenticated to the session that proved the code.
             let mut finish = self.request(vault_client_request::Op::LoginFinish(finish));
             authenticate_request(self.trust.group(), login.user, &session_key, &mut finish);
+            login.finish_sent.set(true);
             match self.send(&finish, Some(a.endpoint)) {
                 Ok(f) => match f
                     .body
@@ -827,6 +862,17 @@ impl VaultClient {
                     }
                     _ => return Ok(LoginStep::Done(Box::new(f), session_key)),
                 },
+                // A delete may still be applied from a copy delivered late:
+                // say so, rather than start another login that would report
+                // the user's standing as if nothing had been sent.
+                Err(e @ (VaultClientError::Unavailable(_) | VaultClientError::BadReply { .. }))
+                    if login.purpose == VaultLoginPurpose::VAULT_DELETE =>
+                {
+                    return Err(VaultClientError::OutcomeUnknown {
+                        operation: Uncertain::Delete,
+                        cause: Box::new(e),
+                    })
+                }
                 Err(e @ VaultClientError::Unavailable(_)) => last = e,
                 Err(e) => return Err(e),
             }
@@ -844,7 +890,7 @@ impl VaultClient {
         let user = UserId::new(user)?;
         let (a, session_key) = self.login(&user, code, VaultLoginPurpose::VAULT_RECOVER, None)?;
         expect_ok(&a.body)?;
-        Ok(open_from_fleet(
+        Ok(open_recovered_secret(
             &session_key,
             &a.digest,
             &user,
@@ -905,7 +951,16 @@ impl VaultClient {
         finish.issued_generation = login_generation;
         let mut request = self.request(vault_client_request::Op::RegisterFinish(finish));
         authenticate_request(self.trust.group(), &user, &session_key, &mut request);
-        let f = self.send_registration(request, Some(a.endpoint))?;
+        let f = match self.send_registration(request, Some(a.endpoint)) {
+            Ok(f) => f,
+            Err(e @ (VaultClientError::Unavailable(_) | VaultClientError::BadReply { .. })) => {
+                return Err(VaultClientError::OutcomeUnknown {
+                    operation: Uncertain::Reregistration,
+                    cause: Box::new(e),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         expect_ok(&f.body)?;
         confirm_registration(&f.body, max_attempts, &tag)?;
         if f.body.generation <= login_generation {
@@ -916,6 +971,57 @@ impl VaultClient {
         }
         Ok(f.body.generation)
     }
+}
+
+/// Checks an encoded `VaultReply` from `replica` against the response keys
+/// the client pins (`keys`, with the fleet's raft group): the signature under
+/// `replica`'s key over the group and the body, the body's replica, and that
+/// it answers the request whose SHA-256 is `request_digest`. Returns the
+/// verified body; its status is the caller's to read.
+///
+/// Sans-IO: the same check a [`VaultClient`] built with [`VaultClient::new`]
+/// makes of every reply, for drivers of [`ClientLoginFlow`] and
+/// [`ClientRegistrationFlow`] that do their own IO (the simulator's devices).
+/// A reply it refuses must be treated as no reply at all.
+pub fn verify_pinned_reply(
+    keys: &VaultPublicKeys,
+    replica: ReplicaId,
+    reply: &[u8],
+    request_digest: &[u8; 32],
+) -> Result<VaultReplyBody, ReplyError> {
+    let reply: VaultReply = wire::decode(reply, "vault reply")?;
+    let key = keys
+        .replicas
+        .get(&replica)
+        .ok_or(ReplyError::UnknownReplica)?;
+    check_signed_reply(keys.group, key, replica, &reply, request_digest)
+}
+
+/// The signature, replica and request checks of a decoded reply under the
+/// response key `key` of `replica` (pinned, or from a verified bundle).
+fn check_signed_reply(
+    group: u64,
+    key: &[u8; 32],
+    replica: ReplicaId,
+    reply: &VaultReply,
+    digest: &[u8; 32],
+) -> Result<VaultReplyBody, ReplyError> {
+    let signature: [u8; 64] = reply
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| ReplyError::SignatureLength)?;
+    if !verify_signature(key, &reply_signed_bytes(group, &reply.body), &signature) {
+        return Err(ReplyError::Signature);
+    }
+    let body: VaultReplyBody = wire::decode(&reply.body, "vault reply body")?;
+    if body.replica != replica {
+        return Err(ReplyError::OtherReplica);
+    }
+    if body.request_digest.as_slice() != digest.as_slice() {
+        return Err(ReplyError::OtherRequest);
+    }
+    Ok(body)
 }
 
 /// The consistency proof a reply carries, if any.
@@ -969,6 +1075,8 @@ struct LoginAttempt<'a> {
     code: &'a [u8],
     purpose: VaultLoginPurpose,
     registration: Option<NewRegistration<'a>>,
+    /// Set once a finish of this operation was sent.
+    finish_sent: &'a std::cell::Cell<bool>,
 }
 
 /// How one login ended.

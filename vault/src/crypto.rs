@@ -360,6 +360,22 @@ pub(crate) fn seal_for_client(
     .ok()
 }
 
+/// Opens the secret a recovery's reply carries (`encrypted_secret` under
+/// `secret_nonce`), sealed for the client by the service that ran the login
+/// of `session_key`, for the request whose SHA-256 is `request_digest`, of
+/// `user`. Sans-IO: what [`VaultClient::recover`](crate::VaultClient::recover)
+/// does with a verified reply, usable by any driver of the client flows (the
+/// simulator's devices). Fails if any of the four differs from the sealing.
+pub fn open_recovered_secret(
+    session_key: &[u8],
+    request_digest: &[u8],
+    user: &UserId,
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, ProtocolFailure> {
+    open_from_fleet(session_key, request_digest, user, nonce, ciphertext)
+}
+
 /// Decrypts a secret the fleet sent under the OPAQUE session key.
 pub(crate) fn open_from_fleet(
     session_key: &[u8],

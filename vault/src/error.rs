@@ -215,6 +215,21 @@ pub enum VaultClientError {
     /// effect; retrying is safe.
     #[error("fleet unavailable: {0}")]
     Unavailable(#[source] Unavailability),
+    /// A delete or a re-registration's upload was sent and got no answer the
+    /// client could rely on: it may have taken effect, or may still take effect
+    /// (a copy delivered late) until the login it was sent under expires at the
+    /// service (the service's `login_ttl`, 60 s by default). Until then a
+    /// repeat of the same request learns its outcome; after it, a recovery (or
+    /// a new delete) shows the user's standing.
+    #[error("the {operation} may or may not have taken effect, and may still until its login expires at the service: {cause}")]
+    OutcomeUnknown {
+        /// What was sent.
+        operation: Uncertain,
+        /// Why no answer could be relied on: the fleet was unavailable, or
+        /// every reply to the request failed verification.
+        #[source]
+        cause: Box<VaultClientError>,
+    },
     /// A reply failed verification (bad signature, unknown replica, not for our
     /// request, refused bundle): an intermediary, or a misconfigured fleet key.
     #[error("reply from replica {replica} refused: {cause}")]
@@ -256,6 +271,25 @@ pub enum VaultClientError {
     /// client asked for (another purpose, limit or registration).
     #[error("the fleet's reply does not confirm what was asked: {0}")]
     NotConfirmed(#[source] Mismatch),
+}
+
+/// An operation whose outcome a [`VaultClientError::OutcomeUnknown`] leaves open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Uncertain {
+    /// A delete.
+    Delete,
+    /// A re-registration's upload (the replacement of the record).
+    Reregistration,
+}
+
+impl std::fmt::Display for Uncertain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Uncertain::Delete => "delete",
+            Uncertain::Reregistration => "re-registration",
+        })
+    }
 }
 
 /// What a signed reply reported differently from what the client asked for.
@@ -385,9 +419,6 @@ pub enum ReplyError {
         /// [`RETIREMENTS_MAX`](crate::RETIREMENTS_MAX).
         max: usize,
     },
-    /// An epoch retirement the reply carries does not verify (bundle mode).
-    #[error("epoch retirement refused: {0}")]
-    Retirement(#[source] BundleError),
 }
 
 /// Why a [`BundleSource`](crate::BundleSource) cannot be built: the bundle and

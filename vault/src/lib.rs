@@ -11,7 +11,8 @@
 //!   (`opaque-ke`, Ristretto255 + triple-DH + Argon2id), proposes each step through
 //!   consensus, and signs every reply with its replica's response key. A login is
 //!   answered only after the command spending its attempt has committed.
-//!   [`VaultServer`] is its sans-IO core, which the simulator drives too. A
+//!   [`ServiceCore`] is its sans-IO core (over [`VaultServer`]'s OPAQUE
+//!   steps), which the threaded service and the simulator both drive. A
 //!   [`BundleSource`] gives it what replies carry for clients that trust the
 //!   fleet through bundles: the bundle, a consistency proof from the
 //!   checkpoint the client last accepted, and early epoch retirements.
@@ -40,6 +41,8 @@ mod error;
 mod keys;
 mod limits;
 mod machine;
+mod peers;
+mod remote;
 mod server;
 mod service;
 mod user_id;
@@ -47,20 +50,29 @@ pub mod wire;
 
 pub use bundle_source::{BundleSource, ReplyExtras, RETIREMENTS_MAX};
 pub use client::{
-    ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
+    verify_pinned_reply, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened,
+    VaultClient, VaultClientConfig,
 };
-pub use crypto::{authenticate_request, registration_secret_digest};
+pub use crypto::{authenticate_request, open_recovered_secret, registration_secret_digest};
 pub use error::{
     BundleSourceError, InvalidInput, KeysError, Mismatch, ProtocolFailure, RecordError, Rejection,
-    ReplyError, Unavailability, Unreachable, VaultClientError, VaultError,
+    ReplyError, Unavailability, Uncertain, Unreachable, VaultClientError, VaultError,
 };
 pub use keys::{VaultKeys, VaultPublicKeys};
 pub use limits::{DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS_LIMIT, SECRET_MAX, USER_ID_MAX};
 pub use machine::{BackupVault, UserView};
+pub use peers::{peer_directory, PeersError};
+pub use remote::{
+    BundleTrust, RemoteVaultEndpoint, RemoteVaultError, ServerTrust, VaultListener,
+    VAULT_CHANNEL_LABEL,
+};
 pub use server::{
     PendingLogin, Registration, RegistrationStarted, RegistrationTerms, VaultServer, VerifiedLogin,
 };
-pub use service::{VaultEndpoint, VaultService, VaultServiceConfig};
+pub use service::{
+    Call, FleetStep, LoginLimits, NotCommitted, Progress, ServiceCore, VaultEndpoint, VaultService,
+    VaultServiceConfig,
+};
 pub use user_id::{InvalidUserId, UserId};
 
 /// The OPAQUE cipher suite of the vault (RFC 9807's Ristretto255 / SHA-512

@@ -675,6 +675,17 @@ impl BackupVault {
         // the user exactly as it was.
         let nonce_digest = Sha256::digest(&new.credential_nonce).to_vec();
         if u.used_nonces.contains(&nonce_digest) {
+            // The same replacement again (a service re-proposing it after the
+            // fleet's answer was lost): the record it made, if it is still the
+            // current one, the one right after this login's generation. Nothing
+            // changes; any other reuse of the nonce is a replay.
+            if let Standing::Registered { record } = &u.standing {
+                if same_registration(record, &new)
+                    && authority.generation.checked_add(1) == Some(record.generation)
+                {
+                    return ok_with(record, "already applied");
+                }
+            }
             return outcome(
                 VaultStatus::VAULT_REQUEST_REUSED,
                 "this registration was used before (a replay): start a new registration",
@@ -707,6 +718,18 @@ impl BackupVault {
         let Some(u) = self.users.get_mut(user) else {
             return not_registered();
         };
+        // The same delete again (a service re-proposing it after the fleet's
+        // answer was lost), or another login of the same generation: the user
+        // is deleted at the generation the login proved. Nothing changes, and a
+        // holder of that generation's code learns nothing a status read would
+        // not tell.
+        if let Standing::Deleted { generation } = u.standing {
+            if generation == authority.generation {
+                let mut o = outcome(VaultStatus::VAULT_OK, "already deleted");
+                o.generation = generation;
+                return o;
+            }
+        }
         if let Err(o) = Self::authorised(u, authority) {
             return o;
         }
@@ -1041,6 +1064,69 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 3));
+    }
+
+    /// Review of the service core (H2): a service whose fleet step timed out
+    /// re-proposes the same delete or replace under a new runtime sequence (the
+    /// engine cannot deduplicate it). The repeat must report what the first
+    /// did, not "not registered" or "reused", which the client would report
+    /// as a failure of an operation that took effect.
+    #[test]
+    fn review_h2_a_repeated_delete_or_replace_reports_what_the_first_did() {
+        let mut v = registered(10);
+        consume(&mut v, 10, "alice", id(2, 1), 1);
+        let mut x = VaultReplace::new();
+        x.ticket = 10;
+        x.generation = 1;
+        x.record = Some(reg(5, 2)).into();
+        let replace = |seq| cmd("alice", id(2, seq), vault_command::Op::Replace(x.clone()));
+        let first = decode_outcome(&v.apply(11, &replace(2))).unwrap();
+        assert_eq!(
+            (status(&first), first.generation),
+            (VaultStatus::VAULT_OK, 2)
+        );
+        let again = decode_outcome(&v.apply(12, &replace(3))).unwrap();
+        assert_eq!(
+            (status(&again), again.generation, again.max_attempts),
+            (VaultStatus::VAULT_OK, 2, 5)
+        );
+        assert_eq!(again.registration_tag, first.registration_tag);
+        assert_eq!(
+            v.user(b"alice"),
+            Some(UserView::Registered {
+                generation: 2,
+                attempts_left: 5,
+                max_attempts: 5
+            }),
+            "applied once"
+        );
+        // The same nonce with other fields is still a replay.
+        let mut other = x.clone();
+        other.record = Some(reg(7, 2)).into();
+        let o = decode_outcome(&v.apply(
+            13,
+            &cmd("alice", id(2, 4), vault_command::Op::Replace(other)),
+        ))
+        .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_REQUEST_REUSED);
+        // A delete, twice: deleted, then "already deleted" at that generation.
+        consume(&mut v, 14, "alice", id(2, 5), 5);
+        let mut d = VaultDelete::new();
+        d.ticket = 14;
+        d.generation = 2;
+        let delete = |seq| cmd("alice", id(2, seq), vault_command::Op::Delete(d.clone()));
+        let o = decode_outcome(&v.apply(15, &delete(6))).unwrap();
+        assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 2));
+        let o = decode_outcome(&v.apply(16, &delete(7))).unwrap();
+        assert_eq!((status(&o), o.generation), (VaultStatus::VAULT_OK, 2));
+        assert_eq!(v.user(b"alice"), Some(UserView::Deleted { generation: 2 }));
+        // A delete of another generation is not.
+        let mut d1 = d.clone();
+        d1.generation = 1;
+        let o =
+            decode_outcome(&v.apply(17, &cmd("alice", id(2, 8), vault_command::Op::Delete(d1))))
+                .unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_NOT_REGISTERED);
     }
 
     #[test]

@@ -646,8 +646,15 @@ fn expected(user: usize, log: &[Delivery]) -> Expected {
     let mut position: BTreeMap<(u64, u64), usize> = BTreeMap::new();
     let mut login_of: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
     let mut forgiven: BTreeMap<u64, usize> = BTreeMap::new();
+    // Finishes that took effect, by request id: a later delivery of the same
+    // request is answered with what it did then (the service remembers a
+    // concluded finish) and does nothing again.
+    let mut finished: std::collections::BTreeSet<(u64, u64)> = Default::default();
     for d in &mine {
         let ok = status(&d.reply) == VaultReplyStatus::REPLY_OK;
+        let again = matches!(d.kind, Kind::LoginFinish | Kind::RegisterFinish)
+            && ok
+            && !finished.insert(d.request);
         assert_ne!(
             status(&d.reply),
             VaultReplyStatus::REPLY_UNAVAILABLE,
@@ -663,6 +670,7 @@ fn expected(user: usize, log: &[Delivery]) -> Expected {
                     consumes.push((d.request, d.reply.generation, d));
                 }
             }
+            Kind::LoginFinish | Kind::RegisterFinish if again => {}
             Kind::LoginFinish if ok => {
                 assert!(
                     d.label.right_code,
@@ -762,6 +770,9 @@ struct User {
     rng: ChaCha20Rng,
     ops: u64,
     tally: Tally,
+    /// Operations that ended with an outcome unknown (their copies may land
+    /// later, during another operation).
+    uncertain: u64,
     /// Whether the user may try to register while registered (see
     /// `finding_r1_*`: off in the quick test until that finding is fixed).
     register_while_registered: bool,
@@ -802,6 +813,7 @@ impl User {
             rng: ChaCha20Rng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9)),
             ops: 0,
             tally: Tally::default(),
+            uncertain: 0,
             register_while_registered: r1,
         }
     }
@@ -929,6 +941,9 @@ impl User {
         let after = net.quiesced(|net, log| check_user(net, self.index, log, &what));
         let what = format!("{what}, now {after:?}: {outcome:?}");
         assert!(!matches!(after, Standing::Locked(_)), "{what}");
+        if matches!(outcome, Err(VaultClientError::OutcomeUnknown { .. })) {
+            self.uncertain += 1;
+        }
         match &outcome {
             Ok(_) => self.tally.ok += 1,
             Err(e) => *self.tally.errors.entry(error_kind(e)).or_default() += 1,
@@ -941,6 +956,19 @@ impl User {
                 Op::Recover { .. } => false,
             };
             if done {
+                // Finding R2: a delete or a re-registration that took effect
+                // (a copy delivered late, or a reply refused) is never
+                // reported as failed, only as of unknown outcome; or the
+                // effect is a late copy of an earlier operation's, one that was
+                // reported as of unknown outcome (replayed during this one).
+                if matches!(op, Op::Delete { .. } | Op::Reregister { .. }) {
+                    assert!(
+                        matches!(e, VaultClientError::OutcomeUnknown { .. }) || self.uncertain > 0,
+                        "finding R2: a {op:?} that took effect reported {e}: user {} op {}",
+                        self.index,
+                        self.ops
+                    );
+                }
                 let kind = format!("{op:?}: {}", error_kind(e));
                 *self.tally.done_despite_error.entry(kind).or_default() += 1;
             }
@@ -1000,6 +1028,10 @@ impl User {
                 assert!(!registered, "{what}");
             }
             (_, Err(VaultClientError::Unavailable(_) | VaultClientError::BadReply { .. })) => {}
+            (
+                Op::Delete { .. } | Op::Reregister { .. },
+                Err(VaultClientError::OutcomeUnknown { .. }),
+            ) => {}
             (_, Err(e)) => panic!("an error that does not fit what happened: {e}; {what}"),
         }
     }

@@ -1079,6 +1079,37 @@ mod over_the_air {
         );
     }
 
+    /// Review of issue 13 (Low): a retirement that does not verify (one the
+    /// operator never countersigned here; one signed by a witness key since
+    /// rotated out fails the same way) made the client refuse the whole reply, so one stale
+    /// retirement in a `BundleSource` failed every honest reply. It is now
+    /// skipped (the network can strip retirements anyway), and not applied.
+    #[test]
+    fn review_low_a_retirement_that_does_not_verify_is_skipped_not_fatal() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        let e1 = publish(&mut witness, &authority, &artifact(&vf, 1));
+        let client = bundle_client(vf.endpoints(), &witness, &authority);
+        serve(&vf, &e1);
+        assert_matches!(client.register(b"tess", CODE, SECRET), Ok(1));
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        // Witnessed but never countersigned by the operator.
+        let uncountersigned = witness.sign_retirement(NS, 1, NOW).unwrap();
+        let e2 = e2
+            .with_retirements(vec![uncountersigned.encode().unwrap()])
+            .unwrap();
+        serve(&vf, &e2);
+        assert_matches!(client.register(b"uma", CODE, SECRET), Ok(1));
+        assert_eq!(client.fleet_epoch(), Some(2));
+        // Neither retirement applied: epoch 1 is still within its window.
+        let late =
+            BundleSource::new(e1.bundle().to_vec(), witness.tree(NS).unwrap().clone()).unwrap();
+        serve(&vf, &late);
+        assert_matches!(client.register(b"vera", CODE, SECRET), Ok(1));
+    }
+
     /// The fleet's artifact for `epoch`, from the services' real keys.
     fn artifact(vf: &VaultFleet, epoch: u64) -> FleetArtifact {
         let replicas = vf
@@ -1960,7 +1991,7 @@ mod review {
     use vaultfleet_vault::wire::{VaultLoginFinish, VaultLoginPurpose, VaultRegisterFinish};
     use vaultfleet_vault::{
         authenticate_request, registration_secret_digest, ClientRegistrationFlow, LoginOpened,
-        Rejection,
+        Rejection, Uncertain,
     };
 
     /// The seed of every seeded flow below; printed by each assertion.
@@ -2047,11 +2078,12 @@ mod review {
         r
     }
 
-    /// Withholds (captures, and answers nothing to) every `RegisterFinish`
-    /// while `withhold` is set; passes everything else on.
+    /// Withholds (captures, and answers nothing to) every request `holds`
+    /// picks while `withhold` is set; passes everything else on.
     struct Withholder {
         inner: Arc<Service>,
         withhold: AtomicBool,
+        holds: fn(&VaultClientRequest) -> bool,
         captured: Mutex<Vec<Vec<u8>>>,
     }
 
@@ -2063,9 +2095,7 @@ mod review {
         fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
             let r: VaultClientRequest =
                 vaultfleet::wire::decode(request, "request").expect("request");
-            if self.withhold.load(Ordering::SeqCst)
-                && matches!(r.op, Some(vault_client_request::Op::RegisterFinish(_)))
-            {
+            if self.withhold.load(Ordering::SeqCst) && (self.holds)(&r) {
                 self.captured.lock().unwrap().push(request.to_vec());
                 return Err(vaultfleet_vault::Unreachable {
                     replica: self.inner.replica(),
@@ -2075,14 +2105,38 @@ mod review {
         }
     }
 
+    /// A withholder in front of replica 1's service, on from the start.
+    fn withholding(vf: &VaultFleet, holds: fn(&VaultClientRequest) -> bool) -> Arc<Withholder> {
+        Arc::new(Withholder {
+            inner: Arc::clone(&vf.services[&1]),
+            withhold: AtomicBool::new(true),
+            holds,
+            captured: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Every `RegisterFinish`.
+    fn register_finishes(r: &VaultClientRequest) -> bool {
+        matches!(r.op, Some(vault_client_request::Op::RegisterFinish(_)))
+    }
+
+    /// Every finish that changes the fleet's record: a delete's login finish, a
+    /// re-registration's upload.
+    fn record_changes(r: &VaultClientRequest) -> bool {
+        match &r.op {
+            Some(vault_client_request::Op::LoginFinish(f)) => {
+                f.purpose.enum_value_or(VaultLoginPurpose::VAULT_RECOVER)
+                    == VaultLoginPurpose::VAULT_DELETE
+            }
+            Some(vault_client_request::Op::RegisterFinish(f)) => f.login != 0,
+            _ => false,
+        }
+    }
+
     #[test]
     fn review_f1_a_withheld_registration_replayed_after_a_delete_is_stale() {
         let vf = VaultFleet::start(3, Store::Mem);
-        let withholder = Arc::new(Withholder {
-            inner: Arc::clone(&vf.services[&1]),
-            withhold: AtomicBool::new(true),
-            captured: Mutex::new(Vec::new()),
-        });
+        let withholder = withholding(&vf, register_finishes);
         let client = vf.client_of(vec![Arc::clone(&withholder) as Arc<dyn VaultEndpoint>]);
         // The first registration's finish never arrives: the client errors.
         assert_matches!(
@@ -2622,6 +2676,82 @@ mod review {
         assert_eq!(
             (verified.request().client, verified.request().sequence),
             (1, 3)
+        );
+    }
+
+    /// Finding R2 (the tampering harness): a delete whose finish an attacker
+    /// held back was reported as failed, then applied when the attacker let it
+    /// through (within the login's life). The client now says the outcome is
+    /// unknown, and the same finish delivered again learns the committed
+    /// outcome (it was "no such login" before), never applied twice.
+    #[test]
+    fn finding_r2_a_withheld_delete_is_of_unknown_outcome_and_a_repeat_learns_it() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let w = withholding(&vf, record_changes);
+        let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
+        client.register(b"rita", CODE, SECRET).expect("register");
+        let e = client.delete(b"rita", CODE).expect_err("withheld");
+        assert_matches!(
+            e,
+            VaultClientError::OutcomeUnknown {
+                operation: Uncertain::Delete,
+                ..
+            }
+        );
+        assert!(vf.view(b"rita").is_some(), "nothing delivered yet");
+        // The attacker lets the first withheld finish through, late.
+        let captured = w.captured.lock().unwrap().clone();
+        let first = body(&vf.services[&1].call(&captured[0]).expect("up"));
+        assert_eq!(status(&first), VaultReplyStatus::REPLY_OK, "{first:?}");
+        assert_eq!(vf.view(b"rita"), None, "the late delete applied");
+        // The same finish again: the committed outcome, not "no such login".
+        let again = body(&vf.services[&1].call(&captured[0]).expect("up"));
+        assert_eq!(status(&again), VaultReplyStatus::REPLY_OK, "{again:?}");
+        assert_eq!(again.purpose, first.purpose);
+        assert_eq!(again.generation, first.generation);
+    }
+
+    /// Finding R2 for a re-registration's upload: withheld, it is of unknown
+    /// outcome (it was reported as plain unavailability before), and a late
+    /// delivery followed by a repeat applies once.
+    #[test]
+    fn finding_r2_a_withheld_reregistration_is_of_unknown_outcome_and_applies_once() {
+        let vf = VaultFleet::start(3, Store::Mem);
+        let w = withholding(&vf, record_changes);
+        let client = vf.client_of(vec![Arc::clone(&w) as Arc<dyn VaultEndpoint>]);
+        assert_eq!(client.register(b"ravi", CODE, SECRET).expect("register"), 1);
+        let e = client
+            .reregister(b"ravi", CODE, b"new code", b"new secret", 5)
+            .expect_err("withheld");
+        assert_matches!(
+            e,
+            VaultClientError::OutcomeUnknown {
+                operation: Uncertain::Reregistration,
+                ..
+            }
+        );
+        let captured = w.captured.lock().unwrap().clone();
+        assert!(!captured.is_empty());
+        for _ in 0..2 {
+            let b = body(&vf.services[&1].call(&captured[0]).expect("up"));
+            assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
+            assert_eq!(b.generation, 2, "applied once: {b:?}");
+        }
+        assert_matches!(
+            vf.view(b"ravi"),
+            Some(UserView::Registered {
+                generation: 2,
+                attempts_left: 5,
+                ..
+            })
+        );
+        w.withhold.store(false, Ordering::SeqCst);
+        assert_eq!(
+            client
+                .recover(b"ravi", b"new code")
+                .expect("new code")
+                .as_slice(),
+            b"new secret"
         );
     }
 }

@@ -35,7 +35,9 @@ pub struct ReplicaKeys {
     pub datacenter: String,
     /// Ed25519 key that signs the vault's replies.
     pub response_key: [u8; 32],
-    /// X25519 key of the (planned) Noise transport.
+    /// X25519 static key of the replica process's Noise transport
+    /// (`vaultfleet-net`): what its peers pin (`vaultfleet_vault::peer_directory`)
+    /// and what a vault client checks the server proved.
     pub transport_key: [u8; 32],
     /// The OPAQUE server public key (Ristretto255) this replica answers with.
     pub opaque_key: [u8; 32],

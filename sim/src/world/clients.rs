@@ -109,6 +109,7 @@ impl<W: Workload> Simulation<W> {
         if self.phase != Phase::Safety {
             return;
         }
+        self.workload.clock(self.now);
         let op = self.workload.next_operation(client, &mut self.rng);
         self.order += 1;
         self.history.push(Record {
@@ -263,6 +264,7 @@ impl<W: Workload> Simulation<W> {
             return;
         };
         self.order += 1;
+        self.workload.clock(self.now);
         self.workload.observe(client, &p.op, Some(&output));
         let rec = &mut self.history[p.record];
         rec.completed = Some(self.order);
@@ -277,6 +279,7 @@ impl<W: Workload> Simulation<W> {
             return;
         };
         self.stats.ops_unknown += 1;
+        self.workload.clock(self.now);
         self.workload.observe(client, &p.op, None);
         if self.phase == Phase::Liveness {
             let what = self.workload.describe(&p.op, None);

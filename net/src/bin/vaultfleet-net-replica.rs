@@ -1,0 +1,369 @@
+//! `vaultfleet-net-replica`: one replica of a fleet in its own OS process, for
+//! the multi-process and chaos tests (`net/tests/processes.rs`,
+//! `net/tests/chaos.rs`) and `vaultfleet-bench --transport tcp`. It is a test and
+//! bench process, not the node daemon (issue 15): no HSM-sealed key, no fleet
+//! artifact, no membership beyond the peers file.
+//!
+//! It runs one engine [`Node`] on a [`SledLog`] with the engine's [`KvStore`],
+//! the [`NetTransport`] (Noise IK, every peer key pinned) and
+//! [`NetTransport::serve_clients`] for remote client sessions. Once it serves,
+//! it prints `ready <listen address>` on stdout; logs go to stderr (`RUST_LOG`,
+//! `info` when unset). It exits 0 after a clean shutdown on SIGTERM, SIGINT or
+//! when its standard input closes (so a test's children die with the test).
+//!
+//! The peers file, one item per line (`#` starts a comment):
+//!
+//! ```text
+//! fleet <fleet id>
+//! group <raft group>                                      (optional, default 1)
+//! replica <id> <address> <datacenter> <public key, 64 hex digits>
+//! client <public key, 64 hex digits>
+//! ```
+//!
+//! Every `replica` line is a voter of the bootstrap configuration (every
+//! process must list the same ids and datacenters; the addresses may differ,
+//! e.g. a fault-injecting proxy's listener per pair). `client` lines are the
+//! keys allowed to open remote sessions. The key file holds this process's
+//! X25519 static secret as 64 hex digits and must not be readable by group or
+//! others (mode 0600).
+// A process's main loop waits on wall-clock time and owns its threads.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use clap::Parser;
+use vaultfleet::replica::ReplicaConfig;
+use vaultfleet::runtime::{Node, NodeConfig};
+use vaultfleet::{FleetConfig, KvStore, MemberSpec, Replica, ReplicaId, SledLog};
+use vaultfleet_net::keys::KEY_BYTES;
+use vaultfleet_net::{NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+/// The peers file's format, shown by `--help`.
+const PEERS_FILE_HELP: &str = "\
+The peers file, one item per line (# starts a comment):
+  fleet <fleet id>
+  group <raft group>                                  (optional, default 1)
+  replica <id> <ip:port> <datacenter> <public key: 64 hex digits>
+  client <public key: 64 hex digits>
+Every replica line is a voter of the bootstrap configuration; client lines are
+the keys allowed to open remote sessions. Logs go to stderr (RUST_LOG).";
+
+/// One replica of a vaultfleet fleet in its own process, over TCP + Noise.
+///
+/// A TEST AND BENCH PROCESS until the node daemon of issue 15 exists: its key
+/// is a plain file (mode 0600), its fleet a hand-written peers file. Prints
+/// `ready <address>` on stdout once serving; exits 0 on SIGTERM, SIGINT or
+/// when stdin closes (unless --ignore-stdin).
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultfleet-net-replica",
+    version,
+    verbatim_doc_comment,
+    after_help = PEERS_FILE_HELP
+)]
+struct Options {
+    /// This replica's id (listed in the peers file).
+    #[arg(long)]
+    id: ReplicaId,
+    /// The replica's data directory (its sled log); reused on restart.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where to listen for peers and clients (e.g. 127.0.0.1:7001).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The peers file: fleet id, every replica (id, address, datacenter,
+    /// public key) and the allowed client keys.
+    #[arg(long)]
+    peers: PathBuf,
+    /// This process's X25519 static secret: 64 hex digits, mode 0600.
+    #[arg(long)]
+    key: PathBuf,
+    /// Keep running when standard input closes (stop with SIGTERM only).
+    #[arg(long)]
+    ignore_stdin: bool,
+}
+
+/// Why the process could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} line {line}: {what}")]
+    Peers {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+    #[error("{path}: {what}")]
+    PeersFile { path: PathBuf, what: &'static str },
+    #[error("the key file {path} is readable by group or others (mode {mode:o}): chmod 600 it")]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("the key file {path} does not hold 64 hex digits")]
+    KeyFormat { path: PathBuf },
+    #[error("bad key")]
+    Key(#[from] vaultfleet_net::KeyError),
+    #[error("replica {id} is not listed in the peers file")]
+    NotListed { id: ReplicaId },
+    #[error("replica {id} is listed with key {listed}, but the key file holds {own}")]
+    WrongKey {
+        id: ReplicaId,
+        listed: PublicKey,
+        own: PublicKey,
+    },
+    #[error("invalid peers")]
+    Directory(#[from] vaultfleet_net::DirectoryError),
+    #[error("the transport did not start")]
+    Net(#[from] vaultfleet_net::NetError),
+    #[error("the replica did not start")]
+    Replica(#[from] vaultfleet::replica::ReplicaError),
+    #[error("cannot open the log")]
+    Log(#[from] vaultfleet::storage::StorageError),
+    #[error("cannot install the signal handler")]
+    Signal(#[from] ctrlc::Error),
+}
+
+/// One `replica` line.
+struct Member {
+    id: ReplicaId,
+    entry: PeerEntry,
+}
+
+/// The peers file, parsed.
+struct Peers {
+    fleet: String,
+    group: u64,
+    members: Vec<Member>,
+    clients: Vec<PublicKey>,
+}
+
+fn parse_key(text: &str) -> Option<[u8; KEY_BYTES]> {
+    if text.len() != 2 * KEY_BYTES || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; KEY_BYTES];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn read_peers(path: &Path) -> Result<Peers, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut fleet = None;
+    let mut group = 1;
+    let mut members = Vec::new();
+    let mut clients = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let bad = |what: &str| StartError::Peers {
+            path: path.to_owned(),
+            line: n + 1,
+            what: what.to_owned(),
+        };
+        let line = raw.split('#').next().unwrap_or("").trim();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [] => {}
+            ["fleet", id] => fleet = Some((*id).to_owned()),
+            ["group", g] => group = g.parse().map_err(|_| bad("the group is not a number"))?,
+            ["replica", id, address, datacenter, key] => {
+                let id = id
+                    .parse()
+                    .map_err(|_| bad("the replica id is not a number"))?;
+                let address = address
+                    .parse()
+                    .map_err(|_| bad("the address is not ip:port"))?;
+                let key = parse_key(key).ok_or_else(|| bad("the key is not 64 hex digits"))?;
+                members.push(Member {
+                    id,
+                    entry: PeerEntry {
+                        address,
+                        datacenter: (*datacenter).to_owned(),
+                        public_key: PublicKey::from_bytes(key),
+                    },
+                });
+            }
+            ["client", key] => {
+                let key = parse_key(key).ok_or_else(|| bad("the key is not 64 hex digits"))?;
+                clients.push(PublicKey::from_bytes(key));
+            }
+            _ => {
+                return Err(bad(
+                    "expected `fleet ID`, `group N`, `replica ID ADDR DC KEY` or `client KEY`",
+                ))
+            }
+        }
+    }
+    let fleet = fleet.ok_or_else(|| StartError::PeersFile {
+        path: path.to_owned(),
+        what: "no `fleet` line",
+    })?;
+    if members.is_empty() {
+        return Err(StartError::PeersFile {
+            path: path.to_owned(),
+            what: "no `replica` line",
+        });
+    }
+    Ok(Peers {
+        fleet,
+        group,
+        members,
+        clients,
+    })
+}
+
+fn read_key(path: &Path) -> Result<StaticSecret, StartError> {
+    let read = |source| StartError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StartError::KeyPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);
+    let bytes =
+        parse_key(text.trim())
+            .map(Zeroizing::new)
+            .ok_or_else(|| StartError::KeyFormat {
+                path: path.to_owned(),
+            })?;
+    Ok(StaticSecret::from_bytes(bytes)?)
+}
+
+/// What asked the process to stop.
+#[derive(Debug)]
+enum Stop {
+    Signal,
+    StdinClosed,
+}
+
+fn run(o: &Options) -> Result<Stop, StartError> {
+    let peers = read_peers(&o.peers)?;
+    let secret = read_key(&o.key)?;
+    let own = peers
+        .members
+        .iter()
+        .find(|m| m.id == o.id)
+        .ok_or(StartError::NotListed { id: o.id })?;
+    if own.entry.public_key != secret.public_key() {
+        return Err(StartError::WrongKey {
+            id: o.id,
+            listed: own.entry.public_key,
+            own: secret.public_key(),
+        });
+    }
+    let mut directory = PeerDirectory::new(peers.fleet.clone(), [o.id], secret)?;
+    for m in &peers.members {
+        directory.insert(m.id, m.entry.clone())?;
+    }
+    for key in &peers.clients {
+        directory.allow_client(*key)?;
+    }
+    let fleet = FleetConfig::new(
+        peers
+            .members
+            .iter()
+            .map(|m| MemberSpec::voter(m.id, m.entry.datacenter.clone()))
+            .collect(),
+    );
+
+    let (stop_tx, stop_rx) = mpsc::channel::<Stop>();
+    let on_signal = stop_tx.clone();
+    ctrlc::set_handler(move || {
+        let _ = on_signal.send(Stop::Signal);
+    })?;
+    if !o.ignore_stdin {
+        // A detached thread: it ends with the process.
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                let mut sink = std::io::sink();
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut sink);
+                let _ = stop_tx.send(Stop::StdinClosed);
+            })
+            .map_err(|source| StartError::Read {
+                path: "<stdin>".into(),
+                source,
+            })?;
+    }
+
+    let mut log = SledLog::open(&o.dir)?;
+    let fresh = Replica::bootstrap(&mut log, &KvStore::new(), &fleet)?;
+    let transport = NetTransport::start(directory, NetConfig::new(o.listen))?;
+    let mut node_config = NodeConfig::new(ReplicaConfig::new(o.id));
+    node_config.replica.group = peers.group;
+    let node = Node::spawn(
+        node_config,
+        log,
+        KvStore::new(),
+        Arc::new(transport.clone()),
+    )?;
+    let served = transport
+        .register(peers.group, o.id, Arc::new(node.handle()))
+        .and_then(|()| transport.serve_clients(peers.group, Arc::new(node.handle())));
+    if let Err(e) = served {
+        transport.shutdown();
+        let _ = node.shutdown();
+        return Err(e.into());
+    }
+    tracing::info!(
+        replica = o.id,
+        group = peers.group,
+        fleet = %peers.fleet,
+        listen = %transport.local_addr(),
+        bootstrapped = fresh,
+        key = %transport.directory().local_public_key(),
+        "serving"
+    );
+    println!("ready {}", transport.local_addr());
+
+    // Every sender lives as long as its thread or handler: a closed channel
+    // cannot happen, but would mean stop too.
+    let why = stop_rx.recv().unwrap_or(Stop::Signal);
+    tracing::info!(replica = o.id, reason = ?why, "stopping");
+    transport.shutdown();
+    node.shutdown()?;
+    Ok(why)
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&options) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut text = format!("vaultfleet-net-replica: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("{text}");
+            ExitCode::from(2)
+        }
+    }
+}
