@@ -92,7 +92,7 @@ area_server() {
 
 area_client() {
     mutants client -f vault/src/client.rs \
-        -F 'VaultClient::(verify_reply|reply_key|accept)\b|: replace (confirm_registration|expect_ok|response_key|consistency_proof) |in (confirm_registration|expect_ok|response_key|consistency_proof)\b' \
+        -F 'VaultClient::(verify_reply|reply_key|accept)\b|: replace (check_signed_reply|verify_pinned_reply|confirm_registration|expect_ok|response_key|consistency_proof) |in (check_signed_reply|verify_pinned_reply|confirm_registration|expect_ok|response_key|consistency_proof)\b' \
         --cargo-arg=--lib --cargo-arg=--test=vault --cargo-arg=--test=tampering
 }
 
