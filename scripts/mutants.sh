@@ -10,7 +10,7 @@
 #
 # NOT part of CI or scripts/test.sh: it is a command to run by hand after
 # changing that code. On the 2-core development machine the whole set takes
-# about 45 minutes (see docs/threat-model.md for the per-area counts and times).
+# about 40 minutes (see docs/threat-model.md for the per-area counts and times).
 #
 # Usage, from anywhere:  scripts/mutants.sh [AREA...]
 #   AREAS: machine server client audit sealed (default: all)

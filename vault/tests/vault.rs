@@ -584,6 +584,41 @@ fn replies_not_signed_by_a_pinned_replica_are_refused() {
     ));
 }
 
+/// Mutation test (issue 13) of `verify_pinned_reply`, the sans-IO clients'
+/// check of a reply under pinned keys: the signature, the replica and the
+/// request.
+#[test]
+fn mutant_client_verify_pinned_reply_checks_the_signature_the_replica_and_the_request() {
+    use sha2::Digest as _;
+    use vaultfleet_vault::verify_pinned_reply;
+    let vf = VaultFleet::start(3, Store::Mem);
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(13);
+    let flow = ClientLoginFlow::start_with_insecure_rng(&mut rng, CODE).expect("login");
+    let request = login_start(b"nobody", &flow, 1);
+    let digest: [u8; 32] = sha2::Sha256::digest(&request).into();
+    let reply = vf.services[&1].call(&request).expect("up");
+    let b = verify_pinned_reply(&vf.keys, 1, &reply, &digest).expect("replica 1's reply");
+    assert_eq!(
+        (
+            b.replica,
+            b.status.enum_value_or(VaultReplyStatus::REPLY_OK)
+        ),
+        (1, VaultReplyStatus::REPLY_NOT_REGISTERED)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 2, &reply, &digest),
+        Err(ReplyError::Signature)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 9, &reply, &digest),
+        Err(ReplyError::UnknownReplica)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 1, &reply, &[0; 32]),
+        Err(ReplyError::OtherRequest)
+    );
+}
+
 fn scan(dir: &std::path::Path, needles: &[&[u8]]) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
