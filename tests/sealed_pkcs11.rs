@@ -145,3 +145,35 @@ fn stale_records_put_back_are_detected() {
 fn a_head_from_another_replica_is_detected() {
     sealed::foreign_head_is_detected(hsm(), 200);
 }
+
+// Mutation tests (issue 13), as in tests/sealed_storage.rs.
+
+#[test]
+fn mutant_sealed_verify_snapshot_refuses_clear_metadata_edited_alone() {
+    sealed::snapshot_metadata_edited_alone_is_detected(hsm(), 210);
+}
+
+#[test]
+fn mutant_sealed_verify_snapshot_refuses_a_snapshot_planted_under_a_head_without_one() {
+    sealed::snapshot_planted_under_a_head_without_one_is_detected(hsm(), 220);
+}
+
+#[test]
+fn mutant_sealed_log_bounds_refuses_an_offset_term_edited_alone() {
+    sealed::offset_term_edited_alone_is_detected(hsm(), 230);
+}
+
+#[test]
+fn mutant_sealed_verify_batch_names_where_a_batch_past_the_end_is_cut_short() {
+    sealed::batch_header_past_the_end_is_cut_short(hsm(), 240);
+}
+
+#[test]
+fn mutant_sealed_verify_batch_refuses_a_placeholder_given_data() {
+    sealed::placeholder_given_data_is_detected(hsm(), 250);
+}
+
+#[test]
+fn mutant_sealed_open_new_refuses_entries_a_snapshot_or_a_hard_state_without_a_head() {
+    sealed::records_without_a_head_are_each_detected(hsm(), 260);
+}

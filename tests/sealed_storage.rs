@@ -126,3 +126,35 @@ fn three_replica_fleet_on_sealed_sled_survives_a_restart_of_every_replica() {
         );
     }
 }
+
+// Mutation tests (issue 13): each kills a cargo-mutants survivor of the open path.
+
+#[test]
+fn mutant_sealed_verify_snapshot_refuses_clear_metadata_edited_alone() {
+    sealed::snapshot_metadata_edited_alone_is_detected(SoftHsm::from_seed(21), 21);
+}
+
+#[test]
+fn mutant_sealed_verify_snapshot_refuses_a_snapshot_planted_under_a_head_without_one() {
+    sealed::snapshot_planted_under_a_head_without_one_is_detected(SoftHsm::from_seed(22), 22);
+}
+
+#[test]
+fn mutant_sealed_log_bounds_refuses_an_offset_term_edited_alone() {
+    sealed::offset_term_edited_alone_is_detected(SoftHsm::from_seed(23), 23);
+}
+
+#[test]
+fn mutant_sealed_verify_batch_names_where_a_batch_past_the_end_is_cut_short() {
+    sealed::batch_header_past_the_end_is_cut_short(SoftHsm::from_seed(24), 24);
+}
+
+#[test]
+fn mutant_sealed_verify_batch_refuses_a_placeholder_given_data() {
+    sealed::placeholder_given_data_is_detected(SoftHsm::from_seed(25), 25);
+}
+
+#[test]
+fn mutant_sealed_open_new_refuses_entries_a_snapshot_or_a_hard_state_without_a_head() {
+    sealed::records_without_a_head_are_each_detected(SoftHsm::from_seed(26), 26);
+}

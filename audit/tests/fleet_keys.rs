@@ -1046,3 +1046,215 @@ fn a_retirement_with_any_byte_changed_is_refused() {
     }
     assert_eq!(w.verifier().retire(&good, T0 + 1).unwrap(), 1);
 }
+
+// ---- Mutation tests (issue 13): each kills a cargo-mutants survivor. ----
+
+/// A bundle of `forked`'s entry `index` (its epoch `index + 1`, artifact `a`)
+/// with a checkpoint of the forked log's current size.
+fn forked_bundle(forked: &World, index: usize, a: &FleetArtifact, at: u64) -> Vec<u8> {
+    let witnessed = forked.witness.entries(NS)[index].clone();
+    let cs = countersign(&forked.hsm, "operator/countersign", &witnessed).unwrap();
+    forked.bundle(a, &witnessed, cs, at).encode().unwrap()
+}
+
+#[test]
+fn mutant_bundle_admit_refuses_a_second_digest_for_the_current_or_previous_epoch() {
+    // A rolled-back witness (the same keys) signed other fleets for the epochs
+    // the client accepted; its longer log hides the fork from the checkpoint
+    // comparison (no consistency proofs required), so only the digest shows it.
+    let mut honest = world();
+    let mut forked = world();
+    let e1 = honest.publish(&artifact(1, 0), T0).encode().unwrap();
+    forked.publish(&artifact(1, 5), T0);
+    forked.publish(&artifact(2, 6), T0 + 1);
+    let f1_at_2 = forked_bundle(&forked, 0, &artifact(1, 5), T0 + 1);
+    let mut v = honest.verifier();
+    v.verify(&e1, T0 + 1, 1).unwrap();
+    assert!(matches!(
+        v.verify(&f1_at_2, T0 + 1, 1),
+        Err(BundleError::Equivocation(1))
+    ));
+    // Epoch 1 is the previous one now: still refused.
+    let e2 = honest.publish(&artifact(2, 1), T0 + 1).encode().unwrap();
+    v.verify(&e2, T0 + 1, 1).unwrap();
+    forked.publish(&artifact(3, 7), T0 + 2);
+    let f1_at_3 = forked_bundle(&forked, 0, &artifact(1, 5), T0 + 2);
+    assert!(matches!(
+        v.verify(&f1_at_3, T0 + 2, 1),
+        Err(BundleError::Equivocation(1))
+    ));
+    assert_eq!(v.newest_epoch(), Some(2));
+    assert_eq!(v.verify(&e1, T0 + 2, 1).unwrap().epoch, 1);
+}
+
+#[test]
+fn mutant_bundle_accept_keeps_the_newest_epoch_and_its_predecessor() {
+    let mut w = world();
+    let e1 = w.publish(&artifact(1, 0), T0).encode().unwrap();
+    let e2 = w.publish(&artifact(2, 1), T0 + 1).encode().unwrap();
+    let mut v = w.verifier();
+    v.verify(&e1, T0 + 1, 1).unwrap();
+    v.verify(&e2, T0 + 1, 1).unwrap();
+    // The previous epoch served again does not become the newest.
+    assert_eq!(v.verify(&e1, T0 + 1, 2).unwrap().epoch, 1);
+    assert_eq!(v.newest_epoch(), Some(2));
+    // The newest served twice does not push its predecessor out.
+    v.verify(&e2, T0 + 1, 2).unwrap();
+    v.verify(&e2, T0 + 1, 3).unwrap();
+    assert_eq!(v.verify(&e1, T0 + 1, 3).unwrap().epoch, 1);
+    assert_eq!(v.newest_epoch(), Some(2));
+}
+
+#[test]
+fn mutant_bundle_an_artifact_is_refused_from_its_not_after_on() {
+    let mut w = world();
+    let mut a = artifact(1, 0);
+    a.not_after = T0 + 10 * DAY;
+    let b = w.publish(&a, T0).encode().unwrap();
+    assert_eq!(w_verify(&w, &b, T0).unwrap().epoch, 1);
+    assert_eq!(w_verify(&w, &b, T0 + 10 * DAY - 1).unwrap().epoch, 1);
+    assert!(matches!(
+        w_verify(&w, &b, T0 + 10 * DAY),
+        Err(BundleError::Expired { now, .. }) if now == T0 + 10 * DAY
+    ));
+}
+
+#[test]
+fn mutant_bundle_a_statement_is_held_to_its_keys_window_at_its_edges() {
+    let mut w = world();
+    let good = w.publish(&artifact(1, 0), T0);
+    let v = w.verifier();
+    let check = |b: &Bundle| v.check(&b.encode().unwrap(), T0, 1);
+    // witness-2026 dated the instant witness-2027 starts: retired.
+    let mut b = good.clone();
+    b.timestamp = RETIRED;
+    assert!(matches!(
+        check(&b),
+        Err(BundleError::WitnessKeyRetired {
+            timestamp: RETIRED,
+            retired: RETIRED,
+            ..
+        })
+    ));
+    // One second earlier its window holds (the edited time breaks the signature).
+    b.timestamp = RETIRED - 1;
+    assert!(matches!(check(&b), Err(BundleError::WitnessSignature)));
+    // witness-2027 from its first instant, and not a second before.
+    let mut b = good.clone();
+    b.witness_key = "witness-2027".into();
+    b.timestamp = RETIRED;
+    assert!(matches!(check(&b), Err(BundleError::WitnessSignature)));
+    b.timestamp = RETIRED - 1;
+    assert!(matches!(
+        check(&b),
+        Err(BundleError::WitnessKeyNotYetValid {
+            not_before: RETIRED,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn mutant_bundle_a_checkpoint_key_is_retired_from_its_successors_first_instant() {
+    // The statement by witness-2027, the checkpoint by witness-2026 (signed
+    // before it retired), seen the instant witness-2027 starts.
+    let mut w = world();
+    let b = w.publish_with_checkpoint(&artifact(1, 0), RETIRED, T0);
+    assert!(matches!(
+        w_verify(&w, &b, RETIRED),
+        Err(BundleError::CheckpointKeyNotCurrent { key, now: RETIRED, .. }) if key == "witness-2026"
+    ));
+}
+
+#[test]
+fn mutant_bundle_verify_reply_takes_only_the_replicas_own_response_key() {
+    let hsm = SoftHsm::from_seed(9);
+    let mut a = artifact(1, 0);
+    let mut handles = Vec::new();
+    for r in &mut a.replicas {
+        let h = hsm
+            .key(&format!("response/{}", r.id), KeyKind::Signing)
+            .unwrap();
+        r.response_key = hsm.public_key(h).unwrap();
+        handles.push(h);
+    }
+    let signed = b"a vault reply body";
+    let by_1 = hsm.sign(handles[0], signed).unwrap();
+    assert!(FleetVerifier::verify_reply(&a, 1, signed, &by_1).is_ok());
+    assert!(matches!(
+        FleetVerifier::verify_reply(&a, 2, signed, &by_1),
+        Err(BundleError::ReplySignature(2))
+    ));
+    assert!(matches!(
+        FleetVerifier::verify_reply(&a, 1, b"another body", &by_1),
+        Err(BundleError::ReplySignature(1))
+    ));
+    assert!(matches!(
+        FleetVerifier::verify_reply(&a, 9, signed, &by_1),
+        Err(BundleError::ReplicaNotInBundle(9))
+    ));
+}
+
+#[test]
+fn mutant_bundle_save_persists_to_a_bare_file_name() {
+    // A state path with no directory part: its parent is "", not a directory
+    // to sync. (Relative to the test's working directory, removed at the end.)
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let name = format!("mutant-verifier-{}.state", std::process::id());
+    let _remove = Remove(name.clone());
+    let mut w = world();
+    let e1 = w.publish(&artifact(1, 0), T0).encode().unwrap();
+    let mut v = w.verifier().persist_to(&name).unwrap();
+    v.verify(&e1, T0, 1).unwrap();
+    let v = w.verifier().persist_to(&name).unwrap();
+    assert_eq!(v.newest_epoch(), Some(1));
+}
+
+#[test]
+fn mutant_bundle_accept_keeps_exactly_checkpoints_kept_for_the_fork_check() {
+    // 65 checkpoints accepted (sizes 1..=65): the newest 64 are kept, so a
+    // second root for size 2 is a fork, and one for size 1 is no longer known.
+    let mut w = world();
+    let mut v = w.verifier();
+    for epoch in 1..=65u64 {
+        let b = w.publish(&artifact(epoch, epoch as u8), T0 + epoch);
+        v.verify(&b.encode().unwrap(), T0 + 100, 1).unwrap();
+    }
+    assert_eq!(v.last_checkpoint_size(), Some(65));
+    // A witness with the same keys, rolled back to nothing, signs another
+    // epoch 1 and 2: its checkpoints of sizes 1 and 2 have other roots.
+    let mut forked = world();
+    let f1 = forked.publish(&artifact(1, 200), T0 + 1);
+    let f2 = forked.publish(&artifact(2, 201), T0 + 2);
+    assert!(matches!(
+        v.verify(&f2.encode().unwrap(), T0 + 100, 1),
+        Err(BundleError::ForkedLog { size: 2 })
+    ));
+    // Size 1 was dropped: only the epoch shows this one is old.
+    assert!(matches!(
+        v.verify(&f1.encode().unwrap(), T0 + 100, 1),
+        Err(BundleError::EpochRollback { got: 1, newest: 65 })
+    ));
+}
+
+#[test]
+fn mutant_witness_load_refuses_a_state_it_cannot_read() {
+    // Not found is a new witness; any other read error is not: a witness that
+    // started afresh over a state it failed to read could sign an epoch twice.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state");
+    std::fs::write(&path, [0xff, 0xfe, b'\n']).unwrap();
+    let keys = vec![WitnessKeySpec {
+        name: "w".into(),
+        not_before: 0,
+    }];
+    assert!(matches!(
+        Witness::open(SoftHsm::from_seed(5), keys, &path),
+        Err(WitnessError::State { path: p, .. }) if p == path
+    ));
+}

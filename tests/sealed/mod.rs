@@ -1044,3 +1044,197 @@ pub fn raw_file_damage_never_serves_bad_data<H: Hsm + Clone>(hsm: H, group: u64,
     }
     eprintln!("seed {seed}: {refused} damaged copies refused, {served} unharmed copies served");
 }
+
+// --- mutation tests (issue 13): each kills a cargo-mutants survivor ---------
+
+/// The snapshot's clear metadata (kept by the inner store beside the sealed
+/// blob) edited alone, field by field: each edit is refused, though the blob
+/// itself is the one the head names.
+pub fn snapshot_metadata_edited_alone_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    type SnapshotEdit = Box<dyn Fn(&mut Snapshot)>;
+    let edits: Vec<(&str, SnapshotEdit)> = vec![
+        ("index", Box::new(|s| s.mut_metadata().index += 1)),
+        ("term", Box::new(|s| s.mut_metadata().term += 1)),
+        (
+            "conf state",
+            Box::new(|s| s.mut_metadata().mut_conf_state().voters.push(9)),
+        ),
+    ];
+    for (i, (what, edit)) in edits.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = group * 100 + i as u64;
+        write_history(dir.path(), &hsm, group, 1, 8);
+        with_raw_tree(dir.path(), |t| {
+            let stored = t.get(b"m/snapshot").unwrap().unwrap().to_vec();
+            let mut s: Snapshot = codec::decode_record(&stored).unwrap();
+            edit(&mut s);
+            t.insert(b"m/snapshot", codec::encode_record(&s).unwrap())
+                .unwrap();
+        });
+        let (_, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+        assert!(
+            matches!(cause, Tampering::MetadataMismatch),
+            "{what}: {cause}"
+        );
+    }
+}
+
+/// A store that never held a snapshot reopens; a snapshot planted under its
+/// head (which names none) is refused, whether it has an index or data.
+pub fn snapshot_planted_under_a_head_without_one_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let planted: [(&str, u64, &[u8]); 2] = [("index", 3, b""), ("data", 0, b"planted")];
+    for (i, (what, index, data)) in planted.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = group * 100 + i as u64;
+        let mut s = open(dir.path(), &hsm, group, 1).unwrap();
+        s.append(&[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")])
+            .unwrap();
+        s.sync().unwrap();
+        drop(s);
+        let s = open(dir.path(), &hsm, group, 1).unwrap();
+        assert_eq!(
+            view(&s).entries.len(),
+            3,
+            "{what}: the honest store reopens"
+        );
+        drop(s);
+        with_raw_tree(dir.path(), |t| {
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = index;
+            snap.mut_metadata().term = 1;
+            snap.data = data.to_vec().into();
+            t.insert(b"m/snapshot", codec::encode_record(&snap).unwrap())
+                .unwrap();
+        });
+        let (record, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+        assert!(
+            matches!(cause, Tampering::UnexpectedSnapshot),
+            "{what}: {cause}"
+        );
+        assert_eq!(record, SealedRecord::Snapshot { index }, "{what}");
+    }
+}
+
+/// The clear log offset with only its term edited: the front moved.
+pub fn offset_term_edited_alone_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group, 1, 8);
+    let mut sealed = (0, 0);
+    with_raw_tree(dir.path(), |t| {
+        let offset = t.get(b"m/offset").unwrap().unwrap().to_vec();
+        let index = u64::from_be_bytes(offset[..8].try_into().unwrap());
+        let term = u64::from_be_bytes(offset[8..16].try_into().unwrap());
+        sealed = (index, term);
+        let mut edited = index.to_be_bytes().to_vec();
+        edited.extend_from_slice(&(term + 1).to_be_bytes());
+        t.insert(b"m/offset", edited).unwrap();
+    });
+    let (_, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+    assert!(
+        matches!(
+            cause,
+            Tampering::FrontMoved { found_index, found_term, sealed_index, sealed_term }
+                if (found_index, sealed_index) == (sealed.0, sealed.0)
+                    && (found_term, sealed_term) == (sealed.1 + 1, sealed.1)
+        ),
+        "{cause}"
+    );
+}
+
+/// A batch whose clear header claims entries past the log's sealed end: cut
+/// short, from the entry after the log's last.
+pub fn batch_header_past_the_end_is_cut_short<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    // After cycle 8 the newest batch is 12..=16, and 16 is the log's last entry.
+    write_history(dir.path(), &hsm, group, 1, 8);
+    with_raw_tree(dir.path(), |t| {
+        let stored = t.get(entry_key(12)).unwrap().unwrap().to_vec();
+        let mut e: Entry = codec::decode_record(&stored).unwrap();
+        let mut blob = e.data.to_vec();
+        // The header: version byte, then first, last, last term (u64 each).
+        assert_eq!(blob[1..9], 12u64.to_be_bytes());
+        assert_eq!(blob[9..17], 16u64.to_be_bytes());
+        blob[9..17].copy_from_slice(&20u64.to_be_bytes());
+        e.data = blob.into();
+        t.insert(entry_key(12), codec::encode_record(&e).unwrap())
+            .unwrap();
+    });
+    let (record, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+    assert_eq!(
+        record,
+        SealedRecord::Batch {
+            first: 12,
+            last: 20
+        }
+    );
+    assert!(
+        matches!(cause, Tampering::CutShort { from: 17, to: 20 }),
+        "{cause}"
+    );
+}
+
+/// A placeholder (an entry after a batch's first, which holds only its index
+/// and term) given data: refused, though its index and term are right.
+pub fn placeholder_given_data_is_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    write_history(dir.path(), &hsm, group, 1, 8);
+    with_raw_tree(dir.path(), |t| {
+        let stored = t.get(entry_key(13)).unwrap().unwrap().to_vec();
+        let mut e: Entry = codec::decode_record(&stored).unwrap();
+        assert!(e.data.is_empty(), "13 is inside the batch 12..=16");
+        e.data = b"planted".to_vec().into();
+        t.insert(entry_key(13), codec::encode_record(&e).unwrap())
+            .unwrap();
+    });
+    let (record, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+    assert_eq!(record, SealedRecord::Entry { index: 13 });
+    assert!(matches!(cause, Tampering::PlaceholderEdited), "{cause}");
+}
+
+/// A store with no head (never written, or its head deleted) must hold nothing
+/// else: entries alone, a snapshot alone or a hard state alone are refused.
+pub fn records_without_a_head_are_each_detected<H: Hsm + Clone>(hsm: H, group: u64) {
+    type Plant = Box<dyn Fn(&sled::Tree)>;
+    let plants: Vec<(&str, Plant)> = vec![
+        (
+            "an entry",
+            Box::new(|t: &sled::Tree| {
+                t.insert(
+                    entry_key(1),
+                    codec::encode_record(&entry(1, 1, "x")).unwrap(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "a snapshot",
+            Box::new(|t: &sled::Tree| {
+                t.insert(
+                    b"m/snapshot",
+                    codec::encode_record(&snapshot(3, 1, "")).unwrap(),
+                )
+                .unwrap();
+            }),
+        ),
+        (
+            "a hard state",
+            Box::new(|t: &sled::Tree| {
+                t.insert(
+                    b"m/hard_state",
+                    codec::encode_record(&hard_state(1, 0, 0)).unwrap(),
+                )
+                .unwrap();
+            }),
+        ),
+    ];
+    for (i, (what, plant)) in plants.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = group * 100 + i as u64;
+        // Opened once (an empty store), never written.
+        drop(open(dir.path(), &hsm, group, 1).unwrap());
+        with_raw_tree(dir.path(), plant);
+        let (record, cause) = expect_tampered(open(dir.path(), &hsm, group, 1), 1);
+        assert_eq!(record, SealedRecord::Head, "{what}");
+        assert!(matches!(cause, Tampering::NoHead), "{what}: {cause}");
+    }
+}

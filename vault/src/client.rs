@@ -1132,3 +1132,130 @@ fn expect_ok(b: &VaultReplyBody) -> Result<(), VaultClientError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Mutation tests (issue 13) of what only a race between two replies
+    //! reaches: a bundle's check made stale, before it was accepted, by
+    //! another reply that moved the client's newest checkpoint.
+    use super::*;
+    use vaultfleet::hsm::{Hsm, KeyKind};
+    use vaultfleet::SoftHsm;
+    use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::witness::countersign;
+    use vaultfleet_audit::{Bundle, Witness, WitnessKey, WitnessKeySpec};
+
+    const NS: &str = "example.vault.client.v1";
+    const NOW: u64 = 1_800_000_000;
+
+    fn artifact(epoch: u64) -> FleetArtifact {
+        FleetArtifact {
+            fleet_id: "example-fleet".into(),
+            epoch,
+            replicas: (1..=5u64)
+                .map(|id| ReplicaKeys {
+                    id,
+                    datacenter: ["dc-a", "dc-b", "dc-c"][(id as usize - 1) % 3].into(),
+                    response_key: [id as u8; 32],
+                    transport_key: [0x40 + id as u8; 32],
+                    opaque_key: [0x80; 32],
+                })
+                .collect(),
+            voters: vec![1, 2, 3, 4, 5],
+            learners: vec![],
+            not_before: NOW - 1,
+            not_after: NOW + 1000,
+        }
+    }
+
+    /// The witness signs epoch `epoch`; returns its bundle.
+    fn publish(witness: &mut Witness<SoftHsm>, hsm: &SoftHsm, epoch: u64) -> Vec<u8> {
+        let digest = artifact(epoch).digest().unwrap();
+        witness.sign(NS, epoch, digest, NOW - 1).unwrap();
+        bundle_of(witness, hsm, epoch)
+    }
+
+    /// The bundle of the signed epoch `epoch`, countersigned, with a
+    /// checkpoint of the witness's log as it is now.
+    fn bundle_of(witness: &Witness<SoftHsm>, hsm: &SoftHsm, epoch: u64) -> Vec<u8> {
+        let w = witness.entries(NS)[epoch as usize - 1].clone();
+        let cs = countersign(hsm, "operator", &w).unwrap();
+        let tree = witness.tree(NS).unwrap();
+        let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
+        let cp = witness.checkpoint(NS, NOW - 1).unwrap();
+        Bundle::assemble(artifact(epoch).encode().unwrap(), &w, cs, proof, &cp)
+            .encode()
+            .unwrap()
+    }
+
+    #[test]
+    fn mutant_client_accept_rechecks_a_stale_check_and_needs_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsm::from_seed(13);
+        let spec = WitnessKeySpec {
+            name: "w".into(),
+            not_before: 0,
+        };
+        let mut witness =
+            Witness::open(hsm.clone(), vec![spec], dir.path().join("witness")).unwrap();
+        let operator_key = hsm
+            .public_key(hsm.key("operator", KeyKind::Signing).unwrap())
+            .unwrap();
+        let e1 = publish(&mut witness, &hsm, 1);
+        let e2 = publish(&mut witness, &hsm, 2);
+        publish(&mut witness, &hsm, 3);
+        // Epoch 2 again, with the checkpoint of size 3.
+        let e2_at_3 = bundle_of(&witness, &hsm, 2);
+        let proof = |a, b| {
+            witness
+                .consistency_proof(NS, a, b)
+                .unwrap()
+                .encode()
+                .unwrap()
+        };
+        let pinned = vec![WitnessKey {
+            name: "w".into(),
+            public_key: witness.public_key("w").unwrap(),
+            not_before: 0,
+        }];
+        let client = VaultClient::with_verifier(
+            Vec::new(),
+            1,
+            FleetVerifier::new(NS, pinned, operator_key),
+            Arc::new(|| NOW),
+            VaultClientConfig::default(),
+        )
+        .unwrap();
+        let Trust::Bundles { verifier, .. } = &client.trust else {
+            unreachable!("a client of bundles")
+        };
+        let replica = 1;
+        // The client holds checkpoint 1; a reply with bundle 2 is checked
+        // against it.
+        verifier.lock().verify(&e1, NOW, replica).unwrap();
+        let mut reply = VaultReply::new();
+        reply.bundle = e2;
+        reply.consistency_proof = proof(1, 2);
+        let (key, accepted) = client.reply_key(replica, &reply).unwrap();
+        let accepted = accepted.expect("a bundle's check");
+        assert_eq!(key, [1; 32]);
+        // Another reply, with epoch 2 at checkpoint 3, is accepted first.
+        verifier
+            .lock()
+            .verify_with_proof(&e2_at_3, Some(&proof(1, 3)), NOW, replica)
+            .unwrap();
+        // The stale check is made again against checkpoint 3 (the proof of
+        // 2 to 3 is the one such a reply carries): a reply verified under
+        // another key than the check gives now is refused, and nothing moves.
+        reply.consistency_proof = proof(2, 3);
+        assert!(matches!(
+            client.accept(replica, &reply, &[2; 32], &accepted),
+            Err(ReplyError::Signature)
+        ));
+        assert_eq!(verifier.lock().last_checkpoint_size(), Some(3));
+        // Under the same key it is accepted, and the newest stays the newest.
+        client.accept(replica, &reply, &key, &accepted).unwrap();
+        assert_eq!(client.fleet_epoch(), Some(2));
+        assert_eq!(verifier.lock().last_checkpoint_size(), Some(3));
+    }
+}

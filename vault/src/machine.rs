@@ -1421,6 +1421,433 @@ mod tests {
         }
     }
 
+    /// A named edit of a user's snapshot form (mutation tests).
+    type UserEdit<'a> = (&'a str, &'a dyn Fn(&mut VaultUserState));
+    /// An edit of a registration (mutation tests).
+    type RegisterEdit<'a> = &'a dyn Fn(&mut VaultRegister);
+
+    /// Restores `good` with its one user changed by `f` (mutation tests of
+    /// `UserState::from_wire`): `Ok` when the vault takes it.
+    fn restore_tampered(
+        good: &VaultSnapshot,
+        f: impl FnOnce(&mut VaultUserState),
+    ) -> Result<(), RestoreError> {
+        let mut s = good.clone();
+        f(&mut s.users[0]);
+        BackupVault::new().restore(&wire::encode_bounded(&s))
+    }
+
+    /// The snapshot of a vault holding one registered user ("alice", limit 3).
+    fn registered_snapshot() -> VaultSnapshot {
+        let v = registered(3);
+        wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap()
+    }
+
+    fn refused(r: Result<(), RestoreError>) -> bool {
+        matches!(r, Err(RestoreError::Malformed { .. }))
+    }
+
+    fn record_of(u: &mut VaultUserState) -> &mut VaultRecord {
+        u.record.as_mut().unwrap()
+    }
+
+    #[test]
+    fn mutant_user_from_wire_refuses_each_inconsistent_record_field_alone() {
+        let good = registered_snapshot();
+        assert!(restore_tampered(&good, |_| {}).is_ok());
+        // Each inconsistency alone is refused.
+        let bad: [UserEdit<'_>; 9] = [
+            ("generation", &|u| u.generation += 1),
+            ("record generation", &|u| record_of(u).generation += 1),
+            ("spent beyond limit", &|u| {
+                record_of(u).spent = vec![1, 1, 1, 1]
+            }),
+            ("zero limit", &|u| record_of(u).max_attempts = 0),
+            ("limit too high", &|u| {
+                record_of(u).max_attempts = MAX_ATTEMPTS_LIMIT + 1;
+            }),
+            ("long record", &|u| {
+                record_of(u).opaque_record = vec![1; FIELD_MAX + 1];
+            }),
+            ("long secret", &|u| {
+                record_of(u).sealed_secret = vec![1; FIELD_MAX + 1];
+            }),
+            ("long tag", &|u| {
+                record_of(u).registration_tag = vec![1; REGISTRATION_TAG_MAX + 1];
+            }),
+            ("registered with a lock ticket", &|u| u.locked_ticket = 1),
+        ];
+        for (what, f) in bad {
+            assert!(refused(restore_tampered(&good, f)), "{what} restored");
+        }
+    }
+
+    #[test]
+    fn mutant_user_from_wire_takes_every_record_field_at_its_limit() {
+        let good = registered_snapshot();
+        let at_limit: [UserEdit<'_>; 6] = [
+            ("every attempt spent", &|u| {
+                record_of(u).spent = vec![1, 1, 1]
+            }),
+            ("the highest limit", &|u| {
+                record_of(u).max_attempts = MAX_ATTEMPTS_LIMIT;
+            }),
+            ("the longest record", &|u| {
+                record_of(u).opaque_record = vec![1; FIELD_MAX];
+            }),
+            ("the longest secret", &|u| {
+                record_of(u).sealed_secret = vec![1; FIELD_MAX];
+            }),
+            ("the longest tag", &|u| {
+                record_of(u).registration_tag = vec![1; REGISTRATION_TAG_MAX];
+            }),
+            ("a limit of one", &|u| record_of(u).max_attempts = 1),
+        ];
+        for (what, f) in at_limit {
+            assert!(restore_tampered(&good, f).is_ok(), "{what} refused");
+        }
+    }
+
+    #[test]
+    fn mutant_user_from_wire_refuses_lock_fields_of_a_user_not_locked() {
+        // bob: registered, then deleted (no record, not locked).
+        let mut v = BackupVault::new();
+        v.apply(
+            1,
+            &cmd("bob", id(3, 1), vault_command::Op::Register(reg(3, 2))),
+        );
+        consume(&mut v, 2, "bob", id(3, 2), 2);
+        let o = decode_outcome(&v.apply(3, &cmd("bob", id(3, 3), delete_cmd(2, 1)))).unwrap();
+        assert_eq!(status(&o), VaultStatus::VAULT_OK);
+        let deleted: VaultSnapshot =
+            wire::decode(&v.snapshot().unwrap(), "vault snapshot").unwrap();
+        assert!(restore_tampered(&deleted, |_| {}).is_ok());
+        assert!(refused(restore_tampered(&deleted, |u| u.locked_ticket = 2)));
+        assert!(refused(restore_tampered(&deleted, |u| {
+            u.locked_digest = vec![0; 32];
+        })));
+        let mut copy = BackupVault::new();
+        copy.restore(&v.snapshot().unwrap()).unwrap();
+        assert_eq!(copy.user(b"bob"), Some(UserView::Deleted { generation: 1 }));
+    }
+
+    #[test]
+    fn mutant_user_from_wire_bounds_the_seen_and_nonce_tables_exactly() {
+        let good = registered_snapshot();
+        let seen_max = SEEN_MAX + MAX_ATTEMPTS_LIMIT as usize + 1;
+        let seen = |n: usize| {
+            move |u: &mut VaultUserState| {
+                let mut s = VaultSeen::new();
+                s.ticket = 1;
+                s.generation = 1;
+                u.seen = vec![s; n];
+            }
+        };
+        assert!(restore_tampered(&good, seen(seen_max)).is_ok());
+        assert!(refused(restore_tampered(&good, seen(seen_max + 1))));
+        let nonces = |n: usize| move |u: &mut VaultUserState| u.used_nonces = vec![vec![7; 32]; n];
+        assert!(restore_tampered(&good, nonces(REGISTRATIONS_MAX)).is_ok());
+        assert!(refused(restore_tampered(
+            &good,
+            nonces(REGISTRATIONS_MAX + 1)
+        )));
+    }
+
+    #[test]
+    fn mutant_user_greatest_ticket_holds_the_clock_back() {
+        // Each place a ticket can sit in a user's state: the clock may not be
+        // behind it.
+        let good = registered_snapshot();
+        let behind = |f: &dyn Fn(&mut VaultUserState)| {
+            let mut s = good.clone();
+            f(&mut s.users[0]);
+            s.last_ticket = Some(99);
+            let at = BackupVault::new().restore(&wire::encode_bounded(&s));
+            s.last_ticket = Some(98);
+            (
+                at.is_ok(),
+                refused(BackupVault::new().restore(&wire::encode_bounded(&s))),
+            )
+        };
+        let places: [UserEdit<'_>; 4] = [
+            ("spent", &|u| record_of(u).spent = vec![99]),
+            ("registered at", &|u| record_of(u).registered_at = 99),
+            ("forgiven through", &|u| record_of(u).forgiven_through = 99),
+            ("seen", &|u| {
+                let mut s = VaultSeen::new();
+                s.ticket = 99;
+                u.seen = vec![s];
+            }),
+        ];
+        for (what, f) in places {
+            assert_eq!(behind(f), (true, true), "a ticket {what}");
+        }
+    }
+
+    #[test]
+    fn mutant_machine_every_command_for_an_unknown_user_is_not_registered() {
+        let mut v = registered(3);
+        let unknown = |o: &VaultOutcome| status(o) == VaultStatus::VAULT_NOT_REGISTERED;
+        assert!(unknown(&consume(&mut v, 10, "bob", id(2, 1), 1)));
+        assert!(unknown(&reset(&mut v, 11, "bob", 10, 1, None)));
+        let o = decode_outcome(&v.apply(12, &cmd("bob", id(2, 2), delete_cmd(10, 1)))).unwrap();
+        assert!(unknown(&o));
+        let mut x = VaultReplace::new();
+        x.ticket = 10;
+        x.generation = 1;
+        x.record = Some(reg(3, 9)).into();
+        let o = decode_outcome(&v.apply(13, &cmd("bob", id(2, 3), vault_command::Op::Replace(x))))
+            .unwrap();
+        assert!(unknown(&o));
+        let o = decode_outcome(&v.query(&BackupVault::query_user(b"bob"))).unwrap();
+        assert!(unknown(&o));
+        assert_eq!(v.user(b"bob"), None);
+    }
+
+    fn register_outcome(
+        v: &mut BackupVault,
+        index: u64,
+        user: &str,
+        r: VaultRegister,
+    ) -> VaultOutcome {
+        decode_outcome(&v.apply(
+            index,
+            &cmd(user, id(7, index), vault_command::Op::Register(r)),
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn mutant_machine_check_register_refuses_each_bad_field_alone() {
+        let bad: [(&str, RegisterEdit<'_>, &str); 10] = [
+            ("no limit", &|r| r.max_attempts = 0, "max_attempts 0"),
+            (
+                "limit too high",
+                &|r| r.max_attempts = MAX_ATTEMPTS_LIMIT + 1,
+                "max_attempts 256",
+            ),
+            (
+                "no record",
+                &|r| r.opaque_record.clear(),
+                "a registration needs",
+            ),
+            (
+                "no secret",
+                &|r| r.sealed_secret.clear(),
+                "a registration needs",
+            ),
+            (
+                "short nonce",
+                &|r| r.credential_nonce.truncate(31),
+                "a registration needs",
+            ),
+            (
+                "long nonce",
+                &|r| r.credential_nonce.push(0),
+                "a registration needs",
+            ),
+            (
+                "long record",
+                &|r| r.opaque_record = vec![1; FIELD_MAX + 1],
+                "a registration field exceeds",
+            ),
+            (
+                "long secret",
+                &|r| r.sealed_secret = vec![1; FIELD_MAX + 1],
+                "a registration field exceeds",
+            ),
+            (
+                "long tag",
+                &|r| r.registration_tag = vec![1; REGISTRATION_TAG_MAX + 1],
+                "a registration field exceeds",
+            ),
+            (
+                "empty everything but the limit",
+                &|r| {
+                    r.opaque_record.clear();
+                    r.sealed_secret.clear();
+                },
+                "a registration needs",
+            ),
+        ];
+        for (i, (what, f, detail)) in bad.into_iter().enumerate() {
+            let mut v = BackupVault::new();
+            let mut r = reg(3, 1);
+            f(&mut r);
+            let o = register_outcome(&mut v, 1 + i as u64, "alice", r);
+            assert_eq!(status(&o), VaultStatus::VAULT_MALFORMED, "{what}");
+            assert!(o.detail.starts_with(detail), "{what}: {}", o.detail);
+            assert!(v.user(b"alice").is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn mutant_machine_check_register_takes_each_field_at_its_limit() {
+        let at_limit: [(&str, RegisterEdit<'_>); 5] = [
+            ("highest limit", &|r| r.max_attempts = MAX_ATTEMPTS_LIMIT),
+            ("longest record", &|r| r.opaque_record = vec![1; FIELD_MAX]),
+            ("longest secret", &|r| r.sealed_secret = vec![1; FIELD_MAX]),
+            ("longest tag", &|r| {
+                r.registration_tag = vec![1; REGISTRATION_TAG_MAX]
+            }),
+            ("limit of one", &|r| r.max_attempts = 1),
+        ];
+        for (what, f) in at_limit {
+            let mut v = BackupVault::new();
+            let mut r = reg(3, 1);
+            f(&mut r);
+            let o = register_outcome(&mut v, 1, "alice", r);
+            assert_eq!(status(&o), VaultStatus::VAULT_OK, "{what}: {}", o.detail);
+        }
+    }
+
+    #[test]
+    fn mutant_machine_a_login_gets_the_record_without_its_sealed_secret() {
+        let mut v = registered(3);
+        let o = consume(&mut v, 10, "alice", id(2, 1), 1);
+        let record = o.record.into_option().unwrap();
+        let r = reg(3, 1);
+        assert_eq!(
+            (
+                record.opaque_record,
+                record.credential_nonce,
+                record.generation
+            ),
+            (r.opaque_record, r.credential_nonce, 1)
+        );
+        assert!(
+            record.sealed_secret.is_empty(),
+            "a login never carries the sealed secret"
+        );
+    }
+
+    #[test]
+    fn mutant_machine_counts_its_users_and_answers_a_query_for_the_one_asked() {
+        let mut v = BackupVault::new();
+        assert!(v.is_empty());
+        assert_eq!(v.len(), 0);
+        register_outcome(&mut v, 1, "alice", reg(3, 1));
+        register_outcome(&mut v, 2, "bob", reg(5, 2));
+        assert!(!v.is_empty());
+        assert_eq!(v.len(), 2);
+        assert_eq!(BackupVault::query_user(b"bob"), b"bob".to_vec());
+        let o = decode_outcome(&v.query(&BackupVault::query_user(b"bob"))).unwrap();
+        assert_eq!(
+            (status(&o), o.attempts_left, o.generation),
+            (VaultStatus::VAULT_OK, 5, 1)
+        );
+    }
+
+    #[test]
+    fn mutant_machine_a_consume_redelivered_after_its_reset_gets_no_second_login() {
+        let mut v = registered(3);
+        let o = consume(&mut v, 10, "alice", id(2, 1), 0xaa);
+        assert_eq!((status(&o), o.ticket), (VaultStatus::VAULT_OK, 10));
+        assert_eq!(
+            status(&reset(&mut v, 11, "alice", 10, 1, None)),
+            VaultStatus::VAULT_OK
+        );
+        let again = consume(&mut v, 12, "alice", id(2, 1), 0xaa);
+        assert_eq!(status(&again), VaultStatus::VAULT_BAD_TICKET);
+        assert!(again.record.is_none(), "no record for a concluded attempt");
+        assert_eq!(left(&v, b"alice"), 3);
+    }
+
+    #[test]
+    fn mutant_machine_exactly_seen_max_concluded_consumes_are_remembered() {
+        let mut v = registered(3);
+        let mut index = 10;
+        let cycle = |v: &mut BackupVault, index: &mut u64, n: u64| {
+            let o = consume(v, *index, "alice", id(2, n), n as u8);
+            assert_eq!(status(&o), VaultStatus::VAULT_OK);
+            let o = reset(v, *index + 1, "alice", o.ticket, 1, None);
+            assert_eq!(status(&o), VaultStatus::VAULT_OK);
+            *index += 2;
+        };
+        // SEEN_MAX concluded consumes, and one more in flight when the last came:
+        // all SEEN_MAX + 1 are remembered.
+        for n in 1..=SEEN_MAX as u64 + 1 {
+            cycle(&mut v, &mut index, n);
+        }
+        let first = consume(&mut v, index, "alice", id(2, 1), 1);
+        assert_eq!(
+            status(&first),
+            VaultStatus::VAULT_BAD_TICKET,
+            "the oldest is remembered"
+        );
+        assert_eq!(left(&v, b"alice"), 3);
+        // One more: the oldest concluded one is forgotten, the next is not.
+        cycle(&mut v, &mut index, SEEN_MAX as u64 + 2);
+        let second = consume(&mut v, index, "alice", id(2, 2), 2);
+        assert_eq!(
+            status(&second),
+            VaultStatus::VAULT_BAD_TICKET,
+            "the second is remembered"
+        );
+        let first = consume(&mut v, index + 1, "alice", id(2, 1), 1);
+        assert_eq!(
+            (status(&first), first.ticket, left(&v, b"alice")),
+            (VaultStatus::VAULT_OK, index + 1, 2),
+            "the oldest was forgotten: a new attempt"
+        );
+    }
+
+    #[test]
+    fn mutant_machine_a_reset_forgives_again_only_inside_the_forgiven_range() {
+        // Registered at clock value 1; attempt 10 forgiven: [1, 10] is the
+        // forgiven range of this generation.
+        let mut v = registered(3);
+        consume(&mut v, 10, "alice", id(2, 1), 1);
+        assert_eq!(
+            status(&reset(&mut v, 11, "alice", 10, 1, None)),
+            VaultStatus::VAULT_OK
+        );
+        // Its lower edge is inside (a duplicate: nothing changes).
+        let o = reset(&mut v, 12, "alice", 1, 1, None);
+        assert_eq!((status(&o), o.attempts_left), (VaultStatus::VAULT_OK, 3));
+        // Below the registration: no attempt of this generation.
+        assert_eq!(
+            status(&reset(&mut v, 13, "alice", 0, 1, None)),
+            VaultStatus::VAULT_BAD_TICKET
+        );
+        // Above the forgiven range and never spent.
+        assert_eq!(
+            status(&reset(&mut v, 14, "alice", 11, 1, None)),
+            VaultStatus::VAULT_BAD_TICKET
+        );
+    }
+
+    #[test]
+    fn mutant_user_record_digest_covers_the_registration_tag() {
+        // Only the erased record itself, its tag included, can be put back.
+        let mut v = BackupVault::new();
+        let mut r = reg(1, 1);
+        r.registration_tag = vec![5; 32];
+        assert_eq!(
+            status(&register_outcome(&mut v, 1, "alice", r)),
+            VaultStatus::VAULT_OK
+        );
+        let o = consume(&mut v, 10, "alice", id(2, 1), 1);
+        assert!(o.erased);
+        let erased = o.record.into_option().unwrap();
+        let mut retagged = erased.clone();
+        retagged.registration_tag = vec![6; 32];
+        assert_eq!(
+            status(&reset(&mut v, 11, "alice", 10, 1, Some(retagged))),
+            VaultStatus::VAULT_LOCKED
+        );
+        let mut untagged = erased.clone();
+        untagged.registration_tag.clear();
+        assert_eq!(
+            status(&reset(&mut v, 12, "alice", 10, 1, Some(untagged))),
+            VaultStatus::VAULT_LOCKED
+        );
+        assert_eq!(
+            status(&reset(&mut v, 13, "alice", 10, 1, Some(erased))),
+            VaultStatus::VAULT_OK
+        );
+    }
+
     fn reg_record() -> VaultRecord {
         let r = reg(1, 1);
         new_record(r, 1, 1)

@@ -584,6 +584,41 @@ fn replies_not_signed_by_a_pinned_replica_are_refused() {
     ));
 }
 
+/// Mutation test (issue 13) of `verify_pinned_reply`, the sans-IO clients'
+/// check of a reply under pinned keys: the signature, the replica and the
+/// request.
+#[test]
+fn mutant_client_verify_pinned_reply_checks_the_signature_the_replica_and_the_request() {
+    use sha2::Digest as _;
+    use vaultfleet_vault::verify_pinned_reply;
+    let vf = VaultFleet::start(3, Store::Mem);
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(13);
+    let flow = ClientLoginFlow::start_with_insecure_rng(&mut rng, CODE).expect("login");
+    let request = login_start(b"nobody", &flow, 1);
+    let digest: [u8; 32] = sha2::Sha256::digest(&request).into();
+    let reply = vf.services[&1].call(&request).expect("up");
+    let b = verify_pinned_reply(&vf.keys, 1, &reply, &digest).expect("replica 1's reply");
+    assert_eq!(
+        (
+            b.replica,
+            b.status.enum_value_or(VaultReplyStatus::REPLY_OK)
+        ),
+        (1, VaultReplyStatus::REPLY_NOT_REGISTERED)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 2, &reply, &digest),
+        Err(ReplyError::Signature)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 9, &reply, &digest),
+        Err(ReplyError::UnknownReplica)
+    );
+    assert_matches!(
+        verify_pinned_reply(&vf.keys, 1, &reply, &[0; 32]),
+        Err(ReplyError::OtherRequest)
+    );
+}
+
 fn scan(dir: &std::path::Path, needles: &[&[u8]]) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -975,6 +1010,68 @@ mod over_the_air {
             })
         );
         assert_eq!(client.fleet_epoch(), Some(1));
+    }
+
+    /// Adds `extra` to every reply's retirements (outside the signed body, as a
+    /// network attacker may).
+    struct AddRetirement {
+        inner: Arc<Service>,
+        extra: Vec<u8>,
+    }
+
+    impl VaultEndpoint for AddRetirement {
+        fn replica(&self) -> u64 {
+            self.inner.replica()
+        }
+
+        fn call(&self, request: &[u8]) -> Result<Vec<u8>, vaultfleet_vault::Unreachable> {
+            let raw = self.inner.call(request)?;
+            let mut reply: VaultReply = vaultfleet::wire::decode(&raw, "reply").unwrap();
+            reply.retirements.push(self.extra.clone());
+            Ok(vaultfleet::wire::encode_bounded(&reply))
+        }
+    }
+
+    /// Mutation test (issue 13) of `reply_key`'s bound on retirements: a reply
+    /// with `RETIREMENTS_MAX` of them is taken, one more is refused whole.
+    #[test]
+    fn mutant_client_reply_key_takes_retirements_max_and_refuses_one_more() {
+        use vaultfleet_vault::RETIREMENTS_MAX;
+        let vf = VaultFleet::start(3, Store::Mem);
+        let dir = tempfile::tempdir().unwrap();
+        let authority = SoftHsm::from_seed(99);
+        let mut witness = open_witness(&authority, &dir.path().join("witness"));
+        publish(&mut witness, &authority, &artifact(&vf, 1));
+        let e2 = publish(&mut witness, &authority, &artifact(&vf, 2));
+        let mut retirement = witness.sign_retirement(NS, 1, NOW).unwrap();
+        retirement.countersign(&authority, "operator").unwrap();
+        let retirement = retirement.encode().unwrap();
+        let e2 = e2
+            .with_retirements(vec![retirement.clone(); RETIREMENTS_MAX])
+            .unwrap();
+        serve(&vf, &e2);
+        let client = bundle_client(vf.endpoints(), &witness, &authority);
+        assert_matches!(client.register(b"quinn", CODE, SECRET), Ok(1));
+        assert_eq!(client.fleet_epoch(), Some(2));
+        let one_more: Vec<Arc<dyn VaultEndpoint>> = vf
+            .services
+            .values()
+            .map(|s| {
+                Arc::new(AddRetirement {
+                    inner: Arc::clone(s),
+                    extra: retirement.clone(),
+                }) as Arc<dyn VaultEndpoint>
+            })
+            .collect();
+        let client = bundle_client(one_more, &witness, &authority);
+        assert_matches!(
+            client.register(b"rita", CODE, SECRET),
+            Err(VaultClientError::BadReply {
+                cause: ReplyError::TooManyRetirements { count, max },
+                ..
+            }) if count == RETIREMENTS_MAX + 1 && max == RETIREMENTS_MAX
+        );
+        assert_eq!(client.fleet_epoch(), None);
     }
 
     /// Finding 5 and the low "retire an epoch early": a reply carries the
@@ -2432,6 +2529,189 @@ mod review {
         assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
         assert!(!b.encrypted_secret.is_empty());
         assert_eq!(attempts_left(&vf, b"vic"), 10, "forgiven");
+    }
+
+    // ---- Mutation tests (issue 13) of the server's checks, on the sans-IO
+    // server itself (the service refuses some of these inputs before them).
+
+    /// A server, and a registration started on it for `erin` with `secret`
+    /// and `max_attempts` announced: the start and the client's upload.
+    fn started_registration(
+        secret: &[u8],
+        max_attempts: u32,
+    ) -> (
+        VaultServer<SoftHsm>,
+        UserId,
+        vaultfleet_vault::RegistrationStarted,
+        Vec<u8>,
+    ) {
+        use vaultfleet_vault::RegistrationTerms;
+        let hsm = SoftHsm::from_seed(SEED);
+        let sealed = VaultKeys::provision(&hsm).expect("provision");
+        let server = VaultServer::new(VaultKeys::open(hsm, &sealed, 1, 1).expect("keys"));
+        let user = UserId::new(&b"erin"[..]).expect("user");
+        let flow =
+            ClientRegistrationFlow::start_with_insecure_rng(&mut rng(1), CODE).expect("flow");
+        let digest = registration_secret_digest(&user, secret);
+        let started = server
+            .registration_start(
+                &user,
+                flow.request(),
+                &RegistrationTerms {
+                    max_attempts,
+                    secret_digest: &digest,
+                    issued_generation: 0,
+                },
+            )
+            .expect("start");
+        let upload = flow
+            .finish_with_insecure_rng(&mut rng(2), CODE, &started.response, &KsfParams::TESTS_ONLY)
+            .expect("upload");
+        (server, user, started, upload)
+    }
+
+    fn id(sequence: u64) -> VaultRequestId {
+        let mut id = VaultRequestId::new();
+        id.client = 1;
+        id.sequence = sequence;
+        id
+    }
+
+    #[test]
+    fn mutant_server_register_command_checks_the_secret_and_the_nonce_itself() {
+        use vaultfleet_vault::{Registration, VaultError, SECRET_MAX};
+        // A secret over the limit, announced at the start (so its tag holds):
+        // refused for its length, never sealed.
+        let long = vec![7u8; SECRET_MAX + 1];
+        let (server, user, started, upload) = started_registration(&long, 10);
+        let registration = Registration {
+            upload: &upload,
+            nonce: &started.nonce,
+            tag: &started.tag,
+            secret: &long,
+            max_attempts: 10,
+            issued_generation: started.issued_generation,
+        };
+        assert_matches!(
+            server.register_command(&id(1), &user, &registration),
+            Err(VaultError::Invalid(InvalidInput::Secret { bytes })) if bytes == SECRET_MAX + 1
+        );
+        // A nonce of the wrong length: refused for its length.
+        let (server, user, started, upload) = started_registration(SECRET, 10);
+        let short = &started.nonce[..31];
+        let registration = Registration {
+            upload: &upload,
+            nonce: short,
+            tag: &started.tag,
+            secret: SECRET,
+            max_attempts: 10,
+            issued_generation: started.issued_generation,
+        };
+        assert_matches!(
+            server.register_command(&id(1), &user, &registration),
+            Err(VaultError::Invalid(InvalidInput::NonceLength { bytes: 31 }))
+        );
+        // The genuine one builds the command.
+        let registration = Registration {
+            nonce: &started.nonce,
+            ..registration
+        };
+        assert!(server
+            .register_command(&id(1), &user, &registration)
+            .is_ok());
+    }
+
+    #[test]
+    fn mutant_server_registration_start_refuses_a_limit_outside_one_to_the_maximum() {
+        use vaultfleet_vault::{RegistrationTerms, VaultError, MAX_ATTEMPTS_LIMIT};
+        let (server, user, _, _) = started_registration(SECRET, 10);
+        let flow =
+            ClientRegistrationFlow::start_with_insecure_rng(&mut rng(5), CODE).expect("flow");
+        let digest = registration_secret_digest(&user, SECRET);
+        let start = |max_attempts| {
+            server.registration_start(
+                &user,
+                flow.request(),
+                &RegistrationTerms {
+                    max_attempts,
+                    secret_digest: &digest,
+                    issued_generation: 0,
+                },
+            )
+        };
+        for bad in [0, MAX_ATTEMPTS_LIMIT + 1, MAX_ATTEMPTS_LIMIT + 45] {
+            assert_matches!(
+                start(bad),
+                Err(VaultError::Invalid(InvalidInput::MaxAttempts(m))) if m == bad
+            );
+        }
+        for good in [1, MAX_ATTEMPTS_LIMIT] {
+            assert!(start(good).is_ok(), "limit {good}");
+        }
+    }
+
+    #[test]
+    fn mutant_server_login_finish_refuses_a_request_without_an_id() {
+        use vaultfleet::StateMachine;
+        use vaultfleet_vault::{Registration, VaultError};
+        let (server, user, started, upload) = started_registration(SECRET, 10);
+        let mut vault = BackupVault::new();
+        vault.apply(
+            1,
+            &server
+                .register_command(
+                    &id(1),
+                    &user,
+                    &Registration {
+                        upload: &upload,
+                        nonce: &started.nonce,
+                        tag: &started.tag,
+                        secret: SECRET,
+                        max_attempts: 10,
+                        issued_generation: started.issued_generation,
+                    },
+                )
+                .expect("register"),
+        );
+        let login = ClientLoginFlow::start_with_insecure_rng(&mut rng(3), CODE).expect("login");
+        let consume = server
+            .consume_command(&id(2), &user, login.request())
+            .expect("consume");
+        let o: vaultfleet_vault::wire::VaultOutcome =
+            vaultfleet::wire::decode(&vault.apply(2, &consume), "outcome").expect("outcome");
+        let (pending, response) = server
+            .login_respond(
+                &user,
+                login.request(),
+                o.ticket,
+                o.record.unwrap(),
+                o.erased,
+            )
+            .expect("respond");
+        let opened = login
+            .finish_with_insecure_rng(&mut rng(4), CODE, &response, &KsfParams::TESTS_ONLY)
+            .expect("finish")
+            .expect("right code");
+        let recover = finish(
+            b"erin",
+            0,
+            &opened,
+            VaultLoginPurpose::VAULT_RECOVER,
+            1,
+            3,
+            |_| {},
+        );
+        let mut no_id = recover.clone();
+        no_id.request = None.into();
+        assert_matches!(
+            server.login_finish(&pending, &no_id),
+            Err(VaultError::Invalid(InvalidInput::NoRequestId))
+        );
+        let verified = server.login_finish(&pending, &recover).expect("verified");
+        assert_eq!(
+            (verified.request().client, verified.request().sequence),
+            (1, 3)
+        );
     }
 
     /// Finding R2 (the tampering harness): a delete whose finish an attacker
