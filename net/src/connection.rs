@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use raft::prelude::MessageType;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +41,7 @@ use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::keys::PublicKey;
 use crate::link::{OutSnapshot, Queue};
+use crate::server::{read_plaintext, Noise};
 use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
 use crate::transport::{RouteMiss, Shared};
@@ -53,8 +53,6 @@ use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
 /// The read half as a stream of records.
 pub(crate) type RecordReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
-
-type Noise = Arc<Mutex<snow::TransportState>>;
 
 /// Runs the connection until it fails or is closed; returns why it ended.
 /// `queue` is the peer's outbound queue (outbound connections); an inbound
@@ -84,11 +82,7 @@ pub(crate) async fn run(
     ));
     let config = &shared.config;
     let mut directory = shared.directory_changed.subscribe();
-    let mut keepalive = tokio::time::interval_at(
-        Instant::now() + config.keepalive_interval,
-        config.keepalive_interval,
-    );
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut keepalive = keepalive_timer(config.keepalive_interval);
     let mut last_write = Instant::now();
     let mut batch = BytesMut::new();
     let mut finished: Vec<OutSnapshot> = Vec::new();
@@ -110,7 +104,8 @@ pub(crate) async fn run(
             break ConnectionError::KeyDropped;
         }
         let link = queue.as_deref().map(|q| Arc::clone(q.link()));
-        tokio::select! {
+        // The raft frames gathered into `batch`, to be written below.
+        let frames = tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 break if shared.cancel.is_cancelled() {
@@ -124,6 +119,7 @@ pub(crate) async fn run(
                     break ConnectionError::Shutdown;
                 }
                 still_pinned = shared.directory().is_pinned_peer(&key);
+                continue;
             }
             ended = &mut reader_task => {
                 break ended.unwrap_or(ConnectionError::Shutdown);
@@ -141,41 +137,13 @@ pub(crate) async fn run(
                 if let Some(link) = &link {
                     push_chunks(&shared, link, &mut batch, &mut finished, send_limit);
                 }
-                if batch.is_empty() {
-                    continue;
-                }
-                // A directory update that landed while this batch was gathered
-                // (or while the last write was blocked) is seen before sealing.
-                if directory.has_changed().unwrap_or(true) {
-                    still_pinned = shared.directory().is_pinned_peer(&key);
-                    if !still_pinned {
-                        continue;
-                    }
-                }
-                if let Err(e) = write_batch(&shared, &mut writer, &noise, &batch, frames).await {
-                    break e;
-                }
-                report_written(&shared, &mut finished);
-                last_write = Instant::now();
+                frames
             }
             () = snapshot_pending(&link) => {
                 batch.clear();
                 let Some(link) = &link else { continue };
                 push_chunks(&shared, link, &mut batch, &mut finished, send_limit);
-                if batch.is_empty() {
-                    continue;
-                }
-                if directory.has_changed().unwrap_or(true) {
-                    still_pinned = shared.directory().is_pinned_peer(&key);
-                    if !still_pinned {
-                        continue;
-                    }
-                }
-                if let Err(e) = write_batch(&shared, &mut writer, &noise, &batch, 0).await {
-                    break e;
-                }
-                report_written(&shared, &mut finished);
-                last_write = Instant::now();
+                0
             }
             _ = keepalive.tick() => {
                 if last_write.elapsed() >= config.keepalive_interval {
@@ -184,8 +152,26 @@ pub(crate) async fn run(
                     }
                     last_write = Instant::now();
                 }
+                continue;
+            }
+        };
+        // The queue and snapshot branches gathered a batch: write it.
+        if batch.is_empty() {
+            continue;
+        }
+        // A directory update that landed while this batch was gathered
+        // (or while the last write was blocked) is seen before sealing.
+        if directory.has_changed().unwrap_or(true) {
+            still_pinned = shared.directory().is_pinned_peer(&key);
+            if !still_pinned {
+                continue;
             }
         }
+        if let Err(e) = write_batch(&shared, &mut writer, &noise, &batch, frames).await {
+            break e;
+        }
+        report_written(&shared, &mut finished);
+        last_write = Instant::now();
     };
     // Snapshots whose last chunk was gathered but not written: failed (the
     // others are failed by the link when it sees the connection end).
@@ -301,22 +287,20 @@ async fn read_loop(
             }
             continue;
         }
-        let record = match timeout(shared.config.idle_timeout, reader.next()).await {
-            Err(_) => {
-                Counters::bump(&shared.counters.connections_closed_idle);
-                return ConnectionError::Idle;
-            }
-            Ok(None) => return ConnectionError::PeerClosed,
-            Ok(Some(Err(e))) => return ConnectionError::Io(e),
-            Ok(Some(Ok(record))) => record,
-        };
-        let decrypted = noise.lock().read_message(&record, &mut plaintext);
-        let n = match decrypted {
+        let idle = shared.config.idle_timeout;
+        let n = match read_plaintext(&mut reader, &noise, idle, &mut plaintext).await {
             Ok(n) => n,
             Err(e) => {
-                Counters::bump(&shared.counters.records_undecryptable);
-                Counters::bump(&shared.counters.connections_closed_protocol);
-                return ConnectionError::Decrypt(e);
+                let c = &shared.counters;
+                match e {
+                    ConnectionError::Idle => Counters::bump(&c.connections_closed_idle),
+                    ConnectionError::Decrypt(_) => {
+                        Counters::bump(&c.records_undecryptable);
+                        Counters::bump(&c.connections_closed_protocol);
+                    }
+                    _ => {}
+                }
+                return e;
             }
         };
         assembler.push(&plaintext[..n]);
@@ -499,4 +483,13 @@ fn check_header(
             None
         }
     }
+}
+
+/// A timer that first fires one `period` from now, then every `period`,
+/// delaying (not bursting) the ticks it missed: when a connection checks
+/// whether a keepalive is due.
+pub(crate) fn keepalive_timer(period: std::time::Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
 }

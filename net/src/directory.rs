@@ -82,6 +82,16 @@ pub struct PeerDirectory {
     client_process: bool,
 }
 
+/// `fleet_id` if its length is within 1..=[`FLEET_ID_BYTES_MAX`].
+fn checked_fleet_id(fleet_id: String) -> Result<String, DirectoryError> {
+    if fleet_id.is_empty() || fleet_id.len() > FLEET_ID_BYTES_MAX {
+        return Err(DirectoryError::FleetIdLength {
+            len: fleet_id.len(),
+        });
+    }
+    Ok(fleet_id)
+}
+
 impl PeerDirectory {
     /// A directory for fleet `fleet_id` in which this process, proving `secret`,
     /// hosts `local_ids`; add the fleet's replicas with [`insert`](Self::insert).
@@ -90,12 +100,7 @@ impl PeerDirectory {
         local_ids: impl IntoIterator<Item = ReplicaId>,
         secret: StaticSecret,
     ) -> Result<Self, DirectoryError> {
-        let fleet_id = fleet_id.into();
-        if fleet_id.is_empty() || fleet_id.len() > FLEET_ID_BYTES_MAX {
-            return Err(DirectoryError::FleetIdLength {
-                len: fleet_id.len(),
-            });
-        }
+        let fleet_id = checked_fleet_id(fleet_id.into())?;
         let local_ids: BTreeSet<ReplicaId> = local_ids.into_iter().collect();
         if local_ids.is_empty() {
             return Err(DirectoryError::NoLocalIds);
@@ -130,12 +135,7 @@ impl PeerDirectory {
         fleet_id: impl Into<String>,
         secret: StaticSecret,
     ) -> Result<Self, DirectoryError> {
-        let fleet_id = fleet_id.into();
-        if fleet_id.is_empty() || fleet_id.len() > FLEET_ID_BYTES_MAX {
-            return Err(DirectoryError::FleetIdLength {
-                len: fleet_id.len(),
-            });
-        }
+        let fleet_id = checked_fleet_id(fleet_id.into())?;
         Ok(Self {
             fleet_id,
             protocol_version: PROTOCOL_VERSION,

@@ -213,6 +213,59 @@ fn own_hello(directory: &PeerDirectory, frame_bytes_max: usize) -> Vec<u8> {
     .encode()
 }
 
+/// The Noise handshake of this process's static key: the initiator's against
+/// `remote` when given, else the responder's.
+fn handshake_state(
+    directory: &PeerDirectory,
+    remote: Option<PublicKey>,
+) -> Result<snow::HandshakeState, HandshakeError> {
+    let prologue = prologue(directory);
+    let builder = snow::Builder::new(params()?)
+        .local_private_key(directory.secret().expose())
+        .prologue(&prologue);
+    match remote {
+        Some(remote) => builder
+            .remote_public_key(remote.as_bytes())
+            .build_initiator(),
+        None => builder.build_responder(),
+    }
+    .map_err(HandshakeError::Noise)
+}
+
+/// Writes this side's hello as the next handshake message; returns the record
+/// sent.
+async fn send_hello<W: AsyncWrite + Unpin>(
+    hs: &mut snow::HandshakeState,
+    writer: &mut W,
+    directory: &PeerDirectory,
+    frame_bytes_max: usize,
+) -> Result<Vec<u8>, HandshakeError> {
+    let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let n = hs
+        .write_message(&own_hello(directory, frame_bytes_max), &mut message)
+        .map_err(HandshakeError::Noise)?;
+    message.truncate(n);
+    write_record(writer, &message).await?;
+    Ok(message)
+}
+
+/// Reads the next handshake message, `record`; returns its payload.
+fn read_hello(hs: &mut snow::HandshakeState, record: &[u8]) -> Result<Vec<u8>, HandshakeError> {
+    let mut payload = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
+    let n = hs
+        .read_message(record, &mut payload)
+        .map_err(HandshakeError::Noise)?;
+    payload.truncate(n);
+    Ok(payload)
+}
+
+/// The static key the other side proved (all zeroes if it proved none).
+fn remote_static(hs: &snow::HandshakeState) -> PublicKey {
+    hs.get_remote_static()
+        .and_then(PublicKey::from_slice)
+        .unwrap_or(PublicKey::from_bytes([0; 32]))
+}
+
 /// Runs the initiator's side against the process pinned to `remote`,
 /// announcing `frame_bytes_max` (the largest frame body this side accepts).
 pub async fn initiate<R, W>(
@@ -227,33 +280,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let prologue = prologue(directory);
-    let mut hs = snow::Builder::new(params()?)
-        .local_private_key(directory.secret().expose())
-        .remote_public_key(remote.as_bytes())
-        .prologue(&prologue)
-        .build_initiator()
-        .map_err(HandshakeError::Noise)?;
-    let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
-    let n = hs
-        .write_message(&own_hello(directory, frame_bytes_max), &mut message)
-        .map_err(HandshakeError::Noise)?;
-    write_record(writer, &message[..n]).await?;
+    let mut hs = handshake_state(directory, Some(remote))?;
+    let message = send_hello(&mut hs, writer, directory, frame_bytes_max).await?;
     if let Some(t) = transcript.as_deref_mut() {
-        t.sent.push(message[..n].to_vec());
+        t.sent.push(message);
     }
     let reply = read_record(reader).await?;
     if let Some(t) = transcript {
         t.received.push(reply.to_vec());
     }
-    let mut payload = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
-    let n = hs
-        .read_message(&reply, &mut payload)
-        .map_err(HandshakeError::Noise)?;
-    let found = hs
-        .get_remote_static()
-        .and_then(PublicKey::from_slice)
-        .unwrap_or(PublicKey::from_bytes([0; 32]));
+    let payload = read_hello(&mut hs, &reply)?;
+    let found = remote_static(&hs);
     if found != remote {
         return Err(HandshakeError::WrongResponderKey {
             expected: remote,
@@ -261,7 +298,7 @@ where
         });
     }
     // Only a peer process answers a handshake.
-    let checked = check_hello(directory, remote, Role::Peer, &payload[..n])?;
+    let checked = check_hello(directory, remote, Role::Peer, &payload)?;
     let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
     Ok(Session {
         noise,
@@ -287,21 +324,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let prologue = prologue(directory);
-    let mut hs = snow::Builder::new(params()?)
-        .local_private_key(directory.secret().expose())
-        .prologue(&prologue)
-        .build_responder()
-        .map_err(HandshakeError::Noise)?;
+    let mut hs = handshake_state(directory, None)?;
     let first = read_record(reader).await?;
-    let mut payload = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
-    let n = hs
-        .read_message(&first, &mut payload)
-        .map_err(HandshakeError::Noise)?;
-    let key = hs
-        .get_remote_static()
-        .and_then(PublicKey::from_slice)
-        .unwrap_or(PublicKey::from_bytes([0; 32]));
+    let payload = read_hello(&mut hs, &first)?;
+    let key = remote_static(&hs);
     // The pin check comes before the payload is decoded; the pin says which
     // role the key may take.
     let role = if directory.is_pinned_peer(&key) {
@@ -311,12 +337,8 @@ where
     } else {
         return Err(HandshakeError::UnpinnedKey(key));
     };
-    let checked = check_hello(directory, key, role, &payload[..n])?;
-    let mut message = vec![0u8; NOISE_MESSAGE_BYTES_MAX];
-    let n = hs
-        .write_message(&own_hello(directory, frame_bytes_max), &mut message)
-        .map_err(HandshakeError::Noise)?;
-    write_record(writer, &message[..n]).await?;
+    let checked = check_hello(directory, key, role, &payload)?;
+    send_hello(&mut hs, writer, directory, frame_bytes_max).await?;
     let noise = hs.into_transport_mode().map_err(HandshakeError::Noise)?;
     Ok(Session {
         noise,

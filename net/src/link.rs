@@ -28,6 +28,7 @@ use vaultfleet::transport::{SnapshotDone, SnapshotSent};
 use vaultfleet::ReplicaId;
 
 use crate::backoff::Backoff;
+use crate::config::NetConfig;
 use crate::connection::{self, RecordReader};
 use crate::directory::PeerDirectory;
 use crate::error::{ConnectionError, HandshakeError, SendError};
@@ -284,7 +285,7 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
         link.set_state(CONNECTING);
         let attempt = tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            attempt = dial(&shared, &directory, address, link.key) => attempt,
+            attempt = dial(&shared.config, &directory, address, link.key) => attempt,
         };
         match attempt {
             Ok((reader, writer, session)) => {
@@ -345,14 +346,15 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
 }
 
 /// Opens a TCP connection to `address` and runs the initiator's handshake
-/// against `key`, each within its time limit.
-async fn dial(
-    shared: &Shared,
+/// against `key`, each within its time limit (a peer link's and a remote
+/// client's dial alike).
+pub(crate) async fn dial(
+    config: &NetConfig,
     directory: &PeerDirectory,
     address: std::net::SocketAddr,
     key: PublicKey,
 ) -> Result<(RecordReader, tokio::net::tcp::OwnedWriteHalf, Session), HandshakeError> {
-    let stream = timeout(shared.config.connect_timeout, TcpStream::connect(address))
+    let stream = timeout(config.connect_timeout, TcpStream::connect(address))
         .await
         .map_err(|_| HandshakeError::ConnectTimeout)?
         .map_err(HandshakeError::Io)?;
@@ -360,13 +362,13 @@ async fn dial(
     let (read, mut write) = stream.into_split();
     let mut reader = FramedRead::new(read, record_codec());
     let session = timeout(
-        shared.config.handshake_timeout,
+        config.handshake_timeout,
         initiate(
             &mut reader,
             &mut write,
             directory,
             key,
-            shared.config.frame_bytes_max,
+            config.frame_bytes_max,
             None,
         ),
     )

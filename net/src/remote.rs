@@ -50,11 +50,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use raft::StateRole;
-use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
 use vaultfleet::replica::{MembershipChange, RequestError, Status};
@@ -64,17 +62,17 @@ use vaultfleet::ReplicaId;
 
 use crate::backoff::Backoff;
 use crate::config::NetConfig;
-use crate::connection::RecordReader;
+use crate::connection::{self, RecordReader};
 use crate::directory::PeerDirectory;
-use crate::error::{ConfigError, ConnectionError, HandshakeError};
-use crate::handshake::{initiate, Session};
-use crate::keys::PublicKey;
+use crate::error::{ConfigError, ConnectionError};
+use crate::handshake::Session;
+use crate::link::dial;
 use crate::server::{read_frames, write_sealed, Noise};
+use crate::transport::io_runtime;
 use crate::wire::client::{
     encode_request, ClientFrame, ClientOp, ClientOutcome, ClientReply, ClientRequest,
 };
 use crate::wire::frame::{encode_keepalive, FRAME_LENGTH_BYTES};
-use crate::wire::record::record_codec;
 
 /// Settings of a [`RemoteClient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,12 +197,7 @@ impl RemoteClient {
     /// (`config.net.worker_threads` threads).
     pub fn start(directory: PeerDirectory, config: RemoteConfig) -> Result<Self, RemoteError> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.net.worker_threads)
-            .thread_name("vaultfleet-client")
-            .enable_io()
-            .enable_time()
-            .build()
+        let runtime = io_runtime(config.net.worker_threads, "vaultfleet-client")
             .map_err(RemoteError::Runtime)?;
         let handle = runtime.handle().clone();
         Self::launch(handle, Some(runtime), directory, config)
@@ -618,35 +611,6 @@ async fn node_loop(shared: Arc<Shared>, state: Arc<NodeState>, mut queue: mpsc::
     }
 }
 
-async fn dial(
-    net: &NetConfig,
-    directory: &PeerDirectory,
-    address: std::net::SocketAddr,
-    key: PublicKey,
-) -> Result<(RecordReader, tokio::net::tcp::OwnedWriteHalf, Session), HandshakeError> {
-    let stream = timeout(net.connect_timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| HandshakeError::ConnectTimeout)?
-        .map_err(HandshakeError::Io)?;
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = FramedRead::new(read, record_codec());
-    let session = timeout(
-        net.handshake_timeout,
-        initiate(
-            &mut reader,
-            &mut write,
-            directory,
-            key,
-            net.frame_bytes_max,
-            None,
-        ),
-    )
-    .await
-    .map_err(|_| HandshakeError::Timeout)??;
-    Ok((reader, write, session))
-}
-
 /// Runs one connection: writes queued requests (coalesced), a status request
 /// every `status_interval` and keepalives; the reader task fills slots.
 async fn run_connection(
@@ -673,11 +637,7 @@ async fn run_connection(
     };
     let mut status_tick = tokio::time::interval(shared.config.status_interval);
     status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut keepalive = tokio::time::interval_at(
-        Instant::now() + net.keepalive_interval,
-        net.keepalive_interval,
-    );
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut keepalive = connection::keepalive_timer(net.keepalive_interval);
     let mut last_write = Instant::now();
     let mut batch = Vec::new();
     let reason = loop {

@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tokio::time::{timeout, Instant, MissedTickBehavior};
+use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
 use vaultfleet::replica::{Reply, RequestError};
@@ -47,7 +47,7 @@ use vaultfleet::runtime::{NodeApi, ResponseSlot, Slot};
 
 use crate::config::NetConfig;
 
-use crate::connection::RecordReader;
+use crate::connection::{self, RecordReader};
 use crate::error::ConnectionError;
 use crate::handshake::Session;
 use crate::keys::PublicKey;
@@ -160,6 +160,25 @@ pub(crate) async fn read_frames(
     .await
 }
 
+/// Reads the next record (waiting at most `idle_timeout`) and decrypts it into
+/// `plaintext`; returns its length, or why the connection ends: what a peer's
+/// and a client's reader share.
+pub(crate) async fn read_plaintext(
+    reader: &mut RecordReader,
+    noise: &Noise,
+    idle_timeout: Duration,
+    plaintext: &mut [u8],
+) -> Result<usize, ConnectionError> {
+    let record = match timeout(idle_timeout, reader.next()).await {
+        Err(_) => return Err(ConnectionError::Idle),
+        Ok(None) => return Err(ConnectionError::PeerClosed),
+        Ok(Some(Err(e))) => return Err(ConnectionError::Io(e)),
+        Ok(Some(Ok(record))) => record,
+    };
+    let decrypted = noise.lock().read_message(&record, plaintext);
+    decrypted.map_err(ConnectionError::Decrypt)
+}
+
 /// [`read_frames`], starting with `first`: plaintext already decrypted.
 pub(crate) async fn read_frames_after(
     first: Vec<u8>,
@@ -180,16 +199,9 @@ pub(crate) async fn read_frames_after(
             }
             continue;
         }
-        let record = match timeout(idle_timeout, reader.next()).await {
-            Err(_) => return ConnectionError::Idle,
-            Ok(None) => return ConnectionError::PeerClosed,
-            Ok(Some(Err(e))) => return ConnectionError::Io(e),
-            Ok(Some(Ok(record))) => record,
-        };
-        let decrypted = noise.lock().read_message(&record, &mut plaintext);
-        let n = match decrypted {
+        let n = match read_plaintext(&mut reader, &noise, idle_timeout, &mut plaintext).await {
             Ok(n) => n,
-            Err(e) => return ConnectionError::Decrypt(e),
+            Err(e) => return e,
         };
         assembler.push(&plaintext[..n]);
         if let Some(e) = take_frames(&mut assembler, frame_bytes_max, &mut on_frame) {
@@ -303,11 +315,7 @@ pub(crate) async fn run(
         })
     };
     let mut directory = shared.directory_changed.subscribe();
-    let mut keepalive = tokio::time::interval_at(
-        Instant::now() + config.keepalive_interval,
-        config.keepalive_interval,
-    );
-    keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut keepalive = connection::keepalive_timer(config.keepalive_interval);
     let mut last_write = Instant::now();
     let mut batch = Vec::new();
     let mut permits = Vec::new();

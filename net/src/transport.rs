@@ -166,13 +166,8 @@ impl NetTransport {
     /// threads) and binds its listener.
     pub fn start(directory: PeerDirectory, config: NetConfig) -> Result<Self, NetError> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads)
-            .thread_name("vaultfleet-net")
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(NetError::Runtime)?;
+        let runtime =
+            io_runtime(config.worker_threads, "vaultfleet-net").map_err(NetError::Runtime)?;
         let handle = runtime.handle().clone();
         Self::launch(handle, Some(runtime), directory, config)
     }
@@ -272,9 +267,7 @@ impl NetTransport {
         replica: ReplicaId,
         inbox: Arc<dyn Inbox>,
     ) -> Result<(), NetError> {
-        if !self.inner.shared.directory().is_local(replica) {
-            return Err(NetError::NotLocal(replica));
-        }
+        self.check_local(replica)?;
         self.inner
             .shared
             .routes
@@ -302,9 +295,7 @@ impl NetTransport {
     /// one. `docs/network.md`, "Remote clients", describes the protocol.
     pub fn serve_clients(&self, group: u64, node: Arc<dyn NodeApi>) -> Result<(), NetError> {
         let replica = node.id();
-        if !self.inner.shared.directory().is_local(replica) {
-            return Err(NetError::NotLocal(replica));
-        }
+        self.check_local(replica)?;
         self.inner
             .shared
             .served
@@ -348,33 +339,12 @@ impl NetTransport {
         if envelope.message.get_msg_type() == MessageType::MsgSnapshot {
             return self.try_send_snapshot(envelope, Box::new(|_| {}));
         }
+        let Some((link, envelope)) = self.deliver_local_or_link(envelope)? else {
+            return Ok(());
+        };
         let shared = &self.inner.shared;
-        if shared.cancel.is_cancelled() {
-            return Err(SendError::Closed);
-        }
         let c = &shared.counters;
         let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
-        let directory = shared.directory();
-        if !directory.is_local(from) {
-            return Err(SendError::NotLocal(from));
-        }
-        if directory.is_local(to) {
-            let inbox = shared
-                .route(group, to)
-                .map_err(|_| SendError::UnknownPeer(to))?;
-            inbox.deliver(envelope);
-            Counters::bump(&c.frames_delivered_local);
-            return Ok(());
-        }
-        let Some(key) = directory.key_of(to) else {
-            Counters::bump(&c.sends_refused_unknown_peer);
-            return Err(SendError::UnknownPeer(to));
-        };
-        let link = self.link_to(key);
-        if link.is_down() {
-            Counters::bump(&c.sends_refused_peer_down);
-            return Err(SendError::PeerDown(to));
-        }
         // Sized before it is encoded: a message above the frame limit (the
         // smaller of ours and the one the peer announced) is never encoded.
         let size = usize::try_from(envelope.message.compute_size()).unwrap_or(usize::MAX);
@@ -413,34 +383,13 @@ impl NetTransport {
         envelope: Envelope,
         done: SnapshotDone,
     ) -> Result<(), SendError> {
-        let shared = &self.inner.shared;
-        if shared.cancel.is_cancelled() {
-            return Err(SendError::Closed);
-        }
-        let c = &shared.counters;
-        let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
-        let directory = shared.directory();
-        if !directory.is_local(from) {
-            return Err(SendError::NotLocal(from));
-        }
-        if directory.is_local(to) {
-            let inbox = shared
-                .route(group, to)
-                .map_err(|_| SendError::UnknownPeer(to))?;
-            inbox.deliver(envelope);
-            Counters::bump(&c.frames_delivered_local);
+        let Some((link, envelope)) = self.deliver_local_or_link(envelope)? else {
             done(SnapshotSent::Written);
             return Ok(());
-        }
-        let Some(key) = directory.key_of(to) else {
-            Counters::bump(&c.sends_refused_unknown_peer);
-            return Err(SendError::UnknownPeer(to));
         };
-        let link = self.link_to(key);
-        if link.is_down() {
-            Counters::bump(&c.sends_refused_peer_down);
-            return Err(SendError::PeerDown(to));
-        }
+        let shared = &self.inner.shared;
+        let c = &shared.counters;
+        let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
         let bytes_max = shared.config.snapshot_bytes_max;
         let size = u64::from(envelope.message.compute_size());
         if size > bytes_max {
@@ -470,11 +419,69 @@ impl NetTransport {
             .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))
     }
 
+    /// Refuses a replica the directory does not list as local.
+    fn check_local(&self, replica: ReplicaId) -> Result<(), NetError> {
+        if self.inner.shared.directory().is_local(replica) {
+            Ok(())
+        } else {
+            Err(NetError::NotLocal(replica))
+        }
+    }
+
+    /// Delivers `envelope` straight to its inbox if its destination is a
+    /// replica of this process (`None`), else returns it with the link to the
+    /// destination's process, which is up; or says why it cannot be sent
+    /// (counting the refusals that have a counter).
+    fn deliver_local_or_link(
+        &self,
+        envelope: Envelope,
+    ) -> Result<Option<(Arc<PeerLink>, Envelope)>, SendError> {
+        let shared = &self.inner.shared;
+        if shared.cancel.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        let c = &shared.counters;
+        let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
+        let directory = shared.directory();
+        if !directory.is_local(from) {
+            return Err(SendError::NotLocal(from));
+        }
+        if directory.is_local(to) {
+            let inbox = shared
+                .route(group, to)
+                .map_err(|_| SendError::UnknownPeer(to))?;
+            inbox.deliver(envelope);
+            Counters::bump(&c.frames_delivered_local);
+            return Ok(None);
+        }
+        let Some(key) = directory.key_of(to) else {
+            Counters::bump(&c.sends_refused_unknown_peer);
+            return Err(SendError::UnknownPeer(to));
+        };
+        let link = self.link_to(key);
+        if link.is_down() {
+            Counters::bump(&c.sends_refused_peer_down);
+            return Err(SendError::PeerDown(to));
+        }
+        Ok(Some((link, envelope)))
+    }
+
     fn link_to(&self, key: PublicKey) -> Arc<PeerLink> {
         let shared = &self.inner.shared;
         let mut links = shared.links.lock();
         Arc::clone(links.entry(key).or_insert_with(|| link::spawn(shared, key)))
     }
+}
+
+/// A multi-threaded runtime of `worker_threads` threads named `name`, with
+/// I/O and time enabled: what a transport or a remote client runs on.
+pub(crate) fn io_runtime(worker_threads: usize, name: &str) -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .thread_name(name)
+        .enable_io()
+        .enable_time()
+        .build()
 }
 
 impl Transport for NetTransport {

@@ -104,7 +104,7 @@ fn an_isolated_leader_is_replaced_and_rejoins() {
     );
     workload.put(&session, "cut", 30);
     assert!(
-        workload.acknowledged.keys().any(|k| k.starts_with("cut/")),
+        workload.acknowledged_under("cut"),
         "the majority keeps committing: {workload:?}"
     );
     fleet.proxy().rejoin(&endpoint(leader)).expect("rejoin");
@@ -156,14 +156,7 @@ fn a_datacenter_cut_off_as_a_black_hole_then_with_resets_heals() {
     );
     fleet.proxy().heal_dc(dc_of(follower)).expect("heal");
     assert!(
-        workload
-            .acknowledged
-            .keys()
-            .any(|k| k.starts_with("black-hole/"))
-            && workload
-                .acknowledged
-                .keys()
-                .any(|k| k.starts_with("reset/")),
+        workload.acknowledged_under("black-hole") && workload.acknowledged_under("reset"),
         "writes commit through either cut: {workload:?}"
     );
     heal_and_check(&fleet, &session, &mut workload);
@@ -188,10 +181,7 @@ fn a_killed_leader_restarts_behind_the_proxy_and_catches_up() {
         fleet.nodes[&leader].status().applied >= commit && commit > 0
     });
     assert!(
-        workload
-            .acknowledged
-            .keys()
-            .any(|k| k.starts_with("killed/")),
+        workload.acknowledged_under("killed"),
         "writes go on while the leader is down: {workload:?}"
     );
     heal_and_check(&fleet, &session, &mut workload);
@@ -217,14 +207,8 @@ fn one_way_loss_in_either_direction_loses_no_acknowledged_write() {
     fleet.proxy().set_loss(&f, &l, true).expect("loss");
     workload.put(&session, "follower-to-leader-lost", 30);
     assert!(
-        workload
-            .acknowledged
-            .keys()
-            .any(|k| k.starts_with("leader-to-follower-lost/"))
-            && workload
-                .acknowledged
-                .keys()
-                .any(|k| k.starts_with("follower-to-leader-lost/")),
+        workload.acknowledged_under("leader-to-follower-lost")
+            && workload.acknowledged_under("follower-to-leader-lost"),
         "the majority commits under one-way loss: {workload:?}"
     );
     heal_and_check(&fleet, &session, &mut workload);

@@ -4,188 +4,68 @@
 // Tests of the threaded runtime wait in wall-clock time, bounded.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::{TcpFleet, MEMBERS};
 use vaultfleet::replica::ReplicaConfig;
-use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig};
-use vaultfleet::{FleetConfig, KvStore, MemberSpec, Replica, SledLog};
-use vaultfleet_net::{NetConfig, NetTransport, PeerDirectory, PeerEntry, StaticSecret};
+use vaultfleet::runtime::{Client, ClientConfig, Node};
+use vaultfleet::KvStore;
+use vaultfleet_net::NetConfig;
 
-const GROUP: u64 = 1;
-const FLEET: &str = "fleet-over-tcp";
-const WAIT: Duration = Duration::from_secs(30);
-const MEMBERS: [(u64, &str); 3] = [(1, "dc-a"), (2, "dc-b"), (3, "dc-c")];
-
-struct Process {
-    transport: NetTransport,
-    node: Option<Node>,
-}
-
-struct TcpFleet {
-    config: FleetConfig,
-    secrets: BTreeMap<u64, StaticSecret>,
-    addresses: BTreeMap<u64, SocketAddr>,
-    processes: BTreeMap<u64, Process>,
-    dir: tempfile::TempDir,
-    /// Small frames (64 KiB), entries and appends, and frequent snapshots.
-    small: bool,
-}
-
-/// The frame limit of a `small` fleet.
+/// The frame limit of a small fleet.
 const SMALL_FRAME_BYTES: usize = 64 << 10;
 
-fn net_config(address: SocketAddr, small: bool) -> NetConfig {
+fn net_config(address: SocketAddr) -> NetConfig {
     let mut c = NetConfig::new(address);
     c.worker_threads = 1;
-    c.backoff_max = Duration::from_millis(200);
-    if small {
-        c.frame_bytes_max = SMALL_FRAME_BYTES;
-        c.entry_bytes_max = 16 << 10;
-    }
+    c.backoff_max = std::time::Duration::from_millis(200);
     c
 }
 
-fn replica_config(id: u64, small: bool) -> ReplicaConfig {
+/// Small frames (64 KiB) and entries.
+fn small_net_config(address: SocketAddr) -> NetConfig {
+    let mut c = net_config(address);
+    c.frame_bytes_max = SMALL_FRAME_BYTES;
+    c.entry_bytes_max = 16 << 10;
+    c
+}
+
+/// Small entries and appends, and frequent snapshots.
+fn small_replica_config(id: u64) -> ReplicaConfig {
     let mut c = ReplicaConfig::new(id);
-    if small {
-        c.entry_bytes_max = 16 << 10;
-        c.command_bytes_max = 12 << 10;
-        c.message_bytes_max = 16 << 10;
-        c.snapshot_entries_min = 50;
-        c.compaction_entries_retained = 5;
-    }
+    c.entry_bytes_max = 16 << 10;
+    c.command_bytes_max = 12 << 10;
+    c.message_bytes_max = 16 << 10;
+    c.snapshot_entries_min = 50;
+    c.compaction_entries_retained = 5;
     c
 }
 
-impl TcpFleet {
-    fn start() -> Self {
-        Self::start_with(false)
-    }
-
-    fn start_with(small: bool) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let config = FleetConfig::new(
-            MEMBERS
-                .iter()
-                .map(|&(id, dc)| MemberSpec::voter(id, dc))
-                .collect(),
-        );
-        let mut fleet = TcpFleet {
-            config,
-            secrets: BTreeMap::new(),
-            addresses: BTreeMap::new(),
-            processes: BTreeMap::new(),
-            dir: tempfile::tempdir().expect("temporary directory"),
-            small,
-        };
-        // Each process binds a free port first; the directory then pins them all.
-        for &(id, _) in &MEMBERS {
-            let secret = StaticSecret::generate().expect("key");
-            let own = PeerDirectory::new(FLEET, [id], secret.clone()).expect("directory");
-            let transport = NetTransport::start(
-                own,
-                net_config(SocketAddr::from(([127, 0, 0, 1], 0)), small),
-            )
-            .expect("transport");
-            fleet.addresses.insert(id, transport.local_addr());
-            fleet.secrets.insert(id, secret);
-            fleet.processes.insert(
-                id,
-                Process {
-                    transport,
-                    node: None,
-                },
-            );
-        }
-        for &(id, _) in &MEMBERS {
-            let directory = fleet.directory(id);
-            fleet.processes[&id]
-                .transport
-                .update_directory(directory)
-                .expect("update");
-        }
-        for &(id, _) in &MEMBERS {
-            fleet.spawn_node(id);
-        }
-        fleet
-    }
-
-    fn directory(&self, id: u64) -> PeerDirectory {
-        let mut d = PeerDirectory::new(FLEET, [id], self.secrets[&id].clone()).expect("directory");
-        for &(peer, dc) in &MEMBERS {
-            d.insert(
-                peer,
-                PeerEntry {
-                    address: self.addresses[&peer],
-                    datacenter: dc.into(),
-                    public_key: self.secrets[&peer].public_key(),
-                },
-            )
-            .expect("pin");
-        }
-        d
-    }
-
-    fn dir_of(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("replica-{id}"))
-    }
-
-    fn spawn_node(&mut self, id: u64) {
-        let mut log = SledLog::open(self.dir_of(id)).expect("sled");
-        Replica::bootstrap(&mut log, &KvStore::new(), &self.config).expect("bootstrap");
-        let process = self.processes.get_mut(&id).expect("process");
-        let transport = Arc::new(process.transport.clone());
-        let node = Node::spawn(
-            NodeConfig::new(replica_config(id, self.small)),
-            log,
-            KvStore::new(),
-            transport,
+/// A fleet of key-value replicas that allows no remote client.
+fn start(small: bool) -> TcpFleet<KvStore> {
+    if small {
+        TcpFleet::start_tuned(
+            Vec::new(),
+            Vec::new(),
+            KvStore::new,
+            small_net_config,
+            small_replica_config,
         )
-        .expect("spawn");
-        process
-            .transport
-            .register(GROUP, id, Arc::new(node.handle()))
-            .expect("register");
-        process.node = Some(node);
-    }
-
-    /// Stops replica `id` and its whole "process" (transport included).
-    fn kill(&mut self, id: u64) {
-        let process = self.processes.remove(&id).expect("process");
-        process.transport.shutdown();
-        if let Some(node) = process.node {
-            node.shutdown().expect("clean shutdown");
-        }
-    }
-
-    /// Starts replica `id` again from its disk, on the same address and key.
-    fn restart(&mut self, id: u64) {
-        let transport = NetTransport::start(
-            self.directory(id),
-            net_config(self.addresses[&id], self.small),
+    } else {
+        TcpFleet::start_tuned(
+            Vec::new(),
+            Vec::new(),
+            KvStore::new,
+            net_config,
+            ReplicaConfig::new,
         )
-        .expect("transport on the same port");
-        self.processes.insert(
-            id,
-            Process {
-                transport,
-                node: None,
-            },
-        );
-        self.spawn_node(id);
     }
+}
 
-    fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.processes.values().filter_map(|p| p.node.as_ref())
-    }
-
+impl TcpFleet<KvStore> {
+    /// An in-process client of the running nodes.
     fn client(&self) -> Client {
         Client::connect(
             self.nodes().map(Node::handle).collect(),
@@ -193,48 +73,15 @@ impl TcpFleet {
         )
         .expect("client session")
     }
+}
 
-    fn wait_until(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
-        let start = Instant::now();
-        while !cond(self) {
-            assert!(
-                start.elapsed() < WAIT,
-                "timed out waiting for {what}; statuses: {:#?}",
-                self.nodes()
-                    .map(|n| n.handle().status())
-                    .collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_leader(&self) -> u64 {
-        let mut leader = 0;
-        self.wait_until("an agreed leader", |f| {
-            let statuses: Vec<_> = f.nodes().map(|n| n.handle().status()).collect();
-            let leaders: Vec<u64> = statuses
-                .iter()
-                .filter(|s| s.role == raft::StateRole::Leader)
-                .map(|s| s.id)
-                .collect();
-            if leaders.len() == 1 && statuses.iter().all(|s| s.leader == Some(leaders[0])) {
-                leader = leaders[0];
-                true
-            } else {
-                false
-            }
-        });
-        leader
-    }
-
-    fn status(&self, id: u64) -> vaultfleet::replica::Status {
-        self.processes[&id]
-            .node
-            .as_ref()
-            .expect("node")
-            .handle()
-            .status()
-    }
+/// A member other than `leader`.
+fn a_follower(leader: u64) -> u64 {
+    MEMBERS
+        .iter()
+        .map(|&(id, _)| id)
+        .find(|&id| id != leader)
+        .expect("a follower")
 }
 
 fn put(client: &Client, key: &str, value: &str) {
@@ -250,14 +97,14 @@ fn get(client: &Client, key: &str) -> Option<Vec<u8>> {
 
 #[test]
 fn three_replicas_over_tcp_elect_a_leader_commit_and_a_restarted_replica_catches_up() {
-    let mut fleet = TcpFleet::start();
+    let mut fleet = start(false);
     let leader = fleet.wait_leader();
     let client = fleet.client();
     for i in 0..30 {
         put(&client, &format!("k{i}"), &format!("v{i}"));
     }
     let commit = fleet.status(leader).commit;
-    fleet.wait_until("every replica applies", |f| {
+    fleet.wait_for("every replica applies", |f| {
         MEMBERS
             .iter()
             .all(|&(id, _)| f.status(id).applied >= commit)
@@ -278,11 +125,7 @@ fn three_replicas_over_tcp_elect_a_leader_commit_and_a_restarted_replica_catches
     }
 
     // A follower's whole process goes away; the others keep committing.
-    let victim = MEMBERS
-        .iter()
-        .map(|&(id, _)| id)
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let victim = a_follower(leader);
     fleet.kill(victim);
     let client = fleet.client();
     for i in 30..60 {
@@ -291,7 +134,7 @@ fn three_replicas_over_tcp_elect_a_leader_commit_and_a_restarted_replica_catches
     fleet.restart(victim);
     let leader = fleet.wait_leader();
     let commit = fleet.status(leader).commit;
-    fleet.wait_until("the restarted replica catches up", |f| {
+    fleet.wait_for("the restarted replica catches up", |f| {
         f.status(victim).applied >= commit
     });
     let stats = fleet.processes[&victim].transport.stats();
@@ -316,13 +159,9 @@ fn three_replicas_over_tcp_elect_a_leader_commit_and_a_restarted_replica_catches
 
 #[test]
 fn review_net_3_a_far_behind_replica_catches_up_through_a_chunked_snapshot_above_the_frame_limit() {
-    let mut fleet = TcpFleet::start_with(true);
+    let mut fleet = start(true);
     let leader = fleet.wait_leader();
-    let victim = MEMBERS
-        .iter()
-        .map(|&(id, _)| id)
-        .find(|&id| id != leader)
-        .expect("a follower");
+    let victim = a_follower(leader);
     fleet.kill(victim);
     // More than 1 MiB of state while the victim is away; the leader compacts
     // its log past it, so only a snapshot (about 20 frame limits) can bring it back.
@@ -334,7 +173,7 @@ fn review_net_3_a_far_behind_replica_catches_up_through_a_chunked_snapshot_above
     let leader = fleet.wait_leader();
     fleet.restart(victim);
     let commit = fleet.status(leader).commit;
-    fleet.wait_until("the far-behind replica catches up", |f| {
+    fleet.wait_for("the far-behind replica catches up", |f| {
         f.status(victim).applied >= commit
     });
     let sender = fleet.processes[&leader].transport.stats();

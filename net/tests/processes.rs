@@ -31,10 +31,7 @@ fn kill_the_leader_process_and_restart_it(members: &[(u64, &str)]) {
     let new_leader = fleet.wait_leader_among(&survivors);
     assert_ne!(new_leader, leader);
     assert!(
-        workload
-            .acknowledged
-            .keys()
-            .any(|k| k.starts_with("leaderless/")),
+        workload.acknowledged_under("leaderless"),
         "writes go on without the killed leader: {workload:?}"
     );
     let connections_before = fleet.nodes[&leader].connections();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{ChannelError, ConnectError};
 use super::frame::{seal_frame, split_reply, Assembler};
-use super::{ChannelId, Pattern, Status, BODY_BYTES_HARD_MAX, PAYLOAD_BYTES_MAX};
+use super::{check_durations_and_sizes, ChannelId, Pattern, Status, PAYLOAD_BYTES_MAX};
 use crate::keys::PublicKey;
 use crate::wire::record::{put_record, NOISE_MESSAGE_BYTES_MAX, RECORD_LENGTH_BYTES};
 
@@ -51,27 +51,18 @@ impl Default for OpenClientConfig {
 
 impl OpenClientConfig {
     /// Checks that every duration and limit is above zero and every size at
-    /// most [`BODY_BYTES_HARD_MAX`].
+    /// most [`BODY_BYTES_HARD_MAX`](super::BODY_BYTES_HARD_MAX).
     pub fn validate(&self) -> Result<(), ChannelError> {
         let durations = [
             ("connect_timeout", self.connect_timeout),
             ("handshake_timeout", self.handshake_timeout),
             ("request_timeout", self.request_timeout),
         ];
-        if let Some((what, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            return Err(ChannelError::Config { what });
-        }
         let sizes = [
             ("request_bytes_max", self.request_bytes_max),
             ("reply_bytes_max", self.reply_bytes_max),
         ];
-        if let Some((what, _)) = sizes
-            .iter()
-            .find(|(_, s)| *s == 0 || *s > BODY_BYTES_HARD_MAX)
-        {
-            return Err(ChannelError::Config { what });
-        }
-        Ok(())
+        check_durations_and_sizes(&durations, &sizes)
     }
 }
 

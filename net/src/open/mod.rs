@@ -77,6 +77,25 @@ pub const PAYLOAD_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - 32 - 48 - 16;
 /// Largest request or reply body this channel can be configured for (16 MiB).
 pub const BODY_BYTES_HARD_MAX: usize = 16 << 20;
 
+/// Refuses the first of `durations` that is zero, then the first of `sizes`
+/// that is zero or above [`BODY_BYTES_HARD_MAX`], naming the setting: the
+/// checks a client's and a server's settings share.
+pub(crate) fn check_durations_and_sizes(
+    durations: &[(&'static str, std::time::Duration)],
+    sizes: &[(&'static str, usize)],
+) -> Result<(), ChannelError> {
+    if let Some((what, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+        return Err(ChannelError::Config { what });
+    }
+    if let Some((what, _)) = sizes
+        .iter()
+        .find(|(_, s)| *s == 0 || *s > BODY_BYTES_HARD_MAX)
+    {
+        return Err(ChannelError::Config { what });
+    }
+    Ok(())
+}
+
 /// Longest service label or fleet id, in bytes.
 pub const ID_BYTES_MAX: usize = 255;
 

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::{ChannelError, OpenServerError};
 use super::frame::{seal_frame, Assembler};
-use super::{ChannelId, Pattern, Status, BODY_BYTES_HARD_MAX, PAYLOAD_BYTES_MAX};
+use super::{check_durations_and_sizes, ChannelId, Pattern, Status, PAYLOAD_BYTES_MAX};
 use crate::keys::{PublicKey, StaticSecret};
 use crate::wire::record::{put_record, record_codec, NOISE_MESSAGE_BYTES_MAX};
 
@@ -92,7 +92,7 @@ impl OpenServerConfig {
     }
 
     /// Checks that every limit and duration is above zero and every size at
-    /// most [`BODY_BYTES_HARD_MAX`].
+    /// most [`BODY_BYTES_HARD_MAX`](super::BODY_BYTES_HARD_MAX).
     pub fn validate(&self) -> Result<(), ChannelError> {
         let counts = [
             ("worker_threads", self.worker_threads),
@@ -107,20 +107,11 @@ impl OpenServerConfig {
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
         ];
-        if let Some((what, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
-            return Err(ChannelError::Config { what });
-        }
         let sizes = [
             ("request_bytes_max", self.request_bytes_max),
             ("reply_bytes_max", self.reply_bytes_max),
         ];
-        if let Some((what, _)) = sizes
-            .iter()
-            .find(|(_, s)| *s == 0 || *s > BODY_BYTES_HARD_MAX)
-        {
-            return Err(ChannelError::Config { what });
-        }
-        Ok(())
+        check_durations_and_sizes(&durations, &sizes)
     }
 }
 

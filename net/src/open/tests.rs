@@ -51,6 +51,19 @@ fn accept_all(_: &[u8; 32], _: &[u8]) -> Result<(), NotThisServer> {
 }
 
 /// Polls `cond` on the server's stats for up to five seconds.
+/// A connection to the server at `addr` on [`channel`] that proves its key and
+/// is accepted whatever it is.
+fn connect_proving(addr: SocketAddr) -> OpenConnection {
+    OpenConnection::connect(
+        addr,
+        &channel(),
+        ServerKey::Prove,
+        &client_config(),
+        accept_all,
+    )
+    .unwrap()
+}
+
 fn wait_stats(server: &OpenServer, what: &str, cond: impl Fn(&OpenStats) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -175,14 +188,7 @@ fn nk_needs_the_pinned_key_and_the_same_channel() {
 #[test]
 fn garbage_and_oversize_frames_close_only_their_connection() {
     let server = server_with(b"", reverser(), |c| c.request_bytes_max = 1000);
-    let mut good = OpenConnection::connect(
-        server.local_addr(),
-        &channel(),
-        ServerKey::Prove,
-        &client_config(),
-        accept_all,
-    )
-    .unwrap();
+    let mut good = connect_proving(server.local_addr());
     // A first record that is no handshake.
     let mut raw = TcpStream::connect(server.local_addr()).unwrap();
     raw.write_all(&[0, 5, 9, 9, 9, 9, 9]).unwrap();
@@ -190,14 +196,7 @@ fn garbage_and_oversize_frames_close_only_their_connection() {
         s.handshakes_failed == 1
     });
     // A request above the server's limit (the client allows more).
-    let mut big = OpenConnection::connect(
-        server.local_addr(),
-        &channel(),
-        ServerKey::Prove,
-        &client_config(),
-        accept_all,
-    )
-    .unwrap();
+    let mut big = connect_proving(server.local_addr());
     assert!(big.call(&[1u8; 5000]).is_err());
     assert!(matches!(big.call(b"again"), Err(ChannelError::Broken)));
     wait_stats(&server, "the oversize frame is refused", |s| {
@@ -223,16 +222,7 @@ fn beyond_handlers_max_a_request_is_busy_and_no_answer_is_unavailable() {
     });
     let server = server_with(b"", handler, |c| c.handlers_max = 1);
     let addr: SocketAddr = server.local_addr();
-    let connect = || {
-        OpenConnection::connect(
-            addr,
-            &channel(),
-            ServerKey::Prove,
-            &client_config(),
-            accept_all,
-        )
-        .unwrap()
-    };
+    let connect = || connect_proving(addr);
     let mut first = connect();
     let blocked = std::thread::spawn(move || first.call(b"block"));
     entered_rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -261,14 +251,7 @@ fn beyond_handlers_max_a_request_is_busy_and_no_answer_is_unavailable() {
 #[test]
 fn limits_hold_beyond_connections_max_and_on_payload_size() {
     let server = server_with(b"", reverser(), |c| c.connections_max = 1);
-    let mut first = OpenConnection::connect(
-        server.local_addr(),
-        &channel(),
-        ServerKey::Prove,
-        &client_config(),
-        accept_all,
-    )
-    .unwrap();
+    let mut first = connect_proving(server.local_addr());
     let second = OpenConnection::connect(
         server.local_addr(),
         &channel(),

@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use raft::StateRole;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
 use vaultfleet::{FleetConfig, MemberSpec, Replica, SledLog, StateMachine};
@@ -22,6 +21,9 @@ pub const GROUP: u64 = 1;
 pub const FLEET: &str = "fleet-with-remote-clients";
 pub const WAIT: Duration = Duration::from_secs(30);
 pub const MEMBERS: [(u64, &str); 3] = [(1, "dc-a"), (2, "dc-b"), (3, "dc-c")];
+
+mod wait;
+pub use wait::agreed_leader;
 
 pub struct Process {
     pub transport: NetTransport,
@@ -37,6 +39,10 @@ pub struct TcpFleet<M: StateMachine> {
     pub admins: Vec<PublicKey>,
     pub processes: BTreeMap<u64, Process>,
     pub machine: fn() -> M,
+    /// The transport settings of a replica listening on the given address.
+    pub net_config: fn(SocketAddr) -> NetConfig,
+    /// The settings of replica `id`.
+    pub replica_config: fn(u64) -> ReplicaConfig,
     pub dir: tempfile::TempDir,
 }
 
@@ -72,6 +78,18 @@ impl<M: StateMachine> TcpFleet<M> {
         admins: Vec<PublicKey>,
         machine: fn() -> M,
     ) -> Self {
+        Self::start_tuned(services, admins, machine, net_config, ReplicaConfig::new)
+    }
+
+    /// Starts the fleet like [`start_with_roles`](Self::start_with_roles), each
+    /// replica with the settings `net_config` and `replica_config` give.
+    pub fn start_tuned(
+        services: Vec<PublicKey>,
+        admins: Vec<PublicKey>,
+        machine: fn() -> M,
+        net_config: fn(SocketAddr) -> NetConfig,
+        replica_config: fn(u64) -> ReplicaConfig,
+    ) -> Self {
         let clients = services;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -91,6 +109,8 @@ impl<M: StateMachine> TcpFleet<M> {
             admins,
             processes: BTreeMap::new(),
             machine,
+            net_config,
+            replica_config,
             dir: tempfile::tempdir().expect("temporary directory"),
         };
         for &(id, _) in &MEMBERS {
@@ -166,7 +186,7 @@ impl<M: StateMachine> TcpFleet<M> {
         let process = self.processes.get_mut(&id).expect("process");
         let transport = Arc::new(process.transport.clone());
         let node = Node::spawn(
-            NodeConfig::new(ReplicaConfig::new(id)),
+            NodeConfig::new((self.replica_config)(id)),
             log,
             (self.machine)(),
             transport,
@@ -192,27 +212,57 @@ impl<M: StateMachine> TcpFleet<M> {
         }
     }
 
+    /// Starts replica `id` again from its disk, on the same address and key.
+    pub fn restart(&mut self, id: u64) {
+        let transport =
+            NetTransport::start(self.directory(id), (self.net_config)(self.addresses[&id]))
+                .expect("transport on the same port");
+        self.processes.insert(
+            id,
+            Process {
+                transport,
+                node: None,
+            },
+        );
+        self.spawn_node(id);
+    }
+
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.processes.values().filter_map(|p| p.node.as_ref())
     }
 
+    /// Waits (at most [`WAIT`]) until `cond` holds of the fleet; a timeout
+    /// shows every running replica's status.
+    pub fn wait_for(&self, what: &str, mut cond: impl FnMut(&Self) -> bool) {
+        wait::wait_until_within(
+            WAIT,
+            Duration::from_millis(10),
+            what,
+            || cond(self),
+            || {
+                let statuses: Vec<_> = self.nodes().map(|n| n.handle().status()).collect();
+                format!("; statuses: {statuses:#?}")
+            },
+        );
+    }
+
     pub fn wait_leader(&self) -> u64 {
         let mut leader = 0;
-        wait_until("an agreed leader", || {
-            let statuses: Vec<_> = self.nodes().map(|n| n.handle().status()).collect();
-            let leaders: Vec<u64> = statuses
-                .iter()
-                .filter(|s| s.role == StateRole::Leader)
-                .map(|s| s.id)
-                .collect();
-            if leaders.len() == 1 && statuses.iter().all(|s| s.leader == Some(leaders[0])) {
-                leader = leaders[0];
-                true
-            } else {
-                false
-            }
+        self.wait_for("an agreed leader", |f| {
+            let statuses: Vec<_> = f.nodes().map(|n| n.handle().status()).collect();
+            agreed_leader(&statuses).map(|l| leader = l).is_some()
         });
         leader
+    }
+
+    /// The status of running replica `id`.
+    pub fn status(&self, id: u64) -> vaultfleet::replica::Status {
+        self.processes[&id]
+            .node
+            .as_ref()
+            .expect("node")
+            .handle()
+            .status()
     }
 
     pub fn stats(&self, id: u64) -> vaultfleet_net::NetStats {
@@ -227,10 +277,7 @@ impl<M: StateMachine> TcpFleet<M> {
     }
 }
 
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// Polls `cond` every 10 ms until it holds, for at most [`WAIT`].
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait::wait_until_within(WAIT, Duration::from_millis(10), what, cond, String::new);
 }

@@ -38,12 +38,12 @@ pub const CLIENT_DC: &str = "dc-app";
 
 const BIN: &str = env!("CARGO_BIN_EXE_vaultfleet-net-replica");
 
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+#[path = "../common/wait.rs"]
+mod wait;
+
+/// Polls `cond` every 20 ms until it holds, for at most [`WAIT`].
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait::wait_until_within(WAIT, Duration::from_millis(20), what, cond, String::new);
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -330,17 +330,7 @@ impl ProcessFleet {
         let mut leader = 0;
         wait_until("an agreed leader", || {
             let statuses: Vec<_> = among.iter().map(|id| self.nodes[id].status()).collect();
-            let leaders: Vec<u64> = statuses
-                .iter()
-                .filter(|s| s.role == StateRole::Leader)
-                .map(|s| s.id)
-                .collect();
-            if leaders.len() == 1 && statuses.iter().all(|s| s.leader == Some(leaders[0])) {
-                leader = leaders[0];
-                true
-            } else {
-                false
-            }
+            wait::agreed_leader(&statuses).map(|l| leader = l).is_some()
         });
         leader
     }
@@ -467,6 +457,12 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// Whether some put of `prefix` (a key `prefix/i`) was acknowledged.
+    pub fn acknowledged_under(&self, prefix: &str) -> bool {
+        let start = format!("{prefix}/");
+        self.acknowledged.keys().any(|k| k.starts_with(&start))
+    }
+
     /// `count` puts of fresh keys `prefix/i`, one at a time through `session`.
     pub fn put(&mut self, session: &Client, prefix: &str, count: usize) {
         for i in 0..count {
