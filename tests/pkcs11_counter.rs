@@ -29,6 +29,14 @@ use zeroize::Zeroizing;
 const TOKEN: &str = "vaultfleet-counter-test";
 const PIN: &str = "1234";
 
+/// One test at a time: the tests share one token, and several close and reopen
+/// it (a restart); PKCS#11 login state belongs to the whole application, so a
+/// reopen in one test could log out the sessions another test is using.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One throw-away token per test process.
 fn hsm() -> Pkcs11Hsm {
     static HSM: OnceLock<(Pkcs11Hsm, tempfile::TempDir)> = OnceLock::new();
@@ -120,6 +128,7 @@ fn write(dir: &Path, hsm: &Pkcs11Hsm, group: u64, cycles: std::ops::Range<usize>
 /// after the old image outlives the attack, so the old image is a rollback.
 #[test]
 fn finding_6_deleted_and_recreated_counter_objects_are_a_rollback() {
+    let _serial = serial();
     let hsm = hsm().with_limits(limits(4));
     let group = 610;
     let label = SealedConfig::new(group, 1).counter_label;
@@ -168,6 +177,7 @@ fn finding_6_deleted_and_recreated_counter_objects_are_a_rollback() {
 /// docs.
 #[test]
 fn finding_6_rollback_window_is_below_the_latest_floor() {
+    let _serial = serial();
     let hsm = hsm().with_limits(limits(4));
     let group = 620;
     let label = SealedConfig::new(group, 1).counter_label;
@@ -198,6 +208,7 @@ fn finding_6_rollback_window_is_below_the_latest_floor() {
 /// Floors are non-destroyable and non-modifiable on the token itself.
 #[test]
 fn finding_6_floor_objects_are_neither_destroyable_nor_modifiable() {
+    let _serial = serial();
     let hsm = hsm().with_limits(limits(2));
     let label = "floor-attributes";
     for i in 1..=5u8 {
@@ -276,6 +287,7 @@ fn bounded_advances(label: &str, n: u64, floor_every: u64) -> std::time::Duratio
 /// ignored test below (docs/storage.md).
 #[test]
 fn finding_6_counter_objects_stay_bounded() {
+    let _serial = serial();
     let took = bounded_advances("bounded-1k", 1_000, 200);
     eprintln!("1,000 SoftHSM2 counter advances took {took:?}");
 }
@@ -286,6 +298,7 @@ fn finding_6_counter_objects_stay_bounded() {
 #[test]
 #[ignore = "100,000 SoftHSM2 advances take about 12 minutes; docs/storage.md gives the command"]
 fn finding_6_counter_objects_stay_bounded_over_100k_advances() {
+    let _serial = serial();
     let took = bounded_advances("bounded-100k", 100_000, Pkcs11Limits::DEFAULT_FLOOR_EVERY);
     eprintln!("100,000 SoftHSM2 counter advances took {took:?}");
 }
@@ -313,6 +326,7 @@ fn seal_limits(seals_per_key: u64, reservation: u64) -> Pkcs11Limits {
 /// durable reservation, counting its unused rest as spent).
 #[test]
 fn low_aes_gcm_seal_bound_is_enforced() {
+    let _serial = serial();
     let hsm = hsm().with_limits(seal_limits(10, 3));
     let key = hsm.key("gcm-bound", KeyKind::Aead).unwrap();
     for i in 0..10 {
@@ -395,6 +409,7 @@ fn forge(attacker: &Session, label: &str, counter: Counter) {
 /// current value (ambiguous: refused).
 #[test]
 fn finding_6_hardware_counter_closes_the_window() {
+    let _serial = serial();
     let firmware = std::sync::Arc::new(FirmwareCounter::default());
     let hsm = hsm()
         .with_limits(limits(4))
@@ -456,6 +471,7 @@ fn finding_6_hardware_counter_closes_the_window() {
 /// it was, with its binding.
 #[test]
 fn hardware_counter_keeps_one_object_and_survives_a_cut_advance() {
+    let _serial = serial();
     let firmware = std::sync::Arc::new(FirmwareCounter::default());
     let hsm = hsm()
         .with_limits(limits(1))
@@ -498,6 +514,7 @@ fn hardware_counter_keeps_one_object_and_survives_a_cut_advance() {
 /// exhaust, move or fork the counter: only private token objects count.
 #[test]
 fn review_a_public_object_planted_without_the_pin_does_not_move_the_counter() {
+    let _serial = serial();
     let hsm = hsm();
     let label = "planted-public";
     let before = hsm.advance_counter(label, &[7; 32]).unwrap();
@@ -520,6 +537,7 @@ fn review_a_public_object_planted_without_the_pin_does_not_move_the_counter() {
 /// by a failed ceremony) is refused by name, never silently one of the two.
 #[test]
 fn review_two_keys_under_one_label_are_refused() {
+    let _serial = serial();
     let hsm = hsm();
     let label = "twice";
     hsm.key(label, KeyKind::Aead).unwrap();
