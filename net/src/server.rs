@@ -480,8 +480,16 @@ impl Dispatch {
                 };
                 return self.queue(correlation, node.as_ref(), outcome, permit);
             }
-            ClientOp::Propose(command) => node.propose_into(command, Arc::clone(&slot)),
-            ClientOp::RegisterSession => node.register_session_into(Arc::clone(&slot)),
+            // Sessions belong to the key that registered them: whatever owner
+            // a client wrote is replaced by its authenticated key, so one
+            // client key can neither use nor read another's session.
+            ClientOp::Propose(mut command) => {
+                command.owner = self.key.as_bytes().to_vec();
+                node.propose_into(command, Arc::clone(&slot))
+            }
+            ClientOp::RegisterSession => {
+                node.register_session_of_into(self.key.as_bytes().to_vec(), Arc::clone(&slot))
+            }
             ClientOp::Read(query) => node.read_into(query, Arc::clone(&slot)),
             ClientOp::ChangeMembership(change) => {
                 node.change_membership_into(change, Arc::clone(&slot))

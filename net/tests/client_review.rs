@@ -136,6 +136,13 @@ impl NodeApi for Scripted {
     fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
         self.take(Op::Register, slot)
     }
+    fn register_session_of_into(
+        &self,
+        _owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.take(Op::Register, slot)
+    }
     fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
         self.take(Op::Read(query), slot)
     }

@@ -18,6 +18,22 @@ use crate::ReplicaId;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
+    /// The command names a session that belongs to another client (its
+    /// `owner` differs from the one the session was registered with): refused,
+    /// never applied. A client uses the sessions it registered itself.
+    #[error("session {client_id} belongs to another client: register a session of your own")]
+    NotSessionOwner {
+        /// The session named.
+        client_id: u64,
+    },
+    /// A session owner longer than [`OWNER_BYTES_MAX`](crate::replica::OWNER_BYTES_MAX).
+    #[error("a session owner of {bytes} bytes is above the limit of {limit}")]
+    OwnerTooLong {
+        /// The owner's length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// This replica is not the leader.
     #[error("not the leader{}; retry there", match .leader { Some(id) => format!(" (leader is replica {id})"), None => " (no leader known yet)".to_string() })]
     NotLeader {

@@ -210,7 +210,8 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     election_skip_armed: bool,
     batch: Vec<(RequestId, Request)>,
     batch_bytes: usize,
-    registrations: Vec<RequestId>,
+    /// Session registrations queued: the request and the session's owner.
+    registrations: Vec<(RequestId, Vec<u8>)>,
     in_flight: BTreeMap<u64, InFlight>,
     reads_queued: Vec<(RequestId, Vec<u8>)>,
     reads_queued_since_tick: u64,
@@ -548,6 +549,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// carries the state machine's response.
     pub fn propose(&mut self, id: RequestId, request: Request) -> Result<(), RequestError> {
         debug_assert!(self.batch_bytes <= self.cfg.entry_bytes_max + self.cfg.command_bytes_max);
+        check_owner(&request.owner)?;
         self.check_leader()?;
         if request.command.len() > self.cfg.command_bytes_max {
             return Err(RequestError::CommandTooLarge {
@@ -568,8 +570,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Queues the registration of a new client session; the completion carries
     /// the session id.
     pub fn register_session(&mut self, id: RequestId) -> Result<(), RequestError> {
+        self.register_session_of(id, Vec::new())
+    }
+
+    /// Queues the registration of a session belonging to `owner` (a network
+    /// front end's authenticated client key, at most [`OWNER_BYTES_MAX`]
+    /// bytes): only commands naming the same owner may use it.
+    pub fn register_session_of(
+        &mut self,
+        id: RequestId,
+        owner: Vec<u8>,
+    ) -> Result<(), RequestError> {
+        check_owner(&owner)?;
         self.check_leader()?;
-        self.registrations.push(id);
+        self.registrations.push((id, owner));
         Ok(())
     }
 
@@ -767,16 +781,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             self.batch_bytes = 0;
             fail_ids(
-                std::mem::take(&mut self.registrations),
+                std::mem::take(&mut self.registrations)
+                    .into_iter()
+                    .map(|(id, _)| id),
                 &error,
                 &mut self.completions,
             );
             return;
         }
         self.flush_batch();
-        for id in std::mem::take(&mut self.registrations) {
+        for (id, owner) in std::mem::take(&mut self.registrations) {
             let mut payload = EntryPayload::new();
-            payload.kind = Some(entry_payload::Kind::RegisterSession(Default::default()));
+            let mut register = wire::RegisterSession::new();
+            register.owner = owner;
+            payload.kind = Some(entry_payload::Kind::RegisterSession(register));
             self.propose_entry(payload, InFlightKind::Register(id));
         }
         // raft-rs 0.7 silently drops a ReadIndex before the leader has committed an
@@ -884,7 +902,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .map(|(id, _)| id);
         fail_ids(queued, &stopped, &mut self.completions);
         fail_ids(
-            std::mem::take(&mut self.registrations),
+            std::mem::take(&mut self.registrations)
+                .into_iter()
+                .map(|(id, _)| id),
             &stopped,
             &mut self.completions,
         );
@@ -1034,8 +1054,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     }
                 }
             }
-            Some(entry_payload::Kind::RegisterSession(_)) => {
-                let client = self.sessions.register(index);
+            Some(entry_payload::Kind::RegisterSession(r)) => {
+                let client = self.sessions.register(index, r.owner);
                 if let Some(InFlight {
                     kind: InFlightKind::Register(id),
                     ..
@@ -1537,6 +1557,19 @@ fn split_appends(messages: Vec<Message>, bytes_max: u64) -> Vec<Message> {
         flush(&mut part, &mut index, &mut log_term, &mut out);
     }
     out
+}
+
+/// Longest session owner: a network front end's client key (32 bytes).
+pub const OWNER_BYTES_MAX: usize = 32;
+
+fn check_owner(owner: &[u8]) -> Result<(), RequestError> {
+    if owner.len() > OWNER_BYTES_MAX {
+        return Err(RequestError::OwnerTooLong {
+            bytes: owner.len(),
+            limit: OWNER_BYTES_MAX,
+        });
+    }
+    Ok(())
 }
 
 /// Log entries one raft message may carry when it is decoded by

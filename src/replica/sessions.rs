@@ -22,6 +22,8 @@ use crate::wire::{CachedResponse, Request, Session as WireSession};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Session {
+    /// Whom the session belongs to (empty: a client in the node's process).
+    owner: Vec<u8>,
     acked_below: u64,
     last_active_index: u64,
     responses: BTreeMap<u64, Vec<u8>>,
@@ -49,9 +51,9 @@ impl Sessions {
         self.by_client.len()
     }
 
-    /// Registers a session at log `index`; its id is `index`. Evicts the least
-    /// recently active session when full.
-    pub(crate) fn register(&mut self, index: u64) -> u64 {
+    /// Registers a session of `owner` at log `index`; its id is `index`.
+    /// Evicts the least recently active session when full.
+    pub(crate) fn register(&mut self, index: u64, owner: Vec<u8>) -> u64 {
         while self.by_client.len() >= self.sessions_max {
             let Some(oldest) = self
                 .by_client
@@ -66,6 +68,7 @@ impl Sessions {
         let previous = self.by_client.insert(
             index,
             Session {
+                owner,
                 acked_below: 1,
                 last_active_index: index,
                 responses: BTreeMap::new(),
@@ -89,6 +92,11 @@ impl Sessions {
         let Some(session) = self.by_client.get_mut(&client_id) else {
             return Err(RequestError::SessionExpired { client_id });
         };
+        // Another client's session: nothing of it is touched (its cached
+        // responses, its acknowledgements) and nothing is applied.
+        if session.owner != request.owner {
+            return Err(RequestError::NotSessionOwner { client_id });
+        }
         session.last_active_index = index;
         if request.acked_below > session.acked_below {
             session.acked_below = request.acked_below;
@@ -142,6 +150,7 @@ impl Sessions {
             .map(|(&client_id, s)| {
                 let mut w = WireSession::new();
                 w.client_id = client_id;
+                w.owner = s.owner.clone();
                 w.acked_below = s.acked_below;
                 w.last_active_index = s.last_active_index;
                 w.responses = s
@@ -163,6 +172,7 @@ impl Sessions {
         self.by_client.clear();
         for w in sessions {
             let s = Session {
+                owner: w.owner,
                 acked_below: w.acked_below,
                 last_active_index: w.last_active_index,
                 responses: w
@@ -195,7 +205,7 @@ mod tests {
     fn a_retried_sequence_is_applied_once() {
         let mut s = Sessions::new(4, 4);
         let mut kv = KvStore::new();
-        let c = s.register(1);
+        let c = s.register(1, Vec::new());
         let first = s
             .apply(2, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv)
             .unwrap();
@@ -229,11 +239,11 @@ mod tests {
             s.apply(1, &request(99, 1, 1, KvStore::put("k", "v")), &mut kv),
             Err(RequestError::SessionExpired { client_id: 99 })
         ));
-        let a = s.register(1);
-        let b = s.register(2);
+        let a = s.register(1, Vec::new());
+        let b = s.register(2, Vec::new());
         s.apply(3, &request(a, 1, 1, KvStore::put("a", "1")), &mut kv)
             .unwrap();
-        let c = s.register(4); // evicts b, the least recently active
+        let c = s.register(4, Vec::new()); // evicts b, the least recently active
         assert_eq!(s.len(), 2);
         assert!(matches!(
             s.apply(5, &request(b, 1, 1, KvStore::put("b", "1")), &mut kv),
@@ -249,7 +259,7 @@ mod tests {
     fn outstanding_responses_are_bounded_and_the_table_round_trips() {
         let mut s = Sessions::new(4, 2);
         let mut kv = KvStore::new();
-        let c = s.register(1);
+        let c = s.register(1, Vec::new());
         s.apply(2, &request(c, 1, 1, KvStore::put("a", "1")), &mut kv)
             .unwrap();
         s.apply(3, &request(c, 2, 1, KvStore::put("b", "1")), &mut kv)
@@ -264,5 +274,39 @@ mod tests {
         let mut copy = Sessions::new(4, 2);
         copy.restore(s.to_wire());
         assert_eq!(copy, s);
+    }
+
+    /// A session belongs to its owner (a network front end's client key): a
+    /// command with another owner is refused and touches nothing, not even
+    /// the cached responses or the acknowledgements; the owner survives a
+    /// snapshot.
+    #[test]
+    fn a_session_is_usable_only_by_its_owner_and_the_owner_is_in_the_snapshot() {
+        let mut s = Sessions::new(4, 4);
+        let mut kv = KvStore::new();
+        let c = s.register(1, b"alice".to_vec());
+        let mut mine = request(c, 1, 1, KvStore::put("a", "1"));
+        mine.owner = b"alice".to_vec();
+        let applied = s.apply(2, &mine, &mut kv).unwrap();
+        let mut theirs = request(c, 1, 2, KvStore::put("a", "2"));
+        theirs.owner = b"mallory".to_vec();
+        assert_eq!(
+            s.apply(3, &theirs, &mut kv),
+            Err(RequestError::NotSessionOwner { client_id: c })
+        );
+        assert_eq!(
+            s.cached_response(c, 1),
+            Some(applied.as_slice()),
+            "still cached"
+        );
+        assert_eq!(kv.value(b"a"), Some(&b"1"[..]), "nothing applied");
+        let mut copy = Sessions::new(4, 4);
+        copy.restore(s.to_wire());
+        assert_eq!(copy, s);
+        theirs.owner = Vec::new();
+        assert!(
+            copy.apply(4, &theirs, &mut kv).is_err(),
+            "no owner is not alice"
+        );
     }
 }

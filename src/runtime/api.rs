@@ -33,6 +33,21 @@ pub trait NodeApi: Send + Sync + 'static {
     /// with [`Slot::with_notify`](super::Slot::with_notify), say, so that an
     /// async caller is woken instead of polling).
     fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError>;
+    /// Submits the registration of a session belonging to `owner` (what a
+    /// network front end's authenticated client key is); commands must then
+    /// carry the same `owner`. The default refuses a non-empty owner: a node
+    /// reached over a network registers sessions as its own front end says.
+    fn register_session_of_into(
+        &self,
+        owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        if owner.is_empty() {
+            self.register_session_into(slot)
+        } else {
+            Err(RequestError::Forbidden)
+        }
+    }
     /// Submits a linearizable read whose outcome goes to `slot`.
     fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError>;
     /// Submits a membership change whose outcome goes to `slot`.
@@ -97,6 +112,14 @@ impl NodeApi for NodeHandle {
 
     fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
         NodeHandle::register_session_into(self, slot)
+    }
+
+    fn register_session_of_into(
+        &self,
+        owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        NodeHandle::register_session_of_into(self, owner, slot)
     }
 
     fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {

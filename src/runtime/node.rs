@@ -60,7 +60,7 @@ impl NodeConfig {
 pub(crate) enum Input {
     Raft(Message),
     Propose(Request, ResponseSlot),
-    RegisterSession(ResponseSlot),
+    RegisterSession(Vec<u8>, ResponseSlot),
     Read(Vec<u8>, ResponseSlot),
     Membership(MembershipChange, ResponseSlot),
     TransferLeader(ReplicaId),
@@ -155,7 +155,18 @@ impl NodeHandle {
     /// Submits a session registration whose outcome goes to `slot` (one made
     /// with [`Slot::with_notify`](super::Slot::with_notify), say).
     pub fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
-        self.submit(Input::RegisterSession(slot))
+        self.submit(Input::RegisterSession(Vec::new(), slot))
+    }
+
+    /// Submits the registration of a session belonging to `owner` (a network
+    /// front end's authenticated client key): only commands naming the same
+    /// owner may use it.
+    pub fn register_session_of_into(
+        &self,
+        owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.submit(Input::RegisterSession(owner, slot))
     }
 
     /// Submits a linearizable read.
@@ -305,7 +316,7 @@ impl Drop for Node {
 fn fail_input(input: Input, error: RequestError) {
     match input {
         Input::Propose(_, slot)
-        | Input::RegisterSession(slot)
+        | Input::RegisterSession(_, slot)
         | Input::Read(_, slot)
         | Input::Membership(_, slot) => {
             let _ = slot.fill(Err(error));
@@ -346,7 +357,9 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
                 return;
             }
             Input::Propose(request, slot) => (slot, self.replica.propose(id, request)),
-            Input::RegisterSession(slot) => (slot, self.replica.register_session(id)),
+            Input::RegisterSession(owner, slot) => {
+                (slot, self.replica.register_session_of(id, owner))
+            }
             Input::Read(query, slot) => (slot, self.replica.read(id, query)),
             Input::Membership(change, slot) => (slot, self.replica.change_membership(id, change)),
         };

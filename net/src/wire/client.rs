@@ -540,6 +540,12 @@ fn write_error(w: &mut Writer, e: &RequestError) -> Result<(), EncodeError> {
         RequestError::ReplyTooLarge { bytes, limit } => {
             w.u8(14).u64(size(*bytes)).u64(size(*limit));
         }
+        RequestError::NotSessionOwner { client_id } => {
+            w.u8(15).u64(*client_id);
+        }
+        RequestError::OwnerTooLong { bytes, limit } => {
+            w.u8(16).u64(size(*bytes)).u64(size(*limit));
+        }
         _ => {
             w.u8(12);
         }
@@ -605,6 +611,13 @@ fn read_error(r: &mut Reader<'_>) -> Result<RequestError, DecodeError> {
         14 => RequestError::ReplyTooLarge {
             bytes: read_size(r, "reply size")?,
             limit: read_size(r, "reply limit")?,
+        },
+        15 => RequestError::NotSessionOwner {
+            client_id: r.u64("session id")?,
+        },
+        16 => RequestError::OwnerTooLong {
+            bytes: read_size(r, "owner size")?,
+            limit: read_size(r, "owner limit")?,
         },
         other => {
             return Err(DecodeError::UnknownValue {
