@@ -717,6 +717,36 @@ impl VaultWorkload {
         self.end(client, outcome);
     }
 
+    /// The registration's upload for `b`, the answer to its start (a first
+    /// registration's, or a re-registration's login finish): `None` if the
+    /// answer does not open.
+    fn register_finish(
+        &mut self,
+        flow: ClientRegistrationFlow,
+        user: &UserId,
+        key: u64,
+        version: u64,
+        b: &VaultReplyBody,
+    ) -> Option<VaultRegisterFinish> {
+        let upload = flow
+            .finish_with_insecure_rng(
+                &mut self.rng,
+                &code(key, version),
+                &b.registration_response,
+                &KSF,
+            )
+            .ok()?;
+        let mut f = VaultRegisterFinish::new();
+        f.user = user.as_bytes().to_vec();
+        f.registration_upload = upload;
+        f.credential_nonce = b.credential_nonce.clone();
+        f.nonce_tag = b.nonce_tag.clone();
+        f.secret = secret(key, version);
+        f.max_attempts = self.max_attempts;
+        f.issued_generation = b.generation;
+        Some(f)
+    }
+
     fn failure(b: &VaultReplyBody) -> DeviceOutcome {
         match reply_status(b) {
             VaultReplyStatus::REPLY_NOT_REGISTERED => DeviceOutcome::NotRegistered,
@@ -750,23 +780,9 @@ impl VaultWorkload {
                 if !ok {
                     return self.end(client, Self::failure(&b));
                 }
-                let upload = flow.finish_with_insecure_rng(
-                    &mut self.rng,
-                    &code(key, version),
-                    &b.registration_response,
-                    &KSF,
-                );
-                let Ok(upload) = upload else {
+                let Some(f) = self.register_finish(flow, &user, key, version, &b) else {
                     return self.end(client, DeviceOutcome::Rejected);
                 };
-                let mut f = VaultRegisterFinish::new();
-                f.user = user.as_bytes().to_vec();
-                f.registration_upload = upload;
-                f.credential_nonce = b.credential_nonce;
-                f.nonce_tag = b.nonce_tag.clone();
-                f.secret = secret(key, version);
-                f.max_attempts = self.max_attempts;
-                f.issued_generation = b.generation;
                 let r = self.request(client, vault_client_request::Op::RegisterFinish(f));
                 let stage = Stage::RegisterFinish {
                     version,
@@ -891,24 +907,10 @@ impl VaultWorkload {
                     }
                     (Purpose::Delete, _) => self.end(client, DeviceOutcome::Succeeded),
                     (Purpose::Reregister, Some((reg, version))) => {
-                        let upload = reg.finish_with_insecure_rng(
-                            &mut self.rng,
-                            &code(key, version),
-                            &b.registration_response,
-                            &KSF,
-                        );
-                        let Ok(upload) = upload else {
+                        let Some(mut f) = self.register_finish(reg, &user, key, version, &b) else {
                             return self.end(client, DeviceOutcome::Rejected);
                         };
-                        let mut f = VaultRegisterFinish::new();
-                        f.user = user.as_bytes().to_vec();
-                        f.registration_upload = upload;
-                        f.credential_nonce = b.credential_nonce;
-                        f.nonce_tag = b.nonce_tag.clone();
-                        f.secret = secret(key, version);
-                        f.max_attempts = self.max_attempts;
                         f.login = b.login;
-                        f.issued_generation = b.generation;
                         let mut r =
                             self.request(client, vault_client_request::Op::RegisterFinish(f));
                         authenticate_request(GROUP, &user, &session.session_key, &mut r);
