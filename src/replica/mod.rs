@@ -176,6 +176,8 @@ struct Batched {
     id: RequestId,
     client_id: u64,
     sequence: u64,
+    /// The request's owner: a cached response goes only to its session's owner.
+    owner: Vec<u8>,
 }
 
 enum InFlightKind {
@@ -735,6 +737,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 id,
                 client_id: request.client_id,
                 sequence: request.sequence,
+                owner: request.owner.clone(),
             });
             requests.requests.push(request);
         }
@@ -960,7 +963,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             match f.kind {
                 InFlightKind::Batch(requests) => {
                     for b in requests {
-                        let result = match self.sessions.cached_response(b.client_id, b.sequence) {
+                        let cached =
+                            self.sessions
+                                .cached_response(b.client_id, b.sequence, &b.owner);
+                        let result = match cached {
                             Some(response) => Ok(Reply::Applied(response.to_vec())),
                             None => Err(RequestError::TimedOut),
                         };

@@ -135,10 +135,17 @@ impl Sessions {
     }
 
     /// The cached response of an applied command the client has not yet
-    /// acknowledged.
-    pub(crate) fn cached_response(&self, client_id: u64, sequence: u64) -> Option<&[u8]> {
+    /// acknowledged, for the session's own `owner` only (another owner's
+    /// request naming it gets nothing).
+    pub(crate) fn cached_response(
+        &self,
+        client_id: u64,
+        sequence: u64,
+        owner: &[u8],
+    ) -> Option<&[u8]> {
         self.by_client
-            .get(&client_id)?
+            .get(&client_id)
+            .filter(|s| s.owner == owner)?
             .responses
             .get(&sequence)
             .map(Vec::as_slice)
@@ -295,9 +302,14 @@ mod tests {
             Err(RequestError::NotSessionOwner { client_id: c })
         );
         assert_eq!(
-            s.cached_response(c, 1),
+            s.cached_response(c, 1, b"alice"),
             Some(applied.as_slice()),
             "still cached"
+        );
+        assert_eq!(
+            s.cached_response(c, 1, b"mallory"),
+            None,
+            "a snapshot install answers another owner's request with nothing of the session's"
         );
         assert_eq!(kv.value(b"a"), Some(&b"1"[..]), "nothing applied");
         let mut copy = Sessions::new(4, 4);
