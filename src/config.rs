@@ -51,6 +51,50 @@ impl MemberSpec {
     }
 }
 
+/// The largest `sessions_max` a fleet may replicate: the session table is held
+/// in memory and in every snapshot.
+pub const REPLICATED_SESSIONS_MAX: u64 = 1 << 20;
+/// The largest `session_responses_max` a fleet may replicate.
+pub const REPLICATED_SESSION_RESPONSES_MAX: u64 = 1 << 16;
+
+/// Settings every replica of a group must share, because they change what
+/// applying a committed entry does (which session is evicted, which cached
+/// response is dropped). They are fixed at bootstrap and carried by every
+/// snapshot, so no replica's own config can make it differ: a replica that
+/// disagreed would answer a retried request differently from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicatedSettings {
+    /// Client sessions kept; registering one more evicts the least recently
+    /// active.
+    pub sessions_max: u64,
+    /// Cached responses kept per session.
+    pub session_responses_max: u64,
+}
+
+impl Default for ReplicatedSettings {
+    fn default() -> Self {
+        Self {
+            sessions_max: 4096,
+            session_responses_max: 1024,
+        }
+    }
+}
+
+impl ReplicatedSettings {
+    /// Whether both limits are in `1..=` their maximum.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=REPLICATED_SESSIONS_MAX).contains(&self.sessions_max)
+            || !(1..=REPLICATED_SESSION_RESPONSES_MAX).contains(&self.session_responses_max)
+        {
+            return Err(ConfigError::Settings {
+                sessions_max: self.sessions_max,
+                session_responses_max: self.session_responses_max,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// The shape of a fleet at bootstrap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FleetConfig {
@@ -59,12 +103,25 @@ pub struct FleetConfig {
     /// Datacenters the leader should be in when a caught-up voter there exists
     /// (empty: no preference).
     pub preferred_leader_datacenters: Vec<String>,
+    /// The settings every replica shares, written into the bootstrap snapshot.
+    pub settings: ReplicatedSettings,
 }
 
 /// A fleet configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// Replicated settings out of range.
+    #[error(
+        "sessions_max {sessions_max} must be 1..={REPLICATED_SESSIONS_MAX} and \
+         session_responses_max {session_responses_max} 1..={REPLICATED_SESSION_RESPONSES_MAX}"
+    )]
+    Settings {
+        /// The sessions limit given.
+        sessions_max: u64,
+        /// The responses limit given.
+        session_responses_max: u64,
+    },
     /// No voters at all.
     #[error("the fleet has no voters; name at least one member with Role::Voter (three or five across three datacenters is typical)")]
     NoVoters,
@@ -152,7 +209,14 @@ impl FleetConfig {
         Self {
             members,
             preferred_leader_datacenters: Vec::new(),
+            settings: ReplicatedSettings::default(),
         }
+    }
+
+    /// Sets the replicated settings.
+    pub fn with_settings(mut self, settings: ReplicatedSettings) -> Self {
+        self.settings = settings;
+        self
     }
 
     /// Sets the datacenters the leader should prefer.
@@ -206,6 +270,7 @@ impl FleetConfig {
     /// Checks the configuration: an error for what cannot work, warnings for what
     /// works until a datacenter is lost.
     pub fn validate(&self) -> Result<Vec<ConfigWarning>, ConfigError> {
+        self.settings.check()?;
         if self.members.len() > MEMBERS_MAX {
             return Err(ConfigError::TooManyMembers(self.members.len()));
         }

@@ -33,7 +33,7 @@ pub mod storage;
 pub mod transport;
 pub mod wire;
 
-pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, Role};
+pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, ReplicatedSettings, Role};
 pub use hsm::{Hsm, HsmError, SoftHsm};
 pub use replica::{Replica, ReplicaConfig, ReplicaError, RequestError};
 pub use runtime::{Client, ClientConfig, ClientError, Node, NodeConfig, NodeHandle};

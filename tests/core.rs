@@ -13,7 +13,7 @@ use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::wire::{self, ConfChangeContext};
 use vaultfleet::{
     FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, ReplicaConfig, ReplicaError,
-    RequestError, StateMachine,
+    ReplicatedSettings, RequestError, StateMachine,
 };
 
 /// Snapshots after a few entries, keeping one entry behind them, so a replica
@@ -553,4 +553,83 @@ fn review_a_membership_beyond_members_max_is_refused_by_the_leader() {
         "{refused:?}"
     );
     assert!(net.failures.is_empty(), "{:?}", net.failures);
+}
+
+/// The session limits are the fleet's, not each replica's: replicas whose own
+/// configs say 4096 and 1 both keep exactly the bootstrap's 2 sessions, so a
+/// retried request gets the same answer whichever of them leads. (Before the
+/// limits were replicated, replica 1 kept all three sessions and replica 2
+/// only the newest.)
+#[test]
+fn session_limits_come_from_the_bootstrap_not_from_each_replicas_config() {
+    let fleet = FleetConfig::new(vec![
+        MemberSpec::voter(1, "dc-1"),
+        MemberSpec::voter(2, "dc-2"),
+        MemberSpec::voter(3, "dc-3"),
+    ])
+    .with_settings(ReplicatedSettings {
+        sessions_max: 2,
+        session_responses_max: 8,
+    });
+    let mut net = Network::with_fleet(
+        &fleet,
+        |cfg| {
+            cfg.sessions_max = match cfg.id {
+                1 => 4096,
+                2 => 1,
+                _ => 100,
+            }
+        },
+        KvStore::new,
+    );
+    net.elect(1);
+    let first = net.register(1);
+    let second = net.register(1);
+    let third = net.register(1);
+    // Replica 1 leads: the oldest session was evicted under the fleet's limit.
+    let request = net
+        .propose(1, first, 1, 1, KvStore::put("k", "first"))
+        .expect("propose");
+    net.settle();
+    assert!(
+        matches!(
+            net.take(request),
+            Some(Err(RequestError::SessionExpired { .. }))
+        ),
+        "replica 1 kept a third session"
+    );
+    // Replica 2 leads: the two newest sessions are both still there.
+    net.replica_mut(1).transfer_leader(2);
+    net.settle();
+    net.tick_all(2);
+    assert!(net.replica(2).is_leader());
+    for (client, value) in [(second, "second"), (third, "third")] {
+        let request = net
+            .propose(2, client, 1, 1, KvStore::put("k", value))
+            .expect("propose");
+        net.settle();
+        assert!(
+            matches!(net.take(request), Some(Ok(Reply::Applied(_)))),
+            "replica 2 lost session {client}"
+        );
+    }
+}
+
+/// A snapshot whose replicated limits are out of range is refused before
+/// anything of it is applied.
+#[test]
+fn replicated_settings_out_of_range_are_refused_at_bootstrap() {
+    let fleet =
+        FleetConfig::new(vec![MemberSpec::voter(1, "dc-1")]).with_settings(ReplicatedSettings {
+            sessions_max: 0,
+            session_responses_max: 8,
+        });
+    let mut store = MemLog::new();
+    let r = Replica::bootstrap(&mut store, &KvStore::new(), &fleet);
+    assert!(matches!(r, Err(ReplicaError::Fleet { .. })), "{r:?}");
+    assert_eq!(
+        raft::Storage::last_index(&store).unwrap(),
+        0,
+        "nothing was written"
+    );
 }

@@ -37,12 +37,14 @@ pub struct ReplicaConfig {
     pub snapshot_entries_min: u64,
     /// Entries kept behind a snapshot for followers that are only a little behind.
     pub compaction_entries_retained: u64,
-    /// Client sessions remembered for deduplication (least recently active evicted).
-    /// **Must be equal on every replica of a group**: it changes what `apply`
-    /// does, so replicas with different values would diverge.
+    /// Client sessions remembered for deduplication, for a store bootstrapped
+    /// before the limits were replicated only. A store bootstrapped now takes
+    /// the limit from its snapshots ([`crate::ReplicatedSettings`], set in the
+    /// bootstrap [`crate::FleetConfig`]), so replicas cannot disagree on it;
+    /// with an older store this value must be equal on every replica.
     pub sessions_max: usize,
-    /// Unacknowledged responses remembered per session. **Must be equal on every
-    /// replica of a group**, like `sessions_max`.
+    /// Unacknowledged responses remembered per session; like `sessions_max`,
+    /// only for a store bootstrapped before the limits were replicated.
     pub session_responses_max: usize,
     /// A learner is promoted only once it lags the leader's last index by at most
     /// this many entries.

@@ -279,6 +279,17 @@ pub enum SnapshotError {
     /// The state machine could not capture its state.
     #[error("{0}")]
     Capture(#[from] CaptureError),
+    /// The replicated session limits are out of range.
+    #[error(
+        "replicated session limits out of range (sessions_max {sessions_max}, \
+         session_responses_max {session_responses_max})"
+    )]
+    Settings {
+        /// The sessions limit carried.
+        sessions_max: u64,
+        /// The responses limit carried.
+        session_responses_max: u64,
+    },
 }
 
 /// Why a committed entry cannot be applied.

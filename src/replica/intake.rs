@@ -278,6 +278,8 @@ fn check_snapshot<T: Storage>(
             },
         });
     }
+    super::replicated_limits(&payload)
+        .map_err(|source| StepRefusal::SnapshotPayload { source })?;
     Ok(())
 }
 

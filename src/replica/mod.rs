@@ -263,6 +263,31 @@ impl<L: LogStore, S: StateMachine> std::fmt::Debug for Replica<L, S> {
     }
 }
 
+/// The replicated session limits a snapshot carries: `None` for a snapshot
+/// from before they were replicated (both zero), an error for limits out of
+/// range (a leader never sends those).
+fn replicated_limits(payload: &SnapshotPayload) -> Result<Option<(usize, usize)>, SnapshotError> {
+    if payload.sessions_max == 0 && payload.session_responses_max == 0 {
+        return Ok(None);
+    }
+    let settings = crate::config::ReplicatedSettings {
+        sessions_max: payload.sessions_max,
+        session_responses_max: payload.session_responses_max,
+    };
+    let bad = || SnapshotError::Settings {
+        sessions_max: payload.sessions_max,
+        session_responses_max: payload.session_responses_max,
+    };
+    settings.check().map_err(|_| bad())?;
+    match (
+        usize::try_from(settings.sessions_max),
+        usize::try_from(settings.session_responses_max),
+    ) {
+        (Ok(s), Ok(r)) => Ok(Some((s, r))),
+        _ => Err(bad()),
+    }
+}
+
 fn snapshot_payload(
     sessions: &Sessions,
     members: &BTreeMap<ReplicaId, String>,
@@ -271,6 +296,9 @@ fn snapshot_payload(
     let mut p = SnapshotPayload::new();
     p.format_version = SNAPSHOT_FORMAT_VERSION;
     p.sessions = sessions.to_wire();
+    let (sessions_max, responses_max) = sessions.limits();
+    p.sessions_max = sessions_max as u64;
+    p.session_responses_max = responses_max as u64;
     p.members = members
         .iter()
         .map(|(&id, dc)| {
@@ -316,7 +344,22 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .iter()
             .map(|m| (m.id, m.datacenter.clone()))
             .collect();
-        let sessions = Sessions::new(1, 1);
+        // The replicated settings go into the bootstrap snapshot, hence into
+        // every later one: no replica's own config decides them.
+        let sessions = match (
+            usize::try_from(fleet.settings.sessions_max),
+            usize::try_from(fleet.settings.session_responses_max),
+        ) {
+            (Ok(s), Ok(r)) => Sessions::new(s, r),
+            _ => {
+                return Err(ReplicaError::Fleet {
+                    source: crate::config::ConfigError::Settings {
+                        sessions_max: fleet.settings.sessions_max,
+                        session_responses_max: fleet.settings.session_responses_max,
+                    },
+                })
+            }
+        };
         let data = machine
             .snapshot()
             .map_err(SnapshotError::from)
@@ -439,8 +482,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 supported: SNAPSHOT_FORMAT_VERSION,
             }));
         }
+        let limits = replicated_limits(&payload).map_err(bad)?;
         machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
         sessions.restore(payload.sessions);
+        if let Some((sessions_max, responses_max)) = limits {
+            sessions.set_limits(sessions_max, responses_max);
+        }
         *members = payload
             .members
             .into_iter()

@@ -51,6 +51,19 @@ impl Sessions {
         self.by_client.len()
     }
 
+    /// The limits: sessions kept, responses cached per session.
+    pub(crate) fn limits(&self) -> (usize, usize) {
+        (self.sessions_max, self.responses_max)
+    }
+
+    /// Takes the limits a snapshot replicated. The table a snapshot restores
+    /// was built under the same limits, so nothing needs evicting.
+    pub(crate) fn set_limits(&mut self, sessions_max: usize, responses_max: usize) {
+        debug_assert!(sessions_max > 0 && responses_max > 0);
+        self.sessions_max = sessions_max;
+        self.responses_max = responses_max;
+    }
+
     /// Registers a session of `owner` at log `index`; its id is `index`.
     /// Evicts the least recently active session when full.
     pub(crate) fn register(&mut self, index: u64, owner: Vec<u8>) -> u64 {

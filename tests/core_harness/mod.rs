@@ -73,11 +73,22 @@ impl<M: StateMachine> Network<M> {
                 .map(|&id| MemberSpec::voter(id, format!("dc-{id}")))
                 .collect(),
         );
+        Network::with_fleet(&fleet, configure, make)
+    }
+
+    /// A new fleet bootstrapped with `fleet` (its members and its replicated
+    /// settings), every member started with `configure` applied.
+    pub fn with_fleet(
+        fleet: &FleetConfig,
+        configure: impl Fn(&mut ReplicaConfig),
+        make: fn() -> M,
+    ) -> Self {
+        let ids = fleet.voters();
         let replicas = ids
             .iter()
             .map(|&id| {
                 let mut store = MemLog::new();
-                assert!(Replica::bootstrap(&mut store, &make(), &fleet).expect("bootstrap"));
+                assert!(Replica::bootstrap(&mut store, &make(), fleet).expect("bootstrap"));
                 let mut cfg = test_config(id);
                 configure(&mut cfg);
                 let replica = Replica::new(cfg, store, make()).expect("start replica");
