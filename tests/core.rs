@@ -8,7 +8,7 @@ mod core_harness;
 use core_harness::{kv_value, Network};
 use protobuf2::Message as _;
 use raft::prelude::{ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType};
-use vaultfleet::replica::{CorruptEntry, Output, Reply};
+use vaultfleet::replica::{CorruptEntry, Output, Reply, StateDigest, STATE_DIGESTS_KEPT};
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::wire::{self, ConfChangeContext};
 use vaultfleet::{
@@ -632,4 +632,121 @@ fn replicated_settings_out_of_range_are_refused_at_bootstrap() {
         0,
         "nothing was written"
     );
+}
+
+/// Marks a state digest on `leader` and settles; the leader's answer.
+fn mark_state_digest(net: &mut Network, leader: u64, request: u64) -> StateDigest {
+    net.replica_mut(leader)
+        .mark_state_digest(request)
+        .expect("mark on the leader");
+    net.settle();
+    match net.take(request) {
+        Some(Ok(Reply::StateDigest(d))) => d,
+        other => panic!("a marker answered {other:?}"),
+    }
+}
+
+/// Every replica's digest at `index` (`None`: it has none).
+fn digests_at(net: &Network, index: u64) -> Vec<Option<[u8; 32]>> {
+    net.ids()
+        .into_iter()
+        .map(|id| {
+            net.status(id)
+                .state_digests
+                .iter()
+                .find(|d| d.index == index)
+                .map(|d| d.digest)
+        })
+        .collect()
+}
+
+fn write(net: &mut Network, leader: u64, client: u64, sequence: u64, key: &str) {
+    let put = net
+        .propose(leader, client, sequence, sequence, KvStore::put(key, "v"))
+        .expect("propose on the leader");
+    net.settle();
+    assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+}
+
+#[test]
+fn every_replica_digests_its_state_at_a_marker_and_the_digest_follows_the_state() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    for sequence in 1..=3 {
+        write(&mut net, 1, client, sequence, &format!("k{sequence}"));
+    }
+    // Only the leader takes a marker.
+    assert!(matches!(
+        net.replica_mut(2).mark_state_digest(1_000_000),
+        Err(RequestError::NotLeader { leader: Some(1) })
+    ));
+    let first = mark_state_digest(&mut net, 1, 1_000_001);
+    assert_eq!(first.index, net.status(1).applied, "the marker's own index");
+    assert_eq!(digests_at(&net, first.index), vec![Some(first.digest); 3]);
+    assert_eq!(first.hex().len(), 64);
+
+    // Nothing changed: a second marker gives the same digest (the index is
+    // not hashed), at another index.
+    let again = mark_state_digest(&mut net, 1, 1_000_002);
+    assert!(again.index > first.index);
+    assert_eq!(again.digest, first.digest);
+
+    // More writes: the digest moves with the state, alike on every replica.
+    for sequence in 4..=5 {
+        write(&mut net, 1, client, sequence, &format!("k{sequence}"));
+    }
+    let second = mark_state_digest(&mut net, 1, 1_000_003);
+    assert_ne!(second.digest, first.digest, "the digest is not constant");
+    assert_eq!(digests_at(&net, second.index), vec![Some(second.digest); 3]);
+    // Earlier digests are kept, ascending, with the newest last.
+    let kept = net.status(3).state_digests;
+    let indexes: Vec<u64> = kept.iter().map(|d| d.index).collect();
+    assert_eq!(indexes, [first.index, again.index, second.index]);
+
+    // At most STATE_DIGESTS_KEPT, the newest ones.
+    let mut last = second;
+    for n in 0..STATE_DIGESTS_KEPT as u64 {
+        last = mark_state_digest(&mut net, 1, 1_000_100 + n);
+    }
+    for id in net.ids() {
+        let kept = net.status(id).state_digests;
+        assert_eq!(kept.len(), STATE_DIGESTS_KEPT);
+        assert_eq!(kept.last(), Some(&last));
+        assert!(kept.windows(2).all(|w| w[0].index < w[1].index));
+        assert!(kept.iter().all(|d| d.digest == second.digest));
+    }
+}
+
+#[test]
+fn a_replica_with_diverged_state_reports_a_different_digest_at_the_same_index() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    // Replica 3 is rebuilt by hand: bootstrapped from a store holding one
+    // key the others never had (a diverged state machine).
+    let fleet = FleetConfig::new(
+        [1, 2, 3]
+            .iter()
+            .map(|&id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let mut diverged = KvStore::new();
+    diverged.apply(1, &KvStore::put("only-on-3", "x"));
+    let mut store = MemLog::new();
+    assert!(Replica::bootstrap(&mut store, &diverged, &fleet).unwrap());
+    let replica =
+        Replica::new(core_harness::test_config(3), store, diverged.clone()).expect("start");
+    net.replicas.insert(3, replica);
+
+    net.elect(1);
+    let client = net.register(1);
+    write(&mut net, 1, client, 1, "k");
+    let marker = mark_state_digest(&mut net, 1, 1_000_001);
+    let digests = digests_at(&net, marker.index);
+    assert_eq!(digests[0], Some(marker.digest));
+    assert_eq!(digests[1], Some(marker.digest), "replicas 1 and 2 agree");
+    let three = digests[2].expect("replica 3 applied the marker");
+    assert_ne!(three, marker.digest, "replica 3 differs");
+    // The same log applied: every replica is at the same index.
+    let applied: Vec<u64> = net.ids().iter().map(|&id| net.status(id).applied).collect();
+    assert_eq!(applied, vec![marker.index; 3]);
 }

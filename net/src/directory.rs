@@ -12,8 +12,11 @@
 //! fleet artifact's transport keys. Invariants kept by every constructor and
 //! mutator: no replica id is 0; every local id that is also listed is pinned to
 //! this process's own key; all replicas pinned to one key (one process) share one
-//! address, so a key names exactly one place to dial; a key is a peer key or a
-//! client key, never both, and this process's own key is neither.
+//! address, so a key names exactly one place to dial; a peer key may also be
+//! allowed as a [`ClientRole::Service`] client's (a node's own vault service
+//! proposes through its peers as a client, proving its one transport key; the
+//! handshake's hello says which role a connection takes), but never as an
+//! [`ClientRole::Admin`] client's; this process's own key is neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,8 +29,9 @@ use crate::wire::hello::HELLO_IDS_MAX;
 
 /// The protocol version this build speaks (bound into the handshake prologue).
 /// Version 2 added the frame limit to the handshake's hello; version 3 the
-/// client-protocol errors `Forbidden` and `ReplyTooLarge` (client roles).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// client-protocol errors `Forbidden` and `ReplyTooLarge` (client roles); version 4
+/// the leader's per-follower progress in a reply's status.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Longest fleet id, in bytes (the fleet artifact's limit for text).
 pub const FLEET_ID_BYTES_MAX: usize = 255;
@@ -154,21 +158,23 @@ impl PeerDirectory {
 
     /// Allows the client process proving `key` to send client requests, as a
     /// [`ClientRole::Service`] (no membership changes, no leadership
-    /// transfers). A key pinned to a replica, or this process's own key,
-    /// cannot be a client's.
+    /// transfers). This process's own key cannot be a client's; a key pinned
+    /// to a replica can (a peer's vault service proposing through this node).
     pub fn allow_client(&mut self, key: PublicKey) -> Result<(), DirectoryError> {
         self.allow_client_as(key, ClientRole::Service)
     }
 
     /// Allows the client process proving `key` to send client requests in
-    /// `role` (replacing its earlier role). A key pinned to a replica, or this
-    /// process's own key, cannot be a client's.
+    /// `role` (replacing its earlier role). This process's own key cannot be a
+    /// client's, and a key pinned to a replica only a [`ClientRole::Service`]
+    /// client's (a peer's vault service), never an admin's.
     pub fn allow_client_as(
         &mut self,
         key: PublicKey,
         role: ClientRole,
     ) -> Result<(), DirectoryError> {
-        if key == self.secret.public_key() || self.peers.values().any(|e| e.public_key == key) {
+        let pinned_peer = self.peers.values().any(|e| e.public_key == key);
+        if key == self.secret.public_key() || (pinned_peer && role.is_admin()) {
             return Err(DirectoryError::KeyRoleConflict { key });
         }
         self.clients.insert(key, role);
@@ -226,7 +232,11 @@ impl PeerDirectory {
         {
             return Err(DirectoryError::ForeignIdOnOwnKey { id });
         }
-        if self.clients.contains_key(&entry.public_key) {
+        if self
+            .clients
+            .get(&entry.public_key)
+            .is_some_and(|role| role.is_admin())
+        {
             return Err(DirectoryError::KeyRoleConflict {
                 key: entry.public_key,
             });
@@ -371,11 +381,14 @@ mod tests {
             Some(DirectoryError::NoLocalIds)
         );
         let client = StaticSecret::generate().unwrap().public_key();
-        assert_eq!(
-            dir.allow_client(other),
-            Err(DirectoryError::KeyRoleConflict { key: other }),
-            "a peer key is never a client key"
+        dir.allow_client(other).unwrap();
+        assert!(
+            dir.is_pinned_peer(&other) && dir.is_pinned_client(&other),
+            "a peer key may be a service client's (its node's vault service)"
         );
+        assert_eq!(dir.client_role(&other), Some(ClientRole::Service));
+        dir.insert(3, entry(2, other)).unwrap();
+        assert!(dir.remove_client(&other));
         assert_eq!(
             dir.allow_client(own.public_key()),
             Err(DirectoryError::KeyRoleConflict {

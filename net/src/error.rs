@@ -86,9 +86,10 @@ pub enum DirectoryError {
         /// The other.
         second: ReplicaId,
     },
-    /// A key given two roles: pinned to a replica and allowed as a client's, or
-    /// this process's own key allowed as a client's.
-    #[error("key {key} cannot be both a peer's (or this process's) and a client's")]
+    /// A key given two roles that exclude each other: pinned to a replica and
+    /// allowed as an admin client's, or this process's own key allowed as a
+    /// client's.
+    #[error("key {key} cannot be both a peer's (or this process's) and an admin client's (or, for this process's own key, any client's)")]
     KeyRoleConflict {
         /// The key.
         key: PublicKey,

@@ -329,13 +329,20 @@ where
     let payload = read_hello(&mut hs, &first)?;
     let key = remote_static(&hs);
     // The pin check comes before the payload is decoded; the pin says which
-    // role the key may take.
-    let role = if directory.is_pinned_peer(&key) {
-        Role::Peer
-    } else if directory.is_pinned_client(&key) {
-        Role::Client
-    } else {
-        return Err(HandshakeError::UnpinnedKey(key));
+    // role the key may take. A peer key also allowed as a (service) client's
+    // takes the role its hello claims (a node's vault service dialing a peer).
+    let role = match (
+        directory.is_pinned_peer(&key),
+        directory.is_pinned_client(&key),
+    ) {
+        (true, true) => match Hello::decode(&payload).map(|h| h.role) {
+            Ok(HelloRole::Client) => Role::Client,
+            // A hello that does not decode is refused by `check_hello`.
+            _ => Role::Peer,
+        },
+        (true, false) => Role::Peer,
+        (false, true) => Role::Client,
+        (false, false) => return Err(HandshakeError::UnpinnedKey(key)),
     };
     let checked = check_hello(directory, key, role, &payload)?;
     send_hello(&mut hs, writer, directory, frame_bytes_max).await?;

@@ -282,6 +282,7 @@ impl RemoteClient {
             status: Mutex::new(unknown_status(replica)),
             next_correlation: AtomicU64::new(1),
             connections: AtomicU64::new(0),
+            statuses: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             admin_refused: AtomicBool::new(false),
             cancel: shared.cancel.child_token(),
@@ -332,6 +333,8 @@ struct NodeState {
     status: Mutex<Status>,
     next_correlation: AtomicU64,
     connections: AtomicU64,
+    /// Statuses of this replica received (every reply carries one).
+    statuses: AtomicU64,
     closed: AtomicBool,
     /// The node refused an administrative request `Forbidden` on the current
     /// connection (reset on every connect: the directory may have changed).
@@ -352,6 +355,7 @@ impl NodeState {
             let mut status = self.status.lock();
             status.role = StateRole::Follower;
             status.leader = None;
+            status.followers.clear();
         }
         for slot in slots.into_values() {
             let _ = slot.fill(Err(RequestError::TimedOut));
@@ -375,7 +379,10 @@ impl NodeState {
             outcome,
         } = reply;
         match status {
-            Some(status) if status.id == self.id => *self.status.lock() = status,
+            Some(status) if status.id == self.id => {
+                *self.status.lock() = status;
+                self.statuses.fetch_add(1, Ordering::Release);
+            }
             Some(status) => {
                 tracing::warn!(
                     replica = self.id,
@@ -427,6 +434,8 @@ fn unknown_status(id: ReplicaId) -> Status {
         last_index: 0,
         voters: Vec::new(),
         learners: Vec::new(),
+        followers: Vec::new(),
+        state_digests: Vec::new(),
     }
 }
 
@@ -467,6 +476,13 @@ impl RemoteNode {
     /// Connections established so far (a reconnect adds one).
     pub fn connections(&self) -> u64 {
         self.state.connections.load(Ordering::Relaxed)
+    }
+
+    /// Statuses the node has sent so far (with every reply and every status
+    /// request's answer): once above a value read earlier, the cached
+    /// [`NodeApi::status`] is the node's own word from after that read.
+    pub fn statuses_received(&self) -> u64 {
+        self.state.statuses.load(Ordering::Acquire)
     }
 
     fn submit(&self, op: ClientOp, slot: Option<ResponseSlot>) -> Result<(), RequestError> {
@@ -539,6 +555,11 @@ impl NodeApi for RemoteNode {
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
         self.submit(ClientOp::ChangeMembership(change), Some(slot))
+    }
+
+    /// Needs an admin client key: the node answers `Forbidden` otherwise.
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(ClientOp::MarkStateDigest, Some(slot))
     }
 
     /// Fire and forget, as in process: the node's answer is not awaited. Once

@@ -9,8 +9,9 @@
 //! awaits; never `Slot::wait`.
 //!
 //! Checks before a request reaches the node, each answered at once:
-//! - a membership change or a leadership transfer from a key without the
-//!   [`ClientRole::Admin`](crate::ClientRole::Admin) role: `Forbidden`;
+//! - a membership change, a leadership transfer or a state digest marker
+//!   from a key without the [`ClientRole::Admin`](crate::ClientRole::Admin)
+//!   role: `Forbidden`;
 //! - a command above the node's `command_bytes_max`: `CommandTooLarge`;
 //! - beyond `client_in_flight_max` requests on this connection, beyond
 //!   `client_in_flight_total_max` in the whole process, or beyond either byte
@@ -424,21 +425,33 @@ impl Dispatch {
             tracing::debug!(client = %self.key, group = request.group, replica = request.replica, "a client request for a node not served here");
             return self.now(correlation, None, ClientOutcome::UnknownNode);
         };
-        // Administrative requests need an admin key (H2 of the client review).
-        if matches!(
+        // Every admin call is logged with the caller's key id and the op,
+        // nothing else from the request: a membership change, a leadership
+        // transfer or a state digest marker from any key, a status request
+        // from an admin key (service keys ask for status all the time; that is
+        // not an admin call).
+        let administrative = matches!(
             request.op,
-            ClientOp::ChangeMembership(_) | ClientOp::TransferLeader(_)
-        ) {
-            let role = self.shared.directory().client_role(&self.key);
-            if !role.is_some_and(|r| r.is_admin()) {
-                Counters::bump(&c.client_requests_forbidden);
-                tracing::debug!(client = %self.key, ?role, "an administrative request from a key without the admin role");
-                return self.now(
-                    correlation,
-                    Some(node.as_ref()),
-                    ClientOutcome::Error(RequestError::Forbidden),
-                );
-            }
+            ClientOp::ChangeMembership(_) | ClientOp::TransferLeader(_) | ClientOp::MarkStateDigest
+        );
+        let role = if administrative || matches!(request.op, ClientOp::Status) {
+            self.shared.directory().client_role(&self.key)
+        } else {
+            None
+        };
+        let is_admin = role.is_some_and(|r| r.is_admin());
+        if let Some(op) = admin_op(&request.op, is_admin) {
+            tracing::info!(client = %self.key, op, allowed = is_admin, "admin call");
+        }
+        // Administrative requests need an admin key (H2 of the client review).
+        if administrative && !is_admin {
+            Counters::bump(&c.client_requests_forbidden);
+            tracing::debug!(client = %self.key, ?role, "an administrative request from a key without the admin role");
+            return self.now(
+                correlation,
+                Some(node.as_ref()),
+                ClientOutcome::Error(RequestError::Forbidden),
+            );
         }
         // A command the node would refuse never reaches its mailbox.
         if let (ClientOp::Propose(command), Some(limit)) = (&request.op, node.command_bytes_max()) {
@@ -494,6 +507,7 @@ impl Dispatch {
             ClientOp::ChangeMembership(change) => {
                 node.change_membership_into(change, Arc::clone(&slot))
             }
+            ClientOp::MarkStateDigest => node.mark_state_digest_into(Arc::clone(&slot)),
         };
         if let Err(e) = submitted {
             return self.queue(correlation, node.as_ref(), ClientOutcome::Error(e), permit);
@@ -569,6 +583,22 @@ impl Dispatch {
         self.replies
             .try_send((frame, None))
             .map_err(|_| ConnectionError::RepliesNotRead)
+    }
+}
+
+/// The name an admin call is logged under: membership changes, leadership
+/// transfers and state digest markers (`compare-state`) always, a status
+/// request only from an admin key; `None` for everything else.
+fn admin_op(op: &ClientOp, from_admin: bool) -> Option<&'static str> {
+    use vaultfleet::replica::MembershipChange;
+    match op {
+        ClientOp::ChangeMembership(MembershipChange::AddLearner { .. }) => Some("add-learner"),
+        ClientOp::ChangeMembership(MembershipChange::Promote { .. }) => Some("promote"),
+        ClientOp::ChangeMembership(MembershipChange::Remove { .. }) => Some("remove"),
+        ClientOp::TransferLeader(_) => Some("transfer-leader"),
+        ClientOp::MarkStateDigest => Some("compare-state"),
+        ClientOp::Status if from_admin => Some("status"),
+        _ => None,
     }
 }
 
@@ -674,4 +704,36 @@ async fn outcome_of(
     // An error means the slot was dropped unfilled: the outcome is unknown.
     let _ = wake.await;
     slot.try_take().unwrap_or(Err(RequestError::TimedOut))
+}
+
+#[cfg(test)]
+mod tests {
+    use vaultfleet::replica::MembershipChange;
+
+    use super::*;
+
+    #[test]
+    fn admin_calls_are_named_and_a_service_keys_status_is_not_one() {
+        let add = ClientOp::ChangeMembership(MembershipChange::AddLearner {
+            id: 4,
+            datacenter: "dc-d".into(),
+        });
+        assert_eq!(admin_op(&add, false), Some("add-learner"));
+        let promote = ClientOp::ChangeMembership(MembershipChange::Promote { id: 4 });
+        assert_eq!(admin_op(&promote, true), Some("promote"));
+        let remove = ClientOp::ChangeMembership(MembershipChange::Remove { id: 4 });
+        assert_eq!(admin_op(&remove, true), Some("remove"));
+        assert_eq!(
+            admin_op(&ClientOp::TransferLeader(2), false),
+            Some("transfer-leader")
+        );
+        assert_eq!(admin_op(&ClientOp::Status, true), Some("status"));
+        assert_eq!(
+            admin_op(&ClientOp::MarkStateDigest, false),
+            Some("compare-state")
+        );
+        assert_eq!(admin_op(&ClientOp::Status, false), None);
+        assert_eq!(admin_op(&ClientOp::RegisterSession, true), None);
+        assert_eq!(admin_op(&ClientOp::Read(b"k".to_vec()), true), None);
+    }
 }

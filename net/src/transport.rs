@@ -78,7 +78,9 @@ pub(crate) struct Shared {
     /// Handshaking inbound connections per source IP.
     handshakes_by_ip: Mutex<BTreeMap<IpAddr, usize>>,
     /// Established inbound connections per key, oldest first.
-    inbound_by_key: Mutex<BTreeMap<PublicKey, VecDeque<(u64, CancellationToken)>>>,
+    /// Inbound connections by key and role (`true`: as a client): a peer key
+    /// also allowed as a service client's counts its two roles apart.
+    inbound_by_key: Mutex<BTreeMap<(PublicKey, bool), InboundOfKey>>,
     next_connection: AtomicU64,
     /// The client connections' own pool and the process-wide bounds on their
     /// requests in flight (`crate::server`).
@@ -573,15 +575,22 @@ impl Drop for IpGuard {
 }
 
 /// One established connection registered under its key.
+/// One key's inbound connections in one role, oldest first: id and cancel.
+type InboundOfKey = VecDeque<(u64, CancellationToken)>;
+
 struct KeyGuard {
     shared: Arc<Shared>,
-    key: PublicKey,
+    key: (PublicKey, bool),
     id: u64,
 }
 
 impl KeyGuard {
     /// Registers a connection of `key`, closing the oldest ones beyond `max`.
-    fn register(shared: &Arc<Shared>, key: PublicKey, max: usize) -> (Self, CancellationToken) {
+    fn register(
+        shared: &Arc<Shared>,
+        key: (PublicKey, bool),
+        max: usize,
+    ) -> (Self, CancellationToken) {
         let cancel = shared.cancel.child_token();
         let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
         let mut by_key = shared.inbound_by_key.lock();
@@ -699,8 +708,11 @@ async fn serve_inbound(
     let key = session.remote_key;
     Counters::add(&c.hello_claims_ignored, session.claims_ignored as u64);
     if session.role == Role::Client {
-        let (_guard, cancel) =
-            KeyGuard::register(&shared, key, shared.config.connections_per_client_key_max);
+        let (_guard, cancel) = KeyGuard::register(
+            &shared,
+            (key, true),
+            shared.config.connections_per_client_key_max,
+        );
         Counters::bump(&c.client_connections_accepted);
         tracing::debug!(%address, client = %key, "accepted a client");
         let reason = crate::server::run(
@@ -715,8 +727,11 @@ async fn serve_inbound(
         record_close(&shared, key, &reason);
         return;
     }
-    let (_guard, cancel) =
-        KeyGuard::register(&shared, key, shared.config.connections_per_peer_key_max);
+    let (_guard, cancel) = KeyGuard::register(
+        &shared,
+        (key, false),
+        shared.config.connections_per_peer_key_max,
+    );
     Counters::bump(&c.connections_accepted);
     tracing::debug!(%address, peer = %key, ids = ?session.remote_ids, "accepted");
     let reason = connection::run(

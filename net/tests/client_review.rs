@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use raft::prelude::{ConfState, Message, MessageType};
 use raft::StateRole;
-use vaultfleet::replica::{MembershipChange, Reply, RequestError, Status};
+use vaultfleet::replica::{MembershipChange, Reply, RequestError, StateDigest, Status};
 use vaultfleet::runtime::{ClientConfig, ClientError, NodeApi, ResponseSlot};
 use vaultfleet::transport::{Envelope, Inbox};
 use vaultfleet::wire::Request;
@@ -47,6 +47,7 @@ enum Op {
     Register,
     Read(Vec<u8>),
     Membership(MembershipChange),
+    StateDigest,
 }
 
 /// How the scripted node answers: `Some` fills the slot at once, `None`
@@ -125,6 +126,8 @@ impl NodeApi for Scripted {
             last_index: 1,
             voters: vec![NODE],
             learners: Vec::new(),
+            followers: Vec::new(),
+            state_digests: Vec::new(),
         }
     }
     fn is_stopped(&self) -> bool {
@@ -152,6 +155,9 @@ impl NodeApi for Scripted {
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
         self.take(Op::Membership(change), slot)
+    }
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.take(Op::StateDigest, slot)
     }
     fn register_session(&self) -> Result<ResponseSlot, RequestError> {
         self.slot_returning_calls.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +193,10 @@ fn usual(op: &Op) -> Option<Result<Reply, RequestError>> {
         Op::Register => Some(Ok(Reply::SessionRegistered(7))),
         Op::Propose(_) => Some(Ok(Reply::Applied(Vec::new()))),
         Op::Membership(_) => Some(Ok(Reply::MembershipChanged(ConfState::default()))),
+        Op::StateDigest => Some(Ok(Reply::StateDigest(StateDigest {
+            index: 5,
+            digest: [1; 32],
+        }))),
         Op::Read(_) => None,
     }
 }
@@ -344,12 +354,20 @@ fn review_client_h2_only_admin_keys_change_membership_or_transfer_leadership() {
     wait_until("the refused transfer is learned", || {
         remote.transfer_leader(2) == Err(RequestError::Forbidden)
     });
+    let marked = remote
+        .mark_state_digest()
+        .expect("submitted")
+        .wait(Duration::from_secs(10));
+    assert_eq!(marked, Some(Err(RequestError::Forbidden)));
     assert!(
-        !node.seen().iter().any(|op| matches!(op, Op::Membership(_))),
-        "no membership change from a service key reached the node"
+        !node
+            .seen()
+            .iter()
+            .any(|op| matches!(op, Op::Membership(_) | Op::StateDigest)),
+        "no membership change or state digest marker from a service key reached the node"
     );
     assert_eq!(node.transfers.load(Ordering::Relaxed), 0);
-    assert!(server.stats().client_requests_forbidden >= 2);
+    assert!(server.stats().client_requests_forbidden >= 3);
 
     // An admin key may.
     let as_admin = server.remote(&admin, |_| {});
@@ -363,6 +381,15 @@ fn review_client_h2_only_admin_keys_change_membership_or_transfer_leadership() {
         .seen()
         .contains(&Op::Membership(MembershipChange::Promote { id: 4 })));
     let admin_node = connected(&as_admin);
+    let marked = admin_node
+        .mark_state_digest()
+        .expect("submitted")
+        .wait(Duration::from_secs(10));
+    assert!(
+        matches!(marked, Some(Ok(Reply::StateDigest(d))) if d.index == 5),
+        "{marked:?}"
+    );
+    assert!(node.seen().contains(&Op::StateDigest));
     admin_node.transfer_leader(2).expect("an admin transfers");
     wait_until("the admin's transfer reached the node", || {
         node.transfers.load(Ordering::Relaxed) == 1

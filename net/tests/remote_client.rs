@@ -115,6 +115,9 @@ impl NodeApi for StaleLeaderClaim {
     ) -> Result<(), RequestError> {
         self.inner.change_membership_into(change, slot)
     }
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.inner.mark_state_digest_into(slot)
+    }
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
         self.inner.transfer_leader(to)
     }
@@ -162,6 +165,9 @@ impl NodeApi for DropFirstReply {
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
         self.inner.change_membership_into(change, slot)
+    }
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.inner.mark_state_digest_into(slot)
     }
     fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
         self.inner.transfer_leader(to)

@@ -113,8 +113,17 @@ pub enum RequestError {
     /// key without the admin role asked for a membership change or a
     /// leadership transfer (`vaultfleet-net`'s client roles). Not carried out;
     /// a retry gets the same answer.
-    #[error("this client is not allowed to change membership or transfer leadership (an admin client key is required)")]
+    #[error("this client is not allowed to change membership, transfer leadership or mark a state digest (an admin client key is required)")]
     Forbidden,
+    /// A state digest marker applied at `index`, but this replica could not
+    /// capture its state there (the state machine's snapshot failed; logged):
+    /// no digest. Every replica with the same state fails alike; marking again
+    /// gets the same answer until the state machine can capture its state.
+    #[error("the state digest marker at index {index} applied, but the state could not be captured for its digest")]
+    StateCaptureFailed {
+        /// The marker's index.
+        index: u64,
+    },
     /// The request WAS carried out (a proposal applied, at most once; a read
     /// answered) but its reply of `bytes` is larger than the connection that
     /// would carry it allows (`limit`, a remote client's frame limit). Do not

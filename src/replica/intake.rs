@@ -278,8 +278,7 @@ fn check_snapshot<T: Storage>(
             },
         });
     }
-    super::replicated_limits(&payload)
-        .map_err(|source| StepRefusal::SnapshotPayload { source })?;
+    super::replicated_limits(&payload).map_err(|source| StepRefusal::SnapshotPayload { source })?;
     Ok(())
 }
 

@@ -40,7 +40,7 @@ mod intake;
 mod logging;
 mod sessions;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 pub use config::{ReplicaConfig, ReplicaConfigError, ENTRY_BYTES_LIMIT};
 pub use error::{
@@ -56,6 +56,7 @@ use raft::prelude::{
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sha2::{Digest as _, Sha256};
 
 use crate::config::{FleetConfig, DATACENTER_BYTES_MAX, MEMBERS_MAX};
 use crate::state_machine::StateMachine;
@@ -116,6 +117,44 @@ pub enum Reply {
     SessionRegistered(u64),
     /// A membership change applied; the new voters and learners.
     MembershipChanged(ConfState),
+    /// A state digest marker applied ([`Replica::mark_state_digest`]): its
+    /// index and the leader's digest of its replicated state there.
+    StateDigest(StateDigest),
+}
+
+/// Bytes of a [`StateDigest`] (SHA-256).
+pub const STATE_DIGEST_BYTES: usize = 32;
+
+/// State digests a replica keeps ([`Status::state_digests`]): the newest
+/// ones, older ones are forgotten.
+pub const STATE_DIGESTS_KEPT: usize = 8;
+
+/// A replica's digest of its replicated state at one applied log index,
+/// computed when it applied a state digest marker there
+/// ([`Replica::mark_state_digest`]). Replicas that applied the same log agree
+/// on it; two that differ at one index hold different state (etcd's `hashkv`).
+///
+/// The digest is SHA-256 over a labeled, deterministic encoding
+/// ([`crate::codec::labeled`]'s layout, label `vaultfleet/state-digest/v1`)
+/// of two fields: the replicated metadata a snapshot carries (session table,
+/// members with their datacenters, replicated session limits; the snapshot
+/// payload's protobuf without its `state`, which has no map fields and is
+/// written in field order from ordered maps) and the state machine's snapshot
+/// bytes. The index itself is not hashed: equal state at two indexes gives
+/// equal digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateDigest {
+    /// The marker's log index.
+    pub index: u64,
+    /// SHA-256 of the replicated state there.
+    pub digest: [u8; STATE_DIGEST_BYTES],
+}
+
+impl StateDigest {
+    /// The digest in lower-case hex (64 digits).
+    pub fn hex(&self) -> String {
+        self.digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// The outcome of one request.
@@ -168,6 +207,33 @@ pub struct Status {
     pub voters: Vec<ReplicaId>,
     /// Learners, ascending.
     pub learners: Vec<ReplicaId>,
+    /// On the leader: every other member's replication progress, by
+    /// ascending id (at most [`MEMBERS_MAX`]);
+    /// empty on any other replica.
+    pub followers: Vec<FollowerProgress>,
+    /// The digests of the replicated state this replica computed at the state
+    /// digest markers it applied, by ascending index (newest last, at most
+    /// [`STATE_DIGESTS_KEPT`]). A replica that installed a snapshot past a
+    /// marker never applied it and has no digest for it.
+    pub state_digests: Vec<StateDigest>,
+}
+
+/// One follower's (or learner's) replication progress as the leader's raft
+/// progress tracker sees it. Deterministic: no clock is read. raft-rs 0.7
+/// keeps no time or tick count of a follower's last response, so a "last
+/// contact" is not available; `recent_active` is what it keeps instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerProgress {
+    /// The follower.
+    pub id: ReplicaId,
+    /// The highest log index known to be replicated on it.
+    pub matched: u64,
+    /// The leader's last index minus `matched` (entries it still lacks).
+    pub lag: u64,
+    /// True if the leader heard from it since the start of the current
+    /// election-timeout window (with check-quorum; raft-rs resets it at each
+    /// such window on the leader).
+    pub recent_active: bool,
 }
 
 /// A client command in flight: the driver's id, and the session key under which
@@ -184,6 +250,7 @@ enum InFlightKind {
     Batch(Vec<Batched>),
     Register(RequestId),
     Membership(RequestId),
+    Digest(RequestId),
 }
 
 struct InFlight {
@@ -214,6 +281,11 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     batch_bytes: usize,
     /// Session registrations queued: the request and the session's owner.
     registrations: Vec<(RequestId, Vec<u8>)>,
+    /// State digest markers queued ([`Replica::mark_state_digest`]).
+    digest_marks: Vec<RequestId>,
+    /// The newest digests computed at applied markers, by ascending index (at
+    /// most [`STATE_DIGESTS_KEPT`]).
+    state_digests: VecDeque<StateDigest>,
     in_flight: BTreeMap<u64, InFlight>,
     reads_queued: Vec<(RequestId, Vec<u8>)>,
     reads_queued_since_tick: u64,
@@ -251,7 +323,9 @@ fn fail_ids(
 fn fail_kind(kind: InFlightKind, error: &RequestError, out: &mut Vec<Completion>) {
     match kind {
         InFlightKind::Batch(requests) => fail_ids(requests.into_iter().map(|b| b.id), error, out),
-        InFlightKind::Register(id) | InFlightKind::Membership(id) => fail_ids([id], error, out),
+        InFlightKind::Register(id) | InFlightKind::Membership(id) | InFlightKind::Digest(id) => {
+            fail_ids([id], error, out)
+        }
     }
 }
 
@@ -446,6 +520,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             batch: Vec::new(),
             batch_bytes: 0,
             registrations: Vec::new(),
+            digest_marks: Vec::new(),
+            state_digests: VecDeque::with_capacity(STATE_DIGESTS_KEPT),
             in_flight: BTreeMap::new(),
             reads_queued: Vec::new(),
             reads_queued_since_tick: 0,
@@ -636,6 +712,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
+    /// Queues a state digest marker (leader only; `NotLeader` otherwise): a
+    /// log entry that changes no state, at whose index every replica applying
+    /// it computes a [`StateDigest`] of its replicated state (kept in
+    /// [`Status::state_digests`]). The completion carries the marker's index
+    /// and the leader's own digest ([`Reply::StateDigest`]).
+    ///
+    /// Replicas of a build from before markers apply the entry as a no-op and
+    /// report no digest: comparing state needs every replica on a build that
+    /// knows markers.
+    pub fn mark_state_digest(&mut self, id: RequestId) -> Result<(), RequestError> {
+        self.check_leader()?;
+        self.digest_marks.push(id);
+        Ok(())
+    }
+
     /// Queues a linearizable read (ReadIndex; or the leader's lease if
     /// [`ReplicaConfig::lease_reads`]). Reads queued in one cycle share one round
     /// of heartbeats.
@@ -766,6 +857,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         !self.batch.is_empty()
             || !self.registrations.is_empty()
+            || !self.digest_marks.is_empty()
             || !self.completions.is_empty()
             || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
             || self.raw.has_ready()
@@ -837,6 +929,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 &error,
                 &mut self.completions,
             );
+            fail_ids(
+                std::mem::take(&mut self.digest_marks),
+                &error,
+                &mut self.completions,
+            );
             return;
         }
         self.flush_batch();
@@ -846,6 +943,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             register.owner = owner;
             payload.kind = Some(entry_payload::Kind::RegisterSession(register));
             self.propose_entry(payload, InFlightKind::Register(id));
+        }
+        for id in std::mem::take(&mut self.digest_marks) {
+            let mut payload = EntryPayload::new();
+            payload.kind = Some(entry_payload::Kind::StateDigestMarker(
+                wire::StateDigestMarker::new(),
+            ));
+            self.propose_entry(payload, InFlightKind::Digest(id));
         }
         // raft-rs 0.7 silently drops a ReadIndex before the leader has committed an
         // entry of its own term, so reads wait in the queue until then.
@@ -955,6 +1059,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             std::mem::take(&mut self.registrations)
                 .into_iter()
                 .map(|(id, _)| id),
+            &stopped,
+            &mut self.completions,
+        );
+        fail_ids(
+            std::mem::take(&mut self.digest_marks),
             &stopped,
             &mut self.completions,
         );
@@ -1120,6 +1229,41 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     });
                 }
             }
+            Some(entry_payload::Kind::StateDigestMarker(_)) => {
+                let digest = self.state_digest(index);
+                if let Some(d) = digest {
+                    if self.state_digests.len() == STATE_DIGESTS_KEPT {
+                        self.state_digests.pop_front();
+                    }
+                    debug_assert!(self
+                        .state_digests
+                        .back()
+                        .is_none_or(|last| last.index < index));
+                    self.state_digests.push_back(d);
+                }
+                debug_assert!(self.state_digests.len() <= STATE_DIGESTS_KEPT);
+                if let Some(f) = mine {
+                    match (f.kind, digest) {
+                        (InFlightKind::Digest(id), Some(d)) => self.completions.push(Completion {
+                            id,
+                            result: Ok(Reply::StateDigest(d)),
+                        }),
+                        (InFlightKind::Digest(id), None) => self.completions.push(Completion {
+                            id,
+                            result: Err(RequestError::StateCaptureFailed { index }),
+                        }),
+                        (kind, _) => {
+                            debug_assert!(
+                                false,
+                                "entry {index} does not match its in-flight proposal"
+                            );
+                            fail_kind(kind, &RequestError::Dropped, &mut self.completions);
+                        }
+                    }
+                }
+            }
+            // An empty oneof: a kind of a later build (fields are only added),
+            // or none. Applied as a no-op on every replica alike.
             None => {
                 if let Some(f) = mine {
                     fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
@@ -1477,7 +1621,78 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             last_index: raft.raft_log.last_index(),
             voters: sorted(cs.voters),
             learners: sorted(cs.learners),
+            followers: self.follower_progress(),
+            state_digests: self.state_digests.iter().copied().collect(),
         }
+    }
+
+    /// The digest of the replicated state as it stands (see [`StateDigest`]),
+    /// labeled with the marker's `index`; `None` (logged) when the state
+    /// machine cannot capture its snapshot or it cannot be encoded — then
+    /// every replica with the same state fails alike, and no digest is kept.
+    fn state_digest(&self, index: u64) -> Option<StateDigest> {
+        const LABEL: &[u8] = b"vaultfleet/state-digest/v1";
+        let captured = self
+            .machine
+            .snapshot()
+            .map_err(SnapshotError::from)
+            .and_then(|state| {
+                snapshot_payload(&self.sessions, &self.members, Vec::new())
+                    .map(|metadata| (metadata, state))
+                    .map_err(SnapshotError::from)
+            });
+        let (metadata, state) = match captured {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::error!(
+                    replica = self.cfg.id,
+                    index,
+                    %error,
+                    "cannot compute the state digest at a marker"
+                );
+                return None;
+            }
+        };
+        // `codec::labeled`'s layout, hashed as it is written (the state can be
+        // large: it is not copied into one buffer).
+        let fields: [&[u8]; 2] = [&metadata, &state];
+        let mut hash = Sha256::new();
+        hash.update((LABEL.len() as u64).to_be_bytes());
+        hash.update(LABEL);
+        hash.update((fields.len() as u64).to_be_bytes());
+        for field in fields {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field);
+        }
+        Some(StateDigest {
+            index,
+            digest: hash.finalize().into(),
+        })
+    }
+
+    /// Every other member's progress, if this replica leads (ascending id).
+    fn follower_progress(&self) -> Vec<FollowerProgress> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader {
+            return Vec::new();
+        }
+        let last_index = raft.raft_log.last_index();
+        let mut followers: Vec<FollowerProgress> = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != self.cfg.id)
+            .map(|(id, pr)| FollowerProgress {
+                id: *id,
+                matched: pr.matched,
+                lag: last_index.saturating_sub(pr.matched),
+                recent_active: pr.recent_active,
+            })
+            .collect();
+        followers.sort_unstable_by_key(|f| f.id);
+        // The member count is bounded by every path that changes membership.
+        debug_assert!(followers.len() <= MEMBERS_MAX);
+        followers.truncate(MEMBERS_MAX);
+        followers
     }
 
     /// The datacenter label of every member, by id.
@@ -1756,5 +1971,94 @@ mod tests {
         let parts = split_appends(vec![big], 250);
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].entries.len(), 1);
+    }
+
+    type Core = Replica<crate::MemLog, crate::KvStore>;
+
+    /// Runs Ready cycles and delivers messages until nothing moves, dropping
+    /// every message to `cut_off`.
+    fn settle(replicas: &mut BTreeMap<ReplicaId, Core>, cut_off: Option<ReplicaId>) {
+        let mut out = Output::default();
+        for _ in 0..1_000 {
+            let mut messages = Vec::new();
+            for r in replicas.values_mut() {
+                out.clear();
+                r.handle_ready(&mut out).expect("ready");
+                messages.append(&mut out.messages);
+            }
+            if messages.is_empty() && !replicas.values().any(|r| r.has_ready()) {
+                return;
+            }
+            for m in messages {
+                if Some(m.to) == cut_off || Some(m.from) == cut_off {
+                    continue;
+                }
+                if let Some(to) = replicas.get_mut(&m.to) {
+                    let _ = to.step(m);
+                }
+            }
+        }
+        panic!("the replicas did not settle");
+    }
+
+    #[test]
+    fn the_leader_reports_each_followers_progress_and_lag_and_no_one_else_does() {
+        let fleet = crate::FleetConfig::new(
+            [1, 2, 3]
+                .iter()
+                .map(|&id| crate::MemberSpec::voter(id, format!("dc-{id}")))
+                .collect(),
+        );
+        let mut replicas: BTreeMap<ReplicaId, Core> = [1, 2, 3]
+            .into_iter()
+            .map(|id| {
+                let mut store = crate::MemLog::new();
+                Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
+                let mut cfg = ReplicaConfig::new(id);
+                cfg.election_ticks = 10;
+                cfg.heartbeat_ticks = 2;
+                cfg.leader_rebalance_ticks = 0;
+                let replica = Replica::new(cfg, store, crate::KvStore::new()).expect("start");
+                (id, replica)
+            })
+            .collect();
+        for _ in 0..200 {
+            replicas.get_mut(&1).expect("replica 1").tick();
+            settle(&mut replicas, None);
+            if replicas[&1].is_leader() {
+                break;
+            }
+        }
+        assert!(replicas[&1].is_leader(), "replica 1 won no election");
+        let status = replicas[&1].status();
+        let ids: Vec<_> = status.followers.iter().map(|f| f.id).collect();
+        assert_eq!(
+            ids,
+            [2, 3],
+            "every other member, ascending, never the leader"
+        );
+        for f in &status.followers {
+            assert_eq!((f.matched, f.lag), (status.last_index, 0), "{f:?}");
+        }
+        for id in [2, 3] {
+            assert!(
+                replicas[&id].status().followers.is_empty(),
+                "only a leader knows progress"
+            );
+        }
+        // Replica 3 is cut off while the leader appends: its lag grows by what
+        // it missed, replica 2 keeps up.
+        for sequence in 1..=3 {
+            let leader = replicas.get_mut(&1).expect("leader");
+            leader.register_session(sequence).expect("register");
+            settle(&mut replicas, Some(3));
+        }
+        let status = replicas[&1].status();
+        let (two, three) = (status.followers[0], status.followers[1]);
+        assert_eq!((two.id, two.matched, two.lag), (2, status.last_index, 0));
+        assert_eq!(three.id, 3);
+        assert_eq!(three.lag, 3, "{three:?}, last index {}", status.last_index);
+        assert_eq!(three.matched + three.lag, status.last_index);
+        assert!(two.recent_active);
     }
 }

@@ -56,6 +56,19 @@ pub trait NodeApi: Send + Sync + 'static {
         change: MembershipChange,
         slot: ResponseSlot,
     ) -> Result<(), RequestError>;
+    /// Submits a state digest marker (leader only) whose outcome goes to
+    /// `slot`: [`Reply::StateDigest`](crate::replica::Reply::StateDigest),
+    /// the marker's index and the leader's digest. A node reached over a
+    /// network allows it only to an admin client key (`Forbidden` otherwise).
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError>;
+    /// Submits a state digest marker
+    /// ([`mark_state_digest_into`](Self::mark_state_digest_into) with a
+    /// fresh slot).
+    fn mark_state_digest(&self) -> Result<ResponseSlot, RequestError> {
+        let slot = ResponseSlot::default();
+        self.mark_state_digest_into(Arc::clone(&slot))?;
+        Ok(slot)
+    }
     /// Submits a session registration; its outcome arrives in the returned
     /// slot (no notify: [`register_session_into`](Self::register_session_into)).
     fn register_session(&self) -> Result<ResponseSlot, RequestError> {
@@ -132,6 +145,10 @@ impl NodeApi for NodeHandle {
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
         NodeHandle::change_membership_into(self, change, slot)
+    }
+
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        NodeHandle::mark_state_digest_into(self, slot)
     }
 
     fn command_bytes_max(&self) -> Option<usize> {

@@ -448,6 +448,7 @@ fn unexpected(expected: &'static str, got: &Reply) -> ClientError {
         Reply::Read(_) => "a read's answer",
         Reply::SessionRegistered(_) => "a session registration",
         Reply::MembershipChanged(_) => "a membership change",
+        Reply::StateDigest(_) => "a state digest",
     };
     ClientError::UnexpectedReply { expected, got }
 }

@@ -21,6 +21,7 @@ mod mailbox;
 mod node;
 mod slot;
 mod sync;
+pub mod telemetry;
 mod timer;
 
 pub use api::NodeApi;

@@ -17,6 +17,7 @@ use raft::SnapshotStatus;
 
 use super::mailbox::{Mailbox, PushError};
 use super::slot::Slot;
+use super::telemetry::{self, Stopwatch};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
     RequestError, RequestId, Status,
@@ -63,6 +64,7 @@ pub(crate) enum Input {
     RegisterSession(Vec<u8>, ResponseSlot),
     Read(Vec<u8>, ResponseSlot),
     Membership(MembershipChange, ResponseSlot),
+    StateDigest(ResponseSlot),
     TransferLeader(ReplicaId),
     /// How the send of a snapshot to a peer ended (from its transport).
     SnapshotSent(ReplicaId, SnapshotSent),
@@ -126,9 +128,13 @@ impl NodeHandle {
     }
 
     fn submit(&self, input: Input) -> Result<(), RequestError> {
-        self.shared.mailbox.push(input).map_err(|e| match e {
-            PushError::Full(_) => RequestError::Overloaded,
-            PushError::Closed(_) => RequestError::Stopped,
+        self.shared.mailbox.push(input).map_err(|e| {
+            let e = match e {
+                PushError::Full(_) => RequestError::Overloaded,
+                PushError::Closed(_) => RequestError::Stopped,
+            };
+            telemetry::refused(&e);
+            e
         })
     }
 
@@ -198,6 +204,13 @@ impl NodeHandle {
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
         self.submit(Input::Membership(change, slot))
+    }
+
+    /// Submits a state digest marker (see
+    /// [`Replica::mark_state_digest`](crate::Replica::mark_state_digest))
+    /// whose outcome goes to `slot`: [`Reply::StateDigest`] on the leader.
+    pub fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.submit(Input::StateDigest(slot))
     }
 
     /// The largest command the replica accepts (its
@@ -318,18 +331,27 @@ fn fail_input(input: Input, error: RequestError) {
         Input::Propose(_, slot)
         | Input::RegisterSession(_, slot)
         | Input::Read(_, slot)
-        | Input::Membership(_, slot) => {
+        | Input::Membership(_, slot)
+        | Input::StateDigest(slot) => {
             let _ = slot.fill(Err(error));
         }
         Input::Raft(_) | Input::TransferLeader(_) | Input::SnapshotSent(..) => {}
     }
 }
 
+/// A request the replica took: where its outcome goes, and since when it waits
+/// (for [`telemetry::COMMIT_SECONDS`]).
+struct Pending {
+    slot: ResponseSlot,
+    kind: &'static str,
+    since: Stopwatch,
+}
+
 struct Driver<'a, L: LogStore, S: StateMachine> {
     replica: Replica<L, S>,
     transport: &'a dyn Transport,
     shared: Arc<Shared>,
-    slots: BTreeMap<RequestId, ResponseSlot>,
+    slots: BTreeMap<RequestId, Pending>,
     next_request: RequestId,
     out: Output,
 }
@@ -337,8 +359,11 @@ struct Driver<'a, L: LogStore, S: StateMachine> {
 impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
     fn accept(&mut self, input: Input) {
         let id = self.next_request;
-        let (slot, submitted) = match input {
+        let (slot, kind, submitted) = match input {
             Input::Raft(m) => {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    metrics::counter!(telemetry::SNAPSHOTS_RECEIVED).increment(1);
+                }
                 if let Err(e) = self.replica.step(m) {
                     tracing::debug!("{e}");
                 }
@@ -349,26 +374,34 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
                 return;
             }
             Input::SnapshotSent(to, sent) => {
-                let status = match sent {
-                    SnapshotSent::Written => SnapshotStatus::Finish,
-                    SnapshotSent::Failed => SnapshotStatus::Failure,
+                let (status, result) = match sent {
+                    SnapshotSent::Written => (SnapshotStatus::Finish, "written"),
+                    SnapshotSent::Failed => (SnapshotStatus::Failure, "failed"),
                 };
+                metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => result).increment(1);
                 self.replica.report_snapshot(to, status);
                 return;
             }
-            Input::Propose(request, slot) => (slot, self.replica.propose(id, request)),
+            Input::Propose(request, slot) => (slot, "command", self.replica.propose(id, request)),
             Input::RegisterSession(owner, slot) => {
-                (slot, self.replica.register_session_of(id, owner))
+                (slot, "session", self.replica.register_session_of(id, owner))
             }
-            Input::Read(query, slot) => (slot, self.replica.read(id, query)),
-            Input::Membership(change, slot) => (slot, self.replica.change_membership(id, change)),
+            Input::Read(query, slot) => (slot, "read", self.replica.read(id, query)),
+            Input::Membership(change, slot) => (
+                slot,
+                "membership",
+                self.replica.change_membership(id, change),
+            ),
+            Input::StateDigest(slot) => (slot, "digest", self.replica.mark_state_digest(id)),
         };
         match submitted {
             Ok(()) => {
                 self.next_request += 1;
-                self.slots.insert(id, slot);
+                let since = Stopwatch::start();
+                self.slots.insert(id, Pending { slot, kind, since });
             }
             Err(e) => {
+                telemetry::refused(&e);
                 let _ = slot.fill(Err(e));
             }
         }
@@ -389,6 +422,8 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
                     let shared = Arc::clone(&self.shared);
                     let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, sent));
                     if self.transport.send_snapshot(envelope, done).is_err() {
+                        metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => "failed")
+                            .increment(1);
                         self.replica.report_unreachable(to);
                         self.replica.report_snapshot(to, SnapshotStatus::Failure);
                     }
@@ -397,8 +432,16 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
                 }
             }
             for Completion { id, result } in self.out.completions.drain(..) {
-                if let Some(slot) = self.slots.remove(&id) {
-                    let _ = slot.fill(result);
+                if let Some(pending) = self.slots.remove(&id) {
+                    match &result {
+                        Ok(_) => pending.since.record_labelled(
+                            telemetry::COMMIT_SECONDS,
+                            "kind",
+                            pending.kind,
+                        ),
+                        Err(e) => telemetry::failed(e),
+                    }
+                    let _ = pending.slot.fill(result);
                 }
             }
             result?;
@@ -433,6 +476,7 @@ fn run<L: LogStore, S: StateMachine>(
     }
     let _close_on_exit = CloseOnExit(shared.as_ref());
     let catch_up_ticks_max = cfg.catch_up_ticks_max.max(1);
+    let mut seen = Seen::default();
     let mut inputs = Vec::new();
     let mut next_tick = Instant::now() + cfg.tick_interval;
     let result = loop {
@@ -440,6 +484,8 @@ fn run<L: LogStore, S: StateMachine>(
         if !shared.mailbox.drain(&mut inputs, wait) {
             break Ok(());
         }
+        metrics::gauge!(telemetry::MAILBOX_DEPTH).set(inputs.len() as f64);
+        metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(cfg.mailbox_inputs_max.max(1) as f64);
         for input in inputs.drain(..) {
             driver.accept(input);
         }
@@ -465,14 +511,51 @@ fn run<L: LogStore, S: StateMachine>(
         let status = driver.replica.status();
         let mut published = shared.status.lock();
         if *published != status {
+            seen.observe(&published, &status);
             *published = status;
         }
     };
     for input in shared.mailbox.close() {
         fail_input(input, RequestError::Stopped);
     }
-    for (_, slot) in std::mem::take(&mut driver.slots) {
-        let _ = slot.fill(Err(RequestError::Stopped));
+    for (_, pending) in std::mem::take(&mut driver.slots) {
+        telemetry::failed(&RequestError::Stopped);
+        let _ = pending.slot.fill(Err(RequestError::Stopped));
     }
     result
+}
+
+/// What the node saw of elections and leaderships, for the counters of
+/// campaigns started and leaderships begun.
+#[derive(Default)]
+struct Seen {
+    /// The last leader known, with its term.
+    leadership: Option<(ReplicaId, u64)>,
+}
+
+impl Seen {
+    /// Counts what changed from `old` to `new` (two published statuses).
+    fn observe(&mut self, old: &Status, new: &Status) {
+        use raft::StateRole;
+        let new_term = old.term != new.term;
+        let campaign = match new.role {
+            StateRole::PreCandidate if old.role != StateRole::PreCandidate || new_term => {
+                Some("pre_vote")
+            }
+            // A campaign starts a term; one won within a single turn (a lone
+            // voter) is seen as a leader in a new term.
+            StateRole::Candidate | StateRole::Leader if new_term => Some("vote"),
+            _ => None,
+        };
+        if let Some(stage) = campaign {
+            metrics::counter!(telemetry::ELECTIONS_STARTED, "stage" => stage).increment(1);
+        }
+        if let Some(leader) = new.leader {
+            let leadership = (leader, new.term);
+            if self.leadership != Some(leadership) {
+                self.leadership = Some(leadership);
+                metrics::counter!(telemetry::LEADER_CHANGES).increment(1);
+            }
+        }
+    }
 }

@@ -58,6 +58,7 @@ use super::{
 };
 use crate::codec::{labeled, Codec, DecodeError, EncodeError, Prefix, Reader, Writer};
 use crate::hsm::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
+use crate::runtime::telemetry::{self, Stopwatch};
 use crate::ReplicaId;
 
 /// The format of every sealed record this build writes and reads.
@@ -910,9 +911,11 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
         let mut clear = Writer::with_capacity(BATCH_HEADER_LEN);
         // Fixed-width fields only: encoding a header cannot fail.
         let _ = header.encode(&mut clear);
+        let seal = Stopwatch::start();
         let sealed = self
             .hsm
             .seal(self.key, &self.cfg.ad(AD_BATCH, clear.as_slice()), &plain)?;
+        seal.record_labelled(telemetry::SEAL_SECONDS, "record", "batch");
         let blob = join_sealed(&header, BATCH_HEADER_LEN, &sealed);
         let d = digest(&blob);
         let mut placeholders = placeholders;
@@ -951,11 +954,13 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
             })?;
         debug_assert_eq!(w.len(), size, "the snapshot plaintext was sized exactly");
         let plain = Zeroizing::new(w.take_vec());
+        let seal = Stopwatch::start();
         let sealed = self.hsm.seal(
             self.key,
             &self.cfg.ad(AD_SNAPSHOT, clear.as_slice()),
             &plain,
         )?;
+        seal.record_labelled(telemetry::SEAL_SECONDS, "record", "snapshot");
         let blob = join_sealed(&header, SNAPSHOT_HEADER_LEN, &sealed);
         let d = digest(&blob);
         let mut out = Snapshot::default();
@@ -1160,6 +1165,7 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> LogStore for Sealed<L, H> {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.guarded(|s| {
+            let persist = Stopwatch::start();
             s.flush_entries()?;
             if !s.dirty {
                 return s.inner.sync();
@@ -1169,7 +1175,9 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> LogStore for Sealed<L, H> {
             let head = s.write_head()?;
             s.inner.sync()?;
             let expected = s.counter + 1;
+            let advance = Stopwatch::start();
             let now = s.hsm.advance_counter(&s.cfg.counter_label, &head)?;
+            advance.record(telemetry::COUNTER_ADVANCE_SECONDS);
             if now != expected {
                 return Err(StorageError::CounterShared {
                     replica: s.cfg.replica,
@@ -1182,6 +1190,7 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> LogStore for Sealed<L, H> {
             s.head_digest = head;
             s.dirty = false;
             s.assert_invariants();
+            persist.record(telemetry::LOG_PERSIST_SECONDS);
             Ok(())
         })
     }

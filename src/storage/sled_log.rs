@@ -27,6 +27,7 @@ use raft::Storage;
 
 use super::{codec, Corruption, LogStore, MemLog, StorageError, StoredRecord, WrapperRecord};
 use crate::codec::{Codec, Reader, Writer};
+use crate::runtime::telemetry::{self, Stopwatch};
 
 /// The format this build reads and writes.
 const FORMAT_VERSION: u8 = 3;
@@ -321,10 +322,12 @@ impl LogStore for SledLog {
         }
         let batch = std::mem::take(&mut self.pending);
         self.pending_writes = 0;
+        let fsync = Stopwatch::start();
         self.tree
             .apply_batch(batch)
             .map_err(StorageError::backend)?;
         self.db.flush().map_err(StorageError::backend)?;
+        fsync.record(telemetry::LOG_FSYNC_SECONDS);
         Ok(())
     }
 

@@ -69,6 +69,8 @@ pub use remote::{
 pub use server::{
     PendingLogin, Registration, RegistrationStarted, RegistrationTerms, VaultServer, VerifiedLogin,
 };
+/// The vault service's metric names (counters; never a user id as a label).
+pub use service::telemetry;
 pub use service::{
     Call, FleetStep, LoginLimits, NotCommitted, Progress, ServiceCore, VaultEndpoint, VaultService,
     VaultServiceConfig,

@@ -16,16 +16,28 @@
 //!                             2 promote: u64 id; 3 remove: u64 id)
 //!     op 5 transfer leader:   u64 to
 //!     op 6 status:            (nothing)
+//!     op 7 mark state digest: (nothing; admin keys only)
 //!   kind 4 reply:     u64 correlation ‖ u8 has status ‖ [status] ‖ u8 outcome ‖ outcome fields
+//!     status:                 u64 id ‖ u8 role ‖ u64 leader (0: none) ‖ u64 term ‖
+//!                             u64 commit ‖ u64 applied ‖ u64 first index ‖
+//!                             u64 last index ‖ ids voters ‖ ids learners ‖
+//!                             u32 count ‖ count × (u64 id ‖ u64 matched ‖ u64 lag ‖
+//!                             u8 recently active) — the leader's per-follower
+//!                             progress; every list at most MEMBERS_MAX long ‖
+//!                             u32 count ‖ count × (u64 index ‖ 32 bytes digest)
+//!                             — the state digests, at most STATE_DIGESTS_KEPT
 //!     outcome 1 reply:        u8 reply (1 applied: bytes; 2 read: bytes; 3 session: u64;
-//!                             4 membership: conf state)
+//!                             4 membership: conf state; 5 state digest: u64 index ‖
+//!                             32 bytes digest)
 //!     outcome 2 error:        request error (tag and fields: the engine's
 //!                             RequestError; 13 forbidden: the key's role does
 //!                             not allow the op; 14 reply too large: u64 bytes ‖
-//!                             u64 limit, the request WAS carried out)
+//!                             u64 limit, the request WAS carried out; 17 state
+//!                             capture failed: u64 index)
 //!     outcome 3 done:         (nothing: a transfer submitted, a status answered)
 //!     outcome 4 unknown node: (nothing: no such (group, replica) is served here)
-//! bytes = u32 length ‖ that many bytes; ids and counters are u64, big-endian
+//! bytes = u32 length ‖ that many bytes; ids = u32 count ‖ count × u64;
+//! ids and counters are u64, big-endian
 //! ```
 //!
 //! Everything is read by the engine's strict [`Reader`]: unknown tags, counts
@@ -38,7 +50,10 @@ use raft::prelude::ConfState;
 use raft::StateRole;
 use vaultfleet::codec::{DecodeError, EncodeError, Reader, Writer};
 use vaultfleet::config::MEMBERS_MAX;
-use vaultfleet::replica::{ConfChangeRejection, MembershipChange, Reply, RequestError, Status};
+use vaultfleet::replica::{
+    ConfChangeRejection, FollowerProgress, MembershipChange, Reply, RequestError, StateDigest,
+    Status, STATE_DIGESTS_KEPT, STATE_DIGEST_BYTES,
+};
 use vaultfleet::wire::Request;
 use vaultfleet::ReplicaId;
 
@@ -55,6 +70,7 @@ const OP_READ: u8 = 3;
 const OP_MEMBERSHIP: u8 = 4;
 const OP_TRANSFER: u8 = 5;
 const OP_STATUS: u8 = 6;
+const OP_MARK_STATE_DIGEST: u8 = 7;
 
 const OUTCOME_REPLY: u8 = 1;
 const OUTCOME_ERROR: u8 = 2;
@@ -104,6 +120,9 @@ pub enum ClientOp {
     TransferLeader(ReplicaId),
     /// The node's status (every reply carries it; this asks for nothing else).
     Status,
+    /// Propose a state digest marker (admin keys only): every replica digests
+    /// its replicated state at the marker's index.
+    MarkStateDigest,
 }
 
 /// How a request ended.
@@ -217,6 +236,9 @@ pub fn encode_request(request: &ClientRequest) -> Result<Vec<u8>, EncodeError> {
             ClientOp::Status => {
                 w.u8(OP_STATUS);
             }
+            ClientOp::MarkStateDigest => {
+                w.u8(OP_MARK_STATE_DIGEST);
+            }
         }
         Ok(())
     })
@@ -259,6 +281,7 @@ fn read_request(r: &mut Reader<'_>) -> Result<ClientRequest, DecodeError> {
         }),
         OP_TRANSFER => ClientOp::TransferLeader(r.u64("transfer target")?),
         OP_STATUS => ClientOp::Status,
+        OP_MARK_STATE_DIGEST => ClientOp::MarkStateDigest,
         other => {
             return Err(DecodeError::UnknownValue {
                 what: "request op",
@@ -305,6 +328,10 @@ pub fn encode_reply(reply: &ClientReply) -> Result<Vec<u8>, EncodeError> {
                         w.u8(4);
                         write_conf_state(w, cs)?;
                     }
+                    Reply::StateDigest(d) => {
+                        w.u8(5);
+                        write_digest(w, d);
+                    }
                 }
             }
             ClientOutcome::Error(e) => {
@@ -335,6 +362,7 @@ fn read_reply(r: &mut Reader<'_>) -> Result<ClientReply, DecodeError> {
             2 => Reply::Read(r.bytes(PAYLOAD_BYTES_MAX, "read answer")?.to_vec()),
             3 => Reply::SessionRegistered(r.u64("session id")?),
             4 => Reply::MembershipChanged(read_conf_state(r)?),
+            5 => Reply::StateDigest(read_digest(r)?),
             other => {
                 return Err(DecodeError::UnknownValue {
                     what: "reply kind",
@@ -395,7 +423,54 @@ fn write_status(w: &mut Writer, s: &Status) -> Result<(), EncodeError> {
         .u64(s.first_index)
         .u64(s.last_index);
     write_ids(w, &s.voters, "status voters")?;
-    write_ids(w, &s.learners, "status learners")
+    write_ids(w, &s.learners, "status learners")?;
+    w.count(MEMBERS_MAX, s.followers.len(), "status followers")?;
+    for f in &s.followers {
+        w.u64(f.id).u64(f.matched).u64(f.lag).bool(f.recent_active);
+    }
+    w.count(
+        STATE_DIGESTS_KEPT,
+        s.state_digests.len(),
+        "status state digests",
+    )?;
+    for d in &s.state_digests {
+        write_digest(w, d);
+    }
+    Ok(())
+}
+
+fn write_digest(w: &mut Writer, d: &StateDigest) {
+    w.u64(d.index).raw(&d.digest);
+}
+
+fn read_digest(r: &mut Reader<'_>) -> Result<StateDigest, DecodeError> {
+    Ok(StateDigest {
+        index: r.u64("state digest index")?,
+        digest: r.array::<STATE_DIGEST_BYTES>("state digest")?,
+    })
+}
+
+fn read_state_digests(r: &mut Reader<'_>) -> Result<Vec<StateDigest>, DecodeError> {
+    let n = r.count(STATE_DIGESTS_KEPT, "status state digests")?;
+    let mut digests = Vec::with_capacity(n);
+    for _ in 0..n {
+        digests.push(read_digest(r)?);
+    }
+    Ok(digests)
+}
+
+fn read_followers(r: &mut Reader<'_>) -> Result<Vec<FollowerProgress>, DecodeError> {
+    let n = r.count(MEMBERS_MAX, "status followers")?;
+    let mut followers = Vec::with_capacity(n);
+    for _ in 0..n {
+        followers.push(FollowerProgress {
+            id: r.u64("follower id")?,
+            matched: r.u64("follower matched")?,
+            lag: r.u64("follower lag")?,
+            recent_active: r.bool("follower recently active")?,
+        });
+    }
+    Ok(followers)
 }
 
 fn read_status(r: &mut Reader<'_>) -> Result<Status, DecodeError> {
@@ -424,6 +499,8 @@ fn read_status(r: &mut Reader<'_>) -> Result<Status, DecodeError> {
         last_index: r.u64("status last index")?,
         voters: read_ids(r, "status voters")?,
         learners: read_ids(r, "status learners")?,
+        followers: read_followers(r)?,
+        state_digests: read_state_digests(r)?,
     })
 }
 
@@ -546,6 +623,9 @@ fn write_error(w: &mut Writer, e: &RequestError) -> Result<(), EncodeError> {
         RequestError::OwnerTooLong { bytes, limit } => {
             w.u8(16).u64(size(*bytes)).u64(size(*limit));
         }
+        RequestError::StateCaptureFailed { index } => {
+            w.u8(17).u64(*index);
+        }
         _ => {
             w.u8(12);
         }
@@ -619,6 +699,9 @@ fn read_error(r: &mut Reader<'_>) -> Result<RequestError, DecodeError> {
             bytes: read_size(r, "owner size")?,
             limit: read_size(r, "owner limit")?,
         },
+        17 => RequestError::StateCaptureFailed {
+            index: r.u64("marker index")?,
+        },
         other => {
             return Err(DecodeError::UnknownValue {
                 what: "request error",
@@ -648,6 +731,30 @@ mod tests {
             last_index: 41,
             voters: vec![1, 2, 3],
             learners: vec![4],
+            followers: vec![
+                FollowerProgress {
+                    id: 1,
+                    matched: 41,
+                    lag: 0,
+                    recent_active: true,
+                },
+                FollowerProgress {
+                    id: 4,
+                    matched: 30,
+                    lag: 11,
+                    recent_active: false,
+                },
+            ],
+            state_digests: vec![
+                StateDigest {
+                    index: 30,
+                    digest: [7; STATE_DIGEST_BYTES],
+                },
+                StateDigest {
+                    index: 38,
+                    digest: [9; STATE_DIGEST_BYTES],
+                },
+            ],
         }
     }
 
@@ -670,6 +777,7 @@ mod tests {
             ClientOp::ChangeMembership(MembershipChange::Remove { id: 3 }),
             ClientOp::TransferLeader(2),
             ClientOp::Status,
+            ClientOp::MarkStateDigest,
         ];
         for (i, op) in ops.into_iter().enumerate() {
             let request = ClientRequest {
@@ -694,6 +802,11 @@ mod tests {
             ClientOutcome::Reply(Reply::Read(vec![])),
             ClientOutcome::Reply(Reply::SessionRegistered(12)),
             ClientOutcome::Reply(Reply::MembershipChanged(cs)),
+            ClientOutcome::Reply(Reply::StateDigest(StateDigest {
+                index: 77,
+                digest: [0xab; STATE_DIGEST_BYTES],
+            })),
+            ClientOutcome::Error(RequestError::StateCaptureFailed { index: 77 }),
             ClientOutcome::Error(RequestError::NotLeader { leader: Some(1) }),
             ClientOutcome::Error(RequestError::NotLeader { leader: None }),
             ClientOutcome::Error(RequestError::Stale {
@@ -758,7 +871,35 @@ mod tests {
             outcome: ClientOutcome::Error(RequestError::NotLeader { leader: Some(3) }),
         })
         .unwrap();
-        for frame in [&request, &reply] {
+        let digest_request = encode_request(&ClientRequest {
+            correlation: 2,
+            group: 1,
+            replica: 1,
+            op: ClientOp::MarkStateDigest,
+        })
+        .unwrap();
+        let digest_reply = encode_reply(&ClientReply {
+            correlation: 2,
+            status: Some(status()),
+            outcome: ClientOutcome::Reply(Reply::StateDigest(StateDigest {
+                index: 41,
+                digest: [3; STATE_DIGEST_BYTES],
+            })),
+        })
+        .unwrap();
+        let capture_failed = encode_reply(&ClientReply {
+            correlation: 3,
+            status: None,
+            outcome: ClientOutcome::Error(RequestError::StateCaptureFailed { index: 41 }),
+        })
+        .unwrap();
+        for frame in [
+            &request,
+            &reply,
+            &digest_request,
+            &digest_reply,
+            &capture_failed,
+        ] {
             let b = body(frame);
             for cut in 0..b.len() {
                 assert!(ClientFrame::decode(&b[..cut]).is_err(), "cut at {cut}");
@@ -806,5 +947,81 @@ mod tests {
                 ..
             })
         ));
+        // Too many followers' progress: refused on both sides of the wire.
+        let mut w = Writer::new();
+        w.u8(KIND_REPLY).u64(1).bool(true);
+        w.u64(1).u8(2).u64(1).u64(1).u64(0).u64(0).u64(0).u64(0);
+        w.u32(0).u32(0);
+        w.u32(u32::try_from(MEMBERS_MAX + 1).unwrap());
+        for id in 0..=MEMBERS_MAX as u64 {
+            w.u64(id + 2).u64(1).u64(0).bool(true);
+        }
+        w.u8(OUTCOME_DONE);
+        assert!(matches!(
+            ClientFrame::decode(w.as_slice()),
+            Err(DecodeError::TooLong {
+                what: "status followers",
+                ..
+            })
+        ));
+        // More state digests than a replica keeps: refused on both sides.
+        let mut w = Writer::new();
+        w.u8(KIND_REPLY).u64(1).bool(true);
+        w.u64(1).u8(2).u64(1).u64(1).u64(0).u64(0).u64(0).u64(0);
+        w.u32(0).u32(0).u32(0);
+        w.u32(u32::try_from(STATE_DIGESTS_KEPT + 1).unwrap());
+        for index in 0..=STATE_DIGESTS_KEPT as u64 {
+            w.u64(index).raw(&[0; STATE_DIGEST_BYTES]);
+        }
+        w.u8(OUTCOME_DONE);
+        assert!(matches!(
+            ClientFrame::decode(w.as_slice()),
+            Err(DecodeError::TooLong {
+                what: "status state digests",
+                ..
+            })
+        ));
+        let mut long = status();
+        long.state_digests = vec![long.state_digests[0]; STATE_DIGESTS_KEPT + 1];
+        assert!(encode_reply(&ClientReply {
+            correlation: 1,
+            status: Some(long),
+            outcome: ClientOutcome::Done,
+        })
+        .is_err());
+        // An unknown reply kind.
+        let mut bad = body(&digest_reply).to_vec();
+        let kind = bad.len() - 1 - 8 - STATE_DIGEST_BYTES;
+        assert_eq!(bad[kind], 5);
+        bad[kind] = 6;
+        assert!(matches!(
+            ClientFrame::decode(&bad),
+            Err(DecodeError::UnknownValue {
+                what: "reply kind",
+                ..
+            })
+        ));
+        let mut long = status();
+        long.followers = vec![long.followers[0]; MEMBERS_MAX + 1];
+        assert!(encode_reply(&ClientReply {
+            correlation: 1,
+            status: Some(long),
+            outcome: ClientOutcome::Done,
+        })
+        .is_err());
+        // A follower's "recently active" flag is a bool: 0 or 1.
+        let frame = encode_reply(&ClientReply {
+            correlation: 1,
+            status: Some(status()),
+            outcome: ClientOutcome::Done,
+        })
+        .unwrap();
+        let mut bad = body(&frame).to_vec();
+        // The last follower's flag sits before the state digests (a count and
+        // two digests) and the outcome byte.
+        let flag = bad.len() - 2 - 4 - 2 * (8 + STATE_DIGEST_BYTES);
+        assert_eq!(bad[flag], 0);
+        bad[flag] = 2;
+        assert!(ClientFrame::decode(&bad).is_err());
     }
 }

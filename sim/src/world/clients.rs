@@ -224,7 +224,7 @@ impl<W: Workload> Simulation<W> {
             Ok(Reply::Applied(output) | Reply::Read(output)) => {
                 self.operation_done(client, output);
             }
-            Ok(Reply::MembershipChanged(_)) => {}
+            Ok(Reply::MembershipChanged(_) | Reply::StateDigest(_)) => {}
             Err(RequestError::NotLeader { leader: Some(l) }) => {
                 if let Some(t) = (l as usize)
                     .checked_sub(1)

@@ -104,6 +104,7 @@ impl<W: Workload> Simulation<W> {
                     Ok(Reply::Applied(o) | Reply::Read(o)) => fnv(o),
                     Ok(Reply::SessionRegistered(s)) => *s,
                     Ok(Reply::MembershipChanged(_)) => 1,
+                    Ok(Reply::StateDigest(d)) => d.index,
                     Err(_) => 0,
                 };
                 (4, *client as u64, *op, result.is_ok() as u64, digest)

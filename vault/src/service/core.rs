@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use zeroize::Zeroize;
 
 use super::logins::{Held, Logins};
+use super::telemetry;
 use crate::bundle_source::{BundleSource, ReplyExtras};
 use crate::crypto::{request_is_authentic, sha256};
 use crate::error::VaultError;
@@ -186,6 +187,13 @@ fn from_outcome(o: &VaultOutcome) -> VaultReplyBody {
     b.max_attempts = o.max_attempts;
     b.registration_tag = o.registration_tag.clone();
     b
+}
+
+/// Counts a registration the fleet committed (`kind`: `first`, `replace`).
+fn count_registration(o: &VaultOutcome, kind: &'static str) {
+    if o.status.enum_value_or(VaultStatus::VAULT_MALFORMED) == VaultStatus::VAULT_OK {
+        metrics::counter!(telemetry::REGISTRATIONS, "kind" => kind).increment(1);
+    }
 }
 
 fn unavailable() -> VaultReplyBody {
@@ -464,7 +472,10 @@ impl<H: Hsm> ServiceCore<H> {
                 Err(NotCommitted) => unavailable().into(),
             },
             Stage::Register => match outcome {
-                Ok(Ok(o)) => from_outcome(&o).into(),
+                Ok(Ok(o)) => {
+                    count_registration(&o, "first");
+                    from_outcome(&o).into()
+                }
                 Ok(Err(e)) => undecodable(&e).into(),
                 Err(NotCommitted) => unavailable().into(),
             },
@@ -472,6 +483,7 @@ impl<H: Hsm> ServiceCore<H> {
                 let mut l = self.logins.lock();
                 match outcome {
                     Ok(Ok(o)) => {
+                        count_registration(&o, "replace");
                         let b = from_outcome(&o);
                         l.conclude(login, digest, b.clone(), now, cap);
                         b.into()
@@ -731,6 +743,7 @@ impl<H: Hsm> ServiceCore<H> {
                 },
             );
         }
+        metrics::counter!(telemetry::LOGINS_STARTED).increment(1);
         let mut b = from_outcome(&o);
         b.credential_response = response;
         b.login = login_id;
@@ -797,6 +810,9 @@ impl<H: Hsm> ServiceCore<H> {
             match self.server.login_finish(&held.login, request) {
                 Ok(v) => v,
                 Err(e) => {
+                    // The login stays for the genuine finish; if none comes,
+                    // its expiry counts the wrong code.
+                    metrics::counter!(telemetry::FINISHES_REFUSED).increment(1);
                     let mut b = server_error(&e);
                     b.attempts_left = held.login.attempts_left();
                     b.generation = held.login.generation();
@@ -805,6 +821,12 @@ impl<H: Hsm> ServiceCore<H> {
             }
         };
         let purpose = verified.purpose();
+        let purpose_label = match purpose {
+            VaultLoginPurpose::VAULT_REREGISTER_START => "reregister",
+            VaultLoginPurpose::VAULT_DELETE => "delete",
+            VaultLoginPurpose::VAULT_RECOVER => "recover",
+        };
+        metrics::counter!(telemetry::LOGINS_SUCCEEDED, "purpose" => purpose_label).increment(1);
         let next = match purpose {
             VaultLoginPurpose::VAULT_REREGISTER_START => {
                 self.reregister_start(x.login, verified, digest, now).into()

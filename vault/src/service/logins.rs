@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use super::telemetry;
 use crate::server::{PendingLogin, VerifiedLogin};
 use crate::user_id::UserId;
 use crate::wire::VaultReplyBody;
@@ -164,6 +165,11 @@ impl Logins {
     /// Forgets what is older than `ttl` at `now`. A login being committed
     /// expires too (its driver may have given up on the step); a commit that
     /// ends after that still answers its client.
+    ///
+    /// A login that expires unproven is counted as a wrong code: an OPAQUE
+    /// client that typed a wrong code cannot finish, so its login ends here
+    /// (an abandoned login looks the same). If its attempt was the user's
+    /// last, the record stays erased: a lock-out.
     pub(super) fn expire(&mut self, now: Duration, ttl: Duration) {
         let alive = |at: Duration| now.saturating_sub(at) < ttl;
         let gone: Vec<u64> = self
@@ -173,7 +179,15 @@ impl Logins {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            self.remove(id);
+            let Some(held) = self.remove(id) else {
+                continue;
+            };
+            if held.proven.is_none() && held.committing.is_none() {
+                metrics::counter!(telemetry::WRONG_CODES).increment(1);
+                if held.login.erased() {
+                    metrics::counter!(telemetry::LOCKOUTS).increment(1);
+                }
+            }
         }
         while let Some(&oldest) = self.concluded_order.front() {
             if self.concluded.get(&oldest).is_some_and(|c| alive(c.at)) {

@@ -6,6 +6,7 @@
 
 mod core;
 mod logins;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 

@@ -103,12 +103,16 @@ impl Rig {
     }
 
     fn register(&mut self) {
+        self.register_with(10);
+    }
+
+    fn register_with(&mut self, max_attempts: u32) {
         let flow = ClientRegistrationFlow::start(CODE).expect("flow");
         let user = UserId::new(USER).expect("user");
         let mut s = VaultRegisterStart::new();
         s.user = USER.to_vec();
         s.registration_request = flow.request().to_vec();
-        s.max_attempts = 10;
+        s.max_attempts = max_attempts;
         s.secret_digest = registration_secret_digest(&user, SECRET).to_vec();
         let r = self.request(vault_client_request::Op::RegisterStart(s));
         let b = self.call(&encode(&r), Duration::ZERO, Fleet::Answer);
@@ -122,7 +126,7 @@ impl Rig {
         f.credential_nonce = b.credential_nonce;
         f.nonce_tag = b.nonce_tag;
         f.secret = SECRET.to_vec();
-        f.max_attempts = 10;
+        f.max_attempts = max_attempts;
         f.issued_generation = b.generation;
         let r = self.request(vault_client_request::Op::RegisterFinish(f));
         let b = self.call(&encode(&r), Duration::ZERO, Fleet::Answer);
@@ -295,4 +299,90 @@ fn review_m2_failed_commits_do_not_keep_a_login_alive() {
         "{late:?}"
     );
     assert!(rig.registered(), "the expired login deleted nothing");
+}
+
+/// The service's counters, through a recorder local to this thread: logins
+/// started and proven, a refused finish, wrong codes and a lock-out counted
+/// when their unproven logins expire, a registration. No label carries the
+/// user id.
+#[test]
+fn the_service_counts_logins_wrong_codes_lockouts_and_registrations() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::telemetry;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let ttl = LoginLimits::default().login_ttl;
+    metrics::with_local_recorder(&recorder, || {
+        let mut rig = Rig::new();
+        rig.register_with(2);
+        // The right code, recovering: proven, and its attempt forgiven.
+        let (finish, _) = rig.login(VaultLoginPurpose::VAULT_RECOVER, secs(1), |_| {});
+        let b = rig.call(&finish, secs(1), Fleet::Answer);
+        assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
+        // A finish that does not verify: refused, its login left unproven
+        // (one attempt spent, one left).
+        let (forged, _) = rig.login(VaultLoginPurpose::VAULT_RECOVER, secs(2), |f| {
+            f.credential_finalization = vec![7; 64];
+        });
+        let b = rig.call(&forged, secs(2), Fleet::Answer);
+        assert_eq!(status(&b), VaultReplyStatus::REPLY_LOGIN_FAILED, "{b:?}");
+        // A wrong code on the last attempt: the client cannot finish.
+        let flow = ClientLoginFlow::start(b"a wrong code").expect("flow");
+        let mut start = VaultLoginStart::new();
+        start.user = USER.to_vec();
+        start.credential_request = flow.request().to_vec();
+        let r = rig.request(vault_client_request::Op::LoginStart(start.clone()));
+        let b = rig.call(&encode(&r), secs(3), Fleet::Answer);
+        assert_eq!(status(&b), VaultReplyStatus::REPLY_OK, "{b:?}");
+        assert_eq!(b.attempts_left, 0, "{b:?}");
+        assert!(flow
+            .finish(b"a wrong code", &b.credential_response, &KSF)
+            .expect("finish")
+            .is_none());
+        // Both unproven logins expire at the next request, which finds the
+        // record erased.
+        let r = rig.request(vault_client_request::Op::LoginStart(start));
+        let b = rig.call(&encode(&r), secs(4) + ttl, Fleet::Answer);
+        assert_eq!(status(&b), VaultReplyStatus::REPLY_LOCKED, "{b:?}");
+    });
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counter = |name: &str, label: Option<(&str, &str)>| -> u64 {
+        snapshot
+            .iter()
+            .filter(|(k, ..)| k.key().name() == name)
+            .filter(|(k, ..)| {
+                label.is_none_or(|(lk, lv)| {
+                    k.key().labels().any(|l| l.key() == lk && l.value() == lv)
+                })
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(c) => *c,
+                other => panic!("{name} is not a counter: {other:?}"),
+            })
+            .sum()
+    };
+    assert_eq!(counter(telemetry::LOGINS_STARTED, None), 3);
+    assert_eq!(
+        counter(telemetry::LOGINS_SUCCEEDED, Some(("purpose", "recover"))),
+        1
+    );
+    assert_eq!(counter(telemetry::FINISHES_REFUSED, None), 1);
+    assert_eq!(counter(telemetry::WRONG_CODES, None), 2);
+    assert_eq!(counter(telemetry::LOCKOUTS, None), 1);
+    assert_eq!(
+        counter(telemetry::REGISTRATIONS, Some(("kind", "first"))),
+        1
+    );
+    let user = String::from_utf8_lossy(USER);
+    for (key, ..) in &snapshot {
+        for label in key.key().labels() {
+            assert!(
+                !label.value().contains(user.as_ref()) && label.key() != "user",
+                "{key:?}"
+            );
+        }
+    }
 }
