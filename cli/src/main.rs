@@ -24,7 +24,11 @@
 // A command-line tool reads the wall clock for timestamps.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod admin_cmd;
 mod error;
+mod node_cmd;
+mod testbed_cmd;
+mod vault_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -74,6 +78,19 @@ enum Command {
     /// What an auditor runs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run a replica of the vault fleet (the node daemon).
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
+    /// The operator's calls to running nodes (Noise IK, a pinned admin key).
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
+    /// A whole fleet of node processes on this machine's loopback, for trying
+    /// the daemon out.
+    #[command(subcommand)]
+    Testbed(testbed_cmd::TestbedCommand),
+    /// A user's device: register or recover a backup key over the network.
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -1024,7 +1041,7 @@ fn audit_diff(args: &AuditDiff) -> Res<()> {
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (warnings and errors when unset).
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -1035,10 +1052,10 @@ fn init_tracing() {
 
 /// Prints `e` and each of its causes, one a line, skipping a cause whose text the
 /// line before already shows.
-fn print_error(e: &CliError) {
+pub(crate) fn print_error(e: &dyn std::error::Error) {
     let mut shown = e.to_string();
     eprintln!("error: {shown}");
-    let mut cause = std::error::Error::source(e);
+    let mut cause = e.source();
     while let Some(c) = cause {
         let text = c.to_string();
         if !shown.contains(&text) {
@@ -1061,11 +1078,23 @@ fn run(command: &Command) -> Res<bool> {
         Command::Audit(AuditCommand::Verify(a)) => audit_verify(a),
         Command::Audit(AuditCommand::Log(a)) => audit_log(a),
         Command::Audit(AuditCommand::Diff(a)) => audit_diff(a).map(|()| true),
+        // Dispatched in `main` before the shared log set-up.
+        Command::Node(_) | Command::Admin(_) | Command::Testbed(_) | Command::Vault(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The daemon and the admin calls set up their own logs (text or JSON).
+    match &cli.command {
+        Command::Node(command) => return node_cmd::main(command),
+        Command::Admin(command) => return admin_cmd::main(command),
+        Command::Testbed(command) => return testbed_cmd::main(command),
+        Command::Vault(command) => return vault_cmd::main(command),
+        _ => {}
+    }
     init_tracing();
     match run(&cli.command) {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,439 @@
+//! `vaultfleet admin …`: the operator's calls to running nodes over Noise IK
+//! with an admin key (`admin.toml`: fleet id, group, key file, `[[peer]]`s).
+//!
+//! ```text
+//! vaultfleet admin status --config admin.toml [--replica N] [--json]
+//! vaultfleet admin members --config admin.toml [--json]
+//! vaultfleet admin add-learner --config admin.toml --id N --datacenter DC [--json]
+//! vaultfleet admin promote --config admin.toml --id N [--json]
+//! vaultfleet admin remove --config admin.toml --id N [--json]
+//! vaultfleet admin transfer-leader --config admin.toml --to N [--json]
+//! vaultfleet admin compare-state --config admin.toml [--json]
+//! ```
+//!
+//! Exit codes: 0 done, 1 refused by the fleet (its typed answer, e.g. this
+//! key is not an admin key, a learner not caught up), 2 an error (printed with
+//! its chain of causes: a bad config, no leader or no answer in time, or, for
+//! `status`, no replica answering at all).
+//!
+//! `compare-state` has its own: 0 every digest reported is equal (replicas
+//! that are behind, passed the marker without a digest or do not answer are
+//! listed, and do not count as diverged), 1 two replicas reported different
+//! digests at the same index, 2 an error (a refusal included, e.g. this key
+//! is not an admin key).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use raft::prelude::ConfState;
+use raft::StateRole;
+use serde_json::json;
+use vaultfleet::replica::Status;
+use vaultfleet_node::admin::{
+    hex_digest, Admin, AdminConfig, AdminError, DigestReport, Members, ReplicaReport,
+    StateComparison,
+};
+use vaultfleet_node::logging::{self, LogFormat};
+
+/// The operator's calls to running nodes.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Every replica's status (role, term, commit, applied, per-follower lag
+    /// on the leader), or one replica's.
+    Status(StatusArgs),
+    /// The fleet's voters and learners, as its leader reports them.
+    Members(MembersArgs),
+    /// Add a replica as a learner (it must be running and pinned by the
+    /// fleet's nodes).
+    AddLearner(AddLearnerArgs),
+    /// Promote a learner to voter once it has caught up.
+    Promote(IdArgs),
+    /// Remove a replica (voter or learner) from the fleet.
+    Remove(IdArgs),
+    /// Hand leadership to a voter and wait until it leads.
+    TransferLeader(TransferArgs),
+    /// Every replica's digest of its replicated state at one applied index
+    /// (a marker entry proposed through the leader); a divergence names the
+    /// replicas that differ (exit 1). Needs every replica on a build that
+    /// knows state digest markers.
+    CompareState(MembersArgs),
+}
+
+/// What every admin call takes.
+#[derive(Debug, Args)]
+pub(crate) struct AdminArgs {
+    /// The admin config (fleet_id, group, key_file, [[peer]] tables).
+    #[arg(long)]
+    config: PathBuf,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    common: AdminArgs,
+    /// Only this replica.
+    #[arg(long)]
+    replica: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MembersArgs {
+    #[command(flatten)]
+    common: AdminArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddLearnerArgs {
+    #[command(flatten)]
+    common: AdminArgs,
+    /// The new replica's id.
+    #[arg(long)]
+    id: u64,
+    /// Its datacenter.
+    #[arg(long)]
+    datacenter: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IdArgs {
+    #[command(flatten)]
+    common: AdminArgs,
+    /// The replica.
+    #[arg(long)]
+    id: u64,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TransferArgs {
+    #[command(flatten)]
+    common: AdminArgs,
+    /// The voter to lead.
+    #[arg(long)]
+    to: u64,
+}
+
+impl AdminCommand {
+    fn common(&self) -> &AdminArgs {
+        match self {
+            AdminCommand::Status(a) => &a.common,
+            AdminCommand::Members(a) | AdminCommand::CompareState(a) => &a.common,
+            AdminCommand::AddLearner(a) => &a.common,
+            AdminCommand::Promote(a) | AdminCommand::Remove(a) => &a.common,
+            AdminCommand::TransferLeader(a) => &a.common,
+        }
+    }
+}
+
+/// How a command ended, beyond success.
+enum Failed {
+    /// Exit 1: the fleet refused.
+    Refused(AdminError),
+    /// Exit 2: an error.
+    Error(Box<dyn std::error::Error>),
+    /// Exit 2, already reported (no replica answered a status request).
+    NoAnswer,
+    /// Exit 1, already reported: replicas' state digests differ.
+    Diverged,
+}
+
+impl From<AdminError> for Failed {
+    fn from(e: AdminError) -> Self {
+        if e.is_refusal() {
+            Failed::Refused(e)
+        } else {
+            Failed::Error(Box::new(e))
+        }
+    }
+}
+
+/// Runs one admin command; its exit code (0 done, 1 refused, 2 error).
+pub(crate) fn main(command: &AdminCommand) -> ExitCode {
+    // Logs on stderr (`RUST_LOG`), JSON lines with `--json`.
+    logging::init(if command.common().json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failed::Refused(e)) => {
+            crate::print_error(&e);
+            ExitCode::from(1)
+        }
+        Err(Failed::Error(e)) => {
+            crate::print_error(e.as_ref());
+            ExitCode::from(2)
+        }
+        Err(Failed::NoAnswer) => ExitCode::from(2),
+        Err(Failed::Diverged) => ExitCode::from(1),
+    }
+}
+
+fn run(command: &AdminCommand) -> Result<(), Failed> {
+    let common = command.common();
+    let config = AdminConfig::load(&common.config).map_err(|e| Failed::Error(Box::new(e)))?;
+    let admin = Admin::connect(&config)?;
+    let json = common.json;
+    match command {
+        AdminCommand::Status(a) => {
+            let reports = admin.status(a.replica)?;
+            print_status(&reports, json);
+            if reports.iter().all(|r| r.status.is_none()) {
+                eprintln!(
+                    "error: no replica answered (down, unreachable, or this admin key is not pinned by the fleet)"
+                );
+                return Err(Failed::NoAnswer);
+            }
+        }
+        AdminCommand::Members(_) => {
+            let members = admin.members()?;
+            print_members(&admin, &members, json);
+        }
+        AdminCommand::AddLearner(a) => {
+            let cs = admin.add_learner(a.id, &a.datacenter)?;
+            print_change("add-learner", a.id, &cs, json);
+        }
+        AdminCommand::Promote(a) => {
+            let cs = admin.promote(a.id)?;
+            print_change("promote", a.id, &cs, json);
+        }
+        AdminCommand::Remove(a) => {
+            let cs = admin.remove(a.id)?;
+            print_change("remove", a.id, &cs, json);
+        }
+        AdminCommand::TransferLeader(a) => {
+            admin.transfer_leader(a.to)?;
+            if json {
+                println!("{}", json!({ "op": "transfer-leader", "leader": a.to }));
+            } else {
+                println!("replica {} leads", a.to);
+            }
+        }
+        AdminCommand::CompareState(_) => {
+            // Exit 1 is a divergence only: a refusal is an error here.
+            let comparison = admin
+                .compare_state()
+                .map_err(|e| Failed::Error(Box::new(e)))?;
+            print_comparison(&comparison, json);
+            if comparison.diverged() {
+                return Err(Failed::Diverged);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn digest_json(report: &DigestReport) -> serde_json::Value {
+    match report {
+        DigestReport::Digest(d) => json!({ "state": "digest", "digest": hex_digest(d) }),
+        DigestReport::Behind { applied } => json!({ "state": "behind", "applied": applied }),
+        DigestReport::Missed { applied } => json!({ "state": "missed", "applied": applied }),
+        DigestReport::Unreachable => json!({ "state": "unreachable" }),
+        _ => json!({ "state": "unknown" }),
+    }
+}
+
+fn print_comparison(c: &StateComparison, json: bool) {
+    if json {
+        println!(
+            "{}",
+            json!({
+                "op": "compare-state",
+                "index": c.index,
+                "leader": c.leader,
+                "diverged": c.diverged(),
+                "complete": c.complete(),
+                "replicas": c.replicas.iter().map(|r| {
+                    let mut line = digest_json(&r.report);
+                    line["id"] = json!(r.id);
+                    line["datacenter"] = json!(r.datacenter);
+                    line
+                }).collect::<Vec<_>>(),
+                "groups": c.groups.iter().map(|g| json!({
+                    "digest": g.hex(),
+                    "replicas": g.replicas,
+                })).collect::<Vec<_>>(),
+            })
+        );
+        return;
+    }
+    println!("state digests at index {} (leader {})", c.index, c.leader);
+    for r in &c.replicas {
+        let what = match &r.report {
+            DigestReport::Digest(d) => hex_digest(d),
+            DigestReport::Behind { applied } => {
+                format!("behind: applied {applied}, the marker not yet")
+            }
+            DigestReport::Missed { applied } => format!(
+                "no digest: applied {applied}, past the marker without one (a snapshot, or an older build)"
+            ),
+            DigestReport::Unreachable => "unreachable".to_owned(),
+            _ => "unknown".to_owned(),
+        };
+        println!("{:>6}  {:<16} {what}", r.id, r.datacenter);
+    }
+    if c.diverged() {
+        println!("DIVERGED: {} different digests", c.groups.len());
+        for g in &c.groups {
+            println!("  {}  replicas {:?}", g.hex(), g.replicas);
+        }
+    } else if c.complete() {
+        println!("all {} replicas agree", c.replicas.len());
+    } else {
+        let agree = c.groups.first().map_or(0, |g| g.replicas.len());
+        println!(
+            "no divergence: {agree} of {} replicas reported a digest, all equal",
+            c.replicas.len()
+        );
+    }
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Leader => "leader",
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+fn status_json(report: &ReplicaReport) -> serde_json::Value {
+    match &report.status {
+        None => json!({ "id": report.id, "datacenter": report.datacenter, "reachable": false }),
+        Some(s) => json!({
+            "id": report.id,
+            "datacenter": report.datacenter,
+            "reachable": true,
+            "role": role_name(s.role),
+            "term": s.term,
+            "leader": s.leader,
+            "commit": s.commit,
+            "applied": s.applied,
+            "first_index": s.first_index,
+            "last_index": s.last_index,
+            "voters": s.voters,
+            "learners": s.learners,
+            "followers": s.followers.iter().map(|f| json!({
+                "id": f.id,
+                "matched": f.matched,
+                "lag": f.lag,
+                "recent_active": f.recent_active,
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn print_status(reports: &[ReplicaReport], json: bool) {
+    if json {
+        for r in reports {
+            println!("{}", status_json(r));
+        }
+        return;
+    }
+    println!(
+        "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+        "id", "datacenter", "role", "term", "leader", "commit", "applied", "last"
+    );
+    for r in reports {
+        let Some(s) = &r.status else {
+            println!("{:>6}  {:<16} unreachable", r.id, r.datacenter);
+            continue;
+        };
+        println!(
+            "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+            r.id,
+            r.datacenter,
+            role_name(s.role),
+            s.term,
+            s.leader.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            s.commit,
+            s.applied,
+            s.last_index
+        );
+        print_followers(s);
+    }
+}
+
+/// The leader's per-follower progress, under its row.
+fn print_followers(s: &Status) {
+    for f in &s.followers {
+        println!(
+            "{:>6}  └ follower {:<6} matched {:>10}  lag {:>8}  {}",
+            "",
+            f.id,
+            f.matched,
+            f.lag,
+            if f.recent_active {
+                "recently active"
+            } else {
+                "not heard from recently"
+            }
+        );
+    }
+}
+
+fn print_members(admin: &Admin, m: &Members, json: bool) {
+    let directory_dc = |id: u64| {
+        admin
+            .datacenter(id)
+            .unwrap_or_else(|| "(not in the admin config)".to_owned())
+    };
+    let rows = m
+        .voters
+        .iter()
+        .map(|&id| (id, "voter"))
+        .chain(m.learners.iter().map(|&id| (id, "learner")));
+    if json {
+        for (id, kind) in rows {
+            let progress = m.status.followers.iter().find(|f| f.id == id);
+            println!(
+                "{}",
+                json!({
+                    "id": id,
+                    "datacenter": directory_dc(id),
+                    "member": kind,
+                    "leader": id == m.leader,
+                    "term": m.term,
+                    "lag": progress.map(|p| p.lag),
+                })
+            );
+        }
+        return;
+    }
+    println!("leader {} in term {}", m.leader, m.term);
+    println!(
+        "{:>6}  {:<16} {:<8} {:>8}",
+        "id", "datacenter", "member", "lag"
+    );
+    for (id, kind) in rows {
+        let lag = if id == m.leader {
+            "leader".to_owned()
+        } else {
+            m.status
+                .followers
+                .iter()
+                .find(|f| f.id == id)
+                .map_or_else(|| "-".to_owned(), |f| f.lag.to_string())
+        };
+        println!("{:>6}  {:<16} {:<8} {:>8}", id, directory_dc(id), kind, lag);
+    }
+}
+
+fn print_change(op: &str, id: u64, cs: &ConfState, json: bool) {
+    let mut voters = cs.voters.clone();
+    voters.sort_unstable();
+    let mut learners = cs.learners.clone();
+    learners.sort_unstable();
+    if json {
+        println!(
+            "{}",
+            json!({ "op": op, "id": id, "voters": voters, "learners": learners })
+        );
+    } else {
+        println!("{op} {id}: done; voters {voters:?}, learners {learners:?}");
+    }
+}

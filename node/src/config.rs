@@ -1,0 +1,660 @@
+//! The node's configuration file (TOML): every field documented, unknown
+//! fields refused, relative paths taken against the config file's folder.
+//!
+//! [`NodeConfig::load`] reads, parses and validates a file; every refusal is a
+//! typed [`ConfigError`] that says what to fix (a TOML syntax or type error
+//! keeps `toml`'s own error, with its line and column, as the source). The
+//! [`PeerConfig`] table is shared with the admin config. A commented example
+//! of every field is `docs/node.toml.example`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vaultfleet::replica::ReplicaConfig;
+use vaultfleet::{FleetConfig, MemberSpec};
+
+use crate::logging::LogFormat;
+
+/// One replica of the fleet as a `[[peer]]` table: where it listens for peers
+/// and clients, its datacenter, and its pinned X25519 transport key.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The replica's id (unique in the fleet, never reused).
+    pub id: u64,
+    /// Its peer/client listen address (`ip:port`).
+    pub address: SocketAddr,
+    /// The datacenter it runs in.
+    pub datacenter: String,
+    /// Its static X25519 transport public key: 64 hex digits, as
+    /// `vaultfleet node init` prints it.
+    pub transport_key: String,
+    /// A learner of the bootstrap configuration rather than a voter.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+/// A node's whole configuration (`vaultfleet node run --config node.toml`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The fleet's id: bound into every handshake and every sealed transport
+    /// key; the same on every node of the fleet (1 to 255 bytes).
+    pub fleet_id: String,
+    /// The raft group the replica belongs to (default 1).
+    #[serde(default = "default_group")]
+    pub group: u64,
+    /// This node's replica id: non-zero, listed among the `[[peer]]` tables,
+    /// never reused for another data directory.
+    pub replica_id: u64,
+    /// The datacenter this node runs in; must equal its `[[peer]]` entry's.
+    pub datacenter: String,
+    /// The folder of the replica's sealed log (created on first start). It
+    /// holds the replica's identity: a node refuses a folder written for
+    /// another replica, group or fleet.
+    pub data_dir: PathBuf,
+    /// The addresses this node listens on.
+    pub listen: ListenConfig,
+    /// The node's HSM: it seals the log and the transport key and holds the
+    /// vault's keys.
+    pub hsm: HsmConfig,
+    /// The node's X25519 transport key, sealed under the HSM
+    /// (`vaultfleet node init` writes it).
+    pub transport_key: PathBuf,
+    /// What the vault service needs: its keys' sealed setup and the evidence
+    /// it serves.
+    pub vault: VaultConfig,
+    /// Raft timing; the defaults suit round trips between datacenters.
+    #[serde(default)]
+    pub timing: TimingConfig,
+    /// Every replica of the fleet, this one included (`[[peer]]` tables).
+    #[serde(rename = "peer", default)]
+    pub peers: Vec<PeerConfig>,
+    /// The operators' admin keys allowed to run `vaultfleet admin` calls
+    /// (`[[admin_key]]` tables; none: no admin calls).
+    #[serde(rename = "admin_key", default)]
+    pub admin_keys: Vec<AdminKeyConfig>,
+    /// How the daemon logs (the filter comes from `RUST_LOG`).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// This replica joins a running fleet (after `vaultfleet admin
+    /// add-learner`): it starts from an empty log and receives the state from
+    /// the leader. False (the default): it is one of the fleet's initial
+    /// members and writes the `[[peer]]` membership into a fresh data
+    /// directory.
+    #[serde(default)]
+    pub join: bool,
+}
+
+fn default_group() -> u64 {
+    1
+}
+
+/// The `[listen]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ListenConfig {
+    /// Peer and client (Noise IK) listen address: replicas, vault services of
+    /// other nodes, admin calls. Its `[[peer]]` entry's `address` is where the
+    /// others dial it.
+    pub peer: SocketAddr,
+    /// The vault service's listen address (the open channel user devices
+    /// reach).
+    pub vault: SocketAddr,
+    /// The Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`); none when
+    /// absent. Keep it on loopback unless a scraper elsewhere needs it.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// The `[hsm]` table, by `kind`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum HsmConfig {
+    /// `kind = "soft"`: a soft HSM kept in a file. For trying vaultfleet out:
+    /// it protects nothing against the host it runs on.
+    Soft {
+        /// The soft HSM's file.
+        file: PathBuf,
+    },
+    /// `kind = "pkcs11"`: a PKCS#11 token. The user PIN comes from exactly one
+    /// of `pin_file` and `pin_env`, never from the config itself.
+    Pkcs11 {
+        /// The vendor's PKCS#11 module (SoftHSM2 on Debian:
+        /// `/usr/lib/softhsm/libsofthsm2.so`).
+        module: PathBuf,
+        /// The token's label.
+        token_label: String,
+        /// A file holding the user PIN (a trailing newline is ignored); it
+        /// must not be readable by group or others (`chmod 600`).
+        #[serde(default)]
+        pin_file: Option<PathBuf>,
+        /// An environment variable holding the user PIN.
+        #[serde(default)]
+        pin_env: Option<String>,
+    },
+}
+
+/// The `[vault]` table.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct VaultConfig {
+    /// The OPAQUE server setup sealed under the fleet's HSM security world
+    /// (written at the key ceremony).
+    pub opaque_setup: PathBuf,
+    /// The fleet's deployment evidence: its validation bundle is served in
+    /// every reply.
+    pub evidence: PathBuf,
+    /// The witness's log (`witness.state`): the log tree the bundle's
+    /// checkpoint covers is rebuilt from it.
+    pub witness_log: PathBuf,
+    /// The witness log's namespace of this fleet's artifacts.
+    pub namespace: String,
+}
+
+/// The `[timing]` table: one tick, and the election timeout and heartbeat
+/// interval counted in ticks.
+///
+/// The rule: the election timeout (`election_ticks * tick_ms`) must be well
+/// above the worst round trip between datacenters (five times or more), or
+/// followers campaign while a healthy leader's heartbeats are in flight; and
+/// a leader heartbeats a few times per election timeout
+/// (`election_ticks >= 2 * heartbeat_ticks`, 4-5 times is typical). The
+/// defaults (100 ms ticks, heartbeats every 3 ticks, elections after 15-30
+/// ticks) suit inter-datacenter round trips of up to about 300 ms; lower
+/// `tick_ms` within one region.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TimingConfig {
+    /// One tick, in milliseconds (1 to 10,000; default 100).
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks between a leader's heartbeats (default 3).
+    #[serde(default = "default_heartbeat_ticks")]
+    pub heartbeat_ticks: usize,
+    /// Ticks a follower waits for a leader before campaigning; the actual
+    /// timeout is drawn from `[election_ticks, 2 * election_ticks)` (default 15).
+    #[serde(default = "default_election_ticks")]
+    pub election_ticks: usize,
+}
+
+fn default_tick_ms() -> u64 {
+    100
+}
+fn default_heartbeat_ticks() -> usize {
+    3
+}
+fn default_election_ticks() -> usize {
+    15
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        Self {
+            tick_ms: default_tick_ms(),
+            heartbeat_ticks: default_heartbeat_ticks(),
+            election_ticks: default_election_ticks(),
+        }
+    }
+}
+
+/// The longest tick accepted.
+pub const TICK_MS_MAX: u64 = 10_000;
+/// The longest election timeout accepted (`election_ticks * tick_ms`).
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(120);
+/// The most `[[peer]]` tables.
+pub const PEERS_MAX: usize = vaultfleet::config::MEMBERS_MAX;
+/// The most `[[admin_key]]` tables.
+pub const ADMIN_KEYS_MAX: usize = 64;
+
+impl TimingConfig {
+    /// One tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// The shortest election timeout (`election_ticks` ticks).
+    pub fn election_timeout(&self) -> Duration {
+        self.tick()
+            .saturating_mul(u32::try_from(self.election_ticks).unwrap_or(u32::MAX))
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        let bad = |reason: &'static str| Invalid::Timing { reason };
+        if self.tick_ms == 0 || self.tick_ms > TICK_MS_MAX {
+            return Err(bad("tick_ms must be 1 to 10000"));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(bad("heartbeat_ticks must be at least 1"));
+        }
+        if self.election_ticks < self.heartbeat_ticks.saturating_mul(2) {
+            return Err(bad(
+                "election_ticks must be at least twice heartbeat_ticks (a leader heartbeats a few times per election timeout)",
+            ));
+        }
+        if self.election_timeout() > ELECTION_TIMEOUT_MAX {
+            return Err(bad("election_ticks * tick_ms must be at most 120 seconds"));
+        }
+        Ok(())
+    }
+}
+
+/// An `[[admin_key]]` table: an operator allowed to make admin calls.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AdminKeyConfig {
+    /// A name for the key (who holds it), for the operator's records.
+    pub name: String,
+    /// The admin's X25519 public key: 64 hex digits.
+    pub public_key: String,
+}
+
+/// The `[log]` table.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// `"text"` (default) or `"json"` (one object a line). The filter is
+    /// `RUST_LOG` (default `info`).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read the config file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a node config: TOML syntax, a wrong type, a missing or
+    /// unknown field (the source names it, with its line and column).
+    #[error("the config file {} is not a valid node config", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// `toml`'s error, with its line and column.
+        #[source]
+        source: ParseError,
+    },
+    /// The file parses, but its settings do not work together.
+    #[error("the config file {} has a setting to fix", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Invalid,
+    },
+}
+
+/// `toml`'s error where it happened. Its message names the field (a missing
+/// one, an unknown one such as a `pin`); unlike `toml`'s own display, it does
+/// not quote the offending line, which could hold a secret put where it does
+/// not belong.
+#[derive(Debug)]
+pub struct ParseError {
+    line: usize,
+    column: usize,
+    toml: Box<toml::de::Error>,
+}
+
+impl ParseError {
+    fn new(text: &str, toml: toml::de::Error) -> Self {
+        let (line, column) = toml.span().map_or((0, 0), |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (line, column)
+        });
+        Self {
+            line,
+            column,
+            toml: Box::new(toml),
+        }
+    }
+
+    /// The line (1-based; 0 when `toml` gave no position).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// The column (1-based; 0 when `toml` gave no position).
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
+    /// `toml`'s error itself.
+    pub fn toml(&self) -> &toml::de::Error {
+        &self.toml
+    }
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.toml.message().trim_end();
+        if self.line == 0 {
+            write!(f, "{message}")
+        } else {
+            write!(f, "line {}, column {}: {message}", self.line, self.column)
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A setting that does not work, and what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// `fleet_id` is empty or too long.
+    #[error("fleet_id must be 1 to 255 bytes")]
+    FleetId,
+    /// A zero id or group.
+    #[error("{field} must not be 0")]
+    Zero {
+        /// The field.
+        field: &'static str,
+    },
+    /// An empty text field.
+    #[error("{field} must not be empty")]
+    Empty {
+        /// The field.
+        field: &'static str,
+    },
+    /// This replica has no `[[peer]]` table.
+    #[error("replica_id {id} has no [[peer]] table: list every replica, this one included")]
+    NotAPeer {
+        /// The replica.
+        id: u64,
+    },
+    /// This replica's `[[peer]]` table names another datacenter.
+    #[error("replica {id} is in datacenter {config:?} but its [[peer]] table says {peer:?}: make them equal")]
+    DatacenterMismatch {
+        /// The replica.
+        id: u64,
+        /// `datacenter`.
+        config: String,
+        /// The `[[peer]]` table's.
+        peer: String,
+    },
+    /// Two `[[peer]]` tables share an id.
+    #[error("two [[peer]] tables have id {id}: ids are unique")]
+    DuplicatePeer {
+        /// The id.
+        id: u64,
+    },
+    /// Two tables share a key.
+    #[error("{first} and {second} have the same key: every node and every admin has its own")]
+    DuplicateKey {
+        /// The first holder.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// Too many tables.
+    #[error("{count} [[{table}]] tables, at most {max}")]
+    TooMany {
+        /// The table.
+        table: &'static str,
+        /// How many.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A key that is not 64 hex digits.
+    #[error("{owner}: {source}")]
+    Key {
+        /// Whose key (`[[peer]] 3`, `[[admin_key]] alice`).
+        owner: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::hsm::KeyHexError,
+    },
+    /// A PKCS#11 HSM with neither or both PIN sources.
+    #[error("[hsm] kind = \"pkcs11\" needs exactly one of pin_file and pin_env (the PIN is never in the config itself)")]
+    PinSource,
+    /// The timing does not work.
+    #[error("[timing]: {reason}")]
+    Timing {
+        /// The rule broken.
+        reason: &'static str,
+    },
+    /// The peers do not make a fleet.
+    #[error("the [[peer]] tables do not make a fleet")]
+    Fleet(#[source] vaultfleet::ConfigError),
+}
+
+impl NodeConfig {
+    /// Reads, parses and validates the config file at `path`; relative paths
+    /// in it are taken against `path`'s folder.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            FromTomlError::Parse(source) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            },
+            FromTomlError::Invalid(source) => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            },
+        })
+    }
+
+    /// Reads and parses the config file at `path` and checks only what
+    /// `vaultfleet node init` needs (the ids, the HSM's PIN source): the
+    /// `[[peer]]` tables may still lack this node's transport key, which init
+    /// prints. Relative paths are taken against `path`'s folder.
+    pub fn load_for_init(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source: ParseError::new(&text, e),
+        })?;
+        config
+            .validate_identity()
+            .map_err(|source| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Parses and validates `text`, taking relative paths against `base`.
+    fn from_toml(text: &str, base: &Path) -> Result<NodeConfig, FromTomlError> {
+        let mut config: NodeConfig =
+            toml::from_str(text).map_err(|e| FromTomlError::Parse(ParseError::new(text, e)))?;
+        config.validate().map_err(FromTomlError::Invalid)?;
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// The fleet id, the replica id, the group and the PIN source.
+    fn validate_identity(&self) -> Result<(), Invalid> {
+        if self.fleet_id.is_empty()
+            || self.fleet_id.len() > vaultfleet_net::directory::FLEET_ID_BYTES_MAX
+        {
+            return Err(Invalid::FleetId);
+        }
+        if self.replica_id == 0 {
+            return Err(Invalid::Zero {
+                field: "replica_id",
+            });
+        }
+        if self.group == 0 {
+            return Err(Invalid::Zero { field: "group" });
+        }
+        if let HsmConfig::Pkcs11 {
+            pin_file, pin_env, ..
+        } = &self.hsm
+        {
+            if pin_file.is_some() == pin_env.is_some() {
+                return Err(Invalid::PinSource);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the settings work together.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.validate_identity()?;
+        if self.datacenter.is_empty() {
+            return Err(Invalid::Empty {
+                field: "datacenter",
+            });
+        }
+        if self.vault.namespace.is_empty() {
+            return Err(Invalid::Empty {
+                field: "vault.namespace",
+            });
+        }
+        if self.peers.len() > PEERS_MAX {
+            return Err(Invalid::TooMany {
+                table: "peer",
+                count: self.peers.len(),
+                max: PEERS_MAX,
+            });
+        }
+        if self.admin_keys.len() > ADMIN_KEYS_MAX {
+            return Err(Invalid::TooMany {
+                table: "admin_key",
+                count: self.admin_keys.len(),
+                max: ADMIN_KEYS_MAX,
+            });
+        }
+        self.timing.validate()?;
+        let mut ids = BTreeSet::new();
+        let mut keys: Vec<([u8; 32], String)> = Vec::new();
+        let mut check_key = |owner: String, hex: &str| -> Result<(), Invalid> {
+            let key = crate::hsm::parse_public_key(hex).map_err(|source| Invalid::Key {
+                owner: owner.clone(),
+                source,
+            })?;
+            if let Some((_, first)) = keys.iter().find(|(k, _)| k == key.as_bytes()) {
+                return Err(Invalid::DuplicateKey {
+                    first: first.clone(),
+                    second: owner,
+                });
+            }
+            keys.push((*key.as_bytes(), owner));
+            Ok(())
+        };
+        for p in &self.peers {
+            if p.id == 0 {
+                return Err(Invalid::Zero {
+                    field: "[[peer]] id",
+                });
+            }
+            if !ids.insert(p.id) {
+                return Err(Invalid::DuplicatePeer { id: p.id });
+            }
+            check_key(format!("[[peer]] {}", p.id), &p.transport_key)?;
+        }
+        for a in &self.admin_keys {
+            check_key(format!("[[admin_key]] {:?}", a.name), &a.public_key)?;
+        }
+        let own = self
+            .peers
+            .iter()
+            .find(|p| p.id == self.replica_id)
+            .ok_or(Invalid::NotAPeer {
+                id: self.replica_id,
+            })?;
+        if own.datacenter != self.datacenter {
+            return Err(Invalid::DatacenterMismatch {
+                id: self.replica_id,
+                config: self.datacenter.clone(),
+                peer: own.datacenter.clone(),
+            });
+        }
+        self.fleet_config().validate().map_err(Invalid::Fleet)?;
+        Ok(())
+    }
+
+    /// Takes every relative path against `base`.
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.data_dir);
+        resolve(&mut self.transport_key);
+        resolve(&mut self.vault.opaque_setup);
+        resolve(&mut self.vault.evidence);
+        resolve(&mut self.vault.witness_log);
+        match &mut self.hsm {
+            HsmConfig::Soft { file } => resolve(file),
+            HsmConfig::Pkcs11 {
+                module, pin_file, ..
+            } => {
+                resolve(module);
+                if let Some(f) = pin_file {
+                    resolve(f);
+                }
+            }
+        }
+    }
+
+    /// The bootstrap membership the `[[peer]]` tables describe.
+    pub fn fleet_config(&self) -> FleetConfig {
+        FleetConfig::new(
+            self.peers
+                .iter()
+                .map(|p| {
+                    if p.learner {
+                        MemberSpec::learner(p.id, p.datacenter.clone())
+                    } else {
+                        MemberSpec::voter(p.id, p.datacenter.clone())
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// The replica's engine settings: this id and group, the timing.
+    pub fn replica_config(&self) -> ReplicaConfig {
+        let mut c = ReplicaConfig::new(self.replica_id);
+        c.group = self.group;
+        c.heartbeat_ticks = self.timing.heartbeat_ticks;
+        c.election_ticks = self.timing.election_ticks;
+        c
+    }
+
+    /// The runtime node's settings: the replica's, ticking every
+    /// `timing.tick_ms`.
+    pub fn node_config(&self) -> vaultfleet::runtime::NodeConfig {
+        let mut c = vaultfleet::runtime::NodeConfig::new(self.replica_config());
+        c.tick_interval = self.timing.tick();
+        c
+    }
+}
+
+enum FromTomlError {
+    Parse(ParseError),
+    Invalid(Invalid),
+}

@@ -1,0 +1,1679 @@
+//! A running node: the replica on its sealed sled store, the network
+//! transport, the vault service and its listener serving the fleet's
+//! validation bundle, the metrics endpoint, and the graceful stop.
+//!
+//! [`RunningNode::start`] checks everything it can before it writes anything:
+//! the HSM (a wrong PIN), the transport key, the vault keys, the evidence and
+//! the witness log, and the data directory's identity (a folder written for
+//! another replica, group or fleet is refused untouched). Only then does it
+//! create the data directory, open the sealed log (bootstrapping the
+//! `[[peer]]` membership into a fresh one unless the replica joins a running
+//! fleet), spawn the replica and serve.
+//!
+//! The vault service proposes through a runtime client session over the
+//! fleet: the local replica in process, the others over the network (a
+//! [`RemoteClient`] proving the node's transport key, which every peer allows
+//! as a service client). The session needs a leader, so it is opened by a
+//! background thread that retries until it exists; the vault listener answers
+//! "unavailable" until then, and the node is ready ([`RunningNode::is_ready`])
+//! once it serves.
+//!
+//! Membership follows the witnessed fleet: the replica as network clients
+//! reach it (admins included) refuses to add a learner the accepted fleet
+//! artifact (in the evidence's bundle) does not list, or to promote one it
+//! does not list as a voter; the `[[peer]]` tables must agree with the
+//! artifact on every replica it lists. [`RunningNode::reload`] (SIGHUP) takes
+//! a new epoch's evidence and the new pins without a restart.
+//!
+//! [`RunningNode::stop`] (SIGTERM) stops taking vault requests, lets those in
+//! flight finish (bounded), hands leadership to the most caught-up voter if
+//! this replica leads, and shuts everything down, the replica's log flushed.
+// A daemon waits in wall-clock time (the session retries, the bounded stop).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vaultfleet::hsm::Hsm;
+use vaultfleet::replica::MembershipChange;
+use vaultfleet::replica::Status;
+use vaultfleet::runtime::{ClientConfig, NodeApi, ResponseSlot};
+use vaultfleet::RequestError;
+use vaultfleet::{Client, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig};
+use vaultfleet_audit::fleet::evidence::{Evidence, EvidenceError};
+use vaultfleet_audit::fleet::FleetArtifact;
+use vaultfleet_audit::MerkleTree;
+use vaultfleet_net::open::{ChannelError, OpenServer, OpenServerConfig, OpenServerError};
+use vaultfleet_net::{
+    ClientRole, DirectoryError, NetConfig, NetError, NetTransport, PeerDirectory, PeerEntry,
+    PublicKey, RemoteClient, RemoteConfig, RemoteError, StaticSecret,
+};
+use vaultfleet_vault::{
+    BackupVault, BundleSource, BundleSourceError, VaultEndpoint, VaultError, VaultKeys,
+    VaultServer, VaultService, VaultServiceConfig, VAULT_CHANNEL_LABEL,
+};
+
+use crate::config::{Invalid, NodeConfig};
+use crate::hsm::{HsmOpenError, NodeHsm, NodeKeyError};
+use crate::metrics::{Health, MetricsError, MetricsServer, Probe};
+
+/// The file in a data directory naming whose it is.
+pub const IDENTITY_FILE: &str = "vaultfleet-node.id";
+/// The sealed log's folder inside a data directory.
+pub const LOG_DIR: &str = "log";
+/// The file the disk health check writes and syncs.
+pub const HEALTH_FILE: &str = "health-check";
+/// How often the health watch checks the HSM and the disk.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How long a stop waits for vault requests in flight to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least a stopping leader waits for leadership to move (at least two
+/// election timeouts are waited).
+pub const TRANSFER_WAIT_MIN: Duration = Duration::from_secs(3);
+/// How long a stop waits for the thread opening the vault session to end.
+const SESSION_JOIN_WAIT: Duration = Duration::from_secs(2);
+/// The pause between attempts to open the vault service's session.
+const SESSION_RETRY: Duration = Duration::from_millis(200);
+/// The most bytes read from the evidence file or the witness log.
+const INPUT_FILE_BYTES_MAX: u64 = 64 << 20;
+
+/// Why a node did not start. Nothing in the data directory was written
+/// unless the failure came after it was opened ([`StartError::Store`] and
+/// later).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config's settings do not work together (`NodeConfig::load`
+    /// refuses such a file; this is a config changed after loading).
+    #[error("the node's config")]
+    Config(#[source] Invalid),
+    /// The HSM does not open (a wrong PIN, a missing token or file).
+    #[error("the HSM")]
+    Hsm(#[source] HsmOpenError),
+    /// The transport key does not open.
+    #[error("the transport key {}; `vaultfleet node init` writes it", path.display())]
+    TransportKey {
+        /// The key file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: NodeKeyError,
+    },
+    /// The transport key is not the one the `[[peer]]` table of this replica
+    /// pins.
+    #[error("the transport key {} is not the one this replica's [[peer]] table pins: put the key `vaultfleet node init` prints in the fleet's [[peer]] tables", path.display())]
+    TransportKeyMismatch {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// A file the node needs cannot be read.
+    #[error("cannot read {what} {}", path.display())]
+    Read {
+        /// What it is.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The vault's keys do not open from the sealed OPAQUE setup.
+    #[error("the vault's keys (sealed OPAQUE setup {}, under this node's HSM)", path.display())]
+    VaultKeys {
+        /// The sealed setup.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: VaultError,
+    },
+    /// The evidence file does not decode.
+    #[error("the evidence file {}", path.display())]
+    Evidence {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: EvidenceError,
+    },
+    /// The witness log does not parse.
+    #[error("the witness log {}", path.display())]
+    WitnessLog {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: vaultfleet_audit::witness::LogError,
+    },
+    /// A witness log entry does not encode as a leaf.
+    #[error("a leaf of the witness log {}", path.display())]
+    WitnessLeaf {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: vaultfleet::codec::EncodeError,
+    },
+    /// The bundle and the witness log do not go together.
+    #[error("the evidence's bundle and the witness log of namespace {namespace:?}")]
+    Bundle {
+        /// The namespace.
+        namespace: String,
+        /// The cause.
+        #[source]
+        source: BundleSourceError,
+    },
+    /// The evidence's bundle does not hold a fleet artifact, or the artifact
+    /// and the config disagree.
+    #[error("the fleet artifact in the evidence file {}", path.display())]
+    Artifact {
+        /// The evidence file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ArtifactMismatch,
+    },
+    /// The data directory is not this replica's.
+    #[error("the data directory")]
+    DataDir(#[source] DataDirError),
+    /// The network pins do not work.
+    #[error("the peer directory")]
+    Directory(#[source] DirectoryError),
+    /// The peer transport did not start (the address in use, say).
+    #[error("the peer transport on {address}")]
+    Transport {
+        /// The listen address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: NetError,
+    },
+    /// The vault listener did not start.
+    #[error("the vault listener on {address}")]
+    VaultListener {
+        /// The listen address.
+        address: SocketAddr,
+        /// The cause.
+        #[source]
+        source: OpenServerError,
+    },
+    /// The vault channel's id (from the fleet id) is refused.
+    #[error("the vault channel of this fleet id")]
+    Channel(#[source] ChannelError),
+    /// The metrics endpoint did not start.
+    #[error("the metrics endpoint")]
+    Metrics(#[source] MetricsError),
+    /// The sealed log does not open: tampered, rolled back, sealed for
+    /// another replica, or the HSM fails.
+    #[error("the sealed log in {}", path.display())]
+    Store {
+        /// The log's folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: vaultfleet::StorageError,
+    },
+    /// The replica did not bootstrap or spawn.
+    #[error("the replica")]
+    Replica(#[source] ReplicaError),
+    /// The replica could not be served on the transport.
+    #[error("serving the replica on the transport")]
+    Serve(#[source] NetError),
+    /// The remote client did not start.
+    #[error("the vault service's remote client")]
+    Remote(#[source] RemoteError),
+    /// A thread could not be started.
+    #[error("starting a thread (the vault session's or the health watch)")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The accepted fleet artifact (inside the evidence's bundle) and the node's
+/// config disagree, or the artifact cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArtifactMismatch {
+    /// The bundle does not decode.
+    #[error("the bundle does not decode")]
+    Bundle(#[source] vaultfleet_audit::BundleError),
+    /// The artifact in the bundle does not decode.
+    #[error("the artifact does not decode")]
+    Artifact(#[source] vaultfleet_audit::ArtifactError),
+    /// The artifact is of another fleet.
+    #[error("the artifact is fleet {found:?}'s, this node's config says fleet {expected:?}")]
+    Fleet {
+        /// The artifact's fleet id.
+        found: String,
+        /// The config's.
+        expected: String,
+    },
+    /// This replica is not in the artifact.
+    #[error("replica {id} is not in the accepted fleet artifact (epoch {epoch}): a replaced replica does not come back; a new one needs an epoch listing it")]
+    NotListed {
+        /// This replica.
+        id: u64,
+        /// The artifact's epoch.
+        epoch: u64,
+    },
+    /// A `[[peer]]` table disagrees with the artifact about a replica it
+    /// lists.
+    #[error("[[peer]] {id} pins {what} other than the accepted fleet artifact's (epoch {epoch}): fix the [[peer]] table")]
+    Peer {
+        /// The replica.
+        id: u64,
+        /// `"a datacenter"` or `"a transport key"`.
+        what: &'static str,
+        /// The artifact's epoch.
+        epoch: u64,
+    },
+}
+
+/// The fleet artifact inside `source`'s bundle, checked against `config`:
+/// its fleet, this replica listed, and every `[[peer]]` it lists pinned with
+/// its datacenter and transport key.
+fn accepted_artifact(
+    config: &NodeConfig,
+    source: &BundleSource,
+) -> Result<FleetArtifact, ArtifactMismatch> {
+    let bundle =
+        vaultfleet_audit::Bundle::decode(source.bundle()).map_err(ArtifactMismatch::Bundle)?;
+    let artifact = FleetArtifact::decode(&bundle.artifact).map_err(ArtifactMismatch::Artifact)?;
+    if artifact.fleet_id != config.fleet_id {
+        return Err(ArtifactMismatch::Fleet {
+            found: artifact.fleet_id,
+            expected: config.fleet_id.clone(),
+        });
+    }
+    if !artifact.replicas.iter().any(|r| r.id == config.replica_id) {
+        return Err(ArtifactMismatch::NotListed {
+            id: config.replica_id,
+            epoch: artifact.epoch,
+        });
+    }
+    for p in &config.peers {
+        let Some(listed) = artifact.replicas.iter().find(|r| r.id == p.id) else {
+            continue;
+        };
+        let mismatch = |what| ArtifactMismatch::Peer {
+            id: p.id,
+            what,
+            epoch: artifact.epoch,
+        };
+        if listed.datacenter != p.datacenter {
+            return Err(mismatch("a datacenter"));
+        }
+        let key = crate::hsm::parse_public_key(&p.transport_key).ok();
+        if key.map(|k| *k.as_bytes()) != Some(listed.transport_key) {
+            return Err(mismatch("a transport key"));
+        }
+    }
+    Ok(artifact)
+}
+
+/// A data directory that is not this replica's, or cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    /// It was written for another replica, group or fleet.
+    #[error("{} belongs to {found}, not to {expected}: point data_dir at this replica's own folder (a replica that lost its folder is replaced under a new id, docs/operations.md)", path.display())]
+    Foreign {
+        /// The folder.
+        path: PathBuf,
+        /// Whose it says it is.
+        found: String,
+        /// Whose it should be.
+        expected: String,
+    },
+    /// It holds files but no identity file: not a node's data directory.
+    #[error("{} is not empty and has no {IDENTITY_FILE}: it is not a vaultfleet node's data directory; give an empty or new folder", path.display())]
+    NotADataDir {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// It or its identity file cannot be read or written.
+    #[error("{}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a reload was refused. Nothing was changed, except after a
+/// [`ReloadError::Transport`], [`ReloadError::Remote`] or
+/// [`ReloadError::Payload`], where the steps before it took effect.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new config's settings do not work together.
+    #[error("the new config")]
+    Config(#[source] Invalid),
+    /// A setting only a restart changes was changed.
+    #[error("{field} changed: restart the node to change it (the reload takes [[peer]], [[admin_key]], the evidence and the witness log)")]
+    Fixed {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The new files do not go together (what a start would refuse).
+    #[error("the new files")]
+    Start(#[source] StartError),
+    /// The transport refused the new pins.
+    #[error("the transport refused the new pins")]
+    Transport(#[source] NetError),
+    /// The remote client refused the new pins.
+    #[error("the vault service's remote client refused the new pins")]
+    Remote(#[source] RemoteError),
+    /// The vault listener refused the new bundle.
+    #[error("the vault listener refused the new bundle")]
+    Payload(#[source] ChannelError),
+}
+
+/// Why a stop was not clean. The node stopped anyway.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    /// The replica did not shut down cleanly (its last writes may not be
+    /// flushed; nothing acknowledged is lost, its log is synced before every
+    /// acknowledgement).
+    #[error("the replica did not shut down cleanly")]
+    Replica(#[source] ReplicaError),
+}
+
+/// The identity line of replica `replica` of `group` in `fleet_id`.
+fn identity(fleet_id: &str, group: u64, replica: u64) -> String {
+    format!(
+        "vaultfleet node data v1 fleet={} group={group} replica={replica}\n",
+        crate::hsm::hex(fleet_id.as_bytes())
+    )
+}
+
+/// What the data directory is, read without writing anything.
+enum DataDirState {
+    /// Absent or empty: a first start.
+    Fresh,
+    /// This replica's.
+    Ours,
+}
+
+fn check_data_dir(path: &Path, expected: &str) -> Result<DataDirState, DataDirError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| DataDirError::Io { path: p, source }
+    };
+    let mut entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDirState::Fresh),
+        Err(e) => return Err(io(path)(e)),
+    };
+    if entries.next().is_none() {
+        return Ok(DataDirState::Fresh);
+    }
+    let id_path = path.join(IDENTITY_FILE);
+    let found = match std::fs::read(&id_path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DataDirError::NotADataDir {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(io(&id_path)(e)),
+    };
+    if found == expected.as_bytes() {
+        return Ok(DataDirState::Ours);
+    }
+    Err(DataDirError::Foreign {
+        path: path.to_path_buf(),
+        found: describe_identity(&found),
+        expected: describe_identity(expected.as_bytes()),
+    })
+}
+
+/// "replica R of group G in fleet F" from an identity line, or what it is.
+fn describe_identity(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    let fleet = field("fleet").and_then(|h| {
+        let bytes: Option<Vec<u8>> = (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    });
+    match (fleet, field("group"), field("replica")) {
+        (Some(f), Some(g), Some(r)) => format!("replica {r} of group {g} in fleet {f:?}"),
+        _ => "an unreadable identity file".into(),
+    }
+}
+
+/// Creates the data directory and its identity file (synced).
+fn claim_data_dir(path: &Path, identity: &str) -> Result<(), DataDirError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| DataDirError::Io { path: p, source }
+    };
+    std::fs::create_dir_all(path).map_err(io(path))?;
+    let id_path = path.join(IDENTITY_FILE);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&id_path)
+        .map_err(io(&id_path))?;
+    f.write_all(identity.as_bytes()).map_err(io(&id_path))?;
+    f.sync_all().map_err(io(&id_path))?;
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io(path))
+}
+
+fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
+    use std::io::Read as _;
+    let err = |source| StartError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(INPUT_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > INPUT_FILE_BYTES_MAX {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "over 64 MiB",
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The bundle of the evidence file and the witness log's tree of `namespace`.
+fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
+    let v = &config.vault;
+    let evidence =
+        Evidence::decode(&read_bounded("the evidence file", &v.evidence)?).map_err(|source| {
+            StartError::Evidence {
+                path: v.evidence.clone(),
+                source,
+            }
+        })?;
+    let log = read_bounded("the witness log", &v.witness_log)?;
+    let text = String::from_utf8_lossy(&log);
+    let entries =
+        vaultfleet_audit::witness::parse_log(&text).map_err(|source| StartError::WitnessLog {
+            path: v.witness_log.clone(),
+            source,
+        })?;
+    let mut tree = MerkleTree::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.statement.namespace == v.namespace)
+    {
+        let leaf = vaultfleet_audit::witness::leaf_bytes(&e.statement, &e.key, &e.signature)
+            .map_err(|source| StartError::WitnessLeaf {
+                path: v.witness_log.clone(),
+                source,
+            })?;
+        tree.append(&leaf);
+    }
+    BundleSource::new(evidence.bundle, tree).map_err(|source| StartError::Bundle {
+        namespace: v.namespace.clone(),
+        source,
+    })
+}
+
+/// The vault listener's gate: closed until the service exists, closed again
+/// when the node stops; counts the requests in flight.
+struct Gate {
+    service: OnceLock<Arc<VaultService<NodeHsm>>>,
+    /// The bundle served (replaced by a reload); the service takes it when
+    /// it is created.
+    source: parking_lot::Mutex<BundleSource>,
+    accepting: AtomicBool,
+    /// False while the HSM or the disk does not answer (the health watch).
+    healthy: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// Decrements the in-flight count when a request is done.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    fn handle(&self, request: &[u8]) -> Option<Vec<u8>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _done = InFlight(&self.in_flight);
+        if !self.accepting.load(Ordering::SeqCst) || !self.healthy.load(Ordering::SeqCst) {
+            return None;
+        }
+        // Without a service yet (no session), the client hears `unavailable`.
+        self.service.get()?.call(request).ok()
+    }
+
+    fn serving(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+            && self.healthy.load(Ordering::SeqCst)
+            && self.service.get().is_some()
+    }
+}
+
+/// Checks the HSM and the disk every [`HEALTH_EVERY`] until the node stops;
+/// while either fails the vault listener answers "unavailable" (clients go to
+/// another replica) and the node is not ready.
+fn watch_health(probe: &NodeProbe) {
+    let mut was_healthy = true;
+    while !probe.stopped.load(Ordering::SeqCst) {
+        let hsm = probe.hsm_health();
+        let disk = probe.disk_health();
+        let healthy = hsm.is_ok() && disk.is_ok();
+        if healthy != was_healthy {
+            if healthy {
+                tracing::info!("the HSM and the disk answer again: serving");
+            } else {
+                tracing::warn!(
+                    hsm = hsm.err().as_deref().unwrap_or("ok"),
+                    disk = disk.err().as_deref().unwrap_or("ok"),
+                    "the HSM or the disk does not answer: not serving vault requests"
+                );
+            }
+            was_healthy = healthy;
+        }
+        probe.gate.healthy.store(healthy, Ordering::SeqCst);
+        let next = Instant::now() + HEALTH_EVERY;
+        while Instant::now() < next && !probe.stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// What the metrics endpoint asks of a running node.
+pub struct NodeProbe {
+    handle: NodeHandle,
+    hsm: NodeHsm,
+    data_dir: PathBuf,
+    gate: Arc<Gate>,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for NodeProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeProbe")
+            .field("replica", &self.handle.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeProbe {
+    /// The HSM answers a cheap call (16 random bytes).
+    pub fn hsm_health(&self) -> Result<(), String> {
+        let mut probe = [0u8; 16];
+        self.hsm.random(&mut probe).map_err(|e| e.to_string())
+    }
+
+    /// The data directory takes a small write and its sync.
+    pub fn disk_health(&self) -> Result<(), String> {
+        let path = self.data_dir.join(HEALTH_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(b"vaultfleet disk health check\n")?;
+            f.sync_all()
+        };
+        write().map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+impl Probe for NodeProbe {
+    fn status(&self) -> Option<Status> {
+        if self.stopped.load(Ordering::SeqCst) || self.handle.is_stopped() {
+            return None;
+        }
+        Some(self.handle.status())
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            hsm: self.hsm_health(),
+            disk: self.disk_health(),
+            serving: self.gate.serving(),
+        }
+    }
+}
+
+/// A running node (see the module's documentation).
+pub struct RunningNode {
+    replica: u64,
+    group: u64,
+    /// The config it started with (a reload may change only some of it).
+    config: NodeConfig,
+    secret: StaticSecret,
+    /// The fleet artifact of the bundle served: what membership changes
+    /// follow.
+    accepted: Arc<parking_lot::RwLock<FleetArtifact>>,
+    transport: NetTransport,
+    /// `None` once stopped (by [`RunningNode::stop`] or on drop).
+    node: Option<Node>,
+    handle: NodeHandle,
+    remote: RemoteClient,
+    vault_server: OpenServer,
+    gate: Arc<Gate>,
+    stop_session: Arc<AtomicBool>,
+    session_thread: Option<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
+    probe: Arc<NodeProbe>,
+    transfer_wait: Duration,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("replica", &self.replica)
+            .field("peer", &self.peer_addr())
+            .field("vault", &self.vault_addr())
+            .field("metrics", &self.metrics_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`RunningNode::start`] builds once the listeners are up.
+struct Serving {
+    node: Node,
+    handle: NodeHandle,
+    remote: RemoteClient,
+    metrics: Option<MetricsServer>,
+    probe: Arc<NodeProbe>,
+    stop_session: Arc<AtomicBool>,
+    session_thread: JoinHandle<()>,
+}
+
+/// What [`RunningNode::start`] reads and checks before it writes anything.
+struct Checked {
+    artifact: FleetArtifact,
+    hsm: NodeHsm,
+    secret: StaticSecret,
+    keys: VaultKeys<NodeHsm>,
+    source: BundleSource,
+    identity: String,
+    state: DataDirState,
+    directory: PeerDirectory,
+    client_directory: PeerDirectory,
+}
+
+impl RunningNode {
+    /// Starts the node `config` describes (see the module's documentation for
+    /// the order of checks). Returns once the replica runs and every listener
+    /// is up; the vault serves once a session with the fleet exists
+    /// ([`is_ready`](Self::is_ready)).
+    pub fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
+        let checked = check(&config)?;
+        let transport = NetTransport::start(
+            checked.directory.clone(),
+            NetConfig::new(config.listen.peer),
+        )
+        .map_err(|source| StartError::Transport {
+            address: config.listen.peer,
+            source,
+        })?;
+        let gate = Arc::new(Gate {
+            service: OnceLock::new(),
+            source: parking_lot::Mutex::new(checked.source.clone()),
+            accepting: AtomicBool::new(true),
+            healthy: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+        });
+        let vault_server = match vault_listener(&config, &checked, &gate) {
+            Ok(s) => s,
+            Err(e) => {
+                transport.shutdown();
+                return Err(e);
+            }
+        };
+        let accepted = Arc::new(parking_lot::RwLock::new(checked.artifact.clone()));
+        let secret = checked.secret.clone();
+        let serving = match serve(&config, checked, &transport, &gate, &accepted) {
+            Ok(s) => s,
+            Err(e) => {
+                vault_server.shutdown();
+                transport.shutdown();
+                return Err(e);
+            }
+        };
+        tracing::info!(
+            replica = config.replica_id,
+            peer = %transport.local_addr(),
+            vault = %vault_server.local_addr(),
+            "node started"
+        );
+        let transfer_wait = (config.timing.election_timeout() * 4).max(TRANSFER_WAIT_MIN);
+        Ok(RunningNode {
+            replica: config.replica_id,
+            group: config.group,
+            secret,
+            accepted,
+            transport,
+            node: Some(serving.node),
+            handle: serving.handle,
+            remote: serving.remote,
+            vault_server,
+            gate,
+            stop_session: serving.stop_session,
+            session_thread: Some(serving.session_thread),
+            metrics: serving.metrics,
+            probe: serving.probe,
+            transfer_wait,
+            config,
+        })
+    }
+
+    /// The peer/client listener's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.transport.local_addr()
+    }
+
+    /// The vault listener's address.
+    pub fn vault_addr(&self) -> SocketAddr {
+        self.vault_server.local_addr()
+    }
+
+    /// The metrics endpoint's address, if one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// This node's replica id.
+    pub fn replica(&self) -> u64 {
+        self.replica
+    }
+
+    /// The replica's status.
+    pub fn status(&self) -> Status {
+        self.handle.status()
+    }
+
+    /// The replica's handle (for in-process callers and tests).
+    pub fn handle(&self) -> &NodeHandle {
+        &self.handle
+    }
+
+    /// What the metrics endpoint asks of this node.
+    pub fn probe(&self) -> Arc<NodeProbe> {
+        Arc::clone(&self.probe)
+    }
+
+    /// True once the vault service serves (its session with the fleet
+    /// exists).
+    pub fn is_ready(&self) -> bool {
+        self.gate.serving()
+    }
+
+    /// Waits until the node is ready, at most `timeout`; returns whether it is.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.is_ready() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    /// Takes a changed config (SIGHUP): the `[[peer]]` and `[[admin_key]]`
+    /// tables (the transport's pins and allowed clients, the remote client's
+    /// pins), the evidence and the witness log (the bundle served in every
+    /// handshake and reply from now on, and the accepted fleet artifact
+    /// membership changes follow). Everything else must be unchanged (it
+    /// takes a restart). On an error nothing changed. Returns the accepted
+    /// artifact's epoch.
+    ///
+    /// The vault service's own session keeps the replicas it started with:
+    /// a replica added later is reached by it after the next restart.
+    pub fn reload(&self, config: NodeConfig) -> Result<u64, ReloadError> {
+        config.validate().map_err(ReloadError::Config)?;
+        let old = &self.config;
+        let fixed: [(&'static str, bool); 12] = [
+            ("fleet_id", config.fleet_id == old.fleet_id),
+            ("group", config.group == old.group),
+            ("replica_id", config.replica_id == old.replica_id),
+            ("datacenter", config.datacenter == old.datacenter),
+            ("data_dir", config.data_dir == old.data_dir),
+            ("listen", config.listen == old.listen),
+            ("hsm", config.hsm == old.hsm),
+            ("transport_key", config.transport_key == old.transport_key),
+            (
+                "vault.opaque_setup",
+                config.vault.opaque_setup == old.vault.opaque_setup,
+            ),
+            ("timing", config.timing == old.timing),
+            ("log", config.log == old.log),
+            ("join", config.join == old.join),
+        ];
+        if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(ReloadError::Fixed { field });
+        }
+        let own = config
+            .peers
+            .iter()
+            .find(|p| p.id == self.replica)
+            .and_then(|p| crate::hsm::parse_public_key(&p.transport_key).ok());
+        if own != Some(self.secret.public_key()) {
+            return Err(ReloadError::Start(StartError::TransportKeyMismatch {
+                path: config.transport_key.clone(),
+            }));
+        }
+        let source = bundle_source(&config).map_err(ReloadError::Start)?;
+        let artifact = accepted_artifact(&config, &source).map_err(|source| {
+            ReloadError::Start(StartError::Artifact {
+                path: config.vault.evidence.clone(),
+                source,
+            })
+        })?;
+        let (directory, client_directory) =
+            directories(&config, &self.secret).map_err(ReloadError::Start)?;
+        // Checked: now change, each step on its own.
+        self.transport
+            .update_directory(directory)
+            .map_err(ReloadError::Transport)?;
+        self.remote
+            .update_directory(client_directory)
+            .map_err(ReloadError::Remote)?;
+        self.vault_server
+            .set_payload(source.bundle().to_vec())
+            .map_err(ReloadError::Payload)?;
+        {
+            let mut current = self.gate.source.lock();
+            if let Some(service) = self.gate.service.get() {
+                service.serve(source.clone());
+            }
+            *current = source;
+        }
+        let epoch = artifact.epoch;
+        *self.accepted.write() = artifact;
+        tracing::info!(
+            replica = self.replica,
+            epoch,
+            peers = config.peers.len(),
+            admin_keys = config.admin_keys.len(),
+            "reloaded the config, the evidence and the witness log"
+        );
+        Ok(epoch)
+    }
+
+    /// The epoch of the accepted fleet artifact (the bundle served).
+    pub fn accepted_epoch(&self) -> u64 {
+        self.accepted.read().epoch
+    }
+
+    /// Stops gracefully: stops taking vault requests, lets the ones in flight
+    /// finish or fail (at most [`DRAIN_TIMEOUT`]), hands leadership to the
+    /// most caught-up voter if this replica leads and waits (bounded) until it
+    /// moved, then shuts down the listeners, the remote client, the replica
+    /// (flushing its log) and the transport.
+    pub fn stop(mut self) -> Result<(), StopError> {
+        tracing::info!(replica = self.replica, "stopping");
+        self.gate.accepting.store(false, Ordering::SeqCst);
+        self.stop_session.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.gate.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.gate.in_flight.load(Ordering::SeqCst);
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "vault requests still in flight at the stop; their clients retry elsewhere"
+            );
+        }
+        if let Some(service) = self.gate.service.get() {
+            service.stop();
+        }
+        self.hand_over_leadership();
+        self.probe.stopped.store(true, Ordering::SeqCst);
+        if let Some(m) = self.metrics.take() {
+            m.shutdown();
+        }
+        self.vault_server.shutdown();
+        self.remote.shutdown();
+        if let Some(t) = self.session_thread.take() {
+            // It sees the stop between attempts; an attempt in progress fails
+            // fast once the remote client and the replica are shut down, so
+            // it is left to end by itself if it does not end soon.
+            let deadline = Instant::now() + SESSION_JOIN_WAIT;
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() && t.join().is_err() {
+                tracing::warn!("the vault session thread panicked");
+            }
+        }
+        self.transport
+            .stop_serving_clients(self.group, self.replica);
+        let result = match self.node.take() {
+            Some(node) => node.shutdown().map_err(StopError::Replica),
+            None => Ok(()),
+        };
+        self.transport.shutdown();
+        tracing::info!(replica = self.replica, "stopped");
+        result
+    }
+
+    /// Shuts everything down at once (no drain, no hand-over): what a drop
+    /// without [`stop`](Self::stop) does.
+    fn shut_down_now(&mut self) {
+        let Some(node) = self.node.take() else {
+            return;
+        };
+        self.gate.accepting.store(false, Ordering::SeqCst);
+        self.stop_session.store(true, Ordering::SeqCst);
+        self.probe.stopped.store(true, Ordering::SeqCst);
+        if let Some(m) = self.metrics.take() {
+            m.shutdown();
+        }
+        self.vault_server.shutdown();
+        self.remote.shutdown();
+        self.transport
+            .stop_serving_clients(self.group, self.replica);
+        if let Err(e) = node.shutdown() {
+            tracing::warn!(replica = self.replica, error = %e, "the replica did not shut down cleanly");
+        }
+        self.transport.shutdown();
+    }
+
+    /// If this replica leads: transfers leadership to the recently active
+    /// voter with the highest matched index and waits (bounded) until this
+    /// replica no longer leads.
+    fn hand_over_leadership(&self) {
+        let status = self.handle.status();
+        if status.leader != Some(self.replica) {
+            return;
+        }
+        let Some(to) = status
+            .followers
+            .iter()
+            .filter(|f| f.id != self.replica && f.recent_active && status.voters.contains(&f.id))
+            .max_by_key(|f| (f.matched, std::cmp::Reverse(f.id)))
+            .map(|f| f.id)
+        else {
+            return;
+        };
+        if let Err(e) = self.handle.transfer_leader(to) {
+            tracing::warn!(to, error = %e, "leadership transfer refused; stopping as leader");
+            return;
+        }
+        let deadline = Instant::now() + self.transfer_wait;
+        while Instant::now() < deadline {
+            // Moved, or at least no longer ours (stepped down without a quorum).
+            let leader = self.handle.status().leader;
+            match leader {
+                Some(l) if l == self.replica => {}
+                Some(l) => {
+                    tracing::info!(to = l, "leadership handed over");
+                    return;
+                }
+                None => {
+                    tracing::info!("no longer leader (stepped down without a quorum)");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(to, "leadership did not move in time; stopping as leader");
+    }
+}
+
+impl Drop for RunningNode {
+    /// A node dropped without [`RunningNode::stop`] (a panicking test, say)
+    /// still closes its listeners and shuts its replica down.
+    fn drop(&mut self) {
+        self.shut_down_now();
+    }
+}
+
+/// The node's peer directory (every peer pinned and allowed as a service
+/// client, the admin keys as admins) and its remote client's directory (the
+/// other replicas pinned).
+fn directories(
+    config: &NodeConfig,
+    secret: &StaticSecret,
+) -> Result<(PeerDirectory, PeerDirectory), StartError> {
+    let mut directory =
+        PeerDirectory::new(config.fleet_id.clone(), [config.replica_id], secret.clone())
+            .map_err(StartError::Directory)?;
+    let mut client = PeerDirectory::client(config.fleet_id.clone(), secret.clone())
+        .map_err(StartError::Directory)?;
+    for p in &config.peers {
+        let public_key = crate::hsm::parse_public_key(&p.transport_key).map_err(|source| {
+            StartError::Config(Invalid::Key {
+                owner: format!("[[peer]] {}", p.id),
+                source,
+            })
+        })?;
+        let entry = PeerEntry {
+            address: p.address,
+            datacenter: p.datacenter.clone(),
+            public_key,
+        };
+        directory
+            .insert(p.id, entry.clone())
+            .map_err(StartError::Directory)?;
+        if p.id != config.replica_id {
+            directory
+                .allow_client(public_key)
+                .map_err(StartError::Directory)?;
+            client.insert(p.id, entry).map_err(StartError::Directory)?;
+        }
+    }
+    for a in &config.admin_keys {
+        let key = crate::hsm::parse_public_key(&a.public_key).map_err(|source| {
+            StartError::Config(Invalid::Key {
+                owner: format!("[[admin_key]] {:?}", a.name),
+                source,
+            })
+        })?;
+        directory
+            .allow_client_as(key, ClientRole::Admin)
+            .map_err(StartError::Directory)?;
+    }
+    Ok((directory, client))
+}
+
+/// The fleet as the vault service's session reaches it: this replica in
+/// process, the others over the network, by ascending id.
+fn session_nodes(
+    config: &NodeConfig,
+    handle: &NodeHandle,
+    remote: &RemoteClient,
+    owner: PublicKey,
+) -> Result<Vec<Arc<dyn NodeApi>>, RemoteError> {
+    let mut ids: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+    ids.sort_unstable();
+    ids.into_iter()
+        .map(|id| {
+            if id == config.replica_id {
+                Ok(Arc::new(OwnedLocal {
+                    handle: handle.clone(),
+                    owner: owner.as_bytes().to_vec(),
+                }) as Arc<dyn NodeApi>)
+            } else {
+                remote.node(config.group, id).map(|n| n as Arc<dyn NodeApi>)
+            }
+        })
+        .collect()
+}
+
+/// This replica as the network's clients reach it (other nodes' vault
+/// services, admins): everything passes through, except a membership change
+/// that the accepted fleet artifact does not allow. Membership follows the
+/// witnessed fleet: a replica joins as a learner only if the artifact lists
+/// its id and datacenter (its transport key is the one every node pins for
+/// it, checked against the artifact at start and reload), and is promoted
+/// only if the artifact lists it as a voter. Removals are always allowed.
+struct Guarded {
+    handle: NodeHandle,
+    accepted: Arc<parking_lot::RwLock<FleetArtifact>>,
+}
+
+impl Guarded {
+    /// `Ok` if the accepted artifact allows `change`.
+    fn allows(&self, change: &MembershipChange) -> Result<(), RequestError> {
+        let artifact = self.accepted.read();
+        membership_allowed(&artifact, change).map_err(|why| {
+            tracing::warn!(
+                replica = self.handle.id(),
+                epoch = artifact.epoch,
+                ?change,
+                "membership change refused: {why}"
+            );
+            RequestError::Forbidden
+        })
+    }
+}
+
+/// Whether `artifact` allows `change`, and why not.
+fn membership_allowed(
+    artifact: &FleetArtifact,
+    change: &MembershipChange,
+) -> Result<(), &'static str> {
+    match change {
+        MembershipChange::AddLearner { id, datacenter } => {
+            match artifact.replicas.iter().find(|r| r.id == *id) {
+                Some(r) if r.datacenter == *datacenter => Ok(()),
+                Some(_) => Err("the accepted fleet artifact lists it in another datacenter"),
+                None => Err("the accepted fleet artifact does not list it"),
+            }
+        }
+        MembershipChange::Promote { id } if !artifact.voters.contains(id) => {
+            Err("the accepted fleet artifact does not list it as a voter")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl NodeApi for Guarded {
+    fn id(&self) -> vaultfleet::ReplicaId {
+        self.handle.id()
+    }
+    fn status(&self) -> Status {
+        self.handle.status()
+    }
+    fn is_stopped(&self) -> bool {
+        self.handle.is_stopped()
+    }
+    fn propose_into(
+        &self,
+        request: vaultfleet::wire::Request,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.handle.propose_into(request, slot)
+    }
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.handle.register_session_into(slot)
+    }
+    fn register_session_of_into(
+        &self,
+        owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.handle.register_session_of_into(owner, slot)
+    }
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.handle.read_into(query, slot)
+    }
+    fn change_membership_into(
+        &self,
+        change: MembershipChange,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        self.allows(&change)?;
+        self.handle.change_membership_into(change, slot)
+    }
+    fn mark_state_digest_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.handle.mark_state_digest_into(slot)
+    }
+    fn command_bytes_max(&self) -> Option<usize> {
+        Some(self.handle.command_bytes_max())
+    }
+    fn transfer_leader(&self, to: vaultfleet::ReplicaId) -> Result<(), RequestError> {
+        self.handle.transfer_leader(to)
+    }
+}
+
+/// This replica in process, as the vault service's session reaches it: every
+/// session it registers and every command it proposes carry the node's
+/// transport key as their owner, exactly as when the same service reaches a
+/// peer over the network (whose front end stamps the authenticated key), so
+/// the session stays usable whichever replica leads.
+struct OwnedLocal {
+    handle: NodeHandle,
+    owner: Vec<u8>,
+}
+
+impl NodeApi for OwnedLocal {
+    fn id(&self) -> vaultfleet::ReplicaId {
+        self.handle.id()
+    }
+    fn status(&self) -> Status {
+        self.handle.status()
+    }
+    fn is_stopped(&self) -> bool {
+        self.handle.is_stopped()
+    }
+    fn propose_into(
+        &self,
+        mut request: vaultfleet::wire::Request,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        request.owner.clone_from(&self.owner);
+        self.handle.propose_into(request, slot)
+    }
+    fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.handle
+            .register_session_of_into(self.owner.clone(), slot)
+    }
+    fn register_session_of_into(
+        &self,
+        _owner: Vec<u8>,
+        slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        // Whatever owner a caller names, the session is this node's.
+        self.register_session_into(slot)
+    }
+    fn read_into(&self, query: Vec<u8>, slot: ResponseSlot) -> Result<(), RequestError> {
+        self.handle.read_into(query, slot)
+    }
+    fn change_membership_into(
+        &self,
+        _change: MembershipChange,
+        _slot: ResponseSlot,
+    ) -> Result<(), RequestError> {
+        // The vault service never changes membership; a service client may not.
+        Err(RequestError::Forbidden)
+    }
+    fn mark_state_digest_into(&self, _slot: ResponseSlot) -> Result<(), RequestError> {
+        // An operator's (admin) call, never the vault service's.
+        Err(RequestError::Forbidden)
+    }
+    fn command_bytes_max(&self) -> Option<usize> {
+        Some(self.handle.command_bytes_max())
+    }
+    fn transfer_leader(&self, _to: vaultfleet::ReplicaId) -> Result<(), RequestError> {
+        Err(RequestError::Forbidden)
+    }
+}
+
+/// Opens the vault service's session (retrying until the fleet answers or the
+/// node stops), then opens the gate.
+fn open_service(
+    replica: u64,
+    nodes: Vec<Arc<dyn NodeApi>>,
+    keys: VaultKeys<NodeHsm>,
+    gate: &Gate,
+    stop: &AtomicBool,
+) {
+    let mut attempts = 0u64;
+    let client = loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match Client::connect_to(nodes.clone(), ClientConfig::default()) {
+            Ok(client) => break client,
+            Err(e) => {
+                attempts += 1;
+                // Every attempt at debug, one in fifty at info: a fleet
+                // starting up takes a while.
+                if attempts % 50 == 1 {
+                    tracing::info!(replica, attempts, error = %e, "no session with the fleet yet (no leader?)");
+                } else {
+                    tracing::debug!(replica, attempts, error = %e, "no session with the fleet yet");
+                }
+                std::thread::sleep(SESSION_RETRY);
+            }
+        }
+    };
+    let service = VaultService::with_client(
+        VaultServer::new(keys),
+        client,
+        VaultServiceConfig::default(),
+    );
+    // Under the lock: a reload either sees the service or is seen by it.
+    let source = gate.source.lock();
+    service.serve(source.clone());
+    if gate.service.set(Arc::new(service)).is_err() {
+        tracing::warn!(replica, "the vault service was set twice");
+        return;
+    }
+    drop(source);
+    tracing::info!(replica, "vault service serving");
+}
+
+/// Everything that only reads: the HSM, the transport key (and that the
+/// `[[peer]]` table pins it), the vault keys, the bundle, the data
+/// directory's identity, the network pins.
+fn check(config: &NodeConfig) -> Result<Checked, StartError> {
+    // `load` validated it; the fields are public, so once more.
+    config.validate().map_err(StartError::Config)?;
+    let hsm = crate::hsm::open_hsm(&config.hsm).map_err(StartError::Hsm)?;
+    let secret = crate::hsm::open_transport_key(
+        &hsm,
+        &config.transport_key,
+        &config.fleet_id,
+        config.replica_id,
+    )
+    .map_err(|source| StartError::TransportKey {
+        path: config.transport_key.clone(),
+        source,
+    })?;
+    let pinned = config
+        .peers
+        .iter()
+        .find(|p| p.id == config.replica_id)
+        .and_then(|p| crate::hsm::parse_public_key(&p.transport_key).ok());
+    if pinned != Some(secret.public_key()) {
+        return Err(StartError::TransportKeyMismatch {
+            path: config.transport_key.clone(),
+        });
+    }
+    let setup = read_bounded("the sealed OPAQUE setup", &config.vault.opaque_setup)?;
+    let keys = VaultKeys::open(hsm.clone(), &setup, config.group, config.replica_id).map_err(
+        |source| StartError::VaultKeys {
+            path: config.vault.opaque_setup.clone(),
+            source,
+        },
+    )?;
+    let source = bundle_source(config)?;
+    let artifact = accepted_artifact(config, &source).map_err(|source| StartError::Artifact {
+        path: config.vault.evidence.clone(),
+        source,
+    })?;
+    let identity = identity(&config.fleet_id, config.group, config.replica_id);
+    let state = check_data_dir(&config.data_dir, &identity).map_err(StartError::DataDir)?;
+    let (directory, client_directory) = directories(config, &secret)?;
+    Ok(Checked {
+        artifact,
+        hsm,
+        secret,
+        keys,
+        source,
+        identity,
+        state,
+        directory,
+        client_directory,
+    })
+}
+
+/// The vault listener, its gate closed until the service exists; the bundle
+/// goes into every handshake from the start.
+fn vault_listener(
+    config: &NodeConfig,
+    checked: &Checked,
+    gate: &Arc<Gate>,
+) -> Result<OpenServer, StartError> {
+    let channel = vaultfleet_net::open::ChannelId::new(VAULT_CHANNEL_LABEL, &config.fleet_id)
+        .map_err(StartError::Channel)?;
+    let gate = Arc::clone(gate);
+    OpenServer::start(
+        channel,
+        checked.secret.clone(),
+        checked.source.bundle().to_vec(),
+        Arc::new(move |request: &[u8]| gate.handle(request)),
+        OpenServerConfig::new(config.listen.vault),
+    )
+    .map_err(|source| StartError::VaultListener {
+        address: config.listen.vault,
+        source,
+    })
+}
+
+/// Claims the data directory, opens the sealed log (bootstrapping a fresh
+/// one), spawns the replica and serves it; starts the remote client, the
+/// metrics endpoint and the thread that opens the vault session.
+fn serve(
+    config: &NodeConfig,
+    checked: Checked,
+    transport: &NetTransport,
+    gate: &Arc<Gate>,
+    accepted: &Arc<parking_lot::RwLock<FleetArtifact>>,
+) -> Result<Serving, StartError> {
+    if matches!(checked.state, DataDirState::Fresh) {
+        claim_data_dir(&config.data_dir, &checked.identity).map_err(StartError::DataDir)?;
+    }
+    let log_path = config.data_dir.join(LOG_DIR);
+    let mut log = Sealed::open_sled(
+        &log_path,
+        checked.hsm.clone(),
+        SealedConfig::new(config.group, config.replica_id),
+    )
+    .map_err(|source| StartError::Store {
+        path: log_path.clone(),
+        source,
+    })?;
+    if !config.join {
+        // Writes nothing into a store that holds a replica's state.
+        let fresh = Replica::bootstrap(&mut log, &BackupVault::new(), &config.fleet_config())
+            .map_err(StartError::Replica)?;
+        if fresh {
+            tracing::info!(
+                replica = config.replica_id,
+                "bootstrapped the fleet's membership into a fresh data directory"
+            );
+        }
+    }
+    let node = Node::spawn(
+        config.node_config(),
+        log,
+        BackupVault::new(),
+        Arc::new(transport.clone()),
+    )
+    .map_err(StartError::Replica)?;
+    let handle = node.handle();
+    let registered = transport
+        .register(config.group, config.replica_id, Arc::new(handle.clone()))
+        .and_then(|()| {
+            transport.serve_clients(
+                config.group,
+                Arc::new(Guarded {
+                    handle: handle.clone(),
+                    accepted: Arc::clone(accepted),
+                }),
+            )
+        })
+        .map_err(StartError::Serve)
+        .and_then(|()| {
+            RemoteClient::start(checked.client_directory, RemoteConfig::default())
+                .map_err(StartError::Remote)
+        });
+    let remote = match registered {
+        Ok(remote) => remote,
+        Err(e) => {
+            let _ = node.shutdown();
+            return Err(e);
+        }
+    };
+    let fail = |remote: &RemoteClient, node: Node, metrics: Option<&MetricsServer>| {
+        if let Some(m) = metrics {
+            m.shutdown();
+        }
+        remote.shutdown();
+        let _ = node.shutdown();
+    };
+    let probe = Arc::new(NodeProbe {
+        handle: handle.clone(),
+        hsm: checked.hsm,
+        data_dir: config.data_dir.clone(),
+        gate: Arc::clone(gate),
+        stopped: AtomicBool::new(false),
+    });
+    let metrics = match config
+        .listen
+        .metrics
+        .map(|addr| MetricsServer::start(addr, Arc::clone(&probe) as Arc<dyn Probe>))
+        .transpose()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            fail(&remote, node, None);
+            return Err(StartError::Metrics(e));
+        }
+    };
+    let nodes = match session_nodes(config, &handle, &remote, checked.secret.public_key()) {
+        Ok(nodes) => nodes,
+        Err(e) => {
+            fail(&remote, node, metrics.as_ref());
+            return Err(StartError::Remote(e));
+        }
+    };
+    let stop_session = Arc::new(AtomicBool::new(false));
+    let spawned = {
+        let gate = Arc::clone(gate);
+        let stop = Arc::clone(&stop_session);
+        let replica = config.replica_id;
+        let keys = checked.keys;
+        std::thread::Builder::new()
+            .name("vaultfleet-node-session".into())
+            .spawn(move || open_service(replica, nodes, keys, &gate, &stop))
+    };
+    let session_thread = match spawned {
+        Ok(t) => t,
+        Err(source) => {
+            fail(&remote, node, metrics.as_ref());
+            return Err(StartError::Thread(source));
+        }
+    };
+    // Detached: it ends within a check's time once the probe says stopped.
+    let watched = Arc::clone(&probe);
+    if let Err(source) = std::thread::Builder::new()
+        .name("vaultfleet-node-health".into())
+        .spawn(move || watch_health(&watched))
+    {
+        stop_session.store(true, Ordering::SeqCst);
+        probe.stopped.store(true, Ordering::SeqCst);
+        fail(&remote, node, metrics.as_ref());
+        return Err(StartError::Thread(source));
+    }
+    Ok(Serving {
+        node,
+        handle,
+        remote,
+        metrics,
+        probe,
+        stop_session,
+        session_thread,
+    })
+}
+
+/// What a daemon is told from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeSignal {
+    /// SIGTERM or SIGINT: stop gracefully.
+    Terminate,
+    /// Standard input reached its end (when asked to watch it): stop
+    /// gracefully.
+    StdinClosed,
+    /// SIGHUP: re-read the config, the evidence and the witness log
+    /// ([`RunningNode::reload`]).
+    Reload,
+}
+
+/// Why the signals could not be watched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// The signal handlers could not be installed.
+    #[error("cannot install the SIGTERM/SIGINT/SIGHUP handlers")]
+    Handler(#[source] std::io::Error),
+    /// A watching thread could not be started.
+    #[error("cannot start a thread watching signals or stdin")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Watches SIGTERM, SIGINT and SIGHUP (and, with `watch_stdin`, stdin to its
+/// end) from threads of their own; every event is sent on the returned
+/// channel.
+pub fn signals(watch_stdin: bool) -> Result<std::sync::mpsc::Receiver<NodeSignal>, SignalError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut incoming = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(SignalError::Handler)?;
+    let on_signal = tx.clone();
+    // Detached: they end with the process.
+    std::thread::Builder::new()
+        .name("vaultfleet-signals".into())
+        .spawn(move || {
+            for signal in incoming.forever() {
+                let event = if signal == SIGHUP {
+                    NodeSignal::Reload
+                } else {
+                    NodeSignal::Terminate
+                };
+                if on_signal.send(event).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(SignalError::Thread)?;
+    if watch_stdin {
+        std::thread::Builder::new()
+            .name("vaultfleet-stdin-watch".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+                let _ = tx.send(NodeSignal::StdinClosed);
+            })
+            .map_err(SignalError::Thread)?;
+    }
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vaultfleet_audit::fleet::ReplicaKeys;
+
+    fn artifact() -> FleetArtifact {
+        let replica = |id, dc: &str| ReplicaKeys {
+            id,
+            datacenter: dc.into(),
+            response_key: [id as u8; 32],
+            transport_key: [id as u8 + 100; 32],
+            opaque_key: [id as u8 + 200; 32],
+        };
+        FleetArtifact {
+            fleet_id: "f".into(),
+            epoch: 2,
+            replicas: vec![replica(1, "a"), replica(2, "b"), replica(6, "c")],
+            voters: vec![1, 2],
+            learners: vec![6],
+            not_before: 0,
+            not_after: 1,
+        }
+    }
+
+    #[test]
+    fn membership_follows_the_accepted_artifact() {
+        let a = artifact();
+        let add = |id, dc: &str| MembershipChange::AddLearner {
+            id,
+            datacenter: dc.into(),
+        };
+        assert_eq!(membership_allowed(&a, &add(6, "c")), Ok(()));
+        assert!(
+            membership_allowed(&a, &add(6, "a")).is_err(),
+            "another datacenter"
+        );
+        assert!(membership_allowed(&a, &add(7, "c")).is_err(), "not listed");
+        assert_eq!(
+            membership_allowed(&a, &MembershipChange::Promote { id: 2 }),
+            Ok(())
+        );
+        assert!(
+            membership_allowed(&a, &MembershipChange::Promote { id: 6 }).is_err(),
+            "a learner of the artifact is not promoted"
+        );
+        assert_eq!(
+            membership_allowed(&a, &MembershipChange::Remove { id: 5 }),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_data_directory_identity_names_its_replica_group_and_fleet() {
+        let line = identity("fleet \"x\"", 3, 7);
+        assert_eq!(
+            describe_identity(line.as_bytes()),
+            "replica 7 of group 3 in fleet \"fleet \\\"x\\\"\""
+        );
+        assert_eq!(describe_identity(b"garbage"), "an unreadable identity file");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        assert!(matches!(
+            check_data_dir(&path, &line),
+            Ok(DataDirState::Fresh)
+        ));
+        claim_data_dir(&path, &line).unwrap();
+        assert!(matches!(
+            check_data_dir(&path, &line),
+            Ok(DataDirState::Ours)
+        ));
+        let other = identity("fleet \"x\"", 3, 8);
+        assert!(matches!(
+            check_data_dir(&path, &other),
+            Err(DataDirError::Foreign { .. })
+        ));
+        assert!(claim_data_dir(&path, &line).is_err(), "never claimed twice");
+    }
+}

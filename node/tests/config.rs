@@ -1,0 +1,323 @@
+//! The node's config file: the documented example parses, unknown fields and
+//! a PIN in the config are refused by name, missing fields are named, relative
+//! paths follow the config file, and settings that do not work together are
+//! refused with what to fix.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vaultfleet_node::config::{ConfigError, HsmConfig, Invalid, NodeConfig};
+use vaultfleet_node::logging::LogFormat;
+
+/// The documented example (docs/node.toml.example).
+fn example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node.toml.example");
+    std::fs::read_to_string(path).expect("docs/node.toml.example")
+}
+
+/// Writes `text` as `node.toml` in a new folder and loads it.
+fn load(text: &str) -> (tempfile::TempDir, Result<NodeConfig, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = NodeConfig::load(&path);
+    (dir, r)
+}
+
+/// `e` and all its causes, one string.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(" / ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// `text` with the first occurrence of `from` replaced by `to` (which must
+/// occur).
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "the example holds {from:?}");
+    text.replacen(from, to, 1)
+}
+
+fn invalid(text: &str) -> Invalid {
+    match load(text).1 {
+        Err(ConfigError::Invalid { source, .. }) => source,
+        other => panic!("expected an invalid setting, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_parses_with_every_field_and_paths_resolved() {
+    let (dir, r) = load(&example());
+    let c = r.expect("the documented example is a valid config");
+    let base = dir.path();
+    assert_eq!(c.fleet_id, "example-fleet");
+    assert_eq!((c.group, c.replica_id), (1, 1));
+    assert_eq!(c.datacenter, "dc-a");
+    assert_eq!(c.data_dir, base.join("data"));
+    assert_eq!(c.transport_key, base.join("transport.key"));
+    assert_eq!(c.listen.peer, "0.0.0.0:7100".parse().unwrap());
+    assert_eq!(c.listen.vault, "0.0.0.0:7200".parse().unwrap());
+    assert_eq!(c.listen.metrics, Some("127.0.0.1:7300".parse().unwrap()));
+    match &c.hsm {
+        HsmConfig::Pkcs11 {
+            module,
+            token_label,
+            pin_file,
+            pin_env,
+        } => {
+            // An absolute path stays as it is.
+            assert_eq!(module, &PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+            assert_eq!(token_label, "vaultfleet-node-1");
+            assert_eq!(pin_file.as_deref(), Some(base.join("hsm.pin").as_path()));
+            assert_eq!(pin_env, &None);
+        }
+        other => panic!("pkcs11 expected, got {other:?}"),
+    }
+    assert_eq!(c.vault.opaque_setup, base.join("opaque-setup.sealed"));
+    assert_eq!(c.vault.evidence, base.join("evidence.bin"));
+    assert_eq!(c.vault.witness_log, base.join("witness/witness.state"));
+    assert_eq!(c.vault.namespace, "example.vault.fleet_keys.v1");
+    assert_eq!(c.peers.len(), 3);
+    assert_eq!(c.peers[1].id, 2);
+    assert!(!c.peers[0].learner);
+    assert_eq!(c.admin_keys.len(), 1);
+    assert_eq!(c.admin_keys[0].name, "operator-alice");
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert!(!c.join);
+    // The timing maps onto the engine's settings.
+    let node = c.node_config();
+    assert_eq!(node.tick_interval, Duration::from_millis(100));
+    assert_eq!(node.replica.heartbeat_ticks, 3);
+    assert_eq!(node.replica.election_ticks, 15);
+    assert_eq!((node.replica.id, node.replica.group), (1, 1));
+    let fleet = c.fleet_config();
+    assert_eq!(fleet.members.len(), 3);
+}
+
+#[test]
+fn optional_tables_take_their_defaults_and_a_soft_hsm_parses() {
+    let text = example();
+    let start = text.find("[timing]").unwrap();
+    let end = text.find("# Operators allowed").unwrap();
+    let mut text = format!("{}{}", &text[..start], &text[end..]);
+    text = edit(&text, "group = 1\n", "");
+    text = edit(&text, "metrics = \"127.0.0.1:7300\"\n", "");
+    let hsm_start = text.find("kind = \"pkcs11\"").unwrap();
+    let hsm_end = text.find("[vault]").unwrap();
+    text.replace_range(
+        hsm_start..hsm_end,
+        "kind = \"soft\"\nfile = \"hsm.soft\"\n\n",
+    );
+    let (dir, r) = load(&text);
+    let c = r.unwrap();
+    assert_eq!(c.group, 1);
+    assert_eq!(c.listen.metrics, None);
+    assert_eq!(
+        c.hsm,
+        HsmConfig::Soft {
+            file: dir.path().join("hsm.soft")
+        }
+    );
+    assert_eq!(c.timing.tick_ms, 100);
+    assert_eq!(c.timing.heartbeat_ticks, 3);
+    assert_eq!(c.timing.election_ticks, 15);
+    assert_eq!(c.log.format, LogFormat::Text);
+}
+
+#[test]
+fn unknown_fields_are_refused_by_name_in_every_table() {
+    for (from, to, name) in [
+        ("group = 1\n", "group = 1\ncolour = \"blue\"\n", "colour"),
+        ("[listen]\n", "[listen]\nadmin = \"0.0.0.0:1\"\n", "admin"),
+        ("[vault]\n", "[vault]\nbundle = \"b.bin\"\n", "bundle"),
+        ("[timing]\n", "[timing]\ntick_seconds = 1\n", "tick_seconds"),
+        ("[log]\n", "[log]\nlevel = \"debug\"\n", "level"),
+        (
+            "learner = false\n",
+            "learner = false\nweight = 2\n",
+            "weight",
+        ),
+        (
+            "name = \"operator-alice\"\n",
+            "name = \"operator-alice\"\nrole = \"root\"\n",
+            "role",
+        ),
+        (
+            "token_label = \"vaultfleet-node-1\"\n",
+            "token_label = \"vaultfleet-node-1\"\nslot = 0\n",
+            "slot",
+        ),
+    ] {
+        let (_dir, r) = load(&edit(&example(), from, to));
+        match r {
+            Err(e @ ConfigError::Parse { .. }) => {
+                let text = chain(&e);
+                assert!(
+                    text.contains(&format!("unknown field `{name}`")),
+                    "{name}: {text}"
+                );
+                // toml names the line.
+                assert!(text.contains("line"), "{text}");
+            }
+            other => panic!("{name}: expected a parse error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_pin_in_the_config_itself_is_refused_and_never_echoed() {
+    for (from, to) in [
+        ("pin_file = \"hsm.pin\"\n", "pin = \"secret-pin-1234\"\n"),
+        ("group = 1\n", "group = 1\npin = \"secret-pin-1234\"\n"),
+    ] {
+        let (_dir, r) = load(&edit(&example(), from, to));
+        let e = r.unwrap_err();
+        let ConfigError::Parse { source, .. } = &e else {
+            panic!("a parse error expected: {e:?}");
+        };
+        assert!(source.line() > 0 && source.column() > 0, "{source}");
+        let text = chain(&e);
+        assert!(text.contains("unknown field `pin`"), "{text}");
+        // The refused value is not echoed back (toml's own display quotes the
+        // offending line).
+        assert!(!text.contains("secret-pin-1234"), "{text}");
+        assert!(!format!("{e:?}").is_empty());
+    }
+}
+
+#[test]
+fn a_missing_field_is_named() {
+    for (line, name) in [
+        ("datacenter = \"dc-a\"\n", "datacenter"),
+        ("replica_id = 1\n", "replica_id"),
+        ("namespace = \"example.vault.fleet_keys.v1\"\n", "namespace"),
+        ("token_label = \"vaultfleet-node-1\"\n", "token_label"),
+    ] {
+        let (_dir, r) = load(&edit(&example(), line, ""));
+        let e = r.unwrap_err();
+        let text = chain(&e);
+        assert!(
+            matches!(e, ConfigError::Parse { .. })
+                && text.contains(&format!("missing field `{name}`")),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_or_unreadable_file_is_a_read_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = NodeConfig::load(&dir.path().join("absent.toml")).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }), "{e:?}");
+    let (_dir, r) = load("this is [not toml");
+    assert!(matches!(r, Err(ConfigError::Parse { .. })));
+}
+
+#[test]
+fn settings_that_do_not_work_together_are_refused_with_what_to_fix() {
+    let text = example();
+    assert!(matches!(
+        invalid(&edit(&text, "replica_id = 1\n", "replica_id = 9\n")),
+        Invalid::NotAPeer { id: 9 }
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, "replica_id = 1\n", "replica_id = 0\n")),
+        Invalid::Zero { .. }
+    ));
+    assert!(matches!(
+        invalid(&edit(
+            &text,
+            "datacenter = \"dc-a\"\n",
+            "datacenter = \"dc-z\"\n"
+        )),
+        Invalid::DatacenterMismatch { .. }
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, "id = 3\n", "id = 2\n")),
+        Invalid::DuplicatePeer { id: 2 }
+    ));
+    let bad_key =
+        "transport_key = \"0303030303030303030303030303030303030303030303030303030303030303\"";
+    let e = invalid(&edit(&text, bad_key, "transport_key = \"03\""));
+    assert!(matches!(e, Invalid::Key { .. }), "{e:?}");
+    assert!(chain(&e).contains("64 hex digits"), "{}", chain(&e));
+    assert!(matches!(
+        invalid(&edit(
+            &text,
+            "0303030303030303030303030303030303030303030303030303030303030303",
+            "0202020202020202020202020202020202020202020202020202020202020202"
+        )),
+        Invalid::DuplicateKey { .. }
+    ));
+    assert!(matches!(
+        invalid(&edit(
+            &text,
+            "# pin_env = \"VAULTFLEET_HSM_PIN\"",
+            "pin_env = \"VAULTFLEET_HSM_PIN\""
+        )),
+        Invalid::PinSource
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, "pin_file = \"hsm.pin\"\n", "")),
+        Invalid::PinSource
+    ));
+    assert!(matches!(
+        invalid(&edit(
+            &text,
+            "election_ticks = 15\n",
+            "election_ticks = 5\n"
+        )),
+        Invalid::Timing { .. }
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, "tick_ms = 100\n", "tick_ms = 0\n")),
+        Invalid::Timing { .. }
+    ));
+    assert!(matches!(
+        invalid(&edit(
+            &text,
+            "fleet_id = \"example-fleet\"",
+            "fleet_id = \"\""
+        )),
+        Invalid::FleetId
+    ));
+    // Every peer a learner: no voters, the engine's own check says so.
+    let all_learners = text
+        .replace("learner = false\n", "learner = true\n")
+        .replace(
+            "\n[[peer]]\nid = 2\n",
+            "\n[[peer]]\nlearner = true\nid = 2\n",
+        )
+        .replace(
+            "\n[[peer]]\nid = 3\n",
+            "\n[[peer]]\nlearner = true\nid = 3\n",
+        );
+    assert!(matches!(invalid(&all_learners), Invalid::Fleet(_)));
+}
+
+#[test]
+fn init_needs_only_the_ids_and_the_pin_source() {
+    // A config whose [[peer]] tables do not hold this node's key yet.
+    let text = edit(
+        &example(),
+        "transport_key = \"0101010101010101010101010101010101010101010101010101010101010101\"",
+        "transport_key = \"to be filled in after node init\"",
+    );
+    let (dir, r) = load(&text);
+    assert!(matches!(r, Err(ConfigError::Invalid { .. })));
+    let c = NodeConfig::load_for_init(&dir.path().join("node.toml")).unwrap();
+    assert_eq!(c.transport_key, dir.path().join("transport.key"));
+    let (dir, _) = load(&edit(&text, "pin_file = \"hsm.pin\"\n", ""));
+    assert!(matches!(
+        NodeConfig::load_for_init(&dir.path().join("node.toml")),
+        Err(ConfigError::Invalid {
+            source: Invalid::PinSource,
+            ..
+        })
+    ));
+}

@@ -1,0 +1,420 @@
+//! The metrics endpoint over real HTTP, in front of a real in-process node: a
+//! sealed sled store on a soft HSM, one voter on the in-process network.
+//! `/metrics` follows the node's progress, `/healthz` answers while the
+//! process lives, `/readyz` answers 200 only with a leader and an answering
+//! HSM, 503 once the node stops or its HSM does not answer.
+// A real endpoint in front of a real node: waits are bounded in wall-clock time.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vaultfleet::hsm::Hsm;
+use vaultfleet::replica::Status;
+use vaultfleet::{
+    ChannelNetwork, Client, ClientConfig, FleetConfig, KvStore, MemberSpec, Node, NodeConfig,
+    NodeHandle, Replica, ReplicaConfig, Sealed, SealedConfig, SoftHsm,
+};
+use vaultfleet_net::{NetConfig, NetStats, NetTransport, PeerDirectory, StaticSecret};
+use vaultfleet_node::metrics::{check_ready, Health, MetricsServer, NotReady, Probe, NET_COUNTERS};
+
+/// The recorder is process-wide and the status gauges follow the last sampler
+/// that wrote: the tests of this file run one at a time.
+static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// Every wait in this file ends after this long.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One voter on a sealed sled store, and what its probe needs.
+struct OneNode {
+    node: Option<Node>,
+    handle: NodeHandle,
+    hsm: SoftHsm,
+    _dir: tempfile::TempDir,
+}
+
+fn one_node() -> OneNode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let hsm = SoftHsm::new();
+    let fleet = FleetConfig::new(vec![MemberSpec::voter(1, "dc-a")]);
+    let replica = ReplicaConfig::new(1);
+    let mut log = Sealed::open_sled(
+        dir.path().join("replica-1"),
+        hsm.clone(),
+        SealedConfig::new(replica.group, 1),
+    )
+    .expect("sealed store");
+    Replica::bootstrap(&mut log, &KvStore::new(), &fleet).expect("bootstrap");
+    let net = ChannelNetwork::new();
+    let node = Node::spawn(
+        NodeConfig::new(replica),
+        log,
+        KvStore::new(),
+        net.transport(1),
+    )
+    .expect("node");
+    let handle = node.handle();
+    net.register(1, Arc::new(handle.clone()));
+    OneNode {
+        node: Some(node),
+        handle,
+        hsm,
+        _dir: dir,
+    }
+}
+
+/// The node as the endpoint sees it: its published status, a real HSM call,
+/// its data directory.
+struct NodeProbe {
+    handle: NodeHandle,
+    hsm: SoftHsm,
+    data_dir: PathBuf,
+}
+
+impl Probe for NodeProbe {
+    fn status(&self) -> Option<Status> {
+        (!self.handle.is_stopped()).then(|| self.handle.status())
+    }
+
+    fn health(&self) -> Health {
+        let mut nonce = [0u8; 8];
+        Health {
+            hsm: self.hsm.random(&mut nonce).map_err(|e| e.to_string()),
+            disk: std::fs::metadata(&self.data_dir)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            serving: !self.handle.is_stopped(),
+        }
+    }
+}
+
+fn probe(n: &OneNode) -> Arc<NodeProbe> {
+    Arc::new(NodeProbe {
+        handle: n.handle.clone(),
+        hsm: n.hsm.clone(),
+        data_dir: n._dir.path().to_path_buf(),
+    })
+}
+
+fn start(probe: Arc<NodeProbe>) -> MetricsServer {
+    start_with(probe)
+}
+
+fn start_with(probe: Arc<dyn Probe>) -> MetricsServer {
+    MetricsServer::start("127.0.0.1:0".parse().expect("addr"), probe).expect("metrics server")
+}
+
+/// One HTTP/1.1 request over a plain TCP stream: (status code, body).
+fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    request_within(addr, method, path, Duration::from_secs(10))
+}
+
+/// One HTTP/1.1 request whose answer must come within `patience`.
+fn request_within(addr: SocketAddr, method: &str, path: &str, patience: Duration) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(patience))
+        .expect("read timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    (code, body.to_string())
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    request(addr, "GET", path)
+}
+
+/// The value of the sample `series` (a name, with its labels if any) on a
+/// Prometheus text page.
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Polls `check` until it gives a value, at most [`WAIT`].
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let (code, page) = get(addr, "/metrics");
+    assert_eq!(code, 200, "GET /metrics");
+    page
+}
+
+#[test]
+fn metrics_follow_the_node_and_readiness_ends_when_it_stops() {
+    let _serial = SERIAL.lock();
+    let mut n = one_node();
+    let server = start(probe(&n));
+    let addr = server.local_addr();
+
+    assert_eq!(get(addr, "/healthz"), (200, "ok\n".to_string()));
+    wait_for("readiness", || {
+        (get(addr, "/readyz").0 == 200).then_some(())
+    });
+    // The sampler saw the leader.
+    let page = wait_for("the leader's gauges", || {
+        let page = scrape(addr);
+        (sample(&page, "vaultfleet_is_leader") == Some(1.0)).then_some(page)
+    });
+    assert_eq!(sample(&page, "vaultfleet_leader_id"), Some(1.0));
+    assert_eq!(sample(&page, "vaultfleet_voters"), Some(1.0));
+    assert_eq!(sample(&page, "vaultfleet_learners"), Some(0.0));
+    assert_eq!(sample(&page, "vaultfleet_ready"), Some(1.0));
+    let term = sample(&page, "vaultfleet_term").expect("term gauge");
+    assert!(term >= 1.0, "term {term}");
+    assert!(sample(&page, "vaultfleet_leader_changes_total").is_some_and(|v| v >= 1.0));
+    assert!(
+        sample(&page, "vaultfleet_elections_started_total{stage=\"vote\"}")
+            .is_some_and(|v| v >= 1.0)
+    );
+    assert_eq!(sample(&page, "vaultfleet_mailbox_capacity"), Some(65_536.0));
+    let commit = sample(&page, "vaultfleet_commit_index").expect("commit gauge");
+    let applied = sample(&page, "vaultfleet_applied_index").expect("applied gauge");
+
+    let proposals = 5;
+    let client = Client::connect(vec![n.handle.clone()], ClientConfig::default()).expect("client");
+    for i in 0..proposals {
+        client
+            .propose(KvStore::put(format!("key-{i}"), "value"))
+            .expect("proposal");
+    }
+    // A session registration and the proposals: at least `proposals + 1`
+    // entries past what the gauges showed.
+    let want = commit + f64::from(proposals) + 1.0;
+    let page = wait_for("the commit and applied gauges to move", || {
+        let page = scrape(addr);
+        let moved = sample(&page, "vaultfleet_commit_index").is_some_and(|c| c >= want)
+            && sample(&page, "vaultfleet_applied_index")
+                .is_some_and(|a| a >= applied + f64::from(proposals) + 1.0)
+            && sample(&page, "vaultfleet_last_index").is_some_and(|l| l >= want);
+        moved.then_some(page)
+    });
+    // The engine's own measurements, from the same recorder.
+    let commits = sample(&page, "vaultfleet_commit_seconds_count{kind=\"command\"}")
+        .expect("commit latency histogram");
+    assert!(commits >= f64::from(proposals), "{commits} commits timed");
+    for series in [
+        "vaultfleet_log_persist_seconds_count",
+        "vaultfleet_log_fsync_seconds_count",
+        "vaultfleet_counter_advance_seconds_count",
+        "vaultfleet_seal_seconds_count{record=\"batch\"}",
+    ] {
+        assert!(
+            sample(&page, series).is_some_and(|v| v >= 1.0),
+            "{series} missing or zero"
+        );
+    }
+    assert!(page.contains("vaultfleet_log_persist_seconds_bucket{le=\"0.001\"}"));
+
+    // Only GET, only the three paths.
+    assert_eq!(request(addr, "POST", "/metrics").0, 405);
+    assert_eq!(get(addr, "/nothing-here").0, 404);
+
+    drop(client);
+    n.node.take().expect("node").shutdown().expect("clean stop");
+    let (code, reason) = get(addr, "/readyz");
+    assert_eq!(code, 503);
+    assert_eq!(reason, format!("not ready: {}\n", NotReady::Stopped));
+    assert_eq!(get(addr, "/healthz").0, 200, "the process still lives");
+    wait_for("the node-up gauge to drop", || {
+        (sample(&scrape(addr), "vaultfleet_node_up") == Some(0.0)).then_some(())
+    });
+    server.shutdown();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "the endpoint still listens after its shutdown"
+    );
+}
+
+#[test]
+fn readiness_follows_the_hsm() {
+    let _serial = SERIAL.lock();
+    let n = one_node();
+    let p = probe(&n);
+    let server = start(Arc::clone(&p));
+    let addr = server.local_addr();
+    wait_for("readiness", || {
+        (get(addr, "/readyz").0 == 200).then_some(())
+    });
+
+    n.hsm.set_available(false);
+    let (code, reason) = get(addr, "/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        reason.starts_with("not ready: the HSM does not answer"),
+        "{reason}"
+    );
+    assert!(matches!(check_ready(p.as_ref()), Err(NotReady::Hsm(_))));
+    wait_for("the HSM gauges to drop", || {
+        let page = scrape(addr);
+        (sample(&page, "vaultfleet_hsm_up") == Some(0.0)
+            && sample(&page, "vaultfleet_ready") == Some(0.0))
+        .then_some(())
+    });
+
+    n.hsm.set_available(true);
+    wait_for("readiness again", || {
+        (get(addr, "/readyz").0 == 200).then_some(())
+    });
+    server.shutdown();
+}
+
+#[test]
+fn servers_in_one_process_share_the_recorder() {
+    let _serial = SERIAL.lock();
+    let n = one_node();
+    let first = start(probe(&n));
+    let second = start(probe(&n));
+    assert_ne!(first.local_addr(), second.local_addr());
+    for addr in [first.local_addr(), second.local_addr()] {
+        wait_for("the term gauge", || {
+            scrape(addr)
+                .contains("# TYPE vaultfleet_term gauge")
+                .then_some(())
+        });
+    }
+    first.shutdown();
+    // The other one keeps serving.
+    assert_eq!(get(second.local_addr(), "/healthz").0, 200);
+    second.shutdown();
+    second.shutdown(); // idempotent
+}
+
+#[test]
+fn a_busy_port_is_a_typed_error() {
+    let _serial = SERIAL.lock();
+    let n = one_node();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = MetricsServer::start(addr, probe(&n)).expect_err("the port is taken");
+    assert!(
+        matches!(err, vaultfleet_node::metrics::MetricsError::Bind { addr: a, .. } if a == addr),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn idle_connections_are_bounded_in_number_and_in_time() {
+    use vaultfleet_node::metrics::{CONNECTIONS_MAX, CONNECTION_LIFETIME};
+    let _serial = SERIAL.lock();
+    let n = one_node();
+    let server = start(probe(&n));
+    let addr = server.local_addr();
+    let opened = Instant::now();
+    // Every slot taken by a client that sends nothing.
+    let mut idle: Vec<TcpStream> = (0..CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect"))
+        .collect();
+    // One more is accepted only once a slot frees: when the idle ones'
+    // lifetime is over.
+    let (code, body) = request_within(
+        addr,
+        "GET",
+        "/healthz",
+        CONNECTION_LIFETIME + Duration::from_secs(10),
+    );
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let waited = opened.elapsed();
+    assert!(
+        waited >= CONNECTION_LIFETIME - Duration::from_secs(1),
+        "served after {waited:?}, before a slot could free"
+    );
+    // The idle connections were closed by the server.
+    for stream in &mut idle {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut buf = [0u8; 16];
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(k) => panic!("an idle connection got {k} bytes"),
+        }
+    }
+    server.shutdown();
+}
+
+/// A node's probe that also reports a real network transport's counters.
+struct WithTransport {
+    node: Arc<NodeProbe>,
+    transport: NetTransport,
+}
+
+impl Probe for WithTransport {
+    fn status(&self) -> Option<Status> {
+        self.node.status()
+    }
+
+    fn health(&self) -> Health {
+        self.node.health()
+    }
+
+    fn net_stats(&self) -> Option<NetStats> {
+        Some(self.transport.stats())
+    }
+}
+
+#[test]
+fn transport_counters_are_exported() {
+    let _serial = SERIAL.lock();
+    let n = one_node();
+    let secret = StaticSecret::generate().expect("key");
+    let directory = PeerDirectory::new("metrics-test-fleet", [1], secret).expect("directory");
+    let transport = NetTransport::start(
+        directory,
+        NetConfig::new("127.0.0.1:0".parse().expect("addr")),
+    )
+    .expect("transport");
+    let server = start_with(Arc::new(WithTransport {
+        node: probe(&n),
+        transport: transport.clone(),
+    }));
+    let addr = server.local_addr();
+    // Bytes that are no Noise handshake: the transport counts a failure.
+    let mut stranger = TcpStream::connect_timeout(&transport.local_addr(), Duration::from_secs(5))
+        .expect("connect to the transport");
+    stranger.write_all(&[0xA5; 512]).expect("send");
+    drop(stranger);
+    let page = wait_for("the failed handshake on the page", || {
+        let page = scrape(addr);
+        sample(&page, "vaultfleet_net_handshakes_failed_total")
+            .is_some_and(|v| v >= 1.0)
+            .then_some(page)
+    });
+    for name in NET_COUNTERS {
+        assert!(
+            page.contains(&format!("# TYPE {name} counter")),
+            "{name} missing"
+        );
+    }
+    server.shutdown();
+    transport.shutdown();
+}

@@ -1,0 +1,213 @@
+//! Three running nodes in one process over loopback TCP: every node's vault
+//! service serves (a follower's proposes through the leader, as a service
+//! client proving its transport key, which the peers pin as a peer's and
+//! allow as a service client's), and a stopping leader hands leadership over
+//! while the others keep serving what was acknowledged. A reload (SIGHUP)
+//! takes new pins and refuses what needs a restart.
+// Tests of sockets and processes run in wall-clock time, every wait bounded.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, FLEET, GROUP, READY_WAIT};
+use vaultfleet_net::open::OpenClientConfig;
+use vaultfleet_node::config::NodeConfig;
+use vaultfleet_node::run::{ArtifactMismatch, ReloadError, RunningNode, StartError};
+use vaultfleet_vault::{
+    BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
+    VaultEndpoint,
+};
+
+/// `127.A.B.id:port`, with `A.B` from this process's id (tests in other
+/// processes pick other addresses).
+fn address(id: u64, port: u16) -> SocketAddr {
+    let pid = std::process::id();
+    let a = 100 + (pid % 100) as u8;
+    let b = 1 + ((pid / 100) % 250) as u8;
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(127, a, b, u8::try_from(id).unwrap()),
+        port,
+    ))
+}
+
+/// A vault client reaching only replica `id` at `address`.
+fn client(f: &Fixture, id: u64, address: SocketAddr) -> VaultClient {
+    let now = f.now;
+    let trust = BundleTrust::new(f.verifier.clone(), Arc::new(move || now));
+    VaultClient::with_verifier(
+        vec![Arc::new(
+            RemoteVaultEndpoint::new(
+                id,
+                address,
+                FLEET,
+                ServerTrust::Bundles(trust),
+                OpenClientConfig::default(),
+            )
+            .unwrap(),
+        ) as Arc<dyn VaultEndpoint>],
+        GROUP,
+        f.verifier.clone(),
+        Arc::new(move || now),
+        VaultClientConfig {
+            ksf: KsfParams::TESTS_ONLY,
+            backoff: Duration::from_millis(50),
+            rounds: 10,
+            ..VaultClientConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn every_node_serves_and_a_stopping_leader_hands_over() {
+    let mut f = Fixture::new(&[(1, "dc-a"), (2, "dc-b"), (3, "dc-c")]);
+    for id in 1..=3 {
+        f.addresses
+            .insert(id, (address(id, 7100), address(id, 7200)));
+    }
+    let mut nodes: Vec<RunningNode> = (1..=3)
+        .map(|id| {
+            let path = f.write_config(id, "node.toml", &f.config_text(id, &[1, 2, 3], None, None));
+            RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap()
+        })
+        .collect();
+    for n in &nodes {
+        assert!(n.wait_ready(READY_WAIT), "replica {} serves", n.replica());
+    }
+    // Every node's own service answers, the followers' through the leader.
+    for n in &nodes {
+        let id = n.replica();
+        let c = client(&f, id, n.vault_addr());
+        let user = format!("user-of-{id}");
+        let r = c.register(user.as_bytes(), b"code", b"secret");
+        assert!(matches!(r, Ok(1)), "replica {id}: {r:?}");
+    }
+
+    // The leader stops gracefully: leadership moves, the others serve on.
+    let leader = nodes[0].status().leader.expect("a leader");
+    let at = nodes.iter().position(|n| n.replica() == leader).unwrap();
+    let stopping = nodes.remove(at);
+    stopping.stop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        loop {
+            let now_leader = n.status().leader;
+            if now_leader.is_some_and(|l| l != leader) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} knows no new leader",
+                n.replica()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for n in &nodes {
+        let c = client(&f, n.replica(), n.vault_addr());
+        for id in 1..=3 {
+            let user = format!("user-of-{id}");
+            let r = c.recover(user.as_bytes(), b"code");
+            assert!(
+                matches!(&r, Ok(s) if s.as_slice() == b"secret"),
+                "replica {} for {user}: {r:?}",
+                n.replica()
+            );
+        }
+    }
+    for n in nodes {
+        n.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_reload_takes_new_pins_and_refuses_what_needs_a_restart() {
+    let f = Fixture::new(&[(1, "dc-a"), (2, "dc-b")]);
+    let text = f.config_text(1, &[1], None, None);
+    let path = f.write_config(1, "node.toml", &text);
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    assert_eq!(node.accepted_epoch(), 1);
+
+    // The same files, and a new [[peer]] (replica 2, as epoch 1 lists it).
+    assert_eq!(node.reload(NodeConfig::load(&path).unwrap()).unwrap(), 1);
+    let path = f.write_config(1, "more.toml", &f.config_text(1, &[1, 2], None, None));
+    assert_eq!(node.reload(NodeConfig::load(&path).unwrap()).unwrap(), 1);
+
+    // What only a restart changes is refused, naming the setting.
+    let moved = text.replace("[timing]\ntick_ms = 10", "[timing]\ntick_ms = 20");
+    assert_ne!(moved, text);
+    let path = f.write_config(1, "moved.toml", &moved);
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(matches!(e, ReloadError::Fixed { field: "timing" }), "{e:?}");
+    // A [[peer]] table disagreeing with the accepted artifact is refused.
+    let (_, key_1) = &f.replicas[&1];
+    let (_, key_2) = &f.replicas[&2];
+    let wrong = f
+        .config_text(1, &[1, 2], None, None)
+        .replacen(key_2.as_str(), &"ab".repeat(32), 1);
+    assert!(wrong.contains(key_1.as_str()));
+    let path = f.write_config(1, "wrong.toml", &wrong);
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReloadError::Start(StartError::Artifact {
+                source: ArtifactMismatch::Peer { id: 2, .. },
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+
+    // It serves on.
+    let c = client(&f, 1, node.vault_addr());
+    assert!(matches!(
+        c.register(b"after-reloads", b"code", b"secret"),
+        Ok(1)
+    ));
+    node.stop().unwrap();
+}
+
+#[test]
+fn a_node_whose_disk_does_not_answer_stops_serving_until_it_does() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let path = f.write_config(1, "node.toml", &f.config_text(1, &[1], None, None));
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    // The disk check's file becomes a folder: writing it fails (even as root).
+    let check = f
+        .root()
+        .join("node-1")
+        .join("data")
+        .join(vaultfleet_node::run::HEALTH_FILE);
+    // (The watch may write the file between the removal and the folder.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::create_dir(&check).is_err() {
+        assert!(Instant::now() < deadline);
+        let _ = std::fs::remove_file(&check);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.is_ready() {
+        assert!(
+            Instant::now() < deadline,
+            "a failing disk makes the node unready"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(node.probe().disk_health().is_err());
+    let c = client(&f, 1, node.vault_addr());
+    assert!(
+        c.register(b"while-the-disk-fails", b"code", b"secret")
+            .is_err(),
+        "no vault request is answered while the disk fails"
+    );
+    std::fs::remove_dir(&check).unwrap();
+    assert!(node.wait_ready(Duration::from_secs(10)), "ready again");
+    assert!(matches!(c.register(b"after", b"code", b"secret"), Ok(1)));
+    node.stop().unwrap();
+}
