@@ -27,9 +27,14 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+#[path = "../../tests/harness/log_scan.rs"]
+mod log_scan;
+
+use vaultfleet::replica::ConfChangeRejection;
+use vaultfleet::RequestError;
 use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_netem::{Latency, Proxy, ProxyConfig};
-use vaultfleet_node::admin::{Admin, AdminConfig};
+use vaultfleet_node::admin::{Admin, AdminConfig, AdminError};
 use vaultfleet_node::testbed::{generate, Testbed, TestbedNode, TestbedSpec};
 use vaultfleet_vault::{
     BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
@@ -50,6 +55,20 @@ fn now() -> u64 {
 
 /// Five nodes in three datacenters, on `127.A.B.N` with `A.B` drawn per test.
 fn testbed(dir: &Path) -> Testbed {
+    testbed_of(
+        dir,
+        vec![
+            (1, "dc-a".into()),
+            (2, "dc-a".into()),
+            (3, "dc-b".into()),
+            (4, "dc-b".into()),
+            (5, "dc-c".into()),
+        ],
+    )
+}
+
+/// The replicas `replicas`, on `127.A.B.N` with `A.B` drawn per test.
+fn testbed_of(dir: &Path, replicas: Vec<(u64, String)>) -> Testbed {
     let mut octets = [0u8; 2];
     getrandom(&mut octets);
     let loopback = [1 + octets[0] % 250, 1 + octets[1] % 250];
@@ -63,13 +82,7 @@ fn testbed(dir: &Path) -> Testbed {
         dir: dir.to_path_buf(),
         fleet_id: "testbed".into(),
         namespace: NS.into(),
-        replicas: vec![
-            (1, "dc-a".into()),
-            (2, "dc-a".into()),
-            (3, "dc-b".into()),
-            (4, "dc-b".into()),
-            (5, "dc-c".into()),
-        ],
+        replicas,
         loopback,
         now: now(),
         json_logs: true,
@@ -128,12 +141,17 @@ struct NodeProcess {
 impl NodeProcess {
     /// Starts the node; its logs go to `node-N/stderr-K.log`.
     fn spawn(node: &TestbedNode, run: u32) -> NodeProcess {
+        NodeProcess::spawn_logging(node, run, "info")
+    }
+
+    /// Starts the node with the log filter `filter` (`RUST_LOG`).
+    fn spawn_logging(node: &TestbedNode, run: u32, filter: &str) -> NodeProcess {
         let dir = node.config.parent().expect("node folder");
         let log = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).expect("log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_vaultfleet"))
             .args(["node", "run", "--stop-when-stdin-closes", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -493,7 +511,12 @@ fn a_replica_with_a_destroyed_disk_is_replaced_through_a_new_epoch() {
     // A replica the accepted epoch does not list cannot join.
     let refused = admin_1.add_learner(6, "dc-c");
     assert!(
-        refused.as_ref().is_err_and(|e| e.is_refusal()),
+        matches!(
+            refused,
+            Err(AdminError::Refused(RequestError::ConfChangeRejected(
+                ConfChangeRejection::NotInAcceptedFleet { epoch: 1, .. }
+            )))
+        ),
         "a learner outside the accepted epoch: {refused:?}"
     );
 
@@ -571,4 +594,84 @@ fn a_replica_with_a_destroyed_disk_is_replaced_through_a_new_epoch() {
         b"s"
     );
     wait_converged(&admin_2, 5);
+}
+
+/// The hardening issue's log scan, on the daemon: three node processes log
+/// every target at TRACE as JSON while a user registers, gives a wrong code
+/// and recovers over the network, and an operator makes admin calls. Nothing
+/// in the logs carries the user id, either code, the secret or the admin's
+/// key, in any encoding `log_scan` knows.
+#[test]
+fn node_logs_at_trace_hold_no_user_id_code_secret_or_admin_key() {
+    const USER: &[u8] = b"node-log-probe-user:5d0a8e";
+    const SECRET: &[u8] = b"node-log-probe-secret:77c1f3a9";
+    const PROBE_CODE: &[u8] = b"node-log-probe-code:staple 9931";
+    const PROBE_WRONG: &[u8] = b"node-log-probe-wrong:horse 1187";
+    let d = tempfile::tempdir().unwrap();
+    let tb = testbed_of(
+        d.path(),
+        vec![(1, "dc-a".into()), (2, "dc-b".into()), (3, "dc-c".into())],
+    );
+    let mut procs: Vec<NodeProcess> = tb
+        .nodes
+        .iter()
+        .map(|n| NodeProcess::spawn_logging(n, 0, "trace"))
+        .collect();
+    for p in &procs {
+        p.wait_ready();
+    }
+    let admin = admin(&tb);
+    wait_leader(&admin);
+    admin.members().expect("members");
+    let client = device(&tb);
+    client
+        .register_with_limit(USER, PROBE_CODE, SECRET, MAX_ATTEMPTS)
+        .expect("register");
+    assert!(matches!(
+        client.recover(USER, PROBE_WRONG),
+        Err(VaultClientError::WrongCode { .. })
+    ));
+    assert_eq!(
+        client
+            .recover(USER, PROBE_CODE)
+            .expect("recover")
+            .as_slice(),
+        SECRET
+    );
+    drop(client);
+    for p in &mut procs {
+        assert!(p.terminate().success(), "node {} on SIGTERM", p.id);
+    }
+
+    let admin_key = std::fs::read_to_string(tb.dir.join("admin.key")).expect("admin key");
+    let admin_key: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&admin_key.trim()[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let mut text = String::new();
+    for n in &tb.nodes {
+        let log = n.config.parent().expect("folder").join("stderr-0.log");
+        text.push_str(&std::fs::read_to_string(&log).expect("node log"));
+    }
+    let json_lines = text.lines().filter(|l| l.starts_with('{')).count();
+    assert!(
+        json_lines > 100 && text.contains("\"level\":\"TRACE\""),
+        "the nodes logged JSON at TRACE ({json_lines} JSON lines)"
+    );
+    let found = log_scan::leaks(
+        &text,
+        &[
+            ("user id", USER),
+            ("recovery code", PROBE_CODE),
+            ("wrong code", PROBE_WRONG),
+            ("secret", SECRET),
+            ("admin key", &admin_key),
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "{} log leaks in {} bytes of node logs:\n{}",
+        found.len(),
+        text.len(),
+        found.join("\n")
+    );
 }

@@ -410,8 +410,9 @@ pub enum AdminError {
         /// Replicas that had not answered the last status request.
         unreachable: Vec<ReplicaId>,
     },
-    /// The fleet refused the call (the leader's answer, or `Forbidden`: this
-    /// key is not an admin key of the fleet).
+    /// The fleet refused the call (the leader's answer; `Forbidden`: this key
+    /// is not an admin key of the fleet; `ConfChangeRejected(NotInAcceptedFleet)`:
+    /// the fleet's accepted artifact does not list the replica so).
     #[error("the fleet refused")]
     Refused(#[source] RequestError),
     /// No outcome in time (the change may or may not have been made; check

@@ -40,8 +40,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vaultfleet::hsm::Hsm;
-use vaultfleet::replica::MembershipChange;
 use vaultfleet::replica::Status;
+use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
 use vaultfleet::runtime::{ClientConfig, NodeApi, ResponseSlot};
 use vaultfleet::RequestError;
 use vaultfleet::{Client, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig};
@@ -1139,7 +1139,10 @@ impl Guarded {
                 ?change,
                 "membership change refused: {why}"
             );
-            RequestError::Forbidden
+            RequestError::ConfChangeRejected(ConfChangeRejection::NotInAcceptedFleet {
+                epoch: artifact.epoch,
+                reason: why.to_owned(),
+            })
         })
     }
 }

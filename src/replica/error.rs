@@ -164,6 +164,20 @@ pub enum ConfChangeRejection {
         /// The members (voters and learners) now.
         members: usize,
     },
+    /// The fleet's accepted (witnessed) artifact does not allow the change:
+    /// a learner it does not list, in another datacenter, or a promotion of a
+    /// replica it does not list as a voter. Refused by the node's front end
+    /// before anything is proposed.
+    #[error(
+        "the fleet's accepted epoch {epoch} does not allow it: {reason}; publish an epoch \
+         that lists the replica and reload the nodes (SIGHUP) first"
+    )]
+    NotInAcceptedFleet {
+        /// The accepted artifact's epoch.
+        epoch: u64,
+        /// What the artifact says against it.
+        reason: String,
+    },
     /// raft-rs refused the change (for example a second change while one is
     /// pending, or one that leaves no voter).
     #[error("raft refused it: {0}")]
@@ -177,6 +191,16 @@ impl PartialEq for ConfChangeRejection {
             (Self::DatacenterTooLong { bytes: a }, Self::DatacenterTooLong { bytes: b }) => a == b,
             (Self::TooManyMembers { members: a }, Self::TooManyMembers { members: b }) => a == b,
             (Self::Raft(a), Self::Raft(b)) => a == b,
+            (
+                Self::NotInAcceptedFleet {
+                    epoch: a,
+                    reason: r,
+                },
+                Self::NotInAcceptedFleet {
+                    epoch: b,
+                    reason: s,
+                },
+            ) => a == b && r == s,
             _ => false,
         }
     }

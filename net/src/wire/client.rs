@@ -587,6 +587,13 @@ fn write_error(w: &mut Writer, e: &RequestError) -> Result<(), EncodeError> {
                 ConfChangeRejection::TooManyMembers { members } => {
                     w.u8(3).u64(size(*members));
                 }
+                ConfChangeRejection::NotInAcceptedFleet { epoch, reason } => {
+                    w.u8(5).u64(*epoch).text(
+                        REJECTION_TEXT_BYTES_MAX,
+                        cut(reason, REJECTION_TEXT_BYTES_MAX),
+                        "conf change refusal",
+                    )?;
+                }
                 other => {
                     // raft-rs's own refusal (or a later variant): its text.
                     let text = match other {
@@ -673,6 +680,12 @@ fn read_error(r: &mut Reader<'_>) -> Result<RequestError, DecodeError> {
                     text.to_owned(),
                 )))
             }
+            5 => ConfChangeRejection::NotInAcceptedFleet {
+                epoch: r.u64("accepted epoch")?,
+                reason: r
+                    .text(REJECTION_TEXT_BYTES_MAX, "conf change refusal")?
+                    .to_owned(),
+            },
             other => {
                 return Err(DecodeError::UnknownValue {
                     what: "conf change refusal",
@@ -820,6 +833,12 @@ mod tests {
             }),
             ClientOutcome::Error(RequestError::ConfChangeRejected(
                 ConfChangeRejection::RemovesLeader,
+            )),
+            ClientOutcome::Error(RequestError::ConfChangeRejected(
+                ConfChangeRejection::NotInAcceptedFleet {
+                    epoch: 7,
+                    reason: "the accepted fleet artifact does not list it".into(),
+                },
             )),
             ClientOutcome::Error(RequestError::ConfChangeRejected(ConfChangeRejection::Raft(
                 std::sync::Arc::new(raft::Error::ConfChangeError("pending".into())),
