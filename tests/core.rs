@@ -750,3 +750,85 @@ fn a_replica_with_diverged_state_reports_a_different_digest_at_the_same_index() 
     let applied: Vec<u64> = net.ids().iter().map(|&id| net.status(id).applied).collect();
     assert_eq!(applied, vec![marker.index; 3]);
 }
+
+/// A store bootstrapped before the session limits were replicated (its
+/// snapshots carry 0 and 0) keeps this replica's own config limits, and its
+/// later snapshots still say "not replicated": a replica's own values never
+/// pass themselves off as the group's (from the review of the replicated
+/// limits: they were written into the next snapshot, and frozen there).
+#[test]
+fn a_store_from_before_replicated_limits_never_writes_its_own_limits_as_the_groups() {
+    let fleet = FleetConfig::new(vec![MemberSpec::voter(1, "dc-1")]);
+    let legacy = |store: &mut MemLog| {
+        let mut snap = store.latest_snapshot().clone();
+        let mut payload: wire::SnapshotPayload =
+            wire::decode(&snap.data, "snapshot payload").expect("decode");
+        payload.sessions_max = 0;
+        payload.session_responses_max = 0;
+        snap.data = wire::encode(&payload).expect("encode").into();
+        let mut fresh = MemLog::new();
+        fresh.apply_snapshot(&snap).expect("the legacy snapshot");
+        *store = fresh;
+    };
+    let mut net = Network::with_fleet_prepared(
+        &fleet,
+        legacy,
+        |cfg| {
+            cfg.sessions_max = 2;
+            small_snapshots(cfg);
+        },
+        KvStore::new,
+    );
+    net.elect(1);
+    let first = net.register(1);
+    let _second = net.register(1);
+    let third = net.register(1);
+    // The replica's own limit (2) applies: the oldest session is gone.
+    let request = net
+        .propose(1, first, 1, 1, KvStore::put("k", "v"))
+        .expect("propose");
+    net.settle();
+    assert!(matches!(
+        net.take(request),
+        Some(Err(RequestError::SessionExpired { .. }))
+    ));
+    write_until_compacted_past(&mut net, 1, third, 8);
+    let snap = net.replica(1).store().latest_snapshot();
+    assert!(snap.get_metadata().index > 1, "the log was compacted");
+    let payload: wire::SnapshotPayload =
+        wire::decode(&snap.data, "snapshot payload").expect("decode");
+    assert_eq!(
+        (payload.sessions_max, payload.session_responses_max),
+        (0, 0),
+        "a legacy replica wrote its own limits into a snapshot as the group's"
+    );
+}
+
+/// One state digest marker at a time: a second one while the first is queued
+/// or in flight is refused as `Overloaded` (each makes every replica capture
+/// its whole state; from the review of compare-state). Once the first is
+/// applied, the next is accepted.
+#[test]
+fn a_second_state_digest_marker_while_one_is_pending_is_refused() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    net.replica_mut(1)
+        .mark_state_digest(2_000_001)
+        .expect("the first marker");
+    assert_eq!(
+        net.replica_mut(1).mark_state_digest(2_000_002),
+        Err(RequestError::Overloaded),
+        "a second marker while the first is queued"
+    );
+    net.cycle(1);
+    assert_eq!(
+        net.replica_mut(1).mark_state_digest(2_000_003),
+        Err(RequestError::Overloaded),
+        "a second marker while the first is in flight"
+    );
+    net.settle();
+    assert!(net.completed(2_000_001));
+    net.replica_mut(1)
+        .mark_state_digest(2_000_004)
+        .expect("the next marker once the first is applied");
+}

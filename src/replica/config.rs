@@ -118,6 +118,14 @@ impl ReplicaConfig {
                 setting: "sessions_max and session_responses_max",
             });
         }
+        if self.sessions_max as u64 > crate::config::REPLICATED_SESSIONS_MAX
+            || self.session_responses_max as u64 > crate::config::REPLICATED_SESSION_RESPONSES_MAX
+        {
+            return Err(ReplicaConfigError::SessionLimits {
+                sessions_max: self.sessions_max,
+                session_responses_max: self.session_responses_max,
+            });
+        }
         if self.snapshot_entries_min == 0 {
             return Err(ReplicaConfigError::Zero {
                 setting: "snapshot_entries_min",
@@ -156,6 +164,19 @@ const _: () = assert!(3 * (ENTRY_BYTES_LIMIT as u64) < crate::wire::MESSAGE_BYTE
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplicaConfigError {
+    /// The session limits are above what a group may replicate.
+    #[error(
+        "sessions_max {sessions_max} must be at most {} and session_responses_max \
+         {session_responses_max} at most {}",
+        crate::config::REPLICATED_SESSIONS_MAX,
+        crate::config::REPLICATED_SESSION_RESPONSES_MAX
+    )]
+    SessionLimits {
+        /// The sessions limit given.
+        sessions_max: usize,
+        /// The responses limit given.
+        session_responses_max: usize,
+    },
     /// Replica id 0 is reserved by raft.
     #[error("replica id 0 is reserved by raft; number replicas from 1")]
     ZeroId,

@@ -370,9 +370,12 @@ fn snapshot_payload(
     let mut p = SnapshotPayload::new();
     p.format_version = SNAPSHOT_FORMAT_VERSION;
     p.sessions = sessions.to_wire();
-    let (sessions_max, responses_max) = sessions.limits();
-    p.sessions_max = sessions_max as u64;
-    p.session_responses_max = responses_max as u64;
+    // 0 and 0 ("not replicated") for a store bootstrapped before the limits
+    // were replicated: this replica's own config values are not the group's.
+    if let Some((sessions_max, responses_max)) = sessions.replicated_limits() {
+        p.sessions_max = sessions_max as u64;
+        p.session_responses_max = responses_max as u64;
+    }
     p.members = members
         .iter()
         .map(|(&id, dc)| {
@@ -424,7 +427,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             usize::try_from(fleet.settings.sessions_max),
             usize::try_from(fleet.settings.session_responses_max),
         ) {
-            (Ok(s), Ok(r)) => Sessions::new(s, r),
+            (Ok(s), Ok(r)) => {
+                let mut sessions = Sessions::new(s, r);
+                sessions.set_replicated_limits(s, r);
+                sessions
+            }
             _ => {
                 return Err(ReplicaError::Fleet {
                     source: crate::config::ConfigError::Settings {
@@ -562,7 +569,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
         sessions.restore(payload.sessions);
         if let Some((sessions_max, responses_max)) = limits {
-            sessions.set_limits(sessions_max, responses_max);
+            sessions.set_replicated_limits(sessions_max, responses_max);
         }
         *members = payload
             .members
@@ -723,6 +730,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// knows markers.
     pub fn mark_state_digest(&mut self, id: RequestId) -> Result<(), RequestError> {
         self.check_leader()?;
+        // One marker at a time: each one makes every replica capture its whole
+        // state at the same index, so a burst of them would stall the fleet.
+        let pending = !self.digest_marks.is_empty()
+            || self
+                .in_flight
+                .values()
+                .any(|f| matches!(f.kind, InFlightKind::Digest(_)));
+        if pending {
+            return Err(RequestError::Overloaded);
+        }
         self.digest_marks.push(id);
         Ok(())
     }

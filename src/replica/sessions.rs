@@ -35,6 +35,12 @@ pub(crate) struct Sessions {
     by_client: BTreeMap<u64, Session>,
     sessions_max: usize,
     responses_max: usize,
+    /// Whether the limits are the group's replicated settings (from the
+    /// bootstrap or a snapshot that carried them), rather than this replica's
+    /// own config for a store bootstrapped before they were replicated. Only
+    /// replicated limits are written into snapshots: a replica's own values
+    /// never pass themselves off as the group's.
+    replicated: bool,
 }
 
 impl Sessions {
@@ -44,6 +50,7 @@ impl Sessions {
             by_client: BTreeMap::new(),
             sessions_max,
             responses_max,
+            replicated: false,
         }
     }
 
@@ -51,17 +58,21 @@ impl Sessions {
         self.by_client.len()
     }
 
-    /// The limits: sessions kept, responses cached per session.
-    pub(crate) fn limits(&self) -> (usize, usize) {
-        (self.sessions_max, self.responses_max)
+    /// The replicated limits (sessions kept, responses cached per session),
+    /// or `None` while they are this replica's own config's.
+    pub(crate) fn replicated_limits(&self) -> Option<(usize, usize)> {
+        self.replicated
+            .then_some((self.sessions_max, self.responses_max))
     }
 
-    /// Takes the limits a snapshot replicated. The table a snapshot restores
-    /// was built under the same limits, so nothing needs evicting.
-    pub(crate) fn set_limits(&mut self, sessions_max: usize, responses_max: usize) {
+    /// Takes the group's replicated limits (the bootstrap's, or a snapshot's).
+    /// The table a snapshot restores was built under the same limits, so
+    /// nothing needs evicting.
+    pub(crate) fn set_replicated_limits(&mut self, sessions_max: usize, responses_max: usize) {
         debug_assert!(sessions_max > 0 && responses_max > 0);
         self.sessions_max = sessions_max;
         self.responses_max = responses_max;
+        self.replicated = true;
     }
 
     /// Registers a session of `owner` at log `index`; its id is `index`.

@@ -83,12 +83,24 @@ impl<M: StateMachine> Network<M> {
         configure: impl Fn(&mut ReplicaConfig),
         make: fn() -> M,
     ) -> Self {
+        Network::with_fleet_prepared(fleet, |_| {}, configure, make)
+    }
+
+    /// Like [`Network::with_fleet`], with `prepare` applied to each store
+    /// after its bootstrap (e.g. to make it look like an older build's).
+    pub fn with_fleet_prepared(
+        fleet: &FleetConfig,
+        prepare: impl Fn(&mut MemLog),
+        configure: impl Fn(&mut ReplicaConfig),
+        make: fn() -> M,
+    ) -> Self {
         let ids = fleet.voters();
         let replicas = ids
             .iter()
             .map(|&id| {
                 let mut store = MemLog::new();
                 assert!(Replica::bootstrap(&mut store, &make(), fleet).expect("bootstrap"));
+                prepare(&mut store);
                 let mut cfg = test_config(id);
                 configure(&mut cfg);
                 let replica = Replica::new(cfg, store, make()).expect("start replica");
