@@ -103,7 +103,7 @@ enum TestbedCmdError {
     },
     #[error("node {id} exited with {status} on SIGTERM")]
     BadExit { id: u64, status: String },
-    #[error("{path} holds no process id")]
+    #[error("{path} holds no process id (a number above 1)")]
     PidFile { path: PathBuf },
 }
 
@@ -500,9 +500,24 @@ fn down(a: &Down) -> Result<(), TestbedCmdError> {
         let Ok(text) = std::fs::read_to_string(&pid_path) else {
             continue;
         };
-        let pid: i32 = text.trim().parse().map_err(|_| TestbedCmdError::PidFile {
-            path: pid_path.clone(),
-        })?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&pid| pid > 1)
+            .ok_or_else(|| TestbedCmdError::PidFile {
+                path: pid_path.clone(),
+            })?;
+        // Only a node of this testbed: the pid may have been reused since.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let config = entry.path().join("node.toml");
+        let ours = cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == config.as_os_str().as_encoded_bytes());
+        if !ours {
+            let _ = std::fs::remove_file(&pid_path);
+            continue;
+        }
         match kill(Pid::from_raw(pid), Signal::SIGTERM) {
             Ok(()) => println!("SIGTERM to process {pid} ({})", entry.path().display()),
             Err(nix::Error::ESRCH) => {}
