@@ -56,6 +56,11 @@ impl MemberSpec {
 pub const REPLICATED_SESSIONS_MAX: u64 = 1 << 20;
 /// The largest `session_responses_max` a fleet may replicate.
 pub const REPLICATED_SESSION_RESPONSES_MAX: u64 = 1 << 16;
+/// The largest product of the two: cached responses the whole table may hold
+/// (the defaults, 4096 × 1024, are a quarter of it). Each limit at its maximum
+/// alone is fine; both together would let the table grow without a bound
+/// that fits in memory.
+pub const REPLICATED_CACHED_RESPONSES_MAX: u64 = 1 << 24;
 
 /// Settings every replica of a group must share, because they change what
 /// applying a committed entry does (which session is evicted, which cached
@@ -85,6 +90,10 @@ impl ReplicatedSettings {
     pub fn check(&self) -> Result<(), ConfigError> {
         if !(1..=REPLICATED_SESSIONS_MAX).contains(&self.sessions_max)
             || !(1..=REPLICATED_SESSION_RESPONSES_MAX).contains(&self.session_responses_max)
+            || self
+                .sessions_max
+                .saturating_mul(self.session_responses_max)
+                > REPLICATED_CACHED_RESPONSES_MAX
         {
             return Err(ConfigError::Settings {
                 sessions_max: self.sessions_max,
@@ -113,8 +122,9 @@ pub struct FleetConfig {
 pub enum ConfigError {
     /// Replicated settings out of range.
     #[error(
-        "sessions_max {sessions_max} must be 1..={REPLICATED_SESSIONS_MAX} and \
-         session_responses_max {session_responses_max} 1..={REPLICATED_SESSION_RESPONSES_MAX}"
+        "sessions_max {sessions_max} must be 1..={REPLICATED_SESSIONS_MAX}, \
+         session_responses_max {session_responses_max} 1..={REPLICATED_SESSION_RESPONSES_MAX}, \
+         and their product at most {REPLICATED_CACHED_RESPONSES_MAX}"
     )]
     Settings {
         /// The sessions limit given.

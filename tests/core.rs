@@ -619,19 +619,30 @@ fn session_limits_come_from_the_bootstrap_not_from_each_replicas_config() {
 /// anything of it is applied.
 #[test]
 fn replicated_settings_out_of_range_are_refused_at_bootstrap() {
-    let fleet =
-        FleetConfig::new(vec![MemberSpec::voter(1, "dc-1")]).with_settings(ReplicatedSettings {
-            sessions_max: 0,
-            session_responses_max: 8,
-        });
-    let mut store = MemLog::new();
-    let r = Replica::bootstrap(&mut store, &KvStore::new(), &fleet);
-    assert!(matches!(r, Err(ReplicaError::Fleet { .. })), "{r:?}");
-    assert_eq!(
-        raft::Storage::last_index(&store).unwrap(),
-        0,
-        "nothing was written"
-    );
+    // Zero; and each limit at its maximum together (a table without a bound
+    // that fits in memory; from the review of the replicated limits).
+    for (sessions_max, session_responses_max) in [
+        (0, 8),
+        (
+            vaultfleet::config::REPLICATED_SESSIONS_MAX,
+            vaultfleet::config::REPLICATED_SESSION_RESPONSES_MAX,
+        ),
+    ] {
+        let fleet = FleetConfig::new(vec![MemberSpec::voter(1, "dc-1")]).with_settings(
+            ReplicatedSettings {
+                sessions_max,
+                session_responses_max,
+            },
+        );
+        let mut store = MemLog::new();
+        let r = Replica::bootstrap(&mut store, &KvStore::new(), &fleet);
+        assert!(matches!(r, Err(ReplicaError::Fleet { .. })), "{r:?}");
+        assert_eq!(
+            raft::Storage::last_index(&store).unwrap(),
+            0,
+            "nothing was written"
+        );
+    }
 }
 
 /// Marks a state digest on `leader` and settles; the leader's answer.
