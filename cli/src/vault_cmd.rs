@@ -120,10 +120,17 @@ fn client(path: &Path) -> Result<VaultClient, VaultCmdError> {
     )?)
 }
 
+/// The longest recovery code read (bytes, the newline included).
+const CODE_BYTES_MAX: usize = 1024;
+
 fn read_code() -> Result<Zeroizing<String>, VaultCmdError> {
-    let mut line = Zeroizing::new(String::new());
+    use std::io::Read as _;
+    // Room for the whole line up front: a buffer that grew would leave the
+    // code's first bytes in freed, unwiped memory.
+    let mut line = Zeroizing::new(String::with_capacity(CODE_BYTES_MAX + 1));
     std::io::stdin()
         .lock()
+        .take(CODE_BYTES_MAX as u64)
         .read_line(&mut line)
         .map_err(VaultCmdError::Stdin)?;
     let code = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string());
