@@ -90,9 +90,7 @@ impl ReplicatedSettings {
     pub fn check(&self) -> Result<(), ConfigError> {
         if !(1..=REPLICATED_SESSIONS_MAX).contains(&self.sessions_max)
             || !(1..=REPLICATED_SESSION_RESPONSES_MAX).contains(&self.session_responses_max)
-            || self
-                .sessions_max
-                .saturating_mul(self.session_responses_max)
+            || self.sessions_max.saturating_mul(self.session_responses_max)
                 > REPLICATED_CACHED_RESPONSES_MAX
         {
             return Err(ConfigError::Settings {

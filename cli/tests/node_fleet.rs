@@ -303,6 +303,28 @@ fn wait_converged(admin: &Admin, nodes: usize) -> u64 {
     }
 }
 
+/// Every replica's state digest at one applied index (compare-state): all
+/// present and equal (bounded; a replica still catching up is retried).
+fn assert_same_state(admin: &Admin) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let comparison = admin.compare_state().expect("compare-state");
+        assert!(!comparison.diverged(), "replicas diverged: {comparison:?}");
+        if comparison.complete() {
+            eprintln!(
+                "every replica's state digest at index {} is equal",
+                comparison.index
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "some replica never reported its digest: {comparison:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// What the user stream saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -436,6 +458,7 @@ fn kill_9_of_the_leader_under_load_loses_no_acknowledged_registration() {
     check_no_loss(&client, &seen);
     let applied = wait_converged(&admin, tb.nodes.len());
     eprintln!("every replica applied index {applied}");
+    assert_same_state(&admin);
 }
 
 #[test]
@@ -472,6 +495,7 @@ fn a_rolling_restart_of_every_node_under_load_loses_nothing() {
     );
     check_no_loss(&client, &seen);
     wait_converged(&admin, tb.nodes.len());
+    assert_same_state(&admin);
 }
 
 /// Sends SIGHUP: the node re-reads its config (peers, admin keys) and its
@@ -594,6 +618,7 @@ fn a_replica_with_a_destroyed_disk_is_replaced_through_a_new_epoch() {
         b"s"
     );
     wait_converged(&admin_2, 5);
+    assert_same_state(&admin_2);
 }
 
 /// The hardening issue's log scan, on the daemon: three node processes log

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::{FleetConfig, MemberSpec};
+use vaultfleet_audit::{FleetVerifier, WitnessKey};
 
 use crate::logging::LogFormat;
 
@@ -157,6 +158,29 @@ pub struct VaultConfig {
     pub witness_log: PathBuf,
     /// The witness log's namespace of this fleet's artifacts.
     pub namespace: String,
+    /// The operator's Ed25519 countersigning public key (64 hex digits): the
+    /// bundle's countersignature must verify under it.
+    pub operator_key: String,
+    /// The witness's Ed25519 public keys (`[[vault.witness_key]]` tables, at
+    /// least one): the bundle's statement and checkpoint must be signed by
+    /// one of them, within its validity window.
+    #[serde(rename = "witness_key", default)]
+    pub witness_keys: Vec<WitnessKeyConfig>,
+}
+
+/// A `[[vault.witness_key]]` table: a witness key the node trusts.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct WitnessKeyConfig {
+    /// The key's name, as the witness signs with it.
+    pub name: String,
+    /// Its Ed25519 public key: 64 hex digits.
+    pub public_key: String,
+    /// When it may start signing, Unix seconds (default 0). A key retires
+    /// when the next pinned key's `not_before` arrives.
+    #[serde(default)]
+    pub not_before: u64,
 }
 
 /// The `[timing]` table: one tick, and the election timeout and heartbeat
@@ -214,6 +238,10 @@ pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(120);
 pub const PEERS_MAX: usize = vaultfleet::config::MEMBERS_MAX;
 /// The most `[[admin_key]]` tables.
 pub const ADMIN_KEYS_MAX: usize = 64;
+/// The most `[[vault.witness_key]]` tables.
+pub const WITNESS_KEYS_MAX: usize = 16;
+/// The largest config file read.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 
 impl TimingConfig {
     /// One tick.
@@ -281,6 +309,21 @@ pub enum ConfigError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The file is not a regular file, or is larger than [`CONFIG_BYTES_MAX`].
+    #[error("the config file {} is not a regular file of at most {CONFIG_BYTES_MAX} bytes", path.display())]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Group or others may write the file: it is a trust root (the admin
+    /// keys, the peers' and the witness's pinned keys), so it is refused.
+    #[error("the config file {} is writable by group or others (mode {mode:o}): it holds the fleet's trusted keys; chmod go-w it", path.display())]
+    Writable {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
     },
     /// The file is not a node config: TOML syntax, a wrong type, a missing or
     /// unknown field (the source names it, with its line and column).
@@ -438,16 +481,22 @@ pub enum Invalid {
     /// The peers do not make a fleet.
     #[error("the [[peer]] tables do not make a fleet")]
     Fleet(#[source] vaultfleet::ConfigError),
+    /// No `[[vault.witness_key]]` table: the bundle could not be verified.
+    #[error("[vault] needs at least one [[vault.witness_key]] table (the witness's public key the bundle is verified against)")]
+    NoWitnessKey,
+    /// Two `[[vault.witness_key]]` tables share a name.
+    #[error("two [[vault.witness_key]] tables are named {name:?}: names are unique")]
+    DuplicateWitnessKey {
+        /// The name.
+        name: String,
+    },
 }
 
 impl NodeConfig {
     /// Reads, parses and validates the config file at `path`; relative paths
     /// in it are taken against `path`'s folder.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_file(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_toml(&text, base).map_err(|e| match e {
             FromTomlError::Parse(source) => ConfigError::Parse {
@@ -466,10 +515,7 @@ impl NodeConfig {
     /// `[[peer]]` tables may still lack this node's transport key, which init
     /// prints. Relative paths are taken against `path`'s folder.
     pub fn load_for_init(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read_config_file(path)?;
         let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             source: ParseError::new(&text, e),
@@ -577,6 +623,7 @@ impl NodeConfig {
         for a in &self.admin_keys {
             check_key(format!("[[admin_key]] {:?}", a.name), &a.public_key)?;
         }
+        self.witness_verifier_keys()?;
         let own = self
             .peers
             .iter()
@@ -593,6 +640,64 @@ impl NodeConfig {
         }
         self.fleet_config().validate().map_err(Invalid::Fleet)?;
         Ok(())
+    }
+
+    /// The pinned witness keys and the operator's key, checked: at most
+    /// [`WITNESS_KEYS_MAX`] witness keys, at least one, uniquely named, and
+    /// every key 64 hex digits.
+    fn witness_verifier_keys(&self) -> Result<(Vec<WitnessKey>, [u8; 32]), Invalid> {
+        let v = &self.vault;
+        if v.witness_keys.is_empty() {
+            return Err(Invalid::NoWitnessKey);
+        }
+        if v.witness_keys.len() > WITNESS_KEYS_MAX {
+            return Err(Invalid::TooMany {
+                table: "vault.witness_key",
+                count: v.witness_keys.len(),
+                max: WITNESS_KEYS_MAX,
+            });
+        }
+        let operator_key =
+            crate::hsm::parse_key_hex(&v.operator_key).map_err(|source| Invalid::Key {
+                owner: "[vault] operator_key".into(),
+                source,
+            })?;
+        let mut names = BTreeSet::new();
+        let mut keys = Vec::with_capacity(v.witness_keys.len());
+        for w in &v.witness_keys {
+            if w.name.is_empty() {
+                return Err(Invalid::Empty {
+                    field: "[[vault.witness_key]] name",
+                });
+            }
+            if !names.insert(w.name.as_str()) {
+                return Err(Invalid::DuplicateWitnessKey {
+                    name: w.name.clone(),
+                });
+            }
+            let public_key =
+                crate::hsm::parse_key_hex(&w.public_key).map_err(|source| Invalid::Key {
+                    owner: format!("[[vault.witness_key]] {:?}", w.name),
+                    source,
+                })?;
+            keys.push(WitnessKey {
+                name: w.name.clone(),
+                public_key,
+                not_before: w.not_before,
+            });
+        }
+        Ok((keys, operator_key))
+    }
+
+    /// The check of the fleet's validation bundle this node trusts: the
+    /// pinned witness keys and operator key, for `[vault] namespace`.
+    pub fn fleet_verifier(&self) -> Result<FleetVerifier, Invalid> {
+        let (witness_keys, operator_key) = self.witness_verifier_keys()?;
+        Ok(FleetVerifier::new(
+            &self.vault.namespace,
+            witness_keys,
+            operator_key,
+        ))
     }
 
     /// Takes every relative path against `base`.
@@ -652,6 +757,47 @@ impl NodeConfig {
         c.tick_interval = self.timing.tick();
         c
     }
+}
+
+/// Reads a config file: opened once, checked on the open file (a regular
+/// file, at most [`CONFIG_BYTES_MAX`] bytes, not writable by group or
+/// others), read through a bounded reader.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let meta = file.metadata().map_err(read)?;
+    if !meta.is_file() || meta.len() > CONFIG_BYTES_MAX {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(ConfigError::Writable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(CONFIG_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > CONFIG_BYTES_MAX {
+        return Err(ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the config file is not UTF-8",
+        ))
+    })
 }
 
 enum FromTomlError {

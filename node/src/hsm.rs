@@ -55,6 +55,25 @@ pub enum HsmOpenError {
         #[source]
         source: HsmError,
     },
+    /// The soft HSM file is missing or not a regular file (it is never
+    /// created by a start: copy the node's soft HSM there, or fix the path).
+    #[error("the soft HSM file {} is missing or not a file: fix [hsm] file (a start never creates one)", path.display())]
+    SoftMissing {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The soft HSM file (keys in the clear) may be read or written by group
+    /// or others: the node refuses to start on it.
+    #[error("the soft HSM file {} holds keys in the clear and is open to group or others (mode {mode:o}): chmod 600 it", path.display())]
+    SoftFileExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The PIN could not be read.
     #[error("cannot read the PKCS#11 user PIN")]
     Pin(#[source] PinError),
@@ -170,6 +189,12 @@ pub enum KeyHexError {
 
 /// The X25519 public key written as 64 hex digits (either case).
 pub fn parse_public_key(hex: &str) -> Result<PublicKey, KeyHexError> {
+    parse_key_hex(hex).map(PublicKey::from_bytes)
+}
+
+/// A 32-byte public key (X25519 or Ed25519) written as 64 hex digits (either
+/// case).
+pub fn parse_key_hex(hex: &str) -> Result<[u8; 32], KeyHexError> {
     let digits = hex.as_bytes();
     if digits.len() != 64 {
         return Err(KeyHexError::Length { len: hex.len() });
@@ -185,7 +210,7 @@ pub fn parse_public_key(hex: &str) -> Result<PublicKey, KeyHexError> {
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = (nibble(2 * i)? << 4) | nibble(2 * i + 1)?;
     }
-    Ok(PublicKey::from_bytes(out))
+    Ok(out)
 }
 
 /// `bytes` as lowercase hex.
@@ -257,10 +282,81 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, PinError> {
     Ok(Zeroizing::new(text.to_string()))
 }
 
+/// Refuses a soft HSM file that is not there (or cannot be looked at):
+/// `SoftHsm::open` would create a new, empty HSM in its place, so a mistyped
+/// `[hsm] file` would write before the start is refused.
+fn soft_file_present(file: &Path) -> Result<(), HsmOpenError> {
+    match std::fs::metadata(file) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(HsmOpenError::SoftMissing {
+            path: file.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        }),
+        Err(source) => Err(HsmOpenError::SoftMissing {
+            path: file.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Refuses a soft HSM file that group or others may read or write (it holds
+/// the keys in the clear). A file that cannot be examined is left to the
+/// callers' other checks to report.
+fn check_soft_file_mode(path: &Path) -> Result<(), HsmOpenError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = metadata.permissions().mode();
+            if mode & 0o066 != 0 {
+                return Err(HsmOpenError::SoftFileExposed {
+                    path: path.to_path_buf(),
+                    mode: mode & 0o7777,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod soft_file_mode_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// R1-M3: a soft HSM file group or others can read or write is refused
+    /// at start, naming the file and the fix; one `SoftHsm::open` created
+    /// (0600) opens.
+    #[test]
+    fn r1_m3_open_hsm_refuses_a_soft_hsm_file_open_to_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("soft-hsm");
+        SoftHsm::open(&file).expect("a new soft HSM file");
+        let config = HsmConfig::Soft { file: file.clone() };
+        open_hsm(&config).expect("the node's own 0600 file opens");
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = open_hsm(&config).expect_err("a soft HSM file open to others");
+            assert!(
+                matches!(&err, HsmOpenError::SoftFileExposed { path, mode: m } if *path == file && *m == mode),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(&file.display().to_string()) && text.contains("chmod 600"),
+                "{text}"
+            );
+        }
+    }
+}
+
 /// Opens the HSM `config` describes.
 pub fn open_hsm(config: &HsmConfig) -> Result<NodeHsm, HsmOpenError> {
     match config {
         HsmConfig::Soft { file } => {
+            soft_file_present(file)?;
+            check_soft_file_mode(file)?;
             SoftHsm::open(file)
                 .map(NodeHsm::Soft)
                 .map_err(|source| HsmOpenError::Soft {

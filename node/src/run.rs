@@ -3,12 +3,19 @@
 //! validation bundle, the metrics endpoint, and the graceful stop.
 //!
 //! [`RunningNode::start`] checks everything it can before it writes anything:
-//! the HSM (a wrong PIN), the transport key, the vault keys, the evidence and
-//! the witness log, and the data directory's identity (a folder written for
-//! another replica, group or fleet is refused untouched). Only then does it
-//! create the data directory, open the sealed log (bootstrapping the
-//! `[[peer]]` membership into a fresh one unless the replica joins a running
-//! fleet), spawn the replica and serve.
+//! the HSM (a wrong PIN, a missing soft HSM file), the transport key, the
+//! vault keys, the data directory's identity (a folder written for another
+//! replica, group or fleet is refused untouched), and the evidence: its
+//! bundle is verified with the audit crate's [`FleetVerifier`] pinned to the
+//! `[vault]` witness and operator keys (digest, witness signature,
+//! countersignature, checkpoint, inclusion proof, validity window, for this
+//! replica at the wall-clock time), must fit a vault handshake, and must not
+//! be older than the epoch the data directory's [`EPOCH_FILE`] says was
+//! accepted (that file is not authenticated: the sealed log remains the
+//! cryptographic guard). Only then does it create the data directory, keep
+//! the accepted epoch, open the sealed log (bootstrapping the `[[peer]]`
+//! tables the artifact lists, in its roles, into a fresh one unless the
+//! replica joins a running fleet), spawn the replica and serve.
 //!
 //! The vault service proposes through a runtime client session over the
 //! fleet: the local replica in process, the others over the network (a
@@ -22,8 +29,11 @@
 //! reach it (admins included) refuses to add a learner the accepted fleet
 //! artifact (in the evidence's bundle) does not list, or to promote one it
 //! does not list as a voter; the `[[peer]]` tables must agree with the
-//! artifact on every replica it lists. [`RunningNode::reload`] (SIGHUP) takes
-//! a new epoch's evidence and the new pins without a restart.
+//! artifact on every replica it lists (datacenter, key, learner flag), and
+//! only the replicas it lists may open client sessions (as vault services):
+//! an unlisted `[[peer]]` is pinned as a peer only. [`RunningNode::reload`]
+//! (SIGHUP) takes a new epoch's evidence and the new pins without a restart,
+//! after the same checks (never an older epoch than the accepted one).
 //!
 //! [`RunningNode::stop`] (SIGTERM) stops taking vault requests, lets those in
 //! flight finish (bounded), hands leadership to the most caught-up voter if
@@ -44,11 +54,15 @@ use vaultfleet::replica::Status;
 use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
 use vaultfleet::runtime::{ClientConfig, NodeApi, ResponseSlot};
 use vaultfleet::RequestError;
-use vaultfleet::{Client, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig};
+use vaultfleet::{
+    Client, FleetConfig, MemberSpec, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig,
+};
 use vaultfleet_audit::fleet::evidence::{Evidence, EvidenceError};
 use vaultfleet_audit::fleet::FleetArtifact;
-use vaultfleet_audit::MerkleTree;
-use vaultfleet_net::open::{ChannelError, OpenServer, OpenServerConfig, OpenServerError};
+use vaultfleet_audit::{BundleError, FleetVerifier, MerkleTree};
+use vaultfleet_net::open::{
+    ChannelError, OpenServer, OpenServerConfig, OpenServerError, PAYLOAD_BYTES_MAX,
+};
 use vaultfleet_net::{
     ClientRole, DirectoryError, NetConfig, NetError, NetTransport, PeerDirectory, PeerEntry,
     PublicKey, RemoteClient, RemoteConfig, RemoteError, StaticSecret,
@@ -64,6 +78,13 @@ use crate::metrics::{Health, MetricsError, MetricsServer, Probe};
 
 /// The file in a data directory naming whose it is.
 pub const IDENTITY_FILE: &str = "vaultfleet-node.id";
+/// The file in a data directory holding the highest fleet epoch this node
+/// accepted: a start or a reload with older evidence is refused. It is not
+/// authenticated (whoever can write the data directory can lower it); the
+/// sealed log remains the cryptographic guard of the replica's state.
+pub const EPOCH_FILE: &str = "accepted-epoch";
+/// The most bytes read from the identity or the epoch file.
+const SMALL_FILE_BYTES_MAX: u64 = 4096;
 /// The sealed log's folder inside a data directory.
 pub const LOG_DIR: &str = "log";
 /// The file the disk health check writes and syncs.
@@ -167,8 +188,19 @@ pub enum StartError {
         #[source]
         source: BundleSourceError,
     },
-    /// The evidence's bundle does not hold a fleet artifact, or the artifact
-    /// and the config disagree.
+    /// The evidence's bundle is larger than a vault handshake carries.
+    #[error("the bundle in the evidence file {} is {len} bytes, a vault handshake carries at most {max}", path.display())]
+    BundleTooLarge {
+        /// The evidence file.
+        path: PathBuf,
+        /// The bundle's size.
+        len: usize,
+        /// The most a handshake carries.
+        max: usize,
+    },
+    /// The evidence's bundle does not verify against the pinned witness and
+    /// operator keys, is older than the accepted epoch, or its artifact and
+    /// the config disagree.
     #[error("the fleet artifact in the evidence file {}", path.display())]
     Artifact {
         /// The evidence file.
@@ -236,12 +268,19 @@ pub enum StartError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArtifactMismatch {
-    /// The bundle does not decode.
-    #[error("the bundle does not decode")]
-    Bundle(#[source] vaultfleet_audit::BundleError),
-    /// The artifact in the bundle does not decode.
-    #[error("the artifact does not decode")]
-    Artifact(#[source] vaultfleet_audit::ArtifactError),
+    /// The bundle does not verify for this replica now against the witness
+    /// and operator keys `[vault]` pins: a changed byte, another signer, a
+    /// broken inclusion proof, an artifact outside its validity window.
+    #[error("the bundle does not verify against the witness and operator keys [vault] pins")]
+    Unverified(#[source] BundleError),
+    /// The artifact is older than the epoch this node accepted.
+    #[error("the artifact is epoch {epoch}, older than epoch {accepted} this node accepted: a fleet never goes back")]
+    Rollback {
+        /// The artifact's epoch.
+        epoch: u64,
+        /// The highest epoch accepted.
+        accepted: u64,
+    },
     /// The artifact is of another fleet.
     #[error("the artifact is fleet {found:?}'s, this node's config says fleet {expected:?}")]
     Fleet {
@@ -264,23 +303,37 @@ pub enum ArtifactMismatch {
     Peer {
         /// The replica.
         id: u64,
-        /// `"a datacenter"` or `"a transport key"`.
+        /// `"a datacenter"`, `"a transport key"` or `"a learner flag"`.
         what: &'static str,
         /// The artifact's epoch.
         epoch: u64,
     },
 }
 
-/// The fleet artifact inside `source`'s bundle, checked against `config`:
-/// its fleet, this replica listed, and every `[[peer]]` it lists pinned with
-/// its datacenter and transport key.
+/// The fleet artifact inside `source`'s bundle, verified and checked against
+/// `config`: every link of the bundle (the digest, the witness signature
+/// under a pinned witness key, the operator's countersignature, the
+/// checkpoint, the inclusion proof, the validity window) for this replica at
+/// `now`; an epoch not older than `floor`; its fleet, this replica listed,
+/// and every `[[peer]]` it lists pinned with its datacenter, transport key
+/// and learner flag.
 fn accepted_artifact(
     config: &NodeConfig,
+    verifier: &FleetVerifier,
     source: &BundleSource,
+    now: u64,
+    floor: Option<u64>,
 ) -> Result<FleetArtifact, ArtifactMismatch> {
-    let bundle =
-        vaultfleet_audit::Bundle::decode(source.bundle()).map_err(ArtifactMismatch::Bundle)?;
-    let artifact = FleetArtifact::decode(&bundle.artifact).map_err(ArtifactMismatch::Artifact)?;
+    let artifact = verifier
+        .check(source.bundle(), now, config.replica_id)
+        .map_err(ArtifactMismatch::Unverified)?
+        .artifact;
+    if let Some(accepted) = floor.filter(|&f| artifact.epoch < f) {
+        return Err(ArtifactMismatch::Rollback {
+            epoch: artifact.epoch,
+            accepted,
+        });
+    }
     if artifact.fleet_id != config.fleet_id {
         return Err(ArtifactMismatch::Fleet {
             found: artifact.fleet_id,
@@ -309,8 +362,41 @@ fn accepted_artifact(
         if key.map(|k| *k.as_bytes()) != Some(listed.transport_key) {
             return Err(mismatch("a transport key"));
         }
+        if (p.learner && artifact.voters.contains(&p.id))
+            || (!p.learner && artifact.learners.contains(&p.id))
+        {
+            return Err(mismatch("a learner flag"));
+        }
     }
     Ok(artifact)
+}
+
+/// The membership a fresh data directory is bootstrapped with: the
+/// `[[peer]]` tables the accepted artifact lists as voters or learners, in
+/// the artifact's role (an unlisted `[[peer]]` is never a member).
+fn bootstrap_membership(config: &NodeConfig, artifact: &FleetArtifact) -> FleetConfig {
+    FleetConfig::new(
+        config
+            .peers
+            .iter()
+            .filter_map(|p| {
+                if artifact.voters.contains(&p.id) {
+                    Some(MemberSpec::voter(p.id, p.datacenter.clone()))
+                } else if artifact.learners.contains(&p.id) {
+                    Some(MemberSpec::learner(p.id, p.datacenter.clone()))
+                } else {
+                    None
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Now, in Unix seconds (what the bundle's validity is checked at).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A data directory that is not this replica's, or cannot be used.
@@ -333,6 +419,12 @@ pub enum DataDirError {
         /// The folder.
         path: PathBuf,
     },
+    /// Its epoch file ([`EPOCH_FILE`]) does not say an epoch.
+    #[error("{} does not hold an epoch: restore it or remove it (a node then accepts any verified epoch once)", path.display())]
+    Epoch {
+        /// The file.
+        path: PathBuf,
+    },
     /// It or its identity file cannot be read or written.
     #[error("{}", path.display())]
     Io {
@@ -346,7 +438,8 @@ pub enum DataDirError {
 
 /// Why a reload was refused. Nothing was changed, except after a
 /// [`ReloadError::Transport`], [`ReloadError::Remote`] or
-/// [`ReloadError::Payload`], where the steps before it took effect.
+/// [`ReloadError::Payload`], where the steps before it took effect (and the
+/// epoch file already holds the new epoch).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReloadError {
@@ -354,7 +447,7 @@ pub enum ReloadError {
     #[error("the new config")]
     Config(#[source] Invalid),
     /// A setting only a restart changes was changed.
-    #[error("{field} changed: restart the node to change it (the reload takes [[peer]], [[admin_key]], the evidence and the witness log)")]
+    #[error("{field} changed: restart the node to change it (the reload takes [[peer]], [[admin_key]], the evidence, the witness log and the witness and operator keys)")]
     Fixed {
         /// The setting.
         field: &'static str,
@@ -362,6 +455,9 @@ pub enum ReloadError {
     /// The new files do not go together (what a start would refuse).
     #[error("the new files")]
     Start(#[source] StartError),
+    /// The new accepted epoch could not be written to the data directory.
+    #[error("the accepted epoch could not be kept")]
+    EpochFile(#[source] DataDirError),
     /// The transport refused the new pins.
     #[error("the transport refused the new pins")]
     Transport(#[source] NetError),
@@ -414,7 +510,7 @@ fn check_data_dir(path: &Path, expected: &str) -> Result<DataDirState, DataDirEr
         return Ok(DataDirState::Fresh);
     }
     let id_path = path.join(IDENTITY_FILE);
-    let found = match std::fs::read(&id_path) {
+    let found = match read_small(&id_path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(DataDirError::NotADataDir {
@@ -473,6 +569,73 @@ fn claim_data_dir(path: &Path, identity: &str) -> Result<(), DataDirError> {
         .map_err(io(path))
 }
 
+/// A small file (the identity, the epoch): opened once, checked on the open
+/// file (a regular file of at most [`SMALL_FILE_BYTES_MAX`] bytes), read
+/// through a bounded reader.
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > SMALL_FILE_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file of at most 4096 bytes",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(SMALL_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > SMALL_FILE_BYTES_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "over 4096 bytes",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The epoch line of the epoch file.
+fn epoch_line(epoch: u64) -> String {
+    format!("vaultfleet accepted epoch {epoch}\n")
+}
+
+/// The highest epoch accepted on this data directory, if it says one.
+fn read_epoch(data_dir: &Path) -> Result<Option<u64>, DataDirError> {
+    let path = data_dir.join(EPOCH_FILE);
+    let bytes = match read_small(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(DataDirError::Io { path, source }),
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| t.strip_prefix("vaultfleet accepted epoch "))
+        .and_then(|t| t.strip_suffix('\n'))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Some)
+        .ok_or(DataDirError::Epoch { path })
+}
+
+/// Keeps `epoch` as the highest accepted: written to a temporary file,
+/// synced, renamed over the epoch file, the folder synced.
+fn write_epoch(data_dir: &Path, epoch: u64) -> Result<(), DataDirError> {
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| DataDirError::Io { path: p, source }
+    };
+    let path = data_dir.join(EPOCH_FILE);
+    let tmp = data_dir.join(format!("{EPOCH_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(epoch_line(epoch).as_bytes())
+        .map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::File::open(data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(data_dir))
+}
+
 fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
     use std::io::Read as _;
     let err = |source| StartError::Read {
@@ -523,6 +686,15 @@ fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
                 source,
             })?;
         tree.append(&leaf);
+    }
+    // Checked here, before anything changes: the vault listener refuses a
+    // larger handshake payload (a reload would otherwise half-apply).
+    if evidence.bundle.len() > PAYLOAD_BYTES_MAX {
+        return Err(StartError::BundleTooLarge {
+            path: v.evidence.clone(),
+            len: evidence.bundle.len(),
+            max: PAYLOAD_BYTES_MAX,
+        });
     }
     BundleSource::new(evidence.bundle, tree).map_err(|source| StartError::Bundle {
         namespace: v.namespace.clone(),
@@ -701,6 +873,10 @@ struct Serving {
 /// What [`RunningNode::start`] reads and checks before it writes anything.
 struct Checked {
     artifact: FleetArtifact,
+    /// The membership a fresh data directory is bootstrapped with.
+    bootstrap: FleetConfig,
+    /// The highest epoch the data directory says was accepted.
+    floor: Option<u64>,
     hsm: NodeHsm,
     secret: StaticSecret,
     keys: VaultKeys<NodeHsm>,
@@ -837,9 +1013,12 @@ impl RunningNode {
     /// tables (the transport's pins and allowed clients, the remote client's
     /// pins), the evidence and the witness log (the bundle served in every
     /// handshake and reply from now on, and the accepted fleet artifact
-    /// membership changes follow). Everything else must be unchanged (it
-    /// takes a restart). On an error nothing changed. Returns the accepted
-    /// artifact's epoch.
+    /// membership changes follow), the pinned witness and operator keys.
+    /// Everything else must be unchanged (it takes a restart). The new
+    /// bundle is verified as at a start and must not be older than the
+    /// accepted epoch; a newer epoch is kept in the data directory before
+    /// anything is swapped. On an error nothing changed. Returns the
+    /// accepted artifact's epoch.
     ///
     /// The vault service's own session keeps the replicas it started with:
     /// a replica added later is reached by it after the next restart.
@@ -876,16 +1055,23 @@ impl RunningNode {
                 path: config.transport_key.clone(),
             }));
         }
+        let verifier = config.fleet_verifier().map_err(ReloadError::Config)?;
         let source = bundle_source(&config).map_err(ReloadError::Start)?;
-        let artifact = accepted_artifact(&config, &source).map_err(|source| {
-            ReloadError::Start(StartError::Artifact {
-                path: config.vault.evidence.clone(),
-                source,
-            })
-        })?;
+        let current = self.accepted.read().epoch;
+        let artifact = accepted_artifact(&config, &verifier, &source, unix_now(), Some(current))
+            .map_err(|source| {
+                ReloadError::Start(StartError::Artifact {
+                    path: config.vault.evidence.clone(),
+                    source,
+                })
+            })?;
         let (directory, client_directory) =
-            directories(&config, &self.secret).map_err(ReloadError::Start)?;
-        // Checked: now change, each step on its own.
+            directories(&config, &self.secret, &artifact).map_err(ReloadError::Start)?;
+        // Checked: now change, each step on its own; the new epoch is kept
+        // first, so a restart never goes back to an older one.
+        if artifact.epoch > current {
+            write_epoch(&config.data_dir, artifact.epoch).map_err(ReloadError::EpochFile)?;
+        }
         self.transport
             .update_directory(directory)
             .map_err(ReloadError::Transport)?;
@@ -1044,12 +1230,14 @@ impl Drop for RunningNode {
     }
 }
 
-/// The node's peer directory (every peer pinned and allowed as a service
-/// client, the admin keys as admins) and its remote client's directory (the
-/// other replicas pinned).
+/// The node's peer directory (every peer pinned; the peers the accepted
+/// artifact lists also allowed as service clients, an unlisted one, such as
+/// a member being removed, only pinned as a peer; the admin keys as admins)
+/// and its remote client's directory (the other replicas pinned).
 fn directories(
     config: &NodeConfig,
     secret: &StaticSecret,
+    artifact: &FleetArtifact,
 ) -> Result<(PeerDirectory, PeerDirectory), StartError> {
     let mut directory =
         PeerDirectory::new(config.fleet_id.clone(), [config.replica_id], secret.clone())
@@ -1072,9 +1260,13 @@ fn directories(
             .insert(p.id, entry.clone())
             .map_err(StartError::Directory)?;
         if p.id != config.replica_id {
-            directory
-                .allow_client(public_key)
-                .map_err(StartError::Directory)?;
+            // Its key equals the artifact's (checked before): only a replica
+            // of the witnessed fleet proposes as a vault service.
+            if artifact.replica(p.id).is_some() {
+                directory
+                    .allow_client(public_key)
+                    .map_err(StartError::Directory)?;
+            }
             client.insert(p.id, entry).map_err(StartError::Directory)?;
         }
     }
@@ -1358,15 +1550,25 @@ fn check(config: &NodeConfig) -> Result<Checked, StartError> {
             source,
         },
     )?;
-    let source = bundle_source(config)?;
-    let artifact = accepted_artifact(config, &source).map_err(|source| StartError::Artifact {
-        path: config.vault.evidence.clone(),
-        source,
-    })?;
     let identity = identity(&config.fleet_id, config.group, config.replica_id);
     let state = check_data_dir(&config.data_dir, &identity).map_err(StartError::DataDir)?;
-    let (directory, client_directory) = directories(config, &secret)?;
+    let floor = match state {
+        DataDirState::Fresh => None,
+        DataDirState::Ours => read_epoch(&config.data_dir).map_err(StartError::DataDir)?,
+    };
+    let verifier = config.fleet_verifier().map_err(StartError::Config)?;
+    let source = bundle_source(config)?;
+    let artifact =
+        accepted_artifact(config, &verifier, &source, unix_now(), floor).map_err(|source| {
+            StartError::Artifact {
+                path: config.vault.evidence.clone(),
+                source,
+            }
+        })?;
+    let (directory, client_directory) = directories(config, &secret, &artifact)?;
     Ok(Checked {
+        bootstrap: bootstrap_membership(config, &artifact),
+        floor,
         artifact,
         hsm,
         secret,
@@ -1415,6 +1617,9 @@ fn serve(
     if matches!(checked.state, DataDirState::Fresh) {
         claim_data_dir(&config.data_dir, &checked.identity).map_err(StartError::DataDir)?;
     }
+    if checked.floor != Some(checked.artifact.epoch) {
+        write_epoch(&config.data_dir, checked.artifact.epoch).map_err(StartError::DataDir)?;
+    }
     let log_path = config.data_dir.join(LOG_DIR);
     let mut log = Sealed::open_sled(
         &log_path,
@@ -1427,7 +1632,7 @@ fn serve(
     })?;
     if !config.join {
         // Writes nothing into a store that holds a replica's state.
-        let fresh = Replica::bootstrap(&mut log, &BackupVault::new(), &config.fleet_config())
+        let fresh = Replica::bootstrap(&mut log, &BackupVault::new(), &checked.bootstrap)
             .map_err(StartError::Replica)?;
         if fresh {
             tracing::info!(

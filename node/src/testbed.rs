@@ -327,6 +327,14 @@ fn address(loopback: [u8; 2], id: u64, port: u16) -> SocketAddr {
     ))
 }
 
+/// Creates `dir` (and its parents) and makes it the owner's only (0700): it
+/// holds soft HSMs, whose files are the keys.
+fn private_dir(dir: &Path) -> Result<(), TestbedError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+}
+
 /// Writes `bytes` to `path` readable by the owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TestbedError> {
     use std::io::Write as _;
@@ -366,7 +374,7 @@ pub fn generate(spec: &TestbedSpec) -> Result<Testbed, TestbedError> {
         return Err(TestbedError::Spec("replica ids must be unique"));
     }
     let dir = &spec.dir;
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    private_dir(dir)?;
     if std::fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         return Err(TestbedError::NotEmpty(dir.clone()));
     }
@@ -379,7 +387,7 @@ pub fn generate(spec: &TestbedSpec) -> Result<Testbed, TestbedError> {
 
     // The witness and the operator.
     let witness_dir = dir.join("witness");
-    std::fs::create_dir_all(&witness_dir).map_err(io(&witness_dir))?;
+    private_dir(&witness_dir)?;
     let operator = SoftHsm::open(dir.join("operator.hsm")).map_err(hsm_err("the operator HSM"))?;
     let operator_key = operator
         .key(OPERATOR_KEY, KeyKind::Signing)
@@ -502,7 +510,10 @@ impl Testbed {
                  [listen]\npeer = \"{peer}\"\nvault = \"{vault}\"\nmetrics = \"{metrics}\"\n\n\
                  [hsm]\nkind = \"soft\"\nfile = \"hsm.soft\"\n\n\
                  [vault]\nopaque_setup = \"{setup}\"\nevidence = \"evidence.bin\"\n\
-                 witness_log = \"{log}\"\nnamespace = \"{namespace}\"\n\n\
+                 witness_log = \"{log}\"\nnamespace = \"{namespace}\"\n\
+                 operator_key = \"{operator}\"\n\n\
+                 [[vault.witness_key]]\nname = \"{witness_name}\"\npublic_key = \"{witness}\"\n\
+                 not_before = 0\n\n\
                  [log]\nformat = \"{format}\"\n\n\
                  [[admin_key]]\nname = \"testbed-operator\"\npublic_key = \"{admin}\"\n\n{peers}",
                 id = n.id,
@@ -518,6 +529,9 @@ impl Testbed {
                 log = witness_log.display(),
                 format = if self.spec.json_logs { "json" } else { "text" },
                 admin = self.admin_public,
+                operator = hex(&self.operator_public),
+                witness_name = WITNESS_KEY,
+                witness = hex(&self.witness_public),
             );
             write(&n.config, config.as_bytes())?;
         }
@@ -569,7 +583,7 @@ impl Testbed {
         drop(keys);
         drop(world);
         let node_dir = dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&node_dir).map_err(io(&node_dir))?;
+        private_dir(&node_dir)?;
         let hsm_path = node_dir.join("hsm.soft");
         std::fs::copy(&world_path, &hsm_path).map_err(io(&hsm_path))?;
         let hsm = SoftHsm::open(&hsm_path).map_err(hsm_err("open a node's HSM copy"))?;

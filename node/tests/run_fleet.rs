@@ -13,10 +13,18 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, FLEET, GROUP, READY_WAIT};
+use common::{evidence_of, Fixture, FLEET, GROUP, READY_WAIT};
+use vaultfleet::replica::ConfChangeRejection;
+use vaultfleet::RequestError;
+use vaultfleet_audit::fleet::evidence::Evidence;
+use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::{Bundle, BundleError};
 use vaultfleet_net::open::OpenClientConfig;
+use vaultfleet_net::{PeerDirectory, PeerEntry, StaticSecret};
+use vaultfleet_node::admin::{Admin, AdminError, AdminOptions};
 use vaultfleet_node::config::NodeConfig;
-use vaultfleet_node::run::{ArtifactMismatch, ReloadError, RunningNode, StartError};
+use vaultfleet_node::hsm::{hex, parse_public_key};
+use vaultfleet_node::run::{ArtifactMismatch, ReloadError, RunningNode, StartError, EPOCH_FILE};
 use vaultfleet_vault::{
     BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
     VaultEndpoint,
@@ -208,6 +216,250 @@ fn a_node_whose_disk_does_not_answer_stops_serving_until_it_does() {
     );
     std::fs::remove_dir(&check).unwrap();
     assert!(node.wait_ready(Duration::from_secs(10)), "ready again");
+    assert!(matches!(c.register(b"after", b"code", b"secret"), Ok(1)));
+    node.stop().unwrap();
+}
+
+/// An admin handle proving `secret` to node 1 only.
+fn admin_of(f: &Fixture, node: &RunningNode, secret: StaticSecret) -> Admin {
+    let mut d = PeerDirectory::client(FLEET, secret).unwrap();
+    d.insert(
+        1,
+        PeerEntry {
+            address: node.peer_addr(),
+            datacenter: f.replicas[&1].0.clone(),
+            public_key: parse_public_key(&f.replicas[&1].1).unwrap(),
+        },
+    )
+    .unwrap();
+    let mut o = AdminOptions::default();
+    o.status_wait = Duration::from_secs(2);
+    o.call_timeout = Duration::from_secs(10);
+    o.remote.status_interval = Duration::from_millis(50);
+    Admin::new(d, GROUP, o).unwrap()
+}
+
+/// Whether `secret`'s holder gets replica 1's status over a client session.
+fn has_session(f: &Fixture, node: &RunningNode, secret: &StaticSecret) -> bool {
+    let admin = admin_of(f, node, secret.clone());
+    let reports = admin.status(Some(1)).expect("a status call reports");
+    reports.iter().any(|r| r.status.is_some())
+}
+
+/// `text` with an `[[admin_key]]` table for `secret`.
+fn with_admin(text: &str, secret: &StaticSecret) -> String {
+    format!(
+        "{text}[[admin_key]]\nname = \"operator\"\npublic_key = \"{}\"\n\n",
+        hex(secret.public_key().as_bytes())
+    )
+}
+
+#[test]
+fn r1_h1_a_changed_forged_or_older_bundle_is_refused_at_reload_and_the_node_serves_on() {
+    // Epoch 1 lists replica 1 only.
+    let f = Fixture::listing(&[(1, "dc-a"), (2, "dc-b")], &[1]);
+    let admin_key = StaticSecret::generate().unwrap();
+    let base = with_admin(&f.config_text(1, &[1], None, None), &admin_key);
+    let path = f.write_config(1, "node.toml", &base);
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    assert_eq!(node.accepted_epoch(), 1);
+    let data = f.root().join("node-1").join("data");
+    let epoch_file = || std::fs::read_to_string(data.join(EPOCH_FILE)).unwrap();
+    assert_eq!(epoch_file(), "vaultfleet accepted epoch 1\n");
+
+    // One byte of the artifact changed.
+    let evidence =
+        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
+    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
+    let mut artifact = FleetArtifact::decode(&bundle.artifact).unwrap();
+    artifact.replicas[0].opaque_key[5] ^= 0x40;
+    bundle.artifact = artifact.encode().unwrap();
+    let changed = f.root().join("changed.bin");
+    std::fs::write(&changed, evidence_of(bundle.encode().unwrap(), &artifact)).unwrap();
+    let path = f.write_config(
+        1,
+        "changed.toml",
+        &f.with_evidence(&base, &changed, &f.witness_log()),
+    );
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReloadError::Start(StartError::Artifact {
+                source: ArtifactMismatch::Unverified(BundleError::DigestMismatch),
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+
+    // A forged epoch 2 adding replica 2 (another witness key, same name).
+    let (forged, forged_log) = f.forge(&f.artifact(2, &[1, 2], &[]), "forger");
+    let text = with_admin(&f.config_text(1, &[1, 2], None, None), &admin_key);
+    let path = f.write_config(
+        1,
+        "forged.toml",
+        &f.with_evidence(&text, &forged, &forged_log),
+    );
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReloadError::Start(StartError::Artifact {
+                source: ArtifactMismatch::Unverified(BundleError::WitnessSignature),
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(node.accepted_epoch(), 1, "the node keeps epoch 1");
+    assert_eq!(epoch_file(), "vaultfleet accepted epoch 1\n");
+    // The membership gate still follows epoch 1.
+    let admin = admin_of(&f, &node, admin_key.clone());
+    let refused = admin.add_learner(2, "dc-b").unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            AdminError::Refused(RequestError::ConfChangeRejected(
+                ConfChangeRejection::NotInAcceptedFleet { epoch: 1, .. }
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    // A real epoch 2, then epoch 1 again: refused, epoch 2 kept.
+    let epoch_2 = f.sign(&f.artifact(2, &[1], &[]), "epoch-2.bin");
+    let path = f.write_config(
+        1,
+        "epoch-2.toml",
+        &f.with_evidence(&base, &epoch_2, &f.witness_log()),
+    );
+    assert_eq!(node.reload(NodeConfig::load(&path).unwrap()).unwrap(), 2);
+    assert_eq!(epoch_file(), "vaultfleet accepted epoch 2\n");
+    let path = f.write_config(1, "epoch-1.toml", &base);
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReloadError::Start(StartError::Artifact {
+                source: ArtifactMismatch::Rollback {
+                    epoch: 1,
+                    accepted: 2
+                },
+                ..
+            })
+        ),
+        "{e:?}"
+    );
+    assert_eq!(node.accepted_epoch(), 2);
+    assert_eq!(epoch_file(), "vaultfleet accepted epoch 2\n");
+
+    // It serves on.
+    let c = client(&f, 1, node.vault_addr());
+    assert!(matches!(c.register(b"after", b"code", b"secret"), Ok(1)));
+    node.stop().unwrap();
+}
+
+#[test]
+fn r1_m1_an_unlisted_peer_key_gets_no_client_session_after_a_reload() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let admin_key = StaticSecret::generate().unwrap();
+    let base = with_admin(&f.config_text(1, &[1], None, None), &admin_key);
+    let path = f.write_config(1, "node.toml", &base);
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    // The control: a pinned admin key has a session.
+    assert!(has_session(&f, &node, &admin_key));
+
+    // An attacker's key as [[peer]] 99, which the artifact does not list.
+    let attacker = StaticSecret::generate().unwrap();
+    let text = format!(
+        "{base}[[peer]]\nid = 99\naddress = \"127.0.0.1:9\"\ndatacenter = \"dc-x\"\ntransport_key = \"{}\"\n\n",
+        hex(attacker.public_key().as_bytes())
+    );
+    let path = f.write_config(1, "attacker.toml", &text);
+    assert_eq!(node.reload(NodeConfig::load(&path).unwrap()).unwrap(), 1);
+    assert!(
+        !has_session(&f, &node, &attacker),
+        "an unlisted [[peer]]'s key opened a client session"
+    );
+    assert!(has_session(&f, &node, &admin_key));
+    node.stop().unwrap();
+}
+
+#[test]
+fn r1_m1_a_peer_learner_flag_disagreeing_with_the_artifact_is_refused() {
+    let f = Fixture::new(&[(1, "dc-a"), (2, "dc-b")]);
+    // Epoch 1 lists replica 2 as a voter.
+    let text = f.config_text(1, &[1, 2], None, None).replacen(
+        "[[peer]]\nid = 2\n",
+        "[[peer]]\nid = 2\nlearner = true\n",
+        1,
+    );
+    assert!(text.contains("learner = true"));
+    let path = f.write_config(1, "learner.toml", &text);
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StartError::Artifact {
+                source: ArtifactMismatch::Peer {
+                    id: 2,
+                    what: "a learner flag",
+                    ..
+                },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn r1_l1_a_reload_with_an_oversized_bundle_changes_nothing() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let base = f.config_text(1, &[1], None, None);
+    let path = f.write_config(1, "node.toml", &base);
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+
+    // A valid epoch 2 (witnessed, countersigned) too large for a handshake:
+    // 250 more replicas with the longest datacenter labels.
+    let mut big = f.artifact(2, &[1], &[]);
+    for id in 1000..1250u64 {
+        big.replicas.push(ReplicaKeys {
+            id,
+            datacenter: "d".repeat(255),
+            response_key: [7; 32],
+            transport_key: [8; 32],
+            opaque_key: [9; 32],
+        });
+    }
+    let evidence = f.sign(&big, "big.bin");
+    let admin_key = StaticSecret::generate().unwrap();
+    let text = with_admin(
+        &f.with_evidence(&base, &evidence, &f.witness_log()),
+        &admin_key,
+    );
+    let path = f.write_config(1, "big.toml", &text);
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, ReloadError::Start(StartError::BundleTooLarge { .. })),
+        "{e:?}"
+    );
+    // The new pins did not take effect, nor did the bundle.
+    assert!(
+        !has_session(&f, &node, &admin_key),
+        "the refused reload's admin key was pinned"
+    );
+    assert_eq!(node.accepted_epoch(), 1);
+    let data = f.root().join("node-1").join("data");
+    assert_eq!(
+        std::fs::read_to_string(data.join(EPOCH_FILE)).unwrap(),
+        "vaultfleet accepted epoch 1\n"
+    );
+    let c = client(&f, 1, node.vault_addr());
     assert!(matches!(c.register(b"after", b"code", b"secret"), Ok(1)));
     node.stop().unwrap();
 }

@@ -9,12 +9,15 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{chain, snapshot, Fixture, FLEET, GROUP, READY_WAIT};
+use common::{chain, evidence_of, snapshot, Fixture, FLEET, GROUP, READY_WAIT};
 use vaultfleet::hsm::{DeviceFault, HsmError};
+use vaultfleet_audit::fleet::evidence::Evidence;
+use vaultfleet_audit::fleet::FleetArtifact;
+use vaultfleet_audit::{Bundle, BundleError};
 use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_node::config::NodeConfig;
 use vaultfleet_node::hsm::HsmOpenError;
-use vaultfleet_node::run::{DataDirError, RunningNode, StartError};
+use vaultfleet_node::run::{ArtifactMismatch, DataDirError, RunningNode, StartError, EPOCH_FILE};
 use vaultfleet_vault::{
     BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
     VaultEndpoint,
@@ -188,4 +191,161 @@ fn a_wrong_pkcs11_pin_is_refused_and_the_data_directory_untouched() {
         "the PIN is never shown: {text}"
     );
     assert_eq!(snapshot(&data), before, "the data directory is untouched");
+}
+
+/// The fixture's epoch-1 evidence with one byte of its artifact changed (a
+/// response key's), the witness's digest, signatures and proofs as they were.
+fn changed_evidence(f: &Fixture) -> std::path::PathBuf {
+    let evidence =
+        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
+    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
+    let mut artifact = FleetArtifact::decode(&bundle.artifact).unwrap();
+    artifact.replicas[0].response_key[0] ^= 1;
+    bundle.artifact = artifact.encode().unwrap();
+    let path = f.root().join("changed.bin");
+    std::fs::write(&path, evidence_of(bundle.encode().unwrap(), &artifact)).unwrap();
+    path
+}
+
+#[test]
+fn r1_h1_a_changed_or_forged_bundle_is_refused_at_start_touching_nothing() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let good = f.config_text(1, &[1], None, None);
+    // A fresh data directory is not even created.
+    let changed = f.with_evidence(&good, &changed_evidence(&f), &f.witness_log());
+    let path = f.write_config(1, "changed.toml", &changed);
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StartError::Artifact {
+                source: ArtifactMismatch::Unverified(BundleError::DigestMismatch),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let data = f.root().join("node-1").join("data");
+    assert!(!data.exists(), "nothing written");
+
+    // Signed by another witness key (named as the pinned one), its own log.
+    let (forged, forged_log) = f.forge(&f.artifact(2, &[1], &[]), "forger");
+    let path = f.write_config(
+        1,
+        "forged.toml",
+        &f.with_evidence(&good, &forged, &forged_log),
+    );
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StartError::Artifact {
+                source: ArtifactMismatch::Unverified(BundleError::WitnessSignature),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(!data.exists(), "nothing written");
+
+    // On a data directory holding a replica's state, nothing changes either.
+    let data = f.run_once(1);
+    let before = snapshot(&data);
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(matches!(&e, StartError::Artifact { .. }), "{e:?}");
+    assert_eq!(snapshot(&data), before, "the data directory is untouched");
+}
+
+#[test]
+fn r1_h1_a_start_with_evidence_older_than_the_accepted_epoch_is_refused() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let epoch_2 = f.sign(&f.artifact(2, &[1], &[]), "epoch-2.bin");
+    let good = f.config_text(1, &[1], None, None);
+    let path = f.write_config(
+        1,
+        "epoch-2.toml",
+        &f.with_evidence(&good, &epoch_2, &f.witness_log()),
+    );
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    assert_eq!(node.accepted_epoch(), 2);
+    node.stop().unwrap();
+    let data = f.root().join("node-1").join("data");
+    assert_eq!(
+        std::fs::read_to_string(data.join(EPOCH_FILE)).unwrap(),
+        "vaultfleet accepted epoch 2\n"
+    );
+    let before = snapshot(&data);
+    // Epoch 1's evidence verifies (the same witness and operator) but is older.
+    let path = f.write_config(1, "epoch-1.toml", &good);
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            StartError::Artifact {
+                source: ArtifactMismatch::Rollback {
+                    epoch: 1,
+                    accepted: 2
+                },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(snapshot(&data), before, "the data directory is untouched");
+}
+
+#[test]
+fn r1_l6_a_missing_soft_hsm_file_is_refused_and_not_created() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let typo = f.root().join("node-1").join("hsm.sfot");
+    let hsm = format!("kind = \"soft\"\nfile = \"{}\"\n", typo.display());
+    let path = f.write_config(1, "typo.toml", &f.config_text(1, &[1], Some(&hsm), None));
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(&e, StartError::Hsm(HsmOpenError::SoftMissing { .. })),
+        "{e:?}"
+    );
+    assert!(!typo.exists(), "no soft HSM file was created");
+    assert!(!f.root().join("node-1").join("data").exists());
+}
+
+#[test]
+fn r1_m1_a_config_writable_by_group_or_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let path = f.write_config(1, "node.toml", &f.config_text(1, &[1], None, None));
+    for mode in [0o620, 0o602, 0o666] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let e = NodeConfig::load(&path).unwrap_err();
+        assert!(
+            matches!(e, vaultfleet_node::config::ConfigError::Writable { .. }),
+            "mode {mode:o}: {e:?}"
+        );
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(NodeConfig::load(&path).is_ok());
+}
+
+#[test]
+fn r1_l4_a_config_that_is_not_a_small_regular_file_is_refused() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let dir = f.root().join("node-1").join("a-folder.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = NodeConfig::load(&dir).unwrap_err();
+    assert!(
+        matches!(e, vaultfleet_node::config::ConfigError::NotAFile { .. }),
+        "{e:?}"
+    );
+    // Over the cap: a valid config padded with a comment.
+    let mut text = f.config_text(1, &[1], None, None);
+    text.push('#');
+    text.push_str(&"x".repeat(vaultfleet_node::config::CONFIG_BYTES_MAX as usize));
+    text.push('\n');
+    let path = f.write_config(1, "huge.toml", &text);
+    let e = NodeConfig::load(&path).unwrap_err();
+    assert!(
+        matches!(e, vaultfleet_node::config::ConfigError::NotAFile { .. }),
+        "{e:?}"
+    );
 }

@@ -39,12 +39,84 @@ pub struct Fixture {
     /// Where each replica listens for peers (default `127.0.0.1:(1 + id)`,
     /// never dialled) and for vault clients (default port 0).
     pub addresses: BTreeMap<u64, (SocketAddr, SocketAddr)>,
+    /// The witness's public key (pinned in every node's config).
+    pub witness_public: [u8; 32],
+    /// The operator's countersigning public key (pinned too).
+    pub operator_public: [u8; 32],
+    /// Every replica's keys, as an artifact lists them.
+    pub keys: BTreeMap<u64, ReplicaKeys>,
+}
+
+/// A witness signs `artifact` at `timestamp` into its log, the operator
+/// countersigns: the deployment evidence holding the bundle.
+fn sign_evidence(
+    witness: &mut Witness<SoftHsm>,
+    operator: &SoftHsm,
+    artifact: &FleetArtifact,
+    timestamp: u64,
+) -> Vec<u8> {
+    let witnessed = witness
+        .sign(NS, artifact.epoch, artifact.digest().unwrap(), timestamp)
+        .unwrap();
+    let cs = countersign(operator, "operator", &witnessed).unwrap();
+    let tree = witness.tree(NS).unwrap().clone();
+    let proof = tree
+        .inclusion_proof(witnessed.leaf_index, tree.size())
+        .unwrap();
+    let checkpoint = witness.checkpoint(NS, timestamp).unwrap();
+    let bundle = Bundle::assemble(
+        artifact.encode().unwrap(),
+        &witnessed,
+        cs,
+        proof,
+        &checkpoint,
+    )
+    .encode()
+    .unwrap();
+    evidence_of(bundle, artifact)
+}
+
+/// Deployment evidence around `bundle` (no attestations).
+pub fn evidence_of(bundle: Vec<u8>, artifact: &FleetArtifact) -> Vec<u8> {
+    Evidence {
+        bundle,
+        attestations: vec![],
+        ceremony: Ceremony {
+            artifact_digest: artifact.digest().unwrap(),
+            firmware: vec![],
+            threshold: 0,
+            signatures: vec![],
+        },
+    }
+    .encode()
+    .unwrap()
+}
+
+/// The witness whose state lives in `dir` (created on first use).
+fn open_witness(dir: &Path) -> Witness<SoftHsm> {
+    std::fs::create_dir_all(dir).unwrap();
+    Witness::open(
+        SoftHsm::open(dir.join("witness.hsm")).unwrap(),
+        vec![WitnessKeySpec {
+            name: "witness-1".into(),
+            not_before: 0,
+        }],
+        dir.join("witness.state"),
+    )
+    .unwrap()
 }
 
 impl Fixture {
     /// A fleet of `members` (id, datacenter), every node with its own HSM
     /// copy (`node-N/hsm.soft`) and sealed transport key.
     pub fn new(members: &[(u64, &str)]) -> Fixture {
+        let all: Vec<u64> = members.iter().map(|m| m.0).collect();
+        Self::listing(members, &all)
+    }
+
+    /// A fleet of `members` whose epoch-1 artifact lists only `listed` (as
+    /// voters).
+    pub fn listing(members: &[(u64, &str)], listed: &[u64]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let now = SystemTime::now()
@@ -84,66 +156,22 @@ impl Fixture {
                 opaque_key,
             });
         }
-        let artifact = FleetArtifact {
-            fleet_id: FLEET.into(),
-            epoch: 1,
-            voters: artifact_replicas.iter().map(|r| r.id).collect(),
-            replicas: artifact_replicas,
-            learners: vec![],
-            not_before: now - 3600,
-            not_after: now + 86_400,
-        };
-        let witness_dir = root.join("witness");
-        std::fs::create_dir_all(&witness_dir).unwrap();
-        let mut witness = Witness::open(
-            SoftHsm::open(witness_dir.join("witness.hsm")).unwrap(),
-            vec![WitnessKeySpec {
-                name: "witness-1".into(),
-                not_before: 0,
-            }],
-            witness_dir.join("witness.state"),
-        )
-        .unwrap();
-        let witnessed = witness
-            .sign(NS, 1, artifact.digest().unwrap(), now)
-            .unwrap();
+        let keys: BTreeMap<u64, ReplicaKeys> =
+            artifact_replicas.into_iter().map(|r| (r.id, r)).collect();
+        let artifact = artifact_of(&keys, 1, listed, &[], now);
+        let mut witness = open_witness(&root.join("witness"));
         let operator = SoftHsm::open(root.join("operator.hsm")).unwrap();
-        let cs = countersign(&operator, "operator", &witnessed).unwrap();
         let operator_key = operator
             .public_key(operator.key("operator", KeyKind::Signing).unwrap())
             .unwrap();
-        let tree = witness.tree(NS).unwrap().clone();
-        let proof = tree
-            .inclusion_proof(witnessed.leaf_index, tree.size())
-            .unwrap();
-        let checkpoint = witness.checkpoint(NS, now).unwrap();
-        let bundle = Bundle::assemble(
-            artifact.encode().unwrap(),
-            &witnessed,
-            cs,
-            proof,
-            &checkpoint,
-        )
-        .encode()
-        .unwrap();
-        let evidence = Evidence {
-            bundle,
-            attestations: vec![],
-            ceremony: Ceremony {
-                artifact_digest: artifact.digest().unwrap(),
-                firmware: vec![],
-                threshold: 0,
-                signatures: vec![],
-            },
-        }
-        .encode()
-        .unwrap();
+        let evidence = sign_evidence(&mut witness, &operator, &artifact, now);
         std::fs::write(root.join("evidence.bin"), evidence).unwrap();
+        let witness_public = witness.public_key("witness-1").unwrap();
         let verifier = FleetVerifier::new(
             NS,
             vec![WitnessKey {
                 name: "witness-1".into(),
-                public_key: witness.public_key("witness-1").unwrap(),
+                public_key: witness_public,
                 not_before: 0,
             }],
             operator_key,
@@ -154,7 +182,67 @@ impl Fixture {
             replicas,
             verifier,
             addresses: BTreeMap::new(),
+            witness_public,
+            operator_public: operator_key,
+            keys,
         }
+    }
+
+    /// The artifact of `epoch` listing `voters` and `learners`.
+    pub fn artifact(&self, epoch: u64, voters: &[u64], learners: &[u64]) -> FleetArtifact {
+        artifact_of(&self.keys, epoch, voters, learners, self.now)
+    }
+
+    /// The fleet's witness signs `artifact` (one second later per epoch, into
+    /// its log `witness/witness.state`), the operator countersigns; the
+    /// evidence is written as `name` in the fixture's folder.
+    pub fn sign(&self, artifact: &FleetArtifact, name: &str) -> PathBuf {
+        let mut witness = open_witness(&self.root().join("witness"));
+        let operator = SoftHsm::open(self.root().join("operator.hsm")).unwrap();
+        let evidence = sign_evidence(&mut witness, &operator, artifact, self.now + artifact.epoch);
+        let path = self.root().join(name);
+        std::fs::write(&path, evidence).unwrap();
+        path
+    }
+
+    /// Evidence for `artifact` from another witness (its own key, also named
+    /// `witness-1`, and its own log in folder `name`), countersigned by the
+    /// fleet's operator: (the evidence, that witness's log).
+    pub fn forge(&self, artifact: &FleetArtifact, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.root().join(name);
+        let mut witness = open_witness(&dir);
+        let operator = SoftHsm::open(self.root().join("operator.hsm")).unwrap();
+        // A witness signs epochs in order: the earlier ones first.
+        for epoch in 1..artifact.epoch {
+            let mut earlier = artifact.clone();
+            earlier.epoch = epoch;
+            sign_evidence(&mut witness, &operator, &earlier, self.now + epoch);
+        }
+        let evidence = sign_evidence(&mut witness, &operator, artifact, self.now + artifact.epoch);
+        let path = dir.join("evidence.bin");
+        std::fs::write(&path, evidence).unwrap();
+        (path, dir.join("witness.state"))
+    }
+
+    /// `text` (a config) reading the evidence at `evidence` and the witness
+    /// log at `witness_log` instead of the fixture's own.
+    pub fn with_evidence(&self, text: &str, evidence: &Path, witness_log: &Path) -> String {
+        let root = self.root().display().to_string();
+        text.replacen(
+            &format!("evidence = \"{root}/evidence.bin\""),
+            &format!("evidence = \"{}\"", evidence.display()),
+            1,
+        )
+        .replacen(
+            &format!("witness_log = \"{root}/witness/witness.state\""),
+            &format!("witness_log = \"{}\"", witness_log.display()),
+            1,
+        )
+    }
+
+    /// The fixture's own witness log.
+    pub fn witness_log(&self) -> PathBuf {
+        self.root().join("witness").join("witness.state")
     }
 
     pub fn root(&self) -> &Path {
@@ -189,7 +277,9 @@ impl Fixture {
              [listen]\npeer = \"{peer}\"\nvault = \"{vault}\"\n\n\
              [hsm]\n{hsm}\n\
              [vault]\nopaque_setup = \"{root}/opaque-setup.sealed\"\nevidence = \"{root}/evidence.bin\"\n\
-             witness_log = \"{root}/witness/witness.state\"\nnamespace = \"{NS}\"\n\n\
+             witness_log = \"{root}/witness/witness.state\"\nnamespace = \"{NS}\"\n\
+             operator_key = \"{operator}\"\n\n\
+             [[vault.witness_key]]\nname = \"witness-1\"\npublic_key = \"{witness}\"\n\n\
              [timing]\ntick_ms = 10\nheartbeat_ticks = 2\nelection_ticks = 10\n\n",
             dc = self.replicas[&id].0,
             data = data_dir.display(),
@@ -197,6 +287,8 @@ impl Fixture {
             root = self.root().display(),
             peer = self.peer_listen(id),
             vault = self.vault_listen(id),
+            operator = hex(&self.operator_public),
+            witness = hex(&self.witness_public),
         );
         for p in peers {
             let (dc, key) = &self.replicas[p];
@@ -232,8 +324,11 @@ impl Fixture {
 
     /// Writes `text` as node `id`'s config file `name`; returns its path.
     pub fn write_config(&self, id: u64, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
         let path = self.root().join(format!("node-{id}")).join(name);
         std::fs::write(&path, text).unwrap();
+        // A trust root: group and others may not write it (whatever the umask).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     }
 
@@ -245,6 +340,30 @@ impl Fixture {
         assert!(node.wait_ready(READY_WAIT), "a one-voter fleet serves");
         node.stop().unwrap();
         self.root().join(format!("node-{id}")).join("data")
+    }
+}
+
+/// The artifact of `epoch` over `keys`, listing `voters` and `learners`, valid
+/// for a day around `now`.
+fn artifact_of(
+    keys: &BTreeMap<u64, ReplicaKeys>,
+    epoch: u64,
+    voters: &[u64],
+    learners: &[u64],
+    now: u64,
+) -> FleetArtifact {
+    FleetArtifact {
+        fleet_id: FLEET.into(),
+        epoch,
+        replicas: keys
+            .values()
+            .filter(|r| voters.contains(&r.id) || learners.contains(&r.id))
+            .cloned()
+            .collect(),
+        voters: voters.to_vec(),
+        learners: learners.to_vec(),
+        not_before: now - 3600,
+        not_after: now + 86_400,
     }
 }
 
