@@ -4,60 +4,91 @@
 //! [`MetricsServer::start`] installs the process's metrics recorder (a
 //! `metrics-exporter-prometheus` recorder; installed once per process and
 //! reused by later servers), serves HTTP/1 with axum on a small tokio runtime
-//! of its own (one thread, and at most two more for blocking health checks),
-//! and runs a sampler thread that turns the
-//! [`Probe`]'s replica status into gauges every second. Everything else comes
-//! from the facade calls in the engine (`vaultfleet::runtime::telemetry`) and
-//! the vault service (`vaultfleet_vault::telemetry`).
+//! of its own (one thread), and runs two threads beside it: a sampler that
+//! turns the [`Probe`]'s replica status into gauges every [`SAMPLE_INTERVAL`],
+//! and a health checker that asks [`Probe::health`] every
+//! [`HEALTH_INTERVAL`], one check at a time. Everything else comes from the
+//! facade calls in the engine (`vaultfleet::runtime::telemetry`) and the
+//! vault service (`vaultfleet_vault::telemetry`).
 //!
-//! The server is bounded: at most [`CONNECTIONS_MAX`] connections, each closed
-//! after [`CONNECTION_LIFETIME`] whatever it does, only `GET`, no request body
-//! read, and a readiness check answered within [`HEALTH_TIMEOUT`]. Its answers
-//! never carry a secret: numbers, and short fixed reasons.
+//! The endpoint is unauthenticated, so no request costs the node more than
+//! reading memory:
+//! * `/readyz` answers from the replica's published status and the health
+//!   checker's last result; it never calls the HSM or the disk itself, so a
+//!   flood of requests makes no HSM call and no fsync;
+//! * connections are accepted at once; at most [`CONNECTIONS_MAX`] are served
+//!   by the HTTP server, at most [`CONNECTIONS_PER_SOURCE_MAX`] of them from
+//!   one source address, each closed if its request head has not arrived
+//!   within [`HEAD_TIMEOUT`], after one answer, and after
+//!   [`CONNECTION_LIFETIME`] whatever it does;
+//! * a connection beyond those (at most [`OVERFLOW_MAX`] at once) gets a
+//!   fixed answer without a slot: `200 ok` to `GET /healthz`, `503 busy` to
+//!   anything else; beyond that it is closed at once.
+//!
+//! Its answers never carry a secret nor a path: numbers, and fixed reason
+//! words (`hsm`, `disk`, `no leader`, ...). The details of a failed health
+//! check go to the log.
 //!
 //! The recorder is process-wide: a process that runs several nodes (tests)
 //! mixes their engine metrics, and the status gauges follow whichever
 //! sampler wrote last. A daemon runs one node.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{mpsc, Arc};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::metrics::{describe_gauge, gauge, Unit};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use vaultfleet::replica::Status;
 use vaultfleet_net::NetStats;
 
-/// Connections the endpoint serves at once; more wait to be accepted.
+/// Connections the HTTP server serves at once; more get a fixed answer
+/// (see [`OVERFLOW_MAX`]).
 pub const CONNECTIONS_MAX: usize = 16;
+/// Of the [`CONNECTIONS_MAX`], at most this many from one source address.
+pub const CONNECTIONS_PER_SOURCE_MAX: usize = 4;
+/// Connections answered without a slot at once (`/healthz` answered, the
+/// rest `503 busy`); more are closed at once.
+pub const OVERFLOW_MAX: usize = 64;
+/// Of the [`OVERFLOW_MAX`], at most this many from one source address.
+pub const OVERFLOW_PER_SOURCE_MAX: usize = 32;
+/// A connection whose request head has not arrived this long after it was
+/// accepted is closed.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// A connection is closed this long after it was accepted, whatever it does
-/// (a slow or idle client cannot hold one longer).
+/// (a slow reader cannot hold one longer).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
-/// `/readyz` answers "not ready" if the probe's health check takes longer.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the health checker asks [`Probe::health`] (one check at a
+/// time; the next starts this long after the last one ended).
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// A health check still running after this long makes the node not ready
+/// (and its HSM and disk gauges 0) until it returns.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the sampler turns the probe's status into gauges.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest request body accepted (no route reads one).
 const BODY_BYTES_MAX: usize = 1024;
+/// The most bytes read of a request head answered without a slot.
+const OVERFLOW_HEAD_BYTES_MAX: usize = 1024;
 /// A gauge not set for this long leaves the page (a follower removed, or no
 /// longer led by this replica; the status gauges of a stopped node).
 const GAUGE_IDLE: Duration = Duration::from_secs(15);
-/// A reason on `/readyz` is cut to this many characters.
-const REASON_CHARS_MAX: usize = 160;
 /// After a shutdown, connections still open get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Histogram buckets (seconds) of every `*_seconds` metric: from half a
@@ -106,10 +137,12 @@ pub const SERVING: &str = "vaultfleet_vault_serving";
 
 /// What the endpoint asks of the running node.
 pub trait Probe: Send + Sync + 'static {
-    /// The replica's status, or `None` once the node stopped.
+    /// The replica's status, or `None` once the node stopped. Called by the
+    /// sampler and on each `/readyz`: it must be cheap (a published value).
     fn status(&self) -> Option<Status>;
     /// Whether the HSM and the disk answer and the vault serves. May block
-    /// briefly (an HSM call); `/readyz` waits for it at most [`HEALTH_TIMEOUT`].
+    /// (an HSM call, an fsync): only the health checker calls it, one call at
+    /// a time, every [`HEALTH_INTERVAL`].
     fn health(&self) -> Health;
     /// The network transport's counters (`NetTransport::stats`), exported
     /// as the [`NET_COUNTERS`]; `None` (the default) for a node without one.
@@ -121,66 +154,62 @@ pub trait Probe: Send + Sync + 'static {
 /// The node's health, as a [`Probe`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
-    /// `Ok` if the HSM answers; else a short reason, shown on `/readyz`
-    /// (so it must hold no secret: no PIN, no key material).
+    /// `Ok` if the HSM answers; else the reason, logged (never shown on
+    /// `/readyz`, which says `hsm`), so it must hold no secret.
     pub hsm: Result<(), String>,
-    /// `Ok` if the data directory answers (readable and writable); else a
-    /// short reason, shown on `/readyz`.
+    /// `Ok` if the data directory answers (readable and writable); else the
+    /// reason, logged (`/readyz` says `disk`).
     pub disk: Result<(), String>,
     /// True while the vault service takes client requests.
     pub serving: bool,
 }
 
-/// Why a node is not ready: what `/readyz` answers with a 503.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a node is not ready: what `/readyz` answers with a 503. Its text is
+/// a fixed word or two, never a path nor an OS error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotReady {
     /// The node stopped.
-    #[error("the node stopped")]
+    #[error("stopped")]
     Stopped,
     /// The replica knows no leader (an election, or it is cut off).
-    #[error("no leader known")]
+    #[error("no leader")]
     NoLeader,
-    /// The HSM does not answer.
-    #[error("the HSM does not answer: {0}")]
-    Hsm(String),
-    /// The data directory does not answer.
-    #[error("the disk does not answer: {0}")]
-    Disk(String),
+    /// The HSM does not answer (the reason is in the log).
+    #[error("hsm")]
+    Hsm,
+    /// The data directory does not answer (the reason is in the log).
+    #[error("disk")]
+    Disk,
     /// The vault service does not take requests.
-    #[error("the vault service does not serve")]
+    #[error("vault not serving")]
     NotServing,
-    /// The health check did not answer in time.
-    #[error("the health check did not answer within {0:?}")]
-    TimedOut(Duration),
-    /// The health check itself failed (it panicked).
-    #[error("the health check failed")]
-    CheckFailed,
+    /// No health check finished yet.
+    #[error("health unknown")]
+    HealthUnknown,
+    /// The health check running has not returned within [`HEALTH_TIMEOUT`].
+    #[error("health check stuck")]
+    HealthStuck,
 }
 
-/// Whether the node `probe` watches is ready: it runs, knows a leader, its
-/// HSM and disk answer, and its vault serves.
-pub fn check_ready(probe: &dyn Probe) -> Result<(), NotReady> {
-    let status = probe.status().ok_or(NotReady::Stopped)?;
+/// Whether a node is ready, given its `status` (`None`: stopped) and its
+/// last health check (`Err`: none to judge by): it runs, knows a leader, its
+/// HSM and disk answer, and its vault serves. Calls nothing.
+pub fn check_ready(
+    status: Option<&Status>,
+    health: Result<&Health, NotReady>,
+) -> Result<(), NotReady> {
+    let status = status.ok_or(NotReady::Stopped)?;
     if status.leader.is_none() {
         return Err(NotReady::NoLeader);
     }
-    let health = probe.health();
-    health.hsm.map_err(|e| NotReady::Hsm(short(&e)))?;
-    health.disk.map_err(|e| NotReady::Disk(short(&e)))?;
+    let health = health?;
+    health.hsm.as_ref().map_err(|_| NotReady::Hsm)?;
+    health.disk.as_ref().map_err(|_| NotReady::Disk)?;
     if !health.serving {
         return Err(NotReady::NotServing);
     }
     Ok(())
-}
-
-/// A reason cut short and kept to one line of printable text.
-fn short(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(REASON_CHARS_MAX)
-        .collect()
 }
 
 /// Why the endpoint did not start.
@@ -326,10 +355,6 @@ fn describe() {
     describe_gauge!(SERVING, "1 while the vault service serves clients");
 }
 
-/// The probe's health is asked every this many samples (a check may write
-/// and sync a file, or call the HSM); `/readyz` asks it on every request.
-const HEALTH_EVERY: u32 = 5;
-
 fn flag(on: bool) -> f64 {
     if on {
         1.0
@@ -338,9 +363,93 @@ fn flag(on: bool) -> f64 {
     }
 }
 
+/// The wall clock: a stuck health check is one that took too long in real
+/// time (the endpoint is runtime code, not the deterministic core).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// The health checker's results, read by the sampler and by `/readyz`.
+#[derive(Default)]
+struct Checks {
+    /// The last check that finished.
+    last: Option<Health>,
+    /// When the check running now started, if one runs.
+    running_since: Option<Instant>,
+}
+
+/// The health checks' shared results (see [`check_health`]).
+#[derive(Clone, Default)]
+struct Monitor(Arc<Mutex<Checks>>);
+
+impl Monitor {
+    /// The health to judge the node by: the last check's, unless none
+    /// finished yet or the one running is overdue.
+    fn current(&self) -> Result<Health, NotReady> {
+        let checks = self.0.lock();
+        if checks
+            .running_since
+            .is_some_and(|since| now().saturating_duration_since(since) > HEALTH_TIMEOUT)
+        {
+            return Err(NotReady::HealthStuck);
+        }
+        checks.last.clone().ok_or(NotReady::HealthUnknown)
+    }
+}
+
+/// The health checker's loop: asks the probe, one check at a time, every
+/// [`HEALTH_INTERVAL`], until `stop` is dropped. A check that panics counts
+/// as a failed one.
+fn check_health(probe: &dyn Probe, monitor: &Monitor, stop: &mpsc::Receiver<()>) {
+    loop {
+        monitor.0.lock().running_since = Some(now());
+        let health = catch_unwind(AssertUnwindSafe(|| probe.health())).unwrap_or_else(|_| {
+            tracing::error!("metrics endpoint: the health check panicked");
+            let failed = || Err("the health check panicked".to_string());
+            Health {
+                hsm: failed(),
+                disk: failed(),
+                serving: false,
+            }
+        });
+        let previous = {
+            let mut checks = monitor.0.lock();
+            checks.running_since = None;
+            checks.last.replace(health.clone())
+        };
+        log_changes(previous.as_ref(), &health);
+        match stop.recv_timeout(HEALTH_INTERVAL) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
+/// Logs what changed between two health checks: the reasons `/readyz`
+/// does not show.
+fn log_changes(previous: Option<&Health>, health: &Health) {
+    for (what, before, after) in [
+        ("hsm", previous.map(|h| &h.hsm), &health.hsm),
+        ("disk", previous.map(|h| &h.disk), &health.disk),
+    ] {
+        match (before, after) {
+            (_, Err(reason)) if before != Some(after) => {
+                tracing::warn!(check = what, %reason, "health check failed");
+            }
+            (Some(Err(_)), Ok(())) => tracing::info!(check = what, "health check passes again"),
+            _ => {}
+        }
+    }
+    let was_serving = previous.is_none_or(|h| h.serving);
+    if was_serving != health.serving {
+        tracing::info!(serving = health.serving, "vault service serving changed");
+    }
+}
+
 /// Sets the status gauges from one sample of the probe, and the health
-/// gauges from `health` (the last health check).
-fn sample(probe: &dyn Probe, health: &Health) {
+/// gauges from `health` (the last health check, if one counts).
+fn sample(probe: &dyn Probe, health: Result<&Health, NotReady>) {
     let status = probe.status();
     gauge!(NODE_UP).set(flag(status.is_some()));
     if let Some(s) = &status {
@@ -369,22 +478,43 @@ fn sample(probe: &dyn Probe, health: &Health) {
     if let Some(stats) = probe.net_stats() {
         export_net(&stats);
     }
-    gauge!(HSM_UP).set(flag(health.hsm.is_ok()));
-    gauge!(DISK_UP).set(flag(health.disk.is_ok()));
-    gauge!(SERVING).set(flag(health.serving));
-    let ready = status.as_ref().is_some_and(|s| s.leader.is_some())
-        && health.hsm.is_ok()
-        && health.disk.is_ok()
-        && health.serving;
-    gauge!(READY).set(flag(ready));
+    let (hsm, disk, serving) = match health {
+        Ok(h) => (h.hsm.is_ok(), h.disk.is_ok(), h.serving),
+        Err(_) => (false, false, false),
+    };
+    gauge!(HSM_UP).set(flag(hsm));
+    gauge!(DISK_UP).set(flag(disk));
+    gauge!(SERVING).set(flag(serving));
+    gauge!(READY).set(flag(check_ready(status.as_ref(), health).is_ok()));
+}
+
+/// One turn of the sampler. A panic (in the probe, say) sets the ready, HSM
+/// and disk gauges to 0 rather than leaving them at their last value until
+/// they vanish: an alert on `vaultfleet_ready == 0` fires.
+fn sample_once(probe: &dyn Probe, monitor: &Monitor) {
+    let health = monitor.current();
+    let sampled = catch_unwind(AssertUnwindSafe(|| {
+        sample(probe, health.as_ref().map_err(|why| *why));
+    }));
+    if sampled.is_err() {
+        tracing::error!(
+            "metrics endpoint: sampling the node panicked; ready, hsm_up and disk_up set to 0"
+        );
+        gauge!(READY).set(0.0);
+        gauge!(HSM_UP).set(0.0);
+        gauge!(DISK_UP).set(0.0);
+    }
 }
 
 /// The running endpoint. [`shutdown`](Self::shutdown) (or dropping it) stops
-/// the server and the sampler.
+/// the server, the sampler and the health checker.
 pub struct MetricsServer {
     addr: SocketAddr,
     stop_server: watch::Sender<bool>,
-    stop_sampler: Mutex<Option<mpsc::Sender<()>>>,
+    /// Dropped to stop the sampler and the health checker.
+    stop_threads: Mutex<Vec<mpsc::Sender<()>>>,
+    /// The server and the sampler (the health checker is not waited for: it
+    /// may be inside a stuck check; it ends once that returns).
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -400,13 +530,15 @@ impl std::fmt::Debug for MetricsServer {
 struct App {
     handle: PrometheusHandle,
     probe: Arc<dyn Probe>,
+    monitor: Monitor,
 }
 
 impl MetricsServer {
     /// Installs (or reuses) the process's Prometheus recorder, binds `addr`
     /// (port 0: any free port, see [`local_addr`](Self::local_addr)), and
     /// serves `/metrics`, `/healthz` and `/readyz` for the node `probe`
-    /// watches, sampling its status every [`SAMPLE_INTERVAL`].
+    /// watches, sampling its status every [`SAMPLE_INTERVAL`] and its health
+    /// every [`HEALTH_INTERVAL`].
     pub fn start(addr: SocketAddr, probe: Arc<dyn Probe>) -> Result<MetricsServer, MetricsError> {
         let handle = install_recorder()?;
         let listener = std::net::TcpListener::bind(addr)
@@ -418,17 +550,17 @@ impl MetricsServer {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
-            .max_blocking_threads(2)
-            .thread_name("vaultfleet-metrics-blocking")
             .build()
             .map_err(|source| MetricsError::Start {
                 what: "runtime",
                 source,
             })?;
+        let monitor = Monitor::default();
         let (stop_server, stopped) = watch::channel(false);
         let app = App {
             handle: handle.clone(),
             probe: Arc::clone(&probe),
+            monitor: monitor.clone(),
         };
         let server = std::thread::Builder::new()
             .name("vaultfleet-metrics".to_string())
@@ -437,31 +569,41 @@ impl MetricsServer {
                 what: "server thread",
                 source,
             })?;
-        let (stop_sampler, sampler_stopped) = mpsc::channel::<()>();
-        let sampler = std::thread::Builder::new()
-            .name("vaultfleet-metrics-sampler".to_string())
-            .spawn(move || {
-                let mut health = probe.health();
-                let mut turn: u32 = 0;
-                loop {
-                    sample(probe.as_ref(), &health);
-                    handle.run_upkeep();
-                    match sampler_stopped.recv_timeout(SAMPLE_INTERVAL) {
-                        Err(mpsc::RecvTimeoutError::Timeout) => {}
-                        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    }
-                    turn = turn.wrapping_add(1);
-                    if turn % HEALTH_EVERY == 0 {
-                        health = probe.health();
-                    }
-                }
-            });
         let this = MetricsServer {
             addr: local,
             stop_server,
-            stop_sampler: Mutex::new(Some(stop_sampler)),
+            stop_threads: Mutex::new(Vec::new()),
             threads: Mutex::new(vec![server]),
         };
+
+        let (stop_checker, checker_stopped) = mpsc::channel::<()>();
+        this.stop_threads.lock().push(stop_checker);
+        let (checker_probe, checker_monitor) = (Arc::clone(&probe), monitor.clone());
+        let checker = std::thread::Builder::new()
+            .name("vaultfleet-metrics-health".to_string())
+            .spawn(move || {
+                check_health(checker_probe.as_ref(), &checker_monitor, &checker_stopped);
+            });
+        if let Err(source) = checker {
+            this.shutdown();
+            return Err(MetricsError::Start {
+                what: "health checker thread",
+                source,
+            });
+        }
+
+        let (stop_sampler, sampler_stopped) = mpsc::channel::<()>();
+        this.stop_threads.lock().push(stop_sampler);
+        let sampler = std::thread::Builder::new()
+            .name("vaultfleet-metrics-sampler".to_string())
+            .spawn(move || loop {
+                sample_once(probe.as_ref(), &monitor);
+                handle.run_upkeep();
+                match sampler_stopped.recv_timeout(SAMPLE_INTERVAL) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            });
         match sampler {
             Ok(t) => this.threads.lock().push(t),
             Err(source) => {
@@ -481,11 +623,12 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops the server and the sampler and waits for their threads (open
-    /// connections get a short grace). Idempotent.
+    /// Stops the server, the sampler and the health checker, and waits for
+    /// the server and the sampler (open connections get a short grace).
+    /// Idempotent.
     pub fn shutdown(&self) {
         self.stop_server.send_replace(true);
-        drop(self.stop_sampler.lock().take());
+        self.stop_threads.lock().clear();
         let threads = std::mem::take(&mut *self.threads.lock());
         for t in threads {
             if t.join().is_err() {
@@ -514,6 +657,7 @@ fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::map_response(close_after))
         .with_state(app);
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -526,6 +670,8 @@ fn serve(
         let bounded = Bounded {
             listener,
             slots: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
+            overflow: Arc::new(Semaphore::new(OVERFLOW_MAX)),
+            sources: SourceTable::default(),
         };
         let mut on_stop = stopped.clone();
         let mut grace = stopped;
@@ -548,6 +694,14 @@ fn serve(
     runtime.shutdown_timeout(Duration::from_millis(500));
 }
 
+/// One answer per connection: no client holds a slot between requests.
+async fn close_after(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 async fn metrics_page(State(app): State<App>) -> impl IntoResponse {
     (
         [(
@@ -562,15 +716,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Readiness from the replica's published status and the health checker's
+/// last result: no HSM call, no disk access.
 async fn readyz(State(app): State<App>) -> (StatusCode, String) {
-    let probe = Arc::clone(&app.probe);
-    let check = tokio::task::spawn_blocking(move || check_ready(probe.as_ref()));
-    let verdict = match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
-        Ok(Ok(verdict)) => verdict,
-        Ok(Err(_panicked)) => Err(NotReady::CheckFailed),
-        Err(_elapsed) => Err(NotReady::TimedOut(HEALTH_TIMEOUT)),
-    };
-    match verdict {
+    // A probe that panics counts as a stopped node.
+    let status = catch_unwind(AssertUnwindSafe(|| app.probe.status())).unwrap_or(None);
+    let health = app.monitor.current();
+    match check_ready(status.as_ref(), health.as_ref().map_err(|why| *why)) {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -579,11 +731,74 @@ async fn readyz(State(app): State<App>) -> (StatusCode, String) {
     }
 }
 
-/// A listener that serves at most [`CONNECTIONS_MAX`] connections at once,
-/// each for at most [`CONNECTION_LIFETIME`].
+/// Connections held, by source address: what the per-source caps count.
+type SourceTable = Arc<Mutex<BTreeMap<IpAddr, Held>>>;
+
+/// The connections one source holds.
+#[derive(Debug, Default, Clone, Copy)]
+struct Held {
+    /// Served by the HTTP server (out of [`CONNECTIONS_PER_SOURCE_MAX`]).
+    served: usize,
+    /// Answered without a slot (out of [`OVERFLOW_PER_SOURCE_MAX`]).
+    overflow: usize,
+}
+
+/// One connection counted against its source until dropped.
+struct SourceGuard {
+    table: SourceTable,
+    ip: IpAddr,
+    overflow: bool,
+}
+
+impl SourceGuard {
+    /// Counts one more connection from `ip`, unless the source holds its
+    /// share already.
+    fn admit(table: &SourceTable, ip: IpAddr, overflow: bool) -> Option<SourceGuard> {
+        let mut held = table.lock();
+        let entry = held.entry(ip).or_default();
+        let (count, max) = if overflow {
+            (&mut entry.overflow, OVERFLOW_PER_SOURCE_MAX)
+        } else {
+            (&mut entry.served, CONNECTIONS_PER_SOURCE_MAX)
+        };
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceGuard {
+            table: Arc::clone(table),
+            ip,
+            overflow,
+        })
+    }
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut held = self.table.lock();
+        if let Some(entry) = held.get_mut(&self.ip) {
+            let count = if self.overflow {
+                &mut entry.overflow
+            } else {
+                &mut entry.served
+            };
+            *count = count.saturating_sub(1);
+            if entry.served == 0 && entry.overflow == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A listener that accepts every connection at once and serves at most
+/// [`CONNECTIONS_MAX`] of them ([`CONNECTIONS_PER_SOURCE_MAX`] per source),
+/// each under the deadlines of [`BoundedIo`]; the others get a fixed answer
+/// from [`answer_without_slot`], or are closed.
 struct Bounded {
     listener: tokio::net::TcpListener,
     slots: Arc<Semaphore>,
+    overflow: Arc<Semaphore>,
+    sources: SourceTable,
 }
 
 impl axum::serve::Listener for Bounded {
@@ -592,29 +807,28 @@ impl axum::serve::Listener for Bounded {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let permit = match Arc::clone(&self.slots).acquire_owned().await {
-                Ok(p) => p,
-                // Never closed; were it, wait instead of spinning.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            match self.listener.accept().await {
-                Ok((stream, addr)) => {
-                    let io = BoundedIo {
-                        stream,
-                        deadline: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
-                        _slot: permit,
-                    };
-                    return (io, addr);
-                }
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors and the like: back off, keep serving.
                     tracing::debug!("metrics endpoint: accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let ip = addr.ip().to_canonical();
+            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                if let Some(source) = SourceGuard::admit(&self.sources, ip, false) {
+                    return (BoundedIo::new(stream, slot, source), addr);
                 }
             }
+            let Ok(permit) = Arc::clone(&self.overflow).try_acquire_owned() else {
+                continue; // dropped: closed at once
+            };
+            let Some(source) = SourceGuard::admit(&self.sources, ip, true) else {
+                continue;
+            };
+            tokio::spawn(answer_without_slot(stream, permit, source));
         }
     }
 
@@ -623,17 +837,87 @@ impl axum::serve::Listener for Bounded {
     }
 }
 
-/// A connection that fails its reads and writes once its lifetime is over,
-/// and holds a connection slot until dropped.
+/// The answer to `GET /healthz` on a connection without a slot.
+const OVERFLOW_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n";
+/// The answer to anything else on a connection without a slot.
+const OVERFLOW_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n";
+
+/// Answers a connection the server has no slot for: reads its request head
+/// (at most [`OVERFLOW_HEAD_BYTES_MAX`] bytes within [`HEAD_TIMEOUT`]), says
+/// `ok` to `GET /healthz` and `busy` to anything else, and closes it. A head
+/// that does not arrive in time, or is too long, gets no answer.
+async fn answer_without_slot(
+    mut stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+    _source: SourceGuard,
+) {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => head,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+    };
+    let answer = if is_healthz(&head) {
+        OVERFLOW_OK
+    } else {
+        OVERFLOW_BUSY
+    };
+    let _ = tokio::time::timeout(HEAD_TIMEOUT, async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Reads a request head up to its blank line: `None` if the peer closed
+/// before it, or it is longer than [`OVERFLOW_HEAD_BYTES_MAX`].
+async fn read_head(stream: &mut tokio::net::TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut head = vec![0u8; OVERFLOW_HEAD_BYTES_MAX];
+    let mut filled = 0;
+    while filled < head.len() {
+        let read = stream.read(&mut head[filled..]).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        filled += read;
+        if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+            head.truncate(filled);
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a request head asks `GET /healthz` (with or without a query).
+fn is_healthz(head: &[u8]) -> bool {
+    head.strip_prefix(b"GET /healthz")
+        .is_some_and(|rest| rest.starts_with(b" ") || rest.starts_with(b"?"))
+}
+
+/// A connection served by the HTTP server: its reads fail if no answer has
+/// started within [`HEAD_TIMEOUT`] of its accept (its request head did not
+/// arrive), its reads and writes fail once [`CONNECTION_LIFETIME`] is over,
+/// and it holds a connection slot and its source's share until dropped.
 struct BoundedIo {
     stream: tokio::net::TcpStream,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    lifetime: Pin<Box<tokio::time::Sleep>>,
+    /// `None` once the first byte of an answer was written.
+    head: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: OwnedSemaphorePermit,
+    _source: SourceGuard,
 }
 
 impl BoundedIo {
+    fn new(stream: tokio::net::TcpStream, slot: OwnedSemaphorePermit, source: SourceGuard) -> Self {
+        BoundedIo {
+            stream,
+            lifetime: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
+            head: Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT))),
+            _slot: slot,
+            _source: source,
+        }
+    }
+
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        self.lifetime.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -654,6 +938,14 @@ impl AsyncRead for BoundedIo {
         if this.expired(cx) {
             return Poll::Ready(Err(lifetime_over()));
         }
+        if let Some(head) = this.head.as_mut() {
+            if head.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "metrics request head did not arrive in time",
+                )));
+            }
+        }
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
@@ -668,6 +960,7 @@ impl AsyncWrite for BoundedIo {
         if this.expired(cx) {
             return Poll::Ready(Err(lifetime_over()));
         }
+        this.head = None;
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 

@@ -104,7 +104,8 @@ impl SoftHsm {
     /// An HSM kept in the file `path` (created if missing): keys and counters
     /// survive a restart of the process. The file holds the keys in the clear; it
     /// stands in for the HSM's own storage and must not sit beside the data it
-    /// protects in anything but a test.
+    /// protects in anything but a test. It is written (through a temporary)
+    /// with mode 0600 on Unix.
     #[allow(clippy::disallowed_methods)] // seeded from the OS on purpose; from_seed is the deterministic one
     pub fn open(path: impl AsRef<Path>) -> Result<Self, HsmError> {
         let path = path.as_ref().to_path_buf();
@@ -200,10 +201,24 @@ fn insert_key(s: &mut State, label: String, kind: KeyKind, secret: Zeroizing<[u8
     slot
 }
 
+/// Writes `bytes` to `path` through a temporary beside it. Both are created
+/// readable and writable by the owner only (mode 0600 on Unix): the file
+/// holds the keys in the clear.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
+    // A temporary left by a crash keeps the mode it was created with: start
+    // afresh so the one written now has 0600.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }
@@ -631,5 +646,34 @@ mod tests {
         ));
         hsm.set_available(true);
         assert_eq!(hsm.advance_counter("c", &[0; 32]).unwrap(), 1);
+    }
+
+    /// R1-M3: the file holds keys in the clear; it and its temporary are
+    /// created owner-only whatever the umask (the default one gives 0644),
+    /// and a temporary left behind with a wider mode is not reused.
+    #[cfg(unix)]
+    #[test]
+    fn r1_m3_the_soft_hsm_file_and_its_temporary_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsm");
+        let hsm = SoftHsm::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600, "a new soft HSM file");
+
+        // A temporary left by a crash, readable by all: the next write
+        // neither reuses its mode nor leaves it behind.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, b"stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        hsm.key("k", KeyKind::Aead).unwrap();
+        assert_eq!(mode(&path), 0o600, "the file after a key was added");
+        assert!(!tmp.exists(), "the temporary was renamed over the file");
+
+        // A file an earlier build wrote 0644 is narrowed on its next write.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let reopened = SoftHsm::open(&path).unwrap();
+        reopened.advance_counter("c", &[0; 32]).unwrap();
+        assert_eq!(mode(&path), 0o600, "the file after a counter advanced");
     }
 }
