@@ -887,6 +887,23 @@ struct Checked {
     client_directory: PeerDirectory,
 }
 
+/// The node's transport settings: the net crate's defaults, except that one
+/// client key gets a small share of the process's client budget. Every client
+/// of a node is another node's vault service (one or two connections) or an
+/// operator: with the defaults, one key's 16 connections × 256 requests could
+/// hold all 4096 requests the process admits and starve every other node's
+/// service (from the attacker review of the daemon).
+fn net_config(config: &NodeConfig) -> NetConfig {
+    let mut net = NetConfig::new(config.listen.peer);
+    net.connections_per_client_key_max = 4;
+    net.client_in_flight_max = 256;
+    debug_assert!(
+        net.connections_per_client_key_max * net.client_in_flight_max
+            <= net.client_in_flight_total_max / 4
+    );
+    net
+}
+
 impl RunningNode {
     /// Starts the node `config` describes (see the module's documentation for
     /// the order of checks). Returns once the replica runs and every listener
@@ -894,14 +911,11 @@ impl RunningNode {
     /// ([`is_ready`](Self::is_ready)).
     pub fn start(config: NodeConfig) -> Result<RunningNode, StartError> {
         let checked = check(&config)?;
-        let transport = NetTransport::start(
-            checked.directory.clone(),
-            NetConfig::new(config.listen.peer),
-        )
-        .map_err(|source| StartError::Transport {
-            address: config.listen.peer,
-            source,
-        })?;
+        let transport = NetTransport::start(checked.directory.clone(), net_config(&config))
+            .map_err(|source| StartError::Transport {
+                address: config.listen.peer,
+                source,
+            })?;
         let gate = Arc::new(Gate {
             service: OnceLock::new(),
             source: parking_lot::Mutex::new(checked.source.clone()),
