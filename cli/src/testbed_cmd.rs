@@ -401,6 +401,20 @@ fn demo(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // compare-state: every replica digests its replicated state at one index.
+    let comparison = admin
+        .compare_state()
+        .map_err(|e| TestbedCmdError::Admin(Box::new(e)))?;
+    if comparison.diverged() || !comparison.complete() {
+        return Err(TestbedCmdError::Unexpected {
+            step: "compare-state",
+            got: format!("{comparison:?}"),
+        });
+    }
+    println!(
+        "every replica's state digest at index {} is the same (admin compare-state)",
+        comparison.index
+    );
     Ok(())
 }
 
