@@ -13,19 +13,14 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_node::admin::{Admin, AdminConfig};
 use vaultfleet_node::testbed::{generate, Testbed, TestbedNode, TestbedSpec};
-use vaultfleet_vault::{
-    BundleTrust, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
-    VaultClientError, VaultEndpoint,
-};
+use vaultfleet_vault::{VaultClient, VaultClientConfig, VaultClientError};
 
 /// How long any one wait of the demo may take.
 const WAIT: Duration = Duration::from_secs(60);
@@ -258,31 +253,11 @@ fn wait_leader(admin: &Admin) -> Result<u64, TestbedCmdError> {
 }
 
 fn device(tb: &Testbed) -> Result<VaultClient, TestbedCmdError> {
-    let clock: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(now);
-    let trust = BundleTrust::new(tb.verifier.clone(), Arc::clone(&clock));
-    let mut endpoints: Vec<Arc<dyn VaultEndpoint>> = Vec::new();
-    for n in &tb.nodes {
-        let e = RemoteVaultEndpoint::new(
-            n.id,
-            n.vault,
-            &tb.fleet_id,
-            ServerTrust::Bundles(Arc::clone(&trust)),
-            OpenClientConfig::default(),
-        )
-        .map_err(|e| TestbedCmdError::Client(Box::new(e)))?;
-        endpoints.push(Arc::new(e));
-    }
-    VaultClient::with_verifier(
-        endpoints,
-        tb.group,
-        tb.verifier.clone(),
-        clock,
-        VaultClientConfig {
-            backoff: Duration::from_millis(200),
-            rounds: 20,
-            ..VaultClientConfig::default()
-        },
-    )
+    tb.vault_client(VaultClientConfig {
+        backoff: Duration::from_millis(200),
+        rounds: 20,
+        ..VaultClientConfig::default()
+    })
     .map_err(|e| TestbedCmdError::Client(Box::new(e)))
 }
 

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -32,14 +32,10 @@ mod log_scan;
 
 use vaultfleet::replica::ConfChangeRejection;
 use vaultfleet::RequestError;
-use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_netem::{Latency, Proxy, ProxyConfig};
 use vaultfleet_node::admin::{Admin, AdminConfig, AdminError};
 use vaultfleet_node::testbed::{generate, Testbed, TestbedNode, TestbedSpec};
-use vaultfleet_vault::{
-    BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
-    VaultClientError, VaultEndpoint,
-};
+use vaultfleet_vault::{KsfParams, VaultClient, VaultClientConfig, VaultClientError};
 
 const NS: &str = "testbed.vaultfleet.v1";
 const WAIT: Duration = Duration::from_secs(60);
@@ -234,37 +230,16 @@ fn start_all(tb: &Testbed) -> Vec<NodeProcess> {
 /// A user's device: the vault client over the network, trusting only the
 /// witness's and the operator's keys.
 fn device(tb: &Testbed) -> VaultClient {
-    let clock: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(now);
-    let trust = BundleTrust::new(tb.verifier.clone(), Arc::clone(&clock));
-    let endpoints = tb
-        .nodes
-        .iter()
-        .map(|n| {
-            Arc::new(
-                RemoteVaultEndpoint::new(
-                    n.id,
-                    n.vault,
-                    &tb.fleet_id,
-                    ServerTrust::Bundles(Arc::clone(&trust)),
-                    OpenClientConfig::default(),
-                )
-                .expect("endpoint"),
-            ) as Arc<dyn VaultEndpoint>
-        })
-        .collect();
-    VaultClient::with_verifier(
-        endpoints,
-        tb.group,
-        tb.verifier.clone(),
-        clock,
-        VaultClientConfig {
-            ksf: KsfParams::TESTS_ONLY,
-            backoff: Duration::from_millis(100),
-            rounds: 20,
-            ..VaultClientConfig::default()
-        },
-    )
-    .expect("the OS RNG")
+    tb.vault_client(client_config()).expect("the vault client")
+}
+
+fn client_config() -> VaultClientConfig {
+    VaultClientConfig {
+        ksf: KsfParams::TESTS_ONLY,
+        backoff: Duration::from_millis(100),
+        rounds: 20,
+        ..VaultClientConfig::default()
+    }
 }
 
 fn admin(tb: &Testbed) -> Admin {
@@ -584,29 +559,9 @@ fn a_replica_with_a_destroyed_disk_is_replaced_through_a_new_epoch() {
             .unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(got.as_slice(), user.as_bytes());
     }
-    let clock: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(now);
-    let only_six = VaultClient::with_verifier(
-        vec![Arc::new(
-            RemoteVaultEndpoint::new(
-                6,
-                new.vault,
-                &tb.fleet_id,
-                ServerTrust::Bundles(BundleTrust::new(tb.verifier.clone(), Arc::clone(&clock))),
-                OpenClientConfig::default(),
-            )
-            .expect("endpoint"),
-        ) as Arc<dyn VaultEndpoint>],
-        tb.group,
-        tb.verifier.clone(),
-        clock,
-        VaultClientConfig {
-            ksf: KsfParams::TESTS_ONLY,
-            backoff: Duration::from_millis(100),
-            rounds: 20,
-            ..VaultClientConfig::default()
-        },
-    )
-    .expect("client of replica 6");
+    let only_six = tb
+        .vault_client_of(&[6], client_config())
+        .expect("client of replica 6");
     only_six
         .register_with_limit(b"after-replacement", CODE, b"s", MAX_ATTEMPTS)
         .expect("register through replica 6");

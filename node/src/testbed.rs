@@ -33,6 +33,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
 use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::{Ceremony, Evidence};
@@ -40,7 +41,12 @@ use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
 use vaultfleet_net::{PublicKey, StaticSecret};
-use vaultfleet_vault::VaultKeys;
+
+use vaultfleet_net::open::OpenClientConfig;
+use vaultfleet_vault::{
+    BundleTrust, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig, VaultEndpoint,
+    VaultKeys,
+};
 
 /// The raft group of a testbed fleet.
 pub const TESTBED_GROUP: u64 = 1;
@@ -285,6 +291,12 @@ pub enum TestbedError {
     /// The artifact is not valid or did not encode.
     #[error("the fleet artifact")]
     Artifact(#[source] vaultfleet_audit::fleet::ArtifactError),
+    /// A vault endpoint could not be made.
+    #[error("a vault endpoint")]
+    Client(#[source] vaultfleet_vault::RemoteVaultError),
+    /// The vault client could not be made (the OS RNG failed).
+    #[error("the vault client")]
+    ClientSetUp(#[source] Box<vaultfleet_vault::VaultClientError>),
     /// A bundle or evidence did not encode.
     #[error("encoding {what}")]
     Encode {
@@ -554,6 +566,42 @@ impl Testbed {
             );
             s
         })
+    }
+
+    /// A user's device for this testbed: a vault client of every node's vault
+    /// listener, trusting only the witness's and the operator's keys, on the
+    /// wall clock.
+    pub fn vault_client(&self, cfg: VaultClientConfig) -> Result<VaultClient, TestbedError> {
+        let all: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        self.vault_client_of(&all, cfg)
+    }
+
+    /// Like [`Testbed::vault_client`], reaching only the nodes `replicas`.
+    pub fn vault_client_of(
+        &self,
+        replicas: &[u64],
+        cfg: VaultClientConfig,
+    ) -> Result<VaultClient, TestbedError> {
+        let clock: Arc<dyn Fn() -> u64 + Send + Sync> = Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+        let trust = BundleTrust::new(self.verifier.clone(), Arc::clone(&clock));
+        let mut endpoints: Vec<Arc<dyn VaultEndpoint>> = Vec::new();
+        for n in self.nodes.iter().filter(|n| replicas.contains(&n.id)) {
+            let endpoint = RemoteVaultEndpoint::new(
+                n.id,
+                n.vault,
+                &self.fleet_id,
+                ServerTrust::Bundles(Arc::clone(&trust)),
+                OpenClientConfig::default(),
+            )
+            .map_err(TestbedError::Client)?;
+            endpoints.push(Arc::new(endpoint));
+        }
+        VaultClient::with_verifier(endpoints, self.group, self.verifier.clone(), clock, cfg)
+            .map_err(|e| TestbedError::ClientSetUp(Box::new(e)))
     }
 
     /// The current epoch.
