@@ -39,8 +39,8 @@ use vaultfleet_node::logging::{self, LogFormat};
 /// The operator's calls to running nodes.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AdminCommand {
-    /// Every replica's status (role, term, commit, applied, per-follower lag
-    /// on the leader), or one replica's.
+    /// Every replica's status (role, term, commit, applied, HSM and disk
+    /// health, per-follower lag on the leader), or one replica's.
     Status(StatusArgs),
     /// The fleet's voters and learners, as its leader reports them.
     Members(MembersArgs),
@@ -301,6 +301,25 @@ fn role_name(role: StateRole) -> &'static str {
     }
 }
 
+/// A host health check's result as shown: `ok`, `FAILING`, or `?` when the
+/// replica does not know (no health check runs where it answers).
+fn health_text(health: Option<bool>) -> &'static str {
+    match health {
+        Some(true) => "ok",
+        Some(false) => "FAILING",
+        None => "?",
+    }
+}
+
+/// The same in `--json`: `"ok"`, `"failing"` or `"unknown"`.
+fn health_json(health: Option<bool>) -> &'static str {
+    match health {
+        Some(true) => "ok",
+        Some(false) => "failing",
+        None => "unknown",
+    }
+}
+
 fn status_json(report: &ReplicaReport) -> serde_json::Value {
     match &report.status {
         None => json!({ "id": report.id, "datacenter": report.datacenter, "reachable": false }),
@@ -317,6 +336,8 @@ fn status_json(report: &ReplicaReport) -> serde_json::Value {
             "last_index": s.last_index,
             "voters": s.voters,
             "learners": s.learners,
+            "hsm": health_json(s.host.hsm),
+            "disk": health_json(s.host.disk),
             "followers": s.followers.iter().map(|f| json!({
                 "id": f.id,
                 "matched": f.matched,
@@ -335,8 +356,8 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
         return;
     }
     println!(
-        "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
-        "id", "datacenter", "role", "term", "leader", "commit", "applied", "last"
+        "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7}",
+        "id", "datacenter", "role", "term", "leader", "commit", "applied", "last", "hsm", "disk"
     );
     for r in reports {
         let Some(s) = &r.status else {
@@ -344,7 +365,7 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
             continue;
         };
         println!(
-            "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}",
+            "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7}",
             r.id,
             r.datacenter,
             role_name(s.role),
@@ -352,7 +373,9 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
             s.leader.map_or_else(|| "-".to_owned(), |l| l.to_string()),
             s.commit,
             s.applied,
-            s.last_index
+            s.last_index,
+            health_text(s.host.hsm),
+            health_text(s.host.disk)
         );
         print_followers(s);
     }
@@ -435,5 +458,54 @@ fn print_change(op: &str, id: u64, cs: &ConfState, json: bool) {
         );
     } else {
         println!("{op} {id}: done; voters {voters:?}, learners {learners:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vaultfleet::replica::HostHealth;
+
+    fn report(host: HostHealth) -> ReplicaReport {
+        ReplicaReport {
+            id: 1,
+            datacenter: "dc-a".into(),
+            status: Some(Status {
+                id: 1,
+                role: StateRole::Leader,
+                leader: Some(1),
+                term: 2,
+                commit: 3,
+                applied: 3,
+                first_index: 1,
+                last_index: 3,
+                voters: vec![1],
+                learners: Vec::new(),
+                followers: Vec::new(),
+                state_digests: Vec::new(),
+                host,
+            }),
+        }
+    }
+
+    #[test]
+    fn status_shows_each_host_health_state() {
+        assert_eq!(
+            [Some(true), Some(false), None].map(health_text),
+            ["ok", "FAILING", "?"]
+        );
+        let line = status_json(&report(HostHealth {
+            hsm: Some(true),
+            disk: Some(false),
+        }));
+        assert_eq!(
+            (&line["hsm"], &line["disk"]),
+            (&json!("ok"), &json!("failing"))
+        );
+        let line = status_json(&report(HostHealth::UNKNOWN));
+        assert_eq!(
+            (&line["hsm"], &line["disk"]),
+            (&json!("unknown"), &json!("unknown"))
+        );
     }
 }

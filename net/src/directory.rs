@@ -30,7 +30,9 @@ use crate::wire::hello::HELLO_IDS_MAX;
 /// The protocol version this build speaks (bound into the handshake prologue).
 /// Version 2 added the frame limit to the handshake's hello; version 3 the
 /// client-protocol errors `Forbidden` and `ReplyTooLarge` (client roles); version 4
-/// the leader's per-follower progress in a reply's status.
+/// the leader's per-follower progress, the replica's state digests and its host's
+/// HSM and disk health in a reply's status, the state digest marker op, and the
+/// membership refusal `NotInAcceptedFleet`.
 pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Longest fleet id, in bytes (the fleet artifact's limit for text).

@@ -55,7 +55,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
-use vaultfleet::replica::{MembershipChange, RequestError, Status};
+use vaultfleet::replica::{HostHealth, MembershipChange, RequestError, Status};
 use vaultfleet::runtime::{Client, ClientConfig, ClientError, NodeApi, ResponseSlot};
 use vaultfleet::wire::Request;
 use vaultfleet::ReplicaId;
@@ -436,6 +436,7 @@ fn unknown_status(id: ReplicaId) -> Status {
         learners: Vec::new(),
         followers: Vec::new(),
         state_digests: Vec::new(),
+        host: HostHealth::UNKNOWN,
     }
 }
 

@@ -128,6 +128,7 @@ impl NodeApi for Scripted {
             learners: Vec::new(),
             followers: Vec::new(),
             state_digests: Vec::new(),
+            host: vaultfleet::replica::HostHealth::UNKNOWN,
         }
     }
     fn is_stopped(&self) -> bool {

@@ -50,8 +50,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vaultfleet::hsm::Hsm;
-use vaultfleet::replica::Status;
 use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
+use vaultfleet::replica::{HostHealth, Status};
 use vaultfleet::runtime::{ClientConfig, NodeApi, ResponseSlot};
 use vaultfleet::RequestError;
 use vaultfleet::{
@@ -712,6 +712,9 @@ struct Gate {
     accepting: AtomicBool,
     /// False while the HSM or the disk does not answer (the health watch).
     healthy: AtomicBool,
+    /// The health watch's latest results, for the status the node's clients
+    /// (admins included) read; unknown until its first check.
+    host: parking_lot::Mutex<HostHealth>,
     in_flight: AtomicUsize,
 }
 
@@ -751,6 +754,10 @@ fn watch_health(probe: &NodeProbe) {
         let hsm = probe.hsm_health();
         let disk = probe.disk_health();
         let healthy = hsm.is_ok() && disk.is_ok();
+        *probe.gate.host.lock() = HostHealth {
+            hsm: Some(hsm.is_ok()),
+            disk: Some(disk.is_ok()),
+        };
         if healthy != was_healthy {
             if healthy {
                 tracing::info!("the HSM and the disk answer again: serving");
@@ -921,6 +928,7 @@ impl RunningNode {
             source: parking_lot::Mutex::new(checked.source.clone()),
             accepting: AtomicBool::new(true),
             healthy: AtomicBool::new(true),
+            host: parking_lot::Mutex::new(HostHealth::UNKNOWN),
             in_flight: AtomicUsize::new(0),
         });
         let vault_server = match vault_listener(&config, &checked, &gate) {
@@ -987,9 +995,12 @@ impl RunningNode {
         self.replica
     }
 
-    /// The replica's status.
+    /// The replica's status, with the host's health as the health watch
+    /// last found it (as the node's clients read it).
     pub fn status(&self) -> Status {
-        self.handle.status()
+        let mut status = self.handle.status();
+        status.host = *self.gate.host.lock();
+        status
     }
 
     /// The replica's handle (for in-process callers and tests).
@@ -1332,6 +1343,8 @@ fn session_nodes(
 struct Guarded {
     handle: NodeHandle,
     accepted: Arc<parking_lot::RwLock<FleetArtifact>>,
+    /// Holds the health watch's latest results, reported in `status`.
+    gate: Arc<Gate>,
 }
 
 impl Guarded {
@@ -1377,8 +1390,12 @@ impl NodeApi for Guarded {
     fn id(&self) -> vaultfleet::ReplicaId {
         self.handle.id()
     }
+    /// The replica's status with the host's health as the health watch last
+    /// found it.
     fn status(&self) -> Status {
-        self.handle.status()
+        let mut status = self.handle.status();
+        status.host = *self.gate.host.lock();
+        status
     }
     fn is_stopped(&self) -> bool {
         self.handle.is_stopped()
@@ -1671,6 +1688,7 @@ fn serve(
                 Arc::new(Guarded {
                     handle: handle.clone(),
                     accepted: Arc::clone(accepted),
+                    gate: Arc::clone(gate),
                 }),
             )
         })

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{evidence_of, Fixture, FLEET, GROUP, READY_WAIT};
-use vaultfleet::replica::ConfChangeRejection;
+use vaultfleet::replica::{ConfChangeRejection, HostHealth};
 use vaultfleet::RequestError;
 use vaultfleet_audit::fleet::evidence::Evidence;
 use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
@@ -244,6 +244,71 @@ fn has_session(f: &Fixture, node: &RunningNode, secret: &StaticSecret) -> bool {
     let admin = admin_of(f, node, secret.clone());
     let reports = admin.status(Some(1)).expect("a status call reports");
     reports.iter().any(|r| r.status.is_some())
+}
+
+/// Asks node 1 for its status through `admin` until its host health is
+/// `want`, for at most ten seconds; the last health seen otherwise.
+fn wait_host_health(admin: &Admin, want: HostHealth) -> Result<(), Option<HostHealth>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = None;
+    while Instant::now() < deadline {
+        let reports = admin.status(Some(1)).expect("a status call reports");
+        seen = reports
+            .iter()
+            .find_map(|r| r.status.as_ref())
+            .map(|s| s.host)
+            .or(seen);
+        if seen == Some(want) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(seen)
+}
+
+#[test]
+fn admin_status_reports_the_hsm_and_a_failing_disk_as_the_health_watch_finds_them() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let admin_key = StaticSecret::generate().unwrap();
+    let text = with_admin(&f.config_text(1, &[1], None, None), &admin_key);
+    let path = f.write_config(1, "node.toml", &text);
+    let node = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    let admin = admin_of(&f, &node, admin_key);
+    let ok = HostHealth {
+        hsm: Some(true),
+        disk: Some(true),
+    };
+    assert_eq!(wait_host_health(&admin, ok), Ok(()), "hsm ok, disk ok");
+    // The disk check's file becomes a folder: writing it fails for real
+    // (even as root, who ignores a read-only mode on the data directory).
+    let check = f
+        .root()
+        .join("node-1")
+        .join("data")
+        .join(vaultfleet_node::run::HEALTH_FILE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::create_dir(&check).is_err() {
+        assert!(Instant::now() < deadline);
+        let _ = std::fs::remove_file(&check);
+    }
+    let failing = HostHealth {
+        hsm: Some(true),
+        disk: Some(false),
+    };
+    assert_eq!(
+        wait_host_health(&admin, failing),
+        Ok(()),
+        "the admin's status shows the failing disk (and the HSM still ok)"
+    );
+    assert_eq!(node.status().host, failing);
+    std::fs::remove_dir(&check).unwrap();
+    assert_eq!(
+        wait_host_health(&admin, ok),
+        Ok(()),
+        "disk ok again once it takes writes"
+    );
+    node.stop().unwrap();
 }
 
 /// `text` with an `[[admin_key]]` table for `secret`.

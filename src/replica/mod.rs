@@ -216,6 +216,29 @@ pub struct Status {
     /// [`STATE_DIGESTS_KEPT`]). A replica that installed a snapshot past a
     /// marker never applied it and has no digest for it.
     pub state_digests: Vec<StateDigest>,
+    /// The host's health as the node daemon last checked it; the engine
+    /// never knows it (all `None` from [`Replica::status`]).
+    pub host: HostHealth,
+}
+
+/// The health of the host a replica runs on, as its node daemon's periodic
+/// check last found it. Typed flags only: the cause of a failure (a path,
+/// an OS error) stays in the node's log, never on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostHealth {
+    /// The HSM answers: `Some(true)` it does, `Some(false)` it failed the
+    /// last check, `None` not known (no check runs where the status was made).
+    pub hsm: Option<bool>,
+    /// The data directory takes a write and its sync; `None` as for `hsm`.
+    pub disk: Option<bool>,
+}
+
+impl HostHealth {
+    /// Nothing known (what the engine reports).
+    pub const UNKNOWN: HostHealth = HostHealth {
+        hsm: None,
+        disk: None,
+    };
 }
 
 /// One follower's (or learner's) replication progress as the leader's raft
@@ -1640,6 +1663,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             learners: sorted(cs.learners),
             followers: self.follower_progress(),
             state_digests: self.state_digests.iter().copied().collect(),
+            host: HostHealth::UNKNOWN,
         }
     }
 

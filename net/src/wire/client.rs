@@ -25,7 +25,10 @@
 //!                             u8 recently active) — the leader's per-follower
 //!                             progress; every list at most MEMBERS_MAX long ‖
 //!                             u32 count ‖ count × (u64 index ‖ 32 bytes digest)
-//!                             — the state digests, at most STATE_DIGESTS_KEPT
+//!                             — the state digests, at most STATE_DIGESTS_KEPT ‖
+//!                             u8 hsm ‖ u8 disk — the host's health as the
+//!                             node last checked it (0 unknown, 1 ok,
+//!                             2 failing; any other value is refused)
 //!     outcome 1 reply:        u8 reply (1 applied: bytes; 2 read: bytes; 3 session: u64;
 //!                             4 membership: conf state; 5 state digest: u64 index ‖
 //!                             32 bytes digest)
@@ -51,8 +54,8 @@ use raft::StateRole;
 use vaultfleet::codec::{DecodeError, EncodeError, Reader, Writer};
 use vaultfleet::config::MEMBERS_MAX;
 use vaultfleet::replica::{
-    ConfChangeRejection, FollowerProgress, MembershipChange, Reply, RequestError, StateDigest,
-    Status, STATE_DIGESTS_KEPT, STATE_DIGEST_BYTES,
+    ConfChangeRejection, FollowerProgress, HostHealth, MembershipChange, Reply, RequestError,
+    StateDigest, Status, STATE_DIGESTS_KEPT, STATE_DIGEST_BYTES,
 };
 use vaultfleet::wire::Request;
 use vaultfleet::ReplicaId;
@@ -436,7 +439,29 @@ fn write_status(w: &mut Writer, s: &Status) -> Result<(), EncodeError> {
     for d in &s.state_digests {
         write_digest(w, d);
     }
+    w.u8(health_tag(s.host.hsm)).u8(health_tag(s.host.disk));
     Ok(())
+}
+
+/// A host health check's result on the wire: 0 unknown, 1 ok, 2 failing.
+fn health_tag(health: Option<bool>) -> u8 {
+    match health {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    }
+}
+
+fn read_health(r: &mut Reader<'_>, what: &'static str) -> Result<Option<bool>, DecodeError> {
+    match r.u8(what)? {
+        0 => Ok(None),
+        1 => Ok(Some(true)),
+        2 => Ok(Some(false)),
+        other => Err(DecodeError::UnknownValue {
+            what,
+            found: other.into(),
+        }),
+    }
 }
 
 fn write_digest(w: &mut Writer, d: &StateDigest) {
@@ -501,6 +526,10 @@ fn read_status(r: &mut Reader<'_>) -> Result<Status, DecodeError> {
         learners: read_ids(r, "status learners")?,
         followers: read_followers(r)?,
         state_digests: read_state_digests(r)?,
+        host: HostHealth {
+            hsm: read_health(r, "status hsm health")?,
+            disk: read_health(r, "status disk health")?,
+        },
     })
 }
 
@@ -768,6 +797,10 @@ mod tests {
                     digest: [9; STATE_DIGEST_BYTES],
                 },
             ],
+            host: HostHealth {
+                hsm: Some(true),
+                disk: Some(false),
+            },
         }
     }
 
@@ -1037,10 +1070,54 @@ mod tests {
         .unwrap();
         let mut bad = body(&frame).to_vec();
         // The last follower's flag sits before the state digests (a count and
-        // two digests) and the outcome byte.
-        let flag = bad.len() - 2 - 4 - 2 * (8 + STATE_DIGEST_BYTES);
+        // two digests), the two host health bytes and the outcome byte.
+        let flag = bad.len() - 2 - 2 - 4 - 2 * (8 + STATE_DIGEST_BYTES);
         assert_eq!(bad[flag], 0);
         bad[flag] = 2;
         assert!(ClientFrame::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn host_health_takes_every_value_and_refuses_others() {
+        let values = [None, Some(true), Some(false)];
+        for hsm in values {
+            for disk in values {
+                let mut s = status();
+                s.host = HostHealth { hsm, disk };
+                let reply = ClientReply {
+                    correlation: 5,
+                    status: Some(s),
+                    outcome: ClientOutcome::Done,
+                };
+                let frame = encode_reply(&reply).unwrap();
+                assert_eq!(
+                    ClientFrame::decode(body(&frame)),
+                    Ok(ClientFrame::Reply(reply))
+                );
+            }
+        }
+        let frame = encode_reply(&ClientReply {
+            correlation: 5,
+            status: Some(status()),
+            outcome: ClientOutcome::Done,
+        })
+        .unwrap();
+        let b = body(&frame);
+        // hsm, disk, then the outcome byte: the fixture's ok and failing.
+        let (hsm, disk) = (b.len() - 3, b.len() - 2);
+        assert_eq!((b[hsm], b[disk]), (1, 2));
+        for (at, what) in [(hsm, "status hsm health"), (disk, "status disk health")] {
+            for value in [3u8, 0x80, 0xff] {
+                let mut bad = b.to_vec();
+                bad[at] = value;
+                assert_eq!(
+                    ClientFrame::decode(&bad),
+                    Err(DecodeError::UnknownValue {
+                        what,
+                        found: value.into(),
+                    })
+                );
+            }
+        }
     }
 }
