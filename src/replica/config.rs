@@ -120,6 +120,8 @@ impl ReplicaConfig {
         }
         if self.sessions_max as u64 > crate::config::REPLICATED_SESSIONS_MAX
             || self.session_responses_max as u64 > crate::config::REPLICATED_SESSION_RESPONSES_MAX
+            || (self.sessions_max as u64).saturating_mul(self.session_responses_max as u64)
+                > crate::config::REPLICATED_CACHED_RESPONSES_MAX
         {
             return Err(ReplicaConfigError::SessionLimits {
                 sessions_max: self.sessions_max,
@@ -166,10 +168,11 @@ const _: () = assert!(3 * (ENTRY_BYTES_LIMIT as u64) < crate::wire::MESSAGE_BYTE
 pub enum ReplicaConfigError {
     /// The session limits are above what a group may replicate.
     #[error(
-        "sessions_max {sessions_max} must be at most {} and session_responses_max \
-         {session_responses_max} at most {}",
+        "sessions_max {sessions_max} must be at most {}, session_responses_max \
+         {session_responses_max} at most {}, and their product at most {}",
         crate::config::REPLICATED_SESSIONS_MAX,
-        crate::config::REPLICATED_SESSION_RESPONSES_MAX
+        crate::config::REPLICATED_SESSION_RESPONSES_MAX,
+        crate::config::REPLICATED_CACHED_RESPONSES_MAX
     )]
     SessionLimits {
         /// The sessions limit given.

@@ -513,7 +513,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut sessions = Sessions::new(cfg.sessions_max, cfg.session_responses_max);
         let mut members = BTreeMap::new();
         if !snap.is_empty() {
-            Self::restore_payload(id, &snap, &mut machine, &mut sessions, &mut members)?;
+            Self::restore_payload(
+                id,
+                &snap,
+                &mut machine,
+                &mut sessions,
+                &mut members,
+                (cfg.sessions_max, cfg.session_responses_max),
+            )?;
         }
         let raft_cfg = raft::Config {
             id,
@@ -577,6 +584,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         machine: &mut S,
         sessions: &mut Sessions,
         members: &mut BTreeMap<ReplicaId, String>,
+        own_limits: (usize, usize),
     ) -> Result<(), ReplicaError> {
         let index = snap.get_metadata().index;
         let bad = |source: SnapshotError| ReplicaError::Snapshot { id, index, source };
@@ -591,8 +599,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let limits = replicated_limits(&payload).map_err(bad)?;
         machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
         sessions.restore(payload.sessions);
-        if let Some((sessions_max, responses_max)) = limits {
-            sessions.set_replicated_limits(sessions_max, responses_max);
+        match limits {
+            Some((sessions_max, responses_max)) => {
+                sessions.set_replicated_limits(sessions_max, responses_max);
+            }
+            // A snapshot of a group from before the limits were replicated:
+            // every replica of it runs on its own config's, this one too.
+            None => sessions.set_own_limits(own_limits.0, own_limits.1),
         }
         *members = payload
             .members
@@ -1143,6 +1156,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             &mut self.machine,
             &mut self.sessions,
             &mut self.members,
+            (self.cfg.sessions_max, self.cfg.session_responses_max),
         )?;
         // Our proposals at or below the snapshot were either applied inside it or
         // replaced by another leader's entries. A client command that was applied

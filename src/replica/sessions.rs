@@ -65,6 +65,15 @@ impl Sessions {
             .then_some((self.sessions_max, self.responses_max))
     }
 
+    /// Goes back to this replica's own limits: a snapshot that carries none
+    /// (from a store bootstrapped before they were replicated) was restored.
+    pub(crate) fn set_own_limits(&mut self, sessions_max: usize, responses_max: usize) {
+        debug_assert!(sessions_max > 0 && responses_max > 0);
+        self.sessions_max = sessions_max;
+        self.responses_max = responses_max;
+        self.replicated = false;
+    }
+
     /// Takes the group's replicated limits (the bootstrap's, or a snapshot's).
     /// The table a snapshot restores was built under the same limits, so
     /// nothing needs evicting.
