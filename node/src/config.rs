@@ -316,6 +316,16 @@ pub enum ConfigError {
         /// The file.
         path: PathBuf,
     },
+    /// The file was refused before it was read: another user's, or in a
+    /// folder others can write (a FIFO or folder is [`ConfigError::NotAFile`]).
+    #[error("the config file {} is refused", path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::files::FileRefusal,
+    },
     /// Group or others may write the file: it is a trust root (the admin
     /// keys, the peers' and the witness's pinned keys), so it is refused.
     #[error("the config file {} is writable by group or others (mode {mode:o}): it holds the fleet's trusted keys; chmod go-w it", path.display())]
@@ -769,7 +779,18 @@ fn read_config_file(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    let refused = |source| ConfigError::Refused {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = crate::files::open_regular(path).map_err(|e| match e {
+        crate::files::FileRefusal::Io(source) => read(source),
+        crate::files::FileRefusal::NotRegular => ConfigError::NotAFile {
+            path: path.to_path_buf(),
+        },
+        other => refused(other),
+    })?;
+    crate::files::check_owner_and_folder(&file, path).map_err(refused)?;
     let meta = file.metadata().map_err(read)?;
     if !meta.is_file() || meta.len() > CONFIG_BYTES_MAX {
         return Err(ConfigError::NotAFile {

@@ -256,7 +256,13 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, PinError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(read)?;
+    let file = crate::files::open_regular(path).map_err(|e| match e {
+        crate::files::FileRefusal::Io(source) => read(source),
+        other => read(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            other.to_string(),
+        )),
+    })?;
     let mode = file.metadata().map_err(read)?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(PinError::Permissions {
@@ -264,7 +270,9 @@ fn read_pin_file(path: &Path) -> Result<Zeroizing<String>, PinError> {
             mode: mode & 0o7777,
         });
     }
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Room for the whole PIN up front: a buffer that grew would leave a copy
+    // of its first bytes in freed, unwiped memory.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(PIN_FILE_BYTES_MAX as usize + 1));
     file.take(PIN_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(read)?;

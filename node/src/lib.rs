@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the node's TOML config (every field documented, unknown
 //!   fields refused) and its validation.
+//! - [`files`]: opening input files safely (regular files only, never a
+//!   FIFO; the config's owner and folder) and writing small state files.
 //! - [`hsm`]: the node's HSM, a soft key file or a PKCS#11 token whose PIN
 //!   comes from a file or an environment variable, never from the config.
 //! - [`run`]: a running node: the replica on its sealed sled store, the
@@ -17,6 +19,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod files;
 pub mod hsm;
 pub mod logging;
 pub mod metrics;

@@ -731,6 +731,24 @@ async fn readyz(State(app): State<App>) -> (StatusCode, String) {
     }
 }
 
+/// The source a connection is counted against: its address, except that all
+/// of 127.0.0.0/8 is one source (any local user can connect from 127.0.0.2,
+/// .3, ...) and an IPv6 address counts as its /64 (what one host is given).
+/// A local user still shares the loopback source with a local scraper: on a
+/// host with untrusted local users, bind the endpoint where only the scraper
+/// reaches it (docs/operations.md).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+    }
+}
+
 /// Connections held, by source address: what the per-source caps count.
 type SourceTable = Arc<Mutex<BTreeMap<IpAddr, Held>>>;
 
@@ -816,7 +834,7 @@ impl axum::serve::Listener for Bounded {
                     continue;
                 }
             };
-            let ip = addr.ip().to_canonical();
+            let ip = source_key(addr.ip());
             if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
                 if let Some(source) = SourceGuard::admit(&self.sources, ip, false) {
                     return (BoundedIo::new(stream, slot, source), addr);
@@ -974,5 +992,34 @@ impl AsyncWrite for BoundedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::source_key;
+
+    /// R3-M1 (re-review of the metrics hardening): every loopback address is
+    /// one source, and an IPv6 /64 is one source, so a local user connecting
+    /// from 127.0.0.2, .3, ... (or a host cycling through its /64) cannot
+    /// take every slot by looking like many sources.
+    #[test]
+    fn r3_m1_loopback_addresses_and_an_ipv6_64_count_as_one_source() {
+        let one = source_key("127.0.0.1".parse().unwrap());
+        for a in ["127.0.0.2", "127.9.8.7", "::ffff:127.0.0.5"] {
+            assert_eq!(source_key(a.parse().unwrap()), one, "{a}");
+        }
+        assert_eq!(
+            source_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
+            source_key("2001:db8:1:2:bbbb::9".parse().unwrap())
+        );
+        assert_ne!(
+            source_key("2001:db8:1:2::1".parse().unwrap()),
+            source_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_ne!(
+            source_key("10.0.0.1".parse().unwrap()),
+            source_key("10.0.0.2".parse().unwrap())
+        );
     }
 }

@@ -403,6 +403,15 @@ fn unix_now() -> u64 {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
+    /// Group or others may write it: they could plant files the node trusts
+    /// (the epoch floor) or symlinks it would follow.
+    #[error("{} is writable by group or others (mode {mode:o}): chmod 700 it", path.display())]
+    Writable {
+        /// The folder.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
     /// It was written for another replica, group or fleet.
     #[error("{} belongs to {found}, not to {expected}: point data_dir at this replica's own folder (a replica that lost its folder is replaced under a new id, docs/operations.md)", path.display())]
     Foreign {
@@ -506,6 +515,20 @@ fn check_data_dir(path: &Path, expected: &str) -> Result<DataDirState, DataDirEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDirState::Fresh),
         Err(e) => return Err(io(path)(e)),
     };
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(io(path))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(DataDirError::Writable {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
     if entries.next().is_none() {
         return Ok(DataDirState::Fresh);
     }
@@ -556,6 +579,10 @@ fn claim_data_dir(path: &Path, identity: &str) -> Result<(), DataDirError> {
         move |source| DataDirError::Io { path: p, source }
     };
     std::fs::create_dir_all(path).map_err(io(path))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(io(path))?;
+    }
     let id_path = path.join(IDENTITY_FILE);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -574,7 +601,10 @@ fn claim_data_dir(path: &Path, identity: &str) -> Result<(), DataDirError> {
 /// through a bounded reader.
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    let file = std::fs::File::open(path)?;
+    let file = crate::files::open_regular(path).map_err(|e| match e {
+        crate::files::FileRefusal::Io(e) => e,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+    })?;
     let meta = file.metadata()?;
     if !meta.is_file() || meta.len() > SMALL_FILE_BYTES_MAX {
         return Err(std::io::Error::new(
@@ -624,16 +654,7 @@ fn write_epoch(data_dir: &Path, epoch: u64) -> Result<(), DataDirError> {
         move |source| DataDirError::Io { path: p, source }
     };
     let path = data_dir.join(EPOCH_FILE);
-    let tmp = data_dir.join(format!("{EPOCH_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(epoch_line(epoch).as_bytes())
-        .map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    std::fs::File::open(data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(data_dir))
+    crate::files::write_replacing(&path, epoch_line(epoch).as_bytes()).map_err(io(&path))
 }
 
 fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
@@ -644,8 +665,14 @@ fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> 
         source,
     };
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(err)?
+    crate::files::open_regular(path)
+        .map_err(|e| match e {
+            crate::files::FileRefusal::Io(source) => err(source),
+            other => err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                other.to_string(),
+            )),
+        })?
         .take(INPUT_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
         .map_err(err)?;
@@ -805,12 +832,8 @@ impl NodeProbe {
     /// The data directory takes a small write and its sync.
     pub fn disk_health(&self) -> Result<(), String> {
         let path = self.data_dir.join(HEALTH_FILE);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&path)?;
-            f.write_all(b"vaultfleet disk health check\n")?;
-            f.sync_all()
-        };
-        write().map_err(|e| format!("{}: {e}", path.display()))
+        crate::files::write_replacing(&path, b"vaultfleet disk health check\n")
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }
 
@@ -895,7 +918,8 @@ struct Checked {
 }
 
 /// The node's transport settings: the net crate's defaults, except that one
-/// client key gets a small share of the process's client budget. Every client
+/// client key gets a small share (a quarter, in requests and in bytes) of the
+/// process's client budget. Every client
 /// of a node is another node's vault service (one or two connections) or an
 /// operator: with the defaults, one key's 16 connections × 256 requests could
 /// hold all 4096 requests the process admits and starve every other node's
@@ -904,9 +928,12 @@ fn net_config(config: &NodeConfig) -> NetConfig {
     let mut net = NetConfig::new(config.listen.peer);
     net.connections_per_client_key_max = 4;
     net.client_in_flight_max = 256;
+    net.client_bytes_in_flight_max = 4 << 20;
     debug_assert!(
         net.connections_per_client_key_max * net.client_in_flight_max
             <= net.client_in_flight_total_max / 4
+            && net.connections_per_client_key_max * net.client_bytes_in_flight_max
+                <= net.client_bytes_in_flight_total_max / 4
     );
     net
 }
@@ -1082,8 +1109,15 @@ impl RunningNode {
         }
         let verifier = config.fleet_verifier().map_err(ReloadError::Config)?;
         let source = bundle_source(&config).map_err(ReloadError::Start)?;
+        // The floor is the higher of the epoch in use and the one kept on
+        // disk: a reload that kept a new epoch and then failed to swap must
+        // not let an older one through next time.
         let current = self.accepted.read().epoch;
-        let artifact = accepted_artifact(&config, &verifier, &source, unix_now(), Some(current))
+        let kept = read_epoch(&config.data_dir)
+            .map_err(ReloadError::EpochFile)?
+            .unwrap_or(0);
+        let floor = current.max(kept);
+        let artifact = accepted_artifact(&config, &verifier, &source, unix_now(), Some(floor))
             .map_err(|source| {
                 ReloadError::Start(StartError::Artifact {
                     path: config.vault.evidence.clone(),
@@ -1094,7 +1128,7 @@ impl RunningNode {
             directories(&config, &self.secret, &artifact).map_err(ReloadError::Start)?;
         // Checked: now change, each step on its own; the new epoch is kept
         // first, so a restart never goes back to an older one.
-        if artifact.epoch > current {
+        if artifact.epoch > kept {
             write_epoch(&config.data_dir, artifact.epoch).map_err(ReloadError::EpochFile)?;
         }
         self.transport

@@ -349,3 +349,25 @@ fn r1_l4_a_config_that_is_not_a_small_regular_file_is_refused() {
         "{e:?}"
     );
 }
+
+/// R3-L2 (re-review of the daemon): a data directory that group or others can
+/// write is refused (they could plant an epoch floor or symlinks), touching
+/// nothing; a node's own data directory is created 0700.
+#[test]
+fn r3_l2_a_data_directory_writable_by_others_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let f = Fixture::new(&[(1, "dc-a"), (2, "dc-b")]);
+    let data = f.run_once(1);
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the node made its data directory private");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let before = snapshot(&data);
+    let text = f.config_text(1, &[1, 2], None, Some(&data));
+    let path = f.write_config(1, "open.toml", &text);
+    let e = RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(e, StartError::DataDir(DataDirError::Writable { .. })),
+        "{e:?}"
+    );
+    assert_eq!(snapshot(&data), before, "the data directory is untouched");
+}
