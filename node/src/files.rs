@@ -32,7 +32,18 @@ pub enum FileRefusal {
         /// This process's effective user.
         user: u32,
     },
-    /// Its folder can be written by group or others, who could swap it.
+    /// A folder on the way to it belongs to another user, who could swap it.
+    #[error(
+        "a folder on its path belongs to user {owner}, not to this process's user {user} or root"
+    )]
+    FolderOwner {
+        /// The folder's owner.
+        owner: u32,
+        /// This process's effective user.
+        user: u32,
+    },
+    /// A folder on the way to it can be written by group or others, who
+    /// could swap it.
     #[error("its folder is writable by group or others (mode {mode:o}): chmod go-w the folder")]
     FolderWritable {
         /// The folder's mode.
@@ -40,57 +51,68 @@ pub enum FileRefusal {
     },
 }
 
-/// Opens `path` without blocking and checks that it is a regular file.
+/// Opens `path` without blocking (and never as a controlling terminal) and
+/// checks that it is a regular file; the file is then switched back to
+/// blocking reads (a network or FUSE file system may honour the flag).
 pub fn open_regular(path: &Path) -> Result<File, FileRefusal> {
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(FileRefusal::Io)?;
     let meta = file.metadata().map_err(FileRefusal::Io)?;
     if !meta.is_file() {
         return Err(FileRefusal::NotRegular);
     }
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| FileRefusal::Io(e.into()))?;
     Ok(file)
 }
 
 /// Checks that the open `file` (at `path`) belongs to this process's user
-/// or root, and that its folder is not writable by group or others.
+/// or root, and that no folder on the way to it (the link's target's, up to
+/// `/`) lets anyone else replace it: each belongs to this user or root and
+/// is not writable by group or others, unless it is sticky and root's (like
+/// `/tmp`), as sshd's StrictModes checks.
 pub fn check_owner_and_folder(file: &File, path: &Path) -> Result<(), FileRefusal> {
     let owner = file.metadata().map_err(FileRefusal::Io)?.uid();
     let user = nix::unistd::geteuid().as_raw();
     if owner != user && owner != 0 {
         return Err(FileRefusal::Owner { owner, user });
     }
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mode = std::fs::metadata(folder)
-        .map_err(FileRefusal::Io)?
-        .permissions()
-        .mode()
-        & 0o7777;
-    // A sticky folder (like /tmp) lets others create but not replace files.
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        return Err(FileRefusal::FolderWritable { mode });
+    let real = std::fs::canonicalize(path).map_err(FileRefusal::Io)?;
+    for folder in real.ancestors().skip(1) {
+        let meta = std::fs::metadata(folder).map_err(FileRefusal::Io)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let sticky_root = mode & 0o1000 != 0 && meta.uid() == 0;
+        if meta.uid() != user && meta.uid() != 0 {
+            return Err(FileRefusal::FolderOwner {
+                owner: meta.uid(),
+                user,
+            });
+        }
+        if mode & 0o022 != 0 && !sticky_root {
+            return Err(FileRefusal::FolderWritable { mode });
+        }
     }
     Ok(())
 }
 
-/// Writes `bytes` to `path` through `path.tmp`: any old temporary (or a
-/// symlink planted there) is removed first, the new one is created exclusively
-/// with mode 0600 (an exclusive create never follows a symlink), synced and
-/// renamed over `path`; then the folder is synced.
+/// Writes `bytes` to `path` through a temporary of its own (`path.PID.N.tmp`),
+/// created exclusively with mode 0600 (an exclusive create never follows a
+/// symlink planted there: it fails), synced and renamed over `path`; then the
+/// folder is synced.
 pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // A temporary of this write's own: two writers of one file (the health
+    // check runs on two threads) never take each other's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
+    name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -130,8 +152,21 @@ mod tests {
         let victim = d.path().join("victim");
         std::fs::write(&victim, b"keep me").unwrap();
         let path = d.path().join("accepted-epoch");
-        std::os::unix::fs::symlink(&victim, d.path().join("accepted-epoch.tmp")).unwrap();
-        write_replacing(&path, b"vaultfleet accepted epoch 3\n").unwrap();
+        // Symlinks at every temporary name the next writes could take: an
+        // exclusive create fails on them rather than follow one.
+        let pid = std::process::id();
+        for n in 0..1024 {
+            let link = d.path().join(format!("accepted-epoch.{pid}.{n}.tmp"));
+            std::os::unix::fs::symlink(&victim, link).unwrap();
+        }
+        let mut written = false;
+        for _ in 0..1500 {
+            if write_replacing(&path, b"vaultfleet accepted epoch 3\n").is_ok() {
+                written = true;
+                break;
+            }
+        }
+        assert!(written, "a temporary name without a symlink was found");
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
         assert_eq!(
             std::fs::read(&path).unwrap(),
@@ -155,7 +190,29 @@ mod tests {
             check_owner_and_folder(&file, &path),
             Err(FileRefusal::FolderWritable { .. })
         ));
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
-        check_owner_and_folder(&file, &path).expect("a sticky folder");
+        // A sticky folder of root's on the way (like /tmp, where tempdir
+        // makes its folder) passed above.
+    }
+
+    /// R4-1 (review of the fixes): two writers of one file at once (the
+    /// health check's two threads) never fail on each other's temporary.
+    #[test]
+    fn r4_1_two_writers_of_one_file_never_collide() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("health-check");
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        write_replacing(&path, b"vaultfleet disk health check\n").expect("a write");
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary left behind: {left:?}");
     }
 }

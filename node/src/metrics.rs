@@ -732,7 +732,7 @@ async fn readyz(State(app): State<App>) -> (StatusCode, String) {
 }
 
 /// The source a connection is counted against: its address, except that all
-/// of 127.0.0.0/8 is one source (any local user can connect from 127.0.0.2,
+/// of 127.0.0.0/8 and ::1 are one source (any local user can connect from 127.0.0.2,
 /// .3, ...) and an IPv6 address counts as its /64 (what one host is given).
 /// A local user still shares the loopback source with a local scraper: on a
 /// host with untrusted local users, bind the endpoint where only the scraper
@@ -741,6 +741,8 @@ fn source_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V4(v4) => IpAddr::V4(v4),
+        // ::1 is the same host as 127.0.0.1 on a dual-stack listener.
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) => {
             let mut segments = v6.segments();
             segments[4..].fill(0);
@@ -1006,7 +1008,7 @@ mod source_tests {
     #[test]
     fn r3_m1_loopback_addresses_and_an_ipv6_64_count_as_one_source() {
         let one = source_key("127.0.0.1".parse().unwrap());
-        for a in ["127.0.0.2", "127.9.8.7", "::ffff:127.0.0.5"] {
+        for a in ["127.0.0.2", "127.9.8.7", "::ffff:127.0.0.5", "::1"] {
             assert_eq!(source_key(a.parse().unwrap()), one, "{a}");
         }
         assert_eq!(

@@ -403,9 +403,10 @@ fn unix_now() -> u64 {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
-    /// Group or others may write it: they could plant files the node trusts
-    /// (the epoch floor) or symlinks it would follow.
-    #[error("{} is writable by group or others (mode {mode:o}): chmod 700 it", path.display())]
+    /// Others may write it: they could plant files the node trusts (the epoch
+    /// floor). Group access is allowed (a volume's group, as Kubernetes'
+    /// `fsGroup` gives it).
+    #[error("{} is writable by others (mode {mode:o}): chmod o-w it", path.display())]
     Writable {
         /// The folder.
         path: PathBuf,
@@ -515,6 +516,9 @@ fn check_data_dir(path: &Path, expected: &str) -> Result<DataDirState, DataDirEr
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DataDirState::Fresh),
         Err(e) => return Err(io(path)(e)),
     };
+    if entries.next().is_none() {
+        return Ok(DataDirState::Fresh);
+    }
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(path)
@@ -522,16 +526,14 @@ fn check_data_dir(path: &Path, expected: &str) -> Result<DataDirState, DataDirEr
             .permissions()
             .mode()
             & 0o7777;
-        if mode & 0o022 != 0 {
+        if mode & 0o002 != 0 {
             return Err(DataDirError::Writable {
                 path: path.to_path_buf(),
                 mode,
             });
         }
     }
-    if entries.next().is_none() {
-        return Ok(DataDirState::Fresh);
-    }
+
     let id_path = path.join(IDENTITY_FILE);
     let found = match read_small(&id_path) {
         Ok(bytes) => bytes,
