@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p vaultfleet-sim -- run --seed 7
 //! cargo run --release -p vaultfleet-sim -- swarm --seeds 0..1000
+//! cargo run --release -p vaultfleet-sim -- swarm --seeds 0..1000 --jobs 2 --json
 //! ```
 //!
 //! Every subcommand has `--help`. Logs go to stderr, filtered by `RUST_LOG`
@@ -12,9 +13,13 @@
 // simulation itself never reads a clock.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::ops::Range;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Instant;
 
 use clap::error::ErrorKind;
@@ -58,9 +63,22 @@ struct SwarmArgs {
     /// The seeds to run, `A..B` (B excluded).
     #[arg(long, value_name = "A..B", value_parser = seed_range)]
     seeds: Range<u64>,
+    /// Worker threads, 1..=256 (default 1). Each seed is its own deterministic
+    /// simulation: the output is the same for any N (results in seed order; a
+    /// failure reports the lowest failing seed among those run).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = job_count)]
+    jobs: usize,
+    /// One JSON object per seed on stdout (seed, shape, events, simulated time,
+    /// outcome), nothing else there: the summary and any failure report go to
+    /// stderr. The lines carry no wall-clock figure, so they repeat exactly.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     sim: SimArgs,
 }
+
+/// The most worker threads `swarm --jobs` accepts.
+const MAX_JOBS: usize = 256;
 
 /// A fault mix when not `--swarm`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -185,6 +203,14 @@ fn probability(s: &str) -> Result<f64, String> {
         return Err(format!("{p} is not a probability"));
     }
     Ok(p)
+}
+
+fn job_count(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a count"))?;
+    if !(1..=MAX_JOBS).contains(&n) {
+        return Err(format!("{n} is not within 1..={MAX_JOBS}"));
+    }
+    Ok(n)
 }
 
 fn seed_range(s: &str) -> Result<Range<u64>, String> {
@@ -507,50 +533,296 @@ fn progress(done: u64, total: u64, sim_us: u64, start: Instant) {
     let _ = std::io::stderr().flush();
 }
 
-fn cmd_swarm(args: &SwarmArgs) -> Result<ExitCode, String> {
-    let (a, b) = (args.seeds.start, args.seeds.end);
-    let tty = std::io::stderr().is_terminal();
-    let start = Instant::now();
-    let (mut sim_us, mut stalls, mut inconclusive) = (0u64, 0u64, 0u64);
-    for seed in a..b {
-        let opts = args.sim.options(seed, true)?;
-        let Ok(report) = std::panic::catch_unwind(|| run(opts)) else {
-            if tty {
-                eprintln!();
-            }
-            println!("seed {seed} of {a}..{b} panicked in the simulator itself");
-            println!("reproduce: {}", reproduce(seed, &args.sim, true));
-            return Ok(ExitCode::FAILURE);
-        };
-        if !report.inconclusive.is_empty() {
-            inconclusive += 1;
-        }
-        sim_us += report.simulated_us;
-        if report.stall.is_some() {
-            stalls += 1;
-        }
-        if report.violation.is_some() {
-            if tty {
-                eprintln!();
-            }
-            println!("seed {seed} of {a}..{b} failed");
-            print_failure(&report, &reproduce(seed, &args.sim, true));
-            return Ok(ExitCode::FAILURE);
-        }
-        if tty {
-            progress(seed - a + 1, b - a, sim_us, start);
+/// What one swarm seed came to, as a worker hands it to the printer.
+enum SeedRun {
+    /// The simulation ran to its end (or to a violation).
+    Ran(Box<Report>),
+    /// The simulator itself panicked (a bug in the simulator or the replica code).
+    Panicked,
+}
+
+impl SeedRun {
+    fn failed(&self) -> bool {
+        match self {
+            SeedRun::Ran(r) => r.violation.is_some(),
+            SeedRun::Panicked => true,
         }
     }
+}
+
+/// One seed's result as it travels from a worker to the printer: the run, or why
+/// its options were refused; plus the logs it wrote when they are captured.
+struct Done {
+    seed: u64,
+    run: Result<SeedRun, String>,
+    logs: Vec<u8>,
+}
+
+/// A log sink shared by a per-seed subscriber and the worker that reads it back.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs one swarm seed. With `capture`, the run logs (filtered by `RUST_LOG`)
+/// into a buffer of its own, under a subscriber scoped to this thread, so that
+/// parallel seeds never interleave their logs: the printer writes them out in
+/// seed order.
+fn run_seed(seed: u64, sim: &SimArgs, capture: Option<&str>) -> Done {
+    let opts = match sim.options(seed, true) {
+        Ok(o) => o,
+        Err(e) => {
+            return Done {
+                seed,
+                run: Err(e),
+                logs: Vec::new(),
+            }
+        }
+    };
+    let guarded = move || match std::panic::catch_unwind(|| run(opts)) {
+        Ok(r) => SeedRun::Ran(Box::new(r)),
+        Err(_) => SeedRun::Panicked,
+    };
+    let Some(filter) = capture else {
+        return Done {
+            seed,
+            run: Ok(guarded()),
+            logs: Vec::new(),
+        };
+    };
+    let buffer = LogBuffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let run = tracing::subscriber::with_default(subscriber, guarded);
+    let logs = std::mem::take(&mut *buffer.0.lock().unwrap_or_else(|e| e.into_inner()));
+    Done {
+        seed,
+        run: Ok(run),
+        logs,
+    }
+}
+
+/// Escapes `s` as a JSON string, quotes included.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The `--json` line of one seed: deterministic (no wall-clock figure), so equal
+/// across runs and across `--jobs`.
+fn json_line(seed: u64, run: &SeedRun, reproduce: Option<&str>) -> String {
+    let mut s = format!("{{\"seed\":{seed}");
+    match run {
+        SeedRun::Panicked => s.push_str(",\"outcome\":\"panic\""),
+        SeedRun::Ran(r) => {
+            let o = &r.options;
+            let workload = match o.workload {
+                WorkloadKind::Vault => "vault",
+                WorkloadKind::Counter => "counter",
+            };
+            s.push_str(&format!(
+                ",\"replicas\":{},\"datacenters\":{},\"workload\":\"{workload}\",\"clients\":{},\"sealed\":{},\"events\":{},\"sim_us\":{},\"sim_s\":{:.6},\"ops\":{},\"crashes\":{},\"partitions\":{},\"stall\":{}",
+                o.replicas,
+                o.datacenters,
+                o.clients,
+                o.sealed,
+                r.stats.events,
+                r.simulated_us,
+                r.simulated_us as f64 / 1e6,
+                r.stats.ops_completed,
+                r.stats.crashes,
+                r.stats.partitions,
+                r.stall.is_some(),
+            ));
+            if let Some(v) = &r.violation {
+                s.push_str(&format!(
+                    ",\"outcome\":\"violation\",\"checker\":{},\"at_us\":{}",
+                    json_string(v.invariant),
+                    v.at_us
+                ));
+            } else if !r.inconclusive.is_empty() {
+                s.push_str(",\"outcome\":\"inconclusive\",\"checker\":\"linearizability\"");
+            } else {
+                s.push_str(",\"outcome\":\"ok\"");
+            }
+            s.push_str(&format!(",\"trace\":{}", json_string(&r.trace)));
+        }
+    }
+    if let Some(cmd) = reproduce {
+        s.push_str(&format!(",\"reproduce\":{}", json_string(cmd)));
+    }
+    s.push('}');
+    s
+}
+
+/// Swarm output: the human summary, or JSON lines (then everything else goes to
+/// stderr, so stdout stays one parsable line per seed).
+struct SwarmOut {
+    json: bool,
+}
+
+impl SwarmOut {
+    /// A human line: stdout, or stderr under `--json`.
+    fn say(&self, line: &str) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+
+    fn failure(&self, r: &Report, command: &str) {
+        if let Some(v) = &r.violation {
+            self.say(&format!(
+                "VIOLATION of \"{}\" at {:.3} s:",
+                v.invariant,
+                v.at_us as f64 / 1e6
+            ));
+            self.say(&format!("  {}", v.detail));
+        }
+        self.say("last events:");
+        for e in &r.recent {
+            self.say(&format!("  {e}"));
+        }
+        self.say(&format!("reproduce: {command}"));
+    }
+}
+
+fn cmd_swarm(args: &SwarmArgs) -> Result<ExitCode, String> {
+    let (a, b) = (args.seeds.start, args.seeds.end);
+    // A refused combination is a usage error before any worker starts.
+    args.sim.options(a, true)?;
+    let jobs = args.jobs.clamp(1, (b - a).min(MAX_JOBS as u64) as usize);
+    let capture = if jobs > 1 {
+        std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty())
+    } else {
+        None
+    };
+    let out = SwarmOut { json: args.json };
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let next = AtomicU64::new(a);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<Done>();
+    let mut failure: Option<(u64, Result<SeedRun, String>)> = None;
+    let (mut sim_us, mut stalls, mut inconclusive, mut passed) = (0u64, 0u64, 0u64, 0u64);
+    thread::scope(|scope| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let (next, stop, sim, capture) = (&next, &stop, &args.sim, capture.as_deref());
+            scope.spawn(move || {
+                // Seeds are handed out in increasing order: when a worker stops,
+                // every seed below the ones already taken has been taken too.
+                while !stop.load(Ordering::SeqCst) {
+                    let seed = next.fetch_add(1, Ordering::SeqCst);
+                    if seed >= b {
+                        break;
+                    }
+                    let done = run_seed(seed, sim, capture);
+                    if done.run.as_ref().map_or(true, SeedRun::failed) {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    if tx.send(done).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // The printer: results in seed order, whatever order they finish in.
+        let mut pending = BTreeMap::new();
+        let mut expected = a;
+        for done in rx {
+            pending.insert(done.seed, done);
+            while let Some(done) = pending.remove(&expected) {
+                if !done.logs.is_empty() {
+                    if tty {
+                        eprintln!();
+                    }
+                    let _ = std::io::stderr().write_all(&done.logs);
+                }
+                expected += 1;
+                let run = match done.run {
+                    Ok(run) if !run.failed() => run,
+                    other => {
+                        // The lowest failing seed: everything below it passed.
+                        stop.store(true, Ordering::SeqCst);
+                        failure = Some((done.seed, other));
+                        return;
+                    }
+                };
+                if let SeedRun::Ran(r) = &run {
+                    sim_us += r.simulated_us;
+                    stalls += r.stall.is_some() as u64;
+                    inconclusive += !r.inconclusive.is_empty() as u64;
+                }
+                passed += 1;
+                if args.json {
+                    println!("{}", json_line(done.seed, &run, None));
+                }
+                if tty {
+                    progress(passed, b - a, sim_us, start);
+                }
+            }
+        }
+    });
     if tty {
         eprintln!();
     }
+    if let Some((seed, run)) = failure {
+        let run = run?;
+        let command = reproduce(seed, &args.sim, true);
+        if args.json {
+            println!("{}", json_line(seed, &run, Some(&command)));
+        }
+        match &run {
+            SeedRun::Panicked => {
+                out.say(&format!(
+                    "seed {seed} of {a}..{b} panicked in the simulator itself"
+                ));
+                out.say(&format!("reproduce: {command}"));
+            }
+            SeedRun::Ran(r) => {
+                out.say(&format!("seed {seed} of {a}..{b} failed"));
+                out.failure(r, &command);
+            }
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    // No failure: then no worker stopped early, and every seed was printed.
+    assert_eq!(passed, b - a, "a swarm without failure ran every seed");
     let wall = start.elapsed().as_secs_f64();
-    println!(
-        "swarm {a}..{b}: {} seeds passed ({stalls} legitimate stalls, {inconclusive} with a linearizability search out of budget), {:.0} simulated s in {:.1} s ({:.0}x real time)",
-        b - a,
+    out.say(&format!(
+        "swarm {a}..{b}: {passed} seeds passed ({stalls} legitimate stalls, {inconclusive} with a linearizability search out of budget), {:.0} simulated s in {:.1} s ({:.0}x real time, i.e. simulated fleet-hours per wall-clock hour, on {jobs} jobs)",
         sim_us as f64 / 1e6,
         wall,
-        sim_us as f64 / 1e6 / wall.max(1e-9)
-    );
+        sim_us as f64 / 1e6 / wall.max(1e-9),
+    ));
     Ok(ExitCode::SUCCESS)
 }

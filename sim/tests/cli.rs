@@ -116,3 +116,72 @@ fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
         assert!(reproduce.contains(part), "{reproduce} lacks {part}");
     }
 }
+
+#[test]
+fn swarm_jobs_and_json_flags() {
+    let help = String::from_utf8_lossy(&sim(&["swarm", "--help"]).stdout).into_owned();
+    for flag in ["--jobs", "--json", "--seeds"] {
+        assert!(help.contains(flag), "swarm --help lacks {flag}");
+    }
+    usage_error(&["swarm", "--seeds", "0..2", "--jobs", "0"], "--jobs");
+    usage_error(&["swarm", "--seeds", "0..2", "--jobs", "many"], "--jobs");
+}
+
+/// A failing swarm stops at the lowest failing seed whatever `--jobs` is, with
+/// the same stdout: under `--json`, only JSON lines, the last one the failure with
+/// its reproduce command (the human report goes to stderr).
+#[test]
+fn a_failing_parallel_swarm_reports_the_lowest_failing_seed() {
+    let swarm = |jobs: &str| {
+        let out = sim(&[
+            "swarm",
+            "--seeds",
+            "0..30",
+            "--plain",
+            "--disk-bug",
+            "silent-corruption",
+            "--seconds",
+            "10",
+            "--workload",
+            "counter",
+            "--json",
+            "--jobs",
+            jobs,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        (stdout, stderr)
+    };
+    let (sequential, stderr) = swarm("1");
+    for jobs in ["2", "3"] {
+        let (parallel, _) = swarm(jobs);
+        assert_eq!(sequential, parallel, "--jobs {jobs} changed the output");
+    }
+    let lines: Vec<serde_json::Value> = sequential
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let last = lines.last().expect("at least the failing seed");
+    let seed = last["seed"].as_u64().expect("a seed");
+    assert_eq!(last["outcome"], "violation", "{last}");
+    assert!(last["checker"].as_str().is_some(), "{last}");
+    for (i, v) in lines[..lines.len() - 1].iter().enumerate() {
+        assert_eq!(v["seed"].as_u64(), Some(i as u64), "{v}");
+        assert_ne!(v["outcome"], "violation", "{v}");
+    }
+    assert_eq!(seed, lines.len() as u64 - 1);
+    let command = last["reproduce"].as_str().expect("a reproduce command");
+    assert!(
+        command.contains(&format!("run --seed {seed} --swarm")),
+        "{command}"
+    );
+    assert!(
+        stderr.contains(&format!("reproduce: {command}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("seed {seed} of 0..30 failed")),
+        "{stderr}"
+    );
+}
