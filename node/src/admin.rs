@@ -221,28 +221,14 @@ pub enum HexKeyError {
 /// spells, in memory wiped on drop.
 pub fn parse_key_hex(text: &str) -> Result<Zeroizing<[u8; KEY_BYTES]>, HexKeyError> {
     let text = text.trim();
-    let digits = text.as_bytes();
-    if digits.len() != 2 * KEY_BYTES {
-        return Err(HexKeyError::Length {
-            found: text.chars().count(),
-        });
-    }
     let mut out = Zeroizing::new([0u8; KEY_BYTES]);
-    for (i, pair) in digits.chunks_exact(2).enumerate() {
-        let hi = hex_digit(pair[0]).ok_or(HexKeyError::Digit { at: 2 * i })?;
-        let lo = hex_digit(pair[1]).ok_or(HexKeyError::Digit { at: 2 * i + 1 })?;
-        out[i] = hi << 4 | lo;
-    }
+    crate::hsm::decode_key_hex(text, &mut out).map_err(|e| match e {
+        crate::hsm::KeyHexError::Length { .. } => HexKeyError::Length {
+            found: text.chars().count(),
+        },
+        crate::hsm::KeyHexError::Digit { at } => HexKeyError::Digit { at },
+    })?;
     Ok(out)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Reads a secret key file: 64 hex digits, mode 0600 (no access for group

@@ -72,6 +72,28 @@ pub fn open_regular(path: &Path) -> Result<File, FileRefusal> {
     Ok(file)
 }
 
+/// Reads `path` whole if it is a regular file of at most `max` bytes: opened
+/// once with [`open_regular`], checked on the open file, read through a
+/// reader capped at `max + 1` bytes (a file that grows meanwhile is caught).
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let too_big =
+        || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("over {max} bytes"));
+    let file = open_regular(path).map_err(|e| match e {
+        FileRefusal::Io(e) => e,
+        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+    })?;
+    if file.metadata()?.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
 /// Checks that the open `file` (at `path`) belongs to this process's user
 /// or root, and that no folder on the way to it (the link's target's, up to
 /// `/`) lets anyone else replace it: each belongs to this user or root and

@@ -195,11 +195,18 @@ pub fn parse_public_key(hex: &str) -> Result<PublicKey, KeyHexError> {
 /// A 32-byte public key (X25519 or Ed25519) written as 64 hex digits (either
 /// case).
 pub fn parse_key_hex(hex: &str) -> Result<[u8; 32], KeyHexError> {
+    let mut out = [0u8; 32];
+    decode_key_hex(hex, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes 64 hex digits (either case) into `out`, which the caller chooses
+/// (wiped memory for a secret key).
+pub fn decode_key_hex(hex: &str, out: &mut [u8; 32]) -> Result<(), KeyHexError> {
     let digits = hex.as_bytes();
     if digits.len() != 64 {
         return Err(KeyHexError::Length { len: hex.len() });
     }
-    let mut out = [0u8; 32];
     let nibble = |at: usize| {
         digits
             .get(at)
@@ -210,7 +217,7 @@ pub fn parse_key_hex(hex: &str) -> Result<[u8; 32], KeyHexError> {
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = (nibble(2 * i)? << 4) | nibble(2 * i + 1)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `bytes` as lowercase hex.

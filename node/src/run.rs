@@ -598,32 +598,10 @@ fn claim_data_dir(path: &Path, identity: &str) -> Result<(), DataDirError> {
         .map_err(io(path))
 }
 
-/// A small file (the identity, the epoch): opened once, checked on the open
-/// file (a regular file of at most [`SMALL_FILE_BYTES_MAX`] bytes), read
-/// through a bounded reader.
+/// A small file (the identity, the epoch), at most [`SMALL_FILE_BYTES_MAX`]
+/// bytes ([`crate::files::read_capped`]).
 fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let file = crate::files::open_regular(path).map_err(|e| match e {
-        crate::files::FileRefusal::Io(e) => e,
-        other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
-    })?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > SMALL_FILE_BYTES_MAX {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a regular file of at most 4096 bytes",
-        ));
-    }
-    let mut bytes = Vec::new();
-    file.take(SMALL_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > SMALL_FILE_BYTES_MAX {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "over 4096 bytes",
-        ));
-    }
-    Ok(bytes)
+    crate::files::read_capped(path, SMALL_FILE_BYTES_MAX)
 }
 
 /// The epoch line of the epoch file.
@@ -659,32 +637,14 @@ fn write_epoch(data_dir: &Path, epoch: u64) -> Result<(), DataDirError> {
     crate::files::write_replacing(&path, epoch_line(epoch).as_bytes()).map_err(io(&path))
 }
 
+/// An input file (the evidence, the witness log, the sealed setup), at most
+/// [`INPUT_FILE_BYTES_MAX`] bytes ([`crate::files::read_capped`]).
 fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> {
-    use std::io::Read as _;
-    let err = |source| StartError::Read {
+    crate::files::read_capped(path, INPUT_FILE_BYTES_MAX).map_err(|source| StartError::Read {
         what,
         path: path.to_path_buf(),
         source,
-    };
-    let mut bytes = Vec::new();
-    crate::files::open_regular(path)
-        .map_err(|e| match e {
-            crate::files::FileRefusal::Io(source) => err(source),
-            other => err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                other.to_string(),
-            )),
-        })?
-        .take(INPUT_FILE_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(err)?;
-    if bytes.len() as u64 > INPUT_FILE_BYTES_MAX {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "over 64 MiB",
-        )));
-    }
-    Ok(bytes)
+    })
 }
 
 /// The bundle of the evidence file and the witness log's tree of `namespace`.

@@ -32,21 +32,22 @@
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
+
 use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::{Ceremony, Evidence};
 use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
-use vaultfleet_net::{PublicKey, StaticSecret};
-
 use vaultfleet_net::open::OpenClientConfig;
+use vaultfleet_net::{PublicKey, StaticSecret};
 use vaultfleet_vault::{
     BundleTrust, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig, VaultEndpoint,
     VaultKeys,
 };
+
+use crate::hsm::hex;
 
 /// The raft group of a testbed fleet.
 pub const TESTBED_GROUP: u64 = 1;
@@ -211,7 +212,7 @@ impl ClientFile {
     /// The verifier a device builds from these pins.
     pub fn verifier(&self, path: &Path) -> Result<FleetVerifier, ClientFileError> {
         let key = |field, text: &str| {
-            unhex32(text).ok_or_else(|| ClientFileError::Key {
+            crate::hsm::parse_key_hex(text).map_err(|_| ClientFileError::Key {
                 path: path.to_path_buf(),
                 field,
             })
@@ -226,17 +227,6 @@ impl ClientFile {
             key("operator_key", &self.operator_key)?,
         ))
     }
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Why a testbed could not be generated.
@@ -321,13 +311,6 @@ fn hsm_err(what: &'static str) -> impl FnOnce(vaultfleet::hsm::HsmError) -> Test
 
 fn encode_err(what: &'static str) -> impl FnOnce(vaultfleet::codec::EncodeError) -> TestbedError {
     move |source| TestbedError::Encode { what, source }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn address(loopback: [u8; 2], id: u64, port: u16) -> SocketAddr {
