@@ -89,6 +89,7 @@ mod connection;
 pub mod directory;
 pub mod error;
 pub mod handshake;
+pub mod http;
 pub mod keys;
 mod link;
 pub mod open;

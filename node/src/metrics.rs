@@ -33,14 +33,10 @@
 //! mixes their engine metrics, and the status gauges follow whichever
 //! sampler wrote last. A daemon runs one node.
 
-use std::collections::BTreeMap;
-use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::{mpsc, Arc};
-use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -53,9 +49,9 @@ use axum::Router;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use vaultfleet::replica::Status;
+use vaultfleet_net::http::{BoundedListener, HttpLimits};
 use vaultfleet_net::NetStats;
 
 /// Connections the HTTP server serves at once; more get a fixed answer
@@ -84,8 +80,16 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The largest request body accepted (no route reads one).
 const BODY_BYTES_MAX: usize = 1024;
-/// The most bytes read of a request head answered without a slot.
-const OVERFLOW_HEAD_BYTES_MAX: usize = 1024;
+/// The listener's caps, from the constants above.
+const LIMITS: HttpLimits = HttpLimits {
+    connections: CONNECTIONS_MAX,
+    per_source: CONNECTIONS_PER_SOURCE_MAX,
+    overflow: OVERFLOW_MAX,
+    overflow_per_source: OVERFLOW_PER_SOURCE_MAX,
+    head_timeout: HEAD_TIMEOUT,
+    lifetime: CONNECTION_LIFETIME,
+    ok_path: Some("/healthz"),
+};
 /// A gauge not set for this long leaves the page (a follower removed, or no
 /// longer led by this replica; the status gauges of a stopped node).
 const GAUGE_IDLE: Duration = Duration::from_secs(15);
@@ -667,12 +671,7 @@ fn serve(
                 return;
             }
         };
-        let bounded = Bounded {
-            listener,
-            slots: Arc::new(Semaphore::new(CONNECTIONS_MAX)),
-            overflow: Arc::new(Semaphore::new(OVERFLOW_MAX)),
-            sources: SourceTable::default(),
-        };
+        let bounded = BoundedListener::new(listener, LIMITS);
         let mut on_stop = stopped.clone();
         let mut grace = stopped;
         let server = axum::serve(bounded, router).with_graceful_shutdown(async move {
@@ -728,300 +727,5 @@ async fn readyz(State(app): State<App>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
-    }
-}
-
-/// The source a connection is counted against: its address, except that all
-/// of 127.0.0.0/8 and ::1 are one source (any local user can connect from 127.0.0.2,
-/// .3, ...) and an IPv6 address counts as its /64 (what one host is given).
-/// A local user still shares the loopback source with a local scraper: on a
-/// host with untrusted local users, bind the endpoint where only the scraper
-/// reaches it (docs/operations.md).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        // ::1 is the same host as 127.0.0.1 on a dual-stack listener.
-        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) => {
-            let mut segments = v6.segments();
-            segments[4..].fill(0);
-            IpAddr::V6(std::net::Ipv6Addr::from(segments))
-        }
-    }
-}
-
-/// Connections held, by source address: what the per-source caps count.
-type SourceTable = Arc<Mutex<BTreeMap<IpAddr, Held>>>;
-
-/// The connections one source holds.
-#[derive(Debug, Default, Clone, Copy)]
-struct Held {
-    /// Served by the HTTP server (out of [`CONNECTIONS_PER_SOURCE_MAX`]).
-    served: usize,
-    /// Answered without a slot (out of [`OVERFLOW_PER_SOURCE_MAX`]).
-    overflow: usize,
-}
-
-/// One connection counted against its source until dropped.
-struct SourceGuard {
-    table: SourceTable,
-    ip: IpAddr,
-    overflow: bool,
-}
-
-impl SourceGuard {
-    /// Counts one more connection from `ip`, unless the source holds its
-    /// share already.
-    fn admit(table: &SourceTable, ip: IpAddr, overflow: bool) -> Option<SourceGuard> {
-        let mut held = table.lock();
-        let entry = held.entry(ip).or_default();
-        let (count, max) = if overflow {
-            (&mut entry.overflow, OVERFLOW_PER_SOURCE_MAX)
-        } else {
-            (&mut entry.served, CONNECTIONS_PER_SOURCE_MAX)
-        };
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(SourceGuard {
-            table: Arc::clone(table),
-            ip,
-            overflow,
-        })
-    }
-}
-
-impl Drop for SourceGuard {
-    fn drop(&mut self) {
-        let mut held = self.table.lock();
-        if let Some(entry) = held.get_mut(&self.ip) {
-            let count = if self.overflow {
-                &mut entry.overflow
-            } else {
-                &mut entry.served
-            };
-            *count = count.saturating_sub(1);
-            if entry.served == 0 && entry.overflow == 0 {
-                held.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// A listener that accepts every connection at once and serves at most
-/// [`CONNECTIONS_MAX`] of them ([`CONNECTIONS_PER_SOURCE_MAX`] per source),
-/// each under the deadlines of [`BoundedIo`]; the others get a fixed answer
-/// from [`answer_without_slot`], or are closed.
-struct Bounded {
-    listener: tokio::net::TcpListener,
-    slots: Arc<Semaphore>,
-    overflow: Arc<Semaphore>,
-    sources: SourceTable,
-}
-
-impl axum::serve::Listener for Bounded {
-    type Io = BoundedIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    tracing::debug!("metrics endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let ip = source_key(addr.ip());
-            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-                if let Some(source) = SourceGuard::admit(&self.sources, ip, false) {
-                    return (BoundedIo::new(stream, slot, source), addr);
-                }
-            }
-            let Ok(permit) = Arc::clone(&self.overflow).try_acquire_owned() else {
-                continue; // dropped: closed at once
-            };
-            let Some(source) = SourceGuard::admit(&self.sources, ip, true) else {
-                continue;
-            };
-            tokio::spawn(answer_without_slot(stream, permit, source));
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr()
-    }
-}
-
-/// The answer to `GET /healthz` on a connection without a slot.
-const OVERFLOW_OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n";
-/// The answer to anything else on a connection without a slot.
-const OVERFLOW_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 5\r\nconnection: close\r\n\r\nbusy\n";
-
-/// Answers a connection the server has no slot for: reads its request head
-/// (at most [`OVERFLOW_HEAD_BYTES_MAX`] bytes within [`HEAD_TIMEOUT`]), says
-/// `ok` to `GET /healthz` and `busy` to anything else, and closes it. A head
-/// that does not arrive in time, or is too long, gets no answer.
-async fn answer_without_slot(
-    mut stream: tokio::net::TcpStream,
-    _permit: OwnedSemaphorePermit,
-    _source: SourceGuard,
-) {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some(head))) => head,
-        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
-    };
-    let answer = if is_healthz(&head) {
-        OVERFLOW_OK
-    } else {
-        OVERFLOW_BUSY
-    };
-    let _ = tokio::time::timeout(HEAD_TIMEOUT, async {
-        stream.write_all(answer).await?;
-        stream.shutdown().await
-    })
-    .await;
-}
-
-/// Reads a request head up to its blank line: `None` if the peer closed
-/// before it, or it is longer than [`OVERFLOW_HEAD_BYTES_MAX`].
-async fn read_head(stream: &mut tokio::net::TcpStream) -> io::Result<Option<Vec<u8>>> {
-    let mut head = vec![0u8; OVERFLOW_HEAD_BYTES_MAX];
-    let mut filled = 0;
-    while filled < head.len() {
-        let read = stream.read(&mut head[filled..]).await?;
-        if read == 0 {
-            return Ok(None);
-        }
-        filled += read;
-        if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
-            head.truncate(filled);
-            return Ok(Some(head));
-        }
-    }
-    Ok(None)
-}
-
-/// Whether a request head asks `GET /healthz` (with or without a query).
-fn is_healthz(head: &[u8]) -> bool {
-    head.strip_prefix(b"GET /healthz")
-        .is_some_and(|rest| rest.starts_with(b" ") || rest.starts_with(b"?"))
-}
-
-/// A connection served by the HTTP server: its reads fail if no answer has
-/// started within [`HEAD_TIMEOUT`] of its accept (its request head did not
-/// arrive), its reads and writes fail once [`CONNECTION_LIFETIME`] is over,
-/// and it holds a connection slot and its source's share until dropped.
-struct BoundedIo {
-    stream: tokio::net::TcpStream,
-    lifetime: Pin<Box<tokio::time::Sleep>>,
-    /// `None` once the first byte of an answer was written.
-    head: Option<Pin<Box<tokio::time::Sleep>>>,
-    _slot: OwnedSemaphorePermit,
-    _source: SourceGuard,
-}
-
-impl BoundedIo {
-    fn new(stream: tokio::net::TcpStream, slot: OwnedSemaphorePermit, source: SourceGuard) -> Self {
-        BoundedIo {
-            stream,
-            lifetime: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
-            head: Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT))),
-            _slot: slot,
-            _source: source,
-        }
-    }
-
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.lifetime.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn lifetime_over() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "metrics connection lifetime is over",
-    )
-}
-
-impl AsyncRead for BoundedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        if let Some(head) = this.head.as_mut() {
-            if head.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "metrics request head did not arrive in time",
-                )));
-            }
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoundedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        this.head = None;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
-        }
-        Pin::new(&mut this.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod source_tests {
-    use super::source_key;
-
-    /// R3-M1 (re-review of the metrics hardening): every loopback address is
-    /// one source, and an IPv6 /64 is one source, so a local user connecting
-    /// from 127.0.0.2, .3, ... (or a host cycling through its /64) cannot
-    /// take every slot by looking like many sources.
-    #[test]
-    fn r3_m1_loopback_addresses_and_an_ipv6_64_count_as_one_source() {
-        let one = source_key("127.0.0.1".parse().unwrap());
-        for a in ["127.0.0.2", "127.9.8.7", "::ffff:127.0.0.5", "::1"] {
-            assert_eq!(source_key(a.parse().unwrap()), one, "{a}");
-        }
-        assert_eq!(
-            source_key("2001:db8:1:2:aaaa::1".parse().unwrap()),
-            source_key("2001:db8:1:2:bbbb::9".parse().unwrap())
-        );
-        assert_ne!(
-            source_key("2001:db8:1:2::1".parse().unwrap()),
-            source_key("2001:db8:1:3::1".parse().unwrap())
-        );
-        assert_ne!(
-            source_key("10.0.0.1".parse().unwrap()),
-            source_key("10.0.0.2".parse().unwrap())
-        );
     }
 }
