@@ -12,7 +12,10 @@
 //! validity window at the verifier's own time, not only at the time a statement
 //! claims; it keeps the newest checkpoint it accepted and refuses one that a
 //! [`ConsistencyProof`] does not show to be the same log; and it can persist all
-//! of that.
+//! of that. Pinned to independent cosigners too
+//! ([`FleetVerifier::require_cosigners`]), it also wants k of their C2SP
+//! `cosignature/v1` lines on the checkpoint (<https://c2sp.org/tlog-cosignature>),
+//! so a log showing this client a split view must fool k witnesses as well.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +35,8 @@ const MAGIC: &[u8] = b"vaultfleet/bundle/v1";
 pub const FIELD_BYTES_MAX: usize = 1 << 20;
 /// Most hashes in an inclusion proof (a proof in a tree of 2^64 leaves has 64).
 pub const INCLUSION_HASHES_MAX: usize = 64;
+/// Most cosigners a verifier pins.
+pub const COSIGNERS_MAX: usize = 32;
 
 /// A fleet's validation bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +235,30 @@ pub enum BundleError {
         /// The pinned namespace.
         want: String,
     },
+    /// Fewer pinned cosigners than required cosigned the checkpoint
+    /// ([`FleetVerifier::require_cosigners`]). A cosignature counts once per
+    /// cosigner, and only with a non-zero timestamp.
+    #[error("the checkpoint carries cosignatures by {have} of the {need} pinned cosigners required; missing: {}", missing.join(", "))]
+    TooFewCosignatures {
+        /// Distinct pinned cosigners whose cosignature verified.
+        have: usize,
+        /// How many are required.
+        need: usize,
+        /// The pinned cosigners with no cosignature that counts, in pin order.
+        missing: Vec<String>,
+    },
+    /// A signature line with a pinned cosigner's name and key ID does not
+    /// verify: the whole checkpoint note is refused (C2SP signed-note: "If a
+    /// signature from a known key fails to verify, clients SHOULD reject the
+    /// whole note").
+    #[error("the cosignature by pinned cosigner {cosigner:?} does not verify: the checkpoint is refused")]
+    BadCosignature {
+        /// The cosigner.
+        cosigner: String,
+        /// Why it does not verify.
+        #[source]
+        source: NoteError,
+    },
     /// The statement is not in the checkpointed log.
     #[error("the inclusion proof does not place the statement in the checkpoint: {0}")]
     Inclusion(#[source] ProofError),
@@ -401,13 +430,84 @@ pub struct WitnessKey {
     pub not_before: u64,
 }
 
+/// A pinned cosigner: an independent witness (C2SP tlog-witness) whose
+/// `cosignature/v1` line on a checkpoint states that, at its timestamp, this
+/// was the largest checkpoint of the log it had seen, consistent with all the
+/// earlier ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CosignerKey {
+    /// Its key name (C2SP recommends a schema-less URL, e.g.
+    /// `witness.example.com/w1`).
+    pub name: String,
+    /// Its Ed25519 public key.
+    pub public_key: [u8; 32],
+}
+
+/// A set of cosigner pins [`FleetVerifier::require_cosigners`] refuses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CosignerPinError {
+    /// The number required is 0 or more than the cosigners pinned.
+    #[error("{need} cosignatures required of {pinned} pinned cosigners: require 1 to {pinned} (at least one cosigner pinned)")]
+    Threshold {
+        /// Cosignatures required.
+        need: usize,
+        /// Cosigners pinned.
+        pinned: usize,
+    },
+    /// More than [`COSIGNERS_MAX`] cosigners.
+    #[error("{count} cosigners pinned, at most {max}")]
+    TooMany {
+        /// How many.
+        count: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The name cannot be a note key name.
+    #[error("cosigner name {name:?} cannot sign notes")]
+    Name {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: NoteError,
+    },
+    /// Two cosigners share a name.
+    #[error("two cosigners are named {0:?}: names are unique")]
+    DuplicateName(String),
+    /// Two cosigners share a public key: a `cosignature/v1` does not commit to
+    /// the name, so one key would count twice.
+    #[error(
+        "cosigners {first:?} and {second:?} have the same public key: each cosigner has its own"
+    )]
+    DuplicateKey {
+        /// The first holder.
+        first: String,
+        /// The second.
+        second: String,
+    },
+    /// A cosigner's key is a pinned witness key: the log's own witness is no
+    /// independent cosigner.
+    #[error("cosigner {cosigner:?} has the public key of witness key {witness:?}: cosigners are independent of the log")]
+    WitnessKey {
+        /// The cosigner.
+        cosigner: String,
+        /// The witness key.
+        witness: String,
+    },
+}
+
 /// The client's check of bundles, pinned to the witness's and the operator's
-/// keys only.
+/// keys, and optionally to k of n independent cosigners.
 #[derive(Debug, Clone)]
 pub struct FleetVerifier {
     namespace: String,
     witness_keys: Vec<WitnessKey>,
     operator_key: [u8; 32],
+    /// Pinned cosigners (`cosignature/v1` keys), in pin order.
+    cosigners: Vec<NoteVerifier>,
+    /// How many of them must have cosigned a checkpoint (0: none).
+    cosigners_required: usize,
     current: Option<(u64, [u8; 32])>,
     previous: Option<(u64, [u8; 32])>,
     /// Checkpoints (size, root) accepted so far, ascending: a second root for a
@@ -441,6 +541,9 @@ pub struct Accepted {
     pub witness_key: String,
     /// The pinned witness key whose signature on the checkpoint verified.
     pub checkpoint_key: String,
+    /// The pinned cosigners whose cosignature on the checkpoint counted, in
+    /// pin order (empty when none are pinned).
+    pub cosigners: Vec<String>,
     /// The verifier's newest checkpoint when the bundle was checked: the
     /// bundle's checkpoint was proven consistent with it.
     pub extends: Option<(u64, Hash)>,
@@ -460,6 +563,8 @@ impl FleetVerifier {
             namespace: namespace.to_string(),
             witness_keys,
             operator_key,
+            cosigners: Vec::new(),
+            cosigners_required: 0,
             current: None,
             previous: None,
             checkpoints: Vec::new(),
@@ -476,6 +581,81 @@ impl FleetVerifier {
     pub fn require_consistency_proofs(mut self) -> Self {
         self.require_consistency = true;
         self
+    }
+
+    /// Refuses every checkpoint that fewer than `need` of `cosigners` cosigned
+    /// ([`BundleError::TooFewCosignatures`]). A cosignature is a C2SP
+    /// `cosignature/v1` line on the checkpoint note, by a pinned cosigner's name
+    /// and key ID, with a non-zero timestamp (tlog-witness: "the timestamp MUST
+    /// NOT be zero"); lines by other keys are ignored, and a line by a pinned
+    /// cosigner that does not verify refuses the bundle
+    /// ([`BundleError::BadCosignature`]). Without this call no cosignature is
+    /// needed.
+    ///
+    /// `need` must be 1 to the number of cosigners (at most [`COSIGNERS_MAX`]),
+    /// whose names must be valid note key names and unique, and whose keys
+    /// unique and none a pinned witness key. The pins are not persisted: they
+    /// come from the configuration each time.
+    pub fn require_cosigners(
+        mut self,
+        need: usize,
+        cosigners: Vec<CosignerKey>,
+    ) -> Result<Self, CosignerPinError> {
+        if cosigners.len() > COSIGNERS_MAX {
+            return Err(CosignerPinError::TooMany {
+                count: cosigners.len(),
+                max: COSIGNERS_MAX,
+            });
+        }
+        if need == 0 || need > cosigners.len() {
+            return Err(CosignerPinError::Threshold {
+                need,
+                pinned: cosigners.len(),
+            });
+        }
+        let mut verifiers: Vec<NoteVerifier> = Vec::with_capacity(cosigners.len());
+        for c in &cosigners {
+            let v = NoteVerifier::cosignature(&c.name, c.public_key).map_err(|source| {
+                CosignerPinError::Name {
+                    name: c.name.clone(),
+                    source,
+                }
+            })?;
+            if verifiers.iter().any(|p| p.name == c.name) {
+                return Err(CosignerPinError::DuplicateName(c.name.clone()));
+            }
+            // C2SP tlog-cosignature: "The Ed25519 signed message format doesn't
+            // commit to the cosigner name, so the same public key can't be used
+            // across multiple cosigners."
+            if let Some(p) = verifiers.iter().find(|p| p.public_key == c.public_key) {
+                return Err(CosignerPinError::DuplicateKey {
+                    first: p.name.clone(),
+                    second: c.name.clone(),
+                });
+            }
+            if let Some(w) = self
+                .witness_keys
+                .iter()
+                .find(|w| w.public_key == c.public_key)
+            {
+                return Err(CosignerPinError::WitnessKey {
+                    cosigner: c.name.clone(),
+                    witness: w.name.clone(),
+                });
+            }
+            verifiers.push(v);
+        }
+        self.cosigners = verifiers;
+        self.cosigners_required = need;
+        // The bundle last accepted was checked without these pins: its bytes
+        // seen again are checked in full.
+        self.last = None;
+        Ok(self)
+    }
+
+    /// How many pinned cosigners must have cosigned a checkpoint (0: none).
+    pub fn cosigners_required(&self) -> usize {
+        self.cosigners_required
     }
 
     /// Keeps the newest accepted epoch (and its digest), the checkpoints and
@@ -670,6 +850,68 @@ impl FleetVerifier {
             .ok_or(BundleError::CheckpointUnsigned)
     }
 
+    /// The pinned cosigners that cosigned `note`, in pin order; refuses the
+    /// note if fewer than required did, or if any line by a pinned cosigner's
+    /// name and key ID does not verify.
+    fn cosigned_by(&self, note: &SignedNote) -> Result<Vec<String>, BundleError> {
+        if self.cosigners.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One line at a time: `NoteVerifier::verify` stops at the first line
+        // that verifies, and C2SP signed-note wants every line of a known key
+        // verified ("If the key name and ID match a known key, verifiers MUST
+        // verify the signature").
+        let mut one = SignedNote {
+            text: note.text.clone(),
+            signatures: Vec::with_capacity(1),
+        };
+        let mut signed = Vec::new();
+        let mut missing = Vec::new();
+        for c in &self.cosigners {
+            let id = c.key_hash();
+            let mut counted = false;
+            let mut seen: Vec<&[u8]> = Vec::new();
+            for line in note
+                .signatures
+                .iter()
+                .filter(|s| s.name == c.name && s.key_hash == id)
+            {
+                // A line repeated verbatim is verified once.
+                if seen.contains(&line.payload.as_slice()) {
+                    continue;
+                }
+                seen.push(&line.payload);
+                one.signatures.clear();
+                one.signatures.push(line.clone());
+                match c.verify(&one) {
+                    // C2SP tlog-witness: "The cosignature MUST NOT omit the
+                    // timestamp, i.e. the timestamp MUST NOT be zero."
+                    Ok(Some(timestamp)) => counted |= timestamp != 0,
+                    Ok(None) => {}
+                    Err(source) => {
+                        return Err(BundleError::BadCosignature {
+                            cosigner: c.name.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+            if counted {
+                signed.push(c.name.clone());
+            } else {
+                missing.push(c.name.clone());
+            }
+        }
+        if signed.len() < self.cosigners_required {
+            return Err(BundleError::TooFewCosignatures {
+                have: signed.len(),
+                need: self.cosigners_required,
+                missing,
+            });
+        }
+        Ok(signed)
+    }
+
     /// Whether the checkpoint (`size`, `root`) and the newest accepted one are
     /// one log: equal, or linked by `consistency` (in whichever order their
     /// sizes fall). With no newest one yet, the first checkpoint is trusted as
@@ -715,7 +957,8 @@ impl FleetVerifier {
     /// Checks `bundle` without changing the verifier, in this order: decoding,
     /// the artifact's digest, the namespace, the witness key and its validity
     /// window at the statement's time, the witness signature, the
-    /// countersignature, the checkpoint's signature, its agreement with every
+    /// countersignature, the checkpoint's signature, its cosignatures (if
+    /// cosigners are pinned), its agreement with every
     /// checkpoint seen before and its consistency (`consistency`, the proof the
     /// reply carried) with the newest one, the inclusion proof, the epoch
     /// (never back, never retired), the artifact's validity window, both witness
@@ -772,6 +1015,7 @@ impl FleetVerifier {
         // Any pinned witness key may have signed it; its validity at `now` is
         // checked with the other time-dependent checks.
         let checkpoint_key = self.checkpoint_signer(&note, now)?;
+        let cosigners = self.cosigned_by(&note)?;
         let checkpoint = Checkpoint::parse(&note.text).map_err(BundleError::Checkpoint)?;
         if checkpoint.origin != self.namespace {
             return Err(BundleError::CheckpointOrigin {
@@ -818,6 +1062,7 @@ impl FleetVerifier {
                 checkpoint: (checkpoint.size, checkpoint.root),
                 witness_key: b.witness_key,
                 checkpoint_key,
+                cosigners,
                 extends: None,
                 bundle_hash,
             },

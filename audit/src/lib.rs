@@ -11,7 +11,12 @@
 //!
 //! * [`consistency`]: the wire form of a consistency proof a reply carries from
 //!   the checkpoint a client last accepted.
+//! * [`cosigner`]: a C2SP tlog-witness cosigner (sans-IO `add-checkpoint` and
+//!   monitoring endpoint, state persisted before it cosigns) and the log's side.
 //! * [`retirement`]: a witnessed, countersigned early retirement of epochs.
+//! * [`submission`]: the operator's signed request to a served witness, and its receipt.
+//! * [`tiles`]: C2SP tlog-tiles, sans-IO: tile paths, the log as hash tiles and
+//!   entry bundles for a server, and a client's reading of them.
 //! * [`witness`]: the witness (rules persisted before it signs, per-namespace
 //!   logs, checkpoints) and the operator's countersignature.
 //! * [`bundle`]: the validation bundle a vault reply carries, and
@@ -22,18 +27,25 @@
 
 pub mod bundle;
 pub mod consistency;
+pub mod cosigner;
 pub mod fleet;
 pub mod merkle;
 pub mod note;
 pub mod retirement;
+pub mod submission;
+pub mod tiles;
 pub mod witness;
 
-pub use bundle::{Accepted, Bundle, BundleError, FleetVerifier, WitnessKey};
+pub use bundle::{
+    Accepted, Bundle, BundleError, CosignerKey, CosignerPinError, FleetVerifier, WitnessKey,
+};
 pub use consistency::ConsistencyProof;
+pub use cosigner::{AddCheckpoint, Cosigner, CosignerError, FollowedLog, Refusal};
 pub use fleet::{ArtifactError, ArtifactRule, FleetArtifact};
 pub use merkle::{MerkleTree, ProofError};
 pub use note::{Checkpoint, NoteError, NoteSignature, NoteVerifier, SignedNote};
 pub use retirement::EpochRetirement;
 pub use witness::{
-    CountersignError, LogError, Statement, Witness, WitnessError, WitnessKeySpec, Witnessed,
+    CountersignError, LeafError, LogError, Statement, Witness, WitnessError, WitnessKeySpec,
+    Witnessed,
 };

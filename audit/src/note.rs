@@ -71,7 +71,7 @@ pub struct Checkpoint {
 }
 
 /// A decimal number as C2SP writes it: digits only, no sign, no leading zero.
-fn canonical_decimal(l: &str) -> bool {
+pub(crate) fn canonical_decimal(l: &str) -> bool {
     !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()) && (l == "0" || !l.starts_with('0'))
 }
 
@@ -148,6 +148,16 @@ pub struct SignedNote {
     pub text: String,
     /// Signature lines, in order.
     pub signatures: Vec<NoteSignature>,
+}
+
+impl NoteSignature {
+    /// The signature line, `— <name> <base64(key hash || payload)>` and a
+    /// newline, as a note carries it (and as a tlog-witness response body holds it).
+    pub fn line(&self) -> String {
+        let mut bytes = self.key_hash.to_vec();
+        bytes.extend_from_slice(&self.payload);
+        format!("{DASH}{} {}\n", self.name, B64.encode(bytes))
+    }
 }
 
 fn valid_name(name: &str) -> bool {

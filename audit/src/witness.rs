@@ -98,6 +98,53 @@ pub fn leaf_bytes(
     Ok(w.into_vec())
 }
 
+/// Decodes a log leaf ([`leaf_bytes`]) back into the statement, key and
+/// signature it holds, at `leaf_index`: what a client that fetched the log's
+/// entries (C2SP tlog-tiles entry bundles) checks. Names outside the witness's
+/// alphabet are refused, as [`parse_log`] refuses them.
+pub fn parse_leaf(bytes: &[u8], leaf_index: u64) -> Result<Witnessed, LeafError> {
+    let mut r = vaultfleet::codec::Reader::new(bytes);
+    if r.take(STATEMENT_LABEL.len(), "log leaf label")? != STATEMENT_LABEL {
+        return Err(LeafError::NotAStatement);
+    }
+    let namespace = r.short_text("log leaf namespace")?.to_owned();
+    let timestamp = r.u64("log leaf timestamp")?;
+    let epoch = r.u64("log leaf epoch")?;
+    let digest = r.array("log leaf digest")?;
+    let key = r.short_text("log leaf key name")?.to_owned();
+    let signature = r.array("log leaf signature")?;
+    r.expect_empty("log leaf")?;
+    if !valid_name(&namespace) || !valid_name(&key) {
+        return Err(LeafError::InvalidName);
+    }
+    Ok(Witnessed {
+        statement: Statement {
+            namespace,
+            timestamp,
+            epoch,
+            digest,
+        },
+        key,
+        signature,
+        leaf_index,
+    })
+}
+
+/// A log leaf that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeafError {
+    /// The bytes break the leaf's encoding.
+    #[error("malformed log leaf: {0}")]
+    Malformed(#[from] vaultfleet::codec::DecodeError),
+    /// The leaf does not start with the witness statement's label.
+    #[error("the log leaf is not a witness statement (its label differs)")]
+    NotAStatement,
+    /// A namespace or key name outside [A-Za-z0-9._-/].
+    #[error("the log leaf has an invalid namespace or key name")]
+    InvalidName,
+}
+
 /// The witness refused, or could not keep its state.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -553,6 +600,11 @@ impl<H: Hsm> Witness<H> {
         self.logs.get(namespace).map_or(&[], |l| &l.entries)
     }
 
+    /// The namespaces it has signed in, in name order.
+    pub fn namespaces(&self) -> impl Iterator<Item = &str> {
+        self.logs.keys().map(String::as_str)
+    }
+
     /// `namespace`'s log.
     pub fn tree(&self, namespace: &str) -> Option<&MerkleTree> {
         self.logs.get(namespace).map(|l| &l.tree)
@@ -722,4 +774,45 @@ pub fn verify_countersignature(
 /// Base64 of a hash, as checkpoints write them.
 pub fn b64(h: &Hash) -> String {
     B64.encode(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_decodes_to_what_was_encoded_and_edits_are_refused() {
+        let statement = Statement {
+            namespace: "example.vault.fleet_keys.v1".into(),
+            timestamp: 1_700_000_000,
+            epoch: 4,
+            digest: [9; 32],
+        };
+        let bytes = leaf_bytes(&statement, "witness-1", &[3; 64]).unwrap();
+        let w = parse_leaf(&bytes, 17).unwrap();
+        assert_eq!(w.statement, statement);
+        assert_eq!(
+            (w.key.as_str(), w.signature, w.leaf_index),
+            ("witness-1", [3; 64], 17)
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(parse_leaf(&long, 0), Err(LeafError::Malformed(_))));
+        assert!(matches!(
+            parse_leaf(&bytes[..bytes.len() - 1], 0),
+            Err(LeafError::Malformed(_))
+        ));
+        let mut label = bytes.clone();
+        label[0] ^= 1;
+        assert!(matches!(
+            parse_leaf(&label, 0),
+            Err(LeafError::NotAStatement)
+        ));
+        let bad = Statement {
+            namespace: "has space".into(),
+            ..statement
+        };
+        let bytes = leaf_bytes(&bad, "witness-1", &[3; 64]).unwrap();
+        assert!(matches!(parse_leaf(&bytes, 0), Err(LeafError::InvalidName)));
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::{FleetConfig, MemberSpec};
-use vaultfleet_audit::{FleetVerifier, WitnessKey};
+use vaultfleet_audit::{CosignerKey, CosignerPinError, FleetVerifier, WitnessKey};
 
 use crate::logging::LogFormat;
 
@@ -166,6 +166,29 @@ pub struct VaultConfig {
     /// one of them, within its validity window.
     #[serde(rename = "witness_key", default)]
     pub witness_keys: Vec<WitnessKeyConfig>,
+    /// How many of the `[[vault.cosigner]]` keys must have cosigned the
+    /// bundle's checkpoint (default 0: no cosignature needed, and then no
+    /// `[[vault.cosigner]]` table may be listed).
+    #[serde(default)]
+    pub cosigners_required: usize,
+    /// Independent witnesses (C2SP tlog-witness cosigners) whose
+    /// `cosignature/v1` lines on the bundle's checkpoint count toward
+    /// `cosigners_required` (`[[vault.cosigner]]` tables).
+    #[serde(rename = "cosigner", default)]
+    pub cosigners: Vec<CosignerConfig>,
+}
+
+/// A `[[vault.cosigner]]` table: an independent witness whose cosignature on
+/// the bundle's checkpoint the node counts.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CosignerConfig {
+    /// The cosigner's key name, as its signature lines carry it (C2SP
+    /// recommends a schema-less URL, e.g. `witness.example.com/w1`).
+    pub name: String,
+    /// Its Ed25519 public key: 64 hex digits.
+    pub public_key: String,
 }
 
 /// A `[[vault.witness_key]]` table: a witness key the node trusts.
@@ -240,6 +263,8 @@ pub const PEERS_MAX: usize = vaultfleet::config::MEMBERS_MAX;
 pub const ADMIN_KEYS_MAX: usize = 64;
 /// The most `[[vault.witness_key]]` tables.
 pub const WITNESS_KEYS_MAX: usize = 16;
+/// The most `[[vault.cosigner]]` tables.
+pub const COSIGNERS_MAX: usize = vaultfleet_audit::bundle::COSIGNERS_MAX;
 /// The largest config file read.
 pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 
@@ -500,6 +525,31 @@ pub enum Invalid {
         /// The name.
         name: String,
     },
+    /// Two `[[vault.cosigner]]` tables share a name.
+    #[error("two [[vault.cosigner]] tables are named {name:?}: names are unique")]
+    DuplicateCosigner {
+        /// The name.
+        name: String,
+    },
+    /// `cosigners_required` is more than the `[[vault.cosigner]]` tables.
+    #[error("[vault] cosigners_required = {required}, but only {count} [[vault.cosigner]] tables are listed")]
+    CosignersRequired {
+        /// `cosigners_required`.
+        required: usize,
+        /// The tables.
+        count: usize,
+    },
+    /// `[[vault.cosigner]]` tables with `cosigners_required = 0`: they would
+    /// be ignored.
+    #[error("{count} [[vault.cosigner]] tables, but [vault] cosigners_required is 0: set how many must cosign, or remove the tables")]
+    CosignersUnused {
+        /// The tables.
+        count: usize,
+    },
+    /// The cosigners cannot be pinned (a name that cannot sign notes, a key
+    /// shared by two cosigners or with a witness key).
+    #[error("the [[vault.cosigner]] tables cannot be pinned")]
+    Cosigners(#[source] CosignerPinError),
 }
 
 impl NodeConfig {
@@ -633,7 +683,7 @@ impl NodeConfig {
         for a in &self.admin_keys {
             check_key(format!("[[admin_key]] {:?}", a.name), &a.public_key)?;
         }
-        self.witness_verifier_keys()?;
+        self.fleet_verifier()?;
         let own = self
             .peers
             .iter()
@@ -699,15 +749,68 @@ impl NodeConfig {
         Ok((keys, operator_key))
     }
 
+    /// The pinned cosigners, checked: at most [`COSIGNERS_MAX`], uniquely
+    /// named, every key 64 hex digits, and `cosigners_required` 1 to their
+    /// number (or 0 with none listed).
+    fn cosigner_keys(&self) -> Result<Vec<CosignerKey>, Invalid> {
+        let v = &self.vault;
+        if v.cosigners.len() > COSIGNERS_MAX {
+            return Err(Invalid::TooMany {
+                table: "vault.cosigner",
+                count: v.cosigners.len(),
+                max: COSIGNERS_MAX,
+            });
+        }
+        if v.cosigners_required > v.cosigners.len() {
+            return Err(Invalid::CosignersRequired {
+                required: v.cosigners_required,
+                count: v.cosigners.len(),
+            });
+        }
+        if v.cosigners_required == 0 && !v.cosigners.is_empty() {
+            return Err(Invalid::CosignersUnused {
+                count: v.cosigners.len(),
+            });
+        }
+        let mut names = BTreeSet::new();
+        let mut keys = Vec::with_capacity(v.cosigners.len());
+        for c in &v.cosigners {
+            if c.name.is_empty() {
+                return Err(Invalid::Empty {
+                    field: "[[vault.cosigner]] name",
+                });
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(Invalid::DuplicateCosigner {
+                    name: c.name.clone(),
+                });
+            }
+            let public_key =
+                crate::hsm::parse_key_hex(&c.public_key).map_err(|source| Invalid::Key {
+                    owner: format!("[[vault.cosigner]] {:?}", c.name),
+                    source,
+                })?;
+            keys.push(CosignerKey {
+                name: c.name.clone(),
+                public_key,
+            });
+        }
+        Ok(keys)
+    }
+
     /// The check of the fleet's validation bundle this node trusts: the
-    /// pinned witness keys and operator key, for `[vault] namespace`.
+    /// pinned witness keys and operator key, for `[vault] namespace`, and
+    /// `cosigners_required` of the pinned cosigners.
     pub fn fleet_verifier(&self) -> Result<FleetVerifier, Invalid> {
         let (witness_keys, operator_key) = self.witness_verifier_keys()?;
-        Ok(FleetVerifier::new(
-            &self.vault.namespace,
-            witness_keys,
-            operator_key,
-        ))
+        let cosigners = self.cosigner_keys()?;
+        let verifier = FleetVerifier::new(&self.vault.namespace, witness_keys, operator_key);
+        if self.vault.cosigners_required == 0 {
+            return Ok(verifier);
+        }
+        verifier
+            .require_cosigners(self.vault.cosigners_required, cosigners)
+            .map_err(Invalid::Cosigners)
     }
 
     /// Takes every relative path against `base`.

@@ -321,3 +321,117 @@ fn init_needs_only_the_ids_and_the_pin_source() {
         })
     ));
 }
+
+#[test]
+fn cosigners_are_pinned_k_of_n_and_refused_with_what_to_fix() {
+    use vaultfleet_audit::CosignerPinError;
+    const REQUIRED: &str = "cosigners_required = 1\n";
+    const W1: &str = "name = \"witness.example.com/w1\"\n";
+    const W1_KEY: &str = "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f";
+    const W2_KEY: &str = "9f9e9d9c9b9a999897969594939291908f8e8d8c8b8a89888786858483828180";
+    let text = example();
+    let (_dir, r) = load(&text);
+    let c = r.unwrap();
+    assert_eq!(c.vault.cosigners_required, 1);
+    assert_eq!(c.vault.cosigners.len(), 2);
+    assert_eq!(c.vault.cosigners[1].name, "witness.example.org/w2");
+    assert_eq!(c.fleet_verifier().unwrap().cosigners_required(), 1);
+    // 2 of 2 is fine too.
+    let (_dir, r) = load(&edit(&text, REQUIRED, "cosigners_required = 2\n"));
+    assert_eq!(r.unwrap().fleet_verifier().unwrap().cosigners_required(), 2);
+
+    // Both optional: no cosigner, no cosignature needed.
+    let start = text.find("# Optional (at most 32)").unwrap();
+    let end = text.find("# Optional. Rule:").unwrap();
+    let none = edit(&format!("{}{}", &text[..start], &text[end..]), REQUIRED, "");
+    let (_dir, r) = load(&none);
+    let c = r.unwrap();
+    assert_eq!(c.vault.cosigners_required, 0);
+    assert!(c.vault.cosigners.is_empty());
+    assert_eq!(c.fleet_verifier().unwrap().cosigners_required(), 0);
+    // Required with none listed.
+    assert!(matches!(
+        invalid(&edit(
+            &none,
+            "\n[vault]\n",
+            "\n[vault]\ncosigners_required = 1\n"
+        )),
+        Invalid::CosignersRequired {
+            required: 1,
+            count: 0
+        }
+    ));
+
+    // K above n, or tables that K = 0 would ignore.
+    assert!(matches!(
+        invalid(&edit(&text, REQUIRED, "cosigners_required = 3\n")),
+        Invalid::CosignersRequired {
+            required: 3,
+            count: 2
+        }
+    ));
+    let e = invalid(&edit(&text, REQUIRED, "cosigners_required = 0\n"));
+    assert!(matches!(e, Invalid::CosignersUnused { count: 2 }), "{e:?}");
+    assert!(e.to_string().contains("cosigners_required"), "{e}");
+    // Names unique and non-empty, keys 64 hex digits.
+    assert!(matches!(
+        invalid(&edit(&text, "name = \"witness.example.org/w2\"\n", W1)),
+        Invalid::DuplicateCosigner { name } if name == "witness.example.com/w1"
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, W1, "name = \"\"\n")),
+        Invalid::Empty {
+            field: "[[vault.cosigner]] name"
+        }
+    ));
+    let e = invalid(&edit(&text, W1_KEY, "8081"));
+    assert!(
+        matches!(&e, Invalid::Key { owner, .. } if owner.contains("vault.cosigner")),
+        "{e:?}"
+    );
+    assert!(chain(&e).contains("64 hex digits"), "{}", chain(&e));
+    // What the verifier refuses: a name that cannot sign notes, one key for
+    // two cosigners, a witness key as a cosigner.
+    assert!(matches!(
+        invalid(&edit(&text, W1, "name = \"witness w1\"\n")),
+        Invalid::Cosigners(CosignerPinError::Name { .. })
+    ));
+    assert!(matches!(
+        invalid(&edit(&text, W2_KEY, W1_KEY)),
+        Invalid::Cosigners(CosignerPinError::DuplicateKey { .. })
+    ));
+    let e = invalid(&edit(
+        &text,
+        W1_KEY,
+        "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+    ));
+    assert!(
+        matches!(&e, Invalid::Cosigners(CosignerPinError::WitnessKey { witness, .. }) if witness == "witness-1"),
+        "{e:?}"
+    );
+    // At most COSIGNERS_MAX tables.
+    let many = (0..=vaultfleet_node::config::COSIGNERS_MAX)
+        .map(|i| {
+            format!(
+                "[[vault.cosigner]]\nname = \"w{i}\"\npublic_key = \"{:064x}\"\n",
+                i + 1
+            )
+        })
+        .collect::<String>();
+    let end = text.find("# Optional. Rule:").unwrap();
+    let too_many = format!("{}{many}\n{}", &text[..start], &text[end..]);
+    assert!(matches!(
+        invalid(&too_many),
+        Invalid::TooMany {
+            table: "vault.cosigner",
+            count: 33,
+            max: 32
+        }
+    ));
+    // Unknown fields in the table are refused by name.
+    let (_dir, r) = load(&edit(&text, W1, &format!("{W1}not_before = 0\n")));
+    assert!(
+        matches!(&r, Err(e @ ConfigError::Parse { .. }) if chain(e).contains("unknown field `not_before`")),
+        "{r:?}"
+    );
+}
