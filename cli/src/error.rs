@@ -155,6 +155,48 @@ pub enum CliError {
         /// The line, from 1.
         line: usize,
     },
+    /// A URL is not one the HTTP client takes.
+    #[error("the URL")]
+    Http(#[source] vaultfleet_tlog::HttpError),
+    /// A note verifier key does not parse.
+    #[error("the verifier key {vkey:?}")]
+    Vkey {
+        /// The key as given.
+        vkey: String,
+        /// Why.
+        #[source]
+        source: NoteError,
+    },
+    /// The pinned cosigners or their threshold are not usable.
+    #[error("the pinned cosigners")]
+    CosignerPins(#[source] vaultfleet_audit::CosignerPinError),
+    /// A runtime for the HTTP calls could not start.
+    #[error("cannot start the runtime for HTTP calls")]
+    Runtime(#[source] std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("cannot watch SIGTERM and SIGINT")]
+    Signals(#[source] vaultfleet_node::run::SignalError),
+    /// `--operator-key` is not 64 hex characters.
+    #[error("--operator-key must be the operator's Ed25519 public key as 64 hex characters")]
+    OperatorKey,
+    /// A `--cosigner` value is not `URL,VKEY`.
+    #[error("--cosigner {0:?} is not URL,VKEY")]
+    CosignerSpec(String),
+    /// A `--log` value is not `ORIGIN=VKEY`.
+    #[error("--log {0:?} is not ORIGIN=VKEY")]
+    LogSpec(String),
+    /// A server could not start.
+    #[error("cannot start the server")]
+    Serve(#[from] vaultfleet_tlog::ServeError),
+    /// The cosigner could not be opened.
+    #[error("the cosigner")]
+    Cosigner(#[from] vaultfleet_audit::cosigner::CosignerError),
+    /// The served witness did not witness the submission.
+    #[error("the submission")]
+    Submit(#[from] vaultfleet_tlog::submit::SubmitError),
+    /// The served log could not be fetched or does not hold together.
+    #[error("the served log")]
+    Walk(#[source] vaultfleet_tlog::walk::WalkError),
     /// The pins file does not parse.
     #[error("{}: the pins", path.display())]
     Pins {

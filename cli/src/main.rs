@@ -11,6 +11,10 @@
 //! vaultfleet audit diff evidence-1.bin evidence-2.bin
 //! ```
 //!
+//! The witness's log in public (C2SP tlog-tiles, tlog-witness cosigners) is
+//! `witness serve|vkey|submit`, `cosigner init|serve`, `audit log --url` and
+//! `audit bundle` (see `tlog_cmd`).
+//!
 //! Every subcommand has `--help`. Keys live in soft HSMs kept in files (`*.hsm`)
 //! under the directories given: the fleet's security world, one HSM per replica
 //! (its device attestation key and transport key), a stand-in vendor root, the
@@ -28,6 +32,7 @@ mod admin_cmd;
 mod error;
 mod node_cmd;
 mod testbed_cmd;
+mod tlog_cmd;
 mod vault_cmd;
 
 use std::path::{Path, PathBuf};
@@ -43,8 +48,8 @@ use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::merkle::verify_consistency;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{
-    Bundle, Checkpoint, FleetVerifier, MerkleTree, NoteVerifier, SignedNote, Witness, WitnessKey,
-    WitnessKeySpec,
+    Bundle, Checkpoint, CosignerKey, FleetVerifier, MerkleTree, NoteVerifier, SignedNote, Witness,
+    WitnessKey, WitnessKeySpec,
 };
 use vaultfleet_vault::VaultKeys;
 use zeroize::Zeroizing;
@@ -69,6 +74,10 @@ enum Command {
     /// The transparency witness.
     #[command(subcommand)]
     Witness(WitnessCommand),
+    /// An independent witness that cosigns the log's checkpoints (C2SP
+    /// tlog-witness).
+    #[command(subcommand)]
+    Cosigner(CosignerCommand),
     /// The operator's countersignature.
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -104,6 +113,22 @@ enum FleetCommand {
 enum WitnessCommand {
     /// Witness an epoch's artifact: log it, sign it, publish a checkpoint.
     Sign(WitnessSign),
+    /// Serve the witness's log over HTTP (C2SP tlog-tiles), take the
+    /// operator's signed submissions, and collect cosignatures.
+    Serve(tlog_cmd::WitnessServe),
+    /// Print the witness's note verifier keys (what cosigners and auditors pin).
+    Vkey(tlog_cmd::WitnessVkey),
+    /// Submit an epoch to a served witness, signed by the operator's key, and
+    /// countersign the witness's signature.
+    Submit(tlog_cmd::WitnessSubmit),
+}
+
+#[derive(Debug, Subcommand)]
+enum CosignerCommand {
+    /// Create the cosigner's key and print its verifier key.
+    Init(tlog_cmd::CosignerInit),
+    /// Serve C2SP tlog-witness `add-checkpoint` for the logs it follows.
+    Serve(tlog_cmd::CosignerServe),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +151,9 @@ enum AuditCommand {
     Verify(AuditVerify),
     /// Verify the witness's whole log and every checkpoint (exit 1 if one fails).
     Log(AuditLog),
+    /// Verify a bundle a client received and that it is in the served log (no
+    /// split view; exit 1 if not).
+    Bundle(tlog_cmd::AuditBundle),
     /// Show what changed between two artifacts (or evidence files).
     Diff(AuditDiff),
 }
@@ -197,8 +225,15 @@ struct EvidenceAssemble {
     #[arg(long)]
     epoch: u64,
     /// The witness's folder.
-    #[arg(long)]
-    witness_dir: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "witness_url",
+        conflicts_with = "witness_url"
+    )]
+    witness_dir: Option<PathBuf>,
+    /// The served witness log instead (its cosigned checkpoint goes into the bundle).
+    #[arg(long, value_name = "URL")]
+    witness_url: Option<String>,
     /// The log's namespace.
     #[arg(long)]
     namespace: String,
@@ -215,6 +250,12 @@ struct AuditPinsArgs {
     /// The fleet's folder.
     #[arg(long)]
     dir: PathBuf,
+    /// A cosigner's verifier key (`cosigner init` prints it), repeatable.
+    #[arg(long = "cosigner", value_name = "VKEY")]
+    cosigners: Vec<String>,
+    /// How many of the cosigners must cosign a bundle's checkpoint.
+    #[arg(long, default_value_t = 0)]
+    cosigners_required: usize,
     /// The witness's folder.
     #[arg(long)]
     witness_dir: PathBuf,
@@ -244,8 +285,19 @@ struct AuditVerify {
 #[derive(Debug, Args)]
 struct AuditLog {
     /// The witness's folder (its published log and checkpoints; no HSM needed).
+    #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+    witness_dir: Option<PathBuf>,
+    /// The served log instead (C2SP tlog-tiles over HTTP).
     #[arg(long)]
-    witness_dir: PathBuf,
+    url: Option<String>,
+    /// With --url: where the checkpoints seen are kept, so the next run checks
+    /// that the log still extends them.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "vaultfleet-audit-checkpoints"
+    )]
+    keep: PathBuf,
     /// The log's namespace (default: the pins').
     #[arg(long)]
     namespace: Option<String>,
@@ -627,27 +679,34 @@ fn operator_countersign(a: &OperatorCountersign) -> Res<()> {
 fn evidence_assemble(a: &EvidenceAssemble) -> Res<()> {
     let (epoch, ns) = (a.epoch, &a.namespace);
     let time = a.time.unwrap_or_else(now);
-    let w = open_witness(&a.witness_dir, &[])?;
     let edir = a.dir.join(format!("epoch-{epoch}"));
     let artifact = read(&edir.join("artifact.bin"))?;
     let cs_path = edir.join("countersignature.bin");
     let cs: [u8; 64] = read(&cs_path)?
         .try_into()
         .map_err(|_| CliError::Countersignature { path: cs_path })?;
-    let entry = w
-        .entries(ns)
-        .iter()
-        .find(|e| e.statement.epoch == epoch)
-        .ok_or_else(|| CliError::NotWitnessed {
-            epoch,
-            namespace: ns.clone(),
-        })?;
-    let tree = w.tree(ns).ok_or_else(|| CliError::EmptyLog {
-        namespace: ns.clone(),
-    })?;
-    let proof = tree.inclusion_proof(entry.leaf_index, tree.size())?;
-    let cp = w.checkpoint(ns, time)?;
-    let bundle = Bundle::assemble(artifact, entry, cs, proof, &cp);
+    let (entry, proof, cp, size) = match (&a.witness_dir, &a.witness_url) {
+        (_, Some(url)) => tlog_cmd::assemble_from_url(url, ns, epoch)?,
+        (Some(dir), None) => {
+            let w = open_witness(dir, &[])?;
+            let entry = w
+                .entries(ns)
+                .iter()
+                .find(|e| e.statement.epoch == epoch)
+                .cloned()
+                .ok_or_else(|| CliError::NotWitnessed {
+                    epoch,
+                    namespace: ns.clone(),
+                })?;
+            let tree = w.tree(ns).ok_or_else(|| CliError::EmptyLog {
+                namespace: ns.clone(),
+            })?;
+            let proof = tree.inclusion_proof(entry.leaf_index, tree.size())?;
+            (entry, proof, w.checkpoint(ns, time)?, tree.size())
+        }
+        (None, None) => unreachable!("clap requires --witness-dir or --witness-url"),
+    };
+    let bundle = Bundle::assemble(artifact, &entry, cs, proof, &cp);
     let mut evidence = read_evidence(&edir.join("deployment.bin"))?;
     evidence.bundle = bundle
         .encode()
@@ -657,9 +716,8 @@ fn evidence_assemble(a: &EvidenceAssemble) -> Res<()> {
         .map_err(CliError::encode("the deployment evidence"))?;
     write(&a.out, &encoded)?;
     println!(
-        "wrote {} (epoch {epoch}, checkpoint size {})",
+        "wrote {} (epoch {epoch}, checkpoint size {size})",
         a.out.display(),
-        tree.size()
     );
     Ok(())
 }
@@ -693,6 +751,16 @@ fn audit_pins(a: &AuditPinsArgs) -> Res<()> {
         text.push_str(&format!("officer officer-{i} {}\n", hex(&officer)));
     }
     text.push_str(&format!("threshold {THRESHOLD}\n"));
+    for c in &a.cosigners {
+        let v = NoteVerifier::parse_vkey(c).map_err(|source| CliError::Vkey {
+            vkey: c.clone(),
+            source,
+        })?;
+        text.push_str(&format!("cosigner {} {}\n", v.name, hex(&v.public_key)));
+    }
+    if a.cosigners_required > 0 {
+        text.push_str(&format!("cosigners {}\n", a.cosigners_required));
+    }
     write(&a.out, text.as_bytes())?;
     println!(
         "wrote {}: the keys an auditor pins (publish them out of band)",
@@ -706,6 +774,21 @@ struct Pins {
     witness: Vec<WitnessKey>,
     operator: [u8; 32],
     audit: AuditPins,
+    /// Independent witnesses that cosign the log's checkpoints.
+    cosigners: Vec<CosignerKey>,
+    /// How many of them a bundle's checkpoint needs (0: none).
+    cosigners_required: usize,
+}
+
+/// The client's verifier from the pins: the witness and operator keys, and
+/// the cosigners when the pins require some.
+fn verifier_from_pins(pins: &Pins) -> Res<FleetVerifier> {
+    let v = FleetVerifier::new(&pins.namespace, pins.witness.clone(), pins.operator);
+    if pins.cosigners_required == 0 {
+        return Ok(v);
+    }
+    v.require_cosigners(pins.cosigners_required, pins.cosigners.clone())
+        .map_err(CliError::CosignerPins)
 }
 
 fn read_pins(path: &Path) -> Res<Pins> {
@@ -722,6 +805,8 @@ fn parse_pins(text: &str) -> Result<Pins, PinsError> {
         witness: Vec::new(),
         operator: [0; 32],
         audit: AuditPins::default(),
+        cosigners: Vec::new(),
+        cosigners_required: 0,
     };
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -742,6 +827,11 @@ fn parse_pins(text: &str) -> Result<Pins, PinsError> {
             ["vendor", name, k] => p.audit.vendor_roots.push((name.to_string(), key(k)?)),
             ["officer", name, k] => p.audit.officers.push((name.to_string(), key(k)?)),
             ["threshold", n] => p.audit.threshold = n.parse().map_err(number)?,
+            ["cosigner", name, k] => p.cosigners.push(CosignerKey {
+                name: name.to_string(),
+                public_key: key(k)?,
+            }),
+            ["cosigners", n] => p.cosigners_required = n.parse().map_err(number)?,
             [] => {}
             _ => return Err(PinsError::UnknownLine { line: line_no }),
         }
@@ -773,7 +863,7 @@ fn audit_verify(a: &AuditVerify) -> Res<bool> {
             evidence.ceremony.signatures.len()
         ),
     );
-    let mut verifier = FleetVerifier::new(&pins.namespace, pins.witness.clone(), pins.operator);
+    let mut verifier = verifier_from_pins(&pins)?;
     let artifact = match FleetArtifact::decode(&Bundle::decode(&evidence.bundle)?.artifact) {
         Ok(a) => a,
         Err(e) => return Ok(report(false, "fleet artifact", &e.to_string())),
@@ -808,15 +898,14 @@ fn audit_verify(a: &AuditVerify) -> Res<bool> {
     Ok(all)
 }
 
-/// Replays the witness's published log of `ns`: every entry signed by a pinned
-/// key, epochs in order. Returns the rebuilt tree and whether every entry passed.
-fn audit_log_entries(wdir: &Path, ns: &str, pins: &Pins) -> Res<(MerkleTree, bool)> {
-    let state = wdir.join("witness.state");
-    let text = std::fs::read_to_string(&state).map_err(CliError::io(&state))?;
-    let entries = vaultfleet_audit::witness::parse_log(&text).map_err(|source| CliError::Log {
-        path: state,
-        source,
-    })?;
+/// Checks the witness's log of `ns` (from its state file or fetched from the
+/// served log): every entry signed by a pinned key, epochs in order. Returns
+/// the rebuilt tree and whether every entry passed.
+fn check_entries(
+    entries: &[vaultfleet_audit::Witnessed],
+    ns: &str,
+    pins: &Pins,
+) -> Res<(MerkleTree, bool)> {
     let mut all = true;
     let mut tree = MerkleTree::new();
     let mut last_epoch = 0;
@@ -947,10 +1036,21 @@ fn audit_log(a: &AuditLog) -> Res<bool> {
         .namespace
         .clone()
         .unwrap_or_else(|| pins.namespace.clone());
+    let wdir = match (&a.witness_dir, &a.url) {
+        (_, Some(url)) => return tlog_cmd::audit_log_url(url, &ns, &pins, &a.keep, &a.evidence),
+        (Some(dir), None) => dir,
+        (None, None) => unreachable!("clap requires --witness-dir or --url"),
+    };
     // The log as the witness publishes it; read without its HSM.
-    let (tree, mut all) = audit_log_entries(&a.witness_dir, &ns, &pins)?;
+    let state = wdir.join("witness.state");
+    let text = std::fs::read_to_string(&state).map_err(CliError::io(&state))?;
+    let entries = vaultfleet_audit::witness::parse_log(&text).map_err(|source| CliError::Log {
+        path: state,
+        source,
+    })?;
+    let (tree, mut all) = check_entries(&entries, &ns, &pins)?;
     let mut seen: Vec<(Checkpoint, String)> = Vec::new();
-    for (source, text) in collect_checkpoints(&a.witness_dir, &ns, &a.evidence)? {
+    for (source, text) in collect_checkpoints(wdir, &ns, &a.evidence)? {
         match pinned_checkpoint(&text, &pins) {
             Ok(cp) if cp.origin == ns => seen.push((cp, source)),
             Ok(_) => {}
@@ -1070,6 +1170,12 @@ fn run(command: &Command) -> Res<bool> {
     match command {
         Command::Fleet(FleetCommand::Create(a)) => fleet_create(a).map(|()| true),
         Command::Witness(WitnessCommand::Sign(a)) => witness_sign(a).map(|()| true),
+        Command::Witness(WitnessCommand::Serve(a)) => tlog_cmd::witness_serve(a).map(|()| true),
+        Command::Witness(WitnessCommand::Vkey(a)) => tlog_cmd::witness_vkey(a).map(|()| true),
+        Command::Witness(WitnessCommand::Submit(a)) => tlog_cmd::witness_submit(a).map(|()| true),
+        Command::Cosigner(CosignerCommand::Init(a)) => tlog_cmd::cosigner_init(a).map(|()| true),
+        Command::Cosigner(CosignerCommand::Serve(a)) => tlog_cmd::cosigner_serve(a).map(|()| true),
+        Command::Audit(AuditCommand::Bundle(a)) => tlog_cmd::audit_bundle(a),
         Command::Operator(OperatorCommand::Countersign(a)) => {
             operator_countersign(a).map(|()| true)
         }
