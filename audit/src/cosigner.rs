@@ -312,6 +312,15 @@ pub enum CosignerError {
         #[source]
         source: std::io::Error,
     },
+    /// The state would grow past [`STATE_BYTES_MAX`] (too many logs, or
+    /// checkpoints with long extension lines): the checkpoint is not cosigned.
+    #[error("the cosigner state would be {len} bytes, at most {max} are kept: follow fewer logs")]
+    StateTooLarge {
+        /// Its size.
+        len: usize,
+        /// The most kept.
+        max: usize,
+    },
     /// The state file does not have the state's shape (truncated or corrupt).
     #[error("cosigner state {path}: line {line}: {what}")]
     Corrupt {
@@ -604,6 +613,13 @@ impl<H: Hsm> Cosigner<H> {
             .mac(self.mac_key, &self.mac_input(&body))
             .map_err(Refusal::Hsm)?;
         let text = format!("{body}mac {}\n", B64.encode(tag));
+        // R1-8: never write a state `open` would refuse to read back.
+        if text.len() > STATE_BYTES_MAX {
+            return Err(Refusal::State(CosignerError::StateTooLarge {
+                len: text.len(),
+                max: STATE_BYTES_MAX,
+            }));
+        }
         let tmp = self.path.with_extension("tmp");
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
@@ -707,6 +723,20 @@ impl<H: Hsm> Cosigner<H> {
             )
             .map_err(Refusal::BadProof)?;
         }
+        // R1-6: the checkpoint already cosigned, sent again (anyone can replay a
+        // public checkpoint with `old` = its size): answer with the stored
+        // cosignature, without a new signature or a write, so replays cost no
+        // HSM call and no fsync.
+        if let Some(stored) = previous
+            .filter(|l| l.size == cp.size && l.note.text == request.checkpoint.text)
+            .and_then(|l| {
+                l.note.signatures.iter().find(|sig| {
+                    sig.name == self.verifier.name && sig.key_hash == self.verifier.key_hash()
+                })
+            })
+        {
+            return Ok(stored.line());
+        }
         let last = previous.map_or(0, |l| l.timestamp);
         if now == 0 || now < last || now > i64::MAX as u64 {
             return Err(Refusal::ClockBehind { now, last });
@@ -781,9 +811,14 @@ impl<H: Hsm> Cosigner<H> {
     }
 }
 
+/// The most signature lines a merged note carries (Go's `note` package and
+/// the `signed_note` crate refuse notes with more than 100).
+pub const NOTE_SIGNATURES_MAX: usize = 100;
+
 /// Log side: takes a 200 `add-checkpoint` response (signature lines) for
 /// `note`, keeps the cosignatures that verify under one of `cosigners` and
-/// appends those not already on the note. Lines from unknown keys are ignored
+/// appends those whose key has no line on the note yet (one per key, and at
+/// most [`NOTE_SIGNATURES_MAX`] lines in all). Lines from unknown keys are ignored
 /// ("The client MUST ignore any cosignatures from unknown keys"); a line that
 /// names a known key (name and key ID) but does not verify, or carries a zero
 /// timestamp, is an error. Returns the note and how many lines were added.
@@ -819,7 +854,13 @@ pub fn merge_cosignatures(
             if key.verify(&one)? == Some(0) {
                 return Err(NoteError::Malformed("a cosignature's timestamp is never 0"));
             }
-            if !out.signatures.contains(&sig) {
+            // R1-3: one cosignature per key (a cosigner answering with many
+            // timestamps would push the note past what standard tools read).
+            let has_key = out
+                .signatures
+                .iter()
+                .any(|s| s.name == sig.name && s.key_hash == sig.key_hash);
+            if !has_key && out.signatures.len() < NOTE_SIGNATURES_MAX {
                 out.signatures.push(sig.clone());
                 added += 1;
             }

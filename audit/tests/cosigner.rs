@@ -12,7 +12,7 @@ use vaultfleet_audit::cosigner::{
     FollowedLog, Refusal, CONTENT_TYPE_TLOG_SIZE, PROOF_LINES_MAX,
 };
 use vaultfleet_audit::merkle::{empty_root, Hash, MerkleTree};
-use vaultfleet_audit::note::{sign_note, Checkpoint, NoteError, NoteVerifier, SignedNote};
+use vaultfleet_audit::note::{cosign, sign_note, Checkpoint, NoteError, NoteVerifier, SignedNote};
 
 const ORIGIN: &str = "example.vault.fleet_keys.v1";
 const NAME: &str = "witness.example/w1";
@@ -162,9 +162,68 @@ fn cosigns_a_growing_log_and_serves_the_latest_checkpoint() {
     // "The origin hash is the SHA-256 hash of the log's origin, hex encoded, in lowercase."
     assert_eq!(c.checkpoint_for(&hash.to_uppercase()), None);
 
-    // Sizes equal and the same root: cosigned again (a log's retry).
-    let body = c.add_checkpoint(&s.log.body(17, 17), NOW + 6).unwrap();
-    check_cosignature(&c, &s.log.note(17), &body, NOW + 6);
+    // Sizes equal and the same root (a log's retry): the cosignature given
+    // before, from the state (R1-6: no new signature, no write).
+    let again = c.add_checkpoint(&s.log.body(17, 17), NOW + 6).unwrap();
+    assert_eq!(again, body);
+    check_cosignature(&c, &s.log.note(17), &again, NOW + 5);
+}
+
+/// R1-6 (attacker review of issue 16): anyone can replay a log's public
+/// checkpoint with `old` = its size. Each replay cost an HSM signature and a
+/// rewrite of the whole state with two fsyncs, serialised with the log's own
+/// requests. Now the stored cosignature is the answer and nothing is written.
+#[test]
+fn r1_6_a_replayed_checkpoint_is_answered_from_the_state_without_a_write() {
+    let s = Setup::new();
+    let mut c = s.open().unwrap();
+    let first = c.add_checkpoint(&s.log.body(0, 9), NOW).unwrap();
+    let before = std::fs::read(&s.state).unwrap();
+    let modified = std::fs::metadata(&s.state).unwrap().modified().unwrap();
+    for i in 1..=20 {
+        assert_eq!(c.add_checkpoint(&s.log.body(9, 9), NOW + i).unwrap(), first);
+    }
+    assert_eq!(std::fs::read(&s.state).unwrap(), before);
+    assert_eq!(
+        std::fs::metadata(&s.state).unwrap().modified().unwrap(),
+        modified
+    );
+    // A same-size checkpoint with another text (an extension line) is a new
+    // cosignature, persisted.
+    let mut note = s.log.note(9);
+    let mut cp = Checkpoint::parse(&note.text).unwrap();
+    cp.extensions.push("extra".into());
+    note.text = cp.body();
+    let k = s.log.hsm.key("log", KeyKind::Signing).unwrap();
+    note.signatures = vec![sign_note(&s.log.hsm, k, ORIGIN, &note.text).unwrap()];
+    let body = AddCheckpoint {
+        old_size: 9,
+        proof: vec![],
+        checkpoint: note,
+    }
+    .encode();
+    let other = c.add_checkpoint(body.as_bytes(), NOW + 30).unwrap();
+    assert_ne!(other, first);
+    assert_ne!(std::fs::read(&s.state).unwrap(), before);
+}
+
+/// R1-3 (attacker review of issue 16): a pinned cosigner answering with many
+/// cosignatures of its own (each with another timestamp) pushed the served
+/// note past the 100 signatures standard tools read. One line per key is kept.
+#[test]
+fn r1_3_one_cosignature_per_key_is_merged() {
+    let s = Setup::new();
+    let mut c = s.open().unwrap();
+    let note = s.log.note(5);
+    let first = c.add_checkpoint(&s.log.body(0, 5), NOW).unwrap();
+    let key = c.verifier().clone();
+    let k = s.hsm.key("cosigner/w1", KeyKind::Signing).unwrap();
+    let mut answer = first.clone();
+    for t in 1..=150 {
+        answer.push_str(&cosign(&s.hsm, k, NAME, &note.text, NOW + t).unwrap().line());
+    }
+    let (merged, added) = merge_cosignatures(&note, &answer, std::slice::from_ref(&key)).unwrap();
+    assert_eq!((added, merged.signatures.len()), (1, 2));
 }
 
 #[test]
@@ -465,9 +524,10 @@ fn a_crash_between_persist_and_reply_leaves_the_new_size_and_the_log_retries() {
     let e = c.add_checkpoint(&s.log.body(3, 7), NOW + 2).unwrap_err();
     let latest = parse_tlog_size(&e.body().1).unwrap();
     assert_eq!(latest, 7);
-    // And retries with it: same size, same root, cosigned.
+    // And retries with it: same size, same root: the cosignature the crash
+    // lost, from the state.
     let body = c.add_checkpoint(&s.log.body(latest, 7), NOW + 2).unwrap();
-    check_cosignature(&c, &s.log.note(7), &body, NOW + 2);
+    check_cosignature(&c, &s.log.note(7), &body, NOW + 1);
 }
 
 #[test]

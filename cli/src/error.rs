@@ -170,6 +170,14 @@ pub enum CliError {
     /// The pinned cosigners or their threshold are not usable.
     #[error("the pinned cosigners")]
     CosignerPins(#[source] vaultfleet_audit::CosignerPinError),
+    /// `--cosigners-required` does not fit the `--cosigner` keys given.
+    #[error("--cosigners-required {required} with {listed} --cosigner keys: require 1 to {listed} when cosigners are listed, and list them to require any")]
+    CosignersRequired {
+        /// Required.
+        required: usize,
+        /// Listed.
+        listed: usize,
+    },
     /// A runtime for the HTTP calls could not start.
     #[error("cannot start the runtime for HTTP calls")]
     Runtime(#[source] std::io::Error),
@@ -236,6 +244,9 @@ pub enum PinsError {
     /// The file lacks a namespace, a witness key or a threshold.
     #[error("pins need a namespace, at least one witness key and a threshold")]
     Incomplete,
+    /// Cosigners are pinned but no `cosigners K` line says how many to require.
+    #[error("cosigner lines need a `cosigners K` line (K from 1 to their number): without it no cosignature would be checked")]
+    CosignersUnused,
 }
 
 impl CliError {

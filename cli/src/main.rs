@@ -232,8 +232,12 @@ struct EvidenceAssemble {
     )]
     witness_dir: Option<PathBuf>,
     /// The served witness log instead (its cosigned checkpoint goes into the bundle).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", requires = "witness_vkeys")]
     witness_url: Option<String>,
+    /// With --witness-url: the witness's pinned note key (as `witness vkey`
+    /// prints it), repeatable; the served checkpoint must be signed by one.
+    #[arg(long = "witness-vkey", value_name = "VKEY")]
+    witness_vkeys: Vec<String>,
     /// The log's namespace.
     #[arg(long)]
     namespace: String,
@@ -298,6 +302,9 @@ struct AuditLog {
         default_value = "vaultfleet-audit-checkpoints"
     )]
     keep: PathBuf,
+    /// With --url: the most entries the served log may hold.
+    #[arg(long, default_value_t = vaultfleet_tlog::walk::ENTRIES_MAX)]
+    max_entries: u64,
     /// The log's namespace (default: the pins').
     #[arg(long)]
     namespace: Option<String>,
@@ -686,7 +693,10 @@ fn evidence_assemble(a: &EvidenceAssemble) -> Res<()> {
         .try_into()
         .map_err(|_| CliError::Countersignature { path: cs_path })?;
     let (entry, proof, cp, size) = match (&a.witness_dir, &a.witness_url) {
-        (_, Some(url)) => tlog_cmd::assemble_from_url(url, ns, epoch)?,
+        (_, Some(url)) => {
+            let digest = FleetArtifact::decode(&artifact)?.digest()?;
+            tlog_cmd::assemble_from_url(url, &a.witness_vkeys, ns, epoch, digest)?
+        }
         (Some(dir), None) => {
             let w = open_witness(dir, &[])?;
             let entry = w
@@ -751,6 +761,14 @@ fn audit_pins(a: &AuditPinsArgs) -> Res<()> {
         text.push_str(&format!("officer officer-{i} {}\n", hex(&officer)));
     }
     text.push_str(&format!("threshold {THRESHOLD}\n"));
+    if a.cosigners.is_empty() != (a.cosigners_required == 0)
+        || a.cosigners_required > a.cosigners.len()
+    {
+        return Err(CliError::CosignersRequired {
+            required: a.cosigners_required,
+            listed: a.cosigners.len(),
+        });
+    }
     for c in &a.cosigners {
         let v = NoteVerifier::parse_vkey(c).map_err(|source| CliError::Vkey {
             vkey: c.clone(),
@@ -838,6 +856,10 @@ fn parse_pins(text: &str) -> Result<Pins, PinsError> {
     }
     if p.namespace.is_empty() || p.witness.is_empty() || p.audit.threshold == 0 {
         return Err(PinsError::Incomplete);
+    }
+    // R1-5: cosigners pinned but none required would check nothing.
+    if !p.cosigners.is_empty() && p.cosigners_required == 0 {
+        return Err(PinsError::CosignersUnused);
     }
     Ok(p)
 }
@@ -1037,7 +1059,9 @@ fn audit_log(a: &AuditLog) -> Res<bool> {
         .clone()
         .unwrap_or_else(|| pins.namespace.clone());
     let wdir = match (&a.witness_dir, &a.url) {
-        (_, Some(url)) => return tlog_cmd::audit_log_url(url, &ns, &pins, &a.keep, &a.evidence),
+        (_, Some(url)) => {
+            return tlog_cmd::audit_log_url(url, &ns, &pins, &a.keep, &a.evidence, a.max_entries)
+        }
         (Some(dir), None) => dir,
         (None, None) => unreachable!("clap requires --witness-dir or --url"),
     };

@@ -24,7 +24,8 @@ use vaultfleet_audit::submission::Submission;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{Bundle, Checkpoint, FleetArtifact, NoteVerifier, SignedNote};
 use vaultfleet_node::run::{signals, NodeSignal};
-use vaultfleet_tlog::walk::{block_on, bundle_in_log, fetch_log, FetchedLog};
+use vaultfleet_tlog::walk::ENTRIES_MAX;
+use vaultfleet_tlog::walk::{block_on, bundle_in_log, fetch_verified_log, FetchedLog};
 use vaultfleet_tlog::{BaseUrl, CosignerEndpoint, CosignerServer, LogConfig, LogServer};
 
 use crate::error::CliError;
@@ -80,6 +81,11 @@ pub struct WitnessSubmit {
     /// The epoch's `artifact.bin`.
     #[arg(long)]
     artifact: PathBuf,
+    /// The witness's pinned note key (as `witness vkey` prints it, published
+    /// by the witness out of band), repeatable: the receipt must be signed by
+    /// one, or it is not countersigned.
+    #[arg(long = "witness-vkey", value_name = "VKEY", required = true)]
+    witness_vkeys: Vec<String>,
 }
 
 /// `cosigner init`.
@@ -129,6 +135,9 @@ pub struct AuditBundle {
     /// The time to verify at, Unix seconds (default now).
     #[arg(long, value_name = "T")]
     now: Option<u64>,
+    /// The most entries the served log may hold.
+    #[arg(long, default_value_t = ENTRIES_MAX)]
+    max_entries: u64,
 }
 
 fn base_url(url: &str) -> Res<BaseUrl> {
@@ -224,8 +233,13 @@ pub(crate) fn witness_submit(a: &WitnessSubmit) -> Res<()> {
     }
     .sign(&operator, "operator/countersign")
     .map_err(CliError::hsm("sign the submission"))?;
-    let receipt =
-        block_on(vaultfleet_tlog::submit::submit(&url, &signed)).map_err(CliError::Runtime)??;
+    let keys = a
+        .witness_vkeys
+        .iter()
+        .map(|k| vkey(k))
+        .collect::<Res<Vec<_>>>()?;
+    let receipt = block_on(vaultfleet_tlog::submit::submit(&url, &signed, &keys))
+        .map_err(CliError::Runtime)??;
     let w = &receipt.witnessed;
     let cs = countersign(&operator, "operator/countersign", w)?;
     let edir = a.dir.join(format!("epoch-{}", artifact.epoch));
@@ -283,9 +297,24 @@ pub(crate) fn cosigner_serve(a: &CosignerServe) -> Res<()> {
     Ok(())
 }
 
-/// Fetches the served log of `ns`, reporting a failure as a refused check.
-fn fetch(url: &BaseUrl, ns: &str) -> Res<Result<FetchedLog, String>> {
-    let fetched = block_on(fetch_log(url, ns)).map_err(CliError::Runtime)?;
+/// The pinned witness keys as note verifiers.
+fn note_keys(pins: &crate::Pins) -> Vec<NoteVerifier> {
+    pins.witness
+        .iter()
+        .filter_map(|k| NoteVerifier::ed25519(&k.name, k.public_key).ok())
+        .collect()
+}
+
+/// Fetches the served log of `ns` (its checkpoint signed by a pinned witness
+/// key first, at most `max_entries`), reporting a failure as a refused check.
+fn fetch(
+    url: &BaseUrl,
+    ns: &str,
+    pins: &crate::Pins,
+    max_entries: u64,
+) -> Res<Result<FetchedLog, String>> {
+    let fetched = block_on(fetch_verified_log(url, ns, &note_keys(pins), max_entries))
+        .map_err(CliError::Runtime)?;
     Ok(fetched.map_err(|e| {
         let mut text = e.to_string();
         let mut cause = std::error::Error::source(&e);
@@ -338,9 +367,10 @@ pub(crate) fn audit_log_url(
     pins: &crate::Pins,
     keep: &Path,
     evidence: &[PathBuf],
+    max_entries: u64,
 ) -> Res<bool> {
     let url = base_url(url)?;
-    let log = match fetch(&url, ns)? {
+    let log = match fetch(&url, ns, pins, max_entries)? {
         Ok(log) => log,
         Err(e) => return Ok(report(false, "fetch the served log", &e)),
     };
@@ -356,12 +386,12 @@ pub(crate) fn audit_log_url(
     let (tree, entries_ok) = check_entries(&log.entries, ns, pins)?;
     all &= entries_ok;
     let served = log.note.encode();
-    all &= match pinned_checkpoint(&served, pins) {
-        Ok(_) => report(true, "served checkpoint", "signed by a pinned witness key"),
-        Err(e) => report(false, "served checkpoint", &e),
-    };
+    // The walk checked the signature before fetching anything.
+    report(true, "served checkpoint", "signed by a pinned witness key");
     all &= report_cosignatures(&log.note, pins);
-    // The checkpoints of earlier runs, and this one kept for the next.
+    // The checkpoints of earlier runs, and this one kept for the next: only
+    // when everything above held (R1-4: an unverified one would make every
+    // later run fail until someone deletes it by hand).
     let root: String = hex(&log.checkpoint.root)[..16].to_string();
     let name = format!(
         "{}-{:012}-{root}.txt",
@@ -369,9 +399,10 @@ pub(crate) fn audit_log_url(
         log.checkpoint.size
     );
     let kept = keep.join(&name);
-    if !kept.exists() {
+    if all && !kept.exists() {
         write(&kept, served.as_bytes())?;
     }
+    std::fs::create_dir_all(keep).map_err(CliError::io(keep))?;
     let mut seen: Vec<(Checkpoint, String)> = Vec::new();
     let prefix = format!("{}-", ns.replace('/', "_"));
     let mut notes: Vec<(String, String)> = std::fs::read_dir(keep)
@@ -447,14 +478,11 @@ pub(crate) fn audit_bundle(a: &AuditBundle) -> Res<bool> {
         Err(e) => report(false, "validation bundle", &e.to_string()),
     };
     let url = base_url(&a.url)?;
-    let log = match fetch(&url, &bundle.namespace)? {
+    let log = match fetch(&url, &bundle.namespace, &pins, a.max_entries)? {
         Ok(log) => log,
         Err(e) => return Ok(report(false, "fetch the served log", &e)),
     };
-    all &= match pinned_checkpoint(&log.note.encode(), &pins) {
-        Ok(_) => report(true, "served checkpoint", "signed by a pinned witness key"),
-        Err(e) => report(false, "served checkpoint", &e),
-    };
+    report(true, "served checkpoint", "signed by a pinned witness key");
     all &= match bundle_in_log(&bundle, &log) {
         Ok(()) => report(
             true,
@@ -478,14 +506,21 @@ pub(crate) fn audit_bundle(a: &AuditBundle) -> Res<bool> {
 }
 
 /// `evidence assemble --witness-url`: the bundle from the served log (its
-/// cosigned checkpoint and an inclusion proof in it).
+/// cosigned checkpoint, checked to be signed by one of `witness_vkeys`, and an
+/// inclusion proof in it) for the epoch whose digest is `digest`.
 pub(crate) fn assemble_from_url(
     url: &str,
+    witness_vkeys: &[String],
     ns: &str,
     epoch: u64,
+    digest: [u8; 32],
 ) -> Res<(vaultfleet_audit::Witnessed, Vec<[u8; 32]>, SignedNote, u64)> {
     let url = base_url(url)?;
-    let log = block_on(fetch_log(&url, ns))
+    let keys = witness_vkeys
+        .iter()
+        .map(|k| vkey(k))
+        .collect::<Res<Vec<_>>>()?;
+    let log = block_on(fetch_verified_log(&url, ns, &keys, ENTRIES_MAX))
         .map_err(CliError::Runtime)?
         .map_err(CliError::Walk)?;
     let entry = log
@@ -497,6 +532,10 @@ pub(crate) fn assemble_from_url(
             epoch,
             namespace: ns.to_string(),
         })?;
+    // R1-H1: the served log's entry for the epoch must be this artifact's.
+    if entry.statement.digest != digest {
+        return Err(CliError::DigestMismatch { epoch });
+    }
     let proof = log
         .tree
         .inclusion_proof(entry.leaf_index, log.tree.size())?;

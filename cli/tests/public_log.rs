@@ -232,6 +232,8 @@ fn an_operator_publishes_through_a_served_cosigned_log_and_an_auditor_checks_it_
             NS,
             "--artifact",
             &p(dir, &format!("fleet/epoch-{epoch}/artifact.bin")),
+            "--witness-vkey",
+            &log_vkey,
         ]);
         let evidence = p(dir, &format!("evidence-{epoch}.bin"));
         ok(&[
@@ -243,6 +245,8 @@ fn an_operator_publishes_through_a_served_cosigned_log_and_an_auditor_checks_it_
             epoch,
             "--witness-url",
             &log.url,
+            "--witness-vkey",
+            &log_vkey,
             "--namespace",
             NS,
             "--out",
@@ -279,6 +283,8 @@ fn an_operator_publishes_through_a_served_cosigned_log_and_an_auditor_checks_it_
         NS,
         "--artifact",
         &p(dir, "fleet/epoch-2/artifact.bin"),
+        "--witness-vkey",
+        &log_vkey,
     ]);
     assert!(!success && text.contains("409"), "{text}");
 

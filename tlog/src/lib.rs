@@ -53,6 +53,12 @@ pub enum ServeError {
     /// The witness could not rebuild or sign its published state.
     #[error("the witness: {0}")]
     Witness(#[from] vaultfleet_audit::WitnessError),
+    /// Two cosigners share a name or a key ID.
+    #[error("two cosigners are named {0:?} or share its key ID: list each once")]
+    DuplicateCosigner(String),
+    /// A cosigner's key is not a `cosignature/v1` key.
+    #[error("cosigner {0:?}: its key is not a cosignature/v1 key (algorithm 0x04); use the key `vaultfleet cosigner init` prints")]
+    NotACosignatureKey(String),
     /// A log leaf could not be published as tiles.
     #[error("publishing the log as tiles: {0}")]
     Tiles(#[from] vaultfleet_audit::tiles::TileError),

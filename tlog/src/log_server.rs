@@ -203,6 +203,19 @@ impl LogServer {
             addr: config.listen,
             source,
         })?;
+        // R1-7: one entry per cosigner: two sharing a name and key ID could not
+        // be told apart in a note.
+        for (i, a) in config.cosigners.iter().enumerate() {
+            if config.cosigners[..i]
+                .iter()
+                .any(|b| b.key.name == a.key.name || b.key.key_hash() == a.key.key_hash())
+            {
+                return Err(ServeError::DuplicateCosigner(a.key.name.clone()));
+            }
+            if a.key.alg != vaultfleet_audit::note::ALG_COSIGNATURE_V1 {
+                return Err(ServeError::NotACosignatureKey(a.key.name.clone()));
+            }
+        }
         let witness: Box<dyn LogWitness> = Box::new(witness);
         let mut published = BTreeMap::new();
         let time = now();

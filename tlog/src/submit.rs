@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use vaultfleet::codec::EncodeError;
-use vaultfleet_audit::submission::{Receipt, ReceiptError, SignedSubmission};
+use vaultfleet::hsm::verify_signature;
+use vaultfleet_audit::note::{NoteVerifier, ALG_ED25519};
+use vaultfleet_audit::submission::{Receipt, ReceiptError, SignedSubmission, SUBMISSION_SKEW_MAX};
 
 use crate::client::{BaseUrl, HttpError};
 
@@ -38,11 +40,34 @@ pub enum SubmitError {
     /// The receipt is for another statement than the one submitted.
     #[error("the witness's receipt is for another statement than the one submitted")]
     WrongReceipt,
+    /// The receipt's signature is not by a pinned witness key, or does not
+    /// verify: countersigning it would approve whatever that signature signs.
+    #[error("the witness's receipt is not signed by a pinned witness key ({key:?}): refusing to countersign it")]
+    ReceiptNotSigned {
+        /// The key the receipt names.
+        key: String,
+    },
+    /// The receipt's time is too far from when the submission was sent.
+    #[error("the witness signed at {timestamp}, the submission was sent at {sent_at}: more than {SUBMISSION_SKEW_MAX} s apart")]
+    ReceiptTime {
+        /// The receipt's timestamp.
+        timestamp: u64,
+        /// The submission's send time.
+        sent_at: u64,
+    },
 }
 
 /// Sends `signed` to the witness at `url` and returns its receipt, checked to
-/// be for exactly what was submitted.
-pub async fn submit(url: &BaseUrl, signed: &SignedSubmission) -> Result<Receipt, SubmitError> {
+/// be for exactly what was submitted, signed by one of `witness_keys` (the
+/// witness's pinned Ed25519 keys, as `vaultfleet witness vkey` prints them)
+/// and dated within [`SUBMISSION_SKEW_MAX`] of the send time. Only such a
+/// receipt may be countersigned: the countersignature covers the witness's
+/// signature bytes, so it approves whatever they sign.
+pub async fn submit(
+    url: &BaseUrl,
+    signed: &SignedSubmission,
+    witness_keys: &[NoteVerifier],
+) -> Result<Receipt, SubmitError> {
     let answer = url
         .post(
             "/submit",
@@ -60,11 +85,38 @@ pub async fn submit(url: &BaseUrl, signed: &SignedSubmission) -> Result<Receipt,
         });
     }
     let receipt = Receipt::parse(text)?;
-    let (got, sent) = (&receipt.witnessed.statement, &signed.submission);
+    check_receipt(&receipt, signed, witness_keys)?;
+    Ok(receipt)
+}
+
+/// The checks [`submit`] makes of a receipt: for what was submitted, signed by
+/// a pinned witness key, and dated near the send time.
+pub fn check_receipt(
+    receipt: &Receipt,
+    signed: &SignedSubmission,
+    witness_keys: &[NoteVerifier],
+) -> Result<(), SubmitError> {
+    let w = &receipt.witnessed;
+    let (got, sent) = (&w.statement, &signed.submission);
     if (got.namespace.as_str(), got.epoch, got.digest)
         != (sent.namespace.as_str(), sent.epoch, sent.digest)
     {
         return Err(SubmitError::WrongReceipt);
     }
-    Ok(receipt)
+    let message = got.signed_bytes()?;
+    let signed_by_pin = witness_keys.iter().any(|k| {
+        k.alg == ALG_ED25519
+            && k.name == w.key
+            && verify_signature(&k.public_key, &message, &w.signature)
+    });
+    if !signed_by_pin {
+        return Err(SubmitError::ReceiptNotSigned { key: w.key.clone() });
+    }
+    if got.timestamp.abs_diff(sent.sent_at) > SUBMISSION_SKEW_MAX {
+        return Err(SubmitError::ReceiptTime {
+            timestamp: got.timestamp,
+            sent_at: sent.sent_at,
+        });
+    }
+    Ok(())
 }

@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use vaultfleet_audit::merkle::MerkleTree;
-use vaultfleet_audit::note::{NoteError, SignedNote, NOTE_MAX};
+use vaultfleet_audit::note::{NoteError, NoteVerifier, SignedNote, ALG_ED25519, NOTE_MAX};
 use vaultfleet_audit::tiles::{
     entry_bundles_for, parse_entry_bundle, TileError, TilePath, ENTRY_BUNDLE_BYTES_MAX,
 };
@@ -25,6 +25,12 @@ use crate::client::{BaseUrl, HttpError};
 
 /// How long one fetch may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// The most entries a walk accepts by default: one entry per fleet epoch, so
+/// far more than a fleet ever has; a larger checkpoint is refused before any
+/// tile is fetched.
+pub const ENTRIES_MAX: u64 = 100_000;
+/// How long a whole walk may take.
+pub const WALK_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A served log, fetched and rebuilt.
 #[derive(Debug, Clone)]
@@ -89,6 +95,21 @@ pub enum WalkError {
         #[source]
         source: LeafError,
     },
+    /// The checkpoint is not signed by any pinned witness key: nothing is
+    /// fetched for it.
+    #[error("the served checkpoint is not signed by a pinned witness key")]
+    Unsigned,
+    /// The checkpoint is larger than the walk accepts.
+    #[error("the served checkpoint has {size} entries, more than the {max} accepted (raise the limit only for a log you expect to be that large)")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The walk took longer than [`WALK_TIMEOUT`].
+    #[error("the walk did not finish within {0:?}")]
+    Timeout(Duration),
     /// The entries do not hash to the checkpoint's root: the log served
     /// entries other than the ones it signed.
     #[error("the served entries do not hash to the checkpoint's root at size {size}")]
@@ -98,8 +119,38 @@ pub enum WalkError {
     },
 }
 
-/// Fetches `namespace`'s log below `url` and rebuilds it.
+/// Fetches `namespace`'s log below `url` and rebuilds it, once its checkpoint
+/// verified under one of `witness_keys` (Ed25519 note keys) and names at most
+/// `max_entries` entries; the whole walk is bounded by [`WALK_TIMEOUT`]. A
+/// checkpoint nobody pinned signed costs one request, never a walk.
+pub async fn fetch_verified_log(
+    url: &BaseUrl,
+    namespace: &str,
+    witness_keys: &[NoteVerifier],
+    max_entries: u64,
+) -> Result<FetchedLog, WalkError> {
+    tokio::time::timeout(
+        WALK_TIMEOUT,
+        walk(url, namespace, Some((witness_keys, max_entries))),
+    )
+    .await
+    .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
+}
+
+/// Fetches `namespace`'s log below `url` and rebuilds it, without checking
+/// who signed its checkpoint (at most [`ENTRIES_MAX`] entries). Prefer
+/// [`fetch_verified_log`].
 pub async fn fetch_log(url: &BaseUrl, namespace: &str) -> Result<FetchedLog, WalkError> {
+    tokio::time::timeout(WALK_TIMEOUT, walk(url, namespace, None))
+        .await
+        .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
+}
+
+async fn walk(
+    url: &BaseUrl,
+    namespace: &str,
+    pins: Option<(&[NoteVerifier], u64)>,
+) -> Result<FetchedLog, WalkError> {
     let path = format!("/{namespace}/checkpoint");
     let text = fetch(url, &path, NOTE_MAX).await?;
     let text = String::from_utf8(text)
@@ -110,6 +161,26 @@ pub async fn fetch_log(url: &BaseUrl, namespace: &str) -> Result<FetchedLog, Wal
         return Err(WalkError::Origin {
             got: checkpoint.origin,
             want: namespace.to_string(),
+        });
+    }
+    let max = match pins {
+        Some((keys, max)) => {
+            // R1-2: the signature before any tile, so an unsigned checkpoint
+            // of a huge size costs one request.
+            let signed = keys
+                .iter()
+                .any(|k| k.alg == ALG_ED25519 && k.verify(&note).is_ok());
+            if !signed {
+                return Err(WalkError::Unsigned);
+            }
+            max
+        }
+        None => ENTRIES_MAX,
+    };
+    if checkpoint.size > max {
+        return Err(WalkError::TooLarge {
+            size: checkpoint.size,
+            max,
         });
     }
     let mut tree = MerkleTree::new();

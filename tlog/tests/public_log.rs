@@ -30,7 +30,7 @@ use vaultfleet_audit::{
     WitnessKeySpec,
 };
 use vaultfleet_tlog::submit::{submit, SubmitError};
-use vaultfleet_tlog::walk::{block_on, bundle_in_log, fetch_log, FetchedLog, SplitView};
+use vaultfleet_tlog::walk::{block_on, bundle_in_log, fetch_verified_log, FetchedLog, SplitView};
 use vaultfleet_tlog::{BaseUrl, CosignerEndpoint, CosignerServer, LogConfig, LogServer};
 
 const NS: &str = "example.vault.fleet_keys.v1";
@@ -170,11 +170,23 @@ impl Fleet {
         }
         .sign(&self.operator, "operator/countersign")
         .unwrap();
-        block_on(submit(&self.url(), &signed)).unwrap()
+        block_on(submit(
+            &self.url(),
+            &signed,
+            std::slice::from_ref(&self.log_key),
+        ))
+        .unwrap()
     }
 
     fn fetch(&self) -> FetchedLog {
-        block_on(fetch_log(&self.url(), NS)).unwrap().unwrap()
+        block_on(fetch_verified_log(
+            &self.url(),
+            NS,
+            std::slice::from_ref(&self.log_key),
+            1000,
+        ))
+        .unwrap()
+        .unwrap()
     }
 
     /// Fetches until the served checkpoint has `size` entries and `n`
@@ -405,7 +417,13 @@ fn a_submission_not_signed_by_the_operator_is_refused_with_401_and_leaves_no_ent
     }
     .sign(&stranger, "operator/countersign")
     .unwrap();
-    match block_on(submit(&fleet.url(), &forged)).unwrap() {
+    match block_on(submit(
+        &fleet.url(),
+        &forged,
+        std::slice::from_ref(&fleet.log_key),
+    ))
+    .unwrap()
+    {
         Err(SubmitError::Refused { status: 401, .. }) => {}
         other => panic!("a stranger's submission: {other:?}"),
     }
@@ -430,7 +448,12 @@ fn a_submission_not_signed_by_the_operator_is_refused_with_401_and_leaves_no_ent
     .sign(&fleet.operator, "operator/countersign")
     .unwrap();
     assert!(matches!(
-        block_on(submit(&fleet.url(), &replay)).unwrap(),
+        block_on(submit(
+            &fleet.url(),
+            &replay,
+            std::slice::from_ref(&fleet.log_key)
+        ))
+        .unwrap(),
         Err(SubmitError::Refused { status: 409, .. })
     ));
     assert_eq!(fleet.fetch().checkpoint.size, 1);
