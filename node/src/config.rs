@@ -16,6 +16,7 @@ use serde::Deserialize;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::{FleetConfig, MemberSpec};
 use vaultfleet_audit::{CosignerKey, CosignerPinError, FleetVerifier, WitnessKey};
+use vaultfleet_tlog::{BaseUrl, HttpError};
 
 use crate::logging::LogFormat;
 
@@ -153,9 +154,19 @@ pub struct VaultConfig {
     /// The fleet's deployment evidence: its validation bundle is served in
     /// every reply.
     pub evidence: PathBuf,
-    /// The witness's log (`witness.state`): the log tree the bundle's
-    /// checkpoint covers is rebuilt from it.
-    pub witness_log: PathBuf,
+    /// The witness's log file (`witness.state`): the log tree the bundle's
+    /// checkpoint covers is rebuilt from it. Exactly one of this and
+    /// `witness_log_url`.
+    #[serde(default)]
+    pub witness_log: Option<PathBuf>,
+    /// The witness's log as `vaultfleet witness serve` publishes it (C2SP
+    /// tlog-tiles), `http://HOST:PORT[/PREFIX]`: the node fetches the
+    /// namespace's log at every start and reload, checks that its checkpoint
+    /// is signed by a `[[vault.witness_key]]` and that its entries hash to
+    /// that checkpoint, and serves proofs from it. Exactly one of this and
+    /// `witness_log`.
+    #[serde(default)]
+    pub witness_log_url: Option<String>,
     /// The witness log's namespace of this fleet's artifacts.
     pub namespace: String,
     /// The operator's Ed25519 countersigning public key (64 hex digits): the
@@ -176,6 +187,22 @@ pub struct VaultConfig {
     /// `cosigners_required` (`[[vault.cosigner]]` tables).
     #[serde(rename = "cosigner", default)]
     pub cosigners: Vec<CosignerConfig>,
+}
+
+/// Where a node reads the witness's log: `[vault] witness_log` or
+/// `[vault] witness_log_url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WitnessLogSource {
+    /// The witness's log file (`witness.state`).
+    File(PathBuf),
+    /// The served log (C2SP tlog-tiles over HTTP).
+    Url {
+        /// The URL as the config gives it.
+        url: String,
+        /// The URL, parsed.
+        base: BaseUrl,
+    },
 }
 
 /// A `[[vault.cosigner]]` table: an independent witness whose cosignature on
@@ -516,6 +543,21 @@ pub enum Invalid {
     /// The peers do not make a fleet.
     #[error("the [[peer]] tables do not make a fleet")]
     Fleet(#[source] vaultfleet::ConfigError),
+    /// `[vault]` gives both `witness_log` and `witness_log_url`.
+    #[error("[vault] gives both witness_log and witness_log_url: keep exactly one (the witness's log file, or the URL where the witness serves it)")]
+    WitnessLogBoth,
+    /// `[vault]` gives neither `witness_log` nor `witness_log_url`.
+    #[error("[vault] needs exactly one of witness_log (the witness's log file) and witness_log_url (where the witness serves it, http://HOST:PORT)")]
+    NoWitnessLog,
+    /// `[vault] witness_log_url` is not `http://HOST:PORT[/PREFIX]`.
+    #[error("[vault] witness_log_url {url:?} is not a served log's URL")]
+    WitnessLogUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        #[source]
+        source: HttpError,
+    },
     /// No `[[vault.witness_key]]` table: the bundle could not be verified.
     #[error("[vault] needs at least one [[vault.witness_key]] table (the witness's public key the bundle is verified against)")]
     NoWitnessKey,
@@ -653,6 +695,7 @@ impl NodeConfig {
             });
         }
         self.timing.validate()?;
+        self.witness_log_source()?;
         let mut ids = BTreeSet::new();
         let mut keys: Vec<([u8; 32], String)> = Vec::new();
         let mut check_key = |owner: String, hex: &str| -> Result<(), Invalid> {
@@ -702,10 +745,30 @@ impl NodeConfig {
         Ok(())
     }
 
+    /// Where the witness's log is read: exactly one of `[vault] witness_log`
+    /// and `[vault] witness_log_url`, the URL `http://HOST:PORT[/PREFIX]`.
+    pub fn witness_log_source(&self) -> Result<WitnessLogSource, Invalid> {
+        match (&self.vault.witness_log, &self.vault.witness_log_url) {
+            (Some(_), Some(_)) => Err(Invalid::WitnessLogBoth),
+            (None, None) => Err(Invalid::NoWitnessLog),
+            (Some(path), None) => Ok(WitnessLogSource::File(path.clone())),
+            (None, Some(url)) => {
+                let base = BaseUrl::parse(url).map_err(|source| Invalid::WitnessLogUrl {
+                    url: url.clone(),
+                    source,
+                })?;
+                Ok(WitnessLogSource::Url {
+                    url: url.clone(),
+                    base,
+                })
+            }
+        }
+    }
+
     /// The pinned witness keys and the operator's key, checked: at most
     /// [`WITNESS_KEYS_MAX`] witness keys, at least one, uniquely named, and
     /// every key 64 hex digits.
-    fn witness_verifier_keys(&self) -> Result<(Vec<WitnessKey>, [u8; 32]), Invalid> {
+    pub(crate) fn witness_verifier_keys(&self) -> Result<(Vec<WitnessKey>, [u8; 32]), Invalid> {
         let v = &self.vault;
         if v.witness_keys.is_empty() {
             return Err(Invalid::NoWitnessKey);
@@ -824,7 +887,9 @@ impl NodeConfig {
         resolve(&mut self.transport_key);
         resolve(&mut self.vault.opaque_setup);
         resolve(&mut self.vault.evidence);
-        resolve(&mut self.vault.witness_log);
+        if let Some(log) = &mut self.vault.witness_log {
+            resolve(log);
+        }
         match &mut self.hsm {
             HsmConfig::Soft { file } => resolve(file),
             HsmConfig::Pkcs11 {

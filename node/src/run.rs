@@ -59,7 +59,7 @@ use vaultfleet::{
 };
 use vaultfleet_audit::fleet::evidence::{Evidence, EvidenceError};
 use vaultfleet_audit::fleet::FleetArtifact;
-use vaultfleet_audit::{BundleError, FleetVerifier, MerkleTree};
+use vaultfleet_audit::{BundleError, FleetVerifier, MerkleTree, NoteVerifier};
 use vaultfleet_net::open::{
     ChannelError, OpenServer, OpenServerConfig, OpenServerError, PAYLOAD_BYTES_MAX,
 };
@@ -67,12 +67,14 @@ use vaultfleet_net::{
     ClientRole, DirectoryError, NetConfig, NetError, NetTransport, PeerDirectory, PeerEntry,
     PublicKey, RemoteClient, RemoteConfig, RemoteError, StaticSecret,
 };
+use vaultfleet_tlog::walk::{fetch_verified_log, FetchedLog, ENTRIES_MAX};
+use vaultfleet_tlog::BaseUrl;
 use vaultfleet_vault::{
     BackupVault, BundleSource, BundleSourceError, VaultEndpoint, VaultError, VaultKeys,
     VaultServer, VaultService, VaultServiceConfig, VAULT_CHANNEL_LABEL,
 };
 
-use crate::config::{Invalid, NodeConfig};
+use crate::config::{Invalid, NodeConfig, WitnessLogSource};
 use crate::hsm::{HsmOpenError, NodeHsm, NodeKeyError};
 use crate::metrics::{Health, MetricsError, MetricsServer, Probe};
 
@@ -102,6 +104,10 @@ const SESSION_JOIN_WAIT: Duration = Duration::from_secs(2);
 const SESSION_RETRY: Duration = Duration::from_millis(200);
 /// The most bytes read from the evidence file or the witness log.
 const INPUT_FILE_BYTES_MAX: u64 = 64 << 20;
+/// The longest a start or a reload waits for the served witness log
+/// (`[vault] witness_log_url`), every fetch included (each fetch has its own
+/// deadline, [`vaultfleet_tlog::walk::FETCH_TIMEOUT`]).
+pub const SERVED_LOG_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a node did not start. Nothing in the data directory was written
 /// unless the failure came after it was opened ([`StartError::Store`] and
@@ -178,6 +184,19 @@ pub enum StartError {
         /// The cause.
         #[source]
         source: vaultfleet::codec::EncodeError,
+    },
+    /// The served witness log (`[vault] witness_log_url`) could not be
+    /// fetched, does not hold together, or is not signed by a pinned witness
+    /// key.
+    #[error("the witness log of namespace {namespace:?} served at {url}")]
+    ServedLog {
+        /// The URL (`[vault] witness_log_url`).
+        url: String,
+        /// The namespace.
+        namespace: String,
+        /// What went wrong (boxed: a walk's error is large).
+        #[source]
+        source: Box<ServedLogError>,
     },
     /// The bundle and the witness log do not go together.
     #[error("the evidence's bundle and the witness log of namespace {namespace:?}")]
@@ -261,6 +280,31 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("starting a thread (the vault session's or the health watch)")]
     Thread(#[source] std::io::Error),
+}
+
+/// Why the served witness log (`[vault] witness_log_url`) is not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServedLogError {
+    /// A fetch failed (the server is down, answered an error, or served
+    /// something that is not a checkpoint or entry bundle), the checkpoint
+    /// is not signed by a pinned `[[vault.witness_key]]`
+    /// ([`WalkError::Unsigned`](vaultfleet_tlog::walk::WalkError::Unsigned)),
+    /// or the entries do not hash to its root.
+    #[error("fetching and rebuilding the served log")]
+    Walk(#[source] vaultfleet_tlog::walk::WalkError),
+    /// The whole fetch took longer than [`SERVED_LOG_TIMEOUT`].
+    #[error("the served log was not fetched within {after:?}")]
+    TimedOut {
+        /// The bound.
+        after: Duration,
+    },
+    /// The fetch's thread or runtime could not be started.
+    #[error("starting the fetch's thread or runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The fetch's thread ended without an answer.
+    #[error("the fetch's thread ended without an answer")]
+    Aborted,
 }
 
 /// The accepted fleet artifact (inside the evidence's bundle) and the node's
@@ -647,7 +691,8 @@ fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> 
     })
 }
 
-/// The bundle of the evidence file and the witness log's tree of `namespace`.
+/// The bundle of the evidence file and the witness log's tree of
+/// `namespace`, from the witness's log file or the served log.
 fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
     let v = &config.vault;
     let evidence =
@@ -657,25 +702,6 @@ fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
                 source,
             }
         })?;
-    let log = read_bounded("the witness log", &v.witness_log)?;
-    let text = String::from_utf8_lossy(&log);
-    let entries =
-        vaultfleet_audit::witness::parse_log(&text).map_err(|source| StartError::WitnessLog {
-            path: v.witness_log.clone(),
-            source,
-        })?;
-    let mut tree = MerkleTree::new();
-    for e in entries
-        .iter()
-        .filter(|e| e.statement.namespace == v.namespace)
-    {
-        let leaf = vaultfleet_audit::witness::leaf_bytes(&e.statement, &e.key, &e.signature)
-            .map_err(|source| StartError::WitnessLeaf {
-                path: v.witness_log.clone(),
-                source,
-            })?;
-        tree.append(&leaf);
-    }
     // Checked here, before anything changes: the vault listener refuses a
     // larger handshake payload (a reload would otherwise half-apply).
     if evidence.bundle.len() > PAYLOAD_BYTES_MAX {
@@ -685,10 +711,93 @@ fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
             max: PAYLOAD_BYTES_MAX,
         });
     }
+    let tree = match config.witness_log_source().map_err(StartError::Config)? {
+        WitnessLogSource::File(path) => log_file_tree(&path, &v.namespace)?,
+        WitnessLogSource::Url { url, base } => {
+            served_log_tree(config, &base).map_err(|source| StartError::ServedLog {
+                url,
+                namespace: v.namespace.clone(),
+                source: Box::new(source),
+            })?
+        }
+    };
     BundleSource::new(evidence.bundle, tree).map_err(|source| StartError::Bundle {
         namespace: v.namespace.clone(),
         source,
     })
+}
+
+/// The tree of `namespace` rebuilt from the witness's log file.
+fn log_file_tree(path: &Path, namespace: &str) -> Result<MerkleTree, StartError> {
+    let log = read_bounded("the witness log", path)?;
+    let text = String::from_utf8_lossy(&log);
+    let entries =
+        vaultfleet_audit::witness::parse_log(&text).map_err(|source| StartError::WitnessLog {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut tree = MerkleTree::new();
+    for e in entries
+        .iter()
+        .filter(|e| e.statement.namespace == namespace)
+    {
+        let leaf = vaultfleet_audit::witness::leaf_bytes(&e.statement, &e.key, &e.signature)
+            .map_err(|source| StartError::WitnessLeaf {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        tree.append(&leaf);
+    }
+    Ok(tree)
+}
+
+/// The tree of `[vault] namespace` as the witness serves it at `url`: its
+/// checkpoint signed by a pinned `[[vault.witness_key]]` (checked before any
+/// tile is fetched), its entries hashing to the checkpoint's root. Whether
+/// the bundle's checkpoint is a prefix of it is [`BundleSource::new`]'s
+/// check.
+fn served_log_tree(config: &NodeConfig, url: &BaseUrl) -> Result<MerkleTree, ServedLogError> {
+    // `validate` checked the pins; a config that no longer holds them has no
+    // key to accept the checkpoint with (the walk then refuses it).
+    let keys: Vec<NoteVerifier> = config
+        .witness_verifier_keys()
+        .map(|(keys, _)| keys)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| NoteVerifier::ed25519(&k.name, k.public_key).ok())
+        .collect();
+    let log = fetch_served_log(url, &config.vault.namespace, keys, SERVED_LOG_TIMEOUT)?;
+    Ok(log.tree)
+}
+
+/// Fetches `namespace`'s log at `url` (its checkpoint signed by one of
+/// `keys`) within `bound`, on a thread of its own with a runtime of its own:
+/// a start or a reload may be called from inside an async runtime, where
+/// blocking on another one would panic.
+fn fetch_served_log(
+    url: &BaseUrl,
+    namespace: &str,
+    keys: Vec<NoteVerifier>,
+    bound: Duration,
+) -> Result<FetchedLog, ServedLogError> {
+    let url = url.clone();
+    let namespace = namespace.to_string();
+    let fetch = std::thread::Builder::new()
+        .name("vaultfleet-witness-log".into())
+        .spawn(move || {
+            vaultfleet_tlog::walk::block_on(async {
+                let walk = fetch_verified_log(&url, &namespace, &keys, ENTRIES_MAX);
+                tokio::time::timeout(bound, walk).await
+            })
+        })
+        .map_err(ServedLogError::Runtime)?;
+    match fetch.join() {
+        Ok(Ok(Ok(Ok(log)))) => Ok(log),
+        Ok(Ok(Ok(Err(walk)))) => Err(ServedLogError::Walk(walk)),
+        Ok(Ok(Err(_elapsed))) => Err(ServedLogError::TimedOut { after: bound }),
+        Ok(Err(runtime)) => Err(ServedLogError::Runtime(runtime)),
+        Err(_panic) => Err(ServedLogError::Aborted),
+    }
 }
 
 /// The vault listener's gate: closed until the service exists, closed again

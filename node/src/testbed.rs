@@ -39,7 +39,7 @@ use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::{Ceremony, Evidence};
 use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::witness::countersign;
-use vaultfleet_audit::{Bundle, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
+use vaultfleet_audit::{Bundle, CosignerKey, FleetVerifier, Witness, WitnessKey, WitnessKeySpec};
 use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_net::{PublicKey, StaticSecret};
 use vaultfleet_vault::{
@@ -150,8 +150,32 @@ pub struct ClientFile {
     pub witness_key: String,
     /// The operator's countersigning public key, 64 hex digits.
     pub operator_key: String,
+    /// How many of the `[[cosigner]]` pins must have cosigned the bundle's
+    /// checkpoint (default 0: none needed, and then no `[[cosigner]]` table
+    /// may be listed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cosigners_required: usize,
     /// Each replica's vault listener.
     pub endpoint: Vec<ClientEndpoint>,
+    /// Independent witnesses (C2SP tlog-witness cosigners) whose
+    /// `cosignature/v1` lines on the bundle's checkpoint count toward
+    /// `cosigners_required` (`[[cosigner]]` tables).
+    #[serde(rename = "cosigner", default, skip_serializing_if = "Vec::is_empty")]
+    pub cosigners: Vec<ClientCosigner>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// A `[[cosigner]]` pin in a [`ClientFile`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCosigner {
+    /// The cosigner's key name, as its signature lines carry it.
+    pub name: String,
+    /// Its Ed25519 public key, 64 hex digits.
+    pub public_key: String,
 }
 
 /// One vault listener in a [`ClientFile`].
@@ -194,6 +218,49 @@ pub enum ClientFileError {
         /// The field.
         field: &'static str,
     },
+    /// A `[[cosigner]]` key is not 64 hex digits.
+    #[error("{path}: the public_key of [[cosigner]] {name:?}")]
+    CosignerKey {
+        /// The path.
+        path: PathBuf,
+        /// The cosigner's name.
+        name: String,
+        /// What is wrong with the key.
+        #[source]
+        source: crate::hsm::KeyHexError,
+    },
+    /// `cosigners_required` is more than the `[[cosigner]]` tables.
+    #[error(
+        "{path}: cosigners_required = {required}, but only {count} [[cosigner]] tables are listed"
+    )]
+    CosignersRequired {
+        /// The path.
+        path: PathBuf,
+        /// `cosigners_required`.
+        required: usize,
+        /// The tables.
+        count: usize,
+    },
+    /// `[[cosigner]]` tables with `cosigners_required = 0`: they would be
+    /// ignored.
+    #[error("{path}: {count} [[cosigner]] tables, but cosigners_required is 0: set how many must cosign, or remove the tables")]
+    CosignersUnused {
+        /// The path.
+        path: PathBuf,
+        /// The tables.
+        count: usize,
+    },
+    /// The cosigners cannot be pinned (a name that cannot sign notes, two
+    /// cosigners with one name or key, a cosigner with the witness's key,
+    /// too many).
+    #[error("{path}: the [[cosigner]] tables cannot be pinned")]
+    Cosigners {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: vaultfleet_audit::CosignerPinError,
+    },
 }
 
 impl ClientFile {
@@ -209,7 +276,9 @@ impl ClientFile {
         })
     }
 
-    /// The verifier a device builds from these pins.
+    /// The verifier a device builds from these pins: the witness's and the
+    /// operator's keys, and `cosigners_required` of the `[[cosigner]]` pins
+    /// when it is above 0. `path` names the file in errors.
     pub fn verifier(&self, path: &Path) -> Result<FleetVerifier, ClientFileError> {
         let key = |field, text: &str| {
             crate::hsm::parse_key_hex(text).map_err(|_| ClientFileError::Key {
@@ -217,7 +286,7 @@ impl ClientFile {
                 field,
             })
         };
-        Ok(FleetVerifier::new(
+        let verifier = FleetVerifier::new(
             &self.namespace,
             vec![WitnessKey {
                 name: self.witness_key_name.clone(),
@@ -225,7 +294,43 @@ impl ClientFile {
                 not_before: 0,
             }],
             key("operator_key", &self.operator_key)?,
-        ))
+        );
+        if self.cosigners_required > self.cosigners.len() {
+            return Err(ClientFileError::CosignersRequired {
+                path: path.to_path_buf(),
+                required: self.cosigners_required,
+                count: self.cosigners.len(),
+            });
+        }
+        if self.cosigners_required == 0 {
+            if !self.cosigners.is_empty() {
+                return Err(ClientFileError::CosignersUnused {
+                    path: path.to_path_buf(),
+                    count: self.cosigners.len(),
+                });
+            }
+            return Ok(verifier);
+        }
+        let mut cosigners = Vec::with_capacity(self.cosigners.len());
+        for c in &self.cosigners {
+            let public_key = crate::hsm::parse_key_hex(&c.public_key).map_err(|source| {
+                ClientFileError::CosignerKey {
+                    path: path.to_path_buf(),
+                    name: c.name.clone(),
+                    source,
+                }
+            })?;
+            cosigners.push(CosignerKey {
+                name: c.name.clone(),
+                public_key,
+            });
+        }
+        verifier
+            .require_cosigners(self.cosigners_required, cosigners)
+            .map_err(|source| ClientFileError::Cosigners {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
 
@@ -739,6 +844,7 @@ impl Testbed {
             witness_key_name: WITNESS_KEY.into(),
             witness_key: hex(&self.witness_public),
             operator_key: hex(&self.operator_public),
+            cosigners_required: 0,
             endpoint: self
                 .nodes
                 .iter()
@@ -747,6 +853,7 @@ impl Testbed {
                     address: n.vault,
                 })
                 .collect(),
+            cosigners: vec![],
         };
         let client_text = toml::to_string(&client)
             .map_err(|_| TestbedError::Spec("the client file does not serialize"))?;

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vaultfleet_node::config::{ConfigError, HsmConfig, Invalid, NodeConfig};
+use vaultfleet_node::config::{ConfigError, HsmConfig, Invalid, NodeConfig, WitnessLogSource};
 use vaultfleet_node::logging::LogFormat;
+use vaultfleet_node::testbed::{ClientCosigner, ClientFile, ClientFileError};
 
 /// The documented example (docs/node.toml.example).
 fn example() -> String {
@@ -80,7 +81,11 @@ fn the_documented_example_parses_with_every_field_and_paths_resolved() {
     }
     assert_eq!(c.vault.opaque_setup, base.join("opaque-setup.sealed"));
     assert_eq!(c.vault.evidence, base.join("evidence.bin"));
-    assert_eq!(c.vault.witness_log, base.join("witness/witness.state"));
+    assert_eq!(
+        c.vault.witness_log,
+        Some(base.join("witness/witness.state"))
+    );
+    assert_eq!(c.vault.witness_log_url, None);
     assert_eq!(c.vault.namespace, "example.vault.fleet_keys.v1");
     assert_eq!(c.peers.len(), 3);
     assert_eq!(c.peers[1].id, 2);
@@ -433,5 +438,218 @@ fn cosigners_are_pinned_k_of_n_and_refused_with_what_to_fix() {
     assert!(
         matches!(&r, Err(e @ ConfigError::Parse { .. }) if chain(e).contains("unknown field `not_before`")),
         "{r:?}"
+    );
+}
+
+/// The example's witness log file line.
+const LOG_FILE: &str = "witness_log = \"witness/witness.state\"\n";
+
+#[test]
+fn the_witness_log_is_a_file_or_a_served_url_exactly_one_of_them() {
+    let text = example();
+    // The served log instead of the file (a path prefix is kept).
+    for url in [
+        "http://127.0.0.1:8740",
+        "http://witness.example.com:80/logs/",
+    ] {
+        let (_dir, r) = load(&edit(
+            &text,
+            LOG_FILE,
+            &format!("witness_log_url = \"{url}\"\n"),
+        ));
+        let c = r.unwrap();
+        assert_eq!(c.vault.witness_log, None);
+        assert_eq!(c.vault.witness_log_url.as_deref(), Some(url));
+        match c.witness_log_source().unwrap() {
+            WitnessLogSource::Url { url: given, base } => {
+                assert_eq!(given, url);
+                assert_eq!(base.as_string(), url.trim_end_matches('/'));
+            }
+            other => panic!("the URL expected, got {other:?}"),
+        }
+    }
+    // The file, resolved against the config's folder.
+    let (dir, r) = load(&text);
+    assert_eq!(
+        r.unwrap().witness_log_source().unwrap(),
+        WitnessLogSource::File(dir.path().join("witness/witness.state"))
+    );
+    // Both: refused, naming the two fields.
+    let e = invalid(&edit(
+        &text,
+        LOG_FILE,
+        &format!("{LOG_FILE}witness_log_url = \"http://127.0.0.1:8740\"\n"),
+    ));
+    assert!(matches!(e, Invalid::WitnessLogBoth), "{e:?}");
+    assert!(
+        e.to_string().contains("witness_log and witness_log_url"),
+        "{e}"
+    );
+    // Neither: refused, naming the two fields.
+    let e = invalid(&edit(&text, LOG_FILE, ""));
+    assert!(matches!(e, Invalid::NoWitnessLog), "{e:?}");
+    assert!(
+        e.to_string().contains("witness_log (") && e.to_string().contains("witness_log_url ("),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_witness_log_url_that_is_not_http_host_port_is_refused_at_validation() {
+    let text = example();
+    for bad in [
+        "https://witness.example.com:8740",
+        "witness.example.com:8740",
+        "ftp://witness.example.com:21",
+        "http://witness.example.com",
+        "http://:8740",
+        "http://witness.example.com:0",
+        "http://witness.example.com:8740/log?x=1",
+        "",
+    ] {
+        let e = invalid(&edit(
+            &text,
+            LOG_FILE,
+            &format!("witness_log_url = \"{bad}\"\n"),
+        ));
+        assert!(
+            matches!(&e, Invalid::WitnessLogUrl { url, .. } if url == bad),
+            "{bad:?}: {e:?}"
+        );
+        // The cause is kept, nested.
+        assert!(chain(&e).contains("http://HOST:PORT"), "{}", chain(&e));
+    }
+    // A path where the URL belongs is a type error, not a URL.
+    let (_dir, r) = load(&edit(&text, LOG_FILE, "witness_log_url = 8740\n"));
+    assert!(matches!(r, Err(ConfigError::Parse { .. })), "{r:?}");
+}
+
+/// A testbed client file (`client.toml`) as `vaultfleet node testbed` writes it.
+const CLIENT: &str =
+    "fleet_id = \"testbed\"\ngroup = 1\nnamespace = \"example.vault.fleet_keys.v1\"\n\
+witness_key_name = \"witness-1\"\n\
+witness_key = \"e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff\"\n\
+operator_key = \"c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf\"\n\n\
+[[endpoint]]\nid = 1\naddress = \"127.0.0.1:7200\"\n";
+
+const C1_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+const C2_KEY: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
+/// `CLIENT` with `cosigners_required = k` (if given) and the `cosigners`.
+fn client_text(k: Option<usize>, cosigners: &[(&str, &str)]) -> String {
+    let mut text = CLIENT.to_string();
+    if let Some(k) = k {
+        text = text.replacen(
+            "operator_key",
+            &format!("cosigners_required = {k}\noperator_key"),
+            1,
+        );
+    }
+    for (name, key) in cosigners {
+        text.push_str(&format!(
+            "\n[[cosigner]]\nname = \"{name}\"\npublic_key = \"{key}\"\n"
+        ));
+    }
+    text
+}
+
+fn load_client(text: &str) -> (tempfile::TempDir, Result<ClientFile, ClientFileError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("client.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = ClientFile::load(&path);
+    (dir, r)
+}
+
+fn client_verifier(text: &str) -> Result<vaultfleet_audit::FleetVerifier, ClientFileError> {
+    let (dir, r) = load_client(text);
+    r.unwrap().verifier(&dir.path().join("client.toml"))
+}
+
+#[test]
+fn a_client_file_pins_k_of_n_cosigners_and_old_files_still_parse() {
+    // An old file: no cosigner, none required.
+    assert_eq!(client_verifier(CLIENT).unwrap().cosigners_required(), 0);
+    assert_eq!(
+        client_verifier(&client_text(Some(0), &[]))
+            .unwrap()
+            .cosigners_required(),
+        0
+    );
+    // 1 of 2, 2 of 2.
+    let two = [("c1.example/w", C1_KEY), ("c2.example/w", C2_KEY)];
+    for k in [1, 2] {
+        let v = client_verifier(&client_text(Some(k), &two)).unwrap();
+        assert_eq!(v.cosigners_required(), k);
+    }
+    // K above n (none listed, or fewer than K).
+    for (k, listed) in [(1, &two[..0]), (3, &two[..])] {
+        let e = client_verifier(&client_text(Some(k), listed)).unwrap_err();
+        assert!(
+            matches!(e, ClientFileError::CosignersRequired { required, count, .. } if required == k && count == listed.len()),
+            "{e:?}"
+        );
+    }
+    // Tables that K = 0 would ignore: refused (default 0 too).
+    for k in [None, Some(0)] {
+        let e = client_verifier(&client_text(k, &two)).unwrap_err();
+        assert!(
+            matches!(e, ClientFileError::CosignersUnused { count: 2, .. }),
+            "{e:?}"
+        );
+    }
+    // A key that is not 64 hex digits, its cause nested.
+    let e = client_verifier(&client_text(Some(1), &[("c1.example/w", "0101zz")])).unwrap_err();
+    assert!(
+        matches!(&e, ClientFileError::CosignerKey { name, .. } if name == "c1.example/w"),
+        "{e:?}"
+    );
+    assert!(chain(&e).contains("64 hex digits"), "{}", chain(&e));
+    // What the verifier refuses: one key for two cosigners, the witness's
+    // key as a cosigner's, a name that cannot sign notes.
+    for cosigners in [
+        [("c1.example/w", C1_KEY), ("c2.example/w", C1_KEY)],
+        [
+            ("c1.example/w", C1_KEY),
+            (
+                "c2.example/w",
+                "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff",
+            ),
+        ],
+        [("c1.example/w", C1_KEY), ("c2 w", C2_KEY)],
+    ] {
+        let e = client_verifier(&client_text(Some(1), &cosigners)).unwrap_err();
+        assert!(matches!(e, ClientFileError::Cosigners { .. }), "{e:?}");
+    }
+    // An unknown field in a [[cosigner]] table is refused.
+    let (_dir, r) = load_client(&format!(
+        "{}not_before = 0\n",
+        client_text(Some(1), &two[..1])
+    ));
+    assert!(matches!(r, Err(ClientFileError::Parse { .. })), "{r:?}");
+}
+
+#[test]
+fn a_client_file_with_cosigners_round_trips_and_one_without_them_writes_no_new_field() {
+    let (_dir, r) = load_client(CLIENT);
+    let old = r.unwrap();
+    let written = toml::to_string(&old).unwrap();
+    assert!(!written.contains("cosigner"), "{written}");
+    let mut file = old;
+    file.cosigners_required = 1;
+    file.cosigners = vec![ClientCosigner {
+        name: "c1.example/w".into(),
+        public_key: C1_KEY.into(),
+    }];
+    let (dir, r) = load_client(&toml::to_string(&file).unwrap());
+    let back = r.unwrap();
+    assert_eq!(back.cosigners_required, 1);
+    assert_eq!(back.cosigners.len(), 1);
+    assert_eq!(back.cosigners[0].public_key, C1_KEY);
+    assert_eq!(
+        back.verifier(&dir.path().join("client.toml"))
+            .unwrap()
+            .cosigners_required(),
+        1
     );
 }
