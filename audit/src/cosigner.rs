@@ -768,9 +768,14 @@ impl<H: Hsm> Cosigner<H> {
         let mut latest = self.latest.clone();
         latest.insert(cp.origin.clone(), entry);
         // If the write fails after the rename, the file may hold the new entry
-        // though memory does not: refuse everything until reopened.
+        // though memory does not: refuse everything until reopened. A refusal
+        // before anything was written (the state too large, the HSM's MAC
+        // failing) leaves the file as it was: only this checkpoint is refused
+        // (R2-5).
         if let Err(e) = self.persist(&latest) {
-            self.poisoned = true;
+            if matches!(e, Refusal::State(CosignerError::Io { .. })) {
+                self.poisoned = true;
+            }
             return Err(e);
         }
         self.by_hash

@@ -61,6 +61,7 @@
 pub mod disk;
 pub mod linearizability;
 mod options;
+pub mod shrink;
 mod store;
 pub mod vault;
 pub mod workload;

@@ -4,6 +4,7 @@
 //! cargo run --release -p vaultfleet-sim -- run --seed 7
 //! cargo run --release -p vaultfleet-sim -- swarm --seeds 0..1000
 //! cargo run --release -p vaultfleet-sim -- swarm --seeds 0..1000 --jobs 2 --json
+//! cargo run --release -p vaultfleet-sim -- shrink --seed 7 --swarm
 //! ```
 //!
 //! Every subcommand has `--help`. Logs go to stderr, filtered by `RUST_LOG`
@@ -41,6 +42,30 @@ enum Command {
     /// Many seeds, each with its own fleet shape and fault mix; stops at the
     /// first violation with the command that reproduces it.
     Swarm(SwarmArgs),
+    /// Shrink a failing run: fewer replicas, clients, users and seconds, fault
+    /// kinds off, rates lowered, while the same invariant still fails; prints
+    /// the smallest reproducing command (exit 1 if the run does not fail).
+    Shrink(ShrinkArgs),
+}
+
+#[derive(Debug, Args)]
+struct ShrinkArgs {
+    /// The failing seed.
+    #[arg(long, value_name = "S")]
+    seed: u64,
+    /// Draw the fleet shape and faults from the seed, as swarm does.
+    #[arg(long)]
+    swarm: bool,
+    /// The most simulations to run (the start included).
+    #[arg(long, value_name = "N", default_value_t = 400)]
+    max_runs: usize,
+    /// Seeds each smaller shape is tried with (its start's seed first): a
+    /// bug that needs a particular interleaving rarely survives a reduction
+    /// with its seed alone.
+    #[arg(long, value_name = "K", default_value_t = 8)]
+    seeds_per_shape: usize,
+    #[command(flatten)]
+    sim: SimArgs,
 }
 
 #[derive(Debug, Args)]
@@ -277,10 +302,10 @@ impl SimArgs {
             o.clients = c;
         }
         if let Some(t) = self.seconds {
-            o.safety_ms = (t * 1000.0) as u64;
+            o.safety_ms = (t * 1000.0).round() as u64;
         }
         if let Some(t) = self.liveness_seconds {
-            o.liveness_ms = (t * 1000.0) as u64;
+            o.liveness_ms = (t * 1000.0).round() as u64;
         }
         if self.plain {
             o.sealed = false;
@@ -440,12 +465,114 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => cmd_run(args),
         Command::Swarm(args) => cmd_swarm(args),
+        Command::Shrink(args) => cmd_shrink(args),
     };
     match result {
         Ok(code) => code,
         // A combination of flags the simulator refuses: a usage error.
         Err(e) => Cli::command().error(ErrorKind::ValueValidation, e).exit(),
     }
+}
+
+/// The command that runs exactly `o`: every option the command line has,
+/// given explicitly (over `--swarm`'s draw when the run came from one, so the
+/// options the command line has no flag for are drawn the same way).
+fn command_for(o: &SimOptions, swarm: bool) -> String {
+    let f = &o.faults;
+    let mut cmd = format!(
+        "cargo run --release -p vaultfleet-sim -- run --seed {}",
+        o.seed
+    );
+    if swarm {
+        cmd.push_str(" --swarm");
+    }
+    let workload = match o.workload {
+        WorkloadKind::Vault => "vault",
+        WorkloadKind::Counter => "counter",
+    };
+    cmd.push_str(&format!(
+        " --replicas {} --datacenters {} --clients {} --seconds {} --liveness-seconds {} --workload {workload} --users {} --attempts {} --election-ticks {} --heartbeat-ticks {}",
+        o.replicas,
+        o.datacenters,
+        o.clients,
+        o.safety_ms as f64 / 1000.0,
+        o.liveness_ms as f64 / 1000.0,
+        o.keys,
+        o.attempt_limit,
+        o.election_ticks,
+        o.heartbeat_ticks,
+    ));
+    for (flag, v) in [
+        ("drop", f.drop),
+        ("duplicate", f.duplicate),
+        ("jitter", f.jitter),
+        ("delay-spike", f.delay_spike),
+        ("partition", f.partition_rate),
+        ("heal", f.heal_rate),
+        ("crash", f.crash_rate),
+        ("crash-after-vote", f.crash_after_vote),
+        ("clock-drift", f.clock_drift),
+        ("clock-jump", f.clock_jump_rate),
+        ("hsm-outage", f.hsm_outage_rate),
+        ("bit-flip", f.bit_flip_rate),
+        ("rollback", f.rollback_rate),
+    ] {
+        cmd.push_str(&format!(" --{flag} {v}"));
+    }
+    match o.disk_bug {
+        DiskBug::None => {}
+        DiskBug::LieOnSync => cmd.push_str(" --disk-bug lie-on-sync"),
+        DiskBug::ForgetVote => cmd.push_str(" --disk-bug forget-vote"),
+        DiskBug::SilentCorruption => cmd.push_str(" --disk-bug silent-corruption"),
+    }
+    if !o.sealed {
+        cmd.push_str(" --plain");
+    }
+    cmd
+}
+
+fn cmd_shrink(args: &ShrinkArgs) -> Result<ExitCode, String> {
+    let opts = args.sim.options(args.seed, args.swarm)?;
+    let start = Instant::now();
+    let from = vaultfleet_sim::shrink::SizeOf::of(&opts);
+    let Some(s) = vaultfleet_sim::shrink::shrink(opts, args.max_runs.max(1), args.seeds_per_shape)
+    else {
+        println!(
+            "seed {} does not fail with these options: nothing to shrink",
+            args.seed
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    println!("shrinking \"{}\" (seed {}):", s.invariant, args.seed);
+    if s.options.seed != args.seed {
+        println!("  (the smallest run fails with seed {})", s.options.seed);
+    }
+    for step in &s.steps {
+        println!("  kept: {step}");
+    }
+    let to = vaultfleet_sim::shrink::SizeOf::of(&s.options);
+    println!(
+        "{} simulations in {:.1} s wall; from {} replicas, {} datacenters, {} clients, {} users, {:.1} s, {} fault kinds to {} replicas, {} datacenters, {} clients, {} users, {:.1} s, {} fault kinds",
+        s.runs,
+        start.elapsed().as_secs_f64(),
+        from.replicas,
+        from.datacenters,
+        from.clients,
+        from.keys,
+        from.safety_ms as f64 / 1000.0,
+        from.fault_kinds,
+        to.replicas,
+        to.datacenters,
+        to.clients,
+        to.keys,
+        to.safety_ms as f64 / 1000.0,
+        to.fault_kinds,
+    );
+    if let Some(v) = &s.report.violation {
+        println!("VIOLATION of \"{}\": {}", v.invariant, v.detail);
+    }
+    println!("smallest: {}", command_for(&s.options, args.swarm));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn reproduce(seed: u64, sim: &SimArgs, swarm: bool) -> String {

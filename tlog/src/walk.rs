@@ -325,5 +325,9 @@ pub fn block_on<F: Future>(f: F) -> std::io::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(rt.block_on(f))
+    let out = rt.block_on(f);
+    // A name lookup still running on a blocking thread (a slow DNS server)
+    // is not waited for (R2-6): the caller's deadline is the bound.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(out)
 }
