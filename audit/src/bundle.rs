@@ -1205,21 +1205,11 @@ impl FleetVerifier {
         if let Some(e) = self.retired_through {
             text.push_str(&format!("retired {e}\n"));
         }
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
+        crate::durable::write_atomically(path, text.as_bytes()).map_err(|source| {
+            BundleError::State {
+                path: path.clone(),
+                source,
             }
-            Ok(())
-        };
-        write().map_err(|source| BundleError::State {
-            path: path.clone(),
-            source,
         })
     }
 

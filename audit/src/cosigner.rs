@@ -40,8 +40,8 @@
 //!   "as of the specified time", and an earlier time for a larger tree would
 //!   contradict the cosignature already given.
 
+use crate::durable::{write_atomically, LockFile};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -379,29 +379,6 @@ struct Latest {
     note: SignedNote,
 }
 
-/// An exclusive lock on a cosigner's state, held while it is open.
-#[derive(Debug)]
-struct LockFile(PathBuf);
-
-impl LockFile {
-    fn acquire(path: PathBuf) -> Result<Self, CosignerError> {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(_) => Ok(Self(path)),
-            Err(source) => Err(CosignerError::Locked { path, source }),
-        }
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A tlog-witness cosigner: its HSM-held key, its name, the logs it follows and
 /// its state file.
 pub struct Cosigner<H: Hsm> {
@@ -482,7 +459,12 @@ impl<H: Hsm> Cosigner<H> {
             NoteVerifier::cosignature(name, hsm.public_key(key)?).map_err(CosignerError::Name)?;
         let mac_key = hsm.key(&format!("{key_label}/state-mac"), KeyKind::Mac)?;
         let path = state.as_ref().to_path_buf();
-        let lock = LockFile::acquire(path.with_extension("lock"))?;
+        let lock_path = path.with_extension("lock");
+        let lock =
+            LockFile::acquire(lock_path.clone()).map_err(|source| CosignerError::Locked {
+                path: lock_path,
+                source,
+            })?;
         let mut c = Self {
             hsm,
             key,
@@ -620,18 +602,7 @@ impl<H: Hsm> Cosigner<H> {
                 max: STATE_BYTES_MAX,
             }));
         }
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| Refusal::State(self.io_error(e)))
+        write_atomically(&self.path, text.as_bytes()).map_err(|e| Refusal::State(self.io_error(e)))
     }
 
     /// Checks the log's signatures on `note` for `origin`: every line naming a

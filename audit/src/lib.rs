@@ -28,6 +28,7 @@
 pub mod bundle;
 pub mod consistency;
 pub mod cosigner;
+mod durable;
 pub mod fleet;
 pub mod merkle;
 pub mod note;

@@ -11,13 +11,13 @@
 //! signature the log does not hold.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
 use crate::consistency::ConsistencyProof;
+use crate::durable::{write_atomically, LockFile};
 use crate::merkle::{Hash, MerkleTree, ProofError};
 use crate::note::{sign_note, Checkpoint, NoteError, SignedNote};
 use crate::retirement::EpochRetirement;
@@ -320,30 +320,6 @@ pub struct Witness<H: Hsm> {
     _lock: LockFile,
 }
 
-/// An exclusive lock on a witness's state, held while it is open: two witness
-/// processes on one state could each sign an epoch and each keep its own log.
-struct LockFile(PathBuf);
-
-impl LockFile {
-    fn acquire(path: PathBuf) -> Result<Self, WitnessError> {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|source| WitnessError::Locked {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl<H: Hsm> std::fmt::Debug for Witness<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Witness")
@@ -394,7 +370,13 @@ impl<H: Hsm> Witness<H> {
             hsm.key(&key_label(&k.name), KeyKind::Signing)?;
         }
         let path = path.as_ref().to_path_buf();
-        let lock = LockFile::acquire(path.with_extension("lock"))?;
+        // Two witness processes on one state could each sign an epoch and
+        // each keep its own log.
+        let lock_path = path.with_extension("lock");
+        let lock = LockFile::acquire(lock_path.clone()).map_err(|source| WitnessError::Locked {
+            path: lock_path,
+            source,
+        })?;
         let mut w = Self {
             hsm,
             keys,
@@ -476,18 +458,7 @@ impl<H: Hsm> Witness<H> {
                 hex(&w.signature)
             ));
         }
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| self.state_error(e))
+        write_atomically(&self.path, text.as_bytes()).map_err(|e| self.state_error(e))
     }
 
     fn check_rules(&self, s: &Statement) -> Result<(), WitnessError> {

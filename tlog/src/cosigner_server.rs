@@ -12,22 +12,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 use vaultfleet::hsm::Hsm;
 use vaultfleet_audit::cosigner::{Cosigner, ADD_CHECKPOINT_BYTES_MAX};
-use vaultfleet_net::http::{BoundedListener, HttpLimits, PeerAddr, RateLimiter};
+use vaultfleet_net::http::HttpLimits;
 
+use crate::server::{bind, HttpServer, Spec};
 use crate::{now, ServeError};
 
 /// The listener's caps for a cosigner.
@@ -47,132 +45,45 @@ pub const REQUESTS_BURST: u32 = 50;
 
 struct Shared<H: Hsm> {
     cosigner: Mutex<Cosigner<H>>,
-    limiter: RateLimiter,
 }
 
 /// A running cosigner. Dropping it stops it.
 pub struct CosignerServer {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    server: HttpServer,
 }
 
 impl CosignerServer {
     /// Serves `cosigner` on `listen`.
     pub fn start<H: Hsm>(cosigner: Cosigner<H>, listen: SocketAddr) -> Result<Self, ServeError> {
-        let listen_error = |source| ServeError::Listen {
-            addr: listen,
-            source,
-        };
-        let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
-        listener.set_nonblocking(true).map_err(listen_error)?;
-        let addr = listener.local_addr().map_err(listen_error)?;
+        let (listener, addr) = bind(listen)?;
         let shared = Arc::new(Shared {
             cosigner: Mutex::new(cosigner),
-            limiter: RateLimiter::new(REQUESTS_PER_SECOND, REQUESTS_BURST),
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tlog-cosigner")
-            .enable_all()
-            .build()
-            .map_err(|source| ServeError::Runtime { source })?;
-        let (stop, stopped) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("tlog-cosigner".into())
-            .spawn(move || serve(runtime, listener, shared, stopped))
-            .map_err(|source| ServeError::Runtime { source })?;
+        let router = Router::new()
+            .route("/add-checkpoint", post(add_checkpoint::<H>))
+            .fallback(monitor::<H>)
+            .layer(DefaultBodyLimit::max(ADD_CHECKPOINT_BYTES_MAX))
+            .with_state(shared);
+        let spec = Spec {
+            name: "tlog-cosigner",
+            workers: 1,
+            limits: COSIGNER_LIMITS,
+            rate: (REQUESTS_PER_SECOND, REQUESTS_BURST),
+        };
+        let server = HttpServer::start(spec, listener, addr, router, std::future::pending())?;
         tracing::info!(%addr, "cosigner listening");
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { server })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Stops serving and waits for the server thread.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
+        self.server.stop_and_join();
     }
-
-    fn stop_and_join(&mut self) {
-        self.stop.send_replace(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the cosigner's server thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for CosignerServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-fn serve<H: Hsm>(
-    runtime: tokio::runtime::Runtime,
-    listener: std::net::TcpListener,
-    shared: Arc<Shared<H>>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let router = Router::new()
-        .route("/add-checkpoint", post(add_checkpoint::<H>))
-        .fallback(monitor::<H>)
-        .layer(DefaultBodyLimit::max(ADD_CHECKPOINT_BYTES_MAX))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            rate_limit::<H>,
-        ))
-        .with_state(shared);
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("cosigner: cannot listen: {e}");
-                return;
-            }
-        };
-        let bounded = BoundedListener::new(listener, COSIGNER_LIMITS);
-        let mut on_stop = stopped.clone();
-        let server = axum::serve(
-            bounded,
-            router.into_make_service_with_connect_info::<PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = on_stop.wait_for(|s| *s).await;
-        });
-        tokio::select! {
-            result = server => {
-                if let Err(e) = result {
-                    tracing::error!("cosigner server failed: {e}");
-                }
-            }
-            () = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            } => {}
-        }
-    });
-    runtime.shutdown_timeout(Duration::from_millis(500));
-}
-
-async fn rate_limit<H: Hsm>(
-    State(shared): State<Arc<Shared<H>>>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !shared.limiter.admit(peer.ip()) {
-        return (StatusCode::TOO_MANY_REQUESTS, "slow down\n").into_response();
-    }
-    next.run(request).await
 }
 
 async fn add_checkpoint<H: Hsm>(State(shared): State<Arc<Shared<H>>>, body: Bytes) -> Response {

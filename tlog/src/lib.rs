@@ -21,6 +21,7 @@
 pub mod client;
 pub mod cosigner_server;
 pub mod log_server;
+mod server;
 pub mod submit;
 pub mod walk;
 

@@ -26,18 +26,15 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use parking_lot::Mutex;
-use tokio::sync::watch;
 use vaultfleet::hsm::Hsm;
 use vaultfleet_audit::cosigner::{merge_cosignatures, parse_tlog_size, AddCheckpoint};
 use vaultfleet_audit::merkle::MerkleTree;
@@ -46,9 +43,10 @@ use vaultfleet_audit::submission::{Receipt, SignedSubmission, SubmissionError};
 use vaultfleet_audit::tiles::{TilePath, TiledLog};
 use vaultfleet_audit::witness::leaf_bytes;
 use vaultfleet_audit::{Checkpoint, Witness, WitnessError};
-use vaultfleet_net::http::{BoundedListener, HttpLimits, PeerAddr, RateLimiter};
+use vaultfleet_net::http::HttpLimits;
 
 use crate::client::{BaseUrl, HttpError};
+use crate::server::{bind, HttpServer, Spec};
 use crate::{now, ServeError};
 
 /// The listener's caps for the public log.
@@ -174,35 +172,18 @@ struct Shared {
     /// One publication at a time, so checkpoints go out in order.
     publishing: tokio::sync::Mutex<()>,
     config: LogConfig,
-    limiter: RateLimiter,
 }
 
 /// A running public log. Dropping it stops it.
 pub struct LogServer {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    server: HttpServer,
 }
 
 impl LogServer {
     /// Serves `witness`'s namespaces under `config`. Each namespace's
     /// checkpoint is signed and offered to the cosigners at once.
     pub fn start<H: Hsm>(witness: Witness<H>, config: LogConfig) -> Result<Self, ServeError> {
-        let listener =
-            std::net::TcpListener::bind(config.listen).map_err(|source| ServeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|source| ServeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let (listener, addr) = bind(config.listen)?;
         // R1-7: one entry per cosigner: two sharing a name and key ID could not
         // be told apart in a note.
         for (i, a) in config.cosigners.iter().enumerate() {
@@ -240,126 +221,46 @@ impl LogServer {
             published: Mutex::new(published),
             cosigner_sizes: Mutex::new(BTreeMap::new()),
             publishing: tokio::sync::Mutex::new(()),
-            limiter: RateLimiter::new(REQUESTS_PER_SECOND, REQUESTS_BURST),
             config,
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tlog-log")
-            .enable_all()
-            .build()
-            .map_err(|source| ServeError::Runtime { source })?;
-        let (stop, stopped) = watch::channel(false);
-        let thread = std::thread::Builder::new()
-            .name("tlog-log".into())
-            .spawn(move || serve(runtime, listener, shared, stopped))
-            .map_err(|source| ServeError::Runtime { source })?;
+        let router = Router::new()
+            .route("/submit", post(submit))
+            .fallback(read)
+            .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+            .with_state(Arc::clone(&shared));
+        // Offer every namespace's checkpoint to the cosigners now, then again
+        // every `cosign_retry` to those that have not cosigned it.
+        let retry = shared.config.cosign_retry;
+        let cosigning = async move {
+            loop {
+                let namespaces: Vec<String> = shared.published.lock().keys().cloned().collect();
+                for ns in namespaces {
+                    let _turn = shared.publishing.lock().await;
+                    cosign_published(&shared, &ns).await;
+                }
+                tokio::time::sleep(retry).await;
+            }
+        };
+        let spec = Spec {
+            name: "tlog-log",
+            workers: 2,
+            limits: LOG_LIMITS,
+            rate: (REQUESTS_PER_SECOND, REQUESTS_BURST),
+        };
+        let server = HttpServer::start(spec, listener, addr, router, cosigning)?;
         tracing::info!(%addr, "witness log listening");
-        Ok(Self {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(Self { server })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.server.local_addr()
     }
 
     /// Stops serving and waits for the server thread.
     pub fn shutdown(mut self) {
-        self.stop_and_join();
+        self.server.stop_and_join();
     }
-
-    fn stop_and_join(&mut self) {
-        self.stop.send_replace(true);
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() {
-                tracing::error!("the witness log's server thread panicked");
-            }
-        }
-    }
-}
-
-impl Drop for LogServer {
-    fn drop(&mut self) {
-        self.stop_and_join();
-    }
-}
-
-fn serve(
-    runtime: tokio::runtime::Runtime,
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let router = Router::new()
-        .route("/submit", post(submit))
-        .fallback(read)
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            rate_limit,
-        ))
-        .with_state(Arc::clone(&shared));
-    runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("witness log: cannot listen: {e}");
-                return;
-            }
-        };
-        // Offer every namespace's checkpoint to the cosigners now, then again
-        // every `cosign_retry` to those that have not cosigned it.
-        let retry = shared.config.cosign_retry;
-        let background = Arc::clone(&shared);
-        let cosigning = tokio::spawn(async move {
-            loop {
-                let namespaces: Vec<String> = background.published.lock().keys().cloned().collect();
-                for ns in namespaces {
-                    let _turn = background.publishing.lock().await;
-                    cosign_published(&background, &ns).await;
-                }
-                tokio::time::sleep(retry).await;
-            }
-        });
-        let bounded = BoundedListener::new(listener, LOG_LIMITS);
-        let mut on_stop = stopped.clone();
-        let server = axum::serve(
-            bounded,
-            router.into_make_service_with_connect_info::<PeerAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = on_stop.wait_for(|s| *s).await;
-        });
-        tokio::select! {
-            result = server => {
-                if let Err(e) = result {
-                    tracing::error!("witness log server failed: {e}");
-                }
-            }
-            () = async {
-                let _ = stopped.wait_for(|s| *s).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            } => {}
-        }
-        cosigning.abort();
-    });
-    runtime.shutdown_timeout(Duration::from_millis(500));
-}
-
-async fn rate_limit(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if !shared.limiter.admit(peer.ip()) {
-        return (StatusCode::TOO_MANY_REQUESTS, "slow down\n").into_response();
-    }
-    next.run(request).await
 }
 
 /// GET `/<namespace>/checkpoint` and `/<namespace>/tile/...`.
