@@ -16,7 +16,8 @@ use std::time::Duration;
 use vaultfleet_audit::merkle::MerkleTree;
 use vaultfleet_audit::note::{NoteError, NoteVerifier, SignedNote, ALG_ED25519, NOTE_MAX};
 use vaultfleet_audit::tiles::{
-    entry_bundles_for, parse_entry_bundle, TileError, TilePath, ENTRY_BUNDLE_BYTES_MAX,
+    entry_bundles_for, hash_tiles_for, parse_entry_bundle, parse_hash_tile, TileError, TilePath,
+    ENTRY_BUNDLE_BYTES_MAX, HASH_TILE_BYTES_MAX,
 };
 use vaultfleet_audit::witness::{leaf_bytes, parse_leaf, LeafError};
 use vaultfleet_audit::{Bundle, Checkpoint, Witnessed};
@@ -146,11 +147,13 @@ pub async fn fetch_log(url: &BaseUrl, namespace: &str) -> Result<FetchedLog, Wal
         .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
 }
 
-async fn walk(
+/// Fetches `namespace`'s checkpoint and checks it: its origin, then (with
+/// `pins`) its signature under a pinned key, then its size against the limit.
+async fn fetch_checkpoint(
     url: &BaseUrl,
     namespace: &str,
     pins: Option<(&[NoteVerifier], u64)>,
-) -> Result<FetchedLog, WalkError> {
+) -> Result<(SignedNote, Checkpoint), WalkError> {
     let path = format!("/{namespace}/checkpoint");
     let text = fetch(url, &path, NOTE_MAX).await?;
     let text = String::from_utf8(text)
@@ -183,6 +186,15 @@ async fn walk(
             max,
         });
     }
+    Ok((note, checkpoint))
+}
+
+async fn walk(
+    url: &BaseUrl,
+    namespace: &str,
+    pins: Option<(&[NoteVerifier], u64)>,
+) -> Result<FetchedLog, WalkError> {
+    let (note, checkpoint) = fetch_checkpoint(url, namespace, pins).await?;
     let mut tree = MerkleTree::new();
     let mut entries = Vec::new();
     for tile in entry_bundles_for(checkpoint.size) {
@@ -214,6 +226,88 @@ async fn walk(
         entries,
         tree,
     })
+}
+
+/// A served log's tree, rebuilt from its level-0 hash tiles (32 bytes a
+/// leaf, the entries themselves not fetched): what a client that only wants
+/// proofs fetches.
+#[derive(Debug, Clone)]
+pub struct FetchedTree {
+    /// The checkpoint note as served (verified under a pinned key).
+    pub note: SignedNote,
+    /// Its body.
+    pub checkpoint: Checkpoint,
+    /// The tree the leaf hashes make (its root is the checkpoint's).
+    pub tree: MerkleTree,
+}
+
+/// Fetches `namespace`'s checkpoint (signed by one of `witness_keys`, at
+/// most `max_entries`) and its level-0 hash tiles, and rebuilds the tree.
+pub async fn fetch_verified_tree(
+    url: &BaseUrl,
+    namespace: &str,
+    witness_keys: &[NoteVerifier],
+    max_entries: u64,
+) -> Result<FetchedTree, WalkError> {
+    let fetch_tree = async {
+        let (note, checkpoint) =
+            fetch_checkpoint(url, namespace, Some((witness_keys, max_entries))).await?;
+        let mut leaves = Vec::new();
+        for tile in hash_tiles_for(checkpoint.size).take_while(|t| t.level() == 0) {
+            let path = format!("/{namespace}/{}", tile.encode());
+            let bytes = fetch(url, &path, HASH_TILE_BYTES_MAX).await?;
+            let hashes =
+                parse_hash_tile(&bytes, tile.width()).map_err(|source| WalkError::Bundle {
+                    path: path.clone(),
+                    source,
+                })?;
+            leaves.extend(hashes);
+        }
+        let tree = MerkleTree::from_leaf_hashes(leaves);
+        if tree.size() != checkpoint.size || tree.root() != checkpoint.root {
+            return Err(WalkError::RootMismatch {
+                size: checkpoint.size,
+            });
+        }
+        Ok(FetchedTree {
+            note,
+            checkpoint,
+            tree,
+        })
+    };
+    tokio::time::timeout(WALK_TIMEOUT, fetch_tree)
+        .await
+        .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
+}
+
+/// A client's check that the served log extends the checkpoint it last
+/// accepted (`old_size`, `old_root`): the consistency proof is computed from
+/// the served tree and verified against both roots, so a log that rewrote
+/// the client's checkpoint is refused. Returns the proof (what a vault reply
+/// would have carried).
+pub fn extends(
+    served: &FetchedTree,
+    old_size: u64,
+    old_root: &vaultfleet_audit::merkle::Hash,
+) -> Result<vaultfleet_audit::ConsistencyProof, SplitView> {
+    let new_size = served.checkpoint.size;
+    if old_size > new_size {
+        return Err(SplitView::AheadOfLog {
+            bundle: old_size,
+            served: new_size,
+        });
+    }
+    let proof = vaultfleet_audit::ConsistencyProof::between(&served.tree, old_size, new_size)
+        .map_err(|_| SplitView::Forked { size: old_size })?;
+    vaultfleet_audit::merkle::verify_consistency(
+        old_size,
+        new_size,
+        &proof.hashes,
+        old_root,
+        &served.checkpoint.root,
+    )
+    .map_err(|_| SplitView::Forked { size: old_size })?;
+    Ok(proof)
 }
 
 async fn fetch(url: &BaseUrl, path: &str, max: usize) -> Result<Vec<u8>, WalkError> {

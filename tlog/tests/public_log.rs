@@ -30,7 +30,10 @@ use vaultfleet_audit::{
     WitnessKeySpec,
 };
 use vaultfleet_tlog::submit::{submit, SubmitError};
-use vaultfleet_tlog::walk::{block_on, bundle_in_log, fetch_verified_log, FetchedLog, SplitView};
+use vaultfleet_tlog::walk::{
+    block_on, bundle_in_log, extends, fetch_verified_log, fetch_verified_tree, FetchedLog,
+    SplitView,
+};
 use vaultfleet_tlog::{BaseUrl, CosignerEndpoint, CosignerServer, LogConfig, LogServer};
 
 const NS: &str = "example.vault.fleet_keys.v1";
@@ -376,6 +379,36 @@ fn epochs_are_witnessed_cosigned_served_and_verified_by_us_and_by_independent_co
         tlog_tiles::tree_hash(cp.size(), &reader).unwrap().0,
         log.checkpoint.root
     );
+    // ... and consistency: from the tree of size 1 to the served one.
+    let old = tlog_tiles::Hash(log.tree.root_at(1).unwrap());
+    let proof = tlog_tiles::prove_tree(cp.size(), 1, &reader).unwrap();
+    tlog_tiles::check_tree(&proof, cp.size(), *cp.hash(), 1, old).unwrap();
+    assert!(
+        tlog_tiles::check_tree(&proof, cp.size(), *cp.hash(), 1, tlog_tiles::Hash([7; 32]))
+            .is_err()
+    );
+
+    // A client that accepted the size-1 checkpoint asks the log (hash tiles
+    // only) whether the served one extends it; a forked size-1 root is refused.
+    let served = block_on(fetch_verified_tree(
+        &fleet.url(),
+        NS,
+        std::slice::from_ref(&fleet.log_key),
+        1000,
+    ))
+    .unwrap()
+    .unwrap();
+    assert_eq!(served.tree.root(), log.checkpoint.root);
+    let proof = extends(&served, 1, &log.tree.root_at(1).unwrap()).unwrap();
+    assert_eq!((proof.from_size, proof.to_size), (1, 3));
+    assert!(matches!(
+        extends(&served, 1, &[7; 32]),
+        Err(SplitView::Forked { size: 1 })
+    ));
+    assert!(matches!(
+        extends(&served, 4, &[7; 32]),
+        Err(SplitView::AheadOfLog { .. })
+    ));
     for i in 0..3 {
         let proof = tlog_tiles::prove_record(cp.size(), i, &reader).unwrap();
         let leaf = tlog_tiles::Hash(log.tree.leaf_hashes()[i as usize]);
