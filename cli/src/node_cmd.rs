@@ -24,14 +24,12 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc::RecvTimeoutError;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use vaultfleet_node::config::NodeConfig;
 use vaultfleet_node::hsm::{create_transport_key, hex, open_hsm, open_transport_key};
 use vaultfleet_node::logging::{self, LogFormat};
-use vaultfleet_node::run::{signals, NodeSignal, RunningNode};
+use vaultfleet_node::run::{serve_signals, signals, RunningNode};
 use vaultfleet_vault::VaultKeys;
 
 /// Run a replica of the vault fleet.
@@ -170,26 +168,26 @@ fn run(a: &RunArgs) -> ExitCode {
         }
     };
     let mut announced = false;
-    let cause = loop {
-        match events.recv_timeout(Duration::from_millis(50)) {
-            Ok(NodeSignal::Reload) => reload(&node, &a.config),
-            Ok(cause) => break Some(cause),
-            // Every sender gone: no signal can come any more (not expected).
-            Err(RecvTimeoutError::Disconnected) => break None,
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        if !announced && node.is_ready() {
-            announced = true;
-            out(&format!(
-                "ready replica={} peer={} vault={} metrics={}",
-                node.replica(),
-                node.peer_addr(),
-                node.vault_addr(),
-                node.metrics_addr()
-                    .map_or_else(|| "none".to_string(), |m| m.to_string())
-            ));
-        }
-    };
+    // SIGHUP reloads on a thread of its own (queued ones collapse into one);
+    // a stop during a reload abandons its fetch of the served witness log.
+    let cause = serve_signals(
+        &node,
+        &events,
+        |node| reload(node, &a.config),
+        |node| {
+            if !announced && node.is_ready() {
+                announced = true;
+                out(&format!(
+                    "ready replica={} peer={} vault={} metrics={}",
+                    node.replica(),
+                    node.peer_addr(),
+                    node.vault_addr(),
+                    node.metrics_addr()
+                        .map_or_else(|| "none".to_string(), |m| m.to_string())
+                ));
+            }
+        },
+    );
     tracing::info!(cause = ?cause, "stop requested");
     match node.stop() {
         Ok(()) => ExitCode::SUCCESS,

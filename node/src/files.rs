@@ -152,6 +152,26 @@ pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     File::open(folder).and_then(|d| d.sync_all())
 }
 
+/// Writes `bytes` to a new file `path` (mode 0600), synced, then the folder
+/// synced: an existing file (or a symlink planted there) is never
+/// overwritten or followed, the create fails with `AlreadyExists`.
+pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(folder).and_then(|d| d.sync_all())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,15 @@
 //! (SIGHUP) takes a new epoch's evidence and the new pins without a restart,
 //! after the same checks (never an older epoch than the accepted one).
 //!
+//! With `[vault] witness_log_url` the witness's log is the one it serves
+//! (C2SP tlog-tiles), taken only if its checkpoint is signed by a pinned
+//! witness key valid now (and cosigned as `cosigners_required` says) and it
+//! extends the served checkpoint accepted before, which the data directory
+//! keeps ([`SERVED_CHECKPOINT_FILE`]) with a verified copy of the log
+//! ([`SERVED_LOG_FILE`]): a start while the witness is down uses the copy; a
+//! signed fork is refused and both notes kept as evidence. [`serve_signals`]
+//! runs a reload beside the signal loop so a stop cancels its fetch.
+//!
 //! [`RunningNode::stop`] (SIGTERM) stops taking vault requests, lets those in
 //! flight finish (bounded), hands leadership to the most caught-up voter if
 //! this replica leads, and shuts everything down, the replica's log flushed.
@@ -59,7 +68,10 @@ use vaultfleet::{
 };
 use vaultfleet_audit::fleet::evidence::{Evidence, EvidenceError};
 use vaultfleet_audit::fleet::FleetArtifact;
-use vaultfleet_audit::{BundleError, FleetVerifier, MerkleTree, NoteVerifier};
+use vaultfleet_audit::note::NOTE_MAX;
+use vaultfleet_audit::{
+    BundleError, Checkpoint, FleetVerifier, MerkleTree, NoteVerifier, SignedNote,
+};
 use vaultfleet_net::open::{
     ChannelError, OpenServer, OpenServerConfig, OpenServerError, PAYLOAD_BYTES_MAX,
 };
@@ -108,10 +120,33 @@ const INPUT_FILE_BYTES_MAX: u64 = 64 << 20;
 /// (`[vault] witness_log_url`), every fetch included (each fetch has its own
 /// deadline, [`vaultfleet_tlog::walk::FETCH_TIMEOUT`]).
 pub const SERVED_LOG_TIMEOUT: Duration = Duration::from_secs(60);
+/// The file in a data directory holding the last served checkpoint (the
+/// signed note, `[vault] witness_log_url`) this node accepted: every later
+/// served log, at a reload or a start, must extend it (its root at that size
+/// is the note's). Like [`EPOCH_FILE`] it is not authenticated.
+pub const SERVED_CHECKPOINT_FILE: &str = "served-checkpoint";
+/// The file in a data directory caching the last served log this node
+/// accepted (its checkpoint note and its leaves): a start while the witness
+/// cannot be reached starts from it, once it verifies again.
+pub const SERVED_LOG_FILE: &str = "served-log";
+/// The prefix of the evidence files a fork leaves in the data directory:
+/// `served-fork-<unix time>-<n>.accepted.note` (the note accepted before) and
+/// `….served.note` (the note that contradicts it), never overwritten.
+pub const FORK_EVIDENCE_PREFIX: &str = "served-fork-";
+/// The most bytes of [`SERVED_LOG_FILE`] (a log of
+/// [`ENTRIES_MAX`] entries of a few hundred bytes each fits).
+pub const SERVED_LOG_BYTES_MAX: u64 = 64 << 20;
+/// The first line of [`SERVED_LOG_FILE`].
+const SERVED_LOG_MAGIC: &[u8] = b"vaultfleet served log v1\n";
+/// How often a wait for a served log's fetch looks whether it was cancelled.
+const FETCH_CANCEL_POLL: Duration = Duration::from_millis(20);
+/// How long the signal loop waits for an event before it looks at the node.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
 /// Why a node did not start. Nothing in the data directory was written
 /// unless the failure came after it was opened ([`StartError::Store`] and
-/// later).
+/// later), except the evidence files of a signed fork
+/// ([`ServedLogError::Fork`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -305,6 +340,154 @@ pub enum ServedLogError {
     /// The fetch's thread ended without an answer.
     #[error("the fetch's thread ended without an answer")]
     Aborted,
+    /// The node is stopping: the fetch was abandoned (its thread ends by its
+    /// own deadline, its answer dropped).
+    #[error("the fetch was cancelled: the node is stopping")]
+    Cancelled,
+    /// No pinned `[[vault.witness_key]]` is valid now (each is valid from its
+    /// `not_before` until the next pinned key's).
+    #[error("no pinned witness key is valid at {now} (Unix seconds)")]
+    NoCurrentWitnessKey {
+        /// The time checked.
+        now: u64,
+    },
+    /// The served checkpoint carries fewer verifying cosignatures (non-zero
+    /// timestamps) of distinct pinned `[[vault.cosigner]]` keys than
+    /// `cosigners_required`.
+    #[error(
+        "the served checkpoint is cosigned by {found} of the pinned cosigners, {required} required"
+    )]
+    TooFewCosignatures {
+        /// Distinct pinned cosigners whose cosignature verifies.
+        found: usize,
+        /// `[vault] cosigners_required`.
+        required: usize,
+    },
+    /// The served checkpoint is older than the one this node accepted before
+    /// (a replayed checkpoint, or a witness that lost its state).
+    #[error("the served checkpoint has size {size}, older than size {accepted} this node accepted: a replayed or rolled-back checkpoint")]
+    Stale {
+        /// The served checkpoint's size.
+        size: u64,
+        /// The accepted checkpoint's size.
+        accepted: u64,
+    },
+    /// The served log contradicts the checkpoint this node accepted before:
+    /// its root at one of their sizes differs. Both notes are signed by a
+    /// pinned witness key: the witness signed two histories. Both were kept
+    /// as evidence files in the data directory.
+    #[error("the served log's root at size {size} is not the one of the checkpoint this node accepted (size {accepted}): the witness signed two histories; both notes are kept as {accepted_note} and {served_note}", accepted_note = evidence.0.display(), served_note = evidence.1.display())]
+    Fork {
+        /// The size at which the roots differ.
+        size: u64,
+        /// The accepted checkpoint's size.
+        accepted: u64,
+        /// The evidence files: (the accepted note, the served note).
+        evidence: (PathBuf, PathBuf),
+    },
+    /// The served log contradicts the accepted checkpoint and the evidence
+    /// files could not be written (the refusal stands).
+    #[error("the served log's root at size {size} is not the one of the checkpoint this node accepted (size {accepted}): the witness signed two histories; the evidence files could not be written in {}", dir.display())]
+    ForkUnsaved {
+        /// The size at which the roots differ.
+        size: u64,
+        /// The accepted checkpoint's size.
+        accepted: u64,
+        /// The data directory.
+        dir: PathBuf,
+        /// Why the evidence was not written.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The served log was not usable at a start ([`ServedLogError::Walk`]
+    /// and the others above, except a fork) and the data directory holds no
+    /// cached copy ([`SERVED_LOG_FILE`]).
+    #[error("the served log is not usable and there is no cached copy ({SERVED_LOG_FILE} in the data directory)")]
+    NoCache(#[source] Box<ServedLogError>),
+    /// The served log was not usable at a start and the cached copy does not
+    /// verify (tampered, or no longer signed by a key valid now).
+    #[error("the served log is not usable ({fetch}), and the cached copy {} does not verify", path.display())]
+    BadCache {
+        /// The cache file.
+        path: PathBuf,
+        /// Why the served log was not used.
+        fetch: Box<ServedLogError>,
+        /// Why the cache was not used.
+        #[source]
+        source: CacheError,
+    },
+    /// The accepted served checkpoint in the data directory
+    /// ([`SERVED_CHECKPOINT_FILE`]) cannot be read or is not a checkpoint:
+    /// restore it or remove it (the node then accepts any signed log once).
+    #[error("the accepted served checkpoint {}", path.display())]
+    Accepted {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: CacheError,
+    },
+}
+
+/// Why a cached served log ([`SERVED_LOG_FILE`]) or the accepted served
+/// checkpoint ([`SERVED_CHECKPOINT_FILE`]) is not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// It cannot be read (or is larger than allowed).
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// It is not in the file's format.
+    #[error("it is malformed: {0}")]
+    Malformed(&'static str),
+    /// Its checkpoint note does not parse.
+    #[error("its checkpoint note")]
+    Note(#[source] vaultfleet_audit::NoteError),
+    /// Its checkpoint is for another log than `[vault] namespace`.
+    #[error("its checkpoint is for {found:?}, not {expected:?}")]
+    Origin {
+        /// In the checkpoint.
+        found: String,
+        /// `[vault] namespace`.
+        expected: String,
+    },
+    /// An entry is not a witness statement.
+    #[error("entry {index}")]
+    Entry {
+        /// Its index.
+        index: u64,
+        /// What is wrong.
+        #[source]
+        source: vaultfleet_audit::witness::LeafError,
+    },
+    /// Its entries do not hash to its checkpoint's root.
+    #[error("its entries do not hash to its checkpoint's root at size {size}")]
+    RootMismatch {
+        /// The checkpoint's size.
+        size: u64,
+    },
+    /// Its checkpoint is not signed by a pinned witness key valid now.
+    #[error("its checkpoint is not signed by a pinned witness key valid now")]
+    Unsigned,
+    /// Its checkpoint is not cosigned as `[vault] cosigners_required` says.
+    #[error("its checkpoint is refused")]
+    Refused(#[source] Box<ServedLogError>),
+    /// It is older than the accepted served checkpoint.
+    #[error("it has size {size}, older than size {accepted} this node accepted")]
+    Stale {
+        /// Its size.
+        size: u64,
+        /// The accepted checkpoint's.
+        accepted: u64,
+    },
+    /// Its root at `size` is not the accepted served checkpoint's.
+    #[error("its root at size {size} is not the one of the checkpoint this node accepted (size {accepted})")]
+    Forked {
+        /// The size.
+        size: u64,
+        /// The accepted checkpoint's.
+        accepted: u64,
+    },
 }
 
 /// The accepted fleet artifact (inside the evidence's bundle) and the node's
@@ -512,6 +695,10 @@ pub enum ReloadError {
     /// The new accepted epoch could not be written to the data directory.
     #[error("the accepted epoch could not be kept")]
     EpochFile(#[source] DataDirError),
+    /// The served log taken could not be kept in the data directory
+    /// ([`SERVED_CHECKPOINT_FILE`], [`SERVED_LOG_FILE`]).
+    #[error("the served log taken could not be kept")]
+    ServedLogFile(#[source] DataDirError),
     /// The transport refused the new pins.
     #[error("the transport refused the new pins")]
     Transport(#[source] NetError),
@@ -692,8 +879,14 @@ fn read_bounded(what: &'static str, path: &Path) -> Result<Vec<u8>, StartError> 
 }
 
 /// The bundle of the evidence file and the witness log's tree of
-/// `namespace`, from the witness's log file or the served log.
-fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
+/// `namespace`, from the witness's log file or the served log; with the
+/// served log taken, if it is one (and whether it was fetched now, or
+/// started from the data directory's cache).
+fn bundle_source(
+    config: &NodeConfig,
+    prior: &Prior,
+    cancel: &AtomicBool,
+) -> Result<(BundleSource, Option<TakenLog>), StartError> {
     let v = &config.vault;
     let evidence =
         Evidence::decode(&read_bounded("the evidence file", &v.evidence)?).map_err(|source| {
@@ -711,20 +904,24 @@ fn bundle_source(config: &NodeConfig) -> Result<BundleSource, StartError> {
             max: PAYLOAD_BYTES_MAX,
         });
     }
-    let tree = match config.witness_log_source().map_err(StartError::Config)? {
-        WitnessLogSource::File(path) => log_file_tree(&path, &v.namespace)?,
+    let (tree, taken) = match config.witness_log_source().map_err(StartError::Config)? {
+        WitnessLogSource::File(path) => (log_file_tree(&path, &v.namespace)?, None),
         WitnessLogSource::Url { url, base } => {
-            served_log_tree(config, &base).map_err(|source| StartError::ServedLog {
-                url,
-                namespace: v.namespace.clone(),
-                source: Box::new(source),
-            })?
+            let taken = served_log(config, &base, prior, cancel, unix_now()).map_err(|source| {
+                StartError::ServedLog {
+                    url,
+                    namespace: v.namespace.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            (taken.log.tree.clone(), Some(taken))
         }
     };
-    BundleSource::new(evidence.bundle, tree).map_err(|source| StartError::Bundle {
+    let source = BundleSource::new(evidence.bundle, tree).map_err(|source| StartError::Bundle {
         namespace: v.namespace.clone(),
         source,
-    })
+    })?;
+    Ok((source, taken))
 }
 
 /// The tree of `namespace` rebuilt from the witness's log file.
@@ -751,52 +948,582 @@ fn log_file_tree(path: &Path, namespace: &str) -> Result<MerkleTree, StartError>
     Ok(tree)
 }
 
-/// The tree of `[vault] namespace` as the witness serves it at `url`: its
-/// checkpoint signed by a pinned `[[vault.witness_key]]` (checked before any
-/// tile is fetched), its entries hashing to the checkpoint's root. Whether
-/// the bundle's checkpoint is a prefix of it is [`BundleSource::new`]'s
-/// check.
-fn served_log_tree(config: &NodeConfig, url: &BaseUrl) -> Result<MerkleTree, ServedLogError> {
+/// A served log (`[vault] witness_log_url`) this node took: its signed
+/// checkpoint, its leaves and their tree (whose root is the checkpoint's).
+#[derive(Clone, Debug)]
+struct ServedLog {
+    note: SignedNote,
+    checkpoint: Checkpoint,
+    leaves: Vec<Vec<u8>>,
+    tree: MerkleTree,
+}
+
+/// A served log taken by a start or a reload.
+#[derive(Clone, Debug)]
+struct TakenLog {
+    log: ServedLog,
+    /// Fetched now (kept in the data directory once the node takes it), or
+    /// the data directory's cache (already kept).
+    fetched: bool,
+}
+
+/// What a served log must extend.
+enum Prior {
+    /// A start on a fresh data directory: nothing.
+    Fresh,
+    /// A start on this replica's data directory: the accepted checkpoint it
+    /// keeps, and its cache as the fallback.
+    DataDir(PathBuf),
+    /// A reload: the served log in use (if the node follows one; else the
+    /// data directory's accepted checkpoint).
+    Reload {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// The served log in use.
+        current: Option<ServedLog>,
+    },
+}
+
+/// The checkpoint a served log must extend, and the tree it came with if
+/// known (to tell a replayed older checkpoint from a fork).
+struct Anchor {
+    note: SignedNote,
+    checkpoint: Checkpoint,
+    tree: Option<MerkleTree>,
+}
+
+/// How a served log relates to the anchor, when it does not extend it.
+enum Mismatch {
+    /// Older than the anchor and, as far as the anchor's tree tells, its
+    /// prefix.
+    Stale,
+    /// Another root at `size`.
+    Fork {
+        /// The size where the roots differ.
+        size: u64,
+    },
+}
+
+/// The pinned witness keys valid at `now` (from their `not_before` until
+/// the next pinned key's, as `FleetVerifier` takes a bundle's checkpoint).
+fn current_witness_keys(config: &NodeConfig, now: u64) -> Vec<NoteVerifier> {
     // `validate` checked the pins; a config that no longer holds them has no
-    // key to accept the checkpoint with (the walk then refuses it).
-    let keys: Vec<NoteVerifier> = config
+    // key to accept the checkpoint with.
+    let keys = config
         .witness_verifier_keys()
         .map(|(keys, _)| keys)
-        .unwrap_or_default()
-        .iter()
+        .unwrap_or_default();
+    keys.iter()
+        .filter(|k| {
+            let retired = keys
+                .iter()
+                .map(|o| o.not_before)
+                .filter(|&nb| nb > k.not_before)
+                .min();
+            now >= k.not_before && retired.is_none_or(|r| now < r)
+        })
         .filter_map(|k| NoteVerifier::ed25519(&k.name, k.public_key).ok())
-        .collect();
-    let log = fetch_served_log(url, &config.vault.namespace, keys, SERVED_LOG_TIMEOUT)?;
-    Ok(log.tree)
+        .collect()
+}
+
+/// Refuses `note` unless `[vault] cosigners_required` distinct pinned
+/// cosigners cosigned it: a `cosignature/v1` line that verifies with a
+/// non-zero timestamp (C2SP tlog-witness: "The cosignature MUST NOT omit the
+/// timestamp, i.e. the timestamp MUST NOT be zero.").
+fn check_cosigners(config: &NodeConfig, note: &SignedNote) -> Result<(), ServedLogError> {
+    let required = config.vault.cosigners_required;
+    if required == 0 {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for c in &config.vault.cosigners {
+        let Ok(key) = crate::hsm::parse_key_hex(&c.public_key) else {
+            continue;
+        };
+        let Ok(verifier) = NoteVerifier::cosignature(&c.name, key) else {
+            continue;
+        };
+        if matches!(verifier.verify(note), Ok(Some(t)) if t > 0)
+            && !names.contains(&c.name.as_str())
+        {
+            names.push(&c.name);
+        }
+    }
+    if names.len() < required {
+        return Err(ServedLogError::TooFewCosignatures {
+            found: names.len(),
+            required,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `log` extends `anchor`: at least as long, and its root at the
+/// anchor's size the anchor's (the consistency of the two checkpoints, with
+/// the proof computed from `log`'s tree).
+fn extends(anchor: &Anchor, log: &ServedLog) -> Result<(), Mismatch> {
+    let (old, new) = (&anchor.checkpoint, &log.checkpoint);
+    if new.size >= old.size {
+        return match log.tree.root_at(old.size) {
+            Ok(root) if root == old.root => Ok(()),
+            _ => Err(Mismatch::Fork { size: old.size }),
+        };
+    }
+    // Older: a fork if the anchor's tree has another root at its size.
+    match &anchor.tree {
+        Some(tree) if tree.root_at(new.size).is_ok_and(|r| r != new.root) => {
+            Err(Mismatch::Fork { size: new.size })
+        }
+        _ => Err(Mismatch::Stale),
+    }
+}
+
+/// The refusal of `log` against `anchor`: a stale one is just refused; a
+/// fork is refused with both notes kept as evidence files in `data_dir`.
+fn refuse(data_dir: &Path, anchor: &Anchor, log: &ServedLog, why: Mismatch) -> ServedLogError {
+    let accepted = anchor.checkpoint.size;
+    match why {
+        Mismatch::Stale => ServedLogError::Stale {
+            size: log.checkpoint.size,
+            accepted,
+        },
+        Mismatch::Fork { size } => match save_fork_evidence(data_dir, &anchor.note, &log.note) {
+            Ok(evidence) => {
+                tracing::error!(
+                    accepted_note = %evidence.0.display(),
+                    served_note = %evidence.1.display(),
+                    size,
+                    "the served witness log contradicts the checkpoint this node accepted: the witness signed two histories; both signed notes are kept"
+                );
+                ServedLogError::Fork {
+                    size,
+                    accepted,
+                    evidence,
+                }
+            }
+            Err(source) => {
+                tracing::error!(
+                    size,
+                    error = %source,
+                    "the served witness log contradicts the checkpoint this node accepted, and the evidence could not be written"
+                );
+                ServedLogError::ForkUnsaved {
+                    size,
+                    accepted,
+                    dir: data_dir.to_path_buf(),
+                    source,
+                }
+            }
+        },
+    }
+}
+
+/// Writes `accepted` and `served` as a pair of new evidence files in
+/// `data_dir` (never overwriting one).
+fn save_fork_evidence(
+    data_dir: &Path,
+    accepted: &SignedNote,
+    served: &SignedNote,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let now = unix_now();
+    for n in 0..1000u32 {
+        let stem = format!("{FORK_EVIDENCE_PREFIX}{now}-{n}");
+        let a = data_dir.join(format!("{stem}.accepted.note"));
+        let b = data_dir.join(format!("{stem}.served.note"));
+        match crate::files::write_new(&a, accepted.encode().as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        crate::files::write_new(&b, served.encode().as_bytes())?;
+        return Ok((a, b));
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "no free name for the fork's evidence files",
+    ))
+}
+
+/// The served log of `[vault] namespace` at `url`, checked against `prior`
+/// (see [`Prior`]): its checkpoint signed by a pinned witness key valid at
+/// `now` (checked before any tile is fetched) and cosigned as
+/// `[vault] cosigners_required` says, its entries hashing to its root, and
+/// extending the checkpoint accepted before. At a start on this replica's
+/// data directory, a served log that cannot be used (the witness down, a
+/// refused or older checkpoint) gives way to the cached copy, verified
+/// again; a fork is refused. Whether the bundle's checkpoint is a prefix of
+/// it is [`BundleSource::new`]'s check.
+fn served_log(
+    config: &NodeConfig,
+    url: &BaseUrl,
+    prior: &Prior,
+    cancel: &AtomicBool,
+    now: u64,
+) -> Result<TakenLog, ServedLogError> {
+    let fetched = fetch_checked(config, url, cancel, now);
+    match prior {
+        Prior::Fresh => fetched.map(|log| TakenLog { log, fetched: true }),
+        Prior::Reload { data_dir, current } => {
+            let log = fetched?;
+            let anchor = match current {
+                Some(c) => Some(Anchor {
+                    note: c.note.clone(),
+                    checkpoint: c.checkpoint.clone(),
+                    tree: Some(c.tree.clone()),
+                }),
+                None => read_anchor(data_dir, &config.vault.namespace)?,
+            };
+            if let Some(anchor) = &anchor {
+                extends(anchor, &log).map_err(|why| refuse(data_dir, anchor, &log, why))?;
+            }
+            Ok(TakenLog { log, fetched: true })
+        }
+        Prior::DataDir(data_dir) => {
+            let anchor = read_anchor(data_dir, &config.vault.namespace)?;
+            // The cache, read at most once, and only if needed.
+            let mut cache: Option<Result<Option<ServedLog>, CacheError>> = None;
+            let why = match (fetched, &anchor) {
+                (Ok(log), None) => return Ok(TakenLog { log, fetched: true }),
+                (Ok(log), Some(a)) => {
+                    let mut anchor = Anchor {
+                        note: a.note.clone(),
+                        checkpoint: a.checkpoint.clone(),
+                        tree: None,
+                    };
+                    if log.checkpoint.size < a.checkpoint.size {
+                        // The cache's tree tells a replay from a fork.
+                        let loaded = load_cache(config, data_dir, Some(a), now);
+                        anchor.tree = loaded.as_ref().ok().cloned().flatten().map(|c| c.tree);
+                        cache = Some(loaded);
+                    }
+                    match extends(&anchor, &log) {
+                        Ok(()) => return Ok(TakenLog { log, fetched: true }),
+                        Err(Mismatch::Stale) => refuse(data_dir, &anchor, &log, Mismatch::Stale),
+                        Err(fork) => return Err(refuse(data_dir, &anchor, &log, fork)),
+                    }
+                }
+                (Err(ServedLogError::Cancelled), _) => return Err(ServedLogError::Cancelled),
+                (Err(e), _) => e,
+            };
+            let cache = cache.unwrap_or_else(|| load_cache(config, data_dir, anchor.as_ref(), now));
+            match cache {
+                Ok(Some(log)) => {
+                    tracing::warn!(
+                        url = ?url,
+                        error = %why,
+                        size = log.checkpoint.size,
+                        "the served witness log is not usable: starting from the copy kept in the data directory, verified again"
+                    );
+                    Ok(TakenLog {
+                        log,
+                        fetched: false,
+                    })
+                }
+                Ok(None) => Err(ServedLogError::NoCache(Box::new(why))),
+                Err(source) => Err(ServedLogError::BadCache {
+                    path: data_dir.join(SERVED_LOG_FILE),
+                    fetch: Box::new(why),
+                    source,
+                }),
+            }
+        }
+    }
+}
+
+/// Fetches the served log (its checkpoint signed by a pinned witness key
+/// valid at `now`) and checks its cosignatures.
+fn fetch_checked(
+    config: &NodeConfig,
+    url: &BaseUrl,
+    cancel: &AtomicBool,
+    now: u64,
+) -> Result<ServedLog, ServedLogError> {
+    let keys = current_witness_keys(config, now);
+    if keys.is_empty() {
+        return Err(ServedLogError::NoCurrentWitnessKey { now });
+    }
+    let fetched = fetch_served_log(
+        url,
+        &config.vault.namespace,
+        keys,
+        SERVED_LOG_TIMEOUT,
+        cancel,
+    )?;
+    check_cosigners(config, &fetched.note)?;
+    let leaves = fetched
+        .entries
+        .iter()
+        .map(|w| vaultfleet_audit::witness::leaf_bytes(&w.statement, &w.key, &w.signature))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|leaves| tree_of(leaves).root() == fetched.tree.root())
+        .ok_or(ServedLogError::Walk(
+            vaultfleet_tlog::walk::WalkError::RootMismatch {
+                size: fetched.checkpoint.size,
+            },
+        ))?;
+    Ok(ServedLog {
+        note: fetched.note,
+        checkpoint: fetched.checkpoint,
+        leaves,
+        tree: fetched.tree,
+    })
+}
+
+/// The Merkle tree of `leaves`.
+fn tree_of(leaves: &[Vec<u8>]) -> MerkleTree {
+    let mut tree = MerkleTree::new();
+    for leaf in leaves {
+        tree.append(leaf);
+    }
+    tree
+}
+
+/// The accepted served checkpoint kept in `data_dir`, if any and of
+/// `namespace` (one of another namespace is another log's: ignored).
+fn read_anchor(data_dir: &Path, namespace: &str) -> Result<Option<Anchor>, ServedLogError> {
+    let path = data_dir.join(SERVED_CHECKPOINT_FILE);
+    let bad = |source| ServedLogError::Accepted {
+        path: path.clone(),
+        source,
+    };
+    let bytes = match crate::files::read_capped(&path, NOTE_MAX as u64) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(CacheError::Read(e))),
+    };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad(CacheError::Malformed("the note is not UTF-8")))?;
+    let note = SignedNote::parse(&text).map_err(|e| bad(CacheError::Note(e)))?;
+    let checkpoint = Checkpoint::parse(&note.text).map_err(|e| bad(CacheError::Note(e)))?;
+    if checkpoint.origin != namespace {
+        tracing::warn!(
+            path = %path.display(),
+            origin = checkpoint.origin,
+            namespace,
+            "the accepted served checkpoint is of another namespace: not used"
+        );
+        return Ok(None);
+    }
+    Ok(Some(Anchor {
+        note,
+        checkpoint,
+        tree: None,
+    }))
+}
+
+/// The served log `data_dir` caches, verified as a served one at `now`: its
+/// entries hash to its checkpoint's root, its checkpoint is signed by a
+/// pinned witness key valid now and cosigned as required, and it extends
+/// `anchor`. `None` if there is no cache.
+fn load_cache(
+    config: &NodeConfig,
+    data_dir: &Path,
+    anchor: Option<&Anchor>,
+    now: u64,
+) -> Result<Option<ServedLog>, CacheError> {
+    let path = data_dir.join(SERVED_LOG_FILE);
+    let bytes = match crate::files::read_capped(&path, SERVED_LOG_BYTES_MAX) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CacheError::Read(e)),
+    };
+    let (text, leaves) = decode_cache(&bytes)?;
+    let note = SignedNote::parse(&text).map_err(CacheError::Note)?;
+    let checkpoint = Checkpoint::parse(&note.text).map_err(CacheError::Note)?;
+    if checkpoint.origin != config.vault.namespace {
+        return Err(CacheError::Origin {
+            found: checkpoint.origin,
+            expected: config.vault.namespace.clone(),
+        });
+    }
+    let signed = current_witness_keys(config, now)
+        .iter()
+        .any(|k| k.verify(&note).is_ok());
+    if !signed {
+        return Err(CacheError::Unsigned);
+    }
+    check_cosigners(config, &note).map_err(|e| CacheError::Refused(Box::new(e)))?;
+    if leaves.len() as u64 != checkpoint.size {
+        return Err(CacheError::RootMismatch {
+            size: checkpoint.size,
+        });
+    }
+    for (index, leaf) in (0u64..).zip(&leaves) {
+        vaultfleet_audit::witness::parse_leaf(leaf, index)
+            .map_err(|source| CacheError::Entry { index, source })?;
+    }
+    let tree = tree_of(&leaves);
+    if tree.root() != checkpoint.root {
+        return Err(CacheError::RootMismatch {
+            size: checkpoint.size,
+        });
+    }
+    let log = ServedLog {
+        note,
+        checkpoint,
+        leaves,
+        tree,
+    };
+    if let Some(anchor) = anchor {
+        let accepted = anchor.checkpoint.size;
+        extends(anchor, &log).map_err(|why| match why {
+            Mismatch::Stale => CacheError::Stale {
+                size: log.checkpoint.size,
+                accepted,
+            },
+            Mismatch::Fork { size } => CacheError::Forked { size, accepted },
+        })?;
+    }
+    Ok(Some(log))
+}
+
+/// The cache file's bytes: [`SERVED_LOG_MAGIC`], the note's length (u32, big
+/// endian) and bytes, the number of leaves (u64, big endian), and each leaf
+/// as in a C2SP entry bundle (a u16 big-endian length, then its bytes).
+/// `None` if a leaf is longer than an entry bundle holds, or the whole is
+/// larger than [`SERVED_LOG_BYTES_MAX`].
+fn encode_cache(log: &ServedLog) -> Option<Vec<u8>> {
+    let note = log.note.encode();
+    let mut out = Vec::with_capacity(
+        SERVED_LOG_MAGIC.len()
+            + 12
+            + note.len()
+            + log.leaves.iter().map(|l| 2 + l.len()).sum::<usize>(),
+    );
+    out.extend_from_slice(SERVED_LOG_MAGIC);
+    out.extend_from_slice(&u32::try_from(note.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(note.as_bytes());
+    out.extend_from_slice(&(log.leaves.len() as u64).to_be_bytes());
+    for leaf in &log.leaves {
+        out.extend_from_slice(&u16::try_from(leaf.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(leaf);
+    }
+    (out.len() as u64 <= SERVED_LOG_BYTES_MAX).then_some(out)
+}
+
+/// The note text and the leaves of a cache file ([`encode_cache`]).
+fn decode_cache(bytes: &[u8]) -> Result<(String, Vec<Vec<u8>>), CacheError> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], CacheError> {
+        if rest.len() < n {
+            return Err(CacheError::Malformed(what));
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    let mut rest = bytes;
+    if take(
+        &mut rest,
+        SERVED_LOG_MAGIC.len(),
+        "too short for its first line",
+    )? != SERVED_LOG_MAGIC
+    {
+        return Err(CacheError::Malformed(
+            "not a served log cache (its first line)",
+        ));
+    }
+    let len = take(&mut rest, 4, "the note's length is cut")?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > NOTE_MAX {
+        return Err(CacheError::Malformed(
+            "the note is longer than a note may be",
+        ));
+    }
+    let note = std::str::from_utf8(take(&mut rest, len, "the note is cut")?)
+        .map_err(|_| CacheError::Malformed("the note is not UTF-8"))?
+        .to_string();
+    let count = take(&mut rest, 8, "the number of leaves is cut")?;
+    let mut n = [0u8; 8];
+    n.copy_from_slice(count);
+    let count = u64::from_be_bytes(n);
+    if count > ENTRIES_MAX {
+        return Err(CacheError::Malformed(
+            "more leaves than a served log may have",
+        ));
+    }
+    // Each leaf takes at least its two length bytes: the count is bounded by
+    // the bytes left before anything is allocated.
+    if count > (rest.len() / 2) as u64 {
+        return Err(CacheError::Malformed("more leaves than bytes"));
+    }
+    let mut leaves = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = take(&mut rest, 2, "a leaf's length is cut")?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        leaves.push(take(&mut rest, len, "a leaf is cut")?.to_vec());
+    }
+    if !rest.is_empty() {
+        return Err(CacheError::Malformed("bytes after the last leaf"));
+    }
+    Ok((note, leaves))
+}
+
+/// Keeps `log` as the accepted served log: the cache first (skipped, with a
+/// warning, if too large), then the accepted checkpoint, each written to a
+/// temporary, synced and renamed. A crash between the two leaves a cache
+/// newer than the accepted checkpoint, which extends it.
+fn keep_served_log(data_dir: &Path, log: &ServedLog) -> Result<(), DataDirError> {
+    let io = |p: PathBuf| move |source| DataDirError::Io { path: p, source };
+    let cache = data_dir.join(SERVED_LOG_FILE);
+    match encode_cache(log) {
+        Some(bytes) => crate::files::write_replacing(&cache, &bytes).map_err(io(cache))?,
+        None => tracing::warn!(
+            size = log.checkpoint.size,
+            "the served log is too large to cache: a start while the witness is down will be refused"
+        ),
+    }
+    let path = data_dir.join(SERVED_CHECKPOINT_FILE);
+    crate::files::write_replacing(&path, log.note.encode().as_bytes()).map_err(io(path))
 }
 
 /// Fetches `namespace`'s log at `url` (its checkpoint signed by one of
-/// `keys`) within `bound`, on a thread of its own with a runtime of its own:
-/// a start or a reload may be called from inside an async runtime, where
-/// blocking on another one would panic.
+/// `keys`) within `bound`, on a thread of its own with a runtime of its own
+/// (a start or a reload may be called from inside an async runtime, where
+/// blocking on another one would panic). The caller waits for its answer or
+/// for `cancel`: a cancelled fetch's thread is left to end by its deadline,
+/// its answer dropped.
 fn fetch_served_log(
     url: &BaseUrl,
     namespace: &str,
     keys: Vec<NoteVerifier>,
     bound: Duration,
+    cancel: &AtomicBool,
 ) -> Result<FetchedLog, ServedLogError> {
+    if cancel.load(Ordering::SeqCst) {
+        return Err(ServedLogError::Cancelled);
+    }
     let url = url.clone();
     let namespace = namespace.to_string();
-    let fetch = std::thread::Builder::new()
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    // Detached: it ends within `bound`.
+    std::thread::Builder::new()
         .name("vaultfleet-witness-log".into())
         .spawn(move || {
-            vaultfleet_tlog::walk::block_on(async {
+            let answer = vaultfleet_tlog::walk::block_on(async {
                 let walk = fetch_verified_log(&url, &namespace, &keys, ENTRIES_MAX);
                 tokio::time::timeout(bound, walk).await
-            })
+            });
+            // The caller may be gone (cancelled): the answer is dropped.
+            let _ = tx.send(answer);
         })
         .map_err(ServedLogError::Runtime)?;
-    match fetch.join() {
-        Ok(Ok(Ok(Ok(log)))) => Ok(log),
-        Ok(Ok(Ok(Err(walk)))) => Err(ServedLogError::Walk(walk)),
-        Ok(Ok(Err(_elapsed))) => Err(ServedLogError::TimedOut { after: bound }),
-        Ok(Err(runtime)) => Err(ServedLogError::Runtime(runtime)),
-        Err(_panic) => Err(ServedLogError::Aborted),
+    loop {
+        match rx.recv_timeout(FETCH_CANCEL_POLL) {
+            Ok(Ok(Ok(Ok(log)))) => return Ok(log),
+            Ok(Ok(Ok(Err(walk)))) => return Err(ServedLogError::Walk(walk)),
+            Ok(Ok(Err(_elapsed))) => return Err(ServedLogError::TimedOut { after: bound }),
+            Ok(Err(runtime)) => return Err(ServedLogError::Runtime(runtime)),
+            // The thread ended without sending: it panicked.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(ServedLogError::Aborted)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::SeqCst) {
+                    return Err(ServedLogError::Cancelled);
+                }
+            }
+        }
     }
 }
 
@@ -958,6 +1685,12 @@ pub struct RunningNode {
     metrics: Option<MetricsServer>,
     probe: Arc<NodeProbe>,
     transfer_wait: Duration,
+    /// The served log in use (`[vault] witness_log_url`): what a reload's
+    /// must extend.
+    served: parking_lot::Mutex<Option<ServedLog>>,
+    /// Set once the node is stopping: a reload's fetch in progress is
+    /// abandoned ([`RunningNode::cancel_fetches`]).
+    cancel_fetch: AtomicBool,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -980,6 +1713,7 @@ struct Serving {
     probe: Arc<NodeProbe>,
     stop_session: Arc<AtomicBool>,
     session_thread: JoinHandle<()>,
+    served: Option<ServedLog>,
 }
 
 /// What [`RunningNode::start`] reads and checks before it writes anything.
@@ -993,6 +1727,8 @@ struct Checked {
     secret: StaticSecret,
     keys: VaultKeys<NodeHsm>,
     source: BundleSource,
+    /// The served log taken (`[vault] witness_log_url`).
+    served: Option<TakenLog>,
     identity: String,
     state: DataDirState,
     directory: PeerDirectory,
@@ -1080,6 +1816,8 @@ impl RunningNode {
             metrics: serving.metrics,
             probe: serving.probe,
             transfer_wait,
+            served: parking_lot::Mutex::new(serving.served),
+            cancel_fetch: AtomicBool::new(false),
             config,
         })
     }
@@ -1190,7 +1928,13 @@ impl RunningNode {
             }));
         }
         let verifier = config.fleet_verifier().map_err(ReloadError::Config)?;
-        let source = bundle_source(&config).map_err(ReloadError::Start)?;
+        let prior = Prior::Reload {
+            data_dir: config.data_dir.clone(),
+            current: self.served.lock().clone(),
+        };
+        let (source, served) =
+            bundle_source(&config, &prior, &self.cancel_fetch).map_err(ReloadError::Start)?;
+        drop(prior);
         // The floor is the higher of the epoch in use and the one kept on
         // disk: a reload that kept a new epoch and then failed to swap must
         // not let an older one through next time.
@@ -1213,6 +1957,9 @@ impl RunningNode {
         if artifact.epoch > kept {
             write_epoch(&config.data_dir, artifact.epoch).map_err(ReloadError::EpochFile)?;
         }
+        if let Some(taken) = &served {
+            keep_served_log(&config.data_dir, &taken.log).map_err(ReloadError::ServedLogFile)?;
+        }
         self.transport
             .update_directory(directory)
             .map_err(ReloadError::Transport)?;
@@ -1231,6 +1978,9 @@ impl RunningNode {
         }
         let epoch = artifact.epoch;
         *self.accepted.write() = artifact;
+        if let Some(taken) = served {
+            *self.served.lock() = Some(taken.log);
+        }
         tracing::info!(
             replica = self.replica,
             epoch,
@@ -1244,6 +1994,20 @@ impl RunningNode {
     /// The epoch of the accepted fleet artifact (the bundle served).
     pub fn accepted_epoch(&self) -> u64 {
         self.accepted.read().epoch
+    }
+
+    /// The size of the served witness log in use (`[vault]
+    /// witness_log_url`), if the node follows one.
+    pub fn served_log_size(&self) -> Option<u64> {
+        self.served.lock().as_ref().map(|l| l.checkpoint.size)
+    }
+
+    /// Abandons a reload's fetch of the served log in progress, and every
+    /// later one (the reload fails with [`ServedLogError::Cancelled`]): for a
+    /// node about to stop, so a slow or silent witness never holds up the
+    /// stop.
+    pub fn cancel_fetches(&self) {
+        self.cancel_fetch.store(true, Ordering::SeqCst);
     }
 
     /// Stops gracefully: stops taking vault requests, lets the ones in flight
@@ -1704,7 +2468,12 @@ fn check(config: &NodeConfig) -> Result<Checked, StartError> {
         DataDirState::Ours => read_epoch(&config.data_dir).map_err(StartError::DataDir)?,
     };
     let verifier = config.fleet_verifier().map_err(StartError::Config)?;
-    let source = bundle_source(config)?;
+    let prior = match state {
+        DataDirState::Fresh => Prior::Fresh,
+        DataDirState::Ours => Prior::DataDir(config.data_dir.clone()),
+    };
+    // A start is not cancelled (a stop asked meanwhile is seen after it).
+    let (source, served) = bundle_source(config, &prior, &AtomicBool::new(false))?;
     let artifact =
         accepted_artifact(config, &verifier, &source, unix_now(), floor).map_err(|source| {
             StartError::Artifact {
@@ -1721,6 +2490,7 @@ fn check(config: &NodeConfig) -> Result<Checked, StartError> {
         secret,
         keys,
         source,
+        served,
         identity,
         state,
         directory,
@@ -1767,6 +2537,10 @@ fn serve(
     if checked.floor != Some(checked.artifact.epoch) {
         write_epoch(&config.data_dir, checked.artifact.epoch).map_err(StartError::DataDir)?;
     }
+    if let Some(taken) = checked.served.as_ref().filter(|t| t.fetched) {
+        keep_served_log(&config.data_dir, &taken.log).map_err(StartError::DataDir)?;
+    }
+    let served = checked.served.map(|t| t.log);
     let log_path = config.data_dir.join(LOG_DIR);
     let mut log = Sealed::open_sled(
         &log_path,
@@ -1890,6 +2664,7 @@ fn serve(
         probe,
         stop_session,
         session_thread,
+        served,
     })
 }
 
@@ -1956,6 +2731,76 @@ pub fn signals(watch_stdin: bool) -> Result<std::sync::mpsc::Receiver<NodeSignal
     Ok(rx)
 }
 
+/// Serves `node`'s events (from [`signals`]) until one asks it to stop:
+/// returns that event (`None` if every sender is gone). On
+/// [`NodeSignal::Reload`] `reload` runs on a thread of its own, so a stop is
+/// seen while it runs: it then cancels the reload's fetch of the served log
+/// ([`RunningNode::cancel_fetches`]) and returns once the reload has ended.
+/// Reloads queued meanwhile collapse into one (run after the current one),
+/// and a stop queued behind reloads wins over them. `tick` runs between
+/// events (at least every 50 ms), on the caller's thread.
+pub fn serve_signals<R, T>(
+    node: &RunningNode,
+    events: &std::sync::mpsc::Receiver<NodeSignal>,
+    reload: R,
+    mut tick: T,
+) -> Option<NodeSignal>
+where
+    R: Fn(&RunningNode) + Sync,
+    T: FnMut(&RunningNode),
+{
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+    let reload = &reload;
+    std::thread::scope(|scope| {
+        let mut running: Option<std::thread::ScopedJoinHandle<'_, ()>> = None;
+        let mut pending = false;
+        let cause = 'events: loop {
+            match events.recv_timeout(SIGNAL_POLL) {
+                Ok(NodeSignal::Reload) => {
+                    pending = true;
+                    // Every reload queued now is this one; a stop queued
+                    // behind them wins.
+                    loop {
+                        match events.try_recv() {
+                            Ok(NodeSignal::Reload) => {}
+                            Ok(stop) => break 'events Some(stop),
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                }
+                Ok(stop) => break Some(stop),
+                Err(RecvTimeoutError::Disconnected) => break None,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if running.as_ref().is_some_and(|t| t.is_finished()) {
+                if let Some(Err(_)) = running.take().map(std::thread::ScopedJoinHandle::join) {
+                    tracing::error!("a reload panicked; running on as before");
+                }
+            }
+            if pending && running.is_none() {
+                pending = false;
+                match std::thread::Builder::new()
+                    .name("vaultfleet-reload".into())
+                    .spawn_scoped(scope, move || reload(node))
+                {
+                    Ok(t) => running = Some(t),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no thread for the reload: reloading on the signal loop");
+                        reload(node);
+                    }
+                }
+            }
+            tick(node);
+        };
+        if running.is_some() {
+            tracing::info!("stop requested during a reload: its fetch is abandoned");
+        }
+        node.cancel_fetches();
+        // The scope joins the reload (its fetch cancelled, it ends at once).
+        cause
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1978,6 +2823,50 @@ mod tests {
             not_before: 0,
             not_after: 1,
         }
+    }
+
+    /// The served log's cache round-trips, and a hostile file is refused
+    /// before anything large is allocated.
+    #[test]
+    fn the_served_log_cache_decodes_only_what_it_encodes() {
+        let leaves = vec![b"one".to_vec(), Vec::new(), vec![7; 300]];
+        let tree = tree_of(&leaves);
+        let checkpoint = Checkpoint {
+            origin: "ns".into(),
+            size: 3,
+            root: tree.root(),
+            extensions: vec![],
+        };
+        let log = ServedLog {
+            note: SignedNote {
+                text: checkpoint.body(),
+                signatures: vec![],
+            },
+            checkpoint,
+            leaves: leaves.clone(),
+            tree,
+        };
+        let bytes = encode_cache(&log).unwrap();
+        let (text, back) = decode_cache(&bytes).unwrap();
+        assert_eq!(text, log.note.encode());
+        assert_eq!(back, leaves);
+        for cut in 0..bytes.len() {
+            assert!(decode_cache(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_cache(&longer).is_err(), "trailing bytes");
+        // A count of 2^40 leaves in a few bytes: refused, nothing reserved.
+        let at = SERVED_LOG_MAGIC.len() + 4 + text.len();
+        let mut huge = bytes;
+        huge[at..at + 8].copy_from_slice(&(1u64 << 40).to_be_bytes());
+        assert!(matches!(decode_cache(&huge), Err(CacheError::Malformed(_))));
+        let mut many = encode_cache(&log).unwrap();
+        many[at..at + 8].copy_from_slice(&1000u64.to_be_bytes());
+        assert!(matches!(
+            decode_cache(&many),
+            Err(CacheError::Malformed("more leaves than bytes"))
+        ));
     }
 
     #[test]

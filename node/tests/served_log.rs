@@ -1,15 +1,20 @@
 //! A node following the witness's log as the witness serves it
 //! (`[vault] witness_log_url`, C2SP tlog-tiles over HTTP, `vaultfleet-tlog`'s
-//! `LogServer` in process on loopback):
+//! `LogServer` in process on loopback, or a static stand-in serving whatever
+//! signed note and entries a test needs):
 //!
 //! * (a) the served log holding the evidence's checkpoint: the node starts and
 //!   serves; the log grows (a new epoch submitted) and a reload takes the
 //!   longer log, its root at the evidence's size unchanged;
 //! * (b) the witness stopped: a reload fails and the node serves on as before;
-//!   a start is refused (also when called from inside an async runtime);
 //! * (c) a forked witness (the same key, another history): refused, the
 //!   served log's root at the evidence's size is not the evidence's;
-//! * (d) a served checkpoint not signed by the pinned witness key: refused.
+//! * (d) a served checkpoint not signed by the pinned witness key: refused;
+//! * the re-review of issue 16 (r2_1 to r2_4): a replayed older checkpoint
+//!   and a fork against the accepted one are refused (the fork's two notes
+//!   kept as evidence); a start while the witness is down uses the verified
+//!   cache; only a pinned key valid now, with the required cosigners, is
+//!   taken; a stop during a reload's slow fetch is prompt.
 //!
 //! C2SP signed-note: "If the key name and ID match a known key, verifiers
 //! MUST verify the signature" (the pinned witness key's, before any tile is
@@ -23,17 +28,28 @@
 
 mod common;
 
-use std::path::Path;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{chain, Fixture, NS, READY_WAIT};
+use vaultfleet::hsm::{Hsm, KeyKind};
 use vaultfleet::SoftHsm;
-use vaultfleet_audit::note::NoteVerifier;
+use vaultfleet_audit::fleet::evidence::Evidence;
+use vaultfleet_audit::note::{cosign, NoteVerifier, SignedNote};
 use vaultfleet_audit::submission::Submission;
-use vaultfleet_audit::{Witness, WitnessKeySpec};
+use vaultfleet_audit::tiles::{TilePath, TiledLog};
+use vaultfleet_audit::witness::{countersign, leaf_bytes};
+use vaultfleet_audit::{Bundle, Witness, WitnessKeySpec};
 use vaultfleet_node::config::NodeConfig;
-use vaultfleet_node::run::{ReloadError, RunningNode, ServedLogError, StartError};
-use vaultfleet_tlog::walk::{block_on, fetch_log, WalkError};
+use vaultfleet_node::hsm::hex;
+use vaultfleet_node::run::{
+    serve_signals, CacheError, NodeSignal, ReloadError, RunningNode, ServedLogError, StartError,
+    FORK_EVIDENCE_PREFIX, SERVED_CHECKPOINT_FILE, SERVED_LOG_FILE,
+};
+use vaultfleet_tlog::walk::{block_on, fetch_verified_log, WalkError, ENTRIES_MAX};
 use vaultfleet_tlog::{BaseUrl, HttpError, LogConfig, LogServer};
 use vaultfleet_vault::BundleSourceError;
 
@@ -69,7 +85,17 @@ fn url_of(server: &LogServer) -> String {
 /// Node 1's config (a one-voter fleet), reading the witness's log at `url`
 /// instead of the fixture's log file; written as `name`.
 fn config_at(f: &Fixture, url: &str, name: &str) -> NodeConfig {
-    let text = f.config_text(1, &[1], None, None);
+    config_with(f, url, name, |t| t)
+}
+
+/// [`config_at`], its text changed by `edit` first.
+fn config_with(
+    f: &Fixture,
+    url: &str,
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> NodeConfig {
+    let text = edit(f.config_text(1, &[1], None, None));
     let file_line = format!("witness_log = \"{}\"\n", f.witness_log().display());
     assert!(
         text.contains(&file_line),
@@ -121,9 +147,14 @@ fn a_node_follows_the_served_log_and_keeps_serving_when_the_witness_goes_down() 
         .unwrap()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while block_on(fetch_log(&base, NS))
-        .unwrap()
-        .map_or(0, |log| log.checkpoint.size)
+    while block_on(fetch_verified_log(
+        &base,
+        NS,
+        &[NoteVerifier::ed25519("witness-1", f.witness_public).unwrap()],
+        ENTRIES_MAX,
+    ))
+    .unwrap()
+    .map_or(0, |log| log.checkpoint.size)
         != 2
     {
         assert!(Instant::now() < deadline, "the served log never grew to 2");
@@ -156,34 +187,8 @@ fn a_node_follows_the_served_log_and_keeps_serving_when_the_witness_goes_down() 
     assert!(chain(&e).contains(&url), "{}", chain(&e));
     assert_eq!(node.accepted_epoch(), 1);
     assert!(node.is_ready(), "the node keeps serving what it had");
+    assert_eq!(node.served_log_size(), Some(2));
     node.stop().unwrap();
-
-    // A start is refused, before anything is written ...
-    let data = f.root().join("node-1").join("data");
-    let before = common::snapshot(&data);
-    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
-    assert!(
-        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
-        "{}",
-        chain(&e)
-    );
-    assert_eq!(common::snapshot(&data), before, "nothing written");
-    // ... also when the caller is itself on an async runtime (the fetch runs
-    // on its own thread: blocking this runtime's thread on another runtime
-    // would panic).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let config = config_at(&f, &url, "node.toml");
-    let e = runtime
-        .block_on(async move { RunningNode::start(config) })
-        .unwrap_err();
-    assert!(
-        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
-        "{}",
-        chain(&e)
-    );
 }
 
 #[test]
@@ -264,5 +269,558 @@ fn a_served_checkpoint_not_signed_by_the_pinned_witness_key_is_refused() {
         !f.root().join("node-1").join("data").exists(),
         "nothing written"
     );
+    server.shutdown();
+}
+
+/// A stand-in for a witness's public log: serves `/<NS>/checkpoint` and the
+/// entry bundles (C2SP tlog-tiles) of whatever signed note and leaves a test
+/// sets, over raw HTTP on loopback, until the test process ends.
+struct StaticLog {
+    url: String,
+    state: Arc<Mutex<(String, TiledLog)>>,
+}
+
+impl StaticLog {
+    fn start() -> StaticLog {
+        let state = Arc::new(Mutex::new((String::new(), TiledLog::new())));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let served = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = vec![0u8; 8192];
+                let mut n = 0;
+                while n < buf.len() {
+                    let Ok(m) = s.read(&mut buf[n..]) else { break };
+                    if m == 0 {
+                        break;
+                    }
+                    n += m;
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let (status, body) = {
+                    let (note, tiles) = &*served.lock().unwrap();
+                    let prefix = format!("/{NS}/");
+                    match path.strip_prefix(&prefix) {
+                        Some("checkpoint") => (200, note.clone().into_bytes()),
+                        Some(tile) => TilePath::parse(tile)
+                            .ok()
+                            .and_then(|t| tiles.tile(&t, tiles.size()).ok())
+                            .map_or((404, Vec::new()), |b| (200, b)),
+                        None => (404, Vec::new()),
+                    }
+                };
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = s.write_all(&body);
+            }
+        });
+        StaticLog { url, state }
+    }
+
+    /// Serves `note` over `leaves` from now on.
+    fn set(&self, note: &SignedNote, leaves: &[Vec<u8>]) {
+        let mut tiles = TiledLog::new();
+        for leaf in leaves {
+            tiles.append(leaf.clone()).unwrap();
+        }
+        *self.state.lock().unwrap() = (note.encode(), tiles);
+    }
+}
+
+/// The leaves of `witness`'s log of [`NS`].
+fn leaves_of(witness: &Witness<SoftHsm>) -> Vec<Vec<u8>> {
+    witness
+        .entries(NS)
+        .iter()
+        .map(|w| leaf_bytes(&w.statement, &w.key, &w.signature).unwrap())
+        .collect()
+}
+
+/// The fixture's witness after it also signed epoch 2 (into its log, and the
+/// evidence for it as `evidence-2.bin`): (its checkpoint at size 1, taken
+/// before; its checkpoint at size 2; its two leaves).
+fn two_epochs(f: &Fixture) -> (SignedNote, SignedNote, Vec<Vec<u8>>) {
+    let dir = f.root().join("witness");
+    let at_one = witness_in(&dir).checkpoint(NS, f.now).unwrap();
+    f.sign(&f.artifact(2, &[1], &[]), "evidence-2.bin");
+    let w = witness_in(&dir);
+    (at_one, w.checkpoint(NS, f.now + 2).unwrap(), leaves_of(&w))
+}
+
+/// The files in `dir` whose name starts with `prefix`, sorted.
+fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// R2-1 (re-review of issue 16): the served log is linked to the one the
+/// node took before. A replayed older checkpoint (genuinely signed, the
+/// evidence's checkpoint still its prefix) is refused at a reload and the
+/// node serves on with the newer log.
+#[test]
+fn r2_1_a_replayed_older_checkpoint_is_refused_on_reload() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (at_one, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_two, &leaves);
+    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    assert_eq!(node.served_log_size(), Some(2));
+
+    // An on-path attacker replays the size-1 checkpoint and its one leaf.
+    log.set(&at_one, &leaves[..1]);
+    let e = node
+        .reload(config_at(&f, &log.url, "node.toml"))
+        .expect_err("an older served checkpoint");
+    let ReloadError::Start(start) = &e else {
+        panic!("a refused start inside the reload expected, got {e:?}");
+    };
+    assert!(
+        matches!(
+            served_log_error(start),
+            Some(ServedLogError::Stale {
+                size: 1,
+                accepted: 2
+            })
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert_eq!(node.served_log_size(), Some(2), "the newer log is kept");
+    assert!(node.is_ready(), "the node keeps serving");
+    // A replay is no fork: no evidence files.
+    let data = f.root().join("node-1").join("data");
+    assert!(files_named(&data, FORK_EVIDENCE_PREFIX).is_empty());
+
+    // The control: the size-2 log again is taken.
+    log.set(&at_two, &leaves);
+    assert_eq!(
+        node.reload(config_at(&f, &log.url, "node.toml")).unwrap(),
+        1
+    );
+    node.stop().unwrap();
+}
+
+/// R2-1: the accepted served checkpoint is kept in the data directory; at a
+/// restart, a log signed by the same witness key with another history past
+/// the evidence's checkpoint is refused, and both signed notes are kept as
+/// evidence files, never overwritten.
+#[test]
+fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (_, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_two, &leaves);
+    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    node.stop().unwrap();
+    let data = f.root().join("node-1").join("data");
+    assert_eq!(
+        std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+        at_two.encode(),
+        "the accepted checkpoint is kept"
+    );
+
+    // The witness's key (its HSM file copied), on another history: the same
+    // epoch-1 statement (its leaf is the evidence's), another epoch 2.
+    let fork = f.root().join("fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    std::fs::copy(
+        f.root().join("witness").join("witness.hsm"),
+        fork.join("witness.hsm"),
+    )
+    .unwrap();
+    let mut twin = witness_in(&fork);
+    let a1 = f.artifact(1, &[1], &[]);
+    twin.sign(NS, 1, a1.digest().unwrap(), f.now).unwrap();
+    let mut evil = f.artifact(2, &[1], &[]);
+    evil.fleet_id = "evil-fleet".into();
+    twin.sign(NS, 2, evil.digest().unwrap(), f.now + 2).unwrap();
+    let forked = twin.checkpoint(NS, f.now + 2).unwrap();
+    let forked_leaves = leaves_of(&twin);
+    assert_eq!(forked_leaves[0], leaves[0], "the evidence's leaf is shared");
+    assert_ne!(forked_leaves[1], leaves[1]);
+    log.set(&forked, &forked_leaves);
+
+    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    let Some(ServedLogError::Fork {
+        size: 2,
+        accepted: 2,
+        evidence: (accepted, served),
+    }) = served_log_error(&e)
+    else {
+        panic!("a fork expected: {}", chain(&e));
+    };
+    assert_eq!(std::fs::read_to_string(accepted).unwrap(), at_two.encode());
+    assert_eq!(std::fs::read_to_string(served).unwrap(), forked.encode());
+    assert!(chain(&e).contains(&accepted.display().to_string()));
+    assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 2);
+    // Refused again: a second pair, the first untouched.
+    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    assert!(
+        matches!(served_log_error(&e), Some(ServedLogError::Fork { .. })),
+        "{}",
+        chain(&e)
+    );
+    assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 4);
+    assert_eq!(std::fs::read_to_string(accepted).unwrap(), at_two.encode());
+    assert_eq!(
+        std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+        at_two.encode(),
+        "the accepted checkpoint is still the one taken"
+    );
+}
+
+/// R2-2: a start while the witness is down uses the served log the data
+/// directory caches, verified again; a tampered cache is refused (nothing
+/// else to start from: the start fails, naming the cache and its fault);
+/// without a cache the start is refused.
+#[test]
+fn r2_2_a_start_while_the_witness_is_down_uses_the_verified_cache() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let server = serve(&f, witness_in(&f.root().join("witness")));
+    let url = url_of(&server);
+    let node = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap();
+    node.stop().unwrap();
+    server.shutdown();
+
+    // The witness is down: the node starts from its cache, and serves.
+    let node = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap();
+    assert!(
+        node.wait_ready(READY_WAIT),
+        "the node serves from the cache"
+    );
+    assert_eq!(node.served_log_size(), Some(1));
+    assert_eq!(node.accepted_epoch(), 1);
+    node.stop().unwrap();
+
+    // A changed byte in the cache (the last leaf's signature): its entries no
+    // longer hash to its checkpoint's root.
+    let data = f.root().join("node-1").join("data");
+    let cache = data.join(SERVED_LOG_FILE);
+    let good = std::fs::read(&cache).unwrap();
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&cache, &bad).unwrap();
+    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
+    assert!(
+        matches!(
+            served_log_error(&e),
+            Some(ServedLogError::BadCache {
+                source: CacheError::RootMismatch { size: 1 },
+                ..
+            })
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert!(chain(&e).contains(SERVED_LOG_FILE), "{}", chain(&e));
+
+    // No cache: refused, naming the fetch's failure.
+    std::fs::remove_file(&cache).unwrap();
+    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
+    let Some(ServedLogError::NoCache(fetch)) = served_log_error(&e) else {
+        panic!("no cache expected: {}", chain(&e));
+    };
+    assert!(
+        matches!(
+            &**fetch,
+            ServedLogError::Walk(WalkError::Fetch {
+                source: HttpError::Connect { .. },
+                ..
+            })
+        ),
+        "{}",
+        chain(&e)
+    );
+
+    // A fresh data directory has no cache: refused before anything is
+    // written, also when the caller is itself on an async runtime (the fetch
+    // runs on its own thread: blocking this runtime's thread on another
+    // runtime would panic).
+    std::fs::remove_dir_all(&data).unwrap();
+    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
+    assert!(
+        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
+        "{}",
+        chain(&e)
+    );
+    assert!(!data.exists(), "nothing written");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = config_at(&f, &url, "node.toml");
+    let e = runtime
+        .block_on(async move { RunningNode::start(config) })
+        .unwrap_err();
+    assert!(
+        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
+        "{}",
+        chain(&e)
+    );
+}
+
+/// R2-3: the served checkpoint must be signed by a pinned witness key valid
+/// now (from its `not_before` until the next pinned key's), as the bundle's
+/// checkpoint must. Here `witness-1` retired when `witness-2` started; a
+/// served checkpoint signed by `witness-1` only is refused.
+#[test]
+fn r2_3_a_served_checkpoint_signed_only_by_a_retired_key_is_refused() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let dir = f.root().join("rotating");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rotated = f.now - 100;
+    let mut w = Witness::open(
+        SoftHsm::open(dir.join("witness.hsm")).unwrap(),
+        vec![
+            WitnessKeySpec {
+                name: "witness-1".into(),
+                not_before: 0,
+            },
+            WitnessKeySpec {
+                name: "witness-2".into(),
+                not_before: rotated,
+            },
+        ],
+        dir.join("witness.state"),
+    )
+    .unwrap();
+    // Epoch 1 and the evidence's checkpoint signed by witness-2 (the bundle
+    // verifier wants the keys of both valid now); witness-1 signs a
+    // checkpoint of the same log, dated before it retired.
+    let a1 = f.artifact(1, &[1], &[]);
+    let witnessed = w.sign(NS, 1, a1.digest().unwrap(), f.now - 50).unwrap();
+    assert_eq!(witnessed.key, "witness-2");
+    let operator = SoftHsm::open(f.root().join("operator.hsm")).unwrap();
+    let cs = countersign(&operator, "operator", &witnessed).unwrap();
+    let proof = w.tree(NS).unwrap().inclusion_proof(0, 1).unwrap();
+    let current = w.checkpoint(NS, f.now).unwrap();
+    let retired = w.checkpoint(NS, f.now - 150).unwrap();
+    assert_eq!(current.signatures[0].name, "witness-2");
+    assert_eq!(retired.signatures[0].name, "witness-1");
+    let bundle = Bundle::assemble(a1.encode().unwrap(), &witnessed, cs, proof, &current)
+        .encode()
+        .unwrap();
+    let evidence = dir.join("evidence.bin");
+    std::fs::write(&evidence, common::evidence_of(bundle, &a1)).unwrap();
+    let (w1, w2) = (
+        w.public_key("witness-1").unwrap(),
+        w.public_key("witness-2").unwrap(),
+    );
+    let leaves = leaves_of(&w);
+    drop(w);
+    let root = f.root().display().to_string();
+    let edit = |t: String| {
+        t.replacen(
+            &format!("evidence = \"{root}/evidence.bin\""),
+            &format!("evidence = \"{}\"", evidence.display()),
+            1,
+        )
+        .replacen(&hex(&f.witness_public), &hex(&w1), 1)
+        .replacen(
+            "[timing]",
+            &format!(
+                "[[vault.witness_key]]\nname = \"witness-2\"\npublic_key = \"{}\"\nnot_before = {rotated}\n\n[timing]",
+                hex(&w2)
+            ),
+            1,
+        )
+    };
+
+    let log = StaticLog::start();
+    log.set(&retired, &leaves);
+    let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
+    assert!(
+        matches!(
+            served_log_error(&e),
+            Some(ServedLogError::Walk(WalkError::Unsigned))
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        !f.root().join("node-1").join("data").exists(),
+        "nothing written"
+    );
+
+    // The control: the same log, its checkpoint signed by witness-2.
+    log.set(&current, &leaves);
+    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    node.stop().unwrap();
+}
+
+/// R2-3: a node requiring cosigners requires them on the served checkpoint
+/// too: C2SP tlog-witness "The cosignature MUST NOT omit the timestamp, i.e.
+/// the timestamp MUST NOT be zero." (a zero-timestamp cosignature does not
+/// count).
+#[test]
+fn r2_3_a_served_checkpoint_without_the_required_cosignatures_is_refused() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let hsm = SoftHsm::open(f.root().join("cosigner.hsm")).unwrap();
+    let key = hsm.key("c1", KeyKind::Signing).unwrap();
+    let public = hsm.public_key(key).unwrap();
+    let name = "cosigner.example/c1";
+    let w = witness_in(&f.root().join("witness"));
+    let plain = w.checkpoint(NS, f.now).unwrap();
+    let leaves = leaves_of(&w);
+    drop(w);
+    let with = |t: u64| {
+        let mut note = plain.clone();
+        note.signatures
+            .push(cosign(&hsm, key, name, &note.text, t).unwrap());
+        note
+    };
+    let cosigned = with(f.now);
+    // The evidence's checkpoint, cosigned.
+    let mut evidence =
+        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
+    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
+    bundle.checkpoint = cosigned.encode();
+    evidence.bundle = bundle.encode().unwrap();
+    let path = f.root().join("evidence-cosigned.bin");
+    std::fs::write(&path, evidence.encode().unwrap()).unwrap();
+    let root = f.root().display().to_string();
+    let edit = |t: String| {
+        t.replacen(
+            &format!("evidence = \"{root}/evidence.bin\""),
+            &format!("evidence = \"{}\"", path.display()),
+            1,
+        )
+        .replacen(
+            "operator_key = ",
+            "cosigners_required = 1\noperator_key = ",
+            1,
+        )
+        .replacen(
+            "[timing]",
+            &format!(
+                "[[vault.cosigner]]\nname = \"{name}\"\npublic_key = \"{}\"\n\n[timing]",
+                hex(&public)
+            ),
+            1,
+        )
+    };
+
+    let log = StaticLog::start();
+    for (note, found) in [(&plain, 0), (&with(0), 0)] {
+        log.set(note, &leaves);
+        let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
+        assert!(
+            matches!(
+                served_log_error(&e),
+                Some(&ServedLogError::TooFewCosignatures { found: n, required: 1 }) if n == found
+            ),
+            "{}",
+            chain(&e)
+        );
+    }
+    assert!(
+        !f.root().join("node-1").join("data").exists(),
+        "nothing written"
+    );
+
+    // The control: the cosigned checkpoint is taken.
+    log.set(&cosigned, &leaves);
+    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    node.stop().unwrap();
+}
+
+/// R2-4: a stop arriving while a reload waits on a witness that accepts the
+/// connection and never answers ends the signal loop at once (the fetch is
+/// abandoned), not after the fetch's deadline
+/// ([`vaultfleet_tlog::walk::FETCH_TIMEOUT`], 20 s per request); reloads
+/// queued together run once.
+#[test]
+fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let server = serve(&f, witness_in(&f.root().join("witness")));
+    let node = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+
+    // A witness that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    {
+        let accepted = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in silent.incoming() {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+    }
+    let config = config_at(&f, &silent_url, "silent.toml");
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..3 {
+        tx.send(NodeSignal::Reload).unwrap();
+    }
+    let reloads = AtomicUsize::new(0);
+    let outcomes = Mutex::new(Vec::new());
+    let (cause, asked) = std::thread::scope(|s| {
+        let stopper = s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while accepted.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "the reload never reached the witness"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let asked = Instant::now();
+            tx.send(NodeSignal::Terminate).unwrap();
+            asked
+        });
+        let cause = serve_signals(
+            &node,
+            &rx,
+            |n| {
+                reloads.fetch_add(1, Ordering::SeqCst);
+                outcomes.lock().unwrap().push(n.reload(config.clone()));
+            },
+            |_| {},
+        );
+        (cause, stopper.join().unwrap())
+    });
+    let took = asked.elapsed();
+    assert_eq!(cause, Some(NodeSignal::Terminate));
+    // A correctness bound, not a speed one: without the cancel the loop ends
+    // only when the silent fetch times out (20 s).
+    assert!(took < Duration::from_secs(10), "the stop waited {took:?}");
+    assert_eq!(reloads.load(Ordering::SeqCst), 1, "queued reloads collapse");
+    let outcomes = outcomes.into_inner().unwrap();
+    let Some(Err(ReloadError::Start(start))) = outcomes.first() else {
+        panic!("a refused reload expected: {outcomes:?}");
+    };
+    assert!(
+        matches!(served_log_error(start), Some(ServedLogError::Cancelled)),
+        "{}",
+        chain(start)
+    );
+    assert_eq!(node.served_log_size(), Some(1), "the log in use is kept");
+    node.stop().unwrap();
     server.shutdown();
 }
