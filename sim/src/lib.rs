@@ -68,7 +68,7 @@ pub mod workload;
 mod world;
 
 pub use disk::DiskBug;
-pub use options::{Faults, SimOptions, WorkloadKind};
+pub use options::{Faults, MembershipBug, SimOptions, WorkloadKind};
 pub use store::SimStore;
 pub use vault::VaultWorkload;
 pub use workload::{CounterMachine, GuessCounter, OpKind, Operation, Record, Workload};

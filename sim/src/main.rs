@@ -197,6 +197,17 @@ struct SimArgs {
     /// Rate of rollbacks of a down replica's disk, per chaos step.
     #[arg(long, value_name = "P", value_parser = probability)]
     rollback: Option<f64>,
+    /// Rate of membership changes (add a learner and promote it, or remove a
+    /// voter), per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    membership: Option<f64>,
+    /// Rate of replica replacements (disk destroyed: new id, learner, promote,
+    /// remove the old id), per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    replace: Option<f64>,
+    /// Rate of leadership transfers, per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    transfer: Option<f64>,
     /// The Backup Key Vault with real OPAQUE logins (default), or the bare guess
     /// counter with a linearizability model (swarm draws one per seed).
     #[arg(long, value_enum)]
@@ -338,6 +349,9 @@ impl SimArgs {
             (self.hsm_outage, &mut f.hsm_outage_rate),
             (self.bit_flip, &mut f.bit_flip_rate),
             (self.rollback, &mut f.rollback_rate),
+            (self.membership, &mut f.membership_rate),
+            (self.replace, &mut f.replace_rate),
+            (self.transfer, &mut f.transfer_rate),
         ] {
             if let Some(p) = value {
                 *slot = p;
@@ -374,6 +388,9 @@ impl SimArgs {
             ("hsm-outage", num(self.hsm_outage)),
             ("bit-flip", num(self.bit_flip)),
             ("rollback", num(self.rollback)),
+            ("membership", num(self.membership)),
+            ("replace", num(self.replace)),
+            ("transfer", num(self.transfer)),
             ("workload", name(self.workload)),
             ("users", num(self.users)),
             ("attempts", num(self.attempts)),
@@ -516,6 +533,9 @@ fn command_for(o: &SimOptions, swarm: bool) -> String {
         ("hsm-outage", f.hsm_outage_rate),
         ("bit-flip", f.bit_flip_rate),
         ("rollback", f.rollback_rate),
+        ("membership", f.membership_rate),
+        ("replace", f.replace_rate),
+        ("transfer", f.transfer_rate),
     ] {
         cmd.push_str(&format!(" --{flag} {v}"));
     }
@@ -606,6 +626,10 @@ fn print_run(report: &Report) {
     println!(
         "faults: {} crashes ({} with torn or corrupted pending writes), {} partitions, {} HSM outages, {} clock jumps, {} bit flips, {} rollbacks; {} replicas refused their damaged store",
         s.crashes, s.torn_or_corrupted, s.partitions, s.hsm_outages, s.clock_jumps, s.bit_flips, s.rollbacks, s.replicas_lost
+    );
+    println!(
+        "membership: {} changes, {} replacements, {} leader transfers",
+        s.membership_changes, s.replacements, s.transfers
     );
     println!(
         "work: {} operations acknowledged, {} with unknown outcome, {} messages, highest term {}, highest commit {}",

@@ -37,6 +37,17 @@ pub struct Faults {
     pub bit_flip_rate: f64,
     /// Probability per chaos step that a (crashed) replica's disk is rolled back.
     pub rollback_rate: f64,
+    /// Probability per chaos step that an operator starts a membership change
+    /// (add a learner and promote it once caught up, or remove a voter), when
+    /// none is under way.
+    pub membership_rate: f64,
+    /// Probability per chaos step that a voter's disk is destroyed (or its
+    /// host taken away) and the replica replaced as `docs/operations.md` says:
+    /// a new id, a learner, promoted once caught up, then the old id removed.
+    pub replace_rate: f64,
+    /// Probability per chaos step that the leader is asked to hand leadership
+    /// to another voter.
+    pub transfer_rate: f64,
 }
 
 impl Faults {
@@ -56,6 +67,9 @@ impl Faults {
             hsm_outage_rate: 0.0,
             bit_flip_rate: 0.0,
             rollback_rate: 0.0,
+            membership_rate: 0.0,
+            replace_rate: 0.0,
+            transfer_rate: 0.0,
         }
     }
 
@@ -75,6 +89,9 @@ impl Faults {
             hsm_outage_rate: 0.005,
             bit_flip_rate: 0.003,
             rollback_rate: 0.003,
+            membership_rate: 0.02,
+            replace_rate: 0.005,
+            transfer_rate: 0.01,
         }
     }
 
@@ -102,6 +119,9 @@ impl Faults {
             hsm_outage_rate: pick(0.02),
             bit_flip_rate: pick(0.01),
             rollback_rate: pick(0.01),
+            membership_rate: pick(0.05),
+            replace_rate: pick(0.02),
+            transfer_rate: pick(0.03),
         }
     }
 }
@@ -142,6 +162,9 @@ pub struct SimOptions {
     pub faults: Faults,
     /// A deliberate disk defect, for checker tests only.
     pub disk_bug: DiskBug,
+    /// A deliberate defect in the operator's membership procedure, for checker
+    /// tests only.
+    pub membership_bug: MembershipBug,
     /// Heal the network in the liveness phase (off only to test the liveness checker).
     pub heal_for_liveness: bool,
     /// Damage plain (unsealed) stores too. They cannot detect it, so this only
@@ -156,6 +179,22 @@ pub struct SimOptions {
     pub keys: u64,
     /// Which built-in workload [`crate::run`] runs.
     pub workload: WorkloadKind,
+}
+
+/// A deliberate defect in how the simulated operator changes the membership,
+/// so the membership checkers can be shown to catch it. Never on by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipBug {
+    /// The procedure of `docs/operations.md`, followed exactly.
+    #[default]
+    None,
+    /// The operator's tool reports a voter removed without proposing the
+    /// change: the fleet still counts the removed voter toward its quorums.
+    CountRemovedVoter,
+    /// A replaced replica's old disk comes back and is re-added under its old
+    /// id (ids must never be reused).
+    OldDiskRejoins,
 }
 
 /// The built-in workloads.
@@ -189,6 +228,7 @@ impl SimOptions {
             snapshot_entries: 200,
             faults: Faults::all(),
             disk_bug: DiskBug::None,
+            membership_bug: MembershipBug::None,
             heal_for_liveness: true,
             lost_replicas_max: None,
             damage_unsealed: false,

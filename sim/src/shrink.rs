@@ -102,7 +102,7 @@ pub fn shrink_with(
 /// The rates a shrink may switch off or lower, by name (the command line's
 /// flag), with a way to reach each. `heal_rate` is not one: less healing is
 /// more fault.
-fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 12] {
+fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 15] {
     [
         ("drop", &mut f.drop),
         ("duplicate", &mut f.duplicate),
@@ -116,6 +116,9 @@ fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 12] {
         ("hsm-outage", &mut f.hsm_outage_rate),
         ("bit-flip", &mut f.bit_flip_rate),
         ("rollback", &mut f.rollback_rate),
+        ("membership", &mut f.membership_rate),
+        ("replace", &mut f.replace_rate),
+        ("transfer", &mut f.transfer_rate),
     ]
 }
 

@@ -69,6 +69,7 @@ impl<W: Workload> Simulation<W> {
         if lossy || rollback {
             self.damage_a_disk(rollback);
         }
+        self.membership_step();
     }
 
     /// Flips a bit in, or rolls back, a down replica's disk, keeping the number of
@@ -79,11 +80,14 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let n = self.hosts.len();
-        let f = self.opts.lost_replicas_max.unwrap_or((n - 1) / 2);
+        // Lost for good counts among the members (voters and learners, which may
+        // be promoted), below a minority of the voters.
+        let voters = self.voter_hosts().len().max(1);
+        let f = self.opts.lost_replicas_max.unwrap_or((voters - 1) / 2);
         let lost = self
-            .hosts
-            .iter()
-            .filter(|h| h.lost.is_some() || h.damaged.is_some())
+            .member_hosts()
+            .into_iter()
+            .filter(|&h| self.unhealthy(h))
             .count();
         if lost >= f {
             return;

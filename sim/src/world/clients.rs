@@ -52,6 +52,9 @@ impl<W: Workload> Simulation<W> {
     }
 
     pub(super) fn complete(&mut self, h: usize, completion: Completion) {
+        if self.admin_completion(&completion) {
+            return;
+        }
         let Some((client, op)) = self.hosts[h].requests.remove(&completion.id) else {
             return;
         };

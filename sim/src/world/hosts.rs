@@ -321,29 +321,38 @@ pub(super) fn build<M: StateMachine>(
     n: usize,
     dcs: usize,
 ) -> Vec<Host<M>> {
+    (0..n)
+        .map(|i| fresh_host(opts, rng, i as u64 + 1, i % dcs))
+        .collect()
+}
+
+/// A new host for replica `id` in datacenter `dc`: an empty disk, a soft HSM
+/// seeded from `rng`, and its clock rate. Draws from `rng` in a fixed order.
+pub(super) fn fresh_host<M: StateMachine>(
+    opts: &SimOptions,
+    rng: &mut ChaCha8Rng,
+    id: u64,
+    dc: usize,
+) -> Host<M> {
     let tick = opts.tick_ms * 1000;
-    let mut hosts = Vec::with_capacity(n);
-    for i in 0..n {
-        let drift = opts.faults.clock_drift;
-        let factor = if drift > 0.0 {
-            rng.gen_range(1.0 - drift..1.0 + drift)
-        } else {
-            1.0
-        };
-        hosts.push(Host {
-            id: i as u64 + 1,
-            dc: i % dcs,
-            replica: None,
-            disk: Disk::new(opts.disk_bug),
-            hsm: SoftHsm::from_seed(rng.gen()),
-            tick_us: ((tick as f64) * factor).max(1.0) as u64,
-            generation: 0,
-            lost: None,
-            damaged: None,
-            images: Vec::new(),
-            restart_pending: false,
-            requests: BTreeMap::new(),
-        });
+    let drift = opts.faults.clock_drift;
+    let factor = if drift > 0.0 {
+        rng.gen_range(1.0 - drift..1.0 + drift)
+    } else {
+        1.0
+    };
+    Host {
+        id,
+        dc,
+        replica: None,
+        disk: Disk::new(opts.disk_bug),
+        hsm: SoftHsm::from_seed(rng.gen()),
+        tick_us: ((tick as f64) * factor).max(1.0) as u64,
+        generation: 0,
+        lost: None,
+        damaged: None,
+        images: Vec::new(),
+        restart_pending: false,
+        requests: BTreeMap::new(),
     }
-    hosts
 }

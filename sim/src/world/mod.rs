@@ -13,6 +13,7 @@ mod checkers;
 mod clients;
 mod events;
 mod hosts;
+mod membership;
 mod network;
 mod phases;
 
@@ -32,6 +33,7 @@ use chaos::CHAOS_STEP_US;
 use clients::SimClient;
 use events::{Event, Scheduled};
 use hosts::{Applied, Host};
+use membership::Churn;
 use network::Partition;
 
 const RECENT_EVENTS: usize = 48;
@@ -78,6 +80,12 @@ pub struct Stats {
     pub max_term: u64,
     /// Highest commit index reached.
     pub max_commit: u64,
+    /// Membership changes the operator proposed and a leader accepted.
+    pub membership_changes: u64,
+    /// Replicas replaced (disk destroyed or host taken away).
+    pub replacements: u64,
+    /// Leadership transfers asked for.
+    pub transfers: u64,
 }
 
 /// The result of one simulation.
@@ -140,6 +148,7 @@ pub struct Simulation<W: Workload> {
     stats: Stats,
     out: Output,
     extra_check: Option<Box<ExtraCheck<W>>>,
+    churn: Churn,
 }
 
 /// A user's own invariant over a replica's state machine, checked after every
@@ -162,6 +171,7 @@ impl<W: Workload> Simulation<W> {
         let apply_log = Arc::new(Mutex::new(Vec::new()));
         let hosts = hosts::build(&opts, &mut rng, n, dcs);
         let clients = clients::build(opts.clients, n);
+        let churn = Churn::new(fleet.voters());
         let mut sim = Self {
             opts,
             workload,
@@ -192,6 +202,7 @@ impl<W: Workload> Simulation<W> {
             stats: Stats::default(),
             out: Output::default(),
             extra_check: None,
+            churn,
         };
         sim.start(n);
         sim

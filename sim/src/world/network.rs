@@ -128,10 +128,17 @@ impl<W: Workload> Simulation<W> {
     pub(super) fn deliver(&mut self, to: usize, message: Message) {
         let from = message.from;
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
-        let Some(r) = self.hosts[to].replica.as_mut() else {
+        if self.hosts[to].replica.is_none() {
             if is_snapshot {
                 self.report_snapshot(from, to, SnapshotStatus::Failure);
             }
+            return;
+        }
+        let ack = message.get_msg_type() == MessageType::MsgAppendResponse;
+        if ack {
+            self.note_ack(to, &message);
+        }
+        let Some(r) = self.hosts[to].replica.as_mut() else {
             return;
         };
         let _ = r.step(message);

@@ -35,8 +35,11 @@ impl<W: Workload> Simulation<W> {
         self.poll_done();
     }
 
+    /// The running members (voters and learners of the fleet's configuration;
+    /// removed replicas left out, even if their old disk runs again).
     pub(super) fn alive(&self) -> Vec<usize> {
-        (0..self.hosts.len())
+        self.member_hosts()
+            .into_iter()
             .filter(|&h| self.hosts[h].replica.is_some())
             .collect()
     }
@@ -56,7 +59,12 @@ impl<W: Workload> Simulation<W> {
             })
             .collect();
         let max_commit = commits.iter().map(|c| c.0).max().unwrap_or(0);
-        let converged = alive.len() + self.lost_count() == self.hosts.len()
+        let members = self.member_hosts();
+        let lost = members
+            .iter()
+            .filter(|&&h| self.hosts[h].lost.is_some())
+            .count();
+        let converged = alive.len() + lost == members.len()
             && commits
                 .iter()
                 .all(|&(c, a)| c == max_commit && a == max_commit);
@@ -68,7 +76,11 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
+    /// Voters of the fleet's configuration lost for good.
     pub(super) fn lost_count(&self) -> usize {
-        self.hosts.iter().filter(|h| h.lost.is_some()).count()
+        self.voter_hosts()
+            .into_iter()
+            .filter(|&h| self.hosts[h].lost.is_some())
+            .count()
     }
 }

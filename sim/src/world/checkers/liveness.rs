@@ -8,9 +8,13 @@ use crate::workload::Workload;
 use crate::world::Simulation;
 
 impl<W: Workload> Simulation<W> {
-    /// The largest set of running replicas that can all reach each other.
+    /// The largest set of running voters that can all reach each other.
     pub(in crate::world) fn largest_connected(&self) -> usize {
-        let alive = self.alive();
+        let alive: Vec<usize> = self
+            .voter_hosts()
+            .into_iter()
+            .filter(|&h| self.hosts[h].replica.is_some())
+            .collect();
         let mut seen = BTreeSet::new();
         let mut best = 0;
         for &start in &alive {
@@ -34,7 +38,8 @@ impl<W: Workload> Simulation<W> {
     }
 
     pub(in crate::world) fn liveness_timeout(&mut self) {
-        let n = self.hosts.len();
+        // The final membership's voters decide.
+        let n = self.voter_hosts().len().max(1);
         if self.lost_count() > (n - 1) / 2 {
             return; // reported as a stall by final_checks
         }
@@ -56,9 +61,10 @@ impl<W: Workload> Simulation<W> {
                     .map(|p| format!("client {i}: {}", self.workload.describe(&p.op, None)))
             })
             .collect();
-        let behind: Vec<String> = self
-            .hosts
+        let members = self.member_hosts();
+        let behind: Vec<String> = members
             .iter()
+            .map(|&h| &self.hosts[h])
             .filter(|h| h.lost.is_none())
             .map(|h| match &h.replica {
                 Some(r) => {

@@ -12,13 +12,16 @@
 //! * [`liveness`]: pending operations finish once faults heal;
 //! * [`history`]: the workload's invariant and linearizability of the client history;
 //! * [`durability`]: acknowledged writes survive, and converged replicas hold the
-//!   same state.
+//!   same state;
+//! * [`membership`]: a removed replica never counts toward a quorum, and its old
+//!   disk never rejoins.
 
 mod agreement;
 mod durability;
 mod history;
 mod leaders;
 mod liveness;
+mod membership;
 mod replica_invariant;
 mod storage;
 
@@ -37,6 +40,7 @@ impl<W: Workload> Simulation<W> {
         self.check_one_leader_per_term(&status);
         self.check_same_command_at_each_index();
         self.check_replica_invariant(h);
+        self.check_membership(h, &status);
     }
 
     /// The end-of-run checks. The history's own checks (the workload invariant,
@@ -44,7 +48,7 @@ impl<W: Workload> Simulation<W> {
     /// liveness phase completed (`complete`). Returns a stall, if the majority is
     /// lost for good.
     pub(in crate::world) fn final_checks(&mut self, complete: bool) -> Option<String> {
-        let n = self.hosts.len();
+        let n = self.voter_hosts().len().max(1);
         let stall = (self.lost_count() > (n - 1) / 2).then(|| {
             format!(
                 "{} of {n} replicas lost for good: no majority left, the fleet stalls as it must",
