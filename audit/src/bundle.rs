@@ -852,57 +852,19 @@ impl FleetVerifier {
 
     /// The pinned cosigners that cosigned `note`, in pin order; refuses the
     /// note if fewer than required did, or if any line by a pinned cosigner's
-    /// name and key ID does not verify.
+    /// name and key ID does not verify ([`cosigned_by`]).
     fn cosigned_by(&self, note: &SignedNote) -> Result<Vec<String>, BundleError> {
         if self.cosigners.is_empty() {
             return Ok(Vec::new());
         }
-        // One line at a time: `NoteVerifier::verify` stops at the first line
-        // that verifies, and C2SP signed-note wants every line of a known key
-        // verified ("If the key name and ID match a known key, verifiers MUST
-        // verify the signature").
-        let mut one = SignedNote {
-            text: note.text.clone(),
-            signatures: Vec::with_capacity(1),
-        };
-        let mut signed = Vec::new();
-        let mut missing = Vec::new();
-        for c in &self.cosigners {
-            let id = c.key_hash();
-            let mut counted = false;
-            let mut seen: Vec<&[u8]> = Vec::new();
-            for line in note
-                .signatures
-                .iter()
-                .filter(|s| s.name == c.name && s.key_hash == id)
-            {
-                // A line repeated verbatim is verified once.
-                if seen.contains(&line.payload.as_slice()) {
-                    continue;
-                }
-                seen.push(&line.payload);
-                one.signatures.clear();
-                one.signatures.push(line.clone());
-                match c.verify(&one) {
-                    // C2SP tlog-witness: "The cosignature MUST NOT omit the
-                    // timestamp, i.e. the timestamp MUST NOT be zero."
-                    Ok(Some(timestamp)) => counted |= timestamp != 0,
-                    Ok(None) => {}
-                    Err(source) => {
-                        return Err(BundleError::BadCosignature {
-                            cosigner: c.name.clone(),
-                            source,
-                        })
-                    }
-                }
-            }
-            if counted {
-                signed.push(c.name.clone());
-            } else {
-                missing.push(c.name.clone());
-            }
-        }
+        let signed = cosigned_by(note, &self.cosigners)?;
         if signed.len() < self.cosigners_required {
+            let missing = self
+                .cosigners
+                .iter()
+                .filter(|c| !signed.contains(&c.name))
+                .map(|c| c.name.clone())
+                .collect();
             return Err(BundleError::TooFewCosignatures {
                 have: signed.len(),
                 need: self.cosigners_required,
@@ -1229,5 +1191,120 @@ impl FleetVerifier {
         } else {
             Err(BundleError::ReplySignature(replica))
         }
+    }
+}
+
+/// The names of the `cosigners` (C2SP tlog-cosignature `cosignature/v1`
+/// verifiers, [`NoteVerifier::cosignature`]) that cosigned `note`, in their
+/// order, each once: a line under a cosigner's name and key ID that verifies
+/// with a non-zero timestamp (C2SP tlog-witness: "The cosignature MUST NOT
+/// omit the timestamp, i.e. the timestamp MUST NOT be zero."). Lines by other
+/// keys are ignored; a line under a cosigner's name and key ID that does not
+/// verify refuses the note ([`BundleError::BadCosignature`]; C2SP
+/// signed-note: "If the key name and ID match a known key, verifiers MUST
+/// verify the signature"). What [`FleetVerifier::require_cosigners`] counts.
+pub fn cosigned_by(
+    note: &SignedNote,
+    cosigners: &[NoteVerifier],
+) -> Result<Vec<String>, BundleError> {
+    // One line at a time: `NoteVerifier::verify` stops at the first line
+    // that verifies, and every line of a known key must be verified.
+    let mut one = SignedNote {
+        text: note.text.clone(),
+        signatures: Vec::with_capacity(1),
+    };
+    let mut signed: Vec<String> = Vec::new();
+    for c in cosigners {
+        let id = c.key_hash();
+        let mut counted = false;
+        let mut seen: Vec<&[u8]> = Vec::new();
+        for line in note
+            .signatures
+            .iter()
+            .filter(|s| s.name == c.name && s.key_hash == id)
+        {
+            // A line repeated verbatim is verified once.
+            if seen.contains(&line.payload.as_slice()) {
+                continue;
+            }
+            seen.push(&line.payload);
+            one.signatures.clear();
+            one.signatures.push(line.clone());
+            match c.verify(&one) {
+                Ok(Some(timestamp)) => counted |= timestamp != 0,
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(BundleError::BadCosignature {
+                        cosigner: c.name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        if counted && !signed.contains(&c.name) {
+            signed.push(c.name.clone());
+        }
+    }
+    Ok(signed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::note::cosign;
+    use vaultfleet::hsm::{Hsm, KeyKind};
+    use vaultfleet::SoftHsm;
+
+    /// [`cosigned_by`], the rule both the bundle verifier and the node's
+    /// served checkpoint apply: a pinned cosigner counts once, with a
+    /// non-zero timestamp; an unpinned key's line is ignored; a line under a
+    /// pinned name and key ID that does not verify refuses the note (C2SP
+    /// signed-note: "If the key name and ID match a known key, verifiers MUST
+    /// verify the signature").
+    #[test]
+    fn cosigned_by_counts_pinned_cosigners_and_refuses_their_bad_lines() {
+        let hsm = SoftHsm::from_seed(7);
+        let text = "example.origin\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+        let (a, b) = ("c.example/a", "c.example/b");
+        let ka = hsm.key("a", KeyKind::Signing).unwrap();
+        let kb = hsm.key("b", KeyKind::Signing).unwrap();
+        let kx = hsm.key("x", KeyKind::Signing).unwrap();
+        let pins = vec![
+            NoteVerifier::cosignature(a, hsm.public_key(ka).unwrap()).unwrap(),
+            NoteVerifier::cosignature(b, hsm.public_key(kb).unwrap()).unwrap(),
+        ];
+        let note = |lines: Vec<crate::note::NoteSignature>| SignedNote {
+            text: text.into(),
+            signatures: lines,
+        };
+        let line = |k, name: &str, t: u64| cosign(&hsm, k, name, text, t).unwrap();
+        // A twice, B with a zero timestamp, an unpinned key under B's name.
+        let n = note(vec![
+            line(ka, a, 5),
+            line(ka, a, 6),
+            line(kb, b, 0),
+            line(kx, b, 5),
+        ]);
+        assert_eq!(cosigned_by(&n, &pins).unwrap(), vec![a.to_string()]);
+        let n = note(vec![line(kb, b, 5), line(ka, a, 5)]);
+        assert_eq!(
+            cosigned_by(&n, &pins).unwrap(),
+            vec![a.to_string(), b.to_string()],
+            "in pin order"
+        );
+        // B's line of another text: a known key's line that does not verify.
+        let other = cosign(
+            &hsm,
+            kb,
+            b,
+            "example.origin\n2\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n",
+            5,
+        )
+        .unwrap();
+        let n = note(vec![line(ka, a, 5), line(kb, b, 5), other]);
+        assert!(matches!(
+            cosigned_by(&n, &pins),
+            Err(BundleError::BadCosignature { cosigner, .. }) if cosigner == b
+        ));
     }
 }

@@ -172,6 +172,31 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     File::open(folder).and_then(|d| d.sync_all())
 }
 
+/// [`write_new`], except that a file it created and could not fill and sync
+/// is removed: a failed write leaves no partial file behind (an existing
+/// file is still never touched).
+pub fn write_new_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let filled = f.write_all(bytes).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = filled {
+        // Ours (created above): removed; a failed removal leaves it for the
+        // operator, the write's error is the one reported.
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(folder).and_then(|d| d.sync_all())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,10 @@
 //! - [`run`]: a running node: the replica on its sealed sled store, the
 //!   network transport, the vault service and its listener, the served
 //!   validation bundle, and the graceful stop on SIGTERM.
+//! - [`served_log`]: the served witness log (`[vault] witness_log_url`):
+//!   fetched and checked, extending the checkpoint accepted before (kept in
+//!   the data directory with a verified copy of the log, and the evidence of
+//!   a fork).
 //! - [`admin`]: the operator's calls over Noise IK with a pinned admin key.
 //! - [`metrics`]: the Prometheus endpoint, `/healthz` and `/readyz`.
 //! - [`testbed`]: a whole local fleet generated into a folder (configs, soft
@@ -24,4 +28,5 @@ pub mod hsm;
 pub mod logging;
 pub mod metrics;
 pub mod run;
+pub mod served_log;
 pub mod testbed;

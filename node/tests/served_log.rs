@@ -15,6 +15,12 @@
 //!   kept as evidence); a start while the witness is down uses the verified
 //!   cache; only a pinned key valid now, with the required cosigners, is
 //!   taken; a stop during a reload's slow fetch is prompt.
+//! * the third review (r3_1 to r3_8): a reload checks the accepted
+//!   checkpoint on disk too; reloads run one at a time and a second node on
+//!   a live data directory writes nothing; a reload panicking during a stop
+//!   does not abort it; fork evidence is bounded; a bad line by a pinned
+//!   cosigner refuses the served checkpoint (r3_2's and r3_8's file-level
+//!   checks are unit tests in `served_log.rs`).
 //!
 //! C2SP signed-note: "If the key name and ID match a known key, verifiers
 //! MUST verify the signature" (the pinned witness key's, before any tile is
@@ -42,13 +48,14 @@ use vaultfleet_audit::note::{cosign, NoteVerifier, SignedNote};
 use vaultfleet_audit::submission::Submission;
 use vaultfleet_audit::tiles::{TilePath, TiledLog};
 use vaultfleet_audit::witness::{countersign, leaf_bytes};
-use vaultfleet_audit::{Bundle, Witness, WitnessKeySpec};
+use vaultfleet_audit::{Bundle, BundleError, Witness, WitnessKeySpec};
 use vaultfleet_node::config::NodeConfig;
 use vaultfleet_node::hsm::hex;
 use vaultfleet_node::run::{
     serve_signals, CacheError, NodeSignal, ReloadError, RunningNode, ServedLogError, StartError,
     FORK_EVIDENCE_PREFIX, SERVED_CHECKPOINT_FILE, SERVED_LOG_FILE,
 };
+use vaultfleet_node::served_log::FORK_EVIDENCE_PAIRS_MAX;
 use vaultfleet_tlog::walk::{block_on, fetch_verified_log, WalkError, ENTRIES_MAX};
 use vaultfleet_tlog::{BaseUrl, HttpError, LogConfig, LogServer};
 use vaultfleet_vault::BundleSourceError;
@@ -278,6 +285,8 @@ fn a_served_checkpoint_not_signed_by_the_pinned_witness_key_is_refused() {
 struct StaticLog {
     url: String,
     state: Arc<Mutex<(String, TiledLog)>>,
+    /// Requests for the checkpoint answered.
+    hits: Arc<AtomicUsize>,
 }
 
 impl StaticLog {
@@ -286,6 +295,8 @@ impl StaticLog {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", l.local_addr().unwrap());
         let served = Arc::clone(&state);
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { continue };
@@ -308,7 +319,10 @@ impl StaticLog {
                     let (note, tiles) = &*served.lock().unwrap();
                     let prefix = format!("/{NS}/");
                     match path.strip_prefix(&prefix) {
-                        Some("checkpoint") => (200, note.clone().into_bytes()),
+                        Some("checkpoint") => {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            (200, note.clone().into_bytes())
+                        }
                         Some(tile) => TilePath::parse(tile)
                             .ok()
                             .and_then(|t| tiles.tile(&t, tiles.size()).ok())
@@ -326,7 +340,12 @@ impl StaticLog {
                 let _ = s.write_all(&body);
             }
         });
-        StaticLog { url, state }
+        StaticLog { url, state, hits }
+    }
+
+    /// Serves `note` from now on, over the same leaves.
+    fn set_note(&self, note: &SignedNote) {
+        self.state.lock().unwrap().0 = note.encode();
     }
 
     /// Serves `note` over `leaves` from now on.
@@ -475,14 +494,16 @@ fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
     assert_eq!(std::fs::read_to_string(served).unwrap(), forked.encode());
     assert!(chain(&e).contains(&accepted.display().to_string()));
     assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 2);
-    // Refused again: a second pair, the first untouched.
-    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
-    assert!(
-        matches!(served_log_error(&e), Some(ServedLogError::Fork { .. })),
-        "{}",
-        chain(&e)
-    );
-    assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 4);
+    // Refused again: the same pair (R3-5: named by the notes' hash), kept.
+    let e2 = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    let Some(ServedLogError::Fork {
+        evidence: again, ..
+    }) = served_log_error(&e2)
+    else {
+        panic!("a fork expected: {}", chain(&e2));
+    };
+    assert_eq!(again, &(accepted.clone(), served.clone()), "the same pair");
+    assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 2);
     assert_eq!(std::fs::read_to_string(accepted).unwrap(), at_two.encode());
     assert_eq!(
         std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
@@ -823,4 +844,331 @@ fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
     assert_eq!(node.served_log_size(), Some(1), "the log in use is kept");
     node.stop().unwrap();
     server.shutdown();
+}
+
+/// The fixture's witness key (its HSM file copied) on another history: the
+/// same epoch-1 statement (the evidence's leaf), another epoch 2. Its
+/// checkpoint at size 2 and its leaves.
+fn forked(f: &Fixture) -> (SignedNote, Vec<Vec<u8>>) {
+    let fork = f.root().join("fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    std::fs::copy(
+        f.root().join("witness").join("witness.hsm"),
+        fork.join("witness.hsm"),
+    )
+    .unwrap();
+    let mut twin = witness_in(&fork);
+    let a1 = f.artifact(1, &[1], &[]);
+    twin.sign(NS, 1, a1.digest().unwrap(), f.now).unwrap();
+    let mut evil = f.artifact(2, &[1], &[]);
+    evil.fleet_id = "evil-fleet".into();
+    twin.sign(NS, 2, evil.digest().unwrap(), f.now + 2).unwrap();
+    (twin.checkpoint(NS, f.now + 2).unwrap(), leaves_of(&twin))
+}
+
+/// R3-1 (third review of issue 16): a reload checks the served log against
+/// the accepted checkpoint on disk as well as the one in use. Here the disk
+/// is ahead (size 2, as a reload that kept it and then failed to swap left
+/// it): a replay of the size-1 checkpoint, which the log in use (size 1)
+/// alone would take, is refused, and the disk keeps size 2.
+#[test]
+fn r3_1_a_reload_checks_the_accepted_checkpoint_on_disk_too() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (at_one, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_one, &leaves[..1]);
+    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    assert_eq!(node.served_log_size(), Some(1));
+    let data = f.root().join("node-1").join("data");
+    std::fs::write(data.join(SERVED_CHECKPOINT_FILE), at_two.encode()).unwrap();
+
+    let e = node
+        .reload(config_at(&f, &log.url, "node.toml"))
+        .expect_err("a checkpoint older than the one on disk");
+    let ReloadError::Start(start) = &e else {
+        panic!("a refused start inside the reload expected, got {e:?}");
+    };
+    assert!(
+        matches!(
+            served_log_error(start),
+            Some(ServedLogError::Stale {
+                size: 1,
+                accepted: 2
+            })
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+        at_two.encode(),
+        "the disk does not go back"
+    );
+    assert_eq!(node.served_log_size(), Some(1));
+
+    // The control: the size-2 log extends both, and is taken.
+    log.set(&at_two, &leaves);
+    assert_eq!(
+        node.reload(config_at(&f, &log.url, "node.toml")).unwrap(),
+        1
+    );
+    assert_eq!(node.served_log_size(), Some(2));
+    node.stop().unwrap();
+}
+
+/// R3-2: the served log's files are written only once the store (the data
+/// directory's lock) is open: a second node started on a live node's data
+/// directory fails on the lock without touching them, even with a newer
+/// served log to take.
+#[test]
+fn r3_2_a_second_node_on_a_live_data_directory_writes_no_served_log() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (at_one, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_one, &leaves[..1]);
+    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let data = f.root().join("node-1").join("data");
+    let before = (
+        std::fs::read(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+        std::fs::read(data.join(SERVED_LOG_FILE)).unwrap(),
+    );
+
+    log.set(&at_two, &leaves);
+    let e = RunningNode::start(config_at(&f, &log.url, "second.toml")).unwrap_err();
+    assert!(matches!(e, StartError::Store { .. }), "{}", chain(&e));
+    assert_eq!(
+        (
+            std::fs::read(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+            std::fs::read(data.join(SERVED_LOG_FILE)).unwrap(),
+        ),
+        before,
+        "the live node's served log files are untouched"
+    );
+    node.stop().unwrap();
+}
+
+/// R3-2: two reloads at once (a served log answering size 2 to the first
+/// and size 1 to the second): they run one after the other, the second
+/// refused, and the accepted checkpoint on disk never goes back.
+#[test]
+fn r3_2_concurrent_reloads_never_take_the_disk_back() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (at_one, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_one, &leaves[..1]);
+    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let data = f.root().join("node-1").join("data");
+    log.set(&at_two, &leaves);
+    let config = config_at(&f, &log.url, "node.toml");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let outcomes = std::thread::scope(|s| {
+        // Watches the disk while the reloads run.
+        let watch = s.spawn(|| {
+            let mut sizes = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                if let Ok(text) = std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)) {
+                    sizes.push(text.lines().nth(1).unwrap_or("").to_string());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sizes
+        });
+        let first = s.spawn(|| node.reload(config.clone()));
+        // The second starts once the first took the size-2 checkpoint (the
+        // start took the first one); the tiles of size 2 serve both.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log_hits(&log) < 2 {
+            assert!(Instant::now() < deadline, "the first reload never fetched");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        log.set_note(&at_one);
+        let second = s.spawn(|| node.reload(config.clone()));
+        let outcomes = (first.join().unwrap(), second.join().unwrap());
+        done.store(true, Ordering::SeqCst);
+        let sizes = watch.join().unwrap();
+        let two = sizes.iter().position(|s| s == "2");
+        if let Some(at) = two {
+            assert!(
+                sizes[at..].iter().all(|s| s == "2"),
+                "the disk went back: {sizes:?}"
+            );
+        }
+        outcomes
+    });
+    assert_eq!(outcomes.0.as_ref().ok(), Some(&1), "{:?}", outcomes.0);
+    assert!(
+        outcomes.1.is_err(),
+        "the older log refused: {:?}",
+        outcomes.1
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
+        at_two.encode()
+    );
+    assert_eq!(node.served_log_size(), Some(2));
+    node.stop().unwrap();
+}
+
+/// How many requests [`StaticLog`] answered (stand-in: whether its
+/// checkpoint was asked for; see `StaticLog::start`).
+fn log_hits(log: &StaticLog) -> usize {
+    log.hits.load(Ordering::SeqCst)
+}
+
+/// R3-4: a reload that panics while a stop arrives does not turn the stop
+/// into a panic: the signal loop joins it by hand, logs it, and returns the
+/// stop, and the node stops cleanly.
+#[test]
+fn r3_4_a_reload_panicking_during_a_stop_does_not_abort_the_stop() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let server = serve(&f, witness_in(&f.root().join("witness")));
+    let node = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let (tx, rx) = std::sync::mpsc::channel();
+    tx.send(NodeSignal::Reload).unwrap();
+    let started = std::sync::atomic::AtomicBool::new(false);
+    let cause = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !started.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "the reload never started");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            tx.send(NodeSignal::Terminate).unwrap();
+        });
+        serve_signals(
+            &node,
+            &rx,
+            |_| {
+                started.store(true, Ordering::SeqCst);
+                // Still running when the stop arrives.
+                std::thread::sleep(Duration::from_millis(300));
+                panic!("a reload panics (on purpose, R3-4)");
+            },
+            |_| {},
+        )
+    });
+    assert_eq!(cause, Some(NodeSignal::Terminate));
+    node.stop().unwrap();
+    server.shutdown();
+}
+
+/// R3-5: fork evidence is bounded: past [`FORK_EVIDENCE_PAIRS_MAX`] pairs a
+/// new fork is still refused, its notes not written.
+#[test]
+fn r3_5_fork_evidence_is_capped() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let (_, at_two, leaves) = two_epochs(&f);
+    let log = StaticLog::start();
+    log.set(&at_two, &leaves);
+    RunningNode::start(config_at(&f, &log.url, "node.toml"))
+        .unwrap()
+        .stop()
+        .unwrap();
+    let data = f.root().join("node-1").join("data");
+    let (fork, fork_leaves) = forked(&f);
+    log.set(&fork, &fork_leaves);
+    for i in 0..FORK_EVIDENCE_PAIRS_MAX {
+        for end in ["accepted", "served"] {
+            std::fs::write(
+                data.join(format!("{FORK_EVIDENCE_PREFIX}{i:032x}.{end}.note")),
+                "earlier",
+            )
+            .unwrap();
+        }
+    }
+    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    assert!(
+        matches!(
+            served_log_error(&e),
+            Some(&ServedLogError::ForkNotKept { size: 2, accepted: 2, kept, .. }) if kept == FORK_EVIDENCE_PAIRS_MAX
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert_eq!(
+        files_named(&data, FORK_EVIDENCE_PREFIX).len(),
+        2 * FORK_EVIDENCE_PAIRS_MAX,
+        "nothing more written"
+    );
+}
+
+/// R3-6: the served checkpoint's cosignatures are checked as the bundle's
+/// are: a line under a pinned cosigner's name and key ID that does not
+/// verify refuses the note, even beside one of its lines that does (C2SP
+/// signed-note: "If the key name and ID match a known key, verifiers MUST
+/// verify the signature").
+#[test]
+fn r3_6_a_bad_line_by_a_pinned_cosigner_refuses_the_served_checkpoint() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let hsm = SoftHsm::open(f.root().join("cosigner.hsm")).unwrap();
+    let key = hsm.key("c1", KeyKind::Signing).unwrap();
+    let public = hsm.public_key(key).unwrap();
+    let name = "cosigner.example/c1";
+    let w = witness_in(&f.root().join("witness"));
+    let plain = w.checkpoint(NS, f.now).unwrap();
+    let leaves = leaves_of(&w);
+    drop(w);
+    let mut cosigned = plain.clone();
+    cosigned
+        .signatures
+        .push(cosign(&hsm, key, name, &plain.text, f.now).unwrap());
+    let mut evidence =
+        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
+    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
+    bundle.checkpoint = cosigned.encode();
+    evidence.bundle = bundle.encode().unwrap();
+    let path = f.root().join("evidence-cosigned.bin");
+    std::fs::write(&path, evidence.encode().unwrap()).unwrap();
+    let root = f.root().display().to_string();
+    let edit = |t: String| {
+        t.replacen(
+            &format!("evidence = \"{root}/evidence.bin\""),
+            &format!("evidence = \"{}\"", path.display()),
+            1,
+        )
+        .replacen(
+            "operator_key = ",
+            "cosigners_required = 1\noperator_key = ",
+            1,
+        )
+        .replacen(
+            "[timing]",
+            &format!(
+                "[[vault.cosigner]]\nname = \"{name}\"\npublic_key = \"{}\"\n\n[timing]",
+                hex(&public)
+            ),
+            1,
+        )
+    };
+    // The pinned cosigner's line of another text (the size edited), under
+    // its name and key ID, after its good line.
+    let edited = plain.text.replacen("\n1\n", "\n2\n", 1);
+    assert_ne!(edited, plain.text);
+    let mut bad = cosigned.clone();
+    bad.signatures
+        .push(cosign(&hsm, key, name, &edited, f.now).unwrap());
+
+    let log = StaticLog::start();
+    log.set(&bad, &leaves);
+    let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
+    assert!(
+        matches!(
+            served_log_error(&e),
+            Some(ServedLogError::Cosignature(BundleError::BadCosignature { cosigner, .. })) if cosigner == name
+        ),
+        "{}",
+        chain(&e)
+    );
+    assert!(
+        !f.root().join("node-1").join("data").exists(),
+        "nothing written"
+    );
+    // The control: without the bad line it is taken.
+    log.set(&cosigned, &leaves);
+    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    node.stop().unwrap();
 }
