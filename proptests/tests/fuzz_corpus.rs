@@ -1,0 +1,530 @@
+//! Replays the committed corpus of every fuzz target on stable: each file of
+//! `fuzz/seeds/<target>/` and `fuzz/regressions/<target>/` goes through the
+//! target's body (`vaultfleet_proptests::decoders`), which checks its
+//! decoder's properties (canonical re-encoding, round trips, the vault's
+//! invariants) and panics on a violation.
+//!
+//! `cargo test -p vaultfleet-proptests --all-features --test fuzz_corpus -- --ignored write_seeds`
+//! regenerates the seeds from valid encodings (the golden vectors' values and
+//! the documented examples); `scripts/fuzz.sh` runs the campaign.
+
+use std::path::{Path, PathBuf};
+
+use vaultfleet_proptests::decoders::TARGETS;
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = read
+        .map(|e| e.expect("a corpus directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_target_replays_its_seeds_and_regressions() {
+    let mut replayed = 0;
+    for (name, target) in TARGETS {
+        let seeds = files(&fuzz_dir().join("seeds").join(name));
+        assert!(
+            !seeds.is_empty(),
+            "fuzz/seeds/{name}/ is empty: run the write_seeds generator"
+        );
+        let regressions = files(&fuzz_dir().join("regressions").join(name));
+        for path in seeds.iter().chain(&regressions) {
+            let bytes = std::fs::read(path).expect("a corpus file");
+            let outcome = std::panic::catch_unwind(|| target(&bytes));
+            assert!(
+                outcome.is_ok(),
+                "{name}: {} fails its checks (replay: cargo +nightly fuzz run {name} {})",
+                path.display(),
+                path.display()
+            );
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= TARGETS.len());
+}
+
+#[test]
+fn the_targets_match_the_fuzz_crate() {
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz/Cargo.toml");
+    for (name, _) in TARGETS {
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "fuzz/Cargo.toml has no target {name}"
+        );
+        let body = std::fs::read_to_string(fuzz_dir().join(format!("fuzz_targets/{name}.rs")))
+            .expect("the target's file");
+        assert!(
+            body.contains(&format!("decoders::{name}(")),
+            "{name}.rs calls another body"
+        );
+    }
+}
+
+/// Every seed with its last byte flipped, and with a byte appended, still
+/// passes its target's checks (mostly as a refused input).
+#[test]
+fn changed_seeds_pass_their_targets() {
+    for (name, target) in TARGETS {
+        for path in files(&fuzz_dir().join("seeds").join(name)) {
+            let mut bytes = std::fs::read(&path).expect("a seed");
+            if let Some(last) = bytes.last_mut() {
+                *last ^= 0x5a;
+            }
+            target(&bytes);
+            bytes.push(0);
+            target(&bytes);
+        }
+    }
+}
+
+mod seeds {
+    use std::collections::BTreeSet;
+
+    use raft::prelude::{Entry, HardState, Message, MessageType, Snapshot};
+    use vaultfleet::storage::codec::encode_record;
+    use vaultfleet::StateMachine;
+    use vaultfleet_audit::bundle::Bundle;
+    use vaultfleet_audit::fleet::evidence::{Attestation, Ceremony, DeviceCertificate, Evidence};
+    use vaultfleet_audit::fleet::ReplicaKeys;
+    use vaultfleet_audit::note::NoteSignature;
+    use vaultfleet_audit::submission::{Receipt, SignedSubmission, Submission};
+    use vaultfleet_audit::tiles::TilePath;
+    use vaultfleet_audit::witness::{leaf_bytes, Statement, Witnessed};
+    use vaultfleet_audit::{
+        AddCheckpoint, Checkpoint, ConsistencyProof, EpochRetirement, FleetArtifact, NoteVerifier,
+        SignedNote,
+    };
+    use vaultfleet_net::wire::client::{
+        encode_reply, encode_request, ClientOp, ClientOutcome, ClientReply, ClientRequest,
+    };
+    use vaultfleet_net::wire::frame::{
+        encode_chunk, encode_keepalive, encode_raft, ChunkHeader, RaftHeader,
+    };
+    use vaultfleet_net::wire::hello::{Hello, HelloRole};
+    use vaultfleet_vault::wire as vwire;
+
+    const NS: &str = "example.vault.fleet_keys.v1";
+    const T0: u64 = 1_800_000_000;
+
+    fn with(which: u8, bytes: &[u8]) -> Vec<u8> {
+        let mut v = vec![which];
+        v.extend_from_slice(bytes);
+        v
+    }
+
+    fn raft_message() -> Vec<u8> {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.from = 1;
+        m.to = 2;
+        m.term = 3;
+        m.index = 4;
+        m.log_term = 3;
+        m.commit = 4;
+        let mut e = Entry::default();
+        e.index = 5;
+        e.term = 3;
+        e.data = b"command".to_vec().into();
+        m.entries = vec![e.clone(), e].into();
+        protobuf2::Message::write_to_bytes(&m).unwrap()
+    }
+
+    fn artifact() -> FleetArtifact {
+        FleetArtifact {
+            fleet_id: "example-fleet".into(),
+            epoch: 2,
+            replicas: (1..=3u64)
+                .map(|id| ReplicaKeys {
+                    id,
+                    datacenter: ["dc-a", "dc-b", "dc-c"][(id as usize - 1) % 3].into(),
+                    response_key: [id as u8; 32],
+                    transport_key: [0x40 + id as u8; 32],
+                    opaque_key: [0x80; 32],
+                })
+                .collect(),
+            voters: vec![1, 2, 3],
+            learners: vec![],
+            not_before: T0,
+            not_after: T0 + 86_400,
+        }
+    }
+
+    fn statement() -> Statement {
+        Statement {
+            namespace: NS.into(),
+            timestamp: T0,
+            epoch: 3,
+            digest: [0x11; 32],
+        }
+    }
+
+    fn checkpoint_note() -> SignedNote {
+        let cp = Checkpoint {
+            origin: "example.com/log".into(),
+            size: 7,
+            root: [0x42; 32],
+            extensions: vec![],
+        };
+        SignedNote {
+            text: cp.body(),
+            signatures: vec![NoteSignature {
+                name: "example.com/log".into(),
+                key_hash: [1, 2, 3, 4],
+                payload: vec![9; 64],
+            }],
+        }
+    }
+
+    /// Every seed, by target.
+    fn all() -> Vec<(&'static str, Vec<Vec<u8>>)> {
+        let raft = raft_message();
+        let header = RaftHeader {
+            group: 1,
+            from: 1,
+            to: 2,
+        };
+        let chunk = ChunkHeader {
+            raft: header,
+            index: 9,
+            term: 3,
+            offset: 0,
+            total: raft.len() as u64,
+        };
+        let mut stream = encode_raft(header, &raft).to_vec();
+        stream.extend_from_slice(&encode_keepalive());
+        stream.extend_from_slice(&encode_chunk(chunk, &raft));
+
+        let request = |op| ClientRequest {
+            correlation: 7,
+            group: 1,
+            replica: 2,
+            op,
+        };
+        let body = |framed: Vec<u8>| framed[4..].to_vec();
+        let propose = vaultfleet::wire::Request {
+            client_id: 3,
+            sequence: 4,
+            acked_below: 2,
+            command: b"set x 1".to_vec(),
+            ..Default::default()
+        };
+
+        let mut vault = vaultfleet_vault::BackupVault::new();
+        let mut reg = vwire::VaultRegister::new();
+        reg.opaque_record = vec![1; 64];
+        reg.sealed_secret = vec![2; 48];
+        reg.credential_nonce = vec![3; 32];
+        reg.max_attempts = 5;
+        let mut cmd = vwire::VaultCommand::new();
+        cmd.user = b"alice".to_vec();
+        let mut rid = vwire::VaultRequestId::new();
+        rid.client = 1;
+        rid.sequence = 1;
+        cmd.request = Some(rid).into();
+        cmd.op = Some(vwire::vault_command::Op::Register(reg));
+        let cmd = vwire::encode(&cmd).unwrap();
+        let outcome = vault.apply(1, &cmd);
+        let snapshot = vault.snapshot().unwrap();
+        let mut start = vwire::VaultLoginStart::new();
+        start.user = b"alice".to_vec();
+        start.credential_request = vec![5; 96];
+        let mut creq = vwire::VaultClientRequest::new();
+        creq.op = Some(vwire::vault_client_request::Op::LoginStart(start));
+        let mut reply_body = vwire::VaultReplyBody::new();
+        reply_body.detail = "ok".into();
+        reply_body.attempts_left = 4;
+        let mut reply = vwire::VaultReply::new();
+        reply.body = vwire::encode(&reply_body).unwrap();
+        reply.signature = vec![7; 64];
+
+        let evidence = Evidence {
+            bundle: b"bundle bytes".to_vec(),
+            attestations: vec![Attestation {
+                replica: 2,
+                firmware: [0x55; 32],
+                certificate: DeviceCertificate {
+                    vendor: "example-vendor".into(),
+                    device: "hsm-1".into(),
+                    device_key: [0x33; 32],
+                    signature: [0x99; 64],
+                },
+                signature: [0xab; 64],
+            }],
+            ceremony: Ceremony {
+                artifact_digest: [0x44; 32],
+                firmware: vec![(1, [0x55; 32]), (2, [0x66; 32])],
+                threshold: 2,
+                signatures: vec![("officer-1".into(), [0x77; 64])],
+            },
+        };
+        let bundle = Bundle {
+            artifact: artifact().encode().unwrap(),
+            digest: [0x11; 32],
+            namespace: NS.into(),
+            timestamp: T0,
+            epoch: 3,
+            witness_key: "witness-2026".into(),
+            witness_signature: [0x22; 64],
+            countersignature: [0x88; 64],
+            leaf_index: 5,
+            inclusion: vec![[0xaa; 32], [0xbb; 32]],
+            checkpoint: checkpoint_note().encode(),
+        };
+        let retirement = EpochRetirement {
+            namespace: NS.into(),
+            timestamp: T0,
+            retired_through: 2,
+            witness_key: "witness-2026".into(),
+            witness_signature: [0x22; 64],
+            countersignature: [0x33; 64],
+        };
+        let proof = ConsistencyProof {
+            from_size: 3,
+            to_size: 7,
+            hashes: vec![[1; 32], [2; 32], [3; 32]],
+        };
+        let verifier = NoteVerifier::ed25519("example.com/log", [0x21; 32]).unwrap();
+        let add = AddCheckpoint {
+            old_size: 3,
+            proof: vec![[5; 32], [6; 32]],
+            checkpoint: checkpoint_note(),
+        };
+        let submission = SignedSubmission {
+            submission: Submission {
+                namespace: NS.into(),
+                epoch: 3,
+                digest: [0x11; 32],
+                sent_at: T0,
+            },
+            signature: [0x12; 64],
+        };
+        let witnessed = Witnessed {
+            statement: statement(),
+            key: "witness-2026".into(),
+            signature: [0x22; 64],
+            leaf_index: 4,
+        };
+        let receipt = Receipt {
+            witnessed: witnessed.clone(),
+        }
+        .encode();
+        let log_line = receipt.split('\n').next().unwrap().to_string() + "\n";
+        let leaf = leaf_bytes(&statement(), "witness-2026", &[0x22; 64]).unwrap();
+        let mut bundle_bytes = vec![0, 2];
+        for e in [&b"first"[..], b"second"] {
+            bundle_bytes.extend_from_slice(&(e.len() as u16).to_be_bytes());
+            bundle_bytes.extend_from_slice(e);
+        }
+        let mut hash_tile = vec![0, 2];
+        hash_tile.extend_from_slice(&[7; 64]);
+
+        let mut entry = Entry::default();
+        entry.index = 3;
+        entry.term = 2;
+        entry.data = b"data".to_vec().into();
+        let mut hs = HardState::default();
+        hs.term = 2;
+        hs.vote = 1;
+        hs.commit = 3;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 9;
+        snap.mut_metadata().term = 2;
+        snap.data = b"state".to_vec().into();
+
+        let node_example = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/node.toml.example"),
+        )
+        .unwrap();
+
+        // The vault machine: register, logins right and wrong, a snapshot,
+        // replays. Bytes as `arbitrary` reads them (a u32 variant index then
+        // the fields).
+        let step = |variant: u32, fields: &[u8]| {
+            let mut v = variant.to_le_bytes().to_vec();
+            v.extend_from_slice(fields);
+            v
+        };
+        let machine: Vec<u8> = [
+            step(0, &[0, 2]),
+            step(0, &[1, 0]),
+            step(1, &[0]),
+            step(1, &[0]),
+            step(2, &[0, 0, 0]),
+            step(2, &[0, 1, 0]),
+            step(4, &[]),
+            step(1, &[1]),
+            step(1, &[0]),
+            step(1, &[0]),
+            step(3, &[3]),
+            step(2, &[1, 1, 0]),
+            step(2, &[0, 1, 1]),
+        ]
+        .concat();
+
+        vec![
+            (
+                "raft_frame",
+                vec![
+                    with(255, &stream),
+                    with(3, &stream),
+                    with(1, &encode_keepalive()),
+                ],
+            ),
+            ("raft_message", vec![raft]),
+            (
+                "net_hello",
+                vec![
+                    Hello {
+                        version: 1,
+                        frame_bytes_max: 1 << 20,
+                        role: HelloRole::Peer {
+                            ids: BTreeSet::from([1, 2]),
+                        },
+                    }
+                    .encode(),
+                    Hello {
+                        version: 1,
+                        frame_bytes_max: 1 << 16,
+                        role: HelloRole::Client,
+                    }
+                    .encode(),
+                ],
+            ),
+            (
+                "net_client_frame",
+                vec![
+                    body(encode_request(&request(ClientOp::Propose(propose))).unwrap()),
+                    body(encode_request(&request(ClientOp::Read(b"k".to_vec()))).unwrap()),
+                    body(encode_request(&request(ClientOp::Status)).unwrap()),
+                    body(encode_request(&request(ClientOp::TransferLeader(3))).unwrap()),
+                    body(
+                        encode_reply(&ClientReply {
+                            correlation: 7,
+                            status: None,
+                            outcome: ClientOutcome::Done,
+                        })
+                        .unwrap(),
+                    ),
+                    body(encode_keepalive().to_vec()),
+                ],
+            ),
+            (
+                "vault_message",
+                vec![
+                    with(0, &vwire::encode(&creq).unwrap()),
+                    with(1, &vwire::encode(&reply).unwrap()),
+                    with(2, &reply.body),
+                    with(3, &outcome),
+                    with(4, &cmd),
+                    with(5, &snapshot),
+                ],
+            ),
+            ("fleet_artifact", vec![artifact().encode().unwrap()]),
+            ("bundle", vec![bundle.encode().unwrap()]),
+            ("evidence", vec![evidence.encode().unwrap()]),
+            ("epoch_retirement", vec![retirement.encode().unwrap()]),
+            ("consistency_proof", vec![proof.encode().unwrap()]),
+            (
+                "signed_note",
+                vec![
+                    with(0, checkpoint_note().encode().as_bytes()),
+                    with(1, checkpoint_note().text.as_bytes()),
+                    with(2, verifier.vkey().as_bytes()),
+                ],
+            ),
+            (
+                "tlog_tiles",
+                vec![
+                    with(0, b"tile/0/x001/234.p/7"),
+                    with(
+                        0,
+                        TilePath::parse("tile/entries/000")
+                            .unwrap()
+                            .encode()
+                            .as_bytes(),
+                    ),
+                    with(1, &bundle_bytes),
+                    with(2, &hash_tile),
+                ],
+            ),
+            (
+                "add_checkpoint",
+                vec![with(0, add.encode().as_bytes()), with(1, b"12\n")],
+            ),
+            (
+                "submission",
+                vec![
+                    with(0, &submission.encode().unwrap()),
+                    with(1, receipt.as_bytes()),
+                ],
+            ),
+            (
+                "witness_log",
+                vec![with(0, &leaf), with(1, log_line.repeat(2).as_bytes())],
+            ),
+            (
+                "storage_record",
+                vec![
+                    with(0, &encode_record(&entry).unwrap()),
+                    with(1, &encode_record(&hs).unwrap()),
+                    with(2, &encode_record(&snap).unwrap()),
+                ],
+            ),
+            ("sealed_store", (0u8..8).map(|k| vec![k]).collect()),
+            ("soft_hsm_file", soft_hsm_files()),
+            ("node_config", vec![node_example]),
+            ("vault_machine", vec![machine]),
+        ]
+    }
+
+    fn soft_hsm_files() -> Vec<Vec<u8>> {
+        use vaultfleet::hsm::{Hsm, KeyKind, SoftHsm};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsm.bin");
+        let hsm = SoftHsm::open(&path).unwrap();
+        hsm.key("seal", KeyKind::Aead).unwrap();
+        hsm.key("sign", KeyKind::Signing).unwrap();
+        hsm.advance_counter("counter", &[9; 32]).unwrap();
+        let file = std::fs::read(&path).unwrap();
+        let magic = b"vaultfleet-softhsm-v1\n".len();
+        vec![with(1, &file), with(0, &file[magic..file.len() - 32])]
+    }
+
+    /// Writes `fuzz/seeds/<target>/seed-<n>` (run with `--ignored`).
+    #[test]
+    #[ignore = "regenerates the committed seeds"]
+    fn write_seeds() {
+        for (name, seeds) in all() {
+            let dir = super::fuzz_dir().join("seeds").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (n, seed) in seeds.iter().enumerate() {
+                std::fs::write(dir.join(format!("seed-{n}")), seed).unwrap();
+            }
+        }
+    }
+
+    /// The generated seeds are valid inputs (each decodes), so the corpus
+    /// starts past the decoders' first checks.
+    #[test]
+    fn the_seeds_pass_their_targets() {
+        for (name, seeds) in all() {
+            let (_, target) = super::TARGETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .expect("a target");
+            for seed in seeds {
+                target(&seed);
+            }
+        }
+    }
+}
