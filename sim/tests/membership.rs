@@ -158,3 +158,21 @@ fn an_old_disk_rejoining_under_its_old_id_is_caught() {
         o
     });
 }
+
+/// Found by the long swarm run (sim e62e4e2, seed 2476): a removal of voter 1
+/// was proposed on leader 2, leadership then moved to replica 1, and replica 1
+/// applied its own removal while leading. raft-rs leaves a removed leader
+/// leading, and the next append response it stepped unwrapped its own
+/// progress: "called `Option::unwrap()` on a `None` value" in raft-rs's
+/// `maybe_commit`. The replica now steps down at the end of that Ready cycle.
+#[test]
+fn swarm_seed_2476_a_leader_that_applies_its_own_removal_steps_down() {
+    let report = run(SimOptions::swarm(2476));
+    assert!(
+        report.violation.is_none(),
+        "seed 2476: {:?}\n{}",
+        report.violation,
+        report.recent.join("\n")
+    );
+    assert!(report.stats.membership_changes > 0 && report.stats.transfers > 0);
+}

@@ -326,6 +326,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// After a failed snapshot, the applied index before which none is tried again.
     snapshot_retry_after: u64,
     snapshot_wanted: bool,
+    /// This replica was removed while leading: it steps down at the end of
+    /// the Ready cycle that applied its removal.
+    step_down: bool,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
@@ -573,6 +576,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             messages_refused: 0,
             snapshot_retry_after: 0,
             snapshot_wanted: false,
+            step_down: false,
             applied_index: snap_index,
             cfg,
         })
@@ -1087,6 +1091,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
             debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
+            if std::mem::take(&mut self.step_down) && self.is_leader() {
+                // Removed while leading: a follower now, in this term. The
+                // transfer's MsgTimeoutNow (if the transferee was caught up)
+                // goes out with this cycle's messages; otherwise the remaining
+                // voters elect a leader after an election timeout. In-flight
+                // proposals fail as on any loss of leadership.
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+                out.messages.extend(split_appends(
+                    std::mem::take(&mut self.raw.raft.msgs),
+                    limit,
+                ));
+            }
         }
         debug_assert!(
             self.raw.raft.raft_log.committed >= commit_before,
@@ -1370,6 +1387,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     if let Some(next) = next {
                         self.raw.transfer_leader(next);
                     }
+                    // raft-rs leaves a removed leader leading (its
+                    // `post_conf_change`: "TODO(tbg): step down ... It is
+                    // untested"), and the next append response it steps
+                    // unwraps its own progress, which the change removed: a
+                    // panic. The simulator's membership swarm found it (seed
+                    // 2476). Step down at the end of this Ready cycle (raft-rs
+                    // refuses a follower with messages generated inside one).
+                    self.step_down = true;
                 }
                 Ok(Reply::MembershipChanged(cs))
             }
