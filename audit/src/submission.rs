@@ -198,7 +198,7 @@ impl Receipt {
         let leaf_index = rest
             .strip_prefix("leaf ")
             .and_then(|r| r.strip_suffix('\n'))
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|n| crate::note::canonical_decimal(n))
             .and_then(|n| n.parse().ok())
             .ok_or(ReceiptError::Malformed)?;
         let mut parsed = parse_log(line)?;
@@ -300,6 +300,8 @@ mod tests {
         for bad in [
             text.replace("leaf 9", "leaf"),
             text.replace("leaf 9", "leaf -9"),
+            text.replace("leaf 9", "leaf 09"),
+            text.replace("leaf 9", "leaf +9"),
             text.replace("\nleaf 9\n", "\nleaf 9"),
             format!("{text}{text}"),
             text.replacen(" 2 ", " x ", 1),

@@ -19,7 +19,7 @@ use base64::Engine as _;
 use crate::consistency::ConsistencyProof;
 use crate::durable::{write_atomically, LockFile};
 use crate::merkle::{Hash, MerkleTree, ProofError};
-use crate::note::{sign_note, Checkpoint, NoteError, SignedNote};
+use crate::note::{canonical_decimal, sign_note, Checkpoint, NoteError, SignedNote};
 use crate::retirement::EpochRetirement;
 use vaultfleet::codec::{EncodeError, Writer};
 use vaultfleet::hsm::{verify_signature, Hsm, HsmError, KeyKind};
@@ -684,8 +684,10 @@ pub fn parse_log(text: &str) -> Result<Vec<Witnessed>, LogError> {
             Some(Witnessed {
                 statement: Statement {
                     namespace: ns.to_string(),
-                    timestamp: ts.parse().ok()?,
-                    epoch: epoch.parse().ok()?,
+                    // Canonical decimals only (no sign, no leading zero): one
+                    // text per log, as the fuzz target's round trip checks.
+                    timestamp: canonical_decimal(ts).then(|| ts.parse().ok())??,
+                    epoch: canonical_decimal(epoch).then(|| epoch.parse().ok())??,
                     digest: unhex::<32>(digest)?,
                 },
                 key: key.to_string(),
@@ -785,5 +787,34 @@ mod tests {
         };
         let bytes = leaf_bytes(&bad, "witness-1", &[3; 64]).unwrap();
         assert!(matches!(parse_leaf(&bytes, 0), Err(LeafError::InvalidName)));
+    }
+
+    /// The log's text has one spelling per statement: numbers are canonical
+    /// decimals (the fuzz campaign found `+5` and `05` accepted).
+    #[test]
+    fn the_log_text_takes_canonical_decimals_only() {
+        let line = |epoch: &str, ts: &str| {
+            format!(
+                "ns {epoch} {} {ts} witness-1 {}\n",
+                "ab".repeat(32),
+                "cd".repeat(64)
+            )
+        };
+        assert_eq!(parse_log(&line("5", "0")).unwrap()[0].statement.epoch, 5);
+        for (epoch, ts) in [
+            ("+5", "1"),
+            ("05", "1"),
+            ("5", "01"),
+            ("5", "+1"),
+            ("", "1"),
+        ] {
+            assert!(
+                matches!(
+                    parse_log(&line(epoch, ts)),
+                    Err(LogError::Malformed { line: 1 })
+                ),
+                "{epoch:?} {ts:?}"
+            );
+        }
     }
 }

@@ -132,27 +132,18 @@ pub async fn fetch_verified_log(
 ) -> Result<FetchedLog, WalkError> {
     tokio::time::timeout(
         WALK_TIMEOUT,
-        walk(url, namespace, Some((witness_keys, max_entries))),
+        walk(url, namespace, (witness_keys, max_entries)),
     )
     .await
     .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
 }
 
-/// Fetches `namespace`'s log below `url` and rebuilds it, without checking
-/// who signed its checkpoint (at most [`ENTRIES_MAX`] entries). Prefer
-/// [`fetch_verified_log`].
-pub async fn fetch_log(url: &BaseUrl, namespace: &str) -> Result<FetchedLog, WalkError> {
-    tokio::time::timeout(WALK_TIMEOUT, walk(url, namespace, None))
-        .await
-        .map_err(|_| WalkError::Timeout(WALK_TIMEOUT))?
-}
-
-/// Fetches `namespace`'s checkpoint and checks it: its origin, then (with
-/// `pins`) its signature under a pinned key, then its size against the limit.
+/// Fetches `namespace`'s checkpoint and checks it: its origin, then its
+/// signature under one of the pinned keys, then its size against the limit.
 async fn fetch_checkpoint(
     url: &BaseUrl,
     namespace: &str,
-    pins: Option<(&[NoteVerifier], u64)>,
+    pins: (&[NoteVerifier], u64),
 ) -> Result<(SignedNote, Checkpoint), WalkError> {
     let path = format!("/{namespace}/checkpoint");
     let text = fetch(url, &path, NOTE_MAX).await?;
@@ -166,20 +157,15 @@ async fn fetch_checkpoint(
             want: namespace.to_string(),
         });
     }
-    let max = match pins {
-        Some((keys, max)) => {
-            // R1-2: the signature before any tile, so an unsigned checkpoint
-            // of a huge size costs one request.
-            let signed = keys
-                .iter()
-                .any(|k| k.alg == ALG_ED25519 && k.verify(&note).is_ok());
-            if !signed {
-                return Err(WalkError::Unsigned);
-            }
-            max
-        }
-        None => ENTRIES_MAX,
-    };
+    let (keys, max) = pins;
+    // R1-2: the signature before any tile, so an unsigned checkpoint of a
+    // huge size costs one request.
+    let signed = keys
+        .iter()
+        .any(|k| k.alg == ALG_ED25519 && k.verify(&note).is_ok());
+    if !signed {
+        return Err(WalkError::Unsigned);
+    }
     if checkpoint.size > max {
         return Err(WalkError::TooLarge {
             size: checkpoint.size,
@@ -192,7 +178,7 @@ async fn fetch_checkpoint(
 async fn walk(
     url: &BaseUrl,
     namespace: &str,
-    pins: Option<(&[NoteVerifier], u64)>,
+    pins: (&[NoteVerifier], u64),
 ) -> Result<FetchedLog, WalkError> {
     let (note, checkpoint) = fetch_checkpoint(url, namespace, pins).await?;
     let mut tree = MerkleTree::new();
@@ -251,7 +237,7 @@ pub async fn fetch_verified_tree(
 ) -> Result<FetchedTree, WalkError> {
     let fetch_tree = async {
         let (note, checkpoint) =
-            fetch_checkpoint(url, namespace, Some((witness_keys, max_entries))).await?;
+            fetch_checkpoint(url, namespace, (witness_keys, max_entries)).await?;
         let mut leaves = Vec::new();
         for tile in hash_tiles_for(checkpoint.size).take_while(|t| t.level() == 0) {
             let path = format!("/{namespace}/{}", tile.encode());
