@@ -843,3 +843,72 @@ fn a_second_state_digest_marker_while_one_is_pending_is_refused() {
         .mark_state_digest(2_000_004)
         .expect("the next marker once the first is applied");
 }
+
+/// A leader that commits its own removal while a write is queued (review R4
+/// of the fix for simulator seed 2476): the removal of replica 1 is proposed on
+/// leader 2 and reaches 1 and 3, then 1 wins the next term with it in its log
+/// and commits it while a client write waits to be flushed. The cycle that
+/// applies the removal also persists the write, and raft-rs's
+/// `on_persist_entries` unwrapped the leader's own progress, which the removal
+/// had just dropped: a panic, before a step-down at the end of the cycle could
+/// run. The replica now steps down the moment it applies its removal.
+#[test]
+fn r4_a_leader_committing_its_own_removal_with_a_write_queued_steps_down() {
+    use vaultfleet::replica::MembershipChange;
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(2);
+    let client = net.register(2);
+    net.replica_mut(2)
+        .change_membership(1_000_001, MembershipChange::Remove { id: 1 })
+        .unwrap();
+    net.cycle(2);
+    let removal = net.status(2).last_index;
+    // The removal reaches 1 and 3; their acknowledgements never reach 2.
+    net.deliver_where(|m| m.from == 2);
+    net.cycle(1);
+    net.cycle(3);
+    net.drop_in_flight();
+    net.isolate(2);
+    let term = net.status(2).term;
+    // 2 hands leadership to 1 (as an operator's transfer would), then is cut
+    // off: 1 wins the next term with the removal in its log, uncommitted.
+    let mut timeout_now = Message::default();
+    timeout_now.set_msg_type(MessageType::MsgTimeoutNow);
+    timeout_now.from = 2;
+    timeout_now.to = 1;
+    timeout_now.term = term;
+    net.replica_mut(1).step(timeout_now).unwrap();
+    let led = net.run_until(|n| n.replica(1).is_leader() && n.status(1).term > term);
+    assert!(
+        led,
+        "replica 1 never led: 1 {:?} 3 {:?}",
+        net.status(1),
+        net.status(3)
+    );
+    assert!(
+        net.status(1).voters.contains(&1),
+        "the removal is not applied yet"
+    );
+    // 3's acknowledgement commits the removal (stepped, not yet applied);
+    // then a write is queued, so the cycle that applies the removal also
+    // appends and persists the write.
+    assert!(net.run_until(|n| n.status(1).commit >= removal));
+    assert!(net.status(1).voters.contains(&1), "applied too early");
+    let write = net.propose(1, client, 1, 1, b"k=v".to_vec()).unwrap();
+    net.cycle(1);
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    net.settle();
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    assert!(
+        !net.replica(1).is_leader(),
+        "the removed replica still leads"
+    );
+    assert!(!net.status(3).voters.contains(&1));
+    // The write's outcome is unknown to its client (leadership changed): it
+    // fails as on any loss of leadership, never silently.
+    assert!(matches!(net.take(write), Some(Err(_)) | Some(Ok(_))));
+    // The fleet carries on with 2 and 3.
+    net.recover();
+    let leader = net.elect_among(&[2, 3], term);
+    assert!(leader == 2 || leader == 3);
+}

@@ -326,9 +326,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// After a failed snapshot, the applied index before which none is tried again.
     snapshot_retry_after: u64,
     snapshot_wanted: bool,
-    /// This replica was removed while leading: it steps down at the end of
-    /// the Ready cycle that applied its removal.
-    step_down: bool,
+    /// Messages raft queued while this replica led, taken when it stepped
+    /// down on applying its own removal: they leave with the cycle's output.
+    outbox: Vec<Message>,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
@@ -576,7 +576,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             messages_refused: 0,
             snapshot_retry_after: 0,
             snapshot_wanted: false,
-            step_down: false,
+            outbox: Vec::new(),
             applied_index: snap_index,
             cfg,
         })
@@ -1091,19 +1091,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.apply_entries(light.take_committed_entries())?;
             self.raw.advance_apply();
             debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
-            if std::mem::take(&mut self.step_down) && self.is_leader() {
-                // Removed while leading: a follower now, in this term. The
-                // transfer's MsgTimeoutNow (if the transferee was caught up)
-                // goes out with this cycle's messages; otherwise the remaining
-                // voters elect a leader after an election timeout. In-flight
-                // proposals fail as on any loss of leadership.
-                let term = self.raw.raft.term;
-                self.raw.raft.become_follower(term, raft::INVALID_ID);
-                out.messages.extend(split_appends(
-                    std::mem::take(&mut self.raw.raft.msgs),
-                    limit,
-                ));
-            }
+        }
+        if !self.outbox.is_empty() {
+            let limit = self.cfg.message_bytes_max;
+            out.messages
+                .extend(split_appends(std::mem::take(&mut self.outbox), limit));
         }
         debug_assert!(
             self.raw.raft.raft_log.committed >= commit_before,
@@ -1389,12 +1381,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     }
                     // raft-rs leaves a removed leader leading (its
                     // `post_conf_change`: "TODO(tbg): step down ... It is
-                    // untested"), and the next append response it steps
-                    // unwraps its own progress, which the change removed: a
-                    // panic. The simulator's membership swarm found it (seed
-                    // 2476). Step down at the end of this Ready cycle (raft-rs
-                    // refuses a follower with messages generated inside one).
-                    self.step_down = true;
+                    // untested"), and the next thing that touches its own
+                    // progress (an append response stepped, or this cycle's
+                    // `advance` persisting a write flushed with it) unwraps
+                    // it: a panic. The simulator's membership swarm found it
+                    // (seed 2476); review R4 the second path. Step down now,
+                    // in this term; the messages raft queued as leader (the
+                    // transfer's MsgTimeoutNow) leave with this cycle's output,
+                    // so raft never holds a follower's messages across
+                    // `advance`. In-flight proposals fail as on any loss of
+                    // leadership (`notice_role_change`).
+                    self.outbox.append(&mut self.raw.raft.msgs);
+                    let term = self.raw.raft.term;
+                    self.raw.raft.become_follower(term, raft::INVALID_ID);
                 }
                 Ok(Reply::MembershipChanged(cs))
             }
