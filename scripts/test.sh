@@ -50,7 +50,7 @@ fi
 # The layers are crates: the engine must not compile the vault's PAKE, its KSF,
 # or any crate above it (docs/architecture.md, section 1).
 engine_deps=$(cargo tree -p vaultfleet -e normal --prefix none)
-for forbidden in opaque-ke argon2 voprf vaultfleet-audit vaultfleet-vault vaultfleet-net; do
+for forbidden in opaque-ke argon2 voprf vaultfleet-audit vaultfleet-vault vaultfleet-net vaultfleet-tlog; do
     if grep -q "^$forbidden v" <<<"$engine_deps"; then
         echo "scripts/test.sh: the engine (vaultfleet) depends on $forbidden; see docs/architecture.md" >&2
         exit 1

@@ -139,7 +139,7 @@ impl Drop for SourceGuard {
 /// A listener that accepts every connection at once and serves at most
 /// [`HttpLimits::connections`] of them ([`HttpLimits::per_source`] per
 /// source), each under the deadlines of [`BoundedIo`]; the others get a fixed
-/// answer from [`answer_without_slot`], or are closed.
+/// answer (`answer_without_slot`), or are closed.
 pub struct BoundedListener {
     listener: tokio::net::TcpListener,
     limits: HttpLimits,

@@ -2,7 +2,7 @@
 //! tlog-witness over HTTP.
 //!
 //! `POST /add-checkpoint` hands the body to a
-//! [`Cosigner`](vaultfleet_audit::cosigner::Cosigner), which verifies the
+//! [`Cosigner`], which verifies the
 //! log's signature and the consistency proof, persists the new size before it
 //! cosigns, and refuses to go back or fork, with the status codes the spec
 //! fixes. `GET /<origin hash>/checkpoint` serves the latest checkpoint it
