@@ -10,7 +10,9 @@
 //!   replicas*;
 //! * **a removed replica's old disk never rejoins:** once a removal has been
 //!   seen committed, the id never appears in the configuration again, and the
-//!   removed replica never leads a later term.
+//!   removed replica never leads once its own applied configuration leaves it
+//!   out (before it learns of its removal it may win a term under the old
+//!   configuration: Raft's removed-server disruption, safe by the log rule).
 
 use vaultfleet::replica::Status;
 
@@ -69,7 +71,21 @@ impl<W: Workload> Simulation<W> {
         let Some(removal) = self.churn.removed.get(&id).copied() else {
             return;
         };
-        if removal.seen_out && status.role == raft::StateRole::Leader && status.term > removal.term
+        // A removed replica that has not applied its own removal yet (the new
+        // leader stopped sending to it before it learned the commit) may
+        // still win a later term under the configuration it knows: the
+        // removed-server disruption of the Raft paper (§6), not a safety
+        // break. It needs a majority of the old configuration whose logs are
+        // no fresher than its own, so it holds every committed entry; the
+        // same-command and durability checkers watch what it commits, and it
+        // steps down the moment it applies its removal. What must never happen
+        // is leading once its own configuration says it is out (swarm seed
+        // 3851 of sim ba973e6 flagged the first case: a false alarm).
+        let knows = !status.voters.contains(&id) && !status.learners.contains(&id);
+        if removal.seen_out
+            && knows
+            && status.role == raft::StateRole::Leader
+            && status.term > removal.term
         {
             let restarted = self.hosts[h].generation > removal.generation;
             self.violate(
