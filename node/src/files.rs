@@ -135,53 +135,21 @@ pub fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.{n}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
+    let mut f = create_private(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(folder).and_then(|d| d.sync_all())
+    sync_folder_of(path)
 }
 
 /// Writes `bytes` to a new file `path` (mode 0600), synced, then the folder
 /// synced: an existing file (or a symlink planted there) is never
-/// overwritten or followed, the create fails with `AlreadyExists`.
+/// overwritten or followed, the create fails with `AlreadyExists`. A file it
+/// created and could not fill and sync is removed: a failed write leaves no
+/// partial file behind.
 pub fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(folder).and_then(|d| d.sync_all())
-}
-
-/// [`write_new`], except that a file it created and could not fill and sync
-/// is removed: a failed write leaves no partial file behind (an existing
-/// file is still never touched).
-pub fn write_new_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
+    let mut f = create_private(path)?;
     let filled = f.write_all(bytes).and_then(|()| f.sync_all());
     drop(f);
     if let Err(e) = filled {
@@ -190,6 +158,23 @@ pub fn write_new_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
         return Err(e);
     }
+    sync_folder_of(path)
+}
+
+/// Creates `path` exclusively for writing, mode 0600, never following a
+/// symlink at it (the create fails with `AlreadyExists` on anything there).
+fn create_private(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Syncs the folder holding `path` (the current folder for a bare name), so
+/// that a file created or renamed in it survives a crash.
+fn sync_folder_of(path: &Path) -> std::io::Result<()> {
     let folder = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -259,6 +244,34 @@ mod tests {
         ));
         // A sticky folder of root's on the way (like /tmp, where tempdir
         // makes its folder) passed above.
+    }
+
+    /// `write_new` creates a private file, and never overwrites an existing
+    /// file nor follows a symlink planted at the path: `AlreadyExists`, the
+    /// file (or the link's target) untouched.
+    #[test]
+    fn write_new_never_overwrites_or_follows() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("fork-evidence.note");
+        write_new(&path, b"first").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let e = write_new(&path, b"second").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"first");
+
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let link = d.path().join("planted.note");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let e = write_new(&link, b"evil").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     /// R4-1 (review of the fixes): two writers of one file at once (the

@@ -467,7 +467,7 @@ fn save_fork_evidence(
         return Ok(Kept::Full(kept));
     }
     for (path, text) in [(&a, &a_text), (&b, &b_text)] {
-        match crate::files::write_new_whole(path, text.as_bytes()) {
+        match crate::files::write_new(path, text.as_bytes()) {
             // Named by its content's hash: the one kept before (a crash
             // between the two writes left one of them).
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}

@@ -41,10 +41,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{chain, Fixture, NS, READY_WAIT};
-use vaultfleet::hsm::{Hsm, KeyKind};
+use vaultfleet::hsm::{Hsm, KeyHandle, KeyKind};
 use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::Evidence;
-use vaultfleet_audit::note::{cosign, NoteVerifier, SignedNote};
+use vaultfleet_audit::note::{cosign, NoteSignature, NoteVerifier, SignedNote};
 use vaultfleet_audit::submission::Submission;
 use vaultfleet_audit::tiles::{TilePath, TiledLog};
 use vaultfleet_audit::witness::{countersign, leaf_bytes};
@@ -75,6 +75,24 @@ fn witness_in(dir: &Path) -> Witness<SoftHsm> {
     .unwrap()
 }
 
+/// The fixture's own witness (`witness/` in its folder).
+fn fixture_witness(f: &Fixture) -> Witness<SoftHsm> {
+    witness_in(&f.root().join("witness"))
+}
+
+/// The fixture's witness key (its HSM file copied into `fork/`) with a log
+/// of its own, empty: a twin that can sign another history.
+fn twin_witness(f: &Fixture) -> Witness<SoftHsm> {
+    let fork = f.root().join("fork");
+    std::fs::create_dir_all(&fork).unwrap();
+    std::fs::copy(
+        f.root().join("witness").join("witness.hsm"),
+        fork.join("witness.hsm"),
+    )
+    .unwrap();
+    witness_in(&fork)
+}
+
 /// Serves `witness`'s log on loopback, taking submissions signed by the
 /// fixture's operator.
 fn serve(f: &Fixture, witness: Witness<SoftHsm>) -> LogServer {
@@ -85,18 +103,38 @@ fn serve(f: &Fixture, witness: Witness<SoftHsm>) -> LogServer {
     .unwrap()
 }
 
+/// Serves the fixture's own witness's log (see [`serve`]).
+fn serve_fixture_witness(f: &Fixture) -> LogServer {
+    serve(f, fixture_witness(f))
+}
+
 fn url_of(server: &LogServer) -> String {
     format!("http://{}", server.local_addr())
 }
 
+/// Node 1's data directory.
+fn data_dir(f: &Fixture) -> PathBuf {
+    f.root().join("node-1").join("data")
+}
+
+/// Node 1 never got as far as creating its data directory.
+fn assert_nothing_written(f: &Fixture) {
+    assert!(!data_dir(f).exists(), "nothing written");
+}
+
 /// Node 1's config (a one-voter fleet), reading the witness's log at `url`
-/// instead of the fixture's log file; written as `name`.
-fn config_at(f: &Fixture, url: &str, name: &str) -> NodeConfig {
-    config_with(f, url, name, |t| t)
+/// instead of the fixture's log file; written as `node.toml`.
+fn config_at(f: &Fixture, url: &str) -> NodeConfig {
+    config_named(f, url, "node.toml", |t| t)
 }
 
 /// [`config_at`], its text changed by `edit` first.
-fn config_with(
+fn config_with(f: &Fixture, url: &str, edit: impl FnOnce(String) -> String) -> NodeConfig {
+    config_named(f, url, "node.toml", edit)
+}
+
+/// [`config_with`], written as `name`.
+fn config_named(
     f: &Fixture,
     url: &str,
     name: &str,
@@ -112,6 +150,44 @@ fn config_with(
     NodeConfig::load(&f.write_config(1, name, &text)).unwrap()
 }
 
+/// Config text `t` of the fixture, reading the evidence at `evidence`
+/// instead of the fixture's `evidence.bin`.
+fn with_evidence(f: &Fixture, t: String, evidence: &Path) -> String {
+    let root = f.root().display().to_string();
+    t.replacen(
+        &format!("evidence = \"{root}/evidence.bin\""),
+        &format!("evidence = \"{}\"", evidence.display()),
+        1,
+    )
+}
+
+/// Config text `t` with one more `[vault]` table (`[[vault.witness_key]]`,
+/// `[[vault.cosigner]]`) of `fields`, before `[timing]`.
+fn with_table(t: String, table: &str, fields: &str) -> String {
+    t.replacen(
+        "[timing]",
+        &format!("[[vault.{table}]]\n{fields}\n\n[timing]"),
+        1,
+    )
+}
+
+/// Starts node 1 with `config` and waits until it serves.
+fn start_serving(config: NodeConfig) -> RunningNode {
+    let node = RunningNode::start(config).unwrap();
+    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    node
+}
+
+/// Waits (at most 10 s, polling every `every`) until `done`; `what` names
+/// the wait in the failure.
+fn wait_until(what: &str, every: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(every);
+    }
+}
+
 /// The served-log refusal inside `e`, if that is what it is.
 fn served_log_error(e: &StartError) -> Option<&ServedLogError> {
     match e {
@@ -122,15 +198,35 @@ fn served_log_error(e: &StartError) -> Option<&ServedLogError> {
     }
 }
 
+/// The refused start inside the failed reload `e`.
+fn refused_start(e: &ReloadError) -> &StartError {
+    match e {
+        ReloadError::Start(start) => start,
+        other => panic!("a refused start inside the reload expected, got {other:?}"),
+    }
+}
+
+/// Asserts that the start error `$e` is a served-log refusal matching
+/// `$pattern` (the error's chain in the failure).
+macro_rules! assert_served_log_error {
+    ($e:expr, $($pattern:tt)+) => {{
+        let e: &StartError = $e;
+        assert!(
+            matches!(served_log_error(e), $($pattern)+),
+            "{}",
+            chain(e)
+        );
+    }};
+}
+
 #[test]
 fn a_node_follows_the_served_log_and_keeps_serving_when_the_witness_goes_down() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let server = serve(&f, witness_in(&f.root().join("witness")));
+    let server = serve_fixture_witness(&f);
     let url = url_of(&server);
 
     // (a) The served log holds the evidence's checkpoint: the node starts.
-    let node = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let node = start_serving(config_at(&f, &url));
     assert_eq!(node.accepted_epoch(), 1);
 
     // The operator submits epoch 2: the served log grows to two entries.
@@ -153,43 +249,38 @@ fn a_node_follows_the_served_log_and_keeps_serving_when_the_witness_goes_down() 
     block_on(vaultfleet_tlog::submit::submit(&base, &signed, &[log_key]))
         .unwrap()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while block_on(fetch_verified_log(
-        &base,
-        NS,
-        &[NoteVerifier::ed25519("witness-1", f.witness_public).unwrap()],
-        ENTRIES_MAX,
-    ))
-    .unwrap()
-    .map_or(0, |log| log.checkpoint.size)
-        != 2
-    {
-        assert!(Instant::now() < deadline, "the served log never grew to 2");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        "the served log never grew to 2",
+        Duration::from_millis(20),
+        || {
+            block_on(fetch_verified_log(
+                &base,
+                NS,
+                &[NoteVerifier::ed25519("witness-1", f.witness_public).unwrap()],
+                ENTRIES_MAX,
+            ))
+            .unwrap()
+            .map_or(0, |log| log.checkpoint.size)
+                == 2
+        },
+    );
     // A reload takes the longer log: the evidence's checkpoint (size 1) is
     // its prefix.
-    assert_eq!(node.reload(config_at(&f, &url, "node.toml")).unwrap(), 1);
+    assert_eq!(node.reload(config_at(&f, &url)).unwrap(), 1);
 
     // (b) The witness goes down: a reload fails, naming the fetch, and the
     // node serves on as before.
     server.shutdown();
     let e = node
-        .reload(config_at(&f, &url, "node.toml"))
+        .reload(config_at(&f, &url))
         .expect_err("a reload without the served log");
-    let ReloadError::Start(start) = &e else {
-        panic!("a refused start inside the reload expected, got {e:?}");
-    };
-    assert!(
-        matches!(
-            served_log_error(start),
-            Some(ServedLogError::Walk(WalkError::Fetch {
-                source: HttpError::Connect { .. },
-                ..
-            }))
-        ),
-        "{}",
-        chain(&e)
+    let start = refused_start(&e);
+    assert_served_log_error!(
+        start,
+        Some(ServedLogError::Walk(WalkError::Fetch {
+            source: HttpError::Connect { .. },
+            ..
+        }))
     );
     assert!(chain(&e).contains(&url), "{}", chain(&e));
     assert_eq!(node.accepted_epoch(), 1);
@@ -203,14 +294,7 @@ fn a_served_log_from_a_forked_witness_is_refused() {
     let f = Fixture::new(&[(1, "dc-a")]);
     // The witness's key (its HSM file copied), on another history: epoch 1
     // there is another fleet's artifact, and the log is longer (epoch 2).
-    let fork = f.root().join("fork");
-    std::fs::create_dir_all(&fork).unwrap();
-    std::fs::copy(
-        f.root().join("witness").join("witness.hsm"),
-        fork.join("witness.hsm"),
-    )
-    .unwrap();
-    let mut twin = witness_in(&fork);
+    let mut twin = twin_witness(&f);
     assert_eq!(twin.public_key("witness-1").unwrap(), f.witness_public);
     let mut evil = f.artifact(1, &[1], &[]);
     evil.fleet_id = "evil-fleet".into();
@@ -219,7 +303,7 @@ fn a_served_log_from_a_forked_witness_is_refused() {
     twin.sign(NS, 2, a2.digest().unwrap(), f.now + 2).unwrap();
     let server = serve(&f, twin);
 
-    let e = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap_err();
+    let e = RunningNode::start(config_at(&f, &url_of(&server))).unwrap_err();
     // The checkpoint is signed by the pinned key and the entries hash to it:
     // only the root at the evidence's size tells the histories apart.
     assert!(
@@ -233,15 +317,12 @@ fn a_served_log_from_a_forked_witness_is_refused() {
         "{}",
         chain(&e)
     );
-    assert!(
-        !f.root().join("node-1").join("data").exists(),
-        "nothing written"
-    );
+    assert_nothing_written(&f);
 
     // The control: the fixture's own witness, served, is taken.
     server.shutdown();
-    let server = serve(&f, witness_in(&f.root().join("witness")));
-    let node = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap();
+    let server = serve_fixture_witness(&f);
+    let node = RunningNode::start(config_at(&f, &url_of(&server))).unwrap();
     node.stop().unwrap();
     server.shutdown();
 }
@@ -258,25 +339,54 @@ fn a_served_checkpoint_not_signed_by_the_pinned_witness_key_is_refused() {
     witness.sign(NS, 1, a1.digest().unwrap(), f.now).unwrap();
     let server = serve(&f, witness);
 
-    let e = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap_err();
-    assert!(
-        matches!(
-            served_log_error(&e),
-            Some(ServedLogError::Walk(WalkError::Unsigned))
-        ),
-        "{}",
-        chain(&e)
-    );
+    let e = RunningNode::start(config_at(&f, &url_of(&server))).unwrap_err();
+    assert_served_log_error!(&e, Some(ServedLogError::Walk(WalkError::Unsigned)));
     assert!(
         chain(&e).contains("not signed by a pinned witness key"),
         "{}",
         chain(&e)
     );
-    assert!(
-        !f.root().join("node-1").join("data").exists(),
-        "nothing written"
-    );
+    assert_nothing_written(&f);
     server.shutdown();
+}
+
+/// A raw HTTP server on loopback answering each request (one a connection)
+/// with `answer(path)`, until the test process ends; its base URL.
+/// (`vaultfleet-tlog`'s hostile-server tests have their own: sharing one
+/// across the two crates' tests would take a crate of its own.)
+fn serve_raw_http(answer: impl Fn(&str) -> (u16, Vec<u8>) + Send + 'static) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            while n < buf.len() {
+                let Ok(m) = s.read(&mut buf[n..]) else { break };
+                if m == 0 {
+                    break;
+                }
+                n += m;
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split(' ').nth(1).unwrap_or("");
+            let (status, body) = answer(path);
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = s.write_all(&body);
+        }
+    });
+    url
 }
 
 /// A stand-in for a witness's public log: serves `/<NS>/checkpoint` and the
@@ -292,55 +402,32 @@ struct StaticLog {
 impl StaticLog {
     fn start() -> StaticLog {
         let state = Arc::new(Mutex::new((String::new(), TiledLog::new())));
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", l.local_addr().unwrap());
         let served = Arc::clone(&state);
         let hits = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&hits);
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = vec![0u8; 8192];
-                let mut n = 0;
-                while n < buf.len() {
-                    let Ok(m) = s.read(&mut buf[n..]) else { break };
-                    if m == 0 {
-                        break;
-                    }
-                    n += m;
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
+        let url = serve_raw_http(move |path| {
+            let (note, tiles) = &*served.lock().unwrap();
+            let prefix = format!("/{NS}/");
+            match path.strip_prefix(&prefix) {
+                Some("checkpoint") => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    (200, note.clone().into_bytes())
                 }
-                let head = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                let (status, body) = {
-                    let (note, tiles) = &*served.lock().unwrap();
-                    let prefix = format!("/{NS}/");
-                    match path.strip_prefix(&prefix) {
-                        Some("checkpoint") => {
-                            counted.fetch_add(1, Ordering::SeqCst);
-                            (200, note.clone().into_bytes())
-                        }
-                        Some(tile) => TilePath::parse(tile)
-                            .ok()
-                            .and_then(|t| tiles.tile(&t, tiles.size()).ok())
-                            .map_or((404, Vec::new()), |b| (200, b)),
-                        None => (404, Vec::new()),
-                    }
-                };
-                let _ = s.write_all(
-                    format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    )
-                    .as_bytes(),
-                );
-                let _ = s.write_all(&body);
+                Some(tile) => TilePath::parse(tile)
+                    .ok()
+                    .and_then(|t| tiles.tile(&t, tiles.size()).ok())
+                    .map_or((404, Vec::new()), |b| (200, b)),
+                None => (404, Vec::new()),
             }
         });
         StaticLog { url, state, hits }
+    }
+
+    /// A stand-in serving `note` over `leaves`.
+    fn serving(note: &SignedNote, leaves: &[Vec<u8>]) -> StaticLog {
+        let log = StaticLog::start();
+        log.set(note, leaves);
+        log
     }
 
     /// Serves `note` from now on, over the same leaves.
@@ -356,6 +443,14 @@ impl StaticLog {
         }
         *self.state.lock().unwrap() = (note.encode(), tiles);
     }
+}
+
+/// Node 1 started (and serving) on a [`StaticLog`] serving `note` over
+/// `leaves`: the stand-in and the node.
+fn serving_on(f: &Fixture, note: &SignedNote, leaves: &[Vec<u8>]) -> (StaticLog, RunningNode) {
+    let log = StaticLog::serving(note, leaves);
+    let node = start_serving(config_at(f, &log.url));
+    (log, node)
 }
 
 /// The leaves of `witness`'s log of [`NS`].
@@ -401,43 +496,31 @@ fn files_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
 fn r2_1_a_replayed_older_checkpoint_is_refused_on_reload() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (at_one, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_two, &leaves);
-    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let (log, node) = serving_on(&f, &at_two, &leaves);
     assert_eq!(node.served_log_size(), Some(2));
 
     // An on-path attacker replays the size-1 checkpoint and its one leaf.
     log.set(&at_one, &leaves[..1]);
     let e = node
-        .reload(config_at(&f, &log.url, "node.toml"))
+        .reload(config_at(&f, &log.url))
         .expect_err("an older served checkpoint");
-    let ReloadError::Start(start) = &e else {
-        panic!("a refused start inside the reload expected, got {e:?}");
-    };
-    assert!(
-        matches!(
-            served_log_error(start),
-            Some(ServedLogError::Stale {
-                size: 1,
-                accepted: 2
-            })
-        ),
-        "{}",
-        chain(&e)
+    let start = refused_start(&e);
+    assert_served_log_error!(
+        start,
+        Some(ServedLogError::Stale {
+            size: 1,
+            accepted: 2
+        })
     );
     assert_eq!(node.served_log_size(), Some(2), "the newer log is kept");
     assert!(node.is_ready(), "the node keeps serving");
     // A replay is no fork: no evidence files.
-    let data = f.root().join("node-1").join("data");
+    let data = data_dir(&f);
     assert!(files_named(&data, FORK_EVIDENCE_PREFIX).is_empty());
 
     // The control: the size-2 log again is taken.
     log.set(&at_two, &leaves);
-    assert_eq!(
-        node.reload(config_at(&f, &log.url, "node.toml")).unwrap(),
-        1
-    );
+    assert_eq!(node.reload(config_at(&f, &log.url)).unwrap(), 1);
     node.stop().unwrap();
 }
 
@@ -449,11 +532,10 @@ fn r2_1_a_replayed_older_checkpoint_is_refused_on_reload() {
 fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (_, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_two, &leaves);
-    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
+    let log = StaticLog::serving(&at_two, &leaves);
+    let node = RunningNode::start(config_at(&f, &log.url)).unwrap();
     node.stop().unwrap();
-    let data = f.root().join("node-1").join("data");
+    let data = data_dir(&f);
     assert_eq!(
         std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
         at_two.encode(),
@@ -462,26 +544,12 @@ fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
 
     // The witness's key (its HSM file copied), on another history: the same
     // epoch-1 statement (its leaf is the evidence's), another epoch 2.
-    let fork = f.root().join("fork");
-    std::fs::create_dir_all(&fork).unwrap();
-    std::fs::copy(
-        f.root().join("witness").join("witness.hsm"),
-        fork.join("witness.hsm"),
-    )
-    .unwrap();
-    let mut twin = witness_in(&fork);
-    let a1 = f.artifact(1, &[1], &[]);
-    twin.sign(NS, 1, a1.digest().unwrap(), f.now).unwrap();
-    let mut evil = f.artifact(2, &[1], &[]);
-    evil.fleet_id = "evil-fleet".into();
-    twin.sign(NS, 2, evil.digest().unwrap(), f.now + 2).unwrap();
-    let forked = twin.checkpoint(NS, f.now + 2).unwrap();
-    let forked_leaves = leaves_of(&twin);
+    let (forked, forked_leaves) = forked(&f);
     assert_eq!(forked_leaves[0], leaves[0], "the evidence's leaf is shared");
     assert_ne!(forked_leaves[1], leaves[1]);
     log.set(&forked, &forked_leaves);
 
-    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    let e = RunningNode::start(config_at(&f, &log.url)).unwrap_err();
     let Some(ServedLogError::Fork {
         size: 2,
         accepted: 2,
@@ -495,7 +563,7 @@ fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
     assert!(chain(&e).contains(&accepted.display().to_string()));
     assert_eq!(files_named(&data, FORK_EVIDENCE_PREFIX).len(), 2);
     // Refused again: the same pair (R3-5: named by the notes' hash), kept.
-    let e2 = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
+    let e2 = RunningNode::start(config_at(&f, &log.url)).unwrap_err();
     let Some(ServedLogError::Fork {
         evidence: again, ..
     }) = served_log_error(&e2)
@@ -519,14 +587,14 @@ fn r2_1_a_fork_at_restart_is_refused_and_both_notes_are_kept() {
 #[test]
 fn r2_2_a_start_while_the_witness_is_down_uses_the_verified_cache() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let server = serve(&f, witness_in(&f.root().join("witness")));
+    let server = serve_fixture_witness(&f);
     let url = url_of(&server);
-    let node = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap();
+    let node = RunningNode::start(config_at(&f, &url)).unwrap();
     node.stop().unwrap();
     server.shutdown();
 
     // The witness is down: the node starts from its cache, and serves.
-    let node = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap();
+    let node = RunningNode::start(config_at(&f, &url)).unwrap();
     assert!(
         node.wait_ready(READY_WAIT),
         "the node serves from the cache"
@@ -537,29 +605,25 @@ fn r2_2_a_start_while_the_witness_is_down_uses_the_verified_cache() {
 
     // A changed byte in the cache (the last leaf's signature): its entries no
     // longer hash to its checkpoint's root.
-    let data = f.root().join("node-1").join("data");
+    let data = data_dir(&f);
     let cache = data.join(SERVED_LOG_FILE);
     let good = std::fs::read(&cache).unwrap();
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 1;
     std::fs::write(&cache, &bad).unwrap();
-    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
-    assert!(
-        matches!(
-            served_log_error(&e),
-            Some(ServedLogError::BadCache {
-                source: CacheError::RootMismatch { size: 1 },
-                ..
-            })
-        ),
-        "{}",
-        chain(&e)
+    let e = RunningNode::start(config_at(&f, &url)).unwrap_err();
+    assert_served_log_error!(
+        &e,
+        Some(ServedLogError::BadCache {
+            source: CacheError::RootMismatch { size: 1 },
+            ..
+        })
     );
     assert!(chain(&e).contains(SERVED_LOG_FILE), "{}", chain(&e));
 
     // No cache: refused, naming the fetch's failure.
     std::fs::remove_file(&cache).unwrap();
-    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
+    let e = RunningNode::start(config_at(&f, &url)).unwrap_err();
     let Some(ServedLogError::NoCache(fetch)) = served_log_error(&e) else {
         panic!("no cache expected: {}", chain(&e));
     };
@@ -580,26 +644,18 @@ fn r2_2_a_start_while_the_witness_is_down_uses_the_verified_cache() {
     // runs on its own thread: blocking this runtime's thread on another
     // runtime would panic).
     std::fs::remove_dir_all(&data).unwrap();
-    let e = RunningNode::start(config_at(&f, &url, "node.toml")).unwrap_err();
-    assert!(
-        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
-        "{}",
-        chain(&e)
-    );
+    let e = RunningNode::start(config_at(&f, &url)).unwrap_err();
+    assert_served_log_error!(&e, Some(ServedLogError::Walk(_)));
     assert!(!data.exists(), "nothing written");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let config = config_at(&f, &url, "node.toml");
+    let config = config_at(&f, &url);
     let e = runtime
         .block_on(async move { RunningNode::start(config) })
         .unwrap_err();
-    assert!(
-        matches!(served_log_error(&e), Some(ServedLogError::Walk(_))),
-        "{}",
-        chain(&e)
-    );
+    assert_served_log_error!(&e, Some(ServedLogError::Walk(_)));
 }
 
 /// R2-3: the served checkpoint must be signed by a pinned witness key valid
@@ -651,44 +707,98 @@ fn r2_3_a_served_checkpoint_signed_only_by_a_retired_key_is_refused() {
     );
     let leaves = leaves_of(&w);
     drop(w);
-    let root = f.root().display().to_string();
     let edit = |t: String| {
-        t.replacen(
-            &format!("evidence = \"{root}/evidence.bin\""),
-            &format!("evidence = \"{}\"", evidence.display()),
-            1,
-        )
-        .replacen(&hex(&f.witness_public), &hex(&w1), 1)
-        .replacen(
-            "[timing]",
+        let t = with_evidence(&f, t, &evidence).replacen(&hex(&f.witness_public), &hex(&w1), 1);
+        with_table(
+            t,
+            "witness_key",
             &format!(
-                "[[vault.witness_key]]\nname = \"witness-2\"\npublic_key = \"{}\"\nnot_before = {rotated}\n\n[timing]",
+                "name = \"witness-2\"\npublic_key = \"{}\"\nnot_before = {rotated}",
                 hex(&w2)
             ),
-            1,
         )
     };
 
-    let log = StaticLog::start();
-    log.set(&retired, &leaves);
-    let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
-    assert!(
-        matches!(
-            served_log_error(&e),
-            Some(ServedLogError::Walk(WalkError::Unsigned))
-        ),
-        "{}",
-        chain(&e)
-    );
-    assert!(
-        !f.root().join("node-1").join("data").exists(),
-        "nothing written"
-    );
+    let log = StaticLog::serving(&retired, &leaves);
+    let e = RunningNode::start(config_with(&f, &log.url, edit)).unwrap_err();
+    assert_served_log_error!(&e, Some(ServedLogError::Walk(WalkError::Unsigned)));
+    assert_nothing_written(&f);
 
     // The control: the same log, its checkpoint signed by witness-2.
     log.set(&current, &leaves);
-    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    let node = RunningNode::start(config_with(&f, &log.url, edit)).unwrap();
     node.stop().unwrap();
+}
+
+/// The fixture's witness's checkpoint of [`NS`] (at the fixture's time) and
+/// its log's leaves.
+fn fixture_log(f: &Fixture) -> (SignedNote, Vec<Vec<u8>>) {
+    let w = fixture_witness(f);
+    (w.checkpoint(NS, f.now).unwrap(), leaves_of(&w))
+}
+
+/// The name of [`PinnedCosigner`].
+const COSIGNER: &str = "cosigner.example/c1";
+
+/// A cosigner ([`COSIGNER`], its key `c1` in the fixture's `cosigner.hsm`)
+/// that node 1 can be configured to pin and require.
+struct PinnedCosigner {
+    hsm: SoftHsm,
+    key: KeyHandle,
+    public: [u8; 32],
+}
+
+impl PinnedCosigner {
+    fn new(f: &Fixture) -> PinnedCosigner {
+        let hsm = SoftHsm::open(f.root().join("cosigner.hsm")).unwrap();
+        let key = hsm.key("c1", KeyKind::Signing).unwrap();
+        let public = hsm.public_key(key).unwrap();
+        PinnedCosigner { hsm, key, public }
+    }
+
+    /// Its cosignature line of the checkpoint `text` at `timestamp`.
+    fn cosign(&self, text: &str, timestamp: u64) -> NoteSignature {
+        cosign(&self.hsm, self.key, COSIGNER, text, timestamp).unwrap()
+    }
+
+    /// `note` with its cosignature at `timestamp` added.
+    fn cosigned(&self, note: &SignedNote, timestamp: u64) -> SignedNote {
+        let mut note = note.clone();
+        note.signatures.push(self.cosign(&note.text, timestamp));
+        note
+    }
+
+    /// Writes the fixture's evidence with its bundle's checkpoint replaced by
+    /// `checkpoint` (as `evidence-cosigned.bin`); the config edit reading
+    /// that evidence, pinning this cosigner and requiring one cosignature.
+    fn config_edit<'a>(
+        &'a self,
+        f: &'a Fixture,
+        checkpoint: &SignedNote,
+    ) -> impl Fn(String) -> String + 'a {
+        let mut evidence =
+            Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
+        let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
+        bundle.checkpoint = checkpoint.encode();
+        evidence.bundle = bundle.encode().unwrap();
+        let path = f.root().join("evidence-cosigned.bin");
+        std::fs::write(&path, evidence.encode().unwrap()).unwrap();
+        move |t: String| {
+            let t = with_evidence(f, t, &path).replacen(
+                "operator_key = ",
+                "cosigners_required = 1\noperator_key = ",
+                1,
+            );
+            with_table(
+                t,
+                "cosigner",
+                &format!(
+                    "name = \"{COSIGNER}\"\npublic_key = \"{}\"",
+                    hex(&self.public)
+                ),
+            )
+        }
+    }
 }
 
 /// R2-3: a node requiring cosigners requires them on the served checkpoint
@@ -698,72 +808,23 @@ fn r2_3_a_served_checkpoint_signed_only_by_a_retired_key_is_refused() {
 #[test]
 fn r2_3_a_served_checkpoint_without_the_required_cosignatures_is_refused() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let hsm = SoftHsm::open(f.root().join("cosigner.hsm")).unwrap();
-    let key = hsm.key("c1", KeyKind::Signing).unwrap();
-    let public = hsm.public_key(key).unwrap();
-    let name = "cosigner.example/c1";
-    let w = witness_in(&f.root().join("witness"));
-    let plain = w.checkpoint(NS, f.now).unwrap();
-    let leaves = leaves_of(&w);
-    drop(w);
-    let with = |t: u64| {
-        let mut note = plain.clone();
-        note.signatures
-            .push(cosign(&hsm, key, name, &note.text, t).unwrap());
-        note
-    };
-    let cosigned = with(f.now);
+    let c = PinnedCosigner::new(&f);
+    let (plain, leaves) = fixture_log(&f);
+    let cosigned = c.cosigned(&plain, f.now);
     // The evidence's checkpoint, cosigned.
-    let mut evidence =
-        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
-    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
-    bundle.checkpoint = cosigned.encode();
-    evidence.bundle = bundle.encode().unwrap();
-    let path = f.root().join("evidence-cosigned.bin");
-    std::fs::write(&path, evidence.encode().unwrap()).unwrap();
-    let root = f.root().display().to_string();
-    let edit = |t: String| {
-        t.replacen(
-            &format!("evidence = \"{root}/evidence.bin\""),
-            &format!("evidence = \"{}\"", path.display()),
-            1,
-        )
-        .replacen(
-            "operator_key = ",
-            "cosigners_required = 1\noperator_key = ",
-            1,
-        )
-        .replacen(
-            "[timing]",
-            &format!(
-                "[[vault.cosigner]]\nname = \"{name}\"\npublic_key = \"{}\"\n\n[timing]",
-                hex(&public)
-            ),
-            1,
-        )
-    };
+    let edit = c.config_edit(&f, &cosigned);
 
     let log = StaticLog::start();
-    for (note, found) in [(&plain, 0), (&with(0), 0)] {
+    for (note, found) in [(&plain, 0), (&c.cosigned(&plain, 0), 0)] {
         log.set(note, &leaves);
-        let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
-        assert!(
-            matches!(
-                served_log_error(&e),
-                Some(&ServedLogError::TooFewCosignatures { found: n, required: 1 }) if n == found
-            ),
-            "{}",
-            chain(&e)
-        );
+        let e = RunningNode::start(config_with(&f, &log.url, &edit)).unwrap_err();
+        assert_served_log_error!(&e, Some(&ServedLogError::TooFewCosignatures { found: n, required: 1 }) if n == found);
     }
-    assert!(
-        !f.root().join("node-1").join("data").exists(),
-        "nothing written"
-    );
+    assert_nothing_written(&f);
 
     // The control: the cosigned checkpoint is taken.
     log.set(&cosigned, &leaves);
-    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    let node = RunningNode::start(config_with(&f, &log.url, edit)).unwrap();
     node.stop().unwrap();
 }
 
@@ -775,9 +836,8 @@ fn r2_3_a_served_checkpoint_without_the_required_cosignatures_is_refused() {
 #[test]
 fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let server = serve(&f, witness_in(&f.root().join("witness")));
-    let node = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let server = serve_fixture_witness(&f);
+    let node = start_serving(config_at(&f, &url_of(&server)));
 
     // A witness that accepts and never answers.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -793,7 +853,7 @@ fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
             }
         });
     }
-    let config = config_at(&f, &silent_url, "silent.toml");
+    let config = config_named(&f, &silent_url, "silent.toml", |t| t);
 
     let (tx, rx) = std::sync::mpsc::channel();
     for _ in 0..3 {
@@ -803,14 +863,11 @@ fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
     let outcomes = Mutex::new(Vec::new());
     let (cause, asked) = std::thread::scope(|s| {
         let stopper = s.spawn(|| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while accepted.load(Ordering::SeqCst) == 0 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the reload never reached the witness"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_until(
+                "the reload never reached the witness",
+                Duration::from_millis(10),
+                || accepted.load(Ordering::SeqCst) != 0,
+            );
             let asked = Instant::now();
             tx.send(NodeSignal::Terminate).unwrap();
             asked
@@ -836,11 +893,7 @@ fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
     let Some(Err(ReloadError::Start(start))) = outcomes.first() else {
         panic!("a refused reload expected: {outcomes:?}");
     };
-    assert!(
-        matches!(served_log_error(start), Some(ServedLogError::Cancelled)),
-        "{}",
-        chain(start)
-    );
+    assert_served_log_error!(start, Some(ServedLogError::Cancelled));
     assert_eq!(node.served_log_size(), Some(1), "the log in use is kept");
     node.stop().unwrap();
     server.shutdown();
@@ -850,14 +903,7 @@ fn r2_4_a_stop_during_a_slow_reload_fetch_is_prompt() {
 /// same epoch-1 statement (the evidence's leaf), another epoch 2. Its
 /// checkpoint at size 2 and its leaves.
 fn forked(f: &Fixture) -> (SignedNote, Vec<Vec<u8>>) {
-    let fork = f.root().join("fork");
-    std::fs::create_dir_all(&fork).unwrap();
-    std::fs::copy(
-        f.root().join("witness").join("witness.hsm"),
-        fork.join("witness.hsm"),
-    )
-    .unwrap();
-    let mut twin = witness_in(&fork);
+    let mut twin = twin_witness(f);
     let a1 = f.artifact(1, &[1], &[]);
     twin.sign(NS, 1, a1.digest().unwrap(), f.now).unwrap();
     let mut evil = f.artifact(2, &[1], &[]);
@@ -875,30 +921,21 @@ fn forked(f: &Fixture) -> (SignedNote, Vec<Vec<u8>>) {
 fn r3_1_a_reload_checks_the_accepted_checkpoint_on_disk_too() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (at_one, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_one, &leaves[..1]);
-    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let (log, node) = serving_on(&f, &at_one, &leaves[..1]);
     assert_eq!(node.served_log_size(), Some(1));
-    let data = f.root().join("node-1").join("data");
+    let data = data_dir(&f);
     std::fs::write(data.join(SERVED_CHECKPOINT_FILE), at_two.encode()).unwrap();
 
     let e = node
-        .reload(config_at(&f, &log.url, "node.toml"))
+        .reload(config_at(&f, &log.url))
         .expect_err("a checkpoint older than the one on disk");
-    let ReloadError::Start(start) = &e else {
-        panic!("a refused start inside the reload expected, got {e:?}");
-    };
-    assert!(
-        matches!(
-            served_log_error(start),
-            Some(ServedLogError::Stale {
-                size: 1,
-                accepted: 2
-            })
-        ),
-        "{}",
-        chain(&e)
+    let start = refused_start(&e);
+    assert_served_log_error!(
+        start,
+        Some(ServedLogError::Stale {
+            size: 1,
+            accepted: 2
+        })
     );
     assert_eq!(
         std::fs::read_to_string(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
@@ -909,10 +946,7 @@ fn r3_1_a_reload_checks_the_accepted_checkpoint_on_disk_too() {
 
     // The control: the size-2 log extends both, and is taken.
     log.set(&at_two, &leaves);
-    assert_eq!(
-        node.reload(config_at(&f, &log.url, "node.toml")).unwrap(),
-        1
-    );
+    assert_eq!(node.reload(config_at(&f, &log.url)).unwrap(), 1);
     assert_eq!(node.served_log_size(), Some(2));
     node.stop().unwrap();
 }
@@ -925,18 +959,15 @@ fn r3_1_a_reload_checks_the_accepted_checkpoint_on_disk_too() {
 fn r3_2_a_second_node_on_a_live_data_directory_writes_no_served_log() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (at_one, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_one, &leaves[..1]);
-    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
-    let data = f.root().join("node-1").join("data");
+    let (log, node) = serving_on(&f, &at_one, &leaves[..1]);
+    let data = data_dir(&f);
     let before = (
         std::fs::read(data.join(SERVED_CHECKPOINT_FILE)).unwrap(),
         std::fs::read(data.join(SERVED_LOG_FILE)).unwrap(),
     );
 
     log.set(&at_two, &leaves);
-    let e = RunningNode::start(config_at(&f, &log.url, "second.toml")).unwrap_err();
+    let e = RunningNode::start(config_named(&f, &log.url, "second.toml", |t| t)).unwrap_err();
     assert!(matches!(e, StartError::Store { .. }), "{}", chain(&e));
     assert_eq!(
         (
@@ -956,13 +987,10 @@ fn r3_2_a_second_node_on_a_live_data_directory_writes_no_served_log() {
 fn r3_2_concurrent_reloads_never_take_the_disk_back() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (at_one, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_one, &leaves[..1]);
-    let node = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
-    let data = f.root().join("node-1").join("data");
+    let (log, node) = serving_on(&f, &at_one, &leaves[..1]);
+    let data = data_dir(&f);
     log.set(&at_two, &leaves);
-    let config = config_at(&f, &log.url, "node.toml");
+    let config = config_at(&f, &log.url);
     let done = std::sync::atomic::AtomicBool::new(false);
     let outcomes = std::thread::scope(|s| {
         // Watches the disk while the reloads run.
@@ -979,11 +1007,11 @@ fn r3_2_concurrent_reloads_never_take_the_disk_back() {
         let first = s.spawn(|| node.reload(config.clone()));
         // The second starts once the first took the size-2 checkpoint (the
         // start took the first one); the tiles of size 2 serve both.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while log_hits(&log) < 2 {
-            assert!(Instant::now() < deadline, "the first reload never fetched");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(
+            "the first reload never fetched",
+            Duration::from_millis(1),
+            || log_hits(&log) >= 2,
+        );
         log.set_note(&at_one);
         let second = s.spawn(|| node.reload(config.clone()));
         let outcomes = (first.join().unwrap(), second.join().unwrap());
@@ -1024,19 +1052,16 @@ fn log_hits(log: &StaticLog) -> usize {
 #[test]
 fn r3_4_a_reload_panicking_during_a_stop_does_not_abort_the_stop() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let server = serve(&f, witness_in(&f.root().join("witness")));
-    let node = RunningNode::start(config_at(&f, &url_of(&server), "node.toml")).unwrap();
-    assert!(node.wait_ready(READY_WAIT), "the node serves");
+    let server = serve_fixture_witness(&f);
+    let node = start_serving(config_at(&f, &url_of(&server)));
     let (tx, rx) = std::sync::mpsc::channel();
     tx.send(NodeSignal::Reload).unwrap();
     let started = std::sync::atomic::AtomicBool::new(false);
     let cause = std::thread::scope(|s| {
         s.spawn(|| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !started.load(Ordering::SeqCst) {
-                assert!(Instant::now() < deadline, "the reload never started");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_until("the reload never started", Duration::from_millis(5), || {
+                started.load(Ordering::SeqCst)
+            });
             tx.send(NodeSignal::Terminate).unwrap();
         });
         serve_signals(
@@ -1062,13 +1087,12 @@ fn r3_4_a_reload_panicking_during_a_stop_does_not_abort_the_stop() {
 fn r3_5_fork_evidence_is_capped() {
     let f = Fixture::new(&[(1, "dc-a")]);
     let (_, at_two, leaves) = two_epochs(&f);
-    let log = StaticLog::start();
-    log.set(&at_two, &leaves);
-    RunningNode::start(config_at(&f, &log.url, "node.toml"))
+    let log = StaticLog::serving(&at_two, &leaves);
+    RunningNode::start(config_at(&f, &log.url))
         .unwrap()
         .stop()
         .unwrap();
-    let data = f.root().join("node-1").join("data");
+    let data = data_dir(&f);
     let (fork, fork_leaves) = forked(&f);
     log.set(&fork, &fork_leaves);
     for i in 0..FORK_EVIDENCE_PAIRS_MAX {
@@ -1080,15 +1104,8 @@ fn r3_5_fork_evidence_is_capped() {
             .unwrap();
         }
     }
-    let e = RunningNode::start(config_at(&f, &log.url, "node.toml")).unwrap_err();
-    assert!(
-        matches!(
-            served_log_error(&e),
-            Some(&ServedLogError::ForkNotKept { size: 2, accepted: 2, kept, .. }) if kept == FORK_EVIDENCE_PAIRS_MAX
-        ),
-        "{}",
-        chain(&e)
-    );
+    let e = RunningNode::start(config_at(&f, &log.url)).unwrap_err();
+    assert_served_log_error!(&e, Some(&ServedLogError::ForkNotKept { size: 2, accepted: 2, kept, .. }) if kept == FORK_EVIDENCE_PAIRS_MAX);
     assert_eq!(
         files_named(&data, FORK_EVIDENCE_PREFIX).len(),
         2 * FORK_EVIDENCE_PAIRS_MAX,
@@ -1104,71 +1121,23 @@ fn r3_5_fork_evidence_is_capped() {
 #[test]
 fn r3_6_a_bad_line_by_a_pinned_cosigner_refuses_the_served_checkpoint() {
     let f = Fixture::new(&[(1, "dc-a")]);
-    let hsm = SoftHsm::open(f.root().join("cosigner.hsm")).unwrap();
-    let key = hsm.key("c1", KeyKind::Signing).unwrap();
-    let public = hsm.public_key(key).unwrap();
-    let name = "cosigner.example/c1";
-    let w = witness_in(&f.root().join("witness"));
-    let plain = w.checkpoint(NS, f.now).unwrap();
-    let leaves = leaves_of(&w);
-    drop(w);
-    let mut cosigned = plain.clone();
-    cosigned
-        .signatures
-        .push(cosign(&hsm, key, name, &plain.text, f.now).unwrap());
-    let mut evidence =
-        Evidence::decode(&std::fs::read(f.root().join("evidence.bin")).unwrap()).unwrap();
-    let mut bundle = Bundle::decode(&evidence.bundle).unwrap();
-    bundle.checkpoint = cosigned.encode();
-    evidence.bundle = bundle.encode().unwrap();
-    let path = f.root().join("evidence-cosigned.bin");
-    std::fs::write(&path, evidence.encode().unwrap()).unwrap();
-    let root = f.root().display().to_string();
-    let edit = |t: String| {
-        t.replacen(
-            &format!("evidence = \"{root}/evidence.bin\""),
-            &format!("evidence = \"{}\"", path.display()),
-            1,
-        )
-        .replacen(
-            "operator_key = ",
-            "cosigners_required = 1\noperator_key = ",
-            1,
-        )
-        .replacen(
-            "[timing]",
-            &format!(
-                "[[vault.cosigner]]\nname = \"{name}\"\npublic_key = \"{}\"\n\n[timing]",
-                hex(&public)
-            ),
-            1,
-        )
-    };
+    let c = PinnedCosigner::new(&f);
+    let (plain, leaves) = fixture_log(&f);
+    let cosigned = c.cosigned(&plain, f.now);
+    let edit = c.config_edit(&f, &cosigned);
     // The pinned cosigner's line of another text (the size edited), under
     // its name and key ID, after its good line.
     let edited = plain.text.replacen("\n1\n", "\n2\n", 1);
     assert_ne!(edited, plain.text);
     let mut bad = cosigned.clone();
-    bad.signatures
-        .push(cosign(&hsm, key, name, &edited, f.now).unwrap());
+    bad.signatures.push(c.cosign(&edited, f.now));
 
-    let log = StaticLog::start();
-    log.set(&bad, &leaves);
-    let e = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap_err();
-    assert!(
-        matches!(
-            served_log_error(&e),
-            Some(ServedLogError::Cosignature(BundleError::BadCosignature { cosigner, .. })) if cosigner == name
-        ),
-        "{}",
-        chain(&e)
-    );
-    assert!(
-        !f.root().join("node-1").join("data").exists(),
-        "nothing written"
-    );
+    let log = StaticLog::serving(&bad, &leaves);
+    let e = RunningNode::start(config_with(&f, &log.url, &edit)).unwrap_err();
+    assert_served_log_error!(&e, Some(ServedLogError::Cosignature(BundleError::BadCosignature { cosigner, .. })) if cosigner == COSIGNER);
+    assert_nothing_written(&f);
     // The control: without the bad line it is taken.
     log.set(&cosigned, &leaves);
-    let node = RunningNode::start(config_with(&f, &log.url, "node.toml", edit)).unwrap();
+    let node = RunningNode::start(config_with(&f, &log.url, edit)).unwrap();
     node.stop().unwrap();
 }

@@ -7,50 +7,22 @@
 // A test of hostile servers on real sockets uses a thread and the clock.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{artifact, now, open_witness, sign_checkpoint, submission, url_of, NS, WITNESS_KEY};
 use vaultfleet::hsm::{Hsm, KeyKind, SoftHsm};
-use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::note::NoteVerifier;
-use vaultfleet_audit::submission::{Receipt, Submission};
+use vaultfleet_audit::submission::Receipt;
 use vaultfleet_audit::witness::leaf_bytes;
-use vaultfleet_audit::{Witness, WitnessKeySpec};
+use vaultfleet_audit::Witness;
 use vaultfleet_tlog::submit::{submit, SubmitError};
 use vaultfleet_tlog::walk::{block_on, fetch_verified_log, WalkError};
 use vaultfleet_tlog::{BaseUrl, CosignerEndpoint, LogConfig, LogServer, ServeError};
-
-const NS: &str = "example.vault.fleet_keys.v1";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn artifact(epoch: u64, k: u8) -> FleetArtifact {
-    let t = now();
-    FleetArtifact {
-        fleet_id: "example-fleet".into(),
-        epoch,
-        replicas: (1..=3u64)
-            .map(|id| ReplicaKeys {
-                id,
-                datacenter: ["dc-a", "dc-b", "dc-c"][id as usize - 1].into(),
-                response_key: [k + id as u8; 32],
-                transport_key: [k ^ 0x40; 32],
-                opaque_key: [k ^ 0x80; 32],
-            })
-            .collect(),
-        voters: vec![1, 2, 3],
-        learners: vec![],
-        not_before: t - 3600,
-        not_after: t + 86_400,
-    }
-}
 
 /// A raw HTTP server on 127.0.0.1 answering every request with
 /// `answer(path)`, counting requests; it serves until the test process ends.
@@ -89,20 +61,18 @@ fn serve(answer: impl Fn(&str) -> (u16, Vec<u8>) + Send + 'static) -> (BaseUrl, 
             let _ = s.write_all(&body);
         }
     });
-    (BaseUrl::parse(&format!("http://{addr}")).unwrap(), hits)
+    (url_of(addr), hits)
 }
 
+/// The witness's soft HSM.
+fn witness_hsm() -> SoftHsm {
+    SoftHsm::from_seed(0x51)
+}
+
+/// The witness (its log in `dir`) and its key as a client pins it.
 fn witness(dir: &std::path::Path) -> (Witness<SoftHsm>, NoteVerifier) {
-    let w = Witness::open(
-        SoftHsm::from_seed(0x51),
-        vec![WitnessKeySpec {
-            name: "witness-1".into(),
-            not_before: 0,
-        }],
-        dir.join("w.state"),
-    )
-    .unwrap();
-    let key = NoteVerifier::ed25519("witness-1", w.public_key("witness-1").unwrap()).unwrap();
+    let w = open_witness(witness_hsm(), &dir.join("w.state"));
+    let key = NoteVerifier::ed25519(WITNESS_KEY, w.public_key(WITNESS_KEY).unwrap()).unwrap();
     (w, key)
 }
 
@@ -122,14 +92,7 @@ fn r1_h1_a_receipt_whose_signature_is_over_another_digest_is_refused() {
     lie.statement.digest = good.digest().unwrap();
     let body = Receipt { witnessed: lie }.encode().into_bytes();
     let (url, _) = serve(move |_| (200, body.clone()));
-    let signed = Submission {
-        namespace: NS.into(),
-        epoch: 1,
-        digest: good.digest().unwrap(),
-        sent_at: now(),
-    }
-    .sign(&operator, "operator/countersign")
-    .unwrap();
+    let signed = submission(&operator, 1, good.digest().unwrap());
     match block_on(submit(&url, &signed, std::slice::from_ref(&key))).unwrap() {
         Err(SubmitError::ReceiptNotSigned { key }) => assert_eq!(key, "witness-1"),
         other => panic!("a receipt signed over another digest: {other:?}"),
@@ -140,14 +103,7 @@ fn r1_h1_a_receipt_whose_signature_is_over_another_digest_is_refused() {
         .unwrap();
     let body = Receipt { witnessed: honest }.encode().into_bytes();
     let (url, _) = serve(move |_| (200, body.clone()));
-    let signed = Submission {
-        namespace: NS.into(),
-        epoch: 2,
-        digest: artifact(2, 1).digest().unwrap(),
-        sent_at: now(),
-    }
-    .sign(&operator, "operator/countersign")
-    .unwrap();
+    let signed = submission(&operator, 2, artifact(2, 1).digest().unwrap());
     let stranger = NoteVerifier::ed25519("witness-1", [9; 32]).unwrap();
     assert!(matches!(
         block_on(submit(&url, &signed, &[stranger])).unwrap(),
@@ -201,21 +157,7 @@ fn r1_m2_an_unsigned_or_oversized_checkpoint_costs_one_request_not_a_walk() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // Signed by the pinned key, but larger than the caller accepts.
-    let body = vaultfleet_audit::Checkpoint {
-        origin: NS.into(),
-        size: 5000,
-        root: [0; 32],
-        extensions: vec![],
-    }
-    .body();
-    let hsm = SoftHsm::from_seed(0x51);
-    let k = hsm.key("witness/witness-1", KeyKind::Signing).unwrap();
-    let sig = vaultfleet_audit::note::sign_note(&hsm, k, "witness-1", &body).unwrap();
-    let note = vaultfleet_audit::SignedNote {
-        text: body,
-        signatures: vec![sig],
-    }
-    .encode();
+    let note = sign_checkpoint(&witness_hsm(), 5000, &[0; 32]).encode();
     drop(w);
     let (url, hits) = serve(move |_| (200, note.clone().into_bytes()));
     let r = block_on(fetch_verified_log(&url, NS, &[key], 1000)).unwrap();

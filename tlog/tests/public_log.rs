@@ -14,20 +14,24 @@
 // A test of servers over real sockets reads the clock and sleeps.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{
+    now, open_witness, sign_checkpoint, submission, url_of, NS, OPERATOR_KEY, WITNESS_KEY,
+};
 use signed_note::{Note, StandardVerifier, VerifierList};
 use tlog_tiles::{Tile, TileHashReader, TileReader};
 use vaultfleet::hsm::{Hsm, KeyKind, SoftHsm};
 use vaultfleet_audit::cosigner::{AddCheckpoint, Cosigner, FollowedLog};
-use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+use vaultfleet_audit::fleet::FleetArtifact;
 use vaultfleet_audit::note::NoteVerifier;
-use vaultfleet_audit::submission::{Receipt, Submission};
+use vaultfleet_audit::submission::Receipt;
 use vaultfleet_audit::tiles::TILE_HEIGHT;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{
     Bundle, BundleError, Checkpoint, CosignerKey, FleetVerifier, SignedNote, Witness, WitnessKey,
-    WitnessKeySpec,
 };
 use vaultfleet_tlog::submit::{submit, SubmitError};
 use vaultfleet_tlog::walk::{
@@ -36,35 +40,9 @@ use vaultfleet_tlog::walk::{
 };
 use vaultfleet_tlog::{BaseUrl, CosignerEndpoint, CosignerServer, LogConfig, LogServer};
 
-const NS: &str = "example.vault.fleet_keys.v1";
-const WITNESS_KEY: &str = "witness-1";
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
+/// The fleet's artifact of `epoch`.
 fn artifact(epoch: u64) -> FleetArtifact {
-    let t = now();
-    FleetArtifact {
-        fleet_id: "example-fleet".into(),
-        epoch,
-        replicas: (1..=3u64)
-            .map(|id| ReplicaKeys {
-                id,
-                datacenter: ["dc-a", "dc-b", "dc-c"][id as usize - 1].into(),
-                response_key: [epoch as u8 + id as u8; 32],
-                transport_key: [0x40 + epoch as u8 + id as u8; 32],
-                opaque_key: [0x80 + epoch as u8; 32],
-            })
-            .collect(),
-        voters: vec![1, 2, 3],
-        learners: vec![],
-        not_before: t - 3600,
-        not_after: t + 365 * 86_400,
-    }
+    common::artifact(epoch, epoch as u8)
 }
 
 fn local() -> std::net::SocketAddr {
@@ -108,21 +86,12 @@ fn open_cosigner(
 fn start() -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let witness_hsm = SoftHsm::from_seed(0x51);
-    let keys = vec![WitnessKeySpec {
-        name: WITNESS_KEY.into(),
-        not_before: 0,
-    }];
-    let witness =
-        Witness::open(witness_hsm.clone(), keys, dir.path().join("witness.state")).unwrap();
+    let witness = open_witness(witness_hsm.clone(), &dir.path().join("witness.state"));
     let log_key =
         NoteVerifier::ed25519(WITNESS_KEY, witness.public_key(WITNESS_KEY).unwrap()).unwrap();
     let operator = SoftHsm::from_seed(0x52);
     let operator_key = operator
-        .public_key(
-            operator
-                .key("operator/countersign", KeyKind::Signing)
-                .unwrap(),
-        )
+        .public_key(operator.key(OPERATOR_KEY, KeyKind::Signing).unwrap())
         .unwrap();
     let cosigner_hsms = [SoftHsm::from_seed(0x61), SoftHsm::from_seed(0x62)];
     let mut cosigners = Vec::new();
@@ -137,7 +106,7 @@ fn start() -> Fleet {
         });
         let server = CosignerServer::start(c, local()).unwrap();
         endpoints.push(CosignerEndpoint {
-            url: BaseUrl::parse(&format!("http://{}", server.local_addr())).unwrap(),
+            url: url_of(server.local_addr()),
             key,
         });
         cosigners.push(Some(server));
@@ -161,18 +130,11 @@ fn start() -> Fleet {
 
 impl Fleet {
     fn url(&self) -> BaseUrl {
-        BaseUrl::parse(&format!("http://{}", self.log.local_addr())).unwrap()
+        url_of(self.log.local_addr())
     }
 
     fn submit(&self, a: &FleetArtifact) -> Result<Receipt, SubmitError> {
-        let signed = Submission {
-            namespace: NS.into(),
-            epoch: a.epoch,
-            digest: a.digest().unwrap(),
-            sent_at: now(),
-        }
-        .sign(&self.operator, "operator/countersign")
-        .unwrap();
+        let signed = submission(&self.operator, a.epoch, a.digest().unwrap());
         block_on(submit(
             &self.url(),
             &signed,
@@ -218,7 +180,7 @@ impl Fleet {
 
     /// The bundle a vault would carry for `a`, built from the served log.
     fn bundle(&self, a: &FleetArtifact, receipt: &Receipt, log: &FetchedLog) -> Vec<u8> {
-        let cs = countersign(&self.operator, "operator/countersign", &receipt.witnessed).unwrap();
+        let cs = countersign(&self.operator, OPERATOR_KEY, &receipt.witnessed).unwrap();
         let proof = log
             .tree
             .inclusion_proof(receipt.witnessed.leaf_index, log.tree.size())
@@ -242,11 +204,7 @@ impl Fleet {
         };
         let operator_key = self
             .operator
-            .public_key(
-                self.operator
-                    .key("operator/countersign", KeyKind::Signing)
-                    .unwrap(),
-            )
+            .public_key(self.operator.key(OPERATOR_KEY, KeyKind::Signing).unwrap())
             .unwrap();
         let v = FleetVerifier::new(NS, vec![w], operator_key);
         if need == 0 {
@@ -268,32 +226,36 @@ impl Fleet {
 
     /// A checkpoint of `NS` at (`size`, `root`), signed with the witness's key.
     fn sign_checkpoint(&self, size: u64, root: &[u8; 32]) -> SignedNote {
-        let body = Checkpoint {
-            origin: NS.into(),
-            size,
-            root: *root,
-            extensions: vec![],
-        }
-        .body();
-        let key = self
-            .witness_hsm
-            .key(&format!("witness/{WITNESS_KEY}"), KeyKind::Signing)
-            .unwrap();
-        let sig =
-            vaultfleet_audit::note::sign_note(&self.witness_hsm, key, WITNESS_KEY, &body).unwrap();
-        SignedNote {
-            text: body,
-            signatures: vec![sig],
-        }
+        sign_checkpoint(&self.witness_hsm, size, root)
+    }
+
+    /// A log signed by the witness's key on a history of its own (its
+    /// state in `dir`): a fork.
+    fn twin(&self, dir: &tempfile::TempDir) -> Witness<SoftHsm> {
+        open_witness(self.witness_hsm.clone(), &dir.path().join("witness.state"))
     }
 
     fn cosigner_url(&self, i: usize) -> BaseUrl {
         let s = self.cosigners[i].as_ref().unwrap();
-        BaseUrl::parse(&format!("http://{}", s.local_addr())).unwrap()
+        url_of(s.local_addr())
     }
 }
 
-fn post_add_checkpoint(url: &BaseUrl, body: String) -> (u16, String, Option<String>) {
+/// POSTs to the cosigner at `url` an add-checkpoint request (C2SP
+/// tlog-witness) of `checkpoint`, claiming `old_size` with `proof`: (the
+/// status, the body, its content type).
+fn add_checkpoint(
+    url: &BaseUrl,
+    old_size: u64,
+    proof: Vec<[u8; 32]>,
+    checkpoint: SignedNote,
+) -> (u16, String, Option<String>) {
+    let body = AddCheckpoint {
+        old_size,
+        proof,
+        checkpoint,
+    }
+    .encode();
     let r = block_on(url.post(
         "/add-checkpoint",
         "text/plain",
@@ -442,14 +404,7 @@ fn a_submission_not_signed_by_the_operator_is_refused_with_401_and_leaves_no_ent
     fleet.submit(&artifact(1)).unwrap();
     let stranger = SoftHsm::from_seed(0x99);
     let a = artifact(2);
-    let forged = Submission {
-        namespace: NS.into(),
-        epoch: 2,
-        digest: a.digest().unwrap(),
-        sent_at: now(),
-    }
-    .sign(&stranger, "operator/countersign")
-    .unwrap();
+    let forged = submission(&stranger, 2, a.digest().unwrap());
     match block_on(submit(
         &fleet.url(),
         &forged,
@@ -472,14 +427,7 @@ fn a_submission_not_signed_by_the_operator_is_refused_with_401_and_leaves_no_ent
     .unwrap();
     assert_eq!(r.status, 401);
     // A replay of the operator's accepted submission is refused by the rules.
-    let replay = Submission {
-        namespace: NS.into(),
-        epoch: 1,
-        digest: artifact(1).digest().unwrap(),
-        sent_at: now(),
-    }
-    .sign(&fleet.operator, "operator/countersign")
-    .unwrap();
+    let replay = submission(&fleet.operator, 1, artifact(1).digest().unwrap());
     assert!(matches!(
         block_on(submit(
             &fleet.url(),
@@ -503,15 +451,7 @@ fn a_cosigner_refuses_forked_and_rolled_back_logs_with_the_spec_status_codes_and
 
     // A forked witness: the same key, another history.
     let fork_dir = tempfile::tempdir().unwrap();
-    let mut twin = Witness::open(
-        fleet.witness_hsm.clone(),
-        vec![WitnessKeySpec {
-            name: WITNESS_KEY.into(),
-            not_before: 0,
-        }],
-        fork_dir.path().join("witness.state"),
-    )
-    .unwrap();
+    let mut twin = fleet.twin(&fork_dir);
     for epoch in 1..=4 {
         let mut a = artifact(epoch);
         a.fleet_id = "evil-fleet".into();
@@ -526,58 +466,26 @@ fn a_cosigner_refuses_forked_and_rolled_back_logs_with_the_spec_status_codes_and
     // respond with a "422 Unprocessable Entity" HTTP status code."
     // The fork at size 3: its 3-entry prefix's checkpoint, signed by hand.
     let same_size = fleet.sign_checkpoint(3, &twin_tree.root_at(3).unwrap());
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 3,
-            proof: vec![],
-            checkpoint: same_size.clone(),
-        }
-        .encode(),
-    );
+    let (status, _, _) = add_checkpoint(&url, 3, vec![], same_size.clone());
     assert_eq!(status, 422, "a fork at the same size");
 
     // A forked size-4 checkpoint with the fork's own proof from 3: the proof
     // does not link the cosigned root at 3 → 422.
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 3,
-            proof: twin_tree.consistency_proof(3, 4).unwrap(),
-            checkpoint: fork4,
-        }
-        .encode(),
-    );
+    let (status, _, _) = add_checkpoint(&url, 3, twin_tree.consistency_proof(3, 4).unwrap(), fork4);
     assert_eq!(status, 422, "a fork that extends the wrong tree");
 
     // Rollback: a smaller checkpoint. "The old size MUST be equal to or lower
     // than the checkpoint size. Otherwise, the witness MUST respond with a
     // "400 Bad Request" HTTP status code."
     let old2 = fleet.sign_checkpoint(2, &genuine.tree.root_at(2).unwrap());
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 3,
-            proof: vec![],
-            checkpoint: old2.clone(),
-        }
-        .encode(),
-    );
+    let (status, _, _) = add_checkpoint(&url, 3, vec![], old2.clone());
     assert_eq!(status, 400, "old size above the checkpoint's");
     // ... and claiming an old size of 2: "If it doesn't match, the witness MUST
     // respond with a "409 Conflict" HTTP status code. The response body MUST
     // consist of the tree size of the latest cosigned checkpoint in decimal,
     // followed by a newline (U+000A). The response MUST have a `Content-Type`
     // of `text/x.tlog.size`."
-    let (status, body, content_type) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 2,
-            proof: vec![],
-            checkpoint: old2,
-        }
-        .encode(),
-    );
+    let (status, body, content_type) = add_checkpoint(&url, 2, vec![], old2);
     assert_eq!((status, body.as_str()), (409, "3\n"));
     assert_eq!(content_type.as_deref(), Some("text/x.tlog.size"));
 
@@ -588,15 +496,7 @@ fn a_cosigner_refuses_forked_and_rolled_back_logs_with_the_spec_status_codes_and
         text: other.text.replacen(NS, "other.log", 1),
         signatures: other.signatures.clone(),
     };
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 0,
-            proof: vec![],
-            checkpoint: renamed,
-        }
-        .encode(),
-    );
+    let (status, _, _) = add_checkpoint(&url, 0, vec![], renamed);
     assert_eq!(status, 404);
     // "The witness MUST respond with a "403 Forbidden" HTTP status code if
     // either no signature from a trusted key for the origin is present, ..."
@@ -612,15 +512,7 @@ fn a_cosigner_refuses_forked_and_rolled_back_logs_with_the_spec_status_codes_and
         .unwrap()],
         text: genuine.note.text.clone(),
     };
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 3,
-            proof: vec![],
-            checkpoint: unsigned,
-        }
-        .encode(),
-    );
+    let (status, _, _) = add_checkpoint(&url, 3, vec![], unsigned);
     assert_eq!(status, 403);
 
     // After a restart from its state file, the cosigner still refuses the fork.
@@ -628,16 +520,8 @@ fn a_cosigner_refuses_forked_and_rolled_back_logs_with_the_spec_status_codes_and
     let reopened = open_cosigner(&fleet.cosigner_hsms[0], 0, fleet.dir.path(), &fleet.log_key);
     assert_eq!(reopened.latest_size(NS), 3);
     let server = CosignerServer::start(reopened, local()).unwrap();
-    let url = BaseUrl::parse(&format!("http://{}", server.local_addr())).unwrap();
-    let (status, _, _) = post_add_checkpoint(
-        &url,
-        AddCheckpoint {
-            old_size: 3,
-            proof: vec![],
-            checkpoint: same_size,
-        }
-        .encode(),
-    );
+    let url = url_of(server.local_addr());
+    let (status, _, _) = add_checkpoint(&url, 3, vec![], same_size);
     assert_eq!(status, 422, "the fork after a restart");
     fleet.cosigners[0] = Some(server);
 }
@@ -684,22 +568,14 @@ fn the_split_view_check_catches_a_bundle_from_a_forked_log() {
     // The witness's key, misused on a second history shown to one client:
     // epoch 2 there is another fleet.
     let fork_dir = tempfile::tempdir().unwrap();
-    let mut twin = Witness::open(
-        fleet.witness_hsm.clone(),
-        vec![WitnessKeySpec {
-            name: WITNESS_KEY.into(),
-            not_before: 0,
-        }],
-        fork_dir.path().join("witness.state"),
-    )
-    .unwrap();
+    let mut twin = fleet.twin(&fork_dir);
     twin.sign(NS, 1, a1.digest().unwrap(), now()).unwrap();
     let mut evil = artifact(2);
     evil.fleet_id = "evil-fleet".into();
     let w = twin.sign(NS, 2, evil.digest().unwrap(), now()).unwrap();
     let tree = twin.tree(NS).unwrap();
     let cp = twin.checkpoint(NS, now()).unwrap();
-    let cs = countersign(&fleet.operator, "operator/countersign", &w).unwrap();
+    let cs = countersign(&fleet.operator, OPERATOR_KEY, &w).unwrap();
     let forked = Bundle::assemble(
         evil.encode().unwrap(),
         &w,
