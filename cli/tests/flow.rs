@@ -2,33 +2,11 @@
 //! fleet epochs, witness and countersign them, assemble evidence, and audit it.
 //! Tampered evidence and a re-signing attempt are refused with a failing exit.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
+
+use common::{ok, p, run};
 
 const NS: &str = "example.vault.fleet_keys.v1";
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vaultfleet"))
-        .args(args)
-        .output()
-        .expect("run vaultfleet");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, text) = run(args);
-    assert!(success, "vaultfleet {args:?} failed:\n{text}");
-    text
-}
-
-fn p(dir: &Path, rest: &str) -> String {
-    dir.join(rest).display().to_string()
-}
 
 #[test]
 fn two_epochs_witnessed_countersigned_assembled_and_audited() {

@@ -11,39 +11,18 @@
 // A test of server processes reads the clock, sleeps and reads their output on a thread.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use common::{bin, ok, p, run};
+
 const NS: &str = "example.vault.fleet_keys.v1";
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vaultfleet"))
-}
-
-fn run(args: &[&str]) -> (bool, String) {
-    let out = bin().args(args).output().expect("run vaultfleet");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn ok(args: &[&str]) -> String {
-    let (success, text) = run(args);
-    assert!(success, "vaultfleet {args:?} failed:\n{text}");
-    text
-}
-
-fn p(dir: &Path, rest: &str) -> String {
-    dir.join(rest).display().to_string()
-}
 
 /// A server process; killed on drop unless stopped.
 struct Server {
