@@ -664,10 +664,15 @@ fn transport_counters_are_exported() {
         .expect("connect to the transport");
     stranger.write_all(&[0xA5; 512]).expect("send");
     drop(stranger);
-    let page = wait_for("the failed handshake on the page", || {
+    // A sample writes the counters one after another, so a scrape can land
+    // between two of them the first time: wait for a page with all of them
+    // (a counter never exported still fails, by the wait's deadline).
+    let page = wait_for("the failed handshake and every counter on the page", || {
         let page = scrape(addr);
-        sample(&page, "vaultfleet_net_handshakes_failed_total")
-            .is_some_and(|v| v >= 1.0)
+        let all = NET_COUNTERS
+            .iter()
+            .all(|name| page.contains(&format!("# TYPE {name} counter")));
+        (all && sample(&page, "vaultfleet_net_handshakes_failed_total").is_some_and(|v| v >= 1.0))
             .then_some(page)
     });
     for name in NET_COUNTERS {
