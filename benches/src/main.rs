@@ -69,7 +69,8 @@ struct Options {
     /// in-process (every replica a thread, the in-process ChannelNetwork) or
     /// tcp (every replica its own vaultfleet-net-replica process on loopback,
     /// over TCP + Noise; clients are remote sessions). tcp runs the replica
-    /// binary's SledLog and KvStore: pass --store sled --machine kv.
+    /// binary's KvStore on sled or sealed sled (a soft HSM in a file per
+    /// replica): pass --store sled or sealed-sled, and --machine kv.
     #[arg(long, default_value = "in-process", value_parser = ["in-process", "tcp"])]
     transport: String,
     /// The vaultfleet-net-replica binary for --transport tcp (default: next to
@@ -277,15 +278,15 @@ fn run(o: &Options) -> Result<(), String> {
         ..ClientConfig::default()
     };
     let (fleet, clients) = if o.transport == "tcp" {
-        if o.store != "sled" || o.machine != "kv" {
+        if !matches!(o.store.as_str(), "sled" | "sealed-sled") || o.machine != "kv" {
             return Err(
-                "--transport tcp runs vaultfleet-net-replica (SledLog, KvStore): pass --store sled --machine kv"
+                "--transport tcp runs vaultfleet-net-replica (SledLog or sealed sled, KvStore): pass --store sled or sealed-sled, and --machine kv"
                     .into(),
             );
         }
         let binary = tcp::replica_binary(o.replica_bin.as_deref())?;
         let connections = (o.clients * o.in_flight).div_ceil(tcp::IN_FLIGHT_PER_CONNECTION);
-        let fleet = tcp::TcpFleet::start(&binary, o.members, &dcs, connections)?;
+        let fleet = tcp::TcpFleet::start(&binary, o.members, &dcs, &o.store, connections)?;
         let clients = fleet.clients(o.clients, cfg)?;
         (Fleet::Tcp(fleet), clients)
     } else {

@@ -66,12 +66,14 @@ pub struct TcpFleet {
 }
 
 impl TcpFleet {
-    /// Starts `members` replica processes (datacenters `dcs` in turn) and
-    /// `connections` remote clients, each with a node per replica.
+    /// Starts `members` replica processes (datacenters `dcs` in turn) on
+    /// `store` (`sled`, or `sealed-sled`: each replica's soft HSM in a file of
+    /// its own) and `connections` remote clients, each with a node per replica.
     pub fn start(
         binary: &Path,
         members: u64,
         dcs: &[&str],
+        store: &str,
         connections: u64,
     ) -> Result<TcpFleet, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -122,7 +124,14 @@ impl TcpFleet {
             write_key(&key_path, secret)?;
             let log_path = fleet.dir.path().join(format!("replica-{id}.log"));
             let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-            let mut child = Command::new(binary)
+            let mut command = Command::new(binary);
+            command.arg("--store").arg(store);
+            if store == "sealed-sled" {
+                command
+                    .arg("--hsm-file")
+                    .arg(fleet.dir.path().join(format!("replica-{id}.hsm")));
+            }
+            let mut child = command
                 .arg("--id")
                 .arg(id.to_string())
                 .arg("--dir")

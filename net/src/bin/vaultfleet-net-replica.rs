@@ -4,7 +4,10 @@
 //! bench process, not the node daemon (issue 15): no HSM-sealed key, no fleet
 //! artifact, no membership beyond the peers file.
 //!
-//! It runs one engine [`Node`] on a [`SledLog`] with the engine's [`KvStore`],
+//! It runs one engine [`Node`] on a [`SledLog`] (`--store sled`, the default) or
+//! on sled sealed by a soft HSM kept in a file (`--store sealed-sled --hsm-file`;
+//! the file holds the HSM's keys in the clear: tests and benchmarks only) with
+//! the engine's [`KvStore`],
 //! the [`NetTransport`] (Noise IK, every peer key pinned) and
 //! [`NetTransport::serve_clients`] for remote client sessions. Once it serves,
 //! it prints `ready <listen address>` on stdout; logs go to stderr (`RUST_LOG`,
@@ -39,7 +42,10 @@ use std::sync::Arc;
 use clap::Parser;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
-use vaultfleet::{FleetConfig, KvStore, MemberSpec, Replica, ReplicaId, SledLog};
+use vaultfleet::{
+    FleetConfig, KvStore, LogStore, MemberSpec, Replica, ReplicaId, Sealed, SealedConfig, SledLog,
+    SoftHsm,
+};
 use vaultfleet_net::keys::KEY_BYTES;
 use vaultfleet_net::{
     ClientRole, NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, StaticSecret,
@@ -90,6 +96,15 @@ struct Options {
     /// Keep running when standard input closes (stop with SIGTERM only).
     #[arg(long)]
     ignore_stdin: bool,
+    /// The log store: sled (fsync per Ready cycle) or sealed-sled (the same
+    /// sled, every record sealed and the log's counter advanced by the soft HSM
+    /// of --hsm-file).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "sealed-sled"])]
+    store: String,
+    /// The soft HSM's file for --store sealed-sled (created if missing; it holds
+    /// the HSM's keys in the clear, mode 0600: tests and benchmarks only).
+    #[arg(long, value_name = "PATH")]
+    hsm_file: Option<PathBuf>,
 }
 
 /// Why the process could not start.
@@ -133,6 +148,14 @@ enum StartError {
     Log(#[from] vaultfleet::storage::StorageError),
     #[error("cannot install the signal handler")]
     Signal(#[from] ctrlc::Error),
+    #[error("--store sealed-sled needs --hsm-file PATH (the soft HSM's file)")]
+    NoHsmFile,
+    #[error("cannot open the soft HSM file {path}")]
+    Hsm {
+        path: PathBuf,
+        #[source]
+        source: vaultfleet::HsmError,
+    },
 }
 
 /// One `replica` line.
@@ -313,29 +336,25 @@ fn run(o: &Options) -> Result<Stop, StartError> {
             })?;
     }
 
-    let mut log = SledLog::open(&o.dir)?;
-    let fresh = Replica::bootstrap(&mut log, &KvStore::new(), &fleet)?;
-    let transport = NetTransport::start(directory, NetConfig::new(o.listen))?;
-    let mut node_config = NodeConfig::new(ReplicaConfig::new(o.id));
-    node_config.replica.group = peers.group;
-    let node = Node::spawn(
-        node_config,
-        log,
-        KvStore::new(),
-        Arc::new(transport.clone()),
-    )?;
-    let served = transport
-        .register(peers.group, o.id, Arc::new(node.handle()))
-        .and_then(|()| transport.serve_clients(peers.group, Arc::new(node.handle())));
-    if let Err(e) = served {
-        transport.shutdown();
-        let _ = node.shutdown();
-        return Err(e.into());
-    }
+    let group = peers.group;
+    let started = match o.store.as_str() {
+        "sealed-sled" => {
+            let path = o.hsm_file.as_ref().ok_or(StartError::NoHsmFile)?;
+            let hsm = SoftHsm::open(path).map_err(|source| StartError::Hsm {
+                path: path.clone(),
+                source,
+            })?;
+            let log = Sealed::open_sled(&o.dir, hsm, SealedConfig::new(group, o.id))?;
+            start(o, group, log, &fleet, directory)?
+        }
+        _ => start(o, group, SledLog::open(&o.dir)?, &fleet, directory)?,
+    };
+    let (transport, node, fresh) = started;
     tracing::info!(
         replica = o.id,
-        group = peers.group,
+        group,
         fleet = %peers.fleet,
+        store = %o.store,
         listen = %transport.local_addr(),
         bootstrapped = fresh,
         key = %transport.directory().local_public_key(),
@@ -350,6 +369,37 @@ fn run(o: &Options) -> Result<Stop, StartError> {
     transport.shutdown();
     node.shutdown()?;
     Ok(why)
+}
+
+/// Bootstraps `log` if it is empty, starts the transport and the node on it,
+/// and serves peers and clients. Returns the transport, the node and whether
+/// the log was bootstrapped now.
+fn start<L: LogStore>(
+    o: &Options,
+    group: u64,
+    mut log: L,
+    fleet: &FleetConfig,
+    directory: PeerDirectory,
+) -> Result<(NetTransport, Node, bool), StartError> {
+    let fresh = Replica::bootstrap(&mut log, &KvStore::new(), fleet)?;
+    let transport = NetTransport::start(directory, NetConfig::new(o.listen))?;
+    let mut node_config = NodeConfig::new(ReplicaConfig::new(o.id));
+    node_config.replica.group = group;
+    let node = Node::spawn(
+        node_config,
+        log,
+        KvStore::new(),
+        Arc::new(transport.clone()),
+    )?;
+    let served = transport
+        .register(group, o.id, Arc::new(node.handle()))
+        .and_then(|()| transport.serve_clients(group, Arc::new(node.handle())));
+    if let Err(e) = served {
+        transport.shutdown();
+        let _ = node.shutdown();
+        return Err(e.into());
+    }
+    Ok((transport, node, fresh))
 }
 
 fn main() -> ExitCode {
