@@ -718,12 +718,11 @@ impl VaultClient {
             None,
         )?;
         expect_ok(&a.body)?;
-        let upload = flow.finish_from(
-            &mut *self.rng.lock(),
-            code,
-            &a.body.registration_response,
-            &self.cfg.ksf,
-        )?;
+        // Forked in a statement of its own, so the lock is not held through
+        // the Argon2id step (a temporary guard lives to the end of its statement).
+        let mut rng = self.rng.lock().fork();
+        let upload =
+            flow.finish_from(&mut rng, code, &a.body.registration_response, &self.cfg.ksf)?;
         let tag = a.body.nonce_tag.clone();
         let mut finish = VaultRegisterFinish::new();
         finish.user = user.as_bytes().to_vec();
@@ -819,8 +818,11 @@ impl VaultClient {
                 return Ok(LoginStep::Restart(login_lost(&a.body)));
             }
             expect_ok(&a.body)?;
+            // Forked in a statement of its own, so the lock is not held through
+            // the Argon2id step (a temporary guard lives to the end of its statement).
+            let mut rng = self.rng.lock().fork();
             let opened = login.flow.finish_from(
-                &mut *self.rng.lock(),
+                &mut rng,
                 login.code,
                 &a.body.credential_response,
                 &self.cfg.ksf,
@@ -934,8 +936,11 @@ impl VaultClient {
         expect_ok(&a.body)?;
         let login_generation = a.body.generation;
         let tag = a.body.nonce_tag.clone();
+        // Forked in a statement of its own, so the lock is not held through
+        // the Argon2id step (a temporary guard lives to the end of its statement).
+        let mut rng = self.rng.lock().fork();
         let upload = flow.finish_from(
-            &mut *self.rng.lock(),
+            &mut rng,
             new_code,
             &a.body.registration_response,
             &self.cfg.ksf,

@@ -54,6 +54,16 @@ impl KeyErasingRng {
         rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, key.as_mut())?;
         Ok(Self::from_key(key))
     }
+
+    /// A child RNG keyed with the next 32 bytes of this one's output. This
+    /// one's key moves on as it does for any output, so neither can recompute
+    /// the other's: a caller holding a shared RNG's lock forks and lets go,
+    /// instead of holding the lock through a slow step (the client's Argon2id).
+    pub(crate) fn fork(&mut self) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(self, key.as_mut());
+        Self::from_key(key)
+    }
 }
 
 impl rand::RngCore for KeyErasingRng {
@@ -444,6 +454,24 @@ mod tests {
         a.fill_bytes(&mut []);
         assert_ne!(*a.key, before);
         assert_ne!(KeyErasingRng::from_os().unwrap().next_u64(), 0);
+    }
+
+    #[test]
+    fn a_fork_is_keyed_by_output_and_the_parent_moves_on() {
+        use rand::RngCore;
+        let mut parent = KeyErasingRng::from_key(Zeroizing::new([3; 32]));
+        let mut twin = KeyErasingRng::from_key(Zeroizing::new([3; 32]));
+        let before = *parent.key;
+        let mut child = parent.fork();
+        assert_ne!(*parent.key, before, "forking moves the parent's key on");
+        assert_ne!(*child.key, *parent.key);
+        assert_ne!(*child.key, before);
+        // The child's key is exactly the parent's next 32 bytes of output.
+        let mut drawn = Zeroizing::new([0u8; 32]);
+        twin.fill_bytes(drawn.as_mut());
+        assert_eq!(*child.key, *drawn);
+        assert_eq!(*twin.key, *parent.key);
+        assert_ne!(child.next_u64(), parent.next_u64());
     }
 
     fn login_finish_request() -> VaultClientRequest {
