@@ -1,5 +1,7 @@
 //! loom models of the runtime's structures shared between client threads and the
-//! node thread: the `Mailbox` (proposal queue) and the `Slot` (response slot).
+//! node thread: the `Mailbox` (proposal queue) and the `Slot` (response slot);
+//! and of the pool's hand-off: the mailbox's `scheduled` flag and the
+//! `ReadyQueue` of replicas with work.
 //! loom explores every interleaving; its `Condvar::wait_timeout` never times out,
 //! so a lost wakeup shows up as a deadlock instead of being hidden by a timeout.
 //!
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use loom::sync::Arc;
 use loom::thread;
-use vaultfleet::runtime::{Mailbox, PushError, Slot};
+use vaultfleet::runtime::{Mailbox, Pop, PushError, ReadyQueue, Slot};
 
 const WAIT: Duration = Duration::from_secs(1);
 
@@ -126,5 +128,91 @@ fn a_notifying_slot_calls_back_after_its_value_is_in_place() {
             "notified means the value is there"
         );
         filler.join().expect("filler");
+    });
+}
+
+/// A pool worker's turn of the one replica of these models: drain its mailbox
+/// into `got`, end the turn, queue it again if something arrived meanwhile.
+fn serve(mailbox: &Mailbox<u32>, ready: &ReadyQueue<()>, got: &mut Vec<u32>) {
+    let mut batch = Vec::new();
+    assert!(mailbox.drain(&mut batch, Duration::ZERO));
+    got.append(&mut batch);
+    if mailbox.end_turn() {
+        assert!(ready.push(()));
+    }
+}
+
+#[test]
+fn a_push_racing_the_end_of_a_turn_is_served() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::new(8));
+        let ready = Arc::new(ReadyQueue::new());
+        let producers: Vec<_> = (0..2u32)
+            .map(|i| {
+                let (m, q) = (Arc::clone(&mailbox), Arc::clone(&ready));
+                thread::spawn(move || {
+                    // Only the push that raised the flag schedules the replica.
+                    if m.push_scheduling(i).expect("room for two") {
+                        assert!(q.push(()));
+                    }
+                })
+            })
+            .collect();
+        // The worker parks on the ready queue (never timing out under loom): a
+        // lost wake-up or an unscheduled item is a deadlock loom reports.
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            assert_eq!(ready.pop(WAIT), Pop::Item(()));
+            serve(&mailbox, &ready, &mut got);
+        }
+        for p in producers {
+            p.join().expect("producer");
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1]);
+        // Served and idle: not queued again, and its flag is down (the next
+        // push schedules it).
+        assert_eq!(ready.pop(Duration::ZERO), Pop::Empty);
+        assert!(mailbox.schedule(), "the flag went down");
+    });
+}
+
+#[test]
+fn a_replica_is_never_queued_twice_and_its_flag_never_sticks() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::new(8));
+        let ready = Arc::new(ReadyQueue::new());
+        // The replica is in a worker's turn (scheduled, off the queue) while a
+        // client pushes and the timer finds its tick due.
+        assert!(mailbox.schedule());
+        let producer = {
+            let (m, q) = (Arc::clone(&mailbox), Arc::clone(&ready));
+            thread::spawn(move || {
+                if m.push_scheduling(1).expect("room") {
+                    assert!(q.push(()));
+                }
+            })
+        };
+        let timer = {
+            let (m, q) = (Arc::clone(&mailbox), Arc::clone(&ready));
+            thread::spawn(move || {
+                if m.schedule() {
+                    assert!(q.push(()));
+                }
+            })
+        };
+        let mut got = Vec::new();
+        serve(&mailbox, &ready, &mut got);
+        producer.join().expect("producer");
+        timer.join().expect("timer");
+        // Serve what is queued: never more than one entry at a time.
+        let mut turns = 0;
+        while let Pop::Item(()) = ready.pop(Duration::ZERO) {
+            turns += 1;
+            assert!(turns <= 2, "queued at most once per raise of its flag");
+            serve(&mailbox, &ready, &mut got);
+        }
+        assert_eq!(got, vec![1], "the push was served");
+        assert!(mailbox.schedule(), "idle with the flag down");
     });
 }

@@ -6,7 +6,10 @@
 //! ```
 //!
 //! Every operation is a `KvStore` put committed by a majority and applied (through
-//! the threaded runtime: `Node`, `Client`, the in-process `ChannelNetwork`; with
+//! the threaded runtime: `Node`s (a thread per replica, `--runtime threads`) or a
+//! `Pool` of `--workers` threads (`--runtime pool`), `Client`, the in-process
+//! `ChannelNetwork`; `--groups G` runs G independent groups of `-m` members in
+//! one process, the clients spread evenly over them; with
 //! `--transport tcp`, each replica is its own `vaultfleet-net-replica` process
 //! and every client a remote session over TCP + Noise). The last
 //! line is `ops/s=<n> ns/op=<n> p50_us=<n> p99_us=<n>` for scripts. `--help`
@@ -23,7 +26,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 
 use vaultfleet::replica::ReplicaConfig;
-use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, Notify, PendingCommand};
+use vaultfleet::runtime::{
+    Client, ClientConfig, Node, NodeConfig, NodeHandle, Notify, PendingCommand, Pool, PoolConfig,
+    PooledNode,
+};
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
     SealedConfig, SledLog, SoftHsm,
@@ -78,6 +84,17 @@ struct Options {
     /// --bin vaultfleet-net-replica`).
     #[arg(long, value_name = "PATH")]
     replica_bin: Option<std::path::PathBuf>,
+    /// threads (a thread per replica: `Node`) or pool (every replica of the
+    /// process on one `Pool` of --workers threads). In process only.
+    #[arg(long, default_value = "pool", value_parser = ["threads", "pool"])]
+    runtime: String,
+    /// Worker threads of the pool (--runtime pool).
+    #[arg(long, value_name = "N", default_value = "2", value_parser = count)]
+    workers: u64,
+    /// Independent raft groups of -m members each, all in this process; the
+    /// clients are spread evenly over them. In process only.
+    #[arg(long, value_name = "G", default_value = "1", value_parser = count)]
+    groups: u64,
     /// One line of JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -124,21 +141,62 @@ fn init_tracing() {
         .init();
 }
 
+/// A replica of the in-process fleet, on either runtime.
+enum Running {
+    Thread(Node),
+    Pooled(PooledNode),
+}
+
+impl Running {
+    fn handle(&self) -> NodeHandle {
+        match self {
+            Running::Thread(n) => n.handle(),
+            Running::Pooled(n) => n.handle(),
+        }
+    }
+
+    fn shutdown(self) -> Result<(), String> {
+        match self {
+            Running::Thread(n) => n.shutdown(),
+            Running::Pooled(n) => n.shutdown(),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Starts replica `id` of `group` on `pool`, or on a thread of its own.
 fn spawn<L: LogStore>(
     mut log: L,
-    id: u64,
+    (group, id): (u64, u64),
     fleet: &FleetConfig,
     net: &ChannelNetwork,
     machine: &str,
-) -> Result<Node, String> {
-    let cfg = NodeConfig::new(ReplicaConfig::new(id));
+    pool: Option<&Pool>,
+) -> Result<Running, String> {
+    let mut rc = ReplicaConfig::new(id);
+    rc.group = group;
+    let cfg = NodeConfig::new(rc);
     let transport = net.transport(id);
+    fn start<L: LogStore, S: vaultfleet::StateMachine>(
+        cfg: NodeConfig,
+        log: L,
+        machine: S,
+        transport: Arc<dyn vaultfleet::transport::Transport>,
+        pool: Option<&Pool>,
+    ) -> Result<Running, vaultfleet::replica::ReplicaError> {
+        match pool {
+            Some(pool) => pool
+                .spawn(cfg, log, machine, transport)
+                .map(Running::Pooled),
+            None => Node::spawn(cfg, log, machine, transport).map(Running::Thread),
+        }
+    }
     let spawned = if machine == "kv" {
         Replica::bootstrap(&mut log, &KvStore::new(), fleet).map_err(|e| e.to_string())?;
-        Node::spawn(cfg, log, KvStore::new(), transport)
+        start(cfg, log, KvStore::new(), transport, pool)
     } else {
         Replica::bootstrap(&mut log, &Noop::default(), fleet).map_err(|e| e.to_string())?;
-        Node::spawn(cfg, log, Noop::default(), transport)
+        start(cfg, log, Noop::default(), transport, pool)
     };
     spawned.map_err(|e| e.to_string())
 }
@@ -166,9 +224,9 @@ fn peak_mib(children: &[String]) -> Option<f64> {
 /// and token).
 type Keep = Vec<Box<dyn std::any::Any>>;
 
-/// The replicas: threads of this process, or processes of their own.
+/// The replicas: threads of this process (or a pool's), or processes of their own.
 enum Fleet {
-    InProcess(Vec<Node>, Keep),
+    InProcess(Vec<Running>, Option<Pool>, Keep),
     Tcp(tcp::TcpFleet),
 }
 
@@ -201,6 +259,7 @@ fn drive(
             let notify: Notify = Arc::new(move || {
                 let _ = tx.send(slot);
             });
+            let started = Instant::now();
             let pending = clients[c]
                 .1
                 .propose_notify(put(c, sent[c]), Arc::clone(&notify));
@@ -209,7 +268,7 @@ fn drive(
             slots.push(InFlight {
                 client: c,
                 pending: Some(pending),
-                started: Instant::now(),
+                started,
             });
         }
     }
@@ -243,12 +302,14 @@ fn drive(
             done.fetch_add(1, Ordering::Relaxed);
             let c = s.client;
             if sent[c] < per_client {
+                // Started before the submit: the commit may complete before
+                // `propose_notify` returns (a woken worker can preempt this thread).
+                s.started = Instant::now();
                 s.pending = Some(
                     clients[c]
                         .1
                         .propose_notify(put(c, sent[c]), Arc::clone(&notifiers[i])),
                 );
-                s.started = Instant::now();
                 sent[c] += 1;
             } else {
                 s.pending = None;
@@ -284,18 +345,37 @@ fn run(o: &Options) -> Result<(), String> {
                     .into(),
             );
         }
+        if o.groups != 1 {
+            return Err("--groups runs in process only".into());
+        }
         let binary = tcp::replica_binary(o.replica_bin.as_deref())?;
         let connections = (o.clients * o.in_flight).div_ceil(tcp::IN_FLIGHT_PER_CONNECTION);
         let fleet = tcp::TcpFleet::start(&binary, o.members, &dcs, &o.store, connections)?;
         let clients = fleet.clients(o.clients, cfg)?;
         (Fleet::Tcp(fleet), clients)
     } else {
-        let (nodes, keep) = in_process(o, &dcs)?;
-        let handles: Vec<_> = nodes.iter().map(Node::handle).collect();
-        let clients: Vec<Client> = (0..o.clients)
-            .map(|_| Client::connect(handles.clone(), cfg).map_err(|e| e.to_string()))
+        let pool = match o.runtime.as_str() {
+            "pool" => Some(
+                Pool::new(PoolConfig {
+                    workers: usize::try_from(o.workers).map_err(|e| e.to_string())?,
+                    ..PoolConfig::new()
+                })
+                .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        let (nodes, keep) = in_process(o, &dcs, pool.as_ref())?;
+        let handles: Vec<NodeHandle> = nodes.iter().map(Running::handle).collect();
+        // Client c talks to group c % G (the groups' members are consecutive).
+        let members = o.members as usize;
+        let clients: Vec<Client> = (0..o.clients as usize)
+            .map(|c| {
+                let group = c % o.groups as usize;
+                let handles = handles[group * members..(group + 1) * members].to_vec();
+                Client::connect(handles, cfg).map_err(|e| e.to_string())
+            })
             .collect::<Result<_, _>>()?;
-        (Fleet::InProcess(nodes, keep), clients)
+        (Fleet::InProcess(nodes, pool, keep), clients)
     };
     let children: Vec<String> = match &fleet {
         Fleet::Tcp(f) => f.pids().iter().map(u32::to_string).collect(),
@@ -303,10 +383,11 @@ fn run(o: &Options) -> Result<(), String> {
     };
     measure(o, clients, &children)?;
     match fleet {
-        Fleet::InProcess(nodes, keep) => {
+        Fleet::InProcess(nodes, pool, keep) => {
             for node in nodes {
                 let _ = node.shutdown();
             }
+            drop(pool);
             drop(keep);
         }
         Fleet::Tcp(fleet) => fleet.shutdown()?,
@@ -314,54 +395,67 @@ fn run(o: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Starts the in-process fleet; returns its nodes and what must outlive them.
-fn in_process(o: &Options, dcs: &[&str]) -> Result<(Vec<Node>, Keep), String> {
+/// Starts the in-process fleet (`--groups` groups of `-m` members, group by
+/// group) on `pool` or on threads; returns its replicas and what must outlive
+/// them.
+fn in_process(
+    o: &Options,
+    dcs: &[&str],
+    pool: Option<&Pool>,
+) -> Result<(Vec<Running>, Keep), String> {
     let fleet = FleetConfig::new(
         (1..=o.members)
             .map(|id| MemberSpec::voter(id, dcs[(id as usize - 1) % 3]))
             .collect(),
     );
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let net = ChannelNetwork::new();
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     #[cfg(feature = "pkcs11")]
     let mut token = None;
     let mut nodes = Vec::new();
-    for id in 1..=o.members {
-        let path = dir.path().join(format!("replica-{id}"));
-        let node = match o.store.as_str() {
-            "mem" => spawn(MemLog::new(), id, &fleet, &net, &o.machine)?,
-            "sled" => spawn(
-                SledLog::open(&path).map_err(|e| e.to_string())?,
-                id,
-                &fleet,
-                &net,
-                &o.machine,
-            )?,
-            "sealed-sled" => {
-                let log = Sealed::open_sled(&path, SoftHsm::new(), SealedConfig::new(1, id))
-                    .map_err(|e| e.to_string())?;
-                spawn(log, id, &fleet, &net, &o.machine)?
-            }
-            _ => {
-                #[cfg(feature = "pkcs11")]
-                {
-                    if token.is_none() {
-                        token = Some(vaultfleet_bench::softhsm2::throwaway()?);
-                    }
-                    let hsm = token.as_ref().map(|(h, _)| h.clone()).ok_or("no token")?;
-                    let log = Sealed::open_sled(&path, hsm, SealedConfig::new(1, id))
-                        .map_err(|e| e.to_string())?;
-                    spawn(log, id, &fleet, &net, &o.machine)?
+    for group in 1..=o.groups {
+        let net = ChannelNetwork::new();
+        for id in 1..=o.members {
+            let at = (group, id);
+            let path = dir.path().join(format!("group-{group}-replica-{id}"));
+            let node = match o.store.as_str() {
+                "mem" => spawn(MemLog::new(), at, &fleet, &net, &o.machine, pool)?,
+                "sled" => spawn(
+                    SledLog::open(&path).map_err(|e| e.to_string())?,
+                    at,
+                    &fleet,
+                    &net,
+                    &o.machine,
+                    pool,
+                )?,
+                "sealed-sled" => {
+                    let log =
+                        Sealed::open_sled(&path, SoftHsm::new(), SealedConfig::new(group, id))
+                            .map_err(|e| e.to_string())?;
+                    spawn(log, at, &fleet, &net, &o.machine, pool)?
                 }
-                #[cfg(not(feature = "pkcs11"))]
-                return Err("--store sealed-pkcs11 needs the pkcs11 feature".into());
-            }
-        };
-        net.register(id, Arc::new(node.handle()));
-        nodes.push(node);
+                _ => {
+                    #[cfg(feature = "pkcs11")]
+                    {
+                        if token.is_none() {
+                            token = Some(vaultfleet_bench::softhsm2::throwaway()?);
+                        }
+                        let hsm = token.as_ref().map(|(h, _)| h.clone()).ok_or("no token")?;
+                        let log = Sealed::open_sled(&path, hsm, SealedConfig::new(group, id))
+                            .map_err(|e| e.to_string())?;
+                        spawn(log, at, &fleet, &net, &o.machine, pool)?
+                    }
+                    #[cfg(not(feature = "pkcs11"))]
+                    return Err("--store sealed-pkcs11 needs the pkcs11 feature".into());
+                }
+            };
+            net.register(id, Arc::new(node.handle()));
+            nodes.push(node);
+        }
+        keep.push(Box::new(net));
     }
-    // The directory, the network and the token live as long as the nodes.
-    let mut keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(dir), Box::new(net)];
+    // The directory, the networks and the token live as long as the nodes.
+    keep.push(Box::new(dir));
     #[cfg(feature = "pkcs11")]
     keep.push(Box::new(token));
     Ok((nodes, keep))
@@ -433,19 +527,24 @@ fn measure(o: &Options, clients: Vec<Client>, children: &[String]) -> Result<(),
     let ops_s = total as f64 / wall;
     let ns_op = wall * 1e9 / total as f64;
     let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
+    let runtime = if o.transport == "tcp" {
+        "processes"
+    } else {
+        o.runtime.as_str()
+    };
     if o.json {
         println!(
-            "{{\"transport\":\"{}\",\"machine\":\"{}\",\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
-            o.transport, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
+            "{{\"transport\":\"{}\",\"runtime\":\"{}\",\"groups\":{},\"machine\":\"{}\",\"store\":\"{}\",\"members\":{},\"clients\":{},\"in_flight\":{},\"payload\":{},\"operations\":{total},\"seconds\":{wall:.3},\"ops_per_s\":{ops_s:.0},\"ns_per_op\":{ns_op:.0},\"p50_us\":{p50},\"p99_us\":{p99},\"p999_us\":{p999},\"cpu_s\":{},\"peak_mib\":{}}}",
+            o.transport, runtime, o.groups, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("null".into(), |c| format!("{c:.2}")),
             peak.map_or("null".into(), |m| format!("{m:.1}")),
         );
     } else {
-        println!("| transport | machine | store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| transport | runtime | groups | machine | store | members | clients | in flight | payload | ops | ops/s | ns/op | p50 µs | p99 µs | p999 µs | CPU s | peak MiB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
-            o.transport, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {total} | {ops_s:.0} | {ns_op:.0} | {p50} | {p99} | {p999} | {} | {} |",
+            o.transport, runtime, o.groups, o.machine, o.store, o.members, o.clients, o.in_flight, o.payload,
             cpu.map_or("?".into(), |c| format!("{c:.2}")),
             peak.map_or("?".into(), |m| format!("{m:.1}")),
         );

@@ -7,6 +7,14 @@
 //! before `close` is either drained or returned by `close`; a drain that waits is
 //! woken by the next push or by `close`; the queue never holds more than its
 //! capacity.
+//!
+//! On a [`Pool`](super::Pool) nobody waits on a mailbox: it carries a
+//! `scheduled` flag instead. A push that raises the flag tells the pusher to put
+//! the replica on the pool's ready queue; a worker's turn ends with
+//! [`end_turn`](Mailbox::end_turn), which lowers the flag only if nothing is
+//! queued — under the same lock as the pushes, so an item pushed while the turn
+//! ends is never left unserved (the loom model
+//! `a_push_racing_the_end_of_a_turn_is_served`).
 
 use std::time::Duration;
 
@@ -25,6 +33,8 @@ struct State<T> {
     queue: Vec<T>,
     closed: bool,
     waiting: bool,
+    /// Queued on a pool's ready queue, or in a worker's turn.
+    scheduled: bool,
 }
 
 /// A bounded multi-producer, single-consumer queue drained in batches.
@@ -53,6 +63,7 @@ impl<T> Mailbox<T> {
                 queue: Vec::new(),
                 closed: false,
                 waiting: false,
+                scheduled: false,
             }),
             ready: Condvar::new(),
             capacity: capacity.max(1),
@@ -61,6 +72,14 @@ impl<T> Mailbox<T> {
 
     /// Queues `item` without blocking.
     pub fn push(&self, item: T) -> Result<(), PushError<T>> {
+        self.push_scheduling(item).map(|_| ())
+    }
+
+    /// Queues `item` without blocking and raises the `scheduled` flag. Returns
+    /// `true` if this push raised it: the caller must then schedule the
+    /// mailbox's owner (exactly one pusher does, until the turn that follows
+    /// calls [`end_turn`](Self::end_turn)).
+    pub fn push_scheduling(&self, item: T) -> Result<bool, PushError<T>> {
         let mut s = lock(&self.state);
         if s.closed {
             return Err(PushError::Closed(item));
@@ -70,12 +89,38 @@ impl<T> Mailbox<T> {
         }
         s.queue.push(item);
         debug_assert!(s.queue.len() <= self.capacity);
+        let raised = !s.scheduled;
+        s.scheduled = true;
         if s.waiting {
             s.waiting = false;
             drop(s);
             self.ready.notify_one();
         }
-        Ok(())
+        Ok(raised)
+    }
+
+    /// Raises the `scheduled` flag without queuing anything (a tick is due).
+    /// Returns `true` if it was down and the mailbox is open: the caller must
+    /// then schedule the owner.
+    pub fn schedule(&self) -> bool {
+        let mut s = lock(&self.state);
+        let raised = !s.scheduled && !s.closed;
+        if raised {
+            s.scheduled = true;
+        }
+        raised
+    }
+
+    /// Ends a turn of the mailbox's owner: if items arrived since the turn's
+    /// drain, the flag stays up and `true` says to schedule the owner again
+    /// (at the back of the queue); otherwise the flag goes down and the next
+    /// push raises it.
+    pub fn end_turn(&self) -> bool {
+        let mut s = lock(&self.state);
+        debug_assert!(s.scheduled, "a turn ends on a scheduled mailbox");
+        let again = !s.queue.is_empty() && !s.closed;
+        s.scheduled = again;
+        again
     }
 
     /// Moves every queued item into `out` (which should be empty), waiting up to

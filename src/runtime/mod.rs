@@ -2,6 +2,8 @@
 //! ticks, a durable log store and a transport.
 //!
 //! * [`Node`] runs one [`Replica`](crate::Replica) on its own thread.
+//! * [`Pool`] runs any number of replicas (of any groups) on a fixed set of
+//!   worker threads; a [`PooledNode`] has the surface of a `Node`.
 //! * [`NodeHandle`] submits requests to a node and is the node's transport
 //!   [`Inbox`](crate::transport::Inbox).
 //! * [`NodeApi`] is how a client reaches one node: a `NodeHandle` in process,
@@ -11,7 +13,8 @@
 //!   every command at most once.
 //!
 //! The shared structures between client threads and node threads ([`Mailbox`],
-//! [`Slot`]) are checked with loom (`tests/loom.rs`).
+//! [`Slot`], the pool's [`ReadyQueue`] and its scheduling hand-off) are checked
+//! with loom (`tests/loom.rs`).
 // The runtime is the threaded, wall-clock driver: clocks, threads and sleeps are its job.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -19,6 +22,7 @@ mod api;
 mod client;
 mod mailbox;
 mod node;
+mod pool;
 mod slot;
 mod sync;
 pub mod telemetry;
@@ -28,4 +32,5 @@ pub use api::NodeApi;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
 pub use mailbox::{Mailbox, PushError};
 pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};
+pub use pool::{Pool, PoolConfig, PoolError, PooledNode, Pop, ReadyQueue};
 pub use slot::{Notify, Slot};

@@ -5,6 +5,10 @@
 //! into the replica; tick if due; run Ready cycles until none is left, sending
 //! messages and filling response slots. Everything that arrived during one cycle
 //! is persisted by the next cycle's single `sync` (group commit).
+//!
+//! The body of that loop is `Driver::turn`; a [`Pool`](super::Pool) runs the
+//! same turns of many replicas on a few workers (the `Fsm` trait), so both
+//! runtimes share one copy of the logic.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use raft::prelude::{Message, MessageType};
 use raft::SnapshotStatus;
 
 use super::mailbox::{Mailbox, PushError};
+use super::pool::PoolLink;
 use super::slot::Slot;
 use super::telemetry::{self, Stopwatch};
 use crate::replica::{
@@ -58,6 +63,7 @@ impl NodeConfig {
     }
 }
 
+/// What a node's thread or a pool's worker takes from a mailbox.
 pub(crate) enum Input {
     Raft(Message),
     Propose(Request, ResponseSlot),
@@ -70,21 +76,41 @@ pub(crate) enum Input {
     SnapshotSent(ReplicaId, SnapshotSent),
 }
 
-struct Shared {
-    id: ReplicaId,
+/// What a node's handles and its driver share.
+pub(super) struct Shared {
+    pub(super) id: ReplicaId,
     group: u64,
-    mailbox: Mailbox<Input>,
+    pub(super) mailbox: Mailbox<Input>,
     status: StatusLock<Status>,
     /// The replica's `command_bytes_max` (fixed at spawn).
     command_bytes_max: usize,
     /// Snapshot outcomes that found the mailbox full: never lost (raft holds
     /// the peer back until it hears one), taken by the node on its next turn.
     snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
+    /// Set when the replica runs on a pool: a push that raises the mailbox's
+    /// `scheduled` flag puts the replica on the pool's ready queue.
+    pub(super) pool: std::sync::OnceLock<PoolLink>,
 }
 
 impl Shared {
+    /// Queues `input`, scheduling the replica if it runs on a pool and this
+    /// push raised its flag.
+    // The input is handed back on refusal, as `Mailbox::push` does.
+    #[allow(clippy::result_large_err)]
+    fn push(&self, input: Input) -> Result<(), PushError<Input>> {
+        match self.pool.get() {
+            None => self.mailbox.push(input),
+            Some(link) => {
+                if self.mailbox.push_scheduling(input)? {
+                    link.schedule();
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
-        match self.mailbox.push(Input::SnapshotSent(to, sent)) {
+        match self.push(Input::SnapshotSent(to, sent)) {
             Ok(()) | Err(PushError::Closed(_)) => {}
             Err(PushError::Full(_)) => self.snapshot_reports.lock().push((to, sent)),
         }
@@ -107,6 +133,10 @@ impl std::fmt::Debug for NodeHandle {
 }
 
 impl NodeHandle {
+    pub(super) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     /// The replica's id.
     pub fn id(&self) -> ReplicaId {
         self.shared.id
@@ -128,7 +158,7 @@ impl NodeHandle {
     }
 
     fn submit(&self, input: Input) -> Result<(), RequestError> {
-        self.shared.mailbox.push(input).map_err(|e| {
+        self.shared.push(input).map_err(|e| {
             let e = match e {
                 PushError::Full(_) => RequestError::Overloaded,
                 PushError::Closed(_) => RequestError::Stopped,
@@ -237,7 +267,7 @@ impl Inbox for NodeHandle {
             return;
         }
         // A full mailbox drops the message; raft retransmits.
-        let _ = self.shared.mailbox.push(Input::Raft(envelope.message));
+        let _ = self.shared.push(Input::Raft(envelope.message));
     }
 }
 
@@ -265,19 +295,12 @@ impl Node {
         machine: S,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, ReplicaError> {
-        let replica = Replica::new(cfg.replica.clone(), store, machine)?;
-        let shared = Arc::new(Shared {
-            id: replica.id(),
-            group: replica.group(),
-            mailbox: Mailbox::new(cfg.mailbox_inputs_max),
-            status: StatusLock::new(replica.status()),
-            command_bytes_max: cfg.replica.command_bytes_max,
-            snapshot_reports: parking_lot::Mutex::new(Vec::new()),
-        });
-        let thread_shared = Arc::clone(&shared);
+        let first_tick = Instant::now() + cfg.tick_interval;
+        let driver = Driver::new(&cfg, store, machine, transport, first_tick)?;
+        let shared = Arc::clone(&driver.shared);
         let thread = std::thread::Builder::new()
-            .name(format!("vaultfleet-node-{}", replica.id()))
-            .spawn(move || run(cfg, replica, &thread_shared, transport.as_ref()))
+            .name(format!("vaultfleet-node-{}", shared.id))
+            .spawn(move || run(driver))
             .map_err(|source| ReplicaError::Spawn {
                 id: shared.id,
                 source,
@@ -326,7 +349,7 @@ impl Drop for Node {
     }
 }
 
-fn fail_input(input: Input, error: RequestError) {
+pub(super) fn fail_input(input: Input, error: RequestError) {
     match input {
         Input::Propose(_, slot)
         | Input::RegisterSession(_, slot)
@@ -347,16 +370,147 @@ struct Pending {
     since: Stopwatch,
 }
 
-struct Driver<'a, L: LogStore, S: StateMachine> {
+/// One replica and everything its turns need: the thread of a [`Node`] owns
+/// one, a [`Pool`](super::Pool) holds many as `Fsm`s.
+pub(super) struct Driver<L: LogStore, S: StateMachine> {
     replica: Replica<L, S>,
-    transport: &'a dyn Transport,
-    shared: Arc<Shared>,
+    transport: Arc<dyn Transport>,
+    pub(super) shared: Arc<Shared>,
     slots: BTreeMap<RequestId, Pending>,
     next_request: RequestId,
     out: Output,
+    /// The inputs of the current turn (kept to reuse its allocation).
+    inputs: Vec<Input>,
+    next_tick: Instant,
+    tick_interval: Duration,
+    catch_up_ticks_max: u32,
+    mailbox_inputs_max: usize,
+    seen: Seen,
 }
 
-impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
+/// A replica a [`Pool`](super::Pool) drives: one [`Driver`] behind a trait
+/// object, so one pool runs any mix of log stores and state machines.
+pub(super) trait Fsm: Send {
+    /// One turn (see [`Driver::turn`]) without waiting for inputs.
+    fn turn(&mut self) -> Result<bool, ReplicaError>;
+    /// When the replica's next tick is due.
+    fn next_tick(&self) -> Instant;
+    /// Fails whatever is queued or pending with `Stopped`; the replica is
+    /// dropped next (its store closes).
+    fn finish(&mut self);
+}
+
+impl<L: LogStore, S: StateMachine> Fsm for Driver<L, S> {
+    fn turn(&mut self) -> Result<bool, ReplicaError> {
+        Driver::turn(self, Duration::ZERO)
+    }
+    fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+    fn finish(&mut self) {
+        Driver::finish(self);
+    }
+}
+
+impl<L: LogStore, S: StateMachine> Driver<L, S> {
+    /// Opens the replica on `store` and makes its shared half; its first tick
+    /// is due at `first_tick`.
+    pub(super) fn new(
+        cfg: &NodeConfig,
+        store: L,
+        machine: S,
+        transport: Arc<dyn Transport>,
+        first_tick: Instant,
+    ) -> Result<Self, ReplicaError> {
+        let replica = Replica::new(cfg.replica.clone(), store, machine)?;
+        let shared = Arc::new(Shared {
+            id: replica.id(),
+            group: replica.group(),
+            mailbox: Mailbox::new(cfg.mailbox_inputs_max),
+            status: StatusLock::new(replica.status()),
+            command_bytes_max: cfg.replica.command_bytes_max,
+            snapshot_reports: parking_lot::Mutex::new(Vec::new()),
+            pool: std::sync::OnceLock::new(),
+        });
+        Ok(Driver {
+            replica,
+            transport,
+            shared,
+            slots: BTreeMap::new(),
+            next_request: 1,
+            out: Output::default(),
+            inputs: Vec::new(),
+            next_tick: first_tick,
+            tick_interval: cfg.tick_interval,
+            catch_up_ticks_max: cfg.catch_up_ticks_max.max(1),
+            mailbox_inputs_max: cfg.mailbox_inputs_max.max(1),
+            seen: Seen::default(),
+        })
+    }
+
+    /// One turn: drain the whole mailbox into the replica (waiting up to `wait`
+    /// for the first input, or until the next tick if sooner), take late
+    /// snapshot reports, tick if due (at most `catch_up_ticks_max` ticks back
+    /// to back), run Ready cycles until none is left, publish the status.
+    /// `Ok(false)` once the mailbox is closed and empty; an error stops the
+    /// replica.
+    pub(super) fn turn(&mut self, wait: Duration) -> Result<bool, ReplicaError> {
+        let until_tick = if wait.is_zero() {
+            wait
+        } else {
+            self.next_tick.saturating_duration_since(Instant::now())
+        };
+        let mut inputs = std::mem::take(&mut self.inputs);
+        if !self.shared.mailbox.drain(&mut inputs, wait.min(until_tick)) {
+            self.inputs = inputs;
+            return Ok(false);
+        }
+        metrics::gauge!(telemetry::MAILBOX_DEPTH).set(inputs.len() as f64);
+        metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(self.mailbox_inputs_max as f64);
+        for input in inputs.drain(..) {
+            self.accept(input);
+        }
+        self.inputs = inputs;
+        let late = std::mem::take(&mut *self.shared.snapshot_reports.lock());
+        for (to, sent) in late {
+            self.accept(Input::SnapshotSent(to, sent));
+        }
+        let now = Instant::now();
+        let mut ticks = 0;
+        while now >= self.next_tick {
+            if ticks == self.catch_up_ticks_max {
+                self.next_tick = now + self.tick_interval;
+                break;
+            }
+            self.replica.tick();
+            self.next_tick += self.tick_interval;
+            ticks += 1;
+        }
+        if let Err(e) = self.cycle() {
+            tracing::error!(replica = self.shared.id, "node stopped: {e}");
+            return Err(e);
+        }
+        let status = self.replica.status();
+        let mut published = self.shared.status.lock();
+        if *published != status {
+            self.seen.observe(&published, &status);
+            *published = status;
+        }
+        Ok(true)
+    }
+
+    /// Closes the mailbox and fails what it held and every request the replica
+    /// took but did not answer with [`RequestError::Stopped`].
+    pub(super) fn finish(&mut self) {
+        for input in self.shared.mailbox.close() {
+            fail_input(input, RequestError::Stopped);
+        }
+        for (_, pending) in std::mem::take(&mut self.slots) {
+            telemetry::failed(&RequestError::Stopped);
+            let _ = pending.slot.fill(Err(RequestError::Stopped));
+        }
+    }
+
     fn accept(&mut self, input: Input) {
         let id = self.next_request;
         let (slot, kind, submitted) = match input {
@@ -450,78 +604,27 @@ impl<L: LogStore, S: StateMachine> Driver<'_, L, S> {
     }
 }
 
-fn run<L: LogStore, S: StateMachine>(
-    cfg: NodeConfig,
-    replica: Replica<L, S>,
-    shared: &Arc<Shared>,
-    transport: &dyn Transport,
-) -> Result<(), ReplicaError> {
-    let mut driver = Driver {
-        replica,
-        transport,
-        shared: Arc::clone(shared),
-        slots: BTreeMap::new(),
-        next_request: 1,
-        out: Output::default(),
-    };
+fn run<L: LogStore, S: StateMachine>(mut driver: Driver<L, S>) -> Result<(), ReplicaError> {
     // If raft-rs panics (its `fatal!` on an impossible state), close the mailbox so
     // clients fail fast with `Stopped` instead of waiting on a dead node.
-    struct CloseOnExit<'a>(&'a Shared);
-    impl Drop for CloseOnExit<'_> {
+    struct CloseOnExit(Arc<Shared>);
+    impl Drop for CloseOnExit {
         fn drop(&mut self) {
             for input in self.0.mailbox.close() {
                 fail_input(input, RequestError::Stopped);
             }
         }
     }
-    let _close_on_exit = CloseOnExit(shared.as_ref());
-    let catch_up_ticks_max = cfg.catch_up_ticks_max.max(1);
-    let mut seen = Seen::default();
-    let mut inputs = Vec::new();
-    let mut next_tick = Instant::now() + cfg.tick_interval;
+    let _close_on_exit = CloseOnExit(Arc::clone(&driver.shared));
     let result = loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        if !shared.mailbox.drain(&mut inputs, wait) {
-            break Ok(());
-        }
-        metrics::gauge!(telemetry::MAILBOX_DEPTH).set(inputs.len() as f64);
-        metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(cfg.mailbox_inputs_max.max(1) as f64);
-        for input in inputs.drain(..) {
-            driver.accept(input);
-        }
-        let late = std::mem::take(&mut *shared.snapshot_reports.lock());
-        for (to, sent) in late {
-            driver.accept(Input::SnapshotSent(to, sent));
-        }
-        let now = Instant::now();
-        let mut ticks = 0;
-        while now >= next_tick {
-            if ticks == catch_up_ticks_max {
-                next_tick = now + cfg.tick_interval;
-                break;
-            }
-            driver.replica.tick();
-            next_tick += cfg.tick_interval;
-            ticks += 1;
-        }
-        if let Err(e) = driver.cycle() {
-            tracing::error!(replica = shared.id, "node stopped: {e}");
-            break Err(e);
-        }
-        let status = driver.replica.status();
-        let mut published = shared.status.lock();
-        if *published != status {
-            seen.observe(&published, &status);
-            *published = status;
+        // Waits for inputs until the next tick is due.
+        match driver.turn(Duration::MAX) {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
         }
     };
-    for input in shared.mailbox.close() {
-        fail_input(input, RequestError::Stopped);
-    }
-    for (_, pending) in std::mem::take(&mut driver.slots) {
-        telemetry::failed(&RequestError::Stopped);
-        let _ = pending.slot.fill(Err(RequestError::Stopped));
-    }
+    driver.finish();
     result
 }
 

@@ -51,6 +51,14 @@ pub const SEAL_SECONDS: &str = "vaultfleet_seal_seconds";
 /// Histogram (seconds): the HSM advancing the sealed store's monotonic counter.
 pub const COUNTER_ADVANCE_SECONDS: &str = "vaultfleet_counter_advance_seconds";
 
+/// Counter: turns of a [`Pool`](super::Pool) worker that ran longer than
+/// its `stall_after` (a replica blocked in its store's `sync`, say); each one
+/// lets the pool start a spare worker.
+pub const POOL_STALLS: &str = "vaultfleet_pool_stalls_total";
+/// Gauge: worker threads of the pools of this process that are alive (spares
+/// included).
+pub const POOL_WORKERS: &str = "vaultfleet_pool_workers";
+
 /// Describes every engine metric to the installed recorder (its help text
 /// and unit). Call it once after installing a recorder; harmless without one.
 pub fn describe() {
@@ -101,6 +109,11 @@ pub fn describe() {
         Unit::Seconds,
         "The HSM sealing a record of the sealed store (batch, snapshot)"
     );
+    describe_counter!(
+        POOL_STALLS,
+        "Pool worker turns that ran longer than stall_after (a spare worker was due)"
+    );
+    describe_gauge!(POOL_WORKERS, "Live pool worker threads, spares included");
     describe_histogram!(
         COUNTER_ADVANCE_SECONDS,
         Unit::Seconds,
