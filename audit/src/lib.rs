@@ -13,6 +13,7 @@
 //!   the checkpoint a client last accepted.
 //! * [`cosigner`]: a C2SP tlog-witness cosigner (sans-IO `add-checkpoint` and
 //!   monitoring endpoint, state persisted before it cosigns) and the log's side.
+//! * [`pins`]: the pins file an auditor is handed out of band, and its parser.
 //! * [`retirement`]: a witnessed, countersigned early retirement of epochs.
 //! * [`submission`]: the operator's signed request to a served witness, and its receipt.
 //! * [`tiles`]: C2SP tlog-tiles, sans-IO: tile paths, the log as hash tiles and
@@ -32,6 +33,7 @@ mod durable;
 pub mod fleet;
 pub mod merkle;
 pub mod note;
+pub mod pins;
 pub mod retirement;
 pub mod submission;
 pub mod tiles;

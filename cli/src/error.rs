@@ -1,12 +1,12 @@
 //! The command's errors: each keeps the library error that caused it as its
 //! source, with the file or step it concerns, so `main` can print the whole chain.
 
-use std::num::ParseIntError;
 use std::path::PathBuf;
 
 use vaultfleet::codec::EncodeError;
 use vaultfleet::HsmError;
 use vaultfleet_audit::fleet::evidence::{AttestationError, EvidenceError};
+use vaultfleet_audit::pins::PinsError;
 use vaultfleet_audit::witness::{CountersignError, LogError, WitnessError};
 use vaultfleet_audit::{ArtifactError, BundleError, NoteError, ProofError};
 use vaultfleet_vault::VaultError;
@@ -214,39 +214,6 @@ pub enum CliError {
         #[source]
         source: PinsError,
     },
-}
-
-/// What is wrong in a pins file.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PinsError {
-    /// A line is none of the known kinds.
-    #[error("line {line}: unknown line")]
-    UnknownLine {
-        /// The line, from 1.
-        line: usize,
-    },
-    /// A number does not parse.
-    #[error("line {line}: not a number")]
-    NotANumber {
-        /// The line, from 1.
-        line: usize,
-        /// Why.
-        #[source]
-        source: ParseIntError,
-    },
-    /// A key is not 32 bytes of hex.
-    #[error("line {line}: a key is not 32 bytes of hex")]
-    BadKey {
-        /// The line, from 1.
-        line: usize,
-    },
-    /// The file lacks a namespace, a witness key or a threshold.
-    #[error("pins need a namespace, at least one witness key and a threshold")]
-    Incomplete,
-    /// Cosigners are pinned but no `cosigners K` line says how many to require.
-    #[error("cosigner lines need a `cosigners K` line (K from 1 to their number): without it no cosignature would be checked")]
-    CosignersUnused,
 }
 
 impl CliError {

@@ -42,19 +42,20 @@ use clap::{Args, Parser, Subcommand};
 use vaultfleet::hsm::{verify_signature, Hsm, KeyKind};
 use vaultfleet::SoftHsm;
 use vaultfleet_audit::fleet::evidence::{
-    attest, audit_deployment, certify_device, Attestation, AuditPins, Ceremony, Evidence,
+    attest, audit_deployment, certify_device, Attestation, Ceremony, Evidence,
 };
 use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
 use vaultfleet_audit::merkle::verify_consistency;
 use vaultfleet_audit::witness::countersign;
 use vaultfleet_audit::{
-    Bundle, Checkpoint, CosignerKey, FleetVerifier, MerkleTree, NoteVerifier, SignedNote, Witness,
-    WitnessKey, WitnessKeySpec,
+    Bundle, Checkpoint, FleetVerifier, MerkleTree, NoteVerifier, SignedNote, Witness,
+    WitnessKeySpec,
 };
 use vaultfleet_vault::VaultKeys;
 use zeroize::Zeroizing;
 
-use error::{CliError, PinsError};
+use error::CliError;
+use vaultfleet_audit::pins::Pins;
 
 type Res<T> = Result<T, CliError>;
 
@@ -787,17 +788,6 @@ fn audit_pins(a: &AuditPinsArgs) -> Res<()> {
     Ok(())
 }
 
-struct Pins {
-    namespace: String,
-    witness: Vec<WitnessKey>,
-    operator: [u8; 32],
-    audit: AuditPins,
-    /// Independent witnesses that cosign the log's checkpoints.
-    cosigners: Vec<CosignerKey>,
-    /// How many of them a bundle's checkpoint needs (0: none).
-    cosigners_required: usize,
-}
-
 /// The client's verifier from the pins: the witness and operator keys, and
 /// the cosigners when the pins require some.
 fn verifier_from_pins(pins: &Pins) -> Res<FleetVerifier> {
@@ -811,57 +801,10 @@ fn verifier_from_pins(pins: &Pins) -> Res<FleetVerifier> {
 
 fn read_pins(path: &Path) -> Res<Pins> {
     let text = std::fs::read_to_string(path).map_err(CliError::io(path))?;
-    parse_pins(&text).map_err(|source| CliError::Pins {
+    Pins::parse(&text).map_err(|source| CliError::Pins {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn parse_pins(text: &str) -> Result<Pins, PinsError> {
-    let mut p = Pins {
-        namespace: String::new(),
-        witness: Vec::new(),
-        operator: [0; 32],
-        audit: AuditPins::default(),
-        cosigners: Vec::new(),
-        cosigners_required: 0,
-    };
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let key = |s: &str| unhex32(s).ok_or(PinsError::BadKey { line: line_no });
-        let number = |source| PinsError::NotANumber {
-            line: line_no,
-            source,
-        };
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["namespace", ns] => p.namespace = ns.to_string(),
-            ["witness", name, nb, k] => p.witness.push(WitnessKey {
-                name: name.to_string(),
-                not_before: nb.parse().map_err(number)?,
-                public_key: key(k)?,
-            }),
-            ["operator", k] => p.operator = key(k)?,
-            ["vendor", name, k] => p.audit.vendor_roots.push((name.to_string(), key(k)?)),
-            ["officer", name, k] => p.audit.officers.push((name.to_string(), key(k)?)),
-            ["threshold", n] => p.audit.threshold = n.parse().map_err(number)?,
-            ["cosigner", name, k] => p.cosigners.push(CosignerKey {
-                name: name.to_string(),
-                public_key: key(k)?,
-            }),
-            ["cosigners", n] => p.cosigners_required = n.parse().map_err(number)?,
-            [] => {}
-            _ => return Err(PinsError::UnknownLine { line: line_no }),
-        }
-    }
-    if p.namespace.is_empty() || p.witness.is_empty() || p.audit.threshold == 0 {
-        return Err(PinsError::Incomplete);
-    }
-    // R1-5: cosigners pinned but none required would check nothing.
-    if !p.cosigners.is_empty() && p.cosigners_required == 0 {
-        return Err(PinsError::CosignersUnused);
-    }
-    Ok(p)
 }
 
 fn report(ok: bool, what: &str, detail: &str) -> bool {

@@ -16,7 +16,8 @@
 //!   value): decode, encode, decode gives an equal value;
 //! * **limits and semantics**: a sealed store opens only over the bytes it
 //!   wrote; a soft HSM file that loads can be rewritten and loads again; a node
-//!   configuration that validates yields its derived configurations; the vault
+//!   configuration that validates yields its derived configurations; pins that
+//!   parse are complete and their text parses back to equal pins; the vault
 //!   state machine keeps its invariants under any command sequence
 //!   ([`vault_machine`]).
 //!
@@ -34,6 +35,7 @@ use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig};
 use vaultfleet_audit::bundle::Bundle;
 use vaultfleet_audit::cosigner::parse_tlog_size;
 use vaultfleet_audit::fleet::evidence::Evidence;
+use vaultfleet_audit::pins::Pins;
 use vaultfleet_audit::submission::{Receipt, SignedSubmission};
 use vaultfleet_audit::tiles::{parse_entry_bundle, parse_hash_tile, TilePath};
 use vaultfleet_audit::witness::{leaf_bytes, parse_leaf, parse_log};
@@ -76,6 +78,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sealed_store", sealed_store),
     ("soft_hsm_file", soft_hsm_file),
     ("node_config", node_config),
+    ("pins", pins),
     ("vault_machine", vault_machine),
 ];
 
@@ -699,4 +702,31 @@ pub fn node_config(data: &[u8]) {
     let _ = config.replica_config();
     let _ = config.node_config();
     let _ = config.fleet_verifier();
+}
+
+/// The auditor's pins file (`vaultfleet_audit::pins`, read by `vaultfleet
+/// audit verify|log|bundle`): any text gives pins or a typed error. Pins that
+/// parse are complete (a namespace, a witness key, a threshold of at least
+/// one; cosigners only with a number required), and their text
+/// ([`Pins::to_text`]) parses back to equal pins.
+pub fn pins(data: &[u8]) {
+    // The command reads the file as UTF-8 text and refuses anything else.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(p) = Pins::parse(text) else {
+        return;
+    };
+    assert!(
+        !p.namespace.is_empty() && !p.witness.is_empty() && p.audit.threshold > 0,
+        "incomplete pins accepted: {p:?}"
+    );
+    assert!(
+        p.cosigners.is_empty() || p.cosigners_required > 0,
+        "cosigners pinned with none required: {p:?}"
+    );
+    match Pins::parse(&p.to_text()) {
+        Ok(again) => assert_eq!(again, p, "pins text round trip"),
+        Err(e) => panic!("the text of parsed pins does not parse: {e}"),
+    }
 }

@@ -483,8 +483,36 @@ mod seeds {
             ("sealed_store", (0u8..8).map(|k| vec![k]).collect()),
             ("soft_hsm_file", soft_hsm_files()),
             ("node_config", vec![node_example]),
+            ("pins", pins_files()),
             ("vault_machine", vec![machine]),
         ]
+    }
+
+    /// Pins files as `vaultfleet audit pins` writes them (the cli tests'
+    /// flow, `cli/tests/flow.rs` and `cli/tests/public_log.rs`): without
+    /// cosigners, and with two of three required.
+    fn pins_files() -> Vec<Vec<u8>> {
+        let key = |b: u8| format!("{b:02x}").repeat(32);
+        let mut plain = format!("namespace {NS}\n");
+        plain.push_str(&format!("witness witness-1 {T0} {}\n", key(0x11)));
+        plain.push_str(&format!(
+            "witness witness-2 {} {}\n",
+            T0 + 86_400,
+            key(0x12)
+        ));
+        plain.push_str(&format!("operator {}\n", key(0x20)));
+        plain.push_str(&format!("vendor example-hsm-vendor {}\n", key(0x30)));
+        for i in 1..=3u8 {
+            plain.push_str(&format!("officer officer-{i} {}\n", key(0x40 + i)));
+        }
+        plain.push_str("threshold 2\n");
+        let mut cosigned = plain.clone();
+        for i in 1..=3u8 {
+            let name = format!("witness.example.com/w{i}");
+            cosigned.push_str(&format!("cosigner {name} {}\n", key(0x50 + i)));
+        }
+        cosigned.push_str("cosigners 2\n");
+        vec![plain.into_bytes(), cosigned.into_bytes()]
     }
 
     fn soft_hsm_files() -> Vec<Vec<u8>> {
@@ -500,11 +528,17 @@ mod seeds {
         vec![with(1, &file), with(0, &file[magic..file.len() - 32])]
     }
 
-    /// Writes `fuzz/seeds/<target>/seed-<n>` (run with `--ignored`).
+    /// Writes `fuzz/seeds/<target>/seed-<n>` (run with `--ignored`); with
+    /// `FUZZ_SEEDS_ONLY=<target>` only that target's (the others' seeds hold
+    /// fresh keys and signatures, which would change every committed file).
     #[test]
     #[ignore = "regenerates the committed seeds"]
     fn write_seeds() {
+        let only = std::env::var("FUZZ_SEEDS_ONLY").ok();
         for (name, seeds) in all() {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
             let dir = super::fuzz_dir().join("seeds").join(name);
             std::fs::create_dir_all(&dir).unwrap();
             for (n, seed) in seeds.iter().enumerate() {
@@ -525,6 +559,121 @@ mod seeds {
             for seed in seeds {
                 target(&seed);
             }
+        }
+    }
+
+    /// The pins seeds parse (the target's checks then run past the parser).
+    #[test]
+    fn the_pins_seeds_parse() {
+        let (_, seeds) = all().into_iter().find(|(n, _)| *n == "pins").unwrap();
+        for seed in seeds {
+            let text = String::from_utf8(seed).unwrap();
+            let pins = vaultfleet_audit::pins::Pins::parse(&text).unwrap();
+            assert_eq!(pins.audit.threshold, 2);
+        }
+    }
+}
+
+/// The pins parser, under proptest: no input makes it panic, and every input
+/// passes the `pins` target's checks.
+mod pins_parser {
+    use proptest::prelude::*;
+    use vaultfleet_audit::pins::Pins;
+    use vaultfleet_proptests::decoders;
+
+    /// A line near the grammar: a known or unknown keyword, then 0 to 4 fields
+    /// that are names, numbers, hex keys (some of the wrong length or with
+    /// non-ASCII characters) or noise.
+    fn line() -> impl Strategy<Value = String> {
+        let keyword = prop::sample::select(vec![
+            "namespace",
+            "witness",
+            "operator",
+            "vendor",
+            "officer",
+            "threshold",
+            "cosigner",
+            "cosigners",
+            "Namespace",
+            "",
+        ]);
+        let field = prop_oneof![
+            "[a-z0-9./-]{1,12}",
+            any::<u64>().prop_map(|n| n.to_string()),
+            "[0-9]{1,30}",
+            "-?[0-9]{1,3}",
+            "[0-9a-fA-F]{64}",
+            "[0-9a-f]{62,66}",
+            "[0-9a-fé+ ]{60,66}",
+            any::<String>(),
+        ];
+        (keyword, prop::collection::vec(field, 0..5), "[ \t]{1,3}").prop_map(|(k, fields, sep)| {
+            std::iter::once(k.to_string())
+                .chain(fields)
+                .collect::<Vec<_>>()
+                .join(&sep)
+        })
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_text_is_parsed_or_refused(text in any::<String>()) {
+            let _ = Pins::parse(&text);
+            decoders::pins(text.as_bytes());
+        }
+
+        #[test]
+        fn any_bytes_pass_the_target(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            decoders::pins(&bytes);
+        }
+
+        #[test]
+        fn pins_written_then_read_are_equal(
+            namespace in "[a-z0-9._-]{1,20}",
+            witness in prop::collection::vec(("[a-z0-9-]{1,10}", any::<u64>(), any::<[u8; 32]>()), 1..4),
+            operator in any::<[u8; 32]>(),
+            officers in prop::collection::vec(("[a-z0-9-]{1,10}", any::<[u8; 32]>()), 0..4),
+            threshold in 1usize..5,
+            cosigners in prop::collection::vec(("[a-z0-9./]{1,16}", any::<[u8; 32]>()), 0..4),
+        ) {
+            let required = cosigners.len().min(2);
+            let mut text = format!("namespace {namespace}\n");
+            for (name, nb, k) in &witness {
+                text.push_str(&format!("witness {name} {nb} {}\n", hex(k)));
+            }
+            text.push_str(&format!("operator {}\n", hex(&operator)));
+            for (name, k) in &officers {
+                text.push_str(&format!("officer {name} {}\n", hex(k)));
+            }
+            text.push_str(&format!("threshold {threshold}\n"));
+            for (name, k) in &cosigners {
+                text.push_str(&format!("cosigner {name} {}\n", hex(k)));
+            }
+            if required > 0 {
+                text.push_str(&format!("cosigners {required}\n"));
+            }
+            let p = Pins::parse(&text).expect("well-formed pins parse");
+            prop_assert_eq!(p.witness.len(), witness.len());
+            prop_assert_eq!(p.operator, operator);
+            prop_assert_eq!(p.audit.officers.len(), officers.len());
+            prop_assert_eq!(p.cosigners_required, required);
+            prop_assert_eq!(p.to_text(), text.clone());
+            decoders::pins(text.as_bytes());
+        }
+
+        #[test]
+        fn lines_near_the_grammar_pass_the_target(
+            lines in prop::collection::vec(line(), 0..14),
+            ending in prop::sample::select(vec!["\n", "\r\n"]),
+        ) {
+            let text = lines.join(ending);
+            decoders::pins(text.as_bytes());
         }
     }
 }
