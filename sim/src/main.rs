@@ -208,6 +208,10 @@ struct SimArgs {
     /// Rate of leadership transfers, per chaos step.
     #[arg(long, value_name = "P", value_parser = probability)]
     transfer: Option<f64>,
+    /// Rate of moves of the preferred leader datacenters (a new list in every
+    /// member's configuration, then a rolling restart), per chaos step.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    prefer: Option<f64>,
     /// The Backup Key Vault with real OPAQUE logins (default), or the bare guess
     /// counter with a linearizability model (swarm draws one per seed).
     #[arg(long, value_enum)]
@@ -352,6 +356,7 @@ impl SimArgs {
             (self.membership, &mut f.membership_rate),
             (self.replace, &mut f.replace_rate),
             (self.transfer, &mut f.transfer_rate),
+            (self.prefer, &mut f.prefer_rate),
         ] {
             if let Some(p) = value {
                 *slot = p;
@@ -391,6 +396,7 @@ impl SimArgs {
             ("membership", num(self.membership)),
             ("replace", num(self.replace)),
             ("transfer", num(self.transfer)),
+            ("prefer", num(self.prefer)),
             ("workload", name(self.workload)),
             ("users", num(self.users)),
             ("attempts", num(self.attempts)),
@@ -536,6 +542,7 @@ fn command_for(o: &SimOptions, swarm: bool) -> String {
         ("membership", f.membership_rate),
         ("replace", f.replace_rate),
         ("transfer", f.transfer_rate),
+        ("prefer", f.prefer_rate),
     ] {
         cmd.push_str(&format!(" --{flag} {v}"));
     }
@@ -628,8 +635,8 @@ fn print_run(report: &Report) {
         s.crashes, s.torn_or_corrupted, s.partitions, s.hsm_outages, s.clock_jumps, s.bit_flips, s.rollbacks, s.replicas_lost
     );
     println!(
-        "membership: {} changes, {} replacements, {} leader transfers",
-        s.membership_changes, s.replacements, s.transfers
+        "membership: {} changes, {} replacements, {} leader transfers, {} preference moves ({} rolling restarts, {} leaders moved to a preferred datacenter after converging)",
+        s.membership_changes, s.replacements, s.transfers, s.preference_moves, s.rollout_restarts, s.placement_waits
     );
     println!(
         "work: {} operations acknowledged, {} with unknown outcome, {} messages, highest term {}, highest commit {}",

@@ -48,6 +48,11 @@ pub struct Faults {
     /// Probability per chaos step that the leader is asked to hand leadership
     /// to another voter.
     pub transfer_rate: f64,
+    /// Probability per chaos step that the operator moves the preferred leader
+    /// datacenters (`ReplicaConfig::preferred_leader_datacenters`): it writes
+    /// the new list into the configuration of every replica it runs and restarts the
+    /// replicas one at a time, the only way the engine takes a new list.
+    pub prefer_rate: f64,
 }
 
 impl Faults {
@@ -70,6 +75,7 @@ impl Faults {
             membership_rate: 0.0,
             replace_rate: 0.0,
             transfer_rate: 0.0,
+            prefer_rate: 0.0,
         }
     }
 
@@ -92,6 +98,7 @@ impl Faults {
             membership_rate: 0.02,
             replace_rate: 0.005,
             transfer_rate: 0.01,
+            prefer_rate: 0.005,
         }
     }
 
@@ -122,6 +129,9 @@ impl Faults {
             membership_rate: pick(0.05),
             replace_rate: pick(0.02),
             transfer_rate: pick(0.03),
+            // Drawn last, so the other rates of a seed are those drawn before
+            // it existed.
+            prefer_rate: pick(0.02),
         }
     }
 }
@@ -195,6 +205,10 @@ pub enum MembershipBug {
     /// A replaced replica's old disk comes back and is re-added under its old
     /// id (ids must never be reused).
     OldDiskRejoins,
+    /// When the preferred leader datacenters move, the operator's rollout
+    /// leaves the leader's host out ("restart the leader last") and never
+    /// comes back to it: that host keeps the old list for good.
+    PreferenceSkipsLeader,
 }
 
 /// The built-in workloads.

@@ -102,7 +102,7 @@ pub fn shrink_with(
 /// The rates a shrink may switch off or lower, by name (the command line's
 /// flag), with a way to reach each. `heal_rate` is not one: less healing is
 /// more fault.
-fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 15] {
+fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 16] {
     [
         ("drop", &mut f.drop),
         ("duplicate", &mut f.duplicate),
@@ -119,6 +119,7 @@ fn rates(f: &mut Faults) -> [(&'static str, &mut f64); 15] {
         ("membership", &mut f.membership_rate),
         ("replace", &mut f.replace_rate),
         ("transfer", &mut f.transfer_rate),
+        ("prefer", &mut f.prefer_rate),
     ]
 }
 

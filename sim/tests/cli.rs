@@ -87,11 +87,14 @@ fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
     );
 
     // A deliberate disk defect the checkers catch (with the counter workload,
-    // whose draws do not move when the vault protocol does, seed 2 fails at 9.3 s).
+    // whose draws do not move when the vault protocol does, seed 2 fails at
+    // 9.3 s; `--prefer 0`: the mix as it was before preference moves existed).
     let failed = sim(&[
         "run",
         "--seed",
         "2",
+        "--prefer",
+        "0",
         "--plain",
         "--disk-bug",
         "silent-corruption",
@@ -112,6 +115,7 @@ fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
         "--disk-bug silent-corruption",
         "--plain",
         "--workload counter",
+        "--prefer 0",
     ] {
         assert!(reproduce.contains(part), "{reproduce} lacks {part}");
     }

@@ -159,6 +159,15 @@ fn an_old_disk_rejoining_under_its_old_id_is_caught() {
     });
 }
 
+/// Swarm seed `seed` as the long run drew it before `prefer_rate` existed:
+/// that rate is drawn last and draws nothing while it is 0, so switching it
+/// off replays the run that was found.
+fn as_found(seed: u64) -> SimOptions {
+    let mut o = SimOptions::swarm(seed);
+    o.faults.prefer_rate = 0.0;
+    o
+}
+
 /// Found by the long swarm run (sim e62e4e2, seed 2476): a removal of voter 1
 /// was proposed on leader 2, leadership then moved to replica 1, and replica 1
 /// applied its own removal while leading. raft-rs leaves a removed leader
@@ -167,7 +176,7 @@ fn an_old_disk_rejoining_under_its_old_id_is_caught() {
 /// `maybe_commit`. The replica now steps down at the end of that Ready cycle.
 #[test]
 fn swarm_seed_2476_a_leader_that_applies_its_own_removal_steps_down() {
-    let report = run(SimOptions::swarm(2476));
+    let report = run(as_found(2476));
     assert!(
         report.violation.is_none(),
         "seed 2476: {:?}\n{}",
@@ -186,11 +195,103 @@ fn swarm_seed_2476_a_leader_that_applies_its_own_removal_steps_down() {
 /// it out.
 #[test]
 fn swarm_seed_3851_a_removed_replica_that_never_learned_of_its_removal_may_lead() {
-    let report = run(SimOptions::swarm(3851));
+    let report = run(as_found(3851));
     assert!(
         report.violation.is_none(),
         "seed 3851: {:?}\n{}",
         report.violation,
         report.recent.join("\n")
     );
+}
+
+/// `varied(seed)` whose operator also moves the preferred leader datacenters
+/// often (a new list in every member's configuration, then a rolling restart).
+fn preferring(seed: u64) -> SimOptions {
+    let mut o = varied(seed);
+    o.faults.prefer_rate = 0.1;
+    o
+}
+
+#[test]
+fn moving_preferred_datacenters_under_faults_breaks_no_invariant() {
+    let (mut moves, mut restarts, mut waits) = (0, 0, 0);
+    for seed in 0..12 {
+        let report = run(preferring(seed));
+        assert!(
+            report.violation.is_none() && report.stall.is_none(),
+            "seed {seed}: {:?} {:?}\n{}",
+            report.violation,
+            report.stall,
+            report.recent.join("\n")
+        );
+        moves += report.stats.preference_moves;
+        restarts += report.stats.rollout_restarts;
+        waits += report.stats.placement_waits;
+    }
+    eprintln!("{moves} moves, {restarts} restarts, {waits} leaders moved after converging");
+    // The runs did move the preference, and restarted replicas for it.
+    assert!(moves > 20, "only {moves} preference moves");
+    assert!(restarts > 40, "only {restarts} rolling restarts");
+}
+
+#[test]
+fn preference_moves_are_deterministic_and_off_without_their_rate() {
+    let a = run(preferring(5));
+    let b = run(preferring(5));
+    assert!(a.stats.preference_moves > 0);
+    assert_eq!(a.trace, b.trace);
+    assert_eq!(a.stats, b.stats);
+    let mut o = preferring(5);
+    o.faults.prefer_rate = 0.0;
+    let c = run(o);
+    assert_eq!((c.stats.preference_moves, c.stats.rollout_restarts), (0, 0));
+    assert_eq!(Faults::none().prefer_rate, 0.0);
+    assert!(Faults::all().prefer_rate > 0.0);
+}
+
+#[test]
+fn a_rollout_that_skips_the_leader_is_caught() {
+    // The operator's rolling restart leaves the leader's host for last and
+    // forgets it: that replica keeps the old list, believes itself preferred,
+    // and never hands leadership over.
+    let bugged = |seed| {
+        let mut o = churny(seed);
+        o.faults.prefer_rate = 0.1;
+        o.membership_bug = MembershipBug::PreferenceSkipsLeader;
+        o
+    };
+    // Seed 1 catches it at the time of writing (replica 4 in dc-0 keeps its
+    // empty list and leads; the preferred dc-2 holds voter 10).
+    let (seed, report) = find(60, "the leader moves to a preferred datacenter", bugged);
+    let again = run(bugged(seed));
+    assert_eq!(again.violation, report.violation, "seed {seed} replays");
+    // The same seed under the correct procedure passes.
+    let mut fixed = bugged(seed);
+    fixed.membership_bug = MembershipBug::None;
+    let fixed = run(fixed);
+    assert!(
+        fixed.violation.is_none(),
+        "seed {seed} without the bug: {:?}",
+        fixed.violation
+    );
+}
+
+/// Found by the swarm with `--prefer 0.02` (seed 11): a new host was added
+/// (its `AddLearner` not yet applied) just before the preference moved; the
+/// simulated operator wrote the new list only into the members'
+/// configurations, so the new replica kept the old one, joined, led, and
+/// never handed leadership to the new preferred datacenter. The operator now
+/// writes it into every host it runs; the placement checker had caught it.
+#[test]
+fn swarm_seed_11_a_joining_host_gets_the_new_preference_too() {
+    let mut o = SimOptions::swarm(11);
+    o.faults.prefer_rate = 0.02;
+    let report = run(o);
+    assert!(
+        report.violation.is_none(),
+        "seed 11: {:?}\n{}",
+        report.violation,
+        report.recent.join("\n")
+    );
+    assert!(report.stats.preference_moves > 0 && report.stats.membership_changes > 0);
 }

@@ -1,7 +1,7 @@
 //! The fault schedule of the safety phase: every [`CHAOS_STEP_US`] it draws
 //! partitions and heals, crashes (between events or armed at the next write),
 //! clock jumps, HSM outages, bit flips and disk rollbacks, each at its rate in
-//! [`Faults`](crate::Faults).
+//! [`Faults`](crate::Faults), then the operator's membership and preference steps.
 
 use rand::Rng;
 use vaultfleet::storage::WrapperRecord;
@@ -70,6 +70,7 @@ impl<W: Workload> Simulation<W> {
             self.damage_a_disk(rollback);
         }
         self.membership_step();
+        self.preference_step();
     }
 
     /// Flips a bit in, or rolls back, a down replica's disk, keeping the number of

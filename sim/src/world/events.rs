@@ -53,6 +53,8 @@ pub(super) enum Event {
     Heal,
     StartLiveness,
     Poll,
+    /// The next step of the operator's rolling restart (a new preference).
+    Rollout,
 }
 
 /// An event with its time and its place in the scheduling order.
@@ -121,6 +123,7 @@ impl<W: Workload> Simulation<W> {
             Event::Heal => (9, 0, 0, 0, 0),
             Event::StartLiveness => (10, 0, 0, 0, 0),
             Event::Poll => (11, 0, 0, 0, 0),
+            Event::Rollout => (12, 0, 0, 0, 0),
         };
         b[8] = tag;
         b[9..17].copy_from_slice(&x.to_be_bytes());
@@ -153,6 +156,7 @@ impl<W: Workload> Simulation<W> {
             Event::Heal => self.heal(),
             Event::StartLiveness => self.start_liveness(),
             Event::Poll => self.poll_done(),
+            Event::Rollout => self.on_rollout(),
         }
     }
 }

@@ -92,6 +92,11 @@ pub(in crate::world) struct Host<M: StateMachine> {
     pub(in crate::world) images: Vec<(vaultfleet::MemLog, u64)>,
     pub(in crate::world) restart_pending: bool,
     pub(in crate::world) requests: BTreeMap<RequestId, (usize, u64)>,
+    /// The preferred leader datacenters in this host's configuration file:
+    /// what its replica runs with from its next start.
+    pub(in crate::world) preferred: Vec<String>,
+    /// The preferred leader datacenters its running replica was started with.
+    pub(in crate::world) running_preferred: Vec<String>,
 }
 
 impl<W: Workload> Simulation<W> {
@@ -103,6 +108,7 @@ impl<W: Workload> Simulation<W> {
         rc.snapshot_entries_min = self.opts.snapshot_entries;
         rc.compaction_entries_retained = self.opts.snapshot_entries / 4;
         rc.request_ticks_max = 300;
+        rc.preferred_leader_datacenters = self.hosts[h].preferred.clone();
         rc
     }
 
@@ -141,6 +147,7 @@ impl<W: Workload> Simulation<W> {
         match Replica::new(cfg, store, machine) {
             Ok(r) => {
                 self.hosts[h].replica = Some(r);
+                self.hosts[h].running_preferred = self.hosts[h].preferred.clone();
                 self.hosts[h].generation += 1;
                 self.hosts[h].restart_pending = false;
                 let g = self.hosts[h].generation;
@@ -354,5 +361,7 @@ pub(super) fn fresh_host<M: StateMachine>(
         images: Vec::new(),
         restart_pending: false,
         requests: BTreeMap::new(),
+        preferred: Vec::new(),
+        running_preferred: Vec::new(),
     }
 }

@@ -139,7 +139,7 @@ impl<W: Workload> Simulation<W> {
     }
 
     /// The running leader of the highest term, if any.
-    fn leader_host(&self) -> Option<usize> {
+    pub(in crate::world) fn leader_host(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         for (h, host) in self.hosts.iter().enumerate() {
             if self.churn.removed.contains_key(&host.id) {
@@ -273,7 +273,9 @@ impl<W: Workload> Simulation<W> {
     fn add_host(&mut self, dc: usize) -> u64 {
         let k = self.hosts.len();
         let id = k as u64 + 1;
-        let host = super::hosts::fresh_host(&self.opts, &mut self.rng, id, dc);
+        let mut host = super::hosts::fresh_host(&self.opts, &mut self.rng, id, dc);
+        // Its configuration carries the operator's current preference.
+        host.preferred = self.prefer.current.clone();
         self.hosts.push(host);
         // Its links: those of the first host in its datacenter (round robin: host `dc`).
         let twin = dc.min(k - 1);

@@ -5,8 +5,9 @@
 //! One file per concern, as TigerBeetle's simulator has: [`events`] (the queue,
 //! the trace hash, the dispatch), [`hosts`] (replicas on their disks and HSMs),
 //! [`network`] (latency, message faults, partitions), [`clients`] (sessions,
-//! retries, the history), [`chaos`] (the fault schedule), [`phases`] (safety,
-//! then liveness) and [`checkers`] (one file per invariant).
+//! retries, the history), [`chaos`] (the fault schedule), [`membership`] and
+//! [`preference`] (the operator's changes), [`phases`] (safety, then liveness)
+//! and [`checkers`] (one file per invariant).
 
 mod chaos;
 mod checkers;
@@ -16,6 +17,7 @@ mod hosts;
 mod membership;
 mod network;
 mod phases;
+mod preference;
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use events::{Event, Scheduled};
 use hosts::{Applied, Host};
 use membership::Churn;
 use network::Partition;
+use preference::Preference;
 
 const RECENT_EVENTS: usize = 48;
 
@@ -86,6 +89,14 @@ pub struct Stats {
     pub replacements: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Moves of the preferred leader datacenters by the operator.
+    pub preference_moves: u64,
+    /// Replicas restarted by the operator's rollouts of a new preference.
+    pub rollout_restarts: u64,
+    /// Times the converged fleet's leader was found outside the final
+    /// preferred datacenters and had to hand over (within the bound, or a
+    /// violation).
+    pub placement_waits: u64,
 }
 
 /// The result of one simulation.
@@ -149,6 +160,7 @@ pub struct Simulation<W: Workload> {
     out: Output,
     extra_check: Option<Box<ExtraCheck<W>>>,
     churn: Churn,
+    prefer: Preference,
 }
 
 /// A user's own invariant over a replica's state machine, checked after every
@@ -203,6 +215,7 @@ impl<W: Workload> Simulation<W> {
             out: Output::default(),
             extra_check: None,
             churn,
+            prefer: Preference::default(),
         };
         sim.start(n);
         sim

@@ -68,7 +68,9 @@ impl<W: Workload> Simulation<W> {
             && commits
                 .iter()
                 .all(|&(c, a)| c == max_commit && a == max_commit);
-        if idle && converged {
+        // Converged: the leader must also have found the preferred
+        // datacenters, if the operator moved them (the placement checker).
+        if idle && converged && self.placement_settled() {
             self.phase = Phase::Done;
         } else {
             // Keep polling while the world runs.

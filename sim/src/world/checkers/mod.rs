@@ -14,7 +14,9 @@
 //! * [`durability`]: acknowledged writes survive, and converged replicas hold the
 //!   same state;
 //! * [`membership`]: a removed replica never counts toward a quorum, and its old
-//!   disk never rejoins.
+//!   disk never rejoins;
+//! * [`placement`]: after the preferred datacenters moved and the fleet healed
+//!   and converged, the leader hands over to a preferred datacenter in bound.
 
 mod agreement;
 mod durability;
@@ -22,6 +24,7 @@ mod history;
 mod leaders;
 mod liveness;
 mod membership;
+mod placement;
 mod replica_invariant;
 mod storage;
 

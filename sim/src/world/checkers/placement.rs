@@ -1,0 +1,89 @@
+//! Leader placement after the preferred datacenters moved: what the engine
+//! promises (`docs/architecture.md`, "Preferred leader datacenters";
+//! `docs/operations.md`, "a leader outside them hands over when it can") is
+//! that every `leader_rebalance_ticks` a leader outside the preferred
+//! datacenters hands leadership to a voter inside them that has matched its
+//! last index and is recently active. The election bias
+//! (`election_ticks_extra_unpreferred`) is only a bias and is not checked.
+//!
+//! So once the liveness phase has healed the faults, the rolling restart has
+//! finished (every member runs the operator's final list), the clients are
+//! idle and every member has applied the same commit (each voter is then
+//! matched and active), a leader outside the final preferred datacenters must
+//! hand over within [`Simulation::placement_bound_us`] whenever a running voter
+//! of the final configuration sits in one of them. With no such voter there is
+//! nothing to hand over to, and nothing is checked.
+
+use vaultfleet::replica::ReplicaConfig;
+
+use crate::workload::Workload;
+use crate::world::preference::label;
+use crate::world::Simulation;
+
+impl<W: Workload> Simulation<W> {
+    /// How long a converged, healed fleet may keep its leader outside the
+    /// preferred datacenters: ten rounds of the engine's rebalance period plus
+    /// an election timeout, in virtual µs.
+    pub(in crate::world) fn placement_bound_us(&self) -> u64 {
+        let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks;
+        let ticks = 10 * (rebalance + self.opts.election_ticks as u64);
+        ticks * self.opts.tick_ms * 1000
+    }
+
+    /// Called when the liveness phase has converged with idle clients: true
+    /// once leader placement is settled too (or not applicable). While a
+    /// leader outside the preferred datacenters could still hand over, false;
+    /// past [`Self::placement_bound_us`] it is a violation.
+    pub(in crate::world) fn placement_settled(&mut self) -> bool {
+        let preferred = self.prefer.current.clone();
+        if preferred.is_empty() {
+            return true;
+        }
+        if self.rollout_pending().is_some() {
+            self.prefer.misplaced_since = None;
+            return false;
+        }
+        let inside = |h: usize| preferred.contains(&label(self.hosts[h].dc));
+        let targets: Vec<u64> = self
+            .voter_hosts()
+            .into_iter()
+            .filter(|&h| self.hosts[h].replica.is_some() && inside(h))
+            .map(|h| self.hosts[h].id)
+            .collect();
+        if targets.is_empty() {
+            return true;
+        }
+        let leader = self.leader_host();
+        if leader.is_some_and(inside) {
+            return true;
+        }
+        if self.prefer.misplaced_since.is_none() {
+            self.stats.placement_waits += 1;
+        }
+        let since = *self.prefer.misplaced_since.get_or_insert(self.now);
+        let bound = self.placement_bound_us();
+        // The wait gets its whole bound, even past the liveness bound.
+        self.liveness_deadline = self.liveness_deadline.max(since + bound + 100_000);
+        if self.now >= since + bound {
+            let leader = leader.map(|h| {
+                let host = &self.hosts[h];
+                format!(
+                    "replica {} in {} (its own list {:?})",
+                    host.id,
+                    label(host.dc),
+                    host.running_preferred
+                )
+            });
+            self.violate(
+                "the leader moves to a preferred datacenter",
+                format!(
+                    "{} ms after the fleet converged the leader is {leader:?}, outside the \
+                     preferred datacenters {preferred:?}, though voters {targets:?} in them \
+                     are running and caught up",
+                    bound / 1000
+                ),
+            );
+        }
+        false
+    }
+}
