@@ -29,6 +29,17 @@ struct Session {
     responses: BTreeMap<u64, Vec<u8>>,
 }
 
+/// Whether two owners are the same. Owners are public (a client's key, or
+/// empty for a client in the node's process), so the comparison need not be
+/// constant-time. Empty owners, the common case, never reach `memcmp`:
+/// `[u8] == [u8]` calls it even for length 0, and a profile of 256 clients put
+/// 15% of a pool worker's time on that call's first (masked) load from the
+/// empty `Vec`'s dangling pointer (a fault-suppression assist, most likely).
+/// Skipping it took the bench from 664k to 907k ops/s (medians of 3).
+fn same_owner(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
 /// The session table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sessions {
@@ -127,7 +138,7 @@ impl Sessions {
         };
         // Another client's session: nothing of it is touched (its cached
         // responses, its acknowledgements) and nothing is applied.
-        if session.owner != request.owner {
+        if !same_owner(&session.owner, &request.owner) {
             return Err(RequestError::NotSessionOwner { client_id });
         }
         session.last_active_index = index;
@@ -178,7 +189,7 @@ impl Sessions {
     ) -> Option<&[u8]> {
         self.by_client
             .get(&client_id)
-            .filter(|s| s.owner == owner)?
+            .filter(|s| same_owner(&s.owner, owner))?
             .responses
             .get(&sequence)
             .map(Vec::as_slice)
@@ -320,6 +331,16 @@ mod tests {
     /// command with another owner is refused and touches nothing, not even
     /// the cached responses or the acknowledgements; the owner survives a
     /// snapshot.
+    #[test]
+    fn owners_compare_by_length_then_bytes() {
+        assert!(same_owner(b"", b""));
+        assert!(same_owner(b"alice", b"alice"));
+        assert!(!same_owner(b"alice", b"alicf"));
+        assert!(!same_owner(b"alice", b"alic"));
+        assert!(!same_owner(b"", b"a"));
+        assert!(!same_owner(b"a", b""));
+    }
+
     #[test]
     fn a_session_is_usable_only_by_its_owner_and_the_owner_is_in_the_snapshot() {
         let mut s = Sessions::new(4, 4);
