@@ -91,6 +91,10 @@ struct Options {
     /// Worker threads of the pool (--runtime pool).
     #[arg(long, value_name = "N", default_value = "2", value_parser = count)]
     workers: u64,
+    /// How long an idle pool worker watches the queue before it parks, in
+    /// microseconds (--runtime pool; 0: park at once).
+    #[arg(long, value_name = "US", default_value = "50")]
+    spin_us: u64,
     /// Independent raft groups of -m members each, all in this process; the
     /// clients are spread evenly over them. In process only.
     #[arg(long, value_name = "G", default_value = "1", value_parser = count)]
@@ -358,6 +362,7 @@ fn run(o: &Options) -> Result<(), String> {
             "pool" => Some(
                 Pool::new(PoolConfig {
                     workers: usize::try_from(o.workers).map_err(|e| e.to_string())?,
+                    spin: Duration::from_micros(o.spin_us),
                     ..PoolConfig::new()
                 })
                 .map_err(|e| e.to_string())?,
