@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use loom::sync::Arc;
 use loom::thread;
-use vaultfleet::runtime::{Mailbox, Pop, PushError, ReadyQueue, Slot};
+use vaultfleet::runtime::{end_of_turn, Mailbox, Pop, PushError, ReadyQueue, Slot};
 
 const WAIT: Duration = Duration::from_secs(1);
 
@@ -132,12 +132,13 @@ fn a_notifying_slot_calls_back_after_its_value_is_in_place() {
 }
 
 /// A pool worker's turn of the one replica of these models: drain its mailbox
-/// into `got`, end the turn, queue it again if something arrived meanwhile.
+/// into `got`, end the turn as the pool does (`end_of_turn`, no tick due),
+/// queue it again if something arrived meanwhile.
 fn serve(mailbox: &Mailbox<u32>, ready: &ReadyQueue<()>, got: &mut Vec<u32>) {
     let mut batch = Vec::new();
     assert!(mailbox.drain(&mut batch, Duration::ZERO));
     got.append(&mut batch);
-    if mailbox.end_turn() {
+    if end_of_turn(mailbox, || false) {
         assert!(ready.push(()));
     }
 }
@@ -214,5 +215,72 @@ fn a_replica_is_never_queued_twice_and_its_flag_never_sticks() {
         }
         assert_eq!(got, vec![1], "the push was served");
         assert!(mailbox.schedule(), "idle with the flag down");
+    });
+}
+
+#[test]
+fn p3_close_racing_the_end_of_a_turn_and_a_timer_never_queues_twice() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::<u32>::new(8));
+        let ready = Arc::new(ReadyQueue::new());
+        // The replica is in a worker's turn; its next tick is already due when
+        // the turn ends, the timer finds it due too, and the pool stops it.
+        assert!(mailbox.schedule());
+        let timer = {
+            let (m, q) = (Arc::clone(&mailbox), Arc::clone(&ready));
+            thread::spawn(move || {
+                if m.schedule() {
+                    assert!(q.push(()));
+                }
+            })
+        };
+        let closer = {
+            let m = Arc::clone(&mailbox);
+            thread::spawn(move || m.close().len())
+        };
+        if end_of_turn(&mailbox, || true) {
+            assert!(ready.push(()));
+        }
+        timer.join().expect("timer");
+        assert_eq!(closer.join().expect("closer"), 0);
+        let mut queued = 0;
+        while let Pop::Item(()) = ready.pop(Duration::ZERO) {
+            queued += 1;
+        }
+        assert!(queued <= 1, "the replica is on the queue at most once");
+        assert!(!mailbox.schedule(), "a closed mailbox is never scheduled");
+    });
+}
+
+#[test]
+fn p3_two_workers_take_an_item_once_and_wake_on_close() {
+    // Two parked workers, one push and the close: three threads on a condvar
+    // is as far as loom explores in minutes with a bound on preemptions.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(|| {
+        let ready = Arc::new(ReadyQueue::new());
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let q = Arc::clone(&ready);
+                thread::spawn(move || {
+                    let mut took = Vec::new();
+                    // Parks without a timeout under loom: a lost wake-up (of a
+                    // push or of the close) is a deadlock loom reports.
+                    while let Pop::Item(item) = q.pop(WAIT) {
+                        took.push(item);
+                    }
+                    took
+                })
+            })
+            .collect();
+        assert!(ready.push(1u32));
+        let left = ready.close();
+        assert!(!ready.push(2), "a closed queue refuses pushes");
+        let mut all = left;
+        for w in workers {
+            all.extend(w.join().expect("worker"));
+        }
+        assert_eq!(all, vec![1], "the item taken or handed back, once");
     });
 }

@@ -32,5 +32,5 @@ pub use api::NodeApi;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
 pub use mailbox::{Mailbox, PushError};
 pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};
-pub use pool::{Pool, PoolConfig, PoolError, PooledNode, Pop, ReadyQueue};
+pub use pool::{end_of_turn, Pool, PoolConfig, PoolError, PooledNode, Pop, ReadyQueue};
 pub use slot::{Notify, Slot};

@@ -10,7 +10,8 @@
 //! same turns of many replicas on a few workers (the `Fsm` trait), so both
 //! runtimes share one copy of the logic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -295,8 +296,7 @@ impl Node {
         machine: S,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, ReplicaError> {
-        let first_tick = Instant::now() + cfg.tick_interval;
-        let driver = Driver::new(&cfg, store, machine, transport, first_tick)?;
+        let driver = Driver::new(&cfg, store, machine, transport)?;
         let shared = Arc::clone(&driver.shared);
         let thread = std::thread::Builder::new()
             .name(format!("vaultfleet-node-{}", shared.id))
@@ -362,6 +362,18 @@ pub(super) fn fail_input(input: Input, error: RequestError) {
     }
 }
 
+/// Where `input`'s outcome goes, if it has one.
+fn input_slot(input: &Input) -> Option<&ResponseSlot> {
+    match input {
+        Input::Propose(_, slot)
+        | Input::RegisterSession(_, slot)
+        | Input::Read(_, slot)
+        | Input::Membership(_, slot)
+        | Input::StateDigest(slot) => Some(slot),
+        Input::Raft(_) | Input::TransferLeader(_) | Input::SnapshotSent(..) => None,
+    }
+}
+
 /// A request the replica took: where its outcome goes, and since when it waits
 /// (for [`telemetry::COMMIT_SECONDS`]).
 struct Pending {
@@ -379,8 +391,13 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     slots: BTreeMap<RequestId, Pending>,
     next_request: RequestId,
     out: Output,
-    /// The inputs of the current turn (kept to reuse its allocation).
-    inputs: Vec<Input>,
+    /// The inputs of the current turn not yet taken by the replica: kept here,
+    /// not in a local, so that if the replica panics mid-batch `finish` still
+    /// fails them (a client gets `Stopped` instead of waiting out its timeout).
+    inputs: VecDeque<Input>,
+    /// The slot of the input being handed to the replica, for the same reason
+    /// (filling a slot twice is a no-op).
+    in_flight: Option<ResponseSlot>,
     next_tick: Instant,
     tick_interval: Duration,
     catch_up_ticks_max: u32,
@@ -414,13 +431,14 @@ impl<L: LogStore, S: StateMachine> Fsm for Driver<L, S> {
 
 impl<L: LogStore, S: StateMachine> Driver<L, S> {
     /// Opens the replica on `store` and makes its shared half; its first tick
-    /// is due at `first_tick`.
+    /// is due one interval after the store is open (opening and replaying it
+    /// do not count as elapsed ticks: they would fire at once and start an
+    /// election).
     pub(super) fn new(
         cfg: &NodeConfig,
         store: L,
         machine: S,
         transport: Arc<dyn Transport>,
-        first_tick: Instant,
     ) -> Result<Self, ReplicaError> {
         let replica = Replica::new(cfg.replica.clone(), store, machine)?;
         let shared = Arc::new(Shared {
@@ -439,13 +457,19 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             slots: BTreeMap::new(),
             next_request: 1,
             out: Output::default(),
-            inputs: Vec::new(),
-            next_tick: first_tick,
+            inputs: VecDeque::new(),
+            in_flight: None,
+            next_tick: Instant::now() + cfg.tick_interval,
             tick_interval: cfg.tick_interval,
             catch_up_ticks_max: cfg.catch_up_ticks_max.max(1),
             mailbox_inputs_max: cfg.mailbox_inputs_max.max(1),
             seen: Seen::default(),
         })
+    }
+
+    /// Moves the first tick to `at` (a pool's grid), before the first turn.
+    pub(super) fn set_first_tick(&mut self, at: Instant) {
+        self.next_tick = at;
     }
 
     /// One turn: drain the whole mailbox into the replica (waiting up to `wait`
@@ -460,17 +484,20 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         } else {
             self.next_tick.saturating_duration_since(Instant::now())
         };
-        let mut inputs = std::mem::take(&mut self.inputs);
+        debug_assert!(self.inputs.is_empty() && self.in_flight.is_none());
+        let mut inputs = Vec::from(std::mem::take(&mut self.inputs));
         if !self.shared.mailbox.drain(&mut inputs, wait.min(until_tick)) {
-            self.inputs = inputs;
+            self.inputs = VecDeque::from(inputs);
             return Ok(false);
         }
         metrics::gauge!(telemetry::MAILBOX_DEPTH).set(inputs.len() as f64);
         metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(self.mailbox_inputs_max as f64);
-        for input in inputs.drain(..) {
+        // `VecDeque::from(Vec)` keeps the allocation; so does the way back
+        // above once the deque is empty.
+        self.inputs = VecDeque::from(inputs);
+        while let Some(input) = self.inputs.pop_front() {
             self.accept(input);
         }
-        self.inputs = inputs;
         let late = std::mem::take(&mut *self.shared.snapshot_reports.lock());
         for (to, sent) in late {
             self.accept(Input::SnapshotSent(to, sent));
@@ -479,7 +506,10 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         let mut ticks = 0;
         while now >= self.next_tick {
             if ticks == self.catch_up_ticks_max {
-                self.next_tick = now + self.tick_interval;
+                // The ticks beyond the limit are skipped by whole intervals, so
+                // the next one stays on the grid (a pool's timer serves every
+                // replica of a tick length with one wake).
+                self.next_tick = next_on_grid(self.next_tick, self.tick_interval, now);
                 break;
             }
             self.replica.tick();
@@ -502,6 +532,12 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     /// Closes the mailbox and fails what it held and every request the replica
     /// took but did not answer with [`RequestError::Stopped`].
     pub(super) fn finish(&mut self) {
+        if let Some(slot) = self.in_flight.take() {
+            let _ = slot.fill(Err(RequestError::Stopped));
+        }
+        for input in std::mem::take(&mut self.inputs) {
+            fail_input(input, RequestError::Stopped);
+        }
         for input in self.shared.mailbox.close() {
             fail_input(input, RequestError::Stopped);
         }
@@ -512,6 +548,12 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     }
 
     fn accept(&mut self, input: Input) {
+        self.in_flight = input_slot(&input).cloned();
+        self.accept_input(input);
+        self.in_flight = None;
+    }
+
+    fn accept_input(&mut self, input: Input) {
         let id = self.next_request;
         let (slot, kind, submitted) = match input {
             Input::Raft(m) => {
@@ -604,6 +646,17 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     }
 }
 
+/// The first of `from + k * interval` (k >= 1) later than `now`.
+fn next_on_grid(from: Instant, interval: Duration, now: Instant) -> Instant {
+    let interval_ns = interval.as_nanos().max(1);
+    let behind = now.saturating_duration_since(from).as_nanos();
+    let skipped = u32::try_from(behind / interval_ns + 1).unwrap_or(u32::MAX);
+    interval
+        .checked_mul(skipped)
+        .and_then(|d| from.checked_add(d))
+        .unwrap_or(now + interval)
+}
+
 fn run<L: LogStore, S: StateMachine>(mut driver: Driver<L, S>) -> Result<(), ReplicaError> {
     // If raft-rs panics (its `fatal!` on an impossible state), close the mailbox so
     // clients fail fast with `Stopped` instead of waiting on a dead node.
@@ -616,15 +669,22 @@ fn run<L: LogStore, S: StateMachine>(mut driver: Driver<L, S>) -> Result<(), Rep
         }
     }
     let _close_on_exit = CloseOnExit(Arc::clone(&driver.shared));
-    let result = loop {
+    let id = driver.shared.id;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
         // Waits for inputs until the next tick is due.
         match driver.turn(Duration::MAX) {
             Ok(true) => {}
             Ok(false) => break Ok(()),
             Err(e) => break Err(e),
         }
-    };
-    driver.finish();
+    }));
+    let result = outcome.unwrap_or_else(|_| {
+        tracing::error!(replica = id, "replica panicked in its turn; stopped");
+        Err(ReplicaError::Failed { id })
+    });
+    // After a panic too: the batch's rest and every request the replica took
+    // fail with `Stopped` (the replica may be broken, so contain a second panic).
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| driver.finish()));
     result
 }
 
@@ -660,5 +720,21 @@ impl Seen {
                 metrics::counter!(telemetry::LEADER_CHANGES).increment(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p6_a_catch_up_skips_ticks_by_whole_intervals() {
+        let from = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(next_on_grid(from, ms(10), from + ms(35)), from + ms(40));
+        assert_eq!(next_on_grid(from, ms(10), from + ms(40)), from + ms(50));
+        assert_eq!(next_on_grid(from, ms(10), from), from + ms(10));
+        // A zero interval never loops or divides by zero.
+        assert!(next_on_grid(from, Duration::ZERO, from + ms(1)) >= from);
     }
 }

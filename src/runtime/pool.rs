@@ -22,6 +22,7 @@ use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::mailbox::Mailbox;
 use super::node::{fail_input, Driver, Fsm, NodeConfig, NodeHandle, Shared};
 use super::sync::{lock, Condvar, Mutex};
 use super::telemetry;
@@ -217,6 +218,8 @@ struct Entry {
     fsm: Mutex<Option<Box<dyn Fsm>>>,
     /// When its next tick is due, in nanoseconds since the pool's epoch.
     next_tick: AtomicU64,
+    /// Its tick length in nanoseconds (at least 1).
+    tick_nanos: u64,
     /// Why it stopped on its own (an error, a panic), for `shutdown`.
     outcome: Mutex<Option<ReplicaError>>,
 }
@@ -305,13 +308,36 @@ impl Inner {
 /// A worker: takes replicas off the ready queue and runs their turns until
 /// the pool stops or it is one worker too many.
 fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
+    /// Un-counts the worker however it exits (a panic that escaped a turn's
+    /// `catch_unwind` included), so `live` and the slots stay true.
+    struct Exit<'a> {
+        inner: &'a Inner,
+        slot: &'a Arc<WorkerSlot>,
+    }
+    impl Exit<'_> {
+        fn uncount(&self, counts: &mut Counts) {
+            counts.live -= 1;
+            if self.slot.stalled.swap(false, Ordering::AcqRel) {
+                counts.stalled -= 1;
+            }
+            counts.slots.retain(|s| !Arc::ptr_eq(s, self.slot));
+            metrics::gauge!(telemetry::POOL_WORKERS).decrement(1.0);
+        }
+    }
+    impl Drop for Exit<'_> {
+        fn drop(&mut self) {
+            self.uncount(&mut lock(&self.inner.counts));
+        }
+    }
+    let exit = Exit { inner, slot };
     loop {
         {
             let mut counts = lock(&inner.counts);
             if counts.live - counts.stalled > inner.cfg.workers {
-                counts.live -= 1;
-                counts.slots.retain(|s| !Arc::ptr_eq(s, slot));
-                metrics::gauge!(telemetry::POOL_WORKERS).decrement(1.0);
+                // Un-counted under the same lock as the check, so two workers
+                // never both retire for one spare too many.
+                exit.uncount(&mut counts);
+                std::mem::forget(exit);
                 return;
             }
         }
@@ -319,7 +345,7 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
         let entry = match inner.queue.pop(Duration::from_secs(1)) {
             Pop::Item(entry) => entry,
             Pop::Empty => continue,
-            Pop::Closed => break,
+            Pop::Closed => return,
         };
         slot.busy_since
             .store(inner.nanos(Instant::now()) + 1, Ordering::Release);
@@ -335,10 +361,6 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
             inner.queue.push(entry);
         }
     }
-    let mut counts = lock(&inner.counts);
-    counts.live -= 1;
-    counts.slots.retain(|s| !Arc::ptr_eq(s, slot));
-    metrics::gauge!(telemetry::POOL_WORKERS).decrement(1.0);
 }
 
 /// Watches an empty queue for up to `spin` before the worker parks, if no
@@ -387,9 +409,7 @@ fn turn(inner: &Inner, entry: &Arc<Entry>) -> bool {
     if let Some(error) = stopped {
         // As a Node's thread does on its way out: clients fail fast with
         // `Stopped`, the replica (and its store) is dropped.
-        for input in entry.shared.mailbox.close() {
-            fail_input(input, RequestError::Stopped);
-        }
+        fail_mailbox(&entry.shared);
         // Finished and dropped (its store closed) and its outcome recorded
         // before the lock goes: a `shutdown` waiting on it sees both.
         finish(held.take());
@@ -401,7 +421,28 @@ fn turn(inner: &Inner, entry: &Arc<Entry>) -> bool {
     let due = fsm.next_tick();
     drop(held);
     entry.next_tick.store(inner.nanos(due), Ordering::Release);
-    entry.shared.mailbox.end_turn() || (Instant::now() >= due && entry.shared.mailbox.schedule())
+    end_of_turn(&entry.shared.mailbox, || Instant::now() >= due)
+}
+
+/// Ends a worker's turn of a replica whose mailbox is `mailbox`; returns
+/// whether the worker must queue the replica again (at the back of the ready
+/// queue): items arrived during the turn, or its next tick is already due
+/// (`tick_due`, asked only if nothing arrived) and nobody else — the timer —
+/// raised its flag first. A closed mailbox is never queued again. The loom
+/// models in `tests/loom.rs` call this very function.
+pub fn end_of_turn<T>(mailbox: &Mailbox<T>, tick_due: impl FnOnce() -> bool) -> bool {
+    mailbox.end_turn() || (tick_due() && mailbox.schedule())
+}
+
+/// Closes a replica's mailbox and fails what it held with `Stopped`,
+/// containing a panic of a client's callback (a slot's `Notify`).
+fn fail_mailbox(shared: &Shared) {
+    let left = shared.mailbox.close();
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        for input in left {
+            fail_input(input, RequestError::Stopped);
+        }
+    }));
 }
 
 /// Fails what a stopped replica still held and drops it, containing a panic
@@ -429,6 +470,11 @@ fn time(inner: &Arc<Inner>) {
                 if entry.shared.mailbox.schedule() {
                     ready.push(Arc::clone(entry));
                 }
+                // Its turn (the one just scheduled, or one in progress that
+                // refused the schedule) moves its next tick to the grid point
+                // after now: the timer wakes for that one too.
+                let after = (now_ns - due) / entry.tick_nanos + 1;
+                next = next.min(due.saturating_add(after.saturating_mul(entry.tick_nanos)));
             } else {
                 next = next.min(due);
             }
@@ -564,16 +610,19 @@ impl Pool {
         transport: Arc<dyn Transport>,
     ) -> Result<PooledNode, ReplicaError> {
         let inner = &self.inner;
+        let mut driver = Driver::new(&cfg, store, machine, transport)?;
+        // The grid point after the store is open: opening and replaying it
+        // are no elapsed ticks.
         let interval = nanos_of(cfg.tick_interval).max(1);
         let now = inner.nanos(Instant::now());
         let first = (now / interval + 1).saturating_mul(interval);
-        let first_tick = inner.epoch + Duration::from_nanos(first);
-        let driver = Driver::new(&cfg, store, machine, transport, first_tick)?;
+        driver.set_first_tick(inner.epoch + Duration::from_nanos(first));
         let shared = Arc::clone(&driver.shared);
         let entry = Arc::new(Entry {
             shared: Arc::clone(&shared),
             fsm: Mutex::new(Some(Box::new(driver))),
             next_tick: AtomicU64::new(first),
+            tick_nanos: interval,
             outcome: Mutex::new(None),
         });
         let link = PoolLink {
@@ -610,6 +659,13 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        // First every mailbox closes, failing what it held: from here on a
+        // request to any replica is refused with `Stopped` at once, even while
+        // some store is stalled and its worker cannot be joined.
+        let entries = std::mem::take(&mut *lock(&self.inner.entries));
+        for entry in &entries {
+            fail_mailbox(&entry.shared);
+        }
         *lock(&self.inner.stopping) = true;
         self.inner.timer_wake.notify_all();
         if let Some(t) = self.timer.take() {
@@ -618,13 +674,27 @@ impl Drop for Pool {
         for entry in self.inner.queue.close() {
             drop(entry);
         }
+        // Replicas no worker holds are finished now (their pending requests
+        // fail); one in a turn is finished once its worker lets it go.
+        let mut busy = Vec::new();
+        for entry in entries {
+            let free = match entry.fsm.try_lock() {
+                Ok(mut held) => {
+                    finish(held.take());
+                    true
+                }
+                Err(_) => false,
+            };
+            if !free {
+                busy.push(entry);
+            }
+        }
         // Workers finish the turn they are in (a stalled one waits for its store).
         let threads = std::mem::take(&mut *lock(&self.inner.threads));
         for t in threads {
             let _ = t.join();
         }
-        let entries = std::mem::take(&mut *lock(&self.inner.entries));
-        for entry in entries {
+        for entry in busy {
             stop(&entry);
         }
     }
@@ -632,13 +702,12 @@ impl Drop for Pool {
 
 /// Stops a replica: closes its mailbox (failing what it held with
 /// `Stopped`), waits for a running turn to end, fails its pending requests and
-/// drops it.
+/// drops it — under the replica's lock, so whoever stops it second returns
+/// only once its store is closed.
 fn stop(entry: &Entry) {
-    for input in entry.shared.mailbox.close() {
-        fail_input(input, RequestError::Stopped);
-    }
-    let fsm = lock(&entry.fsm).take();
-    finish(fsm);
+    fail_mailbox(&entry.shared);
+    let mut held = lock(&entry.fsm);
+    finish(held.take());
 }
 
 /// A replica running on a [`Pool`]: the same surface as a
