@@ -60,6 +60,9 @@ done
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# The engine's replication and sealed-storage suites once more, each fleet on one
+# 2-worker pool (runtime::Pool) instead of a thread per replica (tests/harness).
+VAULTFLEET_TEST_RUNTIME=pool cargo test -p vaultfleet --all-features --test replication --test sealed_storage
 # Public docs: broken intra-doc links and missing docs fail the build.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 # loom needs its own cfg for the whole build; a separate target dir keeps the

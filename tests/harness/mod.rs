@@ -1,6 +1,9 @@
 //! A threaded test fleet: nodes on MemLog, SledLog or sealed SledLog (one soft HSM
 //! per replica, kept across restarts) in a temporary directory,
 //! connected by a ChannelNetwork, with start / stop / restart per replica.
+//! Each replica runs on its own `Node` thread, or, with
+//! `VAULTFLEET_TEST_RUNTIME=pool` (scripts/test.sh runs the suites that use
+//! this harness both ways), on one 2-worker `Pool` per fleet.
 // Tests of the threaded runtime wait in wall-clock time.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #![allow(dead_code)]
@@ -11,7 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vaultfleet::replica::{ReplicaConfig, Status};
-use vaultfleet::runtime::{Client, ClientConfig, Node, NodeConfig, NodeHandle};
+use vaultfleet::runtime::{
+    Client, ClientConfig, Node, NodeConfig, NodeHandle, Pool, PoolConfig, PooledNode,
+};
 use vaultfleet::transport::Transport;
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
@@ -19,6 +24,33 @@ use vaultfleet::{
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A replica on either runtime.
+pub enum Running {
+    Thread(Node),
+    Pooled(PooledNode),
+}
+
+impl Running {
+    pub fn handle(&self) -> NodeHandle {
+        match self {
+            Running::Thread(n) => n.handle(),
+            Running::Pooled(n) => n.handle(),
+        }
+    }
+
+    pub fn shutdown(self) -> Result<(), vaultfleet::ReplicaError> {
+        match self {
+            Running::Thread(n) => n.shutdown(),
+            Running::Pooled(n) => n.shutdown(),
+        }
+    }
+}
+
+/// Whether this run's fleets use the pool (`VAULTFLEET_TEST_RUNTIME=pool`).
+pub fn on_pool() -> bool {
+    std::env::var("VAULTFLEET_TEST_RUNTIME").is_ok_and(|v| v == "pool")
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Store {
@@ -31,7 +63,10 @@ pub enum Store {
 pub struct Fleet<M: StateMachine = KvStore> {
     pub net: ChannelNetwork,
     pub config: FleetConfig,
-    pub nodes: BTreeMap<u64, Node>,
+    pub nodes: BTreeMap<u64, Running>,
+    /// The pool the nodes run on (`VAULTFLEET_TEST_RUNTIME=pool`); declared
+    /// after `nodes`, so the nodes stop first.
+    pool: Option<Pool>,
     store: Store,
     /// Makes each replica's (empty) state machine.
     make: fn() -> M,
@@ -105,6 +140,7 @@ impl<M: StateMachine> Fleet<M> {
             net: ChannelNetwork::new(),
             config,
             nodes: BTreeMap::new(),
+            pool: on_pool().then(|| Pool::new(PoolConfig::new()).expect("start the pool")),
             store,
             make,
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -156,7 +192,7 @@ impl<M: StateMachine> Fleet<M> {
         self.nodes.insert(id, node);
     }
 
-    fn spawn<L: LogStore>(&self, id: u64, mut log: L, initial: bool) -> Node {
+    fn spawn<L: LogStore>(&self, id: u64, mut log: L, initial: bool) -> Running {
         let cfg = self.node_config(id);
         let transport: Arc<dyn Transport> = self.net.transport(id);
         let transport = match &self.wrap {
@@ -166,7 +202,15 @@ impl<M: StateMachine> Fleet<M> {
         if initial {
             Replica::bootstrap(&mut log, &(self.make)(), &self.config).expect("bootstrap");
         }
-        Node::spawn(cfg, log, (self.make)(), transport).expect("spawn")
+        match &self.pool {
+            Some(pool) => Running::Pooled(
+                pool.spawn(cfg, log, (self.make)(), transport)
+                    .expect("spawn"),
+            ),
+            None => {
+                Running::Thread(Node::spawn(cfg, log, (self.make)(), transport).expect("spawn"))
+            }
+        }
     }
 
     pub fn stop(&mut self, id: u64) {
@@ -186,7 +230,7 @@ impl<M: StateMachine> Fleet<M> {
     }
 
     pub fn handles(&self) -> Vec<NodeHandle> {
-        self.nodes.values().map(Node::handle).collect()
+        self.nodes.values().map(Running::handle).collect()
     }
 
     pub fn handle(&self, id: u64) -> NodeHandle {
