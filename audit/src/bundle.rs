@@ -443,6 +443,59 @@ pub struct CosignerKey {
     pub public_key: [u8; 32],
 }
 
+/// Checks a set of cosigner pins as [`FleetVerifier::require_cosigners`] does:
+/// `need` from 1 to their number, at most [`COSIGNERS_MAX`], names valid note
+/// key names and unique, keys unique and none of them one of `witness_keys`.
+/// Returns their verifiers. A pins file is checked with it when read, so
+/// every reader of the file (not only a verifier) gets the same rules.
+pub fn check_cosigner_pins(
+    need: usize,
+    cosigners: &[CosignerKey],
+    witness_keys: &[WitnessKey],
+) -> Result<Vec<NoteVerifier>, CosignerPinError> {
+    if cosigners.len() > COSIGNERS_MAX {
+        return Err(CosignerPinError::TooMany {
+            count: cosigners.len(),
+            max: COSIGNERS_MAX,
+        });
+    }
+    if need == 0 || need > cosigners.len() {
+        return Err(CosignerPinError::Threshold {
+            need,
+            pinned: cosigners.len(),
+        });
+    }
+    let mut verifiers: Vec<NoteVerifier> = Vec::with_capacity(cosigners.len());
+    for c in cosigners {
+        let v = NoteVerifier::cosignature(&c.name, c.public_key).map_err(|source| {
+            CosignerPinError::Name {
+                name: c.name.clone(),
+                source,
+            }
+        })?;
+        if verifiers.iter().any(|p| p.name == c.name) {
+            return Err(CosignerPinError::DuplicateName(c.name.clone()));
+        }
+        // C2SP tlog-cosignature: "The Ed25519 signed message format doesn't
+        // commit to the cosigner name, so the same public key can't be used
+        // across multiple cosigners."
+        if let Some(p) = verifiers.iter().find(|p| p.public_key == c.public_key) {
+            return Err(CosignerPinError::DuplicateKey {
+                first: p.name.clone(),
+                second: c.name.clone(),
+            });
+        }
+        if let Some(w) = witness_keys.iter().find(|w| w.public_key == c.public_key) {
+            return Err(CosignerPinError::WitnessKey {
+                cosigner: c.name.clone(),
+                witness: w.name.clone(),
+            });
+        }
+        verifiers.push(v);
+    }
+    Ok(verifiers)
+}
+
 /// A set of cosigner pins [`FleetVerifier::require_cosigners`] refuses.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -601,50 +654,7 @@ impl FleetVerifier {
         need: usize,
         cosigners: Vec<CosignerKey>,
     ) -> Result<Self, CosignerPinError> {
-        if cosigners.len() > COSIGNERS_MAX {
-            return Err(CosignerPinError::TooMany {
-                count: cosigners.len(),
-                max: COSIGNERS_MAX,
-            });
-        }
-        if need == 0 || need > cosigners.len() {
-            return Err(CosignerPinError::Threshold {
-                need,
-                pinned: cosigners.len(),
-            });
-        }
-        let mut verifiers: Vec<NoteVerifier> = Vec::with_capacity(cosigners.len());
-        for c in &cosigners {
-            let v = NoteVerifier::cosignature(&c.name, c.public_key).map_err(|source| {
-                CosignerPinError::Name {
-                    name: c.name.clone(),
-                    source,
-                }
-            })?;
-            if verifiers.iter().any(|p| p.name == c.name) {
-                return Err(CosignerPinError::DuplicateName(c.name.clone()));
-            }
-            // C2SP tlog-cosignature: "The Ed25519 signed message format doesn't
-            // commit to the cosigner name, so the same public key can't be used
-            // across multiple cosigners."
-            if let Some(p) = verifiers.iter().find(|p| p.public_key == c.public_key) {
-                return Err(CosignerPinError::DuplicateKey {
-                    first: p.name.clone(),
-                    second: c.name.clone(),
-                });
-            }
-            if let Some(w) = self
-                .witness_keys
-                .iter()
-                .find(|w| w.public_key == c.public_key)
-            {
-                return Err(CosignerPinError::WitnessKey {
-                    cosigner: c.name.clone(),
-                    witness: w.name.clone(),
-                });
-            }
-            verifiers.push(v);
-        }
+        let verifiers = check_cosigner_pins(need, &cosigners, &self.witness_keys)?;
         self.cosigners = verifiers;
         self.cosigners_required = need;
         // The bundle last accepted was checked without these pins: its bytes

@@ -17,12 +17,17 @@
 //! cosigners K
 //! ```
 //!
-//! Fields are separated by whitespace; empty lines are skipped; a later
-//! `namespace`, `operator`, `threshold` or `cosigners` line replaces an earlier
-//! one.
+//! Fields are separated by whitespace; empty lines are skipped. A
+//! `namespace`, `operator`, `threshold` or `cosigners` line may appear once
+//! (a second one, which a reader of the top of the file would miss, is
+//! refused), keys are exactly 64 hex digits, and the cosigners obey the rules
+//! of [`FleetVerifier::require_cosigners`](crate::FleetVerifier::require_cosigners)
+//! ([`check_cosigner_pins`]) when the file is read, so every reader of the file
+//! counts the same cosigners.
 
 use std::num::ParseIntError;
 
+use crate::bundle::{check_cosigner_pins, CosignerPinError};
 use crate::fleet::evidence::AuditPins;
 use crate::{CosignerKey, WitnessKey};
 
@@ -75,6 +80,20 @@ pub enum PinsError {
     /// Cosigners are pinned but no `cosigners K` line says how many to require.
     #[error("cosigner lines need a `cosigners K` line (K from 1 to their number): without it no cosignature would be checked")]
     CosignersUnused,
+    /// A line that may appear once appears again.
+    #[error("line {line}: a second `{kind}` line (it may appear once)")]
+    Repeated {
+        /// The line, from 1.
+        line: usize,
+        /// Its kind: `namespace`, `operator`, `threshold` or `cosigners`.
+        kind: &'static str,
+    },
+    /// The cosigner pins break a rule of
+    /// [`FleetVerifier::require_cosigners`](crate::FleetVerifier::require_cosigners):
+    /// `cosigners K` above their number, a name or key pinned twice, a
+    /// witness key pinned as a cosigner.
+    #[error("the cosigner pins are refused")]
+    Cosigners(#[from] CosignerPinError),
 }
 
 impl Pins {
@@ -88,8 +107,19 @@ impl Pins {
             cosigners: Vec::new(),
             cosigners_required: 0,
         };
+        let mut seen: Vec<&'static str> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line_no = i + 1;
+            let mut once = |kind: &'static str| {
+                if seen.contains(&kind) {
+                    return Err(PinsError::Repeated {
+                        line: line_no,
+                        kind,
+                    });
+                }
+                seen.push(kind);
+                Ok(())
+            };
             let key = |s: &str| unhex32(s).ok_or(PinsError::BadKey { line: line_no });
             let number = |source| PinsError::NotANumber {
                 line: line_no,
@@ -97,21 +127,33 @@ impl Pins {
             };
             let f: Vec<&str> = line.split_whitespace().collect();
             match f.as_slice() {
-                ["namespace", ns] => p.namespace = ns.to_string(),
+                ["namespace", ns] => {
+                    once("namespace")?;
+                    p.namespace = ns.to_string();
+                }
                 ["witness", name, nb, k] => p.witness.push(WitnessKey {
                     name: name.to_string(),
                     not_before: nb.parse().map_err(number)?,
                     public_key: key(k)?,
                 }),
-                ["operator", k] => p.operator = key(k)?,
+                ["operator", k] => {
+                    once("operator")?;
+                    p.operator = key(k)?;
+                }
                 ["vendor", name, k] => p.audit.vendor_roots.push((name.to_string(), key(k)?)),
                 ["officer", name, k] => p.audit.officers.push((name.to_string(), key(k)?)),
-                ["threshold", n] => p.audit.threshold = n.parse().map_err(number)?,
+                ["threshold", n] => {
+                    once("threshold")?;
+                    p.audit.threshold = n.parse().map_err(number)?;
+                }
                 ["cosigner", name, k] => p.cosigners.push(CosignerKey {
                     name: name.to_string(),
                     public_key: key(k)?,
                 }),
-                ["cosigners", n] => p.cosigners_required = n.parse().map_err(number)?,
+                ["cosigners", n] => {
+                    once("cosigners")?;
+                    p.cosigners_required = n.parse().map_err(number)?;
+                }
                 [] => {}
                 _ => return Err(PinsError::UnknownLine { line: line_no }),
             }
@@ -123,12 +165,20 @@ impl Pins {
         if !p.cosigners.is_empty() && p.cosigners_required == 0 {
             return Err(PinsError::CosignersUnused);
         }
+        // S1/S2 (review of this parser): `cosigners K` above their number, or
+        // a cosigner pinned twice, would count differently in different
+        // readers; the verifier's rules hold for the file itself.
+        if p.cosigners_required > 0 {
+            check_cosigner_pins(p.cosigners_required, &p.cosigners, &p.witness)?;
+        }
         Ok(p)
     }
 
     /// The pins as a file's text, one line per pin in the order of
     /// [`Pins::parse`]'s format (keys as lowercase hex; no `cosigners` line
-    /// when none are required): parsing it gives these pins back.
+    /// when none are required): parsing it gives these pins back, for pins
+    /// that [`Pins::parse`] accepted. The fields are written as they are: a
+    /// name with whitespace in it, set by hand, would not read back.
     pub fn to_text(&self) -> String {
         let mut text = format!("namespace {}\n", self.namespace);
         for w in &self.witness {
@@ -155,7 +205,8 @@ impl Pins {
 
 /// 64 hex digits as 32 bytes.
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    // Hex digits only: `from_str_radix` alone would take a `+` in a pair (S4).
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..32)
@@ -197,11 +248,99 @@ mod tests {
         let odd = format!("operator é{}\n", &KEY[2..]);
         assert_eq!(bad(&odd), "line 1: a key is not 32 bytes of hex");
         assert!(matches!(Pins::parse(""), Err(PinsError::Incomplete)));
-        let unused = format!("{}cosigner c {KEY}\n", minimal());
+        let unused = format!("{}cosigner c {KEY2}\n", minimal());
         assert!(matches!(
             Pins::parse(&unused),
             Err(PinsError::CosignersUnused)
         ));
         assert!(Pins::parse(&format!("{unused}cosigners 1\n")).is_ok());
+    }
+
+    const KEY2: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
+    #[test]
+    fn s1_cosigners_k_above_their_number_is_refused() {
+        let none = format!("{}cosigners 2\n", minimal());
+        assert!(matches!(
+            Pins::parse(&none),
+            Err(PinsError::Cosigners(CosignerPinError::Threshold {
+                need: 2,
+                pinned: 0
+            }))
+        ));
+        let one = format!("{}cosigner c {KEY2}\ncosigners 2\n", minimal());
+        assert!(matches!(
+            Pins::parse(&one),
+            Err(PinsError::Cosigners(CosignerPinError::Threshold {
+                need: 2,
+                pinned: 1
+            }))
+        ));
+    }
+
+    #[test]
+    fn s2_a_cosigner_pinned_twice_is_refused() {
+        let same_line = format!(
+            "{}cosigner c {KEY2}\ncosigner c {KEY2}\ncosigners 2\n",
+            minimal()
+        );
+        assert!(matches!(
+            Pins::parse(&same_line),
+            Err(PinsError::Cosigners(CosignerPinError::DuplicateName(_)))
+        ));
+        let same_key = format!(
+            "{}cosigner a {KEY2}\ncosigner b {KEY2}\ncosigners 2\n",
+            minimal()
+        );
+        assert!(matches!(
+            Pins::parse(&same_key),
+            Err(PinsError::Cosigners(CosignerPinError::DuplicateKey { .. }))
+        ));
+        // The witness's own key as a cosigner.
+        let witness = format!("{}cosigner c {KEY}\ncosigners 1\n", minimal());
+        assert!(matches!(
+            Pins::parse(&witness),
+            Err(PinsError::Cosigners(CosignerPinError::WitnessKey { .. }))
+        ));
+    }
+
+    #[test]
+    fn s3_a_second_singleton_line_is_refused() {
+        for (line, kind) in [
+            ("namespace other", "namespace"),
+            ("threshold 1", "threshold"),
+        ] {
+            let text = format!("{}{line}\n", minimal());
+            match Pins::parse(&text) {
+                Err(PinsError::Repeated { line: 4, kind: k }) => assert_eq!(k, kind),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let operator = format!("operator {KEY2}\noperator {KEY2}\n{}", minimal());
+        assert!(matches!(
+            Pins::parse(&operator),
+            Err(PinsError::Repeated {
+                line: 2,
+                kind: "operator"
+            })
+        ));
+        let cosigners = format!("{}cosigner c {KEY2}\ncosigners 1\ncosigners 1\n", minimal());
+        assert!(matches!(
+            Pins::parse(&cosigners),
+            Err(PinsError::Repeated {
+                line: 6,
+                kind: "cosigners"
+            })
+        ));
+    }
+
+    #[test]
+    fn s4_a_key_is_hex_digits_only() {
+        let plus = "+1".repeat(32);
+        assert!(matches!(
+            Pins::parse(&format!("operator {plus}\n")),
+            Err(PinsError::BadKey { line: 1 })
+        ));
+        assert!(Pins::parse(&format!("operator {}\n{}", KEY.to_uppercase(), minimal())).is_ok());
     }
 }
