@@ -327,10 +327,6 @@ mod tests {
         assert_eq!(copy, s);
     }
 
-    /// A session belongs to its owner (a network front end's client key): a
-    /// command with another owner is refused and touches nothing, not even
-    /// the cached responses or the acknowledgements; the owner survives a
-    /// snapshot.
     #[test]
     fn owners_compare_by_length_then_bytes() {
         assert!(same_owner(b"", b""));
@@ -341,6 +337,10 @@ mod tests {
         assert!(!same_owner(b"a", b""));
     }
 
+    /// A session belongs to its owner (a network front end's client key): a
+    /// command with another owner is refused and touches nothing, not even
+    /// the cached responses or the acknowledgements; the owner survives a
+    /// snapshot.
     #[test]
     fn a_session_is_usable_only_by_its_owner_and_the_owner_is_in_the_snapshot() {
         let mut s = Sessions::new(4, 4);
