@@ -33,6 +33,10 @@ pub mod storage;
 pub mod transport;
 pub mod wire;
 
+/// The `bytes` crate: a command ([`wire::Request::command`]) and an applied
+/// command's response ([`replica::Reply::Applied`]) are [`bytes::Bytes`],
+/// shared from the client to the state machine and back rather than copied.
+pub use bytes;
 pub use config::{ConfigError, ConfigWarning, FleetConfig, MemberSpec, ReplicatedSettings, Role};
 pub use hsm::{Hsm, HsmError, SoftHsm};
 pub use replica::{Replica, ReplicaConfig, ReplicaError, RequestError};

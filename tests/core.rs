@@ -289,7 +289,9 @@ fn a_leader_that_installs_a_snapshot_covering_its_proposal_answers_it_from_the_s
     assert!(net.failures.is_empty());
     assert_eq!(
         net.take(put),
-        Some(Ok(Reply::Applied(KvStore::decode_response_bytes(None)))),
+        Some(Ok(Reply::Applied(
+            KvStore::decode_response_bytes(None).into()
+        ))),
         "answered with the response the snapshot's session table holds"
     );
 }

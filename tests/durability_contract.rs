@@ -252,7 +252,7 @@ impl Run {
                         r.client_id = client_id;
                         r.sequence = self.sequence;
                         r.acked_below = 1;
-                        r.command = KvStore::put(k.clone(), v.clone());
+                        r.command = KvStore::put(k.clone(), v.clone()).into();
                         if node.propose(request_id, r).is_ok() {
                             self.pending.insert(request_id, (k, v));
                         }

@@ -345,7 +345,7 @@ fn a_retried_command_is_applied_once() {
         r.client_id = client.session();
         r.sequence = sequence;
         r.acked_below = 1;
-        r.command = KvStore::put("counter", value);
+        r.command = KvStore::put("counter", value).into();
         r
     };
     let send = |r: Request| {
@@ -364,7 +364,7 @@ fn a_retried_command_is_applied_once() {
     );
     assert_eq!(
         first,
-        Ok(Reply::Applied(KvStore::decode_response_bytes(None)))
+        Ok(Reply::Applied(KvStore::decode_response_bytes(None).into()))
     );
     assert!(matches!(second, Ok(Reply::Applied(_))));
     assert_eq!(

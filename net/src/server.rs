@@ -297,6 +297,7 @@ pub(crate) async fn run(
         shared.runtime.clone().spawn(async move {
             let dispatch = Dispatch {
                 shared: Arc::clone(&shared),
+                owner: Bytes::copy_from_slice(key.as_bytes()),
                 key,
                 in_flight,
                 bytes_in_flight,
@@ -393,6 +394,8 @@ pub(crate) async fn run(
 struct Dispatch {
     shared: Arc<Shared>,
     key: PublicKey,
+    /// `key` as a session owner, shared by every command of the connection.
+    owner: Bytes,
     in_flight: Arc<Semaphore>,
     /// Bytes of request frames in flight on this connection.
     bytes_in_flight: Arc<Semaphore>,
@@ -497,7 +500,7 @@ impl Dispatch {
             // a client wrote is replaced by its authenticated key, so one
             // client key can neither use nor read another's session.
             ClientOp::Propose(mut command) => {
-                command.owner = self.key.as_bytes().to_vec();
+                command.owner = self.owner.clone();
                 node.propose_into(command, Arc::clone(&slot))
             }
             ClientOp::RegisterSession => {

@@ -135,7 +135,7 @@ impl NodeApi for Scripted {
         false
     }
     fn propose_into(&self, request: Request, slot: ResponseSlot) -> Result<(), RequestError> {
-        self.take(Op::Propose(request.command), slot)
+        self.take(Op::Propose(request.command.to_vec()), slot)
     }
     fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
         self.take(Op::Register, slot)
@@ -192,7 +192,7 @@ impl NodeApi for Scripted {
 fn usual(op: &Op) -> Option<Result<Reply, RequestError>> {
     match op {
         Op::Register => Some(Ok(Reply::SessionRegistered(7))),
-        Op::Propose(_) => Some(Ok(Reply::Applied(Vec::new()))),
+        Op::Propose(_) => Some(Ok(Reply::Applied(Default::default()))),
         Op::Membership(_) => Some(Ok(Reply::MembershipChanged(ConfState::default()))),
         Op::StateDigest => Some(Ok(Reply::StateDigest(StateDigest {
             index: 5,
@@ -463,7 +463,7 @@ fn review_client_m3_commands_above_the_node_limit_and_bytes_beyond_the_budgets_a
     let mut request = Request::new();
     request.client_id = 7;
     request.sequence = 1;
-    request.command = vec![0; 2000];
+    request.command = vec![0; 2000].into();
     let slot = ResponseSlot::default();
     connection
         .propose_into(request, Arc::clone(&slot))
@@ -573,7 +573,7 @@ fn review_client_l1_an_applied_proposal_with_a_reply_above_the_frame_limit_says_
     let client = StaticSecret::generate().expect("client key");
     let node = Scripted::new(16 << 10, |op| match op {
         // A response larger than the 64 KiB frame limit.
-        Op::Propose(_) => Some(Ok(Reply::Applied(vec![1; 100 << 10]))),
+        Op::Propose(_) => Some(Ok(Reply::Applied(vec![1; 100 << 10].into()))),
         other => usual(other),
     });
     let server = Server::start(

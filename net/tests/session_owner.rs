@@ -69,10 +69,10 @@ fn review_client_h3_a_session_is_usable_only_by_the_key_that_registered_it() {
         r.client_id = session.session();
         r.sequence = sequence;
         r.acked_below = 1;
-        r.command = command;
+        r.command = command.into();
         // Whatever owner a client writes (alice's key here) is replaced by
         // its own authenticated key.
-        r.owner = alice_key.as_bytes().to_vec();
+        r.owner = alice_key.as_bytes().to_vec().into();
         assert_eq!(
             propose_anywhere(&nodes, &r),
             Err(RequestError::NotSessionOwner {

@@ -1447,7 +1447,7 @@ fn session_nodes(
             if id == config.replica_id {
                 Ok(Arc::new(OwnedLocal {
                     handle: handle.clone(),
-                    owner: owner.as_bytes().to_vec(),
+                    owner: vaultfleet::bytes::Bytes::copy_from_slice(owner.as_bytes()),
                 }) as Arc<dyn NodeApi>)
             } else {
                 remote.node(config.group, id).map(|n| n as Arc<dyn NodeApi>)
@@ -1569,7 +1569,7 @@ impl NodeApi for Guarded {
 /// the session stays usable whichever replica leads.
 struct OwnedLocal {
     handle: NodeHandle,
-    owner: Vec<u8>,
+    owner: vaultfleet::bytes::Bytes,
 }
 
 impl NodeApi for OwnedLocal {
@@ -1587,12 +1587,12 @@ impl NodeApi for OwnedLocal {
         mut request: vaultfleet::wire::Request,
         slot: ResponseSlot,
     ) -> Result<(), RequestError> {
-        request.owner.clone_from(&self.owner);
+        request.owner = self.owner.clone();
         self.handle.propose_into(request, slot)
     }
     fn register_session_into(&self, slot: ResponseSlot) -> Result<(), RequestError> {
         self.handle
-            .register_session_of_into(self.owner.clone(), slot)
+            .register_session_of_into(self.owner.to_vec(), slot)
     }
     fn register_session_of_into(
         &self,

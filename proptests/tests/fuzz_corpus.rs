@@ -215,7 +215,7 @@ mod seeds {
             client_id: 3,
             sequence: 4,
             acked_below: 2,
-            command: b"set x 1".to_vec(),
+            command: b"set x 1".to_vec().into(),
             ..Default::default()
         };
 

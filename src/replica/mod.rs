@@ -49,6 +49,7 @@ pub use error::{
 };
 pub use intake::{INDEX_JUMP_MAX, INDEX_MAX};
 
+use bytes::Bytes;
 use protobuf2::Message as _;
 use raft::prelude::{
     ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot,
@@ -109,8 +110,9 @@ pub enum MembershipChange {
 /// The successful result of a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    /// The state machine's response to an applied command.
-    Applied(Vec<u8>),
+    /// The state machine's response to an applied command. It is the same
+    /// buffer the session table caches for a retry, shared, not copied.
+    Applied(Bytes),
     /// The state machine's answer to a linearizable read.
     Read(Vec<u8>),
     /// A client session was registered with this id.
@@ -266,7 +268,7 @@ struct Batched {
     client_id: u64,
     sequence: u64,
     /// The request's owner: a cached response goes only to its session's owner.
-    owner: Vec<u8>,
+    owner: Bytes,
 }
 
 enum InFlightKind {
@@ -1186,7 +1188,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                             self.sessions
                                 .cached_response(b.client_id, b.sequence, &b.owner);
                         let result = match cached {
-                            Some(response) => Ok(Reply::Applied(response.to_vec())),
+                            Some(response) => Ok(Reply::Applied(response.clone())),
                             None => Err(RequestError::TimedOut),
                         };
                         self.completions.push(Completion { id: b.id, result });
@@ -1229,7 +1231,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
-    fn apply_normal(&mut self, index: u64, data: &[u8], mine: Option<InFlight>) {
+    fn apply_normal(&mut self, index: u64, data: &Bytes, mine: Option<InFlight>) {
         if data.is_empty() {
             // The empty entry a new leader appends: nothing to apply.
             if let Some(f) = mine {
@@ -1237,7 +1239,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             return;
         }
-        let payload: EntryPayload = match wire::decode(data, "log entry payload") {
+        // The batch's commands are slices of the entry, not copies.
+        let payload: EntryPayload = match wire::decode_shared(data, "log entry payload") {
             Ok(p) => p,
             Err(e) => {
                 // Committed bytes every replica sees alike: skip them on all replicas.

@@ -14,7 +14,9 @@
 //! happens when a registration finds it full; the per-command path touches one
 //! session and its response cache only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
 
 use super::RequestError;
 use crate::state_machine::StateMachine;
@@ -26,7 +28,67 @@ struct Session {
     owner: Vec<u8>,
     acked_below: u64,
     last_active_index: u64,
-    responses: BTreeMap<u64, Vec<u8>>,
+    responses: Responses,
+}
+
+/// A session's cached responses: a ring of (sequence, response), ordered by
+/// sequence, at most `responses_max` long. A client acknowledges in sequence
+/// order, so forgetting is a pop from the front, and it sends in sequence
+/// order, so caching is almost always a push at the back; a lookup is a binary
+/// search. Unlike a map it allocates once per session (the ring grows to the
+/// client's window and stays), not once per response, and a response is a
+/// shared [`Bytes`]: a retry's answer is the same buffer, not a copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Responses {
+    ring: VecDeque<(u64, Bytes)>,
+}
+
+impl Responses {
+    fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    fn get(&self, sequence: u64) -> Option<&Bytes> {
+        let at = self
+            .ring
+            .binary_search_by_key(&sequence, |&(s, _)| s)
+            .ok()?;
+        self.ring.get(at).map(|(_, r)| r)
+    }
+
+    /// Caches the response of `sequence`, which is not cached yet.
+    fn insert(&mut self, sequence: u64, response: Bytes) {
+        match self.ring.back() {
+            Some(&(last, _)) if last > sequence => {
+                // A retry of an older sequence applied after a newer one (its
+                // first attempt was lost with a leader): keep the order.
+                let at = self.ring.partition_point(|&(s, _)| s < sequence);
+                debug_assert!(self.ring.get(at).is_none_or(|&(s, _)| s != sequence));
+                self.ring.insert(at, (sequence, response));
+            }
+            _ => self.ring.push_back((sequence, response)),
+        }
+        debug_assert!(self
+            .ring
+            .iter()
+            .zip(self.ring.iter().skip(1))
+            .all(|(a, b)| a.0 < b.0));
+    }
+
+    /// Forgets every response below `acked_below`.
+    fn forget_below(&mut self, acked_below: u64) {
+        while self.ring.front().is_some_and(|&(s, _)| s < acked_below) {
+            self.ring.pop_front();
+        }
+    }
+
+    fn first_sequence(&self) -> Option<u64> {
+        self.ring.front().map(|&(s, _)| s)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, Bytes)> {
+        self.ring.iter()
+    }
 }
 
 /// Whether two owners are the same. Owners are public (a client's key, or
@@ -115,7 +177,7 @@ impl Sessions {
                 owner,
                 acked_below: 1,
                 last_active_index: index,
-                responses: BTreeMap::new(),
+                responses: Responses::default(),
             },
         );
         // Ids are log indexes, applied once each.
@@ -130,7 +192,7 @@ impl Sessions {
         index: u64,
         request: &Request,
         machine: &mut S,
-    ) -> Result<Vec<u8>, RequestError> {
+    ) -> Result<Bytes, RequestError> {
         let client_id = request.client_id;
         let responses_max = self.responses_max;
         let Some(session) = self.by_client.get_mut(&client_id) else {
@@ -144,13 +206,7 @@ impl Sessions {
         session.last_active_index = index;
         if request.acked_below > session.acked_below {
             session.acked_below = request.acked_below;
-            while session
-                .responses
-                .first_key_value()
-                .is_some_and(|(&sequence, _)| sequence < request.acked_below)
-            {
-                session.responses.pop_first();
-            }
+            session.responses.forget_below(request.acked_below);
         }
         if request.sequence < session.acked_below {
             return Err(RequestError::Stale {
@@ -159,7 +215,7 @@ impl Sessions {
                 acked_below: session.acked_below,
             });
         }
-        if let Some(cached) = session.responses.get(&request.sequence) {
+        if let Some(cached) = session.responses.get(request.sequence) {
             return Ok(cached.clone());
         }
         if session.responses.len() >= responses_max {
@@ -168,13 +224,14 @@ impl Sessions {
                 limit: responses_max,
             });
         }
-        let response = machine.apply(index, &request.command);
+        // `From<Vec<u8>>` keeps the machine's allocation: no copy.
+        let response = Bytes::from(machine.apply(index, &request.command));
         session.responses.insert(request.sequence, response.clone());
         debug_assert!(session.responses.len() <= responses_max);
         debug_assert!(session
             .responses
-            .first_key_value()
-            .is_none_or(|(&sequence, _)| sequence >= session.acked_below));
+            .first_sequence()
+            .is_none_or(|sequence| sequence >= session.acked_below));
         Ok(response)
     }
 
@@ -186,13 +243,12 @@ impl Sessions {
         client_id: u64,
         sequence: u64,
         owner: &[u8],
-    ) -> Option<&[u8]> {
+    ) -> Option<&Bytes> {
         self.by_client
             .get(&client_id)
             .filter(|s| same_owner(&s.owner, owner))?
             .responses
-            .get(&sequence)
-            .map(Vec::as_slice)
+            .get(sequence)
     }
 
     pub(crate) fn to_wire(&self) -> Vec<WireSession> {
@@ -207,9 +263,9 @@ impl Sessions {
                 w.responses = s
                     .responses
                     .iter()
-                    .map(|(&sequence, response)| {
+                    .map(|(sequence, response)| {
                         let mut c = CachedResponse::new();
-                        c.sequence = sequence;
+                        c.sequence = *sequence;
                         c.response = response.clone();
                         c
                     })
@@ -222,15 +278,22 @@ impl Sessions {
     pub(crate) fn restore(&mut self, sessions: Vec<WireSession>) {
         self.by_client.clear();
         for w in sessions {
+            // Through a map, as before the ring: any order is sorted, and of a
+            // duplicate sequence (never written by `to_wire`) the last one
+            // stays, so every build restores the same table from the same bytes.
+            let sorted: BTreeMap<u64, Bytes> = w
+                .responses
+                .into_iter()
+                .map(|c| (c.sequence, c.response))
+                .collect();
+            let responses = Responses {
+                ring: sorted.into_iter().collect(),
+            };
             let s = Session {
                 owner: w.owner,
                 acked_below: w.acked_below,
                 last_active_index: w.last_active_index,
-                responses: w
-                    .responses
-                    .into_iter()
-                    .map(|c| (c.sequence, c.response))
-                    .collect(),
+                responses,
             };
             // A duplicate id in the snapshot: the last one wins.
             self.by_client.insert(w.client_id, s);
@@ -248,7 +311,7 @@ mod tests {
         r.client_id = client_id;
         r.sequence = sequence;
         r.acked_below = acked_below;
-        r.command = command;
+        r.command = command.into();
         r
     }
 
@@ -327,6 +390,71 @@ mod tests {
         assert_eq!(copy, s);
     }
 
+    /// A retry's answer is the cached buffer itself, not a copy of it.
+    #[test]
+    fn a_retry_is_answered_with_the_cached_buffer_not_a_copy() {
+        let mut s = Sessions::new(4, 4);
+        let mut kv = KvStore::new();
+        let c = s.register(1, Vec::new());
+        let first = s
+            .apply(2, &request(c, 1, 1, KvStore::put("k", "v")), &mut kv)
+            .unwrap();
+        let retry = s
+            .apply(3, &request(c, 1, 1, KvStore::put("k", "v")), &mut kv)
+            .unwrap();
+        assert_eq!(first.as_ptr(), retry.as_ptr());
+        assert_eq!(
+            s.cached_response(c, 1, b"").map(|b| b.as_ptr()),
+            Some(first.as_ptr())
+        );
+    }
+
+    /// The ring keeps sequence order when a retry of an older sequence applies
+    /// after a newer one (its first attempt was lost with a leader), forgets
+    /// from the front, and a snapshot restores it in order whatever order the
+    /// snapshot lists it in (a duplicate: the last one stays, as before).
+    #[test]
+    fn the_response_ring_keeps_sequence_order() {
+        let mut s = Sessions::new(4, 8);
+        let mut kv = KvStore::new();
+        let c = s.register(1, Vec::new());
+        for (index, sequence) in [(2, 1), (3, 3), (4, 4), (5, 2)] {
+            s.apply(
+                index,
+                &request(c, sequence, 1, KvStore::put("k", "v")),
+                &mut kv,
+            )
+            .unwrap();
+        }
+        let order = |s: &Sessions| -> Vec<u64> {
+            s.by_client[&c].responses.iter().map(|&(q, _)| q).collect()
+        };
+        assert_eq!(order(&s), [1, 2, 3, 4]);
+        // Acknowledging below 3 forgets 1 and 2; a replay of 2 is stale.
+        s.apply(6, &request(c, 5, 3, KvStore::put("k", "v")), &mut kv)
+            .unwrap();
+        assert_eq!(order(&s), [3, 4, 5]);
+        assert!(matches!(
+            s.apply(7, &request(c, 2, 3, KvStore::put("k", "v")), &mut kv),
+            Err(RequestError::Stale { .. })
+        ));
+        // Restored from a snapshot that lists them out of order, with a
+        // duplicate sequence.
+        let mut wire = s.to_wire();
+        let responses = &mut wire[0].responses;
+        responses.reverse();
+        let mut duplicate = responses[0].clone();
+        duplicate.response = Bytes::from_static(b"last");
+        responses.push(duplicate);
+        let mut copy = Sessions::new(4, 8);
+        copy.restore(wire);
+        assert_eq!(order(&copy), [3, 4, 5]);
+        assert_eq!(
+            copy.cached_response(c, 5, b"").map(|b| &b[..]),
+            Some(&b"last"[..])
+        );
+    }
+
     #[test]
     fn owners_compare_by_length_then_bytes() {
         assert!(same_owner(b"", b""));
@@ -347,17 +475,17 @@ mod tests {
         let mut kv = KvStore::new();
         let c = s.register(1, b"alice".to_vec());
         let mut mine = request(c, 1, 1, KvStore::put("a", "1"));
-        mine.owner = b"alice".to_vec();
+        mine.owner = Bytes::from_static(b"alice");
         let applied = s.apply(2, &mine, &mut kv).unwrap();
         let mut theirs = request(c, 1, 2, KvStore::put("a", "2"));
-        theirs.owner = b"mallory".to_vec();
+        theirs.owner = Bytes::from_static(b"mallory");
         assert_eq!(
             s.apply(3, &theirs, &mut kv),
             Err(RequestError::NotSessionOwner { client_id: c })
         );
         assert_eq!(
             s.cached_response(c, 1, b"alice"),
-            Some(applied.as_slice()),
+            Some(&applied),
             "still cached"
         );
         assert_eq!(
@@ -369,7 +497,7 @@ mod tests {
         let mut copy = Sessions::new(4, 4);
         copy.restore(s.to_wire());
         assert_eq!(copy, s);
-        theirs.owner = Vec::new();
+        theirs.owner = Bytes::new();
         assert!(
             copy.apply(4, &theirs, &mut kv).is_err(),
             "no owner is not alice"

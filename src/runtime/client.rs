@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::StateRole;
 
@@ -313,7 +314,7 @@ impl PendingCommand {
 
     /// Checks for the outcome without blocking; re-submits on a retryable error.
     /// `None` while the command is still under way.
-    pub fn poll(&mut self) -> Option<Result<Vec<u8>, ClientError>> {
+    pub fn poll(&mut self) -> Option<Result<Bytes, ClientError>> {
         let inner = Arc::clone(&self.client.inner);
         let call = self.call.as_mut()?;
         if Instant::now() >= call.deadline {
@@ -358,7 +359,7 @@ impl PendingCommand {
     }
 
     /// Blocks until the outcome, retrying as needed.
-    pub fn wait(mut self) -> Result<Vec<u8>, ClientError> {
+    pub fn wait(mut self) -> Result<Bytes, ClientError> {
         let Some(call) = self.call.take() else {
             return Err(ClientError::AlreadyFinished);
         };
@@ -370,7 +371,7 @@ impl PendingCommand {
         self.done(result)
     }
 
-    fn done(&mut self, result: Result<Vec<u8>, ClientError>) -> Result<Vec<u8>, ClientError> {
+    fn done(&mut self, result: Result<Bytes, ClientError>) -> Result<Bytes, ClientError> {
         self.call = None;
         self.client
             .inner
@@ -408,7 +409,7 @@ struct ProposeFuture {
 }
 
 impl Future for ProposeFuture {
-    type Output = Result<Vec<u8>, ClientError>;
+    type Output = Result<Bytes, ClientError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -435,7 +436,7 @@ impl Future for ProposeFuture {
     }
 }
 
-fn applied(reply: Reply) -> Result<Vec<u8>, ClientError> {
+fn applied(reply: Reply) -> Result<Bytes, ClientError> {
     match reply {
         Reply::Applied(bytes) => Ok(bytes),
         other => Err(unexpected("an applied command's response", &other)),
@@ -499,7 +500,7 @@ impl Client {
 
     /// Submits `command` and returns at once; the response is collected with
     /// [`PendingCommand::poll`] or [`PendingCommand::wait`].
-    pub fn propose_async(&self, command: impl Into<Vec<u8>>) -> PendingCommand {
+    pub fn propose_async(&self, command: impl Into<Bytes>) -> PendingCommand {
         self.propose_pending(command.into(), None)
     }
 
@@ -512,11 +513,11 @@ impl Client {
     /// (sending on an unbounded channel, unparking a thread). A resubmission the
     /// node refused at once (overloaded, stopped) produces no notification, so
     /// also poll every pending command on a timer (tens of milliseconds).
-    pub fn propose_notify(&self, command: impl Into<Vec<u8>>, notify: Notify) -> PendingCommand {
+    pub fn propose_notify(&self, command: impl Into<Bytes>, notify: Notify) -> PendingCommand {
         self.propose_pending(command.into(), Some(notify))
     }
 
-    fn propose_pending(&self, command: Vec<u8>, notify: Option<Notify>) -> PendingCommand {
+    fn propose_pending(&self, command: Bytes, notify: Option<Notify>) -> PendingCommand {
         // Draw the sequence under the lock that publishes it as outstanding, so no
         // clone computes an `acked_below` past a sequence not yet inserted.
         let (sequence, acked_below) = {
@@ -570,8 +571,8 @@ impl Client {
     /// poll it on a timer.
     pub fn propose_future(
         &self,
-        command: impl Into<Vec<u8>>,
-    ) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send + 'static {
+        command: impl Into<Bytes>,
+    ) -> impl Future<Output = Result<Bytes, ClientError>> + Send + 'static {
         let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
         let cell = Arc::clone(&waker);
         let notify: Notify = Arc::new(move || {
@@ -589,7 +590,7 @@ impl Client {
 
     /// Proposes `command` and waits for the state machine's response, retrying on
     /// leader changes; the command is applied at most once.
-    pub fn propose(&self, command: impl Into<Vec<u8>>) -> Result<Vec<u8>, ClientError> {
+    pub fn propose(&self, command: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         self.propose_async(command).wait()
     }
 

@@ -340,7 +340,7 @@ impl<M: StateMachine> Network<M> {
         r.client_id = client;
         r.sequence = sequence;
         r.acked_below = acked_below;
-        r.command = command;
+        r.command = command.into();
         let request = self.request_id();
         self.replica_mut(at).propose(request, r)?;
         Ok(request)
@@ -371,8 +371,9 @@ impl<M: StateMachine> Network<M> {
 
 /// The decoded value of a kv response (`None`: absent).
 pub fn kv_value(reply: &Result<Reply, RequestError>) -> Option<Vec<u8>> {
-    let bytes = match reply {
-        Ok(Reply::Applied(b)) | Ok(Reply::Read(b)) => b,
+    let bytes: &[u8] = match reply {
+        Ok(Reply::Applied(b)) => b,
+        Ok(Reply::Read(b)) => b,
         other => panic!("expected a kv response, got {other:?}"),
     };
     KvStore::decode_response(bytes).expect("a kv response")

@@ -49,6 +49,7 @@
 //! [`Request`] travels as its four fields, not as
 //! protobuf, so one codec reads the whole frame.
 
+use bytes::Bytes;
 use raft::prelude::ConfState;
 use raft::StateRole;
 use vaultfleet::codec::{DecodeError, EncodeError, Reader, Writer};
@@ -257,7 +258,7 @@ fn read_request(r: &mut Reader<'_>) -> Result<ClientRequest, DecodeError> {
             p.client_id = r.u64("propose session")?;
             p.sequence = r.u64("propose sequence")?;
             p.acked_below = r.u64("propose acked_below")?;
-            p.command = r.bytes(PAYLOAD_BYTES_MAX, "command")?.to_vec();
+            p.command = Bytes::copy_from_slice(r.bytes(PAYLOAD_BYTES_MAX, "command")?);
             ClientOp::Propose(p)
         }
         OP_REGISTER => ClientOp::RegisterSession,
@@ -361,7 +362,9 @@ fn read_reply(r: &mut Reader<'_>) -> Result<ClientReply, DecodeError> {
     };
     let outcome = match r.u8("reply outcome")? {
         OUTCOME_REPLY => ClientOutcome::Reply(match r.u8("reply kind")? {
-            1 => Reply::Applied(r.bytes(PAYLOAD_BYTES_MAX, "applied response")?.to_vec()),
+            1 => Reply::Applied(Bytes::copy_from_slice(
+                r.bytes(PAYLOAD_BYTES_MAX, "applied response")?,
+            )),
             2 => Reply::Read(r.bytes(PAYLOAD_BYTES_MAX, "read answer")?.to_vec()),
             3 => Reply::SessionRegistered(r.u64("session id")?),
             4 => Reply::MembershipChanged(read_conf_state(r)?),
@@ -810,7 +813,7 @@ mod tests {
         p.client_id = 9;
         p.sequence = 3;
         p.acked_below = 2;
-        p.command = b"put k v".to_vec();
+        p.command = Bytes::from_static(b"put k v");
         let ops = [
             ClientOp::Propose(p),
             ClientOp::RegisterSession,
@@ -844,7 +847,7 @@ mod tests {
         cs.voters = vec![1, 2];
         cs.learners = vec![5];
         let outcomes = [
-            ClientOutcome::Reply(Reply::Applied(b"ok".to_vec())),
+            ClientOutcome::Reply(Reply::Applied(Bytes::from_static(b"ok"))),
             ClientOutcome::Reply(Reply::Read(vec![])),
             ClientOutcome::Reply(Reply::SessionRegistered(12)),
             ClientOutcome::Reply(Reply::MembershipChanged(cs)),
@@ -909,7 +912,7 @@ mod tests {
     #[test]
     fn malformed_client_frames_are_typed_errors_at_every_cut() {
         let mut p = Request::new();
-        p.command = vec![1; 40];
+        p.command = vec![1; 40].into();
         let request = encode_request(&ClientRequest {
             correlation: 1,
             group: 1,

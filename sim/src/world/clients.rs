@@ -176,7 +176,7 @@ impl<W: Workload> Simulation<W> {
                 r.client_id = session;
                 r.sequence = p.sequence;
                 r.acked_below = p.sequence;
-                r.command = cmd.clone();
+                r.command = cmd.clone().into();
                 ClientRequest::Command(r)
             }
         };
@@ -246,9 +246,8 @@ impl<W: Workload> Simulation<W> {
                     self.send_current(client);
                 }
             }
-            Ok(Reply::Applied(output) | Reply::Read(output)) => {
-                self.operation_done(client, output);
-            }
+            Ok(Reply::Applied(output)) => self.operation_done(client, output.into()),
+            Ok(Reply::Read(output)) => self.operation_done(client, output),
             Ok(Reply::MembershipChanged(_) | Reply::StateDigest(_)) => {}
             Err(RequestError::NotLeader { leader: Some(l) }) => {
                 if let Some(t) = (l as usize)

@@ -103,7 +103,8 @@ impl<W: Workload> Simulation<W> {
             } => (3, *host as u64, *client as u64, *op, 0),
             Event::ClientReply { client, op, result } => {
                 let digest = match result {
-                    Ok(Reply::Applied(o) | Reply::Read(o)) => fnv(o),
+                    Ok(Reply::Applied(o)) => fnv(o),
+                    Ok(Reply::Read(o)) => fnv(o),
                     Ok(Reply::SessionRegistered(s)) => *s,
                     Ok(Reply::MembershipChanged(_)) => 1,
                     Ok(Reply::StateDigest(d)) => d.index,
