@@ -71,7 +71,9 @@ pub use disk::DiskBug;
 pub use options::{Faults, MembershipBug, SimOptions, WorkloadKind};
 pub use store::SimStore;
 pub use vault::VaultWorkload;
-pub use workload::{CounterMachine, GuessCounter, OpKind, Operation, Record, Workload};
+pub use workload::{
+    CounterMachine, GuessCounter, MemberChange, OpKind, Operation, Record, Workload,
+};
 pub use world::{ExtraCheck, Report, Simulation, Stats, Violation};
 
 /// Runs the built-in workload `opts.workload` (its key count and attempt limit
@@ -79,12 +81,15 @@ pub use world::{ExtraCheck, Report, Simulation, Stats, Violation};
 pub fn run(opts: SimOptions) -> Report {
     match opts.workload {
         WorkloadKind::Vault => {
-            let workload = VaultWorkload::with_services(
+            let mut workload = VaultWorkload::for_fleet(
                 opts.keys,
                 opts.attempt_limit,
                 opts.seed,
                 opts.replicas,
+                opts.datacenters,
             );
+            workload.bug_device_keeps_old_keys =
+                opts.membership_bug == MembershipBug::DeviceKeepsOldKeys;
             Simulation::new(opts, workload).run()
         }
         WorkloadKind::Counter => {

@@ -209,6 +209,11 @@ pub enum MembershipBug {
     /// leaves the leader's host out ("restart the leader last") and never
     /// comes back to it: that host keeps the old list for good.
     PreferenceSkipsLeader,
+    /// Under the vault workload, devices keep every replica response key
+    /// they ever verified and accept a reply signed by one even when its
+    /// bundle is refused (too old an epoch, or retired): a replaced replica's
+    /// key outlives the epochs that retired it.
+    DeviceKeepsOldKeys,
 }
 
 /// The built-in workloads.

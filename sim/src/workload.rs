@@ -50,6 +50,29 @@ pub struct Record {
     pub invoked_at_us: u64,
 }
 
+/// A membership change of the simulated operator, as a workload hears of it
+/// ([`Workload::membership_change`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemberChange {
+    /// Replica `id` is about to be added as a learner (then promoted), in
+    /// `datacenter`; `replacing` names the replica it replaces, removed once
+    /// it is promoted (`docs/operations.md`, "Replacing a replica").
+    Joining {
+        /// The new replica's id.
+        id: u64,
+        /// Its datacenter label (`dc-<n>`).
+        datacenter: String,
+        /// The replica it replaces, if any.
+        replacing: Option<u64>,
+    },
+    /// Replica `id` was removed from the fleet (not replaced).
+    Removed {
+        /// The removed replica's id.
+        id: u64,
+    },
+}
+
 /// A workload for the simulator: the replicated state machine, the operations
 /// clients issue, and the sequential model their history must fit.
 pub trait Workload {
@@ -85,6 +108,13 @@ pub trait Workload {
     /// protocols (the vault's login, then reset) chain their next step here; the
     /// client's next [`Workload::next_operation`] returns it.
     fn observe(&mut self, _client: usize, _op: &Operation, _output: Option<&[u8]>) {}
+
+    /// The operator is changing the fleet's membership: before a new
+    /// replica's `AddLearner` is proposed, and after a removal (not a
+    /// replacement's) was seen committed. The vault workload publishes the
+    /// fleet's next epoch here, as an operator does before `add-learner`.
+    /// [`Workload::clock`] is given just before.
+    fn membership_change(&mut self, _change: &MemberChange) {}
 
     /// The workload's own invariant over the whole history.
     fn check_history(&self, _history: &[Record]) -> Result<(), String> {

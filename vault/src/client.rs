@@ -487,15 +487,7 @@ impl VaultClient {
             Trust::Bundles {
                 verifier, clock, ..
             } => {
-                if reply.bundle.is_empty() {
-                    return Err(ReplyError::NoBundle);
-                }
-                if reply.retirements.len() > RETIREMENTS_MAX {
-                    return Err(ReplyError::TooManyRetirements {
-                        count: reply.retirements.len(),
-                        max: RETIREMENTS_MAX,
-                    });
-                }
+                check_bundle_shape(reply)?;
                 let now = clock();
                 let mut verifier = verifier.lock();
                 // Retirements first, even before the reply verifies: each is
@@ -1002,6 +994,81 @@ pub fn verify_pinned_reply(
     check_signed_reply(keys.group, key, replica, &reply, request_digest)
 }
 
+/// A reply that [`verify_bundled_reply`] accepted.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BundledReply {
+    /// The verified body; its status is the caller's to read.
+    pub body: VaultReplyBody,
+    /// The fleet epoch of the bundle whose response key verified the reply.
+    pub epoch: u64,
+    /// The answering replica's response key in that epoch's artifact.
+    pub response_key: [u8; 32],
+}
+
+/// Checks an encoded `VaultReply` from `replica` as a [`VaultClient`] built
+/// with [`VaultClient::with_verifier`] does, against `verifier` (give it
+/// [`FleetVerifier::require_consistency_proofs`], as `with_verifier` does) at
+/// the verifier's time `now`: it applies the epoch retirements the reply
+/// carries (one that does not verify is skipped), checks the reply's bundle
+/// with its consistency proof, checks the signature under the answering
+/// replica's response key from that bundle's artifact (with the fleet's raft
+/// `group`) and that it answers the request whose SHA-256 is
+/// `request_digest`, and only then accepts the bundle (the verifier moves
+/// forward). A reply it refuses must be treated as no reply at all.
+///
+/// Sans-IO: for drivers of [`ClientLoginFlow`] and [`ClientRegistrationFlow`]
+/// that do their own IO (the simulator's devices). The caller holds the
+/// verifier exclusively, so no other reply can make the check stale.
+pub fn verify_bundled_reply(
+    verifier: &mut FleetVerifier,
+    group: u64,
+    replica: ReplicaId,
+    reply: &[u8],
+    request_digest: &[u8; 32],
+    now: u64,
+) -> Result<BundledReply, ReplyError> {
+    let reply: VaultReply = wire::decode(reply, "vault reply")?;
+    check_bundle_shape(&reply)?;
+    // As `VaultClient::reply_key`: retirements first, a bad one skipped.
+    for r in &reply.retirements {
+        if let Err(e) = verifier.retire(r, now) {
+            tracing::debug!(
+                replica,
+                "vault reply check: an epoch retirement skipped: {e}"
+            );
+        }
+    }
+    let accepted = verifier
+        .check_with_proof(&reply.bundle, consistency_proof(&reply), now, replica)
+        .map_err(ReplyError::Bundle)?;
+    let key = response_key(&accepted, replica)?;
+    let body = check_signed_reply(group, &key, replica, &reply, request_digest)?;
+    verifier
+        .accept(&accepted)
+        .map_err(ReplyError::AcceptEpoch)?;
+    Ok(BundledReply {
+        body,
+        epoch: accepted.epoch,
+        response_key: key,
+    })
+}
+
+/// A reply in bundle mode carries a bundle and at most [`RETIREMENTS_MAX`]
+/// retirements (checked before any of them is verified).
+fn check_bundle_shape(reply: &VaultReply) -> Result<(), ReplyError> {
+    if reply.bundle.is_empty() {
+        return Err(ReplyError::NoBundle);
+    }
+    if reply.retirements.len() > RETIREMENTS_MAX {
+        return Err(ReplyError::TooManyRetirements {
+            count: reply.retirements.len(),
+            max: RETIREMENTS_MAX,
+        });
+    }
+    Ok(())
+}
+
 /// The signature, replica and request checks of a decoded reply under the
 /// response key `key` of `replica` (pinned, or from a verified bundle).
 fn check_signed_reply(
@@ -1262,5 +1329,159 @@ mod tests {
         client.accept(replica, &reply, &key, &accepted).unwrap();
         assert_eq!(client.fleet_epoch(), Some(2));
         assert_eq!(verifier.lock().last_checkpoint_size(), Some(3));
+    }
+}
+
+#[cfg(test)]
+mod bundled_reply_tests {
+    //! `verify_bundled_reply`, the sans-IO bundle-mode check the simulator's
+    //! devices make: a replica's key is good only in an epoch the verifier may
+    //! still accept, and the verifier moves only on a reply that verified.
+    use super::*;
+    use vaultfleet::hsm::{Hsm, KeyKind};
+    use vaultfleet::SoftHsm;
+    use vaultfleet_audit::fleet::{FleetArtifact, ReplicaKeys};
+    use vaultfleet_audit::witness::countersign;
+    use vaultfleet_audit::{Bundle, Witness, WitnessKey, WitnessKeySpec};
+
+    const NS: &str = "example.vault.bundled.v1";
+    const NOW: u64 = 1_800_000_000;
+    const GROUP: u64 = 7;
+
+    fn response_key(hsm: &SoftHsm, id: u64) -> [u8; 32] {
+        let k = hsm
+            .key(&format!("response/{id}"), KeyKind::Signing)
+            .unwrap();
+        hsm.public_key(k).unwrap()
+    }
+
+    /// Epoch `epoch` lists replicas `ids`.
+    fn artifact(hsm: &SoftHsm, epoch: u64, ids: &[u64]) -> FleetArtifact {
+        FleetArtifact {
+            fleet_id: "example-fleet".into(),
+            epoch,
+            replicas: ids
+                .iter()
+                .map(|&id| ReplicaKeys {
+                    id,
+                    datacenter: "dc-a".into(),
+                    response_key: response_key(hsm, id),
+                    transport_key: [0x40 + id as u8; 32],
+                    opaque_key: [0x80; 32],
+                })
+                .collect(),
+            voters: ids.to_vec(),
+            learners: vec![],
+            not_before: NOW - 1,
+            not_after: NOW + 1000,
+        }
+    }
+
+    /// The witness logs `a`; returns its bundle, checkpointed now.
+    fn publish(witness: &mut Witness<SoftHsm>, hsm: &SoftHsm, a: &FleetArtifact) -> Vec<u8> {
+        let w = witness
+            .sign(NS, a.epoch, a.digest().unwrap(), NOW - 1)
+            .unwrap();
+        let cs = countersign(hsm, "operator", &w).unwrap();
+        let tree = witness.tree(NS).unwrap();
+        let proof = tree.inclusion_proof(w.leaf_index, tree.size()).unwrap();
+        let cp = witness.checkpoint(NS, NOW - 1).unwrap();
+        Bundle::assemble(a.encode().unwrap(), &w, cs, proof, &cp)
+            .encode()
+            .unwrap()
+    }
+
+    /// Replica `id`'s reply to the request `digest`, signed with `signer`'s
+    /// key, carrying `bundle`.
+    fn reply(hsm: &SoftHsm, id: u64, signer: u64, digest: [u8; 32], bundle: &[u8]) -> Vec<u8> {
+        let mut body = VaultReplyBody::new();
+        body.replica = id;
+        body.request_digest = digest.to_vec();
+        body.status = VaultReplyStatus::REPLY_OK.into();
+        let body = wire::encode_bounded(&body);
+        let k = hsm
+            .key(&format!("response/{signer}"), KeyKind::Signing)
+            .unwrap();
+        let signature = hsm
+            .sign(k, &crate::crypto::reply_signed_bytes(GROUP, &body))
+            .unwrap();
+        let mut r = VaultReply::new();
+        r.body = body;
+        r.signature = signature.to_vec();
+        r.bundle = bundle.to_vec();
+        wire::encode_bounded(&r)
+    }
+
+    #[test]
+    fn a_replaced_replicas_key_is_refused_two_epochs_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let hsm = SoftHsm::from_seed(17);
+        let spec = WitnessKeySpec {
+            name: "w".into(),
+            not_before: 0,
+        };
+        let mut witness =
+            Witness::open(hsm.clone(), vec![spec], dir.path().join("witness")).unwrap();
+        let operator_key = hsm
+            .public_key(hsm.key("operator", KeyKind::Signing).unwrap())
+            .unwrap();
+        let pins = vec![WitnessKey {
+            name: "w".into(),
+            public_key: witness.public_key("w").unwrap(),
+            not_before: 0,
+        }];
+        // No consistency proofs here: the sizes are taken as they come.
+        let mut verifier = FleetVerifier::new(NS, pins, operator_key);
+        // Epoch 1: replicas 1..=3; epoch 2 replaces 3 by 4; epoch 3 adds 5.
+        let e1 = publish(&mut witness, &hsm, &artifact(&hsm, 1, &[1, 2, 3]));
+        let e2 = publish(&mut witness, &hsm, &artifact(&hsm, 2, &[1, 2, 4]));
+        let e3 = publish(&mut witness, &hsm, &artifact(&hsm, 3, &[1, 2, 4, 5]));
+        let d = [9; 32];
+        let ok = verify_bundled_reply(&mut verifier, GROUP, 3, &reply(&hsm, 3, 3, d, &e1), &d, NOW)
+            .unwrap();
+        assert_eq!((ok.epoch, ok.response_key), (1, response_key(&hsm, 3)));
+        // Another request's digest, or another replica's key: refused, and
+        // the verifier does not move to the newer bundle they carry.
+        assert!(matches!(
+            verify_bundled_reply(
+                &mut verifier,
+                GROUP,
+                4,
+                &reply(&hsm, 4, 4, d, &e2),
+                &[8; 32],
+                NOW
+            ),
+            Err(ReplyError::OtherRequest)
+        ));
+        assert!(matches!(
+            verify_bundled_reply(&mut verifier, GROUP, 4, &reply(&hsm, 4, 3, d, &e2), &d, NOW),
+            Err(ReplyError::Signature)
+        ));
+        assert_eq!(verifier.newest_epoch(), Some(1));
+        // Epoch 2 accepted: replica 3, still running on epoch 1, keeps the
+        // one epoch of grace; epoch 3 accepted: it is refused.
+        verify_bundled_reply(&mut verifier, GROUP, 4, &reply(&hsm, 4, 4, d, &e2), &d, NOW).unwrap();
+        verify_bundled_reply(&mut verifier, GROUP, 3, &reply(&hsm, 3, 3, d, &e1), &d, NOW).unwrap();
+        let r = verify_bundled_reply(&mut verifier, GROUP, 5, &reply(&hsm, 5, 5, d, &e3), &d, NOW)
+            .unwrap();
+        assert_eq!(r.epoch, 3);
+        assert!(matches!(
+            verify_bundled_reply(&mut verifier, GROUP, 3, &reply(&hsm, 3, 3, d, &e1), &d, NOW),
+            Err(ReplyError::Bundle(BundleError::EpochRollback {
+                got: 1,
+                newest: 3
+            }))
+        ));
+        // Replica 3 is not in epoch 2 or 3 at all.
+        assert!(matches!(
+            verify_bundled_reply(&mut verifier, GROUP, 3, &reply(&hsm, 3, 3, d, &e3), &d, NOW),
+            Err(ReplyError::Bundle(BundleError::ReplicaNotInBundle(3)))
+        ));
+        // No bundle: refused.
+        assert!(matches!(
+            verify_bundled_reply(&mut verifier, GROUP, 1, &reply(&hsm, 1, 1, d, &[]), &d, NOW),
+            Err(ReplyError::NoBundle)
+        ));
+        assert_eq!(verifier.newest_epoch(), Some(3));
     }
 }

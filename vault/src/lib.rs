@@ -50,8 +50,8 @@ pub mod wire;
 
 pub use bundle_source::{BundleSource, ReplyExtras, RETIREMENTS_MAX};
 pub use client::{
-    verify_pinned_reply, ClientLoginFlow, ClientRegistrationFlow, KsfParams, LoginOpened,
-    VaultClient, VaultClientConfig,
+    verify_bundled_reply, verify_pinned_reply, BundledReply, ClientLoginFlow,
+    ClientRegistrationFlow, KsfParams, LoginOpened, VaultClient, VaultClientConfig,
 };
 pub use crypto::{authenticate_request, open_recovered_secret, registration_secret_digest};
 pub use error::{

@@ -12,9 +12,13 @@
 //! waits on the fleet makes its step (a command or a read) the client's next
 //! operation, and the output resumes it (`None`, the client gave up, is
 //! `NotCommitted`). The cores' clock is the simulation's virtual time
-//! ([`Workload::clock`]). Every reply is checked with the pinned response keys
-//! ([`verify_pinned_reply`]); a refused one counts as no reply, and the device
-//! retries or gives up. Now and then a service restarts (forgets its logins).
+//! ([`Workload::clock`]). Every reply is checked as `VaultClient::with_verifier`
+//! checks it ([`verify_bundled_reply`]: the device's own `FleetVerifier`,
+//! pinned to the witness and the operator, takes the response key from the
+//! bundle the reply carries); a refused one counts as no reply, and the device
+//! retries or gives up. Membership changes go through fleet epochs the
+//! operator publishes (`epochs.rs`; `docs/simulation.md`). Now and then a
+//! service restarts (forgets its logins).
 //! Randomness comes from seeded RNGs and a seeded soft HSM: runs reproduce.
 //!
 //! Invariants, checked over the whole run:
@@ -34,6 +38,11 @@
 //! * **Codes and secrets.** The right code (of the committed registration) is
 //!   never reported wrong; a wrong code never opens; a recovery yields exactly
 //!   the registered secret.
+//! * **Fleet epochs.** A device accepts a reply only under the key its
+//!   replica has in a published epoch not older than the one before the
+//!   newest it accepted, and not retired by a retirement it was handed; and
+//!   at the end, logins work through every member with the final epoch
+//!   (`liveness.rs`).
 //! * **Durability and recoverability.** In the converged fleet, every user a
 //!   device registered is still registered (or was deleted, or is locked), with
 //!   the devices' limit, and its secret is recoverable with its code: the
@@ -43,7 +52,9 @@
 //! counts per kind are [`VaultWorkload::outcomes`].
 
 mod attacker;
+mod epochs;
 mod facts;
+mod liveness;
 
 pub use attacker::AttackRates;
 
@@ -55,6 +66,8 @@ use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use sha2::{Digest, Sha256};
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{SoftHsm, StateMachine};
+use vaultfleet_audit::fleet::ReplicaKeys;
+use vaultfleet_audit::{Bundle, EpochRetirement, FleetVerifier};
 use vaultfleet_vault::wire::{
     vault_client_request, vault_command, VaultClientRequest, VaultCommand, VaultLoginFinish,
     VaultLoginPurpose, VaultLoginStart, VaultOutcome, VaultRecord, VaultRegister,
@@ -62,15 +75,17 @@ use vaultfleet_vault::wire::{
     VaultRequestId, VaultStatus,
 };
 use vaultfleet_vault::{
-    authenticate_request, open_recovered_secret, registration_secret_digest, verify_pinned_reply,
-    BackupVault, Call, ClientLoginFlow, ClientRegistrationFlow, FleetStep, KsfParams, LoginLimits,
-    LoginOpened, NotCommitted, Progress, ReplyError, ServiceCore, UserId, UserView, VaultKeys,
-    VaultPublicKeys, VaultServer,
+    authenticate_request, open_recovered_secret, registration_secret_digest, verify_bundled_reply,
+    verify_pinned_reply, BackupVault, Call, ClientLoginFlow, ClientRegistrationFlow, FleetStep,
+    KsfParams, LoginLimits, LoginOpened, NotCommitted, Progress, ReplyError, ServiceCore, UserId,
+    UserView, VaultKeys, VaultPublicKeys, VaultServer,
 };
 
-use crate::workload::{OpKind, Operation, Record, Workload};
+use crate::workload::{MemberChange, OpKind, Operation, Record, Workload};
 use attacker::{Attacker, Delivery, Origin};
+use epochs::Epochs;
 use facts::{check_guess_limit, Facts};
+use liveness::FinalDevice;
 
 const KSF: KsfParams = KsfParams::TESTS_ONLY;
 /// Sends of one request before the device gives up.
@@ -277,9 +292,57 @@ struct InFlight {
     step: FleetStep,
 }
 
+/// One vault service: a replica's [`ServiceCore`] and the fleet epoch it serves.
+struct Service {
+    /// Its replica's id.
+    id: u64,
+    core: ServiceCore<SoftHsm>,
+    /// The epoch whose bundle it serves.
+    epoch: u64,
+    /// A reload the operator has asked for (its evidence and the witness's
+    /// log, then SIGHUP): when, and to which epoch.
+    reload: Option<(Duration, u64)>,
+}
+
+/// The replica `id`'s vault keys from the fleet's security world.
+fn open_keys(world: &SoftHsm, sealed: &[u8], id: u64) -> VaultKeys<SoftHsm> {
+    VaultKeys::open(world.clone(), sealed, GROUP, id)
+        .unwrap_or_else(|e| panic!("a fresh soft HSM opens its own vault keys: {e}"))
+}
+
+/// Replica `id`'s service in datacenter `dc`, and its keys for the artifact.
+fn open_service(
+    world: &SoftHsm,
+    sealed: &[u8],
+    limits: LoginLimits,
+    id: u64,
+    dc: &str,
+) -> (ServiceCore<SoftHsm>, ReplicaKeys) {
+    let k = open_keys(world, sealed, id);
+    let response = k
+        .response_public_key()
+        .unwrap_or_else(|e| panic!("a soft HSM signs: {e}"));
+    let keys = epochs::replica_keys(id, dc, response, k.opaque_public_key());
+    (ServiceCore::new(VaultServer::new(k), limits), keys)
+}
+
+/// What a device trusts: its [`FleetVerifier`], and what the epoch checker
+/// knows of it.
+struct DeviceTrust {
+    verifier: FleetVerifier,
+    /// The newest epoch of a reply it accepted (0: none yet).
+    newest: u64,
+    /// The newest epoch retired by a retirement it was handed (0: none).
+    retired: u64,
+    /// Under [`VaultWorkload::bug_device_keeps_old_keys`]: every response key
+    /// it verified, per replica.
+    cached: BTreeMap<u64, BTreeSet<[u8; 32]>>,
+}
+
 #[derive(Default)]
 struct Slot {
     device: Option<Device>,
+    trust: Option<DeviceTrust>,
     queue: VecDeque<Item>,
     inflight: Option<InFlight>,
     sequence: u64,
@@ -296,8 +359,28 @@ pub struct VaultWorkload {
     /// Test knob, a planted bug: devices accept a reply without checking that
     /// it answers their request (its request digest).
     pub bug_device_skips_digest_check: bool,
-    cores: Vec<ServiceCore<SoftHsm>>,
-    keys: VaultPublicKeys,
+    /// Test knob, a planted bug: devices keep every response key they ever
+    /// verified, per replica, and accept a reply signed by one even when the
+    /// bundle it carries is refused (an older epoch than the one before their
+    /// newest, or one retired): a key cache never evicted.
+    pub bug_device_keeps_old_keys: bool,
+    /// The services devices know of (members, and removed ones still
+    /// running), in the order they started.
+    services: Vec<Service>,
+    /// The fleet's security world: every replica's keys, the witness's and
+    /// the operator's.
+    world: SoftHsm,
+    sealed: Vec<u8>,
+    limits: LoginLimits,
+    /// The operator's published fleet epochs.
+    epochs: Epochs,
+    /// The members the operator was told of (id, datacenter): initial ones,
+    /// joined ones, less removed and replaced ones.
+    members: BTreeMap<u64, String>,
+    /// The final epoch's logins were checked (on the first converged
+    /// replica: the others must hold the same state, which the simulator
+    /// checks).
+    final_epoch_checked: std::cell::Cell<bool>,
     /// Replica 1's server, for the checkers' own recoveries.
     server: VaultServer<SoftHsm>,
     rng: ChaCha20Rng,
@@ -312,6 +395,10 @@ pub struct VaultWorkload {
     next_version: u64,
     outcomes: BTreeMap<DeviceOutcome, u64>,
     restarts: u64,
+    /// Replies accepted under the epoch before the device's newest.
+    previous_epoch_accepted: u64,
+    /// Replies refused from replicas outside the newest epoch.
+    non_member_refused: u64,
     /// Proposals of each consume: (user, client, sequence).
     consume_proposals: BTreeMap<(u64, u64, u64), u32>,
 }
@@ -322,7 +409,7 @@ impl std::fmt::Debug for VaultWorkload {
             .field("users", &self.users)
             .field("max_attempts", &self.max_attempts)
             .field("per_entry", &self.per_entry)
-            .field("services", &self.cores.len())
+            .field("services", &self.services.len())
             .finish_non_exhaustive()
     }
 }
@@ -337,31 +424,51 @@ impl VaultWorkload {
     }
 
     /// As [`VaultWorkload::new`], with one service core per replica of a
-    /// fleet of `services` (at least 1).
+    /// fleet of `services` (at least 1), one per datacenter.
     pub fn with_services(users: u64, max_attempts: u32, seed: u64, services: usize) -> Self {
+        Self::for_fleet(users, max_attempts, seed, services, services)
+    }
+
+    /// As [`VaultWorkload::with_services`], the replicas spread round robin
+    /// over `datacenters` datacenters (as the simulated fleet places them):
+    /// the labels of the fleet's epoch-1 artifact.
+    pub fn for_fleet(
+        users: u64,
+        max_attempts: u32,
+        seed: u64,
+        services: usize,
+        datacenters: usize,
+    ) -> Self {
         let world = SoftHsm::from_seed(seed ^ 0x7661_756c_7400_0000);
         let sealed = VaultKeys::provision(&world).unwrap_or_default();
-        let open = |id: u64| {
-            VaultKeys::open(world.clone(), &sealed, GROUP, id)
-                .unwrap_or_else(|e| panic!("a fresh soft HSM opens its own vault keys: {e}"))
-        };
-        let mut keys = VaultPublicKeys {
-            group: GROUP,
-            replicas: BTreeMap::new(),
-        };
         // Short logins, so they expire within a run.
         let limits = LoginLimits {
             login_ttl: Duration::from_secs(5),
             ..LoginLimits::default()
         };
-        let cores = (1..=services.max(1) as u64)
-            .map(|id| {
-                let k = open(id);
-                let public = k
-                    .response_public_key()
-                    .unwrap_or_else(|e| panic!("a soft HSM signs: {e}"));
-                keys.replicas.insert(id, public);
-                ServiceCore::new(VaultServer::new(k), limits)
+        let n = services.max(1) as u64;
+        let dcs = datacenters.clamp(1, services.max(1)) as u64;
+        let members: Vec<(u64, String)> = (1..=n)
+            .map(|id| (id, format!("dc-{}", (id - 1) % dcs)))
+            .collect();
+        let cores: Vec<(ServiceCore<SoftHsm>, ReplicaKeys)> = members
+            .iter()
+            .map(|(id, dc)| open_service(&world, &sealed, limits, *id, dc))
+            .collect();
+        let epochs = Epochs::new(
+            world.clone(),
+            cores.iter().map(|(_, k)| k.clone()).collect(),
+        );
+        let services = cores
+            .into_iter()
+            .map(|(core, k)| {
+                core.serve(epochs.source(1));
+                Service {
+                    id: k.id,
+                    core,
+                    epoch: 1,
+                    reload: None,
+                }
             })
             .collect();
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -370,9 +477,15 @@ impl VaultWorkload {
             max_attempts: max_attempts.clamp(1, 255),
             per_entry: rng.gen_range(1..=4),
             bug_device_skips_digest_check: false,
-            cores,
-            keys,
-            server: VaultServer::new(open(1)),
+            bug_device_keeps_old_keys: false,
+            server: VaultServer::new(open_keys(&world, &sealed, 1)),
+            services,
+            world,
+            sealed,
+            limits,
+            epochs,
+            members: members.into_iter().collect(),
+            final_epoch_checked: std::cell::Cell::new(false),
             rng,
             now: Duration::ZERO,
             slots: Vec::new(),
@@ -384,6 +497,8 @@ impl VaultWorkload {
             outcomes: BTreeMap::new(),
             restarts: 0,
             consume_proposals: BTreeMap::new(),
+            previous_epoch_accepted: 0,
+            non_member_refused: 0,
         }
     }
 
@@ -399,6 +514,19 @@ impl VaultWorkload {
     pub fn with_intent_tags_unchecked(mut self) -> Self {
         self.attacker.bug_tag_unchecked = true;
         self
+    }
+
+    /// The fleet's newest published epoch, and the newest epoch retired
+    /// early (0: none).
+    pub fn fleet_epochs(&self) -> (u64, u64) {
+        (self.epochs.newest(), self.epochs.retired_through())
+    }
+
+    /// Replies devices accepted under the epoch before their newest (a
+    /// service not yet reloaded, or a removed one still running), and
+    /// replies of replicas outside the newest epoch they refused.
+    pub fn epoch_stats(&self) -> (u64, u64) {
+        (self.previous_epoch_accepted, self.non_member_refused)
     }
 
     /// How the devices' operations ended, per kind.
@@ -430,8 +558,23 @@ impl VaultWorkload {
         id.sequence = slot.sequence;
         let mut r = VaultClientRequest::new();
         r.request = Some(id).into();
+        // The size of the newest checkpoint the device accepted, as
+        // `VaultClient` names it: the reply's consistency proof starts there.
+        r.known_checkpoint_size = self.trust(client).verifier.last_checkpoint_size();
         r.op = Some(op);
         r
+    }
+
+    /// Client `client`'s device's trust (pinned to the witness and the operator).
+    fn trust(&mut self, client: usize) -> &mut DeviceTrust {
+        let epochs = &self.epochs;
+        let slot = &mut self.slots[client];
+        slot.trust.get_or_insert_with(|| DeviceTrust {
+            verifier: epochs.verifier(),
+            newest: 0,
+            retired: 0,
+            cached: BTreeMap::new(),
+        })
     }
 
     /// Makes `r` the device's outstanding request, to `service`, and sends it.
@@ -464,7 +607,7 @@ impl VaultWorkload {
 
     /// Sends the device's request through the attacker.
     fn send(&mut self, client: usize) {
-        let n = self.cores.len();
+        let n = self.services.len();
         let Some(dev) = self.slots[client].device.as_ref() else {
             return;
         };
@@ -493,8 +636,8 @@ impl VaultWorkload {
     /// returned as is.
     fn start_device(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Option<Operation> {
         if rng.gen_range(0..100) < RESTART_PERCENT {
-            let s = rng.gen_range(0..self.cores.len());
-            self.cores[s].forget_logins();
+            let s = rng.gen_range(0..self.services.len());
+            self.services[s].core.forget_logins();
             self.restarts += 1;
         }
         let key = rng.gen_range(0..self.users);
@@ -504,7 +647,7 @@ impl VaultWorkload {
         if key % 4 == 3 && (15..=49).contains(&roll) && rng.gen_bool(0.9) {
             roll = 50;
         }
-        let service = rng.gen_range(0..self.cores.len());
+        let service = rng.gen_range(0..self.services.len());
         let believed = self.believed.get(&key).copied();
         match roll {
             0..=14 => self.start_register(client, key, service),
@@ -596,7 +739,7 @@ impl VaultWorkload {
         while let Some(item) = self.slot(client).queue.pop_front() {
             match item {
                 Item::NoReply => self.device_reply(client, None),
-                Item::Deliver(d) => match self.cores[d.service].begin(&d.bytes, self.now) {
+                Item::Deliver(d) => match self.services[d.service].core.begin(&d.bytes, self.now) {
                     Progress::Reply(r) => self.route(client, &d, r),
                     Progress::Wait { call, step } => {
                         self.note_proposal(&step);
@@ -643,18 +786,114 @@ impl VaultWorkload {
         }
     }
 
-    /// The device's reply check: [`verify_pinned_reply`] for the service it
-    /// asked (or, under the planted bug, for whatever request the reply says
-    /// it answers).
-    fn check_reply(&self, dev: &Device, reply: &[u8]) -> Result<VaultReplyBody, ReplyError> {
-        let replica = dev.service as u64 + 1;
-        if self.bug_device_skips_digest_check {
+    /// The device's reply check, as a `VaultClient` built with
+    /// `with_verifier` makes it ([`verify_bundled_reply`]: retirements, the
+    /// bundle with its consistency proof, the signature under the answering
+    /// replica's key from that bundle, the request digest) for the service it
+    /// asked, at its clock; then the epoch checker over what it accepted.
+    /// Under the planted bugs it checks the digest the reply claims, or falls
+    /// back to any key it verified before.
+    fn check_reply(
+        &mut self,
+        client: usize,
+        dev: &Device,
+        reply: &[u8],
+    ) -> Result<VaultReplyBody, ReplyError> {
+        let replica = self.services[dev.service].id;
+        let now = epochs::UNIX_AT_START + self.now.as_secs();
+        let digest = if self.bug_device_skips_digest_check {
             let r: VaultReply = vaultfleet_vault::wire::decode(reply, "reply")?;
             let b: VaultReplyBody = vaultfleet_vault::wire::decode(&r.body, "body")?;
-            let digest: [u8; 32] = b.request_digest.as_slice().try_into().unwrap_or([0; 32]);
-            return verify_pinned_reply(&self.keys, replica, reply, &digest);
+            b.request_digest.as_slice().try_into().unwrap_or([0; 32])
+        } else {
+            dev.digest
+        };
+        let keeps = self.bug_device_keeps_old_keys;
+        let handed = retired_through_in(reply);
+        let trust = self.trust(client);
+        trust.retired = trust.retired.max(handed);
+        let body =
+            match verify_bundled_reply(&mut trust.verifier, GROUP, replica, reply, &digest, now) {
+                Ok(v) => {
+                    if keeps {
+                        trust
+                            .cached
+                            .entry(replica)
+                            .or_default()
+                            .insert(v.response_key);
+                    }
+                    v.body
+                }
+                Err(e) => {
+                    // The planted bug: a key verified once is good for ever.
+                    let cached = trust.cached.get(&replica).into_iter().flatten();
+                    let body = cached.filter(|_| keeps).find_map(|key| {
+                        let keys = VaultPublicKeys {
+                            group: GROUP,
+                            replicas: BTreeMap::from([(replica, *key)]),
+                        };
+                        verify_pinned_reply(&keys, replica, reply, &digest).ok()
+                    });
+                    if body.is_none() && !self.epochs.is_member(replica) {
+                        self.non_member_refused += 1;
+                    }
+                    body.ok_or(e)?
+                }
+            };
+        self.check_epoch(client, replica, reply, &digest);
+        Ok(body)
+    }
+
+    /// The epoch checker, over a reply `client`'s device accepted from
+    /// `replica`: the bundle it carries must be of an epoch the operator
+    /// published whose artifact lists `replica` with the key that signed the
+    /// reply; not older than the epoch before the newest the device accepted
+    /// (the one epoch of grace `FleetVerifier` gives replicas still serving
+    /// the previous epoch); and not retired by a retirement the device was
+    /// handed. So a removed replica's key is refused once the device
+    /// accepted the second epoch without it, or a retirement of the epochs
+    /// that list it.
+    fn check_epoch(&mut self, client: usize, replica: u64, reply: &[u8], digest: &[u8; 32]) {
+        let epoch = bundle_epoch_in(reply);
+        let signed = epoch
+            .and_then(|e| self.epochs.artifact(e))
+            .and_then(|a| a.replica(replica))
+            .is_some_and(|k| {
+                let keys = VaultPublicKeys {
+                    group: GROUP,
+                    replicas: BTreeMap::from([(replica, k.response_key)]),
+                };
+                verify_pinned_reply(&keys, replica, reply, digest).is_ok()
+            });
+        let trust = self.trust(client);
+        let (newest, retired) = (trust.newest, trust.retired);
+        if let Some(e) = epoch {
+            trust.newest = trust.newest.max(e);
+            if e + 1 == newest {
+                self.previous_epoch_accepted += 1;
+            }
         }
-        verify_pinned_reply(&self.keys, replica, reply, &dev.digest)
+        let problem = match epoch {
+            None => Some("bundle names no epoch".to_string()),
+            Some(e) if !signed => Some(format!(
+                "signature is not by the replica's response key in epoch {e}, the epoch of \
+                 its bundle"
+            )),
+            Some(e) if e + 1 < newest => Some(format!(
+                "bundle is of epoch {e}, older than the epoch before {newest}, the newest the \
+                 device accepted"
+            )),
+            Some(e) if e <= retired => Some(format!(
+                "bundle is of epoch {e}, retired (through {retired}) by a retirement the \
+                 device was handed"
+            )),
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            self.facts.errors.push(format!(
+                "fleet epochs: device {client} accepted a reply of replica {replica} whose {p}"
+            ));
+        }
     }
 
     /// The device hears `reply` (or nothing) to its outstanding request.
@@ -663,7 +902,7 @@ impl VaultWorkload {
             return;
         };
         let body = match reply {
-            Some(r) => match self.check_reply(&dev, &r) {
+            Some(r) => match self.check_reply(client, &dev, &r) {
                 Ok(b) => {
                     dev.refused = false;
                     Some(b)
@@ -694,7 +933,7 @@ impl VaultWorkload {
         dev.tries = dev.tries.saturating_sub(1);
         if dev.tries > 0 {
             if !dev.pinned {
-                dev.service = (dev.service + 1) % self.cores.len();
+                dev.service = (dev.service + 1) % self.services.len();
             }
             self.slot(client).device = Some(dev);
             self.send(client);
@@ -789,7 +1028,7 @@ impl VaultWorkload {
                     tag: b.nonce_tag,
                     login_generation: None,
                 };
-                let service = (dev.service + 1) % self.cores.len();
+                let service = (dev.service + 1) % self.services.len();
                 self.issue(client, key, stage, &r, service, false, None);
             }
             Stage::RegisterFinish {
@@ -925,6 +1164,63 @@ impl VaultWorkload {
                 }
             }
         }
+    }
+
+    /// Logins keep working across epochs ([`liveness`]): for every member of
+    /// the fleet at the end (as the operator changed it, whatever the epochs
+    /// say), a device that followed the epochs registers a fresh user through
+    /// that member's service, recovers it through the next member's, and
+    /// ends on the final epoch.
+    fn check_final_epoch(&self, machine: &BackupVault) -> Result<(), String> {
+        let newest = self.epochs.newest();
+        let members: Vec<(ServiceCore<SoftHsm>, u64)> = self
+            .members
+            .iter()
+            .map(|(&id, dc)| {
+                let (core, _) = open_service(&self.world, &self.sealed, self.limits, id, dc);
+                core.serve(self.epochs.source(newest));
+                (core, id)
+            })
+            .collect();
+        let mut verifiers: Vec<&FleetVerifier> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.trust.as_ref().map(|t| &t.verifier))
+            .collect();
+        let fresh = self.epochs.verifier();
+        if verifiers.is_empty() {
+            verifiers.push(&fresh);
+        }
+        let mut copy = machine.clone();
+        let mut index = u64::MAX / 4;
+        for (i, (core, id)) in members.iter().enumerate() {
+            let (next, next_id) = &members[(i + 1) % members.len()];
+            let mut device = FinalDevice {
+                verifier: verifiers[i % verifiers.len()].clone(),
+                machine: &mut copy,
+                index,
+                now: self.now,
+                sequence: 0,
+                max_attempts: self.max_attempts,
+            };
+            device
+                .register_and_recover(self.users + 1 + i as u64, (core, *id), (next, *next_id))
+                .map_err(|e| {
+                    format!(
+                        "fleet epochs: with the final epoch {newest}, a device that followed \
+                         the epochs cannot register through replica {id} and recover through \
+                         replica {next_id}: {e}"
+                    )
+                })?;
+            if device.verifier.newest_epoch() != Some(newest) {
+                return Err(format!(
+                    "fleet epochs: a device ended on epoch {:?}, not the final epoch {newest}",
+                    device.verifier.newest_epoch()
+                ));
+            }
+            index = device.index;
+        }
+        Ok(())
     }
 
     /// The secret version and limit of a registration a command commits, or
@@ -1111,6 +1407,25 @@ impl VaultWorkload {
     }
 }
 
+/// The newest epoch the retirements `reply` carries retire (0: none).
+fn retired_through_in(reply: &[u8]) -> u64 {
+    let Ok(r) = vaultfleet_vault::wire::decode::<VaultReply>(reply, "reply") else {
+        return 0;
+    };
+    r.retirements
+        .iter()
+        .filter_map(|b| EpochRetirement::decode(b).ok())
+        .map(|r| r.retired_through)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The epoch of the bundle `reply` carries, if any.
+fn bundle_epoch_in(reply: &[u8]) -> Option<u64> {
+    let r = vaultfleet_vault::wire::decode::<VaultReply>(reply, "reply").ok()?;
+    Bundle::decode(&r.bundle).ok().map(|b| b.epoch)
+}
+
 /// The operation that takes `step` for user `key`.
 fn step_op(key: u64, step: &FleetStep) -> Operation {
     let kind = match step {
@@ -1134,6 +1449,71 @@ impl Workload for VaultWorkload {
 
     fn clock(&mut self, now_us: u64) {
         self.now = self.now.max(Duration::from_micros(now_us));
+        // The operator's reloads that are due.
+        for s in &mut self.services {
+            if let Some((_, epoch)) = s.reload.filter(|(at, _)| *at <= self.now) {
+                s.core.serve(self.epochs.source(epoch));
+                s.epoch = epoch;
+                s.reload = None;
+            }
+        }
+    }
+
+    fn membership_change(&mut self, change: &MemberChange) {
+        let now_s = self.now.as_secs();
+        let replaced = match change {
+            MemberChange::Joining {
+                id,
+                datacenter,
+                replacing,
+            } => {
+                let (core, keys) =
+                    open_service(&self.world, &self.sealed, self.limits, *id, datacenter);
+                if !self.services.iter().any(|s| s.id == *id) {
+                    // Devices learn of its address at once (a new endpoint).
+                    self.services.push(Service {
+                        id: *id,
+                        core,
+                        epoch: 0,
+                        reload: None,
+                    });
+                }
+                self.epochs.join(keys);
+                self.members.insert(*id, datacenter.clone());
+                if let Some(old) = replacing {
+                    self.epochs.leave(*old);
+                    self.members.remove(old);
+                }
+                *replacing
+            }
+            MemberChange::Removed { id } => {
+                self.members.remove(id);
+                if !self.epochs.is_member(*id) {
+                    return;
+                }
+                self.epochs.leave(*id);
+                None
+            }
+        };
+        let epoch = self.epochs.publish(now_s);
+        // A replaced host may have been taken, keys and all: half the time
+        // the operator also retires every epoch that lists it.
+        if replaced.is_some() && self.rng.gen_bool(0.5) {
+            self.epochs.retire(epoch - 1, now_s);
+        }
+        // A new member's service starts with the new epoch; every other
+        // member reloads within two seconds (evidence, witness log, SIGHUP,
+        // one node after another). Removed ones still running (the operator
+        // skipped step 6, and devices keep their address) keep what they had.
+        for s in &mut self.services {
+            if s.epoch == 0 {
+                s.core.serve(self.epochs.source(epoch));
+                s.epoch = epoch;
+            } else if self.epochs.is_member(s.id) {
+                let delay = Duration::from_millis(self.rng.gen_range(0..2_000));
+                s.reload = Some((self.now + delay, epoch));
+            }
+        }
     }
 
     fn next_operation(&mut self, client: usize, rng: &mut ChaCha8Rng) -> Operation {
@@ -1170,7 +1550,7 @@ impl Workload for VaultWorkload {
         }
         let answer = output.map(<[u8]>::to_vec).ok_or(NotCommitted);
         let s = f.delivery.service;
-        match self.cores[s].resume(f.call, answer, self.now) {
+        match self.services[s].core.resume(f.call, answer, self.now) {
             Progress::Reply(r) => self.route(client, &f.delivery, r),
             Progress::Wait { call, step } => {
                 self.slots[client].inflight = Some(InFlight {
@@ -1202,6 +1582,9 @@ impl Workload for VaultWorkload {
 
     fn check_final(&self, machine: &BatchedVault, _history: &[Record]) -> Result<(), String> {
         let machine = machine.vault();
+        if !self.final_epoch_checked.replace(true) {
+            self.check_final_epoch(machine)?;
+        }
         for &key in &self.facts.registered {
             let user = user_id(key);
             let missing = "an acknowledged registration is missing from the converged fleet";

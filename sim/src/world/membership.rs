@@ -12,6 +12,9 @@
 //!   back later with its old disk, the fleet must ignore it.
 //! * **Transfer:** the leader hands leadership to another voter.
 //!
+//! The workload hears of each change ([`Workload::membership_change`]): before
+//! a new replica's `AddLearner`, and after a plain removal.
+//!
 //! The configuration the fleet has committed is tracked from the replica that
 //! applied the most; removals are recorded once that configuration no longer
 //! lists the removed id. Its checkers live in
@@ -27,7 +30,7 @@ use vaultfleet::replica::{Completion, MembershipChange, RequestId};
 use super::{Phase, Simulation};
 use crate::disk::Disk;
 use crate::options::MembershipBug;
-use crate::workload::Workload;
+use crate::workload::{MemberChange, Workload};
 
 /// The fewest voters a removal may leave.
 pub(in crate::world) const VOTERS_MIN: usize = 3;
@@ -439,6 +442,9 @@ impl<W: Workload> Simulation<W> {
                 } else {
                     self.record_removal(old, false);
                     self.churn.plan = None;
+                    self.workload.clock(self.now);
+                    self.workload
+                        .membership_change(&MemberChange::Removed { id: old });
                 }
                 return;
             }
@@ -472,12 +478,25 @@ impl<W: Workload> Simulation<W> {
                         self.add_host(dc)
                     }
                 };
-                self.churn.plan = Some(match plan {
-                    Plan::Replace { old, .. } => Plan::Replace {
+                let replacing = match plan {
+                    Plan::Replace { old, .. } => Some(old),
+                    _ => None,
+                };
+                self.churn.plan = Some(match replacing {
+                    Some(old) => Plan::Replace {
                         old,
                         new: Some(new),
                     },
-                    _ => Plan::Grow { new: Some(new) },
+                    None => Plan::Grow { new: Some(new) },
+                });
+                // The operator publishes the fleet's next epoch (the new
+                // replica's keys in, a replaced one's out) before `add-learner`.
+                let datacenter = format!("dc-{}", self.hosts[(new - 1) as usize].dc);
+                self.workload.clock(self.now);
+                self.workload.membership_change(&MemberChange::Joining {
+                    id: new,
+                    datacenter,
+                    replacing,
                 });
                 self.join_step(l, new);
             }
@@ -499,6 +518,9 @@ impl<W: Workload> Simulation<W> {
                 if self.remove_step(l, old) {
                     self.record_removal(old, true);
                     self.churn.plan = None;
+                    self.workload.clock(self.now);
+                    self.workload
+                        .membership_change(&MemberChange::Removed { id: old });
                 }
             }
         }
