@@ -10,18 +10,23 @@
 use protobuf::reflect::FieldDescriptor;
 use protobuf_codegen::{Customize, CustomizeCallback};
 
-/// The fields generated as `bytes::Bytes`, as `Message.field`.
+/// The fields generated as `bytes::Bytes`, as `package.Message.field` (full
+/// names, so that no other message of the same short name is caught).
 const SHARED_BYTES_FIELDS: [&str; 3] = [
-    "Request.command",
-    "Request.owner",
-    "CachedResponse.response",
+    "vaultfleet.wire.Request.command",
+    "vaultfleet.wire.Request.owner",
+    "vaultfleet.wire.CachedResponse.response",
 ];
 
 struct SharedPayloads;
 
 impl CustomizeCallback for SharedPayloads {
     fn field(&self, field: &FieldDescriptor) -> Customize {
-        let name = format!("{}.{}", field.containing_message().name(), field.name());
+        let name = format!(
+            "{}.{}",
+            field.containing_message().full_name(),
+            field.name()
+        );
         Customize::default().tokio_bytes(SHARED_BYTES_FIELDS.contains(&name.as_str()))
     }
 }

@@ -27,10 +27,12 @@
 use std::sync::OnceLock;
 
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot};
+use vaultfleet::bytes::Bytes;
 use vaultfleet::hsm::{Hsm, KeyKind, SoftHsm};
 use vaultfleet::replica::decode_message;
 use vaultfleet::storage::codec::{decode_record, encode_record};
 use vaultfleet::storage::WrapperRecord;
+use vaultfleet::wire::{self as engine_wire, entry_payload, EntryPayload};
 use vaultfleet::{LogStore, MemLog, Sealed, SealedConfig};
 use vaultfleet_audit::bundle::Bundle;
 use vaultfleet_audit::cosigner::parse_tlog_size;
@@ -61,6 +63,7 @@ pub type Target = fn(&[u8]);
 pub const TARGETS: &[(&str, Target)] = &[
     ("raft_frame", raft_frame),
     ("raft_message", raft_message),
+    ("entry_payload", entry_payload),
     ("net_hello", net_hello),
     ("net_client_frame", net_client_frame),
     ("vault_message", vault_message),
@@ -179,6 +182,41 @@ pub fn raft_frame(data: &[u8]) {
 /// entry count bound): if it decodes, it round-trips.
 pub fn raft_message(data: &[u8]) {
     check_raft_message(data);
+}
+
+/// A normal log entry's payload (`EntryPayload`, protobuf 3), which a leader
+/// wrote and every replica decodes when it applies the entry, with its
+/// commands as slices of the entry ([`engine_wire::decode_shared`]). That
+/// decoder accepts exactly what the copying one ([`engine_wire::decode`])
+/// accepts, with an equal value (a replica never skips an entry another
+/// applies); a batch's commands lie inside the entry; a payload that decodes
+/// round-trips.
+pub fn entry_payload(data: &[u8]) {
+    let entry = Bytes::copy_from_slice(data);
+    let copied = engine_wire::decode::<EntryPayload>(data, "log entry payload");
+    let sliced = engine_wire::decode_shared::<EntryPayload>(&entry, "log entry payload");
+    let payload = match (copied, sliced) {
+        (Ok(copied), Ok(sliced)) => {
+            assert_eq!(copied, sliced, "the two decoders read different payloads");
+            sliced
+        }
+        (Err(_), Err(_)) => return,
+        (copied, sliced) => panic!(
+            "one decoder refused what the other accepted: copying {:?}, slicing {:?}",
+            copied.err(),
+            sliced.err()
+        ),
+    };
+    if let Some(entry_payload::Kind::Batch(batch)) = &payload.kind {
+        let inside = entry.as_ptr_range();
+        for r in batch.requests.iter().filter(|r| !r.command.is_empty()) {
+            assert!(inside.contains(&r.command.as_ptr()), "a command was copied");
+        }
+    }
+    let again = engine_wire::encode_bounded(&payload);
+    let decoded: EntryPayload =
+        engine_wire::decode(&again, "log entry payload").expect("a re-encoded payload decodes");
+    assert_eq!(decoded, payload, "the payload does not round-trip");
 }
 
 /// A handshake's hello payload: canonical.

@@ -381,6 +381,7 @@ mod seeds {
                 ],
             ),
             ("raft_message", vec![raft]),
+            ("entry_payload", entry_payloads()),
             (
                 "net_hello",
                 vec![
@@ -486,6 +487,38 @@ mod seeds {
             ("pins", pins_files()),
             ("vault_machine", vec![machine]),
         ]
+    }
+
+    /// Log entry payloads as a leader writes them: a batch of two commands
+    /// (one of another owner), a session registration, a state digest marker.
+    fn entry_payloads() -> Vec<Vec<u8>> {
+        use vaultfleet::wire::{
+            entry_payload, EntryPayload, RegisterSession, Request, RequestBatch, StateDigestMarker,
+        };
+        let mut batch = RequestBatch::new();
+        for (sequence, owner) in [(1u64, &[][..]), (2, &[7u8; 32][..])] {
+            let mut r = Request::new();
+            r.client_id = 3;
+            r.sequence = sequence;
+            r.acked_below = 1;
+            r.command = vaultfleet::KvStore::put("k", "v").into();
+            r.owner = owner.to_vec().into();
+            batch.requests.push(r);
+        }
+        let mut register = RegisterSession::new();
+        register.owner = vec![7; 32];
+        [
+            entry_payload::Kind::Batch(batch),
+            entry_payload::Kind::RegisterSession(register),
+            entry_payload::Kind::StateDigestMarker(StateDigestMarker::new()),
+        ]
+        .into_iter()
+        .map(|kind| {
+            let mut payload = EntryPayload::new();
+            payload.kind = Some(kind);
+            vaultfleet::wire::encode_bounded(&payload)
+        })
+        .collect()
     }
 
     /// Pins files as `vaultfleet audit pins` writes them (the cli tests'
@@ -675,6 +708,49 @@ mod pins_parser {
         ) {
             let text = lines.join(ending);
             decoders::pins(text.as_bytes());
+        }
+    }
+}
+
+/// The entry payload target on stable beyond its seeds: random bytes, and the
+/// seeds with random bytes overwritten, truncated or appended (the slicing and
+/// the copying decoders must agree on every one).
+mod entry_payload_decoders {
+    use proptest::prelude::*;
+    use vaultfleet_proptests::decoders;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        super::files(&super::fuzz_dir().join("seeds").join("entry_payload"))
+            .iter()
+            .map(|p| std::fs::read(p).expect("a seed"))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        #[test]
+        fn any_bytes_pass_the_target(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            decoders::entry_payload(&bytes);
+        }
+
+        #[test]
+        fn changed_seeds_pass_the_target(
+            pick in any::<prop::sample::Index>(),
+            writes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            cut in any::<prop::sample::Index>(),
+            tail in prop::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let seeds = seeds();
+            prop_assume!(!seeds.is_empty());
+            let mut bytes = pick.get(&seeds).clone();
+            for (at, b) in writes {
+                let n = bytes.len();
+                bytes[at.index(n)] = b;
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            bytes.extend(tail);
+            decoders::entry_payload(&bytes);
         }
     }
 }

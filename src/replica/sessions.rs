@@ -224,8 +224,14 @@ impl Sessions {
                 limit: responses_max,
             });
         }
-        // `From<Vec<u8>>` keeps the machine's allocation: no copy.
-        let response = Bytes::from(machine.apply(index, &request.command));
+        // `From<Vec<u8>>` keeps the machine's allocation: no copy. A machine
+        // that returns a short response in a large buffer would have the
+        // cache pin the whole buffer: give back the spare capacity first.
+        let mut response = machine.apply(index, &request.command);
+        if response.capacity() > response.len() {
+            response.shrink_to_fit();
+        }
+        let response = Bytes::from(response);
         session.responses.insert(request.sequence, response.clone());
         debug_assert!(session.responses.len() <= responses_max);
         debug_assert!(session
@@ -453,6 +459,41 @@ mod tests {
             copy.cached_response(c, 5, b"").map(|b| &b[..]),
             Some(&b"last"[..])
         );
+    }
+
+    /// A machine answering in an oversized buffer: the cached response keeps
+    /// only its length (review finding: the cache pinned spare capacity).
+    #[test]
+    fn a_cached_response_keeps_no_spare_capacity() {
+        struct Wasteful;
+        impl StateMachine for Wasteful {
+            fn apply(&mut self, _: u64, _: &[u8]) -> Vec<u8> {
+                let mut v = Vec::with_capacity(1 << 20);
+                v.push(1);
+                v
+            }
+            fn query(&self, _: &[u8]) -> Vec<u8> {
+                Vec::new()
+            }
+            fn snapshot(&self) -> Result<Vec<u8>, crate::state_machine::CaptureError> {
+                Ok(Vec::new())
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), crate::state_machine::RestoreError> {
+                Ok(())
+            }
+        }
+        let mut s = Sessions::new(4, 4);
+        let c = s.register(1, Vec::new());
+        let response = s
+            .apply(2, &request(c, 1, 1, b"x".to_vec()), &mut Wasteful)
+            .unwrap();
+        assert_eq!(&response[..], [1]);
+        // A `Bytes` made from a Vec with spare capacity cannot be converted
+        // back without a copy unless it kept that capacity: the unique
+        // conversion returns the same allocation, whose capacity tells.
+        drop(s);
+        let back = Vec::from(response);
+        assert!(back.capacity() < 64, "capacity {} kept", back.capacity());
     }
 
     #[test]
