@@ -317,13 +317,25 @@ impl PendingCommand {
     pub fn poll(&mut self) -> Option<Result<Bytes, ClientError>> {
         let inner = Arc::clone(&self.client.inner);
         let call = self.call.as_mut()?;
-        if Instant::now() >= call.deadline {
+        // A reply already there is taken without reading the clock (a clock
+        // read per poll was 1.7% of a 256-client bench's samples); the
+        // deadline is checked only when there is none, or an error that would
+        // be retried.
+        let ready = match &call.slot {
+            Some(slot) => slot.try_take(),
+            None => None,
+        };
+        if !matches!(ready, Some(Ok(_))) && Instant::now() >= call.deadline {
+            if let Some(Err(e)) = ready {
+                call.last = Some(e);
+            }
             let e = call.unavailable();
             return Some(self.done(Err(e)));
         }
-        let outcome = match &call.slot {
-            Some(slot) => slot.try_take()?,
-            None => {
+        let outcome = match (ready, &call.slot) {
+            (Some(outcome), _) => outcome,
+            (None, Some(_)) => return None,
+            (None, None) => {
                 let mut submit = Self::submitter(&self.request, &self.notify);
                 match call.submit(&inner, &mut submit) {
                     Ok(()) => return None,
