@@ -90,10 +90,77 @@ pub struct NodeConfig {
     /// directory.
     #[serde(default)]
     pub join: bool,
+    /// What drives the replica: `"pool"` (the default: the engine's
+    /// `runtime::Pool`, one worker and a timer thread, no wake-up per
+    /// message while the worker is busy) or `"threads"` (the engine's
+    /// `runtime::Node`, a thread of the replica's own). Both run the same
+    /// turns; everything else the node does is the same on either. Any other
+    /// value is refused, naming the field and the values accepted.
+    #[serde(default)]
+    pub runtime: Runtime,
 }
 
 fn default_group() -> u64 {
     1
+}
+
+/// The node's `runtime` setting: what drives its replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+#[non_exhaustive]
+pub enum Runtime {
+    /// `"pool"` (the default): the engine's `runtime::Pool`.
+    #[default]
+    Pool,
+    /// `"threads"`: the engine's `runtime::Node`, a thread per replica.
+    Threads,
+}
+
+impl Runtime {
+    /// The setting's value in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Pool => "pool",
+            Runtime::Threads => "threads",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A `runtime` value that is not one: the parse error of the config file
+/// carries it (with the line and column).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("runtime = {value:?} is not a runtime: use \"pool\" (the default) or \"threads\"")]
+pub struct UnknownRuntime {
+    /// The value given (at most 64 characters of it).
+    pub value: String,
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = UnknownRuntime;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pool" => Ok(Runtime::Pool),
+            "threads" => Ok(Runtime::Threads),
+            other => Err(UnknownRuntime {
+                value: other.chars().take(64).collect(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<String> for Runtime {
+    type Error = UnknownRuntime;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 /// The `[listen]` table.

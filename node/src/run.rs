@@ -61,7 +61,9 @@ use std::time::{Duration, Instant};
 use vaultfleet::hsm::Hsm;
 use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
 use vaultfleet::replica::{HostHealth, Status};
-use vaultfleet::runtime::{ClientConfig, NodeApi, ResponseSlot};
+use vaultfleet::runtime::{
+    ClientConfig, NodeApi, Pool, PoolConfig, PoolError, PooledNode, ResponseSlot,
+};
 use vaultfleet::RequestError;
 use vaultfleet::{
     Client, FleetConfig, MemberSpec, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig,
@@ -81,7 +83,7 @@ use vaultfleet_vault::{
     VaultServer, VaultService, VaultServiceConfig, VAULT_CHANNEL_LABEL,
 };
 
-use crate::config::{Invalid, NodeConfig, WitnessLogSource};
+use crate::config::{Invalid, NodeConfig, Runtime, WitnessLogSource};
 use crate::hsm::{HsmOpenError, NodeHsm, NodeKeyError};
 use crate::metrics::{Health, MetricsError, MetricsServer, Probe};
 use crate::served_log::{keep_served_log, served_log, Prior, ServedLog, TakenLog};
@@ -291,6 +293,9 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("starting a thread (the vault session's or the health watch)")]
     Thread(#[source] std::io::Error),
+    /// The replica's pool (`runtime = "pool"`) did not start.
+    #[error("the replica's worker pool")]
+    Pool(#[source] PoolError),
 }
 
 /// The accepted fleet artifact (inside the evidence's bundle) and the node's
@@ -910,7 +915,7 @@ pub struct RunningNode {
     accepted: Arc<parking_lot::RwLock<FleetArtifact>>,
     transport: NetTransport,
     /// `None` once stopped (by [`RunningNode::stop`] or on drop).
-    node: Option<Node>,
+    node: Option<Running>,
     handle: NodeHandle,
     remote: RemoteClient,
     vault_server: OpenServer,
@@ -941,9 +946,75 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
+/// The replica, on the runtime the config's `runtime` picks.
+enum Running {
+    /// `runtime = "threads"`: a thread of its own.
+    Threads(Node),
+    /// `runtime = "pool"`: one worker and a timer. The replica is declared
+    /// first, so a drop stops it (and closes its store) before the pool.
+    Pool {
+        /// The replica.
+        node: PooledNode,
+        /// Its pool, of this replica only.
+        pool: Pool,
+    },
+}
+
+impl Running {
+    /// Starts the replica on `log` with a fresh vault state machine.
+    fn spawn<L: vaultfleet::LogStore>(
+        config: &NodeConfig,
+        log: L,
+        transport: Arc<dyn vaultfleet::Transport>,
+    ) -> Result<Running, StartError> {
+        let node_config = config.node_config();
+        match config.runtime {
+            Runtime::Threads => Node::spawn(node_config, log, BackupVault::new(), transport)
+                .map(Running::Threads)
+                .map_err(StartError::Replica),
+            // `Runtime` may grow; the pool is the default.
+            _ => {
+                // One replica: one worker (a spare starts if its store stalls);
+                // the timer wakes once per tick, the replica's own.
+                let pool = Pool::new(PoolConfig {
+                    workers: 1,
+                    tick_interval: node_config.tick_interval,
+                    ..PoolConfig::new()
+                })
+                .map_err(StartError::Pool)?;
+                let node = pool
+                    .spawn(node_config, log, BackupVault::new(), transport)
+                    .map_err(StartError::Replica)?;
+                Ok(Running::Pool { node, pool })
+            }
+        }
+    }
+
+    /// A handle to the replica.
+    fn handle(&self) -> NodeHandle {
+        match self {
+            Running::Threads(node) => node.handle(),
+            Running::Pool { node, .. } => node.handle(),
+        }
+    }
+
+    /// Stops the replica: its pending requests fail with `Stopped`, its
+    /// store is closed when this returns, then its pool's threads end.
+    fn shutdown(self) -> Result<(), ReplicaError> {
+        match self {
+            Running::Threads(node) => node.shutdown(),
+            Running::Pool { node, pool } => {
+                let stopped = node.shutdown();
+                drop(pool);
+                stopped
+            }
+        }
+    }
+}
+
 /// What [`RunningNode::start`] builds once the listeners are up.
 struct Serving {
-    node: Node,
+    node: Running,
     handle: NodeHandle,
     remote: RemoteClient,
     metrics: Option<MetricsServer>,
@@ -1139,7 +1210,7 @@ impl RunningNode {
         let _one = self.reloading.lock();
         config.validate().map_err(ReloadError::Config)?;
         let old = &self.config;
-        let fixed: [(&'static str, bool); 12] = [
+        let fixed: [(&'static str, bool); 13] = [
             ("fleet_id", config.fleet_id == old.fleet_id),
             ("group", config.group == old.group),
             ("replica_id", config.replica_id == old.replica_id),
@@ -1155,6 +1226,7 @@ impl RunningNode {
             ("timing", config.timing == old.timing),
             ("log", config.log == old.log),
             ("join", config.join == old.join),
+            ("runtime", config.runtime == old.runtime),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::Fixed { field });
@@ -1808,13 +1880,7 @@ fn serve(
             );
         }
     }
-    let node = Node::spawn(
-        config.node_config(),
-        log,
-        BackupVault::new(),
-        Arc::new(transport.clone()),
-    )
-    .map_err(StartError::Replica)?;
+    let node = Running::spawn(config, log, Arc::new(transport.clone()))?;
     let handle = node.handle();
     let registered = transport
         .register(config.group, config.replica_id, Arc::new(handle.clone()))
@@ -1840,7 +1906,7 @@ fn serve(
             return Err(e);
         }
     };
-    let fail = |remote: &RemoteClient, node: Node, metrics: Option<&MetricsServer>| {
+    let fail = |remote: &RemoteClient, node: Running, metrics: Option<&MetricsServer>| {
         if let Some(m) = metrics {
             m.shutdown();
         }

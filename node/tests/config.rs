@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vaultfleet_node::config::{ConfigError, HsmConfig, Invalid, NodeConfig, WitnessLogSource};
+use vaultfleet_node::config::{
+    ConfigError, HsmConfig, Invalid, NodeConfig, Runtime, WitnessLogSource,
+};
 use vaultfleet_node::logging::LogFormat;
 use vaultfleet_node::testbed::{ClientCosigner, ClientFile, ClientFileError};
 
@@ -111,6 +113,7 @@ fn optional_tables_take_their_defaults_and_a_soft_hsm_parses() {
     let end = text.find("# Operators allowed").unwrap();
     let mut text = format!("{}{}", &text[..start], &text[end..]);
     text = edit(&text, "group = 1\n", "");
+    text = edit(&text, "runtime = \"pool\"\n", "");
     text = edit(&text, "metrics = \"127.0.0.1:7300\"\n", "");
     let hsm_start = text.find("kind = \"pkcs11\"").unwrap();
     let hsm_end = text.find("[vault]").unwrap();
@@ -132,6 +135,41 @@ fn optional_tables_take_their_defaults_and_a_soft_hsm_parses() {
     assert_eq!(c.timing.heartbeat_ticks, 3);
     assert_eq!(c.timing.election_ticks, 15);
     assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.runtime, Runtime::Pool, "the pool by default");
+}
+
+#[test]
+fn the_runtime_is_pool_or_threads_and_anything_else_is_refused_by_name() {
+    let text = example();
+    assert_eq!(load(&text).1.unwrap().runtime, Runtime::Pool);
+    let threads = edit(&text, "runtime = \"pool\"", "runtime = \"threads\"");
+    assert_eq!(load(&threads).1.unwrap().runtime, Runtime::Threads);
+    let line = text[..text.find("runtime = \"pool\"").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    for bad in ["\"fibers\"", "\"Pool\"", "\"\"", "2"] {
+        let (_dir, r) = load(&edit(
+            &text,
+            "runtime = \"pool\"",
+            &format!("runtime = {bad}"),
+        ));
+        match r {
+            Err(ConfigError::Parse { source, .. }) => {
+                let message = source.to_string();
+                assert_eq!(source.line(), line, "{message}");
+                if bad.starts_with('"') {
+                    assert!(
+                        message.contains(&format!("runtime = {bad} is not a runtime"))
+                            && message.contains("\"pool\"")
+                            && message.contains("\"threads\""),
+                        "{message}"
+                    );
+                }
+            }
+            other => panic!("runtime = {bad}: expected a parse error, got {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use vaultfleet::hsm::Hsm;
 use vaultfleet::replica::Status;
+use vaultfleet::runtime::{Pool, PoolConfig, PooledNode};
 use vaultfleet::{
     ChannelNetwork, Client, ClientConfig, FleetConfig, KvStore, MemberSpec, Node, NodeConfig,
     NodeHandle, Replica, ReplicaConfig, Sealed, SealedConfig, SoftHsm,
@@ -29,15 +30,43 @@ static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 /// Every wait in this file ends after this long.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// A replica on either runtime.
+enum Running {
+    Threads(Node),
+    /// The replica first: it stops before its pool.
+    Pool(PooledNode, Pool),
+}
+
+impl Running {
+    fn shutdown(self) -> Result<(), vaultfleet::ReplicaError> {
+        match self {
+            Running::Threads(node) => node.shutdown(),
+            Running::Pool(node, pool) => {
+                let stopped = node.shutdown();
+                drop(pool);
+                stopped
+            }
+        }
+    }
+}
+
 /// One voter on a sealed sled store, and what its probe needs.
 struct OneNode {
-    node: Option<Node>,
+    node: Option<Running>,
     handle: NodeHandle,
     hsm: SoftHsm,
     _dir: tempfile::TempDir,
 }
 
 fn one_node() -> OneNode {
+    one_node_on(false)
+}
+
+/// The mailbox capacity of [`one_node_on`]'s replica on a pool.
+const POOLED_MAILBOX: usize = 32_768;
+
+/// [`one_node`], on a pool of its own if `on_pool`.
+fn one_node_on(on_pool: bool) -> OneNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let hsm = SoftHsm::new();
     let fleet = FleetConfig::new(vec![MemberSpec::voter(1, "dc-a")]);
@@ -50,14 +79,27 @@ fn one_node() -> OneNode {
     .expect("sealed store");
     Replica::bootstrap(&mut log, &KvStore::new(), &fleet).expect("bootstrap");
     let net = ChannelNetwork::new();
-    let node = Node::spawn(
-        NodeConfig::new(replica),
-        log,
-        KvStore::new(),
-        net.transport(1),
-    )
-    .expect("node");
-    let handle = node.handle();
+    let (node, handle) = if on_pool {
+        let pool = Pool::new(PoolConfig::new()).expect("pool");
+        // Not the default, so the gauge shows it is this pool's.
+        let mut cfg = NodeConfig::new(replica);
+        cfg.mailbox_inputs_max = POOLED_MAILBOX;
+        let node = pool
+            .spawn(cfg, log, KvStore::new(), net.transport(1))
+            .expect("node");
+        let handle = node.handle();
+        (Running::Pool(node, pool), handle)
+    } else {
+        let node = Node::spawn(
+            NodeConfig::new(replica),
+            log,
+            KvStore::new(),
+            net.transport(1),
+        )
+        .expect("node");
+        let handle = node.handle();
+        (Running::Threads(node), handle)
+    };
     net.register(1, Arc::new(handle.clone()));
     OneNode {
         node: Some(node),
@@ -172,8 +214,19 @@ fn scrape(addr: SocketAddr) -> String {
 
 #[test]
 fn metrics_follow_the_node_and_readiness_ends_when_it_stops() {
+    metrics_follow_the_node_and_readiness_ends_when_it_stops_on(false);
+}
+
+/// The same on a pool (the node daemon's default runtime): the same series,
+/// the mailbox gauges the pool's aggregates of its one replica.
+#[test]
+fn metrics_follow_the_node_and_readiness_ends_when_it_stops_on_the_pool() {
+    metrics_follow_the_node_and_readiness_ends_when_it_stops_on(true);
+}
+
+fn metrics_follow_the_node_and_readiness_ends_when_it_stops_on(on_pool: bool) {
     let _serial = SERIAL.lock();
-    let mut n = one_node();
+    let mut n = one_node_on(on_pool);
     let server = start(probe(&n));
     let addr = server.local_addr();
 
@@ -197,7 +250,13 @@ fn metrics_follow_the_node_and_readiness_ends_when_it_stops() {
         sample(&page, "vaultfleet_elections_started_total{stage=\"vote\"}")
             .is_some_and(|v| v >= 1.0)
     );
-    assert_eq!(sample(&page, "vaultfleet_mailbox_capacity"), Some(65_536.0));
+    let capacity = if on_pool { POOLED_MAILBOX } else { 65_536 };
+    assert_eq!(
+        sample(&page, "vaultfleet_mailbox_capacity"),
+        Some(capacity as f64)
+    );
+    let depth = sample(&page, "vaultfleet_mailbox_depth").expect("the depth gauge");
+    assert!((0.0..=capacity as f64).contains(&depth), "depth {depth}");
     let commit = sample(&page, "vaultfleet_commit_index").expect("commit gauge");
     let applied = sample(&page, "vaultfleet_applied_index").expect("applied gauge");
 
@@ -683,4 +742,109 @@ fn transport_counters_are_exported() {
     }
     server.shutdown();
     transport.shutdown();
+}
+
+/// P8: on a pool the mailbox gauges are the pool's aggregates, not whichever
+/// replica ran last. Three replicas on one worker: A and B lead nothing (a
+/// voter of three alone, ticks 10 s apart, so each refuses at once and turns
+/// only when fed), C is a lone voter ticking every 10 ms. The worker is held
+/// inside B's turn (a client's callback blocks) while 300 requests queue at
+/// A, so A's next turn takes all 300 at once; C's turns take none. With one
+/// unlabelled gauge per turn (the old behaviour) C's next tick set the depth
+/// to 0 and the capacity to C's.
+#[test]
+fn p8_pool_mailbox_gauges_are_the_pools_deepest_and_sum() {
+    use std::sync::mpsc;
+    use vaultfleet::runtime::{ResponseSlot, Slot};
+    use vaultfleet::MemLog;
+
+    let _serial = SERIAL.lock();
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        stall_after: Duration::from_secs(60),
+        spare_workers_max: 0,
+        ..PoolConfig::new()
+    })
+    .expect("pool");
+    let net = ChannelNetwork::new();
+    let spawn = |group: u64, members: &[u64], tick: Duration, mailbox: usize| {
+        let fleet = FleetConfig::new(
+            members
+                .iter()
+                .map(|&id| MemberSpec::voter(id, "dc-a"))
+                .collect(),
+        );
+        let mut replica = ReplicaConfig::new(1);
+        replica.group = group;
+        let mut log = MemLog::new();
+        Replica::bootstrap(&mut log, &KvStore::new(), &fleet).expect("bootstrap");
+        let mut cfg = NodeConfig::new(replica);
+        cfg.tick_interval = tick;
+        cfg.mailbox_inputs_max = mailbox;
+        pool.spawn(cfg, log, KvStore::new(), net.transport(1))
+            .expect("spawn")
+    };
+    let slow = Duration::from_secs(10);
+    let a = spawn(1, &[1, 2, 3], slow, 1_000);
+    let b = spawn(2, &[1, 2, 3], slow, 2_000);
+    let c = spawn(3, &[1], Duration::from_millis(10), 4_000);
+    // No `Node` in this test: a node's thread sets the same gauges.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(Arc::new(NodeProbe {
+        handle: c.handle(),
+        hsm: SoftHsm::new(),
+        data_dir: dir.path().to_path_buf(),
+    }));
+    let addr = server.local_addr();
+    wait_for("C to lead", || {
+        (c.handle().status().leader == Some(1)).then_some(())
+    });
+
+    // Hold the only worker inside B's turn.
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    let (release, released) = mpsc::channel::<()>();
+    let released = parking_lot::Mutex::new(released);
+    let held: ResponseSlot = Arc::new(Slot::with_notify(Arc::new(move || {
+        let _ = entered_tx.send(());
+        let _ = released.lock().recv_timeout(WAIT);
+    })));
+    b.handle()
+        .register_session_into(Arc::clone(&held))
+        .expect("queued at B");
+    entered.recv_timeout(WAIT).expect("the worker in B's turn");
+    let queued = 300;
+    let slots: Vec<ResponseSlot> = (0..queued)
+        .map(|_| a.handle().register_session().expect("queued at A"))
+        .collect();
+    release.send(()).expect("release the worker");
+    for slot in &slots {
+        assert!(
+            matches!(
+                slot.wait(WAIT),
+                Some(Err(vaultfleet::RequestError::NotLeader { .. }))
+            ),
+            "A refuses: it leads nothing"
+        );
+    }
+    // C keeps turning (with nothing in its mailbox) after A's deep turn.
+    std::thread::sleep(Duration::from_millis(200));
+    let page = scrape(addr);
+    assert_eq!(
+        sample(&page, "vaultfleet_mailbox_depth"),
+        Some(f64::from(queued)),
+        "the deepest replica's last turn, not the last replica to run"
+    );
+    assert_eq!(
+        sample(&page, "vaultfleet_mailbox_capacity"),
+        Some(1_000.0),
+        "the smallest mailbox of the pool"
+    );
+    assert_eq!(
+        sample(&page, "vaultfleet_mailbox_depth_sum"),
+        Some(f64::from(queued) + 1.0),
+        "A's 300, B's 1, C's 0"
+    );
+    drop((a, b, c));
+    drop(pool);
+    server.shutdown();
 }

@@ -22,7 +22,7 @@ use vaultfleet_audit::{Bundle, BundleError};
 use vaultfleet_net::open::OpenClientConfig;
 use vaultfleet_net::{PeerDirectory, PeerEntry, StaticSecret};
 use vaultfleet_node::admin::{Admin, AdminError, AdminOptions};
-use vaultfleet_node::config::NodeConfig;
+use vaultfleet_node::config::{NodeConfig, Runtime};
 use vaultfleet_node::hsm::{hex, parse_public_key};
 use vaultfleet_node::run::{ArtifactMismatch, ReloadError, RunningNode, StartError, EPOCH_FILE};
 use vaultfleet_vault::{
@@ -72,15 +72,30 @@ fn client(f: &Fixture, id: u64, address: SocketAddr) -> VaultClient {
 
 #[test]
 fn every_node_serves_and_a_stopping_leader_hands_over() {
+    // The config's default runtime: the pool.
+    every_node_serves_and_a_stopping_leader_hands_over_on(None, 7100);
+}
+
+#[test]
+fn every_node_serves_and_a_stopping_leader_hands_over_on_threads() {
+    every_node_serves_and_a_stopping_leader_hands_over_on(Some(Runtime::Threads), 7110);
+}
+
+fn every_node_serves_and_a_stopping_leader_hands_over_on(runtime: Option<Runtime>, port: u16) {
     let mut f = Fixture::new(&[(1, "dc-a"), (2, "dc-b"), (3, "dc-c")]);
     for id in 1..=3 {
         f.addresses
-            .insert(id, (address(id, 7100), address(id, 7200)));
+            .insert(id, (address(id, port), address(id, port + 100)));
     }
     let mut nodes: Vec<RunningNode> = (1..=3)
         .map(|id| {
             let path = f.write_config(id, "node.toml", &f.config_text(id, &[1, 2, 3], None, None));
-            RunningNode::start(NodeConfig::load(&path).unwrap()).unwrap()
+            let mut config = NodeConfig::load(&path).unwrap();
+            assert_eq!(config.runtime, Runtime::Pool, "the default");
+            if let Some(runtime) = runtime {
+                config.runtime = runtime;
+            }
+            RunningNode::start(config).unwrap()
         })
         .collect();
     for n in &nodes {

@@ -15,9 +15,11 @@ use vaultfleet_audit::fleet::evidence::Evidence;
 use vaultfleet_audit::fleet::FleetArtifact;
 use vaultfleet_audit::{Bundle, BundleError};
 use vaultfleet_net::open::OpenClientConfig;
-use vaultfleet_node::config::NodeConfig;
-use vaultfleet_node::hsm::HsmOpenError;
-use vaultfleet_node::run::{ArtifactMismatch, DataDirError, RunningNode, StartError, EPOCH_FILE};
+use vaultfleet_node::config::{NodeConfig, Runtime};
+use vaultfleet_node::hsm::{open_hsm, HsmOpenError};
+use vaultfleet_node::run::{
+    ArtifactMismatch, DataDirError, RunningNode, StartError, EPOCH_FILE, LOG_DIR,
+};
 use vaultfleet_vault::{
     BundleTrust, KsfParams, RemoteVaultEndpoint, ServerTrust, VaultClient, VaultClientConfig,
     VaultEndpoint,
@@ -67,6 +69,87 @@ fn a_one_voter_fleet_starts_serves_a_vault_client_and_restarts_on_its_data() {
     assert!(node.wait_ready(READY_WAIT));
     let c = client(node.vault_addr());
     assert_eq!(c.recover(b"user-1", b"code").unwrap().as_slice(), b"secret");
+    node.stop().unwrap();
+}
+
+/// P5 on the daemon: whether it stops (SIGTERM) or is dropped, a node on
+/// the pool has closed its sealed sled store when that returns, so a start
+/// right after opens the same data directory (sled's lock is free) and finds
+/// what was acknowledged; and the other runtime opens it too.
+#[test]
+fn p5_a_node_on_the_pool_closes_its_store_when_stopped_or_dropped() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let path = f.write_config(1, "node.toml", &f.config_text(1, &[1], None, None));
+    let now = f.now;
+    let trust = BundleTrust::new(f.verifier.clone(), Arc::new(move || now));
+    let client = |address| {
+        VaultClient::with_verifier(
+            vec![Arc::new(
+                RemoteVaultEndpoint::new(
+                    1,
+                    address,
+                    FLEET,
+                    ServerTrust::Bundles(Arc::clone(&trust)),
+                    OpenClientConfig::default(),
+                )
+                .unwrap(),
+            ) as Arc<dyn VaultEndpoint>],
+            GROUP,
+            f.verifier.clone(),
+            Arc::new(move || now),
+            VaultClientConfig {
+                ksf: KsfParams::TESTS_ONLY,
+                ..VaultClientConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let start = |runtime: Runtime| {
+        let mut config = NodeConfig::load(&path).unwrap();
+        config.runtime = runtime;
+        let node = RunningNode::start(config).unwrap_or_else(|e| {
+            panic!("start on {runtime}: {}", chain(&e));
+        });
+        assert!(node.wait_ready(READY_WAIT), "serves on {runtime}");
+        node
+    };
+    // The sealed sled store opens at once: sled's lock is free.
+    let config = NodeConfig::load(&path).unwrap();
+    let closed = || {
+        let log = vaultfleet::Sealed::open_sled(
+            config.data_dir.join(LOG_DIR),
+            open_hsm(&config.hsm).unwrap(),
+            vaultfleet::SealedConfig::new(config.group, config.replica_id),
+        );
+        if let Err(e) = log {
+            panic!("the store is still open: {}", chain(&e));
+        }
+    };
+    let node = start(Runtime::Pool);
+    assert_eq!(
+        client(node.vault_addr())
+            .register(b"user-1", b"code", b"one")
+            .unwrap(),
+        1
+    );
+    // Dropped without `stop`: the store is closed when the drop returns.
+    drop(node);
+    closed();
+    let node = start(Runtime::Pool);
+    let c = client(node.vault_addr());
+    assert_eq!(c.recover(b"user-1", b"code").unwrap().as_slice(), b"one");
+    assert_eq!(c.register(b"user-2", b"code", b"two").unwrap(), 1);
+    node.stop().unwrap();
+    closed();
+    // Stopped: likewise, and the threads runtime reads the same store.
+    let node = start(Runtime::Threads);
+    let c = client(node.vault_addr());
+    assert_eq!(c.recover(b"user-2", b"code").unwrap().as_slice(), b"two");
+    node.stop().unwrap();
+    closed();
+    let node = start(Runtime::Pool);
+    let c = client(node.vault_addr());
+    assert_eq!(c.recover(b"user-1", b"code").unwrap().as_slice(), b"one");
     node.stop().unwrap();
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -222,6 +222,11 @@ struct Entry {
     tick_nanos: u64,
     /// Why it stopped on its own (an error, a panic), for `shutdown`.
     outcome: Mutex<Option<ReplicaError>>,
+    /// Inputs its last turn took from its mailbox: stored by that turn's
+    /// worker, read by the timer for the pool's mailbox gauges.
+    depth: AtomicUsize,
+    /// Its mailbox's capacity.
+    capacity: usize,
 }
 
 /// How a replica's handles reach its pool: a push that raises the mailbox's
@@ -269,7 +274,12 @@ struct Inner {
     timer_wake: Condvar,
     /// A worker is watching the empty queue ([`PoolConfig::spin`]).
     spinning: AtomicBool,
+    /// This pool among the process's pools, for the mailbox gauges.
+    serial: u64,
 }
+
+/// Serial numbers of the process's pools.
+static POOL_SERIALS: AtomicU64 = AtomicU64::new(0);
 
 impl Inner {
     fn nanos(&self, at: Instant) -> u64 {
@@ -419,6 +429,8 @@ fn turn(inner: &Inner, entry: &Arc<Entry>) -> bool {
         return false;
     }
     let due = fsm.next_tick();
+    // One store into the replica's own entry per turn; the timer sums.
+    entry.depth.store(fsm.last_inputs(), Ordering::Relaxed);
     drop(held);
     entry.next_tick.store(inner.nanos(due), Ordering::Release);
     end_of_turn(&entry.shared.mailbox, || Instant::now() >= due)
@@ -460,11 +472,24 @@ fn finish(fsm: Option<Box<dyn Fsm>>) {
 /// for stalled ones, until the pool stops.
 fn time(inner: &Arc<Inner>) {
     let mut ready = Vec::new();
+    let mut published = None;
     loop {
         let now = Instant::now();
         let now_ns = inner.nanos(now);
         let mut next = now_ns.saturating_add(nanos_of(inner.cfg.tick_interval));
+        // The mailbox gauges, from the walk the timer makes anyway: no lock
+        // per push, no scan per turn.
+        let mut mailboxes: Option<telemetry::PoolMailboxes> = None;
         for entry in lock(&inner.entries).iter() {
+            let depth = entry.depth.load(Ordering::Relaxed);
+            let m = mailboxes.get_or_insert(telemetry::PoolMailboxes {
+                deepest: 0,
+                sum: 0,
+                capacity: entry.capacity,
+            });
+            m.deepest = m.deepest.max(depth);
+            m.sum = m.sum.saturating_add(depth);
+            m.capacity = m.capacity.min(entry.capacity);
             let due = entry.next_tick.load(Ordering::Acquire);
             if due <= now_ns {
                 if entry.shared.mailbox.schedule() {
@@ -481,6 +506,10 @@ fn time(inner: &Arc<Inner>) {
         }
         for entry in ready.drain(..) {
             inner.queue.push(entry);
+        }
+        if mailboxes != published {
+            published = mailboxes;
+            telemetry::pool_mailboxes(inner.serial, mailboxes);
         }
         monitor(inner, now_ns);
         let stopping = lock(&inner.stopping);
@@ -577,6 +606,7 @@ impl Pool {
             stopping: Mutex::new(false),
             timer_wake: Condvar::new(),
             spinning: AtomicBool::new(false),
+            serial: POOL_SERIALS.fetch_add(1, Ordering::Relaxed),
         });
         // From here on, dropping `pool` stops whatever started.
         let mut pool = Pool { inner, timer: None };
@@ -624,6 +654,8 @@ impl Pool {
             next_tick: AtomicU64::new(first),
             tick_nanos: interval,
             outcome: Mutex::new(None),
+            depth: AtomicUsize::new(0),
+            capacity: cfg.mailbox_inputs_max.max(1),
         });
         let link = PoolLink {
             inner: Arc::downgrade(inner),
@@ -671,6 +703,8 @@ impl Drop for Pool {
         if let Some(t) = self.timer.take() {
             let _ = t.join();
         }
+        // The timer is gone: this pool's replicas leave the mailbox gauges.
+        telemetry::pool_mailboxes(self.inner.serial, None);
         for entry in self.inner.queue.close() {
             drop(entry);
         }

@@ -27,10 +27,23 @@ pub const REQUESTS_REFUSED: &str = "vaultfleet_requests_refused_total";
 /// (`dropped`, `leader_changed`, `stopped`, ...).
 pub const REQUESTS_FAILED: &str = "vaultfleet_requests_failed_total";
 /// Gauge: inputs (requests and raft messages) the node took from its mailbox
-/// in its last turn; near [`MAILBOX_CAPACITY`] means overload.
+/// in its last turn; near [`MAILBOX_CAPACITY`] means overload. On a
+/// [`Pool`](super::Pool): the most any one of its replicas took in its last
+/// turn (the deepest mailbox), over every pool of the process.
+///
+/// A [`Node`](super::Node) sets it for its own replica at each turn: a
+/// process runs one `Node` (the node daemon with `runtime = "threads"`),
+/// or else the gauge is whichever node turned last. A pool sets it from its
+/// timer (at least every [`PoolConfig::tick_interval`](super::PoolConfig)),
+/// not per turn.
 pub const MAILBOX_DEPTH: &str = "vaultfleet_mailbox_depth";
-/// Gauge: the mailbox's capacity (requests beyond it are refused `overloaded`).
+/// Gauge: the mailbox's capacity (requests beyond it are refused
+/// `overloaded`); on a pool, the smallest mailbox of its replicas.
 pub const MAILBOX_CAPACITY: &str = "vaultfleet_mailbox_capacity";
+/// Gauge, pools only: the inputs every replica of the process's pools took
+/// in its last turn, summed (the backlog the workers work through; compare
+/// with [`MAILBOX_DEPTH`]: one deep replica, or many busy ones).
+pub const MAILBOX_DEPTH_SUM: &str = "vaultfleet_mailbox_depth_sum";
 /// Counter, label `result` (`written`, `failed`): snapshots sent to a peer.
 pub const SNAPSHOTS_SENT: &str = "vaultfleet_snapshots_sent_total";
 /// Counter: snapshots received from a leader.
@@ -78,9 +91,16 @@ pub fn describe() {
     );
     describe_gauge!(
         MAILBOX_DEPTH,
-        "Inputs the node took from its mailbox in its last turn"
+        "Inputs the node took from its mailbox in its last turn (on a pool: the most any replica took)"
     );
-    describe_gauge!(MAILBOX_CAPACITY, "Inputs the node's mailbox holds at most");
+    describe_gauge!(
+        MAILBOX_CAPACITY,
+        "Inputs the node's mailbox holds at most (on a pool: its smallest mailbox)"
+    );
+    describe_gauge!(
+        MAILBOX_DEPTH_SUM,
+        "Inputs the pool's replicas took from their mailboxes in their last turns, summed"
+    );
     describe_counter!(
         SNAPSHOTS_SENT,
         "Snapshots sent to peers, by result (written, failed)"
@@ -121,6 +141,45 @@ pub fn describe() {
     );
 }
 
+/// One pool's mailboxes, as its timer last saw them (the gauges
+/// [`MAILBOX_DEPTH`], [`MAILBOX_DEPTH_SUM`] and [`MAILBOX_CAPACITY`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolMailboxes {
+    /// The most inputs one replica took in its last turn.
+    pub(crate) deepest: usize,
+    /// The inputs every replica took in its last turn, summed.
+    pub(crate) sum: usize,
+    /// The smallest mailbox capacity.
+    pub(crate) capacity: usize,
+}
+
+/// Every live pool's [`PoolMailboxes`], by the pool's serial number: the
+/// gauges are the process's, so several pools combine (max, sum, min)
+/// instead of overwriting each other. Touched by a pool's timer only when
+/// its figures changed, never by a push or a turn.
+static POOL_MAILBOXES: std::sync::Mutex<Vec<(u64, PoolMailboxes)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Records pool `pool`'s mailboxes (`None`: it has no replica, or it
+/// stopped) and sets the gauges from every pool's.
+pub(crate) fn pool_mailboxes(pool: u64, now: Option<PoolMailboxes>) {
+    let mut pools = POOL_MAILBOXES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pools.retain(|(p, _)| *p != pool);
+    if let Some(now) = now {
+        pools.push((pool, now));
+    }
+    let deepest = pools.iter().map(|(_, m)| m.deepest).max().unwrap_or(0);
+    let sum = pools.iter().map(|(_, m)| m.sum).sum::<usize>();
+    let capacity = pools.iter().map(|(_, m)| m.capacity).min();
+    metrics::gauge!(MAILBOX_DEPTH).set(deepest as f64);
+    metrics::gauge!(MAILBOX_DEPTH_SUM).set(sum as f64);
+    if let Some(capacity) = capacity {
+        metrics::gauge!(MAILBOX_CAPACITY).set(capacity as f64);
+    }
+}
+
 /// Measures one operation for a histogram.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Stopwatch(Instant);
@@ -143,7 +202,26 @@ impl Stopwatch {
         key: &'static str,
         value: &'static str,
     ) {
-        metrics::histogram!(name, key => value).record(self.0.elapsed().as_secs_f64());
+        self.record_labelled_at(Instant::now(), name, key, value);
+    }
+
+    /// Starts measuring at `at`, a time the caller read already (a driver
+    /// reads the clock once per turn, not once per request).
+    pub(crate) fn started_at(at: Instant) -> Self {
+        Self(at)
+    }
+
+    /// Records the seconds from the start to `now` in histogram `name`,
+    /// labelled.
+    pub(crate) fn record_labelled_at(
+        self,
+        now: Instant,
+        name: &'static str,
+        key: &'static str,
+        value: &'static str,
+    ) {
+        metrics::histogram!(name, key => value)
+            .record(now.saturating_duration_since(self.0).as_secs_f64());
     }
 }
 

@@ -4,11 +4,12 @@
 //! bench process, not the node daemon (issue 15): no HSM-sealed key, no fleet
 //! artifact, no membership beyond the peers file.
 //!
-//! It runs one engine [`Node`] on a [`SledLog`] (`--store sled`, the default) or
-//! on sled sealed by a soft HSM kept in a file (`--store sealed-sled --hsm-file`;
-//! the file holds the HSM's keys in the clear: tests and benchmarks only) with
-//! the engine's [`KvStore`],
-//! the [`NetTransport`] (Noise IK, every peer key pinned) and
+//! It runs one engine replica (on a [`Pool`] of one worker by default, or on
+//! a [`Node`], a thread of its own, with `--runtime threads`) on a
+//! [`SledLog`] (`--store sled`, the default) or on sled sealed by a soft HSM
+//! kept in a file (`--store sealed-sled --hsm-file`; the file holds the HSM's
+//! keys in the clear: tests and benchmarks only) with the engine's
+//! [`KvStore`], the [`NetTransport`] (Noise IK, every peer key pinned) and
 //! [`NetTransport::serve_clients`] for remote client sessions. Once it serves,
 //! it prints `ready <listen address>` on stdout; logs go to stderr (`RUST_LOG`,
 //! `info` when unset). It exits 0 after a clean shutdown on SIGTERM, SIGINT or
@@ -41,7 +42,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use vaultfleet::replica::ReplicaConfig;
-use vaultfleet::runtime::{Node, NodeConfig};
+use vaultfleet::runtime::{Node, NodeConfig, NodeHandle, Pool, PoolConfig, PooledNode};
 use vaultfleet::{
     FleetConfig, KvStore, LogStore, MemberSpec, Replica, ReplicaId, Sealed, SealedConfig, SledLog,
     SoftHsm,
@@ -105,6 +106,35 @@ struct Options {
     /// the HSM's keys in the clear, mode 0600: tests and benchmarks only).
     #[arg(long, value_name = "PATH")]
     hsm_file: Option<PathBuf>,
+    /// What drives the replica: pool (the engine's worker pool, one worker
+    /// and a timer) or threads (a thread of the replica's own). Default:
+    /// $VAULTFLEET_NET_REPLICA_RUNTIME if set (so a test run can switch every
+    /// replica process it starts), else pool.
+    #[arg(long, value_parser = [RUNTIMES[0], RUNTIMES[1]])]
+    runtime: Option<String>,
+}
+
+/// The values of `--runtime`, the default first.
+const RUNTIMES: [&str; 2] = ["pool", "threads"];
+/// The environment variable giving `--runtime`'s default.
+const RUNTIME_ENV: &str = "VAULTFLEET_NET_REPLICA_RUNTIME";
+
+impl Options {
+    /// `--runtime`, else the environment's, else pool.
+    fn runtime(&self) -> Result<&'static str, StartError> {
+        let chosen = match &self.runtime {
+            Some(r) => r.clone(),
+            None => match std::env::var(RUNTIME_ENV) {
+                Ok(r) => r,
+                Err(std::env::VarError::NotPresent) => return Ok(RUNTIMES[0]),
+                Err(std::env::VarError::NotUnicode(_)) => String::from("(not UTF-8)"),
+            },
+        };
+        RUNTIMES
+            .into_iter()
+            .find(|r| *r == chosen)
+            .ok_or(StartError::Runtime { value: chosen })
+    }
 }
 
 /// Why the process could not start.
@@ -144,6 +174,10 @@ enum StartError {
     Net(#[from] vaultfleet_net::NetError),
     #[error("the replica did not start")]
     Replica(#[from] vaultfleet::replica::ReplicaError),
+    #[error("{RUNTIME_ENV}={value:?} is not a runtime: use pool or threads")]
+    Runtime { value: String },
+    #[error("the replica's pool did not start")]
+    Pool(#[from] vaultfleet::runtime::PoolError),
     #[error("cannot open the log")]
     Log(#[from] vaultfleet::storage::StorageError),
     #[error("cannot install the signal handler")]
@@ -287,6 +321,7 @@ enum Stop {
 }
 
 fn run(o: &Options) -> Result<Stop, StartError> {
+    let runtime = o.runtime()?;
     let peers = read_peers(&o.peers)?;
     let secret = read_key(&o.key)?;
     let own = peers
@@ -355,6 +390,7 @@ fn run(o: &Options) -> Result<Stop, StartError> {
         group,
         fleet = %peers.fleet,
         store = %o.store,
+        runtime,
         listen = %transport.local_addr(),
         bootstrapped = fresh,
         key = %transport.directory().local_public_key(),
@@ -371,6 +407,37 @@ fn run(o: &Options) -> Result<Stop, StartError> {
     Ok(why)
 }
 
+/// The replica, on the runtime `--runtime` picks.
+enum Running {
+    Threads(Node),
+    /// The replica first: a drop stops it (closing its store) before the pool.
+    Pool {
+        node: PooledNode,
+        pool: Pool,
+    },
+}
+
+impl Running {
+    fn handle(&self) -> NodeHandle {
+        match self {
+            Running::Threads(node) => node.handle(),
+            Running::Pool { node, .. } => node.handle(),
+        }
+    }
+
+    /// Stops the replica; its store is closed when this returns.
+    fn shutdown(self) -> Result<(), vaultfleet::replica::ReplicaError> {
+        match self {
+            Running::Threads(node) => node.shutdown(),
+            Running::Pool { node, pool } => {
+                let stopped = node.shutdown();
+                drop(pool);
+                stopped
+            }
+        }
+    }
+}
+
 /// Bootstraps `log` if it is empty, starts the transport and the node on it,
 /// and serves peers and clients. Returns the transport, the node and whether
 /// the log was bootstrapped now.
@@ -380,17 +447,19 @@ fn start<L: LogStore>(
     mut log: L,
     fleet: &FleetConfig,
     directory: PeerDirectory,
-) -> Result<(NetTransport, Node, bool), StartError> {
+) -> Result<(NetTransport, Running, bool), StartError> {
     let fresh = Replica::bootstrap(&mut log, &KvStore::new(), fleet)?;
     let transport = NetTransport::start(directory, NetConfig::new(o.listen))?;
     let mut node_config = NodeConfig::new(ReplicaConfig::new(o.id));
     node_config.replica.group = group;
-    let node = Node::spawn(
-        node_config,
-        log,
-        KvStore::new(),
-        Arc::new(transport.clone()),
-    )?;
+    let node = spawn(o, node_config, log, Arc::new(transport.clone()));
+    let node = match node {
+        Ok(node) => node,
+        Err(e) => {
+            transport.shutdown();
+            return Err(e);
+        }
+    };
     let served = transport
         .register(group, o.id, Arc::new(node.handle()))
         .and_then(|()| transport.serve_clients(group, Arc::new(node.handle())));
@@ -400,6 +469,31 @@ fn start<L: LogStore>(
         return Err(e.into());
     }
     Ok((transport, node, fresh))
+}
+
+/// Spawns the replica on `--runtime`'s runtime.
+fn spawn<L: LogStore>(
+    o: &Options,
+    node_config: NodeConfig,
+    log: L,
+    transport: Arc<NetTransport>,
+) -> Result<Running, StartError> {
+    if o.runtime()? == "threads" {
+        return Ok(Running::Threads(Node::spawn(
+            node_config,
+            log,
+            KvStore::new(),
+            transport,
+        )?));
+    }
+    // One replica: one worker; the timer wakes once per tick, the replica's.
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        tick_interval: node_config.tick_interval,
+        ..PoolConfig::new()
+    })?;
+    let node = pool.spawn(node_config, log, KvStore::new(), transport)?;
+    Ok(Running::Pool { node, pool })
 }
 
 fn main() -> ExitCode {
