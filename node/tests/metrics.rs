@@ -784,7 +784,10 @@ fn p8_pool_mailbox_gauges_are_the_pools_deepest_and_sum() {
         pool.spawn(cfg, log, KvStore::new(), net.transport(1))
             .expect("spawn")
     };
-    let slow = Duration::from_secs(10);
+    // An hour: A's and B's ticks never come during the test (a tick turn of
+    // A would set its depth back to 0; review finding: 10 s was a margin a
+    // loaded machine could use up).
+    let slow = Duration::from_secs(3_600);
     let a = spawn(1, &[1, 2, 3], slow, 1_000);
     let b = spawn(2, &[1, 2, 3], slow, 2_000);
     let c = spawn(3, &[1], Duration::from_millis(10), 4_000);
@@ -844,7 +847,67 @@ fn p8_pool_mailbox_gauges_are_the_pools_deepest_and_sum() {
         Some(f64::from(queued) + 1.0),
         "A's 300, B's 1, C's 0"
     );
+    assert_eq!(
+        sample(&page, "vaultfleet_pool_workers"),
+        Some(1.0),
+        "the one worker of the only pool"
+    );
     drop((a, b, c));
+    drop(pool);
+    server.shutdown();
+}
+
+/// Review finding (of P8's fix): the daemon's recorder drops a gauge not set
+/// for 15 s, and the pool set its gauges only when they changed (and the
+/// workers gauge only when a worker started or stopped, before the daemon
+/// installed its recorder). An idle pool's gauges left the page. Its timer
+/// now sets them at every wake.
+#[test]
+fn p8b_an_idle_pool_keeps_its_gauges_on_the_page() {
+    use vaultfleet::MemLog;
+
+    let _serial = SERIAL.lock();
+    let pool = Pool::new(PoolConfig {
+        workers: 1,
+        ..PoolConfig::new()
+    })
+    .expect("pool");
+    let net = ChannelNetwork::new();
+    let fleet = FleetConfig::new(vec![MemberSpec::voter(1, "dc-a")]);
+    let mut log = MemLog::new();
+    Replica::bootstrap(&mut log, &KvStore::new(), &fleet).expect("bootstrap");
+    let mut cfg = NodeConfig::new(ReplicaConfig::new(1));
+    cfg.mailbox_inputs_max = 12_345;
+    let node = pool
+        .spawn(cfg, log, KvStore::new(), net.transport(1))
+        .expect("spawn");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start(Arc::new(NodeProbe {
+        handle: node.handle(),
+        hsm: SoftHsm::new(),
+        data_dir: dir.path().to_path_buf(),
+    }));
+    let addr = server.local_addr();
+    wait_for("the node to lead", || {
+        (node.handle().status().leader == Some(1)).then_some(())
+    });
+    // The recorder expires a gauge at a scrape that finds it unchanged since
+    // a scrape at least 15 s before: scrape, stay idle past that, scrape.
+    let first = scrape(addr);
+    assert!(sample(&first, "vaultfleet_pool_workers").is_some());
+    std::thread::sleep(Duration::from_secs(16));
+    let page = scrape(addr);
+    assert_eq!(
+        sample(&page, "vaultfleet_mailbox_capacity"),
+        Some(12_345.0),
+        "an idle pool's capacity gauge is still on the page"
+    );
+    assert_eq!(
+        sample(&page, "vaultfleet_pool_workers"),
+        Some(1.0),
+        "the workers gauge is on the page and counts the one worker"
+    );
+    drop(node);
     drop(pool);
     server.shutdown();
 }

@@ -296,7 +296,8 @@ impl Node {
         machine: S,
         transport: Arc<dyn Transport>,
     ) -> Result<Node, ReplicaError> {
-        let driver = Driver::new(&cfg, store, machine, transport)?;
+        let mut driver = Driver::new(&cfg, store, machine, transport)?;
+        driver.node_gauges = true;
         let shared = Arc::clone(&driver.shared);
         let thread = std::thread::Builder::new()
             .name(format!("vaultfleet-node-{}", shared.id))
@@ -409,6 +410,9 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     /// Inputs taken from the mailbox in the last turn (the mailbox depth
     /// gauges: a `Node` sets them, a pool aggregates them).
     last_inputs: usize,
+    /// Whether each turn sets the mailbox gauges itself (a `Node`'s driver;
+    /// a pool's are set by its timer).
+    node_gauges: bool,
     seen: Seen,
 }
 
@@ -477,6 +481,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             mailbox_inputs_max: cfg.mailbox_inputs_max.max(1),
             turn_began: Instant::now(),
             last_inputs: 0,
+            node_gauges: false,
             seen: Seen::default(),
         })
     }
@@ -506,6 +511,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         }
         self.last_inputs = inputs.len();
         self.turn_began = Instant::now();
+        if self.node_gauges {
+            // One replica per thread: its own gauges, set before the turn's
+            // work so that a turn stuck in `sync` shows its own batch (a
+            // pool's timer sets its replicas' aggregates instead).
+            metrics::gauge!(telemetry::MAILBOX_DEPTH).set(self.last_inputs as f64);
+            metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(self.mailbox_inputs_max as f64);
+        }
         // `VecDeque::from(Vec)` keeps the allocation; so does the way back
         // above once the deque is empty.
         self.inputs = VecDeque::from(inputs);
@@ -691,12 +703,7 @@ fn run<L: LogStore, S: StateMachine>(mut driver: Driver<L, S>) -> Result<(), Rep
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
         // Waits for inputs until the next tick is due.
         match driver.turn(Duration::MAX) {
-            Ok(true) => {
-                // One replica per thread: its own gauges (a pool sets them to
-                // its replicas' aggregates instead).
-                metrics::gauge!(telemetry::MAILBOX_DEPTH).set(driver.last_inputs as f64);
-                metrics::gauge!(telemetry::MAILBOX_CAPACITY).set(driver.mailbox_inputs_max as f64);
-            }
+            Ok(true) => {}
             Ok(false) => break Ok(()),
             Err(e) => break Err(e),
         }

@@ -307,7 +307,6 @@ impl Inner {
                 lock(&self.counts).slots.retain(|s| !Arc::ptr_eq(s, &slot));
                 PoolError::Spawn { source }
             })?;
-        metrics::gauge!(telemetry::POOL_WORKERS).increment(1.0);
         let mut threads = lock(&self.threads);
         threads.retain(|t| !t.is_finished());
         threads.push(thread);
@@ -331,7 +330,6 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
                 counts.stalled -= 1;
             }
             counts.slots.retain(|s| !Arc::ptr_eq(s, self.slot));
-            metrics::gauge!(telemetry::POOL_WORKERS).decrement(1.0);
         }
     }
     impl Drop for Exit<'_> {
@@ -472,24 +470,33 @@ fn finish(fsm: Option<Box<dyn Fsm>>) {
 /// for stalled ones, until the pool stops.
 fn time(inner: &Arc<Inner>) {
     let mut ready = Vec::new();
-    let mut published = None;
+    // The timer also watches for stalls: it wakes at least every half
+    // `stall_after`, so a turn blocked that long is counted whatever the
+    // tick interval (a node ticking once a second, say).
+    let watch = nanos_of(inner.cfg.stall_after / 2).max(1_000_000);
     loop {
         let now = Instant::now();
         let now_ns = inner.nanos(now);
-        let mut next = now_ns.saturating_add(nanos_of(inner.cfg.tick_interval));
+        let mut next = now_ns
+            .saturating_add(nanos_of(inner.cfg.tick_interval))
+            .min(now_ns.saturating_add(watch));
         // The mailbox gauges, from the walk the timer makes anyway: no lock
         // per push, no scan per turn.
-        let mut mailboxes: Option<telemetry::PoolMailboxes> = None;
+        let mut gauges = telemetry::PoolGauges {
+            deepest: 0,
+            sum: 0,
+            capacity: None,
+            workers: 0,
+        };
         for entry in lock(&inner.entries).iter() {
             let depth = entry.depth.load(Ordering::Relaxed);
-            let m = mailboxes.get_or_insert(telemetry::PoolMailboxes {
-                deepest: 0,
-                sum: 0,
-                capacity: entry.capacity,
-            });
-            m.deepest = m.deepest.max(depth);
-            m.sum = m.sum.saturating_add(depth);
-            m.capacity = m.capacity.min(entry.capacity);
+            gauges.deepest = gauges.deepest.max(depth);
+            gauges.sum = gauges.sum.saturating_add(depth);
+            gauges.capacity = Some(
+                gauges
+                    .capacity
+                    .map_or(entry.capacity, |c| c.min(entry.capacity)),
+            );
             let due = entry.next_tick.load(Ordering::Acquire);
             if due <= now_ns {
                 if entry.shared.mailbox.schedule() {
@@ -507,11 +514,10 @@ fn time(inner: &Arc<Inner>) {
         for entry in ready.drain(..) {
             inner.queue.push(entry);
         }
-        if mailboxes != published {
-            published = mailboxes;
-            telemetry::pool_mailboxes(inner.serial, mailboxes);
-        }
-        monitor(inner, now_ns);
+        gauges.workers = monitor(inner, now_ns);
+        // Every wake, not only on a change: a recorder that expires idle
+        // gauges (the node daemon's, after 15 s) must not drop a steady one.
+        telemetry::pool_gauges(inner.serial, Some(gauges));
         let stopping = lock(&inner.stopping);
         if *stopping {
             return;
@@ -532,8 +538,9 @@ fn nanos_of(d: Duration) -> u64 {
 }
 
 /// Counts the turns that became stalls and starts spares so that `workers`
-/// threads are free of stalled turns (within `spare_workers_max`).
-fn monitor(inner: &Arc<Inner>, now_ns: u64) {
+/// threads are free of stalled turns (within `spare_workers_max`). Returns
+/// the live workers, spares included.
+fn monitor(inner: &Arc<Inner>, now_ns: u64) -> usize {
     let stall_after = nanos_of(inner.cfg.stall_after);
     let mut counts = lock(&inner.counts);
     let mut new_stalls = 0;
@@ -567,6 +574,7 @@ fn monitor(inner: &Arc<Inner>, now_ns: u64) {
             tracing::error!("could not start a spare pool worker: {e}");
         }
     }
+    lock(&inner.counts).live
 }
 
 /// A fixed set of worker threads driving any number of replicas (see the
@@ -704,7 +712,7 @@ impl Drop for Pool {
             let _ = t.join();
         }
         // The timer is gone: this pool's replicas leave the mailbox gauges.
-        telemetry::pool_mailboxes(self.inner.serial, None);
+        telemetry::pool_gauges(self.inner.serial, None);
         for entry in self.inner.queue.close() {
             drop(entry);
         }

@@ -141,29 +141,33 @@ pub fn describe() {
     );
 }
 
-/// One pool's mailboxes, as its timer last saw them (the gauges
-/// [`MAILBOX_DEPTH`], [`MAILBOX_DEPTH_SUM`] and [`MAILBOX_CAPACITY`]).
+/// One pool's gauges, as its timer last saw them: its mailboxes
+/// ([`MAILBOX_DEPTH`], [`MAILBOX_DEPTH_SUM`], [`MAILBOX_CAPACITY`]) and its
+/// workers ([`POOL_WORKERS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PoolMailboxes {
+pub(crate) struct PoolGauges {
     /// The most inputs one replica took in its last turn.
     pub(crate) deepest: usize,
     /// The inputs every replica took in its last turn, summed.
     pub(crate) sum: usize,
-    /// The smallest mailbox capacity.
-    pub(crate) capacity: usize,
+    /// The smallest mailbox capacity (`None`: the pool has no replica).
+    pub(crate) capacity: Option<usize>,
+    /// Live worker threads, spares included.
+    pub(crate) workers: usize,
 }
 
-/// Every live pool's [`PoolMailboxes`], by the pool's serial number: the
-/// gauges are the process's, so several pools combine (max, sum, min)
-/// instead of overwriting each other. Touched by a pool's timer only when
-/// its figures changed, never by a push or a turn.
-static POOL_MAILBOXES: std::sync::Mutex<Vec<(u64, PoolMailboxes)>> =
-    std::sync::Mutex::new(Vec::new());
+/// Every live pool's [`PoolGauges`], by the pool's serial number: the gauges
+/// are the process's, so several pools combine (max, sum, min, sum) instead
+/// of overwriting each other. Set by each pool's timer at every wake (at
+/// least every tick, and every half `stall_after`), so a gauge is never left
+/// unset long enough for a recorder to expire it as idle; never by a push or
+/// a turn.
+static POOL_GAUGES: std::sync::Mutex<Vec<(u64, PoolGauges)>> = std::sync::Mutex::new(Vec::new());
 
-/// Records pool `pool`'s mailboxes (`None`: it has no replica, or it
-/// stopped) and sets the gauges from every pool's.
-pub(crate) fn pool_mailboxes(pool: u64, now: Option<PoolMailboxes>) {
-    let mut pools = POOL_MAILBOXES
+/// Records pool `pool`'s gauges (`None`: it stopped) and sets the process's
+/// gauges from every pool's.
+pub(crate) fn pool_gauges(pool: u64, now: Option<PoolGauges>) {
+    let mut pools = POOL_GAUGES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     pools.retain(|(p, _)| *p != pool);
@@ -172,12 +176,13 @@ pub(crate) fn pool_mailboxes(pool: u64, now: Option<PoolMailboxes>) {
     }
     let deepest = pools.iter().map(|(_, m)| m.deepest).max().unwrap_or(0);
     let sum = pools.iter().map(|(_, m)| m.sum).sum::<usize>();
-    let capacity = pools.iter().map(|(_, m)| m.capacity).min();
+    let capacity = pools.iter().filter_map(|(_, m)| m.capacity).min();
+    let workers = pools.iter().map(|(_, m)| m.workers).sum::<usize>();
     metrics::gauge!(MAILBOX_DEPTH).set(deepest as f64);
     metrics::gauge!(MAILBOX_DEPTH_SUM).set(sum as f64);
-    if let Some(capacity) = capacity {
-        metrics::gauge!(MAILBOX_CAPACITY).set(capacity as f64);
-    }
+    metrics::gauge!(POOL_WORKERS).set(workers as f64);
+    // No pool has a replica any more: no capacity to show.
+    metrics::gauge!(MAILBOX_CAPACITY).set(capacity.unwrap_or(0) as f64);
 }
 
 /// Measures one operation for a histogram.
