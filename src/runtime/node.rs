@@ -375,6 +375,66 @@ fn input_slot(input: &Input) -> Option<&ResponseSlot> {
     }
 }
 
+/// The requests a replica took and has not answered, by id. Ids are handed
+/// out in increasing order and most are answered in that order, so this is a
+/// ring indexed by `id - first` rather than a map: an insert is a push at the
+/// back, an answer takes its entry and drops the answered ones from the front
+/// (a B-tree's insert and remove were 2.5% of a 4096-client bench's samples).
+/// A request answered late (a read waiting for its index) only holds the
+/// front back: the entries behind it are empty until it is answered.
+#[derive(Debug)]
+struct PendingRequests<T> {
+    /// The id of `ring[0]`.
+    first: RequestId,
+    ring: VecDeque<Option<T>>,
+}
+
+impl<T> Default for PendingRequests<T> {
+    fn default() -> Self {
+        Self {
+            first: 0,
+            ring: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> PendingRequests<T> {
+    /// The id the next insert must carry (`None` while empty: any).
+    fn next_id(&self) -> Option<RequestId> {
+        (!self.ring.is_empty()).then(|| self.first + self.ring.len() as RequestId)
+    }
+
+    /// Adds request `id`, larger than every id inserted before.
+    fn insert(&mut self, id: RequestId, value: T) {
+        if self.ring.is_empty() {
+            self.first = id;
+        }
+        // The driver never skips an id (a refused request takes none); a gap
+        // would be left as empty entries.
+        debug_assert!(id >= self.first + self.ring.len() as RequestId);
+        while self.first + (self.ring.len() as RequestId) < id {
+            self.ring.push_back(None);
+        }
+        self.ring.push_back(Some(value));
+    }
+
+    /// Takes request `id` out, if it is pending.
+    fn remove(&mut self, id: RequestId) -> Option<T> {
+        let at = usize::try_from(id.checked_sub(self.first)?).ok()?;
+        let value = self.ring.get_mut(at)?.take();
+        while matches!(self.ring.front(), Some(None)) {
+            self.ring.pop_front();
+            self.first += 1;
+        }
+        value
+    }
+
+    /// Every pending request, in id order.
+    fn drain(self) -> impl Iterator<Item = T> {
+        self.ring.into_iter().flatten()
+    }
+}
+
 /// A request the replica took: where its outcome goes, and since when it waits
 /// (for [`telemetry::COMMIT_SECONDS`]).
 struct Pending {
@@ -389,7 +449,7 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     replica: Replica<L, S>,
     transport: Arc<dyn Transport>,
     pub(super) shared: Arc<Shared>,
-    slots: BTreeMap<RequestId, Pending>,
+    slots: PendingRequests<Pending>,
     next_request: RequestId,
     out: Output,
     /// The inputs of the current turn not yet taken by the replica: kept here,
@@ -470,7 +530,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             replica,
             transport,
             shared,
-            slots: BTreeMap::new(),
+            slots: PendingRequests::default(),
             next_request: 1,
             out: Output::default(),
             inputs: VecDeque::new(),
@@ -567,7 +627,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         for input in self.shared.mailbox.close() {
             fail_input(input, RequestError::Stopped);
         }
-        for (_, pending) in std::mem::take(&mut self.slots) {
+        for pending in std::mem::take(&mut self.slots).drain() {
             telemetry::failed(&RequestError::Stopped);
             let _ = pending.slot.fill(Err(RequestError::Stopped));
         }
@@ -621,6 +681,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.next_request += 1;
                 let since = Stopwatch::started_at(self.turn_began);
                 self.slots.insert(id, Pending { slot, kind, since });
+                debug_assert_eq!(self.slots.next_id(), Some(self.next_request));
             }
             Err(e) => {
                 telemetry::refused(&e);
@@ -656,7 +717,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             // One clock read for every answer of this cycle.
             let answered = (!self.out.completions.is_empty()).then(Instant::now);
             for Completion { id, result } in self.out.completions.drain(..) {
-                if let Some(pending) = self.slots.remove(&id) {
+                if let Some(pending) = self.slots.remove(id) {
                     match (&result, answered) {
                         (Ok(_), Some(now)) => pending.since.record_labelled_at(
                             now,
@@ -756,6 +817,50 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ring of pending requests against a map, over answers in every
+    /// order (in order, reversed, one held back).
+    #[test]
+    fn pending_requests_behave_as_a_map() {
+        let orders: [Vec<u64>; 4] = [
+            (1..=50).collect(),
+            (1..=50).rev().collect(),
+            (2..=50).chain([1]).collect(),
+            (1..=50).map(|i| (i * 17) % 50 + 1).collect(),
+        ];
+        for order in orders {
+            let mut ring = PendingRequests::default();
+            let mut map = BTreeMap::new();
+            for id in 1..=50u64 {
+                ring.insert(id, id * 10);
+                map.insert(id, id * 10);
+            }
+            assert_eq!(ring.remove(0), None);
+            assert_eq!(ring.remove(51), None);
+            for (k, &id) in order.iter().enumerate() {
+                assert_eq!(ring.remove(id), map.remove(&id), "id {id}");
+                assert_eq!(ring.remove(id), None, "answered twice");
+                if k == 25 {
+                    // New requests while some are still pending.
+                    for new in 51..=53 {
+                        ring.insert(new, new * 10);
+                        map.insert(new, new * 10);
+                    }
+                }
+            }
+            let left: Vec<u64> = ring.drain().collect();
+            assert_eq!(left, map.into_values().collect::<Vec<_>>());
+        }
+        // Skipped ids leave no entry behind.
+        let mut ring = PendingRequests::default();
+        ring.insert(5, 'a');
+        ring.insert(8, 'b');
+        assert_eq!(ring.remove(6), None);
+        assert_eq!(ring.remove(5), Some('a'));
+        assert_eq!(ring.ring.len(), 1, "the front advanced past the holes");
+        assert_eq!(ring.remove(8), Some('b'));
+        assert!(ring.ring.is_empty());
+    }
 
     #[test]
     fn p6_a_catch_up_skips_ticks_by_whole_intervals() {
