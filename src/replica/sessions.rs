@@ -102,10 +102,78 @@ fn same_owner(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
 }
 
+/// Sessions by client id, as two vectors sorted by id: the ids, contiguous
+/// (4096 of them are 32 KiB, searched mostly in cache), and the sessions in
+/// the same order. A B-tree's search took about four cache misses per
+/// command at 4096 sessions (`Sessions::apply` was 7.4% of a 4096-client
+/// bench's samples). Ids are log indexes, so a registration is almost always
+/// a push at the end; an eviction (the table full) and a restore are the
+/// only other changes. Iteration is in id order, as the map's was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SessionTable {
+    ids: Vec<u64>,
+    sessions: Vec<Session>,
+}
+
+impl SessionTable {
+    fn len(&self) -> usize {
+        debug_assert_eq!(self.ids.len(), self.sessions.len());
+        self.ids.len()
+    }
+
+    fn position(&self, id: u64) -> Result<usize, usize> {
+        // The newest session is the likeliest to be asked for after a
+        // registration: check the end first.
+        match self.ids.last() {
+            Some(&last) if last == id => Ok(self.ids.len() - 1),
+            Some(&last) if last < id => Err(self.ids.len()),
+            _ => self.ids.binary_search(&id),
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&Session> {
+        let at = self.position(id).ok()?;
+        self.sessions.get(at)
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Session> {
+        let at = self.position(id).ok()?;
+        self.sessions.get_mut(at)
+    }
+
+    /// Adds session `id`, replacing one of the same id (returned).
+    fn insert(&mut self, id: u64, session: Session) -> Option<Session> {
+        match self.position(id) {
+            Ok(at) => Some(std::mem::replace(&mut self.sessions[at], session)),
+            Err(at) => {
+                self.ids.insert(at, id);
+                self.sessions.insert(at, session);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Session> {
+        let at = self.position(id).ok()?;
+        self.ids.remove(at);
+        Some(self.sessions.remove(at))
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, &Session)> {
+        self.ids.iter().copied().zip(&self.sessions)
+    }
+
+    /// A table of `sessions`, sorted by id (built once, not by inserts).
+    fn from_sorted(sessions: BTreeMap<u64, Session>) -> Self {
+        let (ids, sessions) = sessions.into_iter().unzip();
+        Self { ids, sessions }
+    }
+}
+
 /// The session table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sessions {
-    by_client: BTreeMap<u64, Session>,
+    by_client: SessionTable,
     sessions_max: usize,
     responses_max: usize,
     /// Whether the limits are the group's replicated settings (from the
@@ -120,7 +188,7 @@ impl Sessions {
     pub(crate) fn new(sessions_max: usize, responses_max: usize) -> Self {
         debug_assert!(sessions_max > 0 && responses_max > 0);
         Self {
-            by_client: BTreeMap::new(),
+            by_client: SessionTable::default(),
             sessions_max,
             responses_max,
             replicated: false,
@@ -164,12 +232,12 @@ impl Sessions {
             let Some(oldest) = self
                 .by_client
                 .iter()
-                .min_by_key(|(&id, s)| (s.last_active_index, id))
-                .map(|(&id, _)| id)
+                .min_by_key(|&(id, s)| (s.last_active_index, id))
+                .map(|(id, _)| id)
             else {
                 break;
             };
-            self.by_client.remove(&oldest);
+            self.by_client.remove(oldest);
         }
         let previous = self.by_client.insert(
             index,
@@ -195,7 +263,7 @@ impl Sessions {
     ) -> Result<Bytes, RequestError> {
         let client_id = request.client_id;
         let responses_max = self.responses_max;
-        let Some(session) = self.by_client.get_mut(&client_id) else {
+        let Some(session) = self.by_client.get_mut(client_id) else {
             return Err(RequestError::SessionExpired { client_id });
         };
         // Another client's session: nothing of it is touched (its cached
@@ -251,7 +319,7 @@ impl Sessions {
         owner: &[u8],
     ) -> Option<&Bytes> {
         self.by_client
-            .get(&client_id)
+            .get(client_id)
             .filter(|s| same_owner(&s.owner, owner))?
             .responses
             .get(sequence)
@@ -260,7 +328,7 @@ impl Sessions {
     pub(crate) fn to_wire(&self) -> Vec<WireSession> {
         self.by_client
             .iter()
-            .map(|(&client_id, s)| {
+            .map(|(client_id, s)| {
                 let mut w = WireSession::new();
                 w.client_id = client_id;
                 w.owner = s.owner.clone();
@@ -282,7 +350,9 @@ impl Sessions {
     }
 
     pub(crate) fn restore(&mut self, sessions: Vec<WireSession>) {
-        self.by_client.clear();
+        // Through a map: a snapshot in any order (and of any size) is sorted
+        // in O(n log n), never by inserts into the middle of the table.
+        let mut restored = BTreeMap::new();
         for w in sessions {
             // Through a map, as before the ring: any order is sorted, and of a
             // duplicate sequence (never written by `to_wire`) the last one
@@ -302,8 +372,9 @@ impl Sessions {
                 responses,
             };
             // A duplicate id in the snapshot: the last one wins.
-            self.by_client.insert(w.client_id, s);
+            restored.insert(w.client_id, s);
         }
+        self.by_client = SessionTable::from_sorted(restored);
     }
 }
 
@@ -433,7 +504,13 @@ mod tests {
             .unwrap();
         }
         let order = |s: &Sessions| -> Vec<u64> {
-            s.by_client[&c].responses.iter().map(|&(q, _)| q).collect()
+            s.by_client
+                .get(c)
+                .unwrap()
+                .responses
+                .iter()
+                .map(|&(q, _)| q)
+                .collect()
         };
         assert_eq!(order(&s), [1, 2, 3, 4]);
         // Acknowledging below 3 forgets 1 and 2; a replay of 2 is stale.
@@ -494,6 +571,57 @@ mod tests {
         drop(s);
         let back = Vec::from(response);
         assert!(back.capacity() < 64, "capacity {} kept", back.capacity());
+    }
+
+    /// The sorted-vector table against a map, over random inserts (mostly
+    /// increasing ids, as registrations are), lookups, removals and a
+    /// rebuild; each seed is printed on failure.
+    #[test]
+    fn the_session_table_behaves_as_a_map() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..64u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let mut table = SessionTable::default();
+            let mut map: BTreeMap<u64, Session> = BTreeMap::new();
+            let mut next = 1u64;
+            for step in 0..400 {
+                let id = if rng.gen_bool(0.7) {
+                    next += rng.gen_range(1..4);
+                    next
+                } else {
+                    rng.gen_range(0..next + 2)
+                };
+                let session = Session {
+                    last_active_index: step,
+                    ..Session::default()
+                };
+                match rng.gen_range(0..4) {
+                    0 | 1 => assert_eq!(
+                        table.insert(id, session.clone()),
+                        map.insert(id, session),
+                        "seed {seed} step {step}: insert {id}"
+                    ),
+                    2 => assert_eq!(
+                        table.remove(id),
+                        map.remove(&id),
+                        "seed {seed} step {step}: remove {id}"
+                    ),
+                    _ => {
+                        assert_eq!(table.get(id), map.get(&id), "seed {seed}: get {id}");
+                        if let (Some(t), Some(m)) = (table.get_mut(id), map.get_mut(&id)) {
+                            t.acked_below += 1;
+                            m.acked_below += 1;
+                        }
+                    }
+                }
+                assert_eq!(table.len(), map.len(), "seed {seed} step {step}");
+            }
+            assert!(
+                table.iter().eq(map.iter().map(|(&id, s)| (id, s))),
+                "seed {seed}: iteration order"
+            );
+            assert_eq!(SessionTable::from_sorted(map.clone()), table, "seed {seed}");
+        }
     }
 
     #[test]

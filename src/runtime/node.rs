@@ -10,7 +10,7 @@
 //! same turns of many replicas on a few workers (the `Fsm` trait), so both
 //! runtimes share one copy of the logic.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -816,6 +816,8 @@ impl Seen {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     /// The ring of pending requests against a map, over answers in every
