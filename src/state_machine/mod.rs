@@ -6,10 +6,14 @@
 //! (a salt, a nonce) is drawn by the caller *before* proposing and travels inside
 //! the command.
 
+mod cow;
 mod kv;
 
-use crate::wire::{DecodeError, EncodeError};
+use std::io::{Read, Write};
 
+use crate::wire::{DecodeError, EncodeError, MESSAGE_BYTES_MAX};
+
+pub use cow::{CowMap, CowView, LEAF_ENTRIES_MAX};
 pub use kv::{KvError, KvStore};
 
 /// A replicated, deterministic state machine.
@@ -38,6 +42,82 @@ pub trait StateMachine: Send + 'static {
 
     /// Replaces the whole state with one produced by [`StateMachine::snapshot`].
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
+
+    /// Writes the whole state to `out`: exactly the bytes [`StateMachine::snapshot`]
+    /// returns, so state digests agree whichever path computed them.
+    ///
+    /// The default captures the state whole and writes it; a machine with a large
+    /// state writes it record by record instead, never holding its encoding whole.
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), CaptureError> {
+        let bytes = self.snapshot()?;
+        out.write_all(&bytes).map_err(CaptureError::Io)
+    }
+
+    /// A frozen view of the state as it is now: `Send + 'static`, so it can be
+    /// written out on another thread while [`StateMachine::apply`] goes on, and
+    /// what it writes is what [`StateMachine::snapshot_to`] would have written when
+    /// the view was taken.
+    ///
+    /// The default captures the state whole, on the caller's thread (today's
+    /// cost); a machine built on [`CowMap`] takes its view in O(leaves).
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, CaptureError> {
+        Ok(Box::new(BytesView::new(self.snapshot()?)))
+    }
+
+    /// Replaces the whole state with one read from `input`, a stream that
+    /// [`StateMachine::snapshot_to`] wrote. The state is unchanged on an error.
+    ///
+    /// The default reads the stream whole (at most [`MESSAGE_BYTES_MAX`] bytes,
+    /// what one snapshot can hold) and calls [`StateMachine::restore`];
+    /// implementations with a large state should parse it record by record.
+    fn restore_from(&mut self, input: &mut dyn Read) -> Result<(), RestoreError> {
+        let mut bytes = Vec::new();
+        input
+            .take(MESSAGE_BYTES_MAX + 1)
+            .read_to_end(&mut bytes)
+            .map_err(RestoreError::Io)?;
+        if bytes.len() as u64 > MESSAGE_BYTES_MAX {
+            return Err(RestoreError::Malformed {
+                what: "snapshot stream is longer than one snapshot can be",
+            });
+        }
+        self.restore(&bytes)
+    }
+
+    /// An empty machine of the same configuration, to restore a snapshot into
+    /// off the replica's thread; `None` (the default) restores in place.
+    fn blank(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+/// A frozen view of a machine's state, taken by [`StateMachine::snapshot_view`]
+/// and written out later, possibly on another thread.
+pub trait SnapshotView: Send + 'static {
+    /// Writes the state as it was when the view was taken: the bytes
+    /// [`StateMachine::snapshot`] returned then.
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), CaptureError>;
+}
+
+/// A [`SnapshotView`] over bytes already captured: what the default
+/// [`StateMachine::snapshot_view`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BytesView(Vec<u8>);
+
+impl BytesView {
+    /// A view that writes `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl SnapshotView for BytesView {
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), CaptureError> {
+        out.write_all(&self.0).map_err(CaptureError::Io)
+    }
 }
 
 /// The state could not be captured in a snapshot.
@@ -47,6 +127,9 @@ pub enum CaptureError {
     /// The state does not fit in one snapshot: shard it across groups.
     #[error("the state does not fit in one snapshot ({0}); shard it across groups")]
     Encode(#[from] EncodeError),
+    /// The writer a snapshot streamed into failed.
+    #[error("the snapshot could not be written: {0}")]
+    Io(#[source] std::io::Error),
     /// Any other reason, kept as a typed cause.
     #[error("the state could not be captured: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -81,6 +164,10 @@ pub enum RestoreError {
         /// The version this build reads.
         supported: u64,
     },
+    /// The reader a snapshot streamed from failed (a truncated stream is
+    /// [`RestoreError::Malformed`], not this).
+    #[error("state machine snapshot could not be read: {0}")]
+    Io(#[source] std::io::Error),
     /// Any other reason, kept as a typed cause.
     #[error("state machine snapshot rejected: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),

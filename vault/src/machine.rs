@@ -45,9 +45,10 @@
 //! appear at indexes above the old ones (the snapshot carries the clock; one of
 //! an earlier build has none, and the greatest ticket it holds stands in).
 
+mod stream;
 mod user;
 
-use std::collections::BTreeMap;
+use std::io::{Read, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -60,7 +61,7 @@ use crate::wire::{
 };
 use user::{record_digest, Standing, UserState};
 use vaultfleet::replica::INDEX_MAX;
-use vaultfleet::state_machine::{CaptureError, RestoreError, StateMachine};
+use vaultfleet::state_machine::{CaptureError, CowMap, RestoreError, SnapshotView, StateMachine};
 
 /// Concluded consumes remembered per user for de-duplication; consumes whose
 /// ticket is still spent are always remembered.
@@ -144,7 +145,9 @@ enum Malformed {
 /// The replicated Backup Key Vault (see the module documentation for its rules).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackupVault {
-    users: BTreeMap<UserId, UserState>,
+    /// Every user, in key order; a [`CowMap`] so that a snapshot view of a
+    /// large vault costs O(leaves), not a copy.
+    users: CowMap<UserId, UserState>,
     /// The ticket clock: the last ticket issued (to a consume or a
     /// registration), 0 before the first (see the module documentation).
     last_ticket: u64,
@@ -290,6 +293,51 @@ impl BackupVault {
         self.users.is_empty()
     }
 
+    /// Adds `user` as freshly registered, without a command: for benchmarks
+    /// that need a vault of millions of users and no OPAQUE work. The record
+    /// (192-byte OPAQUE record, 72-byte sealed secret, 32-byte nonce and tag,
+    /// derived from `seed`) has the sizes of a real one; the registration takes
+    /// the next ticket, as a `register` would. Returns false (nothing changes)
+    /// when `user` is not a valid id or already known.
+    #[doc(hidden)]
+    pub fn insert_user_for_bench(&mut self, user: &[u8], seed: u64) -> bool {
+        let Ok(user) = UserId::new(user) else {
+            return false;
+        };
+        if self.users.contains_key(&user) {
+            return false;
+        }
+        let Some(ticket) = next_ticket(self.last_ticket, 0) else {
+            return false;
+        };
+        let bytes = |len: usize, salt: u64| -> Vec<u8> {
+            let mut h = Sha256::new();
+            h.update(seed.to_be_bytes());
+            h.update(salt.to_be_bytes());
+            let block: [u8; 32] = h.finalize().into();
+            block.iter().copied().cycle().take(len).collect()
+        };
+        let mut record = VaultRecord::new();
+        record.opaque_record = bytes(192, 1);
+        record.sealed_secret = bytes(72, 2);
+        record.credential_nonce = bytes(CREDENTIAL_NONCE_BYTES, 3);
+        record.registration_tag = bytes(REGISTRATION_TAG_MAX, 4);
+        record.max_attempts = crate::limits::DEFAULT_MAX_ATTEMPTS;
+        record.generation = 1;
+        record.registered_at = ticket;
+        let used_nonce = Sha256::digest(&record.credential_nonce).to_vec();
+        self.users.insert(
+            user,
+            UserState {
+                standing: Standing::Registered { record },
+                seen: Vec::new(),
+                used_nonces: vec![used_nonce],
+            },
+        );
+        self.last_ticket = ticket;
+        true
+    }
+
     /// Encodes a query for `user`'s status; [`BackupVault::query`] answers with a
     /// `VaultOutcome` (status, attempts left, generation; never the record).
     pub fn query_user(user: &[u8]) -> Vec<u8> {
@@ -341,7 +389,7 @@ impl BackupVault {
             return malformed(e);
         }
         let last_ticket = self.last_ticket;
-        let u = self.users.entry(user).or_default();
+        let u = self.users.get_or_insert_with(user, UserState::default);
         match &u.standing {
             Standing::Locked { .. } => outcome(
                 VaultStatus::VAULT_LOCKED,
@@ -801,7 +849,7 @@ impl StateMachine for BackupVault {
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let s: VaultSnapshot = wire::decode(snapshot, "vault snapshot")?;
-        let mut users = BTreeMap::new();
+        let mut users = CowMap::new();
         let mut greatest = 0;
         for w in s.users {
             let (user, state) = UserState::from_wire(w)?;
@@ -828,6 +876,34 @@ impl StateMachine for BackupVault {
         self.users = users;
         self.last_ticket = last_ticket;
         Ok(())
+    }
+
+    /// Streams the snapshot user by user: the bytes of [`BackupVault::snapshot`]
+    /// (and no 2 GiB bound), never held whole.
+    fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), CaptureError> {
+        stream::write_snapshot(self.users.iter(), self.last_ticket, out)
+    }
+
+    /// A view of the users' map, taken in O(leaves): the replica's thread pays
+    /// no encoding for it.
+    fn snapshot_view(&self) -> Result<Box<dyn SnapshotView>, CaptureError> {
+        Ok(Box::new(stream::VaultView {
+            users: self.users.view(),
+            last_ticket: self.last_ticket,
+        }))
+    }
+
+    /// Parses the stream one bounded user record at a time, with every check of
+    /// [`BackupVault::restore`]; the vault is unchanged on an error.
+    fn restore_from(&mut self, input: &mut dyn Read) -> Result<(), RestoreError> {
+        let restored = stream::read_snapshot(input)?;
+        self.users = restored.users;
+        self.last_ticket = restored.last_ticket;
+        Ok(())
+    }
+
+    fn blank(&self) -> Option<Self> {
+        Some(Self::new())
     }
 }
 
