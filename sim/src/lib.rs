@@ -72,7 +72,7 @@ pub use options::{Faults, MembershipBug, SimOptions, WorkloadKind};
 pub use store::SimStore;
 pub use vault::VaultWorkload;
 pub use workload::{
-    CounterMachine, GuessCounter, MemberChange, OpKind, Operation, Record, Workload,
+    Converged, CounterMachine, GuessCounter, MemberChange, OpKind, Operation, Record, Workload,
 };
 pub use world::{ExtraCheck, Report, Simulation, Stats, Violation};
 
@@ -88,8 +88,7 @@ pub fn run(opts: SimOptions) -> Report {
                 opts.replicas,
                 opts.datacenters,
             );
-            workload.bug_device_keeps_old_keys =
-                opts.membership_bug == MembershipBug::DeviceKeepsOldKeys;
+            workload.membership_bug = opts.membership_bug;
             Simulation::new(opts, workload).run()
         }
         WorkloadKind::Counter => {

@@ -214,6 +214,18 @@ pub enum MembershipBug {
     /// bundle is refused (too old an epoch, or retired): a replaced replica's
     /// key outlives the epochs that retired it.
     DeviceKeepsOldKeys,
+    /// Under the vault workload, devices drop the epoch retirements replies
+    /// carry before checking them: a retired epoch stays good to them.
+    DeviceIgnoresRetirements,
+    /// Under the vault workload, a device whose reply's bundle is refused
+    /// falls back to the answering replica's key in the newest artifact it
+    /// accepted that lists that replica (a cached directory of keys), so a
+    /// removed replica still serving an old epoch is believed.
+    DeviceTakesKeyFromNewestArtifact,
+    /// Under the vault workload, the operator's epoch for a replica joining
+    /// (not replacing) also leaves out another member, whom raft keeps: the
+    /// published fleet and raft's configuration part ways.
+    EpochDropsReplica,
 }
 
 /// The built-in workloads.

@@ -73,6 +73,48 @@ pub enum MemberChange {
     },
 }
 
+/// The fleet as a run ended, for [`Workload::check_converged`]: raft's
+/// configuration as the converged replicas applied it, and what the
+/// operator announced ahead of it (its epochs change before `add-learner`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Converged {
+    /// Voters of the configuration the converged replicas applied.
+    pub voters: Vec<u64>,
+    /// Learners of that configuration.
+    pub learners: Vec<u64>,
+    /// Replicas the operator's epochs list while raft's configuration may
+    /// not, because a plan of the operator's was under way when the run
+    /// ended: ones announced joining ([`MemberChange::Joining`]) that are
+    /// not yet voters, and one whose removal was not yet seen committed
+    /// (its epoch comes after).
+    pub listed_ahead: Vec<u64>,
+    /// Replicas the operator's epochs no longer list while raft's
+    /// configuration may: ones being replaced (out of the epochs at their
+    /// replacement's joining) whose removal was under way.
+    pub unlisted_ahead: Vec<u64>,
+    /// The virtual time, in microseconds.
+    pub now_us: u64,
+}
+
+impl Converged {
+    /// The members the operator's published fleet must list: raft's
+    /// voters and learners, with a plan under way applied ahead.
+    pub fn expected_members(&self) -> std::collections::BTreeSet<u64> {
+        let mut m: std::collections::BTreeSet<u64> = self
+            .voters
+            .iter()
+            .chain(&self.learners)
+            .chain(&self.listed_ahead)
+            .copied()
+            .collect();
+        for id in &self.unlisted_ahead {
+            m.remove(id);
+        }
+        m
+    }
+}
+
 /// A workload for the simulator: the replicated state machine, the operations
 /// clients issue, and the sequential model their history must fit.
 pub trait Workload {
@@ -118,6 +160,19 @@ pub trait Workload {
 
     /// The workload's own invariant over the whole history.
     fn check_history(&self, _history: &[Record]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Once per completed run, before [`Workload::check_final`]: the fleet
+    /// converged on `machine` (a copy of the first converged replica's
+    /// state) with configuration `fleet`. The vault workload checks here
+    /// that its operator's newest epoch lists exactly that configuration and
+    /// that logins work through every member with it.
+    fn check_converged(
+        &mut self,
+        _machine: &Self::Machine,
+        _fleet: &Converged,
+    ) -> Result<(), String> {
         Ok(())
     }
 

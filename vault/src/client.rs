@@ -1017,6 +1017,23 @@ pub struct BundledReply {
 /// `request_digest`, and only then accepts the bundle (the verifier moves
 /// forward). A reply it refuses must be treated as no reply at all.
 ///
+/// The caller's obligations, which this function cannot check:
+///
+/// * the request must carry `known_checkpoint_size =
+///   verifier.last_checkpoint_size()` (read just before the request is
+///   built), so that the reply's consistency proof starts from the
+///   checkpoint the verifier holds;
+/// * `verifier` must be built with
+///   [`FleetVerifier::require_consistency_proofs`]: without it a checkpoint
+///   of another size is taken without a proof that both are one log, so a
+///   split view of the witness's log goes unnoticed;
+/// * a caller that also keeps a handshake trust (a [`BundleTrust`](crate::BundleTrust) its
+///   Noise handshakes check transport keys against, as a [`VaultClient`]
+///   given [`VaultClient::keep_in_step`] does) must apply the retirements
+///   the reply carries there too ([`BundleTrust::retire`](crate::BundleTrust::retire)): this function
+///   retires epochs in `verifier` only, so a retired epoch's transport key
+///   would otherwise still pass the next handshake.
+///
 /// Sans-IO: for drivers of [`ClientLoginFlow`] and [`ClientRegistrationFlow`]
 /// that do their own IO (the simulator's devices). The caller holds the
 /// verifier exclusively, so no other reply can make the check stale.

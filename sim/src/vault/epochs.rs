@@ -50,8 +50,9 @@ pub(super) struct Epochs {
     members: BTreeMap<u64, ReplicaKeys>,
     /// Every published artifact and its bundle, epoch `i + 1` at `i`.
     published: Vec<(FleetArtifact, Vec<u8>)>,
-    /// The newest early retirement: every epoch through it, and its encoding.
-    retirement: Option<(u64, Vec<u8>)>,
+    /// Every early retirement published, oldest first: every epoch through
+    /// it, and its encoding (services serve the newest).
+    pub(super) retirements: Vec<(u64, Vec<u8>)>,
 }
 
 /// The keys of replica `id` in datacenter `dc`, as `vaultfleet node init`
@@ -100,7 +101,7 @@ impl Epochs {
             operator_key,
             members: members.into_iter().map(|k| (k.id, k)).collect(),
             published: Vec::new(),
-            retirement: None,
+            retirements: Vec::new(),
         };
         epochs.publish(0);
         epochs
@@ -119,7 +120,21 @@ impl Epochs {
 
     /// The newest epoch retired early (0: none).
     pub(super) fn retired_through(&self) -> u64 {
-        self.retirement.as_ref().map_or(0, |(e, _)| *e)
+        self.retirements.last().map_or(0, |(e, _)| *e)
+    }
+
+    /// The epochs retired by `encoded` if it is, byte for byte, a
+    /// retirement the operator published; `None` otherwise.
+    pub(super) fn published_retirement(&self, encoded: &[u8]) -> Option<u64> {
+        self.retirements
+            .iter()
+            .find(|(_, r)| r.as_slice() == encoded)
+            .map(|(e, _)| *e)
+    }
+
+    /// The ids the newest configuration lists (the next artifact's).
+    pub(super) fn member_ids(&self) -> Vec<u64> {
+        self.members.keys().copied().collect()
     }
 
     /// A device's verifier: pinned to the witness's and the operator's keys
@@ -204,7 +219,7 @@ impl Epochs {
         let encoded = r
             .encode()
             .unwrap_or_else(|e| panic!("a retirement encodes: {e}"));
-        self.retirement = Some((through, encoded));
+        self.retirements.push((through, encoded));
     }
 
     fn log(&self) -> vaultfleet_audit::merkle::MerkleTree {
@@ -221,7 +236,7 @@ impl Epochs {
             .unwrap_or_else(|| panic!("epoch {epoch} was published"));
         let source = BundleSource::new(bundle.clone(), self.log())
             .unwrap_or_else(|e| panic!("epoch {epoch}'s bundle source: {e}"));
-        match &self.retirement {
+        match self.retirements.last() {
             Some((_, r)) => source
                 .with_retirements(vec![r.clone()])
                 .unwrap_or_else(|e| panic!("a retirement served: {e}")),

@@ -1,11 +1,11 @@
-//! Logins keep working across epochs: at the end of a run, with the fleet's
-//! final epoch, a device that followed the epochs (each run device's
-//! verifier, as the run left it) registers a fresh user through one member's
-//! service and recovers it through another, for every member of the final
-//! epoch. Each service is restarted with the final evidence (the operator's
-//! reloads are done once the fleet healed); its fleet steps run against a
-//! copy of the converged state; every reply is checked with
-//! [`verify_bundled_reply`], as the run's devices check theirs.
+//! Logins keep working across epochs: at the end of a completed run, once
+//! the newest artifact was found to list exactly raft's converged
+//! configuration and the operator's pending reloads happened, every device of
+//! the run (its verifier as the run left it) registers a fresh user through
+//! each member's own service (the run's [`ServiceCore`], serving what its
+//! reloads left it) and recovers it through the next member's. Its fleet
+//! steps run against a copy of the converged state; every reply is checked
+//! with [`verify_bundled_reply`], as the run's devices check theirs.
 
 use std::time::Duration;
 

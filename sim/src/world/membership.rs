@@ -50,8 +50,10 @@ const PROMOTION_LAG_MAX: u64 = 16;
 pub(in crate::world) enum Plan {
     /// Add a new replica (`new` once its host exists) and promote it.
     Grow { new: Option<u64> },
-    /// Remove the voter or learner `old`.
-    Shrink { old: u64 },
+    /// Remove the voter or learner `old`; then, if `then_replace` names a
+    /// replica whose replacement `old` was (a joiner lost before its
+    /// promotion), replace that one again with a fresh host.
+    Shrink { old: u64, then_replace: Option<u64> },
     /// Replace `old` (its disk destroyed): add `new`, promote it, remove `old`.
     Replace { old: u64, new: Option<u64> },
 }
@@ -93,6 +95,12 @@ pub(in crate::world) struct Churn {
     pub(in crate::world) acks: BTreeMap<usize, (u64, BTreeMap<u64, u64>)>,
     /// Per leader host: term, commit and voters at its last check.
     pub(in crate::world) leader_seen: BTreeMap<usize, (u64, u64, Vec<u64>)>,
+    /// Replicas announced joining to the workload (its epochs list them)
+    /// that are not yet voters and not removed again.
+    pub(in crate::world) announced_in: BTreeSet<u64>,
+    /// Replicas announced leaving at their replacement's joining (the
+    /// epochs no longer list them) whose removal is not yet seen.
+    pub(in crate::world) announced_out: BTreeSet<u64>,
     initial: usize,
 }
 
@@ -108,6 +116,8 @@ impl Churn {
             removed: BTreeMap::new(),
             acks: BTreeMap::new(),
             leader_seen: BTreeMap::new(),
+            announced_in: BTreeSet::new(),
+            announced_out: BTreeSet::new(),
         }
     }
 
@@ -268,7 +278,10 @@ impl<W: Workload> Simulation<W> {
         let h = candidates[self.rng.gen_range(0..candidates.len())];
         let old = self.hosts[h].id;
         self.note(|| format!("operator: remove voter {old}"));
-        self.churn.plan = Some(Plan::Shrink { old });
+        self.churn.plan = Some(Plan::Shrink {
+            old,
+            then_replace: None,
+        });
     }
 
     /// Adds a host with a new id in datacenter `dc` and starts its replica on an
@@ -339,6 +352,8 @@ impl<W: Workload> Simulation<W> {
             seen_out,
         };
         self.churn.removed.insert(old, removal);
+        self.churn.announced_in.remove(&old);
+        self.churn.announced_out.remove(&old);
         self.note(|| format!("operator: replica {old} removed"));
     }
 
@@ -346,6 +361,7 @@ impl<W: Workload> Simulation<W> {
     /// caught up. Returns true when it is a voter.
     fn join_step(&mut self, l: usize, new: u64) -> bool {
         if self.churn.voters.contains(&new) {
+            self.churn.announced_in.remove(&new);
             return true;
         }
         if !self.churn.learners.contains(&new) {
@@ -421,19 +437,28 @@ impl<W: Workload> Simulation<W> {
         let Some(plan) = self.churn.plan.clone() else {
             return;
         };
-        // A joining replica lost for good is removed instead.
-        let joining = match plan {
-            Plan::Grow { new } | Plan::Replace { new, .. } => new,
-            Plan::Shrink { .. } => None,
+        // A joining replica lost for good is removed instead; the replica it
+        // was replacing (already out of the published fleet) is then
+        // replaced again.
+        let (joining, replacing) = match plan {
+            Plan::Grow { new } => (new, None),
+            Plan::Replace { old, new } => (new, Some(old)),
+            Plan::Shrink { .. } => (None, None),
         };
         if let Some(new) = joining {
             if self.unhealthy((new - 1) as usize) && !self.churn.voters.contains(&new) {
-                self.churn.plan = Some(Plan::Shrink { old: new });
+                if replacing.is_some() {
+                    self.stats.replacements_resumed += 1;
+                }
+                self.churn.plan = Some(Plan::Shrink {
+                    old: new,
+                    then_replace: replacing,
+                });
                 return;
             }
         }
         let Some(l) = self.leader_host() else { return };
-        if let Plan::Shrink { old } = plan {
+        if let Plan::Shrink { old, .. } = plan {
             if self.opts.membership_bug == MembershipBug::CountRemovedVoter {
                 // The bug: the tool reports the removal without proposing it
                 // (after handing leadership over, as for a real removal).
@@ -465,7 +490,20 @@ impl<W: Workload> Simulation<W> {
                     // The bug: an old id (and its old disk) comes back.
                     Some(id) => id,
                     None if self.hosts.len() >= self.opts.replicas + HOSTS_ADDED_MAX => {
-                        self.churn.plan = None;
+                        // No host left to add: the plan is dropped, but a
+                        // replica replaced again (already out of the
+                        // published fleet) is removed instead.
+                        self.churn.plan = match plan {
+                            Plan::Replace { old, .. }
+                                if self.churn.announced_out.contains(&old) =>
+                            {
+                                Some(Plan::Shrink {
+                                    old,
+                                    then_replace: None,
+                                })
+                            }
+                            _ => None,
+                        };
                         return;
                     }
                     None => {
@@ -492,6 +530,8 @@ impl<W: Workload> Simulation<W> {
                 // The operator publishes the fleet's next epoch (the new
                 // replica's keys in, a replaced one's out) before `add-learner`.
                 let datacenter = format!("dc-{}", self.hosts[(new - 1) as usize].dc);
+                self.churn.announced_in.insert(new);
+                self.churn.announced_out.extend(replacing);
                 self.workload.clock(self.now);
                 self.workload.membership_change(&MemberChange::Joining {
                     id: new,
@@ -514,10 +554,10 @@ impl<W: Workload> Simulation<W> {
                     self.churn.plan = None;
                 }
             }
-            Plan::Shrink { old } => {
+            Plan::Shrink { old, then_replace } => {
                 if self.remove_step(l, old) {
                     self.record_removal(old, true);
-                    self.churn.plan = None;
+                    self.churn.plan = then_replace.map(|old| Plan::Replace { old, new: None });
                     self.workload.clock(self.now);
                     self.workload
                         .membership_change(&MemberChange::Removed { id: old });

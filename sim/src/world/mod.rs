@@ -87,6 +87,9 @@ pub struct Stats {
     pub membership_changes: u64,
     /// Replicas replaced (disk destroyed or host taken away).
     pub replacements: u64,
+    /// Replacements whose new replica was lost before its promotion: it
+    /// was removed, and the replaced replica replaced again.
+    pub replacements_resumed: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
     /// Moves of the preferred leader datacenters by the operator.
