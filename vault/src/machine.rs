@@ -299,7 +299,12 @@ impl BackupVault {
     /// derived from `seed`) has the sizes of a real one; the registration takes
     /// the next ticket, as a `register` would. Returns false (nothing changes)
     /// when `user` is not a valid id or already known.
+    ///
+    /// It changes replicated state outside `apply`, so it exists only with the
+    /// `bench-hooks` feature (the bench and proptest crates turn it on) and in
+    /// this crate's own tests.
     #[doc(hidden)]
+    #[cfg(any(test, feature = "bench-hooks"))]
     pub fn insert_user_for_bench(&mut self, user: &[u8], seed: u64) -> bool {
         let Ok(user) = UserId::new(user) else {
             return false;
@@ -848,7 +853,10 @@ impl StateMachine for BackupVault {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let s: VaultSnapshot = wire::decode(snapshot, "vault snapshot")?;
+        // `decode_whole`: a snapshot cut inside its last user is refused, not
+        // read as a user without its last fields (fewer spent tickets, no
+        // seen registrations).
+        let s: VaultSnapshot = wire::decode_whole(snapshot, "vault snapshot")?;
         let mut users = CowMap::new();
         let mut greatest = 0;
         for w in s.users {
@@ -916,6 +924,67 @@ pub(crate) fn decode_outcome(bytes: &[u8]) -> Result<VaultOutcome, wire::DecodeE
 mod tests {
     use super::*;
     use crate::wire::{VaultConsume, VaultDelete, VaultReplace, VaultReset, VaultUserState};
+
+    /// Review finding: `restore` read a snapshot cut inside its last user as a
+    /// user without its last fields (protobuf takes a nested message as
+    /// ending where the bytes end). Every cut inside the last user's record
+    /// is refused now.
+    #[test]
+    fn a_snapshot_cut_inside_its_last_user_is_refused() {
+        let mut v = BackupVault::new();
+        for (i, user) in ["alice", "bob", "carol"].iter().enumerate() {
+            assert!(v.insert_user_for_bench(user.as_bytes(), i as u64));
+        }
+        let bytes = v.snapshot().unwrap();
+        // The top-level fields: (start, end) of each `users` record (field 1).
+        let mut records = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let tag = bytes[at];
+            let mut len = 0usize;
+            let mut shift = 0;
+            let mut p = at + 1;
+            loop {
+                let b = bytes[p];
+                len |= usize::from(b & 0x7f) << shift;
+                shift += 7;
+                p += 1;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if tag == 0x0a {
+                records.push((p, p + len));
+                at = p + len;
+            } else {
+                break; // the ticket clock, a varint field, comes last
+            }
+        }
+        assert_eq!(records.len(), 3);
+        let (start, end) = records[2];
+        let mut refused = 0;
+        for cut in start + 1..end {
+            assert!(
+                BackupVault::new().restore(&bytes[..cut]).is_err(),
+                "a snapshot cut at byte {cut} of the last user's {start}..{end} was restored"
+            );
+            refused += 1;
+        }
+        assert!(
+            refused > 100,
+            "the last user's record is {} bytes",
+            end - start
+        );
+        // What the lenient decoder makes of the same cuts: some decode.
+        let lenient = (start + 1..end)
+            .filter(|&cut| wire::decode::<VaultSnapshot>(&bytes[..cut], "vault snapshot").is_ok())
+            .count();
+        assert!(lenient > 0, "protobuf's own decoder refuses the cuts too");
+        // The whole snapshot still restores.
+        let mut back = BackupVault::new();
+        back.restore(&bytes).unwrap();
+        assert_eq!(back.snapshot().unwrap(), bytes);
+    }
 
     fn id(client: u64, sequence: u64) -> VaultRequestId {
         let mut r = VaultRequestId::new();

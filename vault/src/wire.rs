@@ -8,4 +8,4 @@ mod generated {
 }
 
 pub use generated::vault::*;
-pub use vaultfleet::wire::{decode, encode, encode_bounded, DecodeError};
+pub use vaultfleet::wire::{decode, decode_whole, encode, encode_bounded, DecodeError};
