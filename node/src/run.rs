@@ -62,11 +62,11 @@ use vaultfleet::hsm::Hsm;
 use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
 use vaultfleet::replica::{HostHealth, Status};
 use vaultfleet::runtime::{
-    ClientConfig, NodeApi, Pool, PoolConfig, PoolError, PooledNode, ResponseSlot,
+    ClientConfig, NodeApi, ResponseSlot, RuntimeKind, Standalone, StandaloneError,
 };
 use vaultfleet::RequestError;
 use vaultfleet::{
-    Client, FleetConfig, MemberSpec, Node, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig,
+    Client, FleetConfig, MemberSpec, NodeHandle, Replica, ReplicaError, Sealed, SealedConfig,
 };
 use vaultfleet_audit::fleet::evidence::{Evidence, EvidenceError};
 use vaultfleet_audit::fleet::FleetArtifact;
@@ -293,9 +293,10 @@ pub enum StartError {
     /// A thread could not be started.
     #[error("starting a thread (the vault session's or the health watch)")]
     Thread(#[source] std::io::Error),
-    /// The replica's pool (`runtime = "pool"`) did not start.
-    #[error("the replica's worker pool")]
-    Pool(#[source] PoolError),
+    /// The replica's runtime (`runtime = "pool"`: its worker pool) did not
+    /// start.
+    #[error("the replica's runtime")]
+    Runtime(#[source] StandaloneError),
 }
 
 /// The accepted fleet artifact (inside the evidence's bundle) and the node's
@@ -915,7 +916,7 @@ pub struct RunningNode {
     accepted: Arc<parking_lot::RwLock<FleetArtifact>>,
     transport: NetTransport,
     /// `None` once stopped (by [`RunningNode::stop`] or on drop).
-    node: Option<Running>,
+    node: Option<Standalone>,
     handle: NodeHandle,
     remote: RemoteClient,
     vault_server: OpenServer,
@@ -946,75 +947,34 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
-/// The replica, on the runtime the config's `runtime` picks.
-enum Running {
-    /// `runtime = "threads"`: a thread of its own.
-    Threads(Node),
-    /// `runtime = "pool"`: one worker and a timer. The replica is declared
-    /// first, so a drop stops it (and closes its store) before the pool.
-    Pool {
-        /// The replica.
-        node: PooledNode,
-        /// Its pool, of this replica only.
-        pool: Pool,
-    },
-}
-
-impl Running {
-    /// Starts the replica on `log` with a fresh vault state machine.
-    fn spawn<L: vaultfleet::LogStore>(
-        config: &NodeConfig,
-        log: L,
-        transport: Arc<dyn vaultfleet::Transport>,
-    ) -> Result<Running, StartError> {
-        let node_config = config.node_config();
-        match config.runtime {
-            Runtime::Threads => Node::spawn(node_config, log, BackupVault::new(), transport)
-                .map(Running::Threads)
-                .map_err(StartError::Replica),
-            // `Runtime` may grow; the pool is the default.
-            _ => {
-                // One replica: one worker (a spare starts if its store stalls);
-                // the timer wakes once per tick, the replica's own.
-                let pool = Pool::new(PoolConfig {
-                    workers: 1,
-                    tick_interval: node_config.tick_interval,
-                    ..PoolConfig::new()
-                })
-                .map_err(StartError::Pool)?;
-                let node = pool
-                    .spawn(node_config, log, BackupVault::new(), transport)
-                    .map_err(StartError::Replica)?;
-                Ok(Running::Pool { node, pool })
-            }
-        }
-    }
-
-    /// A handle to the replica.
-    fn handle(&self) -> NodeHandle {
-        match self {
-            Running::Threads(node) => node.handle(),
-            Running::Pool { node, .. } => node.handle(),
-        }
-    }
-
-    /// Stops the replica: its pending requests fail with `Stopped`, its
-    /// store is closed when this returns, then its pool's threads end.
-    fn shutdown(self) -> Result<(), ReplicaError> {
-        match self {
-            Running::Threads(node) => node.shutdown(),
-            Running::Pool { node, pool } => {
-                let stopped = node.shutdown();
-                drop(pool);
-                stopped
-            }
-        }
-    }
+/// Starts the replica on `log` with a fresh vault state machine, on the
+/// runtime the config's `runtime` picks.
+fn spawn_replica<L: vaultfleet::LogStore>(
+    config: &NodeConfig,
+    log: L,
+    transport: Arc<dyn vaultfleet::Transport>,
+) -> Result<Standalone, StartError> {
+    let kind = match config.runtime {
+        Runtime::Threads => RuntimeKind::Threads,
+        // `Runtime` may grow; the pool is the default.
+        _ => RuntimeKind::Pool,
+    };
+    Standalone::spawn(
+        kind,
+        config.node_config(),
+        log,
+        BackupVault::new(),
+        transport,
+    )
+    .map_err(|e| match e {
+        StandaloneError::Replica(e) => StartError::Replica(e),
+        e => StartError::Runtime(e),
+    })
 }
 
 /// What [`RunningNode::start`] builds once the listeners are up.
 struct Serving {
-    node: Running,
+    node: Standalone,
     handle: NodeHandle,
     remote: RemoteClient,
     metrics: Option<MetricsServer>,
@@ -1880,7 +1840,7 @@ fn serve(
             );
         }
     }
-    let node = Running::spawn(config, log, Arc::new(transport.clone()))?;
+    let node = spawn_replica(config, log, Arc::new(transport.clone()))?;
     let handle = node.handle();
     let registered = transport
         .register(config.group, config.replica_id, Arc::new(handle.clone()))
@@ -1906,7 +1866,7 @@ fn serve(
             return Err(e);
         }
     };
-    let fail = |remote: &RemoteClient, node: Running, metrics: Option<&MetricsServer>| {
+    let fail = |remote: &RemoteClient, node: Standalone, metrics: Option<&MetricsServer>| {
         if let Some(m) = metrics {
             m.shutdown();
         }

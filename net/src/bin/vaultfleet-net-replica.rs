@@ -4,8 +4,8 @@
 //! bench process, not the node daemon (issue 15): no HSM-sealed key, no fleet
 //! artifact, no membership beyond the peers file.
 //!
-//! It runs one engine replica (on a [`Pool`] of one worker by default, or on
-//! a [`Node`], a thread of its own, with `--runtime threads`) on a
+//! It runs one engine replica (a [`Standalone`]: on a pool of one worker by
+//! default, or on a thread of its own with `--runtime threads`) on a
 //! [`SledLog`] (`--store sled`, the default) or on sled sealed by a soft HSM
 //! kept in a file (`--store sealed-sled --hsm-file`; the file holds the HSM's
 //! keys in the clear: tests and benchmarks only) with the engine's
@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use vaultfleet::replica::ReplicaConfig;
-use vaultfleet::runtime::{Node, NodeConfig, NodeHandle, Pool, PoolConfig, PooledNode};
+use vaultfleet::runtime::{NodeConfig, RuntimeKind, Standalone};
 use vaultfleet::{
     FleetConfig, KvStore, LogStore, MemberSpec, Replica, ReplicaId, Sealed, SealedConfig, SledLog,
     SoftHsm,
@@ -176,8 +176,8 @@ enum StartError {
     Replica(#[from] vaultfleet::replica::ReplicaError),
     #[error("{RUNTIME_ENV}={value:?} is not a runtime: use pool or threads")]
     Runtime { value: String },
-    #[error("the replica's pool did not start")]
-    Pool(#[from] vaultfleet::runtime::PoolError),
+    #[error("the replica's runtime did not start")]
+    Standalone(#[from] vaultfleet::runtime::StandaloneError),
     #[error("cannot open the log")]
     Log(#[from] vaultfleet::storage::StorageError),
     #[error("cannot install the signal handler")]
@@ -407,37 +407,6 @@ fn run(o: &Options) -> Result<Stop, StartError> {
     Ok(why)
 }
 
-/// The replica, on the runtime `--runtime` picks.
-enum Running {
-    Threads(Node),
-    /// The replica first: a drop stops it (closing its store) before the pool.
-    Pool {
-        node: PooledNode,
-        pool: Pool,
-    },
-}
-
-impl Running {
-    fn handle(&self) -> NodeHandle {
-        match self {
-            Running::Threads(node) => node.handle(),
-            Running::Pool { node, .. } => node.handle(),
-        }
-    }
-
-    /// Stops the replica; its store is closed when this returns.
-    fn shutdown(self) -> Result<(), vaultfleet::replica::ReplicaError> {
-        match self {
-            Running::Threads(node) => node.shutdown(),
-            Running::Pool { node, pool } => {
-                let stopped = node.shutdown();
-                drop(pool);
-                stopped
-            }
-        }
-    }
-}
-
 /// Bootstraps `log` if it is empty, starts the transport and the node on it,
 /// and serves peers and clients. Returns the transport, the node and whether
 /// the log was bootstrapped now.
@@ -447,7 +416,7 @@ fn start<L: LogStore>(
     mut log: L,
     fleet: &FleetConfig,
     directory: PeerDirectory,
-) -> Result<(NetTransport, Running, bool), StartError> {
+) -> Result<(NetTransport, Standalone, bool), StartError> {
     let fresh = Replica::bootstrap(&mut log, &KvStore::new(), fleet)?;
     let transport = NetTransport::start(directory, NetConfig::new(o.listen))?;
     let mut node_config = NodeConfig::new(ReplicaConfig::new(o.id));
@@ -477,23 +446,19 @@ fn spawn<L: LogStore>(
     node_config: NodeConfig,
     log: L,
     transport: Arc<NetTransport>,
-) -> Result<Running, StartError> {
-    if o.runtime()? == "threads" {
-        return Ok(Running::Threads(Node::spawn(
-            node_config,
-            log,
-            KvStore::new(),
-            transport,
-        )?));
-    }
-    // One replica: one worker; the timer wakes once per tick, the replica's.
-    let pool = Pool::new(PoolConfig {
-        workers: 1,
-        tick_interval: node_config.tick_interval,
-        ..PoolConfig::new()
-    })?;
-    let node = pool.spawn(node_config, log, KvStore::new(), transport)?;
-    Ok(Running::Pool { node, pool })
+) -> Result<Standalone, StartError> {
+    let kind = if o.runtime()? == "threads" {
+        RuntimeKind::Threads
+    } else {
+        RuntimeKind::Pool
+    };
+    Ok(Standalone::spawn(
+        kind,
+        node_config,
+        log,
+        KvStore::new(),
+        transport,
+    )?)
 }
 
 fn main() -> ExitCode {
