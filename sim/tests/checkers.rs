@@ -313,6 +313,13 @@ impl StateMachine for RefundingVault {
     }
 }
 
+/// The vault workload for the fleet `o` describes (its epoch-1 artifact lists
+/// every replica, as `vaultfleet_sim::run` builds it): the end-of-run check
+/// compares the newest epoch with raft's configuration.
+fn vault_for(o: &SimOptions, users: u64, max_attempts: u32) -> VaultWorkload {
+    VaultWorkload::for_fleet(users, max_attempts, o.seed, o.replicas, o.datacenters)
+}
+
 #[test]
 fn a_vault_that_gives_back_attempts_is_caught() {
     let (seed, report) = (0..20)
@@ -320,11 +327,8 @@ fn a_vault_that_gives_back_attempts_is_caught() {
             let mut o = SimOptions::new(seed);
             o.safety_ms = 5_000;
             o.faults = Faults::none();
-            let r = Simulation::new(
-                o,
-                Planted::<RefundingVault>::new(VaultWorkload::new(2, 3, seed)),
-            )
-            .run();
+            let w = vault_for(&o, 2, 3);
+            let r = Simulation::new(o, Planted::<RefundingVault>::new(w)).run();
             r.violation.is_some().then_some((seed, r))
         })
         .expect("refunded attempts are caught");
@@ -343,7 +347,8 @@ fn a_vault_that_gives_back_attempts_is_caught() {
     let mut o = SimOptions::new(seed);
     o.safety_ms = 5_000;
     o.faults = Faults::none();
-    let r = Simulation::new(o, VaultWorkload::new(2, 3, seed)).run();
+    let w = vault_for(&o, 2, 3);
+    let r = Simulation::new(o, w).run();
     assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
 }
 
@@ -397,11 +402,9 @@ fn finding_tickets_sim_batches_consumes_and_catches_shared_tickets() {
     };
     let (seed, report) = (0..20)
         .find_map(|seed| {
-            let r = Simulation::new(
-                options(seed),
-                Planted::<IndexTicketVault>::new(VaultWorkload::new(1, 10, seed)),
-            )
-            .run();
+            let o = options(seed);
+            let w = vault_for(&o, 1, 10);
+            let r = Simulation::new(o, Planted::<IndexTicketVault>::new(w)).run();
             r.violation
                 .as_ref()
                 .is_some_and(|v| v.detail.contains("given to two different guesses"))
@@ -415,6 +418,8 @@ fn finding_tickets_sim_batches_consumes_and_catches_shared_tickets() {
         v.detail
     );
     // And the real vault, whose tickets are its own, passes the same run.
-    let r = Simulation::new(options(seed), VaultWorkload::new(1, 10, seed)).run();
+    let o = options(seed);
+    let w = vault_for(&o, 1, 10);
+    let r = Simulation::new(o, w).run();
     assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);
 }

@@ -13,6 +13,14 @@ fn options(seed: u64) -> SimOptions {
     o
 }
 
+/// The vault workload for the fleet of `options(seed)` (its epoch-1 artifact
+/// lists every replica: the end-of-run check compares the newest epoch with
+/// raft's configuration).
+fn vault(seed: u64) -> VaultWorkload {
+    let o = options(seed);
+    VaultWorkload::for_fleet(4, 5, seed, o.replicas, o.datacenters)
+}
+
 fn run(seed: u64, workload: VaultWorkload) -> Report {
     Simulation::new(options(seed), workload).run()
 }
@@ -36,7 +44,7 @@ fn caught(planted: impl Fn(u64) -> VaultWorkload, expect: &[&str]) -> u64 {
         "seed {seed}: {}",
         v.detail
     );
-    let honest = run(seed, VaultWorkload::new(4, 5, seed));
+    let honest = run(seed, vault(seed));
     assert!(
         honest.violation.is_none(),
         "seed {seed}: the honest run fails: {:?}",
@@ -48,7 +56,7 @@ fn caught(planted: impl Fn(u64) -> VaultWorkload, expect: &[&str]) -> u64 {
 #[test]
 fn an_altered_finish_accepted_without_its_intent_tag_is_caught() {
     caught(
-        |seed| VaultWorkload::new(4, 5, seed).with_intent_tags_unchecked(),
+        |seed| vault(seed).with_intent_tags_unchecked(),
         &["an altered request"],
     );
 }
@@ -57,7 +65,7 @@ fn an_altered_finish_accepted_without_its_intent_tag_is_caught() {
 fn a_device_that_does_not_check_the_request_digest_is_caught() {
     caught(
         |seed| {
-            let mut w = VaultWorkload::new(4, 5, seed);
+            let mut w = vault(seed);
             w.bug_device_skips_digest_check = true;
             w
         },
@@ -112,8 +120,14 @@ impl vaultfleet_sim::Workload for Shared {
 fn the_attacker_attacks_and_every_device_operation_ends_named() {
     use vaultfleet_sim::vault::DeviceOutcome;
     let seed = 7;
-    let shared = std::rc::Rc::new(std::cell::RefCell::new(VaultWorkload::new(4, 5, seed)));
     let mut o = SimOptions::new(seed);
+    let shared = std::rc::Rc::new(std::cell::RefCell::new(VaultWorkload::for_fleet(
+        4,
+        5,
+        seed,
+        o.replicas,
+        o.datacenters,
+    )));
     o.safety_ms = 10_000;
     let r = Simulation::new(o, Shared(shared.clone())).run();
     assert!(r.violation.is_none(), "seed {seed}: {:?}", r.violation);

@@ -421,6 +421,11 @@ impl VaultWorkload {
     /// services; `seed` seeds the fleet's soft HSM, the devices' OPAQUE
     /// randomness, the attacker and how many entries the vault sees batched
     /// at one index (1 to 4).
+    ///
+    /// Its epoch-1 artifact lists replicas 1 to 3: for a fleet of another
+    /// size (`SimOptions::new` has 5 replicas) use
+    /// [`VaultWorkload::for_fleet`], or the end-of-run check finds the newest
+    /// epoch differing from raft's configuration.
     pub fn new(users: u64, max_attempts: u32, seed: u64) -> Self {
         Self::with_services(users, max_attempts, seed, 3)
     }
