@@ -714,19 +714,18 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                     self.replica.report_unreachable(to);
                 }
             }
-            // One clock read for every answer of this cycle.
-            let answered = (!self.out.completions.is_empty()).then(Instant::now);
+            // One clock read for every answer of this cycle, taken at the first.
+            let mut answered = None;
             for Completion { id, result } in self.out.completions.drain(..) {
                 if let Some(pending) = self.slots.remove(id) {
-                    match (&result, answered) {
-                        (Ok(_), Some(now)) => pending.since.record_labelled_at(
-                            now,
+                    match &result {
+                        Ok(_) => pending.since.record_labelled_at(
+                            *answered.get_or_insert_with(Instant::now),
                             telemetry::COMMIT_SECONDS,
                             "kind",
                             pending.kind,
                         ),
-                        (Ok(_), None) => {}
-                        (Err(e), _) => telemetry::failed(e),
+                        Err(e) => telemetry::failed(e),
                     }
                     let _ = pending.slot.fill(result);
                 }

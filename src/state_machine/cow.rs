@@ -116,14 +116,22 @@ impl<K: Ord + Clone, V: Clone> CowMap<K, V> {
             .map(Arc::make_mut)
     }
 
+    /// The leaf `key` goes in, split first if `key` is new and the leaf is
+    /// full, and whether `key` is there already.
+    fn leaf_for(&mut self, key: &K) -> (usize, bool) {
+        let i = self.locate(key);
+        let present = self.leaves[i].contains_key(key);
+        if !present && self.leaves[i].len() >= self.leaf_max {
+            self.split(i);
+            return (self.locate(key), false);
+        }
+        (i, present)
+    }
+
     /// The value of `key`, inserting `default()` first if the map has none.
     pub fn get_or_insert_with(&mut self, key: K, default: impl FnOnce() -> V) -> &mut V {
-        let mut i = self.locate(&key);
-        if !self.leaves[i].contains_key(&key) {
-            if self.leaves[i].len() >= self.leaf_max {
-                self.split(i);
-                i = self.locate(&key);
-            }
+        let (i, present) = self.leaf_for(&key);
+        if !present {
             self.len += 1;
         }
         let leaf = Arc::make_mut(&mut self.leaves[i]);
@@ -132,11 +140,7 @@ impl<K: Ord + Clone, V: Clone> CowMap<K, V> {
 
     /// Inserts `value` under `key` and returns the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let mut i = self.locate(&key);
-        if !self.leaves[i].contains_key(&key) && self.leaves[i].len() >= self.leaf_max {
-            self.split(i);
-            i = self.locate(&key);
-        }
+        let (i, _) = self.leaf_for(&key);
         let old = Arc::make_mut(&mut self.leaves[i]).insert(key, Arc::new(value));
         if old.is_none() {
             self.len += 1;
