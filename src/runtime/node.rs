@@ -382,6 +382,9 @@ fn input_slot(input: &Input) -> Option<&ResponseSlot> {
 /// (a B-tree's insert and remove were 2.5% of a 4096-client bench's samples).
 /// A request answered late (a read waiting for its index) only holds the
 /// front back: the entries behind it are empty until it is answered.
+/// Entries of [`PendingRequests`]' ring kept after a spike drains.
+const RING_KEPT: usize = 4096;
+
 #[derive(Debug)]
 struct PendingRequests<T> {
     /// The id of `ring[0]`.
@@ -425,6 +428,11 @@ impl<T> PendingRequests<T> {
         while matches!(self.ring.front(), Some(None)) {
             self.ring.pop_front();
             self.first += 1;
+        }
+        // One request held back for its whole timeout grows the ring by every
+        // request answered meanwhile; give the room back once it has drained.
+        if self.ring.capacity() > RING_KEPT && self.ring.len() < self.ring.capacity() / 4 {
+            self.ring.shrink_to((self.ring.len() * 2).max(RING_KEPT));
         }
         value
     }
@@ -861,6 +869,22 @@ mod tests {
         assert_eq!(ring.ring.len(), 1, "the front advanced past the holes");
         assert_eq!(ring.remove(8), Some('b'));
         assert!(ring.ring.is_empty());
+        // Review finding: one request held back while many are answered grew
+        // the ring for good; its room is given back once it drains.
+        let mut ring = PendingRequests::default();
+        for id in 1..=100_000u64 {
+            ring.insert(id, id);
+        }
+        for id in 2..=100_000u64 {
+            assert_eq!(ring.remove(id), Some(id));
+        }
+        assert_eq!(ring.remove(1), Some(1));
+        assert!(ring.ring.is_empty());
+        assert!(
+            ring.ring.capacity() <= 2 * RING_KEPT,
+            "capacity {} kept after the spike",
+            ring.ring.capacity()
+        );
     }
 
     #[test]
