@@ -28,6 +28,7 @@ pub mod config;
 pub mod hsm;
 pub mod replica;
 pub mod runtime;
+pub mod snapshot;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
