@@ -427,6 +427,19 @@ impl<T: Hsm + ?Sized> Hsm for Arc<T> {
     fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
         (**self).advance_counter(label, binding)
     }
+    // The provided methods too: an HSM that overrides one (a device's own
+    // constant-time check, its own derivation) must give the same answer
+    // behind an `Arc`, or keys derived through one and the other would differ.
+    fn verify_mac(&self, key: KeyHandle, data: &[u8], tag: &[u8]) -> Result<bool, HsmError> {
+        (**self).verify_mac(key, data, tag)
+    }
+    fn derive_subkey(
+        &self,
+        key: KeyHandle,
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+        (**self).derive_subkey(key, context)
+    }
 }
 
 /// Frames sealed bytes: algorithm byte, nonce, ciphertext with its tag.
@@ -470,4 +483,65 @@ pub fn verify_signature(public_key: &[u8; 32], message: &[u8], signature: &[u8; 
     };
     key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HSM that derives sub-keys its own way (as a device with a native
+    /// derivation would).
+    struct OwnDerivation(SoftHsm);
+
+    impl Hsm for OwnDerivation {
+        fn key(&self, label: &str, kind: KeyKind) -> Result<KeyHandle, HsmError> {
+            self.0.key(label, kind)
+        }
+        fn find_key(&self, label: &str, kind: KeyKind) -> Result<Option<KeyHandle>, HsmError> {
+            self.0.find_key(label, kind)
+        }
+        fn seal(&self, key: KeyHandle, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, HsmError> {
+            self.0.seal(key, aad, plaintext)
+        }
+        fn unseal(
+            &self,
+            key: KeyHandle,
+            aad: &[u8],
+            sealed: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+            self.0.unseal(key, aad, sealed)
+        }
+        fn sign(&self, key: KeyHandle, message: &[u8]) -> Result<[u8; 64], HsmError> {
+            self.0.sign(key, message)
+        }
+        fn public_key(&self, key: KeyHandle) -> Result<[u8; 32], HsmError> {
+            self.0.public_key(key)
+        }
+        fn mac(&self, key: KeyHandle, data: &[u8]) -> Result<[u8; 32], HsmError> {
+            self.0.mac(key, data)
+        }
+        fn random(&self, out: &mut [u8]) -> Result<(), HsmError> {
+            self.0.random(out)
+        }
+        fn counter(&self, label: &str) -> Result<Counter, HsmError> {
+            self.0.counter(label)
+        }
+        fn advance_counter(&self, label: &str, binding: &[u8; 32]) -> Result<u64, HsmError> {
+            self.0.advance_counter(label, binding)
+        }
+        fn verify_mac(&self, _: KeyHandle, _: &[u8], _: &[u8]) -> Result<bool, HsmError> {
+            Ok(true)
+        }
+        fn derive_subkey(&self, _: KeyHandle, _: &[u8]) -> Result<Zeroizing<[u8; 32]>, HsmError> {
+            Ok(Zeroizing::new([7; 32]))
+        }
+    }
+
+    #[test]
+    fn an_arc_keeps_an_hsms_own_derivation_and_mac_check() {
+        let hsm = Arc::new(OwnDerivation(SoftHsm::from_seed(1)));
+        let key = hsm.key("k", KeyKind::Mac).unwrap();
+        assert_eq!(*hsm.derive_subkey(key, b"context").unwrap(), [7; 32]);
+        assert!(hsm.verify_mac(key, b"data", b"not a tag").unwrap());
+    }
 }

@@ -17,15 +17,19 @@
 //! when a reader reaches the end and when a receiver finishes: a reader returns
 //! an error instead of its end, so a machine restoring from it (which reads to
 //! the end) fails rather than taking a cut or edited state. A sealed store's
-//! files ([`SealedFiles`]) also open each chunk with an AEAD bound to its
-//! position, so an edit is refused at the chunk it is in.
+//! files (kept with a [`ChunkSealer`] such as [`HsmSealer`]) also open each
+//! chunk with an AEAD bound to its position, so an edit is refused at the
+//! chunk it is in.
 //!
 //! ```text
 //! a snapshot file (both implementations keep this layout; DirFiles on disk):
-//!   header: magic, the sealer's clear header (a salt; empty when plain)
+//!   header: magic, the storing replica, the sealer's clear header (a salt;
+//!           empty when plain)
 //!   chunk 0 .. chunk n-1: each a length-prefixed record, sealed or plain
-//!   trailer (finished files only): the descriptor
+//!   trailer (finished files only): the descriptor, an end magic
 //! ```
+//!
+//! The private module `layout` gives the bytes field by field.
 //!
 //! Implementations: [`MemFiles`] (memory) and [`DirFiles`] (a directory beside
 //! a sled log, written to a temporary file, made durable and renamed). Either
@@ -36,13 +40,18 @@
 mod descriptor;
 mod dir;
 mod error;
+mod layout;
 mod mem;
+mod read;
 mod sealed;
+#[cfg(test)]
+mod tests;
 
 pub use descriptor::{chunk_count, chunk_digest, SnapshotDigester, DESCRIPTOR_BYTES};
 pub use dir::DirFiles;
 pub use error::SnapshotFileError;
 pub use mem::MemFiles;
+pub use read::ChunkRead;
 pub use sealed::HsmSealer;
 
 use bytes::Bytes;
@@ -155,6 +164,12 @@ pub trait SnapshotFiles: Send + Sync + 'static {
     /// Deletes every complete snapshot whose id is not in `keep`, and every
     /// abandoned partial one. Readers already open are not disturbed.
     fn retain(&self, keep: &[SnapshotId]) -> Result<(), SnapshotFileError>;
+
+    /// Deletes every complete snapshot whose index is below `index`, and
+    /// every abandoned partial one: what a replica keeps once its newest
+    /// snapshot is at `index` (a newer one received but not yet installed
+    /// stays). Readers already open are not disturbed.
+    fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError>;
 }
 
 /// A snapshot being written: the bytes go in through [`std::io::Write`].

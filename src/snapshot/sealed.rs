@@ -1,0 +1,931 @@
+//! [`HsmSealer`]: the [`ChunkSealer`] of a sealed store's snapshot files. Each
+//! file gets its own ChaCha20-Poly1305 key, derived in the HSM from a MAC key
+//! and a fresh salt, and each chunk is sealed bound to its file, its position
+//! and whether it is the last one.
+//!
+//! Threat model: the host controls the disk (as for
+//! [`Sealed`](crate::Sealed)); it may edit, cut, reorder, swap or replay any
+//! byte of any file. What the sealing catches, and what it leaves to the
+//! descriptor's hash list, is in `docs/storage.md` ("Snapshot files").
+//!
+//! ```text
+//! clear header:  version (1) | salt [16]
+//! file key:      HMAC-SHA256(mac_key, labeled("vaultfleet/snapshot-file/v1",
+//!                    group, replica, index, term, salt) | 0x01)   (Hsm::derive_subkey)
+//! chunk seq:     ChaCha20-Poly1305(file key,
+//!                    nonce = 0u32 | seq as u64, big-endian,
+//!                    AD = labeled("vaultfleet/snapshot-chunk/v1",
+//!                        group, replica, index, term, salt, seq, last as u8))
+//! ```
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+use super::{
+    ChunkSealer, FileSeal, SnapshotFileError, SnapshotId, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN,
+    SNAPSHOT_BYTES_MAX,
+};
+use crate::codec::{labeled, Reader, Writer};
+use crate::hsm::{DeviceFault, Hsm, HsmError, KeyHandle, KeyKind};
+use crate::ReplicaId;
+
+/// The clear header's layout this build writes and reads.
+const HEADER_VERSION: u8 = 1;
+/// The length of a file's salt, drawn from the HSM for every new file.
+const SALT_BYTES: usize = 16;
+/// The clear header: version and salt.
+const HEADER_BYTES: usize = 1 + SALT_BYTES;
+/// Poly1305's tag, appended to every sealed chunk.
+const TAG_BYTES: usize = 16;
+/// Label of the context a file key is derived for.
+const KEY_CONTEXT: &[u8] = b"vaultfleet/snapshot-file/v1";
+/// Label of a chunk's associated data.
+const AD_CHUNK: &[u8] = b"vaultfleet/snapshot-chunk/v1";
+
+/// The `seq` that [`SnapshotFileError::Tampered`] names when the clear header
+/// itself does not decode (wrong length or version): no chunk can have it,
+/// since a snapshot has far fewer chunks (asserted below).
+pub(crate) const HEADER_SEQ: u32 = u32::MAX;
+const _: () = assert!(SNAPSHOT_BYTES_MAX / (CHUNK_BYTES_MIN as u64) < HEADER_SEQ as u64);
+
+// The file's cipher holds its key: chacha20poly1305 0.10 wipes it on drop.
+// This stops compiling if a version ever stops promising that.
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<ChaCha20Poly1305>();
+};
+
+/// Seals a store's snapshot chunks with per-file keys derived in an [`Hsm`].
+///
+/// The HSM holds one MAC key ([`KeyKind::Mac`]) under the label given to
+/// [`HsmSealer::new`] (a sealed store's
+/// [`SealedConfig::snapshot_key_label`](crate::SealedConfig::snapshot_key_label)).
+/// [`ChunkSealer::begin`] draws a 16-byte salt from [`Hsm::random`] and has the
+/// HSM derive the file's key from it and the file's group, replica, index and
+/// term ([`Hsm::derive_subkey`]); the sub-key lives in host memory only while
+/// the file is open, and is wiped when its seal is dropped. Every file has its
+/// own key, so the nonce of a chunk is just its sequence number.
+///
+/// Errors: a chunk that fails to open is [`SnapshotFileError::Tampered`] with
+/// its `seq`; a clear header of the wrong length or version is `Tampered` with
+/// `seq == u32::MAX` (no chunk has that number); an HSM failure is
+/// [`SnapshotFileError::Hsm`] with the HSM's own error nested, and a missing
+/// key at [`ChunkSealer::resume`] is `Hsm(HsmError::NoSuchKey)` (the store is
+/// opened against another HSM, or the key was lost) rather than a new key.
+///
+/// ```
+/// use vaultfleet::hsm::SoftHsm;
+/// use vaultfleet::snapshot::{ChunkSealer, HsmSealer};
+///
+/// let sealer = HsmSealer::new(SoftHsm::from_seed(7), "vaultfleet/snapshot-seal/example");
+/// let mut file = sealer.begin(1, 2, 100, 3).unwrap();
+/// let sealed = file.seal(0, true, b"state").unwrap();
+/// let header = file.header().to_vec();
+///
+/// let again = sealer.resume(&header, 1, 2, 100, 3).unwrap();
+/// assert_eq!(again.open(0, true, &sealed).unwrap(), b"state");
+/// assert!(again.open(0, false, &sealed).is_err()); // not the last chunk
+/// ```
+pub struct HsmSealer<H> {
+    hsm: H,
+    key_label: String,
+}
+
+impl<H> std::fmt::Debug for HsmSealer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HsmSealer")
+            .field("key_label", &self.key_label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a file belongs: bound into its key and into every chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Place {
+    group: u64,
+    replica: ReplicaId,
+    index: u64,
+    term: u64,
+}
+
+impl<H: Hsm> HsmSealer<H> {
+    /// A sealer using the HSM's MAC key labelled `key_label` (generated by the
+    /// first [`ChunkSealer::begin`] if the HSM does not hold it). `hsm` may be
+    /// an `Arc` of an HSM shared with the store.
+    pub fn new(hsm: H, key_label: impl Into<String>) -> Self {
+        Self {
+            hsm,
+            key_label: key_label.into(),
+        }
+    }
+
+    /// The label of the HSM key the file keys are derived from.
+    pub fn key_label(&self) -> &str {
+        &self.key_label
+    }
+
+    /// [`ChunkSealer::begin`], with the concrete seal.
+    fn begin_file(&self, place: Place) -> Result<HsmFileSeal, SnapshotFileError> {
+        let key = self.hsm.key(&self.key_label, KeyKind::Mac)?;
+        let mut salt = [0u8; SALT_BYTES];
+        self.hsm.random(&mut salt)?;
+        self.file(key, place, salt, true)
+    }
+
+    /// [`ChunkSealer::resume`], with the concrete seal.
+    fn resume_file(&self, header: &[u8], place: Place) -> Result<HsmFileSeal, SnapshotFileError> {
+        let salt = decode_header(header).ok_or(SnapshotFileError::Tampered { seq: HEADER_SEQ })?;
+        // An existing file's key must already be there: generating a new one
+        // would only turn a lost key into "every chunk tampered".
+        let key = self
+            .hsm
+            .find_key(&self.key_label, KeyKind::Mac)?
+            .ok_or_else(|| HsmError::NoSuchKey {
+                label: self.key_label.clone(),
+                kind: KeyKind::Mac,
+            })?;
+        self.file(key, place, salt, false)
+    }
+
+    /// The seal of the file at `place` with `salt`, its key derived in the HSM.
+    fn file(
+        &self,
+        mac_key: KeyHandle,
+        place: Place,
+        salt: [u8; SALT_BYTES],
+        can_seal: bool,
+    ) -> Result<HsmFileSeal, SnapshotFileError> {
+        let context = labeled(
+            KEY_CONTEXT,
+            &[
+                &place.group.to_be_bytes(),
+                &place.replica.to_be_bytes(),
+                &place.index.to_be_bytes(),
+                &place.term.to_be_bytes(),
+                &salt,
+            ],
+        );
+        // Zeroizing: wiped as soon as the cipher holds its own copy (which
+        // chacha20poly1305 wipes on drop, asserted above).
+        let file_key = self.hsm.derive_subkey(mac_key, &context)?;
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(&file_key[..]));
+        let mut header = Writer::with_capacity(HEADER_BYTES);
+        header.u8(HEADER_VERSION).raw(&salt);
+        let header = header.into_vec();
+        debug_assert_eq!(header.len(), HEADER_BYTES);
+        Ok(HsmFileSeal {
+            cipher,
+            header,
+            place,
+            salt,
+            next_seq: can_seal.then_some(0),
+        })
+    }
+}
+
+/// The salt in a clear header, or `None` if it is not this version's header.
+fn decode_header(header: &[u8]) -> Option<[u8; SALT_BYTES]> {
+    let mut r = Reader::new(header);
+    r.version(HEADER_VERSION, "snapshot file header").ok()?;
+    let salt = r.array("snapshot file salt").ok()?;
+    r.expect_empty("snapshot file header").ok()?;
+    Some(salt)
+}
+
+impl<H: Hsm> ChunkSealer for HsmSealer<H> {
+    fn begin(
+        &self,
+        group: u64,
+        replica: ReplicaId,
+        index: u64,
+        term: u64,
+    ) -> Result<Box<dyn FileSeal>, SnapshotFileError> {
+        let place = Place {
+            group,
+            replica,
+            index,
+            term,
+        };
+        Ok(Box::new(self.begin_file(place)?))
+    }
+
+    /// Reopens a file from its clear header, for reading: the resumed seal
+    /// opens chunks but refuses to seal any (see [`FileSeal::seal`] on
+    /// [`HsmSealer`]'s seals). A header of the wrong length or version is
+    /// [`SnapshotFileError::Tampered`] with `seq == u32::MAX`; an edited salt
+    /// gives another key, so every chunk then fails to open.
+    fn resume(
+        &self,
+        header: &[u8],
+        group: u64,
+        replica: ReplicaId,
+        index: u64,
+        term: u64,
+    ) -> Result<Box<dyn FileSeal>, SnapshotFileError> {
+        let place = Place {
+            group,
+            replica,
+            index,
+            term,
+        };
+        Ok(Box::new(self.resume_file(header, place)?))
+    }
+}
+
+/// One file's sealing: its key (inside the cipher), its place and salt.
+struct HsmFileSeal {
+    /// Holds the file key; wiped on drop.
+    cipher: ChaCha20Poly1305,
+    header: Vec<u8>,
+    place: Place,
+    salt: [u8; SALT_BYTES],
+    /// The only `seq` [`FileSeal::seal`] takes next; `None` once the last
+    /// chunk was sealed, and for a resumed file (whose chunks the process
+    /// that wrote it may already have sealed under the same nonces).
+    next_seq: Option<u32>,
+}
+
+impl std::fmt::Debug for HsmFileSeal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The cipher (the file key) is left out on purpose.
+        f.debug_struct("HsmFileSeal")
+            .field("place", &self.place)
+            .field("salt", &self.salt)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HsmFileSeal {
+    /// The nonce of chunk `seq`: unique under this file's key, which no other
+    /// file shares (its salt is fresh), as long as no `seq` is sealed twice,
+    /// which [`FileSeal::seal`] enforces.
+    fn nonce(seq: u32) -> Nonce {
+        let mut nonce = Nonce::default();
+        nonce[4..].copy_from_slice(&u64::from(seq).to_be_bytes());
+        nonce
+    }
+
+    /// The associated data of chunk `seq`.
+    fn ad(&self, seq: u32, last: bool) -> Vec<u8> {
+        let p = &self.place;
+        labeled(
+            AD_CHUNK,
+            &[
+                &p.group.to_be_bytes(),
+                &p.replica.to_be_bytes(),
+                &p.index.to_be_bytes(),
+                &p.term.to_be_bytes(),
+                &self.salt,
+                &seq.to_be_bytes(),
+                &[u8::from(last)],
+            ],
+        )
+    }
+
+    /// A refusal to seal: a caller's mistake that would otherwise repeat a
+    /// nonce or break a bound. The sealer does not know the file's id, so the
+    /// error carries a zero id; the file's owner knows which file it is.
+    fn refuse(seq: u32, what: &'static str) -> SnapshotFileError {
+        SnapshotFileError::BadChunk {
+            id: SnapshotId([0; 16]),
+            seq,
+            what,
+        }
+    }
+}
+
+impl FileSeal for HsmFileSeal {
+    fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Seals chunk `seq`, which must be the next one: 0 first, each one once,
+    /// none after the `last` one, and none at all on a resumed file. A repeated
+    /// `seq` would reuse its nonce under the same key (ChaCha20-Poly1305 then
+    /// leaks both plaintexts' XOR and lets the tag be forged), so it is refused
+    /// as [`SnapshotFileError::BadChunk`] (with a zero id) rather than sealed.
+    fn seal(
+        &mut self,
+        seq: u32,
+        last: bool,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SnapshotFileError> {
+        match self.next_seq {
+            None => {
+                return Err(Self::refuse(
+                    seq,
+                    "this file seals no more chunks (its last was sealed, or it was resumed from disk): a nonce would repeat",
+                ))
+            }
+            Some(next) if next != seq => {
+                return Err(Self::refuse(
+                    seq,
+                    "chunks are sealed once each, in order from 0: a nonce would repeat or skip",
+                ))
+            }
+            Some(_) => {}
+        }
+        if seq == HEADER_SEQ {
+            return Err(Self::refuse(seq, "past the most chunks a snapshot has"));
+        }
+        if plaintext.len() > CHUNK_BYTES_MAX as usize {
+            return Err(Self::refuse(seq, "larger than the largest chunk"));
+        }
+        let ad = self.ad(seq, last);
+        let sealed = self
+            .cipher
+            .encrypt(
+                &Self::nonce(seq),
+                Payload {
+                    msg: plaintext,
+                    aad: &ad,
+                },
+            )
+            // Only a plaintext beyond ChaCha20's 256 GiB per nonce fails, and
+            // chunks are bounded far below that (checked above).
+            .map_err(|_| {
+                HsmError::Unusable(DeviceFault::Primitive(
+                    "snapshot chunk ChaCha20-Poly1305 encryption",
+                ))
+            })?;
+        debug_assert_eq!(sealed.len(), plaintext.len() + TAG_BYTES);
+        self.next_seq = if last { None } else { seq.checked_add(1) };
+        Ok(sealed)
+    }
+
+    /// Opens chunk `seq`. Anything but the bytes [`FileSeal::seal`] gave for
+    /// this file, `seq` and `last` (edited, cut, empty, moved from another
+    /// position, file, replica or group, or sealed under another key) is
+    /// [`SnapshotFileError::Tampered`] with `seq`.
+    ///
+    /// The plaintext is returned in an ordinary `Vec`, not wiped: it is the
+    /// replica's state, which the machine holds decrypted in memory anyway
+    /// once restored, and whose secrets (the vault's users' sealed secrets)
+    /// are sealed per record inside it. Sealing the file protects the disk.
+    fn open(&self, seq: u32, last: bool, sealed: &[u8]) -> Result<Vec<u8>, SnapshotFileError> {
+        if seq == HEADER_SEQ || sealed.len() < TAG_BYTES {
+            return Err(SnapshotFileError::Tampered { seq });
+        }
+        let ad = self.ad(seq, last);
+        self.cipher
+            .decrypt(
+                &Self::nonce(seq),
+                Payload {
+                    msg: sealed,
+                    aad: &ad,
+                },
+            )
+            .map_err(|_| SnapshotFileError::Tampered { seq })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every test uses the real [`SoftHsm`], seeded; a failing assertion names
+    //! its seed.
+
+    use rand::{Rng, RngCore, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+
+    use super::*;
+    use crate::hsm::SoftHsm;
+    use crate::{MemLog, Sealed, SealedConfig};
+
+    const LABEL: &str = "vaultfleet/snapshot-seal/group-1/replica-2";
+    const PLACE: Place = Place {
+        group: 1,
+        replica: 2,
+        index: 100,
+        term: 3,
+    };
+    const SEEDS: [u64; 3] = [1, 2, 0x5eed];
+
+    fn sealer(seed: u64) -> HsmSealer<SoftHsm> {
+        HsmSealer::new(SoftHsm::from_seed(seed), LABEL)
+    }
+
+    fn begin<H: Hsm>(sealer: &HsmSealer<H>, p: Place) -> Box<dyn FileSeal> {
+        sealer
+            .begin(p.group, p.replica, p.index, p.term)
+            .expect("begin")
+    }
+
+    fn resume(
+        sealer: &HsmSealer<SoftHsm>,
+        header: &[u8],
+        p: Place,
+    ) -> Result<Box<dyn FileSeal>, SnapshotFileError> {
+        sealer.resume(header, p.group, p.replica, p.index, p.term)
+    }
+
+    /// `n` chunks of seeded random bytes and sizes, the first one empty.
+    fn chunks(seed: u64, n: usize) -> Vec<Vec<u8>> {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        (0..n)
+            .map(|i| {
+                let len = if i == 0 { 0 } else { rng.gen_range(1..=3000) };
+                let mut c = vec![0u8; len];
+                rng.fill_bytes(&mut c);
+                c
+            })
+            .collect()
+    }
+
+    /// Seals `chunks` in order, the last one flagged as such.
+    fn seal_all(file: &mut dyn FileSeal, chunks: &[Vec<u8>], seed: u64) -> Vec<Vec<u8>> {
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                file.seal(i as u32, i + 1 == chunks.len(), c)
+                    .unwrap_or_else(|e| panic!("seed {seed}: sealing chunk {i}: {e}"))
+            })
+            .collect()
+    }
+
+    /// A file of five chunks: its sealer, header and sealed chunks.
+    fn file(seed: u64) -> (HsmSealer<SoftHsm>, Vec<u8>, Vec<Vec<u8>>) {
+        let s = sealer(seed);
+        let mut f = begin(&s, PLACE);
+        let sealed = seal_all(&mut *f, &chunks(seed, 5), seed);
+        let header = f.header().to_vec();
+        (s, header, sealed)
+    }
+
+    fn last(i: usize, n: usize) -> bool {
+        i + 1 == n
+    }
+
+    #[track_caller]
+    fn assert_tampered(r: Result<Vec<u8>, SnapshotFileError>, seq: u32, why: &str) {
+        match r {
+            Err(SnapshotFileError::Tampered { seq: s }) if s == seq => {}
+            other => panic!("{why}: Tampered {{ seq: {seq} }} expected, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn assert_refused(r: Result<Vec<u8>, SnapshotFileError>, why: &str) {
+        match r {
+            Err(SnapshotFileError::BadChunk { .. }) => {}
+            other => panic!("{why}: BadChunk expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_several_chunks() {
+        for seed in SEEDS {
+            let plain = chunks(seed, 6);
+            let s = sealer(seed);
+            let mut f = begin(&s, PLACE);
+            let sealed = seal_all(&mut *f, &plain, seed);
+            let resumed = resume(&s, f.header(), PLACE).expect("resume");
+            for (i, (p, c)) in plain.iter().zip(&sealed).enumerate() {
+                assert_eq!(c.len(), p.len() + TAG_BYTES, "seed {seed}: chunk {i}");
+                if !p.is_empty() {
+                    assert_ne!(&c[..p.len()], &p[..], "seed {seed}: chunk {i} in clear");
+                }
+                let l = last(i, plain.len());
+                assert_eq!(&f.open(i as u32, l, c).unwrap(), p, "seed {seed}: {i}");
+                assert_eq!(
+                    &resumed.open(i as u32, l, c).unwrap(),
+                    p,
+                    "seed {seed}: {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_format_is_the_documented_one() {
+        // Rebuilds key, nonce and associated data from docs/storage.md
+        // outside the sealer, so a silent format change fails here.
+        for seed in SEEDS {
+            let hsm = SoftHsm::from_seed(seed);
+            let s = HsmSealer::new(hsm.clone(), LABEL);
+            let mut f = begin(&s, PLACE);
+            let sealed = f.seal(0, false, b"chunk zero").unwrap();
+            let sealed_last = f.seal(1, true, b"chunk one").unwrap();
+            let header = f.header().to_vec();
+            assert_eq!(header.len(), 17, "seed {seed}");
+            assert_eq!(header[0], 1, "seed {seed}: version");
+            let salt = &header[1..];
+            let p = |x: u64| x.to_be_bytes();
+            let mac = hsm.find_key(LABEL, KeyKind::Mac).unwrap().unwrap();
+            let context = labeled(
+                b"vaultfleet/snapshot-file/v1",
+                &[&p(1), &p(2), &p(100), &p(3), salt],
+            );
+            let key = hsm.derive_subkey(mac, &context).unwrap();
+            let cipher = ChaCha20Poly1305::new(Key::from_slice(&key[..]));
+            for (seq, last, sealed, want) in [
+                (0u32, false, &sealed, &b"chunk zero"[..]),
+                (1, true, &sealed_last, &b"chunk one"[..]),
+            ] {
+                let ad = labeled(
+                    b"vaultfleet/snapshot-chunk/v1",
+                    &[
+                        &p(1),
+                        &p(2),
+                        &p(100),
+                        &p(3),
+                        salt,
+                        &seq.to_be_bytes(),
+                        &[u8::from(last)],
+                    ],
+                );
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&u64::from(seq).to_be_bytes());
+                let plain = cipher
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        Payload {
+                            msg: sealed,
+                            aad: &ad,
+                        },
+                    )
+                    .unwrap_or_else(|_| panic!("seed {seed}: chunk {seq} not as documented"));
+                assert_eq!(plain, want, "seed {seed}: chunk {seq}");
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_seq_or_last_is_tampered() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            let f = resume(&s, &header, PLACE).unwrap();
+            let n = sealed.len();
+            for (i, c) in sealed.iter().enumerate() {
+                for j in [0, 1, 2, 3, 4, 5, 1000, u32::MAX - 1] {
+                    if j as usize != i {
+                        let why = format!("seed {seed}: chunk {i} opened as {j}");
+                        assert_tampered(f.open(j, last(i, n), c), j, &why);
+                    }
+                }
+                let why = format!("seed {seed}: chunk {i} with the wrong last flag");
+                assert_tampered(f.open(i as u32, !last(i, n), c), i as u32, &why);
+            }
+        }
+    }
+
+    #[test]
+    fn another_files_salt_cannot_open() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            // Another file of the same replica, index and term: another salt.
+            let other = begin(&s, PLACE);
+            assert_ne!(other.header(), &header[..], "seed {seed}");
+            let resumed_other = resume(&s, other.header(), PLACE).unwrap();
+            for (i, c) in sealed.iter().enumerate() {
+                let l = last(i, sealed.len());
+                let why = format!("seed {seed}: chunk {i} under another file's salt");
+                assert_tampered(other.open(i as u32, l, c), i as u32, &why);
+                assert_tampered(resumed_other.open(i as u32, l, c), i as u32, &why);
+            }
+        }
+    }
+
+    #[test]
+    fn another_group_replica_index_or_term_cannot_open() {
+        let at = |group, replica, index, term| Place {
+            group,
+            replica,
+            index,
+            term,
+        };
+        let moves = [
+            ("group", at(2, 2, 100, 3)),
+            ("replica", at(1, 3, 100, 3)),
+            ("replica", at(1, 0, 100, 3)),
+            ("index", at(1, 2, 101, 3)),
+            ("index", at(1, 2, 99, 3)),
+            ("term", at(1, 2, 100, 4)),
+            ("term", at(1, 2, 100, 2)),
+            ("index and term swapped", at(1, 2, 3, 100)),
+        ];
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            for (what, place) in moves {
+                let f = resume(&s, &header, place).expect("resume");
+                for (i, c) in sealed.iter().enumerate() {
+                    let why = format!("seed {seed}: chunk {i} under another {what}");
+                    assert_tampered(f.open(i as u32, last(i, sealed.len()), c), i as u32, &why);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_edited_salt_makes_every_chunk_fail() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            for bit in 8..header.len() * 8 {
+                let mut edited = header.clone();
+                edited[bit / 8] ^= 1 << (bit % 8);
+                let f = resume(&s, &edited, PLACE).expect("a salt is any 16 bytes");
+                for (i, c) in sealed.iter().enumerate() {
+                    let why = format!("seed {seed}: header bit {bit} flipped, chunk {i}");
+                    assert_tampered(f.open(i as u32, last(i, sealed.len()), c), i as u32, &why);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_of_another_shape_is_tampered_at_u32_max() {
+        for seed in SEEDS {
+            let (s, header, _) = file(seed);
+            let mut bad: Vec<Vec<u8>> = (0..header.len()).map(|n| header[..n].to_vec()).collect();
+            bad.push([&header[..], &[0]].concat());
+            for v in [0u8, 2, 0x80, 0xff] {
+                bad.push([&[v][..], &header[1..]].concat());
+            }
+            for h in bad {
+                match resume(&s, &h, PLACE) {
+                    Err(SnapshotFileError::Tampered { seq: u32::MAX }) => {}
+                    Err(e) => panic!("seed {seed}: header {h:02x?}: {e:?}"),
+                    Ok(_) => panic!("seed {seed}: header {h:02x?} accepted"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_is_tampered() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            let f = resume(&s, &header, PLACE).unwrap();
+            // Chunk 0 is empty (the tag alone), chunk 1 holds data.
+            for (i, c) in sealed.iter().enumerate().take(2) {
+                let l = last(i, sealed.len());
+                for bit in 0..c.len() * 8 {
+                    let mut edited = c.clone();
+                    edited[bit / 8] ^= 1 << (bit % 8);
+                    let why = format!("seed {seed}: chunk {i} bit {bit} flipped");
+                    assert_tampered(f.open(i as u32, l, &edited), i as u32, &why);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_or_extended_chunk_is_tampered() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            let f = resume(&s, &header, PLACE).unwrap();
+            for (i, c) in sealed.iter().enumerate() {
+                let l = last(i, sealed.len());
+                for len in 0..c.len() {
+                    let why = format!("seed {seed}: chunk {i} cut to {len} bytes");
+                    assert_tampered(f.open(i as u32, l, &c[..len]), i as u32, &why);
+                }
+                let longer = [&c[..], &[0]].concat();
+                let why = format!("seed {seed}: chunk {i} one byte longer");
+                assert_tampered(f.open(i as u32, l, &longer), i as u32, &why);
+                // Two chunks joined into one.
+                if let Some(next) = sealed.get(i + 1) {
+                    let joined = [&c[..], &next[..]].concat();
+                    let why = format!("seed {seed}: chunks {i} and {} joined", i + 1);
+                    assert_tampered(f.open(i as u32, l, &joined), i as u32, &why);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_input_is_tampered() {
+        for seed in SEEDS {
+            let (s, header, sealed) = file(seed);
+            let f = resume(&s, &header, PLACE).unwrap();
+            for seq in [0, 1, 4, u32::MAX] {
+                for l in [false, true] {
+                    let why = format!("seed {seed}: empty input as chunk {seq}");
+                    assert_tampered(f.open(seq, l, &[]), seq, &why);
+                }
+            }
+            // No chunk opens under the header's number, whatever it holds.
+            let why = format!("seed {seed}: chunk 0 as seq u32::MAX");
+            assert_tampered(f.open(u32::MAX, false, &sealed[0]), u32::MAX, &why);
+        }
+    }
+
+    #[test]
+    fn two_begins_draw_different_salts_and_ciphertexts() {
+        for seed in SEEDS {
+            let s = sealer(seed);
+            let mut a = begin(&s, PLACE);
+            let mut b = begin(&s, PLACE);
+            assert_ne!(a.header(), b.header(), "seed {seed}: same salt twice");
+            let ca = a.seal(0, true, b"the same state").unwrap();
+            let cb = b.seal(0, true, b"the same state").unwrap();
+            assert_ne!(ca, cb, "seed {seed}: same ciphertext under two salts");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        for seed in SEEDS {
+            let hsm = SoftHsm::from_seed(seed);
+            let s = HsmSealer::new(hsm.clone(), LABEL);
+            let f = s.begin_file(PLACE).unwrap();
+            let mac = hsm.find_key(LABEL, KeyKind::Mac).unwrap().unwrap();
+            let context = labeled(
+                KEY_CONTEXT,
+                &[
+                    &1u64.to_be_bytes(),
+                    &2u64.to_be_bytes(),
+                    &100u64.to_be_bytes(),
+                    &3u64.to_be_bytes(),
+                    &f.salt,
+                ],
+            );
+            let key = hsm.derive_subkey(mac, &context).unwrap();
+            let shown = format!("{f:?} {f:#?} {s:?} {s:#?}");
+            assert!(shown.contains("HsmFileSeal"), "seed {seed}: {shown}");
+            let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+            let forms = [
+                hex.clone(),
+                hex.to_uppercase(),
+                format!("{:?}", &key[..8]),
+                format!("{:?}", &key[24..]),
+                format!("{:#?}", &key[..4]),
+            ];
+            for form in forms {
+                assert!(!shown.contains(&form), "seed {seed}: key shown in {shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn another_key_label_on_the_same_hsm_cannot_open() {
+        for seed in SEEDS {
+            let hsm = SoftHsm::from_seed(seed);
+            let s = HsmSealer::new(hsm.clone(), LABEL);
+            let mut f = begin(&s, PLACE);
+            let sealed = f.seal(0, true, b"state").unwrap();
+            let other_label = "vaultfleet/snapshot-seal/group-1/replica-3";
+            let other = HsmSealer::new(hsm.clone(), other_label);
+            // Not provisioned yet: a missing key, not a new one.
+            match resume(&other, f.header(), PLACE) {
+                Err(SnapshotFileError::Hsm(HsmError::NoSuchKey { label, kind })) => {
+                    assert_eq!((label.as_str(), kind), (other_label, KeyKind::Mac));
+                }
+                Err(e) => panic!("seed {seed}: {e:?}"),
+                Ok(_) => panic!("seed {seed}: resumed without its key"),
+            }
+            assert!(hsm.find_key(other_label, KeyKind::Mac).unwrap().is_none());
+            // Provisioned: another key, so nothing opens.
+            hsm.key(other_label, KeyKind::Mac).unwrap();
+            let g = resume(&other, f.header(), PLACE).expect("resume");
+            let why = format!("seed {seed}: opened under another key label");
+            assert_tampered(g.open(0, true, &sealed), 0, &why);
+            // The log's AEAD key under the snapshot key's label is another key too.
+            assert!(hsm.find_key(LABEL, KeyKind::Aead).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn hsm_failures_are_nested_hsm_errors() {
+        use std::error::Error as _;
+        let seed = 11;
+        let hsm = SoftHsm::from_seed(seed);
+        let s = HsmSealer::new(hsm.clone(), LABEL);
+        let header = begin(&s, PLACE).header().to_vec();
+        hsm.set_available(false);
+        let begun = s.begin(1, 2, 100, 3).map(|_| ());
+        let resumed = s.resume(&header, 1, 2, 100, 3).map(|_| ());
+        for (what, r) in [("begin", begun), ("resume", resumed)] {
+            match r {
+                Err(e @ SnapshotFileError::Hsm(HsmError::Unavailable { .. })) => {
+                    let source = e.source().expect("the HSM's error is the source");
+                    assert!(source.downcast_ref::<HsmError>().is_some(), "seed {seed}");
+                }
+                other => panic!("seed {seed}: {what}: {other:?}"),
+            }
+        }
+        hsm.set_available(true);
+        assert!(s.resume(&header, 1, 2, 100, 3).is_ok(), "seed {seed}");
+    }
+
+    #[test]
+    fn sealing_refuses_what_would_repeat_a_nonce() {
+        let seed = 12;
+        let s = sealer(seed);
+        let mut f = begin(&s, PLACE);
+        assert_refused(
+            f.seal(1, false, b"a"),
+            &format!("seed {seed}: chunk 1 before chunk 0"),
+        );
+        let first = f.seal(0, false, b"a").unwrap();
+        assert_refused(
+            f.seal(0, false, b"b"),
+            &format!("seed {seed}: chunk 0 again"),
+        );
+        assert_refused(
+            f.seal(0, true, b"b"),
+            &format!("seed {seed}: chunk 0 again, as the last"),
+        );
+        assert_refused(
+            f.seal(2, false, b"b"),
+            &format!("seed {seed}: chunk 2 before chunk 1"),
+        );
+        let too_big = vec![0u8; CHUNK_BYTES_MAX as usize + 1];
+        assert_refused(
+            f.seal(1, false, &too_big),
+            &format!("seed {seed}: a chunk above the bound"),
+        );
+        // Refusals leave the file usable: chunk 1 is still next.
+        let second = f.seal(1, true, b"b").unwrap();
+        assert_refused(
+            f.seal(2, false, b"c"),
+            &format!("seed {seed}: a chunk after the last"),
+        );
+        assert_refused(
+            f.seal(2, true, b"c"),
+            &format!("seed {seed}: a chunk after the last"),
+        );
+        assert_eq!(f.open(0, false, &first).unwrap(), b"a", "seed {seed}");
+        assert_eq!(f.open(1, true, &second).unwrap(), b"b", "seed {seed}");
+        // A resumed file opens, and never seals.
+        let mut g = resume(&s, f.header(), PLACE).unwrap();
+        assert_refused(
+            g.seal(0, false, b"a"),
+            &format!("seed {seed}: a resumed file sealing chunk 0"),
+        );
+        assert_refused(
+            g.seal(2, true, b"c"),
+            &format!("seed {seed}: a resumed file sealing past its end"),
+        );
+        assert_eq!(g.open(1, true, &second).unwrap(), b"b", "seed {seed}");
+    }
+
+    /// The same sealing over a PKCS#11 HSM (SoftHSM2): its HMAC key derives
+    /// the file keys, and tampering or another label still fails.
+    #[cfg(feature = "pkcs11")]
+    #[test]
+    fn the_sealer_works_over_pkcs11() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let hsm = crate::hsm::softhsm2_throwaway_token(dir.path(), "vaultfleet-sealer", "1234")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = HsmSealer::new(hsm.clone(), LABEL);
+        // The token draws its own salts; the seed makes the chunks.
+        let seed = 21;
+        let plain = chunks(seed, 4);
+        let mut f = begin(&s, PLACE);
+        let sealed = seal_all(&mut *f, &plain, seed);
+        let g = s
+            .resume(f.header(), 1, 2, 100, 3)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (i, (p, c)) in plain.iter().zip(&sealed).enumerate() {
+            let l = last(i, plain.len());
+            assert_eq!(
+                &g.open(i as u32, l, c).unwrap(),
+                p,
+                "seed {seed}: chunk {i}"
+            );
+            let mut edited = c.clone();
+            edited[0] ^= 1;
+            assert_tampered(
+                g.open(i as u32, l, &edited),
+                i as u32,
+                &format!("seed {seed}: chunk {i} edited over PKCS#11"),
+            );
+        }
+        let other_label = "vaultfleet/snapshot-seal/other";
+        hsm.key(other_label, KeyKind::Mac).unwrap();
+        let other = HsmSealer::new(hsm, other_label);
+        let h = other.resume(f.header(), 1, 2, 100, 3).unwrap();
+        assert_tampered(
+            h.open(0, false, &sealed[0]),
+            0,
+            &format!("seed {seed}: another label over PKCS#11"),
+        );
+    }
+
+    #[test]
+    fn a_sealed_store_builds_its_sealer_from_its_config() {
+        let seed = 13;
+        let hsm = SoftHsm::from_seed(seed);
+        let cfg = SealedConfig::new(4, 5);
+        assert_eq!(
+            cfg.snapshot_key_label,
+            "vaultfleet/snapshot-seal/group-4/replica-5"
+        );
+        assert_ne!(cfg.snapshot_key_label, cfg.key_label);
+        let store = Sealed::open(MemLog::new(), hsm.clone(), cfg.clone()).unwrap();
+        let s = store.snapshot_sealer();
+        assert_eq!(s.key_label(), cfg.snapshot_key_label, "seed {seed}");
+        let mut f = s.begin(4, 5, 9, 2).unwrap();
+        let sealed = f.seal(0, true, b"state").unwrap();
+        assert!(hsm
+            .find_key(&cfg.snapshot_key_label, KeyKind::Mac)
+            .unwrap()
+            .is_some());
+        // Another sealer over the same HSM and label (a restarted store) opens it.
+        let again = HsmSealer::new(hsm, cfg.snapshot_key_label.clone());
+        let g = again.resume(f.header(), 4, 5, 9, 2).unwrap();
+        assert_eq!(g.open(0, true, &sealed).unwrap(), b"state", "seed {seed}");
+    }
+}
