@@ -673,3 +673,75 @@ fn review_net_2_a_message_of_countless_empty_entries_is_refused_before_decoding(
     let back = decode_message(&encode_message(&honest).expect("encode")).expect("decode");
     assert_eq!(back, honest);
 }
+
+/// A streamed snapshot (format 2) naming the file `descriptor`, with the
+/// target's own members and limits.
+fn streamed_snapshot_message(
+    net: &Network,
+    to: u64,
+    term: u64,
+    index: u64,
+    descriptor: &vaultfleet::snapshot::SnapshotDescriptor,
+) -> Message {
+    use vaultfleet::codec::Codec as _;
+    let mut m = snapshot_message(net, 1, to, term, index);
+    let mut payload: vaultfleet::wire::SnapshotPayload =
+        vaultfleet::wire::decode(&m.get_snapshot().data, "payload").expect("bootstrap payload");
+    payload.format_version = 2;
+    payload.sessions.clear();
+    payload.state.clear();
+    payload.descriptor = descriptor.to_bytes().expect("descriptor");
+    m.mut_snapshot().data = vaultfleet::wire::encode(&payload).expect("encode").into();
+    m
+}
+
+fn descriptor(index: u64, term: u64) -> vaultfleet::snapshot::SnapshotDescriptor {
+    vaultfleet::snapshot::SnapshotDescriptor {
+        group: vaultfleet::ReplicaConfig::new(1).group,
+        creator: 1,
+        index,
+        term,
+        id: vaultfleet::snapshot::SnapshotId([9; 16]),
+        total_bytes: 0,
+        chunk_bytes: vaultfleet::snapshot::CHUNK_BYTES_DEFAULT,
+        chunks: 0,
+        digest: [0; 32],
+    }
+}
+
+#[test]
+fn a_streamed_snapshot_whose_file_was_never_received_is_refused() {
+    // Installed, it would stop the replica: there is no file to restore from.
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    let m = streamed_snapshot_message(&net, 2, term, last + 5, &descriptor(last + 5, term));
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::SnapshotNotReceived { .. })
+    });
+}
+
+#[test]
+fn a_streamed_snapshot_whose_descriptor_names_another_snapshot_is_refused() {
+    let (mut net, term, client) = fleet();
+    let last = net.status(2).last_index;
+    // Another index, another term, another group.
+    for d in [
+        descriptor(last + 6, term),
+        descriptor(last + 5, term + 1),
+        {
+            let mut d = descriptor(last + 5, term);
+            d.group += 1;
+            d
+        },
+    ] {
+        let m = streamed_snapshot_message(&net, 2, term, last + 5, &d);
+        assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+            matches!(
+                r,
+                StepRefusal::SnapshotPayload {
+                    source: vaultfleet::replica::SnapshotError::DescriptorMismatch { .. }
+                }
+            )
+        });
+    }
+}

@@ -312,6 +312,34 @@ pub enum SnapshotError {
     /// The state machine could not capture its state.
     #[error("{0}")]
     Capture(#[from] CaptureError),
+    /// A streamed snapshot's descriptor did not decode.
+    #[error("its file descriptor: {0}")]
+    Descriptor(#[source] crate::codec::DecodeError),
+    /// A streamed snapshot's descriptor names another snapshot than the raft
+    /// snapshot carrying it.
+    #[error(
+        "its file descriptor names group {} index {} term {}, the snapshot is group {} index {} term {}",
+        descriptor.0, descriptor.1, descriptor.2, snapshot.0, snapshot.1, snapshot.2
+    )]
+    DescriptorMismatch {
+        /// The descriptor's group, index and term.
+        descriptor: (u64, u64, u64),
+        /// The raft snapshot's (and the replica's group).
+        snapshot: (u64, u64, u64),
+    },
+    /// A streamed snapshot reached a replica whose store keeps no snapshot
+    /// files.
+    #[error("it is a streamed snapshot and this replica's store keeps no snapshot files; open the store with its snapshot files")]
+    NoFiles,
+    /// A streamed snapshot's file could not be read, or failed its checks.
+    #[error("its file: {0}")]
+    Files(#[from] crate::snapshot::SnapshotFileError),
+    /// A streamed snapshot's stream is malformed.
+    #[error("its stream: {what}")]
+    Stream {
+        /// What was wrong.
+        what: &'static str,
+    },
     /// The replicated session limits are out of range.
     #[error(
         "replicated session limits out of range (sessions_max {sessions_max}, \
@@ -538,6 +566,13 @@ pub enum StepRefusal {
         /// Why.
         #[source]
         source: SnapshotError,
+    },
+    /// A streamed snapshot whose file this replica does not hold complete
+    /// (the transport did not receive it, or it failed its checks).
+    #[error("streamed snapshot at index {index}: its file was not received here")]
+    SnapshotNotReceived {
+        /// The snapshot's index.
+        index: u64,
     },
 }
 

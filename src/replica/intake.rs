@@ -270,11 +270,15 @@ fn check_snapshot<T: Storage>(
     }
     let payload: SnapshotPayload = wire::decode(&snap.data, "snapshot payload")
         .map_err(|e| StepRefusal::SnapshotPayload { source: e.into() })?;
-    if payload.format_version != SNAPSHOT_FORMAT_VERSION {
+    // Format 2 (streamed) is checked against the replica's files by the
+    // replica itself (`Replica::check_streamed_snapshot`).
+    if payload.format_version != SNAPSHOT_FORMAT_VERSION
+        && payload.format_version != super::streamed::SNAPSHOT_FORMAT_STREAMED
+    {
         return Err(StepRefusal::SnapshotPayload {
             source: SnapshotError::Version {
                 found: payload.format_version,
-                supported: SNAPSHOT_FORMAT_VERSION,
+                supported: super::streamed::SNAPSHOT_FORMAT_STREAMED,
             },
         });
     }

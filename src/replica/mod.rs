@@ -39,6 +39,7 @@ mod error;
 mod intake;
 mod logging;
 mod sessions;
+mod streamed;
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -48,6 +49,7 @@ pub use error::{
     StepError, StepRefusal,
 };
 pub use intake::{INDEX_JUMP_MAX, INDEX_MAX};
+pub use streamed::{SnapshotBuild, SnapshotBuildError};
 
 use bytes::Bytes;
 use protobuf2::Message as _;
@@ -176,6 +178,10 @@ pub struct Output {
     pub messages: Vec<Message>,
     /// Requests that finished.
     pub completions: Vec<Completion>,
+    /// Streamed snapshots to write. The driver must run each one (off the
+    /// replica's thread) and report it with [`Replica::snapshot_built`]:
+    /// until it does, the replica takes no other snapshot.
+    pub jobs: Vec<SnapshotBuild>,
 }
 
 impl Output {
@@ -183,6 +189,7 @@ impl Output {
     pub fn clear(&mut self) {
         self.messages.clear();
         self.completions.clear();
+        self.jobs.clear();
     }
 }
 
@@ -328,6 +335,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// After a failed snapshot, the applied index before which none is tried again.
     snapshot_retry_after: u64,
     snapshot_wanted: bool,
+    /// The streamed snapshot being written by the driver, if any.
+    building: Option<streamed::PendingBuild>,
+    /// Streamed snapshots to hand to the driver with the cycle's output.
+    jobs: Vec<SnapshotBuild>,
     /// Messages raft queued while this replica led, taken when it stepped
     /// down on applying its own removal: they leave with the cycle's output.
     outbox: Vec<Message>,
@@ -404,7 +415,14 @@ fn snapshot_payload(
         p.sessions_max = sessions_max as u64;
         p.session_responses_max = responses_max as u64;
     }
-    p.members = members
+    p.members = wire_members(members);
+    p.state = state;
+    wire::encode(&p)
+}
+
+/// The members as a snapshot payload lists them.
+fn wire_members(members: &BTreeMap<ReplicaId, String>) -> Vec<Member> {
+    members
         .iter()
         .map(|(&id, dc)| {
             let mut m = Member::new();
@@ -412,9 +430,7 @@ fn snapshot_payload(
             m.datacenter = dc.clone();
             m
         })
-        .collect();
-    p.state = state;
-    wire::encode(&p)
+        .collect()
 }
 
 impl<L: LogStore, S: StateMachine> Replica<L, S> {
@@ -518,8 +534,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut sessions = Sessions::new(cfg.sessions_max, cfg.session_responses_max);
         let mut members = BTreeMap::new();
         if !snap.is_empty() {
+            let files = store.snapshot_files();
             Self::restore_payload(
                 id,
+                cfg.group,
+                files.as_deref(),
                 &snap,
                 &mut machine,
                 &mut sessions,
@@ -578,14 +597,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             messages_refused: 0,
             snapshot_retry_after: 0,
             snapshot_wanted: false,
+            building: None,
+            jobs: Vec::new(),
             outbox: Vec::new(),
             applied_index: snap_index,
             cfg,
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn restore_payload(
         id: ReplicaId,
+        group: u64,
+        files: Option<&dyn crate::snapshot::SnapshotFiles>,
         snap: &Snapshot,
         machine: &mut S,
         sessions: &mut Sessions,
@@ -596,15 +620,38 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let bad = |source: SnapshotError| ReplicaError::Snapshot { id, index, source };
         let payload: SnapshotPayload =
             wire::decode(&snap.data, "snapshot payload").map_err(|e| bad(e.into()))?;
-        if payload.format_version != SNAPSHOT_FORMAT_VERSION {
-            return Err(bad(SnapshotError::Version {
-                found: payload.format_version,
-                supported: SNAPSHOT_FORMAT_VERSION,
-            }));
+        match payload.format_version {
+            SNAPSHOT_FORMAT_VERSION => {
+                let limits = replicated_limits(&payload).map_err(bad)?;
+                machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
+                sessions.restore(payload.sessions);
+                Self::restore_settings(limits, sessions, members, payload.members, own_limits);
+            }
+            streamed::SNAPSHOT_FORMAT_STREAMED => {
+                let limits = replicated_limits(&payload).map_err(bad)?;
+                let descriptor = streamed::descriptor_of(&payload, snap, group).map_err(bad)?;
+                let files = files.ok_or_else(|| bad(SnapshotError::NoFiles))?;
+                streamed::restore_stream(files, &descriptor, machine, sessions).map_err(bad)?;
+                Self::restore_settings(limits, sessions, members, payload.members, own_limits);
+            }
+            found => {
+                return Err(bad(SnapshotError::Version {
+                    found,
+                    supported: streamed::SNAPSHOT_FORMAT_STREAMED,
+                }))
+            }
         }
-        let limits = replicated_limits(&payload).map_err(bad)?;
-        machine.restore(&payload.state).map_err(|e| bad(e.into()))?;
-        sessions.restore(payload.sessions);
+        Ok(())
+    }
+
+    /// The limits and members a snapshot carries, once its state is restored.
+    fn restore_settings(
+        limits: Option<(usize, usize)>,
+        sessions: &mut Sessions,
+        members: &mut BTreeMap<ReplicaId, String>,
+        wire_members: Vec<Member>,
+        own_limits: (usize, usize),
+    ) {
         match limits {
             Some((sessions_max, responses_max)) => {
                 sessions.set_replicated_limits(sessions_max, responses_max);
@@ -613,12 +660,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // every replica of it runs on its own config's, this one too.
             None => sessions.set_own_limits(own_limits.0, own_limits.1),
         }
-        *members = payload
-            .members
+        *members = wire_members
             .into_iter()
             .map(|m| (m.id, m.datacenter))
             .collect();
-        Ok(())
     }
 
     // ---- inputs -------------------------------------------------------------
@@ -686,6 +731,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Err(StepRefusal::LocalMessage(message.get_msg_type()));
         }
         intake::check(&self.raw.raft, &message)?;
+        if message.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
+            self.check_streamed_snapshot(message.get_snapshot())?;
+        }
         let mut message = message;
         // raft-rs commits `commit` on a vote or pre-vote message (and their
         // responses) whenever its term matches `commit_term` in the local log
@@ -1107,6 +1155,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.serve_reads();
         self.notice_role_change();
         self.maybe_snapshot()?;
+        out.jobs.append(&mut self.jobs);
         out.completions.append(&mut self.completions);
         Ok(())
     }
@@ -1161,8 +1210,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ReplicaError> {
         // raft-rs hands over only snapshots beyond what this replica committed.
         debug_assert!(snap.get_metadata().index > self.applied_index);
+        let files = self.raw.store().snapshot_files();
         Self::restore_payload(
             self.cfg.id,
+            self.cfg.group,
+            files.as_deref(),
             snap,
             &mut self.machine,
             &mut self.sessions,
@@ -1559,7 +1611,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
         let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min
             && applied >= self.snapshot_retry_after;
-        if applied < first.saturating_sub(1)
+        if self.building.is_some()
+            || applied < first.saturating_sub(1)
             || applied <= snap_index
             || !(due || self.snapshot_wanted)
         {
@@ -1572,13 +1625,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .raft_log
             .term(applied)
             .map_err(|source| ReplicaError::Raft { id, source })?;
-        let captured = self
-            .machine
-            .snapshot()
-            .map_err(SnapshotError::from)
-            .and_then(|state| {
-                snapshot_payload(&self.sessions, &self.members, state).map_err(SnapshotError::from)
-            });
+        let captured = match self.start_snapshot_build(applied, term) {
+            Ok(true) => return Ok(()),
+            Ok(false) => self
+                .machine
+                .snapshot()
+                .map_err(SnapshotError::from)
+                .and_then(|state| {
+                    snapshot_payload(&self.sessions, &self.members, state)
+                        .map_err(SnapshotError::from)
+                }),
+            Err(error) => Err(error),
+        };
         let data = match captured {
             Ok(data) => data,
             Err(error) => {

@@ -26,11 +26,12 @@ use super::slot::Slot;
 use super::telemetry::{self, Stopwatch};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
-    RequestError, RequestId, Status,
+    RequestError, RequestId, SnapshotBuild, SnapshotBuildError, Status,
 };
+use crate::snapshot::{SnapshotDescriptor, SnapshotFiles};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
-use crate::transport::{Envelope, Inbox, SnapshotDone, SnapshotSent, Transport};
+use crate::transport::{Envelope, Inbox, SnapshotDone, SnapshotSent, Transport, TransportError};
 use crate::wire::Request;
 use crate::ReplicaId;
 
@@ -75,6 +76,10 @@ pub(crate) enum Input {
     TransferLeader(ReplicaId),
     /// How the send of a snapshot to a peer ended (from its transport).
     SnapshotSent(ReplicaId, SnapshotSent),
+    /// A snapshot build finished: its outcome waits in `Shared::builds_done`
+    /// (this input only wakes the node, and may be dropped when the mailbox is
+    /// full: the outcome is taken on the next turn anyway).
+    SnapshotBuilt,
 }
 
 /// What a node's handles and its driver share.
@@ -88,6 +93,11 @@ pub(super) struct Shared {
     /// Snapshot outcomes that found the mailbox full: never lost (raft holds
     /// the peer back until it hears one), taken by the node on its next turn.
     snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
+    /// Outcomes of snapshot builds, by index, taken by the node each turn.
+    builds_done: parking_lot::Mutex<Vec<(u64, Result<SnapshotDescriptor, SnapshotBuildError>)>>,
+    /// The replica's snapshot files, where a streamed snapshot for it is
+    /// received ([`Inbox::snapshot_files`]).
+    files: Option<Arc<dyn SnapshotFiles>>,
     /// Set when the replica runs on a pool: a push that raises the mailbox's
     /// `scheduled` flag puts the replica on the pool's ready queue.
     pub(super) pool: std::sync::OnceLock<PoolLink>,
@@ -108,6 +118,11 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+
+    fn snapshot_built(&self, index: u64, result: Result<SnapshotDescriptor, SnapshotBuildError>) {
+        self.builds_done.lock().push((index, result));
+        let _ = self.push(Input::SnapshotBuilt);
     }
 
     fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
@@ -270,6 +285,10 @@ impl Inbox for NodeHandle {
         // A full mailbox drops the message; raft retransmits.
         let _ = self.shared.push(Input::Raft(envelope.message));
     }
+
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        self.shared.files.clone()
+    }
 }
 
 /// A replica running on its own thread.
@@ -359,7 +378,10 @@ pub(super) fn fail_input(input: Input, error: RequestError) {
         | Input::StateDigest(slot) => {
             let _ = slot.fill(Err(error));
         }
-        Input::Raft(_) | Input::TransferLeader(_) | Input::SnapshotSent(..) => {}
+        Input::Raft(_)
+        | Input::TransferLeader(_)
+        | Input::SnapshotSent(..)
+        | Input::SnapshotBuilt => {}
     }
 }
 
@@ -371,7 +393,10 @@ fn input_slot(input: &Input) -> Option<&ResponseSlot> {
         | Input::Read(_, slot)
         | Input::Membership(_, slot)
         | Input::StateDigest(slot) => Some(slot),
-        Input::Raft(_) | Input::TransferLeader(_) | Input::SnapshotSent(..) => None,
+        Input::Raft(_)
+        | Input::TransferLeader(_)
+        | Input::SnapshotSent(..)
+        | Input::SnapshotBuilt => None,
     }
 }
 
@@ -532,6 +557,8 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             status: StatusLock::new(replica.status()),
             command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
+            builds_done: parking_lot::Mutex::new(Vec::new()),
+            files: replica.snapshot_files(),
             pool: std::sync::OnceLock::new(),
         });
         Ok(Driver {
@@ -663,6 +690,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.replica.transfer_leader(to);
                 return;
             }
+            Input::SnapshotBuilt => return,
             Input::SnapshotSent(to, sent) => {
                 let (status, result) = match sent {
                     SnapshotSent::Written => (SnapshotStatus::Finish, "written"),
@@ -699,25 +727,76 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     }
 
     fn cycle(&mut self) -> Result<(), ReplicaError> {
+        let built = std::mem::take(&mut *self.shared.builds_done.lock());
+        for (index, result) in built {
+            self.out.clear();
+            let result = self.replica.snapshot_built(index, result, &mut self.out);
+            self.dispatch();
+            result?;
+        }
         while self.replica.has_ready() {
             self.out.clear();
             let result = self.replica.handle_ready(&mut self.out);
+            self.dispatch();
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Runs a streamed snapshot's build on a thread of its own; its outcome
+    /// comes back through `Shared::builds_done`.
+    fn start_build(&self, job: SnapshotBuild) {
+        let shared = Arc::clone(&self.shared);
+        let index = job.index();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vf-snap-build-{}", self.shared.id))
+            .spawn(move || {
+                let result = job.run();
+                shared.snapshot_built(index, result);
+            });
+        if let Err(e) = spawned {
+            self.shared
+                .snapshot_built(index, Err(SnapshotBuildError::Io(e)));
+        }
+    }
+
+    /// Sends a snapshot message: a streamed one with its file's chunks.
+    fn send_snapshot(&mut self, envelope: Envelope) {
+        let to = envelope.message.to;
+        // raft pauses a peer it sent a snapshot to until told how the send
+        // went: the transport says, once it has written it out (or failed),
+        // through the node's mailbox.
+        let shared = Arc::clone(&self.shared);
+        let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, sent));
+        let sent = match self.replica.snapshot_body(envelope.message.get_snapshot()) {
+            Ok(None) => self.transport.send_snapshot(envelope, done),
+            Ok(Some(body)) => self.transport.send_snapshot_stream(envelope, body, done),
+            Err(e) => {
+                tracing::warn!(replica = self.shared.id, to, "cannot send a snapshot: {e}");
+                Err(TransportError::Unreachable(to))
+            }
+        };
+        if sent.is_err() {
+            metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => "failed").increment(1);
+            self.replica.report_unreachable(to);
+            self.replica.report_snapshot(to, SnapshotStatus::Failure);
+        }
+    }
+
+    /// Sends the messages, answers the completions and starts the builds of
+    /// one cycle's output.
+    fn dispatch(&mut self) {
+        for job in std::mem::take(&mut self.out.jobs) {
+            self.start_build(job);
+        }
+        {
             let group = self.replica.group();
-            for message in self.out.messages.drain(..) {
+            let messages = std::mem::take(&mut self.out.messages);
+            for message in messages {
                 let to = message.to;
                 let envelope = Envelope { group, message };
                 if envelope.message.get_msg_type() == MessageType::MsgSnapshot {
-                    // raft pauses a peer it sent a snapshot to until told how the
-                    // send went: the transport says, once it has written it out
-                    // (or failed), through the node's mailbox.
-                    let shared = Arc::clone(&self.shared);
-                    let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, sent));
-                    if self.transport.send_snapshot(envelope, done).is_err() {
-                        metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => "failed")
-                            .increment(1);
-                        self.replica.report_unreachable(to);
-                        self.replica.report_snapshot(to, SnapshotStatus::Failure);
-                    }
+                    self.send_snapshot(envelope);
                 } else if self.transport.send(envelope).is_err() {
                     self.replica.report_unreachable(to);
                 }
@@ -738,9 +817,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                     let _ = pending.slot.fill(result);
                 }
             }
-            result?;
         }
-        Ok(())
     }
 }
 

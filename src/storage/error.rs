@@ -30,6 +30,16 @@ pub enum StorageError {
     /// full disk, lock held by another process, ...
     #[error("log store backend failed: {0}; check the disk and the data directory permissions")]
     Backend(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    /// The store's snapshot files could not be opened.
+    #[error("snapshot files: {0}")]
+    SnapshotFiles(#[from] crate::snapshot::SnapshotFileError),
+    /// A sealed store was asked to open its snapshot files, but its inner
+    /// store had opened files already (perhaps unsealed).
+    #[error("replica {replica}: the sealed store's inner store already keeps snapshot files; open them only through the sealed store (`Sealed::open_snapshot_files`), so they are sealed")]
+    SnapshotFilesOpenedPlain {
+        /// The replica.
+        replica: ReplicaId,
+    },
     /// Data read back from the store does not decode or breaks an invariant.
     #[error(
         "corrupt log store ({record}): {cause}; this replica's store cannot be trusted: {REPLACE}"

@@ -9,11 +9,14 @@
 //! `entries[i].index == offset.index + 1 + i`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
-use super::{Corruption, LogStore, StorageError, StoredRecord, WrapperRecord};
+use super::{Corruption, LogStore, SnapshotFilesHost, StorageError, StoredRecord, WrapperRecord};
+use crate::snapshot::{ChunkSealer, MemFiles, SnapshotFiles, CHUNK_BYTES_DEFAULT};
+use crate::ReplicaId;
 
 /// An in-memory [`LogStore`]: fast, not persistent; `sync` is a no-op.
 #[derive(Debug, Default, Clone)]
@@ -24,6 +27,22 @@ pub struct MemLog {
     offset_term: u64,
     entries: VecDeque<Entry>,
     wrapper: Vec<u8>,
+    files: FilesSlot,
+}
+
+/// The snapshot files a [`MemLog`] keeps, if it was given some (a clone
+/// shares them).
+#[derive(Default, Clone)]
+struct FilesSlot(Option<Arc<dyn SnapshotFiles>>);
+
+impl std::fmt::Debug for FilesSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "files"
+        } else {
+            "no files"
+        })
+    }
 }
 
 impl MemLog {
@@ -170,6 +189,7 @@ impl MemLog {
             offset_term,
             entries: entries.into(),
             wrapper: Vec::new(),
+            files: FilesSlot::default(),
         })
     }
 }
@@ -322,6 +342,29 @@ impl LogStore for MemLog {
 
     fn hard_state(&self) -> &HardState {
         &self.hard_state
+    }
+
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        self.files.0.clone()
+    }
+}
+
+impl SnapshotFilesHost for MemLog {
+    /// Keeps the files in memory ([`MemFiles`], chunks of
+    /// [`CHUNK_BYTES_DEFAULT`]); a second call keeps the first files.
+    fn open_snapshot_files(
+        &mut self,
+        replica: ReplicaId,
+        sealer: Option<Arc<dyn ChunkSealer>>,
+    ) -> Result<(), StorageError> {
+        if self.files.0.is_none() {
+            self.files.0 = Some(Arc::new(MemFiles::new(
+                CHUNK_BYTES_DEFAULT,
+                sealer,
+                replica,
+            )));
+        }
+        Ok(())
     }
 }
 

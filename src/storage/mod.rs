@@ -29,9 +29,14 @@ mod sled_log;
 pub use error::{Corruption, SealedRecord, StorageError, StoredRecord, Tampering};
 pub use mem::MemLog;
 pub use sealed::{Sealed, SealedConfig};
-pub use sled_log::SledLog;
+pub use sled_log::{SledLog, SNAPSHOT_DIR};
+
+use std::sync::Arc;
 
 use raft::prelude::{Entry, HardState, Snapshot};
+
+use crate::snapshot::{ChunkSealer, SnapshotFiles};
+use crate::ReplicaId;
 
 #[doc(hidden)]
 pub use raft as __raft;
@@ -134,6 +139,30 @@ pub trait LogStore: raft::Storage + Send + 'static {
 
     /// The hard state last recorded.
     fn hard_state(&self) -> &HardState;
+
+    /// The snapshot files this store keeps beside its log, if it keeps any:
+    /// then the replica takes streamed snapshots (the raft snapshot carries a
+    /// descriptor of a file, see [`crate::snapshot`]) instead of inline ones.
+    /// `None` (the default) keeps snapshots inline.
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        None
+    }
+}
+
+/// A [`LogStore`] that can keep snapshot files beside its log ([`MemLog`]
+/// in memory, [`SledLog`] in a directory inside its own). Opening them turns
+/// on streamed snapshots for the replica on this store; a [`Sealed`] store
+/// opens its inner store's files with its own sealer
+/// ([`Sealed::open_snapshot_files`]).
+pub trait SnapshotFilesHost: LogStore {
+    /// Starts keeping snapshot files for `replica` (the replica this store
+    /// belongs to), sealed by `sealer` if one is given. Files already there
+    /// (a restart) are found again; leftovers of a crash are deleted.
+    fn open_snapshot_files(
+        &mut self,
+        replica: ReplicaId,
+        sealer: Option<Arc<dyn ChunkSealer>>,
+    ) -> Result<(), StorageError>;
 }
 
 /// A [`LogStore`] that keeps one opaque record beside the log for a store that

@@ -59,6 +59,7 @@ use super::{
 use crate::codec::{labeled, Codec, DecodeError, EncodeError, Prefix, Reader, Writer};
 use crate::hsm::{Counter, Hsm, HsmError, KeyHandle, KeyKind};
 use crate::runtime::telemetry::{self, Stopwatch};
+use crate::snapshot::HsmSealer;
 use crate::ReplicaId;
 
 /// The format of every sealed record this build writes and reads.
@@ -94,6 +95,9 @@ pub struct SealedConfig {
     pub key_label: String,
     /// Label of the HSM's monotonic counter for this store.
     pub counter_label: String,
+    /// Label of the MAC key the store's snapshot files' keys are derived from
+    /// ([`HsmSealer`]).
+    pub snapshot_key_label: String,
 }
 
 impl SealedConfig {
@@ -105,6 +109,7 @@ impl SealedConfig {
             replica,
             key_label: format!("vaultfleet/log-seal/group-{group}/replica-{replica}"),
             counter_label: format!("vaultfleet/log-counter/group-{group}/replica-{replica}"),
+            snapshot_key_label: format!("vaultfleet/snapshot-seal/group-{group}/replica-{replica}"),
         }
     }
 
@@ -299,6 +304,10 @@ pub struct Sealed<L, H> {
     dirty: bool,
     /// The failure after which the store refuses writes.
     poisoned: Option<Arc<StorageError>>,
+    /// True once [`Sealed::open_snapshot_files`] opened the inner store's
+    /// files with this store's sealer: only then are they this store's (files
+    /// the inner store opened plain are never used).
+    files_sealed: bool,
 }
 
 impl<L: std::fmt::Debug, H> std::fmt::Debug for Sealed<L, H> {
@@ -706,6 +715,7 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
             pending_from: None,
             dirty: false,
             poisoned: None,
+            files_sealed: false,
         };
         store.assert_invariants();
         Ok(store)
@@ -751,6 +761,7 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
             pending_from: None,
             dirty: false,
             poisoned: None,
+            files_sealed: false,
         })
     }
 
@@ -1004,6 +1015,35 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> Sealed<L, H> {
     }
 }
 
+impl<L, H: Hsm + Clone> Sealed<L, H> {
+    /// The sealer of this store's snapshot files: this store's HSM (a clone;
+    /// share a device through an `Arc`) and its config's
+    /// [`snapshot_key_label`](SealedConfig::snapshot_key_label).
+    pub fn snapshot_sealer(&self) -> HsmSealer<H> {
+        HsmSealer::new(self.hsm.clone(), self.cfg.snapshot_key_label.clone())
+    }
+}
+
+impl<L: super::SnapshotFilesHost, H: Hsm + Clone> Sealed<L, H> {
+    /// Opens the inner store's snapshot files sealed by
+    /// [`Sealed::snapshot_sealer`]: this store's snapshots are then streamed,
+    /// and what their files hold is as sealed as the log.
+    pub fn open_snapshot_files(&mut self) -> Result<(), StorageError> {
+        if self.inner.snapshot_files().is_some() {
+            // Opened by someone else, perhaps plain: refuse rather than write
+            // snapshots unsealed beside a sealed log.
+            return Err(StorageError::SnapshotFilesOpenedPlain {
+                replica: self.cfg.replica,
+            });
+        }
+        let sealer = std::sync::Arc::new(self.snapshot_sealer());
+        let replica = self.cfg.replica;
+        self.inner.open_snapshot_files(replica, Some(sealer))?;
+        self.files_sealed = true;
+        Ok(())
+    }
+}
+
 impl<H: Hsm> Sealed<SledLog, H> {
     /// Opens [`SledLog`] in `path` and the sealed store over it.
     /// What the sled store's own structural checks reject is reported as
@@ -1201,5 +1241,12 @@ impl<L: AtomicSync + WrapperRecord, H: Hsm> LogStore for Sealed<L, H> {
 
     fn hard_state(&self) -> &HardState {
         self.cache.hard_state()
+    }
+
+    fn snapshot_files(&self) -> Option<Arc<dyn crate::snapshot::SnapshotFiles>> {
+        if !self.files_sealed {
+            return None;
+        }
+        self.inner.snapshot_files()
     }
 }

@@ -21,13 +21,19 @@
 //! [`StorageError::OldFormat`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::Storage;
 
-use super::{codec, Corruption, LogStore, MemLog, StorageError, StoredRecord, WrapperRecord};
+use super::{
+    codec, Corruption, LogStore, MemLog, SnapshotFilesHost, StorageError, StoredRecord,
+    WrapperRecord,
+};
 use crate::codec::{Codec, Reader, Writer};
 use crate::runtime::telemetry::{self, Stopwatch};
+use crate::snapshot::{ChunkSealer, DirFiles, SnapshotFiles, CHUNK_BYTES_DEFAULT};
+use crate::ReplicaId;
 
 /// The format this build reads and writes.
 const FORMAT_VERSION: u8 = 3;
@@ -162,7 +168,11 @@ pub struct SledLog {
     cache: MemLog,
     pending: sled::Batch,
     pending_writes: usize,
+    files: Option<Arc<DirFiles>>,
 }
+
+/// The directory, inside the sled store's own, of its snapshot files.
+pub const SNAPSHOT_DIR: &str = "vaultfleet-snapshots";
 
 impl std::fmt::Debug for SledLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +233,7 @@ impl SledLog {
             cache,
             pending: sled::Batch::default(),
             pending_writes: 0,
+            files: None,
         })
     }
 
@@ -337,6 +348,32 @@ impl LogStore for SledLog {
 
     fn hard_state(&self) -> &HardState {
         self.cache.hard_state()
+    }
+
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        self.files.clone().map(|f| f as Arc<dyn SnapshotFiles>)
+    }
+}
+
+impl SnapshotFilesHost for SledLog {
+    /// Keeps the files in [`SNAPSHOT_DIR`] inside the store's directory
+    /// ([`DirFiles`], chunks of [`CHUNK_BYTES_DEFAULT`]); a second call keeps
+    /// the first files.
+    fn open_snapshot_files(
+        &mut self,
+        replica: ReplicaId,
+        sealer: Option<Arc<dyn ChunkSealer>>,
+    ) -> Result<(), StorageError> {
+        if self.files.is_none() {
+            let dir = self.path.join(SNAPSHOT_DIR);
+            self.files = Some(Arc::new(DirFiles::open(
+                dir,
+                CHUNK_BYTES_DEFAULT,
+                sealer,
+                replica,
+            )?));
+        }
+        Ok(())
     }
 }
 

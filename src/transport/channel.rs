@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
-use super::{Envelope, Inbox, Transport, TransportError};
+use super::{Envelope, Inbox, SnapshotDone, SnapshotSent, Transport, TransportError};
 use crate::config::FleetConfig;
+use crate::snapshot::{SnapshotFiles, SnapshotReader};
 use crate::ReplicaId;
 
 #[derive(Default)]
@@ -282,6 +283,70 @@ impl Transport for ChannelTransport {
     fn send(&self, envelope: Envelope) -> Result<(), TransportError> {
         self.network.send_from(self.from, envelope)
     }
+
+    /// Copies the chunks into the receiver's snapshot files on a thread of
+    /// its own (a cut link fails the copy), then sends the message as any
+    /// other; reports `Written` once it is sent.
+    fn send_snapshot_stream(
+        &self,
+        envelope: Envelope,
+        body: Box<dyn SnapshotReader>,
+        done: SnapshotDone,
+    ) -> Result<(), TransportError> {
+        let (from, to) = (self.from, envelope.message.to);
+        let inbox = self
+            .network
+            .shared
+            .inboxes
+            .read()
+            .get(&to)
+            .cloned()
+            .ok_or(TransportError::UnknownPeer(to))?;
+        let files = inbox
+            .snapshot_files()
+            .ok_or(TransportError::StreamUnsupported(to))?;
+        let network = self.network.clone();
+        std::thread::Builder::new()
+            .name(format!("vf-snap-send-{from}-{to}"))
+            .spawn(move || {
+                let sent = copy_chunks(&network, from, to, body, &*files)
+                    .and_then(|()| network.send_from(from, envelope).map_err(|_| ()));
+                done(match sent {
+                    Ok(()) => SnapshotSent::Written,
+                    Err(()) => SnapshotSent::Failed,
+                });
+            })
+            .map(|_| ())
+            .map_err(|_| TransportError::Unreachable(to))
+    }
+}
+
+/// Moves a snapshot's chunks from the sender's files to the receiver's,
+/// chunk by chunk, failing if the link is cut meanwhile.
+fn copy_chunks(
+    network: &ChannelNetwork,
+    from: ReplicaId,
+    to: ReplicaId,
+    mut body: Box<dyn SnapshotReader>,
+    files: &dyn SnapshotFiles,
+) -> Result<(), ()> {
+    let descriptor = body.descriptor().clone();
+    let mut receiver = files.receive(&descriptor).map_err(|e| {
+        tracing::warn!(from, to, error = %e, "streamed snapshot refused by its receiver");
+    })?;
+    while let Some((seq, chunk)) = body.next_chunk().map_err(|e| {
+        tracing::warn!(from, to, error = %e, "streamed snapshot could not be read");
+    })? {
+        if network.shared.links.read().cut.contains(&(from, to)) {
+            return Err(());
+        }
+        receiver.put(seq, &chunk).map_err(|e| {
+            tracing::warn!(from, to, error = %e, "streamed snapshot chunk refused");
+        })?;
+    }
+    receiver.finish().map_err(|e| {
+        tracing::warn!(from, to, error = %e, "streamed snapshot refused at its end");
+    })
 }
 
 #[cfg(test)]

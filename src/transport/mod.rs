@@ -19,8 +19,11 @@ mod channel;
 
 pub use channel::{ChannelNetwork, ChannelTransport};
 
+use std::sync::Arc;
+
 use raft::prelude::Message;
 
+use crate::snapshot::{SnapshotFiles, SnapshotReader};
 use crate::ReplicaId;
 
 /// A raft message addressed to one replica of one group.
@@ -37,6 +40,13 @@ pub trait Inbox: Send + Sync {
     /// Hands over an envelope. Must not block; may drop when overloaded (raft
     /// retransmits).
     fn deliver(&self, envelope: Envelope);
+
+    /// Where a streamed snapshot for this replica is received before its
+    /// message is delivered: the replica's own snapshot files. `None` (the
+    /// default) refuses streamed snapshots.
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        None
+    }
 }
 
 /// A send that could not be attempted.
@@ -52,6 +62,10 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Closed,
+    /// The transport cannot carry streamed snapshots (see
+    /// [`Transport::send_snapshot_stream`]).
+    #[error("this transport cannot send a streamed snapshot to replica {0}; use one that streams snapshot files, or keep snapshots inline")]
+    StreamUnsupported(ReplicaId),
     /// The message is larger than one transport frame may be (a network transport
     /// bounds its frames; a snapshot must then travel in chunks). The caller
     /// treats it like an unreachable peer; raft retries later.
@@ -100,5 +114,22 @@ pub trait Transport: Send + Sync + 'static {
         self.send(envelope)?;
         done(SnapshotSent::Written);
         Ok(())
+    }
+
+    /// Sends a streamed snapshot: the chunks of `body` into the receiver's
+    /// snapshot files (checked there against the descriptor's digest and made
+    /// durable), then the snapshot message, which names the file by its
+    /// descriptor. Reports through `done` as [`Transport::send_snapshot`]
+    /// does. The default refuses ([`TransportError::StreamUnsupported`]):
+    /// a transport must carry the chunks to take a fleet with streamed
+    /// snapshots.
+    fn send_snapshot_stream(
+        &self,
+        envelope: Envelope,
+        body: Box<dyn SnapshotReader>,
+        done: SnapshotDone,
+    ) -> Result<(), TransportError> {
+        let _ = (body, done);
+        Err(TransportError::StreamUnsupported(envelope.message.to))
     }
 }

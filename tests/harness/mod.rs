@@ -17,6 +17,7 @@ use vaultfleet::replica::{ReplicaConfig, Status};
 use vaultfleet::runtime::{
     Client, ClientConfig, Node, NodeConfig, NodeHandle, Pool, PoolConfig, PooledNode,
 };
+use vaultfleet::storage::SnapshotFilesHost as _;
 use vaultfleet::transport::Transport;
 use vaultfleet::{
     ChannelNetwork, FleetConfig, KvStore, LogStore, MemLog, MemberSpec, Replica, Sealed,
@@ -57,6 +58,10 @@ pub enum Store {
     Mem,
     Sled,
     SealedSled,
+    /// Sled with snapshot files: streamed snapshots.
+    SledStreamed,
+    /// Sealed sled with sealed snapshot files: streamed snapshots.
+    SealedSledStreamed,
 }
 
 /// A fleet replicating `M` (the kv store unless a test names another machine).
@@ -175,7 +180,7 @@ impl<M: StateMachine> Fleet<M> {
                 let log = SledLog::open(self.dir_of(id)).expect("open sled log");
                 self.spawn(id, log, initial)
             }
-            Store::SealedSled => {
+            Store::SealedSled | Store::SealedSledStreamed => {
                 let hsm = self
                     .hsms
                     .entry(id)
@@ -183,8 +188,18 @@ impl<M: StateMachine> Fleet<M> {
                     .clone();
                 let inner = SledLog::open(self.dir_of(id)).expect("open sled log");
                 let group = self.node_config(id).replica.group;
-                let log = Sealed::open(inner, hsm, SealedConfig::new(group, id))
+                let mut log = Sealed::open(inner, hsm, SealedConfig::new(group, id))
                     .expect("open sealed log");
+                if self.store == Store::SealedSledStreamed {
+                    log.open_snapshot_files()
+                        .expect("open the sealed snapshot files");
+                }
+                self.spawn(id, log, initial)
+            }
+            Store::SledStreamed => {
+                let mut log = SledLog::open(self.dir_of(id)).expect("open sled log");
+                log.open_snapshot_files(id, None)
+                    .expect("open the snapshot files");
                 self.spawn(id, log, initial)
             }
         };

@@ -1,0 +1,211 @@
+//! Streamed snapshots (docs/proposals/streamed-snapshots.md, steps 3-5) on the
+//! threaded runtime over the in-process network: the raft snapshot carries a
+//! file's descriptor, the file is written off the replica's thread and sent
+//! chunk by chunk into the receiver's files, on plain and on sealed sled.
+//! No test asserts a duration; waits are bounded only to fail instead of hanging.
+// Tests of the threaded runtime use threads and wall-clock waits.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod harness;
+
+use harness::{get, put, Fleet, Store};
+use protobuf::Message as _;
+use vaultfleet::codec::Codec as _;
+use vaultfleet::snapshot::SnapshotDescriptor;
+use vaultfleet::wire::SnapshotPayload;
+use vaultfleet::{FleetConfig, LogStore, MemberSpec, ReplicaError};
+
+const THREE: [(u64, &str); 3] = [(1, "dc-a"), (2, "dc-b"), (3, "dc-c")];
+
+fn small_snapshots(rc: &mut vaultfleet::ReplicaConfig) {
+    rc.snapshot_entries_min = 40;
+    rc.compaction_entries_retained = 5;
+}
+
+fn three() -> FleetConfig {
+    FleetConfig::new(
+        THREE
+            .iter()
+            .map(|&(id, dc)| MemberSpec::voter(id, dc))
+            .collect(),
+    )
+}
+
+/// The descriptor of the newest snapshot in replica `id`'s sled directory
+/// (read through a plain sled log: the test reads the raft snapshot record of
+/// a plain store only).
+fn stored_descriptor(fleet: &Fleet, id: u64) -> Option<SnapshotDescriptor> {
+    let log = vaultfleet::SledLog::open(fleet.dir_of(id)).expect("reopen");
+    let snap = log.latest_snapshot();
+    let payload = SnapshotPayload::parse_from_bytes(&snap.data).expect("payload");
+    (payload.format_version == 2).then(|| {
+        assert!(payload.sessions.is_empty() && payload.state.is_empty());
+        SnapshotDescriptor::from_bytes(&payload.descriptor).expect("descriptor")
+    })
+}
+
+fn snapshot_files(fleet: &Fleet, id: u64) -> Vec<std::path::PathBuf> {
+    let dir = fleet.dir_of(id).join(vaultfleet::storage::SNAPSHOT_DIR);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Stops `behind`, writes until the leader compacted past it, restarts it and
+/// waits until it has caught up; returns the leader's commit then.
+fn leave_behind_and_catch_up(fleet: &mut Fleet, behind: u64) -> u64 {
+    let client = fleet.client();
+    put(&client, "early", "1");
+    fleet.stop(behind);
+    for i in 0..400 {
+        put(&client, &format!("k{i}"), "v");
+    }
+    let leader = fleet.leader_status();
+    fleet.restart(behind);
+    fleet.wait_applied(leader.commit);
+    let s = fleet.status(behind);
+    assert!(
+        s.first_index > 2,
+        "the replica caught up from a snapshot (first index {})",
+        s.first_index
+    );
+    leader.commit
+}
+
+fn a_far_behind_replica_catches_up_from_a_streamed_snapshot(store: Store) {
+    let mut fleet = Fleet::start_with(three(), store, small_snapshots);
+    let leader = fleet.wait_leader();
+    let behind = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    leave_behind_and_catch_up(&mut fleet, behind);
+    // The replica serves the state after a hand-over to it.
+    let client = fleet.client();
+    client.transfer_leader(behind).expect("transfer");
+    assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
+    assert_eq!(get(&client, "early"), Some(b"1".to_vec()));
+    // Every replica took streamed snapshots and keeps few files.
+    for id in 1..=3 {
+        let files = snapshot_files(&fleet, id);
+        assert!(!files.is_empty(), "replica {id} keeps snapshot files");
+        assert!(
+            files.len() <= 3,
+            "replica {id} deletes old snapshot files: {files:?}"
+        );
+        assert!(
+            files
+                .iter()
+                .all(|f| f.extension().is_some_and(|e| e == "snap")),
+            "no temporary file left: {files:?}"
+        );
+        // The state holds the keys in the clear; a sealed store's files never do.
+        let clear = files.iter().any(|f| {
+            std::fs::read(f)
+                .expect("read a snapshot file")
+                .windows(5)
+                .any(|w| w == b"early")
+        });
+        assert_eq!(
+            clear,
+            store == Store::SledStreamed,
+            "replica {id}: keys in the clear only in plain files"
+        );
+    }
+}
+
+#[test]
+fn plain_sled_a_far_behind_replica_catches_up_from_a_streamed_snapshot() {
+    a_far_behind_replica_catches_up_from_a_streamed_snapshot(Store::SledStreamed);
+}
+
+#[test]
+fn sealed_sled_a_far_behind_replica_catches_up_from_a_streamed_snapshot() {
+    a_far_behind_replica_catches_up_from_a_streamed_snapshot(Store::SealedSledStreamed);
+}
+
+#[test]
+fn the_raft_snapshot_carries_only_a_descriptor_and_a_restart_restores_from_the_file() {
+    let mut fleet = Fleet::start_with(three(), Store::SledStreamed, small_snapshots);
+    let client = fleet.client();
+    for i in 0..200 {
+        put(&client, &format!("k{i}"), "v");
+    }
+    let commit = fleet.leader_status().commit;
+    fleet.wait_applied(commit);
+    for id in 1..=3 {
+        fleet.stop(id);
+    }
+    for id in 1..=3 {
+        let d = stored_descriptor(&fleet, id).expect("a streamed snapshot is stored");
+        assert_eq!(d.creator, id, "each replica wrote its own");
+        assert!(d.total_bytes > 0 && d.index > 1);
+    }
+    for id in 1..=3 {
+        fleet.restart(id);
+    }
+    let client = fleet.client();
+    for i in 0..200 {
+        assert_eq!(get(&client, &format!("k{i}")), Some(b"v".to_vec()), "k{i}");
+    }
+}
+
+#[test]
+fn a_snapshot_file_edited_on_disk_is_detected_at_restart_never_served() {
+    let mut fleet = Fleet::start_with(three(), Store::SledStreamed, small_snapshots);
+    let client = fleet.client();
+    for i in 0..200 {
+        put(&client, &format!("k{i}"), "value");
+    }
+    let commit = fleet.leader_status().commit;
+    fleet.wait_applied(commit);
+    let victim = 1;
+    fleet.stop(victim);
+    let d = stored_descriptor(&fleet, victim).expect("a streamed snapshot");
+    let file = snapshot_files(&fleet, victim)
+        .into_iter()
+        .find(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{:020}-", d.index)))
+        })
+        .expect("the stored snapshot's file");
+    let mut bytes = std::fs::read(&file).expect("read");
+    // A byte inside the first chunk's payload (past the header and the
+    // chunk's length prefix).
+    let at = 64.min(bytes.len() / 2);
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).expect("write");
+    let log = vaultfleet::SledLog::open(fleet.dir_of(victim)).expect("reopen");
+    let mut log = log;
+    vaultfleet::storage::SnapshotFilesHost::open_snapshot_files(&mut log, victim, None)
+        .expect("files");
+    let cfg = vaultfleet::ReplicaConfig::new(victim);
+    match vaultfleet::Replica::new(cfg, log, vaultfleet::KvStore::new()) {
+        Err(ReplicaError::Snapshot { .. }) => {}
+        Err(other) => panic!("refused, but with {other}"),
+        Ok(_) => panic!("a replica started from an edited snapshot file"),
+    }
+}
+
+#[test]
+fn a_sealed_store_never_uses_snapshot_files_its_inner_store_opened_plain() {
+    use vaultfleet::storage::SnapshotFilesHost as _;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut inner = vaultfleet::SledLog::open(dir.path()).expect("open");
+    inner.open_snapshot_files(1, None).expect("plain files");
+    let mut sealed = vaultfleet::Sealed::open(
+        inner,
+        vaultfleet::SoftHsm::from_seed(1),
+        vaultfleet::SealedConfig::new(0, 1),
+    )
+    .expect("open sealed");
+    assert!(
+        sealed.snapshot_files().is_none(),
+        "plain files are not used"
+    );
+    assert!(matches!(
+        sealed.open_snapshot_files(),
+        Err(vaultfleet::StorageError::SnapshotFilesOpenedPlain { replica: 1 })
+    ));
+    assert!(sealed.snapshot_files().is_none());
+}
