@@ -3,6 +3,7 @@
 //! machine's table, the client's calls) takes a `UserId` and never re-checks it.
 
 use std::borrow::Borrow;
+use std::sync::Arc;
 
 use crate::limits::USER_ID_MAX;
 
@@ -16,8 +17,13 @@ pub struct InvalidUserId {
 
 /// A vault user's id: 1..=[`USER_ID_MAX`] bytes, chosen by the application
 /// (an account id, a phone number). Opaque to the vault.
+///
+/// The bytes are shared: a clone is a reference-count increment, not an
+/// allocation. The replicated table's copy-on-write leaves clone every key of
+/// a leaf the first time a write reaches it while a snapshot view holds it
+/// (docs/performance.md, "The price of a view").
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct UserId(Vec<u8>);
+pub struct UserId(Arc<[u8]>);
 
 impl UserId {
     /// The id `bytes`, if it is 1..=[`USER_ID_MAX`] bytes long. This is the one
@@ -27,7 +33,7 @@ impl UserId {
         if bytes.is_empty() || bytes.len() > USER_ID_MAX {
             return Err(InvalidUserId { bytes: bytes.len() });
         }
-        Ok(Self(bytes))
+        Ok(Self(bytes.into()))
     }
 
     /// The id's bytes.
@@ -78,7 +84,7 @@ impl TryFrom<Vec<u8>> for UserId {
 
 impl From<UserId> for Vec<u8> {
     fn from(id: UserId) -> Vec<u8> {
-        id.0
+        id.0.to_vec()
     }
 }
 
@@ -111,5 +117,12 @@ mod tests {
         assert_eq!(m.get(&b"carol"[..]), None);
         let order: Vec<&[u8]> = m.keys().map(UserId::as_bytes).collect();
         assert_eq!(order, [&b"alice"[..], &b"bob"[..]]);
+    }
+
+    #[test]
+    fn a_clone_shares_the_bytes() {
+        let id = UserId::new(&b"alice"[..]).unwrap();
+        let copy = id.clone();
+        assert!(std::ptr::eq(id.as_bytes(), copy.as_bytes()));
     }
 }
