@@ -695,24 +695,68 @@ fn streamed_snapshot_message(
     m
 }
 
+/// A well-formed descriptor (its id is its digest's) of a file no replica
+/// holds.
 fn descriptor(index: u64, term: u64) -> vaultfleet::snapshot::SnapshotDescriptor {
+    let group = vaultfleet::ReplicaConfig::new(1).group;
+    let digest = [7; 32];
     vaultfleet::snapshot::SnapshotDescriptor {
-        group: vaultfleet::ReplicaConfig::new(1).group,
+        group,
         creator: 1,
         index,
         term,
-        id: vaultfleet::snapshot::SnapshotId([9; 16]),
+        id: vaultfleet::snapshot::snapshot_id(group, 1, &digest),
         total_bytes: 0,
         chunk_bytes: vaultfleet::snapshot::CHUNK_BYTES_DEFAULT,
         chunks: 0,
-        digest: [0; 32],
+        digest,
     }
+}
+
+/// As [`fleet`], every replica's store keeping snapshot files (streamed
+/// snapshots on).
+fn fleet_with_files() -> (Network, u64, u64) {
+    use vaultfleet::storage::SnapshotFilesHost as _;
+    let config = vaultfleet::FleetConfig::new(
+        [1, 2, 3]
+            .iter()
+            .map(|&id| vaultfleet::MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let mut net = Network::with_fleet_prepared(
+        &config,
+        |store| store.open_snapshot_files(0, None).expect("files"),
+        |_| {},
+        KvStore::new,
+    );
+    let term = net.elect(1);
+    let client = net.register(1);
+    let put = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v0"))
+        .unwrap();
+    net.settle();
+    assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+    (net, term, client)
 }
 
 #[test]
 fn a_streamed_snapshot_whose_file_was_never_received_is_refused() {
     // Installed, it would stop the replica: there is no file to restore from.
+    // The target keeps files, so the refusal is the files' answer (it does not
+    // hold this one), not the absence of files.
+    let (mut net, term, client) = fleet_with_files();
+    assert!(net.replica(2).snapshot_files().is_some());
+    let last = net.status(2).last_index;
+    let m = streamed_snapshot_message(&net, 2, term, last + 5, &descriptor(last + 5, term));
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::SnapshotNotReceived { .. })
+    });
+}
+
+#[test]
+fn a_streamed_snapshot_to_a_replica_without_files_is_refused() {
     let (mut net, term, client) = fleet();
+    assert!(net.replica(2).snapshot_files().is_none());
     let last = net.status(2).last_index;
     let m = streamed_snapshot_message(&net, 2, term, last + 5, &descriptor(last + 5, term));
     assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
@@ -722,7 +766,7 @@ fn a_streamed_snapshot_whose_file_was_never_received_is_refused() {
 
 #[test]
 fn a_streamed_snapshot_whose_descriptor_names_another_snapshot_is_refused() {
-    let (mut net, term, client) = fleet();
+    let (mut net, term, client) = fleet_with_files();
     let last = net.status(2).last_index;
     // Another index, another term, another group.
     for d in [
@@ -731,6 +775,7 @@ fn a_streamed_snapshot_whose_descriptor_names_another_snapshot_is_refused() {
         {
             let mut d = descriptor(last + 5, term);
             d.group += 1;
+            d.id = vaultfleet::snapshot::snapshot_id(d.group, d.creator, &d.digest);
             d
         },
     ] {
@@ -744,4 +789,38 @@ fn a_streamed_snapshot_whose_descriptor_names_another_snapshot_is_refused() {
             )
         });
     }
+}
+
+/// Issue 18 review, M5: a build the driver drops without running (the core
+/// harness clears its output) must not stop snapshots for good.
+#[test]
+fn a_snapshot_build_dropped_unrun_is_counted_and_the_next_one_taken() {
+    use vaultfleet::storage::SnapshotFilesHost as _;
+    let config = vaultfleet::FleetConfig::new(
+        [1, 2, 3]
+            .iter()
+            .map(|&id| vaultfleet::MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let mut net = Network::with_fleet_prepared(
+        &config,
+        |store| store.open_snapshot_files(0, None).expect("files"),
+        |cfg| cfg.snapshot_entries_min = 5,
+        KvStore::new,
+    );
+    net.elect(1);
+    let client = net.register(1);
+    for sequence in 1..=40 {
+        let put = net
+            .propose(1, client, sequence, sequence, KvStore::put("k", "v"))
+            .unwrap();
+        net.settle();
+        assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+    }
+    // Every build was dropped; each was noticed and the next one started.
+    assert!(
+        net.replica(1).snapshots_failed() >= 2,
+        "builds dropped unrun: {} counted",
+        net.replica(1).snapshots_failed()
+    );
 }

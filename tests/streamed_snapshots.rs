@@ -62,14 +62,27 @@ fn leave_behind_and_catch_up(fleet: &mut Fleet, behind: u64) -> u64 {
     for i in 0..400 {
         put(&client, &format!("k{i}"), "v");
     }
+    let behind_last = {
+        // Read through the raw sled log: what the stopped replica holds
+        // (sealed or not, the inner store keeps one record per index).
+        let log = vaultfleet::SledLog::open(fleet.dir_of(behind)).expect("reopen");
+        raft::Storage::last_index(&log).unwrap_or(0)
+    };
     let leader = fleet.leader_status();
+    assert!(
+        leader.first_index > behind_last + 1,
+        "the leader compacted past the stopped replica ({} > {})",
+        leader.first_index,
+        behind_last + 1
+    );
     fleet.restart(behind);
     fleet.wait_applied(leader.commit);
     let s = fleet.status(behind);
     assert!(
-        s.first_index > 2,
-        "the replica caught up from a snapshot (first index {})",
-        s.first_index
+        s.first_index > behind_last + 1,
+        "the replica caught up from a snapshot (first index {} past {})",
+        s.first_index,
+        behind_last + 1
     );
     leader.commit
 }
@@ -170,9 +183,10 @@ fn a_snapshot_file_edited_on_disk_is_detected_at_restart_never_served() {
         })
         .expect("the stored snapshot's file");
     let mut bytes = std::fs::read(&file).expect("read");
-    // A byte inside the first chunk's payload (past the header and the
-    // chunk's length prefix).
-    let at = 64.min(bytes.len() / 2);
+    // The last byte of the last chunk, just before the trailer (the encoded
+    // descriptor and an 8-byte mark): inside the state machine's bytes, which
+    // decode either way; only the hash list can tell.
+    let at = bytes.len() - vaultfleet::snapshot::DESCRIPTOR_BYTES - 8 - 1;
     bytes[at] ^= 0x01;
     std::fs::write(&file, &bytes).expect("write");
     let log = vaultfleet::SledLog::open(fleet.dir_of(victim)).expect("reopen");
@@ -181,10 +195,35 @@ fn a_snapshot_file_edited_on_disk_is_detected_at_restart_never_served() {
         .expect("files");
     let cfg = vaultfleet::ReplicaConfig::new(victim);
     match vaultfleet::Replica::new(cfg, log, vaultfleet::KvStore::new()) {
-        Err(ReplicaError::Snapshot { .. }) => {}
+        Err(e @ ReplicaError::Snapshot { .. }) => assert!(
+            is_digest_mismatch(&e),
+            "refused by the hash list, not by chance: {e}"
+        ),
         Err(other) => panic!("refused, but with {other}"),
         Ok(_) => panic!("a replica started from an edited snapshot file"),
     }
+}
+
+/// True when `e` or a cause of it is the files' `DigestMismatch` (also
+/// inside an `io::Error`, as a machine's reader reports it).
+fn is_digest_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    use vaultfleet::snapshot::SnapshotFileError;
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(SnapshotFileError::DigestMismatch { .. }) = e.downcast_ref() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if is_digest_mismatch(inner) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
 }
 
 #[test]
@@ -208,4 +247,134 @@ fn a_sealed_store_never_uses_snapshot_files_its_inner_store_opened_plain() {
         Err(vaultfleet::StorageError::SnapshotFilesOpenedPlain { replica: 1 })
     ));
     assert!(sealed.snapshot_files().is_none());
+}
+
+/// Issue 18 review, H2: a replica admits a stream only from the leader it
+/// follows, of a term it knows, past what it applied and near its log; a
+/// refused stream leaves nothing on disk.
+#[test]
+fn a_replica_admits_a_streamed_snapshot_only_from_its_leader_and_within_bounds() {
+    use vaultfleet::snapshot::{snapshot_id, SnapshotDescriptor, CHUNK_BYTES_DEFAULT};
+    use vaultfleet::transport::{Inbox as _, StreamRefused};
+    let fleet = Fleet::start_with(three(), Store::SledStreamed, small_snapshots);
+    let client = fleet.client();
+    put(&client, "k", "v");
+    let leader = fleet.wait_leader();
+    let follower = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    let other = (1..=3)
+        .find(|&id| id != leader && id != follower)
+        .unwrap_or(1);
+    let commit = fleet.leader_status().commit;
+    fleet.wait_applied(commit);
+    let s = fleet.status(follower);
+    let group = vaultfleet::ReplicaConfig::new(1).group;
+    let descriptor = |creator: u64, index: u64, term: u64| {
+        let digest = [3; 32];
+        SnapshotDescriptor {
+            group,
+            creator,
+            index,
+            term,
+            id: snapshot_id(group, creator, &digest),
+            total_bytes: 0,
+            chunk_bytes: CHUNK_BYTES_DEFAULT,
+            chunks: 0,
+            digest,
+        }
+    };
+    let inbox = fleet.handle(follower);
+    let refused = |from: u64, d: SnapshotDescriptor| inbox.admit_snapshot(from, &d).err();
+    assert!(matches!(
+        refused(other, descriptor(other, s.applied + 1, s.term)),
+        Some(StreamRefused::NotLeader { .. })
+    ));
+    assert!(matches!(
+        refused(leader, descriptor(leader, s.applied, s.term)),
+        Some(StreamRefused::Stale { .. })
+    ));
+    assert!(matches!(
+        refused(leader, descriptor(leader, u64::MAX - 1, s.term)),
+        Some(StreamRefused::TooFar { .. })
+    ));
+    assert!(matches!(
+        refused(leader, descriptor(leader, s.applied + 1, s.term + 1)),
+        Some(StreamRefused::FutureTerm { .. })
+    ));
+    let mut other_group = descriptor(leader, s.applied + 1, s.term);
+    other_group.group += 1;
+    other_group.id = snapshot_id(other_group.group, leader, &other_group.digest);
+    assert!(matches!(
+        refused(leader, other_group),
+        Some(StreamRefused::WrongGroup { .. })
+    ));
+    let mut forged = descriptor(leader, s.applied + 1, s.term);
+    forged.id.0[0] ^= 1;
+    assert!(matches!(
+        refused(leader, forged),
+        Some(StreamRefused::BadDescriptor)
+    ));
+    assert!(inbox
+        .admit_snapshot(leader, &descriptor(leader, s.applied + 1, s.term))
+        .is_ok());
+    assert!(
+        snapshot_files(&fleet, follower)
+            .iter()
+            .all(|f| f.extension().is_some_and(|e| e == "snap")),
+        "admission writes nothing"
+    );
+}
+
+/// Issue 18 review, H1: a descriptor that reuses a held file's id for other
+/// content is refused, and the held file stays readable.
+#[test]
+fn a_held_snapshot_file_cannot_be_replaced_under_its_id() {
+    use std::io::Write as _;
+    use vaultfleet::snapshot::{DirFiles, SnapshotFiles as _, CHUNK_BYTES_MIN};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let files = DirFiles::open(dir.path(), CHUNK_BYTES_MIN, None, 2).expect("open");
+    let mut w = files.create(0, 1, 10, 2).expect("create");
+    w.write_all(b"the honest state").expect("write");
+    let held = w.finish().expect("finish");
+    // Another stream, under the held id.
+    let mut other = vaultfleet::snapshot::SnapshotDigester::new();
+    other.add(b"junk");
+    let mut forged = other
+        .descriptor(0, 1, 10, 2, CHUNK_BYTES_MIN)
+        .expect("descriptor");
+    forged.id = held.id;
+    assert!(files.receive(&forged).is_err(), "a forged id is refused");
+    assert!(files.is_complete(&held));
+    let mut reader = files.open(&held).expect("open the held file");
+    let mut read = Vec::new();
+    while let Some((_, chunk)) = reader.next_chunk().expect("chunk") {
+        read.extend_from_slice(&chunk);
+    }
+    assert_eq!(read, b"the honest state");
+}
+
+/// Issue 18 review, M2: a leader whose snapshot file is gone takes its
+/// snapshot again instead of holding a lagging follower back for good.
+#[test]
+fn a_leader_whose_snapshot_file_is_gone_takes_it_again() {
+    let mut fleet = Fleet::start_with(three(), Store::SledStreamed, small_snapshots);
+    let client = fleet.client();
+    let leader = fleet.wait_leader();
+    let behind = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    put(&client, "early", "1");
+    fleet.stop(behind);
+    for i in 0..200 {
+        put(&client, &format!("k{i}"), "v");
+    }
+    let commit = fleet.leader_status().commit;
+    // Every file of the leader's (and of the other follower's) is lost.
+    for id in (1..=3).filter(|&id| id != behind) {
+        for f in snapshot_files(&fleet, id) {
+            std::fs::remove_file(f).expect("remove");
+        }
+    }
+    fleet.restart(behind);
+    fleet.wait_applied(commit);
+    let client = fleet.client();
+    client.transfer_leader(behind).expect("transfer");
+    assert_eq!(get(&client, "k199"), Some(b"v".to_vec()));
 }

@@ -337,6 +337,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     snapshot_wanted: bool,
     /// The streamed snapshot being written by the driver, if any.
     building: Option<streamed::PendingBuild>,
+    /// The newest snapshot's file could not be read to send it: take it
+    /// again even if nothing was applied since.
+    snapshot_rebuild: bool,
     /// Streamed snapshots to hand to the driver with the cycle's output.
     jobs: Vec<SnapshotBuild>,
     /// Messages raft queued while this replica led, taken when it stepped
@@ -598,6 +601,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             snapshot_retry_after: 0,
             snapshot_wanted: false,
             building: None,
+            snapshot_rebuild: false,
             jobs: Vec::new(),
             outbox: Vec::new(),
             applied_index: snap_index,
@@ -1221,6 +1225,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             &mut self.members,
             (self.cfg.sessions_max, self.cfg.session_responses_max),
         )?;
+        // Files older than the installed snapshot are of no use any more (a
+        // replica that only ever installs would otherwise keep them all).
+        self.retain_snapshot_files(snap.get_metadata().index);
         // Our proposals at or below the snapshot were either applied inside it or
         // replaced by another leader's entries. A client command that was applied
         // left its response in the restored session table (keyed by its session and
@@ -1611,21 +1618,25 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let snap_index = self.raw.store().latest_snapshot().get_metadata().index;
         let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min
             && applied >= self.snapshot_retry_after;
+        self.forget_abandoned_build();
+        // At the same index when nothing was applied since: saved in place.
+        let rebuild = self.snapshot_rebuild && self.raw.store().snapshot_files().is_some();
         if self.building.is_some()
             || applied < first.saturating_sub(1)
-            || applied <= snap_index
-            || !(due || self.snapshot_wanted)
+            || (applied <= snap_index && !rebuild)
+            || !(due || self.snapshot_wanted || rebuild)
         {
             return Ok(());
         }
         self.snapshot_wanted = false;
+        self.snapshot_rebuild = false;
         let term = self
             .raw
             .raft
             .raft_log
             .term(applied)
             .map_err(|source| ReplicaError::Raft { id, source })?;
-        let captured = match self.start_snapshot_build(applied, term) {
+        let captured = match self.start_snapshot_build(applied, term, rebuild) {
             Ok(true) => return Ok(()),
             Ok(false) => self
                 .machine

@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use raft::prelude::{ConfState, Snapshot};
@@ -55,14 +56,28 @@ const SESSIONS_BYTES_MAX: u64 = wire::MESSAGE_BYTES_MAX;
 /// of the state at [`SnapshotBuild::index`] and the files to write it to.
 /// Run it with [`SnapshotBuild::run`] and hand the result to
 /// [`Replica::snapshot_built`].
+///
+/// A build dropped without being run (a driver that clears its output, a
+/// thread that could not start) tells its replica so, which then counts a
+/// failed snapshot and can take the next one.
 pub struct SnapshotBuild {
     group: u64,
     creator: ReplicaId,
     index: u64,
     term: u64,
     sessions: Vec<u8>,
-    view: Box<dyn SnapshotView>,
+    view: Option<Box<dyn SnapshotView>>,
     files: Arc<dyn SnapshotFiles>,
+    /// Set when the build is dropped unrun; the replica reads it.
+    abandoned: Arc<AtomicBool>,
+}
+
+impl Drop for SnapshotBuild {
+    fn drop(&mut self) {
+        if self.view.is_some() {
+            self.abandoned.store(true, Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for SnapshotBuild {
@@ -90,6 +105,15 @@ pub enum SnapshotBuildError {
     /// Writing the stream's header failed.
     #[error("the snapshot stream could not be written: {0}")]
     Io(#[source] std::io::Error),
+    /// The driver could not start the build (no thread).
+    #[error("the snapshot build could not be started: {0}")]
+    Start(#[source] std::io::Error),
+    /// The build panicked (the state machine's view, most likely).
+    #[error("the snapshot build panicked; see the log for the panic")]
+    Panicked,
+    /// The build had already run.
+    #[error("the snapshot build had already run")]
+    Spent,
 }
 
 impl SnapshotBuild {
@@ -101,7 +125,12 @@ impl SnapshotBuild {
     /// Writes the snapshot to its file and returns the file's descriptor. It
     /// takes as long as writing the whole state does: call it on another
     /// thread than the replica's.
-    pub fn run(self) -> Result<SnapshotDescriptor, SnapshotBuildError> {
+    pub fn run(mut self) -> Result<SnapshotDescriptor, SnapshotBuildError> {
+        // Taken: the build ran (its outcome goes to `snapshot_built`), even if
+        // what follows fails or panics.
+        let Some(view) = self.view.take() else {
+            return Err(SnapshotBuildError::Spent);
+        };
         let mut out = self
             .files
             .create(self.group, self.creator, self.index, self.term)?;
@@ -109,7 +138,7 @@ impl SnapshotBuild {
             .and_then(|()| out.write_all(&(self.sessions.len() as u64).to_be_bytes()))
             .and_then(|()| out.write_all(&self.sessions))
             .map_err(SnapshotBuildError::Io)?;
-        self.view.snapshot_to(&mut *out)?;
+        view.snapshot_to(&mut *out)?;
         Ok(out.finish()?)
     }
 }
@@ -120,6 +149,17 @@ pub(super) struct PendingBuild {
     term: u64,
     conf_state: ConfState,
     payload_head: SnapshotPayload,
+    abandoned: Arc<AtomicBool>,
+    /// Taken again at the newest snapshot's index because its file could not
+    /// be read: saved in its place.
+    rebuild: bool,
+}
+
+impl PendingBuild {
+    /// True once its build was dropped without running.
+    pub(super) fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
+    }
 }
 
 /// The format 2 payload without its descriptor: the members and the
@@ -224,6 +264,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         &mut self,
         applied: u64,
         term: u64,
+        rebuild: bool,
     ) -> Result<bool, SnapshotError> {
         let Some(files) = self.raw.store().snapshot_files() else {
             return Ok(false);
@@ -233,11 +274,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         sessions.format_version = SNAPSHOT_FORMAT_STREAMED;
         sessions.sessions = self.sessions.to_wire();
         let sessions = wire::encode(&sessions)?;
+        let abandoned = Arc::new(AtomicBool::new(false));
         self.building = Some(PendingBuild {
             index: applied,
             term,
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
             payload_head: payload_head(&self.sessions, &self.members),
+            abandoned: Arc::clone(&abandoned),
+            rebuild,
         });
         self.jobs.push(SnapshotBuild {
             group: self.cfg.group,
@@ -245,10 +289,26 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             index: applied,
             term,
             sessions,
-            view,
+            view: Some(view),
             files,
+            abandoned,
         });
         Ok(true)
+    }
+
+    /// Forgets a build in flight whose job was dropped without running:
+    /// counted as a failed snapshot, so the next one can be taken.
+    pub(super) fn forget_abandoned_build(&mut self) {
+        if let Some(index) = self.building.take_if(|b| b.abandoned()).map(|b| b.index) {
+            self.snapshot_failed(index, &"its build was dropped without running");
+        }
+    }
+
+    /// Tells the replica that a snapshot it meant to send could not be read
+    /// (its file is missing or failed its checks): the next cycle takes a new
+    /// one, so the peer that needs it is not held back forever.
+    pub fn snapshot_unreadable(&mut self) {
+        self.snapshot_rebuild = true;
     }
 
     /// Takes the outcome of a [`SnapshotBuild`] this replica handed out: on
@@ -301,7 +361,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         let store = self.raw.store();
         let latest = store.latest_snapshot().get_metadata().index;
-        if descriptor.index <= latest {
+        if descriptor.index < latest || (descriptor.index == latest && !pending.rebuild) {
             return Ok(());
         }
         let first = store
@@ -368,7 +428,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Drops the files of snapshots older than the store's newest one. Files
     /// at or above `index` stay: one a leader sent that is not installed yet
     /// must not vanish under it.
-    fn retain_snapshot_files(&self, index: u64) {
+    pub(super) fn retain_snapshot_files(&self, index: u64) {
         let Some(files) = self.raw.store().snapshot_files() else {
             return;
         };

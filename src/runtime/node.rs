@@ -26,12 +26,14 @@ use super::slot::Slot;
 use super::telemetry::{self, Stopwatch};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
-    RequestError, RequestId, SnapshotBuild, SnapshotBuildError, Status,
+    RequestError, RequestId, SnapshotBuild, SnapshotBuildError, Status, INDEX_JUMP_MAX,
 };
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
-use crate::transport::{Envelope, Inbox, SnapshotDone, SnapshotSent, Transport, TransportError};
+use crate::transport::{
+    Envelope, Inbox, SnapshotDone, SnapshotSent, StreamRefused, Transport, TransportError,
+};
 use crate::wire::Request;
 use crate::ReplicaId;
 
@@ -288,6 +290,54 @@ impl Inbox for NodeHandle {
 
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
         self.shared.files.clone()
+    }
+
+    /// Admits a stream only from the leader this replica follows, of its
+    /// group, of a term it has seen, past what it applied and within
+    /// [`INDEX_JUMP_MAX`] of its log: a peer cannot make it store snapshots
+    /// it would never install (the files' own checks come after).
+    fn admit_snapshot(
+        &self,
+        from: ReplicaId,
+        descriptor: &SnapshotDescriptor,
+    ) -> Result<Arc<dyn SnapshotFiles>, StreamRefused> {
+        descriptor
+            .check()
+            .map_err(|_| StreamRefused::BadDescriptor)?;
+        if descriptor.group != self.shared.group {
+            return Err(StreamRefused::WrongGroup {
+                found: descriptor.group,
+                group: self.shared.group,
+            });
+        }
+        let files = self.shared.files.clone().ok_or(StreamRefused::NoFiles)?;
+        let status = self.shared.status.lock();
+        if status.leader != Some(from) {
+            return Err(StreamRefused::NotLeader {
+                from,
+                leader: status.leader,
+            });
+        }
+        if descriptor.term > status.term {
+            return Err(StreamRefused::FutureTerm {
+                term: descriptor.term,
+                current: status.term,
+            });
+        }
+        if descriptor.index <= status.applied {
+            return Err(StreamRefused::Stale {
+                index: descriptor.index,
+                applied: status.applied,
+            });
+        }
+        if descriptor.index > status.last_index.saturating_add(INDEX_JUMP_MAX) {
+            return Err(StreamRefused::TooFar {
+                index: descriptor.index,
+                last: status.last_index,
+                jump_max: INDEX_JUMP_MAX,
+            });
+        }
+        Ok(files)
     }
 }
 
@@ -751,12 +801,15 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         let spawned = std::thread::Builder::new()
             .name(format!("vf-snap-build-{}", self.shared.id))
             .spawn(move || {
-                let result = job.run();
+                // A panicking view must not leave the replica waiting for an
+                // outcome that never comes.
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| job.run()))
+                    .unwrap_or(Err(SnapshotBuildError::Panicked));
                 shared.snapshot_built(index, result);
             });
         if let Err(e) = spawned {
             self.shared
-                .snapshot_built(index, Err(SnapshotBuildError::Io(e)));
+                .snapshot_built(index, Err(SnapshotBuildError::Start(e)));
         }
     }
 
@@ -772,10 +825,20 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             Ok(None) => self.transport.send_snapshot(envelope, done),
             Ok(Some(body)) => self.transport.send_snapshot_stream(envelope, body, done),
             Err(e) => {
-                tracing::warn!(replica = self.shared.id, to, "cannot send a snapshot: {e}");
+                // Its file is gone or failed its checks: take the snapshot
+                // again rather than hold the peer back for good.
+                tracing::warn!(
+                    replica = self.shared.id,
+                    to,
+                    "cannot read the snapshot to send, taking it again: {e}"
+                );
+                self.replica.snapshot_unreadable();
                 Err(TransportError::Unreachable(to))
             }
         };
+        if let Err(e) = &sent {
+            tracing::debug!(replica = self.shared.id, to, "snapshot not sent: {e}");
+        }
         if sent.is_err() {
             metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => "failed").increment(1);
             self.replica.report_unreachable(to);

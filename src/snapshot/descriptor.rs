@@ -113,18 +113,12 @@ impl SnapshotDigester {
         chunk_bytes: u32,
     ) -> Result<SnapshotDescriptor, SnapshotFileError> {
         let digest = self.root(group, creator, index, term, chunk_bytes);
-        let id_hash = Sha256::digest(labeled(
-            ID_LABEL,
-            &[&group.to_be_bytes(), &creator.to_be_bytes(), &digest],
-        ));
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&id_hash[..16]);
         let d = SnapshotDescriptor {
             group,
             creator,
             index,
             term,
-            id: SnapshotId(id),
+            id: snapshot_id(group, creator, &digest),
             total_bytes: self.total_bytes,
             chunk_bytes,
             chunks: self.chunks,
@@ -151,6 +145,20 @@ impl SnapshotDigester {
     }
 }
 
+/// The id of a snapshot of `group` by `creator` with `digest`: the first 16
+/// bytes of a labelled SHA-256 over them. The digest binds the index, the
+/// term and every chunk, so two descriptors with the same id name the same
+/// bytes, and a file of an id is never replaced by other content.
+pub fn snapshot_id(group: u64, creator: ReplicaId, digest: &[u8; 32]) -> SnapshotId {
+    let id_hash = Sha256::digest(labeled(
+        ID_LABEL,
+        &[&group.to_be_bytes(), &creator.to_be_bytes(), digest],
+    ));
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&id_hash[..16]);
+    SnapshotId(id)
+}
+
 impl Default for SnapshotDigester {
     fn default() -> Self {
         Self::new()
@@ -170,6 +178,10 @@ impl SnapshotDescriptor {
         if u64::from(self.chunks) != chunk_count(self.total_bytes, self.chunk_bytes) {
             return bad("its chunk count does not match its size and chunk size");
         }
+        // Not secret: a plain comparison.
+        if self.id != snapshot_id(self.group, self.creator, &self.digest) {
+            return bad("its id is not the one its group, creator and digest give");
+        }
         Ok(())
     }
 
@@ -178,8 +190,11 @@ impl SnapshotDescriptor {
         if seq >= self.chunks {
             return None;
         }
-        let start = u64::from(seq) * u64::from(self.chunk_bytes);
-        let len = (self.total_bytes - start).min(u64::from(self.chunk_bytes));
+        let start = u64::from(seq).checked_mul(u64::from(self.chunk_bytes))?;
+        let len = self
+            .total_bytes
+            .checked_sub(start)?
+            .min(u64::from(self.chunk_bytes));
         usize::try_from(len).ok()
     }
 }
@@ -310,6 +325,23 @@ mod tests {
             edit(&mut other);
             assert!(!base.matches(&other), "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_descriptor_whose_id_is_not_its_digests_is_refused() {
+        let d = digester(&[b"x"])
+            .descriptor(1, 1, 1, 1, CHUNK_BYTES_MIN)
+            .unwrap();
+        // Another snapshot's descriptor under this one's id (a peer that
+        // wants to replace a held file).
+        let other = digester(&[b"y"])
+            .descriptor(1, 1, 1, 1, CHUNK_BYTES_MIN)
+            .unwrap();
+        let mut forged = other.clone();
+        forged.id = d.id;
+        assert!(forged.check().is_err());
+        assert!(SnapshotDescriptor::from_bytes(&forged.to_bytes().unwrap()).is_err());
+        assert!(other.check().is_ok());
     }
 
     #[test]

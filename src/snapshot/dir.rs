@@ -106,7 +106,14 @@ impl DirFiles {
     /// Registers and creates a new `.tmp` file.
     fn new_tmp(&self) -> Result<(TmpFile, DirSink), SnapshotFileError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{}-{n:08}.tmp", std::process::id()));
+        // A random part: a second `DirFiles` on the directory (a replica
+        // restarted in the same process while its old build still writes)
+        // never takes another's name (`create_new` refuses it anyway).
+        // The OS's randomness, for a file name only (nothing is keyed by it).
+        let nonce = rand::RngCore::next_u64(&mut rand::rngs::OsRng);
+        let path = self
+            .dir
+            .join(format!("{}-{n:08}-{nonce:016x}.tmp", std::process::id()));
         // Registered before it exists, so a concurrent retain never takes it.
         self.live.lock().insert(path.clone());
         let tmp = TmpFile {

@@ -201,7 +201,10 @@ impl SnapshotWriter for MemWriter {
     fn finish(self: Box<Self>) -> Result<SnapshotDescriptor, SnapshotFileError> {
         let MemWriter { writer, finished } = *self;
         let (bytes, descriptor) = writer.finish()?;
-        finished.lock().insert(descriptor.id, Bytes::from(bytes));
+        finished
+            .lock()
+            .entry(descriptor.id)
+            .or_insert_with(|| Bytes::from(bytes));
         Ok(descriptor)
     }
 }
@@ -225,7 +228,10 @@ impl ChunkReceiver for MemReceiver {
             finished,
         } = *self;
         if let Some(bytes) = intake.finish()? {
-            finished.lock().insert(id, Bytes::from(bytes));
+            finished
+                .lock()
+                .entry(id)
+                .or_insert_with(|| Bytes::from(bytes));
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ mod sealed;
 #[cfg(test)]
 mod tests;
 
-pub use descriptor::{chunk_count, chunk_digest, SnapshotDigester, DESCRIPTOR_BYTES};
+pub use descriptor::{chunk_count, chunk_digest, snapshot_id, SnapshotDigester, DESCRIPTOR_BYTES};
 pub use dir::DirFiles;
 pub use error::SnapshotFileError;
 pub use mem::MemFiles;

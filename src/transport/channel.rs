@@ -303,8 +303,11 @@ impl Transport for ChannelTransport {
             .cloned()
             .ok_or(TransportError::UnknownPeer(to))?;
         let files = inbox
-            .snapshot_files()
-            .ok_or(TransportError::StreamUnsupported(to))?;
+            .admit_snapshot(from, body.descriptor())
+            .map_err(|refused| {
+                tracing::warn!(from, to, %refused, "streamed snapshot refused by its receiver");
+                TransportError::Unreachable(to)
+            })?;
         let network = self.network.clone();
         std::thread::Builder::new()
             .name(format!("vf-snap-send-{from}-{to}"))

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use raft::prelude::Message;
 
-use crate::snapshot::{SnapshotFiles, SnapshotReader};
+use crate::snapshot::{SnapshotDescriptor, SnapshotFiles, SnapshotReader};
 use crate::ReplicaId;
 
 /// A raft message addressed to one replica of one group.
@@ -47,6 +47,77 @@ pub trait Inbox: Send + Sync {
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
         None
     }
+
+    /// Admits a streamed snapshot that replica `from` is about to send, before
+    /// a byte of it is written: the files to receive it into, or why not. A
+    /// transport calls this with the peer it authenticated as `from`. The
+    /// default admits whatever [`Inbox::snapshot_files`] can hold; a replica's
+    /// inbox checks more (see `NodeHandle`).
+    fn admit_snapshot(
+        &self,
+        from: ReplicaId,
+        descriptor: &SnapshotDescriptor,
+    ) -> Result<Arc<dyn SnapshotFiles>, StreamRefused> {
+        let _ = from;
+        descriptor
+            .check()
+            .map_err(|_| StreamRefused::BadDescriptor)?;
+        self.snapshot_files().ok_or(StreamRefused::NoFiles)
+    }
+}
+
+/// Why a replica refused a streamed snapshot before receiving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamRefused {
+    /// The replica keeps no snapshot files (its store streams no snapshots).
+    #[error("the replica keeps no snapshot files")]
+    NoFiles,
+    /// The descriptor breaks its own rules.
+    #[error("the snapshot descriptor is malformed")]
+    BadDescriptor,
+    /// The descriptor is for another group.
+    #[error("the snapshot is for group {found}, the replica is in group {group}")]
+    WrongGroup {
+        /// The descriptor's group.
+        found: u64,
+        /// The replica's.
+        group: u64,
+    },
+    /// The sender is not the leader the replica follows.
+    #[error("replica {from} is not the leader this replica follows ({leader:?})")]
+    NotLeader {
+        /// The sender.
+        from: ReplicaId,
+        /// The leader known, if any.
+        leader: Option<ReplicaId>,
+    },
+    /// The snapshot is of a term past the replica's.
+    #[error("the snapshot's term {term} is past the replica's term {current}")]
+    FutureTerm {
+        /// The snapshot's term.
+        term: u64,
+        /// The replica's.
+        current: u64,
+    },
+    /// The snapshot would not move the replica forward.
+    #[error("the snapshot at index {index} is not past the replica's applied index {applied}")]
+    Stale {
+        /// The snapshot's index.
+        index: u64,
+        /// The replica's applied index.
+        applied: u64,
+    },
+    /// The snapshot's index is implausibly far past the replica's log.
+    #[error("the snapshot at index {index} is more than {jump_max} past the replica's last index {last}")]
+    TooFar {
+        /// The snapshot's index.
+        index: u64,
+        /// The replica's last index.
+        last: u64,
+        /// The largest jump allowed.
+        jump_max: u64,
+    },
 }
 
 /// A send that could not be attempted.
