@@ -72,9 +72,20 @@ pub struct NetConfig {
     /// bytes; a larger one is refused. Each inbound connection buffers at most
     /// this much of snapshots in flight.
     pub snapshot_bytes_max: u64,
-    /// A snapshot being reassembled with no chunk for this long is dropped
-    /// (the leader sends it again).
+    /// A snapshot being reassembled (or a streamed snapshot being received)
+    /// with no chunk for this long is dropped (the leader sends it again).
     pub snapshot_chunk_timeout: Duration,
+    /// Largest streamed snapshot (its file's plaintext, the descriptor's
+    /// `total_bytes`) received, in bytes; a larger one is refused at its open
+    /// frame. Only one chunk of it is in memory at a time (it goes to the
+    /// replica's snapshot files), so it may be far above
+    /// `snapshot_bytes_max`. At most the engine's `SNAPSHOT_BYTES_MAX` (64 GiB).
+    pub snapshot_file_bytes_max: u64,
+    /// Streamed snapshots received at once by this process, across every
+    /// connection; a stream opened beyond it is refused (the sender hears
+    /// `Failed`, raft sends again later). Each holds one chunk (at most 4 MiB)
+    /// in memory.
+    pub snapshot_streams_max: usize,
     /// Frames queued for one peer process before sends are refused.
     pub queue_frames_max: usize,
     /// Bytes queued for one peer process before sends are refused.
@@ -151,6 +162,8 @@ impl Default for NetConfig {
             snapshot_chunk_bytes: 256 << 10,
             snapshot_bytes_max: 1 << 30,
             snapshot_chunk_timeout: Duration::from_secs(30),
+            snapshot_file_bytes_max: vaultfleet::snapshot::SNAPSHOT_BYTES_MAX,
+            snapshot_streams_max: 4,
             queue_frames_max: 4096,
             queue_bytes_max: 16 << 20,
             batch_bytes_max: 256 << 10,
@@ -205,6 +218,7 @@ impl NetConfig {
             ),
             ("entry_bytes_max", self.entry_bytes_max),
             ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("snapshot_streams_max", self.snapshot_streams_max),
             ("worker_threads", self.worker_threads),
             ("client_in_flight_max", self.client_in_flight_max),
             (
@@ -305,6 +319,20 @@ impl NetConfig {
             return Err(ConfigError::SnapshotBytes {
                 value: self.snapshot_bytes_max,
                 max: SNAPSHOT_BYTES_LIMIT,
+            });
+        }
+        let file_max = vaultfleet::snapshot::SNAPSHOT_BYTES_MAX;
+        if self.snapshot_file_bytes_max == 0 || self.snapshot_file_bytes_max > file_max {
+            return Err(ConfigError::SnapshotFileBytes {
+                value: self.snapshot_file_bytes_max,
+                max: file_max,
+            });
+        }
+        if self.snapshot_streams_max > CONNECTIONS_LIMIT {
+            return Err(ConfigError::AboveLimit {
+                what: "snapshot_streams_max",
+                value: self.snapshot_streams_max,
+                max: CONNECTIONS_LIMIT,
             });
         }
         let required = frame_bytes_for_entry(self.entry_bytes_max);

@@ -18,6 +18,12 @@
 //! connection's [`Reassembler`]; a whole snapshot passes 4 and 5 (and must be
 //! a `MsgSnapshot` with the chunks' index and term) before it is delivered.
 //!
+//! Streamed snapshots (kinds 6 to 9) go to the connection's
+//! [`InStreams`](crate::stream::InStreams), which runs checks 1 to 3 on the
+//! open frame's header, then its own (`crate::stream`); the writer sends the
+//! link's streamed snapshots one at a time, one data frame per turn after any
+//! queued frames, and writes the refused frames the reader asks for.
+//!
 //! The writer checks cancellation and directory updates before anything else
 //! (`biased`), and re-checks the directory's generation right before sealing
 //! each batch: nothing queued is written to a key the directory dropped.
@@ -30,6 +36,7 @@ use parking_lot::Mutex;
 use raft::prelude::MessageType;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -44,10 +51,11 @@ use crate::link::{OutSnapshot, Queue};
 use crate::server::{read_plaintext, Noise};
 use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
+use crate::stream::{part_bytes, ActiveStream, Control, InStreams, OutStream, StreamEvent};
 use crate::transport::{RouteMiss, Shared};
 use crate::wire::frame::{
-    encode_keepalive, AssembleError, ChunkHeader, Frame, FrameAssembler, RaftHeader,
-    FRAME_LENGTH_BYTES,
+    encode_keepalive, encode_stream_refused, AssembleError, ChunkHeader, Frame, FrameAssembler,
+    RaftHeader, FRAME_LENGTH_BYTES,
 };
 use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
@@ -56,7 +64,7 @@ pub(crate) type RecordReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 
 /// Runs the connection until it fails or is closed; returns why it ended.
 /// `queue` is the peer's outbound queue (outbound connections); an inbound
-/// connection writes keepalives only. `cancel` closes this connection alone
+/// connection writes keepalives (and refused frames for streams) only. `cancel` closes this connection alone
 /// (a newer one with the same key replaced it) or, as a child of the
 /// transport's token, every connection. `first` is plaintext already read and
 /// decrypted (an inbound connection's first record).
@@ -73,13 +81,18 @@ pub(crate) async fn run(
     let own_limit = shared.config.frame_bytes_max;
     let send_limit = own_limit.min(session.frame_bytes_max);
     let noise: Noise = Arc::new(Mutex::new(session.noise));
+    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUED_MAX);
     let mut reader_task = shared.runtime.spawn(read_loop(
         Arc::clone(&shared),
         reader,
         Arc::clone(&noise),
         key,
         first,
+        control_tx,
     ));
+    let part = part_bytes(shared.config.snapshot_chunk_bytes, send_limit);
+    let mut active: Option<ActiveStream> = None;
+    let mut ended: Option<OutStream> = None;
     let config = &shared.config;
     let mut directory = shared.directory_changed.subscribe();
     let mut keepalive = keepalive_timer(config.keepalive_interval);
@@ -145,6 +158,56 @@ pub(crate) async fn run(
                 push_chunks(&shared, link, &mut batch, &mut finished, send_limit);
                 0
             }
+            control = control_rx.recv() => {
+                match control {
+                    Some(Control::Refuse(stream)) => {
+                        let frame = encode_stream_refused(stream);
+                        if let Err(e) = write_batch(&shared, &mut writer, &noise, &frame, 0).await {
+                            break e;
+                        }
+                        last_write = Instant::now();
+                    }
+                    Some(Control::PeerRefused(stream))
+                        if active.as_ref().is_some_and(|a| a.out.header.stream == stream) =>
+                    {
+                        if let Some(mut a) = active.take() {
+                            Counters::bump(&shared.counters.streams_refused_by_peer);
+                            Counters::bump(&shared.counters.streams_send_failed);
+                            tracing::debug!(peer = %key, stream, "the peer refused a streamed snapshot");
+                            a.out.finish(SnapshotSent::Failed);
+                        }
+                    }
+                    // A refusal of a stream no longer being sent (its end
+                    // was written: raft retries as for a lost message), or
+                    // the reader ended (its branch above ends the connection).
+                    Some(Control::PeerRefused(_)) | None => {}
+                }
+                continue;
+            }
+            event = stream_ready(&link, &mut active) => {
+                batch.clear();
+                match event {
+                    StreamEvent::Ready => {
+                        if let Some((frame, n)) = active.as_mut().and_then(|a| a.next_frame(part)) {
+                            batch.extend_from_slice(&frame);
+                            Counters::add(&shared.counters.stream_bytes_sent, n as u64);
+                        }
+                    }
+                    StreamEvent::End => {
+                        if let Some(a) = active.take() {
+                            batch.extend_from_slice(&a.end_frame());
+                            ended = Some(a.out);
+                        }
+                    }
+                    StreamEvent::Failed => {
+                        if let Some(mut a) = active.take() {
+                            Counters::bump(&shared.counters.streams_send_failed);
+                            a.out.finish(SnapshotSent::Failed);
+                        }
+                    }
+                }
+                0
+            }
             _ = keepalive.tick() => {
                 if last_write.elapsed() >= config.keepalive_interval {
                     if let Err(e) = write_batch(&shared, &mut writer, &noise, &encode_keepalive(), 0).await {
@@ -171,8 +234,18 @@ pub(crate) async fn run(
             break e;
         }
         report_written(&shared, &mut finished);
+        if let Some(mut out) = ended.take() {
+            Counters::bump(&shared.counters.streams_sent);
+            out.finish(SnapshotSent::Written);
+        }
         last_write = Instant::now();
     };
+    // A stream being sent, or whose end frame was not written: failed (the
+    // waiting ones are failed by the link when it sees the connection end).
+    for mut out in active.take().map(|a| a.out).into_iter().chain(ended.take()) {
+        Counters::bump(&shared.counters.streams_send_failed);
+        out.finish(SnapshotSent::Failed);
+    }
     // Snapshots whose last chunk was gathered but not written: failed (the
     // others are failed by the link when it sees the connection end).
     for mut snapshot in finished.drain(..) {
@@ -225,6 +298,28 @@ fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
     }
 }
 
+/// Refused frames waiting for the writer (a peer refused more than this at
+/// once gets no word on the rest; it fails with its connection or times out).
+const CONTROL_QUEUED_MAX: usize = 64;
+
+/// Waits until the link's streamed snapshot being sent (taken from the link
+/// when none is) has a frame to write, ended, or failed.
+async fn stream_ready(
+    link: &Option<Arc<crate::link::PeerLink>>,
+    active: &mut Option<ActiveStream>,
+) -> StreamEvent {
+    let Some(link) = link else {
+        return std::future::pending().await;
+    };
+    if active.is_none() {
+        *active = Some(ActiveStream::new(link.next_stream().await));
+    }
+    match active {
+        Some(a) => a.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn snapshot_pending(link: &Option<Arc<crate::link::PeerLink>>) {
     match link {
         Some(link) => link.snapshot_pending().await,
@@ -271,7 +366,9 @@ async fn read_loop(
     noise: Noise,
     key: PublicKey,
     first: Vec<u8>,
+    control: mpsc::Sender<Control>,
 ) -> ConnectionError {
+    let mut streams = InStreams::new(Arc::clone(&shared), key, control);
     let mut assembler = FrameAssembler::new(shared.config.frame_bytes_max);
     let mut snapshots = Reassembler::new(
         shared.config.snapshot_bytes_max,
@@ -282,7 +379,9 @@ async fn read_loop(
     loop {
         if let Some(first) = pending.take() {
             assembler.push(&first);
-            if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots) {
+            if let Err(e) =
+                drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams).await
+            {
                 return e;
             }
             continue;
@@ -304,20 +403,24 @@ async fn read_loop(
             }
         };
         assembler.push(&plaintext[..n]);
-        if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots) {
+        if let Err(e) =
+            drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams).await
+        {
             return e;
         }
         let expired = snapshots.expire(Instant::now());
         Counters::add(&shared.counters.snapshots_abandoned, expired);
+        streams.expire(Instant::now());
     }
 }
 
 /// Takes every whole frame out of `assembler` and handles it.
-fn drain_frames(
+async fn drain_frames(
     shared: &Shared,
     key: PublicKey,
     assembler: &mut FrameAssembler,
     snapshots: &mut Reassembler,
+    streams: &mut InStreams,
 ) -> Result<(), ConnectionError> {
     loop {
         let body = match assembler.next_frame() {
@@ -342,10 +445,27 @@ fn drain_frames(
                 });
             }
         };
-        if let Err(e) = accept_frame(shared, key, &body, snapshots) {
-            Counters::bump(&shared.counters.frames_malformed);
-            Counters::bump(&shared.counters.connections_closed_protocol);
-            return Err(ConnectionError::Frame(e));
+        let frame = match Frame::decode(&body) {
+            Ok(frame) => frame,
+            Err(e) => {
+                Counters::bump(&shared.counters.frames_malformed);
+                Counters::bump(&shared.counters.connections_closed_protocol);
+                return Err(ConnectionError::Frame(e));
+            }
+        };
+        match frame {
+            Frame::StreamOpen {
+                header,
+                descriptor,
+                message,
+            } => {
+                let inbox = check_header(shared, key, header.raft);
+                streams.open(inbox, header, descriptor, message).await;
+            }
+            Frame::StreamData { header, seq, data } => streams.data(header, seq, data).await,
+            Frame::StreamEnd { header } => streams.end(header).await,
+            Frame::StreamRefused { stream } => streams.peer_refused(stream),
+            other => accept_frame(shared, key, other, snapshots),
         }
     }
 }
@@ -353,47 +473,46 @@ fn drain_frames(
 /// Checks one frame from the peer proving `key` and delivers it if it passes.
 /// A header that does not decode is an error (the connection closes); a frame
 /// that fails a check is dropped and counted.
-fn accept_frame(
-    shared: &Shared,
-    key: PublicKey,
-    body: &[u8],
-    snapshots: &mut Reassembler,
-) -> Result<(), DecodeError> {
+fn accept_frame(shared: &Shared, key: PublicKey, frame: Frame<'_>, snapshots: &mut Reassembler) {
     let c = &shared.counters;
-    let (header, payload) = match Frame::decode(body)? {
+    let (header, payload) = match frame {
         Frame::Keepalive => {
             Counters::bump(&c.keepalives_received);
-            return Ok(());
+            return;
         }
         Frame::Raft { header, payload } => (header, payload),
         Frame::SnapshotChunk { header, data } => {
             accept_chunk(shared, key, header, data, snapshots);
-            return Ok(());
+            return;
         }
+        // Handled by the caller.
+        Frame::StreamOpen { .. }
+        | Frame::StreamData { .. }
+        | Frame::StreamEnd { .. }
+        | Frame::StreamRefused { .. } => return,
     };
     Counters::bump(&c.frames_received);
     let Some(inbox) = check_header(shared, key, header) else {
-        return Ok(());
+        return;
     };
     let message = match decode_message(payload) {
         Ok(message) => message,
         Err(e) => {
             Counters::bump(&c.frames_dropped_undecodable);
             tracing::debug!(peer = %key, error = %e, "dropped an authenticated frame that is not a raft message");
-            return Ok(());
+            return;
         }
     };
     if message.from != header.from || message.to != header.to {
         Counters::bump(&c.frames_dropped_header_mismatch);
         tracing::debug!(peer = %key, "dropped a raft message whose from/to differ from its frame header");
-        return Ok(());
+        return;
     }
     inbox.deliver(Envelope {
         group: header.group,
         message,
     });
     Counters::bump(&c.frames_delivered);
-    Ok(())
 }
 
 /// Buffers one snapshot chunk after the header checks; decodes, checks and

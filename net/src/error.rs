@@ -152,6 +152,14 @@ pub enum ConfigError {
         /// The largest allowed.
         max: u64,
     },
+    /// The streamed snapshot limit is zero or above the engine's cap.
+    #[error("snapshot_file_bytes_max is {value}; it must lie in 1..={max}")]
+    SnapshotFileBytes {
+        /// The value given.
+        value: u64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// The frame limit cannot carry one largest log entry: an append always
     /// carries at least one entry, so such an entry could never be sent.
     #[error("frame_bytes_max is {frame_bytes_max}; one entry of entry_bytes_max {entry_bytes_max} needs {required}")]
@@ -236,6 +244,15 @@ pub enum SendError {
     /// The message could not be encoded.
     #[error("the raft message could not be encoded")]
     Encode(#[source] EncodeError),
+    /// A streamed snapshot's descriptor could not be encoded.
+    #[error("the descriptor of a streamed snapshot for replica {to} could not be encoded")]
+    Descriptor {
+        /// The destination.
+        to: ReplicaId,
+        /// Why.
+        #[source]
+        source: vaultfleet::codec::EncodeError,
+    },
     /// The transport was shut down.
     #[error("the transport is shut down")]
     Closed,
@@ -255,9 +272,10 @@ impl From<SendError> for vaultfleet::transport::TransportError {
                 bytes,
                 bytes_max,
             },
-            SendError::PeerDown(id) | SendError::QueueFull(id) | SendError::NotLocal(id) => {
-                T::Unreachable(id)
-            }
+            SendError::PeerDown(id)
+            | SendError::QueueFull(id)
+            | SendError::NotLocal(id)
+            | SendError::Descriptor { to: id, .. } => T::Unreachable(id),
             // An encoding failure is a message above protobuf's own limit.
             SendError::Encode(_) => T::Closed,
             SendError::Closed => T::Closed,

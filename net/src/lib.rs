@@ -55,6 +55,12 @@
 //!   once, cut by the connection's writer, reported `Written` only once the
 //!   last chunk reached the socket; the receiver reassembles them within
 //!   `snapshot_bytes_max` before one whole `MsgSnapshot` is decoded.
+//! * Streamed snapshots (`Transport::send_snapshot_stream`, a store with
+//!   snapshot files): an open frame (descriptor and message), the file's
+//!   chunks in data frames read off the reactor a chunk or two ahead, an end
+//!   frame; the receiver writes each chunk into its replica's snapshot files
+//!   (one chunk in memory), and delivers the message only once the file
+//!   checked against the descriptor's digest (`stream`).
 //! * Inbound connections handshake in a small pool of their own (capped per
 //!   source address) and count as established only once a transport record
 //!   decrypts; each key keeps at most its newest few connections.
@@ -97,6 +103,7 @@ pub mod remote;
 mod server;
 mod snapshot;
 pub mod stats;
+mod stream;
 mod transport;
 pub mod wire;
 

@@ -13,6 +13,10 @@
 //! queued frames. Its `done` is called with `Written` once the last chunk was
 //! written to the socket, with `Failed` when the connection fails or the link
 //! closes first.
+//!
+//! Streamed snapshots (`crate::stream`) wait in a list of their own (at most
+//! [`SNAPSHOTS_QUEUED_MAX`]); the connection's writer takes them one at a
+//! time and sends their frames between queued frames.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -35,6 +39,7 @@ use crate::error::{ConnectionError, HandshakeError, SendError};
 use crate::handshake::{initiate, Session};
 use crate::keys::PublicKey;
 use crate::stats::Counters;
+use crate::stream::OutStream;
 use crate::transport::{record_close, Shared};
 use crate::wire::frame::{encode_chunk, ChunkHeader, CHUNK_HEADER_BYTES};
 use crate::wire::record::record_codec;
@@ -89,6 +94,8 @@ pub(crate) struct PeerLink {
     peer_frame_bytes_max: AtomicUsize,
     snapshots: Mutex<VecDeque<OutSnapshot>>,
     snapshot_ready: Notify,
+    streams: Mutex<VecDeque<OutStream>>,
+    stream_ready: Notify,
 }
 
 impl std::fmt::Debug for OutSnapshot {
@@ -168,6 +175,40 @@ impl PeerLink {
             return Some((frame, None));
         }
         Some((frame, snapshots.pop_front()))
+    }
+
+    /// Queues a streamed snapshot without blocking. On `Err` its `done` is
+    /// dropped uncalled (the caller reports the failure itself).
+    pub fn enqueue_stream(&self, mut stream: OutStream, to: ReplicaId) -> Result<(), SendError> {
+        let mut streams = self.streams.lock();
+        if streams.len() >= SNAPSHOTS_QUEUED_MAX {
+            stream.done = None;
+            return Err(SendError::QueueFull(to));
+        }
+        streams.push_back(stream);
+        drop(streams);
+        self.stream_ready.notify_one();
+        Ok(())
+    }
+
+    /// Waits for a streamed snapshot to send and takes it.
+    pub async fn next_stream(&self) -> OutStream {
+        loop {
+            if let Some(stream) = self.streams.lock().pop_front() {
+                return stream;
+            }
+            self.stream_ready.notified().await;
+        }
+    }
+
+    /// Reports every waiting streamed snapshot failed; returns how many.
+    pub fn fail_streams(&self) -> u64 {
+        let failed: Vec<OutStream> = self.streams.lock().drain(..).collect();
+        let n = failed.len() as u64;
+        for mut stream in failed {
+            stream.finish(SnapshotSent::Failed);
+        }
+        n
     }
 
     /// Reports every waiting snapshot failed; returns how many.
@@ -260,6 +301,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, key: PublicKey) -> Arc<PeerLink> {
         peer_frame_bytes_max: AtomicUsize::new(0),
         snapshots: Mutex::new(VecDeque::new()),
         snapshot_ready: Notify::new(),
+        streams: Mutex::new(VecDeque::new()),
+        stream_ready: Notify::new(),
     });
     let queue = Queue {
         rx,
@@ -329,6 +372,7 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
             &shared.counters.snapshots_send_failed,
             link.fail_snapshots(),
         );
+        Counters::add(&shared.counters.streams_send_failed, link.fail_streams());
         let delay = backoff.next();
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
@@ -342,6 +386,7 @@ async fn link_loop(shared: Arc<Shared>, link: Arc<PeerLink>, mut queue: Queue) {
         &shared.counters.snapshots_send_failed,
         link.fail_snapshots(),
     );
+    Counters::add(&shared.counters.streams_send_failed, link.fail_streams());
     shared.forget_link(&link);
 }
 

@@ -113,6 +113,22 @@ pub struct NetStats {
     pub snapshots_received: u64,
     /// Reassembled snapshots dropped: not a raft `MsgSnapshot`, or `from`, `to`, index or term differ from the chunks' header.
     pub snapshots_dropped: u64,
+    /// Streamed snapshots whose end frame was written to the socket (reported `Written`).
+    pub streams_sent: u64,
+    /// Streamed snapshots reported `Failed`: unreadable file, connection lost, link closed, or refused by the receiver.
+    pub streams_send_failed: u64,
+    /// Streamed snapshots the receiver refused (a refused frame came back); also counted in `streams_send_failed`.
+    pub streams_refused_by_peer: u64,
+    /// Snapshot file bytes (plaintext chunk data) written in stream data frames.
+    pub stream_bytes_sent: u64,
+    /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message was delivered.
+    pub streams_received: u64,
+    /// Streamed snapshots refused by this receiver: bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, no snapshot files at the inbox, a part out of order or oversize, an early end, a file error or a digest mismatch. Nothing is delivered and the partial file is deleted.
+    pub streams_refused: u64,
+    /// Streamed snapshots dropped unfinished by this receiver: no frame within `snapshot_chunk_timeout`, or the connection ended.
+    pub streams_abandoned: u64,
+    /// Snapshot file bytes received in stream data frames.
+    pub stream_bytes_received: u64,
     /// Client requests refused `Forbidden`: a membership change or a leadership transfer from a client key without the admin role.
     pub client_requests_forbidden: u64,
     /// Client requests answered `Overloaded` because the process had `client_in_flight_total_max` in flight (also counted in `client_requests_overloaded`).
@@ -183,6 +199,14 @@ pub(crate) struct Counters {
     pub snapshots_abandoned: AtomicU64,
     pub snapshots_received: AtomicU64,
     pub snapshots_dropped: AtomicU64,
+    pub streams_sent: AtomicU64,
+    pub streams_send_failed: AtomicU64,
+    pub streams_refused_by_peer: AtomicU64,
+    pub stream_bytes_sent: AtomicU64,
+    pub streams_received: AtomicU64,
+    pub streams_refused: AtomicU64,
+    pub streams_abandoned: AtomicU64,
+    pub stream_bytes_received: AtomicU64,
     pub client_requests_forbidden: AtomicU64,
     pub client_requests_overloaded_process: AtomicU64,
     pub client_requests_overloaded_bytes: AtomicU64,
@@ -265,6 +289,14 @@ impl Counters {
             snapshots_abandoned: self.snapshots_abandoned.load(Ordering::Relaxed),
             snapshots_received: self.snapshots_received.load(Ordering::Relaxed),
             snapshots_dropped: self.snapshots_dropped.load(Ordering::Relaxed),
+            streams_sent: self.streams_sent.load(Ordering::Relaxed),
+            streams_send_failed: self.streams_send_failed.load(Ordering::Relaxed),
+            streams_refused_by_peer: self.streams_refused_by_peer.load(Ordering::Relaxed),
+            stream_bytes_sent: self.stream_bytes_sent.load(Ordering::Relaxed),
+            streams_received: self.streams_received.load(Ordering::Relaxed),
+            streams_refused: self.streams_refused.load(Ordering::Relaxed),
+            streams_abandoned: self.streams_abandoned.load(Ordering::Relaxed),
+            stream_bytes_received: self.stream_bytes_received.load(Ordering::Relaxed),
             client_requests_forbidden: self.client_requests_forbidden.load(Ordering::Relaxed),
             client_requests_overloaded_process: self
                 .client_requests_overloaded_process

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,8 +33,10 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
+use vaultfleet::codec::Codec as _;
 use vaultfleet::replica::encode_message;
 use vaultfleet::runtime::NodeApi;
+use vaultfleet::snapshot::{SnapshotFiles, SnapshotReader};
 use vaultfleet::transport::{
     Envelope, Inbox, SnapshotDone, SnapshotSent, Transport, TransportError,
 };
@@ -48,7 +50,11 @@ use crate::handshake::{respond, Role};
 use crate::keys::PublicKey;
 use crate::link::{self, OutSnapshot, PeerLink};
 use crate::stats::{Counters, NetStats};
-use crate::wire::frame::{encode_raft, ChunkHeader, RaftHeader, RAFT_HEADER_BYTES};
+use crate::stream::{spawn_reader, OutStream};
+use crate::wire::frame::{
+    encode_raft, encode_stream_open, ChunkHeader, RaftHeader, StreamHeader, RAFT_HEADER_BYTES,
+    STREAM_HEADER_BYTES,
+};
 use crate::wire::record::{record_codec, NOISE_MESSAGE_BYTES_MAX};
 
 /// How long [`NetTransport::shutdown`] waits for the listener to close.
@@ -82,6 +88,10 @@ pub(crate) struct Shared {
     /// also allowed as a service client's counts its two roles apart.
     inbound_by_key: Mutex<BTreeMap<(PublicKey, bool), InboundOfKey>>,
     next_connection: AtomicU64,
+    /// The id of the next streamed snapshot this process sends.
+    next_stream: AtomicU64,
+    /// Streamed snapshots being received (bounded by `snapshot_streams_max`).
+    pub streams_receiving: AtomicUsize,
     /// The client connections' own pool and the process-wide bounds on their
     /// requests in flight (`crate::server`).
     pub clients: crate::server::ClientBudget,
@@ -216,6 +226,8 @@ impl NetTransport {
             handshakes_by_ip: Mutex::new(BTreeMap::new()),
             inbound_by_key: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
+            next_stream: AtomicU64::new(0),
+            streams_receiving: AtomicUsize::new(0),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             runtime: handle.clone(),
@@ -316,6 +328,13 @@ impl NetTransport {
     #[cfg(test)]
     pub(crate) fn runtime_handle(&self) -> Handle {
         self.inner.shared.runtime.clone()
+    }
+
+    /// Streamed snapshots being received now (tests check the slots are
+    /// given back).
+    #[cfg(test)]
+    pub(crate) fn streams_receiving(&self) -> usize {
+        self.inner.shared.streams_receiving.load(Ordering::Acquire)
     }
 
     /// The counters.
@@ -421,6 +440,95 @@ impl NetTransport {
             .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))
     }
 
+    /// Queues a streamed snapshot for its destination without blocking: the
+    /// message and `body`'s descriptor go in an open frame, then `body`'s
+    /// chunks (read on a thread of the stream's own, at most a couple ahead)
+    /// in data frames of at most `snapshot_chunk_bytes`, then an end frame
+    /// (`crate::stream` describes the protocol). `done` hears `Written` once
+    /// the end frame was written, `Failed` if the file could not be read, the
+    /// connection failed, the link dropped it or the receiver refused it. A
+    /// destination in this process gets the chunks copied into its inbox's
+    /// files on a thread. On `Err` nothing was queued and `done` is never
+    /// called.
+    pub fn try_send_snapshot_stream(
+        &self,
+        envelope: Envelope,
+        body: Box<dyn SnapshotReader>,
+        done: SnapshotDone,
+    ) -> Result<(), SendError> {
+        let shared = &self.inner.shared;
+        if shared.cancel.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        let c = &shared.counters;
+        let (group, from, to) = (envelope.group, envelope.message.from, envelope.message.to);
+        let directory = shared.directory();
+        if directory.is_local(to) {
+            if !directory.is_local(from) {
+                return Err(SendError::NotLocal(from));
+            }
+            let inbox = shared
+                .route(group, to)
+                .map_err(|_| SendError::UnknownPeer(to))?;
+            let files = inbox
+                .admit_snapshot(from, body.descriptor())
+                .map_err(|refused| {
+                    tracing::debug!(from, to, %refused, "a local replica refused a streamed snapshot");
+                    SendError::PeerDown(to)
+                })?;
+            return std::thread::Builder::new()
+                .name("vf-net-snap-local".into())
+                .spawn(move || {
+                    let sent = copy_chunks(body, &*files).map(|()| inbox.deliver(envelope));
+                    done(match sent {
+                        Ok(()) => SnapshotSent::Written,
+                        Err(()) => SnapshotSent::Failed,
+                    });
+                })
+                .map(|_| ())
+                .map_err(|_| SendError::PeerDown(to));
+        }
+        let Some((link, envelope)) = self.deliver_local_or_link(envelope)? else {
+            // Not reached: a local destination was handled above.
+            done(SnapshotSent::Failed);
+            return Ok(());
+        };
+        let descriptor = body
+            .descriptor()
+            .to_bytes()
+            .map_err(|source| SendError::Descriptor { to, source })?;
+        let payload = encode_message(&envelope.message).map_err(SendError::Encode)?;
+        let bytes = STREAM_HEADER_BYTES + descriptor.len() + payload.len();
+        let bytes_max = link.frame_limit(shared.config.frame_bytes_max);
+        if bytes > bytes_max {
+            Counters::bump(&c.sends_refused_too_large);
+            return Err(SendError::TooLarge {
+                to,
+                bytes,
+                bytes_max,
+            });
+        }
+        let header = StreamHeader {
+            raft: RaftHeader { group, from, to },
+            stream: shared.next_stream.fetch_add(1, Ordering::Relaxed),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let stream = OutStream {
+            header,
+            open: encode_stream_open(header, &descriptor, &payload),
+            pieces: rx,
+            done: Some(done),
+        };
+        link.enqueue_stream(stream, to)
+            .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))?;
+        if let Err(e) = spawn_reader(body, tx) {
+            // The stream's channel closed with the thread unstarted: the
+            // writer reports it failed.
+            tracing::warn!(error = %e, "could not start a streamed snapshot's reader thread");
+        }
+        Ok(())
+    }
+
     /// Refuses a replica the directory does not list as local.
     fn check_local(&self, replica: ReplicaId) -> Result<(), NetError> {
         if self.inner.shared.directory().is_local(replica) {
@@ -495,6 +603,29 @@ impl Transport for NetTransport {
         self.try_send_snapshot(envelope, done)
             .map_err(TransportError::from)
     }
+
+    fn send_snapshot_stream(
+        &self,
+        envelope: Envelope,
+        body: Box<dyn SnapshotReader>,
+        done: SnapshotDone,
+    ) -> Result<(), TransportError> {
+        self.try_send_snapshot_stream(envelope, body, done)
+            .map_err(TransportError::from)
+    }
+}
+
+/// Copies a streamed snapshot's chunks into a replica of this process's
+/// files, chunk by chunk.
+fn copy_chunks(mut body: Box<dyn SnapshotReader>, files: &dyn SnapshotFiles) -> Result<(), ()> {
+    let warn = |e: vaultfleet::snapshot::SnapshotFileError| {
+        tracing::warn!(error = %e, "a streamed snapshot to a local replica failed");
+    };
+    let mut receiver = files.receive(body.descriptor()).map_err(warn)?;
+    while let Some((seq, chunk)) = body.next_chunk().map_err(warn)? {
+        receiver.put(seq, &chunk).map_err(warn)?;
+    }
+    receiver.finish().map_err(warn)
 }
 
 async fn accept_loop(

@@ -136,3 +136,59 @@ fn the_replica_process_refuses_a_key_others_can_read_or_one_its_peers_file_does_
     let (status, stderr) = start_with(&secret, 0o600, &public);
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn the_replica_process_opens_its_snapshot_files_with_streamed_snapshots_on_either_store() {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = "11".repeat(32);
+    let public: String =
+        vaultfleet_net::StaticSecret::from_bytes(zeroize::Zeroizing::new([0x11; 32]))
+            .expect("key")
+            .public_key()
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    for sealed in [false, true] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let key_path = dir.path().join("key");
+        std::fs::write(&key_path, &secret).expect("key file");
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let peers = dir.path().join("peers");
+        std::fs::write(
+            &peers,
+            format!("fleet streamed\nreplica 1 127.0.0.1:1 dc-a {public}\n"),
+        )
+        .expect("peers file");
+        let data = dir.path().join("data");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vaultfleet-net-replica"));
+        command
+            .args([
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--streamed-snapshots",
+            ])
+            .arg("--dir")
+            .arg(&data)
+            .arg("--peers")
+            .arg(&peers)
+            .arg("--key")
+            .arg(&key_path)
+            .stdin(std::process::Stdio::null());
+        if sealed {
+            command
+                .args(["--store", "sealed-sled", "--hsm-file"])
+                .arg(dir.path().join("hsm"));
+        }
+        // It starts, opens its files, and stops at once (stdin is closed).
+        let out = command.output().expect("run the replica binary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "sealed {sealed}: {stderr}");
+        assert!(
+            data.join(vaultfleet::storage::SNAPSHOT_DIR).is_dir(),
+            "sealed {sealed}: the snapshot files were opened; {stderr}"
+        );
+    }
+}

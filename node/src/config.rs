@@ -98,6 +98,35 @@ pub struct NodeConfig {
     /// value is refused, naming the field and the values accepted.
     #[serde(default)]
     pub runtime: Runtime,
+    /// Streamed snapshots: `true` opens the store's snapshot files (sealed
+    /// like the log) before the replica starts, so its snapshots are written
+    /// to a file and sent to a follower in chunks over the transport instead
+    /// of inside one raft message. `false` (the default): snapshots inline.
+    /// Turn it on only once every node of the fleet runs a build that
+    /// streams (an older peer closes the connection on a streamed
+    /// snapshot's frames, `docs/operations.md`). A reload refuses a change:
+    /// it takes a restart. Any value but `true` or `false` is refused,
+    /// naming the field and the values accepted.
+    #[serde(default, deserialize_with = "streamed_snapshots")]
+    pub streamed_snapshots: bool,
+}
+
+/// Reads `streamed_snapshots`: a TOML boolean and nothing else (not `"yes"`,
+/// not `1`), with an error that names the values accepted.
+fn streamed_snapshots<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Boolean(b) => Ok(b),
+        other => Err(serde::de::Error::custom(format!(
+            "streamed_snapshots = {} is not a boolean: use true or false (the default; \
+             turn it on only once every node runs a build that streams snapshots)",
+            shorten(&other.to_string())
+        ))),
+    }
+}
+
+/// At most 64 characters of a value echoed in an error.
+fn shorten(value: &str) -> String {
+    value.chars().take(64).collect()
 }
 
 fn default_group() -> u64 {

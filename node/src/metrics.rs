@@ -302,6 +302,14 @@ net_counters! {
     snapshots_send_failed => "Snapshots whose send failed",
     snapshots_received => "Reassembled snapshots that passed every check and were delivered",
     snapshot_chunks_refused => "Snapshot chunks refused (order, offset, total or budget)",
+    streams_sent => "Streamed snapshots whose end frame was written to the socket",
+    streams_send_failed => "Streamed snapshots whose send failed (including refused by the receiver)",
+    streams_refused_by_peer => "Streamed snapshots the receiver refused",
+    stream_bytes_sent => "Snapshot file bytes sent in streamed snapshots",
+    streams_received => "Streamed snapshots received, checked against their digest and delivered",
+    streams_refused => "Streamed snapshots refused by this receiver",
+    streams_abandoned => "Streamed snapshots dropped unfinished by this receiver (timeout, connection lost)",
+    stream_bytes_received => "Snapshot file bytes received in streamed snapshots",
 }
 
 /// The process's recorder handle, once installed.

@@ -1170,7 +1170,7 @@ impl RunningNode {
         let _one = self.reloading.lock();
         config.validate().map_err(ReloadError::Config)?;
         let old = &self.config;
-        let fixed: [(&'static str, bool); 13] = [
+        let fixed: [(&'static str, bool); 14] = [
             ("fleet_id", config.fleet_id == old.fleet_id),
             ("group", config.group == old.group),
             ("replica_id", config.replica_id == old.replica_id),
@@ -1187,6 +1187,10 @@ impl RunningNode {
             ("log", config.log == old.log),
             ("join", config.join == old.join),
             ("runtime", config.runtime == old.runtime),
+            (
+                "streamed_snapshots",
+                config.streamed_snapshots == old.streamed_snapshots,
+            ),
         ];
         if let Some((field, _)) = fixed.iter().find(|(_, same)| !same) {
             return Err(ReloadError::Fixed { field });
@@ -1822,6 +1826,19 @@ fn serve(
         path: log_path.clone(),
         source,
     })?;
+    if config.streamed_snapshots {
+        // Sealed like the log, before the replica starts: its snapshots are
+        // then written to files and streamed.
+        log.open_snapshot_files()
+            .map_err(|source| StartError::Store {
+                path: log_path.clone(),
+                source,
+            })?;
+        tracing::info!(
+            replica = config.replica_id,
+            "streamed snapshots: on (snapshot files opened, sealed)"
+        );
+    }
     // Kept once the store is open: its lock is the data directory's, and a
     // second node on it fails above without touching the served log's files.
     if let Some(taken) = checked.served.as_ref().filter(|t| t.fetched) {

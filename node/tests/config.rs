@@ -691,3 +691,43 @@ fn a_client_file_with_cosigners_round_trips_and_one_without_them_writes_no_new_f
         1
     );
 }
+
+#[test]
+fn streamed_snapshots_is_true_or_false_off_by_default_and_anything_else_is_refused_by_name() {
+    let text = example();
+    assert!(!load(&text).1.unwrap().streamed_snapshots);
+    let on = edit(
+        &text,
+        "streamed_snapshots = false",
+        "streamed_snapshots = true",
+    );
+    assert!(load(&on).1.unwrap().streamed_snapshots);
+    let absent = edit(&text, "streamed_snapshots = false\n", "");
+    assert!(
+        !load(&absent).1.unwrap().streamed_snapshots,
+        "off by default"
+    );
+    let line = text[..text.find("streamed_snapshots = false").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    for bad in ["\"yes\"", "\"true\"", "1", "\"\""] {
+        let (_dir, r) = load(&edit(
+            &text,
+            "streamed_snapshots = false",
+            &format!("streamed_snapshots = {bad}"),
+        ));
+        match r {
+            Err(ConfigError::Parse { source, .. }) => {
+                let message = source.to_string();
+                assert_eq!(source.line(), line, "{message}");
+                assert!(
+                    message.contains(&format!("streamed_snapshots = {bad} is not a boolean"))
+                        && message.contains("use true or false"),
+                    "{message}"
+                );
+            }
+            other => panic!("streamed_snapshots = {bad}: expected a parse error, got {other:?}"),
+        }
+    }
+}

@@ -167,6 +167,19 @@ fn a_reload_takes_new_pins_and_refuses_what_needs_a_restart() {
     let path = f.write_config(1, "moved.toml", &moved);
     let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
     assert!(matches!(e, ReloadError::Fixed { field: "timing" }), "{e:?}");
+    // Streamed snapshots take a restart too.
+    let streamed = format!("streamed_snapshots = true\n{text}");
+    let path = f.write_config(1, "streamed.toml", &streamed);
+    let e = node.reload(NodeConfig::load(&path).unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ReloadError::Fixed {
+                field: "streamed_snapshots"
+            }
+        ),
+        "{e:?}"
+    );
     // A [[peer]] table disagreeing with the accepted artifact is refused.
     let (_, key_1) = &f.replicas[&1];
     let (_, key_2) = &f.replicas[&2];
@@ -193,6 +206,32 @@ fn a_reload_takes_new_pins_and_refuses_what_needs_a_restart() {
         c.register(b"after-reloads", b"code", b"secret"),
         Ok(1)
     ));
+    node.stop().unwrap();
+}
+
+#[test]
+fn a_node_with_streamed_snapshots_opens_its_sealed_snapshot_files_and_serves() {
+    let f = Fixture::new(&[(1, "dc-a")]);
+    let text = format!(
+        "streamed_snapshots = true\n{}",
+        f.config_text(1, &[1], None, None)
+    );
+    let path = f.write_config(1, "node.toml", &text);
+    let config = NodeConfig::load(&path).unwrap();
+    assert!(config.streamed_snapshots);
+    let files = config
+        .data_dir
+        .join(vaultfleet_node::run::LOG_DIR)
+        .join(vaultfleet::storage::SNAPSHOT_DIR);
+    assert!(!files.exists());
+    let node = RunningNode::start(config).unwrap();
+    assert!(node.wait_ready(READY_WAIT));
+    assert!(
+        files.is_dir(),
+        "the store's snapshot files are open: {files:?}"
+    );
+    let c = client(&f, 1, node.vault_addr());
+    assert!(matches!(c.register(b"streamed", b"code", b"secret"), Ok(1)));
     node.stop().unwrap();
 }
 

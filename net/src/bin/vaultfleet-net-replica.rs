@@ -43,6 +43,7 @@ use std::sync::Arc;
 use clap::Parser;
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{NodeConfig, RuntimeKind, Standalone};
+use vaultfleet::storage::SnapshotFilesHost as _;
 use vaultfleet::{
     FleetConfig, KvStore, LogStore, MemberSpec, Replica, ReplicaId, Sealed, SealedConfig, SledLog,
     SoftHsm,
@@ -112,6 +113,12 @@ struct Options {
     /// replica process it starts), else pool.
     #[arg(long, value_parser = [RUNTIMES[0], RUNTIMES[1]])]
     runtime: Option<String>,
+    /// Open the store's snapshot files before the replica starts (sealed by
+    /// the soft HSM with --store sealed-sled): snapshots are then written to
+    /// files and streamed over the transport in chunks. Every process of the
+    /// fleet must run a build that streams.
+    #[arg(long)]
+    streamed_snapshots: bool,
 }
 
 /// The values of `--runtime`, the default first.
@@ -379,10 +386,19 @@ fn run(o: &Options) -> Result<Stop, StartError> {
                 path: path.clone(),
                 source,
             })?;
-            let log = Sealed::open_sled(&o.dir, hsm, SealedConfig::new(group, o.id))?;
+            let mut log = Sealed::open_sled(&o.dir, hsm, SealedConfig::new(group, o.id))?;
+            if o.streamed_snapshots {
+                log.open_snapshot_files()?;
+            }
             start(o, group, log, &fleet, directory)?
         }
-        _ => start(o, group, SledLog::open(&o.dir)?, &fleet, directory)?,
+        _ => {
+            let mut log = SledLog::open(&o.dir)?;
+            if o.streamed_snapshots {
+                log.open_snapshot_files(o.id, None)?;
+            }
+            start(o, group, log, &fleet, directory)?
+        }
     };
     let (transport, node, fresh) = started;
     tracing::info!(
@@ -391,6 +407,7 @@ fn run(o: &Options) -> Result<Stop, StartError> {
         fleet = %peers.fleet,
         store = %o.store,
         runtime,
+        streamed_snapshots = o.streamed_snapshots,
         listen = %transport.local_addr(),
         bootstrapped = fresh,
         key = %transport.directory().local_public_key(),

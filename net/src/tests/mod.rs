@@ -6,6 +6,7 @@
 
 mod attacks;
 mod review;
+mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,24 @@
 //!   kind 2, keepalive: nothing
 //!   kind 5, snapshot chunk: u64 group, u64 from, u64 to, u64 snapshot index,
 //!                     u64 snapshot term, u64 offset, u64 total, data (the rest, non-empty)
+//!   kind 6, stream open:   u64 group, u64 from, u64 to, u64 stream id,
+//!                     descriptor (113 bytes), raft message (the rest, non-empty)
+//!   kind 7, stream data:   u64 group, u64 from, u64 to, u64 stream id, u32 chunk seq,
+//!                     data (the rest, non-empty; a part of chunk seq)
+//!   kind 8, stream end:    u64 group, u64 from, u64 to, u64 stream id
+//!   kind 9, stream refused (receiver to sender): u64 stream id
 //! ```
+//!
+//! A streamed snapshot (a format-2 `MsgSnapshot` whose state lives in a
+//! snapshot file) travels as one open frame (the file's descriptor and the
+//! small raft message), the file's chunks in order, each cut into data frames
+//! of at most `snapshot_chunk_bytes` (and the frame limit), then an end frame.
+//! The receiver writes each chunk into its replica's snapshot files once
+//! whole, and delivers the message only after the file checked against the
+//! descriptor's digest. A receiver that refuses a stream says so with a
+//! refused frame on the same connection, so the sender stops and reports
+//! `Failed`. A peer of an older build does not know kinds 6 to 9 and closes
+//! the connection on the first one (`docs/network.md`, "Streamed snapshots").
 //!
 //! A snapshot (a `MsgSnapshot` raft message, encoded once) travels as chunk
 //! frames of consecutive byte ranges `[offset, offset + data)` of its
@@ -37,6 +54,25 @@ const KIND_RAFT: u8 = 1;
 const KIND_KEEPALIVE: u8 = 2;
 // Kinds 3 and 4 are the client protocol's (`wire::client`).
 const KIND_SNAPSHOT_CHUNK: u8 = 5;
+
+/// Bytes of a stream frame's header (kind, group, from, to, stream id).
+pub const STREAM_HEADER_BYTES: usize = 1 + 8 * 4;
+/// Bytes of a stream data frame's body before its data.
+pub const STREAM_DATA_HEADER_BYTES: usize = STREAM_HEADER_BYTES + 4;
+
+const KIND_STREAM_OPEN: u8 = 6;
+const KIND_STREAM_DATA: u8 = 7;
+const KIND_STREAM_END: u8 = 8;
+const KIND_STREAM_REFUSED: u8 = 9;
+
+/// The clear header of a streamed snapshot's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// Group, sender and receiver, checked as a raft frame's.
+    pub raft: RaftHeader,
+    /// The sender's number for this transfer (unique per sending process).
+    pub stream: u64,
+}
 
 /// The clear header of a snapshot chunk frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +119,45 @@ pub enum Frame<'a> {
         /// Its bytes of the encoded message.
         data: &'a [u8],
     },
+    /// The start of a streamed snapshot.
+    StreamOpen {
+        /// Its header.
+        header: StreamHeader,
+        /// The encoded snapshot descriptor (decoded and checked by the receiver).
+        descriptor: &'a [u8],
+        /// The encoded `MsgSnapshot` naming the file.
+        message: &'a [u8],
+    },
+    /// A part of one chunk of a streamed snapshot.
+    StreamData {
+        /// Its header.
+        header: StreamHeader,
+        /// The chunk this part belongs to.
+        seq: u32,
+        /// The bytes (non-empty).
+        data: &'a [u8],
+    },
+    /// The end of a streamed snapshot: every chunk was sent.
+    StreamEnd {
+        /// Its header.
+        header: StreamHeader,
+    },
+    /// The receiver refused the sender's stream `stream`.
+    StreamRefused {
+        /// The sender's stream id.
+        stream: u64,
+    },
+}
+
+fn read_stream_header(r: &mut Reader<'_>) -> Result<StreamHeader, DecodeError> {
+    Ok(StreamHeader {
+        raft: RaftHeader {
+            group: r.u64("stream group")?,
+            from: r.u64("stream from")?,
+            to: r.u64("stream to")?,
+        },
+        stream: r.u64("stream id")?,
+    })
 }
 
 impl<'a> Frame<'a> {
@@ -126,6 +201,43 @@ impl<'a> Frame<'a> {
                 }
                 Ok(Frame::SnapshotChunk { header, data })
             }
+            KIND_STREAM_OPEN => {
+                let header = read_stream_header(&mut r)?;
+                let descriptor =
+                    r.take(vaultfleet::snapshot::DESCRIPTOR_BYTES, "stream descriptor")?;
+                let message = r.rest();
+                if message.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "stream open without a message",
+                    });
+                }
+                Ok(Frame::StreamOpen {
+                    header,
+                    descriptor,
+                    message,
+                })
+            }
+            KIND_STREAM_DATA => {
+                let header = read_stream_header(&mut r)?;
+                let seq = r.u32("stream chunk seq")?;
+                let data = r.rest();
+                if data.is_empty() {
+                    return Err(DecodeError::Invalid {
+                        what: "empty stream data",
+                    });
+                }
+                Ok(Frame::StreamData { header, seq, data })
+            }
+            KIND_STREAM_END => {
+                let header = read_stream_header(&mut r)?;
+                r.expect_empty("stream end frame")?;
+                Ok(Frame::StreamEnd { header })
+            }
+            KIND_STREAM_REFUSED => {
+                let stream = r.u64("refused stream id")?;
+                r.expect_empty("stream refused frame")?;
+                Ok(Frame::StreamRefused { stream })
+            }
             other => Err(DecodeError::UnknownValue {
                 what: "frame kind",
                 found: other.into(),
@@ -166,6 +278,60 @@ pub fn encode_chunk(header: ChunkHeader, data: &[u8]) -> Bytes {
     out.put_u64(header.offset);
     out.put_u64(header.total);
     out.put_slice(data);
+    out.freeze()
+}
+
+fn put_stream_header(out: &mut BytesMut, kind: u8, header: StreamHeader) {
+    out.put_u8(kind);
+    out.put_u64(header.raft.group);
+    out.put_u64(header.raft.from);
+    out.put_u64(header.raft.to);
+    out.put_u64(header.stream);
+}
+
+fn put_length(out: &mut BytesMut, body: usize) {
+    debug_assert!(body <= FRAME_BYTES_LIMIT);
+    out.put_u32(u32::try_from(body).unwrap_or(u32::MAX));
+}
+
+/// A stream open frame, length prefix included. The caller keeps the body
+/// (`STREAM_HEADER_BYTES + descriptor + message`) within the frame limit.
+pub fn encode_stream_open(header: StreamHeader, descriptor: &[u8], message: &[u8]) -> Bytes {
+    let body = STREAM_HEADER_BYTES + descriptor.len() + message.len();
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + body);
+    put_length(&mut out, body);
+    put_stream_header(&mut out, KIND_STREAM_OPEN, header);
+    out.put_slice(descriptor);
+    out.put_slice(message);
+    out.freeze()
+}
+
+/// A stream data frame, length prefix included. The caller keeps
+/// `STREAM_DATA_HEADER_BYTES + data.len()` within the frame limit.
+pub fn encode_stream_data(header: StreamHeader, seq: u32, data: &[u8]) -> Bytes {
+    let body = STREAM_DATA_HEADER_BYTES + data.len();
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + body);
+    put_length(&mut out, body);
+    put_stream_header(&mut out, KIND_STREAM_DATA, header);
+    out.put_u32(seq);
+    out.put_slice(data);
+    out.freeze()
+}
+
+/// A stream end frame, length prefix included.
+pub fn encode_stream_end(header: StreamHeader) -> Bytes {
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + STREAM_HEADER_BYTES);
+    put_length(&mut out, STREAM_HEADER_BYTES);
+    put_stream_header(&mut out, KIND_STREAM_END, header);
+    out.freeze()
+}
+
+/// A stream refused frame, length prefix included.
+pub fn encode_stream_refused(stream: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + 9);
+    put_length(&mut out, 9);
+    out.put_u8(KIND_STREAM_REFUSED);
+    out.put_u64(stream);
     out.freeze()
 }
 
@@ -283,8 +449,8 @@ mod tests {
         a.push(&[0, 0, 0, 0]);
         assert_eq!(a.next_frame(), Err(AssembleError::Empty));
         assert!(matches!(
-            Frame::decode(&[9]),
-            Err(DecodeError::UnknownValue { found: 9, .. })
+            Frame::decode(&[200]),
+            Err(DecodeError::UnknownValue { found: 200, .. })
         ));
         assert!(matches!(
             Frame::decode(&[KIND_KEEPALIVE, 0]),
@@ -314,5 +480,66 @@ mod tests {
             Frame::decode(&empty[FRAME_LENGTH_BYTES..empty.len() - 1]),
             Err(DecodeError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn stream_frames_round_trip_and_truncated_or_empty_ones_are_refused() {
+        let header = StreamHeader {
+            raft: RaftHeader {
+                group: 7,
+                from: 2,
+                to: 1,
+            },
+            stream: 9,
+        };
+        let descriptor = [5u8; vaultfleet::snapshot::DESCRIPTOR_BYTES];
+        let open = encode_stream_open(header, &descriptor, b"msg");
+        assert_eq!(
+            Frame::decode(&open[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamOpen {
+                header,
+                descriptor: &descriptor,
+                message: b"msg"
+            }
+        );
+        let data = encode_stream_data(header, 3, b"abc");
+        assert_eq!(
+            Frame::decode(&data[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamData {
+                header,
+                seq: 3,
+                data: b"abc"
+            }
+        );
+        let end = encode_stream_end(header);
+        assert_eq!(
+            Frame::decode(&end[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamEnd { header }
+        );
+        let refused = encode_stream_refused(9);
+        assert_eq!(
+            Frame::decode(&refused[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamRefused { stream: 9 }
+        );
+        // Every length prefix matches its body.
+        for frame in [&open, &data, &end, &refused] {
+            let mut a = FrameAssembler::new(1024);
+            a.push(frame);
+            assert!(a.next_frame().unwrap().is_some());
+            assert_eq!(a.buffered(), 0);
+        }
+        // An open frame without its message, a short descriptor, empty data,
+        // trailing bytes after an end or a refusal: refused.
+        let no_message = &open[FRAME_LENGTH_BYTES..open.len() - 3];
+        assert!(Frame::decode(no_message).is_err());
+        let short = &open[FRAME_LENGTH_BYTES..FRAME_LENGTH_BYTES + STREAM_HEADER_BYTES + 50];
+        assert!(Frame::decode(short).is_err());
+        assert!(Frame::decode(&data[FRAME_LENGTH_BYTES..data.len() - 3]).is_err());
+        let mut long_end = end[FRAME_LENGTH_BYTES..].to_vec();
+        long_end.push(0);
+        assert!(Frame::decode(&long_end).is_err());
+        let mut long_refused = refused[FRAME_LENGTH_BYTES..].to_vec();
+        long_refused.push(0);
+        assert!(Frame::decode(&long_refused).is_err());
     }
 }

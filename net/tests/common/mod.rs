@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use vaultfleet::replica::ReplicaConfig;
 use vaultfleet::runtime::{Node, NodeConfig};
-use vaultfleet::{FleetConfig, MemberSpec, Replica, SledLog, StateMachine};
+use vaultfleet::{
+    FleetConfig, MemberSpec, Replica, Sealed, SealedConfig, SledLog, SoftHsm, StateMachine,
+};
 use vaultfleet_net::{
     ClientRole, NetConfig, NetTransport, PeerDirectory, PeerEntry, PublicKey, RemoteConfig,
     StaticSecret,
@@ -44,6 +46,9 @@ pub struct TcpFleet<M: StateMachine> {
     /// The settings of replica `id`.
     pub replica_config: fn(u64) -> ReplicaConfig,
     pub dir: tempfile::TempDir,
+    /// Each replica's store: `None` plain sled; else sled sealed by the
+    /// replica's soft HSM with its snapshot files open (streamed snapshots).
+    pub sealed: Option<BTreeMap<u64, SoftHsm>>,
 }
 
 pub fn net_config(address: SocketAddr) -> NetConfig {
@@ -90,6 +95,21 @@ impl<M: StateMachine> TcpFleet<M> {
         net_config: fn(SocketAddr) -> NetConfig,
         replica_config: fn(u64) -> ReplicaConfig,
     ) -> Self {
+        Self::start_stored(services, admins, machine, net_config, replica_config, false)
+    }
+
+    /// Starts the fleet like [`start_tuned`](Self::start_tuned); with
+    /// `streamed`, every replica's store is sealed sled (a soft HSM of its
+    /// own, seeded by its id) with its snapshot files open, so its snapshots
+    /// are streamed.
+    pub fn start_stored(
+        services: Vec<PublicKey>,
+        admins: Vec<PublicKey>,
+        machine: fn() -> M,
+        net_config: fn(SocketAddr) -> NetConfig,
+        replica_config: fn(u64) -> ReplicaConfig,
+        streamed: bool,
+    ) -> Self {
         let clients = services;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -112,6 +132,12 @@ impl<M: StateMachine> TcpFleet<M> {
             net_config,
             replica_config,
             dir: tempfile::tempdir().expect("temporary directory"),
+            sealed: streamed.then(|| {
+                MEMBERS
+                    .iter()
+                    .map(|&(id, _)| (id, SoftHsm::from_seed(0x5eed_0000 + id)))
+                    .collect()
+            }),
         };
         for &(id, _) in &MEMBERS {
             let secret = StaticSecret::generate().expect("key");
@@ -181,17 +207,21 @@ impl<M: StateMachine> TcpFleet<M> {
     }
 
     pub fn spawn_node(&mut self, id: u64) {
-        let mut log = SledLog::open(self.dir_of(id)).expect("sled");
-        Replica::bootstrap(&mut log, &(self.machine)(), &self.config).expect("bootstrap");
+        let node = match self.sealed.as_ref().map(|hsms| hsms[&id].clone()) {
+            None => {
+                let mut log = SledLog::open(self.dir_of(id)).expect("sled");
+                Replica::bootstrap(&mut log, &(self.machine)(), &self.config).expect("bootstrap");
+                self.spawn_on(id, log)
+            }
+            Some(hsm) => {
+                let mut log = Sealed::open_sled(self.dir_of(id), hsm, SealedConfig::new(GROUP, id))
+                    .expect("sealed sled");
+                log.open_snapshot_files().expect("snapshot files");
+                Replica::bootstrap(&mut log, &(self.machine)(), &self.config).expect("bootstrap");
+                self.spawn_on(id, log)
+            }
+        };
         let process = self.processes.get_mut(&id).expect("process");
-        let transport = Arc::new(process.transport.clone());
-        let node = Node::spawn(
-            NodeConfig::new((self.replica_config)(id)),
-            log,
-            (self.machine)(),
-            transport,
-        )
-        .expect("spawn");
         process
             .transport
             .register(GROUP, id, Arc::new(node.handle()))
@@ -201,6 +231,17 @@ impl<M: StateMachine> TcpFleet<M> {
             .serve_clients(GROUP, Arc::new(node.handle()))
             .expect("serve clients");
         process.node = Some(node);
+    }
+
+    fn spawn_on<L: vaultfleet::LogStore>(&self, id: u64, log: L) -> Node {
+        let transport = Arc::new(self.processes[&id].transport.clone());
+        Node::spawn(
+            NodeConfig::new((self.replica_config)(id)),
+            log,
+            (self.machine)(),
+            transport,
+        )
+        .expect("spawn")
     }
 
     /// Stops replica `id` and its whole "process" (transport included).
