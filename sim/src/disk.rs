@@ -10,7 +10,17 @@
 //! whole pending batch. The simulator can also flip a bit in durable data, roll
 //! the durable state back to an older image, and switch on deliberate bugs that
 //! the checkers must catch.
+//!
+//! A disk may also keep snapshot files ([`SnapshotFilesHost`]): one
+//! [`MemFiles`] that belongs to the durable part of the disk, so it survives
+//! crashes and restarts. A file is visible only once finished (the engine's
+//! `DirFiles` fsyncs it before its rename), so a crash never leaves part of one.
+//! Under a sealed store the simulator can flip a bit in a chunk of the file
+//! the durable snapshot names ([`Disk::damage_snapshot_file`]): the files'
+//! sealer is wrapped so that every later read of that chunk sees the flipped
+//! bit, as a read of a damaged disk block would.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -18,7 +28,10 @@ use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use vaultfleet::storage::{AtomicSync, WrapperRecord};
+use vaultfleet::snapshot::{
+    ChunkSealer, FileSeal, MemFiles, SnapshotFileError, SnapshotFiles, CHUNK_BYTES_MIN,
+};
+use vaultfleet::storage::{AtomicSync, SnapshotFilesHost, WrapperRecord};
 use vaultfleet::{LogStore, MemLog, StorageError};
 
 /// A deliberate defect of the disk, switched on only by the tests that show a
@@ -99,7 +112,7 @@ pub enum CrashPoint {
 }
 
 /// The part of a disk that outlives the replica using it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DiskState {
     durable: MemLog,
     pending: Vec<Write>,
@@ -107,6 +120,111 @@ pub struct DiskState {
     armed: Option<CrashPoint>,
     /// An armed crash cut a `sync` before its writes reached the disk.
     cut_mid_write: bool,
+    /// The snapshot files, once a replica opened them: durable, shared by
+    /// every store opened on this disk.
+    files: Option<Arc<MemFiles>>,
+    /// The files were opened sealed.
+    files_sealed: bool,
+    /// Which sealed files were written here, and which are damaged.
+    file_damage: Arc<Mutex<FileDamage>>,
+}
+
+/// A bit flipped in one stored chunk of a sealed snapshot file.
+#[derive(Clone, Copy, Debug)]
+struct ChunkDamage {
+    seq: u32,
+    /// The byte, modulo the sealed chunk's length.
+    at: usize,
+    mask: u8,
+}
+
+/// The sealed snapshot files of a disk, by (index, term): those ever begun
+/// here, and those damaged since.
+#[derive(Debug, Default)]
+struct FileDamage {
+    written: BTreeSet<(u64, u64)>,
+    damaged: BTreeMap<(u64, u64), ChunkDamage>,
+}
+
+/// The files' sealer, wrapped to read damaged chunks as damaged.
+struct DamageSealer {
+    inner: Arc<dyn ChunkSealer>,
+    damage: Arc<Mutex<FileDamage>>,
+}
+
+impl ChunkSealer for DamageSealer {
+    fn begin(
+        &self,
+        group: u64,
+        replica: u64,
+        index: u64,
+        term: u64,
+    ) -> Result<Box<dyn FileSeal>, SnapshotFileError> {
+        self.damage.lock().written.insert((index, term));
+        self.inner.begin(group, replica, index, term)
+    }
+
+    fn resume(
+        &self,
+        header: &[u8],
+        group: u64,
+        replica: u64,
+        index: u64,
+        term: u64,
+    ) -> Result<Box<dyn FileSeal>, SnapshotFileError> {
+        let seal = self.inner.resume(header, group, replica, index, term)?;
+        Ok(match self.damage.lock().damaged.get(&(index, term)) {
+            Some(&damage) => Box::new(DamagedSeal {
+                inner: seal,
+                damage,
+            }),
+            None => seal,
+        })
+    }
+}
+
+/// A damaged file's sealing: the damaged chunk is opened with its bit flipped.
+struct DamagedSeal {
+    inner: Box<dyn FileSeal>,
+    damage: ChunkDamage,
+}
+
+impl FileSeal for DamagedSeal {
+    fn header(&self) -> &[u8] {
+        self.inner.header()
+    }
+
+    fn seal(
+        &mut self,
+        seq: u32,
+        last: bool,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SnapshotFileError> {
+        self.inner.seal(seq, last, plaintext)
+    }
+
+    fn open(&self, seq: u32, last: bool, sealed: &[u8]) -> Result<Vec<u8>, SnapshotFileError> {
+        if seq != self.damage.seq || sealed.is_empty() {
+            return self.inner.open(seq, last, sealed);
+        }
+        let mut flipped = sealed.to_vec();
+        let at = self.damage.at % flipped.len();
+        flipped[at] ^= self.damage.mask;
+        self.inner.open(seq, last, &flipped)
+    }
+}
+
+impl std::fmt::Debug for DiskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskState")
+            .field("durable", &self.durable)
+            .field("pending", &self.pending.len())
+            .field("bug", &self.bug)
+            .field("armed", &self.armed)
+            .field("cut_mid_write", &self.cut_mid_write)
+            .field("files", &self.files.is_some())
+            .finish()
+    }
 }
 
 /// The simulator's handle on one host's disk.
@@ -129,6 +247,7 @@ impl Disk {
         SimDisk {
             live: s.durable.clone(),
             disk: self.clone(),
+            files: None,
         }
     }
 
@@ -211,6 +330,26 @@ impl Disk {
         s.pending.clear();
     }
 
+    /// Flips a bit in the first chunk of the sealed snapshot file the durable
+    /// snapshot names, if the disk holds one; returns what was flipped. The
+    /// replica finds it when it restores from the file at its next start.
+    pub fn damage_snapshot_file(&self, rng: &mut ChaCha8Rng) -> Option<String> {
+        let s = self.0.lock();
+        let meta = s.durable.latest_snapshot().get_metadata();
+        let key = (meta.index, meta.term);
+        let mut damage = s.file_damage.lock();
+        if !s.files_sealed || key.0 == 0 || !damage.written.contains(&key) {
+            return None;
+        }
+        if damage.damaged.contains_key(&key) {
+            return None;
+        }
+        let at = rng.gen_range(0..1 << 16);
+        let mask = 1 << rng.gen_range(0..8u32);
+        damage.damaged.insert(key, ChunkDamage { seq: 0, at, mask });
+        Some(format!("snapshot file at {} (its first chunk)", key.0))
+    }
+
     /// Flips one bit of one durable record with content (an entry's data, the
     /// snapshot's data or the wrapper record); returns what was flipped.
     pub fn flip_bit(&self, rng: &mut ChaCha8Rng) -> Option<String> {
@@ -271,6 +410,8 @@ impl Disk {
 pub struct SimDisk {
     live: MemLog,
     disk: Disk,
+    /// The disk's snapshot files, once this store opened them.
+    files: Option<Arc<dyn SnapshotFiles>>,
 }
 
 impl SimDisk {
@@ -333,6 +474,38 @@ impl LogStore for SimDisk {
     }
     fn hard_state(&self) -> &HardState {
         self.live.hard_state()
+    }
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        self.files.clone()
+    }
+}
+
+impl SnapshotFilesHost for SimDisk {
+    /// Opens the disk's snapshot files (chunks of [`CHUNK_BYTES_MIN`], so
+    /// a state of a few hundred KiB already makes several), creating them on
+    /// the first open; a restart finds the files already there, still sealed
+    /// by the sealer they were first opened with (the host's HSM: the same
+    /// device across restarts).
+    fn open_snapshot_files(
+        &mut self,
+        replica: u64,
+        sealer: Option<Arc<dyn ChunkSealer>>,
+    ) -> Result<(), StorageError> {
+        let mut s = self.disk.0.lock();
+        let files = match &s.files {
+            Some(files) => files.clone(),
+            None => {
+                s.files_sealed = sealer.is_some();
+                let damage = s.file_damage.clone();
+                let sealer = sealer
+                    .map(|inner| Arc::new(DamageSealer { inner, damage }) as Arc<dyn ChunkSealer>);
+                let files = Arc::new(MemFiles::new(CHUNK_BYTES_MIN, sealer, replica));
+                s.files = Some(files.clone());
+                files
+            }
+        };
+        self.files = Some(files);
+        Ok(())
     }
 }
 

@@ -25,6 +25,8 @@ use std::time::Instant;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use vaultfleet_sim::{run, DiskBug, Faults, Report, SimOptions, WorkloadKind};
 
 /// The deterministic multi-datacenter simulator of a vaultfleet fleet.
@@ -225,6 +227,15 @@ struct SimArgs {
     /// Unsealed stores (no HSM).
     #[arg(long)]
     plain: bool,
+    /// Streamed snapshots: each store keeps snapshot files (sealed under a
+    /// sealed store), snapshots are built off the replica and sent as chunks.
+    #[arg(long)]
+    streamed: bool,
+    /// Run this share of the seeds with streamed snapshots (each seed's
+    /// choice drawn apart from its run's draws, so the other seeds keep
+    /// their traces); `--streamed` runs them all so.
+    #[arg(long, value_name = "P", value_parser = probability)]
+    streamed_share: Option<f64>,
     /// Raft election timeout in ticks of 10 ms (default 30).
     #[arg(long, value_name = "N")]
     election_ticks: Option<usize>,
@@ -325,6 +336,10 @@ impl SimArgs {
         if self.plain {
             o.sealed = false;
         }
+        o.streamed_snapshots = self.streamed
+            || self
+                .streamed_share
+                .is_some_and(|p| streamed_draw(o.seed).gen_bool(p));
         if let Some(t) = self.election_ticks {
             o.election_ticks = t;
         }
@@ -403,6 +418,7 @@ impl SimArgs {
             ("election-ticks", num(self.election_ticks)),
             ("heartbeat-ticks", num(self.heartbeat_ticks)),
             ("disk-bug", name(self.disk_bug)),
+            ("streamed-share", num(self.streamed_share)),
         ];
         let mut s = String::new();
         for (flag, value) in flags {
@@ -413,8 +429,17 @@ impl SimArgs {
         if self.plain {
             s.push_str(" --plain");
         }
+        if self.streamed {
+            s.push_str(" --streamed");
+        }
         s
     }
+}
+
+/// The RNG that decides whether `--streamed-share` runs `seed` streamed: its
+/// own stream, so the choice shifts none of the run's draws.
+fn streamed_draw(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ 0x5354_5245_414d)
 }
 
 fn validate(o: &SimOptions) -> Result<(), String> {
@@ -555,6 +580,9 @@ fn command_for(o: &SimOptions, swarm: bool) -> String {
     if !o.sealed {
         cmd.push_str(" --plain");
     }
+    if o.streamed_snapshots {
+        cmd.push_str(" --streamed");
+    }
     cmd
 }
 
@@ -638,6 +666,12 @@ fn print_run(report: &Report) {
         "membership: {} changes, {} replacements, {} leader transfers, {} preference moves ({} rolling restarts, {} leaders moved to a preferred datacenter after converging)",
         s.membership_changes, s.replacements, s.transfers, s.preference_moves, s.rollout_restarts, s.placement_waits
     );
+    if report.options.streamed_snapshots {
+        println!(
+            "streamed snapshots: {} built, {} sent into a receiver's files and delivered, {} transfers failed, {} files damaged (counted in the bit flips)",
+            s.snapshots_streamed, s.streamed_installs, s.streamed_failures, s.snapshot_file_flips
+        );
+    }
     println!(
         "work: {} operations acknowledged, {} with unknown outcome, {} messages, highest term {}, highest commit {}",
         s.ops_completed, s.ops_unknown, s.messages, s.max_term, s.max_commit
@@ -805,11 +839,14 @@ fn json_line(seed: u64, run: &SeedRun, reproduce: Option<&str>) -> String {
                 WorkloadKind::Counter => "counter",
             };
             s.push_str(&format!(
-                ",\"replicas\":{},\"datacenters\":{},\"workload\":\"{workload}\",\"clients\":{},\"sealed\":{},\"events\":{},\"sim_us\":{},\"sim_s\":{:.6},\"ops\":{},\"crashes\":{},\"partitions\":{},\"stall\":{}",
+                ",\"replicas\":{},\"datacenters\":{},\"workload\":\"{workload}\",\"clients\":{},\"sealed\":{},\"streamed\":{},\"snapshots_streamed\":{},\"streamed_installs\":{},\"events\":{},\"sim_us\":{},\"sim_s\":{:.6},\"ops\":{},\"crashes\":{},\"partitions\":{},\"stall\":{}",
                 o.replicas,
                 o.datacenters,
                 o.clients,
                 o.sealed,
+                o.streamed_snapshots,
+                r.stats.snapshots_streamed,
+                r.stats.streamed_installs,
                 r.stats.events,
                 r.simulated_us,
                 r.simulated_us as f64 / 1e6,

@@ -168,6 +168,11 @@ pub struct SimOptions {
     pub sealed: bool,
     /// Entries between snapshots (small, so snapshots and compaction happen).
     pub snapshot_entries: u64,
+    /// Give each replica's store snapshot files (sealed under a sealed
+    /// store), so snapshots are streamed: built off the replica as a job,
+    /// sent as chunks into the receiver's files. Off by default, so every
+    /// existing seed keeps its trace.
+    pub streamed_snapshots: bool,
     /// The faults.
     pub faults: Faults,
     /// A deliberate disk defect, for checker tests only.
@@ -257,6 +262,7 @@ impl SimOptions {
             restart_ms: (200, 3_000),
             sealed: true,
             snapshot_entries: 200,
+            streamed_snapshots: false,
             faults: Faults::all(),
             disk_bug: DiskBug::None,
             membership_bug: MembershipBug::None,

@@ -1,16 +1,20 @@
 //! The store a simulated replica runs on: the simulated disk, plain or sealed by
 //! the host's soft HSM.
 
+use std::sync::Arc;
+
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
+use vaultfleet::snapshot::SnapshotFiles;
 use vaultfleet::{LogStore, Sealed, SoftHsm, StorageError};
 
 use crate::disk::SimDisk;
 
 /// A simulated replica's log store.
 pub enum SimStore {
-    /// The simulated disk as it is.
-    Plain(SimDisk),
+    /// The simulated disk as it is (boxed as the sealed one is: a store
+    /// moves into its replica whole).
+    Plain(Box<SimDisk>),
     /// The simulated disk under `Sealed`, with the host's soft HSM.
     Sealed(Box<Sealed<SimDisk, SoftHsm>>),
 }
@@ -76,5 +80,8 @@ impl LogStore for SimStore {
     }
     fn hard_state(&self) -> &HardState {
         each!(self, s => s.hard_state())
+    }
+    fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
+        each!(self, s => s.snapshot_files())
     }
 }

@@ -1,6 +1,7 @@
 //! The fault schedule of the safety phase: every [`CHAOS_STEP_US`] it draws
 //! partitions and heals, crashes (between events or armed at the next write),
-//! clock jumps, HSM outages, bit flips and disk rollbacks, each at its rate in
+//! clock jumps, HSM outages, bit flips (in the log, or in a snapshot file)
+//! and disk rollbacks, each at its rate in
 //! [`Faults`](crate::Faults), then the operator's membership and preference steps.
 
 use rand::Rng;
@@ -73,6 +74,16 @@ impl<W: Workload> Simulation<W> {
         self.preference_step();
     }
 
+    /// Under streamed sealed snapshots, half the bit flips go to the snapshot
+    /// file the durable snapshot names (when the disk holds one). Draws
+    /// nothing otherwise, so other runs keep their traces.
+    fn damage_snapshot_file(&mut self, h: usize) -> Option<String> {
+        if !self.opts.streamed_snapshots || !self.opts.sealed || !self.rng.gen_bool(0.5) {
+            return None;
+        }
+        self.hosts[h].disk.damage_snapshot_file(&mut self.rng)
+    }
+
     /// Flips a bit in, or rolls back, a down replica's disk, keeping the number of
     /// replicas lost for good below a majority.
     pub(super) fn damage_a_disk(&mut self, rollback: bool) {
@@ -124,6 +135,12 @@ impl<W: Workload> Simulation<W> {
             self.hosts[h].damaged = Some("a rollback of its disk to an older image".into());
             self.stats.rollbacks += 1;
             self.note(|| format!("disk of replica {id} rolled back to an older image"));
+        } else if let Some(what) = self.damage_snapshot_file(h) {
+            self.hosts[h].damaged = Some(format!("a bit flip in its {what}"));
+            self.hosts[h].damaged_file = true;
+            self.stats.bit_flips += 1;
+            self.stats.snapshot_file_flips += 1;
+            self.note(|| format!("bit flipped on replica {id}'s disk: {what}"));
         } else if let Some(what) = self.hosts[h].disk.flip_bit(&mut self.rng) {
             self.hosts[h].damaged = Some(format!("a bit flip in {what}"));
             self.stats.bit_flips += 1;

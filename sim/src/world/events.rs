@@ -5,11 +5,13 @@ use std::cmp::Ordering as CmpOrdering;
 
 use raft::prelude::Message;
 use sha2::Digest;
-use vaultfleet::replica::Reply;
+use vaultfleet::replica::{Reply, SnapshotBuildError};
+use vaultfleet::snapshot::SnapshotDescriptor;
 use vaultfleet::RequestError;
 
 use super::clients::ClientRequest;
 use super::hosts::fnv;
+use super::network::Stream;
 use super::Simulation;
 use crate::workload::Workload;
 
@@ -55,6 +57,20 @@ pub(super) enum Event {
     Poll,
     /// The next step of the operator's rolling restart (a new preference).
     Rollout,
+    /// A streamed snapshot's build is done (for this generation of the
+    /// host's replica).
+    SnapshotBuilt {
+        host: usize,
+        generation: u64,
+        index: u64,
+        result: Box<Result<SnapshotDescriptor, SnapshotBuildError>>,
+    },
+    /// A streamed snapshot's chunks reach host `to`: they go into its files,
+    /// then the message is delivered.
+    DeliverStream {
+        to: usize,
+        stream: Box<Stream>,
+    },
 }
 
 /// An event with its time and its place in the scheduling order.
@@ -125,6 +141,25 @@ impl<W: Workload> Simulation<W> {
             Event::StartLiveness => (10, 0, 0, 0, 0),
             Event::Poll => (11, 0, 0, 0, 0),
             Event::Rollout => (12, 0, 0, 0, 0),
+            Event::SnapshotBuilt {
+                host,
+                generation,
+                index,
+                result,
+            } => (
+                13,
+                *host as u64,
+                *generation,
+                *index,
+                result.as_ref().as_ref().map_or(0, |d| d.total_bytes),
+            ),
+            Event::DeliverStream { to, stream } => (
+                14,
+                *to as u64,
+                stream.message.from << 8 | stream.message.get_msg_type() as u64,
+                stream.message.term,
+                stream.descriptor.index ^ stream.descriptor.total_bytes << 24,
+            ),
         };
         b[8] = tag;
         b[9..17].copy_from_slice(&x.to_be_bytes());
@@ -158,6 +193,13 @@ impl<W: Workload> Simulation<W> {
             Event::StartLiveness => self.start_liveness(),
             Event::Poll => self.poll_done(),
             Event::Rollout => self.on_rollout(),
+            Event::SnapshotBuilt {
+                host,
+                generation,
+                index,
+                result,
+            } => self.on_snapshot_built(host, generation, index, *result),
+            Event::DeliverStream { to, stream } => self.deliver_stream(to, *stream),
         }
     }
 }

@@ -8,10 +8,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use vaultfleet::replica::RequestId;
+use vaultfleet::replica::{RequestId, SnapshotBuildError};
+use vaultfleet::snapshot::SnapshotDescriptor;
 use vaultfleet::state_machine::{CaptureError, RestoreError};
+use vaultfleet::storage::SnapshotFilesHost;
 use vaultfleet::{
-    Hsm, Replica, ReplicaConfig, Sealed, SealedConfig, SoftHsm, StateMachine, StorageError,
+    Hsm, Replica, ReplicaConfig, ReplicaError, Sealed, SealedConfig, SoftHsm, StateMachine,
+    StorageError,
 };
 
 use super::events::Event;
@@ -87,6 +90,9 @@ pub(in crate::world) struct Host<M: StateMachine> {
     pub(in crate::world) lost: Option<String>,
     /// Its disk was damaged while it was down: the next open must refuse it.
     pub(in crate::world) damaged: Option<String>,
+    /// The damage is in the snapshot file its store's snapshot names: the
+    /// store opens, and the replica must refuse to start from the file.
+    pub(in crate::world) damaged_file: bool,
     /// Durable images taken at crashes (what a hostile host could put back), with
     /// the HSM counter when each was taken.
     pub(in crate::world) images: Vec<(vaultfleet::MemLog, u64)>,
@@ -117,17 +123,31 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let id = self.hosts[h].id;
-        let disk = self.hosts[h].disk.open();
+        let mut disk = self.hosts[h].disk.open();
+        let streamed = self.opts.streamed_snapshots;
         let store = if self.opts.sealed {
             let cfg = SealedConfig::new(1, id);
             match Sealed::open(disk, self.hosts[h].hsm.clone(), cfg) {
-                Ok(s) => SimStore::Sealed(Box::new(s)),
+                Ok(mut s) => {
+                    // Sealed files only: the sealed store opens them itself.
+                    if streamed {
+                        if let Err(e) = s.open_snapshot_files() {
+                            return self.store_refused(h, e);
+                        }
+                    }
+                    SimStore::Sealed(Box::new(s))
+                }
                 Err(e) => return self.store_refused(h, e),
             }
         } else {
-            SimStore::Plain(disk)
+            if streamed {
+                if let Err(e) = disk.open_snapshot_files(id, None) {
+                    return self.store_refused(h, e);
+                }
+            }
+            SimStore::Plain(Box::new(disk))
         };
-        if self.opened_damaged_store(h) {
+        if !self.hosts[h].damaged_file && self.opened_damaged_store(h) {
             return;
         }
         let mut store = store;
@@ -145,6 +165,10 @@ impl<W: Workload> Simulation<W> {
         }
         let cfg = self.replica_config(h);
         match Replica::new(cfg, store, machine) {
+            Ok(_) if self.hosts[h].damaged_file && self.opened_damaged_store(h) => {}
+            Err(e) if self.hosts[h].damaged_file && matches!(e, ReplicaError::Snapshot { .. }) => {
+                self.refused_damaged_file(h, e.to_string());
+            }
             Ok(r) => {
                 self.hosts[h].replica = Some(r);
                 self.hosts[h].running_preferred = self.hosts[h].preferred.clone();
@@ -248,6 +272,9 @@ impl<W: Workload> Simulation<W> {
                 }
                 return;
             }
+            for job in out.jobs.drain(..) {
+                self.start_build(h, job);
+            }
             for message in out.messages.drain(..) {
                 self.send(h, message);
             }
@@ -262,6 +289,91 @@ impl<W: Workload> Simulation<W> {
             }
         }
         self.check_replica(h);
+    }
+
+    /// Runs a streamed snapshot's build at once (into the disk's in-memory
+    /// files: deterministic, no thread) and tells the replica its outcome
+    /// after the time writing it would take, unless the replica restarts
+    /// first (then the outcome is lost with it, as a build thread dies with
+    /// its process; a file it finished stays on the disk).
+    fn start_build(&mut self, h: usize, job: vaultfleet::replica::SnapshotBuild) {
+        let index = job.index();
+        let result = job.run();
+        let bytes = result.as_ref().map_or(0, |d| d.total_bytes);
+        let generation = self.hosts[h].generation;
+        let id = self.hosts[h].id;
+        match &result {
+            Ok(d) => self.note(|| {
+                format!(
+                    "replica {id} wrote its snapshot at {index} ({} bytes, {} chunks)",
+                    d.total_bytes, d.chunks
+                )
+            }),
+            Err(e) => {
+                let why = e.to_string();
+                self.note(|| format!("replica {id} could not write its snapshot at {index}: {why}"))
+            }
+        }
+        self.schedule(
+            build_us(bytes),
+            Event::SnapshotBuilt {
+                host: h,
+                generation,
+                index,
+                result: Box::new(result),
+            },
+        );
+    }
+
+    /// A streamed snapshot's build finished: the replica hears of it (ignored
+    /// when it belongs to an earlier generation of the replica).
+    pub(super) fn on_snapshot_built(
+        &mut self,
+        host: usize,
+        generation: u64,
+        index: u64,
+        result: Result<SnapshotDescriptor, SnapshotBuildError>,
+    ) {
+        if self.hosts[host].generation != generation {
+            return;
+        }
+        let Some(replica) = self.hosts[host].replica.as_mut() else {
+            return;
+        };
+        let built = result.is_ok();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let outcome = replica.snapshot_built(index, result, &mut out);
+        if let Err(e) = outcome {
+            // As after a failed `handle_ready`: the replica is gone, its
+            // requests with it.
+            self.out = out;
+            let why = e.to_string();
+            if self.phase == Phase::Safety && expected_failure(&e) {
+                self.crash_host(host, &why);
+            } else {
+                let id = self.hosts[host].id;
+                self.violate(
+                    "replicas only stop for injected faults",
+                    format!("replica {id} failed: {why}"),
+                );
+            }
+            return;
+        }
+        if built {
+            self.stats.snapshots_streamed += 1;
+        }
+        let messages = std::mem::take(&mut out.messages);
+        let completions = std::mem::take(&mut out.completions);
+        out.clear();
+        self.out = out;
+        for message in messages {
+            self.send(host, message);
+        }
+        for completion in completions {
+            self.complete(host, completion);
+        }
+        self.pump(host);
     }
 
     /// A tick of host `host`'s clock (ignored when it belongs to an earlier
@@ -305,6 +417,17 @@ impl<W: Workload> Simulation<W> {
         let label = SealedConfig::new(1, self.hosts[h].id).counter_label;
         self.hosts[h].hsm.counter(&label).ok().map(|c| c.value)
     }
+}
+
+/// Simulated rate of writing a snapshot file, in bytes per µs (200 MB/s).
+const BUILD_BYTES_PER_US: u64 = 200;
+
+/// Simulated fixed cost of a snapshot build (open, fsync, rename), in µs.
+const BUILD_US_MIN: u64 = 1_000;
+
+/// How long writing a snapshot file of `bytes` takes, in µs.
+fn build_us(bytes: u64) -> u64 {
+    BUILD_US_MIN + bytes / BUILD_BYTES_PER_US
 }
 
 /// A replica stopped for a reason the simulator injected: an armed crash in the
@@ -358,6 +481,7 @@ pub(super) fn fresh_host<M: StateMachine>(
         generation: 0,
         lost: None,
         damaged: None,
+        damaged_file: false,
         images: Vec::new(),
         restart_pending: false,
         requests: BTreeMap::new(),

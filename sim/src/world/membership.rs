@@ -240,6 +240,7 @@ impl<W: Workload> Simulation<W> {
             self.hosts[h].disk = Disk::new(self.opts.disk_bug);
             self.hosts[h].images.clear();
             self.hosts[h].damaged = Some("its disk destroyed (an empty directory)".into());
+            self.hosts[h].damaged_file = false;
             self.note(|| format!("disk of replica {old} destroyed; replacing it"));
         } else {
             // The host is taken away; it may come back later with its old disk,

@@ -73,6 +73,9 @@ pub struct Stats {
     pub hsm_outages: u64,
     /// Bits flipped in stored data (each detected at the next open).
     pub bit_flips: u64,
+    /// Of those, bits flipped in a sealed snapshot file (each detected when
+    /// the replica restores from it at its next start).
+    pub snapshot_file_flips: u64,
     /// Disks rolled back (each detected at the next open).
     pub rollbacks: u64,
     /// Clock jumps.
@@ -100,6 +103,15 @@ pub struct Stats {
     /// preferred datacenters and had to hand over (within the bound, or a
     /// violation).
     pub placement_waits: u64,
+    /// Streamed snapshots built (written to a file off the replica) and
+    /// handed back to their replica (0 unless `streamed_snapshots`).
+    pub snapshots_streamed: u64,
+    /// Streamed snapshots sent chunk by chunk into a receiver's files and
+    /// then delivered (0 unless `streamed_snapshots`).
+    pub streamed_installs: u64,
+    /// Streamed snapshot transfers that failed (link cut or message dropped,
+    /// receiver down, a chunk or the file refused).
+    pub streamed_failures: u64,
 }
 
 /// The result of one simulation.

@@ -1,6 +1,15 @@
 //! The network between the replicas: per-link latency drawn once from the
 //! topology, drops, duplicates, jitter and delay spikes, and partitions (a
 //! datacenter cut off, a random split, one-way links) until healed.
+//!
+//! A streamed snapshot (its sender's [`Replica::snapshot_body`] gives a file)
+//! travels as its chunks: read from the sender's files when sent, put into
+//! the receiver's files (checked there) when they arrive, and only then is
+//! the message delivered, as the engine's transports do. The transfer fails
+//! as a message does (dropped, link cut, receiver down) or when the receiver
+//! refuses the file; the sender then hears of a snapshot failure.
+//!
+//! [`Replica::snapshot_body`]: vaultfleet::Replica::snapshot_body
 
 use std::collections::BTreeMap;
 
@@ -9,6 +18,8 @@ use raft::prelude::Message;
 use raft::SnapshotStatus;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use vaultfleet::bytes::Bytes;
+use vaultfleet::snapshot::SnapshotDescriptor;
 
 use super::events::Event;
 use super::{Phase, Simulation};
@@ -48,6 +59,20 @@ pub(super) fn base_latency(
                 .collect()
         })
         .collect()
+}
+
+/// Simulated rate of a streamed snapshot's transfer, in bytes per µs (100 MB/s).
+const STREAM_BYTES_PER_US: u64 = 100;
+
+/// A snapshot file's chunks, in order, with their sequence numbers.
+type Chunks = Vec<(u32, Bytes)>;
+
+/// A streamed snapshot on its way: the message and its file's chunks.
+#[derive(Clone)]
+pub(super) struct Stream {
+    pub(super) message: Message,
+    pub(super) descriptor: SnapshotDescriptor,
+    pub(super) chunks: Chunks,
 }
 
 impl<W: Workload> Simulation<W> {
@@ -104,6 +129,36 @@ impl<W: Workload> Simulation<W> {
             }
             return;
         };
+        if is_snapshot {
+            match self.read_stream(from, &message) {
+                Ok(None) => {}
+                Ok(Some((descriptor, chunks))) => {
+                    let transfer = descriptor.total_bytes / STREAM_BYTES_PER_US;
+                    let stream = Stream {
+                        message,
+                        descriptor,
+                        chunks,
+                    };
+                    return self.schedule(
+                        delay + transfer,
+                        Event::DeliverStream {
+                            to,
+                            stream: Box::new(stream),
+                        },
+                    );
+                }
+                Err(why) => {
+                    self.stats.streamed_failures += 1;
+                    let id = self.hosts[from].id;
+                    self.note(|| format!("replica {id} cannot send its snapshot: {why}"));
+                    if let Some(r) = self.hosts[from].replica.as_mut() {
+                        r.report_unreachable(message.to);
+                        r.report_snapshot(message.to, SnapshotStatus::Failure);
+                    }
+                    return;
+                }
+            }
+        }
         let dup = self.opts.faults.duplicate;
         if self.phase == Phase::Safety && dup > 0.0 && self.rng.gen_bool(dup) {
             let again = delay + self.rng.gen_range(0..20_000);
@@ -146,6 +201,72 @@ impl<W: Workload> Simulation<W> {
             self.report_snapshot(from, to, SnapshotStatus::Finish);
         }
         self.pump(to);
+    }
+
+    /// The chunks of the file a snapshot message from host `from` names, if
+    /// it is a streamed one (`None`: an inline snapshot, sent whole).
+    fn read_stream(
+        &self,
+        from: usize,
+        message: &Message,
+    ) -> Result<Option<(SnapshotDescriptor, Chunks)>, String> {
+        let Some(r) = self.hosts[from].replica.as_ref() else {
+            return Ok(None);
+        };
+        let Some(mut body) = r
+            .snapshot_body(message.get_snapshot())
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(None);
+        };
+        let descriptor = body.descriptor().clone();
+        let mut chunks = Vec::new();
+        while let Some(chunk) = body.next_chunk().map_err(|e| e.to_string())? {
+            chunks.push(chunk);
+        }
+        Ok(Some((descriptor, chunks)))
+    }
+
+    /// A streamed snapshot's chunks reach host `to`: into its files, then
+    /// the message is delivered; a failure reaches the sender as a snapshot
+    /// failure.
+    pub(super) fn deliver_stream(&mut self, to: usize, stream: Stream) {
+        let Stream {
+            message,
+            descriptor,
+            chunks,
+        } = stream;
+        let from = message.from;
+        let cut = (from as usize)
+            .checked_sub(1)
+            .is_some_and(|f| self.blocked.contains(&(f, to)));
+        let files = self.hosts[to]
+            .replica
+            .as_ref()
+            .and_then(|r| r.snapshot_files());
+        let received = match files {
+            _ if cut => Err("the link was cut during the transfer".to_string()),
+            None => Err("the receiver is down or keeps no snapshot files".to_string()),
+            Some(files) => files
+                .receive(&descriptor)
+                .and_then(|mut receiver| {
+                    for (seq, chunk) in &chunks {
+                        receiver.put(*seq, chunk)?;
+                    }
+                    receiver.finish()
+                })
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(why) = received {
+            self.stats.streamed_failures += 1;
+            let id = self.hosts[to].id;
+            let index = descriptor.index;
+            self.note(|| format!("streamed snapshot at {index} from {from} to {id} failed: {why}"));
+            self.report_snapshot(from, to, SnapshotStatus::Failure);
+            return;
+        }
+        self.stats.streamed_installs += 1;
+        self.deliver(to, message);
     }
 
     pub(super) fn report_snapshot(&mut self, from: u64, to: usize, status: SnapshotStatus) {

@@ -22,6 +22,17 @@ impl<W: Workload> Simulation<W> {
         false
     }
 
+    /// Host `h`'s replica refused to start from its damaged snapshot file
+    /// (`why`): expected, the replica is lost for good.
+    pub(in crate::world) fn refused_damaged_file(&mut self, h: usize, why: String) {
+        let id = self.hosts[h].id;
+        self.note(|| format!("replica {id} refused its damaged snapshot file: {why}"));
+        self.hosts[h].damaged = None;
+        self.hosts[h].damaged_file = false;
+        self.hosts[h].lost = Some(why);
+        self.stats.replicas_lost += 1;
+    }
+
     /// Host `h`'s store refused to open with `e`: expected after damage (the
     /// replica is then lost for good) or while its HSM is out (retried), a false
     /// alarm otherwise.
@@ -34,7 +45,7 @@ impl<W: Workload> Simulation<W> {
             StorageError::Tampered { .. }
             | StorageError::RolledBack { .. }
             | StorageError::Forked { .. }
-                if self.hosts[h].damaged.is_some() =>
+                if self.hosts[h].damaged.is_some() && !self.hosts[h].damaged_file =>
             {
                 let reason = e.to_string();
                 self.note(|| format!("replica {id} refused its damaged store: {reason}"));
