@@ -340,6 +340,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The newest snapshot's file could not be read to send it: take it
     /// again even if nothing was applied since.
     snapshot_rebuild: bool,
+    /// A snapshot installed this cycle: older files go once the cycle's sync
+    /// has made it the store's.
+    retain_after_sync: Option<u64>,
     /// Streamed snapshots to hand to the driver with the cycle's output.
     jobs: Vec<SnapshotBuild>,
     /// Messages raft queued while this replica led, taken when it stepped
@@ -602,6 +605,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             snapshot_wanted: false,
             building: None,
             snapshot_rebuild: false,
+            retain_after_sync: None,
             jobs: Vec::new(),
             outbox: Vec::new(),
             applied_index: snap_index,
@@ -1129,6 +1133,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // The durability point of this cycle: every entry proposed since the last
             // cycle, the vote and the term become durable together (group commit).
             self.raw.mut_store().sync().map_err(storage)?;
+            if let Some(index) = self.retain_after_sync.take() {
+                self.retain_snapshot_files(index);
+            }
             out.messages.extend(rd.take_persisted_messages());
             for rs in rd.take_read_states() {
                 self.read_index_ready(rs.index, &rs.request_ctx);
@@ -1226,8 +1233,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             (self.cfg.sessions_max, self.cfg.session_responses_max),
         )?;
         // Files older than the installed snapshot are of no use any more (a
-        // replica that only ever installs would otherwise keep them all).
-        self.retain_snapshot_files(snap.get_metadata().index);
+        // replica that only ever installs would otherwise keep them all), but
+        // only once the store durably names the new one: a crash before this
+        // cycle's sync reopens on the old snapshot, whose file must be there.
+        self.retain_after_sync = Some(snap.get_metadata().index);
         // Our proposals at or below the snapshot were either applied inside it or
         // replaced by another leader's entries. A client command that was applied
         // left its response in the restored session table (keyed by its session and
