@@ -35,6 +35,8 @@ use std::time::Instant;
 
 use clap::Parser;
 
+use vaultfleet_bench::sizing::{count, load, mix, status_mib, user_id};
+
 use vaultfleet::StateMachine;
 use vaultfleet_vault::wire::{vault_command, VaultCommand, VaultConsume, VaultRequestId};
 use vaultfleet_vault::BackupVault;
@@ -61,34 +63,6 @@ struct Options {
     phase: Option<String>,
 }
 
-fn count(v: &str) -> Result<u64, String> {
-    let (digits, scale) = match v.as_bytes().last() {
-        Some(b'k' | b'K') => (&v[..v.len() - 1], 1_000),
-        Some(b'm' | b'M') => (&v[..v.len() - 1], 1_000_000),
-        _ => (v, 1),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{v:?} is not a count"))?;
-    match n.checked_mul(scale) {
-        Some(0) => Err("must be at least 1".into()),
-        Some(n) => Ok(n),
-        None => Err(format!("{v:?} is too large")),
-    }
-}
-
-/// splitmix64: user ids in random order, the same every run.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn user_id(i: u64) -> String {
-    format!("user-{:016x}", mix(i))
-}
-
 fn build(users: u64) -> BackupVault {
     let mut v = BackupVault::new();
     for i in 0..users {
@@ -111,25 +85,9 @@ impl Write for Counting {
     }
 }
 
-/// A field of /proc/self/status, in MiB.
-fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
 /// Resets `VmHWM` to the current RSS (Linux >= 4.0); false if it could not.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 fn consume_command(user: u64, sequence: u64) -> Vec<u8> {

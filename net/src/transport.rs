@@ -617,15 +617,14 @@ impl Transport for NetTransport {
 
 /// Copies a streamed snapshot's chunks into a replica of this process's
 /// files, chunk by chunk.
-fn copy_chunks(mut body: Box<dyn SnapshotReader>, files: &dyn SnapshotFiles) -> Result<(), ()> {
-    let warn = |e: vaultfleet::snapshot::SnapshotFileError| {
-        tracing::warn!(error = %e, "a streamed snapshot to a local replica failed");
-    };
-    let mut receiver = files.receive(body.descriptor()).map_err(warn)?;
-    while let Some((seq, chunk)) = body.next_chunk().map_err(warn)? {
-        receiver.put(seq, &chunk).map_err(warn)?;
+fn copy_chunks(body: Box<dyn SnapshotReader>, files: &dyn SnapshotFiles) -> Result<(), ()> {
+    match vaultfleet::snapshot::copy_snapshot(body, files, || true) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "a streamed snapshot to a local replica failed");
+            Err(())
+        }
     }
-    receiver.finish().map_err(warn)
 }
 
 async fn accept_loop(

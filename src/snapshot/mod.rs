@@ -51,7 +51,7 @@ pub use descriptor::{chunk_count, chunk_digest, snapshot_id, SnapshotDigester, D
 pub use dir::DirFiles;
 pub use error::SnapshotFileError;
 pub use mem::MemFiles;
-pub use read::ChunkRead;
+pub use read::{copy_snapshot, ChunkRead};
 pub use sealed::HsmSealer;
 
 use bytes::Bytes;

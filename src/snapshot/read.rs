@@ -60,3 +60,24 @@ impl Read for ChunkRead {
         Ok(n)
     }
 }
+
+/// Copies a snapshot chunk by chunk from `source` into `files` as a received
+/// one (checked there against its descriptor's digest and made durable at
+/// the end), asking `go_on` before each chunk: `Ok(false)` if it said stop
+/// (the partial file is dropped). What an in-process transport does in place
+/// of a network.
+pub fn copy_snapshot(
+    mut source: Box<dyn super::SnapshotReader>,
+    files: &dyn super::SnapshotFiles,
+    mut go_on: impl FnMut() -> bool,
+) -> Result<bool, super::SnapshotFileError> {
+    let mut receiver = files.receive(source.descriptor())?;
+    while let Some((seq, chunk)) = source.next_chunk()? {
+        if !go_on() {
+            return Ok(false);
+        }
+        receiver.put(seq, &chunk)?;
+    }
+    receiver.finish()?;
+    Ok(true)
+}

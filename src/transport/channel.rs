@@ -330,26 +330,18 @@ fn copy_chunks(
     network: &ChannelNetwork,
     from: ReplicaId,
     to: ReplicaId,
-    mut body: Box<dyn SnapshotReader>,
+    body: Box<dyn SnapshotReader>,
     files: &dyn SnapshotFiles,
 ) -> Result<(), ()> {
-    let descriptor = body.descriptor().clone();
-    let mut receiver = files.receive(&descriptor).map_err(|e| {
-        tracing::warn!(from, to, error = %e, "streamed snapshot refused by its receiver");
-    })?;
-    while let Some((seq, chunk)) = body.next_chunk().map_err(|e| {
-        tracing::warn!(from, to, error = %e, "streamed snapshot could not be read");
-    })? {
-        if network.shared.links.read().cut.contains(&(from, to)) {
-            return Err(());
+    let links = &network.shared.links;
+    match crate::snapshot::copy_snapshot(body, files, || !links.read().cut.contains(&(from, to))) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(()),
+        Err(e) => {
+            tracing::warn!(from, to, error = %e, "streamed snapshot not received");
+            Err(())
         }
-        receiver.put(seq, &chunk).map_err(|e| {
-            tracing::warn!(from, to, error = %e, "streamed snapshot chunk refused");
-        })?;
     }
-    receiver.finish().map_err(|e| {
-        tracing::warn!(from, to, error = %e, "streamed snapshot refused at its end");
-    })
 }
 
 #[cfg(test)]
