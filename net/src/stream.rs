@@ -202,22 +202,32 @@ pub(crate) fn part_bytes(snapshot_chunk_bytes: usize, send_limit: usize) -> usiz
         .max(1)
 }
 
-/// One slot of `snapshot_streams_max`, given back when dropped.
+/// One slot of `snapshot_streams_max`, given back when dropped. A peer holds
+/// at most half the slots (at least one), across its connections.
 struct Slot {
     shared: Arc<Shared>,
+    peer: PublicKey,
 }
 
 impl Slot {
-    fn take(shared: &Arc<Shared>) -> Option<Self> {
+    fn take(shared: &Arc<Shared>, peer: PublicKey) -> Option<Self> {
         let max = shared.config.snapshot_streams_max;
+        let per_peer = (max / 2).max(1);
+        let mut by_peer = shared.streams_by_peer.lock();
+        let held = by_peer.get(&peer).copied().unwrap_or(0);
+        if held >= per_peer {
+            return None;
+        }
         shared
             .streams_receiving
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
+        by_peer.insert(peer, held + 1);
         Some(Self {
             shared: Arc::clone(shared),
+            peer,
         })
     }
 }
@@ -225,6 +235,13 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.shared.streams_receiving.fetch_sub(1, Ordering::AcqRel);
+        let mut by_peer = self.shared.streams_by_peer.lock();
+        if let Some(held) = by_peer.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -239,6 +256,21 @@ struct InStream {
     chunk: Vec<u8>,
     last_frame: Instant,
     _slot: Slot,
+}
+
+impl Drop for InStream {
+    /// A partial file's receiver deletes it when dropped, which can take long
+    /// for a large one: never on the reactor's thread.
+    fn drop(&mut self) {
+        if let Some(receiver) = self.receiver.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn_blocking(move || drop(receiver));
+                }
+                Err(_) => drop(receiver),
+            }
+        }
+    }
 }
 
 /// Why a stream was refused (logged; every refusal is counted in
@@ -387,6 +419,7 @@ impl InStreams {
             || message.to != header.raft.to
             || metadata.index != descriptor.index
             || metadata.term != descriptor.term
+            || !names_descriptor(&message, &descriptor)
         {
             return self.refuse(id, StreamRefusal::Message);
         }
@@ -402,7 +435,7 @@ impl InStreams {
             self.streams.remove(&old);
             Counters::bump(&self.shared.counters.streams_abandoned);
         }
-        let Some(slot) = Slot::take(&self.shared) else {
+        let Some(slot) = Slot::take(&self.shared, self.key) else {
             return self.refuse(id, StreamRefusal::Busy);
         };
         let files = match inbox.admit_snapshot(header.raft.from, &descriptor) {
@@ -477,7 +510,9 @@ impl InStreams {
             return self.refuse(id, StreamRefusal::Oversize);
         }
         stream.chunk.extend_from_slice(data);
-        stream.last_frame = Instant::now();
+        // The timeout counts from the last whole chunk, not the last frame:
+        // a stream trickling bytes cannot hold its slot (at 1 MiB chunks and
+        // 30 s, a floor of about 35 KB/s).
         if stream.chunk.len() < len {
             return;
         }
@@ -508,6 +543,7 @@ impl InStreams {
         stream.receiver = Some(receiver);
         stream.chunk = chunk;
         stream.next_seq = seq + 1;
+        stream.last_frame = Instant::now();
     }
 
     /// An end frame: the file is checked and made durable, then the message
@@ -520,18 +556,14 @@ impl InStreams {
         if stream.next_seq != stream.descriptor.chunks || !stream.chunk.is_empty() {
             return self.refuse(id, StreamRefusal::EarlyEnd);
         }
-        let Some(stream) = self.streams.remove(&id) else {
+        let Some(mut stream) = self.streams.remove(&id) else {
             return;
         };
-        let InStream {
-            header,
-            inbox,
-            message,
-            receiver,
-            _slot,
-            ..
-        } = stream;
-        let Some(receiver) = receiver else {
+        // `stream` (and its slot) lives until the file is finished.
+        let header = stream.header;
+        let inbox = Arc::clone(&stream.inbox);
+        let message = std::mem::take(&mut stream.message);
+        let Some(receiver) = stream.receiver.take() else {
             return self.refuse(id, StreamRefusal::Files);
         };
         let finished = tokio::task::spawn_blocking(move || receiver.finish()).await;
@@ -547,6 +579,17 @@ impl InStreams {
             group: header.raft.group,
             message,
         });
+        drop(stream);
         Counters::bump(&self.shared.counters.streams_received);
     }
+}
+
+/// True when the snapshot message's format-2 payload names exactly the
+/// descriptor streamed with it (not another file the receiver holds).
+fn names_descriptor(message: &Message, descriptor: &SnapshotDescriptor) -> bool {
+    let payload: Result<vaultfleet::wire::SnapshotPayload, _> =
+        vaultfleet::wire::decode(&message.get_snapshot().data, "snapshot payload");
+    payload.is_ok_and(|p| {
+        SnapshotDescriptor::from_bytes(&p.descriptor).is_ok_and(|d| d == *descriptor)
+    })
 }

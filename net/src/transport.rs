@@ -92,6 +92,10 @@ pub(crate) struct Shared {
     next_stream: AtomicU64,
     /// Streamed snapshots being received (bounded by `snapshot_streams_max`).
     pub streams_receiving: AtomicUsize,
+    /// The same, by the peer sending them (each at most half the slots, at
+    /// least one): one peer, honest on a slow link or not, cannot hold them
+    /// all.
+    pub streams_by_peer: Mutex<BTreeMap<PublicKey, usize>>,
     /// The client connections' own pool and the process-wide bounds on their
     /// requests in flight (`crate::server`).
     pub clients: crate::server::ClientBudget,
@@ -228,6 +232,7 @@ impl NetTransport {
             next_connection: AtomicU64::new(0),
             next_stream: AtomicU64::new(0),
             streams_receiving: AtomicUsize::new(0),
+            streams_by_peer: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             runtime: handle.clone(),

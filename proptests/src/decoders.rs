@@ -47,7 +47,8 @@ use vaultfleet_audit::{
 };
 use vaultfleet_net::wire::client::{encode_reply, encode_request, ClientFrame};
 use vaultfleet_net::wire::frame::{
-    encode_chunk, encode_keepalive, encode_raft, Frame, FrameAssembler, FRAME_LENGTH_BYTES,
+    encode_chunk, encode_keepalive, encode_raft, encode_stream_data, encode_stream_end,
+    encode_stream_open, encode_stream_refused, Frame, FrameAssembler, FRAME_LENGTH_BYTES,
 };
 use vaultfleet_net::wire::hello::Hello;
 use vaultfleet_vault::wire as vwire;
@@ -171,6 +172,27 @@ pub fn raft_frame(data: &[u8]) {
                     if header.offset == 0 && header.total == data.len() as u64 {
                         check_raft_message(data);
                     }
+                }
+                Frame::StreamOpen {
+                    header,
+                    descriptor,
+                    message,
+                } => {
+                    assert_framed(
+                        &encode_stream_open(header, descriptor, message),
+                        &body,
+                        "stream open",
+                    );
+                    check_raft_message(message);
+                }
+                Frame::StreamData { header, seq, data } => {
+                    assert_framed(&encode_stream_data(header, seq, data), &body, "stream data");
+                }
+                Frame::StreamEnd { header } => {
+                    assert_framed(&encode_stream_end(header), &body, "stream end");
+                }
+                Frame::StreamRefused { stream } => {
+                    assert_framed(&encode_stream_refused(stream), &body, "stream refused");
                 }
             }
         }

@@ -85,6 +85,11 @@ fn snapshot_message(d: &SnapshotDescriptor) -> Message {
     let meta = m.mut_snapshot().mut_metadata();
     meta.index = d.index;
     meta.term = d.term;
+    // A format-2 payload naming `d`, as a leader's.
+    let mut payload = vaultfleet::wire::SnapshotPayload::new();
+    payload.format_version = 2;
+    payload.descriptor = d.to_bytes().expect("descriptor");
+    m.mut_snapshot().data = vaultfleet::wire::encode(&payload).expect("payload").into();
     m
 }
 
@@ -379,4 +384,79 @@ fn a_sender_whose_stream_is_refused_hears_failed_and_one_that_is_taken_hears_wri
     assert_eq!(r.streams_received, 1, "{r:#?}");
     sender.shutdown();
     receiver.shutdown();
+}
+
+/// Issue 18 review of the TCP streams, H2: progress is a whole chunk.
+#[test]
+fn a_stream_dribbling_one_byte_per_timeout_does_not_hold_a_slot_for_ever() {
+    let scene = Scene::new(|c| {
+        c.snapshot_streams_max = 1;
+        c.snapshot_chunk_timeout = Duration::from_millis(300);
+    });
+    let inbox = FilesInbox::new();
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let inbox2 = FilesInbox::new();
+    scene.transport.register(2, 1, inbox2.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let files2 = MemFiles::new(CHUNK_BYTES_MIN, None, 2);
+    let mut w = files2.create(2, 2, 10, 2).unwrap();
+    w.write_all(&[1; 100]).unwrap();
+    let d2 = w.finish().unwrap();
+    let mut peer = scene.connect_peer();
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        // One byte every 100 ms for 20 timeouts: 60 bytes in 6 s.
+        for i in 0..60 {
+            peer.data(1, 0, &chunks[0][i..i + 1]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut h = stream(2);
+        h.raft.group = 2;
+        let message = encode_message(&snapshot_message(&d2)).unwrap();
+        peer.send_plaintext(&encode_stream_open(h, &d2.to_bytes().unwrap(), &message))
+            .await;
+        // Give the receiver time to answer (a refusal, if any).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = scene.transport.stats();
+        (
+            stats.streams_refused,
+            stats.streams_abandoned,
+            scene.transport.streams_receiving(),
+        )
+    });
+    let (refused, abandoned, receiving) = refused;
+    // The dribbling stream made no whole chunk within the timeout: it was
+    // dropped (its later frames refused once, as an unknown stream), and the
+    // second stream holds the slot rather than being refused as busy.
+    assert!(abandoned >= 1, "the dribbling stream was never dropped");
+    assert!(
+        refused <= 1,
+        "refused {refused}: the second stream was refused"
+    );
+    assert_eq!(receiving, 1, "the second stream holds the slot");
+}
+
+/// Issue 18 review of the TCP streams, L4: the open's message must name the
+/// streamed descriptor, not another file the receiver may hold.
+#[test]
+fn an_open_whose_message_names_another_descriptor_is_refused() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, _) = snapshot(100 << 10, 3);
+    let (other, _) = snapshot(100 << 10, 4);
+    assert_ne!(d, other);
+    let mut peer = scene.connect_peer();
+    let refused = scene.runtime.block_on(async {
+        let message = encode_message(&snapshot_message(&other)).unwrap();
+        peer.send_plaintext(&encode_stream_open(
+            stream(1),
+            &d.to_bytes().unwrap(),
+            &message,
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        scene.transport.stats().streams_refused
+    });
+    assert_eq!(refused, 1, "the open naming another descriptor is refused");
 }
