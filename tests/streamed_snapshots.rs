@@ -46,8 +46,14 @@ fn stored_descriptor(fleet: &Fleet, id: u64) -> Option<SnapshotDescriptor> {
 
 fn snapshot_files(fleet: &Fleet, id: u64) -> Vec<std::path::PathBuf> {
     let dir = fleet.dir_of(id).join(vaultfleet::storage::SNAPSHOT_DIR);
+    // `.del` files are being deleted on a thread of their own.
     let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_none_or(|e| e != "del"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files

@@ -71,13 +71,52 @@ fn kits() -> [Kit; 2] {
     [Kit::mem(), Kit::dir()]
 }
 
+/// The names in `dir`, but for `.del` files (renamed for deletion, unlinked
+/// on a thread of their own: gone as far as the files are concerned).
 fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = all_names(dir)
+        .into_iter()
+        .filter(|n| !n.ends_with(".del"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn all_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     v.sort();
     v
+}
+
+/// Deletion off the caller's thread still deletes: the renamed files are
+/// unlinked (a bounded wait, so a failure does not hang).
+#[test]
+// The deletion runs on a thread of its own: the test waits for it.
+#[allow(clippy::disallowed_methods)]
+fn retained_away_files_are_unlinked_off_the_callers_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = DirFiles::open(dir.path(), CHUNK, None, REPLICA).unwrap();
+    for index in [5, 6, 7] {
+        let mut w = files.create(7, REPLICA, index, 1).unwrap();
+        w.write_all(&vec![index as u8; 3 * C]).unwrap();
+        w.finish().unwrap();
+    }
+    files.retain_below(7).unwrap();
+    assert_eq!(
+        names(dir.path()).len(),
+        1,
+        "at once, as far as the files go"
+    );
+    for _ in 0..500 {
+        if all_names(dir.path()).len() == 1 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never unlinked: {:?}", all_names(dir.path()));
 }
 
 fn random_bytes(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
