@@ -170,16 +170,6 @@ impl DirFiles {
         Ok((file, path))
     }
 
-    /// Deletes every finished file older than `index` (whose snapshot
-    /// covers less of the log) and every abandoned `.tmp`, keeping the files
-    /// at or above `index` and live writers' and receivers' `.tmp`. Readers
-    /// already open are not disturbed. (What the replica will call after a
-    /// snapshot at `index` is installed or taken; a file it was sent and has
-    /// not installed yet stays.)
-    pub fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError> {
-        self.sweep(Some(&|at, _| at >= index))
-    }
-
     /// Deletes every `.tmp` not live and, when `keep` is given, every
     /// finished file for whose index and id it is false. Files whose names
     /// are not a snapshot's are left alone.
@@ -324,8 +314,10 @@ impl SnapshotFiles for DirFiles {
         self.file(descriptor).is_ok()
     }
 
+    /// Also deletes every abandoned `.tmp`; live writers' and receivers'
+    /// stay.
     fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError> {
-        DirFiles::retain_below(self, index)
+        self.sweep(Some(&|at, _| at >= index))
     }
 
     fn retain(&self, keep: &[SnapshotId]) -> Result<(), SnapshotFileError> {

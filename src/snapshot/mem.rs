@@ -84,18 +84,6 @@ impl MemFiles {
         self.finished.lock().len()
     }
 
-    /// Deletes every finished file older than `index` (whose snapshot
-    /// covers less of the log), keeping those at or above it. Readers already
-    /// open are not disturbed. (The same as [`DirFiles::retain_below`](super::DirFiles::retain_below).)
-    pub fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError> {
-        self.finished.lock().retain(|id, bytes| {
-            // A file whose trailer does not decode is not a snapshot of any
-            // index: dropped too.
-            layout::trailer_of(&Self::path(id), bytes).is_ok_and(|d| d.index >= index)
-        });
-        Ok(())
-    }
-
     /// The bytes of a finished file (tests of the layout).
     #[cfg(test)]
     pub(super) fn raw(&self, id: &SnapshotId) -> Option<Bytes> {
@@ -171,7 +159,12 @@ impl SnapshotFiles for MemFiles {
     }
 
     fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError> {
-        MemFiles::retain_below(self, index)
+        self.finished.lock().retain(|id, bytes| {
+            // A file whose trailer does not decode is not a snapshot of any
+            // index: dropped too.
+            layout::trailer_of(&Self::path(id), bytes).is_ok_and(|d| d.index >= index)
+        });
+        Ok(())
     }
 
     fn retain(&self, keep: &[SnapshotId]) -> Result<(), SnapshotFileError> {
