@@ -45,6 +45,14 @@ use crate::ReplicaId;
 pub const SYNC_BYTES: u64 = 16 << 20;
 
 /// The buffer a writer collects small writes in.
+/// What a chunk's record adds on disk at most: its length prefix and, sealed,
+/// its tag (with room to spare).
+const CHUNK_FRAMING_BYTES: u64 = 64;
+
+/// Free space a received snapshot must leave on its disk, for the log and
+/// the files' own header and trailer.
+pub const FREE_SPACE_MARGIN_BYTES: u64 = 64 << 20;
+
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
 /// The buffer a reader reads records through.
@@ -64,6 +72,7 @@ pub struct DirFiles {
     replica: ReplicaId,
     live: LiveTmp,
     next_tmp: AtomicU64,
+    keep_free: u64,
 }
 
 impl DirFiles {
@@ -88,9 +97,18 @@ impl DirFiles {
             replica,
             live: LiveTmp::default(),
             next_tmp: AtomicU64::new(0),
+            keep_free: FREE_SPACE_MARGIN_BYTES,
         };
         files.sweep(None)?;
         Ok(files)
+    }
+
+    /// Free space every received snapshot must leave on the disk (default
+    /// [`FREE_SPACE_MARGIN_BYTES`]): a transfer that would leave less is
+    /// refused before a byte is written ([`SnapshotFileError::NoSpace`]).
+    pub fn keep_free(mut self, bytes: u64) -> Self {
+        self.keep_free = bytes;
+        self
     }
 
     /// The directory.
@@ -104,6 +122,23 @@ impl DirFiles {
     }
 
     /// Registers and creates a new `.tmp` file.
+    /// Refuses a snapshot the disk cannot hold: its bytes, each chunk's
+    /// framing and seal, and [`DirFiles::keep_free`] left for the log.
+    /// Checked once, when a transfer starts: a disk that fills during it
+    /// still fails the write, and the partial file is deleted.
+    fn check_free_space(&self, descriptor: &SnapshotDescriptor) -> Result<(), SnapshotFileError> {
+        let available = fs2::available_space(&self.dir)
+            .map_err(|e| SnapshotFileError::io(&self.dir, "statvfs", e))?;
+        let needed = descriptor
+            .total_bytes
+            .saturating_add(u64::from(descriptor.chunks).saturating_mul(CHUNK_FRAMING_BYTES))
+            .saturating_add(self.keep_free);
+        if needed > available {
+            return Err(SnapshotFileError::NoSpace { needed, available });
+        }
+        Ok(())
+    }
+
     fn new_tmp(&self) -> Result<(TmpFile, DirSink), SnapshotFileError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         // A random part: a second `DirFiles` on the directory (a replica
@@ -277,6 +312,7 @@ impl SnapshotFiles for DirFiles {
         let (tmp, sink) = if self.is_complete(descriptor) {
             (None, None)
         } else {
+            self.check_free_space(descriptor)?;
             let (tmp, sink) = self.new_tmp()?;
             (Some(tmp), Some(sink))
         };

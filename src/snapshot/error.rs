@@ -52,6 +52,15 @@ pub enum SnapshotFileError {
         /// The largest snapshot allowed.
         max: u64,
     },
+    /// The files' disk has too little free space for a snapshot offered to
+    /// this replica: it was refused before a byte was written.
+    #[error("snapshot of {needed} bytes refused: the snapshot directory's disk has {available} bytes free; free space or move the data directory")]
+    NoSpace {
+        /// Bytes the file would take, with its framing and a margin.
+        needed: u64,
+        /// Bytes free for this process on the disk.
+        available: u64,
+    },
     /// A receiver finished before the last chunk came.
     #[error("snapshot {id:?}: finished after {got} of {want} chunks; the transfer was cut")]
     Incomplete {

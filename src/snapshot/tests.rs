@@ -524,6 +524,41 @@ fn receive_refuses_chunks_out_of_order_of_the_wrong_size_or_past_the_last() {
     }
 }
 
+/// Review of the TCP streams, M2: a transfer the disk cannot hold is refused
+/// before anything is written, not after the disk filled.
+#[test]
+fn a_receive_the_disk_cannot_hold_is_refused_before_a_byte_is_written() {
+    let (d, cs, data) = source(2 * C + 3, 13);
+    let tmp = tempfile::tempdir().unwrap();
+    let free = fs2::available_space(tmp.path()).unwrap();
+    // Leave more free than the disk has: nothing fits.
+    let files = DirFiles::open(tmp.path(), CHUNK, None, 1)
+        .unwrap()
+        .keep_free(free.saturating_add(1 << 30));
+    match files.receive(&d) {
+        Err(SnapshotFileError::NoSpace { needed, available }) => {
+            assert!(
+                needed > available && needed >= d.total_bytes,
+                "{needed} {available}"
+            );
+        }
+        other => panic!("expected NoSpace, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        all_names(tmp.path()).is_empty(),
+        "{:?}",
+        all_names(tmp.path())
+    );
+    // With room to spare, the same descriptor is received whole.
+    let files = files.keep_free(0);
+    let mut rx = files.receive(&d).unwrap();
+    for (seq, c) in cs.iter().enumerate() {
+        rx.put(seq as u32, c).unwrap();
+    }
+    rx.finish().unwrap();
+    assert!(read_all(&files, &d).unwrap() == data);
+}
+
 #[test]
 fn finishing_before_the_last_chunk_is_incomplete_and_leaves_nothing() {
     let (d, cs, _) = source(2 * C + 3, 12);
