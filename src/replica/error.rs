@@ -340,6 +340,10 @@ pub enum SnapshotError {
         /// What was wrong.
         what: &'static str,
     },
+    /// Restoring the snapshot off the replica's thread panicked (in the
+    /// state machine's `restore_from`, most likely; see the log).
+    #[error("its restore panicked; see the log for the panic")]
+    RestorePanicked,
     /// The replicated session limits are out of range.
     #[error(
         "replicated session limits out of range (sessions_max {sessions_max}, \

@@ -38,6 +38,7 @@ mod config;
 mod error;
 mod intake;
 mod logging;
+mod restore;
 mod sessions;
 mod streamed;
 
@@ -49,6 +50,7 @@ pub use error::{
     StepError, StepRefusal,
 };
 pub use intake::{INDEX_JUMP_MAX, INDEX_MAX};
+pub use restore::{RestoredSnapshot, SnapshotRestore};
 pub use streamed::{SnapshotBuild, SnapshotBuildError};
 
 use bytes::Bytes;
@@ -182,6 +184,11 @@ pub struct Output {
     /// replica's thread) and report it with [`Replica::snapshot_built`]:
     /// until it does, the replica takes no other snapshot.
     pub jobs: Vec<SnapshotBuild>,
+    /// Streamed snapshots to restore. The driver must run each one (off the
+    /// replica's thread) and report it with [`Replica::snapshot_restored`]:
+    /// until it does, the replica applies nothing past the snapshot. One
+    /// dropped unrun is restored in place at the replica's next cycle.
+    pub restores: Vec<SnapshotRestore>,
 }
 
 impl Output {
@@ -190,6 +197,7 @@ impl Output {
         self.messages.clear();
         self.completions.clear();
         self.jobs.clear();
+        self.restores.clear();
     }
 }
 
@@ -206,7 +214,8 @@ pub struct Status {
     pub term: u64,
     /// Highest committed index known.
     pub commit: u64,
-    /// Highest applied index.
+    /// Highest index applied to the state machine (while a snapshot is
+    /// restored off the thread, the index before it).
     pub applied: u64,
     /// First index the log store holds.
     pub first_index: u64,
@@ -345,6 +354,12 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     retain_after_sync: Option<u64>,
     /// Streamed snapshots to hand to the driver with the cycle's output.
     jobs: Vec<SnapshotBuild>,
+    /// Restores to hand to the driver with the cycle's output.
+    restores: Vec<SnapshotRestore>,
+    /// The streamed snapshot being restored off the thread, if any: until it
+    /// is, `applied_index` is the machine's (before the snapshot) and
+    /// committed entries wait in it.
+    restoring: Option<restore::Restoring>,
     /// Messages raft queued while this replica led, taken when it stepped
     /// down on applying its own removal: they leave with the cycle's output.
     outbox: Vec<Message>,
@@ -607,6 +622,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             snapshot_rebuild: false,
             retain_after_sync: None,
             jobs: Vec::new(),
+            restores: Vec::new(),
+            restoring: None,
             outbox: Vec::new(),
             applied_index: snap_index,
             cfg,
@@ -974,6 +991,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || !self.registrations.is_empty()
             || !self.digest_marks.is_empty()
             || !self.completions.is_empty()
+            || self.restoring.as_ref().is_some_and(|r| r.dropped())
             || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
             || self.raw.has_ready()
     }
@@ -1103,9 +1121,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn ready_cycle(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
         let id = self.cfg.id;
         let storage = |source| ReplicaError::Storage { id, source };
+        self.restore_dropped_in_place()?;
         let commit_before = self.raw.raft.raft_log.committed;
         debug_assert!(self.applied_index <= commit_before);
-        debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
+        debug_assert_eq!(self.raft_applied(), self.raw.raft.raft_log.applied);
         self.flush_proposals();
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
@@ -1140,7 +1159,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             for rs in rd.take_read_states() {
                 self.read_index_ready(rs.index, &rs.request_ctx);
             }
-            let mut light = self.raw.advance(rd);
+            // What raft counts applied: everything handed over, or, while a
+            // snapshot is restored off the thread, the snapshot alone (the
+            // entries after it wait for the restore).
+            let mut light = self.raw.advance_append(rd);
+            self.raw.advance_apply_to(self.raft_applied());
             if let Some(commit) = light.commit_index() {
                 // Not synced here: a lost commit index is relearned from the leader.
                 let mut hs = self.raw.store().hard_state().clone();
@@ -1150,8 +1173,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out.messages
                 .extend(split_appends(light.take_messages(), limit));
             self.apply_entries(light.take_committed_entries())?;
-            self.raw.advance_apply();
-            debug_assert_eq!(self.applied_index, self.raw.raft.raft_log.applied);
+            self.raw.advance_apply_to(self.raft_applied());
+            debug_assert_eq!(self.raft_applied(), self.raw.raft.raft_log.applied);
         }
         if !self.outbox.is_empty() {
             let limit = self.cfg.message_bytes_max;
@@ -1167,8 +1190,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.notice_role_change();
         self.maybe_snapshot()?;
         out.jobs.append(&mut self.jobs);
+        out.restores.append(&mut self.restores);
         out.completions.append(&mut self.completions);
         Ok(())
+    }
+
+    /// The index raft counts applied: the applied index, or the snapshot
+    /// being restored off the thread.
+    fn raft_applied(&self) -> u64 {
+        self.restoring
+            .as_ref()
+            .map_or(self.applied_index, |r| r.index)
     }
 
     fn fail_everything(&mut self, out: &mut Output) {
@@ -1220,7 +1252,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ReplicaError> {
         // raft-rs hands over only snapshots beyond what this replica committed.
-        debug_assert!(snap.get_metadata().index > self.applied_index);
+        debug_assert!(snap.get_metadata().index > self.raft_applied());
+        // A restore in flight is superseded, and the entries waiting for it
+        // are all covered by this snapshot (they were committed, and raft
+        // installs only snapshots past its commit index).
+        if let Some(old) = self.restoring.take() {
+            debug_assert!(old
+                .waiting
+                .last()
+                .is_none_or(|e| e.index < snap.get_metadata().index));
+        }
+        // Files older than the installed snapshot are of no use any more (a
+        // replica that only ever installs would otherwise keep them all), but
+        // only once the store durably names the new one: a crash before this
+        // cycle's sync reopens on the old snapshot, whose file must be there.
+        self.retain_after_sync = Some(snap.get_metadata().index);
+        if self.start_restore(snap)? {
+            return Ok(());
+        }
         let files = self.raw.store().snapshot_files();
         Self::restore_payload(
             self.cfg.id,
@@ -1232,18 +1281,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             &mut self.members,
             (self.cfg.sessions_max, self.cfg.session_responses_max),
         )?;
-        // Files older than the installed snapshot are of no use any more (a
-        // replica that only ever installs would otherwise keep them all), but
-        // only once the store durably names the new one: a crash before this
-        // cycle's sync reopens on the old snapshot, whose file must be there.
-        self.retain_after_sync = Some(snap.get_metadata().index);
+        self.finish_install(snap.get_metadata().index);
+        Ok(())
+    }
+
+    /// The machine and sessions hold the snapshot at `index`: answers the
+    /// proposals it covers and makes it the applied index.
+    fn finish_install(&mut self, index: u64) {
         // Our proposals at or below the snapshot were either applied inside it or
         // replaced by another leader's entries. A client command that was applied
         // left its response in the restored session table (keyed by its session and
         // sequence, so it is the answer whoever proposed it): answer with it. For
         // anything else the outcome is unknown here: `TimedOut` says it may have
         // applied and that a retry with the same sequence is safe.
-        let index = snap.get_metadata().index;
         let covered: Vec<u64> = self.in_flight.range(..=index).map(|(&i, _)| i).collect();
         for i in covered {
             let Some(f) = self.in_flight.remove(&i) else {
@@ -1267,10 +1317,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         debug_assert!(self.in_flight.range(..=index).next().is_none());
         self.applied_index = index;
-        Ok(())
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
+    fn apply_entries(&mut self, mut entries: Vec<Entry>) -> Result<(), ReplicaError> {
+        if let Some(restoring) = &mut self.restoring {
+            // Applied once the snapshot before them is restored.
+            restoring.waiting.append(&mut entries);
+            return Ok(());
+        }
         for entry in entries {
             let index = entry.index;
             debug_assert_eq!(
@@ -1278,7 +1332,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 self.applied_index + 1,
                 "committed entries apply consecutively"
             );
-            self.applied_index = index;
             let mine = self.in_flight.remove(&index);
             let mine = match mine {
                 Some(f) if f.term == entry.term => Some(f),
@@ -1295,6 +1348,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     self.apply_conf_change(&entry, mine)?
                 }
             }
+            // Only once applied: a change that stops the replica was not.
+            self.applied_index = index;
         }
         Ok(())
     }
@@ -1543,7 +1598,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn serve_reads(&mut self) {
-        let applied = self.raw.raft.raft_log.applied;
+        // The machine's: while a snapshot is restored off the thread, the
+        // machine before it answers only reads at or below its own index.
+        let applied = self.applied_index;
         while let Some(entry) = self.reads_awaiting_apply.first_entry() {
             if entry.key().0 > applied {
                 break;
@@ -1628,6 +1685,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let due = applied - snap_index.min(applied) >= self.cfg.snapshot_entries_min
             && applied >= self.snapshot_retry_after;
         self.forget_abandoned_build();
+        if self.restoring.is_some() {
+            // The machine is the one before the snapshot being restored.
+            return Ok(());
+        }
         // At the same index when nothing was applied since: saved in place.
         let rebuild = self.snapshot_rebuild && self.raw.store().snapshot_files().is_some();
         if self.building.is_some()
@@ -1775,7 +1836,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             leader: self.leader(),
             term: raft.term,
             commit: raft.raft_log.committed,
-            applied: raft.raft_log.applied,
+            applied: self.applied_index,
             first_index: raft.raft_log.first_index(),
             last_index: raft.raft_log.last_index(),
             voters: sorted(cs.voters),

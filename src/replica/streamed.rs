@@ -201,7 +201,20 @@ pub(super) fn restore_stream<S: StateMachine>(
     machine: &mut S,
     sessions: &mut Sessions,
 ) -> Result<(), SnapshotError> {
-    let mut input = ChunkRead::new(files.open(descriptor)?);
+    restore_stream_from(
+        &mut ChunkRead::new(files.open(descriptor)?),
+        machine,
+        sessions,
+    )
+}
+
+/// Restores `machine` and `sessions` from a snapshot file's stream, read to
+/// its end (so its digest is checked).
+pub(super) fn restore_stream_from<S: StateMachine>(
+    mut input: &mut dyn Read,
+    machine: &mut S,
+    sessions: &mut Sessions,
+) -> Result<(), SnapshotError> {
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic).map_err(stream_error)?;
     if &magic != STREAM_MAGIC {
@@ -228,7 +241,7 @@ pub(super) fn restore_stream<S: StateMachine>(
         });
     }
     let section: SnapshotPayload = wire::decode(&section, "snapshot sessions section")?;
-    machine.restore_from(&mut input)?;
+    machine.restore_from(input)?;
     // The machine may stop before the end; reading on to it makes the file's
     // reader check the digest, so a stream with anything after the state, or
     // cut or edited anywhere, is refused.

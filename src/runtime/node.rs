@@ -26,7 +26,8 @@ use super::slot::Slot;
 use super::telemetry::{self, Stopwatch};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
-    RequestError, RequestId, SnapshotBuild, SnapshotBuildError, Status, INDEX_JUMP_MAX,
+    RequestError, RequestId, RestoredSnapshot, SnapshotBuild, SnapshotBuildError, SnapshotRestore,
+    Status, INDEX_JUMP_MAX,
 };
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles};
 use crate::state_machine::StateMachine;
@@ -78,10 +79,11 @@ pub(crate) enum Input {
     TransferLeader(ReplicaId),
     /// How the send of a snapshot to a peer ended (from its transport).
     SnapshotSent(ReplicaId, SnapshotSent),
-    /// A snapshot build finished: its outcome waits in `Shared::builds_done`
-    /// (this input only wakes the node, and may be dropped when the mailbox is
-    /// full: the outcome is taken on the next turn anyway).
-    SnapshotBuilt,
+    /// A snapshot build or restore finished: its outcome waits in
+    /// `Shared::builds_done` or `Shared::restores_done` (this input only wakes
+    /// the node, and may be dropped when the mailbox is full: the outcome is
+    /// taken on the next turn anyway).
+    SnapshotJobDone,
 }
 
 /// What a node's handles and its driver share.
@@ -97,6 +99,8 @@ pub(super) struct Shared {
     snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
     /// Outcomes of snapshot builds, by index, taken by the node each turn.
     builds_done: parking_lot::Mutex<Vec<(u64, Result<SnapshotDescriptor, SnapshotBuildError>)>>,
+    /// Outcomes of snapshot restores, taken by the node each turn.
+    restores_done: parking_lot::Mutex<Vec<RestoredSnapshot>>,
     /// The replica's snapshot files, where a streamed snapshot for it is
     /// received ([`Inbox::snapshot_files`]).
     files: Option<Arc<dyn SnapshotFiles>>,
@@ -124,7 +128,12 @@ impl Shared {
 
     fn snapshot_built(&self, index: u64, result: Result<SnapshotDescriptor, SnapshotBuildError>) {
         self.builds_done.lock().push((index, result));
-        let _ = self.push(Input::SnapshotBuilt);
+        let _ = self.push(Input::SnapshotJobDone);
+    }
+
+    fn snapshot_restored(&self, restored: RestoredSnapshot) {
+        self.restores_done.lock().push(restored);
+        let _ = self.push(Input::SnapshotJobDone);
     }
 
     fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
@@ -431,7 +440,7 @@ pub(super) fn fail_input(input: Input, error: RequestError) {
         Input::Raft(_)
         | Input::TransferLeader(_)
         | Input::SnapshotSent(..)
-        | Input::SnapshotBuilt => {}
+        | Input::SnapshotJobDone => {}
     }
 }
 
@@ -446,7 +455,7 @@ fn input_slot(input: &Input) -> Option<&ResponseSlot> {
         Input::Raft(_)
         | Input::TransferLeader(_)
         | Input::SnapshotSent(..)
-        | Input::SnapshotBuilt => None,
+        | Input::SnapshotJobDone => None,
     }
 }
 
@@ -608,6 +617,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
             builds_done: parking_lot::Mutex::new(Vec::new()),
+            restores_done: parking_lot::Mutex::new(Vec::new()),
             files: replica.snapshot_files(),
             pool: std::sync::OnceLock::new(),
         });
@@ -740,7 +750,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 self.replica.transfer_leader(to);
                 return;
             }
-            Input::SnapshotBuilt => return,
+            Input::SnapshotJobDone => return,
             Input::SnapshotSent(to, sent) => {
                 let (status, result) = match sent {
                     SnapshotSent::Written => (SnapshotStatus::Finish, "written"),
@@ -784,6 +794,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             self.dispatch();
             result?;
         }
+        let restored = std::mem::take(&mut *self.shared.restores_done.lock());
+        for restored in restored {
+            self.out.clear();
+            let result = self.replica.snapshot_restored(restored, &mut self.out);
+            self.dispatch();
+            result?;
+        }
         while self.replica.has_ready() {
             self.out.clear();
             let result = self.replica.handle_ready(&mut self.out);
@@ -810,6 +827,23 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         if let Err(e) = spawned {
             self.shared
                 .snapshot_built(index, Err(SnapshotBuildError::Start(e)));
+        }
+    }
+
+    /// Runs a streamed snapshot's restore on a thread of its own; its outcome
+    /// comes back through `Shared::restores_done`. If no thread starts, the
+    /// restore is dropped unrun and the replica restores in place.
+    fn start_restore(&self, job: SnapshotRestore) {
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("vf-snap-restore-{}", self.shared.id))
+            .spawn(move || shared.snapshot_restored(job.run()));
+        if let Err(e) = spawned {
+            tracing::warn!(
+                replica = self.shared.id,
+                "no thread for the snapshot restore ({e}); restoring in place"
+            );
+            let _ = self.shared.push(Input::SnapshotJobDone);
         }
     }
 
@@ -851,6 +885,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     fn dispatch(&mut self) {
         for job in std::mem::take(&mut self.out.jobs) {
             self.start_build(job);
+        }
+        for job in std::mem::take(&mut self.out.restores) {
+            self.start_restore(job);
         }
         {
             let group = self.replica.group();

@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use vaultfleet::replica::{Completion, Output, Reply, RequestId, Status};
+use vaultfleet::replica::{Completion, Output, Reply, RequestId, SnapshotRestore, Status};
+use vaultfleet::storage::SnapshotFilesHost as _;
 use vaultfleet::wire::Request;
 use vaultfleet::{
     FleetConfig, KvStore, MemLog, MemberSpec, Replica, ReplicaConfig, ReplicaError, RequestError,
@@ -39,6 +40,12 @@ pub struct Network<M: StateMachine = KvStore> {
     pub failures: BTreeMap<u64, ReplicaError>,
     request_next: RequestId,
     output: Output,
+    /// Snapshot restores the replicas handed out, by replica, not yet run:
+    /// a test runs, holds or drops each ([`Network::run_restores`]).
+    pub restores: Vec<(u64, SnapshotRestore)>,
+    /// Whether [`Network::cycle`] runs snapshot builds (made by
+    /// [`Network::with_files`]); otherwise they are dropped unrun.
+    run_builds: bool,
 }
 
 /// Settings the core tests use unless they say otherwise: small snapshots, so a
@@ -94,13 +101,22 @@ impl<M: StateMachine> Network<M> {
         configure: impl Fn(&mut ReplicaConfig),
         make: fn() -> M,
     ) -> Self {
+        Network::build(fleet, |_, store| prepare(store), configure, make)
+    }
+
+    fn build(
+        fleet: &FleetConfig,
+        prepare: impl Fn(u64, &mut MemLog),
+        configure: impl Fn(&mut ReplicaConfig),
+        make: fn() -> M,
+    ) -> Self {
         let ids = fleet.voters();
         let replicas = ids
             .iter()
             .map(|&id| {
                 let mut store = MemLog::new();
                 assert!(Replica::bootstrap(&mut store, &make(), fleet).expect("bootstrap"));
-                prepare(&mut store);
+                prepare(id, &mut store);
                 let mut cfg = test_config(id);
                 configure(&mut cfg);
                 let replica = Replica::new(cfg, store, make()).expect("start replica");
@@ -115,7 +131,57 @@ impl<M: StateMachine> Network<M> {
             failures: BTreeMap::new(),
             request_next: 1,
             output: Output::default(),
+            restores: Vec::new(),
+            run_builds: false,
         }
+    }
+
+    /// Like [`Network::with_fleet`], every store keeping snapshot files in
+    /// memory: snapshots are streamed, built at once by [`Network::cycle`]
+    /// and copied to their receiver's files on delivery; restores wait in
+    /// [`Network::restores`].
+    pub fn with_files(
+        fleet: &FleetConfig,
+        configure: impl Fn(&mut ReplicaConfig),
+        make: fn() -> M,
+    ) -> Self {
+        let files = |id, store: &mut MemLog| {
+            store.open_snapshot_files(id, None).expect("snapshot files");
+        };
+        let mut net = Network::build(fleet, files, configure, make);
+        net.run_builds = true;
+        net
+    }
+
+    /// Runs the restores replica `id` handed out and hands it their outcomes.
+    pub fn run_restores(&mut self, id: u64) {
+        let (mine, others) = std::mem::take(&mut self.restores)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(r, _)| *r == id);
+        self.restores = others;
+        for (_, job) in mine {
+            let restored = job.run();
+            let replica = self.replicas.get_mut(&id).expect("no such replica");
+            self.output.clear();
+            if let Err(e) = replica.snapshot_restored(restored, &mut self.output) {
+                self.failures.insert(id, e);
+            }
+            self.take_output(id);
+        }
+    }
+
+    fn take_output(&mut self, id: u64) {
+        self.in_flight.extend(self.output.messages.drain(..));
+        for Completion {
+            id: request,
+            result,
+        } in self.output.completions.drain(..)
+        {
+            let previous = self.completions.insert(request, (id, result));
+            assert!(previous.is_none(), "request {request} completed twice");
+        }
+        self.restores
+            .extend(self.output.restores.drain(..).map(|job| (id, job)));
     }
 
     /// Replica `id`.
@@ -183,14 +249,18 @@ impl<M: StateMachine> Network<M> {
         if let Err(e) = replica.handle_ready(&mut self.output) {
             self.failures.insert(id, e);
         }
-        self.in_flight.extend(self.output.messages.drain(..));
-        for Completion {
-            id: request,
-            result,
-        } in self.output.completions.drain(..)
-        {
-            let previous = self.completions.insert(request, (id, result));
-            assert!(previous.is_none(), "request {request} completed twice");
+        let builds: Vec<_> = self.output.jobs.drain(..).collect();
+        let builds = if self.run_builds { builds } else { Vec::new() };
+        self.take_output(id);
+        // Streamed snapshots are written at once and reported at once.
+        for job in builds {
+            let (index, result) = (job.index(), job.run());
+            let replica = self.replicas.get_mut(&id).expect("no such replica");
+            self.output.clear();
+            if let Err(e) = replica.snapshot_built(index, result, &mut self.output) {
+                self.failures.insert(id, e);
+            }
+            self.take_output(id);
         }
     }
 
@@ -208,12 +278,35 @@ impl<M: StateMachine> Network<M> {
             return false;
         };
         if !self.cut.contains(&(message.from, message.to)) {
+            self.copy_snapshot_file(&message);
             if let Some(to) = self.replicas.get_mut(&message.to) {
                 // A refused message is dropped, as a driver would drop it.
                 let _ = to.step(message);
             }
         }
         true
+    }
+
+    /// A streamed snapshot's file goes from its sender's files to its
+    /// receiver's before the message (as a transport does).
+    fn copy_snapshot_file(&self, message: &Message) {
+        if message.get_msg_type() != raft::prelude::MessageType::MsgSnapshot {
+            return;
+        }
+        let (Some(from), Some(to)) = (
+            self.replicas.get(&message.from),
+            self.replicas.get(&message.to),
+        ) else {
+            return;
+        };
+        let (Ok(Some(body)), Some(files)) = (
+            from.snapshot_body(message.get_snapshot()),
+            to.snapshot_files(),
+        ) else {
+            return;
+        };
+        vaultfleet::snapshot::copy_snapshot(body, &*files, || true)
+            .expect("copy the snapshot file");
     }
 
     /// Delivers the messages in flight that `select` picks, keeping the others
