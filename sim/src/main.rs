@@ -668,8 +668,8 @@ fn print_run(report: &Report) {
     );
     if report.options.streamed_snapshots {
         println!(
-            "streamed snapshots: {} built, {} sent into a receiver's files and delivered, {} transfers failed, {} files damaged (counted in the bit flips)",
-            s.snapshots_streamed, s.streamed_installs, s.streamed_failures, s.snapshot_file_flips
+            "streamed snapshots: {} built, {} sent into a receiver's files and delivered, {} restored off the replica's thread, {} transfers failed, {} files damaged (counted in the bit flips)",
+            s.snapshots_streamed, s.streamed_installs, s.snapshots_restored_off_thread, s.streamed_failures, s.snapshot_file_flips
         );
     }
     println!(
@@ -839,7 +839,7 @@ fn json_line(seed: u64, run: &SeedRun, reproduce: Option<&str>) -> String {
                 WorkloadKind::Counter => "counter",
             };
             s.push_str(&format!(
-                ",\"replicas\":{},\"datacenters\":{},\"workload\":\"{workload}\",\"clients\":{},\"sealed\":{},\"streamed\":{},\"snapshots_streamed\":{},\"streamed_installs\":{},\"events\":{},\"sim_us\":{},\"sim_s\":{:.6},\"ops\":{},\"crashes\":{},\"partitions\":{},\"stall\":{}",
+                ",\"replicas\":{},\"datacenters\":{},\"workload\":\"{workload}\",\"clients\":{},\"sealed\":{},\"streamed\":{},\"snapshots_streamed\":{},\"streamed_installs\":{},\"restored_off_thread\":{},\"events\":{},\"sim_us\":{},\"sim_s\":{:.6},\"ops\":{},\"crashes\":{},\"partitions\":{},\"stall\":{}",
                 o.replicas,
                 o.datacenters,
                 o.clients,
@@ -847,6 +847,7 @@ fn json_line(seed: u64, run: &SeedRun, reproduce: Option<&str>) -> String {
                 o.streamed_snapshots,
                 r.stats.snapshots_streamed,
                 r.stats.streamed_installs,
+                r.stats.snapshots_restored_off_thread,
                 r.stats.events,
                 r.simulated_us,
                 r.simulated_us as f64 / 1e6,

@@ -31,6 +31,7 @@ fn assert_clean(seed: u64, r: &Report) {
 
 #[test]
 fn streamed_runs_pass_every_checker() {
+    let mut restored_off_thread = 0;
     for seed in 1..=4 {
         let workload = if seed % 2 == 0 {
             WorkloadKind::Vault
@@ -44,7 +45,17 @@ fn streamed_runs_pass_every_checker() {
             "seed {seed}: no streamed snapshot was built: {:?}",
             r.stats
         );
+        if workload == WorkloadKind::Vault {
+            restored_off_thread += r.stats.snapshots_restored_off_thread;
+        } else {
+            // The counter machine offers no blank: it restores in place.
+            assert_eq!(r.stats.snapshots_restored_off_thread, 0, "seed {seed}");
+        }
     }
+    assert!(
+        restored_off_thread > 0,
+        "no vault seed restored a snapshot off the replica's thread"
+    );
     // Plain stores (unsealed files) too.
     for seed in 5..=6 {
         let mut o = streamed(seed, WorkloadKind::Counter);

@@ -189,6 +189,30 @@ impl StateMachine for BatchedVault {
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         self.vault.restore(snapshot)
     }
+
+    // The vault's own streaming paths, so streamed seeds take its frozen
+    // views and restore off the replica's thread into a blank vault (the
+    // counter workload keeps the defaults: captured whole, restored in place).
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<(), CaptureError> {
+        self.vault.snapshot_to(out)
+    }
+
+    fn snapshot_view(
+        &self,
+    ) -> Result<Box<dyn vaultfleet::state_machine::SnapshotView>, CaptureError> {
+        self.vault.snapshot_view()
+    }
+
+    fn restore_from(&mut self, input: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        self.vault.restore_from(input)
+    }
+
+    fn blank(&self) -> Option<Self> {
+        Some(Self {
+            vault: self.vault.blank()?,
+            per_entry: self.per_entry,
+        })
+    }
 }
 
 /// How a device operation ended, as the device can name it.

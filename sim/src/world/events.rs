@@ -65,6 +65,13 @@ pub(super) enum Event {
         index: u64,
         result: Box<Result<SnapshotDescriptor, SnapshotBuildError>>,
     },
+    /// A streamed snapshot's restore is done (for this generation of the
+    /// host's replica).
+    SnapshotRestored {
+        host: usize,
+        generation: u64,
+        restored: Box<vaultfleet::replica::RestoredSnapshot>,
+    },
     /// A streamed snapshot's chunks reach host `to`: they go into its files,
     /// then the message is delivered.
     DeliverStream {
@@ -153,6 +160,17 @@ impl<W: Workload> Simulation<W> {
                 *index,
                 result.as_ref().as_ref().map_or(0, |d| d.total_bytes),
             ),
+            Event::SnapshotRestored {
+                host,
+                generation,
+                restored,
+            } => (
+                15,
+                *host as u64,
+                *generation,
+                restored.index(),
+                restored.is_ok() as u64,
+            ),
             Event::DeliverStream { to, stream } => (
                 14,
                 *to as u64,
@@ -199,6 +217,11 @@ impl<W: Workload> Simulation<W> {
                 index,
                 result,
             } => self.on_snapshot_built(host, generation, index, *result),
+            Event::SnapshotRestored {
+                host,
+                generation,
+                restored,
+            } => self.on_snapshot_restored(host, generation, *restored),
             Event::DeliverStream { to, stream } => self.deliver_stream(to, *stream),
         }
     }

@@ -76,6 +76,30 @@ impl<M: StateMachine> StateMachine for Recorder<M> {
         self.last_index = 0;
         self.inner.restore(snapshot)
     }
+    fn snapshot_to(&self, out: &mut dyn std::io::Write) -> Result<(), CaptureError> {
+        self.inner.snapshot_to(out)
+    }
+    fn snapshot_view(
+        &self,
+    ) -> Result<Box<dyn vaultfleet::state_machine::SnapshotView>, CaptureError> {
+        self.inner.snapshot_view()
+    }
+    fn restore_from(&mut self, input: &mut dyn std::io::Read) -> Result<(), RestoreError> {
+        self.last_index = 0;
+        self.inner.restore_from(input)
+    }
+    /// A blank of the workload's machine recording into the same log (a
+    /// restore applies nothing), so restores run off the thread exactly
+    /// when the workload's machine offers a blank.
+    fn blank(&self) -> Option<Self> {
+        Some(Self {
+            inner: self.inner.blank()?,
+            host: self.host,
+            last_index: 0,
+            position: 0,
+            log: Arc::clone(&self.log),
+        })
+    }
 }
 
 pub(in crate::world) struct Host<M: StateMachine> {
@@ -275,6 +299,9 @@ impl<W: Workload> Simulation<W> {
             for job in out.jobs.drain(..) {
                 self.start_build(h, job);
             }
+            for job in out.restores.drain(..) {
+                self.start_restore(h, job);
+            }
             for message in out.messages.drain(..) {
                 self.send(h, message);
             }
@@ -344,6 +371,70 @@ impl<W: Workload> Simulation<W> {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         let outcome = replica.snapshot_built(index, result, &mut out);
+        if built && outcome.is_ok() {
+            self.stats.snapshots_streamed += 1;
+        }
+        self.after_snapshot_job(host, out, outcome);
+    }
+
+    /// Runs a streamed snapshot's restore at once (deterministic, no thread)
+    /// and hands the replica its outcome after the time reading it would
+    /// take, unless the replica restarts first (its restart restores the
+    /// installed snapshot again). Meanwhile the replica steps, appends and
+    /// acknowledges, and applies nothing past the snapshot.
+    fn start_restore(&mut self, h: usize, job: vaultfleet::replica::SnapshotRestore) {
+        let index = job.index();
+        let bytes = job.total_bytes();
+        let restored = job.run();
+        let generation = self.hosts[h].generation;
+        let id = self.hosts[h].id;
+        let ok = restored.is_ok();
+        self.note(|| {
+            format!("replica {id} restores its snapshot at {index} off its thread ({bytes} bytes, ok: {ok})")
+        });
+        // Reading and parsing a file takes about as long as writing it.
+        self.schedule(
+            build_us(bytes),
+            Event::SnapshotRestored {
+                host: h,
+                generation,
+                restored: Box::new(restored),
+            },
+        );
+    }
+
+    /// A streamed snapshot's restore finished: the replica takes the
+    /// restored machine (ignored when it belongs to an earlier generation).
+    pub(super) fn on_snapshot_restored(
+        &mut self,
+        host: usize,
+        generation: u64,
+        restored: vaultfleet::replica::RestoredSnapshot,
+    ) {
+        if self.hosts[host].generation != generation {
+            return;
+        }
+        let Some(replica) = self.hosts[host].replica.as_mut() else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let ok = restored.is_ok();
+        let outcome = replica.snapshot_restored(restored, &mut out);
+        if ok && outcome.is_ok() {
+            self.stats.snapshots_restored_off_thread += 1;
+        }
+        self.after_snapshot_job(host, out, outcome);
+    }
+
+    /// After the replica heard of a build or restore: its output goes out, or
+    /// its failure is judged as a failed `handle_ready`'s is.
+    fn after_snapshot_job(
+        &mut self,
+        host: usize,
+        mut out: vaultfleet::replica::Output,
+        outcome: Result<(), vaultfleet::ReplicaError>,
+    ) {
         if let Err(e) = outcome {
             // As after a failed `handle_ready`: the replica is gone, its
             // requests with it.
@@ -359,9 +450,6 @@ impl<W: Workload> Simulation<W> {
                 );
             }
             return;
-        }
-        if built {
-            self.stats.snapshots_streamed += 1;
         }
         let messages = std::mem::take(&mut out.messages);
         let completions = std::mem::take(&mut out.completions);

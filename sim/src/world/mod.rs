@@ -106,6 +106,9 @@ pub struct Stats {
     /// Streamed snapshots built (written to a file off the replica) and
     /// handed back to their replica (0 unless `streamed_snapshots`).
     pub snapshots_streamed: u64,
+    /// Streamed snapshots restored off the replica's thread into a blank
+    /// machine and taken by their replica.
+    pub snapshots_restored_off_thread: u64,
     /// Streamed snapshots sent chunk by chunk into a receiver's files and
     /// then delivered (0 unless `streamed_snapshots`).
     pub streamed_installs: u64,
