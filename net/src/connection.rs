@@ -18,11 +18,15 @@
 //! connection's [`Reassembler`]; a whole snapshot passes 4 and 5 (and must be
 //! a `MsgSnapshot` with the chunks' index and term) before it is delivered.
 //!
-//! Streamed snapshots (kinds 6 to 9) go to the connection's
-//! [`InStreams`](crate::stream::InStreams), which runs checks 1 to 3 on the
-//! open frame's header, then its own (`crate::stream`); the writer sends the
-//! link's streamed snapshots one at a time, one data frame per turn after any
-//! queued frames, and writes the refused frames the reader asks for.
+//! Streamed snapshots (kinds 6 to 10) go to the connection's
+//! [`InStreams`], which runs checks 1 to 3 on the
+//! open frame's header, then its own (`crate::stream`), and hands whole
+//! chunks to each stream's file worker without waiting for it: the read loop
+//! never awaits the disk, so raft frames behind a chunk are delivered while
+//! it is written. The writer sends the link's streamed snapshots one at a
+//! time, one data frame per turn after any queued frames and only within the
+//! peer's credit, and writes the refused and credit frames the reader and
+//! the file workers ask for.
 //!
 //! The writer checks cancellation and directory updates before anything else
 //! (`biased`), and re-checks the directory's generation right before sealing
@@ -51,11 +55,13 @@ use crate::link::{OutSnapshot, Queue};
 use crate::server::{read_plaintext, Noise};
 use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
-use crate::stream::{part_bytes, ActiveStream, Control, InStreams, OutStream, StreamEvent};
+use crate::stream::{
+    part_bytes, ActiveStream, Control, InStreams, OutStream, StreamCredits, StreamEvent,
+};
 use crate::transport::{RouteMiss, Shared};
 use crate::wire::frame::{
-    encode_keepalive, encode_stream_refused, AssembleError, ChunkHeader, Frame, FrameAssembler,
-    RaftHeader, FRAME_LENGTH_BYTES,
+    encode_keepalive, encode_stream_credit, encode_stream_refused, AssembleError, ChunkHeader,
+    Frame, FrameAssembler, RaftHeader, FRAME_LENGTH_BYTES,
 };
 use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
@@ -82,6 +88,7 @@ pub(crate) async fn run(
     let send_limit = own_limit.min(session.frame_bytes_max);
     let noise: Noise = Arc::new(Mutex::new(session.noise));
     let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUED_MAX);
+    let credits = Arc::new(StreamCredits::default());
     let mut reader_task = shared.runtime.spawn(read_loop(
         Arc::clone(&shared),
         reader,
@@ -89,6 +96,7 @@ pub(crate) async fn run(
         key,
         first,
         control_tx,
+        Arc::clone(&credits),
     ));
     let part = part_bytes(shared.config.snapshot_chunk_bytes, send_limit);
     let mut active: Option<ActiveStream> = None;
@@ -159,32 +167,34 @@ pub(crate) async fn run(
                 0
             }
             control = control_rx.recv() => {
-                match control {
-                    Some(Control::Refuse(stream)) => {
-                        let frame = encode_stream_refused(stream);
-                        if let Err(e) = write_batch(&shared, &mut writer, &noise, &frame, 0).await {
-                            break e;
+                let frame = match control {
+                    Some(Control::Refuse(stream, reason)) => encode_stream_refused(stream, reason),
+                    Some(Control::Credit(stream, granted)) => encode_stream_credit(stream, granted),
+                    Some(Control::PeerRefused(stream, reason)) => {
+                        Counters::bump(&shared.counters.streams_refused_by_peer);
+                        Counters::bump(shared.counters.refused_by_peer(reason));
+                        tracing::info!(peer = %key, stream, ?reason, "the peer refused a streamed snapshot");
+                        // A refusal of a stream no longer being sent (its end
+                        // was written: raft retries as for a lost message)
+                        // changes nothing more.
+                        if active.as_ref().is_some_and(|a| a.out.header.stream == stream) {
+                            if let Some(mut a) = active.take() {
+                                Counters::bump(&shared.counters.streams_send_failed);
+                                a.out.finish(SnapshotSent::Failed);
+                            }
                         }
-                        last_write = Instant::now();
+                        continue;
                     }
-                    Some(Control::PeerRefused(stream))
-                        if active.as_ref().is_some_and(|a| a.out.header.stream == stream) =>
-                    {
-                        if let Some(mut a) = active.take() {
-                            Counters::bump(&shared.counters.streams_refused_by_peer);
-                            Counters::bump(&shared.counters.streams_send_failed);
-                            tracing::debug!(peer = %key, stream, "the peer refused a streamed snapshot");
-                            a.out.finish(SnapshotSent::Failed);
-                        }
-                    }
-                    // A refusal of a stream no longer being sent (its end
-                    // was written: raft retries as for a lost message), or
-                    // the reader ended (its branch above ends the connection).
-                    Some(Control::PeerRefused(_)) | None => {}
+                    // The reader ended (its branch above ends the connection).
+                    None => continue,
+                };
+                if let Err(e) = write_batch(&shared, &mut writer, &noise, &frame, 0).await {
+                    break e;
                 }
+                last_write = Instant::now();
                 continue;
             }
-            event = stream_ready(&link, &mut active) => {
+            event = stream_ready(&link, &mut active, &credits, config.snapshot_chunk_timeout) => {
                 batch.clear();
                 match event {
                     StreamEvent::Ready => {
@@ -202,6 +212,14 @@ pub(crate) async fn run(
                     StreamEvent::Failed => {
                         if let Some(mut a) = active.take() {
                             Counters::bump(&shared.counters.streams_send_failed);
+                            a.out.finish(SnapshotSent::Failed);
+                        }
+                    }
+                    StreamEvent::CreditTimedOut => {
+                        if let Some(mut a) = active.take() {
+                            Counters::bump(&shared.counters.streams_credit_timed_out);
+                            Counters::bump(&shared.counters.streams_send_failed);
+                            tracing::info!(peer = %key, stream = a.out.header.stream, "the peer granted a streamed snapshot no credit in time");
                             a.out.finish(SnapshotSent::Failed);
                         }
                     }
@@ -298,8 +316,9 @@ fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
     }
 }
 
-/// Refused frames waiting for the writer (a peer refused more than this at
-/// once gets no word on the rest; it fails with its connection or times out).
+/// Refused and credit frames waiting for the writer (a peer refused more
+/// than this at once by the read loop gets no word on the rest; it fails
+/// with its connection or times out; the file workers wait for room).
 const CONTROL_QUEUED_MAX: usize = 64;
 
 /// Waits until the link's streamed snapshot being sent (taken from the link
@@ -307,12 +326,15 @@ const CONTROL_QUEUED_MAX: usize = 64;
 async fn stream_ready(
     link: &Option<Arc<crate::link::PeerLink>>,
     active: &mut Option<ActiveStream>,
+    credits: &Arc<StreamCredits>,
+    credit_timeout: Duration,
 ) -> StreamEvent {
     let Some(link) = link else {
         return std::future::pending().await;
     };
     if active.is_none() {
-        *active = Some(ActiveStream::new(link.next_stream().await));
+        let out = link.next_stream().await;
+        *active = Some(ActiveStream::new(out, Arc::clone(credits), credit_timeout));
     }
     match active {
         Some(a) => a.ready().await,
@@ -367,8 +389,9 @@ async fn read_loop(
     key: PublicKey,
     first: Vec<u8>,
     control: mpsc::Sender<Control>,
+    credits: Arc<StreamCredits>,
 ) -> ConnectionError {
-    let mut streams = InStreams::new(Arc::clone(&shared), key, control);
+    let mut streams = InStreams::new(Arc::clone(&shared), key, control, credits);
     let mut assembler = FrameAssembler::new(shared.config.frame_bytes_max);
     let mut snapshots = Reassembler::new(
         shared.config.snapshot_bytes_max,
@@ -379,8 +402,7 @@ async fn read_loop(
     loop {
         if let Some(first) = pending.take() {
             assembler.push(&first);
-            if let Err(e) =
-                drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams).await
+            if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams)
             {
                 return e;
             }
@@ -403,9 +425,7 @@ async fn read_loop(
             }
         };
         assembler.push(&plaintext[..n]);
-        if let Err(e) =
-            drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams).await
-        {
+        if let Err(e) = drain_frames(&shared, key, &mut assembler, &mut snapshots, &mut streams) {
             return e;
         }
         let expired = snapshots.expire(Instant::now());
@@ -414,8 +434,9 @@ async fn read_loop(
     }
 }
 
-/// Takes every whole frame out of `assembler` and handles it.
-async fn drain_frames(
+/// Takes every whole frame out of `assembler` and handles it; never waits
+/// (file work runs on the streams' workers).
+fn drain_frames(
     shared: &Shared,
     key: PublicKey,
     assembler: &mut FrameAssembler,
@@ -460,11 +481,12 @@ async fn drain_frames(
                 message,
             } => {
                 let inbox = check_header(shared, key, header.raft);
-                streams.open(inbox, header, descriptor, message).await;
+                streams.open(inbox, header, descriptor, message);
             }
-            Frame::StreamData { header, seq, data } => streams.data(header, seq, data).await,
-            Frame::StreamEnd { header } => streams.end(header).await,
-            Frame::StreamRefused { stream } => streams.peer_refused(stream),
+            Frame::StreamData { header, seq, data } => streams.data(header, seq, data),
+            Frame::StreamEnd { header } => streams.end(header),
+            Frame::StreamRefused { stream, reason } => streams.peer_refused(stream, reason),
+            Frame::StreamCredit { stream, granted } => streams.peer_credit(stream, granted),
             other => accept_frame(shared, key, other, snapshots),
         }
     }
@@ -489,7 +511,8 @@ fn accept_frame(shared: &Shared, key: PublicKey, frame: Frame<'_>, snapshots: &m
         Frame::StreamOpen { .. }
         | Frame::StreamData { .. }
         | Frame::StreamEnd { .. }
-        | Frame::StreamRefused { .. } => return,
+        | Frame::StreamRefused { .. }
+        | Frame::StreamCredit { .. } => return,
     };
     Counters::bump(&c.frames_received);
     let Some(inbox) = check_header(shared, key, header) else {

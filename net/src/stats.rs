@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::wire::frame::RefusalReason;
+
 /// A snapshot of the transport's counters (each counts since start).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -117,15 +119,37 @@ pub struct NetStats {
     pub streams_sent: u64,
     /// Streamed snapshots reported `Failed`: unreadable file, connection lost, link closed, or refused by the receiver.
     pub streams_send_failed: u64,
-    /// Streamed snapshots the receiver refused (a refused frame came back); also counted in `streams_send_failed`.
+    /// Refused frames received for streamed snapshots of this sender, whatever the reason (each is also counted under its reason below); a stream still being sent is also counted in `streams_send_failed`.
     pub streams_refused_by_peer: u64,
+    /// Refusals received with reason `Other`: anything else: a duplicate or unknown stream id, an internal failure, or a reason byte this build does not know.
+    pub streams_refused_by_peer_other: u64,
+    /// Refusals received with reason `Busy`: the receiver had no stream slot free (`snapshot_streams_max` or this process's share of it).
+    pub streams_refused_by_peer_busy: u64,
+    /// Refusals received with reason `NotAdmitted`: the receiving replica did not admit it (not hosted, no snapshot files, not its leader, stale term or index).
+    pub streams_refused_by_peer_not_admitted: u64,
+    /// Refusals received with reason `BadDescriptor`: the descriptor or the message naming it was refused.
+    pub streams_refused_by_peer_bad_descriptor: u64,
+    /// Refusals received with reason `TooLarge`: above the receiver's `snapshot_file_bytes_max`.
+    pub streams_refused_by_peer_too_large: u64,
+    /// Refusals received with reason `NoSpace`: the receiver's snapshot disk had too little free space.
+    pub streams_refused_by_peer_no_space: u64,
+    /// Refusals received with reason `BadChunk`: a data frame out of order or oversize, an early end, or a chunk its files refused.
+    pub streams_refused_by_peer_bad_chunk: u64,
+    /// Refusals received with reason `Digest`: the whole file failed its digest check or could not be made durable.
+    pub streams_refused_by_peer_digest: u64,
+    /// Refusals received with reason `Timeout`: no whole chunk reached the receiver within `snapshot_chunk_timeout` while this sender had credit.
+    pub streams_refused_by_peer_timeout: u64,
+    /// Refusals received with reason `Credit`: this sender sent beyond the credit granted (a bug here).
+    pub streams_refused_by_peer_credit: u64,
+    /// Streamed snapshots given up by this sender because the receiver granted no credit for `snapshot_chunk_timeout` (also counted in `streams_send_failed`).
+    pub streams_credit_timed_out: u64,
     /// Snapshot file bytes (plaintext chunk data) written in stream data frames.
     pub stream_bytes_sent: u64,
     /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message was delivered.
     pub streams_received: u64,
-    /// Streamed snapshots refused by this receiver: bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, no snapshot files at the inbox, a part out of order or oversize, an early end, a file error or a digest mismatch. Nothing is delivered and the partial file is deleted.
+    /// Streamed snapshots refused by this receiver: bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, not admitted by the inbox, no space on the snapshot disk, a part out of order, oversize or beyond the credit granted, an early end, a file error or a digest mismatch. Nothing is delivered and the partial file is deleted.
     pub streams_refused: u64,
-    /// Streamed snapshots dropped unfinished by this receiver: no frame within `snapshot_chunk_timeout`, or the connection ended.
+    /// Streamed snapshots dropped unfinished by this receiver: no whole chunk within `snapshot_chunk_timeout` while the sender had credit (refused with reason `Timeout`), replaced by a new stream for the same replica, or the connection ended.
     pub streams_abandoned: u64,
     /// Snapshot file bytes received in stream data frames.
     pub stream_bytes_received: u64,
@@ -202,6 +226,17 @@ pub(crate) struct Counters {
     pub streams_sent: AtomicU64,
     pub streams_send_failed: AtomicU64,
     pub streams_refused_by_peer: AtomicU64,
+    pub streams_refused_by_peer_other: AtomicU64,
+    pub streams_refused_by_peer_busy: AtomicU64,
+    pub streams_refused_by_peer_not_admitted: AtomicU64,
+    pub streams_refused_by_peer_bad_descriptor: AtomicU64,
+    pub streams_refused_by_peer_too_large: AtomicU64,
+    pub streams_refused_by_peer_no_space: AtomicU64,
+    pub streams_refused_by_peer_bad_chunk: AtomicU64,
+    pub streams_refused_by_peer_digest: AtomicU64,
+    pub streams_refused_by_peer_timeout: AtomicU64,
+    pub streams_refused_by_peer_credit: AtomicU64,
+    pub streams_credit_timed_out: AtomicU64,
     pub stream_bytes_sent: AtomicU64,
     pub streams_received: AtomicU64,
     pub streams_refused: AtomicU64,
@@ -222,6 +257,22 @@ impl Counters {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counter of refusals received with `reason`.
+    pub fn refused_by_peer(&self, reason: RefusalReason) -> &AtomicU64 {
+        match reason {
+            RefusalReason::Other => &self.streams_refused_by_peer_other,
+            RefusalReason::Busy => &self.streams_refused_by_peer_busy,
+            RefusalReason::NotAdmitted => &self.streams_refused_by_peer_not_admitted,
+            RefusalReason::BadDescriptor => &self.streams_refused_by_peer_bad_descriptor,
+            RefusalReason::TooLarge => &self.streams_refused_by_peer_too_large,
+            RefusalReason::NoSpace => &self.streams_refused_by_peer_no_space,
+            RefusalReason::BadChunk => &self.streams_refused_by_peer_bad_chunk,
+            RefusalReason::Digest => &self.streams_refused_by_peer_digest,
+            RefusalReason::Timeout => &self.streams_refused_by_peer_timeout,
+            RefusalReason::Credit => &self.streams_refused_by_peer_credit,
+        }
     }
 
     pub fn snapshot(&self) -> NetStats {
@@ -292,6 +343,35 @@ impl Counters {
             streams_sent: self.streams_sent.load(Ordering::Relaxed),
             streams_send_failed: self.streams_send_failed.load(Ordering::Relaxed),
             streams_refused_by_peer: self.streams_refused_by_peer.load(Ordering::Relaxed),
+            streams_refused_by_peer_other: self
+                .streams_refused_by_peer_other
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_busy: self.streams_refused_by_peer_busy.load(Ordering::Relaxed),
+            streams_refused_by_peer_not_admitted: self
+                .streams_refused_by_peer_not_admitted
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_bad_descriptor: self
+                .streams_refused_by_peer_bad_descriptor
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_too_large: self
+                .streams_refused_by_peer_too_large
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_no_space: self
+                .streams_refused_by_peer_no_space
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_bad_chunk: self
+                .streams_refused_by_peer_bad_chunk
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_digest: self
+                .streams_refused_by_peer_digest
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_timeout: self
+                .streams_refused_by_peer_timeout
+                .load(Ordering::Relaxed),
+            streams_refused_by_peer_credit: self
+                .streams_refused_by_peer_credit
+                .load(Ordering::Relaxed),
+            streams_credit_timed_out: self.streams_credit_timed_out.load(Ordering::Relaxed),
             stream_bytes_sent: self.stream_bytes_sent.load(Ordering::Relaxed),
             streams_received: self.streams_received.load(Ordering::Relaxed),
             streams_refused: self.streams_refused.load(Ordering::Relaxed),

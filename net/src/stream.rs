@@ -1,16 +1,23 @@
-//! Streamed snapshots over a connection (`wire::frame` kinds 6 to 9).
+//! Streamed snapshots over a connection (`wire::frame` kinds 6 to 10).
 //!
 //! **Sender.** [`NetTransport::try_send_snapshot_stream`](crate::NetTransport)
 //! makes an [`OutStream`]: the open frame (the file's descriptor and the small
-//! `MsgSnapshot` naming it), and a channel fed by a thread of its own that
-//! reads the file's chunks ([`SnapshotReader`]) off the async reactor. The
-//! channel holds one chunk, the thread at most one more, and the connection's
-//! writer one it is cutting into data frames: at most three chunks of a
-//! transfer are in memory. The writer sends one data frame (at most
-//! `snapshot_chunk_bytes`) per turn of its loop and serves queued raft frames
-//! first, so a heartbeat waits behind at most one data frame. `done` hears
+//! `MsgSnapshot` naming it) and the file's reader. A queued stream holds only
+//! that (the reader the engine opened): its thread, which reads the chunks
+//! ([`SnapshotReader`]: disk and HSM work) off the async reactor, starts only
+//! when the stream becomes the connection's active one ([`ActiveStream::new`]),
+//! so streams waiting behind it read nothing ahead. The channel holds one
+//! chunk, the thread at most one more, and the connection's writer one it is
+//! cutting into data frames: at most three chunks of the active transfer are
+//! in memory. The writer sends one data frame (at most `snapshot_chunk_bytes`)
+//! per turn of its loop and serves queued raft frames first, so a heartbeat
+//! waits behind at most one data frame. It starts a chunk `seq` only while
+//! `seq < granted`, the receiver's credit ([`StreamCredits`]); without credit
+//! the stream waits (raft frames go on) for at most `snapshot_chunk_timeout`,
+//! the bound the receiver applies to the sender, then it fails. `done` hears
 //! `Written` once the end frame was written, `Failed` if the file cannot be
-//! read, the connection fails, the link closes or the receiver refuses.
+//! read, the connection fails, the link closes, the receiver refuses or
+//! grants no credit in time.
 //!
 //! **Receiver.** [`InStreams`] keeps the streams being received on one
 //! connection. An open frame passes the raft header checks (the sender is
@@ -20,38 +27,59 @@
 //! from and to the header's replicas at the descriptor's index and term, the
 //! process must receive fewer than `snapshot_streams_max` streams, and the
 //! inbox must admit it (`Inbox::admit_snapshot`: it has snapshot files, and
-//! the replica's own checks on the sender and the snapshot). Data frames must continue chunk `seq` in
-//! order, never beyond its length; a chunk goes to the files' receiver once
-//! whole (so one chunk at a time is in memory). The end frame must follow the
-//! last chunk; the files then check the digest and make the file durable, and
-//! only then is the message delivered. Any failure refuses the stream: its
-//! receiver is dropped (the partial file deleted), nothing is delivered, and a
-//! refused frame goes back to the sender. File work runs on tokio's blocking
-//! pool, never on the reactor.
+//! the replica's own checks on the sender and the snapshot). The stream then
+//! gets a **file worker** of its own (a task on tokio's blocking pool) that
+//! owns the files' [`ChunkReceiver`](vaultfleet::snapshot::ChunkReceiver):
+//! it opens it, grants the sender an
+//! initial window of [`STREAM_WINDOW_CHUNKS`] chunks, and one more chunk each
+//! time it wrote one. The connection's read loop never awaits file work: it
+//! checks each data frame (the next chunk `seq` in order, within the credit,
+//! never beyond its length), assembles a chunk and hands it to the worker
+//! through a bounded queue without blocking. With the credit honoured, at most
+//! `STREAM_WINDOW_CHUNKS` chunks of a stream are in memory (assembling,
+//! queued or being written); a sender beyond its credit is refused. The end
+//! frame must follow the last chunk; the worker then has the files check the
+//! digest and make the file durable, and only then delivers the message. Any
+//! failure refuses the stream: its receiver is dropped on the worker (the
+//! partial file deleted), nothing is delivered, and a refused frame with its
+//! [`RefusalReason`] goes back to the sender. Credits and the worker's
+//! refusals reach the connection's writer through its control channel.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use raft::prelude::{Message, MessageType};
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use vaultfleet::codec::Codec as _;
 use vaultfleet::replica::decode_message;
-use vaultfleet::snapshot::{ChunkReceiver, SnapshotDescriptor, SnapshotReader};
+use vaultfleet::snapshot::{SnapshotDescriptor, SnapshotFileError, SnapshotFiles, SnapshotReader};
 use vaultfleet::transport::{Envelope, Inbox, SnapshotDone, SnapshotSent, StreamRefused};
 
 use crate::keys::PublicKey;
 use crate::stats::Counters;
 use crate::transport::Shared;
 use crate::wire::frame::{
-    encode_stream_data, encode_stream_end, StreamHeader, STREAM_DATA_HEADER_BYTES,
+    encode_stream_data, encode_stream_end, RefusalReason, StreamHeader, STREAM_DATA_HEADER_BYTES,
 };
+
+/// Chunks a receiver lets a sender have sent beyond those its file worker
+/// wrote: the credit window, and so the most chunks of one received stream in
+/// memory.
+pub(crate) const STREAM_WINDOW_CHUNKS: u32 = 4;
 
 /// Streams remembered per connection as refused, so their later frames are
 /// ignored rather than refused again.
 const REFUSED_REMEMBERED_MAX: usize = 64;
+
+/// Credits remembered per connection on the sending side (the newest stream
+/// ids; a late credit for a stream already ended is kept until evicted).
+const CREDITS_REMEMBERED_MAX: usize = 8;
 
 /// What the reader thread of an outgoing stream hands the writer.
 pub(crate) enum Piece {
@@ -69,13 +97,33 @@ pub(crate) struct OutStream {
     pub header: StreamHeader,
     /// The open frame, length prefix included.
     pub open: Bytes,
-    /// The chunks, read by the stream's thread.
-    pub pieces: mpsc::Receiver<Piece>,
+    /// The file's chunks (its descriptor's count).
+    pub chunks: u32,
+    /// The file's reader, until the stream becomes active and its thread
+    /// takes it.
+    body: Option<Box<dyn SnapshotReader>>,
     /// Called once with the outcome.
     pub done: Option<SnapshotDone>,
 }
 
 impl OutStream {
+    /// A stream to send: `open` is its open frame, `body` its file's reader
+    /// (read only once the stream is the connection's active one).
+    pub fn new(
+        header: StreamHeader,
+        open: Bytes,
+        body: Box<dyn SnapshotReader>,
+        done: SnapshotDone,
+    ) -> Self {
+        Self {
+            header,
+            open,
+            chunks: body.descriptor().chunks,
+            body: Some(body),
+            done: Some(done),
+        }
+    }
+
     /// Reports the outcome (once).
     pub fn finish(&mut self, sent: SnapshotSent) {
         if let Some(done) = self.done.take() {
@@ -102,10 +150,7 @@ impl std::fmt::Debug for OutStream {
 
 /// Starts the thread that reads `body`'s chunks into `tx`, one ahead of the
 /// writer; it stops when the stream is dropped (the channel closes).
-pub(crate) fn spawn_reader(
-    mut body: Box<dyn SnapshotReader>,
-    tx: mpsc::Sender<Piece>,
-) -> std::io::Result<()> {
+fn spawn_reader(mut body: Box<dyn SnapshotReader>, tx: mpsc::Sender<Piece>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("vf-net-snap-read".into())
         .spawn(move || loop {
@@ -125,13 +170,50 @@ pub(crate) fn spawn_reader(
         .map(|_| ())
 }
 
+/// The credits a peer granted the streams this side sends on one connection
+/// (filled by the connection's read loop, read by its writer).
+#[derive(Debug, Default)]
+pub(crate) struct StreamCredits {
+    granted: Mutex<BTreeMap<u64, u32>>,
+    changed: Notify,
+}
+
+impl StreamCredits {
+    /// The peer granted `granted` chunks of stream `stream` in all. Credit
+    /// never goes down; only the newest streams are remembered.
+    pub fn grant(&self, stream: u64, granted: u32) {
+        let mut map = self.granted.lock();
+        let entry = map.entry(stream).or_insert(0);
+        *entry = (*entry).max(granted);
+        while map.len() > CREDITS_REMEMBERED_MAX {
+            map.pop_first();
+        }
+        drop(map);
+        self.changed.notify_one();
+    }
+
+    /// The chunks of `stream` the peer granted so far.
+    pub fn granted(&self, stream: u64) -> u32 {
+        self.granted.lock().get(&stream).copied().unwrap_or(0)
+    }
+}
+
 /// The stream a connection's writer is sending: what it wrote so far.
 pub(crate) struct ActiveStream {
     /// The stream.
     pub out: OutStream,
+    /// The reader thread's chunks; `None` if the thread could not start.
+    pieces: Option<mpsc::Receiver<Piece>>,
     opened: bool,
     /// The chunk being cut into data frames and how much of it was sent.
     part: Option<(u32, Bytes, usize)>,
+    /// The next chunk to take from the reader.
+    next_seq: u32,
+    credits: Arc<StreamCredits>,
+    /// How long the stream waits for credit before it fails.
+    credit_timeout: Duration,
+    /// Since when it has been waiting for credit.
+    waiting_since: Option<Instant>,
 }
 
 /// What the writer's stream branch found.
@@ -142,26 +224,70 @@ pub(crate) enum StreamEvent {
     End,
     /// The reader failed.
     Failed,
+    /// The receiver granted no credit for `snapshot_chunk_timeout`.
+    CreditTimedOut,
 }
 
 impl ActiveStream {
-    /// A stream nothing of which was written yet.
-    pub fn new(out: OutStream) -> Self {
+    /// Makes `out` the connection's active stream: starts its reader thread.
+    /// Its chunks wait for the credit the peer grants in `credits`, at most
+    /// `credit_timeout` at a time.
+    pub fn new(mut out: OutStream, credits: Arc<StreamCredits>, credit_timeout: Duration) -> Self {
+        let pieces = out.body.take().and_then(|body| {
+            let (tx, rx) = mpsc::channel(1);
+            match spawn_reader(body, tx) {
+                Ok(()) => Some(rx),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start a streamed snapshot's reader thread");
+                    None
+                }
+            }
+        });
         Self {
             out,
+            pieces,
             opened: false,
             part: None,
+            next_seq: 0,
+            credits,
+            credit_timeout,
+            waiting_since: None,
         }
     }
 
-    /// Waits until the stream has a frame to write, its end, or its failure.
-    /// Cancel-safe (a chunk received is kept in `self`).
+    /// Waits until the stream has a frame to write (and the credit for it),
+    /// its end, or its failure. Cancel-safe (a chunk received is kept in
+    /// `self`, and so is when the wait for credit began).
     pub async fn ready(&mut self) -> StreamEvent {
+        if self.pieces.is_none() {
+            return StreamEvent::Failed;
+        }
         if !self.opened || self.part.is_some() {
             return StreamEvent::Ready;
         }
-        match self.out.pieces.recv().await {
-            Some(Piece::Chunk(seq, bytes)) if !bytes.is_empty() => {
+        if self.next_seq < self.out.chunks {
+            let id = self.out.header.stream;
+            loop {
+                let changed = self.credits.changed.notified();
+                if self.credits.granted(id) > self.next_seq {
+                    self.waiting_since = None;
+                    break;
+                }
+                let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(since + self.credit_timeout) => {
+                        return StreamEvent::CreditTimedOut;
+                    }
+                }
+            }
+        }
+        let Some(pieces) = self.pieces.as_mut() else {
+            return StreamEvent::Failed;
+        };
+        match pieces.recv().await {
+            Some(Piece::Chunk(seq, bytes)) if !bytes.is_empty() && seq == self.next_seq => {
+                self.next_seq += 1;
                 self.part = Some((seq, bytes, 0));
                 StreamEvent::Ready
             }
@@ -245,36 +371,157 @@ impl Drop for Slot {
     }
 }
 
+/// What the read loop hands a stream's file worker.
+enum Work {
+    /// Chunk `seq`, whole.
+    Chunk(u32, Vec<u8>),
+    /// The end frame came after the last chunk.
+    End,
+}
+
+/// A stream being received, as the read loop sees it: the worker has the rest.
 struct InStream {
     header: StreamHeader,
-    inbox: Arc<dyn Inbox>,
-    message: Message,
     descriptor: SnapshotDescriptor,
-    /// `None` only while a file operation runs on the blocking pool.
-    receiver: Option<Box<dyn ChunkReceiver>>,
+    /// To the stream's file worker; closed once the worker stopped (it
+    /// refused the stream).
+    work: mpsc::Sender<Work>,
+    /// Chunks the worker granted in all (cumulative).
+    granted: Arc<AtomicU32>,
+    /// Set when the read loop lets the stream go unfinished, so the worker
+    /// stops at once rather than writing the chunks still queued.
+    abandoned: Arc<AtomicBool>,
+    /// The end frame went to the worker.
+    ended: bool,
     next_seq: u32,
     chunk: Vec<u8>,
-    last_frame: Instant,
-    _slot: Slot,
+    /// The last whole chunk, or the last time the sender was found without
+    /// credit (waiting for this side's disk does not count against it).
+    last_progress: Instant,
 }
 
 impl Drop for InStream {
-    /// A partial file's receiver deletes it when dropped, which can take long
-    /// for a large one: never on the reactor's thread.
     fn drop(&mut self) {
-        if let Some(receiver) = self.receiver.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn_blocking(move || drop(receiver));
-                }
-                Err(_) => drop(receiver),
-            }
+        if !self.ended {
+            self.abandoned.store(true, Ordering::Release);
         }
     }
 }
 
-/// Why a stream was refused (logged; every refusal is counted in
-/// `streams_refused`).
+/// A received stream's file worker: owns the files' receiver, writes the
+/// chunks in order, grants credit, and at the end checks the file and
+/// delivers the message (or refuses the stream).
+struct FileWorker {
+    shared: Arc<Shared>,
+    key: PublicKey,
+    header: StreamHeader,
+    inbox: Arc<dyn Inbox>,
+    message: Message,
+    descriptor: SnapshotDescriptor,
+    files: Arc<dyn SnapshotFiles>,
+    granted: Arc<AtomicU32>,
+    abandoned: Arc<AtomicBool>,
+    control: mpsc::Sender<Control>,
+    /// Held until the file is finished or dropped.
+    _slot: Slot,
+}
+
+impl FileWorker {
+    /// Runs on tokio's blocking pool until the stream ends, is refused, or
+    /// the read loop lets it go (`work` closes: the partial file is deleted).
+    fn run(self, mut work: mpsc::Receiver<Work>) {
+        let mut receiver = match self.files.receive(&self.descriptor) {
+            Ok(receiver) => receiver,
+            Err(e) => {
+                tracing::debug!(peer = %self.key, error = %e, "snapshot files refused a stream");
+                return self.refuse(receive_reason(&e));
+            }
+        };
+        self.grant(STREAM_WINDOW_CHUNKS);
+        let mut written: u32 = 0;
+        loop {
+            let next = work.blocking_recv();
+            if self.abandoned.load(Ordering::Acquire) {
+                // Refused by the read loop, replaced, timed out, or the
+                // connection ended: dropping the receiver deletes the file.
+                return;
+            }
+            match next {
+                None => return,
+                Some(Work::Chunk(seq, chunk)) => {
+                    if let Err(e) = receiver.put(seq, &chunk) {
+                        tracing::debug!(peer = %self.key, error = %e, "snapshot files refused a chunk");
+                        drop(receiver);
+                        return self.refuse(chunk_reason(&e));
+                    }
+                    written = written.saturating_add(1);
+                    self.grant(written.saturating_add(STREAM_WINDOW_CHUNKS));
+                }
+                Some(Work::End) => {
+                    if let Err(e) = receiver.finish() {
+                        tracing::debug!(peer = %self.key, error = %e, "a streamed snapshot failed its check at the end");
+                        return self.refuse(RefusalReason::Digest);
+                    }
+                    let FileWorker {
+                        shared,
+                        header,
+                        inbox,
+                        message,
+                        _slot: slot,
+                        ..
+                    } = self;
+                    inbox.deliver(Envelope {
+                        group: header.raft.group,
+                        message,
+                    });
+                    drop(slot);
+                    Counters::bump(&shared.counters.streams_received);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Lets the sender have sent `granted` chunks in all.
+    fn grant(&self, granted: u32) {
+        self.granted.store(granted, Ordering::Release);
+        // The writer may be behind: wait for room (this is not the read
+        // loop). A closed channel means the connection ended.
+        let _ = self
+            .control
+            .blocking_send(Control::Credit(self.header.stream, granted));
+    }
+
+    fn refuse(&self, reason: RefusalReason) {
+        Counters::bump(&self.shared.counters.streams_refused);
+        tracing::debug!(peer = %self.key, stream = self.header.stream, ?reason, "refused a streamed snapshot");
+        let _ = self
+            .control
+            .blocking_send(Control::Refuse(self.header.stream, reason));
+    }
+}
+
+/// The reason sent for a file error when a stream's file is opened.
+fn receive_reason(e: &SnapshotFileError) -> RefusalReason {
+    match e {
+        SnapshotFileError::NoSpace { .. } => RefusalReason::NoSpace,
+        SnapshotFileError::TooLarge { .. } => RefusalReason::TooLarge,
+        SnapshotFileError::BadDescriptor { .. } => RefusalReason::BadDescriptor,
+        _ => RefusalReason::Other,
+    }
+}
+
+/// The reason sent for a file error on a chunk.
+fn chunk_reason(e: &SnapshotFileError) -> RefusalReason {
+    match e {
+        SnapshotFileError::BadChunk { .. } => RefusalReason::BadChunk,
+        SnapshotFileError::NoSpace { .. } => RefusalReason::NoSpace,
+        _ => RefusalReason::Other,
+    }
+}
+
+/// Why the read loop refused a stream (logged; every refusal is counted in
+/// `streams_refused`, and its [`RefusalReason`] sent back).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StreamRefusal {
     /// The frame header failed the raft header checks.
@@ -304,17 +551,43 @@ pub(crate) enum StreamRefusal {
     Oversize,
     /// The end frame came before every chunk.
     EarlyEnd,
-    /// The snapshot files refused (a file error, or the digest at the end).
-    Files,
+    /// A chunk started beyond the credit granted.
+    Credit,
+    /// The file worker could not be started.
+    Worker,
+}
+
+impl StreamRefusal {
+    /// What the sender is told.
+    fn reason(self) -> RefusalReason {
+        match self {
+            StreamRefusal::Header | StreamRefusal::NoFiles | StreamRefusal::NotAdmitted => {
+                RefusalReason::NotAdmitted
+            }
+            StreamRefusal::Descriptor | StreamRefusal::Message => RefusalReason::BadDescriptor,
+            StreamRefusal::TooLarge => RefusalReason::TooLarge,
+            StreamRefusal::Busy => RefusalReason::Busy,
+            StreamRefusal::Mismatch
+            | StreamRefusal::OutOfOrder
+            | StreamRefusal::Oversize
+            | StreamRefusal::EarlyEnd => RefusalReason::BadChunk,
+            StreamRefusal::Credit => RefusalReason::Credit,
+            StreamRefusal::Duplicate | StreamRefusal::Unknown | StreamRefusal::Worker => {
+                RefusalReason::Other
+            }
+        }
+    }
 }
 
 /// What a receiver asks its connection's writer to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
-    /// Tell the peer its stream was refused.
-    Refuse(u64),
-    /// The peer refused our stream.
-    PeerRefused(u64),
+    /// Tell the peer its stream was refused, and why.
+    Refuse(u64, RefusalReason),
+    /// Grant the peer's stream this many chunks in all.
+    Credit(u64, u32),
+    /// The peer refused our stream, and why.
+    PeerRefused(u64, RefusalReason),
 }
 
 /// The streamed snapshots being received on one connection.
@@ -322,6 +595,8 @@ pub(crate) struct InStreams {
     shared: Arc<Shared>,
     key: PublicKey,
     control: mpsc::Sender<Control>,
+    /// Credits the peer grants our streams (for the writer).
+    credits: Arc<StreamCredits>,
     streams: BTreeMap<u64, InStream>,
     refused: VecDeque<u64>,
 }
@@ -336,59 +611,97 @@ impl Drop for InStreams {
 }
 
 impl InStreams {
-    /// No stream yet, on the connection with the peer proving `key`; refusals
-    /// go to the writer through `control`.
-    pub fn new(shared: Arc<Shared>, key: PublicKey, control: mpsc::Sender<Control>) -> Self {
+    /// No stream yet, on the connection with the peer proving `key`;
+    /// refusals and credits go to the writer through `control`, and the
+    /// credits the peer grants into `credits`.
+    pub fn new(
+        shared: Arc<Shared>,
+        key: PublicKey,
+        control: mpsc::Sender<Control>,
+        credits: Arc<StreamCredits>,
+    ) -> Self {
         Self {
             shared,
             key,
             control,
+            credits,
             streams: BTreeMap::new(),
             refused: VecDeque::new(),
         }
     }
 
-    /// Refuses stream `id`: drops it (deleting its partial file), remembers
-    /// the id and tells the peer.
-    fn refuse(&mut self, id: u64, why: StreamRefusal) {
-        self.streams.remove(&id);
-        Counters::bump(&self.shared.counters.streams_refused);
-        tracing::debug!(peer = %self.key, stream = id, ?why, "refused a streamed snapshot");
+    fn remember_refused(&mut self, id: u64) {
         if self.refused.len() >= REFUSED_REMEMBERED_MAX {
             self.refused.pop_front();
         }
         self.refused.push_back(id);
+    }
+
+    /// Refuses stream `id`: drops it (its worker deletes the partial file),
+    /// remembers the id and tells the peer.
+    fn refuse(&mut self, id: u64, why: StreamRefusal) {
+        self.streams.remove(&id);
+        Counters::bump(&self.shared.counters.streams_refused);
+        tracing::debug!(peer = %self.key, stream = id, ?why, "refused a streamed snapshot");
+        self.remember_refused(id);
         // Best effort: a full control channel means the writer is far
         // behind; the sender then times out with its connection.
-        let _ = self.control.try_send(Control::Refuse(id));
+        let _ = self.control.try_send(Control::Refuse(id, why.reason()));
+    }
+
+    /// Forgets stream `id`, which its worker refused (and reported) already.
+    fn forget_refused_by_worker(&mut self, id: u64) {
+        self.streams.remove(&id);
+        self.remember_refused(id);
     }
 
     fn was_refused(&self, id: u64) -> bool {
         self.refused.contains(&id)
     }
 
-    /// Drops the streams with no frame since `now - snapshot_chunk_timeout`.
+    /// Drops the streams whose worker refused them, and those with no whole
+    /// chunk since `now - snapshot_chunk_timeout` while their sender had
+    /// credit (refused with `Timeout`, counted in `streams_abandoned`).
     pub fn expire(&mut self, now: Instant) {
         let timeout = self.shared.config.snapshot_chunk_timeout;
-        let stale: Vec<u64> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.last_frame) >= timeout)
-            .map(|(&id, _)| id)
-            .collect();
+        let mut gone = Vec::new();
+        let mut stale = Vec::new();
+        for (&id, s) in self.streams.iter_mut() {
+            if s.work.is_closed() {
+                gone.push(id);
+            } else if s.chunk.is_empty() && s.next_seq >= s.granted.load(Ordering::Acquire) {
+                // The sender waits for this side's disk: not its fault.
+                s.last_progress = now;
+            } else if now.saturating_duration_since(s.last_progress) >= timeout {
+                stale.push(id);
+            }
+        }
+        for id in gone {
+            self.forget_refused_by_worker(id);
+        }
         for id in stale {
             self.streams.remove(&id);
             Counters::bump(&self.shared.counters.streams_abandoned);
+            tracing::debug!(peer = %self.key, stream = id, "dropped a streamed snapshot that made no progress");
+            self.remember_refused(id);
+            let _ = self
+                .control
+                .try_send(Control::Refuse(id, RefusalReason::Timeout));
         }
     }
 
     /// The peer refused our stream `id`.
-    pub fn peer_refused(&self, id: u64) {
-        let _ = self.control.try_send(Control::PeerRefused(id));
+    pub fn peer_refused(&self, id: u64, reason: RefusalReason) {
+        let _ = self.control.try_send(Control::PeerRefused(id, reason));
     }
 
-    /// An open frame.
-    pub async fn open(
+    /// The peer granted our stream `id` `granted` chunks in all.
+    pub fn peer_credit(&self, id: u64, granted: u32) {
+        self.credits.grant(id, granted);
+    }
+
+    /// An open frame. Never waits: the stream's file is opened by its worker.
+    pub fn open(
         &mut self,
         inbox: Option<Arc<dyn Inbox>>,
         header: StreamHeader,
@@ -446,29 +759,42 @@ impl InStreams {
                 return self.refuse(id, StreamRefusal::NotAdmitted);
             }
         };
-        let d = descriptor.clone();
-        let received = tokio::task::spawn_blocking(move || files.receive(&d)).await;
-        let receiver = match received {
-            Ok(Ok(receiver)) => receiver,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %self.key, error = %e, "snapshot files refused a stream");
-                return self.refuse(id, StreamRefusal::Files);
-            }
-            Err(_) => return self.refuse(id, StreamRefusal::Files),
+        // Room for every chunk the credit allows, and the end.
+        let (work_tx, work_rx) = mpsc::channel(STREAM_WINDOW_CHUNKS as usize + 1);
+        let granted = Arc::new(AtomicU32::new(0));
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let worker = FileWorker {
+            shared: Arc::clone(&self.shared),
+            key: self.key,
+            header,
+            inbox,
+            message,
+            descriptor: descriptor.clone(),
+            files,
+            granted: Arc::clone(&granted),
+            abandoned: Arc::clone(&abandoned),
+            control: self.control.clone(),
+            _slot: slot,
         };
+        if tokio::runtime::Handle::try_current()
+            .map(|handle| handle.spawn_blocking(move || worker.run(work_rx)))
+            .is_err()
+        {
+            return self.refuse(id, StreamRefusal::Worker);
+        }
         let first = descriptor.chunk_len(0).unwrap_or(0);
         self.streams.insert(
             id,
             InStream {
                 header,
-                inbox,
-                message,
                 descriptor,
-                receiver: Some(receiver),
+                work: work_tx,
+                granted,
+                abandoned,
+                ended: false,
                 next_seq: 0,
                 chunk: Vec::with_capacity(first),
-                last_frame: Instant::now(),
-                _slot: slot,
+                last_progress: Instant::now(),
             },
         );
     }
@@ -484,6 +810,10 @@ impl InStreams {
                 }
                 None
             }
+            Some(s) if s.work.is_closed() => {
+                self.forget_refused_by_worker(id);
+                None
+            }
             Some(s) if s.header != header => {
                 self.refuse(id, StreamRefusal::Mismatch);
                 None
@@ -492,8 +822,9 @@ impl InStreams {
         }
     }
 
-    /// A data frame: part of chunk `seq`.
-    pub async fn data(&mut self, header: StreamHeader, seq: u32, data: &[u8]) {
+    /// A data frame: part of chunk `seq`. A whole chunk goes to the stream's
+    /// worker without waiting.
+    pub fn data(&mut self, header: StreamHeader, seq: u32, data: &[u8]) {
         let id = header.stream;
         let c = &self.shared.counters;
         Counters::add(&c.stream_bytes_received, data.len() as u64);
@@ -502,6 +833,9 @@ impl InStreams {
         };
         if seq != stream.next_seq {
             return self.refuse(id, StreamRefusal::OutOfOrder);
+        }
+        if stream.chunk.is_empty() && seq >= stream.granted.load(Ordering::Acquire) {
+            return self.refuse(id, StreamRefusal::Credit);
         }
         let Some(len) = stream.descriptor.chunk_len(seq) else {
             return self.refuse(id, StreamRefusal::Oversize);
@@ -516,39 +850,22 @@ impl InStreams {
         if stream.chunk.len() < len {
             return;
         }
-        let Some(mut receiver) = stream.receiver.take() else {
-            return self.refuse(id, StreamRefusal::Files);
-        };
-        let mut chunk = std::mem::take(&mut stream.chunk);
         let next_len = stream.descriptor.chunk_len(seq + 1).unwrap_or(0);
-        let put = tokio::task::spawn_blocking(move || {
-            let result = receiver.put(seq, &chunk);
-            chunk.clear();
-            (receiver, chunk, result)
-        })
-        .await;
-        let Ok((receiver, mut chunk, result)) = put else {
-            return self.refuse(id, StreamRefusal::Files);
-        };
-        if let Err(e) = result {
-            tracing::debug!(peer = %self.key, error = %e, "snapshot files refused a chunk");
-            return self.refuse(id, StreamRefusal::Files);
+        let chunk = std::mem::replace(&mut stream.chunk, Vec::with_capacity(next_len));
+        match stream.work.try_send(Work::Chunk(seq, chunk)) {
+            Ok(()) => {
+                stream.next_seq = seq + 1;
+                stream.last_progress = Instant::now();
+            }
+            // Not with the credit honoured (the queue holds the window).
+            Err(TrySendError::Full(_)) => self.refuse(id, StreamRefusal::Credit),
+            Err(TrySendError::Closed(_)) => self.forget_refused_by_worker(id),
         }
-        let Some(stream) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if chunk.capacity() < next_len {
-            chunk.reserve_exact(next_len);
-        }
-        stream.receiver = Some(receiver);
-        stream.chunk = chunk;
-        stream.next_seq = seq + 1;
-        stream.last_frame = Instant::now();
     }
 
-    /// An end frame: the file is checked and made durable, then the message
-    /// delivered.
-    pub async fn end(&mut self, header: StreamHeader) {
+    /// An end frame: the worker checks the file and makes it durable, then
+    /// delivers the message.
+    pub fn end(&mut self, header: StreamHeader) {
         let id = header.stream;
         let Some(stream) = self.stream_for(header) else {
             return;
@@ -559,28 +876,11 @@ impl InStreams {
         let Some(mut stream) = self.streams.remove(&id) else {
             return;
         };
-        // `stream` (and its slot) lives until the file is finished.
-        let header = stream.header;
-        let inbox = Arc::clone(&stream.inbox);
-        let message = std::mem::take(&mut stream.message);
-        let Some(receiver) = stream.receiver.take() else {
-            return self.refuse(id, StreamRefusal::Files);
-        };
-        let finished = tokio::task::spawn_blocking(move || receiver.finish()).await;
-        match finished {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %self.key, error = %e, "a streamed snapshot failed its check at the end");
-                return self.refuse(id, StreamRefusal::Files);
-            }
-            Err(_) => return self.refuse(id, StreamRefusal::Files),
+        match stream.work.try_send(Work::End) {
+            Ok(()) => stream.ended = true,
+            Err(TrySendError::Full(_)) => self.refuse(id, StreamRefusal::Credit),
+            Err(TrySendError::Closed(_)) => self.forget_refused_by_worker(id),
         }
-        inbox.deliver(Envelope {
-            group: header.raft.group,
-            message,
-        });
-        drop(stream);
-        Counters::bump(&self.shared.counters.streams_received);
     }
 }
 

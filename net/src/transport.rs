@@ -50,7 +50,7 @@ use crate::handshake::{respond, Role};
 use crate::keys::PublicKey;
 use crate::link::{self, OutSnapshot, PeerLink};
 use crate::stats::{Counters, NetStats};
-use crate::stream::{spawn_reader, OutStream};
+use crate::stream::OutStream;
 use crate::wire::frame::{
     encode_raft, encode_stream_open, ChunkHeader, RaftHeader, StreamHeader, RAFT_HEADER_BYTES,
     STREAM_HEADER_BYTES,
@@ -447,8 +447,10 @@ impl NetTransport {
 
     /// Queues a streamed snapshot for its destination without blocking: the
     /// message and `body`'s descriptor go in an open frame, then `body`'s
-    /// chunks (read on a thread of the stream's own, at most a couple ahead)
-    /// in data frames of at most `snapshot_chunk_bytes`, then an end frame
+    /// chunks (read on a thread of the stream's own, started once the stream
+    /// is the one its connection sends, at most a couple ahead, within the
+    /// receiver's credit) in data frames of at most `snapshot_chunk_bytes`,
+    /// then an end frame
     /// (`crate::stream` describes the protocol). `done` hears `Written` once
     /// the end frame was written, `Failed` if the file could not be read, the
     /// connection failed, the link dropped it or the receiver refused it. A
@@ -517,21 +519,16 @@ impl NetTransport {
             raft: RaftHeader { group, from, to },
             stream: shared.next_stream.fetch_add(1, Ordering::Relaxed),
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let stream = OutStream {
+        // The reader's thread starts only when the stream becomes the
+        // connection's active one: a queued stream reads nothing ahead.
+        let stream = OutStream::new(
             header,
-            open: encode_stream_open(header, &descriptor, &payload),
-            pieces: rx,
-            done: Some(done),
-        };
+            encode_stream_open(header, &descriptor, &payload),
+            body,
+            done,
+        );
         link.enqueue_stream(stream, to)
-            .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))?;
-        if let Err(e) = spawn_reader(body, tx) {
-            // The stream's channel closed with the thread unstarted: the
-            // writer reports it failed.
-            tracing::warn!(error = %e, "could not start a streamed snapshot's reader thread");
-        }
-        Ok(())
+            .inspect_err(|_| Counters::bump(&c.sends_refused_queue_full))
     }
 
     /// Refuses a replica the directory does not list as local.

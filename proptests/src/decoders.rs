@@ -47,8 +47,9 @@ use vaultfleet_audit::{
 };
 use vaultfleet_net::wire::client::{encode_reply, encode_request, ClientFrame};
 use vaultfleet_net::wire::frame::{
-    encode_chunk, encode_keepalive, encode_raft, encode_stream_data, encode_stream_end,
-    encode_stream_open, encode_stream_refused, Frame, FrameAssembler, FRAME_LENGTH_BYTES,
+    encode_chunk, encode_keepalive, encode_raft, encode_stream_credit, encode_stream_data,
+    encode_stream_end, encode_stream_open, encode_stream_refused, Frame, FrameAssembler,
+    RefusalReason, FRAME_LENGTH_BYTES,
 };
 use vaultfleet_net::wire::hello::Hello;
 use vaultfleet_vault::wire as vwire;
@@ -191,8 +192,30 @@ pub fn raft_frame(data: &[u8]) {
                 Frame::StreamEnd { header } => {
                     assert_framed(&encode_stream_end(header), &body, "stream end");
                 }
-                Frame::StreamRefused { stream } => {
-                    assert_framed(&encode_stream_refused(stream), &body, "stream refused");
+                Frame::StreamRefused { stream, reason } => {
+                    // An unknown reason byte reads as Other (forward
+                    // compatible): only a known one re-encodes as it came.
+                    let byte = body.last().copied().unwrap_or(0);
+                    if RefusalReason::from_byte(byte).to_byte() == byte {
+                        assert_framed(
+                            &encode_stream_refused(stream, reason),
+                            &body,
+                            "stream refused",
+                        );
+                    } else {
+                        assert_eq!(
+                            reason,
+                            RefusalReason::Other,
+                            "an unknown reason reads as Other"
+                        );
+                    }
+                }
+                Frame::StreamCredit { stream, granted } => {
+                    assert_framed(
+                        &encode_stream_credit(stream, granted),
+                        &body,
+                        "stream credit",
+                    );
                 }
             }
         }

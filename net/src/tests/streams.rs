@@ -1,11 +1,14 @@
 //! Streamed snapshots at the frame level: an honest stream is written into the
 //! receiver's snapshot files and its message delivered; every malformed or
 //! hostile stream is refused (a refused frame comes back), nothing is
-//! delivered, no file is left, and the connection stays usable. And a sender
-//! whose stream the receiver refuses hears `Failed`.
+//! delivered, no file is left, and the connection stays usable; each
+//! refusal carries its reason. The receiver's read loop never waits for the
+//! disk, paces the sender with credits and refuses one beyond them. A sender
+//! whose stream the receiver refuses hears `Failed`, and a queued stream
+//! reads nothing before it is the one being sent.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,30 +16,143 @@ use raft::prelude::{Message, MessageType};
 use vaultfleet::codec::Codec as _;
 use vaultfleet::replica::encode_message;
 use vaultfleet::snapshot::{
-    DirFiles, MemFiles, SnapshotDescriptor, SnapshotFileError, SnapshotFiles, SnapshotReader,
-    CHUNK_BYTES_MIN,
+    ChunkReceiver, DirFiles, MemFiles, SnapshotDescriptor, SnapshotFileError, SnapshotFiles,
+    SnapshotId, SnapshotReader, SnapshotWriter, CHUNK_BYTES_MIN,
 };
 use vaultfleet::transport::{Envelope, Inbox, SnapshotSent};
 
 use super::*;
+use crate::stream::STREAM_WINDOW_CHUNKS;
 use crate::wire::frame::{
-    encode_stream_data, encode_stream_end, encode_stream_open, Frame, FrameAssembler, StreamHeader,
+    encode_stream_data, encode_stream_end, encode_stream_open, encode_stream_refused, Frame,
+    FrameAssembler, RefusalReason, StreamHeader,
 };
+
+/// A gate the test holds: file work waits at it until it opens (at most
+/// twice [`WAIT`], so a failing test never hangs).
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Threads waiting at the gate now.
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let open = self.open.lock().unwrap();
+        let _ = self
+            .opened
+            .wait_timeout_while(open, WAIT * 2, |open| !*open)
+            .unwrap();
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+/// Snapshot files whose receivers wait at a gate before each chunk's `put`.
+struct GatedFiles {
+    inner: Arc<DirFiles>,
+    gate: Arc<Gate>,
+}
+
+struct GatedReceiver {
+    inner: Box<dyn ChunkReceiver>,
+    gate: Arc<Gate>,
+}
+
+impl ChunkReceiver for GatedReceiver {
+    fn put(&mut self, seq: u32, chunk: &[u8]) -> Result<(), SnapshotFileError> {
+        self.gate.pass();
+        self.inner.put(seq, chunk)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), SnapshotFileError> {
+        self.inner.finish()
+    }
+}
+
+impl SnapshotFiles for GatedFiles {
+    fn create(
+        &self,
+        group: u64,
+        creator: u64,
+        index: u64,
+        term: u64,
+    ) -> Result<Box<dyn SnapshotWriter>, SnapshotFileError> {
+        self.inner.create(group, creator, index, term)
+    }
+
+    fn receive(
+        &self,
+        descriptor: &SnapshotDescriptor,
+    ) -> Result<Box<dyn ChunkReceiver>, SnapshotFileError> {
+        Ok(Box::new(GatedReceiver {
+            inner: self.inner.receive(descriptor)?,
+            gate: Arc::clone(&self.gate),
+        }))
+    }
+
+    fn open(
+        &self,
+        descriptor: &SnapshotDescriptor,
+    ) -> Result<Box<dyn SnapshotReader>, SnapshotFileError> {
+        self.inner.open(descriptor)
+    }
+
+    fn is_complete(&self, descriptor: &SnapshotDescriptor) -> bool {
+        self.inner.is_complete(descriptor)
+    }
+
+    fn retain(&self, keep: &[SnapshotId]) -> Result<(), SnapshotFileError> {
+        self.inner.retain(keep)
+    }
+
+    fn retain_below(&self, index: u64) -> Result<(), SnapshotFileError> {
+        self.inner.retain_below(index)
+    }
+}
 
 /// An inbox with snapshot files in a directory of its own.
 struct FilesInbox {
     got: Collect,
     files: Arc<DirFiles>,
+    /// What the inbox hands the transport (`files`, or a wrapper of it).
+    served: Arc<dyn SnapshotFiles>,
     _dir: tempfile::TempDir,
 }
 
 impl FilesInbox {
     fn new() -> Arc<Self> {
+        Self::with(|files| files, None)
+    }
+
+    /// Files set up by `tweak`, behind `gate` if one is given.
+    fn with(tweak: impl FnOnce(DirFiles) -> DirFiles, gate: Option<Arc<Gate>>) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
-        let files = Arc::new(DirFiles::open(dir.path(), CHUNK_BYTES_MIN, None, 1).unwrap());
+        let files = Arc::new(tweak(
+            DirFiles::open(dir.path(), CHUNK_BYTES_MIN, None, 1).unwrap(),
+        ));
+        let served: Arc<dyn SnapshotFiles> = match gate {
+            Some(gate) => Arc::new(GatedFiles {
+                inner: Arc::clone(&files),
+                gate,
+            }),
+            None => files.clone(),
+        };
         Arc::new(Self {
             got: Collect::default(),
             files,
+            served,
             _dir: dir,
         })
     }
@@ -58,7 +174,7 @@ impl Inbox for FilesInbox {
     }
 
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
-        Some(self.files.clone())
+        Some(Arc::clone(&self.served))
     }
 }
 
@@ -120,30 +236,82 @@ impl RawPeer {
         self.send_plaintext(&encode_stream_end(stream(id))).await;
     }
 
-    /// Reads frames from the responder until `n` refused frames came (at
-    /// most [`WAIT`]); returns their stream ids.
-    async fn refusals(&mut self, n: usize) -> Vec<u64> {
-        let mut assembler = FrameAssembler::new(crate::wire::frame::FRAME_BYTES_LIMIT);
-        let mut ids = Vec::new();
+    /// Reads the responder's frames into `seen` until `done(seen)` holds;
+    /// fails the test after [`WAIT`].
+    async fn read_until(&mut self, seen: &mut Replies, mut done: impl FnMut(&Replies) -> bool) {
         let mut plaintext = vec![0u8; crate::wire::record::NOISE_MESSAGE_BYTES_MAX];
         let read = tokio::time::timeout(WAIT, async {
-            while ids.len() < n {
+            while !done(seen) {
                 let Some(Ok(record)) = self.reader.next().await else {
-                    return;
+                    return false;
                 };
                 let len = self.noise.read_message(&record, &mut plaintext).unwrap();
+                // The responder writes each of its frames in records of its
+                // own: a record holds whole frames.
+                let mut assembler = FrameAssembler::new(crate::wire::frame::FRAME_BYTES_LIMIT);
                 assembler.push(&plaintext[..len]);
                 while let Some(body) = assembler.next_frame().unwrap() {
-                    if let Frame::StreamRefused { stream } = Frame::decode(&body).unwrap() {
-                        ids.push(stream);
+                    match Frame::decode(&body).unwrap() {
+                        Frame::StreamRefused { stream, reason } => {
+                            seen.refused.push((stream, reason));
+                        }
+                        Frame::StreamCredit { stream, granted } => {
+                            let g = seen.credit.entry(stream).or_insert(0);
+                            assert!(granted >= *g, "credit went down: {granted} < {g}");
+                            *g = granted;
+                        }
+                        _ => {}
                     }
                 }
             }
+            true
         })
         .await;
-        assert!(read.is_ok(), "timed out waiting for {n} refusals: {ids:?}");
-        ids
+        assert_eq!(
+            read,
+            Ok(true),
+            "timed out waiting on the responder, or it closed: {seen:?}"
+        );
     }
+
+    /// Waits until stream `id` was granted at least `chunks` chunks.
+    async fn credit(&mut self, seen: &mut Replies, id: u64, chunks: u32) {
+        self.read_until(seen, |s| s.credit.get(&id).is_some_and(|&g| g >= chunks))
+            .await;
+    }
+
+    /// Waits until `n` refusals came in all; returns them, by stream id.
+    async fn refusals(&mut self, seen: &mut Replies, n: usize) -> Vec<(u64, RefusalReason)> {
+        self.read_until(seen, |s| s.refused.len() >= n).await;
+        let mut refused = seen.refused.clone();
+        refused.sort_unstable();
+        refused
+    }
+
+    /// Opens stream `id` for `d` and sends all of `chunks` and the end, each
+    /// chunk once the receiver granted it.
+    async fn honest_stream(
+        &mut self,
+        seen: &mut Replies,
+        id: u64,
+        d: &SnapshotDescriptor,
+        chunks: &[Bytes],
+    ) {
+        self.open_stream(id, &d.to_bytes().unwrap(), d).await;
+        for (seq, chunk) in chunks.iter().enumerate() {
+            self.credit(seen, id, seq as u32 + 1).await;
+            self.data(id, seq as u32, chunk).await;
+        }
+        self.end(id).await;
+    }
+}
+
+/// What the responder sent back: refusals in order, and the highest credit
+/// per stream.
+#[derive(Debug, Default)]
+struct Replies {
+    refused: Vec<(u64, RefusalReason)>,
+    credit: std::collections::BTreeMap<u64, u32>,
 }
 
 #[test]
@@ -154,9 +322,11 @@ fn an_honest_stream_lands_in_the_receivers_files_before_its_message_is_delivered
     let (d, chunks) = snapshot(200 << 10, 7);
     assert_eq!(chunks.len(), 4);
     let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
     scene.runtime.block_on(async {
         peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
         for (seq, chunk) in chunks.iter().enumerate() {
+            peer.credit(&mut seen, 1, seq as u32 + 1).await;
             // Each chunk in two parts, as a sender under a small frame limit cuts it.
             let half = chunk.len() / 2;
             peer.data(1, seq as u32, &chunk[..half]).await;
@@ -170,13 +340,14 @@ fn an_honest_stream_lands_in_the_receivers_files_before_its_message_is_delivered
     assert_eq!(stats.streams_received, 1, "{stats:#?}");
     assert_eq!(stats.streams_refused, 0, "{stats:#?}");
     assert_eq!(stats.stream_bytes_received, 200 << 10);
+    assert!(seen.refused.is_empty(), "{seen:?}");
     let got = inbox.got.0.lock()[0].clone();
     assert_eq!(got.message.get_msg_type(), MessageType::MsgSnapshot);
     assert_eq!(got.message.get_snapshot().get_metadata().index, 10);
 }
 
 #[test]
-fn malformed_and_hostile_streams_are_refused_nothing_delivered_no_file_left() {
+fn malformed_and_hostile_streams_are_refused_with_their_reason_nothing_delivered_no_file_left() {
     let scene = Scene::new(|c| c.snapshot_file_bytes_max = 1 << 20);
     let inbox = FilesInbox::new();
     scene.transport.register(1, 1, inbox.clone()).unwrap();
@@ -188,6 +359,14 @@ fn malformed_and_hostile_streams_are_refused_nothing_delivered_no_file_left() {
     let (big, _) = snapshot((1 << 20) + 1, 1);
     let (other, other_chunks) = snapshot(200 << 10, 8);
     let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    // Each case waits for its refusal and for its file worker to give its
+    // slot back (the peer's share is two slots).
+    let settled = || {
+        wait_until("every slot given back", || {
+            scene.transport.streams_receiving() == 0
+        })
+    };
     let refused = scene.runtime.block_on(async {
         // 1. A descriptor that breaks its rules (the chunk count edited).
         // (format, group, creator, index, term, id, total, chunk size: the
@@ -196,28 +375,37 @@ fn malformed_and_hostile_streams_are_refused_nothing_delivered_no_file_left() {
         bytes[64] ^= 1;
         peer.open_stream(1, &bytes, &d).await;
         peer.data(1, 0, &chunks[0]).await;
+        peer.refusals(&mut seen, 1).await;
         // 2. A chunk out of order.
         peer.open_stream(2, &good, &d).await;
+        peer.credit(&mut seen, 2, STREAM_WINDOW_CHUNKS).await;
         peer.data(2, 1, &chunks[1]).await;
+        peer.refusals(&mut seen, 2).await;
+        settled();
         // 3. A chunk above its length.
         peer.open_stream(3, &good, &d).await;
+        peer.credit(&mut seen, 3, STREAM_WINDOW_CHUNKS).await;
         let mut oversize = chunks[0].to_vec();
         oversize.push(0);
         peer.data(3, 0, &oversize).await;
+        peer.refusals(&mut seen, 3).await;
+        settled();
         // 4. The end before every chunk.
         peer.open_stream(4, &good, &d).await;
+        peer.credit(&mut seen, 4, STREAM_WINDOW_CHUNKS).await;
         peer.data(4, 0, &chunks[0]).await;
         peer.end(4).await;
+        peer.refusals(&mut seen, 4).await;
+        settled();
         // 5. Above snapshot_file_bytes_max.
         peer.open_stream(5, &big.to_bytes().unwrap(), &big).await;
+        peer.refusals(&mut seen, 5).await;
         // 6. Another snapshot's chunks under this descriptor: the digest
         //    fails at the end.
         assert_ne!(other.digest, d.digest);
-        peer.open_stream(6, &good, &d).await;
-        for (seq, chunk) in other_chunks.iter().enumerate() {
-            peer.data(6, seq as u32, chunk).await;
-        }
-        peer.end(6).await;
+        peer.honest_stream(&mut seen, 6, &d, &other_chunks).await;
+        peer.refusals(&mut seen, 6).await;
+        settled();
         // 7. A replica that keeps no snapshot files.
         let mut to_plain = stream(7);
         to_plain.raft.group = 5;
@@ -232,13 +420,25 @@ fn malformed_and_hostile_streams_are_refused_nothing_delivered_no_file_left() {
             &message,
         ))
         .await;
+        peer.refusals(&mut seen, 7).await;
         // 8. Data for a stream never opened.
         peer.data(8, 0, &chunks[0]).await;
-        peer.refusals(8).await
+        peer.refusals(&mut seen, 8).await
     });
-    let mut refused = refused;
-    refused.sort_unstable();
-    assert_eq!(refused, (1..=8).collect::<Vec<u64>>());
+    use RefusalReason::*;
+    assert_eq!(
+        refused,
+        vec![
+            (1, BadDescriptor),
+            (2, BadChunk),
+            (3, BadChunk),
+            (4, BadChunk),
+            (5, TooLarge),
+            (6, Digest),
+            (7, NotAdmitted),
+            (8, Other),
+        ]
+    );
     let stats = scene.transport.stats();
     assert_eq!(stats.streams_refused, 8, "{stats:#?}");
     assert_eq!(stats.streams_received, 0);
@@ -246,22 +446,166 @@ fn malformed_and_hostile_streams_are_refused_nothing_delivered_no_file_left() {
     assert_eq!(plain.len(), 0, "nothing delivered");
     wait_until("no partial file left", || inbox.file_names().is_empty());
     assert!(!inbox.files.is_complete(&d));
-    assert_eq!(
-        scene.transport.streams_receiving(),
-        0,
-        "every slot given back"
-    );
+    settled();
     // The connection is still up: an honest stream after the refused ones
     // goes through.
-    scene.runtime.block_on(async {
-        peer.open_stream(9, &good, &d).await;
-        for (seq, chunk) in chunks.iter().enumerate() {
-            peer.data(9, seq as u32, chunk).await;
-        }
-        peer.end(9).await;
-    });
+    scene
+        .runtime
+        .block_on(peer.honest_stream(&mut seen, 9, &d, &chunks));
     wait_until("the honest stream", || inbox.got.len() == 1);
     assert_eq!(scene.transport.stats().connections_closed_protocol, 0);
+}
+
+/// Review of `e03161b`, M4: the receiver's disk refuses what it cannot hold,
+/// and says so.
+#[test]
+fn a_stream_the_disk_cannot_hold_is_refused_with_no_space() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::with(|files| files.keep_free(1 << 60), None);
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, _) = snapshot(100 << 10, 3);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(1, RefusalReason::NoSpace)]);
+    assert!(seen.credit.is_empty(), "no credit for a refused stream");
+    assert_eq!(inbox.got.len(), 0);
+    assert!(inbox.file_names().is_empty(), "{:?}", inbox.file_names());
+    wait_until("the slot given back", || {
+        scene.transport.streams_receiving() == 0
+    });
+}
+
+/// Review of `e03161b`, M4: a reason byte this build does not know reads as
+/// `Other` (counted), not as a broken connection.
+#[test]
+fn a_refusal_with_an_unknown_reason_is_counted_as_other_and_the_connection_stays() {
+    let scene = Scene::new(|_| {});
+    let mut peer = scene.connect_peer();
+    let mut refusal = encode_stream_refused(77, RefusalReason::Busy).to_vec();
+    *refusal.last_mut().unwrap() = 200;
+    let header = RaftHeader {
+        group: 1,
+        from: 2,
+        to: 1,
+    };
+    scene.runtime.block_on(async {
+        peer.send_plaintext(&refusal).await;
+        peer.send_message(header, &raft_message(2, 1, 5)).await;
+    });
+    wait_until("the raft frame after it", || scene.inbox.len() == 1);
+    wait_until("the refusal counted", || {
+        scene.transport.stats().streams_refused_by_peer_other == 1
+    });
+    let stats = scene.transport.stats();
+    assert_eq!(stats.streams_refused_by_peer, 1, "{stats:#?}");
+    assert_eq!(stats.streams_refused_by_peer_busy, 0, "{stats:#?}");
+    assert_eq!(stats.connections_closed_protocol, 0, "{stats:#?}");
+}
+
+/// Review of `e03161b`, H1: a chunk's file work does not hold up the raft
+/// frames behind it on the connection.
+#[test]
+fn raft_frames_behind_a_chunk_are_delivered_while_its_file_work_waits() {
+    let scene = Scene::new(|_| {});
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::with(|files| files, Some(Arc::clone(&gate)));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let header = RaftHeader {
+        group: 1,
+        from: 2,
+        to: 1,
+    };
+    scene.runtime.block_on(async {
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.credit(&mut seen, 1, 1).await;
+        peer.data(1, 0, &chunks[0]).await;
+    });
+    wait_until("the chunk's put waits at the gate", || gate.waiting() == 1);
+    // A heartbeat after the chunk on the same connection.
+    scene
+        .runtime
+        .block_on(peer.send_message(header, &raft_message(2, 1, 5)));
+    wait_until("the heartbeat, while the put is held", || {
+        inbox.got.len() == 1
+    });
+    assert_eq!(gate.waiting(), 1, "the put is still held");
+    assert_eq!(
+        inbox.got.0.lock()[0].message.get_msg_type(),
+        MessageType::MsgHeartbeat
+    );
+    // The rest of the stream, then the gate opens: it completes.
+    scene.runtime.block_on(async {
+        for (seq, chunk) in chunks.iter().enumerate().skip(1) {
+            peer.credit(&mut seen, 1, seq as u32 + 1).await;
+            peer.data(1, seq as u32, chunk).await;
+        }
+        peer.end(1).await;
+    });
+    gate.open();
+    wait_until("the stream's delivery", || inbox.got.len() == 2);
+    assert!(inbox.files.is_complete(&d));
+    assert_eq!(
+        inbox.got.0.lock()[1].message.get_msg_type(),
+        MessageType::MsgSnapshot
+    );
+    assert_eq!(scene.transport.stats().streams_received, 1);
+}
+
+/// Review of `e03161b`, H1: the credit bounds what a sender may have in
+/// flight; beyond it the stream is refused, within it a stream larger than
+/// the window completes.
+#[test]
+fn a_sender_beyond_its_credit_is_refused_and_an_honest_one_completes_past_the_window() {
+    let scene = Scene::new(|_| {});
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::with(|files| files, Some(Arc::clone(&gate)));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let window = STREAM_WINDOW_CHUNKS as usize;
+    let (d, chunks) = snapshot((2 * window) * (64 << 10), 7);
+    assert_eq!(chunks.len(), 2 * window);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.credit(&mut seen, 1, STREAM_WINDOW_CHUNKS).await;
+        // The whole window while the disk holds the first chunk, then one more.
+        for (seq, chunk) in chunks.iter().enumerate().take(window + 1) {
+            peer.data(1, seq as u32, chunk).await;
+        }
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(1, RefusalReason::Credit)]);
+    assert_eq!(
+        seen.credit.get(&1).copied(),
+        Some(STREAM_WINDOW_CHUNKS),
+        "no credit beyond the window while the disk waits"
+    );
+    gate.open();
+    wait_until("the refused stream's worker is gone", || {
+        scene.transport.streams_receiving() == 0
+    });
+    wait_until("no partial file left", || inbox.file_names().is_empty());
+    assert_eq!(inbox.got.len(), 0, "nothing delivered");
+    // An honest sender: each chunk once granted.
+    scene
+        .runtime
+        .block_on(peer.honest_stream(&mut seen, 2, &d, &chunks));
+    wait_until("the honest stream", || inbox.got.len() == 1);
+    assert!(inbox.files.is_complete(&d));
+    assert!(
+        seen.credit.get(&2).copied().unwrap_or(0) >= 2 * STREAM_WINDOW_CHUNKS,
+        "credit grew as chunks were written: {seen:?}"
+    );
+    let stats = scene.transport.stats();
+    assert_eq!(stats.streams_received, 1, "{stats:#?}");
+    assert_eq!(stats.streams_refused, 1, "{stats:#?}");
 }
 
 /// A reader that hands out its first chunk, then waits for `go` before the rest.
@@ -375,6 +719,8 @@ fn a_sender_whose_stream_is_refused_hears_failed_and_one_that_is_taken_hears_wri
     let (s, r) = (sender.stats(), receiver.stats());
     assert_eq!(s.streams_sent, 1, "{s:#?}");
     assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    assert_eq!(s.streams_refused_by_peer_not_admitted, 1, "{s:#?}");
+    assert_eq!(s.streams_refused_by_peer, 1, "{s:#?}");
     // The honest file, and at most the first chunk of the refused one
     // (sent or not, depending on when the refusal came back).
     assert!(
@@ -403,8 +749,10 @@ fn a_stream_dribbling_one_byte_per_timeout_does_not_hold_a_slot_for_ever() {
     w.write_all(&[1; 100]).unwrap();
     let d2 = w.finish().unwrap();
     let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
     let refused = scene.runtime.block_on(async {
         peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.credit(&mut seen, 1, 1).await;
         // One byte every 100 ms for 20 timeouts: 60 bytes in 6 s.
         for i in 0..60 {
             peer.data(1, 0, &chunks[0][i..i + 1]).await;
@@ -434,6 +782,9 @@ fn a_stream_dribbling_one_byte_per_timeout_does_not_hold_a_slot_for_ever() {
         "refused {refused}: the second stream was refused"
     );
     assert_eq!(receiving, 1, "the second stream holds the slot");
+    // The sender heard why its stream was dropped.
+    let refused = scene.runtime.block_on(peer.refusals(&mut seen, 1));
+    assert_eq!(refused, vec![(1, RefusalReason::Timeout)]);
 }
 
 /// Issue 18 review of the TCP streams, L4: the open's message must name the
@@ -447,6 +798,7 @@ fn an_open_whose_message_names_another_descriptor_is_refused() {
     let (other, _) = snapshot(100 << 10, 4);
     assert_ne!(d, other);
     let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
     let refused = scene.runtime.block_on(async {
         let message = encode_message(&snapshot_message(&other)).unwrap();
         peer.send_plaintext(&encode_stream_open(
@@ -455,8 +807,222 @@ fn an_open_whose_message_names_another_descriptor_is_refused() {
             &message,
         ))
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        scene.transport.stats().streams_refused
+        peer.refusals(&mut seen, 1).await
     });
-    assert_eq!(refused, 1, "the open naming another descriptor is refused");
+    assert_eq!(
+        refused,
+        vec![(1, RefusalReason::BadDescriptor)],
+        "the open naming another descriptor is refused"
+    );
+    assert_eq!(scene.transport.stats().streams_refused, 1);
+}
+
+/// A reader that counts the chunks asked of it.
+struct CountingReader {
+    inner: Box<dyn SnapshotReader>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl SnapshotReader for CountingReader {
+    fn descriptor(&self) -> &SnapshotDescriptor {
+        self.inner.descriptor()
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<(u32, Bytes)>, SnapshotFileError> {
+        self.asked.fetch_add(1, Ordering::AcqRel);
+        self.inner.next_chunk()
+    }
+}
+
+/// Review of `e03161b`, L1: streams queued behind the one being sent read
+/// nothing ahead (their reader thread starts when they become active).
+#[test]
+fn queued_streams_read_nothing_until_they_are_the_one_being_sent() {
+    let receiver_secret = StaticSecret::generate().unwrap();
+    let sender_secret = StaticSecret::generate().unwrap();
+    let mut receiver_config = loopback_config();
+    // Room for every stream at once, so none is refused as busy while an
+    // earlier one's file is finished.
+    receiver_config.snapshot_streams_max = 8;
+    let receiver = NetTransport::start(
+        PeerDirectory::new(FLEET, [1], receiver_secret.clone()).unwrap(),
+        receiver_config,
+    )
+    .unwrap();
+    let sender = NetTransport::start(
+        PeerDirectory::new(FLEET, [2], sender_secret.clone()).unwrap(),
+        loopback_config(),
+    )
+    .unwrap();
+    for t in [&receiver, &sender] {
+        let mut d = (*t.directory()).clone();
+        d.insert(1, entry(receiver.local_addr(), &receiver_secret))
+            .unwrap();
+        d.insert(2, entry(sender.local_addr(), &sender_secret))
+            .unwrap();
+        t.update_directory(d).unwrap();
+    }
+    let groups = [1u64, 2, 3];
+    let inboxes: Vec<Arc<FilesInbox>> = groups
+        .iter()
+        .map(|&g| {
+            let inbox = FilesInbox::new();
+            receiver.register(g, 1, inbox.clone()).unwrap();
+            inbox
+        })
+        .collect();
+    let files = MemFiles::new(CHUNK_BYTES_MIN, None, 2);
+    let descriptors: Vec<SnapshotDescriptor> = groups
+        .iter()
+        .map(|&g| {
+            let mut w = files.create(g, 2, 10, 2).unwrap();
+            w.write_all(&vec![g as u8; 300 << 10]).unwrap();
+            w.finish().unwrap()
+        })
+        .collect();
+    let go = Arc::new(AtomicBool::new(false));
+    let asked: Vec<Arc<AtomicUsize>> = groups.iter().map(|_| Arc::default()).collect();
+    // Stream `i`'s reader, counting what is asked of it. The first one holds
+    // its second chunk until `go`: it stays the active stream while the
+    // others wait behind it.
+    let body = |i: usize| -> Box<dyn SnapshotReader> {
+        let counting = CountingReader {
+            inner: files.open(&descriptors[i]).unwrap(),
+            asked: Arc::clone(&asked[i]),
+        };
+        if i == 0 {
+            Box::new(HeldReader {
+                inner: Box::new(counting),
+                go: go.clone(),
+                given: 0,
+            })
+        } else {
+            Box::new(counting)
+        }
+    };
+    let mut outcomes = Vec::new();
+    for (i, (&g, d)) in groups.iter().zip(&descriptors).enumerate() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let envelope = Envelope {
+            group: g,
+            message: snapshot_message(d),
+        };
+        let start = Instant::now();
+        loop {
+            let tx = tx.clone();
+            // The link dials on the first send; retry while it is down (a
+            // refused send never reads).
+            let sent = sender.try_send_snapshot_stream(
+                envelope.clone(),
+                body(i),
+                Box::new(move |s| {
+                    let _ = tx.send(s);
+                }),
+            );
+            if sent.is_ok() {
+                break;
+            }
+            assert!(start.elapsed() < WAIT, "the sender never queued: {sent:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        outcomes.push(rx);
+    }
+    wait_until("the first stream is being sent", || {
+        asked[0].load(Ordering::Acquire) >= 1
+    });
+    // The first stream is held mid-transfer; give the queued ones time to
+    // read ahead if they were going to (they must not).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        asked[1].load(Ordering::Acquire),
+        0,
+        "a queued stream read ahead"
+    );
+    assert_eq!(
+        asked[2].load(Ordering::Acquire),
+        0,
+        "a queued stream read ahead"
+    );
+    go.store(true, Ordering::Release);
+    for rx in &outcomes {
+        assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Written));
+    }
+    for (inbox, d) in inboxes.iter().zip(&descriptors) {
+        wait_until("each delivery", || inbox.got.len() == 1);
+        assert!(inbox.files.is_complete(d));
+    }
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// Review of `e03161b`, H1: a sender the receiver grants no more credit
+/// waits at most `snapshot_chunk_timeout`, then gives the stream up.
+#[test]
+fn a_sender_granted_no_credit_for_the_chunk_timeout_gives_the_stream_up() {
+    let receiver_secret = StaticSecret::generate().unwrap();
+    let sender_secret = StaticSecret::generate().unwrap();
+    let receiver = NetTransport::start(
+        PeerDirectory::new(FLEET, [1], receiver_secret.clone()).unwrap(),
+        loopback_config(),
+    )
+    .unwrap();
+    let mut sender_config = loopback_config();
+    sender_config.snapshot_chunk_timeout = Duration::from_millis(500);
+    let sender = NetTransport::start(
+        PeerDirectory::new(FLEET, [2], sender_secret.clone()).unwrap(),
+        sender_config,
+    )
+    .unwrap();
+    for t in [&receiver, &sender] {
+        let mut d = (*t.directory()).clone();
+        d.insert(1, entry(receiver.local_addr(), &receiver_secret))
+            .unwrap();
+        d.insert(2, entry(sender.local_addr(), &sender_secret))
+            .unwrap();
+        t.update_directory(d).unwrap();
+    }
+    // The receiver's disk holds the first chunk: no credit past the window.
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::with(|files| files, Some(Arc::clone(&gate)));
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let files = MemFiles::new(CHUNK_BYTES_MIN, None, 2);
+    let mut w = files.create(1, 2, 10, 2).unwrap();
+    let window = STREAM_WINDOW_CHUNKS as usize;
+    w.write_all(&vec![5u8; (2 * window) * (64 << 10)]).unwrap();
+    let d = w.finish().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let envelope = Envelope {
+        group: 1,
+        message: snapshot_message(&d),
+    };
+    let start = Instant::now();
+    loop {
+        let tx = tx.clone();
+        // The link dials on the first send; retry while it is down.
+        let sent = sender.try_send_snapshot_stream(
+            envelope.clone(),
+            files.open(&d).unwrap(),
+            Box::new(move |s| {
+                let _ = tx.send(s);
+            }),
+        );
+        if sent.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the sender never queued: {sent:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Failed));
+    let s = sender.stats();
+    assert_eq!(s.streams_credit_timed_out, 1, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    assert_eq!(
+        s.stream_bytes_sent,
+        (window as u64) * (64 << 10),
+        "the window, not a byte beyond it: {s:#?}"
+    );
+    gate.open();
+    assert_eq!(inbox.got.len(), 0, "nothing delivered");
+    sender.shutdown();
+    receiver.shutdown();
 }

@@ -12,7 +12,8 @@
 //!   kind 7, stream data:   u64 group, u64 from, u64 to, u64 stream id, u32 chunk seq,
 //!                     data (the rest, non-empty; a part of chunk seq)
 //!   kind 8, stream end:    u64 group, u64 from, u64 to, u64 stream id
-//!   kind 9, stream refused (receiver to sender): u64 stream id
+//!   kind 9, stream refused (receiver to sender): u64 stream id, u8 reason
+//!   kind 10, stream credit (receiver to sender): u64 stream id, u32 granted
 //! ```
 //!
 //! A streamed snapshot (a format-2 `MsgSnapshot` whose state lives in a
@@ -22,9 +23,14 @@
 //! The receiver writes each chunk into its replica's snapshot files once
 //! whole, and delivers the message only after the file checked against the
 //! descriptor's digest. A receiver that refuses a stream says so with a
-//! refused frame on the same connection, so the sender stops and reports
-//! `Failed`. A peer of an older build does not know kinds 6 to 9 and closes
-//! the connection on the first one (`docs/network.md`, "Streamed snapshots").
+//! refused frame on the same connection, with a [`RefusalReason`] (an unknown
+//! reason byte reads as [`RefusalReason::Other`]), so the sender stops and
+//! reports `Failed`. The receiver paces the sender with credit frames:
+//! `granted` is the number of chunks the sender may have sent in all so far
+//! (cumulative, never lower than before); data for chunk `seq` may be sent
+//! only while `seq < granted`. A peer of an older build does not know kinds 6
+//! to 10 and closes the connection on the first one (`docs/network.md`,
+//! "Streamed snapshots"; kinds 6 to 10 are unreleased and may still change).
 //!
 //! A snapshot (a `MsgSnapshot` raft message, encoded once) travels as chunk
 //! frames of consecutive byte ranges `[offset, offset + data)` of its
@@ -64,6 +70,84 @@ const KIND_STREAM_OPEN: u8 = 6;
 const KIND_STREAM_DATA: u8 = 7;
 const KIND_STREAM_END: u8 = 8;
 const KIND_STREAM_REFUSED: u8 = 9;
+const KIND_STREAM_CREDIT: u8 = 10;
+
+/// Bytes of a stream refused frame's body (kind, stream id, reason).
+const STREAM_REFUSED_BYTES: usize = 1 + 8 + 1;
+/// Bytes of a stream credit frame's body (kind, stream id, granted).
+const STREAM_CREDIT_BYTES: usize = 1 + 8 + 4;
+
+/// Why a receiver refused a streamed snapshot (the byte after the stream id
+/// in a refused frame). A byte this build does not know decodes as
+/// [`RefusalReason::Other`]: a newer peer's reason is never a protocol error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalReason {
+    /// Anything else (a duplicate or unknown stream id, an internal failure,
+    /// or a reason this build does not know).
+    Other,
+    /// The receiver had no stream slot free (`snapshot_streams_max`, or the
+    /// sending peer's share of it).
+    Busy,
+    /// The replica did not admit the stream: not hosted here, no snapshot
+    /// files, or its own checks (leader, term, index, group).
+    NotAdmitted,
+    /// The descriptor (or the message naming it) is malformed or does not match.
+    BadDescriptor,
+    /// Above the receiver's `snapshot_file_bytes_max` or its files' cap.
+    TooLarge,
+    /// The receiver's snapshot disk has too little free space.
+    NoSpace,
+    /// A data frame out of order, past its chunk or with another header, an
+    /// early end, or a chunk the files refused.
+    BadChunk,
+    /// The whole file failed its digest check (or could not be made durable).
+    Digest,
+    /// No whole chunk arrived within `snapshot_chunk_timeout` while the
+    /// sender had credit.
+    Timeout,
+    /// The sender sent a chunk beyond the credit granted.
+    Credit,
+}
+
+impl RefusalReason {
+    /// Every reason, in wire-byte order.
+    pub const ALL: [RefusalReason; 10] = [
+        RefusalReason::Other,
+        RefusalReason::Busy,
+        RefusalReason::NotAdmitted,
+        RefusalReason::BadDescriptor,
+        RefusalReason::TooLarge,
+        RefusalReason::NoSpace,
+        RefusalReason::BadChunk,
+        RefusalReason::Digest,
+        RefusalReason::Timeout,
+        RefusalReason::Credit,
+    ];
+
+    /// The reason's byte on the wire.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            RefusalReason::Other => 0,
+            RefusalReason::Busy => 1,
+            RefusalReason::NotAdmitted => 2,
+            RefusalReason::BadDescriptor => 3,
+            RefusalReason::TooLarge => 4,
+            RefusalReason::NoSpace => 5,
+            RefusalReason::BadChunk => 6,
+            RefusalReason::Digest => 7,
+            RefusalReason::Timeout => 8,
+            RefusalReason::Credit => 9,
+        }
+    }
+
+    /// The reason a byte names; an unknown byte is [`RefusalReason::Other`].
+    pub fn from_byte(byte: u8) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.to_byte() == byte)
+            .unwrap_or(RefusalReason::Other)
+    }
+}
 
 /// The clear header of a streamed snapshot's frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +230,16 @@ pub enum Frame<'a> {
     StreamRefused {
         /// The sender's stream id.
         stream: u64,
+        /// Why (an unknown byte reads as [`RefusalReason::Other`]).
+        reason: RefusalReason,
+    },
+    /// The receiver lets the sender have sent `granted` chunks of stream
+    /// `stream` in all (cumulative).
+    StreamCredit {
+        /// The sender's stream id.
+        stream: u64,
+        /// Chunks the sender may have sent in all so far.
+        granted: u32,
     },
 }
 
@@ -235,8 +329,15 @@ impl<'a> Frame<'a> {
             }
             KIND_STREAM_REFUSED => {
                 let stream = r.u64("refused stream id")?;
+                let reason = RefusalReason::from_byte(r.u8("refusal reason")?);
                 r.expect_empty("stream refused frame")?;
-                Ok(Frame::StreamRefused { stream })
+                Ok(Frame::StreamRefused { stream, reason })
+            }
+            KIND_STREAM_CREDIT => {
+                let stream = r.u64("credit stream id")?;
+                let granted = r.u32("credit granted")?;
+                r.expect_empty("stream credit frame")?;
+                Ok(Frame::StreamCredit { stream, granted })
             }
             other => Err(DecodeError::UnknownValue {
                 what: "frame kind",
@@ -327,11 +428,22 @@ pub fn encode_stream_end(header: StreamHeader) -> Bytes {
 }
 
 /// A stream refused frame, length prefix included.
-pub fn encode_stream_refused(stream: u64) -> Bytes {
-    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + 9);
-    put_length(&mut out, 9);
+pub fn encode_stream_refused(stream: u64, reason: RefusalReason) -> Bytes {
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + STREAM_REFUSED_BYTES);
+    put_length(&mut out, STREAM_REFUSED_BYTES);
     out.put_u8(KIND_STREAM_REFUSED);
     out.put_u64(stream);
+    out.put_u8(reason.to_byte());
+    out.freeze()
+}
+
+/// A stream credit frame, length prefix included.
+pub fn encode_stream_credit(stream: u64, granted: u32) -> Bytes {
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + STREAM_CREDIT_BYTES);
+    put_length(&mut out, STREAM_CREDIT_BYTES);
+    out.put_u8(KIND_STREAM_CREDIT);
+    out.put_u64(stream);
+    out.put_u32(granted);
     out.freeze()
 }
 
@@ -516,13 +628,24 @@ mod tests {
             Frame::decode(&end[FRAME_LENGTH_BYTES..]).unwrap(),
             Frame::StreamEnd { header }
         );
-        let refused = encode_stream_refused(9);
+        let refused = encode_stream_refused(9, RefusalReason::NoSpace);
         assert_eq!(
             Frame::decode(&refused[FRAME_LENGTH_BYTES..]).unwrap(),
-            Frame::StreamRefused { stream: 9 }
+            Frame::StreamRefused {
+                stream: 9,
+                reason: RefusalReason::NoSpace
+            }
+        );
+        let credit = encode_stream_credit(9, 12);
+        assert_eq!(
+            Frame::decode(&credit[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamCredit {
+                stream: 9,
+                granted: 12
+            }
         );
         // Every length prefix matches its body.
-        for frame in [&open, &data, &end, &refused] {
+        for frame in [&open, &data, &end, &refused, &credit] {
             let mut a = FrameAssembler::new(1024);
             a.push(frame);
             assert!(a.next_frame().unwrap().is_some());
@@ -541,5 +664,41 @@ mod tests {
         let mut long_refused = refused[FRAME_LENGTH_BYTES..].to_vec();
         long_refused.push(0);
         assert!(Frame::decode(&long_refused).is_err());
+        // A refusal without its reason, a credit short or long: refused.
+        assert!(Frame::decode(&refused[FRAME_LENGTH_BYTES..refused.len() - 1]).is_err());
+        assert!(Frame::decode(&credit[FRAME_LENGTH_BYTES..credit.len() - 1]).is_err());
+        let mut long_credit = credit[FRAME_LENGTH_BYTES..].to_vec();
+        long_credit.push(0);
+        assert!(Frame::decode(&long_credit).is_err());
+    }
+
+    #[test]
+    fn every_refusal_reason_round_trips_and_an_unknown_byte_reads_as_other() {
+        for reason in RefusalReason::ALL {
+            assert_eq!(RefusalReason::from_byte(reason.to_byte()), reason);
+            let frame = encode_stream_refused(3, reason);
+            assert_eq!(
+                Frame::decode(&frame[FRAME_LENGTH_BYTES..]).unwrap(),
+                Frame::StreamRefused { stream: 3, reason }
+            );
+        }
+        let bytes: Vec<u8> = RefusalReason::ALL.iter().map(|r| r.to_byte()).collect();
+        let mut unique = bytes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), bytes.len(), "each reason has its own byte");
+        // A reason byte from a newer peer: not a connection error.
+        for unknown in [10u8, 77, 255] {
+            let mut body =
+                encode_stream_refused(4, RefusalReason::Busy)[FRAME_LENGTH_BYTES..].to_vec();
+            *body.last_mut().unwrap() = unknown;
+            assert_eq!(
+                Frame::decode(&body).unwrap(),
+                Frame::StreamRefused {
+                    stream: 4,
+                    reason: RefusalReason::Other
+                }
+            );
+        }
     }
 }
