@@ -23,7 +23,9 @@
 //! time from the fill's apply on every replica to the leader's compaction (its
 //! build, written off its thread), from the follower's restart to its catching
 //! up (reopening its store, the leader's send of the file chunk by chunk, the
-//! receiver's checks, and its in-place restore on its own thread), the file's
+//! receiver's checks, and its restore: into a blank vault on a thread of its
+//! own), split where the file is complete in the follower's files
+//! (`transfer_s` before, `restore_s` after), the file's
 //! size, the process's peak RSS over the filled state (every replica of the
 //! run is in this one process), terms and leaderships seen, and the probe's
 //! slowest read through the leader. Not run in CI.
@@ -300,6 +302,27 @@ fn run(o: &Options) -> Result<String, String> {
         })?;
         index
     };
+    // The first compaction past the fill (the leader's build done), watched
+    // from now on: the settling below may outlast a small build.
+    let compacted = {
+        let handles = f.handles();
+        std::thread::spawn(move || {
+            wait("the first compaction", Duration::from_secs(3600), || {
+                handles.iter().any(|h| h.status().first_index >= fill_index)
+            })
+        })
+    };
+    // The fill held the replica threads for as long as it took (a bench-only
+    // command of `--users` inserts): a leader that heard no heartbeat reply
+    // meanwhile steps down and an election follows. Let that settle before
+    // the baseline, so the terms below count only what the snapshot caused.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(500));
+        client
+            .propose(b"vaultfleet-bench/no-op".to_vec())
+            .map_err(|e| e.to_string())?;
+    }
+    let leader = leader_of(&f).ok_or("no leader after the fill")?.id;
     let rss_state = status_mib("VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 
@@ -345,9 +368,14 @@ fn run(o: &Options) -> Result<String, String> {
         })
     };
 
-    // The leader's build: done when it compacted behind the fill.
+    // The build: done when the first replica compacted behind the fill
+    // (each replica builds its own); then the leader too, so the follower
+    // can only come back through the snapshot.
     let lh = f.handle(leader).ok_or("leader gone")?;
-    let built_at = wait("the leader's snapshot", Duration::from_secs(3600), || {
+    let built_at = compacted
+        .join()
+        .map_err(|_| "the compaction watcher panicked")??;
+    wait("the leader's snapshot", Duration::from_secs(3600), || {
         lh.status().first_index >= fill_index
     })?;
     // The follower comes back and must be sent the snapshot.
@@ -355,9 +383,18 @@ fn run(o: &Options) -> Result<String, String> {
     f.start(behind, false)?;
     let behind_dir = f.replica_dir(behind);
     let bh = f.handle(behind).ok_or("follower gone")?;
+    // The file is complete in the follower's files (received, its digest
+    // checked, durable, renamed) from the moment its `.snap` name appears:
+    // transfer before it, the restore (and the entries that waited) after.
+    let snap_dir = behind_dir.join(vaultfleet::storage::SNAPSHOT_DIR);
+    let mut received_at = None;
     let caught_up_at = wait("the follower's catch-up", Duration::from_secs(3600), || {
+        if received_at.is_none() && holds_snapshot_from(&snap_dir, fill_index) {
+            received_at = Some(Instant::now());
+        }
         bh.status().applied >= fill_index
     })?;
+    let received_at = received_at.unwrap_or(caught_up_at);
     stop.store(true, Ordering::Relaxed);
     if bh.status().first_index < fill_index {
         return Err("the follower caught up from entries, not from the snapshot".into());
@@ -380,7 +417,7 @@ fn run(o: &Options) -> Result<String, String> {
         f.stop(id);
     }
     Ok(format!(
-        "users={} shape={} sealed={} streamed={} build_s={:.2} catch_up_s={:.2} file_mib={:.0} state_rss_mib={:.0} peak_over_state_mib={:.0} term_before={} \
+        "users={} shape={} sealed={} streamed={} build_s={:.2} catch_up_s={:.2} transfer_s={:.2} restore_s={:.2} file_mib={:.0} state_rss_mib={:.0} peak_over_state_mib={:.0} term_before={} \
          term_after={} leaderships={} probe_reads={} probe_slowest_ms={:.1}",
         o.users,
         o.shape,
@@ -388,6 +425,8 @@ fn run(o: &Options) -> Result<String, String> {
         !o.inline,
         (built_at - filled_at).as_secs_f64(),
         (caught_up_at - restart_at).as_secs_f64(),
+        (received_at - restart_at).as_secs_f64(),
+        (caught_up_at - received_at).as_secs_f64(),
         file_bytes as f64 / (1 << 20) as f64,
         rss_state,
         peak - rss_state,
@@ -413,4 +452,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// True once `dir` holds a finished snapshot file (`<index>-<term>-<id>.snap`)
+/// at or past `index`.
+fn holds_snapshot_from(dir: &std::path::Path, index: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        name.strip_suffix(".snap")
+            .and_then(|stem| stem.split('-').next())
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| i >= index)
+    })
 }
