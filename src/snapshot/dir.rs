@@ -73,6 +73,27 @@ pub struct DirFiles {
     live: LiveTmp,
     next_tmp: AtomicU64,
     keep_free: u64,
+    /// Bytes promised to receives in progress, not yet on the disk: a
+    /// second transfer sees the first one's file as taken.
+    reserved: Arc<Mutex<u64>>,
+    /// A test's free space, in place of the disk's (which other processes
+    /// change under a test).
+    #[cfg(test)]
+    pub(super) free_for_test: Option<u64>,
+}
+
+/// Bytes of free space promised to one receive, given back when it ends
+/// (finished, its file then on the disk, or dropped, its file deleted).
+struct Reservation {
+    bytes: u64,
+    reserved: Arc<Mutex<u64>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut reserved = self.reserved.lock();
+        *reserved = reserved.saturating_sub(self.bytes);
+    }
 }
 
 impl DirFiles {
@@ -98,6 +119,9 @@ impl DirFiles {
             live: LiveTmp::default(),
             next_tmp: AtomicU64::new(0),
             keep_free: FREE_SPACE_MARGIN_BYTES,
+            reserved: Arc::default(),
+            #[cfg(test)]
+            free_for_test: None,
         };
         files.sweep(None)?;
         Ok(files)
@@ -123,20 +147,38 @@ impl DirFiles {
 
     /// Registers and creates a new `.tmp` file.
     /// Refuses a snapshot the disk cannot hold: its bytes, each chunk's
-    /// framing and seal, and [`DirFiles::keep_free`] left for the log.
-    /// Checked once, when a transfer starts: a disk that fills during it
-    /// still fails the write, and the partial file is deleted.
-    fn check_free_space(&self, descriptor: &SnapshotDescriptor) -> Result<(), SnapshotFileError> {
-        let available = fs2::available_space(&self.dir)
-            .map_err(|e| SnapshotFileError::io(&self.dir, "statvfs", e))?;
-        let needed = descriptor
+    /// framing and seal, and [`DirFiles::keep_free`] left for the log, over
+    /// what the receives in progress were promised. Checked when a transfer
+    /// starts, and the space is then promised to it until it ends: a disk
+    /// that fills from elsewhere during it still fails the write (the
+    /// partial file is deleted).
+    fn reserve_space(
+        &self,
+        descriptor: &SnapshotDescriptor,
+    ) -> Result<Reservation, SnapshotFileError> {
+        let file = descriptor
             .total_bytes
-            .saturating_add(u64::from(descriptor.chunks).saturating_mul(CHUNK_FRAMING_BYTES))
-            .saturating_add(self.keep_free);
+            .saturating_add(u64::from(descriptor.chunks).saturating_mul(CHUNK_FRAMING_BYTES));
+        let mut reserved = self.reserved.lock();
+        #[cfg(test)]
+        let disk = match self.free_for_test {
+            Some(free) => Ok(free),
+            None => fs2::available_space(&self.dir),
+        };
+        #[cfg(not(test))]
+        let disk = fs2::available_space(&self.dir);
+        let available = disk
+            .map_err(|e| SnapshotFileError::io(&self.dir, "statvfs", e))?
+            .saturating_sub(*reserved);
+        let needed = file.saturating_add(self.keep_free);
         if needed > available {
             return Err(SnapshotFileError::NoSpace { needed, available });
         }
-        Ok(())
+        *reserved = reserved.saturating_add(file);
+        Ok(Reservation {
+            bytes: file,
+            reserved: Arc::clone(&self.reserved),
+        })
     }
 
     fn new_tmp(&self) -> Result<(TmpFile, DirSink), SnapshotFileError> {
@@ -309,12 +351,12 @@ impl SnapshotFiles for DirFiles {
     ) -> Result<Box<dyn ChunkReceiver>, SnapshotFileError> {
         descriptor.check()?;
         let final_path = self.path(descriptor);
-        let (tmp, sink) = if self.is_complete(descriptor) {
-            (None, None)
+        let (tmp, sink, reservation) = if self.is_complete(descriptor) {
+            (None, None, None)
         } else {
-            self.check_free_space(descriptor)?;
+            let reservation = self.reserve_space(descriptor)?;
             let (tmp, sink) = self.new_tmp()?;
-            (Some(tmp), Some(sink))
+            (Some(tmp), Some(sink), Some(reservation))
         };
         let intake = ChunkIntake::start(
             sink,
@@ -328,6 +370,7 @@ impl SnapshotFiles for DirFiles {
             tmp,
             final_path,
             dir: self.dir.clone(),
+            _reservation: reservation,
         }))
     }
 
@@ -506,6 +549,8 @@ struct DirReceiver {
     tmp: Option<TmpFile>,
     final_path: PathBuf,
     dir: PathBuf,
+    /// Held until the receive ends (after the commit, its file is on disk).
+    _reservation: Option<Reservation>,
 }
 
 impl ChunkReceiver for DirReceiver {
@@ -520,6 +565,7 @@ impl ChunkReceiver for DirReceiver {
             tmp,
             final_path,
             dir,
+            _reservation,
         } = *self;
         if let (Some(sink), Some(tmp)) = (intake.finish()?, tmp) {
             sink.sync()?;

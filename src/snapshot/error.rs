@@ -99,7 +99,17 @@ pub enum SnapshotFileError {
 }
 
 impl SnapshotFileError {
-    /// An I/O error on `path` while doing `op`.
+    /// True when the disk had no room: refused before the transfer
+    /// ([`SnapshotFileError::NoSpace`]) or a write that found it full.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::NoSpace { .. } => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
+    /// An I/O failure on `path` during `op`.
     pub fn io(path: impl Into<PathBuf>, op: &'static str, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

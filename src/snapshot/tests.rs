@@ -549,8 +549,21 @@ fn a_receive_the_disk_cannot_hold_is_refused_before_a_byte_is_written() {
         "{:?}",
         all_names(tmp.path())
     );
+    // Review of the credits change, M-1: a receive in progress holds its
+    // space. With room for one file and a half, the second is refused while
+    // the first is open, and accepted once it ended.
+    let file = d.total_bytes + u64::from(d.chunks) * 64;
+    let mut files = files.keep_free(0);
+    files.free_for_test = Some(file + file / 2);
+    let first = files.receive(&d).unwrap();
+    match files.receive(&d) {
+        Err(e @ SnapshotFileError::NoSpace { .. }) => assert!(e.is_no_space()),
+        other => panic!("the second receive should be refused, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    drop(files.receive(&d).unwrap());
+    files.free_for_test = None;
     // With room to spare, the same descriptor is received whole.
-    let files = files.keep_free(0);
     let mut rx = files.receive(&d).unwrap();
     for (seq, c) in cs.iter().enumerate() {
         rx.put(seq as u32, c).unwrap();
