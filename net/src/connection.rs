@@ -18,15 +18,18 @@
 //! connection's [`Reassembler`]; a whole snapshot passes 4 and 5 (and must be
 //! a `MsgSnapshot` with the chunks' index and term) before it is delivered.
 //!
-//! Streamed snapshots (kinds 6 to 10) go to the connection's
+//! Streamed snapshots (kinds 6 to 11) go to the connection's
 //! [`InStreams`], which runs checks 1 to 3 on the
 //! open frame's header, then its own (`crate::stream`), and hands whole
 //! chunks to each stream's file worker without waiting for it: the read loop
 //! never awaits the disk, so raft frames behind a chunk are delivered while
 //! it is written. The writer sends the link's streamed snapshots one at a
 //! time, one data frame per turn after any queued frames and only within the
-//! peer's credit, and writes the refused and credit frames the reader and
-//! the file workers ask for.
+//! peer's credit, and writes the refused, credit and delivered frames the
+//! reader and the file workers ask for. A stream whose end frame it wrote
+//! waits in its [`AwaitingDelivery`] for the peer's delivered frame before
+//! it is reported `Written` (the next stream starts meanwhile): raft's next
+//! append to that peer must not overtake the snapshot at the receiver.
 //!
 //! The writer checks cancellation and directory updates before anything else
 //! (`biased`), and re-checks the directory's generation right before sealing
@@ -56,12 +59,13 @@ use crate::server::{read_plaintext, Noise};
 use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
 use crate::stream::{
-    part_bytes, ActiveStream, Control, InStreams, OutStream, StreamCredits, StreamEvent,
+    part_bytes, sleep_until_some, ActiveStream, AwaitingDelivery, Control, InStreams, OutStream,
+    StreamCredits, StreamEvent,
 };
 use crate::transport::{RouteMiss, Shared};
 use crate::wire::frame::{
-    encode_keepalive, encode_stream_credit, encode_stream_refused, AssembleError, ChunkHeader,
-    Frame, FrameAssembler, RaftHeader, FRAME_LENGTH_BYTES,
+    encode_keepalive, encode_stream_credit, encode_stream_delivered, encode_stream_refused,
+    AssembleError, ChunkHeader, Frame, FrameAssembler, RaftHeader, FRAME_LENGTH_BYTES,
 };
 use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
@@ -102,6 +106,7 @@ pub(crate) async fn run(
     let mut active: Option<ActiveStream> = None;
     let mut ended: Option<OutStream> = None;
     let config = &shared.config;
+    let mut awaiting = AwaitingDelivery::new(config.snapshot_chunk_timeout);
     let mut directory = shared.directory_changed.subscribe();
     let mut keepalive = keepalive_timer(config.keepalive_interval);
     let mut last_write = Instant::now();
@@ -170,18 +175,26 @@ pub(crate) async fn run(
                 let frame = match control {
                     Some(Control::Refuse(stream, reason)) => encode_stream_refused(stream, reason),
                     Some(Control::Credit(stream, granted)) => encode_stream_credit(stream, granted),
+                    Some(Control::Delivered(stream)) => encode_stream_delivered(stream),
+                    Some(Control::PeerDelivered(stream)) => {
+                        awaiting.delivered(&shared.counters, stream);
+                        continue;
+                    }
                     Some(Control::PeerRefused(stream, reason)) => {
                         Counters::bump(&shared.counters.streams_refused_by_peer);
                         Counters::bump(shared.counters.refused_by_peer(reason));
                         tracing::info!(peer = %key, stream, ?reason, "the peer refused a streamed snapshot");
-                        // A refusal of a stream no longer being sent (its end
-                        // was written: raft retries as for a lost message)
+                        // The stream being sent, or one whose end was written
+                        // and that waits to be delivered, failed. A refusal
+                        // of any other (unknown, or delivered already)
                         // changes nothing more.
                         if active.as_ref().is_some_and(|a| a.out.header.stream == stream) {
                             if let Some(mut a) = active.take() {
                                 Counters::bump(&shared.counters.streams_send_failed);
                                 a.out.finish(SnapshotSent::Failed);
                             }
+                        } else {
+                            awaiting.refused(&shared.counters, stream);
                         }
                         continue;
                     }
@@ -194,7 +207,17 @@ pub(crate) async fn run(
                 last_write = Instant::now();
                 continue;
             }
-            event = stream_ready(&link, &mut active, &credits, config.snapshot_chunk_timeout) => {
+            () = sleep_until_some(awaiting.next_deadline()) => {
+                awaiting.expire(&shared.counters, Instant::now());
+                continue;
+            }
+            event = stream_ready(
+                &link,
+                &mut active,
+                !awaiting.is_full(),
+                &credits,
+                config.snapshot_chunk_timeout,
+            ) => {
                 batch.clear();
                 match event {
                     StreamEvent::Ready => {
@@ -252,18 +275,21 @@ pub(crate) async fn run(
             break e;
         }
         report_written(&shared, &mut finished);
-        if let Some(mut out) = ended.take() {
-            Counters::bump(&shared.counters.streams_sent);
-            out.finish(SnapshotSent::Written);
-        }
         last_write = Instant::now();
+        // Its end frame is out: the stream is done only once the receiver
+        // delivered it (or refused it, or said nothing in time).
+        if let Some(out) = ended.take() {
+            awaiting.insert(out, last_write);
+        }
     };
-    // A stream being sent, or whose end frame was not written: failed (the
-    // waiting ones are failed by the link when it sees the connection end).
+    // A stream being sent, whose end frame was not written, or that waited
+    // for the receiver to deliver it: failed (the queued ones are failed by
+    // the link when it sees the connection end).
     for mut out in active.take().map(|a| a.out).into_iter().chain(ended.take()) {
         Counters::bump(&shared.counters.streams_send_failed);
         out.finish(SnapshotSent::Failed);
     }
+    awaiting.fail_all(&shared.counters);
     // Snapshots whose last chunk was gathered but not written: failed (the
     // others are failed by the link when it sees the connection end).
     for mut snapshot in finished.drain(..) {
@@ -322,10 +348,12 @@ fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
 const CONTROL_QUEUED_MAX: usize = 64;
 
 /// Waits until the link's streamed snapshot being sent (taken from the link
-/// when none is) has a frame to write, ended, or failed.
+/// when none is and `room` says another may wait for delivery) has a frame
+/// to write, ended, or failed.
 async fn stream_ready(
     link: &Option<Arc<crate::link::PeerLink>>,
     active: &mut Option<ActiveStream>,
+    room: bool,
     credits: &Arc<StreamCredits>,
     credit_timeout: Duration,
 ) -> StreamEvent {
@@ -333,6 +361,9 @@ async fn stream_ready(
         return std::future::pending().await;
     };
     if active.is_none() {
+        if !room {
+            return std::future::pending().await;
+        }
         let out = link.next_stream().await;
         *active = Some(ActiveStream::new(out, Arc::clone(credits), credit_timeout));
     }
@@ -487,6 +518,7 @@ fn drain_frames(
             Frame::StreamEnd { header } => streams.end(header),
             Frame::StreamRefused { stream, reason } => streams.peer_refused(stream, reason),
             Frame::StreamCredit { stream, granted } => streams.peer_credit(stream, granted),
+            Frame::StreamDelivered { stream } => streams.peer_delivered(stream),
             other => accept_frame(shared, key, other, snapshots),
         }
     }
@@ -512,7 +544,8 @@ fn accept_frame(shared: &Shared, key: PublicKey, frame: Frame<'_>, snapshots: &m
         | Frame::StreamData { .. }
         | Frame::StreamEnd { .. }
         | Frame::StreamRefused { .. }
-        | Frame::StreamCredit { .. } => return,
+        | Frame::StreamCredit { .. }
+        | Frame::StreamDelivered { .. } => return,
     };
     Counters::bump(&c.frames_received);
     let Some(inbox) = check_header(shared, key, header) else {

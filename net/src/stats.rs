@@ -115,9 +115,9 @@ pub struct NetStats {
     pub snapshots_received: u64,
     /// Reassembled snapshots dropped: not a raft `MsgSnapshot`, or `from`, `to`, index or term differ from the chunks' header.
     pub snapshots_dropped: u64,
-    /// Streamed snapshots whose end frame was written to the socket (reported `Written`).
+    /// Streamed snapshots the receiver said it delivered to its replica (a delivered frame after the end frame; reported `Written`).
     pub streams_sent: u64,
-    /// Streamed snapshots reported `Failed`: unreadable file, connection lost, link closed, or refused by the receiver.
+    /// Streamed snapshots reported `Failed`: unreadable file, connection lost (before or after the end frame), link closed, refused by the receiver, no credit or no delivered frame in time.
     pub streams_send_failed: u64,
     /// Refused frames received for streamed snapshots of this sender, whatever the reason (each is also counted under its reason below); a stream still being sent is also counted in `streams_send_failed`.
     pub streams_refused_by_peer: u64,
@@ -143,6 +143,10 @@ pub struct NetStats {
     pub streams_refused_by_peer_credit: u64,
     /// Streamed snapshots given up by this sender because the receiver granted no credit for `snapshot_chunk_timeout` (also counted in `streams_send_failed`).
     pub streams_credit_timed_out: u64,
+    /// Streamed snapshots given up by this sender because the receiver did not say it delivered them (nor refused them) within `snapshot_chunk_timeout` of their end frame (also counted in `streams_send_failed`).
+    pub streams_delivery_timed_out: u64,
+    /// Delivered frames received for a stream not awaiting delivery on that connection (an unknown id, or one already refused, timed out or delivered): ignored.
+    pub streams_delivered_unknown: u64,
     /// Snapshot file bytes (plaintext chunk data) written in stream data frames.
     pub stream_bytes_sent: u64,
     /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message was delivered.
@@ -237,6 +241,8 @@ pub(crate) struct Counters {
     pub streams_refused_by_peer_timeout: AtomicU64,
     pub streams_refused_by_peer_credit: AtomicU64,
     pub streams_credit_timed_out: AtomicU64,
+    pub streams_delivery_timed_out: AtomicU64,
+    pub streams_delivered_unknown: AtomicU64,
     pub stream_bytes_sent: AtomicU64,
     pub streams_received: AtomicU64,
     pub streams_refused: AtomicU64,
@@ -372,6 +378,8 @@ impl Counters {
                 .streams_refused_by_peer_credit
                 .load(Ordering::Relaxed),
             streams_credit_timed_out: self.streams_credit_timed_out.load(Ordering::Relaxed),
+            streams_delivery_timed_out: self.streams_delivery_timed_out.load(Ordering::Relaxed),
+            streams_delivered_unknown: self.streams_delivered_unknown.load(Ordering::Relaxed),
             stream_bytes_sent: self.stream_bytes_sent.load(Ordering::Relaxed),
             streams_received: self.streams_received.load(Ordering::Relaxed),
             streams_refused: self.streams_refused.load(Ordering::Relaxed),

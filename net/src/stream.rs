@@ -1,4 +1,4 @@
-//! Streamed snapshots over a connection (`wire::frame` kinds 6 to 10).
+//! Streamed snapshots over a connection (`wire::frame` kinds 6 to 11).
 //!
 //! **Sender.** [`NetTransport::try_send_snapshot_stream`](crate::NetTransport)
 //! makes an [`OutStream`]: the open frame (the file's descriptor and the small
@@ -14,10 +14,19 @@
 //! waits behind at most one data frame. It starts a chunk `seq` only while
 //! `seq < granted`, the receiver's credit ([`StreamCredits`]); without credit
 //! the stream waits (raft frames go on) for at most `snapshot_chunk_timeout`,
-//! the bound the receiver applies to the sender, then it fails. `done` hears
-//! `Written` once the end frame was written, `Failed` if the file cannot be
-//! read, the connection fails, the link closes, the receiver refuses or
-//! grants no credit in time.
+//! the bound the receiver applies to the sender, then it fails. Once its end
+//! frame is written the stream is no longer the active one (the next queued
+//! stream starts at once) but it is not done: it waits in the connection's
+//! [`AwaitingDelivery`] (at most [`STREAMS_AWAITING_DELIVERY_MAX`]) for the
+//! receiver's delivered frame (kind 11), sent only once the receiver's
+//! replica has the message. `done` hears `Written` then, and only then: the
+//! node tells raft the snapshot finished, and raft's next append to the peer
+//! (at the snapshot's index + 1, on the same connection) must reach the
+//! replica after the snapshot, or the follower rejects it and the leader
+//! sends the whole snapshot again. `done` hears `Failed` if the file cannot
+//! be read, the connection fails, the link closes, the receiver refuses
+//! (before or after the end frame), grants no credit in time, or does not
+//! say it delivered within `snapshot_chunk_timeout` of the end frame.
 //!
 //! **Receiver.** [`InStreams`] keeps the streams being received on one
 //! connection. An open frame passes the raft header checks (the sender is
@@ -39,11 +48,12 @@
 //! `STREAM_WINDOW_CHUNKS` chunks of a stream are in memory (assembling,
 //! queued or being written); a sender beyond its credit is refused. The end
 //! frame must follow the last chunk; the worker then has the files check the
-//! digest and make the file durable, and only then delivers the message. Any
-//! failure refuses the stream: its receiver is dropped on the worker (the
-//! partial file deleted), nothing is delivered, and a refused frame with its
-//! [`RefusalReason`] goes back to the sender. Credits and the worker's
-//! refusals reach the connection's writer through its control channel.
+//! digest and make the file durable, and only then delivers the message and
+//! tells the sender (a delivered frame). Any failure refuses the stream: its
+//! receiver is dropped on the worker (the partial file deleted), nothing is
+//! delivered, and a refused frame with its [`RefusalReason`] goes back to the
+//! sender. Credits, deliveries and the worker's refusals reach the
+//! connection's writer through its control channel.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -80,6 +90,12 @@ const REFUSED_REMEMBERED_MAX: usize = 64;
 /// Credits remembered per connection on the sending side (the newest stream
 /// ids; a late credit for a stream already ended is kept until evicted).
 const CREDITS_REMEMBERED_MAX: usize = 8;
+
+/// Streams whose end frame a connection wrote and that wait for the
+/// receiver's word (delivered or refused), at most. While this many wait the
+/// writer starts no new stream (raft frames go on). A receiver gives one
+/// peer at most half its `snapshot_streams_max` slots (default 4) anyway.
+pub(crate) const STREAMS_AWAITING_DELIVERY_MAX: usize = 4;
 
 /// What the reader thread of an outgoing stream hands the writer.
 pub(crate) enum Piece {
@@ -321,6 +337,116 @@ impl ActiveStream {
     }
 }
 
+/// The streams a connection's writer sent whole (open, data, end) that wait
+/// for their receiver to deliver them. Each ends exactly once: `Written`
+/// when the peer's delivered frame comes, `Failed` when its refused frame
+/// comes, when the receiver says nothing within the delivery timeout
+/// (`snapshot_chunk_timeout` from the end frame), or when the connection
+/// ends. A word for a stream not waiting here is ignored.
+pub(crate) struct AwaitingDelivery {
+    /// By stream id: the stream and when it stops waiting.
+    streams: BTreeMap<u64, (OutStream, Instant)>,
+    timeout: Duration,
+}
+
+impl AwaitingDelivery {
+    /// None waits yet; each will wait at most `timeout` for its word.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            streams: BTreeMap::new(),
+            timeout,
+        }
+    }
+
+    /// True when [`STREAMS_AWAITING_DELIVERY_MAX`] streams wait: the writer
+    /// starts no new one.
+    pub fn is_full(&self) -> bool {
+        self.streams.len() >= STREAMS_AWAITING_DELIVERY_MAX
+    }
+
+    /// `out`'s end frame was written at `now`: it waits for its word.
+    pub fn insert(&mut self, out: OutStream, now: Instant) {
+        debug_assert!(self.streams.len() < STREAMS_AWAITING_DELIVERY_MAX);
+        let id = out.header.stream;
+        // Stream ids are unique per sending process: never replaced.
+        debug_assert!(!self.streams.contains_key(&id));
+        self.streams.insert(id, (out, now + self.timeout));
+    }
+
+    /// The peer delivered stream `id`: it was sent (`Written`). A delivered
+    /// frame for a stream not waiting here (unknown, refused or timed out
+    /// already) is ignored and counted.
+    pub fn delivered(&mut self, counters: &Counters, id: u64) {
+        match self.streams.remove(&id) {
+            Some((mut out, _)) => {
+                Counters::bump(&counters.streams_sent);
+                out.finish(SnapshotSent::Written);
+            }
+            None => {
+                Counters::bump(&counters.streams_delivered_unknown);
+                tracing::debug!(
+                    stream = id,
+                    "ignored a delivered frame for a stream not awaiting delivery"
+                );
+            }
+        }
+    }
+
+    /// The peer refused stream `id` (its refusal counted by the caller): if
+    /// it waits here, it failed. Returns whether it did.
+    pub fn refused(&mut self, counters: &Counters, id: u64) -> bool {
+        let Some((mut out, _)) = self.streams.remove(&id) else {
+            return false;
+        };
+        Counters::bump(&counters.streams_send_failed);
+        out.finish(SnapshotSent::Failed);
+        true
+    }
+
+    /// The earliest delivery timeout of the streams waiting, if any (for
+    /// [`sleep_until_some`]).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.streams.values().map(|(_, deadline)| *deadline).min()
+    }
+
+    /// Fails the streams whose receiver said nothing by `now`.
+    pub fn expire(&mut self, counters: &Counters, now: Instant) {
+        let late: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in late {
+            if let Some((mut out, _)) = self.streams.remove(&id) {
+                Counters::bump(&counters.streams_delivery_timed_out);
+                Counters::bump(&counters.streams_send_failed);
+                tracing::info!(
+                    stream = id,
+                    "the peer did not deliver a streamed snapshot in time"
+                );
+                out.finish(SnapshotSent::Failed);
+            }
+        }
+    }
+
+    /// Fails every stream still waiting: the connection ended.
+    pub fn fail_all(&mut self, counters: &Counters) {
+        while let Some((_, (mut out, _))) = self.streams.pop_first() {
+            Counters::bump(&counters.streams_send_failed);
+            out.finish(SnapshotSent::Failed);
+        }
+    }
+}
+
+/// Waits until `deadline`, or for ever without one. Cancel-safe.
+pub(crate) async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The data bytes one stream data frame may carry under `send_limit`.
 pub(crate) fn part_bytes(snapshot_chunk_bytes: usize, send_limit: usize) -> usize {
     snapshot_chunk_bytes
@@ -467,6 +593,7 @@ impl FileWorker {
                         header,
                         inbox,
                         message,
+                        control,
                         _slot: slot,
                         ..
                     } = self;
@@ -476,6 +603,12 @@ impl FileWorker {
                     });
                     drop(slot);
                     Counters::bump(&shared.counters.streams_received);
+                    // Only now may the sender report the snapshot sent: the
+                    // raft frames it sends after that reach the inbox after
+                    // this message. Wait for room (this is not the read
+                    // loop); a closed channel means the connection ended and
+                    // the sender fails the stream with it.
+                    let _ = control.blocking_send(Control::Delivered(header.stream));
                     return;
                 }
             }
@@ -586,8 +719,12 @@ pub(crate) enum Control {
     Refuse(u64, RefusalReason),
     /// Grant the peer's stream this many chunks in all.
     Credit(u64, u32),
+    /// Tell the peer its stream's message was delivered here.
+    Delivered(u64),
     /// The peer refused our stream, and why.
     PeerRefused(u64, RefusalReason),
+    /// The peer delivered our stream's message.
+    PeerDelivered(u64),
 }
 
 /// The streamed snapshots being received on one connection.
@@ -612,7 +749,7 @@ impl Drop for InStreams {
 
 impl InStreams {
     /// No stream yet, on the connection with the peer proving `key`;
-    /// refusals and credits go to the writer through `control`, and the
+    /// refusals, credits and deliveries go to the writer through `control`, and the
     /// credits the peer grants into `credits`.
     pub fn new(
         shared: Arc<Shared>,
@@ -693,6 +830,15 @@ impl InStreams {
     /// The peer refused our stream `id`.
     pub fn peer_refused(&self, id: u64, reason: RefusalReason) {
         let _ = self.control.try_send(Control::PeerRefused(id, reason));
+    }
+
+    /// The peer delivered our stream `id`. Best effort, as a refusal: a full
+    /// control channel (a writer far behind) drops the word, and the stream
+    /// then fails at its delivery timeout.
+    pub fn peer_delivered(&self, id: u64) {
+        if self.control.try_send(Control::PeerDelivered(id)).is_err() {
+            tracing::debug!(peer = %self.key, stream = id, "no room for a delivered word: the stream will time out");
+        }
     }
 
     /// The peer granted our stream `id` `granted` chunks in all.

@@ -452,8 +452,11 @@ impl NetTransport {
     /// receiver's credit) in data frames of at most `snapshot_chunk_bytes`,
     /// then an end frame
     /// (`crate::stream` describes the protocol). `done` hears `Written` once
-    /// the end frame was written, `Failed` if the file could not be read, the
-    /// connection failed, the link dropped it or the receiver refused it. A
+    /// the receiver said it delivered the message to its replica (kind 11,
+    /// after the end frame), so what raft sends next reaches the replica after
+    /// the snapshot; `Failed` if the file could not be read, the connection
+    /// failed, the link dropped it, the receiver refused it or did not say it
+    /// delivered it within `snapshot_chunk_timeout` of the end frame. A
     /// destination in this process gets the chunks copied into its inbox's
     /// files on a thread. On `Err` nothing was queued and `done` is never
     /// called.

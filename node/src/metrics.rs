@@ -316,6 +316,8 @@ net_counters! {
     streams_refused_by_peer_timeout => "Streamed snapshots the receiver dropped: no whole chunk within the chunk timeout",
     streams_refused_by_peer_credit => "Streamed snapshots refused for sending beyond the receiver's credit",
     streams_credit_timed_out => "Streamed snapshots given up: the receiver granted no credit within the chunk timeout",
+    streams_delivery_timed_out => "Streamed snapshots given up: the receiver did not say it delivered them within the chunk timeout of their end",
+    streams_delivered_unknown => "Delivered frames ignored: for a stream not awaiting delivery",
     stream_bytes_sent => "Snapshot file bytes sent in streamed snapshots",
     streams_received => "Streamed snapshots received, checked against their digest and delivered",
     streams_refused => "Streamed snapshots refused by this receiver",

@@ -48,8 +48,8 @@ use vaultfleet_audit::{
 use vaultfleet_net::wire::client::{encode_reply, encode_request, ClientFrame};
 use vaultfleet_net::wire::frame::{
     encode_chunk, encode_keepalive, encode_raft, encode_stream_credit, encode_stream_data,
-    encode_stream_end, encode_stream_open, encode_stream_refused, Frame, FrameAssembler,
-    RefusalReason, FRAME_LENGTH_BYTES,
+    encode_stream_delivered, encode_stream_end, encode_stream_open, encode_stream_refused, Frame,
+    FrameAssembler, RefusalReason, FRAME_LENGTH_BYTES,
 };
 use vaultfleet_net::wire::hello::Hello;
 use vaultfleet_vault::wire as vwire;
@@ -216,6 +216,9 @@ pub fn raft_frame(data: &[u8]) {
                         &body,
                         "stream credit",
                     );
+                }
+                Frame::StreamDelivered { stream } => {
+                    assert_framed(&encode_stream_delivered(stream), &body, "stream delivered");
                 }
             }
         }

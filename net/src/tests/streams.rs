@@ -5,7 +5,10 @@
 //! refusal carries its reason. The receiver's read loop never waits for the
 //! disk, paces the sender with credits and refuses one beyond them. A sender
 //! whose stream the receiver refuses hears `Failed`, and a queued stream
-//! reads nothing before it is the one being sent.
+//! reads nothing before it is the one being sent. A sender hears `Written`
+//! only once the receiver delivered the message (kind 11), so what raft sends
+//! after it reaches the replica after the snapshot; without that word in
+//! time, or with the connection lost meanwhile, it hears `Failed`, once.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,10 +25,13 @@ use vaultfleet::snapshot::{
 use vaultfleet::transport::{Envelope, Inbox, SnapshotSent};
 
 use super::*;
-use crate::stream::STREAM_WINDOW_CHUNKS;
+use crate::stats::Counters;
+use crate::stream::{
+    AwaitingDelivery, OutStream, STREAMS_AWAITING_DELIVERY_MAX, STREAM_WINDOW_CHUNKS,
+};
 use crate::wire::frame::{
-    encode_stream_data, encode_stream_end, encode_stream_open, encode_stream_refused, Frame,
-    FrameAssembler, RefusalReason, StreamHeader,
+    encode_stream_data, encode_stream_delivered, encode_stream_end, encode_stream_open,
+    encode_stream_refused, Frame, FrameAssembler, RefusalReason, StreamHeader,
 };
 
 /// A gate the test holds: file work waits at it until it opens (at most
@@ -59,24 +65,41 @@ impl Gate {
     }
 }
 
-/// Snapshot files whose receivers wait at a gate before each chunk's `put`.
+/// Where a [`GatedFiles`] receiver waits at its gate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GateAt {
+    /// Before each chunk's `put`.
+    Put,
+    /// Before `finish` (digest, fsync, rename).
+    Finish,
+}
+
+/// Snapshot files whose receivers wait at a gate before each chunk's `put`
+/// or before `finish`.
 struct GatedFiles {
     inner: Arc<DirFiles>,
     gate: Arc<Gate>,
+    at: GateAt,
 }
 
 struct GatedReceiver {
     inner: Box<dyn ChunkReceiver>,
     gate: Arc<Gate>,
+    at: GateAt,
 }
 
 impl ChunkReceiver for GatedReceiver {
     fn put(&mut self, seq: u32, chunk: &[u8]) -> Result<(), SnapshotFileError> {
-        self.gate.pass();
+        if self.at == GateAt::Put {
+            self.gate.pass();
+        }
         self.inner.put(seq, chunk)
     }
 
     fn finish(self: Box<Self>) -> Result<(), SnapshotFileError> {
+        if self.at == GateAt::Finish {
+            self.gate.pass();
+        }
         self.inner.finish()
     }
 }
@@ -99,6 +122,7 @@ impl SnapshotFiles for GatedFiles {
         Ok(Box::new(GatedReceiver {
             inner: self.inner.receive(descriptor)?,
             gate: Arc::clone(&self.gate),
+            at: self.at,
         }))
     }
 
@@ -136,16 +160,30 @@ impl FilesInbox {
         Self::with(|files| files, None)
     }
 
-    /// Files set up by `tweak`, behind `gate` if one is given.
+    /// Files set up by `tweak`, their `put` behind `gate` if one is given.
     fn with(tweak: impl FnOnce(DirFiles) -> DirFiles, gate: Option<Arc<Gate>>) -> Arc<Self> {
+        Self::gated(tweak, gate.map(|gate| (gate, GateAt::Put)))
+    }
+
+    /// Files whose `finish` waits at `gate`.
+    fn finish_gated(gate: &Arc<Gate>) -> Arc<Self> {
+        Self::gated(|files| files, Some((Arc::clone(gate), GateAt::Finish)))
+    }
+
+    /// Files set up by `tweak`, behind a gate where one is given.
+    fn gated(
+        tweak: impl FnOnce(DirFiles) -> DirFiles,
+        gate: Option<(Arc<Gate>, GateAt)>,
+    ) -> Arc<Self> {
         let dir = tempfile::tempdir().unwrap();
         let files = Arc::new(tweak(
             DirFiles::open(dir.path(), CHUNK_BYTES_MIN, None, 1).unwrap(),
         ));
         let served: Arc<dyn SnapshotFiles> = match gate {
-            Some(gate) => Arc::new(GatedFiles {
+            Some((gate, at)) => Arc::new(GatedFiles {
                 inner: Arc::clone(&files),
                 gate,
+                at,
             }),
             None => files.clone(),
         };
@@ -260,6 +298,7 @@ impl RawPeer {
                             assert!(granted >= *g, "credit went down: {granted} < {g}");
                             *g = granted;
                         }
+                        Frame::StreamDelivered { stream } => seen.delivered.push(stream),
                         _ => {}
                     }
                 }
@@ -306,12 +345,13 @@ impl RawPeer {
     }
 }
 
-/// What the responder sent back: refusals in order, and the highest credit
-/// per stream.
+/// What the responder sent back: refusals in order, the highest credit per
+/// stream, and the streams it said it delivered, in order.
 #[derive(Debug, Default)]
 struct Replies {
     refused: Vec<(u64, RefusalReason)>,
     credit: std::collections::BTreeMap<u64, u32>,
+    delivered: Vec<u64>,
 }
 
 #[test]
@@ -333,8 +373,12 @@ fn an_honest_stream_lands_in_the_receivers_files_before_its_message_is_delivered
             peer.data(1, seq as u32, &chunk[half..]).await;
         }
         peer.end(1).await;
+        // The receiver says it delivered the stream once its replica has it.
+        peer.read_until(&mut seen, |s| !s.delivered.is_empty())
+            .await;
     });
-    wait_until("the delivery", || inbox.got.len() == 1);
+    assert_eq!(seen.delivered, vec![1]);
+    assert_eq!(inbox.got.len(), 1, "delivered before the sender was told");
     assert!(inbox.files.is_complete(&d), "the file was received whole");
     let stats = scene.transport.stats();
     assert_eq!(stats.streams_received, 1, "{stats:#?}");
@@ -444,6 +488,10 @@ fn malformed_and_hostile_streams_are_refused_with_their_reason_nothing_delivered
     assert_eq!(stats.streams_received, 0);
     assert_eq!(inbox.got.len(), 0, "nothing delivered");
     assert_eq!(plain.len(), 0, "nothing delivered");
+    assert!(
+        seen.delivered.is_empty(),
+        "a refused stream said delivered: {seen:?}"
+    );
     wait_until("no partial file left", || inbox.file_names().is_empty());
     assert!(!inbox.files.is_complete(&d));
     settled();
@@ -714,7 +762,8 @@ fn a_sender_whose_stream_is_refused_hears_failed_and_one_that_is_taken_hears_wri
     // An honest one is written, received and delivered.
     let taken = outcome(&d1, 1, Arc::new(AtomicBool::new(true)));
     assert_eq!(taken.recv_timeout(WAIT), Ok(SnapshotSent::Written));
-    wait_until("the delivery", || inbox.got.len() == 1);
+    // `Written` means delivered: the receiver's replica has it already.
+    assert_eq!(inbox.got.len(), 1, "Written before the receiver delivered");
     assert!(inbox.files.is_complete(&d1));
     let (s, r) = (sender.stats(), receiver.stats());
     assert_eq!(s.streams_sent, 1, "{s:#?}");
@@ -1025,4 +1074,301 @@ fn a_sender_granted_no_credit_for_the_chunk_timeout_gives_the_stream_up() {
     assert_eq!(inbox.got.len(), 0, "nothing delivered");
     sender.shutdown();
     receiver.shutdown();
+}
+
+/// A receiving process (replica 1) and a sending one (replica 2), each with
+/// a transport of its own, pinned to each other.
+fn sender_and_receiver(sender_config: NetConfig) -> (NetTransport, NetTransport) {
+    let receiver_secret = StaticSecret::generate().unwrap();
+    let sender_secret = StaticSecret::generate().unwrap();
+    let receiver = NetTransport::start(
+        PeerDirectory::new(FLEET, [1], receiver_secret.clone()).unwrap(),
+        loopback_config(),
+    )
+    .unwrap();
+    let sender = NetTransport::start(
+        PeerDirectory::new(FLEET, [2], sender_secret.clone()).unwrap(),
+        sender_config,
+    )
+    .unwrap();
+    for t in [&receiver, &sender] {
+        let mut d = (*t.directory()).clone();
+        d.insert(1, entry(receiver.local_addr(), &receiver_secret))
+            .unwrap();
+        d.insert(2, entry(sender.local_addr(), &sender_secret))
+            .unwrap();
+        t.update_directory(d).unwrap();
+    }
+    (sender, receiver)
+}
+
+/// A 300 KiB snapshot file of group 1 by replica 2 at index 10, term 2 (5
+/// chunks, more than the credit window).
+fn sender_file() -> (MemFiles, SnapshotDescriptor) {
+    let files = MemFiles::new(CHUNK_BYTES_MIN, None, 2);
+    let mut w = files.create(1, 2, 10, 2).unwrap();
+    w.write_all(&vec![6u8; 300 << 10]).unwrap();
+    let d = w.finish().unwrap();
+    (files, d)
+}
+
+/// Queues a stream of `d` from replica 2 to replica 1 of group 1 (retrying
+/// while the link dials). Its outcome goes to `then`, then to the channel
+/// returned; the channel disconnects once `done` is gone.
+fn stream_from(
+    sender: &NetTransport,
+    files: &MemFiles,
+    d: &SnapshotDescriptor,
+    then: Arc<dyn Fn(SnapshotSent) + Send + Sync>,
+) -> std::sync::mpsc::Receiver<SnapshotSent> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let envelope = Envelope {
+        group: 1,
+        message: snapshot_message(d),
+    };
+    let start = Instant::now();
+    loop {
+        let tx = tx.clone();
+        let then = Arc::clone(&then);
+        let sent = sender.try_send_snapshot_stream(
+            envelope.clone(),
+            files.open(d).unwrap(),
+            Box::new(move |s| {
+                then(s);
+                let _ = tx.send(s);
+            }),
+        );
+        if sent.is_ok() {
+            return rx;
+        }
+        assert!(start.elapsed() < WAIT, "the sender never queued: {sent:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How long a test gives an outcome that must not come (a bound on the
+/// wait, not a timing assertion: without the fix it comes at once).
+const HOLD: Duration = Duration::from_millis(300);
+
+/// Issue 18, after `1cddbcd`: a streamed snapshot is `Written` only once the
+/// receiver's replica has its message (kind 11). The node then tells raft
+/// the snapshot finished and raft sends the append at index + 1 on the same
+/// connection: it must reach the replica after the snapshot, or the follower
+/// rejects it and the leader sends the whole snapshot again.
+#[test]
+fn a_stream_is_written_only_once_delivered_and_a_raft_frame_sent_on_written_follows_the_snapshot() {
+    let (sender, receiver) = sender_and_receiver(loopback_config());
+    // The receiver's worker holds at `finish` (digest, fsync, rename).
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::finish_gated(&gate);
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    // What the node does: on `Written`, raft's append at the snapshot's
+    // index + 1 goes to the same peer.
+    let mut append = Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    append.from = 2;
+    append.to = 1;
+    append.index = 10;
+    append.log_term = 2;
+    let append = Envelope {
+        group: 1,
+        message: append,
+    };
+    let node = sender.clone();
+    let rx = stream_from(
+        &sender,
+        &files,
+        &d,
+        Arc::new(move |s| {
+            if s == SnapshotSent::Written {
+                node.try_send(append.clone()).expect("the append is queued");
+            }
+        }),
+    );
+    wait_until("the receiver's worker at finish", || gate.waiting() == 1);
+    // The end frame was written (the receiver has it); the stream is not done.
+    assert_eq!(
+        rx.recv_timeout(HOLD),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "done was called before the receiver delivered"
+    );
+    assert_eq!(inbox.got.len(), 0, "nothing delivered while finish is held");
+    let s = sender.stats();
+    assert_eq!(s.streams_sent, 0, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 0, "{s:#?}");
+    gate.open();
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Written));
+    assert!(
+        inbox.got.len() >= 1,
+        "Written before the receiver delivered the message"
+    );
+    wait_until("the append", || inbox.got.len() == 2);
+    let types: Vec<MessageType> = inbox
+        .got
+        .0
+        .lock()
+        .iter()
+        .map(|e| e.message.get_msg_type())
+        .collect();
+    assert_eq!(
+        types,
+        vec![MessageType::MsgSnapshot, MessageType::MsgAppend],
+        "the append overtook the snapshot"
+    );
+    assert!(inbox.files.is_complete(&d));
+    let (s, r) = (sender.stats(), receiver.stats());
+    assert_eq!(s.streams_sent, 1, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 0, "{s:#?}");
+    assert_eq!(s.streams_delivered_unknown, 0, "{s:#?}");
+    assert_eq!(r.streams_received, 1, "{r:#?}");
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// A receiver that does not say it delivered within `snapshot_chunk_timeout`
+/// of the end frame: the sender gives up (`Failed`, once, counted); the
+/// receiver's word when it comes late is ignored.
+#[test]
+fn a_stream_not_delivered_in_time_fails_once_and_the_late_word_is_ignored() {
+    let mut sender_config = loopback_config();
+    sender_config.snapshot_chunk_timeout = Duration::from_secs(1);
+    let (sender, receiver) = sender_and_receiver(sender_config);
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::finish_gated(&gate);
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    let rx = stream_from(&sender, &files, &d, Arc::new(|_| {}));
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Failed));
+    assert_eq!(gate.waiting(), 1, "the receiver's finish is still held");
+    let s = sender.stats();
+    assert_eq!(s.streams_delivery_timed_out, 1, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    assert_eq!(s.streams_sent, 0, "{s:#?}");
+    assert_eq!(s.streams_credit_timed_out, 0, "{s:#?}");
+    // The receiver finishes late and says so: the sender ignores it.
+    gate.open();
+    wait_until("the late delivery", || inbox.got.len() == 1);
+    wait_until("the late word ignored", || {
+        sender.stats().streams_delivered_unknown == 1
+    });
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        "done called again"
+    );
+    let s = sender.stats();
+    assert_eq!(s.streams_sent, 0, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    assert_eq!(s.connections_closed_protocol, 0, "{s:#?}");
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// The connection lost while a stream waits for its receiver's word: the
+/// sender hears `Failed`, once.
+#[test]
+fn a_connection_lost_while_a_stream_awaits_delivery_fails_it_once() {
+    let (sender, receiver) = sender_and_receiver(loopback_config());
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::finish_gated(&gate);
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    let rx = stream_from(&sender, &files, &d, Arc::new(|_| {}));
+    wait_until("the receiver's worker at finish", || gate.waiting() == 1);
+    assert_eq!(
+        rx.recv_timeout(HOLD),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "done was called before the receiver delivered"
+    );
+    // The receiving process goes away with the stream's file unfinished.
+    receiver.shutdown();
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Failed));
+    assert_eq!(
+        rx.recv_timeout(WAIT),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected),
+        "done called again"
+    );
+    let s = sender.stats();
+    assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    assert_eq!(s.streams_sent, 0, "{s:#?}");
+    assert_eq!(s.streams_delivery_timed_out, 0, "{s:#?}");
+    gate.open();
+    sender.shutdown();
+}
+
+/// A delivered frame for a stream this side never sent (or no longer waits
+/// for) is ignored and counted, never a connection error.
+#[test]
+fn a_delivered_frame_for_an_unknown_stream_is_ignored_and_the_connection_stays() {
+    let scene = Scene::new(|_| {});
+    let mut peer = scene.connect_peer();
+    let header = RaftHeader {
+        group: 1,
+        from: 2,
+        to: 1,
+    };
+    scene.runtime.block_on(async {
+        peer.send_plaintext(&encode_stream_delivered(77)).await;
+        peer.send_message(header, &raft_message(2, 1, 5)).await;
+    });
+    wait_until("the raft frame after it", || scene.inbox.len() == 1);
+    wait_until("the word counted", || {
+        scene.transport.stats().streams_delivered_unknown == 1
+    });
+    let stats = scene.transport.stats();
+    assert_eq!(stats.connections_closed_protocol, 0, "{stats:#?}");
+    assert_eq!(stats.frames_malformed, 0, "{stats:#?}");
+}
+
+/// The streams awaiting delivery, word by word: each ends exactly once
+/// (`Written` on delivered; `Failed` on refused, at its timeout or with the
+/// connection); a word after that, or for an unknown stream, changes nothing.
+#[test]
+fn a_stream_awaiting_delivery_ends_exactly_once_whatever_words_follow() {
+    let counters = Counters::default();
+    let timeout = Duration::from_secs(30);
+    let mut awaiting = AwaitingDelivery::new(timeout);
+    let (files, d) = sender_file();
+    let outcomes: Arc<parking_lot::Mutex<Vec<(u64, SnapshotSent)>>> = Arc::default();
+    let out = |id: u64| {
+        let outcomes = Arc::clone(&outcomes);
+        OutStream::new(
+            stream(id),
+            Bytes::new(),
+            files.open(&d).unwrap(),
+            Box::new(move |s| outcomes.lock().push((id, s))),
+        )
+    };
+    let now = tokio::time::Instant::now();
+    let second = Duration::from_secs(1);
+    assert_eq!(STREAMS_AWAITING_DELIVERY_MAX, 4);
+    awaiting.insert(out(1), now);
+    awaiting.insert(out(2), now);
+    awaiting.insert(out(3), now + second);
+    assert!(!awaiting.is_full());
+    awaiting.insert(out(4), now + 2 * second);
+    assert!(awaiting.is_full(), "no fifth stream starts");
+    awaiting.delivered(&counters, 1);
+    assert!(!awaiting.refused(&counters, 1), "a refusal after delivered");
+    assert!(awaiting.refused(&counters, 2));
+    awaiting.delivered(&counters, 2);
+    awaiting.delivered(&counters, 99);
+    assert!(!awaiting.is_full());
+    assert_eq!(awaiting.next_deadline(), Some(now + second + timeout));
+    awaiting.expire(&counters, now + timeout);
+    assert_eq!(outcomes.lock().len(), 2, "nothing timed out yet");
+    awaiting.expire(&counters, now + second + timeout);
+    awaiting.fail_all(&counters);
+    assert_eq!(awaiting.next_deadline(), None);
+    use SnapshotSent::*;
+    assert_eq!(
+        *outcomes.lock(),
+        vec![(1, Written), (2, Failed), (3, Failed), (4, Failed)]
+    );
+    let c = counters.snapshot();
+    assert_eq!(c.streams_sent, 1, "{c:#?}");
+    assert_eq!(c.streams_send_failed, 3, "{c:#?}");
+    assert_eq!(c.streams_delivery_timed_out, 1, "{c:#?}");
+    assert_eq!(c.streams_delivered_unknown, 2, "{c:#?}");
 }

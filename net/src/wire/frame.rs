@@ -14,6 +14,7 @@
 //!   kind 8, stream end:    u64 group, u64 from, u64 to, u64 stream id
 //!   kind 9, stream refused (receiver to sender): u64 stream id, u8 reason
 //!   kind 10, stream credit (receiver to sender): u64 stream id, u32 granted
+//!   kind 11, stream delivered (receiver to sender): u64 stream id
 //! ```
 //!
 //! A streamed snapshot (a format-2 `MsgSnapshot` whose state lives in a
@@ -28,9 +29,13 @@
 //! reports `Failed`. The receiver paces the sender with credit frames:
 //! `granted` is the number of chunks the sender may have sent in all so far
 //! (cumulative, never lower than before); data for chunk `seq` may be sent
-//! only while `seq < granted`. A peer of an older build does not know kinds 6
-//! to 10 and closes the connection on the first one (`docs/network.md`,
-//! "Streamed snapshots"; kinds 6 to 10 are unreleased and may still change).
+//! only while `seq < granted`. Once the receiver delivered the message (the
+//! file checked and durable), it says so with a delivered frame; only then
+//! does the sender report `Written`, so the raft frames it sends after that
+//! (an append at the snapshot's index + 1) reach the receiver's replica after
+//! the snapshot. A peer of an older build does not know kinds 6 to 11 and
+//! closes the connection on the first one (`docs/network.md`, "Streamed
+//! snapshots"; kinds 6 to 11 are unreleased and may still change).
 //!
 //! A snapshot (a `MsgSnapshot` raft message, encoded once) travels as chunk
 //! frames of consecutive byte ranges `[offset, offset + data)` of its
@@ -71,11 +76,14 @@ const KIND_STREAM_DATA: u8 = 7;
 const KIND_STREAM_END: u8 = 8;
 const KIND_STREAM_REFUSED: u8 = 9;
 const KIND_STREAM_CREDIT: u8 = 10;
+const KIND_STREAM_DELIVERED: u8 = 11;
 
 /// Bytes of a stream refused frame's body (kind, stream id, reason).
 const STREAM_REFUSED_BYTES: usize = 1 + 8 + 1;
 /// Bytes of a stream credit frame's body (kind, stream id, granted).
 const STREAM_CREDIT_BYTES: usize = 1 + 8 + 4;
+/// Bytes of a stream delivered frame's body (kind, stream id).
+const STREAM_DELIVERED_BYTES: usize = 1 + 8;
 
 /// Why a receiver refused a streamed snapshot (the byte after the stream id
 /// in a refused frame). A byte this build does not know decodes as
@@ -241,6 +249,12 @@ pub enum Frame<'a> {
         /// Chunks the sender may have sent in all so far.
         granted: u32,
     },
+    /// The receiver delivered the message of the sender's stream `stream`
+    /// to its replica (the file checked against its digest and durable).
+    StreamDelivered {
+        /// The sender's stream id.
+        stream: u64,
+    },
 }
 
 fn read_stream_header(r: &mut Reader<'_>) -> Result<StreamHeader, DecodeError> {
@@ -338,6 +352,11 @@ impl<'a> Frame<'a> {
                 let granted = r.u32("credit granted")?;
                 r.expect_empty("stream credit frame")?;
                 Ok(Frame::StreamCredit { stream, granted })
+            }
+            KIND_STREAM_DELIVERED => {
+                let stream = r.u64("delivered stream id")?;
+                r.expect_empty("stream delivered frame")?;
+                Ok(Frame::StreamDelivered { stream })
             }
             other => Err(DecodeError::UnknownValue {
                 what: "frame kind",
@@ -444,6 +463,15 @@ pub fn encode_stream_credit(stream: u64, granted: u32) -> Bytes {
     out.put_u8(KIND_STREAM_CREDIT);
     out.put_u64(stream);
     out.put_u32(granted);
+    out.freeze()
+}
+
+/// A stream delivered frame, length prefix included.
+pub fn encode_stream_delivered(stream: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(FRAME_LENGTH_BYTES + STREAM_DELIVERED_BYTES);
+    put_length(&mut out, STREAM_DELIVERED_BYTES);
+    out.put_u8(KIND_STREAM_DELIVERED);
+    out.put_u64(stream);
     out.freeze()
 }
 
@@ -644,8 +672,14 @@ mod tests {
                 granted: 12
             }
         );
+        let delivered = encode_stream_delivered(9);
+        assert_eq!(
+            Frame::decode(&delivered[FRAME_LENGTH_BYTES..]).unwrap(),
+            Frame::StreamDelivered { stream: 9 }
+        );
+        assert_eq!(delivered.len(), FRAME_LENGTH_BYTES + STREAM_DELIVERED_BYTES);
         // Every length prefix matches its body.
-        for frame in [&open, &data, &end, &refused, &credit] {
+        for frame in [&open, &data, &end, &refused, &credit, &delivered] {
             let mut a = FrameAssembler::new(1024);
             a.push(frame);
             assert!(a.next_frame().unwrap().is_some());
@@ -670,6 +704,23 @@ mod tests {
         let mut long_credit = credit[FRAME_LENGTH_BYTES..].to_vec();
         long_credit.push(0);
         assert!(Frame::decode(&long_credit).is_err());
+        // A delivered frame truncated at any byte, or with a byte more: refused.
+        let body = &delivered[FRAME_LENGTH_BYTES..];
+        for len in 1..body.len() {
+            assert!(
+                matches!(
+                    Frame::decode(&body[..len]),
+                    Err(DecodeError::Truncated { .. })
+                ),
+                "a delivered frame of {len} bytes decoded"
+            );
+        }
+        let mut long_delivered = body.to_vec();
+        long_delivered.push(0);
+        assert!(matches!(
+            Frame::decode(&long_delivered),
+            Err(DecodeError::TrailingBytes { .. })
+        ));
     }
 
     #[test]
