@@ -558,7 +558,10 @@ fn a_receive_the_disk_cannot_hold_is_refused_before_a_byte_is_written() {
     let first = files.receive(&d).unwrap();
     match files.receive(&d) {
         Err(e @ SnapshotFileError::NoSpace { .. }) => assert!(e.is_no_space()),
-        other => panic!("the second receive should be refused, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "the second receive should be refused, got {:?}",
+            other.map(|_| ())
+        ),
     }
     drop(first);
     drop(files.receive(&d).unwrap());
