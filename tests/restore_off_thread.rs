@@ -8,7 +8,9 @@
 mod core_harness;
 
 use core_harness::Network;
-use vaultfleet::replica::{Output, ReplicaError, SnapshotError};
+use vaultfleet::replica::{
+    MembershipChange, Output, ReplicaError, SnapshotError, APPLY_BACKLOG_ENTRIES,
+};
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{FleetConfig, KvStore, MemberSpec, ReplicaConfig, StateMachine};
 
@@ -187,7 +189,7 @@ fn a_restore_that_panics_stops_the_replica_and_the_others_go_on() {
 fn a_membership_change_waiting_for_a_restore_keeps_the_follower_from_campaigning() {
     let mut net = fleet::<false>();
     behind_then_snapshot(&mut net, 40);
-    let change = vaultfleet::replica::MembershipChange::AddLearner {
+    let change = MembershipChange::AddLearner {
         id: 9,
         datacenter: "dc-9".into(),
     };
@@ -212,6 +214,10 @@ fn a_membership_change_waiting_for_a_restore_keeps_the_follower_from_campaigning
     }
     // Once restored, the change applies and replica 3 may campaign.
     net.run_restores(3);
+    while net.replica(3).has_ready() {
+        net.cycle(3);
+        net.in_flight.clear();
+    }
     assert!(net.status(3).learners.contains(&9), "{:?}", net.status(3));
     let campaigned = (0..100).any(|_| {
         net.tick(3);
@@ -220,4 +226,255 @@ fn a_membership_change_waiting_for_a_restore_keeps_the_follower_from_campaigning
         net.status(3).role != raft::StateRole::Follower
     });
     assert!(campaigned, "it campaigns once the change applied");
+}
+
+fn put_many<const P: bool>(net: &mut Network<BlankKv<P>>, client: u64, seq: &mut u64, n: u64) {
+    for _ in 0..n {
+        let put = KvStore::put(format!("k{seq}"), format!("v{seq}"));
+        net.propose(1, client, *seq, *seq, put).expect("propose");
+        *seq += 1;
+        net.settle();
+    }
+}
+
+fn is_snapshot_to(m: &raft::prelude::Message, to: u64) -> bool {
+    m.get_msg_type() == raft::prelude::MessageType::MsgSnapshot && m.to == to
+}
+
+/// Review of the restore, finding 1 (critical): a node steps its inputs, then
+/// takes finished restores, then runs its Ready cycle. A newer snapshot
+/// stepped before the older restore's outcome is taken has already switched
+/// raft to its membership: the membership change waiting behind the older
+/// snapshot must never apply over it (a removed learner came back, and
+/// spread through the replica's own snapshots).
+#[test]
+fn a_membership_change_waiting_behind_an_older_snapshot_never_applies_over_a_newer_one() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let s1 = net.replica(3).restoring_snapshot().expect("restoring");
+    // AddLearner 9 commits through 3 and waits behind its restore.
+    let add = MembershipChange::AddLearner {
+        id: 9,
+        datacenter: "dc-9".into(),
+    };
+    net.replica_mut(1)
+        .change_membership(1_000_001, add)
+        .unwrap();
+    net.settle();
+    assert!(net.completed(1_000_001));
+    assert!(net.status(3).commit > s1);
+    // 3 is cut off; 9 is removed again and the leader compacts past 3.
+    net.isolate(3);
+    let remove = MembershipChange::Remove { id: 9 };
+    net.replica_mut(1)
+        .change_membership(1_000_002, remove)
+        .unwrap();
+    net.settle();
+    assert!(net.completed(1_000_002));
+    put_many(&mut net, client, &mut seq, 60);
+    assert!(!net.status(1).learners.contains(&9));
+    net.recover();
+    // Until the leader's snapshot for 3 is in flight, not delivered.
+    let mut found = false;
+    for _ in 0..200 {
+        if net.in_flight.iter().any(|m| is_snapshot_to(m, 3)) {
+            found = true;
+            break;
+        }
+        net.tick(1);
+        net.cycle_all();
+        net.deliver_where(|m| !is_snapshot_to(m, 3));
+        net.cycle_all();
+    }
+    assert!(found, "no snapshot sent to 3");
+    // The node's order: the message stepped, the older restore's outcome
+    // taken, then the Ready cycle.
+    net.deliver_where(|m| is_snapshot_to(m, 3));
+    net.run_restores(3);
+    net.settle();
+    net.run_restores(3);
+    net.settle();
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    assert_eq!(net.replica(3).restoring_snapshot(), None);
+    let (leader, three) = (net.status(1), net.status(3));
+    assert_eq!(
+        (three.voters, three.learners),
+        (leader.voters, leader.learners),
+        "replica 3's membership differs from the leader's"
+    );
+    assert_eq!(three.applied, leader.applied);
+}
+
+/// Review finding 2: a replica restoring its snapshot refuses a leadership
+/// transfer to itself (it could commit but answer nothing until restored).
+#[test]
+fn a_restoring_replica_refuses_a_leadership_transfer() {
+    let mut net = fleet::<false>();
+    behind_then_snapshot(&mut net, 40);
+    let refused = net.replica(3).messages_refused();
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    net.tick_all(2);
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    assert!(!net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert!(
+        net.replica(3).messages_refused() > refused,
+        "the MsgTimeoutNow was refused"
+    );
+    // Once restored (and the refused transfer aborted after an election
+    // timeout), a transfer goes through.
+    net.run_restores(3);
+    net.settle();
+    net.tick_all(12);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}
+
+/// Review finding 2: a replica that wins an election while restoring hands
+/// leadership over at once to a voter that can answer.
+#[test]
+fn a_replica_elected_while_restoring_hands_leadership_over() {
+    let mut net = fleet::<false>();
+    behind_then_snapshot(&mut net, 40);
+    // The leader goes, and 2 restarts (so it follows no leader and grants
+    // a vote at once); only 3 times out, so it campaigns and wins.
+    net.isolate(1);
+    let mut cfg = core_harness::test_config(2);
+    small_snapshots(&mut cfg);
+    let store = net.replica(2).store().clone();
+    let two = vaultfleet::Replica::new(cfg, store, BlankKv::<false>::default()).unwrap();
+    net.replicas.insert(2, two);
+    let term = net.status(3).term;
+    let mut led = false;
+    for _ in 0..200 {
+        net.tick(3);
+        net.settle();
+        led |= net.status(3).term > term && net.status(2).leader.is_some();
+        if led {
+            break;
+        }
+    }
+    assert!(led, "no election: {:?}", net.status(3));
+    net.tick_all(4);
+    assert!(
+        net.replica(2).is_leader(),
+        "2: {:?} 3: {:?}",
+        net.status(2),
+        net.status(3)
+    );
+    assert!(net.replica(3).restoring_snapshot().is_some());
+}
+
+/// Review finding 3: what committed during a restore applies afterwards a
+/// bounded step per cycle, read back from the store, never all at once.
+#[test]
+fn entries_waiting_for_a_restore_apply_a_bounded_step_per_cycle() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let s = net.replica(3).restoring_snapshot().unwrap();
+    put_many(&mut net, client, &mut seq, 2 * APPLY_BACKLOG_ENTRIES + 10);
+    let (_, job) = net.restores.pop().unwrap();
+    let mut out = Output::default();
+    assert!(net
+        .replica_mut(3)
+        .snapshot_restored(job.run(), &mut out)
+        .unwrap());
+    assert_eq!(
+        net.status(3).applied,
+        s,
+        "the restore itself applies nothing"
+    );
+    assert!(
+        !out.garbage.is_empty(),
+        "the old machine goes to the driver"
+    );
+    let mut steps = 0;
+    while net.status(3).applied < net.status(1).applied {
+        let before = net.status(3).applied;
+        net.cycle(3);
+        let applied = net.status(3).applied - before;
+        assert!(
+            (1..=APPLY_BACKLOG_ENTRIES).contains(&applied),
+            "{applied} entries in one cycle"
+        );
+        steps += 1;
+    }
+    assert!(steps >= 3, "{steps} steps");
+    assert_eq!(
+        net.replica(3).state_machine().snapshot().unwrap(),
+        net.replica(1).state_machine().snapshot().unwrap()
+    );
+}
+
+/// Review finding 5: a restore's outcome is taken only by the replica that
+/// asked for it, even at the same index.
+#[test]
+fn a_restore_outcome_of_another_replica_is_ignored() {
+    let mut a = fleet::<false>();
+    let mut b = fleet::<false>();
+    behind_then_snapshot(&mut a, 40);
+    behind_then_snapshot(&mut b, 40);
+    let (_, job) = a.restores.pop().unwrap();
+    let index = b.replica(3).restoring_snapshot().unwrap();
+    assert_eq!(job.index(), index, "the same index in both groups");
+    let mut out = Output::default();
+    assert!(!b
+        .replica_mut(3)
+        .snapshot_restored(job.run(), &mut out)
+        .unwrap());
+    assert_eq!(b.replica(3).restoring_snapshot(), Some(index));
+}
+
+/// A newer snapshot supersedes a restore in flight: the older outcome is
+/// ignored, the newer one taken, and the state is the leader's.
+#[test]
+fn a_newer_snapshot_supersedes_a_restore_in_flight() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let first = net.replica(3).restoring_snapshot().expect("restoring");
+    put_many(&mut net, client, &mut seq, 3);
+    net.isolate(3);
+    put_many(&mut net, client, &mut seq, 60);
+    net.recover();
+    net.tick_all(4);
+    let second = net
+        .replica(3)
+        .restoring_snapshot()
+        .expect("restoring again");
+    assert!(second > first, "{first} {second}");
+    assert_eq!(net.restores.len(), 2);
+    net.run_restores(3);
+    net.settle();
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    assert_eq!(net.replica(3).restoring_snapshot(), None);
+    assert_eq!(net.status(3).applied, net.status(1).applied);
+    assert_eq!(
+        net.replica(3).state_machine().snapshot().unwrap(),
+        net.replica(1).state_machine().snapshot().unwrap()
+    );
+}
+
+/// A crash while restoring (the store durably at the snapshot, the machine
+/// not restored): the restart restores from the file and catches up.
+#[test]
+fn a_restart_while_restoring_restores_from_the_file() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    put_many(&mut net, client, &mut seq, 5);
+    let store = net.replica(3).store().clone();
+    net.restores.clear();
+    let mut cfg = core_harness::test_config(3);
+    small_snapshots(&mut cfg);
+    let restarted =
+        vaultfleet::Replica::new(cfg, store, BlankKv::<false>::default()).expect("restart");
+    net.replicas.insert(3, restarted);
+    net.settle();
+    net.tick_all(4);
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    assert_eq!(net.status(3).applied, net.status(1).applied);
+    assert_eq!(
+        net.replica(3).state_machine().snapshot().unwrap(),
+        net.replica(1).state_machine().snapshot().unwrap()
+    );
 }

@@ -13,7 +13,7 @@ use protobuf::Message as _;
 use vaultfleet::codec::Codec as _;
 use vaultfleet::snapshot::SnapshotDescriptor;
 use vaultfleet::wire::SnapshotPayload;
-use vaultfleet::{FleetConfig, LogStore, MemberSpec, ReplicaError};
+use vaultfleet::{FleetConfig, LogStore, MemberSpec, ReplicaError, StateMachine as _};
 
 const THREE: [(u64, &str); 3] = [(1, "dc-a"), (2, "dc-b"), (3, "dc-c")];
 
@@ -61,7 +61,10 @@ fn snapshot_files(fleet: &Fleet, id: u64) -> Vec<std::path::PathBuf> {
 
 /// Stops `behind`, writes until the leader compacted past it, restarts it and
 /// waits until it has caught up; returns the leader's commit then.
-fn leave_behind_and_catch_up(fleet: &mut Fleet, behind: u64) -> u64 {
+fn leave_behind_and_catch_up<M: vaultfleet::StateMachine>(
+    fleet: &mut Fleet<M>,
+    behind: u64,
+) -> u64 {
     let client = fleet.client();
     put(&client, "early", "1");
     fleet.stop(behind);
@@ -298,6 +301,11 @@ fn a_replica_admits_a_streamed_snapshot_only_from_its_leader_and_within_bounds()
         refused(leader, descriptor(leader, s.applied, s.term)),
         Some(StreamRefused::Stale { .. })
     ));
+    // Committed but not yet applied is stale too: raft would refuse it.
+    assert!(matches!(
+        refused(leader, descriptor(leader, s.commit, s.term)),
+        Some(StreamRefused::Stale { .. })
+    ));
     assert!(matches!(
         refused(leader, descriptor(leader, u64::MAX - 1, s.term)),
         Some(StreamRefused::TooFar { .. })
@@ -375,7 +383,12 @@ fn a_leader_whose_snapshot_file_is_gone_takes_it_again() {
     // Every file of the leader's (and of the other follower's) is lost.
     for id in (1..=3).filter(|&id| id != behind) {
         for f in snapshot_files(&fleet, id) {
-            std::fs::remove_file(f).expect("remove");
+            // A file retained away meanwhile is already gone (its deletion
+            // runs on a thread of its own).
+            match std::fs::remove_file(&f) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => panic!("remove {f:?}: {e}"),
+                _ => {}
+            }
         }
     }
     fleet.restart(behind);
@@ -383,4 +396,86 @@ fn a_leader_whose_snapshot_file_is_gone_takes_it_again() {
     let client = fleet.client();
     client.transfer_leader(behind).expect("transfer");
     assert_eq!(get(&client, "k199"), Some(b"v".to_vec()));
+}
+
+/// Where a [`BlankKv`] restored from a stream, and where a non-empty one was
+/// dropped: thread names.
+static RESTORED_ON: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+static DROPPED_ON: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string()
+}
+
+/// A [`vaultfleet::KvStore`] that offers a blank copy (so the node restores
+/// its streamed snapshots off the replica's thread) and records the threads
+/// it restores and is dropped on.
+#[derive(Default)]
+struct BlankKv(vaultfleet::KvStore);
+
+impl vaultfleet::StateMachine for BlankKv {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.apply(index, command)
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.0.query(query)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, vaultfleet::state_machine::CaptureError> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), vaultfleet::state_machine::RestoreError> {
+        self.0.restore(snapshot)
+    }
+    fn restore_from(
+        &mut self,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), vaultfleet::state_machine::RestoreError> {
+        RESTORED_ON.lock().unwrap().push(thread_name());
+        self.0.restore_from(input)
+    }
+    fn blank(&self) -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
+impl Drop for BlankKv {
+    fn drop(&mut self) {
+        if self.0.snapshot().is_ok_and(|s| !s.is_empty()) {
+            DROPPED_ON.lock().unwrap().push(thread_name());
+        }
+    }
+}
+
+/// Review of the restore, test gap: the node runtime restores a streamed
+/// snapshot on a thread of its own (not the replica's), serves the state
+/// afterwards, and drops the machine it replaced off the replica's thread.
+#[test]
+fn the_node_restores_a_streamed_snapshot_on_a_thread_and_drops_the_old_machine_off_the_replicas() {
+    let mut fleet = Fleet::start_machine(
+        three(),
+        Store::SealedSledStreamed,
+        small_snapshots,
+        BlankKv::default,
+    );
+    let leader = fleet.wait_leader();
+    let behind = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    leave_behind_and_catch_up(&mut fleet, behind);
+    let restored = RESTORED_ON.lock().unwrap().clone();
+    let on_thread = format!("vf-snap-restore-{behind}");
+    assert!(
+        restored.contains(&on_thread),
+        "restored on {restored:?}, not on {on_thread}"
+    );
+    let client = fleet.client();
+    client.transfer_leader(behind).expect("transfer");
+    assert_eq!(get(&client, "k399"), Some(b"v".to_vec()));
+    assert_eq!(get(&client, "early"), Some(b"1".to_vec()));
+    let dropped = DROPPED_ON.lock().unwrap().clone();
+    assert!(
+        dropped.iter().any(|t| t == &format!("vf-drop-{behind}")),
+        "the replaced machine was dropped on {dropped:?}"
+    );
 }

@@ -442,6 +442,14 @@ pub enum StepRefusal {
         /// The leader this replica follows (0: none).
         leader: u64,
     },
+    /// A `MsgTimeoutNow` while this replica restores a snapshot off its
+    /// thread: it could lead but apply nothing until the restore is done, so
+    /// it does not take leadership (the transfer aborts).
+    #[error("MsgTimeoutNow while restoring the snapshot at {index}; transfer leadership once it is restored")]
+    TimeoutNowWhileRestoring {
+        /// The index of the snapshot being restored.
+        index: u64,
+    },
     /// A follower asks for a snapshot; replicas of this fleet never do.
     #[error("it requests a snapshot at index {index}; replicas of this fleet never do")]
     SnapshotRequested {

@@ -86,6 +86,10 @@ const _: () = assert!(SNAPSHOT_FORMAT_VERSION > 0);
 const _: () =
     assert!(((MEMBERS_MAX * (DATACENTER_BYTES_MAX + 32)) as u64) < wire::MESSAGE_BYTES_MAX);
 // Read contexts travel as the 8 big-endian bytes of a u64.
+/// Entries applied per cycle, at most, from the backlog a restore off the
+/// thread left (see `apply_backlog`).
+pub const APPLY_BACKLOG_ENTRIES: u64 = 256;
+
 const READ_CONTEXT_BYTES: usize = 8;
 const _: () = assert!(READ_CONTEXT_BYTES == std::mem::size_of::<u64>());
 
@@ -189,6 +193,27 @@ pub struct Output {
     /// until it does, the replica applies nothing past the snapshot. One
     /// dropped unrun is restored in place at the replica's next cycle.
     pub restores: Vec<SnapshotRestore>,
+    /// Large values the replica is done with (a machine replaced by a
+    /// restored one, a restore's outcome it ignored): freeing one can take
+    /// as long as building it, so a driver drops them off the replica's
+    /// thread. Dropping them anywhere is correct.
+    pub garbage: Vec<Garbage>,
+}
+
+/// A value the replica is done with, for its driver to drop (see
+/// [`Output::garbage`]).
+pub struct Garbage(#[allow(dead_code)] Box<dyn Send>);
+
+impl Garbage {
+    pub(crate) fn new<T: Send + 'static>(value: T) -> Self {
+        Self(Box::new(value))
+    }
+}
+
+impl std::fmt::Debug for Garbage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Garbage")
+    }
 }
 
 impl Output {
@@ -198,6 +223,7 @@ impl Output {
         self.completions.clear();
         self.jobs.clear();
         self.restores.clear();
+        self.garbage.clear();
     }
 }
 
@@ -360,6 +386,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// is, `applied_index` is the machine's (before the snapshot) and
     /// committed entries wait in it.
     restoring: Option<restore::Restoring>,
+    /// Committed entries up to this index wait in the store to be applied
+    /// (after a restore off the thread), a bounded step per cycle.
+    apply_backlog_to: u64,
     /// Messages raft queued while this replica led, taken when it stepped
     /// down on applying its own removal: they leave with the cycle's output.
     outbox: Vec<Message>,
@@ -624,6 +653,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             jobs: Vec::new(),
             restores: Vec::new(),
             restoring: None,
+            apply_backlog_to: 0,
             outbox: Vec::new(),
             applied_index: snap_index,
             cfg,
@@ -759,6 +789,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if message.get_msg_type() == raft::prelude::MessageType::MsgSnapshot {
             self.check_streamed_snapshot(message.get_snapshot())?;
         }
+        if let (raft::prelude::MessageType::MsgTimeoutNow, Some(index)) =
+            (message.get_msg_type(), self.restoring_snapshot())
+        {
+            return Err(StepRefusal::TimeoutNowWhileRestoring { index });
+        }
         let mut message = message;
         // raft-rs commits `commit` on a vote or pre-vote message (and their
         // responses) whenever its term matches `commit_term` in the local log
@@ -775,7 +810,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             message.commit = 0;
             message.commit_term = 0;
         }
-        self.raw.step(message).map_err(StepRefusal::Raft)
+        self.raw.step(message).map_err(StepRefusal::Raft)?;
+        self.notice_newer_snapshot();
+        Ok(())
     }
 
     fn check_leader(&self) -> Result<(), RequestError> {
@@ -992,6 +1029,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || !self.digest_marks.is_empty()
             || !self.completions.is_empty()
             || self.restoring.as_ref().is_some_and(|r| r.dropped())
+            || (self.restoring.is_none() && self.apply_backlog_to > self.applied_index)
             || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
             || self.raw.has_ready()
     }
@@ -1122,6 +1160,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let id = self.cfg.id;
         let storage = |source| ReplicaError::Storage { id, source };
         self.restore_dropped_in_place()?;
+        self.apply_backlog()?;
         let commit_before = self.raw.raft.raft_log.committed;
         debug_assert!(self.applied_index <= commit_before);
         debug_assert_eq!(self.raft_applied(), self.raw.raft.raft_log.applied);
@@ -1188,6 +1227,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         debug_assert!(self.applied_index <= self.raw.raft.raft_log.committed);
         self.serve_reads();
         self.notice_role_change();
+        self.hand_over_while_restoring();
         self.maybe_snapshot()?;
         out.jobs.append(&mut self.jobs);
         out.restores.append(&mut self.restores);
@@ -1257,11 +1297,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // are all covered by this snapshot (they were committed, and raft
         // installs only snapshots past its commit index).
         if let Some(old) = self.restoring.take() {
-            debug_assert!(old
-                .waiting
-                .last()
-                .is_none_or(|e| e.index < snap.get_metadata().index));
+            debug_assert!(old.index < snap.get_metadata().index);
         }
+        debug_assert!(self.apply_backlog_to < snap.get_metadata().index);
+        self.apply_backlog_to = 0;
         // Files older than the installed snapshot are of no use any more (a
         // replica that only ever installs would otherwise keep them all), but
         // only once the store durably names the new one: a crash before this
@@ -1319,12 +1358,71 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.applied_index = index;
     }
 
-    fn apply_entries(&mut self, mut entries: Vec<Entry>) -> Result<(), ReplicaError> {
-        if let Some(restoring) = &mut self.restoring {
-            // Applied once the snapshot before them is restored.
-            restoring.waiting.append(&mut entries);
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
+        if self.restoring.is_some() || self.apply_backlog_to > self.applied_index {
+            // Applied from the store once the snapshot before them is
+            // restored, after those already waiting, a bounded step per cycle.
+            if let Some(last) = entries.last() {
+                self.apply_backlog_to = self.apply_backlog_to.max(last.index);
+            }
             return Ok(());
         }
+        self.apply_committed(entries)
+    }
+
+    /// Applies committed entries that waited for a restore: at most
+    /// [`APPLY_BACKLOG_ENTRIES`] entries or `message_bytes_max` bytes (and at
+    /// least one entry) per call, read back from the store, so no cycle
+    /// applies more than a Ready would hand over.
+    fn apply_backlog(&mut self) -> Result<(), ReplicaError> {
+        if self.restoring.is_some() || self.apply_backlog_to <= self.applied_index {
+            return Ok(());
+        }
+        let id = self.cfg.id;
+        let low = self.applied_index + 1;
+        let high = (self.apply_backlog_to + 1).min(low + APPLY_BACKLOG_ENTRIES);
+        let entries = raft::Storage::entries(
+            self.raw.store(),
+            low,
+            high,
+            Some(self.cfg.message_bytes_max),
+            raft::GetEntriesContext::empty(false),
+        )
+        .map_err(|source| ReplicaError::Raft { id, source })?;
+        self.apply_committed(entries)?;
+        self.raw.advance_apply_to(self.applied_index);
+        Ok(())
+    }
+
+    /// Hands leadership over at once when this replica won an election while
+    /// restoring a snapshot: it could commit but apply nothing, and so answer
+    /// nothing, until the restore is done (a transfer to it is refused
+    /// earlier, `StepRefusal::TimeoutNowWhileRestoring`).
+    fn hand_over_while_restoring(&mut self) {
+        if self.restoring.is_none() || !self.is_leader() || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let me = self.cfg.id;
+        let prs = self.raw.raft.prs();
+        let next = prs
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|&id| id != me)
+            .max_by_key(|&id| prs.get(id).map_or(0, |p| p.matched));
+        if let Some(next) = next {
+            tracing::info!(
+                replica = me,
+                to = next,
+                "leading while restoring a snapshot: handing leadership over"
+            );
+            self.raw.transfer_leader(next);
+        }
+    }
+
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
         for entry in entries {
             let index = entry.index;
             debug_assert_eq!(

@@ -11,11 +11,18 @@
 //! replica goes on: it steps messages, appends and syncs entries and
 //! acknowledges them, and raft counts its snapshot as applied. What it does
 //! not do until [`Replica::snapshot_restored`] is apply: committed entries
-//! after the snapshot wait in order, reads wait unless the machine it still
-//! holds (the one before the snapshot) already answers them, and it takes no
-//! snapshot of its own. The restored machine then replaces the old one, the
-//! waiting entries apply, and raft hears of them only then, so raft never
-//! counts a membership change applied that the replica has not applied.
+//! after the snapshot wait in the store (only their last index is kept),
+//! reads wait unless the machine it still holds (the one before the
+//! snapshot) already answers them, it takes no snapshot of its own, refuses
+//! a leadership transfer to itself and hands leadership over if it wins an
+//! election. The restored machine then replaces the old one (which goes to
+//! the driver to drop, [`Output::garbage`](super::Output::garbage)), and the
+//! waiting entries apply from the store, a bounded step per cycle; raft
+//! hears of each step only then, so raft never counts a membership change
+//! applied that the replica has not applied. An outcome is taken only while
+//! no newer snapshot has been stepped (raft then already follows that
+//! snapshot's membership, and the entries waiting behind the older one must
+//! never apply) and only by the replica that asked for it.
 //!
 //! A newer snapshot supersedes a restore in flight (its outcome is ignored,
 //! its run stops at the next chunk). A restore dropped without being run (a
@@ -32,7 +39,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use raft::prelude::{Entry, Snapshot};
+use raft::prelude::Snapshot;
 
 use super::error::SnapshotError;
 use super::sessions::Sessions;
@@ -106,6 +113,7 @@ impl SnapshotRestore {
         };
         RestoredSnapshot {
             index: self.index,
+            token: Arc::clone(&self.superseded),
             result,
         }
     }
@@ -114,6 +122,9 @@ impl SnapshotRestore {
 /// The outcome of [`SnapshotRestore::run`], for [`Replica::snapshot_restored`].
 pub struct RestoredSnapshot {
     index: u64,
+    /// Names the restore it came from (its replica's `Restoring` holds the
+    /// same): an outcome is taken only by the replica that asked for it.
+    token: Arc<AtomicBool>,
     result: Result<Filled, SnapshotError>,
 }
 
@@ -163,8 +174,6 @@ pub(super) struct Restoring {
     members: Vec<Member>,
     files: Arc<dyn SnapshotFiles>,
     descriptor: SnapshotDescriptor,
-    /// Committed entries after the snapshot, in order, to apply once restored.
-    pub(super) waiting: Vec<Entry>,
     superseded: Arc<AtomicBool>,
     dropped: Arc<AtomicBool>,
 }
@@ -245,7 +254,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             members: payload.members,
             files,
             descriptor,
-            waiting: Vec::new(),
             superseded,
             dropped,
         });
@@ -269,21 +277,45 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// A failed restore stops the replica, as a failed in-place restore does
     /// (the requests it fails go to `out`); a crash-restart restores the same
     /// snapshot again, or a newer one arrives.
+    ///
+    /// Returns whether the outcome was taken.
     pub fn snapshot_restored(
         &mut self,
         restored: RestoredSnapshot,
         out: &mut super::Output,
-    ) -> Result<(), ReplicaError> {
+    ) -> Result<bool, ReplicaError> {
         let id = self.cfg.id;
         if self.failed {
             return Err(ReplicaError::Failed { id });
         }
-        let Some(restoring) = self.restoring.take_if(|r| r.index == restored.index) else {
-            return Ok(());
+        let RestoredSnapshot {
+            index: _,
+            token,
+            result,
+        } = restored;
+        let Some(restoring) = self
+            .restoring
+            .take_if(|r| Arc::ptr_eq(&r.superseded, &token))
+        else {
+            // Another restore's (superseded, or another replica's).
+            if let Ok(filled) = result {
+                out.garbage.push(super::Garbage::new(filled));
+            }
+            return Ok(false);
         };
+        if self.raw.snap().is_some() {
+            // A newer snapshot was stepped and its Ready has not run: raft
+            // already follows that snapshot's membership, so the entries
+            // waiting behind this one must never apply. Its install
+            // supersedes this restore.
+            self.restoring = Some(restoring);
+            if let Ok(filled) = result {
+                out.garbage.push(super::Garbage::new(filled));
+            }
+            return Ok(false);
+        }
         let index = restoring.index;
-        let result = restored
-            .result
+        let result = result
             .and_then(|filled| {
                 filled
                     .downcast::<(S, Sessions)>()
@@ -292,20 +324,42 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     })
             })
             .map_err(|source| ReplicaError::Snapshot { id, index, source })
-            .and_then(|filled| {
+            .map(|filled| {
                 let (machine, sessions) = *filled;
-                self.machine = machine;
-                self.sessions = sessions;
-                self.settle_restore(restoring)
+                let old = (
+                    std::mem::replace(&mut self.machine, machine),
+                    std::mem::replace(&mut self.sessions, sessions),
+                );
+                out.garbage.push(super::Garbage::new(old));
+                self.settle_restore(restoring);
             });
-        if result.is_err() {
-            self.fail_everything(out);
+        match result {
+            Ok(()) => {
+                out.completions.append(&mut self.completions);
+                Ok(true)
+            }
+            Err(e) => {
+                self.fail_everything(out);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// A newer snapshot was stepped: a restore in flight need not finish.
+    pub(super) fn notice_newer_snapshot(&mut self) {
+        if let Some(restoring) = &self.restoring {
+            if self.raw.snap().is_some() {
+                restoring.superseded.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Restores in place a restore whose job was dropped unrun.
     pub(super) fn restore_dropped_in_place(&mut self) -> Result<(), ReplicaError> {
+        if self.raw.snap().is_some() {
+            // A newer snapshot is about to be installed in its place.
+            return Ok(());
+        }
         let Some(restoring) = self.restoring.take_if(|r| r.dropped()) else {
             return Ok(());
         };
@@ -324,12 +378,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             &AtomicBool::new(false),
         )
         .map_err(|source| ReplicaError::Snapshot { id, index, source })?;
-        self.settle_restore(restoring)
+        self.settle_restore(restoring);
+        Ok(())
     }
 
     /// The restored state is in place: its settings, then the requests it
-    /// answers, then the entries that waited.
-    fn settle_restore(&mut self, mut restoring: Restoring) -> Result<(), ReplicaError> {
+    /// answers. The entries that waited apply from the store, a bounded
+    /// step per cycle (`apply_backlog`).
+    fn settle_restore(&mut self, mut restoring: Restoring) {
         Self::restore_settings(
             restoring.limits,
             &mut self.sessions,
@@ -337,18 +393,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             std::mem::take(&mut restoring.members),
             (self.cfg.sessions_max, self.cfg.session_responses_max),
         );
-        let waiting = std::mem::take(&mut restoring.waiting);
         self.finish_install(restoring.index);
         drop(restoring);
-        self.apply_entries(waiting)?;
-        self.raw.advance_apply_to(self.applied_index);
         self.serve_reads();
         tracing::info!(
             replica = self.cfg.id,
             applied = self.applied_index,
+            backlog = self.apply_backlog_to.saturating_sub(self.applied_index),
             "streamed snapshot restored"
         );
-        Ok(())
     }
 
     /// The index of the snapshot being restored off the thread, if any.

@@ -133,7 +133,11 @@ impl Shared {
 
     fn snapshot_restored(&self, restored: RestoredSnapshot) {
         self.restores_done.lock().push(restored);
-        let _ = self.push(Input::SnapshotJobDone);
+        if let Err(PushError::Closed(_)) = self.push(Input::SnapshotJobDone) {
+            // The node stopped (before or after this outcome went in): no
+            // one will take it, so do not keep its machine.
+            drop(std::mem::take(&mut *self.restores_done.lock()));
+        }
     }
 
     fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
@@ -333,10 +337,14 @@ impl Inbox for NodeHandle {
                 current: status.term,
             });
         }
-        if descriptor.index <= status.applied {
+        // Against the commit index, not the applied one: raft refuses a
+        // snapshot at or below what it committed, and while a restore runs
+        // off the thread the applied index is the one before that snapshot
+        // (a re-sent one would be transferred whole for nothing).
+        if descriptor.index <= status.commit {
             return Err(StreamRefused::Stale {
                 index: descriptor.index,
-                applied: status.applied,
+                commit: status.commit,
             });
         }
         if descriptor.index > status.last_index.saturating_add(INDEX_JUMP_MAX) {
@@ -726,6 +734,10 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             telemetry::failed(&RequestError::Stopped);
             let _ = pending.slot.fill(Err(RequestError::Stopped));
         }
+        // A restore finished for a stopped replica: its machine is not kept
+        // for as long as a handle lives (one still running drops its outcome
+        // when it finds the mailbox closed, `Shared::snapshot_restored`).
+        drop(std::mem::take(&mut *self.shared.restores_done.lock()));
     }
 
     fn accept(&mut self, input: Input) {
@@ -888,6 +900,14 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         }
         for job in std::mem::take(&mut self.out.restores) {
             self.start_restore(job);
+        }
+        let garbage = std::mem::take(&mut self.out.garbage);
+        if !garbage.is_empty() {
+            // A replaced machine can take as long to free as to build: not
+            // on the replica's thread (inline only if no thread starts).
+            let _ = std::thread::Builder::new()
+                .name(format!("vf-drop-{}", self.shared.id))
+                .spawn(move || drop(garbage));
         }
         {
             let group = self.replica.group();

@@ -100,13 +100,14 @@ pub enum StreamRefused {
         /// The replica's.
         current: u64,
     },
-    /// The snapshot would not move the replica forward.
-    #[error("the snapshot at index {index} is not past the replica's applied index {applied}")]
+    /// The snapshot would not move the replica forward: raft installs only
+    /// snapshots past its commit index.
+    #[error("the snapshot at index {index} is not past the replica's commit index {commit}")]
     Stale {
         /// The snapshot's index.
         index: u64,
-        /// The replica's applied index.
-        applied: u64,
+        /// The replica's commit index.
+        commit: u64,
     },
     /// The snapshot's index is implausibly far past the replica's log.
     #[error("the snapshot at index {index} is more than {jump_max} past the replica's last index {last}")]
@@ -156,7 +157,10 @@ pub enum TransportError {
 /// How the send of a snapshot message ended, as its transport reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SnapshotSent {
-    /// Every byte was handed to the peer's connection (written out).
+    /// Every byte was handed to the peer's connection (written out); for a
+    /// streamed snapshot, the receiver also checked the file and delivered
+    /// the message to its replica, so raft's next append (sent on hearing
+    /// this) cannot overtake it.
     Written,
     /// The send failed (connection lost, peer gone, refused): raft sends again.
     Failed,
@@ -190,8 +194,10 @@ pub trait Transport: Send + Sync + 'static {
     /// Sends a streamed snapshot: the chunks of `body` into the receiver's
     /// snapshot files (checked there against the descriptor's digest and made
     /// durable), then the snapshot message, which names the file by its
-    /// descriptor. Reports through `done` as [`Transport::send_snapshot`]
-    /// does. The default refuses ([`TransportError::StreamUnsupported`]):
+    /// descriptor. Reports `Written` through `done` only once the receiver
+    /// delivered the message (not when the last byte left): the next append
+    /// raft sends on hearing it must not reach the receiver first. The
+    /// default refuses ([`TransportError::StreamUnsupported`]):
     /// a transport must carry the chunks to take a fleet with streamed
     /// snapshots.
     fn send_snapshot_stream(

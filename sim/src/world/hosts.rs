@@ -419,12 +419,11 @@ impl<W: Workload> Simulation<W> {
         };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let ok = restored.is_ok();
         let outcome = replica.snapshot_restored(restored, &mut out);
-        if ok && outcome.is_ok() {
+        if let Ok(true) = outcome {
             self.stats.snapshots_restored_off_thread += 1;
         }
-        self.after_snapshot_job(host, out, outcome);
+        self.after_snapshot_job(host, out, outcome.map(|_| ()));
     }
 
     /// After the replica heard of a build or restore: its output goes out, or
