@@ -72,6 +72,11 @@ pub(super) enum Event {
         generation: u64,
         restored: Box<vaultfleet::replica::RestoredSnapshot>,
     },
+    /// The replica's turn to take the restores that finished.
+    TakeRestores {
+        host: usize,
+        generation: u64,
+    },
     /// A streamed snapshot's chunks reach host `to`: they go into its files,
     /// then the message is delivered.
     DeliverStream {
@@ -171,6 +176,7 @@ impl<W: Workload> Simulation<W> {
                 restored.index(),
                 restored.is_ok() as u64,
             ),
+            Event::TakeRestores { host, generation } => (16, *host as u64, *generation, 0, 0),
             Event::DeliverStream { to, stream } => (
                 14,
                 *to as u64,
@@ -222,6 +228,7 @@ impl<W: Workload> Simulation<W> {
                 generation,
                 restored,
             } => self.on_snapshot_restored(host, generation, *restored),
+            Event::TakeRestores { host, generation } => self.on_take_restores(host, generation),
             Event::DeliverStream { to, stream } => self.deliver_stream(to, *stream),
         }
     }

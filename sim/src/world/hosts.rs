@@ -121,6 +121,8 @@ pub(in crate::world) struct Host<M: StateMachine> {
     /// the HSM counter when each was taken.
     pub(in crate::world) images: Vec<(vaultfleet::MemLog, u64)>,
     pub(in crate::world) restart_pending: bool,
+    /// Restores that finished, for the replica's next turn.
+    pub(in crate::world) restores_done: Vec<vaultfleet::replica::RestoredSnapshot>,
     pub(in crate::world) requests: BTreeMap<RequestId, (usize, u64)>,
     /// The preferred leader datacenters in this host's configuration file:
     /// what its replica runs with from its next start.
@@ -237,6 +239,7 @@ impl<W: Workload> Simulation<W> {
         let id = self.hosts[h].id;
         self.hosts[h].generation += 1;
         self.hosts[h].requests.clear();
+        self.hosts[h].restores_done.clear();
         let outcome = self.hosts[h].disk.crash(&mut self.rng);
         if matches!(outcome, CrashOutcome::Torn | CrashOutcome::Corrupted) {
             self.stats.torn_or_corrupted += 1;
@@ -273,6 +276,9 @@ impl<W: Workload> Simulation<W> {
     /// Runs `handle_ready` until the replica has nothing more to do, routing its
     /// messages and completions, then runs the checkers that look at replicas.
     pub(super) fn pump(&mut self, h: usize) {
+        if !self.take_restores(h) {
+            return;
+        }
         loop {
             let Some(replica) = self.hosts[h].replica.as_mut() else {
                 return;
@@ -374,7 +380,9 @@ impl<W: Workload> Simulation<W> {
         if built && outcome.is_ok() {
             self.stats.snapshots_streamed += 1;
         }
-        self.after_snapshot_job(host, out, outcome);
+        if self.after_snapshot_job(host, out, outcome) {
+            self.pump(host);
+        }
     }
 
     /// Runs a streamed snapshot's restore at once (deterministic, no thread)
@@ -403,37 +411,60 @@ impl<W: Workload> Simulation<W> {
         );
     }
 
-    /// A streamed snapshot's restore finished: the replica takes the
-    /// restored machine (ignored when it belongs to an earlier generation).
+    /// A streamed snapshot's restore finished (ignored when it belongs to an
+    /// earlier generation): its outcome waits for the replica's next turn,
+    /// taken 0-2 ms later as a node takes it on its next turn, so a message
+    /// that arrives meanwhile is stepped before it, as on a node (its inputs
+    /// first, then finished restores, then the Ready cycle).
     pub(super) fn on_snapshot_restored(
         &mut self,
         host: usize,
         generation: u64,
         restored: vaultfleet::replica::RestoredSnapshot,
     ) {
-        if self.hosts[host].generation != generation {
+        if self.hosts[host].generation != generation || self.hosts[host].replica.is_none() {
             return;
         }
-        let Some(replica) = self.hosts[host].replica.as_mut() else {
-            return;
-        };
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let outcome = replica.snapshot_restored(restored, &mut out);
-        if let Ok(true) = outcome {
-            self.stats.snapshots_restored_off_thread += 1;
+        self.hosts[host].restores_done.push(restored);
+        let after = self.rng.gen_range(0..=2_000);
+        self.schedule(after, Event::TakeRestores { host, generation });
+    }
+
+    /// The replica's turn after a restore finished.
+    pub(super) fn on_take_restores(&mut self, host: usize, generation: u64) {
+        if self.hosts[host].generation == generation {
+            self.pump(host);
         }
-        self.after_snapshot_job(host, out, outcome.map(|_| ()));
+    }
+
+    /// Hands the replica the restores that finished, before its Ready cycle;
+    /// false when it failed on one (and was judged for it).
+    fn take_restores(&mut self, host: usize) -> bool {
+        for restored in std::mem::take(&mut self.hosts[host].restores_done) {
+            let Some(replica) = self.hosts[host].replica.as_mut() else {
+                return false;
+            };
+            let mut out = std::mem::take(&mut self.out);
+            out.clear();
+            let outcome = replica.snapshot_restored(restored, &mut out);
+            if let Ok(true) = outcome {
+                self.stats.snapshots_restored_off_thread += 1;
+            }
+            if !self.after_snapshot_job(host, out, outcome.map(|_| ())) {
+                return false;
+            }
+        }
+        true
     }
 
     /// After the replica heard of a build or restore: its output goes out, or
-    /// its failure is judged as a failed `handle_ready`'s is.
+    /// its failure is judged as a failed `handle_ready`'s is (false).
     fn after_snapshot_job(
         &mut self,
         host: usize,
         mut out: vaultfleet::replica::Output,
         outcome: Result<(), vaultfleet::ReplicaError>,
-    ) {
+    ) -> bool {
         if let Err(e) = outcome {
             // As after a failed `handle_ready`: the replica is gone, its
             // requests with it.
@@ -448,7 +479,7 @@ impl<W: Workload> Simulation<W> {
                     format!("replica {id} failed: {why}"),
                 );
             }
-            return;
+            return false;
         }
         let messages = std::mem::take(&mut out.messages);
         let completions = std::mem::take(&mut out.completions);
@@ -460,7 +491,7 @@ impl<W: Workload> Simulation<W> {
         for completion in completions {
             self.complete(host, completion);
         }
-        self.pump(host);
+        true
     }
 
     /// A tick of host `host`'s clock (ignored when it belongs to an earlier
@@ -571,6 +602,7 @@ pub(super) fn fresh_host<M: StateMachine>(
         damaged_file: false,
         images: Vec::new(),
         restart_pending: false,
+        restores_done: Vec::new(),
         requests: BTreeMap::new(),
         preferred: Vec::new(),
         running_preferred: Vec::new(),
