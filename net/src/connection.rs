@@ -65,7 +65,8 @@ use crate::stream::{
 use crate::transport::{RouteMiss, Shared};
 use crate::wire::frame::{
     encode_keepalive, encode_stream_credit, encode_stream_delivered, encode_stream_refused,
-    AssembleError, ChunkHeader, Frame, FrameAssembler, RaftHeader, FRAME_LENGTH_BYTES,
+    AssembleError, ChunkHeader, Frame, FrameAssembler, RaftHeader, RefusalReason,
+    FRAME_LENGTH_BYTES,
 };
 use crate::wire::record::{seal_records, NOISE_MESSAGE_BYTES_MAX};
 
@@ -74,7 +75,8 @@ pub(crate) type RecordReader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 
 /// Runs the connection until it fails or is closed; returns why it ended.
 /// `queue` is the peer's outbound queue (outbound connections); an inbound
-/// connection writes keepalives (and refused frames for streams) only. `cancel` closes this connection alone
+/// connection writes keepalives and the refused, credit and delivered
+/// frames of the streams it receives only. `cancel` closes this connection alone
 /// (a newer one with the same key replaced it) or, as a child of the
 /// transport's token, every connection. `first` is plaintext already read and
 /// decrypted (an inbound connection's first record).
@@ -101,6 +103,7 @@ pub(crate) async fn run(
         first,
         control_tx,
         Arc::clone(&credits),
+        queue.is_none(),
     ));
     let part = part_bytes(shared.config.snapshot_chunk_bytes, send_limit);
     let mut active: Option<ActiveStream> = None;
@@ -172,44 +175,44 @@ pub(crate) async fn run(
                 0
             }
             control = control_rx.recv() => {
-                let frame = match control {
-                    Some(Control::Refuse(stream, reason)) => encode_stream_refused(stream, reason),
-                    Some(Control::Credit(stream, granted)) => encode_stream_credit(stream, granted),
-                    Some(Control::Delivered(stream)) => encode_stream_delivered(stream),
-                    Some(Control::PeerDelivered(stream)) => {
-                        awaiting.delivered(&shared.counters, stream);
-                        continue;
-                    }
-                    Some(Control::PeerRefused(stream, reason)) => {
-                        Counters::bump(&shared.counters.streams_refused_by_peer);
-                        Counters::bump(shared.counters.refused_by_peer(reason));
-                        tracing::info!(peer = %key, stream, ?reason, "the peer refused a streamed snapshot");
-                        // The stream being sent, or one whose end was written
-                        // and that waits to be delivered, failed. A refusal
-                        // of any other (unknown, or delivered already)
-                        // changes nothing more.
-                        if active.as_ref().is_some_and(|a| a.out.header.stream == stream) {
-                            if let Some(mut a) = active.take() {
-                                Counters::bump(&shared.counters.streams_send_failed);
-                                a.out.finish(SnapshotSent::Failed);
-                            }
-                        } else {
-                            awaiting.refused(&shared.counters, stream);
+                // The reader ended (its branch above ends the connection).
+                let Some(first) = control else { continue };
+                // Every word waiting goes out in one write.
+                batch.clear();
+                let mut next = Some(first);
+                while let Some(control) = next {
+                    match control {
+                        Control::Refuse(stream, reason) => {
+                            batch.extend_from_slice(&encode_stream_refused(stream, reason));
                         }
-                        continue;
+                        Control::Credit(stream, granted) => {
+                            batch.extend_from_slice(&encode_stream_credit(stream, granted));
+                        }
+                        Control::Delivered(stream) => {
+                            batch.extend_from_slice(&encode_stream_delivered(stream));
+                        }
+                        Control::PeerDelivered(stream) => {
+                            awaiting.delivered(&shared.counters, stream);
+                        }
+                        Control::PeerRefused(stream, reason) => {
+                            peer_refused(&shared.counters, key, &mut active, &mut awaiting, stream, reason);
+                        }
                     }
-                    // The reader ended (its branch above ends the connection).
-                    None => continue,
-                };
-                if let Err(e) = write_batch(&shared, &mut writer, &noise, &frame, 0).await {
-                    break e;
+                    if batch.len() >= config.batch_bytes_max {
+                        break;
+                    }
+                    next = control_rx.try_recv().ok();
                 }
-                last_write = Instant::now();
-                continue;
+                0
             }
             () = sleep_until_some(awaiting.next_deadline()) => {
-                awaiting.expire(&shared.counters, Instant::now());
-                continue;
+                // Streams the receiver did not say it delivered in time:
+                // failed, and cancelled there.
+                batch.clear();
+                for stream in awaiting.expire(&shared.counters, Instant::now()) {
+                    cancel_stream(&mut batch, stream, RefusalReason::Timeout);
+                }
+                0
             }
             event = stream_ready(
                 &link,
@@ -235,6 +238,10 @@ pub(crate) async fn run(
                     StreamEvent::Failed => {
                         if let Some(mut a) = active.take() {
                             Counters::bump(&shared.counters.streams_send_failed);
+                            if a.opened() {
+                                Counters::bump(&shared.counters.streams_cancelled);
+                                cancel_stream(&mut batch, a.out.header.stream, RefusalReason::Other);
+                            }
                             a.out.finish(SnapshotSent::Failed);
                         }
                     }
@@ -243,6 +250,10 @@ pub(crate) async fn run(
                             Counters::bump(&shared.counters.streams_credit_timed_out);
                             Counters::bump(&shared.counters.streams_send_failed);
                             tracing::info!(peer = %key, stream = a.out.header.stream, "the peer granted a streamed snapshot no credit in time");
+                            if a.opened() {
+                                Counters::bump(&shared.counters.streams_cancelled);
+                                cancel_stream(&mut batch, a.out.header.stream, RefusalReason::Timeout);
+                            }
                             a.out.finish(SnapshotSent::Failed);
                         }
                     }
@@ -301,6 +312,49 @@ pub(crate) async fn run(
     reason
 }
 
+/// The peer refused our stream `stream`: if it is the one being sent or one
+/// awaiting delivery, it failed, and the refusal is counted (once per
+/// stream, under its reason). A refusal of any other stream (unknown, or
+/// given up, refused or delivered already) is ignored and counted apart.
+pub(crate) fn peer_refused(
+    c: &Counters,
+    key: PublicKey,
+    active: &mut Option<ActiveStream>,
+    awaiting: &mut AwaitingDelivery,
+    stream: u64,
+    reason: RefusalReason,
+) {
+    let live = if active
+        .as_ref()
+        .is_some_and(|a| a.out.header.stream == stream)
+    {
+        if let Some(mut a) = active.take() {
+            Counters::bump(&c.streams_send_failed);
+            a.out.finish(SnapshotSent::Failed);
+        }
+        true
+    } else {
+        awaiting.refused(c, stream)
+    };
+    if live {
+        Counters::bump(&c.streams_refused_by_peer);
+        Counters::bump(c.refused_by_peer(reason));
+        tracing::info!(peer = %key, stream, ?reason, "the peer refused a streamed snapshot");
+    } else {
+        Counters::bump(&c.streams_refusals_ignored);
+        tracing::debug!(peer = %key, stream, ?reason, "ignored a refusal for a stream not being sent");
+    }
+}
+
+/// This sender gives up stream `stream`, whose open frame it wrote: a
+/// kind 9 frame in the sender's direction (a cancel; streams go only from
+/// the dialer to the acceptor, so the receiver reads it as such) tells the
+/// receiver to drop it at once. Counted in `streams_cancelled` by the
+/// caller, before the stream's `done` hears.
+fn cancel_stream(batch: &mut BytesMut, stream: u64, reason: RefusalReason) {
+    batch.extend_from_slice(&encode_stream_refused(stream, reason));
+}
+
 /// Appends a queued frame to `batch` if its body fits the connection's send
 /// limit (the peer's limit may be below the one it was queued under); returns
 /// the raft frames appended.
@@ -342,7 +396,8 @@ fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
     }
 }
 
-/// Refused and credit frames waiting for the writer (a peer refused more
+/// Refused, credit and delivered frames and the peer's words waiting for the
+/// writer, which writes all those waiting in one batch (a peer refused more
 /// than this at once by the read loop gets no word on the rest; it fails
 /// with its connection or times out; the file workers wait for room).
 const CONTROL_QUEUED_MAX: usize = 64;
@@ -412,7 +467,10 @@ async fn write_batch(
     Ok(())
 }
 
-/// Reads records until the connection fails; returns why.
+/// Reads records until the connection fails; returns why. `accepted`: this
+/// process accepted the connection (the peer dialed it and sends streams on
+/// it).
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     shared: Arc<Shared>,
     mut reader: RecordReader,
@@ -421,8 +479,9 @@ async fn read_loop(
     first: Vec<u8>,
     control: mpsc::Sender<Control>,
     credits: Arc<StreamCredits>,
+    accepted: bool,
 ) -> ConnectionError {
-    let mut streams = InStreams::new(Arc::clone(&shared), key, control, credits);
+    let mut streams = InStreams::new(Arc::clone(&shared), key, control, credits, accepted);
     let mut assembler = FrameAssembler::new(shared.config.frame_bytes_max);
     let mut snapshots = Reassembler::new(
         shared.config.snapshot_bytes_max,
@@ -516,7 +575,7 @@ fn drain_frames(
             }
             Frame::StreamData { header, seq, data } => streams.data(header, seq, data),
             Frame::StreamEnd { header } => streams.end(header),
-            Frame::StreamRefused { stream, reason } => streams.peer_refused(stream, reason),
+            Frame::StreamRefused { stream, reason } => streams.refused_frame(stream, reason),
             Frame::StreamCredit { stream, granted } => streams.peer_credit(stream, granted),
             Frame::StreamDelivered { stream } => streams.peer_delivered(stream),
             other => accept_frame(shared, key, other, snapshots),

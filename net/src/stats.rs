@@ -119,9 +119,9 @@ pub struct NetStats {
     pub streams_sent: u64,
     /// Streamed snapshots reported `Failed`: unreadable file, connection lost (before or after the end frame), link closed, refused by the receiver, no credit or no delivered frame in time.
     pub streams_send_failed: u64,
-    /// Refused frames received for streamed snapshots of this sender, whatever the reason (each is also counted under its reason below); a stream still being sent is also counted in `streams_send_failed`.
+    /// Streamed snapshots of this sender the receiver refused while they were being sent or awaited delivery, whatever the reason (each also counted under its reason below, and in `streams_send_failed`): each stream at most once. Refusals of any other stream count in `streams_refusals_ignored`.
     pub streams_refused_by_peer: u64,
-    /// Refusals received with reason `Other`: anything else: a duplicate or unknown stream id, an internal failure, or a reason byte this build does not know.
+    /// Refusals received with reason `Other`: anything else: a duplicate or unknown stream id, a file error of no other reason, the sender's key no longer pinned for its replica at the end, an internal failure, or a reason byte this build does not know.
     pub streams_refused_by_peer_other: u64,
     /// Refusals received with reason `Busy`: the receiver had no stream slot free (`snapshot_streams_max` or this process's share of it).
     pub streams_refused_by_peer_busy: u64,
@@ -131,11 +131,11 @@ pub struct NetStats {
     pub streams_refused_by_peer_bad_descriptor: u64,
     /// Refusals received with reason `TooLarge`: above the receiver's `snapshot_file_bytes_max`.
     pub streams_refused_by_peer_too_large: u64,
-    /// Refusals received with reason `NoSpace`: the receiver's snapshot disk had too little free space.
+    /// Refusals received with reason `NoSpace`: the receiver's snapshot disk had too little free space, or a write found it full.
     pub streams_refused_by_peer_no_space: u64,
     /// Refusals received with reason `BadChunk`: a data frame out of order or oversize, an early end, or a chunk its files refused.
     pub streams_refused_by_peer_bad_chunk: u64,
-    /// Refusals received with reason `Digest`: the whole file failed its digest check or could not be made durable.
+    /// Refusals received with reason `Digest`: at the end, the file did not match its digest, a chunk failed authentication, or chunks were missing.
     pub streams_refused_by_peer_digest: u64,
     /// Refusals received with reason `Timeout`: no whole chunk reached the receiver within `snapshot_chunk_timeout` while this sender had credit.
     pub streams_refused_by_peer_timeout: u64,
@@ -147,13 +147,21 @@ pub struct NetStats {
     pub streams_delivery_timed_out: u64,
     /// Delivered frames received for a stream not awaiting delivery on that connection (an unknown id, or one already refused, timed out or delivered): ignored.
     pub streams_delivered_unknown: u64,
+    /// Kind 9 frames ignored: a refusal of a stream this sender neither sends nor awaits the delivery of (an unknown id, or one it gave up, refused or delivered already), counted here only so each stream counts in `streams_refused_by_peer` at most once; or a sender's cancel of a stream this receiver no longer holds (refused, finished or unknown).
+    pub streams_refusals_ignored: u64,
+    /// Streamed snapshots this sender gave up after their open frame (no credit or no delivered frame in time, an unreadable file) and cancelled at the receiver (a kind 9 frame in the sender's direction; also counted in `streams_send_failed`).
+    pub streams_cancelled: u64,
+    /// Streamed snapshots the sender cancelled (a kind 9 frame from the dialer): dropped here at once, their slot given back and their partial file deleted; nothing delivered.
+    pub streams_cancelled_by_peer: u64,
+    /// Streamed snapshots refused at their end because the sender's key was no longer pinned for its replica (the directory changed during the transfer; also counted in `streams_refused`): nothing delivered.
+    pub streams_refused_unpinned: u64,
     /// Snapshot file bytes (plaintext chunk data) written in stream data frames.
     pub stream_bytes_sent: u64,
     /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message was delivered.
     pub streams_received: u64,
-    /// Streamed snapshots refused by this receiver: bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, not admitted by the inbox, no space on the snapshot disk, a part out of order, oversize or beyond the credit granted, an early end, a file error or a digest mismatch. Nothing is delivered and the partial file is deleted.
+    /// Streamed snapshots refused by this receiver (each once): bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, not admitted by the inbox, no space on the snapshot disk, a part out of order, oversize or beyond the credit granted, an early end, a file error, a digest mismatch, or the sender's key no longer pinned. Nothing is delivered and the partial file is deleted.
     pub streams_refused: u64,
-    /// Streamed snapshots dropped unfinished by this receiver: no whole chunk within `snapshot_chunk_timeout` while the sender had credit (refused with reason `Timeout`), replaced by a new stream for the same replica, or the connection ended.
+    /// Streamed snapshots dropped unfinished by this receiver (each once, and never one refused already): no whole chunk within `snapshot_chunk_timeout` while the sender had credit (refused with reason `Timeout`), replaced by a new admitted stream for the same replica, or the connection ended (then nothing is delivered, even if the file was being finished).
     pub streams_abandoned: u64,
     /// Snapshot file bytes received in stream data frames.
     pub stream_bytes_received: u64,
@@ -243,6 +251,10 @@ pub(crate) struct Counters {
     pub streams_credit_timed_out: AtomicU64,
     pub streams_delivery_timed_out: AtomicU64,
     pub streams_delivered_unknown: AtomicU64,
+    pub streams_refusals_ignored: AtomicU64,
+    pub streams_cancelled: AtomicU64,
+    pub streams_cancelled_by_peer: AtomicU64,
+    pub streams_refused_unpinned: AtomicU64,
     pub stream_bytes_sent: AtomicU64,
     pub streams_received: AtomicU64,
     pub streams_refused: AtomicU64,
@@ -380,6 +392,10 @@ impl Counters {
             streams_credit_timed_out: self.streams_credit_timed_out.load(Ordering::Relaxed),
             streams_delivery_timed_out: self.streams_delivery_timed_out.load(Ordering::Relaxed),
             streams_delivered_unknown: self.streams_delivered_unknown.load(Ordering::Relaxed),
+            streams_refusals_ignored: self.streams_refusals_ignored.load(Ordering::Relaxed),
+            streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
+            streams_cancelled_by_peer: self.streams_cancelled_by_peer.load(Ordering::Relaxed),
+            streams_refused_unpinned: self.streams_refused_unpinned.load(Ordering::Relaxed),
             stream_bytes_sent: self.stream_bytes_sent.load(Ordering::Relaxed),
             streams_received: self.streams_received.load(Ordering::Relaxed),
             streams_refused: self.streams_refused.load(Ordering::Relaxed),

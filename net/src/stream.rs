@@ -26,7 +26,10 @@
 //! sends the whole snapshot again. `done` hears `Failed` if the file cannot
 //! be read, the connection fails, the link closes, the receiver refuses
 //! (before or after the end frame), grants no credit in time, or does not
-//! say it delivered within `snapshot_chunk_timeout` of the end frame.
+//! say it delivered within `snapshot_chunk_timeout` of the end frame. A
+//! stream given up after its open frame (unreadable, no credit or no
+//! delivered frame in time) is cancelled at the receiver (a kind 9 frame in
+//! the sender's direction), which then drops it at once.
 //!
 //! **Receiver.** [`InStreams`] keeps the streams being received on one
 //! connection. An open frame passes the raft header checks (the sender is
@@ -52,8 +55,14 @@
 //! tells the sender (a delivered frame). Any failure refuses the stream: its
 //! receiver is dropped on the worker (the partial file deleted), nothing is
 //! delivered, and a refused frame with its [`RefusalReason`] goes back to the
-//! sender. Credits, deliveries and the worker's refusals reach the
-//! connection's writer through its control channel.
+//! sender. The read loop and the worker decide a stream's end through one
+//! flag: whichever sets it first counts the stream (refused, abandoned,
+//! cancelled, received) and answers; the other only stops. The worker
+//! delivers only if it decides first and the sender's key is still pinned
+//! for its replica (the read loop checked it at the end frame too), so a
+//! stream let go (connection ended, cancelled, replaced) is never delivered.
+//! Credits, deliveries and the worker's refusals reach the connection's
+//! writer through its control channel.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -83,9 +92,10 @@ use crate::wire::frame::{
 /// memory.
 pub(crate) const STREAM_WINDOW_CHUNKS: u32 = 4;
 
-/// Streams remembered per connection as refused, so their later frames are
-/// ignored rather than refused again.
-const REFUSED_REMEMBERED_MAX: usize = 64;
+/// Streams remembered per connection as closed (refused, timed out,
+/// cancelled, replaced or finished), so their later frames are ignored
+/// rather than refused.
+const CLOSED_REMEMBERED_MAX: usize = 64;
 
 /// Credits remembered per connection on the sending side (the newest stream
 /// ids; a late credit for a stream already ended is kept until evicted).
@@ -331,6 +341,12 @@ impl ActiveStream {
         Some((frame, n))
     }
 
+    /// True once the open frame was handed out: the receiver knows the
+    /// stream, and must hear if this side gives it up.
+    pub fn opened(&self) -> bool {
+        self.opened
+    }
+
     /// The end frame.
     pub fn end_frame(&self) -> Bytes {
         encode_stream_end(self.out.header)
@@ -409,18 +425,21 @@ impl AwaitingDelivery {
         self.streams.values().map(|(_, deadline)| *deadline).min()
     }
 
-    /// Fails the streams whose receiver said nothing by `now`.
-    pub fn expire(&mut self, counters: &Counters, now: Instant) {
+    /// Fails the streams whose receiver said nothing by `now`; returns their
+    /// ids (the writer cancels them at the receiver).
+    pub fn expire(&mut self, counters: &Counters, now: Instant) -> Vec<u64> {
         let late: Vec<u64> = self
             .streams
             .iter()
             .filter(|(_, (_, deadline))| *deadline <= now)
             .map(|(&id, _)| id)
             .collect();
-        for id in late {
+        for &id in &late {
             if let Some((mut out, _)) = self.streams.remove(&id) {
                 Counters::bump(&counters.streams_delivery_timed_out);
                 Counters::bump(&counters.streams_send_failed);
+                // The caller cancels it at the receiver.
+                Counters::bump(&counters.streams_cancelled);
                 tracing::info!(
                     stream = id,
                     "the peer did not deliver a streamed snapshot in time"
@@ -428,6 +447,7 @@ impl AwaitingDelivery {
                 out.finish(SnapshotSent::Failed);
             }
         }
+        late
     }
 
     /// Fails every stream still waiting: the connection ended.
@@ -462,18 +482,21 @@ struct Slot {
 }
 
 impl Slot {
-    fn take(shared: &Arc<Shared>, peer: PublicKey) -> Option<Self> {
+    /// A slot for `peer`, or `None` when every slot or the peer's share is
+    /// taken. `replacing` slots held by `peer`'s streams that this one
+    /// replaces are counted as free (the caller gives them back at once).
+    fn take(shared: &Arc<Shared>, peer: PublicKey, replacing: usize) -> Option<Self> {
         let max = shared.config.snapshot_streams_max;
         let per_peer = (max / 2).max(1);
         let mut by_peer = shared.streams_by_peer.lock();
         let held = by_peer.get(&peer).copied().unwrap_or(0);
-        if held >= per_peer {
+        if held.saturating_sub(replacing) >= per_peer {
             return None;
         }
         shared
             .streams_receiving
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+                (n.saturating_sub(replacing) < max).then_some(n + 1)
             })
             .ok()?;
         by_peer.insert(peer, held + 1);
@@ -497,6 +520,44 @@ impl Drop for Slot {
     }
 }
 
+/// A stream's slot, shared by the read loop and the stream's file worker:
+/// given back by whichever is done with the stream first (the worker when
+/// it ends; the read loop when the sender cancels the stream or a newer one
+/// replaces it, without waiting for a worker held in the disk).
+type SlotCell = Arc<Mutex<Option<Slot>>>;
+
+/// Counts a running file worker in `Shared::stream_workers` while it lives.
+struct WorkerCount(Arc<Shared>);
+
+impl WorkerCount {
+    /// Counts one more worker, unless [`stream_workers_max`] run already.
+    fn take(shared: &Arc<Shared>) -> Option<Self> {
+        let max = stream_workers_max(shared.config.snapshot_streams_max);
+        shared
+            .stream_workers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Self(Arc::clone(shared)))
+    }
+}
+
+impl Drop for WorkerCount {
+    fn drop(&mut self) {
+        self.0.stream_workers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// File workers a process runs at most: one per slot, and as many again
+/// whose stream was let go (cancelled, replaced) while the worker was held
+/// in the disk. Their slot went back at once; the bound keeps such workers,
+/// each holding at most [`STREAM_WINDOW_CHUNKS`] chunks until its disk call
+/// returns, from piling up.
+fn stream_workers_max(snapshot_streams_max: usize) -> usize {
+    snapshot_streams_max.saturating_mul(2)
+}
+
 /// What the read loop hands a stream's file worker.
 enum Work {
     /// Chunk `seq`, whole.
@@ -505,18 +566,24 @@ enum Work {
     End,
 }
 
-/// A stream being received, as the read loop sees it: the worker has the rest.
+/// A stream being received, as the read loop sees it: the worker has the
+/// rest. It stays here after its end frame until its worker is done.
 struct InStream {
     header: StreamHeader,
     descriptor: SnapshotDescriptor,
-    /// To the stream's file worker; closed once the worker stopped (it
-    /// refused the stream).
+    /// To the stream's file worker; closed once the worker stopped.
     work: mpsc::Sender<Work>,
     /// Chunks the worker granted in all (cumulative).
     granted: Arc<AtomicU32>,
-    /// Set when the read loop lets the stream go unfinished, so the worker
-    /// stops at once rather than writing the chunks still queued.
-    abandoned: Arc<AtomicBool>,
+    /// Set, once, by whichever side decides how the stream ends: the read
+    /// loop (refused, timed out, replaced, cancelled, connection gone) or
+    /// the worker (refused, or about to deliver). Only the side that set it
+    /// counts the stream and tells the sender; a worker that finds it set
+    /// by the read loop stops at once (nothing more written, nothing
+    /// delivered, its partial file deleted).
+    decided: Arc<AtomicBool>,
+    /// The stream's slot (shared with its worker).
+    slot: SlotCell,
     /// The end frame went to the worker.
     ended: bool,
     next_seq: u32,
@@ -526,11 +593,11 @@ struct InStream {
     last_progress: Instant,
 }
 
-impl Drop for InStream {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.abandoned.store(true, Ordering::Release);
-        }
+impl InStream {
+    /// Decides the stream's end from the read loop: true if it was not
+    /// decided yet (the caller then counts it and tells the sender).
+    fn decide(&self) -> bool {
+        !self.decided.swap(true, Ordering::AcqRel)
     }
 }
 
@@ -546,15 +613,29 @@ struct FileWorker {
     descriptor: SnapshotDescriptor,
     files: Arc<dyn SnapshotFiles>,
     granted: Arc<AtomicU32>,
-    abandoned: Arc<AtomicBool>,
+    decided: Arc<AtomicBool>,
     control: mpsc::Sender<Control>,
-    /// Held until the file is finished or dropped.
-    _slot: Slot,
+    /// Given back once the file is finished or dropped.
+    slot: SlotCell,
+    /// Counted while the worker runs.
+    _count: WorkerCount,
+}
+
+impl Drop for FileWorker {
+    fn drop(&mut self) {
+        self.slot.lock().take();
+    }
 }
 
 impl FileWorker {
+    /// True while the read loop has not let the stream go.
+    fn wanted(&self) -> bool {
+        !self.decided.load(Ordering::Acquire)
+    }
+
     /// Runs on tokio's blocking pool until the stream ends, is refused, or
-    /// the read loop lets it go (`work` closes: the partial file is deleted).
+    /// the read loop lets it go (the partial file is deleted when the
+    /// receiver drops).
     fn run(self, mut work: mpsc::Receiver<Work>) {
         let mut receiver = match self.files.receive(&self.descriptor) {
             Ok(receiver) => receiver,
@@ -563,13 +644,17 @@ impl FileWorker {
                 return self.refuse(receive_reason(&e));
             }
         };
+        if !self.wanted() {
+            return;
+        }
         self.grant(STREAM_WINDOW_CHUNKS);
         let mut written: u32 = 0;
         loop {
             let next = work.blocking_recv();
-            if self.abandoned.load(Ordering::Acquire) {
-                // Refused by the read loop, replaced, timed out, or the
-                // connection ended: dropping the receiver deletes the file.
+            if !self.wanted() {
+                // Refused by the read loop, replaced, cancelled, timed out,
+                // or the connection ended: dropping the receiver deletes
+                // the file; the chunks still queued are never written.
                 return;
             }
             match next {
@@ -586,33 +671,41 @@ impl FileWorker {
                 Some(Work::End) => {
                     if let Err(e) = receiver.finish() {
                         tracing::debug!(peer = %self.key, error = %e, "a streamed snapshot failed its check at the end");
-                        return self.refuse(RefusalReason::Digest);
+                        return self.refuse(finish_reason(&e));
                     }
-                    let FileWorker {
-                        shared,
-                        header,
-                        inbox,
-                        message,
-                        control,
-                        _slot: slot,
-                        ..
-                    } = self;
-                    inbox.deliver(Envelope {
-                        group: header.raft.group,
-                        message,
-                    });
-                    drop(slot);
-                    Counters::bump(&shared.counters.streams_received);
-                    // Only now may the sender report the snapshot sent: the
-                    // raft frames it sends after that reach the inbox after
-                    // this message. Wait for room (this is not the read
-                    // loop); a closed channel means the connection ended and
-                    // the sender fails the stream with it.
-                    let _ = control.blocking_send(Control::Delivered(header.stream));
-                    return;
+                    return self.deliver();
                 }
             }
         }
+    }
+
+    /// The file is whole, checked and durable: delivers the message unless
+    /// the read loop let the stream go meanwhile (cancelled, connection
+    /// ended) or the sender's key is no longer pinned for its replica.
+    fn deliver(mut self) {
+        if self.decided.swap(true, Ordering::AcqRel) {
+            tracing::debug!(peer = %self.key, stream = self.header.stream, "a streamed snapshot let go before its delivery: dropped");
+            return;
+        }
+        if self.shared.directory().key_of(self.header.raft.from) != Some(self.key) {
+            // Decided just above: this side counts and tells.
+            Counters::bump(&self.shared.counters.streams_refused_unpinned);
+            return self.refuse_decided(RefusalReason::Other);
+        }
+        let message = std::mem::take(&mut self.message);
+        self.inbox.deliver(Envelope {
+            group: self.header.raft.group,
+            message,
+        });
+        self.slot.lock().take();
+        Counters::bump(&self.shared.counters.streams_received);
+        // Only now may the sender report the snapshot sent: the raft frames
+        // it sends after that reach the inbox after this message. Wait for
+        // room (this is not the read loop); a closed channel means the
+        // connection ended and the sender fails the stream with it.
+        let _ = self
+            .control
+            .blocking_send(Control::Delivered(self.header.stream));
     }
 
     /// Lets the sender have sent `granted` chunks in all.
@@ -625,7 +718,17 @@ impl FileWorker {
             .blocking_send(Control::Credit(self.header.stream, granted));
     }
 
+    /// Refuses the stream, unless the read loop decided its end already
+    /// (then it counted it and told the sender).
     fn refuse(&self, reason: RefusalReason) {
+        if self.decided.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.refuse_decided(reason);
+    }
+
+    /// Counts the refusal this worker decided and tells the sender.
+    fn refuse_decided(&self, reason: RefusalReason) {
         Counters::bump(&self.shared.counters.streams_refused);
         tracing::debug!(peer = %self.key, stream = self.header.stream, ?reason, "refused a streamed snapshot");
         let _ = self
@@ -635,9 +738,11 @@ impl FileWorker {
 }
 
 /// The reason sent for a file error when a stream's file is opened.
-fn receive_reason(e: &SnapshotFileError) -> RefusalReason {
+pub(crate) fn receive_reason(e: &SnapshotFileError) -> RefusalReason {
+    if e.is_no_space() {
+        return RefusalReason::NoSpace;
+    }
     match e {
-        SnapshotFileError::NoSpace { .. } => RefusalReason::NoSpace,
         SnapshotFileError::TooLarge { .. } => RefusalReason::TooLarge,
         SnapshotFileError::BadDescriptor { .. } => RefusalReason::BadDescriptor,
         _ => RefusalReason::Other,
@@ -645,10 +750,26 @@ fn receive_reason(e: &SnapshotFileError) -> RefusalReason {
 }
 
 /// The reason sent for a file error on a chunk.
-fn chunk_reason(e: &SnapshotFileError) -> RefusalReason {
+pub(crate) fn chunk_reason(e: &SnapshotFileError) -> RefusalReason {
+    if e.is_no_space() {
+        return RefusalReason::NoSpace;
+    }
     match e {
         SnapshotFileError::BadChunk { .. } => RefusalReason::BadChunk,
-        SnapshotFileError::NoSpace { .. } => RefusalReason::NoSpace,
+        _ => RefusalReason::Other,
+    }
+}
+
+/// The reason sent for a file error when the whole file is checked and
+/// made durable.
+pub(crate) fn finish_reason(e: &SnapshotFileError) -> RefusalReason {
+    if e.is_no_space() {
+        return RefusalReason::NoSpace;
+    }
+    match e {
+        SnapshotFileError::DigestMismatch { .. }
+        | SnapshotFileError::Tampered { .. }
+        | SnapshotFileError::Incomplete { .. } => RefusalReason::Digest,
         _ => RefusalReason::Other,
     }
 }
@@ -688,6 +809,8 @@ pub(crate) enum StreamRefusal {
     Credit,
     /// The file worker could not be started.
     Worker,
+    /// At its end, the sender's key is no longer pinned for its replica.
+    Unpinned,
 }
 
 impl StreamRefusal {
@@ -705,9 +828,10 @@ impl StreamRefusal {
             | StreamRefusal::Oversize
             | StreamRefusal::EarlyEnd => RefusalReason::BadChunk,
             StreamRefusal::Credit => RefusalReason::Credit,
-            StreamRefusal::Duplicate | StreamRefusal::Unknown | StreamRefusal::Worker => {
-                RefusalReason::Other
-            }
+            StreamRefusal::Duplicate
+            | StreamRefusal::Unknown
+            | StreamRefusal::Worker
+            | StreamRefusal::Unpinned => RefusalReason::Other,
         }
     }
 }
@@ -734,28 +858,42 @@ pub(crate) struct InStreams {
     control: mpsc::Sender<Control>,
     /// Credits the peer grants our streams (for the writer).
     credits: Arc<StreamCredits>,
+    /// Open streams, and ended ones whose worker still runs.
     streams: BTreeMap<u64, InStream>,
-    refused: VecDeque<u64>,
+    /// Streams that ended here (refused, timed out, cancelled, replaced or
+    /// finished), newest last: their later frames are ignored.
+    closed: VecDeque<u64>,
+    /// This process accepted the connection: the peer dialed it, sends its
+    /// streams on it, and a kind 9 from it is a cancel. On a connection this
+    /// process dialed, a kind 9 is the peer's refusal of one of ours.
+    accepted: bool,
 }
 
 impl Drop for InStreams {
     fn drop(&mut self) {
-        Counters::add(
-            &self.shared.counters.streams_abandoned,
-            self.streams.len() as u64,
-        );
+        // The connection ended: every stream not decided yet is let go (an
+        // ended one's worker then delivers nothing).
+        let mut abandoned = 0;
+        for stream in self.streams.values() {
+            if stream.decide() {
+                abandoned += 1;
+            }
+        }
+        Counters::add(&self.shared.counters.streams_abandoned, abandoned);
     }
 }
 
 impl InStreams {
-    /// No stream yet, on the connection with the peer proving `key`;
-    /// refusals, credits and deliveries go to the writer through `control`, and the
-    /// credits the peer grants into `credits`.
+    /// No stream yet, on the connection with the peer proving `key`, which
+    /// this process `accepted` (else dialed); refusals, credits and
+    /// deliveries go to the writer through `control`, and the credits the
+    /// peer grants into `credits`.
     pub fn new(
         shared: Arc<Shared>,
         key: PublicKey,
         control: mpsc::Sender<Control>,
         credits: Arc<StreamCredits>,
+        accepted: bool,
     ) -> Self {
         Self {
             shared,
@@ -763,42 +901,90 @@ impl InStreams {
             control,
             credits,
             streams: BTreeMap::new(),
-            refused: VecDeque::new(),
+            closed: VecDeque::new(),
+            accepted,
         }
     }
 
-    fn remember_refused(&mut self, id: u64) {
-        if self.refused.len() >= REFUSED_REMEMBERED_MAX {
-            self.refused.pop_front();
+    /// A kind 9 frame: on a connection this process accepted, the sender's
+    /// cancel of its stream `id`; on one it dialed, the receiver's refusal
+    /// of ours. Streams go only from the dialer to the acceptor, so the two
+    /// never mix.
+    pub fn refused_frame(&mut self, id: u64, reason: RefusalReason) {
+        if self.accepted {
+            self.cancelled(id, reason);
+        } else {
+            self.peer_refused(id, reason);
         }
-        self.refused.push_back(id);
+    }
+
+    fn remember_closed(&mut self, id: u64) {
+        if self.closed.contains(&id) {
+            return;
+        }
+        if self.closed.len() >= CLOSED_REMEMBERED_MAX {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(id);
+    }
+
+    /// Takes stream `id` out and decides its end: true if it was not decided
+    /// yet, or there was no such stream (the caller counts and tells).
+    fn take_deciding(&mut self, id: u64) -> bool {
+        self.remember_closed(id);
+        match self.streams.remove(&id) {
+            Some(stream) => stream.decide(),
+            None => true,
+        }
     }
 
     /// Refuses stream `id`: drops it (its worker deletes the partial file),
-    /// remembers the id and tells the peer.
+    /// remembers the id and tells the peer, unless its worker refused it
+    /// first (then the worker counted it and told the peer).
     fn refuse(&mut self, id: u64, why: StreamRefusal) {
-        self.streams.remove(&id);
+        self.refused(id, why);
+    }
+
+    /// [`InStreams::refuse`]; true if this call counted the refusal.
+    fn refused(&mut self, id: u64, why: StreamRefusal) -> bool {
+        if !self.take_deciding(id) {
+            return false;
+        }
         Counters::bump(&self.shared.counters.streams_refused);
         tracing::debug!(peer = %self.key, stream = id, ?why, "refused a streamed snapshot");
-        self.remember_refused(id);
         // Best effort: a full control channel means the writer is far
         // behind; the sender then times out with its connection.
         let _ = self.control.try_send(Control::Refuse(id, why.reason()));
+        true
     }
 
-    /// Forgets stream `id`, which its worker refused (and reported) already.
-    fn forget_refused_by_worker(&mut self, id: u64) {
+    /// Forgets stream `id`, whose worker stopped: it refused or delivered
+    /// it, and reported that already; or it stopped without a word (it
+    /// panicked), and the stream is refused here (`Worker`).
+    fn forget_finished(&mut self, id: u64) {
+        let silent = self.streams.get(&id).is_some_and(InStream::decide);
+        if silent {
+            // `refuse` finds it decided: count and tell here.
+            self.streams.remove(&id);
+            self.remember_closed(id);
+            Counters::bump(&self.shared.counters.streams_refused);
+            tracing::warn!(peer = %self.key, stream = id, "a streamed snapshot's file worker stopped without a word");
+            let _ = self
+                .control
+                .try_send(Control::Refuse(id, StreamRefusal::Worker.reason()));
+            return;
+        }
         self.streams.remove(&id);
-        self.remember_refused(id);
+        self.remember_closed(id);
     }
 
-    fn was_refused(&self, id: u64) -> bool {
-        self.refused.contains(&id)
+    fn was_closed(&self, id: u64) -> bool {
+        self.closed.contains(&id)
     }
 
-    /// Drops the streams whose worker refused them, and those with no whole
-    /// chunk since `now - snapshot_chunk_timeout` while their sender had
-    /// credit (refused with `Timeout`, counted in `streams_abandoned`).
+    /// Forgets the streams whose worker stopped, and drops those with no
+    /// whole chunk since `now - snapshot_chunk_timeout` while their sender
+    /// had credit (refused with `Timeout`, counted in `streams_abandoned`).
     pub fn expire(&mut self, now: Instant) {
         let timeout = self.shared.config.snapshot_chunk_timeout;
         let mut gone = Vec::new();
@@ -806,6 +992,8 @@ impl InStreams {
         for (&id, s) in self.streams.iter_mut() {
             if s.work.is_closed() {
                 gone.push(id);
+            } else if s.ended {
+                // Its worker checks and delivers it: the sender is done.
             } else if s.chunk.is_empty() && s.next_seq >= s.granted.load(Ordering::Acquire) {
                 // The sender waits for this side's disk: not its fault.
                 s.last_progress = now;
@@ -814,13 +1002,14 @@ impl InStreams {
             }
         }
         for id in gone {
-            self.forget_refused_by_worker(id);
+            self.forget_finished(id);
         }
         for id in stale {
-            self.streams.remove(&id);
+            if !self.take_deciding(id) {
+                continue;
+            }
             Counters::bump(&self.shared.counters.streams_abandoned);
             tracing::debug!(peer = %self.key, stream = id, "dropped a streamed snapshot that made no progress");
-            self.remember_refused(id);
             let _ = self
                 .control
                 .try_send(Control::Refuse(id, RefusalReason::Timeout));
@@ -828,7 +1017,7 @@ impl InStreams {
     }
 
     /// The peer refused our stream `id`.
-    pub fn peer_refused(&self, id: u64, reason: RefusalReason) {
+    fn peer_refused(&self, id: u64, reason: RefusalReason) {
         let _ = self.control.try_send(Control::PeerRefused(id, reason));
     }
 
@@ -844,6 +1033,27 @@ impl InStreams {
     /// The peer granted our stream `id` `granted` chunks in all.
     pub fn peer_credit(&self, id: u64, granted: u32) {
         self.credits.grant(id, granted);
+    }
+
+    /// The peer gave up its stream `id` (a cancel): dropped at once, its
+    /// slot given back now, its worker stopped (before it writes another
+    /// chunk or delivers; the partial file deleted). A cancel for a stream
+    /// not here (refused, finished, unknown) changes nothing but a counter
+    /// (`streams_refusals_ignored`); no word goes back.
+    fn cancelled(&mut self, id: u64, reason: RefusalReason) {
+        let Some(stream) = self.streams.remove(&id) else {
+            Counters::bump(&self.shared.counters.streams_refusals_ignored);
+            tracing::debug!(peer = %self.key, stream = id, ?reason, "ignored a cancel for a stream not being received");
+            return;
+        };
+        self.remember_closed(id);
+        if stream.decide() {
+            stream.slot.lock().take();
+            Counters::bump(&self.shared.counters.streams_cancelled_by_peer);
+            tracing::debug!(peer = %self.key, stream = id, ?reason, "the sender cancelled a streamed snapshot");
+        } else {
+            Counters::bump(&self.shared.counters.streams_refusals_ignored);
+        }
     }
 
     /// An open frame. Never waits: the stream's file is opened by its worker.
@@ -883,18 +1093,19 @@ impl InStreams {
             return self.refuse(id, StreamRefusal::Message);
         }
         // A new stream for the same replica replaces an unfinished one (the
-        // sender gave it up).
+        // sender gave it up), but only once admitted itself: a new open
+        // refused leaves the running stream alone. The slots the old ones
+        // hold may serve the new one.
         let replaced: Vec<u64> = self
             .streams
             .iter()
-            .filter(|(_, s)| s.header.raft == header.raft)
+            .filter(|(_, s)| s.header.raft == header.raft && s.slot.lock().is_some())
             .map(|(&id, _)| id)
             .collect();
-        for old in replaced {
-            self.streams.remove(&old);
-            Counters::bump(&self.shared.counters.streams_abandoned);
-        }
-        let Some(slot) = Slot::take(&self.shared, self.key) else {
+        let Some(slot) = Slot::take(&self.shared, self.key, replaced.len()) else {
+            return self.refuse(id, StreamRefusal::Busy);
+        };
+        let Some(count) = WorkerCount::take(&self.shared) else {
             return self.refuse(id, StreamRefusal::Busy);
         };
         let files = match inbox.admit_snapshot(header.raft.from, &descriptor) {
@@ -905,10 +1116,22 @@ impl InStreams {
                 return self.refuse(id, StreamRefusal::NotAdmitted);
             }
         };
+        for old in replaced {
+            if let Some(stream) = self.streams.remove(&old) {
+                self.remember_closed(old);
+                if stream.decide() {
+                    Counters::bump(&self.shared.counters.streams_abandoned);
+                }
+                // Its slot goes to the new stream now, whether or not its
+                // worker is still held in the disk.
+                stream.slot.lock().take();
+            }
+        }
         // Room for every chunk the credit allows, and the end.
         let (work_tx, work_rx) = mpsc::channel(STREAM_WINDOW_CHUNKS as usize + 1);
         let granted = Arc::new(AtomicU32::new(0));
-        let abandoned = Arc::new(AtomicBool::new(false));
+        let decided = Arc::new(AtomicBool::new(false));
+        let slot: SlotCell = Arc::new(Mutex::new(Some(slot)));
         let worker = FileWorker {
             shared: Arc::clone(&self.shared),
             key: self.key,
@@ -918,9 +1141,10 @@ impl InStreams {
             descriptor: descriptor.clone(),
             files,
             granted: Arc::clone(&granted),
-            abandoned: Arc::clone(&abandoned),
+            decided: Arc::clone(&decided),
             control: self.control.clone(),
-            _slot: slot,
+            slot: Arc::clone(&slot),
+            _count: count,
         };
         if tokio::runtime::Handle::try_current()
             .map(|handle| handle.spawn_blocking(move || worker.run(work_rx)))
@@ -936,7 +1160,8 @@ impl InStreams {
                 descriptor,
                 work: work_tx,
                 granted,
-                abandoned,
+                decided,
+                slot,
                 ended: false,
                 next_seq: 0,
                 chunk: Vec::with_capacity(first),
@@ -946,20 +1171,23 @@ impl InStreams {
     }
 
     /// Looks up stream `header.stream` for a data or end frame; refuses
-    /// (once) a frame for a stream not open here.
+    /// (once) a frame for a stream never open here, and ignores one for a
+    /// stream closed here or already ended.
     fn stream_for(&mut self, header: StreamHeader) -> Option<&mut InStream> {
         let id = header.stream;
         match self.streams.get(&id) {
             None => {
-                if !self.was_refused(id) {
+                if !self.was_closed(id) {
                     self.refuse(id, StreamRefusal::Unknown);
                 }
                 None
             }
             Some(s) if s.work.is_closed() => {
-                self.forget_refused_by_worker(id);
+                self.forget_finished(id);
                 None
             }
+            // A stray frame after the end: the worker has the stream.
+            Some(s) if s.ended => None,
             Some(s) if s.header != header => {
                 self.refuse(id, StreamRefusal::Mismatch);
                 None
@@ -991,8 +1219,9 @@ impl InStreams {
         }
         stream.chunk.extend_from_slice(data);
         // The timeout counts from the last whole chunk, not the last frame:
-        // a stream trickling bytes cannot hold its slot (at 1 MiB chunks and
-        // 30 s, a floor of about 35 KB/s).
+        // a stream trickling bytes cannot hold its slot (a floor of one
+        // chunk per `snapshot_chunk_timeout`: 64 KiB chunks and 30 s, about
+        // 2.2 KB/s).
         if stream.chunk.len() < len {
             return;
         }
@@ -1005,27 +1234,32 @@ impl InStreams {
             }
             // Not with the credit honoured (the queue holds the window).
             Err(TrySendError::Full(_)) => self.refuse(id, StreamRefusal::Credit),
-            Err(TrySendError::Closed(_)) => self.forget_refused_by_worker(id),
+            Err(TrySendError::Closed(_)) => self.forget_finished(id),
         }
     }
 
     /// An end frame: the worker checks the file and makes it durable, then
-    /// delivers the message.
+    /// delivers the message. Refused if the sender's key is no longer pinned
+    /// for its replica (the worker checks again right before it delivers).
     pub fn end(&mut self, header: StreamHeader) {
         let id = header.stream;
+        let pinned = self.shared.directory().key_of(header.raft.from) == Some(self.key);
         let Some(stream) = self.stream_for(header) else {
             return;
         };
         if stream.next_seq != stream.descriptor.chunks || !stream.chunk.is_empty() {
             return self.refuse(id, StreamRefusal::EarlyEnd);
         }
-        let Some(mut stream) = self.streams.remove(&id) else {
+        if !pinned {
+            if self.refused(id, StreamRefusal::Unpinned) {
+                Counters::bump(&self.shared.counters.streams_refused_unpinned);
+            }
             return;
-        };
+        }
         match stream.work.try_send(Work::End) {
             Ok(()) => stream.ended = true,
             Err(TrySendError::Full(_)) => self.refuse(id, StreamRefusal::Credit),
-            Err(TrySendError::Closed(_)) => self.forget_refused_by_worker(id),
+            Err(TrySendError::Closed(_)) => self.forget_finished(id),
         }
     }
 }

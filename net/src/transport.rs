@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     /// least one): one peer, honest on a slow link or not, cannot hold them
     /// all.
     pub streams_by_peer: Mutex<BTreeMap<PublicKey, usize>>,
+    /// Streamed snapshots' file workers running (a stream let go while its
+    /// worker waits in the disk gives its slot back before the worker ends;
+    /// bounded by twice `snapshot_streams_max`, `crate::stream`).
+    pub stream_workers: AtomicUsize,
     /// The client connections' own pool and the process-wide bounds on their
     /// requests in flight (`crate::server`).
     pub clients: crate::server::ClientBudget,
@@ -233,6 +237,7 @@ impl NetTransport {
             next_stream: AtomicU64::new(0),
             streams_receiving: AtomicUsize::new(0),
             streams_by_peer: Mutex::new(BTreeMap::new()),
+            stream_workers: AtomicUsize::new(0),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             runtime: handle.clone(),
@@ -455,8 +460,11 @@ impl NetTransport {
     /// the receiver said it delivered the message to its replica (kind 11,
     /// after the end frame), so what raft sends next reaches the replica after
     /// the snapshot; `Failed` if the file could not be read, the connection
-    /// failed, the link dropped it, the receiver refused it or did not say it
-    /// delivered it within `snapshot_chunk_timeout` of the end frame. A
+    /// failed, the link dropped it, the receiver refused it, granted it no
+    /// credit or did not say it delivered it within `snapshot_chunk_timeout`
+    /// (of the end frame); a stream given up after its open frame is
+    /// cancelled at the receiver (a kind 9 frame in the sender's direction),
+    /// which drops it at once. A
     /// destination in this process gets the chunks copied into its inbox's
     /// files on a thread. On `Err` nothing was queued and `done` is never
     /// called.

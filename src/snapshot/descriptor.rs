@@ -3,7 +3,7 @@
 //!
 //! Layout (the engine's [`codec`](crate::codec), big-endian): `u8 format (1) |
 //! u64 group | u64 creator | u64 index | u64 term | [16] id | u64 total_bytes
-//! | u32 chunk_bytes | u32 chunks | [32] digest` (113 bytes).
+//! | u32 chunk_bytes | u32 chunks | [32] digest` (97 bytes).
 //!
 //! Digest: `SHA-256(labeled("vaultfleet/snapshot/v1", [group, creator, index,
 //! term, total_bytes, chunk_bytes, chunks, h_0 ‖ … ‖ h_{n-1}]))` with `h_i` the

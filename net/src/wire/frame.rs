@@ -8,11 +8,12 @@
 //!   kind 5, snapshot chunk: u64 group, u64 from, u64 to, u64 snapshot index,
 //!                     u64 snapshot term, u64 offset, u64 total, data (the rest, non-empty)
 //!   kind 6, stream open:   u64 group, u64 from, u64 to, u64 stream id,
-//!                     descriptor (113 bytes), raft message (the rest, non-empty)
+//!                     descriptor (97 bytes), raft message (the rest, non-empty)
 //!   kind 7, stream data:   u64 group, u64 from, u64 to, u64 stream id, u32 chunk seq,
 //!                     data (the rest, non-empty; a part of chunk seq)
 //!   kind 8, stream end:    u64 group, u64 from, u64 to, u64 stream id
-//!   kind 9, stream refused (receiver to sender): u64 stream id, u8 reason
+//!   kind 9, stream refused (receiver to sender) or cancelled (sender to
+//!           receiver): u64 stream id, u8 reason
 //!   kind 10, stream credit (receiver to sender): u64 stream id, u32 granted
 //!   kind 11, stream delivered (receiver to sender): u64 stream id
 //! ```
@@ -33,8 +34,16 @@
 //! file checked and durable), it says so with a delivered frame; only then
 //! does the sender report `Written`, so the raft frames it sends after that
 //! (an append at the snapshot's index + 1) reach the receiver's replica after
-//! the snapshot. A peer of an older build does not know kinds 6 to 11 and
-//! closes the connection on the first one (`docs/network.md`, "Streamed
+//! the snapshot. A sender that gives up a stream it opened (no credit or no
+//! delivered frame in time, its file unreadable) says so with a kind 9 frame
+//! in its own direction (a cancel), so the receiver drops the stream's file
+//! work, slot and partial file at once rather than at its own timeout. The
+//! direction is never ambiguous: streams go only from the process that
+//! dialed a connection to the one that accepted it, so a kind 9 from the
+//! acceptor refuses a stream and one from the dialer cancels one (a
+//! receiver of an older build ignores the cancel as a refusal of a stream
+//! it does not send). A peer of an older build does not know kinds 6 to 11
+//! and closes the connection on the first one (`docs/network.md`, "Streamed
 //! snapshots"; kinds 6 to 11 are unreleased and may still change).
 //!
 //! A snapshot (a `MsgSnapshot` raft message, encoded once) travels as chunk
@@ -234,7 +243,9 @@ pub enum Frame<'a> {
         /// Its header.
         header: StreamHeader,
     },
-    /// The receiver refused the sender's stream `stream`.
+    /// From the process that accepted the connection: the receiver refused
+    /// the sender's stream `stream`. From the one that dialed it: the sender
+    /// cancelled its stream `stream` (gave it up).
     StreamRefused {
         /// The sender's stream id.
         stream: u64,
