@@ -914,3 +914,35 @@ fn r4_a_leader_committing_its_own_removal_with_a_write_queued_steps_down() {
     let leader = net.elect_among(&[2, 3], term);
     assert!(leader == 2 || leader == 3);
 }
+
+/// While raft hands leadership over it drops every proposal; reads are not
+/// proposals and go on, and the replica is not left busy.
+#[test]
+fn reads_go_on_during_a_pending_leadership_transfer() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    // A transfer to a replica that cannot answer stays pending.
+    net.isolate(3);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    let write = net
+        .propose(1, client, 1, 1, KvStore::put("k", "v"))
+        .expect("queued");
+    let read = net.read(1, KvStore::get("k")).expect("queued");
+    net.settle();
+    assert!(!net.replica(1).has_ready());
+    assert!(net.completed(read), "the read went on");
+    assert!(
+        matches!(net.take(write), Some(Err(RequestError::Dropped))),
+        "raft drops a write during a transfer"
+    );
+    // The transfer aborts after an election timeout; writes go in again.
+    net.tick_all(15);
+    assert!(net.replica(1).is_leader());
+    let write = net
+        .propose(1, client, 2, 2, KvStore::put("k", "v"))
+        .expect("queued");
+    net.settle();
+    assert!(matches!(net.take(write), Some(Ok(Reply::Applied(_)))));
+}

@@ -478,3 +478,81 @@ fn a_restart_while_restoring_restores_from_the_file() {
         net.replica(1).state_machine().snapshot().unwrap()
     );
 }
+
+/// Review 2: a membership change left in the backlog (entries read back from
+/// the store after a restore) must not apply once a newer snapshot has been
+/// stepped (raft already follows that snapshot's membership). A driver that
+/// runs one Ready cycle per turn steps messages between backlog steps.
+#[test]
+fn a_backlog_membership_change_never_applies_over_a_newer_snapshot() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let s1 = net.replica(3).restoring_snapshot().expect("restoring");
+    // More than one backlog step of puts, then AddLearner 9, commit through 3.
+    put_many(&mut net, client, &mut seq, APPLY_BACKLOG_ENTRIES + 10);
+    let add = MembershipChange::AddLearner {
+        id: 9,
+        datacenter: "dc-9".into(),
+    };
+    net.replica_mut(1)
+        .change_membership(1_000_001, add)
+        .unwrap();
+    net.settle();
+    assert!(net.completed(1_000_001));
+    let commit3 = net.status(3).commit;
+    assert!(
+        commit3 > s1 + APPLY_BACKLOG_ENTRIES + 10,
+        "{:?}",
+        net.status(3)
+    );
+    // The outcome is taken; one backlog step runs (the change stays behind).
+    let (_, job) = net.restores.pop().unwrap();
+    let mut out = Output::default();
+    assert!(net
+        .replica_mut(3)
+        .snapshot_restored(job.run(), &mut out)
+        .unwrap());
+    net.cycle(3);
+    net.drop_in_flight();
+    assert!(net.status(3).applied < commit3, "{:?}", net.status(3));
+    // 3 is away (no cycles): 9 is removed and the leader compacts past 3.
+    let three = net.replicas.remove(&3).unwrap();
+    let remove = MembershipChange::Remove { id: 9 };
+    net.replica_mut(1)
+        .change_membership(1_000_002, remove)
+        .unwrap();
+    net.settle();
+    assert!(net.completed(1_000_002));
+    put_many(&mut net, client, &mut seq, 60);
+    assert!(!net.status(1).learners.contains(&9));
+    net.replicas.insert(3, three);
+    net.drop_in_flight();
+    // The leader's snapshot, as it would send it to 3.
+    let snap = vaultfleet::LogStore::latest_snapshot(net.replica(1).store()).clone();
+    assert!(snap.get_metadata().index > commit3);
+    let mut m = raft::prelude::Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+    m.from = 1;
+    m.to = 3;
+    m.term = net.status(1).term;
+    m.set_snapshot(snap);
+    net.in_flight.push_back(m);
+    let refused = net.replica(3).messages_refused();
+    net.deliver_where(|_| true);
+    assert_eq!(
+        net.replica(3).messages_refused(),
+        refused,
+        "snapshot stepped"
+    );
+    // 3's next Ready cycle, then its restore, then settle.
+    net.cycle(3);
+    net.run_restores(3);
+    net.settle();
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
+    let (leader, three) = (net.status(1), net.status(3));
+    assert_eq!(
+        (three.voters, three.learners),
+        (leader.voters, leader.learners),
+        "replica 3's membership differs from the leader's"
+    );
+}

@@ -1107,6 +1107,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             );
             return;
         }
+        self.flush_entries();
+        self.flush_reads();
+    }
+
+    /// Proposes the queued batch, registrations and digest markers.
+    fn flush_entries(&mut self) {
         self.flush_batch();
         for (id, owner) in std::mem::take(&mut self.registrations) {
             let mut payload = EntryPayload::new();
@@ -1122,6 +1128,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             ));
             self.propose_entry(payload, InFlightKind::Digest(id));
         }
+    }
+
+    /// Asks raft for a read index for the queued reads.
+    fn flush_reads(&mut self) {
         // raft-rs 0.7 silently drops a ReadIndex before the leader has committed an
         // entry of its own term, so reads wait in the queue until then.
         if !self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term() {
@@ -1375,7 +1385,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// least one entry) per call, read back from the store, so no cycle
     /// applies more than a Ready would hand over.
     fn apply_backlog(&mut self) -> Result<(), ReplicaError> {
-        if self.restoring.is_some() || self.apply_backlog_to <= self.applied_index {
+        // Nor once a newer snapshot was stepped: raft already follows its
+        // membership, and its install replaces the backlog (review 2, R2-1).
+        if self.restoring.is_some()
+            || self.apply_backlog_to <= self.applied_index
+            || self.raw.snap().is_some()
+        {
             return Ok(());
         }
         let id = self.cfg.id;

@@ -17,7 +17,9 @@
 //! a leadership transfer to itself and hands leadership over if it wins an
 //! election. The restored machine then replaces the old one (which goes to
 //! the driver to drop, [`Output::garbage`](super::Output::garbage)), and the
-//! waiting entries apply from the store, a bounded step per cycle; raft
+//! waiting entries apply from the store, a bounded step per Ready cycle
+//! (the driver runs cycles back to back while there is work, so the thread
+//! is still busy for the backlog's length: bounded memory, not time); raft
 //! hears of each step only then, so raft never counts a membership change
 //! applied that the replica has not applied. An outcome is taken only while
 //! no newer snapshot has been stepped (raft then already follows that
