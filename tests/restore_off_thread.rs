@@ -58,6 +58,23 @@ fn fleet<const POISON: bool>() -> Network<BlankKv<POISON>> {
     Network::with_files(&fleet, small_snapshots, BlankKv::default)
 }
 
+/// Replica 3 holds the leader's applied index and state.
+fn assert_caught_up<const P: bool>(net: &Network<BlankKv<P>>) {
+    assert_eq!(net.status(3).applied, net.status(1).applied);
+    assert_eq!(
+        net.replica(3).state_machine().snapshot().unwrap(),
+        net.replica(1).state_machine().snapshot().unwrap()
+    );
+}
+
+/// Replica `id` starts again from `store` (what a crash left).
+fn restart(net: &mut Network<BlankKv>, id: u64, store: vaultfleet::MemLog) {
+    let mut cfg = core_harness::test_config(id);
+    small_snapshots(&mut cfg);
+    let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
+    net.replicas.insert(id, replica);
+}
+
 fn value<const P: bool>(net: &Network<BlankKv<P>>, id: u64, key: &str) -> Vec<u8> {
     net.replica(id)
         .state_machine()
@@ -340,11 +357,8 @@ fn a_replica_elected_while_restoring_hands_leadership_over() {
     // The leader goes, and 2 restarts (so it follows no leader and grants
     // a vote at once); only 3 times out, so it campaigns and wins.
     net.isolate(1);
-    let mut cfg = core_harness::test_config(2);
-    small_snapshots(&mut cfg);
     let store = net.replica(2).store().clone();
-    let two = vaultfleet::Replica::new(cfg, store, BlankKv::<false>::default()).unwrap();
-    net.replicas.insert(2, two);
+    restart(&mut net, 2, store);
     let term = net.status(3).term;
     let mut led = false;
     for _ in 0..200 {
@@ -448,11 +462,7 @@ fn a_newer_snapshot_supersedes_a_restore_in_flight() {
     net.settle();
     assert!(net.failures.is_empty(), "{:?}", net.failures);
     assert_eq!(net.replica(3).restoring_snapshot(), None);
-    assert_eq!(net.status(3).applied, net.status(1).applied);
-    assert_eq!(
-        net.replica(3).state_machine().snapshot().unwrap(),
-        net.replica(1).state_machine().snapshot().unwrap()
-    );
+    assert_caught_up(&net);
 }
 
 /// A crash while restoring (the store durably at the snapshot, the machine
@@ -464,19 +474,11 @@ fn a_restart_while_restoring_restores_from_the_file() {
     put_many(&mut net, client, &mut seq, 5);
     let store = net.replica(3).store().clone();
     net.restores.clear();
-    let mut cfg = core_harness::test_config(3);
-    small_snapshots(&mut cfg);
-    let restarted =
-        vaultfleet::Replica::new(cfg, store, BlankKv::<false>::default()).expect("restart");
-    net.replicas.insert(3, restarted);
+    restart(&mut net, 3, store);
     net.settle();
     net.tick_all(4);
     assert!(net.failures.is_empty(), "{:?}", net.failures);
-    assert_eq!(net.status(3).applied, net.status(1).applied);
-    assert_eq!(
-        net.replica(3).state_machine().snapshot().unwrap(),
-        net.replica(1).state_machine().snapshot().unwrap()
-    );
+    assert_caught_up(&net);
 }
 
 /// Review 2: a membership change left in the backlog (entries read back from
