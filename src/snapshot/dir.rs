@@ -128,7 +128,7 @@ impl DirFiles {
     }
 
     /// Free space every received snapshot must leave on the disk (default
-    /// [`FREE_SPACE_MARGIN_BYTES`]): a transfer that would leave less is
+    /// 64 MiB, `FREE_SPACE_MARGIN_BYTES`): a transfer that would leave less is
     /// refused before a byte is written ([`SnapshotFileError::NoSpace`]).
     pub fn keep_free(mut self, bytes: u64) -> Self {
         self.keep_free = bytes;
