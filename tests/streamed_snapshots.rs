@@ -479,3 +479,146 @@ fn the_node_restores_a_streamed_snapshot_on_a_thread_and_drops_the_old_machine_o
         "the replaced machine was dropped on {dropped:?}"
     );
 }
+
+/// Held by a [`SlowKv`] restore until the test opens it (bounded, so a
+/// failing test does not hang), with whether a restore has begun.
+static RESTORE_GATE: (std::sync::Mutex<(bool, bool)>, std::sync::Condvar) = (
+    std::sync::Mutex::new((false, false)),
+    std::sync::Condvar::new(),
+);
+/// The node whose applies [`SlowKv`] records, and what it recorded: each
+/// applied index with the applied index that node had published then.
+static WATCHED: std::sync::Mutex<Option<vaultfleet::NodeHandle>> = std::sync::Mutex::new(None);
+static APPLIED_SEEN: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// A [`vaultfleet::KvStore`] whose streamed restores wait at
+/// [`RESTORE_GATE`]; a machine made by `blank` records its applies against
+/// the watched node's published status.
+#[derive(Default)]
+struct SlowKv {
+    kv: vaultfleet::KvStore,
+    restored: bool,
+}
+
+impl vaultfleet::StateMachine for SlowKv {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        if self.restored {
+            if let Some(node) = WATCHED.lock().unwrap().as_ref() {
+                let published = node.status().applied;
+                APPLIED_SEEN.lock().unwrap().push((index, published));
+            }
+        }
+        self.kv.apply(index, command)
+    }
+    fn query(&self, query: &[u8]) -> Vec<u8> {
+        self.kv.query(query)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, vaultfleet::state_machine::CaptureError> {
+        self.kv.snapshot()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), vaultfleet::state_machine::RestoreError> {
+        self.kv.restore(snapshot)
+    }
+    fn restore_from(
+        &mut self,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), vaultfleet::state_machine::RestoreError> {
+        let (lock, opened) = &RESTORE_GATE;
+        let mut gate = lock.lock().unwrap_or_else(|e| e.into_inner());
+        gate.1 = true;
+        opened.notify_all();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !gate.0 && std::time::Instant::now() < deadline {
+            gate = opened
+                .wait_timeout(gate, std::time::Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+        drop(gate);
+        self.kv.restore_from(input)
+    }
+    fn blank(&self) -> Option<Self> {
+        Some(SlowKv {
+            kv: vaultfleet::KvStore::default(),
+            restored: true,
+        })
+    }
+}
+
+/// Review 2 of the restore, R2-3: the entries that committed while a restore
+/// ran apply afterwards a bounded step per turn, not back to back in one: the
+/// node publishes its status (and takes its inputs: heartbeats, votes)
+/// between steps. Without the bound the whole backlog applied in one turn,
+/// under one published status.
+#[test]
+fn a_restores_backlog_applies_one_bounded_step_per_node_turn() {
+    let mut fleet = Fleet::start_machine(
+        three(),
+        Store::SledStreamed,
+        small_snapshots,
+        SlowKv::default,
+    );
+    let leader = fleet.wait_leader();
+    let behind = (1..=3).find(|&id| id != leader).unwrap_or(1);
+    let client = fleet.client();
+    fleet.stop(behind);
+    for i in 0..200 {
+        put(&client, &format!("k{i}"), "v");
+    }
+    fleet.restart(behind);
+    *WATCHED.lock().unwrap() = Some(fleet.handle(behind));
+    // The restore has begun and waits: what commits now waits behind it.
+    {
+        let (lock, opened) = &RESTORE_GATE;
+        let mut gate = lock.lock().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !gate.1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no streamed restore began"
+            );
+            gate = opened
+                .wait_timeout(gate, std::time::Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+    }
+    let steps = 3;
+    let backlog = steps * vaultfleet::replica::APPLY_BACKLOG_ENTRIES;
+    for i in 0..backlog + 20 {
+        put(&client, &format!("b{i}"), "v");
+    }
+    let commit = fleet.leader_status().commit;
+    fleet.wait_until("the restoring follower to learn the commit", |f| {
+        f.status(behind).commit >= commit
+    });
+    {
+        let (lock, opened) = &RESTORE_GATE;
+        lock.lock().unwrap().0 = true;
+        opened.notify_all();
+    }
+    fleet.wait_applied(commit);
+    let seen = std::mem::take(&mut *APPLIED_SEEN.lock().unwrap());
+    // Applies grouped by the status published meanwhile: one group per turn.
+    let mut turns: Vec<(u64, u64)> = Vec::new(); // (published, applies)
+    for &(_, published) in &seen {
+        match turns.last_mut() {
+            Some((p, n)) if *p == published => *n += 1,
+            _ => turns.push((published, 1)),
+        }
+    }
+    let applied: u64 = turns.iter().map(|t| t.1).sum();
+    assert!(
+        applied > backlog,
+        "the backlog applied after the restore: {applied} applies"
+    );
+    let most = turns.iter().map(|t| t.1).max().unwrap_or(0);
+    assert!(
+        most <= vaultfleet::replica::APPLY_BACKLOG_ENTRIES,
+        "{most} entries applied in one turn; turns (published, applies): {turns:?}"
+    );
+    assert_eq!(
+        get(&client, &format!("b{}", backlog + 19)),
+        Some(b"v".to_vec())
+    );
+}

@@ -85,11 +85,16 @@ const _: () = assert!(SNAPSHOT_FORMAT_VERSION > 0);
 // `wire::encode_bounded` holds for it.
 const _: () =
     assert!(((MEMBERS_MAX * (DATACENTER_BYTES_MAX + 32)) as u64) < wire::MESSAGE_BYTES_MAX);
-// Read contexts travel as the 8 big-endian bytes of a u64.
 /// Entries applied per cycle, at most, from the backlog a restore off the
 /// thread left (see `apply_backlog`).
 pub const APPLY_BACKLOG_ENTRIES: u64 = 256;
 
+/// Ready cycles that apply backlog entries ([`Replica::applying_backlog`]) a
+/// driver runs per turn, at most, before it takes its inputs again: the node,
+/// the pool and the simulator all stop there and come back at once.
+pub const BACKLOG_STEPS_PER_TURN: usize = 1;
+
+// Read contexts travel as the 8 big-endian bytes of a u64.
 const READ_CONTEXT_BYTES: usize = 8;
 const _: () = assert!(READ_CONTEXT_BYTES == std::mem::size_of::<u64>());
 
@@ -1029,7 +1034,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || !self.digest_marks.is_empty()
             || !self.completions.is_empty()
             || self.restoring.as_ref().is_some_and(|r| r.dropped())
-            || (self.restoring.is_none() && self.apply_backlog_to > self.applied_index)
+            || self.applying_backlog()
             || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
             || self.raw.has_ready()
     }

@@ -410,4 +410,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn restoring_snapshot(&self) -> Option<u64> {
         self.restoring.as_ref().map(|r| r.index)
     }
+
+    /// True while committed entries that waited for a restore are still to
+    /// apply: each [`Replica::handle_ready`] applies one bounded step of them
+    /// (at most [`APPLY_BACKLOG_ENTRIES`](super::APPLY_BACKLOG_ENTRIES)).
+    ///
+    /// A driver runs at most [`BACKLOG_STEPS_PER_TURN`](super::BACKLOG_STEPS_PER_TURN)
+    /// such cycles per turn and then takes its inputs again, so a backlog of
+    /// many steps never keeps a replica from stepping heartbeats, votes and
+    /// appends (review 2, R2-3).
+    pub fn applying_backlog(&self) -> bool {
+        self.restoring.is_none() && self.apply_backlog_to > self.applied_index
+    }
 }

@@ -27,7 +27,7 @@ use super::telemetry::{self, Stopwatch};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
     RequestError, RequestId, RestoredSnapshot, SnapshotBuild, SnapshotBuildError, SnapshotRestore,
-    Status, INDEX_JUMP_MAX,
+    Status, BACKLOG_STEPS_PER_TURN, INDEX_JUMP_MAX,
 };
 use crate::snapshot::{SnapshotDescriptor, SnapshotFiles};
 use crate::state_machine::StateMachine;
@@ -573,6 +573,10 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     /// Whether each turn sets the mailbox gauges itself (a `Node`'s driver;
     /// a pool's are set by its timer).
     node_gauges: bool,
+    /// The last turn stopped with Ready cycles left (at most
+    /// [`BACKLOG_STEPS_PER_TURN`] backlog steps per turn): the next one does
+    /// not wait for inputs.
+    more: bool,
     seen: Seen,
 }
 
@@ -588,6 +592,9 @@ pub(super) trait Fsm: Send {
     fn finish(&mut self);
     /// Inputs taken from the mailbox in the last turn.
     fn last_inputs(&self) -> usize;
+    /// Whether the last turn stopped with work left (a restore's backlog):
+    /// the pool queues the replica again at once.
+    fn more(&self) -> bool;
 }
 
 impl<L: LogStore, S: StateMachine> Fsm for Driver<L, S> {
@@ -602,6 +609,9 @@ impl<L: LogStore, S: StateMachine> Fsm for Driver<L, S> {
     }
     fn last_inputs(&self) -> usize {
         self.last_inputs
+    }
+    fn more(&self) -> bool {
+        self.more
     }
 }
 
@@ -645,6 +655,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             turn_began: Instant::now(),
             last_inputs: 0,
             node_gauges: false,
+            more: false,
             seen: Seen::default(),
         })
     }
@@ -661,6 +672,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
     /// `Ok(false)` once the mailbox is closed and empty; an error stops the
     /// replica.
     pub(super) fn turn(&mut self, wait: Duration) -> Result<bool, ReplicaError> {
+        // The last turn left work (a restore's backlog): take what arrived
+        // and go on without waiting.
+        let wait = if self.more { Duration::ZERO } else { wait };
         let until_tick = if wait.is_zero() {
             wait
         } else {
@@ -813,7 +827,19 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             self.dispatch();
             result?;
         }
+        self.more = false;
+        let mut backlog_steps = 0;
         while self.replica.has_ready() {
+            if self.replica.applying_backlog() {
+                // The rest of a restore's backlog waits for the next turn,
+                // which comes at once: inputs (heartbeats, votes) are stepped
+                // between its steps (R2-3).
+                if backlog_steps == BACKLOG_STEPS_PER_TURN {
+                    self.more = true;
+                    break;
+                }
+                backlog_steps += 1;
+            }
             self.out.clear();
             let result = self.replica.handle_ready(&mut self.out);
             self.dispatch();

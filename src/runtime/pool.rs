@@ -427,11 +427,14 @@ fn turn(inner: &Inner, entry: &Arc<Entry>) -> bool {
         return false;
     }
     let due = fsm.next_tick();
+    let more = fsm.more();
     // One store into the replica's own entry per turn; the timer sums.
     entry.depth.store(fsm.last_inputs(), Ordering::Relaxed);
     drop(held);
     entry.next_tick.store(inner.nanos(due), Ordering::Release);
-    end_of_turn(&entry.shared.mailbox, || Instant::now() >= due)
+    // Work left (a restore's backlog) counts as a due tick: the replica goes
+    // to the back of the ready queue, behind the others' turns.
+    end_of_turn(&entry.shared.mailbox, || more || Instant::now() >= due)
 }
 
 /// Ends a worker's turn of a replica whose mailbox is `mailbox`; returns

@@ -72,8 +72,10 @@ pub(super) enum Event {
         generation: u64,
         restored: Box<vaultfleet::replica::RestoredSnapshot>,
     },
-    /// The replica's turn to take the restores that finished.
-    TakeRestores {
+    /// The replica's next turn: it takes the restores that finished, then
+    /// runs its Ready cycles (after a restore finished, or after a turn that
+    /// stopped with a restore's backlog left).
+    Turn {
         host: usize,
         generation: u64,
     },
@@ -176,7 +178,7 @@ impl<W: Workload> Simulation<W> {
                 restored.index(),
                 restored.is_ok() as u64,
             ),
-            Event::TakeRestores { host, generation } => (16, *host as u64, *generation, 0, 0),
+            Event::Turn { host, generation } => (16, *host as u64, *generation, 0, 0),
             Event::DeliverStream { to, stream } => (
                 14,
                 *to as u64,
@@ -228,7 +230,7 @@ impl<W: Workload> Simulation<W> {
                 generation,
                 restored,
             } => self.on_snapshot_restored(host, generation, *restored),
-            Event::TakeRestores { host, generation } => self.on_take_restores(host, generation),
+            Event::Turn { host, generation } => self.on_turn(host, generation),
             Event::DeliverStream { to, stream } => self.deliver_stream(to, *stream),
         }
     }

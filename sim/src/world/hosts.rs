@@ -275,16 +275,35 @@ impl<W: Workload> Simulation<W> {
 
     /// Runs `handle_ready` until the replica has nothing more to do, routing its
     /// messages and completions, then runs the checkers that look at replicas.
+    /// As a node does, it runs at most `BACKLOG_STEPS_PER_TURN` cycles that
+    /// apply a restore's backlog and takes the rest at a next turn, 0-1 ms
+    /// later, so messages that arrive meanwhile are stepped between its steps.
     pub(super) fn pump(&mut self, h: usize) {
         if !self.take_restores(h) {
             return;
         }
+        let mut backlog_steps = 0;
         loop {
             let Some(replica) = self.hosts[h].replica.as_mut() else {
                 return;
             };
             if !replica.has_ready() {
                 break;
+            }
+            if replica.applying_backlog() {
+                if backlog_steps == vaultfleet::replica::BACKLOG_STEPS_PER_TURN {
+                    let generation = self.hosts[h].generation;
+                    let after = self.rng.gen_range(0..=1_000);
+                    self.schedule(
+                        after,
+                        Event::Turn {
+                            host: h,
+                            generation,
+                        },
+                    );
+                    break;
+                }
+                backlog_steps += 1;
             }
             let mut out = std::mem::take(&mut self.out);
             out.clear();
@@ -427,11 +446,12 @@ impl<W: Workload> Simulation<W> {
         }
         self.hosts[host].restores_done.push(restored);
         let after = self.rng.gen_range(0..=2_000);
-        self.schedule(after, Event::TakeRestores { host, generation });
+        self.schedule(after, Event::Turn { host, generation });
     }
 
-    /// The replica's turn after a restore finished.
-    pub(super) fn on_take_restores(&mut self, host: usize, generation: u64) {
+    /// The replica's turn after a restore finished or after a turn that left
+    /// backlog.
+    pub(super) fn on_turn(&mut self, host: usize, generation: u64) {
         if self.hosts[host].generation == generation {
             self.pump(host);
         }
