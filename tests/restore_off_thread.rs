@@ -9,7 +9,8 @@ mod core_harness;
 
 use core_harness::Network;
 use vaultfleet::replica::{
-    MembershipChange, Output, ReplicaError, SnapshotError, APPLY_BACKLOG_ENTRIES,
+    MembershipChange, Output, ReplicaError, RequestError, SnapshotError, StepRefusal,
+    APPLY_BACKLOG_ENTRIES, TRANSFER_DECLINED,
 };
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{FleetConfig, KvStore, MemberSpec, ReplicaConfig, StateMachine};
@@ -338,14 +339,146 @@ fn a_restoring_replica_refuses_a_leadership_transfer() {
         net.replica(3).messages_refused() > refused,
         "the MsgTimeoutNow was refused"
     );
-    // Once restored (and the refused transfer aborted after an election
-    // timeout), a transfer goes through.
+    // Once restored, a transfer goes through.
     net.run_restores(3);
     net.settle();
-    net.tick_all(12);
     net.replica_mut(1).transfer_leader(3);
     net.settle();
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}
+
+/// Proposes one put on leader 1 and settles; the outcome.
+fn put_one<const P: bool>(
+    net: &mut Network<BlankKv<P>>,
+    client: u64,
+    seq: &mut u64,
+) -> Result<(), RequestError> {
+    let put = KvStore::put(format!("k{seq}"), format!("v{seq}"));
+    let request = net.propose(1, client, *seq, *seq, put)?;
+    *seq += 1;
+    net.settle();
+    match net.take(request) {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e),
+        None => panic!("put {} not answered", *seq - 1),
+    }
+}
+
+fn is_timeout_now_to(m: &raft::prelude::Message, to: u64) -> bool {
+    m.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow && m.to == to
+}
+
+/// Review 2, R2-2: a restoring replica declines a transfer to itself back to
+/// the leader, which aborts it at once: raft-rs drops every proposal while a
+/// transfer is in progress, and without the decline the leader kept
+/// dropping them for an election timeout.
+#[test]
+fn a_declined_transfer_aborts_at_once_and_the_leader_takes_writes() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    // No tick has passed: only the decline can have ended the transfer.
+    for _ in 0..5 {
+        put_one(&mut net, client, &mut seq).expect("the leader takes writes at once");
+    }
+}
+
+/// R2-2, for the leader's own rebalancing to a preferred datacenter: a
+/// replica that declined is left out for one rebalance period, then two,
+/// four... so a long restore costs a few round trips of dropped writes, not
+/// one per period; and every write in between succeeds.
+#[test]
+fn a_leader_rebalancing_backs_off_from_a_replica_that_declined() {
+    let fleet_cfg = FleetConfig::new(
+        (1..=3)
+            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let mut net = Network::with_files(
+        &fleet_cfg,
+        |rc: &mut ReplicaConfig| {
+            small_snapshots(rc);
+            rc.leader_rebalance_ticks = 3;
+            rc.preferred_leader_datacenters = vec!["dc-3".to_string()];
+        },
+        BlankKv::<false>::default,
+    );
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let periods = 24;
+    let mut transfers = 0;
+    for _ in 0..periods * 3 {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        net.cycle_all();
+        transfers += net
+            .in_flight
+            .iter()
+            .filter(|m| is_timeout_now_to(m, 3))
+            .count();
+        net.settle();
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+        put_one(&mut net, client, &mut seq).expect("a write while replica 3 restores");
+    }
+    // Waits of 1, 2, 4, 8 periods: tries at about periods 1, 2, 4, 8, 16.
+    assert!(
+        (2..=6).contains(&transfers),
+        "{transfers} transfers to the restoring replica in {periods} periods"
+    );
+    // Restored, it becomes leader at the next try (within 16 periods).
+    net.run_restores(3);
+    net.settle();
+    let led = net.run_until(|n| n.replica(3).is_leader())
+        || (0..16 * 3).any(|_| {
+            net.tick_all(1);
+            net.replica(3).is_leader()
+        });
+    assert!(led, "replica 3 leads once restored: {:?}", net.status(3));
+}
+
+/// A decline that does not match the transfer in progress (another
+/// replica's, or another term's) is refused and changes nothing.
+#[test]
+fn a_stale_or_foreign_transfer_decline_is_refused() {
+    let mut net = fleet::<false>();
+    behind_then_snapshot(&mut net, 40);
+    let term = net.status(1).term;
+    // Held: the MsgTimeoutNow never reaches 3, so 1 keeps transferring.
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    net.in_flight.clear();
+    let decline = |from: u64, term: u64| {
+        let mut m = raft::prelude::Message::default();
+        m.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+        m.from = from;
+        m.to = 1;
+        m.term = term;
+        m.context = TRANSFER_DECLINED.to_vec().into();
+        m
+    };
+    for (from, t) in [(2, term), (3, term + 1), (3, term - 1)] {
+        let refused = net.replica_mut(1).step(decline(from, t));
+        match refused {
+            Err(e) => assert!(
+                matches!(e.reason, StepRefusal::StaleTransferDecline { .. }),
+                "from {from} at {t}: {e}"
+            ),
+            Ok(()) => panic!("a decline from {from} at term {t} was taken"),
+        }
+    }
+    assert!(net.replica(1).is_leader());
+    let (client, seq) = (1, 1_000);
+    let put = KvStore::put("x", "y");
+    let request = net.propose(1, client, seq, seq, put).expect("propose");
+    net.settle();
+    assert!(
+        net.take(request).is_some_and(|r| r.is_err()),
+        "the transfer is still in progress: raft drops the write"
+    );
+    // The matching one is taken.
+    net.replica_mut(1).step(decline(3, term)).expect("decline");
 }
 
 /// Review finding 2: a replica that wins an election while restoring hands

@@ -450,6 +450,16 @@ pub enum StepRefusal {
         /// The index of the snapshot being restored.
         index: u64,
     },
+    /// A transfer declined ([`TRANSFER_DECLINED`](super::TRANSFER_DECLINED))
+    /// that does not match this replica's transfer in progress: it is not the
+    /// leader of `term`, or it is not transferring to `from`.
+    #[error("replica {from} declines a leadership transfer at term {term}, which this replica did not start")]
+    StaleTransferDecline {
+        /// The replica that declined.
+        from: u64,
+        /// The decline's term.
+        term: u64,
+    },
     /// A follower asks for a snapshot; replicas of this fleet never do.
     #[error("it requests a snapshot at index {index}; replicas of this fleet never do")]
     SnapshotRequested {

@@ -94,6 +94,19 @@ pub const APPLY_BACKLOG_ENTRIES: u64 = 256;
 /// the pool and the simulator all stop there and come back at once.
 pub const BACKLOG_STEPS_PER_TURN: usize = 1;
 
+/// The context of the `MsgTransferLeader` a replica that restores a snapshot
+/// off its thread sends back to its leader instead of campaigning on a
+/// `MsgTimeoutNow`: the leader aborts the transfer at once (raft-rs drops
+/// every proposal while one is in progress, for up to an election timeout)
+/// and does not rebalance to it again for a while (review 2, R2-2). raft-rs
+/// ignores such a message from the transferee it is transferring to, so a
+/// leader that does not know the marker loses nothing.
+pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
+
+/// Rebalance periods a leader leaves a replica that declined a transfer, at
+/// most: the wait doubles with each decline in a row, from one period.
+const DECLINED_PERIODS_MAX: u64 = 64;
+
 // Read contexts travel as the 8 big-endian bytes of a u64.
 const READ_CONTEXT_BYTES: usize = 8;
 const _: () = assert!(READ_CONTEXT_BYTES == std::mem::size_of::<u64>());
@@ -308,6 +321,16 @@ pub struct FollowerProgress {
     pub recent_active: bool,
 }
 
+/// A replica's declines of this leader's transfers (see
+/// `Replica::transfer_declined`).
+#[derive(Debug, Default)]
+struct Declined {
+    /// Not a rebalancing target before this tick.
+    until: u64,
+    /// Declines in a row.
+    streak: u64,
+}
+
 /// A client command in flight: the driver's id, and the session key under which
 /// its response is cached once applied.
 struct Batched {
@@ -394,9 +417,14 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Committed entries up to this index wait in the store to be applied
     /// (after a restore off the thread), a bounded step per cycle.
     apply_backlog_to: u64,
-    /// Messages raft queued while this replica led, taken when it stepped
-    /// down on applying its own removal: they leave with the cycle's output.
+    /// Messages that leave with the next cycle's output outside raft's own:
+    /// those raft queued while this replica led, taken when it stepped down
+    /// on applying its own removal, and a transfer declined while restoring.
     outbox: Vec<Message>,
+    /// Replicas that declined a leadership transfer while this replica led
+    /// (they were restoring a snapshot): not a rebalancing target before the
+    /// tick given, with the declines in a row.
+    declined: BTreeMap<ReplicaId, Declined>,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
@@ -660,6 +688,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             restoring: None,
             apply_backlog_to: 0,
             outbox: Vec::new(),
+            declined: BTreeMap::new(),
             applied_index: snap_index,
             cfg,
         })
@@ -797,7 +826,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if let (raft::prelude::MessageType::MsgTimeoutNow, Some(index)) =
             (message.get_msg_type(), self.restoring_snapshot())
         {
+            // Said to the leader at once: it takes proposals again instead
+            // of dropping them until its transfer times out (R2-2).
+            let mut decline = Message::default();
+            decline.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+            decline.to = message.from;
+            decline.from = self.cfg.id;
+            decline.term = self.raw.raft.term;
+            decline.context = TRANSFER_DECLINED.to_vec().into();
+            self.outbox.push(decline);
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
+        }
+        if message.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader
+            && message.context.as_ref() == TRANSFER_DECLINED
+        {
+            // Never stepped into raft: a follower would forward it, and
+            // raft-rs's send is fatal on a forwarded message with a term.
+            return self.transfer_declined(&message);
         }
         let mut message = message;
         // raft-rs commits `commit` on a vote or pre-vote message (and their
@@ -1035,6 +1080,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             || !self.completions.is_empty()
             || self.restoring.as_ref().is_some_and(|r| r.dropped())
             || self.applying_backlog()
+            || !self.outbox.is_empty()
             || (!self.reads_queued.is_empty() && self.raw.raft.commit_to_current_term())
             || self.raw.has_ready()
     }
@@ -1430,7 +1476,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .voters()
             .ids()
             .iter()
-            .filter(|&id| id != me)
+            .filter(|&id| id != me && !self.declined_lately(id))
             .max_by_key(|&id| prs.get(id).map_or(0, |p| p.matched));
         if let Some(next) = next {
             tracing::info!(
@@ -1890,6 +1936,45 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 .is_some_and(|dc| preferred.contains(dc))
     }
 
+    /// A replica this leader is transferring to declined (it restores a
+    /// snapshot): the transfer aborts, so proposals are taken again at once,
+    /// and the replica is left out of rebalancing for one rebalance period,
+    /// doubling with each decline in a row up to [`DECLINED_PERIODS_MAX`].
+    fn transfer_declined(&mut self, m: &Message) -> Result<(), StepRefusal> {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader
+            || m.term != raft.term
+            || raft.lead_transferee != Some(m.from)
+        {
+            return Err(StepRefusal::StaleTransferDecline {
+                from: m.from,
+                term: m.term,
+            });
+        }
+        self.raw.raft.abort_leader_transfer();
+        let period = self.cfg.leader_rebalance_ticks.max(1);
+        let now = self.ticks;
+        let d = self.declined.entry(m.from).or_default();
+        // A decline long after the last wait ended starts a new streak.
+        if now > d.until.saturating_add(period * DECLINED_PERIODS_MAX) {
+            d.streak = 0;
+        }
+        d.streak = (d.streak + 1).min(DECLINED_PERIODS_MAX.trailing_zeros() as u64 + 1);
+        d.until = now + period * (1 << (d.streak - 1)).min(DECLINED_PERIODS_MAX);
+        tracing::info!(
+            replica = self.cfg.id,
+            to = m.from,
+            until_tick = d.until,
+            "leadership transfer declined (the replica restores a snapshot); aborted"
+        );
+        Ok(())
+    }
+
+    /// Whether `id` declined a transfer recently (see `transfer_declined`).
+    fn declined_lately(&self, id: ReplicaId) -> bool {
+        self.declined.get(&id).is_some_and(|d| self.ticks < d.until)
+    }
+
     fn rebalance_leader(&mut self) {
         if self.raw.raft.state != StateRole::Leader
             || self.in_preferred_datacenter()
@@ -1903,6 +1988,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             **id != self.cfg.id
                 && self.cfg.preferred_leader_datacenters.contains(dc)
                 && voters.contains(**id)
+                && !self.declined_lately(**id)
                 && self
                     .raw
                     .raft
