@@ -9,8 +9,8 @@ mod core_harness;
 
 use core_harness::Network;
 use vaultfleet::replica::{
-    MembershipChange, Output, ReplicaError, RequestError, SnapshotError, StepRefusal,
-    APPLY_BACKLOG_ENTRIES, TRANSFER_DECLINED,
+    MembershipChange, Output, ReplicaError, RequestError, SnapshotBuildError, SnapshotError,
+    StepRefusal, APPLY_BACKLOG_ENTRIES, TRANSFER_DECLINED,
 };
 use vaultfleet::state_machine::{CaptureError, RestoreError};
 use vaultfleet::{FleetConfig, KvStore, MemberSpec, ReplicaConfig, StateMachine};
@@ -690,4 +690,68 @@ fn a_backlog_membership_change_never_applies_over_a_newer_snapshot() {
         (leader.voters, leader.learners),
         "replica 3's membership differs from the leader's"
     );
+}
+
+/// Review of the streamed snapshots, M4: a member added while the leader's
+/// build runs would wait for that build (whose membership does not name it,
+/// so raft-rs refuses it) and then for the next. The leader cancels the
+/// build in flight and takes one that names the member at once.
+#[test]
+fn a_member_added_while_a_build_runs_cancels_it_for_one_that_names_it() {
+    let mut net = fleet::<false>();
+    net.hold_builds = true;
+    net.elect(1);
+    let client = net.register(1);
+    let mut seq = 1;
+    put_many(&mut net, client, &mut seq, 25);
+    let old = net
+        .builds
+        .iter()
+        .position(|(id, _)| *id == 1)
+        .expect("the leader handed out a build");
+    let (_, old) = net.builds.remove(old);
+    net.builds.retain(|(id, _)| *id == 1);
+    let change = MembershipChange::AddLearner {
+        id: 9,
+        datacenter: "dc-9".into(),
+    };
+    net.replica_mut(1)
+        .change_membership(1_000_001, change)
+        .expect("propose the change");
+    net.settle();
+    assert!(net.completed(1_000_001), "the change committed");
+    let added_at = net.status(1).applied;
+    let old_index = old.index();
+    assert!(
+        matches!(old.run(), Err(SnapshotBuildError::Cancelled)),
+        "the build in flight was cancelled"
+    );
+    let new = net
+        .builds
+        .iter()
+        .find(|(id, _)| *id == 1)
+        .map(|(_, b)| b.index())
+        .expect("a new build was handed out at once");
+    assert!(
+        new > old_index && new <= added_at,
+        "new build at {new}, old at {old_index}, change applied by {added_at}"
+    );
+    // The cancelled outcome is ignored; the new snapshot serves the learner.
+    let mut out = Output::default();
+    net.replica_mut(1)
+        .snapshot_built(old_index, Err(SnapshotBuildError::Cancelled), &mut out)
+        .expect("a stale outcome is ignored");
+    net.run_builds_of(1);
+    let mut store = vaultfleet::MemLog::new();
+    vaultfleet::storage::SnapshotFilesHost::open_snapshot_files(&mut store, 9, None)
+        .expect("files");
+    let mut cfg = core_harness::test_config(9);
+    small_snapshots(&mut cfg);
+    let learner = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("learner");
+    net.replicas.insert(9, learner);
+    net.tick_all(4);
+    net.run_restores(9);
+    net.settle();
+    assert_eq!(net.status(9).applied, net.status(1).applied);
+    assert!(net.failures.is_empty(), "{:?}", net.failures);
 }

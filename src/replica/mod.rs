@@ -1746,6 +1746,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     // receiver, so a new member needs a snapshot taken after its
                     // addition: take one at the end of this cycle.
                     self.snapshot_wanted = true;
+                    // A leader's build in flight could not serve it: stop it
+                    // rather than make the member wait for it and then for
+                    // the next (review of the streamed snapshots, M4).
+                    if self.is_leader() {
+                        if let Some(build) = self.building.take_if(|b| !b.names(*node_id)) {
+                            build.cancel();
+                            tracing::info!(
+                                replica = self.cfg.id,
+                                member = node_id,
+                                "member added: the snapshot build in flight, which \
+                                 does not name it, is cancelled for a newer one"
+                            );
+                        }
+                    }
                 }
             }
         }

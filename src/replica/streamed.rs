@@ -70,6 +70,9 @@ pub struct SnapshotBuild {
     files: Arc<dyn SnapshotFiles>,
     /// Set when the build is dropped unrun; the replica reads it.
     abandoned: Arc<AtomicBool>,
+    /// Set by the replica when it no longer wants the snapshot; the run
+    /// stops at its next write.
+    cancelled: Arc<AtomicBool>,
 }
 
 impl Drop for SnapshotBuild {
@@ -114,6 +117,10 @@ pub enum SnapshotBuildError {
     /// The build had already run.
     #[error("the snapshot build had already run")]
     Spent,
+    /// The replica cancelled the build: a member was added while it ran, and
+    /// the snapshot, whose membership does not name it, could not serve it.
+    #[error("the snapshot build was cancelled: a newer one is taken instead")]
+    Cancelled,
 }
 
 impl SnapshotBuild {
@@ -131,6 +138,10 @@ impl SnapshotBuild {
         let Some(view) = self.view.take() else {
             return Err(SnapshotBuildError::Spent);
         };
+        let cancelled = |flag: &AtomicBool| flag.load(Ordering::Acquire);
+        if cancelled(&self.cancelled) {
+            return Err(SnapshotBuildError::Cancelled);
+        }
         let mut out = self
             .files
             .create(self.group, self.creator, self.index, self.term)?;
@@ -138,8 +149,42 @@ impl SnapshotBuild {
             .and_then(|()| out.write_all(&(self.sessions.len() as u64).to_be_bytes()))
             .and_then(|()| out.write_all(&self.sessions))
             .map_err(SnapshotBuildError::Io)?;
-        view.snapshot_to(&mut *out)?;
+        let captured = view.snapshot_to(&mut Cancellable {
+            inner: &mut *out,
+            cancelled: &self.cancelled,
+        });
+        // Whatever the view made of the refused write, a cancelled build
+        // says so; its `.tmp` goes with `out`, unfinished.
+        if cancelled(&self.cancelled) {
+            return Err(SnapshotBuildError::Cancelled);
+        }
+        captured?;
         Ok(out.finish()?)
+    }
+}
+
+/// A writer that refuses every write once its build is cancelled, so a
+/// view writing a large state stops within one write.
+struct Cancellable<'a> {
+    inner: &'a mut dyn Write,
+    cancelled: &'a AtomicBool,
+}
+
+impl Write for Cancellable<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the snapshot build was cancelled"));
+        }
+        self.inner.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the snapshot build was cancelled"));
+        }
+        self.inner.write_all(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -150,6 +195,7 @@ pub(super) struct PendingBuild {
     conf_state: ConfState,
     payload_head: SnapshotPayload,
     abandoned: Arc<AtomicBool>,
+    cancelled: Arc<AtomicBool>,
     /// Taken again at the newest snapshot's index because its file could not
     /// be read: saved in its place.
     rebuild: bool,
@@ -157,6 +203,17 @@ pub(super) struct PendingBuild {
 
 impl PendingBuild {
     /// True once its build was dropped without running.
+    /// True when the membership this snapshot records names `id`.
+    pub(super) fn names(&self, id: ReplicaId) -> bool {
+        let cs = &self.conf_state;
+        cs.voters.contains(&id) || cs.learners.contains(&id)
+    }
+
+    /// Stops its build at the next write (see `SnapshotBuild::run`).
+    pub(super) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+    }
+
     pub(super) fn abandoned(&self) -> bool {
         self.abandoned.load(Ordering::Acquire)
     }
@@ -288,12 +345,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         sessions.sessions = self.sessions.to_wire();
         let sessions = wire::encode(&sessions)?;
         let abandoned = Arc::new(AtomicBool::new(false));
+        let cancelled = Arc::new(AtomicBool::new(false));
         self.building = Some(PendingBuild {
             index: applied,
             term,
             conf_state: self.raw.raft.prs().conf().to_conf_state(),
             payload_head: payload_head(&self.sessions, &self.members),
             abandoned: Arc::clone(&abandoned),
+            cancelled: Arc::clone(&cancelled),
             rebuild,
         });
         self.jobs.push(SnapshotBuild {
@@ -305,6 +364,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             view: Some(view),
             files,
             abandoned,
+            cancelled,
         });
         Ok(true)
     }
@@ -499,5 +559,82 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 index: descriptor.index,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::snapshot::MemFiles;
+    use crate::state_machine::{CaptureError, SnapshotView};
+
+    /// Writes `chunks` chunks of 4 KiB, cancelling its own build after the
+    /// `cancel_after`th (as a replica would, from its thread, meanwhile).
+    struct CountingView {
+        chunks: usize,
+        cancel_after: usize,
+        cancel: Arc<AtomicBool>,
+        written: Arc<AtomicUsize>,
+    }
+
+    impl SnapshotView for CountingView {
+        fn snapshot_to(&self, out: &mut dyn Write) -> Result<(), CaptureError> {
+            for i in 0..self.chunks {
+                if i == self.cancel_after {
+                    self.cancel.store(true, Ordering::Release);
+                }
+                out.write_all(&[7u8; 4096]).map_err(CaptureError::Io)?;
+                self.written.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    }
+
+    fn build(view: CountingView, files: Arc<dyn SnapshotFiles>) -> SnapshotBuild {
+        SnapshotBuild {
+            group: 1,
+            creator: 1,
+            index: 40,
+            term: 2,
+            sessions: Vec::new(),
+            cancelled: Arc::clone(&view.cancel),
+            view: Some(Box::new(view)),
+            files,
+            abandoned: Arc::default(),
+        }
+    }
+
+    /// Review M4: a build cancelled while its view writes stops at the next
+    /// write (not after the whole state), says `Cancelled`, and leaves no
+    /// snapshot behind; one not cancelled writes everything.
+    #[test]
+    fn a_build_cancelled_while_it_runs_stops_at_the_next_write() {
+        let files: Arc<dyn SnapshotFiles> = Arc::new(MemFiles::new(64 << 10, None, 1));
+        let written = Arc::new(AtomicUsize::new(0));
+        let view = CountingView {
+            chunks: 1_000,
+            cancel_after: 10,
+            cancel: Arc::default(),
+            written: Arc::clone(&written),
+        };
+        let outcome = build(view, Arc::clone(&files)).run();
+        assert!(
+            matches!(outcome, Err(SnapshotBuildError::Cancelled)),
+            "{outcome:?}"
+        );
+        assert_eq!(written.load(Ordering::Relaxed), 10, "stopped at once");
+        // The same build, not cancelled: the whole state, a finished file.
+        let written = Arc::new(AtomicUsize::new(0));
+        let view = CountingView {
+            chunks: 1_000,
+            cancel_after: usize::MAX,
+            cancel: Arc::default(),
+            written: Arc::clone(&written),
+        };
+        let descriptor = build(view, Arc::clone(&files)).run().expect("build");
+        assert_eq!(written.load(Ordering::Relaxed), 1_000);
+        assert!(files.is_complete(&descriptor));
     }
 }

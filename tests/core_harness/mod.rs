@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use vaultfleet::replica::{Completion, Output, Reply, RequestId, SnapshotRestore, Status};
+use vaultfleet::replica::{
+    Completion, Output, Reply, RequestId, SnapshotBuild, SnapshotRestore, Status,
+};
 use vaultfleet::storage::SnapshotFilesHost as _;
 use vaultfleet::wire::Request;
 use vaultfleet::{
@@ -46,6 +48,11 @@ pub struct Network<M: StateMachine = KvStore> {
     /// Whether [`Network::cycle`] runs snapshot builds (made by
     /// [`Network::with_files`]); otherwise they are dropped unrun.
     run_builds: bool,
+    /// With `run_builds`: builds wait in [`Network::builds`] instead of
+    /// running at once; a test runs them ([`Network::run_builds_of`]).
+    pub hold_builds: bool,
+    /// Snapshot builds held, by replica (see `hold_builds`).
+    pub builds: Vec<(u64, SnapshotBuild)>,
 }
 
 /// Settings the core tests use unless they say otherwise: small snapshots, so a
@@ -133,6 +140,8 @@ impl<M: StateMachine> Network<M> {
             output: Output::default(),
             restores: Vec::new(),
             run_builds: false,
+            hold_builds: false,
+            builds: Vec::new(),
         }
     }
 
@@ -164,6 +173,24 @@ impl<M: StateMachine> Network<M> {
             let replica = self.replicas.get_mut(&id).expect("no such replica");
             self.output.clear();
             if let Err(e) = replica.snapshot_restored(restored, &mut self.output) {
+                self.failures.insert(id, e);
+            }
+            self.take_output(id);
+        }
+    }
+
+    /// Runs the builds replica `id` handed out that are held, and hands it
+    /// their outcomes.
+    pub fn run_builds_of(&mut self, id: u64) {
+        let (mine, others) = std::mem::take(&mut self.builds)
+            .into_iter()
+            .partition::<Vec<_>, _>(|(r, _)| *r == id);
+        self.builds = others;
+        for (_, job) in mine {
+            let (index, result) = (job.index(), job.run());
+            let replica = self.replicas.get_mut(&id).expect("no such replica");
+            self.output.clear();
+            if let Err(e) = replica.snapshot_built(index, result, &mut self.output) {
                 self.failures.insert(id, e);
             }
             self.take_output(id);
@@ -250,7 +277,14 @@ impl<M: StateMachine> Network<M> {
             self.failures.insert(id, e);
         }
         let builds: Vec<_> = self.output.jobs.drain(..).collect();
-        let builds = if self.run_builds { builds } else { Vec::new() };
+        let builds = match (self.run_builds, self.hold_builds) {
+            (true, false) => builds,
+            (true, true) => {
+                self.builds.extend(builds.into_iter().map(|job| (id, job)));
+                Vec::new()
+            }
+            (false, _) => Vec::new(),
+        };
         self.take_output(id);
         // Streamed snapshots are written at once and reported at once.
         for job in builds {
