@@ -325,6 +325,8 @@ pub struct FollowerProgress {
 /// `Replica::transfer_declined`).
 #[derive(Debug, Default)]
 struct Declined {
+    /// The tick of the last decline.
+    at: u64,
     /// Not a rebalancing target before this tick.
     until: u64,
     /// Declines in a row.
@@ -417,6 +419,11 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// Committed entries up to this index wait in the store to be applied
     /// (after a restore off the thread), a bounded step per cycle.
     apply_backlog_to: u64,
+    /// Entries (and their bytes) that joined the backlog since its last step,
+    /// once the restore was done: the next step applies them on top of its
+    /// own bound, so the backlog shrinks by a whole step per cycle whatever
+    /// the commit rate (review 3, LOW-2).
+    backlog_joined: (u64, u64),
     /// Messages that leave with the next cycle's output outside raft's own:
     /// those raft queued while this replica led, taken when it stepped down
     /// on applying its own removal, and a transfer declined while restoring.
@@ -687,6 +694,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             restores: Vec::new(),
             restoring: None,
             apply_backlog_to: 0,
+            backlog_joined: (0, 0),
             outbox: Vec::new(),
             declined: BTreeMap::new(),
             applied_index: snap_index,
@@ -1362,6 +1370,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         debug_assert!(self.apply_backlog_to < snap.get_metadata().index);
         self.apply_backlog_to = 0;
+        self.backlog_joined = (0, 0);
         // Files older than the installed snapshot are of no use any more (a
         // replica that only ever installs would otherwise keep them all), but
         // only once the store durably names the new one: a crash before this
@@ -1426,6 +1435,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if let Some(last) = entries.last() {
                 self.apply_backlog_to = self.apply_backlog_to.max(last.index);
             }
+            if self.restoring.is_none() {
+                let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+                let (n, b) = self.backlog_joined;
+                self.backlog_joined = (
+                    n.saturating_add(entries.len() as u64),
+                    b.saturating_add(bytes),
+                );
+            }
             return Ok(());
         }
         self.apply_committed(entries)
@@ -1433,8 +1450,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Applies committed entries that waited for a restore: at most
     /// [`APPLY_BACKLOG_ENTRIES`] entries or `message_bytes_max` bytes (and at
-    /// least one entry) per call, read back from the store, so no cycle
-    /// applies more than a Ready would hand over.
+    /// least one entry) per call, plus those that joined the backlog since
+    /// the last call, read back from the store: no cycle applies more than a
+    /// Ready would hand over on top of one step, and the backlog shrinks by a
+    /// step per cycle even while entries keep committing.
     fn apply_backlog(&mut self) -> Result<(), ReplicaError> {
         // Nor once a newer snapshot was stepped: raft already follows its
         // membership, and its install replaces the backlog (review 2, R2-1).
@@ -1445,13 +1464,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Ok(());
         }
         let id = self.cfg.id;
+        let (joined, joined_bytes) = std::mem::take(&mut self.backlog_joined);
         let low = self.applied_index + 1;
-        let high = (self.apply_backlog_to + 1).min(low + APPLY_BACKLOG_ENTRIES);
+        let high = (self.apply_backlog_to + 1)
+            .min(low.saturating_add(APPLY_BACKLOG_ENTRIES.saturating_add(joined)));
         let entries = raft::Storage::entries(
             self.raw.store(),
             low,
             high,
-            Some(self.cfg.message_bytes_max),
+            Some(self.cfg.message_bytes_max.saturating_add(joined_bytes)),
             raft::GetEntriesContext::empty(false),
         )
         .map_err(|source| ReplicaError::Raft { id, source })?;
@@ -1476,7 +1497,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .voters()
             .ids()
             .iter()
-            .filter(|&id| id != me && !self.declined_lately(id))
+            .filter(|&id| id != me && !self.declined_just_now(id))
             .max_by_key(|&id| prs.get(id).map_or(0, |p| p.matched));
         if let Some(next) = next {
             tracing::info!(
@@ -1795,6 +1816,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     fn notice_role_change(&mut self) {
         let is_leader = self.raw.raft.state == StateRole::Leader;
+        if is_leader && !self.was_leader {
+            // Declines were answers to an earlier leadership's transfers.
+            self.declined.clear();
+        }
         if self.was_leader && !is_leader {
             // Proposals in flight can no longer be committed by this replica; a new
             // leader may still commit them. Say so now rather than at the timeout,
@@ -1966,15 +1991,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         self.raw.raft.abort_leader_transfer();
+        // Saturating throughout: `leader_rebalance_ticks` has no upper bound
+        // (review 3, MEDIUM-1: u64::MAX overflowed here, a panic on a peer's
+        // message in checked builds).
         let period = self.cfg.leader_rebalance_ticks.max(1);
         let now = self.ticks;
         let d = self.declined.entry(m.from).or_default();
         // A decline long after the last wait ended starts a new streak.
-        if now > d.until.saturating_add(period * DECLINED_PERIODS_MAX) {
+        if now
+            > d.until
+                .saturating_add(period.saturating_mul(DECLINED_PERIODS_MAX))
+        {
             d.streak = 0;
         }
-        d.streak = (d.streak + 1).min(DECLINED_PERIODS_MAX.trailing_zeros() as u64 + 1);
-        d.until = now + period * (1 << (d.streak - 1)).min(DECLINED_PERIODS_MAX);
+        d.streak = (d.streak + 1).min(u64::from(DECLINED_PERIODS_MAX.trailing_zeros()) + 1);
+        let periods = (1u64 << (d.streak - 1)).min(DECLINED_PERIODS_MAX);
+        d.at = now;
+        d.until = now.saturating_add(period.saturating_mul(periods));
         tracing::info!(
             replica = self.cfg.id,
             to = m.from,
@@ -1984,9 +2017,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
-    /// Whether `id` declined a transfer recently (see `transfer_declined`).
+    /// Whether `id` declined a transfer recently enough to be left out of
+    /// rebalancing (see `transfer_declined`).
     fn declined_lately(&self, id: ReplicaId) -> bool {
         self.declined.get(&id).is_some_and(|d| self.ticks < d.until)
+    }
+
+    /// Whether `id` declined a transfer within the last election timeout: a
+    /// replica leading while it restores skips it for that long only, never
+    /// for the rebalancing back-off, which has nothing to do with how soon
+    /// it must hand over (review 3, MEDIUM-2).
+    fn declined_just_now(&self, id: ReplicaId) -> bool {
+        let wait = self.cfg.election_ticks as u64;
+        self.declined
+            .get(&id)
+            .is_some_and(|d| self.ticks < d.at.saturating_add(wait))
     }
 
     fn rebalance_leader(&mut self) {

@@ -420,6 +420,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// many steps never keeps a replica from stepping heartbeats, votes and
     /// appends (review 2, R2-3).
     pub fn applying_backlog(&self) -> bool {
-        self.restoring.is_none() && self.apply_backlog_to > self.applied_index
+        // A restore dropped unrun settles in place at the next cycle, which
+        // then applies a step too (review 3, LOW-1: that step went uncounted).
+        self.restoring.as_ref().is_none_or(|r| r.dropped())
+            && self.apply_backlog_to > self.applied_index
     }
 }
