@@ -946,3 +946,46 @@ fn reads_go_on_during_a_pending_leadership_transfer() {
     net.settle();
     assert!(matches!(net.take(write), Some(Ok(Reply::Applied(_)))));
 }
+
+/// Review 3 of the restore (outside R2-2): raft-rs drops every proposal while
+/// a leadership transfer is in progress, and a leader starts one whenever a
+/// voter asks for leadership for itself. A voter that asks and never
+/// campaigns stalled every write, one election timeout after another. After
+/// a transfer it asked for ends with the leader still leading, its requests
+/// are refused for an election timeout, doubling.
+#[test]
+fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    let term = net.status(1).term;
+    // 2 never hears the MsgTimeoutNow (nor anything else from 1); 1 and 3
+    // commit without it.
+    net.cut(1, 2);
+    let total = 300;
+    let mut dropped = 0;
+    let mut refused = 0;
+    for seq in 1..=total {
+        let mut ask = Message::default();
+        ask.set_msg_type(MessageType::MsgTransferLeader);
+        ask.from = 2;
+        ask.to = 1;
+        ask.term = term;
+        if net.replica_mut(1).step(ask).is_err() {
+            refused += 1;
+        }
+        let put = KvStore::put(format!("k{seq}"), "v");
+        let request = net.propose(1, client, seq, seq, put).expect("propose");
+        net.settle();
+        if !matches!(net.take(request), Some(Ok(_))) {
+            dropped += 1;
+        }
+        net.tick_all(1);
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    }
+    assert!(refused > total / 2, "{refused} of {total} requests refused");
+    assert!(
+        dropped < total / 3,
+        "{dropped} of {total} writes dropped by transfers that never end"
+    );
+}

@@ -450,6 +450,18 @@ pub enum StepRefusal {
         /// The index of the snapshot being restored.
         index: u64,
     },
+    /// A peer asks this leader to hand leadership to it while it is backed
+    /// off: a transfer it asked for, or one to it, ended without it leading
+    /// (or it declined one) lately. raft-rs drops every proposal while a
+    /// transfer is in progress, so a peer that asked and never campaigned
+    /// would stall every write.
+    #[error("replica {from} asks for leadership, but a transfer to it failed lately; refused until tick {until_tick}")]
+    TransferBackedOff {
+        /// The replica asking.
+        from: u64,
+        /// The tick its back-off ends at.
+        until_tick: u64,
+    },
     /// A transfer declined ([`TRANSFER_DECLINED`](super::TRANSFER_DECLINED))
     /// that does not match this replica's transfer in progress: it is not the
     /// leader of `term`, or it is not transferring to `from`.

@@ -432,6 +432,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// (they were restoring a snapshot): not a rebalancing target before the
     /// tick given, with the declines in a row.
     declined: BTreeMap<ReplicaId, Declined>,
+    /// The replica whose own request started the transfer in progress, if
+    /// one did (see `transfer_asked`).
+    transfer_asked_by: Option<ReplicaId>,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
@@ -697,6 +700,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             backlog_joined: (0, 0),
             outbox: Vec::new(),
             declined: BTreeMap::new(),
+            transfer_asked_by: None,
             applied_index: snap_index,
             cfg,
         })
@@ -845,12 +849,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.outbox.push(decline);
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
         }
-        if message.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader
-            && message.context.as_ref() == TRANSFER_DECLINED
-        {
-            // Never stepped into raft: a follower would forward it, and
-            // raft-rs's send is fatal on a forwarded message with a term.
-            return self.transfer_declined(&message);
+        if message.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader {
+            if message.context.as_ref() == TRANSFER_DECLINED {
+                // Never stepped into raft: a follower would forward it, and
+                // raft-rs's send is fatal on a forwarded message with a term.
+                return self.transfer_declined(&message);
+            }
+            return self.transfer_asked(message);
         }
         let mut message = message;
         // raft-rs commits `commit` on a vote or pre-vote message (and their
@@ -1296,6 +1301,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         debug_assert!(self.applied_index <= self.raw.raft.raft_log.committed);
         self.serve_reads();
         self.notice_role_change();
+        self.notice_transfer_end();
         self.hand_over_while_restoring();
         self.maybe_snapshot()?;
         out.jobs.append(&mut self.jobs);
@@ -1991,12 +1997,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         self.raw.raft.abort_leader_transfer();
+        self.transfer_asked_by = None;
+        let period = self.cfg.leader_rebalance_ticks.max(1);
+        let until = self.back_off_transfers_to(m.from, period);
+        tracing::info!(
+            replica = self.cfg.id,
+            to = m.from,
+            until_tick = until,
+            "leadership transfer declined (the replica restores a snapshot); aborted"
+        );
+        Ok(())
+    }
+
+    /// Leaves `id` out of transfers for `period` ticks, doubling with each
+    /// back-off in a row up to [`DECLINED_PERIODS_MAX`] periods; returns the
+    /// tick it ends at.
+    fn back_off_transfers_to(&mut self, id: ReplicaId, period: u64) -> u64 {
         // Saturating throughout: `leader_rebalance_ticks` has no upper bound
         // (review 3, MEDIUM-1: u64::MAX overflowed here, a panic on a peer's
         // message in checked builds).
-        let period = self.cfg.leader_rebalance_ticks.max(1);
         let now = self.ticks;
-        let d = self.declined.entry(m.from).or_default();
+        let d = self.declined.entry(id).or_default();
         // A decline long after the last wait ended starts a new streak.
         if now
             > d.until
@@ -2008,13 +2029,54 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let periods = (1u64 << (d.streak - 1)).min(DECLINED_PERIODS_MAX);
         d.at = now;
         d.until = now.saturating_add(period.saturating_mul(periods));
-        tracing::info!(
-            replica = self.cfg.id,
-            to = m.from,
-            until_tick = d.until,
-            "leadership transfer declined (the replica restores a snapshot); aborted"
-        );
+        d.until
+    }
+
+    /// A peer asks this leader to hand leadership to it (`MsgTransferLeader`
+    /// naming itself): refused while it is backed off, since raft-rs drops
+    /// every proposal while a transfer is in progress and a peer that asks
+    /// and then never campaigns would stall every write, one election
+    /// timeout after another (review 3). Its transfer is watched: one that
+    /// ends with this replica still leading backs the peer off.
+    fn transfer_asked(&mut self, m: Message) -> Result<(), StepRefusal> {
+        let from = m.from;
+        if self.is_leader() && from != self.cfg.id {
+            if let Some(d) = self.declined.get(&from).filter(|d| self.ticks < d.until) {
+                return Err(StepRefusal::TransferBackedOff {
+                    from,
+                    until_tick: d.until,
+                });
+            }
+        }
+        self.raw.step(m).map_err(StepRefusal::Raft)?;
+        if self.is_leader() && self.raw.raft.lead_transferee == Some(from) {
+            self.transfer_asked_by = Some(from);
+        }
         Ok(())
+    }
+
+    /// A transfer a peer asked for that ended with this replica still
+    /// leading (it timed out, or another replaced it) backs that peer off
+    /// for an election timeout, doubling (see `transfer_asked`).
+    fn notice_transfer_end(&mut self) {
+        let Some(to) = self.transfer_asked_by else {
+            return;
+        };
+        if self.raw.raft.lead_transferee == Some(to) {
+            return;
+        }
+        self.transfer_asked_by = None;
+        if self.is_leader() {
+            let period = (self.cfg.election_ticks as u64).max(1);
+            let until = self.back_off_transfers_to(to, period);
+            tracing::warn!(
+                replica = self.cfg.id,
+                to,
+                until_tick = until,
+                "a leadership transfer replica {to} asked for ended without it leading; \
+                 its next requests are refused until then"
+            );
+        }
     }
 
     /// Whether `id` declined a transfer recently enough to be left out of
