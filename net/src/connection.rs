@@ -59,8 +59,8 @@ use crate::server::{read_plaintext, Noise};
 use crate::snapshot::{Chunk, Reassembler};
 use crate::stats::Counters;
 use crate::stream::{
-    part_bytes, sleep_until_some, ActiveStream, AwaitingDelivery, Control, InStreams, OutStream,
-    StreamCredits, StreamEvent,
+    part_bytes, sleep_until_some, ActiveStream, AwaitingDelivery, Control, CreditsToGrant,
+    InStreams, OutStream, StreamCredits, StreamEvent,
 };
 use crate::transport::{RouteMiss, Shared};
 use crate::wire::frame::{
@@ -95,6 +95,7 @@ pub(crate) async fn run(
     let noise: Noise = Arc::new(Mutex::new(session.noise));
     let (control_tx, mut control_rx) = mpsc::channel(CONTROL_QUEUED_MAX);
     let credits = Arc::new(StreamCredits::default());
+    let to_grant = Arc::new(CreditsToGrant::default());
     let mut reader_task = shared.runtime.spawn(read_loop(
         Arc::clone(&shared),
         reader,
@@ -102,6 +103,7 @@ pub(crate) async fn run(
         key,
         first,
         control_tx,
+        Arc::clone(&to_grant),
         Arc::clone(&credits),
         queue.is_none(),
     ));
@@ -109,7 +111,7 @@ pub(crate) async fn run(
     let mut active: Option<ActiveStream> = None;
     let mut ended: Option<OutStream> = None;
     let config = &shared.config;
-    let mut awaiting = AwaitingDelivery::new(config.snapshot_chunk_timeout);
+    let mut awaiting = AwaitingDelivery::new(config.snapshot_chunk_timeout, Arc::clone(&credits));
     let mut directory = shared.directory_changed.subscribe();
     let mut keepalive = keepalive_timer(config.keepalive_interval);
     let mut last_write = Instant::now();
@@ -185,9 +187,6 @@ pub(crate) async fn run(
                         Control::Refuse(stream, reason) => {
                             batch.extend_from_slice(&encode_stream_refused(stream, reason));
                         }
-                        Control::Credit(stream, granted) => {
-                            batch.extend_from_slice(&encode_stream_credit(stream, granted));
-                        }
                         Control::Delivered(stream) => {
                             batch.extend_from_slice(&encode_stream_delivered(stream));
                         }
@@ -202,6 +201,15 @@ pub(crate) async fn run(
                         break;
                     }
                     next = control_rx.try_recv().ok();
+                }
+                0
+            }
+            () = to_grant.changed() => {
+                // The newest credit of each stream the workers granted
+                // since the last time, one frame each.
+                batch.clear();
+                for (stream, granted) in to_grant.take() {
+                    batch.extend_from_slice(&encode_stream_credit(stream, granted));
                 }
                 0
             }
@@ -396,10 +404,12 @@ fn report_written(shared: &Shared, finished: &mut Vec<OutSnapshot>) {
     }
 }
 
-/// Refused, credit and delivered frames and the peer's words waiting for the
+/// Refused and delivered frames and the peer's words waiting for the
 /// writer, which writes all those waiting in one batch (a peer refused more
 /// than this at once by the read loop gets no word on the rest; it fails
-/// with its connection or times out; the file workers wait for room).
+/// with its connection or times out). A file worker waits for room only
+/// for its last word, once it decided its stream's end (never for a
+/// credit: `CreditsToGrant`; never once its stream was let go).
 const CONTROL_QUEUED_MAX: usize = 64;
 
 /// Waits until the link's streamed snapshot being sent (taken from the link
@@ -478,10 +488,18 @@ async fn read_loop(
     key: PublicKey,
     first: Vec<u8>,
     control: mpsc::Sender<Control>,
+    to_grant: Arc<CreditsToGrant>,
     credits: Arc<StreamCredits>,
     accepted: bool,
 ) -> ConnectionError {
-    let mut streams = InStreams::new(Arc::clone(&shared), key, control, credits, accepted);
+    let mut streams = InStreams::new(
+        Arc::clone(&shared),
+        key,
+        control,
+        to_grant,
+        credits,
+        accepted,
+    );
     let mut assembler = FrameAssembler::new(shared.config.frame_bytes_max);
     let mut snapshots = Reassembler::new(
         shared.config.snapshot_bytes_max,

@@ -143,7 +143,7 @@ pub struct NetStats {
     pub streams_refused_by_peer_credit: u64,
     /// Streamed snapshots given up by this sender because the receiver granted no credit for `snapshot_chunk_timeout` (also counted in `streams_send_failed`).
     pub streams_credit_timed_out: u64,
-    /// Streamed snapshots given up by this sender because the receiver did not say it delivered them (nor refused them) within `snapshot_chunk_timeout` of their end frame (also counted in `streams_send_failed`).
+    /// Streamed snapshots given up by this sender because the receiver did not say it delivered them (nor refused them) within `snapshot_chunk_timeout` of their end frame, or of the last credit it granted them since (also counted in `streams_send_failed`).
     pub streams_delivery_timed_out: u64,
     /// Delivered frames received for a stream not awaiting delivery on that connection (an unknown id, or one already refused, timed out or delivered): ignored.
     pub streams_delivered_unknown: u64,
@@ -155,9 +155,11 @@ pub struct NetStats {
     pub streams_cancelled_by_peer: u64,
     /// Streamed snapshots refused at their end because the sender's key was no longer pinned for its replica (the directory changed during the transfer; also counted in `streams_refused`): nothing delivered.
     pub streams_refused_unpinned: u64,
+    /// Streamed snapshots received whole but refused at their end because the replica's inbox could not take their message (its mailbox full, or the replica stopped; also counted in `streams_refused`, reason `other`): the sender hears `Failed`, never that it was delivered.
+    pub streams_refused_dropped: u64,
     /// Snapshot file bytes (plaintext chunk data) written in stream data frames.
     pub stream_bytes_sent: u64,
-    /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message was delivered.
+    /// Streamed snapshots received whole, checked by the replica's snapshot files against their digest, and whose message the replica's inbox took (`Inbox::deliver_snapshot`).
     pub streams_received: u64,
     /// Streamed snapshots refused by this receiver (each once): bad descriptor or message, over `snapshot_file_bytes_max` or `snapshot_streams_max`, not admitted by the inbox, no space on the snapshot disk, a part out of order, oversize or beyond the credit granted, an early end, a file error, a digest mismatch, or the sender's key no longer pinned. Nothing is delivered and the partial file is deleted.
     pub streams_refused: u64,
@@ -255,6 +257,7 @@ pub(crate) struct Counters {
     pub streams_cancelled: AtomicU64,
     pub streams_cancelled_by_peer: AtomicU64,
     pub streams_refused_unpinned: AtomicU64,
+    pub streams_refused_dropped: AtomicU64,
     pub stream_bytes_sent: AtomicU64,
     pub streams_received: AtomicU64,
     pub streams_refused: AtomicU64,
@@ -396,6 +399,7 @@ impl Counters {
             streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
             streams_cancelled_by_peer: self.streams_cancelled_by_peer.load(Ordering::Relaxed),
             streams_refused_unpinned: self.streams_refused_unpinned.load(Ordering::Relaxed),
+            streams_refused_dropped: self.streams_refused_dropped.load(Ordering::Relaxed),
             stream_bytes_sent: self.stream_bytes_sent.load(Ordering::Relaxed),
             streams_received: self.streams_received.load(Ordering::Relaxed),
             streams_refused: self.streams_refused.load(Ordering::Relaxed),

@@ -19,14 +19,17 @@
 //! stream starts at once) but it is not done: it waits in the connection's
 //! [`AwaitingDelivery`] (at most [`STREAMS_AWAITING_DELIVERY_MAX`]) for the
 //! receiver's delivered frame (kind 11), sent only once the receiver's
-//! replica has the message. `done` hears `Written` then, and only then: the
-//! node tells raft the snapshot finished, and raft's next append to the peer
-//! (at the snapshot's index + 1, on the same connection) must reach the
-//! replica after the snapshot, or the follower rejects it and the leader
-//! sends the whole snapshot again. `done` hears `Failed` if the file cannot
+//! replica's inbox took the message (`Inbox::deliver_snapshot`; one that
+//! cannot take it refuses the stream). `done` hears `Written` then, and only
+//! then: the node tells raft the snapshot finished, and raft's next append
+//! to the peer (at the snapshot's index + 1, on the same connection) must
+//! reach the replica after the snapshot, or the follower rejects it and the
+//! leader sends the whole snapshot again. `done` hears `Failed` if the file cannot
 //! be read, the connection fails, the link closes, the receiver refuses
 //! (before or after the end frame), grants no credit in time, or does not
-//! say it delivered within `snapshot_chunk_timeout` of the end frame. A
+//! say it delivered within `snapshot_chunk_timeout` of the end frame or of
+//! the last credit it granted the stream since ([`AwaitingDelivery`]: the
+//! window's last chunks may still be in flight at the end frame). A
 //! stream given up after its open frame (unreadable, no credit or no
 //! delivered frame in time) is cancelled at the receiver (a kind 9 frame in
 //! the sender's direction), which then drops it at once.
@@ -61,8 +64,14 @@
 //! delivers only if it decides first and the sender's key is still pinned
 //! for its replica (the read loop checked it at the end frame too), so a
 //! stream let go (connection ended, cancelled, replaced) is never delivered.
-//! Credits, deliveries and the worker's refusals reach the connection's
-//! writer through its control channel.
+//! Deliveries and the worker's refusals reach the connection's writer
+//! through its control channel; the worker waits for room there only for
+//! that last word, once it decided the stream's end. Credits never wait:
+//! they are coalesced per stream in the connection's [`CreditsToGrant`], so
+//! a worker whose stream was let go is never held by a peer that drains
+//! its connection slowly. File workers are counted per process (twice
+//! `snapshot_streams_max`) and per peer (twice its share of the slots), so
+//! one peer's let-go workers cannot take them all.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -224,6 +233,42 @@ impl StreamCredits {
     }
 }
 
+/// The credits this side's file workers grant the peer's streams on one
+/// connection, until the writer sends them: the newest total per stream. A
+/// worker never waits for the writer to grant credit (the peer controls how
+/// fast the writer drains): it records the total here and the writer, woken,
+/// sends one credit frame per stream with the newest total. At most one
+/// entry per stream with a running worker on the connection.
+#[derive(Debug, Default)]
+pub(crate) struct CreditsToGrant {
+    pending: Mutex<BTreeMap<u64, u32>>,
+    changed: Notify,
+}
+
+impl CreditsToGrant {
+    /// Grant stream `stream` `granted` chunks in all (never lower than a
+    /// total recorded and not sent yet). Never waits.
+    pub fn grant(&self, stream: u64, granted: u32) {
+        let mut pending = self.pending.lock();
+        let entry = pending.entry(stream).or_insert(0);
+        *entry = (*entry).max(granted);
+        drop(pending);
+        // Stores a permit if the writer is not waiting now: no grant is
+        // missed.
+        self.changed.notify_one();
+    }
+
+    /// Waits until a grant was recorded since the last wait. Cancel-safe.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Takes the totals recorded since the last take, by stream.
+    pub fn take(&self) -> BTreeMap<u64, u32> {
+        std::mem::take(&mut *self.pending.lock())
+    }
+}
+
 /// The stream a connection's writer is sending: what it wrote so far.
 pub(crate) struct ActiveStream {
     /// The stream.
@@ -356,21 +401,35 @@ impl ActiveStream {
 /// The streams a connection's writer sent whole (open, data, end) that wait
 /// for their receiver to deliver them. Each ends exactly once: `Written`
 /// when the peer's delivered frame comes, `Failed` when its refused frame
-/// comes, when the receiver says nothing within the delivery timeout
-/// (`snapshot_chunk_timeout` from the end frame), or when the connection
-/// ends. A word for a stream not waiting here is ignored.
+/// comes, when the receiver shows no progress for the delivery timeout
+/// (`snapshot_chunk_timeout`), or when the connection ends. A word for a
+/// stream not waiting here is ignored.
+///
+/// Progress: at its end frame up to [`STREAM_WINDOW_CHUNKS`] chunks of a
+/// stream may still be in flight or queued at the receiver, then its file
+/// is checked and made durable. Each chunk the receiver writes grants one
+/// more chunk of credit, so a stream's deadline, found passed, moves one
+/// timeout on if its credit went up since the deadline was set (and stays
+/// within what an honest receiver grants: the file's chunks and the
+/// window). A receiver as slow as one chunk per timeout is not failed at
+/// the end; one that writes nothing for a timeout is.
 pub(crate) struct AwaitingDelivery {
-    /// By stream id: the stream and when it stops waiting.
-    streams: BTreeMap<u64, (OutStream, Instant)>,
+    /// By stream id: the stream, when it stops waiting, and the credit the
+    /// peer had granted when that deadline was set.
+    streams: BTreeMap<u64, (OutStream, Instant, u32)>,
     timeout: Duration,
+    /// The credits the peer grants this side's streams on the connection.
+    credits: Arc<StreamCredits>,
 }
 
 impl AwaitingDelivery {
-    /// None waits yet; each will wait at most `timeout` for its word.
-    pub fn new(timeout: Duration) -> Self {
+    /// None waits yet; each waits at most `timeout` for its word after the
+    /// last credit the peer granted it (read in `credits`).
+    pub fn new(timeout: Duration, credits: Arc<StreamCredits>) -> Self {
         Self {
             streams: BTreeMap::new(),
             timeout,
+            credits,
         }
     }
 
@@ -386,7 +445,8 @@ impl AwaitingDelivery {
         let id = out.header.stream;
         // Stream ids are unique per sending process: never replaced.
         debug_assert!(!self.streams.contains_key(&id));
-        self.streams.insert(id, (out, now + self.timeout));
+        let granted = self.credits.granted(id);
+        self.streams.insert(id, (out, now + self.timeout, granted));
     }
 
     /// The peer delivered stream `id`: it was sent (`Written`). A delivered
@@ -394,7 +454,7 @@ impl AwaitingDelivery {
     /// already) is ignored and counted.
     pub fn delivered(&mut self, counters: &Counters, id: u64) {
         match self.streams.remove(&id) {
-            Some((mut out, _)) => {
+            Some((mut out, ..)) => {
                 Counters::bump(&counters.streams_sent);
                 out.finish(SnapshotSent::Written);
             }
@@ -411,7 +471,7 @@ impl AwaitingDelivery {
     /// The peer refused stream `id` (its refusal counted by the caller): if
     /// it waits here, it failed. Returns whether it did.
     pub fn refused(&mut self, counters: &Counters, id: u64) -> bool {
-        let Some((mut out, _)) = self.streams.remove(&id) else {
+        let Some((mut out, ..)) = self.streams.remove(&id) else {
             return false;
         };
         Counters::bump(&counters.streams_send_failed);
@@ -422,20 +482,35 @@ impl AwaitingDelivery {
     /// The earliest delivery timeout of the streams waiting, if any (for
     /// [`sleep_until_some`]).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.streams.values().map(|(_, deadline)| *deadline).min()
+        self.streams
+            .values()
+            .map(|(_, deadline, _)| *deadline)
+            .min()
     }
 
-    /// Fails the streams whose receiver said nothing by `now`; returns their
-    /// ids (the writer cancels them at the receiver).
+    /// Fails the streams whose deadline passed by `now` with no new credit
+    /// from the receiver since it was set; returns their ids (the writer
+    /// cancels them at the receiver). A stream whose credit went up since
+    /// waits one timeout more, from `now`.
     pub fn expire(&mut self, counters: &Counters, now: Instant) -> Vec<u64> {
-        let late: Vec<u64> = self
-            .streams
-            .iter()
-            .filter(|(_, (_, deadline))| *deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
+        let mut late = Vec::new();
+        for (&id, (out, deadline, seen)) in self.streams.iter_mut() {
+            if *deadline > now {
+                continue;
+            }
+            let granted = self.credits.granted(id);
+            // An honest receiver grants at most the file's chunks and the
+            // window: credit beyond that is no progress.
+            let honest_max = out.chunks.saturating_add(STREAM_WINDOW_CHUNKS);
+            if granted > *seen && granted <= honest_max {
+                *seen = granted;
+                *deadline = now + self.timeout;
+            } else {
+                late.push(id);
+            }
+        }
         for &id in &late {
-            if let Some((mut out, _)) = self.streams.remove(&id) {
+            if let Some((mut out, ..)) = self.streams.remove(&id) {
                 Counters::bump(&counters.streams_delivery_timed_out);
                 Counters::bump(&counters.streams_send_failed);
                 // The caller cancels it at the receiver.
@@ -452,7 +527,7 @@ impl AwaitingDelivery {
 
     /// Fails every stream still waiting: the connection ended.
     pub fn fail_all(&mut self, counters: &Counters) {
-        while let Some((_, (mut out, _))) = self.streams.pop_first() {
+        while let Some((_, (mut out, ..))) = self.streams.pop_first() {
             Counters::bump(&counters.streams_send_failed);
             out.finish(SnapshotSent::Failed);
         }
@@ -526,26 +601,49 @@ impl Drop for Slot {
 /// replaces it, without waiting for a worker held in the disk).
 type SlotCell = Arc<Mutex<Option<Slot>>>;
 
-/// Counts a running file worker in `Shared::stream_workers` while it lives.
-struct WorkerCount(Arc<Shared>);
+/// Counts a running file worker in `Shared::stream_workers` and in its
+/// peer's `Shared::stream_workers_by_peer` while it lives.
+struct WorkerCount {
+    shared: Arc<Shared>,
+    peer: PublicKey,
+}
 
 impl WorkerCount {
-    /// Counts one more worker, unless [`stream_workers_max`] run already.
-    fn take(shared: &Arc<Shared>) -> Option<Self> {
-        let max = stream_workers_max(shared.config.snapshot_streams_max);
+    /// Counts one more worker for `peer`, unless [`stream_workers_max`] run
+    /// in the process already, or [`stream_workers_per_peer_max`] for
+    /// `peer`.
+    fn take(shared: &Arc<Shared>, peer: PublicKey) -> Option<Self> {
+        let streams_max = shared.config.snapshot_streams_max;
+        let mut by_peer = shared.stream_workers_by_peer.lock();
+        let held = by_peer.get(&peer).copied().unwrap_or(0);
+        if held >= stream_workers_per_peer_max(streams_max) {
+            return None;
+        }
+        let max = stream_workers_max(streams_max);
         shared
             .stream_workers
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()?;
-        Some(Self(Arc::clone(shared)))
+        by_peer.insert(peer, held + 1);
+        Some(Self {
+            shared: Arc::clone(shared),
+            peer,
+        })
     }
 }
 
 impl Drop for WorkerCount {
     fn drop(&mut self) {
-        self.0.stream_workers.fetch_sub(1, Ordering::AcqRel);
+        let mut by_peer = self.shared.stream_workers_by_peer.lock();
+        self.shared.stream_workers.fetch_sub(1, Ordering::AcqRel);
+        if let Some(held) = by_peer.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -556,6 +654,15 @@ impl Drop for WorkerCount {
 /// returns, from piling up.
 fn stream_workers_max(snapshot_streams_max: usize) -> usize {
     snapshot_streams_max.saturating_mul(2)
+}
+
+/// File workers one peer runs at most: twice its share of the slots (half
+/// of `snapshot_streams_max`, at least one), so a peer whose streams are
+/// let go while their workers wait (in the disk, or for the connection's
+/// writer to take their last word) cannot take the process's
+/// [`stream_workers_max`] from the others.
+fn stream_workers_per_peer_max(snapshot_streams_max: usize) -> usize {
+    (snapshot_streams_max / 2).max(1).saturating_mul(2)
 }
 
 /// What the read loop hands a stream's file worker.
@@ -614,7 +721,12 @@ struct FileWorker {
     files: Arc<dyn SnapshotFiles>,
     granted: Arc<AtomicU32>,
     decided: Arc<AtomicBool>,
+    /// For the worker's last word (delivered or refused), sent only once
+    /// the worker decided the stream's end: a worker whose stream was let
+    /// go never waits here.
     control: mpsc::Sender<Control>,
+    /// Credits, recorded without waiting for the writer.
+    to_grant: Arc<CreditsToGrant>,
     /// Given back once the file is finished or dropped.
     slot: SlotCell,
     /// Counted while the worker runs.
@@ -693,10 +805,18 @@ impl FileWorker {
             return self.refuse_decided(RefusalReason::Other);
         }
         let message = std::mem::take(&mut self.message);
-        self.inbox.deliver(Envelope {
+        let taken = self.inbox.deliver_snapshot(Envelope {
             group: self.header.raft.group,
             message,
         });
+        if taken.is_err() {
+            // The replica does not have it (its mailbox was full): the
+            // sender must not hear it was delivered, or its raft sends the
+            // next append past a snapshot the follower never saw.
+            Counters::bump(&self.shared.counters.streams_refused_dropped);
+            tracing::info!(peer = %self.key, stream = self.header.stream, "the replica's inbox could not take a streamed snapshot: refused");
+            return self.refuse_decided(RefusalReason::Other);
+        }
         self.slot.lock().take();
         Counters::bump(&self.shared.counters.streams_received);
         // Only now may the sender report the snapshot sent: the raft frames
@@ -708,14 +828,14 @@ impl FileWorker {
             .blocking_send(Control::Delivered(self.header.stream));
     }
 
-    /// Lets the sender have sent `granted` chunks in all.
+    /// Lets the sender have sent `granted` chunks in all. Never waits: the
+    /// writer sends the newest total when it gets to it (nothing is granted
+    /// to a stream let go).
     fn grant(&self, granted: u32) {
         self.granted.store(granted, Ordering::Release);
-        // The writer may be behind: wait for room (this is not the read
-        // loop). A closed channel means the connection ended.
-        let _ = self
-            .control
-            .blocking_send(Control::Credit(self.header.stream, granted));
+        if self.wanted() {
+            self.to_grant.grant(self.header.stream, granted);
+        }
     }
 
     /// Refuses the stream, unless the read loop decided its end already
@@ -793,8 +913,12 @@ pub(crate) enum StreamRefusal {
     /// The replica did not admit it (`Inbox::admit_snapshot`: not its
     /// leader, stale, too far ahead...).
     NotAdmitted,
-    /// The stream id is already open on this connection.
+    /// The stream id is already open on this connection (that stream is
+    /// refused with it).
     Duplicate,
+    /// An open on a connection this process dialed: streams go only from
+    /// the dialer to the acceptor.
+    Dialed,
     /// A frame for a stream not open here.
     Unknown,
     /// A data frame's header differs from its stream's open frame.
@@ -817,9 +941,10 @@ impl StreamRefusal {
     /// What the sender is told.
     fn reason(self) -> RefusalReason {
         match self {
-            StreamRefusal::Header | StreamRefusal::NoFiles | StreamRefusal::NotAdmitted => {
-                RefusalReason::NotAdmitted
-            }
+            StreamRefusal::Header
+            | StreamRefusal::NoFiles
+            | StreamRefusal::NotAdmitted
+            | StreamRefusal::Dialed => RefusalReason::NotAdmitted,
             StreamRefusal::Descriptor | StreamRefusal::Message => RefusalReason::BadDescriptor,
             StreamRefusal::TooLarge => RefusalReason::TooLarge,
             StreamRefusal::Busy => RefusalReason::Busy,
@@ -841,8 +966,6 @@ impl StreamRefusal {
 pub(crate) enum Control {
     /// Tell the peer its stream was refused, and why.
     Refuse(u64, RefusalReason),
-    /// Grant the peer's stream this many chunks in all.
-    Credit(u64, u32),
     /// Tell the peer its stream's message was delivered here.
     Delivered(u64),
     /// The peer refused our stream, and why.
@@ -856,6 +979,8 @@ pub(crate) struct InStreams {
     shared: Arc<Shared>,
     key: PublicKey,
     control: mpsc::Sender<Control>,
+    /// Credits this side's workers grant the peer's streams (for the writer).
+    to_grant: Arc<CreditsToGrant>,
     /// Credits the peer grants our streams (for the writer).
     credits: Arc<StreamCredits>,
     /// Open streams, and ended ones whose worker still runs.
@@ -885,13 +1010,14 @@ impl Drop for InStreams {
 
 impl InStreams {
     /// No stream yet, on the connection with the peer proving `key`, which
-    /// this process `accepted` (else dialed); refusals, credits and
-    /// deliveries go to the writer through `control`, and the credits the
-    /// peer grants into `credits`.
+    /// this process `accepted` (else dialed); refusals and deliveries go to
+    /// the writer through `control`, the credits the workers grant through
+    /// `to_grant`, and the credits the peer grants into `credits`.
     pub fn new(
         shared: Arc<Shared>,
         key: PublicKey,
         control: mpsc::Sender<Control>,
+        to_grant: Arc<CreditsToGrant>,
         credits: Arc<StreamCredits>,
         accepted: bool,
     ) -> Self {
@@ -899,6 +1025,7 @@ impl InStreams {
             shared,
             key,
             control,
+            to_grant,
             credits,
             streams: BTreeMap::new(),
             closed: VecDeque::new(),
@@ -1057,6 +1184,14 @@ impl InStreams {
     }
 
     /// An open frame. Never waits: the stream's file is opened by its worker.
+    ///
+    /// Streams go only from the dialer to the acceptor: an open on a
+    /// connection this process dialed is refused (`not admitted`), so a kind 9
+    /// on it can only be the peer's refusal of one of ours. An open for a
+    /// stream id open here already is refused, and so is that running stream
+    /// (ids are unique per sending process: the refusal names the id, the
+    /// sender fails the stream it sends under it, and a stream kept here
+    /// would only hold its slot until its timeout).
     pub fn open(
         &mut self,
         inbox: Option<Arc<dyn Inbox>>,
@@ -1065,6 +1200,9 @@ impl InStreams {
         message: &[u8],
     ) {
         let id = header.stream;
+        if !self.accepted {
+            return self.refuse(id, StreamRefusal::Dialed);
+        }
         if self.streams.contains_key(&id) {
             return self.refuse(id, StreamRefusal::Duplicate);
         }
@@ -1105,7 +1243,7 @@ impl InStreams {
         let Some(slot) = Slot::take(&self.shared, self.key, replaced.len()) else {
             return self.refuse(id, StreamRefusal::Busy);
         };
-        let Some(count) = WorkerCount::take(&self.shared) else {
+        let Some(count) = WorkerCount::take(&self.shared, self.key) else {
             return self.refuse(id, StreamRefusal::Busy);
         };
         let files = match inbox.admit_snapshot(header.raft.from, &descriptor) {
@@ -1143,6 +1281,7 @@ impl InStreams {
             granted: Arc::clone(&granted),
             decided: Arc::clone(&decided),
             control: self.control.clone(),
+            to_grant: Arc::clone(&self.to_grant),
             slot: Arc::clone(&slot),
             _count: count,
         };

@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     /// worker waits in the disk gives its slot back before the worker ends;
     /// bounded by twice `snapshot_streams_max`, `crate::stream`).
     pub stream_workers: AtomicUsize,
+    /// The same, by the peer whose stream each serves (each at most twice
+    /// its share of the slots): one peer cannot take them all.
+    pub stream_workers_by_peer: Mutex<BTreeMap<PublicKey, usize>>,
     /// The client connections' own pool and the process-wide bounds on their
     /// requests in flight (`crate::server`).
     pub clients: crate::server::ClientBudget,
@@ -238,6 +241,7 @@ impl NetTransport {
             streams_receiving: AtomicUsize::new(0),
             streams_by_peer: Mutex::new(BTreeMap::new()),
             stream_workers: AtomicUsize::new(0),
+            stream_workers_by_peer: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
             cancel: CancellationToken::new(),
             runtime: handle.clone(),
@@ -338,6 +342,13 @@ impl NetTransport {
     #[cfg(test)]
     pub(crate) fn runtime_handle(&self) -> Handle {
         self.inner.shared.runtime.clone()
+    }
+
+    /// The state shared with the transport's tasks (tests drive a
+    /// connection's parts with it).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.inner.shared)
     }
 
     /// Streamed snapshots being received now (tests check the slots are

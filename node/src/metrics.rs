@@ -322,6 +322,7 @@ net_counters! {
     streams_cancelled => "Streamed snapshots this sender gave up after opening them and cancelled at the receiver",
     streams_cancelled_by_peer => "Streamed snapshots the sender cancelled: dropped here at once (slot, file work, partial file)",
     streams_refused_unpinned => "Streamed snapshots refused at their end: the sender's key was no longer pinned for its replica",
+    streams_refused_dropped => "Streamed snapshots refused at their end: the replica's inbox could not take the message (mailbox full or stopped)",
     stream_bytes_sent => "Snapshot file bytes sent in streamed snapshots",
     streams_received => "Streamed snapshots received, checked against their digest and delivered",
     streams_refused => "Streamed snapshots refused by this receiver",

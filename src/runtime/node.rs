@@ -33,7 +33,7 @@ use crate::snapshot::{SnapshotDescriptor, SnapshotFiles};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::transport::{
-    Envelope, Inbox, SnapshotDone, SnapshotSent, StreamRefused, Transport, TransportError,
+    Dropped, Envelope, Inbox, SnapshotDone, SnapshotSent, StreamRefused, Transport, TransportError,
 };
 use crate::wire::Request;
 use crate::ReplicaId;
@@ -299,6 +299,23 @@ impl Inbox for NodeHandle {
         }
         // A full mailbox drops the message; raft retransmits.
         let _ = self.shared.push(Input::Raft(envelope.message));
+    }
+
+    /// Never drops a snapshot in silence: a full mailbox (or a stopped
+    /// node, or another group) says [`Dropped`], and the transport refuses
+    /// the stream rather than tell the leader it arrived.
+    fn deliver_snapshot(&self, envelope: Envelope) -> Result<(), Dropped> {
+        if envelope.group != self.shared.group {
+            tracing::warn!(
+                replica = self.shared.id,
+                group = envelope.group,
+                "refusing a snapshot for another group"
+            );
+            return Err(Dropped);
+        }
+        self.shared
+            .push(Input::Raft(envelope.message))
+            .map_err(|_| Dropped)
     }
 
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {

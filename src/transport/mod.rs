@@ -41,6 +41,19 @@ pub trait Inbox: Send + Sync {
     /// retransmits).
     fn deliver(&self, envelope: Envelope);
 
+    /// Hands over the `MsgSnapshot` of a streamed snapshot whose file was
+    /// received whole. Unlike [`Inbox::deliver`] it must not drop the
+    /// message silently: the transport tells the sender the snapshot
+    /// arrived only on `Ok`, and the sender's raft then sends its next
+    /// append past the snapshot. On [`Dropped`] the transport refuses the
+    /// stream instead, and raft sends the snapshot again. Must not block.
+    /// The default delivers with [`Inbox::deliver`] and says `Ok` (right
+    /// for an inbox that never drops).
+    fn deliver_snapshot(&self, envelope: Envelope) -> Result<(), Dropped> {
+        self.deliver(envelope);
+        Ok(())
+    }
+
     /// Where a streamed snapshot for this replica is received before its
     /// message is delivered: the replica's own snapshot files. `None` (the
     /// default) refuses streamed snapshots.
@@ -65,6 +78,12 @@ pub trait Inbox: Send + Sync {
         self.snapshot_files().ok_or(StreamRefused::NoFiles)
     }
 }
+
+/// An inbox could not take a streamed snapshot's message (its replica's
+/// mailbox is full, or the replica stopped): see [`Inbox::deliver_snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the replica's inbox could not take the snapshot message (full or stopped)")]
+pub struct Dropped;
 
 /// Why a replica refused a streamed snapshot before receiving it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -89,6 +89,8 @@ pub(crate) struct Scene {
     pub inbox: Arc<Collect>,
     pub responder: StaticSecret,
     pub peer: StaticSecret,
+    /// Replica 3's key (a third process).
+    pub third: StaticSecret,
     pub runtime: tokio::runtime::Runtime,
 }
 
@@ -122,6 +124,7 @@ impl Scene {
             inbox,
             responder,
             peer,
+            third,
             runtime,
         }
     }
@@ -133,6 +136,18 @@ impl Scene {
         d.insert(1, entry(self.transport.local_addr(), &self.responder))
             .unwrap();
         d
+    }
+
+    /// Connects the third process (replica 3, pinned) as a raw peer.
+    pub fn connect_third(&self) -> RawPeer {
+        let dir = self.peer_directory(FLEET, &[3], &self.third);
+        self.runtime
+            .block_on(RawPeer::connect(
+                self.transport.local_addr(),
+                &dir,
+                &self.responder,
+            ))
+            .expect("the third process completes its handshake")
     }
 
     /// Connects the pinned raw peer (replica 2).

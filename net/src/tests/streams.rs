@@ -22,17 +22,19 @@ use vaultfleet::snapshot::{
     ChunkReceiver, DirFiles, MemFiles, SnapshotDescriptor, SnapshotFileError, SnapshotFiles,
     SnapshotId, SnapshotReader, SnapshotWriter, CHUNK_BYTES_MIN,
 };
-use vaultfleet::transport::{Envelope, Inbox, SnapshotSent, StreamRefused};
+use vaultfleet::transport::{Dropped, Envelope, Inbox, SnapshotSent, StreamRefused};
 
 use super::*;
 use crate::stats::Counters;
 use crate::stream::{
-    AwaitingDelivery, OutStream, STREAMS_AWAITING_DELIVERY_MAX, STREAM_WINDOW_CHUNKS,
+    AwaitingDelivery, Control, CreditsToGrant, InStreams, OutStream, StreamCredits,
+    STREAMS_AWAITING_DELIVERY_MAX, STREAM_WINDOW_CHUNKS,
 };
 use crate::wire::frame::{
     encode_stream_data, encode_stream_delivered, encode_stream_end, encode_stream_open,
     encode_stream_refused, Frame, FrameAssembler, RefusalReason, StreamHeader,
 };
+use tokio::sync::mpsc;
 
 /// A gate the test holds: file work waits at it until it opens (at most
 /// twice [`WAIT`], so a failing test never hangs).
@@ -77,6 +79,8 @@ enum GateAt {
     Finish,
     /// No gate: each `put` panics (a bug in the files).
     PanicAtPut,
+    /// No gate: each `put` takes 400 ms (a slow disk or link).
+    SlowPut,
 }
 
 /// Snapshot files whose receivers wait at a gate before each chunk's `put`
@@ -97,6 +101,9 @@ impl ChunkReceiver for GatedReceiver {
     fn put(&mut self, seq: u32, chunk: &[u8]) -> Result<(), SnapshotFileError> {
         if self.at == GateAt::Put {
             self.gate.pass();
+        }
+        if self.at == GateAt::SlowPut {
+            std::thread::sleep(Duration::from_millis(400));
         }
         assert!(self.at != GateAt::PanicAtPut, "a put that panics");
         self.inner.put(seq, chunk)
@@ -160,6 +167,10 @@ struct FilesInbox {
     served: Arc<dyn SnapshotFiles>,
     /// While set, the replica admits no stream.
     refuse_admission: AtomicBool,
+    /// While set, `deliver_snapshot` says `Dropped` (a full mailbox).
+    drop_snapshots: AtomicBool,
+    /// If set, `deliver_snapshot` waits at this gate before it delivers.
+    deliver_gate: std::sync::Mutex<Option<Arc<Gate>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -200,6 +211,8 @@ impl FilesInbox {
             files,
             served,
             refuse_admission: AtomicBool::new(false),
+            drop_snapshots: AtomicBool::new(false),
+            deliver_gate: std::sync::Mutex::new(None),
             _dir: dir,
         })
     }
@@ -218,6 +231,18 @@ impl FilesInbox {
 impl Inbox for FilesInbox {
     fn deliver(&self, envelope: Envelope) {
         self.got.deliver(envelope);
+    }
+
+    fn deliver_snapshot(&self, envelope: Envelope) -> Result<(), Dropped> {
+        let gate = self.deliver_gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate.pass();
+        }
+        if self.drop_snapshots.load(Ordering::Acquire) {
+            return Err(Dropped);
+        }
+        self.got.deliver(envelope);
+        Ok(())
     }
 
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
@@ -255,9 +280,14 @@ fn snapshot(bytes: usize, fill: u8) -> (SnapshotDescriptor, Vec<Bytes>) {
 }
 
 fn snapshot_message(d: &SnapshotDescriptor) -> Message {
+    snapshot_message_from(2, d)
+}
+
+/// [`snapshot_message`] from replica `from`.
+fn snapshot_message_from(from: u64, d: &SnapshotDescriptor) -> Message {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgSnapshot);
-    m.from = 2;
+    m.from = from;
     m.to = 1;
     let meta = m.mut_snapshot().mut_metadata();
     meta.index = d.index;
@@ -271,10 +301,15 @@ fn snapshot_message(d: &SnapshotDescriptor) -> Message {
 }
 
 fn stream(id: u64) -> StreamHeader {
+    stream_of(2, id)
+}
+
+/// Stream `id` of group 1 from replica `from` to replica 1.
+fn stream_of(from: u64, id: u64) -> StreamHeader {
     StreamHeader {
         raft: RaftHeader {
             group: 1,
-            from: 2,
+            from,
             to: 1,
         },
         stream: id,
@@ -283,9 +318,24 @@ fn stream(id: u64) -> StreamHeader {
 
 impl RawPeer {
     async fn open_stream(&mut self, id: u64, descriptor: &[u8], d: &SnapshotDescriptor) {
-        let message = encode_message(&snapshot_message(d)).unwrap();
-        self.send_plaintext(&encode_stream_open(stream(id), descriptor, &message))
-            .await;
+        self.open_stream_from(2, id, descriptor, d).await;
+    }
+
+    /// Opens stream `id` for `d` as replica `from`.
+    async fn open_stream_from(
+        &mut self,
+        from: u64,
+        id: u64,
+        descriptor: &[u8],
+        d: &SnapshotDescriptor,
+    ) {
+        let message = encode_message(&snapshot_message_from(from, d)).unwrap();
+        self.send_plaintext(&encode_stream_open(
+            stream_of(from, id),
+            descriptor,
+            &message,
+        ))
+        .await;
     }
 
     async fn data(&mut self, id: u64, seq: u32, data: &[u8]) {
@@ -1370,7 +1420,7 @@ fn a_delivered_frame_for_an_unknown_stream_is_ignored_and_the_connection_stays()
 fn a_stream_awaiting_delivery_ends_exactly_once_whatever_words_follow() {
     let counters = Counters::default();
     let timeout = Duration::from_secs(30);
-    let mut awaiting = AwaitingDelivery::new(timeout);
+    let mut awaiting = AwaitingDelivery::new(timeout, Arc::default());
     let (files, d) = sender_file();
     let outcomes: Arc<parking_lot::Mutex<Vec<(u64, SnapshotSent)>>> = Arc::default();
     let out = |id: u64| {
@@ -1941,7 +1991,7 @@ fn control_words_waiting_together_go_out_in_one_write() {
 fn a_peers_refusals_count_each_stream_once() {
     let counters = Counters::default();
     let key = StaticSecret::generate().unwrap().public_key();
-    let mut awaiting = AwaitingDelivery::new(Duration::from_secs(30));
+    let mut awaiting = AwaitingDelivery::new(Duration::from_secs(30), Arc::default());
     let (files, d) = sender_file();
     let outcomes: Arc<parking_lot::Mutex<Vec<SnapshotSent>>> = Arc::default();
     let o = Arc::clone(&outcomes);
@@ -2065,4 +2115,510 @@ fn a_stream_whose_worker_panicked_is_refused() {
     assert_eq!(stats.streams_refused, 1, "{stats:#?}");
     assert_eq!(stats.streams_received, 0, "{stats:#?}");
     assert_eq!(inbox.got.len(), 1, "only the raft frame");
+}
+
+/// Review 3 of the delivered frame, MEDIUM-2: every chunk is written well
+/// within the chunk timeout (400 ms each, timeout 1 s), yet the chunks of
+/// the window still in flight when the end frame is written take longer
+/// than one timeout to land. Each credit the receiver grants after the end
+/// frame moves the sender's delivery deadline on: the stream is `Written`.
+#[test]
+fn an_honest_slow_stream_is_not_failed_at_its_end() {
+    let mut sender_config = loopback_config();
+    sender_config.snapshot_chunk_timeout = Duration::from_secs(1);
+    let (sender, receiver) = sender_and_receiver(sender_config);
+    let inbox = FilesInbox::gated(
+        |files| files,
+        Some((Arc::new(Gate::default()), GateAt::SlowPut)),
+    );
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    let rx = stream_from(&sender, &files, &d, Arc::new(|_| {}));
+    let got = rx.recv_timeout(WAIT);
+    let s = sender.stats();
+    assert_eq!(got, Ok(SnapshotSent::Written), "{s:#?}");
+    assert_eq!(s.streams_delivery_timed_out, 0, "{s:#?}");
+    assert_eq!(inbox.got.len(), 1);
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// The awaiting-delivery deadline, word by word: a stream whose credit went
+/// up since its deadline was set waits one timeout more, from the check;
+/// one with no new credit, or with credit beyond what an honest receiver
+/// grants (the file's chunks and the window), fails.
+#[test]
+fn a_credit_after_the_end_frame_moves_the_delivery_deadline_on() {
+    let counters = Counters::default();
+    let timeout = Duration::from_secs(30);
+    let credits = Arc::new(StreamCredits::default());
+    let mut awaiting = AwaitingDelivery::new(timeout, Arc::clone(&credits));
+    let (files, d) = sender_file();
+    assert_eq!(d.chunks, 5);
+    let outcomes: Arc<parking_lot::Mutex<Vec<(u64, SnapshotSent)>>> = Arc::default();
+    let out = |id: u64| {
+        let outcomes = Arc::clone(&outcomes);
+        OutStream::new(
+            stream(id),
+            Bytes::new(),
+            files.open(&d).unwrap(),
+            Box::new(move |s| outcomes.lock().push((id, s))),
+        )
+    };
+    let now = tokio::time::Instant::now();
+    // At their end frames both had 5 chunks granted (all sent).
+    credits.grant(1, 5);
+    credits.grant(2, 5);
+    awaiting.insert(out(1), now);
+    awaiting.insert(out(2), now);
+    // Stream 1's receiver wrote one more chunk; stream 2's granted far
+    // beyond the file (no progress an honest receiver makes).
+    credits.grant(1, 6);
+    credits.grant(2, 5 + STREAM_WINDOW_CHUNKS + 1);
+    let first = now + timeout;
+    assert_eq!(awaiting.next_deadline(), Some(first));
+    assert_eq!(awaiting.expire(&counters, first), vec![2]);
+    assert_eq!(awaiting.next_deadline(), Some(first + timeout));
+    // No credit since: it fails at its moved deadline.
+    assert_eq!(
+        awaiting.expire(&counters, first + timeout - Duration::from_millis(1)),
+        Vec::<u64>::new()
+    );
+    assert_eq!(awaiting.expire(&counters, first + timeout), vec![1]);
+    use SnapshotSent::*;
+    assert_eq!(*outcomes.lock(), vec![(2, Failed), (1, Failed)]);
+    assert_eq!(counters.snapshot().streams_delivery_timed_out, 2);
+}
+
+/// Review 3, MEDIUM-3: a replica whose inbox cannot take the snapshot's
+/// message (its mailbox full) does not have it: the stream is refused
+/// (`other`), no delivered frame is sent, and the sender hears `Failed`
+/// (raft sends the snapshot again rather than an append past it).
+#[test]
+fn a_snapshot_the_inbox_could_not_take_is_refused_not_delivered() {
+    let (sender, receiver) = sender_and_receiver(loopback_config());
+    let inbox = FilesInbox::new();
+    inbox.drop_snapshots.store(true, Ordering::Release);
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    let rx = stream_from(&sender, &files, &d, Arc::new(|_| {}));
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Failed));
+    // The refusal is counted right after `done` hears.
+    wait_until("the refusal counted", || {
+        sender.stats().streams_refused_by_peer_other == 1
+    });
+    let (s, r) = (sender.stats(), receiver.stats());
+    assert_eq!(s.streams_sent, 0, "{s:#?}");
+    assert_eq!(s.streams_delivered_unknown, 0, "{s:#?}");
+    assert_eq!(r.streams_received, 0, "{r:#?}");
+    assert_eq!(r.streams_refused, 1, "{r:#?}");
+    assert_eq!(r.streams_refused_dropped, 1, "{r:#?}");
+    assert_eq!(inbox.got.len(), 0);
+    wait_until("the slot given back", || receiver.streams_receiving() == 0);
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// The same at the frame level: the refusal comes in place of the
+/// delivered frame (a worker sends one word or the other, once).
+#[test]
+fn a_stream_whose_message_the_inbox_dropped_gets_a_refusal_and_no_kind_11() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    inbox.drop_snapshots.store(true, Ordering::Release);
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let refused = scene.runtime.block_on(async {
+        peer.honest_stream(&mut seen, 1, &d, &chunks).await;
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(1, RefusalReason::Other)]);
+    assert!(seen.delivered.is_empty(), "{seen:?}");
+    let stats = scene.transport.stats();
+    assert_eq!(stats.streams_refused_dropped, 1, "{stats:#?}");
+    assert_eq!(stats.streams_received, 0, "{stats:#?}");
+}
+
+/// Review 3, test gap: the delivered frame is sent only after the inbox
+/// took the message, checked without timing: while `deliver_snapshot` is
+/// held, a refusal the read loop queues behind anything the worker queued
+/// comes back first and alone.
+#[test]
+fn the_delivered_frame_follows_the_inbox_taking_the_message() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    let gate = Arc::new(Gate::default());
+    *inbox.deliver_gate.lock().unwrap() = Some(Arc::clone(&gate));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    scene
+        .runtime
+        .block_on(peer.honest_stream(&mut seen, 1, &d, &chunks));
+    wait_until("the worker in deliver_snapshot", || gate.waiting() == 1);
+    // A data frame for a stream never opened: the read loop queues its
+    // refusal on the control channel, behind any word already there.
+    scene.runtime.block_on(async {
+        peer.data(99, 0, &chunks[0]).await;
+        peer.read_until(&mut seen, |s| s.refused.iter().any(|&(id, _)| id == 99))
+            .await;
+    });
+    assert!(
+        seen.delivered.is_empty(),
+        "the delivered frame was sent before the inbox took the message: {seen:?}"
+    );
+    gate.open();
+    scene
+        .runtime
+        .block_on(peer.read_until(&mut seen, |s| !s.delivered.is_empty()));
+    assert_eq!(seen.delivered, vec![1]);
+    assert_eq!(inbox.got.len(), 1);
+}
+
+/// Opens stream `id` of replica `from` on `peer`, has its first chunk's put
+/// held at `gate` (the `held`-th held put), then cancels it: its slot comes
+/// back, its worker stays (held in the disk).
+fn open_hold_and_cancel(
+    scene: &Scene,
+    peer: &mut RawPeer,
+    seen: &mut Replies,
+    gate: &Gate,
+    (from, id, held): (u64, u64, usize),
+) {
+    let (d, chunks) = snapshot(200 << 10, 7);
+    scene.runtime.block_on(async {
+        peer.open_stream_from(from, id, &d.to_bytes().unwrap(), &d)
+            .await;
+        peer.credit(seen, id, 1).await;
+        peer.send_plaintext(&encode_stream_data(stream_of(from, id), 0, &chunks[0]))
+            .await;
+    });
+    wait_until("the put held", || gate.waiting() == held);
+    scene
+        .runtime
+        .block_on(peer.send_plaintext(&encode_stream_refused(id, RefusalReason::Timeout)));
+    wait_until("its slot given back", || {
+        scene.transport.streams_receiving() == 0
+    });
+}
+
+/// Review 3, MEDIUM-1 (the reviewer's probe turned around): one peer whose
+/// streams are each cancelled while their worker waits in the disk holds no
+/// slot, but its workers stay counted; it gets at most twice its share of
+/// the slots in workers (2 x 2 by default), then `busy`, and another peer's
+/// open is still taken.
+#[test]
+fn one_peers_let_go_workers_do_not_take_the_process_cap() {
+    let scene = Scene::new(|_| {});
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::with(|files| files, Some(Arc::clone(&gate)));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, _) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    for id in 1..=4u64 {
+        open_hold_and_cancel(&scene, &mut peer, &mut seen, &gate, (2, id, id as usize));
+    }
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(5, &d.to_bytes().unwrap(), &d).await;
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(5, RefusalReason::Busy)], "its fifth worker");
+    // Replica 3, another process: taken (its worker grants credit).
+    let mut third = scene.connect_third();
+    let mut seen3 = Replies::default();
+    scene.runtime.block_on(async {
+        third
+            .open_stream_from(3, 1, &d.to_bytes().unwrap(), &d)
+            .await;
+        third.credit(&mut seen3, 1, 1).await;
+    });
+    assert!(seen3.refused.is_empty(), "{seen3:?}");
+    assert_eq!(scene.transport.streams_receiving(), 1);
+    gate.open();
+}
+
+/// Review 3, test gap (mutation `stream_workers_max -> usize::MAX` passed
+/// every test): the process's cap on file workers holds across peers. One
+/// slot (`snapshot_streams_max = 1`), so two workers in the process and two
+/// per peer: one let-go worker of each peer fills it, and the next open,
+/// with a slot free and the peer under its own cap, is refused `busy`.
+#[test]
+fn let_go_workers_of_every_peer_are_bounded_by_the_process_cap() {
+    let scene = Scene::new(|c| c.snapshot_streams_max = 1);
+    let gate = Arc::new(Gate::default());
+    let inbox = FilesInbox::with(|files| files, Some(Arc::clone(&gate)));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, _) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let mut third = scene.connect_third();
+    let mut seen3 = Replies::default();
+    open_hold_and_cancel(&scene, &mut peer, &mut seen, &gate, (2, 1, 1));
+    open_hold_and_cancel(&scene, &mut third, &mut seen3, &gate, (3, 1, 2));
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(2, &d.to_bytes().unwrap(), &d).await;
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(2, RefusalReason::Busy)]);
+    gate.open();
+    // Once the disk returns the workers end and a stream is taken again.
+    wait_until("the workers gone", || {
+        scene
+            .transport
+            .shared()
+            .stream_workers
+            .load(Ordering::Acquire)
+            == 0
+    });
+    scene.runtime.block_on(async {
+        third
+            .open_stream_from(3, 2, &d.to_bytes().unwrap(), &d)
+            .await;
+        third.credit(&mut seen3, 2, 1).await;
+    });
+    assert!(seen3.refused.is_empty(), "{seen3:?}");
+}
+
+/// A connection's receiving side, driven by hand: its control channel
+/// (capacity `control_max`, never drained unless the test does), the
+/// credits its workers record, and the streams.
+fn in_streams(
+    scene: &Scene,
+    control_max: usize,
+    accepted: bool,
+) -> (InStreams, mpsc::Receiver<Control>, Arc<CreditsToGrant>) {
+    let (control, rx) = mpsc::channel(control_max);
+    let to_grant = Arc::new(CreditsToGrant::default());
+    let streams = InStreams::new(
+        scene.transport.shared(),
+        scene.peer.public_key(),
+        control,
+        Arc::clone(&to_grant),
+        Arc::default(),
+        accepted,
+    );
+    (streams, rx, to_grant)
+}
+
+/// The open frame's parts for stream `id` of `d` from replica 2.
+fn open_parts(d: &SnapshotDescriptor) -> (Vec<u8>, Vec<u8>) {
+    (
+        d.to_bytes().unwrap(),
+        encode_message(&snapshot_message(d)).unwrap(),
+    )
+}
+
+/// Review 3, MEDIUM-1 (a): a file worker never waits for the connection's
+/// writer to grant credit (the peer controls how fast the writer drains):
+/// with the control channel full and never drained, the worker still
+/// records its credit, and once the stream is cancelled it ends at once.
+#[test]
+fn a_worker_never_waits_for_the_writer_to_grant_credit() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    let _in_runtime = scene.runtime.enter();
+    let (mut streams, rx, to_grant) = in_streams(&scene, 1, true);
+    // The channel is full: a refusal (of a data frame for a stream never
+    // open) the writer never takes.
+    streams.data(stream(77), 0, &[1]);
+    assert_eq!(rx.len(), 1, "the control channel is full");
+    let (d, _) = snapshot(200 << 10, 7);
+    let (descriptor, message) = open_parts(&d);
+    let inbox: Arc<dyn Inbox> = inbox;
+    streams.open(Some(Arc::clone(&inbox)), stream(1), &descriptor, &message);
+    let shared = scene.transport.shared();
+    assert_eq!(shared.stream_workers.load(Ordering::Acquire), 1);
+    let mut granted = std::collections::BTreeMap::new();
+    wait_until("the worker's credit recorded", || {
+        granted.extend(to_grant.take());
+        granted.get(&1) == Some(&STREAM_WINDOW_CHUNKS)
+    });
+    streams.refused_frame(1, RefusalReason::Timeout);
+    wait_until("the let-go worker gone", || {
+        shared.stream_workers.load(Ordering::Acquire) == 0
+    });
+    assert_eq!(scene.transport.streams_receiving(), 0);
+}
+
+/// Review 3, LOW-1: streams go only from the dialer to the acceptor; an
+/// open on a connection this process dialed is refused (`not admitted`),
+/// with no worker started.
+#[test]
+fn an_open_on_a_connection_this_process_dialed_is_refused() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    let _in_runtime = scene.runtime.enter();
+    let (mut streams, mut rx, to_grant) = in_streams(&scene, 8, false);
+    let (d, _) = snapshot(200 << 10, 7);
+    let (descriptor, message) = open_parts(&d);
+    let inbox: Arc<dyn Inbox> = inbox;
+    streams.open(Some(inbox), stream(1), &descriptor, &message);
+    assert_eq!(
+        rx.try_recv(),
+        Ok(Control::Refuse(1, RefusalReason::NotAdmitted))
+    );
+    let shared = scene.transport.shared();
+    assert_eq!(shared.stream_workers.load(Ordering::Acquire), 0);
+    assert_eq!(scene.transport.streams_receiving(), 0);
+    assert!(to_grant.take().is_empty(), "no credit granted");
+    assert_eq!(scene.transport.stats().streams_refused, 1);
+}
+
+/// Review 3, LOW-2 (documented, not changed): an open for a stream id open
+/// on the connection already is refused, and so is the running stream of
+/// that id (the refusal names the id: the sender fails whatever it sends
+/// under it, and a stream kept here would only hold its slot until its
+/// timeout). Later frames of the id are ignored.
+#[test]
+fn a_duplicate_open_refuses_the_stream_of_that_id_once() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    let refused = scene.runtime.block_on(async {
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.credit(&mut seen, 1, 1).await;
+        peer.data(1, 0, &chunks[0]).await;
+        peer.open_stream(1, &d.to_bytes().unwrap(), &d).await;
+        peer.refusals(&mut seen, 1).await
+    });
+    assert_eq!(refused, vec![(1, RefusalReason::Other)]);
+    wait_until("its slot given back", || {
+        scene.transport.streams_receiving() == 0
+    });
+    // Its later frames are ignored: no second refusal; the raft frame
+    // behind them is delivered.
+    scene.runtime.block_on(async {
+        peer.data(1, 1, &chunks[1]).await;
+        peer.send_message(
+            RaftHeader {
+                group: 1,
+                from: 2,
+                to: 1,
+            },
+            &raft_message(2, 1, 5),
+        )
+        .await;
+    });
+    wait_until("the raft frame", || inbox.got.len() == 1);
+    let stats = scene.transport.stats();
+    assert_eq!(stats.streams_refused, 1, "{stats:#?}");
+    assert_eq!(stats.streams_received, 0, "{stats:#?}");
+    assert_eq!(stats.streams_abandoned, 0, "{stats:#?}");
+}
+
+/// A reader that hands out its first chunk, then fails (the file became
+/// unreadable after the stream was opened).
+struct FailingReader {
+    inner: Box<dyn SnapshotReader>,
+    given: u32,
+}
+
+impl SnapshotReader for FailingReader {
+    fn descriptor(&self) -> &SnapshotDescriptor {
+        self.inner.descriptor()
+    }
+
+    fn next_chunk(&mut self) -> Result<Option<(u32, Bytes)>, SnapshotFileError> {
+        if self.given >= 1 {
+            return Err(SnapshotFileError::Tampered { seq: self.given });
+        }
+        self.given += 1;
+        self.inner.next_chunk()
+    }
+}
+
+/// Review 3, test gap: a file that cannot be read after its stream was
+/// opened fails the stream at the sender (`Failed`) and cancels it at the
+/// receiver, which drops it at once (not at its own timeout).
+#[test]
+fn a_stream_whose_file_becomes_unreadable_is_cancelled_at_the_receiver() {
+    let (sender, receiver) = sender_and_receiver(loopback_config());
+    let inbox = FilesInbox::new();
+    receiver.register(1, 1, inbox.clone()).unwrap();
+    let (files, d) = sender_file();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let envelope = Envelope {
+        group: 1,
+        message: snapshot_message(&d),
+    };
+    let start = Instant::now();
+    loop {
+        let tx = tx.clone();
+        let body = Box::new(FailingReader {
+            inner: files.open(&d).unwrap(),
+            given: 0,
+        });
+        let sent = sender.try_send_snapshot_stream(
+            envelope.clone(),
+            body,
+            Box::new(move |s| {
+                let _ = tx.send(s);
+            }),
+        );
+        if sent.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the sender never queued: {sent:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(rx.recv_timeout(WAIT), Ok(SnapshotSent::Failed));
+    let s = sender.stats();
+    assert_eq!(s.streams_cancelled, 1, "{s:#?}");
+    assert_eq!(s.streams_send_failed, 1, "{s:#?}");
+    wait_until("the receiver dropped the stream on the cancel", || {
+        receiver.stats().streams_cancelled_by_peer == 1
+    });
+    wait_until("its slot given back", || receiver.streams_receiving() == 0);
+    assert_eq!(inbox.got.len(), 0);
+    sender.shutdown();
+    receiver.shutdown();
+}
+
+/// Review 3, test gap: a cancel that comes after the worker decided to
+/// deliver (it is handing the message to the inbox) changes nothing: the
+/// stream is delivered and said so, the cancel is ignored and counted.
+#[test]
+fn a_cancel_after_the_worker_decided_to_deliver_is_ignored() {
+    let scene = Scene::new(|_| {});
+    let inbox = FilesInbox::new();
+    let gate = Arc::new(Gate::default());
+    *inbox.deliver_gate.lock().unwrap() = Some(Arc::clone(&gate));
+    scene.transport.register(1, 1, inbox.clone()).unwrap();
+    let (d, chunks) = snapshot(200 << 10, 7);
+    let mut peer = scene.connect_peer();
+    let mut seen = Replies::default();
+    scene
+        .runtime
+        .block_on(peer.honest_stream(&mut seen, 1, &d, &chunks));
+    wait_until("the worker in deliver_snapshot", || gate.waiting() == 1);
+    scene.runtime.block_on(async {
+        peer.send_plaintext(&encode_stream_refused(1, RefusalReason::Timeout))
+            .await;
+        // Behind the cancel on the connection: the read loop saw it once
+        // this refusal comes back.
+        peer.data(99, 0, &chunks[0]).await;
+        peer.read_until(&mut seen, |s| s.refused.iter().any(|&(id, _)| id == 99))
+            .await;
+    });
+    gate.open();
+    scene
+        .runtime
+        .block_on(peer.read_until(&mut seen, |s| !s.delivered.is_empty()));
+    assert_eq!(seen.delivered, vec![1]);
+    assert_eq!(seen.refused, vec![(99, RefusalReason::Other)]);
+    assert_eq!(inbox.got.len(), 1);
+    let stats = scene.transport.stats();
+    assert_eq!(stats.streams_received, 1, "{stats:#?}");
+    assert_eq!(stats.streams_cancelled_by_peer, 0, "{stats:#?}");
+    assert_eq!(stats.streams_refusals_ignored, 1, "{stats:#?}");
+    wait_until("its slot given back", || {
+        scene.transport.streams_receiving() == 0
+    });
 }

@@ -99,8 +99,9 @@ const STREAM_DELIVERED_BYTES: usize = 1 + 8;
 /// [`RefusalReason::Other`]: a newer peer's reason is never a protocol error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RefusalReason {
-    /// Anything else (a duplicate or unknown stream id, an internal failure,
-    /// or a reason this build does not know).
+    /// Anything else (a duplicate or unknown stream id, the replica's inbox
+    /// unable to take the message, an internal failure, or a reason this
+    /// build does not know).
     Other,
     /// The receiver had no stream slot free (`snapshot_streams_max`, or the
     /// sending peer's share of it).
