@@ -954,3 +954,87 @@ fn a_backlog_drains_while_entries_keep_committing() {
         backlog(&net)
     );
 }
+
+/// Review 3 of the delivered frame, LOW-4: an outcome is tied to the index
+/// of the snapshot it is about. A late one about another snapshot than the
+/// one raft waits for is ignored (it moved the peer on as if the pending one
+/// had arrived or failed); the right one is taken.
+#[test]
+fn a_snapshot_outcome_for_another_index_is_ignored() {
+    let mut net = fleet::<false>();
+    net.elect(1);
+    let client = net.register(1);
+    net.isolate(3);
+    let mut seq = 1;
+    put_many(&mut net, client, &mut seq, 40);
+    net.recover();
+    let mut sent = None;
+    for _ in 0..50 {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        if net.run_until(|n| n.in_flight.iter().any(|m| is_snapshot_to(m, 3))) {
+            let at = net
+                .in_flight
+                .iter()
+                .position(|m| is_snapshot_to(m, 3))
+                .unwrap();
+            sent = net.in_flight.remove(at);
+            break;
+        }
+    }
+    let index = sent
+        .expect("the leader sent replica 3 a snapshot")
+        .get_snapshot()
+        .get_metadata()
+        .index;
+    net.in_flight.clear();
+    // A heartbeat round between 1 and 3 (raft pauses a peer after a
+    // snapshot's outcome until it answers one); then whether 1 sends 3
+    // anything to catch up with.
+    let sends_to_3 = |net: &mut Network<BlankKv>| {
+        use raft::prelude::MessageType::{MsgHeartbeat, MsgHeartbeatResponse};
+        let heartbeat = |m: &raft::prelude::Message| {
+            matches!(m.get_msg_type(), MsgHeartbeat | MsgHeartbeatResponse)
+                && (m.from == 3 || m.to == 3)
+        };
+        for _ in 0..4 {
+            net.tick(1);
+            net.cycle(1);
+            net.deliver_where(heartbeat);
+            net.cycle(3);
+            net.deliver_where(heartbeat);
+            net.cycle(1);
+            let sent = net.in_flight.iter().any(|m| {
+                m.to == 3
+                    && matches!(
+                        m.get_msg_type(),
+                        raft::prelude::MessageType::MsgAppend
+                            | raft::prelude::MessageType::MsgSnapshot
+                    )
+            });
+            net.in_flight.retain(|m| m.to != 3 && m.from != 3);
+            if sent {
+                return true;
+            }
+        }
+        false
+    };
+    // A late outcome of an older send: raft keeps waiting for this one.
+    net.replica_mut(1)
+        .report_snapshot(3, index - 1, raft::SnapshotStatus::Failure);
+    let put = KvStore::put("after", "1");
+    net.propose(1, client, seq, seq, put).expect("propose");
+    seq += 1;
+    assert!(!sends_to_3(&mut net), "a stale outcome moved the peer on");
+    net.in_flight.clear();
+    // The outcome of this send: the leader tries again.
+    net.replica_mut(1)
+        .report_snapshot(3, index, raft::SnapshotStatus::Failure);
+    let put = KvStore::put("after", "2");
+    net.propose(1, client, seq, seq, put).expect("propose");
+    assert!(
+        sends_to_3(&mut net),
+        "the outcome of the pending send was ignored"
+    );
+}

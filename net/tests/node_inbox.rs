@@ -1,8 +1,9 @@
 //! A node's inbox never drops a streamed snapshot's message in silence
 //! (review 3 of the delivered frame, MEDIUM-3): with the node's mailbox
-//! full, `Inbox::deliver_snapshot` says `Dropped`, so the transport refuses
-//! the stream instead of telling the leader it was delivered; a message for
-//! another group is refused too. (The transport's side, a refusal and no
+//! full, `Inbox::deliver_snapshot` keeps a few beside it for the next turn
+//! and says `Dropped` beyond them, so the transport refuses the stream
+//! instead of telling the leader it was delivered; a message for another
+//! group is refused too. (The transport's side, a refusal and no
 //! delivered frame, is tested in the crate's stream tests.)
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -94,10 +95,19 @@ fn a_full_mailbox_refuses_a_snapshot_rather_than_drop_it() {
         }
         assert!(queued <= 4, "the mailbox took more than its capacity");
     }
+    // Two wait beside the full mailbox for the node's next turn; a third is
+    // refused, never dropped in silence.
+    for _ in 0..2 {
+        assert_eq!(
+            handle.deliver_snapshot(snapshot_from_leader(group)),
+            Ok(()),
+            "a snapshot that found the mailbox full was not kept for the next turn"
+        );
+    }
     assert_eq!(
         handle.deliver_snapshot(snapshot_from_leader(group)),
         Err(Dropped),
-        "a full mailbox took the snapshot (or dropped it in silence)"
+        "a full mailbox took more snapshots than it keeps (or dropped one in silence)"
     );
     transport.open();
     node.shutdown().expect("clean shutdown");

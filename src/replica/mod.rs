@@ -1075,9 +1075,26 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.raw.report_unreachable(to);
     }
 
-    /// Tells raft whether a snapshot sent to `to` arrived.
-    pub fn report_snapshot(&mut self, to: ReplicaId, status: SnapshotStatus) {
-        self.raw.report_snapshot(to, status);
+    /// Tells raft whether the snapshot at `index` sent to `to` arrived. A
+    /// report about another snapshot than the one raft waits for (a late
+    /// outcome of an older send) is ignored: it would move the peer on as if
+    /// the newer one had arrived or failed (review 3 of the delivered frame,
+    /// LOW-4).
+    pub fn report_snapshot(&mut self, to: ReplicaId, index: u64, status: SnapshotStatus) {
+        let waits = self.raw.raft.prs().get(to).is_some_and(|p| {
+            p.state == raft::ProgressState::Snapshot && p.pending_snapshot == index
+        });
+        if waits {
+            self.raw.report_snapshot(to, status);
+        } else {
+            tracing::debug!(
+                replica = self.cfg.id,
+                to,
+                index,
+                ?status,
+                "ignoring the outcome of a snapshot send raft no longer waits for"
+            );
+        }
     }
 
     // ---- the Ready cycle ------------------------------------------------------

@@ -77,8 +77,9 @@ pub(crate) enum Input {
     Membership(MembershipChange, ResponseSlot),
     StateDigest(ResponseSlot),
     TransferLeader(ReplicaId),
-    /// How the send of a snapshot to a peer ended (from its transport).
-    SnapshotSent(ReplicaId, SnapshotSent),
+    /// How the send of the snapshot at an index to a peer ended (from its
+    /// transport).
+    SnapshotSent(ReplicaId, u64, SnapshotSent),
     /// A snapshot build or restore finished: its outcome waits in
     /// `Shared::builds_done` or `Shared::restores_done` (this input only wakes
     /// the node, and may be dropped when the mailbox is full: the outcome is
@@ -96,7 +97,12 @@ pub(super) struct Shared {
     command_bytes_max: usize,
     /// Snapshot outcomes that found the mailbox full: never lost (raft holds
     /// the peer back until it hears one), taken by the node on its next turn.
-    snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, SnapshotSent)>>,
+    snapshot_reports: parking_lot::Mutex<Vec<(ReplicaId, u64, SnapshotSent)>>,
+    /// Streamed snapshots' messages that found the mailbox full, at most
+    /// [`SNAPSHOTS_WAITING_MAX`]: stepped first at the node's next turn, so a
+    /// snapshot that crossed the network whole is not lost (and sent again)
+    /// for want of a mailbox slot.
+    snapshots_waiting: parking_lot::Mutex<Vec<Message>>,
     /// Outcomes of snapshot builds, by index, taken by the node each turn.
     builds_done: parking_lot::Mutex<Vec<(u64, Result<SnapshotDescriptor, SnapshotBuildError>)>>,
     /// Outcomes of snapshot restores, taken by the node each turn.
@@ -140,10 +146,10 @@ impl Shared {
         }
     }
 
-    fn report_snapshot(&self, to: ReplicaId, sent: SnapshotSent) {
-        match self.push(Input::SnapshotSent(to, sent)) {
+    fn report_snapshot(&self, to: ReplicaId, index: u64, sent: SnapshotSent) {
+        match self.push(Input::SnapshotSent(to, index, sent)) {
             Ok(()) | Err(PushError::Closed(_)) => {}
-            Err(PushError::Full(_)) => self.snapshot_reports.lock().push((to, sent)),
+            Err(PushError::Full(_)) => self.snapshot_reports.lock().push((to, index, sent)),
         }
     }
 }
@@ -301,9 +307,11 @@ impl Inbox for NodeHandle {
         let _ = self.shared.push(Input::Raft(envelope.message));
     }
 
-    /// Never drops a snapshot in silence: a full mailbox (or a stopped
-    /// node, or another group) says [`Dropped`], and the transport refuses
-    /// the stream rather than tell the leader it arrived.
+    /// Never drops a snapshot in silence: one that finds the mailbox full
+    /// waits beside it for the node's next turn (at most
+    /// [`SNAPSHOTS_WAITING_MAX`]); beyond that, a stopped node or another
+    /// group says [`Dropped`], and the transport refuses the stream rather
+    /// than tell the leader it arrived.
     fn deliver_snapshot(&self, envelope: Envelope) -> Result<(), Dropped> {
         if envelope.group != self.shared.group {
             tracing::warn!(
@@ -313,9 +321,18 @@ impl Inbox for NodeHandle {
             );
             return Err(Dropped);
         }
-        self.shared
-            .push(Input::Raft(envelope.message))
-            .map_err(|_| Dropped)
+        match self.shared.push(Input::Raft(envelope.message)) {
+            Ok(()) => Ok(()),
+            Err(PushError::Full(Input::Raft(message))) => {
+                let mut waiting = self.shared.snapshots_waiting.lock();
+                if waiting.len() >= SNAPSHOTS_WAITING_MAX {
+                    return Err(Dropped);
+                }
+                waiting.push(message);
+                Ok(())
+            }
+            Err(_) => Err(Dropped),
+        }
     }
 
     fn snapshot_files(&self) -> Option<Arc<dyn SnapshotFiles>> {
@@ -494,6 +511,11 @@ fn input_slot(input: &Input) -> Option<&ResponseSlot> {
 /// Entries of [`PendingRequests`]' ring kept after a spike drains.
 const RING_KEPT: usize = 4096;
 
+/// Streamed snapshots' messages a node keeps beside a full mailbox for its
+/// next turn (one per sender is the most an honest fleet sends at once:
+/// only a leader sends, one snapshot at a time per follower).
+const SNAPSHOTS_WAITING_MAX: usize = 2;
+
 #[derive(Debug)]
 struct PendingRequests<T> {
     /// The id of `ring[0]`.
@@ -651,6 +673,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             status: StatusLock::new(replica.status()),
             command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
+            snapshots_waiting: parking_lot::Mutex::new(Vec::new()),
             builds_done: parking_lot::Mutex::new(Vec::new()),
             restores_done: parking_lot::Mutex::new(Vec::new()),
             files: replica.snapshot_files(),
@@ -715,12 +738,18 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         // `VecDeque::from(Vec)` keeps the allocation; so does the way back
         // above once the deque is empty.
         self.inputs = VecDeque::from(inputs);
+        // Snapshots that found the mailbox full go first: they were delivered
+        // before anything the leader sent after hearing so.
+        let waiting = std::mem::take(&mut *self.shared.snapshots_waiting.lock());
+        for message in waiting.into_iter().rev() {
+            self.inputs.push_front(Input::Raft(message));
+        }
         while let Some(input) = self.inputs.pop_front() {
             self.accept(input);
         }
         let late = std::mem::take(&mut *self.shared.snapshot_reports.lock());
-        for (to, sent) in late {
-            self.accept(Input::SnapshotSent(to, sent));
+        for (to, index, sent) in late {
+            self.accept(Input::SnapshotSent(to, index, sent));
         }
         let now = Instant::now();
         let mut ticks = 0;
@@ -794,13 +823,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 return;
             }
             Input::SnapshotJobDone => return,
-            Input::SnapshotSent(to, sent) => {
+            Input::SnapshotSent(to, index, sent) => {
                 let (status, result) = match sent {
                     SnapshotSent::Written => (SnapshotStatus::Finish, "written"),
                     SnapshotSent::Failed => (SnapshotStatus::Failure, "failed"),
                 };
                 metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => result).increment(1);
-                self.replica.report_snapshot(to, status);
+                self.replica.report_snapshot(to, index, status);
                 return;
             }
             Input::Propose(request, slot) => (slot, "command", self.replica.propose(id, request)),
@@ -909,7 +938,8 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         // went: the transport says, once it has written it out (or failed),
         // through the node's mailbox.
         let shared = Arc::clone(&self.shared);
-        let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, sent));
+        let index = envelope.message.get_snapshot().get_metadata().index;
+        let done: SnapshotDone = Box::new(move |sent| shared.report_snapshot(to, index, sent));
         let sent = match self.replica.snapshot_body(envelope.message.get_snapshot()) {
             Ok(None) => self.transport.send_snapshot(envelope, done),
             Ok(Some(body)) => self.transport.send_snapshot_stream(envelope, body, done),
@@ -931,7 +961,8 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         if sent.is_err() {
             metrics::counter!(telemetry::SNAPSHOTS_SENT, "result" => "failed").increment(1);
             self.replica.report_unreachable(to);
-            self.replica.report_snapshot(to, SnapshotStatus::Failure);
+            self.replica
+                .report_snapshot(to, index, SnapshotStatus::Failure);
         }
     }
 
@@ -1124,6 +1155,62 @@ mod tests {
             ring.ring.capacity() <= 2 * RING_KEPT,
             "capacity {} kept after the spike",
             ring.ring.capacity()
+        );
+    }
+
+    /// A streamed snapshot that finds the mailbox full waits beside it (at
+    /// most `SNAPSHOTS_WAITING_MAX`) and is stepped at the next turn, before
+    /// what the mailbox held: it crossed the network whole, and dropping it
+    /// would make the leader send it all again (review 3, MEDIUM-3).
+    #[test]
+    fn a_snapshot_that_finds_the_mailbox_full_is_stepped_at_the_next_turn() {
+        struct Quiet;
+        impl Transport for Quiet {
+            fn send(&self, _envelope: Envelope) -> Result<(), TransportError> {
+                Ok(())
+            }
+        }
+        let fleet = crate::FleetConfig::new(vec![
+            crate::MemberSpec::voter(1, "dc-a"),
+            crate::MemberSpec::voter(2, "dc-b"),
+            crate::MemberSpec::voter(3, "dc-c"),
+        ]);
+        let mut log = crate::MemLog::new();
+        Replica::bootstrap(&mut log, &crate::KvStore::default(), &fleet).expect("bootstrap");
+        let mut cfg = NodeConfig::new(ReplicaConfig::new(1));
+        cfg.mailbox_inputs_max = 2;
+        let mut driver =
+            Driver::new(&cfg, log, crate::KvStore::default(), Arc::new(Quiet)).expect("driver");
+        let handle = NodeHandle {
+            shared: Arc::clone(&driver.shared),
+        };
+        while handle.transfer_leader(2).is_ok() {}
+        // A snapshot from a replica that is not this one's leader: the replica
+        // refuses it, which shows it was stepped.
+        let snapshot = || {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgSnapshot);
+            m.from = 2;
+            m.to = 1;
+            m.term = 2;
+            m.mut_snapshot().mut_metadata().index = 10;
+            m.mut_snapshot().mut_metadata().term = 2;
+            Envelope {
+                group: 1,
+                message: m,
+            }
+        };
+        for _ in 0..SNAPSHOTS_WAITING_MAX {
+            assert_eq!(handle.deliver_snapshot(snapshot()), Ok(()));
+        }
+        assert_eq!(handle.deliver_snapshot(snapshot()), Err(Dropped));
+        let refused = driver.replica.messages_refused();
+        assert!(driver.turn(Duration::ZERO).expect("turn"));
+        assert!(driver.shared.snapshots_waiting.lock().is_empty());
+        assert_eq!(
+            driver.replica.messages_refused() - refused,
+            SNAPSHOTS_WAITING_MAX as u64,
+            "the waiting snapshots were stepped"
         );
     }
 

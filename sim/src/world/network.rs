@@ -105,6 +105,7 @@ impl<W: Workload> Simulation<W> {
             return;
         };
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let snap_index = message.get_snapshot().get_metadata().index;
         let vote_granted =
             message.get_msg_type() == MessageType::MsgRequestVoteResponse && !message.reject;
         let p = self.opts.faults.crash_after_vote;
@@ -116,7 +117,7 @@ impl<W: Workload> Simulation<W> {
             if let Some(r) = self.hosts[from].replica.as_mut() {
                 r.report_unreachable(message.to);
                 if is_snapshot {
-                    r.report_snapshot(message.to, SnapshotStatus::Failure);
+                    r.report_snapshot(message.to, snap_index, SnapshotStatus::Failure);
                 }
             }
             return;
@@ -124,7 +125,7 @@ impl<W: Workload> Simulation<W> {
         let Some(delay) = self.link_delay(from, to) else {
             if is_snapshot {
                 if let Some(r) = self.hosts[from].replica.as_mut() {
-                    r.report_snapshot(message.to, SnapshotStatus::Failure);
+                    r.report_snapshot(message.to, snap_index, SnapshotStatus::Failure);
                 }
             }
             return;
@@ -153,7 +154,7 @@ impl<W: Workload> Simulation<W> {
                     self.note(|| format!("replica {id} cannot send its snapshot: {why}"));
                     if let Some(r) = self.hosts[from].replica.as_mut() {
                         r.report_unreachable(message.to);
-                        r.report_snapshot(message.to, SnapshotStatus::Failure);
+                        r.report_snapshot(message.to, snap_index, SnapshotStatus::Failure);
                     }
                     return;
                 }
@@ -183,9 +184,10 @@ impl<W: Workload> Simulation<W> {
     pub(super) fn deliver(&mut self, to: usize, message: Message) {
         let from = message.from;
         let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+        let snap_index = message.get_snapshot().get_metadata().index;
         if self.hosts[to].replica.is_none() {
             if is_snapshot {
-                self.report_snapshot(from, to, SnapshotStatus::Failure);
+                self.report_snapshot(from, to, snap_index, SnapshotStatus::Failure);
             }
             return;
         }
@@ -198,7 +200,7 @@ impl<W: Workload> Simulation<W> {
         };
         let _ = r.step(message);
         if is_snapshot {
-            self.report_snapshot(from, to, SnapshotStatus::Finish);
+            self.report_snapshot(from, to, snap_index, SnapshotStatus::Finish);
         }
         self.pump(to);
     }
@@ -262,17 +264,23 @@ impl<W: Workload> Simulation<W> {
             let id = self.hosts[to].id;
             let index = descriptor.index;
             self.note(|| format!("streamed snapshot at {index} from {from} to {id} failed: {why}"));
-            self.report_snapshot(from, to, SnapshotStatus::Failure);
+            self.report_snapshot(from, to, descriptor.index, SnapshotStatus::Failure);
             return;
         }
         self.stats.streamed_installs += 1;
         self.deliver(to, message);
     }
 
-    pub(super) fn report_snapshot(&mut self, from: u64, to: usize, status: SnapshotStatus) {
+    pub(super) fn report_snapshot(
+        &mut self,
+        from: u64,
+        to: usize,
+        index: u64,
+        status: SnapshotStatus,
+    ) {
         if let Some(h) = (from as usize).checked_sub(1) {
             if let Some(r) = self.hosts.get_mut(h).and_then(|h| h.replica.as_mut()) {
-                r.report_snapshot(to as u64 + 1, status);
+                r.report_snapshot(to as u64 + 1, index, status);
             }
         }
     }
