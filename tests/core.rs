@@ -989,3 +989,165 @@ fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
         "{dropped} of {total} writes dropped by transfers that never end"
     );
 }
+
+/// Asks `leader` for leadership on behalf of `from` (a `MsgTransferLeader`
+/// naming itself, as a voter sends it), at `term`; whether it was taken.
+fn ask_for_leadership(net: &mut Network, from: u64, leader: u64, term: u64) -> bool {
+    let mut ask = Message::default();
+    ask.set_msg_type(MessageType::MsgTransferLeader);
+    ask.from = from;
+    ask.to = leader;
+    ask.term = term;
+    net.replica_mut(leader).step(ask).is_ok()
+}
+
+/// Review 4: two voters that take turns asking for leadership (and never
+/// campaign) kept a transfer running for ever (raft-rs replaces the one in
+/// progress, so neither's ever timed out): every write was dropped. An ask
+/// while a transfer to another replica is in progress is refused.
+#[test]
+fn two_voters_taking_turns_asking_for_leadership_do_not_stall_writes() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    let term = net.status(1).term;
+    net.cut(1, 2);
+    net.cut(1, 3);
+    // Each asker's back-off doubles on its own: about five tries each of
+    // an election timeout in 600 ticks.
+    let total = 600;
+    let mut dropped = 0;
+    for seq in 1..=total {
+        let asker = 2 + seq % 2;
+        ask_for_leadership(&mut net, asker, 1, term);
+        let put = KvStore::put(format!("k{seq}"), "v");
+        let request = net.propose(1, client, seq, seq, put).expect("propose");
+        net.settle();
+        if !matches!(net.take(request), Some(Ok(_))) {
+            dropped += 1;
+        }
+        net.tick_all(1);
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    }
+    assert!(
+        dropped < total / 4,
+        "{dropped} of {total} writes dropped by transfers that never end"
+    );
+}
+
+/// Review 4: raft-rs ends a timed-out transfer inside a tick, which makes no
+/// Ready; an ask stepped before the next cycle restarted it unnoticed, so
+/// the asker was never backed off. The end is noticed at the tick.
+#[test]
+fn an_ask_right_after_a_transfer_timed_out_is_backed_off() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    let term = net.status(1).term;
+    net.cut(1, 2);
+    let total = 300;
+    let mut dropped = 0;
+    for seq in 1..=total {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        ask_for_leadership(&mut net, 2, 1, term);
+        let put = KvStore::put(format!("k{seq}"), "v");
+        let request = net.propose(1, client, seq, seq, put).expect("propose");
+        net.settle();
+        if !matches!(net.take(request), Some(Ok(_))) {
+            dropped += 1;
+        }
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    }
+    assert!(
+        dropped < total / 4,
+        "{dropped} of {total} writes dropped by transfers that never end"
+    );
+}
+
+/// Review 4: a voter in a preferred datacenter that acknowledges everything
+/// but never campaigns made rebalancing stall writes for an election timeout
+/// every rebalance period. A transfer the leader starts itself that fails
+/// backs its target off too. With the default settings rebalancing also
+/// tries again after a failure (it never did: raft's check-quorum had just
+/// cleared `recent_active` on every rebalance tick).
+#[test]
+fn rebalancing_backs_off_from_a_preferred_voter_that_never_campaigns() {
+    let mut net = Network::new(&[1, 2, 3], |rc| {
+        rc.leader_rebalance_ticks = ReplicaConfig::new(1).leader_rebalance_ticks;
+        rc.preferred_leader_datacenters = vec!["dc-2".to_string()];
+    });
+    net.elect(1);
+    let client = net.register(1);
+    let ticks = 600;
+    let (mut transfers, mut dropped) = (0, 0);
+    for seq in 1..=ticks {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        // 2 takes everything but a MsgTimeoutNow.
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            let before = net.in_flight.len();
+            net.in_flight
+                .retain(|m| !(m.get_msg_type() == MessageType::MsgTimeoutNow && m.to == 2));
+            transfers += before - net.in_flight.len();
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+        let put = KvStore::put(format!("k{seq}"), "v");
+        let request = net.propose(1, client, seq, seq, put).expect("propose");
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            net.in_flight
+                .retain(|m| !(m.get_msg_type() == MessageType::MsgTimeoutNow && m.to == 2));
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+        if !matches!(net.take(request), Some(Ok(_))) {
+            dropped += 1;
+        }
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    }
+    // Every 20 ticks without the back-off (30 tries); with it, tries at
+    // about 20, 40, 80, 140, 240, 420.
+    assert!(
+        (3..=9).contains(&transfers),
+        "{transfers} transfers to the voter that never campaigns in {ticks} ticks"
+    );
+    assert!(dropped < ticks / 5, "{dropped} of {ticks} writes dropped");
+}
+
+/// Review 4: while a transfer to one voter is in progress, another voter's
+/// ask is refused rather than replacing it (raft-rs would abort the first,
+/// and the first voter would then be backed off as if it had failed).
+#[test]
+fn an_ask_during_another_voters_transfer_is_refused_and_that_transfer_goes_on() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let term = net.status(1).term;
+    assert!(ask_for_leadership(&mut net, 3, 1, term), "3's ask is taken");
+    let mut ask = Message::default();
+    ask.set_msg_type(MessageType::MsgTransferLeader);
+    ask.from = 2;
+    ask.to = 1;
+    ask.term = term;
+    match net.replica_mut(1).step(ask) {
+        Err(e) => assert!(
+            matches!(
+                e.reason,
+                vaultfleet::replica::StepRefusal::TransferInProgress { from: 2, to: 3 }
+            ),
+            "{e}"
+        ),
+        Ok(()) => panic!("2's ask replaced the transfer to 3"),
+    }
+    net.settle();
+    net.tick_all(2);
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}

@@ -1038,3 +1038,88 @@ fn a_snapshot_outcome_for_another_index_is_ignored() {
         "the outcome of the pending send was ignored"
     );
 }
+
+/// Review 4: a voter that declined while restoring may ask for leadership
+/// once restored: a decline leaves it out of rebalancing, it does not make
+/// its own requests refused for the rebalancing back-off.
+#[test]
+fn a_replica_that_declined_may_ask_for_leadership_once_restored() {
+    let fleet_cfg = FleetConfig::new(
+        (1..=3)
+            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let mut net = Network::with_files(
+        &fleet_cfg,
+        |rc: &mut ReplicaConfig| {
+            small_snapshots(rc);
+            rc.leader_rebalance_ticks = 1_000;
+        },
+        BlankKv::<false>::default,
+    );
+    behind_then_snapshot(&mut net, 40);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    assert!(
+        net.replica(1).is_leader(),
+        "3 declined: {:?}",
+        net.status(1)
+    );
+    net.run_restores(3);
+    net.settle();
+    let term = net.status(1).term;
+    let mut ask = raft::prelude::Message::default();
+    ask.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+    ask.from = 3;
+    ask.to = 1;
+    ask.term = term;
+    net.replica_mut(1)
+        .step(ask)
+        .expect("the ask of a replica that declined while restoring");
+    net.settle();
+    net.tick_all(2);
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}
+
+/// Review 4 of M4: a build is cancelled at most once in a row, so adds more
+/// frequent than a build still let the log be compacted.
+#[test]
+fn a_build_is_cancelled_at_most_once_in_a_row() {
+    let mut net = fleet::<false>();
+    net.hold_builds = true;
+    net.elect(1);
+    let client = net.register(1);
+    let mut seq = 1;
+    put_many(&mut net, client, &mut seq, 25);
+    net.builds.retain(|(id, _)| *id == 1);
+    let (_, first) = net.builds.pop().expect("the leader handed out a build");
+    let add = |net: &mut Network<BlankKv>, request: u64, id: u64| {
+        let change = MembershipChange::AddLearner {
+            id,
+            datacenter: format!("dc-{id}"),
+        };
+        net.replica_mut(1)
+            .change_membership(request, change)
+            .expect("propose the change");
+        net.settle();
+        assert!(net.completed(request), "the change committed");
+    };
+    add(&mut net, 1_000_001, 9);
+    assert!(matches!(first.run(), Err(SnapshotBuildError::Cancelled)));
+    net.builds.retain(|(id, _)| *id == 1);
+    assert_eq!(net.builds.len(), 1, "a new build, naming 9");
+    let (_, second) = net.builds.pop().expect("the second build is held");
+    // A second add while that one runs does not cancel it.
+    add(&mut net, 1_000_002, 10);
+    net.builds.retain(|(id, _)| *id == 1);
+    assert!(
+        net.builds.is_empty(),
+        "no third build while the second runs"
+    );
+    let index = second.index();
+    let built = second.run();
+    assert!(built.is_ok(), "the build after a cancel was cancelled too");
+    net.replica_mut(1)
+        .snapshot_built(index, built, &mut Output::default())
+        .expect("take the build");
+}

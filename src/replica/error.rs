@@ -451,8 +451,7 @@ pub enum StepRefusal {
         index: u64,
     },
     /// A peer asks this leader to hand leadership to it while it is backed
-    /// off: a transfer it asked for, or one to it, ended without it leading
-    /// (or it declined one) lately. raft-rs drops every proposal while a
+    /// off: a transfer to it ended without it leading lately. raft-rs drops every proposal while a
     /// transfer is in progress, so a peer that asked and never campaigned
     /// would stall every write.
     #[error("replica {from} asks for leadership, but a transfer to it failed lately; refused until tick {until_tick}")]
@@ -461,6 +460,17 @@ pub enum StepRefusal {
         from: u64,
         /// The tick its back-off ends at.
         until_tick: u64,
+    },
+    /// A peer asks this leader to hand leadership to it while a transfer to
+    /// another replica is in progress: raft-rs would replace that one, and
+    /// two voters taking turns could keep a transfer (during which every
+    /// proposal is dropped) running for ever.
+    #[error("replica {from} asks for leadership while a transfer to replica {to} is in progress")]
+    TransferInProgress {
+        /// The replica asking.
+        from: u64,
+        /// The transfer's target.
+        to: u64,
     },
     /// A transfer declined ([`TRANSFER_DECLINED`](super::TRANSFER_DECLINED))
     /// that does not match this replica's transfer in progress: it is not the

@@ -321,16 +321,35 @@ pub struct FollowerProgress {
     pub recent_active: bool,
 }
 
-/// A replica's declines of this leader's transfers (see
-/// `Replica::transfer_declined`).
+/// What a leader holds against a replica as a transfer target (see
+/// `Replica::transfer_declined` and `Replica::notice_transfer_end`).
 #[derive(Debug, Default)]
-struct Declined {
-    /// The tick of the last decline.
-    at: u64,
+struct TransferBackOff {
+    /// The tick it last declined, or a transfer to it failed.
+    refused_at: Option<u64>,
     /// Not a rebalancing target before this tick.
-    until: u64,
+    rebalance_until: u64,
+    /// Its own requests for leadership are refused before this tick.
+    asks_until: u64,
     /// Declines in a row.
-    streak: u64,
+    declines: u64,
+    /// Failed transfers in a row.
+    failures: u64,
+}
+
+/// One more back-off in a row: `period` ticks from `now`, doubling with each
+/// one in a row up to [`DECLINED_PERIODS_MAX`] periods; a streak starts again
+/// once the last wait (until `last_until`) is long past. Saturating
+/// throughout: `leader_rebalance_ticks` has no upper bound (review 3,
+/// MEDIUM-1: `u64::MAX` overflowed, a panic on a peer's message in checked
+/// builds).
+fn doubled(streak: &mut u64, last_until: u64, now: u64, period: u64) -> u64 {
+    if now > last_until.saturating_add(period.saturating_mul(DECLINED_PERIODS_MAX)) {
+        *streak = 0;
+    }
+    *streak = (*streak + 1).min(u64::from(DECLINED_PERIODS_MAX.trailing_zeros()) + 1);
+    let periods = (1u64 << (*streak - 1)).min(DECLINED_PERIODS_MAX);
+    now.saturating_add(period.saturating_mul(periods))
 }
 
 /// A client command in flight: the driver's id, and the session key under which
@@ -429,12 +448,14 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// on applying its own removal, and a transfer declined while restoring.
     outbox: Vec<Message>,
     /// Replicas that declined a leadership transfer while this replica led
-    /// (they were restoring a snapshot): not a rebalancing target before the
-    /// tick given, with the declines in a row.
-    declined: BTreeMap<ReplicaId, Declined>,
-    /// The replica whose own request started the transfer in progress, if
-    /// one did (see `transfer_asked`).
-    transfer_asked_by: Option<ReplicaId>,
+    /// (they were restoring a snapshot), or to which a transfer failed.
+    transfer_back_off: BTreeMap<ReplicaId, TransferBackOff>,
+    /// The target of the transfer in progress when last looked at (see
+    /// `notice_transfer_end`).
+    transfer_watch: Option<ReplicaId>,
+    /// The last streamed build this replica started was cancelled for a new
+    /// member (M4); cleared once a build's outcome is taken.
+    build_cancelled_last: bool,
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
@@ -699,8 +720,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             apply_backlog_to: 0,
             backlog_joined: (0, 0),
             outbox: Vec::new(),
-            declined: BTreeMap::new(),
-            transfer_asked_by: None,
+            transfer_back_off: BTreeMap::new(),
+            transfer_watch: None,
+            build_cancelled_last: false,
             applied_index: snap_index,
             cfg,
         })
@@ -799,12 +821,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             self.election_skip_armed = false;
         }
-        self.raw.tick();
-        self.expire_requests();
+        // Before raft's tick: at an election timeout its check-quorum clears
+        // every follower's `recent_active`, which rebalancing requires, so a
+        // rebalance tick that fell there never found a target (review 4).
         if self.cfg.leader_rebalance_ticks > 0 && self.ticks % self.cfg.leader_rebalance_ticks == 0
         {
             self.rebalance_leader();
         }
+        self.raw.tick();
+        // A transfer raft ended at this tick (timed out) is counted now.
+        self.notice_transfer_end();
+        self.expire_requests();
     }
 
     /// Steps a message from a peer. Messages that are not for this replica, that
@@ -1459,7 +1486,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 self.apply_backlog_to = self.apply_backlog_to.max(last.index);
             }
             if self.restoring.is_none() {
-                let bytes: u64 = entries.iter().map(|e| e.data.len() as u64).sum();
+                // As raft-rs sizes entries against `message_bytes_max`.
+                let bytes: u64 = entries
+                    .iter()
+                    .map(|e| u64::from(protobuf2::Message::compute_size(e)))
+                    .sum();
                 let (n, b) = self.backlog_joined;
                 self.backlog_joined = (
                     n.saturating_add(entries.len() as u64),
@@ -1793,9 +1824,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     // A leader's build in flight could not serve it: stop it
                     // rather than make the member wait for it and then for
                     // the next (review of the streamed snapshots, M4).
-                    if self.is_leader() {
+                    // At most one cancel in a row, so adds more frequent than
+                    // a build still let the log be compacted (review 4).
+                    if self.is_leader() && !self.build_cancelled_last {
                         if let Some(build) = self.building.take_if(|b| !b.names(*node_id)) {
                             build.cancel();
+                            self.build_cancelled_last = true;
                             tracing::info!(
                                 replica = self.cfg.id,
                                 member = node_id,
@@ -1840,8 +1874,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     fn notice_role_change(&mut self) {
         let is_leader = self.raw.raft.state == StateRole::Leader;
         if is_leader && !self.was_leader {
-            // Declines were answers to an earlier leadership's transfers.
-            self.declined.clear();
+            // Back-offs were answers to an earlier leadership's transfers.
+            self.transfer_back_off.clear();
         }
         if self.was_leader && !is_leader {
             // Proposals in flight can no longer be committed by this replica; a new
@@ -2001,7 +2035,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// A replica this leader is transferring to declined (it restores a
     /// snapshot): the transfer aborts, so proposals are taken again at once,
     /// and the replica is left out of rebalancing for one rebalance period,
-    /// doubling with each decline in a row up to [`DECLINED_PERIODS_MAX`].
+    /// doubling with each decline in a row up to [`DECLINED_PERIODS_MAX`]
+    /// (its own requests for leadership are not refused for it: it asks
+    /// only once restored).
     fn transfer_declined(&mut self, m: &Message) -> Result<(), StepRefusal> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader
@@ -2014,9 +2050,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         self.raw.raft.abort_leader_transfer();
-        self.transfer_asked_by = None;
+        // Ended by the decline, not failed: not counted by the watch.
+        self.transfer_watch = None;
         let period = self.cfg.leader_rebalance_ticks.max(1);
-        let until = self.back_off_transfers_to(m.from, period);
+        let now = self.ticks;
+        let b = self.transfer_back_off.entry(m.from).or_default();
+        let until = doubled(&mut b.declines, b.rebalance_until, now, period);
+        b.rebalance_until = b.rebalance_until.max(until);
+        b.refused_at = Some(now);
         tracing::info!(
             replica = self.cfg.id,
             to = m.from,
@@ -2026,91 +2067,95 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
-    /// Leaves `id` out of transfers for `period` ticks, doubling with each
-    /// back-off in a row up to [`DECLINED_PERIODS_MAX`] periods; returns the
-    /// tick it ends at.
-    fn back_off_transfers_to(&mut self, id: ReplicaId, period: u64) -> u64 {
-        // Saturating throughout: `leader_rebalance_ticks` has no upper bound
-        // (review 3, MEDIUM-1: u64::MAX overflowed here, a panic on a peer's
-        // message in checked builds).
-        let now = self.ticks;
-        let d = self.declined.entry(id).or_default();
-        // A decline long after the last wait ended starts a new streak.
-        if now
-            > d.until
-                .saturating_add(period.saturating_mul(DECLINED_PERIODS_MAX))
-        {
-            d.streak = 0;
-        }
-        d.streak = (d.streak + 1).min(u64::from(DECLINED_PERIODS_MAX.trailing_zeros()) + 1);
-        let periods = (1u64 << (d.streak - 1)).min(DECLINED_PERIODS_MAX);
-        d.at = now;
-        d.until = now.saturating_add(period.saturating_mul(periods));
-        d.until
-    }
-
     /// A peer asks this leader to hand leadership to it (`MsgTransferLeader`
-    /// naming itself): refused while it is backed off, since raft-rs drops
-    /// every proposal while a transfer is in progress and a peer that asks
-    /// and then never campaigns would stall every write, one election
-    /// timeout after another (review 3). Its transfer is watched: one that
-    /// ends with this replica still leading backs the peer off.
+    /// naming itself). raft-rs drops every proposal while a transfer is in
+    /// progress, and starts one for any voter that asks, replacing the one in
+    /// progress: voters that ask and never campaign would stall every write,
+    /// one election timeout after another (review 3). So an ask is refused
+    /// while a transfer to another replica is in progress
+    /// ([`StepRefusal::TransferInProgress`]: two voters taking turns could
+    /// otherwise keep one running for ever), and while the asker is backed
+    /// off after a transfer to it failed (`notice_transfer_end`).
     fn transfer_asked(&mut self, m: Message) -> Result<(), StepRefusal> {
         let from = m.from;
+        // A transfer that ended at this tick is counted before it can be
+        // started again (review 4: an ask stepped before the next Ready cycle
+        // restarted it unnoticed).
+        self.notice_transfer_end();
         if self.is_leader() && from != self.cfg.id {
-            if let Some(d) = self.declined.get(&from).filter(|d| self.ticks < d.until) {
+            if let Some(to) = self.raw.raft.lead_transferee.filter(|&to| to != from) {
+                return Err(StepRefusal::TransferInProgress { from, to });
+            }
+            let asks_until = self
+                .transfer_back_off
+                .get(&from)
+                .map_or(0, |b| b.asks_until);
+            if self.ticks < asks_until {
                 return Err(StepRefusal::TransferBackedOff {
                     from,
-                    until_tick: d.until,
+                    until_tick: asks_until,
                 });
             }
         }
         self.raw.step(m).map_err(StepRefusal::Raft)?;
-        if self.is_leader() && self.raw.raft.lead_transferee == Some(from) {
-            self.transfer_asked_by = Some(from);
-        }
+        self.notice_transfer_end();
         Ok(())
     }
 
-    /// A transfer a peer asked for that ended with this replica still
-    /// leading (it timed out, or another replaced it) backs that peer off
-    /// for an election timeout, doubling (see `transfer_asked`).
+    /// Watches the transfer in progress, whoever started it (a peer's ask,
+    /// rebalancing, a hand-over, the operator): one that ends with this
+    /// replica still leading (it timed out, or was replaced) backs its target
+    /// off for an election timeout, doubling up to [`DECLINED_PERIODS_MAX`]:
+    /// its asks are refused and rebalancing leaves it out for that long
+    /// (review 4: a preferred voter that never campaigned stalled writes for
+    /// an election timeout every rebalance period). Called after every tick,
+    /// before and after an ask is stepped, and every Ready cycle.
     fn notice_transfer_end(&mut self) {
-        let Some(to) = self.transfer_asked_by else {
-            return;
+        let leading = self.is_leader();
+        let now_to = if leading {
+            self.raw.raft.lead_transferee
+        } else {
+            None
         };
-        if self.raw.raft.lead_transferee == Some(to) {
-            return;
+        if let Some(to) = self.transfer_watch.filter(|&to| now_to != Some(to)) {
+            if leading {
+                let period = (self.cfg.election_ticks as u64).max(1);
+                let now = self.ticks;
+                let b = self.transfer_back_off.entry(to).or_default();
+                let until = doubled(&mut b.failures, b.asks_until, now, period);
+                b.asks_until = until;
+                b.rebalance_until = b.rebalance_until.max(until);
+                b.refused_at = Some(now);
+                tracing::warn!(
+                    replica = self.cfg.id,
+                    to,
+                    until_tick = until,
+                    "a leadership transfer ended without replica {to} leading; it is left \
+                     out of transfers, and its requests for leadership refused, until then"
+                );
+            }
         }
-        self.transfer_asked_by = None;
-        if self.is_leader() {
-            let period = (self.cfg.election_ticks as u64).max(1);
-            let until = self.back_off_transfers_to(to, period);
-            tracing::warn!(
-                replica = self.cfg.id,
-                to,
-                until_tick = until,
-                "a leadership transfer replica {to} asked for ended without it leading; \
-                 its next requests are refused until then"
-            );
-        }
+        self.transfer_watch = now_to;
     }
 
-    /// Whether `id` declined a transfer recently enough to be left out of
-    /// rebalancing (see `transfer_declined`).
+    /// Whether rebalancing leaves `id` out (it declined, or a transfer to it
+    /// failed, lately).
     fn declined_lately(&self, id: ReplicaId) -> bool {
-        self.declined.get(&id).is_some_and(|d| self.ticks < d.until)
+        self.transfer_back_off
+            .get(&id)
+            .is_some_and(|b| self.ticks < b.rebalance_until)
     }
 
-    /// Whether `id` declined a transfer within the last election timeout: a
-    /// replica leading while it restores skips it for that long only, never
-    /// for the rebalancing back-off, which has nothing to do with how soon
-    /// it must hand over (review 3, MEDIUM-2).
+    /// Whether `id` declined, or a transfer to it failed, within the last
+    /// election timeout: a replica leading while it restores skips it for
+    /// that long only, never for the rebalancing back-off, which has nothing
+    /// to do with how soon it must hand over (review 3, MEDIUM-2).
     fn declined_just_now(&self, id: ReplicaId) -> bool {
         let wait = self.cfg.election_ticks as u64;
-        self.declined
+        self.transfer_back_off
             .get(&id)
-            .is_some_and(|d| self.ticks < d.at.saturating_add(wait))
+            .and_then(|b| b.refused_at)
+            .is_some_and(|at| self.ticks < at.saturating_add(wait))
     }
 
     fn rebalance_leader(&mut self) {

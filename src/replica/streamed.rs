@@ -163,8 +163,12 @@ impl SnapshotBuild {
     }
 }
 
+/// The most a cancelled build writes before it notices.
+const CANCEL_CHECK_BYTES: usize = 64 << 10;
+
 /// A writer that refuses every write once its build is cancelled, so a
-/// view writing a large state stops within one write.
+/// view writing a large state stops within one write (or one
+/// [`CANCEL_CHECK_BYTES`] piece of a large one).
 struct Cancellable<'a> {
     inner: &'a mut dyn Write,
     cancelled: &'a AtomicBool,
@@ -178,10 +182,15 @@ impl Write for Cancellable<'_> {
         self.inner.write(buf)
     }
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if self.cancelled.load(Ordering::Acquire) {
-            return Err(std::io::Error::other("the snapshot build was cancelled"));
+        // In pieces, so a view that writes its whole state in one call stops
+        // within a piece too.
+        for piece in buf.chunks(CANCEL_CHECK_BYTES) {
+            if self.cancelled.load(Ordering::Acquire) {
+                return Err(std::io::Error::other("the snapshot build was cancelled"));
+            }
+            self.inner.write_all(piece)?;
         }
-        self.inner.write_all(buf)
+        Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
@@ -205,8 +214,9 @@ impl PendingBuild {
     /// True once its build was dropped without running.
     /// True when the membership this snapshot records names `id`.
     pub(super) fn names(&self, id: ReplicaId) -> bool {
+        // raft-rs takes a snapshot that names the receiver in any of these.
         let cs = &self.conf_state;
-        cs.voters.contains(&id) || cs.learners.contains(&id)
+        cs.voters.contains(&id) || cs.learners.contains(&id) || cs.voters_outgoing.contains(&id)
     }
 
     /// Stops its build at the next write (see `SnapshotBuild::run`).
@@ -407,6 +417,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let Some(pending) = self.building.take_if(|p| p.index == index) else {
             return Ok(());
         };
+        self.build_cancelled_last = false;
         let descriptor = match result {
             Ok(d)
                 if d.index == pending.index
