@@ -316,7 +316,7 @@ net_counters! {
     streams_refused_by_peer_timeout => "Streamed snapshots the receiver dropped: no whole chunk within the chunk timeout",
     streams_refused_by_peer_credit => "Streamed snapshots refused for sending beyond the receiver's credit",
     streams_credit_timed_out => "Streamed snapshots given up: the receiver granted no credit within the chunk timeout",
-    streams_delivery_timed_out => "Streamed snapshots given up: the receiver did not say it delivered them within the chunk timeout of their end",
+    streams_delivery_timed_out => "Streamed snapshots given up: the receiver did not say it delivered them within a chunk timeout of its last credit after their end",
     streams_delivered_unknown => "Delivered frames ignored: for a stream not awaiting delivery",
     streams_refusals_ignored => "Refused frames ignored: for a stream this sender neither sends nor awaits (given up or ended already)",
     streams_cancelled => "Streamed snapshots this sender gave up after opening them and cancelled at the receiver",
