@@ -1003,8 +1003,11 @@ fn ask_for_leadership(net: &mut Network, from: u64, leader: u64, term: u64) -> b
 
 /// Review 4: two voters that take turns asking for leadership (and never
 /// campaign) kept a transfer running for ever (raft-rs replaces the one in
-/// progress, so neither's ever timed out): every write was dropped. An ask
-/// while a transfer to another replica is in progress is refused.
+/// progress, so neither's ever timed out): every write was dropped. The
+/// watch counts a replaced or timed-out transfer as failed, so each is
+/// backed off (the refusal of an ask during another's transfer is tested
+/// below). Each back-off starts at one election timeout and doubles on its
+/// own, so two askers still drop about one write in six over 600 ticks.
 #[test]
 fn two_voters_taking_turns_asking_for_leadership_do_not_stall_writes() {
     let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
@@ -1150,4 +1153,79 @@ fn an_ask_during_another_voters_transfer_is_refused_and_that_transfer_goes_on() 
     net.settle();
     net.tick_all(2);
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}
+
+fn decline_from(from: u64, leader: u64, term: u64) -> Message {
+    let mut decline = Message::default();
+    decline.set_msg_type(MessageType::MsgTransferLeader);
+    decline.from = from;
+    decline.to = leader;
+    decline.term = term;
+    decline.context = vaultfleet::replica::TRANSFER_DECLINED.to_vec().into();
+    decline
+}
+
+/// Review 5: a voter that asks for leadership, declines its own transfer
+/// just before it times out and asks again kept a transfer (and the dropping
+/// of every proposal) going for ever: the decline ended the transfer without
+/// a failure. A decline of a transfer the decliner asked for is one.
+#[test]
+fn a_voter_that_declines_its_own_transfer_is_backed_off() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    let client = net.register(1);
+    let term = net.status(1).term;
+    net.cut(1, 2);
+    let total = 300;
+    let mut dropped = 0;
+    for seq in 1..=total {
+        net.tick_all(1);
+        let _ = net.replica_mut(1).step(decline_from(2, 1, term));
+        ask_for_leadership(&mut net, 2, 1, term);
+        let put = KvStore::put(format!("k{seq}"), "v");
+        let request = net.propose(1, client, seq, seq, put).expect("propose");
+        net.settle();
+        if !matches!(net.take(request), Some(Ok(_))) {
+            dropped += 1;
+        }
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    }
+    assert!(dropped < total / 4, "{dropped} of {total} writes dropped");
+}
+
+/// Review 5: raft-rs resets the leader's election clock at each transfer it
+/// starts, so the same ask/decline loop kept a leader cut off from the
+/// majority from ever running its check-quorum: it stayed leader beside a
+/// newer one (with lease reads, answering from its own stale state). Backed
+/// off, the loop stops and the old leader steps down.
+#[test]
+fn a_transfer_loop_does_not_keep_an_isolated_leader_leading() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |rc| rc.lease_reads = true);
+    net.elect(1);
+    let term = net.status(1).term;
+    for other in [3, 4, 5] {
+        net.cut(1, other);
+        net.cut(2, other);
+    }
+    for _ in 0..200 {
+        net.tick_all(1);
+        if net.replica(1).is_leader() {
+            let _ = net.replica_mut(1).step(decline_from(2, 1, term));
+            let _ = ask_for_leadership(&mut net, 2, 1, term);
+        }
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            net.in_flight
+                .retain(|m| !(m.get_msg_type() == MessageType::MsgTimeoutNow && m.to == 2));
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+    }
+    assert!(
+        !net.replica(1).is_leader(),
+        "1 never stepped down: {:?}",
+        net.status(1)
+    );
 }

@@ -453,6 +453,11 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The target of the transfer in progress when last looked at (see
     /// `notice_transfer_end`).
     transfer_watch: Option<ReplicaId>,
+    /// The transfer in progress was started (or joined) by its target's own
+    /// ask: a decline of it counts as a failed transfer (review 5).
+    transfer_asked_by: Option<ReplicaId>,
+    /// The term the back-offs were set in: they are forgotten in a new one.
+    back_off_term: u64,
     /// The last streamed build this replica started was cancelled for a new
     /// member (M4); cleared once a build's outcome is taken.
     build_cancelled_last: bool,
@@ -722,6 +727,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             outbox: Vec::new(),
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
+            transfer_asked_by: None,
+            back_off_term: 0,
             build_cancelled_last: false,
             applied_index: snap_index,
             cfg,
@@ -2050,11 +2057,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             });
         }
         self.raw.raft.abort_leader_transfer();
-        // Ended by the decline, not failed: not counted by the watch.
+        self.forget_old_back_offs();
+        // Ended by the decline, not failed: not counted by the watch. But a
+        // decline of a transfer the decliner asked for itself is a failed
+        // transfer: its asks are backed off (review 5: ask, decline, ask
+        // again kept a transfer, and the dropping of every proposal, going
+        // for ever, and kept raft's check-quorum from ever running).
         self.transfer_watch = None;
+        let asked = self.transfer_asked_by.take() == Some(m.from);
         let period = self.cfg.leader_rebalance_ticks.max(1);
+        let election = (self.cfg.election_ticks as u64).max(1);
         let now = self.ticks;
         let b = self.transfer_back_off.entry(m.from).or_default();
+        if asked {
+            b.asks_until = doubled(&mut b.failures, b.asks_until, now, election);
+        }
         let until = doubled(&mut b.declines, b.rebalance_until, now, period);
         b.rebalance_until = b.rebalance_until.max(until);
         b.refused_at = Some(now);
@@ -2082,6 +2099,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // started again (review 4: an ask stepped before the next Ready cycle
         // restarted it unnoticed).
         self.notice_transfer_end();
+        self.forget_old_back_offs();
         if self.is_leader() && from != self.cfg.id {
             if let Some(to) = self.raw.raft.lead_transferee.filter(|&to| to != from) {
                 return Err(StepRefusal::TransferInProgress { from, to });
@@ -2099,7 +2117,21 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.raw.step(m).map_err(StepRefusal::Raft)?;
         self.notice_transfer_end();
+        if self.is_leader() && from != self.cfg.id && self.raw.raft.lead_transferee == Some(from) {
+            self.transfer_asked_by = Some(from);
+        }
         Ok(())
+    }
+
+    /// Forgets the back-offs of an earlier term: they answered an earlier
+    /// leadership's transfers (an ask stepped in the turn this replica won
+    /// an election met the previous leadership's, review 5).
+    fn forget_old_back_offs(&mut self) {
+        let term = self.raw.raft.term;
+        if self.back_off_term != term {
+            self.back_off_term = term;
+            self.transfer_back_off.clear();
+        }
     }
 
     /// Watches the transfer in progress, whoever started it (a peer's ask,
@@ -2117,6 +2149,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         } else {
             None
         };
+        self.forget_old_back_offs();
         if let Some(to) = self.transfer_watch.filter(|&to| now_to != Some(to)) {
             if leading {
                 let period = (self.cfg.election_ticks as u64).max(1);
@@ -2134,6 +2167,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                      out of transfers, and its requests for leadership refused, until then"
                 );
             }
+        }
+        if now_to.is_none() || self.transfer_asked_by != now_to {
+            self.transfer_asked_by = None;
         }
         self.transfer_watch = now_to;
     }

@@ -738,8 +738,12 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         // `VecDeque::from(Vec)` keeps the allocation; so does the way back
         // above once the deque is empty.
         self.inputs = VecDeque::from(inputs);
-        // Snapshots that found the mailbox full go first: they were delivered
-        // before anything the leader sent after hearing so.
+        // Snapshots that found the mailbox full go first, even before inputs
+        // that arrived earlier (raft takes independent messages in any
+        // order): the leader sends nothing past a snapshot before it hears
+        // it was delivered. A push that found the mailbox full raised no
+        // wake-up of its own; the mailbox's items or the next tick bring
+        // this turn.
         let waiting = std::mem::take(&mut *self.shared.snapshots_waiting.lock());
         for message in waiting.into_iter().rev() {
             self.inputs.push_front(Input::Raft(message));
