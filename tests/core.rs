@@ -966,18 +966,10 @@ fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
     let mut dropped = 0;
     let mut refused = 0;
     for seq in 1..=total {
-        let mut ask = Message::default();
-        ask.set_msg_type(MessageType::MsgTransferLeader);
-        ask.from = 2;
-        ask.to = 1;
-        ask.term = term;
-        if net.replica_mut(1).step(ask).is_err() {
+        if !ask_for_leadership(&mut net, 2, 1, term) {
             refused += 1;
         }
-        let put = KvStore::put(format!("k{seq}"), "v");
-        let request = net.propose(1, client, seq, seq, put).expect("propose");
-        net.settle();
-        if !matches!(net.take(request), Some(Ok(_))) {
+        if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
         }
         net.tick_all(1);
@@ -988,6 +980,15 @@ fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
         dropped < total / 3,
         "{dropped} of {total} writes dropped by transfers that never end"
     );
+}
+
+/// Puts `k{seq}` through leader 1 and settles; whether it was applied (a
+/// leader drops proposals while a transfer is in progress).
+fn put_on_leader(net: &mut Network, client: u64, seq: u64) -> bool {
+    let put = KvStore::put(format!("k{seq}"), "v");
+    let request = net.propose(1, client, seq, seq, put).expect("propose");
+    net.settle();
+    matches!(net.take(request), Some(Ok(_)))
 }
 
 /// Asks `leader` for leadership on behalf of `from` (a `MsgTransferLeader`
@@ -1023,10 +1024,7 @@ fn two_voters_taking_turns_asking_for_leadership_do_not_stall_writes() {
     for seq in 1..=total {
         let asker = 2 + seq % 2;
         ask_for_leadership(&mut net, asker, 1, term);
-        let put = KvStore::put(format!("k{seq}"), "v");
-        let request = net.propose(1, client, seq, seq, put).expect("propose");
-        net.settle();
-        if !matches!(net.take(request), Some(Ok(_))) {
+        if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
         }
         net.tick_all(1);
@@ -1055,10 +1053,7 @@ fn an_ask_right_after_a_transfer_timed_out_is_backed_off() {
             net.tick(id);
         }
         ask_for_leadership(&mut net, 2, 1, term);
-        let put = KvStore::put(format!("k{seq}"), "v");
-        let request = net.propose(1, client, seq, seq, put).expect("propose");
-        net.settle();
-        if !matches!(net.take(request), Some(Ok(_))) {
+        if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
         }
         assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
@@ -1182,10 +1177,7 @@ fn a_voter_that_declines_its_own_transfer_is_backed_off() {
         net.tick_all(1);
         let _ = net.replica_mut(1).step(decline_from(2, 1, term));
         ask_for_leadership(&mut net, 2, 1, term);
-        let put = KvStore::put(format!("k{seq}"), "v");
-        let request = net.propose(1, client, seq, seq, put).expect("propose");
-        net.settle();
-        if !matches!(net.take(request), Some(Ok(_))) {
+        if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
         }
         assert!(net.replica(1).is_leader(), "{:?}", net.status(1));

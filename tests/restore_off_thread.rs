@@ -51,12 +51,25 @@ fn small_snapshots(rc: &mut ReplicaConfig) {
 }
 
 fn fleet<const POISON: bool>() -> Network<BlankKv<POISON>> {
+    fleet_with(|_| {})
+}
+
+/// Like [`fleet`], with `tweak` applied to each replica's settings after the
+/// small snapshots.
+fn fleet_with<const POISON: bool>(tweak: impl Fn(&mut ReplicaConfig)) -> Network<BlankKv<POISON>> {
     let fleet = FleetConfig::new(
         (1..=3)
             .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
             .collect(),
     );
-    Network::with_files(&fleet, small_snapshots, BlankKv::default)
+    Network::with_files(
+        &fleet,
+        |rc: &mut ReplicaConfig| {
+            small_snapshots(rc);
+            tweak(rc);
+        },
+        BlankKv::default,
+    )
 }
 
 /// Replica 3 holds the leader's applied index and state.
@@ -391,20 +404,10 @@ fn a_declined_transfer_aborts_at_once_and_the_leader_takes_writes() {
 /// one per period; and every write in between succeeds.
 #[test]
 fn a_leader_rebalancing_backs_off_from_a_replica_that_declined() {
-    let fleet_cfg = FleetConfig::new(
-        (1..=3)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
-    let mut net = Network::with_files(
-        &fleet_cfg,
-        |rc: &mut ReplicaConfig| {
-            small_snapshots(rc);
-            rc.leader_rebalance_ticks = 3;
-            rc.preferred_leader_datacenters = vec!["dc-3".to_string()];
-        },
-        BlankKv::<false>::default,
-    );
+    let mut net = fleet_with::<false>(|rc| {
+        rc.leader_rebalance_ticks = 3;
+        rc.preferred_leader_datacenters = vec!["dc-3".to_string()];
+    });
     let (client, mut seq) = behind_then_snapshot(&mut net, 40);
     let periods = 300;
     let mut transfers = 0;
@@ -774,19 +777,9 @@ fn decline(from: u64, to: u64, term: u64) -> raft::prelude::Message {
 /// overflow (a panic on a peer's message in checked builds).
 #[test]
 fn a_decline_under_the_largest_rebalance_period_does_not_overflow() {
-    let fleet_cfg = FleetConfig::new(
-        (1..=3)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
-    let mut net = Network::with_files(
-        &fleet_cfg,
-        |rc: &mut ReplicaConfig| {
-            small_snapshots(rc);
-            rc.leader_rebalance_ticks = u64::MAX;
-        },
-        BlankKv::<false>::default,
-    );
+    let mut net = fleet_with::<false>(|rc| {
+        rc.leader_rebalance_ticks = u64::MAX;
+    });
     let (client, mut seq) = behind_then_snapshot(&mut net, 40);
     for _ in 0..3 {
         net.replica_mut(1).transfer_leader(3);
@@ -803,19 +796,9 @@ fn a_decline_under_the_largest_rebalance_period_does_not_overflow() {
 /// over: the group answers nothing meanwhile).
 #[test]
 fn a_restoring_leader_hands_over_within_an_election_timeout_of_a_decline() {
-    let fleet_cfg = FleetConfig::new(
-        (1..=3)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
-    let mut net = Network::with_files(
-        &fleet_cfg,
-        |rc: &mut ReplicaConfig| {
-            small_snapshots(rc);
-            rc.leader_rebalance_ticks = 1_000;
-        },
-        BlankKv::<false>::default,
-    );
+    let mut net = fleet_with::<false>(|rc| {
+        rc.leader_rebalance_ticks = 1_000;
+    });
     behind_then_snapshot(&mut net, 40);
     // As in the test above it: 1 goes, 2 restarts, 3 wins while restoring.
     net.isolate(1);
@@ -895,19 +878,9 @@ fn a_restore_dropped_unrun_counts_its_first_backlog_step() {
 /// committing between cycles). Without it the backlog only grew.
 #[test]
 fn a_backlog_drains_while_entries_keep_committing() {
-    let fleet_cfg = FleetConfig::new(
-        (1..=3)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
-    let mut net = Network::with_files(
-        &fleet_cfg,
-        |rc: &mut ReplicaConfig| {
-            small_snapshots(rc);
-            rc.message_bytes_max = 2048;
-        },
-        BlankKv::<false>::default,
-    );
+    let mut net = fleet_with::<false>(|rc| {
+        rc.message_bytes_max = 2048;
+    });
     let (client, mut seq) = behind_then_snapshot(&mut net, 40);
     let value = "v".repeat(200);
     let put = |net: &mut Network<BlankKv>, seq: &mut u64| {
@@ -1044,19 +1017,9 @@ fn a_snapshot_outcome_for_another_index_is_ignored() {
 /// its own requests refused for the rebalancing back-off.
 #[test]
 fn a_replica_that_declined_may_ask_for_leadership_once_restored() {
-    let fleet_cfg = FleetConfig::new(
-        (1..=3)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
-    let mut net = Network::with_files(
-        &fleet_cfg,
-        |rc: &mut ReplicaConfig| {
-            small_snapshots(rc);
-            rc.leader_rebalance_ticks = 1_000;
-        },
-        BlankKv::<false>::default,
-    );
+    let mut net = fleet_with::<false>(|rc| {
+        rc.leader_rebalance_ticks = 1_000;
+    });
     behind_then_snapshot(&mut net, 40);
     net.replica_mut(1).transfer_leader(3);
     net.settle();
