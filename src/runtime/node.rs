@@ -308,10 +308,9 @@ impl Inbox for NodeHandle {
     }
 
     /// Never drops a snapshot in silence: one that finds the mailbox full
-    /// waits beside it for the node's next turn (at most
-    /// [`SNAPSHOTS_WAITING_MAX`]); beyond that, a stopped node or another
-    /// group says [`Dropped`], and the transport refuses the stream rather
-    /// than tell the leader it arrived.
+    /// waits beside it for the node's next turn (two at most); beyond that,
+    /// a stopped node or another group says [`Dropped`], and the transport
+    /// refuses the stream rather than tell the leader it arrived.
     fn deliver_snapshot(&self, envelope: Envelope) -> Result<(), Dropped> {
         if envelope.group != self.shared.group {
             tracing::warn!(
