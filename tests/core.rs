@@ -1221,3 +1221,36 @@ fn a_transfer_loop_does_not_keep_an_isolated_leader_leading() {
         net.status(1)
     );
 }
+
+/// The simulator's seed 569 (vault, membership, streamed): two voters of
+/// five were lost for good, and the operator's removal of a healthy voter
+/// committed, leaving four voters with two lost: no majority, for good. A
+/// leader refuses to remove a voter when fewer than a majority of the voters
+/// left are ones it heard from within an election timeout (etcd's strict
+/// reconfiguration check); removing a silent one is still taken.
+#[test]
+fn a_removal_that_would_leave_no_heard_majority_is_refused() {
+    use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    net.elect(1);
+    net.isolate(2);
+    net.isolate(4);
+    net.tick_all(15);
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    match net
+        .replica_mut(1)
+        .change_membership(1_000_001, MembershipChange::Remove { id: 5 })
+    {
+        Err(RequestError::ConfChangeRejected(ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 4,
+        })) => {}
+        other => panic!("removing a heard voter was not refused: {other:?}"),
+    }
+    net.replica_mut(1)
+        .change_membership(1_000_002, MembershipChange::Remove { id: 2 })
+        .expect("removing a silent voter keeps a heard majority");
+    net.settle();
+    assert!(net.completed(1_000_002), "the removal committed");
+    assert_eq!(net.status(1).voters, vec![1, 3, 4, 5]);
+}

@@ -178,6 +178,20 @@ pub enum ConfChangeRejection {
         /// What the artifact says against it.
         reason: String,
     },
+    /// Removing the voter would leave voters of whom fewer than a majority
+    /// were heard from within an election timeout: the fleet would stall
+    /// until a lost replica came back. Bring the silent voters back (or
+    /// remove a silent one first).
+    #[error(
+        "only {active} of the {voters} voters left would be ones the leader hears from: \
+         no majority; bring the silent voters back or remove a silent one first"
+    )]
+    QuorumAtRisk {
+        /// Voters left that the leader heard from lately (itself included).
+        active: usize,
+        /// Voters left after the removal.
+        voters: usize,
+    },
     /// raft-rs refused the change (for example a second change while one is
     /// pending, or one that leaves no voter).
     #[error("raft refused it: {0}")]

@@ -456,6 +456,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The transfer in progress was started (or joined) by its target's own
     /// ask: a decline of it counts as a failed transfer (review 5).
     transfer_asked_by: Option<ReplicaId>,
+    /// The tick a message from each peer was last taken (a few entries: the
+    /// members, at most twice `MEMBERS_MAX`).
+    heard_at: Vec<(ReplicaId, u64)>,
     /// The term the back-offs were set in: they are forgotten in a new one.
     back_off_term: u64,
     /// The last streamed build this replica started was cancelled for a new
@@ -728,6 +731,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
             transfer_asked_by: None,
+            heard_at: Vec::new(),
             back_off_term: 0,
             build_cancelled_last: false,
             applied_index: snap_index,
@@ -852,7 +856,56 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.step_checked(message).map_err(|reason| {
             self.messages_refused += 1;
             StepError { id, from, reason }
-        })
+        })?;
+        self.heard_from(from);
+        Ok(())
+    }
+
+    /// Notes that a message from `from` was taken at this tick (see
+    /// `check_removal_keeps_quorum`).
+    fn heard_from(&mut self, from: ReplicaId) {
+        let now = self.ticks;
+        if let Some(entry) = self.heard_at.iter_mut().find(|(id, _)| *id == from) {
+            entry.1 = now;
+        } else if self.heard_at.len() < MEMBERS_MAX * 2 {
+            self.heard_at.push((from, now));
+        } else if let Some(oldest) = self.heard_at.iter_mut().min_by_key(|(_, at)| *at) {
+            // Full of members long gone: the one heard from longest ago goes.
+            *oldest = (from, now);
+        }
+    }
+
+    /// Refuses to remove voter `gone` when the voters left would not hold a
+    /// majority this leader heard from within an election timeout: the fleet
+    /// would stall until a replica it lost came back (etcd's
+    /// `--strict-reconfig-check`; a simulator seed lost its majority to a
+    /// healthy voter's removal while two others were lost for good).
+    fn check_removal_keeps_quorum(&self, gone: ReplicaId) -> Result<(), RequestError> {
+        let voters = self.raw.raft.prs().conf().voters().ids();
+        if !voters.contains(gone) {
+            return Ok(());
+        }
+        let recent = self.cfg.election_ticks as u64;
+        let left: Vec<ReplicaId> = voters.iter().filter(|&v| v != gone).collect();
+        let active = left
+            .iter()
+            .filter(|&&v| {
+                v == self.cfg.id
+                    || self
+                        .heard_at
+                        .iter()
+                        .any(|&(id, at)| id == v && self.ticks.saturating_sub(at) <= recent)
+            })
+            .count();
+        if active < left.len() / 2 + 1 {
+            return Err(RequestError::ConfChangeRejected(
+                ConfChangeRejection::QuorumAtRisk {
+                    active,
+                    voters: left.len(),
+                },
+            ));
+        }
+        Ok(())
     }
 
     fn step_checked(&mut self, message: Message) -> Result<(), StepRefusal> {
@@ -1062,6 +1115,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         ConfChangeRejection::RemovesLeader,
                     ));
                 }
+                self.check_removal_keeps_quorum(*gone)?;
                 raft_proto::new_conf_change_single(*gone, ConfChangeType::RemoveNode)
             }
         };
