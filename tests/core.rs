@@ -1254,3 +1254,76 @@ fn a_removal_that_would_leave_no_heard_majority_is_refused() {
     assert!(net.completed(1_000_002), "the removal committed");
     assert_eq!(net.status(1).voters, vec![1, 3, 4, 5]);
 }
+
+/// Review of the check: only an answer to the leader in its term counts as
+/// heard. A voter that can send to the leader but not receive from it (its
+/// pre-votes reach the leader) no longer makes a removal look safe.
+#[test]
+fn a_voter_that_only_sends_is_not_counted_as_heard() {
+    use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    net.elect(1);
+    net.isolate(2);
+    net.cut(1, 5);
+    net.tick_all(30);
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    // What 5 sends when it hears no leader: a pre-vote, which the leader,
+    // in its lease, takes and ignores.
+    let status = net.status(1);
+    let mut pre_vote = Message::default();
+    pre_vote.set_msg_type(MessageType::MsgRequestPreVote);
+    pre_vote.from = 5;
+    pre_vote.to = 1;
+    pre_vote.term = status.term + 1;
+    pre_vote.index = status.last_index;
+    pre_vote.log_term = status.term;
+    net.replica_mut(1)
+        .step(pre_vote)
+        .expect("a pre-vote is taken (and ignored in the lease)");
+    match net
+        .replica_mut(1)
+        .change_membership(1_000_001, MembershipChange::Remove { id: 3 })
+    {
+        Err(RequestError::ConfChangeRejected(ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 4,
+        })) => {}
+        other => panic!("removal with only 1 and 4 answering was not refused: {other:?}"),
+    }
+}
+
+/// Review of the check: a learner that caught up and then went quiet is not
+/// promoted into a quorum it cannot help make.
+#[test]
+fn promoting_a_quiet_learner_that_would_leave_no_heard_majority_is_refused() {
+    use vaultfleet::replica::{ConfChangeRejection, MembershipChange};
+    let fleet = FleetConfig::new(vec![
+        MemberSpec::voter(1, "dc-1"),
+        MemberSpec::voter(2, "dc-2"),
+        MemberSpec::voter(3, "dc-3"),
+        MemberSpec::learner(4, "dc-4"),
+    ]);
+    let mut net = Network::with_fleet(&fleet, |_| {}, KvStore::default);
+    let mut store = MemLog::new();
+    Replica::bootstrap(&mut store, &KvStore::default(), &fleet).expect("bootstrap");
+    let learner =
+        Replica::new(core_harness::test_config(4), store, KvStore::default()).expect("learner");
+    net.replicas.insert(4, learner);
+    net.elect(1);
+    let client = net.register(1);
+    assert!(put_on_leader(&mut net, client, 1));
+    net.tick_all(4);
+    net.isolate(3);
+    net.isolate(4);
+    net.tick_all(15);
+    match net
+        .replica_mut(1)
+        .change_membership(1_000_001, MembershipChange::Promote { id: 4 })
+    {
+        Err(RequestError::ConfChangeRejected(ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 4,
+        })) => {}
+        other => panic!("promoting a quiet learner was not refused: {other:?}"),
+    }
+}

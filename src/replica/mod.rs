@@ -853,16 +853,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// [`Replica::messages_refused`]; the replica carries on.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         let (id, from) = (self.cfg.id, message.from);
+        // Only an answer to this leader in its term shows the sender hears
+        // it (a peer that can send but not receive also sends pre-votes).
+        let answers_leader = message.term == self.raw.raft.term
+            && match message.get_msg_type() {
+                raft::prelude::MessageType::MsgAppendResponse
+                | raft::prelude::MessageType::MsgHeartbeatResponse => true,
+                raft::prelude::MessageType::MsgRequestVoteResponse => !message.reject,
+                _ => false,
+            };
         self.step_checked(message).map_err(|reason| {
             self.messages_refused += 1;
             StepError { id, from, reason }
         })?;
-        self.heard_from(from);
+        if answers_leader {
+            self.heard_from(from);
+        }
         Ok(())
     }
 
-    /// Notes that a message from `from` was taken at this tick (see
-    /// `check_removal_keeps_quorum`).
+    /// Notes that `from` answered this leader at this tick (see
+    /// `check_voters_keep_quorum`).
     fn heard_from(&mut self, from: ReplicaId) {
         let now = self.ticks;
         if let Some(entry) = self.heard_at.iter_mut().find(|(id, _)| *id == from) {
@@ -875,19 +886,23 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Refuses to remove voter `gone` when the voters left would not hold a
-    /// majority this leader heard from within an election timeout: the fleet
-    /// would stall until a replica it lost came back (etcd's
-    /// `--strict-reconfig-check`; a simulator seed lost its majority to a
-    /// healthy voter's removal while two others were lost for good).
-    fn check_removal_keeps_quorum(&self, gone: ReplicaId) -> Result<(), RequestError> {
-        let voters = self.raw.raft.prs().conf().voters().ids();
-        if !voters.contains(gone) {
+    /// Refuses a membership change whose voters (`voters`, after it) would
+    /// not hold a majority this leader heard answer it within an election
+    /// timeout: the fleet would stall until a replica it lost came back
+    /// (etcd's `--strict-reconfig-check`; a simulator seed lost its majority
+    /// when a healthy voter's removal committed while two others were lost).
+    /// Checked when the change is proposed: one proposed earlier can still
+    /// commit after later losses. Skipped while a change is pending (raft
+    /// refuses it then, and says so).
+    fn check_voters_keep_quorum(&self, voters: &[ReplicaId]) -> Result<(), RequestError> {
+        let raft = &self.raw.raft;
+        if raft.pending_conf_index > raft.raft_log.applied {
             return Ok(());
         }
-        let recent = self.cfg.election_ticks as u64;
-        let left: Vec<ReplicaId> = voters.iter().filter(|&v| v != gone).collect();
-        let active = left
+        // At least two heartbeat rounds, however close the settings put the
+        // heartbeat to the election timeout.
+        let recent = (self.cfg.election_ticks as u64).max(self.cfg.heartbeat_ticks as u64 * 2 + 2);
+        let active = voters
             .iter()
             .filter(|&&v| {
                 v == self.cfg.id
@@ -897,11 +912,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         .any(|&(id, at)| id == v && self.ticks.saturating_sub(at) <= recent)
             })
             .count();
-        if active < left.len() / 2 + 1 {
+        if active < voters.len() / 2 + 1 {
             return Err(RequestError::ConfChangeRejected(
                 ConfChangeRejection::QuorumAtRisk {
                     active,
-                    voters: left.len(),
+                    voters: voters.len(),
                 },
             ));
         }
@@ -1107,6 +1122,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         last_index,
                     });
                 }
+                // A promoted learner that has gone quiet since it caught up
+                // would count toward the quorum it cannot help make.
+                let mut after: Vec<ReplicaId> =
+                    self.raw.raft.prs().conf().voters().ids().iter().collect();
+                if !after.contains(learner) {
+                    after.push(*learner);
+                }
+                self.check_voters_keep_quorum(&after)?;
                 raft_proto::new_conf_change_single(*learner, ConfChangeType::AddNode)
             }
             MembershipChange::Remove { id: gone } => {
@@ -1115,7 +1138,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         ConfChangeRejection::RemovesLeader,
                     ));
                 }
-                self.check_removal_keeps_quorum(*gone)?;
+                let voters = self.raw.raft.prs().conf().voters().ids();
+                if voters.contains(*gone) {
+                    let left: Vec<ReplicaId> = voters.iter().filter(|&v| v != *gone).collect();
+                    self.check_voters_keep_quorum(&left)?;
+                }
                 raft_proto::new_conf_change_single(*gone, ConfChangeType::RemoveNode)
             }
         };

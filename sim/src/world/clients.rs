@@ -305,12 +305,7 @@ impl<W: Workload> Simulation<W> {
         self.stats.ops_unknown += 1;
         self.workload.clock(self.now);
         self.workload.observe(client, &p.op, None);
-        // With a majority of the final voters lost for good the fleet stalls
-        // as it must (`final_checks` reports it): giving up is no violation
-        // (seed 569 of a vault membership swarm: two damaged stores, then a
-        // healthy voter's removal committed).
-        let n = self.voter_hosts().len().max(1);
-        if self.phase == Phase::Liveness && self.lost_count() <= (n - 1) / 2 {
+        if self.phase == Phase::Liveness {
             let what = self.workload.describe(&p.op, None);
             self.violate(
                 "liveness: pending operations finish once faults heal",
