@@ -453,17 +453,8 @@ fn a_stale_or_foreign_transfer_decline_is_refused() {
     net.replica_mut(1).transfer_leader(3);
     net.cycle(1);
     net.in_flight.clear();
-    let decline = |from: u64, term: u64| {
-        let mut m = raft::prelude::Message::default();
-        m.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
-        m.from = from;
-        m.to = 1;
-        m.term = term;
-        m.context = TRANSFER_DECLINED.to_vec().into();
-        m
-    };
     for (from, t) in [(2, term), (3, term + 1), (3, term - 1)] {
-        let refused = net.replica_mut(1).step(decline(from, t));
+        let refused = net.replica_mut(1).step(decline(from, 1, t));
         match refused {
             Err(e) => assert!(
                 matches!(e.reason, StepRefusal::StaleTransferDecline { .. }),
@@ -482,7 +473,9 @@ fn a_stale_or_foreign_transfer_decline_is_refused() {
         "the transfer is still in progress: raft drops the write"
     );
     // The matching one is taken.
-    net.replica_mut(1).step(decline(3, term)).expect("decline");
+    net.replica_mut(1)
+        .step(decline(3, 1, term))
+        .expect("decline");
 }
 
 /// Review finding 2: a replica that wins an election while restoring hands

@@ -1961,10 +1961,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     fn notice_role_change(&mut self) {
         let is_leader = self.raw.raft.state == StateRole::Leader;
-        if is_leader && !self.was_leader {
-            // Back-offs were answers to an earlier leadership's transfers.
-            self.transfer_back_off.clear();
-        }
         if self.was_leader && !is_leader {
             // Proposals in flight can no longer be committed by this replica; a new
             // leader may still commit them. Say so now rather than at the timeout,
@@ -2178,9 +2174,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let from = m.from;
         // A transfer that ended at this tick is counted before it can be
         // started again (review 4: an ask stepped before the next Ready cycle
-        // restarted it unnoticed).
+        // restarted it unnoticed). It also forgets an earlier term's
+        // back-offs.
         self.notice_transfer_end();
-        self.forget_old_back_offs();
         if self.is_leader() && from != self.cfg.id {
             if let Some(to) = self.raw.raft.lead_transferee.filter(|&to| to != from) {
                 return Err(StepRefusal::TransferInProgress { from, to });
