@@ -824,3 +824,149 @@ fn a_snapshot_build_dropped_unrun_is_counted_and_the_next_one_taken() {
         net.replica(1).snapshots_failed()
     );
 }
+
+/// A vote request at the term after `term` from `from` to `to`, forced as a
+/// leadership transfer's campaign (`CAMPAIGN_TRANSFER`), with `from`'s log.
+fn forced_vote(net: &Network, kind: MessageType, from: u64, to: u64, term: u64) -> Message {
+    let status = net.status(from);
+    let mut m = message(kind, from, to, term + 1);
+    m.index = status.last_index;
+    m.log_term = log_term(net, from, status.last_index);
+    m.context = raft::CAMPAIGN_TRANSFER.to_vec().into();
+    m
+}
+
+/// A leader's announcement of a transfer to `transferee`, as `from` sends it.
+fn announcement(from: u64, to: u64, term: u64, transferee: &[u8]) -> Message {
+    let mut m = message(MessageType::MsgTransferLeader, from, to, term);
+    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
+    context.extend_from_slice(transferee);
+    m.context = context.into();
+    m
+}
+
+/// Review 5: raft-rs lets a vote request whose context is `CampaignTransfer`
+/// skip every lease check, so one from any voter, at the next term, made the
+/// leader and every follower step to that term at once; the voter could do
+/// it again every election, and no write went in meanwhile. The force is
+/// honoured only for a transfer the leader started (and announced).
+#[test]
+fn review_5_a_forged_transfer_campaign_does_not_depose_the_leader() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    let client = net.register(1);
+    for seq in 1..=5 {
+        for to in [1, 2, 4, 5] {
+            let m = forced_vote(&net, MessageType::MsgRequestVote, 3, to, term);
+            net.replica_mut(to)
+                .step(m)
+                .expect("stepped as an ordinary vote");
+        }
+        net.settle();
+        for id in [1, 2, 4, 5] {
+            assert_eq!(net.status(id).term, term, "replica {id} moved to 3's term");
+        }
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+        let put = net
+            .propose(1, client, seq, seq, KvStore::put("k", "v"))
+            .unwrap();
+        net.settle();
+        assert!(matches!(net.take(put), Some(Ok(Reply::Applied(_)))));
+        net.tick_all(1);
+    }
+}
+
+/// Review 5: a forced pre-vote is never honoured (raft-rs's transfers
+/// campaign without one): a follower that hears its leader ignores it
+/// rather than granting it.
+#[test]
+fn review_5_a_forced_pre_vote_is_not_granted_within_the_lease() {
+    let (mut net, term, _) = fleet();
+    let m = forced_vote(&net, MessageType::MsgRequestPreVote, 3, 2, term);
+    net.replica_mut(2)
+        .step(m)
+        .expect("stepped as an ordinary pre-vote");
+    net.cycle(2);
+    let granted = net.in_flight.iter().any(|m| {
+        m.get_msg_type() == MessageType::MsgRequestPreVoteResponse && m.to == 3 && !m.reject
+    });
+    assert!(
+        !granted,
+        "replica 2 granted a forced pre-vote: {:?}",
+        net.in_flight
+    );
+}
+
+/// A leader's transfer in a fleet of five still hands over without waiting
+/// for an election timeout: the leader announces it, and the voters honour
+/// the transferee's forced campaign (it needs three votes, two more than the
+/// leader's and its own).
+#[test]
+fn review_5_an_announced_transfer_hands_over_at_once_in_a_fleet_of_five() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    assert!(net.replica(3).is_leader(), "3 {:?}", net.status(3));
+    assert_eq!(net.status(3).term, term + 1);
+    for id in [1, 2, 4, 5] {
+        assert_eq!(net.status(id).leader, Some(3), "{id} {:?}", net.status(id));
+    }
+}
+
+/// Review 5: only the leader, in its term, announces a transfer; anyone
+/// else's announcement is refused, and the replica it names gets no force.
+#[test]
+fn review_5_a_transfer_announcement_not_from_the_leader_is_refused() {
+    let (mut net, term, client) = fleet();
+    let m = announcement(3, 2, term, &3u64.to_be_bytes());
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(
+            r,
+            StepRefusal::AnnouncementNotFromLeader { from: 3, leader: 1 }
+        )
+    });
+    let m = announcement(1, 2, term + 1, &3u64.to_be_bytes());
+    assert!(matches!(
+        net.replica_mut(2).step(m).map_err(|e| e.reason),
+        Err(StepRefusal::AnnouncementNotFromLeader { from: 1, leader: 1 })
+    ));
+    let m = announcement(1, 2, term, &[0, 3]);
+    assert!(matches!(
+        net.replica_mut(2).step(m).map_err(|e| e.reason),
+        Err(StepRefusal::AnnouncementMalformed { bytes: 2 })
+    ));
+    let term = net.status(2).term;
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).unwrap();
+    assert_eq!(net.status(2).term, term, "replica 2 honoured the force");
+}
+
+/// Review 5: a leader's announcement forces 3's campaign at 2 for an
+/// election timeout, not longer; within it, it does.
+#[test]
+fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_only() {
+    let (mut net, term, _) = fleet();
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    // 1's heartbeats keep 2 in its lease past the announcement's window.
+    let election = core_harness::test_config(2).election_ticks;
+    net.tick_all(election + 1);
+    assert_eq!(net.status(2).term, term);
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).unwrap();
+    assert_eq!(net.status(2).term, term, "the force outlived its window");
+    // A fresh announcement: now 3's campaign moves 2 to its term.
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2).step(m).unwrap();
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).unwrap();
+    assert_eq!(
+        net.status(2).term,
+        term + 1,
+        "the announced campaign was ignored"
+    );
+}

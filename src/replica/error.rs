@@ -456,6 +456,23 @@ pub enum StepRefusal {
         /// The leader this replica follows (0: none).
         leader: u64,
     },
+    /// A leadership transfer announcement
+    /// ([`TRANSFER_ANNOUNCED`](super::TRANSFER_ANNOUNCED)) from a replica that
+    /// is not this replica's leader in its current term.
+    #[error("a leadership transfer announced by replica {from}, which is not the current leader ({leader})")]
+    AnnouncementNotFromLeader {
+        /// The sender.
+        from: u64,
+        /// The leader this replica follows (0: none).
+        leader: u64,
+    },
+    /// A leadership transfer announcement whose transferee is not the 8
+    /// bytes of a replica id.
+    #[error("a leadership transfer announcement names its transferee in {bytes} bytes, not 8")]
+    AnnouncementMalformed {
+        /// The bytes after the marker.
+        bytes: usize,
+    },
     /// A `MsgTimeoutNow` while this replica restores a snapshot off its
     /// thread: it could lead but apply nothing until the restore is done, so
     /// it does not take leadership (the transfer aborts).

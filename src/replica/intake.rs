@@ -101,8 +101,12 @@ pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepR
             })
         }
         // A follower re-forwards a transfer to its leader, and raft-rs's send is
-        // fatal on a forwarded message that already carries a term.
-        MessageType::MsgTransferLeader if raft.state != StateRole::Leader => {
+        // fatal on a forwarded message that already carries a term. A leader's
+        // announcement of a transfer is for followers, and never stepped.
+        MessageType::MsgTransferLeader
+            if raft.state != StateRole::Leader
+                && !m.context.starts_with(super::TRANSFER_ANNOUNCED) =>
+        {
             Err(StepRefusal::TransferNotLeader)
         }
         MessageType::MsgAppendResponse

@@ -103,6 +103,16 @@ pub const BACKLOG_STEPS_PER_TURN: usize = 1;
 /// leader that does not know the marker loses nothing.
 pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
 
+/// The context of the `MsgTransferLeader` a leader sends every other voter
+/// when it starts a leadership transfer, followed by the 8 big-endian bytes of
+/// the transferee's id. raft-rs lets a vote request whose context is
+/// [`raft::CAMPAIGN_TRANSFER`] skip every lease check, so one forged by any
+/// voter would depose the leader; a replica honours that force only from the
+/// transferee its leader announced, in the next term, within an election
+/// timeout (review 5). A replica that does not know the marker refuses the
+/// message ([`StepRefusal::TransferNotLeader`]) and loses nothing.
+pub const TRANSFER_ANNOUNCED: &[u8] = b"vaultfleet/transfer-announced/";
+
 /// Rebalance periods a leader leaves a replica that declined a transfer, at
 /// most: the wait doubles with each decline in a row, from one period.
 const DECLINED_PERIODS_MAX: u64 = 64;
@@ -337,6 +347,19 @@ struct TransferBackOff {
     failures: u64,
 }
 
+/// A leadership transfer this replica's leader announced
+/// ([`TRANSFER_ANNOUNCED`]).
+#[derive(Clone, Copy, Debug)]
+struct TransferAnnounced {
+    /// The leader that announced it, and its term.
+    leader: ReplicaId,
+    term: u64,
+    /// The transferee.
+    to: ReplicaId,
+    /// The tick it was taken.
+    at: u64,
+}
+
 /// One more back-off in a row: `period` ticks from `now`, doubling with each
 /// one in a row up to [`DECLINED_PERIODS_MAX`] periods; a streak starts again
 /// once the last wait (until `last_until`) is long past. Saturating
@@ -456,6 +479,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The transfer in progress was started (or joined) by its target's own
     /// ask: a decline of it counts as a failed transfer (review 5).
     transfer_asked_by: Option<ReplicaId>,
+    /// The transfer this replica's leader announced last, if any: the one
+    /// campaign whose forced vote requests it honours.
+    transfer_announced: Option<TransferAnnounced>,
     /// The tick a message from each peer was last taken (a few entries: the
     /// members, at most twice `MEMBERS_MAX`).
     heard_at: Vec<(ReplicaId, u64)>,
@@ -731,6 +757,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
             transfer_asked_by: None,
+            transfer_announced: None,
             heard_at: Vec::new(),
             back_off_term: 0,
             build_cancelled_last: false,
@@ -952,6 +979,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
         }
         if message.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader {
+            if let Some(to) = message.context.strip_prefix(TRANSFER_ANNOUNCED) {
+                return self.transfer_announced(&message, to);
+            }
             if message.context.as_ref() == TRANSFER_DECLINED {
                 // Never stepped into raft: a follower would forward it, and
                 // raft-rs's send is fatal on a forwarded message with a term.
@@ -974,6 +1004,22 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         ) {
             message.commit = 0;
             message.commit_term = 0;
+        }
+        // raft-rs lets a vote request with this context skip every lease
+        // check, so any voter could depose the leader with one (review 5):
+        // the force holds only for the campaign this replica's leader
+        // announced. Without it, the request is an ordinary vote, which a
+        // replica that heard from its leader lately ignores.
+        if message.context.as_ref() == raft::CAMPAIGN_TRANSFER && !self.campaign_announced(&message)
+        {
+            tracing::info!(
+                replica = self.cfg.id,
+                from = message.from,
+                term = message.term,
+                "a forced vote request for a leadership transfer this replica's leader did not \
+                 announce: taken as an ordinary one"
+            );
+            message.context = Default::default();
         }
         self.raw.step(message).map_err(StepRefusal::Raft)?;
         self.notice_newer_snapshot();
@@ -1421,11 +1467,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.raw.advance_apply_to(self.raft_applied());
             debug_assert_eq!(self.raft_applied(), self.raw.raft.raft_log.applied);
         }
-        if !self.outbox.is_empty() {
-            let limit = self.cfg.message_bytes_max;
-            out.messages
-                .extend(split_appends(std::mem::take(&mut self.outbox), limit));
-        }
         debug_assert!(
             self.raw.raft.raft_log.committed >= commit_before,
             "the commit index moved back"
@@ -1435,6 +1476,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.notice_role_change();
         self.notice_transfer_end();
         self.hand_over_while_restoring();
+        // A hand-over started just now is announced with this cycle's output.
+        self.notice_transfer_end();
+        if !self.outbox.is_empty() {
+            let limit = self.cfg.message_bytes_max;
+            out.messages
+                .extend(split_appends(std::mem::take(&mut self.outbox), limit));
+        }
         self.maybe_snapshot()?;
         out.jobs.append(&mut self.jobs);
         out.restores.append(&mut self.restores);
@@ -1831,6 +1879,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                         .max_by_key(|id| prs.get(*id).map_or(0, |p| p.matched));
                     if let Some(next) = next {
                         self.raw.transfer_leader(next);
+                        if self.raw.raft.lead_transferee == Some(next) {
+                            self.announce_transfer(next);
+                        }
                     }
                     // raft-rs leaves a removed leader leading (its
                     // `post_conf_change`: "TODO(tbg): step down ... It is
@@ -2161,6 +2212,77 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
+    /// This replica's leader announces a transfer to the replica whose id
+    /// `to` holds ([`TRANSFER_ANNOUNCED`]). Taken only from the leader of the
+    /// current term; never stepped into raft (a follower would forward it).
+    fn transfer_announced(&mut self, m: &Message, to: &[u8]) -> Result<(), StepRefusal> {
+        let raft = &self.raw.raft;
+        if m.term != raft.term || raft.leader_id == raft::INVALID_ID || m.from != raft.leader_id {
+            return Err(StepRefusal::AnnouncementNotFromLeader {
+                from: m.from,
+                leader: raft.leader_id,
+            });
+        }
+        let to = <[u8; 8]>::try_from(to)
+            .map(u64::from_be_bytes)
+            .map_err(|_| StepRefusal::AnnouncementMalformed { bytes: to.len() })?;
+        self.transfer_announced = Some(TransferAnnounced {
+            leader: m.from,
+            term: m.term,
+            to,
+            at: self.ticks,
+        });
+        Ok(())
+    }
+
+    /// Whether `m`, a vote request forced by [`raft::CAMPAIGN_TRANSFER`], is
+    /// the campaign of a transfer this replica knows of: as leader, the one in
+    /// progress; as follower, the one its leader announced within an election
+    /// timeout. Either way in the term after this replica's. A forced
+    /// pre-vote never is: raft-rs's transfers campaign without one.
+    fn campaign_announced(&self, m: &Message) -> bool {
+        let raft = &self.raw.raft;
+        if m.get_msg_type() != raft::prelude::MessageType::MsgRequestVote
+            || m.term != raft.term.saturating_add(1)
+        {
+            return false;
+        }
+        if raft.state == StateRole::Leader {
+            return raft.lead_transferee == Some(m.from);
+        }
+        let window = self.cfg.election_ticks as u64;
+        self.transfer_announced.is_some_and(|a| {
+            a.term == raft.term
+                && a.leader == raft.leader_id
+                && a.to == m.from
+                && self.ticks <= a.at.saturating_add(window)
+        })
+    }
+
+    /// Tells every other voter that this leader transfers leadership to
+    /// `to`, so that they honour its forced vote requests
+    /// ([`TRANSFER_ANNOUNCED`]). Leaves with the cycle's output, beside the
+    /// transfer's `MsgTimeoutNow`; a vote request that overtakes it is taken
+    /// as an ordinary one, and the transfer may then end in an election.
+    fn announce_transfer(&mut self, to: ReplicaId) {
+        let (me, term) = (self.cfg.id, self.raw.raft.term);
+        let mut context = TRANSFER_ANNOUNCED.to_vec();
+        context.extend_from_slice(&to.to_be_bytes());
+        let context = bytes::Bytes::from(context);
+        for voter in self.raw.raft.prs().conf().voters().ids().iter() {
+            if voter == me || voter == to {
+                continue;
+            }
+            let mut m = Message::default();
+            m.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+            m.from = me;
+            m.to = voter;
+            m.term = term;
+            m.context = context.clone();
+            self.outbox.push(m);
+        }
+    }
+
     /// A peer asks this leader to hand leadership to it (`MsgTransferLeader`
     /// naming itself). raft-rs drops every proposal while a transfer is in
     /// progress, and starts one for any voter that asks, replacing the one in
@@ -2247,6 +2369,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         if now_to.is_none() || self.transfer_asked_by != now_to {
             self.transfer_asked_by = None;
+        }
+        if let Some(to) = now_to.filter(|&to| self.transfer_watch != Some(to)) {
+            self.announce_transfer(to);
         }
         self.transfer_watch = now_to;
     }
