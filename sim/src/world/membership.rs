@@ -32,6 +32,10 @@ use crate::disk::Disk;
 use crate::options::MembershipBug;
 use crate::workload::{MemberChange, Workload};
 
+/// Terms whose append acknowledgements the quorum checker keeps per leader
+/// host.
+const ACK_TERMS_KEPT: usize = 4;
+
 /// The fewest voters a removal may leave.
 pub(in crate::world) const VOTERS_MIN: usize = 3;
 /// Hosts a run may add beyond its initial replicas (each costs events).
@@ -90,9 +94,10 @@ pub(in crate::world) struct Churn {
     pub(in crate::world) call: Option<AdminCall>,
     /// Removed ids, never to count or serve again.
     pub(in crate::world) removed: BTreeMap<u64, Removal>,
-    /// Per leader host: the term and, per sender id, the highest index a
-    /// delivered `MsgAppendResponse` of that term acknowledged.
-    pub(in crate::world) acks: BTreeMap<usize, (u64, BTreeMap<u64, u64>)>,
+    /// Per leader host and term (the newest [`ACK_TERMS_KEPT`]): per sender
+    /// id, the highest index a delivered `MsgAppendResponse` of that term
+    /// acknowledged.
+    pub(in crate::world) acks: BTreeMap<usize, BTreeMap<u64, BTreeMap<u64, u64>>>,
     /// Per leader host: term, commit and voters at its last check.
     pub(in crate::world) leader_seen: BTreeMap<usize, (u64, u64, Vec<u64>)>,
     /// Replicas announced joining to the workload (its epochs list them)
@@ -567,22 +572,25 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
-    /// A delivered append acknowledgement, kept for the quorum checker.
+    /// A delivered append acknowledgement, kept for the quorum checker. Kept
+    /// per term: one of a higher term than the receiver's leads nowhere when
+    /// the receiver refuses it (raft-rs drops a response from a replica
+    /// that left the configuration), and must not hide the acknowledgements
+    /// the receiver still leads by (a removed replica whose late transfer
+    /// campaign failed answered at its higher term: a false alarm).
     pub(in crate::world) fn note_ack(&mut self, to: usize, message: &Message) {
         if message.get_msg_type() != MessageType::MsgAppendResponse || message.reject {
             return;
         }
-        let entry = self
-            .churn
-            .acks
-            .entry(to)
-            .or_insert_with(|| (message.term, BTreeMap::new()));
-        if message.term > entry.0 {
-            *entry = (message.term, BTreeMap::new());
-        }
-        if message.term == entry.0 {
-            let i = entry.1.entry(message.from).or_insert(0);
-            *i = (*i).max(message.index);
+        let terms = self.churn.acks.entry(to).or_default();
+        let i = terms
+            .entry(message.term)
+            .or_default()
+            .entry(message.from)
+            .or_insert(0);
+        *i = (*i).max(message.index);
+        while terms.len() > ACK_TERMS_KEPT {
+            terms.pop_first();
         }
     }
 }

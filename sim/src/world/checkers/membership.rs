@@ -115,10 +115,13 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let c = status.commit;
-        let acks = match self.churn.acks.get(&h) {
-            Some((t, acks)) if *t == status.term => acks.clone(),
-            _ => Default::default(),
-        };
+        let acks = self
+            .churn
+            .acks
+            .get(&h)
+            .and_then(|terms| terms.get(&status.term))
+            .cloned()
+            .unwrap_or_default();
         let majority = status.voters.len() / 2 + 1;
         let backers: Vec<u64> = status
             .voters
