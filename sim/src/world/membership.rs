@@ -36,6 +36,29 @@ use crate::workload::{MemberChange, Workload};
 /// host.
 const ACK_TERMS_KEPT: usize = 4;
 
+/// The append acknowledgements one leader host received: per term (the
+/// newest [`ACK_TERMS_KEPT`]), per sender id, the highest index acknowledged.
+#[derive(Clone, Debug, Default)]
+pub(in crate::world) struct Acks {
+    terms: BTreeMap<u64, BTreeMap<u64, u64>>,
+}
+
+impl Acks {
+    /// Notes that `from` acknowledged `index` at `term`.
+    pub(in crate::world) fn note(&mut self, term: u64, from: u64, index: u64) {
+        let i = self.terms.entry(term).or_default().entry(from).or_insert(0);
+        *i = (*i).max(index);
+        while self.terms.len() > ACK_TERMS_KEPT {
+            self.terms.pop_first();
+        }
+    }
+
+    /// The highest index `from` acknowledged at `term`, if any.
+    pub(in crate::world) fn at(&self, term: u64, from: u64) -> Option<u64> {
+        self.terms.get(&term)?.get(&from).copied()
+    }
+}
+
 /// The fewest voters a removal may leave.
 pub(in crate::world) const VOTERS_MIN: usize = 3;
 /// Hosts a run may add beyond its initial replicas (each costs events).
@@ -94,10 +117,8 @@ pub(in crate::world) struct Churn {
     pub(in crate::world) call: Option<AdminCall>,
     /// Removed ids, never to count or serve again.
     pub(in crate::world) removed: BTreeMap<u64, Removal>,
-    /// Per leader host and term (the newest [`ACK_TERMS_KEPT`]): per sender
-    /// id, the highest index a delivered `MsgAppendResponse` of that term
-    /// acknowledged.
-    pub(in crate::world) acks: BTreeMap<usize, BTreeMap<u64, BTreeMap<u64, u64>>>,
+    /// Per leader host: the append acknowledgements it received.
+    pub(in crate::world) acks: BTreeMap<usize, Acks>,
     /// Per leader host: term, commit and voters at its last check.
     pub(in crate::world) leader_seen: BTreeMap<usize, (u64, u64, Vec<u64>)>,
     /// Replicas announced joining to the workload (its epochs list them)
@@ -582,15 +603,43 @@ impl<W: Workload> Simulation<W> {
         if message.get_msg_type() != MessageType::MsgAppendResponse || message.reject {
             return;
         }
-        let terms = self.churn.acks.entry(to).or_default();
-        let i = terms
-            .entry(message.term)
+        self.churn
+            .acks
+            .entry(to)
             .or_default()
-            .entry(message.from)
-            .or_insert(0);
-        *i = (*i).max(message.index);
-        while terms.len() > ACK_TERMS_KEPT {
-            terms.pop_first();
+            .note(message.term, message.from, message.index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Swarm seed 5239 (sim 39ac8fd): a removed replica's late transfer
+    /// campaign answered the leader at a higher term; the old book reset on
+    /// that term and lost the acknowledgements the leader still led by.
+    #[test]
+    fn an_acknowledgement_of_a_higher_term_keeps_the_lower_terms() {
+        let mut acks = Acks::default();
+        acks.note(7, 2, 40);
+        acks.note(7, 3, 38);
+        acks.note(7, 2, 39);
+        acks.note(8, 5, 41);
+        assert_eq!(acks.at(7, 2), Some(40), "the highest index is kept");
+        assert_eq!(acks.at(7, 3), Some(38));
+        assert_eq!(acks.at(8, 5), Some(41));
+        assert_eq!(acks.at(8, 2), None, "terms are not mixed");
+    }
+
+    #[test]
+    fn only_the_newest_terms_are_kept() {
+        let mut acks = Acks::default();
+        for term in 1..=ACK_TERMS_KEPT as u64 + 2 {
+            acks.note(term, 2, term * 10);
         }
+        assert_eq!(acks.at(1, 2), None);
+        assert_eq!(acks.at(2, 2), None);
+        assert_eq!(acks.at(3, 2), Some(30));
+        assert_eq!(acks.terms.len(), ACK_TERMS_KEPT);
     }
 }

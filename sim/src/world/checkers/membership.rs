@@ -115,20 +115,20 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let c = status.commit;
-        let acks = self
-            .churn
-            .acks
-            .get(&h)
-            .and_then(|terms| terms.get(&status.term))
-            .cloned()
-            .unwrap_or_default();
+        let acks = self.churn.acks.get(&h);
+        let acked = |id: u64| {
+            id == status.id
+                || acks
+                    .and_then(|a| a.at(status.term, id))
+                    .is_some_and(|i| i >= c)
+        };
         let majority = status.voters.len() / 2 + 1;
         let backers: Vec<u64> = status
             .voters
             .iter()
             .copied()
             .filter(|id| !self.churn.removed.contains_key(id))
-            .filter(|&id| id == status.id || acks.get(&id).is_some_and(|&i| i >= c))
+            .filter(|&id| acked(id))
             .collect();
         if backers.len() < majority {
             let removed_counted: Vec<u64> = status
@@ -136,7 +136,7 @@ impl<W: Workload> Simulation<W> {
                 .iter()
                 .copied()
                 .filter(|id| self.churn.removed.contains_key(id))
-                .filter(|&id| id == status.id || acks.get(&id).is_some_and(|&i| i >= c))
+                .filter(|&id| acked(id))
                 .collect();
             self.violate(
                 "a removed replica never counts toward a quorum",
