@@ -943,27 +943,32 @@ fn reads_go_on_during_a_pending_leadership_transfer() {
     assert!(matches!(net.take(write), Some(Ok(Reply::Applied(_)))));
 }
 
-/// Review 3 of the restore (outside R2-2): raft-rs drops every proposal while
-/// a leadership transfer is in progress, and a leader starts one whenever a
-/// voter asks for leadership for itself. A voter that asks and never
-/// campaigns stalled every write, one election timeout after another. After
-/// a transfer it asked for ends with the leader still leading, its requests
-/// are refused for an election timeout, doubling.
+/// Review 3 of the restore (outside R2-2), and review 5 of the announced
+/// transfers: raft-rs drops every proposal while a leadership transfer is in
+/// progress, and starts one whenever a voter asks for leadership for itself;
+/// voters that asked and never campaigned stalled every write, and with
+/// announced transfers a voter that asked would be elected at will. Every
+/// ask is refused, by the leader and by followers, and no write is dropped.
 #[test]
-fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
-    let mut net = Network::new(&[1, 2, 3], |_| {});
+fn voters_asking_for_leadership_are_refused_and_drop_no_write() {
+    use vaultfleet::replica::StepRefusal;
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
     net.elect(1);
     let client = net.register(1);
     let term = net.status(1).term;
-    // 2 never hears the MsgTimeoutNow (nor anything else from 1); 1 and 3
-    // commit without it.
-    net.cut(1, 2);
     let total = 300;
     let mut dropped = 0;
-    let mut refused = 0;
     for seq in 1..=total {
-        if !ask_for_leadership(&mut net, 2, 1, term) {
-            refused += 1;
+        let asker = 2 + seq % 2;
+        for to in [1, 4] {
+            let refusal = net
+                .replica_mut(to)
+                .step(ask_from(asker, to, term))
+                .expect_err("an ask is refused");
+            assert!(
+                matches!(refusal.reason, StepRefusal::TransferAskRefused { from } if from == asker),
+                "{refusal}"
+            );
         }
         if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
@@ -971,10 +976,25 @@ fn a_voter_that_asks_for_leadership_and_never_campaigns_is_backed_off() {
         net.tick_all(1);
         assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
     }
-    assert!(refused > total / 2, "{refused} of {total} requests refused");
+    assert_eq!(dropped, 0, "writes dropped by transfers a voter asked for");
+    assert_eq!(net.status(1).term, term);
+}
+
+/// A follower's `transfer_leader` does nothing: raft-rs would forward it to
+/// the leader as an ask, which is refused.
+#[test]
+fn transfer_leader_on_a_follower_sends_nothing() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    net.settle();
+    net.replica_mut(2).transfer_leader(2);
+    net.cycle(2);
     assert!(
-        dropped < total / 3,
-        "{dropped} of {total} writes dropped by transfers that never end"
+        !net.in_flight
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgTransferLeader),
+        "{:?}",
+        net.in_flight
     );
 }
 
@@ -987,77 +1007,15 @@ fn put_on_leader(net: &mut Network, client: u64, seq: u64) -> bool {
     matches!(net.take(request), Some(Ok(_)))
 }
 
-/// Asks `leader` for leadership on behalf of `from` (a `MsgTransferLeader`
-/// naming itself, as a voter sends it), at `term`; whether it was taken.
-fn ask_for_leadership(net: &mut Network, from: u64, leader: u64, term: u64) -> bool {
+/// `from`'s ask to `to` for leadership (a `MsgTransferLeader` naming
+/// itself, as raft-rs forwards one), at `term`.
+fn ask_from(from: u64, to: u64, term: u64) -> Message {
     let mut ask = Message::default();
     ask.set_msg_type(MessageType::MsgTransferLeader);
     ask.from = from;
-    ask.to = leader;
+    ask.to = to;
     ask.term = term;
-    net.replica_mut(leader).step(ask).is_ok()
-}
-
-/// Review 4: two voters that take turns asking for leadership (and never
-/// campaign) kept a transfer running for ever (raft-rs replaces the one in
-/// progress, so neither's ever timed out): every write was dropped. The
-/// watch counts a replaced or timed-out transfer as failed, so each is
-/// backed off (the refusal of an ask during another's transfer is tested
-/// below). Each back-off starts at one election timeout and doubles on its
-/// own, so two askers still drop about one write in six over 600 ticks.
-#[test]
-fn two_voters_taking_turns_asking_for_leadership_do_not_stall_writes() {
-    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
-    net.elect(1);
-    let client = net.register(1);
-    let term = net.status(1).term;
-    net.cut(1, 2);
-    net.cut(1, 3);
-    // Each asker's back-off doubles on its own: about five tries each of
-    // an election timeout in 600 ticks.
-    let total = 600;
-    let mut dropped = 0;
-    for seq in 1..=total {
-        let asker = 2 + seq % 2;
-        ask_for_leadership(&mut net, asker, 1, term);
-        if !put_on_leader(&mut net, client, seq) {
-            dropped += 1;
-        }
-        net.tick_all(1);
-        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
-    }
-    assert!(
-        dropped < total / 4,
-        "{dropped} of {total} writes dropped by transfers that never end"
-    );
-}
-
-/// Review 4: raft-rs ends a timed-out transfer inside a tick, which makes no
-/// Ready; an ask stepped before the next cycle restarted it unnoticed, so
-/// the asker was never backed off. The end is noticed at the tick.
-#[test]
-fn an_ask_right_after_a_transfer_timed_out_is_backed_off() {
-    let mut net = Network::new(&[1, 2, 3], |_| {});
-    net.elect(1);
-    let client = net.register(1);
-    let term = net.status(1).term;
-    net.cut(1, 2);
-    let total = 300;
-    let mut dropped = 0;
-    for seq in 1..=total {
-        for id in net.ids() {
-            net.tick(id);
-        }
-        ask_for_leadership(&mut net, 2, 1, term);
-        if !put_on_leader(&mut net, client, seq) {
-            dropped += 1;
-        }
-        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
-    }
-    assert!(
-        dropped < total / 4,
-        "{dropped} of {total} writes dropped by transfers that never end"
-    );
+    ask
 }
 
 /// Review 4: a voter in a preferred datacenter that acknowledges everything
@@ -1118,24 +1076,18 @@ fn rebalancing_backs_off_from_a_preferred_voter_that_never_campaigns() {
 }
 
 /// Review 4: while a transfer to one voter is in progress, another voter's
-/// ask is refused rather than replacing it (raft-rs would abort the first,
-/// and the first voter would then be backed off as if it had failed).
+/// ask is refused rather than replacing it (raft-rs would abort the first).
 #[test]
 fn an_ask_during_another_voters_transfer_is_refused_and_that_transfer_goes_on() {
     let mut net = Network::new(&[1, 2, 3], |_| {});
     net.elect(1);
     let term = net.status(1).term;
-    assert!(ask_for_leadership(&mut net, 3, 1, term), "3's ask is taken");
-    let mut ask = Message::default();
-    ask.set_msg_type(MessageType::MsgTransferLeader);
-    ask.from = 2;
-    ask.to = 1;
-    ask.term = term;
-    match net.replica_mut(1).step(ask) {
+    net.replica_mut(1).transfer_leader(3);
+    match net.replica_mut(1).step(ask_from(2, 1, term)) {
         Err(e) => assert!(
             matches!(
                 e.reason,
-                vaultfleet::replica::StepRefusal::TransferInProgress { from: 2, to: 3 }
+                vaultfleet::replica::StepRefusal::TransferAskRefused { from: 2 }
             ),
             "{e}"
         ),
@@ -1156,12 +1108,12 @@ fn decline_from(from: u64, leader: u64, term: u64) -> Message {
     decline
 }
 
-/// Review 5: a voter that asks for leadership, declines its own transfer
-/// just before it times out and asks again kept a transfer (and the dropping
-/// of every proposal) going for ever: the decline ended the transfer without
-/// a failure. A decline of a transfer the decliner asked for is one.
+/// Review 5: a voter that asked for leadership, declined its own transfer
+/// just before it timed out and asked again kept a transfer (and the
+/// dropping of every proposal) going for ever. Asks are refused, and a
+/// decline of no transfer in progress is stale: nothing is dropped.
 #[test]
-fn a_voter_that_declines_its_own_transfer_is_backed_off() {
+fn a_voter_that_asks_and_declines_in_a_loop_drops_no_write() {
     let mut net = Network::new(&[1, 2, 3], |_| {});
     net.elect(1);
     let client = net.register(1);
@@ -1172,13 +1124,13 @@ fn a_voter_that_declines_its_own_transfer_is_backed_off() {
     for seq in 1..=total {
         net.tick_all(1);
         let _ = net.replica_mut(1).step(decline_from(2, 1, term));
-        ask_for_leadership(&mut net, 2, 1, term);
+        let _ = net.replica_mut(1).step(ask_from(2, 1, term));
         if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
         }
         assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
     }
-    assert!(dropped < total / 4, "{dropped} of {total} writes dropped");
+    assert_eq!(dropped, 0, "{dropped} of {total} writes dropped");
 }
 
 /// Review 5: raft-rs resets the leader's election clock at each transfer it
@@ -1199,7 +1151,7 @@ fn a_transfer_loop_does_not_keep_an_isolated_leader_leading() {
         net.tick_all(1);
         if net.replica(1).is_leader() {
             let _ = net.replica_mut(1).step(decline_from(2, 1, term));
-            let _ = ask_for_leadership(&mut net, 2, 1, term);
+            let _ = net.replica_mut(1).step(ask_from(2, 1, term));
         }
         for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
             net.cycle_all();

@@ -573,11 +573,12 @@ fn review_timeout_now_from_a_replica_that_is_not_the_leader_is_refused() {
 #[test]
 fn finding_8_leadership_transfer_to_a_follower_is_refused() {
     // A follower forwards it to its leader; raft-rs's send is fatal on a
-    // forwarded message that already carries a term.
+    // forwarded message that already carries a term. Every peer's ask is
+    // refused now (review 6).
     let (mut net, term, client) = fleet();
     let m = message(MessageType::MsgTransferLeader, 3, 2, term);
     assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
-        matches!(r, StepRefusal::TransferNotLeader)
+        matches!(r, StepRefusal::TransferAskRefused { from: 3 })
     });
 }
 
@@ -959,7 +960,15 @@ fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_on
     let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
     net.replica_mut(2).step(m).unwrap();
     assert_eq!(net.status(2).term, term, "the force outlived its window");
-    // A fresh announcement: now 3's campaign moves 2 to its term.
+    // Said again, the window still runs from the first time.
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2).step(m).unwrap();
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).unwrap();
+    assert_eq!(net.status(2).term, term, "a repeat extended the window");
+    // Ended, then a fresh transfer: now 3's campaign moves 2 to its term.
+    let m = announcement(1, 2, term, &0u64.to_be_bytes());
+    net.replica_mut(2).step(m).unwrap();
     let m = announcement(1, 2, term, &3u64.to_be_bytes());
     net.replica_mut(2).step(m).unwrap();
     let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
@@ -968,5 +977,173 @@ fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_on
         net.status(2).term,
         term + 1,
         "the announced campaign was ignored"
+    );
+}
+
+/// Review 6 (HIGH-1): a voter that asked for leadership had the leader start
+/// the transfer and announce it, so its forced campaign then deposed the
+/// leader: any voter could lead at will, every term. An ask is refused, the
+/// leader announces nothing, and the voter's forced campaign is an ordinary
+/// one the others ignore while they hear their leader.
+#[test]
+fn review_6_a_voters_ask_for_leadership_is_refused_and_gives_it_no_force() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    let client = net.register(1);
+    let ask = message(MessageType::MsgTransferLeader, 3, 1, term);
+    assert_refused_and_fleet_commits(&mut net, client, 1, ask, |r| {
+        matches!(r, StepRefusal::TransferAskRefused { from: 3 })
+    });
+    net.cycle(1);
+    assert!(
+        !net.in_flight.iter().any(|m| matches!(
+            m.get_msg_type(),
+            MessageType::MsgTimeoutNow | MessageType::MsgTransferLeader
+        )),
+        "the leader started or announced a transfer: {:?}",
+        net.in_flight
+    );
+    for to in [2, 4, 5, 1] {
+        let m = forced_vote(&net, MessageType::MsgRequestVote, 3, to, term);
+        net.replica_mut(to).step(m).expect("an ordinary vote");
+    }
+    net.settle();
+    for id in [1, 2, 4, 5] {
+        assert_eq!(net.status(id).term, term, "replica {id} moved to 3's term");
+    }
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+}
+
+/// The followers' announcement, if `m` is one: the transferee it names.
+fn announced(m: &Message) -> Option<u64> {
+    let to = m
+        .context
+        .strip_prefix(vaultfleet::replica::TRANSFER_ANNOUNCED)?;
+    Some(u64::from_be_bytes(to.try_into().ok()?))
+}
+
+/// Review 6 (MEDIUM-4): a transfer that timed out left the transferee's
+/// force standing at the followers for the rest of their window: its
+/// campaign, cut off from the leader, could still depose it. The leader
+/// announces the end, and the followers forget the transfer.
+#[test]
+fn review_6_a_transfer_that_timed_out_is_announced_ended() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    // 3 never hears the MsgTimeoutNow.
+    net.cut(1, 3);
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    let started: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
+    assert_eq!(started, [3, 3, 3], "announced to 2, 4 and 5");
+    let election = core_harness::test_config(1).election_ticks;
+    let mut ended = false;
+    for _ in 0..2 * election {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        net.cycle_all();
+        ended |= net.in_flight.iter().any(|m| announced(m) == Some(0));
+        net.settle();
+        if ended {
+            break;
+        }
+    }
+    assert!(ended, "the leader never announced the end of its transfer");
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    assert_eq!(net.status(2).term, term, "the force outlived the transfer");
+}
+
+/// Review 6 (MEDIUM-4): a transferee that declines (it restores a snapshot)
+/// ends the transfer; the leader announces that end too.
+#[test]
+fn review_6_a_declined_transfer_is_announced_ended() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.cut(1, 3);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    let mut decline = message(MessageType::MsgTransferLeader, 3, 1, term);
+    decline.context = vaultfleet::replica::TRANSFER_DECLINED.to_vec().into();
+    net.replica_mut(1)
+        .step(decline)
+        .expect("the transferee's decline");
+    net.cycle(1);
+    let ended: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
+    assert_eq!(ended, [0, 0, 0, 0], "announced to every other voter");
+    net.settle();
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    assert_eq!(net.status(2).term, term, "the force outlived the transfer");
+}
+
+/// Whether `m`, a forced vote request to replica 2 (at `term`), moved 2 off
+/// `term` or, for a pre-vote, was granted.
+fn force_taken(net: &mut Network, m: Message, term: u64) -> bool {
+    let from = m.from;
+    net.replica_mut(2).step(m).expect("stepped");
+    net.cycle(2);
+    let granted = net.in_flight.iter().any(|m| {
+        m.get_msg_type() == MessageType::MsgRequestPreVoteResponse && m.to == from && !m.reject
+    });
+    granted || net.status(2).term != term
+}
+
+/// Review 6 (test gaps): the force holds only for the transferee named, at
+/// the term right after the leader's, and never for a pre-vote.
+#[test]
+fn review_6_an_announcement_forces_only_the_transferees_vote_at_the_next_term() {
+    let (mut net, term, _) = fleet();
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    let other = forced_vote(&net, MessageType::MsgRequestVote, 1, 2, term);
+    assert!(
+        !force_taken(&mut net, other, term),
+        "a vote from another replica than the transferee was forced"
+    );
+    let pre_vote = forced_vote(&net, MessageType::MsgRequestPreVote, 3, 2, term);
+    assert!(
+        !force_taken(&mut net, pre_vote, term),
+        "the transferee's forced pre-vote was granted"
+    );
+    let mut later = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    later.term += 1;
+    assert!(
+        !force_taken(&mut net, later, term),
+        "the transferee's vote two terms on was forced"
+    );
+    let vote = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    assert!(
+        force_taken(&mut net, vote, term),
+        "the transferee's vote at the next term was not forced"
+    );
+}
+
+/// Review 6 (test gaps): an announcement holds for the term it was made in
+/// only: once 2 follows a later term (of the same leader), 3's forced vote
+/// is an ordinary one.
+#[test]
+fn review_6_an_announcement_of_an_earlier_term_forces_nothing() {
+    let (mut net, term, _) = fleet();
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    let heartbeat = message(MessageType::MsgHeartbeat, 1, 2, term + 1);
+    net.replica_mut(2).step(heartbeat).expect("a heartbeat");
+    assert_eq!(net.status(2).term, term + 1);
+    assert_eq!(net.status(2).leader, Some(1));
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term + 1);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    assert_eq!(
+        net.status(2).term,
+        term + 1,
+        "a stale announcement forced a vote"
     );
 }

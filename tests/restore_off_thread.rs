@@ -1005,11 +1005,11 @@ fn a_snapshot_outcome_for_another_index_is_ignored() {
     );
 }
 
-/// Review 4: a voter that declined while restoring may ask for leadership
-/// once restored: a decline leaves it out of rebalancing, it does not make
-/// its own requests refused for the rebalancing back-off.
+/// Review 4: a voter that declined while restoring may lead once restored:
+/// a decline leaves it out of rebalancing, not out of the operator's
+/// transfers (peers never ask for leadership themselves: review 6).
 #[test]
-fn a_replica_that_declined_may_ask_for_leadership_once_restored() {
+fn a_replica_that_declined_may_lead_once_restored() {
     let mut net = fleet_with::<false>(|rc| {
         rc.leader_rebalance_ticks = 1_000;
     });
@@ -1023,15 +1023,7 @@ fn a_replica_that_declined_may_ask_for_leadership_once_restored() {
     );
     net.run_restores(3);
     net.settle();
-    let term = net.status(1).term;
-    let mut ask = raft::prelude::Message::default();
-    ask.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
-    ask.from = 3;
-    ask.to = 1;
-    ask.term = term;
-    net.replica_mut(1)
-        .step(ask)
-        .expect("the ask of a replica that declined while restoring");
+    net.replica_mut(1).transfer_leader(3);
     net.settle();
     net.tick_all(2);
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));

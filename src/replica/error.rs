@@ -481,27 +481,20 @@ pub enum StepRefusal {
         /// The index of the snapshot being restored.
         index: u64,
     },
-    /// A peer asks this leader to hand leadership to it while it is backed
-    /// off: a transfer to it ended without it leading lately. raft-rs drops every proposal while a
-    /// transfer is in progress, so a peer that asked and never campaigned
-    /// would stall every write.
-    #[error("replica {from} asks for leadership, but a transfer to it failed lately; refused until tick {until_tick}")]
-    TransferBackedOff {
+    /// A peer asks for leadership (a `MsgTransferLeader` without a
+    /// vaultfleet marker, as raft-rs forwards one). Refused from every peer:
+    /// raft-rs starts a transfer for any voter that asks, and the transferee
+    /// the leader then announces may depose it with a forced vote
+    /// ([`TRANSFER_ANNOUNCED`](super::TRANSFER_ANNOUNCED)), so one hostile
+    /// voter would lead at will every term; and every proposal is dropped
+    /// while a transfer is in progress (review 5 of the announced transfers).
+    /// Only the leader starts transfers: the operator's, rebalancing's and a
+    /// hand-over, all on the leader ([`Replica::transfer_leader`](super::Replica::transfer_leader)
+    /// is ignored elsewhere).
+    #[error("replica {from} asks for leadership; replicas never hand leadership over on a peer's request (an operator transfers it through the leader)")]
+    TransferAskRefused {
         /// The replica asking.
         from: u64,
-        /// The tick its back-off ends at.
-        until_tick: u64,
-    },
-    /// A peer asks this leader to hand leadership to it while a transfer to
-    /// another replica is in progress: raft-rs would replace that one, and
-    /// two voters taking turns could keep a transfer (during which every
-    /// proposal is dropped) running for ever.
-    #[error("replica {from} asks for leadership while a transfer to replica {to} is in progress")]
-    TransferInProgress {
-        /// The replica asking.
-        from: u64,
-        /// The transfer's target.
-        to: u64,
     },
     /// A transfer declined ([`TRANSFER_DECLINED`](super::TRANSFER_DECLINED))
     /// that does not match this replica's transfer in progress: it is not the
@@ -573,10 +566,6 @@ pub enum StepRefusal {
         #[source]
         source: CorruptEntry,
     },
-    /// A forwarded leadership transfer reached a replica that does not lead
-    /// (raft-rs would forward it once more, which it forbids).
-    #[error("a forwarded leadership transfer reached a replica that does not lead")]
-    TransferNotLeader,
     /// A heartbeat commit index beyond this replica's log.
     #[error("commit index {commit} is beyond the last log index {last_index}")]
     CommitBeyondLog {

@@ -44,9 +44,7 @@ pub const INDEX_JUMP_MAX: u64 = 1 << 48;
 /// stepped into `raft`.
 pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepRefusal> {
     let kind = m.get_msg_type();
-    // A forwarded leadership transfer names the transferee as its sender, which
-    // may be the leader receiving it; every other message names its real sender.
-    if m.from == INVALID_ID || (m.from == raft.id && kind != MessageType::MsgTransferLeader) {
+    if m.from == INVALID_ID || m.from == raft.id {
         return Err(StepRefusal::BadSender { from: m.from });
     }
     if matches!(
@@ -100,14 +98,15 @@ pub(super) fn check<T: Storage>(raft: &Raft<T>, m: &Message) -> Result<(), StepR
                 leader: raft.leader_id,
             })
         }
-        // A follower re-forwards a transfer to its leader, and raft-rs's send is
-        // fatal on a forwarded message that already carries a term. A leader's
-        // announcement of a transfer is for followers, and never stepped.
+        // A peer's ask for leadership (review 5 of the announced transfers;
+        // a follower would also re-forward it, and raft-rs's send is fatal on
+        // a forwarded message that already carries a term). A leader's
+        // announcement and a transferee's decline are never stepped into raft.
         MessageType::MsgTransferLeader
-            if raft.state != StateRole::Leader
-                && !m.context.starts_with(super::TRANSFER_ANNOUNCED) =>
+            if !m.context.starts_with(super::TRANSFER_ANNOUNCED)
+                && m.context.as_ref() != super::TRANSFER_DECLINED =>
         {
-            Err(StepRefusal::TransferNotLeader)
+            Err(StepRefusal::TransferAskRefused { from: m.from })
         }
         MessageType::MsgAppendResponse
             if !m.reject && raft.state == StateRole::Leader && m.term == raft.term =>

@@ -109,9 +109,14 @@ pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
 /// [`raft::CAMPAIGN_TRANSFER`] skip every lease check, so one forged by any
 /// voter would depose the leader; a replica honours that force only from the
 /// transferee its leader announced, in the next term, within an election
-/// timeout (review 5). A replica that does not know the marker refuses the
-/// message ([`StepRefusal::TransferNotLeader`]) and loses nothing.
+/// timeout (review 5). The id 0 announces that the transfer ended (it timed
+/// out, or the transferee declined), and the force no longer holds. A
+/// replica that does not know the marker refuses the message as a transfer
+/// sent to a follower, and loses nothing.
 pub const TRANSFER_ANNOUNCED: &[u8] = b"vaultfleet/transfer-announced/";
+
+/// The transferee id of an announcement that the transfer ended.
+const TRANSFER_ENDED: ReplicaId = raft::INVALID_ID;
 
 /// Rebalance periods a leader leaves a replica that declined a transfer, at
 /// most: the wait doubles with each decline in a row, from one period.
@@ -339,8 +344,8 @@ struct TransferBackOff {
     refused_at: Option<u64>,
     /// Not a rebalancing target before this tick.
     rebalance_until: u64,
-    /// Its own requests for leadership are refused before this tick.
-    asks_until: u64,
+    /// The end of the back-off after the last failed transfer to it.
+    failed_until: u64,
     /// Declines in a row.
     declines: u64,
     /// Failed transfers in a row.
@@ -476,9 +481,6 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The target of the transfer in progress when last looked at (see
     /// `notice_transfer_end`).
     transfer_watch: Option<ReplicaId>,
-    /// The transfer in progress was started (or joined) by its target's own
-    /// ask: a decline of it counts as a failed transfer (review 5).
-    transfer_asked_by: Option<ReplicaId>,
     /// The transfer this replica's leader announced last, if any: the one
     /// campaign whose forced vote requests it honours.
     transfer_announced: Option<TransferAnnounced>,
@@ -756,7 +758,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             outbox: Vec::new(),
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
-            transfer_asked_by: None,
             transfer_announced: None,
             heard_at: Vec::new(),
             back_off_term: 0,
@@ -982,12 +983,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             if let Some(to) = message.context.strip_prefix(TRANSFER_ANNOUNCED) {
                 return self.transfer_announced(&message, to);
             }
-            if message.context.as_ref() == TRANSFER_DECLINED {
-                // Never stepped into raft: a follower would forward it, and
-                // raft-rs's send is fatal on a forwarded message with a term.
-                return self.transfer_declined(&message);
-            }
-            return self.transfer_asked(message);
+            // Never stepped into raft: a follower would forward it, and
+            // raft-rs's send is fatal on a forwarded message with a term.
+            // Intake let nothing else through (a peer's ask is refused).
+            return self.transfer_declined(&message);
         }
         let mut message = message;
         // raft-rs commits `commit` on a vote or pre-vote message (and their
@@ -1012,7 +1011,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // replica that heard from its leader lately ignores.
         if message.context.as_ref() == raft::CAMPAIGN_TRANSFER && !self.campaign_announced(&message)
         {
-            tracing::info!(
+            // Debug: a hostile voter could send one per message.
+            tracing::debug!(
                 replica = self.cfg.id,
                 from = message.from,
                 term = message.term,
@@ -1223,9 +1223,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Asks the leader to hand leadership to `to` (ignored if not leader).
+    /// Hands leadership to `to`, if this replica leads; ignored otherwise
+    /// (raft-rs would forward it to the leader as an ask, which every
+    /// replica refuses: [`StepRefusal::TransferAskRefused`]). The transfer
+    /// is announced to the other voters with this cycle's output
+    /// ([`TRANSFER_ANNOUNCED`]).
     pub fn transfer_leader(&mut self, to: ReplicaId) {
-        if !self.failed {
+        if !self.failed && self.is_leader() {
             self.raw.transfer_leader(to);
         }
     }
@@ -2171,8 +2175,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// snapshot): the transfer aborts, so proposals are taken again at once,
     /// and the replica is left out of rebalancing for one rebalance period,
     /// doubling with each decline in a row up to [`DECLINED_PERIODS_MAX`]
-    /// (its own requests for leadership are not refused for it: it asks
-    /// only once restored).
+    /// (an operator's transfer to it is still taken).
     fn transfer_declined(&mut self, m: &Message) -> Result<(), StepRefusal> {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader
@@ -2186,20 +2189,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         self.raw.raft.abort_leader_transfer();
         self.forget_old_back_offs();
-        // Ended by the decline, not failed: not counted by the watch. But a
-        // decline of a transfer the decliner asked for itself is a failed
-        // transfer: its asks are backed off (review 5: ask, decline, ask
-        // again kept a transfer, and the dropping of every proposal, going
-        // for ever, and kept raft's check-quorum from ever running).
+        // Ended by the decline, not failed: not counted by the watch. The
+        // followers forget the announced transfer.
         self.transfer_watch = None;
-        let asked = self.transfer_asked_by.take() == Some(m.from);
+        self.announce_transfer(TRANSFER_ENDED);
         let period = self.cfg.leader_rebalance_ticks.max(1);
-        let election = (self.cfg.election_ticks as u64).max(1);
         let now = self.ticks;
         let b = self.transfer_back_off.entry(m.from).or_default();
-        if asked {
-            b.asks_until = doubled(&mut b.failures, b.asks_until, now, election);
-        }
         let until = doubled(&mut b.declines, b.rebalance_until, now, period);
         b.rebalance_until = b.rebalance_until.max(until);
         b.refused_at = Some(now);
@@ -2226,12 +2222,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let to = <[u8; 8]>::try_from(to)
             .map(u64::from_be_bytes)
             .map_err(|_| StepRefusal::AnnouncementMalformed { bytes: to.len() })?;
-        self.transfer_announced = Some(TransferAnnounced {
-            leader: m.from,
-            term: m.term,
-            to,
-            at: self.ticks,
-        });
+        self.transfer_announced = match self.transfer_announced {
+            _ if to == TRANSFER_ENDED => None,
+            // Said again: the window runs from the first time.
+            Some(a) if (a.leader, a.term, a.to) == (m.from, m.term, to) => Some(a),
+            _ => Some(TransferAnnounced {
+                leader: m.from,
+                term: m.term,
+                to,
+                at: self.ticks,
+            }),
+        };
         Ok(())
     }
 
@@ -2283,45 +2284,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// A peer asks this leader to hand leadership to it (`MsgTransferLeader`
-    /// naming itself). raft-rs drops every proposal while a transfer is in
-    /// progress, and starts one for any voter that asks, replacing the one in
-    /// progress: voters that ask and never campaign would stall every write,
-    /// one election timeout after another (review 3). So an ask is refused
-    /// while a transfer to another replica is in progress
-    /// ([`StepRefusal::TransferInProgress`]: two voters taking turns could
-    /// otherwise keep one running for ever), and while the asker is backed
-    /// off after a transfer to it failed (`notice_transfer_end`).
-    fn transfer_asked(&mut self, m: Message) -> Result<(), StepRefusal> {
-        let from = m.from;
-        // A transfer that ended at this tick is counted before it can be
-        // started again (review 4: an ask stepped before the next Ready cycle
-        // restarted it unnoticed). It also forgets an earlier term's
-        // back-offs.
-        self.notice_transfer_end();
-        if self.is_leader() && from != self.cfg.id {
-            if let Some(to) = self.raw.raft.lead_transferee.filter(|&to| to != from) {
-                return Err(StepRefusal::TransferInProgress { from, to });
-            }
-            let asks_until = self
-                .transfer_back_off
-                .get(&from)
-                .map_or(0, |b| b.asks_until);
-            if self.ticks < asks_until {
-                return Err(StepRefusal::TransferBackedOff {
-                    from,
-                    until_tick: asks_until,
-                });
-            }
-        }
-        self.raw.step(m).map_err(StepRefusal::Raft)?;
-        self.notice_transfer_end();
-        if self.is_leader() && from != self.cfg.id && self.raw.raft.lead_transferee == Some(from) {
-            self.transfer_asked_by = Some(from);
-        }
-        Ok(())
-    }
-
     /// Forgets the back-offs of an earlier term: they answered an earlier
     /// leadership's transfers (an ask stepped in the turn this replica won
     /// an election met the previous leadership's, review 5).
@@ -2354,24 +2316,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 let period = (self.cfg.election_ticks as u64).max(1);
                 let now = self.ticks;
                 let b = self.transfer_back_off.entry(to).or_default();
-                let until = doubled(&mut b.failures, b.asks_until, now, period);
-                b.asks_until = until;
+                let until = doubled(&mut b.failures, b.failed_until, now, period);
+                b.failed_until = until;
                 b.rebalance_until = b.rebalance_until.max(until);
                 b.refused_at = Some(now);
                 tracing::warn!(
                     replica = self.cfg.id,
                     to,
                     until_tick = until,
-                    "a leadership transfer ended without replica {to} leading; it is left \
-                     out of transfers, and its requests for leadership refused, until then"
+                    "a leadership transfer ended without replica {to} leading; rebalancing \
+                     leaves it out until then"
                 );
             }
         }
-        if now_to.is_none() || self.transfer_asked_by != now_to {
-            self.transfer_asked_by = None;
-        }
-        if let Some(to) = now_to.filter(|&to| self.transfer_watch != Some(to)) {
-            self.announce_transfer(to);
+        if self.transfer_watch != now_to && leading {
+            // A new transfer, or the end of one: the followers honour a
+            // forced vote only while the leader's transfer lasts (review 5
+            // of the announced transfers, MEDIUM-4).
+            self.announce_transfer(now_to.unwrap_or(TRANSFER_ENDED));
         }
         self.transfer_watch = now_to;
     }
