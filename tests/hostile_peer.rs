@@ -1147,3 +1147,46 @@ fn review_6_an_announcement_of_an_earlier_term_forces_nothing() {
         "a stale announcement forced a vote"
     );
 }
+
+/// Review 6 (MEDIUM-2): the transferee's forced vote requests can overtake
+/// the leader's announcement (two hops against one, on other connections).
+/// Taken as ordinary ones, the lease ignored them and the transfer ended in
+/// an election. A follower keeps the last one and steps it with its force
+/// when the announcement follows.
+#[test]
+fn review_6_a_forced_vote_that_overtakes_its_announcement_still_hands_over() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    net.deliver_where(|m| m.get_msg_type() == MessageType::MsgTimeoutNow);
+    net.cycle(3);
+    net.deliver_where(|m| m.get_msg_type() == MessageType::MsgRequestVote);
+    for id in [2, 4, 5] {
+        assert_eq!(
+            net.status(id).term,
+            term,
+            "{id} took a vote before its announcement"
+        );
+    }
+    net.settle();
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert_eq!(net.status(3).term, term + 1);
+}
+
+/// Review 6 (MEDIUM-2): a held vote request is honoured only for the
+/// campaign the announcement names; another voter's is dropped.
+#[test]
+fn review_6_a_held_vote_of_another_voter_is_not_forced_by_an_announcement() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 4, 2, term);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    assert_eq!(net.status(2).term, term, "4's held vote was forced");
+}

@@ -484,6 +484,16 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The transfer this replica's leader announced last, if any: the one
     /// campaign whose forced vote requests it honours.
     transfer_announced: Option<TransferAnnounced>,
+    /// A forced vote request taken as an ordinary one (no announcement yet)
+    /// and the tick it came at: re-stepped with its force if the leader's
+    /// announcement of that campaign follows within an election timeout (it
+    /// overtook the announcement, review 6, MEDIUM-2).
+    held_forced_vote: Option<(Message, u64)>,
+    /// The leader's `MsgTimeoutNow` taken while a membership change was
+    /// committed here but not applied (raft-rs would not campaign, and the
+    /// transfer would end in an election), and the tick it came at:
+    /// re-stepped once the change is applied (review 6, MEDIUM-3).
+    held_timeout_now: Option<(Message, u64)>,
     /// The tick a message from each peer was last taken (a few entries: the
     /// members, at most twice `MEMBERS_MAX`).
     heard_at: Vec<(ReplicaId, u64)>,
@@ -759,6 +769,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
             transfer_announced: None,
+            held_forced_vote: None,
+            held_timeout_now: None,
             heard_at: Vec::new(),
             back_off_term: 0,
             build_cancelled_last: false,
@@ -979,6 +991,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.outbox.push(decline);
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
         }
+        if message.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow
+            && self.membership_change_unapplied()
+        {
+            tracing::debug!(
+                replica = self.cfg.id,
+                from = message.from,
+                "leadership transfer held until the committed membership change is applied"
+            );
+            self.held_timeout_now = Some((message, self.ticks));
+            return Ok(());
+        }
         if message.get_msg_type() == raft::prelude::MessageType::MsgTransferLeader {
             if let Some(to) = message.context.strip_prefix(TRANSFER_ANNOUNCED) {
                 return self.transfer_announced(&message, to);
@@ -1011,6 +1034,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // replica that heard from its leader lately ignores.
         if message.context.as_ref() == raft::CAMPAIGN_TRANSFER && !self.campaign_announced(&message)
         {
+            self.hold_forced_vote(&message);
             // Debug: a hostile voter could send one per message.
             tracing::debug!(
                 replica = self.cfg.id,
@@ -1478,6 +1502,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         debug_assert!(self.applied_index <= self.raw.raft.raft_log.committed);
         self.serve_reads();
         self.notice_role_change();
+        self.step_held_timeout_now();
         self.notice_transfer_end();
         self.hand_over_while_restoring();
         // A hand-over started just now is announced with this cycle's output.
@@ -2233,6 +2258,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 at: self.ticks,
             }),
         };
+        self.step_held_forced_vote();
         Ok(())
     }
 
@@ -2258,6 +2284,93 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 && a.to == m.from
                 && self.ticks <= a.at.saturating_add(window)
         })
+    }
+
+    /// Keeps `m`, a forced vote request about to be taken as an ordinary one,
+    /// in case the announcement of its campaign is still on its way: only a
+    /// follower's, of the next term, from a voter other than its leader.
+    fn hold_forced_vote(&mut self, m: &Message) {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Follower
+            && raft.leader_id != raft::INVALID_ID
+            && m.from != raft.leader_id
+            && m.get_msg_type() == raft::prelude::MessageType::MsgRequestVote
+            && m.term == raft.term.saturating_add(1)
+            && raft.prs().conf().voters().contains(m.from)
+        {
+            self.held_forced_vote = Some((m.clone(), self.ticks));
+        }
+    }
+
+    /// Steps the held forced vote request with its force if the
+    /// announcement just taken is of its campaign, and it came within an
+    /// election timeout; drops it otherwise.
+    fn step_held_forced_vote(&mut self) {
+        let Some((m, at)) = self.held_forced_vote.take() else {
+            return;
+        };
+        let window = self.cfg.election_ticks as u64;
+        if self.ticks > at.saturating_add(window) || !self.campaign_announced(&m) {
+            return;
+        }
+        tracing::debug!(
+            replica = self.cfg.id,
+            from = m.from,
+            term = m.term,
+            "a forced vote request that overtook its announcement stepped with its force"
+        );
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(replica = self.cfg.id, error = %e, "held vote request refused");
+        }
+    }
+
+    /// Whether a membership change is committed but not applied here:
+    /// raft-rs refuses to campaign then.
+    fn membership_change_unapplied(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        if log.committed <= log.applied {
+            return false;
+        }
+        log.slice(
+            log.applied + 1,
+            log.committed + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )
+        .is_ok_and(|entries| {
+            entries.iter().any(|e| {
+                matches!(
+                    e.get_entry_type(),
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+                )
+            })
+        })
+    }
+
+    /// Steps the held `MsgTimeoutNow` once no committed membership change
+    /// waits: while its leader still leads this term as far as this replica
+    /// knows, within an election timeout (the leader's transfer has timed
+    /// out after that).
+    fn step_held_timeout_now(&mut self) {
+        let Some((m, at)) = self.held_timeout_now.take() else {
+            return;
+        };
+        let raft = &self.raw.raft;
+        let window = self.cfg.election_ticks as u64;
+        if self.ticks > at.saturating_add(window)
+            || m.term != raft.term
+            || m.from != raft.leader_id
+            || raft.state != StateRole::Follower
+        {
+            return;
+        }
+        if self.membership_change_unapplied() {
+            self.held_timeout_now = Some((m, at));
+            return;
+        }
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(replica = self.cfg.id, error = %e, "held MsgTimeoutNow refused");
+        }
     }
 
     /// Tells every other voter that this leader transfers leadership to
