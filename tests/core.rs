@@ -1350,3 +1350,61 @@ fn a_leader_applying_its_own_removal_hands_over_at_once_in_a_fleet_of_five() {
     );
     assert!(!net.replica(1).is_leader());
 }
+
+/// Review 7 (LOW-4): a `MsgTimeoutNow` held while a membership change was
+/// committed but not applied must not campaign once its transfer ended: the
+/// leader's end announcement drops it.
+#[test]
+fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
+    use vaultfleet::replica::MembershipChange;
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.settle();
+    net.replica_mut(1)
+        .change_membership(
+            1_000_001,
+            MembershipChange::AddLearner {
+                id: 4,
+                datacenter: "dc-d".into(),
+            },
+        )
+        .unwrap();
+    // 1 commits and applies the change; 2 and 3 append it but have not
+    // heard the commit yet.
+    net.cycle(1);
+    net.deliver_where(|m| m.from == 1);
+    net.cycle(2);
+    net.cycle(3);
+    net.deliver_where(|m| m.to == 1);
+    net.cycle(1);
+    assert!(
+        net.status(1).applied > net.status(3).applied,
+        "{:?}",
+        net.status(1)
+    );
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    // 3 takes the commit and the MsgTimeoutNow before it cycles: held.
+    net.deliver_where(|m| m.to == 3);
+    assert_eq!(net.status(3).term, term);
+    let mut end = Message::default();
+    end.set_msg_type(MessageType::MsgTransferLeader);
+    end.from = 1;
+    end.to = 3;
+    end.term = term;
+    end.index = 9;
+    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
+    context.extend_from_slice(&0u64.to_be_bytes());
+    end.context = context.into();
+    net.replica_mut(3)
+        .step(end)
+        .expect("the leader's end announcement");
+    net.cycle(3);
+    assert_eq!(
+        net.status(3).term,
+        term,
+        "3 campaigned after its transfer ended: {:?}",
+        net.status(3)
+    );
+}

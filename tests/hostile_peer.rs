@@ -837,9 +837,11 @@ fn forced_vote(net: &Network, kind: MessageType, from: u64, to: u64, term: u64) 
     m
 }
 
-/// A leader's announcement of a transfer to `transferee`, as `from` sends it.
-fn announcement(from: u64, to: u64, term: u64, transferee: &[u8]) -> Message {
+/// A leader's announcement number `number` (of a transfer to `transferee`),
+/// as `from` sends it.
+fn announcement(from: u64, to: u64, term: u64, transferee: &[u8], number: u64) -> Message {
     let mut m = message(MessageType::MsgTransferLeader, from, to, term);
+    m.index = number;
     let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
     context.extend_from_slice(transferee);
     m.context = context.into();
@@ -921,19 +923,19 @@ fn review_5_an_announced_transfer_hands_over_at_once_in_a_fleet_of_five() {
 #[test]
 fn review_5_a_transfer_announcement_not_from_the_leader_is_refused() {
     let (mut net, term, client) = fleet();
-    let m = announcement(3, 2, term, &3u64.to_be_bytes());
+    let m = announcement(3, 2, term, &3u64.to_be_bytes(), 1);
     assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
         matches!(
             r,
             StepRefusal::AnnouncementNotFromLeader { from: 3, leader: 1 }
         )
     });
-    let m = announcement(1, 2, term + 1, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term + 1, &3u64.to_be_bytes(), 1);
     assert!(matches!(
         net.replica_mut(2).step(m).map_err(|e| e.reason),
         Err(StepRefusal::AnnouncementNotFromLeader { from: 1, leader: 1 })
     ));
-    let m = announcement(1, 2, term, &[0, 3]);
+    let m = announcement(1, 2, term, &[0, 3], 1);
     assert!(matches!(
         net.replica_mut(2).step(m).map_err(|e| e.reason),
         Err(StepRefusal::AnnouncementMalformed { bytes: 2 })
@@ -949,7 +951,7 @@ fn review_5_a_transfer_announcement_not_from_the_leader_is_refused() {
 #[test]
 fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_only() {
     let (mut net, term, _) = fleet();
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2)
         .step(m)
         .expect("the leader's announcement");
@@ -961,15 +963,15 @@ fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_on
     net.replica_mut(2).step(m).unwrap();
     assert_eq!(net.status(2).term, term, "the force outlived its window");
     // Said again, the window still runs from the first time.
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2).step(m).unwrap();
     let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
     net.replica_mut(2).step(m).unwrap();
     assert_eq!(net.status(2).term, term, "a repeat extended the window");
     // Ended, then a fresh transfer: now 3's campaign moves 2 to its term.
-    let m = announcement(1, 2, term, &0u64.to_be_bytes());
+    let m = announcement(1, 2, term, &0u64.to_be_bytes(), 2);
     net.replica_mut(2).step(m).unwrap();
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 3);
     net.replica_mut(2).step(m).unwrap();
     let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
     net.replica_mut(2).step(m).unwrap();
@@ -1098,7 +1100,7 @@ fn force_taken(net: &mut Network, m: Message, term: u64) -> bool {
 #[test]
 fn review_6_an_announcement_forces_only_the_transferees_vote_at_the_next_term() {
     let (mut net, term, _) = fleet();
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2)
         .step(m)
         .expect("the leader's announcement");
@@ -1131,7 +1133,7 @@ fn review_6_an_announcement_forces_only_the_transferees_vote_at_the_next_term() 
 #[test]
 fn review_6_an_announcement_of_an_earlier_term_forces_nothing() {
     let (mut net, term, _) = fleet();
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2)
         .step(m)
         .expect("the leader's announcement");
@@ -1184,9 +1186,165 @@ fn review_6_a_held_vote_of_another_voter_is_not_forced_by_an_announcement() {
     net.register(1);
     let m = forced_vote(&net, MessageType::MsgRequestVote, 4, 2, term);
     net.replica_mut(2).step(m).expect("an ordinary vote");
-    let m = announcement(1, 2, term, &3u64.to_be_bytes());
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2)
         .step(m)
         .expect("the leader's announcement");
     assert_eq!(net.status(2).term, term, "4's held vote was forced");
+}
+
+/// Review 7 (LOW-3): an announcement older than the last one taken (late,
+/// reordered or replayed) revives no transfer: after the end, the first
+/// announcement again gives its transferee no force.
+#[test]
+fn review_7_an_announcement_older_than_the_last_revives_nothing() {
+    let (mut net, term, _) = fleet();
+    for m in [
+        announcement(1, 2, term, &3u64.to_be_bytes(), 1),
+        announcement(1, 2, term, &0u64.to_be_bytes(), 2),
+        announcement(1, 2, term, &3u64.to_be_bytes(), 1),
+    ] {
+        net.replica_mut(2)
+            .step(m)
+            .expect("the leader's announcement");
+    }
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    assert_eq!(
+        net.status(2).term,
+        term,
+        "a stale announcement revived the force"
+    );
+}
+
+/// Review 7 (MEDIUM-2): the end of a transfer to 3 was lost; the leader's
+/// next transfer to 3 in the same term was taken as a repeat of the first,
+/// whose window had closed, so it ended in an election. Each announcement
+/// has its number: the new one opens a new window.
+#[test]
+fn review_7_a_new_transfer_to_the_same_voter_after_a_lost_end_hands_over() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.cut(1, 3);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    let election = core_harness::test_config(1).election_ticks;
+    let mut ended = false;
+    for _ in 0..2 * election {
+        for id in net.ids() {
+            net.tick(id);
+        }
+        net.cycle_all();
+        ended |= net.in_flight.iter().any(|m| announced(m) == Some(0));
+        net.in_flight.retain(|m| announced(m) != Some(0));
+        net.settle();
+        if ended {
+            break;
+        }
+    }
+    assert!(ended, "the transfer never ended");
+    net.tick_all(election + 1);
+    net.recover();
+    for _ in 0..3 * election {
+        net.tick_all(1);
+        if net.status(3).leader == Some(1) && net.status(3).role == StateRole::Follower {
+            break;
+        }
+    }
+    assert_eq!(net.status(1).term, term, "{:?}", net.status(1));
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    assert!(
+        net.replica(3).is_leader(),
+        "3 {:?}; 2 {:?}",
+        net.status(3),
+        net.status(2)
+    );
+    assert_eq!(net.status(3).term, term + 1);
+}
+
+/// Review 7 (LOW-5): a follower holds one forced vote per voter: another
+/// voter's does not displace the transferee's before the announcement.
+#[test]
+fn review_7_a_held_vote_is_not_displaced_by_another_voters() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    for from in [3, 4] {
+        let m = forced_vote(&net, MessageType::MsgRequestVote, from, 2, term);
+        net.replica_mut(2).step(m).expect("an ordinary vote");
+    }
+    let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    assert_eq!(net.status(2).term, term + 1, "3's held vote was lost");
+}
+
+/// Review 7 (test gaps): a transfer replaced by another is announced, and
+/// the first transferee's force ends with it.
+#[test]
+fn review_7_a_replaced_transfer_is_announced() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.cut(1, 3);
+    net.cut(1, 4);
+    net.replica_mut(1).transfer_leader(3);
+    net.settle();
+    net.replica_mut(1).transfer_leader(4);
+    net.cycle(1);
+    let named: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
+    assert_eq!(named, [4, 4, 4], "announced to 2, 3 and 5");
+    net.settle();
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2).step(m).expect("an ordinary vote");
+    assert_eq!(
+        net.status(2).term,
+        term,
+        "the replaced transferee kept its force"
+    );
+}
+
+/// Review 7 (test gaps): a leader that hands over announces nothing once it
+/// no longer leads (its followers would refuse it anyway).
+#[test]
+fn review_7_a_leader_that_handed_over_announces_no_end() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    net.elect(1);
+    net.register(1);
+    net.replica_mut(1).transfer_leader(3);
+    for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+        net.cycle_all();
+        let ends: Vec<_> = net
+            .in_flight
+            .iter()
+            .filter(|m| m.from == 1 && announced(m) == Some(0))
+            .collect();
+        assert!(
+            ends.is_empty(),
+            "1 announced an end after handing over: {ends:?}"
+        );
+        if net.in_flight.is_empty() {
+            break;
+        }
+        while net.deliver_one() {}
+    }
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+}
+
+/// Review 7 (test gaps): a `MsgTransferLeader` naming the receiver as its
+/// sender is refused, with a marker or without.
+#[test]
+fn review_7_a_transfer_message_from_the_receivers_own_id_is_refused() {
+    let (mut net, term, client) = fleet();
+    let m = announcement(2, 2, term, &3u64.to_be_bytes(), 1);
+    assert_refused_and_fleet_commits(&mut net, client, 2, m, |r| {
+        matches!(r, StepRefusal::BadSender { from: 2 })
+    });
+    let m = message(MessageType::MsgTransferLeader, 1, 1, term);
+    assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
+        matches!(r, StepRefusal::BadSender { from: 1 })
+    });
 }

@@ -359,8 +359,13 @@ struct TransferAnnounced {
     /// The leader that announced it, and its term.
     leader: ReplicaId,
     term: u64,
-    /// The transferee.
+    /// The transferee; [`TRANSFER_ENDED`] once the leader said the transfer
+    /// ended.
     to: ReplicaId,
+    /// The announcement's number (its `index`): the leader counts its
+    /// announcements up, so a repeated, late or replayed one is told from a
+    /// new transfer to the same replica (review 7).
+    number: u64,
     /// The tick it was taken.
     at: u64,
 }
@@ -484,11 +489,16 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The transfer this replica's leader announced last, if any: the one
     /// campaign whose forced vote requests it honours.
     transfer_announced: Option<TransferAnnounced>,
+    /// The number of this replica's last announcement as leader
+    /// ([`TransferAnnounced::number`]).
+    announcements: u64,
     /// A forced vote request taken as an ordinary one (no announcement yet)
     /// and the tick it came at: re-stepped with its force if the leader's
     /// announcement of that campaign follows within an election timeout (it
     /// overtook the announcement, review 6, MEDIUM-2).
-    held_forced_vote: Option<(Message, u64)>,
+    /// One per voter, so that no voter's request displaces the
+    /// transferee's (review 7).
+    held_forced_votes: BTreeMap<ReplicaId, (Message, u64)>,
     /// The leader's `MsgTimeoutNow` taken while a membership change was
     /// committed here but not applied (raft-rs would not campaign, and the
     /// transfer would end in an election), and the tick it came at:
@@ -769,7 +779,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_back_off: BTreeMap::new(),
             transfer_watch: None,
             transfer_announced: None,
-            held_forced_vote: None,
+            announcements: 0,
+            held_forced_votes: BTreeMap::new(),
             held_timeout_now: None,
             heard_at: Vec::new(),
             back_off_term: 0,
@@ -1311,6 +1322,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         let mut requests = RequestBatch::new();
+        requests.requests.reserve_exact(batch.len());
         let mut ids = Vec::with_capacity(batch.len());
         for (id, request) in batch {
             ids.push(Batched {
@@ -2247,17 +2259,27 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let to = <[u8; 8]>::try_from(to)
             .map(u64::from_be_bytes)
             .map_err(|_| StepRefusal::AnnouncementMalformed { bytes: to.len() })?;
-        self.transfer_announced = match self.transfer_announced {
-            _ if to == TRANSFER_ENDED => None,
-            // Said again: the window runs from the first time.
-            Some(a) if (a.leader, a.term, a.to) == (m.from, m.term, to) => Some(a),
-            _ => Some(TransferAnnounced {
-                leader: m.from,
-                term: m.term,
-                to,
-                at: self.ticks,
-            }),
-        };
+        if self
+            .transfer_announced
+            .is_some_and(|a| (a.leader, a.term) == (m.from, m.term) && m.index <= a.number)
+        {
+            // Said again (the window runs from the first time), or older
+            // than the last one: a late or replayed announcement revives no
+            // transfer and ends none.
+            return Ok(());
+        }
+        self.transfer_announced = Some(TransferAnnounced {
+            leader: m.from,
+            term: m.term,
+            to,
+            number: m.index,
+            at: self.ticks,
+        });
+        if to != self.cfg.id {
+            // The transfer to this replica, if it was one, ended or was
+            // replaced: a held MsgTimeoutNow of it must not campaign later.
+            self.held_timeout_now = None;
+        }
         self.step_held_forced_vote();
         Ok(())
     }
@@ -2298,7 +2320,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             && m.term == raft.term.saturating_add(1)
             && raft.prs().conf().voters().contains(m.from)
         {
-            self.held_forced_vote = Some((m.clone(), self.ticks));
+            let window = self.cfg.election_ticks as u64;
+            let now = self.ticks;
+            self.held_forced_votes
+                .retain(|_, (_, at)| now <= at.saturating_add(window));
+            self.held_forced_votes.insert(m.from, (m.clone(), now));
         }
     }
 
@@ -2306,7 +2332,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// announcement just taken is of its campaign, and it came within an
     /// election timeout; drops it otherwise.
     fn step_held_forced_vote(&mut self) {
-        let Some((m, at)) = self.held_forced_vote.take() else {
+        let Some(to) = self.transfer_announced.map(|a| a.to) else {
+            return;
+        };
+        let Some((m, at)) = self.held_forced_votes.remove(&to) else {
             return;
         };
         let window = self.cfg.election_ticks as u64;
@@ -2383,6 +2412,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let mut context = TRANSFER_ANNOUNCED.to_vec();
         context.extend_from_slice(&to.to_be_bytes());
         let context = bytes::Bytes::from(context);
+        self.announcements += 1;
+        let number = self.announcements;
         for voter in self.raw.raft.prs().conf().voters().ids().iter() {
             if voter == me || voter == to {
                 continue;
@@ -2392,6 +2423,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             m.from = me;
             m.to = voter;
             m.term = term;
+            m.index = number;
             m.context = context.clone();
             self.outbox.push(m);
         }

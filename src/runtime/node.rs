@@ -287,7 +287,11 @@ impl NodeHandle {
         self.shared.command_bytes_max
     }
 
-    /// Asks this node, if leader, to hand leadership to `to`.
+    /// Asks this node, if leader, to hand leadership to `to`. `Ok` only
+    /// says the request was queued: a node that does not lead when it takes
+    /// it ignores it (replicas never ask their leader on another's behalf),
+    /// so callers watch for the new leader and retry through the leader, as
+    /// the `Client` and the admin tools do.
     pub fn transfer_leader(&self, to: ReplicaId) -> Result<(), RequestError> {
         self.submit(Input::TransferLeader(to))
     }
