@@ -110,7 +110,9 @@ pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
 /// voter would depose the leader; a replica honours that force only from the
 /// transferee its leader announced, in the next term, within an election
 /// timeout (review 5). The id 0 announces that the transfer ended (it timed
-/// out, or the transferee declined), and the force no longer holds. A
+/// out, or the transferee declined), and the force no longer holds. The
+/// message's `index` numbers the leader's announcements, counting up: one
+/// not above the last taken from that leader in that term is ignored. A
 /// replica that does not know the marker refuses the message as a transfer
 /// sent to a follower, and loses nothing.
 pub const TRANSFER_ANNOUNCED: &[u8] = b"vaultfleet/transfer-announced/";
