@@ -837,6 +837,15 @@ fn forced_vote(net: &Network, kind: MessageType, from: u64, to: u64, term: u64) 
     m
 }
 
+/// Steps replica 3's forced vote request (at `term + 1`) into replica 2,
+/// which takes it, forced or as an ordinary one.
+fn step_3s_forced_vote(net: &mut Network, term: u64) {
+    let m = forced_vote(net, MessageType::MsgRequestVote, 3, 2, term);
+    net.replica_mut(2)
+        .step(m)
+        .expect("a vote request is stepped");
+}
+
 /// A leader's announcement number `number` (of a transfer to `transferee`),
 /// as `from` sends it.
 fn announcement(from: u64, to: u64, term: u64, transferee: &[u8], number: u64) -> Message {
@@ -941,8 +950,7 @@ fn review_5_a_transfer_announcement_not_from_the_leader_is_refused() {
         Err(StepRefusal::AnnouncementMalformed { bytes: 2 })
     ));
     let term = net.status(2).term;
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).unwrap();
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(net.status(2).term, term, "replica 2 honoured the force");
 }
 
@@ -959,22 +967,19 @@ fn review_5_an_announced_transfer_forces_its_campaign_for_an_election_timeout_on
     let election = core_harness::test_config(2).election_ticks;
     net.tick_all(election + 1);
     assert_eq!(net.status(2).term, term);
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).unwrap();
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(net.status(2).term, term, "the force outlived its window");
     // Said again, the window still runs from the first time.
     let m = announcement(1, 2, term, &3u64.to_be_bytes(), 1);
     net.replica_mut(2).step(m).unwrap();
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).unwrap();
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(net.status(2).term, term, "a repeat extended the window");
     // Ended, then a fresh transfer: now 3's campaign moves 2 to its term.
     let m = announcement(1, 2, term, &0u64.to_be_bytes(), 2);
     net.replica_mut(2).step(m).unwrap();
     let m = announcement(1, 2, term, &3u64.to_be_bytes(), 3);
     net.replica_mut(2).step(m).unwrap();
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).unwrap();
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(
         net.status(2).term,
         term + 1,
@@ -1054,8 +1059,7 @@ fn review_6_a_transfer_that_timed_out_is_announced_ended() {
     }
     assert!(ended, "the leader never announced the end of its transfer");
     assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).expect("an ordinary vote");
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(net.status(2).term, term, "the force outlived the transfer");
 }
 
@@ -1078,8 +1082,7 @@ fn review_6_a_declined_transfer_is_announced_ended() {
     let ended: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
     assert_eq!(ended, [0, 0, 0, 0], "announced to every other voter");
     net.settle();
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).expect("an ordinary vote");
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(net.status(2).term, term, "the force outlived the transfer");
 }
 
@@ -1141,8 +1144,7 @@ fn review_6_an_announcement_of_an_earlier_term_forces_nothing() {
     net.replica_mut(2).step(heartbeat).expect("a heartbeat");
     assert_eq!(net.status(2).term, term + 1);
     assert_eq!(net.status(2).leader, Some(1));
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term + 1);
-    net.replica_mut(2).step(m).expect("an ordinary vote");
+    step_3s_forced_vote(&mut net, term + 1);
     assert_eq!(
         net.status(2).term,
         term + 1,
@@ -1208,8 +1210,7 @@ fn review_7_an_announcement_older_than_the_last_revives_nothing() {
             .step(m)
             .expect("the leader's announcement");
     }
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).expect("an ordinary vote");
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(
         net.status(2).term,
         term,
@@ -1298,8 +1299,7 @@ fn review_7_a_replaced_transfer_is_announced() {
     let named: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
     assert_eq!(named, [4, 4, 4], "announced to 2, 3 and 5");
     net.settle();
-    let m = forced_vote(&net, MessageType::MsgRequestVote, 3, 2, term);
-    net.replica_mut(2).step(m).expect("an ordinary vote");
+    step_3s_forced_vote(&mut net, term);
     assert_eq!(
         net.status(2).term,
         term,
