@@ -1408,3 +1408,54 @@ fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
         net.status(3)
     );
 }
+
+/// Review 8 (LOW-2): a transferee did not hear the announcement of its own
+/// transfer, so a late announcement of an earlier, replaced transfer (to 2)
+/// was new to it and dropped the MsgTimeoutNow it held for the newer one.
+/// The transferee hears every announcement now, and ignores the older one.
+#[test]
+fn review_8_a_late_older_announcement_does_not_drop_a_newer_held_timeout_now() {
+    use vaultfleet::replica::MembershipChange;
+    let names_2 = |m: &Message| {
+        m.context
+            .strip_prefix(vaultfleet::replica::TRANSFER_ANNOUNCED)
+            == Some(&2u64.to_be_bytes()[..])
+    };
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    net.settle();
+    net.replica_mut(1)
+        .change_membership(
+            1_000_001,
+            MembershipChange::AddLearner {
+                id: 4,
+                datacenter: "dc-d".into(),
+            },
+        )
+        .unwrap();
+    net.cycle(1);
+    net.deliver_where(|m| m.from == 1);
+    net.cycle(2);
+    net.cycle(3);
+    net.deliver_where(|m| m.to == 1);
+    net.cycle(1);
+    net.cut(1, 2);
+    net.replica_mut(1).transfer_leader(2);
+    net.cycle(1);
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    // 3 takes the commit and the MsgTimeoutNow (held), then the late
+    // announcement of the replaced transfer to 2.
+    net.deliver_where(|m| m.to == 3 && !names_2(m));
+    assert_eq!(net.status(3).term, term);
+    net.deliver_where(|m| m.to == 3);
+    net.cycle(3);
+    net.cycle(3);
+    assert_eq!(
+        net.status(3).term,
+        term + 1,
+        "3 dropped its held MsgTimeoutNow: {:?}",
+        net.status(3)
+    );
+}

@@ -1043,7 +1043,7 @@ fn review_6_a_transfer_that_timed_out_is_announced_ended() {
     net.replica_mut(1).transfer_leader(3);
     net.cycle(1);
     let started: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
-    assert_eq!(started, [3, 3, 3], "announced to 2, 4 and 5");
+    assert_eq!(started, [3, 3, 3, 3], "announced to 2, 3, 4 and 5");
     let election = core_harness::test_config(1).election_ticks;
     let mut ended = false;
     for _ in 0..2 * election {
@@ -1297,7 +1297,7 @@ fn review_7_a_replaced_transfer_is_announced() {
     net.replica_mut(1).transfer_leader(4);
     net.cycle(1);
     let named: Vec<_> = net.in_flight.iter().filter_map(announced).collect();
-    assert_eq!(named, [4, 4, 4], "announced to 2, 3 and 5");
+    assert_eq!(named, [4, 4, 4, 4], "announced to 2, 3, 4 and 5");
     net.settle();
     step_3s_forced_vote(&mut net, term);
     assert_eq!(
@@ -1347,4 +1347,76 @@ fn review_7_a_transfer_message_from_the_receivers_own_id_is_refused() {
     assert_refused_and_fleet_commits(&mut net, client, 1, m, |r| {
         matches!(r, StepRefusal::BadSender { from: 1 })
     });
+}
+
+/// Review 8 (MEDIUM-1): a leader of a build that numbered no announcement
+/// (index 0, b7fb552 to 4e32124) is still heard: its end ends the force, and
+/// its second transfer in the term is honoured; only an exact repeat is
+/// ignored.
+#[test]
+fn review_8_an_unnumbered_leaders_announcements_are_taken() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    for m in [
+        announcement(1, 2, term, &3u64.to_be_bytes(), 0),
+        announcement(1, 2, term, &0u64.to_be_bytes(), 0),
+    ] {
+        net.replica_mut(2)
+            .step(m)
+            .expect("the leader's announcement");
+    }
+    step_3s_forced_vote(&mut net, term);
+    assert_eq!(
+        net.status(2).term,
+        term,
+        "the ended transfer kept its force"
+    );
+    let m = announcement(1, 2, term, &4u64.to_be_bytes(), 0);
+    net.replica_mut(2)
+        .step(m)
+        .expect("the leader's announcement");
+    let m = forced_vote(&net, MessageType::MsgRequestVote, 4, 2, term);
+    net.replica_mut(2).step(m).expect("a forced vote");
+    assert_eq!(
+        net.status(2).term,
+        term + 1,
+        "4's announced campaign was not forced"
+    );
+}
+
+/// Review 8 (test gap): announcement numbers count per (leader, term): a new
+/// leader's first announcement is taken although the previous leader's last
+/// number was higher.
+#[test]
+fn review_8_a_new_leaders_first_announcement_is_taken_after_a_higher_old_number() {
+    let mut net = Network::new(&[1, 2, 3, 4, 5], |_| {});
+    let term = net.elect(1);
+    net.register(1);
+    for id in [2, 3, 4, 5] {
+        let m = announcement(1, id, term, &3u64.to_be_bytes(), 5);
+        net.replica_mut(id)
+            .step(m)
+            .expect("the leader's announcement");
+    }
+    net.isolate(1);
+    let leader = net.elect_among(&[2, 3, 4, 5], term);
+    let term2 = net.status(leader).term;
+    let others: Vec<u64> = [2, 3, 4, 5]
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let (f, x) = (others[0], others[1]);
+    assert_eq!(net.status(f).leader, Some(leader));
+    let m = announcement(leader, f, term2, &x.to_be_bytes(), 1);
+    net.replica_mut(f)
+        .step(m)
+        .expect("the new leader's announcement");
+    let m = forced_vote(&net, MessageType::MsgRequestVote, x, f, term2);
+    net.replica_mut(f).step(m).expect("a forced vote");
+    assert_eq!(
+        net.status(f).term,
+        term2 + 1,
+        "the new leader's announcement was ignored"
+    );
 }

@@ -104,8 +104,8 @@ pub const BACKLOG_STEPS_PER_TURN: usize = 1;
 pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
 
 /// The context of the `MsgTransferLeader` a leader sends every other voter
-/// when it starts a leadership transfer, followed by the 8 big-endian bytes of
-/// the transferee's id. raft-rs lets a vote request whose context is
+/// (the transferee included) when it starts a leadership transfer, followed
+/// by the 8 big-endian bytes of the transferee's id. raft-rs lets a vote request whose context is
 /// [`raft::CAMPAIGN_TRANSFER`] skip every lease check, so one forged by any
 /// voter would depose the leader; a replica honours that force only from the
 /// transferee its leader announced, in the next term, within an election
@@ -993,15 +993,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if let (raft::prelude::MessageType::MsgTimeoutNow, Some(index)) =
             (message.get_msg_type(), self.restoring_snapshot())
         {
-            // Said to the leader at once: it takes proposals again instead
-            // of dropping them until its transfer times out (R2-2).
-            let mut decline = Message::default();
-            decline.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
-            decline.to = message.from;
-            decline.from = self.cfg.id;
-            decline.term = self.raw.raft.term;
-            decline.context = TRANSFER_DECLINED.to_vec().into();
-            self.outbox.push(decline);
+            self.decline_transfer(message.from);
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
         }
         if message.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow
@@ -1263,7 +1255,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Hands leadership to `to`, if this replica leads; ignored otherwise
     /// (raft-rs would forward it to the leader as an ask, which every
     /// replica refuses: [`StepRefusal::TransferAskRefused`]). The transfer
-    /// is announced to the other voters with this cycle's output
+    /// is announced to every other voter with this cycle's output
     /// ([`TRANSFER_ANNOUNCED`]).
     pub fn transfer_leader(&mut self, to: ReplicaId) {
         if !self.failed && self.is_leader() {
@@ -2261,10 +2253,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let to = <[u8; 8]>::try_from(to)
             .map(u64::from_be_bytes)
             .map_err(|_| StepRefusal::AnnouncementMalformed { bytes: to.len() })?;
-        if self
-            .transfer_announced
-            .is_some_and(|a| (a.leader, a.term) == (m.from, m.term) && m.index <= a.number)
-        {
+        // Number 0 is an announcement of a build that numbered none
+        // (before 65d479d): only its exact repeat is ignored (review 8).
+        if self.transfer_announced.is_some_and(|a| {
+            (a.leader, a.term) == (m.from, m.term)
+                && if m.index == 0 {
+                    a.number == 0 && a.to == to
+                } else {
+                    m.index <= a.number
+                }
+        }) {
             // Said again (the window runs from the first time), or older
             // than the last one: a late or replayed announcement revives no
             // transfer and ends none.
@@ -2326,7 +2324,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             let now = self.ticks;
             self.held_forced_votes
                 .retain(|_, (_, at)| now <= at.saturating_add(window));
-            self.held_forced_votes.insert(m.from, (m.clone(), now));
+            // A vote request carries no entries and no snapshot: a hostile
+            // voter's must not pin them (review 8).
+            let mut held = m.clone();
+            held.entries = Default::default();
+            held.snapshot = Default::default();
+            self.held_forced_votes.insert(m.from, (held, now));
         }
     }
 
@@ -2387,12 +2390,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             return;
         };
         let raft = &self.raw.raft;
-        let window = self.cfg.election_ticks as u64;
+        // Half the leader's transfer timeout: a campaign forced later would
+        // likely follow the leader's abort, and end in an election.
+        let window = (self.cfg.election_ticks as u64 / 2).max(1);
         if self.ticks > at.saturating_add(window)
             || m.term != raft.term
             || m.from != raft.leader_id
             || raft.state != StateRole::Follower
         {
+            return;
+        }
+        if self.restoring_snapshot().is_some() {
+            // A restore started meanwhile: declined, as in `step_checked`.
+            self.decline_transfer(m.from);
             return;
         }
         if self.membership_change_unapplied() {
@@ -2402,6 +2412,20 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if let Err(e) = self.raw.step(m) {
             tracing::debug!(replica = self.cfg.id, error = %e, "held MsgTimeoutNow refused");
         }
+    }
+
+    /// Tells `leader` that this replica declines the transfer to it, as it
+    /// restores a snapshot ([`TRANSFER_DECLINED`]): the leader takes
+    /// proposals again at once instead of dropping them until its transfer
+    /// times out (R2-2).
+    fn decline_transfer(&mut self, leader: ReplicaId) {
+        let mut decline = Message::default();
+        decline.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+        decline.to = leader;
+        decline.from = self.cfg.id;
+        decline.term = self.raw.raft.term;
+        decline.context = TRANSFER_DECLINED.to_vec().into();
+        self.outbox.push(decline);
     }
 
     /// Tells every other voter that this leader transfers leadership to
@@ -2417,7 +2441,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         self.announcements += 1;
         let number = self.announcements;
         for voter in self.raw.raft.prs().conf().voters().ids().iter() {
-            if voter == me || voter == to {
+            // The transferee too: it records the number, so that a late
+            // announcement of an older transfer does not drop the
+            // MsgTimeoutNow it holds (review 8).
+            if voter == me {
                 continue;
             }
             let mut m = Message::default();
