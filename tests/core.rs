@@ -1280,21 +1280,19 @@ fn promoting_a_quiet_learner_that_would_leave_no_heard_majority_is_refused() {
 /// the transfer's announcement to every other voter, and `MsgTimeoutNow`
 /// to `to`. Stepped at once.
 fn hand_over(net: &mut Network, from: u64, to: u64, term: u64) {
-    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
-    context.extend_from_slice(&to.to_be_bytes());
     for voter in net.status(from).voters {
-        let mut m = Message::default();
-        m.from = from;
-        m.to = voter;
-        m.term = term;
-        if voter == to {
+        let m = if voter == to {
+            let mut m = Message::default();
             m.set_msg_type(MessageType::MsgTimeoutNow);
+            m.from = from;
+            m.to = voter;
+            m.term = term;
+            m
         } else if voter != from {
-            m.set_msg_type(MessageType::MsgTransferLeader);
-            m.context = context.clone().into();
+            core_harness::announcement(from, voter, term, &to.to_be_bytes(), 0)
         } else {
             continue;
-        }
+        };
         net.replica_mut(voter).step(m).unwrap();
     }
 }
@@ -1351,11 +1349,10 @@ fn a_leader_applying_its_own_removal_hands_over_at_once_in_a_fleet_of_five() {
     assert!(!net.replica(1).is_leader());
 }
 
-/// Review 7 (LOW-4): a `MsgTimeoutNow` held while a membership change was
-/// committed but not applied must not campaign once its transfer ended: the
-/// leader's end announcement drops it.
-#[test]
-fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
+/// A fleet of three led by 1, in which 1 committed and applied a membership
+/// change (a learner added) that 2 and 3 appended but have not heard
+/// committed; and the term.
+fn a_change_committed_on_the_leader_only() -> (Network, u64) {
     use vaultfleet::replica::MembershipChange;
     let mut net = Network::new(&[1, 2, 3], |_| {});
     let term = net.elect(1);
@@ -1370,8 +1367,6 @@ fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
             },
         )
         .unwrap();
-    // 1 commits and applies the change; 2 and 3 append it but have not
-    // heard the commit yet.
     net.cycle(1);
     net.deliver_where(|m| m.from == 1);
     net.cycle(2);
@@ -1383,20 +1378,21 @@ fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
         "{:?}",
         net.status(1)
     );
+    (net, term)
+}
+
+/// Review 7 (LOW-4): a `MsgTimeoutNow` held while a membership change was
+/// committed but not applied must not campaign once its transfer ended: the
+/// leader's end announcement drops it.
+#[test]
+fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
+    let (mut net, term) = a_change_committed_on_the_leader_only();
     net.replica_mut(1).transfer_leader(3);
     net.cycle(1);
     // 3 takes the commit and the MsgTimeoutNow before it cycles: held.
     net.deliver_where(|m| m.to == 3);
     assert_eq!(net.status(3).term, term);
-    let mut end = Message::default();
-    end.set_msg_type(MessageType::MsgTransferLeader);
-    end.from = 1;
-    end.to = 3;
-    end.term = term;
-    end.index = 9;
-    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
-    context.extend_from_slice(&0u64.to_be_bytes());
-    end.context = context.into();
+    let end = core_harness::announcement(1, 3, term, &0u64.to_be_bytes(), 9);
     net.replica_mut(3)
         .step(end)
         .expect("the leader's end announcement");
@@ -1415,31 +1411,8 @@ fn review_7_a_held_timeout_now_is_dropped_when_its_transfer_ends() {
 /// The transferee hears every announcement now, and ignores the older one.
 #[test]
 fn review_8_a_late_older_announcement_does_not_drop_a_newer_held_timeout_now() {
-    use vaultfleet::replica::MembershipChange;
-    let names_2 = |m: &Message| {
-        m.context
-            .strip_prefix(vaultfleet::replica::TRANSFER_ANNOUNCED)
-            == Some(&2u64.to_be_bytes()[..])
-    };
-    let mut net = Network::new(&[1, 2, 3], |_| {});
-    let term = net.elect(1);
-    net.register(1);
-    net.settle();
-    net.replica_mut(1)
-        .change_membership(
-            1_000_001,
-            MembershipChange::AddLearner {
-                id: 4,
-                datacenter: "dc-d".into(),
-            },
-        )
-        .unwrap();
-    net.cycle(1);
-    net.deliver_where(|m| m.from == 1);
-    net.cycle(2);
-    net.cycle(3);
-    net.deliver_where(|m| m.to == 1);
-    net.cycle(1);
+    let names_2 = |m: &Message| core_harness::announced(m) == Some(2);
+    let (mut net, term) = a_change_committed_on_the_leader_only();
     net.cut(1, 2);
     net.replica_mut(1).transfer_leader(2);
     net.cycle(1);

@@ -7,7 +7,7 @@
 
 mod core_harness;
 
-use core_harness::Network;
+use core_harness::{announced, announcement, Network};
 use protobuf2::Message as _;
 use raft::prelude::{
     ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
@@ -846,17 +846,6 @@ fn step_3s_forced_vote(net: &mut Network, term: u64) {
         .expect("a vote request is stepped");
 }
 
-/// A leader's announcement number `number` (of a transfer to `transferee`),
-/// as `from` sends it.
-fn announcement(from: u64, to: u64, term: u64, transferee: &[u8], number: u64) -> Message {
-    let mut m = message(MessageType::MsgTransferLeader, from, to, term);
-    m.index = number;
-    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
-    context.extend_from_slice(transferee);
-    m.context = context.into();
-    m
-}
-
 /// Review 5: raft-rs lets a vote request whose context is `CampaignTransfer`
 /// skip every lease check, so one from any voter, at the next term, made the
 /// leader and every follower step to that term at once; the voter could do
@@ -1019,14 +1008,6 @@ fn review_6_a_voters_ask_for_leadership_is_refused_and_gives_it_no_force() {
         assert_eq!(net.status(id).term, term, "replica {id} moved to 3's term");
     }
     assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
-}
-
-/// The followers' announcement, if `m` is one: the transferee it names.
-fn announced(m: &Message) -> Option<u64> {
-    let to = m
-        .context
-        .strip_prefix(vaultfleet::replica::TRANSFER_ANNOUNCED)?;
-    Some(u64::from_be_bytes(to.try_into().ok()?))
 }
 
 /// Review 6 (MEDIUM-4): a transfer that timed out left the transferee's

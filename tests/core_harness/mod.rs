@@ -505,3 +505,27 @@ pub fn kv_value(reply: &Result<Reply, RequestError>) -> Option<Vec<u8>> {
     };
     KvStore::decode_response(bytes).expect("a kv response")
 }
+
+/// A leader's announcement number `number` of a transfer to `transferee`
+/// (its id's 8 bytes, or any bytes to test a malformed one), as `from`
+/// sends it to `to` at `term`.
+pub fn announcement(from: u64, to: u64, term: u64, transferee: &[u8], number: u64) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
+    m.from = from;
+    m.to = to;
+    m.term = term;
+    m.index = number;
+    let mut context = vaultfleet::replica::TRANSFER_ANNOUNCED.to_vec();
+    context.extend_from_slice(transferee);
+    m.context = context.into();
+    m
+}
+
+/// The transferee an announcement names (0 for an end), if `m` is one.
+pub fn announced(m: &Message) -> Option<u64> {
+    let to = m
+        .context
+        .strip_prefix(vaultfleet::replica::TRANSFER_ANNOUNCED)?;
+    Some(u64::from_be_bytes(to.try_into().ok()?))
+}
