@@ -238,8 +238,13 @@ pub fn raft_message(data: &[u8]) {
 /// decoder accepts exactly what the copying one ([`engine_wire::decode`])
 /// accepts, with an equal value (a replica never skips an entry another
 /// applies); a batch's commands lie inside the entry; a payload that decodes
-/// round-trips.
+/// round-trips. The in-place reader of canonical batches
+/// (`wire::canonical_batch`) reads exactly what protobuf reads where it reads
+/// at all, and reads every batch protobuf encodes.
 pub fn entry_payload(data: &[u8]) {
+    fn views(requests: &[engine_wire::Request]) -> Vec<engine_wire::RequestView<'_>> {
+        requests.iter().map(Into::into).collect()
+    }
     let entry = Bytes::copy_from_slice(data);
     let copied = engine_wire::decode::<EntryPayload>(data, "log entry payload");
     let sliced = engine_wire::decode_shared::<EntryPayload>(&entry, "log entry payload");
@@ -255,6 +260,18 @@ pub fn entry_payload(data: &[u8]) {
             sliced.err()
         ),
     };
+    // The in-place reader of canonical batches (what every replica applies
+    // first) reads what protobuf reads, or leaves the entry to protobuf.
+    if let Some(read) = engine_wire::canonical_batch(data) {
+        match &payload.kind {
+            Some(entry_payload::Kind::Batch(batch)) => assert_eq!(
+                read,
+                views(&batch.requests),
+                "the in-place reader read another batch than protobuf"
+            ),
+            other => panic!("the in-place reader read a batch where protobuf read {other:?}"),
+        }
+    }
     if let Some(entry_payload::Kind::Batch(batch)) = &payload.kind {
         let inside = entry.as_ptr_range();
         for r in batch.requests.iter().filter(|r| !r.command.is_empty()) {
@@ -265,6 +282,24 @@ pub fn entry_payload(data: &[u8]) {
     let decoded: EntryPayload =
         engine_wire::decode(&again, "log entry payload").expect("a re-encoded payload decodes");
     assert_eq!(decoded, payload, "the payload does not round-trip");
+    // protobuf's own encoding of a batch is canonical, read in place alike,
+    // unless it carries fields unknown to this build (protobuf keeps them and
+    // writes them back; the reader leaves such a batch to protobuf).
+    let unknown =
+        |fields: &protobuf::SpecialFields| fields.unknown_fields().iter().next().is_some();
+    if let Some(entry_payload::Kind::Batch(batch)) = &payload.kind {
+        if unknown(&payload.special_fields)
+            || unknown(&batch.special_fields)
+            || batch.requests.iter().any(|r| unknown(&r.special_fields))
+        {
+            return;
+        }
+        assert_eq!(
+            engine_wire::canonical_batch(&again),
+            Some(views(&batch.requests)),
+            "the in-place reader refused or misread protobuf's encoding of a batch"
+        );
+    }
 }
 
 /// A handshake's hello payload: canonical.

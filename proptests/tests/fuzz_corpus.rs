@@ -734,6 +734,40 @@ mod entry_payload_decoders {
             decoders::entry_payload(&bytes);
         }
 
+        /// Batches as any leader could write them, with any field values
+        /// (ids and sequences of 2^63 and more take a tenth varint byte):
+        /// the in-place reader reads each alike.
+        #[test]
+        fn encoded_batches_pass_the_target(
+            requests in prop::collection::vec(
+                (
+                    any::<u64>(),
+                    any::<u64>(),
+                    prop_oneof![Just(0u64), any::<u64>()],
+                    prop::collection::vec(any::<u8>(), 0..200),
+                    prop_oneof![Just(Vec::new()), prop::collection::vec(any::<u8>(), 1..40)],
+                ),
+                0..20,
+            ),
+        ) {
+            use vaultfleet::wire::{EntryPayload, Request, RequestBatch};
+            let mut batch = RequestBatch::new();
+            for (client_id, sequence, acked_below, command, owner) in requests {
+                let mut r = Request::new();
+                r.client_id = client_id;
+                r.sequence = sequence;
+                r.acked_below = acked_below;
+                r.command = command.into();
+                r.owner = owner.into();
+                batch.requests.push(r);
+            }
+            let mut payload = EntryPayload::new();
+            payload.set_batch(batch);
+            let bytes = vaultfleet::wire::encode_bounded(&payload);
+            prop_assert!(vaultfleet::wire::canonical_batch(&bytes).is_some());
+            decoders::entry_payload(&bytes);
+        }
+
         #[test]
         fn changed_seeds_pass_the_target(
             pick in any::<prop::sample::Index>(),

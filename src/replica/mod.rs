@@ -68,7 +68,7 @@ use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::wire::{
     self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestBatch,
-    SnapshotPayload,
+    RequestView, SnapshotPayload,
 };
 use crate::ReplicaId;
 use sessions::Sessions;
@@ -1772,7 +1772,13 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             return;
         }
-        // The batch's commands are slices of the entry, not copies.
+        // A batch in protobuf's own encoding, the entry of every command, is
+        // read in place: commands are slices of the entry. Anything else is
+        // decoded by protobuf, which reads that batch alike.
+        if let Some(requests) = wire::canonical_batch(data) {
+            self.apply_batch(index, &requests, mine);
+            return;
+        }
         let payload: EntryPayload = match wire::decode_shared(data, "log entry payload") {
             Ok(p) => p,
             Err(e) => {
@@ -1790,30 +1796,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         match payload.kind {
             Some(entry_payload::Kind::Batch(batch)) => {
-                let ids = match mine.map(|f| f.kind) {
-                    Some(InFlightKind::Batch(ids)) if ids.len() == batch.requests.len() => ids,
-                    Some(kind) => {
-                        // Same index and term as our proposal, so the same entry:
-                        // a mismatch is a bug, never an input.
-                        debug_assert!(false, "entry {index} does not match its in-flight proposal");
-                        fail_kind(kind, &RequestError::Dropped, &mut self.completions);
-                        Vec::new()
-                    }
-                    None => Vec::new(),
-                };
-                for (k, request) in batch.requests.iter().enumerate() {
-                    let result = self.sessions.apply(index, request, &mut self.machine);
-                    if let Some(b) = ids.get(k) {
-                        debug_assert_eq!(
-                            (b.client_id, b.sequence),
-                            (request.client_id, request.sequence)
-                        );
-                        self.completions.push(Completion {
-                            id: b.id,
-                            result: result.map(Reply::Applied),
-                        });
-                    }
-                }
+                let requests: Vec<RequestView> = batch.requests.iter().map(Into::into).collect();
+                self.apply_batch(index, &requests, mine);
             }
             Some(entry_payload::Kind::RegisterSession(r)) => {
                 let client = self.sessions.register(index, r.owner);
@@ -1867,6 +1851,35 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 if let Some(f) = mine {
                     fail_kind(f.kind, &RequestError::Dropped, &mut self.completions);
                 }
+            }
+        }
+    }
+
+    /// Applies the client commands of a batch entry, each at most once, and
+    /// completes those this replica proposed.
+    fn apply_batch(&mut self, index: u64, requests: &[RequestView<'_>], mine: Option<InFlight>) {
+        let ids = match mine.map(|f| f.kind) {
+            Some(InFlightKind::Batch(ids)) if ids.len() == requests.len() => ids,
+            Some(kind) => {
+                // Same index and term as our proposal, so the same entry:
+                // a mismatch is a bug, never an input.
+                debug_assert!(false, "entry {index} does not match its in-flight proposal");
+                fail_kind(kind, &RequestError::Dropped, &mut self.completions);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        for (k, request) in requests.iter().enumerate() {
+            let result = self.sessions.apply(index, *request, &mut self.machine);
+            if let Some(b) = ids.get(k) {
+                debug_assert_eq!(
+                    (b.client_id, b.sequence),
+                    (request.client_id, request.sequence)
+                );
+                self.completions.push(Completion {
+                    id: b.id,
+                    result: result.map(Reply::Applied),
+                });
             }
         }
     }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::RequestError;
 use crate::state_machine::StateMachine;
-use crate::wire::{CachedResponse, Request, Session as WireSession};
+use crate::wire::{CachedResponse, RequestView, Session as WireSession};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Session {
@@ -255,12 +255,13 @@ impl Sessions {
     }
 
     /// Applies one client command at most once.
-    pub(crate) fn apply<S: StateMachine>(
+    pub(crate) fn apply<'r, S: StateMachine>(
         &mut self,
         index: u64,
-        request: &Request,
+        request: impl Into<RequestView<'r>>,
         machine: &mut S,
     ) -> Result<Bytes, RequestError> {
+        let request: RequestView<'r> = request.into();
         let client_id = request.client_id;
         let responses_max = self.responses_max;
         let Some(session) = self.by_client.get_mut(client_id) else {
@@ -268,7 +269,7 @@ impl Sessions {
         };
         // Another client's session: nothing of it is touched (its cached
         // responses, its acknowledgements) and nothing is applied.
-        if !same_owner(&session.owner, &request.owner) {
+        if !same_owner(&session.owner, request.owner) {
             return Err(RequestError::NotSessionOwner { client_id });
         }
         session.last_active_index = index;
@@ -295,7 +296,7 @@ impl Sessions {
         // `From<Vec<u8>>` keeps the machine's allocation: no copy. A machine
         // that returns a short response in a large buffer would have the
         // cache pin the whole buffer: give back the spare capacity first.
-        let mut response = machine.apply(index, &request.command);
+        let mut response = machine.apply(index, request.command);
         if response.capacity() > response.len() {
             response.shrink_to_fit();
         }
@@ -382,6 +383,7 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::state_machine::KvStore;
+    use crate::wire::Request;
 
     fn request(client_id: u64, sequence: u64, acked_below: u64, command: Vec<u8>) -> Request {
         let mut r = Request::new();

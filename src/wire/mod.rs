@@ -10,6 +10,9 @@ mod generated {
 
 pub use generated::vaultfleet::*;
 
+mod batch;
+pub use batch::{canonical_batch, RequestView};
+
 /// Largest encoding protobuf writes or reads: 2 GiB - 1 (protobuf's own limit).
 /// Encoding a larger message is the only way [`encode`] fails for the proto3
 /// messages of this crate (they have no required fields).
