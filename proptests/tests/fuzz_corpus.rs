@@ -764,8 +764,49 @@ mod entry_payload_decoders {
             let mut payload = EntryPayload::new();
             payload.set_batch(batch);
             let bytes = vaultfleet::wire::encode_bounded(&payload);
-            prop_assert!(vaultfleet::wire::canonical_batch(&bytes).is_some());
+            prop_assert!(vaultfleet::wire::canonical_batch(&bytes, &mut Vec::new()));
             decoders::entry_payload(&bytes);
+        }
+
+        /// Requests written field by field, as no leader of this build would:
+        /// fields out of order, repeated, unknown, or of another wire type,
+        /// with every length right. The in-place reader must refuse each
+        /// such request or read it as protobuf does.
+        #[test]
+        fn hand_written_batches_pass_the_target(
+            requests in prop::collection::vec(
+                prop::collection::vec((1u8..8, any::<bool>(), any::<u64>(), prop::collection::vec(any::<u8>(), 0..6)), 0..7),
+                0..4,
+            ),
+        ) {
+            fn varint(out: &mut Vec<u8>, mut v: u64) {
+                while v >= 0x80 {
+                    out.push(v as u8 | 0x80);
+                    v >>= 7;
+                }
+                out.push(v as u8);
+            }
+            fn delimited(out: &mut Vec<u8>, field: u8, bytes: &[u8]) {
+                out.push(field << 3 | 2);
+                varint(out, bytes.len() as u64);
+                out.extend_from_slice(bytes);
+            }
+            let mut batch = Vec::new();
+            for fields in requests {
+                let mut request = Vec::new();
+                for (field, as_bytes, number, bytes) in fields {
+                    if as_bytes {
+                        delimited(&mut request, field, &bytes);
+                    } else {
+                        request.push(field << 3);
+                        varint(&mut request, number);
+                    }
+                }
+                delimited(&mut batch, 1, &request);
+            }
+            let mut entry = Vec::new();
+            delimited(&mut entry, 1, &batch);
+            decoders::entry_payload(&entry);
         }
 
         #[test]

@@ -67,7 +67,7 @@ use crate::config::{FleetConfig, DATACENTER_BYTES_MAX, MEMBERS_MAX};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
 use crate::wire::{
-    self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestBatch,
+    self, entry_payload, ConfChangeContext, EntryPayload, Member, Request, RequestAt, RequestBatch,
     RequestView, SnapshotPayload,
 };
 use crate::ReplicaId;
@@ -430,6 +430,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     election_skip_armed: bool,
     batch: Vec<(RequestId, Request)>,
     batch_bytes: usize,
+    /// Where the requests of the batch entry being applied lie in it: kept
+    /// between entries so that reading one allocates nothing.
+    batch_read: Vec<RequestAt>,
     /// Session registrations queued: the request and the session's owner.
     registrations: Vec<(RequestId, Vec<u8>)>,
     /// State digest markers queued ([`Replica::mark_state_digest`]).
@@ -752,6 +755,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             election_skip_armed: false,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_read: Vec::new(),
             registrations: Vec::new(),
             digest_marks: Vec::new(),
             state_digests: VecDeque::with_capacity(STATE_DIGESTS_KEPT),
@@ -1775,10 +1779,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // A batch in protobuf's own encoding, the entry of every command, is
         // read in place: commands are slices of the entry. Anything else is
         // decoded by protobuf, which reads that batch alike.
-        if let Some(requests) = wire::canonical_batch(data) {
-            self.apply_batch(index, &requests, mine);
+        let mut read = std::mem::take(&mut self.batch_read);
+        if wire::canonical_batch(data, &mut read) {
+            let requests = read.iter().map(|r| r.view(data));
+            self.apply_batch(index, requests, mine);
+            read.clear();
+            self.batch_read = read;
             return;
         }
+        self.batch_read = read;
         let payload: EntryPayload = match wire::decode_shared(data, "log entry payload") {
             Ok(p) => p,
             Err(e) => {
@@ -1796,8 +1805,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         match payload.kind {
             Some(entry_payload::Kind::Batch(batch)) => {
-                let requests: Vec<RequestView> = batch.requests.iter().map(Into::into).collect();
-                self.apply_batch(index, &requests, mine);
+                self.apply_batch(index, batch.requests.iter().map(RequestView::from), mine);
             }
             Some(entry_payload::Kind::RegisterSession(r)) => {
                 let client = self.sessions.register(index, r.owner);
@@ -1857,7 +1865,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Applies the client commands of a batch entry, each at most once, and
     /// completes those this replica proposed.
-    fn apply_batch(&mut self, index: u64, requests: &[RequestView<'_>], mine: Option<InFlight>) {
+    fn apply_batch<'r>(
+        &mut self,
+        index: u64,
+        requests: impl ExactSizeIterator<Item = RequestView<'r>>,
+        mine: Option<InFlight>,
+    ) {
         let ids = match mine.map(|f| f.kind) {
             Some(InFlightKind::Batch(ids)) if ids.len() == requests.len() => ids,
             Some(kind) => {
@@ -1869,8 +1882,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             None => Vec::new(),
         };
-        for (k, request) in requests.iter().enumerate() {
-            let result = self.sessions.apply(index, *request, &mut self.machine);
+        for (k, request) in requests.enumerate() {
+            let result = self.sessions.apply(index, request, &mut self.machine);
             if let Some(b) = ids.get(k) {
                 debug_assert_eq!(
                     (b.client_id, b.sequence),

@@ -1,16 +1,20 @@
 //! A borrowed reading of the log entry every replica decodes for every client
 //! command: an `EntryPayload` holding a `RequestBatch`. Each request is read
 //! as a [`RequestView`] whose command and owner are slices of the entry: no
-//! `Request` is built, no `Bytes` handle is cloned or dropped per command.
+//! `Request` is built, no `Bytes` handle is cloned or dropped per command, and
+//! a replica reuses one vector of [`RequestAt`] (where each request lies) for
+//! every entry: one pass, no allocation.
 //!
 //! Only the canonical encoding is read this way, the one protobuf writes for
 //! these messages (fields in number order, each at most once, no unknown
 //! field, every length inside its parent, varints of at most 10 bytes whose
-//! value fits 64 bits). [`canonical_batch`] answers `None` for anything else,
+//! value fits 64 bits). [`canonical_batch`] answers `false` for anything else,
 //! and the caller decodes with protobuf instead, so a payload reads the same
 //! on every replica whichever path it takes: this reader accepts a subset of
 //! what protobuf accepts, with equal values (checked by the fuzz target
 //! `entry_payload` and its proptest).
+
+use std::ops::Range;
 
 use super::Request;
 
@@ -42,6 +46,37 @@ impl<'a> From<&'a Request> for RequestView<'a> {
     }
 }
 
+/// Where one request of a canonical batch lies in its entry: its integer
+/// fields, and its command and owner as ranges of the entry's bytes. It
+/// borrows nothing, so a replica keeps one vector of them for every entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAt {
+    /// `Request.client_id`.
+    pub client_id: u64,
+    /// `Request.sequence`.
+    pub sequence: u64,
+    /// `Request.acked_below`.
+    pub acked_below: u64,
+    /// Where `Request.command` lies in the entry.
+    pub command: Range<usize>,
+    /// Where `Request.owner` lies in the entry.
+    pub owner: Range<usize>,
+}
+
+impl RequestAt {
+    /// The request as a view of `entry`, the bytes it was read from (a range
+    /// outside another entry reads as empty).
+    pub fn view<'a>(&self, entry: &'a [u8]) -> RequestView<'a> {
+        RequestView {
+            client_id: self.client_id,
+            sequence: self.sequence,
+            acked_below: self.acked_below,
+            command: entry.get(self.command.clone()).unwrap_or_default(),
+            owner: entry.get(self.owner.clone()).unwrap_or_default(),
+        }
+    }
+}
+
 /// `EntryPayload.batch` and `RequestBatch.requests`: field 1, length-delimited.
 const TAG_BATCH: u8 = 1 << 3 | 2;
 /// `Request`'s fields, each tag one byte.
@@ -51,72 +86,90 @@ const TAG_ACKED_BELOW: u8 = 3 << 3;
 const TAG_COMMAND: u8 = 4 << 3 | 2;
 const TAG_OWNER: u8 = 5 << 3 | 2;
 
-/// The requests of `entry` if it is a batch in canonical encoding; `None` if
-/// it is anything else (another kind of payload, or a batch encoded in
-/// another way), which the caller must decode with protobuf. Reads the entry
-/// twice, once to count and once to fill a vector of that size.
-pub fn canonical_batch(entry: &[u8]) -> Option<Vec<RequestView<'_>>> {
-    let batch = whole_batch(entry)?;
-    let mut count = 0usize;
-    for_each_request(batch, |_| count += 1)?;
-    let mut requests = Vec::with_capacity(count);
-    for_each_request(batch, |r| requests.push(r))?;
-    debug_assert_eq!(requests.len(), count);
-    Some(requests)
+/// Reads the requests of `entry` into `out` (cleared first) if it is a batch
+/// in canonical encoding, and answers `true`. Answers `false`, with `out`
+/// empty, if it is anything else (another kind of payload, or a batch encoded
+/// in another way): the caller must then decode it with protobuf.
+pub fn canonical_batch(entry: &[u8], out: &mut Vec<RequestAt>) -> bool {
+    out.clear();
+    let read = read_batch(entry, out).is_some();
+    if !read {
+        out.clear();
+    }
+    read
 }
 
-/// The `RequestBatch` bytes of an `EntryPayload` that holds only field 1.
-fn whole_batch(entry: &[u8]) -> Option<&[u8]> {
-    let mut at = 0;
+fn read_batch(entry: &[u8], out: &mut Vec<RequestAt>) -> Option<()> {
+    // The EntryPayload holds field 1 (the batch) only, and nothing after it.
     if *entry.first()? != TAG_BATCH {
         return None;
     }
-    at += 1;
+    let mut at = 1;
     let batch = delimited(entry, &mut at)?;
-    (at == entry.len()).then_some(batch)
-}
-
-/// Calls `f` on each request of a canonical `RequestBatch`; `None` (after
-/// some calls, perhaps) if the batch is not canonical.
-fn for_each_request<'a>(batch: &'a [u8], mut f: impl FnMut(RequestView<'a>)) -> Option<()> {
-    let mut at = 0;
-    while at < batch.len() {
-        if batch[at] != TAG_BATCH {
+    if batch.end != entry.len() {
+        return None;
+    }
+    // The batch holds field 1 (a request) only, any number of times.
+    let mut at = batch.start;
+    while at < entry.len() {
+        if entry[at] != TAG_BATCH {
             return None;
         }
         at += 1;
-        f(request(delimited(batch, &mut at)?)?);
+        let request = delimited(entry, &mut at)?;
+        out.push(read_request(entry, request)?);
     }
     Some(())
 }
 
-/// A canonical `Request`: known fields only, in number order, each once.
-fn request(bytes: &[u8]) -> Option<RequestView<'_>> {
-    let mut r = RequestView::default();
-    let mut at = 0;
-    let mut last = 0u8;
-    while let Some(&tag) = bytes.get(at) {
-        // Increasing tags: in number order, none repeated.
-        if tag <= last {
-            return None;
-        }
-        last = tag;
+/// The canonical `Request` at `range` of `entry`: known fields only, in
+/// number order, each at most once.
+fn read_request(entry: &[u8], range: Range<usize>) -> Option<RequestAt> {
+    let end = range.end;
+    // The request's bytes, from the entry's start: offsets stay the entry's.
+    let bytes = entry.get(..end)?;
+    let mut at = range.start;
+    let mut r = RequestAt::default();
+    if bytes.get(at) == Some(&TAG_CLIENT_ID) {
         at += 1;
-        match tag {
-            TAG_CLIENT_ID => r.client_id = varint(bytes, &mut at)?,
-            TAG_SEQUENCE => r.sequence = varint(bytes, &mut at)?,
-            TAG_ACKED_BELOW => r.acked_below = varint(bytes, &mut at)?,
-            TAG_COMMAND => r.command = delimited(bytes, &mut at)?,
-            TAG_OWNER => r.owner = delimited(bytes, &mut at)?,
-            _ => return None,
-        }
+        r.client_id = varint(bytes, &mut at)?;
     }
-    Some(r)
+    if bytes.get(at) == Some(&TAG_SEQUENCE) {
+        at += 1;
+        r.sequence = varint(bytes, &mut at)?;
+    }
+    if bytes.get(at) == Some(&TAG_ACKED_BELOW) {
+        at += 1;
+        r.acked_below = varint(bytes, &mut at)?;
+    }
+    if bytes.get(at) == Some(&TAG_COMMAND) {
+        at += 1;
+        r.command = delimited(bytes, &mut at)?;
+    }
+    if bytes.get(at) == Some(&TAG_OWNER) {
+        at += 1;
+        r.owner = delimited(bytes, &mut at)?;
+    }
+    // Anything left is a field out of order, repeated or unknown.
+    (at == end).then_some(r)
 }
 
-/// A varint at `*at`, advancing past it: at most 10 bytes, and a tenth byte
-/// only as protobuf writes it for a value of 2^63 or more (`0x01`).
+/// A varint at `*at`, advancing past it.
+#[inline]
 fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    // One byte, the common case for tags' neighbours: lengths and small ids.
+    let b = *bytes.get(*at)?;
+    if b < 0x80 {
+        *at += 1;
+        return Some(u64::from(b));
+    }
+    long_varint(bytes, at)
+}
+
+/// A varint of two bytes or more: at most 10 bytes, and a tenth byte only as
+/// protobuf writes it for a value of 2^63 or more (`0x01`).
+#[inline(never)]
+fn long_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     for i in 0..10 {
         let b = *bytes.get(*at + i)?;
@@ -132,14 +185,18 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// A length-delimited field's bytes at `*at`, advancing past them; `None` if
-/// they run past the end of `bytes`.
-fn delimited<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+/// Where a length-delimited field's bytes lie, the field's length at `*at`,
+/// advancing past them; `None` if they run past the end of `bytes`.
+#[inline]
+fn delimited(bytes: &[u8], at: &mut usize) -> Option<Range<usize>> {
     let len = usize::try_from(varint(bytes, at)?).ok()?;
-    let end = at.checked_add(len)?;
-    let field = bytes.get(*at..end)?;
+    let start = *at;
+    let end = start.checked_add(len)?;
+    if end > bytes.len() {
+        return None;
+    }
     *at = end;
-    Some(field)
+    Some(start..end)
 }
 
 #[cfg(test)]
@@ -155,6 +212,16 @@ mod tests {
         r.acked_below = acked_below;
         r.command = Bytes::copy_from_slice(command);
         r
+    }
+
+    /// The requests `canonical_batch` reads in `entry`, as views.
+    fn views(entry: &[u8]) -> Option<Vec<RequestView<'_>>> {
+        let mut read = vec![RequestAt::default(); 3];
+        if !canonical_batch(entry, &mut read) {
+            assert!(read.is_empty(), "a refused entry leaves nothing read");
+            return None;
+        }
+        Some(read.iter().map(|r| r.view(entry)).collect())
     }
 
     fn batch_entry(requests: Vec<Request>) -> Vec<u8> {
@@ -176,7 +243,7 @@ mod tests {
             request(3, 127, 128, &[0u8; 300]),
         ];
         let entry = batch_entry(requests.clone());
-        let views = canonical_batch(&entry).expect("protobuf's own encoding is canonical");
+        let views = views(&entry).expect("protobuf's own encoding is canonical");
         let expected: Vec<RequestView> = requests.iter().map(RequestView::from).collect();
         assert_eq!(views, expected);
         // The commands are slices of the entry.
@@ -189,7 +256,7 @@ mod tests {
 
     #[test]
     fn an_empty_batch_reads_as_no_requests() {
-        assert_eq!(canonical_batch(&batch_entry(Vec::new())), Some(Vec::new()));
+        assert_eq!(views(&batch_entry(Vec::new())), Some(Vec::new()));
     }
 
     #[test]
@@ -201,7 +268,7 @@ mod tests {
         let reads = |f: &dyn Fn(&mut Vec<u8>)| {
             let mut e = entry.clone();
             f(&mut e);
-            canonical_batch(&e).is_some()
+            views(&e).is_some()
         };
         // Fields out of order, repeated, or unknown.
         assert!(!reads(&|e| e.swap(4, 6)));
@@ -217,7 +284,7 @@ mod tests {
         assert!(!reads(&|e| e.truncate(e.len() - 1)));
         // Another kind of payload (a registration), and nothing.
         assert!(!reads(&|e| e[0] = 2 << 3 | 2));
-        assert_eq!(canonical_batch(&[]), None);
+        assert_eq!(views(&[]), None);
         // A varint past 64 bits.
         assert!(!reads(&|e| {
             e.splice(5..6, [0xff; 9].into_iter().chain([0x02]));

@@ -11,7 +11,7 @@ mod generated {
 pub use generated::vaultfleet::*;
 
 mod batch;
-pub use batch::{canonical_batch, RequestView};
+pub use batch::{canonical_batch, RequestAt, RequestView};
 
 /// Largest encoding protobuf writes or reads: 2 GiB - 1 (protobuf's own limit).
 /// Encoding a larger message is the only way [`encode`] fails for the proto3
