@@ -18,7 +18,9 @@
 
 use std::time::Duration;
 
-use super::sync::{lock, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+
+use super::sync::{lock, AtomicBool, Condvar, Mutex};
 
 /// Why an item was not queued; the item is handed back.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +42,9 @@ struct State<T> {
 /// A bounded multi-producer, single-consumer queue drained in batches.
 pub struct Mailbox<T> {
     state: Mutex<State<T>>,
+    /// `state.closed`, readable without the lock: clients ask whether a node
+    /// stopped before each command they send it.
+    closed: AtomicBool,
     ready: Condvar,
     capacity: usize,
 }
@@ -65,6 +70,7 @@ impl<T> Mailbox<T> {
                 waiting: false,
                 scheduled: false,
             }),
+            closed: AtomicBool::new(false),
             ready: Condvar::new(),
             capacity: capacity.max(1),
         }
@@ -145,6 +151,7 @@ impl<T> Mailbox<T> {
     pub fn close(&self) -> Vec<T> {
         let mut s = lock(&self.state);
         s.closed = true;
+        self.closed.store(true, Ordering::Release);
         let left = std::mem::take(&mut s.queue);
         drop(s);
         self.ready.notify_all();
@@ -153,6 +160,6 @@ impl<T> Mailbox<T> {
 
     /// True once closed.
     pub fn is_closed(&self) -> bool {
-        lock(&self.state).closed
+        self.closed.load(Ordering::Acquire)
     }
 }

@@ -12,13 +12,14 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex as StatusLock;
 use raft::prelude::{Message, MessageType};
-use raft::SnapshotStatus;
+use raft::{SnapshotStatus, StateRole};
 
 use super::mailbox::{Mailbox, PushError};
 use super::pool::PoolLink;
@@ -93,6 +94,10 @@ pub(super) struct Shared {
     group: u64,
     pub(super) mailbox: Mailbox<Input>,
     status: StatusLock<Status>,
+    /// `status.role`, readable without the lock ([`role_code`]): a client
+    /// reads it for every command it sends, and the lock's line would
+    /// bounce between the client's core and the driver's.
+    role: AtomicU8,
     /// The replica's `command_bytes_max` (fixed at spawn).
     command_bytes_max: usize,
     /// Snapshot outcomes that found the mailbox full: never lost (raft holds
@@ -113,6 +118,26 @@ pub(super) struct Shared {
     /// Set when the replica runs on a pool: a push that raises the mailbox's
     /// `scheduled` flag puts the replica on the pool's ready queue.
     pub(super) pool: std::sync::OnceLock<PoolLink>,
+}
+
+/// A role as [`Shared::role`] holds it.
+fn role_code(role: StateRole) -> u8 {
+    match role {
+        StateRole::Follower => 0,
+        StateRole::Candidate => 1,
+        StateRole::Leader => 2,
+        StateRole::PreCandidate => 3,
+    }
+}
+
+/// The role [`role_code`] gave `code`.
+fn role_of_code(code: u8) -> StateRole {
+    match code {
+        1 => StateRole::Candidate,
+        2 => StateRole::Leader,
+        3 => StateRole::PreCandidate,
+        _ => StateRole::Follower,
+    }
 }
 
 impl Shared {
@@ -186,7 +211,7 @@ impl NodeHandle {
 
     /// The replica's role as of its last Ready cycle (cheaper than `status`).
     pub fn role(&self) -> raft::StateRole {
-        self.shared.status.lock().role
+        role_of_code(self.shared.role.load(Ordering::Acquire))
     }
 
     /// True once the node stopped.
@@ -674,6 +699,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             group: replica.group(),
             mailbox: Mailbox::new(cfg.mailbox_inputs_max),
             status: StatusLock::new(replica.status()),
+            role: AtomicU8::new(role_code(replica.status().role)),
             command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
             snapshots_waiting: parking_lot::Mutex::new(Vec::new()),
@@ -780,6 +806,9 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         let mut published = self.shared.status.lock();
         if *published != status {
             self.seen.observe(&published, &status);
+            self.shared
+                .role
+                .store(role_code(status.role), Ordering::Release);
             *published = status;
         }
         Ok(true)

@@ -3,9 +3,9 @@
 //! `tests/loom.rs` explore every interleaving of the real code.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+pub(crate) use loom::sync::{atomic::AtomicBool, Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+pub(crate) use std::sync::{atomic::AtomicBool, Condvar, Mutex, MutexGuard};
 
 /// Locks, ignoring poisoning: the structures guarded here stay consistent at every
 /// point a panic could interrupt them (single assignments and pushes).
