@@ -1031,16 +1031,16 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                     self.replica.report_unreachable(to);
                 }
             }
-            // One clock read for every answer of this cycle, taken at the first.
+            // One clock read for every answer of this cycle, taken at the
+            // first, and one histogram lookup per kind of request.
             let mut answered = None;
+            let mut histograms = telemetry::CommitHistograms::default();
             for Completion { id, result } in self.out.completions.drain(..) {
                 if let Some(pending) = self.slots.remove(id) {
                     match &result {
-                        Ok(_) => pending.since.record_labelled_at(
+                        Ok(_) => pending.since.record_at(
                             *answered.get_or_insert_with(Instant::now),
-                            telemetry::COMMIT_SECONDS,
-                            "kind",
-                            pending.kind,
+                            histograms.of(pending.kind),
                         ),
                         Err(e) => telemetry::failed(e),
                     }
