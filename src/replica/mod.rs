@@ -1891,7 +1891,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 );
                 self.completions.push(Completion {
                     id: b.id,
-                    result: result.map(Reply::Applied),
+                    result: result.map(|r| Reply::Applied(r.clone())),
                 });
             }
         }

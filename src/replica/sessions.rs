@@ -49,30 +49,37 @@ impl Responses {
     }
 
     fn get(&self, sequence: u64) -> Option<&Bytes> {
-        let at = self
-            .ring
-            .binary_search_by_key(&sequence, |&(s, _)| s)
-            .ok()?;
-        self.ring.get(at).map(|(_, r)| r)
+        self.ring.get(self.position(sequence)?).map(|(_, r)| r)
     }
 
-    /// Caches the response of `sequence`, which is not cached yet.
-    fn insert(&mut self, sequence: u64, response: Bytes) {
-        match self.ring.back() {
+    /// Where the response of `sequence` is in the ring, if cached.
+    fn position(&self, sequence: u64) -> Option<usize> {
+        self.ring.binary_search_by_key(&sequence, |&(s, _)| s).ok()
+    }
+
+    /// Caches the response of `sequence`, which is not cached yet, and
+    /// answers the cached response.
+    fn insert(&mut self, sequence: u64, response: Bytes) -> &Bytes {
+        let at = match self.ring.back() {
             Some(&(last, _)) if last > sequence => {
                 // A retry of an older sequence applied after a newer one (its
                 // first attempt was lost with a leader): keep the order.
                 let at = self.ring.partition_point(|&(s, _)| s < sequence);
                 debug_assert!(self.ring.get(at).is_none_or(|&(s, _)| s != sequence));
                 self.ring.insert(at, (sequence, response));
+                at
             }
-            _ => self.ring.push_back((sequence, response)),
-        }
+            _ => {
+                self.ring.push_back((sequence, response));
+                self.ring.len() - 1
+            }
+        };
         debug_assert!(self
             .ring
             .iter()
             .zip(self.ring.iter().skip(1))
             .all(|(a, b)| a.0 < b.0));
+        &self.ring[at].1
     }
 
     /// Forgets every response below `acked_below`.
@@ -254,13 +261,15 @@ impl Sessions {
         index
     }
 
-    /// Applies one client command at most once.
+    /// Applies one client command at most once. The response is the one
+    /// cached for the session: a caller that answers the client clones it,
+    /// and one that does not (a follower) pays nothing for it.
     pub(crate) fn apply<'r, S: StateMachine>(
         &mut self,
         index: u64,
         request: impl Into<RequestView<'r>>,
         machine: &mut S,
-    ) -> Result<Bytes, RequestError> {
+    ) -> Result<&Bytes, RequestError> {
         let request: RequestView<'r> = request.into();
         let client_id = request.client_id;
         let responses_max = self.responses_max;
@@ -284,8 +293,8 @@ impl Sessions {
                 acked_below: session.acked_below,
             });
         }
-        if let Some(cached) = session.responses.get(request.sequence) {
-            return Ok(cached.clone());
+        if let Some(at) = session.responses.position(request.sequence) {
+            return Ok(&session.responses.ring[at].1);
         }
         if session.responses.len() >= responses_max {
             return Err(RequestError::TooManyOutstanding {
@@ -300,14 +309,14 @@ impl Sessions {
         if response.capacity() > response.len() {
             response.shrink_to_fit();
         }
-        let response = Bytes::from(response);
-        session.responses.insert(request.sequence, response.clone());
-        debug_assert!(session.responses.len() <= responses_max);
+        debug_assert!(session.responses.len() < responses_max);
         debug_assert!(session
             .responses
             .first_sequence()
             .is_none_or(|sequence| sequence >= session.acked_below));
-        Ok(response)
+        Ok(session
+            .responses
+            .insert(request.sequence, Bytes::from(response)))
     }
 
     /// The cached response of an applied command the client has not yet
@@ -401,10 +410,12 @@ mod tests {
         let c = s.register(1, Vec::new());
         let first = s
             .apply(2, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv)
-            .unwrap();
+            .unwrap()
+            .clone();
         let retry = s
             .apply(3, &request(c, 1, 1, KvStore::put("k", "v1")), &mut kv)
-            .unwrap();
+            .unwrap()
+            .clone();
         assert_eq!(first, retry);
         assert_eq!(
             KvStore::decode_response(&retry).ok(),
@@ -415,7 +426,7 @@ mod tests {
             .apply(4, &request(c, 2, 2, KvStore::put("k", "v2")), &mut kv)
             .unwrap();
         assert_eq!(
-            KvStore::decode_response(&second).ok(),
+            KvStore::decode_response(second).ok(),
             Some(Some(b"v1".to_vec()))
         );
         assert!(matches!(
@@ -477,10 +488,12 @@ mod tests {
         let c = s.register(1, Vec::new());
         let first = s
             .apply(2, &request(c, 1, 1, KvStore::put("k", "v")), &mut kv)
-            .unwrap();
+            .unwrap()
+            .clone();
         let retry = s
             .apply(3, &request(c, 1, 1, KvStore::put("k", "v")), &mut kv)
-            .unwrap();
+            .unwrap()
+            .clone();
         assert_eq!(first.as_ptr(), retry.as_ptr());
         assert_eq!(
             s.cached_response(c, 1, b"").map(|b| b.as_ptr()),
@@ -565,7 +578,8 @@ mod tests {
         let c = s.register(1, Vec::new());
         let response = s
             .apply(2, &request(c, 1, 1, b"x".to_vec()), &mut Wasteful)
-            .unwrap();
+            .unwrap()
+            .clone();
         assert_eq!(&response[..], [1]);
         // A `Bytes` made from a Vec with spare capacity cannot be converted
         // back without a copy unless it kept that capacity: the unique
@@ -647,7 +661,7 @@ mod tests {
         let c = s.register(1, b"alice".to_vec());
         let mut mine = request(c, 1, 1, KvStore::put("a", "1"));
         mine.owner = Bytes::from_static(b"alice");
-        let applied = s.apply(2, &mine, &mut kv).unwrap();
+        let applied = s.apply(2, &mine, &mut kv).unwrap().clone();
         let mut theirs = request(c, 1, 2, KvStore::put("a", "2"));
         theirs.owner = Bytes::from_static(b"mallory");
         assert_eq!(
