@@ -828,4 +828,51 @@ mod entry_payload_decoders {
             decoders::entry_payload(&bytes);
         }
     }
+
+    /// A `Request` whose `command` (tag 0x22) or `owner` (0x2a) has a length
+    /// written as a varint padded to `width` bytes: protobuf reads a bytes
+    /// length as a varint32 (at most 5 bytes), so widths 6 to 10 are refused
+    /// by protobuf and must be by the in-place reader.
+    fn padded_length_entry(tag: u8, width: usize, body: &[u8]) -> Vec<u8> {
+        let mut len = body.len() as u64;
+        let mut varint = Vec::new();
+        for i in 0..width {
+            let last = i + 1 == width;
+            varint.push((len & 0x7f) as u8 | if last { 0 } else { 0x80 });
+            len >>= 7;
+        }
+        let mut request = vec![0x08, 0x01, 0x10, 0x01, tag];
+        request.extend(varint);
+        request.extend(body);
+        let mut batch = vec![0x0a, request.len() as u8];
+        batch.extend(request);
+        let mut entry = vec![0x0a, batch.len() as u8];
+        entry.extend(batch);
+        entry
+    }
+
+    #[test]
+    fn a_six_byte_command_length_passes_the_target() {
+        // 0a0e0a0c0801100122818080808000 78
+        let entry = padded_length_entry(0x22, 6, b"x");
+        assert_eq!(
+            entry,
+            [
+                0x0a, 0x0e, 0x0a, 0x0c, 0x08, 0x01, 0x10, 0x01, 0x22, 0x81, 0x80, 0x80, 0x80, 0x80,
+                0x00, b'x'
+            ]
+        );
+        decoders::entry_payload(&entry);
+    }
+
+    proptest! {
+        #[test]
+        fn padded_bytes_lengths_pass_the_target(
+            tag in prop_oneof![Just(0x22u8), Just(0x2a)],
+            width in 1usize..=10,
+            body in prop::collection::vec(any::<u8>(), 0..=1),
+        ) {
+            decoders::entry_payload(&padded_length_entry(tag, width, &body));
+        }
+    }
 }

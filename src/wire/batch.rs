@@ -7,8 +7,9 @@
 //!
 //! Only the canonical encoding is read this way, the one protobuf writes for
 //! these messages (fields in number order, each at most once, no unknown
-//! field, every length inside its parent, varints of at most 10 bytes whose
-//! value fits 64 bits). [`canonical_batch`] answers `false` for anything else,
+//! field, every length inside its parent and of at most 5 bytes, varints of at
+//! most 10 bytes whose value fits 64 bits; a varint written longer than it
+//! needs is read, as protobuf reads it). [`canonical_batch`] answers `false` for anything else,
 //! and the caller decodes with protobuf instead, so a payload reads the same
 //! on every replica whichever path it takes: this reader accepts a subset of
 //! what protobuf accepts, with equal values (checked by the fuzz target
@@ -186,10 +187,20 @@ fn long_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 /// Where a length-delimited field's bytes lie, the field's length at `*at`,
-/// advancing past them; `None` if they run past the end of `bytes`.
+/// advancing past them; `None` if they run past the end of `bytes`, or if the
+/// length is not one protobuf reads for a `bytes` field: it reads those as a
+/// varint32 (at most 5 bytes, a value of at most `u32::MAX`) and refuses a
+/// longer one, so a 6-byte length would have this build apply a request
+/// that every protobuf decoder (older builds) skips. Every canonical length
+/// fits, for messages too.
 #[inline]
 fn delimited(bytes: &[u8], at: &mut usize) -> Option<Range<usize>> {
-    let len = usize::try_from(varint(bytes, at)?).ok()?;
+    let from = *at;
+    let len = varint(bytes, at)?;
+    if *at - from > 5 || len > u64::from(u32::MAX) {
+        return None;
+    }
+    let len = usize::try_from(len).ok()?;
     let start = *at;
     let end = start.checked_add(len)?;
     if end > bytes.len() {
@@ -293,5 +304,37 @@ mod tests {
         }));
         // The same entry unchanged reads.
         assert!(reads(&|_| {}));
+    }
+
+    /// protobuf reads a `bytes` length as a varint32: at most 5 bytes
+    /// (`decode_varint32`). A command or owner whose length is a 6-byte
+    /// varint (`81 80 80 80 80 00` = 1) must not be read here, or a replica
+    /// of this build applies what protobuf skips (review 9's CRITICAL).
+    #[test]
+    fn a_bytes_length_protobuf_refuses_is_not_read() {
+        for field in [TAG_COMMAND, TAG_OWNER] {
+            // 0a 0e | 0a 0c | 08 01 10 01 <field> 81 80 80 80 80 00 78
+            let entry = [
+                0x0a, 0x0e, 0x0a, 0x0c, 0x08, 0x01, 0x10, 0x01, field, 0x81, 0x80, 0x80, 0x80,
+                0x80, 0x00, b'x',
+            ];
+            let protobuf = crate::wire::decode_shared::<EntryPayload>(
+                &Bytes::copy_from_slice(&entry),
+                "log entry payload",
+            );
+            assert!(protobuf.is_err(), "protobuf reads {protobuf:?}");
+            assert_eq!(views(&entry), None, "field tag {field:#x}");
+            // The same length in 5 bytes is read, by both.
+            let mut five = entry.to_vec();
+            five.remove(13);
+            five[1] -= 1;
+            five[3] -= 1;
+            assert!(crate::wire::decode_shared::<EntryPayload>(
+                &Bytes::copy_from_slice(&five),
+                "log entry payload"
+            )
+            .is_ok());
+            assert!(views(&five).is_some(), "field tag {field:#x}");
+        }
     }
 }
