@@ -284,3 +284,36 @@ fn p3_two_workers_take_an_item_once_and_wake_on_close() {
         assert_eq!(all, vec![1], "the item taken or handed back, once");
     });
 }
+
+/// Review 10: `is_closed` reads an atomic mirror of `state.closed` (6451fdf).
+/// A client that saw the mailbox closed finds every later push refused, and a
+/// push refused as closed is seen closed; a push that succeeded before the
+/// close is either drained or handed back by `close`.
+#[test]
+fn is_closed_agrees_with_push_and_close() {
+    loom::model(|| {
+        let mailbox = Arc::new(Mailbox::<u32>::new(8));
+        let client = {
+            let m = Arc::clone(&mailbox);
+            thread::spawn(move || {
+                let seen_closed = m.is_closed();
+                let pushed = m.push(1);
+                if seen_closed {
+                    assert!(matches!(pushed, Err(PushError::Closed(1))));
+                }
+                if matches!(pushed, Err(PushError::Closed(_))) {
+                    assert!(m.is_closed(), "refused as closed, yet not closed");
+                }
+                pushed.is_ok()
+            })
+        };
+        let left = mailbox.close();
+        assert!(mailbox.is_closed());
+        let pushed = client.join().expect("client");
+        assert_eq!(
+            left.len(),
+            usize::from(pushed),
+            "a pushed item is handed back"
+        );
+    });
+}

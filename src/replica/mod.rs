@@ -415,6 +415,11 @@ struct ReadBatch {
     reads: Vec<(RequestId, Vec<u8>)>,
 }
 
+/// Requests whose places a replica keeps room for between batch entries
+/// (`Replica::batch_read`, 56 bytes each): 224 KiB, beyond any batch of the
+/// 4096-client bench.
+const BATCH_READ_KEPT: usize = 4096;
+
 /// One replica of a raft group: raft-rs's `RawNode` plus proposal batching,
 /// client sessions, linearizable reads, snapshots and membership, with no I/O of
 /// its own.
@@ -1783,11 +1788,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if wire::canonical_batch(data, &mut read) {
             let requests = read.iter().map(|r| r.view(data));
             self.apply_batch(index, requests, mine);
-            read.clear();
-            self.batch_read = read;
+            self.keep_batch_read(read);
             return;
         }
-        self.batch_read = read;
+        self.keep_batch_read(read);
         let payload: EntryPayload = match wire::decode_shared(data, "log entry payload") {
             Ok(p) => p,
             Err(e) => {
@@ -1861,6 +1865,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 }
             }
         }
+    }
+
+    /// Keeps `read`'s room for the next batch entry, but not the room of an
+    /// outsized one (an entry of empty requests holds one per 2 bytes; review
+    /// 10 LOW-1).
+    fn keep_batch_read(&mut self, mut read: Vec<RequestAt>) {
+        read.clear();
+        read.shrink_to(BATCH_READ_KEPT);
+        self.batch_read = read;
     }
 
     /// Applies the client commands of a batch entry, each at most once, and
@@ -2982,6 +2995,39 @@ mod tests {
     }
 
     type Core = Replica<crate::MemLog, crate::KvStore>;
+
+    /// Review 10 LOW-1: the room kept between batch entries for the places
+    /// of their requests is bounded, whatever one entry held (empty requests
+    /// are 2 bytes each: 20,000 of them need about 1.1 MiB of places).
+    #[test]
+    fn the_room_kept_for_reading_batches_is_bounded() {
+        let fleet = crate::FleetConfig::new(vec![crate::MemberSpec::voter(1, "dc-1")]);
+        let mut store = crate::MemLog::new();
+        Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
+        let mut replica: Core =
+            Replica::new(ReplicaConfig::new(1), store, crate::KvStore::new()).expect("start");
+        let entry = |requests: usize| -> Bytes {
+            let batch = [0x0a, 0x00].repeat(requests);
+            let mut e = vec![0x0a];
+            let mut len = batch.len();
+            while len >= 0x80 {
+                e.push(len as u8 | 0x80);
+                len >>= 7;
+            }
+            e.push(len as u8);
+            e.extend(batch);
+            e.into()
+        };
+        replica.apply_normal(5, &entry(10), None);
+        let small = replica.batch_read.capacity();
+        assert!(small >= 10, "the room of a small entry is kept: {small}");
+        replica.apply_normal(6, &entry(20_000), None);
+        let kept = replica.batch_read.capacity();
+        assert!(
+            (small..=BATCH_READ_KEPT).contains(&kept),
+            "kept room for {kept} places"
+        );
+    }
 
     /// Runs Ready cycles and delivers messages until nothing moves, dropping
     /// every message to `cut_off`.

@@ -663,6 +663,47 @@ mod tests {
         assert!(back.capacity() < 64, "capacity {} kept", back.capacity());
     }
 
+    /// Review 10: a retry of an older sequence cached in the middle of the
+    /// ring answers its own response, and the neighbours keep theirs.
+    #[test]
+    fn review10_a_retry_inserted_mid_ring_answers_its_own_response() {
+        struct Echo;
+        impl StateMachine for Echo {
+            fn apply(&mut self, _: u64, command: &[u8]) -> Vec<u8> {
+                command.to_vec()
+            }
+            fn query(&self, _: &[u8]) -> Vec<u8> {
+                Vec::new()
+            }
+            fn snapshot(&self) -> Result<Vec<u8>, crate::state_machine::CaptureError> {
+                Ok(Vec::new())
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), crate::state_machine::RestoreError> {
+                Ok(())
+            }
+        }
+        let mut s = Sessions::new(4, 8);
+        let c = s.register(1, Vec::new());
+        for (index, sequence) in [(2, 1), (3, 2), (4, 5), (5, 7), (6, 4), (7, 6), (8, 3)] {
+            let command = format!("seq {sequence}").into_bytes();
+            let answer = s.apply(index, &request(c, sequence, 1, command.clone()), &mut Echo);
+            assert_eq!(
+                answer.map(|b| b.to_vec()),
+                Ok(command),
+                "sequence {sequence}"
+            );
+        }
+        for sequence in 1..=7 {
+            let command = format!("seq {sequence}").into_bytes();
+            let again = s.apply(9, &request(c, sequence, 1, b"other".to_vec()), &mut Echo);
+            assert_eq!(
+                again.map(|b| b.to_vec()),
+                Ok(command),
+                "replay of {sequence}"
+            );
+        }
+    }
+
     /// The sorted-vector table against a map, over random inserts (mostly
     /// increasing ids, as registrations are), lookups, removals and a
     /// rebuild; each seed is printed on failure.
