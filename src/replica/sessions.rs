@@ -468,6 +468,25 @@ mod tests {
     use crate::state_machine::KvStore;
     use crate::wire::Request;
 
+    /// A machine that answers each command with `self.0(command)` and keeps
+    /// no state.
+    struct Answers(fn(&[u8]) -> Vec<u8>);
+
+    impl StateMachine for Answers {
+        fn apply(&mut self, _: u64, command: &[u8]) -> Vec<u8> {
+            (self.0)(command)
+        }
+        fn query(&self, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Result<Vec<u8>, crate::state_machine::CaptureError> {
+            Ok(Vec::new())
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), crate::state_machine::RestoreError> {
+            Ok(())
+        }
+    }
+
     fn request(client_id: u64, sequence: u64, acked_below: u64, command: Vec<u8>) -> Request {
         let mut r = Request::new();
         r.client_id = client_id;
@@ -631,27 +650,16 @@ mod tests {
     /// only its length (review finding: the cache pinned spare capacity).
     #[test]
     fn a_cached_response_keeps_no_spare_capacity() {
-        struct Wasteful;
-        impl StateMachine for Wasteful {
-            fn apply(&mut self, _: u64, _: &[u8]) -> Vec<u8> {
-                let mut v = Vec::with_capacity(1 << 20);
-                v.push(1);
-                v
-            }
-            fn query(&self, _: &[u8]) -> Vec<u8> {
-                Vec::new()
-            }
-            fn snapshot(&self) -> Result<Vec<u8>, crate::state_machine::CaptureError> {
-                Ok(Vec::new())
-            }
-            fn restore(&mut self, _: &[u8]) -> Result<(), crate::state_machine::RestoreError> {
-                Ok(())
-            }
-        }
+        // Answers in a buffer far larger than the answer.
+        let mut wasteful = Answers(|_| {
+            let mut v = Vec::with_capacity(1 << 20);
+            v.push(1);
+            v
+        });
         let mut s = Sessions::new(4, 4);
         let c = s.register(1, Vec::new());
         let response = s
-            .apply(2, &request(c, 1, 1, b"x".to_vec()), &mut Wasteful)
+            .apply(2, &request(c, 1, 1, b"x".to_vec()), &mut wasteful)
             .unwrap()
             .clone();
         assert_eq!(&response[..], [1]);
@@ -667,26 +675,12 @@ mod tests {
     /// ring answers its own response, and the neighbours keep theirs.
     #[test]
     fn review10_a_retry_inserted_mid_ring_answers_its_own_response() {
-        struct Echo;
-        impl StateMachine for Echo {
-            fn apply(&mut self, _: u64, command: &[u8]) -> Vec<u8> {
-                command.to_vec()
-            }
-            fn query(&self, _: &[u8]) -> Vec<u8> {
-                Vec::new()
-            }
-            fn snapshot(&self) -> Result<Vec<u8>, crate::state_machine::CaptureError> {
-                Ok(Vec::new())
-            }
-            fn restore(&mut self, _: &[u8]) -> Result<(), crate::state_machine::RestoreError> {
-                Ok(())
-            }
-        }
+        let mut echo = Answers(<[u8]>::to_vec);
         let mut s = Sessions::new(4, 8);
         let c = s.register(1, Vec::new());
         for (index, sequence) in [(2, 1), (3, 2), (4, 5), (5, 7), (6, 4), (7, 6), (8, 3)] {
             let command = format!("seq {sequence}").into_bytes();
-            let answer = s.apply(index, &request(c, sequence, 1, command.clone()), &mut Echo);
+            let answer = s.apply(index, &request(c, sequence, 1, command.clone()), &mut echo);
             assert_eq!(
                 answer.map(|b| b.to_vec()),
                 Ok(command),
@@ -695,7 +689,7 @@ mod tests {
         }
         for sequence in 1..=7 {
             let command = format!("seq {sequence}").into_bytes();
-            let again = s.apply(9, &request(c, sequence, 1, b"other".to_vec()), &mut Echo);
+            let again = s.apply(9, &request(c, sequence, 1, b"other".to_vec()), &mut echo);
             assert_eq!(
                 again.map(|b| b.to_vec()),
                 Ok(command),
