@@ -174,7 +174,10 @@ impl RecentPositions {
     /// Notes that `id` sits at `at` in a table of `len` ids.
     fn put(&mut self, id: u64, at: usize, len: usize) {
         // Four slots per id: few ids share a slot (about one in eight).
-        let wanted = (4 * len).next_power_of_two().min(Self::SLOTS_MAX);
+        let wanted = len
+            .saturating_mul(4)
+            .min(Self::SLOTS_MAX)
+            .next_power_of_two();
         if self.slots.len() < wanted {
             // Id 0 is never a session's (ids are log indexes, from 1).
             self.slots = vec![(0, 0); wanted];

@@ -10,11 +10,11 @@
 //! field, every length inside its parent and of at most 5 bytes, varints of at
 //! most 10 bytes whose value fits 64 bits; a varint written longer than it
 //! needs, within those widths, is read as protobuf reads it, and a 10-byte one
-//! only with a last byte of `0x01`). [`canonical_batch`] answers `false` for anything else,
-//! and the caller decodes with protobuf instead, so a payload reads the same
-//! on every replica whichever path it takes: this reader accepts a subset of
-//! what protobuf accepts, with equal values (checked by the fuzz target
-//! `entry_payload` and its proptest).
+//! only with a last byte of `0x01`). [`canonical_batch`] answers `false` for
+//! anything else, and the caller decodes with protobuf instead, so a payload
+//! reads the same on every replica whichever path it takes: this reader
+//! accepts a subset of what protobuf accepts, with equal values (checked by
+//! the fuzz target `entry_payload` and its proptests).
 
 use std::ops::Range;
 
