@@ -15,7 +15,9 @@
 //!    go out before its own write, Raft thesis §10.2.1);
 //! 2. a snapshot, then new entries, then the hard state are written to the
 //!    [`LogStore`], followed by **one** [`LogStore::sync`]: the durability point
-//!    for everything proposed during the cycle (group commit);
+//!    for everything proposed during the cycle (group commit). raft-rs says
+//!    when one is due (`Ready::must_sync`); a cycle that moved only the commit
+//!    index writes it for the next sync, as etcd does;
 //! 3. only then are `Ready::persisted_messages` (votes, append acknowledgements)
 //!    released to the output;
 //! 4. committed entries are applied in log order; `advance` and the light ready
@@ -1485,9 +1487,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             }
             // The durability point of this cycle: every entry proposed since the last
             // cycle, the vote and the term become durable together (group commit).
-            self.raw.mut_store().sync().map_err(storage)?;
-            if let Some(index) = self.retain_after_sync.take() {
-                self.retain_snapshot_files(index);
+            // A cycle that wrote none of them (raft-rs's `must_sync`: at most the
+            // commit index moved) has nothing to make durable before its messages
+            // go: its acknowledgements name entries synced in earlier cycles, and
+            // a lost commit index is relearned from the leader (etcd's `MustSync`).
+            // Its hard state is written now and made durable by the next sync.
+            if rd.must_sync() {
+                self.raw.mut_store().sync().map_err(storage)?;
+                if let Some(index) = self.retain_after_sync.take() {
+                    self.retain_snapshot_files(index);
+                }
             }
             out.messages.extend(rd.take_persisted_messages());
             for rs in rd.take_read_states() {
@@ -3031,7 +3040,10 @@ mod tests {
 
     /// Runs Ready cycles and delivers messages until nothing moves, dropping
     /// every message to `cut_off`.
-    fn settle(replicas: &mut BTreeMap<ReplicaId, Core>, cut_off: Option<ReplicaId>) {
+    fn settle<L: LogStore>(
+        replicas: &mut BTreeMap<ReplicaId, Replica<L, crate::KvStore>>,
+        cut_off: Option<ReplicaId>,
+    ) {
         let mut out = Output::default();
         for _ in 0..1_000 {
             let mut messages = Vec::new();
@@ -3055,23 +3067,36 @@ mod tests {
         panic!("the replicas did not settle");
     }
 
-    #[test]
-    fn the_leader_reports_each_followers_progress_and_lag_and_no_one_else_does() {
+    fn test_config(id: ReplicaId) -> ReplicaConfig {
+        let mut cfg = ReplicaConfig::new(id);
+        cfg.election_ticks = 10;
+        cfg.heartbeat_ticks = 2;
+        cfg.leader_rebalance_ticks = 0;
+        cfg
+    }
+
+    /// Replicas 1, 2 and 3 on `stores` (bootstrapped if `bootstrap`), with
+    /// replica 1 elected by ticking it alone.
+    fn elect_three<L: LogStore>(
+        stores: impl IntoIterator<Item = (ReplicaId, L)>,
+        bootstrap: bool,
+        configure: fn(&mut ReplicaConfig),
+    ) -> BTreeMap<ReplicaId, Replica<L, crate::KvStore>> {
         let fleet = crate::FleetConfig::new(
             [1, 2, 3]
                 .iter()
                 .map(|&id| crate::MemberSpec::voter(id, format!("dc-{id}")))
                 .collect(),
         );
-        let mut replicas: BTreeMap<ReplicaId, Core> = [1, 2, 3]
+        let mut replicas: BTreeMap<ReplicaId, Replica<L, crate::KvStore>> = stores
             .into_iter()
-            .map(|id| {
-                let mut store = crate::MemLog::new();
-                Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
-                let mut cfg = ReplicaConfig::new(id);
-                cfg.election_ticks = 10;
-                cfg.heartbeat_ticks = 2;
-                cfg.leader_rebalance_ticks = 0;
+            .map(|(id, mut store)| {
+                if bootstrap {
+                    Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet)
+                        .expect("bootstrap");
+                }
+                let mut cfg = test_config(id);
+                configure(&mut cfg);
                 let replica = Replica::new(cfg, store, crate::KvStore::new()).expect("start");
                 (id, replica)
             })
@@ -3084,6 +3109,13 @@ mod tests {
             }
         }
         assert!(replicas[&1].is_leader(), "replica 1 won no election");
+        replicas
+    }
+
+    #[test]
+    fn the_leader_reports_each_followers_progress_and_lag_and_no_one_else_does() {
+        let mut replicas: BTreeMap<ReplicaId, Core> =
+            elect_three([1, 2, 3].map(|id| (id, crate::MemLog::new())), true, |_| ());
         let status = replicas[&1].status();
         let ids: Vec<_> = status.followers.iter().map(|f| f.id).collect();
         assert_eq!(
@@ -3114,5 +3146,170 @@ mod tests {
         assert_eq!(three.lag, 3, "{three:?}, last index {}", status.last_index);
         assert_eq!(three.matched + three.lag, status.last_index);
         assert!(two.recent_active);
+    }
+
+    /// A [`crate::MemLog`] with a crash: `durable` is what the last sync left,
+    /// and a crashed replica restarts from it alone.
+    #[derive(Clone, Debug, Default)]
+    struct CrashLog {
+        live: crate::MemLog,
+        durable: crate::MemLog,
+        syncs: u64,
+    }
+
+    impl CrashLog {
+        fn crashed(&self) -> CrashLog {
+            CrashLog {
+                live: self.durable.clone(),
+                durable: self.durable.clone(),
+                syncs: 0,
+            }
+        }
+    }
+
+    impl raft::Storage for CrashLog {
+        fn initial_state(&self) -> raft::Result<raft::RaftState> {
+            self.live.initial_state()
+        }
+        fn entries(
+            &self,
+            low: u64,
+            high: u64,
+            max_size: impl Into<Option<u64>>,
+            context: raft::GetEntriesContext,
+        ) -> raft::Result<Vec<Entry>> {
+            self.live.entries(low, high, max_size, context)
+        }
+        fn term(&self, idx: u64) -> raft::Result<u64> {
+            self.live.term(idx)
+        }
+        fn first_index(&self) -> raft::Result<u64> {
+            self.live.first_index()
+        }
+        fn last_index(&self) -> raft::Result<u64> {
+            self.live.last_index()
+        }
+        fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+            self.live.snapshot(request_index, to)
+        }
+    }
+
+    impl LogStore for CrashLog {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), crate::StorageError> {
+            self.live.append(entries)
+        }
+        fn set_hard_state(
+            &mut self,
+            hard_state: &raft::prelude::HardState,
+        ) -> Result<(), crate::StorageError> {
+            self.live.set_hard_state(hard_state)
+        }
+        fn apply_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), crate::StorageError> {
+            self.live.apply_snapshot(snapshot)
+        }
+        fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), crate::StorageError> {
+            self.live.save_snapshot(snapshot)
+        }
+        fn compact(&mut self, compact_index: u64) -> Result<(), crate::StorageError> {
+            self.live.compact(compact_index)
+        }
+        fn sync(&mut self) -> Result<(), crate::StorageError> {
+            self.durable = self.live.clone();
+            self.syncs += 1;
+            Ok(())
+        }
+        fn latest_snapshot(&self) -> &Snapshot {
+            self.live.latest_snapshot()
+        }
+        fn hard_state(&self) -> &raft::prelude::HardState {
+            self.live.hard_state()
+        }
+    }
+
+    /// A cycle that only moves the commit index (raft-rs's `must_sync` is
+    /// false) writes it without a sync, as etcd does: one sync per replica per
+    /// committed entry, not two, so a client's answer waits for one durability
+    /// point on the leader, not two. A crash that loses the commit index loses
+    /// nothing acknowledged: the restarted fleet relearns it and applies the
+    /// same entries.
+    #[test]
+    fn a_cycle_that_only_moves_the_commit_index_does_not_sync() {
+        let mut replicas = elect_three([1, 2, 3].map(|id| (id, CrashLog::default())), true, |_| ());
+        let before: BTreeMap<ReplicaId, u64> = replicas
+            .iter()
+            .map(|(id, r)| (*id, r.store().syncs))
+            .collect();
+        replicas
+            .get_mut(&1)
+            .expect("leader")
+            .register_session(1)
+            .expect("register");
+        settle(&mut replicas, None);
+        let last = replicas[&1].status().last_index;
+        for (id, r) in &replicas {
+            let store = r.store();
+            assert_eq!(
+                store.syncs - before[id],
+                1,
+                "replica {id}: one sync, for the entry"
+            );
+            assert_eq!(raft::Storage::last_index(&store.durable).ok(), Some(last));
+            assert_eq!(
+                store.hard_state().commit,
+                last,
+                "replica {id}: commit written"
+            );
+            assert!(
+                store.durable.hard_state().commit < last,
+                "replica {id}: the commit index is not made durable on its own"
+            );
+            assert_eq!(r.sessions(), 1, "replica {id}: the entry is applied");
+        }
+        // Every replica crashes with its commit index lost.
+        let restarted = elect_three(
+            replicas.iter().map(|(id, r)| (*id, r.store().crashed())),
+            false,
+            |_| (),
+        );
+        for (id, r) in &restarted {
+            assert!(r.store().hard_state().commit > last, "replica {id}");
+            assert_eq!(r.sessions(), 1, "replica {id}: the entry is applied again");
+        }
+    }
+
+    /// A snapshot taken in a cycle that only moved the commit index is made
+    /// durable with that commit index: a replica restarted from it opens (raft
+    /// refuses a hard state whose commit is below the snapshot).
+    #[test]
+    fn a_snapshot_after_an_unsynced_commit_restarts() {
+        let small = |cfg: &mut ReplicaConfig| {
+            cfg.snapshot_entries_min = 1;
+            cfg.compaction_entries_retained = 0;
+        };
+        let mut replicas = elect_three([1, 2, 3].map(|id| (id, CrashLog::default())), true, small);
+        replicas
+            .get_mut(&1)
+            .expect("leader")
+            .register_session(1)
+            .expect("register");
+        settle(&mut replicas, None);
+        let last = replicas[&1].status().last_index;
+        for (id, r) in &replicas {
+            let durable = &r.store().durable;
+            assert_eq!(
+                durable.latest_snapshot().get_metadata().index,
+                last,
+                "replica {id}: snapshot of the applied entry"
+            );
+            assert!(durable.hard_state().commit >= last, "replica {id}");
+        }
+        let restarted = elect_three(
+            replicas.iter().map(|(id, r)| (*id, r.store().crashed())),
+            false,
+            small,
+        );
+        for (id, r) in &restarted {
+            assert_eq!(r.sessions(), 1, "replica {id}: restored from the snapshot");
+        }
     }
 }
