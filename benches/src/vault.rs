@@ -94,7 +94,7 @@ struct Options {
 enum Store {
     /// Sled, sealed by the replica's own soft HSM (the example's store).
     SealedSled,
-    /// Plain sled (fsync per Ready cycle, no sealing).
+    /// Plain sled (an fsync per Ready cycle that appends, no sealing).
     Sled,
     /// Memory (durable at once).
     Mem,

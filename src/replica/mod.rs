@@ -3044,12 +3044,23 @@ mod tests {
         replicas: &mut BTreeMap<ReplicaId, Replica<L, crate::KvStore>>,
         cut_off: Option<ReplicaId>,
     ) {
+        settle_inspecting(replicas, cut_off, |_, _, _| ());
+    }
+
+    /// [`settle`], handing every cycle's released messages and the store
+    /// that released them to `inspect`.
+    fn settle_inspecting<L: LogStore>(
+        replicas: &mut BTreeMap<ReplicaId, Replica<L, crate::KvStore>>,
+        cut_off: Option<ReplicaId>,
+        mut inspect: impl FnMut(ReplicaId, &L, &[Message]),
+    ) {
         let mut out = Output::default();
         for _ in 0..1_000 {
             let mut messages = Vec::new();
-            for r in replicas.values_mut() {
+            for (id, r) in replicas.iter_mut() {
                 out.clear();
                 r.handle_ready(&mut out).expect("ready");
+                inspect(*id, r.store(), &out.messages);
                 messages.append(&mut out.messages);
             }
             if messages.is_empty() && !replicas.values().any(|r| r.has_ready()) {
@@ -3155,6 +3166,8 @@ mod tests {
         live: crate::MemLog,
         durable: crate::MemLog,
         syncs: u64,
+        /// Every `sync` fails (a full disk, an I/O error).
+        fail_sync: bool,
     }
 
     impl CrashLog {
@@ -3163,6 +3176,7 @@ mod tests {
                 live: self.durable.clone(),
                 durable: self.durable.clone(),
                 syncs: 0,
+                fail_sync: false,
             }
         }
     }
@@ -3214,6 +3228,11 @@ mod tests {
             self.live.compact(compact_index)
         }
         fn sync(&mut self) -> Result<(), crate::StorageError> {
+            if self.fail_sync {
+                return Err(crate::StorageError::backend(std::io::Error::other(
+                    "sync failed",
+                )));
+            }
             self.durable = self.live.clone();
             self.syncs += 1;
             Ok(())
@@ -3311,5 +3330,114 @@ mod tests {
         for (id, r) in &restarted {
             assert_eq!(r.sessions(), 1, "replica {id}: restored from the snapshot");
         }
+    }
+
+    /// Every vote grant and append acknowledgement a replica releases names
+    /// state its store had made durable when the cycle returned: the vote and
+    /// term of a grant, the entries (index and term) of an acknowledgement.
+    /// Checked after every cycle of an election and of three proposals, so a
+    /// cycle that skips the sync while it wrote entries, a term or a vote
+    /// fails here (the release order inside a cycle is what
+    /// `a_failed_sync_releases_no_acknowledgement` checks).
+    fn check_released(id: ReplicaId, store: &CrashLog, messages: &[Message]) {
+        for m in messages {
+            match m.get_msg_type() {
+                MessageType::MsgAppendResponse if !m.reject => {
+                    assert!(
+                        raft::Storage::last_index(&store.durable).unwrap_or(0) >= m.index,
+                        "replica {id} acknowledged index {} before it was durable",
+                        m.index
+                    );
+                    assert_eq!(
+                        raft::Storage::term(&store.durable, m.index).ok(),
+                        raft::Storage::term(&store.live, m.index).ok(),
+                        "replica {id}: the acknowledged entry {} is durable as written",
+                        m.index
+                    );
+                }
+                MessageType::MsgRequestVoteResponse if !m.reject => {
+                    let hs = store.durable.hard_state();
+                    assert_eq!(
+                        (hs.term, hs.vote),
+                        (m.term, m.to),
+                        "replica {id} granted a vote before it was durable"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn every_released_grant_and_acknowledgement_names_durable_state() {
+        let fleet = crate::FleetConfig::new(
+            [1, 2, 3]
+                .iter()
+                .map(|&id| crate::MemberSpec::voter(id, format!("dc-{id}")))
+                .collect(),
+        );
+        let mut replicas: BTreeMap<ReplicaId, Replica<CrashLog, crate::KvStore>> = [1, 2, 3]
+            .into_iter()
+            .map(|id| {
+                let mut store = CrashLog::default();
+                Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
+                let r = Replica::new(test_config(id), store, crate::KvStore::new()).expect("start");
+                (id, r)
+            })
+            .collect();
+        for _ in 0..200 {
+            replicas.get_mut(&1).expect("replica 1").tick();
+            settle_inspecting(&mut replicas, None, check_released);
+            if replicas[&1].is_leader() {
+                break;
+            }
+        }
+        assert!(replicas[&1].is_leader(), "replica 1 won no election");
+        for request in 1..=3 {
+            replicas
+                .get_mut(&1)
+                .expect("leader")
+                .register_session(request)
+                .expect("register");
+            settle_inspecting(&mut replicas, None, check_released);
+        }
+        assert_eq!(replicas[&3].sessions(), 3);
+    }
+
+    /// A cycle whose sync fails releases no acknowledgement of what it wrote:
+    /// persisted messages go out only after the sync returned `Ok`.
+    #[test]
+    fn a_failed_sync_releases_no_acknowledgement() {
+        let mut replicas = elect_three([1, 2, 3].map(|id| (id, CrashLog::default())), true, |_| ());
+        replicas
+            .get_mut(&2)
+            .expect("follower")
+            .raw
+            .mut_store()
+            .fail_sync = true;
+        let leader = replicas.get_mut(&1).expect("leader");
+        leader.register_session(1).expect("register");
+        let mut out = Output::default();
+        leader.handle_ready(&mut out).expect("ready");
+        let appends: Vec<Message> = std::mem::take(&mut out.messages)
+            .into_iter()
+            .filter(|m| m.to == 2 && !m.entries.is_empty())
+            .collect();
+        assert!(
+            !appends.is_empty(),
+            "the leader sent the entry to replica 2"
+        );
+        let follower = replicas.get_mut(&2).expect("follower");
+        for m in appends {
+            follower.step(m).expect("step");
+        }
+        assert!(follower.handle_ready(&mut out).is_err(), "the sync failed");
+        assert!(
+            !out.messages
+                .iter()
+                .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgAppendResponse),
+            "an acknowledgement left before its sync: {:?}",
+            out.messages
+        );
     }
 }

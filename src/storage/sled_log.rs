@@ -3,7 +3,8 @@
 //! Every read is served from an in-memory [`MemLog`] copy of the un-compacted log.
 //! Writes go to the cache at once and are staged in one `sled::Batch`; [`LogStore::sync`]
 //! applies the batch atomically and flushes sled to disk (`fsync`) before it returns,
-//! so one Ready cycle is one atomic, durable write. sled's own background flush is
+//! so one Ready cycle is one atomic, durable write (a cycle that moved only the commit
+//! index leaves it staged for the next one). sled's own background flush is
 //! never relied on: a crash before `sync` loses the whole pending batch, never part
 //! of it.
 //!

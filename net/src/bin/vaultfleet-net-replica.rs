@@ -98,7 +98,7 @@ struct Options {
     /// Keep running when standard input closes (stop with SIGTERM only).
     #[arg(long)]
     ignore_stdin: bool,
-    /// The log store: sled (fsync per Ready cycle) or sealed-sled (the same
+    /// The log store: sled (an fsync per Ready cycle that appends) or sealed-sled (the same
     /// sled, every record sealed and the log's counter advanced by the soft HSM
     /// of --hsm-file).
     #[arg(long, default_value = "sled", value_parser = ["sled", "sealed-sled"])]
