@@ -106,7 +106,11 @@ pub enum RequestError {
     /// The node's input queue is full; back off and retry.
     #[error("replica is overloaded (input queue full); back off and retry")]
     Overloaded,
-    /// The replica stopped (shut down, or failed on its storage).
+    /// The replica stopped (shut down, or failed on its storage). A write
+    /// answered so has an unknown outcome: the replica may have sent it to
+    /// its followers first, and the rest of the fleet may commit it. Retry
+    /// it on another replica under the same session and sequence number,
+    /// which applies it at most once.
     #[error("replica stopped; use another replica")]
     Stopped,
     /// The caller's credential does not allow this request: a remote client

@@ -1443,17 +1443,81 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// A storage failure stops the replica: every later call fails, pending
     /// requests complete with [`RequestError::Stopped`], and the error is returned.
     pub fn handle_ready(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+        self.ready_or_fail(out, None)
+    }
+
+    /// As [`handle_ready`](Self::handle_ready), but the messages raft-rs lets
+    /// a leader send before it persists (its appends and heartbeats) go to
+    /// `send_now` at once, before this cycle writes and syncs the log: the
+    /// leader's fsync then overlaps its followers' instead of preceding
+    /// them (Raft thesis §10.2.1; raft-rs's `Ready::messages`, as against
+    /// `persisted_messages`). A commit still needs a majority that persisted
+    /// the entry, the leader's own acknowledgement counts only after its
+    /// sync, and nothing is acknowledged to a client before the commit.
+    /// Only the Ready's leading appends and heartbeats go early, and none in
+    /// a cycle that takes a new term or vote; the rest goes to
+    /// `out.messages`, after them, as from `handle_ready` (a snapshot, which
+    /// the driver sends its own way, included). `send_now` must only hand
+    /// the messages to the transport. They stay sent if the cycle then fails
+    /// (a leader may send entries it has not persisted; they count for
+    /// nothing until it has).
+    pub fn handle_ready_sending(
+        &mut self,
+        out: &mut Output,
+        send_now: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<(), ReplicaError> {
+        self.ready_or_fail(out, Some(send_now))
+    }
+
+    /// How many of a Ready's `messages`, from the front, may leave before
+    /// the cycle's sync: appends and heartbeats only, and none while the
+    /// cycle's hard state takes a new term or vote (review 11: a single
+    /// voter's first append of a term it has not made durable; a crash would
+    /// bring it back in the old term to win the same term again). A
+    /// `MsgTimeoutNow` or a snapshot waits, and so does everything after it,
+    /// so messages to one peer keep their order (a transfer's announcement
+    /// goes out with the cycle's output and must not be overtaken by its
+    /// `MsgTimeoutNow`).
+    fn early_prefix(&self, rd: &raft::Ready, messages: &[Message]) -> usize {
+        use raft::prelude::MessageType;
+        let durable = self.raw.store().hard_state();
+        if rd
+            .hs()
+            .is_some_and(|hs| (hs.term, hs.vote) != (durable.term, durable.vote))
+        {
+            return 0;
+        }
+        messages
+            .iter()
+            .take_while(|m| {
+                matches!(
+                    m.get_msg_type(),
+                    MessageType::MsgAppend | MessageType::MsgHeartbeat
+                )
+            })
+            .count()
+    }
+
+    fn ready_or_fail(
+        &mut self,
+        out: &mut Output,
+        send_now: Option<&mut dyn FnMut(Vec<Message>)>,
+    ) -> Result<(), ReplicaError> {
         if self.failed {
             return Err(ReplicaError::Failed { id: self.cfg.id });
         }
-        let result = self.ready_cycle(out);
+        let result = self.ready_cycle(out, send_now);
         if result.is_err() {
             self.fail_everything(out);
         }
         result
     }
 
-    fn ready_cycle(&mut self, out: &mut Output) -> Result<(), ReplicaError> {
+    fn ready_cycle(
+        &mut self,
+        out: &mut Output,
+        send_now: Option<&mut dyn FnMut(Vec<Message>)>,
+    ) -> Result<(), ReplicaError> {
         let id = self.cfg.id;
         let storage = |source| ReplicaError::Storage { id, source };
         self.restore_dropped_in_place()?;
@@ -1465,8 +1529,18 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let limit = self.cfg.message_bytes_max;
-            out.messages
-                .extend(split_appends(rd.take_messages(), limit));
+            // raft-rs fills `messages` for a leader only (a candidate's vote
+            // requests and every follower's answer wait for the sync, in
+            // `persisted_messages`).
+            let mut messages = split_appends(rd.take_messages(), limit);
+            if let Some(send) = send_now {
+                let early = self.early_prefix(&rd, &messages);
+                if early > 0 {
+                    let rest = messages.split_off(early);
+                    send(std::mem::replace(&mut messages, rest));
+                }
+            }
+            out.messages.append(&mut messages);
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 self.raw

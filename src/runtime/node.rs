@@ -923,7 +923,24 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 backlog_steps += 1;
             }
             self.out.clear();
-            let result = self.replica.handle_ready(&mut self.out);
+            // A leader's appends leave before its sync, so that its fsync
+            // overlaps its followers' (`Replica::handle_ready_sending`).
+            let group = self.replica.group();
+            let transport = &self.transport;
+            let mut unreachable = Vec::new();
+            let result = self
+                .replica
+                .handle_ready_sending(&mut self.out, &mut |messages| {
+                    for message in messages {
+                        let to = message.to;
+                        if transport.send(Envelope { group, message }).is_err() {
+                            unreachable.push(to);
+                        }
+                    }
+                });
+            for to in unreachable {
+                self.replica.report_unreachable(to);
+            }
             self.dispatch();
             result?;
         }

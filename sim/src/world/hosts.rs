@@ -307,7 +307,14 @@ impl<W: Workload> Simulation<W> {
             }
             let mut out = std::mem::take(&mut self.out);
             out.clear();
-            if let Err(e) = replica.handle_ready(&mut out) {
+            // As a node does: a leader's appends leave before its sync, and
+            // stay sent if the sync then fails (the host crashes below).
+            let mut early = Vec::new();
+            let result = replica.handle_ready_sending(&mut out, &mut |m| early.extend(m));
+            for message in early {
+                self.send(h, message);
+            }
+            if let Err(e) = result {
                 self.out = out;
                 let why = e.to_string();
                 if self.phase == Phase::Safety && expected_failure(&e) {
