@@ -315,3 +315,38 @@ fn a_transfers_announcement_leaves_no_later_than_its_timeout_now() {
         "MsgTimeoutNow left before the sync, its announcement after: early {early:?}"
     );
 }
+
+/// Review 14 (LOW-4): only a leading run of appends and heartbeats leaves
+/// early, not every append and heartbeat of the Ready. A transfer to a
+/// caught-up replica puts its `MsgTimeoutNow` first; heartbeats queued after
+/// it in the same Ready wait with it, so the transferee gets them in raft's
+/// order.
+#[test]
+fn heartbeats_queued_after_a_timeout_now_wait_with_it() {
+    let mut net = Network::new(&[1, 2, 3], |_| {});
+    net.elect(1);
+    net.tick_all(3);
+    let replica = net.replica_mut(1);
+    replica.transfer_leader(2);
+    for _ in 0..2 {
+        replica.tick();
+    }
+    let mut out = Output::default();
+    let mut early: Vec<Message> = Vec::new();
+    replica
+        .handle_ready_sending(&mut out, &mut |m| early.extend(m))
+        .expect("ready cycle");
+    let late_types: Vec<MessageType> = out.messages.iter().map(|m| m.get_msg_type()).collect();
+    let timeout_now = late_types
+        .iter()
+        .position(|t| *t == MessageType::MsgTimeoutNow)
+        .expect("the transfer's MsgTimeoutNow waited for the sync");
+    assert!(
+        late_types[timeout_now..].contains(&MessageType::MsgHeartbeat),
+        "a heartbeat queued after the MsgTimeoutNow: {late_types:?}"
+    );
+    assert!(
+        early.is_empty(),
+        "left ahead of the MsgTimeoutNow they followed: {early:?}"
+    );
+}

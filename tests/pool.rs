@@ -68,6 +68,8 @@ struct Hooks {
     slow_open: AtomicBool,
     /// Set when `sync` was entered (it may be waiting at the gate).
     in_sync: AtomicBool,
+    /// A gate only this replica's `sync` waits at (one slow disk).
+    hold: Arc<Gate>,
 }
 
 /// A MemLog whose `sync` waits at a gate (a disk or HSM that blocks) and that
@@ -141,6 +143,7 @@ impl LogStore for TestLog {
     fn sync(&mut self) -> Result<(), StorageError> {
         self.hooks.in_sync.store(true, Ordering::Release);
         self.gate.pass();
+        self.hooks.hold.pass();
         assert!(
             !self.hooks.panic_sync.load(Ordering::Acquire),
             "test: this replica's turn panics"
@@ -370,6 +373,57 @@ fn a_stalled_group_does_not_stall_the_others() {
     wait_until("the spares to retire", || {
         pool.live_workers() == 1 && pool.stalled_workers() == 0
     });
+}
+
+/// Review 14 (LOW-3): the leader sends its appends before its own sync
+/// (`Replica::handle_ready_sending`), so on the pooled runtime its followers
+/// receive and persist an entry while the leader's disk is still blocked.
+/// If the appends waited for the sync, the followers would hear nothing from
+/// the blocked leader and elect another.
+#[test]
+fn a_leaders_append_reaches_its_followers_while_it_syncs() {
+    // Slow ticks (elections after 0.5 to 1 s) leave the early appends ample
+    // time to arrive before a follower gives up on the blocked leader.
+    let pool = Pool::new(PoolConfig {
+        workers: 2,
+        stall_after: Duration::from_secs(5),
+        tick_interval: Duration::from_millis(50),
+        ..PoolConfig::new()
+    })
+    .expect("pool");
+    let group = Group::start(&pool, 1, 3);
+    let client = group.client();
+    put(&client, "k0");
+    let leader = group.leader();
+    let hooks = &group.hooks[leader];
+    hooks.hold.close();
+    // Opens it again if an assertion fails, so the pool can stop.
+    let _reopen = OpenOnDrop(Arc::clone(&hooks.hold));
+    hooks.in_sync.store(false, Ordering::Release);
+    let pending = client.propose_async(KvStore::put("k1", "v"));
+    wait_until("the leader to sync the new entry", || {
+        hooks.in_sync.load(Ordering::Acquire)
+    });
+    // The leader is blocked inside the turn that appended k1; the status it
+    // published at the end of its previous turn holds every entry before k1.
+    let before = group.handles[leader].status();
+    for i in (0..group.handles.len()).filter(|&i| i != leader) {
+        wait_until(&format!("follower {} to append k1", i + 1), || {
+            let s = group.handles[i].status();
+            assert_eq!(
+                s.term,
+                before.term,
+                "follower {} left the blocked leader's term before k1 reached it",
+                i + 1
+            );
+            s.last_index > before.last_index
+        });
+    }
+    hooks.hold.open();
+    pending
+        .wait()
+        .expect("committed once the leader's disk answers");
+    put(&client, "k2");
 }
 
 #[test]

@@ -1475,9 +1475,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// voter's first append of a term it has not made durable; a crash would
     /// bring it back in the old term to win the same term again). A
     /// `MsgTimeoutNow` or a snapshot waits, and so does everything after it,
-    /// so messages to one peer keep their order (a transfer's announcement
-    /// goes out with the cycle's output and must not be overtaken by its
-    /// `MsgTimeoutNow`).
+    /// so messages to one peer keep raft's order, and a `MsgTimeoutNow`
+    /// never leaves ahead of the announcements that go with the output.
     fn early_prefix(&self, rd: &raft::Ready, messages: &[Message]) -> usize {
         use raft::prelude::MessageType;
         let durable = self.raw.store().hard_state();
@@ -1506,8 +1505,12 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if self.failed {
             return Err(ReplicaError::Failed { id: self.cfg.id });
         }
+        let released = out.messages.len();
         let result = self.ready_cycle(out, send_now);
         if result.is_err() {
+            // A failed cycle releases nothing it held back for its sync
+            // (review 14: the appends of a term that never became durable).
+            out.messages.truncate(released);
             self.fail_everything(out);
         }
         result
@@ -3511,6 +3514,68 @@ mod tests {
                 .iter()
                 .any(|m| m.get_msg_type() == raft::prelude::MessageType::MsgAppendResponse),
             "an acknowledgement left before its sync: {:?}",
+            out.messages
+        );
+    }
+
+    /// Review 14 (LOW-1): a cycle that takes a new term and then fails to
+    /// sync releases none of the messages it held back for that sync. A
+    /// single voter wins inside one step, so its first appends of the new
+    /// term wait for the sync (`early_prefix`); if they stayed in the
+    /// output, the driver would send entries of a term never made durable.
+    #[test]
+    fn a_failed_cycle_releases_nothing_it_held_back() {
+        let fleet = crate::FleetConfig::new(vec![
+            crate::MemberSpec::voter(1, "dc-1"),
+            crate::MemberSpec::learner(2, "dc-2"),
+        ]);
+        let mut replicas: BTreeMap<ReplicaId, Replica<CrashLog, crate::KvStore>> = [1, 2]
+            .into_iter()
+            .map(|id| {
+                let mut store = CrashLog::default();
+                Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
+                let r = Replica::new(test_config(id), store, crate::KvStore::new()).expect("start");
+                (id, r)
+            })
+            .collect();
+        for _ in 0..200 {
+            replicas.get_mut(&1).expect("voter").tick();
+            settle(&mut replicas, None);
+            if replicas[&1].is_leader() {
+                break;
+            }
+        }
+        assert!(replicas[&1].is_leader(), "the voter won no election");
+        let mut voter: Replica<CrashLog, crate::KvStore> = Replica::new(
+            test_config(1),
+            replicas[&1].store().crashed(),
+            crate::KvStore::new(),
+        )
+        .expect("restart");
+        let term = voter.status().term;
+        for _ in 0..500 {
+            voter.tick();
+            if voter.is_leader() {
+                break;
+            }
+        }
+        assert_eq!(
+            (voter.is_leader(), voter.status().term),
+            (true, term + 1),
+            "won a new term inside the tick"
+        );
+        voter.raw.mut_store().fail_sync = true;
+        let mut out = Output::default();
+        let mut early = Vec::new();
+        let result = voter.handle_ready_sending(&mut out, &mut |m| early.extend(m));
+        assert!(result.is_err(), "the sync failed");
+        assert!(
+            early.is_empty(),
+            "sent before the term was durable: {early:?}"
+        );
+        assert!(
+            out.messages.is_empty(),
+            "a failed cycle released what it held back: {:?}",
             out.messages
         );
     }
