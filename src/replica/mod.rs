@@ -122,9 +122,13 @@ pub const TRANSFER_ANNOUNCED: &[u8] = b"vaultfleet/transfer-announced/";
 /// The transferee id of an announcement that the transfer ended.
 const TRANSFER_ENDED: ReplicaId = raft::INVALID_ID;
 
-/// Rebalance periods a leader leaves a replica that declined a transfer, at
-/// most: the wait doubles with each decline in a row, from one period.
-const DECLINED_PERIODS_MAX: u64 = 64;
+/// Periods a leader leaves a replica out of rebalancing after transfers to
+/// it failed or were declined, at most: the wait doubles with each one in a
+/// row, from one period (a rebalance period for a decline, an election
+/// timeout for a transfer that ended without it leading). So a voter in a
+/// preferred datacenter may wait up to this many periods after the faults
+/// that failed its transfers have healed before the leader hands over to it.
+pub const DECLINED_PERIODS_MAX: u64 = 64;
 
 // Read contexts travel as the 8 big-endian bytes of a u64.
 const READ_CONTEXT_BYTES: usize = 8;
