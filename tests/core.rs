@@ -1075,6 +1075,56 @@ fn rebalancing_backs_off_from_a_preferred_voter_that_never_campaigns() {
     assert!(dropped < ticks / 5, "{dropped} of {ticks} writes dropped");
 }
 
+/// Seed 40740 of the streamed vault swarm: transfers to the preferred voter
+/// while it was cut off timed out one after another, and each counted as its
+/// failure, so rebalancing left it out for 32 election timeouts after the
+/// partition healed. raft-rs sends `MsgTimeoutNow` only to a transferee that
+/// has matched the leader's log, so such a transfer asked nothing of its
+/// target and does not back it off; once the voter catches up, rebalancing
+/// hands it leadership within a rebalance period or two.
+#[test]
+fn transfers_that_end_before_their_target_caught_up_do_not_back_it_off() {
+    let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks as usize;
+    let mut net = Network::new(&[1, 2, 3], |rc| {
+        rc.leader_rebalance_ticks = rebalance as u64;
+        rc.preferred_leader_datacenters = vec!["dc-2".to_string()];
+    });
+    net.elect(1);
+    let client = net.register(1);
+    net.isolate(2);
+    for seq in 1..=3 {
+        assert!(put_on_leader(&mut net, client, seq), "put {seq} without 2");
+    }
+    let election = core_harness::test_config(1).election_ticks;
+    for attempt in 1..=6 {
+        net.replica_mut(1).transfer_leader(2);
+        // Past the transfer's election timeout (only 1 and 3 tick, so 2
+        // stays a follower and nobody else campaigns).
+        for _ in 0..election + 2 {
+            net.tick(1);
+            net.tick(3);
+            net.settle();
+        }
+        assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+        assert_eq!(
+            net.replica(1).rebalance_back_off_ticks(2),
+            0,
+            "transfer {attempt} to a voter that never caught up backed it off"
+        );
+    }
+    net.recover();
+    let mut ticks = 0;
+    while !net.replica(2).is_leader() {
+        assert!(
+            ticks < 3 * rebalance,
+            "the caught-up preferred voter did not get leadership in {ticks} ticks: {:?}",
+            net.status(1)
+        );
+        net.tick_all(1);
+        ticks += 1;
+    }
+}
+
 /// Review 4: while a transfer to one voter is in progress, another voter's
 /// ask is refused rather than replacing it (raft-rs would abort the first).
 #[test]

@@ -2600,7 +2600,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// Watches the transfer in progress, whoever started it (a peer's ask,
     /// rebalancing, a hand-over, the operator): one that ends with this
-    /// replica still leading (it timed out, or was replaced) backs its target
+    /// replica still leading (it timed out, or was replaced) and its target
+    /// caught up (so raft-rs had sent it `MsgTimeoutNow`) backs the target
     /// off for an election timeout, doubling up to [`DECLINED_PERIODS_MAX`]:
     /// its asks are refused and rebalancing leaves it out for that long
     /// (review 4: a preferred voter that never campaigned stalled writes for
@@ -2615,7 +2616,31 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         };
         self.forget_old_back_offs();
         if let Some(to) = self.transfer_watch.filter(|&to| now_to != Some(to)) {
-            if leading {
+            let last_index = self.raw.raft.raft_log.last_index();
+            let caught_up = self
+                .raw
+                .raft
+                .prs()
+                .get(to)
+                .is_some_and(|p| p.matched >= last_index);
+            if leading && !caught_up {
+                // raft-rs sends `MsgTimeoutNow` only to a transferee that has
+                // matched the last index, and takes no proposal while the
+                // transfer lasts, so this target was never asked to campaign:
+                // it was behind or cut off, and declined nothing. Rebalancing
+                // never picks a voter that lags, so it is not backed off for
+                // this; a replica leading while it restores skips it for an
+                // election timeout (review of the placement checker, seed
+                // 40740: six hand-overs to a partitioned preferred voter had
+                // left it out of rebalancing for 32 election timeouts).
+                self.transfer_back_off.entry(to).or_default().refused_at = Some(self.ticks);
+                tracing::info!(
+                    replica = self.cfg.id,
+                    to,
+                    "a leadership transfer ended before replica {to} caught up; it is not \
+                     backed off"
+                );
+            } else if leading {
                 let period = (self.cfg.election_ticks as u64).max(1);
                 let now = self.ticks;
                 let b = self.transfer_back_off.entry(to).or_default();
@@ -2639,6 +2664,19 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             self.announce_transfer(now_to.unwrap_or(TRANSFER_ENDED));
         }
         self.transfer_watch = now_to;
+    }
+
+    /// On a leader, the ticks for which rebalancing still leaves `id` out
+    /// because it declined a transfer, or one to it failed, lately; 0 when it
+    /// does not (and on any other replica). A voter in a preferred datacenter
+    /// gets leadership from a leader outside them no sooner than this.
+    pub fn rebalance_back_off_ticks(&self, id: ReplicaId) -> u64 {
+        if !self.is_leader() || self.back_off_term != self.raw.raft.term {
+            return 0;
+        }
+        self.transfer_back_off
+            .get(&id)
+            .map_or(0, |b| b.rebalance_until.saturating_sub(self.ticks))
     }
 
     /// Whether rebalancing leaves `id` out (it declined, or a transfer to it

@@ -42,6 +42,9 @@ pub(in crate::world) struct Preference {
     /// Since when (virtual µs) the converged fleet's leader has been outside
     /// the preferred datacenters, for the placement checker.
     pub(in crate::world) misplaced_since: Option<u64>,
+    /// The back-off (virtual µs) the leader reported then for the voters it
+    /// could hand over to: the shortest wait before one becomes eligible.
+    pub(in crate::world) misplaced_back_off_us: u64,
 }
 
 /// The datacenter label of datacenter `dc` (as in the fleet's configuration).
