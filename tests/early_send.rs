@@ -170,20 +170,8 @@ fn tick_until_leader(net: &mut Network, id: u64) {
 /// because raft-rs pauses a probing peer after the no-op append.
 #[test]
 fn a_single_voter_that_crashes_before_syncing_its_new_term_does_not_fork_a_learner() {
-    use vaultfleet::{FleetConfig, MemberSpec, Replica};
-    let fleet = FleetConfig::new(vec![
-        MemberSpec::voter(1, "dc1"),
-        MemberSpec::learner(2, "dc2"),
-    ]);
-    let mut net = Network::with_fleet(&fleet, |_| {}, KvStore::new);
-    let mut store = vaultfleet::MemLog::new();
-    assert!(Replica::bootstrap(&mut store, &KvStore::new(), &fleet).expect("bootstrap"));
-    let learner =
-        Replica::new(core_harness::test_config(2), store, KvStore::new()).expect("learner");
-    net.replicas.insert(2, learner);
-    net.elect(1);
-    let client = net.register(1);
-    net.tick_all(5);
+    use vaultfleet::Replica;
+    let (mut net, client) = voter_and_learner();
     let restart = |net: &mut Network, durable: vaultfleet::MemLog| {
         let r =
             Replica::new(core_harness::test_config(1), durable, KvStore::new()).expect("restart");
@@ -236,20 +224,8 @@ fn a_single_voter_that_crashes_before_syncing_its_new_term_does_not_fork_a_learn
 /// cycle's appends, in a term already durable, leave early.
 #[test]
 fn a_cycle_that_takes_a_new_term_sends_nothing_early() {
-    use vaultfleet::{FleetConfig, MemberSpec, Replica};
-    let fleet = FleetConfig::new(vec![
-        MemberSpec::voter(1, "dc1"),
-        MemberSpec::learner(2, "dc2"),
-    ]);
-    let mut net = Network::with_fleet(&fleet, |_| {}, KvStore::new);
-    let mut store = vaultfleet::MemLog::new();
-    assert!(Replica::bootstrap(&mut store, &KvStore::new(), &fleet).expect("bootstrap"));
-    let learner =
-        Replica::new(core_harness::test_config(2), store, KvStore::new()).expect("learner");
-    net.replicas.insert(2, learner);
-    net.elect(1);
-    let client = net.register(1);
-    net.tick_all(5);
+    use vaultfleet::Replica;
+    let (mut net, client) = voter_and_learner();
     let durable = net.replica(1).store().clone();
     let restarted =
         Replica::new(core_harness::test_config(1), durable, KvStore::new()).expect("restart");
@@ -349,4 +325,24 @@ fn heartbeats_queued_after_a_timeout_now_wait_with_it() {
         early.is_empty(),
         "left ahead of the MsgTimeoutNow they followed: {early:?}"
     );
+}
+
+/// A single voter (1, elected) and a learner (2), settled, with a client
+/// session registered through the voter.
+fn voter_and_learner() -> (Network, u64) {
+    use vaultfleet::{FleetConfig, MemberSpec, Replica};
+    let fleet = FleetConfig::new(vec![
+        MemberSpec::voter(1, "dc1"),
+        MemberSpec::learner(2, "dc2"),
+    ]);
+    let mut net = Network::with_fleet(&fleet, |_| {}, KvStore::new);
+    let mut store = vaultfleet::MemLog::new();
+    assert!(Replica::bootstrap(&mut store, &KvStore::new(), &fleet).expect("bootstrap"));
+    let learner =
+        Replica::new(core_harness::test_config(2), store, KvStore::new()).expect("learner");
+    net.replicas.insert(2, learner);
+    net.elect(1);
+    let client = net.register(1);
+    net.tick_all(5);
+    (net, client)
 }

@@ -2627,11 +2627,11 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 // raft-rs sends `MsgTimeoutNow` only to a transferee that has
                 // matched the last index, and takes no proposal while the
                 // transfer lasts, so this target was never asked to campaign:
-                // it was behind or cut off, and declined nothing. Rebalancing
+                // it was behind the log, and declined nothing. Rebalancing
                 // never picks a voter that lags, so it is not backed off for
                 // this; a replica leading while it restores skips it for an
                 // election timeout (review of the placement checker, seed
-                // 40740: six hand-overs to a partitioned preferred voter had
+                // 40740: six operator transfers to a partitioned preferred voter had
                 // left it out of rebalancing for 32 election timeouts).
                 self.transfer_back_off.entry(to).or_default().refused_at = Some(self.ticks);
                 tracing::info!(
@@ -3218,11 +3218,22 @@ mod tests {
                 .map(|&id| crate::MemberSpec::voter(id, format!("dc-{id}")))
                 .collect(),
         );
+        elect_first(&fleet, stores, bootstrap, configure)
+    }
+
+    /// The members of `fleet` on `stores` (bootstrapped if `bootstrap`), with
+    /// replica 1 elected by ticking it alone.
+    fn elect_first<L: LogStore>(
+        fleet: &crate::FleetConfig,
+        stores: impl IntoIterator<Item = (ReplicaId, L)>,
+        bootstrap: bool,
+        configure: fn(&mut ReplicaConfig),
+    ) -> BTreeMap<ReplicaId, Replica<L, crate::KvStore>> {
         let mut replicas: BTreeMap<ReplicaId, Replica<L, crate::KvStore>> = stores
             .into_iter()
             .map(|(id, mut store)| {
                 if bootstrap {
-                    Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet)
+                    Replica::bootstrap(&mut store, &crate::KvStore::new(), fleet)
                         .expect("bootstrap");
                 }
                 let mut cfg = test_config(id);
@@ -3571,23 +3582,12 @@ mod tests {
             crate::MemberSpec::voter(1, "dc-1"),
             crate::MemberSpec::learner(2, "dc-2"),
         ]);
-        let mut replicas: BTreeMap<ReplicaId, Replica<CrashLog, crate::KvStore>> = [1, 2]
-            .into_iter()
-            .map(|id| {
-                let mut store = CrashLog::default();
-                Replica::bootstrap(&mut store, &crate::KvStore::new(), &fleet).expect("bootstrap");
-                let r = Replica::new(test_config(id), store, crate::KvStore::new()).expect("start");
-                (id, r)
-            })
-            .collect();
-        for _ in 0..200 {
-            replicas.get_mut(&1).expect("voter").tick();
-            settle(&mut replicas, None);
-            if replicas[&1].is_leader() {
-                break;
-            }
-        }
-        assert!(replicas[&1].is_leader(), "the voter won no election");
+        let replicas = elect_first(
+            &fleet,
+            [1, 2].map(|id| (id, CrashLog::default())),
+            true,
+            |_| (),
+        );
         let mut voter: Replica<CrashLog, crate::KvStore> = Replica::new(
             test_config(1),
             replicas[&1].store().crashed(),

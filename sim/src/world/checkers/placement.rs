@@ -78,10 +78,15 @@ impl<W: Workload> Simulation<W> {
                 .and_then(|h| self.hosts[h].replica.as_ref())
                 .and_then(|r| targets.iter().map(|&t| r.rebalance_back_off_ticks(t)).min())
                 .unwrap_or(0);
-            self.prefer.misplaced_back_off_us = back_off_ticks * self.opts.tick_ms * 1000;
+            self.prefer.misplaced_back_off_us = back_off_ticks
+                .saturating_mul(self.opts.tick_ms)
+                .saturating_mul(1000);
         }
         let since = *self.prefer.misplaced_since.get_or_insert(self.now);
-        let bound = self.prefer.misplaced_back_off_us + self.placement_bound_us();
+        let bound = self
+            .prefer
+            .misplaced_back_off_us
+            .saturating_add(self.placement_bound_us());
         // The wait gets its whole bound, even past the liveness bound.
         self.liveness_deadline = self.liveness_deadline.max(since + bound + 100_000);
         if self.now >= since + bound {
