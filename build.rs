@@ -32,6 +32,10 @@ impl CustomizeCallback for SharedPayloads {
 }
 
 fn main() {
+    // Without these, cargo reruns the script whenever any file of the package
+    // changes (a test, a doc), and every crate above the engine rebuilds.
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=proto/vaultfleet.proto");
     protobuf_codegen::Codegen::new()
         .pure()
         .includes(["proto"])
