@@ -12,7 +12,7 @@
 # libFuzzer reached (its final `stat::number_of_executed_units`, `cov:` and
 # `ft:`). A crash is minimized and copied into fuzz/regressions/<target>/,
 # which the stable test replays
-# (`cargo test -p vaultfleet-proptests --all-features --test fuzz_corpus`).
+# (`cargo test -p vaultfleet-proptests --all-features --test props -- fuzz_corpus::`).
 # Logs: fuzz/logs/<target>.log. Exits 1 if any target crashed.
 set -uo pipefail
 

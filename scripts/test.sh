@@ -59,12 +59,19 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-cargo test --workspace --all-features
+# Every crate's lib, bins and tests (--tests), then the doc tests: the examples are
+# not built here, clippy has type-checked them above and the README's first
+# command runs the vault's.
+cargo test --workspace --all-features --tests
+cargo test --workspace --all-features --doc
 # The engine's replication and sealed-storage suites once more, each fleet on one
 # 2-worker pool (runtime::Pool) instead of a thread per replica (tests/harness).
-VAULTFLEET_TEST_RUNTIME=pool cargo test -p vaultfleet --all-features --test replication --test sealed_storage
+# --workspace, as above, so that cargo resolves the same features and rebuilds nothing.
+VAULTFLEET_TEST_RUNTIME=pool cargo test --workspace --all-features --test engine -- replication:: sealed_storage::
 # Public docs: broken intra-doc links and missing docs fail the build.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 # loom needs its own cfg for the whole build; a separate target dir keeps the
 # normal build cached.
-CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet --test loom
+# opt-level 1: the models take seconds either way, and the build is shorter.
+CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+    RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet --test loom

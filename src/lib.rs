@@ -17,7 +17,7 @@
 //! `vaultfleet-vault`, the fleet keys and the witness's log in `vaultfleet-audit`;
 //! they build on this crate, never the reverse.
 //! * Durability: nothing is acknowledged before the [`LogStore::sync`] that makes
-//!   it durable (checked by `tests/durability_contract.rs`).
+//!   it durable (checked by `tests/engine/durability_contract.rs`).
 //!
 //! `docs/architecture.md` holds the full picture.
 #![forbid(unsafe_code)]

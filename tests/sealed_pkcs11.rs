@@ -146,7 +146,7 @@ fn a_head_from_another_replica_is_detected() {
     sealed::foreign_head_is_detected(hsm(), 200);
 }
 
-// Mutation tests (issue 13), as in tests/sealed_storage.rs.
+// Mutation tests (issue 13), as in tests/engine/sealed_storage.rs.
 
 #[test]
 fn mutant_sealed_verify_snapshot_refuses_clear_metadata_edited_alone() {

@@ -3,7 +3,7 @@
 //!
 //! The verifiers follow RFC 9162 §2.1.3.2 and §2.1.4.2 step by step. They never
 //! panic on any input: sizes, indexes and proof lengths come from the network.
-//! `tests/merkle_vectors.rs` checks them against the transparency-dev test vectors,
+//! `tests/audit/merkle_vectors.rs` checks them against the transparency-dev test vectors,
 //! and `proptests/` against random trees.
 
 use sha2::{Digest, Sha256};

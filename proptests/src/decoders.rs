@@ -3,7 +3,7 @@
 //!
 //! The same functions run under libFuzzer (`fuzz/fuzz_targets/<name>.rs`, one
 //! line each, `cargo +nightly fuzz`) and on stable in CI
-//! (`tests/fuzz_corpus.rs` replays every file of `fuzz/seeds/<name>/` and
+//! (`tests/props/fuzz_corpus.rs` replays every file of `fuzz/seeds/<name>/` and
 //! `fuzz/regressions/<name>/`). A function returns normally when the input was
 //! handled as the decoder's contract says and panics (a libFuzzer crash, a
 //! failed test) when it was not. Beyond "does not panic", each checks the

@@ -6,7 +6,7 @@
 //! replicas in ascending id order with no duplicates, voters and learners sorted,
 //! disjoint and drawn from the replicas, and no trailing bytes. So one artifact has
 //! exactly one encoding and one digest, and a decoder never accepts two spellings
-//! of the same fleet. `tests/fleet_keys.rs` pins the encoding with golden vectors.
+//! of the same fleet. `tests/audit/fleet_keys.rs` pins the encoding with golden vectors.
 
 use sha2::{Digest, Sha256};
 
