@@ -14,7 +14,7 @@
 //!
 //! Its checker is [`checkers::placement`](super::checkers).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand::Rng;
 
@@ -45,6 +45,17 @@ pub(in crate::world) struct Preference {
     /// The back-off (virtual µs) the leader reported then for the voters it
     /// could hand over to: the shortest wait before one becomes eligible.
     pub(in crate::world) misplaced_back_off_us: u64,
+    /// The simulator's own count of `MsgTimeoutNow`s, by (leader, transferee,
+    /// term): each one sent, and each extra copy the network made. A leader's
+    /// back-off against a voter needs one behind it (the placement checker).
+    pub(in crate::world) timeout_now: BTreeMap<(u64, u64, u64), u64>,
+}
+
+impl Preference {
+    /// One more `MsgTimeoutNow` from `from` to `to` in `term` on the wire.
+    pub(in crate::world) fn count_timeout_now(&mut self, from: u64, to: u64, term: u64) {
+        *self.timeout_now.entry((from, to, term)).or_default() += 1;
+    }
 }
 
 /// The datacenter label of datacenter `dc` (as in the fleet's configuration).

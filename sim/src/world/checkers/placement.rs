@@ -24,10 +24,16 @@
 //! 40740 of the streamed vault swarm found six transfers to a partitioned
 //! preferred voter, which never got `MsgTimeoutNow`, counted as its failures:
 //! the engine no longer counts those, and the checker now sees a back-off.
+//!
+//! The reported back-off is checked against the simulator's own count, so a
+//! miscount in the engine cannot lengthen the bound unseen: every back-off
+//! answers a `MsgTimeoutNow` the leader sent that voter in its term (a failed
+//! transfer to a caught-up target, or the decline of a restoring one), and
+//! `n` of them justify at most `2^(n-1)` periods, [`DECLINED_PERIODS_MAX`] at
+//! most ([`back_off_allowed_ticks`]). A leader reporting more breaks "a
+//! leader backs off only a voter it asked to campaign".
 
-use vaultfleet::replica::ReplicaConfig;
-#[cfg(doc)]
-use vaultfleet::replica::DECLINED_PERIODS_MAX;
+use vaultfleet::replica::{ReplicaConfig, DECLINED_PERIODS_MAX};
 
 use crate::workload::Workload;
 use crate::world::preference::label;
@@ -41,6 +47,13 @@ impl<W: Workload> Simulation<W> {
         let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks;
         let ticks = 10 * (rebalance + self.opts.election_ticks as u64);
         ticks * self.opts.tick_ms * 1000
+    }
+
+    /// The longest single back-off period the engine uses: an election
+    /// timeout after a failed transfer, a rebalance period after a decline.
+    fn back_off_period(&self) -> u64 {
+        let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks;
+        rebalance.max(self.opts.election_ticks as u64).max(1)
     }
 
     /// Called when the liveness phase has converged with idle clients: true
@@ -70,13 +83,44 @@ impl<W: Workload> Simulation<W> {
         if leader.is_some_and(inside) {
             return true;
         }
+        // (voter, the back-off the leader reports, the leader, its term)
+        let reported: Vec<(u64, u64, u64, u64)> = leader
+            .and_then(|h| self.hosts[h].replica.as_ref())
+            .map(|r| {
+                let (me, term) = (r.id(), r.status().term);
+                targets
+                    .iter()
+                    .map(|&t| (t, r.rebalance_back_off_ticks(t), me, term))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for &(t, ticks, me, term) in &reported {
+            let sent = self
+                .prefer
+                .timeout_now
+                .get(&(me, t, term))
+                .copied()
+                .unwrap_or(0);
+            let allowed = back_off_allowed_ticks(sent, self.back_off_period());
+            if ticks > allowed {
+                self.violate(
+                    "a leader backs off only a voter it asked to campaign",
+                    format!(
+                        "leader {me} (term {term}) leaves voter {t} out of rebalancing for \
+                         {ticks} more ticks, but sent it {sent} MsgTimeoutNow in this term, \
+                         which justify {allowed} ticks at most"
+                    ),
+                );
+            }
+        }
         if self.prefer.misplaced_since.is_none() {
             self.stats.placement_waits += 1;
             // The leader hands over no sooner than the first of the targets
             // leaves its back-off (transfers that failed before convergence).
-            let back_off_ticks = leader
-                .and_then(|h| self.hosts[h].replica.as_ref())
-                .and_then(|r| targets.iter().map(|&t| r.rebalance_back_off_ticks(t)).min())
+            let back_off_ticks = reported
+                .iter()
+                .map(|&(_, ticks, ..)| ticks)
+                .min()
                 .unwrap_or(0);
             self.prefer.misplaced_back_off_us = back_off_ticks
                 .saturating_mul(self.opts.tick_ms)
@@ -111,5 +155,43 @@ impl<W: Workload> Simulation<W> {
             );
         }
         false
+    }
+}
+
+/// The longest back-off, in ticks, that `sent` `MsgTimeoutNow`s from a leader
+/// to one voter in one term justify, with back-off periods of `period` ticks:
+/// none without one; each failed or declined transfer doubles the wait, from
+/// one period up to [`DECLINED_PERIODS_MAX`].
+pub(in crate::world) fn back_off_allowed_ticks(sent: u64, period: u64) -> u64 {
+    if sent == 0 {
+        return 0;
+    }
+    let doublings = u32::try_from(sent - 1).unwrap_or(u32::MAX).min(63);
+    let periods = (1u64 << doublings).min(DECLINED_PERIODS_MAX);
+    period.saturating_mul(periods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_timeout_now_justifies_no_back_off() {
+        assert_eq!(back_off_allowed_ticks(0, 20), 0);
+        assert_eq!(back_off_allowed_ticks(0, u64::MAX), 0);
+    }
+
+    #[test]
+    fn each_timeout_now_doubles_the_allowance_up_to_the_engines_maximum() {
+        assert_eq!(back_off_allowed_ticks(1, 20), 20);
+        assert_eq!(back_off_allowed_ticks(2, 20), 40);
+        assert_eq!(back_off_allowed_ticks(3, 20), 80);
+        assert_eq!(back_off_allowed_ticks(7, 20), 20 * DECLINED_PERIODS_MAX);
+        assert_eq!(back_off_allowed_ticks(8, 20), 20 * DECLINED_PERIODS_MAX);
+        assert_eq!(
+            back_off_allowed_ticks(u64::MAX, 20),
+            20 * DECLINED_PERIODS_MAX
+        );
+        assert_eq!(back_off_allowed_ticks(u64::MAX, u64::MAX), u64::MAX);
     }
 }
