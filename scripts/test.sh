@@ -59,9 +59,9 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-# Every crate's lib, bins and tests (--tests), then the doc tests: the examples are
-# not built here, clippy has type-checked them above and the README's first
-# command runs the vault's.
+# Every crate's lib, bins and tests (--tests), then the doc tests. The examples
+# are not built here: clippy has type-checked them above, and they are commands
+# (the README's first one runs the vault's), not tests.
 cargo test --workspace --all-features --tests
 cargo test --workspace --all-features --doc
 # The engine's replication and sealed-storage suites once more, each fleet on one
@@ -72,6 +72,4 @@ VAULTFLEET_TEST_RUNTIME=pool cargo test --workspace --all-features --test engine
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 # loom needs its own cfg for the whole build; a separate target dir keeps the
 # normal build cached.
-# opt-level 1: the models take seconds either way, and the build is shorter.
-CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
-    RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet --test loom
+CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet --test loom

@@ -85,7 +85,7 @@
 //! or session yields no accepted frame. A *pinned* but compromised process can
 //! send only as the replicas pinned to its own key, only to replicas and groups
 //! the receiver hosts; what it then sends is bounded by the frame limit and by
-//! the engine's own checks on raft messages (`tests/hostile_peer.rs`).
+//! the engine's own checks on raft messages (the engine's `tests/engine/hostile_peer.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -1,6 +1,6 @@
 //! `vaultfleet-net-replica`: one replica of a fleet in its own OS process, for
 //! the multi-process and chaos tests (`net/tests/net/processes.rs`,
-//! `net/tests/net/chaos.rs`) and `vaultfleet-bench --transport tcp`. It is a test and
+//! `net/tests/chaos.rs`) and `vaultfleet-bench --transport tcp`. It is a test and
 //! bench process, not the node daemon (issue 15): no HSM-sealed key, no fleet
 //! artifact, no membership beyond the peers file.
 //!

@@ -141,7 +141,14 @@ impl<W: Workload> Simulation<W> {
         rc.compaction_entries_retained = self.opts.snapshot_entries / 4;
         rc.request_ticks_max = 300;
         rc.preferred_leader_datacenters = self.hosts[h].preferred.clone();
+        rc.leader_rebalance_ticks = Self::leader_rebalance_ticks();
         rc
+    }
+
+    /// The replicas' rebalance period: the engine's default, named once for
+    /// the replicas and the placement checker's bounds.
+    pub(super) fn leader_rebalance_ticks() -> u64 {
+        ReplicaConfig::new(1).leader_rebalance_ticks
     }
 
     pub(super) fn start_host(&mut self, h: usize, initial: bool) {

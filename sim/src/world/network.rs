@@ -98,13 +98,10 @@ impl<W: Workload> Simulation<W> {
 
     pub(super) fn send(&mut self, from: usize, message: Message) {
         self.stats.messages += 1;
-        let timeout_now = message.get_msg_type() == MessageType::MsgTimeoutNow;
-        if timeout_now {
-            // Counted as sent, whether it arrives or not: raft-rs counts a
-            // transfer as asked once it sent one (the placement checker).
-            self.prefer
-                .count_timeout_now(message.from, message.to, message.term);
-        }
+        // Counted as sent, whether it arrives or not: raft-rs counts a
+        // transfer as asked once it sent its `MsgTimeoutNow` (the placement
+        // checker).
+        self.prefer.count_transfer_message(&message);
         let Some(to) = (message.to as usize)
             .checked_sub(1)
             .filter(|t| *t < self.hosts.len())
@@ -170,11 +167,9 @@ impl<W: Workload> Simulation<W> {
         let dup = self.opts.faults.duplicate;
         if self.phase == Phase::Safety && dup > 0.0 && self.rng.gen_bool(dup) {
             let again = delay + self.rng.gen_range(0..20_000);
-            if timeout_now {
-                // A second copy can make a restoring transferee decline twice.
-                self.prefer
-                    .count_timeout_now(message.from, message.to, message.term);
-            }
+            // A second copy of a decline can end a later transfer to the same
+            // replica, and one of a `MsgTimeoutNow` can draw a second decline.
+            self.prefer.count_transfer_message(&message);
             self.schedule(
                 again,
                 Event::Deliver {

@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use raft::prelude::{Message, MessageType};
 use rand::Rng;
+use vaultfleet::replica::TRANSFER_DECLINED;
 
 use super::events::Event;
 use super::{Phase, Simulation};
@@ -46,15 +48,31 @@ pub(in crate::world) struct Preference {
     /// could hand over to: the shortest wait before one becomes eligible.
     pub(in crate::world) misplaced_back_off_us: u64,
     /// The simulator's own count of `MsgTimeoutNow`s, by (leader, transferee,
-    /// term): each one sent, and each extra copy the network made. A leader's
-    /// back-off against a voter needs one behind it (the placement checker).
+    /// term): each one sent, and each extra copy the network made. A failed
+    /// transfer needs one behind it (the placement checker).
     pub(in crate::world) timeout_now: BTreeMap<(u64, u64, u64), u64>,
+    /// The same count of transfer declines (`TRANSFER_DECLINED`), by (leader,
+    /// the replica that declined, term): a duplicated decline can count twice.
+    pub(in crate::world) declines: BTreeMap<(u64, u64, u64), u64>,
 }
 
 impl Preference {
-    /// One more `MsgTimeoutNow` from `from` to `to` in `term` on the wire.
-    pub(in crate::world) fn count_timeout_now(&mut self, from: u64, to: u64, term: u64) {
-        *self.timeout_now.entry((from, to, term)).or_default() += 1;
+    /// One more copy of `message` on the wire, counted if it is a
+    /// `MsgTimeoutNow` or a transfer decline.
+    pub(in crate::world) fn count_transfer_message(&mut self, message: &Message) {
+        if message.get_msg_type() == MessageType::MsgTimeoutNow {
+            *self
+                .timeout_now
+                .entry((message.from, message.to, message.term))
+                .or_default() += 1;
+        } else if message.get_msg_type() == MessageType::MsgTransferLeader
+            && message.context.as_ref() == TRANSFER_DECLINED
+        {
+            *self
+                .declines
+                .entry((message.to, message.from, message.term))
+                .or_default() += 1;
+        }
     }
 }
 

@@ -25,15 +25,18 @@
 //! preferred voter, which never got `MsgTimeoutNow`, counted as its failures:
 //! the engine no longer counts those, and the checker now sees a back-off.
 //!
-//! The reported back-off is checked against the simulator's own count, so a
-//! miscount in the engine cannot lengthen the bound unseen: every back-off
-//! answers a `MsgTimeoutNow` the leader sent that voter in its term (a failed
-//! transfer to a caught-up target, or the decline of a restoring one), and
-//! `n` of them justify at most `2^(n-1)` periods, [`DECLINED_PERIODS_MAX`] at
-//! most ([`back_off_allowed_ticks`]). A leader reporting more breaks "a
-//! leader backs off only a voter it asked to campaign".
+//! The reported back-off is checked against the simulator's own counts, so a
+//! miscount in the engine cannot lengthen the bound unseen. A failed transfer
+//! backs its target off for an election timeout, and needs a `MsgTimeoutNow`
+//! the leader sent it in its term (raft-rs sends one only to a caught-up
+//! target); a decline backs the replica that declined off for a rebalance
+//! period, and needs a decline it sent in that term (a duplicated copy
+//! counts twice). `n` of either justify at most `2^(n-1)` of its periods,
+//! [`DECLINED_PERIODS_MAX`] at most ([`back_off_allowed_ticks`]); a leader
+//! reporting more than the longer of the two breaks "a leader backs off only
+//! a voter it asked to campaign".
 
-use vaultfleet::replica::{ReplicaConfig, DECLINED_PERIODS_MAX};
+use vaultfleet::replica::DECLINED_PERIODS_MAX;
 
 use crate::workload::Workload;
 use crate::world::preference::label;
@@ -44,16 +47,22 @@ impl<W: Workload> Simulation<W> {
     /// preferred datacenters once no back-off holds it: ten rounds of the
     /// engine's rebalance period plus an election timeout, in virtual µs.
     pub(in crate::world) fn placement_bound_us(&self) -> u64 {
-        let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks;
+        let rebalance = Self::leader_rebalance_ticks();
         let ticks = 10 * (rebalance + self.opts.election_ticks as u64);
         ticks * self.opts.tick_ms * 1000
     }
 
-    /// The longest single back-off period the engine uses: an election
-    /// timeout after a failed transfer, a rebalance period after a decline.
-    fn back_off_period(&self) -> u64 {
-        let rebalance = ReplicaConfig::new(1).leader_rebalance_ticks;
-        rebalance.max(self.opts.election_ticks as u64).max(1)
+    /// The longest back-off the simulator's counts allow leader `me` in
+    /// `term` against voter `t`, with the counts behind it: failed transfers
+    /// in election timeouts, declines in rebalance periods, as the engine
+    /// counts them.
+    fn back_off_allowed(&self, me: u64, t: u64, term: u64) -> (u64, u64, u64) {
+        let key = (me, t, term);
+        let sent = self.prefer.timeout_now.get(&key).copied().unwrap_or(0);
+        let declined = self.prefer.declines.get(&key).copied().unwrap_or(0);
+        let failed = back_off_allowed_ticks(sent, (self.opts.election_ticks as u64).max(1));
+        let refused = back_off_allowed_ticks(declined, Self::leader_rebalance_ticks().max(1));
+        (failed.max(refused), sent, declined)
     }
 
     /// Called when the liveness phase has converged with idle clients: true
@@ -95,20 +104,14 @@ impl<W: Workload> Simulation<W> {
             })
             .unwrap_or_default();
         for &(t, ticks, me, term) in &reported {
-            let sent = self
-                .prefer
-                .timeout_now
-                .get(&(me, t, term))
-                .copied()
-                .unwrap_or(0);
-            let allowed = back_off_allowed_ticks(sent, self.back_off_period());
+            let (allowed, sent, declined) = self.back_off_allowed(me, t, term);
             if ticks > allowed {
                 self.violate(
                     "a leader backs off only a voter it asked to campaign",
                     format!(
                         "leader {me} (term {term}) leaves voter {t} out of rebalancing for \
-                         {ticks} more ticks, but sent it {sent} MsgTimeoutNow in this term, \
-                         which justify {allowed} ticks at most"
+                         {ticks} more ticks, but sent it {sent} MsgTimeoutNow and got {declined} \
+                         declines from it in this term, which justify {allowed} ticks at most"
                     ),
                 );
             }

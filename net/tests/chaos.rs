@@ -10,12 +10,16 @@
 //! answer alike. The netem seed is printed; rerun one with
 //! `VAULTFLEET_NETEM_SEED=<seed>`.
 //!
-//! The scenarios run one at a time (a lock): each starts three processes and
-//! a proxy, and the machine may have two cores.
+//! The scenarios run one at a time (a lock), in a binary of their own rather
+//! than in `tests/net` beside the other fleets: each starts three processes
+//! and a proxy, and the machine may have two cores.
 // Tests of processes and sockets wait in wall-clock time, every wait bounded.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use crate::process_fleet;
+#[path = "net/process_fleet/mod.rs"]
+mod process_fleet;
+#[path = "net/wait.rs"]
+mod wait;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
