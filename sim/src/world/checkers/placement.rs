@@ -161,15 +161,16 @@ impl<W: Workload> Simulation<W> {
     }
 }
 
-/// The longest back-off, in ticks, that `sent` `MsgTimeoutNow`s from a leader
-/// to one voter in one term justify, with back-off periods of `period` ticks:
-/// none without one; each failed or declined transfer doubles the wait, from
+/// The longest back-off, in ticks, that `counted` messages of one kind
+/// between a leader and one voter in one term justify (`MsgTimeoutNow`s for
+/// failed transfers, declines for declined ones), with back-off periods of
+/// `period` ticks: none without one; each one in a row doubles the wait, from
 /// one period up to [`DECLINED_PERIODS_MAX`].
-pub(in crate::world) fn back_off_allowed_ticks(sent: u64, period: u64) -> u64 {
-    if sent == 0 {
+pub(in crate::world) fn back_off_allowed_ticks(counted: u64, period: u64) -> u64 {
+    if counted == 0 {
         return 0;
     }
-    let doublings = u32::try_from(sent - 1).unwrap_or(u32::MAX).min(63);
+    let doublings = u32::try_from(counted - 1).unwrap_or(u32::MAX).min(63);
     let periods = (1u64 << doublings).min(DECLINED_PERIODS_MAX);
     period.saturating_mul(periods)
 }
