@@ -71,5 +71,6 @@ VAULTFLEET_TEST_RUNTIME=pool cargo test --workspace --all-features --test engine
 # Public docs: broken intra-doc links and missing docs fail the build.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
 # loom needs its own cfg for the whole build; a separate target dir keeps the
-# normal build cached.
-CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet --test loom
+# normal build cached. The models build only vaultfleet-sync and loom (seconds),
+# not the engine and its dependencies.
+CARGO_TARGET_DIR=target/loom CARGO_PROFILE_RELEASE_DEBUG=0 RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet-sync --test loom

@@ -17,7 +17,7 @@ use raft::StateRole;
 
 use super::api::NodeApi;
 use super::node::{NodeHandle, ResponseSlot};
-use super::slot::{Notify, Slot};
+use super::{Notify, Slot};
 use crate::replica::{MembershipChange, Reply, RequestError};
 use crate::wire::Request;
 use crate::ReplicaId;

@@ -13,26 +13,23 @@
 //!   every command at most once.
 //!
 //! The shared structures between client threads and node threads ([`Mailbox`],
-//! [`Slot`], the pool's [`ReadyQueue`] and its scheduling hand-off) are checked
-//! with loom (`tests/loom.rs`).
+//! [`Slot`], the pool's [`ReadyQueue`] and its scheduling hand-off,
+//! [`end_of_turn`]) live in the `vaultfleet-sync` crate, re-exported here, and
+//! are checked with loom there (`sync/tests/loom.rs`).
 // The runtime is the threaded, wall-clock driver: clocks, threads and sleeps are its job.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
 mod api;
 mod client;
-mod mailbox;
 mod node;
 mod pool;
-mod slot;
 mod standalone;
-mod sync;
 pub mod telemetry;
 mod timer;
 
 pub use api::NodeApi;
 pub use client::{Client, ClientConfig, ClientError, PendingCommand};
-pub use mailbox::{Mailbox, PushError};
 pub use node::{Node, NodeConfig, NodeHandle, ResponseSlot};
-pub use pool::{end_of_turn, Pool, PoolConfig, PoolError, PooledNode, Pop, ReadyQueue};
-pub use slot::{Notify, Slot};
+pub use pool::{Pool, PoolConfig, PoolError, PooledNode};
 pub use standalone::{RuntimeKind, Standalone, StandaloneError};
+pub use vaultfleet_sync::{end_of_turn, Mailbox, Notify, Pop, PushError, ReadyQueue, Slot};

@@ -21,10 +21,10 @@ use parking_lot::Mutex as StatusLock;
 use raft::prelude::{Message, MessageType};
 use raft::{SnapshotStatus, StateRole};
 
-use super::mailbox::{Mailbox, PushError};
 use super::pool::PoolLink;
-use super::slot::Slot;
 use super::telemetry::{self, Stopwatch};
+use super::Slot;
+use super::{Mailbox, PushError};
 use crate::replica::{
     Completion, MembershipChange, Output, Replica, ReplicaConfig, ReplicaError, Reply,
     RequestError, RequestId, RestoredSnapshot, SnapshotBuild, SnapshotBuildError, SnapshotRestore,

@@ -7,7 +7,7 @@
 //! replica on the pool's [`ReadyQueue`]; a parked worker is woken only then, and
 //! only if one is parked. A worker's turn of a replica is one `Driver::turn`:
 //! everything that was in its mailbox, its tick if due, its Ready cycles. The
-//! turn ends with [`Mailbox::end_turn`](super::Mailbox::end_turn): the flag
+//! turn ends with [`Mailbox::end_turn`](vaultfleet_sync::Mailbox::end_turn): the flag
 //! goes down only if nothing arrived meanwhile, else the replica goes to the
 //! back of the queue. A timer thread schedules replicas whose tick is due (ticks
 //! are aligned on a grid, so one timer wake serves every replica of a tick) and
@@ -15,17 +15,15 @@
 //! `sync`) starts a spare worker so that `workers` threads keep serving the
 //! others; when the stalled turn ends, one thread too many retires.
 
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::mailbox::Mailbox;
 use super::node::{fail_input, Driver, Fsm, NodeConfig, NodeHandle, Shared};
-use super::sync::{lock, Condvar, Mutex};
 use super::telemetry;
+use super::{end_of_turn, Pop, ReadyQueue};
 use crate::replica::{ReplicaError, RequestError};
 use crate::state_machine::StateMachine;
 use crate::storage::LogStore;
@@ -87,128 +85,10 @@ pub enum PoolError {
     },
 }
 
-/// What [`ReadyQueue::pop`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pop<T> {
-    /// The item at the front.
-    Item(T),
-    /// Nothing arrived before the timeout.
-    Empty,
-    /// The queue is closed.
-    Closed,
-}
-
-struct QueueState<T> {
-    items: VecDeque<T>,
-    parked: usize,
-    closed: bool,
-}
-
-/// The pool's queue of replicas with work: FIFO, multi-producer,
-/// multi-consumer. A push wakes a worker only if one is parked (checked with
-/// loom in `tests/loom.rs`).
-pub struct ReadyQueue<T> {
-    state: Mutex<QueueState<T>>,
-    wake: Condvar,
-    /// Items queued, as last stored under the lock: a hint for a spinning
-    /// worker only (a pop always takes the lock and looks again).
-    queued: std::sync::atomic::AtomicUsize,
-}
-
-impl<T> std::fmt::Debug for ReadyQueue<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = lock(&self.state);
-        f.debug_struct("ReadyQueue")
-            .field("queued", &s.items.len())
-            .field("parked", &s.parked)
-            .field("closed", &s.closed)
-            .finish()
-    }
-}
-
-impl<T> Default for ReadyQueue<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T> ReadyQueue<T> {
-    /// An empty, open queue.
-    pub fn new() -> Self {
-        Self {
-            state: Mutex::new(QueueState {
-                items: VecDeque::new(),
-                parked: 0,
-                closed: false,
-            }),
-            wake: Condvar::new(),
-            queued: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-
-    /// Whether the queue looked empty when last changed (a hint, without the
-    /// lock).
-    pub fn looks_empty(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) == 0
-    }
-
-    /// Queues `item` at the back; wakes one parked worker if any is parked.
-    /// Returns `false` (dropping the item) once the queue is closed.
-    pub fn push(&self, item: T) -> bool {
-        let mut s = lock(&self.state);
-        if s.closed {
-            return false;
-        }
-        s.items.push_back(item);
-        self.queued.store(s.items.len(), Ordering::Relaxed);
-        if s.parked > 0 {
-            drop(s);
-            self.wake.notify_one();
-        }
-        true
-    }
-
-    /// Takes the item at the front, parking up to `timeout` for one.
-    pub fn pop(&self, timeout: Duration) -> Pop<T> {
-        let mut s = lock(&self.state);
-        loop {
-            if s.closed {
-                return Pop::Closed;
-            }
-            if let Some(item) = s.items.pop_front() {
-                self.queued.store(s.items.len(), Ordering::Relaxed);
-                return Pop::Item(item);
-            }
-            if timeout.is_zero() {
-                return Pop::Empty;
-            }
-            s.parked += 1;
-            let (guard, timed_out) = match self.wake.wait_timeout(s, timeout) {
-                Ok((guard, t)) => (guard, t.timed_out()),
-                Err(e) => {
-                    let (guard, t) = e.into_inner();
-                    (guard, t.timed_out())
-                }
-            };
-            s = guard;
-            s.parked -= 1;
-            if timed_out && s.items.is_empty() && !s.closed {
-                return Pop::Empty;
-            }
-        }
-    }
-
-    /// Closes the queue: pushes are refused, parked workers wake, pops return
-    /// [`Pop::Closed`]. Returns what was queued.
-    pub fn close(&self) -> Vec<T> {
-        let mut s = lock(&self.state);
-        s.closed = true;
-        let left = s.items.drain(..).collect();
-        self.queued.store(0, Ordering::Relaxed);
-        drop(s);
-        self.wake.notify_all();
-        left
-    }
+/// Locks, ignoring poisoning: a worker's panic is contained in its turn, and the
+/// pool's own structures stay consistent at every point it could interrupt them.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One replica on the pool.
@@ -435,16 +315,6 @@ fn turn(inner: &Inner, entry: &Arc<Entry>) -> bool {
     // Work left (a restore's backlog) counts as a due tick: the replica goes
     // to the back of the ready queue, behind the others' turns.
     end_of_turn(&entry.shared.mailbox, || more || Instant::now() >= due)
-}
-
-/// Ends a worker's turn of a replica whose mailbox is `mailbox`; returns
-/// whether the worker must queue the replica again (at the back of the ready
-/// queue): items arrived during the turn, or its next tick is already due
-/// (`tick_due`, asked only if nothing arrived) and nobody else — the timer —
-/// raised its flag first. A closed mailbox is never queued again. The loom
-/// models in `tests/loom.rs` call this very function.
-pub fn end_of_turn<T>(mailbox: &Mailbox<T>, tick_due: impl FnOnce() -> bool) -> bool {
-    mailbox.end_turn() || (tick_due() && mailbox.schedule())
 }
 
 /// Closes a replica's mailbox and fails what it held with `Stopped`,

@@ -1,5 +1,5 @@
-//! The synchronisation primitives of the runtime's shared structures: std's, or
-//! loom's when built with `RUSTFLAGS="--cfg loom"` so the loom models in
+//! The synchronisation primitives of the shared structures: std's, or loom's
+//! when built with `RUSTFLAGS="--cfg loom"`, so that the loom models in
 //! `tests/loom.rs` explore every interleaving of the real code.
 
 #[cfg(loom)]

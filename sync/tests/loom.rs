@@ -5,14 +5,14 @@
 //! loom explores every interleaving; its `Condvar::wait_timeout` never times out,
 //! so a lost wakeup shows up as a deadlock instead of being hidden by a timeout.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --test loom`
+//! Run: `RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet-sync --test loom`
 #![cfg(loom)]
 
 use std::time::Duration;
 
 use loom::sync::Arc;
 use loom::thread;
-use vaultfleet::runtime::{end_of_turn, Mailbox, Pop, PushError, ReadyQueue, Slot};
+use vaultfleet_sync::{end_of_turn, Mailbox, Pop, PushError, ReadyQueue, Slot};
 
 const WAIT: Duration = Duration::from_secs(1);
 

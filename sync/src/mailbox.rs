@@ -8,7 +8,7 @@
 //! woken by the next push or by `close`; the queue never holds more than its
 //! capacity.
 //!
-//! On a [`Pool`](super::Pool) nobody waits on a mailbox: it carries a
+//! On a pool (`vaultfleet::runtime::Pool`) nobody waits on a mailbox: it carries a
 //! `scheduled` flag instead. A push that raises the flag tells the pusher to put
 //! the replica on the pool's ready queue; a worker's turn ends with
 //! [`end_turn`](Mailbox::end_turn), which lowers the flag only if nothing is
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
-use super::sync::{lock, AtomicBool, Condvar, Mutex};
+use crate::primitives::{lock, AtomicBool, Condvar, Mutex};
 
 /// Why an item was not queued; the item is handed back.
 #[derive(Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::sync::{lock, Condvar, Mutex};
+use crate::primitives::{lock, Condvar, Mutex};
 
 /// Called once a slot is filled: lets one thread wait for many slots (a
 /// benchmark driver, an event loop) instead of one thread per slot.
