@@ -59,10 +59,47 @@ done
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
-# Every crate's lib, bins and tests (--tests), then the doc tests. The examples
-# are not built here: clippy has type-checked them above, and they are commands
-# (the README's first one runs the vault's), not tests.
-cargo test --workspace --all-features --tests
+# Every crate's lib, bins and tests (--tests), built once, then run in two cargo
+# processes at once. The examples are not built here: clippy has type-checked
+# them above, and they are commands (the README's first one runs the vault's),
+# not tests.
+cargo test --workspace --all-features --tests --no-run
+
+# The simulator's suite computes on one thread for about two minutes; the other
+# suites mostly wait on sockets, processes, timers and fsync. Run one beside the
+# other on the two cores: the simulator's suite, then every crate's unit tests,
+# in the background; every other integration test in the foreground. Each
+# command passes --workspace --all-features, as above, so that cargo resolves
+# the same features and rebuilds nothing. The foreground leaves out the
+# simulator's package, so the simulator's integration tests must be the one
+# suite the background runs.
+sim_suites=$(ls sim/tests)
+if [ "$sim_suites" != "sim" ]; then
+    echo "scripts/test.sh: sim/tests/ holds more than the sim suite ($sim_suites);" >&2
+    echo "add the new test targets to the background job below" >&2
+    exit 1
+fi
+background_log=$(mktemp)
+(
+    status=0
+    cargo test --workspace --all-features --test sim || status=$?
+    cargo test --workspace --all-features --lib --bins || status=$?
+    exit "$status"
+) >"$background_log" 2>&1 &
+background=$!
+trap 'kill "$background" 2>/dev/null || true; rm -f "$background_log"' EXIT
+foreground_status=0
+cargo test --workspace --exclude vaultfleet-sim --all-features --test '*' || foreground_status=$?
+background_status=0
+wait "$background" || background_status=$?
+trap 'rm -f "$background_log"' EXIT
+echo "--- the simulator's suite and the unit tests (run in the background) ---"
+cat "$background_log"
+if [ "$foreground_status" -ne 0 ] || [ "$background_status" -ne 0 ]; then
+    echo "scripts/test.sh: tests failed (integration suites: exit $foreground_status;" \
+        "simulator and unit tests: exit $background_status)" >&2
+    exit 1
+fi
 cargo test --workspace --all-features --doc
 # The engine's replication and sealed-storage suites once more, each fleet on one
 # 2-worker pool (runtime::Pool) instead of a thread per replica (tests/harness).
