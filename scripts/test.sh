@@ -66,30 +66,42 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features --tests --no-run
 
 # The simulator's suite computes on one thread for about two minutes; the other
-# suites mostly wait on sockets, processes, timers and fsync. Run one beside the
-# other on the two cores: the simulator's suite, then every crate's unit tests,
-# in the background; every other integration test in the foreground. Each
-# command passes --workspace --all-features, as above, so that cargo resolves
-# the same features and rebuilds nothing. The foreground leaves out the
-# simulator's package, so the simulator's integration tests must be the one
-# suite the background runs.
+# suites mostly wait on sockets, processes, timers and fsync. So one runs beside
+# the other on the two cores: the simulator's suite, then every crate's unit
+# tests, in the background; every other integration test in the foreground;
+# then the netem chaos scenarios, alone (each starts three processes and a
+# proxy). Each command passes --workspace --all-features, as above, so that
+# cargo resolves the same features; the foreground leaves the simulator's
+# package out, so its --no-run below does any building that narrower selection
+# might need before anything runs beside it. The simulator's integration tests
+# must therefore be the one suite the background runs.
 sim_suites=$(ls sim/tests)
-if [ "$sim_suites" != "sim" ]; then
-    echo "scripts/test.sh: sim/tests/ holds more than the sim suite ($sim_suites);" >&2
-    echo "add the new test targets to the background job below" >&2
+if [ "$sim_suites" != "sim" ] || grep -qE '^\[\[test\]\]|^autotests' sim/Cargo.toml; then
+    echo "scripts/test.sh: the simulator has test targets besides tests/sim/ ($sim_suites);" >&2
+    echo "add them to the background job below" >&2
     exit 1
 fi
+foreground=(cargo test --workspace --exclude vaultfleet-sim --all-features --no-fail-fast --test '*')
+"${foreground[@]}" --no-run
+
 background_log=$(mktemp)
+# Its own process group (set -m), so that an interrupted run stops all of it:
+# the cargo it runs and the test processes under that.
+set -m
 (
     status=0
-    cargo test --workspace --all-features --test sim || status=$?
-    cargo test --workspace --all-features --lib --bins || status=$?
+    cargo test --workspace --all-features --no-fail-fast --test sim || status=$?
+    if [ "$status" -lt 128 ]; then # not stopped by a signal
+        cargo test --workspace --all-features --no-fail-fast --lib --bins || status=$?
+    fi
     exit "$status"
-) >"$background_log" 2>&1 &
+) >"$background_log" 2>&1 </dev/null &
 background=$!
-trap 'kill "$background" 2>/dev/null || true; rm -f "$background_log"' EXIT
+set +m
+trap 'kill -TERM -- "-$background" 2>/dev/null || true; cat "$background_log" >&2; rm -f "$background_log"' EXIT
+
 foreground_status=0
-cargo test --workspace --exclude vaultfleet-sim --all-features --test '*' || foreground_status=$?
+"${foreground[@]}" -- --skip netem_chaos:: || foreground_status=$?
 background_status=0
 wait "$background" || background_status=$?
 trap 'rm -f "$background_log"' EXIT
@@ -100,6 +112,7 @@ if [ "$foreground_status" -ne 0 ] || [ "$background_status" -ne 0 ]; then
         "simulator and unit tests: exit $background_status)" >&2
     exit 1
 fi
+cargo test --workspace --all-features --no-fail-fast --test chaos
 cargo test --workspace --all-features --doc
 # The engine's replication and sealed-storage suites once more, each fleet on one
 # 2-worker pool (runtime::Pool) instead of a thread per replica (tests/harness).

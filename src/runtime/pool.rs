@@ -254,7 +254,7 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
 /// Watches an empty queue for up to `spin` before the worker parks, if no
 /// other worker is watching already.
 fn spin(inner: &Inner) {
-    if cfg!(loom) || inner.cfg.spin.is_zero() || !inner.queue.looks_empty() {
+    if inner.cfg.spin.is_zero() || !inner.queue.looks_empty() {
         return;
     }
     if inner

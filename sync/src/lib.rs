@@ -9,6 +9,8 @@
 //! them from `vaultfleet::runtime`; use them from there.
 //!
 //! Run the models: `RUSTFLAGS="--cfg loom" cargo test --release -p vaultfleet-sync --test loom`
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 // The structures block on condvars with timeouts: that is their job.
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 

@@ -1,8 +1,8 @@
 //! The engine's integration tests, one module per file in one binary: one link and one copy of
 //! the shared helpers instead of one per file, which is most of what
 //! `scripts/test.sh` spends building from a clean target directory.
-//! `loom.rs` (its own cfg) and the two PKCS#11 suites (one SoftHSM2 library
-//! per process) stay binaries of their own.
+//! The two PKCS#11 suites (one SoftHSM2 library per process) stay binaries of
+//! their own; the loom models are `vaultfleet-sync`'s (`sync/tests/loom.rs`).
 
 #[path = "../core_harness/mod.rs"]
 mod core_harness;
