@@ -502,13 +502,18 @@ pub enum StepRefusal {
     },
     /// A transfer declined ([`TRANSFER_DECLINED`](super::TRANSFER_DECLINED))
     /// that does not match this replica's transfer in progress: it is not the
-    /// leader of `term`, or it is not transferring to `from`.
-    #[error("replica {from} declines a leadership transfer at term {term}, which this replica did not start")]
+    /// leader of `term`, it is not transferring to `from`, or the decline
+    /// does not echo the number of that transfer's `MsgTimeoutNow` (it
+    /// declines an earlier transfer to the same replica, or comes from a
+    /// build that does not echo it).
+    #[error("replica {from} declines a leadership transfer (term {term}, number {number}) that is not the one this replica has in progress; ignored")]
     StaleTransferDecline {
         /// The replica that declined.
         from: u64,
         /// The decline's term.
         term: u64,
+        /// The transfer number the decline echoes (0: none).
+        number: u64,
     },
     /// A follower asks for a snapshot; replicas of this fleet never do.
     #[error("it requests a snapshot at index {index}; replicas of this fleet never do")]

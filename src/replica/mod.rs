@@ -44,7 +44,7 @@ mod restore;
 mod sessions;
 mod streamed;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub use config::{ReplicaConfig, ReplicaConfigError, ENTRY_BYTES_LIMIT};
 pub use error::{
@@ -103,6 +103,17 @@ pub const BACKLOG_STEPS_PER_TURN: usize = 1;
 /// and does not rebalance to it again for a while (review 2, R2-2). raft-rs
 /// ignores such a message from the transferee it is transferring to, so a
 /// leader that does not know the marker loses nothing.
+///
+/// A leader stamps each `MsgTimeoutNow` it sends with the number of the
+/// announcement of its transfer ([`TRANSFER_ANNOUNCED`]) in the message's
+/// `index`, which raft-rs does not read for that type; the decline echoes it
+/// in its own `index`. A leader takes a decline only if it echoes the number
+/// of the transfer in progress: a late or repeated decline of an earlier
+/// transfer to the same replica in the same term does not abort a later one.
+/// A decline without a number (0, from a build before the stamp, during a
+/// rolling upgrade) is taken only for the first transfer to that replica this
+/// leader announced in its term, the one transfer it cannot be confused with;
+/// any later one runs until it times out, as before declines existed.
 pub const TRANSFER_DECLINED: &[u8] = b"vaultfleet/transfer-declined";
 
 /// The context of the `MsgTransferLeader` a leader sends every other voter
@@ -378,6 +389,21 @@ struct TransferAnnounced {
     at: u64,
 }
 
+/// A transfer a leader announced, as a decline of it must name it
+/// ([`TRANSFER_DECLINED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TransferNumber {
+    /// The transferee.
+    to: ReplicaId,
+    /// The leader's term.
+    term: u64,
+    /// The announcement's number, stamped on the transfer's `MsgTimeoutNow`.
+    number: u64,
+    /// The first transfer to `to` the leader announced in `term`: a decline
+    /// without a number (a build before the stamp) can only be of this one.
+    first: bool,
+}
+
 /// One more back-off in a row: `period` ticks from `now`, doubling with each
 /// one in a row up to [`DECLINED_PERIODS_MAX`] periods; a streak starts again
 /// once the last wait (until `last_until`) is long past. Saturating
@@ -508,6 +534,14 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The number of this replica's last announcement as leader
     /// ([`TransferAnnounced::number`]).
     announcements: u64,
+    /// As leader, the transfer announced last, while it lasts: the number
+    /// its `MsgTimeoutNow` carries and a decline of it must echo
+    /// ([`TRANSFER_DECLINED`]).
+    transfer_number: Option<TransferNumber>,
+    /// The term of [`Self::transferees`].
+    transferees_term: u64,
+    /// The replicas this leader announced a transfer to in that term.
+    transferees: BTreeSet<ReplicaId>,
     /// A forced vote request taken as an ordinary one (no announcement yet)
     /// and the tick it came at: re-stepped with its force if the leader's
     /// announcement of that campaign follows within an election timeout (it
@@ -797,6 +831,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_watch: None,
             transfer_announced: None,
             announcements: 0,
+            transfer_number: None,
+            transferees_term: 0,
+            transferees: BTreeSet::new(),
             held_forced_votes: BTreeMap::new(),
             held_timeout_now: None,
             heard_at: Vec::new(),
@@ -1008,7 +1045,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if let (raft::prelude::MessageType::MsgTimeoutNow, Some(index)) =
             (message.get_msg_type(), self.restoring_snapshot())
         {
-            self.decline_transfer(message.from);
+            self.decline_transfer(message.from, message.index);
             return Err(StepRefusal::TimeoutNowWhileRestoring { index });
         }
         if message.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow
@@ -1275,6 +1312,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     pub fn transfer_leader(&mut self, to: ReplicaId) {
         if !self.failed && self.is_leader() {
             self.raw.transfer_leader(to);
+            // Announced (and numbered) now: a second call in the same turn
+            // that replaces it must not reuse its number.
+            self.notice_transfer_end();
         }
     }
 
@@ -1527,6 +1567,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     ) -> Result<(), ReplicaError> {
         let id = self.cfg.id;
         let storage = |source| ReplicaError::Storage { id, source };
+        let first_held = out.messages.len();
         self.restore_dropped_in_place()?;
         self.apply_backlog()?;
         let commit_before = self.raw.raft.raft_log.committed;
@@ -1617,6 +1658,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             out.messages
                 .extend(split_appends(std::mem::take(&mut self.outbox), limit));
         }
+        // After the last `notice_transfer_end`: a transfer started in this
+        // cycle is announced, and its number known.
+        self.stamp_timeouts(&mut out.messages[first_held..]);
         self.maybe_snapshot()?;
         out.jobs.append(&mut self.jobs);
         out.restores.append(&mut self.restores);
@@ -2341,10 +2385,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if raft.state != StateRole::Leader
             || m.term != raft.term
             || raft.lead_transferee != Some(m.from)
+            || !self.transfer_number.is_some_and(|t| {
+                t.to == m.from
+                    && t.term == m.term
+                    && (t.number == m.index || (m.index == 0 && t.first))
+            })
         {
             return Err(StepRefusal::StaleTransferDecline {
                 from: m.from,
                 term: m.term,
+                number: m.index,
             });
         }
         self.raw.raft.abort_leader_transfer();
@@ -2531,7 +2581,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         if self.restoring_snapshot().is_some() {
             // A restore started meanwhile: declined, as in `step_checked`.
-            self.decline_transfer(m.from);
+            self.decline_transfer(m.from, m.index);
             return;
         }
         if self.membership_change_unapplied() {
@@ -2546,15 +2596,34 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Tells `leader` that this replica declines the transfer to it, as it
     /// restores a snapshot ([`TRANSFER_DECLINED`]): the leader takes
     /// proposals again at once instead of dropping them until its transfer
-    /// times out (R2-2).
-    fn decline_transfer(&mut self, leader: ReplicaId) {
+    /// times out (R2-2). `number` is the `index` of the transfer's
+    /// `MsgTimeoutNow`, echoed so that the leader tells this transfer from
+    /// another to this replica.
+    fn decline_transfer(&mut self, leader: ReplicaId, number: u64) {
         let mut decline = Message::default();
         decline.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
         decline.to = leader;
         decline.from = self.cfg.id;
         decline.term = self.raw.raft.term;
+        decline.index = number;
         decline.context = TRANSFER_DECLINED.to_vec().into();
         self.outbox.push(decline);
+    }
+
+    /// Stamps each `MsgTimeoutNow` among `messages` with the number of the
+    /// announcement of the transfer it belongs to ([`TRANSFER_DECLINED`]);
+    /// one to a replica this leader is no longer transferring to keeps 0, so
+    /// a decline of it is refused.
+    fn stamp_timeouts(&self, messages: &mut [Message]) {
+        for m in messages
+            .iter_mut()
+            .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow)
+        {
+            m.index = match self.transfer_number {
+                Some(t) if t.to == m.to && t.term == m.term => t.number,
+                _ => 0,
+            };
+        }
     }
 
     /// Tells every other voter that this leader transfers leadership to
@@ -2569,6 +2638,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let context = bytes::Bytes::from(context);
         self.announcements += 1;
         let number = self.announcements;
+        if self.transferees_term != term {
+            self.transferees_term = term;
+            self.transferees.clear();
+        }
+        self.transfer_number = (to != TRANSFER_ENDED).then(|| TransferNumber {
+            to,
+            term,
+            number,
+            first: self.transferees.insert(to),
+        });
         for voter in self.raw.raft.prs().conf().voters().ids().iter() {
             // The transferee too: it records the number, so that a late
             // announcement of an older transfer does not drop the
@@ -2606,7 +2685,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// its asks are refused and rebalancing leaves it out for that long
     /// (review 4: a preferred voter that never campaigned stalled writes for
     /// an election timeout every rebalance period). Called after every tick,
-    /// before and after an ask is stepped, and every Ready cycle.
+    /// before and after an ask is stepped, after an operator's transfer, and
+    /// every Ready cycle.
     fn notice_transfer_end(&mut self) {
         let leading = self.is_leader();
         let now_to = if leading {

@@ -1053,8 +1053,18 @@ fn review_6_a_declined_transfer_is_announced_ended() {
     net.register(1);
     net.cut(1, 3);
     net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    // The transfer's number, as its announcement (and its MsgTimeoutNow,
+    // had 3 been reachable) carries it; a decline echoes it.
+    let number = net
+        .in_flight
+        .iter()
+        .find(|m| announced(m) == Some(3))
+        .map(|m| m.index)
+        .expect("the transfer to 3 is announced");
     net.settle();
     let mut decline = message(MessageType::MsgTransferLeader, 3, 1, term);
+    decline.index = number;
     decline.context = vaultfleet::replica::TRANSFER_DECLINED.to_vec().into();
     net.replica_mut(1)
         .step(decline)

@@ -1148,8 +1148,11 @@ fn an_ask_during_another_voters_transfer_is_refused_and_that_transfer_goes_on() 
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
 }
 
-fn decline_from(from: u64, leader: u64, term: u64) -> Message {
+/// A transfer decline from `from` to `leader` at `term`, echoing transfer
+/// number `number`.
+fn decline_from(from: u64, leader: u64, term: u64, number: u64) -> Message {
     let mut decline = Message::default();
+    decline.index = number;
     decline.set_msg_type(MessageType::MsgTransferLeader);
     decline.from = from;
     decline.to = leader;
@@ -1173,7 +1176,10 @@ fn a_voter_that_asks_and_declines_in_a_loop_drops_no_write() {
     let mut dropped = 0;
     for seq in 1..=total {
         net.tick_all(1);
-        let _ = net.replica_mut(1).step(decline_from(2, 1, term));
+        // Whatever transfer number it echoes (0: a build before the stamp).
+        for number in 0..8 {
+            let _ = net.replica_mut(1).step(decline_from(2, 1, term, number));
+        }
         let _ = net.replica_mut(1).step(ask_from(2, 1, term));
         if !put_on_leader(&mut net, client, seq) {
             dropped += 1;
@@ -1200,7 +1206,9 @@ fn a_transfer_loop_does_not_keep_an_isolated_leader_leading() {
     for _ in 0..200 {
         net.tick_all(1);
         if net.replica(1).is_leader() {
-            let _ = net.replica_mut(1).step(decline_from(2, 1, term));
+            for number in 0..8 {
+                let _ = net.replica_mut(1).step(decline_from(2, 1, term, number));
+            }
             let _ = net.replica_mut(1).step(ask_from(2, 1, term));
         }
         for _ in 0..core_harness::SETTLE_ROUNDS_MAX {

@@ -7,7 +7,7 @@
 
 use crate::core_harness;
 
-use core_harness::Network;
+use core_harness::{announced, Network};
 use vaultfleet::replica::{
     MembershipChange, Output, ReplicaError, RequestError, SnapshotBuildError, SnapshotError,
     StepRefusal, APPLY_BACKLOG_ENTRIES, TRANSFER_DECLINED,
@@ -442,8 +442,35 @@ fn a_leader_rebalancing_backs_off_from_a_replica_that_declined() {
     assert!(led, "replica 3 leads once restored: {:?}", net.status(3));
 }
 
+/// Takes the `MsgTimeoutNow` to `to` out of the messages in flight, so
+/// that its transfer stays in progress.
+fn hold_timeout_now(net: &mut Network<BlankKv>, to: u64) -> raft::prelude::Message {
+    let at = net
+        .in_flight
+        .iter()
+        .position(|m| is_timeout_now_to(m, to))
+        .unwrap_or_else(|| panic!("no MsgTimeoutNow to {to} in flight"));
+    let m = net.in_flight.remove(at).expect("in flight");
+    net.in_flight.clear();
+    m
+}
+
+/// Asserts that the leader `1` refuses `m` as a stale decline.
+fn assert_stale_decline(net: &mut Network<BlankKv>, m: raft::prelude::Message) {
+    let (from, term, number) = (m.from, m.term, m.index);
+    match net.replica_mut(1).step(m) {
+        Err(e) => assert!(
+            matches!(e.reason, StepRefusal::StaleTransferDecline { .. }),
+            "from {from} at {term}, number {number}: {e}"
+        ),
+        Ok(()) => panic!("a decline from {from} at term {term}, number {number} was taken"),
+    }
+}
+
 /// A decline that does not match the transfer in progress (another
-/// replica's, or another term's) is refused and changes nothing.
+/// replica's, another term's, or one that echoes another number than the
+/// transfer's `MsgTimeoutNow`) is refused and changes nothing. (Without a
+/// number: `a_decline_without_a_number_is_taken_for_the_first_transfer_only`.)
 #[test]
 fn a_stale_or_foreign_transfer_decline_is_refused() {
     let mut net = fleet::<false>();
@@ -452,16 +479,16 @@ fn a_stale_or_foreign_transfer_decline_is_refused() {
     // Held: the MsgTimeoutNow never reaches 3, so 1 keeps transferring.
     net.replica_mut(1).transfer_leader(3);
     net.cycle(1);
-    net.in_flight.clear();
-    for (from, t) in [(2, term), (3, term + 1), (3, term - 1)] {
-        let refused = net.replica_mut(1).step(decline(from, 1, t));
-        match refused {
-            Err(e) => assert!(
-                matches!(e.reason, StepRefusal::StaleTransferDecline { .. }),
-                "from {from} at {t}: {e}"
-            ),
-            Ok(()) => panic!("a decline from {from} at term {t} was taken"),
-        }
+    let number = hold_timeout_now(&mut net, 3).index;
+    assert_ne!(number, 0, "the MsgTimeoutNow carries its transfer's number");
+    for (from, t, n) in [
+        (2, term, number),
+        (3, term + 1, number),
+        (3, term - 1, number),
+        (3, term, number + 1),
+        (3, term, number + 100),
+    ] {
+        assert_stale_decline(&mut net, decline(from, 1, t, n));
     }
     assert!(net.replica(1).is_leader());
     let (client, seq) = (1, 1_000);
@@ -474,8 +501,65 @@ fn a_stale_or_foreign_transfer_decline_is_refused() {
     );
     // The matching one is taken.
     net.replica_mut(1)
-        .step(decline(3, 1, term))
+        .step(decline(3, 1, term, number))
         .expect("decline");
+}
+
+/// A decline delayed or repeated by the network does not abort a later
+/// transfer to the same replica in the same term: each transfer's
+/// `MsgTimeoutNow` carries its own number, and a decline must echo the one
+/// in progress.
+#[test]
+fn a_late_decline_of_an_earlier_transfer_does_not_abort_the_next() {
+    let mut net = fleet::<false>();
+    behind_then_snapshot(&mut net, 40);
+    let term = net.status(1).term;
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    let first = hold_timeout_now(&mut net, 3);
+    // 3 restores, so it declines: the leader aborts the transfer.
+    assert!(matches!(
+        net.replica_mut(3).step(first.clone()),
+        Err(e) if matches!(e.reason, StepRefusal::TimeoutNowWhileRestoring { .. })
+    ));
+    net.cycle(3);
+    let declined = net
+        .in_flight
+        .iter()
+        .find(|m| m.context.as_ref() == TRANSFER_DECLINED && m.to == 1)
+        .cloned()
+        .expect("3 declined");
+    assert_eq!(declined.index, first.index, "the decline echoes the number");
+    net.in_flight.clear();
+    net.replica_mut(1)
+        .step(declined.clone())
+        .expect("the decline of the transfer in progress");
+    // The operator asks again, in the same term (a declined replica is still
+    // an operator's target).
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    let second = hold_timeout_now(&mut net, 3);
+    assert_eq!(net.status(1).term, term);
+    assert!(
+        second.index > first.index,
+        "{} after {}",
+        second.index,
+        first.index
+    );
+    // The first decline again (late, or duplicated): refused, and the
+    // second transfer still in progress.
+    assert_stale_decline(&mut net, declined);
+    let request = net
+        .propose(1, 1, 1_000, 1_000, KvStore::put("x", "y"))
+        .expect("propose");
+    net.settle();
+    assert!(
+        net.take(request).is_some_and(|r| r.is_err()),
+        "the second transfer is still in progress: raft drops the write"
+    );
+    net.replica_mut(1)
+        .step(decline(3, 1, term, second.index))
+        .expect("the decline of the second transfer");
 }
 
 /// Review finding 2: a replica that wins an election while restoring hands
@@ -753,14 +837,148 @@ fn a_member_added_while_a_build_runs_cancels_it_for_one_that_names_it() {
     assert!(net.failures.is_empty(), "{:?}", net.failures);
 }
 
-/// A transfer declined by `from` to leader `to` at `term` (what a restoring
-/// replica sends back on a `MsgTimeoutNow`).
-fn decline(from: u64, to: u64, term: u64) -> raft::prelude::Message {
+/// During a rolling upgrade a transferee of a build before the stamp
+/// declines without a number (0). The leader takes that for the first
+/// transfer to it it announced in its term, the one transfer it can only be
+/// of; a later transfer to it runs until it times out, then writes resume.
+#[test]
+fn a_decline_without_a_number_is_taken_for_the_first_transfer_only() {
+    let mut net = fleet::<false>();
+    let (client, mut seq) = behind_then_snapshot(&mut net, 40);
+    let term = net.status(1).term;
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    hold_timeout_now(&mut net, 3);
+    net.replica_mut(1)
+        .step(decline(3, 1, term, 0))
+        .expect("a decline without a number, of the first transfer");
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    hold_timeout_now(&mut net, 3);
+    assert_stale_decline(&mut net, decline(3, 1, term, 0));
+    assert!(
+        put_one(&mut net, client, &mut seq).is_err(),
+        "the second transfer is in progress: raft drops the write"
+    );
+    let election = core_harness::test_config(1).election_ticks;
+    for _ in 0..=election {
+        net.tick(1);
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            net.in_flight.retain(|m| !is_timeout_now_to(m, 3));
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+    }
+    assert!(net.replica(1).is_leader(), "{:?}", net.status(1));
+    put_one(&mut net, client, &mut seq).expect("writes resume once the transfer timed out");
+}
+
+/// Transfers replaced within one turn (to 3, then 2, then 3 again, before
+/// the leader's next Ready cycle) are numbered apart: the `MsgTimeoutNow`s to
+/// 3 carry the last transfer's number, one to 2 (its transfer ended) none,
+/// and a decline echoing the first transfer's number is refused.
+#[test]
+fn transfers_replaced_within_one_turn_are_numbered_apart() {
+    let mut net = fleet::<false>();
+    behind_then_snapshot(&mut net, 40);
+    let term = net.status(1).term;
+    for to in [3, 2, 3] {
+        net.replica_mut(1).transfer_leader(to);
+    }
+    net.cycle(1);
+    let announced_to_2: Vec<(u64, u64)> = net
+        .in_flight
+        .iter()
+        .filter(|m| m.to == 2)
+        .filter_map(|m| announced(m).map(|to| (to, m.index)))
+        .collect();
+    let targets: Vec<u64> = announced_to_2.iter().map(|&(to, _)| to).collect();
+    assert_eq!(targets, [3, 2, 3], "{announced_to_2:?}");
+    let numbers: Vec<u64> = announced_to_2.iter().map(|&(_, n)| n).collect();
+    assert!(
+        numbers[0] < numbers[1] && numbers[1] < numbers[2],
+        "{numbers:?}"
+    );
+    let stamps: Vec<(u64, u64)> = net
+        .in_flight
+        .iter()
+        .filter(|m| m.get_msg_type() == raft::prelude::MessageType::MsgTimeoutNow)
+        .map(|m| (m.to, m.index))
+        .collect();
+    assert!(stamps.iter().any(|&(to, _)| to == 3), "{stamps:?}");
+    for &(to, number) in &stamps {
+        let expected = if to == 3 { numbers[2] } else { 0 };
+        assert_eq!(number, expected, "MsgTimeoutNow to {to}: {stamps:?}");
+    }
+    net.in_flight.clear();
+    assert_stale_decline(&mut net, decline(3, 1, term, numbers[0]));
+    net.replica_mut(1)
+        .step(decline(3, 1, term, numbers[2]))
+        .expect("the decline of the transfer in progress");
+}
+
+/// raft-rs sends a lagging transferee its `MsgTimeoutNow` only once an
+/// append response shows it caught up, in a later cycle than the
+/// transfer's start: that one carries the transfer's number too.
+#[test]
+fn a_timeout_now_sent_once_the_transferee_caught_up_carries_the_number() {
+    let mut net = fleet::<false>();
+    net.elect(1);
+    let client = net.register(1);
+    let mut seq = 1;
+    net.isolate(3);
+    for _ in 0..3 {
+        put_one(&mut net, client, &mut seq).expect("a write while 3 is cut off");
+    }
+    net.replica_mut(1).transfer_leader(3);
+    net.cycle(1);
+    assert!(
+        !net.in_flight.iter().any(|m| is_timeout_now_to(m, 3)),
+        "3 lags: raft sends no MsgTimeoutNow yet"
+    );
+    let number = net
+        .in_flight
+        .iter()
+        .find(|m| m.to == 2 && announced(m) == Some(3))
+        .map(|m| m.index)
+        .expect("the transfer to 3 is announced");
+    net.in_flight.clear();
+    net.recover();
+    let mut stamped = None;
+    'ticks: for _ in 0..core_harness::test_config(1).election_ticks {
+        net.tick(1);
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            if let Some(m) = net.in_flight.iter().find(|m| is_timeout_now_to(m, 3)) {
+                stamped = Some(m.index);
+                break 'ticks;
+            }
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+    }
+    assert_eq!(
+        stamped,
+        Some(number),
+        "the MsgTimeoutNow sent once 3 caught up"
+    );
+}
+
+/// A transfer declined by `from` to leader `to` at `term`, echoing the
+/// transfer's `number` (what a restoring replica sends back on a
+/// `MsgTimeoutNow`).
+fn decline(from: u64, to: u64, term: u64, number: u64) -> raft::prelude::Message {
     let mut m = raft::prelude::Message::default();
     m.set_msg_type(raft::prelude::MessageType::MsgTransferLeader);
     m.from = from;
     m.to = to;
     m.term = term;
+    m.index = number;
     m.context = TRANSFER_DECLINED.to_vec().into();
     m
 }
@@ -810,7 +1028,7 @@ fn a_restoring_leader_hands_over_within_an_election_timeout_of_a_decline() {
             };
             let m = net.in_flight.remove(at).unwrap();
             net.replica_mut(3)
-                .step(decline(2, 3, m.term))
+                .step(decline(2, 3, m.term, m.index))
                 .expect("the decline of the transfer in progress");
             *declines += 1;
         }

@@ -167,8 +167,8 @@ impl<W: Workload> Simulation<W> {
         let dup = self.opts.faults.duplicate;
         if self.phase == Phase::Safety && dup > 0.0 && self.rng.gen_bool(dup) {
             let again = delay + self.rng.gen_range(0..20_000);
-            // A second copy of a decline can end a later transfer to the same
-            // replica, and one of a `MsgTimeoutNow` can draw a second decline.
+            // A second copy of a `MsgTimeoutNow` can draw a second decline
+            // (the checker counts its number once).
             self.prefer.count_transfer_message(&message);
             self.schedule(
                 again,

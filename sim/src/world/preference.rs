@@ -51,9 +51,13 @@ pub(in crate::world) struct Preference {
     /// term): each one sent, and each extra copy the network made. A failed
     /// transfer needs one behind it (the placement checker).
     pub(in crate::world) timeout_now: BTreeMap<(u64, u64, u64), u64>,
-    /// The same count of transfer declines (`TRANSFER_DECLINED`), by (leader,
-    /// the replica that declined, term): a duplicated decline can count twice.
-    pub(in crate::world) declines: BTreeMap<(u64, u64, u64), u64>,
+    /// The transfer numbers those `MsgTimeoutNow`s carried (their `index`),
+    /// by the same key.
+    pub(in crate::world) timeout_now_numbers: BTreeMap<(u64, u64, u64), BTreeSet<u64>>,
+    /// The transfer numbers that transfer declines (`TRANSFER_DECLINED`)
+    /// echoed, by (leader, the replica that declined, term). A leader takes
+    /// one decline per transfer it started, so copies of one count once.
+    pub(in crate::world) declines: BTreeMap<(u64, u64, u64), BTreeSet<u64>>,
 }
 
 impl Preference {
@@ -61,18 +65,33 @@ impl Preference {
     /// `MsgTimeoutNow` or a transfer decline.
     pub(in crate::world) fn count_transfer_message(&mut self, message: &Message) {
         if message.get_msg_type() == MessageType::MsgTimeoutNow {
-            *self
-                .timeout_now
-                .entry((message.from, message.to, message.term))
-                .or_default() += 1;
+            let key = (message.from, message.to, message.term);
+            *self.timeout_now.entry(key).or_default() += 1;
+            self.timeout_now_numbers
+                .entry(key)
+                .or_default()
+                .insert(message.index);
         } else if message.get_msg_type() == MessageType::MsgTransferLeader
             && message.context.as_ref() == TRANSFER_DECLINED
         {
-            *self
-                .declines
+            self.declines
                 .entry((message.to, message.from, message.term))
-                .or_default() += 1;
+                .or_default()
+                .insert(message.index);
         }
+    }
+
+    /// The declines leader `me` could have taken from `t` in `term`: the
+    /// distinct numbers they echoed that a `MsgTimeoutNow` it sent `t` in
+    /// that term carried (0 never: it numbers no transfer).
+    pub(in crate::world) fn declines_taken(&self, me: u64, t: u64, term: u64) -> u64 {
+        let key = (me, t, term);
+        let (Some(declined), Some(sent)) =
+            (self.declines.get(&key), self.timeout_now_numbers.get(&key))
+        else {
+            return 0;
+        };
+        declined.intersection(sent).filter(|&&n| n != 0).count() as u64
     }
 }
 
@@ -201,5 +220,55 @@ impl<W: Workload> Simulation<W> {
             let bound = self.opts.liveness_ms.saturating_mul(1000);
             self.liveness_deadline = self.liveness_deadline.max(self.now.saturating_add(bound));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: MessageType, from: u64, to: u64, term: u64, index: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m.index = index;
+        if kind == MessageType::MsgTransferLeader {
+            m.context = TRANSFER_DECLINED.to_vec().into();
+        }
+        m
+    }
+
+    /// The placement checker's count of the declines a leader could take:
+    /// one per transfer number it stamped on a `MsgTimeoutNow` to that
+    /// replica in that term, however many copies; never number 0, nor one it
+    /// did not send, nor another term's or another leader's.
+    #[test]
+    fn declines_count_once_per_number_the_leader_sent() {
+        let mut p = Preference::default();
+        let (leader, t, term) = (1, 3, 7);
+        for n in [4, 4, 9] {
+            p.count_transfer_message(&message(MessageType::MsgTimeoutNow, leader, t, term, n));
+        }
+        assert_eq!(
+            p.timeout_now[&(leader, t, term)],
+            3,
+            "copies of MsgTimeoutNow count"
+        );
+        for (from, to, at, n) in [
+            (t, leader, term, 4),
+            (t, leader, term, 4),     // a copy
+            (t, leader, term, 0),     // no number
+            (t, leader, term, 5),     // a number never sent
+            (t, leader, term + 1, 9), // another term
+            (t, 2, term, 9),          // another leader
+        ] {
+            p.count_transfer_message(&message(MessageType::MsgTransferLeader, from, to, at, n));
+        }
+        assert_eq!(p.declines_taken(leader, t, term), 1);
+        p.count_transfer_message(&message(MessageType::MsgTransferLeader, t, leader, term, 9));
+        assert_eq!(p.declines_taken(leader, t, term), 2);
+        assert_eq!(p.declines_taken(leader, 2, term), 0);
     }
 }

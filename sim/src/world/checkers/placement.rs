@@ -30,8 +30,9 @@
 //! backs its target off for an election timeout, and needs a `MsgTimeoutNow`
 //! the leader sent it in its term (raft-rs sends one only to a caught-up
 //! target); a decline backs the replica that declined off for a rebalance
-//! period, and needs a decline it sent in that term (a duplicated copy
-//! counts twice). `n` of either justify at most `2^(n-1)` of its periods,
+//! period, and needs a decline it sent in that term echoing the number of a
+//! `MsgTimeoutNow` the leader sent it (copies of one decline count once: the
+//! leader takes one decline per transfer). `n` of either justify at most `2^(n-1)` of its periods,
 //! [`DECLINED_PERIODS_MAX`] at most ([`back_off_allowed_ticks`]); a leader
 //! reporting more than the longer of the two breaks "a leader backs off only
 //! a voter it asked to campaign".
@@ -59,7 +60,7 @@ impl<W: Workload> Simulation<W> {
     fn back_off_allowed(&self, me: u64, t: u64, term: u64) -> (u64, u64, u64) {
         let key = (me, t, term);
         let sent = self.prefer.timeout_now.get(&key).copied().unwrap_or(0);
-        let declined = self.prefer.declines.get(&key).copied().unwrap_or(0);
+        let declined = self.prefer.declines_taken(me, t, term);
         let failed = back_off_allowed_ticks(sent, (self.opts.election_ticks as u64).max(1));
         let refused = back_off_allowed_ticks(declined, Self::leader_rebalance_ticks().max(1));
         (failed.max(refused), sent, declined)
