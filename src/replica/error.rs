@@ -208,6 +208,16 @@ impl PartialEq for ConfChangeRejection {
             (Self::RemovesLeader, Self::RemovesLeader) => true,
             (Self::DatacenterTooLong { bytes: a }, Self::DatacenterTooLong { bytes: b }) => a == b,
             (Self::TooManyMembers { members: a }, Self::TooManyMembers { members: b }) => a == b,
+            (
+                Self::QuorumAtRisk {
+                    active: a,
+                    voters: v,
+                },
+                Self::QuorumAtRisk {
+                    active: b,
+                    voters: w,
+                },
+            ) => a == b && v == w,
             (Self::Raft(a), Self::Raft(b)) => a == b,
             (
                 Self::NotInAcceptedFleet {

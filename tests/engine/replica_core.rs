@@ -1490,3 +1490,40 @@ fn review_8_a_late_older_announcement_does_not_drop_a_newer_held_timeout_now() {
         net.status(3)
     );
 }
+
+/// Every membership refusal equals itself (`Eq` promises it): the
+/// equality had no arm for `QuorumAtRisk`, so such a refusal compared
+/// unequal to its own clone.
+#[test]
+fn every_conf_change_rejection_equals_itself() {
+    use vaultfleet::replica::ConfChangeRejection;
+    let rejections = [
+        ConfChangeRejection::RemovesLeader,
+        ConfChangeRejection::DatacenterTooLong { bytes: 300 },
+        ConfChangeRejection::TooManyMembers { members: 9 },
+        ConfChangeRejection::NotInAcceptedFleet {
+            epoch: 3,
+            reason: "not listed".into(),
+        },
+        ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 4,
+        },
+        ConfChangeRejection::Raft(std::sync::Arc::new(raft::Error::ConfChangeError(
+            "pending".into(),
+        ))),
+    ];
+    for r in &rejections {
+        assert_eq!(r, &r.clone(), "{r}");
+    }
+    assert_ne!(
+        ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 4
+        },
+        ConfChangeRejection::QuorumAtRisk {
+            active: 2,
+            voters: 5
+        }
+    );
+}
