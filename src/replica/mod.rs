@@ -991,6 +991,16 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
+    /// Whether `id` answered this replica (as leader, or granting it a vote)
+    /// within an election timeout, and at least two heartbeat rounds however
+    /// close the settings put the heartbeat to the election timeout.
+    fn heard_lately(&self, id: ReplicaId) -> bool {
+        let recent = (self.cfg.election_ticks as u64).max(self.cfg.heartbeat_ticks as u64 * 2 + 2);
+        self.heard_at
+            .iter()
+            .any(|&(peer, at)| peer == id && self.ticks.saturating_sub(at) <= recent)
+    }
+
     /// Refuses a membership change whose voters (`voters`, after it) would
     /// not hold a majority this leader heard answer it within an election
     /// timeout: the fleet would stall until a replica it lost came back
@@ -1004,18 +1014,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         if raft.pending_conf_index > raft.raft_log.applied {
             return Ok(());
         }
-        // At least two heartbeat rounds, however close the settings put the
-        // heartbeat to the election timeout.
-        let recent = (self.cfg.election_ticks as u64).max(self.cfg.heartbeat_ticks as u64 * 2 + 2);
         let active = voters
             .iter()
-            .filter(|&&v| {
-                v == self.cfg.id
-                    || self
-                        .heard_at
-                        .iter()
-                        .any(|&(id, at)| id == v && self.ticks.saturating_sub(at) <= recent)
-            })
+            .filter(|&&v| v == self.cfg.id || self.heard_lately(v))
             .count();
         if active < voters.len() / 2 + 1 {
             return Err(RequestError::ConfChangeRejected(
@@ -1853,6 +1854,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// restoring a snapshot: it could commit but apply nothing, and so answer
     /// nothing, until the restore is done (a transfer to it is refused
     /// earlier, `StepRefusal::TimeoutNowWhileRestoring`).
+    ///
+    /// The target: a voter heard from lately, then the furthest along, then
+    /// one in a preferred datacenter (so rebalancing need not move
+    /// leadership a second time), then the lowest id. Right after the
+    /// election raft knows no follower's progress (it resets `matched` and
+    /// `recent_active`), but this replica's own record of who answered it
+    /// (`heard_at`: the votes it was just granted, included) tells a live
+    /// voter from one that is down, which would cost an election timeout.
     fn hand_over_while_restoring(&mut self) {
         if self.restoring.is_none() || !self.is_leader() || self.raw.raft.lead_transferee.is_some()
         {
@@ -1860,13 +1869,26 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         let me = self.cfg.id;
         let prs = self.raw.raft.prs();
+        let preferred = |id: ReplicaId| {
+            self.members
+                .get(&id)
+                .is_some_and(|dc| self.cfg.preferred_leader_datacenters.contains(dc))
+        };
         let next = prs
             .conf()
             .voters()
             .ids()
             .iter()
             .filter(|&id| id != me && !self.declined_just_now(id))
-            .max_by_key(|&id| prs.get(id).map_or(0, |p| p.matched));
+            .max_by_key(|&id| {
+                let matched = prs.get(id).map_or(0, |p| p.matched);
+                (
+                    self.heard_lately(id),
+                    matched,
+                    preferred(id),
+                    std::cmp::Reverse(id),
+                )
+            });
         if let Some(next) = next {
             tracing::info!(
                 replica = me,

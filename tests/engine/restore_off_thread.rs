@@ -1289,3 +1289,58 @@ fn a_build_is_cancelled_at_most_once_in_a_row() {
         .snapshot_built(index, built, &mut Output::default())
         .expect("take the build");
 }
+
+/// A replica that wins an election while it restores hands leadership over
+/// at once, when raft knows no follower's progress yet (it resets it on
+/// election). Among the voters that granted it their votes (a live voter,
+/// unlike the isolated 1), the one in a preferred datacenter, so rebalancing
+/// need not move leadership a second time. (Ranked by `matched` alone, all 0
+/// then, the pick was 1: a transfer that could only time out.)
+#[test]
+fn a_restoring_leader_hands_over_to_a_preferred_datacenter() {
+    let fleet = FleetConfig::new(
+        (1..=5)
+            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let tweak = |rc: &mut ReplicaConfig| {
+        small_snapshots(rc);
+        rc.leader_rebalance_ticks = 1_000;
+        rc.preferred_leader_datacenters = vec!["dc-5".to_string()];
+    };
+    let mut net = Network::with_files(&fleet, tweak, BlankKv::<false>::default);
+    behind_then_snapshot(&mut net, 40);
+    // 1 goes; 2 and 5 restart, so they know no leader and grant 3's votes
+    // (4 still heard 1 lately and refuses them); 3 wins while restoring.
+    net.isolate(1);
+    for id in [2, 5] {
+        let store = net.replica(id).store().clone();
+        let mut cfg = core_harness::test_config(id);
+        tweak(&mut cfg);
+        let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
+        net.replicas.insert(id, replica);
+    }
+    let mut target = None;
+    'ticks: for _ in 0..10 * core_harness::test_config(3).election_ticks {
+        net.tick(3);
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            if let Some(to) = net
+                .in_flight
+                .iter()
+                .filter(|m| m.from == 3)
+                .find_map(announced)
+            {
+                target = Some(to);
+                break 'ticks;
+            }
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+    }
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert!(net.replica(3).restoring_snapshot().is_some());
+    assert_eq!(target, Some(5), "3 handed over to the preferred datacenter");
+}
