@@ -1298,6 +1298,22 @@ fn a_build_is_cancelled_at_most_once_in_a_row() {
 /// then, the pick was 1: a transfer that could only time out.)
 #[test]
 fn a_restoring_leader_hands_over_to_a_preferred_datacenter() {
+    assert_eq!(restoring_leaders_target("dc-5"), 5);
+}
+
+/// The preference never sends leadership to a voter that has not answered:
+/// the isolated 1 is in the preferred datacenter, and the target is the
+/// lowest id among the voters that granted their votes.
+#[test]
+fn a_restoring_leader_hands_over_to_a_voter_that_answered_before_a_preferred_one() {
+    assert_eq!(restoring_leaders_target("dc-1"), 2);
+}
+
+/// In a fleet of five (replica `i` in `dc-i`, `preferred` the preferred
+/// datacenter), the voter that 3, elected while it restores, hands
+/// leadership over to: 1 (the old leader) is isolated, 2 and 5 restart and
+/// grant 3 their votes, 4 still heard 1 lately and refuses.
+fn restoring_leaders_target(preferred: &str) -> u64 {
     let fleet = FleetConfig::new(
         (1..=5)
             .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
@@ -1306,12 +1322,10 @@ fn a_restoring_leader_hands_over_to_a_preferred_datacenter() {
     let tweak = |rc: &mut ReplicaConfig| {
         small_snapshots(rc);
         rc.leader_rebalance_ticks = 1_000;
-        rc.preferred_leader_datacenters = vec!["dc-5".to_string()];
+        rc.preferred_leader_datacenters = vec![preferred.to_string()];
     };
     let mut net = Network::with_files(&fleet, tweak, BlankKv::<false>::default);
     behind_then_snapshot(&mut net, 40);
-    // 1 goes; 2 and 5 restart, so they know no leader and grant 3's votes
-    // (4 still heard 1 lately and refuses them); 3 wins while restoring.
     net.isolate(1);
     for id in [2, 5] {
         let store = net.replica(id).store().clone();
@@ -1342,5 +1356,5 @@ fn a_restoring_leader_hands_over_to_a_preferred_datacenter() {
     }
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
     assert!(net.replica(3).restoring_snapshot().is_some());
-    assert_eq!(target, Some(5), "3 handed over to the preferred datacenter");
+    target.expect("3 handed leadership over")
 }
