@@ -44,7 +44,7 @@ mod restore;
 mod sessions;
 mod streamed;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 pub use config::{ReplicaConfig, ReplicaConfigError, ENTRY_BYTES_LIMIT};
 pub use error::{
@@ -369,6 +369,9 @@ struct TransferBackOff {
     declines: u64,
     /// Failed transfers in a row.
     failures: u64,
+    /// A transfer to it was announced in this term (see
+    /// [`TransferNumber::first`]).
+    announced: bool,
 }
 
 /// A leadership transfer this replica's leader announced
@@ -538,10 +541,6 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// its `MsgTimeoutNow` carries and a decline of it must echo
     /// ([`TRANSFER_DECLINED`]).
     transfer_number: Option<TransferNumber>,
-    /// The term of [`Self::transferees`].
-    transferees_term: u64,
-    /// The replicas this leader announced a transfer to in that term.
-    transferees: BTreeSet<ReplicaId>,
     /// A forced vote request taken as an ordinary one (no announcement yet)
     /// and the tick it came at: re-stepped with its force if the leader's
     /// announcement of that campaign follows within an election timeout (it
@@ -832,8 +831,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             transfer_announced: None,
             announcements: 0,
             transfer_number: None,
-            transferees_term: 0,
-            transferees: BTreeSet::new(),
             held_forced_votes: BTreeMap::new(),
             held_timeout_now: None,
             heard_at: Vec::new(),
@@ -1869,11 +1866,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
         let me = self.cfg.id;
         let prs = self.raw.raft.prs();
-        let preferred = |id: ReplicaId| {
-            self.members
-                .get(&id)
-                .is_some_and(|dc| self.cfg.preferred_leader_datacenters.contains(dc))
-        };
         let next = prs
             .conf()
             .voters()
@@ -1885,7 +1877,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 (
                     self.heard_lately(id),
                     matched,
-                    preferred(id),
+                    self.is_preferred(id),
                     std::cmp::Reverse(id),
                 )
             });
@@ -2389,11 +2381,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     }
 
     fn in_preferred_datacenter(&self) -> bool {
+        self.is_preferred(self.cfg.id)
+    }
+
+    /// Whether `id` is in a preferred datacenter (every member is when none
+    /// is preferred).
+    fn is_preferred(&self, id: ReplicaId) -> bool {
         let preferred = &self.cfg.preferred_leader_datacenters;
         preferred.is_empty()
             || self
                 .members
-                .get(&self.cfg.id)
+                .get(&id)
                 .is_some_and(|dc| preferred.contains(dc))
     }
 
@@ -2660,15 +2658,17 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let context = bytes::Bytes::from(context);
         self.announcements += 1;
         let number = self.announcements;
-        if self.transferees_term != term {
-            self.transferees_term = term;
-            self.transferees.clear();
-        }
+        // The per-replica records are of this term (a removed leader's
+        // hand-over announces without a `notice_transfer_end` first).
+        self.forget_old_back_offs();
         self.transfer_number = (to != TRANSFER_ENDED).then(|| TransferNumber {
             to,
             term,
             number,
-            first: self.transferees.insert(to),
+            first: !std::mem::replace(
+                &mut self.transfer_back_off.entry(to).or_default().announced,
+                true,
+            ),
         });
         for voter in self.raw.raft.prs().conf().voters().ids().iter() {
             // The transferee too: it records the number, so that a late
