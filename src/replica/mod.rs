@@ -407,6 +407,17 @@ struct TransferNumber {
     first: bool,
 }
 
+/// When a peer last answered this replica, as leader or granting it a vote.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    id: ReplicaId,
+    /// This replica's tick.
+    tick: u64,
+    /// This replica's term then: an answer of an earlier term may come from
+    /// a voter that has gone down since.
+    term: u64,
+}
+
 /// One more back-off in a row: `period` ticks from `now`, doubling with each
 /// one in a row up to [`DECLINED_PERIODS_MAX`] periods; a streak starts again
 /// once the last wait (until `last_until`) is long past. Saturating
@@ -553,9 +564,9 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// transfer would end in an election), and the tick it came at:
     /// re-stepped once the change is applied (review 6, MEDIUM-3).
     held_timeout_now: Option<(Message, u64)>,
-    /// The tick a message from each peer was last taken (a few entries: the
+    /// When each peer last answered this replica (a few entries: the
     /// members, at most twice `MEMBERS_MAX`).
-    heard_at: Vec<(ReplicaId, u64)>,
+    heard_at: Vec<Heard>,
     /// The term the back-offs were set in: they are forgotten in a new one.
     back_off_term: u64,
     /// The last streamed build this replica started was cancelled for a new
@@ -977,25 +988,35 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Notes that `from` answered this leader at this tick (see
     /// `check_voters_keep_quorum`).
     fn heard_from(&mut self, from: ReplicaId) {
-        let now = self.ticks;
-        if let Some(entry) = self.heard_at.iter_mut().find(|(id, _)| *id == from) {
-            entry.1 = now;
+        let now = Heard {
+            id: from,
+            tick: self.ticks,
+            term: self.raw.raft.term,
+        };
+        if let Some(entry) = self.heard_at.iter_mut().find(|h| h.id == from) {
+            *entry = now;
         } else if self.heard_at.len() < MEMBERS_MAX * 2 {
-            self.heard_at.push((from, now));
-        } else if let Some(oldest) = self.heard_at.iter_mut().min_by_key(|(_, at)| *at) {
+            self.heard_at.push(now);
+        } else if let Some(oldest) = self.heard_at.iter_mut().min_by_key(|h| h.tick) {
             // Full of members long gone: the one heard from longest ago goes.
-            *oldest = (from, now);
+            *oldest = now;
         }
     }
 
-    /// Whether `id` answered this replica (as leader, or granting it a vote)
-    /// within an election timeout, and at least two heartbeat rounds however
-    /// close the settings put the heartbeat to the election timeout.
-    fn heard_lately(&self, id: ReplicaId) -> bool {
+    /// When `id` last answered this replica, if it did within an election
+    /// timeout, and at least two heartbeat rounds however close the settings
+    /// put the heartbeat to the election timeout.
+    fn heard_recently(&self, id: ReplicaId) -> Option<&Heard> {
         let recent = (self.cfg.election_ticks as u64).max(self.cfg.heartbeat_ticks as u64 * 2 + 2);
         self.heard_at
             .iter()
-            .any(|&(peer, at)| peer == id && self.ticks.saturating_sub(at) <= recent)
+            .find(|h| h.id == id && self.ticks.saturating_sub(h.tick) <= recent)
+    }
+
+    /// Whether `id` answered this replica (as leader, or granting it a vote)
+    /// lately: see [`Self::heard_recently`].
+    fn heard_lately(&self, id: ReplicaId) -> bool {
+        self.heard_recently(id).is_some()
     }
 
     /// Refuses a membership change whose voters (`voters`, after it) would
@@ -1852,19 +1873,24 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// nothing, until the restore is done (a transfer to it is refused
     /// earlier, `StepRefusal::TimeoutNowWhileRestoring`).
     ///
-    /// The target: a voter heard from lately, then the furthest along, then
-    /// one in a preferred datacenter (so rebalancing need not move
-    /// leadership a second time), then the lowest id. Right after the
-    /// election raft knows no follower's progress (it resets `matched` and
-    /// `recent_active`), but this replica's own record of who answered it
-    /// (`heard_at`: the votes it was just granted, included) tells a live
-    /// voter from one that is down, which would cost an election timeout.
+    /// The target: a voter that answered it in this term (the votes it was
+    /// just granted, included), then one heard from lately in an earlier
+    /// term, then the furthest along, then one in a preferred datacenter (so
+    /// rebalancing need not move leadership a second time), then the lowest
+    /// id. Right after the election raft knows no follower's progress (it
+    /// resets `matched` and `recent_active`), but this replica's own record
+    /// of who answered it (`heard_at`) tells a live voter from one that is
+    /// down, which would cost an election timeout. An answer of an earlier
+    /// term within the window (a vote granted to a campaign that failed, with
+    /// a heartbeat close to the election timeout) is weaker: that voter may
+    /// have gone down since.
     fn hand_over_while_restoring(&mut self) {
         if self.restoring.is_none() || !self.is_leader() || self.raw.raft.lead_transferee.is_some()
         {
             return;
         }
         let me = self.cfg.id;
+        let term = self.raw.raft.term;
         let prs = self.raw.raft.prs();
         let next = prs
             .conf()
@@ -1874,8 +1900,10 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             .filter(|&id| id != me && !self.declined_just_now(id))
             .max_by_key(|&id| {
                 let matched = prs.get(id).map_or(0, |p| p.matched);
+                let heard = self.heard_recently(id);
                 (
-                    self.heard_lately(id),
+                    heard.is_some_and(|h| h.term == term),
+                    heard.is_some(),
                     matched,
                     self.is_preferred(id),
                     std::cmp::Reverse(id),

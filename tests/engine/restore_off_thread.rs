@@ -1309,6 +1309,107 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_before_a_preferred_one
     assert_eq!(restoring_leaders_target("dc-1"), 2);
 }
 
+/// A vote granted to an earlier campaign ranks below one granted to this
+/// term's: that voter may have gone down since. With the heartbeat close to
+/// the election timeout (9 and 10 ticks) an answer counts as recent for 20
+/// ticks, longer than a candidate waits before it campaigns again. 1 grants
+/// 3's vote in a campaign that fails (no other vote arrives), then goes down;
+/// 2, 4 and 5 elect 3 in the next term. Ranked by "heard lately" alone, all
+/// four tie and the pick was 1, the lowest id: a transfer to a voter that is
+/// down, which could only time out.
+#[test]
+fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
+    use raft::prelude::MessageType;
+    let fleet = FleetConfig::new(
+        (1..=5)
+            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    );
+    let tweak = |rc: &mut ReplicaConfig| {
+        small_snapshots(rc);
+        rc.leader_rebalance_ticks = 1_000;
+        rc.heartbeat_ticks = 9;
+    };
+    let mut net = Network::with_files(&fleet, tweak, BlankKv::<false>::default);
+    net.elect(1);
+    let client = net.register(1);
+    net.isolate(3);
+    for seq in 1..=40 {
+        let put = KvStore::put(format!("k{seq}"), format!("v{seq}"));
+        net.propose(1, client, seq, seq, put).expect("propose");
+        net.settle();
+    }
+    net.recover();
+    for _ in 0..core_harness::ELECTION_TICKS_MAX {
+        if !net.restores.is_empty() {
+            break;
+        }
+        net.tick_all(1);
+    }
+    assert_eq!(net.restores.len(), 1, "replica 3 handed out one restore");
+    assert!(net.replica(3).restoring_snapshot().is_some());
+    // Every other replica restarts: no leader, no lease, votes to give.
+    for id in [1, 2, 4, 5] {
+        let store = net.replica(id).store().clone();
+        let mut cfg = core_harness::test_config(id);
+        tweak(&mut cfg);
+        let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
+        net.replicas.insert(id, replica);
+    }
+    net.drop_in_flight();
+    // 3's first campaign: every pre-vote arrives, only 1's vote.
+    let term_before = net.status(3).term;
+    for _ in 0..core_harness::ELECTION_TICKS_MAX {
+        net.tick(3);
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            net.in_flight
+                .retain(|m| m.get_msg_type() != MessageType::MsgRequestVote || m.to == 1);
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+        if net.status(3).term > term_before {
+            break;
+        }
+    }
+    let failed_term = net.status(3).term;
+    assert!(failed_term > term_before, "3 campaigned");
+    assert!(!net.replica(3).is_leader(), "one vote besides its own");
+    assert_eq!(net.status(1).term, failed_term, "1 took part in that term");
+    // 1 goes down; 3 campaigns again, and 2, 4 and 5 elect it.
+    net.isolate(1);
+    let mut target = None;
+    'ticks: for _ in 0..core_harness::ELECTION_TICKS_MAX {
+        net.tick(3);
+        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
+            net.cycle_all();
+            if let Some(to) = net
+                .in_flight
+                .iter()
+                .filter(|m| m.from == 3)
+                .find_map(announced)
+            {
+                target = Some(to);
+                break 'ticks;
+            }
+            if net.in_flight.is_empty() {
+                break;
+            }
+            while net.deliver_one() {}
+        }
+    }
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert!(net.status(3).term > failed_term);
+    assert!(net.replica(3).restoring_snapshot().is_some());
+    assert_eq!(
+        target,
+        Some(2),
+        "the lowest id among the voters of this term"
+    );
+}
+
 /// In a fleet of five (replica `i` in `dc-i`, `preferred` the preferred
 /// datacenter), the voter that 3, elected while it restores, hands
 /// leadership over to: 1 (the old leader) is isolated, 2 and 5 restart and
