@@ -49,9 +49,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A free loopback port: bound, read back, released (the child binds it).
+/// A listening address for a child: a loopback address of its own, and a
+/// port free on it (bound, read back, released; the child binds it, again
+/// after a restart).
+///
+/// The address is `127.H.L.N`: `H.L` from this process's id (the second octet
+/// never 0), `N` counting up, so that no other listener of this process or of
+/// another test process uses it. Only the port is released meanwhile, and any
+/// other socket handed the same port number by the kernel (a client's
+/// connection from `127.0.0.1`, another test's listener) is on another
+/// address, where it cannot stop the child's bind. A port picked on
+/// `127.0.0.1` could be handed to such a socket between release and bind.
 fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let address = Ipv4Addr::new(
+        127,
+        1 + ((pid >> 8) % 255) as u8,
+        pid as u8,
+        // 1..=254: a fleet has at most a few dozen listeners per process.
+        1 + (n % 254) as u8,
+    );
+    let listener = TcpListener::bind((address, 0)).expect("bind a free port");
     listener.local_addr().expect("local address")
 }
 
