@@ -45,10 +45,12 @@ pub struct PoolConfig {
     /// Most spare workers running at once.
     pub spare_workers_max: usize,
     /// How long a worker that finds the queue empty watches it before it
-    /// parks; at most one worker spins at a time, and `ZERO` turns it off. A
+    /// parks (yielding its core between looks); `ZERO` turns it off. A
     /// replica's hops (client → leader → followers → leader) come a few
     /// microseconds apart, so a short watch saves most of their wake-ups; a
-    /// busy pool never finds the queue empty and never spins.
+    /// busy pool never finds the queue empty and never watches. Every worker
+    /// watches: with one watcher the others parked, and the leader's appends
+    /// to its followers woke one of them for every commit.
     pub spin: Duration,
 }
 
@@ -152,8 +154,6 @@ struct Inner {
     /// Set when the pool stops; the timer sleeps on `timer_wake`.
     stopping: Mutex<bool>,
     timer_wake: Condvar,
-    /// A worker is watching the empty queue ([`PoolConfig::spin`]).
-    spinning: AtomicBool,
     /// This pool among the process's pools, for the mailbox gauges.
     serial: u64,
 }
@@ -251,26 +251,17 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
     }
 }
 
-/// Watches an empty queue for up to `spin` before the worker parks, if no
-/// other worker is watching already.
+/// Watches an empty queue for up to `spin` before the worker parks.
 fn spin(inner: &Inner) {
     if inner.cfg.spin.is_zero() || !inner.queue.looks_empty() {
         return;
     }
-    if inner
-        .spinning
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return;
-    }
     let deadline = Instant::now() + inner.cfg.spin;
     // Yielding rather than spinning hot: a thread with work (a client's
-    // driver, the other worker) gets the core first.
+    // driver, another worker) gets the core first.
     while inner.queue.looks_empty() && Instant::now() < deadline {
         std::thread::yield_now();
     }
-    inner.spinning.store(false, Ordering::Release);
 }
 
 /// Runs one turn of `entry`; returns whether to queue it again.
@@ -486,7 +477,6 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             stopping: Mutex::new(false),
             timer_wake: Condvar::new(),
-            spinning: AtomicBool::new(false),
             serial: POOL_SERIALS.fetch_add(1, Ordering::Relaxed),
         });
         // From here on, dropping `pool` stops whatever started.
