@@ -226,12 +226,14 @@ fn the_final_epoch_must_list_rafts_converged_configuration() {
 #[test]
 fn a_replacement_whose_new_replica_is_lost_is_replaced_again() {
     let mut resumed = 0;
-    // Seed 35 of this shape (57 before leadership transfers were announced,
-    // which moved every draw after the first transfer): a replaced
-    // replica's new replica has its disk damaged before promotion; without
-    // the replacement resumed, the run ends with the replaced replica a raft
-    // voter no epoch lists (caught by the final check).
-    for seed in 30..40 {
+    // Seed 42 of this shape (35 before disk damage also counted the voters
+    // of every configuration a running replica holds, 57 before leadership
+    // transfers were announced; each moved the draws after it; of seeds
+    // 0..200, 42, 84 and 172 do it now): a replaced replica's new replica has
+    // its disk damaged before promotion; without the replacement resumed, the
+    // run ends with the replaced replica a raft voter no epoch lists (caught
+    // by the final check).
+    for seed in 40..50 {
         let mut o = churny(seed);
         o.sealed = true;
         o.faults.bit_flip_rate = 0.1;
