@@ -1377,12 +1377,22 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
     let failed_term = net.status(3).term;
     assert!(failed_term > term_before, "3 campaigned");
     assert!(!net.replica(3).is_leader(), "one vote besides its own");
-    assert_eq!(net.status(1).term, failed_term, "1 took part in that term");
-    // 1 goes down; 3 campaigns again, and 2, 4 and 5 elect it.
+    let voted = raft::Storage::initial_state(net.replica(1).store())
+        .expect("1's hard state")
+        .hard_state;
+    assert_eq!(
+        (voted.term, voted.vote),
+        (failed_term, 3),
+        "1 granted 3 its vote in the campaign that failed"
+    );
+    // 1 goes down; 3 campaigns again, and 2, 4 and 5 elect it, while 1's
+    // answer is still recent: within twice the heartbeat and two ticks.
     net.isolate(1);
     let mut target = None;
+    let mut ticks = 0;
     'ticks: for _ in 0..core_harness::ELECTION_TICKS_MAX {
         net.tick(3);
+        ticks += 1;
         for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
             net.cycle_all();
             if let Some(to) = net
@@ -1403,6 +1413,10 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
     assert!(net.status(3).term > failed_term);
     assert!(net.replica(3).restoring_snapshot().is_some());
+    assert!(
+        ticks <= 2 * 9 + 2,
+        "1's answer is {ticks} ticks old: no longer recent, so the test shows nothing"
+    );
     assert_eq!(
         target,
         Some(2),
