@@ -48,15 +48,24 @@ pub struct PoolConfig {
     /// parks (yielding its core between looks); `ZERO` turns it off. A
     /// replica's hops (client → leader → followers → leader) come a few
     /// microseconds apart, so a short watch saves most of their wake-ups; a
-    /// busy pool never finds the queue empty and never watches. Every worker
-    /// watches: with one watcher the others parked, and the leader's appends
-    /// to its followers woke one of them for every commit.
+    /// busy pool never finds the queue empty and never watches.
+    ///
+    /// The cost: under a light, steady load (inputs less than `spin` apart)
+    /// the watchers never park, and each keeps a core busy in `sched_yield`
+    /// calls that any runnable thread on that core preempts. Under a CPU quota
+    /// (a container's `cpu.max`) that time counts against the quota; set
+    /// `ZERO` there, or fewer [`watchers`](Self::watchers).
     pub spin: Duration,
+    /// Most workers watching the empty queue at once (see [`spin`](Self::spin)).
+    /// Two by default: a leader's turn queues its followers at once (two in a
+    /// fleet of three), and with one watcher the second worker parked, and a
+    /// push woke it for every commit.
+    pub watchers: usize,
 }
 
 impl PoolConfig {
     /// Defaults: 2 workers, a 10 ms timer, a stall after 500 ms, up to 8 spares,
-    /// a 50 µs spin.
+    /// a 50 µs spin by at most 2 watchers.
     pub fn new() -> Self {
         Self {
             workers: 2,
@@ -64,6 +73,7 @@ impl PoolConfig {
             stall_after: Duration::from_millis(500),
             spare_workers_max: 8,
             spin: Duration::from_micros(50),
+            watchers: 2,
         }
     }
 }
@@ -154,6 +164,8 @@ struct Inner {
     /// Set when the pool stops; the timer sleeps on `timer_wake`.
     stopping: Mutex<bool>,
     timer_wake: Condvar,
+    /// Workers watching the empty queue ([`PoolConfig::watchers`]).
+    watching: AtomicUsize,
     /// This pool among the process's pools, for the mailbox gauges.
     serial: u64,
 }
@@ -229,8 +241,8 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
                 return;
             }
         }
-        spin(inner);
-        let entry = match inner.queue.pop(Duration::from_secs(1)) {
+        let found = watch(inner).unwrap_or_else(|| inner.queue.pop(Duration::from_secs(1)));
+        let entry = match found {
             Pop::Item(entry) => entry,
             Pop::Empty => continue,
             Pop::Closed => return,
@@ -251,17 +263,37 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
     }
 }
 
-/// Watches an empty queue for up to `spin` before the worker parks.
-fn spin(inner: &Inner) {
-    if inner.cfg.spin.is_zero() || !inner.queue.looks_empty() {
-        return;
+/// Watches the queue for up to `spin` before the worker parks, if fewer than
+/// `watchers` workers watch already: what it takes from the queue (an item,
+/// or that it closed), or `None` to park. An item another worker took first
+/// does not end the watch (a worker that parked then was woken by the next
+/// push, the very wake-up the watch is there to save).
+fn watch(inner: &Inner) -> Option<Pop<Arc<Entry>>> {
+    let cfg = &inner.cfg;
+    if cfg.spin.is_zero() {
+        return None;
     }
-    let deadline = Instant::now() + inner.cfg.spin;
-    // Yielding rather than spinning hot: a thread with work (a client's
-    // driver, another worker) gets the core first.
-    while inner.queue.looks_empty() && Instant::now() < deadline {
+    if inner.watching.fetch_add(1, Ordering::Relaxed) >= cfg.watchers {
+        inner.watching.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let deadline = Instant::now() + cfg.spin;
+    let found = loop {
+        if !inner.queue.looks_empty() {
+            match inner.queue.pop(Duration::ZERO) {
+                Pop::Empty => {}
+                taken => break Some(taken),
+            }
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        // Yielding rather than spinning hot: a thread with work (a client's
+        // driver, another worker) gets the core first.
         std::thread::yield_now();
-    }
+    };
+    inner.watching.fetch_sub(1, Ordering::Relaxed);
+    found
 }
 
 /// Runs one turn of `entry`; returns whether to queue it again.
@@ -477,6 +509,7 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             stopping: Mutex::new(false),
             timer_wake: Condvar::new(),
+            watching: AtomicUsize::new(0),
             serial: POOL_SERIALS.fetch_add(1, Ordering::Relaxed),
         });
         // From here on, dropping `pool` stops whatever started.
