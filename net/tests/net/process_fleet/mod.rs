@@ -55,11 +55,13 @@ fn hex(bytes: &[u8]) -> String {
 ///
 /// The address is `127.H.L.N`: `H.L` from this process's id (the second octet
 /// never 0), `N` counting up, so that no other listener of this process or of
-/// another test process uses it. Only the port is released meanwhile, and any
-/// other socket handed the same port number by the kernel (a client's
-/// connection from `127.0.0.1`, another test's listener) is on another
-/// address, where it cannot stop the child's bind. A port picked on
-/// `127.0.0.1` could be handed to such a socket between release and bind.
+/// another test process uses it. Only the port is released meanwhile, and a
+/// socket on another address handed the same port number by the kernel (a
+/// client's connection from `127.0.0.1`, another test's listener on
+/// `127.0.0.1`) cannot stop the child's bind. A port picked on `127.0.0.1`
+/// could be handed to such a socket between release and bind. What remains:
+/// a process binding the wildcard address (`0.0.0.0:0`) in that instant;
+/// these tests bind loopback addresses only.
 fn free_port() -> SocketAddr {
     use std::net::Ipv4Addr;
     use std::sync::atomic::{AtomicU32, Ordering};
