@@ -129,6 +129,10 @@ pub(in crate::world) struct Host<M: StateMachine> {
     pub(in crate::world) preferred: Vec<String>,
     /// The preferred leader datacenters its running replica was started with.
     pub(in crate::world) running_preferred: Vec<String>,
+    /// The voters of its replica's configuration when it last crashed: what a
+    /// replica that is down holds, as far as the simulator knows (it may come
+    /// back with an older one, if it had not yet persisted what it applied).
+    pub(in crate::world) voters_held: Vec<u64>,
 }
 
 impl<W: Workload> Simulation<W> {
@@ -240,9 +244,11 @@ impl<W: Workload> Simulation<W> {
     }
 
     pub(super) fn crash_host(&mut self, h: usize, why: &str) {
-        if self.hosts[h].replica.take().is_none() {
+        let Some(replica) = self.hosts[h].replica.take() else {
             return;
-        }
+        };
+        self.hosts[h].voters_held = replica.status().voters;
+        drop(replica);
         let id = self.hosts[h].id;
         self.hosts[h].generation += 1;
         self.hosts[h].requests.clear();
@@ -640,5 +646,6 @@ pub(super) fn fresh_host<M: StateMachine>(
         requests: BTreeMap::new(),
         preferred: Vec::new(),
         running_preferred: Vec::new(),
+        voters_held: Vec::new(),
     }
 }

@@ -198,9 +198,11 @@ impl<W: Workload> Simulation<W> {
         };
         // A clean stop between events: every write of the replica's last
         // Ready cycle was synced; the next open reads the durable state.
-        if self.hosts[h].replica.take().is_none() {
+        let Some(replica) = self.hosts[h].replica.take() else {
             return;
-        }
+        };
+        self.hosts[h].voters_held = replica.status().voters;
+        drop(replica);
         self.hosts[h].generation += 1;
         self.hosts[h].requests.clear();
         self.hosts[h].restart_pending = true;

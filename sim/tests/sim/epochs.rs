@@ -226,14 +226,14 @@ fn the_final_epoch_must_list_rafts_converged_configuration() {
 #[test]
 fn a_replacement_whose_new_replica_is_lost_is_replaced_again() {
     let mut resumed = 0;
-    // Seed 42 of this shape (35 before disk damage also counted the voters
-    // of every configuration a running replica holds, 57 before leadership
-    // transfers were announced; each moved the draws after it; of seeds
-    // 0..200, 42, 84 and 172 do it now): a replaced replica's new replica has
-    // its disk damaged before promotion; without the replacement resumed, the
-    // run ends with the replaced replica a raft voter no epoch lists (caught
-    // by the final check).
-    for seed in 40..50 {
+    // Seeds of this shape run until one loses a replacement's new replica
+    // (1 to 2 seeds in 100 do): its disk is damaged before promotion; without
+    // the replacement resumed, the run ends with the replaced replica a raft
+    // voter no epoch lists (caught by the final check). The seed that does
+    // moves whenever the draws before it change (57, then 35, then 42 after
+    // leadership transfers were announced and disk damage counted the voters
+    // every member holds), so the test scans rather than naming one.
+    for seed in 0..200 {
         let mut o = churny(seed);
         o.sealed = true;
         o.faults.bit_flip_rate = 0.1;
@@ -247,6 +247,9 @@ fn a_replacement_whose_new_replica_is_lost_is_replaced_again() {
             report.recent.join("\n")
         );
         resumed += report.stats.replacements_resumed;
+        if resumed > 0 {
+            break;
+        }
     }
     assert!(resumed > 0, "no replacement lost its new replica");
 }

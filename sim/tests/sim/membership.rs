@@ -313,3 +313,28 @@ fn swarm_seed_11_a_joining_host_gets_the_new_preference_too() {
     );
     assert!(report.stats.preference_moves > 0 && report.stats.membership_changes > 0);
 }
+
+/// Found by the swarm with `--workload vault --membership 0.5 --prefer 0.05`
+/// (seed 91474): a removal committed, only its leader learned that it had,
+/// and that leader's disk was then rolled back. The four survivors had not
+/// applied the removal, so they still elected among the eight voters of
+/// before, four of them lost, while the damage budget had counted three of
+/// the seven of after: no leader ever again, a liveness violation the faults
+/// caused. Damage now counts against every configuration a member holds.
+/// (The seed shows it only while the draws before it stay as they are.)
+#[test]
+fn swarm_seed_91474_damage_counts_against_the_voters_survivors_hold() {
+    let mut o = SimOptions::swarm(91474);
+    o.faults.membership_rate = 0.5;
+    o.faults.prefer_rate = 0.05;
+    o.workload = WorkloadKind::Vault;
+    o.disk_bug = vaultfleet_sim::DiskBug::None;
+    let report = run(o);
+    assert!(
+        report.violation.is_none(),
+        "seed 91474: {:?}\n{}",
+        report.violation,
+        report.recent.join("\n")
+    );
+    assert!(report.stats.membership_changes > 0);
+}
