@@ -56,7 +56,8 @@ pub struct PoolConfig {
     /// (a container's `cpu.max`) that time counts against the quota; set
     /// `ZERO` there, or fewer [`watchers`](Self::watchers).
     pub spin: Duration,
-    /// Most workers watching the empty queue at once (see [`spin`](Self::spin)).
+    /// Most workers watching the empty queue at once (see [`spin`](Self::spin));
+    /// `0` turns watching off, as a `ZERO` spin does.
     /// Two by default: a leader's turn queues its followers at once (two in a
     /// fleet of three), and with one watcher the second worker parked, and a
     /// push woke it for every commit.
@@ -270,14 +271,15 @@ fn work(inner: &Arc<Inner>, slot: &Arc<WorkerSlot>) {
 /// push, the very wake-up the watch is there to save).
 fn watch(inner: &Inner) -> Option<Pop<Arc<Entry>>> {
     let cfg = &inner.cfg;
-    if cfg.spin.is_zero() {
+    // A busy pool finds an item at once and never watches.
+    if cfg.spin.is_zero() || !inner.queue.looks_empty() {
         return None;
     }
+    let deadline = Instant::now().checked_add(cfg.spin)?;
     if inner.watching.fetch_add(1, Ordering::Relaxed) >= cfg.watchers {
         inner.watching.fetch_sub(1, Ordering::Relaxed);
         return None;
     }
-    let deadline = Instant::now() + cfg.spin;
     let found = loop {
         if !inner.queue.looks_empty() {
             match inner.queue.pop(Duration::ZERO) {
