@@ -1388,28 +1388,7 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
     // 1 goes down; 3 campaigns again, and 2, 4 and 5 elect it, while 1's
     // answer is still recent: within twice the heartbeat and two ticks.
     net.isolate(1);
-    let mut target = None;
-    let mut ticks = 0;
-    'ticks: for _ in 0..core_harness::ELECTION_TICKS_MAX {
-        net.tick(3);
-        ticks += 1;
-        for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
-            net.cycle_all();
-            if let Some(to) = net
-                .in_flight
-                .iter()
-                .filter(|m| m.from == 3)
-                .find_map(announced)
-            {
-                target = Some(to);
-                break 'ticks;
-            }
-            if net.in_flight.is_empty() {
-                break;
-            }
-            while net.deliver_one() {}
-        }
-    }
+    let (target, ticks) = until_3_hands_over(&mut net, core_harness::ELECTION_TICKS_MAX);
     assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
     assert!(net.status(3).term > failed_term);
     assert!(net.replica(3).restoring_snapshot().is_some());
@@ -1449,8 +1428,18 @@ fn restoring_leaders_target(preferred: &str) -> u64 {
         let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
         net.replicas.insert(id, replica);
     }
-    let mut target = None;
-    'ticks: for _ in 0..10 * core_harness::test_config(3).election_ticks {
+    let (target, _) =
+        until_3_hands_over(&mut net, 10 * core_harness::test_config(3).election_ticks);
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert!(net.replica(3).restoring_snapshot().is_some());
+    target.expect("3 handed leadership over")
+}
+
+/// Ticks replica 3, settling the fleet after each tick, until 3 announces a
+/// leadership transfer (at most `ticks_max` ticks): its target, if any, and
+/// the ticks it took.
+fn until_3_hands_over(net: &mut Network<BlankKv<false>>, ticks_max: usize) -> (Option<u64>, usize) {
+    for tick in 1..=ticks_max {
         net.tick(3);
         for _ in 0..core_harness::SETTLE_ROUNDS_MAX {
             net.cycle_all();
@@ -1460,8 +1449,7 @@ fn restoring_leaders_target(preferred: &str) -> u64 {
                 .filter(|m| m.from == 3)
                 .find_map(announced)
             {
-                target = Some(to);
-                break 'ticks;
+                return (Some(to), tick);
             }
             if net.in_flight.is_empty() {
                 break;
@@ -1469,7 +1457,5 @@ fn restoring_leaders_target(preferred: &str) -> u64 {
             while net.deliver_one() {}
         }
     }
-    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
-    assert!(net.replica(3).restoring_snapshot().is_some());
-    target.expect("3 handed leadership over")
+    (None, ticks_max)
 }
