@@ -1320,11 +1320,7 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_before_a_preferred_one
 #[test]
 fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
     use raft::prelude::MessageType;
-    let fleet = FleetConfig::new(
-        (1..=5)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
+    let fleet = five_voters();
     let tweak = |rc: &mut ReplicaConfig| {
         small_snapshots(rc);
         rc.leader_rebalance_ticks = 1_000;
@@ -1349,13 +1345,7 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
     assert_eq!(net.restores.len(), 1, "replica 3 handed out one restore");
     assert!(net.replica(3).restoring_snapshot().is_some());
     // Every other replica restarts: no leader, no lease, votes to give.
-    for id in [1, 2, 4, 5] {
-        let store = net.replica(id).store().clone();
-        let mut cfg = core_harness::test_config(id);
-        tweak(&mut cfg);
-        let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
-        net.replicas.insert(id, replica);
-    }
+    restart_fresh(&mut net, &[1, 2, 4, 5], tweak);
     net.drop_in_flight();
     // 3's first campaign: every pre-vote arrives, only 1's vote.
     let term_before = net.status(3).term;
@@ -1408,11 +1398,7 @@ fn a_restoring_leader_hands_over_to_a_voter_that_answered_this_term() {
 /// leadership over to: 1 (the old leader) is isolated, 2 and 5 restart and
 /// grant 3 their votes, 4 still heard 1 lately and refuses.
 fn restoring_leaders_target(preferred: &str) -> u64 {
-    let fleet = FleetConfig::new(
-        (1..=5)
-            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
-            .collect(),
-    );
+    let fleet = five_voters();
     let tweak = |rc: &mut ReplicaConfig| {
         small_snapshots(rc);
         rc.leader_rebalance_ticks = 1_000;
@@ -1421,18 +1407,37 @@ fn restoring_leaders_target(preferred: &str) -> u64 {
     let mut net = Network::with_files(&fleet, tweak, BlankKv::<false>::default);
     behind_then_snapshot(&mut net, 40);
     net.isolate(1);
-    for id in [2, 5] {
+    restart_fresh(&mut net, &[2, 5], tweak);
+    let (target, _) =
+        until_3_hands_over(&mut net, 10 * core_harness::test_config(3).election_ticks);
+    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
+    assert!(net.replica(3).restoring_snapshot().is_some());
+    target.expect("3 handed leadership over")
+}
+
+/// Five voters, replica `i` in `dc-i`.
+fn five_voters() -> FleetConfig {
+    FleetConfig::new(
+        (1..=5)
+            .map(|id| MemberSpec::voter(id, format!("dc-{id}")))
+            .collect(),
+    )
+}
+
+/// Restarts replicas `ids` from their stores, with the test settings and
+/// `tweak`: no leader, no lease, votes to give.
+fn restart_fresh(
+    net: &mut Network<BlankKv<false>>,
+    ids: &[u64],
+    tweak: impl Fn(&mut ReplicaConfig),
+) {
+    for &id in ids {
         let store = net.replica(id).store().clone();
         let mut cfg = core_harness::test_config(id);
         tweak(&mut cfg);
         let replica = vaultfleet::Replica::new(cfg, store, BlankKv::default()).expect("restart");
         net.replicas.insert(id, replica);
     }
-    let (target, _) =
-        until_3_hands_over(&mut net, 10 * core_harness::test_config(3).election_ticks);
-    assert!(net.replica(3).is_leader(), "{:?}", net.status(3));
-    assert!(net.replica(3).restoring_snapshot().is_some());
-    target.expect("3 handed leadership over")
 }
 
 /// Ticks replica 3, settling the fleet after each tick, until 3 announces a
