@@ -243,12 +243,19 @@ impl<W: Workload> Simulation<W> {
         }
     }
 
-    pub(super) fn crash_host(&mut self, h: usize, why: &str) {
+    /// Stops host `h`'s replica, keeping the voters it held; false if none ran.
+    pub(super) fn stop_replica(&mut self, h: usize) -> bool {
         let Some(replica) = self.hosts[h].replica.take() else {
-            return;
+            return false;
         };
         self.hosts[h].voters_held = replica.status().voters;
-        drop(replica);
+        true
+    }
+
+    pub(super) fn crash_host(&mut self, h: usize, why: &str) {
+        if !self.stop_replica(h) {
+            return;
+        }
         let id = self.hosts[h].id;
         self.hosts[h].generation += 1;
         self.hosts[h].requests.clear();

@@ -198,11 +198,9 @@ impl<W: Workload> Simulation<W> {
         };
         // A clean stop between events: every write of the replica's last
         // Ready cycle was synced; the next open reads the durable state.
-        let Some(replica) = self.hosts[h].replica.take() else {
+        if !self.stop_replica(h) {
             return;
-        };
-        self.hosts[h].voters_held = replica.status().voters;
-        drop(replica);
+        }
         self.hosts[h].generation += 1;
         self.hosts[h].requests.clear();
         self.hosts[h].restart_pending = true;
