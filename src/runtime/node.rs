@@ -645,6 +645,10 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     /// not wait for inputs.
     more: bool,
     seen: Seen,
+    /// The replica's status as the last turn found it, or the one published
+    /// before it when that turn's differed (the two are swapped): what the next
+    /// turn writes its status over ([`Replica::status_into`]).
+    status: Status,
 }
 
 /// A replica a [`Pool`](super::Pool) drives: one [`Driver`] behind a trait
@@ -694,12 +698,13 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
         transport: Arc<dyn Transport>,
     ) -> Result<Self, ReplicaError> {
         let replica = Replica::new(cfg.replica.clone(), store, machine)?;
+        let status = replica.status();
         let shared = Arc::new(Shared {
             id: replica.id(),
             group: replica.group(),
             mailbox: Mailbox::new(cfg.mailbox_inputs_max),
-            status: StatusLock::new(replica.status()),
-            role: AtomicU8::new(role_code(replica.status().role)),
+            status: StatusLock::new(status.clone()),
+            role: AtomicU8::new(role_code(status.role)),
             command_bytes_max: cfg.replica.command_bytes_max,
             snapshot_reports: parking_lot::Mutex::new(Vec::new()),
             snapshots_waiting: parking_lot::Mutex::new(Vec::new()),
@@ -726,6 +731,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             node_gauges: false,
             more: false,
             seen: Seen::default(),
+            status,
         })
     }
 
@@ -802,14 +808,16 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             tracing::error!(replica = self.shared.id, "node stopped: {e}");
             return Err(e);
         }
-        let status = self.replica.status();
+        // Written over the status published before the last change, whose
+        // vectors it reuses: a turn allocates nothing for its status.
+        self.replica.status_into(&mut self.status);
         let mut published = self.shared.status.lock();
-        if *published != status {
-            self.seen.observe(&published, &status);
+        if *published != self.status {
+            self.seen.observe(&published, &self.status);
             self.shared
                 .role
-                .store(role_code(status.role), Ordering::Release);
-            *published = status;
+                .store(role_code(self.status.role), Ordering::Release);
+            std::mem::swap(&mut *published, &mut self.status);
         }
         Ok(true)
     }
