@@ -575,6 +575,10 @@ pub struct Replica<L: LogStore, S: StateMachine> {
     /// The last index applied to the state machine (or restored from a snapshot):
     /// entries apply consecutively after it.
     applied_index: u64,
+    /// A commit index the store holds durably (read at open, or written before
+    /// a sync since); at most the durable one. A membership change applies only
+    /// once it is covered ([`Replica::commit_durably`]).
+    commit_synced: u64,
 }
 
 /// Completes every request in `ids` with `error`.
@@ -796,6 +800,8 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             max_uncommitted_size: cfg.uncommitted_bytes_max,
             ..Default::default()
         };
+        // Read from the store as it opened: durable.
+        let commit_synced = store.hard_state().commit;
         let raw = RawNode::new(&raft_cfg, store, &logging::raft_logger(id))
             .map_err(|source| ReplicaError::Raft { id, source })?;
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -848,6 +854,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             back_off_term: 0,
             build_cancelled_last: false,
             applied_index: snap_index,
+            commit_synced,
             cfg,
         })
     }
@@ -1634,7 +1641,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
             // a lost commit index is relearned from the leader (etcd's `MustSync`).
             // Its hard state is written now and made durable by the next sync.
             if rd.must_sync() {
+                let written = self.raw.store().hard_state().commit;
                 self.raw.mut_store().sync().map_err(storage)?;
+                self.commit_synced = self.commit_synced.max(written);
                 if let Some(index) = self.retain_after_sync.take() {
                     self.retain_snapshot_files(index);
                 }
@@ -2089,6 +2098,34 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
     /// Applies a committed membership change. A change or context that does not
     /// decode is a corrupt log: the replica stops rather than apply a membership
     /// (and datacenter labels) that could differ from the other replicas'.
+    /// Makes the store's commit index cover `index` durably, before the
+    /// membership change at `index` takes effect. raft-rs takes a configuration
+    /// when it is applied, and a restarted replica rebuilds it by applying its
+    /// log up to its durable commit index; the commit index is otherwise synced
+    /// only with appends and votes (a lost one is relearned from the leader).
+    /// Without this, a replica that applied a removal could restart holding the
+    /// configuration before it, and need a majority of a voter set that
+    /// includes the replica the operator removed and shut down: with one more
+    /// voter lost, no majority of it remains, and the fleet, live under the
+    /// configuration every running replica had applied, elects no leader
+    /// (swarm seed 100529). A sync per membership change per replica.
+    fn commit_durably(&mut self, index: u64) -> Result<(), ReplicaError> {
+        if self.commit_synced >= index {
+            return Ok(());
+        }
+        let id = self.cfg.id;
+        let storage = |source| ReplicaError::Storage { id, source };
+        let store = self.raw.mut_store();
+        let mut hs = store.hard_state().clone();
+        // The entry is committed, and raft-rs hands over only entries it
+        // persisted: it is in the store.
+        hs.commit = hs.commit.max(index);
+        store.set_hard_state(&hs).map_err(storage)?;
+        store.sync().map_err(storage)?;
+        self.commit_synced = hs.commit;
+        Ok(())
+    }
+
     fn apply_conf_change(
         &mut self,
         entry: &Entry,
@@ -2113,6 +2150,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let labels = self
             .conf_change_labels(&cc, &entry.context)
             .map_err(corrupt)?;
+        self.commit_durably(index)?;
         let result = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
                 self.update_members(&cc, labels);
@@ -3600,6 +3638,59 @@ mod tests {
         for (id, r) in &restarted {
             assert!(r.store().hard_state().commit > last, "replica {id}");
             assert_eq!(r.sessions(), 1, "replica {id}: the entry is applied again");
+        }
+    }
+
+    /// A replica that applied a membership change restarts holding it, even
+    /// after a crash that lost every write since its last sync: the change's
+    /// commit index is made durable before the change takes effect. Otherwise
+    /// the commit index of a commit-only cycle is lost (the test above), and
+    /// raft-rs, which takes a configuration when it is applied, rebuilds the
+    /// configuration before the change: here one that still counts the
+    /// removed replica, which the operator may have shut down already (swarm
+    /// seed 100529).
+    #[test]
+    fn a_replica_restarts_holding_the_membership_it_applied() {
+        let fleet = crate::FleetConfig::new(
+            [1, 2, 3, 4]
+                .iter()
+                .map(|&id| crate::MemberSpec::voter(id, format!("dc-{id}")))
+                .collect(),
+        );
+        let mut replicas = elect_first(
+            &fleet,
+            [1, 2, 3, 4].map(|id| (id, CrashLog::default())),
+            true,
+            |_| (),
+        );
+        replicas
+            .get_mut(&1)
+            .expect("leader")
+            .change_membership(1, MembershipChange::Remove { id: 4 })
+            .expect("remove 4");
+        settle(&mut replicas, None);
+        replicas.remove(&4);
+        for (id, r) in &replicas {
+            assert_eq!(
+                r.status().voters,
+                [1, 2, 3],
+                "replica {id} applied the removal"
+            );
+        }
+        for (id, r) in &replicas {
+            let mut restarted =
+                Replica::new(test_config(*id), r.store().crashed(), crate::KvStore::new())
+                    .expect("restart");
+            let mut out = Output::default();
+            while restarted.has_ready() {
+                out.clear();
+                restarted.handle_ready(&mut out).expect("ready");
+            }
+            assert_eq!(
+                restarted.status().voters,
+                [1, 2, 3],
+                "replica {id} restarted (before hearing from anyone) with the voters it applied"
+            );
         }
     }
 
