@@ -458,6 +458,30 @@ fn validate(o: &SimOptions) -> Result<(), String> {
     if o.replicas == 0 || o.datacenters == 0 {
         return Err("--replicas and --datacenters must be at least 1".into());
     }
+    // A new leader's first append and heartbeat must be answered within its
+    // first quorum check, one election timeout after it won (raft-rs's
+    // `check_quorum`): a timeout below the round trip between datacenters
+    // leaves no leader with voters in another datacenter in office, however
+    // healed the network (swarm seed 103003 of `--election-ticks 10
+    // --heartbeat-ticks 9`: 100 ms against round trips of up to 115 ms).
+    if o.datacenters > 1 {
+        let timeout_us = (o.election_ticks as u64).saturating_mul(o.tick_ms.saturating_mul(1000));
+        let round_trip_us = 2.0 * o.inter_dc_us.1 as f64 * (1.0 + o.faults.jitter.max(0.0));
+        if (timeout_us as f64) <= round_trip_us {
+            return Err(format!(
+                "--election-ticks {} is {} ms at {} ms per tick, not above the longest round trip \
+                 between datacenters ({:.0} ms with jitter {}): a leader would step down before \
+                 any voter in another datacenter answered it, and no fleet would stay live; \
+                 raise --election-ticks (raft wants the election timeout well above the round trip) \
+                 or run one datacenter",
+                o.election_ticks,
+                timeout_us / 1000,
+                o.tick_ms,
+                round_trip_us / 1000.0,
+                o.faults.jitter,
+            ));
+        }
+    }
     Ok(())
 }
 
