@@ -1936,6 +1936,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 self.applied_index + 1,
                 "committed entries apply consecutively"
             );
+            if matches!(
+                entry.get_entry_type(),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            ) {
+                // Before its proposal is taken from `in_flight`: a failed sync
+                // fails the replica, and `fail_everything` answers it.
+                self.commit_durably(index)?;
+            }
             let mine = self.in_flight.remove(&index);
             let mine = match mine {
                 Some(f) if f.term == entry.term => Some(f),
@@ -2095,9 +2103,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         }
     }
 
-    /// Applies a committed membership change. A change or context that does not
-    /// decode is a corrupt log: the replica stops rather than apply a membership
-    /// (and datacenter labels) that could differ from the other replicas'.
     /// Makes the store's commit index cover `index` durably, before the
     /// membership change at `index` takes effect. raft-rs takes a configuration
     /// when it is applied, and a restarted replica rebuilds it by applying its
@@ -2126,6 +2131,9 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         Ok(())
     }
 
+    /// Applies a committed membership change. A change or context that does not
+    /// decode is a corrupt log: the replica stops rather than apply a membership
+    /// (and datacenter labels) that could differ from the other replicas'.
     fn apply_conf_change(
         &mut self,
         entry: &Entry,
@@ -2150,7 +2158,6 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         let labels = self
             .conf_change_labels(&cc, &entry.context)
             .map_err(corrupt)?;
-        self.commit_durably(index)?;
         let result = match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
                 self.update_members(&cc, labels);
@@ -2962,6 +2969,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
         // The fleet never enters a joint configuration (one change at a time;
         // `intake` refuses a joint one in a snapshot), so every voter is an
         // incoming one.
+        debug_assert!(conf.to_conf_state().voters_outgoing.is_empty());
         let voters = conf.voters().ids();
         same_ids(&mut out.voters, voters.len(), voters.iter(), |id| {
             voters.contains(id)
@@ -3692,6 +3700,62 @@ mod tests {
                 "replica {id} restarted (before hearing from anyone) with the voters it applied"
             );
         }
+    }
+
+    /// `status_into` writes what `status` returns over any `Status`: one
+    /// holding garbage (repeated, unsorted ids, another replica's fields), the
+    /// status before a membership change, and its own last value.
+    #[test]
+    fn status_into_writes_what_status_returns_over_anything() {
+        let mut replicas =
+            elect_three([1, 2, 3].map(|id| (id, crate::MemLog::new())), true, |_| ());
+        let garbage = Status {
+            id: 9,
+            role: StateRole::Candidate,
+            leader: Some(7),
+            term: 99,
+            commit: 99,
+            applied: 99,
+            first_index: 99,
+            last_index: 99,
+            voters: vec![3, 1, 1],
+            learners: vec![2, 2],
+            followers: vec![FollowerProgress {
+                id: 5,
+                matched: 1,
+                lag: 1,
+                recent_active: true,
+            }],
+            state_digests: vec![StateDigest {
+                index: 4,
+                digest: [7; 32],
+            }],
+            host: HostHealth {
+                hsm: Some(false),
+                disk: Some(true),
+            },
+        };
+        let check = |replicas: &BTreeMap<ReplicaId, Replica<crate::MemLog, crate::KvStore>>,
+                     before: &mut BTreeMap<ReplicaId, Status>| {
+            for (id, r) in replicas {
+                let mut out = garbage.clone();
+                r.status_into(&mut out);
+                assert_eq!(out, r.status(), "replica {id}, over garbage");
+                let last = before.entry(*id).or_insert_with(|| garbage.clone());
+                r.status_into(last);
+                assert_eq!(*last, r.status(), "replica {id}, over its last status");
+            }
+        };
+        let mut before = BTreeMap::new();
+        check(&replicas, &mut before);
+        replicas
+            .get_mut(&1)
+            .expect("leader")
+            .change_membership(1, MembershipChange::Remove { id: 3 })
+            .expect("remove 3");
+        settle(&mut replicas, None);
+        assert_eq!(replicas[&1].status().voters, [1, 2]);
+        check(&replicas, &mut before);
     }
 
     /// A snapshot taken in a cycle that only moved the commit index is made
