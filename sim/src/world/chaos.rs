@@ -103,8 +103,10 @@ impl<W: Workload> Simulation<W> {
     ///
     /// A member that is joining holds no configuration until its first
     /// snapshot (an empty list), which says nothing and is skipped. A member
-    /// that is down may restart with a configuration older than the one it
-    /// held (if it had not persisted what it applied); that is not counted.
+    /// keeps a change it applied across a restart (the engine makes the
+    /// change's commit durable first), but one that took a newer
+    /// configuration from a snapshot and crashed before that cycle's sync
+    /// comes back on the older one; that is not counted.
     fn a_held_configuration_at_its_limit(&self) -> bool {
         let held: BTreeSet<Vec<u64>> = self
             .member_hosts()

@@ -129,9 +129,10 @@ pub(in crate::world) struct Host<M: StateMachine> {
     pub(in crate::world) preferred: Vec<String>,
     /// The preferred leader datacenters its running replica was started with.
     pub(in crate::world) running_preferred: Vec<String>,
-    /// The voters of its replica's configuration when it last crashed: what a
-    /// replica that is down holds, as far as the simulator knows (it may come
-    /// back with an older one, if it had not yet persisted what it applied).
+    /// The voters of its replica's configuration when it last stopped: what a
+    /// replica that is down holds, as far as the simulator knows (it comes
+    /// back with an older one only if it took this one from a snapshot and
+    /// crashed before that cycle's sync).
     pub(in crate::world) voters_held: Vec<u64>,
 }
 
