@@ -26,12 +26,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use raft::prelude::ConfState;
 use raft::StateRole;
 use serde_json::json;
 use vaultfleet::replica::Status;
 use vaultfleet_node::admin::{
-    hex_digest, Admin, AdminConfig, AdminError, DigestReport, Members, ReplicaReport,
+    hex_digest, Admin, AdminConfig, AdminError, DigestReport, Held, Members, ReplicaReport,
     StateComparison,
 };
 use vaultfleet_node::logging::{self, LogFormat};
@@ -138,6 +137,9 @@ enum Failed {
     NoAnswer,
     /// Exit 1, already reported: replicas' state digests differ.
     Diverged,
+    /// Exit 3, already reported: a membership change is done, but not every
+    /// voter of the new configuration holds it yet.
+    NotHeld,
 }
 
 impl From<AdminError> for Failed {
@@ -150,7 +152,8 @@ impl From<AdminError> for Failed {
     }
 }
 
-/// Runs one admin command; its exit code (0 done, 1 refused, 2 error).
+/// Runs one admin command; its exit code (0 done, 1 refused, 2 error, 3 a
+/// membership change done but not yet held by every voter).
 pub(crate) fn main(command: &AdminCommand) -> ExitCode {
     // Logs on stderr (`RUST_LOG`), JSON lines with `--json`.
     logging::init(if command.common().json {
@@ -170,6 +173,7 @@ pub(crate) fn main(command: &AdminCommand) -> ExitCode {
         }
         Err(Failed::NoAnswer) => ExitCode::from(2),
         Err(Failed::Diverged) => ExitCode::from(1),
+        Err(Failed::NotHeld) => ExitCode::from(3),
     }
 }
 
@@ -195,15 +199,27 @@ fn run(command: &AdminCommand) -> Result<(), Failed> {
         }
         AdminCommand::AddLearner(a) => {
             let cs = admin.add_learner(a.id, &a.datacenter)?;
-            print_change("add-learner", a.id, &cs, json);
+            let held = admin.wait_held(&cs);
+            print_change("add-learner", a.id, &held, json);
+            if !held.complete() {
+                return Err(Failed::NotHeld);
+            }
         }
         AdminCommand::Promote(a) => {
             let cs = admin.promote(a.id)?;
-            print_change("promote", a.id, &cs, json);
+            let held = admin.wait_held(&cs);
+            print_change("promote", a.id, &held, json);
+            if !held.complete() {
+                return Err(Failed::NotHeld);
+            }
         }
         AdminCommand::Remove(a) => {
             let cs = admin.remove(a.id)?;
-            print_change("remove", a.id, &cs, json);
+            let held = admin.wait_held(&cs);
+            print_change("remove", a.id, &held, json);
+            if !held.complete() {
+                return Err(Failed::NotHeld);
+            }
         }
         AdminCommand::TransferLeader(a) => {
             admin.transfer_leader(a.to)?;
@@ -356,7 +372,7 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
         return;
     }
     println!(
-        "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7}",
+        "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7} voters held",
         "id", "datacenter", "role", "term", "leader", "commit", "applied", "last", "hsm", "disk"
     );
     for r in reports {
@@ -365,7 +381,7 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
             continue;
         };
         println!(
-            "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7}",
+            "{:>6}  {:<16} {:<13} {:>6} {:>6} {:>10} {:>10} {:>10}  {:<7} {:<7} {:?}",
             r.id,
             r.datacenter,
             role_name(s.role),
@@ -375,7 +391,8 @@ fn print_status(reports: &[ReplicaReport], json: bool) {
             s.applied,
             s.last_index,
             health_text(s.host.hsm),
-            health_text(s.host.disk)
+            health_text(s.host.disk),
+            s.voters
         );
         print_followers(s);
     }
@@ -446,19 +463,65 @@ fn print_members(admin: &Admin, m: &Members, json: bool) {
     }
 }
 
-fn print_change(op: &str, id: u64, cs: &ConfState, json: bool) {
-    let mut voters = cs.voters.clone();
-    voters.sort_unstable();
-    let mut learners = cs.learners.clone();
-    learners.sort_unstable();
-    if json {
-        println!(
-            "{}",
-            json!({ "op": op, "id": id, "voters": voters, "learners": learners })
-        );
-    } else {
-        println!("{op} {id}: done; voters {voters:?}, learners {learners:?}");
+/// A membership change's outcome, and which voters hold the configuration
+/// it made; a warning on stderr if some do not (yet).
+fn print_change(op: &str, id: u64, held: &Held, json: bool) {
+    let (out, warning) = change_text(op, id, held, json);
+    println!("{out}");
+    if let Some(warning) = warning {
+        eprintln!("{warning}");
     }
+}
+
+/// [`print_change`]'s stdout line and its stderr warning.
+fn change_text(op: &str, id: u64, held: &Held, json: bool) -> (String, Option<String>) {
+    let (voters, learners) = (&held.voters, &held.learners);
+    let out = if json {
+        json!({
+            "op": op,
+            "id": id,
+            "voters": voters,
+            "learners": learners,
+            "held_by_every_voter": held.complete(),
+            "holding": held.holding,
+            "other": held
+                .other
+                .iter()
+                .map(|(id, voters)| json!({ "id": id, "voters": voters }))
+                .collect::<Vec<_>>(),
+            "silent": held.silent,
+        })
+        .to_string()
+    } else {
+        let holding = if held.complete() {
+            "held by every voter".to_owned()
+        } else {
+            format!("held by {:?} so far", held.holding)
+        };
+        format!("{op} {id}: done; voters {voters:?}, learners {learners:?}; {holding}")
+    };
+    if held.complete() {
+        return (out, None);
+    }
+    let mut behind: Vec<String> = held
+        .other
+        .iter()
+        .map(|(id, voters)| format!("replica {id} still holds voters {voters:?}"))
+        .collect();
+    behind.extend(
+        held.silent
+            .iter()
+            .map(|id| format!("replica {id} did not answer")),
+    );
+    let warning = format!(
+        "warning: the change is committed, but not every voter has applied it: {}. \
+         Until each has, the fleet may still need a majority of the configuration before: \
+         do not shut down a removed replica or replace another yet; check with \
+         `vaultfleet admin status` (the voters each replica holds) and see \
+         docs/operations.md",
+        behind.join("; ")
+    );
+    (out, Some(warning))
 }
 
 #[cfg(test)]
@@ -507,5 +570,51 @@ mod tests {
             (&line["hsm"], &line["disk"]),
             (&json!("unknown"), &json!("unknown"))
         );
+    }
+
+    fn held(holding: &[u64], other: &[(u64, &[u64])], silent: &[u64]) -> Held {
+        Held {
+            voters: vec![2, 3, 4],
+            learners: vec![],
+            holding: holding.to_vec(),
+            other: other.iter().map(|(id, v)| (*id, v.to_vec())).collect(),
+            silent: silent.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_change_held_by_every_voter_is_reported_without_a_warning() {
+        let (out, warning) = change_text("remove", 1, &held(&[2, 3, 4], &[], &[]), false);
+        assert_eq!(
+            out,
+            "remove 1: done; voters [2, 3, 4], learners []; held by every voter"
+        );
+        assert_eq!(warning, None);
+        let (out, warning) = change_text("remove", 1, &held(&[2, 3, 4], &[], &[]), true);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["held_by_every_voter"], true);
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_change_not_yet_held_names_each_voter_behind_and_warns() {
+        let h = held(&[2], &[(3, &[1, 2, 3, 4])], &[4]);
+        let (out, warning) = change_text("remove", 1, &h, false);
+        assert_eq!(
+            out,
+            "remove 1: done; voters [2, 3, 4], learners []; held by [2] so far"
+        );
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.contains("replica 3 still holds voters [1, 2, 3, 4]")
+                && warning.contains("replica 4 did not answer")
+                && warning.contains("do not shut down a removed replica"),
+            "{warning}"
+        );
+        let (out, _) = change_text("remove", 1, &h, true);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(v["held_by_every_voter"], false);
+        assert_eq!(v["other"][0]["voters"], json!([1, 2, 3, 4]));
+        assert_eq!(v["silent"], json!([4]));
     }
 }

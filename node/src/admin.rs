@@ -30,6 +30,13 @@
 //! [`AdminError::Unavailable`] or [`AdminError::NoLeader`]. A refusal by the
 //! fleet (the leader's typed [`RequestError`]) is [`AdminError::Refused`].
 //!
+//! After a membership change, [`Admin::wait_held`] asks every voter of the
+//! new configuration until each reports holding it ([`Held`]): raft-rs takes
+//! a configuration when it applies it, so until every voter has, the fleet may
+//! still need a majority of the configuration before, and a removed replica
+//! must keep running (docs/operations.md). `vaultfleet admin remove` waits
+//! for it and exits 3 if a voter does not hold the change in time.
+//!
 //! [`Admin::compare_state`] is etcd's `hashkv` for the fleet: it proposes a
 //! state digest marker through the leader; every replica applying it digests
 //! its replicated state at the marker's index, and the call collects each
@@ -352,6 +359,9 @@ pub struct AdminOptions {
     /// on the leader, for every replica to report its digest (a replica
     /// still behind then is reported as such).
     pub digest_wait: Duration,
+    /// How long [`Admin::wait_held`] waits, after a membership change, for
+    /// every voter of the new configuration to report holding it.
+    pub held_wait: Duration,
     /// The remote client's settings (its `status_interval` is how often a
     /// node is asked for its status while a call waits).
     pub remote: RemoteConfig,
@@ -367,6 +377,7 @@ impl Default for AdminOptions {
             status_wait: Duration::from_secs(3),
             call_timeout: Duration::from_secs(20),
             digest_wait: Duration::from_secs(10),
+            held_wait: Duration::from_secs(10),
             remote,
         }
     }
@@ -456,6 +467,34 @@ pub struct Members {
     pub learners: Vec<ReplicaId>,
     /// The leader's status (with every follower's progress).
     pub status: Status,
+}
+
+/// Whether each voter of a configuration holds it: has applied it, as its
+/// fresh status says ([`Admin::wait_held`]). raft-rs takes a configuration
+/// when it applies it, so a voter that has not applied a removal still counts
+/// votes among the voters of before, the removed replica included: shut a
+/// removed replica down, or replace another, only once [`Held::complete`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The configuration's voters, ascending.
+    pub voters: Vec<ReplicaId>,
+    /// Its learners, ascending.
+    pub learners: Vec<ReplicaId>,
+    /// The voters that report holding it, ascending.
+    pub holding: Vec<ReplicaId>,
+    /// The voters that report another configuration: each with the voters it
+    /// holds, ascending by id.
+    pub other: Vec<(ReplicaId, Vec<ReplicaId>)>,
+    /// The voters that did not answer (down, unreachable, not listed in the
+    /// admin's directory, or not pinning this key), ascending.
+    pub silent: Vec<ReplicaId>,
+}
+
+impl Held {
+    /// True if every voter reports holding the configuration.
+    pub fn complete(&self) -> bool {
+        self.holding.len() == self.voters.len()
+    }
 }
 
 /// What one replica reported in a [`StateComparison`].
@@ -790,6 +829,50 @@ impl Admin {
     /// Removes replica `id` (voter or learner).
     pub fn remove(&self, id: ReplicaId) -> Result<raft::prelude::ConfState, AdminError> {
         self.change(MembershipChange::Remove { id })
+    }
+
+    /// Asks every voter of `cs` for fresh statuses until each reports
+    /// holding `cs` (its voters and learners) or `held_wait` ends; reports
+    /// which do ([`Held`]). Call it after a membership change returned: the
+    /// change is committed and applied on the leader, and the other voters
+    /// apply it once they learn that it committed. A voter keeps a change it
+    /// applied across restarts (it makes the change's commit durable first).
+    pub fn wait_held(&self, cs: &raft::prelude::ConfState) -> Held {
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        learners.dedup();
+        let deadline = Instant::now() + self.options.held_wait;
+        loop {
+            let mut held = Held {
+                voters: voters.clone(),
+                learners: learners.clone(),
+                holding: Vec::new(),
+                other: Vec::new(),
+                silent: Vec::new(),
+            };
+            // Every listed replica is asked at once (at most `status_wait`).
+            let reports = self.reports(None, false).unwrap_or_default();
+            for &id in &voters {
+                let status = reports
+                    .iter()
+                    .find(|r| r.id == id)
+                    .and_then(|r| r.status.as_ref());
+                match status {
+                    Some(s) if s.voters == voters && s.learners == learners => {
+                        held.holding.push(id);
+                    }
+                    Some(s) => held.other.push((id, s.voters.clone())),
+                    None => held.silent.push(id),
+                }
+            }
+            if held.complete() || Instant::now() >= deadline {
+                return held;
+            }
+            std::thread::sleep(self.options.remote.status_interval.min(TRANSFER_RETRY));
+        }
     }
 
     /// Applies one membership change through the leader, following
