@@ -285,6 +285,60 @@ fn p3_two_workers_take_an_item_once_and_wake_on_close() {
     });
 }
 
+/// The pool's watch (`runtime::pool::watch`, 2026-12-04): a worker that found
+/// the queue empty looks at `looks_empty` (a relaxed mirror of the length) and
+/// takes with `pop(ZERO)` for a bounded while, then parks with `pop`; another
+/// worker is parked. However the push and the close interleave with the
+/// watch, the item is taken once (by a watcher, the parked worker, or handed
+/// back by the close), a watcher that lost the race watches on, and nobody
+/// sleeps through the close.
+#[test]
+fn a_watching_worker_and_a_parked_one_take_an_item_once_and_wake_on_close() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(3);
+    model.check(|| {
+        let ready = Arc::new(ReadyQueue::new());
+        let watcher = {
+            let q = Arc::clone(&ready);
+            thread::spawn(move || {
+                let mut took = Vec::new();
+                // The watch: a bounded number of looks (the real one is
+                // bounded by `spin`), taking only through `pop(ZERO)`.
+                for _ in 0..2 {
+                    if !q.looks_empty() {
+                        match q.pop(Duration::ZERO) {
+                            Pop::Item(item) => took.push(item),
+                            Pop::Closed => return took,
+                            Pop::Empty => {} // another worker was first
+                        }
+                    }
+                    thread::yield_now();
+                }
+                // Then it parks, as `pop` does after a watch that found nothing.
+                while let Pop::Item(item) = q.pop(WAIT) {
+                    took.push(item);
+                }
+                took
+            })
+        };
+        let parked = {
+            let q = Arc::clone(&ready);
+            thread::spawn(move || {
+                let mut took = Vec::new();
+                while let Pop::Item(item) = q.pop(WAIT) {
+                    took.push(item);
+                }
+                took
+            })
+        };
+        assert!(ready.push(1u32));
+        let mut all = ready.close();
+        all.extend(watcher.join().expect("watcher"));
+        all.extend(parked.join().expect("parked worker"));
+        assert_eq!(all, vec![1], "the item taken or handed back, once");
+    });
+}
+
 /// Review 10: `is_closed` reads an atomic mirror of `state.closed` (6451fdf).
 /// A client that saw the mailbox closed finds every later push refused, and a
 /// push refused as closed is seen closed; a push that succeeded before the
