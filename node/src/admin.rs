@@ -30,12 +30,12 @@
 //! [`AdminError::Unavailable`] or [`AdminError::NoLeader`]. A refusal by the
 //! fleet (the leader's typed [`RequestError`]) is [`AdminError::Refused`].
 //!
-//! After a membership change, [`Admin::wait_held`] asks every voter of the
-//! new configuration until each reports holding it ([`Held`]): raft-rs takes
-//! a configuration when it applies it, so until every voter has, the fleet may
-//! still need a majority of the configuration before, and a removed replica
-//! must keep running (docs/operations.md). `vaultfleet admin remove` waits
-//! for it and exits 3 if a voter does not hold the change in time.
+//! [`Admin::remove_held`] removes a replica, then asks every voter of the new
+//! configuration until each reports holding it ([`Held`]): raft-rs takes a
+//! configuration when it applies it, so until every voter has, the fleet may
+//! still need a majority of the configuration before, and the removed replica
+//! must keep running (docs/operations.md). `vaultfleet admin remove` does
+//! this and exits 3 if a voter does not hold the change in time.
 //!
 //! [`Admin::compare_state`] is etcd's `hashkv` for the fleet: it proposes a
 //! state digest marker through the leader; every replica applying it digests
@@ -359,8 +359,9 @@ pub struct AdminOptions {
     /// on the leader, for every replica to report its digest (a replica
     /// still behind then is reported as such).
     pub digest_wait: Duration,
-    /// How long [`Admin::wait_held`] waits, after a membership change, for
-    /// every voter of the new configuration to report holding it.
+    /// How long [`Admin::wait_held`] waits, after a removal, for every voter
+    /// of the new configuration to report holding it (plus at most one status
+    /// round, `status_wait`).
     pub held_wait: Duration,
     /// The remote client's settings (its `status_interval` is how often a
     /// node is asked for its status while a call waits).
@@ -470,30 +471,112 @@ pub struct Members {
 }
 
 /// Whether each voter of a configuration holds it: has applied it, as its
-/// fresh status says ([`Admin::wait_held`]). raft-rs takes a configuration
-/// when it applies it, so a voter that has not applied a removal still counts
-/// votes among the voters of before, the removed replica included: shut a
-/// removed replica down, or replace another, only once [`Held::complete`].
+/// fresh status says ([`Admin::remove_held`], [`Admin::wait_held`]). raft-rs
+/// takes a configuration when it applies it, so a voter that has not applied a
+/// removal still counts votes among the voters of before, the removed replica
+/// included: shut a removed replica down only once [`Held::complete`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Held {
     /// The configuration's voters, ascending.
     pub voters: Vec<ReplicaId>,
     /// Its learners, ascending.
     pub learners: Vec<ReplicaId>,
+    /// The applied index a voter must have reached to count as holding it:
+    /// the applied index of the leader that answered the change, in a status
+    /// it published after answering (so at least the change's index). A
+    /// voter reporting the same voters and learners below it has not applied
+    /// the change (it may hold an equal configuration from before, e.g. after
+    /// a change and its reversal). `None`: that leader did not report one, so
+    /// no voter counts as holding.
+    pub applied_min: Option<u64>,
     /// The voters that report holding it, ascending.
     pub holding: Vec<ReplicaId>,
-    /// The voters that report another configuration: each with the voters it
-    /// holds, ascending by id.
-    pub other: Vec<(ReplicaId, Vec<ReplicaId>)>,
-    /// The voters that did not answer (down, unreachable, not listed in the
-    /// admin's directory, or not pinning this key), ascending.
+    /// The voters that report another configuration, or this one below
+    /// `applied_min`, ascending by id.
+    pub other: Vec<HeldElsewhere>,
+    /// The voters that did not answer (down, unreachable, or not pinning this
+    /// key), ascending.
     pub silent: Vec<ReplicaId>,
+    /// The voters the admin's directory does not list (so it cannot ask
+    /// them), ascending.
+    pub unlisted: Vec<ReplicaId>,
+}
+
+/// A voter that does not (yet) hold a configuration ([`Held::other`]): what
+/// it reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldElsewhere {
+    /// The voter.
+    pub id: ReplicaId,
+    /// The voters of the configuration it holds, ascending.
+    pub voters: Vec<ReplicaId>,
+    /// Its learners, ascending.
+    pub learners: Vec<ReplicaId>,
+    /// Its applied index.
+    pub applied: u64,
 }
 
 impl Held {
     /// True if every voter reports holding the configuration.
     pub fn complete(&self) -> bool {
-        self.holding.len() == self.voters.len()
+        self.applied_min.is_some()
+            && self.other.is_empty()
+            && self.silent.is_empty()
+            && self.unlisted.is_empty()
+            && self.holding.len() == self.voters.len()
+    }
+
+    /// Which voters of `voters`/`learners` hold them, from `reports` (fresh
+    /// statuses; a voter with none is silent, one not in `listed` unlisted).
+    pub fn from_reports(
+        cs: &raft::prelude::ConfState,
+        applied_min: Option<u64>,
+        listed: &BTreeSet<ReplicaId>,
+        reports: &[ReplicaReport],
+    ) -> Held {
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
+        learners.dedup();
+        let mut held = Held {
+            voters,
+            learners,
+            applied_min,
+            holding: Vec::new(),
+            other: Vec::new(),
+            silent: Vec::new(),
+            unlisted: Vec::new(),
+        };
+        for &id in &held.voters {
+            if !listed.contains(&id) {
+                held.unlisted.push(id);
+                continue;
+            }
+            let status = reports
+                .iter()
+                .find(|r| r.id == id)
+                .and_then(|r| r.status.as_ref());
+            match status {
+                Some(s)
+                    if s.voters == held.voters
+                        && s.learners == held.learners
+                        && applied_min.is_some_and(|min| s.applied >= min) =>
+                {
+                    held.holding.push(id);
+                }
+                Some(s) => held.other.push(HeldElsewhere {
+                    id,
+                    voters: s.voters.clone(),
+                    learners: s.learners.clone(),
+                    applied: s.applied,
+                }),
+                None => held.silent.push(id),
+            }
+        }
+        held
     }
 }
 
@@ -702,6 +785,15 @@ impl Admin {
             Some(id) => vec![id],
             None => self.replicas(),
         };
+        self.reports_of(ids, until_leader)
+    }
+
+    /// [`reports`](Self::reports) of the replicas `ids`, all asked at once.
+    fn reports_of(
+        &self,
+        ids: Vec<ReplicaId>,
+        until_leader: bool,
+    ) -> Result<Vec<ReplicaReport>, AdminError> {
         let directory = self.client.directory();
         let mut asked = Vec::with_capacity(ids.len());
         for id in ids {
@@ -831,44 +923,50 @@ impl Admin {
         self.change(MembershipChange::Remove { id })
     }
 
+    /// Removes replica `id`, then waits until every voter of the new
+    /// configuration holds it ([`wait_held`](Self::wait_held), measured
+    /// against the applied index of the leader that answered). What
+    /// `vaultfleet admin remove` does: exit 0 only if [`Held::complete`].
+    pub fn remove_held(
+        &self,
+        id: ReplicaId,
+    ) -> Result<(raft::prelude::ConfState, Held), AdminError> {
+        let (cs, answered_by) = self.change_answered(MembershipChange::Remove { id })?;
+        let applied_min = self
+            .reports_of(vec![answered_by], false)
+            .ok()
+            .and_then(|mut r| r.pop())
+            .and_then(|r| r.status)
+            .map(|s| s.applied);
+        let held = self.wait_held(&cs, applied_min);
+        Ok((cs, held))
+    }
+
     /// Asks every voter of `cs` for fresh statuses until each reports
-    /// holding `cs` (its voters and learners) or `held_wait` ends; reports
-    /// which do ([`Held`]). Call it after a membership change returned: the
-    /// change is committed and applied on the leader, and the other voters
-    /// apply it once they learn that it committed. A voter keeps a change it
-    /// applied across restarts (it makes the change's commit durable first).
-    pub fn wait_held(&self, cs: &raft::prelude::ConfState) -> Held {
-        let mut voters = cs.voters.clone();
-        voters.sort_unstable();
-        voters.dedup();
-        let mut learners = cs.learners.clone();
-        learners.sort_unstable();
-        learners.dedup();
+    /// holding `cs` (its voters and learners, at an applied index of at least
+    /// `applied_min`) or `held_wait` ends; reports which do ([`Held`]). After
+    /// a change, `applied_min` is the applied index of the leader that
+    /// answered it, in a status published after it answered
+    /// ([`remove_held`](Self::remove_held) takes it so); `None` counts no
+    /// voter as holding. A voter keeps a change it applied across restarts
+    /// (it makes the change's commit durable first). Learners need not hold
+    /// it, and replicas that are not voters of `cs` are not asked.
+    pub fn wait_held(&self, cs: &raft::prelude::ConfState, applied_min: Option<u64>) -> Held {
+        let listed: BTreeSet<ReplicaId> = self.replicas().into_iter().collect();
         let deadline = Instant::now() + self.options.held_wait;
         loop {
-            let mut held = Held {
-                voters: voters.clone(),
-                learners: learners.clone(),
-                holding: Vec::new(),
-                other: Vec::new(),
-                silent: Vec::new(),
-            };
-            // Every listed replica is asked at once (at most `status_wait`).
-            let reports = self.reports(None, false).unwrap_or_default();
-            for &id in &voters {
-                let status = reports
-                    .iter()
-                    .find(|r| r.id == id)
-                    .and_then(|r| r.status.as_ref());
-                match status {
-                    Some(s) if s.voters == voters && s.learners == learners => {
-                        held.holding.push(id);
-                    }
-                    Some(s) => held.other.push((id, s.voters.clone())),
-                    None => held.silent.push(id),
-                }
-            }
-            if held.complete() || Instant::now() >= deadline {
+            let asked: Vec<ReplicaId> = cs
+                .voters
+                .iter()
+                .copied()
+                .filter(|id| listed.contains(id))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            // The voters are asked at once (at most `status_wait`).
+            let reports = self.reports_of(asked, false).unwrap_or_default();
+            let held = Held::from_reports(cs, applied_min, &listed, &reports);
+            if held.complete() || applied_min.is_none() || Instant::now() >= deadline {
                 return held;
             }
             std::thread::sleep(self.options.remote.status_interval.min(TRANSFER_RETRY));
@@ -878,6 +976,14 @@ impl Admin {
     /// Applies one membership change through the leader, following
     /// `NotLeader` hints; a learner's promotion waits for it to catch up.
     fn change(&self, change: MembershipChange) -> Result<raft::prelude::ConfState, AdminError> {
+        self.change_answered(change).map(|(cs, _)| cs)
+    }
+
+    /// [`change`](Self::change), with the replica that answered it.
+    fn change_answered(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(raft::prelude::ConfState, ReplicaId), AdminError> {
         let started = Instant::now();
         let deadline = started + self.options.call_timeout;
         let mut last: Option<RequestError>;
@@ -896,7 +1002,7 @@ impl Admin {
                 }
             };
             match outcome {
-                Ok(Reply::MembershipChanged(cs)) => return Ok(cs),
+                Ok(Reply::MembershipChanged(cs)) => return Ok((cs, node.id())),
                 Ok(_) => return Err(AdminError::UnexpectedReply),
                 // Not submitted: safe to ask again (elsewhere).
                 Err(RequestError::NotLeader { leader }) => {

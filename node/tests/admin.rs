@@ -345,39 +345,47 @@ fn an_admin_reads_status_adds_promotes_hands_leadership_to_and_removes_replicas(
         Some(StateRole::Leader)
     );
 
-    // Another replica is removed.
-    let cs = admin.remove(1).expect("remove 1");
+    // Another replica is removed; the admin waits until every remaining voter
+    // holds the new configuration, at the answering leader's applied index.
+    let (cs, held) = admin.remove_held(1).expect("remove 1");
     let mut voters = cs.voters.clone();
     voters.sort_unstable();
     assert_eq!(voters, [2, 3, 4]);
+    assert!(held.complete(), "{held:?}");
+    assert_eq!(held.holding, [2, 3, 4]);
+    let applied_min = held.applied_min.expect("the leader reported");
+    for s in fleet.statuses().iter().filter(|s| s.id != 1) {
+        assert_eq!(s.voters, [2, 3, 4], "replica {}", s.id);
+        assert!(s.applied >= applied_min, "replica {}", s.id);
+    }
     let members = admin.members().expect("members");
     assert_eq!(members.leader, 4);
     assert_eq!(members.voters, [2, 3, 4]);
-    // The admin waits until every remaining voter holds the new configuration.
-    let held = admin.wait_held(&cs);
-    assert!(held.complete(), "{held:?}");
-    assert_eq!(held.holding, [2, 3, 4]);
-    assert!(fleet
-        .statuses()
-        .iter()
-        .filter(|s| s.id != 1)
-        .all(|s| s.voters == [2, 3, 4]));
-    // A configuration that some voters do not hold (here: one naming a voter
-    // no replica has, and that the admin's directory does not list) is
-    // reported as such once `held_wait` ends, each voter with what it holds.
+    // A configuration that no voter holds (here: one naming a voter no
+    // replica has, and that the admin's directory does not list) is reported
+    // as such once `held_wait` ends, each voter with what it holds; so is the
+    // right configuration at an applied index no voter has reached.
     let mut short = options();
     short.held_wait = Duration::from_millis(300);
     let impatient = fleet.admin(admin_key.clone(), short);
     let mut other = cs.clone();
     other.voters.push(9);
-    let held = impatient.wait_held(&other);
+    let held = impatient.wait_held(&other, Some(applied_min));
     assert!(!held.complete());
     assert!(held.holding.is_empty(), "{held:?}");
+    let elsewhere: Vec<(u64, Vec<u64>)> = held
+        .other
+        .iter()
+        .map(|o| (o.id, o.voters.clone()))
+        .collect();
     assert_eq!(
-        held.other,
+        elsewhere,
         [(2, vec![2, 3, 4]), (3, vec![2, 3, 4]), (4, vec![2, 3, 4])]
     );
-    assert_eq!(held.silent, [9]);
+    assert_eq!(held.unlisted, [9]);
+    let ahead = impatient.wait_held(&cs, Some(u64::MAX));
+    assert!(!ahead.complete() && ahead.holding.is_empty(), "{ahead:?}");
+    assert_eq!(ahead.other.len(), 3);
     drop(impatient);
     drop(admin);
     fleet.shutdown();
