@@ -483,8 +483,8 @@ pub struct Held {
     /// Its learners, ascending.
     pub learners: Vec<ReplicaId>,
     /// The applied index a voter must have reached to count as holding it:
-    /// the applied index of the leader that answered the change, in a status
-    /// it published after answering (so at least the change's index). A
+    /// the applied index of the leader that answered the change, in the first
+    /// status it showed with the new voters (so at least the change's index). A
     /// voter reporting the same voters and learners below it has not applied
     /// the change (it may hold an equal configuration from before, e.g. after
     /// a change and its reversal). `None`: that leader did not report one, so
@@ -932,12 +932,25 @@ impl Admin {
         id: ReplicaId,
     ) -> Result<(raft::prelude::ConfState, Held), AdminError> {
         let (cs, answered_by) = self.change_answered(MembershipChange::Remove { id })?;
-        let applied_min = self
-            .reports_of(vec![answered_by], false)
-            .ok()
-            .and_then(|mut r| r.pop())
-            .and_then(|r| r.status)
-            .map(|s| s.applied);
+        let mut voters = cs.voters.clone();
+        voters.sort_unstable();
+        // The leader's status can be read before the turn that answered
+        // publishes it; one that shows the new voters is from that turn or
+        // later (the change altered them), so its applied index covers the
+        // change.
+        let deadline = Instant::now() + self.options.held_wait;
+        let applied_min = loop {
+            let status = self
+                .reports_of(vec![answered_by], false)
+                .ok()
+                .and_then(|mut r| r.pop())
+                .and_then(|r| r.status);
+            match status {
+                Some(s) if s.voters == voters => break Some(s.applied),
+                _ if Instant::now() >= deadline => break None,
+                _ => std::thread::sleep(self.options.remote.status_interval.min(TRANSFER_RETRY)),
+            }
+        };
         let held = self.wait_held(&cs, applied_min);
         Ok((cs, held))
     }
@@ -946,7 +959,7 @@ impl Admin {
     /// holding `cs` (its voters and learners, at an applied index of at least
     /// `applied_min`) or `held_wait` ends; reports which do ([`Held`]). After
     /// a change, `applied_min` is the applied index of the leader that
-    /// answered it, in a status published after it answered
+    /// answered it, from a status that shows the change applied
     /// ([`remove_held`](Self::remove_held) takes it so); `None` counts no
     /// voter as holding. A voter keeps a change it applied across restarts
     /// (it makes the change's commit durable first). Learners need not hold
