@@ -55,7 +55,7 @@ use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use vaultfleet::codec::DecodeError;
-use vaultfleet::replica::{HostHealth, MembershipChange, RequestError, Status};
+use vaultfleet::replica::{MembershipChange, RequestError, Status};
 use vaultfleet::runtime::{Client, ClientConfig, ClientError, NodeApi, ResponseSlot};
 use vaultfleet::wire::Request;
 use vaultfleet::ReplicaId;
@@ -279,7 +279,7 @@ impl RemoteClient {
                 connected: false,
                 slots: BTreeMap::new(),
             }),
-            status: Mutex::new(unknown_status(replica)),
+            status: Mutex::new(Status::unknown(replica)),
             next_correlation: AtomicU64::new(1),
             connections: AtomicU64::new(0),
             statuses: AtomicU64::new(0),
@@ -419,24 +419,6 @@ impl NodeState {
         };
         let _ = slot.fill(result);
         Ok(())
-    }
-}
-
-fn unknown_status(id: ReplicaId) -> Status {
-    Status {
-        id,
-        role: StateRole::Follower,
-        leader: None,
-        term: 0,
-        commit: 0,
-        applied: 0,
-        first_index: 0,
-        last_index: 0,
-        voters: Vec::new(),
-        learners: Vec::new(),
-        followers: Vec::new(),
-        state_digests: Vec::new(),
-        host: HostHealth::UNKNOWN,
     }
 }
 

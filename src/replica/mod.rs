@@ -317,6 +317,28 @@ pub struct Status {
     pub host: HostHealth,
 }
 
+impl Status {
+    /// The status of replica `id` before anything is known of it: a follower
+    /// of term 0 with an empty log and no configuration.
+    pub fn unknown(id: ReplicaId) -> Status {
+        Status {
+            id,
+            role: StateRole::Follower,
+            leader: None,
+            term: 0,
+            commit: 0,
+            applied: 0,
+            first_index: 0,
+            last_index: 0,
+            voters: Vec::new(),
+            learners: Vec::new(),
+            followers: Vec::new(),
+            state_digests: Vec::new(),
+            host: HostHealth::UNKNOWN,
+        }
+    }
+}
+
 /// The health of the host a replica runs on, as its node daemon's periodic
 /// check last found it. Typed flags only: the cause of a failure (a path,
 /// an OS error) stays in the node's log, never on the wire.
@@ -2931,21 +2953,7 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
 
     /// A summary of the replica's state.
     pub fn status(&self) -> Status {
-        let mut status = Status {
-            id: self.cfg.id,
-            role: StateRole::Follower,
-            leader: None,
-            term: 0,
-            commit: 0,
-            applied: 0,
-            first_index: 0,
-            last_index: 0,
-            voters: Vec::new(),
-            learners: Vec::new(),
-            followers: Vec::new(),
-            state_digests: Vec::new(),
-            host: HostHealth::UNKNOWN,
-        };
+        let mut status = Status::unknown(self.cfg.id);
         self.status_into(&mut status);
         status
     }
