@@ -543,7 +543,9 @@ fn a_replica_with_a_destroyed_disk_is_replaced_through_a_new_epoch() {
     let six = NodeProcess::spawn(&new, 0);
     six.wait_ready();
     admin_2.promote(6).expect("promote 6 once caught up");
-    admin_2.remove(5).expect("remove 5");
+    // As `vaultfleet admin remove` does: every voter left holds the removal.
+    let (_, held) = admin_2.remove_held(5).expect("remove 5");
+    assert!(held.complete(), "{held:?}");
     let members = admin_2.members().expect("members");
     assert_eq!(members.voters, vec![1, 2, 3, 4, 6]);
     assert!(members.learners.is_empty());

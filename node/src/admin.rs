@@ -359,9 +359,10 @@ pub struct AdminOptions {
     /// on the leader, for every replica to report its digest (a replica
     /// still behind then is reported as such).
     pub digest_wait: Duration,
-    /// How long [`Admin::wait_held`] waits, after a removal, for every voter
-    /// of the new configuration to report holding it (plus at most one status
-    /// round, `status_wait`).
+    /// How long [`Admin::remove_held`] (and [`Admin::wait_held`]) waits,
+    /// after a removal, for every voter of the new configuration to report
+    /// holding it (plus the status rounds in flight then: at most two of
+    /// `status_wait` for `remove_held`, one for `wait_held`).
     pub held_wait: Duration,
     /// The remote client's settings (its `status_interval` is how often a
     /// node is asked for its status while a call waits).
@@ -484,7 +485,9 @@ pub struct Held {
     pub learners: Vec<ReplicaId>,
     /// The applied index a voter must have reached to count as holding it:
     /// the applied index of the leader that answered the change, in the first
-    /// status it showed with the new voters (so at least the change's index). A
+    /// status it showed with the new configuration (so at least the change's
+    /// index, unless that leader restarted meanwhile from a snapshot older
+    /// than a change before: see docs/operations.md). A
     /// voter reporting the same voters and learners below it has not applied
     /// the change (it may hold an equal configuration from before, e.g. after
     /// a change and its reversal). `None`: that leader did not report one, so
@@ -506,6 +509,7 @@ pub struct Held {
 /// A voter that does not (yet) hold a configuration ([`Held::other`]): what
 /// it reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HeldElsewhere {
     /// The voter.
     pub id: ReplicaId,
@@ -932,13 +936,16 @@ impl Admin {
         id: ReplicaId,
     ) -> Result<(raft::prelude::ConfState, Held), AdminError> {
         let (cs, answered_by) = self.change_answered(MembershipChange::Remove { id })?;
+        // One deadline for both waits below.
+        let deadline = Instant::now() + self.options.held_wait;
         let mut voters = cs.voters.clone();
         voters.sort_unstable();
+        let mut learners = cs.learners.clone();
+        learners.sort_unstable();
         // The leader's status can be read before the turn that answered
-        // publishes it; one that shows the new voters is from that turn or
-        // later (the change altered them), so its applied index covers the
-        // change.
-        let deadline = Instant::now() + self.options.held_wait;
+        // publishes it. One that shows the new configuration is from that
+        // turn or later (the removal took a voter or a learner out of it), so
+        // its applied index covers the change.
         let applied_min = loop {
             let status = self
                 .reports_of(vec![answered_by], false)
@@ -946,12 +953,12 @@ impl Admin {
                 .and_then(|mut r| r.pop())
                 .and_then(|r| r.status);
             match status {
-                Some(s) if s.voters == voters => break Some(s.applied),
+                Some(s) if s.voters == voters && s.learners == learners => break Some(s.applied),
                 _ if Instant::now() >= deadline => break None,
                 _ => std::thread::sleep(self.options.remote.status_interval.min(TRANSFER_RETRY)),
             }
         };
-        let held = self.wait_held(&cs, applied_min);
+        let held = self.wait_held_until(&cs, applied_min, deadline);
         Ok((cs, held))
     }
 
@@ -965,8 +972,18 @@ impl Admin {
     /// (it makes the change's commit durable first). Learners need not hold
     /// it, and replicas that are not voters of `cs` are not asked.
     pub fn wait_held(&self, cs: &raft::prelude::ConfState, applied_min: Option<u64>) -> Held {
+        self.wait_held_until(cs, applied_min, Instant::now() + self.options.held_wait)
+    }
+
+    /// [`wait_held`](Self::wait_held) until `deadline` (plus the status
+    /// round in flight then, at most `status_wait`).
+    fn wait_held_until(
+        &self,
+        cs: &raft::prelude::ConfState,
+        applied_min: Option<u64>,
+        deadline: Instant,
+    ) -> Held {
         let listed: BTreeSet<ReplicaId> = self.replicas().into_iter().collect();
-        let deadline = Instant::now() + self.options.held_wait;
         loop {
             let asked: Vec<ReplicaId> = cs
                 .voters
@@ -979,7 +996,12 @@ impl Admin {
             // The voters are asked at once (at most `status_wait`).
             let reports = self.reports_of(asked, false).unwrap_or_default();
             let held = Held::from_reports(cs, applied_min, &listed, &reports);
-            if held.complete() || applied_min.is_none() || Instant::now() >= deadline {
+            // A voter the directory does not list can never be shown holding.
+            if held.complete()
+                || applied_min.is_none()
+                || !held.unlisted.is_empty()
+                || Instant::now() >= deadline
+            {
                 return held;
             }
             std::thread::sleep(self.options.remote.status_interval.min(TRANSFER_RETRY));
