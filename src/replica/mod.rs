@@ -3160,16 +3160,22 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, wire::DecodeError> {
 /// travels alone.
 fn split_appends(messages: Vec<Message>, bytes_max: u64) -> Vec<Message> {
     use protobuf2::Message as _;
+    let fits = |m: &Message| {
+        m.get_msg_type() != raft::prelude::MessageType::MsgAppend
+            || (m.entries.len() <= MESSAGE_ENTRIES_MAX
+                && m.entries
+                    .iter()
+                    .map(|e| u64::from(e.compute_size()) + 6)
+                    .sum::<u64>()
+                    <= bytes_max)
+    };
+    // The common case, nothing to split: the vector goes on as it came.
+    if messages.iter().all(fits) {
+        return messages;
+    }
     let mut out = Vec::with_capacity(messages.len());
     for mut m in messages {
-        let entries_bytes: u64 = m
-            .entries
-            .iter()
-            .map(|e| u64::from(e.compute_size()) + 6)
-            .sum();
-        if m.get_msg_type() != raft::prelude::MessageType::MsgAppend
-            || (entries_bytes <= bytes_max && m.entries.len() <= MESSAGE_ENTRIES_MAX)
-        {
+        if fits(&m) {
             out.push(m);
             continue;
         }

@@ -649,6 +649,9 @@ pub(super) struct Driver<L: LogStore, S: StateMachine> {
     /// before it when that turn's differed (the two are swapped): what the next
     /// turn writes its status over ([`Replica::status_into`]).
     status: Status,
+    /// The commit-time histograms of the answers, kept from one tick to the
+    /// next (a recorder installed later is picked up at the next tick).
+    histograms: telemetry::CommitHistograms,
 }
 
 /// A replica a [`Pool`](super::Pool) drives: one [`Driver`] behind a trait
@@ -732,6 +735,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             more: false,
             seen: Seen::default(),
             status,
+            histograms: telemetry::CommitHistograms::default(),
         })
     }
 
@@ -803,6 +807,7 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
             self.replica.tick();
             self.next_tick += self.tick_interval;
             ticks += 1;
+            self.histograms.clear();
         }
         if let Err(e) = self.cycle() {
             tracing::error!(replica = self.shared.id, "node stopped: {e}");
@@ -1057,15 +1062,14 @@ impl<L: LogStore, S: StateMachine> Driver<L, S> {
                 }
             }
             // One clock read for every answer of this cycle, taken at the
-            // first, and one histogram lookup per kind of request.
+            // first; the histograms are looked up again after each tick.
             let mut answered = None;
-            let mut histograms = telemetry::CommitHistograms::default();
             for Completion { id, result } in self.out.completions.drain(..) {
                 if let Some(pending) = self.slots.remove(id) {
                     match &result {
                         Ok(_) => pending.since.record_at(
                             *answered.get_or_insert_with(Instant::now),
-                            histograms.of(pending.kind),
+                            self.histograms.of(pending.kind),
                         ),
                         Err(e) => telemetry::failed(e),
                     }
