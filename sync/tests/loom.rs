@@ -252,6 +252,16 @@ fn p3_close_racing_the_end_of_a_turn_and_a_timer_never_queues_twice() {
     });
 }
 
+/// A parked worker: takes items until the queue closes, after `took`.
+/// Parks without a timeout under loom: a lost wake-up (of a push or of the
+/// close) is a deadlock loom reports.
+fn take_until_closed(q: &ReadyQueue<u32>, mut took: Vec<u32>) -> Vec<u32> {
+    while let Pop::Item(item) = q.pop(WAIT) {
+        took.push(item);
+    }
+    took
+}
+
 #[test]
 fn p3_two_workers_take_an_item_once_and_wake_on_close() {
     // Two parked workers, one push and the close: three threads on a condvar
@@ -263,15 +273,7 @@ fn p3_two_workers_take_an_item_once_and_wake_on_close() {
         let workers: Vec<_> = (0..2)
             .map(|_| {
                 let q = Arc::clone(&ready);
-                thread::spawn(move || {
-                    let mut took = Vec::new();
-                    // Parks without a timeout under loom: a lost wake-up (of a
-                    // push or of the close) is a deadlock loom reports.
-                    while let Pop::Item(item) = q.pop(WAIT) {
-                        took.push(item);
-                    }
-                    took
-                })
+                thread::spawn(move || take_until_closed(&q, Vec::new()))
             })
             .collect();
         assert!(ready.push(1u32));
@@ -315,21 +317,12 @@ fn a_watching_worker_and_a_parked_one_take_an_item_once_and_wake_on_close() {
                     thread::yield_now();
                 }
                 // Then it parks, as `pop` does after a watch that found nothing.
-                while let Pop::Item(item) = q.pop(WAIT) {
-                    took.push(item);
-                }
-                took
+                take_until_closed(&q, took)
             })
         };
         let parked = {
             let q = Arc::clone(&ready);
-            thread::spawn(move || {
-                let mut took = Vec::new();
-                while let Pop::Item(item) = q.pop(WAIT) {
-                    took.push(item);
-                }
-                took
-            })
+            thread::spawn(move || take_until_closed(&q, Vec::new()))
         };
         assert!(ready.push(1u32));
         let mut all = ready.close();
