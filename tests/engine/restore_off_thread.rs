@@ -1070,6 +1070,9 @@ fn a_restore_dropped_unrun_counts_its_first_backlog_step() {
     let s = net.replica(3).restoring_snapshot().unwrap();
     put_many(&mut net, client, &mut seq, 2 * APPLY_BACKLOG_ENTRIES + 10);
     drop(net.restores.pop());
+    // Bounded: a replica that stops applying (say, short of a commit only a
+    // heartbeat would bring; no tick runs here) fails instead of spinning.
+    let mut idle_cycles = 0;
     while net.status(3).applied < net.status(1).applied {
         let counted = net.replica(3).applying_backlog();
         let before = net.status(3).applied.max(s);
@@ -1078,6 +1081,17 @@ fn a_restore_dropped_unrun_counts_its_first_backlog_step() {
         assert!(
             past_snapshot == 0 || counted,
             "{past_snapshot} backlog entries applied in a cycle no driver counted"
+        );
+        idle_cycles = if past_snapshot == 0 {
+            idle_cycles + 1
+        } else {
+            0
+        };
+        assert!(
+            idle_cycles < 100,
+            "3 applied nothing in 100 cycles: {:?} against the leader's {:?}",
+            net.status(3).applied,
+            net.status(1).applied
         );
     }
     assert_caught_up(&net);
