@@ -203,6 +203,11 @@ struct Net {
     swapped: Condvar,
     swaps: AtomicBool,
     parked_ids: AtomicU64,
+    /// Per user: held by the user's thread through a clean recovery. Another
+    /// thread delivering a late copy or a replay of that user's request waits
+    /// on it (`deliver`), so nothing of the user's but the recovery reaches
+    /// the fleet between its checks.
+    alone: [Mutex<()>; USERS.len()],
 }
 
 /// What the intermediary does with one request.
@@ -259,6 +264,7 @@ impl Net {
             swapped: Condvar::new(),
             swaps: AtomicBool::new(false),
             parked_ids: AtomicU64::new(1),
+            alone: Default::default(),
         }
     }
 
@@ -268,6 +274,10 @@ impl Net {
 
     /// Delivers `c` to `replica`'s service and logs what it answered.
     fn deliver(&self, c: &Captured, replica: u64, extra: bool) -> Result<Vec<u8>, Unreachable> {
+        // Never taken by the thread holding it: a clean recovery delivers
+        // only its own untampered requests (`extra` false). Taken before
+        // `deliver`, never while holding it.
+        let _not_during_a_clean_recovery = extra.then(|| self.alone[c.label.user].lock());
         let _one = self.deliver.lock();
         let reply = self.services[&replica].call(&c.bytes)?;
         let request: VaultClientRequest =
@@ -832,7 +842,21 @@ impl User {
 
     /// A recovery with the right code and nothing tampered: it must succeed,
     /// with the user's secret, and forgive every attempt spent before it.
-    fn clean_recover(&mut self, net: &Net, generation: u64) {
+    /// Returns the standing after it.
+    ///
+    /// In the concurrent phase another user's thread may deliver a late copy
+    /// or a replay of one of this user's earlier requests at any moment (a
+    /// delete reported failed, a login never delivered): between a check and
+    /// the recovery it would delete the user or spend an attempt, and the
+    /// recovery would no longer be untampered. So such deliveries wait while
+    /// this runs, and the standing is read again under that guard.
+    fn clean_recover(&mut self, net: &Net) -> Standing {
+        let _alone = net.alone[self.index].lock();
+        let before =
+            net.quiesced(|net, log| check_user(net, self.index, log, "before a clean recovery"));
+        let Standing::Registered { generation, .. } = before else {
+            return before;
+        };
         self.ops += 1;
         self.set_label(true, false);
         let t = terms(self.index, generation);
@@ -851,6 +875,7 @@ impl User {
             "user {}: a recovery with nothing after it forgives every attempt",
             self.index
         );
+        after
     }
 
     fn choose(&mut self, before: Standing) -> Op {
@@ -880,14 +905,9 @@ impl User {
     fn step(&mut self, net: &Net) {
         let label = format!("user {} before op {}", self.index, self.ops + 1);
         let mut before = net.quiesced(|net, log| check_user(net, self.index, log, &label));
-        if let Standing::Registered {
-            generation,
-            attempts_left,
-        } = before
-        {
+        if let Standing::Registered { attempts_left, .. } = before {
             if attempts_left < GUESS_FLOOR {
-                self.clean_recover(net, generation);
-                before = net.standing(self.name());
+                before = self.clean_recover(net);
             }
         }
         let op = self.choose(before);
@@ -1081,8 +1101,8 @@ fn run(seed: u64, sequential: u64, concurrent: u64, r1: bool) {
     let mut tally = Tally::default();
     for mut u in users {
         let standing = net.quiesced(|net, log| check_user(net, u.index, log, "at the end"));
-        if let Standing::Registered { generation, .. } = standing {
-            u.clean_recover(&net, generation);
+        if let Standing::Registered { .. } = standing {
+            u.clean_recover(&net);
         }
         tally.add(&u.tally);
     }
