@@ -691,8 +691,8 @@ fn print_run(report: &Report) {
         s.crashes, s.torn_or_corrupted, s.partitions, s.hsm_outages, s.clock_jumps, s.bit_flips, s.rollbacks, s.replicas_lost
     );
     println!(
-        "membership: {} changes, {} replacements, {} leader transfers, {} preference moves ({} rolling restarts, {} leaders moved to a preferred datacenter after converging)",
-        s.membership_changes, s.replacements, s.transfers, s.preference_moves, s.rollout_restarts, s.placement_waits
+        "membership: {} changes, {} replacements, {} leader transfers, {} leaders removed while leading, {} preference moves ({} rolling restarts, {} leaders moved to a preferred datacenter after converging)",
+        s.membership_changes, s.replacements, s.transfers, s.leaders_removed, s.preference_moves, s.rollout_restarts, s.placement_waits
     );
     if report.options.streamed_snapshots {
         println!(

@@ -819,6 +819,14 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                 ReadOnlyOption::Safe
             },
             batch_append: true,
+            // A leader whose commit index moved does not send each follower an
+            // append carrying only that index (TiKV's raftstore sets the same):
+            // followers learn it from the next append or heartbeat, so their
+            // applied state trails the leader's by up to a heartbeat when the
+            // fleet is idle. Nothing waits on a follower's commit: reads are
+            // the leader's, promotion and transfer look at `matched`, and
+            // raft-rs still broadcasts while a membership change is pending.
+            skip_bcast_commit: true,
             max_uncommitted_size: cfg.uncommitted_bytes_max,
             ..Default::default()
         };
@@ -2052,6 +2060,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     self.state_digests.push_back(d);
                 }
                 debug_assert!(self.state_digests.len() <= STATE_DIGESTS_KEPT);
+                // Commits are not broadcast (`skip_bcast_commit`): an operator
+                // comparing digests should not wait for the next heartbeat, so
+                // the leader that proposed the marker sends one now, carrying
+                // its commit (as TiKV broadcasts the commit of an urgent admin
+                // proposal). A no-op on a replica that no longer leads; it
+                // leaves with the next cycle, which `has_ready` asks for.
+                if mine.is_some() {
+                    self.raw.ping();
+                }
                 if let Some(f) = mine {
                     match (f.kind, digest) {
                         (InFlightKind::Digest(id), Some(d)) => self.completions.push(Completion {
@@ -3434,6 +3451,43 @@ mod tests {
         panic!("the replicas did not settle");
     }
 
+    /// Ticks `leader` alone, settling after each tick, until every replica
+    /// has its commit index: commits are not broadcast (`skip_bcast_commit`),
+    /// so an idle follower learns the last one from a heartbeat.
+    fn heartbeat<L: LogStore>(
+        replicas: &mut BTreeMap<ReplicaId, Replica<L, crate::KvStore>>,
+        leader: ReplicaId,
+    ) {
+        heartbeat_inspecting(replicas, leader, |_, _, _| ());
+    }
+
+    /// [`heartbeat`], handing every cycle's messages to `inspect` as
+    /// [`settle_inspecting`] does.
+    fn heartbeat_inspecting<L: LogStore>(
+        replicas: &mut BTreeMap<ReplicaId, Replica<L, crate::KvStore>>,
+        leader: ReplicaId,
+        mut inspect: impl FnMut(ReplicaId, &L, &[Message]),
+    ) {
+        let commit = replicas[&leader].status().commit;
+        // A heartbeat goes out every `heartbeat_ticks` ticks of the leader.
+        for _ in 0..=test_config(leader).heartbeat_ticks {
+            if replicas.values().all(|r| r.status().commit >= commit) {
+                return;
+            }
+            replicas.get_mut(&leader).expect("the leader").tick();
+            settle_inspecting(replicas, None, &mut inspect);
+        }
+        let behind: Vec<_> = replicas
+            .iter()
+            .map(|(id, r)| (*id, r.status().commit))
+            .filter(|&(_, c)| c < commit)
+            .collect();
+        assert!(
+            behind.is_empty(),
+            "a heartbeat of {leader} did not carry commit {commit}: (replica, commit) {behind:?}"
+        );
+    }
+
     fn test_config(id: ReplicaId) -> ReplicaConfig {
         let mut cfg = ReplicaConfig::new(id);
         cfg.election_ticks = 10;
@@ -3631,6 +3685,9 @@ mod tests {
             .register_session(1)
             .expect("register");
         settle(&mut replicas, None);
+        // The followers learn the commit from a heartbeat: a cycle that
+        // moves nothing else.
+        heartbeat(&mut replicas, 1);
         let last = replicas[&1].status().last_index;
         for (id, r) in &replicas {
             let store = r.store();
@@ -3788,6 +3845,7 @@ mod tests {
             .register_session(1)
             .expect("register");
         settle(&mut replicas, None);
+        heartbeat(&mut replicas, 1);
         let last = replicas[&1].status().last_index;
         for (id, r) in &replicas {
             let durable = &r.store().durable;
@@ -3877,6 +3935,7 @@ mod tests {
                 .expect("register");
             settle_inspecting(&mut replicas, None, check_released);
         }
+        heartbeat_inspecting(&mut replicas, 1, check_released);
         assert_eq!(replicas[&3].sessions(), 3);
     }
 

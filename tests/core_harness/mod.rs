@@ -53,6 +53,9 @@ pub struct Network<M: StateMachine = KvStore> {
     pub hold_builds: bool,
     /// Snapshot builds held, by replica (see `hold_builds`).
     pub builds: Vec<(u64, SnapshotBuild)>,
+    /// The longest `heartbeat_ticks` the replicas were built with: bounds
+    /// [`Network::heartbeat`].
+    heartbeat_ticks: usize,
 }
 
 /// Settings the core tests use unless they say otherwise: small snapshots, so a
@@ -118,6 +121,7 @@ impl<M: StateMachine> Network<M> {
         make: fn() -> M,
     ) -> Self {
         let ids = fleet.voters();
+        let mut heartbeat_ticks = 0;
         let replicas = ids
             .iter()
             .map(|&id| {
@@ -126,6 +130,7 @@ impl<M: StateMachine> Network<M> {
                 prepare(id, &mut store);
                 let mut cfg = test_config(id);
                 configure(&mut cfg);
+                heartbeat_ticks = heartbeat_ticks.max(cfg.heartbeat_ticks);
                 let replica = Replica::new(cfg, store, make()).expect("start replica");
                 (id, replica)
             })
@@ -142,6 +147,7 @@ impl<M: StateMachine> Network<M> {
             run_builds: false,
             hold_builds: false,
             builds: Vec::new(),
+            heartbeat_ticks,
         }
     }
 
@@ -421,6 +427,52 @@ impl<M: StateMachine> Network<M> {
             }
         }
         panic!("replica {id} did not win an election in {ELECTION_TICKS_MAX} ticks");
+    }
+
+    /// Ticks `leader` alone, settling after each tick, until every member it
+    /// can reach (not cut off from it, not stopped) has its commit index, and
+    /// panics if two heartbeats do not bring it (the second for a follower
+    /// whose replicated index lagged: its answer to the first draws the
+    /// append). Commits are not broadcast (`skip_bcast_commit`): a follower
+    /// learns the last one from the next append or heartbeat, and
+    /// [`Network::settle`] does not move time.
+    pub fn heartbeat(&mut self, leader: u64) {
+        assert!(
+            self.replica(leader).is_leader(),
+            "replica {leader} does not lead: {:?}",
+            self.status(leader)
+        );
+        let ticks_max = 2 * self.heartbeat_ticks;
+        let behind = |net: &Self| -> Vec<(u64, u64)> {
+            let status = net.status(leader);
+            status
+                .voters
+                .iter()
+                .chain(&status.learners)
+                .copied()
+                .filter(|&id| {
+                    id != leader
+                        && !net.cut.contains(&(leader, id))
+                        && net.replicas.get(&id).is_some_and(|r| !r.has_failed())
+                })
+                .map(|id| (id, net.status(id).commit))
+                .filter(|&(_, commit)| commit < status.commit)
+                .collect()
+        };
+        for _ in 0..ticks_max {
+            if behind(self).is_empty() {
+                return;
+            }
+            self.tick(leader);
+            self.settle();
+        }
+        let behind = behind(self);
+        assert!(
+            behind.is_empty(),
+            "{ticks_max} ticks of {leader} did not bring its commit {} to \
+             (replica, commit) {behind:?}",
+            self.status(leader).commit
+        );
     }
 
     /// Ticks every replica not cut off `n` times, settling after each tick.

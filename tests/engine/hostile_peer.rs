@@ -107,6 +107,8 @@ fn assert_refused_and_fleet_commits(
         .propose(leader, client, 2, 2, KvStore::put("k", "v1"))
         .expect("propose after the hostile message");
     net.settle();
+    // The target learns the commit from the leader's next heartbeat.
+    net.heartbeat(leader);
     assert!(
         matches!(net.take(put), Some(Ok(Reply::Applied(_)))),
         "the fleet did not commit after the hostile message"

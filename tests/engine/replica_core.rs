@@ -301,6 +301,7 @@ fn a_leader_that_installs_a_snapshot_covering_its_proposal_answers_it_from_the_s
 fn commit_conf_change_with_context(context: Vec<u8>) -> (Network, u64, Option<ReplicaError>) {
     let mut net = Network::new(&[1, 2, 3], |_| {});
     let term = net.elect(1);
+    net.heartbeat(1);
     let last = net.status(2).last_index;
     assert_eq!(net.status(2).applied, last);
     let mut cc = ConfChangeV2::default();
@@ -652,6 +653,9 @@ fn mark_state_digest(net: &mut Network, leader: u64, request: u64) -> StateDiges
     net.replica_mut(leader)
         .mark_state_digest(request)
         .expect("mark on the leader");
+    // No tick: the leader that applies its own marker sends a heartbeat
+    // carrying its commit at once (commits are not broadcast otherwise), so
+    // every follower digests the marker within the settle.
     net.settle();
     match net.take(request) {
         Some(Ok(Reply::StateDigest(d))) => d,

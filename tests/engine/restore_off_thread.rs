@@ -159,6 +159,9 @@ fn a_follower_restoring_off_its_thread_still_acknowledges_and_applies_once_resto
     assert!(waiting.last_index >= net.status(1).commit, "{waiting:?}");
     assert_eq!(net.replica(3).restoring_snapshot(), Some(snapshot));
 
+    // 3 learns the last writes' commit from a heartbeat, its restore
+    // still waiting: all of it applies once the restore is taken.
+    net.heartbeat(1);
     net.run_restores(3);
     net.settle();
     assert_eq!(net.replica(3).restoring_snapshot(), None);
@@ -602,6 +605,8 @@ fn entries_waiting_for_a_restore_apply_a_bounded_step_per_cycle() {
     let (client, mut seq) = behind_then_snapshot(&mut net, 40);
     let s = net.replica(3).restoring_snapshot().unwrap();
     put_many(&mut net, client, &mut seq, 2 * APPLY_BACKLOG_ENTRIES + 10);
+    // 3 learns the last puts' commit (a heartbeat), its restore still waiting.
+    net.heartbeat(1);
     let (_, job) = net.restores.pop().unwrap();
     let mut out = Output::default();
     assert!(net
@@ -1069,6 +1074,8 @@ fn a_restore_dropped_unrun_counts_its_first_backlog_step() {
     let (client, mut seq) = behind_then_snapshot(&mut net, 40);
     let s = net.replica(3).restoring_snapshot().unwrap();
     put_many(&mut net, client, &mut seq, 2 * APPLY_BACKLOG_ENTRIES + 10);
+    // 3 learns the last puts' commit (a heartbeat), its restore still waiting.
+    net.heartbeat(1);
     drop(net.restores.pop());
     // Bounded: a replica that stops applying (say, short of a commit only a
     // heartbeat would bring; no tick runs here) fails instead of spinning.

@@ -303,6 +303,8 @@ fn storm_without_lead(seed: u64) {
         .propose(leader, fresh, 1, 1, KvStore::put("after", "storm"))
         .expect("propose after the storm");
     net.settle();
+    // Followers learn the write's commit from the leader's next heartbeat.
+    net.heartbeat(leader);
     assert!(
         matches!(net.take(put), Some(Ok(Reply::Applied(_)))),
         "the fleet did not commit after the storm"

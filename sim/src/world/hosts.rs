@@ -304,6 +304,7 @@ impl<W: Workload> Simulation<W> {
             return;
         }
         let mut backlog_steps = 0;
+        let id = self.hosts[h].id;
         loop {
             let Some(replica) = self.hosts[h].replica.as_mut() else {
                 return;
@@ -331,7 +332,14 @@ impl<W: Workload> Simulation<W> {
             // As a node does: a leader's appends leave before its sync, and
             // stay sent if the sync then fails (the host crashes below).
             let mut early = Vec::new();
+            let led = replica.is_leader();
             let result = replica.handle_ready_sending(&mut out, &mut |m| early.extend(m));
+            if led && result.is_ok() && !replica.is_leader() {
+                let status = replica.status();
+                if !status.voters.contains(&id) && !status.learners.contains(&id) {
+                    self.stats.leaders_removed += 1;
+                }
+            }
             for message in early {
                 self.send(h, message);
             }

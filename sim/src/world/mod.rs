@@ -95,6 +95,9 @@ pub struct Stats {
     pub replacements_resumed: u64,
     /// Leadership transfers asked for.
     pub transfers: u64,
+    /// Leaders that applied their own removal (and stepped down in that
+    /// cycle): the path of swarm seed 2476's crash in raft-rs.
+    pub leaders_removed: u64,
     /// Moves of the preferred leader datacenters by the operator.
     pub preference_moves: u64,
     /// Replicas restarted by the operator's rollouts of a new preference.

@@ -86,31 +86,38 @@ fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
         "{last}"
     );
 
-    // A deliberate disk defect the checkers catch (with the counter workload,
-    // whose draws do not move when the vault protocol does, seed 3 fails at
-    // 3.8 s; `--prefer 0`: the mix as it was before preference moves existed).
-    let failed = sim(&[
-        "run",
-        "--seed",
-        "3",
-        "--prefer",
-        "0",
-        "--plain",
-        "--disk-bug",
-        "silent-corruption",
-        "--seconds",
-        "10",
-        "--workload",
-        "counter",
-    ]);
+    // A deliberate disk defect the checkers catch. Which seeds show it moves
+    // with every change to the engine's messages (about 2 in 3 of seeds 1..30
+    // fail at 10 s, with the counter workload and `--prefer 0`), so the test
+    // takes the first failing seed from 3 on instead of naming one.
+    let (seed, failed) = (3..23)
+        .map(|seed| {
+            let out = sim(&[
+                "run",
+                "--seed",
+                &seed.to_string(),
+                "--prefer",
+                "0",
+                "--plain",
+                "--disk-bug",
+                "silent-corruption",
+                "--seconds",
+                "10",
+                "--workload",
+                "counter",
+            ]);
+            (seed, out)
+        })
+        .find(|(_, out)| out.status.code() != Some(0))
+        .expect("no seed in 3..23 caught the silent corruption");
     let stdout = String::from_utf8_lossy(&failed.stdout);
-    assert_eq!(failed.status.code(), Some(1), "{stdout}");
+    assert_eq!(failed.status.code(), Some(1), "seed {seed}: {stdout}");
     let reproduce = stdout
         .lines()
         .find(|l| l.starts_with("reproduce: "))
         .unwrap_or_else(|| panic!("no reproduce line in {stdout}"));
     for part in [
-        "run --seed 3",
+        &format!("run --seed {seed} ")[..],
         "--seconds 10",
         "--disk-bug silent-corruption",
         "--plain",

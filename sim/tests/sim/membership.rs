@@ -173,17 +173,27 @@ fn as_found(seed: u64) -> SimOptions {
 /// applied its own removal while leading. raft-rs leaves a removed leader
 /// leading, and the next append response it stepped unwrapped its own
 /// progress: "called `Option::unwrap()` on a `None` value" in raft-rs's
-/// `maybe_commit`. The replica now steps down at the end of that Ready cycle.
+/// `maybe_commit`. The replica now steps down at the end of that Ready cycle
+/// (`tests/core.rs`, `r4_a_leader_committing_its_own_removal_with_a_write_queued_steps_down`,
+/// holds the exact path). Which seed reaches it moves with every change to the
+/// engine's messages (2 of the 500 seeds from 2476 with these options): seed
+/// 2499 since commits stopped being broadcast. If the count below is 0, scan
+/// for another seed whose `stats.leaders_removed` is above 0.
 #[test]
 fn swarm_seed_2476_a_leader_that_applies_its_own_removal_steps_down() {
-    let report = run(as_found(2476));
+    let seed = 2499;
+    let report = run(as_found(seed));
     assert!(
         report.violation.is_none(),
-        "seed 2476: {:?}\n{}",
+        "seed {seed}: {:?}\n{}",
         report.violation,
         report.recent.join("\n")
     );
-    assert!(report.stats.membership_changes > 0 && report.stats.transfers > 0);
+    assert!(
+        report.stats.leaders_removed > 0,
+        "seed {seed} no longer has a leader apply its own removal: {:?}",
+        report.stats
+    );
 }
 
 /// Found by the long swarm run (sim ba973e6, seed 3851): replica 5 was removed
