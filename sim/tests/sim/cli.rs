@@ -65,6 +65,19 @@ fn bad_flags_are_usage_errors_not_the_default_run() {
     usage_error(&["walk"], "walk");
 }
 
+/// A run's flags for the deliberate disk defect the checkers catch: silent
+/// corruption, plain stores, 10 s, the counter workload (whose draws do not
+/// move when the vault protocol does).
+const SILENT_CORRUPTION: [&str; 7] = [
+    "--plain",
+    "--disk-bug",
+    "silent-corruption",
+    "--seconds",
+    "10",
+    "--workload",
+    "counter",
+];
+
 #[test]
 fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
     let ok = sim(&[
@@ -92,21 +105,9 @@ fn a_run_prints_its_trace_and_a_failure_its_reproduce_line() {
     // takes the first failing seed from 3 on instead of naming one.
     let (seed, failed) = (3..23)
         .map(|seed| {
-            let out = sim(&[
-                "run",
-                "--seed",
-                &seed.to_string(),
-                "--prefer",
-                "0",
-                "--plain",
-                "--disk-bug",
-                "silent-corruption",
-                "--seconds",
-                "10",
-                "--workload",
-                "counter",
-            ]);
-            (seed, out)
+            let seed_arg = seed.to_string();
+            let head = ["run", "--seed", &seed_arg, "--prefer", "0"];
+            (seed, sim(&[&head[..], &SILENT_CORRUPTION].concat()))
         })
         .find(|(_, out)| out.status.code() != Some(0))
         .expect("no seed in 3..23 caught the silent corruption");
@@ -144,21 +145,9 @@ fn swarm_jobs_and_json_flags() {
 #[test]
 fn a_failing_parallel_swarm_reports_the_lowest_failing_seed() {
     let swarm = |jobs: &str| {
-        let out = sim(&[
-            "swarm",
-            "--seeds",
-            "0..30",
-            "--plain",
-            "--disk-bug",
-            "silent-corruption",
-            "--seconds",
-            "10",
-            "--workload",
-            "counter",
-            "--json",
-            "--jobs",
-            jobs,
-        ]);
+        let head = ["swarm", "--seeds", "0..30"];
+        let tail = ["--json", "--jobs", jobs];
+        let out = sim(&[&head[..], &SILENT_CORRUPTION, &tail].concat());
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
