@@ -2060,16 +2060,15 @@ impl<L: LogStore, S: StateMachine> Replica<L, S> {
                     self.state_digests.push_back(d);
                 }
                 debug_assert!(self.state_digests.len() <= STATE_DIGESTS_KEPT);
-                // Commits are not broadcast (`skip_bcast_commit`): an operator
-                // comparing digests should not wait for the next heartbeat, so
-                // the leader that proposed the marker sends one now, carrying
-                // its commit (as TiKV broadcasts the commit of an urgent admin
-                // proposal). A no-op on a replica that no longer leads; it
-                // leaves with the next cycle, which `has_ready` asks for.
-                if mine.is_some() {
-                    self.raw.ping();
-                }
                 if let Some(f) = mine {
+                    // Commits are not broadcast (`skip_bcast_commit`): an
+                    // operator comparing digests should not wait for the next
+                    // heartbeat, so the leader that proposed the marker sends
+                    // one now, carrying its commit (as TiKV broadcasts the
+                    // commit of an urgent admin proposal). A no-op on a replica
+                    // that no longer leads; it leaves with the next cycle,
+                    // which `has_ready` asks for.
+                    self.raw.ping();
                     match (f.kind, digest) {
                         (InFlightKind::Digest(id), Some(d)) => self.completions.push(Completion {
                             id,
