@@ -700,6 +700,12 @@ fn expected(user: usize, log: &[Delivery]) -> Expected {
                         *f = (*f).max(at);
                     }
                     VaultLoginPurpose::VAULT_DELETE => {
+                        // A delete of a user already deleted at that generation
+                        // changes nothing and reports what the first did
+                        // (review H2, "already deleted"): no attempt owed.
+                        if standing != Standing::Deleted(d.reply.generation) {
+                            check_ticket(d, standing, &login_of, &position, &consumes, &forgiven);
+                        }
                         standing = Standing::Deleted(d.reply.generation);
                         deleted_by = Some(d.label.op);
                     }
@@ -713,6 +719,9 @@ fn expected(user: usize, log: &[Delivery]) -> Expected {
                 );
                 let new = d.reply.generation != standing.generation()
                     || !matches!(standing, Standing::Registered { .. });
+                if new && d.login != 0 {
+                    check_ticket(d, standing, &login_of, &position, &consumes, &forgiven);
+                }
                 if new && d.login == 0 {
                     // A registration the user asked for before deleting must
                     // not bring the record back after the delete.
@@ -756,6 +765,34 @@ fn expected(user: usize, log: &[Delivery]) -> Expected {
         };
     }
     Expected { standing, spent }
+}
+
+/// A delete or a re-registration that took effect (`d`, naming its login)
+/// was owed it by the vault's rule: its login's attempt was spent at the
+/// current generation and no recovery has forgiven it since (a recovery
+/// forgives every attempt spent at or before its own). Deliveries are one at
+/// a time, so the order of `consumes` is the fleet's order of the attempts.
+fn check_ticket(
+    d: &Delivery,
+    standing: Standing,
+    login_of: &BTreeMap<(u64, u64), (u64, u64)>,
+    position: &BTreeMap<(u64, u64), usize>,
+    consumes: &[((u64, u64), u64, &Delivery)],
+    forgiven: &BTreeMap<u64, usize>,
+) {
+    let start = login_of
+        .get(&(d.replica, d.login))
+        .unwrap_or_else(|| panic!("a delete or replace by no login we saw: {d:?}"));
+    let at = position[start];
+    let generation = consumes[at].1;
+    assert!(
+        matches!(standing, Standing::Registered { generation: g, .. } if g == generation),
+        "a delete or replace by a login of generation {generation} took effect at {standing:?}: {d:?}"
+    );
+    assert!(
+        forgiven.get(&generation).is_none_or(|&f| at > f),
+        "a delete or replace by an attempt a recovery forgave took effect: {d:?}"
+    );
 }
 
 /// The fleet's standing of `user`, checked against what its requests did.
@@ -904,7 +941,8 @@ impl User {
     /// One operation through the intermediary, and every check after it.
     fn step(&mut self, net: &Net) {
         let label = format!("user {} before op {}", self.index, self.ops + 1);
-        let mut before = net.quiesced(|net, log| check_user(net, self.index, log, &label));
+        let (mut before, log_start) =
+            net.quiesced(|net, log| (check_user(net, self.index, log, &label), log.len()));
         if let Standing::Registered { attempts_left, .. } = before {
             if attempts_left < GUESS_FLOOR {
                 before = self.clean_recover(net);
@@ -1001,7 +1039,29 @@ impl User {
                 );
             }
             (Op::Register, Err(VaultClientError::AlreadyRegistered)) => {
-                assert!(registered, "{what}");
+                // Or deleted since by a late copy of one of the user's earlier
+                // deletes, delivered by another user's thread after the
+                // registration was refused (`check_user` showed the log
+                // explains the standing).
+                let late_delete = || {
+                    net.quiesced(|_, log| {
+                        log[log_start..].iter().any(|d| {
+                            d.label.user == self.index
+                                && d.label.op < self.ops
+                                && d.extra
+                                && d.kind == Kind::LoginFinish
+                                && status(&d.reply) == VaultReplyStatus::REPLY_OK
+                                && d.reply
+                                    .purpose
+                                    .enum_value_or(VaultLoginPurpose::VAULT_RECOVER)
+                                    == VaultLoginPurpose::VAULT_DELETE
+                        })
+                    })
+                };
+                assert!(
+                    registered || (after == Standing::Deleted(g0) && late_delete()),
+                    "{what}"
+                );
             }
             (Op::Recover { .. }, Ok(secret)) => {
                 assert!(right, "success for a wrong code: {what}");
